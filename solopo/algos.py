@@ -1,0 +1,105 @@
+"""Preference-optimisation algorithms as plug-ins: a reward and a loss over per-sequence stats.
+
+The Hydra group ``conf/algo/`` is the registry: each file names one class here and
+its hyperparameters. The trainer never asks an algorithm's name, only its
+capability ``needs_reference``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Protocol
+
+from torch import Tensor
+
+from solopo import losses
+
+
+@dataclass(frozen=True)
+class Responses:
+    """Per-sequence statistics of a batch of responses under one context.
+
+    logps:     (B,) summed log-probs of the response tokens under the policy
+    n_tokens:  (B,) number of response tokens
+    ref_logps: (B,) the same under the frozen reference, or None when not needed
+    """
+
+    logps: Tensor
+    n_tokens: Tensor
+    ref_logps: Optional[Tensor] = None
+
+
+class Algorithm(Protocol):
+    needs_reference: bool
+
+    def reward(self, responses: Responses) -> Tensor:
+        """The implicit reward r(x, y), (B,)."""
+
+    def loss(self, chosen: Responses, rejected: Responses, chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
+        """The per-example preference loss, (B,)."""
+
+
+def _ref(responses: Responses) -> Tensor:
+    if responses.ref_logps is None:
+        raise ValueError("this algorithm needs reference log-probs, but none were computed")
+    return responses.ref_logps
+
+
+@dataclass(frozen=True)
+class DPO:
+    """Direct Preference Optimisation. beta: KL strength (0.1 is the common default)."""
+
+    beta: float = 0.1
+    needs_reference: ClassVar[bool] = True
+
+    def reward(self, responses: Responses) -> Tensor:
+        return losses.dpo_reward(responses.logps, _ref(responses), self.beta)
+
+    def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
+        return losses.dpo_loss(chosen_rewards, rejected_rewards)
+
+
+@dataclass(frozen=True)
+class CDPO(DPO):
+    """Conservative DPO: DPO with label smoothing eps (the chance a label is flipped)."""
+
+    label_smoothing: float = 0.1
+
+    def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
+        return losses.cdpo_loss(chosen_rewards, rejected_rewards, self.label_smoothing)
+
+
+@dataclass(frozen=True)
+class IPO(DPO):
+    """Identity Preference Optimisation: a squared loss aiming at a margin of 1/(2 beta)."""
+
+    def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
+        return losses.ipo_loss(chosen_rewards, rejected_rewards, self.beta)
+
+
+@dataclass(frozen=True)
+class SimPO:
+    """SimPO: reference-free, length-normalised reward; gamma is the margin in reward units."""
+
+    beta: float = 2.0
+    gamma: float = 1.0
+    needs_reference: ClassVar[bool] = False
+
+    def reward(self, responses: Responses) -> Tensor:
+        return losses.simpo_reward(responses.logps, responses.n_tokens, self.beta)
+
+    def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
+        return losses.simpo_loss(chosen_rewards, rejected_rewards, self.gamma)
+
+
+@dataclass(frozen=True)
+class ORPO:
+    """ORPO: chosen-response NLL plus lam times the odds-ratio loss; reference-free."""
+
+    lam: float = 0.1
+    needs_reference: ClassVar[bool] = False
+
+    def reward(self, responses: Responses) -> Tensor:
+        return losses.orpo_reward(responses.logps, responses.n_tokens)
+
+    def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
+        return losses.orpo_loss(chosen.logps, chosen.n_tokens, chosen_rewards, rejected_rewards, self.lam)

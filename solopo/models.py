@@ -1,0 +1,83 @@
+"""Policy, reference and tokenizer from a model name: the embedded default, a Hugging Face id,
+a local path, or a random model built from a config (for tests and speed studies)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from solopo import embedded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """name: "embedded:smollm2-135m-instruct", an HF id or a local directory.
+    tokenizer: where the tokenizer comes from (default: name).
+    random_init: config fields of a randomly initialised model (e.g. a 2-layer llama); None loads weights.
+    max_length: longest sequence (prompt + response) the model is trained on.
+    dtype: weight dtype: "auto" keeps the checkpoint's; "float32", "bfloat16".
+    gradient_checkpointing: recompute activations in backward (long contexts).
+    attn_implementation: "sdpa", "eager", "flash_attention_2", ...
+    trust_remote_code: run code shipped with a checkpoint (off unless set).
+    """
+
+    name: str
+    tokenizer: Optional[str] = None
+    random_init: Optional[dict[str, Any]] = None
+    max_length: int = 8192
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained as is
+
+
+def _local_dir(name: str, tokenizer_only: bool = False) -> str:
+    model = embedded.lookup(name)
+    if model is None:
+        return name
+    return str(model.tokenizer_dir if tokenizer_only else embedded.ensure_weights(model))
+
+
+def load_tokenizer(spec: ModelSpec):
+    tokenizer = AutoTokenizer.from_pretrained(
+        _local_dir(spec.tokenizer or spec.name, tokenizer_only=True), trust_remote_code=spec.trust_remote_code
+    )
+    if tokenizer.pad_token_id is None:  # padding is masked out everywhere; any id will do
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
+    dtype = None if spec.dtype == "auto" else getattr(torch, spec.dtype)
+    if spec.random_init is not None:
+        fields = dict(spec.random_init)
+        config = AutoConfig.for_model(fields.pop("model_type"), vocab_size=len(tokenizer), **fields)
+        config._attn_implementation = spec.attn_implementation
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # the same random model for the policy and its reference
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            _local_dir(spec.name),
+            dtype=dtype or "auto",
+            attn_implementation=spec.attn_implementation,
+            trust_remote_code=spec.trust_remote_code,
+            **spec.extra,
+        )
+    model.config.use_cache = False  # training never reuses a KV cache
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """A reference model: eval mode, no gradients, never in an optimizer."""
+    model.eval()
+    model.requires_grad_(False)
+    return model

@@ -1,0 +1,113 @@
+"""The LightningModule: a policy, a frozen reference when the algorithm needs one, and the SoLoPO objective."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from solopo.algos import Algorithm, Responses
+from solopo.logps import response_logps
+from solopo.objective import CHOSEN, LONG, REJECTED, SHORT, Method, SoLoRA, solopo_objective
+
+ALL_SEQUENCES = [(SHORT, CHOSEN), (SHORT, REJECTED), (LONG, CHOSEN), (LONG, REJECTED)]
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """AdamW with linear warm-up then cosine decay to min_lr_ratio * lr."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.1
+
+
+class SoLoPOModule(pl.LightningModule):
+    def __init__(
+        self,
+        policy: nn.Module,
+        algo: Algorithm,
+        ra: SoLoRA,
+        method: Method,
+        reference: Optional[nn.Module] = None,
+        optim: OptimSettings = OptimSettings(),
+        logp_chunk_size: int = 1024,
+    ):
+        super().__init__()
+        if algo.needs_reference and reference is None:
+            raise ValueError(f"{type(algo).__name__} needs a reference model")
+        self.policy = policy.train()  # from_pretrained returns eval mode
+        self.reference = reference
+        self.algo, self.ra, self.method, self.optim = algo, ra, method, optim
+        self.logp_chunk_size = logp_chunk_size
+        # The reference's weights are the base model's: they are left out of checkpoints (see on_save_checkpoint).
+        self.strict_loading = reference is None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # Lightning switches every child to train mode; the reference stays frozen
+        return self
+
+    def sequence_stats(self, batch: dict) -> dict[tuple[str, str], Responses]:
+        """Response log-probs under the policy (and reference) for every (context, response) in the batch."""
+        stats = {}
+        for context, seqs in batch.items():
+            inputs = (seqs["input_ids"], seqs["attention_mask"], seqs["response_mask"])
+            logps, n_tokens = response_logps(self.policy, *inputs, chunk_size=self.logp_chunk_size)
+            ref_logps = None
+            if self.algo.needs_reference:
+                with torch.no_grad():
+                    ref_logps, _ = response_logps(self.reference, *inputs, chunk_size=self.logp_chunk_size)
+            names = seqs["responses"]
+            size = logps.shape[0] // len(names)
+            for i, name in enumerate(names):
+                part = slice(i * size, (i + 1) * size)
+                ref = None if ref_logps is None else ref_logps[part]
+                stats[(context, name)] = Responses(logps[part], n_tokens[part], ref)
+        return stats
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = solopo_objective(self.algo, self.ra, self.method, self.sequence_stats(batch))
+        self._log("train", out.metrics, batch)
+        return out.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = solopo_objective(self.algo, self.ra, self.method, self.sequence_stats(batch))
+        self._log("val", out.metrics, batch)
+
+    def _log(self, split: str, metrics: dict, batch: dict) -> None:
+        first = next(iter(batch.values()))
+        pairs = first["input_ids"].shape[0] // len(first["responses"])
+        # Means weighted by the number of pairs, reduced across ranks: epoch values are exact over uneven batches.
+        options = dict(batch_size=pairs, on_step=split == "train", on_epoch=True, sync_dist=True)
+        self.log(f"{split}/loss", metrics["loss"], prog_bar=True, **options)
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items() if k != "loss"}, **options)
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, betas=self.optim.betas,
+                                      weight_decay=self.optim.weight_decay, fused=fused or None)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.optim.warmup_ratio * total)
+        floor = self.optim.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(total - warmup, 1)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]

@@ -1,0 +1,77 @@
+"""Every shipped config composes, and what it names instantiates."""
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from solopo.models import ModelSpec, load_model, load_tokenizer
+from solopo.objective import Method, SoLoRA
+from solopo.run import check_accelerator, resolve_precision
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in CONF.iterdir() if group.is_dir()}
+
+
+def compose_config(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def test_every_group_has_configs():
+    for group in ("algo", "ra", "method", "data", "model", "trainer", "logger", "experiment"):
+        assert GROUPS.get(group), f"conf/{group}/ is empty"
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_config_composes_and_instantiates(group, option, tmp_path):
+    cfg = compose_config([f"{group}={option}"])
+    assert isinstance(instantiate(cfg.algo).needs_reference, bool)
+    assert isinstance(instantiate(cfg.ra), SoLoRA)
+    Method(**cfg.method)
+    ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
+    instantiate(cfg.data.source)
+    with open_dict(cfg):
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision)
+        cfg.trainer.default_root_dir = str(tmp_path)
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA GPU is visible"):
+            check_accelerator(cfg.trainer.accelerator)
+    else:
+        assert isinstance(instantiate(cfg.trainer, logger=False), pl.Trainer)
+    if cfg.logger and "_target_" in cfg.logger:
+        cfg.logger.save_dir = str(tmp_path)
+        assert instantiate(cfg.logger) is not None
+
+
+def test_algorithms_declare_whether_they_need_a_reference():
+    needs = {name: instantiate(compose_config([f"algo={name}"]).algo).needs_reference for name in GROUPS["algo"]}
+    assert needs == {"cdpo": True, "dpo": True, "ipo": True, "orpo": False, "simpo": False}
+
+
+def test_ra_variants():
+    ra = {name: instantiate(compose_config([f"ra={name}"]).ra) for name in GROUPS["ra"]}
+    assert ra["chosen"].responses == ("chosen",) and ra["chosen"].alpha > 0
+    assert ra["both"].responses == ("chosen", "rejected")
+    assert ra["off"].alpha == 0
+
+
+def test_smoke_only_shrinks_sizes():
+    """experiment=smoke keeps the algorithm, ra, method and data chosen on the command line."""
+    cfg = compose_config(["experiment=smoke", "algo=orpo", "ra=both", "method=long_po", "ra.alpha=3"])
+    assert cfg.algo._target_.endswith("ORPO") and cfg.method.name == "long_po"
+    assert cfg.ra.alpha == 3 and cfg.ra.responses == ["chosen", "rejected"]
+    assert cfg.model.random_init is not None and cfg.data.pairs == "gold"
+
+
+def test_tiny_model_instantiates(tmp_path):
+    spec = ModelSpec(**OmegaConf.to_container(compose_config(["model=tiny"]).model, resolve=True))
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer)
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tokenizer)

@@ -1,0 +1,73 @@
+"""The LightningModule: the reference stays frozen, a step moves the policy, metrics are logged."""
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from solopo.algos import DPO, SimPO
+from solopo.data.collate import PairCollator
+from solopo.data.pairs import build_examples
+from solopo.data.tokenize import tokenize_examples
+from solopo.data.world import qa_items
+from solopo.models import freeze, load_model
+from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
+from solopo.objective import Method, SoLoRA, required_sequences
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def pairs(tokenizer):
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    examples = build_examples(qa_items(4, 0, seed=0).train, 200, count)
+    return tokenize_examples(examples, tokenizer, max_length=1024)[0]
+
+
+def fit(module, pairs, tokenizer, keys, tmp_path, steps=2):
+    loader = DataLoader(pairs, batch_size=2, collate_fn=PairCollator(keys, tokenizer.pad_token_id))
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, loader)
+    return trainer
+
+
+def test_reference_gets_no_gradient_and_policy_moves(tokenizer, pairs, tmp_path):
+    policy, reference = load_model(TINY, tokenizer), freeze(load_model(TINY, tokenizer))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    ref_before = {k: v.clone() for k, v in reference.state_dict().items()}
+    module = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), reference=reference, optim=OptimSettings(lr=1e-3))
+    trainer = fit(module, pairs, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path)
+    optim_params = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optim_params & {id(p) for p in reference.parameters()}
+    assert all(p.grad is None and not p.requires_grad for p in reference.parameters())
+    assert not reference.training and policy.training
+    assert all(torch.equal(v, ref_before[k]) for k, v in reference.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in policy.state_dict().items())
+    for key in ("train/loss", "train/po_loss", "train/ra_loss", "train/rewards/margin", "train/ra/gap",
+                "train/rewards/chosen_long"):
+        assert torch.isfinite(trainer.callback_metrics[key]), key
+
+
+def test_dpo_needs_a_reference(tokenizer):
+    with pytest.raises(ValueError, match="DPO needs a reference model"):
+        SoLoPOModule(load_model(TINY, tokenizer), DPO(), SoLoRA(), Method())
+
+
+def test_checkpoints_leave_the_reference_out(tokenizer, pairs, tmp_path):
+    module = SoLoPOModule(load_model(TINY, tokenizer), DPO(), SoLoRA(), Method(),
+                          reference=freeze(load_model(TINY, tokenizer)))
+    trainer = fit(module, pairs, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path, steps=1)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    assert state and not [k for k in state if k.startswith("reference.")]
+
+
+def test_validation_reports_every_context(tokenizer, pairs, tmp_path):
+    """Whatever the method trains on, validation scores chosen and rejected on both contexts."""
+    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(), SoLoRA(), Method("long_po", "long", "long", False))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.validate(module, DataLoader(pairs, batch_size=2, collate_fn=PairCollator(ALL_SEQUENCES, tokenizer.pad_token_id)),
+                     verbose=False)
+    for key in ("val/ra/gap", "val/ra/gap_rejected", "val/rewards/chosen_long", "val/rewards/accuracy"):
+        assert key in trainer.callback_metrics

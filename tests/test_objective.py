@@ -1,0 +1,109 @@
+"""The objective assembled from algorithm, SoLo-RA and method, on hand-made per-sequence stats."""
+import math
+
+import pytest
+import torch
+
+from solopo.algos import DPO, ORPO, SimPO, Responses
+from solopo.objective import Method, SoLoRA, required_sequences, solopo_objective
+
+SHORT_PO = Method("short_po", "short", "short", use_ra=False)
+LONG_PO = Method("long_po", "long", "long", use_ra=False)
+
+
+def responses(logps, n_tokens, ref=None, grad=False):
+    logps = torch.tensor(logps, dtype=torch.float64, requires_grad=grad)
+    ref = None if ref is None else torch.tensor(ref, dtype=torch.float64)
+    return Responses(logps, torch.tensor(n_tokens, dtype=torch.float64), ref)
+
+
+def stats(grad=False):
+    return {
+        ("short", "chosen"): responses([-4.0], [2], [-5.0], grad),
+        ("short", "rejected"): responses([-6.0], [3], [-6.0], grad),
+        ("long", "chosen"): responses([-8.0], [2], [-7.0], grad),
+        ("long", "rejected"): responses([-9.0], [3], [-8.0], grad),
+    }
+
+
+def test_required_sequences():
+    assert required_sequences(Method(), SoLoRA()) == [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]
+    assert required_sequences(Method(), SoLoRA(responses=("chosen", "rejected"))) == [
+        ("short", "chosen"), ("short", "rejected"), ("long", "chosen"), ("long", "rejected")]
+    assert required_sequences(Method(), SoLoRA(alpha=0.0)) == [("short", "chosen"), ("short", "rejected")]
+    assert required_sequences(SHORT_PO, SoLoRA()) == [("short", "chosen"), ("short", "rejected")]
+    assert required_sequences(LONG_PO, SoLoRA()) == [("long", "chosen"), ("long", "rejected")]
+
+
+def test_simpo_solopo_by_hand():
+    """SimPO beta 2, gamma 1. Short: r_w = 2 * -4/2 = -4, r_l = 2 * -6/3 = -4 -> po = -log sigmoid(-1) = log(1 + e).
+    Long chosen: r = 2 * -8/2 = -8 -> gap 4; alpha 0.5 -> loss = log(1 + e) + 2."""
+    out = solopo_objective(SimPO(beta=2.0, gamma=1.0), SoLoRA(alpha=0.5), Method(), stats())
+    assert out.metrics["po_loss"].item() == pytest.approx(math.log(1 + math.e))
+    assert out.metrics["ra_loss"].item() == pytest.approx(4.0)
+    assert out.loss.item() == pytest.approx(math.log(1 + math.e) + 2.0)
+    assert out.metrics["ra/gap"].item() == pytest.approx(4.0)
+    assert out.metrics["rewards/chosen_long"].item() == pytest.approx(-8.0)
+    assert out.metrics["rewards/accuracy"].item() == 0.0  # -4 > -4 is false
+
+
+def test_dpo_both_responses_by_hand():
+    """DPO beta 0.1. Short r_w = 0.1, r_l = 0 -> po = log(1 + e^-0.1). Long r_w = -0.1, r_l = -0.1:
+    gaps 0.2 (chosen) and 0.1 (rejected); alpha 3 -> loss = po + 3 * 0.3."""
+    out = solopo_objective(DPO(beta=0.1), SoLoRA(alpha=3.0, responses=("chosen", "rejected")), Method(), stats())
+    po = math.log(1 + math.exp(-0.1))
+    assert out.metrics["po_loss"].item() == pytest.approx(po)
+    assert out.metrics["ra_loss"].item() == pytest.approx(0.3)
+    assert out.loss.item() == pytest.approx(po + 0.9)
+    assert out.metrics["rewards/margin"].item() == pytest.approx(0.1)
+    assert out.metrics["ra/gap_rejected"].item() == pytest.approx(0.1)
+
+
+def test_long_po_uses_the_long_context_and_no_ra():
+    """DPO on long: r_w = -0.1, r_l = -0.1 -> loss log 2, whatever alpha says."""
+    out = solopo_objective(DPO(beta=0.1), SoLoRA(alpha=3.0), LONG_PO, stats())
+    assert out.loss.item() == pytest.approx(math.log(2))
+    assert out.metrics["ra_loss"].item() == 0.0
+
+
+def test_orpo_solopo_aligns_log_odds():
+    out = solopo_objective(ORPO(lam=0.1), SoLoRA(alpha=1.0), Method(), stats())
+    odds = lambda logp, n: logp / n - math.log(1 - math.exp(logp / n))  # noqa: E731
+    assert out.metrics["ra/gap"].item() == pytest.approx(abs(odds(-4, 2) - odds(-8, 2)))
+
+
+def test_detach_short_stops_the_gradient_through_the_short_reward():
+    for detach, expect_short_grad in ((False, True), (True, False)):
+        s = stats(grad=True)
+        out = solopo_objective(SimPO(), SoLoRA(alpha=1.0, detach_short=detach), SHORT_PO, s)
+        # short_po has no RA term: the short chosen gradient comes from the PO loss alone
+        out.loss.backward()
+        po_only = s[("short", "chosen")].logps.grad.clone()
+        s = stats(grad=True)
+        out = solopo_objective(SimPO(), SoLoRA(alpha=1.0, detach_short=detach), Method(), s)
+        out.loss.backward()
+        changed = not torch.allclose(s[("short", "chosen")].logps.grad, po_only)
+        assert changed == expect_short_grad
+        assert s[("long", "chosen")].logps.grad.abs().item() > 0
+
+
+def test_dpo_without_reference_logps_is_an_error():
+    s = stats()
+    s[("short", "chosen")] = responses([-4.0], [2])
+    with pytest.raises(ValueError, match="reference"):
+        solopo_objective(DPO(), SoLoRA(), Method(), s)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(alpha=-1.0), "alpha must be >= 0"),
+    (dict(responses=("chosen", "evasive")), "ra.responses"),
+    (dict(distance="cosine"), "unknown SoLo-RA distance"),
+])
+def test_bad_ra_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SoLoRA(**kwargs)
+
+
+def test_bad_method_context():
+    with pytest.raises(ValueError, match="po_context"):
+        Method(po_context="medium")
