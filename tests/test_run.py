@@ -1,0 +1,100 @@
+"""`python -m solopo.run` end to end on the tiny model: every algorithm, method and SoLo-RA variant,
+a multirun sweep, and the commands README shows."""
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FINITE_KEYS = ["train/loss", "train/po_loss", "train/ra_loss", "train/rewards/chosen", "train/rewards/rejected",
+               "train/rewards/margin", "train/rewards/accuracy", "val/loss", "val/po_loss", "val/ra_loss",
+               "val/rewards/chosen", "val/rewards/margin", "val/rewards/chosen_long", "val/ra/gap"]
+
+
+def run(args, cwd=ROOT, timeout=300):
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+    done = subprocess.run([sys.executable, "-m", "solopo.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def results(run_dir):
+    data = json.loads((Path(run_dir) / "results.json").read_text())
+    for key in FINITE_KEYS:
+        assert math.isfinite(data["metrics"][key]), key
+    return data
+
+
+@pytest.mark.parametrize("algo", ["dpo", "simpo", "orpo", "ipo", "cdpo"])
+def test_smoke_run_per_algorithm(algo, tmp_path):
+    done = run([f"algo={algo}", "data=qa", "experiment=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
+    data = results(tmp_path)
+    assert data["steps"] == 4 and data["config"]["algo"]["_target_"].lower().endswith(algo)
+    assert data["metrics"]["train/ra_loss"] > 0  # SoLo-RA on by default
+    assert "results:" in done.stdout and (tmp_path / "csv").is_dir()
+
+
+@pytest.mark.parametrize("overrides, ra_used", [
+    (["method=short_po"], False), (["method=long_po"], False), (["method=expand_long"], False),
+    (["ra=both", "ra.distance=softplus"], True), (["ra=off"], False),
+])
+def test_smoke_run_per_method(overrides, ra_used, tmp_path):
+    run(["algo=dpo", "experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path}", *overrides])
+    metrics = results(tmp_path)["metrics"]
+    assert (metrics["train/ra_loss"] > 0) == ra_used
+    assert metrics["train/loss"] == pytest.approx(metrics["train/po_loss"] + (1.0 if ra_used else 0.0) * metrics["train/ra_loss"], rel=1e-5)
+
+
+def test_multirun_writes_one_result_per_job(tmp_path):
+    run(["-m", "algo=simpo,orpo", "ra.alpha=0,1", "experiment=smoke", "logger=none", "trainer.max_steps=1",
+         f"hydra.sweep.dir={tmp_path}"])
+    found = sorted(tmp_path.glob("*/results.json"))
+    assert len(found) == 4
+    alphas = sorted((json.loads(p.read_text())["config"]["algo"]["_target_"], json.loads(p.read_text())["config"]["ra"]["alpha"]) for p in found)
+    assert alphas == [("solopo.algos.ORPO", 0.0), ("solopo.algos.ORPO", 1.0), ("solopo.algos.SimPO", 0.0), ("solopo.algos.SimPO", 1.0)]
+
+
+def test_wandb_logger_runs_offline_without_a_key(tmp_path):
+    env_key = os.environ.pop("WANDB_API_KEY", None)
+    try:
+        run(["experiment=smoke", "logger=wandb", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}"])
+    finally:
+        if env_key is not None:
+            os.environ["WANDB_API_KEY"] = env_key
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert "WANDB_API_KEY" not in (tmp_path / "results.json").read_text()
+
+
+def readme_commands():
+    """Every `python -m solopo.run ... experiment=smoke ...` line in README's code blocks."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines()
+            if line.strip().startswith("python -m solopo.run") and "experiment=smoke" in line]
+
+
+def test_readme_has_smoke_commands():
+    assert readme_commands()
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_smoke_command(command, tmp_path):
+    args = shlex.split(command)[3:]
+    directory = "hydra.sweep.dir" if "-m" in args else "hydra.run.dir"
+    run([*args, "logger=none", f"{directory}={tmp_path}"])
+    assert list(tmp_path.rglob("results.json"))
+
+
+@pytest.mark.slow
+def test_default_command_with_the_embedded_model(tmp_path):
+    """README's headline command, as written, with the real SmolLM2-135M-Instruct (minutes on CPU)."""
+    run(["algo=simpo", "data=qa", "logger=csv", f"hydra.run.dir={tmp_path}"], timeout=900)
+    data = results(tmp_path)
+    assert data["config"]["model"]["name"] == "embedded:smollm2-135m-instruct"
