@@ -52,7 +52,8 @@ def make_loaders(cfg: DictConfig, tokenizer, spec: ModelSpec, keys) -> tuple[Dat
     count_tokens = functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     loaders, counts = [], {}
     for split, items, needed, shuffle in (("train", splits.train, keys, True), ("val", splits.val, ALL_SEQUENCES, False)):
-        examples = build_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed)
+        examples = build_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
+                                  pool=splits.distractors)
         pairs, skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
         if not pairs:
             raise ValueError(f"no {split} pairs left after skipping {dict(skipped)}")

@@ -27,11 +27,12 @@ def test_world_is_deterministic_and_splits_are_disjoint():
     assert not train_questions & {i.question for i in a.val}
 
 
-def test_items_hold_their_answer_in_the_evidence_only():
-    for item in qa_items(40, 0, seed=1).train:
+def test_items_hold_their_answer_in_their_evidence():
+    splits = qa_items(40, 0, seed=1)
+    for item in splits.train:
         assert item.answers[0] not in item.wrong_answers
         assert any(item.answers[0] in p for p in item.relevant)
-        assert not set(item.relevant) & set(item.irrelevant)
+        assert set(item.relevant) <= set(splits.distractors)  # the pool is the whole world; contexts skip these
 
 
 def test_world_refuses_more_questions_than_it_has():
@@ -41,10 +42,11 @@ def test_world_refuses_more_questions_than_it_has():
 
 @pytest.mark.parametrize("long_len", [256, 1024, 2048])
 def test_contexts_hold_the_evidence_and_reach_the_target_length(long_len, count_tokens):
-    item = qa_items(1, 0, seed=0).train[0]
-    ctx = build_contexts(item, long_len, count_tokens, random.Random(0))
+    splits = qa_items(1, 0, seed=0)
+    item = splits.train[0]
+    ctx = build_contexts(item, long_len, count_tokens, random.Random(0), splits.distractors)
     for passage in item.relevant:
-        assert passage in ctx.short and passage in ctx.long
+        assert ctx.short.count(passage) == 1 and ctx.long.count(passage) == 1
     assert abs(count_tokens(ctx.long) - long_len) <= 0.05 * long_len
     assert count_tokens(ctx.short) < count_tokens(ctx.long)
     assert ctx.short.endswith(item.question) and ctx.long.endswith(item.question)
@@ -52,9 +54,9 @@ def test_contexts_hold_the_evidence_and_reach_the_target_length(long_len, count_
 
 
 def test_long_context_shorter_than_the_evidence_is_an_error(count_tokens):
-    item = qa_items(1, 0).train[0]
+    splits = qa_items(1, 0)
     with pytest.raises(ValueError, match="shorter than its short context"):
-        build_contexts(item, 10, count_tokens, random.Random(0))
+        build_contexts(splits.train[0], 10, count_tokens, random.Random(0), splits.distractors)
 
 
 def test_too_few_distractors_is_an_error(count_tokens):
@@ -64,11 +66,12 @@ def test_too_few_distractors_is_an_error(count_tokens):
 
 
 def test_gold_pairs(count_tokens):
-    items = qa_items(5, 0, seed=2).train
-    examples = build_examples(items, 256, count_tokens, pairs="gold", seed=0)
+    splits = qa_items(5, 0, seed=2)
+    items = splits.train
+    examples = build_examples(items, 256, count_tokens, pairs="gold", seed=0, pool=splits.distractors)
     assert [e.chosen for e in examples] == [i.answers[0] for i in items]
     assert [e.rejected for e in examples] == [i.wrong_answers[0] for i in items]
-    assert examples == build_examples(items, 256, count_tokens, pairs="gold", seed=0)
+    assert examples == build_examples(items, 256, count_tokens, pairs="gold", seed=0, pool=splits.distractors)
 
 
 def test_gold_pairs_need_a_wrong_answer(count_tokens):

@@ -19,7 +19,8 @@ from conftest import TINY
 @pytest.fixture(scope="module")
 def pairs(tokenizer):
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    examples = build_examples(qa_items(4, 0, seed=0).train, 200, count)
+    splits = qa_items(4, 0, seed=0)
+    examples = build_examples(splits.train, 200, count, pool=splits.distractors)
     return tokenize_examples(examples, tokenizer, max_length=1024)[0]
 
 

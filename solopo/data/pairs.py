@@ -6,6 +6,7 @@ Sampled on-policy pairs (the paper's recipe) plug in here as another rule.
 from __future__ import annotations
 
 import random
+from typing import Sequence
 
 from solopo.data.contexts import build_contexts
 from solopo.data.schema import PreferenceExample, QAItem
@@ -19,14 +20,16 @@ def gold_pair(item: QAItem) -> tuple[str, str]:
     return item.answers[0], item.wrong_answers[0]
 
 
-def build_examples(items: list[QAItem], long_len: int, count_tokens, pairs: str = "gold", seed: int = 0) -> list[PreferenceExample]:
-    """One PreferenceExample per item, deterministic in ``seed``."""
+def build_examples(
+    items: list[QAItem], long_len: int, count_tokens, pairs: str = "gold", seed: int = 0, pool: Sequence[str] = ()
+) -> list[PreferenceExample]:
+    """One PreferenceExample per item, deterministic in ``seed``; ``pool`` is the shared distractor pool."""
     if pairs not in PAIR_RULES:
         raise ValueError(f"data.pairs={pairs!r} is not available; choose one of {', '.join(PAIR_RULES)}")
     rng = random.Random(seed)
     examples = []
     for item in items:
-        contexts = build_contexts(item, long_len, count_tokens, rng)
+        contexts = build_contexts(item, long_len, count_tokens, rng, pool)
         chosen, rejected = gold_pair(item)
         examples.append(PreferenceExample(
             id=item.id, question=item.question, answers=item.answers,

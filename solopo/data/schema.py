@@ -9,8 +9,11 @@ class QAItem:
     """One question with its evidence.
 
     relevant:   the task-relevant passages (the evidence c_rel); they go into both contexts verbatim
-    irrelevant: passages that do not answer the question (c_irr), used to lengthen x_long
+    irrelevant: the item's own passages that do not answer the question (c_irr), used first to
+                lengthen x_long; the split's shared distractor pool supplies the rest
     wrong_answers: plausible incorrect answers, used to make gold preference pairs
+    context:    the whole long context, for sources whose evidence is not separated (LongBench);
+                relevant is then empty
     """
 
     id: str
@@ -19,12 +22,19 @@ class QAItem:
     relevant: tuple[str, ...]
     irrelevant: tuple[str, ...] = ()
     wrong_answers: tuple[str, ...] = ()
+    context: str | None = None
 
 
 @dataclass(frozen=True)
 class Splits:
+    """Train and validation items, and the pool of passages that lengthens their long contexts.
+
+    distractors: passages of other items (RULER-style); an item never draws its own relevant passages.
+    """
+
     train: list[QAItem]
     val: list[QAItem]
+    distractors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def qa_items(n_train: int, n_val: int, seed: int = 0, n_people: int = 120, n_org
         wrong += [w for w in rng.sample(pool, 3) if w != answer and w not in wrong]
         relevant = tuple(passages[h] for h in hops)
         return QAItem(id=f"{kind}:{hops[0]}", question=question, answers=(answer,), relevant=relevant,
-                      irrelevant=tuple(t for k, t in passages.items() if k not in hops), wrong_answers=tuple(wrong))
+                      wrong_answers=tuple(wrong))
 
     candidates = []
     for p in people:
@@ -112,4 +112,6 @@ def qa_items(n_train: int, n_val: int, seed: int = 0, n_people: int = 120, n_org
     if n_train + n_val > len(candidates):
         raise ValueError(f"the built-in QA world has {len(candidates)} questions; asked for {n_train} + {n_val}")
     rng.shuffle(candidates)
-    return Splits(train=candidates[:n_train], val=candidates[n_train : n_train + n_val])
+    # Every other passage of the world is a distractor: same style, other people and places.
+    return Splits(train=candidates[:n_train], val=candidates[n_train : n_train + n_val],
+                  distractors=tuple(passages.values()))
