@@ -18,7 +18,8 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def batch_tokens(batch: dict) -> int:
-    return int(sum(seqs["attention_mask"].sum() for seqs in batch.values()))
+    """Real (non-padding) tokens of a collated batch; packed rows have no padding."""
+    return int(sum(g["attention_mask"].sum() if "attention_mask" in g else g["input_ids"].numel() for g in batch.values()))
 
 
 class Throughput(pl.Callback):

@@ -9,6 +9,8 @@ plus log-softmax run over them in chunks. Each chunk is recomputed in backward
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -17,25 +19,43 @@ from torch.utils.checkpoint import checkpoint
 def response_logps(
     model: nn.Module,
     input_ids: Tensor,
-    attention_mask: Tensor,
+    attention_mask: Optional[Tensor],
     response_mask: Tensor,
     chunk_size: int = 1024,
+    position_ids: Optional[Tensor] = None,
+    sequence_ids: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
-    """Summed response-token log-probs and response lengths.
+    """Summed response-token log-probs and response lengths, per sequence.
 
-    input_ids, attention_mask, response_mask: (B, L); response_mask is True at the
-    positions of response tokens (right padding: pads carry attention_mask 0).
-    Returns logps (B,) in at least fp32 and n_tokens (B,).
+    Padded rows: input_ids, attention_mask, response_mask are (B, L), one sequence per row,
+    right-padded (pads carry attention_mask 0). Packed rows: attention_mask is None and
+    position_ids / sequence_ids (B, L) give each token's position in its sequence and the
+    sequence's index (sequences are numbered 0..S-1 across the batch).
+    response_mask is True at the positions of response tokens. Returns logps (S,) in at
+    least fp32 and n_tokens (S,), where S = B for padded rows.
     """
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+    body = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    hidden = body.last_hidden_state  # (B, L, H)
     target_mask = response_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
-    batch_index = target_mask.nonzero(as_tuple=True)[0]  # (N,)
+    if sequence_ids is None:
+        sequence_ids = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(input_ids)
+    owner = sequence_ids[:, 1:][target_mask]  # (N,) the sequence of each response token
     states = hidden[:, :-1][target_mask]  # (N, H)
     targets = input_ids[:, 1:][target_mask]  # (N,)
     token_logps = chunked_token_logps(states, targets, model.get_output_embeddings(), _softcap(model), chunk_size)
-    logps = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device)
-    logps = logps.index_add(0, batch_index, token_logps)
-    return logps, target_mask.sum(dim=1)
+    n_sequences = int(sequence_ids.max()) + 1
+    logps = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
+    n_tokens = torch.zeros(n_sequences, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
+    return logps, n_tokens
+
+
+def group_logps(model: nn.Module, group: dict, chunk_size: int = 1024) -> dict[tuple[str, str], tuple[Tensor, Tensor]]:
+    """(logps, n_tokens) per (context, response) block of one collated group (see solopo.data.collate)."""
+    inputs = {k: group.get(k) for k in ("input_ids", "attention_mask", "response_mask", "position_ids", "sequence_ids")}
+    logps, n_tokens = response_logps(model, **inputs, chunk_size=chunk_size)
+    size = logps.shape[0] // len(group["keys"])  # one sequence per pair in each block
+    return {tuple(key): (logps[i * size : (i + 1) * size], n_tokens[i * size : (i + 1) * size])
+            for i, key in enumerate(group["keys"])}
 
 
 def chunked_token_logps(

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from solopo.algos import Algorithm, Responses
-from solopo.logps import response_logps
+from solopo.logps import group_logps
 from solopo.objective import CHOSEN, LONG, REJECTED, SHORT, Method, SoLoRA, solopo_objective
 
 # The frozen reference is in eval mode on purpose; Lightning's start-of-fit check would flag it.
@@ -41,10 +41,11 @@ class SoLoPOModule(pl.LightningModule):
         reference: Optional[nn.Module] = None,
         optim: OptimSettings = OptimSettings(),
         logp_chunk_size: int = 1024,
+        cached_reference: bool = False,
     ):
         super().__init__()
-        if algo.needs_reference and reference is None:
-            raise ValueError(f"{type(algo).__name__} needs a reference model")
+        if algo.needs_reference and reference is None and not cached_reference:
+            raise ValueError(f"{type(algo).__name__} needs a reference model or precomputed reference log-probs")
         self.policy = policy.train()  # from_pretrained returns eval mode
         self.reference = reference
         self.algo, self.ra, self.method, self.optim = algo, ra, method, optim
@@ -61,19 +62,17 @@ class SoLoPOModule(pl.LightningModule):
     def sequence_stats(self, batch: dict) -> dict[tuple[str, str], Responses]:
         """Response log-probs under the policy (and reference) for every (context, response) in the batch."""
         stats = {}
-        for context, seqs in batch.items():
-            inputs = (seqs["input_ids"], seqs["attention_mask"], seqs["response_mask"])
-            logps, n_tokens = response_logps(self.policy, *inputs, chunk_size=self.logp_chunk_size)
-            ref_logps = None
-            if self.algo.needs_reference:
+        for group in batch.values():
+            policy = group_logps(self.policy, group, self.logp_chunk_size)
+            reference = None
+            if "ref_logps" in group:  # precomputed once before training (solopo.reference)
+                size = group["ref_logps"].shape[0] // len(group["keys"])
+                reference = {tuple(k): (group["ref_logps"][i * size : (i + 1) * size], None) for i, k in enumerate(group["keys"])}
+            elif self.algo.needs_reference:
                 with torch.no_grad():
-                    ref_logps, _ = response_logps(self.reference, *inputs, chunk_size=self.logp_chunk_size)
-            names = seqs["responses"]
-            size = logps.shape[0] // len(names)
-            for i, name in enumerate(names):
-                part = slice(i * size, (i + 1) * size)
-                ref = None if ref_logps is None else ref_logps[part]
-                stats[(context, name)] = Responses(logps[part], n_tokens[part], ref)
+                    reference = group_logps(self.reference, group, self.logp_chunk_size)
+            for key, (logps, n_tokens) in policy.items():
+                stats[key] = Responses(logps, n_tokens, None if reference is None else reference[key][0])
         return stats
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -87,7 +86,8 @@ class SoLoPOModule(pl.LightningModule):
 
     def _log(self, split: str, metrics: dict, batch: dict) -> None:
         first = next(iter(batch.values()))
-        pairs = first["input_ids"].shape[0] // len(first["responses"])
+        pairs = first["response_mask"].shape[0] if "attention_mask" in first else int(first["sequence_ids"].max()) + 1
+        pairs //= len(first["keys"])
         # Means weighted by the number of pairs, reduced across ranks: epoch values are exact over uneven batches.
         options = dict(batch_size=pairs, on_step=split == "train", on_epoch=True, sync_dist=True)
         self.log(f"{split}/loss", metrics["loss"], prog_bar=True, **options)

@@ -8,6 +8,7 @@ This is the only module that reads a DictConfig; everything below takes typed ar
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 import warnings
@@ -27,9 +28,11 @@ from solopo.callbacks import Throughput
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import build_examples
 from solopo.data.tokenize import tokenize_examples
+from solopo.embedded import cache_root
 from solopo.models import ModelSpec, freeze, load_model, load_tokenizer
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
+from solopo.reference import attach, compute_reference_logps, fingerprint, load_cache, save_cache
 from solopo.results import all_finite, final_metrics, redact, write_results
 
 log = logging.getLogger("solopo")
@@ -47,21 +50,48 @@ def check_accelerator(accelerator: str) -> None:
         raise SystemExit("trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=default (GPU when present) or trainer=cpu")
 
 
-def make_loaders(cfg: DictConfig, tokenizer, spec: ModelSpec, keys) -> tuple[DataLoader, DataLoader, dict]:
+def make_pairs(cfg: DictConfig, tokenizer, spec: ModelSpec) -> tuple[dict[str, list], dict]:
+    """Tokenised preference pairs per split, and what was built or skipped."""
     splits = instantiate(cfg.data.source)
     count_tokens = functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    loaders, counts = [], {}
-    for split, items, needed, shuffle in (("train", splits.train, keys, True), ("val", splits.val, ALL_SEQUENCES, False)):
+    pairs, counts = {}, {}
+    for split, items in (("train", splits.train), ("val", splits.val)):
         examples = build_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
                                   pool=splits.distractors)
-        pairs, skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
-        if not pairs:
+        pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
+        if not pairs[split]:
             raise ValueError(f"no {split} pairs left after skipping {dict(skipped)}")
-        counts[split] = {"pairs": len(pairs), "skipped": dict(skipped),
-                         "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs) / len(pairs) for c in ("short", "long")}}
-        loaders.append(DataLoader(pairs, batch_size=cfg.data.batch_size, shuffle=shuffle, num_workers=cfg.data.num_workers,
-                                  collate_fn=PairCollator(needed, tokenizer.pad_token_id)))
-    return loaders[0], loaders[1], counts
+        counts[split] = {"pairs": len(pairs[split]), "skipped": dict(skipped),
+                         "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / len(pairs[split])
+                                         for c in ("short", "long")}}
+    return pairs, counts
+
+
+def attach_reference(cfg: DictConfig, spec: ModelSpec, policy, pairs: dict[str, list], keys: dict[str, list],
+                     pad_token_id: int, precision: str) -> dict[str, list]:
+    """Reference log-probs of every pair, from the cache or from one no-grad pass of the initial policy."""
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    policy.to(device)
+    autocast = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    model_id = json.dumps([spec.name, spec.random_init, cfg.seed if spec.random_init else None, spec.dtype])
+    out = {}
+    for split, split_pairs in pairs.items():
+        path = cache_root() / "reference" / f"{fingerprint(model_id, split_pairs, keys[split], precision)}.json"
+        table = load_cache(path, split_pairs, keys[split])
+        if table is None:
+            table = compute_reference_logps(policy, split_pairs, keys[split], pad_token_id, batch_size=cfg.data.batch_size,
+                                            chunk_size=cfg.logp_chunk_size, autocast_dtype=autocast,
+                                            desc=f"reference log-probs ({split})", pack=cfg.packing)
+            save_cache(path, table, {"model": model_id, "precision": precision, "pairs": len(split_pairs)})
+        else:
+            log.info("reference log-probs (%s) from cache %s", split, path)
+        out[split] = attach(split_pairs, table)
+    return out
+
+
+def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool) -> DataLoader:
+    return DataLoader(pairs, batch_size=cfg.data.batch_size, shuffle=shuffle, num_workers=cfg.data.num_workers,
+                      collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, throughput: Throughput) -> pl.Trainer:
@@ -90,23 +120,30 @@ def train(cfg: DictConfig) -> dict:
     ra = instantiate(cfg.ra)
     method = Method(**cfg.method)
     spec = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
-    keys = required_sequences(method, ra)
+    train_keys = required_sequences(method, ra)
     log.info("method %s, %s, SoLo-RA alpha=%s on %s; sequences per pair: %s", method.name, type(algo).__name__,
-             ra.alpha if method.use_ra else 0, ",".join(ra.responses), ", ".join("/".join(k) for k in keys))
+             ra.alpha if method.use_ra else 0, ",".join(ra.responses), ", ".join("/".join(k) for k in train_keys))
 
     tokenizer = load_tokenizer(spec)
-    train_loader, val_loader, data_counts = make_loaders(cfg, tokenizer, spec, keys)
+    pairs, data_counts = make_pairs(cfg, tokenizer, spec)
     log.info("data: %s", data_counts)
     data_done = time.perf_counter()
 
+    precision = resolve_precision(cfg.trainer.precision)
+    cached = algo.needs_reference and cfg.reference == "cached"
     policy = load_model(spec, tokenizer, seed=cfg.seed)
-    reference = freeze(load_model(spec, tokenizer, seed=cfg.seed)) if algo.needs_reference else None
-    log.info("model %s: %.1fM parameters%s", spec.name, sum(p.numel() for p in policy.parameters()) / 1e6,
-             ", with a frozen reference" if reference is not None else "")
+    reference = freeze(load_model(spec, tokenizer, seed=cfg.seed)) if algo.needs_reference and not cached else None
+    log.info("model %s: %.1fM parameters; reference: %s", spec.name, sum(p.numel() for p in policy.parameters()) / 1e6,
+             "precomputed log-probs" if cached else "frozen model" if reference is not None else "none")
+    keys = {"train": train_keys, "val": ALL_SEQUENCES}
+    if cached:
+        pairs = attach_reference(cfg, spec, policy, pairs, keys, tokenizer.pad_token_id, precision)
     model_done = time.perf_counter()
 
-    module = SoLoPOModule(policy, algo, ra, method, reference=reference,
+    module = SoLoPOModule(policy, algo, ra, method, reference=reference, cached_reference=cached,
                           optim=OptimSettings(**OmegaConf.to_container(cfg.optim)), logp_chunk_size=cfg.logp_chunk_size)
+    train_loader = make_loader(cfg, pairs["train"], train_keys, tokenizer.pad_token_id, shuffle=True)
+    val_loader = make_loader(cfg, pairs["val"], ALL_SEQUENCES, tokenizer.pad_token_id, shuffle=False)
     throughput = Throughput()
     trainer = make_trainer(cfg, run_dir, throughput)
     # Without val_every_n_steps, validation runs once, after training (trainer.validate below).

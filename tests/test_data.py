@@ -106,7 +106,8 @@ def test_overlong_examples_are_skipped_and_counted_or_rejected(tokenizer, caplog
 def test_collator_pads_each_context_apart(tokenizer):
     pairs, _ = tokenize_examples([example(), example(prompt_long="long " * 40)], tokenizer, max_length=512)
     batch = PairCollator([("short", "chosen"), ("short", "rejected"), ("long", "chosen")], tokenizer.pad_token_id)(pairs)
-    assert batch["short"]["responses"] == ("chosen", "rejected") and batch["long"]["responses"] == ("chosen",)
+    assert batch["short"]["keys"] == (("short", "chosen"), ("short", "rejected"))
+    assert batch["long"]["keys"] == (("long", "chosen"),)
     assert batch["short"]["input_ids"].shape[0] == 4 and batch["long"]["input_ids"].shape[0] == 2
     assert batch["short"]["input_ids"].shape[1] < batch["long"]["input_ids"].shape[1]
     for i, (pair, name) in enumerate([(p, r) for r in ("chosen", "rejected") for p in pairs]):

@@ -52,6 +52,17 @@ def test_smoke_run_per_method(overrides, ra_used, tmp_path):
     assert metrics["train/loss"] == pytest.approx(metrics["train/po_loss"] + (1.0 if ra_used else 0.0) * metrics["train/ra_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("variant", [["reference=live"], ["packing=true"]])
+def test_efficiency_options_do_not_change_the_numbers(variant, tmp_path):
+    """The cached reference and packed rows are exact: the same run gives the same metrics."""
+    common = ["algo=dpo", "experiment=smoke", "logger=none", "data.batch_size=2"]
+    run([*common, f"hydra.run.dir={tmp_path / 'base'}"])
+    run([*common, *variant, f"hydra.run.dir={tmp_path / 'variant'}"])
+    base, other = results(tmp_path / "base")["metrics"], results(tmp_path / "variant")["metrics"]
+    for key in FINITE_KEYS:
+        assert other[key] == pytest.approx(base[key], rel=1e-4, abs=1e-5), key
+
+
 def test_multirun_writes_one_result_per_job(tmp_path):
     run(["-m", "algo=simpo,orpo", "ra.alpha=0,1", "experiment=smoke", "logger=none", "trainer.max_steps=1",
          f"hydra.sweep.dir={tmp_path}"])

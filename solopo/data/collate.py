@@ -1,9 +1,15 @@
-"""Batches: for each context, the needed responses of every pair, right-padded.
+"""Batches of preference pairs, grouped so that padding costs (almost) nothing.
 
-A batch is {context: {"input_ids", "attention_mask", "response_mask": (N, L), "responses": names}}
-where the N = len(names) * B rows hold, in order, response names[0] of every pair, then
-names[1] of every pair. Contexts are padded apart, so short sequences never pay for the
-long ones' padding.
+A batch is {group: {"input_ids", "response_mask", "keys", ...}}. ``keys`` lists the
+(context, response) blocks of the group in order; each block holds one sequence per pair.
+
+- Unpacked (default): one group per context, rows right-padded with "attention_mask". The
+  short pair is padded only to the longer of its responses, never to the long context.
+- Packed: every sequence of the batch in one row, one after the other, with "position_ids"
+  restarting at 0 for each sequence and "sequence_ids" naming the sequence of each token.
+  Attention stays within a sequence (transformers reads the restarts as packed sequences:
+  varlen kernels with flash-attention, a block mask with flex or sdpa), so there is no
+  padding at all.
 """
 from __future__ import annotations
 
@@ -16,23 +22,31 @@ from solopo.data.tokenize import TokenizedPair
 Key = tuple[str, str]  # (context, response)
 
 
-def group_by_context(keys: Sequence[Key]) -> dict[str, tuple[str, ...]]:
-    groups: dict[str, list[str]] = {}
-    for context, response in keys:
-        groups.setdefault(context, []).append(response)
-    return {context: tuple(responses) for context, responses in groups.items()}
+def group_by_context(keys: Sequence[Key]) -> dict[str, tuple[Key, ...]]:
+    groups: dict[str, list[Key]] = {}
+    for key in keys:
+        groups.setdefault(key[0], []).append(key)
+    return {context: tuple(group) for context, group in groups.items()}
+
+
+def _ref_logps(pairs: list[TokenizedPair], keys: Sequence[Key]) -> dict:
+    if all(p.ref_logps is not None for p in pairs):  # precomputed reference log-probs travel with the rows
+        return {"ref_logps": torch.tensor([p.ref_logps["/".join(k)] for k in keys for p in pairs])}
+    return {}
 
 
 class PairCollator:
-    def __init__(self, keys: Sequence[Key], pad_token_id: int):
-        self.groups = group_by_context(keys)
+    def __init__(self, keys: Sequence[Key], pad_token_id: int, pack: bool = False):
+        self.groups = {"packed": tuple(keys)} if pack else group_by_context(keys)
         self.pad_token_id = pad_token_id
+        self.pack = pack
 
     def __call__(self, pairs: list[TokenizedPair]) -> dict[str, dict]:
-        return {context: self._pad(pairs, context, responses) for context, responses in self.groups.items()}
+        build = self._packed if self.pack else self._padded
+        return {name: {**build(pairs, keys), "keys": keys, **_ref_logps(pairs, keys)} for name, keys in self.groups.items()}
 
-    def _pad(self, pairs: list[TokenizedPair], context: str, responses: tuple[str, ...]) -> dict:
-        rows = [(p.prompts[context], p.responses[r]) for r in responses for p in pairs]
+    def _padded(self, pairs: list[TokenizedPair], keys: tuple[Key, ...]) -> dict:
+        rows = [(p.prompts[context], p.responses[response]) for context, response in keys for p in pairs]
         length = max(len(prompt) + len(response) for prompt, response in rows)
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -42,4 +56,15 @@ class PairCollator:
             input_ids[i, :n] = torch.tensor(prompt + response)
             attention_mask[i, :n] = 1
             response_mask[i, len(prompt) : n] = True
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask, "responses": responses}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+    def _packed(self, pairs: list[TokenizedPair], keys: tuple[Key, ...]) -> dict:
+        ids, positions, sequences, response = [], [], [], []
+        for index, (prompt, resp) in enumerate((p.prompts[c], p.responses[r]) for c, r in keys for p in pairs):
+            ids += prompt + resp
+            positions += range(len(prompt) + len(resp))
+            sequences += [index] * (len(prompt) + len(resp))
+            response += [False] * len(prompt) + [True] * len(resp)
+        row = lambda values, dtype: torch.tensor(values, dtype=dtype).unsqueeze(0)  # noqa: E731  (1, T)
+        return {"input_ids": row(ids, torch.long), "position_ids": row(positions, torch.long),
+                "sequence_ids": row(sequences, torch.long), "response_mask": row(response, torch.bool)}

@@ -71,6 +71,6 @@ def _candidates(item: QAItem, pool: Sequence[str], long_len: int, rng: random.Ra
     """
     own = list(item.irrelevant)
     rng.shuffle(own)
-    relevant = set(item.relevant)
+    taken = set(item.relevant) | set(own)  # the pool holds every passage, these ones too
     draw = rng.sample(range(len(pool)), min(len(pool), max(64, long_len // 4)))
-    return own + [pool[i] for i in draw if pool[i] not in relevant]
+    return own + [pool[i] for i in draw if pool[i] not in taken]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from typing import Optional
 
 from solopo.data.schema import PreferenceExample
 
@@ -16,6 +17,7 @@ class TokenizedPair:
     id: str
     prompts: dict[str, list[int]]  # "short" / "long" -> prompt ids
     responses: dict[str, list[int]]  # "chosen" / "rejected" -> response ids, end-of-turn token last
+    ref_logps: Optional[dict[str, float]] = None  # "short/chosen" -> reference log-prob, when precomputed
 
 
 def encode_prompt(tokenizer, message: str) -> list[int]:

@@ -1,0 +1,97 @@
+"""Records of jsonl and JSON-list files, and their fields checked against the JSON types a format expects."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from solopo.data.formats.errors import DataFileError, Where
+
+REQUIRED = object()  # the default of a field that must be present
+_EXPECTED = {str: "a string", list: "a list", dict: "an object", bool: "true or false", int: "an integer"}
+
+
+def type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def read_jsonl(path: str) -> list[tuple[Where, dict]]:
+    """One JSON object per line; blank lines are skipped but counted, so line numbers match an editor's."""
+    records = []
+    with open(path, "rb") as lines:  # decoded line by line, so a bad encoding is reported with its line too
+        for number, raw in enumerate(lines, start=1):
+            where = Where(path, f"line {number}")
+            try:
+                line = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as err:
+                raise where.error(f"not UTF-8 text ({err.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise where.error(f"invalid JSON: {err.msg} (column {err.colno})") from None
+            records.append((where, _object(record, where)))
+    return _non_empty(records, path)
+
+
+def read_json_list(path: str) -> list[tuple[Where, dict]]:
+    """The records of a file holding one JSON list of objects."""
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            data = json.load(file)
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise Where(path, f"line {err.lineno}").error(f"invalid JSON: {err.msg} (column {err.colno})") from None
+    if not isinstance(data, list):
+        raise DataFileError(f"{path}: expected a JSON list of records, got {type_name(data)}")
+    records = [(Where(path, f"record {index}"), record) for index, record in enumerate(data)]
+    return _non_empty([(where, _object(record, where)) for where, record in records], path)
+
+
+def field(record: dict, name: str, kind: type, where: Where, default: Any = REQUIRED) -> Any:
+    """The value of ``name``, checked to be of ``kind``; an absent or null optional field gives ``default``."""
+    value = record.get(name)
+    if value is None:
+        if default is REQUIRED:
+            raise where.error("is null" if name in record else "required but missing", where.label(name))
+        return default
+    return check(value, kind, where.label(name), where)
+
+
+def check(value: Any, kind: type, label: str, where: Where) -> Any:
+    # bool is an int in Python, not in JSON
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise where.error(f"expected {_EXPECTED[kind]}, got {type_name(value)}", label)
+    return value
+
+
+def text(record: dict, name: str, where: Where, strip: bool = True) -> str:
+    """A required string field that is not blank; stripped unless ``strip`` is False."""
+    return check_text(field(record, name, str, where), where.label(name), where, strip)
+
+
+def check_text(value: Any, label: str, where: Where, strip: bool = True) -> str:
+    if not check(value, str, label, where).strip():
+        raise where.error("empty", label)
+    return value.strip() if strip else value
+
+
+def text_list(record: dict, name: str, where: Where, required: bool = True) -> list[str]:
+    """A list of non-blank strings (stripped); a required one must hold at least one."""
+    values = field(record, name, list, where, default=REQUIRED if required else [])
+    if required and not values:
+        raise where.error("empty list", where.label(name))
+    return [check_text(value, f"{where.label(name)}[{index}]", where) for index, value in enumerate(values)]
+
+
+def _object(record: Any, where: Where) -> dict:
+    if not isinstance(record, dict):
+        raise where.error(f"expected a JSON object, got {type_name(record)}")
+    return record
+
+
+def _non_empty(records: list, path: str) -> list:
+    if not records:
+        raise DataFileError(f"{path}: no records")
+    return records

@@ -1,0 +1,98 @@
+"""Reference log-probs computed once, before training, and cached on disk.
+
+The reference model of DPO-style algorithms is the initial policy, frozen: its log-probs
+of the training responses are fixed numbers. Computing them in one no-grad pass with
+the policy's own weights, before the first update, removes the reference model from
+training entirely (no second copy in memory, no extra forward per step). The result is
+cached under a key of the model, the exact token ids and the settings, so reruns and
+sweeps over alpha reuse it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from solopo.data.collate import Key, PairCollator
+from solopo.data.tokenize import TokenizedPair
+from solopo.logps import group_logps
+
+log = logging.getLogger(__name__)
+
+
+def key_name(key: Key) -> str:
+    return "/".join(key)  # ("long", "chosen") -> "long/chosen"
+
+
+def fingerprint(model_id: str, pairs: Sequence[TokenizedPair], keys: Iterable[Key], precision: str) -> str:
+    """sha256 over everything the numbers depend on: the model, the token ids, the sequences, the precision."""
+    h = hashlib.sha256(json.dumps([model_id, precision, sorted(key_name(k) for k in keys)]).encode())
+    for pair in pairs:
+        h.update(json.dumps([pair.id, pair.prompts, pair.responses], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def compute_reference_logps(
+    model: nn.Module, pairs: Sequence[TokenizedPair], keys: Sequence[Key], pad_token_id: int,
+    batch_size: int = 4, chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None, desc: str = "reference log-probs",
+    pack: bool = False,
+) -> dict[str, dict[str, float]]:
+    """{pair id: {"short/chosen": logps, ...}} for every pair and key, with the model as it is now."""
+    collate = PairCollator(keys, pad_token_id, pack=pack)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: dict[str, dict[str, float]] = {p.id: {} for p in pairs}
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    try:
+        for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch"):
+            chunk = pairs[start : start + batch_size]
+            for group in collate(chunk).values():
+                group = {k: v.to(device) if torch.is_tensor(v) else v for k, v in group.items()}
+                with autocast:
+                    blocks = group_logps(model, group, chunk_size)
+                for key, (logps, _) in blocks.items():
+                    for pair, value in zip(chunk, logps.float().cpu().tolist()):
+                        out[pair.id][key_name(key)] = value
+    finally:
+        model.train(was_training)
+    return out
+
+
+def attach(pairs: Sequence[TokenizedPair], table: dict[str, dict[str, float]]) -> list[TokenizedPair]:
+    return [dataclasses.replace(p, ref_logps=table[p.id]) for p in pairs]
+
+
+def load_cache(path: Path, pairs: Sequence[TokenizedPair], keys: Sequence[Key]) -> dict[str, dict[str, float]] | None:
+    """The cached table, or None when absent; a table that does not cover every pair and key
+    with finite numbers is reported and ignored (it will be rebuilt), never used."""
+    if not path.exists():
+        return None
+    try:
+        table = json.loads(path.read_text())["ref_logps"]
+        for pair in pairs:
+            for key in keys:
+                if not math.isfinite(table[pair.id][key_name(key)]):
+                    raise ValueError(f"non-finite value for {pair.id} {key_name(key)}")
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("reference cache %s is unusable (%s: %s); recomputing", path, type(err).__name__, err)
+        return None
+    return table
+
+
+def save_cache(path: Path, table: dict[str, dict[str, float]], meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "ref_logps": table}))
+    os.replace(tmp, path)  # readers see the old file or the complete new one
