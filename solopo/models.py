@@ -56,8 +56,8 @@ def load_tokenizer(spec: ModelSpec):
 def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
     dtype = None if spec.dtype == "auto" else getattr(torch, spec.dtype)
     if spec.random_init is not None:
-        fields = dict(spec.random_init)
-        config = AutoConfig.for_model(fields.pop("model_type"), vocab_size=len(tokenizer), **fields)
+        fields = {"vocab_size": len(tokenizer), **spec.random_init}  # a shape may pin its own vocabulary
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
         config._attn_implementation = spec.attn_implementation
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # the same random model for the policy and its reference

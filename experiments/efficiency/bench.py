@@ -1,0 +1,181 @@
+"""Step time, throughput and peak memory of SoLoPO vs Long-PO (same code), per context length.
+
+    python experiments/efficiency/bench.py --models smollm2,qwen2.5-1.5b --lengths 4096,8192,16384,32768,65536
+
+One process measures every configuration on the same GPU: SoLoPO chosen-only (2 short + 1 long
+sequence per pair), SoLoPO both-responses (2 short + 2 long) and Long-PO (2 long), for DPO
+(reference log-probs precomputed) and SimPO; bf16 weights, gradient checkpointing, fused AdamW,
+batch of one pair. Then the longest long context each configuration trains at, and the peak
+memory of the log-prob step alone against context length. Writes markdown + json tables.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from common import DEVICE, SHAPES, Shape, environment, is_oom, peak, random_ids, release, reset_peak, timed, write_table
+from solopo.algos import DPO, SimPO
+from solopo.data.collate import PairCollator
+from solopo.data.tokenize import TokenizedPair
+from solopo.logps import chunked_token_logps
+from solopo.models import ModelSpec, load_model, load_tokenizer
+from solopo.module import SoLoPOModule
+from solopo.objective import Method, SoLoRA, required_sequences, solopo_objective
+
+METHODS = {
+    "solopo": (Method(), SoLoRA(alpha=1.0)),
+    "solopo_both": (Method(), SoLoRA(alpha=1.0, responses=("chosen", "rejected"))),
+    "long_po": (Method("long_po", "long", "long", use_ra=False), SoLoRA(alpha=0.0)),
+}
+ALGOS = {"dpo": DPO(beta=0.1), "simpo": SimPO()}
+
+
+def model_spec(name: str) -> ModelSpec:
+    common = dict(tokenizer="embedded:smollm2-135m-instruct", dtype="bfloat16", gradient_checkpointing=True,
+                  max_length=1 << 21)
+    if name == "smollm2":
+        return ModelSpec(name="embedded:smollm2-135m-instruct", **common)
+    return ModelSpec(name=name, random_init=SHAPES[name], **common)
+
+
+def make_pair(short: int, long: int, response: int, seed: int = 0) -> TokenizedPair:
+    g = torch.Generator().manual_seed(seed)
+    responses = {"chosen": random_ids(response, g), "rejected": random_ids(response, g)}
+    ref = {f"{c}/{r}": -50.0 for c in ("short", "long") for r in ("chosen", "rejected")}
+    return TokenizedPair("bench", {"short": random_ids(short - response, g), "long": random_ids(long - response, g)},
+                         responses, ref_logps=ref)
+
+
+def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, pad_id: int):
+    method, ra = METHODS[method_name]
+    keys = required_sequences(method, ra)
+    batch = PairCollator(keys, pad_id)([pair])
+    batch = {g: {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in group.items()} for g, group in batch.items()}
+    module = SoLoPOModule(policy, algo, ra, method, cached_reference=True)
+    tokens = sum(int(group["input_ids"].numel()) for group in batch.values())
+
+    def step():
+        out = solopo_objective(algo, ra, method, module.sequence_stats(batch))
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, keys, tokens
+
+
+def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int, warmup: int, steps: int) -> dict:
+    try:
+        result = timed(step, warmup, steps)
+    except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
+        if not is_oom(err):
+            raise
+        release()
+        return {"status": "OOM"}
+    flops = sum(shape.train_flops(lengths[context], response) for context, _ in keys)
+    return {"status": "ok", **result, "tokens_per_s": tokens / result["step_s"], "tflops": flops / result["step_s"] / 1e12}
+
+
+def grid(args, name, policy, optimizer, shape, pad_id, rows):
+    for length in args.lengths:
+        pair = make_pair(args.short, length, args.response)
+        for algo_name in args.algos:
+            for method_name in args.methods:
+                step, keys, tokens = train_step(policy, optimizer, ALGOS[algo_name], method_name, pair, pad_id)
+                cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens,
+                               args.warmup, args.steps)
+                rows.append({"model": name, "algo": algo_name, "method": method_name, "long_len": length,
+                             "short_len": args.short, "tokens": tokens, **cell})
+                print(rows[-1], flush=True)
+                release()
+
+
+def longest(args, name, policy, optimizer, shape, pad_id, rows):
+    """The longest long context that trains (one DPO step, batch one pair) per method."""
+    for method_name in args.methods:
+        best = None
+        for length in args.max_lengths:
+            pair = make_pair(args.short, length, args.response)
+            step, keys, tokens = train_step(policy, optimizer, ALGOS["dpo"], method_name, pair, pad_id)
+            cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens, 0, 1)
+            print({"model": name, "method": method_name, "long_len": length, **cell}, flush=True)
+            release()
+            if cell["status"] != "ok":
+                break
+            best = {"long_len": length, "step_s": cell["step_s"], "peak_gib": cell["peak_gib"]}
+        rows.append({"model": name, "method": method_name, "max_long_len": best and best["long_len"],
+                     "step_s_at_max": best and best["step_s"], "peak_gib_at_max": best and best["peak_gib"],
+                     "first_failure": None if best and best["long_len"] == args.max_lengths[-1] else "OOM"})
+
+
+def logp_memory(args, name, policy, rows):
+    """Peak memory of the log-prob step alone (LM head + log-softmax, forward and backward) over
+    ``response`` tokens, for a growing context: response-only chunks vs full-vocabulary logits."""
+    head = policy.get_output_embeddings()
+    for length in args.lengths:
+        for variant in ("response_only", "full_logits"):
+            hidden = torch.randn(1, length, policy.config.hidden_size, device=DEVICE, dtype=torch.bfloat16,
+                                 requires_grad=True)
+            targets = torch.randint(0, policy.config.vocab_size, (length,), device=DEVICE)
+            release()
+            base = reset_peak()
+            try:
+                if variant == "response_only":
+                    logps = chunked_token_logps(hidden[0, -args.response:], targets[-args.response:], head).sum()
+                else:
+                    logits = head(hidden[0]).float()
+                    logps = logits.log_softmax(-1).gather(1, targets[:, None])[-args.response:].sum()
+                logps.backward()
+                rows.append({"model": name, "variant": variant, "context_len": length,
+                             "extra_peak_gib": (peak() - base) / 2**30})
+            except Exception as err:  # noqa: BLE001
+                if not is_oom(err):
+                    raise
+                rows.append({"model": name, "variant": variant, "context_len": length, "extra_peak_gib": "OOM"})
+            del hidden, targets
+            release()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    names = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    parser.add_argument("--models", type=names, default=["smollm2", "qwen2.5-1.5b"])
+    parser.add_argument("--algos", type=names, default=["dpo", "simpo"])
+    parser.add_argument("--methods", type=names, default=list(METHODS))
+    parser.add_argument("--short", type=int, default=1024)
+    parser.add_argument("--response", type=int, default=64)
+    parser.add_argument("--lengths", type=ints, default=[4096, 8192, 16384, 32768, 65536])
+    parser.add_argument("--max-lengths", type=ints, default=[131072, 262144])
+    parser.add_argument("--max-length-models", type=names, default=["qwen2.5-1.5b"])
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    meta = {**environment(), "command": "python " + " ".join(sys.argv), "short_len": args.short,
+            "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
+    grid_rows, max_rows, logp_rows = [], [], []
+    for name in args.models:
+        spec = model_spec(name)
+        tokenizer = load_tokenizer(spec)
+        policy = load_model(spec, tokenizer).to(DEVICE).train()
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")
+        shape = Shape.of(policy.config)
+        grid(args, name, policy, optimizer, shape, tokenizer.pad_token_id, grid_rows)
+        if name in args.max_length_models:
+            longest(args, name, policy, optimizer, shape, tokenizer.pad_token_id, max_rows)
+        logp_memory(args, name, policy, logp_rows)
+        del policy, optimizer
+        release()
+        write_table(args.out, "solopo_grid", grid_rows, ["model", "algo", "method", "long_len", "tokens", "status",
+                    "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
+        write_table(args.out, "solopo_max_length", max_rows, ["model", "method", "max_long_len", "step_s_at_max",
+                    "peak_gib_at_max", "first_failure"], meta)
+        write_table(args.out, "logp_memory", logp_rows, ["model", "variant", "context_len", "extra_peak_gib"], meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Shared pieces of the efficiency benchmarks: model shapes, synthetic pairs, FLOP counts, timing, tables."""
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for a dry run of the scripts
+
+# Random-weight shapes cost exactly what the real checkpoints cost to run.
+SHAPES = {
+    "tiny": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=1 << 20),
+    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                         max_position_embeddings=1 << 20, rope_theta=1e6),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+                       max_position_embeddings=1 << 20, rope_theta=1e6),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    q_dim: int
+    kv_dim: int
+    ffn: int
+    vocab: int
+
+    @classmethod
+    def of(cls, config) -> "Shape":
+        head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads * head,
+                   config.num_key_value_heads * head, config.intermediate_size, config.vocab_size)
+
+    def train_flops(self, length: int, response: int) -> float:
+        """Useful FLOPs of forward + backward (3x forward) for one causal sequence whose log-prob
+        is taken over ``response`` tokens: matmuls of every layer, causal attention, and the LM head
+        at the response positions only. Activation recomputation is not useful work and is not counted."""
+        h = self.hidden
+        per_token = 2 * (h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h + 3 * h * self.ffn) * self.layers
+        attention = 2 * length * length * self.q_dim * self.layers  # QK^T and AV, halved for causal masking
+        head = 2 * h * self.vocab * response
+        return 3.0 * (per_token * length + attention + head)
+
+
+def random_ids(n: int, generator: torch.Generator, vocab: int = 40000) -> list[int]:
+    return torch.randint(100, vocab, (n,), generator=generator).tolist()
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> int:
+    """Reset the peak counter; returns the memory allocated now (bytes)."""
+    if DEVICE != "cuda":
+        return 0
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def peak() -> int:
+    return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
+
+
+def timed(step: Callable[[], None], warmup: int, steps: int) -> dict:
+    """Mean step time after warm-up, with CUDA synchronisation, and the peak memory of the timed steps."""
+    for _ in range(warmup):
+        step()
+    sync()
+    reset_peak()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return {"step_s": (time.perf_counter() - start) / steps, "peak_gib": peak() / 2**30}
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def release() -> None:
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def environment() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+            "python": platform.python_version(), "commit": commit or "unknown"}
+
+
+def write_table(out: Path, name: str, rows: list[dict], columns: list[str], meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    header = [f"# {name}", "", f"command: `{meta.get('command', '')}`", f"commit {meta.get('commit')}, "
+              f"{meta.get('gpu')}, torch {meta.get('torch')}", ""]
+    (out / f"{name}.md").write_text("\n".join(header + lines) + "\n")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)

@@ -1,0 +1,126 @@
+"""The same measurement for TRL's trainers on the long contexts: the field's default for long-context PO.
+
+    python experiments/efficiency/trl_bench.py --lengths 16384,32768,65536 --max-lengths 98304,131072
+
+DPOTrainer (reference log-probs precomputed, as TRL's `precompute_ref_log_probs=True`) and, for
+SimPO, the CPO trainer with loss_type="simpo"; random Qwen2.5-1.5B shape, bf16 weights, gradient
+checkpointing, one pair of `--response`-token responses per step: Long-PO as TRL runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import AutoConfig, TrainerCallback
+
+from common import DEVICE, SHAPES, Shape, environment, is_oom, peak, release, reset_peak, sync, write_table
+from solopo.models import ModelSpec, load_model, load_tokenizer
+
+WORDS = " the of and to in is was for on that with as by at from his her it an are were which this be or".split()
+
+
+def text_of(tokenizer, n_tokens: int, rng: random.Random) -> str:
+    """Plain text that the tokenizer reads as exactly n_tokens tokens."""
+    words = [" " + rng.choice(WORDS) for _ in range(n_tokens)]
+    while True:
+        n = len(tokenizer("".join(words), add_special_tokens=False)["input_ids"])
+        if n == n_tokens:
+            return "".join(words)
+        words = words[: n_tokens - n] if n > n_tokens else words + [" " + rng.choice(WORDS)] * (n_tokens - n)
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self, warmup: int):
+        self.warmup, self.times, self.peak, self._start = warmup, [], 0.0, 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        sync()
+        if state.global_step == self.warmup:
+            reset_peak()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        sync()
+        if state.global_step > self.warmup:
+            self.times.append(time.perf_counter() - self._start)
+            self.peak = peak() / 2**30
+
+
+def make_trainer(algo: str, model, tokenizer, dataset, steps: int, out: str, callback):
+    common = dict(output_dir=out, per_device_train_batch_size=1, max_steps=steps, learning_rate=1e-7, bf16=DEVICE == "cuda",
+                  gradient_checkpointing=True, max_length=None, logging_steps=10_000, save_strategy="no",
+                  report_to=[], dataloader_num_workers=0)
+    if algo == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(precompute_ref_log_probs=True, beta=0.1, **common)
+        return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    args = CPOConfig(loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5, **common)
+    return CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+
+
+def measure(algo: str, spec: ModelSpec, tokenizer, length: int, response: int, warmup: int, steps: int) -> dict:
+    rng = random.Random(0)
+    rows = [{"prompt": text_of(tokenizer, length - response, rng), "chosen": text_of(tokenizer, response - 1, rng),
+             "rejected": text_of(tokenizer, response - 1, rng)} for _ in range(warmup + steps)]
+    timer = StepTimer(warmup)
+    model = None
+    try:
+        model = load_model(spec, tokenizer).to(DEVICE)
+        with tempfile.TemporaryDirectory() as out:
+            make_trainer(algo, model, tokenizer, Dataset.from_list(rows), warmup + steps, out, timer).train()
+    except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
+        if not is_oom(err):
+            raise
+        return {"status": "OOM"}
+    finally:
+        del model
+        release()
+    step_s = sum(timer.times) / len(timer.times)
+    return {"status": "ok", "step_s": step_s, "peak_gib": timer.peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    parser.add_argument("--model", default="qwen2.5-1.5b")
+    parser.add_argument("--algos", type=lambda s: s.split(","), default=["dpo", "simpo"])
+    parser.add_argument("--response", type=int, default=64)
+    parser.add_argument("--lengths", type=ints, default=[4096, 8192, 16384, 32768, 65536])
+    parser.add_argument("--max-lengths", type=ints, default=[98304, 131072])
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    import trl
+
+    spec = ModelSpec(name=args.model, random_init=SHAPES[args.model], tokenizer="embedded:smollm2-135m-instruct",
+                     dtype="bfloat16", max_length=1 << 21)
+    tokenizer = load_tokenizer(spec)
+    shape = Shape.of(AutoConfig.for_model(**SHAPES[args.model]))
+    meta = {**environment(), "trl": trl.__version__, "command": "python " + " ".join(sys.argv),
+            "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
+    rows = []
+    for length in args.lengths + args.max_lengths:
+        for algo in args.algos if length in args.lengths else ["dpo"]:
+            cell = measure(algo, spec, tokenizer, length, args.response, *((args.warmup, args.steps) if length in args.lengths else (0, 1)))
+            if cell["status"] == "ok":
+                tokens = 2 * length
+                cell.update(tokens_per_s=tokens / cell["step_s"],
+                            tflops=2 * shape.train_flops(length, args.response) / cell["step_s"] / 1e12)
+            rows.append({"model": args.model, "trainer": f"trl-{algo}", "long_len": length, "tokens": 2 * length, **cell})
+            print(rows[-1], flush=True)
+            write_table(args.out, "trl_long_po", rows, ["model", "trainer", "long_len", "tokens", "status", "step_s",
+                        "tokens_per_s", "tflops", "peak_gib"], meta)
+
+
+if __name__ == "__main__":
+    main()
