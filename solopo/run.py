@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 import solopo
 from solopo.callbacks import Throughput
 from solopo.data.collate import PairCollator
-from solopo.data.pairs import build_examples
+from solopo.data.pairs import to_examples
 from solopo.data.tokenize import tokenize_examples
 from solopo.embedded import cache_root
 from solopo.models import ModelSpec, freeze, load_model, load_tokenizer
@@ -50,14 +50,22 @@ def check_accelerator(accelerator: str) -> None:
         raise SystemExit("trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=default (GPU when present) or trainer=cpu")
 
 
+def check_data_path(cfg: DictConfig) -> None:
+    """A data option that reads a file (mandatory data.path) but was given none stops here, in one line,
+    before any model loads; omegaconf would only fail later, with a stack trace."""
+    if OmegaConf.is_missing(cfg.data, "path"):
+        option = HydraConfig.get().runtime.choices["data"]
+        raise SystemExit(f"data={option} needs data.path=FILE (see conf/data/{option}.yaml)")
+
+
 def make_pairs(cfg: DictConfig, tokenizer, spec: ModelSpec) -> tuple[dict[str, list], dict]:
     """Tokenised preference pairs per split, and what was built or skipped."""
     splits = instantiate(cfg.data.source)
     count_tokens = functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     pairs, counts = {}, {}
     for split, items in (("train", splits.train), ("val", splits.val)):
-        examples = build_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
-                                  pool=splits.distractors)
+        examples = to_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
+                               pool=splits.distractors)
         pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
         if not pairs[split]:
             raise ValueError(f"no {split} pairs left after skipping {dict(skipped)}")
@@ -115,6 +123,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, throughput: Throughput) -> pl.T
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_data_path(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     algo = instantiate(cfg.algo)
     ra = instantiate(cfg.ra)

@@ -1,4 +1,7 @@
 """Every shipped config composes, and what it names instantiates."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,9 @@ from solopo.models import ModelSpec, load_model, load_tokenizer
 from solopo.objective import Method, SoLoRA
 from solopo.run import check_accelerator, resolve_precision
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FIXTURES = ROOT / "tests" / "fixtures"
 GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in CONF.iterdir() if group.is_dir()}
 
 
@@ -23,6 +28,17 @@ def compose_config(overrides):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
 
+def compose_with_data_file(overrides):
+    """A data option that reads a file (mandatory data.path) gets its fixture, tests/fixtures/OPTION.*,
+    and one validation item, since the fixtures are small."""
+    cfg = compose_config(overrides)
+    if not OmegaConf.is_missing(cfg.data, "path"):
+        return cfg
+    option = cfg.hydra.runtime.choices.data
+    (fixture,) = FIXTURES.glob(f"{option}.*")
+    return compose_config([*overrides, f"data.path={fixture}", "data.source.n_val=1"])
+
+
 def test_every_group_has_configs():
     for group in ("algo", "ra", "method", "data", "model", "trainer", "logger", "experiment"):
         assert GROUPS.get(group), f"conf/{group}/ is empty"
@@ -30,7 +46,7 @@ def test_every_group_has_configs():
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
 def test_config_composes_and_instantiates(group, option, tmp_path):
-    cfg = compose_config([f"{group}={option}"])
+    cfg = compose_with_data_file([f"{group}={option}"])
     assert isinstance(instantiate(cfg.algo).needs_reference, bool)
     assert isinstance(instantiate(cfg.ra), SoLoRA)
     Method(**cfg.method)
@@ -48,6 +64,14 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
     if cfg.logger and "_target_" in cfg.logger:
         cfg.logger.save_dir = str(tmp_path)
         assert instantiate(cfg.logger) is not None
+
+
+def test_a_data_file_option_without_a_path_stops_in_one_line(tmp_path):
+    env = dict(os.environ, HYDRA_FULL_ERROR="1")
+    done = subprocess.run([sys.executable, "-m", "solopo.run", "data=musique", "experiment=smoke", "logger=none",
+                           f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "data=musique needs data.path=FILE (see conf/data/musique.yaml)"
 
 
 def test_algorithms_declare_whether_they_need_a_reference():

@@ -1,16 +1,20 @@
 """The built-in QA world, contexts, gold pairs, tokenisation and collation."""
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 from solopo.data.collate import PairCollator
 from solopo.data.contexts import build_contexts
-from solopo.data.pairs import build_examples
+from solopo.data.formats import longbench, pairs as pair_files
+from solopo.data.pairs import build_examples, to_examples
 from solopo.data.schema import PreferenceExample, QAItem
 from solopo.data.tokenize import encode_prompt, tokenize_examples
 from solopo.data.world import qa_items
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +84,35 @@ def test_gold_pairs_need_a_wrong_answer(count_tokens):
         build_examples([item], 40, count_tokens)
     with pytest.raises(ValueError, match="data.pairs='sampled' is not available"):
         build_examples([item], 40, count_tokens, pairs="sampled")
+
+
+def test_longbench_items_cannot_make_training_pairs(count_tokens):
+    """LongBench keeps its evidence inside one context, so there is no x_short to build."""
+    items = longbench.load(str(FIXTURES / "longbench.jsonl")).train
+    with pytest.raises(ValueError, match=rf"item {items[0].id}: no relevant passages.*LongBench-style data .* "
+                                         "is for evaluation, not training"):
+        build_examples(items, 256, count_tokens)
+
+
+def test_ready_made_pairs_pass_through_and_items_are_built(count_tokens):
+    ready = pair_files.load(str(FIXTURES / "pairs.jsonl")).train
+    assert to_examples(ready, 256, count_tokens) == ready
+    splits = qa_items(3, 0, seed=2)
+    assert to_examples(splits.train, 256, count_tokens, seed=1, pool=splits.distractors) == \
+        build_examples(splits.train, 256, count_tokens, seed=1, pool=splits.distractors)
+
+
+def test_a_split_mixing_pairs_and_items_is_an_error(count_tokens):
+    ready, items = pair_files.load(str(FIXTURES / "pairs.jsonl")).train, qa_items(1, 0).train
+    with pytest.raises(ValueError, match=rf"one kind only; found PreferenceExample \(item {ready[0].id}\), "
+                                         rf"QAItem \(item {items[0].id}\)"):
+        to_examples(ready + items, 256, count_tokens)
+
+
+def test_unreachable_long_len_names_the_setting(count_tokens):
+    item = QAItem("x", "Who?", ("A",), ("A did it.",), irrelevant=("B did not.",), wrong_answers=("B",))
+    with pytest.raises(ValueError, match="item x: .*cannot fill 500 tokens; set data.long_len"):
+        build_examples([item], 500, count_tokens)
 
 
 def example(prompt_long="long " * 10):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
 FINITE_KEYS = ["train/loss", "train/po_loss", "train/ra_loss", "train/rewards/chosen", "train/rewards/rejected",
                "train/rewards/margin", "train/rewards/accuracy", "val/loss", "val/po_loss", "val/ra_loss",
                "val/rewards/chosen", "val/rewards/margin", "val/rewards/chosen_long", "val/ra/gap"]
@@ -50,6 +51,19 @@ def test_smoke_run_per_method(overrides, ra_used, tmp_path):
     metrics = results(tmp_path)["metrics"]
     assert (metrics["train/ra_loss"] > 0) == ra_used
     assert metrics["train/loss"] == pytest.approx(metrics["train/po_loss"] + (1.0 if ra_used else 0.0) * metrics["train/ra_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("data, fixture, extra", [
+    ("hotpotqa", "hotpotqa.json", []), ("musique", "musique.jsonl", []), ("twowiki", "twowiki.json", []),
+    ("pairs", "pairs.jsonl", []),  # schema A: contexts given
+    ("pairs", "pairs_plain.jsonl", []),  # schema B: prompt_short == prompt_long, so SoLo-RA's gap is 0
+    ("pairs", "pairs_passages.jsonl", ["data.long_len=128"]),  # schema A': its 8 passages fill ~140 tokens at most
+])
+def test_smoke_run_on_a_data_file(data, fixture, extra, tmp_path):
+    run(["algo=dpo", "experiment=smoke", f"data={data}", f"data.path={FIXTURES / fixture}", "data.source.n_val=1",
+         "logger=none", f"hydra.run.dir={tmp_path}", *extra])
+    data_counts = results(tmp_path)["data"]
+    assert data_counts["train"]["pairs"] >= 2 and data_counts["val"]["pairs"] == 1
 
 
 @pytest.mark.parametrize("variant", [["reference=live"], ["packing=true"]])

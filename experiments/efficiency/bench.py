@@ -78,7 +78,7 @@ def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int,
     return {"status": "ok", **result, "tokens_per_s": tokens / result["step_s"], "tflops": flops / result["step_s"] / 1e12}
 
 
-def grid(args, name, policy, optimizer, shape, pad_id, rows):
+def grid(args, name, policy, optimizer, shape, pad_id, rows, save):
     for length in args.lengths:
         pair = make_pair(args.short, length, args.response)
         for algo_name in args.algos:
@@ -89,10 +89,11 @@ def grid(args, name, policy, optimizer, shape, pad_id, rows):
                 rows.append({"model": name, "algo": algo_name, "method": method_name, "long_len": length,
                              "short_len": args.short, "tokens": tokens, **cell})
                 print(rows[-1], flush=True)
+                save()
                 release()
 
 
-def longest(args, name, policy, optimizer, shape, pad_id, rows):
+def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
     """The longest long context that trains (one DPO step, batch one pair) per method."""
     for method_name in args.methods:
         best = None
@@ -108,6 +109,7 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows):
         rows.append({"model": name, "method": method_name, "max_long_len": best and best["long_len"],
                      "step_s_at_max": best and best["step_s"], "peak_gib_at_max": best and best["peak_gib"],
                      "first_failure": None if best and best["long_len"] == args.max_lengths[-1] else "OOM"})
+        save()
 
 
 def logp_memory(args, name, policy, rows):
@@ -158,23 +160,27 @@ def main() -> None:
     meta = {**environment(), "command": "python " + " ".join(sys.argv), "short_len": args.short,
             "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
     grid_rows, max_rows, logp_rows = [], [], []
+
+    def save():  # after every cell, so a run cut short still leaves its tables
+        write_table(args.out, "solopo_grid", grid_rows, ["model", "algo", "method", "long_len", "tokens", "status",
+                    "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
+        write_table(args.out, "solopo_max_length", max_rows, ["model", "method", "max_long_len", "step_s_at_max",
+                    "peak_gib_at_max", "first_failure"], meta)
+        write_table(args.out, "logp_memory", logp_rows, ["model", "variant", "context_len", "extra_peak_gib"], meta)
+
     for name in args.models:
         spec = model_spec(name)
         tokenizer = load_tokenizer(spec)
         policy = load_model(spec, tokenizer).to(DEVICE).train()
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")
         shape = Shape.of(policy.config)
-        grid(args, name, policy, optimizer, shape, tokenizer.pad_token_id, grid_rows)
-        if name in args.max_length_models:
-            longest(args, name, policy, optimizer, shape, tokenizer.pad_token_id, max_rows)
         logp_memory(args, name, policy, logp_rows)
+        grid(args, name, policy, optimizer, shape, tokenizer.pad_token_id, grid_rows, save)
+        if name in args.max_length_models:
+            longest(args, name, policy, optimizer, shape, tokenizer.pad_token_id, max_rows, save)
+        save()
         del policy, optimizer
         release()
-        write_table(args.out, "solopo_grid", grid_rows, ["model", "algo", "method", "long_len", "tokens", "status",
-                    "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
-        write_table(args.out, "solopo_max_length", max_rows, ["model", "method", "max_long_len", "step_s_at_max",
-                    "peak_gib_at_max", "first_failure"], meta)
-        write_table(args.out, "logp_memory", logp_rows, ["model", "variant", "context_len", "extra_peak_gib"], meta)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 from datasets import Dataset
 from transformers import AutoConfig, TrainerCallback
 
@@ -75,7 +76,9 @@ def measure(algo: str, spec: ModelSpec, tokenizer, length: int, response: int, w
     try:
         model = load_model(spec, tokenizer).to(DEVICE)
         with tempfile.TemporaryDirectory() as out:
-            make_trainer(algo, model, tokenizer, Dataset.from_list(rows), warmup + steps, out, timer).train()
+            # An explicit fingerprint skips datasets' hashing of the table (it fails on some pyarrow/dill pairs).
+            dataset = Dataset(pa.Table.from_pylist(rows), fingerprint=f"bench-{length}")
+            make_trainer(algo, model, tokenizer, dataset, warmup + steps, out, timer).train()
     except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
         if not is_oom(err):
             raise

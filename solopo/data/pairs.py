@@ -1,7 +1,8 @@
 """Preference pairs for an item.
 
 ``gold``: chosen = the gold answer, rejected = the item's most plausible wrong answer.
-Sampled on-policy pairs (the paper's recipe) plug in here as another rule.
+Sampled on-policy pairs (the paper's recipe) plug in here as another rule. Ready-made pairs
+(PreferenceExample records from a pairs file) need no rule: ``to_examples`` keeps them as they are.
 """
 from __future__ import annotations
 
@@ -20,6 +21,24 @@ def gold_pair(item: QAItem) -> tuple[str, str]:
     return item.answers[0], item.wrong_answers[0]
 
 
+def to_examples(
+    items: Sequence[QAItem | PreferenceExample], long_len: int, count_tokens, pairs: str = "gold", seed: int = 0,
+    pool: Sequence[str] = (),
+) -> list[PreferenceExample]:
+    """The split's PreferenceExample records as they are (ready-made pairs bring their own contexts),
+    or pairs built from its QAItem records by ``build_examples``; a split holds one kind only."""
+    first_of: dict[type, str] = {}  # each kind -> its first item, for the message
+    for item in items:
+        first_of.setdefault(type(item), item.id)
+    if first_of.keys() == {PreferenceExample}:
+        return list(items)
+    if first_of.keys() - {QAItem}:
+        found = ", ".join(f"{kind.__name__} (item {item_id})" for kind, item_id in first_of.items())
+        raise ValueError(f"a split holds ready-made pairs (PreferenceExample) or items to build pairs from (QAItem), "
+                         f"one kind only; found {found}")
+    return build_examples(list(items), long_len, count_tokens, pairs=pairs, seed=seed, pool=pool)
+
+
 def build_examples(
     items: list[QAItem], long_len: int, count_tokens, pairs: str = "gold", seed: int = 0, pool: Sequence[str] = ()
 ) -> list[PreferenceExample]:
@@ -29,7 +48,11 @@ def build_examples(
     rng = random.Random(seed)
     examples = []
     for item in items:
-        contexts = build_contexts(item, long_len, count_tokens, rng, pool)
+        check_evidence(item)
+        try:
+            contexts = build_contexts(item, long_len, count_tokens, rng, pool)
+        except ValueError as error:  # the builder cannot know which setting to change
+            raise ValueError(f"{error}; set data.long_len to a length this data can reach") from error
         chosen, rejected = gold_pair(item)
         examples.append(PreferenceExample(
             id=item.id, question=item.question, answers=item.answers,
@@ -37,3 +60,12 @@ def build_examples(
             chosen=chosen, rejected=rejected, evidence_depths=contexts.evidence_depths,
         ))
     return examples
+
+
+def check_evidence(item: QAItem) -> None:
+    """x_short is the evidence: without separated relevant passages it would hold the question
+    alone, and SoLo-RA would align the long context with nothing."""
+    if not item.relevant:
+        raise ValueError(f"item {item.id}: no relevant passages to build its short context from, so it cannot make "
+                         "SoLoPO training pairs; LongBench-style data (the whole context in QAItem.context, evidence "
+                         "not separated) is for evaluation, not training")

@@ -32,8 +32,8 @@ class Splits:
     distractors: passages of other items (RULER-style); an item never draws its own relevant passages.
     """
 
-    train: list[QAItem]
-    val: list[QAItem]
+    train: list[QAItem | PreferenceExample]  # items to build pairs from, or ready-made pairs (one kind per split)
+    val: list[QAItem | PreferenceExample]
     distractors: tuple[str, ...] = ()
 
 
