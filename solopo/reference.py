@@ -96,3 +96,22 @@ def save_cache(path: Path, table: dict[str, dict[str, float]], meta: dict) -> No
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"meta": meta, "ref_logps": table}))
     os.replace(tmp, path)  # readers see the old file or the complete new one
+
+
+def with_reference_logps(
+    model: nn.Module, pairs: Sequence[TokenizedPair], keys: Sequence[Key], model_id: str, precision: str,
+    pad_token_id: int, cache_dir: Path, batch_size: int = 4, chunk_size: int = 1024, pack: bool = False,
+    desc: str = "reference log-probs",
+) -> list[TokenizedPair]:
+    """The pairs carrying their reference log-probs: from the cache when it is valid, else computed
+    with ``model`` as it is now (the initial policy) and cached."""
+    path = cache_dir / f"{fingerprint(model_id, pairs, keys, precision)}.json"
+    table = load_cache(path, pairs, keys)
+    if table is None:
+        autocast = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+        table = compute_reference_logps(model, pairs, keys, pad_token_id, batch_size=batch_size, chunk_size=chunk_size,
+                                        autocast_dtype=autocast, desc=desc, pack=pack)
+        save_cache(path, table, {"model": model_id, "precision": precision, "pairs": len(pairs)})
+    else:
+        log.info("%s from cache %s", desc, path)
+    return attach(pairs, table)

@@ -27,12 +27,14 @@ import solopo
 from solopo.callbacks import Throughput
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import to_examples
+from solopo.data.sampling import SamplingSettings, sample_pairs
+from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import tokenize_examples
 from solopo.embedded import cache_root
 from solopo.models import ModelSpec, freeze, load_model, load_tokenizer
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
-from solopo.reference import attach, compute_reference_logps, fingerprint, load_cache, save_cache
+from solopo.reference import with_reference_logps
 from solopo.results import all_finite, final_metrics, redact, write_results
 
 log = logging.getLogger("solopo")
@@ -58,43 +60,38 @@ def check_data_path(cfg: DictConfig) -> None:
         raise SystemExit(f"data={option} needs data.path=FILE (see conf/data/{option}.yaml)")
 
 
-def make_pairs(cfg: DictConfig, tokenizer, spec: ModelSpec) -> tuple[dict[str, list], dict]:
-    """Tokenised preference pairs per split, and what was built or skipped."""
+def model_identity(spec: ModelSpec, seed: int) -> str:
+    """What cached numbers computed with this model depend on (a random model is defined by its seed)."""
+    return json.dumps([spec.name, spec.random_init, seed if spec.random_init else None, spec.dtype])
+
+
+def compute_device(cfg: DictConfig) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+
+
+def make_pairs(cfg: DictConfig, tokenizer, spec: ModelSpec, policy, method: Method) -> tuple[dict[str, list], dict]:
+    """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled), and what was
+    built, sampled or skipped."""
     splits = instantiate(cfg.data.source)
     count_tokens = functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    sampling = SamplingSettings(**cfg.data.get("sampling", {}))
     pairs, counts = {}, {}
     for split, items in (("train", splits.train), ("val", splits.val)):
         examples = to_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
                                pool=splits.distractors)
+        counts[split] = {}
+        if cfg.data.pairs == "sampled" and not isinstance(items[0], PreferenceExample):
+            policy.to(compute_device(cfg))
+            examples, counts[split]["sampling"] = sample_pairs(
+                examples, policy, tokenizer, sampling, method.pairs_from, model_identity(spec, cfg.seed),
+                cache_dir=cache_root() / "pairs")
         pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
         if not pairs[split]:
-            raise ValueError(f"no {split} pairs left after skipping {dict(skipped)}")
-        counts[split] = {"pairs": len(pairs[split]), "skipped": dict(skipped),
-                         "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / len(pairs[split])
-                                         for c in ("short", "long")}}
+            raise ValueError(f"no {split} pairs left ({counts[split]}; skipped {dict(skipped)})")
+        counts[split].update({"pairs": len(pairs[split]), "skipped": dict(skipped),
+                              "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / len(pairs[split])
+                                              for c in ("short", "long")}})
     return pairs, counts
-
-
-def attach_reference(cfg: DictConfig, spec: ModelSpec, policy, pairs: dict[str, list], keys: dict[str, list],
-                     pad_token_id: int, precision: str) -> dict[str, list]:
-    """Reference log-probs of every pair, from the cache or from one no-grad pass of the initial policy."""
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
-    policy.to(device)
-    autocast = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
-    model_id = json.dumps([spec.name, spec.random_init, cfg.seed if spec.random_init else None, spec.dtype])
-    out = {}
-    for split, split_pairs in pairs.items():
-        path = cache_root() / "reference" / f"{fingerprint(model_id, split_pairs, keys[split], precision)}.json"
-        table = load_cache(path, split_pairs, keys[split])
-        if table is None:
-            table = compute_reference_logps(policy, split_pairs, keys[split], pad_token_id, batch_size=cfg.data.batch_size,
-                                            chunk_size=cfg.logp_chunk_size, autocast_dtype=autocast,
-                                            desc=f"reference log-probs ({split})", pack=cfg.packing)
-            save_cache(path, table, {"model": model_id, "precision": precision, "pairs": len(split_pairs)})
-        else:
-            log.info("reference log-probs (%s) from cache %s", split, path)
-        out[split] = attach(split_pairs, table)
-    return out
 
 
 def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool) -> DataLoader:
@@ -134,20 +131,24 @@ def train(cfg: DictConfig) -> dict:
              ra.alpha if method.use_ra else 0, ",".join(ra.responses), ", ".join("/".join(k) for k in train_keys))
 
     tokenizer = load_tokenizer(spec)
-    pairs, data_counts = make_pairs(cfg, tokenizer, spec)
-    log.info("data: %s", data_counts)
-    data_done = time.perf_counter()
-
     precision = resolve_precision(cfg.trainer.precision)
     cached = algo.needs_reference and cfg.reference == "cached"
     policy = load_model(spec, tokenizer, seed=cfg.seed)
     reference = freeze(load_model(spec, tokenizer, seed=cfg.seed)) if algo.needs_reference and not cached else None
     log.info("model %s: %.1fM parameters; reference: %s", spec.name, sum(p.numel() for p in policy.parameters()) / 1e6,
              "precomputed log-probs" if cached else "frozen model" if reference is not None else "none")
-    keys = {"train": train_keys, "val": ALL_SEQUENCES}
-    if cached:
-        pairs = attach_reference(cfg, spec, policy, pairs, keys, tokenizer.pad_token_id, precision)
     model_done = time.perf_counter()
+
+    pairs, data_counts = make_pairs(cfg, tokenizer, spec, policy, method)
+    log.info("data: %s", data_counts)
+    keys = {"train": train_keys, "val": ALL_SEQUENCES}
+    if cached:  # before the first update, the policy is the reference
+        policy.to(compute_device(cfg))
+        pairs = {split: with_reference_logps(
+            policy, split_pairs, keys[split], model_identity(spec, cfg.seed), precision, tokenizer.pad_token_id,
+            cache_root() / "reference", batch_size=cfg.data.batch_size, chunk_size=cfg.logp_chunk_size,
+            pack=cfg.packing, desc=f"reference log-probs ({split})") for split, split_pairs in pairs.items()}
+    data_done = time.perf_counter()
 
     module = SoLoPOModule(policy, algo, ra, method, reference=reference, cached_reference=cached,
                           optim=OptimSettings(**OmegaConf.to_container(cfg.optim)), logp_chunk_size=cfg.logp_chunk_size)
@@ -170,7 +171,7 @@ def train(cfg: DictConfig) -> dict:
         "data": data_counts,
         "steps": trainer.global_step,
         "device": str(module.device),
-        "timings": {"data_s": data_done - started, "model_s": model_done - data_done, "fit_s": fit_done - model_done,
+        "timings": {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                     "validate_s": done - fit_done, "total_s": done - started,
                     "train_tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9)},
     }
@@ -187,6 +188,11 @@ def summary(results: dict, path: Path) -> str:
             "val/rewards/accuracy", "val/rewards/margin", "val/ra/gap"]
     lines = [f"trained {results['steps']} steps on {results['data']['train']['pairs']} pairs ({results['device']}) "
              f"in {t['fit_s']:.1f}s, {t['train_tokens_per_s']:.0f} tokens/s"]
+    for split, counts in results["data"].items():
+        if "sampling" in counts:
+            sampled = counts["sampling"]
+            lines.append(f"  {split} pairs sampled on the {sampled['context']} context: {sampled['kept']} of "
+                         f"{sampled['items']} questions kept, {100 * sampled['share_correct']:.1f}% of samples correct")
     lines += [f"  {k:<24} {m[k]:.4f}" for k in keys if k in m]
     lines.append(f"results: {path}")
     return "\n".join(lines)

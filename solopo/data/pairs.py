@@ -1,7 +1,8 @@
 """Preference pairs for an item.
 
 ``gold``: chosen = the gold answer, rejected = the item's most plausible wrong answer.
-Sampled on-policy pairs (the paper's recipe) plug in here as another rule. Ready-made pairs
+``sampled``: the contexts are built here and the responses left empty; solopo.data.sampling fills
+them with on-policy samples (the paper's recipe) once the policy is loaded. Ready-made pairs
 (PreferenceExample records from a pairs file) need no rule: ``to_examples`` keeps them as they are.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Sequence
 from solopo.data.contexts import build_contexts
 from solopo.data.schema import PreferenceExample, QAItem
 
-PAIR_RULES = ("gold",)
+PAIR_RULES = ("gold", "sampled")
 
 
 def gold_pair(item: QAItem) -> tuple[str, str]:
@@ -53,7 +54,7 @@ def build_examples(
             contexts = build_contexts(item, long_len, count_tokens, rng, pool)
         except ValueError as error:  # the builder cannot know which setting to change
             raise ValueError(f"{error}; set data.long_len to a length this data can reach") from error
-        chosen, rejected = gold_pair(item)
+        chosen, rejected = gold_pair(item) if pairs == "gold" else ("", "")
         examples.append(PreferenceExample(
             id=item.id, question=item.question, answers=item.answers,
             prompt_short=contexts.short, prompt_long=contexts.long,

@@ -1,0 +1,151 @@
+"""On-policy preference pairs, the paper's recipe: sample k responses per item from the policy,
+score them by sub-EM against the gold answers, keep items with at least one correct and one
+incorrect sample, and pick one of each.
+
+Pairs are sampled on the short context for SoLoPO (cheap, and more often right) or on the long
+context for the Long-PO baseline. Samples and scores are cached on disk, keyed by everything
+they depend on, so a rerun or a sweep over alpha reuses them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from solopo.data.schema import PreferenceExample
+from solopo.data.tokenize import encode_prompt
+from solopo.eval.metrics import f1, sub_em
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """k samples per prompt at this temperature (the paper: 32 at 0.85), up to max_new_tokens each;
+    batch_size bounds the sequences generated at once; seed makes the samples and the pick repeatable."""
+
+    k: int = 32
+    temperature: float = 0.85
+    max_new_tokens: int = 32
+    batch_size: int = 64
+    seed: int = 0
+
+
+Sample = tuple[str, bool]  # (text, finished: the model ended its turn within max_new_tokens)
+
+
+def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings, desc: str = "sampling") -> list[list[Sample]]:
+    """k sampled continuations of each user message (chat template applied), batched with left padding."""
+    device = next(model.parameters()).device
+    per_batch = max(1, settings.batch_size // settings.k)
+    was_training = model.training
+    model.eval()
+    out: list[list[Sample]] = []
+    try:
+        for start in tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch"):
+            encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + per_batch]]
+            width = max(map(len, encoded))
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+            torch.manual_seed(settings.seed + start)  # repeatable whatever the batch boundaries before it
+            with torch.no_grad():
+                generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
+                                           temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                                           num_return_sequences=settings.k, pad_token_id=tokenizer.pad_token_id)
+            new = generated[:, width:]
+            texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            finished = (new == tokenizer.eos_token_id).any(dim=1).tolist()
+            rows = list(zip(texts, finished))
+            out += [rows[i * settings.k : (i + 1) * settings.k] for i in range(len(encoded))]
+    finally:
+        model.train(was_training)
+    return out
+
+
+def pick_pair(samples: Sequence[Sample], scores: Sequence[float], rng: random.Random) -> tuple[str, str] | None:
+    """A uniformly random correct sample as chosen and a uniformly random incorrect one as rejected,
+    among the finished, non-empty ones (a response cut at max_new_tokens would teach the model to stop
+    mid-sentence); None when no such pair exists (the item gives no pair)."""
+    usable = [(text, score) for (text, finished), score in zip(samples, scores) if finished and text]
+    correct = sorted({text for text, score in usable if score == 1.0})
+    wrong = sorted({text for text, score in usable if score == 0.0})
+    if not correct or not wrong:
+        return None
+    return rng.choice(correct), rng.choice(wrong)
+
+
+def sample_pairs(
+    examples: Sequence[PreferenceExample], model, tokenizer, settings: SamplingSettings, context: str,
+    model_id: str, cache_dir: Path | None = None,
+) -> tuple[list[PreferenceExample], dict]:
+    """Examples whose chosen/rejected are on-policy samples drawn under ``context`` ("short" or "long"),
+    and a summary: items in, items kept, share of correct samples, why items were dropped, seconds."""
+    started = time.perf_counter()
+    prompts = [ex.prompt_short if context == "short" else ex.prompt_long for ex in examples]
+    key = _fingerprint(model_id, settings, prompts)
+    path = cache_dir / f"{key}.json" if cache_dir else None
+    samples = _load(path, len(prompts))
+    if samples is None:
+        samples = generate(model, tokenizer, prompts, settings, desc=f"sampling pairs ({context} context)")
+        if path:
+            _save(path, samples, {"model": model_id, "context": context, "settings": dataclasses.asdict(settings)})
+    else:
+        log.info("sampled responses from cache %s", path)
+    rng = random.Random(settings.seed)
+    kept, dropped, scores_all, f1_all = [], {"no_correct": 0, "no_incorrect": 0}, [], []
+    for example, item_samples in zip(examples, samples):
+        scores = [sub_em(text, example.answers) for text, _ in item_samples]
+        scores_all += scores
+        f1_all += [f1(text, example.answers) for text, _ in item_samples]
+        pair = pick_pair(item_samples, scores, rng)
+        if pair is None:
+            usable = [score for (text, finished), score in zip(item_samples, scores) if finished and text]
+            dropped["no_correct" if not any(usable) else "no_incorrect"] += 1
+            continue
+        kept.append(dataclasses.replace(example, chosen=pair[0], rejected=pair[1]))
+    unfinished = sum(not finished for item_samples in samples for _, finished in item_samples)
+    summary = {"context": context, "items": len(examples), "kept": len(kept), "dropped": dropped, "k": settings.k,
+               "unfinished_samples": unfinished,
+               "share_correct": sum(scores_all) / max(len(scores_all), 1), "mean_f1": sum(f1_all) / max(len(f1_all), 1),
+               "seconds": time.perf_counter() - started}
+    log.info("pairs sampled on the %s context: %d of %d items kept, %.1f%% of samples correct (sub-EM)",
+             context, len(kept), len(examples), 100 * summary["share_correct"])
+    return kept, summary
+
+
+def _fingerprint(model_id: str, settings: SamplingSettings, prompts: Sequence[str]) -> str:
+    h = hashlib.sha256(json.dumps([model_id, dataclasses.asdict(settings)], sort_keys=True).encode())
+    for prompt in prompts:
+        h.update(prompt.encode())
+    return h.hexdigest()
+
+
+def _load(path: Path | None, n_prompts: int) -> list[list[Sample]] | None:
+    """Cached samples, or None; a cache that is unreadable or does not match is reported and resampled."""
+    if path is None or not path.exists():
+        return None
+    try:
+        samples = [[(text, finished) for text, finished in item] for item in json.loads(path.read_text())["samples"]]
+        if len(samples) != n_prompts or not all(isinstance(t, str) and isinstance(f, bool) for x in samples for t, f in x):
+            raise ValueError(f"expected {n_prompts} lists of [text, finished] pairs")
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("sample cache %s is unusable (%s); sampling again", path, err)
+        return None
+    return samples
+
+
+def _save(path: Path, samples: list[list[Sample]], meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "samples": samples}))
+    os.replace(tmp, path)  # never a half-written cache

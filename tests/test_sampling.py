@@ -1,0 +1,110 @@
+"""On-policy pair sampling: the pick rule by hand, generation with a tiny model, the disk cache."""
+import json
+import random
+
+import pytest
+
+from solopo.data import sampling
+from solopo.data.sampling import SamplingSettings, generate, pick_pair, sample_pairs
+from solopo.data.schema import PreferenceExample
+
+
+def example(i, answer="Quorath"):
+    return PreferenceExample(f"q{i}", f"Where was person {i} born?", (answer,), f"short {i}", f"long {i}", "", "")
+
+
+def test_pick_pair_takes_one_correct_and_one_incorrect():
+    samples = [("Quorath.", True), ("It is Zenna", True), ("quorath", True), ("Velm", True), ("", True),
+               ("Quorath is where", False), ("Zenna, the", False)]
+    scores = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    chosen, rejected = pick_pair(samples, scores, random.Random(0))
+    # never an empty sample, never one cut at max_new_tokens
+    assert chosen in {"Quorath.", "quorath"} and rejected in {"It is Zenna", "Velm"}
+    assert pick_pair(samples, scores, random.Random(0)) == (chosen, rejected)  # seeded
+
+
+@pytest.mark.parametrize("scores", [[1.0, 1.0], [0.0, 0.0]])
+def test_pick_pair_needs_both_kinds(scores):
+    assert pick_pair([("a", True), ("b", True)], scores, random.Random(0)) is None
+    assert pick_pair([("a", True), ("b", False)], [1.0, 0.0], random.Random(0)) is None
+
+
+def fake_generate(outputs):
+    calls = []
+
+    def run(model, tokenizer, prompts, settings, desc=""):
+        calls.append(list(prompts))
+        return [[(text, True) for text in outputs[p]] for p in prompts]
+
+    return run, calls
+
+
+def test_sample_pairs_keeps_items_with_both_kinds_and_counts_the_rest(tmp_path, monkeypatch):
+    """k = 3: q0 has 2 correct + 1 wrong (kept), q1 all correct, q2 all wrong (both dropped)."""
+    outputs = {"short 0": ["Quorath", "Zenna", "quorath city"], "short 1": ["Quorath"] * 3, "short 2": ["no", "x", "y"]}
+    run, calls = fake_generate(outputs)
+    monkeypatch.setattr(sampling, "generate", run)
+    settings = SamplingSettings(k=3)
+    kept, summary = sample_pairs([example(i) for i in range(3)], None, None, settings, "short", "m", tmp_path)
+    assert [e.id for e in kept] == ["q0"] and kept[0].rejected == "Zenna" and kept[0].chosen in {"Quorath", "quorath city"}
+    assert summary["items"] == 3 and summary["kept"] == 1
+    assert summary["dropped"] == {"no_correct": 1, "no_incorrect": 1}
+    assert summary["share_correct"] == pytest.approx(5 / 9)
+    # a rerun reads the cache and generates nothing
+    again, _ = sample_pairs([example(i) for i in range(3)], None, None, settings, "short", "m", tmp_path)
+    assert again == kept and len(calls) == 1
+    # another context is another key
+    outputs.update({f"long {i}": ["Zenna", "Quorath", "Velm"] for i in range(3)})
+    kept_long, summary_long = sample_pairs([example(i) for i in range(3)], None, None, settings, "long", "m", tmp_path)
+    assert len(calls) == 2 and calls[-1][0] == "long 0" and summary_long["kept"] == 3
+
+
+def test_a_damaged_sample_cache_is_resampled(tmp_path, monkeypatch, caplog):
+    outputs = {"short 0": ["Quorath", "Zenna"]}
+    run, calls = fake_generate(outputs)
+    monkeypatch.setattr(sampling, "generate", run)
+    settings = SamplingSettings(k=2)
+    sample_pairs([example(0)], None, None, settings, "short", "m", tmp_path)
+    (cache,) = tmp_path.glob("*.json")
+    cache.write_text(json.dumps({"samples": [[["only one", True]], [["extra", True]]]}))
+    sample_pairs([example(0)], None, None, settings, "short", "m", tmp_path)
+    assert len(calls) == 2 and "unusable" in caplog.text
+
+
+def test_generate_with_a_model(tiny_model, tokenizer):
+    settings = SamplingSettings(k=3, max_new_tokens=4, batch_size=6, seed=1)
+    out = generate(tiny_model, tokenizer, ["Where?", "Who founded it, and when?", "Why?"], settings)
+    assert [len(samples) for samples in out] == [3, 3, 3]
+    assert all(isinstance(text, str) and isinstance(done, bool) for x in out for text, done in x)
+    assert generate(tiny_model, tokenizer, ["Where?", "Who founded it, and when?", "Why?"], settings) == out
+    assert tiny_model.training  # the mode is restored
+
+
+def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, tiny_model, tmp_path):
+    """data.pairs=sampled through run.make_pairs: samples drawn on x_short for SoLoPO and on x_long
+    for Long-PO, and the summary lands in the data counts."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from solopo.models import ModelSpec
+    from solopo.objective import Method
+    from solopo.run import make_pairs
+
+    seen = []
+
+    def answer_half(model, tok, prompts, settings, desc=""):
+        seen.append(desc)
+        # the whole prompt holds the evidence, so it contains the answer: one correct sample, one wrong
+        return [[("I think it is Nowhere.", True), (prompt, True)] for prompt in prompts]
+
+    monkeypatch.setattr(sampling, "generate", answer_half)
+    monkeypatch.setenv("SOLOPO_CACHE", str(tmp_path))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", "data.pairs=sampled", "data.sampling.k=2"])
+    spec = ModelSpec(name="tiny", tokenizer="embedded:smollm2-135m-instruct")
+    for method, context in ((Method(), "short"), (Method("long_po", "long", "long", False), "long")):
+        pairs, counts = make_pairs(cfg, tokenizer, spec, tiny_model, method)
+        assert counts["train"]["sampling"]["context"] == context and seen[-1] == f"sampling pairs ({context} context)"
+        assert counts["train"]["pairs"] == counts["train"]["sampling"]["kept"] == 4
+        assert counts["train"]["sampling"]["share_correct"] == 0.5
+        assert {p.responses["rejected"][-1] for p in pairs["train"]} == {tokenizer.eos_token_id}
