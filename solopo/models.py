@@ -37,6 +37,11 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained as is
 
 
+def weights_path(spec: ModelSpec) -> str:
+    """Where the weights of ``spec`` load from: a local directory (the embedded model's cache) or a hub id."""
+    return _local_dir(spec.name)
+
+
 def _local_dir(name: str, tokenizer_only: bool = False) -> str:
     model = embedded.lookup(name)
     if model is None:

@@ -108,3 +108,38 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
         assert counts["train"]["pairs"] == counts["train"]["sampling"]["kept"] == 4
         assert counts["train"]["sampling"]["share_correct"] == 0.5
         assert {p.responses["rejected"][-1] for p in pairs["train"]} == {tokenizer.eos_token_id}
+
+
+def test_vllm_engine_contract(monkeypatch, tokenizer):
+    """engine=vllm drives vLLM's LLM.generate with n=k samples per chat-templated prompt; a stand-in
+    module records the calls (vLLM itself needs a GPU)."""
+    import sys
+    import types
+
+    calls = {}
+
+    class Params:
+        def __init__(self, **kwargs):
+            calls["params"] = kwargs
+
+    class LLM:
+        def __init__(self, model, seed):
+            calls["model"] = model
+
+        def generate(self, texts, params):
+            calls["texts"] = texts
+            done = types.SimpleNamespace(text=" Quorath", finish_reason="stop")
+            cut = types.SimpleNamespace(text="Zenna is", finish_reason="length")
+            return [types.SimpleNamespace(outputs=[done, cut]) for _ in texts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=Params))
+    settings = SamplingSettings(k=2, max_new_tokens=7, engine="vllm")
+    out = sampling.generate_vllm("/models/x", tokenizer, ["Where?"], settings)
+    assert out == [[("Quorath", True), ("Zenna is", False)]]
+    assert calls["model"] == "/models/x" and calls["params"]["n"] == 2 and calls["params"]["max_tokens"] == 7
+    assert calls["texts"][0].endswith("<|im_start|>assistant\n")
+
+
+def test_unknown_engine():
+    with pytest.raises(ValueError, match="engine='sglang'"):
+        SamplingSettings(engine="sglang")

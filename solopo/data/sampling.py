@@ -29,16 +29,26 @@ from solopo.eval.metrics import f1, sub_em
 log = logging.getLogger(__name__)
 
 
+ENGINES = ("transformers", "vllm")
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """k samples per prompt at this temperature (the paper: 32 at 0.85), up to max_new_tokens each;
-    batch_size bounds the sequences generated at once; seed makes the samples and the pick repeatable."""
+    batch_size bounds the sequences generated at once (transformers engine); seed makes the samples
+    and the pick repeatable; engine: "transformers" (the policy in memory) or "vllm" (when installed:
+    a vLLM engine on the same weights, much faster on a GPU, released before training)."""
 
     k: int = 32
     temperature: float = 0.85
     max_new_tokens: int = 32
     batch_size: int = 64
     seed: int = 0
+    engine: str = "transformers"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"data.sampling.engine={self.engine!r}; choose one of {', '.join(ENGINES)}")
 
 
 Sample = tuple[str, bool]  # (text, finished: the model ended its turn within max_new_tokens)
@@ -61,7 +71,8 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
             with torch.no_grad():
                 generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
                                            temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                                           num_return_sequences=settings.k, pad_token_id=tokenizer.pad_token_id)
+                                           num_return_sequences=settings.k, pad_token_id=tokenizer.pad_token_id,
+                                           use_cache=True)  # training configs turn the cache off
             new = generated[:, width:]
             texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
             finished = (new == tokenizer.eos_token_id).any(dim=1).tolist()
@@ -70,6 +81,27 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
     finally:
         model.train(was_training)
     return out
+
+
+def generate_vllm(model_path: str, tokenizer, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Sample]]:
+    """The same samples from a vLLM engine on the weights at ``model_path``; the engine is freed afterwards
+    so training gets the GPU memory back."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise RuntimeError("data.sampling.engine=vllm but vllm is not installed (pip install vllm)") from err
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    params = vllm.SamplingParams(n=settings.k, temperature=settings.temperature, max_tokens=settings.max_new_tokens,
+                                 seed=settings.seed)
+    engine = vllm.LLM(model=model_path, seed=settings.seed)
+    try:
+        outputs = engine.generate(texts, params)
+    finally:
+        del engine
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return [[(c.text.strip(), c.finish_reason == "stop") for c in out.outputs] for out in outputs]
 
 
 def pick_pair(samples: Sequence[Sample], scores: Sequence[float], rng: random.Random) -> tuple[str, str] | None:
@@ -86,17 +118,21 @@ def pick_pair(samples: Sequence[Sample], scores: Sequence[float], rng: random.Ra
 
 def sample_pairs(
     examples: Sequence[PreferenceExample], model, tokenizer, settings: SamplingSettings, context: str,
-    model_id: str, cache_dir: Path | None = None,
+    model_id: str, cache_dir: Path | None = None, model_path: str | None = None,
 ) -> tuple[list[PreferenceExample], dict]:
     """Examples whose chosen/rejected are on-policy samples drawn under ``context`` ("short" or "long"),
-    and a summary: items in, items kept, share of correct samples, why items were dropped, seconds."""
+    and a summary: items in, items kept, share of correct samples, why items were dropped, seconds.
+    ``model_path`` (a local directory or hub id of the same weights) is what the vLLM engine loads."""
     started = time.perf_counter()
     prompts = [ex.prompt_short if context == "short" else ex.prompt_long for ex in examples]
     key = _fingerprint(model_id, settings, prompts)
     path = cache_dir / f"{key}.json" if cache_dir else None
     samples = _load(path, len(prompts))
     if samples is None:
-        samples = generate(model, tokenizer, prompts, settings, desc=f"sampling pairs ({context} context)")
+        if settings.engine == "vllm":
+            samples = generate_vllm(model_path or model_id, tokenizer, prompts, settings)
+        else:
+            samples = generate(model, tokenizer, prompts, settings, desc=f"sampling pairs ({context} context)")
         if path:
             _save(path, samples, {"model": model_id, "context": context, "settings": dataclasses.asdict(settings)})
     else:

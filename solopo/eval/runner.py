@@ -1,0 +1,52 @@
+"""Evaluate one or more checkpoints of a run and write the table, the json and the PNG plots."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+from solopo.data.schema import QAItem
+from solopo.eval.longctx import EvalSettings, evaluate, format_table
+from solopo.eval.plots import accuracy_vs_length, depth_heatmap
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
+                   count_tokens: Callable[[str], int], max_length: int, name: str,
+                   cache_dir: Path | None = None, model_id: str | None = None) -> dict:
+    """The evaluation table of ``model``; with a cache_dir and a model_id (the weights as loaded, not
+    as trained), the table is read from or written to the cache, so every run of a sweep shares the
+    base model's evaluation."""
+    path = None
+    if cache_dir is not None and model_id is not None:
+        key = hashlib.sha256(json.dumps([model_id, [i.id for i in items], repr(settings)]).encode()).hexdigest()
+        path = cache_dir / f"{key}.json"
+        if path.exists():
+            try:
+                table = json.loads(path.read_text())
+                log.info("evaluation of %s from cache %s", name, path)
+                return table
+            except ValueError:
+                log.warning("evaluation cache %s is unreadable; evaluating again", path)
+    table = evaluate(model, tokenizer, items, pool, settings, count_tokens, max_length, desc=f"evaluating {name}")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table))
+        os.replace(tmp, path)
+    return table
+
+
+def write_outputs(tables: dict[str, dict], out_dir: Path) -> dict:
+    """PNG plots beside the run's results: accuracy vs length (a line per checkpoint) and a
+    length x depth heatmap per checkpoint; returns the table as markdown and the plot paths."""
+    plots = [accuracy_vs_length(tables, out_dir / "eval_accuracy_vs_length.png")]
+    for name, table in tables.items():
+        if any(c["depth"] != "-" for c in table["cells"]):
+            plots.append(depth_heatmap(table, out_dir / f"eval_depth_{name}.png",
+                                       title=f"{name}: sub-EM (%) by length and evidence depth"))
+    return {"markdown": format_table(tables), "plots": [str(p) for p in plots]}
