@@ -1,5 +1,10 @@
 """The built-in QA world, contexts, gold pairs, tokenisation and collation."""
+import dataclasses
+import itertools
+import json
 import random
+import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -7,12 +12,12 @@ import pytest
 import torch
 
 from solopo.data.collate import PairCollator
-from solopo.data.contexts import build_contexts
+from solopo.data.contexts import SEPARATOR, build_contexts
 from solopo.data.formats import longbench, pairs as pair_files
 from solopo.data.pairs import build_examples, to_examples
-from solopo.data.schema import PreferenceExample, QAItem
+from solopo.data.schema import PreferenceExample, QAItem, Splits
 from solopo.data.tokenize import encode_prompt, tokenize_examples
-from solopo.data.world import qa_items
+from solopo.data.world import qa_items, split_questions
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -22,39 +27,101 @@ def count_tokens(tokenizer):
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def test_world_is_deterministic_and_splits_are_disjoint():
-    a, b = qa_items(20, 10, seed=3), qa_items(20, 10, seed=3)
-    assert a == b
-    assert qa_items(20, 10, seed=4).train != a.train
-    train_questions = {i.question for i in a.train}
-    assert len(train_questions) == 20
-    assert not train_questions & {i.question for i in a.val}
+def dump(splits: Splits) -> str:
+    return json.dumps(dataclasses.asdict(splits))
 
 
-def test_items_hold_their_answer_in_their_evidence():
-    splits = qa_items(40, 0, seed=1)
-    for item in splits.train:
-        assert item.answers[0] not in item.wrong_answers
-        assert any(item.answers[0] in p for p in item.relevant)
-        assert set(item.relevant) <= set(splits.distractors)  # the pool is the whole world; contexts skip these
+def test_world_is_deterministic_byte_for_byte():
+    first = dump(qa_items(30, 6, 3, n_test=6))  # n_train, n_val, seed stay positional
+    assert first == dump(qa_items(30, 6, 3, n_test=6))
+    assert first != dump(qa_items(30, 6, 4, n_test=6))
 
 
-def test_world_refuses_more_questions_than_it_has():
-    with pytest.raises(ValueError, match="has 320 questions"):
-        qa_items(300, 100)
+def test_splits_share_no_question_entity_or_passage():
+    counts = {"train": 60, "val": 30, "test": 30}
+    splits = qa_items(60, 30, seed=5, n_test=30)
+    worlds = {split: split_questions(5, split, n)[0] for split, n in counts.items()}
+    pools = {"train": splits.distractors, "val": splits.val_distractors, "test": splits.test_distractors}
+    items = {"train": splits.train, "val": splits.val, "test": splits.test}
+    for split, n in counts.items():
+        assert pools[split] == tuple(worlds[split].passages.values())  # each split pads from its own world
+        assert len({item.question for item in items[split]}) == len(items[split]) == n
+        assert all(set(item.relevant) <= set(pools[split]) for item in items[split])
+    for a, b in itertools.combinations(counts, 2):
+        assert not set(worlds[a].kinds) & set(worlds[b].kinds)
+        assert not set(pools[a]) & set(pools[b])
+        assert not {item.question for item in items[a]} & {item.question for item in items[b]}
 
 
-@pytest.mark.parametrize("long_len", [256, 1024, 2048])
-def test_contexts_hold_the_evidence_and_reach_the_target_length(long_len, count_tokens):
-    splits = qa_items(1, 0, seed=0)
-    item = splits.train[0]
-    ctx = build_contexts(item, long_len, count_tokens, random.Random(0), splits.distractors)
-    for passage in item.relevant:
-        assert ctx.short.count(passage) == 1 and ctx.long.count(passage) == 1
-    assert abs(count_tokens(ctx.long) - long_len) <= 0.05 * long_len
-    assert count_tokens(ctx.short) < count_tokens(ctx.long)
-    assert ctx.short.endswith(item.question) and ctx.long.endswith(item.question)
-    assert len(ctx.evidence_depths) == len(item.relevant) and all(0 <= d <= 1 for d in ctx.evidence_depths)
+def test_splits_not_asked_for_are_empty():
+    splits = qa_items(4, 0)
+    assert splits.val == splits.test == [] and splits.val_distractors == splits.test_distractors == ()
+    with pytest.raises(ValueError, match="item counts must be >= 0"):
+        qa_items(4, -1)
+
+
+def test_five_thousand_items_generate_in_seconds():
+    started = time.perf_counter()
+    splits = qa_items(5000, 0, seed=1)
+    assert time.perf_counter() - started < 10
+    assert len({item.question for item in splits.train}) == 5000
+
+
+def test_questions_of_one_two_and_three_hops_are_answered_by_their_chain():
+    world, questions = split_questions(1, "train", 90)
+    assert Counter(len(q.item.relevant) for q in questions) == {1: 30, 2: 30, 3: 30}
+    for q in questions:
+        item, answer = q.item, q.item.answers[0]
+        assert len(set(q.chain)) == len(q.chain) and item.relevant == tuple(world.passages[e] for e in q.chain)
+        # each hop's entity is named in the passage before it, and the answer in the last one
+        for entity, relation, following in zip(q.chain, q.relations, q.chain[1:]):
+            assert world.facts[entity][relation] == following and following in world.passages[entity]
+        assert world.facts[q.chain[-1]][q.relations[-1]] == answer
+        assert re.search(rf"\b{re.escape(answer)}\b", item.relevant[-1])
+        assert item.wrong_answers and answer not in item.wrong_answers
+        assert len(set(item.wrong_answers)) == len(item.wrong_answers)
+
+
+def test_each_passage_describes_its_own_entity():
+    """A passage states its entity's facts and names other entities only as values of them."""
+    world, _ = split_questions(2, "val", 1)
+    names = re.compile("|".join(rf"\b{re.escape(name)}\b" for name in sorted(world.kinds, key=len, reverse=True)))
+    for entity, passage in world.passages.items():
+        assert all(value in passage for value in world.facts[entity].values())
+        assert set(names.findall(passage)) <= {entity, *world.facts[entity].values()}
+
+
+def test_no_distractor_states_the_asked_fact():
+    """The asked entity has one passage, on the chain; any other passage of the split's pool names it
+    only as the value of a fact about its own entity ("works for X", "founded by X")."""
+    world, questions = split_questions(3, "train", 30)
+    entity_of = {passage: entity for entity, passage in world.passages.items()}
+    for q in questions:
+        subject = re.compile(rf"\b{re.escape(q.chain[-1])}\b")
+        assert entity_of[q.item.relevant[-1]] == q.chain[-1]
+        for passage in world.passages.values():
+            if passage not in q.item.relevant and subject.search(passage):
+                owner = entity_of[passage]
+                assert owner != q.chain[-1] and q.chain[-1] in world.facts[owner].values()
+
+
+@pytest.mark.parametrize("long_len", [512, 1024, 2048, 4096, 8192])
+def test_long_context_lands_within_two_percent_of_long_len(long_len, count_tokens):
+    splits = qa_items(3, 0, seed=0)  # one question of each hop count
+    pool = set(splits.distractors)
+    for index, item in enumerate(splits.train):
+        ctx = build_contexts(item, long_len, count_tokens, random.Random(index), splits.distractors)
+        assert abs(count_tokens(ctx.long) - long_len) <= 0.02 * long_len
+        for passage in item.relevant:
+            assert ctx.short.count(passage) == 1 and ctx.long.count(passage) == 1
+        assert count_tokens(ctx.short) < count_tokens(ctx.long)
+        assert ctx.short.endswith(item.question) and ctx.long.endswith(item.question)
+        assert len(ctx.evidence_depths) == len(item.relevant) and all(0 <= d <= 1 for d in ctx.evidence_depths)
+        # the padding: whole passages of the pool, and at most one start of a passage cut at a word boundary
+        padding = [p for p in ctx.long.split(SEPARATOR)[:-1] if p not in item.relevant]
+        cut = [p for p in padding if p not in pool]
+        assert len(cut) <= 1
+        assert all(any(whole.startswith(p + " ") for whole in pool) for p in cut)
 
 
 def test_long_context_shorter_than_the_evidence_is_an_error(count_tokens):
@@ -82,8 +149,8 @@ def test_gold_pairs_need_a_wrong_answer(count_tokens):
     item = QAItem("q7", "Who?", ("A",), ("A did it.",), irrelevant=("B did not.",) * 50)
     with pytest.raises(ValueError, match="item q7.*wrong_answers"):
         build_examples([item], 40, count_tokens)
-    with pytest.raises(ValueError, match="data.pairs='sampled' is not available"):
-        build_examples([item], 40, count_tokens, pairs="sampled")
+    with pytest.raises(ValueError, match="data.pairs='judged' is not available"):
+        build_examples([item], 40, count_tokens, pairs="judged")
 
 
 def test_longbench_items_cannot_make_training_pairs(count_tokens):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -9,6 +10,7 @@ from solopo.data.schema import QAItem
 
 INSTRUCTION = "Answer the question using the documents above. Reply with the answer only.\nQuestion: {question}"
 SEPARATOR = "\n\n"
+TOLERANCE = 0.02  # x_long lands within this fraction of long_len when the passages available suffice
 
 
 @dataclass(frozen=True)
@@ -25,30 +27,23 @@ def render(passages: list[str], question: str) -> str:
 def build_contexts(
     item: QAItem, long_len: int, count_tokens: Callable[[str], int], rng: random.Random, pool: Sequence[str] = ()
 ) -> Contexts:
-    """x_short holds the evidence only (shuffled); x_long buries it at random depths among
-    irrelevant passages (the item's own, then draws from the shared ``pool``), added until
-    x_long reaches about ``long_len`` tokens.
+    """x_short holds the evidence only (shuffled); x_long buries it at random depths among irrelevant
+    passages (the item's own, then draws from the shared ``pool``): whole passages while they fit, then
+    the start of the next one, cut at a word boundary, for what is left. x_long thus lands within
+    TOLERANCE of ``long_len`` tokens; the evidence is never cut.
 
     Raises ValueError when the passages available cannot reach long_len.
     """
     relevant = list(item.relevant)
     rng.shuffle(relevant)
     short = render(relevant, item.question)
-
-    budget = long_len - count_tokens(short)
-    if budget < 0:
-        raise ValueError(f"item {item.id}: long_len={long_len} is shorter than its short context ({long_len - budget} tokens)")
+    short_tokens = count_tokens(short)
+    if long_len < short_tokens:
+        raise ValueError(f"item {item.id}: long_len={long_len} is shorter than its short context "
+                         f"({short_tokens} tokens)")
     candidates = _candidates(item, pool, long_len, rng)
-    fillers: list[str] = []
-    sep_tokens = count_tokens(SEPARATOR)
-    for passage in candidates:
-        if budget <= 0:
-            break
-        cost = count_tokens(passage) + sep_tokens
-        if cost < 2 * budget:  # adding it lands closer to the target than leaving it out
-            fillers.append(passage)
-            budget -= cost
-    if len(fillers) == len(candidates) and budget > 0.05 * long_len:
+    fillers, missing = _fill(candidates, long_len - short_tokens, _passage_cost(count_tokens, relevant, candidates))
+    if missing > TOLERANCE * long_len:
         raise ValueError(f"item {item.id}: its {len(candidates)} irrelevant passages cannot fill {long_len} tokens")
 
     positions = sorted(rng.sample(range(len(fillers) + len(relevant)), len(relevant)))
@@ -56,11 +51,50 @@ def build_contexts(
     for position, passage in zip(positions, relevant):
         passages.insert(position, passage)
     long = render(passages, item.question)
-    missing = [p for p in relevant if p not in long]
-    if missing:  # cannot happen by construction; a guard against future edits of the builder
+    if any(p not in long for p in relevant):  # cannot happen by construction; a guard against future edits
         raise AssertionError(f"item {item.id}: evidence missing from x_long")
     denom = max(len(passages) - 1, 1)
     return Contexts(short=short, long=long, evidence_depths=tuple(p / denom for p in positions))
+
+
+def _passage_cost(count_tokens: Callable[[str], int], relevant: list[str],
+                  candidates: list[str]) -> Callable[[str], int]:
+    """Tokens a passage adds to a context: its own with a separator, plus what the seam with the passage
+    before it costs. Tokenizers differ there (some merge the separator with a final full stop), so the
+    seam is measured once, on one relevant and one candidate passage."""
+    seam = 0
+    if relevant and candidates:
+        before, after = relevant[0], candidates[0]
+        seam = count_tokens(before + SEPARATOR + after) - count_tokens(before) - count_tokens(SEPARATOR + after)
+    return lambda passage: count_tokens(SEPARATOR + passage) + seam
+
+
+def _fill(candidates: list[str], budget: int, cost: Callable[[str], int]) -> tuple[list[str], int]:
+    """Whole candidates while they fit in ``budget`` tokens, then the start of the next one, cut to fit.
+    Returns them and the tokens the candidates fell short by (0 when one had to be cut)."""
+    fillers = []
+    for passage in candidates:
+        spent = cost(passage)
+        if spent > budget:
+            head = _head(passage, budget, cost)
+            return fillers + [head] if head else fillers, 0
+        fillers.append(passage)
+        budget -= spent
+    return fillers, budget
+
+
+def _head(passage: str, budget: int, cost: Callable[[str], int]) -> str:
+    """The longest start of ``passage`` that ends at a word boundary and costs at most ``budget``
+    (binary search: the cost grows with the length)."""
+    ends = [match.start() for match in re.finditer(r"\s+", passage)]
+    head, low, high = "", 1, len(ends)  # head: the longest start known to fit; low, high: word counts to try
+    while low <= high:
+        middle = (low + high) // 2
+        if cost(passage[: ends[middle - 1]]) <= budget:
+            head, low = passage[: ends[middle - 1]], middle + 1
+        else:
+            high = middle - 1
+    return head
 
 
 def _candidates(item: QAItem, pool: Sequence[str], long_len: int, rng: random.Random) -> list[str]:

@@ -27,14 +27,23 @@ class QAItem:
 
 @dataclass(frozen=True)
 class Splits:
-    """Train and validation items, and the pool of passages that lengthens their long contexts.
+    """Train, validation and test items, and the pools of passages that lengthen their long contexts.
 
-    distractors: passages of other items (RULER-style); an item never draws its own relevant passages.
+    distractors:      passages of other items (RULER-style) that pad x_long: the training pool, and the pool
+                      of val and test where they have none of their own; an item never draws its own
+                      relevant passages
+    val_distractors:  the validation items' own pool, for sources that build each split from a separate
+                      world (the built-in QA data), so no split's passages pad another's contexts;
+                      empty: validation draws from distractors
+    test_distractors: the test items' own pool, likewise
     """
 
     train: list[QAItem | PreferenceExample]  # items to build pairs from, or ready-made pairs (one kind per split)
     val: list[QAItem | PreferenceExample]
     distractors: tuple[str, ...] = ()
+    test: list[QAItem | PreferenceExample] = field(default_factory=list)
+    val_distractors: tuple[str, ...] = ()
+    test_distractors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
