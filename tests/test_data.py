@@ -216,3 +216,23 @@ def test_collator_pads_each_context_apart(tokenizer):
         assert row["input_ids"][i, :n].tolist() == pair.prompts["short"] + pair.responses[name]
         assert row["input_ids"][i, row["response_mask"][i]].tolist() == pair.responses[name]
         assert torch.all(row["input_ids"][i, n:] == tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_evidence_block_at_a_fixed_depth(depth, count_tokens):
+    splits = qa_items(3, 0, seed=5)
+    item = max(splits.train, key=lambda i: len(i.relevant))
+    ctx = build_contexts(item, 1024, count_tokens, random.Random(0), splits.distractors, depth=depth)
+    assert all(d == pytest.approx(ctx.evidence_depths[0], abs=0.1) for d in ctx.evidence_depths)  # one block
+    assert ctx.evidence_depths[0] == pytest.approx(depth, abs=0.1)
+    assert all(ctx.long.count(p) == 1 for p in item.relevant)
+
+
+def test_prompt_templates(count_tokens):
+    item = qa_items(1, 0).train[0]
+    direct = build_contexts(item, 512, count_tokens, random.Random(0), qa_items(1, 0).distractors)
+    cot = build_contexts(item, 512, count_tokens, random.Random(0), qa_items(1, 0).distractors, template="cot")
+    assert "Reply with the answer only" in direct.short and "Think step by step" in cot.short
+    assert cot.long.endswith(item.question) and direct.long.endswith(item.question)
+    with pytest.raises(ValueError, match="unknown prompt template 'verbose'"):
+        build_contexts(item, 512, count_tokens, random.Random(0), (), template="verbose")

@@ -52,3 +52,23 @@ def test_plots_are_written(tmp_path):
     for path in (line, heat):
         assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
     assert all(math.isfinite(v) for v in table["by_length"].values())
+
+
+def test_cases_cover_every_length_and_depth(tokenizer):
+    from solopo.data.world import qa_items
+    from solopo.eval.longctx import build_cases
+
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    splits = qa_items(0, 0, n_test=2, seed=3)
+    settings = EvalSettings(lengths=("short", 512, 1024, 4096), depths=(0.0, 1.0))
+    cases = build_cases(splits.test, settings, count, splits.test_distractors, max_length=2048)
+    assert len(cases) == 2 * (1 + 2 * 2)  # 4096 does not fit a 2048-token model and is left out
+    for c in cases:
+        if c.length != "short":
+            assert abs(count(c.prompt) - int(c.length)) <= 0.02 * int(c.length)
+    item = splits.test[0]
+    start = next(c for c in cases if c.item_id == item.id and c.length == "1024" and c.depth == "0")
+    end = next(c for c in cases if c.item_id == item.id and c.length == "1024" and c.depth == "1")
+    first = min(start.prompt.index(p) for p in item.relevant)
+    assert first == 0 and min(end.prompt.index(p) for p in item.relevant) > len(end.prompt) // 2
+    assert cases == build_cases(splits.test, settings, count, splits.test_distractors, max_length=2048)

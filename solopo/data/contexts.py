@@ -8,7 +8,12 @@ from typing import Callable, Sequence
 
 from solopo.data.schema import QAItem
 
-INSTRUCTION = "Answer the question using the documents above. Reply with the answer only.\nQuestion: {question}"
+# The prompt template: how the instruction after the documents asks for the answer.
+INSTRUCTIONS = {
+    "direct": "Answer the question using the documents above. Reply with the answer only.\nQuestion: {question}",
+    "cot": ("Answer the question using the documents above. Think step by step in two or three short sentences, "
+            "then give the answer.\nQuestion: {question}"),
+}
 SEPARATOR = "\n\n"
 TOLERANCE = 0.02  # x_long lands within this fraction of long_len when the passages available suffice
 
@@ -20,23 +25,28 @@ class Contexts:
     evidence_depths: tuple[float, ...]  # relative position of each relevant passage in x_long
 
 
-def render(passages: list[str], question: str) -> str:
-    return SEPARATOR.join(passages + [INSTRUCTION.format(question=question)])
+def render(passages: list[str], question: str, template: str = "direct") -> str:
+    if template not in INSTRUCTIONS:
+        raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(INSTRUCTIONS)}")
+    return SEPARATOR.join(passages + [INSTRUCTIONS[template].format(question=question)])
 
 
 def build_contexts(
-    item: QAItem, long_len: int, count_tokens: Callable[[str], int], rng: random.Random, pool: Sequence[str] = ()
+    item: QAItem, long_len: int, count_tokens: Callable[[str], int], rng: random.Random, pool: Sequence[str] = (),
+    depth: float | None = None, template: str = "direct",
 ) -> Contexts:
-    """x_short holds the evidence only (shuffled); x_long buries it at random depths among irrelevant
-    passages (the item's own, then draws from the shared ``pool``): whole passages while they fit, then
-    the start of the next one, cut at a word boundary, for what is left. x_long thus lands within
-    TOLERANCE of ``long_len`` tokens; the evidence is never cut.
+    """x_short holds the evidence only (shuffled); x_long buries it among irrelevant passages (the
+    item's own, then draws from the shared ``pool``): whole passages while they fit, then the start of
+    the next one, cut at a word boundary, for what is left. x_long thus lands within TOLERANCE of
+    ``long_len`` tokens; the evidence is never cut. The relevant passages go to random depths, or, with
+    ``depth`` in [0, 1], together as one block at that relative depth (0 = first, 1 = just before the
+    question), as evaluation by depth needs.
 
     Raises ValueError when the passages available cannot reach long_len.
     """
     relevant = list(item.relevant)
     rng.shuffle(relevant)
-    short = render(relevant, item.question)
+    short = render(relevant, item.question, template)
     short_tokens = count_tokens(short)
     if long_len < short_tokens:
         raise ValueError(f"item {item.id}: long_len={long_len} is shorter than its short context "
@@ -46,11 +56,15 @@ def build_contexts(
     if missing > TOLERANCE * long_len:
         raise ValueError(f"item {item.id}: its {len(candidates)} irrelevant passages cannot fill {long_len} tokens")
 
-    positions = sorted(rng.sample(range(len(fillers) + len(relevant)), len(relevant)))
+    if depth is None:
+        positions = sorted(rng.sample(range(len(fillers) + len(relevant)), len(relevant)))
+    else:
+        first = round(depth * len(fillers))  # the block starts after this many fillers
+        positions = list(range(first, first + len(relevant)))
     passages = list(fillers)
     for position, passage in zip(positions, relevant):
         passages.insert(position, passage)
-    long = render(passages, item.question)
+    long = render(passages, item.question, template)
     if any(p not in long for p in relevant):  # cannot happen by construction; a guard against future edits
         raise AssertionError(f"item {item.id}: evidence missing from x_long")
     denom = max(len(passages) - 1, 1)

@@ -24,7 +24,7 @@ def gold_pair(item: QAItem) -> tuple[str, str]:
 
 def to_examples(
     items: Sequence[QAItem | PreferenceExample], long_len: int, count_tokens, pairs: str = "gold", seed: int = 0,
-    pool: Sequence[str] = (),
+    pool: Sequence[str] = (), template: str = "direct",
 ) -> list[PreferenceExample]:
     """The split's PreferenceExample records as they are (ready-made pairs bring their own contexts),
     or pairs built from its QAItem records by ``build_examples``; a split holds one kind only."""
@@ -37,11 +37,12 @@ def to_examples(
         found = ", ".join(f"{kind.__name__} (item {item_id})" for kind, item_id in first_of.items())
         raise ValueError(f"a split holds ready-made pairs (PreferenceExample) or items to build pairs from (QAItem), "
                          f"one kind only; found {found}")
-    return build_examples(list(items), long_len, count_tokens, pairs=pairs, seed=seed, pool=pool)
+    return build_examples(list(items), long_len, count_tokens, pairs=pairs, seed=seed, pool=pool, template=template)
 
 
 def build_examples(
-    items: list[QAItem], long_len: int, count_tokens, pairs: str = "gold", seed: int = 0, pool: Sequence[str] = ()
+    items: list[QAItem], long_len: int, count_tokens, pairs: str = "gold", seed: int = 0, pool: Sequence[str] = (),
+    template: str = "direct",
 ) -> list[PreferenceExample]:
     """One PreferenceExample per item, deterministic in ``seed``; ``pool`` is the shared distractor pool."""
     if pairs not in PAIR_RULES:
@@ -51,7 +52,7 @@ def build_examples(
     for item in items:
         check_evidence(item)
         try:
-            contexts = build_contexts(item, long_len, count_tokens, rng, pool)
+            contexts = build_contexts(item, long_len, count_tokens, rng, pool, template=template)
         except ValueError as error:  # the builder cannot know which setting to change
             raise ValueError(f"{error}; set data.long_len to a length this data can reach") from error
         chosen, rejected = gold_pair(item) if pairs == "gold" else ("", "")
