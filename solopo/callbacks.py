@@ -1,9 +1,12 @@
-"""Throughput and memory of each training step, logged next to the losses."""
+"""Training callbacks: throughput and memory of each step, logged next to the losses, and preemption."""
 from __future__ import annotations
 
 import resource
+import signal
 import sys
+import threading
 import time
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -49,3 +52,32 @@ class Throughput(pl.Callback):
             "train/step_time_s": elapsed,
             "train/peak_mem_gib": peak_memory_gib(pl_module.device),
         }, on_step=True, on_epoch=False)
+
+
+class Preemption(pl.Callback):
+    """On SIGTERM or SIGUSR1 (what schedulers send before they kill or requeue a job), finishes the current step and
+    stops training; LastCheckpoint then writes last.ckpt at that step. `received` tells the caller to exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: Optional[signal.Signals] = None
+        self._previous: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        # Installed after Lightning's own SIGTERM handler (set up at fit start), which would end the run with an
+        # exception at the next step instead; Lightning puts the handlers from before fit back when it ends.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._notice) for signum in self.SIGNALS}
+
+    def _notice(self, signum, frame) -> None:
+        self.received = signal.Signals(signum)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.received is not None:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

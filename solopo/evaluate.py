@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from solopo.eval.longctx import EvalSettings
-from solopo.eval.runner import evaluate_model, write_outputs
+from solopo.eval.runner import eval_items, evaluate_model, write_outputs
 from solopo.models import ModelSpec, load_model, load_tokenizer
 from solopo.results import redact, write_results
 
@@ -31,17 +31,6 @@ def eval_settings(cfg: DictConfig) -> EvalSettings:
     fields = OmegaConf.to_container(cfg.eval, resolve=True)
     return EvalSettings(lengths=tuple(fields["lengths"]), depths=tuple(fields["depths"]),
                         max_new_tokens=fields["max_new_tokens"], batch_size=fields["batch_size"], seed=cfg.seed)
-
-
-def eval_items(splits, n_items: int) -> tuple[list, tuple]:
-    """Held-out questions and the passages their long contexts draw from: the test split when the
-    source has one (built-in QA), else the validation split; ready-made pairs cannot be evaluated."""
-    items = getattr(splits, "test", None) or splits.val
-    pool = getattr(splits, "test_distractors", None) if getattr(splits, "test", None) else None
-    pool = pool or getattr(splits, "val_distractors", None) or splits.distractors
-    if not items or not hasattr(items[0], "relevant"):
-        raise SystemExit("evaluation needs question items with their evidence (data=qa, musique, hotpotqa, twowiki)")
-    return list(items[:n_items]), tuple(pool)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -1,9 +1,19 @@
-"""Experiment loggers that need more than their Lightning class."""
+"""Experiment loggers that need more than their Lightning class: wandb that runs offline without a key, and both
+loggers continuing where an interrupted run left off when it is resumed (ckpt_path=...)."""
 from __future__ import annotations
 
+import csv
 import netrc
 import os
+import uuid
+from pathlib import Path
 from typing import Optional
+
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from lightning_fabric.loggers.logger import rank_zero_experiment
+
+WANDB_RUN_ID_FILE = "wandb_run_id"
 
 
 def wandb_key_configured() -> bool:
@@ -16,12 +26,46 @@ def wandb_key_configured() -> bool:
 
 
 def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional[str] = None,
-                 group: Optional[str] = None, tags: Optional[list[str]] = None, **kwargs):
+                 group: Optional[str] = None, tags: Optional[list[str]] = None, resume: bool = False, **kwargs):
     """A WandbLogger; mode "auto" runs online only when an API key is configured, so a run
-    never stops to ask for a login and offline runs can be uploaded later with `wandb sync`."""
+    never stops to ask for a login and offline runs can be uploaded later with `wandb sync`.
+    The run id is kept in <save_dir>/wandb_run_id: a resumed run (resume=True) logs to the same wandb run."""
     from pytorch_lightning.loggers import WandbLogger
 
     if mode not in ("auto", "online", "offline"):
         raise ValueError(f"logger.mode={mode!r}; choose auto, online or offline")
     offline = mode == "offline" or (mode == "auto" and not wandb_key_configured())
-    return WandbLogger(project=project, save_dir=save_dir, offline=offline, name=name, group=group, tags=tags, **kwargs)
+    id_file = Path(save_dir) / WANDB_RUN_ID_FILE
+    run_id = id_file.read_text().strip() if resume and id_file.is_file() else uuid.uuid4().hex[:8]
+    id_file.parent.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(run_id + "\n")
+    # WandbLogger asks wandb for resume="allow": the id continues its run when there is one, else starts it.
+    return WandbLogger(project=project, save_dir=save_dir, offline=offline, name=name, group=group, tags=tags,
+                       id=run_id, **kwargs)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Keeps the metrics.csv it finds (Lightning's writer deletes it) and appends under its header."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """A CSVLogger that writes <save_dir>/<name>/version_0, one per run directory; a resumed run (resume=True)
+    appends its rows to the metrics.csv of the run it continues instead of starting a new version."""
+
+    def __init__(self, save_dir: str, name: str = "csv", resume: bool = False, **kwargs):
+        super().__init__(save_dir, name=name, version=0, **kwargs)
+        self._resume = resume
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            writer = _AppendingWriter if self._resume else ExperimentWriter
+            self._experiment = writer(log_dir=self.log_dir)
+        return self._experiment

@@ -29,6 +29,7 @@ class OptimSettings:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_ratio: float = 0.1
     min_lr_ratio: float = 0.1
+    schedule_steps: Optional[int] = None  # the schedule's length; None: the steps this fit will take
 
 
 class SoLoPOModule(pl.LightningModule):
@@ -77,7 +78,8 @@ class SoLoPOModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = solopo_objective(self.algo, self.ra, self.method, self.sequence_stats(batch))
-        self._log("train", out.metrics, batch)
+        if torch.isfinite(out.loss):  # a non-finite step is skipped and counted by solopo.faults.NumericalGuard
+            self._log("train", out.metrics, batch)
         return out.loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -98,7 +100,7 @@ class SoLoPOModule(pl.LightningModule):
         fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, betas=self.optim.betas,
                                       weight_decay=self.optim.weight_decay, fused=fused or None)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = self.optim.schedule_steps or max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.optim.warmup_ratio * total)
         floor = self.optim.min_lr_ratio
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -18,23 +19,26 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from pytorch_lightning.callbacks import TQDMProgressBar
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import solopo
-from solopo.callbacks import Throughput
+from solopo.callbacks import Preemption, Throughput
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import to_examples
 from solopo.data.sampling import SamplingSettings, sample_pairs
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import tokenize_examples
 from solopo.embedded import cache_root
+from solopo.faults import NumericalGuard
 from solopo.models import ModelSpec, freeze, load_model, load_tokenizer
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
 from solopo.reference import with_reference_logps
+from solopo.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
 from solopo.results import all_finite, final_metrics, redact, write_results
 
 log = logging.getLogger("solopo")
@@ -95,32 +99,50 @@ def make_pairs(cfg: DictConfig, tokenizer, spec: ModelSpec, policy, method: Meth
 
 
 def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool) -> DataLoader:
-    return DataLoader(pairs, batch_size=cfg.data.batch_size, shuffle=shuffle, num_workers=cfg.data.num_workers,
-                      collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
+    options = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                   collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
+    # The training loader's order and position go into checkpoints, so a resumed run sees the batches it would have.
+    # Both loaders draw from their own generator: the global RNG, which checkpoints restore, is left to the model.
+    if shuffle:
+        return ResumableLoader(pairs, seed=cfg.seed, **options)
+    return DataLoader(pairs, generator=torch.Generator().manual_seed(cfg.seed), **options)
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, throughput: Throughput) -> pl.Trainer:
-    check_accelerator(cfg.trainer.accelerator)
-    logger = False
-    if cfg.get("logger") and "_target_" in cfg.logger:
+def make_logger(cfg: DictConfig, resume: bool):
+    if not (cfg.get("logger") and "_target_" in cfg.logger):
+        return False
+    extra = {}
+    if "wandb" in cfg.logger._target_:
         choices = HydraConfig.get().runtime.choices
         tags = [f"{group}={choices[group]}" for group in ("algo", "ra", "method", "data", "model") if group in choices]
-        extra = {"tags": tags} if "wandb" in cfg.logger._target_ else {}
-        logger = instantiate(cfg.logger, **extra)
-        if hasattr(logger, "log_hyperparams"):
-            logger.log_hyperparams(redact(OmegaConf.to_container(cfg, resolve=True)))
+        extra = {"tags": tags, "resume": resume}
+    elif cfg.logger._target_ == "pytorch_lightning.loggers.CSVLogger":  # one metrics.csv per run, continued on resume
+        extra = {"_target_": "solopo.loggers.ResumableCSVLogger", "resume": resume}
+    logger = instantiate(cfg.logger, **extra)
+    if hasattr(logger, "log_hyperparams"):
+        logger.log_hyperparams(redact(OmegaConf.to_container(cfg, resolve=True)))
+    return logger
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume: bool) -> pl.Trainer:
+    check_accelerator(cfg.trainer.accelerator)
     overrides = {"precision": resolve_precision(cfg.trainer.precision), "default_root_dir": str(run_dir)}
     if cfg.val_every_n_steps:
         overrides.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
-    # tqdm bars, which also read well in non-interactive logs (SLURM, CI)
-    callbacks = [throughput, TQDMProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [throughput]
-    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
+    if cfg.trainer.enable_checkpointing:
+        if cfg.checkpoint.every_n_steps and cfg.checkpoint.every_n_minutes:
+            raise SystemExit("set checkpoint.every_n_steps or checkpoint.every_n_minutes, not both")
+        callbacks = [*callbacks, LastCheckpoint(run_dir, **cfg.checkpoint)]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [*callbacks, TQDMProgressBar()]  # tqdm bars, which also read well in non-interactive logs (SLURM, CI)
+    return instantiate(cfg.trainer, logger=make_logger(cfg, resume), callbacks=callbacks, **overrides)
 
 
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_data_path(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     algo = instantiate(cfg.algo)
     ra = instantiate(cfg.ra)
@@ -154,14 +176,18 @@ def train(cfg: DictConfig) -> dict:
                           optim=OptimSettings(**OmegaConf.to_container(cfg.optim)), logp_chunk_size=cfg.logp_chunk_size)
     train_loader = make_loader(cfg, pairs["train"], train_keys, tokenizer.pad_token_id, shuffle=True)
     val_loader = make_loader(cfg, pairs["val"], ALL_SEQUENCES, tokenizer.pad_token_id, shuffle=False)
-    throughput = Throughput()
-    trainer = make_trainer(cfg, run_dir, throughput)
+    throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
+    trainer = make_trainer(cfg, run_dir, [throughput, guard, preemption, RngState()], resume=ckpt_path is not None)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
     # Without val_every_n_steps, validation runs once, after training (trainer.validate below).
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader if cfg.val_every_n_steps else None)
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader if cfg.val_every_n_steps else None,
+                ckpt_path=ckpt_path)
     fit_done = time.perf_counter()
     metrics = final_metrics(trainer.callback_metrics)
-    trainer.validate(module, dataloaders=val_loader, verbose=False)
-    metrics.update(final_metrics(trainer.callback_metrics))
+    if preemption.received is None:  # a preempted job has seconds left: no validation
+        trainer.validate(module, dataloaders=val_loader, verbose=False)
+        metrics.update(final_metrics(trainer.callback_metrics))
     done = time.perf_counter()
 
     results = {
@@ -171,15 +197,46 @@ def train(cfg: DictConfig) -> dict:
         "data": data_counts,
         "steps": trainer.global_step,
         "device": str(module.device),
+        "resumed_from": str(ckpt_path) if ckpt_path else None,  # the train/ means cover the steps since then
+        "faults": guard.summary(),
         "timings": {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                     "validate_s": done - fit_done, "total_s": done - started,
                     "train_tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9)},
     }
+    if preemption.received is not None:
+        stop_preempted(preemption.received, trainer, run_dir, results)
     path = write_results(run_dir, results)
     if not all_finite(metrics):
         log.warning("some final metrics are not finite: %s", {k: v for k, v in metrics.items() if v != v or abs(v) == float("inf")})
     print(summary(results, path))
+    if guard.stop_message:
+        stop_on_faults(guard.stop_message)
     return results
+
+
+def stop_preempted(received: signal.Signals, trainer: pl.Trainer, run_dir: Path, results: dict) -> None:
+    """Records the preemption in results.json and exits with 128 + the signal number (143 for SIGTERM, 138 for
+    SIGUSR1), as a shell reports a process the signal ended, so a job script sees that the run did not finish."""
+    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    results["preempted"] = {"signal": received.name, "step": trainer.global_step, "checkpoint": checkpoint or None}
+    write_results(run_dir, results)
+    if checkpoint:
+        log.warning("preempted (%s) at step %d: checkpoint written to %s; resume by rerunning the command with "
+                    "ckpt_path=last hydra.run.dir=%s",
+                    received.name, trainer.global_step, checkpoint, run_dir)
+    else:
+        log.warning("preempted (%s) at step %d: no checkpoint written (trainer.enable_checkpointing=false)",
+                    received.name, trainer.global_step)
+    raise SystemExit(128 + received.value)
+
+
+def stop_on_faults(message: str) -> None:
+    """A single run exits with status 1 and the message; a job of a sweep logs it (results.json has it under
+    faults.stopped) and lets the sweep go on."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.error(message)
+    else:
+        raise SystemExit(message)
 
 
 def summary(results: dict, path: Path) -> str:
@@ -194,6 +251,9 @@ def summary(results: dict, path: Path) -> str:
             lines.append(f"  {split} pairs sampled on the {sampled['context']} context: {sampled['kept']} of "
                          f"{sampled['items']} questions kept, {100 * sampled['share_correct']:.1f}% of samples correct")
     lines += [f"  {k:<24} {m[k]:.4f}" for k in keys if k in m]
+    if results["faults"]["skipped_steps"]:
+        lines.append(f"  skipped {results['faults']['skipped_steps']} steps with a non-finite loss or gradient "
+                     "(results.json: faults)")
     lines.append(f"results: {path}")
     return "\n".join(lines)
 

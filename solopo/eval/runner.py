@@ -15,6 +15,16 @@ from solopo.eval.plots import accuracy_vs_length, depth_heatmap
 log = logging.getLogger(__name__)
 
 
+def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
+    """Held-out questions and the passages their long contexts draw from: the test split and its own
+    world when the source has one (built-in QA), else the validation split."""
+    items, pool = (splits.test, splits.test_distractors) if splits.test else (splits.val, splits.val_distractors)
+    if not items or not isinstance(items[0], QAItem) or not items[0].relevant:
+        raise ValueError("evaluation needs held-out questions with their evidence (data=qa, musique, hotpotqa, "
+                         "twowiki); set eval.enabled=false for ready-made pairs")
+    return list(items[:n_items]), tuple(pool or splits.distractors)
+
+
 def evaluate_model(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
                    count_tokens: Callable[[str], int], max_length: int, name: str,
                    cache_dir: Path | None = None, model_id: str | None = None) -> dict:

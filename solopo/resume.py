@@ -1,0 +1,146 @@
+"""Resuming a run where it stopped: the checkpoint file, the position in the data and the random state.
+
+Lightning restores the weights, the optimizer, the LR scheduler, the global step and the loop counters. A shuffled
+DataLoader would still restart its epoch from the first batch, in a new order, and Lightning keeps no RNG state in
+checkpoints; the loader and the callback below fill those two gaps, so a resumed run trains on the batches the
+uninterrupted run would have, with the same random draws.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Sampler
+
+log = logging.getLogger("solopo")
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from, or None to start from scratch. "last" is the run directory's last.ckpt when
+    there is one: a requeued job passes ckpt_path=last from its first start on. A missing file named explicitly
+    stops the run with a one-line message."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        path = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
+        if path.is_file():
+            return path
+        log.warning("ckpt_path=last: no checkpoint at %s (resuming needs the hydra.run.dir of the run to continue); "
+                    "starting from scratch", path)
+        return None
+    if not Path(ckpt_path).is_file():
+        raise SystemExit(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return Path(ckpt_path)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Keeps one file, <run dir>/checkpoints/last.ckpt: rewritten every N steps or N minutes (not both) when asked,
+    at the last step, and when training is stopped early (preemption, the NaN guard). Every checkpoint of the 135M default holds ~1.6 GB (weights and AdamW
+    moments), so no history of checkpoints is kept."""
+
+    def __init__(self, run_dir: Path, every_n_steps: Optional[int] = None, every_n_minutes: Optional[float] = None):
+        super().__init__(dirpath=Path(run_dir) / CHECKPOINT_DIR, save_last=True, save_top_k=0,
+                         every_n_train_steps=every_n_steps,
+                         train_time_interval=timedelta(minutes=every_n_minutes) if every_n_minutes else None,
+                         enable_version_counter=False)  # a rerun in the same directory overwrites last.ckpt
+
+    def save_now(self, trainer: pl.Trainer) -> None:
+        """Writes last.ckpt for the current step unless this step is saved already (or the run is a fast_dev_run,
+        which leaves no checkpoint, as with Lightning's own)."""
+        if trainer.fast_dev_run:
+            return
+        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # A run resumed from this directory's last.ckpt does not write that step again (resuming a finished run
+        # of a sweep would otherwise rewrite every job's checkpoint).
+        self._last_global_step_saved = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # The last step (max_steps reached, or a stop asked for by preemption or the NaN guard) is saved here, before
+        # Lightning closes the epoch: a checkpoint written after that resumes with a new epoch, so a run continued
+        # with a larger trainer.max_steps would skip the rest of this one.
+        if trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step:
+            self.save_now(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning's own end-of-training save is skipped once a periodic save has happened, even at an earlier step.
+        self.save_now(trainer)
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffle fixed by (seed, epoch), so an interrupted run and its resumed run draw the same order. The next
+    epoch it yields leaves out its first `skip` items (those the interrupted run trained on)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch, self.skip = size, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it before every epoch
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size).tolist()
+        skip, self.skip = self.skip, 0
+        yield from order[skip:]
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class ResumableLoader(DataLoader):
+    """A shuffled DataLoader whose position Lightning stores in checkpoints (state_dict / load_state_dict), so a
+    resumed run continues its epoch with the next batch. Its own generator leaves the global RNG alone."""
+
+    def __init__(self, dataset, seed: int, **kwargs):
+        super().__init__(dataset, sampler=EpochShuffle(len(dataset), seed),
+                         generator=torch.Generator().manual_seed(seed), **kwargs)
+        self._served = 0  # batches of the current epoch handed out
+        self._resume: Optional[dict] = None  # the position a checkpoint recorded
+
+    def __iter__(self):  # a generator: this runs at the first batch, once Lightning has set the epoch
+        resume, self._resume = self._resume, None
+        self._served = resume["batches"] if resume and resume["epoch"] == self.sampler.epoch else 0
+        self.sampler.skip = self._served * self.batch_size
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state
+
+
+class RngState(pl.Callback):
+    """Saves the Python, NumPy and torch (CPU and CUDA) random states in checkpoints and restores them on resume,
+    so dropout draws what the uninterrupted run would have. Plain lists and tensors only: the checkpoint still
+    loads with torch.load(weights_only=True)."""
+
+    def state_dict(self) -> dict:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+                 "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

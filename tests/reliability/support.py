@@ -1,0 +1,56 @@
+"""`python -m solopo.run` as a subprocess, on the tiny model, and what its run directory holds; a toy Lightning
+module for the callbacks."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+# Every step's loss in metrics.csv; no progress bars in the captured output.
+SMOKE = ["experiment=smoke", "logger=csv", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]
+
+
+def command(args) -> list[str]:
+    return [sys.executable, "-m", "solopo.run", *SMOKE, *args]
+
+
+def run(args, expect: int = 0, timeout: int = 300) -> subprocess.CompletedProcess:
+    done = subprocess.run(command(args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == expect, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """train/loss_step by step from the run's metrics.csv; a step logged twice keeps its last row."""
+    rows = csv.DictReader(open(Path(run_dir) / "csv" / "version_0" / "metrics.csv"))
+    return {int(row["step"]): float(row["train/loss_step"]) for row in rows if row.get("train/loss_step")}
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+class Toy(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch.float()[:, None]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit_toy(tmp_path, max_steps: int, callbacks: list) -> pl.Trainer:
+    trainer = pl.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks)
+    trainer.fit(Toy(), DataLoader(list(range(8)), batch_size=1))
+    return trainer

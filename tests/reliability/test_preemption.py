@@ -1,0 +1,72 @@
+"""SIGTERM or SIGUSR1 (a scheduler's notice) stops training after the current step, writes last.ckpt, says how to
+resume, and exits with 128 + the signal number; the resumed run continues from the saved step."""
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from solopo.callbacks import Preemption
+from solopo.resume import LastCheckpoint
+from support import ENV, ROOT, command, fit_toy, results, run, step_losses
+
+LONG_RUN = ["trainer.max_steps=200", "trainer.max_epochs=10", "data.source.n_train=40"]
+
+
+def wait_for(path, text, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared:\n{path.read_text(errors='replace')[-3000:]}")
+
+
+def test_sigterm_writes_last_ckpt_and_the_run_resumes_from_it(tmp_path):
+    run_dir, output = tmp_path / "run", tmp_path / "output.txt"
+    with open(output, "w") as out:  # the progress bar shows the first step's loss once training has begun
+        proc = subprocess.Popen(command([*LONG_RUN, "trainer.enable_progress_bar=true", f"hydra.run.dir={run_dir}"]),
+                                cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(output, "train/loss_step=", proc)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        finally:
+            proc.kill()
+    text = output.read_text(errors="replace")
+    found = re.search(r"preempted \(SIGTERM\) at step (\d+): checkpoint written to (\S+); "
+                      r"resume by rerunning the command with ckpt_path=last hydra\.run\.dir=(\S+)", text)
+    assert found, text[-3000:]
+    step = int(found[1])
+    assert found[2] == str(run_dir / "checkpoints" / "last.ckpt") and found[3] == str(run_dir)
+    assert 1 <= step < 200 and "Traceback" not in text
+    assert torch.load(found[2], weights_only=False)["global_step"] == step
+    assert results(run_dir)["preempted"] == {"signal": "SIGTERM", "step": step, "checkpoint": found[2]}
+
+    done = run([*LONG_RUN, "ckpt_path=last", f"trainer.max_steps={step + 2}", f"hydra.run.dir={run_dir}"])
+    assert f"resuming from {found[2]}" in done.stdout
+    assert results(run_dir)["steps"] == step + 2 and "preempted" not in results(run_dir)
+    assert sorted(step_losses(run_dir)) == list(range(step + 2))  # the resumed steps appended to the same csv
+
+
+class SignalAt(pl.Callback):
+    def __init__(self, step, signum):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step + 1 == self.step:  # arrives during that step
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+def test_a_signal_stops_after_the_current_step_with_a_checkpoint(signum, tmp_path):
+    before = signal.getsignal(signum)
+    preemption = Preemption()
+    trainer = fit_toy(tmp_path, max_steps=8, callbacks=[SignalAt(2, signum), preemption, LastCheckpoint(tmp_path)])
+    assert preemption.received == signum and trainer.global_step == 2
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert signal.getsignal(signum) == before  # handlers are put back when training ends
