@@ -43,7 +43,7 @@ def rows_of(results: list[dict]) -> tuple[list[str], list[dict]]:
     """The varying config keys, and one row per run: those keys, then scores and timings."""
     configs = [flatten(r.get("config", {})) for r in results]
     keys = sorted({k for c in configs for k in c if not k.startswith(IGNORED)})
-    varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+    varying = [k for k in keys if _varies(configs, k)]
     rows = []
     for config, result in zip(configs, results):
         row = {k: config.get(k) for k in varying}
@@ -60,6 +60,19 @@ def rows_of(results: list[dict]) -> tuple[list[str], list[dict]]:
                 row[key] = round(result["timings"][key], 1)
         rows.append(row)
     return varying, rows
+
+
+def _varies(configs: list[dict], key: str) -> bool:
+    """Whether ``key`` is a factor of the comparison. A hyperparameter of a swapped component (algo.gamma
+    when algo._target_ differs) is one only if it also differs between runs of the same component."""
+    group = key.rsplit(".", 1)[0] + "._target_" if "." in key else None
+    by_target: dict[str, set[str]] = {}
+    for c in configs:
+        target = str(c.get(group)) if group and group != key else ""
+        by_target.setdefault(target, set()).add(json.dumps(c.get(key), sort_keys=True, default=str))
+    if len(by_target) > 1:
+        return any(len(values) > 1 for values in by_target.values())
+    return len(next(iter(by_target.values()))) > 1
 
 
 def label(row: dict, varying: list[str]) -> str:

@@ -33,6 +33,8 @@ from solopo.data.sampling import SamplingSettings, sample_pairs
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import tokenize_examples
 from solopo.embedded import cache_root
+from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
+from solopo.evaluate import eval_settings
 from solopo.faults import NumericalGuard
 from solopo.models import ModelSpec, freeze, load_model, load_tokenizer
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
@@ -73,16 +75,28 @@ def compute_device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
 
 
-def make_pairs(cfg: DictConfig, tokenizer, spec: ModelSpec, policy, method: Method) -> tuple[dict[str, list], dict]:
+def make_evaluation(cfg: DictConfig, splits, tokenizer, spec: ModelSpec) -> Evaluation | None:
+    """The held-out evaluation of this run (conf/eval), or None when it is off or the data has no questions."""
+    if not cfg.eval.enabled:
+        return None
+    try:
+        items, pool = eval_items(splits, cfg.eval.n_items)
+    except ValueError as err:
+        log.warning("evaluation skipped: %s", err)
+        return None
+    return Evaluation(tokenizer, items, pool, eval_settings(cfg), spec.max_length, cache_root() / "eval",
+                      model_identity(spec, cfg.seed))
+
+
+def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, method: Method) -> tuple[dict[str, list], dict]:
     """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled), and what was
     built, sampled or skipped."""
-    splits = instantiate(cfg.data.source)
     count_tokens = functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     sampling = SamplingSettings(**cfg.data.get("sampling", {}))
     pairs, counts = {}, {}
     for split, items in (("train", splits.train), ("val", splits.val)):
         examples = to_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
-                               pool=splits.distractors)
+                               pool=splits.distractors, template=cfg.data.get("template", "direct"))
         counts[split] = {}
         if cfg.data.pairs == "sampled" and not isinstance(items[0], PreferenceExample):
             policy.to(compute_device(cfg))
@@ -161,7 +175,8 @@ def train(cfg: DictConfig) -> dict:
              "precomputed log-probs" if cached else "frozen model" if reference is not None else "none")
     model_done = time.perf_counter()
 
-    pairs, data_counts = make_pairs(cfg, tokenizer, spec, policy, method)
+    splits = instantiate(cfg.data.source)
+    pairs, data_counts = make_pairs(cfg, splits, tokenizer, spec, policy, method)
     log.info("data: %s", data_counts)
     keys = {"train": train_keys, "val": ALL_SEQUENCES}
     if cached:  # before the first update, the policy is the reference
@@ -170,6 +185,10 @@ def train(cfg: DictConfig) -> dict:
             policy, split_pairs, keys[split], model_identity(spec, cfg.seed), precision, tokenizer.pad_token_id,
             cache_root() / "reference", batch_size=cfg.data.batch_size, chunk_size=cfg.logp_chunk_size,
             pack=cfg.packing, desc=f"reference log-probs ({split})") for split, split_pairs in pairs.items()}
+    evaluation, tables = make_evaluation(cfg, splits, tokenizer, spec), {}
+    if evaluation is not None:
+        policy.to(compute_device(cfg))
+        tables["base"] = evaluation(policy, "base", as_loaded=True)
     data_done = time.perf_counter()
 
     module = SoLoPOModule(policy, algo, ra, method, reference=reference, cached_reference=cached,
@@ -188,6 +207,8 @@ def train(cfg: DictConfig) -> dict:
     if preemption.received is None:  # a preempted job has seconds left: no validation
         trainer.validate(module, dataloaders=val_loader, verbose=False)
         metrics.update(final_metrics(trainer.callback_metrics))
+        if evaluation is not None:
+            tables["trained"] = evaluation(policy, "trained")
     done = time.perf_counter()
 
     results = {
@@ -205,6 +226,11 @@ def train(cfg: DictConfig) -> dict:
     }
     if preemption.received is not None:
         stop_preempted(preemption.received, trainer, run_dir, results)
+    if tables:
+        outputs = write_outputs(tables, run_dir)
+        results.update(eval=tables, plots=outputs["plots"])
+        log_to(trainer.logger, tables, outputs["plots"])
+        print("long-context QA, sub-EM (%):\n" + outputs["markdown"])
     path = write_results(run_dir, results)
     if not all_finite(metrics):
         log.warning("some final metrics are not finite: %s", {k: v for k, v in metrics.items() if v != v or abs(v) == float("inf")})

@@ -1,10 +1,12 @@
 """Evaluate one or more checkpoints of a run and write the table, the json and the PNG plots."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -49,6 +51,44 @@ def evaluate_model(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str
         tmp.write_text(json.dumps(table))
         os.replace(tmp, path)
     return table
+
+
+@dataclass
+class Evaluation:
+    """One evaluation setup of a run (questions, contexts, settings), applied to each checkpoint."""
+
+    tokenizer: object
+    items: list[QAItem]
+    pool: tuple[str, ...]
+    settings: EvalSettings
+    max_length: int
+    cache_dir: Path | None = None
+    model_id: str | None = None  # identifies the weights as loaded: their evaluation can be cached
+
+    def __post_init__(self) -> None:
+        tokenizer = self.tokenizer
+        self.count_tokens = functools.lru_cache(maxsize=None)(
+            lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+    def __call__(self, model, name: str, as_loaded: bool = False) -> dict:
+        """The table of ``model``; ``as_loaded`` marks untrained weights, whose table is cached."""
+        return evaluate_model(model, self.tokenizer, self.items, self.pool, self.settings, self.count_tokens,
+                              self.max_length, name, cache_dir=self.cache_dir if as_loaded else None,
+                              model_id=self.model_id)
+
+
+def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
+    """Scores as metrics (every logger), and the table and plots where the logger shows them (wandb)."""
+    if not logger:
+        return
+    logger.log_metrics({f"eval/{name}/sub_em@{length}": score for name, table in tables.items()
+                        for length, score in {**table["by_length"], "avg_long": table["average_long"]}.items()})
+    if hasattr(logger, "log_table"):
+        lengths = list(next(iter(tables.values()))["by_length"])
+        logger.log_table(key="eval/sub_em_by_length", columns=["model", *map(str, lengths), "avg long"],
+                         data=[[name, *(t["by_length"][n] for n in lengths), t["average_long"]] for name, t in tables.items()])
+        logger.log_image(key="eval/plots", images=plots)
+    logger.save()  # file loggers (CSV) write what they buffered
 
 
 def write_outputs(tables: dict[str, dict], out_dir: Path) -> dict:
