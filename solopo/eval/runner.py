@@ -87,7 +87,8 @@ def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
         lengths = list(next(iter(tables.values()))["by_length"])
         logger.log_table(key="eval/sub_em_by_length", columns=["model", *map(str, lengths), "avg long"],
                          data=[[name, *(t["by_length"][n] for n in lengths), t["average_long"]] for name, t in tables.items()])
-        logger.log_image(key="eval/plots", images=plots)
+        for plot in plots:  # one key each: the plots differ in size
+            logger.log_image(key=f"eval/{Path(plot).stem}", images=[plot])
     logger.save()  # file loggers (CSV) write what they buffered
 
 
