@@ -72,3 +72,13 @@ def test_cases_cover_every_length_and_depth(tokenizer):
     first = min(start.prompt.index(p) for p in item.relevant)
     assert first == 0 and min(end.prompt.index(p) for p in item.relevant) > len(end.prompt) // 2
     assert cases == build_cases(splits.test, settings, count, splits.test_distractors, max_length=2048)
+
+
+def test_lengths_the_distractors_cannot_reach_are_left_out(tokenizer, caplog):
+    from solopo.data.schema import QAItem
+    from solopo.eval.longctx import build_cases
+
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    item = QAItem("x", "Who founded Velm Works?", ("Arin Tesk",), ("Velm Works was founded by Arin Tesk.",))
+    cases = build_cases([item], EvalSettings(lengths=("short", 2048), depths=(0.0,)), count, ("Filler text.",) * 5, 8192)
+    assert [c.length for c in cases] == ["short"] and "1 evaluation contexts left out" in caplog.text

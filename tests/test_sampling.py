@@ -102,8 +102,11 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "data.pairs=sampled", "data.sampling.k=2"])
     spec = ModelSpec(name="tiny", tokenizer="embedded:smollm2-135m-instruct")
+    from hydra.utils import instantiate
+
+    splits = instantiate(cfg.data.source)
     for method, context in ((Method(), "short"), (Method("long_po", "long", "long", False), "long")):
-        pairs, counts = make_pairs(cfg, tokenizer, spec, tiny_model, method)
+        pairs, counts = make_pairs(cfg, splits, tokenizer, spec, tiny_model, method)
         assert counts["train"]["sampling"]["context"] == context and seen[-1] == f"sampling pairs ({context} context)"
         assert counts["train"]["pairs"] == counts["train"]["sampling"]["kept"] == 4
         assert counts["train"]["sampling"]["share_correct"] == 0.5

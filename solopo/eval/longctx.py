@@ -59,7 +59,7 @@ def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: C
     if len(fits) < len(settings.lengths):
         log.warning("eval lengths %s exceed the model's max_length %d and are skipped",
                     [n for n in settings.lengths if n not in fits], max_length)
-    cases = []
+    cases, unfillable = [], 0
     for item in items:
         rng = random.Random(f"{settings.seed}:{item.id}")  # the same contexts whichever model is evaluated
         for length in fits:
@@ -69,8 +69,14 @@ def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: C
                 cases.append(EvalCase(item.id, item.answers, SHORT, "-", render(relevant, item.question)))
                 continue
             for depth in settings.depths:
-                ctx = build_contexts(item, int(length), count_tokens, rng, pool, depth=depth)
+                try:
+                    ctx = build_contexts(item, int(length), count_tokens, rng, pool, depth=depth)
+                except ValueError:  # too few distractors for this length: the cell is left out, not the run
+                    unfillable += 1
+                    continue
                 cases.append(EvalCase(item.id, item.answers, str(length), f"{depth:g}", ctx.long))
+    if unfillable:
+        log.warning("%d evaluation contexts left out: too few distractor passages to reach their length", unfillable)
     return cases
 
 
