@@ -82,3 +82,19 @@ def test_lengths_the_distractors_cannot_reach_are_left_out(tokenizer, caplog):
     item = QAItem("x", "Who founded Velm Works?", ("Arin Tesk",), ("Velm Works was founded by Arin Tesk.",))
     cases = build_cases([item], EvalSettings(lengths=("short", 2048), depths=(0.0,)), count, ("Filler text.",) * 5, 8192)
     assert [c.length for c in cases] == ["short"] and "1 evaluation contexts left out" in caplog.text
+
+
+def test_longbench_items_are_asked_once_at_their_own_length(tokenizer, tmp_path):
+    from pathlib import Path
+
+    from solopo.data.formats import longbench
+    from solopo.eval.longctx import build_cases, length_bucket
+    from solopo.eval.runner import eval_items
+
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    splits = longbench.load(str(Path(__file__).parent / "fixtures" / "longbench.jsonl"), n_val=2)
+    items, pool = eval_items(splits, 2)
+    cases = build_cases(items, EvalSettings(), count, pool, max_length=8192)
+    assert len(cases) == 2 and {c.depth for c in cases} == {"-"} and {c.length for c in cases} == {"0-4k"}
+    assert items[0].context in cases[0].prompt or items[0].context in cases[1].prompt
+    assert [length_bucket(n) for n in (100, 4096, 4097, 9000, 20000)] == ["0-4k", "0-4k", "4-8k", "8-16k", "16-32k"]

@@ -61,6 +61,11 @@ def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: C
                     [n for n in settings.lengths if n not in fits], max_length)
     cases, unfillable = [], 0
     for item in items:
+        if item.context is not None:  # a fixed long context (LongBench): asked once, at its own length
+            prompt = render([item.context], item.question)
+            if count_tokens(prompt) + settings.max_new_tokens <= max_length:
+                cases.append(EvalCase(item.id, item.answers, length_bucket(count_tokens(prompt)), "-", prompt))
+            continue
         rng = random.Random(f"{settings.seed}:{item.id}")  # the same contexts whichever model is evaluated
         for length in fits:
             if length == SHORT:
@@ -78,6 +83,14 @@ def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: C
     if unfillable:
         log.warning("%d evaluation contexts left out: too few distractor passages to reach their length", unfillable)
     return cases
+
+
+def length_bucket(tokens: int) -> str:
+    """LongBench-style length bands for fixed contexts: 0-4k, 4-8k, 8-16k, ... (upper bounds in K tokens)."""
+    upper = 4
+    while tokens > upper * 1024:
+        upper *= 2
+    return f"{upper // 2 if upper > 4 else 0}-{upper}k"
 
 
 def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,

@@ -28,7 +28,7 @@ def accuracy_vs_length(tables: dict[str, dict], path: Path, title: str = "Long-c
 def depth_heatmap(table: dict, path: Path, title: str = "sub-EM (%) by length and evidence depth") -> Path:
     """A length x depth grid of sub-EM (%), each cell annotated with its value."""
     cells = [c for c in table["cells"] if c["depth"] != "-"]
-    lengths = sorted({c["length"] for c in cells}, key=int)
+    lengths = sorted({c["length"] for c in cells}, key=int)  # built lengths only: fixed contexts have no depth
     depths = sorted({c["depth"] for c in cells}, key=float)
     grid = [[next((100 * c["sub_em"] for c in cells if c["length"] == n and c["depth"] == d), float("nan"))
              for d in depths] for n in lengths]

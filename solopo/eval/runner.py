@@ -21,9 +21,9 @@ def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
     """Held-out questions and the passages their long contexts draw from: the test split and its own
     world when the source has one (built-in QA), else the validation split."""
     items, pool = (splits.test, splits.test_distractors) if splits.test else (splits.val, splits.val_distractors)
-    if not items or not isinstance(items[0], QAItem) or not items[0].relevant:
-        raise ValueError("evaluation needs held-out questions with their evidence (data=qa, musique, hotpotqa, "
-                         "twowiki); set eval.enabled=false for ready-made pairs")
+    if not items or not isinstance(items[0], QAItem) or not (items[0].relevant or items[0].context):
+        raise ValueError("evaluation needs held-out questions with their evidence or context (data=qa, musique, "
+                         "hotpotqa, twowiki, longbench); set eval.enabled=false for ready-made pairs")
     return list(items[:n_items]), tuple(pool or splits.distractors)
 
 
