@@ -37,13 +37,15 @@ def response_logps(
     body = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
     hidden = body.last_hidden_state  # (B, L, H)
     target_mask = response_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
-    if sequence_ids is None:
-        sequence_ids = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(input_ids)
+    if sequence_ids is None:  # padded rows: one sequence per row, counted without a device sync
+        n_sequences = input_ids.shape[0]
+        sequence_ids = torch.arange(n_sequences, device=input_ids.device).unsqueeze(1).expand_as(input_ids)
+    else:
+        n_sequences = int(sequence_ids.max()) + 1
     owner = sequence_ids[:, 1:][target_mask]  # (N,) the sequence of each response token
     states = hidden[:, :-1][target_mask]  # (N, H)
     targets = input_ids[:, 1:][target_mask]  # (N,)
     token_logps = chunked_token_logps(states, targets, model.get_output_embeddings(), _softcap(model), chunk_size)
-    n_sequences = int(sequence_ids.max()) + 1
     logps = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
     n_tokens = torch.zeros(n_sequences, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
     return logps, n_tokens
