@@ -94,9 +94,11 @@ def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, meth
     count_tokens = functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     sampling = SamplingSettings(**cfg.data.get("sampling", {}))
     pairs, counts = {}, {}
-    for split, items in (("train", splits.train), ("val", splits.val)):
+    # Each split's long contexts draw on its own passages where the source keeps them apart (built-in QA).
+    for split, items, pool in (("train", splits.train, splits.distractors),
+                               ("val", splits.val, splits.val_distractors or splits.distractors)):
         examples = to_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
-                               pool=splits.distractors, template=cfg.data.get("template", "direct"))
+                               pool=pool, template=cfg.data.get("template", "direct"))
         counts[split] = {}
         if cfg.data.pairs == "sampled" and not isinstance(items[0], PreferenceExample):
             policy.to(compute_device(cfg))
