@@ -8,7 +8,6 @@ same evaluation before and after training.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from pathlib import Path
@@ -20,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from solopo.eval.longctx import EvalSettings
-from solopo.eval.runner import eval_items, evaluate_model, write_outputs
+from solopo.eval.runner import Evaluation, eval_items, write_outputs
 from solopo.models import ModelSpec, load_model, load_tokenizer
 from solopo.results import redact, write_results
 
@@ -40,8 +39,7 @@ def main(cfg: DictConfig) -> None:
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer, seed=cfg.seed).to("cuda" if torch.cuda.is_available() else "cpu")
     items, pool = eval_items(instantiate(cfg.data.source), cfg.eval.n_items)
-    count_tokens = functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    table = evaluate_model(model, tokenizer, items, pool, eval_settings(cfg), count_tokens, spec.max_length, "model")
+    table = Evaluation(tokenizer, items, pool, eval_settings(cfg), spec.max_length)(model, "model")
     outputs = write_outputs({"model": table}, run_dir)
     write_results(run_dir, {"config": redact(OmegaConf.to_container(cfg, resolve=True)), "eval": {"model": table},
                             "plots": outputs["plots"]})

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from solopo.data.collate import Key, PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.logps import group_logps
+from solopo.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,7 @@ def load_cache(path: Path, pairs: Sequence[TokenizedPair], keys: Sequence[Key]) 
 
 
 def save_cache(path: Path, table: dict[str, dict[str, float]], meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "ref_logps": table}))
-    os.replace(tmp, path)  # readers see the old file or the complete new one
+    atomic_write_text(path, json.dumps({"meta": meta, "ref_logps": table}))
 
 
 def with_reference_logps(

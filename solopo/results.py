@@ -32,11 +32,19 @@ def final_metrics(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename: readers see the old file or the whole new one,
+    never half of one (an interrupted run, a full disk)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_results(run_dir: Path, results: dict) -> Path:
     path = Path(run_dir) / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, path)  # never a half-written results.json
+    atomic_write_text(path, json.dumps(results, indent=2, allow_nan=True) + "\n")
     return path
 
 

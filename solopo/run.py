@@ -7,7 +7,6 @@ This is the only module that reads a DictConfig; everything below takes typed ar
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import signal
@@ -31,7 +30,7 @@ from solopo.data.collate import PairCollator
 from solopo.data.pairs import to_examples
 from solopo.data.sampling import SamplingSettings, sample_pairs
 from solopo.data.schema import PreferenceExample
-from solopo.data.tokenize import tokenize_examples
+from solopo.data.tokenize import token_counter, tokenize_examples
 from solopo.embedded import cache_root
 from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
 from solopo.evaluate import eval_settings
@@ -91,7 +90,7 @@ def make_evaluation(cfg: DictConfig, splits, tokenizer, spec: ModelSpec) -> Eval
 def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, method: Method) -> tuple[dict[str, list], dict]:
     """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled), and what was
     built, sampled or skipped."""
-    count_tokens = functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    count_tokens = token_counter(tokenizer)
     sampling = SamplingSettings(**cfg.data.get("sampling", {}))
     pairs, counts = {}, {}
     # Each split's long contexts draw on its own passages where the source keeps them apart (built-in QA).

@@ -11,7 +11,6 @@ how many questions give a pair, and the time spent.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import platform
 import sys
@@ -22,6 +21,7 @@ import torch
 
 from solopo.data.pairs import build_examples
 from solopo.data.sampling import SamplingSettings, sample_pairs
+from solopo.data.tokenize import token_counter
 from solopo.data.world import qa_items
 from solopo.models import ModelSpec, load_model, load_tokenizer
 
@@ -40,7 +40,7 @@ def main() -> None:
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
     splits = qa_items(args.items, 0, seed=args.seed)
-    count = functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    count = token_counter(tokenizer)
     examples = build_examples(splits.train, args.long_len, count, pairs="sampled", seed=args.seed, pool=splits.distractors)
     settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed)
     rows = []

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from solopo.data.schema import PreferenceExample
-from solopo.data.tokenize import encode_prompt
+from solopo.data.tokenize import left_padded
 from solopo.eval.metrics import f1, sub_em
+from solopo.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,8 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
     out: list[list[Sample]] = []
     try:
         for start in tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch"):
-            encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + per_batch]]
-            width = max(map(len, encoded))
-            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
-            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+            ids, mask = left_padded(tokenizer, prompts[start : start + per_batch], device)
+            width = ids.shape[1]
             torch.manual_seed(settings.seed + start)  # repeatable whatever the batch boundaries before it
             with torch.no_grad():
                 generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
@@ -77,7 +75,7 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
             texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
             finished = (new == tokenizer.eos_token_id).any(dim=1).tolist()
             rows = list(zip(texts, finished))
-            out += [rows[i * settings.k : (i + 1) * settings.k] for i in range(len(encoded))]
+            out += [rows[i * settings.k : (i + 1) * settings.k] for i in range(ids.shape[0])]
     finally:
         model.train(was_training)
     return out
@@ -181,7 +179,4 @@ def _load(path: Path | None, n_prompts: int) -> list[list[Sample]] | None:
 
 
 def _save(path: Path, samples: list[list[Sample]], meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "samples": samples}))
-    os.replace(tmp, path)  # never a half-written cache
+    atomic_write_text(path, json.dumps({"meta": meta, "samples": samples}))

@@ -4,7 +4,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+import functools
+from typing import Callable, Optional, Sequence
+
+import torch
 
 from solopo.data.schema import PreferenceExample
 
@@ -27,6 +30,21 @@ def encode_prompt(tokenizer, message: str) -> list[int]:
     else:  # base models without a chat template see the plain message
         text = message + "\n"
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def left_padded(tokenizer, messages: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-templated prompts as a left-padded batch (generation continues every row at the same column):
+    input_ids and attention_mask, (B, L)."""
+    encoded = [encode_prompt(tokenizer, m) for m in messages]
+    width = max(map(len, encoded))
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    return ids, mask
+
+
+def token_counter(tokenizer) -> Callable[[str], int]:
+    """Tokens of a text without special tokens, memoised: context building counts the same passages often."""
+    return functools.lru_cache(maxsize=None)(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
 
 
 def encode_response(tokenizer, text: str) -> list[int]:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from solopo.data.contexts import build_contexts, render
 from solopo.data.schema import QAItem
-from solopo.data.tokenize import encode_prompt
+from solopo.data.tokenize import left_padded
 from solopo.eval.metrics import f1, sub_em
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,8 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
             batch = order[start : start + batch_size]
-            encoded = [encode_prompt(tokenizer, prompts[i]) for i in batch]
-            width = max(map(len, encoded))
-            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
-            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+            ids, mask = left_padded(tokenizer, [prompts[i] for i in batch], device)
+            width = ids.shape[1]
             with torch.no_grad():
                 out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
                                      pad_token_id=tokenizer.pad_token_id, use_cache=True)

@@ -1,18 +1,18 @@
 """Evaluate one or more checkpoints of a run and write the table, the json and the PNG plots."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from solopo.data.schema import QAItem
+from solopo.data.tokenize import token_counter
 from solopo.eval.longctx import EvalSettings, evaluate, format_table
 from solopo.eval.plots import accuracy_vs_length, depth_heatmap
+from solopo.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,7 @@ def evaluate_model(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str
                 log.warning("evaluation cache %s is unreadable; evaluating again", path)
     table = evaluate(model, tokenizer, items, pool, settings, count_tokens, max_length, desc=f"evaluating {name}")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(table))
     return table
 
 
@@ -66,9 +63,7 @@ class Evaluation:
     model_id: str | None = None  # identifies the weights as loaded: their evaluation can be cached
 
     def __post_init__(self) -> None:
-        tokenizer = self.tokenizer
-        self.count_tokens = functools.lru_cache(maxsize=None)(
-            lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        self.count_tokens = token_counter(self.tokenizer)
 
     def __call__(self, model, name: str, as_loaded: bool = False) -> dict:
         """The table of ``model``; ``as_loaded`` marks untrained weights, whose table is cached."""
