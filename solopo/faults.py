@@ -9,6 +9,8 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
+from solopo.distributed import reduce_any
+
 log = logging.getLogger("solopo")
 
 
@@ -16,7 +18,8 @@ class NumericalGuard(pl.Callback):
     """Skips the optimizer step (its gradients are dropped, so AdamW leaves weights and moments as they were) when the
     loss of the step, or of any micro-batch it accumulates, or its gradient norm is not finite. Logs the running
     count as train/skipped_steps; after max_consecutive bad steps in a row it stops training and sets stop_message.
-    Every rank sees the same all-reduced gradients, so under DDP all ranks skip and stop together."""
+    The verdict is reduced across ranks (each holds its own loss, and under FSDP its own gradient shards), so all
+    ranks skip and stop together."""
 
     def __init__(self, max_consecutive: int = 3):
         if max_consecutive < 1:
@@ -37,9 +40,10 @@ class NumericalGuard(pl.Callback):
             return  # precision=16-mixed: the GradScaler skips overflowing steps and lowers its scale itself
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         cause = "non-finite loss" if loss_finite is not None and not loss_finite else nonfinite_gradient(pl_module, params)
-        if cause is None:
+        if not reduce_any(cause is not None, pl_module.device):
             self.consecutive = 0
             return
+        cause = cause or "non-finite values on another rank"
         for p in params:
             p.grad = None
         step = trainer.global_step + 1
@@ -75,7 +79,8 @@ def nonfinite_gradient(module: torch.nn.Module, params: list[torch.nn.Parameter]
     holds, and how many more)."""
     if not params:
         return None
-    norms = torch.stack([torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in params])
+    local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params]  # FSDP: this rank's shard
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, torch.float32)) for g in local])
     if torch.isfinite(torch.linalg.vector_norm(norms)):
         return None
     names = {id(p): name for name, p in module.named_parameters()}

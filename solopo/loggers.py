@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,36 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
 
 WANDB_RUN_ID_FILE = "wandb_run_id"
+TAGGED_GROUPS = ("algo", "ra", "method", "data", "model")  # config groups a run is tagged with
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def wandb_labels(choices: dict[str, str], alpha: float, multirun: bool, sweep_dir: str = "", override_dirname: str = "",
+                 group: Optional[str] = None, name: Optional[str] = None) -> dict:
+    """Tags, group and name of a run on a wandb dashboard. Tags: each config choice (algo=dpo, ...) and the
+    SoLo-RA weight in use (alpha=1), to filter and colour runs by. The jobs of a sweep share a group named
+    after the sweep directory, and each job is named by its overrides (algo=dpo,ra.alpha=1), so a sweep is one
+    group of runs told apart at a glance. A group or name set in the config (logger.group=...) wins."""
+    tags = [f"{key}={choices[key]}" for key in TAGGED_GROUPS if key in choices] + [f"alpha={alpha:g}"]
+    if multirun:
+        group = group or sweep_group(sweep_dir)
+        name = name or override_dirname or None
+    return {"tags": tags, "group": group, "name": name}
+
+
+def sweep_group(sweep_dir: str) -> str:
+    """The sweep directory's name; for the default multirun/DATE/TIME, DATE_TIME, as a time alone recurs daily."""
+    path = Path(sweep_dir)
+    return f"{path.parent.name}_{path.name}" if _DATE.fullmatch(path.parent.name) else path.name
+
+
+def finish(logger) -> None:
+    """Ends the logger's wandb run. A sweep runs its jobs in one process, and a WandbLogger made while a run is
+    open logs into that run: without this, every job of a sweep would land in the first job's run."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()
 
 
 def wandb_key_configured() -> bool:

@@ -34,8 +34,7 @@ def response_logps(
     response_mask is True at the positions of response tokens. Returns logps (S,) in at
     least fp32 and n_tokens (S,), where S = B for padded rows.
     """
-    body = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    hidden = body.last_hidden_state  # (B, L, H)
+    hidden = last_hidden_state(model, input_ids, attention_mask, position_ids)  # (B, L, H)
     target_mask = response_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
     if sequence_ids is None:  # padded rows: one sequence per row, counted without a device sync
         n_sequences = input_ids.shape[0]
@@ -58,6 +57,16 @@ def group_logps(model: nn.Module, group: dict, chunk_size: int = 1024) -> dict[t
     size = logps.shape[0] // len(group["keys"])  # one sequence per pair in each block
     return {tuple(key): (logps[i * size : (i + 1) * size], n_tokens[i * size : (i + 1) * size])
             for i, key in enumerate(group["keys"])}
+
+
+def last_hidden_state(model: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor],
+                      position_ids: Optional[Tensor]) -> Tensor:
+    """The final (normed) hidden states, from a call of the model itself: FSDP gathers the weights of the root unit
+    (embeddings, final norm, LM head) in the root's forward, and a LoRA-wrapped model routes through its adapter
+    there. The LM head runs on the last position only (logits_to_keep=1), a (B, V) by-product."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return out.hidden_states[-1]
 
 
 def chunked_token_logps(

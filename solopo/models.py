@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from solopo import embedded
+from solopo.distributed import full_state_dict, is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class ModelSpec:
     gradient_checkpointing: recompute activations in backward (long contexts).
     attn_implementation: "sdpa", "eager", "flash_attention_2", ...
     trust_remote_code: run code shipped with a checkpoint (off unless set).
+    lora: peft LoraConfig fields (e.g. {r: 16, lora_alpha: 32}) to train a LoRA adapter instead of every weight.
     """
 
     name: str
@@ -34,6 +36,7 @@ class ModelSpec:
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
+    lora: Optional[dict[str, Any]] = None
     extra: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained as is
 
 
@@ -81,8 +84,28 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def with_lora(model: torch.nn.Module, lora: dict[str, Any]) -> torch.nn.Module:
+    """The model with a LoRA adapter (peft) on every linear layer unless target_modules says otherwise; only the
+    adapter trains. Its B matrices start at zero, so until the first update it computes what the base model does."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - peft is a dependency
+        raise SystemExit("model.lora needs the peft package: pip install peft") from err
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **{"target_modules": "all-linear", **lora}))
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """A reference model: eval mode, no gradients, never in an optimizer."""
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def save_policy(policy: torch.nn.Module, tokenizer, path) -> None:
+    """The trained policy in Hugging Face format (a LoRA policy: its adapter), loadable with from_pretrained; weights
+    sharded across ranks are gathered first, so every rank must call this, and rank 0 writes."""
+    state = full_state_dict(policy)
+    if is_global_zero():
+        policy.save_pretrained(path, state_dict=state)
+        tokenizer.save_pretrained(path)
+        log.info("trained model written to %s", path)

@@ -1,6 +1,7 @@
 """The LightningModule: a policy, a frozen reference when the algorithm needs one, and the SoLoPO objective."""
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -11,11 +12,15 @@ import torch
 from torch import nn
 
 from solopo.algos import Algorithm, Responses
+from solopo.distributed import shard_model
 from solopo.logps import group_logps
 from solopo.objective import CHOSEN, LONG, REJECTED, SHORT, Method, SoLoRA, solopo_objective
+from solopo.step_means import StepMeans
 
 # The frozen reference is in eval mode on purpose; Lightning's start-of-fit check would flag it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+# Training metrics are reduced across ranks before they are logged (solopo.step_means); Lightning cannot tell.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('train/")
 
 ALL_SEQUENCES = [(SHORT, CHOSEN), (SHORT, REJECTED), (LONG, CHOSEN), (LONG, REJECTED)]
 
@@ -43,22 +48,50 @@ class SoLoPOModule(pl.LightningModule):
         optim: OptimSettings = OptimSettings(),
         logp_chunk_size: int = 1024,
         cached_reference: bool = False,
+        adapter_reference: bool = False,
     ):
         super().__init__()
-        if algo.needs_reference and reference is None and not cached_reference:
+        if algo.needs_reference and reference is None and not (cached_reference or adapter_reference):
             raise ValueError(f"{type(algo).__name__} needs a reference model or precomputed reference log-probs")
         self.policy = policy.train()  # from_pretrained returns eval mode
         self.reference = reference
+        # LoRA: the reference is the policy with its adapter switched off, so no second copy of the model is held.
+        self.adapter_reference = adapter_reference and reference is None and not cached_reference
         self.algo, self.ra, self.method, self.optim = algo, ra, method, optim
         self.logp_chunk_size = logp_chunk_size
         # The reference's weights are the base model's: they are left out of checkpoints (see on_save_checkpoint).
         self.strict_loading = reference is None
+        self._step_means = StepMeans()
+        self._sharded = False
 
     def train(self, mode: bool = True):
         super().train(mode)
         if self.reference is not None:
             self.reference.eval()  # Lightning switches every child to train mode; the reference stays frozen
         return self
+
+    def configure_model(self) -> None:
+        # trainer=fsdp (FSDP2Strategy) gives the module a device mesh: shard the policy and a live reference.
+        if self._device_mesh is None or self._sharded:
+            return
+        mesh = self._device_mesh["data_parallel"]
+        param_dtype = torch.bfloat16 if str(self.trainer.precision).startswith("bf16") else None
+        for model in (self.policy, self.reference):
+            if model is not None:
+                shard_model(model, mesh, param_dtype)
+        self._sharded = True
+
+    def _reference_logps(self, group: dict):
+        with torch.no_grad():
+            if not self.adapter_reference:
+                return group_logps(self.reference, group, self.logp_chunk_size)
+            training = self.policy.training
+            self.policy.eval()  # no dropout in the reference
+            try:
+                with self.policy.disable_adapter():
+                    return group_logps(self.policy, group, self.logp_chunk_size)
+            finally:
+                self.policy.train(training)
 
     def sequence_stats(self, batch: dict) -> dict[tuple[str, str], Responses]:
         """Response log-probs under the policy (and reference) for every (context, response) in the batch."""
@@ -70,16 +103,21 @@ class SoLoPOModule(pl.LightningModule):
                 size = group["ref_logps"].shape[0] // len(group["keys"])
                 reference = {tuple(k): (group["ref_logps"][i * size : (i + 1) * size], None) for i, k in enumerate(group["keys"])}
             elif self.algo.needs_reference:
-                with torch.no_grad():
-                    reference = group_logps(self.reference, group, self.logp_chunk_size)
+                reference = self._reference_logps(group)
             for key, (logps, n_tokens) in policy.items():
                 stats[key] = Responses(logps, n_tokens, None if reference is None else reference[key][0])
         return stats
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = solopo_objective(self.algo, self.ra, self.method, self.sequence_stats(batch))
-        if torch.isfinite(out.loss):  # a non-finite step is skipped and counted by solopo.faults.NumericalGuard
-            self._log("train", out.metrics, batch)
+        # A non-finite micro-batch is left out of the means; solopo.faults.NumericalGuard skips and counts its step.
+        self._step_means.add(out.metrics, batch_pairs(batch), finite=bool(torch.isfinite(out.loss)))
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 or self.trainer.is_last_batch:
+            means, pairs = self._step_means.pop()  # over the step's micro-batches and all ranks
+            if pairs:
+                # Already global: each rank logs the same values, and Lightning's epoch mean weights steps by pairs.
+                self.log("train/loss", means.pop("loss"), prog_bar=True, batch_size=pairs, on_step=True, on_epoch=True)
+                self.log_dict({f"train/{k}": v for k, v in means.items()}, batch_size=pairs, on_step=True, on_epoch=True)
         return out.loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -87,17 +125,15 @@ class SoLoPOModule(pl.LightningModule):
         self._log("val", out.metrics, batch)
 
     def _log(self, split: str, metrics: dict, batch: dict) -> None:
-        first = next(iter(batch.values()))
-        pairs = first["response_mask"].shape[0] if "attention_mask" in first else int(first["sequence_ids"].max()) + 1
-        pairs //= len(first["keys"])
         # Means weighted by the number of pairs, reduced across ranks: epoch values are exact over uneven batches.
-        options = dict(batch_size=pairs, on_step=split == "train", on_epoch=True, sync_dist=True)
+        options = dict(batch_size=batch_pairs(batch), on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{split}/loss", metrics["loss"], prog_bar=True, **options)
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items() if k != "loss"}, **options)
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+        # Fused AdamW unscales fp16 gradients itself, so Lightning cannot clip them first: fused only without a scaler.
+        fused = torch.cuda.is_available() and all(p.is_cuda for p in params) and self._loss_scaler() is None
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, betas=self.optim.betas,
                                       weight_decay=self.optim.weight_decay, fused=fused or None)
         total = self.optim.schedule_steps or max(int(self.trainer.estimated_stepping_batches), 1)
@@ -113,7 +149,40 @@ class SoLoPOModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    @contextlib.contextmanager
+    def without_reference(self):
+        """The module without its reference model for a while (loading a sharded checkpoint, which holds none)."""
+        reference, self.reference = self.reference, None
+        try:
+            yield
+        finally:
+            self.reference = reference
+
+    def _loss_scaler(self):
+        return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Without loss scaling (fp32, bf16) the gradients are clipped here, as they are: Lightning's mixed-precision
+        # plugin refuses to clip for a fused optimizer even when there is nothing to unscale. Sharded (FSDP2)
+        # gradients are DTensors, whose norm clip_grad_norm_ takes across all shards.
+        if not gradient_clip_val or self._loss_scaler() is not None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if "state_dict" not in checkpoint:  # a sharded checkpoint (trainer=fsdp) holds the policy's shards only
+            return
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+
+
+def batch_pairs(batch: dict) -> int:
+    """Preference pairs in a collated batch (each group holds one sequence per pair and key)."""
+    first = next(iter(batch.values()))
+    sequences = first["response_mask"].shape[0] if "attention_mask" in first else int(first["sequence_ids"].max()) + 1
+    return sequences // len(first["keys"])

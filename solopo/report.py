@@ -2,11 +2,15 @@
 
     python -m solopo.report multirun/2026-11-29/12-00-00
     python -m solopo.report outputs/a outputs/b --out report/
+    python -m solopo.report runs/ --seeds                      # runs that differ only in seed: mean ± std
+    python -m solopo.report runs/ --study --paper paper.json   # methods x algorithms (solopo.report_study)
 
 Each row is one run: the config values that differ between the runs (algo, method, alpha,
 lengths, ...) against its evaluation scores (sub-EM by context length, the long-context average,
 before and after training), validation metrics and timings. Writes report.md, report.csv and PNG
-plots (accuracy vs length per run; score vs alpha when alpha varies).
+plots (accuracy vs length per run; score vs alpha when alpha varies). A run directory holding
+failed.json instead of results.json ({"reason", "detail", "config"}, as a job launcher writes it)
+is a failed run: its row says why, so a missing result is never silent.
 """
 from __future__ import annotations
 
@@ -17,17 +21,33 @@ from pathlib import Path
 from typing import Any
 
 from solopo.eval.plots import plt, save_figure
+from solopo.report_seeds import aggregate, csv_cells
 
 IGNORED = ("logger.", "hydra.")  # paths and logging details differ between runs without being a factor
 
 
 def find_results(paths: list[Path]) -> list[Path]:
+    """results.json of each run (failed.json where a run failed), in the directories given or one level down."""
     found = []
     for path in paths:
-        found += [path / "results.json"] if (path / "results.json").exists() else sorted(path.glob("*/results.json"))
+        runs = [path] if _outcome(path) else sorted(p for p in path.iterdir() if p.is_dir() and _outcome(p))
+        found += [_outcome(run) for run in runs]
     if not found:
-        raise SystemExit(f"no results.json under {', '.join(map(str, paths))}")
+        raise SystemExit(f"no results.json or failed.json under {', '.join(map(str, paths))}")
     return found
+
+
+def _outcome(run_dir: Path) -> Path | None:
+    for name in ("results.json", "failed.json"):
+        if (run_dir / name).exists():
+            return run_dir / name
+    return None
+
+
+def load_result(path: Path) -> dict:
+    """A run's results, or for a failed run {"config": ..., "failed": {"reason", "detail", ...}}."""
+    data = json.loads(path.read_text())
+    return data if path.name == "results.json" else {"config": data.get("config", {}), "failed": data}
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -45,8 +65,11 @@ def rows_of(results: list[dict]) -> tuple[list[str], list[dict]]:
     keys = sorted({k for c in configs for k in c if not k.startswith(IGNORED)})
     varying = [k for k in keys if _varies(configs, k)]
     rows = []
+    any_failed = any("failed" in r for r in results)
     for config, result in zip(configs, results):
         row = {k: config.get(k) for k in varying}
+        if any_failed:
+            row["status"] = f"failed: {result['failed'].get('reason', '?')}" if "failed" in result else "ok"
         for name, table in result.get("eval", {}).items():
             for length, score in table["by_length"].items():
                 row[f"{name} sub-EM@{length}"] = round(100 * score, 1)
@@ -86,23 +109,31 @@ def _short(value: Any) -> str:
     return text.rsplit(".", 1)[-1] if text.startswith("solopo.") else text
 
 
-def write_report(results_paths: list[Path], out: Path) -> dict:
-    results = [json.loads(p.read_text()) for p in results_paths]
+def write_report(results_paths: list[Path], out: Path, seeds: bool = False) -> dict:
+    """report.md and report.csv, one row per run or, with ``seeds``, per group of runs that differ only in
+    their seed (mean ± std over the seeds, and a `seeds` count), and the plots (one line per run)."""
+    results = [load_result(p) for p in results_paths]
     varying, rows = rows_of(results)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    names = [p.parent.name for p in results_paths]
+    table_keys, table_rows = aggregate(rows, varying) if seeds else (varying, rows)
+    if seeds:
+        names = [label(row, table_keys) for row in table_rows]
+    columns = list(dict.fromkeys(k for row in table_rows for k in row))
     out.mkdir(parents=True, exist_ok=True)
+    cells = [csv_cells(row) for row in table_rows]
     with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["run", *columns])
+        writer = csv.DictWriter(f, fieldnames=["run", *dict.fromkeys(k for row in cells for k in row)])
         writer.writeheader()
-        for path, row in zip(results_paths, rows):
-            writer.writerow({"run": str(path.parent), **row})
-    lines = [f"# Report: {len(rows)} runs", "", "| " + " | ".join(["run", *columns]) + " |", "|---" * (len(columns) + 1) + "|"]
-    for path, row in zip(results_paths, rows):
-        lines.append("| " + " | ".join([path.parent.name, *(_short(row.get(c, "")) for c in columns)]) + " |")
+        for name, row in zip(names if seeds else [str(p.parent) for p in results_paths], cells):
+            writer.writerow({"run": name, **row})
+    title = f"# Report: {len(rows)} runs" + (f" in {len(table_rows)} groups (mean ± std over seeds)" if seeds else "")
+    lines = [title, "", "| " + " | ".join(["run", *columns]) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in zip(names, table_rows):
+        lines.append("| " + " | ".join([name, *(_short(row.get(c, "")) for c in columns)]) + " |")
     plots = _plots(results, rows, varying, out)
     lines += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return {"rows": rows, "varying": varying, "plots": plots}
+    return {"rows": table_rows, "varying": table_keys, "plots": plots}
 
 
 def _plots(results: list[dict], rows: list[dict], varying: list[str], out: Path) -> list[Path]:
@@ -140,9 +171,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", type=Path, help="a multirun directory or run directories")
     parser.add_argument("--out", type=Path, help="where the report goes (default: the first directory)")
+    parser.add_argument("--seeds", action="store_true", help="one row per config: mean ± std over its seeds")
+    parser.add_argument("--study", action="store_true", help="also study.md: methods x algorithms, comparisons")
+    parser.add_argument("--paper", type=Path, help="with --study: a JSON file of the paper's numbers to compare with")
     args = parser.parse_args()
-    report = write_report(find_results(args.dirs), args.out or args.dirs[0])
-    print((args.out or args.dirs[0]) / "report.md")
+    out = args.out or args.dirs[0]
+    paths = find_results(args.dirs)
+    report = write_report(paths, out, seeds=args.seeds)
+    if args.study:
+        from solopo.report_study import write_study
+
+        print(write_study([load_result(p) for p in paths], out, json.loads(args.paper.read_text()) if args.paper else {}))
+    print(out / "report.md")
     print(f"{len(report['rows'])} runs; varying: {', '.join(report['varying']) or 'nothing'}")
 
 

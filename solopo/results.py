@@ -50,3 +50,23 @@ def write_results(run_dir: Path, results: dict) -> Path:
 
 def all_finite(metrics: Mapping[str, float]) -> bool:
     return all(math.isfinite(v) for v in metrics.values())
+
+
+def summary(results: dict, path: Path) -> str:
+    """The few lines printed at the end of a run: steps, pairs, sampling, the main metrics, skipped steps."""
+    m, t = results["metrics"], results["timings"]
+    keys = ["train/loss", "train/po_loss", "train/ra_loss", "train/rewards/accuracy", "val/loss",
+            "val/rewards/accuracy", "val/rewards/margin", "val/ra/gap"]
+    lines = [f"trained {results['steps']} steps on {results['data']['train']['pairs']} pairs ({results['device']}) "
+             f"in {t['fit_s']:.1f}s, {t['train_tokens_per_s']:.0f} tokens/s"]
+    for split, counts in results["data"].items():
+        if "sampling" in counts:
+            sampled = counts["sampling"]
+            lines.append(f"  {split} pairs sampled on the {sampled['context']} context: {sampled['kept']} of "
+                         f"{sampled['items']} questions kept, {100 * sampled['share_correct']:.1f}% of samples correct")
+    lines += [f"  {k:<24} {m[k]:.4f}" for k in keys if k in m]
+    if results["faults"]["skipped_steps"]:
+        lines.append(f"  skipped {results['faults']['skipped_steps']} steps with a non-finite loss or gradient "
+                     "(results.json: faults)")
+    lines.append(f"results: {path}")
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
@@ -31,14 +32,14 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        path = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
-        if path.is_file():
+        path = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"  # a folder of shards under trainer=fsdp
+        if path.exists():
             return path
         log.warning("ckpt_path=last: no checkpoint at %s (resuming needs the hydra.run.dir of the run to continue); "
                     "starting from scratch", path)
         return None
-    if not Path(ckpt_path).is_file():
-        raise SystemExit(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    if not Path(ckpt_path).exists():
+        raise SystemExit(f"ckpt_path={ckpt_path}: no such checkpoint file or folder")
     return Path(ckpt_path)
 
 
@@ -80,31 +81,58 @@ class LastCheckpoint(ModelCheckpoint):
         self.save_now(trainer)
 
 
-class EpochShuffle(Sampler[int]):
-    """A shuffle fixed by (seed, epoch), so an interrupted run and its resumed run draw the same order. The next
-    epoch it yields leaves out its first `skip` items (those the interrupted run trained on)."""
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch, self.skip = size, seed, 0, 0
+
+def shard_order(order: list[int], rank: int, world: int, batch_size: int) -> list[int]:
+    """The items of ``order`` that rank ``rank`` of ``world`` trains on, ``batch_size`` per step. Global step g takes
+    the g-th run of world * batch_size items of ``order``, and each rank its own slice of it, so a step sees the same
+    pairs on any number of processes with the same global batch. Over several processes the last global batch is
+    filled up from the start of ``order`` (as torch's DistributedSampler does), so every rank takes the same number
+    of steps; one process keeps a short last batch."""
+    if world == 1:
+        return list(order)
+    step = world * batch_size
+    padded = list(order) + [order[i % len(order)] for i in range(-len(order) % step)]
+    return [i for start in range(0, len(padded), step) for i in padded[start + rank * batch_size:start + (rank + 1) * batch_size]]
+
+
+class EpochOrder(Sampler[int]):
+    """The items of an epoch in an order fixed by (seed, epoch) (or in file order, shuffle=False), sharded across
+    processes by global batch (shard_order). An interrupted run and its resumed run draw the same order; the next
+    epoch it yields leaves out its first `skip` items (those the interrupted run trained on). The rank is read when
+    iterating, once the process group exists, so the trainer does not swap in a sampler of its own
+    (Trainer(use_distributed_sampler=False))."""
+
+    def __init__(self, size: int, seed: int, batch_size: int = 1, shuffle: bool = True):
+        self.size, self.seed, self.batch_size, self.shuffle = size, seed, batch_size, shuffle
+        self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls it before every epoch
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size).tolist()
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle else np.arange(self.size)
+        mine = shard_order(order.tolist(), *rank_and_world(), self.batch_size)
         skip, self.skip = self.skip, 0
-        yield from order[skip:]
+        yield from mine[skip:]
 
     def __len__(self) -> int:
-        return self.size
+        world = rank_and_world()[1]
+        step = world * self.batch_size
+        return self.size if world == 1 else -(-self.size // step) * self.batch_size
 
 
 class ResumableLoader(DataLoader):
-    """A shuffled DataLoader whose position Lightning stores in checkpoints (state_dict / load_state_dict), so a
-    resumed run continues its epoch with the next batch. Its own generator leaves the global RNG alone."""
+    """A DataLoader over EpochOrder whose position Lightning stores in checkpoints (state_dict / load_state_dict),
+    so a resumed run continues its epoch with the next batch. Its own generator leaves the global RNG alone."""
 
-    def __init__(self, dataset, seed: int, **kwargs):
-        super().__init__(dataset, sampler=EpochShuffle(len(dataset), seed),
+    def __init__(self, dataset, seed: int, batch_size: int = 1, shuffle: bool = True, **kwargs):
+        super().__init__(dataset, sampler=EpochOrder(len(dataset), seed, batch_size, shuffle), batch_size=batch_size,
                          generator=torch.Generator().manual_seed(seed), **kwargs)
         self._served = 0  # batches of the current epoch handed out
         self._resume: Optional[dict] = None  # the position a checkpoint recorded

@@ -7,6 +7,7 @@ This is the only module that reads a DictConfig; everything below takes typed ar
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -33,14 +34,18 @@ from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import token_counter, tokenize_examples
 from solopo.embedded import cache_root
 from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
-from solopo.evaluate import eval_settings
+from solopo.evaluate import eval_settings, vllm_args
+from solopo.distributed import check_strategy
 from solopo.faults import NumericalGuard
-from solopo.models import ModelSpec, freeze, load_model, load_tokenizer
+from solopo.loggers import finish, wandb_labels
+from solopo.models import ModelSpec, freeze, load_model, load_tokenizer, save_policy, weights_path, with_lora
+from solopo.vllm_engine import saved_weights
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
 from solopo.reference import with_reference_logps
 from solopo.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
-from solopo.results import all_finite, final_metrics, redact, write_results
+from solopo.results import all_finite, final_metrics, redact, summary, write_results
+from solopo.validate import check_accelerator, load_source, validate_config
 
 log = logging.getLogger("solopo")
 warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
@@ -50,19 +55,6 @@ def resolve_precision(precision: str) -> str:
     if precision != "auto":
         return precision
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-
-
-def check_accelerator(accelerator: str) -> None:
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise SystemExit("trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=default (GPU when present) or trainer=cpu")
-
-
-def check_data_path(cfg: DictConfig) -> None:
-    """A data option that reads a file (mandatory data.path) but was given none stops here, in one line,
-    before any model loads; omegaconf would only fail later, with a stack trace."""
-    if OmegaConf.is_missing(cfg.data, "path"):
-        option = HydraConfig.get().runtime.choices["data"]
-        raise SystemExit(f"data={option} needs data.path=FILE (see conf/data/{option}.yaml)")
 
 
 def model_identity(spec: ModelSpec, seed: int) -> str:
@@ -84,7 +76,14 @@ def make_evaluation(cfg: DictConfig, splits, tokenizer, spec: ModelSpec) -> Eval
         log.warning("evaluation skipped: %s", err)
         return None
     return Evaluation(tokenizer, items, pool, eval_settings(cfg), spec.max_length, cache_root() / "eval",
-                      model_identity(spec, cfg.seed))
+                      model_identity(spec, cfg.seed), engine_args=vllm_args(cfg))
+
+
+def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
+    """The directory vLLM loads (the model's own weights, or a random model written out for it); None otherwise."""
+    if engine != "vllm":
+        return contextlib.nullcontext(None)
+    return saved_weights(policy, tokenizer) if spec.random_init is not None else contextlib.nullcontext(weights_path(spec))
 
 
 def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, method: Method) -> tuple[dict[str, list], dict]:
@@ -97,19 +96,23 @@ def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, meth
     for split, items, pool in (("train", splits.train, splits.distractors),
                                ("val", splits.val, splits.val_distractors or splits.distractors)):
         examples = to_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
-                               pool=pool, template=cfg.data.get("template", "direct"))
+                               pool=pool, template=cfg.data.get("template", "direct"),
+                               short_len=cfg.data.get("short_len"))
         counts[split] = {}
         if cfg.data.pairs == "sampled" and not isinstance(items[0], PreferenceExample):
             policy.to(compute_device(cfg))
-            examples, counts[split]["sampling"] = sample_pairs(
-                examples, policy, tokenizer, sampling, method.pairs_from, model_identity(spec, cfg.seed),
-                cache_dir=cache_root() / "pairs")
+            with sampling_weights(sampling.engine, spec, policy, tokenizer) as path:
+                examples, counts[split]["sampling"] = sample_pairs(
+                    examples, policy, tokenizer, sampling, method.pairs_from, model_identity(spec, cfg.seed),
+                    cache_dir=cache_root() / "pairs", model_path=path)
         pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
         if not pairs[split]:
             raise ValueError(f"no {split} pairs left ({counts[split]}; skipped {dict(skipped)})")
         counts[split].update({"pairs": len(pairs[split]), "skipped": dict(skipped),
                               "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / len(pairs[split])
                                               for c in ("short", "long")}})
+    if splits.skipped:  # records the loader left out (e.g. unanswerable), by reason
+        counts["source"] = {"skipped": dict(splits.skipped)}
     return pairs, counts
 
 
@@ -118,9 +121,8 @@ def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: 
                    collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
     # The training loader's order and position go into checkpoints, so a resumed run sees the batches it would have.
     # Both loaders draw from their own generator: the global RNG, which checkpoints restore, is left to the model.
-    if shuffle:
-        return ResumableLoader(pairs, seed=cfg.seed, **options)
-    return DataLoader(pairs, generator=torch.Generator().manual_seed(cfg.seed), **options)
+    # Over several processes each takes its slice of every global batch (solopo.resume.shard_order).
+    return ResumableLoader(pairs, seed=cfg.seed, shuffle=shuffle, **options)
 
 
 def make_logger(cfg: DictConfig, resume: bool):
@@ -128,9 +130,11 @@ def make_logger(cfg: DictConfig, resume: bool):
         return False
     extra = {}
     if "wandb" in cfg.logger._target_:
-        choices = HydraConfig.get().runtime.choices
-        tags = [f"{group}={choices[group]}" for group in ("algo", "ra", "method", "data", "model") if group in choices]
-        extra = {"tags": tags, "resume": resume}
+        hydra_cfg = HydraConfig.get()
+        labels = wandb_labels(hydra_cfg.runtime.choices, cfg.ra.alpha if cfg.method.use_ra else 0.0,
+                              hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir, hydra_cfg.job.override_dirname,
+                              group=cfg.logger.get("group"), name=cfg.logger.get("name"))
+        extra = {**labels, "resume": resume}
     elif cfg.logger._target_ == "pytorch_lightning.loggers.CSVLogger":  # one metrics.csv per run, continued on resume
         extra = {"_target_": "solopo.loggers.ResumableCSVLogger", "resume": resume}
     logger = instantiate(cfg.logger, **extra)
@@ -141,7 +145,11 @@ def make_logger(cfg: DictConfig, resume: bool):
 
 def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume: bool) -> pl.Trainer:
     check_accelerator(cfg.trainer.accelerator)
-    overrides = {"precision": resolve_precision(cfg.trainer.precision), "default_root_dir": str(run_dir)}
+    check_strategy(str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", ""))),
+                   cfg.trainer.accelerator)
+    overrides = {"precision": resolve_precision(cfg.trainer.precision), "default_root_dir": str(run_dir),
+                 # the loaders shard each global batch across processes themselves (solopo.resume.EpochOrder)
+                 "use_distributed_sampler": False}
     if cfg.val_every_n_steps:
         overrides.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
     if cfg.trainer.enable_checkpointing:
@@ -156,9 +164,12 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume: bool) 
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    check_data_path(cfg)
+    validate_config(cfg)  # a config mistake stops here, in one line, before any model loads
+    if cfg.eval.enabled:
+        eval_settings(cfg)  # a bad evaluation setting (eval.engine=vllm without vllm) stops the run before it trains
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    splits = load_source(cfg)  # a malformed data file stops the run here, before any model loads
     algo = instantiate(cfg.algo)
     ra = instantiate(cfg.ra)
     method = Method(**cfg.method)
@@ -171,12 +182,17 @@ def train(cfg: DictConfig) -> dict:
     precision = resolve_precision(cfg.trainer.precision)
     cached = algo.needs_reference and cfg.reference == "cached"
     policy = load_model(spec, tokenizer, seed=cfg.seed)
-    reference = freeze(load_model(spec, tokenizer, seed=cfg.seed)) if algo.needs_reference and not cached else None
-    log.info("model %s: %.1fM parameters; reference: %s", spec.name, sum(p.numel() for p in policy.parameters()) / 1e6,
-             "precomputed log-probs" if cached else "frozen model" if reference is not None else "none")
+    if spec.lora:
+        policy = with_lora(policy, spec.lora)
+    live = algo.needs_reference and not cached
+    reference = freeze(load_model(spec, tokenizer, seed=cfg.seed)) if live and not spec.lora else None
+    log.info("model %s: %.1fM parameters (%.1fM trained); reference: %s", spec.name,
+             sum(p.numel() for p in policy.parameters()) / 1e6,
+             sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6,
+             "precomputed log-probs" if cached else "the policy without its adapter" if live and spec.lora
+             else "frozen model" if live else "none")
     model_done = time.perf_counter()
 
-    splits = instantiate(cfg.data.source)
     pairs, data_counts = make_pairs(cfg, splits, tokenizer, spec, policy, method)
     log.info("data: %s", data_counts)
     keys = {"train": train_keys, "val": ALL_SEQUENCES}
@@ -193,6 +209,7 @@ def train(cfg: DictConfig) -> dict:
     data_done = time.perf_counter()
 
     module = SoLoPOModule(policy, algo, ra, method, reference=reference, cached_reference=cached,
+                          adapter_reference=bool(spec.lora),
                           optim=OptimSettings(**OmegaConf.to_container(cfg.optim)), logp_chunk_size=cfg.logp_chunk_size)
     train_loader = make_loader(cfg, pairs["train"], train_keys, tokenizer.pad_token_id, shuffle=True)
     val_loader = make_loader(cfg, pairs["val"], ALL_SEQUENCES, tokenizer.pad_token_id, shuffle=False)
@@ -209,7 +226,10 @@ def train(cfg: DictConfig) -> dict:
         trainer.validate(module, dataloaders=val_loader, verbose=False)
         metrics.update(final_metrics(trainer.callback_metrics))
         if evaluation is not None:
+            policy.to(trainer.strategy.root_device)  # Lightning's teardown moves a single-device model to the CPU
             tables["trained"] = evaluation(policy, "trained")
+        if cfg.save_model:  # every rank takes part: sharded weights are gathered first
+            save_policy(policy, tokenizer, run_dir / "model")
     done = time.perf_counter()
 
     results = {
@@ -218,13 +238,17 @@ def train(cfg: DictConfig) -> dict:
         "metrics": metrics,
         "data": data_counts,
         "steps": trainer.global_step,
-        "device": str(module.device),
+        "device": str(trainer.strategy.root_device),
         "resumed_from": str(ckpt_path) if ckpt_path else None,  # the train/ means cover the steps since then
         "faults": guard.summary(),
         "timings": {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                     "validate_s": done - fit_done, "total_s": done - started,
                     "train_tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9)},
     }
+    if not trainer.is_global_zero:  # one process writes results and plots and prints the summary
+        if preemption.received is not None:
+            raise SystemExit(128 + preemption.received.value)
+        return results
     if preemption.received is not None:
         stop_preempted(preemption.received, trainer, run_dir, results)
     if tables:
@@ -236,6 +260,7 @@ def train(cfg: DictConfig) -> dict:
     if not all_finite(metrics):
         log.warning("some final metrics are not finite: %s", {k: v for k, v in metrics.items() if v != v or abs(v) == float("inf")})
     print(summary(results, path))
+    finish(trainer.logger)  # the next job of a sweep starts its own wandb run
     if guard.stop_message:
         stop_on_faults(guard.stop_message)
     return results
@@ -264,25 +289,6 @@ def stop_on_faults(message: str) -> None:
         log.error(message)
     else:
         raise SystemExit(message)
-
-
-def summary(results: dict, path: Path) -> str:
-    m, t = results["metrics"], results["timings"]
-    keys = ["train/loss", "train/po_loss", "train/ra_loss", "train/rewards/accuracy", "val/loss",
-            "val/rewards/accuracy", "val/rewards/margin", "val/ra/gap"]
-    lines = [f"trained {results['steps']} steps on {results['data']['train']['pairs']} pairs ({results['device']}) "
-             f"in {t['fit_s']:.1f}s, {t['train_tokens_per_s']:.0f} tokens/s"]
-    for split, counts in results["data"].items():
-        if "sampling" in counts:
-            sampled = counts["sampling"]
-            lines.append(f"  {split} pairs sampled on the {sampled['context']} context: {sampled['kept']} of "
-                         f"{sampled['items']} questions kept, {100 * sampled['share_correct']:.1f}% of samples correct")
-    lines += [f"  {k:<24} {m[k]:.4f}" for k in keys if k in m]
-    if results["faults"]["skipped_steps"]:
-        lines.append(f"  skipped {results['faults']['skipped_steps']} steps with a non-finite loss or gradient "
-                     "(results.json: faults)")
-    lines.append(f"results: {path}")
-    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

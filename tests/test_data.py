@@ -136,6 +136,44 @@ def test_too_few_distractors_is_an_error(count_tokens):
         build_contexts(item, 500, count_tokens, random.Random(0))
 
 
+@pytest.mark.parametrize("short_len, long_len", [(256, 2048), (512, 4096)])
+def test_short_context_of_a_chosen_length(short_len, long_len, count_tokens):
+    """x_short: the evidence, verbatim and once, among distractors up to ~short_len tokens; x_long holds
+    every passage of x_short in the same order (x_short is a subsequence of x_long) and reaches long_len."""
+    splits = qa_items(3, 0, seed=1)  # one question of each hop count
+    for index, item in enumerate(splits.train):
+        ctx = build_contexts(item, long_len, count_tokens, random.Random(index), splits.distractors, short_len=short_len)
+        assert abs(count_tokens(ctx.short) - short_len) <= 0.02 * short_len
+        assert abs(count_tokens(ctx.long) - long_len) <= 0.02 * long_len
+        for passage in item.relevant:
+            assert ctx.short.count(passage) == 1 and ctx.long.count(passage) == 1
+        short_passages, long_passages = ctx.short.split(SEPARATOR)[:-1], ctx.long.split(SEPARATOR)[:-1]
+        assert len(short_passages) > len(item.relevant)  # distractors were added
+        position = iter(long_passages)
+        assert all(p in position for p in short_passages)  # in order, each after the one before
+        assert len(ctx.evidence_depths) == len(item.relevant) and all(0 <= d <= 1 for d in ctx.evidence_depths)
+
+
+def test_default_short_context_is_the_evidence_alone(count_tokens):
+    splits = qa_items(3, 0, seed=1)
+    for index, item in enumerate(splits.train):
+        default = build_contexts(item, 1024, count_tokens, random.Random(index), splits.distractors)
+        assert default == build_contexts(item, 1024, count_tokens, random.Random(index), splits.distractors,
+                                         short_len=None)
+        assert sorted(default.short.split(SEPARATOR)[:-1]) == sorted(item.relevant)
+        # evidence alone longer than short_len: no distractor is added to x_short
+        assert build_contexts(item, 1024, count_tokens, random.Random(index), splits.distractors,
+                              short_len=16).short == default.short
+
+
+def test_short_len_reaches_the_examples_and_must_stay_below_long_len(count_tokens):
+    splits = qa_items(2, 0, seed=3)
+    examples = build_examples(splits.train, 1024, count_tokens, pairs="gold", pool=splits.distractors, short_len=256)
+    assert all(abs(count_tokens(e.prompt_short) - 256) <= 0.02 * 256 for e in examples)
+    with pytest.raises(ValueError, match="short_len=1024 must be below long_len=1024"):
+        build_examples(splits.train, 1024, count_tokens, pool=splits.distractors, short_len=1024)
+
+
 def test_gold_pairs(count_tokens):
     splits = qa_items(5, 0, seed=2)
     items = splits.train

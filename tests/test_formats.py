@@ -177,6 +177,22 @@ def test_wrong_answers_come_from_the_same_group_and_do_not_depend_on_order():
     assert reversed_order == wrong
 
 
+def test_a_long_prompt_no_longer_than_the_short_one_is_counted(tmp_path, caplog):
+    records = records_of("pairs.jsonl")
+    for record in records[:2]:  # swapped fields
+        record["prompt_short"], record["prompt_long"] = record["prompt_long"], record["prompt_short"]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(as_file(records, "pairs.jsonl"), encoding="utf-8")
+    assert len(by_id(pairs.load(str(path)))) == len(records)  # still pairs for the PO loss
+    assert (f"{path}: 2 of {len(records)} records have a prompt_long no longer than their prompt_short "
+            "(line 1, line 2); SoLo-RA has no long context to align there") in caplog.text
+
+
+def test_skipped_records_are_counted_in_the_splits():
+    assert load(musique, "musique.jsonl").skipped == {"unanswerable": 1}
+    assert load(hotpotqa, "hotpotqa.json").skipped == {}
+
+
 def compose_data(overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -276,6 +292,10 @@ MALFORMED = [
     (pairs, "pairs.jsonl", lambda: '{"question": "Who?", "answer": "Ada"}\n', "pairs.jsonl line 1: matches no schema"),
     (pairs, "pairs.jsonl", lambda: changed("pairs_passages.jsonl", 1, set_field(["relevant"], [])),
      "pairs.jsonl line 2: field 'relevant': empty list"),
+    (pairs, "pairs.jsonl", lambda: changed("pairs_passages.jsonl", 1, set_field(["relevant", 1], " ")),
+     "pairs.jsonl line 2: field 'relevant[1]': empty"),
+    (pairs, "pairs.jsonl", lambda: changed("pairs_passages.jsonl", 0, lambda r: r["irrelevant"].append(r["relevant"][1])),
+     "pairs.jsonl line 1: field 'irrelevant[1]': the same passage as relevant[1]; a passage is evidence or irrelevant"),
 ]
 
 

@@ -46,3 +46,73 @@ def test_report_on_a_2x2_sweep(tmp_path):
     assert report.count("\n| ") == 1 + 4 and "report_score_vs_alpha.png" in report
     for png in ("report_accuracy_vs_length.png", "report_score_vs_alpha.png"):
         assert (sweep / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def fake_run(run_dir, algo, method, seed, avg_long, alpha=None, both=False, failed=None, fit_s=30.0):
+    """A run directory as `python -m solopo.run` leaves it (results.json), or as a launcher records a failed
+    job (failed.json with the job's config); avg_long in %, the same at every length."""
+    config = {"algo": {"_target_": f"solopo.algos.{algo}"}, "seed": seed, "data": {"source": {"seed": seed}},
+              "method": {"name": method, "use_ra": alpha is not None},
+              "ra": {"alpha": 1.0 if alpha is None else alpha, "responses": ["chosen", "rejected"] if both else ["chosen"]}}
+    run_dir.mkdir(parents=True)
+    if failed:
+        failure = {"reason": failed, "detail": "no train pairs left", "config": config}
+        (run_dir / "failed.json").write_text(json.dumps(failure))
+        return
+    table = lambda score: {"by_length": {"short": 0.5, "1024": score, "2048": score}, "average_long": score}  # noqa: E731
+    (run_dir / "results.json").write_text(json.dumps({
+        "config": config, "eval": {"base": table(0.05), "trained": table(avg_long / 100)},
+        "metrics": {"train/peak_mem_gib": 2.0}, "timings": {"fit_s": fit_s}, "data": {"train": {"pairs": 100}}}))
+
+
+def study_dir(tmp_path):
+    root = tmp_path / "study"
+    for seed, (solopo, expand) in enumerate([(10.0, 5.0), (12.0, 6.0), (14.0, 4.0)]):
+        fake_run(root / f"solopo-s{seed}", "DPO", "solopo", seed, solopo, alpha=3.0, fit_s=20.0)
+        fake_run(root / f"expand-s{seed}", "DPO", "expand_long", seed, expand)
+        fake_run(root / f"long-s{seed}", "DPO", "long_po", seed, 0.0, failed="no pairs")
+    fake_run(root / "short-s0", "DPO", "short_po", 0, 9.0)
+    fake_run(root / "solopo-a1-s0", "DPO", "solopo", 0, 11.0, alpha=1.0)
+    return root
+
+
+def test_seeds_collapse_into_mean_and_std_and_failed_runs_stay_visible(tmp_path):
+    from solopo.report import find_results, write_report
+
+    root = study_dir(tmp_path)
+    report = write_report(find_results([root]), tmp_path / "out", seeds=True)
+    assert report["varying"] == ["method.name", "method.use_ra", "ra.alpha"]  # the seed keys are not factors
+    rows = {(r["method.name"], r["ra.alpha"]): r for r in report["rows"]}
+    solopo = rows[("solopo", 3.0)]
+    assert solopo["seeds"] == 3 and str(solopo["trained avg long"]) == "12.0 ± 2.0"  # sample std of 10, 12, 14
+    assert rows[("long_po", 1.0)]["status"] == "3 of 3 failed: no pairs"
+    assert str(rows[("solopo", 1.0)]["trained avg long"]) == "11.0"  # one seed: no spread
+    csv_text = (tmp_path / "out" / "report.csv").read_text()
+    assert "trained avg long std" in csv_text.splitlines()[0]
+    assert "| 3 of 3 failed: no pairs |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_study_table_comparisons_and_paper_claims(tmp_path):
+    from solopo.report import find_results, load_result
+    from solopo.report_study import VERDICT, write_study
+
+    root = study_dir(tmp_path)
+    paper = {"best_alpha": {"DPO": 3.0},
+             "claims": [{"claim": "SoLoPO beats Long-PO", "better": "solopo", "worse": "long_po"}]}
+    path = write_study([load_result(p) for p in find_results([root])], tmp_path / "out", paper)
+    text = path.read_text()
+    # short, 1024, 2048, avg long, gain over base (12 - 5), pairs, train s, peak GiB
+    assert ("| DPO | solopo | 3 | 3 | 50.0 ± 0.0 | 12.0 ± 2.0 | 12.0 ± 2.0 | 12.0 ± 2.0 | 7.0 ± 2.0 | 100 ± 0 | 20 ± 0 "
+            "| 2.00 ± 0.00 |") in text
+    assert "| DPO | long_po | - | 0 (+3 failed: no pairs) | **failed: no pairs** |" in text
+    # 12 - 5 = 7 points, more than the two seed spreads together (2 + 1); paired per seed: 10-5, 12-6, 14-4
+    assert ("SoLo-DPO (alpha 3) 12.0 ± 2.0 vs Expand-long-DPO 5.0 ± 1.0 avg long-context sub-EM: SoLo-DPO (alpha 3) "
+            "higher by 7.0 points, beyond the seed spread (std 2.0 and 1.0); per seed: +5.0, +6.0, +10.0.") in text
+    assert "no comparison, Long-DPO has no result (no pairs)" in text
+    assert "- SoLoPO beats Long-PO (solopo > long_po): DPO: no result (long_po: no pairs)." in text
+    assert "| long_po | failed: no pairs |" in text  # the methods x algorithms table says why too
+    assert "over alpha 1, 3 (seeds 0), the best avg long-context sub-EM is at alpha 1 (11.0)" in text  # seeds of both
+    assert "SoLoPO trains in 20 s vs 30 s for expand_long (0.67x)" in text  # long_po failed: expand_long stands in
+    assert VERDICT in text
+    for png in ("study_accuracy_vs_length.png", "study_score_vs_alpha.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"

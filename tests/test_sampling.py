@@ -146,3 +146,20 @@ def test_vllm_engine_contract(monkeypatch, tokenizer):
 def test_unknown_engine():
     with pytest.raises(ValueError, match="engine='sglang'"):
         SamplingSettings(engine="sglang")
+
+
+def test_vllm_samples_from_the_run_weights(tokenizer):
+    """vLLM gets a directory of the run's weights: the model's own, or a random model written out for the engine."""
+    from pathlib import Path
+
+    from solopo.models import load_model
+    from solopo.run import sampling_weights
+
+    from conftest import TINY
+
+    with sampling_weights("transformers", TINY, None, tokenizer) as path:
+        assert path is None
+    policy = load_model(TINY, tokenizer)
+    with sampling_weights("vllm", TINY, policy, tokenizer) as path:
+        assert (Path(path) / "config.json").is_file() and list(Path(path).glob("*.safetensors"))
+    assert not Path(path).exists()

@@ -1,4 +1,5 @@
-"""Short and long contexts from one item: x_short = [c_rel; I], x_long = [c_rel + c_irr; I]."""
+"""Short and long contexts from one item: x_short = [c_rel; I], x_long = [c_rel + c_irr; I]
+(optionally x_short = [c_rel + a few c_irr; I], for evidence much shorter than the paper's)."""
 from __future__ import annotations
 
 import random
@@ -15,7 +16,7 @@ INSTRUCTIONS = {
             "then give the answer.\nQuestion: {question}"),
 }
 SEPARATOR = "\n\n"
-TOLERANCE = 0.02  # x_long lands within this fraction of long_len when the passages available suffice
+TOLERANCE = 0.02  # x_long (and x_short with short_len) land within this fraction of their length when the passages suffice
 
 
 @dataclass(frozen=True)
@@ -33,42 +34,73 @@ def render(passages: list[str], question: str, template: str = "direct") -> str:
 
 def build_contexts(
     item: QAItem, long_len: int, count_tokens: Callable[[str], int], rng: random.Random, pool: Sequence[str] = (),
-    depth: float | None = None, template: str = "direct",
+    depth: float | None = None, template: str = "direct", short_len: int | None = None,
 ) -> Contexts:
-    """x_short holds the evidence only (shuffled); x_long buries it among irrelevant passages (the
+    """x_short holds the evidence (shuffled); x_long buries it among irrelevant passages (the
     item's own, then draws from the shared ``pool``): whole passages while they fit, then the start of
     the next one, cut at a word boundary, for what is left. x_long thus lands within TOLERANCE of
     ``long_len`` tokens; the evidence is never cut. The relevant passages go to random depths, or, with
     ``depth`` in [0, 1], together as one block at that relative depth (0 = first, 1 = just before the
     question), as evaluation by depth needs.
 
-    Raises ValueError when the passages available cannot reach long_len.
+    With ``short_len``, x_short also holds irrelevant passages, up to about short_len tokens, with the
+    evidence at random places among them (for data whose evidence alone is far shorter than the paper's
+    ~1.1K-token x_short). x_long then holds every passage of x_short, in the same order, among further
+    irrelevant passages: x_short is a subsequence of x_long, so what x_long adds is irrelevant text only and
+    the SoLo-RA gap measures that alone (distinct distractors would also change what the model reads).
+    The evidence alone longer than short_len gets no distractors. None: x_short is the evidence alone.
+
+    Raises ValueError when the passages available cannot reach short_len or long_len.
     """
     relevant = list(item.relevant)
     rng.shuffle(relevant)
-    short = render(relevant, item.question, template)
+    if short_len is not None and short_len >= long_len:
+        raise ValueError(f"item {item.id}: short_len={short_len} must be below long_len={long_len}")
+    kept = relevant  # x_short's passages, which x_long keeps in this order
+    short = render(kept, item.question, template)
     short_tokens = count_tokens(short)
     if long_len < short_tokens:
         raise ValueError(f"item {item.id}: long_len={long_len} is shorter than its short context "
                          f"({short_tokens} tokens)")
     candidates = _candidates(item, pool, long_len, rng)
-    fillers, missing = _fill(candidates, long_len - short_tokens, _passage_cost(count_tokens, relevant, candidates))
+    cost = _passage_cost(count_tokens, relevant, candidates)
+    if short_len is not None:
+        short_fillers, missing = _fill(candidates, short_len - short_tokens, cost)
+        if missing > TOLERANCE * short_len:
+            raise ValueError(f"item {item.id}: its {len(candidates)} irrelevant passages cannot fill {short_len} tokens")
+        kept = _interleave(short_fillers, relevant, _random_positions(rng, len(short_fillers), len(relevant)))
+        candidates = candidates[len(short_fillers):]  # a passage cut to end x_short is not used again
+        short = render(kept, item.question, template)
+        short_tokens = count_tokens(short)
+    fillers, missing = _fill(candidates, long_len - short_tokens, cost)
     if missing > TOLERANCE * long_len:
         raise ValueError(f"item {item.id}: its {len(candidates)} irrelevant passages cannot fill {long_len} tokens")
 
     if depth is None:
-        positions = sorted(rng.sample(range(len(fillers) + len(relevant)), len(relevant)))
+        positions = _random_positions(rng, len(fillers), len(kept))
     else:
         first = round(depth * len(fillers))  # the block starts after this many fillers
-        positions = list(range(first, first + len(relevant)))
-    passages = list(fillers)
-    for position, passage in zip(positions, relevant):
-        passages.insert(position, passage)
+        positions = list(range(first, first + len(kept)))
+    passages = _interleave(fillers, kept, positions)
     long = render(passages, item.question, template)
-    if any(p not in long for p in relevant):  # cannot happen by construction; a guard against future edits
-        raise AssertionError(f"item {item.id}: evidence missing from x_long")
+    if any(p not in long or p not in short for p in relevant):  # cannot happen by construction; a guard against future edits
+        raise AssertionError(f"item {item.id}: evidence missing from x_short or x_long")
     denom = max(len(passages) - 1, 1)
-    return Contexts(short=short, long=long, evidence_depths=tuple(p / denom for p in positions))
+    evidence = set(relevant)
+    return Contexts(short=short, long=long,
+                    evidence_depths=tuple(p / denom for p, passage in zip(positions, kept) if passage in evidence))
+
+
+def _random_positions(rng: random.Random, n_fillers: int, n_kept: int) -> list[int]:
+    """Sorted random indices for n_kept passages among n_fillers others (the kept ones keep their order)."""
+    return sorted(rng.sample(range(n_fillers + n_kept), n_kept))
+
+
+def _interleave(fillers: list[str], kept: list[str], positions: list[int]) -> list[str]:
+    passages = list(fillers)
+    for position, passage in zip(positions, kept):
+        passages.insert(position, passage)
+    return passages
 
 
 def _passage_cost(count_tokens: Callable[[str], int], relevant: list[str],

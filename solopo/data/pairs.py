@@ -24,7 +24,7 @@ def gold_pair(item: QAItem) -> tuple[str, str]:
 
 def to_examples(
     items: Sequence[QAItem | PreferenceExample], long_len: int, count_tokens, pairs: str = "gold", seed: int = 0,
-    pool: Sequence[str] = (), template: str = "direct",
+    pool: Sequence[str] = (), template: str = "direct", short_len: int | None = None,
 ) -> list[PreferenceExample]:
     """The split's PreferenceExample records as they are (ready-made pairs bring their own contexts),
     or pairs built from its QAItem records by ``build_examples``; a split holds one kind only."""
@@ -37,14 +37,16 @@ def to_examples(
         found = ", ".join(f"{kind.__name__} (item {item_id})" for kind, item_id in first_of.items())
         raise ValueError(f"a split holds ready-made pairs (PreferenceExample) or items to build pairs from (QAItem), "
                          f"one kind only; found {found}")
-    return build_examples(list(items), long_len, count_tokens, pairs=pairs, seed=seed, pool=pool, template=template)
+    return build_examples(list(items), long_len, count_tokens, pairs=pairs, seed=seed, pool=pool, template=template,
+                          short_len=short_len)
 
 
 def build_examples(
     items: list[QAItem], long_len: int, count_tokens, pairs: str = "gold", seed: int = 0, pool: Sequence[str] = (),
-    template: str = "direct",
+    template: str = "direct", short_len: int | None = None,
 ) -> list[PreferenceExample]:
-    """One PreferenceExample per item, deterministic in ``seed``; ``pool`` is the shared distractor pool."""
+    """One PreferenceExample per item, deterministic in ``seed``; ``pool`` is the shared distractor pool;
+    ``short_len``: see solopo.data.contexts.build_contexts (None: x_short is the evidence alone)."""
     if pairs not in PAIR_RULES:
         raise ValueError(f"data.pairs={pairs!r} is not available; choose one of {', '.join(PAIR_RULES)}")
     rng = random.Random(seed)
@@ -52,9 +54,9 @@ def build_examples(
     for item in items:
         check_evidence(item)
         try:
-            contexts = build_contexts(item, long_len, count_tokens, rng, pool, template=template)
+            contexts = build_contexts(item, long_len, count_tokens, rng, pool, template=template, short_len=short_len)
         except ValueError as error:  # the builder cannot know which setting to change
-            raise ValueError(f"{error}; set data.long_len to a length this data can reach") from error
+            raise ValueError(f"{error}; set data.long_len (and data.short_len) to lengths this data can reach") from error
         chosen, rejected = gold_pair(item) if pairs == "gold" else ("", "")
         examples.append(PreferenceExample(
             id=item.id, question=item.question, answers=item.answers,

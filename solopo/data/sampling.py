@@ -25,6 +25,7 @@ from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import left_padded
 from solopo.eval.metrics import f1, sub_em
 from solopo.results import atomic_write_text
+from solopo.vllm_engine import vllm_generate
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +85,10 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
 def generate_vllm(model_path: str, tokenizer, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Sample]]:
     """The same samples from a vLLM engine on the weights at ``model_path``; the engine is freed afterwards
     so training gets the GPU memory back."""
-    try:
-        import vllm
-    except ImportError as err:
-        raise RuntimeError("data.sampling.engine=vllm but vllm is not installed (pip install vllm)") from err
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
              for p in prompts]
-    params = vllm.SamplingParams(n=settings.k, temperature=settings.temperature, max_tokens=settings.max_new_tokens,
-                                 seed=settings.seed)
-    engine = vllm.LLM(model=model_path, seed=settings.seed)
-    try:
-        outputs = engine.generate(texts, params)
-    finally:
-        del engine
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    params = dict(n=settings.k, temperature=settings.temperature, max_tokens=settings.max_new_tokens, seed=settings.seed)
+    outputs = vllm_generate(model_path, texts, params, "data.sampling.engine", seed=settings.seed)
     return [[(c.text.strip(), c.finish_reason == "stop") for c in out.outputs] for out in outputs]
 
 

@@ -36,6 +36,8 @@ class Splits:
                       world (the built-in QA data), so no split's passages pad another's contexts;
                       empty: validation draws from distractors
     test_distractors: the test items' own pool, likewise
+    skipped:          records of the source left out while loading, by reason (e.g. {"unanswerable": 3}), so that
+                      the run can report them
     """
 
     train: list[QAItem | PreferenceExample]  # items to build pairs from, or ready-made pairs (one kind per split)
@@ -44,6 +46,7 @@ class Splits:
     test: list[QAItem | PreferenceExample] = field(default_factory=list)
     val_distractors: tuple[str, ...] = ()
     test_distractors: tuple[str, ...] = ()
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from solopo.data.contexts import build_contexts, render
+from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
-from solopo.data.tokenize import left_padded
+from solopo.data.tokenize import encode_prompt, left_padded
 from solopo.eval.metrics import f1, sub_em
+from solopo.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
 
 log = logging.getLogger(__name__)
 SHORT = "short"
@@ -27,15 +28,23 @@ SHORT = "short"
 @dataclass(frozen=True)
 class EvalSettings:
     """lengths: context lengths in tokens ("short" = the evidence alone); depths: where the evidence
-    block sits in the long contexts; greedy answers of up to max_new_tokens, batch_size at a time."""
+    block sits in the long contexts; greedy answers of up to max_new_tokens, batch_size at a time;
+    template: the prompt template the model was trained with (solopo.data.contexts.INSTRUCTIONS);
+    engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights)."""
 
     lengths: tuple = (SHORT, 1024, 2048, 4096, 8192)
     depths: tuple[float, ...] = (0.0, 0.5, 1.0)
     max_new_tokens: int = 32
     batch_size: int = 8
     seed: int = 0
+    template: str = "direct"
+    engine: str = "transformers"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"eval.engine={self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.template not in INSTRUCTIONS:
+            raise ValueError(f"prompt template {self.template!r} is unknown; choose one of {', '.join(INSTRUCTIONS)}")
         object.__setattr__(self, "lengths", tuple(self.lengths))
         object.__setattr__(self, "depths", tuple(self.depths))
         bad = [d for d in self.depths if not 0.0 <= d <= 1.0]
@@ -62,7 +71,7 @@ def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: C
     cases, unfillable = [], 0
     for item in items:
         if item.context is not None:  # a fixed long context (LongBench): asked once, at its own length
-            prompt = render([item.context], item.question)
+            prompt = render([item.context], item.question, settings.template)
             if count_tokens(prompt) + settings.max_new_tokens <= max_length:
                 cases.append(EvalCase(item.id, item.answers, length_bucket(count_tokens(prompt)), "-", prompt))
             continue
@@ -71,11 +80,12 @@ def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: C
             if length == SHORT:
                 relevant = list(item.relevant)
                 rng.shuffle(relevant)
-                cases.append(EvalCase(item.id, item.answers, SHORT, "-", render(relevant, item.question)))
+                cases.append(EvalCase(item.id, item.answers, SHORT, "-", render(relevant, item.question, settings.template)))
                 continue
             for depth in settings.depths:
                 try:
-                    ctx = build_contexts(item, int(length), count_tokens, rng, pool, depth=depth)
+                    ctx = build_contexts(item, int(length), count_tokens, rng, pool, depth=depth,
+                                         template=settings.template)
                 except ValueError:  # too few distractors for this length: the cell is left out, not the run
                     unfillable += 1
                     continue
@@ -116,9 +126,37 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     return answers
 
 
+def vllm_greedy_answers(model_path: str, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0,
+                        **engine_args) -> list[str]:
+    """Greedy answers from a vLLM engine on the weights at ``model_path``, as greedy_answers gives them: the
+    same token ids (the chat template is applied here, so vLLM adds no special token of its own), the same
+    end of an answer (max_new_tokens or the end of turn), special tokens dropped and whitespace stripped."""
+    ids = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
+    params = dict(n=1, temperature=0.0, max_tokens=max_new_tokens)  # temperature 0: vLLM decodes greedily
+    outputs = vllm_generate(model_path, ids, params, "eval.engine", seed=seed, **engine_args)
+    return [out.outputs[0].text.strip() for out in outputs]
+
+
+def answer_all(model, tokenizer, prompts: Sequence[str], settings: EvalSettings, max_length: int,
+               desc: str = "evaluating", engine_args: dict | None = None) -> list[str]:
+    """Greedy answers from the engine ``settings.engine`` names; ``engine_args`` are further vllm.LLM arguments."""
+    if settings.engine == "transformers":
+        return greedy_answers(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, desc=desc)
+    import_vllm("eval.engine")  # before the weights are written out for it
+    # vLLM would otherwise size its KV cache for the model config's longest context, which may not fit
+    engine_args = {"max_model_len": max_length, **(engine_args or {})}
+    with saved_weights(model, tokenizer) as path:
+        log.info("%s: vLLM engine on the weights written to %s", desc, path)
+        return vllm_greedy_answers(path, tokenizer, prompts, settings.max_new_tokens, settings.seed, **engine_args)
+
+
 def score_table(cases: Sequence[EvalCase], answers: Sequence[str]) -> dict:
     """{"cells": [{length, depth, sub_em, f1, n}], "by_length": {length: sub_em}, "average": sub_em,
-    "average_long": sub_em over every long-context case}; means are over questions."""
+    "average_long": sub_em over every long-context case}; means are over questions.
+
+    An answer is scored whole, as the pair sampler scores its samples: under the cot template the
+    reasoning comes first and sub-EM finds the gold answer anywhere in it, so evaluation and the
+    share of correct samples measure the same thing."""
     cells: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for case, answer in zip(cases, answers):
         cells.setdefault((case.length, case.depth), []).append((sub_em(answer, case.answers), f1(answer, case.answers)))
@@ -133,10 +171,10 @@ def score_table(cases: Sequence[EvalCase], answers: Sequence[str]) -> dict:
 
 
 def evaluate(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
-             count_tokens: Callable[[str], int], max_length: int, desc: str = "evaluating") -> dict:
+             count_tokens: Callable[[str], int], max_length: int, desc: str = "evaluating",
+             engine_args: dict | None = None) -> dict:
     cases = build_cases(items, settings, count_tokens, pool, max_length)
-    answers = greedy_answers(model, tokenizer, [c.prompt for c in cases], settings.max_new_tokens,
-                             settings.batch_size, desc=desc)
+    answers = answer_all(model, tokenizer, [c.prompt for c in cases], settings, max_length, desc, engine_args)
     table = score_table(cases, answers)
     table["examples"] = [{"item": c.item_id, "length": c.length, "depth": c.depth, "answer": a, "gold": list(c.answers)}
                          for c, a in list(zip(cases, answers))[:20]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,13 +29,15 @@ def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
 
 def evaluate_model(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
                    count_tokens: Callable[[str], int], max_length: int, name: str,
-                   cache_dir: Path | None = None, model_id: str | None = None) -> dict:
+                   cache_dir: Path | None = None, model_id: str | None = None, engine_args: dict | None = None) -> dict:
     """The evaluation table of ``model``; with a cache_dir and a model_id (the weights as loaded, not
     as trained), the table is read from or written to the cache, so every run of a sweep shares the
-    base model's evaluation."""
+    base model's evaluation. ``engine_args`` (vllm.LLM arguments such as its memory share) are not part of
+    the cache key; the engine itself is, with the rest of the settings: greedy answers may differ between
+    engines, whose kernels round differently."""
     path = None
     if cache_dir is not None and model_id is not None:
-        key = hashlib.sha256(json.dumps([model_id, [i.id for i in items], repr(settings)]).encode()).hexdigest()
+        key = cache_key(model_id, items, settings)
         path = cache_dir / f"{key}.json"
         if path.exists():
             try:
@@ -44,10 +46,16 @@ def evaluate_model(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str
                 return table
             except ValueError:
                 log.warning("evaluation cache %s is unreadable; evaluating again", path)
-    table = evaluate(model, tokenizer, items, pool, settings, count_tokens, max_length, desc=f"evaluating {name}")
+    table = evaluate(model, tokenizer, items, pool, settings, count_tokens, max_length, desc=f"evaluating {name}",
+                     engine_args=engine_args)
     if path is not None:
         atomic_write_text(path, json.dumps(table))
     return table
+
+
+def cache_key(model_id: str, items: Sequence[QAItem], settings: EvalSettings) -> str:
+    """What a table depends on: the weights, the questions and every setting (template and engine included)."""
+    return hashlib.sha256(json.dumps([model_id, [i.id for i in items], repr(settings)]).encode()).hexdigest()
 
 
 @dataclass
@@ -61,6 +69,7 @@ class Evaluation:
     max_length: int
     cache_dir: Path | None = None
     model_id: str | None = None  # identifies the weights as loaded: their evaluation can be cached
+    engine_args: dict = field(default_factory=dict)  # further vllm.LLM arguments (settings.engine=vllm)
 
     def __post_init__(self) -> None:
         self.count_tokens = token_counter(self.tokenizer)
@@ -69,11 +78,23 @@ class Evaluation:
         """The table of ``model``; ``as_loaded`` marks untrained weights, whose table is cached."""
         return evaluate_model(model, self.tokenizer, self.items, self.pool, self.settings, self.count_tokens,
                               self.max_length, name, cache_dir=self.cache_dir if as_loaded else None,
-                              model_id=self.model_id)
+                              model_id=self.model_id, engine_args=self.engine_args)
+
+
+def summary_entries(tables: dict[str, dict]) -> dict[str, float]:
+    """Headline numbers for a dashboard's table of runs: each checkpoint's mean sub-EM over the long contexts
+    and over every case, and, with both checkpoints, what training changed on the long contexts."""
+    entries = {}
+    for name, table in tables.items():
+        entries.update({f"eval/{name}/avg_long": table["average_long"], f"eval/{name}/average": table["average"]})
+    if {"base", "trained"} <= tables.keys():
+        entries["eval/gain/avg_long"] = tables["trained"]["average_long"] - tables["base"]["average_long"]
+    return entries
 
 
 def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
-    """Scores as metrics (every logger), and the table and plots where the logger shows them (wandb)."""
+    """Scores as metrics (every logger), and the table, plots and headline numbers (the run's summary) where
+    the logger shows them (wandb)."""
     if not logger:
         return
     logger.log_metrics({f"eval/{name}/sub_em@{length}": score for name, table in tables.items()
@@ -84,6 +105,7 @@ def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
                          data=[[name, *(t["by_length"][n] for n in lengths), t["average_long"]] for name, t in tables.items()])
         for plot in plots:  # one key each: the plots differ in size
             logger.log_image(key=f"eval/{Path(plot).stem}", images=[plot])
+        logger.experiment.summary.update(summary_entries(tables))
     logger.save()  # file loggers (CSV) write what they buffered
 
 

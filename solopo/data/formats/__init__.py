@@ -8,8 +8,8 @@
 - pairs:     ready-made preference pairs, jsonl (three schemas, see its docstring)
 
 Validation takes the last n_val items of a seeded shuffle, so it does not move when ``n_train``
-caps the training items. A malformed file raises DataFileError naming the file, the line
-(jsonl) or record (JSON list), and the field.
+caps the training items. A malformed file, or one that gives two records the same id, raises
+DataFileError naming the file, the line (jsonl) or record (JSON list), and the field.
 """
 from solopo.data.formats.errors import DataFileError
 

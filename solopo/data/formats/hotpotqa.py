@@ -40,7 +40,7 @@ def parse_record(record: dict, where: Where, sentence_separator: str) -> Parsed:
         irrelevant=tuple(passage for title, passage in paragraphs if title not in supporting),
     )
     return Parsed(item=item, group=field(record, "type", str, where, default=""),
-                  passages=tuple(passage for _, passage in paragraphs))
+                  passages=tuple(passage for _, passage in paragraphs), where=where)
 
 
 def _context(record: dict, where: Where, sentence_separator: str) -> list[tuple[str, str]]:

@@ -28,4 +28,4 @@ def _parse(record: dict, where: Where) -> Parsed:
         relevant=(),
         context=text(record, "context", where),
     )
-    return Parsed(item=item, group=field(record, "dataset", str, where, default=""), passages=())
+    return Parsed(item=item, group=field(record, "dataset", str, where, default=""), passages=(), where=where)

@@ -11,6 +11,7 @@ are skipped and counted in the log; their paragraphs still join the distractor p
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from solopo.data.formats.errors import Where
 from solopo.data.formats.passages import clean, render_passage
@@ -33,7 +34,8 @@ def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None) -
     skipped = len(records) - len(parsed)
     if skipped:
         log.warning("%s: skipped %d unanswerable record(s) of %d", path, skipped, len(records))
-    return to_splits(parsed, path, n_val, seed, n_train, more_passages=unanswerable_passages)
+    splits = to_splits(parsed, path, n_val, seed, n_train, more_passages=unanswerable_passages)
+    return replace(splits, skipped={"unanswerable": skipped}) if skipped else splits
 
 
 def _paragraphs(record: dict, where: Where) -> list[tuple[str, bool]]:
@@ -61,4 +63,4 @@ def _parse(record: dict, paragraphs: list[tuple[str, bool]], where: Where) -> Pa
         irrelevant=tuple(passage for passage, supporting in paragraphs if not supporting),
     )
     # MuSiQue has no question type: wrong answers come from any other question.
-    return Parsed(item=item, group="", passages=tuple(passage for passage, _ in paragraphs))
+    return Parsed(item=item, group="", passages=tuple(passage for passage, _ in paragraphs), where=where)

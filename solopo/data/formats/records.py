@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 from solopo.data.formats.errors import DataFileError, Where
 
@@ -83,6 +83,17 @@ def text_list(record: dict, name: str, where: Where, required: bool = True) -> l
     if required and not values:
         raise where.error("empty list", where.label(name))
     return [check_text(value, f"{where.label(name)}[{index}]", where) for index, value in enumerate(values)]
+
+
+def check_unique_ids(rows: Iterable[tuple[Where, str]]) -> None:
+    """Ids name items in the sample caches, the logs and the evaluation tables, and seed each item's draws, so two
+    records of one file must not share one."""
+    first: dict[str, Where] = {}
+    for where, item_id in rows:
+        if item_id in first:
+            raise where.error(f"id {item_id!r} is also the id of {first[item_id].place}; ids must be unique "
+                              "within a file")
+        first[item_id] = where
 
 
 def _object(record: Any, where: Where) -> dict:

@@ -5,8 +5,9 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from solopo.data.formats.errors import DataFileError
+from solopo.data.formats.errors import DataFileError, Where
 from solopo.data.formats.passages import dedupe
+from solopo.data.formats.records import check_unique_ids
 from solopo.data.formats.wrong_answers import add_wrong_answers
 from solopo.data.schema import PreferenceExample, QAItem, Splits
 
@@ -16,12 +17,14 @@ class Parsed:
     item: QAItem
     group: str  # wrong answers come first from items of the same group (question type, dataset)
     passages: tuple[str, ...]  # every paragraph of the record, supporting or not, for the shared pool
+    where: Where  # the record's place in its file, for messages
 
 
 def to_splits(parsed: Sequence[Parsed], path: str, n_val: int, seed: int, n_train: int | None,
               more_passages: Iterable[str] = ()) -> Splits:
     """Items with wrong answers, split; the pool holds every paragraph of the file (RULER-style:
     an item's long context is filled from other items' passages)."""
+    check_unique_ids((p.where, p.item.id) for p in parsed)
     items = add_wrong_answers([p.item for p in parsed], [p.group for p in parsed], seed)
     pool = dedupe([passage for p in parsed for passage in p.passages] + list(more_passages))
     return split_items(items, pool, path, n_val, seed, n_train)

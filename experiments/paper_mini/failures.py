@@ -1,0 +1,53 @@
+"""Why a job of the study failed, from its log, as the failed.json that `python -m solopo.report` shows.
+
+failed.json: {"reason": a short label for tables, "detail": the line that says why, "returncode",
+"log_tail": the last lines of the job's output, "config": the job's composed config (from Hydra's
+.hydra/config.yaml, so the report can place the failure in its row)}.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# (label, pattern of the line that says why), the first that matches wins.
+REASONS = (
+    ("no pairs", re.compile(r"no (train|val) pairs left.*")),
+    ("out of memory", re.compile(r".*(CUDA out of memory|OutOfMemoryError).*")),
+    ("non-finite steps", re.compile(r"training stopped at step .*")),
+    ("preempted", re.compile(r"preempted \(SIG\w+\) at step .*")),
+)
+ERROR_LINE = re.compile(r"^\w+(\.\w+)*(Error|Exception|Exit): .*$", re.MULTILINE)
+TAIL_LINES = 40
+
+
+def classify(log: str, returncode: int) -> tuple[str, str]:
+    """(reason, detail): a known cause, else the last exception line, else the exit status."""
+    for label, pattern in REASONS:
+        found = pattern.search(log)
+        if found:
+            return label, found.group(0).strip()
+    errors = [m.group(0) for m in ERROR_LINE.finditer(log)]
+    if errors:
+        return errors[-1].split(":", 1)[0].rsplit(".", 1)[-1], errors[-1].strip()
+    if returncode < 0:
+        return f"killed by signal {-returncode}", ""
+    return f"exit status {returncode}", ""
+
+
+def job_config(run_dir: Path) -> dict:
+    """The job's config as Hydra composed it, or {} when it never got that far. The `hydra:` resolver
+    (logger paths) is only available inside a Hydra app, so it is answered with null here."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        return {}
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("hydra"):
+        OmegaConf.register_new_resolver("hydra", lambda *_: None)
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def failure_record(log: str, returncode: int, run_dir: Path) -> dict:
+    reason, detail = classify(log, returncode)
+    return {"reason": reason, "detail": detail, "returncode": returncode,
+            "log_tail": "\n".join(log.splitlines()[-TAIL_LINES:]), "config": job_config(run_dir)}

@@ -1,0 +1,82 @@
+"""The jobs of the paper_mini study: one (row, algorithm, alpha, seed) each, in the order they should run.
+
+Rows are the presets conf/experiment/paper_mini/<row>.yaml; `base` is the untrained model (evaluation only).
+The order puts the whole table at the first seed before the extra seeds of the main comparison, so a run
+cut short by its deadline loses the least important jobs.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+ALGOS = ("dpo", "simpo", "orpo")
+PAPER_ALPHA = {"dpo": 3.0, "simpo": 1.0, "orpo": 1.0}  # the paper's best alpha on Qwen2.5-7B-Instruct
+ALPHAS = (0.3, 1.0, 3.0)  # the alpha sweep of the solopo row
+ROWS = ("base", "short_po", "long_po", "solopo", "expand_long", "solopo_both")  # at the first seed, in this order
+# Repeated at every seed, by priority: long_po last, since on 4K contexts the base model rarely answers right,
+# so its pairs (sampled on x_long, the most expensive sampling of the study) may not exist at all.
+SEEDED_ROWS = ("solopo", "expand_long", "long_po")
+RA_ROWS = ("solopo", "solopo_both")  # rows whose alpha matters
+
+
+@dataclass(frozen=True)
+class Job:
+    row: str
+    algo: str | None  # None for base (no training)
+    alpha: float | None  # SoLo-RA weight, rows with SoLo-RA only
+    seed: int
+
+    @property
+    def name(self) -> str:
+        parts = [self.row] + ([self.algo] if self.algo else []) + ([f"a{self.alpha:g}"] if self.alpha is not None else [])
+        return "-".join(parts + [f"s{self.seed}"])
+
+    @property
+    def sampling_key(self) -> tuple[int, str]:
+        """Jobs with the same key sample the same pairs (or, for base, need nothing cached): the first one
+        samples and caches them, the others wait for it. The algorithm and alpha do not change the pairs."""
+        context = {"base": "none", "long_po": "long"}.get(self.row, "short")
+        return self.seed, context
+
+    @property
+    def samples(self) -> bool:
+        """Whether the job samples pairs (every training run; base only evaluates)."""
+        return self.sampling_key[1] != "none"
+
+    def overrides(self) -> list[str]:
+        out = [f"experiment=paper_mini/{self.row}", f"seed={self.seed}"]
+        if self.algo:
+            out.append(f"algo={self.algo}")
+        if self.alpha is not None:
+            out.append(f"ra.alpha={float(self.alpha)!r}")  # a float, as in conf/ra, so runs group by value
+        return out
+
+    def command(self, root: Path, python: str = "python", extra: tuple[str, ...] = ()) -> list[str]:
+        entry = "solopo.evaluate" if self.row == "base" else "solopo.run"
+        return [python, "-m", entry, *self.overrides(), *extra, f"hydra.run.dir={root / self.name}"]
+
+
+def study_jobs(seeds: tuple[int, ...] = (0, 1, 2), rows: tuple[str, ...] = ROWS,
+               seeded_rows: tuple[str, ...] = SEEDED_ROWS, alphas: tuple[float, ...] = ALPHAS) -> list[Job]:
+    """Every job, by priority: all rows at the first seed (paper alpha first, then the rest of the sweep),
+    then the seeded rows at the other seeds."""
+    first, *others = seeds
+    jobs = []
+    for row in rows:
+        jobs += [Job(row, None, None, first)] if row == "base" else [
+            Job(row, algo, PAPER_ALPHA[algo] if row in RA_ROWS else None, first) for algo in ALGOS]
+    if "solopo" in rows:
+        jobs += [Job("solopo", algo, alpha, first) for algo in ALGOS for alpha in alphas if alpha != PAPER_ALPHA[algo]]
+    for row in seeded_rows:
+        jobs += [Job(row, algo, PAPER_ALPHA[algo] if row in RA_ROWS else None, seed) for seed in others for algo in ALGOS]
+    return jobs
+
+
+def select(jobs: list[Job], only: set[str] | None = None, algos: set[str] | None = None) -> list[Job]:
+    """The jobs of the rows in ``only`` and the algorithms in ``algos`` (base has none and is kept)."""
+    return [j for j in jobs if (not only or j.row in only) and (not algos or j.algo is None or j.algo in algos)]
+
+
+def shell(command: list[str]) -> str:
+    return " ".join(shlex.quote(part) for part in command)

@@ -1,0 +1,43 @@
+"""Pair-weighted means of the metrics of one optimizer step, over its accumulated micro-batches and all ranks.
+
+Lightning logs a step's metric from its last micro-batch, and syncs across ranks by averaging the ranks' values; with
+gradient accumulation, or ranks holding different numbers of pairs, neither is the mean over the pairs of the step.
+StepMeans sums value x pairs over the micro-batches, sums (sums, pairs) across ranks in one all-reduce at the end of
+the step, and divides: the mean over every pair the step trained on, the same on every rank.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from solopo.distributed import sum_across_ranks
+
+
+class StepMeans:
+    def __init__(self):
+        self.keys: Optional[list[str]] = None
+        self.sums: Optional[Tensor] = None  # (len(keys) + 1,): value x pairs per key, then the number of pairs
+
+    def add(self, metrics: dict[str, Tensor], pairs: int, finite: bool = True) -> None:
+        """Adds one micro-batch's batch means over ``pairs`` pairs; a non-finite one (finite=False, its step is
+        skipped) adds nothing but still fixes the keys, so every rank reduces the same tensor."""
+        if self.keys is None:
+            self.keys = sorted(metrics)
+        values = torch.stack([metrics[k].detach().float() for k in self.keys])
+        weight = pairs if finite else 0
+        row = torch.cat([values * weight if finite else torch.zeros_like(values), values.new_tensor([weight])])
+        self.sums = row if self.sums is None else self.sums + row
+
+    def pop(self) -> tuple[dict[str, Tensor], int]:
+        """The step's means across all ranks (every rank must call this at the same step) and the number of pairs
+        they cover; ({}, 0) when no micro-batch of any rank was finite."""
+        if self.sums is None:
+            return {}, 0
+        total = sum_across_ranks(self.sums)
+        keys, self.keys, self.sums = self.keys, None, None
+        pairs = int(total[-1].item())
+        if pairs == 0:
+            return {}, 0
+        return {k: total[i] / pairs for i, k in enumerate(keys)}, pairs

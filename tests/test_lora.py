@@ -1,0 +1,62 @@
+"""LoRA policies: only the adapter trains, and the reference is the same model with the adapter off."""
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from solopo.algos import DPO
+from solopo.data.collate import PairCollator
+from solopo.data.pairs import build_examples
+from solopo.data.tokenize import tokenize_examples
+from solopo.data.world import qa_items
+from solopo.logps import group_logps
+from solopo.models import load_model, with_lora
+from solopo.module import SoLoPOModule
+from solopo.objective import Method, SoLoRA, required_sequences
+
+from conftest import TINY
+
+LORA = {"r": 4, "lora_alpha": 8}
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    splits = qa_items(2, 0, seed=0)
+    pairs = tokenize_examples(build_examples(splits.train, 200, count, pool=splits.distractors), tokenizer, 1024)[0]
+    keys = required_sequences(Method(), SoLoRA())
+    return next(iter(DataLoader(pairs, batch_size=2, collate_fn=PairCollator(keys, tokenizer.pad_token_id))))
+
+
+def test_only_the_adapter_trains(tokenizer):
+    policy = with_lora(load_model(TINY, tokenizer), LORA)
+    trained = [name for name, p in policy.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in name for name in trained)
+
+
+def test_the_reference_is_the_base_model_with_no_second_copy(tokenizer, batch):
+    base = load_model(TINY, tokenizer, seed=0)
+    expected = {k: v[0] for k, v in group_logps(base, next(iter(batch.values()))).items()}
+    policy = with_lora(load_model(TINY, tokenizer, seed=0), LORA)
+    with torch.no_grad():  # an adapter that has learnt something: the policy now differs from the base model
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    module = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), adapter_reference=True)
+    assert module.reference is None
+    group = next(iter(batch.values()))
+    reference = module._reference_logps(group)
+    moved = group_logps(policy, group)
+    for key, logps in expected.items():
+        torch.testing.assert_close(reference[key][0], logps)
+        assert not torch.allclose(moved[key][0], logps)
+    assert policy.training  # switched back after the reference pass
+
+
+def test_a_lora_run_saves_its_adapter(tmp_path):
+    from reliability.support import run
+
+    run(["algo=dpo", "reference=live", "model.lora={r:4,lora_alpha:8}", "save_model=true", "eval.enabled=false",
+         "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"])
+    adapter = load_file(str(tmp_path / "model" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in key for key in adapter)

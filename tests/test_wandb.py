@@ -1,0 +1,76 @@
+"""wandb dashboards: the tags, group and name of a run, and a sweep read back from its offline run files."""
+import os
+import struct
+import subprocess
+import sys
+
+from solopo.loggers import sweep_group, wandb_labels
+
+from conftest import ROOT
+
+CHOICES = {"algo": "dpo", "ra": "chosen", "method": "solopo", "data": "qa", "model": "tiny", "trainer": "cpu"}
+
+
+def test_a_sweep_job_is_grouped_by_its_sweep_and_named_by_its_overrides():
+    labels = wandb_labels(CHOICES, 1.0, True, "multirun/2025-03-01/14-02-59", "algo=dpo,ra.alpha=1")
+    assert labels == {"tags": ["algo=dpo", "ra=chosen", "method=solopo", "data=qa", "model=tiny", "alpha=1"],
+                      "group": "2025-03-01_14-02-59", "name": "algo=dpo,ra.alpha=1"}
+
+
+def test_a_single_run_has_no_group_and_the_config_wins():
+    assert wandb_labels(CHOICES, 0.5, False, "multirun/2025-03-01/14-02-59", "algo=dpo") == {
+        "tags": ["algo=dpo", "ra=chosen", "method=solopo", "data=qa", "model=tiny", "alpha=0.5"],
+        "group": None, "name": None}
+    labels = wandb_labels({}, 3.0, True, "multirun/x", "", group="alpha-study", name="first")
+    assert labels == {"tags": ["alpha=3"], "group": "alpha-study", "name": "first"}
+    assert wandb_labels({}, 0.0, True, "/scratch/sweeps/alpha_study", "")["name"] is None  # no overrides: wandb names it
+
+
+def test_sweep_group_names():
+    assert sweep_group("multirun/2025-03-01/14-02-59") == "2025-03-01_14-02-59"
+    assert sweep_group("/scratch/sweeps/alpha_study") == "alpha_study"
+
+
+def wandb_records(path):
+    """The protobuf records of an offline run file (run-*.wandb): a 7-byte file header, then records in 32 KiB
+    blocks, each piece behind a 7-byte header (checksum, length, kind: 1 whole, 2 first, 3 middle, 4 last)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, position, pieces = path.read_bytes(), 7, b""
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:  # a block's tail too short for a header is padding
+            position += 32768 - position % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        pieces += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            pieces = b""
+            yield record
+
+
+def test_multirun_jobs_share_a_group_in_separate_runs(tmp_path):
+    """Two smoke jobs logged offline: two wandb runs (each job finishes its own), one group, named apart,
+    with the evaluation's headline numbers in each run's summary."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", SOLOPO_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-m", "solopo.run", "-m", "algo=dpo,simpo", "experiment=smoke",
+                           "logger=wandb", "trainer.max_steps=1", "eval.lengths=[short]",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs, summaries = {}, {}
+    for path in sorted((tmp_path / "sweep").glob("*/wandb/offline-run-*/run-*.wandb")):
+        for record in wandb_records(path):
+            if record.HasField("run"):
+                runs[record.run.display_name] = (record.run.run_group, list(record.run.tags))
+                name = record.run.display_name
+            if record.HasField("summary"):
+                summaries.setdefault(name, set()).update(item.key for item in record.summary.update)
+    assert runs == {"algo=dpo,eval.lengths=[short],logger=wandb,trainer.max_steps=1": ("sweep", [
+                        "algo=dpo", "ra=chosen", "method=solopo", "data=qa", "model=tiny", "alpha=1"]),
+                    "algo=simpo,eval.lengths=[short],logger=wandb,trainer.max_steps=1": ("sweep", [
+                        "algo=simpo", "ra=chosen", "method=solopo", "data=qa", "model=tiny", "alpha=1"])}
+    for keys in summaries.values():
+        assert {"eval/base/avg_long", "eval/trained/avg_long", "eval/gain/avg_long"} <= keys
