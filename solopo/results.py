@@ -38,7 +38,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except OSError as err:  # e.g. a full disk: the old file stays, the partial one goes, the error names the file
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from err
     os.replace(tmp, path)
 
 

@@ -42,15 +42,27 @@ def evaluate_model(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str
         if path.exists():
             try:
                 table = json.loads(path.read_text())
+                check_table(table, settings)
                 log.info("evaluation of %s from cache %s", name, path)
                 return table
-            except ValueError:
-                log.warning("evaluation cache %s is unreadable; evaluating again", path)
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("evaluation cache %s is unusable (%s); evaluating again", path, err)
     table = evaluate(model, tokenizer, items, pool, settings, count_tokens, max_length, desc=f"evaluating {name}",
                      engine_args=engine_args)
     if path is not None:
         atomic_write_text(path, json.dumps(table))
     return table
+
+
+def check_table(table: dict, settings: EvalSettings) -> None:
+    """Raises ValueError unless ``table`` is a whole evaluation table for these settings (a cache file that parses
+    but was cut short or written by other code must not stand in for one)."""
+    lengths = {str(length) for length in settings.lengths}  # those over the model's limit are left out of a table
+    found = set(table["by_length"])
+    if not found or not found <= lengths or not isinstance(table["average_long"], (int, float)):
+        raise ValueError(f"lengths {sorted(found)}, expected some of {sorted(lengths)}")
+    if len(table["cells"]) < len(found):
+        raise ValueError(f"{len(table['cells'])} cells for {len(found)} lengths")
 
 
 def cache_key(model_id: str, items: Sequence[QAItem], settings: EvalSettings) -> str:
