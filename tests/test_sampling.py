@@ -163,3 +163,28 @@ def test_vllm_samples_from_the_run_weights(tokenizer):
     with sampling_weights("vllm", TINY, policy, tokenizer) as path:
         assert (Path(path) / "config.json").is_file() and list(Path(path).glob("*.safetensors"))
     assert not Path(path).exists()
+
+
+def test_shared_prefix_sampling_draws_what_generate_draws(tokenizer):
+    """The prompt read once and its cache repeated k times gives the samples of generate(num_return_sequences=k)
+    for the same seed (float64, so that the two batch shapes round alike)."""
+    import dataclasses
+
+    import torch
+
+    from conftest import TINY
+    from solopo.data.tokenize import left_padded
+    from solopo.models import load_model
+
+    model = load_model(dataclasses.replace(TINY, dtype="float64"), tokenizer).eval()
+    ids, mask = left_padded(tokenizer, ["Where is Paris?", "Who wrote the book about the long river?", "Hi"],
+                            torch.device("cpu"))
+    settings = SamplingSettings(k=3, max_new_tokens=12, temperature=0.85)
+    torch.manual_seed(0)
+    expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, temperature=0.85,
+                              max_new_tokens=12, num_return_sequences=3, pad_token_id=tokenizer.pad_token_id,
+                              use_cache=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        got = sampling.sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id)
+    assert torch.equal(got, expected)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import random
@@ -55,6 +56,29 @@ class SamplingSettings:
 Sample = tuple[str, bool]  # (text, finished: the model ended its turn within max_new_tokens)
 
 
+def sample_shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, settings: SamplingSettings,
+                         pad_token_id: int) -> torch.Tensor:
+    """settings.k samples of each left-padded prompt, prompt ids included, each prompt's k rows together.
+
+    generate(num_return_sequences=k) would copy every prompt k times before its forward pass, so a long
+    context would be read k times. Here the prompt (but its last token) runs once, its KV cache is repeated k
+    times, and generation goes on from there: the same samples for the same seed (the draws are made in the
+    same order over the same rows), at 1/k of the prompt's cost."""
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+    prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+                   use_cache=True)
+    cache = getattr(prefix, "cache", None)
+    cache = prefix.past_key_values if cache is None else cache
+    cache.batch_repeat_interleave(settings.k)
+    # Later transformers 5 releases name the argument `cache`; earlier ones, and wrappers, `past_key_values`.
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return model.generate(input_ids=ids.repeat_interleave(settings.k, 0),
+                          attention_mask=mask.repeat_interleave(settings.k, 0), **{name: cache},
+                          do_sample=True, top_k=0, top_p=1.0, temperature=settings.temperature,
+                          max_new_tokens=settings.max_new_tokens, pad_token_id=pad_token_id,
+                          use_cache=True)  # training configs turn the cache off
+
+
 def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings, desc: str = "sampling") -> list[list[Sample]]:
     """k sampled continuations of each user message (chat template applied), batched with left padding."""
     device = next(model.parameters()).device
@@ -68,10 +92,7 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
             width = ids.shape[1]
             torch.manual_seed(settings.seed + start)  # repeatable whatever the batch boundaries before it
             with torch.no_grad():
-                generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
-                                           temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                                           num_return_sequences=settings.k, pad_token_id=tokenizer.pad_token_id,
-                                           use_cache=True)  # training configs turn the cache off
+                generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id)
             new = generated[:, width:]
             texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
             finished = (new == tokenizer.eos_token_id).any(dim=1).tolist()
