@@ -51,7 +51,7 @@ def is_global_zero() -> bool:
 
 
 def check_strategy(strategy_target: str, accelerator: str) -> None:
-    """Strategies that cannot run here stop the run in one line, before anything loads."""
+    """A strategy that cannot run on this machine stops the run in one line, before the trainer is built."""
     if "DeepSpeed" not in strategy_target:
         return
     if accelerator == "cpu" or not torch.cuda.is_available():

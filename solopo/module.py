@@ -111,7 +111,7 @@ class SoLoPOModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = solopo_objective(self.algo, self.ra, self.method, self.sequence_stats(batch))
         # A non-finite micro-batch is left out of the means; solopo.faults.NumericalGuard skips and counts its step.
-        self._step_means.add(out.metrics, batch_pairs(batch), finite=bool(torch.isfinite(out.loss)))
+        self._step_means.add(out.metrics, batch_pairs(batch), finite=torch.isfinite(out.loss))
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 or self.trainer.is_last_batch:
             means, pairs = self._step_means.pop()  # over the step's micro-batches and all ranks
             if pairs:

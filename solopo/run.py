@@ -33,19 +33,20 @@ from solopo.data.sampling import SamplingSettings, sample_pairs
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import token_counter, tokenize_examples
 from solopo.embedded import cache_root
+from solopo.eval.longctx import EvalSettings
 from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
 from solopo.evaluate import eval_settings, vllm_args
 from solopo.distributed import check_strategy
 from solopo.faults import NumericalGuard
 from solopo.loggers import finish, wandb_labels
 from solopo.models import ModelSpec, freeze, load_model, load_tokenizer, save_policy, weights_path, with_lora
-from solopo.vllm_engine import saved_weights
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
 from solopo.reference import with_reference_logps
 from solopo.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
 from solopo.results import all_finite, final_metrics, redact, summary, write_results
-from solopo.validate import check_accelerator, load_source, validate_config
+from solopo.validate import load_source, validate_config
+from solopo.vllm_engine import saved_weights
 
 log = logging.getLogger("solopo")
 warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
@@ -66,16 +67,17 @@ def compute_device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
 
 
-def make_evaluation(cfg: DictConfig, splits, tokenizer, spec: ModelSpec) -> Evaluation | None:
+def make_evaluation(cfg: DictConfig, settings: EvalSettings | None, splits, tokenizer,
+                    spec: ModelSpec) -> Evaluation | None:
     """The held-out evaluation of this run (conf/eval), or None when it is off or the data has no questions."""
-    if not cfg.eval.enabled:
+    if settings is None:
         return None
     try:
         items, pool = eval_items(splits, cfg.eval.n_items)
     except ValueError as err:
         log.warning("evaluation skipped: %s", err)
         return None
-    return Evaluation(tokenizer, items, pool, eval_settings(cfg), spec.max_length, cache_root() / "eval",
+    return Evaluation(tokenizer, items, pool, settings, spec.max_length, cache_root() / "eval",
                       model_identity(spec, cfg.seed), engine_args=vllm_args(cfg))
 
 
@@ -144,7 +146,7 @@ def make_logger(cfg: DictConfig, resume: bool):
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume: bool) -> pl.Trainer:
-    check_accelerator(cfg.trainer.accelerator)
+    # validate_config checked the accelerator at startup; a strategy is checked against the machine here
     check_strategy(str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", ""))),
                    cfg.trainer.accelerator)
     overrides = {"precision": resolve_precision(cfg.trainer.precision), "default_root_dir": str(run_dir),
@@ -165,8 +167,8 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     validate_config(cfg)  # a config mistake stops here, in one line, before any model loads
-    if cfg.eval.enabled:
-        eval_settings(cfg)  # a bad evaluation setting (eval.engine=vllm without vllm) stops the run before it trains
+    # eval.engine=vllm without vllm installed stops here too, not after training
+    settings = eval_settings(cfg) if cfg.eval.enabled else None
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     splits = load_source(cfg)  # a malformed data file stops the run here, before any model loads
@@ -202,7 +204,7 @@ def train(cfg: DictConfig) -> dict:
             policy, split_pairs, keys[split], model_identity(spec, cfg.seed), precision, tokenizer.pad_token_id,
             cache_root() / "reference", batch_size=cfg.data.batch_size, chunk_size=cfg.logp_chunk_size,
             pack=cfg.packing, desc=f"reference log-probs ({split})") for split, split_pairs in pairs.items()}
-    evaluation, tables = make_evaluation(cfg, splits, tokenizer, spec), {}
+    evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer, spec), {}
     if evaluation is not None:
         policy.to(compute_device(cfg))
         tables["base"] = evaluation(policy, "base", as_loaded=True)

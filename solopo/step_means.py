@@ -20,14 +20,17 @@ class StepMeans:
         self.keys: Optional[list[str]] = None
         self.sums: Optional[Tensor] = None  # (len(keys) + 1,): value x pairs per key, then the number of pairs
 
-    def add(self, metrics: dict[str, Tensor], pairs: int, finite: bool = True) -> None:
-        """Adds one micro-batch's batch means over ``pairs`` pairs; a non-finite one (finite=False, its step is
-        skipped) adds nothing but still fixes the keys, so every rank reduces the same tensor."""
+    def add(self, metrics: dict[str, Tensor], pairs: int, finite: bool | Tensor = True) -> None:
+        """Adds one micro-batch's batch means over ``pairs`` pairs; a non-finite one (finite False, its step is
+        skipped) adds nothing but still fixes the keys, so every rank reduces the same tensor. ``finite`` may be a
+        device tensor: nothing here waits for the device."""
         if self.keys is None:
             self.keys = sorted(metrics)
         values = torch.stack([metrics[k].detach().float() for k in self.keys])
-        weight = pairs if finite else 0
-        row = torch.cat([values * weight if finite else torch.zeros_like(values), values.new_tensor([weight])])
+        finite = torch.as_tensor(finite, device=values.device)
+        weight = finite.float() * pairs
+        # where, not values x 0: NaN x 0 is NaN
+        row = torch.cat([torch.where(finite, values, 0.0) * weight, weight.reshape(1)])
         self.sums = row if self.sums is None else self.sums + row
 
     def pop(self) -> tuple[dict[str, Tensor], int]:
