@@ -2,7 +2,7 @@
 with its scores, training time and memory, or the reason it failed; grouped over seeds.
 
 A run is placed by its config: the algorithm, the method (solopo_both when SoLo-RA also covers the rejected
-response), alpha where SoLo-RA is on, and the seed; an evaluation-only run (`python -m solopo.evaluate`) is
+response, solopo_detach when SoLo-RA passes no gradient to the short-context reward), alpha where SoLo-RA is on, and the seed; an evaluation-only run (`python -m solopo.evaluate`) is
 the base model. Scores are sub-EM (%) of the trained model; `gain` is a run's gain over its own evaluation
 before training.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from solopo.report_seeds import Stat, stat
 
-METHODS = ("base", "short_po", "long_po", "expand_long", "solopo", "solopo_both")  # table order
+METHODS = ("base", "short_po", "long_po", "expand_long", "solopo", "solopo_both", "solopo_detach")  # table order
 BASE = "-"  # the algorithm column of the base model
 @dataclass(frozen=True)
 class Run:
@@ -38,6 +38,8 @@ def to_run(result: dict) -> Run:
     name = "base" if evaluated_only else method.get("name", "?")
     if name == "solopo" and "rejected" in ra.get("responses", []):
         name = "solopo_both"
+    if name == "solopo" and ra.get("detach_short"):
+        name = "solopo_detach"
     scores = {}
     if table:
         scores = {str(k): 100 * v for k, v in table["by_length"].items()}

@@ -16,6 +16,7 @@ from solopo.report_runs import (BASE, METHODS, Run, cell, failures, group, main_
                                 scores_of, to_run)
 from solopo.report_seeds import stat
 
+RA_METHODS = ("solopo", "solopo_both", "solopo_detach")  # rows whose runs differ by alpha
 VERDICT = "Read the numbers above with the study's own verdict, written from them by hand (its README)."
 
 
@@ -40,7 +41,7 @@ def pivot(groups: dict, algos: list[str], paper: dict) -> list[str]:
     for method in METHODS[1:]:
         cells = []
         for algo in algos:
-            alpha = main_alpha(groups, algo, paper) if method in ("solopo", "solopo_both") else None
+            alpha = main_alpha(groups, algo, paper) if method in RA_METHODS else None
             cells.append(score_cell(groups.get((algo, method, alpha), [])))
         if any(cells):
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -80,8 +81,9 @@ def comparisons(groups: dict, algos: list[str], paper: dict) -> list[str]:
         solopo = groups[(algo, "solopo", alpha)]
         name = f"SoLo-{algo} (alpha {alpha:g})"
         for other, label in (("long_po", f"Long-{algo}"), ("expand_long", f"Expand-long-{algo}"),
-                             ("short_po", f"Short-{algo}"), ("solopo_both", f"SoLo-{algo} on both responses")):
-            key = (algo, other, alpha if other == "solopo_both" else None)
+                             ("short_po", f"Short-{algo}"), ("solopo_both", f"SoLo-{algo} on both responses"),
+                             ("solopo_detach", f"SoLo-{algo} without gradient to the short side")):
+            key = (algo, other, alpha if other in RA_METHODS else None)
             if key in groups:
                 lines.append(f"- {algo}: " + compare(name, solopo, label, groups[key]))
         points = {key[2]: runs for key, runs in groups.items() if key[:2] == (algo, "solopo")}

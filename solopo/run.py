@@ -108,10 +108,13 @@ def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, meth
                     examples, policy, tokenizer, sampling, method.pairs_from, model_identity(spec, cfg.seed),
                     cache_dir=cache_root() / "pairs", model_path=path)
         pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
-        if not pairs[split]:
+        if not pairs[split] and split == "train":
             raise ValueError(f"no {split} pairs left ({counts[split]}; skipped {dict(skipped)})")
+        if not pairs[split]:  # e.g. on-policy sampling on long contexts found no right answer among the few items
+            log.warning("no val pairs left (%s; skipped %s): training runs without validation metrics",
+                        counts[split], dict(skipped))
         counts[split].update({"pairs": len(pairs[split]), "skipped": dict(skipped),
-                              "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / len(pairs[split])
+                              "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / max(len(pairs[split]), 1)
                                               for c in ("short", "long")}})
     if splits.skipped:  # records the loader left out (e.g. unanswerable), by reason
         counts["source"] = {"skipped": dict(splits.skipped)}
@@ -203,7 +206,8 @@ def train(cfg: DictConfig) -> dict:
         pairs = {split: with_reference_logps(
             policy, split_pairs, keys[split], model_identity(spec, cfg.seed), precision, tokenizer.pad_token_id,
             cache_root() / "reference", batch_size=cfg.data.batch_size, chunk_size=cfg.logp_chunk_size,
-            pack=cfg.packing, desc=f"reference log-probs ({split})") for split, split_pairs in pairs.items()}
+            pack=cfg.packing, desc=f"reference log-probs ({split})") if split_pairs else split_pairs
+            for split, split_pairs in pairs.items()}
     evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer, spec), {}
     if evaluation is not None:
         policy.to(compute_device(cfg))
@@ -214,7 +218,7 @@ def train(cfg: DictConfig) -> dict:
                           adapter_reference=bool(spec.lora),
                           optim=OptimSettings(**OmegaConf.to_container(cfg.optim)), logp_chunk_size=cfg.logp_chunk_size)
     train_loader = make_loader(cfg, pairs["train"], train_keys, tokenizer.pad_token_id, shuffle=True)
-    val_loader = make_loader(cfg, pairs["val"], ALL_SEQUENCES, tokenizer.pad_token_id, shuffle=False)
+    val_loader = make_loader(cfg, pairs["val"], ALL_SEQUENCES, tokenizer.pad_token_id, shuffle=False) if pairs["val"] else None
     throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
     trainer = make_trainer(cfg, run_dir, [throughput, guard, preemption, RngState()], resume=ckpt_path is not None)
     if ckpt_path is not None:
@@ -225,8 +229,9 @@ def train(cfg: DictConfig) -> dict:
     fit_done = time.perf_counter()
     metrics = final_metrics(trainer.callback_metrics)
     if preemption.received is None:  # a preempted job has seconds left: no validation
-        trainer.validate(module, dataloaders=val_loader, verbose=False)
-        metrics.update(final_metrics(trainer.callback_metrics))
+        if val_loader is not None:
+            trainer.validate(module, dataloaders=val_loader, verbose=False)
+            metrics.update(final_metrics(trainer.callback_metrics))
         if evaluation is not None:
             policy.to(trainer.strategy.root_device)  # Lightning's teardown moves a single-device model to the CPU
             tables["trained"] = evaluation(policy, "trained")

@@ -20,7 +20,7 @@ TINY = ["model=tiny", "trainer=cpu", "data.long_len=256", "data.short_len=128"]
 @pytest.mark.parametrize("row, method, responses", [
     ("base", "solopo", ["chosen"]), ("short_po", "short_po", ["chosen"]), ("long_po", "long_po", ["chosen"]),
     ("expand_long", "expand_long", ["chosen"]), ("solopo", "solopo", ["chosen"]),
-    ("solopo_both", "solopo", ["chosen", "rejected"]),
+    ("solopo_both", "solopo", ["chosen", "rejected"]), ("solopo_detach", "solopo", ["chosen"]),
 ])
 def test_presets_compose_and_take_cpu_overrides(row, method, responses):
     GlobalHydra.instance().clear()
@@ -28,6 +28,7 @@ def test_presets_compose_and_take_cpu_overrides(row, method, responses):
         gpu = compose("config", overrides=[f"experiment=paper_mini/{row}", "algo=dpo", "ra.alpha=3.0"])
         cpu = compose("config", overrides=[f"experiment=paper_mini/{row}", *TINY])
     assert (gpu.method.name, list(gpu.ra.responses), gpu.ra.alpha) == (method, responses, 3.0)
+    assert gpu.ra.detach_short == (row == "solopo_detach")
     assert (gpu.data.long_len, gpu.data.short_len, gpu.data.pairs, gpu.trainer.accelerator) == (4096, None, "sampled", "gpu")
     assert not gpu.trainer.enable_checkpointing and "CSVLogger" in gpu.logger._target_
     assert (cpu.model.name, cpu.trainer.accelerator, cpu.data.long_len, cpu.data.short_len) == (
@@ -37,7 +38,7 @@ def test_presets_compose_and_take_cpu_overrides(row, method, responses):
 def test_job_list_order_and_sampling_leaders():
     jobs = study.study_jobs((0, 1, 2))
     names = [j.name for j in jobs]
-    assert len(names) == len(set(names)) == 1 + 5 * 3 + 2 * 3 + 3 * 3 * 2  # base, 5 rows, alpha sweep, 3 rows x 2 seeds
+    assert len(names) == len(set(names)) == 1 + 6 * 3 + 2 * 3 + 4 * 3 * 2  # base, 6 rows, alpha sweep, 4 rows x 2 seeds
     assert names[0] == "base-s0" and names[-1] == "long_po-orpo-s2"  # the extra seeds of long_po go last
     assert "solopo-dpo-a3-s0" in names and "solopo-dpo-a0.3-s0" in names and "solopo-simpo-a1-s2" in names
     first = launch.leaders(jobs)

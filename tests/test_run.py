@@ -123,3 +123,41 @@ def test_default_command_with_the_embedded_model(tmp_path):
     run(["algo=simpo", "data=qa", "logger=csv", f"hydra.run.dir={tmp_path}"], timeout=900)
     data = results(tmp_path)
     assert data["config"]["model"]["name"] == "embedded:smollm2-135m-instruct"
+
+
+def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path, caplog):
+    """On-policy sampling on long contexts can find no right answer among the few validation items (Long-PO at
+    4K tokens did, twice): the run trains, warns, and records 0 validation pairs; no train pairs stays an error."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import solopo.run as entry
+
+    tokenize = entry.tokenize_examples
+    calls = []
+
+    def none_for_val(examples, *args):
+        calls.append(len(examples))
+        pairs, skipped = tokenize(examples, *args)
+        return (pairs, skipped) if len(calls) == 1 else ([], skipped)  # the first call is the train split
+
+    monkeypatch.setattr(entry, "tokenize_examples", none_for_val)
+    monkeypatch.setenv("SOLOPO_CACHE", str(tmp_path / "cache"))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True, overrides=[
+            "algo=dpo", "experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path}",
+            f"hydra.runtime.output_dir={tmp_path}"])
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as hydra's main hands it to the task
+    with caplog.at_level("WARNING", logger="solopo"):
+        out = entry.train(cfg)
+    assert calls == [4, 2] and out["steps"] == 4 and out["data"]["val"]["pairs"] == 0
+    assert "train/loss" in out["metrics"] and not any(k.startswith("val/") for k in out["metrics"])
+    assert "no val pairs left" in caplog.text and "without validation metrics" in caplog.text
+
+    calls.clear()
+    monkeypatch.setattr(entry, "tokenize_examples", lambda examples, *args: ([], {}))
+    with pytest.raises(ValueError, match="no train pairs left"):
+        entry.train(cfg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -31,6 +32,9 @@ METHODS = {
     "long_po": (Method("long_po", "long", "long", use_ra=False), SoLoRA(alpha=0.0)),
 }
 ALGOS = {"dpo": DPO(beta=0.1), "simpo": SimPO()}
+# How the sequences of a step reach the model: padded = one padded batch per context (SDPA); packed-* = every
+# sequence of the step in one row without padding, attention kept within each sequence by the named kernel.
+VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), "packed-sdpa": ("sdpa", True)}
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -49,10 +53,18 @@ def make_pair(short: int, long: int, response: int, seed: int = 0) -> TokenizedP
                          responses, ref_logps=ref)
 
 
-def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, pad_id: int):
+def use_variant(policy, variant: str) -> bool:
+    """Switch the policy's attention kernel for ``variant``; returns whether its sequences are packed."""
+    attention, pack = VARIANTS[variant]
+    if policy.config._attn_implementation != attention:
+        policy.set_attn_implementation(attention)  # the same weights, another attention kernel
+    return pack
+
+
+def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, pad_id: int, pack: bool = False):
     method, ra = METHODS[method_name]
     keys = required_sequences(method, ra)
-    batch = PairCollator(keys, pad_id)([pair])
+    batch = PairCollator(keys, pad_id, pack=pack)([pair])
     batch = {g: {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in group.items()} for g, group in batch.items()}
     module = SoLoPOModule(policy, algo, ra, method, cached_reference=True)
     tokens = sum(int(group["input_ids"].numel()) for group in batch.values())
@@ -70,10 +82,11 @@ def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int,
     try:
         result = timed(step, warmup, steps)
     except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
-        if not is_oom(err):
-            raise
         release()
-        return {"status": "OOM"}
+        if is_oom(err):
+            return {"status": "OOM"}
+        traceback.print_exc()  # a kernel that does not run here (e.g. flex attention without a compiler) is a row
+        return {"status": f"error: {type(err).__name__}"}
     flops = sum(shape.train_flops(lengths[context], response) for context, _ in keys)
     return {"status": "ok", **result, "tokens_per_s": tokens / result["step_s"], "tflops": flops / result["step_s"] / 1e12}
 
@@ -83,30 +96,33 @@ def grid(args, name, policy, optimizer, shape, pad_id, rows, save):
         pair = make_pair(args.short, length, args.response)
         for algo_name in args.algos:
             for method_name in args.methods:
-                step, keys, tokens = train_step(policy, optimizer, ALGOS[algo_name], method_name, pair, pad_id)
-                cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens,
-                               args.warmup, args.steps)
-                rows.append({"model": name, "algo": algo_name, "method": method_name, "long_len": length,
-                             "short_len": args.short, "tokens": tokens, **cell})
-                print(rows[-1], flush=True)
-                save()
-                release()
+                for variant in args.variants:
+                    pack = use_variant(policy, variant)
+                    step, keys, tokens = train_step(policy, optimizer, ALGOS[algo_name], method_name, pair, pad_id, pack)
+                    cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens,
+                                   args.warmup, args.steps)
+                    rows.append({"model": name, "algo": algo_name, "method": method_name, "variant": variant,
+                                 "long_len": length, "short_len": args.short, "tokens": tokens, **cell})
+                    print(rows[-1], flush=True)
+                    save()
+                    release()
 
 
 def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
-    """The longest long context that trains (one DPO step, batch one pair) per method."""
+    """The longest long context that trains (one DPO step, batch one pair) per method, in the first variant."""
+    pack = use_variant(policy, args.variants[0])
     for method_name in args.methods:
         best = None
         for length in args.max_lengths:
             pair = make_pair(args.short, length, args.response)
-            step, keys, tokens = train_step(policy, optimizer, ALGOS["dpo"], method_name, pair, pad_id)
+            step, keys, tokens = train_step(policy, optimizer, ALGOS["dpo"], method_name, pair, pad_id, pack)
             cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens, 0, 1)
             print({"model": name, "method": method_name, "long_len": length, **cell}, flush=True)
             release()
             if cell["status"] != "ok":
                 break
             best = {"long_len": length, "step_s": cell["step_s"], "peak_gib": cell["peak_gib"]}
-        rows.append({"model": name, "method": method_name, "max_long_len": best and best["long_len"],
+        rows.append({"model": name, "method": method_name, "variant": args.variants[0], "max_long_len": best and best["long_len"],
                      "step_s_at_max": best and best["step_s"], "peak_gib_at_max": best and best["peak_gib"],
                      "first_failure": None if best and best["long_len"] == args.max_lengths[-1] else "OOM"})
         save()
@@ -147,11 +163,13 @@ def main() -> None:
     parser.add_argument("--models", type=names, default=["smollm2", "qwen2.5-1.5b"])
     parser.add_argument("--algos", type=names, default=["dpo", "simpo"])
     parser.add_argument("--methods", type=names, default=list(METHODS))
+    parser.add_argument("--variants", type=names, default=["padded", "packed-flex"], help=", ".join(VARIANTS))
     parser.add_argument("--short", type=int, default=1024)
     parser.add_argument("--response", type=int, default=64)
     parser.add_argument("--lengths", type=ints, default=[4096, 8192, 16384, 32768, 65536])
     parser.add_argument("--max-lengths", type=ints, default=[131072, 262144])
     parser.add_argument("--max-length-models", type=names, default=["qwen2.5-1.5b"])
+    parser.add_argument("--no-logp-memory", action="store_true", help="skip the log-prob step's memory table")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -162,9 +180,9 @@ def main() -> None:
     grid_rows, max_rows, logp_rows = [], [], []
 
     def save():  # after every cell, so a run cut short still leaves its tables
-        write_table(args.out, "solopo_grid", grid_rows, ["model", "algo", "method", "long_len", "tokens", "status",
+        write_table(args.out, "solopo_grid", grid_rows, ["model", "algo", "method", "variant", "long_len", "tokens", "status",
                     "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
-        write_table(args.out, "solopo_max_length", max_rows, ["model", "method", "max_long_len", "step_s_at_max",
+        write_table(args.out, "solopo_max_length", max_rows, ["model", "method", "variant", "max_long_len", "step_s_at_max",
                     "peak_gib_at_max", "first_failure"], meta)
         write_table(args.out, "logp_memory", logp_rows, ["model", "variant", "context_len", "extra_peak_gib"], meta)
 
@@ -174,7 +192,8 @@ def main() -> None:
         policy = load_model(spec, tokenizer).to(DEVICE).train()
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")
         shape = Shape.of(policy.config)
-        logp_memory(args, name, policy, logp_rows)
+        if not args.no_logp_memory:
+            logp_memory(args, name, policy, logp_rows)
         grid(args, name, policy, optimizer, shape, tokenizer.pad_token_id, grid_rows, save)
         if name in args.max_length_models:
             longest(args, name, policy, optimizer, shape, tokenizer.pad_token_id, max_rows, save)

@@ -45,7 +45,8 @@ def sizes(row: str) -> dict:
 def sequences(row: str, s: dict) -> list[int]:
     """Token lengths of the sequences one pair costs per training step."""
     return {"short_po": [s["short"]] * 2, "solopo": [s["short"]] * 2 + [s["long"]], "long_po": [s["long"]] * 2,
-            "expand_long": [s["long"]] * 2, "solopo_both": [s["short"]] * 2 + [s["long"]] * 2}[row]
+            "expand_long": [s["long"]] * 2, "solopo_both": [s["short"]] * 2 + [s["long"]] * 2,
+            "solopo_detach": [s["short"]] * 2 + [s["long"]]}[row]
 
 
 def evaluation_s(s: dict) -> float:
@@ -55,7 +56,7 @@ def evaluation_s(s: dict) -> float:
 
 
 def sampling_s(context: str, s: dict) -> float:
-    tokens = s["items"] * s["k"] * s[context]  # generate() repeats the prompt's prefill for each of the k samples
+    tokens = s["items"] * s[context]  # each prompt is read once; its KV cache is shared by the k samples
     return tokens / PREFILL_TOKENS_PER_S + math.ceil(s["items"] * s["k"] / s["sample_batch"]) * s["new"] * DECODE_STEP_S
 
 

@@ -200,17 +200,19 @@ def main() -> None:
                         "would end later, and jobs still running then are stopped")
     parser.add_argument("--job-seconds", type=float, default=180.0, help="expected seconds per job until one of the "
                         "same row has finished (leaders: x%.1f)" % LEADER_FACTOR)
-    parser.add_argument("--only", help="comma-separated rows (base, short_po, long_po, solopo, expand_long, solopo_both)")
+    parser.add_argument("--only", help="comma-separated rows (base, short_po, long_po, solopo, expand_long, solopo_both, "
+                        "solopo_detach)")
+    parser.add_argument("--names", help="comma-separated job names or shell patterns, e.g. 'long_po-*-s0,solopo-dpo-a3-s2'")
     parser.add_argument("--algos", help="comma-separated algorithms (dpo, simpo, orpo)")
     parser.add_argument("--seeds", default="0,1,2", help="the first gets every row, the others the seeded rows")
-    parser.add_argument("--seeded-rows", default="solopo,expand_long,long_po", help="rows repeated at every seed")
+    parser.add_argument("--seeded-rows", default="solopo,short_po,expand_long,long_po", help="rows repeated at every seed")
     parser.add_argument("--retry-failed", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job (after --)")
     args = parser.parse_args()
     split = lambda text: tuple(x for x in (text or "").split(",") if x)  # noqa: E731
     jobs = select(study_jobs(tuple(int(s) for s in split(args.seeds)), seeded_rows=split(args.seeded_rows)),
-                  set(split(args.only)), set(split(args.algos)))
+                  set(split(args.only)), set(split(args.algos)), split(args.names))
     args.root = args.root.resolve()
     if args.dry_run:
         first = leaders(jobs)

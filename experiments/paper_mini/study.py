@@ -6,6 +6,7 @@ cut short by its deadline loses the least important jobs.
 """
 from __future__ import annotations
 
+import fnmatch
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,12 @@ from pathlib import Path
 ALGOS = ("dpo", "simpo", "orpo")
 PAPER_ALPHA = {"dpo": 3.0, "simpo": 1.0, "orpo": 1.0}  # the paper's best alpha on Qwen2.5-7B-Instruct
 ALPHAS = (0.3, 1.0, 3.0)  # the alpha sweep of the solopo row
-ROWS = ("base", "short_po", "long_po", "solopo", "expand_long", "solopo_both")  # at the first seed, in this order
-# Repeated at every seed, by priority: long_po last, since on 4K contexts the base model rarely answers right,
-# so its pairs (sampled on x_long, the most expensive sampling of the study) may not exist at all.
-SEEDED_ROWS = ("solopo", "expand_long", "long_po")
-RA_ROWS = ("solopo", "solopo_both")  # rows whose alpha matters
+ROWS = ("base", "short_po", "long_po", "solopo", "expand_long", "solopo_both", "solopo_detach")  # first seed, in order
+# Repeated at every seed, by priority: the main comparison (SoLoPO against the strongest baseline, Short-PO), then
+# long_po last, since on 4K contexts the base model rarely answers right, so its pairs (sampled on x_long, the most
+# expensive sampling of the study) may not exist at all.
+SEEDED_ROWS = ("solopo", "short_po", "expand_long", "long_po")
+RA_ROWS = ("solopo", "solopo_both", "solopo_detach")  # rows whose alpha matters
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,12 @@ def study_jobs(seeds: tuple[int, ...] = (0, 1, 2), rows: tuple[str, ...] = ROWS,
     return jobs
 
 
-def select(jobs: list[Job], only: set[str] | None = None, algos: set[str] | None = None) -> list[Job]:
-    """The jobs of the rows in ``only`` and the algorithms in ``algos`` (base has none and is kept)."""
-    return [j for j in jobs if (not only or j.row in only) and (not algos or j.algo is None or j.algo in algos)]
+def select(jobs: list[Job], only: set[str] | None = None, algos: set[str] | None = None,
+           names: tuple[str, ...] = ()) -> list[Job]:
+    """The jobs of the rows in ``only`` and the algorithms in ``algos`` (base has none and is kept), and, when
+    ``names`` is given, whose name matches one of its shell patterns (``long_po-*-s0``); in the study's order."""
+    return [j for j in jobs if (not only or j.row in only) and (not algos or j.algo is None or j.algo in algos)
+            and (not names or any(fnmatch.fnmatchcase(j.name, pattern) for pattern in names))]
 
 
 def shell(command: list[str]) -> str:

@@ -1,0 +1,118 @@
+"""Where the time of one training step goes: synchronised phase timings and the profiler's top operations.
+
+    python experiments/efficiency/profile_step.py --model qwen2.5-1.5b --length 4096 --methods solopo,long_po
+
+Per (method, variant): the step split into forward of each context group, loss, backward and optimizer, each
+phase closed by a CUDA synchronisation (so the phases sum to more than a free-running step), then a free-running
+step under torch.profiler: GPU busy time against wall time, the host-device synchronisations, and the operations
+with the most host and device time. Answers "is this step bound by the GPU or by the host?".
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench import ALGOS, METHODS, VARIANTS, make_pair, model_spec, train_step, use_variant
+from common import DEVICE, sync
+from solopo.algos import Responses
+from solopo.data.collate import PairCollator
+from solopo.logps import group_logps
+from solopo.models import load_model, load_tokenizer
+from solopo.objective import required_sequences, solopo_objective
+
+
+def phases(policy, optimizer, algo, method_name, batch) -> dict[str, float]:
+    """Seconds per phase of one step, each phase synchronised."""
+    method, ra = METHODS[method_name]
+    times, stats = {}, {}
+
+    def clock(name, fn):
+        sync()
+        start = time.perf_counter()
+        value = fn()
+        sync()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    for name, group in batch.items():
+        blocks = clock(f"forward[{name}]", lambda: group_logps(policy, group))
+        size = group["ref_logps"].shape[0] // len(group["keys"])
+        for i, key in enumerate(group["keys"]):
+            logps, n_tokens = blocks[tuple(key)]
+            stats[tuple(key)] = Responses(logps, n_tokens, group["ref_logps"][i * size:(i + 1) * size])
+    out = clock("loss", lambda: solopo_objective(algo, ra, method, stats))
+    clock("backward", lambda: out.loss.backward())
+    clock("optimizer", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
+    return times
+
+
+def profiled(step) -> tuple[float, float, int, str]:
+    """Wall seconds, GPU kernel seconds, host-device synchronisations and the top-operation tables of one step."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    sync()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        sync()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernel_s = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e6
+    syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item",
+                                                     "aten::_local_scalar_dense"))
+    tables = events.table(sort_by="self_cpu_time_total", row_limit=12)
+    if DEVICE == "cuda":
+        tables += "\n" + events.table(sort_by="self_device_time_total", row_limit=12)
+    return wall, kernel_s, syncs, tables
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    parser.add_argument("--model", default="qwen2.5-1.5b")
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--short", type=int, default=1024)
+    parser.add_argument("--response", type=int, default=64)
+    parser.add_argument("--algo", default="dpo", choices=sorted(ALGOS))
+    parser.add_argument("--methods", type=names, default=["solopo", "long_po"])
+    parser.add_argument("--variants", type=names, default=["padded"], help=", ".join(VARIANTS))
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="also write the report to OUT/profile_<model>_<length>.txt")
+    args = parser.parse_args()
+
+    spec = model_spec(args.model)
+    tokenizer = load_tokenizer(spec)
+    policy = load_model(spec, tokenizer).to(DEVICE).train()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")
+    pair = make_pair(args.short, args.length, args.response)
+    gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+    report = [f"# {args.model}, long {args.length}, short {args.short}, {args.algo}, {gpu}"]
+    path = args.out / f"profile_{args.model}_{args.length}.txt" if args.out else None
+    for variant in args.variants:
+        pack = use_variant(policy, variant)
+        for method_name in args.methods:
+            step, keys, tokens = train_step(policy, optimizer, ALGOS[args.algo], method_name, pair,
+                                            tokenizer.pad_token_id, pack)
+            for _ in range(args.warmup):
+                step()
+            method, ra = METHODS[method_name]
+            batch = PairCollator(required_sequences(method, ra), tokenizer.pad_token_id, pack=pack)([pair])
+            batch = {g: {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in grp.items()} for g, grp in batch.items()}
+            split = phases(policy, optimizer, ALGOS[args.algo], method_name, batch)
+            wall, kernel_s, syncs, tables = profiled(step)
+            section = [f"\n## {method_name} / {variant}: {tokens} tokens",
+                       "phases (synchronised): " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in split.items()),
+                       f"free-running step under the profiler: wall {wall * 1e3:.1f} ms, GPU kernels {kernel_s * 1e3:.1f} ms "
+                       f"({kernel_s / wall:.0%} busy), host-device syncs {syncs}", tables]
+            report += section
+            print("\n".join(section), flush=True)
+            if path:  # after every configuration, so a run cut short keeps what it measured
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("\n".join(report) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Packed rows through the attention kernels that run them varlen on a GPU (flex attention, flash-attention when
+installed) give the log-probs and gradients of padded rows. CPU runs cannot check this: flex attention has no
+backward on the CPU. Run with `pytest -m gpu` on a CUDA machine."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from solopo.data.collate import PairCollator
+from solopo.data.tokenize import TokenizedPair
+from solopo.logps import group_logps
+from solopo.models import load_model
+from conftest import TINY
+
+pytestmark = pytest.mark.gpu
+KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen"), ("long", "rejected")]
+
+
+def _pairs() -> list[TokenizedPair]:
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(100, 40000, (n,), generator=g).tolist()  # noqa: E731
+    # Uneven lengths, none a multiple of flex attention's 128-token blocks: sequences share blocks in the packed row.
+    return [TokenizedPair(f"p{i}", {"short": ids(150 + 37 * i), "long": ids(700 + 53 * i)},
+                          {"chosen": ids(9 + 5 * i), "rejected": ids(23 - 4 * i)}) for i in range(3)]
+
+
+def _logps_and_grads(model, batch):
+    model.zero_grad()
+    blocks = {}
+    for group in batch.values():
+        group = {k: v.cuda() if torch.is_tensor(v) else v for k, v in group.items()}
+        blocks.update(group_logps(model, group))
+    logps = torch.cat([blocks[k][0] for k in KEYS])
+    (logps * torch.linspace(-1, 1, logps.numel(), device="cuda")).sum().backward()
+    return logps.detach(), [p.grad.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("attention", ["flex_attention", "flash_attention_2", "sdpa"])
+def test_packed_kernel_matches_padded_sdpa(tokenizer, attention):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if attention == "flash_attention_2":
+        pytest.importorskip("flash_attn")
+    dtype = torch.bfloat16 if attention == "flash_attention_2" else torch.float32  # flash-attention: 16-bit only
+    spec = replace(TINY, random_init={**TINY.random_init, "max_position_embeddings": 4096})
+    padded_model = load_model(spec, tokenizer, seed=0).to("cuda", dtype)
+    packed_model = load_model(replace(spec, attn_implementation=attention), tokenizer, seed=0).to("cuda", dtype)
+    pairs = _pairs()
+    lp_pad, g_pad = _logps_and_grads(padded_model, PairCollator(KEYS, tokenizer.pad_token_id)(pairs))
+    lp_pack, g_pack = _logps_and_grads(packed_model, PairCollator(KEYS, tokenizer.pad_token_id, pack=True)(pairs))
+    tol = dict(rtol=2e-2, atol=5e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(lp_pack.float(), lp_pad.float(), **tol)
+    for a, b in zip(g_pack, g_pad):
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol["rtol"] * 10, atol=tol["atol"])
