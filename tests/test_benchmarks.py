@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 SCRIPTS = ROOT / "experiments" / "efficiency"
@@ -39,3 +40,18 @@ def test_profile_step_splits_a_step_into_phases(tmp_path):
     text = (tmp_path / "profile_tiny_384.txt").read_text()
     assert "forward[short]" in text and "forward[long]" in text and "backward" in text and "optimizer" in text
     assert text.count("free-running step under the profiler") == 2 and "Self CPU" in out
+
+
+@pytest.mark.distributed
+def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
+    """scaling.py through `python -m solopo.run trainer=fsdp`: 2 gloo processes against 1 process accumulating 2
+    micro-batches; the first three step losses agree (the data and the global batches are the same)."""
+    script("scaling.py", "--devices", "1,2", "--models", "tiny", "--lengths", "384", "--algos", "simpo", "--steps", "3",
+           "--warmup", "1", "--root", str(tmp_path / "runs"), "--out", str(tmp_path), "--",
+           "trainer.accelerator=cpu", "trainer.precision=32-true", tmp_path=tmp_path)
+    rows = json.loads((tmp_path / "fsdp_scaling.json").read_text())["rows"]
+    assert [(r["devices"], r["status"]) for r in rows] == [(1, "ok"), (2, "ok")]
+    one, two = rows
+    assert len(one["losses"]) == len(two["losses"]) == 3 and one["losses"][1] != one["losses"][0]  # training moved
+    assert two["loss_max_rel_diff"] < 1e-5 and two["scaling_efficiency"] > 0 and one["scaling_efficiency"] == 1
+    assert "NCCL_NVLS_ENABLE" in json.dumps(json.loads((tmp_path / "fsdp_scaling.json").read_text())["meta"])

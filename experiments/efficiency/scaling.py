@@ -1,0 +1,131 @@
+"""Data-parallel scaling of SoLoPO under trainer=fsdp: the same global batch on 1 GPU and on N GPUs.
+
+    python experiments/efficiency/scaling.py --devices 1,2 --models qwen2_5_1_5b_shape,qwen2_5_7b_shape \
+        --lengths 16384,32768 --algos dpo,simpo --root /tmp/scaling
+
+Each cell is one `python -m solopo.run experiment=scaling ...` run (gold pairs, FSDP2, no evaluation), so what is
+measured is the product's own training path. For a global batch of G pairs (--global-batch, default the largest
+device count), N devices take G/N pairs each per step; one device takes the same G pairs as G micro-batches of one
+(gradient accumulation), so every process always holds one pair at a time and the runs differ only in layout.
+From each run's metrics.csv: the losses of the first steps (global means, to compare across layouts), tokens/s
+per GPU (train/tokens_per_s of each process's micro-batches, after --warmup steps), peak memory per GPU, and the
+scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. NVLink multicast stays off in every process
+(NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1). Words after -- are Hydra overrides
+for every run (e.g. `-- model=tiny trainer.accelerator=cpu data.long_len=512` for a CPU check with gloo).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import environment, write_table
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+COLUMNS = ["model", "long", "algo", "devices", "global_batch", "status", "loss_steps", "loss_max_rel_diff",
+           "tokens_per_s_per_gpu", "scaling_efficiency", "peak_gib_per_gpu", "seconds"]
+
+
+def overrides(model: str, long: int, algo: str, devices: int, global_batch: int, steps: int) -> list[str]:
+    return ["experiment=scaling", f"model={model}", f"data.long_len={long}", f"algo={algo}",
+            f"trainer.devices={devices}", "data.batch_size=1",  # per process: one pair per micro-batch
+            f"trainer.accumulate_grad_batches={global_batch // devices}", f"trainer.max_steps={steps}",
+            f"data.source.n_train={global_batch * steps}", "trainer.enable_progress_bar=false"]
+
+
+def launch(run_dir: Path, args: list[str], timeout: float) -> tuple[int, float]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **NO_MULTICAST, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "solopo.run", *args, f"hydra.run.dir={run_dir}"]
+    started = time.monotonic()
+    with open(run_dir / "launch.log", "w") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        try:
+            code = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+    return code, time.monotonic() - started
+
+
+def measured(run_dir: Path, warmup: int) -> dict:
+    """Step losses, per-GPU tokens/s after the warm-up steps and the peak memory, from the run's metrics.csv."""
+    rows = list(csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv")))
+    losses = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
+    speed = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s") and int(r["step"]) >= warmup]
+    peaks = [float(r["train/peak_mem_gib"]) for r in rows if r.get("train/peak_mem_gib")]
+    return {"losses": [losses[s] for s in sorted(losses)],
+            "tokens_per_s_per_gpu": sum(speed) / len(speed) if speed else None, "peak_gib_per_gpu": max(peaks, default=None)}
+
+
+def status_of(code: int, run_dir: Path) -> str:
+    if code == 0:
+        return "ok"
+    log = (run_dir / "launch.log").read_text(errors="replace")
+    return "OOM" if "out of memory" in log.lower() else "timeout" if code == -1 else f"failed ({code})"
+
+
+def compare(rows: list[dict], one: dict | None) -> None:
+    """Loss agreement and scaling efficiency of each row against the one-device row of its cell."""
+    for row in rows:
+        if row["status"] != "ok" or one is None or one["status"] != "ok":
+            continue
+        pairs = list(zip(row["losses"], one["losses"]))
+        row["loss_max_rel_diff"] = max(abs(a - b) / max(abs(b), 1e-12) for a, b in pairs) if pairs else None
+        if row["tokens_per_s_per_gpu"] and one["tokens_per_s_per_gpu"]:
+            row["scaling_efficiency"] = row["tokens_per_s_per_gpu"] / one["tokens_per_s_per_gpu"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    ints = lambda s: [int(x) for x in names(s)]  # noqa: E731
+    parser.add_argument("--devices", type=ints, default=[1, 2], help="device counts; the first should be 1")
+    parser.add_argument("--models", type=names, default=["qwen2_5_1_5b_shape", "qwen2_5_7b_shape"])
+    parser.add_argument("--lengths", type=ints, default=[16384, 32768])
+    parser.add_argument("--algos", type=names, default=["dpo", "simpo"])
+    parser.add_argument("--global-batch", type=int, default=None, help="pairs per step (default: the most devices)")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the tokens/s mean")
+    parser.add_argument("--loss-steps", type=int, default=3, help="first steps whose losses are compared")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/solopo-scaling"), help="one run directory per cell")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
+    args = parser.parse_args()
+    global_batch = args.global_batch or max(args.devices)
+    if any(global_batch % n for n in args.devices):
+        raise SystemExit(f"--global-batch {global_batch} must be a multiple of every device count {args.devices}")
+    meta = {**environment(), "command": "python " + " ".join(sys.argv), "global_batch": global_batch,
+            "steps": args.steps, "warmup": args.warmup, "nccl": NO_MULTICAST}
+    table = []
+    for model in args.models:
+        for long in args.lengths:
+            for algo in args.algos:
+                cell = []
+                for devices in args.devices:
+                    run_dir = args.root / f"{model}-{long}-{algo}-{devices}gpu"
+                    code, seconds = launch(run_dir, overrides(model, long, algo, devices, global_batch, args.steps)
+                                           + args.overrides, args.timeout)
+                    row = {"model": model, "long": long, "algo": algo, "devices": devices, "global_batch": global_batch,
+                           "status": status_of(code, run_dir), "seconds": round(seconds, 1)}
+                    if row["status"] == "ok":
+                        found = measured(run_dir, args.warmup)
+                        row.update(found, loss_steps=", ".join(f"{x:.6g}" for x in found["losses"][:args.loss_steps]))
+                        row["losses"] = found["losses"][:args.loss_steps]
+                    cell.append(row)
+                    print({k: v for k, v in row.items() if k != "losses"}, flush=True)
+                compare(cell, next((r for r in cell if r["devices"] == 1), None))
+                table += cell
+                write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)  # after every cell
+
+
+if __name__ == "__main__":
+    main()
