@@ -24,17 +24,20 @@ def response_logps(
     chunk_size: int = 1024,
     position_ids: Optional[Tensor] = None,
     sequence_ids: Optional[Tensor] = None,
+    cu_seq_lens: Optional[Tensor] = None,
+    max_length: Optional[int] = None,
 ) -> tuple[Tensor, Tensor]:
     """Summed response-token log-probs and response lengths, per sequence.
 
     Padded rows: input_ids, attention_mask, response_mask are (B, L), one sequence per row,
     right-padded (pads carry attention_mask 0). Packed rows: attention_mask is None and
     position_ids / sequence_ids (B, L) give each token's position in its sequence and the
-    sequence's index (sequences are numbered 0..S-1 across the batch).
+    sequence's index (sequences are numbered 0..S-1 across the batch); cu_seq_lens (S + 1,) and max_length, the
+    sequence boundaries, let varlen attention kernels skip deriving them.
     response_mask is True at the positions of response tokens. Returns logps (S,) in at
     least fp32 and n_tokens (S,), where S = B for padded rows.
     """
-    hidden = last_hidden_state(model, input_ids, attention_mask, position_ids)  # (B, L, H)
+    hidden = last_hidden_state(model, input_ids, attention_mask, position_ids, cu_seq_lens, max_length)  # (B, L, H)
     target_mask = response_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
     if sequence_ids is None:  # padded rows: one sequence per row, counted without a device sync
         n_sequences = input_ids.shape[0]
@@ -52,7 +55,8 @@ def response_logps(
 
 def group_logps(model: nn.Module, group: dict, chunk_size: int = 1024) -> dict[tuple[str, str], tuple[Tensor, Tensor]]:
     """(logps, n_tokens) per (context, response) block of one collated group (see solopo.data.collate)."""
-    inputs = {k: group.get(k) for k in ("input_ids", "attention_mask", "response_mask", "position_ids", "sequence_ids")}
+    inputs = {k: group.get(k) for k in ("input_ids", "attention_mask", "response_mask", "position_ids", "sequence_ids",
+                                        "cu_seq_lens", "max_length")}
     logps, n_tokens = response_logps(model, **inputs, chunk_size=chunk_size)
     size = logps.shape[0] // len(group["keys"])  # one sequence per pair in each block
     return {tuple(key): (logps[i * size : (i + 1) * size], n_tokens[i * size : (i + 1) * size])
@@ -60,12 +64,16 @@ def group_logps(model: nn.Module, group: dict, chunk_size: int = 1024) -> dict[t
 
 
 def last_hidden_state(model: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor],
-                      position_ids: Optional[Tensor]) -> Tensor:
+                      position_ids: Optional[Tensor], cu_seq_lens: Optional[Tensor] = None,
+                      max_length: Optional[int] = None) -> Tensor:
     """The final (normed) hidden states, from a call of the model itself: FSDP gathers the weights of the root unit
     (embeddings, final norm, LM head) in the root's forward, and a LoRA-wrapped model routes through its adapter
     there. The LM head runs on the last position only (logits_to_keep=1), a (B, V) by-product."""
+    # transformers hands cu_seq_lens_* / max_length_* to the attention function (its flash-attention kwargs).
+    varlen = {} if cu_seq_lens is None else dict(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens,
+                                                  max_length_q=max_length, max_length_k=max_length)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+                output_hidden_states=True, logits_to_keep=1, use_cache=False, **varlen)
     return out.hidden_states[-1]
 
 

@@ -9,10 +9,11 @@ from typing import Any, Optional
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from solopo import embedded
+from solopo import embedded, varlen
 from solopo.distributed import full_state_dict, is_global_zero
 
 log = logging.getLogger(__name__)
+varlen.register()  # attn_implementation="solopo_varlen"
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class ModelSpec:
     max_length: longest sequence (prompt + response) the model is trained on.
     dtype: weight dtype: "auto" keeps the checkpoint's; "float32", "bfloat16".
     gradient_checkpointing: recompute activations in backward (long contexts).
-    attn_implementation: "sdpa", "eager", "flash_attention_2", ...
+    attn_implementation: "sdpa", "eager", "flash_attention_2", "flex_attention", "solopo_varlen" (solopo.varlen), ...
     trust_remote_code: run code shipped with a checkpoint (off unless set).
     lora: peft LoraConfig fields (e.g. {r: 16, lora_alpha: 32}) to train a LoRA adapter instead of every weight.
     """

@@ -21,11 +21,11 @@ def script(name, *args, tmp_path):
 
 
 def test_bench_measures_every_method_and_variant(tmp_path):
-    script("bench.py", "--models", "tiny", "--algos", "dpo", "--lengths", "384", "--variants", "padded,packed-sdpa",
+    script("bench.py", "--models", "tiny", "--algos", "dpo", "--lengths", "384", "--variants", "padded,packed-sdpa,packed-varlen",
            "--max-length-models", "none", "--steps", "1", "--out", str(tmp_path), *SMALL, tmp_path=tmp_path)
     rows = json.loads((tmp_path / "solopo_grid.json").read_text())["rows"]
     cells = {(r["method"], r["variant"]): r for r in rows}
-    assert set(cells) == {(m, v) for m in ("solopo", "solopo_both", "long_po") for v in ("padded", "packed-sdpa")}
+    assert set(cells) == {(m, v) for m in ("solopo", "solopo_both", "long_po") for v in ("padded", "packed-sdpa", "packed-varlen")}
     assert all(r["status"] == "ok" and r["step_s"] > 0 for r in rows)
     # 2 short (128) + 1 long (384) tokens; the bench's pair has no padding, so packing changes no count
     assert cells["solopo", "padded"]["tokens"] == cells["solopo", "packed-sdpa"]["tokens"] == 2 * 128 + 384

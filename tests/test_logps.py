@@ -64,7 +64,12 @@ def test_prompt_tokens_do_not_count(tiny_model):
     assert logps.abs().sum() == 0 and n_tokens.sum() == 0
 
 
-def test_packed_rows_match_padded_rows(tiny_model):
+@pytest.mark.parametrize("packed_attention, padded_attention", [
+    ("sdpa", "sdpa"),  # transformers builds a block mask from the restarting positions
+    ("solopo_varlen", "sdpa"),  # no mask: the collator's sequence boundaries (CPU: SDPA one sequence at a time)
+    ("sdpa", "solopo_varlen"),  # right-padded rows need no mask under causal attention
+])
+def test_packed_rows_match_padded_rows(tiny_model, packed_attention, padded_attention):
     """All sequences of a batch in one row (positions restart, attention kept within each
     sequence) give the same log-probs and the same gradients as padded rows."""
     tiny_model.double()
@@ -73,9 +78,13 @@ def test_packed_rows_match_padded_rows(tiny_model):
     padded = PairCollator(keys, pad_token_id=2)(pairs)["short"]
     packed = PairCollator(keys, pad_token_id=2, pack=True)(pairs)["packed"]
     assert packed["input_ids"].shape == (1, int(padded["attention_mask"].sum()))  # not one pad token
+    lengths = padded["attention_mask"].sum(1)
+    assert packed["cu_seq_lens"].tolist() == [0, *torch.cumsum(lengths, 0).tolist()]
+    assert packed["max_length"] == int(lengths.max())
     weights = torch.linspace(-1, 1, 6, dtype=torch.float64)
     results = []
-    for group in (padded, packed):
+    for group, attention in ((padded, padded_attention), (packed, packed_attention)):
+        tiny_model.set_attn_implementation(attention)
         tiny_model.zero_grad()
         blocks = group_logps(tiny_model, group)
         logps = torch.cat([blocks[k][0] for k in keys])
@@ -86,3 +95,41 @@ def test_packed_rows_match_padded_rows(tiny_model):
     assert n_pack.tolist() == n_pad.tolist()
     for a, b in zip(g_pack, g_pad):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("signature", ["is_causal", "window_size"])
+def test_varlen_kernel_call_across_torch_releases(monkeypatch, signature):
+    """torch's varlen kernel asks for causality as is_causal=True (older) or window_size=(-1, 0) (newer), and takes
+    grouped key/value heads itself only where it has enable_gqa; the call adapts to each, and computes what the
+    sequence-by-sequence path does. A stand-in kernel records the call (the real one needs a CUDA GPU)."""
+    from solopo import varlen
+
+    calls = {}
+
+    def fake(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, **options):
+        calls.update(options, heads=(query.shape[1], key.shape[1]), max_q=max_q)
+        return varlen._sequence_by_sequence(query, key, value, cu_q, scale)
+
+    if signature == "is_causal":
+        def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, is_causal=False, scale=None):
+            return fake(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, is_causal=is_causal)
+    else:
+        def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                   window_size=(-1, -1), enable_gqa=False):
+            return fake(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size,
+                        enable_gqa=enable_gqa)
+    monkeypatch.setattr(varlen, "_torch_varlen", lambda: kernel)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(9, 4, 8, generator=g), torch.randn(9, 2, 8, generator=g), torch.randn(9, 2, 8, generator=g)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    out = varlen._varlen_kernel(q, k, v, cu, 5, 0.3)
+    if signature == "is_causal":
+        assert calls["is_causal"] is True and calls["heads"] == (4, 4)  # heads repeated for the kernel
+    else:
+        assert calls["window_size"] == (-1, 0) and calls["enable_gqa"] and calls["heads"] == (4, 2)
+    assert calls["max_q"] == 5
+    torch.testing.assert_close(out, varlen._sequence_by_sequence(q, k, v, cu, 0.3))
+    # the first sequence's last query attends to its own 4 keys only
+    keys, values = k[:4].repeat_interleave(2, 1), v[:4].repeat_interleave(2, 1)  # (4 tokens, 4 heads, 8)
+    probs = torch.softmax(0.3 * torch.einsum("hd,thd->ht", q[3], keys), -1)
+    torch.testing.assert_close(out[3], torch.einsum("ht,thd->hd", probs, values))

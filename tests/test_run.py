@@ -66,7 +66,8 @@ def test_smoke_run_on_a_data_file(data, fixture, extra, tmp_path):
     assert data_counts["train"]["pairs"] >= 2 and data_counts["val"]["pairs"] == 1
 
 
-@pytest.mark.parametrize("variant", [["reference=live"], ["packing=true"]])
+@pytest.mark.parametrize("variant", [["reference=live"], ["packing=true"],
+                                     ["packing=true", "model.attn_implementation=solopo_varlen"]])
 def test_efficiency_options_do_not_change_the_numbers(variant, tmp_path):
     """The cached reference and packed rows are exact: the same run gives the same metrics."""
     common = ["algo=dpo", "experiment=smoke", "logger=none", "data.batch_size=2"]

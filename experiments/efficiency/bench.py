@@ -34,7 +34,8 @@ METHODS = {
 ALGOS = {"dpo": DPO(beta=0.1), "simpo": SimPO()}
 # How the sequences of a step reach the model: padded = one padded batch per context (SDPA); packed-* = every
 # sequence of the step in one row without padding, attention kept within each sequence by the named kernel.
-VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), "packed-sdpa": ("sdpa", True)}
+VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), "packed-sdpa": ("sdpa", True),
+            "packed-varlen": ("solopo_varlen", True)}
 
 
 def model_spec(name: str) -> ModelSpec:

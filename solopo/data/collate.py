@@ -6,7 +6,8 @@ A batch is {group: {"input_ids", "response_mask", "keys", ...}}. ``keys`` lists 
 - Unpacked (default): one group per context, rows right-padded with "attention_mask". The
   short pair is padded only to the longer of its responses, never to the long context.
 - Packed: every sequence of the batch in one row, one after the other, with "position_ids"
-  restarting at 0 for each sequence and "sequence_ids" naming the sequence of each token.
+  restarting at 0 for each sequence, "sequence_ids" naming the sequence of each token, and the boundaries
+  "cu_seq_lens" (S + 1,) and "max_length" for varlen kernels.
   Attention stays within a sequence (transformers reads the restarts as packed sequences:
   varlen kernels with flash-attention, a block mask with flex or sdpa), so there is no
   padding at all.
@@ -18,6 +19,7 @@ from typing import Sequence
 import torch
 
 from solopo.data.tokenize import TokenizedPair
+from solopo.varlen import packed_lengths
 
 Key = tuple[str, str]  # (context, response)
 
@@ -66,5 +68,8 @@ class PairCollator:
             sequences += [index] * (len(prompt) + len(resp))
             response += [False] * len(prompt) + [True] * len(resp)
         row = lambda values, dtype: torch.tensor(values, dtype=dtype).unsqueeze(0)  # noqa: E731  (1, T)
+        cu_seq_lens, max_length = packed_lengths(row(sequences, torch.long))
+        # The sequence boundaries, counted here on the host, for varlen kernels (solopo_varlen, flash-attention).
         return {"input_ids": row(ids, torch.long), "position_ids": row(positions, torch.long),
-                "sequence_ids": row(sequences, torch.long), "response_mask": row(response, torch.bool)}
+                "sequence_ids": row(sequences, torch.long), "response_mask": row(response, torch.bool),
+                "cu_seq_lens": cu_seq_lens, "max_length": max_length}

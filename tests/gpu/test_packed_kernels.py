@@ -1,11 +1,13 @@
 """Packed rows through the attention kernels that run them varlen on a GPU (flex attention, flash-attention when
 installed) give the log-probs and gradients of padded rows. CPU runs cannot check this: flex attention has no
-backward on the CPU. Run with `pytest -m gpu` on a CUDA machine."""
+backward on the CPU, and solopo_varlen runs torch's varlen flash kernel only on a GPU. Run with `pytest -m gpu` on a
+CUDA machine."""
 from dataclasses import replace
 
 import pytest
 import torch
 
+from solopo import varlen
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.logps import group_logps
@@ -35,13 +37,15 @@ def _logps_and_grads(model, batch):
     return logps.detach(), [p.grad.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("attention", ["flex_attention", "flash_attention_2", "sdpa"])
+@pytest.mark.parametrize("attention", ["flex_attention", "flash_attention_2", "solopo_varlen", "sdpa"])
 def test_packed_kernel_matches_padded_sdpa(tokenizer, attention):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     if attention == "flash_attention_2":
         pytest.importorskip("flash_attn")
-    dtype = torch.bfloat16 if attention == "flash_attention_2" else torch.float32  # flash-attention: 16-bit only
+    if attention == "solopo_varlen" and varlen._torch_varlen() is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    dtype = torch.bfloat16 if attention in ("flash_attention_2", "solopo_varlen") else torch.float32  # flash: 16-bit
     spec = replace(TINY, random_init={**TINY.random_init, "max_position_embeddings": 4096})
     padded_model = load_model(spec, tokenizer, seed=0).to("cuda", dtype)
     packed_model = load_model(replace(spec, attn_implementation=attention), tokenizer, seed=0).to("cuda", dtype)

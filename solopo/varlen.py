@@ -1,0 +1,106 @@
+"""`model.attn_implementation=solopo_varlen`: causal attention that runs packed rows varlen, with no mask at all.
+
+Packed rows (`packing=true`) put every sequence of a step in one row. Flex attention keeps attention within each
+sequence with a block mask, but its kernel is slower than the flash kernel on long sequences; flash-attention's
+varlen path needs the flash-attn package. torch itself ships a varlen flash kernel
+(`torch.nn.attention.varlen.varlen_attn`, CUDA, 16-bit): this attention function calls it with the sequence
+boundaries the collator computed (`cu_seq_lens`, on the host, so no device sync per layer). Without CUDA (or on a
+torch without the kernel) it computes the same thing one sequence at a time with SDPA, which is what the CPU tests
+check against padded rows.
+
+Padded rows are right-padded: under causal attention a real token never sees a pad, so they need no mask either
+and run through SDPA's causal kernel. Models with sliding-window attention are refused.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NAME = "solopo_varlen"
+
+
+def _torch_varlen():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch before 2.9
+        return None
+    return varlen_attn
+
+
+def _repeat_kv(x: Tensor, groups: int, dim: int) -> Tensor:
+    return x if groups == 1 else x.repeat_interleave(groups, dim=dim)
+
+
+def _causal_rows(query: Tensor, key: Tensor, value: Tensor, scaling: Optional[float]) -> Tensor:
+    """(B, H, L, D) queries, (B, H_kv, L, D) keys/values -> (B, L, H, D), causal within each row."""
+    groups = query.shape[1] // key.shape[1]
+    out = F.scaled_dot_product_attention(query, _repeat_kv(key, groups, 1), _repeat_kv(value, groups, 1),
+                                         is_causal=True, scale=scaling)
+    return out.transpose(1, 2)
+
+
+def _varlen_kernel(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_length: int,
+                   scaling: Optional[float]) -> Tensor:
+    """(T, H, D) packed queries -> (T, H, D) through torch's varlen flash kernel, causal within each sequence."""
+    kernel = _torch_varlen()
+    params = inspect.signature(kernel).parameters
+    options = {"scale": scaling}
+    # The causal switch moved between torch releases: is_causal=True, later window_size=(-1, 0).
+    options.update({"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)})
+    groups = query.shape[1] // key.shape[1]
+    if "enable_gqa" in params:
+        options["enable_gqa"] = groups > 1
+    else:
+        key, value = _repeat_kv(key, groups, 1), _repeat_kv(value, groups, 1)
+    return kernel(query, key, value, cu, cu, max_length, max_length, **options)
+
+
+def _sequence_by_sequence(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, scaling: Optional[float]) -> Tensor:
+    """The same as the varlen kernel, one sequence at a time: (T, H, D) -> (T, H, D)."""
+    bounds = cu.tolist()
+    pieces = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        q, k, v = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # (1, H, n, D)
+        pieces.append(_causal_rows(q, k, v, scaling)[0])  # (n, H, D)
+    return torch.cat(pieces)
+
+
+def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor],
+                     scaling: Optional[float] = None, dropout: float = 0.0, **kwargs) -> tuple[Tensor, None]:
+    """transformers' attention-function contract: (B, H, L, D) inputs, returns ((B, L, H, D), None)."""
+    if kwargs.get("sliding_window"):
+        raise ValueError(f"attn_implementation={NAME} does not do sliding-window attention; use sdpa or flex_attention")
+    if dropout:
+        raise ValueError(f"attn_implementation={NAME} has no attention dropout; set the model's attention_dropout to 0")
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:  # one (right-padded) sequence per row
+        return _causal_rows(query, key, value, scaling), None
+    if query.shape[0] != 1:
+        raise ValueError(f"attn_implementation={NAME}: packed input must be one row, got {query.shape[0]}")
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
+    cu = cu.to(device=q.device, dtype=torch.int32)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _torch_varlen() is not None:
+        out = _varlen_kernel(q, k, v, cu, int(kwargs["max_length_q"]), scaling)
+    else:
+        out = _sequence_by_sequence(q, k, v, cu, scaling)
+    return out.unsqueeze(0), None
+
+
+def register() -> None:
+    """Make `attn_implementation="solopo_varlen"` loadable. It has no mask function, so transformers builds no mask."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, varlen_attention)
+
+
+def packed_lengths(sequence_ids: Tensor) -> tuple[Tensor, int]:
+    """Cumulative sequence boundaries (S + 1,) int32 and the longest sequence of one packed row's sequence ids,
+    computed on the host by the collator so that attention needs no device sync."""
+    counts = torch.bincount(sequence_ids.flatten())
+    cu = torch.zeros(counts.numel() + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(counts, 0)
+    return cu, int(counts.max()) if counts.numel() else 0
