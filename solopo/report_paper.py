@@ -35,13 +35,14 @@ def claims(groups: dict, algos: list[str], paper: dict) -> list[str]:
 
 
 def efficiency(groups: dict, algos: list[str], paper: dict) -> list[str]:
-    """SoLoPO's training time and peak memory against long-context PO, per algorithm. Expand-long runs the same
-    step as Long-PO (two long sequences per pair), so it stands in where Long-PO has no result."""
+    """SoLoPO's training time and peak memory against long-context PO, per algorithm, over the seeds both have.
+    Expand-long runs the same step as Long-PO (two long sequences per pair), so it stands in where Long-PO has no
+    result."""
     lines = []
     for algo in algos:
-        solopo = [r for r in groups.get((algo, "solopo", main_alpha(groups, algo, paper)), []) if not r.failed]
+        solopo_all = [r for r in groups.get((algo, "solopo", main_alpha(groups, algo, paper)), []) if not r.failed]
         for other in ("long_po", "expand_long"):
-            runs = [r for r in groups.get((algo, other, None), []) if not r.failed]
+            (solopo, runs), _ = on_shared_seeds(solopo_all, [r for r in groups.get((algo, other, None), []) if not r.failed])
             fit = [stat(r.fit_s for r in x) for x in (solopo, runs)]
             mem = [stat(r.peak_gib for r in x) for x in (solopo, runs)]
             if None not in fit and None not in mem:

@@ -121,6 +121,16 @@ def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, meth
     return pairs, counts
 
 
+def repeats_note(n_pairs: int, max_steps: int, pairs_per_step: int, limit: float = 3.0) -> str | None:
+    """A warning when fixed steps would show each training pair more than ``limit`` times (few pairs were kept, e.g.
+    on-policy sampling on long contexts): a run that repeats a handful of pairs mostly memorises them."""
+    seen = max_steps * pairs_per_step  # per process: a lower bound over several processes
+    if max_steps <= 0 or n_pairs <= 0 or seen <= limit * n_pairs:
+        return None
+    return (f"{n_pairs} training pairs for {max_steps} steps of {pairs_per_step}: each pair is seen about "
+            f"{seen / n_pairs:.0f} times")
+
+
 def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool) -> DataLoader:
     options = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                    collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
@@ -200,6 +210,9 @@ def train(cfg: DictConfig) -> dict:
 
     pairs, data_counts = make_pairs(cfg, splits, tokenizer, spec, policy, method)
     log.info("data: %s", data_counts)
+    if note := repeats_note(len(pairs["train"]), cfg.trainer.max_steps,
+                            cfg.data.batch_size * cfg.trainer.accumulate_grad_batches):
+        log.warning(note)
     keys = {"train": train_keys, "val": ALL_SEQUENCES}
     if cached:  # before the first update, the policy is the reference
         policy.to(compute_device(cfg))

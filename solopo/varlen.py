@@ -14,6 +14,7 @@ and run through SDPA's causal kernel. Models with sliding-window attention are r
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Optional
 
 import torch
@@ -86,6 +87,10 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _torch_varlen() is not None:
         out = _varlen_kernel(q, k, v, cu, int(kwargs["max_length_q"]), scaling)
     else:
+        if q.is_cuda:  # exact but slow: one SDPA call per sequence
+            warnings.warn(f"attn_implementation={NAME}: torch's varlen kernel needs 16-bit inputs on CUDA and torch >= "
+                          f"2.9 (got {q.dtype}, torch {torch.__version__}); attending one sequence at a time instead",
+                          stacklevel=2)
         out = _sequence_by_sequence(q, k, v, cu, scaling)
     return out.unsqueeze(0), None
 

@@ -162,3 +162,11 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
     monkeypatch.setattr(entry, "tokenize_examples", lambda examples, *args: ([], {}))
     with pytest.raises(ValueError, match="no train pairs left"):
         entry.train(cfg)
+
+
+def test_few_pairs_for_many_steps_are_flagged():
+    from solopo.run import repeats_note
+
+    assert repeats_note(12, 32, 4) == "12 training pairs for 32 steps of 4: each pair is seen about 11 times"
+    assert repeats_note(121, 32, 4) is None  # about one epoch
+    assert repeats_note(12, -1, 4) is None and repeats_note(0, 32, 4) is None  # epochs decide / nothing to train
