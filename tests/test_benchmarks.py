@@ -33,6 +33,13 @@ def test_bench_measures_every_method_and_variant(tmp_path):
     memory = json.loads((tmp_path / "logp_memory.json").read_text())["rows"]
     assert {r["variant"] for r in memory} == {"response_only", "full_logits"}
 
+    # --resume keeps what was measured and adds only the new cells (a run continued in a later GPU call)
+    script("bench.py", "--models", "tiny", "--algos", "dpo", "--lengths", "384,448", "--variants", "padded",
+           "--methods", "long_po", "--max-length-models", "none", "--no-logp-memory", "--steps", "1", "--resume",
+           "--out", str(tmp_path), *SMALL, tmp_path=tmp_path)
+    again = json.loads((tmp_path / "solopo_grid.json").read_text())["rows"]
+    assert again[:len(rows)] == rows and [(r["method"], r["long_len"]) for r in again[len(rows):]] == [("long_po", 448)]
+
 
 def test_profile_step_splits_a_step_into_phases(tmp_path):
     out = script("profile_step.py", "--model", "tiny", "--length", "384", "--methods", "solopo,long_po",

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from common import DEVICE, SHAPES, Shape, environment, is_oom, peak, random_ids, release, reset_peak, timed, write_table
+from common import (DEVICE, SHAPES, Shape, environment, has_row, is_oom, peak, previous_rows, random_ids, release,
+                    reset_peak, timed, write_table)
 from solopo.algos import DPO, SimPO
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
@@ -98,6 +99,8 @@ def grid(args, name, policy, optimizer, shape, pad_id, rows, save):
         for algo_name in args.algos:
             for method_name in args.methods:
                 for variant in args.variants:
+                    if has_row(rows, model=name, algo=algo_name, method=method_name, variant=variant, long_len=length):
+                        continue  # measured by an earlier call (--resume)
                     pack = use_variant(policy, variant)
                     step, keys, tokens = train_step(policy, optimizer, ALGOS[algo_name], method_name, pair, pad_id, pack)
                     cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens,
@@ -113,6 +116,8 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
     """The longest long context that trains (one DPO step, batch one pair) per method, in the first variant."""
     pack = use_variant(policy, args.variants[0])
     for method_name in args.methods:
+        if has_row(rows, model=name, method=method_name, variant=args.variants[0]):
+            continue
         best = None
         for length in args.max_lengths:
             pair = make_pair(args.short, length, args.response)
@@ -135,6 +140,8 @@ def logp_memory(args, name, policy, rows):
     head = policy.get_output_embeddings()
     for length in args.lengths:
         for variant in ("response_only", "full_logits"):
+            if has_row(rows, model=name, variant=variant, context_len=length):
+                continue
             hidden = torch.randn(1, length, policy.config.hidden_size, device=DEVICE, dtype=torch.bfloat16,
                                  requires_grad=True)
             targets = torch.randint(0, policy.config.vocab_size, (length,), device=DEVICE)
@@ -171,6 +178,7 @@ def main() -> None:
     parser.add_argument("--max-lengths", type=ints, default=[131072, 262144])
     parser.add_argument("--max-length-models", type=names, default=["qwen2.5-1.5b"])
     parser.add_argument("--no-logp-memory", action="store_true", help="skip the log-prob step's memory table")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --out and measure the rest")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -178,7 +186,8 @@ def main() -> None:
 
     meta = {**environment(), "command": "python " + " ".join(sys.argv), "short_len": args.short,
             "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
-    grid_rows, max_rows, logp_rows = [], [], []
+    grid_rows, max_rows, logp_rows = (previous_rows(args.out, name, args.resume)
+                                      for name in ("solopo_grid", "solopo_max_length", "logp_memory"))
 
     def save():  # after every cell, so a run cut short still leaves its tables
         write_table(args.out, "solopo_grid", grid_rows, ["model", "algo", "method", "variant", "long_len", "tokens", "status",

@@ -106,6 +106,19 @@ def environment() -> dict:
             "python": platform.python_version(), "commit": commit or "unknown"}
 
 
+def previous_rows(out: Path, name: str, resume: bool) -> list[dict]:
+    """With --resume, the rows an earlier (cut short) run of the same table wrote, minus its errors, so that the
+    same command continues across GPU calls; otherwise none."""
+    path = out / f"{name}.json"
+    if not resume or not path.exists():
+        return []
+    return [row for row in json.loads(path.read_text())["rows"] if not str(row.get("status", "ok")).startswith("error")]
+
+
+def has_row(rows: list[dict], **key) -> bool:
+    return any(all(row.get(k) == v for k, v in key.items()) for row in rows)
+
+
 def write_table(out: Path, name: str, rows: list[dict], columns: list[str], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

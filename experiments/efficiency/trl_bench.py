@@ -19,7 +19,8 @@ import pyarrow as pa
 from datasets import Dataset
 from transformers import AutoConfig, TrainerCallback
 
-from common import DEVICE, SHAPES, Shape, environment, is_oom, peak, release, reset_peak, sync, write_table
+from common import (DEVICE, SHAPES, Shape, environment, has_row, is_oom, peak, previous_rows, release, reset_peak, sync,
+                    write_table)
 from solopo.models import ModelSpec, load_model, load_tokenizer
 
 WORDS = " the of and to in is was for on that with as by at from his her it an are were which this be or".split()
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --out and measure the rest")
     args = parser.parse_args()
 
     import trl
@@ -111,9 +113,11 @@ def main() -> None:
     shape = Shape.of(AutoConfig.for_model(**SHAPES[args.model]))
     meta = {**environment(), "trl": trl.__version__, "command": "python " + " ".join(sys.argv),
             "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
-    rows = []
+    rows = previous_rows(args.out, "trl_long_po", args.resume)
     for length in args.lengths + args.max_lengths:
         for algo in args.algos if length in args.lengths else ["dpo"]:
+            if has_row(rows, model=args.model, trainer=f"trl-{algo}", long_len=length):
+                continue  # measured by an earlier call (--resume)
             cell = measure(algo, spec, tokenizer, length, args.response, *((args.warmup, args.steps) if length in args.lengths else (0, 1)))
             if cell["status"] == "ok":
                 tokens = 2 * length
