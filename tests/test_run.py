@@ -66,16 +66,24 @@ def test_smoke_run_on_a_data_file(data, fixture, extra, tmp_path):
     assert data_counts["train"]["pairs"] >= 2 and data_counts["val"]["pairs"] == 1
 
 
+EFFICIENCY_COMMON = ["algo=dpo", "experiment=smoke", "logger=none", "data.batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def baseline_metrics(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("baseline")
+    run([*EFFICIENCY_COMMON, f"hydra.run.dir={run_dir}"])
+    return results(run_dir)["metrics"]
+
+
 @pytest.mark.parametrize("variant", [["reference=live"], ["packing=true"],
                                      ["packing=true", "model.attn_implementation=solopo_varlen"]])
-def test_efficiency_options_do_not_change_the_numbers(variant, tmp_path):
+def test_efficiency_options_do_not_change_the_numbers(variant, baseline_metrics, tmp_path):
     """The cached reference and packed rows are exact: the same run gives the same metrics."""
-    common = ["algo=dpo", "experiment=smoke", "logger=none", "data.batch_size=2"]
-    run([*common, f"hydra.run.dir={tmp_path / 'base'}"])
-    run([*common, *variant, f"hydra.run.dir={tmp_path / 'variant'}"])
-    base, other = results(tmp_path / "base")["metrics"], results(tmp_path / "variant")["metrics"]
+    run([*EFFICIENCY_COMMON, *variant, f"hydra.run.dir={tmp_path}"])
+    other = results(tmp_path)["metrics"]
     for key in FINITE_KEYS:
-        assert other[key] == pytest.approx(base[key], rel=1e-4, abs=1e-5), key
+        assert other[key] == pytest.approx(baseline_metrics[key], rel=1e-4, abs=1e-5), key
 
 
 def test_multirun_writes_one_result_per_job(tmp_path):
