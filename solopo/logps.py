@@ -9,11 +9,14 @@ plus log-softmax run over them in chunks. Each chunk is recomputed in backward
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from solopo import varlen
 
 
 def response_logps(
@@ -70,10 +73,11 @@ def last_hidden_state(model: nn.Module, input_ids: Tensor, attention_mask: Optio
     (embeddings, final norm, LM head) in the root's forward, and a LoRA-wrapped model routes through its adapter
     there. The LM head runs on the last position only (logits_to_keep=1), a (B, V) by-product."""
     # transformers hands cu_seq_lens_* / max_length_* to the attention function (its flash-attention kwargs).
-    varlen = {} if cu_seq_lens is None else dict(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens,
+    kwargs = {} if cu_seq_lens is None else dict(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens,
                                                   max_length_q=max_length, max_length_k=max_length)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                output_hidden_states=True, logits_to_keep=1, use_cache=False, **varlen)
+    with varlen.packed_forward() if cu_seq_lens is not None else contextlib.nullcontext():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    output_hidden_states=True, logits_to_keep=1, use_cache=False, **kwargs)
     return out.hidden_states[-1]
 
 

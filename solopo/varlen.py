@@ -8,12 +8,16 @@ boundaries the collator computed (`cu_seq_lens`, on the host, so no device sync 
 torch without the kernel) it computes the same thing one sequence at a time with SDPA, which is what the CPU tests
 check against padded rows.
 
-Padded rows are right-padded: under causal attention a real token never sees a pad, so they need no mask either
-and run through SDPA's causal kernel. Models with sliding-window attention are refused.
+Everything else (padded rows, generation with left padding and a KV cache) goes through transformers' own SDPA
+attention with its usual mask: the mask function returns None only inside `packed_forward()`, the context in which
+solopo.logps runs a packed row, so no O(T^2) mask is built for it. Packed rows with sliding-window attention are
+refused.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import threading
 import warnings
 from typing import Optional
 
@@ -34,6 +38,26 @@ def _torch_varlen():
 
 def _repeat_kv(x: Tensor, groups: int, dim: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=dim)
+
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def packed_forward():
+    """Within it, a solopo_varlen model builds no attention mask: the rows are packed and the attention function
+    gets the sequence boundaries instead."""
+    previous, _state.packed = getattr(_state, "packed", False), True
+    try:
+        yield
+    finally:
+        _state.packed = previous
+
+
+def _mask(*args, **kwargs):
+    from transformers.masking_utils import sdpa_mask
+
+    return None if getattr(_state, "packed", False) else sdpa_mask(*args, **kwargs)
 
 
 def _causal_rows(query: Tensor, key: Tensor, value: Tensor, scaling: Optional[float]) -> Tensor:
@@ -73,13 +97,16 @@ def _sequence_by_sequence(query: Tensor, key: Tensor, value: Tensor, cu: Tensor,
 def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor],
                      scaling: Optional[float] = None, dropout: float = 0.0, **kwargs) -> tuple[Tensor, None]:
     """transformers' attention-function contract: (B, H, L, D) inputs, returns ((B, L, H, D), None)."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:  # padded rows, generation: transformers' SDPA attention with the mask it built
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     if kwargs.get("sliding_window"):
         raise ValueError(f"attn_implementation={NAME} does not do sliding-window attention; use sdpa or flex_attention")
     if dropout:
         raise ValueError(f"attn_implementation={NAME} has no attention dropout; set the model's attention_dropout to 0")
-    cu = kwargs.get("cu_seq_lens_q")
-    if cu is None:  # one (right-padded) sequence per row
-        return _causal_rows(query, key, value, scaling), None
     if query.shape[0] != 1:
         raise ValueError(f"attn_implementation={NAME}: packed input must be one row, got {query.shape[0]}")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
@@ -96,10 +123,12 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
 
 
 def register() -> None:
-    """Make `attn_implementation="solopo_varlen"` loadable. It has no mask function, so transformers builds no mask."""
+    """Make `attn_implementation="solopo_varlen"` loadable, with SDPA's mask outside packed_forward()."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     AttentionInterface.register(NAME, varlen_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _mask)
 
 
 def packed_lengths(sequence_ids: Tensor) -> tuple[Tensor, int]:

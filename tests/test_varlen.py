@@ -1,0 +1,70 @@
+"""attn_implementation=solopo_varlen: packed rows through a varlen kernel, everything else through transformers' SDPA
+with its mask (packed rows against padded ones are in test_logps.py)."""
+import pytest
+import torch
+
+from solopo import varlen
+from solopo.eval.longctx import left_padded
+
+
+def test_generation_with_left_padding_matches_sdpa(tiny_model, tokenizer):
+    """Greedy generation for prompts of different lengths (left-padded, KV cache) gives sdpa's logits at every step,
+    so a solopo_varlen model also samples pairs and is evaluated right."""
+    ids, mask = left_padded(tokenizer, ["Where is the castle? It is in", "Q: " + "word " * 40 + "Where?"], "cpu")
+    assert (mask == 0).any()  # the shorter prompt is padded
+
+    def step_logits(attention, attention_mask):
+        tiny_model.set_attn_implementation(attention)
+        with torch.no_grad():
+            out = tiny_model.generate(input_ids=ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=4,
+                                      pad_token_id=tokenizer.pad_token_id, use_cache=True, output_logits=True,
+                                      return_dict_in_generate=True)
+        return torch.stack(out.logits)
+
+    expected = step_logits("sdpa", mask)
+    torch.testing.assert_close(step_logits(varlen.NAME, mask), expected)
+    # without the padding mask the padded prompt's logits change: the comparison above can fail
+    assert not torch.allclose(step_logits(varlen.NAME, torch.ones_like(mask)), expected)
+
+
+def test_no_mask_is_built_only_for_packed_forwards():
+    assert not getattr(varlen._state, "packed", False)
+    with varlen.packed_forward():
+        assert varlen._mask() is None
+    assert not varlen._state.packed
+
+
+@pytest.mark.parametrize("signature", ["is_causal", "window_size"])
+def test_varlen_kernel_call_across_torch_releases(monkeypatch, signature):
+    """torch's varlen kernel asks for causality as is_causal=True (older) or window_size=(-1, 0) (newer), and takes
+    grouped key/value heads itself only where it has enable_gqa; the call adapts to each, and computes what the
+    sequence-by-sequence path does. A stand-in kernel records the call (the real one needs a CUDA GPU)."""
+    calls = {}
+
+    def fake(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, **options):
+        calls.update(options, heads=(query.shape[1], key.shape[1]), max_q=max_q)
+        return varlen._sequence_by_sequence(query, key, value, cu_q, scale)
+
+    if signature == "is_causal":
+        def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, is_causal=False, scale=None):
+            return fake(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, is_causal=is_causal)
+    else:
+        def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                   window_size=(-1, -1), enable_gqa=False):
+            return fake(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size,
+                        enable_gqa=enable_gqa)
+    monkeypatch.setattr(varlen, "_torch_varlen", lambda: kernel)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(9, 4, 8, generator=g), torch.randn(9, 2, 8, generator=g), torch.randn(9, 2, 8, generator=g)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    out = varlen._varlen_kernel(q, k, v, cu, 5, 0.3)
+    if signature == "is_causal":
+        assert calls["is_causal"] is True and calls["heads"] == (4, 4)  # heads repeated for the kernel
+    else:
+        assert calls["window_size"] == (-1, 0) and calls["enable_gqa"] and calls["heads"] == (4, 2)
+    assert calls["max_q"] == 5
+    torch.testing.assert_close(out, varlen._sequence_by_sequence(q, k, v, cu, 0.3))
+    # the first sequence's last query attends to its own 4 keys only
+    keys, values = k[:4].repeat_interleave(2, 1), v[:4].repeat_interleave(2, 1)  # (4 tokens, 4 heads, 8)
+    probs = torch.softmax(0.3 * torch.einsum("hd,thd->ht", q[3], keys), -1)
+    torch.testing.assert_close(out[3], torch.einsum("ht,thd->hd", probs, values))
