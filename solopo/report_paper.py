@@ -7,7 +7,7 @@ The paper file is JSON: {"best_alpha": {algo: alpha}, "claims": [{"claim", "bett
 """
 from __future__ import annotations
 
-from solopo.report_runs import BASE, failures, main_alpha, on_shared_seeds, score_cell, scores_of
+from solopo.report_runs import BASE, RA_METHODS, failures, main_alpha, on_shared_seeds, score_cell, scores_of
 from solopo.report_seeds import stat
 
 
@@ -19,7 +19,7 @@ def claims(groups: dict, algos: list[str], paper: dict) -> list[str]:
         for algo in algos:
             alpha = main_alpha(groups, algo, paper)
             pick = lambda m: groups.get((BASE, m, None) if m == "base" else  # noqa: E731
-                                        (algo, m, alpha if m.startswith("solopo") else None), [])
+                                        (algo, m, alpha if m in RA_METHODS else None), [])
             (runs_better, runs_worse), _ = on_shared_seeds(pick(claim["better"]), pick(claim["worse"]))
             better, worse = scores_of(runs_better, "avg long"), scores_of(runs_worse, "avg long")
             if better is None or worse is None:

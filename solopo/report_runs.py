@@ -2,8 +2,8 @@
 with its scores, training time and memory, or the reason it failed; grouped over seeds.
 
 A run is placed by its config: the algorithm, the method (solopo_both when SoLo-RA also covers the rejected
-response, solopo_detach when SoLo-RA passes no gradient to the short-context reward), alpha where SoLo-RA is on, and the seed; an evaluation-only run (`python -m solopo.evaluate`) is
-the base model. Scores are sub-EM (%) of the trained model; `gain` is a run's gain over its own evaluation
+response, solopo_detach when SoLo-RA passes no gradient to the short-context reward), alpha where SoLo-RA is
+on, and the seed; an evaluation-only run (`python -m solopo.evaluate`) is the base model. Scores are sub-EM (%) of the trained model; `gain` is a run's gain over its own evaluation
 before training.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from solopo.report_seeds import Stat, stat
 
 METHODS = ("base", "short_po", "long_po", "expand_long", "solopo", "solopo_both", "solopo_detach")  # table order
+RA_METHODS = ("solopo", "solopo_both", "solopo_detach")  # the methods whose runs differ by alpha
 BASE = "-"  # the algorithm column of the base model
 @dataclass(frozen=True)
 class Run:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 from solopo.report_paper import claims, efficiency, paper_scores
 from solopo.report_plots import accuracy_vs_length, score_vs_alpha
-from solopo.report_runs import (BASE, METHODS, Run, cell, failures, group, main_alpha, on_shared_seeds, score_cell,
-                                scores_of, to_run)
+from solopo.report_runs import (BASE, METHODS, RA_METHODS, Run, cell, failures, group, main_alpha, on_shared_seeds,
+                                score_cell, scores_of, to_run)
 from solopo.report_seeds import stat
 
-RA_METHODS = ("solopo", "solopo_both", "solopo_detach")  # rows whose runs differ by alpha
 VERDICT = "Read the numbers above with the study's own verdict, written from them by hand (its README)."
 
 

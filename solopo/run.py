@@ -108,9 +108,10 @@ def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, meth
                     examples, policy, tokenizer, sampling, method.pairs_from, model_identity(spec, cfg.seed),
                     cache_dir=cache_root() / "pairs", model_path=path)
         pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
-        if not pairs[split] and split == "train":
-            raise ValueError(f"no {split} pairs left ({counts[split]}; skipped {dict(skipped)})")
-        if not pairs[split]:  # e.g. on-policy sampling on long contexts found no right answer among the few items
+        if not pairs[split]:
+            if split == "train":
+                raise ValueError(f"no {split} pairs left ({counts[split]}; skipped {dict(skipped)})")
+            # e.g. on-policy sampling on long contexts found no right answer among the few validation items
             log.warning("no val pairs left (%s; skipped %s): training runs without validation metrics",
                         counts[split], dict(skipped))
         counts[split].update({"pairs": len(pairs[split]), "skipped": dict(skipped),

@@ -16,6 +16,7 @@ refused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import threading
 import warnings
@@ -28,6 +29,7 @@ from torch import Tensor
 NAME = "solopo_varlen"
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_varlen():
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -68,16 +70,23 @@ def _causal_rows(query: Tensor, key: Tensor, value: Tensor, scaling: Optional[fl
     return out.transpose(1, 2)
 
 
+@functools.lru_cache(maxsize=None)
+def _call_options(kernel) -> tuple[dict, bool]:
+    """How this torch's kernel asks for causal attention, and whether it takes grouped key/value heads itself; read
+    once per kernel, not in every layer's call. The causal switch moved between torch releases: is_causal=True,
+    later window_size=(-1, 0)."""
+    params = inspect.signature(kernel).parameters
+    return ({"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}), "enable_gqa" in params
+
+
 def _varlen_kernel(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_length: int,
                    scaling: Optional[float]) -> Tensor:
     """(T, H, D) packed queries -> (T, H, D) through torch's varlen flash kernel, causal within each sequence."""
     kernel = _torch_varlen()
-    params = inspect.signature(kernel).parameters
-    options = {"scale": scaling}
-    # The causal switch moved between torch releases: is_causal=True, later window_size=(-1, 0).
-    options.update({"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)})
+    causal, takes_gqa = _call_options(kernel)
     groups = query.shape[1] // key.shape[1]
-    if "enable_gqa" in params:
+    options = {"scale": scaling, **causal}
+    if takes_gqa:
         options["enable_gqa"] = groups > 1
     else:
         key, value = _repeat_kv(key, groups, 1), _repeat_kv(value, groups, 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,21 +64,28 @@ def use_variant(policy, variant: str) -> bool:
     return pack
 
 
+@dataclass
+class TrainStep:
+    """One optimizer step of solopo's training code on a fixed batch (on the GPU), callable."""
+
+    module: SoLoPOModule
+    optimizer: torch.optim.Optimizer
+    batch: dict
+
+    def __call__(self) -> None:
+        m = self.module
+        solopo_objective(m.algo, m.ra, m.method, m.sequence_stats(self.batch)).loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
 def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, pad_id: int, pack: bool = False):
     method, ra = METHODS[method_name]
     keys = required_sequences(method, ra)
     batch = PairCollator(keys, pad_id, pack=pack)([pair])
     batch = {g: {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in group.items()} for g, group in batch.items()}
-    module = SoLoPOModule(policy, algo, ra, method, cached_reference=True)
     tokens = sum(int(group["input_ids"].numel()) for group in batch.values())
-
-    def step():
-        out = solopo_objective(algo, ra, method, module.sequence_stats(batch))
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step, keys, tokens
+    return TrainStep(SoLoPOModule(policy, algo, ra, method, cached_reference=True), optimizer, batch), keys, tokens
 
 
 def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int, warmup: int, steps: int) -> dict:
@@ -128,8 +136,8 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
             if cell["status"] != "ok":
                 break
             best = {"long_len": length, "step_s": cell["step_s"], "peak_gib": cell["peak_gib"]}
-        rows.append({"model": name, "method": method_name, "variant": args.variants[0], "max_long_len": best and best["long_len"],
-                     "step_s_at_max": best and best["step_s"], "peak_gib_at_max": best and best["peak_gib"],
+        rows.append({"model": name, "method": method_name, "variant": args.variants[0],
+                     "max_long_len": best and best["long_len"], "step_s_at_max": best and best["step_s"], "peak_gib_at_max": best and best["peak_gib"],
                      "first_failure": None if best and best["long_len"] == args.max_lengths[-1] else "OOM"})
         save()
 
@@ -190,8 +198,8 @@ def main() -> None:
                                       for name in ("solopo_grid", "solopo_max_length", "logp_memory"))
 
     def save():  # after every cell, so a run cut short still leaves its tables
-        write_table(args.out, "solopo_grid", grid_rows, ["model", "algo", "method", "variant", "long_len", "tokens", "status",
-                    "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
+        write_table(args.out, "solopo_grid", grid_rows, ["model", "algo", "method", "variant", "long_len", "tokens",
+                    "status", "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
         write_table(args.out, "solopo_max_length", max_rows, ["model", "method", "variant", "max_long_len", "step_s_at_max",
                     "peak_gib_at_max", "first_failure"], meta)
         write_table(args.out, "logp_memory", logp_rows, ["model", "variant", "context_len", "extra_peak_gib"], meta)

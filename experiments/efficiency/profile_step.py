@@ -16,37 +16,29 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench import ALGOS, METHODS, VARIANTS, make_pair, model_spec, train_step, use_variant
+from bench import ALGOS, VARIANTS, TrainStep, make_pair, model_spec, train_step, use_variant
 from common import DEVICE, sync
-from solopo.algos import Responses
-from solopo.data.collate import PairCollator
-from solopo.logps import group_logps
 from solopo.models import load_model, load_tokenizer
-from solopo.objective import required_sequences, solopo_objective
+from solopo.objective import solopo_objective
 
 
-def phases(policy, optimizer, algo, method_name, batch) -> dict[str, float]:
-    """Seconds per phase of one step, each phase synchronised."""
-    method, ra = METHODS[method_name]
-    times, stats = {}, {}
+def phases(step: TrainStep) -> dict[str, float]:
+    """Seconds per phase of one step (forward of each context group, loss, backward, optimizer), each synchronised."""
+    times, stats, m = {}, {}, step.module
 
     def clock(name, fn):
         sync()
         start = time.perf_counter()
         value = fn()
         sync()
-        times[name] = times.get(name, 0.0) + time.perf_counter() - start
+        times[name] = time.perf_counter() - start
         return value
 
-    for name, group in batch.items():
-        blocks = clock(f"forward[{name}]", lambda: group_logps(policy, group))
-        size = group["ref_logps"].shape[0] // len(group["keys"])
-        for i, key in enumerate(group["keys"]):
-            logps, n_tokens = blocks[tuple(key)]
-            stats[tuple(key)] = Responses(logps, n_tokens, group["ref_logps"][i * size:(i + 1) * size])
-    out = clock("loss", lambda: solopo_objective(algo, ra, method, stats))
+    for name, group in step.batch.items():
+        stats.update(clock(f"forward[{name}]", lambda: m.sequence_stats({name: group})))
+    out = clock("loss", lambda: solopo_objective(m.algo, m.ra, m.method, stats))
     clock("backward", lambda: out.loss.backward())
-    clock("optimizer", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
+    clock("optimizer", lambda: (step.optimizer.step(), step.optimizer.zero_grad(set_to_none=True)))
     return times
 
 
@@ -98,10 +90,7 @@ def main() -> None:
                                             tokenizer.pad_token_id, pack)
             for _ in range(args.warmup):
                 step()
-            method, ra = METHODS[method_name]
-            batch = PairCollator(required_sequences(method, ra), tokenizer.pad_token_id, pack=pack)([pair])
-            batch = {g: {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in grp.items()} for g, grp in batch.items()}
-            split = phases(policy, optimizer, ALGOS[args.algo], method_name, batch)
+            split = phases(step)
             wall, kernel_s, syncs, tables = profiled(step)
             section = [f"\n## {method_name} / {variant}: {tokens} tokens",
                        "phases (synchronised): " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in split.items()),

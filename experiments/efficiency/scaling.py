@@ -55,13 +55,14 @@ def launch(run_dir: Path, args: list[str], timeout: float) -> tuple[int, float]:
     return code, time.monotonic() - started
 
 
-def measured(run_dir: Path, warmup: int) -> dict:
-    """Step losses, per-GPU tokens/s after the warm-up steps and the peak memory, from the run's metrics.csv."""
+def measured(run_dir: Path, warmup: int, loss_steps: int) -> dict:
+    """The first step losses, per-GPU tokens/s after the warm-up steps and the peak memory, from the run's
+    metrics.csv."""
     rows = list(csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv")))
     losses = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
     speed = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s") and int(r["step"]) >= warmup]
     peaks = [float(r["train/peak_mem_gib"]) for r in rows if r.get("train/peak_mem_gib")]
-    return {"losses": [losses[s] for s in sorted(losses)],
+    return {"losses": [losses[s] for s in sorted(losses)][:loss_steps],
             "tokens_per_s_per_gpu": sum(speed) / len(speed) if speed else None, "peak_gib_per_gpu": max(peaks, default=None)}
 
 
@@ -117,9 +118,8 @@ def main() -> None:
                     row = {"model": model, "long": long, "algo": algo, "devices": devices, "global_batch": global_batch,
                            "status": status_of(code, run_dir), "seconds": round(seconds, 1)}
                     if row["status"] == "ok":
-                        found = measured(run_dir, args.warmup)
-                        row.update(found, loss_steps=", ".join(f"{x:.6g}" for x in found["losses"][:args.loss_steps]))
-                        row["losses"] = found["losses"][:args.loss_steps]
+                        row.update(measured(run_dir, args.warmup, args.loss_steps))
+                        row["loss_steps"] = ", ".join(f"{x:.6g}" for x in row["losses"])
                     cell.append(row)
                     print({k: v for k, v in row.items() if k != "losses"}, flush=True)
                 compare(cell, next((r for r in cell if r["devices"] == 1), None))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from failures import failure_record  # noqa: E402
-from study import Job, select, shell, study_jobs  # noqa: E402
+from study import ALGOS, ROWS, SEEDED_ROWS, Job, select, shell, study_jobs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LEADER_FACTOR = 1.5  # a leader also samples the pairs and evaluates the base model
@@ -200,12 +200,11 @@ def main() -> None:
                         "would end later, and jobs still running then are stopped")
     parser.add_argument("--job-seconds", type=float, default=180.0, help="expected seconds per job until one of the "
                         "same row has finished (leaders: x%.1f)" % LEADER_FACTOR)
-    parser.add_argument("--only", help="comma-separated rows (base, short_po, long_po, solopo, expand_long, solopo_both, "
-                        "solopo_detach)")
+    parser.add_argument("--only", help=f"comma-separated rows ({', '.join(ROWS)})")
     parser.add_argument("--names", help="comma-separated job names or shell patterns, e.g. 'long_po-*-s0,solopo-dpo-a3-s2'")
-    parser.add_argument("--algos", help="comma-separated algorithms (dpo, simpo, orpo)")
+    parser.add_argument("--algos", help=f"comma-separated algorithms ({', '.join(ALGOS)})")
     parser.add_argument("--seeds", default="0,1,2", help="the first gets every row, the others the seeded rows")
-    parser.add_argument("--seeded-rows", default="solopo,short_po,expand_long,long_po", help="rows repeated at every seed")
+    parser.add_argument("--seeded-rows", default=",".join(SEEDED_ROWS), help="rows repeated at every seed")
     parser.add_argument("--retry-failed", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job (after --)")

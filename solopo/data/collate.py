@@ -68,8 +68,9 @@ class PairCollator:
             sequences += [index] * (len(prompt) + len(resp))
             response += [False] * len(prompt) + [True] * len(resp)
         row = lambda values, dtype: torch.tensor(values, dtype=dtype).unsqueeze(0)  # noqa: E731  (1, T)
-        cu_seq_lens, max_length = packed_lengths(row(sequences, torch.long))
+        sequence_ids = row(sequences, torch.long)
         # The sequence boundaries, counted here on the host, for varlen kernels (solopo_varlen, flash-attention).
+        cu_seq_lens, max_length = packed_lengths(sequence_ids)
         return {"input_ids": row(ids, torch.long), "position_ids": row(positions, torch.long),
-                "sequence_ids": row(sequences, torch.long), "response_mask": row(response, torch.bool),
+                "sequence_ids": sequence_ids, "response_mask": row(response, torch.bool),
                 "cu_seq_lens": cu_seq_lens, "max_length": max_length}
