@@ -172,6 +172,16 @@ def logp_memory(args, name, policy, rows):
             release()
 
 
+def missing_cells(args, name, grid_rows, max_rows, logp_rows) -> bool:
+    grid_cells = [dict(algo=a, method=m, variant=v, long_len=n) for n in args.lengths for a in args.algos
+                  for m in args.methods for v in args.variants]
+    max_cells = [dict(method=m, variant=args.variants[0]) for m in args.methods] if name in args.max_length_models else []
+    logp_cells = [] if args.no_logp_memory else [dict(variant=v, context_len=n) for n in args.lengths
+                                                 for v in ("response_only", "full_logits")]
+    return any(not has_row(rows, model=name, **cell) for rows, cells in ((grid_rows, grid_cells), (max_rows, max_cells),
+                                                                         (logp_rows, logp_cells)) for cell in cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
@@ -190,24 +200,32 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--tag", default="", help="suffix of the table names, e.g. _packing: solopo_grid_packing.json")
     args = parser.parse_args()
 
     meta = {**environment(), "command": "python " + " ".join(sys.argv), "short_len": args.short,
             "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
-    grid_rows, max_rows, logp_rows = (previous_rows(args.out, name, args.resume)
-                                      for name in ("solopo_grid", "solopo_max_length", "logp_memory"))
+    tables = {name: (previous_rows(args.out, name + args.tag, args.resume), columns) for name, columns in (
+        ("solopo_grid", ["model", "algo", "method", "variant", "long_len", "tokens", "status", "step_s", "tokens_per_s",
+                         "tflops", "peak_gib"]),
+        ("solopo_max_length", ["model", "method", "variant", "max_long_len", "step_s_at_max", "peak_gib_at_max",
+                               "first_failure"]),
+        ("logp_memory", ["model", "variant", "context_len", "extra_peak_gib"]))}
+    grid_rows, max_rows, logp_rows = (rows for rows, _ in tables.values())
 
     def save():  # after every cell, so a run cut short still leaves its tables
-        write_table(args.out, "solopo_grid", grid_rows, ["model", "algo", "method", "variant", "long_len", "tokens",
-                    "status", "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
-        write_table(args.out, "solopo_max_length", max_rows, ["model", "method", "variant", "max_long_len", "step_s_at_max",
-                    "peak_gib_at_max", "first_failure"], meta)
-        write_table(args.out, "logp_memory", logp_rows, ["model", "variant", "context_len", "extra_peak_gib"], meta)
+        for name, (rows, columns) in tables.items():
+            if rows:
+                write_table(args.out, name + args.tag, rows, columns, meta)
 
     for name in args.models:
+        if not missing_cells(args, name, grid_rows, max_rows, logp_rows):
+            print(f"{name}: every cell is in {args.out} already (--resume)", flush=True)
+            continue  # not even loaded: SmolLM2's weights need the embedded model's cache
         spec = model_spec(name)
         tokenizer = load_tokenizer(spec)
-        policy = load_model(spec, tokenizer).to(DEVICE).train()
+        with torch.device(DEVICE if spec.random_init else "cpu"):  # random weights initialised on the GPU
+            policy = load_model(spec, tokenizer).to(DEVICE).train()
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")
         shape = Shape.of(policy.config)
         if not args.no_logp_memory:

@@ -99,7 +99,8 @@ def release() -> None:
 
 def environment() -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         commit = ""
     return {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
@@ -112,7 +113,10 @@ def previous_rows(out: Path, name: str, resume: bool) -> list[dict]:
     path = out / f"{name}.json"
     if not resume or not path.exists():
         return []
-    return [row for row in json.loads(path.read_text())["rows"] if not str(row.get("status", "ok")).startswith("error")]
+    table = json.loads(path.read_text())
+    # Each row keeps the commit that measured it: a table continued over calls may span commits.
+    return [{**row, "commit": row.get("commit", table["meta"].get("commit"))} for row in table["rows"]
+            if not str(row.get("status", "ok")).startswith("error")]
 
 
 def has_row(rows: list[dict], **key) -> bool:
@@ -121,12 +125,15 @@ def has_row(rows: list[dict], **key) -> bool:
 
 def write_table(out: Path, name: str, rows: list[dict], columns: list[str], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        row.setdefault("commit", meta.get("commit"))  # measured now
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    columns = [*columns, "commit"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
-    header = [f"# {name}", "", f"command: `{meta.get('command', '')}`", f"commit {meta.get('commit')}, "
-              f"{meta.get('gpu')}, torch {meta.get('torch')}", ""]
+    header = [f"# {name}", "", f"command: `{meta.get('command', '')}`", f"last call: commit {meta.get('commit')}, "
+              f"{meta.get('gpu')}, torch {meta.get('torch')}; each row names the commit that measured it", ""]
     (out / f"{name}.md").write_text("\n".join(header + lines) + "\n")
 
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The efficiency study's tables in one command: solopo's grid, longest context and log-prob memory
+# (bench.py), TRL's Long-PO (trl_bench.py), then the summary against the targets (summary.py).
+#
+#   bash experiments/efficiency/run.sh [BUDGET_S]
+#
+# Every script runs with --resume on RESULTS (experiments/efficiency/results): the cells already there are
+# kept and only the missing ones are measured, so the same command continues where a call cut short by
+# BUDGET_S (3600) stopped; each row names the commit that measured it. Start from an empty RESULTS folder to
+# measure everything again. Needs a GPU; trl and datasets for the TRL part; PYTHONPATH with what is not installed.
+set -o pipefail
+began=$(date +%s)
+BUDGET=${1:-3600}
+PY=${PYTHON:-python3}
+RESULTS=${RESULTS:-experiments/efficiency/results}
+LENGTHS=4096,8192,16384,32768,65536
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$RESULTS"
+left() { echo $(( BUDGET - ($(date +%s) - began) - 30 )); }  # 30 s kept for the summary
+
+step() {  # step LOG SCRIPT ARGS...: one script within the time left; a cell cut short is measured next time
+  local log=$1; shift
+  if [ "$(left)" -le 0 ]; then echo "no time left for $1: the next call runs it"; return 0; fi
+  timeout --signal=INT --kill-after=30 "$(left)" "$PY" "$@" --resume --out "$RESULTS" 2>&1 | tee -a "$RESULTS/$log"
+}
+
+step bench.log experiments/efficiency/bench.py --models qwen2.5-1.5b,smollm2 --variants padded --lengths "$LENGTHS" \
+  --max-lengths 131072,262144 --steps 2
+step trl.log experiments/efficiency/trl_bench.py --lengths "$LENGTHS" --max-lengths 131072 --steps 2
+"$PY" experiments/efficiency/summary.py --results "$RESULTS"
+echo "call took $(( $(date +%s) - began )) s"
