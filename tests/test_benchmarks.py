@@ -22,7 +22,8 @@ def script(name, *args, tmp_path):
 
 def test_bench_measures_every_method_and_variant(tmp_path):
     script("bench.py", "--models", "tiny", "--algos", "dpo", "--lengths", "384", "--variants", "padded,packed-sdpa,packed-varlen",
-           "--max-length-models", "none", "--steps", "1", "--out", str(tmp_path), *SMALL, tmp_path=tmp_path)
+           "--max-length-models", "none", "--logp-memory-models", "tiny", "--steps", "1", "--out", str(tmp_path), *SMALL,
+           tmp_path=tmp_path)
     rows = json.loads((tmp_path / "solopo_grid.json").read_text())["rows"]
     cells = {(r["method"], r["variant"]): r for r in rows}
     assert set(cells) == {(m, v) for m in ("solopo", "solopo_both", "long_po") for v in ("padded", "packed-sdpa", "packed-varlen")}
@@ -62,3 +63,34 @@ def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
     assert len(one["losses"]) == len(two["losses"]) == 3 and one["losses"][1] != one["losses"][0]  # training moved
     assert two["loss_max_rel_diff"] < 1e-5 and two["scaling_efficiency"] > 0 and one["scaling_efficiency"] == 1
     assert "NCCL_NVLS_ENABLE" in json.dumps(json.loads((tmp_path / "fsdp_scaling.json").read_text())["meta"])
+
+
+def test_summary_divides_the_measured_rows_and_checks_each_target(tmp_path):
+    """summary.py on hand-made tables: every ratio is the quotient of two rows, and each target's verdict follows."""
+    sys.path.insert(0, str(SCRIPTS))
+    import summary
+
+    def table(name, rows):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"meta": {"response_len": 64}, "rows": rows}))
+
+    row = lambda method, n, step, **kw: dict(model="qwen2.5-1.5b", algo="dpo", method=method, variant="padded",  # noqa: E731
+                                             long_len=n, status="ok", step_s=step, tflops=100.0, peak_gib=10.0, commit="abc", **kw)
+    table("solopo_grid", [r for n in (8192, 16384, 32768) for r in (row("solopo", n, 1.0), row("long_po", n, 2.0))]
+          + [row("long_po", 32768, 4.0)])  # a later measurement of the same cell wins
+    table("trl_long_po", [dict(model="qwen2.5-1.5b", trainer="trl-dpo", long_len=n, status=s, step_s=t, peak_gib=20.0)
+                          for n, s, t in ((16384, "ok", 2.5), (32768, "ok", 2.0), (131072, "ok", 30.0), (262144, "OOM", None))])
+    table("solopo_max_length", [dict(model="qwen2.5-1.5b", method="solopo", variant="padded", max_long_len=262144,
+                                     step_s_at_max=50.0, peak_gib_at_max=60.0, first_failure=None)])
+    table("logp_memory", [dict(model="qwen2.5-1.5b", variant=v, context_len=n, extra_peak_gib=g) for n, v, g in (
+        (4096, "response_only", 0.5), (65536, "response_only", 0.52), (4096, "full_logits", 9.0), (65536, "full_logits", "OOM"))])
+
+    out = summary.summarise(tmp_path)
+    ratios = {r["long_len"]: (r["solopo_vs_long_po"], r["solopo_vs_trl"]) for r in out["grid"]}
+    assert ratios == {8192: (0.5, None), 16384: (0.5, 0.4), 32768: (0.25, 0.5)}
+    assert out["longest"] == {"solopo": 262144, "trl-dpo": 131072}
+    text = (tmp_path / "summary.md").read_text()
+    assert "| SoLoPO <= 0.5x Long-PO's step (1.5B, DPO), 8K and beyond | 8K 0.50" in text and "0.25 (FLOP ratio 0.25) | yes |" in text
+    assert "16K 0.40, 32K 0.50 | yes |" in text
+    assert "SoLoPO 256K, TRL DPOTrainer 128K | yes for SoLoPO; no for TRL under 128K |" in text
+    assert "0.50 GiB at 4K, 0.52 GiB at 64K | yes |" in text
+    assert "| TRL DPOTrainer | 128K | 30.0 s | 20.0 GiB | OOM at 256K |" in text

@@ -38,7 +38,7 @@ def test_presets_compose_and_take_cpu_overrides(row, method, responses):
 def test_job_list_order_and_sampling_leaders():
     jobs = study.study_jobs((0, 1, 2))
     names = [j.name for j in jobs]
-    assert len(names) == len(set(names)) == 1 + 6 * 3 + 2 * 3 + 4 * 3 * 2  # base, 6 rows, alpha sweep, 4 rows x 2 seeds
+    assert len(names) == len(set(names)) == 1 + 6 * 3 + 2 * 3 + 5 * 3 * 2  # base, 6 rows, alpha sweep, 5 rows x 2 seeds
     assert names[0] == "base-s0" and names[-1] == "long_po-orpo-s2"  # the extra seeds of long_po go last
     assert "solopo-dpo-a3-s0" in names and "solopo-dpo-a0.3-s0" in names and "solopo-simpo-a1-s2" in names
     first = launch.leaders(jobs)

