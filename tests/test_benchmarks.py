@@ -94,3 +94,23 @@ def test_summary_divides_the_measured_rows_and_checks_each_target(tmp_path):
     assert "SoLoPO 256K, TRL DPOTrainer 128K | yes for SoLoPO; no for TRL under 128K |" in text
     assert "0.50 GiB at 4K, 0.52 GiB at 64K | yes |" in text
     assert "| TRL DPOTrainer | 128K | 30.0 s | 20.0 GiB | OOM at 256K |" in text
+
+
+def test_longest_context_probe_holds_adamw_state_as_later_steps_do():
+    """The probe's single step must hold AdamW's moments through its backward, as every step after a run's first does
+    (a fresh optimizer creates them only after the first backward, which would under-count the peak)."""
+    import torch
+
+    sys.path.insert(0, str(SCRIPTS))
+    from bench import with_optimizer_state
+
+    model = torch.nn.Linear(4, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    with_optimizer_state(model, optimizer)
+    assert all(set(optimizer.state[p]) >= {"exp_avg", "exp_avg_sq"} for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # zero gradients move nothing
+    state = optimizer.state[next(model.parameters())]["exp_avg"]
+    with_optimizer_state(model, optimizer)  # already there: untouched
+    assert optimizer.state[next(model.parameters())]["exp_avg"] is state

@@ -120,9 +120,21 @@ def grid(args, name, policy, optimizer, shape, pad_id, rows, save):
                     release()
 
 
+def with_optimizer_state(policy, optimizer) -> None:
+    """Allocate AdamW's moments now if no step has yet (they are created lazily, after the first backward): every
+    step but a run's first holds them through its backward, so a one-step probe without them would under-count."""
+    if not optimizer.state:
+        for p in policy.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
 def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
-    """The longest long context that trains (one DPO step, batch one pair) per method, in the first variant."""
+    """The longest long context that trains (one DPO step, batch one pair, AdamW's state resident as in every step
+    after a run's first) per method, in the first variant."""
     pack = use_variant(policy, args.variants[0])
+    with_optimizer_state(policy, optimizer)
     for method_name in args.methods:
         if has_row(rows, model=name, method=method_name, variant=args.variants[0]):
             continue
