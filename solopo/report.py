@@ -4,6 +4,7 @@
     python -m solopo.report outputs/a outputs/b --out report/
     python -m solopo.report runs/ --seeds                      # runs that differ only in seed: mean ± std
     python -m solopo.report runs/ --study --paper paper.json   # methods x algorithms (solopo.report_study)
+    python -m solopo.report runs/ --study --readme README.md   # also rewrite README's generated blocks
 
 Each row is one run: the config values that differ between the runs (algo, method, alpha,
 lengths, ...) against its evaluation scores (sub-EM by context length, the long-context average,
@@ -174,14 +175,26 @@ def main() -> None:
     parser.add_argument("--seeds", action="store_true", help="one row per config: mean ± std over its seeds")
     parser.add_argument("--study", action="store_true", help="also study.md: methods x algorithms, comparisons")
     parser.add_argument("--paper", type=Path, help="with --study: a JSON file of the paper's numbers to compare with")
+    parser.add_argument("--readme", type=Path, help="with --study: a page whose <!-- solopo.report:NAME --> blocks "
+                        "(runs, main, pivot, comparisons) are rewritten with the generated tables")
     args = parser.parse_args()
+    if args.readme and not args.study:
+        parser.error("--readme needs --study")
     out = args.out or args.dirs[0]
     paths = find_results(args.dirs)
     report = write_report(paths, out, seeds=args.seeds)
     if args.study:
-        from solopo.report_study import write_study
+        from solopo.report_study import fill_blocks, study_blocks, write_study
 
-        print(write_study([load_result(p) for p in paths], out, json.loads(args.paper.read_text()) if args.paper else {}))
+        results, paper = [load_result(p) for p in paths], json.loads(args.paper.read_text()) if args.paper else {}
+        print(write_study(results, out, paper))
+        if args.readme:
+            try:
+                text = fill_blocks(args.readme.read_text(), study_blocks(results, paper), str(args.readme))
+            except ValueError as err:
+                raise SystemExit(str(err)) from None
+            args.readme.write_text(text)
+            print(args.readme)
     print(out / "report.md")
     print(f"{len(report['rows'])} runs; varying: {', '.join(report['varying']) or 'nothing'}")
 

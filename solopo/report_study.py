@@ -8,6 +8,7 @@ training. Writes study.md and the plots study_accuracy_vs_length.png and study_s
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from solopo.report_paper import claims, efficiency, paper_scores
@@ -98,18 +99,46 @@ def comparisons(groups: dict, algos: list[str], paper: dict) -> list[str]:
     return lines
 
 
-def write_study(results: list[dict], out: Path, paper: dict | None = None) -> Path:
+BLOCK = re.compile(r"(<!-- solopo\.report:(\w+) -->\n)(.*?)(<!-- /solopo\.report:\2 -->)", re.S)
+
+
+def fill_blocks(text: str, blocks: dict[str, list[str]], where: str = "the document") -> str:
+    """Replace the body of every `<!-- solopo.report:NAME -->` ... `<!-- /solopo.report:NAME -->` block with the
+    generated lines of NAME, so that a hand-written page (a study's README) quotes tables that are regenerated, not
+    typed. An unknown NAME, or a page without any block, is an error naming the page."""
+    found = [m.group(2) for m in BLOCK.finditer(text)]
+    unknown = sorted(set(found) - set(blocks))
+    if not found or unknown:
+        raise ValueError(f"{where}: " + (f"unknown generated block(s) {', '.join(unknown)}; known: " if unknown else
+                         "no <!-- solopo.report:NAME --> ... <!-- /solopo.report:NAME --> block; NAME one of ")
+                         + ", ".join(sorted(blocks)))
+    return BLOCK.sub(lambda m: m.group(1) + "".join(line + "\n" for line in blocks[m.group(2)]) + m.group(4), text)
+
+
+def study_blocks(results: list[dict], paper: dict | None = None) -> dict[str, list[str]]:
+    """The generated pieces of the study, by the name a page's block asks for."""
     paper = paper or {}
     runs = [to_run(r) for r in results]
     groups = group(runs)
     lengths = list(dict.fromkeys(k for r in runs for k in r.scores if k != "avg long"))
     algos = list(dict.fromkeys(r.algo for r in runs if r.algo != BASE))
     failed = [r for r in runs if r.failed]
+    return {"runs": [f"{len(runs)} runs, {len(failed)} failed."], "main": main_table(groups, lengths),
+            "pivot": pivot(groups, algos, paper), "comparisons": comparisons(groups, algos, paper)}
+
+
+def write_study(results: list[dict], out: Path, paper: dict | None = None) -> Path:
+    paper = paper or {}
+    runs = [to_run(r) for r in results]
+    groups = group(runs)
+    lengths = list(dict.fromkeys(k for r in runs for k in r.scores if k != "avg long"))
+    algos = list(dict.fromkeys(r.algo for r in runs if r.algo != BASE))
+    blocks = study_blocks(results, paper)
     sections = [
-        "## Main table", "", f"Sub-EM (%) after training by context length, mean ± std over seeds; "
-        f"{len(runs)} runs, {len(failed)} failed.", "", *main_table(groups, lengths), "",
-        "## Average long-context sub-EM (%), methods x algorithms", "", *pivot(groups, algos, paper), "",
-        "## Comparisons (generated from the numbers)", "", *comparisons(groups, algos, paper), "",
+        "## Main table", "", f"Sub-EM (%) after training by context length, mean ± std over seeds; {blocks['runs'][0]}",
+        "", *blocks["main"], "",
+        "## Average long-context sub-EM (%), methods x algorithms", "", *blocks["pivot"], "",
+        "## Comparisons (generated from the numbers)", "", *blocks["comparisons"], "",
         "## Training time and memory", "", "Runs shared one GPU with others, so times are indicative.", "",
         *efficiency(groups, algos, paper), "",
     ]

@@ -4,6 +4,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from test_run import ROOT, run
 
 
@@ -116,3 +118,20 @@ def test_study_table_comparisons_and_paper_claims(tmp_path):
     assert VERDICT in text
     for png in ("study_accuracy_vs_length.png", "study_score_vs_alpha.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_blocks_are_rewritten_from_the_generated_tables(tmp_path):
+    from solopo.report_study import fill_blocks
+
+    page = ("# Study\n\nprose stays\n<!-- solopo.report:pivot -->\nold table\n<!-- /solopo.report:pivot -->\n"
+            "more prose\n<!-- solopo.report:runs -->\n<!-- /solopo.report:runs -->\n")
+    blocks = {"pivot": ["| method | DPO |", "|---|---|", "| solopo | 12.0 |"], "runs": ["3 runs, 0 failed."]}
+    text = fill_blocks(page, blocks, "README.md")
+    assert text == ("# Study\n\nprose stays\n<!-- solopo.report:pivot -->\n| method | DPO |\n|---|---|\n| solopo | 12.0 |\n"
+                    "<!-- /solopo.report:pivot -->\nmore prose\n<!-- solopo.report:runs -->\n3 runs, 0 failed.\n"
+                    "<!-- /solopo.report:runs -->\n")
+    assert fill_blocks(text, blocks) == text  # rewriting again changes nothing
+    with pytest.raises(ValueError, match="README.md: unknown generated block.s. tables; known: pivot, runs"):
+        fill_blocks("<!-- solopo.report:tables -->\n<!-- /solopo.report:tables -->", blocks, "README.md")
+    with pytest.raises(ValueError, match="README.md: no <!-- solopo.report:NAME -->"):
+        fill_blocks("no blocks here", blocks, "README.md")
