@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from common import (DEVICE, SHAPES, Shape, environment, has_row, is_oom, peak, previous_rows, random_ids, release,
+from common import (DEVICE, Shape, environment, has_row, is_oom, peak, previous_rows, random_ids, release, shape_fields,
                     reset_peak, timed, write_table)
 from solopo.algos import DPO, SimPO
 from solopo.data.collate import PairCollator
@@ -45,7 +45,7 @@ def model_spec(name: str) -> ModelSpec:
                   max_length=1 << 21)
     if name == "smollm2":
         return ModelSpec(name="embedded:smollm2-135m-instruct", **common)
-    return ModelSpec(name=name, random_init=SHAPES[name], **common)
+    return ModelSpec(name=name, random_init=shape_fields(name), **common)
 
 
 def make_pair(short: int, long: int, response: int, seed: int = 0) -> TokenizedPair:

@@ -15,17 +15,23 @@ import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for a dry run of the scripts
 
-# Random-weight shapes cost exactly what the real checkpoints cost to run.
-SHAPES = {
-    "tiny": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=1 << 20),
-    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
-                         max_position_embeddings=1 << 20, rope_theta=1e6),
-    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
-                       max_position_embeddings=1 << 20, rope_theta=1e6),
-}
+CONF = Path(__file__).resolve().parents[2] / "conf"
+# The benchmarks' model names and the conf/model presets of their random-weight shapes (random weights cost exactly
+# what the real checkpoints cost to run); `tiny` is for dry runs on the CPU.
+SHAPE_PRESETS = {"tiny": "tiny", "qwen2.5-1.5b": "qwen2_5_1_5b_shape", "qwen2.5-7b": "qwen2_5_7b_shape"}
+
+
+def shape_fields(name: str) -> dict:
+    """The config fields of a benchmark shape, from its conf/model preset (one definition for runs and benchmarks),
+    with room for the longest contexts measured here."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        model = compose("config", overrides=[f"model={SHAPE_PRESETS[name]}"]).model
+    fields = OmegaConf.to_container(model.random_init, resolve=True)
+    fields.setdefault("vocab_size", 49152)  # the embedded tokenizer's, which load_model gives a shape without one
+    return {**fields, "max_position_embeddings": 1 << 20}
 
 
 @dataclass(frozen=True)

@@ -133,10 +133,10 @@ def mfu(grid: list[dict], model: str, length: int, response: int) -> dict | None
     row = cell(grid, model=model, algo="dpo", method="long_po", variant="padded", long_len=length)
     if not ok(row):
         return None
-    from common import SHAPES, Shape  # torch only when a grid row needs the model's shape
+    from common import Shape, shape_fields  # torch and hydra only when a grid row needs the model's shape
 
     from transformers import AutoConfig
-    shape = Shape.of(AutoConfig.for_model(**SHAPES[model]))
+    shape = Shape.of(AutoConfig.for_model(**shape_fields(model)))
     dense = 2 * shape.train_flops(length, response, causal=False)  # two long sequences per Long-PO step
     return {"causal_tflops": row["tflops"], "dense_tflops": dense / row["step_s"] / 1e12,
             "dense_fraction": dense / row["step_s"] / 1e12 / H200_PEAK_TFLOPS}

@@ -20,9 +20,9 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, TrainerCallback
+from transformers import TrainerCallback
 
-from common import (DEVICE, SHAPES, Shape, environment, has_row, is_oom, peak, previous_rows, release, reset_peak, sync,
+from common import (DEVICE, Shape, environment, has_row, is_oom, peak, previous_rows, release, reset_peak, sync,
                     write_table)
 from bench import model_spec
 from solopo.models import ModelSpec, load_model, load_tokenizer
@@ -123,7 +123,7 @@ def main() -> None:
     for name in args.models:
         spec = model_spec(name)
         tokenizer = load_tokenizer(spec)
-        shape = Shape.of(AutoConfig.for_model(**SHAPES[name])) if spec.random_init else None
+        shape = None
         for length in args.lengths + args.max_lengths:
             longer = length not in args.lengths
             if longer and any(r["model"] == name and r["trainer"] == "trl-dpo" and r["long_len"] in args.max_lengths
