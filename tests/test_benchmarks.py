@@ -114,3 +114,22 @@ def test_longest_context_probe_holds_adamw_state_as_later_steps_do():
     state = optimizer.state[next(model.parameters())]["exp_avg"]
     with_optimizer_state(model, optimizer)  # already there: untouched
     assert optimizer.state[next(model.parameters())]["exp_avg"] is state
+
+
+def test_trl_bench_measures_its_cells_and_redoes_one_step_probes(tmp_path):
+    """trl_bench.py on the tiny model (where trl is installed: `pip install -e ".[bench]"`): DPO and SimPO cells, then
+    the longer context probed after one warm-up step; a row of an older one-step probe is measured again (--resume)."""
+    pytest.importorskip("trl")
+    args = ["--models", "tiny", "--lengths", "256", "--max-lengths", "384", "--response", "16", "--steps", "1",
+            "--out", str(tmp_path)]
+    script("trl_bench.py", *args, tmp_path=tmp_path)
+    rows = json.loads((tmp_path / "trl_long_po.json").read_text())["rows"]
+    assert [(r["trainer"], r["long_len"], r["warmup_steps"], r["status"]) for r in rows] == [
+        ("trl-dpo", 256, 1, "ok"), ("trl-simpo", 256, 1, "ok"), ("trl-dpo", 384, 1, "ok")]
+    table = json.loads((tmp_path / "trl_long_po.json").read_text())
+    table["rows"][-1].update(warmup_steps=0, step_s=-1.0)  # as the first 128K/256K rows were measured
+    (tmp_path / "trl_long_po.json").write_text(json.dumps(table))
+    script("trl_bench.py", *args, "--resume", tmp_path=tmp_path)
+    again = json.loads((tmp_path / "trl_long_po.json").read_text())["rows"]
+    assert again[:2] == rows[:2] and len(again) == 3
+    assert again[2]["warmup_steps"] == 1 and again[2]["step_s"] > 0
