@@ -104,3 +104,27 @@ def test_jobs_running_at_the_deadline_are_stopped_and_set_aside(tmp_path, monkey
     assert not (tmp_path / "base-s0").exists() and launch.status(tmp_path, jobs[0]) is None  # runs again next call
     (aside,) = (tmp_path / ".partial").iterdir()
     assert json.loads((aside / "job.json").read_text())["status"] == "interrupted"
+
+
+def test_a_job_out_of_memory_beside_others_runs_again_with_fewer(tmp_path, monkeypatch, capsys):
+    """Jobs share one GPU, so running out of its memory beside others is a transient: the job runs once more, when at
+    most half of --parallel run (here: alone, after the leader)."""
+    def command(self, root, python, extra):
+        run_dir = root / self.name
+        if self.name == "short_po-simpo-s0":  # out of memory on its first attempt only
+            code = ("import pathlib, sys; d = pathlib.Path(sys.argv[1]); m = d.parent / 'tried'\n"
+                    "if m.exists(): (d / 'results.json').write_text('{}')\n"
+                    "else: m.write_text(''); sys.exit('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB')")
+            return [python, "-c", code, str(run_dir)]
+        return fake_command(self, root, python, extra)
+
+    monkeypatch.setattr(study.Job, "command", command)
+    jobs = study.select(study.study_jobs((0,)), only={"short_po"}, algos={"dpo", "simpo"})
+    records = launch.run(jobs, tmp_path, parallel=2, deadline_s=60, default_s=5, extra=(), poll_s=0.05)
+    statuses = [(r["name"], r["status"]) for r in records]
+    assert statuses.count(("short_po-simpo-s0", "retried")) == 1 and ("short_po-simpo-s0", "done") in statuses
+    assert not (tmp_path / "short_po-simpo-s0" / "failed.json").exists()
+    leader_end = next(r["ended_at"] for r in records if r["name"] == "short_po-dpo-s0")
+    second = [r for r in records if r["name"] == "short_po-simpo-s0"][-1]
+    assert second["ended_at"] - second["seconds"] >= leader_end - 0.1  # started once the leader was done
+    assert "out of memory beside 1 other jobs; it starts again when at most 0 others run" in capsys.readouterr().out

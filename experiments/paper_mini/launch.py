@@ -9,7 +9,8 @@ A job whose run directory holds results.json is done and skipped, and one that f
 for the first of them, the key's leader, to be past sampling, reference log-probs and the base model's
 evaluation (all cached on disk); at most --samplers leaders sample at once, so the GPU goes to the jobs
 first in the study's order. A job is started only if its expected duration fits before --deadline; at the
-deadline running jobs are stopped, set aside and rerun by the next call. Each job writes launch.log (its
+deadline running jobs are stopped, set aside and rerun by the next call. A job that runs out of GPU memory
+beside others is run once more, when at most half of --parallel run. Each job writes launch.log (its
 output) and job.json (status, seconds, command); a failed one also writes failed.json (reason, detail,
 config), which `python -m solopo.report` shows as a row. Words after -- are Hydra overrides for every job.
 """
@@ -143,6 +144,7 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
     states = {job: status(root, job) for job in jobs}
     pending = [j for j in jobs if states[j] is None or (retry_failed and states[j] == "failed")]
     seen, records, free = history(root), [], set()  # free: sampling keys whose leader is released
+    retried: set[Job] = set()  # out of memory beside other jobs: run once more, with fewer beside it
     running: dict[Job, tuple[subprocess.Popen, float, list[str]]] = {}
     threads = max(1, (os.cpu_count() or 2) // parallel)
     say = lambda text: print(f"[{time.monotonic() - began:6.0f}s] {text}", flush=True)  # noqa: E731
@@ -155,6 +157,15 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
             leader = first[job.sampling_key] is job
             records.append(finish(job, root, proc, started, leader, command))
             states[job] = records[-1]["status"]
+            if records[-1].get("reason") == "out of memory" and running and job not in retried:
+                # The GPU was shared with the jobs still running: a transient, not the job's own size.
+                retried.add(job)
+                (root / job.name / "failed.json").unlink()
+                records[-1]["status"], states[job] = "retried", None
+                pending.insert(0, job)
+                say(f"retry  {job.name} ({records[-1]['seconds']:.0f}s): out of memory beside {len(running)} other "
+                    f"jobs; it starts again when at most {max(1, parallel // 2) - 1} others run")
+                continue
             seen[(job.row, leader)] = max(seen.get((job.row, leader), 0.0), records[-1]["seconds"])
             say(f"{states[job]:<6} {job.name} ({records[-1]['seconds']:.0f}s)"
                 + (f": {records[-1]['reason']}" if "reason" in records[-1] else ""))
@@ -178,6 +189,8 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
                 continue  # enough sampling at once: the slots go to jobs that have their pairs
             if estimate(job, leader is job, seen, default_s) > left:
                 continue  # cannot finish before the deadline; a shorter job further down may
+            if job in retried and len(running) >= max(1, parallel // 2):
+                continue
             command = job.command(root, sys.executable, extra)
             running[job] = (start(job, root, command, threads), time.monotonic(), command)
             pending.remove(job)
