@@ -133,3 +133,21 @@ def test_trl_bench_measures_its_cells_and_redoes_one_step_probes(tmp_path):
     again = json.loads((tmp_path / "trl_long_po.json").read_text())["rows"]
     assert again[:2] == rows[:2] and len(again) == 3
     assert again[2]["warmup_steps"] == 1 and again[2]["step_s"] > 0
+
+
+def test_longest_context_probe_names_its_allocator_and_is_redone_under_another(tmp_path):
+    """A longest-context verdict depends on the CUDA allocator's settings (fragmentation decides an OOM at the edge):
+    each probe records them, and --resume probes again rows measured under other settings."""
+    args = ["--models", "tiny", "--algos", "dpo", "--methods", "long_po", "--variants", "padded", "--lengths", "",
+            "--max-lengths", "256,320", "--max-length-models", "tiny", "--no-logp-memory", "--out", str(tmp_path), *SMALL]
+    script("bench.py", *args, tmp_path=tmp_path)
+    (row,) = json.loads((tmp_path / "solopo_max_length.json").read_text())["rows"]
+    assert row["max_long_len"] == 320 and row["first_failure"] is None
+    assert row["alloc_conf"] == os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    table = json.loads((tmp_path / "solopo_max_length.json").read_text())
+    del table["rows"][0]["alloc_conf"]  # as the rows measured before the setting was recorded
+    table["rows"][0]["max_long_len"] = 128
+    (tmp_path / "solopo_max_length.json").write_text(json.dumps(table))
+    script("bench.py", *args, "--resume", tmp_path=tmp_path)
+    (again,) = json.loads((tmp_path / "solopo_max_length.json").read_text())["rows"]
+    assert again["max_long_len"] == 320 and again["alloc_conf"] == row["alloc_conf"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from common import (DEVICE, Shape, environment, has_row, is_oom, peak, previous_rows, random_ids, release, shape_fields,
+from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, peak, previous_rows, random_ids, release, shape_fields,
                     reset_peak, timed, write_table)
 from solopo.algos import DPO, SimPO
 from solopo.data.collate import PairCollator
@@ -136,7 +136,7 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
     pack = use_variant(policy, args.variants[0])
     with_optimizer_state(policy, optimizer)
     for method_name in args.methods:
-        if has_row(rows, model=name, method=method_name, variant=args.variants[0]):
+        if has_row(rows, model=name, method=method_name, variant=args.variants[0], **PROBE):
             continue
         best = None
         for length in args.max_lengths:
@@ -148,9 +148,11 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
             if cell["status"] != "ok":
                 break
             best = {"long_len": length, "step_s": cell["step_s"], "peak_gib": cell["peak_gib"]}
+        rows[:] = [r for r in rows if not (r["model"] == name and r["method"] == method_name
+                                           and r.get("variant") == args.variants[0])]  # an older probe, redone
         rows.append({"model": name, "method": method_name, "variant": args.variants[0],
                      "max_long_len": best and best["long_len"], "step_s_at_max": best and best["step_s"], "peak_gib_at_max": best and best["peak_gib"],
-                     "first_failure": None if best and best["long_len"] == args.max_lengths[-1] else "OOM"})
+                     "first_failure": None if best and best["long_len"] == args.max_lengths[-1] else "OOM", **PROBE})
         save()
 
 
@@ -191,7 +193,8 @@ def logs_memory(args, name: str) -> bool:
 def missing_cells(args, name, grid_rows, max_rows, logp_rows) -> bool:
     grid_cells = [dict(algo=a, method=m, variant=v, long_len=n) for n in args.lengths for a in args.algos
                   for m in args.methods for v in args.variants]
-    max_cells = [dict(method=m, variant=args.variants[0]) for m in args.methods] if name in args.max_length_models else []
+    max_cells = ([dict(method=m, variant=args.variants[0], **PROBE) for m in args.methods]
+                 if name in args.max_length_models else [])
     logp_cells = [] if not logs_memory(args, name) else [dict(variant=v, context_len=n) for n in args.lengths
                                                  for v in ("response_only", "full_logits")]
     return any(not has_row(rows, model=name, **cell) for rows, cells in ((grid_rows, grid_cells), (max_rows, max_cells),

@@ -22,7 +22,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from common import (DEVICE, Shape, environment, has_row, is_oom, peak, previous_rows, release, reset_peak, sync,
+from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, peak, previous_rows, release, reset_peak, sync,
                     write_table)
 from bench import model_spec
 from solopo.models import ModelSpec, load_model, load_tokenizer
@@ -134,7 +134,7 @@ def main() -> None:
             warmup, steps = (1, 1) if longer else (args.warmup, args.steps)
             for algo in ["dpo"] if longer else args.algos:
                 if has_row(rows, model=name, trainer=f"trl-{algo}", long_len=length,
-                           **({"warmup_steps": warmup} if longer else {})):
+                           **({"warmup_steps": warmup, **PROBE} if longer else {})):
                     continue  # measured by an earlier call (--resume)
                 cell, config = measure(algo, spec, tokenizer, length, args.response, warmup, steps)
                 shape = shape or (config and Shape.of(config))
@@ -143,7 +143,7 @@ def main() -> None:
                                 tflops=2 * shape.train_flops(length, args.response) / cell["step_s"] / 1e12)
                 rows = [r for r in rows if not (r["model"] == name and r["trainer"] == f"trl-{algo}" and r["long_len"] == length)]
                 rows.append({"model": name, "trainer": f"trl-{algo}", "long_len": length, "tokens": 2 * length,
-                             "warmup_steps": warmup, **cell})
+                             "warmup_steps": warmup, **(PROBE if longer else {}), **cell})
                 print(rows[-1], flush=True)
                 write_table(args.out, "trl_long_po", rows, ["model", "trainer", "long_len", "tokens", "warmup_steps", "status",
                             "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
