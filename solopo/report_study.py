@@ -115,13 +115,17 @@ def fill_blocks(text: str, blocks: dict[str, list[str]], where: str = "the docum
     return BLOCK.sub(lambda m: m.group(1) + "".join(line + "\n" for line in blocks[m.group(2)]) + m.group(4), text)
 
 
+def _view(results: list[dict]) -> tuple[list[Run], dict, list[str], list[str]]:
+    """The runs, their groups over seeds, the evaluated lengths and the algorithms, in the order met."""
+    runs = [to_run(r) for r in results]
+    lengths = list(dict.fromkeys(k for r in runs for k in r.scores if k != "avg long"))
+    return runs, group(runs), lengths, list(dict.fromkeys(r.algo for r in runs if r.algo != BASE))
+
+
 def study_blocks(results: list[dict], paper: dict | None = None) -> dict[str, list[str]]:
     """The generated pieces of the study, by the name a page's block asks for."""
     paper = paper or {}
-    runs = [to_run(r) for r in results]
-    groups = group(runs)
-    lengths = list(dict.fromkeys(k for r in runs for k in r.scores if k != "avg long"))
-    algos = list(dict.fromkeys(r.algo for r in runs if r.algo != BASE))
+    runs, groups, lengths, algos = _view(results)
     failed = [r for r in runs if r.failed]
     return {"runs": [f"{len(runs)} runs, {len(failed)} failed."], "main": main_table(groups, lengths),
             "pivot": pivot(groups, algos, paper), "comparisons": comparisons(groups, algos, paper)}
@@ -129,10 +133,7 @@ def study_blocks(results: list[dict], paper: dict | None = None) -> dict[str, li
 
 def write_study(results: list[dict], out: Path, paper: dict | None = None) -> Path:
     paper = paper or {}
-    runs = [to_run(r) for r in results]
-    groups = group(runs)
-    lengths = list(dict.fromkeys(k for r in runs for k in r.scores if k != "avg long"))
-    algos = list(dict.fromkeys(r.algo for r in runs if r.algo != BASE))
+    _, groups, lengths, algos = _view(results)
     blocks = study_blocks(results, paper)
     sections = [
         "## Main table", "", f"Sub-EM (%) after training by context length, mean ± std over seeds; {blocks['runs'][0]}",

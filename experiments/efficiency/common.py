@@ -142,6 +142,12 @@ def has_row(rows: list[dict], **key) -> bool:
     return any(all(row.get(k) == v for k, v in key.items()) for row in rows)
 
 
+def put_row(rows: list[dict], row: dict, *key: str) -> None:
+    """Append ``row``, dropping an earlier row of the same cell (the same values of ``key``): a probe redone."""
+    rows[:] = [r for r in rows if any(r.get(k) != row[k] for k in key)]
+    rows.append(row)
+
+
 def write_table(out: Path, name: str, rows: list[dict], columns: list[str], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for row in rows:

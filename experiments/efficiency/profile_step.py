@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench import ALGOS, VARIANTS, TrainStep, make_pair, model_spec, train_step, use_variant
+from bench import ALGOS, VARIANTS, TrainStep, load_policy, make_pair, model_spec, train_step, use_variant
 from common import DEVICE, sync
-from solopo.models import load_model, load_tokenizer
+from solopo.models import load_tokenizer
 from solopo.objective import solopo_objective
 
 
@@ -77,7 +77,7 @@ def main() -> None:
 
     spec = model_spec(args.model)
     tokenizer = load_tokenizer(spec)
-    policy = load_model(spec, tokenizer).to(DEVICE).train()
+    policy = load_policy(spec, tokenizer).train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")
     pair = make_pair(args.short, args.length, args.response)
     gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"

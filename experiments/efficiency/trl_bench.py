@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, peak, previous_rows, release, reset_peak, sync,
-                    write_table)
-from bench import model_spec
-from solopo.models import ModelSpec, load_model, load_tokenizer
+from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, peak, previous_rows, put_row, release, reset_peak,
+                    sync, write_table)
+from bench import load_policy, model_spec
+from solopo.models import ModelSpec, load_tokenizer
 
 WORDS = " the of and to in is was for on that with as by at from his her it an are were which this be or".split()
 
@@ -80,9 +79,7 @@ def measure(algo: str, spec: ModelSpec, tokenizer, length: int, response: int, w
     timer = StepTimer(warmup)
     model = config = None
     try:
-        # random weights initialised on the GPU: about a minute less per cell than on the CPU
-        with torch.device(DEVICE if spec.random_init else "cpu"):
-            model = load_model(spec, tokenizer).to(DEVICE)
+        model = load_policy(spec, tokenizer)
         config = model.config
         with tempfile.TemporaryDirectory() as out:
             # An explicit fingerprint skips datasets' hashing of the table (it fails on some pyarrow/dill pairs).
@@ -108,7 +105,8 @@ def main() -> None:
     parser.add_argument("--response", type=int, default=64)
     parser.add_argument("--lengths", type=ints, default=[4096, 8192, 16384, 32768, 65536])
     parser.add_argument("--max-lengths", type=ints, default=[131072, 262144],
-                        help="longer contexts tried with DPO (one step each) until the first that does not train")
+                        help="longer contexts tried with DPO (a warm-up step, then one timed) until the first that "
+                             "does not train")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -141,9 +139,8 @@ def main() -> None:
                 if cell["status"] == "ok":
                     cell.update(tokens_per_s=2 * length / cell["step_s"],
                                 tflops=2 * shape.train_flops(length, args.response) / cell["step_s"] / 1e12)
-                rows = [r for r in rows if not (r["model"] == name and r["trainer"] == f"trl-{algo}" and r["long_len"] == length)]
-                rows.append({"model": name, "trainer": f"trl-{algo}", "long_len": length, "tokens": 2 * length,
-                             "warmup_steps": warmup, **(PROBE if longer else {}), **cell})
+                put_row(rows, {"model": name, "trainer": f"trl-{algo}", "long_len": length, "tokens": 2 * length,
+                               "warmup_steps": warmup, **(PROBE if longer else {}), **cell}, "model", "trainer", "long_len")
                 print(rows[-1], flush=True)
                 write_table(args.out, "trl_long_po", rows, ["model", "trainer", "long_len", "tokens", "warmup_steps", "status",
                             "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
