@@ -145,6 +145,7 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
     pending = [j for j in jobs if states[j] is None or (retry_failed and states[j] == "failed")]
     seen, records, free = history(root), [], set()  # free: sampling keys whose leader is released
     retried: set[Job] = set()  # out of memory beside other jobs: run once more, with fewer beside it
+    retry_below = max(1, parallel // 2)  # a retried job starts when fewer than this many run
     running: dict[Job, tuple[subprocess.Popen, float, list[str]]] = {}
     threads = max(1, (os.cpu_count() or 2) // parallel)
     say = lambda text: print(f"[{time.monotonic() - began:6.0f}s] {text}", flush=True)  # noqa: E731
@@ -164,7 +165,7 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
                 records[-1]["status"], states[job] = "retried", None
                 pending.insert(0, job)
                 say(f"retry  {job.name} ({records[-1]['seconds']:.0f}s): out of memory beside {len(running)} other "
-                    f"jobs; it starts again when at most {max(1, parallel // 2) - 1} others run")
+                    f"jobs; it starts again when at most {retry_below - 1} others run")
                 continue
             seen[(job.row, leader)] = max(seen.get((job.row, leader), 0.0), records[-1]["seconds"])
             say(f"{states[job]:<6} {job.name} ({records[-1]['seconds']:.0f}s)"
@@ -189,7 +190,7 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
                 continue  # enough sampling at once: the slots go to jobs that have their pairs
             if estimate(job, leader is job, seen, default_s) > left:
                 continue  # cannot finish before the deadline; a shorter job further down may
-            if job in retried and len(running) >= max(1, parallel // 2):
+            if job in retried and len(running) >= retry_below:
                 continue
             command = job.command(root, sys.executable, extra)
             running[job] = (start(job, root, command, threads), time.monotonic(), command)

@@ -16,9 +16,8 @@ PAPER_ALPHA = {"dpo": 3.0, "simpo": 1.0, "orpo": 1.0}  # the paper's best alpha 
 ALPHAS = (0.3, 1.0, 3.0)  # the alpha sweep of the solopo row
 ROWS = ("base", "short_po", "long_po", "solopo", "expand_long", "solopo_both", "solopo_detach")  # first seed, in order
 # Repeated at every seed, by priority: the main comparison (SoLoPO and its no-gradient-to-the-short-side variant
-# against the strongest baseline, Short-PO), then
-# long_po last, since on 4K contexts the base model rarely answers right, so its pairs (sampled on x_long, the most
-# expensive sampling of the study) may not exist at all.
+# against the strongest baseline, Short-PO), then long_po last, since on 4K contexts the base model rarely answers
+# right, so its pairs (sampled on x_long, the most expensive sampling of the study) may not exist at all.
 SEEDED_ROWS = ("solopo", "solopo_detach", "short_po", "expand_long", "long_po")
 RA_ROWS = ("solopo", "solopo_both", "solopo_detach")  # rows whose alpha matters
 
