@@ -80,20 +80,24 @@ def test_summary_divides_the_measured_rows_and_checks_each_target(tmp_path):
     table("trl_long_po", [dict(model="qwen2.5-1.5b", trainer="trl-dpo", long_len=n, status=s, step_s=t, peak_gib=20.0)
                           for n, s, t in ((16384, "ok", 2.5), (32768, "ok", 2.0), (131072, "ok", 30.0), (262144, "OOM", None))])
     table("solopo_max_length", [dict(model="qwen2.5-1.5b", method="solopo", variant="padded", max_long_len=262144,
-                                     step_s_at_max=50.0, peak_gib_at_max=60.0, first_failure=None)])
+                                     step_s_at_max=50.0, peak_gib_at_max=60.0, first_failure=None),
+                                dict(model="qwen2.5-1.5b", method="long_po", variant="padded", max_long_len=262144,
+                                     step_s_at_max=100.0, peak_gib_at_max=120.0, first_failure="OOM", failed_len=393216)])
     table("logp_memory", [dict(model="qwen2.5-1.5b", variant=v, context_len=n, extra_peak_gib=g) for n, v, g in (
         (4096, "response_only", 0.5), (65536, "response_only", 0.52), (4096, "full_logits", 9.0), (65536, "full_logits", "OOM"))])
 
     out = summary.summarise(tmp_path)
     ratios = {r["long_len"]: (r["solopo_vs_long_po"], r["solopo_vs_trl"]) for r in out["grid"]}
     assert ratios == {8192: (0.5, None), 16384: (0.5, 0.4), 32768: (0.25, 0.5)}
-    assert out["longest"] == {"solopo": 262144, "trl-dpo": 131072}
+    assert out["longest"] == {"solopo": 262144, "long_po": 262144, "trl-dpo": 131072}
     text = (tmp_path / "summary.md").read_text()
     assert "| SoLoPO <= 0.5x Long-PO's step (1.5B, DPO), 8K and beyond | 8K 0.50" in text and "0.25 (FLOP ratio 0.25) | yes |" in text
     assert "16K 0.40, 32K 0.50 | yes |" in text
     assert "SoLoPO 256K, TRL DPOTrainer 128K | yes for SoLoPO; no for TRL under 128K |" in text
     assert "0.50 GiB at 4K, 0.52 GiB at 64K | yes |" in text
     assert "| TRL DPOTrainer | 128K | 30.0 s | 20.0 GiB | OOM at 256K |" in text
+    assert "| SoLoPO chosen-only (padded) | 256K | 50.0 s | 60.0 GiB | not tried |" in text
+    assert "| Long-PO (padded) | 256K | 100.0 s | 120.0 GiB | OOM at 384K |" in text
 
 
 def test_longest_context_probe_holds_adamw_state_as_later_steps_do():
@@ -151,3 +155,19 @@ def test_longest_context_probe_names_its_allocator_and_is_redone_under_another(t
     script("bench.py", *args, "--resume", tmp_path=tmp_path)
     (again,) = json.loads((tmp_path / "solopo_max_length.json").read_text())["rows"]
     assert again["max_long_len"] == 320 and again["alloc_conf"] == row["alloc_conf"]
+
+
+def test_longest_context_probe_goes_on_from_where_it_stopped(tmp_path):
+    """A probe that trained at every length it reached (a call cut short, or longer lengths asked for now) goes on
+    under --resume from its longest length, without measuring the shorter ones again; a finished one is kept."""
+    args = ["--models", "tiny", "--algos", "dpo", "--methods", "long_po", "--variants", "padded", "--lengths", "",
+            "--max-length-models", "tiny", "--no-logp-memory", "--out", str(tmp_path), *SMALL]
+    script("bench.py", *args, "--max-lengths", "256", tmp_path=tmp_path)
+    (first,) = json.loads((tmp_path / "solopo_max_length.json").read_text())["rows"]
+    assert first["max_long_len"] == 256 and first["first_failure"] is None
+    log = script("bench.py", *args, "--max-lengths", "256,320", "--resume", tmp_path=tmp_path)
+    (row,) = json.loads((tmp_path / "solopo_max_length.json").read_text())["rows"]
+    assert row["max_long_len"] == 320 and row["first_failure"] is None and row["failed_len"] is None
+    assert "'long_len': 320" in log and "'long_len': 256" not in log
+    log = script("bench.py", *args, "--max-lengths", "256,320", "--resume", tmp_path=tmp_path)
+    assert "every cell is in" in log

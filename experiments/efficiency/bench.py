@@ -137,30 +137,43 @@ def with_optimizer_state(policy, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
+def probe_finished(rows: list[dict], key: dict, max_lengths: list[int]) -> bool:
+    """A longest-context probe is finished once a length failed or the longest asked for trained, under this
+    allocator setting; one that trained at every length it reached (cut short, or asked now for longer lengths) goes on."""
+    row = next((r for r in rows if has_row([r], **key, **PROBE)), None)
+    return row is not None and (row["first_failure"] is not None or (row["max_long_len"] or 0) >= max(max_lengths, default=0))
+
+
 def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
     """The longest long context that trains (one DPO step, batch one pair, AdamW's state resident as in every step
-    after a run's first) per method, in the first variant."""
+    after a run's first) per method, in the first variant. The row is saved after every length, so a call cut short
+    keeps what it measured and --resume goes on from the longest length trained."""
     pack = use_variant(policy, args.variants[0])
     with_optimizer_state(policy, optimizer)
     for method_name in args.methods:
-        if has_row(rows, model=name, method=method_name, variant=args.variants[0], **PROBE):
+        key = {"model": name, "method": method_name, "variant": args.variants[0]}
+        if probe_finished(rows, key, args.max_lengths):
             continue
-        best = None
+        earlier = next((r for r in rows if has_row([r], **key, **PROBE)), {})
+        best = earlier.get("max_long_len") and {"long_len": earlier["max_long_len"], "step_s": earlier["step_s_at_max"],
+                                                "peak_gib": earlier["peak_gib_at_max"]}
         for length in args.max_lengths:
+            if best and length <= best["long_len"]:
+                continue  # trained in an earlier call
             pair = make_pair(args.short, length, args.response)
             step, keys, tokens = train_step(policy, optimizer, ALGOS["dpo"], method_name, pair, pad_id, pack)
             cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens, 0, 1)
             print({"model": name, "method": method_name, "long_len": length, **cell}, flush=True)
             release()
-            if cell["status"] != "ok":
+            failed = cell["status"] != "ok"
+            if not failed:
+                best = {"long_len": length, "step_s": cell["step_s"], "peak_gib": cell["peak_gib"]}
+            put_row(rows, {**key, "max_long_len": best and best["long_len"], "step_s_at_max": best and best["step_s"],
+                           "peak_gib_at_max": best and best["peak_gib"], "first_failure": cell["status"] if failed else None,
+                           "failed_len": length if failed else None, **PROBE}, "model", "method", "variant")
+            save()
+            if failed:
                 break
-            best = {"long_len": length, "step_s": cell["step_s"], "peak_gib": cell["peak_gib"]}
-        put_row(rows, {"model": name, "method": method_name, "variant": args.variants[0],
-                       "max_long_len": best and best["long_len"], "step_s_at_max": best and best["step_s"],
-                       "peak_gib_at_max": best and best["peak_gib"],
-                       "first_failure": None if best and best["long_len"] == args.max_lengths[-1] else "OOM", **PROBE},
-                "model", "method", "variant")
-        save()
 
 
 def logp_memory(args, name, policy, rows):
@@ -200,12 +213,13 @@ def logs_memory(args, name: str) -> bool:
 def missing_cells(args, name, grid_rows, max_rows, logp_rows) -> bool:
     grid_cells = [dict(algo=a, method=m, variant=v, long_len=n) for n in args.lengths for a in args.algos
                   for m in args.methods for v in args.variants]
-    max_cells = ([dict(method=m, variant=args.variants[0], **PROBE) for m in args.methods]
-                 if name in args.max_length_models else [])
+    probes = [dict(model=name, method=m, variant=args.variants[0]) for m in args.methods]
+    if name in args.max_length_models and not all(probe_finished(max_rows, key, args.max_lengths) for key in probes):
+        return True
     logp_cells = [] if not logs_memory(args, name) else [dict(variant=v, context_len=n) for n in args.lengths
                                                  for v in ("response_only", "full_logits")]
-    return any(not has_row(rows, model=name, **cell) for rows, cells in ((grid_rows, grid_cells), (max_rows, max_cells),
-                                                                         (logp_rows, logp_cells)) for cell in cells)
+    return any(not has_row(rows, model=name, **cell) for rows, cells in ((grid_rows, grid_cells), (logp_rows, logp_cells))
+               for cell in cells)
 
 
 def main() -> None:
@@ -237,7 +251,7 @@ def main() -> None:
         ("solopo_grid", ["model", "algo", "method", "variant", "long_len", "tokens", "status", "step_s", "tokens_per_s",
                          "tflops", "peak_gib"]),
         ("solopo_max_length", ["model", "method", "variant", "max_long_len", "step_s_at_max", "peak_gib_at_max",
-                               "first_failure"]),
+                               "first_failure", "failed_len"]),
         ("logp_memory", ["model", "variant", "context_len", "extra_peak_gib"]))}
     grid_rows, max_rows, logp_rows = (rows for rows, _ in tables.values())
 

@@ -15,6 +15,7 @@ BUDGET=${1:-3600}
 PY=${PYTHON:-python3}
 RESULTS=${RESULTS:-experiments/efficiency/results}
 LENGTHS=4096,8192,16384,32768,65536
+MAX_LENGTHS=131072,262144,393216,524288  # the longest-context probes stop at the first length that fails
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
 left() { echo $(( BUDGET - ($(date +%s) - began) - 30 )); }  # 30 s kept for the summary
@@ -26,8 +27,8 @@ step() {  # step LOG SCRIPT ARGS...: one script within the time left; a cell cut
 }
 
 step bench.log experiments/efficiency/bench.py --models qwen2.5-1.5b,smollm2 --variants padded --lengths "$LENGTHS" \
-  --max-lengths 131072,262144 --max-length-models qwen2.5-1.5b,smollm2 --steps 2
+  --max-lengths "$MAX_LENGTHS" --max-length-models qwen2.5-1.5b,smollm2 --steps 2
 step trl.log experiments/efficiency/trl_bench.py --models qwen2.5-1.5b,smollm2 --lengths "$LENGTHS" \
-  --max-lengths 131072,262144 --steps 2
+  --max-lengths "$MAX_LENGTHS" --steps 2
 "$PY" experiments/efficiency/summary.py --results "$RESULTS"
 echo "call took $(( $(date +%s) - began )) s"

@@ -76,6 +76,13 @@ def grid_section(grid: list[dict], trl: list[dict], model: str, algo: str) -> tu
     return lines + [""], out
 
 
+def next_length(row: dict) -> str:
+    """What happened one length past the longest trained: the failure and its length, or no try."""
+    if not row["first_failure"]:
+        return "not tried"
+    return row["first_failure"] + (f" at {length_label(row['failed_len'])}" if row.get("failed_len") else "")
+
+
 def longest_section(max_rows: list[dict], trl: list[dict], model: str) -> tuple[list[str], dict]:
     lines = ["| configuration | longest long context trained | step there | peak there | next length |", "|---|---|---|---|---|"]
     found = {}
@@ -84,7 +91,7 @@ def longest_section(max_rows: list[dict], trl: list[dict], model: str) -> tuple[
             continue
         found[r["method"]] = r["max_long_len"]
         lines.append(f"| {METHOD_LABELS.get(r['method'], r['method'])} ({r.get('variant', 'padded')}) | {length_label(r['max_long_len']) if r['max_long_len'] else 'none'} | "
-                     f"{fmt(r['step_s_at_max'], 1)} s | {fmt(r['peak_gib_at_max'], 1)} GiB | {r['first_failure'] or 'not tried'} |")
+                     f"{fmt(r['step_s_at_max'], 1)} s | {fmt(r['peak_gib_at_max'], 1)} GiB | {next_length(r)} |")
     trl_dpo = sorted((r for r in trl if r["model"] == model and r["trainer"] == "trl-dpo"), key=lambda r: r["long_len"])
     if trl_dpo:
         trained = [r for r in trl_dpo if ok(r)]
