@@ -171,3 +171,38 @@ def test_longest_context_probe_goes_on_from_where_it_stopped(tmp_path):
     assert "'long_len': 320" in log and "'long_len': 256" not in log
     log = script("bench.py", *args, "--max-lengths", "256,320", "--resume", tmp_path=tmp_path)
     assert "every cell is in" in log
+
+
+def test_run_sh_resumes_every_script_into_one_results_folder(tmp_path):
+    """The one command: each script with --resume into RESULTS, the SmolLM2 probes capped lower, then the summary."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), RESULTS=str(tmp_path / "results"))
+    done = subprocess.run(["bash", str(SCRIPTS / "run.sh"), "600"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert [line.split()[0].rsplit("/", 1)[-1] for line in lines] == ["bench.py", "bench.py", "trl_bench.py",
+                                                                      "trl_bench.py", "summary.py"]
+    assert all(line.endswith(f"--resume --out {tmp_path / 'results'}") for line in lines[:4])
+    assert "--models smollm2" in lines[1] and "--max-lengths 131072,262144 " in lines[1]
+    assert "--max-length-models qwen2.5-1.5b " in lines[0] and "524288" in lines[0]
+
+
+def test_a_table_is_rewritten_only_when_its_rows_change(tmp_path):
+    """A call that measures nothing new in a table leaves it, header included, as the call that measured it wrote it."""
+    sys.path.insert(0, str(SCRIPTS))
+    from common import write_table
+
+    rows = [{"model": "tiny", "step_s": 1.5}]
+    write_table(tmp_path, "t", rows, ["model", "step_s"], {"command": "first", "commit": "aaa"})
+    before = (tmp_path / "t.md").read_text()
+    write_table(tmp_path, "t", [dict(r) for r in rows], ["model", "step_s"], {"command": "second", "commit": "bbb"})
+    assert (tmp_path / "t.md").read_text() == before and "first" in before
+    write_table(tmp_path, "t", rows + [{"model": "tiny2", "step_s": 2.0}], ["model", "step_s"],
+                {"command": "third", "commit": "ccc"})
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert table["meta"]["command"] == "third" and [r["commit"] for r in table["rows"]] == ["aaa", "ccc"]
+    assert "last call: commit ccc" in (tmp_path / "t.md").read_text()

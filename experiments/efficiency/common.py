@@ -152,7 +152,10 @@ def write_table(out: Path, name: str, rows: list[dict], columns: list[str], meta
     out.mkdir(parents=True, exist_ok=True)
     for row in rows:
         row.setdefault("commit", meta.get("commit"))  # measured now
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    path = out / f"{name}.json"
+    if path.exists() and json.loads(path.read_text()).get("rows") == json.loads(json.dumps(rows)):
+        return  # nothing new: the header keeps naming the call that last changed the rows
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     columns = [*columns, "commit"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:

@@ -86,9 +86,9 @@ def next_length(row: dict) -> str:
 def longest_section(max_rows: list[dict], trl: list[dict], model: str) -> tuple[list[str], dict]:
     lines = ["| configuration | longest long context trained | step there | peak there | next length |", "|---|---|---|---|---|"]
     found = {}
-    for r in max_rows:
-        if r["model"] != model:
-            continue
+    order = list(METHOD_LABELS)
+    for r in sorted((r for r in max_rows if r["model"] == model), key=lambda r: (order.index(r["method"])
+                                                                                 if r["method"] in order else len(order))):
         found[r["method"]] = r["max_long_len"]
         lines.append(f"| {METHOD_LABELS.get(r['method'], r['method'])} ({r.get('variant', 'padded')}) | {length_label(r['max_long_len']) if r['max_long_len'] else 'none'} | "
                      f"{fmt(r['step_s_at_max'], 1)} s | {fmt(r['peak_gib_at_max'], 1)} GiB | {next_length(r)} |")
