@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from solopo import varlen
+from solopo import shared_prompt, varlen
 
 
 def response_logps(
@@ -29,6 +29,9 @@ def response_logps(
     sequence_ids: Optional[Tensor] = None,
     cu_seq_lens: Optional[Tensor] = None,
     max_length: Optional[int] = None,
+    segment_ids: Optional[Tensor] = None,
+    branch_ids: Optional[Tensor] = None,
+    predict_from: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """Summed response-token log-probs and response lengths, per sequence.
 
@@ -37,9 +40,14 @@ def response_logps(
     position_ids / sequence_ids (B, L) give each token's position in its sequence and the
     sequence's index (sequences are numbered 0..S-1 across the batch); cu_seq_lens (S + 1,) and max_length, the
     sequence boundaries, let varlen attention kernels skip deriving them.
+    Packed rows with shared prompts also carry segment_ids / branch_ids (the attention mask's
+    inputs, solopo.shared_prompt) and predict_from, the position whose hidden state predicts each token.
     response_mask is True at the positions of response tokens. Returns logps (S,) in at
     least fp32 and n_tokens (S,), where S = B for padded rows.
     """
+    if predict_from is not None:
+        return _shared_prompt_logps(model, input_ids, response_mask, position_ids, sequence_ids, segment_ids,
+                                    branch_ids, predict_from, chunk_size)
     hidden = last_hidden_state(model, input_ids, attention_mask, position_ids, cu_seq_lens, max_length)  # (B, L, H)
     target_mask = response_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
     if sequence_ids is None:  # padded rows: one sequence per row, counted without a device sync
@@ -50,6 +58,23 @@ def response_logps(
     owner = sequence_ids[:, 1:][target_mask]  # (N,) the sequence of each response token
     states = hidden[:, :-1][target_mask]  # (N, H)
     targets = input_ids[:, 1:][target_mask]  # (N,)
+    return _summed(model, states, targets, owner, n_sequences, chunk_size)
+
+
+def _shared_prompt_logps(model, input_ids, response_mask, position_ids, sequence_ids, segment_ids, branch_ids,
+                         predict_from, chunk_size) -> tuple[Tensor, Tensor]:
+    """One packed row whose prompts are shared by their responses (solopo.data.collate, pack="shared_prompt")."""
+    mask = shared_prompt.attention_mask(model.config._attn_implementation, segment_ids, branch_ids)
+    hidden = last_hidden_state(model, input_ids, mask, position_ids)  # (1, T, H)
+    target_mask = response_mask[0].bool()
+    states = hidden[0][predict_from[0][target_mask]]  # (N, H): not always the previous position's state
+    return _summed(model, states, input_ids[0][target_mask], sequence_ids[0][target_mask],
+                   int(sequence_ids.max()) + 1, chunk_size)
+
+
+def _summed(model, states: Tensor, targets: Tensor, owner: Tensor, n_sequences: int,
+            chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Per-sequence sums of the response tokens' log-probs, and their counts."""
     token_logps = chunked_token_logps(states, targets, model.get_output_embeddings(), _softcap(model), chunk_size)
     logps = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
     n_tokens = torch.zeros(n_sequences, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
@@ -59,7 +84,7 @@ def response_logps(
 def group_logps(model: nn.Module, group: dict, chunk_size: int = 1024) -> dict[tuple[str, str], tuple[Tensor, Tensor]]:
     """(logps, n_tokens) per (context, response) block of one collated group (see solopo.data.collate)."""
     inputs = {k: group.get(k) for k in ("input_ids", "attention_mask", "response_mask", "position_ids", "sequence_ids",
-                                        "cu_seq_lens", "max_length")}
+                                        "cu_seq_lens", "max_length", "segment_ids", "branch_ids", "predict_from")}
     logps, n_tokens = response_logps(model, **inputs, chunk_size=chunk_size)
     size = logps.shape[0] // len(group["keys"])  # one sequence per pair in each block
     return {tuple(key): (logps[i * size : (i + 1) * size], n_tokens[i * size : (i + 1) * size])

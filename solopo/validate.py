@@ -18,7 +18,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from solopo import algos
+from solopo import algos, shared_prompt
+from solopo.data.collate import SHARED_PROMPT
 from solopo.data.contexts import INSTRUCTIONS
 from solopo.data.formats import DataFileError
 from solopo.data.pairs import PAIR_RULES
@@ -54,7 +55,7 @@ def shown(value: Any) -> str:
 
 def one_of(key: str, value: Any, allowed: Iterable) -> Problems:
     allowed = list(allowed)
-    return [] if value in allowed else [f"{key}={shown(value)}: choose one of {', '.join(map(str, allowed))}"]
+    return [] if value in allowed else [f"{key}={shown(value)}: choose one of {', '.join(map(shown, allowed))}"]
 
 
 def number(key: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, *, integer: bool = False,
@@ -255,7 +256,9 @@ def check_run(top: dict) -> Problems:
     """The top-level keys of conf/config.yaml."""
     checkpoint, faults = top.get("checkpoint") or {}, top.get("faults") or {}
     problems = one_of("reference", top.get("reference", "cached"), ("cached", "live"))
-    problems += flag("packing", top.get("packing", False))
+    packing = top.get("packing", False)
+    if not (isinstance(packing, bool) or packing == SHARED_PROMPT):  # not one_of: 1 == True would pass
+        problems += [f"packing={shown(packing)}: choose one of false, true, {SHARED_PROMPT}"]
     problems += number("logp_chunk_size", top.get("logp_chunk_size", 1024), 1, integer=True)
     problems += number("val_every_n_steps", top.get("val_every_n_steps"), 1, integer=True, optional=True)
     problems += number("checkpoint.every_n_steps", checkpoint.get("every_n_steps"), 1, integer=True, optional=True)
@@ -264,6 +267,14 @@ def check_run(top: dict) -> Problems:
         problems.append("set checkpoint.every_n_steps or checkpoint.every_n_minutes, not both")
     return problems + number("faults.max_consecutive_bad_steps", faults.get("max_consecutive_bad_steps", 3), 1,
                              integer=True)
+
+
+def check_packing_kernel(packing: Any, attn_implementation: Any) -> Problems:
+    """Shared prompts need an attention kernel that takes their mask (solopo.shared_prompt)."""
+    if packing != SHARED_PROMPT or attn_implementation in shared_prompt.KERNELS:
+        return []
+    return [f"packing={SHARED_PROMPT} needs model.attn_implementation={' or '.join(shared_prompt.KERNELS)} "
+            f"(got {shown(attn_implementation)})"]
 
 
 def validate_config(cfg: DictConfig, training: bool = True) -> None:
@@ -281,6 +292,7 @@ def validate_config(cfg: DictConfig, training: bool = True) -> None:
         problems += check_optim(_plain(cfg, "optim")) + check_trainer(_plain(cfg, "trainer"), torch.cuda.is_available())
         problems += check_run({key: _plain(cfg, key) if OmegaConf.is_config(cfg.get(key)) else cfg.get(key)
                                for key in RUN_KEYS if key in cfg})
+        problems += check_packing_kernel(cfg.get("packing", False), model.get("attn_implementation", "sdpa"))
     if problems:
         raise SystemExit("; ".join(problems))
 

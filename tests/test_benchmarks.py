@@ -21,15 +21,19 @@ def script(name, *args, tmp_path):
 
 
 def test_bench_measures_every_method_and_variant(tmp_path):
-    script("bench.py", "--models", "tiny", "--algos", "dpo", "--lengths", "384", "--variants", "padded,packed-sdpa,packed-varlen",
+    script("bench.py", "--models", "tiny", "--algos", "dpo", "--lengths", "384", "--variants", "padded,packed-sdpa,packed-varlen,shared-sdpa",
            "--max-length-models", "none", "--logp-memory-models", "tiny", "--steps", "1", "--out", str(tmp_path), *SMALL,
            tmp_path=tmp_path)
     rows = json.loads((tmp_path / "solopo_grid.json").read_text())["rows"]
     cells = {(r["method"], r["variant"]): r for r in rows}
-    assert set(cells) == {(m, v) for m in ("solopo", "solopo_both", "long_po") for v in ("padded", "packed-sdpa", "packed-varlen")}
+    assert set(cells) == {(m, v) for m in ("solopo", "solopo_both", "long_po")
+                          for v in ("padded", "packed-sdpa", "packed-varlen", "shared-sdpa")}
     assert all(r["status"] == "ok" and r["step_s"] > 0 for r in rows)
     # 2 short (128) + 1 long (384) tokens; the bench's pair has no padding, so packing changes no count
     assert cells["solopo", "padded"]["tokens"] == cells["solopo", "packed-sdpa"]["tokens"] == 2 * 128 + 384
+    # shared prompts: the long prompt (384 - 16) once for both 16-token responses, likewise the short one
+    assert cells["long_po", "shared-sdpa"]["tokens"] == 384 + 16
+    assert cells["solopo_both", "shared-sdpa"]["tokens"] == (128 + 16) + (384 + 16)
     assert "| variant |" in (tmp_path / "solopo_grid.md").read_text()
     memory = json.loads((tmp_path / "logp_memory.json").read_text())["rows"]
     assert {r["variant"] for r in memory} == {"response_only", "full_logits"}
@@ -206,3 +210,18 @@ def test_a_table_is_rewritten_only_when_its_rows_change(tmp_path):
     table = json.loads((tmp_path / "t.json").read_text())
     assert table["meta"]["command"] == "third" and [r["commit"] for r in table["rows"]] == ["aaa", "ccc"]
     assert "last call: commit ccc" in (tmp_path / "t.md").read_text()
+
+
+def test_flop_count_by_hand():
+    """One layer, hidden 2, q/kv 2, ffn 3, vocab 5: per token 2 * (2*(2+4) + 2*2 + 3*2*3) = 68 FLOPs of matmuls."""
+    sys.path.insert(0, str(SCRIPTS))
+    from common import Shape
+
+    shape = Shape(layers=1, hidden=2, q_dim=2, kv_dim=2, ffn=3, vocab=5)
+    # one sequence of 6 tokens, 2 of them the response: 68 * 6 + causal attention 2 * 36 * 2 + LM head 2 * 2 * 5 * 2
+    assert shape.train_flops(6, 2) == 3 * (68 * 6 + 144 + 40)
+    assert shape.train_flops(6, 2, causal=False) == 3 * (68 * 6 + 288 + 40)
+    # two 2-token responses sharing the 4-token prompt: 8 tokens; the prompt's causal attention 2 * 16 * 2, each
+    # response's 2 queries over the prompt (4 * 2 * 4 * 2) and causally over themselves (2 * 4 * 2); two LM heads
+    assert shape.train_flops(6, 2, n_responses=2) == 3 * (68 * 8 + 64 + 2 * (64 + 16) + 80)
+    assert shape.train_flops(6, 2, n_responses=1) == shape.train_flops(6, 2)

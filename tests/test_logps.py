@@ -96,3 +96,88 @@ def test_packed_rows_match_padded_rows(tiny_model, packed_attention, padded_atte
     for a, b in zip(g_pack, g_pad):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
 
+
+
+def two_context_pairs(seed=1):
+    """Pairs with a short and a long prompt, and chosen/rejected responses of unequal lengths."""
+    g = torch.Generator().manual_seed(seed)
+    ids = lambda n: torch.randint(5, 1000, (n,), generator=g).tolist()  # noqa: E731
+    return [TokenizedPair(f"p{i}", {"short": ids(5 + i), "long": ids(19 + 3 * i)},
+                          {"chosen": ids(4 + i), "rejected": ids(7 - 2 * i)}) for i in range(2)]
+
+
+ALL_KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen"), ("long", "rejected")]
+
+
+def test_shared_prompt_row_holds_each_prompt_once():
+    pairs = two_context_pairs()
+    row = PairCollator(ALL_KEYS, pad_token_id=2, pack="shared_prompt")(pairs)["packed"]
+    p = pairs[0]
+    n_short = len(p.prompts["short"]) + len(p.responses["chosen"]) + len(p.responses["rejected"])
+    # the first segment: pair 0's short prompt, its chosen, its rejected; positions continue from the prompt's end
+    assert row["input_ids"][0, :n_short].tolist() == p.prompts["short"] + p.responses["chosen"] + p.responses["rejected"]
+    prompt, chosen = len(p.prompts["short"]), len(p.responses["chosen"])
+    assert row["position_ids"][0, prompt + chosen].item() == prompt  # the rejected response starts where chosen did
+    assert row["branch_ids"][0, :n_short].tolist() == [0] * prompt + [1] * chosen + [2] * len(p.responses["rejected"])
+    assert row["predict_from"][0, prompt + chosen].item() == prompt - 1  # from the prompt's last token, not chosen's
+    total = sum(len(q.prompts[c]) + len(q.responses["chosen"]) + len(q.responses["rejected"]) for q in pairs
+                for c in ("short", "long"))
+    assert row["input_ids"].shape == (1, total) and row["segment_ids"].max().item() == 3
+    with pytest.raises(ValueError, match="choose false, true or shared_prompt"):
+        PairCollator(ALL_KEYS, pad_token_id=2, pack="shared")
+
+
+def test_shared_prompt_mask_reads_the_prompt_and_its_own_response_only():
+    from solopo.shared_prompt import attention_mask
+
+    segment = torch.tensor([[0, 0, 0, 0, 0, 1, 1]])
+    branch = torch.tensor([[0, 0, 1, 2, 2, 0, 1]])
+    mask = attention_mask("sdpa", segment, branch)[0, 0].int().tolist()
+    assert mask[3] == [1, 1, 0, 1, 0, 0, 0]  # rejected's first token: the prompt and itself, not chosen
+    assert mask[4] == [1, 1, 0, 1, 1, 0, 0]
+    assert mask[6] == [0, 0, 0, 0, 0, 1, 1]  # the next segment sees nothing of the first
+    with pytest.raises(ValueError, match="needs model.attn_implementation in flex_attention, sdpa"):
+        attention_mask("solopo_varlen", segment, branch)
+
+
+@pytest.mark.parametrize("keys", [ALL_KEYS, ALL_KEYS[:3]], ids=["both-responses", "chosen-only-long"])
+def test_shared_prompt_rows_match_padded_rows(tiny_model, keys):
+    """Each prompt once, its responses after it: the log-probs and the gradients of unpacked padded rows."""
+    tiny_model.double()
+    pairs = two_context_pairs()
+    weights = torch.linspace(-1, 1, len(keys) * len(pairs), dtype=torch.float64)
+    results = []
+    for pack in (False, "shared_prompt"):
+        tiny_model.set_attn_implementation("sdpa")
+        tiny_model.zero_grad()
+        blocks = {}
+        for group in PairCollator(keys, pad_token_id=2, pack=pack)(pairs).values():
+            blocks.update(group_logps(tiny_model, group, chunk_size=3))
+        logps = torch.cat([blocks[k][0] for k in keys])
+        (logps * weights).sum().backward()
+        results.append((logps.detach(), torch.cat([blocks[k][1] for k in keys]),
+                        [p.grad.clone() for p in tiny_model.parameters()]))
+    (lp_pad, n_pad, g_pad), (lp_shared, n_shared, g_shared) = results
+    torch.testing.assert_close(lp_shared, lp_pad, rtol=1e-9, atol=1e-9)
+    assert n_shared.tolist() == n_pad.tolist()
+    # fp32 rounding, not fp64: the model's RMSNorm computes in fp32 whatever the weights' dtype, and a shared prompt's
+    # gradient is summed over its responses inside attention, before the norm, where two copies sum at the embedding.
+    for a, b in zip(g_shared, g_pad):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_prompt_flex_mask_gives_the_same_logps(tiny_model):
+    """The flex-attention form of the mask (forward only: flex attention has no backward on the CPU)."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    pairs = two_context_pairs()
+    row = PairCollator(ALL_KEYS, pad_token_id=2, pack="shared_prompt")(pairs)["packed"]
+    out = {}
+    with torch.no_grad():
+        for attention in ("sdpa", "flex_attention"):
+            tiny_model.set_attn_implementation(attention)
+            try:
+                out[attention] = group_logps(tiny_model, row)
+            except Exception as err:  # noqa: BLE001
+                pytest.skip(f"flex attention does not run on this CPU: {type(err).__name__}: {err}"[:200])
+    for key in ALL_KEYS:
+        torch.testing.assert_close(out["flex_attention"][key][0], out["sdpa"][key][0], rtol=1e-4, atol=1e-4)

@@ -21,7 +21,7 @@ import torch
 from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, peak, previous_rows, put_row, random_ids,
                     release, reset_peak, shape_fields, timed, write_table)
 from solopo.algos import DPO, SimPO
-from solopo.data.collate import PairCollator
+from solopo.data.collate import SHARED_PROMPT, PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.logps import chunked_token_logps
 from solopo.models import ModelSpec, load_model, load_tokenizer
@@ -37,7 +37,8 @@ ALGOS = {"dpo": DPO(beta=0.1), "simpo": SimPO()}
 # How the sequences of a step reach the model: padded = one padded batch per context (SDPA); packed-* = every
 # sequence of the step in one row without padding, attention kept within each sequence by the named kernel.
 VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), "packed-sdpa": ("sdpa", True),
-            "packed-varlen": ("solopo_varlen", True)}
+            "packed-varlen": ("solopo_varlen", True), "shared-flex": ("flex_attention", "shared_prompt"),
+            "shared-sdpa": ("sdpa", "shared_prompt")}  # shared-sdpa builds a dense T x T mask: short contexts only
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -63,8 +64,9 @@ def make_pair(short: int, long: int, response: int, seed: int = 0) -> TokenizedP
                          responses, ref_logps=ref)
 
 
-def use_variant(policy, variant: str) -> bool:
-    """Switch the policy's attention kernel for ``variant``; returns whether its sequences are packed."""
+def use_variant(policy, variant: str) -> bool | str:
+    """Switch the policy's attention kernel for ``variant``; returns how its sequences are packed (PairCollator's
+    ``pack``)."""
     attention, pack = VARIANTS[variant]
     if policy.config._attn_implementation != attention:
         policy.set_attn_implementation(attention)  # the same weights, another attention kernel
@@ -86,7 +88,8 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, pad_id: int, pack: bool = False):
+def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, pad_id: int,
+               pack: bool | str = False):
     method, ra = METHODS[method_name]
     keys = required_sequences(method, ra)
     batch = PairCollator(keys, pad_id, pack=pack)([pair])
@@ -95,7 +98,8 @@ def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, p
     return TrainStep(SoLoPOModule(policy, algo, ra, method, cached_reference=True), optimizer, batch), keys, tokens
 
 
-def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int, warmup: int, steps: int) -> dict:
+def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int, warmup: int, steps: int,
+            shared: bool = False) -> dict:
     try:
         result = timed(step, warmup, steps)
     except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
@@ -104,7 +108,11 @@ def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int,
             return {"status": "OOM"}
         traceback.print_exc()  # a kernel that does not run here (e.g. flex attention without a compiler) is a row
         return {"status": f"error: {type(err).__name__}"}
-    flops = sum(shape.train_flops(lengths[context], response) for context, _ in keys)
+    if shared:  # each context's prompt once, for all of its responses
+        contexts = [context for context, _ in keys]
+        flops = sum(shape.train_flops(lengths[c], response, n_responses=contexts.count(c)) for c in set(contexts))
+    else:
+        flops = sum(shape.train_flops(lengths[context], response) for context, _ in keys)
     return {"status": "ok", **result, "tokens_per_s": tokens / result["step_s"], "tflops": flops / result["step_s"] / 1e12}
 
 
@@ -119,7 +127,7 @@ def grid(args, name, policy, optimizer, shape, pad_id, rows, save):
                     pack = use_variant(policy, variant)
                     step, keys, tokens = train_step(policy, optimizer, ALGOS[algo_name], method_name, pair, pad_id, pack)
                     cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens,
-                                   args.warmup, args.steps)
+                                   args.warmup, args.steps, shared=pack == SHARED_PROMPT)
                     rows.append({"model": name, "algo": algo_name, "method": method_name, "variant": variant,
                                  "long_len": length, "short_len": args.short, "tokens": tokens, **cell})
                     print(rows[-1], flush=True)
@@ -162,7 +170,8 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
                 continue  # trained in an earlier call
             pair = make_pair(args.short, length, args.response)
             step, keys, tokens = train_step(policy, optimizer, ALGOS["dpo"], method_name, pair, pad_id, pack)
-            cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens, 0, 1)
+            cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens, 0, 1,
+                           shared=pack == SHARED_PROMPT)
             print({"model": name, "method": method_name, "long_len": length, **cell}, flush=True)
             release()
             failed = cell["status"] != "ok"

@@ -56,17 +56,22 @@ class Shape:
         return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads * head,
                    config.num_key_value_heads * head, config.intermediate_size, config.vocab_size)
 
-    def train_flops(self, length: int, response: int, causal: bool = True) -> float:
+    def train_flops(self, length: int, response: int, causal: bool = True, n_responses: int = 1) -> float:
         """Useful FLOPs of forward + backward (3x forward) for one causal sequence whose log-prob
         is taken over ``response`` tokens: matmuls of every layer, causal attention, and the LM head
         at the response positions only. Activation recomputation is not useful work and is not counted.
-        causal=False counts attention as the dense L x L product, as the GPU notes' baseline does."""
-        h = self.hidden
+        causal=False counts attention as the dense L x L product, as the GPU notes' baseline does.
+        n_responses > 1: that many responses share the prompt's length - response tokens (packing=shared_prompt),
+        each attending to the prompt and causally to itself."""
+        if n_responses > 1 and not causal:
+            raise ValueError("dense attention is counted for one sequence only")
+        h, prompt = self.hidden, length - response
         per_token = 2 * (h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h + 3 * h * self.ffn) * self.layers
-        # QK^T and AV: 4 L^2 d per layer dense, half of it under the causal mask
-        attention = (2 if causal else 4) * length * length * self.q_dim * self.layers
-        head = 2 * h * self.vocab * response
-        return 3.0 * (per_token * length + attention + head)
+        # QK^T and AV: 4 L^2 d per layer dense, half of it under the causal mask; with n=1 the causal count is 2 L^2 d
+        attention = (2 * prompt * prompt + n_responses * (4 * response * prompt + 2 * response * response)
+                     if causal else 4 * length * length) * self.q_dim * self.layers
+        head = 2 * h * self.vocab * response * n_responses
+        return 3.0 * (per_token * (prompt + n_responses * response) + attention + head)
 
 
 def random_ids(n: int, generator: torch.Generator, vocab: int = 40000) -> list[int]:

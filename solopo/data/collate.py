@@ -11,6 +11,14 @@ A batch is {group: {"input_ids", "response_mask", "keys", ...}}. ``keys`` lists 
   Attention stays within a sequence (transformers reads the restarts as packed sequences:
   varlen kernels with flash-attention, a block mask with flex or sdpa), so there is no
   padding at all.
+- Packed with shared prompts (``pack="shared_prompt"``): as packed, but each context's prompt goes
+  into the row once per pair, followed by all of its responses (chosen, then rejected), each
+  response's positions continuing from the prompt's end. "segment_ids" names the prompt a token
+  belongs to and "branch_ids" its response (0: the prompt itself); a token attends to its prompt and
+  to the earlier tokens of its own response (solopo.shared_prompt builds that mask).
+  "predict_from" gives, for every token, the position whose hidden state predicts it: the previous
+  one, except for a later response's first token, predicted from the prompt's last. A long context
+  then runs through the model once per pair instead of once per response.
 """
 from __future__ import annotations
 
@@ -37,14 +45,19 @@ def _ref_logps(pairs: list[TokenizedPair], keys: Sequence[Key]) -> dict:
     return {}
 
 
+SHARED_PROMPT = "shared_prompt"
+
+
 class PairCollator:
-    def __init__(self, keys: Sequence[Key], pad_token_id: int, pack: bool = False):
+    def __init__(self, keys: Sequence[Key], pad_token_id: int, pack: bool | str = False):
+        if pack not in (False, True, SHARED_PROMPT):
+            raise ValueError(f"pack={pack!r}: choose false, true or {SHARED_PROMPT}")
         self.groups = {"packed": tuple(keys)} if pack else group_by_context(keys)
         self.pad_token_id = pad_token_id
         self.pack = pack
 
     def __call__(self, pairs: list[TokenizedPair]) -> dict[str, dict]:
-        build = self._packed if self.pack else self._padded
+        build = self._shared if self.pack == SHARED_PROMPT else self._packed if self.pack else self._padded
         return {name: {**build(pairs, keys), "keys": keys, **_ref_logps(pairs, keys)} for name, keys in self.groups.items()}
 
     def _padded(self, pairs: list[TokenizedPair], keys: tuple[Key, ...]) -> dict:
@@ -74,3 +87,33 @@ class PairCollator:
         return {"input_ids": row(ids, torch.long), "position_ids": row(positions, torch.long),
                 "sequence_ids": sequence_ids, "response_mask": row(response, torch.bool),
                 "cu_seq_lens": cu_seq_lens, "max_length": max_length}
+
+    def _shared(self, pairs: list[TokenizedPair], keys: tuple[Key, ...]) -> dict:
+        # Sequence numbers as in the other layouts (block of ``keys`` by block, one per pair), so logps split alike.
+        number = {key: i * len(pairs) for i, key in enumerate(keys)}
+        columns = {name: [] for name in ("input_ids", "position_ids", "sequence_ids", "response_mask", "segment_ids",
+                                         "branch_ids", "predict_from")}
+
+        def extend(tokens, start_position, sequence, segment, branch, predicted_from):
+            for name, values in (("input_ids", tokens), ("position_ids", range(start_position, start_position + len(tokens))),
+                                 ("sequence_ids", [sequence] * len(tokens)), ("response_mask", [branch > 0] * len(tokens)),
+                                 ("segment_ids", [segment] * len(tokens)), ("branch_ids", [branch] * len(tokens)),
+                                 ("predict_from", predicted_from)):
+                columns[name] += values
+
+        segment = 0
+        for context, group in group_by_context(keys).items():
+            for j, pair in enumerate(pairs):
+                prompt, start = pair.prompts[context], len(columns["input_ids"])
+                if not prompt:
+                    raise ValueError(f"pair {pair.id}: the {context} prompt is empty; a shared prompt needs a token")
+                last = start + len(prompt) - 1  # its hidden state predicts every response's first token
+                extend(prompt, 0, number[group[0]] + j, segment, 0, [max(start - 1, 0)] + list(range(start, last)))
+                for branch, key in enumerate(group, 1):
+                    response, at = pair.responses[key[1]], len(columns["input_ids"])
+                    extend(response, len(prompt), number[key] + j, segment, branch,
+                           ([last] + list(range(at, at + len(response) - 1)))[: len(response)])
+                segment += 1
+        dtypes = {"response_mask": torch.bool}
+        return {name: torch.tensor(values, dtype=dtypes.get(name, torch.long)).unsqueeze(0)
+                for name, values in columns.items()}

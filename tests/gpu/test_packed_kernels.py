@@ -56,3 +56,21 @@ def test_packed_kernel_matches_padded_sdpa(tokenizer, attention):
     torch.testing.assert_close(lp_pack.float(), lp_pad.float(), **tol)
     for a, b in zip(g_pack, g_pad):
         torch.testing.assert_close(a.float(), b.float(), rtol=tol["rtol"] * 10, atol=tol["atol"])
+
+
+@pytest.mark.parametrize("attention", ["flex_attention", "sdpa"])
+def test_shared_prompt_rows_match_padded_sdpa(tokenizer, attention):
+    """packing=shared_prompt (each prompt once, its responses after it): flex attention's block mask, or SDPA's dense
+    mask, gives the log-probs and gradients of padded rows on the GPU, backward included."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    spec = replace(TINY, random_init={**TINY.random_init, "max_position_embeddings": 4096})
+    padded_model = load_model(spec, tokenizer, seed=0).to("cuda", torch.float32)
+    shared_model = load_model(replace(spec, attn_implementation=attention), tokenizer, seed=0).to("cuda", torch.float32)
+    pairs = _pairs()
+    lp_pad, g_pad = _logps_and_grads(padded_model, PairCollator(KEYS, tokenizer.pad_token_id)(pairs))
+    lp_shared, g_shared = _logps_and_grads(shared_model,
+                                           PairCollator(KEYS, tokenizer.pad_token_id, pack="shared_prompt")(pairs))
+    torch.testing.assert_close(lp_shared, lp_pad, rtol=1e-4, atol=1e-3)
+    for a, b in zip(g_shared, g_pad):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)

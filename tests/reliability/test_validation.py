@@ -100,7 +100,10 @@ MISTAKES = [
     (["faults.max_consecutive_bad_steps=0"], "faults.max_consecutive_bad_steps=0: must be an integer >= 1"),
     (["checkpoint.every_n_steps=5", "checkpoint.every_n_minutes=3"],
      "set checkpoint.every_n_steps or checkpoint.every_n_minutes, not both"),
-    (["packing=yes"], "packing=yes: must be true or false"),
+    (["packing=yes"], "packing=yes: choose one of false, true, shared_prompt"),
+    (["packing=1"], "packing=1: choose one of false, true, shared_prompt"),
+    (["packing=shared_prompt", "model.attn_implementation=solopo_varlen"],
+     "packing=shared_prompt needs model.attn_implementation=flex_attention or sdpa (got solopo_varlen)"),
     (["val_every_n_steps=0"], "val_every_n_steps=0: must be an integer >= 1 or null"),
     # Two mistakes, one line.
     (["model.max_length=512"], "data.long_len=768: too long for model.max_length=512; at most 447 leaves room for the "
