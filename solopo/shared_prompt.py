@@ -11,6 +11,7 @@ cannot take a mask of this shape.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 KERNELS = ("flex_attention", "sdpa")
@@ -33,10 +34,9 @@ def attention_mask(attn_implementation: str, segment_ids: Tensor, branch_ids: Te
         def mask_mod(b, h, q, kv):
             return allowed(segment, branch, q, kv)
 
-        return create_block_mask(mask_mod, 1, None, length, length, device=segment.device)
+        # Compiled, as transformers builds its own block masks: uncompiled, the mask is evaluated densely (T x T).
+        return create_block_mask(mask_mod, 1, None, length, length, device=segment.device, _compile=True)
     if attn_implementation == "sdpa":
-        import torch
-
         positions = torch.arange(length, device=segment.device)
         return allowed(segment, branch, positions[:, None], positions[None, :])[None, None]
     raise ValueError(f"packing=shared_prompt needs model.attn_implementation in {', '.join(KERNELS)}; "
