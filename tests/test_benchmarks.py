@@ -90,7 +90,11 @@ def test_summary_divides_the_measured_rows_and_checks_each_target(tmp_path):
     table("logp_memory", [dict(model="qwen2.5-1.5b", variant=v, context_len=n, extra_peak_gib=g) for n, v, g in (
         (4096, "response_only", 0.5), (65536, "response_only", 0.52), (4096, "full_logits", 9.0), (65536, "full_logits", "OOM"))])
 
+    table("solopo_grid_shared", [{**row(m, 16384, t), "variant": v} for m, v, t in (
+        ("solopo", "padded", 1.0), ("solopo", "shared-flex", 0.9), ("solopo_both", "padded", 2.0),
+        ("solopo_both", "shared-flex", 1.2), ("long_po", "padded", 2.0), ("long_po", "shared-flex", 1.2))])
     out = summary.summarise(tmp_path)
+    assert out["shared"] == [{"model": "qwen2.5-1.5b", "algo": "dpo", "long_len": 16384, "best_ratio": 0.75}]
     ratios = {r["long_len"]: (r["solopo_vs_long_po"], r["solopo_vs_trl"]) for r in out["grid"]}
     assert ratios == {8192: (0.5, None), 16384: (0.5, 0.4), 32768: (0.25, 0.5)}
     assert out["longest"] == {"solopo": 262144, "long_po": 262144, "trl-dpo": 131072}
@@ -102,6 +106,9 @@ def test_summary_divides_the_measured_rows_and_checks_each_target(tmp_path):
     assert "| TRL DPOTrainer | 128K | 30.0 s | 20.0 GiB | OOM at 256K |" in text
     assert "| SoLoPO chosen-only (padded) | 256K | 50.0 s | 60.0 GiB | not tried |" in text
     assert "| Long-PO (padded) | 256K | 100.0 s | 120.0 GiB | OOM at 384K |" in text
+    assert ("| long context | SoLoPO padded | SoLoPO shared-flex | SoLoPO both padded | SoLoPO both shared-flex | "
+            "Long-PO padded | Long-PO shared-flex | SoLoPO / Long-PO, best of each |") in text
+    assert "| 16K | 1 s | 0.9 s | 2 s | 1.2 s | 2 s | 1.2 s | 0.75 |" in text
 
 
 def test_longest_context_probe_holds_adamw_state_as_later_steps_do():
@@ -178,7 +185,8 @@ def test_longest_context_probe_goes_on_from_where_it_stopped(tmp_path):
 
 
 def test_run_sh_resumes_every_script_into_one_results_folder(tmp_path):
-    """The one command: each script with --resume into RESULTS, the SmolLM2 probes capped lower, then the summary."""
+    """The one command: each script with --resume into RESULTS, the SmolLM2 probes capped lower, the shared-prompt
+    grid, then the summary."""
     calls = tmp_path / "calls"
     fake = tmp_path / "python"
     fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
@@ -189,8 +197,9 @@ def test_run_sh_resumes_every_script_into_one_results_folder(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = calls.read_text().splitlines()
     assert [line.split()[0].rsplit("/", 1)[-1] for line in lines] == ["bench.py", "bench.py", "trl_bench.py",
-                                                                      "trl_bench.py", "summary.py"]
-    assert all(line.endswith(f"--resume --out {tmp_path / 'results'}") for line in lines[:4])
+                                                                      "trl_bench.py", "bench.py", "summary.py"]
+    assert all(line.endswith(f"--resume --out {tmp_path / 'results'}") for line in lines[:5])
+    assert "--variants padded,shared-flex" in lines[4] and "--tag _shared" in lines[4]
     assert "--models smollm2" in lines[1] and "--max-lengths 131072,262144 " in lines[1]
     assert "--max-length-models qwen2.5-1.5b " in lines[0] and "524288" in lines[0]
 

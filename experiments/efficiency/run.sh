@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The efficiency study's tables in one command: solopo's grid, longest context and log-prob memory
-# (bench.py), TRL's Long-PO (trl_bench.py), then the summary against the targets (summary.py).
+# (bench.py), TRL's Long-PO (trl_bench.py), shared prompts (bench.py --tag _shared), then the summary against the
+# targets (summary.py).
 #
 #   bash experiments/efficiency/run.sh [BUDGET_S]
 #
@@ -35,5 +36,9 @@ step bench.log experiments/efficiency/bench.py --models smollm2 --variants padde
   --max-lengths "$SMOLLM2_MAX_LENGTHS" --max-length-models smollm2 --steps 2
 step trl.log experiments/efficiency/trl_bench.py --models qwen2.5-1.5b --lengths "$LENGTHS" --max-lengths "$MAX_LENGTHS" --steps 2
 step trl.log experiments/efficiency/trl_bench.py --models smollm2 --lengths "$LENGTHS" --max-lengths "$SMOLLM2_MAX_LENGTHS" --steps 2
+# packing=shared_prompt against padded rows, the three methods, DPO, 1.5B shape (summary.md's "Shared prompts")
+step bench.log experiments/efficiency/bench.py --models qwen2.5-1.5b --algos dpo --methods solopo,solopo_both,long_po \
+  --variants padded,shared-flex --lengths 8192,16384,32768,65536 --max-length-models none --no-logp-memory --tag _shared \
+  --steps 2
 "$PY" experiments/efficiency/summary.py --results "$RESULTS"
 echo "call took $(( $(date +%s) - began )) s"
