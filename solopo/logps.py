@@ -45,36 +45,22 @@ def response_logps(
     response_mask is True at the positions of response tokens. Returns logps (S,) in at
     least fp32 and n_tokens (S,), where S = B for padded rows.
     """
-    if predict_from is not None:
-        return _shared_prompt_logps(model, input_ids, response_mask, position_ids, sequence_ids, segment_ids,
-                                    branch_ids, predict_from, chunk_size)
+    if segment_ids is not None:  # shared prompts: the row's mask comes from its segment and branch ids
+        attention_mask = shared_prompt.attention_mask(model.config._attn_implementation, segment_ids, branch_ids)
     hidden = last_hidden_state(model, input_ids, attention_mask, position_ids, cu_seq_lens, max_length)  # (B, L, H)
-    target_mask = response_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
     if sequence_ids is None:  # padded rows: one sequence per row, counted without a device sync
         n_sequences = input_ids.shape[0]
         sequence_ids = torch.arange(n_sequences, device=input_ids.device).unsqueeze(1).expand_as(input_ids)
     else:
         n_sequences = int(sequence_ids.max()) + 1
-    owner = sequence_ids[:, 1:][target_mask]  # (N,) the sequence of each response token
-    states = hidden[:, :-1][target_mask]  # (N, H)
-    targets = input_ids[:, 1:][target_mask]  # (N,)
-    return _summed(model, states, targets, owner, n_sequences, chunk_size)
-
-
-def _shared_prompt_logps(model, input_ids, response_mask, position_ids, sequence_ids, segment_ids, branch_ids,
-                         predict_from, chunk_size) -> tuple[Tensor, Tensor]:
-    """One packed row whose prompts are shared by their responses (solopo.data.collate, pack="shared_prompt")."""
-    mask = shared_prompt.attention_mask(model.config._attn_implementation, segment_ids, branch_ids)
-    hidden = last_hidden_state(model, input_ids, mask, position_ids)  # (1, T, H)
-    target_mask = response_mask[0].bool()
-    states = hidden[0][predict_from[0][target_mask]]  # (N, H): not always the previous position's state
-    return _summed(model, states, input_ids[0][target_mask], sequence_ids[0][target_mask],
-                   int(sequence_ids.max()) + 1, chunk_size)
-
-
-def _summed(model, states: Tensor, targets: Tensor, owner: Tensor, n_sequences: int,
-            chunk_size: int) -> tuple[Tensor, Tensor]:
-    """Per-sequence sums of the response tokens' log-probs, and their counts."""
+    if predict_from is None:  # token t is predicted by the hidden state at t-1
+        target_mask = response_mask[:, 1:].bool()
+        states = hidden[:, :-1][target_mask]  # (N, H)
+        owner, targets = sequence_ids[:, 1:][target_mask], input_ids[:, 1:][target_mask]  # (N,) each
+    else:  # one packed row whose collator named each token's predicting position (not always the previous one)
+        target_mask = response_mask.bool()
+        states = hidden[0][predict_from[target_mask]]
+        owner, targets = sequence_ids[target_mask], input_ids[target_mask]
     token_logps = chunked_token_logps(states, targets, model.get_output_embeddings(), _softcap(model), chunk_size)
     logps = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
     n_tokens = torch.zeros(n_sequences, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,11 +109,10 @@ def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int,
             return {"status": "OOM"}
         traceback.print_exc()  # a kernel that does not run here (e.g. flex attention without a compiler) is a row
         return {"status": f"error: {type(err).__name__}"}
-    if shared:  # each context's prompt once, for all of its responses
-        contexts = [context for context, _ in keys]
-        flops = sum(shape.train_flops(lengths[c], response, n_responses=contexts.count(c)) for c in set(contexts))
-    else:
-        flops = sum(shape.train_flops(lengths[context], response) for context, _ in keys)
+    # Per context: its n responses share one prompt (shared) or each carries its own copy.
+    per_context = Counter(context for context, _ in keys)
+    flops = sum(shape.train_flops(lengths[c], response, n_responses=n) if shared else n * shape.train_flops(lengths[c], response)
+                for c, n in per_context.items())
     return {"status": "ok", **result, "tokens_per_s": tokens / result["step_s"], "tflops": flops / result["step_s"] / 1e12}
 
 
@@ -145,10 +145,15 @@ def with_optimizer_state(policy, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
+def probe_row(rows: list[dict], key: dict) -> dict | None:
+    """The longest-context probe's row of ``key`` measured under this allocator setting."""
+    return next((r for r in rows if all(r.get(k) == v for k, v in {**key, **PROBE}.items())), None)
+
+
 def probe_finished(rows: list[dict], key: dict, max_lengths: list[int]) -> bool:
     """A longest-context probe is finished once a length failed or the longest asked for trained, under this
     allocator setting; one that trained at every length it reached (cut short, or asked now for longer lengths) goes on."""
-    row = next((r for r in rows if has_row([r], **key, **PROBE)), None)
+    row = probe_row(rows, key)
     return row is not None and (row["first_failure"] is not None or (row["max_long_len"] or 0) >= max(max_lengths, default=0))
 
 
@@ -162,7 +167,7 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
         key = {"model": name, "method": method_name, "variant": args.variants[0]}
         if probe_finished(rows, key, args.max_lengths):
             continue
-        earlier = next((r for r in rows if has_row([r], **key, **PROBE)), {})
+        earlier = probe_row(rows, key) or {}
         best = earlier.get("max_long_len") and {"long_len": earlier["max_long_len"], "step_s": earlier["step_s_at_max"],
                                                 "peak_gib": earlier["peak_gib_at_max"]}
         for length in args.max_lengths:

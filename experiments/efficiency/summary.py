@@ -98,10 +98,7 @@ def longest_section(max_rows: list[dict], trl: list[dict], model: str) -> tuple[
         best = trained[-1] if trained else None
         failed = [r for r in trl_dpo if not ok(r) and (best is None or r["long_len"] > best["long_len"])]
         found["trl-dpo"] = best and best["long_len"]
-        # A one-step probe of a fresh trainer runs its backward before AdamW's state exists (~6 GiB for the 1.5B
-        # shape), unlike any later step and unlike bench.py's probe: marked, and remeasured by trl_bench --resume.
-        first_only = best is not None and best.get("warmup_steps", 1) == 0
-        lines.append(f"| TRL DPOTrainer{' (first step only: no AdamW state yet)' if first_only else ''} | {length_label(best['long_len']) if best else 'none'} | {fmt(best and best['step_s'], 1)} s | "
+        lines.append(f"| TRL DPOTrainer | {length_label(best['long_len']) if best else 'none'} | {fmt(best and best['step_s'], 1)} s | "
                      f"{fmt(best and best['peak_gib'], 1)} GiB | {failed[0]['status'] + ' at ' + length_label(failed[0]['long_len']) if failed else 'not tried (the longest measured)'} |")
     return lines + [""], found
 
