@@ -55,7 +55,10 @@ def shown(value: Any) -> str:
 
 def one_of(key: str, value: Any, allowed: Iterable) -> Problems:
     allowed = list(allowed)
-    return [] if value in allowed else [f"{key}={shown(value)}: choose one of {', '.join(map(shown, allowed))}"]
+    # Same type too: 1 == True, yet packing=1 is not packing=true.
+    if any(type(value) is type(a) and value == a for a in allowed):
+        return []
+    return [f"{key}={shown(value)}: choose one of {', '.join(map(shown, allowed))}"]
 
 
 def number(key: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, *, integer: bool = False,
@@ -256,9 +259,7 @@ def check_run(top: dict) -> Problems:
     """The top-level keys of conf/config.yaml."""
     checkpoint, faults = top.get("checkpoint") or {}, top.get("faults") or {}
     problems = one_of("reference", top.get("reference", "cached"), ("cached", "live"))
-    packing = top.get("packing", False)
-    if not (isinstance(packing, bool) or packing == SHARED_PROMPT):  # not one_of: 1 == True would pass
-        problems += [f"packing={shown(packing)}: choose one of false, true, {SHARED_PROMPT}"]
+    problems += one_of("packing", top.get("packing", False), (False, True, SHARED_PROMPT))
     problems += number("logp_chunk_size", top.get("logp_chunk_size", 1024), 1, integer=True)
     problems += number("val_every_n_steps", top.get("val_every_n_steps"), 1, integer=True, optional=True)
     problems += number("checkpoint.every_n_steps", checkpoint.get("every_n_steps"), 1, integer=True, optional=True)
