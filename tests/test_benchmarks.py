@@ -148,6 +148,8 @@ def test_trl_bench_measures_its_cells_and_redoes_one_step_probes(tmp_path):
     again = json.loads((tmp_path / "trl_long_po.json").read_text())["rows"]
     assert again[:2] == rows[:2] and len(again) == 3
     assert again[2]["warmup_steps"] == 1 and again[2]["step_s"] > 0
+    # Every cell there: the model is not even loaded (SmolLM2's tokenizer needs the embedded model's cache).
+    assert "tiny: every cell is in" in script("trl_bench.py", *args, "--resume", tmp_path=tmp_path)
 
 
 def test_longest_context_probe_names_its_allocator_and_is_redone_under_another(tmp_path):

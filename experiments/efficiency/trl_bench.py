@@ -11,6 +11,7 @@ step: Long-PO as TRL runs it. Then the longest context TRL's DPO trains at, amon
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
 import tempfile
@@ -96,6 +97,23 @@ def measure(algo: str, spec: ModelSpec, tokenizer, length: int, response: int, w
     return {"status": "ok", "step_s": step_s, "peak_gib": timer.peak}, config
 
 
+def cells(args, name: str, rows: list[dict]):
+    """The cells of ``name`` still to measure, as (length, algo, warm-up steps, timed steps, is a longer context).
+    A generator: it reads ``rows`` as they grow, so the longer contexts stop at the first that did not train."""
+    for length in args.lengths + args.max_lengths:
+        longer = length not in args.lengths
+        if longer and any(r["model"] == name and r["trainer"] == "trl-dpo" and r["long_len"] in args.max_lengths
+                          and r["long_len"] < length and r.get("status") != "ok" for r in rows):
+            return  # a shorter one already failed
+        # A longer context gets one warm-up step first: AdamW's state, created by a run's first step, is then
+        # resident as in every later step (bench.py's probe holds it too); rows of one-step probes are redone.
+        warmup, steps = (1, 1) if longer else (args.warmup, args.steps)
+        for algo in ["dpo"] if longer else args.algos:
+            if not has_row(rows, model=name, trainer=f"trl-{algo}", long_len=length,
+                           **({"warmup_steps": warmup, **PROBE} if longer else {})):
+                yield length, algo, warmup, steps, longer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
@@ -119,31 +137,25 @@ def main() -> None:
             "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
     rows = previous_rows(args.out, "trl_long_po", args.resume)
     for name in args.models:
+        todo = cells(args, name, rows)
+        first = next(todo, None)
+        if first is None:
+            print(f"{name}: every cell is in {args.out} already (--resume)", flush=True)
+            continue  # not even loaded: SmolLM2's tokenizer needs the embedded model's cache
         spec = model_spec(name)
         tokenizer = load_tokenizer(spec)
         shape = None
-        for length in args.lengths + args.max_lengths:
-            longer = length not in args.lengths
-            if longer and any(r["model"] == name and r["trainer"] == "trl-dpo" and r["long_len"] in args.max_lengths
-                              and r["long_len"] < length and r.get("status") != "ok" for r in rows):
-                break  # a shorter one already failed
-            # A longer context gets one warm-up step first: AdamW's state, created by a run's first step, is then
-            # resident as in every later step (bench.py's probe holds it too); rows of one-step probes are redone.
-            warmup, steps = (1, 1) if longer else (args.warmup, args.steps)
-            for algo in ["dpo"] if longer else args.algos:
-                if has_row(rows, model=name, trainer=f"trl-{algo}", long_len=length,
-                           **({"warmup_steps": warmup, **PROBE} if longer else {})):
-                    continue  # measured by an earlier call (--resume)
-                cell, config = measure(algo, spec, tokenizer, length, args.response, warmup, steps)
-                shape = shape or (config and Shape.of(config))
-                if cell["status"] == "ok":
-                    cell.update(tokens_per_s=2 * length / cell["step_s"],
-                                tflops=2 * shape.train_flops(length, args.response) / cell["step_s"] / 1e12)
-                put_row(rows, {"model": name, "trainer": f"trl-{algo}", "long_len": length, "tokens": 2 * length,
-                               "warmup_steps": warmup, **(PROBE if longer else {}), **cell}, "model", "trainer", "long_len")
-                print(rows[-1], flush=True)
-                write_table(args.out, "trl_long_po", rows, ["model", "trainer", "long_len", "tokens", "warmup_steps", "status",
-                            "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
+        for length, algo, warmup, steps, longer in itertools.chain([first], todo):
+            cell, config = measure(algo, spec, tokenizer, length, args.response, warmup, steps)
+            shape = shape or (config and Shape.of(config))
+            if cell["status"] == "ok":
+                cell.update(tokens_per_s=2 * length / cell["step_s"],
+                            tflops=2 * shape.train_flops(length, args.response) / cell["step_s"] / 1e12)
+            put_row(rows, {"model": name, "trainer": f"trl-{algo}", "long_len": length, "tokens": 2 * length,
+                           "warmup_steps": warmup, **(PROBE if longer else {}), **cell}, "model", "trainer", "long_len")
+            print(rows[-1], flush=True)
+            write_table(args.out, "trl_long_po", rows, ["model", "trainer", "long_len", "tokens", "warmup_steps", "status",
+                        "step_s", "tokens_per_s", "tflops", "peak_gib"], meta)
 
 
 if __name__ == "__main__":
