@@ -8,6 +8,12 @@ response's hidden states are exactly those of its own unpacked (prompt + respons
 One rule, two forms: a BlockMask for flex attention (block-sparse, so a long prompt costs no T x T memory) and a dense
 (1, 1, T, T) boolean mask for SDPA, which is O(T^2) and meant for short rows and the CPU. Other attention kernels
 cannot take a mask of this shape.
+
+The BlockMask is built from block-level bounds of the ids rather than by ``create_block_mask``: evaluated densely,
+that costs T x T memory; compiled, it costs a compilation per row length (minutes on a GPU, every step whose
+length is new). The bounds cost (T / block)^2 and are exact where it matters: a block pair is "full" only where
+every query may read every key and "empty" only where none may; every other pair is "partial" and the kernel
+applies ``allowed`` token by token there, so a conservative label changes speed, never the result.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import torch
 from torch import Tensor
 
 KERNELS = ("flex_attention", "sdpa")
+BLOCK = 128  # flex attention's default block size
 
 
 def allowed(segment_ids: Tensor, branch_ids: Tensor, q: Tensor, kv: Tensor) -> Tensor:
@@ -29,15 +36,53 @@ def attention_mask(attn_implementation: str, segment_ids: Tensor, branch_ids: Te
     segment, branch = segment_ids[0], branch_ids[0]
     length = segment.shape[0]
     if attn_implementation == "flex_attention":
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(b, h, q, kv):
-            return allowed(segment, branch, q, kv)
-
-        # Compiled, as transformers builds its own block masks: uncompiled, the mask is evaluated densely (T x T).
-        return create_block_mask(mask_mod, 1, None, length, length, device=segment.device, _compile=True)
+        return block_mask(segment, branch)
     if attn_implementation == "sdpa":
         positions = torch.arange(length, device=segment.device)
         return allowed(segment, branch, positions[:, None], positions[None, :])[None, None]
     raise ValueError(f"packing=shared_prompt needs model.attn_implementation in {', '.join(KERNELS)}; "
                      f"got {attn_implementation}")
+
+
+def block_classes(segment: Tensor, branch: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:
+    """(partial, full): (n, n) booleans over (query block, key block) pairs of one row's (T,) ids, n = ceil(T / block).
+
+    Full: both blocks hold one (segment, branch) each, the same segment, the key block is the prompt or the query's
+    own response, and every key precedes every query. Empty (neither): the key block starts after the query block
+    ends, or their segment ranges are disjoint, or the key block has no prompt token and its branch range misses the
+    query block's. Partial: the rest."""
+    length = segment.shape[0]
+    n = -(-length // block)
+
+    def bounds(ids: Tensor) -> tuple[Tensor, Tensor]:  # per block; the last block is filled with its last id
+        blocks = torch.cat([ids, ids[-1:].expand(n * block - length)]).view(n, block)
+        return blocks.amin(1), blocks.amax(1)
+
+    (seg_lo, seg_hi), (br_lo, br_hi) = bounds(segment), bounds(branch)
+    first = torch.arange(n, device=segment.device) * block
+    last = (first + block).clamp(max=length) - 1
+    q, kv = (slice(None), None), (None, slice(None))  # query blocks along rows, key blocks along columns
+    empty = ((first[kv] > last[q]) | (seg_hi[kv] < seg_lo[q]) | (seg_lo[kv] > seg_hi[q])
+             | ((br_lo[kv] > 0) & ((br_hi[kv] < br_lo[q]) | (br_lo[kv] > br_hi[q]))))
+    uniform = (seg_lo == seg_hi) & (br_lo == br_hi)
+    full = (uniform[q] & uniform[kv] & (seg_lo[kv] == seg_lo[q]) & ((br_lo[kv] == 0) | (br_lo[kv] == br_lo[q]))
+            & (last[kv] <= first[q]))
+    return ~empty & ~full, full
+
+
+def block_mask(segment: Tensor, branch: Tensor, block: int = BLOCK):
+    """The flex-attention BlockMask of one row's (T,) ids, from ``block_classes``."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    def mask_mod(b, h, q, kv):
+        return allowed(segment, branch, q, kv)
+
+    def ordered(blocks: Tensor) -> tuple[Tensor, Tensor]:  # per query block: how many key blocks, which ones first
+        count = blocks.sum(-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return count[None, None], indices[None, None]
+
+    partial, full = block_classes(segment, branch, block)
+    length = segment.shape[0]
+    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(length, length))

@@ -140,6 +140,48 @@ def test_shared_prompt_mask_reads_the_prompt_and_its_own_response_only():
         attention_mask("solopo_varlen", segment, branch)
 
 
+def ids_of(segments):
+    """(segment_ids, branch_ids) of a row from each segment's part lengths (prompt, response, ...)."""
+    segment, branch = [], []
+    for s, parts in enumerate(segments):
+        for b, n in enumerate(parts):
+            segment += [s] * n
+            branch += [b] * n
+    return torch.tensor(segment), torch.tensor(branch)
+
+
+@pytest.mark.parametrize("block", [4, 8, 16])
+def test_shared_prompt_block_classes_give_the_token_mask(block):
+    """Full blocks read every key, empty ones none, partial ones token by token: that is the token-level rule, for
+    blocks that straddle every kind of boundary (and a last block cut short)."""
+    from solopo.shared_prompt import allowed, block_classes
+
+    segment, branch = ids_of([(37, 5, 9), (100, 4, 4), (3, 2), (60, 17)])
+    length = segment.shape[0]
+    partial, full = block_classes(segment, branch, block)
+    positions = torch.arange(length)
+    exact = allowed(segment, branch, positions[:, None], positions[None, :])
+    tokens = lambda blocks: blocks.repeat_interleave(block, 0).repeat_interleave(block, 1)[:length, :length]  # noqa: E731
+    assert torch.equal(tokens(full) | (tokens(partial) & exact), exact)
+    assert not (partial & full).any()
+    # the bounds are tight enough to skip work: the long prompt's blocks are full below the diagonal, and the
+    # other segments' blocks, like the blocks above the diagonal, are empty
+    assert full.any() and (~partial & ~full).sum() > (partial | full).sum()
+
+
+def test_shared_prompt_block_mask_holds_its_blocks():
+    from solopo.shared_prompt import block_classes, block_mask
+
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    segment, branch = ids_of([(37, 5, 9), (100, 4, 4)])
+    partial, full = block_classes(segment, branch, 16)
+    mask = block_mask(segment, branch, 16)
+    assert mask.seq_lengths == (segment.shape[0], segment.shape[0])
+    assert torch.equal(mask.to_dense()[0, 0].bool(), partial | full)
+    assert mask.kv_num_blocks[0, 0].tolist() == partial.sum(-1).tolist()
+    assert mask.full_kv_num_blocks[0, 0].tolist() == full.sum(-1).tolist()
+
+
 @pytest.mark.parametrize("keys", [ALL_KEYS, ALL_KEYS[:3]], ids=["both-responses", "chosen-only-long"])
 def test_shared_prompt_rows_match_padded_rows(tiny_model, keys):
     """Each prompt once, its responses after it: the log-probs and the gradients of unpacked padded rows."""
