@@ -151,15 +151,21 @@ def mfu(grid: list[dict], model: str, length: int, response: int) -> dict | None
             "dense_fraction": dense / row["step_s"] / 1e12 / H200_PEAK_TFLOPS}
 
 
-def targets(grid_rows: list[dict], packing: list[dict], longest: dict, logp: dict, mfu_32k: dict | None) -> list[str]:
+def targets(grid_rows: list[dict], packing: list[dict], shared: list[dict], longest: dict, logp: dict,
+            mfu_32k: dict | None) -> list[str]:
     lines = ["| target | measured | met |", "|---|---|---|"]
     dpo = [r for r in grid_rows if r["model"] == "qwen2.5-1.5b" and r["algo"] == "dpo"]
     best = {p["long_len"]: p["best_ratio"] for p in packing}
     long8 = [r for r in dpo if r["long_len"] >= 8192 and r["solopo_vs_long_po"] is not None]
     values = [min(x for x in (r["solopo_vs_long_po"], best.get(r["long_len"])) if x is not None) for r in long8]
+    # Long-PO sharing its prompt between the two responses: the fairer baseline, where measured
+    shared = [r for r in shared if r["model"] == "qwen2.5-1.5b" and r["algo"] == "dpo" and r["best_ratio"] is not None]
+    against_shared = ("; against Long-PO with shared prompts, best of each: "
+                      + ", ".join(f"{length_label(r['long_len'])} {r['best_ratio']:.2f}" for r in shared)) if shared else ""
     lines.append("| SoLoPO <= 0.5x Long-PO's step (1.5B, DPO), 8K and beyond | "
                  + ", ".join(f"{length_label(r['long_len'])} {v:.2f} (FLOP ratio {r['flop_ratio']:.2f})" for r, v in zip(long8, values))
-                 + f" | {'yes' if values and max(values) <= TARGETS['solopo_vs_long_po'] else 'no'} |")
+                 + against_shared
+                 + f" | {'yes' if values and max(values + [r['best_ratio'] for r in shared]) <= TARGETS['solopo_vs_long_po'] else 'no'} |")
     trl = [r for r in dpo if r["long_len"] in (16384, 32768)]
     trl_values = [r["solopo_vs_trl"] for r in trl]
     lines.append("| SoLoPO <= 0.5x TRL DPOTrainer's step (1.5B), 16K and 32K | "
@@ -200,7 +206,7 @@ def summarise(results: Path) -> dict:
             summary["grid"] += rows
     md += ["## Longest long context trained (one DPO step, one pair)", ""]
     summary["longest_by_model"] = {}
-    for model in dict.fromkeys([r["model"] for r in max_rows] + [r["model"] for r in trl]):
+    for model in dict.fromkeys([r["model"] for r in grid + max_rows + trl]):  # the grid's order first
         lines, summary["longest_by_model"][model] = longest_section(max_rows, trl, model)
         md += [f"### {model}", ""] + lines
     summary["longest"] = summary["longest_by_model"].get("qwen2.5-1.5b", {})
@@ -225,8 +231,8 @@ def summarise(results: Path) -> dict:
                 summary["shared"] += [{"model": model, "algo": algo, **r} for r in rows]
     grid_meta = json.loads((results / "solopo_grid.json").read_text())["meta"] if grid else {}
     summary["mfu_32k"] = mfu(grid, "qwen2.5-1.5b", 32768, grid_meta.get("response_len", 64))
-    md += ["## Against the targets", ""] + targets(summary["grid"], summary["packing"], summary["longest"], summary["logp"],
-                                                   summary["mfu_32k"])
+    md += ["## Against the targets", ""] + targets(summary["grid"], summary["packing"], summary["shared"], summary["longest"],
+                                                   summary["logp"], summary["mfu_32k"])
     (results / "summary.md").write_text("\n".join(md))
     (results / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
