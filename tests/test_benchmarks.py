@@ -188,6 +188,18 @@ def test_longest_context_probe_goes_on_from_where_it_stopped(tmp_path):
     assert "every cell is in" in log
 
 
+def test_longest_context_probe_runs_in_a_shared_prompt_layout(tmp_path):
+    """The probe runs in its first variant: Long-PO with shared prompts gets its own row beside the padded one."""
+    args = ["--models", "tiny", "--algos", "dpo", "--methods", "long_po", "--lengths", "", "--max-lengths", "256",
+            "--max-length-models", "tiny", "--no-logp-memory", "--out", str(tmp_path), *SMALL]
+    script("bench.py", *args, "--variants", "padded", tmp_path=tmp_path)
+    script("bench.py", *args, "--variants", "shared-sdpa", "--resume", tmp_path=tmp_path)
+    rows = json.loads((tmp_path / "solopo_max_length.json").read_text())["rows"]
+    assert [(r["variant"], r["max_long_len"], r["first_failure"]) for r in rows] == [("padded", 256, None),
+                                                                                     ("shared-sdpa", 256, None)]
+    assert not (tmp_path / "solopo_grid.json").exists()  # no grid cells asked for
+
+
 def test_run_sh_resumes_every_script_into_one_results_folder(tmp_path):
     """The one command: each script with --resume into RESULTS, the SmolLM2 probes capped lower, the shared-prompt
     grid, then the summary."""
@@ -201,9 +213,11 @@ def test_run_sh_resumes_every_script_into_one_results_folder(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = calls.read_text().splitlines()
     assert [line.split()[0].rsplit("/", 1)[-1] for line in lines] == ["bench.py", "bench.py", "trl_bench.py",
-                                                                      "trl_bench.py", "bench.py", "summary.py"]
-    assert all(line.endswith(f"--resume --out {tmp_path / 'results'}") for line in lines[:5])
+                                                                      "trl_bench.py", "bench.py", "bench.py", "summary.py"]
+    assert all(line.endswith(f"--resume --out {tmp_path / 'results'}") for line in lines[:6])
     assert "--variants padded,shared-flex" in lines[4] and "--tag _shared" in lines[4]
+    # Long-PO's longest context with a shared prompt, into the same table as the other probes (no tag)
+    assert "--methods long_po --variants shared-flex" in lines[5] and "--tag" not in lines[5] and "524288" in lines[5]
     assert "--models smollm2" in lines[1] and "--max-lengths 131072,262144 " in lines[1]
     assert "--max-length-models qwen2.5-1.5b " in lines[0] and "524288" in lines[0]
 

@@ -139,8 +139,8 @@ def readme_commands():
     """Every `python -m solopo.run ... experiment=smoke ...` line in README's code blocks."""
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines()
-            if line.strip().startswith("python -m solopo.run") and "experiment=smoke" in line]
+    return list(dict.fromkeys(line.strip() for block in blocks for line in block.splitlines()  # each once
+                              if line.strip().startswith("python -m solopo.run") and "experiment=smoke" in line))
 
 
 def test_readme_has_smoke_commands():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The efficiency study's tables in one command: solopo's grid, longest context and log-prob memory
-# (bench.py), TRL's Long-PO (trl_bench.py), shared prompts (bench.py --tag _shared), then the summary against the
-# targets (summary.py).
+# (bench.py), TRL's Long-PO (trl_bench.py), shared prompts (bench.py --tag _shared, then Long-PO's longest context
+# with them), then the summary against the targets (summary.py).
 #
 #   bash experiments/efficiency/run.sh [BUDGET_S]
 #
@@ -40,5 +40,8 @@ step trl.log experiments/efficiency/trl_bench.py --models smollm2 --lengths "$LE
 step bench.log experiments/efficiency/bench.py --models qwen2.5-1.5b --algos dpo --methods solopo,solopo_both,long_po \
   --variants padded,shared-flex --lengths 8192,16384,32768,65536 --max-length-models none --no-logp-memory --tag _shared \
   --steps 2
+# the longest context of Long-PO sharing its prompt: one long context per pair, as SoLoPO chosen-only has
+step bench.log experiments/efficiency/bench.py --models qwen2.5-1.5b --algos dpo --methods long_po --variants shared-flex \
+  --lengths "" --max-lengths "$MAX_LENGTHS" --max-length-models qwen2.5-1.5b --no-logp-memory
 "$PY" experiments/efficiency/summary.py --results "$RESULTS"
 echo "call took $(( $(date +%s) - began )) s"
