@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from solopo import algos, shared_prompt
-from solopo.data.collate import SHARED_PROMPT
+from solopo.data.collate import PACKINGS, SHARED_PROMPT
 from solopo.data.contexts import INSTRUCTIONS
 from solopo.data.formats import DataFileError
 from solopo.data.pairs import PAIR_RULES
@@ -259,7 +259,7 @@ def check_run(top: dict) -> Problems:
     """The top-level keys of conf/config.yaml."""
     checkpoint, faults = top.get("checkpoint") or {}, top.get("faults") or {}
     problems = one_of("reference", top.get("reference", "cached"), ("cached", "live"))
-    problems += one_of("packing", top.get("packing", False), (False, True, SHARED_PROMPT))
+    problems += one_of("packing", top.get("packing", False), PACKINGS)
     problems += number("logp_chunk_size", top.get("logp_chunk_size", 1024), 1, integer=True)
     problems += number("val_every_n_steps", top.get("val_every_n_steps"), 1, integer=True, optional=True)
     problems += number("checkpoint.every_n_steps", checkpoint.get("every_n_steps"), 1, integer=True, optional=True)

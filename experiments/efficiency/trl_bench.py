@@ -11,7 +11,6 @@ step: Long-PO as TRL runs it. Then the longest context TRL's DPO trains at, amon
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
 import sys
 import tempfile
@@ -137,15 +136,13 @@ def main() -> None:
             "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
     rows = previous_rows(args.out, "trl_long_po", args.resume)
     for name in args.models:
-        todo = cells(args, name, rows)
-        first = next(todo, None)
-        if first is None:
+        if next(cells(args, name, rows), None) is None:
             print(f"{name}: every cell is in {args.out} already (--resume)", flush=True)
             continue  # not even loaded: SmolLM2's tokenizer needs the embedded model's cache
         spec = model_spec(name)
         tokenizer = load_tokenizer(spec)
         shape = None
-        for length, algo, warmup, steps, longer in itertools.chain([first], todo):
+        for length, algo, warmup, steps, longer in cells(args, name, rows):
             cell, config = measure(algo, spec, tokenizer, length, args.response, warmup, steps)
             shape = shape or (config and Shape.of(config))
             if cell["status"] == "ok":

@@ -46,11 +46,12 @@ def _ref_logps(pairs: list[TokenizedPair], keys: Sequence[Key]) -> dict:
 
 
 SHARED_PROMPT = "shared_prompt"
+PACKINGS = (False, True, SHARED_PROMPT)  # padded rows, packed rows, packed rows with shared prompts
 
 
 class PairCollator:
     def __init__(self, keys: Sequence[Key], pad_token_id: int, pack: bool | str = False):
-        if pack not in (False, True, SHARED_PROMPT):
+        if pack not in PACKINGS:
             raise ValueError(f"pack={pack!r}: choose false, true or {SHARED_PROMPT}")
         self.groups = {"packed": tuple(keys)} if pack else group_by_context(keys)
         self.pad_token_id = pad_token_id
