@@ -68,6 +68,15 @@ def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
     assert two["loss_max_rel_diff"] < 1e-5 and two["scaling_efficiency"] > 0 and one["scaling_efficiency"] == 1
     assert "NCCL_NVLS_ENABLE" in json.dumps(json.loads((tmp_path / "fsdp_scaling.json").read_text())["meta"])
 
+    # --resume keeps a measured run and redoes one that timed out (here: drops it, as only one device is asked for)
+    table = json.loads((tmp_path / "fsdp_scaling.json").read_text())
+    table["rows"][1]["status"] = "timeout"
+    (tmp_path / "fsdp_scaling.json").write_text(json.dumps(table))
+    out = script("scaling.py", "--devices", "1", "--global-batch", "2", "--models", "tiny", "--lengths", "384",
+                 "--algos", "simpo", "--steps", "3", "--resume", "--out", str(tmp_path), tmp_path=tmp_path)
+    assert "tiny 384 simpo on 1: in" in out
+    assert json.loads((tmp_path / "fsdp_scaling.json").read_text())["rows"] == [one]
+
 
 def test_summary_divides_the_measured_rows_and_checks_each_target(tmp_path):
     """summary.py on hand-made tables: every ratio is the quotient of two rows, and each target's verdict follows."""

@@ -9,7 +9,8 @@ device count), N devices take G/N pairs each per step; one device takes the same
 (gradient accumulation), so every process always holds one pair at a time and the runs differ only in layout.
 From each run's metrics.csv: the losses of the first steps (global means, to compare across layouts), tokens/s
 per GPU (train/tokens_per_s of each process's micro-batches, after --warmup steps), peak memory per GPU, and the
-scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. NVLink multicast stays off in every process
+scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. The table is written after every run; with
+--resume the runs already in it (ok or out of memory) are kept, so a GPU call cut short continues in the next. NVLink multicast stays off in every process
 (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1). Words after -- are Hydra overrides
 for every run (e.g. `-- model=tiny trainer.accelerator=cpu data.long_len=512` for a CPU check with gloo).
 """
@@ -23,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import environment, write_table
+from common import environment, has_row, previous_rows, put_row, write_table
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--root", type=Path, default=Path("/tmp/solopo-scaling"), help="one run directory per cell")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out and make the rest")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args()
     global_batch = args.global_batch or max(args.devices)
@@ -106,26 +108,29 @@ def main() -> None:
         raise SystemExit(f"--global-batch {global_batch} must be a multiple of every device count {args.devices}")
     meta = {**environment(), "command": "python " + " ".join(sys.argv), "global_batch": global_batch,
             "steps": args.steps, "warmup": args.warmup, "nccl": NO_MULTICAST}
-    table = []
+    # A timeout or a failure is redone; a measured run or an out-of-memory verdict is a result.
+    table = [r for r in previous_rows(args.out, "fsdp_scaling", args.resume) if r["status"] in ("ok", "OOM")]
     for model in args.models:
         for long in args.lengths:
             for algo in args.algos:
-                cell = []
+                key = {"model": model, "long": long, "algo": algo, "global_batch": global_batch, "steps": args.steps}
                 for devices in args.devices:
+                    if has_row(table, **key, devices=devices):
+                        print(f"{model} {long} {algo} on {devices}: in {args.out} already (--resume)", flush=True)
+                        continue
                     run_dir = args.root / f"{model}-{long}-{algo}-{devices}gpu"
                     code, seconds = launch(run_dir, overrides(model, long, algo, devices, global_batch, args.steps)
                                            + args.overrides, args.timeout)
-                    row = {"model": model, "long": long, "algo": algo, "devices": devices, "global_batch": global_batch,
-                           "status": status_of(code, run_dir), "seconds": round(seconds, 1)}
+                    row = {**key, "devices": devices, "status": status_of(code, run_dir), "seconds": round(seconds, 1)}
                     if row["status"] == "ok":
                         row.update(measured(run_dir, args.warmup, args.loss_steps))
                         row["loss_steps"] = ", ".join(f"{x:.6g}" for x in row["losses"])
-                    cell.append(row)
+                    put_row(table, row, *key, "devices")
                     print({k: v for k, v in row.items() if k != "losses"}, flush=True)
-                compare(cell, next((r for r in cell if r["devices"] == 1), None))
-                table += cell
-                write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)  # after every cell
-
+                    cell = [r for r in table if all(r.get(k) == v for k, v in key.items())]
+                    compare(cell, next((r for r in cell if r["devices"] == 1), None))
+                    write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)  # after every run
+    write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)  # also when --resume had nothing left to run
 
 if __name__ == "__main__":
     main()
