@@ -42,6 +42,13 @@ class FSDP2Strategy(ModelParallelStrategy):
             return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
 
 
+def local_gpu() -> torch.device:
+    """This process's GPU: the one of its local rank (LOCAL_RANK, set for every process Lightning, torchrun or SLURM
+    starts; 0 in a single process). Work done before the trainer runs (the reference pass, random weights) goes
+    there, not to GPU 0 from every rank."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def is_global_zero() -> bool:
     """True on the process that writes results (rank 0), also before the process group exists: Lightning's launchers
     and torchrun set RANK, SLURM sets SLURM_PROCID."""

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from solopo import embedded, varlen
-from solopo.distributed import full_state_dict, is_global_zero
+from solopo.distributed import full_state_dict, is_global_zero, local_gpu
 
 log = logging.getLogger(__name__)
 varlen.register()  # attn_implementation="solopo_varlen"
@@ -21,6 +21,8 @@ class ModelSpec:
     """name: "embedded:smollm2-135m-instruct", an HF id or a local directory.
     tokenizer: where the tokenizer comes from (default: name).
     random_init: config fields of a randomly initialised model (e.g. a 2-layer llama); None loads weights.
+    init_device: where random weights are drawn: "cpu", or "auto" (this process's GPU when there is one, else the
+        CPU; a GPU draws a 7B shape in seconds where the CPU takes minutes, and gives other numbers for the same seed).
     max_length: longest sequence (prompt + response) the model is trained on.
     dtype: weight dtype: "auto" keeps the checkpoint's; "float32", "bfloat16".
     gradient_checkpointing: recompute activations in backward (long contexts).
@@ -32,6 +34,7 @@ class ModelSpec:
     name: str
     tokenizer: Optional[str] = None
     random_init: Optional[dict[str, Any]] = None
+    init_device: str = "cpu"
     max_length: int = 8192
     dtype: str = "auto"
     gradient_checkpointing: bool = False
@@ -68,8 +71,9 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
         fields = {"vocab_size": len(tokenizer), **spec.random_init}  # a shape may pin its own vocabulary
         config = AutoConfig.for_model(fields.pop("model_type"), **fields)
         config._attn_implementation = spec.attn_implementation
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)  # the same random model for the policy and its reference
+        device = init_device(spec.init_device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+            torch.manual_seed(seed)  # the same random model for the policy and its reference (and on every rank)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(
@@ -83,6 +87,19 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+INIT_DEVICES = ("cpu", "auto")
+
+
+def init_device(choice: str) -> torch.device:
+    """The device random weights are drawn on; "auto" takes the GPU of this process's local rank when there is one
+    (the one Lightning will move the model to)."""
+    if choice not in INIT_DEVICES:
+        raise ValueError(f"model.init_device={choice!r}: choose one of {', '.join(INIT_DEVICES)}")
+    if choice == "auto" and torch.cuda.is_available():
+        return local_gpu()
+    return torch.device("cpu")
 
 
 def with_lora(model: torch.nn.Module, lora: dict[str, Any]) -> torch.nn.Module:

@@ -36,10 +36,10 @@ from solopo.embedded import cache_root
 from solopo.eval.longctx import EvalSettings
 from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
 from solopo.evaluate import eval_settings, vllm_args
-from solopo.distributed import check_strategy
+from solopo.distributed import check_strategy, local_gpu
 from solopo.faults import NumericalGuard
 from solopo.loggers import finish, wandb_labels
-from solopo.models import ModelSpec, freeze, load_model, load_tokenizer, save_policy, weights_path, with_lora
+from solopo.models import ModelSpec, freeze, init_device, load_model, load_tokenizer, save_policy, weights_path, with_lora
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
 from solopo.reference import with_reference_logps
@@ -60,11 +60,13 @@ def resolve_precision(precision: str) -> str:
 
 def model_identity(spec: ModelSpec, seed: int) -> str:
     """What cached numbers computed with this model depend on (a random model is defined by its seed)."""
-    return json.dumps([spec.name, spec.random_init, seed if spec.random_init else None, spec.dtype])
+    drawn_on = init_device(spec.init_device).type if spec.random_init else "cpu"  # a GPU draws other numbers
+    return json.dumps([spec.name, spec.random_init, seed if spec.random_init else None, spec.dtype]
+                      + ([drawn_on] if drawn_on != "cpu" else []))
 
 
 def compute_device(cfg: DictConfig) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    return local_gpu() if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else torch.device("cpu")
 
 
 def make_evaluation(cfg: DictConfig, settings: EvalSettings | None, splits, tokenizer,

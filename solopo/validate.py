@@ -25,7 +25,7 @@ from solopo.data.formats import DataFileError
 from solopo.data.pairs import PAIR_RULES
 from solopo.data.tokenize import OVERLONG_POLICIES
 from solopo.losses.alignment import DISTANCES
-from solopo.models import ModelSpec
+from solopo.models import INIT_DEVICES, ModelSpec
 from solopo.objective import CHOSEN, LONG, REJECTED, SHORT, Method
 from solopo.vllm_engine import ENGINES
 
@@ -147,7 +147,8 @@ def check_method(method: dict) -> Problems:
 def check_model(model: dict) -> Problems:
     return (unknown_options("model", ModelSpec, model)
             + number("model.max_length", model.get("max_length"), 1, integer=True)
-            + one_of("model.dtype", model.get("dtype", "auto"), DTYPES))
+            + one_of("model.dtype", model.get("dtype", "auto"), DTYPES)
+            + one_of("model.init_device", model.get("init_device", "cpu"), INIT_DEVICES))
 
 
 def check_long_len(long_len: Any, short_len: Any, max_length: Optional[int], room: int) -> Problems:

@@ -1,8 +1,12 @@
 """The scale-out presets: strategies, the SLURM launcher, LoRA fields, and one-line refusals."""
+from dataclasses import replace
+
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from solopo.distributed import FSDP2Strategy, check_strategy
+from solopo.models import ModelSpec
 
 from test_configs import compose_config
 
@@ -41,3 +45,41 @@ def test_random_shapes_have_the_real_models_size(model, billions):
         built = AutoModelForCausalLM.from_config(AutoConfig.for_model(fields.pop("model_type"), **fields))
     assert sum(p.numel() for p in built.parameters()) / 1e9 == pytest.approx(billions, abs=0.01)
     assert cfg.trainer.strategy._target_.endswith("FSDP2Strategy") and not cfg.eval.enabled
+
+
+def test_scaling_data_reaches_the_long_contexts_it_is_run_at():
+    """experiment=scaling's built-in world holds enough irrelevant passages for 64K-token contexts (the default
+    world of ~14K tokens stops a 16K run while it builds its data)."""
+    from solopo.data.pairs import to_examples
+    from solopo.data.tokenize import token_counter
+    from solopo.models import ModelSpec, load_tokenizer
+
+    cfg = compose_config(["experiment=scaling", "data.source.n_train=2"])
+    splits = instantiate(cfg.data.source)
+    tokenizer = load_tokenizer(ModelSpec(name="x", tokenizer=cfg.model.tokenizer))
+    count = token_counter(tokenizer)
+    examples = to_examples(splits.train, 65536, count, pool=splits.distractors)
+    assert all(65536 - 64 <= count(e.prompt_long) <= 65536 for e in examples)
+
+
+def test_random_weights_are_drawn_on_this_process_gpu(monkeypatch):
+    """model.init_device=auto draws on the local rank's GPU (every rank its own, not GPU 0), and on the CPU where
+    there is none; a GPU draw is another model, so it has another identity in the reference cache."""
+    import torch
+
+    from solopo.distributed import local_gpu
+    from solopo.models import init_device
+    from solopo.run import model_identity
+    from solopo.validate import check_model
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert local_gpu() == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert init_device("auto") == init_device("cpu") == torch.device("cpu")
+    cfg = compose_config(["model=qwen2_5_1_5b_shape"])
+    spec = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
+    assert spec.init_device == "auto" and model_identity(spec, 0) == model_identity(replace(spec, init_device="cpu"), 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert init_device("auto") == torch.device("cuda", 1)
+    assert model_identity(spec, 0) != model_identity(replace(spec, init_device="cpu"), 0)
+    assert check_model({**cfg.model, "init_device": "gpu"}) == ["model.init_device=gpu: choose one of cpu, auto"]

@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/solopo-scaling"), help="one run directory per cell")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out and make the rest")
+    parser.add_argument("--keep-going", action="store_true", help="go on after a run fails (out of memory always does)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args()
     global_batch = args.global_batch or max(args.devices)
@@ -127,6 +128,12 @@ def main() -> None:
                         row["loss_steps"] = ", ".join(f"{x:.6g}" for x in row["losses"])
                     put_row(table, row, *key, "devices")
                     print({k: v for k, v in row.items() if k != "losses"}, flush=True)
+                    if row["status"] not in ("ok", "OOM"):
+                        # a failure that is not memory is the setup's, and the next runs would meet it too
+                        print((run_dir / "launch.log").read_text(errors="replace")[-3000:], flush=True)
+                        if not args.keep_going:
+                            write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)
+                            raise SystemExit(f"{run_dir}: {row['status']}; stopping (--keep-going runs the rest)")
                     cell = [r for r in table if all(r.get(k) == v for k, v in key.items())]
                     compare(cell, next((r for r in cell if r["devices"] == 1), None))
                     write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)  # after every run
