@@ -84,7 +84,8 @@ def decoder_layer_classes(model: nn.Module) -> set[type]:
 
 def shard_model(model: nn.Module, mesh, param_dtype: Optional[torch.dtype] = None) -> nn.Module:
     """Applies FSDP2 (fully_shard) to every decoder layer, then to the whole model. param_dtype=bfloat16 gathers and
-    computes in bf16 while the optimizer keeps fp32 shards and gradients are reduced in fp32."""
+    computes in bf16 and reduces gradients in fp32; the shards, which the optimizer updates, keep the model's dtype
+    (fp32 master weights for a model loaded in fp32)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)

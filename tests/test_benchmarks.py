@@ -73,7 +73,8 @@ def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
     table["rows"][1]["status"] = "timeout"
     (tmp_path / "fsdp_scaling.json").write_text(json.dumps(table))
     out = script("scaling.py", "--devices", "1", "--global-batch", "2", "--models", "tiny", "--lengths", "384",
-                 "--algos", "simpo", "--steps", "3", "--resume", "--out", str(tmp_path), tmp_path=tmp_path)
+                 "--algos", "simpo", "--steps", "3", "--resume", "--out", str(tmp_path), "--", "trainer.accelerator=cpu",
+                 "trainer.precision=32-true", tmp_path=tmp_path)
     assert "tiny 384 simpo on 1: in" in out
     assert json.loads((tmp_path / "fsdp_scaling.json").read_text())["rows"] == [one]
 
@@ -95,7 +96,10 @@ def test_summary_divides_the_measured_rows_and_checks_each_target(tmp_path):
     table("solopo_max_length", [dict(model="qwen2.5-1.5b", method="solopo", variant="padded", max_long_len=262144,
                                      step_s_at_max=50.0, peak_gib_at_max=60.0, first_failure=None),
                                 dict(model="qwen2.5-1.5b", method="long_po", variant="padded", max_long_len=262144,
-                                     step_s_at_max=100.0, peak_gib_at_max=120.0, first_failure="OOM", failed_len=393216)])
+                                     step_s_at_max=100.0, peak_gib_at_max=120.0, first_failure="OOM", failed_len=393216),
+                                # a probe whose call ended before its next length
+                                dict(model="qwen2.5-1.5b", method="long_po", variant="shared-flex", max_long_len=131072,
+                                     step_s_at_max=30.0, peak_gib_at_max=40.0, first_failure=None, probe_to=524288)])
     table("logp_memory", [dict(model="qwen2.5-1.5b", variant=v, context_len=n, extra_peak_gib=g) for n, v, g in (
         (4096, "response_only", 0.5), (65536, "response_only", 0.52), (4096, "full_logits", 9.0), (65536, "full_logits", "OOM"))])
 
@@ -117,6 +121,7 @@ def test_summary_divides_the_measured_rows_and_checks_each_target(tmp_path):
     assert "| TRL DPOTrainer | 128K | 30.0 s | 20.0 GiB | OOM at 256K |" in text
     assert "| SoLoPO chosen-only (padded) | 256K | 50.0 s | 60.0 GiB | not tried |" in text
     assert "| Long-PO (padded) | 256K | 100.0 s | 120.0 GiB | OOM at 384K |" in text
+    assert "| Long-PO (shared-flex) | 128K | 30.0 s | 40.0 GiB | not reached (512K asked for): the call's time ran out |" in text
     assert ("| long context | SoLoPO padded | SoLoPO shared-flex | SoLoPO both padded | SoLoPO both shared-flex | "
             "Long-PO padded | Long-PO shared-flex | SoLoPO / Long-PO, best of each |") in text
     assert "| 16K | 1 s | 0.9 s | 2 s | 1.2 s | 2 s | 1.2 s | 0.75 |" in text
@@ -188,10 +193,11 @@ def test_longest_context_probe_goes_on_from_where_it_stopped(tmp_path):
             "--max-length-models", "tiny", "--no-logp-memory", "--out", str(tmp_path), *SMALL]
     script("bench.py", *args, "--max-lengths", "256", tmp_path=tmp_path)
     (first,) = json.loads((tmp_path / "solopo_max_length.json").read_text())["rows"]
-    assert first["max_long_len"] == 256 and first["first_failure"] is None
+    assert first["max_long_len"] == 256 and first["first_failure"] is None and first["probe_to"] == 256
     log = script("bench.py", *args, "--max-lengths", "256,320", "--resume", tmp_path=tmp_path)
     (row,) = json.loads((tmp_path / "solopo_max_length.json").read_text())["rows"]
     assert row["max_long_len"] == 320 and row["first_failure"] is None and row["failed_len"] is None
+    assert row["probe_to"] == 320
     assert "'long_len': 320" in log and "'long_len': 256" not in log
     log = script("bench.py", *args, "--max-lengths", "256,320", "--resume", tmp_path=tmp_path)
     assert "every cell is in" in log

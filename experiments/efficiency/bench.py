@@ -184,7 +184,8 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
                 best = {"long_len": length, "step_s": cell["step_s"], "peak_gib": cell["peak_gib"]}
             put_row(rows, {**key, "max_long_len": best and best["long_len"], "step_s_at_max": best and best["step_s"],
                            "peak_gib_at_max": best and best["peak_gib"], "first_failure": cell["status"] if failed else None,
-                           "failed_len": length if failed else None, **PROBE}, "model", "method", "variant")
+                           "failed_len": length if failed else None, "probe_to": max(args.max_lengths), **PROBE},
+                    "model", "method", "variant")
             save()
             if failed:
                 break

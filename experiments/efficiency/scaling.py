@@ -19,16 +19,18 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
 from common import environment, has_row, previous_rows, put_row, write_table
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-COLUMNS = ["model", "long", "algo", "devices", "global_batch", "status", "loss_steps", "loss_max_rel_diff",
+COLUMNS = ["model", "long", "algo", "overrides", "devices", "global_batch", "status", "loss_steps", "loss_max_rel_diff",
            "tokens_per_s_per_gpu", "scaling_efficiency", "peak_gib_per_gpu", "seconds"]
 
 
@@ -40,7 +42,8 @@ def overrides(model: str, long: int, algo: str, devices: int, global_batch: int,
 
 
 def launch(run_dir: Path, args: list[str], timeout: float) -> tuple[int, float]:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # an earlier try's metrics.csv would be read as this run's
+    run_dir.mkdir(parents=True)
     env = dict(os.environ, **NO_MULTICAST, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "solopo.run", *args, f"hydra.run.dir={run_dir}"]
@@ -107,14 +110,16 @@ def main() -> None:
     global_batch = args.global_batch or max(args.devices)
     if any(global_batch % n for n in args.devices):
         raise SystemExit(f"--global-batch {global_batch} must be a multiple of every device count {args.devices}")
-    meta = {**environment(), "command": "python " + " ".join(sys.argv), "global_batch": global_batch,
+    meta = {**environment(), "gpus": torch.cuda.device_count(), "command": "python " + " ".join(sys.argv),
+            "global_batch": global_batch,
             "steps": args.steps, "warmup": args.warmup, "nccl": NO_MULTICAST}
     # A timeout or a failure is redone; a measured run or an out-of-memory verdict is a result.
     table = [r for r in previous_rows(args.out, "fsdp_scaling", args.resume) if r["status"] in ("ok", "OOM")]
     for model in args.models:
         for long in args.lengths:
             for algo in args.algos:
-                key = {"model": model, "long": long, "algo": algo, "global_batch": global_batch, "steps": args.steps}
+                key = {"model": model, "long": long, "algo": algo, "global_batch": global_batch, "steps": args.steps,
+                       "overrides": " ".join(args.overrides)}  # e.g. trainer.precision=32-true: another cell
                 for devices in args.devices:
                     if has_row(table, **key, devices=devices):
                         print(f"{model} {long} {algo} on {devices}: in {args.out} already (--resume)", flush=True)

@@ -77,9 +77,12 @@ def grid_section(grid: list[dict], trl: list[dict], model: str, algo: str) -> tu
 
 
 def next_length(row: dict) -> str:
-    """What happened one length past the longest trained: the failure and its length, or no try."""
+    """What happened one length past the longest trained: the failure and its length; no try, where the longest
+    length the probe was given trained; else a probe cut short by its call's time (bench.py --resume goes on)."""
     if not row["first_failure"]:
-        return "not tried"
+        probe_to = row.get("probe_to") or 0  # rows from before this field: finished probes
+        return "not tried" if (row["max_long_len"] or 0) >= probe_to else \
+            f"not reached ({length_label(probe_to)} asked for): the call's time ran out"
     return row["first_failure"] + (f" at {length_label(row['failed_len'])}" if row.get("failed_len") else "")
 
 
@@ -89,7 +92,7 @@ def longest_section(max_rows: list[dict], trl: list[dict], model: str) -> tuple[
     order = list(METHOD_LABELS)
     for r in sorted((r for r in max_rows if r["model"] == model), key=lambda r: (order.index(r["method"])
                                                                                  if r["method"] in order else len(order))):
-        found[r["method"]] = r["max_long_len"]
+        found[r["method"]] = max(found.get(r["method"]) or 0, r["max_long_len"] or 0) or None  # its best variant
         lines.append(f"| {METHOD_LABELS.get(r['method'], r['method'])} ({r.get('variant', 'padded')}) | {length_label(r['max_long_len']) if r['max_long_len'] else 'none'} | "
                      f"{fmt(r['step_s_at_max'], 1)} s | {fmt(r['peak_gib_at_max'], 1)} GiB | {next_length(r)} |")
     trl_dpo = sorted((r for r in trl if r["model"] == model and r["trainer"] == "trl-dpo"), key=lambda r: r["long_len"])
