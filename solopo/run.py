@@ -39,7 +39,8 @@ from solopo.evaluate import eval_settings, vllm_args
 from solopo.distributed import check_strategy, local_gpu
 from solopo.faults import NumericalGuard
 from solopo.loggers import finish, wandb_labels
-from solopo.models import ModelSpec, freeze, init_device, load_model, load_tokenizer, save_policy, weights_path, with_lora
+from solopo.models import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer, save_policy,
+                           weights_path, with_lora)
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
 from solopo.reference import with_reference_logps
@@ -209,6 +210,10 @@ def train(cfg: DictConfig) -> dict:
              sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6,
              "precomputed log-probs" if cached else "the policy without its adapter" if live and spec.lora
              else "frozen model" if live else "none")
+    if precision.endswith("-mixed") and (half := half_precision_trained(policy)):
+        log.warning("%.1fM trained parameters are %s, with no fp32 master copy under %s: most small updates are lost; "
+                    "model.dtype=float32 trains fp32 weights with %s compute", half / 1e6, spec.dtype, precision,
+                    precision.split("-")[0])
     model_done = time.perf_counter()
 
     pairs, data_counts = make_pairs(cfg, splits, tokenizer, spec, policy, method)

@@ -83,3 +83,25 @@ def test_random_weights_are_drawn_on_this_process_gpu(monkeypatch):
     assert init_device("auto") == torch.device("cuda", 1)
     assert model_identity(spec, 0) != model_identity(replace(spec, init_device="cpu"), 0)
     assert check_model({**cfg.model, "init_device": "gpu"}) == ["model.init_device=gpu: choose one of cpu, auto"]
+
+
+@pytest.mark.parametrize("model", ["qwen2_5_7b", "llama3_1_8b", "qwen2_5_1_5b_shape", "qwen2_5_7b_shape"])
+def test_large_presets_train_fp32_master_weights(model):
+    """Under bf16-mixed the optimizer updates the weights in the dtype they load in; the large presets load fp32."""
+    assert compose_config([f"model={model}"]).model.dtype == "float32"
+
+
+def test_half_precision_trained_weights_are_counted_and_lora_adapters_are_not():
+    """bf16 weights that AdamW updates lose most of its small steps (the run warns); peft's adapters are fp32."""
+    import torch
+
+    from solopo.models import half_precision_trained, load_model, load_tokenizer, with_lora
+
+    cfg = compose_config(["model=tiny", "model.dtype=bfloat16"])
+    spec = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
+    model = load_model(spec, load_tokenizer(spec))
+    assert half_precision_trained(model) == sum(p.numel() for p in model.parameters()) > 0
+    assert half_precision_trained(with_lora(model, {"r": 4})) == 0
+    assert half_precision_trained(model.float()) == 0
+    weight = torch.full((1000,), 0.02, dtype=torch.bfloat16)
+    assert torch.equal(weight - 1e-6, weight)  # why: the update is below half the bf16 resolution at 0.02
