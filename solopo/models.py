@@ -114,7 +114,7 @@ def with_lora(model: torch.nn.Module, lora: dict[str, Any]) -> torch.nn.Module:
 
 def half_precision_trained(model: torch.nn.Module) -> int:
     """How many parameters the optimizer updates in fp16/bf16. Mixed precision keeps no fp32 copy of them, so AdamW's
-    small steps round away: at lr 1e-6 it moves about 2% of bf16 weights of size ~0.02 (peft's LoRA adapters are fp32)."""
+    small steps round away: at lr 1e-6 it moves about 2% of bf16 weights of size ~0.02. peft's adapters are fp32."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16))
 
 

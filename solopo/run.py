@@ -39,8 +39,8 @@ from solopo.evaluate import eval_settings, vllm_args
 from solopo.distributed import check_strategy, local_gpu
 from solopo.faults import NumericalGuard
 from solopo.loggers import finish, wandb_labels
-from solopo.models import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer, save_policy,
-                           weights_path, with_lora)
+from solopo.models import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
+                           save_policy, weights_path, with_lora)
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
 from solopo.reference import with_reference_logps

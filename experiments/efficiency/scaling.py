@@ -10,9 +10,10 @@ device count), N devices take G/N pairs each per step; one device takes the same
 From each run's metrics.csv: the losses of the first steps (global means, to compare across layouts), tokens/s
 per GPU (train/tokens_per_s of each process's micro-batches, after --warmup steps), peak memory per GPU, and the
 scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. The table is written after every run; with
---resume the runs already in it (ok or out of memory) are kept, so a GPU call cut short continues in the next. NVLink multicast stays off in every process
-(NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1). Words after -- are Hydra overrides
-for every run (e.g. `-- model=tiny trainer.accelerator=cpu data.long_len=512` for a CPU check with gloo).
+--resume the runs already in it (ok or out of memory) are kept, so a GPU call cut short continues in the next.
+NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1,
+NVSHMEM_DISABLE_NVLS=1). Words after -- are Hydra overrides for every run and part of each row's key (e.g.
+`-- model=tiny trainer.accelerator=cpu data.long_len=512` for a CPU check with gloo).
 """
 from __future__ import annotations
 
@@ -111,8 +112,7 @@ def main() -> None:
     if any(global_batch % n for n in args.devices):
         raise SystemExit(f"--global-batch {global_batch} must be a multiple of every device count {args.devices}")
     meta = {**environment(), "gpus": torch.cuda.device_count(), "command": "python " + " ".join(sys.argv),
-            "global_batch": global_batch,
-            "steps": args.steps, "warmup": args.warmup, "nccl": NO_MULTICAST}
+            "global_batch": global_batch, "steps": args.steps, "warmup": args.warmup, "nccl": NO_MULTICAST}
     # A timeout or a failure is redone; a measured run or an out-of-memory verdict is a result.
     table = [r for r in previous_rows(args.out, "fsdp_scaling", args.resume) if r["status"] in ("ok", "OOM")]
     for model in args.models:
@@ -143,6 +143,7 @@ def main() -> None:
                     compare(cell, next((r for r in cell if r["devices"] == 1), None))
                     write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)  # after every run
     write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)  # also when --resume had nothing left to run
+
 
 if __name__ == "__main__":
     main()
