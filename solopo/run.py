@@ -212,8 +212,7 @@ def train(cfg: DictConfig) -> dict:
              else "frozen model" if live else "none")
     if precision.endswith("-mixed") and (half := half_precision_trained(policy)):
         log.warning("%.1fM trained parameters are %s, with no fp32 master copy under %s: most small updates are lost; "
-                    "model.dtype=float32 trains fp32 weights with %s compute", half / 1e6, spec.dtype, precision,
-                    precision.split("-")[0])
+                    "model.dtype=float32 keeps fp32 weights under it", half / 1e6, spec.dtype, precision)
     model_done = time.perf_counter()
 
     pairs, data_counts = make_pairs(cfg, splits, tokenizer, spec, policy, method)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, peak, previous_rows, put_row, random_ids,
-                    release, reset_peak, shape_fields, timed, write_table)
+from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, matching, peak, previous_rows, put_row,
+                    random_ids, release, reset_peak, shape_fields, timed, write_table)
 from solopo.algos import DPO, SimPO
 from solopo.data.collate import SHARED_PROMPT, PairCollator
 from solopo.data.tokenize import TokenizedPair
@@ -147,7 +147,7 @@ def with_optimizer_state(policy, optimizer) -> None:
 
 def probe_row(rows: list[dict], key: dict) -> dict | None:
     """The longest-context probe's row of ``key`` measured under this allocator setting."""
-    return next((r for r in rows if all(r.get(k) == v for k, v in {**key, **PROBE}.items())), None)
+    return next(iter(matching(rows, **key, **PROBE)), None)
 
 
 def probe_finished(rows: list[dict], key: dict, max_lengths: list[int]) -> bool:

@@ -143,8 +143,13 @@ def previous_rows(out: Path, name: str, resume: bool) -> list[dict]:
             if not str(row.get("status", "ok")).startswith("error")]
 
 
+def matching(rows: list[dict], **key) -> list[dict]:
+    """The rows of one cell: those with these values of ``key``."""
+    return [row for row in rows if all(row.get(k) == v for k, v in key.items())]
+
+
 def has_row(rows: list[dict], **key) -> bool:
-    return any(all(row.get(k) == v for k, v in key.items()) for row in rows)
+    return bool(matching(rows, **key))
 
 
 def put_row(rows: list[dict], row: dict, *key: str) -> None:

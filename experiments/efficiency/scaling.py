@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import environment, has_row, previous_rows, put_row, write_table
+from common import environment, has_row, matching, previous_rows, put_row, write_table
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+RESULTS = ("ok", "OOM")  # a measured run, or the verdict that it does not fit; anything else is redone
 COLUMNS = ["model", "long", "algo", "overrides", "devices", "global_batch", "status", "loss_steps", "loss_max_rel_diff",
            "tokens_per_s_per_gpu", "scaling_efficiency", "peak_gib_per_gpu", "seconds"]
 
@@ -113,8 +114,7 @@ def main() -> None:
         raise SystemExit(f"--global-batch {global_batch} must be a multiple of every device count {args.devices}")
     meta = {**environment(), "gpus": torch.cuda.device_count(), "command": "python " + " ".join(sys.argv),
             "global_batch": global_batch, "steps": args.steps, "warmup": args.warmup, "nccl": NO_MULTICAST}
-    # A timeout or a failure is redone; a measured run or an out-of-memory verdict is a result.
-    table = [r for r in previous_rows(args.out, "fsdp_scaling", args.resume) if r["status"] in ("ok", "OOM")]
+    table = [r for r in previous_rows(args.out, "fsdp_scaling", args.resume) if r["status"] in RESULTS]
     for model in args.models:
         for long in args.lengths:
             for algo in args.algos:
@@ -133,13 +133,13 @@ def main() -> None:
                         row["loss_steps"] = ", ".join(f"{x:.6g}" for x in row["losses"])
                     put_row(table, row, *key, "devices")
                     print({k: v for k, v in row.items() if k != "losses"}, flush=True)
-                    if row["status"] not in ("ok", "OOM"):
+                    if row["status"] not in RESULTS:
                         # a failure that is not memory is the setup's, and the next runs would meet it too
                         print((run_dir / "launch.log").read_text(errors="replace")[-3000:], flush=True)
                         if not args.keep_going:
                             write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)
                             raise SystemExit(f"{run_dir}: {row['status']}; stopping (--keep-going runs the rest)")
-                    cell = [r for r in table if all(r.get(k) == v for k, v in key.items())]
+                    cell = matching(table, **key)
                     compare(cell, next((r for r in cell if r["devices"] == 1), None))
                     write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)  # after every run
     write_table(args.out, "fsdp_scaling", table, COLUMNS, meta)  # also when --resume had nothing left to run
