@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from solopo.eval.longctx import EvalSettings
 from solopo.eval.runner import Evaluation, eval_items, write_outputs
 from solopo.models import ModelSpec, load_model, load_tokenizer
+from solopo.precision import resolve_precision
 from solopo.results import redact, write_results
 from solopo.validate import load_source, validate_config
 from solopo.vllm_engine import import_vllm
@@ -28,12 +29,13 @@ log = logging.getLogger("solopo")
 
 
 def eval_settings(cfg: DictConfig) -> EvalSettings:
-    """The evaluation settings, prompted with the training template (data.template); eval.engine=vllm without
-    vllm installed stops here, in one line."""
+    """The evaluation settings, prompted with the training template (data.template) and computed under the
+    trainer's precision (trainer.precision); eval.engine=vllm without vllm installed stops here, in one line."""
     fields = OmegaConf.to_container(cfg.eval, resolve=True)
     settings = EvalSettings(lengths=tuple(fields["lengths"]), depths=tuple(fields["depths"]),
                             max_new_tokens=fields["max_new_tokens"], batch_size=fields["batch_size"], seed=cfg.seed,
-                            template=cfg.data.get("template", "direct"), engine=fields.get("engine", "transformers"))
+                            template=cfg.data.get("template", "direct"), engine=fields.get("engine", "transformers"),
+                            precision=resolve_precision(cfg.trainer.precision))
     if settings.engine == "vllm":
         try:
             import_vllm("eval.engine")

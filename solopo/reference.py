@@ -9,7 +9,6 @@ sweeps over alpha reuse it.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from solopo.data.collate import Key, PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.logps import group_logps
+from solopo.precision import autocast
 from solopo.results import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -45,22 +45,22 @@ def fingerprint(model_id: str, pairs: Sequence[TokenizedPair], keys: Iterable[Ke
 @torch.no_grad()
 def compute_reference_logps(
     model: nn.Module, pairs: Sequence[TokenizedPair], keys: Sequence[Key], pad_token_id: int,
-    batch_size: int = 4, chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None, desc: str = "reference log-probs",
+    batch_size: int = 4, chunk_size: int = 1024, precision: str = "32-true", desc: str = "reference log-probs",
     pack: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """{pair id: {"short/chosen": logps, ...}} for every pair and key, with the model as it is now."""
+    """{pair id: {"short/chosen": logps, ...}} for every pair and key, with the model as it is now, computed as
+    training's forward is under Lightning's ``precision``."""
     collate = PairCollator(keys, pad_token_id, pack=pack)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: dict[str, dict[str, float]] = {p.id: {} for p in pairs}
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     try:
         for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch"):
             chunk = pairs[start : start + batch_size]
             for group in collate(chunk).values():
                 group = {k: v.to(device) if torch.is_tensor(v) else v for k, v in group.items()}
-                with autocast:
+                with autocast(device, precision):
                     blocks = group_logps(model, group, chunk_size)
                 for key, (logps, _) in blocks.items():
                     for pair, value in zip(chunk, logps.float().cpu().tolist()):
@@ -105,9 +105,8 @@ def with_reference_logps(
     path = cache_dir / f"{fingerprint(model_id, pairs, keys, precision)}.json"
     table = load_cache(path, pairs, keys)
     if table is None:
-        autocast = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
         table = compute_reference_logps(model, pairs, keys, pad_token_id, batch_size=batch_size, chunk_size=chunk_size,
-                                        autocast_dtype=autocast, desc=desc, pack=pack)
+                                        precision=precision, desc=desc, pack=pack)
         save_cache(path, table, {"model": model_id, "precision": precision, "pairs": len(pairs)})
     else:
         log.info("%s from cache %s", desc, path)

@@ -43,6 +43,7 @@ from solopo.models import (ModelSpec, freeze, half_precision_trained, init_devic
                            save_policy, weights_path, with_lora)
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
+from solopo.precision import resolve_precision
 from solopo.reference import with_reference_logps
 from solopo.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
 from solopo.results import all_finite, final_metrics, redact, summary, write_results
@@ -51,12 +52,6 @@ from solopo.vllm_engine import saved_weights
 
 log = logging.getLogger("solopo")
 warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
-
-
-def resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def model_identity(spec: ModelSpec, seed: int) -> str:
@@ -95,7 +90,7 @@ def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, meth
     """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled), and what was
     built, sampled or skipped."""
     count_tokens = token_counter(tokenizer)
-    sampling = SamplingSettings(**cfg.data.get("sampling", {}))
+    sampling = SamplingSettings(**cfg.data.get("sampling", {}), precision=resolve_precision(cfg.trainer.precision))
     pairs, counts = {}, {}
     # Each split's long contexts draw on its own passages where the source keeps them apart (built-in QA).
     for split, items, pool in (("train", splits.train, splits.distractors),

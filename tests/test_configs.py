@@ -14,7 +14,7 @@ from omegaconf import OmegaConf, open_dict
 
 from solopo.models import ModelSpec, load_model, load_tokenizer
 from solopo.objective import Method, SoLoRA
-from solopo.run import resolve_precision
+from solopo.precision import resolve_precision
 from solopo.validate import check_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -192,14 +192,14 @@ def test_evaluation_prompts_with_the_training_template(tokenizer):
         EvalSettings(template="essay")
 
 
-def test_the_cache_key_holds_the_engine_and_the_template():
+def test_the_cache_key_holds_the_engine_the_template_and_the_precision():
     from solopo.data.schema import QAItem
     from solopo.eval.runner import cache_key
 
     items = [QAItem("x", "Who?", ("A",), ("A did it.",))]
-    keys = {cache_key("m", items, EvalSettings(engine=e, template=t))
-            for e in ("transformers", "vllm") for t in ("direct", "cot")}
-    assert len(keys) == 4
+    keys = {cache_key("m", items, EvalSettings(engine=e, template=t, precision=p))
+            for e in ("transformers", "vllm") for t in ("direct", "cot") for p in ("32-true", "bf16-mixed")}
+    assert len(keys) == 8
 
 
 def test_cot_answers_are_scored_as_the_pair_sampler_scores_samples(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import left_padded
 from solopo.eval.metrics import f1, sub_em
+from solopo.precision import autocast
 from solopo.results import atomic_write_text
 from solopo.vllm_engine import vllm_generate
 
@@ -39,7 +40,8 @@ class SamplingSettings:
     """k samples per prompt at this temperature (the paper: 32 at 0.85), up to max_new_tokens each;
     batch_size bounds the sequences generated at once (transformers engine); seed makes the samples
     and the pick repeatable; engine: "transformers" (the policy in memory) or "vllm" (when installed:
-    a vLLM engine on the same weights, much faster on a GPU, released before training)."""
+    a vLLM engine on the same weights, much faster on a GPU, released before training); precision: the
+    trainer's (Lightning's name), whose autocast the transformers engine samples under."""
 
     k: int = 32
     temperature: float = 0.85
@@ -47,6 +49,7 @@ class SamplingSettings:
     batch_size: int = 64
     seed: int = 0
     engine: str = "transformers"
+    precision: str = "32-true"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -91,7 +94,7 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
             ids, mask = left_padded(tokenizer, prompts[start : start + per_batch], device)
             width = ids.shape[1]
             torch.manual_seed(settings.seed + start)  # repeatable whatever the batch boundaries before it
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, settings.precision):
                 generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id)
             new = generated[:, width:]
             texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -19,6 +19,7 @@ from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded
 from solopo.eval.metrics import f1, sub_em
+from solopo.precision import autocast
 from solopo.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ class EvalSettings:
     """lengths: context lengths in tokens ("short" = the evidence alone); depths: where the evidence
     block sits in the long contexts; greedy answers of up to max_new_tokens, batch_size at a time;
     template: the prompt template the model was trained with (solopo.data.contexts.INSTRUCTIONS);
-    engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights)."""
+    engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights);
+    precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under."""
 
     lengths: tuple = (SHORT, 1024, 2048, 4096, 8192)
     depths: tuple[float, ...] = (0.0, 0.5, 1.0)
@@ -39,6 +41,7 @@ class EvalSettings:
     seed: int = 0
     template: str = "direct"
     engine: str = "transformers"
+    precision: str = "32-true"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -104,8 +107,9 @@ def length_bucket(tokens: int) -> str:
 
 
 def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-                   desc: str = "evaluating") -> list[str]:
-    """Greedy answers, batched with left padding; prompts are sorted by length so a batch pads little."""
+                   desc: str = "evaluating", precision: str = "32-true") -> list[str]:
+    """Greedy answers, batched with left padding; prompts are sorted by length so a batch pads little;
+    computed under the autocast of Lightning's ``precision``."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
@@ -116,7 +120,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
             batch = order[start : start + batch_size]
             ids, mask = left_padded(tokenizer, [prompts[i] for i in batch], device)
             width = ids.shape[1]
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, precision):
                 out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
                                      pad_token_id=tokenizer.pad_token_id, use_cache=True)
             for i, text in zip(batch, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
@@ -141,7 +145,8 @@ def answer_all(model, tokenizer, prompts: Sequence[str], settings: EvalSettings,
                desc: str = "evaluating", engine_args: dict | None = None) -> list[str]:
     """Greedy answers from the engine ``settings.engine`` names; ``engine_args`` are further vllm.LLM arguments."""
     if settings.engine == "transformers":
-        return greedy_answers(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, desc=desc)
+        return greedy_answers(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, desc=desc,
+                              precision=settings.precision)
     import_vllm("eval.engine")  # before the weights are written out for it
     # vLLM would otherwise size its KV cache for the model config's longest context, which may not fit
     engine_args = {"max_model_len": max_length, **(engine_args or {})}

@@ -1,0 +1,81 @@
+"""Inference outside Lightning's loop (reference log-probs, sampling, evaluation) computes under the trainer's
+autocast, as training's forward does; its caches keep runs of different precisions apart."""
+import pytest
+import torch
+
+from solopo.data.pairs import build_examples
+from solopo.data.sampling import SamplingSettings, _fingerprint, generate
+from solopo.data.tokenize import tokenize_examples
+from solopo.data.world import qa_items
+from solopo.eval.longctx import greedy_answers
+from solopo.module import ALL_SEQUENCES
+from solopo.precision import autocast, autocast_dtype, resolve_precision
+from solopo.reference import compute_reference_logps
+from solopo.validate import PRECISIONS
+
+
+@pytest.mark.parametrize("precision, dtype", [
+    ("bf16-mixed", torch.bfloat16), ("bf16-true", torch.bfloat16), ("bf16", torch.bfloat16),
+    ("16-mixed", torch.float16), ("16-true", torch.float16), ("16", torch.float16),
+    ("32-true", None), ("32", None), ("64-true", None), ("64", None)])
+def test_autocast_dtype_follows_lightnings_names(precision, dtype):
+    assert precision in PRECISIONS and autocast_dtype(precision) is dtype
+
+
+def test_autocast_computes_matmuls_in_the_trainers_dtype():
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with autocast(torch.device("cpu"), "bf16-mixed"):
+        assert (a @ b).dtype is torch.bfloat16
+    with autocast(torch.device("cpu"), "32-true"):
+        assert (a @ b).dtype is torch.float32
+
+
+def test_auto_precision_on_a_machine_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto") == "32-true"
+    assert resolve_precision("16-mixed") == "16-mixed"
+
+
+def autocast_seen(model) -> list:
+    """(autocast on, its dtype) at every forward of the model's decoder stack."""
+    seen = []
+    model.get_decoder().register_forward_pre_hook(
+        lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+    return seen
+
+
+def passes(model, tokenizer, precision):
+    """The three inference passes solopo makes outside Lightning's loop, under ``precision``."""
+    greedy_answers(model, tokenizer, ["Where?", "Who?"], max_new_tokens=2, batch_size=2, precision=precision)
+    generate(model, tokenizer, ["Where?"], SamplingSettings(k=2, max_new_tokens=2, precision=precision))
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    splits = qa_items(5, 0, seed=1)
+    pairs = tokenize_examples(build_examples(splits.train[:2], 160, count, pool=splits.distractors), tokenizer, 1024)[0]
+    compute_reference_logps(model, pairs, ALL_SEQUENCES, tokenizer.pad_token_id, precision=precision)
+
+
+def test_inference_runs_under_the_trainers_autocast(tiny_model, tokenizer):
+    seen = autocast_seen(tiny_model)
+    passes(tiny_model, tokenizer, "bf16-mixed")
+    assert len(seen) > 4 and set(seen) == {(True, torch.bfloat16)}
+    seen.clear()
+    passes(tiny_model, tokenizer, "32-true")
+    assert len(seen) > 4 and {on for on, _ in seen} == {False}
+
+
+def test_sampled_pairs_of_other_precisions_are_cached_apart():
+    keys = {_fingerprint("m", SamplingSettings(precision=p), ["Where?"]) for p in ("32-true", "bf16-mixed")}
+    assert len(keys) == 2
+
+
+def test_evaluation_takes_the_trainers_precision():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import ROOT
+    from solopo.evaluate import eval_settings
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["trainer.precision=bf16-mixed"])
+    assert eval_settings(cfg).precision == "bf16-mixed"
