@@ -12,11 +12,11 @@ SCRIPTS = ROOT / "experiments" / "efficiency"
 SMALL = ["--short", "128", "--response", "16", "--warmup", "1"]
 
 
-def script(name, *args, tmp_path):
+def script(name, *args, tmp_path, returncode=0):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == returncode, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
 
 
@@ -44,6 +44,19 @@ def test_bench_measures_every_method_and_variant(tmp_path):
            "--out", str(tmp_path), *SMALL, tmp_path=tmp_path)
     again = json.loads((tmp_path / "solopo_grid.json").read_text())["rows"]
     assert again[:len(rows)] == rows and [(r["method"], r["long_len"]) for r in again[len(rows):]] == [("long_po", 448)]
+
+
+def test_inference_bench_measures_each_precision_against_fp32(tmp_path):
+    script("inference_bench.py", "--models", "tiny", "--lengths", "64,128", "--prompts", "3", "--batch-size", "2",
+           "--max-new-tokens", "3", "--out", str(tmp_path), tmp_path=tmp_path)
+    rows = json.loads((tmp_path / "inference_precision.json").read_text())["rows"]
+    assert [(r["variant"], r["length"]) for r in rows] == [(v, n) for v in ("fp32", "fp32+autocast", "bf16")
+                                                           for n in (64, 128)]
+    assert all(r["status"] == "ok" and r["s_per_prompt"] > 0 and r["prompt_tokens"] >= 64 for r in rows)
+    assert all((r["same_answers"] is None) == (r["variant"] == "fp32") for r in rows)
+    assert all(0 <= r["same_answers"] <= 3 for r in rows if r["variant"] != "fp32")
+    script("inference_bench.py", "--models", "tiny", "--lengths", "64", "--prompts", "3", "--variants", "bf16,fp32",
+           "--out", str(tmp_path), tmp_path=tmp_path, returncode=2)
 
 
 def test_profile_step_splits_a_step_into_phases(tmp_path):
