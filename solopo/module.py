@@ -15,6 +15,7 @@ from solopo.algos import Algorithm, Responses
 from solopo.distributed import shard_model
 from solopo.logps import group_logps
 from solopo.objective import CHOSEN, LONG, REJECTED, SHORT, Method, SoLoRA, solopo_objective
+from solopo.precision import fsdp_param_dtype
 from solopo.step_means import StepMeans
 
 # The frozen reference is in eval mode on purpose; Lightning's start-of-fit check would flag it.
@@ -75,7 +76,7 @@ class SoLoPOModule(pl.LightningModule):
         if self._device_mesh is None or self._sharded:
             return
         mesh = self._device_mesh["data_parallel"]
-        param_dtype = torch.bfloat16 if str(self.trainer.precision).startswith("bf16") else None
+        param_dtype = fsdp_param_dtype(str(self.trainer.precision))
         for model in (self.policy, self.reference):
             if model is not None:
                 shard_model(model, mesh, param_dtype)

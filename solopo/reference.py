@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from solopo.data.collate import Key, PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.logps import group_logps
-from solopo.precision import autocast
+from solopo.precision import autocast, weights_as
 from solopo.results import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,12 @@ def key_name(key: Key) -> str:
     return "/".join(key)  # ("long", "chosen") -> "long/chosen"
 
 
-def fingerprint(model_id: str, pairs: Sequence[TokenizedPair], keys: Iterable[Key], precision: str) -> str:
-    """sha256 over everything the numbers depend on: the model, the token ids, the sequences, the precision."""
-    h = hashlib.sha256(json.dumps([model_id, precision, sorted(key_name(k) for k in keys)]).encode())
+def fingerprint(model_id: str, pairs: Sequence[TokenizedPair], keys: Iterable[Key], precision: str,
+                weights: torch.dtype | None = None) -> str:
+    """sha256 over everything the numbers depend on: the model, the token ids, the sequences, the precision and the
+    dtype the weights are cast to (absent when they are not, which keeps the keys of earlier tables)."""
+    h = hashlib.sha256(json.dumps([model_id, precision, sorted(key_name(k) for k in keys)]
+                                  + ([str(weights)] if weights is not None else [])).encode())
     for pair in pairs:
         h.update(json.dumps([pair.id, pair.prompts, pair.responses], sort_keys=True).encode())
     return h.hexdigest()
@@ -46,25 +49,27 @@ def fingerprint(model_id: str, pairs: Sequence[TokenizedPair], keys: Iterable[Ke
 def compute_reference_logps(
     model: nn.Module, pairs: Sequence[TokenizedPair], keys: Sequence[Key], pad_token_id: int,
     batch_size: int = 4, chunk_size: int = 1024, precision: str = "32-true", desc: str = "reference log-probs",
-    pack: bool = False,
+    pack: bool = False, weights: torch.dtype | None = None,
 ) -> dict[str, dict[str, float]]:
     """{pair id: {"short/chosen": logps, ...}} for every pair and key, with the model as it is now, computed as
-    training's forward is under Lightning's ``precision``."""
+    training's forward is: under Lightning's ``precision``, with the weights cast to ``weights`` where the strategy
+    casts them (solopo.precision.weights_dtype)."""
     collate = PairCollator(keys, pad_token_id, pack=pack)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: dict[str, dict[str, float]] = {p.id: {} for p in pairs}
     try:
-        for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch"):
-            chunk = pairs[start : start + batch_size]
-            for group in collate(chunk).values():
-                group = {k: v.to(device) if torch.is_tensor(v) else v for k, v in group.items()}
-                with autocast(device, precision):
-                    blocks = group_logps(model, group, chunk_size)
-                for key, (logps, _) in blocks.items():
-                    for pair, value in zip(chunk, logps.float().cpu().tolist()):
-                        out[pair.id][key_name(key)] = value
+        with weights_as(model, weights):
+            for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch"):
+                chunk = pairs[start : start + batch_size]
+                for group in collate(chunk).values():
+                    group = {k: v.to(device) if torch.is_tensor(v) else v for k, v in group.items()}
+                    with autocast(device, precision):
+                        blocks = group_logps(model, group, chunk_size)
+                    for key, (logps, _) in blocks.items():
+                        for pair, value in zip(chunk, logps.float().cpu().tolist()):
+                            out[pair.id][key_name(key)] = value
     finally:
         model.train(was_training)
     return out
@@ -98,16 +103,16 @@ def save_cache(path: Path, table: dict[str, dict[str, float]], meta: dict) -> No
 def with_reference_logps(
     model: nn.Module, pairs: Sequence[TokenizedPair], keys: Sequence[Key], model_id: str, precision: str,
     pad_token_id: int, cache_dir: Path, batch_size: int = 4, chunk_size: int = 1024, pack: bool = False,
-    desc: str = "reference log-probs",
+    desc: str = "reference log-probs", weights: torch.dtype | None = None,
 ) -> list[TokenizedPair]:
     """The pairs carrying their reference log-probs: from the cache when it is valid, else computed
     with ``model`` as it is now (the initial policy) and cached."""
-    path = cache_dir / f"{fingerprint(model_id, pairs, keys, precision)}.json"
+    path = cache_dir / f"{fingerprint(model_id, pairs, keys, precision, weights)}.json"
     table = load_cache(path, pairs, keys)
     if table is None:
         table = compute_reference_logps(model, pairs, keys, pad_token_id, batch_size=batch_size, chunk_size=chunk_size,
-                                        precision=precision, desc=desc, pack=pack)
-        save_cache(path, table, {"model": model_id, "precision": precision, "pairs": len(pairs)})
+                                        precision=precision, desc=desc, pack=pack, weights=weights)
+        save_cache(path, table, {"model": model_id, "precision": precision, "weights": str(weights), "pairs": len(pairs)})
     else:
         log.info("%s from cache %s", desc, path)
     return attach(pairs, table)

@@ -43,7 +43,7 @@ from solopo.models import (ModelSpec, freeze, half_precision_trained, init_devic
                            save_policy, weights_path, with_lora)
 from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
 from solopo.objective import Method, required_sequences
-from solopo.precision import resolve_precision
+from solopo.precision import resolve_precision, weights_dtype
 from solopo.reference import with_reference_logps
 from solopo.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
 from solopo.results import all_finite, final_metrics, redact, summary, write_results
@@ -157,10 +157,14 @@ def make_logger(cfg: DictConfig, resume: bool):
     return logger
 
 
+def strategy_of(cfg: DictConfig) -> str:
+    """The trainer's strategy: a class path (trainer=fsdp, deepspeed) or Lightning's name ("auto", "ddp")."""
+    return str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", "")))
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume: bool) -> pl.Trainer:
     # validate_config checked the accelerator at startup; a strategy is checked against the machine here
-    check_strategy(str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", ""))),
-                   cfg.trainer.accelerator)
+    check_strategy(strategy_of(cfg), cfg.trainer.accelerator)
     overrides = {"precision": resolve_precision(cfg.trainer.precision), "default_root_dir": str(run_dir),
                  # the loaders shard each global batch across processes themselves (solopo.resume.EpochOrder)
                  "use_distributed_sampler": False}
@@ -221,7 +225,8 @@ def train(cfg: DictConfig) -> dict:
         pairs = {split: with_reference_logps(
             policy, split_pairs, keys[split], model_identity(spec, cfg.seed), precision, tokenizer.pad_token_id,
             cache_root() / "reference", batch_size=cfg.data.batch_size, chunk_size=cfg.logp_chunk_size,
-            pack=cfg.packing, desc=f"reference log-probs ({split})") if split_pairs else split_pairs
+            pack=cfg.packing, desc=f"reference log-probs ({split})",
+            weights=weights_dtype(strategy_of(cfg), precision)) if split_pairs else split_pairs
             for split, split_pairs in pairs.items()}
     evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer, spec), {}
     if evaluation is not None:

@@ -9,7 +9,7 @@ from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
 from solopo.eval.longctx import greedy_answers
 from solopo.module import ALL_SEQUENCES
-from solopo.precision import autocast, autocast_dtype, resolve_precision
+from solopo.precision import autocast, autocast_dtype, resolve_precision, weights_as, weights_dtype
 from solopo.reference import compute_reference_logps
 from solopo.validate import PRECISIONS
 
@@ -79,3 +79,29 @@ def test_evaluation_takes_the_trainers_precision():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["trainer.precision=bf16-mixed"])
     assert eval_settings(cfg).precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("strategy, precision, dtype", [
+    ("solopo.distributed.FSDP2Strategy", "bf16-mixed", torch.bfloat16), ("solopo.distributed.FSDP2Strategy", "32-true", None),
+    ("pytorch_lightning.strategies.DeepSpeedStrategy", "bf16-mixed", torch.bfloat16),
+    ("pytorch_lightning.strategies.DeepSpeedStrategy", "16-mixed", None), ("ddp", "bf16-mixed", None), ("auto", "bf16-mixed", None)])
+def test_weights_dtype_is_where_the_strategy_casts_the_weights(strategy, precision, dtype):
+    assert weights_dtype(strategy, precision) is dtype
+
+
+def test_weights_as_casts_for_the_duration_and_gives_the_fp32_masters_back(tiny_model):
+    before = {name: p.detach().clone() for name, p in tiny_model.named_parameters()}
+    buffers = {name: b.dtype for name, b in tiny_model.named_buffers()}
+    with weights_as(tiny_model, torch.bfloat16):
+        assert {p.dtype for p in tiny_model.parameters()} == {torch.bfloat16}
+        assert {name: b.dtype for name, b in tiny_model.named_buffers()} == buffers  # rotary frequencies stay fp32
+    after = dict(tiny_model.named_parameters())
+    assert all(after[name].dtype is torch.float32 and torch.equal(after[name], value) for name, value in before.items())
+
+
+def test_reference_tables_of_other_weight_dtypes_are_cached_apart(tokenizer):
+    from solopo.reference import fingerprint
+
+    keys = ALL_SEQUENCES
+    assert fingerprint("m", [], keys, "bf16-mixed") == fingerprint("m", [], keys, "bf16-mixed", None)
+    assert fingerprint("m", [], keys, "bf16-mixed") != fingerprint("m", [], keys, "bf16-mixed", torch.bfloat16)
