@@ -1,6 +1,7 @@
 """The efficiency scripts run end to end (on the CPU, tiny model) and write the tables they promise; the
 numbers themselves come from the GPU (experiments/efficiency/README.md)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -70,14 +71,17 @@ def test_profile_step_splits_a_step_into_phases(tmp_path):
 @pytest.mark.distributed
 def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
     """scaling.py through `python -m solopo.run trainer=fsdp`: 2 gloo processes against 1 process accumulating 2
-    micro-batches; the first three step losses agree (the data and the global batches are the same)."""
-    script("scaling.py", "--devices", "1,2", "--models", "tiny", "--lengths", "384", "--algos", "simpo", "--steps", "3",
+    micro-batches; the first three step losses agree (the data and the global batches are the same). DPO against the
+    cached reference, fp32 weights under bf16-mixed, as the GPU cells run."""
+    script("scaling.py", "--devices", "1,2", "--models", "tiny", "--lengths", "384", "--algos", "dpo", "--steps", "3",
            "--warmup", "1", "--root", str(tmp_path / "runs"), "--out", str(tmp_path), "--",
-           "trainer.accelerator=cpu", "trainer.precision=32-true", tmp_path=tmp_path)
+           "trainer.accelerator=cpu", "trainer.precision=bf16-mixed", "model.dtype=float32", "optim.lr=1e-3",
+           tmp_path=tmp_path)
     rows = json.loads((tmp_path / "fsdp_scaling.json").read_text())["rows"]
     assert [(r["devices"], r["status"]) for r in rows] == [(1, "ok"), (2, "ok")]
     one, two = rows
     assert len(one["losses"]) == len(two["losses"]) == 3 and one["losses"][1] != one["losses"][0]  # training moved
+    assert one["losses"][0] == pytest.approx(math.log(2), rel=1e-7)  # the policy is its own reference at first
     assert two["loss_max_rel_diff"] < 1e-5 and two["scaling_efficiency"] > 0 and one["scaling_efficiency"] == 1
     assert "NCCL_NVLS_ENABLE" in json.dumps(json.loads((tmp_path / "fsdp_scaling.json").read_text())["meta"])
 
@@ -86,9 +90,9 @@ def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
     table["rows"][1]["status"] = "timeout"
     (tmp_path / "fsdp_scaling.json").write_text(json.dumps(table))
     out = script("scaling.py", "--devices", "1", "--global-batch", "2", "--models", "tiny", "--lengths", "384",
-                 "--algos", "simpo", "--steps", "3", "--resume", "--out", str(tmp_path), "--", "trainer.accelerator=cpu",
-                 "trainer.precision=32-true", tmp_path=tmp_path)
-    assert "tiny 384 simpo on 1: in" in out
+                 "--algos", "dpo", "--steps", "3", "--resume", "--out", str(tmp_path), "--", "trainer.accelerator=cpu",
+                 "trainer.precision=bf16-mixed", "model.dtype=float32", "optim.lr=1e-3", tmp_path=tmp_path)
+    assert "tiny 384 dpo on 1: in" in out
     assert json.loads((tmp_path / "fsdp_scaling.json").read_text())["rows"] == [one]
 
 
