@@ -157,12 +157,15 @@ def mfu(grid: list[dict], model: str, length: int, response: int) -> dict | None
 def targets(grid_rows: list[dict], packing: list[dict], shared: list[dict], longest: dict, logp: dict,
             mfu_32k: dict | None) -> list[str]:
     lines = ["| target | measured | met |", "|---|---|---|"]
-    dpo = [r for r in grid_rows if r["model"] == "qwen2.5-1.5b" and r["algo"] == "dpo"]
-    best = {p["long_len"]: p["best_ratio"] for p in packing}
+    def targeted(rows):  # the targets concern the 1.5B shape's DPO step
+        return [r for r in rows if r["model"] == "qwen2.5-1.5b" and r["algo"] == "dpo"]
+
+    dpo = targeted(grid_rows)
+    best = {p["long_len"]: p["best_ratio"] for p in targeted(packing)}
     long8 = [r for r in dpo if r["long_len"] >= 8192 and r["solopo_vs_long_po"] is not None]
     values = [min(x for x in (r["solopo_vs_long_po"], best.get(r["long_len"])) if x is not None) for r in long8]
     # Long-PO sharing its prompt between the two responses: the fairer baseline, where measured
-    shared = [r for r in shared if r["model"] == "qwen2.5-1.5b" and r["algo"] == "dpo" and r["best_ratio"] is not None]
+    shared = [r for r in targeted(shared) if r["best_ratio"] is not None]
     against_shared = ("; against Long-PO with shared prompts, best of each: "
                       + ", ".join(f"{length_label(r['long_len'])} {r['best_ratio']:.2f}" for r in shared)) if shared else ""
     lines.append("| SoLoPO <= 0.5x Long-PO's step (1.5B, DPO), 8K and beyond | "
@@ -223,7 +226,7 @@ def summarise(results: Path) -> dict:
             for algo in dict.fromkeys(r["algo"] for r in packed if r["model"] == model):
                 lines, rows = packing_section(packed, model, algo)
                 md += [f"### {model}, {algo.upper()}", ""] + lines
-                summary["packing"] += rows if model == "qwen2.5-1.5b" and algo == "dpo" else []
+                summary["packing"] += [{"model": model, "algo": algo, **r} for r in rows]
     summary["shared"] = []
     if shared:
         md += ["## Shared prompts (step time; `bench.py --tag _shared`: `packing=shared_prompt`)", ""]
