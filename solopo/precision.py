@@ -34,6 +34,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
+# Strategies whose forward computes with bf16 copies of the weights under the bf16 precisions: FSDP2 gathers them so
+# (MixedPrecisionPolicy.param_dtype), DeepSpeed's bf16 mode holds the module so (its optimizer keeps fp32 masters).
+BF16_WEIGHT_STRATEGIES = ("FSDP2Strategy", "DeepSpeedStrategy")
+
+
 def fsdp_param_dtype(precision: str) -> torch.dtype | None:
     """The dtype FSDP2 gathers the weights in and computes with (MixedPrecisionPolicy.param_dtype): bf16 under the
     bf16 precisions; None keeps the model's own."""
@@ -41,13 +46,9 @@ def fsdp_param_dtype(precision: str) -> torch.dtype | None:
 
 
 def weights_dtype(strategy: str, precision: str) -> torch.dtype | None:
-    """The dtype training's forward sees the weights in where the strategy (its class path) casts them: FSDP2
-    (solopo.distributed.FSDP2Strategy) gathers them in fsdp_param_dtype; DeepSpeed's bf16 mode holds the module in
-    bf16 (its optimizer keeps the fp32 masters). None: the model's own weights, under autocast."""
-    name = strategy.rsplit(".", 1)[-1]
-    if name == "FSDP2Strategy":
-        return fsdp_param_dtype(precision)
-    return torch.bfloat16 if name == "DeepSpeedStrategy" and precision.startswith("bf16") else None
+    """The dtype training's forward sees the weights in where the strategy (its class path) casts them; None: the
+    model's own weights, under autocast."""
+    return fsdp_param_dtype(precision) if strategy.rsplit(".", 1)[-1] in BF16_WEIGHT_STRATEGIES else None
 
 
 @contextlib.contextmanager

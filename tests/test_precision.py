@@ -69,16 +69,10 @@ def test_sampled_pairs_of_other_precisions_are_cached_apart():
 
 
 def test_evaluation_takes_the_trainers_precision():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from conftest import ROOT
     from solopo.evaluate import eval_settings
+    from test_configs import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["trainer.precision=bf16-mixed"])
-    assert eval_settings(cfg).precision == "bf16-mixed"
+    assert eval_settings(compose_config(["trainer.precision=bf16-mixed"])).precision == "bf16-mixed"
 
 
 @pytest.mark.parametrize("strategy, precision, dtype", [
