@@ -163,16 +163,21 @@ class SoLoPOModule(pl.LightningModule):
         return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning calls this once per optimizer step, after the gradients are accumulated, reduced across processes
+        # and unscaled, so train/grad_norm is the global gradient's norm before clipping, whatever the layout.
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = total_grad_norm(params)
+        if norm is not None:
+            self.log("train/grad_norm", full(norm), on_step=True, on_epoch=False)
         # Without loss scaling (fp32, bf16) the gradients are clipped here, as they are: Lightning's mixed-precision
         # plugin refuses to clip for a fused optimizer even when there is nothing to unscale. Sharded (FSDP2)
-        # gradients are DTensors, whose norm clip_grad_norm_ takes across all shards.
+        # gradients are DTensors, whose norm is taken across all shards.
         if not gradient_clip_val or self._loss_scaler() is not None:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        elif norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if "state_dict" not in checkpoint:  # a sharded checkpoint (trainer=fsdp) holds the policy's shards only
@@ -180,6 +185,17 @@ class SoLoPOModule(pl.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+
+
+def total_grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
+    """The 2-norm of all the gradients together (a DTensor when they are sharded); None when there are none (DeepSpeed
+    keeps its gradients itself)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in params]) if params else None
+
+
+def full(value: torch.Tensor) -> torch.Tensor:
+    """A DTensor's whole value (every rank must call this), or the tensor itself."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def batch_pairs(batch: dict) -> int:

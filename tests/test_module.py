@@ -24,10 +24,11 @@ def pairs(tokenizer):
     return tokenize_examples(examples, tokenizer, max_length=1024)[0]
 
 
-def fit(module, pairs, tokenizer, keys, tmp_path, steps=2):
+def fit(module, pairs, tokenizer, keys, tmp_path, steps=2, **trainer_args):
     loader = DataLoader(pairs, batch_size=2, collate_fn=PairCollator(keys, tokenizer.pad_token_id))
     trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         **trainer_args)
     trainer.fit(module, loader)
     return trainer
 
@@ -47,6 +48,37 @@ def test_reference_gets_no_gradient_and_policy_moves(tokenizer, pairs, tmp_path)
     for key in ("train/loss", "train/po_loss", "train/ra_loss", "train/rewards/margin", "train/ra/gap",
                 "train/rewards/chosen_long"):
         assert torch.isfinite(trainer.callback_metrics[key]), key
+
+
+class GradNorms(pl.Callback):
+    """The gradients' norm as the optimizer step begins (before clipping) and after the step (the clipped gradients,
+    which the next step's zero_grad clears)."""
+
+    def __init__(self):
+        self.before, self.after = [], []
+
+    @staticmethod
+    def norm(module) -> float:
+        return torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in module.parameters()
+                                                   if p.grad is not None])).item()
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.before.append(self.norm(module))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.after.append(self.norm(module))
+
+
+@pytest.mark.parametrize("clip", [1e-3, 0.0])
+def test_grad_norm_is_logged_before_clipping(tokenizer, pairs, tmp_path, clip):
+    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(), SoLoRA(), Method(), optim=OptimSettings(lr=1e-3))
+    norms = GradNorms()
+    trainer = fit(module, pairs, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path, steps=1,
+                  gradient_clip_val=clip, callbacks=[norms])
+    logged = trainer.callback_metrics["train/grad_norm"].item()
+    assert logged == pytest.approx(norms.before[0], rel=1e-5) and logged > 10 * 1e-3
+    # clipped to the limit with the logged norm, or left as they were without a limit
+    assert norms.after[0] == pytest.approx(clip if clip else logged, rel=1e-4)
 
 
 def test_dpo_needs_a_reference(tokenizer):

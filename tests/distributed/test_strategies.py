@@ -1,5 +1,6 @@
 """Data-parallel runs over two CPU processes (gloo) against one process on the same global batch, and gradient
-accumulation against one large batch: the first step's loss and the updated weights agree to float tolerance."""
+accumulation against one large batch: the first step's loss, gradient norm and updated weights agree to float
+tolerance."""
 import json
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
-from support import results, run, step_losses  # noqa: E402
+from support import results, run, step_losses, step_values  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -49,6 +50,14 @@ def test_first_step_loss_and_updated_weights_match_one_process(runs, name):
     # lr 1e-3: the step moves weights by ~1e-3, so a wrong or missing gradient shows far above this tolerance
     worst = max((expected[k] - got[k]).abs().max().item() for k in expected)
     assert worst < 1e-9, f"{name}: weights differ from one process by up to {worst}"
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "accumulation 4x1"])
+def test_gradient_norm_matches_one_process(runs, name):
+    """AdamW's first step hardly depends on the gradient's scale, so the weights above would agree even if the
+    gradients were summed over processes or micro-batches instead of averaged; their norm would not."""
+    expected, got = step_values(runs["one process"], "train/grad_norm"), step_values(runs[name], "train/grad_norm")
+    assert got[0] == pytest.approx(expected[0], rel=1e-9) and expected[0] > 0
 
 
 def test_the_step_moved_the_weights(runs):

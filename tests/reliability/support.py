@@ -27,10 +27,14 @@ def run(args, expect: int = 0, timeout: int = 300) -> subprocess.CompletedProces
     return done
 
 
-def step_losses(run_dir: Path) -> dict[int, float]:
-    """train/loss_step by step from the run's metrics.csv; a step logged twice keeps its last row."""
+def step_values(run_dir: Path, key: str) -> dict[int, float]:
+    """A metric by step from the run's metrics.csv; a step logged twice keeps its last row."""
     rows = csv.DictReader(open(Path(run_dir) / "csv" / "version_0" / "metrics.csv"))
-    return {int(row["step"]): float(row["train/loss_step"]) for row in rows if row.get("train/loss_step")}
+    return {int(row["step"]): float(row[key]) for row in rows if row.get(key)}
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    return step_values(run_dir, "train/loss_step")
 
 
 def results(run_dir: Path) -> dict:
