@@ -71,7 +71,8 @@ def test_profile_step_splits_a_step_into_phases(tmp_path):
 @pytest.mark.distributed
 def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
     """scaling.py through `python -m solopo.run trainer=fsdp`: 2 gloo processes against 1 process accumulating 2
-    micro-batches; the first three step losses agree (the data and the global batches are the same). DPO against the
+    micro-batches; the first three step losses and the first gradient norm agree (the data and the global batches are
+    the same). DPO against the
     cached reference, fp32 weights under bf16-mixed, as the GPU cells run."""
     script("scaling.py", "--devices", "1,2", "--models", "tiny", "--lengths", "384", "--algos", "dpo", "--steps", "3",
            "--warmup", "1", "--root", str(tmp_path / "runs"), "--out", str(tmp_path), "--",
@@ -83,6 +84,7 @@ def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
     assert len(one["losses"]) == len(two["losses"]) == 3 and one["losses"][1] != one["losses"][0]  # training moved
     assert one["losses"][0] == pytest.approx(math.log(2), rel=1e-7)  # the policy is its own reference at first
     assert two["loss_max_rel_diff"] < 1e-5 and two["scaling_efficiency"] > 0 and one["scaling_efficiency"] == 1
+    assert one["first_grad_norm"] > 0 and two["grad_norm_rel_diff"] < 1e-5  # averaged, not summed, over processes
     assert "NCCL_NVLS_ENABLE" in json.dumps(json.loads((tmp_path / "fsdp_scaling.json").read_text())["meta"])
 
     # --resume keeps a measured run and redoes one that timed out (here: drops it, as only one device is asked for)

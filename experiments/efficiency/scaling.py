@@ -7,9 +7,10 @@ Each cell is one `python -m solopo.run experiment=scaling ...` run (gold pairs, 
 measured is the product's own training path. For a global batch of G pairs (--global-batch, default the largest
 device count), N devices take G/N pairs each per step; one device takes the same G pairs as G micro-batches of one
 (gradient accumulation), so every process always holds one pair at a time and the runs differ only in layout.
-From each run's metrics.csv: the losses of the first steps (global means, to compare across layouts), tokens/s
-per GPU (train/tokens_per_s of each process's micro-batches, after --warmup steps), peak memory per GPU, and the
-scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. The table is written after every run; with
+From each run's metrics.csv: the losses of the first steps (global means, to compare across layouts), the first
+step's gradient norm (train/grad_norm, the global gradient's: it shows gradients summed instead of averaged),
+tokens/s per GPU (train/tokens_per_s of each process's micro-batches, after --warmup steps), peak memory per GPU,
+and the scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. The table is written after every run; with
 --resume the runs already in it (ok or out of memory) are kept, so a GPU call cut short continues in the next.
 NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1,
 NVSHMEM_DISABLE_NVLS=1). Words after -- are Hydra overrides for every run and part of each row's key (e.g.
@@ -33,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 RESULTS = ("ok", "OOM")  # a measured run, or the verdict that it does not fit; anything else is redone
 COLUMNS = ["model", "long", "algo", "overrides", "devices", "global_batch", "status", "loss_steps", "loss_max_rel_diff",
-           "tokens_per_s_per_gpu", "scaling_efficiency", "peak_gib_per_gpu", "seconds"]
+           "first_grad_norm", "grad_norm_rel_diff", "tokens_per_s_per_gpu", "scaling_efficiency", "peak_gib_per_gpu",
+           "seconds"]
 
 
 def overrides(model: str, long: int, algo: str, devices: int, global_batch: int, steps: int) -> list[str]:
@@ -62,13 +64,15 @@ def launch(run_dir: Path, args: list[str], timeout: float) -> tuple[int, float]:
 
 
 def measured(run_dir: Path, warmup: int, loss_steps: int) -> dict:
-    """The first step losses, per-GPU tokens/s after the warm-up steps and the peak memory, from the run's
-    metrics.csv."""
+    """The first step losses, the first step's gradient norm, per-GPU tokens/s after the warm-up steps and the peak
+    memory, from the run's metrics.csv."""
     rows = list(csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv")))
     losses = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
     speed = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s") and int(r["step"]) >= warmup]
     peaks = [float(r["train/peak_mem_gib"]) for r in rows if r.get("train/peak_mem_gib")]
+    norms = {int(r["step"]): float(r["train/grad_norm"]) for r in rows if r.get("train/grad_norm")}
     return {"losses": [losses[s] for s in sorted(losses)][:loss_steps],
+            "first_grad_norm": norms[min(norms)] if norms else None,
             "tokens_per_s_per_gpu": sum(speed) / len(speed) if speed else None, "peak_gib_per_gpu": max(peaks, default=None)}
 
 
@@ -80,12 +84,15 @@ def status_of(code: int, run_dir: Path) -> str:
 
 
 def compare(rows: list[dict], one: dict | None) -> None:
-    """Loss agreement and scaling efficiency of each row against the one-device row of its cell."""
+    """Loss and gradient-norm agreement and scaling efficiency of each row against the one-device row of its cell.
+    The norm is the check that the losses cannot give: AdamW's first step hardly depends on the gradient's scale."""
     for row in rows:
         if row["status"] != "ok" or one is None or one["status"] != "ok":
             continue
         pairs = list(zip(row["losses"], one["losses"]))
         row["loss_max_rel_diff"] = max(abs(a - b) / max(abs(b), 1e-12) for a, b in pairs) if pairs else None
+        if row.get("first_grad_norm") and one.get("first_grad_norm"):
+            row["grad_norm_rel_diff"] = abs(row["first_grad_norm"] - one["first_grad_norm"]) / one["first_grad_norm"]
         if row["tokens_per_s_per_gpu"] and one["tokens_per_s_per_gpu"]:
             row["scaling_efficiency"] = row["tokens_per_s_per_gpu"] / one["tokens_per_s_per_gpu"]
 
