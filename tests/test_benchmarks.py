@@ -72,8 +72,7 @@ def test_profile_step_splits_a_step_into_phases(tmp_path):
 def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
     """scaling.py through `python -m solopo.run trainer=fsdp`: 2 gloo processes against 1 process accumulating 2
     micro-batches; the first three step losses and the first gradient norm agree (the data and the global batches are
-    the same). DPO against the
-    cached reference, fp32 weights under bf16-mixed, as the GPU cells run."""
+    the same). DPO against the cached reference, fp32 weights under bf16-mixed, as the GPU cells run."""
     script("scaling.py", "--devices", "1,2", "--models", "tiny", "--lengths", "384", "--algos", "dpo", "--steps", "3",
            "--warmup", "1", "--root", str(tmp_path / "runs"), "--out", str(tmp_path), "--",
            "trainer.accelerator=cpu", "trainer.precision=bf16-mixed", "model.dtype=float32", "optim.lr=1e-3",
