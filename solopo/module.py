@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import math
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -16,6 +16,7 @@ from solopo.distributed import shard_model
 from solopo.logps import group_logps
 from solopo.objective import CHOSEN, LONG, REJECTED, SHORT, Method, SoLoRA, solopo_objective
 from solopo.precision import fsdp_param_dtype
+from solopo.schedule import lr_factor
 from solopo.step_means import StepMeans
 
 # The frozen reference is in eval mode on purpose; Lightning's start-of-fit check would flag it.
@@ -138,15 +139,8 @@ class SoLoPOModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, betas=self.optim.betas,
                                       weight_decay=self.optim.weight_decay, fused=fused or None)
         total = self.optim.schedule_steps or max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(self.optim.warmup_ratio * total)
-        floor = self.optim.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(total - warmup, 1)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
+        schedule = functools.partial(lr_factor, total=total, warmup=int(self.optim.warmup_ratio * total),
+                                     floor=self.optim.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -161,6 +155,10 @@ class SoLoPOModule(pl.LightningModule):
 
     def _loss_scaler(self):
         return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # the rate this step applies (the scheduler moves it after the step)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Lightning calls this once per optimizer step, after the gradients are accumulated, reduced across processes

@@ -81,6 +81,23 @@ def test_grad_norm_is_logged_before_clipping(tokenizer, pairs, tmp_path, clip):
     assert norms.after[0] == pytest.approx(clip if clip else logged, rel=1e-4)
 
 
+class LoggedRates(pl.Callback):
+    def __init__(self):
+        self.rates = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.rates.append(trainer.callback_metrics["train/lr"].item())
+
+
+def test_each_step_logs_the_rate_it_applies(tokenizer, pairs, tmp_path):
+    """4 steps, warm-up 0.5 of them (2 steps): 1/3, 2/3 of the peak, then the cosine's 1 and its midpoint's 0.55."""
+    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(), SoLoRA(), Method(),
+                          optim=OptimSettings(lr=1e-3, warmup_ratio=0.5, min_lr_ratio=0.1, schedule_steps=4))
+    rates = LoggedRates()
+    fit(module, pairs * 2, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path, steps=4, callbacks=[rates])
+    assert rates.rates == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 0.55e-3], rel=1e-6)
+
+
 def test_dpo_needs_a_reference(tokenizer):
     with pytest.raises(ValueError, match="DPO needs a reference model"):
         SoLoPOModule(load_model(TINY, tokenizer), DPO(), SoLoRA(), Method())
