@@ -162,14 +162,14 @@ class SoLoPOModule(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Lightning calls this once per optimizer step, after the gradients are accumulated, reduced across processes
-        # and unscaled, so train/grad_norm is the global gradient's norm before clipping, whatever the layout.
+        # and unscaled, so train/grad_norm is the global gradient's norm before clipping, whatever the layout. Sharded
+        # (FSDP2) gradients are DTensors, whose norm is taken across all shards; clipping reuses it.
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm = total_grad_norm(params)
         if norm is not None:
             self.log("train/grad_norm", full(norm), on_step=True, on_epoch=False)
         # Without loss scaling (fp32, bf16) the gradients are clipped here, as they are: Lightning's mixed-precision
-        # plugin refuses to clip for a fused optimizer even when there is nothing to unscale. Sharded (FSDP2)
-        # gradients are DTensors, whose norm is taken across all shards.
+        # plugin refuses to clip for a fused optimizer even when there is nothing to unscale.
         if not gradient_clip_val or self._loss_scaler() is not None:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         if gradient_clip_algorithm == "value":
