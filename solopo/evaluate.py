@@ -19,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from solopo.eval.longctx import EvalSettings
 from solopo.eval.runner import Evaluation, eval_items, write_outputs
-from solopo.models import ModelSpec, load_model, load_tokenizer
-from solopo.precision import resolve_precision
-from solopo.results import redact, write_results
+from solopo.models.loading import ModelSpec, load_model, load_tokenizer
+from solopo.training.precision import resolve_precision
+from solopo.training.results import redact, write_results
 from solopo.validate import load_source, validate_config
-from solopo.vllm_engine import import_vllm
+from solopo.generation.vllm_engine import import_vllm
 
 log = logging.getLogger("solopo")
 
@@ -49,7 +49,7 @@ def vllm_args(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.eval.vllm, resolve=True) if cfg.eval.get("vllm") else {}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     validate_config(cfg, training=False)  # a config mistake stops here, in one line, before the model loads
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -26,29 +26,29 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import solopo
-from solopo.callbacks import Preemption, Throughput
+from solopo.training.callbacks import Preemption, Throughput
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import to_examples
-from solopo.data.sampling import SamplingSettings, sample_pairs
+from solopo.generation.sampling import SamplingSettings, sample_pairs
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import token_counter, tokenize_examples
-from solopo.embedded import cache_root
+from solopo.models.embedded import cache_root
 from solopo.eval.longctx import EvalSettings
 from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
 from solopo.evaluate import eval_settings, vllm_args
-from solopo.distributed import check_strategy, local_gpu
-from solopo.faults import NumericalGuard
-from solopo.loggers import finish, wandb_labels
-from solopo.models import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
+from solopo.training.distributed import check_strategy, local_gpu
+from solopo.training.faults import NumericalGuard
+from solopo.training.loggers import finish, wandb_labels
+from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                            save_policy, weights_path, with_lora)
-from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
-from solopo.objective import Method, required_sequences
-from solopo.precision import resolve_precision, weights_dtype
-from solopo.reference import with_reference_logps
-from solopo.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
-from solopo.results import all_finite, final_metrics, redact, summary, write_results
+from solopo.training.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
+from solopo.core.objective import Method, required_sequences
+from solopo.training.precision import resolve_precision, weights_dtype
+from solopo.training.reference import with_reference_logps
+from solopo.training.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
+from solopo.training.results import all_finite, final_metrics, redact, summary, write_results
 from solopo.validate import load_source, validate_config
-from solopo.vllm_engine import saved_weights
+from solopo.generation.vllm_engine import saved_weights
 
 log = logging.getLogger("solopo")
 warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
@@ -135,7 +135,7 @@ def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: 
                    collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
     # The training loader's order and position go into checkpoints, so a resumed run sees the batches it would have.
     # Both loaders draw from their own generator: the global RNG, which checkpoints restore, is left to the model.
-    # Over several processes each takes its slice of every global batch (solopo.resume.shard_order).
+    # Over several processes each takes its slice of every global batch (solopo.training.resume.shard_order).
     return ResumableLoader(pairs, seed=cfg.seed, shuffle=shuffle, **options)
 
 
@@ -150,7 +150,7 @@ def make_logger(cfg: DictConfig, resume: bool):
                               group=cfg.logger.get("group"), name=cfg.logger.get("name"))
         extra = {**labels, "resume": resume}
     elif cfg.logger._target_ == "pytorch_lightning.loggers.CSVLogger":  # one metrics.csv per run, continued on resume
-        extra = {"_target_": "solopo.loggers.ResumableCSVLogger", "resume": resume}
+        extra = {"_target_": "solopo.training.loggers.ResumableCSVLogger", "resume": resume}
     logger = instantiate(cfg.logger, **extra)
     if hasattr(logger, "log_hyperparams"):
         logger.log_hyperparams(redact(OmegaConf.to_container(cfg, resolve=True)))
@@ -166,7 +166,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume: bool) 
     # validate_config checked the accelerator at startup; a strategy is checked against the machine here
     check_strategy(strategy_of(cfg), cfg.trainer.accelerator)
     overrides = {"precision": resolve_precision(cfg.trainer.precision), "default_root_dir": str(run_dir),
-                 # the loaders shard each global batch across processes themselves (solopo.resume.EpochOrder)
+                 # the loaders shard each global batch across processes themselves (solopo.training.resume.EpochOrder)
                  "use_distributed_sampler": False}
     if cfg.val_every_n_steps:
         overrides.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
@@ -318,7 +318,7 @@ def stop_on_faults(message: str) -> None:
         raise SystemExit(message)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

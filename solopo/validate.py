@@ -18,16 +18,17 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from solopo import algos, shared_prompt
+from solopo.core import algos
+from solopo.step import shared_prompt
 from solopo.data.collate import PACKINGS, SHARED_PROMPT
 from solopo.data.contexts import INSTRUCTIONS
 from solopo.data.formats import DataFileError
 from solopo.data.pairs import PAIR_RULES
 from solopo.data.tokenize import OVERLONG_POLICIES
-from solopo.losses.alignment import DISTANCES
-from solopo.models import INIT_DEVICES, ModelSpec
-from solopo.objective import CHOSEN, LONG, REJECTED, SHORT, Method
-from solopo.vllm_engine import ENGINES
+from solopo.core.losses.alignment import DISTANCES
+from solopo.models.loading import INIT_DEVICES, ModelSpec
+from solopo.core.objective import CHOSEN, LONG, REJECTED, SHORT, Method
+from solopo.generation.vllm_engine import ENGINES
 
 Problems = list[str]
 
@@ -128,7 +129,7 @@ def check_algo(algo: dict) -> Problems:
 
 
 def check_ra(ra: dict) -> Problems:
-    _, problems = target("ra", ra, ["solopo.objective.SoLoRA"])
+    _, problems = target("ra", ra, ["solopo.core.objective.SoLoRA"])
     problems += number("ra.alpha", ra.get("alpha"), 0, note=" (0 turns SoLo-RA off)")
     problems += one_of("ra.distance", ra.get("distance"), DISTANCES)
     responses = ra.get("responses")
@@ -272,7 +273,7 @@ def check_run(top: dict) -> Problems:
 
 
 def check_packing_kernel(packing: Any, attn_implementation: Any) -> Problems:
-    """Shared prompts need an attention kernel that takes their mask (solopo.shared_prompt)."""
+    """Shared prompts need an attention kernel that takes their mask (solopo.step.shared_prompt)."""
     if packing != SHARED_PROMPT or attn_implementation in shared_prompt.KERNELS:
         return []
     return [f"packing={SHARED_PROMPT} needs model.attn_implementation={' or '.join(shared_prompt.KERNELS)} "

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from solopo.models import ModelSpec, load_model, load_tokenizer
+from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelSpec(

@@ -12,13 +12,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from solopo.models import ModelSpec, load_model, load_tokenizer
-from solopo.objective import Method, SoLoRA
-from solopo.precision import resolve_precision
+from solopo.models.loading import ModelSpec, load_model, load_tokenizer
+from solopo.core.objective import Method, SoLoRA
+from solopo.training.precision import resolve_precision
 from solopo.validate import check_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "solopo" / "conf"
 FIXTURES = ROOT / "tests" / "fixtures"
 GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in CONF.iterdir() if group.is_dir()}
 

@@ -6,8 +6,8 @@ import zipfile
 import pytest
 import torch
 
-from solopo import embedded
-from solopo.embedded import SMOLLM2_135M, ensure_weights, lookup
+from solopo.models import embedded
+from solopo.models.embedded import SMOLLM2_135M, ensure_weights, lookup
 
 
 def test_lookup():

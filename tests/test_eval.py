@@ -160,7 +160,7 @@ def test_vllm_engine_without_vllm_stops_in_one_line(tiny_model, tokenizer, monke
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm fails, as where it is not installed
     with pytest.raises(RuntimeError, match=r"^eval.engine=vllm but vllm is not installed \(pip install vllm\)$"):
         answer_all(tiny_model, tokenizer, ["Why?"], EvalSettings(engine="vllm"), max_length=512)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "eval.engine=vllm"])
     with pytest.raises(SystemExit, match="^eval.engine=vllm but vllm is not installed"):
         eval_settings(cfg)
@@ -178,7 +178,7 @@ def test_evaluation_prompts_with_the_training_template(tokenizer):
     from solopo.eval.longctx import build_cases
     from solopo.evaluate import eval_settings
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "data.template=cot"])
     assert eval_settings(cfg).template == "cot"
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
@@ -204,8 +204,8 @@ def test_the_cache_key_holds_the_engine_the_template_and_the_precision():
 
 def test_cot_answers_are_scored_as_the_pair_sampler_scores_samples(tmp_path, monkeypatch):
     """A reasoned answer is scored whole by both: the share of correct samples equals the evaluation's sub-EM."""
-    from solopo.data import sampling
-    from solopo.data.sampling import SamplingSettings, sample_pairs
+    from solopo.generation import sampling
+    from solopo.generation.sampling import SamplingSettings, sample_pairs
     from solopo.data.schema import PreferenceExample
 
     texts = ["Velm Works is in Quorath, so the answer is Quorath.", "It was founded in Zenna. Answer: Zenna.",

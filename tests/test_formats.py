@@ -12,7 +12,7 @@ from solopo.data.formats import DataFileError, hotpotqa, longbench, musique, pai
 from solopo.data.formats.wrong_answers import add_wrong_answers
 from solopo.data.pairs import build_examples
 from solopo.data.schema import PreferenceExample, QAItem
-from solopo.eval.metrics import normalize_answer, sub_em
+from solopo.scoring import normalize_answer, sub_em
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -195,7 +195,7 @@ def test_skipped_records_are_counted_in_the_splits():
 
 def compose_data(overrides):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides)
 
 

@@ -4,7 +4,7 @@ import torch
 
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
-from solopo.logps import group_logps, response_logps
+from solopo.step.logps import group_logps, response_logps
 
 
 def full_logits_logps(model, input_ids, attention_mask, response_mask):
@@ -128,7 +128,7 @@ def test_shared_prompt_row_holds_each_prompt_once():
 
 
 def test_shared_prompt_mask_reads_the_prompt_and_its_own_response_only():
-    from solopo.shared_prompt import attention_mask
+    from solopo.step.shared_prompt import attention_mask
 
     segment = torch.tensor([[0, 0, 0, 0, 0, 1, 1]])
     branch = torch.tensor([[0, 0, 1, 2, 2, 0, 1]])
@@ -154,7 +154,7 @@ def ids_of(segments):
 def test_shared_prompt_block_classes_give_the_token_mask(block):
     """Full blocks read every key, empty ones none, partial ones token by token: that is the token-level rule, for
     blocks that straddle every kind of boundary (and a last block cut short)."""
-    from solopo.shared_prompt import allowed, block_classes
+    from solopo.step.shared_prompt import allowed, block_classes
 
     segment, branch = ids_of([(37, 5, 9), (100, 4, 4), (3, 2), (60, 17)])
     length = segment.shape[0]
@@ -170,7 +170,7 @@ def test_shared_prompt_block_classes_give_the_token_mask(block):
 
 
 def test_shared_prompt_block_mask_holds_its_blocks():
-    from solopo.shared_prompt import block_classes, block_mask
+    from solopo.step.shared_prompt import block_classes, block_mask
 
     pytest.importorskip("torch.nn.attention.flex_attention")
     segment, branch = ids_of([(37, 5, 9), (100, 4, 4)])

@@ -4,15 +4,15 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from solopo.algos import DPO
+from solopo.core.algos import DPO
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import build_examples
 from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
-from solopo.logps import group_logps
-from solopo.models import load_model, with_lora
-from solopo.module import SoLoPOModule
-from solopo.objective import Method, SoLoRA, required_sequences
+from solopo.step.logps import group_logps
+from solopo.models.loading import load_model, with_lora
+from solopo.training.module import SoLoPOModule
+from solopo.core.objective import Method, SoLoRA, required_sequences
 
 from conftest import TINY
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from solopo import losses
+from solopo.core import losses
 
 t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
 

@@ -1,7 +1,7 @@
 """QA answer metrics on hand-made cases; the arithmetic is in the comments."""
 import pytest
 
-from solopo.eval.metrics import f1, normalize_answer, sub_em
+from solopo.scoring import f1, normalize_answer, sub_em
 
 
 @pytest.mark.parametrize("text, normalized", [

@@ -4,14 +4,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from solopo.algos import DPO, SimPO
+from solopo.core.algos import DPO, SimPO
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import build_examples
 from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
-from solopo.models import freeze, load_model
-from solopo.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
-from solopo.objective import Method, SoLoRA, required_sequences
+from solopo.models.loading import freeze, load_model
+from solopo.training.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
+from solopo.core.objective import Method, SoLoRA, required_sequences
 
 from conftest import TINY
 

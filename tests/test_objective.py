@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from solopo.algos import DPO, ORPO, SimPO, Responses
-from solopo.objective import Method, SoLoRA, required_sequences, solopo_objective
+from solopo.core.algos import DPO, ORPO, SimPO, Responses
+from solopo.core.objective import Method, SoLoRA, required_sequences, solopo_objective
 
 SHORT_PO = Method("short_po", "short", "short", use_ra=False)
 LONG_PO = Method("long_po", "long", "long", use_ra=False)

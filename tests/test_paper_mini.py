@@ -24,7 +24,7 @@ TINY = ["model=tiny", "trainer=cpu", "data.long_len=256", "data.short_len=128"]
 ])
 def test_presets_compose_and_take_cpu_overrides(row, method, responses):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         gpu = compose("config", overrides=[f"experiment=paper_mini/{row}", "algo=dpo", "ra.alpha=3.0"])
         cpu = compose("config", overrides=[f"experiment=paper_mini/{row}", *TINY])
     assert (gpu.method.name, list(gpu.ra.responses), gpu.ra.alpha) == (method, responses, 3.0)

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from solopo.data.pairs import build_examples
-from solopo.data.sampling import SamplingSettings, _fingerprint, generate
+from solopo.generation.sampling import SamplingSettings, _fingerprint, generate
 from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
 from solopo.eval.longctx import greedy_answers
-from solopo.module import ALL_SEQUENCES
-from solopo.precision import autocast, autocast_dtype, resolve_precision, weights_as, weights_dtype
-from solopo.reference import compute_reference_logps
+from solopo.training.module import ALL_SEQUENCES
+from solopo.training.precision import autocast, autocast_dtype, resolve_precision, weights_as, weights_dtype
+from solopo.training.reference import compute_reference_logps
 from solopo.validate import PRECISIONS
 
 
@@ -76,7 +76,7 @@ def test_evaluation_takes_the_trainers_precision():
 
 
 @pytest.mark.parametrize("strategy, precision, dtype", [
-    ("solopo.distributed.FSDP2Strategy", "bf16-mixed", torch.bfloat16), ("solopo.distributed.FSDP2Strategy", "32-true", None),
+    ("solopo.training.distributed.FSDP2Strategy", "bf16-mixed", torch.bfloat16), ("solopo.training.distributed.FSDP2Strategy", "32-true", None),
     ("pytorch_lightning.strategies.DeepSpeedStrategy", "bf16-mixed", torch.bfloat16),
     ("pytorch_lightning.strategies.DeepSpeedStrategy", "16-mixed", None), ("ddp", "bf16-mixed", None), ("auto", "bf16-mixed", None)])
 def test_weights_dtype_is_where_the_strategy_casts_the_weights(strategy, precision, dtype):
@@ -94,7 +94,7 @@ def test_weights_as_casts_for_the_duration_and_gives_the_fp32_masters_back(tiny_
 
 
 def test_reference_tables_of_other_weight_dtypes_are_cached_apart(tokenizer):
-    from solopo.reference import fingerprint
+    from solopo.training.reference import fingerprint
 
     keys = ALL_SEQUENCES
     assert fingerprint("m", [], keys, "bf16-mixed") == fingerprint("m", [], keys, "bf16-mixed", None)

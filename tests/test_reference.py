@@ -4,15 +4,15 @@ import json
 import pytest
 import torch
 
-from solopo.algos import DPO
+from solopo.core.algos import DPO
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import build_examples
 from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
-from solopo.models import freeze, load_model
-from solopo.module import ALL_SEQUENCES, SoLoPOModule
-from solopo.objective import Method, SoLoRA
-from solopo.reference import attach, compute_reference_logps, fingerprint, load_cache, save_cache
+from solopo.models.loading import freeze, load_model
+from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
+from solopo.core.objective import Method, SoLoRA
+from solopo.training.reference import attach, compute_reference_logps, fingerprint, load_cache, save_cache
 
 from conftest import TINY
 

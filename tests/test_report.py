@@ -53,7 +53,7 @@ def test_report_on_a_2x2_sweep(tmp_path):
 def fake_run(run_dir, algo, method, seed, avg_long, alpha=None, both=False, failed=None, fit_s=30.0):
     """A run directory as `python -m solopo.run` leaves it (results.json), or as a launcher records a failed
     job (failed.json with the job's config); avg_long in %, the same at every length."""
-    config = {"algo": {"_target_": f"solopo.algos.{algo}"}, "seed": seed, "data": {"source": {"seed": seed}},
+    config = {"algo": {"_target_": f"solopo.core.algos.{algo}"}, "seed": seed, "data": {"source": {"seed": seed}},
               "method": {"name": method, "use_ra": alpha is not None},
               "ra": {"alpha": 1.0 if alpha is None else alpha, "responses": ["chosen", "rejected"] if both else ["chosen"]}}
     run_dir.mkdir(parents=True)

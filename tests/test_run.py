@@ -121,7 +121,7 @@ def test_multirun_writes_one_result_per_job(tmp_path):
     found = sorted(tmp_path.glob("*/results.json"))
     assert len(found) == 4
     alphas = sorted((json.loads(p.read_text())["config"]["algo"]["_target_"], json.loads(p.read_text())["config"]["ra"]["alpha"]) for p in found)
-    assert alphas == [("solopo.algos.ORPO", 0.0), ("solopo.algos.ORPO", 1.0), ("solopo.algos.SimPO", 0.0), ("solopo.algos.SimPO", 1.0)]
+    assert alphas == [("solopo.core.algos.ORPO", 0.0), ("solopo.core.algos.ORPO", 1.0), ("solopo.core.algos.SimPO", 0.0), ("solopo.core.algos.SimPO", 1.0)]
 
 
 def test_wandb_logger_runs_offline_without_a_key(tmp_path):
@@ -182,7 +182,7 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
 
     monkeypatch.setattr(entry, "tokenize_examples", none_for_val)
     monkeypatch.setenv("SOLOPO_CACHE", str(tmp_path / "cache"))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", return_hydra_config=True, overrides=[
             "algo=dpo", "experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path}",
             f"hydra.runtime.output_dir={tmp_path}"])

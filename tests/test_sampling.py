@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from solopo.data import sampling
-from solopo.data.sampling import SamplingSettings, generate, pick_pair, sample_pairs
+from solopo.generation import sampling
+from solopo.generation.sampling import SamplingSettings, generate, pick_pair, sample_pairs
 from solopo.data.schema import PreferenceExample
 
 
@@ -86,8 +86,8 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
     from hydra import compose, initialize_config_dir
 
     from conftest import ROOT
-    from solopo.models import ModelSpec
-    from solopo.objective import Method
+    from solopo.models.loading import ModelSpec
+    from solopo.core.objective import Method
     from solopo.run import make_pairs
 
     seen = []
@@ -99,7 +99,7 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
 
     monkeypatch.setattr(sampling, "generate", answer_half)
     monkeypatch.setenv("SOLOPO_CACHE", str(tmp_path))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "data.pairs=sampled", "data.sampling.k=2"])
     spec = ModelSpec(name="tiny", tokenizer="embedded:smollm2-135m-instruct")
     from hydra.utils import instantiate
@@ -152,7 +152,7 @@ def test_vllm_samples_from_the_run_weights(tokenizer):
     """vLLM gets a directory of the run's weights: the model's own, or a random model written out for the engine."""
     from pathlib import Path
 
-    from solopo.models import load_model
+    from solopo.models.loading import load_model
     from solopo.run import sampling_weights
 
     from conftest import TINY
@@ -174,7 +174,7 @@ def test_shared_prefix_sampling_draws_what_generate_draws(tokenizer):
 
     from conftest import TINY
     from solopo.data.tokenize import left_padded
-    from solopo.models import load_model
+    from solopo.models.loading import load_model
 
     model = load_model(dataclasses.replace(TINY, dtype="float64"), tokenizer).eval()
     ids, mask = left_padded(tokenizer, ["Where is Paris?", "Who wrote the book about the long river?", "Hi"],

@@ -5,8 +5,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from solopo.distributed import FSDP2Strategy, check_strategy
-from solopo.models import ModelSpec
+from solopo.training.distributed import FSDP2Strategy, check_strategy
+from solopo.models.loading import ModelSpec
 
 from test_configs import compose_config
 
@@ -28,7 +28,7 @@ def test_slurm_launcher_preset_composes():
 def test_deepspeed_needs_cuda_and_says_so():
     with pytest.raises(SystemExit, match="trainer=deepspeed needs CUDA GPUs"):
         check_strategy("pytorch_lightning.strategies.DeepSpeedStrategy", "cpu")
-    check_strategy("solopo.distributed.FSDP2Strategy", "cpu")  # runs anywhere
+    check_strategy("solopo.training.distributed.FSDP2Strategy", "cpu")  # runs anywhere
 
 
 @pytest.mark.parametrize("model, billions", [("qwen2_5_1_5b_shape", 1.54), ("qwen2_5_7b_shape", 7.62)])
@@ -52,7 +52,7 @@ def test_scaling_data_reaches_the_long_contexts_it_is_run_at():
     world of ~14K tokens stops a 16K run while it builds its data)."""
     from solopo.data.pairs import to_examples
     from solopo.data.tokenize import token_counter
-    from solopo.models import ModelSpec, load_tokenizer
+    from solopo.models.loading import ModelSpec, load_tokenizer
 
     cfg = compose_config(["experiment=scaling", "data.source.n_train=2"])
     splits = instantiate(cfg.data.source)
@@ -67,8 +67,8 @@ def test_random_weights_are_drawn_on_this_process_gpu(monkeypatch):
     there is none; a GPU draw is another model, so it has another identity in the reference cache."""
     import torch
 
-    from solopo.distributed import local_gpu
-    from solopo.models import init_device
+    from solopo.training.distributed import local_gpu
+    from solopo.models.loading import init_device
     from solopo.run import model_identity
     from solopo.validate import check_model
 
@@ -95,7 +95,7 @@ def test_half_precision_trained_weights_are_counted_and_lora_adapters_are_not():
     """bf16 weights that AdamW updates lose most of its small steps (the run warns); peft's adapters are fp32."""
     import torch
 
-    from solopo.models import half_precision_trained, load_model, load_tokenizer, with_lora
+    from solopo.models.loading import half_precision_trained, load_model, load_tokenizer, with_lora
 
     cfg = compose_config(["model=tiny", "model.dtype=bfloat16"])
     spec = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))

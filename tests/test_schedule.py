@@ -1,7 +1,7 @@
 """The learning-rate schedule against hand-computed values."""
 import pytest
 
-from solopo.schedule import lr_factor
+from solopo.training.schedule import lr_factor
 
 
 def test_warm_up_is_linear_and_starts_above_zero():

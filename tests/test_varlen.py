@@ -3,7 +3,7 @@ with its mask (packed rows against padded ones are in test_logps.py)."""
 import pytest
 import torch
 
-from solopo import varlen
+from solopo.step import varlen
 from solopo.eval.longctx import left_padded
 
 

@@ -4,7 +4,7 @@ import struct
 import subprocess
 import sys
 
-from solopo.loggers import sweep_group, wandb_labels
+from solopo.training.loggers import sweep_group, wandb_labels
 
 from conftest import ROOT
 

@@ -21,13 +21,13 @@ import torch
 
 from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, matching, peak, previous_rows, put_row,
                     random_ids, release, reset_peak, shape_fields, timed, write_table)
-from solopo.algos import DPO, SimPO
+from solopo.core.algos import DPO, SimPO
 from solopo.data.collate import SHARED_PROMPT, PairCollator
 from solopo.data.tokenize import TokenizedPair
-from solopo.logps import chunked_token_logps
-from solopo.models import ModelSpec, load_model, load_tokenizer
-from solopo.module import SoLoPOModule
-from solopo.objective import Method, SoLoRA, required_sequences, solopo_objective
+from solopo.step.logps import chunked_token_logps
+from solopo.models.loading import ModelSpec, load_model, load_tokenizer
+from solopo.training.module import SoLoPOModule
+from solopo.core.objective import Method, SoLoRA, required_sequences, solopo_objective
 
 METHODS = {
     "solopo": (Method(), SoLoRA(alpha=1.0)),

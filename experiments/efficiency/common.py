@@ -22,7 +22,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for a dr
 # What a longest-context probe's verdict depends on beyond the model and method: rows measured otherwise are redone.
 PROBE = {"alloc_conf": ALLOC_CONF}
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "solopo" / "conf"
 # The benchmarks' model names and the conf/model presets of their random-weight shapes (random weights cost exactly
 # what the real checkpoints cost to run); `tiny` is for dry runs on the CPU.
 SHAPE_PRESETS = {"tiny": "tiny", "qwen2.5-1.5b": "qwen2_5_1_5b_shape", "qwen2.5-7b": "qwen2_5_7b_shape"}

@@ -5,7 +5,7 @@ cached against a live reference model sharded with the policy, next to the plain
 
 Every cell trains SoLo-DPO (chosen-only, alpha 1) on one pair per step (short context 1,024 tokens, responses of 64)
 with Lightning's Trainer exactly as `python -m solopo.run` builds it: bf16-mixed, gradient checkpointing, fused AdamW;
-`fsdp` is solopo.distributed.FSDP2Strategy (each decoder layer one FSDP2 unit), `single` Lightning's default.
+`fsdp` is solopo.training.distributed.FSDP2Strategy (each decoder layer one FSDP2 unit), `single` Lightning's default.
 Peak memory is torch.cuda.max_memory_allocated over the timed steps, model and optimizer included.
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader
 
 from bench import make_pair, model_spec
 from common import DEVICE, Shape, environment, is_oom, release, write_table
-from solopo.algos import DPO
+from solopo.core.algos import DPO
 from solopo.data.collate import PairCollator
-from solopo.distributed import FSDP2Strategy
-from solopo.models import freeze, load_model, load_tokenizer
-from solopo.module import OptimSettings, SoLoPOModule
-from solopo.objective import Method, SoLoRA, required_sequences
+from solopo.training.distributed import FSDP2Strategy
+from solopo.models.loading import freeze, load_model, load_tokenizer
+from solopo.training.module import OptimSettings, SoLoPOModule
+from solopo.core.objective import Method, SoLoRA, required_sequences
 
 
 class StepClock(pl.Callback):

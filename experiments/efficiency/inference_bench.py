@@ -24,7 +24,7 @@ from common import (DEVICE, environment, has_row, is_oom, peak, previous_rows, p
                     reset_peak, shape_fields, sync, write_table)
 from solopo.data.tokenize import encode_prompt
 from solopo.eval.longctx import greedy_answers
-from solopo.models import ModelSpec, load_model, load_tokenizer
+from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 
 # variant: (weight dtype, trainer precision); fp32 first: the others' answers are compared with its
 VARIANTS = {"fp32": (torch.float32, "32-true"), "fp32+autocast": (torch.float32, "bf16-mixed"),

@@ -18,8 +18,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench import ALGOS, VARIANTS, TrainStep, load_policy, make_pair, model_spec, train_step, use_variant
 from common import DEVICE, sync
-from solopo.models import load_tokenizer
-from solopo.objective import solopo_objective
+from solopo.models.loading import load_tokenizer
+from solopo.core.objective import solopo_objective
 
 
 def phases(step: TrainStep) -> dict[str, float]:

@@ -29,7 +29,7 @@ if [ -n "${RESTORE:-}" ] && [ ! -e "$STUDY/jobs.json" ]; then
   done
 fi
 # Dequantise the GGUF once, before the jobs start: concurrent first runs would each build the model cache.
-$PY -c "from solopo.embedded import SMOLLM2_135M, ensure_weights; print(ensure_weights(SMOLLM2_135M))" || exit 1
+$PY -c "from solopo.models.embedded import SMOLLM2_135M, ensure_weights; print(ensure_weights(SMOLLM2_135M))" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$STUDY/gpu.txt" 2>&1
 
 left=$(( BUDGET - ($(date +%s) - began) - 60 ))

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from solopo.data.pairs import build_examples
-from solopo.data.sampling import SamplingSettings, sample_pairs
+from solopo.generation.sampling import SamplingSettings, sample_pairs
 from solopo.data.tokenize import token_counter
 from solopo.data.world import qa_items
-from solopo.models import ModelSpec, load_model, load_tokenizer
+from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 
 
 def main() -> None:

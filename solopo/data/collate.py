@@ -15,7 +15,7 @@ A batch is {group: {"input_ids", "response_mask", "keys", ...}}. ``keys`` lists 
   into the row once per pair, followed by all of its responses (chosen, then rejected), each
   response's positions continuing from the prompt's end. "segment_ids" names the prompt a token
   belongs to and "branch_ids" its response (0: the prompt itself); a token attends to its prompt and
-  to the earlier tokens of its own response (solopo.shared_prompt builds that mask).
+  to the earlier tokens of its own response (solopo.step.shared_prompt builds that mask).
   "predict_from" gives, for every token, the position whose hidden state predicts it: the previous
   one, except for a later response's first token, predicted from the prompt's last. A long context
   then runs through the model once per pair instead of once per response.
@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 
 from solopo.data.tokenize import TokenizedPair
-from solopo.varlen import packed_lengths
+from solopo.step.varlen import packed_lengths
 
 Key = tuple[str, str]  # (context, response)
 

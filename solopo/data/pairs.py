@@ -1,7 +1,7 @@
 """Preference pairs for an item.
 
 ``gold``: chosen = the gold answer, rejected = the item's most plausible wrong answer.
-``sampled``: the contexts are built here and the responses left empty; solopo.data.sampling fills
+``sampled``: the contexts are built here and the responses left empty; solopo.generation.sampling fills
 them with on-policy samples (the paper's recipe) once the policy is loaded. Ready-made pairs
 (PreferenceExample records from a pairs file) need no rule: ``to_examples`` keeps them as they are.
 """

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded
-from solopo.eval.metrics import f1, sub_em
-from solopo.precision import autocast
-from solopo.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
+from solopo.scoring import f1, sub_em
+from solopo.training.precision import autocast
+from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
 
 log = logging.getLogger(__name__)
 SHORT = "short"

@@ -12,7 +12,7 @@ from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
 from solopo.eval.longctx import EvalSettings, evaluate, format_table
 from solopo.eval.plots import accuracy_vs_length, depth_heatmap
-from solopo.results import atomic_write_text
+from solopo.training.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 

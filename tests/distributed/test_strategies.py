@@ -64,10 +64,10 @@ def test_the_step_moved_the_weights(runs):
     """So that the agreement above is about an update, not two unchanged models."""
     from omegaconf import OmegaConf
 
-    from solopo.models import ModelSpec, load_model, load_tokenizer
+    from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 
-    fields = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load("conf/model/smollm2_135m.yaml"),
-                                                    OmegaConf.load("conf/model/tiny.yaml")))
+    fields = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load("solopo/conf/model/smollm2_135m.yaml"),
+                                                    OmegaConf.load("solopo/conf/model/tiny.yaml")))
     fields.pop("defaults", None)
     spec = ModelSpec(**fields)
     initial = {k: v.detach().double() for k, v in load_model(spec, load_tokenizer(spec), seed=0).state_dict().items()}

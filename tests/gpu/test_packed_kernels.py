@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from solopo import varlen
+from solopo.step import varlen
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
-from solopo.logps import group_logps
-from solopo.models import load_model
+from solopo.step.logps import group_logps
+from solopo.models.loading import load_model
 from conftest import TINY
 
 pytestmark = pytest.mark.gpu

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from solopo.data import sampling
+from solopo.generation import sampling
 from solopo.eval import runner
 from solopo.eval.longctx import EvalSettings
-from solopo.results import atomic_write_text
+from solopo.training.results import atomic_write_text
 
 
 def test_a_full_disk_keeps_the_previous_file_and_names_the_file(tmp_path, monkeypatch):

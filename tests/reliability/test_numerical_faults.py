@@ -7,15 +7,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from solopo.algos import SimPO
+from solopo.core.algos import SimPO
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import build_examples
 from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
-from solopo.faults import NumericalGuard
-from solopo.models import load_model
-from solopo.module import OptimSettings, SoLoPOModule
-from solopo.objective import Method, SoLoRA, required_sequences
+from solopo.training.faults import NumericalGuard
+from solopo.models.loading import load_model
+from solopo.training.module import OptimSettings, SoLoPOModule
+from solopo.core.objective import Method, SoLoRA, required_sequences
 from support import results, run
 
 from conftest import TINY

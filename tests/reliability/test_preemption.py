@@ -10,8 +10,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from solopo.callbacks import Preemption
-from solopo.resume import LastCheckpoint
+from solopo.training.callbacks import Preemption
+from solopo.training.resume import LastCheckpoint
 from support import ENV, ROOT, command, fit_toy, results, run, step_losses
 
 LONG_RUN = ["trainer.max_steps=200", "trainer.max_epochs=10", "data.source.n_train=40"]

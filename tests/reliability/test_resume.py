@@ -7,8 +7,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from solopo.loggers import ResumableCSVLogger, wandb_logger
-from solopo.resume import LastCheckpoint
+from solopo.training.loggers import ResumableCSVLogger, wandb_logger
+from solopo.training.resume import LastCheckpoint
 from support import fit_toy, results, run, step_losses
 
 

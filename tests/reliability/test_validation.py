@@ -13,13 +13,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from solopo import embedded
+from solopo.models import embedded
 from solopo.data.formats import DataFileError, hotpotqa, longbench, musique, pairs
-from solopo.embedded import SMOLLM2_135M, ensure_weights
+from solopo.models.embedded import SMOLLM2_135M, ensure_weights
 from solopo.validate import check_eval_lengths, check_long_len, load_source, number, one_of, validate_config
 from support import ROOT, run
 
-CONF = ROOT / "conf"
+CONF = ROOT / "solopo" / "conf"
 FIXTURES = ROOT / "tests" / "fixtures"
 GPU_ONLY = "trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=default (GPU when present) or trainer=cpu"
 
@@ -53,11 +53,11 @@ def test_every_shipped_config_passes(group, option):
     validate_config(cfg, training=False)
 
 
-ALGOS = "solopo.algos.CDPO, solopo.algos.DPO, solopo.algos.IPO, solopo.algos.ORPO, solopo.algos.SimPO"
+ALGOS = "solopo.core.algos.CDPO, solopo.core.algos.DPO, solopo.core.algos.IPO, solopo.core.algos.ORPO, solopo.core.algos.SimPO"
 MISTAKES = [
-    (["algo._target_=solopo.algos.SimP"],
-     f"algo._target_=solopo.algos.SimP: no such class or function; choose one of {ALGOS}"),
-    (["algo._target_=solopo.objective.SoLoRA"], "algo._target_=solopo.objective.SoLoRA: not an algorithm (one has "
+    (["algo._target_=solopo.core.algos.SimP"],
+     f"algo._target_=solopo.core.algos.SimP: no such class or function; choose one of {ALGOS}"),
+    (["algo._target_=solopo.core.objective.SoLoRA"], "algo._target_=solopo.core.objective.SoLoRA: not an algorithm (one has "
                                                 f"reward, loss and needs_reference); choose one of {ALGOS}"),
     (["+algo.betta=0.1"], "algo.betta=0.1: SimPO takes no such option; did you mean beta?"),
     (["algo=dpo", "algo.beta=0"], "algo.beta=0: must be a number > 0"),
@@ -65,8 +65,8 @@ MISTAKES = [
     (["ra.alpha=-1"], "ra.alpha=-1: must be a number >= 0 (0 turns SoLo-RA off)"),
     (["ra.distance=l2"], "ra.distance=l2: choose one of abs, softplus, squared"),
     (["ra.responses=[chosen,other]"], "ra.responses=[chosen,other]: choose [chosen] or [chosen,rejected]"),
-    (["ra._target_=solopo.objective.SoloRA"], "ra._target_=solopo.objective.SoloRA: no such class or function; choose "
-                                              "one of solopo.objective.SoLoRA"),
+    (["ra._target_=solopo.core.objective.SoloRA"], "ra._target_=solopo.core.objective.SoloRA: no such class or function; choose "
+                                              "one of solopo.core.objective.SoLoRA"),
     (["method.po_context=middle"], "method.po_context=middle: choose one of short, long"),
     (["data.long_len=64"], "data.long_len=64: must be an integer >= 128 (x_long holds the evidence, ~100 tokens, "
                            "and irrelevant text)"),

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from solopo.data.schema import QAItem
-from solopo.eval.metrics import normalize_answer, sub_em
+from solopo.scoring import normalize_answer, sub_em
 
 MAX_WRONG = 3
 _DRAWS = 64  # candidates looked at per pool: bounded, so 100k items cost O(items), not O(items^2)

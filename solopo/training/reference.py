@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from solopo.data.collate import Key, PairCollator
 from solopo.data.tokenize import TokenizedPair
-from solopo.logps import group_logps
-from solopo.precision import autocast, weights_as
-from solopo.results import atomic_write_text
+from solopo.step.logps import group_logps
+from solopo.training.precision import autocast, weights_as
+from solopo.training.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def compute_reference_logps(
 ) -> dict[str, dict[str, float]]:
     """{pair id: {"short/chosen": logps, ...}} for every pair and key, with the model as it is now, computed as
     training's forward is: under Lightning's ``precision``, with the weights cast to ``weights`` where the strategy
-    casts them (solopo.precision.weights_dtype)."""
+    casts them (solopo.training.precision.weights_dtype)."""
     collate = PairCollator(keys, pad_token_id, pack=pack)
     device = next(model.parameters()).device
     was_training = model.training

@@ -24,7 +24,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 PREFIX = "embedded:"
 MARKER = "COMPLETE"  # written last: the cache directory's file sizes and sha256, checked on every use
 _VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha256) of files hashed in this process

@@ -5,10 +5,10 @@ Every function is pure and takes per-example tensors of shape (B,):
 ``*_rewards`` the algorithm's implicit rewards. Each returns per-example values;
 the caller reduces.
 """
-from solopo.losses.alignment import solo_ra_penalty
-from solopo.losses.dpo import cdpo_loss, dpo_loss, dpo_reward, ipo_loss
-from solopo.losses.orpo import orpo_loss, orpo_reward
-from solopo.losses.simpo import simpo_loss, simpo_reward
+from solopo.core.losses.alignment import solo_ra_penalty
+from solopo.core.losses.dpo import cdpo_loss, dpo_loss, dpo_reward, ipo_loss
+from solopo.core.losses.orpo import orpo_loss, orpo_reward
+from solopo.core.losses.simpo import simpo_loss, simpo_reward
 
 __all__ = [
     "cdpo_loss",

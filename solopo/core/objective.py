@@ -14,8 +14,8 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from solopo.algos import Algorithm, Responses
-from solopo.losses import solo_ra_penalty
+from solopo.core.algos import Algorithm, Responses
+from solopo.core.losses import solo_ra_penalty
 
 SHORT, LONG = "short", "long"
 CHOSEN, REJECTED = "chosen", "rejected"

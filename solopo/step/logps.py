@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from solopo import shared_prompt, varlen
+from solopo.step import shared_prompt, varlen
 
 
 def response_logps(
@@ -41,7 +41,7 @@ def response_logps(
     sequence's index (sequences are numbered 0..S-1 across the batch); cu_seq_lens (S + 1,) and max_length, the
     sequence boundaries, let varlen attention kernels skip deriving them.
     Packed rows with shared prompts also carry segment_ids / branch_ids (the attention mask's
-    inputs, solopo.shared_prompt) and predict_from, the position whose hidden state predicts each token.
+    inputs, solopo.step.shared_prompt) and predict_from, the position whose hidden state predicts each token.
     response_mask is True at the positions of response tokens. Returns logps (S,) in at
     least fp32 and n_tokens (S,), where S = B for padded rows.
     """

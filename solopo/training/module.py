@@ -11,17 +11,17 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from solopo.algos import Algorithm, Responses
-from solopo.distributed import shard_model
-from solopo.logps import group_logps
-from solopo.objective import CHOSEN, LONG, REJECTED, SHORT, Method, SoLoRA, solopo_objective
-from solopo.precision import fsdp_param_dtype
-from solopo.schedule import lr_factor
-from solopo.step_means import StepMeans
+from solopo.core.algos import Algorithm, Responses
+from solopo.training.distributed import shard_model
+from solopo.step.logps import group_logps
+from solopo.core.objective import CHOSEN, LONG, REJECTED, SHORT, Method, SoLoRA, solopo_objective
+from solopo.training.precision import fsdp_param_dtype
+from solopo.training.schedule import lr_factor
+from solopo.training.step_means import StepMeans
 
 # The frozen reference is in eval mode on purpose; Lightning's start-of-fit check would flag it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-# Training metrics are reduced across ranks before they are logged (solopo.step_means); Lightning cannot tell.
+# Training metrics are reduced across ranks before they are logged (solopo.training.step_means); Lightning cannot tell.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('train/")
 
 ALL_SEQUENCES = [(SHORT, CHOSEN), (SHORT, REJECTED), (LONG, CHOSEN), (LONG, REJECTED)]
@@ -101,7 +101,7 @@ class SoLoPOModule(pl.LightningModule):
         for group in batch.values():
             policy = group_logps(self.policy, group, self.logp_chunk_size)
             reference = None
-            if "ref_logps" in group:  # precomputed once before training (solopo.reference)
+            if "ref_logps" in group:  # precomputed once before training (solopo.training.reference)
                 size = group["ref_logps"].shape[0] // len(group["keys"])
                 reference = {tuple(k): (group["ref_logps"][i * size : (i + 1) * size], None) for i, k in enumerate(group["keys"])}
             elif self.algo.needs_reference:
@@ -112,7 +112,7 @@ class SoLoPOModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = solopo_objective(self.algo, self.ra, self.method, self.sequence_stats(batch))
-        # A non-finite micro-batch is left out of the means; solopo.faults.NumericalGuard skips and counts its step.
+        # A non-finite micro-batch is left out of the means; solopo.training.faults.NumericalGuard skips and counts its step.
         self._step_means.add(out.metrics, batch_pairs(batch), finite=torch.isfinite(out.loss))
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 or self.trainer.is_last_batch:
             means, pairs = self._step_means.pop()  # over the step's micro-batches and all ranks

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from solopo.distributed import sum_across_ranks
+from solopo.training.distributed import sum_across_ranks
 
 
 class StepMeans:

@@ -9,8 +9,9 @@ from typing import Any, Optional
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from solopo import embedded, varlen
-from solopo.distributed import full_state_dict, is_global_zero, local_gpu
+from solopo.models import embedded
+from solopo.step import varlen
+from solopo.training.distributed import full_state_dict, is_global_zero, local_gpu
 
 log = logging.getLogger(__name__)
 varlen.register()  # attn_implementation="solopo_varlen"
@@ -26,7 +27,7 @@ class ModelSpec:
     max_length: longest sequence (prompt + response) the model is trained on.
     dtype: weight dtype: "auto" keeps the checkpoint's; "float32", "bfloat16".
     gradient_checkpointing: recompute activations in backward (long contexts).
-    attn_implementation: "sdpa", "eager", "flash_attention_2", "flex_attention", "solopo_varlen" (solopo.varlen), ...
+    attn_implementation: "sdpa", "eager", "flash_attention_2", "flex_attention", "solopo_varlen" (solopo.step.varlen), ...
     trust_remote_code: run code shipped with a checkpoint (off unless set).
     lora: peft LoraConfig fields (e.g. {r: 16, lora_alpha: 32}) to train a LoRA adapter instead of every weight.
     """

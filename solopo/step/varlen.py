@@ -10,7 +10,7 @@ check against padded rows.
 
 Everything else (padded rows, generation with left padding and a KV cache) goes through transformers' own SDPA
 attention with its usual mask: the mask function returns None only inside `packed_forward()`, the context in which
-solopo.logps runs a packed row, so no O(T^2) mask is built for it. Packed rows with sliding-window attention are
+solopo.step.logps runs a packed row, so no O(T^2) mask is built for it. Packed rows with sliding-window attention are
 refused.
 """
 from __future__ import annotations

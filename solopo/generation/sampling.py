@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import left_padded
-from solopo.eval.metrics import f1, sub_em
-from solopo.precision import autocast
-from solopo.results import atomic_write_text
-from solopo.vllm_engine import vllm_generate
+from solopo.scoring import f1, sub_em
+from solopo.training.precision import autocast
+from solopo.training.results import atomic_write_text
+from solopo.generation.vllm_engine import vllm_generate
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
-from solopo.distributed import reduce_any
+from solopo.training.distributed import reduce_any
 
 log = logging.getLogger("solopo")
 

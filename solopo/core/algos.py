@@ -11,7 +11,7 @@ from typing import ClassVar, Optional, Protocol
 
 from torch import Tensor
 
-from solopo import losses
+from solopo.core import losses
 
 
 @dataclass(frozen=True)
