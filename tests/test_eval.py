@@ -4,7 +4,7 @@ import math
 import pytest
 
 from solopo.eval.longctx import EvalCase, EvalSettings, format_table, greedy_answers, score_table
-from solopo.eval.plots import accuracy_vs_length, depth_heatmap
+from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
 
 
 def case(length, depth, answers=("Quorath",)):
@@ -47,7 +47,7 @@ def test_greedy_answers_are_deterministic_and_keep_order(tiny_model, tokenizer):
 def test_plots_are_written(tmp_path):
     cases = [case("short", "-"), case("512", "0"), case("512", "0.5"), case("1024", "0"), case("1024", "0.5")]
     table = score_table(cases, ["Quorath", "no", "Quorath", "no", "no"])
-    line = accuracy_vs_length({"base": table, "trained": table}, tmp_path / "acc.png")
+    line = accuracy_vs_length({"QA": {"base": by_length(table), "trained": by_length(table)}}, tmp_path / "acc.png")
     heat = depth_heatmap(table, tmp_path / "heat.png")
     for path in (line, heat):
         assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"

@@ -8,6 +8,9 @@ import pytest
 
 from test_run import ROOT, run
 
+from solopo.report.runs import find_runs
+from solopo.report.sweep import write_report
+
 
 def test_run_writes_the_eval_table_json_and_plots(tmp_path):
     done = run(["experiment=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
@@ -79,11 +82,9 @@ def study_dir(tmp_path):
 
 
 def test_seeds_collapse_into_mean_and_std_and_failed_runs_stay_visible(tmp_path):
-    from solopo.report import find_results, write_report
-
     root = study_dir(tmp_path)
-    report = write_report(find_results([root]), tmp_path / "out", seeds=True)
-    assert report["varying"] == ["method.name", "method.use_ra", "ra.alpha"]  # the seed keys are not factors
+    report = write_report(find_runs([root]), tmp_path / "out", seeds=True)
+    assert report["keys"] == ["method.name", "method.use_ra", "ra.alpha"]  # the seed keys are not factors
     rows = {(r["method.name"], r["ra.alpha"]): r for r in report["rows"]}
     solopo = rows[("solopo", 3.0)]
     assert solopo["seeds"] == 3 and str(solopo["trained avg long"]) == "12.0 ± 2.0"  # sample std of 10, 12, 14
@@ -92,46 +93,26 @@ def test_seeds_collapse_into_mean_and_std_and_failed_runs_stay_visible(tmp_path)
     csv_text = (tmp_path / "out" / "report.csv").read_text()
     assert "trained avg long std" in csv_text.splitlines()[0]
     assert "| 3 of 3 failed: no pairs |" in (tmp_path / "out" / "report.md").read_text()
+    assert [p.name for p in report["plots"]] == ["report_accuracy_vs_length.png", "report_score_vs_alpha.png"]
 
 
-def test_study_table_comparisons_and_paper_claims(tmp_path):
-    from solopo.report import find_results, load_result
-    from solopo.report_study import VERDICT, write_study
-
-    root = study_dir(tmp_path)
-    paper = {"best_alpha": {"DPO": 3.0},
-             "claims": [{"claim": "SoLoPO beats Long-PO", "better": "solopo", "worse": "long_po"}]}
-    path = write_study([load_result(p) for p in find_results([root])], tmp_path / "out", paper)
-    text = path.read_text()
-    # short, 1024, 2048, avg long, gain over base (12 - 5), pairs, train s, peak GiB
-    assert ("| DPO | solopo | 3 | 3 | 50.0 ± 0.0 | 12.0 ± 2.0 | 12.0 ± 2.0 | 12.0 ± 2.0 | 7.0 ± 2.0 | 100 ± 0 | 20 ± 0 "
-            "| 2.00 ± 0.00 |") in text
-    assert "| DPO | long_po | - | 0 (+3 failed: no pairs) | **failed: no pairs** |" in text
-    # 12 - 5 = 7 points, more than the two seed spreads together (2 + 1); paired per seed: 10-5, 12-6, 14-4
-    assert ("SoLo-DPO (alpha 3) 12.0 ± 2.0 vs Expand-long-DPO 5.0 ± 1.0 avg long-context sub-EM: SoLo-DPO (alpha 3) "
-            "higher by 7.0 points, beyond the seed spread (std 2.0 and 1.0); per seed: +5.0, +6.0, +10.0.") in text
-    assert "no comparison, Long-DPO has no result (no pairs)" in text
-    assert "- SoLoPO beats Long-PO (solopo > long_po): DPO: no result (long_po: no pairs)." in text
-    assert "| long_po | failed: no pairs |" in text  # the methods x algorithms table says why too
-    assert "over alpha 1, 3 (seeds 0), the best avg long-context sub-EM is at alpha 1 (11.0)" in text  # seeds of both
-    assert "SoLoPO trains in 20 s vs 30 s for expand_long (0.67x)" in text  # long_po failed: expand_long stands in
-    assert VERDICT in text
-    for png in ("study_accuracy_vs_length.png", "study_score_vs_alpha.png"):
-        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+@pytest.mark.parametrize("folder, message", [
+    ("empty", "no results.json or failed.json under"), ("missing", "missing: no such directory"),
+    ("bad", "results.json: not JSON"),
+])
+def test_a_folder_without_readable_runs_is_one_line_and_exit_status_2(tmp_path, folder, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad" / "run").mkdir(parents=True)
+    (tmp_path / "bad" / "run" / "results.json").write_text("{cut short")
+    done = subprocess.run([sys.executable, "-m", "solopo.report", str(tmp_path / folder)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_readme_blocks_are_rewritten_from_the_generated_tables(tmp_path):
-    from solopo.report_study import fill_blocks
-
-    page = ("# Study\n\nprose stays\n<!-- solopo.report:pivot -->\nold table\n<!-- /solopo.report:pivot -->\n"
-            "more prose\n<!-- solopo.report:runs -->\n<!-- /solopo.report:runs -->\n")
-    blocks = {"pivot": ["| method | DPO |", "|---|---|", "| solopo | 12.0 |"], "runs": ["3 runs, 0 failed."]}
-    text = fill_blocks(page, blocks, "README.md")
-    assert text == ("# Study\n\nprose stays\n<!-- solopo.report:pivot -->\n| method | DPO |\n|---|---|\n| solopo | 12.0 |\n"
-                    "<!-- /solopo.report:pivot -->\nmore prose\n<!-- solopo.report:runs -->\n3 runs, 0 failed.\n"
-                    "<!-- /solopo.report:runs -->\n")
-    assert fill_blocks(text, blocks) == text  # rewriting again changes nothing
-    with pytest.raises(ValueError, match="README.md: unknown generated block.s. tables; known: pivot, runs"):
-        fill_blocks("<!-- solopo.report:tables -->\n<!-- /solopo.report:tables -->", blocks, "README.md")
-    with pytest.raises(ValueError, match="README.md: no <!-- solopo.report:NAME -->"):
-        fill_blocks("no blocks here", blocks, "README.md")
+def test_the_report_package_knows_no_study():
+    """The library's report is generic: a study's rows, claims and verdict live with the study (experiments/)."""
+    study_words = ("short_po", "long_po", "expand_long", "solopo_both", "solopo_detach", "paper_mini", "claim", "verdict")
+    for path in (ROOT / "solopo" / "report").glob("*.py"):
+        text = path.read_text().lower()
+        assert not [w for w in study_words if w in text], path.name

@@ -35,7 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 left=$(( BUDGET - ($(date +%s) - began) - 60 ))
 $PY experiments/paper_mini/launch.py --root "$STUDY" --parallel "${PARALLEL:-8}" --deadline "$left" "$@" \
   2>&1 | tee -a "$STUDY/launch.log"
-$PY -m solopo.report "$STUDY" --seeds --study --paper experiments/paper_mini/paper.json --out "$STUDY/report" \
+$PY experiments/paper_mini/report.py "$STUDY" --paper experiments/paper_mini/paper.json --out "$STUDY/report" \
   > "$STUDY/report.log" 2>&1 || tail -5 "$STUDY/report.log"
 tar -czf "$OUT/paper_mini.tar.gz" --ignore-failed-read --exclude='*.ckpt' --exclude='.partial' \
   --exclude='eval_*.png' -C / "${STUDY#/}" "${SOLOPO_CACHE#/}/pairs" "${SOLOPO_CACHE#/}/eval" "${SOLOPO_CACHE#/}/reference"

@@ -1,4 +1,5 @@
-"""The jobs of the paper_mini study: one (row, algorithm, alpha, seed) each, in the order they should run.
+"""The jobs of the paper_mini study: one (row, algorithm, alpha, seed) each, in the order they should run; and
+the row a finished run belongs to.
 
 Rows are the presets conf/experiment/paper_mini/<row>.yaml; `base` is the untrained model (evaluation only).
 The order puts the whole table at the first seed before the extra seeds of the main comparison, so a run
@@ -10,6 +11,8 @@ import fnmatch
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+
+from solopo.report.runs import Run
 
 ALGOS = ("dpo", "simpo", "orpo")
 PAPER_ALPHA = {"dpo": 3.0, "simpo": 1.0, "orpo": 1.0}  # the paper's best alpha on Qwen2.5-7B-Instruct
@@ -85,3 +88,22 @@ def select(jobs: list[Job], only: set[str] | None = None, algos: set[str] | None
 
 def shell(command: list[str]) -> str:
     return " ".join(shlex.quote(part) for part in command)
+
+
+BASE = "-"  # the algorithm column of the base model
+
+
+def place(run: Run) -> tuple[str, str, float | None]:
+    """(algorithm, row, alpha) of a run, from its config: the method, solopo_both when SoLo-RA also covers the
+    rejected response, solopo_detach when SoLo-RA passes no gradient to the short-context reward, alpha where
+    SoLo-RA is on; an evaluation-only run (`python -m solopo.evaluate`) is the base model."""
+    if run.evaluated_only:
+        return BASE, "base", None
+    method, ra = run.config.get("method", {}), run.config.get("ra", {})
+    row = method.get("name", "?")
+    if row == "solopo" and "rejected" in ra.get("responses", []):
+        row = "solopo_both"
+    if row == "solopo" and ra.get("detach_short"):
+        row = "solopo_detach"
+    algo = str(run.config.get("algo", {}).get("_target_", "?")).rsplit(".", 1)[-1]
+    return algo, row, float(ra["alpha"]) if method.get("use_ra") else None

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
 from solopo.eval.longctx import EvalSettings, evaluate, format_table
-from solopo.eval.plots import accuracy_vs_length, depth_heatmap
+from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
 from solopo.training.results import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
 def write_outputs(tables: dict[str, dict], out_dir: Path) -> dict:
     """PNG plots beside the run's results: accuracy vs length (a line per checkpoint) and a
     length x depth heatmap per checkpoint; returns the table as markdown and the plot paths."""
-    plots = [accuracy_vs_length(tables, out_dir / "eval_accuracy_vs_length.png")]
+    lines = {name: by_length(table) for name, table in tables.items()}
+    plots = [accuracy_vs_length({"Long-context QA": lines}, out_dir / "eval_accuracy_vs_length.png")]
     for name, table in tables.items():
         if any(c["depth"] != "-" for c in table["cells"]):
             plots.append(depth_heatmap(table, out_dir / f"eval_depth_{name}.png",

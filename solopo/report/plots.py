@@ -1,0 +1,107 @@
+"""The report's PNG plots, one function per kind: accuracy vs context length, score vs alpha, and the length x
+depth heatmap of one evaluation (matplotlib, no display needed).
+
+A value is a sub-EM in %, or a Stat over seeds drawn as its mean with an error bar of one standard deviation.
+The y axis of the line plots starts at 0 and fits the data: small models score low, and a 0-100 axis would
+flatten their differences.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: runs on clusters without a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from solopo.report.runs import Stat  # noqa: E402
+
+Value = float | Stat
+LENGTH_AXIS = "context length (tokens; short = the evidence alone)"
+MIN_TOP = 10.0  # sub-EM points: an axis for all-zero scores (a tiny random model) stays readable
+DASHED = dict(color="grey", linestyle="--")  # a reference line, e.g. the model before training
+
+
+def by_length(table: dict) -> dict[str, float]:
+    """An evaluation table's sub-EM (%) by context length."""
+    return {str(n): 100 * score for n, score in table["by_length"].items()}
+
+
+def accuracy_vs_length(panels: Mapping[str, Mapping[str, Mapping[str, Value]]], path: Path,
+                       ylabel: str = "sub-EM (%)", dashed: tuple[str, ...] = ()) -> Path:
+    """Sub-EM against context length: one panel per title, {title: {line name: {length: value}}}, the panels side
+    by side on one y axis; lines named in ``dashed`` are drawn as grey dashes. Lengths keep the order met."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.4, 4.6 * len(panels)), 4.2), sharey=True, squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items()):
+        lengths = list(dict.fromkeys(n for series in lines.values() for n in series))
+        for name, series in lines.items():
+            _line(ax, range(len(lengths)), [series.get(n, float("nan")) for n in lengths], name,
+                  DASHED if name in dashed else {})
+        ax.set_xticks(range(len(lengths)), lengths)
+        ax.set(title=title, xlabel=LENGTH_AXIS)
+        _finish(ax)
+    axes[0][0].set_ylabel(ylabel)
+    return save_figure(fig, path)
+
+
+def score_vs_alpha(lines: Mapping[str, Mapping[float, Value]], path: Path, ylabel: str = "avg long-context sub-EM (%)",
+                   tick_notes: Mapping[float, str] | None = None) -> Path:
+    """A score against the SoLo-RA weight alpha, one line per name, {name: {alpha: value}}. The alphas are evenly
+    spaced on the axis (0, 0.3, 1, 3); ``tick_notes`` adds words to a tick, e.g. {0.0: "without SoLo-RA"}."""
+    alphas = sorted({a for points in lines.values() for a in points})
+    notes = tick_notes or {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in lines.items():
+        ordered = sorted(points)
+        _line(ax, [alphas.index(a) for a in ordered], [points[a] for a in ordered], name, {})
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" + (f" ({notes[a]})" if a in notes else "") for a in alphas])
+    ax.set(xlabel="SoLo-RA alpha", ylabel=ylabel, title="Score vs alpha")
+    _finish(ax)
+    return save_figure(fig, path)
+
+
+def _line(ax, xs, values: list[Value], name: str, style: dict) -> None:
+    """Means joined by a line; error bars where some value is a Stat over more than one seed."""
+    means = [v.mean if isinstance(v, Stat) else v for v in values]
+    stds = [v.std if isinstance(v, Stat) else 0.0 for v in values]
+    if any(isinstance(v, Stat) and v.n > 1 for v in values):
+        ax.errorbar(list(xs), means, yerr=stds, marker="o", capsize=3, label=name, **style)
+    else:
+        ax.plot(list(xs), means, marker="o", label=name, **style)
+
+
+def _finish(ax) -> None:
+    ax.set_ylim(0, max(ax.get_ylim()[1], MIN_TOP))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def depth_heatmap(table: dict, path: Path, title: str = "sub-EM (%) by length and evidence depth") -> Path:
+    """A length x depth grid of sub-EM (%), each cell annotated with its value."""
+    cells = [c for c in table["cells"] if c["depth"] != "-"]
+    lengths = sorted({c["length"] for c in cells}, key=int)  # built lengths only: fixed contexts have no depth
+    depths = sorted({c["depth"] for c in cells}, key=float)
+    grid = [[next((100 * c["sub_em"] for c in cells if c["length"] == n and c["depth"] == d), float("nan"))
+             for d in depths] for n in lengths]
+    fig, ax = plt.subplots(figsize=(1.2 * len(depths) + 2.5, 0.6 * len(lengths) + 1.8))
+    image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(depths)), [f"{float(d):.0%}" for d in depths])
+    ax.set_yticks(range(len(lengths)), lengths)
+    ax.set_xlabel("evidence depth (0% = start of the context)")
+    ax.set_ylabel("context length (tokens)")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black")
+    fig.colorbar(image, ax=ax, label="sub-EM (%)")
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
