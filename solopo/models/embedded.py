@@ -22,6 +22,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from solopo.cache import cache_root
+
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -49,10 +51,6 @@ SMOLLM2_135M = EmbeddedModel(
     wheel_env="SOLOPO_SMOLLM2_WHEEL",
 )
 EMBEDDED = {SMOLLM2_135M.name: SMOLLM2_135M}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SOLOPO_CACHE", Path.home() / ".cache" / "solopo"))
 
 
 def lookup(name: str) -> EmbeddedModel | None:
