@@ -55,6 +55,35 @@ def digest(*parts: Any) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on the file ``path`` (created when absent) for the block: processes queue on it. Lock files
+    stay: removing one while another process waits on it would let a third lock a new file. Where no lock can be taken
+    (read-only folder, a file system without locks) the block runs unlocked: at worst work is done twice, and what it
+    writes through atomic_file is still whole."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
     """A file object that becomes ``path`` when the block ends without error: it is a temporary file of this
@@ -147,7 +176,7 @@ class DiskCache:
                        meta: dict | None = None, desc: str | None = None) -> T:
         """The entry under ``key`` (see get), else compute()'s value, stored. Processes asking for one key at once
         queue on its lock: the first computes and stores, the others then read its entry."""
-        with self._lock(key):
+        with file_lock(Path(self.root) / f"{key}.lock"):
             value = self.get(key, check)
             if value is not None:
                 log.info("%s from cache %s", desc or self.kind, self.path(key))
@@ -155,24 +184,6 @@ class DiskCache:
             value = compute()
             self.put(key, value, meta)
         return value
-
-    @contextlib.contextmanager
-    def _lock(self, key: str) -> Iterator[None]:
-        """An exclusive flock on ``<key>.lock`` for the block. Lock files stay: removing one while another process
-        waits on it would let a third lock a new file. Where no lock can be taken (read-only directory, a file
-        system without locks) the block runs unlocked: at worst the entry is computed twice, still written whole."""
-        try:
-            Path(self.root).mkdir(parents=True, exist_ok=True)
-            fd = os.open(Path(self.root) / f"{key}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
-        except OSError:
-            yield
-            return
-        try:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def _reject(self, path: Path, problem: str) -> None:
         line = f"{self.kind} cache {path} is unusable ({problem})"
