@@ -137,7 +137,7 @@ class DiskCache:
         return cls(cache_root() / kind, kind, verify)
 
     def path(self, key: str) -> Path:
-        return Path(self.root) / f"{key}.json"
+        return self.root / f"{key}.json"
 
     def get(self, key: str, check: Callable[[Any], T] = lambda payload: payload) -> T | None:
         """check(payload) of the entry stored under ``key``, or None when there is none or it cannot be trusted: it
@@ -176,7 +176,7 @@ class DiskCache:
                        meta: dict | None = None, desc: str | None = None) -> T:
         """The entry under ``key`` (see get), else compute()'s value, stored. Processes asking for one key at once
         queue on its lock: the first computes and stores, the others then read its entry."""
-        with file_lock(Path(self.root) / f"{key}.lock"):
+        with file_lock(self.root / f"{key}.lock"):
             value = self.get(key, check)
             if value is not None:
                 log.info("%s from cache %s", desc or self.kind, self.path(key))

@@ -1,5 +1,6 @@
 """One process of the shared-cache test (test_caches.py), spawned: it imports solopo.cache alone, so it starts fast."""
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -12,7 +13,11 @@ ROWS = list(range(5000))  # a payload large enough that writing it takes a while
 def ask_for_one_entry(rank: int, roots: list[str], barrier, out: str) -> None:
     """For each fresh cache folder in ``roots``, at the same moment as the other processes: get_or_compute one entry
     (each computation is recorded in computed.log), then write that same entry 10 times (no lock: the writers race
-    on the rename). Writes what get_or_compute returned to ``out``."""
+    on the rename). Writes what get_or_compute returned, and every warning the cache logged, to ``out``."""
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("solopo.cache").addHandler(handler)
     values = []
     for root in roots:
         cache = DiskCache(Path(root), "reference")
@@ -28,4 +33,4 @@ def ask_for_one_entry(rank: int, roots: list[str], barrier, out: str) -> None:
         barrier.wait()
         for _ in range(10):
             cache.put("entry", {"rank": rank, "rows": ROWS}, {"pid": os.getpid()})
-    Path(out).write_text(json.dumps(values))
+    Path(out).write_text(json.dumps({"values": values, "warnings": warnings}))

@@ -159,7 +159,7 @@ def test_the_digest_is_canonical_and_rows_do_not_run_together():
 def test_four_processes_on_one_fresh_cache_all_finish_with_one_valid_entry(tmp_path):
     """4 spawned processes, 5 fresh cache folders one after another: all ask for one entry at once (the lock: one
     computes, the others read its entry), then all rewrite it 10 times at once (unique temporary names: no
-    FileNotFoundError on the rename, as the shared `<name>.tmp` gave). Each folder ends with one whole entry."""
+    FileNotFoundError on the rename, as the shared `<name>.tmp` gave, and no write fails or is found damaged). Each folder ends with one whole entry."""
     context = multiprocessing.get_context("spawn")
     roots = [str(tmp_path / f"cache{i}") for i in range(5)]
     barrier = context.Barrier(4)
@@ -170,7 +170,9 @@ def test_four_processes_on_one_fresh_cache_all_finish_with_one_valid_entry(tmp_p
     for worker in workers:
         worker.join(timeout=120)
     assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
-    returned = [json.loads((tmp_path / f"out{rank}").read_text()) for rank in range(4)]
+    outs = [json.loads((tmp_path / f"out{rank}").read_text()) for rank in range(4)]
+    assert [out["warnings"] for out in outs] == [[]] * 4  # no write failed, no entry was found damaged
+    returned = [out["values"] for out in outs]
     for i, root in enumerate(roots):
         computed = (tmp_path / f"cache{i}" / "computed.log").read_text().split()
         assert len(computed) == 1  # computed once; the other three read the first one's entry
