@@ -151,6 +151,15 @@ def test_strict_verification_stops_the_run_in_one_line(tmp_path, capsys):
         DiskCache(tmp_path, "reference", verify="sometimes")
 
 
+def test_an_unknown_verify_setting_is_refused_before_the_model_loads():
+    from solopo.validate import validate_config
+    from test_configs import compose_config
+
+    validate_config(compose_config(["cache.verify=strict"]))
+    with pytest.raises(SystemExit, match="cache.verify=sometimes"):
+        validate_config(compose_config(["cache.verify=sometimes"]))
+
+
 def test_the_digest_is_canonical_and_rows_do_not_run_together():
     assert digest({"a": 1, "b": (2, 3)}) == digest({"b": [2, 3], "a": 1})
     assert digest([1], [2]) != digest([12]) and digest(1, 2) != digest(12)
@@ -159,7 +168,8 @@ def test_the_digest_is_canonical_and_rows_do_not_run_together():
 def test_four_processes_on_one_fresh_cache_all_finish_with_one_valid_entry(tmp_path):
     """4 spawned processes, 5 fresh cache folders one after another: all ask for one entry at once (the lock: one
     computes, the others read its entry), then all rewrite it 10 times at once (unique temporary names: no
-    FileNotFoundError on the rename, as the shared `<name>.tmp` gave, and no write fails or is found damaged). Each folder ends with one whole entry."""
+    FileNotFoundError on the rename, as the shared `<name>.tmp` gave, and no write fails or is found damaged). Each
+    folder ends with one whole entry."""
     context = multiprocessing.get_context("spawn")
     roots = [str(tmp_path / f"cache{i}") for i in range(5)]
     barrier = context.Barrier(4)
@@ -188,8 +198,9 @@ def test_a_failed_cache_write_is_a_warning_and_the_run_goes_on(tmp_path, monkeyp
     with caplog.at_level(logging.WARNING):
         assert evaluate_with_cache(cache, monkeypatch) == (TABLE, 1)
     assert len(caplog.records) == 1
-    assert caplog.records[0].getMessage() == (f"eval cache: could not write {cache.path(runner.cache_key('m', [], [], SETTINGS, 8192))}:"
-                                              " No space left on device; the run goes on without caching it")
+    path = cache.path(runner.cache_key("m", [], [], SETTINGS, 8192))
+    assert caplog.records[0].getMessage() == (f"eval cache: could not write {path}: No space left on device; "
+                                              "the run goes on without caching it")
     assert not list(cache.root.glob("*.json")) and not list(cache.root.glob(".*"))
 
 
