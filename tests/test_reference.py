@@ -89,15 +89,15 @@ def test_edited_reference_logps_are_recomputed_and_the_first_dpo_loss_is_log_2(t
     cache = DiskCache(tmp_path, "reference")
     keys = ALL_SEQUENCES[:2]  # the short pair: (short, chosen), (short, rejected)
     args = (policy, pairs, keys, "tiny", "32-true", tokenizer.pad_token_id, cache)
-    with_reference_logps(*args)
+    with_reference_logps(*args, chunk_size=1024)
     (path,) = tmp_path.glob("*.json")
     entry = json.loads(path.read_text())
     for logps in entry["payload"].values():
         logps["short/chosen"] -= 5.0
     path.write_text(json.dumps(entry))
-    cached = with_reference_logps(*args)
+    cached = with_reference_logps(*args, chunk_size=1024)
     assert "reference cache" in caplog.text and str(path) in caplog.text and "does not match its digest" in caplog.text
-    policy_logps = compute_reference_logps(policy, pairs, keys, tokenizer.pad_token_id)
+    policy_logps = compute_reference_logps(policy, pairs, keys, tokenizer.pad_token_id, chunk_size=1024)
     as_tensor = lambda key, table: torch.tensor([t[key] for t in table], dtype=torch.float64)  # noqa: E731
     ref = [p.ref_logps for p in cached]
     now = [policy_logps[p.id] for p in pairs]
