@@ -32,7 +32,7 @@ from solopo.data.pairs import to_examples
 from solopo.generation.sampling import SamplingSettings, sample_pairs
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import token_counter, tokenize_examples
-from solopo.models.embedded import cache_root
+from solopo.cache import DiskCache
 from solopo.eval.longctx import EvalSettings
 from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
 from solopo.evaluate import eval_settings, vllm_args
@@ -75,8 +75,9 @@ def make_evaluation(cfg: DictConfig, settings: EvalSettings | None, splits, toke
     except ValueError as err:
         log.warning("evaluation skipped: %s", err)
         return None
-    return Evaluation(tokenizer, items, pool, settings, spec.max_length, cache_root() / "eval",
-                      model_identity(spec, cfg.seed), engine_args=vllm_args(cfg))
+    return Evaluation(tokenizer, items, pool, settings, spec.max_length,
+                      DiskCache.under_root("eval", cfg.cache.verify), model_identity(spec, cfg.seed),
+                      engine_args=vllm_args(cfg))
 
 
 def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
@@ -104,7 +105,7 @@ def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, meth
             with sampling_weights(sampling.engine, spec, policy, tokenizer) as path:
                 examples, counts[split]["sampling"] = sample_pairs(
                     examples, policy, tokenizer, sampling, method.pairs_from, model_identity(spec, cfg.seed),
-                    cache_dir=cache_root() / "pairs", model_path=path)
+                    cache=DiskCache.under_root("pairs", cfg.cache.verify), model_path=path)
         pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
         if not pairs[split]:
             if split == "train":
@@ -224,8 +225,8 @@ def train(cfg: DictConfig) -> dict:
         policy.to(compute_device(cfg))
         pairs = {split: with_reference_logps(
             policy, split_pairs, keys[split], model_identity(spec, cfg.seed), precision, tokenizer.pad_token_id,
-            cache_root() / "reference", batch_size=cfg.data.batch_size, chunk_size=cfg.logp_chunk_size,
-            pack=cfg.packing, desc=f"reference log-probs ({split})",
+            DiskCache.under_root("reference", cfg.cache.verify), batch_size=cfg.data.batch_size,
+            chunk_size=cfg.logp_chunk_size, pack=cfg.packing, desc=f"reference log-probs ({split})",
             weights=weights_dtype(strategy_of(cfg), precision)) if split_pairs else split_pairs
             for split, split_pairs in pairs.items()}
     evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer, spec), {}

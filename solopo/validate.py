@@ -18,6 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from solopo.cache import VERIFY
 from solopo.core import algos
 from solopo.step import shared_prompt
 from solopo.data.collate import PACKINGS, SHARED_PROMPT
@@ -44,7 +45,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 # The hyperparameters of conf/algo/: beta scales (or divides, IPO) the reward, so it must be positive.
 ALGO_BOUNDS = {"beta": dict(low=0, above=True), "label_smoothing": dict(low=0, high=0.5), "lam": dict(low=0),
                "gamma": {}}
-RUN_KEYS = ("reference", "packing", "logp_chunk_size", "val_every_n_steps", "checkpoint", "faults")
+RUN_KEYS = ("reference", "packing", "logp_chunk_size", "val_every_n_steps", "checkpoint", "faults", "cache")
 
 
 def shown(value: Any) -> str:
@@ -262,6 +263,7 @@ def check_run(top: dict) -> Problems:
     checkpoint, faults = top.get("checkpoint") or {}, top.get("faults") or {}
     problems = one_of("reference", top.get("reference", "cached"), ("cached", "live"))
     problems += one_of("packing", top.get("packing", False), PACKINGS)
+    problems += one_of("cache.verify", (top.get("cache") or {}).get("verify", "warn"), VERIFY)
     problems += number("logp_chunk_size", top.get("logp_chunk_size", 1024), 1, integer=True)
     problems += number("val_every_n_steps", top.get("val_every_n_steps"), 1, integer=True, optional=True)
     problems += number("checkpoint.every_n_steps", checkpoint.get("every_n_steps"), 1, integer=True, optional=True)

@@ -1,7 +1,9 @@
 """The embedded default model: lookup, checksum, cache; the real download runs under -m slow."""
 import hashlib
 import json
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -41,6 +43,28 @@ def test_a_complete_cache_is_reused_without_fetching(tmp_path, monkeypatch):
     (target / "COMPLETE").write_text(json.dumps({"gguf_sha256": SMOLLM2_135M.sha256, "files": recorded}))
     monkeypatch.setattr(embedded, "_fetch_gguf", lambda *a: pytest.fail("fetched although cached"))
     assert ensure_weights(SMOLLM2_135M, cache_dir=tmp_path) == target
+
+
+def test_callers_sharing_the_cache_build_the_model_once(tmp_path, monkeypatch):
+    """Two callers at once (threads: a flock belongs to an open file, so they queue as processes do): one builds,
+    the other waits for it and reuses what it built."""
+    builds = []
+
+    def fetch(model, tmp):
+        builds.append(1)
+        time.sleep(0.3)  # the other caller arrives meanwhile
+        (tmp / "m.gguf").write_bytes(b"gguf")
+        return tmp / "m.gguf"
+
+    def dequantise(gguf, out):
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
+    monkeypatch.setattr(embedded, "_dequantise", dequantise)
+    with ThreadPoolExecutor(2) as pool:
+        targets = list(pool.map(lambda _: ensure_weights(SMOLLM2_135M, cache_dir=tmp_path), range(2)))
+    assert len(builds) == 1 and targets[0] == targets[1] == tmp_path / "models" / SMOLLM2_135M.name
 
 
 @pytest.mark.slow

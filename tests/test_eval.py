@@ -197,7 +197,7 @@ def test_the_cache_key_holds_the_engine_the_template_and_the_precision():
     from solopo.eval.runner import cache_key
 
     items = [QAItem("x", "Who?", ("A",), ("A did it.",))]
-    keys = {cache_key("m", items, EvalSettings(engine=e, template=t, precision=p))
+    keys = {cache_key("m", items, (), EvalSettings(engine=e, template=t, precision=p), 2048)
             for e in ("transformers", "vllm") for t in ("direct", "cot") for p in ("32-true", "bf16-mixed")}
     assert len(keys) == 8
 
@@ -205,6 +205,7 @@ def test_the_cache_key_holds_the_engine_the_template_and_the_precision():
 def test_cot_answers_are_scored_as_the_pair_sampler_scores_samples(tmp_path, monkeypatch):
     """A reasoned answer is scored whole by both: the share of correct samples equals the evaluation's sub-EM."""
     from solopo.generation import sampling
+    from solopo.cache import DiskCache
     from solopo.generation.sampling import SamplingSettings, sample_pairs
     from solopo.data.schema import PreferenceExample
 
@@ -213,7 +214,7 @@ def test_cot_answers_are_scored_as_the_pair_sampler_scores_samples(tmp_path, mon
     examples = [PreferenceExample(f"q{i}", "Where?", ("Quorath",), f"short {i}", f"long {i}", "", "") for i in range(3)]
     monkeypatch.setattr(sampling, "generate", lambda model, tok, prompts, settings, desc="": [
         [(texts[int(p.split()[1])], True)] for p in prompts])
-    _, summary = sample_pairs(examples, None, None, SamplingSettings(k=1), "short", "m", tmp_path)
+    _, summary = sample_pairs(examples, None, None, SamplingSettings(k=1), "short", "m", DiskCache(tmp_path, "pairs"))
     table = score_table([case("short", "-") for _ in texts], texts)
     assert summary["share_correct"] == table["average"] == pytest.approx(2 / 3)
 

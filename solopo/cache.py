@@ -1,0 +1,194 @@
+"""The package's one disk cache helper and its one atomic writer.
+
+Sampled pairs, reference log-probs and the base model's evaluation are each cached as one JSON file per entry,
+``<SOLOPO_CACHE>/<kind>/<key>.json``::
+
+    {"format": 1, "kind": ..., "key": ..., "meta": {...}, "digest": ..., "payload": ...}
+
+``key`` is the digest of everything the payload was computed from (model identity, data content, settings), so a
+changed input is a new entry; ``digest`` is the digest of the payload itself, so an entry edited or damaged after it
+was written is caught. An entry that fails either check, or the kind's own check of the payload, is reported in one
+line and recomputed (``verify="strict"``: the run stops instead). Entries of older solopo versions have other keys
+and are simply recomputed.
+
+Many processes may share a cache (torchrun ranks, the jobs of a sweep, users of a shared file system): each writer
+writes a temporary file of its own name and renames it over the entry, so a reader sees a whole entry or none, and
+``get_or_compute`` holds a lock on ``<key>.lock`` while it computes, so processes asking for one entry at once compute
+it once and the others read it. A cache only saves time: a write that fails (full disk, read-only directory) is
+reported in one line and the run goes on with the value it computed.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # the entry layout above; an entry of another format is recomputed
+VERIFY = ("warn", "strict")  # what a mismatching entry does: a warning and a recompute, or the run stops
+T = TypeVar("T")
+
+
+def cache_root() -> Path:
+    """$SOLOPO_CACHE, else ~/.cache/solopo: the embedded model's weights and every cache kind live under it."""
+    return Path(os.environ.get("SOLOPO_CACHE", Path.home() / ".cache" / "solopo"))
+
+
+def digest(*parts: Any) -> str:
+    """sha256 over the canonical JSON of each part (sorted keys, no spaces), one part a line.
+
+    Equal values give equal digests whatever their dict order or tuple/list spelling; each part is encoded on its
+    own, so a long list of rows (every pair's token ids) is never one string in memory."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, separators=(",", ":")).encode())
+        h.update(b"\n")  # numbers are not self-delimiting: [1, 2] and [12] must differ
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on the file ``path`` (created when absent) for the block: processes queue on it. Lock files
+    stay: removing one while another process waits on it would let a third lock a new file. Where no lock can be taken
+    (read-only folder, a file system without locks) the block runs unlocked: at worst work is done twice, and what it
+    writes through atomic_file is still whole."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
+    """A file object that becomes ``path`` when the block ends without error: it is a temporary file of this
+    writer's own name in the same directory, flushed to disk, then renamed over ``path``. Readers see the old file
+    or the whole new one; concurrent writers of one path never share a temporary file, and the last rename wins.
+    Any OSError (full disk, read-only directory) leaves the old file as it was and is raised naming ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: the name is this writer's alone; 0o666 under the umask, as open() would create it
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # absent, or its folder never was one
+            tmp.unlink()
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from err
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
+
+
+def stop(message: str) -> None:
+    """Ends the run with one line and exit status 2, as a bad setting does."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@dataclass(frozen=True)
+class DiskCache:
+    """The entries of one kind of cached value (``kind``: "pairs", "reference", "eval") in the folder ``root``."""
+
+    root: Path
+    kind: str
+    verify: str = "warn"
+
+    def __post_init__(self) -> None:
+        if self.verify not in VERIFY:
+            raise ValueError(f"cache.verify={self.verify!r}; choose one of {', '.join(VERIFY)}")
+
+    @classmethod
+    def under_root(cls, kind: str, verify: str = "warn") -> DiskCache:
+        """The cache of ``kind`` in its folder of cache_root()."""
+        return cls(cache_root() / kind, kind, verify)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def get(self, key: str, check: Callable[[Any], T] = lambda payload: payload) -> T | None:
+        """check(payload) of the entry stored under ``key``, or None when there is none or it cannot be trusted: it
+        does not parse, is of another format, holds another key, its payload does not match its digest, or ``check``
+        raises ValueError, KeyError, TypeError or IndexError (a payload of the wrong shape). An untrusted entry is
+        reported in one line (verify="strict": the run stops with that line)."""
+        path = self.path(key)
+        try:
+            entry = json.loads(path.read_text())
+        except (FileNotFoundError, NotADirectoryError):  # no entry yet (a folder that cannot be made: see put)
+            return None
+        except (OSError, ValueError) as err:  # unreadable, cut short, not JSON
+            return self._reject(path, f"unreadable: {err}")
+        if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+            return self._reject(path, "not a solopo cache entry of this version")
+        if entry.get("key") != key:  # a file copied or renamed under another entry's name
+            return self._reject(path, f"it holds entry {entry.get('key')}")
+        if digest(entry.get("payload")) != entry.get("digest"):
+            return self._reject(path, "its payload does not match its digest: edited or damaged since it was written")
+        try:
+            return check(entry["payload"])
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            return self._reject(path, f"{type(err).__name__}: {err}")
+
+    def put(self, key: str, payload: Any, meta: dict | None = None) -> None:
+        """Stores ``payload`` under ``key`` with its digest and ``meta`` (what it was computed from, for people
+        reading the file); a failed write is reported in one line and otherwise ignored."""
+        entry = {"format": FORMAT, "kind": self.kind, "key": key, "meta": meta or {}, "digest": digest(payload),
+                 "payload": payload}
+        try:
+            atomic_write_text(self.path(key), json.dumps(entry))
+        except OSError as err:
+            log.warning("%s cache: %s; the run goes on without caching it", self.kind, err.strerror)
+
+    def get_or_compute(self, key: str, compute: Callable[[], T], check: Callable[[Any], T] = lambda payload: payload,
+                       meta: dict | None = None, desc: str | None = None) -> T:
+        """The entry under ``key`` (see get), else compute()'s value, stored. Processes asking for one key at once
+        queue on its lock: the first computes and stores, the others then read its entry."""
+        with file_lock(self.root / f"{key}.lock"):
+            value = self.get(key, check)
+            if value is not None:
+                log.info("%s from cache %s", desc or self.kind, self.path(key))
+                return value
+            value = compute()
+            self.put(key, value, meta)
+        return value
+
+    def _reject(self, path: Path, problem: str) -> None:
+        line = f"{self.kind} cache {path} is unusable ({problem})"
+        if self.verify == "strict":
+            stop(f"{line}; cache.verify=strict stops the run (delete the file to recompute it, "
+                 "or set cache.verify=warn)")
+        log.warning("%s; recomputing it", line)
+        return None
