@@ -26,7 +26,7 @@ from solopo.eval.longctx import EvalSettings
 from solopo.generation.sampling import SamplingSettings
 from solopo.generation.vllm_engine import import_vllm
 from solopo.models.loading import ModelSpec
-from solopo.settings.fields import Problems, SettingsError, in_group, number, shown, flag
+from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
 from solopo.settings.groups import check_data, check_run, check_trainer, target, unknown_options
 from solopo.settings.rules import cross_group_rules
 from solopo.training.module import OptimSettings
