@@ -214,9 +214,10 @@ def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: S
                            resume=ckpt_path is not None)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
-    with warnings.catch_warnings():  # validation without val_every_n_steps runs after fit (finish_run), on purpose
+    # Without val_every_n_steps, validation runs once, after training (after_fit): Lightning's note on a
+    # validation_step without a val_dataloader does not apply to this fit.
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
-        # Without val_every_n_steps, validation runs once, after training (finish_run).
         trainer.fit(module, train_dataloaders=loaders["train"],
                     val_dataloaders=loaders["val"] if cfg.val_every_n_steps else None, ckpt_path=ckpt_path)
     return trainer, throughput, guard, preemption
