@@ -29,29 +29,26 @@ import solopo
 from solopo.training.callbacks import Preemption, Throughput
 from solopo.data.collate import PairCollator
 from solopo.data.pairs import to_examples
-from solopo.generation.sampling import SamplingSettings, sample_pairs
+from solopo.generation.sampling import sample_pairs
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import token_counter, tokenize_examples
 from solopo.cache import DiskCache
-from solopo.eval.longctx import EvalSettings
 from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
-from solopo.evaluate import eval_settings, vllm_args
 from solopo.training.distributed import check_strategy, local_gpu
 from solopo.training.faults import NumericalGuard
 from solopo.training.loggers import finish, wandb_labels
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                            save_policy, weights_path, with_lora)
-from solopo.training.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
-from solopo.core.objective import Method, required_sequences
-from solopo.training.precision import resolve_precision, weights_dtype
+from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
+from solopo.core.objective import required_sequences
+from solopo.settings.build import Settings, build_settings, load_source, stop_on_config_errors, vllm_args
+from solopo.training.precision import weights_dtype
 from solopo.training.reference import with_reference_logps
 from solopo.training.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
 from solopo.training.results import all_finite, final_metrics, redact, summary, write_results
-from solopo.validate import load_source, validate_config
 from solopo.generation.vllm_engine import saved_weights
 
 log = logging.getLogger("solopo")
-warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
 
 
 def model_identity(spec: ModelSpec, seed: int) -> str:
@@ -65,19 +62,19 @@ def compute_device(cfg: DictConfig) -> torch.device:
     return local_gpu() if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else torch.device("cpu")
 
 
-def make_evaluation(cfg: DictConfig, settings: EvalSettings | None, splits, tokenizer,
-                    spec: ModelSpec) -> Evaluation | None:
+def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> Evaluation | None:
     """The held-out evaluation of this run (conf/eval), or None when it is off or the data has no questions."""
-    if settings is None:
+    if settings.eval is None:
         return None
     try:
         items, pool = eval_items(splits, cfg.eval.n_items)
     except ValueError as err:
         log.warning("evaluation skipped: %s", err)
         return None
-    return Evaluation(tokenizer, items, pool, settings, spec.max_length,
-                      DiskCache.under_root("eval", cfg.cache.verify), model_identity(spec, cfg.seed),
-                      engine_args=vllm_args(cfg))
+    spec = settings.model
+    return Evaluation(tokenizer, items, pool, settings.eval, spec.max_length,
+                      DiskCache.under_root("eval", cfg.cache.verify),
+                      model_identity(spec, cfg.seed), engine_args=vllm_args(cfg))
 
 
 def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
@@ -87,11 +84,11 @@ def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
     return saved_weights(policy, tokenizer) if spec.random_init is not None else contextlib.nullcontext(weights_path(spec))
 
 
-def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, method: Method) -> tuple[dict[str, list], dict]:
+def make_pairs(cfg: DictConfig, settings: Settings, splits, tokenizer, policy) -> tuple[dict[str, list], dict]:
     """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled), and what was
     built, sampled or skipped."""
     count_tokens = token_counter(tokenizer)
-    sampling = SamplingSettings(**cfg.data.get("sampling", {}), precision=resolve_precision(cfg.trainer.precision))
+    spec, sampling = settings.model, settings.sampling
     pairs, counts = {}, {}
     # Each split's long contexts draw on its own passages where the source keeps them apart (built-in QA).
     for split, items, pool in (("train", splits.train, splits.distractors),
@@ -104,7 +101,7 @@ def make_pairs(cfg: DictConfig, splits, tokenizer, spec: ModelSpec, policy, meth
             policy.to(compute_device(cfg))
             with sampling_weights(sampling.engine, spec, policy, tokenizer) as path:
                 examples, counts[split]["sampling"] = sample_pairs(
-                    examples, policy, tokenizer, sampling, method.pairs_from, model_identity(spec, cfg.seed),
+                    examples, policy, tokenizer, sampling, settings.method.pairs_from, model_identity(spec, cfg.seed),
                     cache=DiskCache.under_root("pairs", cfg.cache.verify), model_path=path)
         pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
         if not pairs[split]:
@@ -140,13 +137,13 @@ def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: 
     return ResumableLoader(pairs, seed=cfg.seed, shuffle=shuffle, **options)
 
 
-def make_logger(cfg: DictConfig, resume: bool):
+def make_logger(cfg: DictConfig, alpha: float, resume: bool):
     if not (cfg.get("logger") and "_target_" in cfg.logger):
         return False
     extra = {}
     if "wandb" in cfg.logger._target_:
         hydra_cfg = HydraConfig.get()
-        labels = wandb_labels(hydra_cfg.runtime.choices, cfg.ra.alpha if cfg.method.use_ra else 0.0,
+        labels = wandb_labels(hydra_cfg.runtime.choices, alpha,
                               hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir, hydra_cfg.job.override_dirname,
                               group=cfg.logger.get("group"), name=cfg.logger.get("name"))
         extra = {**labels, "resume": resume}
@@ -163,42 +160,26 @@ def strategy_of(cfg: DictConfig) -> str:
     return str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", "")))
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume: bool) -> pl.Trainer:
-    # validate_config checked the accelerator at startup; a strategy is checked against the machine here
+def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: list, resume: bool) -> pl.Trainer:
+    # build_settings checked the accelerator at startup; a strategy is checked against the machine here
     check_strategy(strategy_of(cfg), cfg.trainer.accelerator)
-    overrides = {"precision": resolve_precision(cfg.trainer.precision), "default_root_dir": str(run_dir),
+    overrides = {"precision": settings.precision, "default_root_dir": str(run_dir),
                  # the loaders shard each global batch across processes themselves (solopo.training.resume.EpochOrder)
                  "use_distributed_sampler": False}
     if cfg.val_every_n_steps:
         overrides.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
     if cfg.trainer.enable_checkpointing:
-        if cfg.checkpoint.every_n_steps and cfg.checkpoint.every_n_minutes:
-            raise SystemExit("set checkpoint.every_n_steps or checkpoint.every_n_minutes, not both")
         callbacks = [*callbacks, LastCheckpoint(run_dir, **cfg.checkpoint)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks = [*callbacks, TQDMProgressBar()]  # tqdm bars, which also read well in non-interactive logs (SLURM, CI)
-    return instantiate(cfg.trainer, logger=make_logger(cfg, resume), callbacks=callbacks, **overrides)
+    return instantiate(cfg.trainer, logger=make_logger(cfg, settings.ra.alpha, resume), callbacks=callbacks, **overrides)
 
 
-def train(cfg: DictConfig) -> dict:
-    started = time.perf_counter()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    validate_config(cfg)  # a config mistake stops here, in one line, before any model loads
-    # eval.engine=vllm without vllm installed stops here too, not after training
-    settings = eval_settings(cfg) if cfg.eval.enabled else None
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
-    pl.seed_everything(cfg.seed, workers=True)
-    splits = load_source(cfg)  # a malformed data file stops the run here, before any model loads
-    algo = instantiate(cfg.algo)
-    ra = instantiate(cfg.ra)
-    method = Method(**cfg.method)
-    spec = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
-    train_keys = required_sequences(method, ra)
-    log.info("method %s, %s, SoLo-RA alpha=%s on %s; sequences per pair: %s", method.name, type(algo).__name__,
-             ra.alpha if method.use_ra else 0, ",".join(ra.responses), ", ".join("/".join(k) for k in train_keys))
-
+def load_models(cfg: DictConfig, settings: Settings):
+    """The tokenizer, the policy (with its LoRA adapter) and a live reference, or None where the reference is cached
+    log-probs, the policy without its adapter, or not needed; and whether it is cached."""
+    spec, algo = settings.model, settings.algo
     tokenizer = load_tokenizer(spec)
-    precision = resolve_precision(cfg.trainer.precision)
     cached = algo.needs_reference and cfg.reference == "cached"
     policy = load_model(spec, tokenizer, seed=cfg.seed)
     if spec.lora:
@@ -210,54 +191,91 @@ def train(cfg: DictConfig) -> dict:
              sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6,
              "precomputed log-probs" if cached else "the policy without its adapter" if live and spec.lora
              else "frozen model" if live else "none")
-    if precision.endswith("-mixed") and (half := half_precision_trained(policy)):
+    if settings.precision.endswith("-mixed") and (half := half_precision_trained(policy)):
         log.warning("%.1fM trained parameters are %s, with no fp32 master copy under %s: most small updates are lost; "
-                    "model.dtype=float32 keeps fp32 weights under it", half / 1e6, spec.dtype, precision)
+                    "model.dtype=float32 keeps fp32 weights under it", half / 1e6, spec.dtype, settings.precision)
+    return tokenizer, policy, reference, cached
+
+
+def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pairs: dict, keys: dict) -> dict:
+    """The pairs with the reference's log-probs: before the first update, the policy is the reference."""
+    policy.to(compute_device(cfg))
+    return {split: with_reference_logps(
+        policy, split_pairs, keys[split], model_identity(settings.model, cfg.seed), settings.precision,
+        tokenizer.pad_token_id, DiskCache.under_root("reference", cfg.cache.verify), batch_size=cfg.data.batch_size,
+        chunk_size=cfg.logp_chunk_size, pack=cfg.packing, desc=f"reference log-probs ({split})",
+        weights=weights_dtype(strategy_of(cfg), settings.precision)) if split_pairs else split_pairs
+        for split, split_pairs in pairs.items()}
+
+
+def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict):
+    """Trains; returns the trainer and the callbacks whose records go into results.json."""
+    throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
+    trainer = make_trainer(cfg, settings, run_dir, [throughput, guard, preemption, RngState()],
+                           resume=ckpt_path is not None)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    # Without val_every_n_steps, validation runs once, after training (after_fit): Lightning's note on a
+    # validation_step without a val_dataloader does not apply to this fit.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+        trainer.fit(module, train_dataloaders=loaders["train"],
+                    val_dataloaders=loaders["val"] if cfg.val_every_n_steps else None, ckpt_path=ckpt_path)
+    return trainer, throughput, guard, preemption
+
+
+def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
+              tables: dict, run_dir: Path) -> dict:
+    """Final validation, the trained model's evaluation and its saving; the final metrics."""
+    metrics = final_metrics(trainer.callback_metrics)
+    if val_loader is not None:
+        trainer.validate(module, dataloaders=val_loader, verbose=False)
+        metrics.update(final_metrics(trainer.callback_metrics))
+    if evaluation is not None:
+        policy.to(trainer.strategy.root_device)  # Lightning's teardown moves a single-device model to the CPU
+        tables["trained"] = evaluation(policy, "trained")
+    if cfg.save_model:  # every rank takes part: sharded weights are gathered first
+        save_policy(policy, tokenizer, run_dir / "model")
+    return metrics
+
+
+def train(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    settings = build_settings(cfg)  # a config mistake stops here, in one line, before any model loads
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    splits = load_source(cfg)  # a malformed data file stops the run here, before any model loads
+    ra, train_keys = settings.ra, required_sequences(settings.method, settings.ra)
+    log.info("method %s, %s, SoLo-RA alpha=%s on %s; sequences per pair: %s", settings.method.name,
+             type(settings.algo).__name__, ra.alpha, ",".join(ra.responses), ", ".join("/".join(k) for k in train_keys))
+    tokenizer, policy, reference, cached = load_models(cfg, settings)
     model_done = time.perf_counter()
 
-    pairs, data_counts = make_pairs(cfg, splits, tokenizer, spec, policy, method)
+    pairs, data_counts = make_pairs(cfg, settings, splits, tokenizer, policy)
     log.info("data: %s", data_counts)
     if note := repeats_note(len(pairs["train"]), cfg.trainer.max_steps,
                             cfg.data.batch_size * cfg.trainer.accumulate_grad_batches):
         log.warning(note)
     keys = {"train": train_keys, "val": ALL_SEQUENCES}
-    if cached:  # before the first update, the policy is the reference
-        policy.to(compute_device(cfg))
-        pairs = {split: with_reference_logps(
-            policy, split_pairs, keys[split], model_identity(spec, cfg.seed), precision, tokenizer.pad_token_id,
-            DiskCache.under_root("reference", cfg.cache.verify), batch_size=cfg.data.batch_size,
-            chunk_size=cfg.logp_chunk_size, pack=cfg.packing, desc=f"reference log-probs ({split})",
-            weights=weights_dtype(strategy_of(cfg), precision)) if split_pairs else split_pairs
-            for split, split_pairs in pairs.items()}
-    evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer, spec), {}
+    if cached:
+        pairs = with_cached_reference(cfg, settings, policy, tokenizer, pairs, keys)
+    evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer), {}
     if evaluation is not None:
         policy.to(compute_device(cfg))
         tables["base"] = evaluation(policy, "base", as_loaded=True)
     data_done = time.perf_counter()
 
-    module = SoLoPOModule(policy, algo, ra, method, reference=reference, cached_reference=cached,
-                          adapter_reference=bool(spec.lora),
-                          optim=OptimSettings(**OmegaConf.to_container(cfg.optim)), logp_chunk_size=cfg.logp_chunk_size)
-    train_loader = make_loader(cfg, pairs["train"], train_keys, tokenizer.pad_token_id, shuffle=True)
-    val_loader = make_loader(cfg, pairs["val"], ALL_SEQUENCES, tokenizer.pad_token_id, shuffle=False) if pairs["val"] else None
-    throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
-    trainer = make_trainer(cfg, run_dir, [throughput, guard, preemption, RngState()], resume=ckpt_path is not None)
-    if ckpt_path is not None:
-        log.info("resuming from %s", ckpt_path)
-    # Without val_every_n_steps, validation runs once, after training (trainer.validate below).
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader if cfg.val_every_n_steps else None,
-                ckpt_path=ckpt_path)
+    module = SoLoPOModule(policy, settings.algo, ra, settings.method, reference=reference, cached_reference=cached,
+                          adapter_reference=bool(settings.model.lora), optim=settings.optim,
+                          logp_chunk_size=cfg.logp_chunk_size)
+    loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train")
+               if pairs[split] else None for split in ("train", "val")}
+    trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders)
     fit_done = time.perf_counter()
     metrics = final_metrics(trainer.callback_metrics)
     if preemption.received is None:  # a preempted job has seconds left: no validation
-        if val_loader is not None:
-            trainer.validate(module, dataloaders=val_loader, verbose=False)
-            metrics.update(final_metrics(trainer.callback_metrics))
-        if evaluation is not None:
-            policy.to(trainer.strategy.root_device)  # Lightning's teardown moves a single-device model to the CPU
-            tables["trained"] = evaluation(policy, "trained")
-        if cfg.save_model:  # every rank takes part: sharded weights are gathered first
-            save_policy(policy, tokenizer, run_dir / "model")
+        metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables, run_dir)
     done = time.perf_counter()
 
     results = {
@@ -273,7 +291,14 @@ def train(cfg: DictConfig) -> dict:
                     "validate_s": done - fit_done, "total_s": done - started,
                     "train_tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9)},
     }
-    if not trainer.is_global_zero:  # one process writes results and plots and prints the summary
+    return finish_run(trainer, run_dir, results, tables, preemption, guard)
+
+
+def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, tables: dict, preemption: Preemption,
+               guard: NumericalGuard) -> dict:
+    """One process writes results and plots and prints the summary; a preempted or faulty run exits here."""
+    metrics = results["metrics"]
+    if not trainer.is_global_zero:
         if preemption.received is not None:
             raise SystemExit(128 + preemption.received.value)
         return results
@@ -321,7 +346,8 @@ def stop_on_faults(message: str) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    with stop_on_config_errors():
+        train(cfg)
 
 
 if __name__ == "__main__":

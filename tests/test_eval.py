@@ -32,7 +32,7 @@ def test_format_table():
 
 
 def test_bad_depths():
-    with pytest.raises(ValueError, match="depths must lie in"):
+    with pytest.raises(ValueError, match=r"depths=\[0.5,1.5\]: each depth must be a number in \[0, 1\]"):
         EvalSettings(depths=(0.5, 1.5))
 
 
@@ -155,16 +155,16 @@ def test_vllm_engine_without_vllm_stops_in_one_line(tiny_model, tokenizer, monke
 
     from conftest import ROOT
     from solopo.eval.longctx import answer_all
-    from solopo.evaluate import eval_settings
+    from solopo.settings.build import ConfigError, build_settings
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm fails, as where it is not installed
     with pytest.raises(RuntimeError, match=r"^eval.engine=vllm but vllm is not installed \(pip install vllm\)$"):
         answer_all(tiny_model, tokenizer, ["Why?"], EvalSettings(engine="vllm"), max_length=512)
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "eval.engine=vllm"])
-    with pytest.raises(SystemExit, match="^eval.engine=vllm but vllm is not installed"):
-        eval_settings(cfg)
-    with pytest.raises(ValueError, match="eval.engine='sglang'"):
+    with pytest.raises(ConfigError, match="^eval.engine=vllm but vllm is not installed"):
+        build_settings(cfg)
+    with pytest.raises(ValueError, match="engine=sglang: choose one of"):
         EvalSettings(engine="sglang")
 
 
@@ -176,11 +176,11 @@ def test_evaluation_prompts_with_the_training_template(tokenizer):
     from solopo.data.contexts import INSTRUCTIONS
     from solopo.data.world import qa_items
     from solopo.eval.longctx import build_cases
-    from solopo.evaluate import eval_settings
+    from solopo.settings.build import build_settings
 
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "data.template=cot"])
-    assert eval_settings(cfg).template == "cot"
+    assert build_settings(cfg).eval.template == "cot"
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     splits = qa_items(0, 0, n_test=1, seed=3)
     direct, cot = (build_cases(splits.test, EvalSettings(lengths=("short", 256), depths=(0.5,), template=t), count,
@@ -188,7 +188,7 @@ def test_evaluation_prompts_with_the_training_template(tokenizer):
     instruction = {t: INSTRUCTIONS[t].format(question=splits.test[0].question) for t in INSTRUCTIONS}
     assert [c.length for c in cot] == ["short", "256"] and all(c.prompt.endswith(instruction["cot"]) for c in cot)
     assert cot[0].prompt.replace(instruction["cot"], instruction["direct"]) == direct[0].prompt
-    with pytest.raises(ValueError, match="template 'essay' is unknown"):
+    with pytest.raises(ValueError, match="template=essay: choose one of direct, cot"):
         EvalSettings(template="essay")
 
 

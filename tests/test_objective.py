@@ -9,6 +9,7 @@ from solopo.core.objective import Method, SoLoRA, required_sequences, solopo_obj
 
 SHORT_PO = Method("short_po", "short", "short", use_ra=False)
 LONG_PO = Method("long_po", "long", "long", use_ra=False)
+RA_OFF = SoLoRA(alpha=0.0)  # what the baselines' configs select (ra=off): the one switch of the term
 
 
 def responses(logps, n_tokens, ref=None, grad=False):
@@ -31,8 +32,8 @@ def test_required_sequences():
     assert required_sequences(Method(), SoLoRA(responses=("chosen", "rejected"))) == [
         ("short", "chosen"), ("short", "rejected"), ("long", "chosen"), ("long", "rejected")]
     assert required_sequences(Method(), SoLoRA(alpha=0.0)) == [("short", "chosen"), ("short", "rejected")]
-    assert required_sequences(SHORT_PO, SoLoRA()) == [("short", "chosen"), ("short", "rejected")]
-    assert required_sequences(LONG_PO, SoLoRA()) == [("long", "chosen"), ("long", "rejected")]
+    assert required_sequences(SHORT_PO, RA_OFF) == [("short", "chosen"), ("short", "rejected")]
+    assert required_sequences(LONG_PO, RA_OFF) == [("long", "chosen"), ("long", "rejected")]
 
 
 def test_simpo_solopo_by_hand():
@@ -60,8 +61,8 @@ def test_dpo_both_responses_by_hand():
 
 
 def test_long_po_uses_the_long_context_and_no_ra():
-    """DPO on long: r_w = -0.1, r_l = -0.1 -> loss log 2, whatever alpha says."""
-    out = solopo_objective(DPO(beta=0.1), SoLoRA(alpha=3.0), LONG_PO, stats())
+    """DPO on long with ra=off (the baselines' choice): r_w = -0.1, r_l = -0.1 -> loss log 2."""
+    out = solopo_objective(DPO(beta=0.1), RA_OFF, LONG_PO, stats())
     assert out.loss.item() == pytest.approx(math.log(2))
     assert out.metrics["ra_loss"].item() == 0.0
 
@@ -75,8 +76,8 @@ def test_orpo_solopo_aligns_log_odds():
 def test_detach_short_stops_the_gradient_through_the_short_reward():
     for detach, expect_short_grad in ((False, True), (True, False)):
         s = stats(grad=True)
-        out = solopo_objective(SimPO(), SoLoRA(alpha=1.0, detach_short=detach), SHORT_PO, s)
-        # short_po has no RA term: the short chosen gradient comes from the PO loss alone
+        out = solopo_objective(SimPO(), SoLoRA(alpha=0.0, detach_short=detach), SHORT_PO, s)
+        # short_po runs with ra=off: the short chosen gradient comes from the PO loss alone
         out.loss.backward()
         po_only = s[("short", "chosen")].logps.grad.clone()
         s = stats(grad=True)
@@ -95,9 +96,9 @@ def test_dpo_without_reference_logps_is_an_error():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(alpha=-1.0), "alpha must be >= 0"),
-    (dict(responses=("chosen", "evasive")), "ra.responses"),
-    (dict(distance="cosine"), "unknown SoLo-RA distance"),
+    (dict(alpha=-1.0), "alpha=-1.0: must be a number >= 0"),
+    (dict(responses=("chosen", "evasive")), "responses="),
+    (dict(distance="cosine"), "distance=cosine: choose one of"),
 ])
 def test_bad_ra_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -11,7 +11,7 @@ from solopo.eval.longctx import greedy_answers
 from solopo.training.module import ALL_SEQUENCES
 from solopo.training.precision import autocast, autocast_dtype, resolve_precision, weights_as, weights_dtype
 from solopo.training.reference import compute_reference_logps
-from solopo.validate import PRECISIONS
+from solopo.settings.groups import PRECISIONS
 
 
 @pytest.mark.parametrize("precision, dtype", [
@@ -69,10 +69,10 @@ def test_sampled_pairs_of_other_precisions_are_cached_apart():
 
 
 def test_evaluation_takes_the_trainers_precision():
-    from solopo.evaluate import eval_settings
+    from solopo.settings.build import build_settings
     from test_configs import compose_config
 
-    assert eval_settings(compose_config(["trainer.precision=bf16-mixed"])).precision == "bf16-mixed"
+    assert build_settings(compose_config(["trainer.precision=bf16-mixed"])).eval.precision == "bf16-mixed"
 
 
 @pytest.mark.parametrize("strategy, precision, dtype", [

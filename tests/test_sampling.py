@@ -1,5 +1,6 @@
 """On-policy pair sampling: the pick rule by hand, generation with a tiny model, the disk cache."""
 import json
+from dataclasses import replace
 import random
 
 import pytest
@@ -90,6 +91,7 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
     from solopo.models.loading import ModelSpec
     from solopo.core.objective import Method
     from solopo.run import make_pairs
+    from solopo.settings.build import build_settings
 
     seen = []
 
@@ -106,8 +108,9 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
     from hydra.utils import instantiate
 
     splits = instantiate(cfg.data.source)
+    settings = build_settings(cfg)
     for method, context in ((Method(), "short"), (Method("long_po", "long", "long", False), "long")):
-        pairs, counts = make_pairs(cfg, splits, tokenizer, spec, tiny_model, method)
+        pairs, counts = make_pairs(cfg, replace(settings, model=spec, method=method), splits, tokenizer, tiny_model)
         assert counts["train"]["sampling"]["context"] == context and seen[-1] == f"sampling pairs ({context} context)"
         assert counts["train"]["pairs"] == counts["train"]["sampling"]["kept"] == 4
         assert counts["train"]["sampling"]["share_correct"] == 0.5
@@ -145,7 +148,7 @@ def test_vllm_engine_contract(monkeypatch, tokenizer):
 
 
 def test_unknown_engine():
-    with pytest.raises(ValueError, match="engine='sglang'"):
+    with pytest.raises(ValueError, match="engine=sglang: choose one of"):
         SamplingSettings(engine="sglang")
 
 

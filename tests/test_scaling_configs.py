@@ -70,7 +70,7 @@ def test_random_weights_are_drawn_on_this_process_gpu(monkeypatch):
     from solopo.training.distributed import local_gpu
     from solopo.models.loading import init_device
     from solopo.run import model_identity
-    from solopo.validate import check_model
+    from solopo.settings.build import built
 
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert local_gpu() == torch.device("cuda", 1)
@@ -82,7 +82,9 @@ def test_random_weights_are_drawn_on_this_process_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert init_device("auto") == torch.device("cuda", 1)
     assert model_identity(spec, 0) != model_identity(replace(spec, init_device="cpu"), 0)
-    assert check_model({**cfg.model, "init_device": "gpu"}) == ["model.init_device=gpu: choose one of cpu, auto"]
+    problems = []
+    assert built("model", ModelSpec, {**cfg.model, "init_device": "gpu"}, problems) is None
+    assert problems == ["model.init_device=gpu: choose one of cpu, auto"]
 
 
 @pytest.mark.parametrize("model", ["qwen2_5_7b", "llama3_1_8b", "qwen2_5_1_5b_shape", "qwen2_5_7b_shape"])

@@ -12,6 +12,7 @@ from typing import ClassVar, Optional, Protocol
 from torch import Tensor
 
 from solopo.core import losses
+from solopo.settings.fields import Problems, number, refuse
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ class DPO:
     beta: float = 0.1
     needs_reference: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        refuse(self.problems())
+
+    def problems(self) -> Problems:
+        return number("beta", self.beta, 0, above=True)  # beta scales (IPO: divides) the reward
+
     def reward(self, responses: Responses) -> Tensor:
         return losses.dpo_reward(responses.logps, _ref(responses), self.beta)
 
@@ -63,6 +70,9 @@ class CDPO(DPO):
     """Conservative DPO: DPO with label smoothing eps (the chance a label is flipped)."""
 
     label_smoothing: float = 0.1
+
+    def problems(self) -> Problems:
+        return super().problems() + number("label_smoothing", self.label_smoothing, 0, 0.5)
 
     def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
         return losses.cdpo_loss(chosen_rewards, rejected_rewards, self.label_smoothing)
@@ -84,6 +94,9 @@ class SimPO:
     gamma: float = 1.0
     needs_reference: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        refuse(number("beta", self.beta, 0, above=True) + number("gamma", self.gamma))
+
     def reward(self, responses: Responses) -> Tensor:
         return losses.simpo_reward(responses.logps, responses.n_tokens, self.beta)
 
@@ -97,6 +110,9 @@ class ORPO:
 
     lam: float = 0.1
     needs_reference: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        refuse(number("lam", self.lam, 0))
 
     def reward(self, responses: Responses) -> Tensor:
         return losses.orpo_reward(responses.logps, responses.n_tokens)

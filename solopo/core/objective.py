@@ -16,6 +16,8 @@ from torch import Tensor
 
 from solopo.core.algos import Algorithm, Responses
 from solopo.core.losses import solo_ra_penalty
+from solopo.core.losses.alignment import DISTANCES
+from solopo.settings.fields import flag, number, one_of, refuse, shown
 
 SHORT, LONG = "short", "long"
 CHOSEN, REJECTED = "chosen", "rejected"
@@ -24,12 +26,13 @@ Key = tuple[str, str]  # (context, response), e.g. ("long", "chosen")
 
 @dataclass(frozen=True)
 class Method:
-    """Which contexts the PO loss and the pairs use, and whether SoLo-RA is applied.
+    """Which contexts the PO loss and the pairs use, and whether the method has a SoLo-RA term.
 
     name:       solopo | short_po | long_po | expand_long
     po_context: context under which the PO loss is computed ("short" or "long")
     pairs_from: context on which preference pairs were sampled (recorded; used by pair sampling)
-    use_ra:     whether the SoLo-RA term is part of the loss
+    use_ra:     the method's declaration: false for the baselines, whose configs select ra=off. The loss reads
+                only ``SoLoRA.alpha`` (the one switch); solopo.settings refuses a positive alpha with a baseline.
     """
 
     name: str = "solopo"
@@ -38,16 +41,15 @@ class Method:
     use_ra: bool = True
 
     def __post_init__(self) -> None:
-        for field in ("po_context", "pairs_from"):
-            if getattr(self, field) not in (SHORT, LONG):
-                raise ValueError(f"method.{field} must be 'short' or 'long', got {getattr(self, field)!r}")
+        refuse(one_of("po_context", self.po_context, (SHORT, LONG)) + one_of("pairs_from", self.pairs_from, (SHORT, LONG))
+               + flag("use_ra", self.use_ra))
 
 
 @dataclass(frozen=True)
 class SoLoRA:
     """The short-to-long reward alignment term.
 
-    alpha:        weight of the term (0 switches it off)
+    alpha:        weight of the term; 0 (ra=off) switches it off, and is the only switch
     responses:    which responses are aligned: ("chosen",) (the paper's form) or ("chosen", "rejected")
     distance:     s(.) in solo_ra_penalty: abs | softplus | squared
     detach_short: stop the gradient through the short-context reward (ablation)
@@ -59,13 +61,18 @@ class SoLoRA:
     detach_short: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "responses", tuple(self.responses))
-        if self.alpha < 0:
-            raise ValueError(f"ra.alpha must be >= 0, got {self.alpha}")
-        unknown = set(self.responses) - {CHOSEN, REJECTED}
-        if unknown:
-            raise ValueError(f"ra.responses may hold 'chosen' and 'rejected', got {sorted(unknown)}")
-        solo_ra_penalty(torch.zeros(1), torch.zeros(1), self.distance)  # fails early on a bad name
+        responses = self.responses
+        if isinstance(responses, (list, tuple)):
+            object.__setattr__(self, "responses", tuple(responses))
+        problems = number("alpha", self.alpha, 0, note=" (0 turns SoLo-RA off)") + one_of("distance", self.distance, DISTANCES)
+        if not (isinstance(responses, (list, tuple)) and responses and set(responses) <= {CHOSEN, REJECTED}):
+            problems.append(f"responses={shown(responses)}: choose [chosen] or [chosen,rejected]")
+        refuse(problems + flag("detach_short", self.detach_short))
+
+    @property
+    def active(self) -> bool:
+        """Whether the term is part of the loss (alpha > 0): what every caller asks, never the method's name."""
+        return self.alpha > 0
 
     def penalty(self, short_rewards: Tensor, long_rewards: Tensor) -> Tensor:
         if self.detach_short:
@@ -76,7 +83,7 @@ class SoLoRA:
 def required_sequences(method: Method, ra: SoLoRA) -> list[Key]:
     """The (context, response) sequences one training step must run through the policy."""
     keys = [(method.po_context, CHOSEN), (method.po_context, REJECTED)]
-    if method.use_ra and ra.alpha > 0:
+    if ra.active:
         for response in ra.responses:
             keys += [(SHORT, response), (LONG, response)]
     return list(dict.fromkeys(keys))  # ordered, without duplicates
@@ -98,7 +105,7 @@ def solopo_objective(
     po_loss = algo.loss(stats[(ctx, CHOSEN)], stats[(ctx, REJECTED)], chosen, rejected).mean()
 
     ra_loss = torch.zeros((), dtype=po_loss.dtype, device=po_loss.device)
-    if method.use_ra and ra.alpha > 0:
+    if ra.active:
         for response in ra.responses:
             ra_loss = ra_loss + ra.penalty(rewards[(SHORT, response)], rewards[(LONG, response)]).mean()
     loss = po_loss + ra.alpha * ra_loss

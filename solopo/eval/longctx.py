@@ -19,6 +19,7 @@ from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded
 from solopo.scoring import f1, sub_em
+from solopo.settings.fields import number, one_of, refuse, shown
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
 
@@ -44,15 +45,20 @@ class EvalSettings:
     precision: str = "32-true"
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"eval.engine={self.engine!r}; choose one of {', '.join(ENGINES)}")
-        if self.template not in INSTRUCTIONS:
-            raise ValueError(f"prompt template {self.template!r} is unknown; choose one of {', '.join(INSTRUCTIONS)}")
-        object.__setattr__(self, "lengths", tuple(self.lengths))
-        object.__setattr__(self, "depths", tuple(self.depths))
-        bad = [d for d in self.depths if not 0.0 <= d <= 1.0]
-        if bad:
-            raise ValueError(f"eval.depths must lie in [0, 1]; got {bad}")
+        lengths, depths = self.lengths, self.depths
+        problems = one_of("engine", self.engine, ENGINES) + one_of("template", self.template, INSTRUCTIONS)
+        if not (isinstance(lengths, (list, tuple)) and lengths):
+            problems.append(f"lengths={shown(lengths)}: must be a list such as [short,1024,2048]")
+        else:
+            problems += [f"lengths={shown(lengths)}: {shown(n)} is neither short nor a number of tokens"
+                         for n in lengths if n != SHORT and number("", n, 1, integer=True)]
+        if not (isinstance(depths, (list, tuple)) and depths and not any(number("", d, 0, 1) for d in depths)):
+            problems.append(f"depths={shown(depths)}: each depth must be a number in [0, 1] (0 = start, 1 = end of "
+                            "the context)")
+        refuse(problems + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
+               + number("batch_size", self.batch_size, 1, integer=True))
+        object.__setattr__(self, "lengths", tuple(lengths))
+        object.__setattr__(self, "depths", tuple(depths))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import left_padded
 from solopo.scoring import f1, sub_em
+from solopo.settings.fields import number, one_of, refuse
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import vllm_generate
 
@@ -49,8 +50,11 @@ class SamplingSettings:
     precision: str = "32-true"
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"data.sampling.engine={self.engine!r}; choose one of {', '.join(ENGINES)}")
+        refuse(one_of("engine", self.engine, ENGINES)
+               + number("k", self.k, 1, integer=True)
+               + number("temperature", self.temperature, 0, above=True)
+               + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
+               + number("batch_size", self.batch_size, 1, integer=True))
 
 
 Sample = tuple[str, bool]  # (text, finished: the model ended its turn within max_new_tokens)

@@ -10,10 +10,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from solopo.models import embedded
+from solopo.settings.fields import number, one_of, refuse
 from solopo.step import varlen
 from solopo.training.distributed import full_state_dict, is_global_zero, local_gpu
 
 log = logging.getLogger(__name__)
+INIT_DEVICES = ("cpu", "auto")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 varlen.register()  # attn_implementation="solopo_varlen"
 
 
@@ -43,6 +46,10 @@ class ModelSpec:
     trust_remote_code: bool = False
     lora: Optional[dict[str, Any]] = None
     extra: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained as is
+
+    def __post_init__(self) -> None:
+        refuse(number("max_length", self.max_length, 1, integer=True) + one_of("dtype", self.dtype, DTYPES)
+               + one_of("init_device", self.init_device, INIT_DEVICES))
 
 
 def weights_path(spec: ModelSpec) -> str:
@@ -90,7 +97,6 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-INIT_DEVICES = ("cpu", "auto")
 
 
 def init_device(choice: str) -> torch.device:

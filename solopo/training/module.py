@@ -15,6 +15,7 @@ from solopo.core.algos import Algorithm, Responses
 from solopo.training.distributed import shard_model
 from solopo.step.logps import group_logps
 from solopo.core.objective import CHOSEN, LONG, REJECTED, SHORT, Method, SoLoRA, solopo_objective
+from solopo.settings.fields import number, refuse, shown
 from solopo.training.precision import fsdp_param_dtype
 from solopo.training.schedule import lr_factor
 from solopo.training.step_means import StepMeans
@@ -37,6 +38,15 @@ class OptimSettings:
     warmup_ratio: float = 0.1
     min_lr_ratio: float = 0.1
     schedule_steps: Optional[int] = None  # the schedule's length; None: the steps this fit will take
+
+    def __post_init__(self) -> None:
+        betas = self.betas
+        problems = number("lr", self.lr, 0, above=True) + number("weight_decay", self.weight_decay, 0)
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and not any(number("", b, 0, 1) or b == 1 for b in betas)):
+            problems.append(f"betas={shown(betas)}: must be two numbers in [0, 1), e.g. [0.9,0.95]")
+        refuse(problems + number("warmup_ratio", self.warmup_ratio, 0, 1) + number("min_lr_ratio", self.min_lr_ratio, 0, 1)
+               + number("schedule_steps", self.schedule_steps, 1, integer=True, optional=True))
+        object.__setattr__(self, "betas", tuple(betas))
 
 
 class SoLoPOModule(pl.LightningModule):

@@ -152,12 +152,12 @@ def test_strict_verification_stops_the_run_in_one_line(tmp_path, capsys):
 
 
 def test_an_unknown_verify_setting_is_refused_before_the_model_loads():
-    from solopo.validate import validate_config
+    from solopo.settings.build import ConfigError, build_settings
     from test_configs import compose_config
 
-    validate_config(compose_config(["cache.verify=strict"]))
-    with pytest.raises(SystemExit, match="cache.verify=sometimes"):
-        validate_config(compose_config(["cache.verify=sometimes"]))
+    build_settings(compose_config(["cache.verify=strict"]))
+    with pytest.raises(ConfigError, match="cache.verify=sometimes"):
+        build_settings(compose_config(["cache.verify=sometimes"]))
 
 
 def test_the_digest_is_canonical_and_rows_do_not_run_together():

@@ -106,10 +106,12 @@ def test_consecutive_bad_steps_stop_the_run(tokenizer, pairs, tmp_path):
 
 
 def test_a_diverging_run_stops_with_the_message_and_records_it(tmp_path):
-    """An infinite learning rate makes every weight NaN at step 1, so steps 2-4 fail and the run ends there."""
-    done = run(["optim.lr=inf", "trainer.max_steps=6", "data.source.n_train=6", f"hydra.run.dir={tmp_path}"], expect=1)
+    """A huge learning rate (an infinite one is refused before the model loads) makes the weights overflow at step 1,
+    so the gradients of steps 2-4 are not finite and the run ends there."""
+    done = run(["optim.lr=1e30", "trainer.max_steps=6", "data.source.n_train=6", f"hydra.run.dir={tmp_path}"], expect=1)
     message = done.stderr.strip().splitlines()[-1]
-    assert message.startswith("training stopped at step 4: 3 steps in a row had non-finite values (step 2: non-finite loss")
+    assert message.startswith("training stopped at step 4: 3 steps in a row had non-finite values (step 2: non-finite "
+                              "gradient")
     assert "Traceback" not in done.stderr
     faults = results(tmp_path)["faults"]
     assert faults["skipped_steps"] == 3 and faults["stopped"] == message

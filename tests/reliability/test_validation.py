@@ -16,7 +16,9 @@ from omegaconf import OmegaConf
 from solopo.models import embedded
 from solopo.data.formats import DataFileError, hotpotqa, longbench, musique, pairs
 from solopo.models.embedded import SMOLLM2_135M, ensure_weights
-from solopo.validate import check_eval_lengths, check_long_len, load_source, number, one_of, validate_config
+from solopo.settings.build import ConfigError, build_settings, load_source
+from solopo.settings.fields import number, one_of
+from solopo.settings.rules import check_eval_lengths, check_long_len
 from support import ROOT, run
 
 CONF = ROOT / "solopo" / "conf"
@@ -41,16 +43,16 @@ def test_every_shipped_config_passes(group, option):
     overrides = [f"{group}={option}"]
     cfg = compose_config(overrides)
     if OmegaConf.is_missing(cfg.data, "path"):
-        with pytest.raises(SystemExit, match=rf"^data={option} needs data.path=FILE \(see conf/data/{option}.yaml\)$"):
-            validate_config(cfg)
+        with pytest.raises(ConfigError, match=rf"^data={option} needs data.path=FILE \(see conf/data/{option}.yaml\)$"):
+            build_settings(cfg)
         (fixture,) = FIXTURES.glob(f"{option}.*")
         cfg = compose_config([*overrides, f"data.path={fixture}"])
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match=f"^{re.escape(GPU_ONLY)}$"):
-            validate_config(cfg)
+        with pytest.raises(ConfigError, match=f"^{re.escape(GPU_ONLY)}$"):
+            build_settings(cfg)
         cfg = compose_config([*overrides, "trainer.accelerator=auto"])
-    validate_config(cfg)
-    validate_config(cfg, training=False)
+    build_settings(cfg)
+    build_settings(cfg, training=False)
 
 
 ALGOS = "solopo.core.algos.CDPO, solopo.core.algos.DPO, solopo.core.algos.IPO, solopo.core.algos.ORPO, solopo.core.algos.SimPO"
@@ -105,6 +107,20 @@ MISTAKES = [
     (["packing=shared_prompt", "model.attn_implementation=solopo_varlen"],
      "packing=shared_prompt needs model.attn_implementation=flex_attention or sdpa (got solopo_varlen)"),
     (["val_every_n_steps=0"], "val_every_n_steps=0: must be an integer >= 1 or null"),
+    # Settings that did harm or nothing without a word (issue 21, item 5) and ones that stopped only after set-up.
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1: must be a number >= 0 or null"),
+    (["ra.alpha=inf"], "ra.alpha=inf: must be a number >= 0 (0 turns SoLo-RA off)"),
+    (["algo=dpo", "algo.beta=inf"], "algo.beta=inf: must be a number > 0"),
+    (["optim.lr=inf"], "optim.lr=inf: must be a number > 0"),
+    (["optim.lr=nan"], "optim.lr=nan: must be a number > 0"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0: must be an integer >= 1 or null (or -1: the steps decide)"),
+    (["ra=both", "method=long_po"], "ra.alpha=1.0: method=long_po has no SoLo-RA term (its config selects ra=off); "
+                                    "drop the ra setting or choose method=solopo"),
+    (["+data.path=pairs.jsonl"], "data.path=pairs.jsonl: data=qa reads no file; choose a file format (data=pairs, "
+                                 "musique, hotpotqa, twowiki, longbench)"),
+    (["seed=abc"], "seed=abc: must be an integer >= 0"),
+    (["trainer.devices=0"], "trainer.devices=0: must be an integer >= 1, -1 (all), a list of ids or auto"),
+    (["+optim.lrr=1"], "optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
     # Two mistakes, one line.
     (["model.max_length=512"], "data.long_len=768: too long for model.max_length=512; at most 447 leaves room for the "
                                "chat template and the response; eval.lengths=[short,768]: 768 is too long for "
@@ -114,15 +130,30 @@ MISTAKES = [
 
 @pytest.mark.parametrize("overrides, message", MISTAKES, ids=[" ".join(o) for o, _ in MISTAKES])
 def test_a_config_mistake_stops_in_one_line(overrides, message):
-    with pytest.raises(SystemExit) as stopped:
-        validate_config(compose_config(overrides))
-    assert str(stopped.value.code) == message and "\n" not in message
+    with pytest.raises(ConfigError) as stopped:
+        build_settings(compose_config(overrides))
+    assert str(stopped.value) == message and "\n" not in message
+
+
+def test_ra_off_is_the_one_switch():
+    """A baseline method selects ra=off (alpha 0); SoLo-RA is on wherever alpha > 0, whatever else is set."""
+    baseline = build_settings(compose_config(["method=long_po"]))
+    assert baseline.ra.alpha == 0 and not baseline.ra.active and not baseline.method.use_ra
+    assert build_settings(compose_config(["method=solopo", "ra=both"])).ra.active
+
+
+@pytest.mark.parametrize("setting", ["trainer.gradient_clip_val=-1", "seed=abc", "trainer.devices=0", "+optim.lrr=1",
+                                     "ra=both method=long_po"])
+def test_a_bad_setting_exits_2_before_the_model_loads(setting, tmp_path):
+    done = run([*setting.split(), f"hydra.run.dir={tmp_path}"], expect=2)
+    assert "Traceback" not in done.stderr and "parameters" not in done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "results.json").exists()
 
 
 def test_evaluation_checks_only_what_it_reads():
-    validate_config(compose_config(["ra.alpha=-1", "optim.lr=0"]), training=False)
-    with pytest.raises(SystemExit, match=r"^eval.depths=\[2\]: each depth"):
-        validate_config(compose_config(["eval.depths=[2]"]), training=False)
+    build_settings(compose_config(["ra.alpha=-1", "optim.lr=0"]), training=False)
+    with pytest.raises(ConfigError, match=r"^eval.depths=\[2\]: each depth"):
+        build_settings(compose_config(["eval.depths=[2]"]), training=False)
 
 
 def test_the_checks_are_plain_functions():
@@ -138,7 +169,7 @@ def test_the_checks_are_plain_functions():
 def test_the_run_stops_before_any_model_loads(tmp_path):
     """The user sees one line and a failed exit, seconds after the start: the time of Python's imports."""
     started = time.perf_counter()
-    done = run(["ra.alpha=-1", f"hydra.run.dir={tmp_path}"], expect=1)
+    done = run(["ra.alpha=-1", f"hydra.run.dir={tmp_path}"], expect=2)
     assert time.perf_counter() - started < 60
     assert "Traceback" not in done.stderr and "parameters" not in done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == ["ra.alpha=-1: must be a number >= 0 (0 turns SoLo-RA off)"]
@@ -173,9 +204,9 @@ def test_a_malformed_data_file_stops_the_run_in_one_line(tmp_path):
     plain = (FIXTURES / "pairs_plain.jsonl").read_text(encoding="utf-8")
     path.write_text(plain + '{"prompt": "Hi"}\n', encoding="utf-8")
     line = len(path.read_text(encoding="utf-8").splitlines())
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(ConfigError) as stopped:
         load_source(compose_config(["data=pairs", f"data.path={path}"]))
-    assert stopped.value.code == f"{path} line {line}: field 'chosen': required but missing"
+    assert str(stopped.value) == f"{path} line {line}: field 'chosen': required but missing"
 
 
 WEIGHTS = bytes(range(256)) * 16

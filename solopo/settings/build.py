@@ -1,0 +1,183 @@
+"""The composed Hydra config -> typed settings, checked before anything loads.
+
+``build_settings`` builds every group's settings object (each dataclass checks its own fields and says which, see
+solopo.settings.fields), then ``cross_group_rules`` checks the few rules that span groups. Every problem found is
+reported at once, in one line naming the config keys, as a ``ConfigError``; the entry points print it and exit
+with status 2 (``stop_on_config_errors``), seconds after the start instead of after minutes of loading a model.
+This is the one module below the entry points that reads a DictConfig.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from solopo.core import algos
+from solopo.core.objective import Method, SoLoRA
+from solopo.data.formats import DataFileError
+from solopo.eval.longctx import EvalSettings
+from solopo.generation.sampling import SamplingSettings
+from solopo.generation.vllm_engine import import_vllm
+from solopo.models.loading import ModelSpec
+from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
+from solopo.settings.groups import check_data, check_run, check_trainer, target, unknown_options
+from solopo.settings.rules import cross_group_rules
+from solopo.training.module import OptimSettings
+from solopo.training.precision import resolve_precision
+
+RUN_KEYS = ("seed", "reference", "packing", "logp_chunk_size", "val_every_n_steps", "save_model", "checkpoint", "faults", "cache")
+EVAL_KEYS = ("enabled", "n_items", "vllm")  # the eval group's keys that EvalSettings does not hold
+FROM_ELSEWHERE = ("seed", "template", "precision")  # EvalSettings fields other groups set
+
+
+class ConfigError(Exception):
+    """A mistake in the config, as one line naming the keys; the run stops before any model loads."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every group of a run, typed. ``eval`` is None with eval.enabled=false; ``sampling`` unless data.pairs=sampled."""
+
+    algo: Any
+    ra: SoLoRA
+    method: Method
+    model: ModelSpec
+    optim: OptimSettings
+    eval: Optional[EvalSettings]
+    sampling: Optional[SamplingSettings]
+    precision: str  # Lightning's name, trainer.precision=auto resolved on this machine
+
+
+def plain(cfg: DictConfig, key: str) -> dict:
+    node = cfg.get(key)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else {}
+
+
+def built(group: str, make, node: dict, problems: Problems) -> Any:
+    """``make(**node)``, or None with the dataclass's problems appended under ``group``'s keys."""
+    unknown = unknown_options(group, make, node)
+    if unknown:
+        problems += unknown
+        return None
+    try:
+        return make(**{k: v for k, v in node.items() if not k.startswith("_")})
+    except SettingsError as err:
+        problems += in_group(group, err.problems)
+        return None
+
+
+def algorithm_targets() -> list[str]:
+    """The algorithms solopo ships (conf/algo/ names them), for messages."""
+    return sorted(f"{algos.__name__}.{name}" for name, obj in vars(algos).items()
+                  if isinstance(obj, type) and obj.__module__ == algos.__name__ and hasattr(obj, "needs_reference"))
+
+
+def build_algo(node: dict, problems: Problems) -> Any:
+    found, found_problems = target("algo", node, algorithm_targets())
+    if found is not None and not all(hasattr(found, a) for a in ("needs_reference", "reward", "loss")):
+        found_problems = [f"algo._target_={node['_target_']}: not an algorithm (one has reward, loss and "
+                          f"needs_reference); choose one of {', '.join(algorithm_targets())}"]
+    problems += found_problems
+    return built("algo", found, node, problems) if found is not None and not found_problems else None
+
+
+def build_targeted(group: str, node: dict, expected: type, problems: Problems) -> Any:
+    """A group whose config names its settings class (``_target_``): ra, method."""
+    found, found_problems = target(group, node, [f"{expected.__module__}.{expected.__qualname__}"])
+    problems += found_problems
+    return built(group, found, node, problems) if found is not None and not found_problems else None
+
+
+def build_eval(cfg: DictConfig, precision: str, problems: Problems) -> Optional[EvalSettings]:
+    """The evaluation settings, prompted with the training template (data.template) and computed under the
+    trainer's precision; eval.engine=vllm without vllm installed is a problem here (when the evaluation runs),
+    not after training."""
+    node = plain(cfg, "eval")
+    problems += flag("eval.enabled", node.get("enabled")) + number("eval.n_items", node.get("n_items"), 1, integer=True)
+    fields = {k: v for k, v in node.items() if k not in EVAL_KEYS}
+    problems += unknown_options("eval", EvalSettings, {k: v for k, v in fields.items() if k not in FROM_ELSEWHERE})
+    template = OmegaConf.select(cfg, "data.template", default="direct")
+    try:
+        settings = EvalSettings(**{**fields, "seed": cfg.seed, "template": template, "precision": precision})
+    except SettingsError as err:
+        problems += [f"data.{p}" if p.startswith("template=") else f"eval.{p}" for p in err.problems]
+        return None
+    except TypeError:  # an unknown option, reported above
+        return None
+    if settings.engine == "vllm" and node.get("enabled", True):
+        try:
+            import_vllm("eval.engine")
+        except RuntimeError as err:
+            problems.append(str(err))
+    return settings
+
+
+def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
+    """Every settings object of the run, or one ConfigError naming every mistake; ``training=False`` builds only
+    what evaluation reads (the model, the data source and prompt template, eval)."""
+    if OmegaConf.is_missing(cfg.data, "path"):  # first, alone: every key reading ${data.path} would fail to resolve
+        option = choice(cfg, "data")
+        raise ConfigError(f"data={option} needs data.path=FILE (see conf/data/{option}.yaml)")
+    problems: Problems = []
+    precision = resolve_precision(str(cfg.trainer.get("precision", "auto")))
+    model = built("model", ModelSpec, plain(cfg, "model"), problems)
+    problems += check_data(plain(cfg, "data"), training)
+    settings = dict(model=model, eval=build_eval(cfg, precision, problems), algo=None, ra=None, method=None, optim=None, sampling=None)
+    if training:
+        sampled = cfg.data.get("pairs") == "sampled"
+        settings.update(
+            algo=build_algo(plain(cfg, "algo"), problems),
+            ra=build_targeted("ra", plain(cfg, "ra"), SoLoRA, problems),
+            method=build_targeted("method", plain(cfg, "method"), Method, problems),
+            optim=built("optim", OptimSettings, plain(cfg, "optim"), problems),
+            sampling=built("data.sampling", SamplingSettings, {**plain(cfg.data, "sampling"), "precision": precision},
+                           problems) if sampled else None)
+        problems += check_trainer(plain(cfg, "trainer"), torch.cuda.is_available())
+        problems += check_run({key: plain(cfg, key) if OmegaConf.is_config(cfg.get(key)) else cfg.get(key)
+                               for key in RUN_KEYS})
+    problems += cross_group_rules(cfg, settings, choice(cfg, "data"), training)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if training and not cfg.eval.enabled:
+        settings["eval"] = None
+    return Settings(**settings, precision=precision)
+
+
+def vllm_args(cfg: DictConfig) -> dict:
+    """eval.vllm: further vllm.LLM arguments for eval.engine=vllm."""
+    return OmegaConf.to_container(cfg.eval.vllm, resolve=True) if cfg.eval.get("vllm") else {}
+
+
+def load_source(cfg: DictConfig):
+    """The items of ``data.source``; a malformed data file stops the run with its own one-line message (file, line,
+    field) instead of Hydra's instantiation error around it."""
+    try:
+        return instantiate(cfg.data.source)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, DataFileError):
+            raise ConfigError(str(err.__cause__)) from None
+        raise
+
+
+@contextlib.contextmanager
+def stop_on_config_errors() -> Iterator[None]:
+    """An entry point's body: a ConfigError ends the process with its one line on stderr and status 2."""
+    try:
+        yield
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def choice(cfg: DictConfig, group: str) -> str:
+    """The option chosen for a config group (data=musique -> musique), inside a Hydra app or a composed config."""
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices[group]
+    return OmegaConf.select(cfg, f"hydra.runtime.choices.{group}", default=group)

@@ -1,0 +1,87 @@
+"""The rules that span several config groups: what no single settings object can check alone. Each is a pure
+function of plain values that returns its problems under their config keys."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from solopo.data.collate import SHARED_PROMPT
+from solopo.settings.fields import Problems, number, shown
+from solopo.step import shared_prompt
+
+# x_long holds the evidence (the built-in data's x_short runs to 55-150 tokens) and irrelevant text around it;
+# below this there is no room for the irrelevant text, so the long context would teach nothing.
+MIN_LONG_LEN = 128
+TEMPLATE_TOKENS = 32  # what a chat template adds around the user message (SmolLM2's: 30 tokens)
+GOLD_RESPONSE_TOKENS = 32  # gold answers and wrong answers are a few words
+EVAL_ROOM = 64  # what solopo.eval.longctx.build_cases keeps free below model.max_length for template and answer
+
+
+def check_long_len(long_len: Any, short_len: Any, max_length: Optional[int], room: int) -> Problems:
+    """data.long_len against data.short_len and model.max_length less ``room`` (chat template and response)."""
+    problems = number("data.long_len", long_len, MIN_LONG_LEN, integer=True,
+                      note=" (x_long holds the evidence, ~100 tokens, and irrelevant text)")
+    if not problems and isinstance(short_len, int) and long_len <= short_len:
+        problems.append(f"data.long_len={long_len}: must be greater than data.short_len={short_len} (x_long holds "
+                        "x_short and more)")
+    if not problems and max_length is not None and long_len + room > max_length:
+        problems.append(f"data.long_len={long_len}: too long for model.max_length={max_length}; at most "
+                        f"{max_length - room} leaves room for the chat template and the response")
+    return problems
+
+
+def check_eval_lengths(lengths: Any, max_length: Optional[int]) -> Problems:
+    """eval.lengths (EvalSettings checked their form) against model.max_length less the room of an answer."""
+    if max_length is None or not isinstance(lengths, (list, tuple)):
+        return []
+    return [f"eval.lengths={shown(lengths)}: {length} is too long for model.max_length={max_length}; at most "
+            f"{max_length - EVAL_ROOM} leaves room for the chat template and the answer"
+            for length in lengths if isinstance(length, int) and length + EVAL_ROOM > max_length]
+
+
+def check_packing_kernel(packing: Any, attn_implementation: Any) -> Problems:
+    """Shared prompts need an attention kernel that takes their mask (solopo.step.shared_prompt)."""
+    if packing != SHARED_PROMPT or attn_implementation in shared_prompt.KERNELS:
+        return []
+    return [f"packing={SHARED_PROMPT} needs model.attn_implementation={' or '.join(shared_prompt.KERNELS)} "
+            f"(got {shown(attn_implementation)})"]
+
+
+def check_alignment(method, ra) -> Problems:
+    """ra=off (alpha 0) is the one switch of SoLo-RA; a method without the term selects it, so a positive alpha
+    with that method (e.g. ra=both method=long_po) would silently change what the method is."""
+    if method is None or ra is None or method.use_ra or not ra.active:
+        return []
+    return [f"ra.alpha={shown(ra.alpha)}: method={method.name} has no SoLo-RA term (its config selects ra=off); "
+            "drop the ra setting or choose method=solopo"]
+
+
+def check_unread_path(data: DictConfig, option: str) -> Problems:
+    """A data.path the chosen data source does not read (e.g. +data.path=FILE with the built-in data=qa)."""
+    path = OmegaConf.select(data, "path", default=None, throw_on_missing=False)
+    if path is None or "path" in (data.get("source") or {}):
+        return []
+    return [f"data.path={path}: data={option} reads no file; choose a file format (data=pairs, musique, hotpotqa, "
+            "twowiki, longbench)"]
+
+
+def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, training: bool) -> Problems:
+    """Problems between groups; ``settings`` are the objects built so far (None where a group had a problem)."""
+    model = settings["model"]
+    max_length = model.max_length if model is not None else None
+    problems = check_unread_path(cfg.data, data_option)
+    if training:
+        sampling = settings["sampling"]
+        # Beside x_long, a training sequence holds the chat template and the response: a sample, or a gold answer.
+        response = sampling.max_new_tokens + 1 if sampling is not None else GOLD_RESPONSE_TOKENS
+        if sampling is not None:  # built for data.pairs=sampled only
+            problems += number("data.sampling.k", sampling.k, 2, integer=True,
+                               note=" (a pair needs a correct and an incorrect sample)")
+        problems += check_long_len(cfg.data.get("long_len"), cfg.data.get("short_len"), max_length,
+                                   TEMPLATE_TOKENS + response)
+        problems += check_alignment(settings["method"], settings["ra"])
+        problems += check_packing_kernel(cfg.get("packing"), model.attn_implementation if model else None)
+    lengths = OmegaConf.select(cfg, "eval.lengths")
+    return problems + check_eval_lengths(OmegaConf.to_container(lengths) if OmegaConf.is_config(lengths) else lengths,
+                                         max_length)
