@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -46,7 +47,8 @@ from solopo.core.objective import Method, required_sequences
 from solopo.training.precision import resolve_precision, weights_dtype
 from solopo.training.reference import with_reference_logps
 from solopo.training.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
-from solopo.training.results import all_finite, final_metrics, redact, summary, write_results
+from solopo.training.results import (all_finite, final_metrics, redact, refuse_secrets, refuse_unwritable, summary,
+                                     write_results)
 from solopo.validate import load_source, validate_config
 from solopo.generation.vllm_engine import saved_weights
 
@@ -245,7 +247,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("resuming from %s", ckpt_path)
     # Without val_every_n_steps, validation runs once, after training (trainer.validate below).
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader if cfg.val_every_n_steps else None,
-                ckpt_path=ckpt_path)
+                ckpt_path=ckpt_path, weights_only=True)
     fit_done = time.perf_counter()
     metrics = final_metrics(trainer.callback_metrics)
     if preemption.received is None:  # a preempted job has seconds left: no validation
@@ -324,4 +326,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides to .hydra/
+    refuse_unwritable(sys.argv[1:])
     main()
