@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -21,7 +22,7 @@ from solopo.eval.longctx import EvalSettings
 from solopo.eval.runner import Evaluation, eval_items, write_outputs
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 from solopo.training.precision import resolve_precision
-from solopo.training.results import redact, write_results
+from solopo.training.results import redact, refuse_secrets, write_results
 from solopo.validate import load_source, validate_config
 from solopo.generation.vllm_engine import import_vllm
 
@@ -70,4 +71,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides to .hydra/
     main()

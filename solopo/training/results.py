@@ -44,7 +44,7 @@ def refuse_unwritable(overrides: Sequence[str], cwd: Path = Path(".")) -> None:
     ``cwd``) cannot be written: the first existing folder on its path gets a probe file. Checked before Hydra writes
     .hydra/ there and before any model loads."""
     given = {k: v for k, _, v in (o.partition("=") for o in overrides) if k in ("hydra.run.dir", "hydra.sweep.dir")}
-    for key, folder in given.items() or [("working directory", str(cwd))]:
+    for key, folder in given.items() or [("hydra.run.dir", str(Path(cwd) / "outputs"))]:
         existing = Path(folder).absolute()
         while not existing.exists():
             existing = existing.parent
