@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from solopo.eval.runner import Evaluation, eval_items, write_outputs
 from solopo.models.loading import load_model, load_tokenizer
 from solopo.settings.build import build_settings, load_source, stop_on_config_errors, vllm_args
-from solopo.training.results import redact, write_results
+from solopo.training.results import redact, refuse_secrets, write_results
 
 log = logging.getLogger("solopo")
 
@@ -51,4 +52,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides to .hydra/
     main()

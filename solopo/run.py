@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -45,7 +46,8 @@ from solopo.settings.build import Settings, build_settings, load_source, stop_on
 from solopo.training.precision import weights_dtype
 from solopo.training.reference import with_reference_logps
 from solopo.training.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
-from solopo.training.results import all_finite, final_metrics, redact, summary, write_results
+from solopo.training.results import (all_finite, final_metrics, redact, refuse_secrets, refuse_unwritable, summary,
+                                     write_results)
 from solopo.generation.vllm_engine import saved_weights
 
 log = logging.getLogger("solopo")
@@ -220,7 +222,8 @@ def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: S
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
         trainer.fit(module, train_dataloaders=loaders["train"],
-                    val_dataloaders=loaders["val"] if cfg.val_every_n_steps else None, ckpt_path=ckpt_path)
+                    val_dataloaders=loaders["val"] if cfg.val_every_n_steps else None, ckpt_path=ckpt_path,
+                    weights_only=True)
     return trainer, throughput, guard, preemption
 
 
@@ -351,4 +354,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides to .hydra/
+    refuse_unwritable(sys.argv[1:])
     main()

@@ -60,14 +60,16 @@ class Throughput(pl.Callback):
 
 
 class Preemption(pl.Callback):
-    """On SIGTERM or SIGUSR1 (what schedulers send before they kill or requeue a job), finishes the current step and
-    stops training; LastCheckpoint then writes last.ckpt at that step. `received` tells the caller to exit."""
+    """On SIGTERM or SIGUSR1 (what schedulers send before they kill or requeue a job), finishes the current optimizer
+    step and stops training; LastCheckpoint then writes last.ckpt at that step. A signal that reaches any process stops
+    every process at the same step. `received` tells the caller to exit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
         self.received: Optional[signal.Signals] = None
         self._previous: dict = {}
+        self._step_before_batch = -1
 
     def on_train_start(self, trainer, pl_module):
         # Installed after Lightning's own SIGTERM handler (set up at fit start), which would end the run with an
@@ -78,7 +80,18 @@ class Preemption(pl.Callback):
     def _notice(self, signum, frame) -> None:
         self.received = signal.Signals(signum)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step_before_batch = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # Only after an optimizer step: a stop between the micro-batches of gradient accumulation would lose the
+        # gradients of those already read, and the resumed run would not see them again.
+        if trainer.global_step == self._step_before_batch:
+            return
+        if trainer.world_size > 1:  # every process takes part, every step: the signal may have reached one of them
+            signum = torch.tensor(self.received.value if self.received else 0, device=pl_module.device)
+            signum = int(trainer.strategy.reduce(signum, reduce_op="max"))
+            self.received = signal.Signals(signum) if signum else None
         if self.received is not None:
             trainer.should_stop = True
 

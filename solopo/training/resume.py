@@ -8,7 +8,11 @@ uninterrupted run would have, with the same random draws.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
+import sys
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterator, Optional
@@ -25,22 +29,45 @@ log = logging.getLogger("solopo")
 CHECKPOINT_DIR = "checkpoints"
 
 
+def refuse(message: str) -> None:
+    """Stops the run on a bad setting or input file: one line on stderr, exit code 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]:
     """The checkpoint to resume from, or None to start from scratch. "last" is the run directory's last.ckpt when
-    there is one: a requeued job passes ckpt_path=last from its first start on. A missing file named explicitly
-    stops the run with a one-line message."""
+    there is one: a requeued job passes ckpt_path=last from its first start on. A missing, truncated or foreign
+    checkpoint stops the run in one line (refuse) before any model loads."""
     if ckpt_path is None:
         return None
-    if ckpt_path == "last":
-        path = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"  # a folder of shards under trainer=fsdp
-        if path.exists():
-            return path
+    # under trainer=fsdp a checkpoint is a folder of shards
+    path = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.exists() and ckpt_path == "last":
         log.warning("ckpt_path=last: no checkpoint at %s (resuming needs the hydra.run.dir of the run to continue); "
                     "starting from scratch", path)
         return None
-    if not Path(ckpt_path).exists():
-        raise SystemExit(f"ckpt_path={ckpt_path}: no such checkpoint file or folder")
-    return Path(ckpt_path)
+    if not path.exists():
+        refuse(f"ckpt_path={ckpt_path}: no such checkpoint file or folder")
+    if problem := checkpoint_problem(path):
+        refuse(f"ckpt_path={ckpt_path}: {path} is not a usable checkpoint ({problem})")
+    return path
+
+
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be resumed from, or None. A file must open with torch.load(weights_only=True) (memory-mapped:
+    the tensors are not read) and hold Lightning's training state; a folder (trainer=fsdp) must hold torch's
+    distributed-checkpoint metadata. Checkpoints are trusted input beyond that: a sharded folder's files are read by
+    torch's own unpickling reader."""
+    if path.is_dir():
+        return None if (path / ".metadata").is_file() else "a folder without the .metadata of a sharded checkpoint"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
+        return f"truncated or not a torch checkpoint: {type(err).__name__}"
+    if not isinstance(checkpoint, dict) or not {"state_dict", "global_step", "loops"} <= checkpoint.keys():
+        return "no training state: not written by a solopo run"
+    return None
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -53,6 +80,7 @@ class LastCheckpoint(ModelCheckpoint):
                          every_n_train_steps=every_n_steps,
                          train_time_interval=timedelta(minutes=every_n_minutes) if every_n_minutes else None,
                          enable_version_counter=False)  # a rerun in the same directory overwrites last.ckpt
+        self._step_before_batch = -1  # the global step when the current batch began
 
     def save_now(self, trainer: pl.Trainer) -> None:
         """Writes last.ckpt for the current step unless this step is saved already (or the run is a fast_dev_run,
@@ -62,13 +90,34 @@ class LastCheckpoint(ModelCheckpoint):
         if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """Writes the checkpoint under a temporary name beside it, then renames it into place: a write that fails
+        (a full disk, a killed job) leaves the previous last.ckpt whole. Every process writes its shards to the same
+        temporary folder under a sharded strategy; one process renames it."""
+        tmp = f"{filepath}.{trainer.strategy.broadcast(uuid.uuid4().hex[:8])}.tmp"
+        try:
+            super()._save_checkpoint(trainer, tmp)
+            if trainer.is_global_zero:
+                replace_checkpoint(Path(tmp), Path(filepath))
+        finally:
+            if trainer.is_global_zero:
+                remove_checkpoint(Path(tmp))
+        self._last_checkpoint_saved = filepath
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         # A run resumed from this directory's last.ckpt does not write that step again (resuming a finished run
         # of a sweep would otherwise rewrite every job's checkpoint).
         self._last_global_step_saved = trainer.global_step
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+        self._step_before_batch = trainer.global_step
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        # Saved only after an optimizer step: between the micro-batches of gradient accumulation the gradients of the
+        # batches already read would be lost, and the resumed run would skip them.
+        if trainer.global_step == self._step_before_batch:
+            return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         # The last step (max_steps reached, or a stop asked for by preemption or the NaN guard) is saved here, before
         # Lightning closes the epoch: a checkpoint written after that resumes with a new epoch, so a run continued
@@ -79,6 +128,27 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning's own end-of-training save is skipped once a periodic save has happened, even at an earlier step.
         self.save_now(trainer)
+
+
+def replace_checkpoint(new: Path, path: Path) -> None:
+    """Puts ``new`` (a file, or a folder of shards) at ``path``. A file replaces the old one atomically; a folder
+    cannot replace a folder in one rename, so the old one is moved aside first and removed once the new one is in
+    place (a crash in between leaves it as <path>.old)."""
+    if new.is_dir() and path.exists():
+        aside = path.with_name(path.name + ".old")
+        remove_checkpoint(aside)
+        os.replace(path, aside)
+        os.replace(new, path)
+        remove_checkpoint(aside)
+    else:
+        os.replace(new, path)
+
+
+def remove_checkpoint(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -1,15 +1,30 @@
 """A run stopped and resumed with ckpt_path=last trains on the same batches, with the same random draws and the same
 LR schedule, as the run that was never stopped; its loggers continue where it left off."""
 import csv
+import os
+import signal
 import warnings
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from solopo.training.callbacks import Preemption
 from solopo.training.loggers import ResumableCSVLogger, wandb_logger
-from solopo.training.resume import LastCheckpoint
-from support import fit_toy, results, run, step_losses
+from solopo.training.resume import LastCheckpoint, ResumableLoader, RngState
+from support import Toy, fit_toy, results, run, step_losses
+
+
+class SignalAtBatch(pl.Callback):
+    """Sends SIGTERM to this process during the n-th micro-batch (1-based) of the run."""
+
+    def __init__(self, n: int):
+        self.n, self.seen = n, 0
+
+    def on_train_batch_start(self, *args):
+        self.seen += 1
+        if self.seen == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def whole_and_resumed(tmp_path, overrides):
@@ -84,3 +99,41 @@ def test_csv_logger_of_a_resumed_run_appends(tmp_path):
         warnings.simplefilter("ignore")  # Lightning warns that it replaces the old metrics.csv
         log(0, a=4.0)
     assert rows() == [("0", "4.0", "")]
+
+
+class Recorder(Toy):
+    """The toy model with dropout-free per-step losses recorded by global step (micro-batches of a step summed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses: dict[int, float] = {}
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.losses[self.trainer.global_step] = self.losses.get(self.trainer.global_step, 0.0) + loss.item()
+        return loss
+
+
+def fit_recorded(run_dir, callbacks, ckpt_path=None) -> dict[int, float]:
+    """12 optimizer steps of 2 micro-batches over an epoch of 10 shuffled items, so the run crosses epochs and an
+    epoch ends mid-accumulation."""
+    torch.manual_seed(0)  # the same initial weights in every run (a resumed run loads its own)
+    module = Recorder()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=12, max_epochs=-1, accumulate_grad_batches=2, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir,
+                         use_distributed_sampler=False, callbacks=[*callbacks, RngState()])
+    trainer.fit(module, ResumableLoader(list(range(10)), seed=0), ckpt_path=ckpt_path, weights_only=True)
+    return module.losses
+
+
+@pytest.mark.parametrize("micro_batch", [3, 4], ids=["signal mid-accumulation", "signal at a step's last micro-batch"])
+def test_preempted_mid_epoch_with_accumulation_resumes_bitwise(micro_batch, tmp_path):
+    """SIGTERM during micro-batch 3 (of step 1) or 4: training stops after step 1's optimizer update (micro-batch 4),
+    never between micro-batches, and the resumed run's per-step losses equal the uninterrupted run's exactly. Before
+    the fix a stop after micro-batch 3 lost its gradient and every later loss differed."""
+    whole = fit_recorded(tmp_path / "whole", [])
+    preemption = Preemption()
+    first = fit_recorded(tmp_path, [SignalAtBatch(micro_batch), preemption, LastCheckpoint(tmp_path)])
+    assert preemption.received == signal.SIGTERM and sorted(first) == [0, 1]
+    resumed = fit_recorded(tmp_path, [LastCheckpoint(tmp_path)], ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    assert {**first, **resumed} == whole and sorted(resumed) == list(range(2, 12))

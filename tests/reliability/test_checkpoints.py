@@ -1,0 +1,97 @@
+"""Checkpoints on disk: a failed write (a full disk) keeps the previous last.ckpt; a truncated, foreign or unreadable
+checkpoint, and a run directory that cannot be written, stop the run in one line (exit 2) before any model loads."""
+import errno
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from solopo.training.resume import LastCheckpoint, checkpoint_problem
+from support import ENV, ROOT, command, fit_toy
+
+
+def full_disk_move(src, dst):
+    """shutil.move across file systems on a full disk: half of the file is copied, then the write fails. fsspec, which
+    Lightning writes checkpoints through, moves its temporary file from /tmp into place this way."""
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[:len(data) // 2])
+    raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+
+class DiskFullFrom(pl.Callback):
+    def __init__(self, step: int, monkeypatch):
+        self.step, self.monkeypatch = step, monkeypatch
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            self.monkeypatch.setattr(shutil, "move", full_disk_move)
+
+
+def test_a_failed_write_keeps_the_previous_last_ckpt(tmp_path, monkeypatch):
+    """Saved at step 2, then the disk fills: the save at step 4 fails, and last.ckpt still holds step 2, whole, with
+    no temporary file left beside it. Before the fix, last.ckpt was left with half of step 4's checkpoint."""
+    with pytest.raises(OSError, match="No space left on device"):
+        fit_toy(tmp_path, max_steps=4, callbacks=[DiskFullFrom(2, monkeypatch), LastCheckpoint(tmp_path, every_n_steps=2)])
+    monkeypatch.undo()
+    saved = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(saved, weights_only=True)["global_step"] == 2
+    assert [p.name for p in saved.parent.iterdir()] == ["last.ckpt"] and checkpoint_problem(saved) is None
+
+
+def refused(args, cwd=ROOT) -> str:
+    """Runs solopo.run, expects exit code 2 and one line on stderr without a traceback; returns that line."""
+    done = subprocess.run(command(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "model " not in done.stdout, done.stderr[-2000:]  # before any model loads
+    return done.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def saved_checkpoint(tmp_path) -> Path:
+    fit_toy(tmp_path / "toy", max_steps=1, callbacks=[LastCheckpoint(tmp_path / "toy")])
+    return tmp_path / "toy" / "checkpoints" / "last.ckpt"
+
+
+def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path, saved_checkpoint):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(saved_checkpoint.read_bytes()[:1000])
+    line = refused([f"ckpt_path={truncated}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert line.startswith(f"error: ckpt_path={truncated}: {truncated} is not a usable checkpoint (truncated or not a "
+                           "torch checkpoint")
+
+
+def test_a_foreign_last_ckpt_is_refused_in_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_text("not a checkpoint\n")
+    line = refused(["ckpt_path=last", f"hydra.run.dir={run_dir}"])
+    assert line.startswith(f"error: ckpt_path=last: {run_dir / 'checkpoints' / 'last.ckpt'} is not a usable checkpoint")
+
+
+def test_checkpoints_are_read_with_weights_only(tmp_path, saved_checkpoint):
+    """A checkpoint that would run code when unpickled (any object beyond tensors and plain containers) is refused;
+    one without Lightning's training state is not taken for a checkpoint."""
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({**torch.load(saved_checkpoint, weights_only=True), "extra": Path("x")}, pickled)
+    assert "truncated or not a torch checkpoint: UnpicklingError" == checkpoint_problem(pickled)
+    weights = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": {}}, weights)
+    assert checkpoint_problem(weights) == "no training state: not written by a solopo run"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_a_read_only_run_directory_is_refused_in_one_line(tmp_path):
+    folder = tmp_path / "read_only"
+    folder.mkdir(mode=0o555)
+    line = refused([f"hydra.run.dir={folder / 'run'}"])
+    assert line == f"error: hydra.run.dir={folder / 'run'}: cannot write to {folder} (Permission denied)"
+
+
+def test_a_run_directory_on_a_read_only_file_system_is_refused_in_one_line():
+    """/proc takes no new files, not even from root."""
+    assert refused(["hydra.run.dir=/proc/solopo/run"]).startswith("error: hydra.run.dir=/proc/solopo/run: cannot write "
+                                                                   "to /proc (")
