@@ -41,7 +41,7 @@ from solopo.training.faults import NumericalGuard
 from solopo.training.loggers import finish, wandb_labels
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                            save_policy, weights_path, with_lora)
-from solopo.training.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
+from solopo.training.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule, intended_warnings_silenced
 from solopo.core.objective import Method, required_sequences
 from solopo.training.precision import resolve_precision, weights_dtype
 from solopo.training.reference import with_reference_logps
@@ -244,8 +244,9 @@ def train(cfg: DictConfig) -> dict:
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     # Without val_every_n_steps, validation runs once, after training (trainer.validate below).
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader if cfg.val_every_n_steps else None,
-                ckpt_path=ckpt_path)
+    with intended_warnings_silenced():
+        trainer.fit(module, train_dataloaders=train_loader,
+                    val_dataloaders=val_loader if cfg.val_every_n_steps else None, ckpt_path=ckpt_path)
     fit_done = time.perf_counter()
     metrics = final_metrics(trainer.callback_metrics)
     if preemption.received is None:  # a preempted job has seconds left: no validation
