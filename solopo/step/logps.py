@@ -34,8 +34,8 @@ def response_logps(model: nn.Module, group: Group, chunk_size: int) -> tuple[Ten
 def group_logps(model: nn.Module, group: Group, chunk_size: int) -> dict[Key, tuple[Tensor, Tensor]]:
     """(logps, n_tokens) per (context, response) block of one collated group, each (n_pairs,)."""
     logps, n_tokens = response_logps(model, group, chunk_size)
-    counts = group.split(n_tokens)
-    return {key: (values, counts[key]) for key, values in group.split(logps).items()}
+    blocks, counts = group.split(logps), group.split(n_tokens)
+    return {key: (values, counts[key]) for key, values in blocks.items()}
 
 
 def last_hidden_state(model: nn.Module, group: Group) -> Tensor:

@@ -120,6 +120,7 @@ class SoLoPOModule(pl.LightningModule):
         return self.objective_of(self.sequence_stats(batch))
 
     def objective_of(self, stats: dict[Key, Responses]) -> ObjectiveOutput:
+        """The objective of sequence statistics already computed (a profiler times the two parts apart)."""
         return solopo_objective(self.algo, self.ra, self.method, stats)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -175,7 +176,7 @@ class SoLoPOModule(pl.LightningModule):
         # Lightning calls this once per optimizer step, after the gradients are accumulated, reduced across processes
         # and unscaled, so train/grad_norm is the global gradient's norm before clipping, whatever the layout. Sharded
         # (FSDP2) gradients are DTensors, whose norm is taken across all shards; clipping reuses it.
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for param_group in optimizer.param_groups for p in param_group["params"] if p.grad is not None]
         norm = total_grad_norm(params)
         if norm is not None:
             self.log("train/grad_norm", full(norm), on_step=True, on_epoch=False)
