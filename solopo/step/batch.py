@@ -36,19 +36,25 @@ class Group(Protocol):
     n_tokens: int  # real (non-padding) tokens the model reads
     ref_logps: Optional[Tensor]  # (S,) precomputed reference log-probs, S = len(keys) * n_pairs, or None
 
-    def to(self, device, **kwargs) -> "Group": ...
+    def to(self, device, **kwargs) -> "Group":
+        """The group with every tensor on ``device``."""
 
-    def model_inputs(self, attn_implementation: str) -> dict: ...
+    def model_inputs(self, attn_implementation: str) -> dict:
+        """The keyword arguments of the model's forward for this layout (ids, positions, mask or varlen bounds)."""
 
-    def forward_context(self) -> ContextManager: ...
+    def forward_context(self) -> ContextManager:
+        """The context the model's forward runs in for this layout."""
 
-    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From the (B, L, H) final hidden states: the state that predicts each response token (N, H), the token
+        (N,) and the number of its sequence (N,)."""
 
-    def split(self, values: Tensor) -> dict[Key, Tensor]: ...
+    def split(self, values: Tensor) -> dict[Key, Tensor]:
+        """A per-sequence (S,) tensor cut into the keys' blocks: {key: (n_pairs,)}."""
 
 
 def _split(keys: tuple[Key, ...], n_pairs: int, values: Tensor) -> dict[Key, Tensor]:
-    """A per-sequence (S,) tensor cut into the keys' blocks: {key: (n_pairs,)}."""
+    # sequence i * n_pairs + j is pair j's sequence of keys[i]
     return {key: values[i * n_pairs : (i + 1) * n_pairs] for i, key in enumerate(keys)}
 
 
