@@ -23,10 +23,10 @@ def pairs():
     """Two pairs: prompts short 3 / 5 and long 8 / 9 tokens, chosen 2 / 4 and rejected 3 / 1 tokens."""
     ids = lambda n, start: list(range(start, start + n))  # noqa: E731
     ref = lambda base: {f"{c}/{r}": base + i for i, (c, r) in enumerate(KEYS)}  # noqa: E731
-    return [TokenizedPair("p0", {"short": ids(3, 10), "long": ids(8, 20)}, {"chosen": ids(2, 40), "rejected": ids(3, 50)},
-                          ref_logps=ref(-10.0)),
-            TokenizedPair("p1", {"short": ids(5, 60), "long": ids(9, 70)}, {"chosen": ids(4, 90), "rejected": ids(1, 99)},
-                          ref_logps=ref(-20.0))]
+    return [TokenizedPair("p0", {"short": ids(3, 10), "long": ids(8, 20)},
+                          {"chosen": ids(2, 40), "rejected": ids(3, 50)}, ref_logps=ref(-10.0)),
+            TokenizedPair("p1", {"short": ids(5, 60), "long": ids(9, 70)},
+                          {"chosen": ids(4, 90), "rejected": ids(1, 99)}, ref_logps=ref(-20.0))]
 
 
 @pytest.mark.parametrize("pack", list(LAYOUTS))

@@ -38,10 +38,10 @@ def test_gradients_match_full_logits(tiny_model):
     """In float64, so any difference beyond rounding would be a bug, not noise."""
     tiny_model.double()
     batch, _ = make_batch()
-    full = lambda model: full_logits_logps(model, batch.input_ids, batch.attention_mask, batch.response_mask)  # noqa: E731
+    args = (batch.input_ids, batch.attention_mask, batch.response_mask)
     weights = torch.linspace(-1, 1, 6)
     grads = []
-    for fn in (full, lambda model: response_logps(model, batch, chunk_size=3)):
+    for fn in (lambda model: full_logits_logps(model, *args), lambda model: response_logps(model, batch, chunk_size=3)):
         tiny_model.zero_grad()
         (fn(tiny_model)[0] * weights).sum().backward()
         grads.append([p.grad.clone() for p in tiny_model.parameters()])

@@ -12,8 +12,8 @@ one sequence per pair.
   Attention stays within a sequence (transformers reads the restarts as packed sequences:
   varlen kernels with flash-attention, a block mask with flex or sdpa), so there is no
   padding at all.
-- Packed with shared prompts (``pack="shared_prompt"``): one SharedPromptGroup, as packed, but each context's prompt goes
-  into the row once per pair, followed by all of its responses (chosen, then rejected), each
+- Packed with shared prompts (``pack="shared_prompt"``): one SharedPromptGroup, as packed, but each context's
+  prompt goes into the row once per pair, followed by all of its responses (chosen, then rejected), each
   response's positions continuing from the prompt's end. "segment_ids" names the prompt a token
   belongs to and "branch_ids" its response (0: the prompt itself); a token attends to its prompt and
   to the earlier tokens of its own response (solopo.step.shared_prompt builds that mask).
@@ -87,10 +87,11 @@ class PairCollator:
         sequence_ids = row(sequences, torch.long)
         # The sequence boundaries, counted here on the host, for varlen kernels (solopo_varlen, flash-attention).
         cu_seq_lens, max_length = packed_lengths(sequence_ids)
-        return PackedGroup(keys, row(ids, torch.long), row(positions, torch.long), sequence_ids, row(response, torch.bool),
-                           cu_seq_lens, max_length, n_pairs=len(pairs), n_tokens=len(ids), ref_logps=ref_logps)
+        return PackedGroup(keys, row(ids, torch.long), row(positions, torch.long), sequence_ids,
+                           row(response, torch.bool), cu_seq_lens, max_length, n_pairs=len(pairs), n_tokens=len(ids), ref_logps=ref_logps)
 
-    def _shared(self, pairs: list[TokenizedPair], keys: tuple[Key, ...], ref_logps: torch.Tensor | None) -> SharedPromptGroup:
+    def _shared(self, pairs: list[TokenizedPair], keys: tuple[Key, ...],
+                ref_logps: torch.Tensor | None) -> SharedPromptGroup:
         # Sequence numbers as in the other layouts (block of ``keys`` by block, one per pair), so logps split alike.
         number = {key: i * len(pairs) for i, key in enumerate(keys)}
         columns = {name: [] for name in ("input_ids", "position_ids", "sequence_ids", "response_mask", "segment_ids",
