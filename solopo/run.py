@@ -40,7 +40,7 @@ from solopo.training.faults import NumericalGuard
 from solopo.training.loggers import finish, wandb_labels
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                            save_policy, weights_path, with_lora)
-from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
+from solopo.training.module import ALL_SEQUENCES, SoLoPOModule, intended_warnings_silenced
 from solopo.core.objective import required_sequences
 from solopo.settings.build import Settings, build_settings, load_source, stop_on_config_errors, vllm_args
 from solopo.training.precision import weights_dtype
@@ -219,7 +219,7 @@ def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: S
         log.info("resuming from %s", ckpt_path)
     # Without val_every_n_steps, validation runs once, after training (after_fit): Lightning's note on a
     # validation_step without a val_dataloader does not apply to this fit.
-    with warnings.catch_warnings():
+    with intended_warnings_silenced(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
         trainer.fit(module, train_dataloaders=loaders["train"],
                     val_dataloaders=loaders["val"] if cfg.val_every_n_steps else None, ckpt_path=ckpt_path,

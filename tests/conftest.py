@@ -3,10 +3,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+# The runs' log-prob chunk size, read from its one owner (the config) rather than written again here.
+LOGP_CHUNK_SIZE = OmegaConf.load(ROOT / "solopo" / "conf" / "config.yaml").logp_chunk_size
 TINY = ModelSpec(
     name="tiny-random-llama",
     tokenizer="embedded:smollm2-135m-instruct",

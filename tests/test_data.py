@@ -244,16 +244,16 @@ def test_overlong_examples_are_skipped_and_counted_or_rejected(tokenizer, caplog
 def test_collator_pads_each_context_apart(tokenizer):
     pairs, _ = tokenize_examples([example(), example(prompt_long="long " * 40)], tokenizer, max_length=512)
     batch = PairCollator([("short", "chosen"), ("short", "rejected"), ("long", "chosen")], tokenizer.pad_token_id)(pairs)
-    assert batch["short"]["keys"] == (("short", "chosen"), ("short", "rejected"))
-    assert batch["long"]["keys"] == (("long", "chosen"),)
-    assert batch["short"]["input_ids"].shape[0] == 4 and batch["long"]["input_ids"].shape[0] == 2
-    assert batch["short"]["input_ids"].shape[1] < batch["long"]["input_ids"].shape[1]
+    short, long = batch.groups["short"], batch.groups["long"]
+    assert short.keys == (("short", "chosen"), ("short", "rejected"))
+    assert long.keys == (("long", "chosen"),)
+    assert short.input_ids.shape[0] == 4 and long.input_ids.shape[0] == 2
+    assert short.input_ids.shape[1] < long.input_ids.shape[1]
     for i, (pair, name) in enumerate([(p, r) for r in ("chosen", "rejected") for p in pairs]):
-        row = batch["short"]
-        n = int(row["attention_mask"][i].sum())
-        assert row["input_ids"][i, :n].tolist() == pair.prompts["short"] + pair.responses[name]
-        assert row["input_ids"][i, row["response_mask"][i]].tolist() == pair.responses[name]
-        assert torch.all(row["input_ids"][i, n:] == tokenizer.pad_token_id)
+        n = int(short.attention_mask[i].sum())
+        assert short.input_ids[i, :n].tolist() == pair.prompts["short"] + pair.responses[name]
+        assert short.input_ids[i, short.response_mask[i]].tolist() == pair.responses[name]
+        assert torch.all(short.input_ids[i, n:] == tokenizer.pad_token_id)
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])

@@ -1,4 +1,6 @@
 """Response-only chunked log-probs against the plain full-logits computation."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -20,15 +22,14 @@ def make_batch(seed=0):
     ids = lambda n: torch.randint(5, 1000, (n,), generator=g).tolist()  # noqa: E731
     pairs = [TokenizedPair(f"p{i}", {"short": ids(7 + 5 * i)}, {"chosen": ids(3 + i), "rejected": ids(6 - i)})
              for i in range(3)]
-    return PairCollator([("short", "chosen"), ("short", "rejected")], pad_token_id=2)(pairs)["short"], pairs
+    return PairCollator([("short", "chosen"), ("short", "rejected")], pad_token_id=2)(pairs).groups["short"], pairs
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 1024])
 def test_matches_full_logits_with_padding(tiny_model, chunk_size):
     batch, _ = make_batch()
-    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-    expected, expected_n = full_logits_logps(tiny_model, *args)
-    logps, n_tokens = response_logps(tiny_model, *args, chunk_size=chunk_size)
+    expected, expected_n = full_logits_logps(tiny_model, batch.input_ids, batch.attention_mask, batch.response_mask)
+    logps, n_tokens = response_logps(tiny_model, batch, chunk_size=chunk_size)
     torch.testing.assert_close(logps, expected, rtol=1e-5, atol=1e-5)
     assert n_tokens.tolist() == expected_n.tolist() == [3, 4, 5, 6, 5, 4]
 
@@ -37,12 +38,12 @@ def test_gradients_match_full_logits(tiny_model):
     """In float64, so any difference beyond rounding would be a bug, not noise."""
     tiny_model.double()
     batch, _ = make_batch()
-    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    args = (batch.input_ids, batch.attention_mask, batch.response_mask)
     weights = torch.linspace(-1, 1, 6)
     grads = []
-    for fn in (full_logits_logps, lambda *a: response_logps(*a, chunk_size=3)):
+    for fn in (lambda model: full_logits_logps(model, *args), lambda model: response_logps(model, batch, chunk_size=3)):
         tiny_model.zero_grad()
-        (fn(tiny_model, *args)[0] * weights).sum().backward()
+        (fn(tiny_model)[0] * weights).sum().backward()
         grads.append([p.grad.clone() for p in tiny_model.parameters()])
     for full, chunked in zip(*grads):
         torch.testing.assert_close(chunked, full, rtol=1e-9, atol=1e-12)
@@ -51,16 +52,16 @@ def test_gradients_match_full_logits(tiny_model):
 def test_padding_does_not_change_a_sequence(tiny_model):
     """A sequence alone and the same sequence beside longer ones give the same log-prob."""
     batch, pairs = make_batch()
-    together, _ = response_logps(tiny_model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-    alone = PairCollator([("short", "chosen")], pad_token_id=2)([pairs[0]])["short"]
-    single, _ = response_logps(tiny_model, alone["input_ids"], alone["attention_mask"], alone["response_mask"])
+    together, _ = response_logps(tiny_model, batch, chunk_size=1024)
+    alone = PairCollator([("short", "chosen")], pad_token_id=2)([pairs[0]]).groups["short"]
+    single, _ = response_logps(tiny_model, alone, chunk_size=1024)
     torch.testing.assert_close(single[0], together[0], rtol=1e-5, atol=1e-5)
 
 
 def test_prompt_tokens_do_not_count(tiny_model):
     batch, _ = make_batch()
-    none = torch.zeros_like(batch["response_mask"])
-    logps, n_tokens = response_logps(tiny_model, batch["input_ids"], batch["attention_mask"], none)
+    none = dataclasses.replace(batch, response_mask=torch.zeros_like(batch.response_mask))
+    logps, n_tokens = response_logps(tiny_model, none, chunk_size=1024)
     assert logps.abs().sum() == 0 and n_tokens.sum() == 0
 
 
@@ -75,18 +76,18 @@ def test_packed_rows_match_padded_rows(tiny_model, packed_attention, padded_atte
     tiny_model.double()
     _, pairs = make_batch()
     keys = [("short", "chosen"), ("short", "rejected")]
-    padded = PairCollator(keys, pad_token_id=2)(pairs)["short"]
-    packed = PairCollator(keys, pad_token_id=2, pack=True)(pairs)["packed"]
-    assert packed["input_ids"].shape == (1, int(padded["attention_mask"].sum()))  # not one pad token
-    lengths = padded["attention_mask"].sum(1)
-    assert packed["cu_seq_lens"].tolist() == [0, *torch.cumsum(lengths, 0).tolist()]
-    assert packed["max_length"] == int(lengths.max())
+    padded = PairCollator(keys, pad_token_id=2)(pairs).groups["short"]
+    packed = PairCollator(keys, pad_token_id=2, pack=True)(pairs).groups["packed"]
+    assert packed.input_ids.shape == (1, int(padded.attention_mask.sum()))  # not one pad token
+    lengths = padded.attention_mask.sum(1)
+    assert packed.cu_seq_lens.tolist() == [0, *torch.cumsum(lengths, 0).tolist()]
+    assert packed.max_length == int(lengths.max())
     weights = torch.linspace(-1, 1, 6, dtype=torch.float64)
     results = []
     for group, attention in ((padded, padded_attention), (packed, packed_attention)):
         tiny_model.set_attn_implementation(attention)
         tiny_model.zero_grad()
-        blocks = group_logps(tiny_model, group)
+        blocks = group_logps(tiny_model, group, chunk_size=1024)
         logps = torch.cat([blocks[k][0] for k in keys])
         (logps * weights).sum().backward()
         results.append((logps.detach(), torch.cat([blocks[k][1] for k in keys]), [p.grad.clone() for p in tiny_model.parameters()]))
@@ -111,18 +112,18 @@ ALL_KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen"), ("lo
 
 def test_shared_prompt_row_holds_each_prompt_once():
     pairs = two_context_pairs()
-    row = PairCollator(ALL_KEYS, pad_token_id=2, pack="shared_prompt")(pairs)["packed"]
+    row = PairCollator(ALL_KEYS, pad_token_id=2, pack="shared_prompt")(pairs).groups["packed"]
     p = pairs[0]
     n_short = len(p.prompts["short"]) + len(p.responses["chosen"]) + len(p.responses["rejected"])
     # the first segment: pair 0's short prompt, its chosen, its rejected; positions continue from the prompt's end
-    assert row["input_ids"][0, :n_short].tolist() == p.prompts["short"] + p.responses["chosen"] + p.responses["rejected"]
+    assert row.input_ids[0, :n_short].tolist() == p.prompts["short"] + p.responses["chosen"] + p.responses["rejected"]
     prompt, chosen = len(p.prompts["short"]), len(p.responses["chosen"])
-    assert row["position_ids"][0, prompt + chosen].item() == prompt  # the rejected response starts where chosen did
-    assert row["branch_ids"][0, :n_short].tolist() == [0] * prompt + [1] * chosen + [2] * len(p.responses["rejected"])
-    assert row["predict_from"][0, prompt + chosen].item() == prompt - 1  # from the prompt's last token, not chosen's
+    assert row.position_ids[0, prompt + chosen].item() == prompt  # the rejected response starts where chosen did
+    assert row.branch_ids[0, :n_short].tolist() == [0] * prompt + [1] * chosen + [2] * len(p.responses["rejected"])
+    assert row.predict_from[0, prompt + chosen].item() == prompt - 1  # from the prompt's last token, not chosen's
     total = sum(len(q.prompts[c]) + len(q.responses["chosen"]) + len(q.responses["rejected"]) for q in pairs
                 for c in ("short", "long"))
-    assert row["input_ids"].shape == (1, total) and row["segment_ids"].max().item() == 3
+    assert row.input_ids.shape == (1, total) and row.segment_ids.max().item() == 3
     with pytest.raises(ValueError, match="choose false, true or shared_prompt"):
         PairCollator(ALL_KEYS, pad_token_id=2, pack="shared")
 
@@ -193,7 +194,7 @@ def test_shared_prompt_rows_match_padded_rows(tiny_model, keys):
         tiny_model.set_attn_implementation("sdpa")
         tiny_model.zero_grad()
         blocks = {}
-        for group in PairCollator(keys, pad_token_id=2, pack=pack)(pairs).values():
+        for group in PairCollator(keys, pad_token_id=2, pack=pack)(pairs).groups.values():
             blocks.update(group_logps(tiny_model, group, chunk_size=3))
         logps = torch.cat([blocks[k][0] for k in keys])
         (logps * weights).sum().backward()
@@ -212,13 +213,13 @@ def test_shared_prompt_flex_mask_gives_the_same_logps(tiny_model):
     """The flex-attention form of the mask (forward only: flex attention has no backward on the CPU)."""
     pytest.importorskip("torch.nn.attention.flex_attention")
     pairs = two_context_pairs()
-    row = PairCollator(ALL_KEYS, pad_token_id=2, pack="shared_prompt")(pairs)["packed"]
+    row = PairCollator(ALL_KEYS, pad_token_id=2, pack="shared_prompt")(pairs).groups["packed"]
     out = {}
     with torch.no_grad():
         for attention in ("sdpa", "flex_attention"):
             tiny_model.set_attn_implementation(attention)
             try:
-                out[attention] = group_logps(tiny_model, row)
+                out[attention] = group_logps(tiny_model, row, chunk_size=1024)
             except Exception as err:  # noqa: BLE001
                 pytest.skip(f"flex attention does not run on this CPU: {type(err).__name__}: {err}"[:200])
     for key in ALL_KEYS:

@@ -14,7 +14,7 @@ from solopo.models.loading import load_model, with_lora
 from solopo.training.module import SoLoPOModule
 from solopo.core.objective import Method, SoLoRA, required_sequences
 
-from conftest import TINY
+from conftest import LOGP_CHUNK_SIZE, TINY
 
 LORA = {"r": 4, "lora_alpha": 8}
 
@@ -36,19 +36,19 @@ def test_only_the_adapter_trains(tokenizer):
 
 def test_the_reference_is_the_base_model_with_no_second_copy(tokenizer, batch):
     base = load_model(TINY, tokenizer, seed=0)
-    expected = {k: v[0] for k, v in group_logps(base, next(iter(batch.values()))).items()}
+    expected = {k: v[0] for k, v in group_logps(base, next(iter(batch.groups.values())), LOGP_CHUNK_SIZE).items()}
     policy = with_lora(load_model(TINY, tokenizer, seed=0), LORA)
     with torch.no_grad():  # an adapter that has learnt something: the policy now differs from the base model
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    module = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), adapter_reference=True)
+    module = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), adapter_reference=True, logp_chunk_size=LOGP_CHUNK_SIZE)
     assert module.reference is None
-    group = next(iter(batch.values()))
+    group = next(iter(batch.groups.values()))
     reference = module._reference_logps(group)
-    moved = group_logps(policy, group)
+    moved = group_logps(policy, group, LOGP_CHUNK_SIZE)
     for key, logps in expected.items():
-        torch.testing.assert_close(reference[key][0], logps)
+        torch.testing.assert_close(reference[key], logps)
         assert not torch.allclose(moved[key][0], logps)
     assert policy.training  # switched back after the reference pass
 

@@ -13,6 +13,8 @@ from solopo.training.precision import autocast, autocast_dtype, resolve_precisio
 from solopo.training.reference import compute_reference_logps
 from solopo.settings.groups import PRECISIONS
 
+from conftest import LOGP_CHUNK_SIZE
+
 
 @pytest.mark.parametrize("precision, dtype", [
     ("bf16-mixed", torch.bfloat16), ("bf16-true", torch.bfloat16), ("bf16", torch.bfloat16),
@@ -51,7 +53,7 @@ def passes(model, tokenizer, precision):
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     splits = qa_items(5, 0, seed=1)
     pairs = tokenize_examples(build_examples(splits.train[:2], 160, count, pool=splits.distractors), tokenizer, 1024)[0]
-    compute_reference_logps(model, pairs, ALL_SEQUENCES, tokenizer.pad_token_id, precision=precision)
+    compute_reference_logps(model, pairs, ALL_SEQUENCES, tokenizer.pad_token_id, LOGP_CHUNK_SIZE, precision=precision)
 
 
 def test_inference_runs_under_the_trainers_autocast(tiny_model, tokenizer):

@@ -17,7 +17,7 @@ from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
 from solopo.core.objective import Method, SoLoRA
 from solopo.training.reference import attach, compute_reference_logps, covering, fingerprint, with_reference_logps
 
-from conftest import TINY
+from conftest import LOGP_CHUNK_SIZE, TINY
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +31,14 @@ def test_cached_equals_live_reference(tokenizer, pairs):
     """Same numbers whether the reference runs live each step or was computed before training,
     in batches of another size (padding differs)."""
     policy = load_model(TINY, tokenizer)
-    table = compute_reference_logps(policy, pairs, ALL_SEQUENCES, tokenizer.pad_token_id, batch_size=3)
-    live = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), reference=freeze(load_model(TINY, tokenizer)))
-    cached = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), cached_reference=True)
+    table = compute_reference_logps(policy, pairs, ALL_SEQUENCES, tokenizer.pad_token_id, LOGP_CHUNK_SIZE, batch_size=3)
+    live = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), reference=freeze(load_model(TINY, tokenizer)),
+                        logp_chunk_size=LOGP_CHUNK_SIZE)
+    cached = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), cached_reference=True, logp_chunk_size=LOGP_CHUNK_SIZE)
     collate = PairCollator(ALL_SEQUENCES, tokenizer.pad_token_id)
     live_stats = live.sequence_stats(collate(pairs))
     cached_batch = collate(attach(pairs, table))
-    assert "ref_logps" in cached_batch["long"]
+    assert cached_batch.groups["long"].ref_logps is not None
     cached_stats = cached.sequence_stats(cached_batch)
     for key in ALL_SEQUENCES:
         torch.testing.assert_close(cached_stats[key].ref_logps.double(), live_stats[key].ref_logps.double(),
@@ -47,7 +48,7 @@ def test_cached_equals_live_reference(tokenizer, pairs):
 def test_precompute_leaves_the_policy_untouched(tokenizer, pairs):
     policy = load_model(TINY, tokenizer).train()
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    compute_reference_logps(policy, pairs, ALL_SEQUENCES, tokenizer.pad_token_id)
+    compute_reference_logps(policy, pairs, ALL_SEQUENCES, tokenizer.pad_token_id, LOGP_CHUNK_SIZE)
     assert policy.training and all(torch.equal(v, before[k]) for k, v in policy.state_dict().items())
     assert all(p.grad is None for p in policy.parameters())
 

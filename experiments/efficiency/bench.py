@@ -19,15 +19,16 @@ from pathlib import Path
 
 import torch
 
-from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, matching, peak, previous_rows, put_row,
-                    random_ids, release, reset_peak, shape_fields, timed, write_table)
+from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, logp_chunk_size, matching, peak,
+                    previous_rows, put_row, random_ids, release, reset_peak, shape_fields, timed, write_table)
 from solopo.core.algos import DPO, SimPO
 from solopo.data.collate import SHARED_PROMPT, PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.step.logps import chunked_token_logps
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 from solopo.training.module import SoLoPOModule
-from solopo.core.objective import Method, SoLoRA, required_sequences, solopo_objective
+from solopo.core.objective import Method, SoLoRA, required_sequences
+from solopo.step.batch import Batch
 
 METHODS = {
     "solopo": (Method(), SoLoRA(alpha=1.0)),
@@ -80,11 +81,10 @@ class TrainStep:
 
     module: SoLoPOModule
     optimizer: torch.optim.Optimizer
-    batch: dict
+    batch: Batch
 
     def __call__(self) -> None:
-        m = self.module
-        solopo_objective(m.algo, m.ra, m.method, m.sequence_stats(self.batch)).loss.backward()
+        self.module.objective(self.batch).loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -93,10 +93,9 @@ def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, p
                pack: bool | str = False):
     method, ra = METHODS[method_name]
     keys = required_sequences(method, ra)
-    batch = PairCollator(keys, pad_id, pack=pack)([pair])
-    batch = {g: {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in group.items()} for g, group in batch.items()}
-    tokens = sum(int(group["input_ids"].numel()) for group in batch.values())
-    return TrainStep(SoLoPOModule(policy, algo, ra, method, cached_reference=True), optimizer, batch), keys, tokens
+    batch = PairCollator(keys, pad_id, pack=pack)([pair]).to(DEVICE)
+    module = SoLoPOModule(policy, algo, ra, method, cached_reference=True, logp_chunk_size=logp_chunk_size())
+    return TrainStep(module, optimizer, batch), keys, batch.n_tokens
 
 
 def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int, warmup: int, steps: int,
@@ -206,7 +205,8 @@ def logp_memory(args, name, policy, rows):
             base = reset_peak()
             try:
                 if variant == "response_only":
-                    logps = chunked_token_logps(hidden[0, -args.response:], targets[-args.response:], head).sum()
+                    logps = chunked_token_logps(hidden[0, -args.response:], targets[-args.response:], head,
+                                                chunk_size=logp_chunk_size()).sum()
                 else:
                     logits = head(hidden[0]).float()
                     logps = logits.log_softmax(-1).gather(1, targets[:, None])[-args.response:].sum()

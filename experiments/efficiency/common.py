@@ -1,6 +1,7 @@
 """Shared pieces of the efficiency benchmarks: model shapes, synthetic pairs, FLOP counts, timing, tables."""
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -39,6 +40,15 @@ def shape_fields(name: str) -> dict:
     fields = OmegaConf.to_container(model.random_init, resolve=True)
     fields.setdefault("vocab_size", 49152)  # the embedded tokenizer's, which load_model gives a shape without one
     return {**fields, "max_position_embeddings": 1 << 20}
+
+
+@functools.lru_cache(maxsize=None)
+def logp_chunk_size() -> int:
+    """Response tokens per chunk of LM head + log-softmax, as the runs use it: the config's value (its one owner)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return int(compose("config").logp_chunk_size)
 
 
 @dataclass(frozen=True)

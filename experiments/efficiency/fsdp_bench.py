@@ -21,12 +21,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench import make_pair, model_spec
-from common import DEVICE, Shape, environment, is_oom, release, write_table
+from common import DEVICE, Shape, environment, is_oom, logp_chunk_size, release, write_table
 from solopo.core.algos import DPO
 from solopo.data.collate import PairCollator
 from solopo.training.distributed import FSDP2Strategy
 from solopo.models.loading import freeze, load_model, load_tokenizer
-from solopo.training.module import OptimSettings, SoLoPOModule
+from solopo.training.module import OptimSettings, SoLoPOModule, intended_warnings_silenced
 from solopo.core.objective import Method, SoLoRA, required_sequences
 
 
@@ -61,7 +61,7 @@ def cell(model_name: str, long: int, strategy: str, reference: str, warmup: int,
         policy = load_model(spec, tokenizer, seed=0)
         live = freeze(load_model(spec, tokenizer, seed=0)) if reference == "live" else None
     module = SoLoPOModule(policy, DPO(beta=0.1), ra, method, reference=live, cached_reference=reference == "cached",
-                          optim=OptimSettings(lr=1e-6))
+                          optim=OptimSettings(lr=1e-6), logp_chunk_size=logp_chunk_size())
     shape = Shape.of(policy.config)
     clock = StepClock(warmup)
     trainer = pl.Trainer(accelerator="gpu", devices=1, strategy=FSDP2Strategy() if strategy == "fsdp" else "auto",
@@ -69,7 +69,8 @@ def cell(model_name: str, long: int, strategy: str, reference: str, warmup: int,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
                          use_distributed_sampler=False)
     try:
-        trainer.fit(module, loader)
+        with intended_warnings_silenced():
+            trainer.fit(module, loader)
     except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
         if not is_oom(err):
             raise

@@ -19,7 +19,6 @@ from torch.profiler import ProfilerActivity, profile
 from bench import ALGOS, VARIANTS, TrainStep, load_policy, make_pair, model_spec, train_step, use_variant
 from common import DEVICE, sync
 from solopo.models.loading import load_tokenizer
-from solopo.core.objective import solopo_objective
 
 
 def phases(step: TrainStep) -> dict[str, float]:
@@ -34,9 +33,9 @@ def phases(step: TrainStep) -> dict[str, float]:
         times[name] = time.perf_counter() - start
         return value
 
-    for name, group in step.batch.items():
-        stats.update(clock(f"forward[{name}]", lambda: m.sequence_stats({name: group})))
-    out = clock("loss", lambda: solopo_objective(m.algo, m.ra, m.method, stats))
+    for name, group in step.batch.groups.items():
+        stats.update(clock(f"forward[{name}]", lambda: m.group_stats(group)))
+    out = clock("loss", lambda: m.objective_of(stats))
     clock("backward", lambda: out.loss.backward())
     clock("optimizer", lambda: (step.optimizer.step(), step.optimizer.zero_grad(set_to_none=True)))
     return times

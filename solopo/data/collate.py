@@ -1,18 +1,19 @@
 """Batches of preference pairs, grouped so that padding costs (almost) nothing.
 
-A batch is {group: {"input_ids", "response_mask", "keys", ...}}. ``keys`` lists the
-(context, response) blocks of the group in order; each block holds one sequence per pair.
+A batch is a solopo.step.batch.Batch: named groups of one layout, the one the collator's ``pack`` chooses (this is
+the only place that chooses). Each group's ``keys`` list its (context, response) blocks in order; each block holds
+one sequence per pair.
 
-- Unpacked (default): one group per context, rows right-padded with "attention_mask". The
+- Unpacked (default): one PaddedGroup per context, rows right-padded ("attention_mask"). The
   short pair is padded only to the longer of its responses, never to the long context.
-- Packed: every sequence of the batch in one row, one after the other, with "position_ids"
+- Packed: one PackedGroup, every sequence of the batch in one row, one after the other, with "position_ids"
   restarting at 0 for each sequence, "sequence_ids" naming the sequence of each token, and the boundaries
   "cu_seq_lens" (S + 1,) and "max_length" for varlen kernels.
   Attention stays within a sequence (transformers reads the restarts as packed sequences:
   varlen kernels with flash-attention, a block mask with flex or sdpa), so there is no
   padding at all.
-- Packed with shared prompts (``pack="shared_prompt"``): as packed, but each context's prompt goes
-  into the row once per pair, followed by all of its responses (chosen, then rejected), each
+- Packed with shared prompts (``pack="shared_prompt"``): one SharedPromptGroup, as packed, but each context's
+  prompt goes into the row once per pair, followed by all of its responses (chosen, then rejected), each
   response's positions continuing from the prompt's end. "segment_ids" names the prompt a token
   belongs to and "branch_ids" its response (0: the prompt itself); a token attends to its prompt and
   to the earlier tokens of its own response (solopo.step.shared_prompt builds that mask).
@@ -26,10 +27,10 @@ from typing import Sequence
 
 import torch
 
+from solopo.core.objective import Key
 from solopo.data.tokenize import TokenizedPair
+from solopo.step.batch import Batch, PackedGroup, PaddedGroup, SharedPromptGroup
 from solopo.step.varlen import packed_lengths
-
-Key = tuple[str, str]  # (context, response)
 
 
 def group_by_context(keys: Sequence[Key]) -> dict[str, tuple[Key, ...]]:
@@ -39,10 +40,10 @@ def group_by_context(keys: Sequence[Key]) -> dict[str, tuple[Key, ...]]:
     return {context: tuple(group) for context, group in groups.items()}
 
 
-def _ref_logps(pairs: list[TokenizedPair], keys: Sequence[Key]) -> dict:
+def _ref_logps(pairs: list[TokenizedPair], keys: Sequence[Key]) -> torch.Tensor | None:
     if all(p.ref_logps is not None for p in pairs):  # precomputed reference log-probs travel with the rows
-        return {"ref_logps": torch.tensor([p.ref_logps["/".join(k)] for k in keys for p in pairs])}
-    return {}
+        return torch.tensor([p.ref_logps["/".join(k)] for k in keys for p in pairs])
+    return None
 
 
 SHARED_PROMPT = "shared_prompt"
@@ -57,11 +58,11 @@ class PairCollator:
         self.pad_token_id = pad_token_id
         self.pack = pack
 
-    def __call__(self, pairs: list[TokenizedPair]) -> dict[str, dict]:
+    def __call__(self, pairs: list[TokenizedPair]) -> Batch:
         build = self._shared if self.pack == SHARED_PROMPT else self._packed if self.pack else self._padded
-        return {name: {**build(pairs, keys), "keys": keys, **_ref_logps(pairs, keys)} for name, keys in self.groups.items()}
+        return Batch({name: build(pairs, keys, _ref_logps(pairs, keys)) for name, keys in self.groups.items()})
 
-    def _padded(self, pairs: list[TokenizedPair], keys: tuple[Key, ...]) -> dict:
+    def _padded(self, pairs: list[TokenizedPair], keys: tuple[Key, ...], ref_logps: torch.Tensor | None) -> PaddedGroup:
         rows = [(p.prompts[context], p.responses[response]) for context, response in keys for p in pairs]
         length = max(len(prompt) + len(response) for prompt, response in rows)
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
@@ -72,9 +73,10 @@ class PairCollator:
             input_ids[i, :n] = torch.tensor(prompt + response)
             attention_mask[i, :n] = 1
             response_mask[i, len(prompt) : n] = True
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+        return PaddedGroup(keys, input_ids, attention_mask, response_mask, n_pairs=len(pairs),
+                           n_tokens=int(attention_mask.sum()), ref_logps=ref_logps)
 
-    def _packed(self, pairs: list[TokenizedPair], keys: tuple[Key, ...]) -> dict:
+    def _packed(self, pairs: list[TokenizedPair], keys: tuple[Key, ...], ref_logps: torch.Tensor | None) -> PackedGroup:
         ids, positions, sequences, response = [], [], [], []
         for index, (prompt, resp) in enumerate((p.prompts[c], p.responses[r]) for c, r in keys for p in pairs):
             ids += prompt + resp
@@ -85,11 +87,11 @@ class PairCollator:
         sequence_ids = row(sequences, torch.long)
         # The sequence boundaries, counted here on the host, for varlen kernels (solopo_varlen, flash-attention).
         cu_seq_lens, max_length = packed_lengths(sequence_ids)
-        return {"input_ids": row(ids, torch.long), "position_ids": row(positions, torch.long),
-                "sequence_ids": sequence_ids, "response_mask": row(response, torch.bool),
-                "cu_seq_lens": cu_seq_lens, "max_length": max_length}
+        return PackedGroup(keys, row(ids, torch.long), row(positions, torch.long), sequence_ids,
+                           row(response, torch.bool), cu_seq_lens, max_length, n_pairs=len(pairs), n_tokens=len(ids), ref_logps=ref_logps)
 
-    def _shared(self, pairs: list[TokenizedPair], keys: tuple[Key, ...]) -> dict:
+    def _shared(self, pairs: list[TokenizedPair], keys: tuple[Key, ...],
+                ref_logps: torch.Tensor | None) -> SharedPromptGroup:
         # Sequence numbers as in the other layouts (block of ``keys`` by block, one per pair), so logps split alike.
         number = {key: i * len(pairs) for i, key in enumerate(keys)}
         columns = {name: [] for name in ("input_ids", "position_ids", "sequence_ids", "response_mask", "segment_ids",
@@ -116,5 +118,7 @@ class PairCollator:
                            ([last] + list(range(at, at + len(response) - 1)))[: len(response)])
                 segment += 1
         dtypes = {"response_mask": torch.bool}
-        return {name: torch.tensor(values, dtype=dtypes.get(name, torch.long)).unsqueeze(0)
-                for name, values in columns.items()}
+        tensors = {name: torch.tensor(values, dtype=dtypes.get(name, torch.long)).unsqueeze(0)
+                   for name, values in columns.items()}
+        return SharedPromptGroup(keys, **tensors, n_pairs=len(pairs), n_tokens=len(columns["input_ids"]),
+                                 ref_logps=ref_logps)

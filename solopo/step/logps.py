@@ -9,91 +9,47 @@ plus log-softmax run over them in chunks. Each chunk is recomputed in backward
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from solopo.step import shared_prompt, varlen
+from solopo.step.batch import Group, Key
 
 
-def response_logps(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Optional[Tensor],
-    response_mask: Tensor,
-    chunk_size: int = 1024,
-    position_ids: Optional[Tensor] = None,
-    sequence_ids: Optional[Tensor] = None,
-    cu_seq_lens: Optional[Tensor] = None,
-    max_length: Optional[int] = None,
-    segment_ids: Optional[Tensor] = None,
-    branch_ids: Optional[Tensor] = None,
-    predict_from: Optional[Tensor] = None,
-) -> tuple[Tensor, Tensor]:
-    """Summed response-token log-probs and response lengths, per sequence.
-
-    Padded rows: input_ids, attention_mask, response_mask are (B, L), one sequence per row,
-    right-padded (pads carry attention_mask 0). Packed rows: attention_mask is None and
-    position_ids / sequence_ids (B, L) give each token's position in its sequence and the
-    sequence's index (sequences are numbered 0..S-1 across the batch); cu_seq_lens (S + 1,) and max_length, the
-    sequence boundaries, let varlen attention kernels skip deriving them.
-    Packed rows with shared prompts also carry segment_ids / branch_ids (the attention mask's
-    inputs, solopo.step.shared_prompt) and predict_from, the position whose hidden state predicts each token.
-    response_mask is True at the positions of response tokens. Returns logps (S,) in at
-    least fp32 and n_tokens (S,), where S = B for padded rows.
-    """
-    if segment_ids is not None:  # shared prompts: the row's mask comes from its segment and branch ids
-        attention_mask = shared_prompt.attention_mask(model.config._attn_implementation, segment_ids, branch_ids)
-    hidden = last_hidden_state(model, input_ids, attention_mask, position_ids, cu_seq_lens, max_length)  # (B, L, H)
-    if sequence_ids is None:  # padded rows: one sequence per row, counted without a device sync
-        n_sequences = input_ids.shape[0]
-        sequence_ids = torch.arange(n_sequences, device=input_ids.device).unsqueeze(1).expand_as(input_ids)
-    else:
-        n_sequences = int(sequence_ids.max()) + 1
-    if predict_from is None:  # token t is predicted by the hidden state at t-1
-        target_mask = response_mask[:, 1:].bool()
-        states = hidden[:, :-1][target_mask]  # (N, H)
-        owner, targets = sequence_ids[:, 1:][target_mask], input_ids[:, 1:][target_mask]  # (N,) each
-    else:  # one packed row whose collator named each token's predicting position (not always the previous one)
-        target_mask = response_mask.bool()
-        states = hidden[0][predict_from[target_mask]]
-        owner, targets = sequence_ids[target_mask], input_ids[target_mask]
-    token_logps = chunked_token_logps(states, targets, model.get_output_embeddings(), _softcap(model), chunk_size)
+def response_logps(model: nn.Module, group: Group, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Summed response-token log-probs and response lengths, per sequence of ``group`` (any layout, see
+    solopo.step.batch): logps (S,) in at least fp32 and n_tokens (S,), S = len(group.keys) * group.n_pairs,
+    log pi(y|x) = sum over the response tokens y_t of log p(y_t | x, y_<t). ``chunk_size`` response tokens at a time
+    go through the LM head and log-softmax."""
+    hidden = last_hidden_state(model, group)  # (B, L, H)
+    states, targets, owner = group.response_predictions(hidden)  # (N, H), (N,), (N,)
+    token_logps = chunked_token_logps(states, targets, model.get_output_embeddings(), _softcap(model),
+                                     chunk_size=chunk_size)
+    n_sequences = len(group.keys) * group.n_pairs
     logps = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
     n_tokens = torch.zeros(n_sequences, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
     return logps, n_tokens
 
 
-def group_logps(model: nn.Module, group: dict, chunk_size: int = 1024) -> dict[tuple[str, str], tuple[Tensor, Tensor]]:
-    """(logps, n_tokens) per (context, response) block of one collated group (see solopo.data.collate)."""
-    inputs = {k: group.get(k) for k in ("input_ids", "attention_mask", "response_mask", "position_ids", "sequence_ids",
-                                        "cu_seq_lens", "max_length", "segment_ids", "branch_ids", "predict_from")}
-    logps, n_tokens = response_logps(model, **inputs, chunk_size=chunk_size)
-    size = logps.shape[0] // len(group["keys"])  # one sequence per pair in each block
-    return {tuple(key): (logps[i * size : (i + 1) * size], n_tokens[i * size : (i + 1) * size])
-            for i, key in enumerate(group["keys"])}
+def group_logps(model: nn.Module, group: Group, chunk_size: int) -> dict[Key, tuple[Tensor, Tensor]]:
+    """(logps, n_tokens) per (context, response) block of one collated group, each (n_pairs,)."""
+    logps, n_tokens = response_logps(model, group, chunk_size)
+    blocks, counts = group.split(logps), group.split(n_tokens)
+    return {key: (values, counts[key]) for key, values in blocks.items()}
 
 
-def last_hidden_state(model: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor],
-                      position_ids: Optional[Tensor], cu_seq_lens: Optional[Tensor] = None,
-                      max_length: Optional[int] = None) -> Tensor:
+def last_hidden_state(model: nn.Module, group: Group) -> Tensor:
     """The final (normed) hidden states, from a call of the model itself: FSDP gathers the weights of the root unit
     (embeddings, final norm, LM head) in the root's forward, and a LoRA-wrapped model routes through its adapter
     there. The LM head runs on the last position only (logits_to_keep=1), a (B, V) by-product."""
-    # transformers hands cu_seq_lens_* / max_length_* to the attention function (its flash-attention kwargs).
-    kwargs = {} if cu_seq_lens is None else dict(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens,
-                                                  max_length_q=max_length, max_length_k=max_length)
-    with varlen.packed_forward() if cu_seq_lens is not None else contextlib.nullcontext():
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    output_hidden_states=True, logits_to_keep=1, use_cache=False, **kwargs)
+    with group.forward_context():
+        out = model(**group.model_inputs(model.config._attn_implementation), output_hidden_states=True,
+                    logits_to_keep=1, use_cache=False)
     return out.hidden_states[-1]
 
 
 def chunked_token_logps(
-    states: Tensor, targets: Tensor, lm_head: nn.Module, softcap: float | None = None, chunk_size: int = 1024
+    states: Tensor, targets: Tensor, lm_head: nn.Module, softcap: float | None = None, *, chunk_size: int
 ) -> Tensor:
     """log softmax(lm_head(states))[targets] for (N, H) states and (N,) targets, in chunks; (N,) fp32."""
     pieces = []

@@ -20,11 +20,6 @@ def peak_memory_gib(device: torch.device) -> float:
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes on macOS, KiB on Linux
 
 
-def batch_tokens(batch: dict) -> int:
-    """Real (non-padding) tokens of a collated batch; packed rows have no padding."""
-    return int(sum(g["attention_mask"].sum() if "attention_mask" in g else g["input_ids"].numel() for g in batch.values()))
-
-
 class Throughput(pl.Callback):
     """Logs train/tokens_per_s, train/step_time_s and train/peak_mem_gib (since training started) every step."""
 
@@ -49,7 +44,7 @@ class Throughput(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._sync(pl_module)
         elapsed = time.perf_counter() - self._start
-        tokens = batch_tokens(batch)
+        tokens = batch.n_tokens  # real (non-padding) tokens, counted by the collator
         self.tokens += tokens
         self.seconds += elapsed
         pl_module.log_dict({

@@ -12,18 +12,15 @@ import torch
 from torch import nn
 
 from solopo.core.algos import Algorithm, Responses
-from solopo.training.distributed import shard_model
+from solopo.core.objective import (CHOSEN, LONG, REJECTED, SHORT, Key, Method, ObjectiveOutput, SoLoRA,
+                                   solopo_objective)
+from solopo.step.batch import Batch, Group
 from solopo.step.logps import group_logps
-from solopo.core.objective import CHOSEN, LONG, REJECTED, SHORT, Method, SoLoRA, solopo_objective
 from solopo.settings.fields import number, refuse, shown
+from solopo.training.distributed import shard_model
 from solopo.training.precision import fsdp_param_dtype
 from solopo.training.schedule import lr_factor
 from solopo.training.step_means import StepMeans
-
-# The frozen reference is in eval mode on purpose; Lightning's start-of-fit check would flag it.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-# Training metrics are reduced across ranks before they are logged (solopo.training.step_means); Lightning cannot tell.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('train/")
 
 ALL_SEQUENCES = [(SHORT, CHOSEN), (SHORT, REJECTED), (LONG, CHOSEN), (LONG, REJECTED)]
 
@@ -58,7 +55,8 @@ class SoLoPOModule(pl.LightningModule):
         method: Method,
         reference: Optional[nn.Module] = None,
         optim: OptimSettings = OptimSettings(),
-        logp_chunk_size: int = 1024,
+        *,
+        logp_chunk_size: int,
         cached_reference: bool = False,
         adapter_reference: bool = False,
     ):
@@ -93,37 +91,52 @@ class SoLoPOModule(pl.LightningModule):
                 shard_model(model, mesh, param_dtype)
         self._sharded = True
 
-    def _reference_logps(self, group: dict):
-        with torch.no_grad():
-            if not self.adapter_reference:
-                return group_logps(self.reference, group, self.logp_chunk_size)
-            training = self.policy.training
-            self.policy.eval()  # no dropout in the reference
-            try:
-                with self.policy.disable_adapter():
-                    return group_logps(self.policy, group, self.logp_chunk_size)
-            finally:
-                self.policy.train(training)
+    def _reference_logps(self, group: Group) -> dict[Key, torch.Tensor]:
+        """The reference's log-probs of each block: precomputed before training (solopo.training.reference), or
+        from the live reference."""
+        if group.ref_logps is not None:
+            return group.split(group.ref_logps)
+        with torch.no_grad(), self._reference_model() as model:
+            return {key: logps for key, (logps, _) in group_logps(model, group, self.logp_chunk_size).items()}
 
-    def sequence_stats(self, batch: dict) -> dict[tuple[str, str], Responses]:
+    @contextlib.contextmanager
+    def _reference_model(self):
+        """The frozen reference, or under LoRA the policy with its adapter off, in eval mode (no dropout) meanwhile."""
+        if not self.adapter_reference:
+            yield self.reference
+            return
+        training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.policy.disable_adapter():
+                yield self.policy
+        finally:
+            self.policy.train(training)
+
+    def group_stats(self, group: Group) -> dict[Key, Responses]:
+        """Response log-probs under the policy (and the reference, when the algorithm needs it) of one group."""
+        policy = group_logps(self.policy, group, self.logp_chunk_size)
+        needs_reference = group.ref_logps is not None or self.algo.needs_reference
+        reference = self._reference_logps(group) if needs_reference else {}
+        return {key: Responses(logps, n_tokens, reference.get(key)) for key, (logps, n_tokens) in policy.items()}
+
+    def sequence_stats(self, batch: Batch) -> dict[Key, Responses]:
         """Response log-probs under the policy (and reference) for every (context, response) in the batch."""
-        stats = {}
-        for group in batch.values():
-            policy = group_logps(self.policy, group, self.logp_chunk_size)
-            reference = None
-            if "ref_logps" in group:  # precomputed once before training (solopo.training.reference)
-                size = group["ref_logps"].shape[0] // len(group["keys"])
-                reference = {tuple(k): (group["ref_logps"][i * size : (i + 1) * size], None) for i, k in enumerate(group["keys"])}
-            elif self.algo.needs_reference:
-                reference = self._reference_logps(group)
-            for key, (logps, n_tokens) in policy.items():
-                stats[key] = Responses(logps, n_tokens, None if reference is None else reference[key][0])
-        return stats
+        return {key: stats for group in batch.groups.values() for key, stats in self.group_stats(group).items()}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = solopo_objective(self.algo, self.ra, self.method, self.sequence_stats(batch))
+    def objective(self, batch: Batch) -> ObjectiveOutput:
+        """The SoLoPO objective of a batch (solopo.core.objective): what training, validation and the benchmarks
+        compute."""
+        return self.objective_of(self.sequence_stats(batch))
+
+    def objective_of(self, stats: dict[Key, Responses]) -> ObjectiveOutput:
+        """The objective of sequence statistics already computed (a profiler times the two parts apart)."""
+        return solopo_objective(self.algo, self.ra, self.method, stats)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        out = self.objective(batch)
         # A non-finite micro-batch is left out of the means; solopo.training.faults.NumericalGuard skips and counts its step.
-        self._step_means.add(out.metrics, batch_pairs(batch), finite=torch.isfinite(out.loss))
+        self._step_means.add(out.metrics, batch.n_pairs, finite=torch.isfinite(out.loss))
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 or self.trainer.is_last_batch:
             means, pairs = self._step_means.pop()  # over the step's micro-batches and all ranks
             if pairs:
@@ -132,13 +145,12 @@ class SoLoPOModule(pl.LightningModule):
                 self.log_dict({f"train/{k}": v for k, v in means.items()}, batch_size=pairs, on_step=True, on_epoch=True)
         return out.loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = solopo_objective(self.algo, self.ra, self.method, self.sequence_stats(batch))
-        self._log("val", out.metrics, batch)
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._log("val", self.objective(batch).metrics, batch)
 
-    def _log(self, split: str, metrics: dict, batch: dict) -> None:
+    def _log(self, split: str, metrics: dict, batch: Batch) -> None:
         # Means weighted by the number of pairs, reduced across ranks: epoch values are exact over uneven batches.
-        options = dict(batch_size=batch_pairs(batch), on_step=False, on_epoch=True, sync_dist=True)
+        options = dict(batch_size=batch.n_pairs, on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{split}/loss", metrics["loss"], prog_bar=True, **options)
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items() if k != "loss"}, **options)
 
@@ -174,7 +186,7 @@ class SoLoPOModule(pl.LightningModule):
         # Lightning calls this once per optimizer step, after the gradients are accumulated, reduced across processes
         # and unscaled, so train/grad_norm is the global gradient's norm before clipping, whatever the layout. Sharded
         # (FSDP2) gradients are DTensors, whose norm is taken across all shards; clipping reuses it.
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for param_group in optimizer.param_groups for p in param_group["params"] if p.grad is not None]
         norm = total_grad_norm(params)
         if norm is not None:
             self.log("train/grad_norm", full(norm), on_step=True, on_epoch=False)
@@ -195,6 +207,19 @@ class SoLoPOModule(pl.LightningModule):
             del state[key]
 
 
+@contextlib.contextmanager
+def intended_warnings_silenced():
+    """Around a fit of SoLoPOModule: leaves out Lightning's warnings about what the module does on purpose, and
+    only meanwhile (warnings filters are process-wide)."""
+    with warnings.catch_warnings():
+        # The frozen reference is in eval mode on purpose; Lightning's start-of-fit check would flag it.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        # Training metrics are reduced across ranks before they are logged (solopo.training.step_means); Lightning
+        # cannot tell, and asks for sync_dist at the epoch's end.
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('train/")
+        yield
+
+
 def total_grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
     """The 2-norm of all the gradients together (a DTensor when they are sharded); None when there are none (DeepSpeed
     keeps its gradients itself)."""
@@ -205,9 +230,3 @@ def full(value: torch.Tensor) -> torch.Tensor:
     """A DTensor's whole value (every rank must call this), or the tensor itself."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
-
-def batch_pairs(batch: dict) -> int:
-    """Preference pairs in a collated batch (each group holds one sequence per pair and key)."""
-    first = next(iter(batch.values()))
-    sequences = first["response_mask"].shape[0] if "attention_mask" in first else int(first["sequence_ids"].max()) + 1
-    return sequences // len(first["keys"])

@@ -18,7 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from solopo.cache import DiskCache, digest
-from solopo.data.collate import Key, PairCollator
+from solopo.core.objective import Key
+from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.step.logps import group_logps
 from solopo.training.precision import autocast, weights_as
@@ -38,9 +39,9 @@ def fingerprint(model_id: str, pairs: Sequence[TokenizedPair], keys: Iterable[Ke
 
 @torch.no_grad()
 def compute_reference_logps(
-    model: nn.Module, pairs: Sequence[TokenizedPair], keys: Sequence[Key], pad_token_id: int,
-    batch_size: int = 4, chunk_size: int = 1024, precision: str = "32-true", desc: str = "reference log-probs",
-    pack: bool = False, weights: torch.dtype | None = None,
+    model: nn.Module, pairs: Sequence[TokenizedPair], keys: Sequence[Key], pad_token_id: int, chunk_size: int,
+    batch_size: int = 4, precision: str = "32-true", desc: str = "reference log-probs",
+    pack: bool | str = False, weights: torch.dtype | None = None,
 ) -> dict[str, dict[str, float]]:
     """{pair id: {"short/chosen": logps, ...}} for every pair and key, with the model as it is now, computed as
     training's forward is: under Lightning's ``precision``, with the weights cast to ``weights`` where the strategy
@@ -54,8 +55,7 @@ def compute_reference_logps(
         with weights_as(model, weights):
             for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch"):
                 chunk = pairs[start : start + batch_size]
-                for group in collate(chunk).values():
-                    group = {k: v.to(device) if torch.is_tensor(v) else v for k, v in group.items()}
+                for group in collate(chunk).to(device).groups.values():
                     with autocast(device, precision):
                         blocks = group_logps(model, group, chunk_size)
                     for key, (logps, _) in blocks.items():
@@ -83,7 +83,7 @@ def covering(pairs: Sequence[TokenizedPair], keys: Sequence[Key]) -> Callable[[d
 
 def with_reference_logps(
     model: nn.Module, pairs: Sequence[TokenizedPair], keys: Sequence[Key], model_id: str, precision: str,
-    pad_token_id: int, cache: DiskCache, batch_size: int = 4, chunk_size: int = 1024, pack: bool = False,
+    pad_token_id: int, cache: DiskCache, chunk_size: int, batch_size: int = 4, pack: bool | str = False,
     desc: str = "reference log-probs", weights: torch.dtype | None = None,
 ) -> list[TokenizedPair]:
     """The pairs carrying their reference log-probs: from the cache when its entry is intact and covers them, else

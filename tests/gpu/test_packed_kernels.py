@@ -12,7 +12,7 @@ from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.step.logps import group_logps
 from solopo.models.loading import load_model
-from conftest import TINY
+from conftest import LOGP_CHUNK_SIZE, TINY
 
 pytestmark = pytest.mark.gpu
 KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen"), ("long", "rejected")]
@@ -29,9 +29,8 @@ def _pairs() -> list[TokenizedPair]:
 def _logps_and_grads(model, batch):
     model.zero_grad()
     blocks = {}
-    for group in batch.values():
-        group = {k: v.cuda() if torch.is_tensor(v) else v for k, v in group.items()}
-        blocks.update(group_logps(model, group))
+    for group in batch.to("cuda").groups.values():
+        blocks.update(group_logps(model, group, LOGP_CHUNK_SIZE))
     logps = torch.cat([blocks[k][0] for k in KEYS])
     (logps * torch.linspace(-1, 1, logps.numel(), device="cuda")).sum().backward()
     return logps.detach(), [p.grad.detach().clone() for p in model.parameters()]

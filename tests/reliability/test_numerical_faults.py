@@ -18,7 +18,7 @@ from solopo.training.module import OptimSettings, SoLoPOModule
 from solopo.core.objective import Method, SoLoRA, required_sequences
 from support import results, run
 
-from conftest import TINY
+from conftest import LOGP_CHUNK_SIZE, TINY
 
 pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 NAN = float("nan")
@@ -70,7 +70,8 @@ def pairs(tokenizer):
 
 
 def fit(tokenizer, pairs, tmp_path, algo, steps, nan_grad=()):
-    module = SoLoPOModule(load_model(TINY, tokenizer, seed=0), algo, SoLoRA(), Method(), optim=OptimSettings(lr=1e-3))
+    module = SoLoPOModule(load_model(TINY, tokenizer, seed=0), algo, SoLoRA(), Method(), optim=OptimSettings(lr=1e-3),
+                          logp_chunk_size=LOGP_CHUNK_SIZE)
     watched = dict(module.named_parameters())[WATCHED]
     watched.register_hook(lambda grad: grad * NAN if algo.step in nan_grad else grad)
     guard, weights = NumericalGuard(max_consecutive=3), Weights()

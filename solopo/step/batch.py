@@ -1,0 +1,191 @@
+"""A collated batch: groups of sequences, each of which knows its layout.
+
+Every group holds the sequences of its (context, response) ``keys``, block by block, one sequence per pair in each
+block: sequence ``i * n_pairs + j`` is pair j's sequence of ``keys[i]``. Three layouts (solopo.data.collate builds
+them, and only it chooses one):
+
+- ``PaddedGroup``: one sequence per row, right-padded; ``attention_mask`` is 0 at the pads.
+- ``PackedGroup``: every sequence in one row, positions restarting at 0 for each; ``sequence_ids`` name the sequence
+  of each token and ``cu_seq_lens`` / ``max_length`` its boundaries, for varlen attention kernels.
+- ``SharedPromptGroup``: one row in which each prompt appears once per pair, followed by its responses;
+  ``segment_ids`` / ``branch_ids`` give the attention mask (solopo.step.shared_prompt) and ``predict_from`` the
+  position whose hidden state predicts each token.
+
+What differs between layouts (the model's inputs, which hidden state predicts which token) is a method of the layout;
+solopo.step.logps runs any of them the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import ContextManager, Optional, Protocol
+
+import torch
+from torch import Tensor
+
+from solopo.core.objective import Key
+from solopo.step import shared_prompt, varlen
+
+
+class Group(Protocol):
+    """What solopo.step.logps and the training step need of a group, whatever its layout."""
+
+    keys: tuple[Key, ...]
+    n_pairs: int
+    n_tokens: int  # real (non-padding) tokens the model reads
+    ref_logps: Optional[Tensor]  # (S,) precomputed reference log-probs, S = len(keys) * n_pairs, or None
+
+    def to(self, device, **kwargs) -> "Group":
+        """The group with every tensor on ``device``."""
+
+    def model_inputs(self, attn_implementation: str) -> dict:
+        """The keyword arguments of the model's forward for this layout (ids, positions, mask or varlen bounds)."""
+
+    def forward_context(self) -> ContextManager:
+        """The context the model's forward runs in for this layout."""
+
+    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From the (B, L, H) final hidden states: the state that predicts each response token (N, H), the token
+        (N,) and the number of its sequence (N,)."""
+
+    def split(self, values: Tensor) -> dict[Key, Tensor]:
+        """A per-sequence (S,) tensor cut into the keys' blocks: {key: (n_pairs,)}."""
+
+
+def _split(keys: tuple[Key, ...], n_pairs: int, values: Tensor) -> dict[Key, Tensor]:
+    # sequence i * n_pairs + j is pair j's sequence of keys[i]
+    return {key: values[i * n_pairs : (i + 1) * n_pairs] for i, key in enumerate(keys)}
+
+
+def _moved(group, device, **kwargs):
+    """The group with every tensor field on ``device`` (Lightning moves a batch through its ``to``)."""
+    return dataclasses.replace(group, **{field.name: value.to(device, **kwargs) for field in dataclasses.fields(group)
+                                         if torch.is_tensor(value := getattr(group, field.name))})
+
+
+def _next_token_predictions(hidden: Tensor, input_ids: Tensor, response_mask: Tensor,
+                            owner: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Token t predicted by the hidden state at t - 1: (states (N, H), targets (N,), owning sequence (N,)) of the
+    N response tokens."""
+    target_mask = response_mask[:, 1:]
+    return hidden[:, :-1][target_mask], input_ids[:, 1:][target_mask], owner[:, 1:][target_mask]
+
+
+@dataclass(frozen=True)
+class PaddedGroup:
+    """(B, L) right-padded rows, B = len(keys) * n_pairs; ``response_mask`` True at response tokens."""
+
+    keys: tuple[Key, ...]
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    n_pairs: int
+    n_tokens: int
+    ref_logps: Optional[Tensor] = None
+
+    def to(self, device, **kwargs) -> "PaddedGroup":
+        return _moved(self, device, **kwargs)
+
+    def split(self, values: Tensor) -> dict[Key, Tensor]:
+        return _split(self.keys, self.n_pairs, values)
+
+    def model_inputs(self, attn_implementation: str) -> dict:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+    def forward_context(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # one sequence per row, numbered without a device sync
+        rows = torch.arange(self.input_ids.shape[0], device=self.input_ids.device).unsqueeze(1)
+        return _next_token_predictions(hidden, self.input_ids, self.response_mask, rows.expand_as(self.input_ids))
+
+
+@dataclass(frozen=True)
+class PackedGroup:
+    """One (1, T) row holding every sequence; ``cu_seq_lens`` (S + 1,) and ``max_length`` are counted on the host."""
+
+    keys: tuple[Key, ...]
+    input_ids: Tensor
+    position_ids: Tensor
+    sequence_ids: Tensor
+    response_mask: Tensor
+    cu_seq_lens: Tensor
+    max_length: int
+    n_pairs: int
+    n_tokens: int
+    ref_logps: Optional[Tensor] = None
+
+    def to(self, device, **kwargs) -> "PackedGroup":
+        return _moved(self, device, **kwargs)
+
+    def split(self, values: Tensor) -> dict[Key, Tensor]:
+        return _split(self.keys, self.n_pairs, values)
+
+    def model_inputs(self, attn_implementation: str) -> dict:
+        # transformers hands cu_seq_lens_* / max_length_* to the attention function (its flash-attention kwargs).
+        return {"input_ids": self.input_ids, "attention_mask": None, "position_ids": self.position_ids,
+                "cu_seq_lens_q": self.cu_seq_lens, "cu_seq_lens_k": self.cu_seq_lens,
+                "max_length_q": self.max_length, "max_length_k": self.max_length}
+
+    def forward_context(self) -> ContextManager:
+        return varlen.packed_forward()  # solopo_varlen builds no mask for it
+
+    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _next_token_predictions(hidden, self.input_ids, self.response_mask, self.sequence_ids)
+
+
+@dataclass(frozen=True)
+class SharedPromptGroup:
+    """One (1, T) row: each prompt once per pair, then its responses, whose positions continue from the prompt's end.
+    A token's hidden state is predicted from ``predict_from`` (the previous position, except for a response's first
+    token, predicted from its prompt's last)."""
+
+    keys: tuple[Key, ...]
+    input_ids: Tensor
+    position_ids: Tensor
+    sequence_ids: Tensor
+    response_mask: Tensor
+    segment_ids: Tensor
+    branch_ids: Tensor
+    predict_from: Tensor
+    n_pairs: int
+    n_tokens: int
+    ref_logps: Optional[Tensor] = None
+
+    def to(self, device, **kwargs) -> "SharedPromptGroup":
+        return _moved(self, device, **kwargs)
+
+    def split(self, values: Tensor) -> dict[Key, Tensor]:
+        return _split(self.keys, self.n_pairs, values)
+
+    def model_inputs(self, attn_implementation: str) -> dict:
+        mask = shared_prompt.attention_mask(attn_implementation, self.segment_ids, self.branch_ids)
+        return {"input_ids": self.input_ids, "attention_mask": mask, "position_ids": self.position_ids}
+
+    def forward_context(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mask = self.response_mask
+        return hidden[0][self.predict_from[mask]], self.input_ids[mask], self.sequence_ids[mask]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The groups of one collated batch by name (a context's name, or "packed"); every group holds the same pairs."""
+
+    groups: dict[str, Group]
+
+    @property
+    def n_pairs(self) -> int:
+        return next(iter(self.groups.values())).n_pairs
+
+    @property
+    def n_tokens(self) -> int:
+        """Real (non-padding) tokens of the batch, for throughput."""
+        return sum(group.n_tokens for group in self.groups.values())
+
+    def to(self, device, **kwargs) -> "Batch":
+        return Batch({name: group.to(device, **kwargs) for name, group in self.groups.items()})
