@@ -103,7 +103,7 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, tokenizer, policy) -
                 examples, counts[split]["sampling"] = sample_pairs(
                     examples, policy, tokenizer, sampling, settings.method.pairs_from, model_identity(spec, cfg.seed),
                     cache=DiskCache.under_root("pairs", cfg.cache.verify), model_path=path)
-        pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
+        pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong, cfg.data.truncate)
         if not pairs[split]:
             if split == "train":
                 raise ValueError(f"no {split} pairs left ({counts[split]}; skipped {dict(skipped)})")
