@@ -59,7 +59,7 @@ def turns(value: Any, label: str, where: Where, tags: Tags) -> tuple[Turn, ...]:
 
 def prompt(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> Prompt:
     """A string (one user message), or messages ending where the assistant's response begins."""
-    if isinstance(value, str) or value is None:
+    if not isinstance(value, list):
         return check_text(value, label, where, strip=False)
     found = turns(value, label, where, tags)
     if found[-1].role == "assistant":
@@ -69,7 +69,7 @@ def prompt(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> Prompt:
 
 def response(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> str:
     """A string, one assistant message, or a list holding one assistant message."""
-    if isinstance(value, str) or value is None:
+    if not isinstance(value, (list, dict)):
         return check_text(value, label, where, strip=False)
     messages = turns(value, label, where, tags) if isinstance(value, list) else (turn(value, label, where, tags_of(value, tags)),)
     if len(messages) != 1 or messages[0].role != "assistant":

@@ -2,7 +2,7 @@
 
 | ``data.path``                                      | read by                        | place in messages |
 |----------------------------------------------------|--------------------------------|-------------------|
-| ``.jsonl`` (or ``.json`` holding one object a line) | solopo, line by line           | line N (1-based)  |
+| ``.jsonl`` (or ``.json`` not opening with ``[``)   | solopo, line by line           | line N (1-based)  |
 | ``.json`` holding one JSON array                   | solopo                         | record N (0-based)|
 | ``.parquet``, ``.csv``, ``.arrow``                 | Hugging Face ``datasets``      | row N (0-based)   |
 | a ``save_to_disk`` folder (Dataset or DatasetDict) | ``datasets.load_from_disk``    | row N             |
@@ -30,6 +30,7 @@ from solopo.data.formats.records import checked_path, iter_jsonl, read_json_list
 
 ARROW_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 JSON_SUFFIXES = (".json", ".jsonl")
+DATA_SUFFIXES = (*JSON_SUFFIXES, *ARROW_SUFFIXES)
 SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what Dataset(Dict).save_to_disk writes
 LLAMA_FACTORY_INDEX = "dataset_info.json"
 
@@ -44,6 +45,8 @@ class Source:
 
 def open_source(path: str, split: Optional[str] = None, name: Optional[str] = None) -> Source:
     """The records of ``path``, whichever container it is (see the table above)."""
+    if Path(path).name == LLAMA_FACTORY_INDEX:  # the index named instead of its folder
+        path = str(Path(path).parent)
     if not os.path.isdir(checked_path(str(path), folder=True)):
         return Source(_file_records(str(path), split, name), _mapping_beside(Path(path)))
     folder = Path(path)
@@ -53,6 +56,9 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
     if entries is not None and any("file_name" in entry for entry in entries.values()):
         entry = _entry(entries, name, folder)
         return Source(_file_records(str(folder / entry["file_name"]), split, None), entry)
+    if not any(file.suffix.lower() in DATA_SUFFIXES for file in folder.rglob("*") if file.is_file()):
+        raise DataFileError(f"{path}: not a dataset: no data files ({', '.join(DATA_SUFFIXES)}), no save_to_disk "
+                            f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
     return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name)))
 
 
@@ -63,7 +69,7 @@ def _file_records(path: str, split: Optional[str], name: Optional[str]) -> Itera
     if suffix not in JSON_SUFFIXES:
         raise DataFileError(f"{path}: unknown kind of file; expected .jsonl, .json, .parquet, .csv, .arrow or a "
                             "dataset folder")
-    return iter(read_json_list(path)) if _first_character(path) == "[" else iter_jsonl(path)
+    return iter(read_json_list(path)) if suffix == ".json" and _first_character(path) == "[" else iter_jsonl(path)
 
 
 def _first_character(path: str) -> str:

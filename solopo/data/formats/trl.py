@@ -8,6 +8,7 @@
 
 The explicit standard layout is solopo's schema B. Conversational prompts keep their messages, system ones
 included, for the model's chat template; implicit prompts are split off as solopo.data.formats.chat.split_implicit says.
+A prompt beside chosen/rejected conversations that repeat it (UltraFeedback's layout) is read as an implicit prompt.
 """
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from solopo.data.schema import Prompt
 
 
 def explicit(record: dict, where: Where) -> tuple[Prompt, str, str]:
-    return (prompt(required(record, "prompt", where), "prompt", where), response(required(record, "chosen", where), "chosen", where),
+    """The prompt as given; but where chosen is a conversation that opens with the prompt's own messages (or a
+    conversation beside a text prompt, as some published sets are), the prompt is the messages chosen and rejected
+    share, as TRL reads them too."""
+    chosen = required(record, "chosen", where)
+    if isinstance(chosen, list) and chosen and isinstance(chosen[0], dict) and chosen[0].get("role") != "assistant":
+        return implicit(record, where)
+    return (prompt(required(record, "prompt", where), "prompt", where), response(chosen, "chosen", where),
             response(required(record, "rejected", where), "rejected", where))
 
 
