@@ -268,3 +268,19 @@ def test_deep_json_nesting_is_one_line(container, tmp_path):
     place = " line 1" if container == "jsonl" else ""
     with pytest.raises(DataFileError, match=rf"^{path}{place}: invalid JSON: nested too deeply$"):
         pairs.load(str(path))
+
+
+SMOKE = [("A", "csv", []), ("trl_standard", "folder", []), ("trl_conversational", "parquet", []),
+         ("trl_implicit", "json", []), ("trl_implicit_conversational", "saved", []),
+         ("sharegpt", "saved_dict", ["data.split=train_prefs"]), ("alpaca", "jsonl", [])]
+
+
+@pytest.mark.parametrize("fmt, container, extra", SMOKE)
+def test_smoke_run_per_format(fmt, container, extra, tmp_path):
+    from test_run import results, run_here
+
+    path = write(container, records(fmt), tmp_path)
+    run_here(["algo=dpo", "experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
+              f"hydra.run.dir={tmp_path / 'run'}", *extra])
+    counts = results(tmp_path / "run")["data"]
+    assert counts["train"]["pairs"] == 3 and counts["val"]["pairs"] == 1
