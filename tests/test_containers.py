@@ -13,7 +13,7 @@ from datasets import Dataset, DatasetDict
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from solopo.data.formats import DataFileError, pairs
+from solopo.data.formats import DataFileError, pairs, source
 from solopo.data.schema import Turn
 from solopo.data.tokenize import encode_prompt
 from solopo.settings.build import ConfigError, load_source
@@ -22,6 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CITIES = [("France", "Paris", "Rome"), ("Italy", "Rome", "Madrid"), ("Spain", "Madrid", "Berlin"),
           ("Germany", "Berlin", "Vienna")]
 SYSTEM = "You are a terse geography tutor."
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    """datasets' Arrow copies of these fixtures go to the test's folder, not the user's $SOLOPO_CACHE."""
+    monkeypatch.setattr(source, "cache_root", lambda: tmp_path / "cache")
 
 
 def compose_config(overrides):
@@ -84,7 +90,8 @@ def write(container, rows, folder: Path) -> Path:
         Dataset.from_list(rows).save_to_disk(str(path))
     elif container == "saved_dict":  # a DatasetDict: data.split picks one
         path = folder / "saved_dict"
-        DatasetDict({"train_prefs": Dataset.from_list(rows), "test_prefs": Dataset.from_list(rows[:2])}).save_to_disk(str(path))
+        splits = {"train_prefs": Dataset.from_list(rows), "test_prefs": Dataset.from_list(rows[:2])}
+        DatasetDict(splits).save_to_disk(str(path))
     else:  # a local dataset repository: data files in a folder
         path = folder / "repo"
         (path / "data").mkdir(parents=True)
@@ -140,7 +147,13 @@ def test_a_prompt_beside_whole_conversations_is_read_as_an_implicit_prompt(tmp_p
     row = {"prompt": question("France"), "chosen": [user(question("France")), assistant("Paris")],
            "rejected": [user(question("France")), assistant("Rome")]}
     example = pairs.load(str(write("jsonl", [row], tmp_path))).train[0]
-    assert (example.prompt_long, example.chosen, example.rejected) == ((Turn("user", question("France")),), "Paris", "Rome")
+    assert (example.prompt_long, example.chosen, example.rejected) == (
+        (Turn("user", question("France")),), "Paris", "Rome")
+
+
+def test_numbered_ids_are_taken_as_their_digits(tmp_path):
+    rows = [{**row, "id": index} for index, row in enumerate(records("trl_standard"))]
+    assert sorted(row.id for row in pairs.load(str(write("parquet", rows, tmp_path))).train) == ["0", "1", "2", "3"]
 
 
 def test_the_chat_template_renders_system_prompts_and_earlier_turns(tokenizer):
@@ -232,7 +245,8 @@ def test_a_data_file_datasets_cannot_read_is_one_line(tmp_path):
 
 def test_a_missing_split_lists_the_splits(tmp_path):
     path = write("saved_dict", records("trl_standard"), tmp_path)
-    with pytest.raises(DataFileError, match=r"saved_dict: no split 'train'; set data.split to one of train_prefs, test_prefs$"):
+    with pytest.raises(DataFileError, match=r"saved_dict: no split 'train'; set data.split to one of train_prefs, "
+                                            r"test_prefs$"):
         pairs.load(str(path))
 
 

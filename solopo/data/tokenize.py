@@ -69,7 +69,8 @@ def tokenize_examples(
                          f"{', '.join(OVERLONG_POLICIES)} and one of {', '.join(TRUNCATE_SIDES)}")
     out, counts = [], Counter()
     for ex in examples:
-        responses = {"chosen": encode_response(tokenizer, ex.chosen), "rejected": encode_response(tokenizer, ex.rejected)}
+        responses = {"chosen": encode_response(tokenizer, ex.chosen),
+                     "rejected": encode_response(tokenizer, ex.rejected)}
         room = max_length - max(map(len, responses.values()))  # what the prompt may take beside the longer response
         prompts = {"short": encode_prompt(tokenizer, ex.prompt_short), "long": encode_prompt(tokenizer, ex.prompt_long)}
         too_long = [context for context, ids in prompts.items() if len(ids) > room]
@@ -124,6 +125,7 @@ def truncated(tokenizer, prompt: Prompt, question: str, room: int, side: str) ->
 
 def _report(counts: Counter, total: int, side: str) -> None:
     if counts["over_max_length"]:
-        log.warning("skipped %d of %d examples: %s", counts["over_max_length"], total, {"over_max_length": counts["over_max_length"]})
+        skipped = counts["over_max_length"]
+        log.warning("skipped %d of %d examples: %s", skipped, total, {"over_max_length": skipped})
     if counts["truncated"]:
         log.warning("truncated the context of %d of %d examples (data.truncate=%s)", counts["truncated"], total, side)

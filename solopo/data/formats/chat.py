@@ -47,14 +47,16 @@ def turn(message: Any, label: str, where: Where, tags: Tags) -> Turn:
     role = check_text(message.get(tags.role), inner.label(tags.role), inner)
     if role not in tags.roles():
         raise inner.error(f"role {role!r} is not one of {', '.join(tags.roles())}", inner.label(tags.role))
-    return Turn(tags.roles()[role], check_text(message.get(tags.content), inner.label(tags.content), inner, strip=False))
+    content = check_text(message.get(tags.content), inner.label(tags.content), inner, strip=False)
+    return Turn(tags.roles()[role], content)
 
 
 def turns(value: Any, label: str, where: Where, tags: Tags) -> tuple[Turn, ...]:
     """A non-empty list of messages."""
     if not check(value, list, label, where):
         raise where.error("empty list", label)
-    return tuple(turn(message, f"{label}[{index}]", where, tags_of(message, tags)) for index, message in enumerate(value))
+    return tuple(turn(message, f"{label}[{index}]", where, tags_of(message, tags))
+                 for index, message in enumerate(value))
 
 
 def prompt(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> Prompt:
@@ -71,7 +73,8 @@ def response(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> str:
     """A string, one assistant message, or a list holding one assistant message."""
     if not isinstance(value, (list, dict)):
         return check_text(value, label, where, strip=False)
-    messages = turns(value, label, where, tags) if isinstance(value, list) else (turn(value, label, where, tags_of(value, tags)),)
+    messages = (turns(value, label, where, tags) if isinstance(value, list)
+                else (turn(value, label, where, tags_of(value, tags)),))
     if len(messages) != 1 or messages[0].role != "assistant":
         raise where.error(f"expected one assistant message, got {', '.join(m.role for m in messages)}", label)
     return messages[0].content
@@ -84,7 +87,8 @@ def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, st
     response. Text: the shared beginning up to its last whitespace is the prompt (whole words), the rest the responses.
     """
     if isinstance(chosen, list) and isinstance(rejected, list):
-        chosen_turns, rejected_turns = turns(chosen, "chosen", where, OPENAI), turns(rejected, "rejected", where, OPENAI)
+        chosen_turns = turns(chosen, "chosen", where, OPENAI)
+        rejected_turns = turns(rejected, "rejected", where, OPENAI)
         shared = 0
         while shared < min(len(chosen_turns), len(rejected_turns)) and chosen_turns[shared] == rejected_turns[shared]:
             shared += 1
@@ -93,7 +97,8 @@ def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, st
         return (prompt(chosen[:shared], "chosen", where),
                 response(chosen[shared:] or None, f"chosen[{shared}:]", where),
                 response(rejected[shared:] or None, f"rejected[{shared}:]", where))
-    chosen_text, rejected_text = check_text(chosen, "chosen", where, False), check_text(rejected, "rejected", where, False)
+    chosen_text = check_text(chosen, "chosen", where, strip=False)
+    rejected_text = check_text(rejected, "rejected", where, strip=False)
     common = 0
     while common < min(len(chosen_text), len(rejected_text)) and chosen_text[common] == rejected_text[common]:
         common += 1

@@ -48,7 +48,8 @@ def sharegpt(record: dict, where: Where, mapping: Optional[dict] = None) -> tupl
                                 if key in _TAG_KEYS})
     conversation = turns(required(record, columns["messages"], where), columns["messages"], where, tags)
     if conversation[-1].role == "assistant":
-        raise where.error("ends with an assistant message; the response belongs in chosen/rejected", columns["messages"])
+        raise where.error("ends with an assistant message; the response belongs in chosen/rejected",
+                          columns["messages"])
     return (_system(record, columns, where) + conversation,
             response(required(record, columns["chosen"], where), columns["chosen"], where, tags),
             response(required(record, columns["rejected"], where), columns["rejected"], where, tags))

@@ -2,14 +2,14 @@
 A file keeps to one format, told by the keys of each record (a LLaMA-Factory ``dataset_info.json`` entry decides
 for the file):
 
-| format                         | keys                                          | gives                       |
-|--------------------------------|-----------------------------------------------|-----------------------------|
-| A: SoLoPO pairs                | prompt_short, prompt_long, chosen, rejected   | pairs, contexts as written  |
-| A': passages                   | question, relevant, chosen, rejected          | items; solopo builds x_short and x_long |
-| B: TRL explicit prompt         | prompt, chosen, rejected (text or messages)   | plain PO pairs (x_short = x_long) |
-| TRL implicit prompt            | chosen, rejected (text or messages)           | plain PO pairs, prompt = the shared start |
-| LLaMA-Factory sharegpt         | conversations (or mapped), chosen, rejected   | plain PO pairs              |
-| LLaMA-Factory alpaca           | instruction, input, chosen, rejected          | plain PO pairs              |
+| format                 | keys                                        | gives                                      |
+|------------------------|---------------------------------------------|--------------------------------------------|
+| A: SoLoPO pairs        | prompt_short, prompt_long, chosen, rejected | pairs, contexts as written                 |
+| A': passages           | question, relevant, chosen, rejected        | items; solopo builds x_short and x_long    |
+| B: TRL explicit prompt | prompt, chosen, rejected (text or messages) | plain PO pairs (x_short = x_long)          |
+| TRL implicit prompt    | chosen, rejected (text or messages)         | plain PO pairs, prompt = the shared start  |
+| LLaMA-Factory sharegpt | conversations (or mapped), chosen, rejected | plain PO pairs                             |
+| LLaMA-Factory alpaca   | instruction, input, chosen, rejected        | plain PO pairs                             |
 
 A, B and the ecosystem's formats may also carry id, question and answers; A' irrelevant, answers and id. Schema A
 and A' are given by the keys in that order of precedence (see ``format_of``); the layouts of the ecosystem's formats
@@ -125,7 +125,8 @@ def _schema_a_passages(record: dict, where: Where, mapping: dict | None) -> QAIt
 def _count_long_not_longer(rows: list[PreferenceExample], places: list[Where], path: str) -> None:
     """Schema A: a prompt_long no longer than its prompt_short (fields swapped, or a long context never filled)
     leaves SoLo-RA nothing to align. The pair still trains the PO loss, so it is counted in the log, not refused."""
-    found = [where.place for where, row in zip(places, rows) if len(prompt_text(row.prompt_long)) <= len(prompt_text(row.prompt_short))]
+    found = [where.place for where, row in zip(places, rows)
+             if len(prompt_text(row.prompt_long)) <= len(prompt_text(row.prompt_short))]
     if found:
         log.warning("%s: %d of %d records have a prompt_long no longer than their prompt_short (%s%s); SoLo-RA has "
                     "no long context to align there", path, len(found), len(rows), ", ".join(found[:3]),
@@ -139,6 +140,9 @@ def _check_pair(chosen: str, rejected: str, where: Where) -> None:
 
 
 def _id(record: dict, where: Where) -> str:
+    """The record's id (published sets often number them: an integer is taken as its digits), else its place."""
+    if isinstance(record.get("id"), int) and not isinstance(record["id"], bool):
+        return str(record["id"])
     return field(record, "id", str, where, default=f"{Path(where.path).stem}:{where.place.replace(' ', '')}")
 
 

@@ -35,7 +35,8 @@ def read_jsonl(path: str) -> list[tuple[Where, dict]]:
 
 def iter_jsonl(path: str) -> Iterator[tuple[Where, dict]]:
     """The records of a jsonl file one by one, so a large file is never held whole."""
-    with open(checked_path(path), "rb") as lines:  # decoded line by line, so a bad encoding is reported with its line too
+    # Decoded line by line, so a bad encoding is reported with its line too.
+    with open(checked_path(path), "rb") as lines:
         for number, raw in enumerate(lines, start=1):
             where = Where(path, f"line {number}")
             try:
