@@ -133,6 +133,9 @@ def test_formats_map_to_prompts_and_responses(tmp_path):
     implicit = first("trl_implicit")
     assert (implicit.prompt_long, implicit.chosen, implicit.rejected) == (
         f"{question('France')} The capital is", " Paris.", " Rome.")
+    rows = [{"chosen": f"Capital of {c}:{good}", "rejected": f"Capital of {c}:{bad}"} for c, good, bad in CITIES]
+    unspaced = pairs.load(str(write("jsonl", rows, tmp_path))).train[0]
+    assert unspaced.prompt_long.endswith(":") and unspaced.chosen in ("Paris", "Rome", "Madrid", "Berlin")
     implicit = first("trl_implicit_conversational")
     assert (implicit.prompt_long, implicit.chosen) == ((Turn("user", question("France")),), "Paris")
     alpaca = first("alpaca")

@@ -84,7 +84,8 @@ def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, st
     """TRL's implicit prompt: chosen and rejected each hold the whole exchange, and the prompt is what they share.
 
     Messages: the shared leading messages are the prompt, and each side's one remaining assistant message is its
-    response. Text: the shared beginning up to its last whitespace is the prompt (whole words), the rest the responses.
+    response. Text: the shared beginning, less a word the two only begin alike, is the prompt; the rest, from the space
+    before it, the responses ("The sky is" + " blue." / " green.").
     """
     if isinstance(chosen, list) and isinstance(rejected, list):
         chosen_turns = turns(chosen, "chosen", where, OPENAI)
@@ -102,7 +103,10 @@ def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, st
     common = 0
     while common < min(len(chosen_text), len(rejected_text)) and chosen_text[common] == rejected_text[common]:
         common += 1
-    cut = max((i for i in range(common) if chosen_text[i].isspace()), default=0)
+    cut = common
+    while cut and chosen_text[cut - 1].isalnum():  # a word both begin alike ("4" and "42") belongs to the responses
+        cut -= 1
+    cut -= 1 if cut and chosen_text[cut - 1].isspace() else 0  # the space before a response is the response's, as in TRL
     if not chosen_text[:cut].strip():
         raise where.error("shares no leading words with 'rejected', so there is no prompt", "chosen")
     return chosen_text[:cut], chosen_text[cut:], rejected_text[cut:]
