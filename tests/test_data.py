@@ -16,7 +16,7 @@ from solopo.data.contexts import SEPARATOR, build_contexts
 from solopo.data.formats import longbench, pairs as pair_files
 from solopo.data.pairs import build_examples, to_examples
 from solopo.data.schema import PreferenceExample, QAItem, Splits, Turn
-from solopo.data.tokenize import encode_prompt, tokenize_examples
+from solopo.data.tokenize import encode_prompt, encode_response, tokenize_examples
 from solopo.data.world import qa_items, split_questions
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -289,14 +289,15 @@ INSTRUCTION = "Answer the question using the documents above.\nQuestion: Who wro
 def test_overlong_contexts_are_truncated_never_the_question_or_the_response(side, tokenizer, caplog):
     example = long_example("\n\n".join(PASSAGES + [INSTRUCTION]))
     pairs, counts = tokenize_examples([example], tokenizer, max_length=300, overlong="truncate", truncate=side)
-    assert counts == Counter(truncated=1) and f"truncated the context of 1 of 1 examples (data.truncate={side})" in caplog.text
+    assert counts == Counter(truncated=1)
+    assert f"truncated the context of 1 of 1 examples (data.truncate={side})" in caplog.text
     pair = pairs[0]
     assert len(pair.prompts["long"]) + max(map(len, pair.responses.values())) <= 300
     text = tokenizer.decode(pair.prompts["long"])
     assert text.endswith(INSTRUCTION + "<|im_end|>\n<|im_start|>assistant\n") and "Passage 19:" in text
     assert ("Passage 0:" in text) == (side == "middle")  # middle keeps the context's beginning and end
     assert pair.prompts["short"] == encode_prompt(tokenizer, example.prompt_short)
-    assert pair.responses["chosen"] == tokenizer("Shakespeare", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert pair.responses["chosen"] == encode_response(tokenizer, "Shakespeare")
 
 
 def test_truncation_cuts_only_the_last_user_message_of_a_conversation(tokenizer):

@@ -106,7 +106,8 @@ def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, st
     cut = common
     while cut and chosen_text[cut - 1].isalnum():  # a word both begin alike ("4" and "42") belongs to the responses
         cut -= 1
-    cut -= 1 if cut and chosen_text[cut - 1].isspace() else 0  # the space before a response is the response's, as in TRL
+    if cut and chosen_text[cut - 1].isspace():  # the space before a response is the response's, as in TRL
+        cut -= 1
     if not chosen_text[:cut].strip():
         raise where.error("shares no leading words with 'rejected', so there is no prompt", "chosen")
     return chosen_text[:cut], chosen_text[cut:], rejected_text[cut:]
