@@ -238,9 +238,11 @@ def test_a_folder_that_is_not_a_dataset_is_one_line(tmp_path):
                                   "dataset_info.json")
 
 
-def test_a_data_file_datasets_cannot_read_is_one_line(tmp_path):
-    path = tmp_path / "broken.parquet"
-    path.write_bytes(b"PAR1 not really parquet")
+@pytest.mark.parametrize("broken", ["broken.parquet", "saved/state.json"])
+def test_a_container_datasets_cannot_read_is_one_line(broken, tmp_path):
+    (tmp_path / "saved").mkdir()
+    (tmp_path / broken).write_bytes(b"PAR1 not really data")
+    path = tmp_path / broken.split("/")[0]
     with pytest.raises(DataFileError) as refused:
         pairs.load(str(path))
     assert str(refused.value).startswith(f"{path}: not a dataset that can be read (") and "\n" not in str(refused.value)

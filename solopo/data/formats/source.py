@@ -18,6 +18,7 @@ LLaMA-Factory ``dataset_info.json``, whose column mapping comes along as ``Sourc
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -48,21 +49,23 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
     if Path(path).name == LLAMA_FACTORY_INDEX:  # the index named instead of its folder
         path = str(Path(path).parent)
     if not os.path.isdir(checked_path(str(path), folder=True)):
-        return Source(_file_records(str(path), split, name), _mapping_beside(Path(path)))
+        return Source(_file_records(str(path), split), _mapping_beside(Path(path)))
     folder = Path(path)
     if any((folder / marker).is_file() for marker in SAVED_MARKERS):
-        return Source(_rows(str(path), _pick_split(_datasets().load_from_disk(str(folder)), split, path)))
+        with _one_line(path):
+            saved = _datasets().load_from_disk(str(folder))
+        return Source(_rows(str(path), _pick_split(saved, split, path)))
     entries = _llama_factory_index(folder)
     if entries is not None and any("file_name" in entry for entry in entries.values()):
         entry = _entry(entries, name, folder)
-        return Source(_file_records(str(folder / entry["file_name"]), split, None), entry)
+        return Source(_file_records(str(folder / entry["file_name"]), split), entry)
     if not any(file.suffix.lower() in DATA_SUFFIXES for file in folder.rglob("*") if file.is_file()):
         raise DataFileError(f"{path}: not a dataset: no data files ({', '.join(DATA_SUFFIXES)}), no save_to_disk "
                             f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
     return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name)))
 
 
-def _file_records(path: str, split: Optional[str], name: Optional[str]) -> Iterator[tuple[Where, dict]]:
+def _file_records(path: str, split: Optional[str]) -> Iterator[tuple[Where, dict]]:
     suffix = Path(path).suffix.lower()
     if suffix in ARROW_SUFFIXES:
         return _rows(path, _load_dataset(ARROW_SUFFIXES[suffix], path, split, data_files=checked_path(path)))
@@ -98,14 +101,20 @@ def _datasets():
 
 
 def _load_dataset(builder: str, path: str, split: Optional[str], **options: Any):
-    """``datasets.load_dataset`` on local data, its split picked; its failures as one line naming ``path``."""
-    datasets = _datasets()
+    """``datasets.load_dataset`` on local data, its split picked."""
+    with _one_line(path):
+        loaded = _datasets().load_dataset(builder, cache_dir=str(cache_root() / "datasets"), **options)
+    return _pick_split(loaded, split, path)
+
+
+@contextlib.contextmanager
+def _one_line(path: str) -> Iterator[None]:
+    """datasets' failures (Arrow's, pandas', its own: many kinds) as one line naming ``path``."""
     try:
-        loaded = datasets.load_dataset(builder, cache_dir=str(cache_root() / "datasets"), **options)
-    except Exception as err:  # datasets raises many kinds (Arrow, pandas, its own): each becomes one line
+        yield
+    except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataFileError(f"{path}: not a dataset that can be read ({reason})") from None
-    return _pick_split(loaded, split, path)
 
 
 def _pick_split(loaded, split: Optional[str], path: str):
