@@ -110,7 +110,8 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, tokenizer, policy) -
             # e.g. on-policy sampling on long contexts found no right answer among the few validation items
             log.warning("no val pairs left (%s; skipped %s): training runs without validation metrics",
                         counts[split], dict(skipped))
-        counts[split].update({"pairs": len(pairs[split]), "skipped": dict(skipped),
+        counts[split].update({"pairs": len(pairs[split]), "truncated": skipped.pop("truncated", 0),
+                              "skipped": dict(skipped),
                               "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / max(len(pairs[split]), 1)
                                               for c in ("short", "long")}})
     if splits.skipped:  # records the loader left out (e.g. unanswerable), by reason

@@ -303,3 +303,19 @@ def test_smoke_run_per_format(fmt, container, extra, tmp_path):
               f"hydra.run.dir={tmp_path / 'run'}", *extra])
     counts = results(tmp_path / "run")["data"]
     assert counts["train"]["pairs"] == 3 and counts["val"]["pairs"] == 1
+
+
+def test_smoke_run_truncates_overlong_contexts_and_reports_the_count(tmp_path):
+    from test_run import results, run_here
+
+    filler = "\n\n".join(f"Note {i}: " + "the archive lists old maps " * 8 for i in range(12))
+    rows = [{**row, "prompt_long": f"{filler}\n\n{question(country)}"}
+            for row, (country, _, _) in zip(records("A"), CITIES)]
+    path = write("jsonl", rows, tmp_path)
+    run_here(["algo=dpo", "experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
+              "data.long_len=128", "model.max_length=256", "eval.lengths=[short,128]", "data.overlong=truncate",
+              "data.truncate=left",
+              f"hydra.run.dir={tmp_path / 'run'}"])
+    counts = results(tmp_path / "run")["data"]
+    assert counts["train"]["pairs"] == 3 and counts["train"]["truncated"] == 3 and counts["train"]["skipped"] == {}
+    assert counts["train"]["mean_tokens"]["long"] <= 256
