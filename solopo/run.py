@@ -105,14 +105,15 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, tokenizer, policy) -
                 examples, counts[split]["sampling"] = sample_pairs(
                     examples, policy, tokenizer, sampling, settings.method.pairs_from, model_identity(spec, cfg.seed),
                     cache=DiskCache.under_root("pairs", cfg.cache.verify), model_path=path)
-        pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong)
+        pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong, cfg.data.truncate)
         if not pairs[split]:
             if split == "train":
                 raise ValueError(f"no {split} pairs left ({counts[split]}; skipped {dict(skipped)})")
             # e.g. on-policy sampling on long contexts found no right answer among the few validation items
             log.warning("no val pairs left (%s; skipped %s): training runs without validation metrics",
                         counts[split], dict(skipped))
-        counts[split].update({"pairs": len(pairs[split]), "skipped": dict(skipped),
+        counts[split].update({"pairs": len(pairs[split]), "truncated": skipped.pop("truncated", 0),
+                              "skipped": dict(skipped),
                               "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / max(len(pairs[split]), 1)
                                               for c in ("short", "long")}})
     if splits.skipped:  # records the loader left out (e.g. unanswerable), by reason

@@ -15,8 +15,8 @@ from solopo.data.collate import PairCollator
 from solopo.data.contexts import SEPARATOR, build_contexts
 from solopo.data.formats import longbench, pairs as pair_files
 from solopo.data.pairs import build_examples, to_examples
-from solopo.data.schema import PreferenceExample, QAItem, Splits
-from solopo.data.tokenize import encode_prompt, tokenize_examples
+from solopo.data.schema import PreferenceExample, QAItem, Splits, Turn
+from solopo.data.tokenize import encode_prompt, encode_response, tokenize_examples
 from solopo.data.world import qa_items, split_questions
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -274,3 +274,41 @@ def test_prompt_templates(count_tokens):
     assert cot.long.endswith(item.question) and direct.long.endswith(item.question)
     with pytest.raises(ValueError, match="unknown prompt template 'verbose'"):
         build_contexts(item, 512, count_tokens, random.Random(0), (), template="verbose")
+
+
+def long_example(prompt_long, question="Who wrote Hamlet?"):
+    return PreferenceExample("e1", question, ("Shakespeare",), "short ctx\n\nQuestion: Who wrote Hamlet?",
+                             prompt_long, "Shakespeare", "Marlowe")
+
+
+PASSAGES = [f"Passage {i}: " + "filler words " * 20 for i in range(20)]
+INSTRUCTION = "Answer the question using the documents above.\nQuestion: Who wrote Hamlet?"
+
+
+@pytest.mark.parametrize("side", ["middle", "left"])
+def test_overlong_contexts_are_truncated_never_the_question_or_the_response(side, tokenizer, caplog):
+    example = long_example("\n\n".join(PASSAGES + [INSTRUCTION]))
+    pairs, counts = tokenize_examples([example], tokenizer, max_length=300, overlong="truncate", truncate=side)
+    assert counts == Counter(truncated=1)
+    assert f"truncated the context of 1 of 1 examples (data.truncate={side})" in caplog.text
+    pair = pairs[0]
+    assert len(pair.prompts["long"]) + max(map(len, pair.responses.values())) <= 300
+    text = tokenizer.decode(pair.prompts["long"])
+    assert text.endswith(INSTRUCTION + "<|im_end|>\n<|im_start|>assistant\n") and "Passage 19:" in text
+    assert ("Passage 0:" in text) == (side == "middle")  # middle keeps the context's beginning and end
+    assert pair.prompts["short"] == encode_prompt(tokenizer, example.prompt_short)
+    assert pair.responses["chosen"] == encode_response(tokenizer, "Shakespeare")
+
+
+def test_truncation_cuts_only_the_last_user_message_of_a_conversation(tokenizer):
+    system = Turn("system", "You are terse.")
+    example = long_example((system, Turn("user", "\n\n".join(PASSAGES + [INSTRUCTION]))))
+    pairs, counts = tokenize_examples([example], tokenizer, max_length=300, overlong="truncate")
+    text = tokenizer.decode(pairs[0].prompts["long"])
+    assert counts == Counter(truncated=1) and "You are terse." in text and INSTRUCTION in text
+
+
+def test_a_prompt_without_a_context_to_cut_is_skipped_and_counted(tokenizer):
+    example = long_example("words " * 400, question="")  # one paragraph and no known question: nothing is context
+    pairs, counts = tokenize_examples([example], tokenizer, max_length=300, overlong="truncate")
+    assert pairs == [] and counts == Counter(over_max_length=1)

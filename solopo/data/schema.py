@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
 
 
 @dataclass(frozen=True)
@@ -50,18 +51,36 @@ class Splits:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One chat message of a prompt; the model's chat template renders it."""
+
+    role: str  # system | user | assistant (earlier turns of a conversation), or a role the template knows
+    content: str
+
+
+# A prompt: one user message (the built contexts: passages, then the instruction), or a conversation that ends
+# where the assistant's response begins (conversational preference data, system prompts included).
+Prompt = Union[str, tuple[Turn, ...]]
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The words of a prompt, messages joined by blank lines: for lengths in messages and for base models."""
+    return prompt if isinstance(prompt, str) else "\n\n".join(turn.content for turn in prompt)
+
+
+@dataclass(frozen=True)
 class PreferenceExample:
     """A training record: one preference pair under a short and a long context.
 
-    prompt_short / prompt_long are the user messages (passages, then the instruction);
+    prompt_short / prompt_long are the prompts (a user message: passages, then the instruction; or a conversation);
     evidence_depths gives, for each relevant passage, its relative position in x_long (0 = start).
     """
 
     id: str
     question: str
     answers: tuple[str, ...]
-    prompt_short: str
-    prompt_long: str
+    prompt_short: Prompt
+    prompt_long: Prompt
     chosen: str
     rejected: str
     evidence_depths: tuple[float, ...] = field(default=())

@@ -1,4 +1,5 @@
-"""Token ids for prompts (chat template of the model) and responses (ending with the end-of-turn token)."""
+"""Token ids for prompts (chat template of the model) and responses (ending with the end-of-turn token), and the
+policy for pairs longer than the model takes: skip them, stop, or truncate the prompt's context."""
 from __future__ import annotations
 
 import logging
@@ -9,10 +10,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from solopo.data.schema import PreferenceExample
+from solopo.data.schema import PreferenceExample, Prompt, Turn, prompt_text
 
 log = logging.getLogger(__name__)
-OVERLONG_POLICIES = ("skip", "error")
+OVERLONG_POLICIES = ("skip", "error", "truncate")
+TRUNCATE_SIDES = ("middle", "left")  # which tokens of the context data.overlong=truncate drops
+_RETRIES = 4  # re-tokenising a cut text can take a token or two more at the seam: cut again
 
 
 @dataclass(frozen=True)
@@ -23,16 +26,18 @@ class TokenizedPair:
     ref_logps: Optional[dict[str, float]] = None  # "short/chosen" -> reference log-prob, when precomputed
 
 
-def encode_prompt(tokenizer, message: str) -> list[int]:
-    """The user message wrapped in the model's chat template, ready for the assistant's turn."""
+def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
+    """The prompt (a user message, or a conversation) in the model's chat template, ready for the assistant's turn."""
     if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
-    else:  # base models without a chat template see the plain message
-        text = message + "\n"
+        messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+                    else [{"role": turn.role, "content": turn.content} for turn in prompt])
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:  # base models without a chat template see the plain text
+        text = prompt_text(prompt) + "\n"
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def left_padded(tokenizer, messages: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(tokenizer, messages: Sequence[Prompt], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Chat-templated prompts as a left-padded batch (generation continues every row at the same column):
     input_ids and attention_mask, (B, L)."""
     encoded = [encode_prompt(tokenizer, m) for m in messages]
@@ -53,26 +58,74 @@ def encode_response(tokenizer, text: str) -> list[int]:
 
 
 def tokenize_examples(
-    examples: list[PreferenceExample], tokenizer, max_length: int, overlong: str = "skip"
+    examples: list[PreferenceExample], tokenizer, max_length: int, overlong: str = "skip", truncate: str = "middle"
 ) -> tuple[list[TokenizedPair], Counter]:
-    """Tokenise every example; those whose longest sequence exceeds max_length are skipped
-    and counted (overlong="skip") or rejected with an error naming the example ("error")."""
-    if overlong not in OVERLONG_POLICIES:
-        raise ValueError(f"data.overlong={overlong!r}; choose one of {', '.join(OVERLONG_POLICIES)}")
-    out, skipped = [], Counter()
+    """Tokenise every example. One whose longest sequence (prompt + response) exceeds max_length is skipped and
+    counted as over_max_length (overlong="skip"), stops the run with an error naming it ("error"), or has the context
+    of each prompt that is too long cut on the ``truncate`` side ("truncate", see ``truncated``), counted as
+    truncated; one whose context cannot give enough is skipped as over_max_length."""
+    if overlong not in OVERLONG_POLICIES or truncate not in TRUNCATE_SIDES:
+        raise ValueError(f"data.overlong={overlong!r}, data.truncate={truncate!r}; choose one of "
+                         f"{', '.join(OVERLONG_POLICIES)} and one of {', '.join(TRUNCATE_SIDES)}")
+    out, counts = [], Counter()
     for ex in examples:
-        pair = TokenizedPair(
-            id=ex.id,
-            prompts={"short": encode_prompt(tokenizer, ex.prompt_short), "long": encode_prompt(tokenizer, ex.prompt_long)},
-            responses={"chosen": encode_response(tokenizer, ex.chosen), "rejected": encode_response(tokenizer, ex.rejected)},
-        )
-        longest = max(len(p) for p in pair.prompts.values()) + max(len(r) for r in pair.responses.values())
-        if longest > max_length:
-            if overlong == "error":
-                raise ValueError(f"example {ex.id}: {longest} tokens exceed the model's max_length {max_length}")
-            skipped["over_max_length"] += 1
+        responses = {"chosen": encode_response(tokenizer, ex.chosen),
+                     "rejected": encode_response(tokenizer, ex.rejected)}
+        room = max_length - max(map(len, responses.values()))  # what the prompt may take beside the longer response
+        prompts = {"short": encode_prompt(tokenizer, ex.prompt_short), "long": encode_prompt(tokenizer, ex.prompt_long)}
+        too_long = [context for context, ids in prompts.items() if len(ids) > room]
+        if too_long and overlong == "error":
+            longest = max(map(len, prompts.values())) + max(map(len, responses.values()))
+            raise ValueError(f"example {ex.id}: {longest} tokens exceed the model's max_length {max_length}")
+        if too_long and overlong == "truncate":
+            cut = {c: truncated(tokenizer, ex.prompt_short if c == "short" else ex.prompt_long, ex.question, room,
+                                truncate) for c in too_long}
+            if all(prompt is not None for prompt in cut.values()):
+                prompts.update({c: encode_prompt(tokenizer, prompt) for c, prompt in cut.items()})
+                counts["truncated"] += 1
+                too_long = []
+        if too_long:
+            counts["over_max_length"] += 1
             continue
-        out.append(pair)
-    if skipped:
-        log.warning("skipped %d of %d examples: %s", sum(skipped.values()), len(examples), dict(skipped))
-    return out, skipped
+        out.append(TokenizedPair(id=ex.id, prompts=prompts, responses=responses))
+    _report(counts, len(examples), truncate)
+    return out, counts
+
+
+def truncated(tokenizer, prompt: Prompt, question: str, room: int, side: str) -> Optional[Prompt]:
+    """``prompt`` with tokens cut from its context until it encodes to at most ``room`` tokens; None when the context
+    cannot give that many.
+
+    The context is the text of the last user message before its last paragraph, or before the paragraph holding the
+    ``question`` where the message holds it (the built contexts and most long-document prompts end with the
+    instruction and the question). The question, that last paragraph, the system prompt, earlier messages and the
+    responses are never cut. side=left drops the context's first tokens; middle the tokens around its centre, so
+    its beginning and its end stay."""
+    message = prompt if isinstance(prompt, str) else prompt[-1].content
+    end = message.rfind(question) if question and question in message else len(message)
+    start = message.rfind("\n\n", 0, end)
+    at = start if start > 0 else end if end < len(message) else -1
+    if at <= 0 or room <= 0:
+        return None
+    context = tokenizer(message[:at], add_special_tokens=False)["input_ids"]
+    excess = len(encode_prompt(tokenizer, prompt)) - room
+    for _ in range(_RETRIES):
+        if excess >= len(context):
+            return None
+        keep = len(context) - excess
+        head = keep // 2 if side == "middle" else 0
+        shorter = tokenizer.decode(context[:head] + context[len(context) - (keep - head):]) + message[at:]
+        candidate = shorter if isinstance(prompt, str) else (*prompt[:-1], Turn(prompt[-1].role, shorter))
+        over = len(encode_prompt(tokenizer, candidate)) - room
+        if over <= 0:
+            return candidate
+        excess += over
+    return None
+
+
+def _report(counts: Counter, total: int, side: str) -> None:
+    if counts["over_max_length"]:
+        skipped = counts["over_max_length"]
+        log.warning("skipped %d of %d examples: %s", skipped, total, {"over_max_length": skipped})
+    if counts["truncated"]:
+        log.warning("truncated the context of %d of %d examples (data.truncate=%s)", counts["truncated"], total, side)

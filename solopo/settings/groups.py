@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Optional
 from solopo.cache import VERIFY
 from solopo.data.collate import PACKINGS
 from solopo.data.pairs import PAIR_RULES
-from solopo.data.tokenize import OVERLONG_POLICIES
+from solopo.data.tokenize import OVERLONG_POLICIES, TRUNCATE_SIDES
 from solopo.settings.fields import Problems, flag, number, one_of, shown
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
@@ -59,6 +59,7 @@ def check_data(data: dict, training: bool = True) -> Problems:
         return problems
     problems += one_of("data.pairs", data.get("pairs"), PAIR_RULES)
     problems += one_of("data.overlong", data.get("overlong"), OVERLONG_POLICIES)
+    problems += one_of("data.truncate", data.get("truncate"), TRUNCATE_SIDES)
     problems += number("data.batch_size", data.get("batch_size"), 1, integer=True)
     problems += number("data.num_workers", data.get("num_workers"), 0, integer=True)
     return problems + number("data.short_len", data.get("short_len"), 1, integer=True, optional=True)

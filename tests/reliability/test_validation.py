@@ -77,7 +77,8 @@ MISTAKES = [
     (["data.long_len=8192"], "data.long_len=8192: too long for model.max_length=8192; at most 8127 leaves room for the "
                              "chat template and the response"),
     (["data.pairs=sampeld"], "data.pairs=sampeld: choose one of gold, sampled"),
-    (["data.overlong=truncate"], "data.overlong=truncate: choose one of skip, error"),
+    (["data.overlong=cut"], "data.overlong=cut: choose one of skip, error, truncate"),
+    (["data.truncate=right"], "data.truncate=right: choose one of middle, left"),
     (["data.template=chat"], "data.template=chat: choose one of direct, cot"),
     (["data.sampling.engine=sglang"], "data.sampling.engine=sglang: choose one of transformers, vllm"),
     (["data.sampling.k=1"],

@@ -10,8 +10,9 @@ class DataFileError(ValueError):
 
 @dataclass(frozen=True)
 class Where:
-    """A record's place: "line 3" in jsonl (1-based, as editors count) or "record 2" in a JSON
-    list (0-based, as jq '.[2]' finds it); ``parent`` names the enclosing field of a nested object."""
+    """A record's place: "line 3" in jsonl (1-based, as editors count), "record 2" in a JSON list (0-based, as
+    jq '.[2]' finds it) or "row 2" in an Arrow-backed container (0-based, as dataset[2] finds it); ``parent`` names
+    the enclosing field of a nested object."""
 
     path: str
     place: str

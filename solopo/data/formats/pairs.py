@@ -1,21 +1,23 @@
-"""Ready-made preference pairs, jsonl; a file uses one schema throughout.
+"""Preference pairs in solopo's schemas and the ecosystem's, from any container solopo.data.formats.source reads.
+A file keeps to one format, told by the keys of each record (a LLaMA-Factory ``dataset_info.json`` entry decides
+for the file):
 
-Schema A (SoLoPO pairs, contexts already built):
-    {"prompt_short": "...", "prompt_long": "...", "chosen": "...", "rejected": "...",
-     "id": "...", "question": "...", "answers": ["..."]}          id, question, answers optional
-Schema A' (passages; solopo builds x_short and x_long from them):
-    {"question": "...", "relevant": ["passage", ...], "chosen": "...", "rejected": "...",
-     "irrelevant": ["passage", ...], "answers": ["..."], "id": "..."}  irrelevant, answers, id optional
-Schema B (plain preference optimisation, TRL-style):
-    {"prompt": "...", "chosen": "...", "rejected": "..."}         id, question, answers optional
+| format                 | keys                                        | gives                                      |
+|------------------------|---------------------------------------------|--------------------------------------------|
+| A: SoLoPO pairs        | prompt_short, prompt_long, chosen, rejected | pairs, contexts as written                 |
+| A': passages           | question, relevant, chosen, rejected        | items; solopo builds x_short and x_long    |
+| B: TRL explicit prompt | prompt, chosen, rejected (text or messages) | plain PO pairs (x_short = x_long)          |
+| TRL implicit prompt    | chosen, rejected (text or messages)         | plain PO pairs, prompt = the shared start  |
+| LLaMA-Factory sharegpt | conversations (or mapped), chosen, rejected | plain PO pairs                             |
+| LLaMA-Factory alpaca   | instruction, input, chosen, rejected        | plain PO pairs                             |
 
-A and B give PreferenceExample records (B: prompt_short = prompt_long = prompt); A' gives QAItem
-records whose answers default to (chosen,) and whose wrong_answers are (rejected,), and every
-passage of the file joins the distractor pool. The schema is told by the first record's keys:
-prompt_short/prompt_long -> A, relevant -> A', prompt -> B. Prompts and responses of A and B
-are kept exactly as written; A' text is stripped. Ids are unique within a file; an A' passage is
-relevant or irrelevant, not both; A records whose prompt_long is no longer than their prompt_short
-are counted in the log.
+A, B and the ecosystem's formats may also carry id, question and answers; A' irrelevant, answers and id. Schema A
+and A' are given by the keys in that order of precedence (see ``format_of``); the layouts of the ecosystem's formats
+are in solopo.data.formats.trl and solopo.data.formats.llama_factory. Prompts and responses are kept exactly as
+written (messages for the chat template); A' text is stripped. A' gives QAItem records whose answers default to
+(chosen,) and whose wrong_answers are (rejected,), and every passage of the file joins the distractor pool.
+Ids are unique within a file; chosen and rejected must differ beyond whitespace; an A' passage is relevant or
+irrelevant, not both; A records whose prompt_long is no longer than their prompt_short are counted in the log.
 """
 from __future__ import annotations
 
@@ -23,57 +25,80 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from solopo.data.formats.errors import Where
+from solopo.data.formats import llama_factory, trl
+from solopo.data.formats.chat import prompt, response
+from solopo.data.formats.errors import DataFileError, Where
 from solopo.data.formats.passages import dedupe
-from solopo.data.formats.records import check_unique_ids, field, read_jsonl, text, text_list
+from solopo.data.formats.records import check_unique_ids, field, required, text, text_list
+from solopo.data.formats.source import open_source
 from solopo.data.formats.splits import split_items
-from solopo.data.schema import PreferenceExample, QAItem, Splits
+from solopo.data.schema import PreferenceExample, Prompt, QAItem, Splits, prompt_text
 
 log = logging.getLogger(__name__)
-_SCHEMA_KEYS = {"A": "prompt_short, prompt_long", "A'": "question, relevant", "B": "prompt"}
+_FORMAT_KEYS = {"A": "prompt_short, prompt_long", "A'": "question, relevant", "B": "prompt",
+                "sharegpt": "conversations", "alpaca": "instruction", "implicit": "chosen, rejected only"}
 
 
-def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None) -> Splits:
-    records = read_jsonl(path)
-    first_where, first_record = records[0]
-    schema = schema_of(first_record, first_where)
-    rows = []
-    for where, record in records:
-        found = schema_of(record, where)
-        if found != schema:
-            raise where.error(f"schema {found} ({_SCHEMA_KEYS[found]}), but {first_where.place} uses schema "
-                              f"{schema} ({_SCHEMA_KEYS[schema]}); a file uses one schema throughout")
-        rows.append(_PARSERS[schema](record, where))
-    check_unique_ids((where, row.id) for (where, _), row in zip(records, rows))
-    if schema == "A":
-        _count_long_not_longer(rows, [where for where, _ in records], path)
+def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None, split: str | None = None,
+         name: str | None = None) -> Splits:
+    """The pairs (or A' items) of ``path``, split; ``split`` and ``name`` pick a dataset's split and config."""
+    source = open_source(path, split, name)
+    rows, places, first = [], [], None
+    for where, record in source.records:
+        found = format_of(record, where, source.mapping)
+        first = first or (found, where)
+        if found != first[0]:
+            raise where.error(f"schema {found} ({_FORMAT_KEYS[found]}), but {first[1].place} uses schema {first[0]} "
+                              f"({_FORMAT_KEYS[first[0]]}); a file uses one schema throughout")
+        rows.append(_PARSERS[found](record, where, source.mapping))
+        places.append(where)
+    if first is None:
+        raise DataFileError(f"{path}: no records")
+    check_unique_ids(zip(places, (row.id for row in rows)))
+    if first[0] == "A":
+        _count_long_not_longer(rows, places, path)
     pool = dedupe(passage for row in rows if isinstance(row, QAItem) for passage in row.relevant + row.irrelevant)
     return split_items(rows, pool, path, n_val, seed, n_train)
 
 
-def schema_of(record: dict, where: Where) -> str:
+def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
+    if mapping is not None:
+        return "sharegpt" if llama_factory.layout(mapping) == "sharegpt" else "alpaca"
     if "prompt_short" in record or "prompt_long" in record:
         return "A"
     if "relevant" in record:
         return "A'"
     if "prompt" in record:
         return "B"
-    raise where.error("matches no schema: expected prompt_short and prompt_long (A), relevant (A') "
-                      "or prompt (B); see solopo/data/formats/pairs.py")
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record:
+        return "alpaca"
+    if "chosen" in record and "rejected" in record:
+        return "implicit"
+    raise where.error("matches no schema: expected prompt_short and prompt_long (A), relevant (A'), prompt (B, TRL), "
+                      "conversations or instruction (LLaMA-Factory), or chosen and rejected (TRL implicit prompt); see "
+                      "solopo/data/formats/pairs.py")
 
 
-def _schema_a(record: dict, where: Where) -> PreferenceExample:
-    return _example(record, where, text(record, "prompt_short", where, strip=False),
-                    text(record, "prompt_long", where, strip=False))
+def _schema_a(record: dict, where: Where, mapping: dict | None) -> PreferenceExample:
+    return _example(record, where, prompt(required(record, "prompt_short", where), "prompt_short", where),
+                    prompt(required(record, "prompt_long", where), "prompt_long", where),
+                    response(required(record, "chosen", where), "chosen", where),
+                    response(required(record, "rejected", where), "rejected", where))
 
 
-def _schema_b(record: dict, where: Where) -> PreferenceExample:
-    prompt = text(record, "prompt", where, strip=False)
-    return _example(record, where, prompt, prompt)
+def _plain(convert: Callable[..., tuple[Prompt, str, str]]) -> Callable[[dict, Where, dict | None], PreferenceExample]:
+    """A parser of a format that gives one prompt: plain PO, x_short = x_long."""
+    def parse(record: dict, where: Where, mapping: dict | None) -> PreferenceExample:
+        shared, chosen, rejected = convert(record, where, mapping) if mapping is not None else convert(record, where)
+        return _example(record, where, shared, shared, chosen, rejected)
+    return parse
 
 
-def _example(record: dict, where: Where, prompt_short: str, prompt_long: str) -> PreferenceExample:
-    chosen, rejected = _responses(record, where, strip=False)
+def _example(record: dict, where: Where, prompt_short: Prompt, prompt_long: Prompt, chosen: str,
+             rejected: str) -> PreferenceExample:
+    _check_pair(chosen, rejected, where)
     return PreferenceExample(
         id=_id(record, where), question=field(record, "question", str, where, default=""),
         answers=tuple(text_list(record, "answers", where, required=False)),
@@ -81,8 +106,9 @@ def _example(record: dict, where: Where, prompt_short: str, prompt_long: str) ->
     )
 
 
-def _schema_a_passages(record: dict, where: Where) -> QAItem:
-    chosen, rejected = _responses(record, where, strip=True)
+def _schema_a_passages(record: dict, where: Where, mapping: dict | None) -> QAItem:
+    chosen, rejected = text(record, "chosen", where), text(record, "rejected", where)
+    _check_pair(chosen, rejected, where)
     relevant = tuple(text_list(record, "relevant", where))
     irrelevant = tuple(text_list(record, "irrelevant", where, required=False))
     for index, passage in enumerate(irrelevant):  # x_long would hold it twice, once as the evidence
@@ -99,24 +125,28 @@ def _schema_a_passages(record: dict, where: Where) -> QAItem:
 def _count_long_not_longer(rows: list[PreferenceExample], places: list[Where], path: str) -> None:
     """Schema A: a prompt_long no longer than its prompt_short (fields swapped, or a long context never filled)
     leaves SoLo-RA nothing to align. The pair still trains the PO loss, so it is counted in the log, not refused."""
-    found = [where.place for where, row in zip(places, rows) if len(row.prompt_long) <= len(row.prompt_short)]
+    found = [where.place for where, row in zip(places, rows)
+             if len(prompt_text(row.prompt_long)) <= len(prompt_text(row.prompt_short))]
     if found:
         log.warning("%s: %d of %d records have a prompt_long no longer than their prompt_short (%s%s); SoLo-RA has "
                     "no long context to align there", path, len(found), len(rows), ", ".join(found[:3]),
                     ", ..." if len(found) > 3 else "")
 
 
-def _responses(record: dict, where: Where, strip: bool) -> tuple[str, str]:
-    chosen, rejected = text(record, "chosen", where, strip), text(record, "rejected", where, strip)
-    if chosen == rejected:
-        raise where.error("the same as 'chosen': the pair prefers nothing", "rejected")
-    return chosen, rejected
+def _check_pair(chosen: str, rejected: str, where: Where) -> None:
+    if chosen.split() == rejected.split():  # the same words: a pair that teaches only spacing
+        raise where.error("the same as 'chosen' but for whitespace: the pair prefers nothing"
+                          if chosen != rejected else "the same as 'chosen': the pair prefers nothing", "rejected")
 
 
 def _id(record: dict, where: Where) -> str:
+    """The record's id (published sets often number them: an integer is taken as its digits), else its place."""
+    if isinstance(record.get("id"), int) and not isinstance(record["id"], bool):
+        return str(record["id"])
     return field(record, "id", str, where, default=f"{Path(where.path).stem}:{where.place.replace(' ', '')}")
 
 
-_PARSERS: dict[str, Callable[[dict, Where], QAItem | PreferenceExample]] = {
-    "A": _schema_a, "A'": _schema_a_passages, "B": _schema_b,
+_PARSERS: dict[str, Callable[[dict, Where, dict | None], QAItem | PreferenceExample]] = {
+    "A": _schema_a, "A'": _schema_a_passages, "B": _plain(trl.explicit), "implicit": _plain(trl.implicit),
+    "sharegpt": _plain(llama_factory.sharegpt), "alpaca": _plain(llama_factory.alpaca),
 }

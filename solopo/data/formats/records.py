@@ -1,8 +1,10 @@
 """Records of jsonl and JSON-list files, and their fields checked against the JSON types a format expects."""
 from __future__ import annotations
 
+import errno
 import json
-from typing import Any, Iterable
+import os
+from typing import Any, Iterable, Iterator
 
 from solopo.data.formats.errors import DataFileError, Where
 
@@ -14,35 +16,56 @@ def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def checked_path(path: str, folder: bool = False) -> str:
+    """``path`` if it names a readable file (a folder with ``folder``), else one line saying what it is instead."""
+    try:
+        is_folder = os.path.isdir(os.path.realpath(path, strict=True))
+    except OSError as err:  # missing, a symlink loop, no permission
+        reason = {errno.ENOENT: "no such file", errno.ELOOP: "a symlink loop"}.get(err.errno, err.strerror)
+        raise DataFileError(f"{path}: cannot read it: {reason}") from None
+    if is_folder and not folder:
+        raise DataFileError(f"{path}: a folder, not a file of records")
+    return path
+
+
 def read_jsonl(path: str) -> list[tuple[Where, dict]]:
     """One JSON object per line; blank lines are skipped but counted, so line numbers match an editor's."""
-    records = []
-    with open(path, "rb") as lines:  # decoded line by line, so a bad encoding is reported with its line too
+    return _non_empty(list(iter_jsonl(path)), path)
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[Where, dict]]:
+    """The records of a jsonl file one by one, so a large file is never held whole."""
+    # Decoded line by line, so a bad encoding is reported with its line too.
+    with open(checked_path(path), "rb") as lines:
         for number, raw in enumerate(lines, start=1):
             where = Where(path, f"line {number}")
             try:
                 line = raw.decode("utf-8-sig")
             except UnicodeDecodeError as err:
                 raise where.error(f"not UTF-8 text ({err.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise where.error(f"invalid JSON: {err.msg} (column {err.colno})") from None
-            records.append((where, _object(record, where)))
-    return _non_empty(records, path)
+            if line.strip():
+                yield where, _object(_parsed(line, path, number), where)
+
+
+def _parsed(text: str, path: str, line: int | None = None) -> Any:
+    """JSON text: one line of a jsonl file (``line``), or a whole file, whose errors are placed by the parser."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise Where(path, f"line {line or err.lineno}").error(f"invalid JSON: {err.msg} (column {err.colno})") from None
+    except RecursionError:  # Python's parser recurses once per level of nesting
+        located = f"{path} line {line}" if line else path
+        raise DataFileError(f"{located}: invalid JSON: nested too deeply") from None
 
 
 def read_json_list(path: str) -> list[tuple[Where, dict]]:
     """The records of a file holding one JSON list of objects."""
     try:
-        with open(path, encoding="utf-8-sig") as file:
-            data = json.load(file)
+        with open(checked_path(path), encoding="utf-8-sig") as file:
+            content = file.read()
     except UnicodeDecodeError as err:
         raise DataFileError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise Where(path, f"line {err.lineno}").error(f"invalid JSON: {err.msg} (column {err.colno})") from None
+    data = _parsed(content, path)
     if not isinstance(data, list):
         raise DataFileError(f"{path}: expected a JSON list of records, got {type_name(data)}")
     records = [(Where(path, f"record {index}"), record) for index, record in enumerate(data)]
@@ -57,6 +80,11 @@ def field(record: dict, name: str, kind: type, where: Where, default: Any = REQU
             raise where.error("is null" if name in record else "required but missing", where.label(name))
         return default
     return check(value, kind, where.label(name), where)
+
+
+def required(record: dict, name: str, where: Where) -> Any:
+    """The value of ``name``, of any JSON type, which must be present and not null."""
+    return field(record, name, object, where)
 
 
 def check(value: Any, kind: type, label: str, where: Where) -> Any:

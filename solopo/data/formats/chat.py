@@ -1,0 +1,113 @@
+"""Chat messages as the preference formats write them -> solopo's prompts (str or Turns) and response strings.
+
+TRL writes a message as {"role": ..., "content": ...}; LLaMA-Factory's sharegpt layout as {"from": "human" | "gpt" |
+"system" | ..., "value": ...}, with its ``tags`` able to rename both keys and roles. Both map to Turn(role, content)
+with the roles the chat templates know: system, user, assistant (and tool for LLaMA-Factory's observations).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from solopo.data.formats.errors import Where
+from solopo.data.formats.records import check, check_text
+from solopo.data.schema import Prompt, Turn
+
+
+@dataclass(frozen=True)
+class Tags:
+    """The keys of a message and the names of its roles in one layout."""
+
+    role: str = "role"
+    content: str = "content"
+    user: str = "user"
+    assistant: str = "assistant"
+    system: str = "system"
+    observation: str = "tool"
+    function: str = "function_call"
+
+    def roles(self) -> dict[str, str]:
+        """This layout's role name -> the chat template's."""
+        return {self.user: "user", self.assistant: "assistant", self.system: "system", self.observation: "tool",
+                self.function: "assistant"}
+
+
+OPENAI = Tags()
+SHAREGPT = Tags(role="from", content="value", user="human", assistant="gpt", observation="observation")
+
+
+def tags_of(message: Any, default: Tags) -> Tags:
+    """The layout a message is written in: a "role" key means OpenAI's, whatever the format's default."""
+    return OPENAI if isinstance(message, dict) and OPENAI.role in message else default
+
+
+def turn(message: Any, label: str, where: Where, tags: Tags) -> Turn:
+    check(message, dict, label, where)
+    inner = where.inside(label)
+    role = check_text(message.get(tags.role), inner.label(tags.role), inner)
+    if role not in tags.roles():
+        raise inner.error(f"role {role!r} is not one of {', '.join(tags.roles())}", inner.label(tags.role))
+    content = check_text(message.get(tags.content), inner.label(tags.content), inner, strip=False)
+    return Turn(tags.roles()[role], content)
+
+
+def turns(value: Any, label: str, where: Where, tags: Tags) -> tuple[Turn, ...]:
+    """A non-empty list of messages."""
+    if not check(value, list, label, where):
+        raise where.error("empty list", label)
+    return tuple(turn(message, f"{label}[{index}]", where, tags_of(message, tags))
+                 for index, message in enumerate(value))
+
+
+def prompt(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> Prompt:
+    """A string (one user message), or messages ending where the assistant's response begins."""
+    if not isinstance(value, list):
+        return check_text(value, label, where, strip=False)
+    found = turns(value, label, where, tags)
+    if found[-1].role == "assistant":
+        raise where.error("ends with an assistant message; the response belongs in chosen/rejected", label)
+    return found
+
+
+def response(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> str:
+    """A string, one assistant message, or a list holding one assistant message."""
+    if not isinstance(value, (list, dict)):
+        return check_text(value, label, where, strip=False)
+    messages = (turns(value, label, where, tags) if isinstance(value, list)
+                else (turn(value, label, where, tags_of(value, tags)),))
+    if len(messages) != 1 or messages[0].role != "assistant":
+        raise where.error(f"expected one assistant message, got {', '.join(m.role for m in messages)}", label)
+    return messages[0].content
+
+
+def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, str, str]:
+    """TRL's implicit prompt: chosen and rejected each hold the whole exchange, and the prompt is what they share.
+
+    Messages: the shared leading messages are the prompt, and each side's one remaining assistant message is its
+    response. Text: the shared beginning, less a word the two only begin alike, is the prompt; the rest, from the space
+    before it, the responses ("The sky is" + " blue." / " green.").
+    """
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        chosen_turns = turns(chosen, "chosen", where, OPENAI)
+        rejected_turns = turns(rejected, "rejected", where, OPENAI)
+        shared = 0
+        while shared < min(len(chosen_turns), len(rejected_turns)) and chosen_turns[shared] == rejected_turns[shared]:
+            shared += 1
+        if shared == 0:
+            raise where.error("shares no leading message with 'rejected', so there is no prompt", "chosen")
+        return (prompt(chosen[:shared], "chosen", where),
+                response(chosen[shared:] or None, f"chosen[{shared}:]", where),
+                response(rejected[shared:] or None, f"rejected[{shared}:]", where))
+    chosen_text = check_text(chosen, "chosen", where, strip=False)
+    rejected_text = check_text(rejected, "rejected", where, strip=False)
+    common = 0
+    while common < min(len(chosen_text), len(rejected_text)) and chosen_text[common] == rejected_text[common]:
+        common += 1
+    cut = common
+    while cut and chosen_text[cut - 1].isalnum():  # a word both begin alike ("4" and "42") belongs to the responses
+        cut -= 1
+    if cut and chosen_text[cut - 1].isspace():  # the space before a response is the response's, as in TRL
+        cut -= 1
+    if not chosen_text[:cut].strip():
+        raise where.error("shares no leading words with 'rejected', so there is no prompt", "chosen")
+    return chosen_text[:cut], chosen_text[cut:], rejected_text[cut:]

@@ -1,0 +1,162 @@
+"""Any container of records -> the records one by one, each with its place in the file, for the format modules.
+
+| ``data.path``                                      | read by                        | place in messages |
+|----------------------------------------------------|--------------------------------|-------------------|
+| ``.jsonl`` (or ``.json`` not opening with ``[``)   | solopo, line by line           | line N (1-based)  |
+| ``.json`` holding one JSON array                   | solopo                         | record N (0-based)|
+| ``.parquet``, ``.csv``, ``.arrow``                 | Hugging Face ``datasets``      | row N (0-based)   |
+| a ``save_to_disk`` folder (Dataset or DatasetDict) | ``datasets.load_from_disk``    | row N             |
+| a folder of data files (a local dataset repo)      | ``datasets.load_dataset``      | row N             |
+| a LLaMA-Factory data folder (``dataset_info.json``) | the file its entry names       | as that file      |
+
+JSON text is read by solopo itself: it keeps every value's JSON type and the line of each record, where Arrow would
+unify the column types first and lose the row of a type error. The other containers become Arrow tables that are
+memory-mapped and read a row at a time, so a large file is not held twice. ``datasets`` works offline on local
+files only; its Arrow cache lives under ``$SOLOPO_CACHE/datasets`` (solopo.cache.cache_root), one place to wipe.
+``split`` picks a split (default: train, or the only one); ``name`` a dataset's config, or the entry of a
+LLaMA-Factory ``dataset_info.json``, whose column mapping comes along as ``Source.mapping``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from solopo.cache import cache_root
+from solopo.data.formats.errors import DataFileError, Where
+from solopo.data.formats.records import checked_path, iter_jsonl, read_json_list
+
+ARROW_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+JSON_SUFFIXES = (".json", ".jsonl")
+DATA_SUFFIXES = (*JSON_SUFFIXES, *ARROW_SUFFIXES)
+SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what Dataset(Dict).save_to_disk writes
+LLAMA_FACTORY_INDEX = "dataset_info.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """The records of one container; ``mapping`` is a LLaMA-Factory dataset entry (columns, tags, formatting)."""
+
+    records: Iterator[tuple[Where, dict]]
+    mapping: Optional[dict] = None
+
+
+def open_source(path: str, split: Optional[str] = None, name: Optional[str] = None) -> Source:
+    """The records of ``path``, whichever container it is (see the table above)."""
+    if Path(path).name == LLAMA_FACTORY_INDEX:  # the index named instead of its folder
+        path = str(Path(path).parent)
+    if not os.path.isdir(checked_path(str(path), folder=True)):
+        return Source(_file_records(str(path), split), _mapping_beside(Path(path)))
+    folder = Path(path)
+    if any((folder / marker).is_file() for marker in SAVED_MARKERS):
+        with _one_line(path):
+            saved = _datasets().load_from_disk(str(folder))
+        return Source(_rows(str(path), _pick_split(saved, split, path)))
+    entries = _llama_factory_index(folder)
+    if entries is not None and any("file_name" in entry for entry in entries.values()):
+        entry = _entry(entries, name, folder)
+        return Source(_file_records(str(folder / entry["file_name"]), split), entry)
+    if not any(file.suffix.lower() in DATA_SUFFIXES for file in folder.rglob("*") if file.is_file()):
+        raise DataFileError(f"{path}: not a dataset: no data files ({', '.join(DATA_SUFFIXES)}), no save_to_disk "
+                            f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
+    return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name)))
+
+
+def _file_records(path: str, split: Optional[str]) -> Iterator[tuple[Where, dict]]:
+    suffix = Path(path).suffix.lower()
+    if suffix in ARROW_SUFFIXES:
+        return _rows(path, _load_dataset(ARROW_SUFFIXES[suffix], path, split, data_files=checked_path(path)))
+    if suffix not in JSON_SUFFIXES:
+        raise DataFileError(f"{path}: unknown kind of file; expected .jsonl, .json, .parquet, .csv, .arrow or a "
+                            "dataset folder")
+    return iter(read_json_list(path)) if suffix == ".json" and _first_character(path) == "[" else iter_jsonl(path)
+
+
+def _first_character(path: str) -> str:
+    with open(checked_path(path), "rb") as file:
+        head = file.read(4096).decode("utf-8-sig", errors="replace").lstrip()
+    return head[:1]
+
+
+def _rows(path: str, dataset) -> Iterator[tuple[Where, dict]]:
+    """Rows of an Arrow-backed dataset, read one at a time from the memory map."""
+    if len(dataset) == 0:
+        raise DataFileError(f"{path}: no records")
+    for index, row in enumerate(dataset):
+        yield Where(path, f"row {index}"), row
+
+
+def _datasets():
+    # Local files only: nothing in the loading layer may reach a hub.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    datasets.logging.set_verbosity_error()  # its progress bars and notes would bury the run's own log
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _load_dataset(builder: str, path: str, split: Optional[str], **options: Any):
+    """``datasets.load_dataset`` on local data, its split picked."""
+    with _one_line(path):
+        loaded = _datasets().load_dataset(builder, cache_dir=str(cache_root() / "datasets"), **options)
+    return _pick_split(loaded, split, path)
+
+
+@contextlib.contextmanager
+def _one_line(path: str) -> Iterator[None]:
+    """datasets' failures (Arrow's, pandas', its own: many kinds) as one line naming ``path``."""
+    try:
+        yield
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataFileError(f"{path}: not a dataset that can be read ({reason})") from None
+
+
+def _pick_split(loaded, split: Optional[str], path: str):
+    """One split of a DatasetDict: ``split``, else train, else the only one."""
+    if not hasattr(loaded, "keys"):
+        return loaded
+    names = list(loaded.keys())
+    chosen = split or ("train" if "train" in names or len(names) != 1 else names[0])
+    if chosen not in names:
+        raise DataFileError(f"{path}: no split {chosen!r}; set data.split to one of {', '.join(names)}")
+    return loaded[chosen]
+
+
+def _llama_factory_index(folder: Path) -> Optional[dict]:
+    """The entries of a LLaMA-Factory ``dataset_info.json`` ({name: {file_name, columns, ...}}), or None."""
+    index = folder / LLAMA_FACTORY_INDEX
+    if not index.is_file():
+        return None
+    try:
+        entries = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataFileError(f"{index}: not a JSON object of datasets ({err})") from None
+    if not (isinstance(entries, dict) and entries and all(isinstance(e, dict) for e in entries.values())):
+        raise DataFileError(f"{index}: expected an object of datasets, each {{\"file_name\": ..., \"columns\": ...}}")
+    return entries
+
+
+def _entry(entries: dict, name: Optional[str], folder: Path) -> dict:
+    local = {key: entry for key, entry in entries.items() if "file_name" in entry}
+    if name is None and len(local) == 1:
+        name = next(iter(local))
+    if name not in local:
+        raise DataFileError(f"{folder / LLAMA_FACTORY_INDEX}: set data.name to one of its datasets with a file_name: "
+                            f"{', '.join(local) or '(none)'}")
+    return local[name]
+
+
+def _mapping_beside(file: Path) -> Optional[dict]:
+    """The LLaMA-Factory entry that a ``dataset_info.json`` beside ``file`` gives it, if any."""
+    try:
+        entries = _llama_factory_index(file.parent)
+    except DataFileError:  # another tool's dataset_info.json: not a mapping for this file
+        return None
+    matches = [entry for entry in (entries or {}).values() if entry.get("file_name") == file.name]
+    return matches[0] if matches else None

@@ -1,0 +1,326 @@
+"""The loading layer: every container (jsonl, JSON array, parquet, CSV, save_to_disk, dataset folders, LLaMA-Factory
+folders) x every preference format (solopo's A/A'/B, TRL's four, LLaMA-Factory's two), all built here in code; the
+one-line errors for malformed rows, bad paths and folders that are not datasets; and one smoke run per format."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from solopo.data.formats import DataFileError, pairs, source
+from solopo.data.schema import Turn
+from solopo.data.tokenize import encode_prompt
+from solopo.settings.build import ConfigError, load_source
+
+ROOT = Path(__file__).resolve().parents[1]
+CITIES = [("France", "Paris", "Rome"), ("Italy", "Rome", "Madrid"), ("Spain", "Madrid", "Berlin"),
+          ("Germany", "Berlin", "Vienna")]
+SYSTEM = "You are a terse geography tutor."
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    """datasets' Arrow copies of these fixtures go to the test's folder, not the user's $SOLOPO_CACHE."""
+    monkeypatch.setattr(source, "cache_root", lambda: tmp_path / "cache")
+
+
+def compose_config(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+def question(country):
+    return f"What is the capital of {country}?"
+
+
+FORMATS = {  # format -> one record per city
+    "A": lambda c, good, bad: {"prompt_short": f"Notes on {c}.\n\n{question(c)}",
+                               "prompt_long": f"Notes on {c}. More notes on its history.\n\n{question(c)}",
+                               "chosen": good, "rejected": bad},
+    "A_conversational": lambda c, good, bad: {"prompt_short": [{"role": "system", "content": SYSTEM},
+                                                               user(f"Notes on {c}.\n\n{question(c)}")],
+                                              "prompt_long": [{"role": "system", "content": SYSTEM},
+                                                              user(f"Notes on {c}. And more.\n\n{question(c)}")],
+                                              "chosen": [assistant(good)], "rejected": [assistant(bad)]},
+    "A'": lambda c, good, bad: {"question": question(c), "relevant": [f"{c}: its capital is {good}."],
+                                "irrelevant": [f"{c} has rivers."], "chosen": good, "rejected": bad},
+    "trl_standard": lambda c, good, bad: {"prompt": question(c), "chosen": good, "rejected": bad},
+    "trl_conversational": lambda c, good, bad: {"prompt": [{"role": "system", "content": SYSTEM}, user(question(c))],
+                                                "chosen": [assistant(good)], "rejected": [assistant(bad)]},
+    "trl_implicit": lambda c, good, bad: {"chosen": f"{question(c)} The capital is {good}.",
+                                          "rejected": f"{question(c)} The capital is {bad}."},
+    "trl_implicit_conversational": lambda c, good, bad: {"chosen": [user(question(c)), assistant(good)],
+                                                         "rejected": [user(question(c)), assistant(bad)]},
+    "alpaca": lambda c, good, bad: {"instruction": "Name the capital.", "input": c, "chosen": good, "rejected": bad,
+                                    "system": SYSTEM, "history": [["Hello", "Hi, ask away."]]},
+    "sharegpt": lambda c, good, bad: {"conversations": [{"from": "human", "value": question(c)}], "system": SYSTEM,
+                                      "chosen": {"from": "gpt", "value": good},
+                                      "rejected": {"from": "gpt", "value": bad}},
+}
+FLAT = ("A", "trl_standard", "trl_implicit")  # the formats a CSV file can hold (text cells only)
+
+
+def records(fmt):
+    return [FORMATS[fmt](*city) for city in CITIES]
+
+
+def write(container, rows, folder: Path) -> Path:
+    """``rows`` in ``container``, written with the tools a user would use."""
+    if container == "jsonl":
+        path = folder / "data.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    elif container == "json":
+        path = folder / "data.json"
+        path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    elif container in ("parquet", "csv"):
+        path = folder / f"data.{container}"
+        getattr(Dataset.from_list(rows), f"to_{container}")(str(path))
+    elif container == "saved":
+        path = folder / "saved"
+        Dataset.from_list(rows).save_to_disk(str(path))
+    elif container == "saved_dict":  # a DatasetDict: data.split picks one
+        path = folder / "saved_dict"
+        splits = {"train_prefs": Dataset.from_list(rows), "test_prefs": Dataset.from_list(rows[:2])}
+        DatasetDict(splits).save_to_disk(str(path))
+    else:  # a local dataset repository: data files in a folder
+        path = folder / "repo"
+        (path / "data").mkdir(parents=True)
+        Dataset.from_list(rows).to_parquet(str(path / "data" / "train-00000-of-00001.parquet"))
+    return path
+
+
+def content(splits):
+    """What training sees, whatever ids the container's places gave."""
+    rows = splits.train + splits.val
+    if hasattr(rows[0], "relevant"):
+        return sorted((r.question, r.relevant, r.irrelevant, r.answers, r.wrong_answers) for r in rows)
+    return sorted(repr((r.prompt_short, r.prompt_long, r.chosen, r.rejected)) for r in rows)
+
+
+CONTAINERS = ("json", "parquet", "saved", "saved_dict", "folder")
+
+
+@pytest.mark.parametrize("container", CONTAINERS + ("csv",))
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_container_gives_what_jsonl_gives(fmt, container, tmp_path):
+    if container == "csv" and fmt not in FLAT:
+        pytest.skip("CSV cells are text")
+    rows = records(fmt)
+    expected = content(pairs.load(str(write("jsonl", rows, tmp_path)), n_val=1))
+    split = {"split": "train_prefs"} if container == "saved_dict" else {}
+    assert content(pairs.load(str(write(container, rows, tmp_path)), n_val=1, **split)) == expected
+
+
+def test_formats_map_to_prompts_and_responses(tmp_path):
+    def first(fmt):
+        return next(row for row in pairs.load(str(write("jsonl", records(fmt), tmp_path))).train
+                    if "France" in repr(row.prompt_long))
+
+    conversational = first("trl_conversational")
+    assert conversational.prompt_short == conversational.prompt_long == (
+        Turn("system", SYSTEM), Turn("user", question("France")))
+    assert (conversational.chosen, conversational.rejected) == ("Paris", "Rome")
+    implicit = first("trl_implicit")
+    assert (implicit.prompt_long, implicit.chosen, implicit.rejected) == (
+        f"{question('France')} The capital is", " Paris.", " Rome.")
+    rows = [{"chosen": f"Capital of {c}:{good}", "rejected": f"Capital of {c}:{bad}"} for c, good, bad in CITIES]
+    unspaced = pairs.load(str(write("jsonl", rows, tmp_path))).train[0]
+    assert unspaced.prompt_long.endswith(":") and unspaced.chosen in ("Paris", "Rome", "Madrid", "Berlin")
+    implicit = first("trl_implicit_conversational")
+    assert (implicit.prompt_long, implicit.chosen) == ((Turn("user", question("France")),), "Paris")
+    alpaca = first("alpaca")
+    assert alpaca.prompt_long == (Turn("system", SYSTEM), Turn("user", "Hello"), Turn("assistant", "Hi, ask away."),
+                                  Turn("user", "Name the capital.\nFrance"))
+    sharegpt = first("sharegpt")
+    assert sharegpt.prompt_long == (Turn("system", SYSTEM), Turn("user", question("France")))
+
+
+def test_a_prompt_beside_whole_conversations_is_read_as_an_implicit_prompt(tmp_path):
+    """UltraFeedback's published layout: a text prompt, and chosen/rejected conversations that repeat it."""
+    row = {"prompt": question("France"), "chosen": [user(question("France")), assistant("Paris")],
+           "rejected": [user(question("France")), assistant("Rome")]}
+    example = pairs.load(str(write("jsonl", [row], tmp_path))).train[0]
+    assert (example.prompt_long, example.chosen, example.rejected) == (
+        (Turn("user", question("France")),), "Paris", "Rome")
+
+
+def test_numbered_ids_are_taken_as_their_digits(tmp_path):
+    rows = [{**row, "id": index} for index, row in enumerate(records("trl_standard"))]
+    assert sorted(row.id for row in pairs.load(str(write("parquet", rows, tmp_path))).train) == ["0", "1", "2", "3"]
+
+
+def test_the_chat_template_renders_system_prompts_and_earlier_turns(tokenizer):
+    text = tokenizer.decode(encode_prompt(tokenizer, (Turn("system", SYSTEM), Turn("user", "Hello"),
+                                                      Turn("assistant", "Hi."), Turn("user", "Capital?"))))
+    assert SYSTEM in text and text.index("Hello") < text.index("Hi.") < text.index("Capital?")
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_llama_factory_folder_maps_its_columns_and_tags(tmp_path):
+    rows = [{"dialog": [{"speaker": "person", "text": question(c)}], "good": {"speaker": "bot", "text": good},
+             "bad": {"speaker": "bot", "text": bad}, "sys": SYSTEM} for c, good, bad in CITIES]
+    write("jsonl", rows, tmp_path).rename(tmp_path / "geo.jsonl")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "geo": {"file_name": "geo.jsonl", "formatting": "sharegpt", "ranking": True,
+                "columns": {"messages": "dialog", "chosen": "good", "rejected": "bad", "system": "sys"},
+                "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "person", "assistant_tag": "bot"}},
+        "other": {"hf_hub_url": "someone/else"}}))
+    (tmp_path / "plain").mkdir()
+    expected = content(pairs.load(str(write("jsonl", records("sharegpt"), tmp_path / "plain"))))
+    assert content(pairs.load(str(tmp_path))) == expected  # the folder: its one local entry
+    assert content(pairs.load(str(tmp_path / "geo.jsonl"))) == expected  # the file: the index beside it maps it
+
+
+def test_llama_factory_alpaca_mapping_and_entry_choice(tmp_path):
+    rows = [{"q": question(c), "ctx": "", "win": good, "lose": bad} for c, good, bad in CITIES]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "geo.parquet"))
+    mapping = {"file_name": "geo.parquet", "ranking": True,
+               "columns": {"prompt": "q", "query": "ctx", "chosen": "win", "rejected": "lose"}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"geo": mapping, "geo2": mapping}))
+    with pytest.raises(DataFileError, match=r"dataset_info.json: set data.name to one of its datasets with a "
+                                            r"file_name: geo, geo2$"):
+        pairs.load(str(tmp_path))
+    example = next(row for row in pairs.load(str(tmp_path), name="geo2").train if "France" in row.prompt_long)
+    assert (example.prompt_long, example.chosen) == (question("France"), "Paris")
+
+
+MALFORMED = [  # format, the bad record's change, the field the message names, its problem
+    ("A", {"prompt_long": 3}, "prompt_long", "expected a string, got int"),
+    ("A'", {"relevant": []}, "relevant", "empty list"),
+    ("trl_standard", {"chosen": None}, "chosen", "is null"),
+    ("trl_conversational", {"prompt": [{"role": "user"}]}, "prompt[0].content", "expected a string, got null"),
+    ("trl_conversational", {"chosen": [user("hi")]}, "chosen", "shares no leading message"),
+    ("trl_conversational", {"prompt": [{"role": "robot", "content": "x"}]}, "prompt[0].role", "role 'robot'"),
+    ("trl_implicit", {"rejected": "Something else entirely."}, "chosen", "shares no leading words"),
+    ("trl_implicit_conversational", {"rejected": [user("Other?"), assistant("x")]}, "chosen", "no leading message"),
+    ("alpaca", {"history": [["only a question"]]}, "history[0]", "expected [question, answer]"),
+    ("alpaca", {"instruction": "  "}, "instruction", "empty"),
+    ("sharegpt", {"chosen": {"from": "human", "value": "x"}}, "chosen", "expected one assistant message, got user"),
+    ("sharegpt", {"conversations": [{"from": "gpt", "value": "x"}]}, "conversations", "ends with an assistant"),
+    ("trl_standard", {"rejected": "Rome "}, "rejected", "the same as 'chosen' but for whitespace"),
+]
+
+
+@pytest.mark.parametrize("container", ["jsonl", "parquet"])
+@pytest.mark.parametrize("fmt, change, field, problem", MALFORMED)
+def test_malformed_rows_name_file_row_and_field(fmt, change, field, problem, container, tmp_path):
+    rows = records(fmt)
+    if fmt == "trl_standard" and "rejected" in change:
+        rows[2] = {**rows[2], "chosen": "Rome", "rejected": " Rome\n"}  # only whitespace differs
+    else:
+        rows[2] = {**rows[2], **change}
+    if container == "parquet" and any(isinstance(v, int) for v in change.values()):
+        pytest.skip("a parquet column holds one type")
+    path = write(container, rows, tmp_path)
+    place = "line 3" if container == "jsonl" else "row 2"
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path))
+    message = str(refused.value)
+    assert message.startswith(f"{path} {place}: field {field!r}: ") and problem in message and "\n" not in message
+
+
+def test_a_folder_that_is_not_a_dataset_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(tmp_path))
+    assert str(refused.value) == (f"{tmp_path}: not a dataset: no data files (.json, .jsonl, .parquet, .csv, .arrow), "
+                                  "no save_to_disk files (state.json, dataset_dict.json) and no LLaMA-Factory "
+                                  "dataset_info.json")
+
+
+@pytest.mark.parametrize("broken", ["broken.parquet", "saved/state.json"])
+def test_a_container_datasets_cannot_read_is_one_line(broken, tmp_path):
+    (tmp_path / "saved").mkdir()
+    (tmp_path / broken).write_bytes(b"PAR1 not really data")
+    path = tmp_path / broken.split("/")[0]
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path))
+    assert str(refused.value).startswith(f"{path}: not a dataset that can be read (") and "\n" not in str(refused.value)
+
+
+def test_a_missing_split_lists_the_splits(tmp_path):
+    path = write("saved_dict", records("trl_standard"), tmp_path)
+    with pytest.raises(DataFileError, match=r"saved_dict: no split 'train'; set data.split to one of train_prefs, "
+                                            r"test_prefs$"):
+        pairs.load(str(path))
+
+
+def bad_paths(tmp_path):
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    return [(tmp_path / "missing.jsonl", "cannot read it: no such file"), (loop, "cannot read it: a symlink loop")]
+
+
+@pytest.mark.parametrize("data", ["pairs", "musique", "hotpotqa"])
+def test_bad_data_paths_stop_in_one_line(data, tmp_path):
+    cases = bad_paths(tmp_path) + ([(tmp_path, "a folder, not a file of records")] if data != "pairs" else [])
+    for path, problem in cases:
+        with pytest.raises(ConfigError) as stopped:
+            load_source(compose_config([f"data={data}", f"data.path={path}"]))
+        assert str(stopped.value) == f"{path}: {problem}"
+
+
+def test_a_missing_data_file_exits_2_before_the_model_loads(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+    done = subprocess.run([sys.executable, "-m", "solopo.run", "experiment=smoke", "data=pairs",
+                           f"data.path={tmp_path / 'nope.jsonl'}", "logger=none", f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"{tmp_path / 'nope.jsonl'}: cannot read it: no such file"
+
+
+@pytest.mark.parametrize("container", ["jsonl", "json"])
+def test_deep_json_nesting_is_one_line(container, tmp_path):
+    path = tmp_path / f"deep.{container}"
+    deep = "[" * 100_000 + "]" * 100_000
+    path.write_text(deep + "\n" if container == "jsonl" else f"[{deep}]")
+    place = " line 1" if container == "jsonl" else ""
+    with pytest.raises(DataFileError, match=rf"^{path}{place}: invalid JSON: nested too deeply$"):
+        pairs.load(str(path))
+
+
+SMOKE = [("A", "csv", []), ("trl_standard", "folder", []), ("trl_conversational", "parquet", []),
+         ("trl_implicit", "json", []), ("trl_implicit_conversational", "saved", []),
+         ("sharegpt", "saved_dict", ["data.split=train_prefs"]), ("alpaca", "jsonl", [])]
+
+
+@pytest.mark.parametrize("fmt, container, extra", SMOKE)
+def test_smoke_run_per_format(fmt, container, extra, tmp_path):
+    from test_run import results, run_here
+
+    path = write(container, records(fmt), tmp_path)
+    run_here(["algo=dpo", "experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
+              f"hydra.run.dir={tmp_path / 'run'}", *extra])
+    counts = results(tmp_path / "run")["data"]
+    assert counts["train"]["pairs"] == 3 and counts["val"]["pairs"] == 1
+
+
+def test_smoke_run_truncates_overlong_contexts_and_reports_the_count(tmp_path):
+    from test_run import results, run_here
+
+    filler = "\n\n".join(f"Note {i}: " + "the archive lists old maps " * 8 for i in range(12))
+    rows = [{**row, "prompt_long": f"{filler}\n\n{question(country)}"}
+            for row, (country, _, _) in zip(records("A"), CITIES)]
+    path = write("jsonl", rows, tmp_path)
+    run_here(["algo=dpo", "experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
+              "data.long_len=128", "model.max_length=256", "eval.lengths=[short,128]", "data.overlong=truncate",
+              "data.truncate=left",
+              f"hydra.run.dir={tmp_path / 'run'}"])
+    counts = results(tmp_path / "run")["data"]
+    assert counts["train"]["pairs"] == 3 and counts["train"]["truncated"] == 3 and counts["train"]["skipped"] == {}
+    assert counts["train"]["mean_tokens"]["long"] <= 256
