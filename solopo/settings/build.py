@@ -32,7 +32,8 @@ from solopo.settings.rules import cross_group_rules
 from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision
 
-RUN_KEYS = ("seed", "reference", "packing", "logp_chunk_size", "val_every_n_steps", "save_model", "checkpoint", "faults", "cache")
+RUN_KEYS = ("seed", "reference", "packing", "logp_chunk_size", "val_every_n_steps", "save_model", "optimized_metric",
+            "checkpoint", "faults", "cache")
 EVAL_KEYS = ("enabled", "n_items", "vllm")  # the eval group's keys that EvalSettings does not hold
 FROM_ELSEWHERE = ("seed", "template", "precision")  # EvalSettings fields other groups set
 
