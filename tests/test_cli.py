@@ -93,7 +93,7 @@ def test_a_run_off_a_terminal_logs_progress_lines_and_no_noise(tmp_path):
                   f"'hydra.run.dir={tmp_path}']\nimport solopo.run\nsolopo.run.main()")
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
-    for noise in ("Tip:", "FLOPs", "LeafSpec", "anonymous", "\r", "it/s", "Loading `train_dataloader`"):
+    for noise in ("Tip:", "FLOPs", "LeafSpec", "anonymous", "\r", "it/s", "batch/s", "Loading `train_dataloader`"):
         assert noise not in output, noise
     log = (tmp_path / "run.log").read_text()
     assert "step 2/4: loss" not in log and "step 4/4: loss" in log  # every 10 steps, and the last

@@ -38,12 +38,12 @@ def on_terminal() -> bool:
 
 def quiet_libraries() -> None:
     """Keeps what Lightning and its dependencies print to what a user can act on: no advertisement, no deprecation
-    notes about Lightning's own calls into torch, and no progress bars (tqdm's, in evaluation, sampling and the
-    reference pass) off a terminal, where ProgressLines logs the training's progress instead."""
+    notes about Lightning's own calls into torch, and off a terminal no progress bars of the libraries (e.g. loading
+    a model's weights); solopo's own bars pass disable=None, and ProgressLines logs the training's progress."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_noise)  # once: a filter is added once
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning's call into torch
     if not on_terminal():
-        os.environ.setdefault("TQDM_DISABLE", "1")  # read by every tqdm bar; a user's own setting wins
+        os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported (here: later); a user's setting wins
 
 
 def _not_noise(record: logging.LogRecord) -> bool:
