@@ -39,6 +39,14 @@ def test_help_and_cfg_answer_before_the_heavy_imports(module, args):
     assert "optimized_metric" in done.stdout if "--cfg" in args else done.stdout.strip()
 
 
+def test_a_config_dir_of_the_user_adds_options(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")
+    done = python("import sys; sys.argv = ['solopo-train', '--config-dir', '.', 'experiment=mine', '--cfg', 'job']\n"
+                  "import solopo.run\nsolopo.run.main()", cwd=tmp_path)
+    assert done.returncode == 0 and "\nseed: 7\n" in done.stdout, done.stderr[-2000:]
+
+
 RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracy": 0.5},
            "eval": {"base": {"average_long": 10.0, "average": 20.0}, "trained": {"average_long": 30.0, "average": 40.0}}}
 
