@@ -38,10 +38,11 @@ def on_terminal() -> bool:
 
 def quiet_libraries() -> None:
     """Keeps what Lightning and its dependencies print to what a user can act on: no advertisement, no deprecation
-    notes about Lightning's own calls into torch, and off a terminal no progress bars of the libraries (e.g. loading
-    a model's weights); solopo's own bars pass disable=None, and ProgressLines logs the training's progress."""
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_noise)  # once: a filter is added once
+    notes about the libraries' calls into each other, and off a terminal no progress bars of the libraries (e.g.
+    loading a model's weights); solopo's own bars pass disable=None, and ProgressLines logs the training's progress."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_noise)  # added once however often called
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning's call into torch
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")  # peft's, on LoRA runs
     if not on_terminal():
         os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported (here: later); a user's setting wins
 
