@@ -4,7 +4,8 @@
     python -m solopo.run -m algo=dpo,simpo,orpo ra.alpha=0,1,3
 
 This is the only module that reads a DictConfig; everything below takes typed arguments. Installed, the same entry
-is the console script `solopo-train`.
+is the console script `solopo-train`. Torch, Lightning and the package's modules are imported inside the functions
+that use them: Hydra answers --help, --cfg and shell completion in about a second, before they load.
 """
 from __future__ import annotations
 
@@ -189,10 +190,11 @@ def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: 
         overrides.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
     if cfg.trainer.enable_checkpointing:
         callbacks = [*callbacks, LastCheckpoint(run_dir, **cfg.checkpoint)]
-    if cfg.trainer.get("enable_progress_bar", True) and not on_terminal():  # a log file gets lines, not bar redraws
-        callbacks, overrides["enable_progress_bar"] = [*callbacks, ProgressLines()], False
-    elif cfg.trainer.get("enable_progress_bar", True):
-        callbacks = [*callbacks, TQDMProgressBar()]  # tqdm's bar: Lightning's default (rich) bar needs a wide terminal
+    if cfg.trainer.get("enable_progress_bar", True):
+        if on_terminal():
+            callbacks = [*callbacks, TQDMProgressBar()]  # tqdm's: Lightning picks rich's bar where rich is installed
+        else:  # a log file (run.log, SLURM, CI) gets plain lines, not a bar's redraws
+            callbacks, overrides["enable_progress_bar"] = [*callbacks, ProgressLines()], False
     return instantiate(cfg.trainer, logger=make_logger(cfg, settings.ra.alpha, resume), callbacks=callbacks, **overrides)
 
 
@@ -404,8 +406,7 @@ def optimized_value(results: dict, metric: str | None) -> float:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Hydra's task function; its value is what a sweeper optimises. Torch, Lightning and the package load from here
-    on, inside the functions that use them: Hydra answers --help, --cfg and shell completion before they do."""
+    """Hydra's task function; its value is what a sweeper optimises (optimized_metric)."""
     from solopo.settings.build import stop_on_config_errors
     from solopo.training.loggers import quiet_libraries
 

@@ -26,7 +26,8 @@ def python(code: str, cwd=ROOT, timeout=300, **env) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("module, args", [("solopo.run", ["--help"]), ("solopo.run", ["experiment=smoke", "--cfg", "job"]),
-                                          ("solopo.evaluate", ["--help"]), ("solopo.report.__main__", ["--help"])])
+                                          ("solopo.evaluate", ["--help"]),
+                                          ("solopo.report.__main__", ["--help"])])
 def test_help_and_cfg_answer_before_the_heavy_imports(module, args):
     """What keeps `solopo-train --help` under 2 s: the answer comes before torch, Lightning, transformers,
     matplotlib or wandb is imported (each takes seconds on a cold start)."""
@@ -48,7 +49,8 @@ def test_a_config_dir_of_the_user_adds_options(tmp_path):
 
 
 RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracy": 0.5},
-           "eval": {"base": {"average_long": 10.0, "average": 20.0}, "trained": {"average_long": 30.0, "average": 40.0}}}
+           "eval": {"base": {"average_long": 10.0, "average": 20.0},
+                    "trained": {"average_long": 30.0, "average": 40.0}}}
 
 
 @pytest.mark.parametrize("metric, expected", [("val/loss", 1.25), ("eval/trained/avg_long", 30.0),

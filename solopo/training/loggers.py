@@ -62,7 +62,8 @@ class ProgressLines(Callback):
         self._last = (trainer.global_step, time.perf_counter())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step, total = trainer.global_step, trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        step = trainer.global_step
+        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
         if step == self._last[0] or (step % self.every and step < total):
             return
         rate = (step - self._last[0]) / max(time.perf_counter() - self._last[1], 1e-9)
