@@ -25,11 +25,12 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
+
+from solopo.preflight import stop
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,6 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_file(path) as f:
         f.write(text)
-
-
-def stop(message: str) -> None:
-    """Ends the run with one line and exit status 2, as a bad setting does."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 @dataclass(frozen=True)

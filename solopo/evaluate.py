@@ -4,7 +4,7 @@
     python -m solopo.evaluate model.name=/path/to/checkpoint eval.lengths=[short,1024,2048,4096]
 
 Writes results.json (the table), eval_*.png and prints the table. `python -m solopo.run` runs the
-same evaluation before and after training.
+same evaluation before and after training. Installed, the same entry is the console script `solopo-eval`.
 """
 from __future__ import annotations
 
@@ -14,19 +14,22 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from solopo.eval.runner import Evaluation, eval_items, write_outputs
-from solopo.models.loading import load_model, load_tokenizer
-from solopo.settings.build import build_settings, load_source, stop_on_config_errors, vllm_args
-from solopo.training.results import redact, refuse_secrets, write_results
+from solopo.preflight import preflight
+from solopo.training.results import redact, write_results
 
 log = logging.getLogger("solopo")
 
 
 def evaluate(cfg: DictConfig) -> None:
+    import torch
+
+    from solopo.eval.runner import Evaluation, eval_items, write_outputs
+    from solopo.models.loading import load_model, load_tokenizer
+    from solopo.settings.build import build_settings, load_source, vllm_args
+
     settings = build_settings(cfg, training=False)  # a config mistake stops here, in one line, before the model loads
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     items, pool = eval_items(load_source(cfg), cfg.eval.n_items)  # a malformed data file stops before the model loads
@@ -47,10 +50,22 @@ def evaluate(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    """Hydra's task function. Torch and the package load from here on: Hydra answers --help, --cfg and shell
+    completion before they do."""
+    from solopo.settings.build import stop_on_config_errors
+    from solopo.training.loggers import quiet_libraries
+
+    quiet_libraries()
     with stop_on_config_errors():
         evaluate(cfg)
 
 
-if __name__ == "__main__":
-    refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides to .hydra/
+def entry() -> None:
+    """The console script solopo-eval (and python -m solopo.evaluate): the command line's preflight checks, then
+    Hydra."""
+    preflight(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    entry()

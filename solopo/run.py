@@ -3,7 +3,9 @@
     python -m solopo.run algo=simpo data=qa
     python -m solopo.run -m algo=dpo,simpo,orpo ra.alpha=0,1,3
 
-This is the only module that reads a DictConfig; everything below takes typed arguments.
+This is the only module that reads a DictConfig; everything below takes typed arguments. Installed, the same entry
+is the console script `solopo-train`. Torch, Lightning and the package's modules are imported inside the functions
+that use them: Hydra answers --help, --cfg and shell completion in about a second, before they load.
 """
 from __future__ import annotations
 
@@ -15,57 +17,56 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from pytorch_lightning.callbacks import TQDMProgressBar
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 import solopo
-from solopo.training.callbacks import Preemption, Throughput
-from solopo.data.collate import PairCollator
-from solopo.data.pairs import to_examples
-from solopo.generation.sampling import sample_pairs
-from solopo.data.schema import PreferenceExample
-from solopo.data.tokenize import token_counter, tokenize_examples
 from solopo.cache import DiskCache
-from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
-from solopo.training.distributed import check_strategy, local_gpu
-from solopo.training.faults import NumericalGuard
-from solopo.training.loggers import finish, wandb_labels
-from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
-                           save_policy, weights_path, with_lora)
-from solopo.training.module import ALL_SEQUENCES, SoLoPOModule, intended_warnings_silenced
-from solopo.core.objective import required_sequences
-from solopo.settings.build import Settings, build_settings, load_source, stop_on_config_errors, vllm_args
-from solopo.training.precision import weights_dtype
-from solopo.training.reference import with_reference_logps
-from solopo.training.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
-from solopo.training.results import (all_finite, final_metrics, redact, refuse_secrets, refuse_unwritable, summary,
-                                     write_results)
-from solopo.generation.vllm_engine import saved_weights
+from solopo.preflight import preflight
+from solopo.training.results import all_finite, final_metrics, redact, summary, write_results
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader
+
+    from solopo.eval.runner import Evaluation
+    from solopo.models.loading import ModelSpec
+    from solopo.settings.build import Settings
+    from solopo.training.callbacks import Preemption
+    from solopo.training.faults import NumericalGuard
+    from solopo.training.module import SoLoPOModule
 
 log = logging.getLogger("solopo")
 
 
 def model_identity(spec: ModelSpec, seed: int) -> str:
     """What cached numbers computed with this model depend on (a random model is defined by its seed)."""
+    from solopo.models.loading import init_device
+
     drawn_on = init_device(spec.init_device).type if spec.random_init else "cpu"  # a GPU draws other numbers
     return json.dumps([spec.name, spec.random_init, seed if spec.random_init else None, spec.dtype]
                       + ([drawn_on] if drawn_on != "cpu" else []))
 
 
 def compute_device(cfg: DictConfig) -> torch.device:
+    import torch
+
+    from solopo.training.distributed import local_gpu
+
     return local_gpu() if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else torch.device("cpu")
 
 
 def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> Evaluation | None:
     """The held-out evaluation of this run (conf/eval), or None when it is off or the data has no questions."""
+    from solopo.eval.runner import Evaluation, eval_items
+    from solopo.settings.build import vllm_args
+
     if settings.eval is None:
         return None
     try:
@@ -81,6 +82,9 @@ def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> E
 
 def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
     """The directory vLLM loads (the model's own weights, or a random model written out for it); None otherwise."""
+    from solopo.generation.vllm_engine import saved_weights
+    from solopo.models.loading import weights_path
+
     if engine != "vllm":
         return contextlib.nullcontext(None)
     return saved_weights(policy, tokenizer) if spec.random_init is not None else contextlib.nullcontext(weights_path(spec))
@@ -89,6 +93,11 @@ def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
 def make_pairs(cfg: DictConfig, settings: Settings, splits, tokenizer, policy) -> tuple[dict[str, list], dict]:
     """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled), and what was
     built, sampled or skipped."""
+    from solopo.data.pairs import to_examples
+    from solopo.data.schema import PreferenceExample
+    from solopo.data.tokenize import token_counter, tokenize_examples
+    from solopo.generation.sampling import sample_pairs
+
     count_tokens = token_counter(tokenizer)
     spec, sampling = settings.model, settings.sampling
     pairs, counts = {}, {}
@@ -132,6 +141,9 @@ def repeats_note(n_pairs: int, max_steps: int, pairs_per_step: int, limit: float
 
 
 def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool) -> DataLoader:
+    from solopo.data.collate import PairCollator
+    from solopo.training.resume import ResumableLoader
+
     options = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                    collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
     # The training loader's order and position go into checkpoints, so a resumed run sees the batches it would have.
@@ -141,6 +153,8 @@ def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: 
 
 
 def make_logger(cfg: DictConfig, alpha: float, resume: bool):
+    from solopo.training.loggers import wandb_labels
+
     if not (cfg.get("logger") and "_target_" in cfg.logger):
         return False
     extra = {}
@@ -164,6 +178,12 @@ def strategy_of(cfg: DictConfig) -> str:
 
 
 def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: list, resume: bool) -> pl.Trainer:
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from solopo.training.distributed import check_strategy
+    from solopo.training.loggers import ProgressLines, on_terminal
+    from solopo.training.resume import LastCheckpoint
+
     # build_settings checked the accelerator at startup; a strategy is checked against the machine here
     check_strategy(strategy_of(cfg), cfg.trainer.accelerator)
     overrides = {"precision": settings.precision, "default_root_dir": str(run_dir),
@@ -174,13 +194,18 @@ def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: 
     if cfg.trainer.enable_checkpointing:
         callbacks = [*callbacks, LastCheckpoint(run_dir, **cfg.checkpoint)]
     if cfg.trainer.get("enable_progress_bar", True):
-        callbacks = [*callbacks, TQDMProgressBar()]  # tqdm bars, which also read well in non-interactive logs (SLURM, CI)
+        if on_terminal():
+            callbacks = [*callbacks, TQDMProgressBar()]  # tqdm's: Lightning picks rich's bar where rich is installed
+        else:  # a log file (run.log, SLURM, CI) gets plain lines, not a bar's redraws
+            callbacks, overrides["enable_progress_bar"] = [*callbacks, ProgressLines()], False
     return instantiate(cfg.trainer, logger=make_logger(cfg, settings.ra.alpha, resume), callbacks=callbacks, **overrides)
 
 
 def load_models(cfg: DictConfig, settings: Settings):
     """The tokenizer, the policy (with its LoRA adapter) and a live reference, or None where the reference is cached
     log-probs, the policy without its adapter, or not needed; and whether it is cached."""
+    from solopo.models.loading import freeze, half_precision_trained, load_model, load_tokenizer, with_lora
+
     spec, algo = settings.model, settings.algo
     tokenizer = load_tokenizer(spec)
     cached = algo.needs_reference and cfg.reference == "cached"
@@ -202,6 +227,9 @@ def load_models(cfg: DictConfig, settings: Settings):
 
 def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pairs: dict, keys: dict) -> dict:
     """The pairs with the reference's log-probs: before the first update, the policy is the reference."""
+    from solopo.training.precision import weights_dtype
+    from solopo.training.reference import with_reference_logps
+
     policy.to(compute_device(cfg))
     return {split: with_reference_logps(
         policy, split_pairs, keys[split], model_identity(settings.model, cfg.seed), settings.precision,
@@ -213,6 +241,11 @@ def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer
 
 def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict):
     """Trains; returns the trainer and the callbacks whose records go into results.json."""
+    from solopo.training.callbacks import Preemption, Throughput
+    from solopo.training.faults import NumericalGuard
+    from solopo.training.module import intended_warnings_silenced
+    from solopo.training.resume import RngState
+
     throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
     trainer = make_trainer(cfg, settings, run_dir, [throughput, guard, preemption, RngState()],
                            resume=ckpt_path is not None)
@@ -231,6 +264,8 @@ def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: S
 def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
               tables: dict, run_dir: Path) -> dict:
     """Final validation, the trained model's evaluation and its saving; the final metrics."""
+    from solopo.models.loading import save_policy
+
     metrics = final_metrics(trainer.callback_metrics)
     if val_loader is not None:
         trainer.validate(module, dataloaders=val_loader, verbose=False)
@@ -244,6 +279,13 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
 
 
 def train(cfg: DictConfig) -> dict:
+    import pytorch_lightning as pl
+
+    from solopo.core.objective import required_sequences
+    from solopo.settings.build import build_settings, load_source
+    from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
+    from solopo.training.resume import resolve_ckpt_path
+
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     settings = build_settings(cfg)  # a config mistake stops here, in one line, before any model loads
@@ -301,6 +343,9 @@ def train(cfg: DictConfig) -> dict:
 def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, tables: dict, preemption: Preemption,
                guard: NumericalGuard) -> dict:
     """One process writes results and plots and prints the summary; a preempted or faulty run exits here."""
+    from solopo.eval.runner import log_to, write_outputs
+    from solopo.training.loggers import finish
+
     metrics = results["metrics"]
     if not trainer.is_global_zero:
         if preemption.received is not None:
@@ -348,13 +393,38 @@ def stop_on_faults(message: str) -> None:
         raise SystemExit(message)
 
 
+def optimized_value(results: dict, metric: str | None) -> float:
+    """The number a sweeper (hparams_search=optuna) optimises: the final metric named by optimized_metric
+    (val/loss, eval/trained/avg_long, ...; every key of results.json's metrics and of the evaluation's summary);
+    null: eval/trained/avg_long when the evaluation ran, else val/rewards/accuracy, both higher-is-better."""
+    from solopo.eval.runner import summary_entries
+    from solopo.settings.build import ConfigError
+
+    values = {**results["metrics"], **(summary_entries(results["eval"]) if results.get("eval") else {})}
+    metric = metric or ("eval/trained/avg_long" if "eval/trained/avg_long" in values else "val/rewards/accuracy")
+    if metric not in values and metric.startswith("eval/") and "eval" not in results:
+        return float("nan")  # a process other than rank 0, which writes the evaluation's results and returns them
+    if metric not in values:
+        raise ConfigError(f"optimized_metric={metric}: this run has no such metric; it has {', '.join(sorted(values))}")
+    return float(values[metric])
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """Hydra's task function; its value is what a sweeper optimises (optimized_metric)."""
+    from solopo.settings.build import stop_on_config_errors
+    from solopo.training.loggers import quiet_libraries
+
+    quiet_libraries()
     with stop_on_config_errors():
-        train(cfg)
+        return optimized_value(train(cfg), cfg.optimized_metric)
+
+
+def entry() -> None:
+    """The console script solopo-train (and python -m solopo.run): the command line's preflight checks, then Hydra."""
+    preflight(sys.argv[1:])
+    main()
 
 
 if __name__ == "__main__":
-    refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides to .hydra/
-    refuse_unwritable(sys.argv[1:])
-    main()
+    entry()

@@ -281,7 +281,7 @@ def test_a_missing_data_file_exits_2_before_the_model_loads(tmp_path):
                            f"data.path={tmp_path / 'nope.jsonl'}", "logger=none", f"hydra.run.dir={tmp_path}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == f"{tmp_path / 'nope.jsonl'}: cannot read it: no such file"
+    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.jsonl'}: cannot read it: no such file"
 
 
 @pytest.mark.parametrize("container", ["jsonl", "json"])

@@ -171,8 +171,9 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
     from omegaconf import open_dict
 
     import solopo.run as entry
+    from solopo.data import tokenize as tokenization  # run.make_pairs imports tokenize_examples when it runs
 
-    tokenize = entry.tokenize_examples
+    tokenize = tokenization.tokenize_examples
     calls = []
 
     def none_for_val(examples, *args):
@@ -180,7 +181,7 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
         pairs, skipped = tokenize(examples, *args)
         return (pairs, skipped) if len(calls) == 1 else ([], skipped)  # the first call is the train split
 
-    monkeypatch.setattr(entry, "tokenize_examples", none_for_val)
+    monkeypatch.setattr(tokenization, "tokenize_examples", none_for_val)
     monkeypatch.setenv("SOLOPO_CACHE", str(tmp_path / "cache"))
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", return_hydra_config=True, overrides=[
@@ -196,7 +197,7 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
     assert "no val pairs left" in caplog.text and "without validation metrics" in caplog.text
 
     calls.clear()
-    monkeypatch.setattr(entry, "tokenize_examples", lambda examples, *args: ([], {}))
+    monkeypatch.setattr(tokenization, "tokenize_examples", lambda examples, *args: ([], {}))
     with pytest.raises(ValueError, match="no train pairs left"):
         entry.train(cfg)
 

@@ -122,7 +122,8 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        # disable=None: a bar on a terminal only, not in a log file
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
             batch = order[start : start + batch_size]
             ids, mask = left_padded(tokenizer, [prompts[i] for i in batch], device)
             width = ids.shape[1]

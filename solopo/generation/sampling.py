@@ -91,7 +91,8 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
     model.eval()
     out: list[list[Sample]] = []
     try:
-        for start in tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch"):
+        # disable=None: a bar on a terminal only, not in a log file
+        for start in tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch", disable=None):
             ids, mask = left_padded(tokenizer, prompts[start : start + per_batch], device)
             width = ids.shape[1]
             torch.manual_seed(settings.seed + start)  # repeatable whatever the batch boundaries before it

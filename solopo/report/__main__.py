@@ -9,15 +9,13 @@ against its evaluation scores (sub-EM by context length, the long-context averag
 training), validation metrics and timings. Writes report.md, report.csv and PNG plots (accuracy vs length;
 score vs alpha when alpha varies). A run directory holding failed.json instead of results.json
 ({"reason", "detail", "config"}, as a job launcher writes it) is a failed run: its row says why.
+Installed, the same entry is the console script `solopo-report`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-from solopo.report.runs import find_runs
-from solopo.report.sweep import write_report
 
 
 def main() -> None:
@@ -27,6 +25,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where the report goes (default: the first directory)")
     parser.add_argument("--seeds", action="store_true", help="one row per config: mean ± std over its seeds")
     args = parser.parse_args()
+    from solopo.report.runs import find_runs
+    from solopo.report.sweep import write_report  # matplotlib: after --help has been answered
+
     out = args.out or args.dirs[0]
     try:
         runs = find_runs(args.dirs)

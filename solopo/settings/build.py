@@ -9,7 +9,6 @@ This is the one module below the entry points that reads a DictConfig.
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -29,10 +28,12 @@ from solopo.models.loading import ModelSpec
 from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
 from solopo.settings.groups import check_data, check_run, check_trainer, target, unknown_options
 from solopo.settings.rules import cross_group_rules
+from solopo.preflight import stop
 from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision
 
-RUN_KEYS = ("seed", "reference", "packing", "logp_chunk_size", "val_every_n_steps", "save_model", "checkpoint", "faults", "cache")
+RUN_KEYS = ("seed", "reference", "packing", "logp_chunk_size", "val_every_n_steps", "save_model", "optimized_metric",
+            "checkpoint", "faults", "cache")
 EVAL_KEYS = ("enabled", "n_items", "vllm")  # the eval group's keys that EvalSettings does not hold
 FROM_ELSEWHERE = ("seed", "template", "precision")  # EvalSettings fields other groups set
 
@@ -172,8 +173,7 @@ def stop_on_config_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        raise SystemExit(2) from None
+        stop(str(err))
 
 
 def choice(cfg: DictConfig, group: str) -> str:

@@ -97,6 +97,9 @@ def check_run(top: dict) -> Problems:
     problems += number("logp_chunk_size", top.get("logp_chunk_size"), 1, integer=True)
     problems += number("val_every_n_steps", top.get("val_every_n_steps"), 1, integer=True, optional=True)
     problems += flag("save_model", top.get("save_model"))
+    metric = top.get("optimized_metric")
+    if metric is not None and not (isinstance(metric, str) and metric.startswith(("train/", "val/", "eval/"))):
+        problems.append(f"optimized_metric={metric!r}: a metric key such as val/loss or eval/trained/avg_long, or null")
     problems += number("checkpoint.every_n_steps", checkpoint.get("every_n_steps"), 1, integer=True, optional=True)
     problems += number("checkpoint.every_n_minutes", checkpoint.get("every_n_minutes"), 0, above=True, optional=True)
     if checkpoint.get("every_n_steps") and checkpoint.get("every_n_minutes"):

@@ -1,22 +1,75 @@
 """Experiment loggers that need more than their Lightning class: wandb that runs offline without a key, and both
-loggers continuing where an interrupted run left off when it is resumed (ckpt_path=...)."""
+loggers continuing where an interrupted run left off when it is resumed (ckpt_path=...); what the libraries print,
+kept to what a user can act on (quiet_libraries), and plain progress lines where no terminal shows a bar."""
 from __future__ import annotations
 
 import csv
+import logging
 import netrc
 import os
 import re
+import sys
+import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Optional
 
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
+from pytorch_lightning import Callback
+
+log = logging.getLogger("solopo")
 
 WANDB_RUN_ID_FILE = "wandb_run_id"
 TAGGED_GROUPS = ("algo", "ra", "method", "data", "model")  # config groups a run is tagged with
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Lightning's lines that no setting of a solopo run changes: an advertisement, and a note that the schedule counts
+# the batches of the training loader (it always does: the warm-up and cosine span them)
+_LIGHTNING_NOISE = re.compile(r"💡 Tip: |Loading `train_dataloader` to estimate number of stepping batches")
+
+
+def on_terminal() -> bool:
+    """Whether progress bars have a terminal to redraw on; where output goes to a file (run.log, a SLURM log, CI),
+    each redraw of a bar would be one more piece of a line thousands of characters long."""
+    return sys.stderr.isatty()
+
+
+def quiet_libraries() -> None:
+    """Keeps what Lightning and its dependencies print to what a user can act on: no advertisement, no deprecation
+    notes about the libraries' calls into each other, and off a terminal no progress bars of the libraries (e.g.
+    loading a model's weights); solopo's own bars pass disable=None, and ProgressLines logs the training's progress."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_noise)  # added once however often called
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning's call into torch
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")  # peft's, on LoRA runs
+    if not on_terminal():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported (here: later); a user's setting wins
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not _LIGHTNING_NOISE.match(record.getMessage())
+
+
+class ProgressLines(Callback):
+    """The training's progress as one log line every ``every`` optimizer steps (and the last): the step, the steps in
+    all, the loss and the steps per second since the previous line; a progress bar's plain form for log files."""
+
+    def __init__(self, every: int = 10):
+        self.every, self._last = every, None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last = (trainer.global_step, time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        if step == self._last[0] or (step % self.every and step < total):
+            return
+        rate = (step - self._last[0]) / max(time.perf_counter() - self._last[1], 1e-9)
+        loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
+        log.info("step %d/%d: loss %s, %.2f steps/s", step, total, "-" if loss is None else f"{float(loss):.4f}", rate)
+        self._last = (step, time.perf_counter())
 
 
 def wandb_labels(choices: dict[str, str], alpha: float, multirun: bool, sweep_dir: str = "", override_dirname: str = "",
@@ -71,8 +124,11 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     id_file.parent.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run_id + "\n")
     # WandbLogger asks wandb for resume="allow": the id continues its run when there is one, else starts it.
-    return WandbLogger(project=project, save_dir=save_dir, offline=offline, name=name, group=group, tags=tags,
-                       id=run_id, **kwargs)
+    logger = WandbLogger(project=project, save_dir=save_dir, offline=offline, name=name, group=group, tags=tags,
+                         id=run_id, **kwargs)
+    # Lightning passes anonymous=None to wandb.init, which wandb answers with a deprecation warning on every run
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 class _AppendingWriter(ExperimentWriter):

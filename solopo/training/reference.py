@@ -53,7 +53,8 @@ def compute_reference_logps(
     out: dict[str, dict[str, float]] = {p.id: {} for p in pairs}
     try:
         with weights_as(model, weights):
-            for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch"):
+            # disable=None: a bar on a terminal only, not in a log file
+            for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", disable=None):
                 chunk = pairs[start : start + batch_size]
                 for group in collate(chunk).to(device).groups.values():
                     with autocast(device, precision):

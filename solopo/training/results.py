@@ -2,24 +2,15 @@
 must never write (outside its sweep directory, a directory it cannot write to)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from omegaconf import OmegaConf
 
-from solopo.training.resume import refuse
 
 from solopo.cache import atomic_write_text
-
-# Keys such as api_key, WANDB_API_KEY, hf_token, token, secret; not "tokenizer" or "n_tokens".
-SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password)$", re.IGNORECASE)
-
+from solopo.preflight import SECRET_KEY
 
 def redact(value: Any) -> Any:
     """The config with every value under a secret-looking key replaced, so results never leak keys."""
@@ -28,48 +19,6 @@ def redact(value: Any) -> Any:
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
-
-
-def refuse_secrets(overrides: Sequence[str]) -> None:
-    """Stops (exit 2) on a command-line override that sets a secret-looking key (SECRET_KEY, e.g.
-    +model.extra.token=...). Called before Hydra starts: Hydra records every override in the run's .hydra/ folder
-    and wandb the command line, in plain text, before any of solopo's code could redact them."""
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if "=" in override and SECRET_KEY.search(key.rsplit(".", 1)[-1]):
-            refuse(f"{key}: secrets are not accepted on the command line (Hydra writes every override to the run "
-                   "directory's .hydra/); set them in environment variables instead (WANDB_API_KEY, HF_TOKEN, ...)")
-
-
-def refuse_unwritable(overrides: Sequence[str], cwd: Path = Path(".")) -> None:
-    """Stops (exit 2) when the run or sweep directory (hydra.run.dir / hydra.sweep.dir, else Hydra's default under
-    ``cwd``) cannot be written: the first existing folder on its path gets a probe file. Checked before Hydra writes
-    .hydra/ there and before any model loads."""
-    given = {k: v for k, _, v in (o.partition("=") for o in overrides) if k in ("hydra.run.dir", "hydra.sweep.dir")}
-    for key, folder in given.items() or [("hydra.run.dir", str(Path(cwd) / "outputs"))]:
-        existing = Path(folder).absolute()
-        while not existing.exists():
-            existing = existing.parent
-        try:
-            fd, probe = tempfile.mkstemp(dir=existing, prefix=".solopo-probe-")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as err:
-            refuse(f"{key}={folder}: cannot write to {existing} ({err.strerror or err})")
-
-
-def safe_dirname(name: str, limit: int = 200) -> str:
-    """``name`` as one folder name: characters other than A-Z a-z 0-9 . _ = , - become "_", and ".." becomes "_",
-    so an override such as data.path=x/../../d never leads out of the sweep directory. Names over ``limit``
-    characters are cut and end in a digest of the whole, so they stay distinct and within file-system limits."""
-    safe = re.sub(r"[^A-Za-z0-9._=,-]", "_", name).replace("..", "_")
-    if len(safe) > limit:
-        safe = safe[:limit - 9] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return safe
-
-
-# conf/config.yaml names each job of a sweep with it: ${hydra.job.num}_${safe_dirname:${hydra.job.override_dirname}}
-OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 
 
 def final_metrics(callback_metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -11,7 +11,6 @@ import logging
 import os
 import random
 import shutil
-import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -24,21 +23,17 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
+from solopo.preflight import stop
+
 log = logging.getLogger("solopo")
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-def refuse(message: str) -> None:
-    """Stops the run on a bad setting or input file: one line on stderr, exit code 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]:
     """The checkpoint to resume from, or None to start from scratch. "last" is the run directory's last.ckpt when
     there is one: a requeued job passes ckpt_path=last from its first start on. A missing, truncated or foreign
-    checkpoint stops the run in one line (refuse) before any model loads."""
+    checkpoint stops the run in one line (solopo.preflight.stop) before any model loads."""
     if ckpt_path is None:
         return None
     # under trainer=fsdp a checkpoint is a folder of shards
@@ -48,9 +43,9 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]
                     "starting from scratch", path)
         return None
     if not path.exists():
-        refuse(f"ckpt_path={ckpt_path}: no such checkpoint file or folder")
+        stop(f"ckpt_path={ckpt_path}: no such checkpoint file or folder")
     if problem := checkpoint_problem(path):
-        refuse(f"ckpt_path={ckpt_path}: {path} is not a usable checkpoint ({problem})")
+        stop(f"ckpt_path={ckpt_path}: {path} is not a usable checkpoint ({problem})")
     return path
 
 

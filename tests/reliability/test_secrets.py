@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from solopo.training.results import refuse_secrets, safe_dirname
+from solopo.preflight import refuse_secrets, safe_dirname
 from support import ENV, ROOT, command
 
 

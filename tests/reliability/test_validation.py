@@ -173,7 +173,7 @@ def test_the_run_stops_before_any_model_loads(tmp_path):
     done = run(["ra.alpha=-1", f"hydra.run.dir={tmp_path}"], expect=2)
     assert time.perf_counter() - started < 60
     assert "Traceback" not in done.stderr and "parameters" not in done.stdout + done.stderr
-    assert done.stderr.strip().splitlines() == ["ra.alpha=-1: must be a number >= 0 (0 turns SoLo-RA off)"]
+    assert done.stderr.strip().splitlines() == ["error: ra.alpha=-1: must be a number >= 0 (0 turns SoLo-RA off)"]
     assert not (tmp_path / "results.json").exists()
 
 

@@ -1,0 +1,75 @@
+"""What is checked before Hydra starts, and how solopo stops on bad input.
+
+Hydra writes the command line to the run directory's ``.hydra/`` (and wandb records it) before the task function
+runs, so a secret given as an override, or a run directory that cannot be written, must be refused earlier: the
+console scripts call ``preflight`` first. Every bad setting or input file ends the same way: one line on stderr,
+``error: ...``, exit status 2, no traceback (``stop``). This module imports nothing heavy: it runs before --help.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from omegaconf import OmegaConf
+
+# Keys such as api_key, WANDB_API_KEY, hf_token, token, secret; not "tokenizer" or "n_tokens".
+SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password)$", re.IGNORECASE)
+
+
+def refuse_secrets(overrides: Sequence[str]) -> None:
+    """Stops (exit 2) on a command-line override that sets a secret-looking key (SECRET_KEY, e.g.
+    +model.extra.token=...). Called before Hydra starts: Hydra records every override in the run's .hydra/ folder
+    and wandb the command line, in plain text, before any of solopo's code could redact them."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" in override and SECRET_KEY.search(key.rsplit(".", 1)[-1]):
+            stop(f"{key}: secrets are not accepted on the command line (Hydra writes every override to the run "
+                   "directory's .hydra/); set them in environment variables instead (WANDB_API_KEY, HF_TOKEN, ...)")
+
+
+def refuse_unwritable(overrides: Sequence[str], cwd: Path = Path(".")) -> None:
+    """Stops (exit 2) when the run or sweep directory (hydra.run.dir / hydra.sweep.dir, else Hydra's default under
+    ``cwd``) cannot be written: the first existing folder on its path gets a probe file. Checked before Hydra writes
+    .hydra/ there and before any model loads."""
+    given = {k: v for k, _, v in (o.partition("=") for o in overrides) if k in ("hydra.run.dir", "hydra.sweep.dir")}
+    for key, folder in given.items() or [("hydra.run.dir", str(Path(cwd) / "outputs"))]:
+        existing = Path(folder).absolute()
+        while not existing.exists():
+            existing = existing.parent
+        try:
+            fd, probe = tempfile.mkstemp(dir=existing, prefix=".solopo-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            stop(f"{key}={folder}: cannot write to {existing} ({err.strerror or err})")
+
+
+def safe_dirname(name: str, limit: int = 200) -> str:
+    """``name`` as one folder name: characters other than A-Z a-z 0-9 . _ = , - become "_", and ".." becomes "_",
+    so an override such as data.path=x/../../d never leads out of the sweep directory. Names over ``limit``
+    characters are cut and end in a digest of the whole, so they stay distinct and within file-system limits."""
+    safe = re.sub(r"[^A-Za-z0-9._=,-]", "_", name).replace("..", "_")
+    if len(safe) > limit:
+        safe = safe[:limit - 9] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return safe
+
+
+# conf/config.yaml names each job of a sweep with it: ${hydra.job.num}_${safe_dirname:${hydra.job.override_dirname}}
+OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
+
+
+def stop(message: str) -> NoReturn:
+    """Ends the process on a bad setting or input file: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def preflight(argv: Sequence[str]) -> None:
+    """The checks a command line gets before Hydra writes anything (secrets, a writable run directory)."""
+    refuse_secrets(argv)
+    refuse_unwritable(argv)

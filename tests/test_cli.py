@@ -1,0 +1,139 @@
+"""The command line as a user meets it: --help and --cfg answered before torch loads, the value a sweeper
+optimises (optimized_metric), a quiet log with plain progress lines off a terminal, and a smoke Optuna search."""
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from solopo.run import optimized_value
+from solopo.settings.build import ConfigError
+from solopo.settings.groups import check_run
+from solopo.training.loggers import quiet_libraries
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "pytorch_lightning", "transformers", "matplotlib", "wandb")
+
+
+def python(code: str, cwd=ROOT, timeout=300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "WANDB_MODE": "offline", **env})
+
+
+@pytest.mark.parametrize("module, args", [("solopo.run", ["--help"]), ("solopo.run", ["experiment=smoke", "--cfg", "job"]),
+                                          ("solopo.evaluate", ["--help"]),
+                                          ("solopo.report.__main__", ["--help"])])
+def test_help_and_cfg_answer_before_the_heavy_imports(module, args):
+    """What keeps `solopo-train --help` under 2 s: the answer comes before torch, Lightning, transformers,
+    matplotlib or wandb is imported (each takes seconds on a cold start)."""
+    done = python(f"import sys; sys.argv = ['solopo', *{args!r}]\n"
+                  f"import {module} as entry\n"
+                  "try:\n    entry.main()\nexcept SystemExit:\n    pass\n"
+                  f"print('LOADED', [m for m in {HEAVY!r} if m in sys.modules])")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED []" in done.stdout, done.stdout[-500:]
+    assert "optimized_metric" in done.stdout if "--cfg" in args else done.stdout.strip()
+
+
+def test_a_config_dir_of_the_user_adds_options(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")
+    done = python("import sys; sys.argv = ['solopo-train', '--config-dir', '.', 'experiment=mine', '--cfg', 'job']\n"
+                  "import solopo.run\nsolopo.run.main()", cwd=tmp_path)
+    assert done.returncode == 0 and "\nseed: 7\n" in done.stdout, done.stderr[-2000:]
+
+
+RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracy": 0.5},
+           "eval": {"base": {"average_long": 10.0, "average": 20.0},
+                    "trained": {"average_long": 30.0, "average": 40.0}}}
+
+
+@pytest.mark.parametrize("metric, expected", [("val/loss", 1.25), ("eval/trained/avg_long", 30.0),
+                                              ("eval/gain/avg_long", 20.0), (None, 30.0)])
+def test_optimized_value_reads_the_named_metric(metric, expected):
+    assert optimized_value(RESULTS, metric) == expected
+
+
+def test_optimized_value_without_evaluation_is_the_validation_accuracy():
+    assert optimized_value({"metrics": RESULTS["metrics"]}, None) == 0.5
+
+
+def test_an_unknown_optimized_metric_is_a_one_line_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"optimized_metric=val/acc: this run has no such metric; it has .*val/loss"):
+        optimized_value(RESULTS, "val/acc")
+
+
+def test_a_process_without_the_evaluation_results_returns_nan():
+    """Ranks other than 0 train and evaluate, but only rank 0 gathers the evaluation into its results."""
+    assert math.isnan(optimized_value({"metrics": RESULTS["metrics"]}, "eval/trained/avg_long"))
+
+
+@pytest.mark.parametrize("value, ok", [(None, True), ("val/loss", True), ("eval/trained/avg_long", True),
+                                       ("loss", False), (3, False)])
+def test_optimized_metric_is_checked_with_the_run_keys(value, ok):
+    problems = [p for p in check_run({"optimized_metric": value}) if p.startswith("optimized_metric")]
+    assert not problems if ok else problems
+
+
+def test_a_user_setting_for_tqdm_wins(monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    quiet_libraries()
+    assert os.environ["TQDM_DISABLE"] == "0"
+
+
+def test_lightning_advertisement_is_dropped_and_its_other_lines_kept(caplog):
+    quiet_libraries()
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger=rank_zero.name):
+        rank_zero.info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        rank_zero.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_a_run_off_a_terminal_logs_progress_lines_and_no_noise(tmp_path):
+    """stderr is a pipe here, as in a SLURM or CI log: no bars (no carriage returns), plain progress lines in
+    run.log, and none of the lines a user cannot act on (Lightning's advertisement and FLOPs: 0 table, a
+    deprecation note, wandb's "anonymous" warning)."""
+    done = python("import sys; sys.argv = ['solopo-train', 'experiment=smoke', 'logger=wandb', "
+                  f"'hydra.run.dir={tmp_path}']\nimport solopo.run\nsolopo.run.main()")
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    for noise in ("Tip:", "FLOPs", "LeafSpec", "anonymous", "\r", "it/s", "batch/s", "Loading `train_dataloader`"):
+        assert noise not in output, noise
+    log = (tmp_path / "run.log").read_text()
+    assert "step 2/4: loss" not in log and "step 4/4: loss" in log  # every 10 steps, and the last
+
+
+def test_progress_lines_every_n_steps_and_the_last(caplog):
+    from solopo.training.loggers import ProgressLines
+
+    class Trainer:
+        max_steps, global_step, callback_metrics = 5, 0, {"train/loss_step": 1.5}
+
+    trainer, callback = Trainer(), ProgressLines(every=2)
+    callback.on_train_start(trainer, None)
+    with caplog.at_level(logging.INFO, logger="solopo"):
+        for step in range(1, 6):
+            trainer.global_step = step
+            callback.on_train_batch_end(trainer, None, None, None, step - 1)
+    lines = [record.getMessage().split(",")[0] for record in caplog.records]
+    assert lines == ["step 2/5: loss 1.5000", "step 4/5: loss 1.5000", "step 5/5: loss 1.5000"]
+
+
+def test_a_smoke_optuna_search_finds_a_real_best_value(tmp_path):
+    """hparams_search=optuna (the solopo[optuna] extra), 3 trials of the smoke run minimising val/loss: the best
+    value Optuna reports is the val/loss one of the trials wrote to its results.json."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the solopo[optuna] extra is not installed")
+    done = subprocess.run([sys.executable, "-m", "solopo.run", "hparams_search=optuna", "experiment=smoke",
+                           "logger=none", "trainer.max_steps=2", "optimized_metric=val/loss",
+                           "hydra.sweeper.direction=minimize", "hydra.sweeper.n_trials=3",
+                           f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())["best_value"]
+    trials = [json.loads(p.read_text())["metrics"]["val/loss"] for p in tmp_path.glob("*/results.json")]
+    assert len(trials) == 3 and math.isfinite(best) and best == pytest.approx(min(trials))
