@@ -103,7 +103,8 @@ class SoLoPOModule(pl.LightningModule):
             reference = None
             if "ref_logps" in group:  # precomputed once before training (solopo.training.reference)
                 size = group["ref_logps"].shape[0] // len(group["keys"])
-                reference = {tuple(k): (group["ref_logps"][i * size : (i + 1) * size], None) for i, k in enumerate(group["keys"])}
+                ref_logps = group["ref_logps"].to(next(iter(policy.values()))[0].dtype)  # float64 in the table
+                reference = {tuple(k): (ref_logps[i * size : (i + 1) * size], None) for i, k in enumerate(group["keys"])}
             elif self.algo.needs_reference:
                 reference = self._reference_logps(group)
             for key, (logps, n_tokens) in policy.items():
@@ -186,9 +187,14 @@ class SoLoPOModule(pl.LightningModule):
 
 
 def total_grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
-    """The 2-norm of all the gradients together (a DTensor when they are sharded); None when there are none (DeepSpeed
-    keeps its gradients itself)."""
-    return torch.nn.utils.get_total_norm([p.grad for p in params]) if params else None
+    """The 2-norm of all the gradients together (a DTensor when they are sharded), in the gradients' dtype; None when
+    there are none (DeepSpeed keeps its gradients itself). The squares are summed in float64, one tensor at a time: an
+    fp32 sum's last bits depend on how the gradient is split across ranks, and through the clipping factor and bf16
+    weights they would make 1 and 2 processes train differently on the same global batch."""
+    if not params:
+        return None
+    norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in params]
+    return torch.linalg.vector_norm(torch.stack(norms)).to(params[0].grad.dtype)
 
 
 def full(value: torch.Tensor) -> torch.Tensor:
