@@ -60,7 +60,8 @@ def compute_reference_logps(
                     with autocast(device, precision):
                         blocks = group_logps(model, group, chunk_size)
                     for key, (logps, _) in blocks.items():
-                        for pair, value in zip(chunk, logps.double().cpu().tolist()):  # a float64 run's numbers are not rounded to fp32
+                        # double: a float64 run's log-probs are kept whole, not rounded to fp32
+                        for pair, value in zip(chunk, logps.double().cpu().tolist()):
                             out[pair.id][key_name(key)] = value
     finally:
         model.train(was_training)
