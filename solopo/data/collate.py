@@ -42,7 +42,7 @@ def group_by_context(keys: Sequence[Key]) -> dict[str, tuple[Key, ...]]:
 
 def _ref_logps(pairs: list[TokenizedPair], keys: Sequence[Key]) -> torch.Tensor | None:
     if all(p.ref_logps is not None for p in pairs):  # precomputed reference log-probs travel with the rows
-        return torch.tensor([p.ref_logps["/".join(k)] for k in keys for p in pairs])
+        return torch.tensor([p.ref_logps["/".join(k)] for k in keys for p in pairs], dtype=torch.float64)
     return None
 
 

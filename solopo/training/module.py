@@ -118,7 +118,9 @@ class SoLoPOModule(pl.LightningModule):
         policy = group_logps(self.policy, group, self.logp_chunk_size)
         needs_reference = group.ref_logps is not None or self.algo.needs_reference
         reference = self._reference_logps(group) if needs_reference else {}
-        return {key: Responses(logps, n_tokens, reference.get(key)) for key, (logps, n_tokens) in policy.items()}
+        # A cached table holds float64: the reference enters the loss in the policy log-probs' own dtype.
+        return {key: Responses(logps, n_tokens, None if key not in reference else reference[key].to(logps.dtype))
+                for key, (logps, n_tokens) in policy.items()}
 
     def sequence_stats(self, batch: Batch) -> dict[Key, Responses]:
         """Response log-probs under the policy (and reference) for every (context, response) in the batch."""
@@ -221,9 +223,14 @@ def intended_warnings_silenced():
 
 
 def total_grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
-    """The 2-norm of all the gradients together (a DTensor when they are sharded); None when there are none (DeepSpeed
-    keeps its gradients itself)."""
-    return torch.nn.utils.get_total_norm([p.grad for p in params]) if params else None
+    """The 2-norm of all the gradients together (a DTensor when they are sharded), in the gradients' dtype; None when
+    there are none (DeepSpeed keeps its gradients itself). The squares are summed in float64, one tensor at a time: an
+    fp32 sum's last bits depend on how the gradient is split across ranks, and through the clipping factor and bf16
+    weights they would make 1 and 2 processes train differently on the same global batch."""
+    if not params:
+        return None
+    norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in params]
+    return torch.linalg.vector_norm(torch.stack(norms)).to(params[0].grad.dtype)
 
 
 def full(value: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,8 @@ def fingerprint(model_id: str, pairs: Sequence[TokenizedPair], keys: Iterable[Ke
     """The cache key of a table: the digest of everything its numbers depend on: the model, the precision, the dtype
     the weights are cast to (when they are), the sequences, and every pair's id and token ids."""
     head = [model_id, precision, sorted(key_name(k) for k in keys)] + ([str(weights)] if weights is not None else [])
-    return digest("reference", head, *([p.id, p.prompts, p.responses] for p in pairs))
+    # "float64": the table holds the log-probs unrounded (tables of fp32 roundings are not reused for float64 runs)
+    return digest("reference", "float64", head, *([p.id, p.prompts, p.responses] for p in pairs))
 
 
 @torch.no_grad()
@@ -60,7 +61,8 @@ def compute_reference_logps(
                     with autocast(device, precision):
                         blocks = group_logps(model, group, chunk_size)
                     for key, (logps, _) in blocks.items():
-                        for pair, value in zip(chunk, logps.float().cpu().tolist()):
+                        # double: a float64 run's log-probs are kept whole, not rounded to fp32
+                        for pair, value in zip(chunk, logps.double().cpu().tolist()):
                             out[pair.id][key_name(key)] = value
     finally:
         model.train(was_training)
