@@ -62,8 +62,9 @@ def test_plain_po_module_step_equals_the_three_sequence_step(tokenizer):
                           logp_chunk_size=LOGP_CHUNK_SIZE, plain_po=True)
     full = SoLoPOModule(module.policy, DPO(), SoLoRA(), Method(), reference=module.reference,
                         logp_chunk_size=LOGP_CHUNK_SIZE)
-    two, three = (PairCollator(required_sequences(Method(), SoLoRA(), plain_po=plain), tokenizer.pad_token_id)(tokenized)
-                  for plain in (True, False))
+    collate = [PairCollator(required_sequences(Method(), SoLoRA(), plain_po=plain), tokenizer.pad_token_id)
+               for plain in (True, False)]
+    two, three = (collator(tokenized) for collator in collate)
     long_chosen = sum(len(p.prompts["long"]) + len(p.responses["chosen"]) for p in tokenized)
     assert list(two.groups) == ["short"] and three.n_tokens - two.n_tokens == long_chosen  # the third is not run
     with torch.no_grad():
