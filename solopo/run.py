@@ -140,6 +140,22 @@ def repeats_note(n_pairs: int, max_steps: int, pairs_per_step: int, limit: float
             f"{seen / n_pairs:.0f} times")
 
 
+def step_sequences(settings: Settings, pairs: dict) -> tuple[dict[str, list], bool]:
+    """The (context, response) sequences a step runs per pair, by split, and whether the data is plain PO."""
+    from solopo.core.objective import required_sequences
+    from solopo.data.collate import plain_po
+    from solopo.training.module import ALL_SEQUENCES
+
+    plain = plain_po(pair for split_pairs in pairs.values() for pair in split_pairs)
+    ra, train = settings.ra, required_sequences(settings.method, settings.ra, plain_po=plain)
+    log.info("method %s, %s, SoLo-RA alpha=%s on %s; sequences per pair: %s", settings.method.name,
+             type(settings.algo).__name__, ra.alpha, ",".join(ra.responses), ", ".join("/".join(k) for k in train))
+    if plain:
+        log.info("plain PO data (prompt_long = prompt_short in every pair): SoLo-RA is not applicable, so no "
+                 "long-context sequence is run and no ra_loss or ra/gap is reported")
+    return {"train": train, "val": train if plain else ALL_SEQUENCES}, plain
+
+
 def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool) -> DataLoader:
     from solopo.data.collate import PairCollator
     from solopo.training.resume import ResumableLoader
@@ -281,9 +297,8 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
 def train(cfg: DictConfig) -> dict:
     import pytorch_lightning as pl
 
-    from solopo.core.objective import required_sequences
     from solopo.settings.build import build_settings, load_source
-    from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
+    from solopo.training.module import SoLoPOModule
     from solopo.training.resume import resolve_ckpt_path
 
     started = time.perf_counter()
@@ -292,9 +307,6 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     splits = load_source(cfg)  # a malformed data file stops the run here, before any model loads
-    ra, train_keys = settings.ra, required_sequences(settings.method, settings.ra)
-    log.info("method %s, %s, SoLo-RA alpha=%s on %s; sequences per pair: %s", settings.method.name,
-             type(settings.algo).__name__, ra.alpha, ",".join(ra.responses), ", ".join("/".join(k) for k in train_keys))
     tokenizer, policy, reference, cached = load_models(cfg, settings)
     model_done = time.perf_counter()
 
@@ -303,7 +315,7 @@ def train(cfg: DictConfig) -> dict:
     if note := repeats_note(len(pairs["train"]), cfg.trainer.max_steps,
                             cfg.data.batch_size * cfg.trainer.accumulate_grad_batches):
         log.warning(note)
-    keys = {"train": train_keys, "val": ALL_SEQUENCES}
+    keys, plain = step_sequences(settings, pairs)
     if cached:
         pairs = with_cached_reference(cfg, settings, policy, tokenizer, pairs, keys)
     evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer), {}
@@ -312,9 +324,9 @@ def train(cfg: DictConfig) -> dict:
         tables["base"] = evaluation(policy, "base", as_loaded=True)
     data_done = time.perf_counter()
 
-    module = SoLoPOModule(policy, settings.algo, ra, settings.method, reference=reference, cached_reference=cached,
-                          adapter_reference=bool(settings.model.lora), optim=settings.optim,
-                          logp_chunk_size=cfg.logp_chunk_size)
+    module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
+                          cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
+                          logp_chunk_size=cfg.logp_chunk_size, plain_po=plain)
     loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train")
                if pairs[split] else None for split in ("train", "val")}
     trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders)
@@ -329,12 +341,15 @@ def train(cfg: DictConfig) -> dict:
         "config": redact(OmegaConf.to_container(cfg, resolve=True)),
         "metrics": metrics,
         "data": data_counts,
+        "sequences": {**{split: ["/".join(key) for key in split_keys] for split, split_keys in keys.items()},
+                      "plain_po": plain},  # plain PO: SoLo-RA not applicable, absent from the metrics
         "steps": trainer.global_step,
         "device": str(trainer.strategy.root_device),
         "resumed_from": str(ckpt_path) if ckpt_path else None,  # the train/ means cover the steps since then
         "faults": guard.summary(),
         "timings": {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                     "validate_s": done - fit_done, "total_s": done - started,
+                    "train_tokens": throughput.tokens,  # real tokens the policy read in training steps
                     "train_tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9)},
     }
     return finish_run(trainer, run_dir, results, tables, preemption, guard)

@@ -80,10 +80,14 @@ class SoLoRA:
         return solo_ra_penalty(short_rewards, long_rewards, self.distance)
 
 
-def required_sequences(method: Method, ra: SoLoRA) -> list[Key]:
-    """The (context, response) sequences one training step must run through the policy."""
+def required_sequences(method: Method, ra: SoLoRA, plain_po: bool = False) -> list[Key]:
+    """The (context, response) sequences one training step must run through the policy.
+
+    plain_po: every pair's long prompt is its short one (plain PO data, e.g. a TRL file): a long-context sequence
+    would repeat a short one token for token, so only the PO loss's two are run, and SoLo-RA does not apply.
+    """
     keys = [(method.po_context, CHOSEN), (method.po_context, REJECTED)]
-    if ra.active:
+    if ra.active and not plain_po:
         for response in ra.responses:
             keys += [(SHORT, response), (LONG, response)]
     return list(dict.fromkeys(keys))  # ordered, without duplicates
@@ -96,21 +100,28 @@ class ObjectiveOutput:
 
 
 def solopo_objective(
-    algo: Algorithm, ra: SoLoRA, method: Method, stats: Mapping[Key, Responses]
+    algo: Algorithm, ra: SoLoRA, method: Method, stats: Mapping[Key, Responses], plain_po: bool = False
 ) -> ObjectiveOutput:
-    """Batch-mean loss and metrics from per-sequence statistics keyed by (context, response)."""
+    """Batch-mean loss and metrics from per-sequence statistics keyed by (context, response).
+
+    plain_po (see ``required_sequences``): SoLo-RA does not apply, so L = L_PO and no ra_loss is reported (its gap
+    is 0 by construction, which would read as perfect alignment); the PO loss is the one a run of the third
+    sequence computes.
+    """
     rewards = {key: algo.reward(responses) for key, responses in stats.items()}
     ctx = method.po_context
     chosen, rejected = rewards[(ctx, CHOSEN)], rewards[(ctx, REJECTED)]
     po_loss = algo.loss(stats[(ctx, CHOSEN)], stats[(ctx, REJECTED)], chosen, rejected).mean()
 
     ra_loss = torch.zeros((), dtype=po_loss.dtype, device=po_loss.device)
-    if ra.active:
+    if ra.active and not plain_po:
         for response in ra.responses:
             ra_loss = ra_loss + ra.penalty(rewards[(SHORT, response)], rewards[(LONG, response)]).mean()
     loss = po_loss + ra.alpha * ra_loss
 
     metrics = {"loss": loss, "po_loss": po_loss, "ra_loss": ra_loss}
+    if plain_po:
+        del metrics["ra_loss"]
     metrics.update(reward_metrics(rewards, ctx))
     return ObjectiveOutput(loss=loss, metrics={k: v.detach() for k, v in metrics.items()})
 

@@ -23,7 +23,7 @@ one sequence per pair.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -38,6 +38,12 @@ def group_by_context(keys: Sequence[Key]) -> dict[str, tuple[Key, ...]]:
     for key in keys:
         groups.setdefault(key[0], []).append(key)
     return {context: tuple(group) for context, group in groups.items()}
+
+
+def plain_po(pairs: Iterable[TokenizedPair]) -> bool:
+    """Whether every pair's long prompt is its short one, token for token (plain PO data, e.g. a TRL file): a batch of
+    them needs no long-context sequence (solopo.core.objective.required_sequences)."""
+    return all(pair.prompts["short"] == pair.prompts["long"] for pair in pairs)
 
 
 def _ref_logps(pairs: list[TokenizedPair], keys: Sequence[Key]) -> torch.Tensor | None:

@@ -35,6 +35,7 @@ def render(passages: list[str], question: str, template: str = "direct") -> str:
 def build_contexts(
     item: QAItem, long_len: int, count_tokens: Callable[[str], int], rng: random.Random, pool: Sequence[str] = (),
     depth: float | None = None, template: str = "direct", short_len: int | None = None,
+    frame: Callable[[list[str]], str] | None = None,
 ) -> Contexts:
     """x_short holds the evidence (shuffled); x_long buries it among irrelevant passages (the
     item's own, then draws from the shared ``pool``): whole passages while they fit, then the start of
@@ -50,14 +51,19 @@ def build_contexts(
     the SoLo-RA gap measures that alone (distinct distractors would also change what the model reads).
     The evidence alone longer than short_len gets no distractors. None: x_short is the evidence alone.
 
+    ``frame`` turns a context's passages into the prompt text whose tokens are counted: by default the passages,
+    then the ``template``'s instruction with the question (``render``); the triplet builder (solopo.data.build)
+    passes the text of a user's own prompt around its context instead.
+
     Raises ValueError when the passages available cannot reach short_len or long_len.
     """
+    frame = frame or (lambda passages: render(passages, item.question, template))
     relevant = list(item.relevant)
     rng.shuffle(relevant)
     if short_len is not None and short_len >= long_len:
         raise ValueError(f"item {item.id}: short_len={short_len} must be below long_len={long_len}")
     kept = relevant  # x_short's passages, which x_long keeps in this order
-    short = render(kept, item.question, template)
+    short = frame(kept)
     short_tokens = count_tokens(short)
     if long_len < short_tokens:
         raise ValueError(f"item {item.id}: long_len={long_len} is shorter than its short context "
@@ -70,25 +76,32 @@ def build_contexts(
             raise ValueError(f"item {item.id}: its {len(candidates)} irrelevant passages cannot fill {short_len} tokens")
         kept = _interleave(short_fillers, relevant, _random_positions(rng, len(short_fillers), len(relevant)))
         candidates = candidates[len(short_fillers):]  # a passage cut to end x_short is not used again
-        short = render(kept, item.question, template)
+        short = frame(kept)
         short_tokens = count_tokens(short)
     fillers, missing = _fill(candidates, long_len - short_tokens, cost)
     if missing > TOLERANCE * long_len:
         raise ValueError(f"item {item.id}: its {len(candidates)} irrelevant passages cannot fill {long_len} tokens")
 
-    if depth is None:
-        positions = _random_positions(rng, len(fillers), len(kept))
-    else:
-        first = round(depth * len(fillers))  # the block starts after this many fillers
-        positions = list(range(first, first + len(kept)))
-    passages = _interleave(fillers, kept, positions)
-    long = render(passages, item.question, template)
+    passages, positions = _place(fillers, kept, depth, rng)
+    long = frame(passages)
     if any(p not in long or p not in short for p in relevant):  # cannot happen by construction; a guard against future edits
         raise AssertionError(f"item {item.id}: evidence missing from x_short or x_long")
     denom = max(len(passages) - 1, 1)
     evidence = set(relevant)
     return Contexts(short=short, long=long,
                     evidence_depths=tuple(p / denom for p, passage in zip(positions, kept) if passage in evidence))
+
+
+def _place(fillers: list[str], kept: list[str], depth: float | None,
+           rng: random.Random) -> tuple[list[str], list[int]]:
+    """x_long's passages and the positions of the kept ones: at random places among the fillers (in their order), or
+    together as one block at relative ``depth``."""
+    if depth is None:
+        positions = _random_positions(rng, len(fillers), len(kept))
+    else:
+        first = round(depth * len(fillers))  # the block starts after this many fillers
+        positions = list(range(first, first + len(kept)))
+    return _interleave(fillers, kept, positions), positions
 
 
 def _random_positions(rng: random.Random, n_fillers: int, n_kept: int) -> list[int]:

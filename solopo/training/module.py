@@ -59,6 +59,7 @@ class SoLoPOModule(pl.LightningModule):
         logp_chunk_size: int,
         cached_reference: bool = False,
         adapter_reference: bool = False,
+        plain_po: bool = False,
     ):
         super().__init__()
         if algo.needs_reference and reference is None and not (cached_reference or adapter_reference):
@@ -69,6 +70,7 @@ class SoLoPOModule(pl.LightningModule):
         self.adapter_reference = adapter_reference and reference is None and not cached_reference
         self.algo, self.ra, self.method, self.optim = algo, ra, method, optim
         self.logp_chunk_size = logp_chunk_size
+        self.plain_po = plain_po  # plain PO data: SoLo-RA does not apply (solopo.core.objective.required_sequences)
         # The reference's weights are the base model's: they are left out of checkpoints (see on_save_checkpoint).
         self.strict_loading = reference is None
         self._step_means = StepMeans()
@@ -133,7 +135,7 @@ class SoLoPOModule(pl.LightningModule):
 
     def objective_of(self, stats: dict[Key, Responses]) -> ObjectiveOutput:
         """The objective of sequence statistics already computed (a profiler times the two parts apart)."""
-        return solopo_objective(self.algo, self.ra, self.method, stats)
+        return solopo_objective(self.algo, self.ra, self.method, stats, plain_po=self.plain_po)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         out = self.objective(batch)

@@ -81,6 +81,11 @@ def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
                       "solopo/data/formats/pairs.py")
 
 
+def parse(record: dict, where: Where, mapping: dict | None = None) -> QAItem | PreferenceExample:
+    """One record, read in the format its keys give (``format_of``), as ``load`` reads each."""
+    return _PARSERS[format_of(record, where, mapping)](record, where, mapping)
+
+
 def _schema_a(record: dict, where: Where, mapping: dict | None) -> PreferenceExample:
     return _example(record, where, prompt(required(record, "prompt_short", where), "prompt_short", where),
                     prompt(required(record, "prompt_long", where), "prompt_long", where),

@@ -1,0 +1,76 @@
+"""Build SoLoPO triplets from short-context preference data, from the Hydra config conf/build.yaml.
+
+    python -m solopo.build input.path=short_pairs.jsonl corpus.path=passages.parquet long_len=4096 output=triplets.jsonl
+    python -m solopo.run data=pairs data.path=triplets.jsonl
+
+Hydra rather than argparse: long_len is counted with the tokenizer of the model to be trained, so the builder composes
+the same model group as solopo.run (model=qwen2_5_7b, model.name=PATH), and --help lists every option with its
+comment. What a triplet is: solopo.data.build.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from solopo.cache import atomic_file
+from solopo.data.build import (BuildSettings, CorpusSettings, InputSettings, other_contexts, read_corpus, read_input,
+                               triplets)
+from solopo.data.formats import DataFileError
+from solopo.data.tokenize import token_counter
+from solopo.models.loading import ModelSpec, load_tokenizer
+from solopo.settings.build import ConfigError, built, plain, stop_on_config_errors
+from solopo.settings.fields import SettingsError
+
+log = logging.getLogger("solopo")
+TOP_KEYS = ("output", "long_len", "depths", "seed")  # the config's own keys, which BuildSettings holds
+
+
+def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettings, BuildSettings]:
+    """The typed settings, or one ConfigError naming every mistake."""
+    missing = [name for name, node, key in (("input.path", cfg.input, "path"), ("output", cfg, "output"))
+               if OmegaConf.is_missing(node, key)]
+    if missing:  # first, alone: the other checks would read "???" as a path
+        raise ConfigError(f"{' and '.join(f'{name}=...' for name in missing)} mandatory: see solopo/conf/build.yaml")
+    problems: list[str] = []
+    made = (built("model", ModelSpec, plain(cfg, "model"), problems),
+            built("input", InputSettings, plain(cfg, "input"), problems),
+            built("corpus", CorpusSettings, plain(cfg, "corpus"), problems))
+    top = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        settings = BuildSettings(**{key: top[key] for key in TOP_KEYS})
+    except SettingsError as err:
+        problems += err.problems
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return (*made, settings)
+
+
+def build(cfg: DictConfig) -> None:
+    model, given, corpus, settings = settings_of(cfg)  # a mistake stops here, in one line, before any file is read
+    try:
+        records = read_input(given)
+        pool, blank = read_corpus(corpus) if corpus.path else (other_contexts(records), 0)
+        count_tokens = token_counter(load_tokenizer(model))
+        with atomic_file(Path(settings.output)) as out:  # a failed build leaves no half-written file
+            for record in tqdm(triplets(records, pool, count_tokens, settings), total=len(records), desc="triplets"):
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    except (DataFileError, OSError) as err:
+        raise ConfigError(str(err)) from None
+    source = f"{corpus.path} ({blank} blank rows skipped)" if corpus.path else "the other records' contexts"
+    log.info("wrote %d triplets, x_long of %d tokens, to %s; distractors: %d passages of %s", len(records),
+             settings.long_len, settings.output, len(pool), source)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="build")
+def main(cfg: DictConfig) -> None:
+    with stop_on_config_errors():
+        build(cfg)
+
+
+if __name__ == "__main__":
+    main()
