@@ -193,7 +193,7 @@ def test_the_command_exits_2_with_one_line(world, tmp_path):
     command = [sys.executable, "-m", "solopo.build", f"input.path={path}", f"output={tmp_path / 'o.jsonl'}"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
-    assert done.stderr.startswith(f"{path} line 1: its prompt holds 0 <context> markers")
+    assert done.stderr.startswith(f"error: {path} line 1: its prompt holds 0 <context> markers")
     assert list(tmp_path.iterdir()) == [path]  # no Hydra run folder, no log file, no output
 
 
