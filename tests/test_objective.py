@@ -44,8 +44,8 @@ def test_simpo_solopo_by_hand():
     assert out.metrics["ra_loss"].item() == pytest.approx(4.0)
     assert out.loss.item() == pytest.approx(math.log(1 + math.e) + 2.0)
     assert out.metrics["ra/gap"].item() == pytest.approx(4.0)
-    assert out.metrics["rewards/chosen_long"].item() == pytest.approx(-8.0)
-    assert out.metrics["rewards/accuracy"].item() == 0.0  # -4 > -4 is false
+    assert out.metrics["ra/chosen_long"].item() == pytest.approx(-8.0)
+    assert out.metrics["rewards/accuracies"].item() == 0.0  # -4 > -4 is false
 
 
 def test_dpo_both_responses_by_hand():
@@ -56,8 +56,27 @@ def test_dpo_both_responses_by_hand():
     assert out.metrics["po_loss"].item() == pytest.approx(po)
     assert out.metrics["ra_loss"].item() == pytest.approx(0.3)
     assert out.loss.item() == pytest.approx(po + 0.9)
-    assert out.metrics["rewards/margin"].item() == pytest.approx(0.1)
+    assert out.metrics["rewards/margins"].item() == pytest.approx(0.1)
     assert out.metrics["ra/gap_rejected"].item() == pytest.approx(0.1)
+
+
+def test_trl_named_metrics_by_hand():
+    """DPO on short: logps/chosen = -4 and logps/rejected = -6 (summed, the policy's); r_w = 0.1, r_l = 0 ->
+    rewards/margins 0.1, rewards/accuracies 1. DPO has no separate loss terms, and nothing is logged under old names."""
+    metrics = solopo_objective(DPO(beta=0.1), SoLoRA(), Method(), stats()).metrics
+    assert metrics["logps/chosen"].item() == -4.0 and metrics["logps/rejected"].item() == -6.0
+    assert metrics["rewards/margins"].item() == pytest.approx(0.1)
+    assert metrics["rewards/accuracies"].item() == 1.0
+    assert not {"nll_loss", "log_odds_ratio", "rewards/margin", "rewards/accuracy", "rewards/chosen_long"} & set(metrics)
+
+
+def test_orpo_loss_terms_by_hand():
+    """ORPO lam 0.1 on short: mean token log-probs -4/2 = -2 (chosen) and -6/3 = -2 (rejected), so nll_loss = 2 and
+    equal log-odds: log_odds_ratio = log sigmoid(0) = -log 2; po_loss = nll_loss - lam * log_odds_ratio."""
+    metrics = solopo_objective(ORPO(lam=0.1), RA_OFF, SHORT_PO, stats()).metrics
+    assert metrics["nll_loss"].item() == pytest.approx(2.0)
+    assert metrics["log_odds_ratio"].item() == pytest.approx(-math.log(2))
+    assert metrics["po_loss"].item() == pytest.approx(2.0 + 0.1 * math.log(2))
 
 
 def test_long_po_uses_the_long_context_and_no_ra():
