@@ -148,7 +148,8 @@ def make_logger(cfg: DictConfig, alpha: float, resume: bool):
         hydra_cfg = HydraConfig.get()
         labels = wandb_labels(hydra_cfg.runtime.choices, alpha,
                               hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir, hydra_cfg.job.override_dirname,
-                              group=cfg.logger.get("group"), name=cfg.logger.get("name"))
+                              group=cfg.logger.get("group"), name=cfg.logger.get("name"),
+                              tags=cfg.logger.get("tags") or ())
         extra = {**labels, "resume": resume}
     elif cfg.logger._target_ == "pytorch_lightning.loggers.CSVLogger":  # one metrics.csv per run, continued on resume
         extra = {"_target_": "solopo.training.loggers.ResumableCSVLogger", "resume": resume}
@@ -293,7 +294,7 @@ def train(cfg: DictConfig) -> dict:
         "faults": guard.summary(),
         "timings": {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                     "validate_s": done - fit_done, "total_s": done - started,
-                    "train_tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9)},
+                    "train_tokens_per_s": throughput.tokens_per_s},
     }
     return finish_run(trainer, run_dir, results, tables, preemption, guard)
 
