@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from solopo.core.algos import DPO, ORPO, SimPO, Responses
+from solopo.core.algos import DPO, IPO, ORPO, SimPO, Responses
 from solopo.core.objective import Method, SoLoRA, required_sequences, solopo_objective
 
 SHORT_PO = Method("short_po", "short", "short", use_ra=False)
@@ -67,7 +67,8 @@ def test_trl_named_metrics_by_hand():
     assert metrics["logps/chosen"].item() == -4.0 and metrics["logps/rejected"].item() == -6.0
     assert metrics["rewards/margins"].item() == pytest.approx(0.1)
     assert metrics["rewards/accuracies"].item() == 1.0
-    assert not {"nll_loss", "log_odds_ratio", "rewards/margin", "rewards/accuracy", "rewards/chosen_long"} & set(metrics)
+    old_names = {"rewards/margin", "rewards/accuracy", "rewards/chosen_long"}
+    assert not ({"nll_loss", "log_odds_ratio"} | old_names) & set(metrics)
 
 
 def test_orpo_loss_terms_by_hand():
@@ -127,3 +128,16 @@ def test_bad_ra_settings(kwargs, message):
 def test_bad_method_context():
     with pytest.raises(ValueError, match="po_context"):
         Method(po_context="medium")
+
+
+def test_readme_recipe_for_trls_ipo_loss():
+    """README's recipe for TRL's IPO: log-ratios per token before eq. 17. Chosen: (-4 - -5)/2 = 0.5 per token,
+    rejected: (-6 - -6)/3 = 0 -> h = 0.5, beta 0.1: (0.5 - 5)^2 = 20.25 (solopo's summed form: (1 - 5)^2 = 16)."""
+    from solopo.core.losses import dpo_reward, ipo_loss
+
+    s = stats()
+    (w, l), beta = (s[("short", "chosen")], s[("short", "rejected")]), 0.1
+    trl = ipo_loss(dpo_reward(w.logps / w.n_tokens, w.ref_logps / w.n_tokens, beta),
+                   dpo_reward(l.logps / l.n_tokens, l.ref_logps / l.n_tokens, beta), beta)
+    assert trl.item() == pytest.approx(20.25)
+    assert solopo_objective(IPO(beta=beta), RA_OFF, SHORT_PO, s).metrics["po_loss"].item() == pytest.approx(16.0)

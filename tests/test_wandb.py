@@ -86,8 +86,10 @@ def test_multirun_jobs_share_a_group_in_separate_runs(tmp_path):
     dpo, orpo = (f"+logger.tags=[mine],algo={algo},eval.lengths=[short],logger=wandb,trainer.max_steps=1"
                  for algo in ("dpo", "orpo"))
     assert runs == {dpo: ("sweep", ["algo=dpo", *tags]), orpo: ("sweep", ["algo=orpo", *tags])}
-    trl = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"}
-    assert {f"train/{key}" for key in trl} <= history[dpo] and {"train/nll_loss", "train/log_odds_ratio"} <= history[orpo]
+    trl = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected"}
+    assert {f"train/{key}" for key in trl} <= history[dpo]
+    assert {"train/nll_loss", "train/log_odds_ratio"} <= history[orpo]
     assert {f"val/{key}" for key in trl} <= history[dpo]
     assert not [key for keys in history.values() for key in keys  # wandb's _step and trainer/global_step are axes
                 if key.startswith(("train/", "val/")) and key.endswith(("_step", "_epoch"))]

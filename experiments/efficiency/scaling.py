@@ -9,9 +9,9 @@ device count), N devices take G/N pairs each per step; one device takes the same
 (gradient accumulation), so every process always holds one pair at a time and the runs differ only in layout.
 From each run's metrics.csv: the losses of the first steps (global means, to compare across layouts), the first
 step's gradient norm (train/grad_norm, the global gradient's: it shows gradients summed instead of averaged),
-tokens/s per GPU (train/step_tokens over train/step_time_s of the micro-batches after --warmup steps), peak memory per GPU,
-and the scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. The table is written after every
-run; with --resume the runs already in it (ok or out of memory) are kept, so a GPU call cut short continues in the
+tokens/s per GPU (train/step_tokens over train/step_time_s of the micro-batches after --warmup steps), peak memory
+per GPU, and the scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. The table is written after
+every run; with --resume the runs already in it (ok or out of memory) are kept, so a GPU call cut short continues in the
 next.
 NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1,
 NVSHMEM_DISABLE_NVLS=1). Words after -- are Hydra overrides for every run and part of each row's key (e.g.
