@@ -15,8 +15,8 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
 
 WANDB_RUN_ID_FILE = "wandb_run_id"
-# Config groups a run is tagged with; experiment and debug only where chosen: a preset run (experiment=smoke,
-# experiment=paper_mini/...) is told apart from a run configured by hand.
+# Config groups a run is tagged with; experiment and debug only where chosen: a preset run (experiment=smoke, or a
+# study's preset) is told apart from a run configured by hand.
 TAGGED_GROUPS = ("algo", "ra", "method", "data", "model", "experiment", "debug")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
