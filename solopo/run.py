@@ -178,7 +178,8 @@ def make_logger(cfg: DictConfig, alpha: float, resume: bool):
         hydra_cfg = HydraConfig.get()
         labels = wandb_labels(hydra_cfg.runtime.choices, alpha,
                               hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir, hydra_cfg.job.override_dirname,
-                              group=cfg.logger.get("group"), name=cfg.logger.get("name"))
+                              group=cfg.logger.get("group"), name=cfg.logger.get("name"),
+                              tags=cfg.logger.get("tags") or ())
         extra = {**labels, "resume": resume}
     elif cfg.logger._target_ == "pytorch_lightning.loggers.CSVLogger":  # one metrics.csv per run, continued on resume
         extra = {"_target_": "solopo.training.loggers.ResumableCSVLogger", "resume": resume}
@@ -350,7 +351,7 @@ def train(cfg: DictConfig) -> dict:
         "timings": {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                     "validate_s": done - fit_done, "total_s": done - started,
                     "train_tokens": throughput.tokens,  # real tokens the policy read in training steps
-                    "train_tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9)},
+                    "train_tokens_per_s": throughput.tokens_per_s},
     }
     return finish_run(trainer, run_dir, results, tables, preemption, guard)
 
@@ -411,12 +412,12 @@ def stop_on_faults(message: str) -> None:
 def optimized_value(results: dict, metric: str | None) -> float:
     """The number a sweeper (hparams_search=optuna) optimises: the final metric named by optimized_metric
     (val/loss, eval/trained/avg_long, ...; every key of results.json's metrics and of the evaluation's summary);
-    null: eval/trained/avg_long when the evaluation ran, else val/rewards/accuracy, both higher-is-better."""
+    null: eval/trained/avg_long when the evaluation ran, else val/rewards/accuracies, both higher-is-better."""
     from solopo.eval.runner import summary_entries
     from solopo.settings.build import ConfigError
 
     values = {**results["metrics"], **(summary_entries(results["eval"]) if results.get("eval") else {})}
-    metric = metric or ("eval/trained/avg_long" if "eval/trained/avg_long" in values else "val/rewards/accuracy")
+    metric = metric or ("eval/trained/avg_long" if "eval/trained/avg_long" in values else "val/rewards/accuracies")
     if metric not in values and metric.startswith("eval/") and "eval" not in results:
         return float("nan")  # a process other than rank 0, which writes the evaluation's results and returns them
     if metric not in values:

@@ -48,7 +48,7 @@ def test_a_config_dir_of_the_user_adds_options(tmp_path):
     assert done.returncode == 0 and "\nseed: 7\n" in done.stdout, done.stderr[-2000:]
 
 
-RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracy": 0.5},
+RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracies": 0.5},
            "eval": {"base": {"average_long": 10.0, "average": 20.0},
                     "trained": {"average_long": 30.0, "average": 40.0}}}
 

@@ -1,4 +1,6 @@
 """The LightningModule: the reference stays frozen, a step moves the policy, metrics are logged."""
+import csv
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -26,9 +28,9 @@ def pairs(tokenizer):
 
 def fit(module, pairs, tokenizer, keys, tmp_path, steps=2, **trainer_args):
     loader = DataLoader(pairs, batch_size=2, collate_fn=PairCollator(keys, tokenizer.pad_token_id))
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         **trainer_args)
+    trainer_args = {"logger": False, **trainer_args}
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, **trainer_args)
     trainer.fit(module, loader)
     return trainer
 
@@ -46,9 +48,26 @@ def test_reference_gets_no_gradient_and_policy_moves(tokenizer, pairs, tmp_path)
     assert not reference.training and policy.training
     assert all(torch.equal(v, ref_before[k]) for k, v in reference.state_dict().items())
     assert any(not torch.equal(v, before[k]) for k, v in policy.state_dict().items())
-    for key in ("train/loss", "train/po_loss", "train/ra_loss", "train/rewards/margin", "train/ra/gap",
-                "train/rewards/chosen_long"):
+    for key in ("train/loss", "train/po_loss", "train/ra_loss", "train/rewards/margins", "train/ra/gap",
+                "train/ra/chosen_long", "train/logps/chosen"):
         assert torch.isfinite(trainer.callback_metrics[key]), key
+
+
+@pytest.mark.parametrize("steps", [4, 3])
+def test_loggers_get_one_name_per_metric_and_results_the_epoch_mean(tokenizer, pairs, tmp_path, steps):
+    """4 pairs in batches of 2: epochs of 2 steps. metrics.csv has train/loss per step, with no _step/_epoch twins;
+    the value kept for results.json is the mean of the last epoch's steps (2 pairs each), also of an epoch that
+    max_steps cuts short (step 3 alone)."""
+    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(), SoLoRA(), Method(), optim=OptimSettings(lr=1e-3),
+                          logp_chunk_size=LOGP_CHUNK_SIZE)
+    trainer = fit(module, pairs, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path, steps=steps,
+                  logger=pl.loggers.CSVLogger(tmp_path, name="csv", version=0), max_epochs=-1, log_every_n_steps=1)
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    assert not [key for key in rows[0] if key.endswith(("_step", "_epoch"))]
+    losses = [float(row["train/loss"]) for row in rows if row["train/loss"]]
+    assert len(losses) == steps and {"train/rewards/accuracies", "train/logps/rejected"} <= rows[0].keys()
+    last_epoch = losses[2:]
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(sum(last_epoch) / len(last_epoch), rel=1e-6)
 
 
 class GradNorms(pl.Callback):
@@ -123,5 +142,5 @@ def test_validation_reports_every_context(tokenizer, pairs, tmp_path):
                          default_root_dir=tmp_path)
     trainer.validate(module, DataLoader(pairs, batch_size=2, collate_fn=PairCollator(ALL_SEQUENCES, tokenizer.pad_token_id)),
                      verbose=False)
-    for key in ("val/ra/gap", "val/ra/gap_rejected", "val/rewards/chosen_long", "val/rewards/accuracy"):
+    for key in ("val/ra/gap", "val/ra/gap_rejected", "val/ra/chosen_long", "val/rewards/accuracies"):
         assert key in trainer.callback_metrics

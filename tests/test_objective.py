@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from solopo.core.algos import DPO, ORPO, SimPO, Responses
+from solopo.core.algos import DPO, IPO, ORPO, SimPO, Responses
 from solopo.core.objective import Method, SoLoRA, required_sequences, solopo_objective
 
 SHORT_PO = Method("short_po", "short", "short", use_ra=False)
@@ -44,8 +44,8 @@ def test_simpo_solopo_by_hand():
     assert out.metrics["ra_loss"].item() == pytest.approx(4.0)
     assert out.loss.item() == pytest.approx(math.log(1 + math.e) + 2.0)
     assert out.metrics["ra/gap"].item() == pytest.approx(4.0)
-    assert out.metrics["rewards/chosen_long"].item() == pytest.approx(-8.0)
-    assert out.metrics["rewards/accuracy"].item() == 0.0  # -4 > -4 is false
+    assert out.metrics["ra/chosen_long"].item() == pytest.approx(-8.0)
+    assert out.metrics["rewards/accuracies"].item() == 0.0  # -4 > -4 is false
 
 
 def test_dpo_both_responses_by_hand():
@@ -56,8 +56,28 @@ def test_dpo_both_responses_by_hand():
     assert out.metrics["po_loss"].item() == pytest.approx(po)
     assert out.metrics["ra_loss"].item() == pytest.approx(0.3)
     assert out.loss.item() == pytest.approx(po + 0.9)
-    assert out.metrics["rewards/margin"].item() == pytest.approx(0.1)
+    assert out.metrics["rewards/margins"].item() == pytest.approx(0.1)
     assert out.metrics["ra/gap_rejected"].item() == pytest.approx(0.1)
+
+
+def test_trl_named_metrics_by_hand():
+    """DPO on short: logps/chosen = -4 and logps/rejected = -6 (summed, the policy's); r_w = 0.1, r_l = 0 ->
+    rewards/margins 0.1, rewards/accuracies 1. DPO has no separate loss terms, and nothing is logged under old names."""
+    metrics = solopo_objective(DPO(beta=0.1), SoLoRA(), Method(), stats()).metrics
+    assert metrics["logps/chosen"].item() == -4.0 and metrics["logps/rejected"].item() == -6.0
+    assert metrics["rewards/margins"].item() == pytest.approx(0.1)
+    assert metrics["rewards/accuracies"].item() == 1.0
+    old_names = {"rewards/margin", "rewards/accuracy", "rewards/chosen_long"}
+    assert not ({"nll_loss", "log_odds_ratio"} | old_names) & set(metrics)
+
+
+def test_orpo_loss_terms_by_hand():
+    """ORPO lam 0.1 on short: mean token log-probs -4/2 = -2 (chosen) and -6/3 = -2 (rejected), so nll_loss = 2 and
+    equal log-odds: log_odds_ratio = log sigmoid(0) = -log 2; po_loss = nll_loss - lam * log_odds_ratio."""
+    metrics = solopo_objective(ORPO(lam=0.1), RA_OFF, SHORT_PO, stats()).metrics
+    assert metrics["nll_loss"].item() == pytest.approx(2.0)
+    assert metrics["log_odds_ratio"].item() == pytest.approx(-math.log(2))
+    assert metrics["po_loss"].item() == pytest.approx(2.0 + 0.1 * math.log(2))
 
 
 def test_long_po_uses_the_long_context_and_no_ra():
@@ -108,3 +128,16 @@ def test_bad_ra_settings(kwargs, message):
 def test_bad_method_context():
     with pytest.raises(ValueError, match="po_context"):
         Method(po_context="medium")
+
+
+def test_readme_recipe_for_trls_ipo_loss():
+    """README's recipe for TRL's IPO: log-ratios per token before eq. 17. Chosen: (-4 - -5)/2 = 0.5 per token,
+    rejected: (-6 - -6)/3 = 0 -> h = 0.5, beta 0.1: (0.5 - 5)^2 = 20.25 (solopo's summed form: (1 - 5)^2 = 16)."""
+    from solopo.core.losses import dpo_reward, ipo_loss
+
+    s = stats()
+    (w, l), beta = (s[("short", "chosen")], s[("short", "rejected")]), 0.1
+    trl = ipo_loss(dpo_reward(w.logps / w.n_tokens, w.ref_logps / w.n_tokens, beta),
+                   dpo_reward(l.logps / l.n_tokens, l.ref_logps / l.n_tokens, beta), beta)
+    assert trl.item() == pytest.approx(20.25)
+    assert solopo_objective(IPO(beta=beta), RA_OFF, SHORT_PO, s).metrics["po_loss"].item() == pytest.approx(16.0)

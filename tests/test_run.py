@@ -1,5 +1,6 @@
 """`python -m solopo.run` end to end on the tiny model: every algorithm, method and SoLo-RA variant,
 a multirun sweep, and the commands README shows."""
+import csv
 import json
 import math
 import os
@@ -15,10 +16,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 FINITE_KEYS = ["train/loss", "train/po_loss", "train/ra_loss", "train/rewards/chosen", "train/rewards/rejected",
-               "train/rewards/margin", "train/rewards/accuracy", "val/loss", "val/po_loss", "val/ra_loss",
-               "val/rewards/chosen", "val/rewards/margin", "val/rewards/chosen_long", "val/ra/gap"]
+               "train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen", "train/logps/rejected",
+               "val/loss", "val/po_loss", "val/ra_loss", "val/rewards/chosen", "val/rewards/margins",
+               "val/ra/chosen_long", "val/ra/gap"]
+# TRL's names (DPOTrainer, ORPOTrainer) for what TRL logs, as metrics.csv and wandb carry them
+TRL_KEYS = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+            "logps/rejected"}
+ORPO_KEYS = {"nll_loss", "log_odds_ratio"}
 # Not applicable to plain PO data (prompt_long = prompt_short), whose runs report none of them.
-LONG_CONTEXT_KEYS = ["train/ra_loss", "val/ra_loss", "val/rewards/chosen_long", "val/ra/gap"]
+LONG_CONTEXT_KEYS = ["train/ra_loss", "val/ra_loss", "val/ra/chosen_long", "val/ra/gap"]
 
 
 def run(args, cwd=ROOT, timeout=300):
@@ -63,6 +69,11 @@ def test_smoke_run_per_algorithm(algo, tmp_path, capsys):
     assert data["steps"] == 4 and data["config"]["algo"]["_target_"].lower().endswith(algo)
     assert data["metrics"]["train/ra_loss"] > 0  # SoLo-RA on by default
     assert "results:" in done.out and (tmp_path / "csv").is_dir()
+    header = next(csv.reader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    expected = TRL_KEYS | (ORPO_KEYS if algo == "orpo" else set())
+    assert {f"{split}/{key}" for key in expected for split in ("train", "val")} <= set(header)
+    assert not [key for key in header if key.endswith(("_step", "_epoch"))]
+    assert data["metrics"]["train/tokens_per_s"] == pytest.approx(data["timings"]["train_tokens_per_s"])
 
 
 @pytest.mark.parametrize("overrides, ra_used", [

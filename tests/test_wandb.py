@@ -31,6 +31,14 @@ def test_sweep_group_names():
     assert sweep_group("/scratch/sweeps/alpha_study") == "alpha_study"
 
 
+def test_presets_and_the_configs_own_tags_are_added():
+    """experiment and debug are tagged only where chosen (Hydra records an unchosen group as None); the config's
+    tags (+logger.tags=[...]) follow the automatic ones, each once."""
+    choices = {**CHOICES, "experiment": "smoke", "debug": None}
+    assert wandb_labels(choices, 1.0, False, tags=["mine", "algo=dpo"])["tags"] == [
+        "algo=dpo", "ra=chosen", "method=solopo", "data=qa", "model=tiny", "experiment=smoke", "alpha=1", "mine"]
+
+
 def wandb_records(path):
     """The protobuf records of an offline run file (run-*.wandb): a 7-byte file header, then records in 32 KiB
     blocks, each piece behind a 7-byte header (checksum, length, kind: 1 whole, 2 first, 3 middle, 4 last)."""
@@ -52,25 +60,38 @@ def wandb_records(path):
 
 
 def test_multirun_jobs_share_a_group_in_separate_runs(tmp_path):
-    """Two smoke jobs logged offline: two wandb runs (each job finishes its own), one group, named apart,
-    with the evaluation's headline numbers in each run's summary."""
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", SOLOPO_CACHE=str(tmp_path / "cache"))
-    done = subprocess.run([sys.executable, "-m", "solopo.run", "-m", "algo=dpo,simpo", "experiment=smoke",
-                           "logger=wandb", "trainer.max_steps=1", "eval.lengths=[short]",
+    """A DPO and an ORPO smoke job logged offline, with WANDB_DIR set and a tag of one's own: two wandb runs (each job
+    finishes its own) under WANDB_DIR, one group, named apart and tagged as smoke runs; TRL's metric names in their
+    history, no _step/_epoch twins, and the evaluation's headline numbers in each run's summary."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", SOLOPO_CACHE=str(tmp_path / "cache"),
+               WANDB_DIR=str(tmp_path / "wandb_files"))
+    done = subprocess.run([sys.executable, "-m", "solopo.run", "-m", "algo=dpo,orpo", "experiment=smoke",
+                           "logger=wandb", "trainer.max_steps=1", "eval.lengths=[short]", "+logger.tags=[mine]",
                            f"hydra.sweep.dir={tmp_path / 'sweep'}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    runs, summaries = {}, {}
-    for path in sorted((tmp_path / "sweep").glob("*/wandb/offline-run-*/run-*.wandb")):
+    assert not list((tmp_path / "sweep").glob("*/wandb"))
+    runs, summaries, history = {}, {}, {}
+    for path in sorted((tmp_path / "wandb_files").glob("wandb/offline-run-*/run-*.wandb")):
         for record in wandb_records(path):
             if record.HasField("run"):
                 runs[record.run.display_name] = (record.run.run_group, list(record.run.tags))
                 name = record.run.display_name
             if record.HasField("summary"):
                 summaries.setdefault(name, set()).update(item.key for item in record.summary.update)
-    assert runs == {"algo=dpo,eval.lengths=[short],logger=wandb,trainer.max_steps=1": ("sweep", [
-                        "algo=dpo", "ra=chosen", "method=solopo", "data=qa", "model=tiny", "alpha=1"]),
-                    "algo=simpo,eval.lengths=[short],logger=wandb,trainer.max_steps=1": ("sweep", [
-                        "algo=simpo", "ra=chosen", "method=solopo", "data=qa", "model=tiny", "alpha=1"])}
+            if record.HasField("history"):
+                history.setdefault(name, set()).update(item.key or "/".join(item.nested_key)
+                                                       for item in record.history.item)
+    tags = ["ra=chosen", "method=solopo", "data=qa", "model=tiny", "experiment=smoke", "alpha=1", "mine"]
+    dpo, orpo = (f"+logger.tags=[mine],algo={algo},eval.lengths=[short],logger=wandb,trainer.max_steps=1"
+                 for algo in ("dpo", "orpo"))
+    assert runs == {dpo: ("sweep", ["algo=dpo", *tags]), orpo: ("sweep", ["algo=orpo", *tags])}
+    trl = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected"}
+    assert {f"train/{key}" for key in trl} <= history[dpo]
+    assert {"train/nll_loss", "train/log_odds_ratio"} <= history[orpo]
+    assert {f"val/{key}" for key in trl} <= history[dpo]
+    assert not [key for keys in history.values() for key in keys  # wandb's _step and trainer/global_step are axes
+                if key.startswith(("train/", "val/")) and key.endswith(("_step", "_epoch"))]
     for keys in summaries.values():
         assert {"eval/base/avg_long", "eval/trained/avg_long", "eval/gain/avg_long"} <= keys

@@ -9,9 +9,9 @@ device count), N devices take G/N pairs each per step; one device takes the same
 (gradient accumulation), so every process always holds one pair at a time and the runs differ only in layout.
 From each run's metrics.csv: the losses of the first steps (global means, to compare across layouts), the first
 step's gradient norm (train/grad_norm, the global gradient's: it shows gradients summed instead of averaged),
-tokens/s per GPU (train/tokens_per_s of each process's micro-batches, after --warmup steps), peak memory per GPU,
-and the scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. The table is written after every
-run; with --resume the runs already in it (ok or out of memory) are kept, so a GPU call cut short continues in the
+tokens/s per GPU (train/step_tokens over train/step_time_s of the micro-batches after --warmup steps), peak memory
+per GPU, and the scaling efficiency: tokens/s per GPU on N devices over tokens/s on one. The table is written after
+every run; with --resume the runs already in it (ok or out of memory) are kept, so a GPU call cut short continues in the
 next.
 NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1,
 NVSHMEM_DISABLE_NVLS=1). Words after -- are Hydra overrides for every run and part of each row's key (e.g.
@@ -68,13 +68,15 @@ def measured(run_dir: Path, warmup: int, loss_steps: int) -> dict:
     """The first step losses, the first step's gradient norm, per-GPU tokens/s after the warm-up steps and the peak
     memory, from the run's metrics.csv."""
     rows = list(csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv")))
-    losses = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
-    speed = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s") and int(r["step"]) >= warmup]
+    losses = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    timed = [r for r in rows if r.get("train/step_tokens") and int(r["step"]) >= warmup]
+    seconds = sum(float(r["train/step_time_s"]) for r in timed)
+    speed = sum(float(r["train/step_tokens"]) for r in timed) / seconds if seconds else None
     peaks = [float(r["train/peak_mem_gib"]) for r in rows if r.get("train/peak_mem_gib")]
     norms = {int(r["step"]): float(r["train/grad_norm"]) for r in rows if r.get("train/grad_norm")}
     return {"losses": [losses[s] for s in sorted(losses)][:loss_steps],
             "first_grad_norm": norms[min(norms)] if norms else None,
-            "tokens_per_s_per_gpu": sum(speed) / len(speed) if speed else None, "peak_gib_per_gpu": max(peaks, default=None)}
+            "tokens_per_s_per_gpu": speed, "peak_gib_per_gpu": max(peaks, default=None)}
 
 
 def status_of(code: int, run_dir: Path) -> str:

@@ -11,6 +11,7 @@ generated tables. "Δ base" is each run's gain over its own evaluation before tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,8 +24,20 @@ from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat
 from solopo.report.sweep import write_report
 from solopo.report.tables import cell, fill_blocks, markdown
 
+# The committed runs were written before solopo took TRL's metric names: they are read under today's.
+RENAMED = {"rewards/accuracy": "rewards/accuracies", "rewards/margin": "rewards/margins",
+           "rewards/chosen_long": "ra/chosen_long"}
 ORDER = ("base", "short_po", "long_po", "expand_long", "solopo", "solopo_both", "solopo_detach")  # table order
 VERDICT = "Read the numbers above with the study's own verdict, written from them by hand (its README)."
+
+
+def current_names(run: Run) -> Run:
+    """The run with its metrics under today's names (train/rewards/margin -> train/rewards/margins, ...)."""
+    metrics = {}
+    for key, value in run.metrics.items():
+        split, _, name = key.partition("/")
+        metrics[f"{split}/{RENAMED.get(name, name)}"] = value
+    return dataclasses.replace(run, metrics=metrics)
 
 
 def study_groups(runs: list[Run]) -> dict[tuple, list[Run]]:
@@ -142,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or args.dirs[0]
     try:
-        runs = find_runs(args.dirs)
+        runs = [current_names(run) for run in find_runs(args.dirs)]
         paper = _read_paper(args.paper) if args.paper else {}
         page = fill_blocks(args.readme.read_text(), study_blocks(runs, paper), str(args.readme)) if args.readme else None
     except (OSError, ValueError) as err:  # a missing or malformed input: one line naming it

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Protocol
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from solopo.core import losses
@@ -38,6 +39,10 @@ class Algorithm(Protocol):
     def loss(self, chosen: Responses, rejected: Responses, chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
         """The per-example preference loss, (B,)."""
 
+    def loss_terms(self, chosen: Responses, rejected: Responses, chosen_rewards: Tensor,
+                   rejected_rewards: Tensor) -> dict[str, Tensor]:
+        """Batch means of the parts of the loss worth logging on their own, under TRL's names; {} when none."""
+
 
 def _ref(responses: Responses) -> Tensor:
     if responses.ref_logps is None:
@@ -63,6 +68,9 @@ class DPO:
 
     def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
         return losses.dpo_loss(chosen_rewards, rejected_rewards)
+
+    def loss_terms(self, chosen, rejected, chosen_rewards, rejected_rewards):
+        return {}
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,9 @@ class SimPO:
     def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
         return losses.simpo_loss(chosen_rewards, rejected_rewards, self.gamma)
 
+    def loss_terms(self, chosen, rejected, chosen_rewards, rejected_rewards):
+        return {}
+
 
 @dataclass(frozen=True)
 class ORPO:
@@ -119,3 +130,10 @@ class ORPO:
 
     def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
         return losses.orpo_loss(chosen.logps, chosen.n_tokens, chosen_rewards, rejected_rewards, self.lam)
+
+    def loss_terms(self, chosen, rejected, chosen_rewards, rejected_rewards):
+        """TRL's ORPO metrics: nll_loss = mean of -logps_w / n_w (the SFT term; solopo averages over each chosen
+        response's tokens, TRL over the batch's prompt and response tokens, see README), and log_odds_ratio = mean
+        log sigmoid(odds_w - odds_l) (the odds-ratio term before -lam; the rewards are the log-odds)."""
+        return {"nll_loss": (-chosen.logps / chosen.n_tokens).mean(),
+                "log_odds_ratio": F.logsigmoid(chosen_rewards - rejected_rewards).mean()}

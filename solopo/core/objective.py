@@ -120,25 +120,33 @@ def solopo_objective(
     loss = po_loss + ra.alpha * ra_loss
 
     metrics = {"loss": loss, "po_loss": po_loss, "ra_loss": ra_loss}
+    metrics.update(algo.loss_terms(stats[(ctx, CHOSEN)], stats[(ctx, REJECTED)], chosen, rejected))
     if plain_po:
         del metrics["ra_loss"]
     metrics.update(reward_metrics(rewards, ctx))
+    metrics.update(logps_metrics(stats, ctx))
     return ObjectiveOutput(loss=loss, metrics={k: v.detach() for k, v in metrics.items()})
 
 
 def reward_metrics(rewards: Mapping[Key, Tensor], ctx: str) -> dict[str, Tensor]:
-    """rewards/* under the PO context, plus the long-context chosen reward and the SoLo-RA gap."""
+    """TRL's rewards/* under the PO context (margins = mean(r_w - r_l), accuracies = share of pairs with r_w > r_l);
+    solopo's own under ra/: the long-context chosen reward and the SoLo-RA gap mean |r_short - r_long|."""
     chosen, rejected = rewards[(ctx, CHOSEN)], rewards[(ctx, REJECTED)]
     out = {
         "rewards/chosen": chosen.mean(),
         "rewards/rejected": rejected.mean(),
-        "rewards/margin": (chosen - rejected).mean(),
-        "rewards/accuracy": (chosen > rejected).float().mean(),
+        "rewards/margins": (chosen - rejected).mean(),
+        "rewards/accuracies": (chosen > rejected).float().mean(),
     }
     if (LONG, CHOSEN) in rewards:
-        out["rewards/chosen_long"] = rewards[(LONG, CHOSEN)].mean()
+        out["ra/chosen_long"] = rewards[(LONG, CHOSEN)].mean()
     for response in (CHOSEN, REJECTED):
         if (SHORT, response) in rewards and (LONG, response) in rewards:
             gap = torch.abs(rewards[(SHORT, response)] - rewards[(LONG, response)]).mean()
             out["ra/gap" if response == CHOSEN else "ra/gap_rejected"] = gap
     return out
+
+
+def logps_metrics(stats: Mapping[Key, Responses], ctx: str) -> dict[str, Tensor]:
+    """TRL's logps/chosen and logps/rejected: batch means of the policy's summed response log-probs, PO context."""
+    return {f"logps/{response}": stats[(ctx, response)].logps.mean() for response in (CHOSEN, REJECTED)}

@@ -16,7 +16,7 @@ from typing import Any
 from solopo.report.runs import Run, Stat, group, is_seed_key, stat
 
 IGNORED = ("logger.", "hydra.")  # paths and logging details differ between runs without being a factor
-METRICS = ("val/loss", "val/rewards/accuracy", "val/ra/gap", "train/peak_mem_gib")
+METRICS = ("val/loss", "val/rewards/accuracies", "val/ra/gap", "train/peak_mem_gib")
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -21,12 +21,19 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 class Throughput(pl.Callback):
-    """Logs train/tokens_per_s, train/step_time_s and train/peak_mem_gib (since training started) every step."""
+    """Logs, every step: train/tokens_per_s, the fit's mean so far (real tokens trained on / seconds spent in training
+    steps, the number the run prints at its end), train/step_tokens and train/step_time_s (this step's tokens and
+    seconds, for a rate over any range of steps) and train/peak_mem_gib (since training started)."""
 
     def __init__(self):
         self._start = 0.0
         self.tokens = 0
         self.seconds = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """The fit's mean: every training step's tokens over every training step's seconds."""
+        return self.tokens / max(self.seconds, 1e-9)
 
     def _sync(self, pl_module: pl.LightningModule) -> None:
         if pl_module.device.type == "cuda":
@@ -48,7 +55,8 @@ class Throughput(pl.Callback):
         self.tokens += tokens
         self.seconds += elapsed
         pl_module.log_dict({
-            "train/tokens_per_s": tokens / elapsed,
+            "train/tokens_per_s": self.tokens_per_s,
+            "train/step_tokens": float(tokens),
             "train/step_time_s": elapsed,
             "train/peak_mem_gib": peak_memory_gib(pl_module.device),
         }, on_step=True, on_epoch=False)

@@ -13,7 +13,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
@@ -23,7 +23,9 @@ from pytorch_lightning import Callback
 log = logging.getLogger("solopo")
 
 WANDB_RUN_ID_FILE = "wandb_run_id"
-TAGGED_GROUPS = ("algo", "ra", "method", "data", "model")  # config groups a run is tagged with
+# Config groups a run is tagged with; experiment and debug only where chosen: a preset run (experiment=smoke, or a
+# study's preset) is told apart from a run configured by hand.
+TAGGED_GROUPS = ("algo", "ra", "method", "data", "model", "experiment", "debug")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # Lightning's lines that no setting of a solopo run changes: an advertisement, and a note that the schedule counts
 # the batches of the training loader (it always does: the warm-up and cosine span them)
@@ -73,12 +75,14 @@ class ProgressLines(Callback):
 
 
 def wandb_labels(choices: dict[str, str], alpha: float, multirun: bool, sweep_dir: str = "", override_dirname: str = "",
-                 group: Optional[str] = None, name: Optional[str] = None) -> dict:
+                 group: Optional[str] = None, name: Optional[str] = None, tags: Sequence[str] = ()) -> dict:
     """Tags, group and name of a run on a wandb dashboard. Tags: each config choice (algo=dpo, ...) and the
-    SoLo-RA weight in use (alpha=1), to filter and colour runs by. The jobs of a sweep share a group named
-    after the sweep directory, and each job is named by its overrides (algo=dpo,ra.alpha=1), so a sweep is one
-    group of runs told apart at a glance. A group or name set in the config (logger.group=...) wins."""
-    tags = [f"{key}={choices[key]}" for key in TAGGED_GROUPS if key in choices] + [f"alpha={alpha:g}"]
+    SoLo-RA weight in use (alpha=1), to filter and colour runs by, then the config's own (+logger.tags=[a,b]).
+    The jobs of a sweep share a group named after the sweep directory, and each job is named by its overrides
+    (algo=dpo,ra.alpha=1), so a sweep is one group of runs told apart at a glance. A group or name set in the
+    config (logger.group=...) wins."""
+    chosen = [f"{key}={choices[key]}" for key in TAGGED_GROUPS if choices.get(key) not in (None, "null")]
+    tags = list(dict.fromkeys(chosen + [f"alpha={alpha:g}"] + [str(tag) for tag in tags or ()]))
     if multirun:
         group = group or sweep_group(sweep_dir)
         name = name or override_dirname or None
@@ -113,6 +117,7 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
                  group: Optional[str] = None, tags: Optional[list[str]] = None, resume: bool = False, **kwargs):
     """A WandbLogger; mode "auto" runs online only when an API key is configured, so a run
     never stops to ask for a login and offline runs can be uploaded later with `wandb sync`.
+    wandb writes its files under $WANDB_DIR when it is set, else under save_dir (the run directory).
     The run id is kept in <save_dir>/wandb_run_id: a resumed run (resume=True) logs to the same wandb run."""
     from pytorch_lightning.loggers import WandbLogger
 
@@ -123,8 +128,10 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     run_id = id_file.read_text().strip() if resume and id_file.is_file() else uuid.uuid4().hex[:8]
     id_file.parent.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run_id + "\n")
+    files_dir = os.environ.get("WANDB_DIR") or save_dir  # wandb.init's dir argument would override WANDB_DIR
+    Path(files_dir).mkdir(parents=True, exist_ok=True)
     # WandbLogger asks wandb for resume="allow": the id continues its run when there is one, else starts it.
-    logger = WandbLogger(project=project, save_dir=save_dir, offline=offline, name=name, group=group, tags=tags,
+    logger = WandbLogger(project=project, save_dir=files_dir, offline=offline, name=name, group=group, tags=tags,
                          id=run_id, **kwargs)
     # Lightning passes anonymous=None to wandb.init, which wandb answers with a deprecation warning on every run
     logger._wandb_init.pop("anonymous", None)

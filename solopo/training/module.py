@@ -74,6 +74,7 @@ class SoLoPOModule(pl.LightningModule):
         # The reference's weights are the base model's: they are left out of checkpoints (see on_save_checkpoint).
         self.strict_loading = reference is None
         self._step_means = StepMeans()
+        self._epoch_means = StepMeans(across_ranks=False)  # of the step means, which are global already
         self._sharded = False
 
     def train(self, mode: bool = True):
@@ -144,10 +145,18 @@ class SoLoPOModule(pl.LightningModule):
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 or self.trainer.is_last_batch:
             means, pairs = self._step_means.pop()  # over the step's micro-batches and all ranks
             if pairs:
-                # Already global: each rank logs the same values, and Lightning's epoch mean weights steps by pairs.
-                self.log("train/loss", means.pop("loss"), prog_bar=True, batch_size=pairs, on_step=True, on_epoch=True)
-                self.log_dict({f"train/{k}": v for k, v in means.items()}, batch_size=pairs, on_step=True, on_epoch=True)
+                self._epoch_means.add(means, pairs)
+                # Already global: each rank logs the same values. Per step only, so the dashboard has one train/loss.
+                self.log("train/loss", means.pop("loss"), prog_bar=True, on_step=True, on_epoch=False)
+                self.log_dict({f"train/{k}": v for k, v in means.items()}, on_step=True, on_epoch=False)
         return out.loss
+
+    def on_train_epoch_end(self) -> None:
+        # The epoch's means weighted by pairs, for results.json (solopo.training.results.final_metrics) and not for
+        # the loggers, which have every step's value under the same name.
+        means, pairs = self._epoch_means.pop()
+        if pairs:
+            self.log_dict({f"train/{k}": v for k, v in means.items()}, on_step=False, on_epoch=True, logger=False)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._log("val", self.objective(batch).metrics, batch)

@@ -22,14 +22,10 @@ def redact(value: Any) -> Any:
 
 
 def final_metrics(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Epoch means of what was logged ('train/loss_epoch' -> 'train/loss'), without the per-step
-    duplicates; step-only metrics (throughput, memory) keep their last value."""
-    out = {}
-    for key, value in callback_metrics.items():
-        if key.endswith("_step"):
-            continue
-        out[key.removesuffix("_epoch")] = float(value)
-    return dict(sorted(out.items()))
+    """What was logged last under each name, as floats: for train/ losses and rewards the last epoch's means over its
+    pairs (SoLoPOModule.on_train_epoch_end), for val/ the last validation's, and for step-only metrics (learning
+    rate, gradient norm, memory) the last step's; train/tokens_per_s is the fit's mean (callbacks.Throughput)."""
+    return {key: float(value) for key, value in sorted(callback_metrics.items())}
 
 
 def write_results(run_dir: Path, results: dict) -> Path:
@@ -45,8 +41,8 @@ def all_finite(metrics: Mapping[str, float]) -> bool:
 def summary(results: dict, path: Path) -> str:
     """The few lines printed at the end of a run: steps, pairs, sampling, the main metrics, skipped steps."""
     m, t = results["metrics"], results["timings"]
-    keys = ["train/loss", "train/po_loss", "train/ra_loss", "train/rewards/accuracy", "val/loss",
-            "val/rewards/accuracy", "val/rewards/margin", "val/ra/gap"]
+    keys = ["train/loss", "train/po_loss", "train/ra_loss", "train/rewards/accuracies", "val/loss",
+            "val/rewards/accuracies", "val/rewards/margins", "val/ra/gap"]
     lines = [f"trained {results['steps']} steps on {results['data']['train']['pairs']} pairs ({results['device']}) "
              f"in {t['fit_s']:.1f}s, {t['train_tokens_per_s']:.0f} tokens/s"]
     for split, counts in results["data"].items():

@@ -3,7 +3,8 @@
 Lightning logs a step's metric from its last micro-batch, and syncs across ranks by averaging the ranks' values; with
 gradient accumulation, or ranks holding different numbers of pairs, neither is the mean over the pairs of the step.
 StepMeans sums value x pairs over the micro-batches, sums (sums, pairs) across ranks in one all-reduce at the end of
-the step, and divides: the mean over every pair the step trained on, the same on every rank.
+the step, and divides: the mean over every pair the step trained on, the same on every rank. The same sums, kept
+over an epoch's steps without the all-reduce (each step's means are global already), give the epoch's means.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from solopo.training.distributed import sum_across_ranks
 
 
 class StepMeans:
-    def __init__(self):
+    def __init__(self, across_ranks: bool = True):
+        self.across_ranks = across_ranks  # False: the values added are the same on every rank already
         self.keys: Optional[list[str]] = None
         self.sums: Optional[Tensor] = None  # (len(keys) + 1,): value x pairs per key, then the number of pairs
 
@@ -34,11 +36,11 @@ class StepMeans:
         self.sums = row if self.sums is None else self.sums + row
 
     def pop(self) -> tuple[dict[str, Tensor], int]:
-        """The step's means across all ranks (every rank must call this at the same step) and the number of pairs
-        they cover; ({}, 0) when no micro-batch of any rank was finite."""
+        """The means across all ranks (every rank must call this at the same step, unless across_ranks is False)
+        and the number of pairs they cover; ({}, 0) when nothing finite was added on any rank."""
         if self.sums is None:
             return {}, 0
-        total = sum_across_ranks(self.sums)
+        total = sum_across_ranks(self.sums) if self.across_ranks else self.sums
         keys, self.keys, self.sums = self.keys, None, None
         pairs = int(total[-1].item())
         if pairs == 0:

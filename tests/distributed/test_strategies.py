@@ -80,7 +80,7 @@ def test_validation_means_are_over_all_pairs_of_all_ranks(runs):
     base = results(runs["one process"])["metrics"]
     for name in ("ddp", "fsdp"):
         metrics = results(runs[name])["metrics"]
-        for key in ("val/loss", "val/rewards/margin", "val/ra/gap", "train/loss"):
+        for key in ("val/loss", "val/rewards/margins", "val/ra/gap", "train/loss"):
             assert metrics[key] == pytest.approx(base[key], rel=1e-6, abs=1e-9), (name, key)
 
 

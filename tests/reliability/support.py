@@ -34,7 +34,7 @@ def step_values(run_dir: Path, key: str) -> dict[int, float]:
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:
-    return step_values(run_dir, "train/loss_step")
+    return step_values(run_dir, "train/loss")
 
 
 def results(run_dir: Path) -> dict:

@@ -32,7 +32,7 @@ def test_sigterm_writes_last_ckpt_and_the_run_resumes_from_it(tmp_path):
         proc = subprocess.Popen(command([*LONG_RUN, "trainer.enable_progress_bar=true", f"hydra.run.dir={run_dir}"]),
                                 cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_for(output, "train/loss_step=", proc)
+            wait_for(output, "train/loss=", proc)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 128 + signal.SIGTERM
         finally:
