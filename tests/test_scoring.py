@@ -127,3 +127,16 @@ def test_a_wrong_scorer_stops_the_entry_point_with_status_2(tmp_path):
                            f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("eval.scorer._target_=x.y: no such class or function")
+
+
+def test_the_readme_custom_scorer(tmp_path, monkeypatch):
+    """The README's mymetrics.py and its command line make a scorer of both settings."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n# mymetrics.py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mymetrics.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    line = next(l for l in readme.splitlines() if "_target_=mymetrics.FirstLine" in l)
+    settings = settings_of(["data.pairs=sampled", *line.split()[3:]])
+    assert type(settings.sampling.scorer).__name__ == type(settings.eval.scorer).__name__ == "FirstLine"
+    assert settings.eval.scorer("Paris.\nBecause the text says so.", ["paris"]) == 1.0
+    assert not settings.sampling.scorer.correct(settings.sampling.scorer("Because... Paris", ["paris"]))
