@@ -43,14 +43,16 @@ class Subset:
     questions: tuple[Question, ...]
 
 
-def read_questions(path: str, n_items: int | None, answers_key: str = "answers") -> tuple[Question, ...]:
-    """The first ``n_items`` (all with None) records of a jsonl file of {"input", "context", answers_key, "_id"};
-    a malformed record stops with one line naming the file, line and field."""
+def read_questions(path: str, n_items: int | None, answer_keys: tuple[str, ...] = ("answers",)) -> tuple[Question, ...]:
+    """The first ``n_items`` (all with None) records of a jsonl file of {"input", "context", "answers", "_id"} (the
+    gold answers under the first of ``answer_keys`` a record has); a malformed record stops with one line naming the
+    file, line and field."""
     questions = []
     for where, record in read_jsonl(path)[:n_items]:
         qid = str(record.get("_id", record.get("index", where.place)))  # LongBench's _id, RULER's index
+        key = next((k for k in answer_keys if k in record), answer_keys[0])
         questions.append(Question(qid, text(record, "input", where), text(record, "context", where, strip=False),
-                                  tuple(text_list(record, answers_key, where))))
+                                  tuple(text_list(record, key, where))))
     return tuple(questions)
 
 

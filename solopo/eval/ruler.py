@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 
 from solopo.data.formats.errors import DataFileError
-from solopo.data.formats.records import read_jsonl
 from solopo.eval.longbench import Subset, check_template, read_questions
 from solopo.scoring import Scorer
 from solopo.settings.fields import number, refuse
@@ -48,14 +47,9 @@ class RulerQA:
     def load(self) -> list[Subset]:
         """A subset per file, read before any model loads: a missing file or a bad record is one line."""
         return [Subset(os.path.basename(path).removesuffix(".jsonl"), self.template, self.max_new_tokens,
-                       read_questions(path, self.n_items, answers_key(path)))
+                       read_questions(path, self.n_items, ("answers", "outputs")))
                 for path in self.files()]
 
     def scorer(self, configured: Scorer) -> Scorer:
         return configured
 
-
-def answers_key(path: str) -> str:
-    """"answers", or RULER's own "outputs" where the file's first record has that and not the other."""
-    first = read_jsonl(path)[0][1]
-    return "outputs" if "outputs" in first and "answers" not in first else "answers"

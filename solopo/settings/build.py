@@ -125,6 +125,10 @@ def build_benchmark(cfg: DictConfig, problems: Problems) -> Any:
     node = plain(cfg.eval, "benchmark") if OmegaConf.is_config(cfg.get("eval")) else {}
     if not node:
         return None
+    if OmegaConf.is_missing(cfg.eval.benchmark, "path"):
+        option = choice(cfg, "eval")
+        problems.append(f"eval={option} needs eval.benchmark.path=PATH (see conf/eval/{option}.yaml)")
+        return None
     found, found_problems = target("eval.benchmark", node, BENCHMARKS)
     problems += found_problems
     return built("eval.benchmark", found, node, problems) if found is not None and not found_problems else None
