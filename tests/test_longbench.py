@@ -52,7 +52,8 @@ def test_the_shipped_templates_and_answer_lengths():
     assert {n: s["max_new_tokens"] for n, s in bench.subsets.items()} == {
         "narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "hotpotqa": 32, "2wikimqa": 32, "musique": 32}
     hotpot = bench.subsets["hotpotqa"]["template"]
-    assert hotpot.startswith("Answer the question based on the given passages.") and hotpot.endswith("Question: {input}\nAnswer:")
+    assert hotpot.startswith("Answer the question based on the given passages.")
+    assert hotpot.endswith("Question: {input}\nAnswer:")
     assert all(s["template"].index("{context}") < s["template"].index("{input}") for s in bench.subsets.values())
     assert bench.subsets["2wikimqa"]["template"] == bench.subsets["musique"]["template"] == hotpot
 

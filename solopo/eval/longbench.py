@@ -97,7 +97,8 @@ class LongBench:
 
 def middle_truncated(tokenizer, prompt: str, budget: int) -> tuple[str, bool]:
     """The prompt, or when it has more than ``budget`` tokens its first and last budget//2 tokens joined (as
-    LongBench's pred.py cuts: by the tokenizer's own ids, special tokens dropped on decoding); and whether it was cut."""
+    LongBench's pred.py cuts: by the tokenizer's own ids, special tokens dropped on decoding); and whether it was
+    cut."""
     ids = tokenizer(prompt)["input_ids"]
     if len(ids) <= budget:
         return prompt, False
@@ -117,14 +118,16 @@ def prompts_of(subset: Subset, tokenizer, max_length: int, max_prompt_tokens: in
 
 def run_benchmark(benchmark, subsets: Sequence[Subset], model, tokenizer, settings: EvalSettings, max_length: int,
                   engine_args: dict | None = None) -> dict:
-    """{"subsets": {name: {"score", "n", "truncated"}}, "average", "metric", "examples"}: each subset's greedy answers
-    scored by the benchmark's scorer, x 100, and the mean over subsets (each subset counts once, as papers report)."""
+    """{"subsets": {name: {"score", "n", "truncated"}}, "average", "metric", "examples"}: each subset's greedy
+    answers scored by the benchmark's scorer, x 100, and the mean over subsets (each counts once, as papers report)."""
     scorer = benchmark.scorer(settings.scorer)
-    table: dict = {"benchmark": type(benchmark).__name__, "metric": type(scorer).__name__, "subsets": {}, "examples": []}
+    table: dict = {"benchmark": type(benchmark).__name__, "metric": type(scorer).__name__, "subsets": {},
+                   "examples": []}
     for subset in subsets:
         prompts, truncated = prompts_of(subset, tokenizer, max_length, benchmark.max_prompt_tokens)
-        answers = answer_all(model, tokenizer, prompts, dataclasses.replace(settings, max_new_tokens=subset.max_new_tokens),
-                             max_length, f"evaluating {subset.name}", engine_args)
+        per_subset = dataclasses.replace(settings, max_new_tokens=subset.max_new_tokens)
+        answers = answer_all(model, tokenizer, prompts, per_subset, max_length, f"evaluating {subset.name}",
+                             engine_args)
         table["subsets"][subset.name] = subset_score(subset, answers, scorer) | {"truncated": truncated}
         table["examples"] += [{"subset": subset.name, "item": q.id, "answer": a, "gold": list(q.answers)}
                               for q, a in list(zip(subset.questions, answers))[:5]]

@@ -48,7 +48,8 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         lengths, depths = self.lengths, self.depths
-        problems = scorer_problems(self.scorer) + one_of("engine", self.engine, ENGINES) + one_of("template", self.template, INSTRUCTIONS)
+        problems = (scorer_problems(self.scorer) + one_of("engine", self.engine, ENGINES)
+                    + one_of("template", self.template, INSTRUCTIONS))
         if not (isinstance(lengths, (list, tuple)) and lengths):
             problems.append(f"lengths={shown(lengths)}: must be a list such as [short,1024,2048]")
         else:

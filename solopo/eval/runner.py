@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from solopo.cache import DiskCache, digest
-from solopo.scoring import settings_identity
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
 from solopo.eval.longctx import EvalSettings, evaluate, format_table
+from solopo.scoring import settings_identity
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
 
 
