@@ -1,18 +1,38 @@
-"""Answer metrics for QA: sub-EM (the paper's correctness test for sampled responses) and token F1
-(LongBench's QA score), over the SQuAD/LongBench answer normalisation.
+"""Answer scoring for QA: sampled responses (which may be chosen, which rejected) and evaluation answers.
+
+A scorer maps (prediction, gold answers) to a score in [0, 1] and says by ``correct(score)`` whether a sampled
+response counts as right (the pair sampler chooses among the right ones and rejects among the others). Built in:
+sub-EM (the paper's test, the default), exact match, token F1 with a threshold, a regex, and any function
+(FromFunction). ``data.sampling.scorer`` and ``eval.scorer`` name one with ``_target_``; a class of one's own that has
+``__call__`` and ``correct`` works too. Every metric reads answers through the SQuAD/LongBench normalisation.
 
 Gold answers that normalise to nothing (an answer of only articles or punctuation) are ignored:
 the empty string is contained in every prediction and would score everything correct.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import re
 import string
 from collections import Counter
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence, Union, runtime_checkable
 
+from solopo.settings.fields import number, refuse
+
+Answers = Union[Sequence[str], str]
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """scorer(prediction, answers) -> a score in [0, 1]; scorer.correct(score) -> whether that is a right answer."""
+
+    def __call__(self, prediction: str, answers: Answers) -> float: ...
+
+    def correct(self, score: float) -> bool: ...
 
 
 def normalize_answer(text: str) -> str:
@@ -26,7 +46,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def sub_em(prediction: str, answers: Sequence[str] | str) -> float:
+def sub_em(prediction: str, answers: Answers) -> float:
     """1.0 when some normalised gold answer is a substring of the normalised prediction, else 0.0.
 
     The containment is by characters, as the paper defines it: the gold "no" is found in
@@ -36,8 +56,16 @@ def sub_em(prediction: str, answers: Sequence[str] | str) -> float:
     return float(any(gold in predicted for gold in _normalized_golds(answers)))
 
 
-def f1(prediction: str, answers: Sequence[str] | str) -> float:
-    """Token-level F1 between the normalised prediction and each normalised gold answer; the best one."""
+def exact_match(prediction: str, answers: Answers) -> float:
+    """1.0 when the normalised prediction equals some normalised gold answer, else 0.0."""
+    return float(normalize_answer(prediction) in _normalized_golds(answers))
+
+
+def f1(prediction: str, answers: Answers) -> float:
+    """Token-level F1 between the normalised prediction and each normalised gold answer; the best one.
+
+    LongBench's qa_f1_score: shared = |pred ∩ gold| (tokens, with multiplicity), P = shared/|pred|,
+    R = shared/|gold|, F1 = 2PR/(P+R), 0 when nothing is shared; max over the gold answers."""
     predicted = normalize_answer(prediction).split()
     return max((_token_f1(predicted, gold.split()) for gold in _normalized_golds(answers)), default=0.0)
 
@@ -50,9 +78,122 @@ def _token_f1(predicted: list[str], gold: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _normalized_golds(answers: Sequence[str] | str) -> list[str]:
+def _normalized_golds(answers: Answers) -> list[str]:
     # A bare string is one answer; iterating it would score against its characters.
     answers = (answers,) if isinstance(answers, str) else answers
     if not answers:
         raise ValueError("no gold answers to score against")
     return [gold for gold in map(normalize_answer, answers) if gold]
+
+
+@dataclass(frozen=True)
+class _Thresholded:
+    """A score counts as correct at or above ``threshold``."""
+
+    threshold: float = 1.0
+
+    def __post_init__(self) -> None:
+        refuse(number("threshold", self.threshold, 0, 1))
+
+    def correct(self, score: float) -> bool:
+        return score >= self.threshold
+
+
+@dataclass(frozen=True)
+class SubEM(_Thresholded):
+    """sub_em: a gold answer inside the prediction (the paper's rule for sampled responses)."""
+
+    def __call__(self, prediction: str, answers: Answers) -> float:
+        return sub_em(prediction, answers)
+
+
+@dataclass(frozen=True)
+class ExactMatch(_Thresholded):
+    """exact_match: the whole prediction is a gold answer, after normalisation."""
+
+    def __call__(self, prediction: str, answers: Answers) -> float:
+        return exact_match(prediction, answers)
+
+
+@dataclass(frozen=True)
+class TokenF1(_Thresholded):
+    """f1 (LongBench's QA F1); a sample is correct from ``threshold`` on."""
+
+    threshold: float = 0.5
+
+    def __call__(self, prediction: str, answers: Answers) -> float:
+        return f1(prediction, answers)
+
+
+@dataclass(frozen=True)
+class Regex(_Thresholded):
+    """1.0 when ``pattern`` is found in the prediction, with ``{answer}`` standing for each gold answer taken
+    literally (case-insensitive); the default finds a gold answer as whole words: "in Paris." for "Paris", not
+    "Parisian"."""
+
+    pattern: str = r"\b{answer}\b"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            re.compile(self.pattern.replace("{answer}", "x"))
+        except re.error as err:
+            refuse([f"pattern={self.pattern}: not a regular expression ({err})"])
+
+    def __call__(self, prediction: str, answers: Answers) -> float:
+        golds = (answers,) if isinstance(answers, str) else answers
+        patterns = {self.pattern.replace("{answer}", re.escape(gold.strip())) for gold in golds if gold.strip()}
+        return float(any(re.search(p, prediction, re.IGNORECASE) for p in patterns))
+
+
+@dataclass(frozen=True)
+class FromFunction(_Thresholded):
+    """Any function fn(prediction, answers) -> score in [0, 1], given as a dotted path ("mypkg.metrics.judge")."""
+
+    fn: str = "solopo.scoring.sub_em"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not callable(_resolve(self.fn)):
+            refuse([f"fn={self.fn}: no such function"])
+
+    def __call__(self, prediction: str, answers: Answers) -> float:
+        return float(_resolve(self.fn)(prediction, answers))
+
+
+def _resolve(path: str) -> Any:
+    module, _, name = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        return None
+
+
+SUB_EM = SubEM()
+
+
+def scorer_problems(scorer: Any) -> list[str]:
+    """The check of a settings field that holds a scorer (SamplingSettings, EvalSettings)."""
+    return [] if isinstance(scorer, Scorer) else [f"scorer={scorer!r}: not a scorer (one has __call__(prediction, "
+                                                  "answers) and correct(score)); see solopo.scoring"]
+
+
+def identity(scorer: Scorer) -> dict:
+    """What a cache key holds of a scorer: its class and its parameters (a dataclass's fields, else its repr)."""
+    kind = type(scorer)
+    params = dataclasses.asdict(scorer) if dataclasses.is_dataclass(scorer) else repr(scorer)
+    return {"scorer": f"{kind.__module__}.{kind.__qualname__}", "params": params}
+
+
+def settings_identity(settings: Any) -> dict:
+    """A settings dataclass as plain data for a cache key: its fields, its ``scorer`` by identity()."""
+    fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    return {**fields, "scorer": identity(fields["scorer"])}
+
+
+def as_scorer(found: Callable, options: dict) -> Scorer:
+    """The scorer a config's ``_target_`` names: a class made with the options, or a plain function wrapped in
+    FromFunction (its only option: threshold)."""
+    if isinstance(found, type):
+        return found(**options)
+    return FromFunction(fn=f"{found.__module__}.{found.__qualname__}", **options)

@@ -20,7 +20,7 @@ def test_score_table_by_hand():
     assert table["by_length"] == {"short": 0.5, "1024": 0.5}
     assert table["average"] == 0.5 and table["average_long"] == 0.5
     cell = next(c for c in table["cells"] if c["length"] == "1024" and c["depth"] == "0")
-    assert cell == {"length": "1024", "depth": "0", "sub_em": 1.0, "f1": 1.0, "n": 1}
+    assert cell == {"length": "1024", "depth": "0", "sub_em": 1.0, "f1": 1.0, "score": 1.0, "n": 1}  # score: sub-EM by default
     short = next(c for c in table["cells"] if c["length"] == "short")
     assert short["f1"] == pytest.approx((2 * (1 / 3) * 1 / (1 / 3 + 1) + 0) / 2)  # "it is quorath" vs "quorath"
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded
-from solopo.scoring import f1, sub_em
+from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, sub_em
 from solopo.settings.fields import number, one_of, refuse, shown
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
@@ -33,7 +33,8 @@ class EvalSettings:
     block sits in the long contexts; greedy answers of up to max_new_tokens, batch_size at a time;
     template: the prompt template the model was trained with (solopo.data.contexts.INSTRUCTIONS);
     engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights);
-    precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under."""
+    precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under;
+    scorer: the score of an answer in the table's by-length means (solopo.scoring; sub-EM by default)."""
 
     lengths: tuple = (SHORT, 1024, 2048, 4096, 8192)
     depths: tuple[float, ...] = (0.0, 0.5, 1.0)
@@ -43,10 +44,12 @@ class EvalSettings:
     template: str = "direct"
     engine: str = "transformers"
     precision: str = "32-true"
+    scorer: Scorer = SUB_EM
 
     def __post_init__(self) -> None:
         lengths, depths = self.lengths, self.depths
-        problems = one_of("engine", self.engine, ENGINES) + one_of("template", self.template, INSTRUCTIONS)
+        problems = (scorer_problems(self.scorer) + one_of("engine", self.engine, ENGINES)
+                    + one_of("template", self.template, INSTRUCTIONS))
         if not (isinstance(lengths, (list, tuple)) and lengths):
             problems.append(f"lengths={shown(lengths)}: must be a list such as [short,1024,2048]")
         else:
@@ -162,23 +165,25 @@ def answer_all(model, tokenizer, prompts: Sequence[str], settings: EvalSettings,
         return vllm_greedy_answers(path, tokenizer, prompts, settings.max_new_tokens, settings.seed, **engine_args)
 
 
-def score_table(cases: Sequence[EvalCase], answers: Sequence[str]) -> dict:
-    """{"cells": [{length, depth, sub_em, f1, n}], "by_length": {length: sub_em}, "average": sub_em,
-    "average_long": sub_em over every long-context case}; means are over questions.
+def score_table(cases: Sequence[EvalCase], answers: Sequence[str], scorer: Scorer = SUB_EM) -> dict:
+    """{"cells": [{length, depth, sub_em, f1, score, n}], "by_length": {length: score}, "average": score,
+    "average_long": score over every long-context case, "scorer": its class}; means are over questions, and
+    score is ``scorer``'s (sub-EM by default, so every column but f1 is then sub-EM).
 
     An answer is scored whole, as the pair sampler scores its samples: under the cot template the
     reasoning comes first and sub-EM finds the gold answer anywhere in it, so evaluation and the
     share of correct samples measure the same thing."""
-    cells: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for case, answer in zip(cases, answers):
-        cells.setdefault((case.length, case.depth), []).append((sub_em(answer, case.answers), f1(answer, case.answers)))
-    rows = [{"length": length, "depth": depth, "sub_em": _mean(s for s, _ in v), "f1": _mean(f for _, f in v), "n": len(v)}
-            for (length, depth), v in cells.items()]
+    cells: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     by_length: dict[str, list[float]] = {}
     for case, answer in zip(cases, answers):
-        by_length.setdefault(case.length, []).append(sub_em(answer, case.answers))
+        score = scorer(answer, case.answers)
+        cells.setdefault((case.length, case.depth), []).append((sub_em(answer, case.answers), f1(answer, case.answers),
+                                                                score))
+        by_length.setdefault(case.length, []).append(score)
+    rows = [{"length": length, "depth": depth, "sub_em": _mean(s for s, _, _ in v), "f1": _mean(f for _, f, _ in v),
+             "score": _mean(x for _, _, x in v), "n": len(v)} for (length, depth), v in cells.items()]
     long_scores = [s for length, scores in by_length.items() if length != SHORT for s in scores]
-    return {"cells": rows, "by_length": {k: _mean(v) for k, v in by_length.items()},
+    return {"cells": rows, "by_length": {k: _mean(v) for k, v in by_length.items()}, "scorer": type(scorer).__name__,
             "average": _mean(s for v in by_length.values() for s in v), "average_long": _mean(long_scores)}
 
 
@@ -187,7 +192,7 @@ def evaluate(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str], set
              engine_args: dict | None = None) -> dict:
     cases = build_cases(items, settings, count_tokens, pool, max_length)
     answers = answer_all(model, tokenizer, [c.prompt for c in cases], settings, max_length, desc, engine_args)
-    table = score_table(cases, answers)
+    table = score_table(cases, answers, settings.scorer)
     table["examples"] = [{"item": c.item_id, "length": c.length, "depth": c.depth, "answer": a, "gold": list(c.answers)}
                          for c, a in list(zip(cases, answers))[:20]]
     return table

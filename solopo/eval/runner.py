@@ -10,6 +10,7 @@ from solopo.cache import DiskCache, digest
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
 from solopo.eval.longctx import EvalSettings, evaluate, format_table
+from solopo.scoring import settings_identity
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
 
 
@@ -57,8 +58,8 @@ def check_table(table: dict, settings: EvalSettings) -> dict:
 def cache_key(model_id: str, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
               max_length: int) -> str:
     """What a table depends on: the weights, each item's content (id, question, answers, passages), the passages that
-    fill the long contexts, the model's length limit and every setting (template and engine included)."""
-    return digest("eval", model_id, dataclasses.asdict(settings), max_length, list(pool),
+    fill the long contexts, the model's length limit and every setting (template, engine and scorer included)."""
+    return digest("eval", model_id, settings_identity(settings), max_length, list(pool),
                   *(dataclasses.asdict(item) for item in items))
 
 

@@ -1,6 +1,6 @@
 """On-policy preference pairs, the paper's recipe: sample k responses per item from the policy,
-score them by sub-EM against the gold answers, keep items with at least one correct and one
-incorrect sample, and pick one of each.
+score them against the gold answers (sub-EM by default; data.sampling.scorer, see solopo.scoring), keep
+items with at least one correct and one incorrect sample, and pick one of each.
 
 Pairs are sampled on the short context for SoLoPO (cheap, and more often right) or on the long
 context for the Long-PO baseline. Samples are cached on disk (solopo.cache), keyed by everything
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import left_padded
-from solopo.scoring import f1, sub_em
+from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
 from solopo.settings.fields import number, one_of, refuse
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import vllm_generate
@@ -39,7 +39,8 @@ class SamplingSettings:
     batch_size bounds the sequences generated at once (transformers engine); seed makes the samples
     and the pick repeatable; engine: "transformers" (the policy in memory) or "vllm" (when installed:
     a vLLM engine on the same weights, much faster on a GPU, released before training); precision: the
-    trainer's (Lightning's name), whose autocast the transformers engine samples under."""
+    trainer's (Lightning's name), whose autocast the transformers engine samples under; scorer: scores each
+    sample against the gold answers and says which are correct (solopo.scoring)."""
 
     k: int = 32
     temperature: float = 0.85
@@ -48,9 +49,10 @@ class SamplingSettings:
     seed: int = 0
     engine: str = "transformers"
     precision: str = "32-true"
+    scorer: Scorer = SUB_EM
 
     def __post_init__(self) -> None:
-        refuse(one_of("engine", self.engine, ENGINES)
+        refuse(scorer_problems(self.scorer) + one_of("engine", self.engine, ENGINES)
                + number("k", self.k, 1, integer=True)
                + number("temperature", self.temperature, 0, above=True)
                + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
@@ -118,13 +120,14 @@ def generate_vllm(model_path: str, tokenizer, prompts: Sequence[str], settings: 
     return [[(c.text.strip(), c.finish_reason == "stop") for c in out.outputs] for out in outputs]
 
 
-def pick_pair(samples: Sequence[Sample], scores: Sequence[float], rng: random.Random) -> tuple[str, str] | None:
-    """A uniformly random correct sample as chosen and a uniformly random incorrect one as rejected,
-    among the finished, non-empty ones (a response cut at max_new_tokens would teach the model to stop
+def pick_pair(samples: Sequence[Sample], scores: Sequence[float], rng: random.Random,
+              scorer: Scorer = SUB_EM) -> tuple[str, str] | None:
+    """A uniformly random correct sample (scorer.correct(score)) as chosen and a uniformly random other one as
+    rejected, among the finished, non-empty ones (a response cut at max_new_tokens would teach the model to stop
     mid-sentence); None when no such pair exists (the item gives no pair)."""
-    usable = [(text, score) for (text, finished), score in zip(samples, scores) if finished and text]
-    correct = sorted({text for text, score in usable if score == 1.0})
-    wrong = sorted({text for text, score in usable if score == 0.0})
+    usable = [(text, scorer.correct(score)) for (text, finished), score in zip(samples, scores) if finished and text]
+    correct = sorted({text for text, right in usable if right})
+    wrong = sorted({text for text, right in usable if not right})
     if not correct or not wrong:
         return None
     return rng.choice(correct), rng.choice(wrong)
@@ -147,17 +150,18 @@ def sample_pairs(
 
     samples = draw() if cache is None else cache.get_or_compute(
         _fingerprint(model_id, settings, prompts), draw, check=lambda payload: read_samples(payload, len(prompts)),
-        meta={"model": model_id, "context": context, "settings": dataclasses.asdict(settings)},
+        meta={"model": model_id, "context": context, "settings": settings_identity(settings)},
         desc=f"sampled responses ({context} context)")
     rng = random.Random(settings.seed)
     kept, dropped, scores_all, f1_all = [], {"no_correct": 0, "no_incorrect": 0}, [], []
     for example, item_samples in zip(examples, samples):
-        scores = [sub_em(text, example.answers) for text, _ in item_samples]
-        scores_all += scores
+        scores = [settings.scorer(text, example.answers) for text, _ in item_samples]
+        scores_all += [float(settings.scorer.correct(score)) for score in scores]
         f1_all += [f1(text, example.answers) for text, _ in item_samples]
-        pair = pick_pair(item_samples, scores, rng)
+        pair = pick_pair(item_samples, scores, rng, settings.scorer)
         if pair is None:
-            usable = [score for (text, finished), score in zip(item_samples, scores) if finished and text]
+            usable = [settings.scorer.correct(score) for (text, finished), score in zip(item_samples, scores)
+                      if finished and text]
             dropped["no_correct" if not any(usable) else "no_incorrect"] += 1
             continue
         kept.append(dataclasses.replace(example, chosen=pair[0], rejected=pair[1]))
@@ -166,14 +170,15 @@ def sample_pairs(
                "unfinished_samples": unfinished,
                "share_correct": sum(scores_all) / max(len(scores_all), 1), "mean_f1": sum(f1_all) / max(len(f1_all), 1),
                "seconds": time.perf_counter() - started}
-    log.info("pairs sampled on the %s context: %d of %d items kept, %.1f%% of samples correct (sub-EM)",
-             context, len(kept), len(examples), 100 * summary["share_correct"])
+    log.info("pairs sampled on the %s context: %d of %d items kept, %.1f%% of samples correct (%s)",
+             context, len(kept), len(examples), 100 * summary["share_correct"], type(settings.scorer).__name__)
     return kept, summary
 
 
 def _fingerprint(model_id: str, settings: SamplingSettings, prompts: Sequence[str]) -> str:
-    """The cache key of the samples: the digest of the model, every sampling setting and every prompt."""
-    return digest("pairs", model_id, dataclasses.asdict(settings), *prompts)
+    """The cache key of the samples: the digest of the model, every sampling setting (the scorer by its class and
+    parameters: it decides which samples become pairs) and every prompt."""
+    return digest("pairs", model_id, settings_identity(settings), *prompts)
 
 
 def read_samples(payload: list, n_prompts: int) -> list[list[Sample]]:

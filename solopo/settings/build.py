@@ -25,6 +25,7 @@ from solopo.eval.longctx import EvalSettings
 from solopo.generation.sampling import SamplingSettings
 from solopo.generation.vllm_engine import import_vllm
 from solopo.models.loading import ModelSpec
+from solopo.scoring import FromFunction, as_scorer
 from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
 from solopo.settings.groups import check_data, check_run, check_trainer, target, unknown_options
 from solopo.settings.rules import cross_group_rules
@@ -34,7 +35,7 @@ from solopo.training.precision import resolve_precision
 
 RUN_KEYS = ("seed", "reference", "packing", "logp_chunk_size", "val_every_n_steps", "save_model", "optimized_metric",
             "checkpoint", "faults", "cache")
-EVAL_KEYS = ("enabled", "n_items", "vllm")  # the eval group's keys that EvalSettings does not hold
+EVAL_KEYS = ("enabled", "n_items", "vllm", "benchmark")  # the eval group's keys that EvalSettings does not hold
 FROM_ELSEWHERE = ("seed", "template", "precision")  # EvalSettings fields other groups set
 
 
@@ -54,6 +55,7 @@ class Settings:
     eval: Optional[EvalSettings]
     sampling: Optional[SamplingSettings]
     precision: str  # Lightning's name, trainer.precision=auto resolved on this machine
+    benchmark: Any = None  # eval.benchmark (LongBench, RulerQA) for `python -m solopo.evaluate`; else None
 
 
 def plain(cfg: DictConfig, key: str) -> dict:
@@ -96,13 +98,52 @@ def build_targeted(group: str, node: dict, expected: type, problems: Problems) -
     return built(group, found, node, problems) if found is not None and not found_problems else None
 
 
+SCORERS = [f"solopo.scoring.{name}" for name in ("SubEM", "ExactMatch", "TokenF1", "Regex", "FromFunction")]
+BENCHMARKS = ["solopo.eval.longbench.LongBench", "solopo.eval.ruler.RulerQA"]
+
+
+def with_scorer(key: str, node: dict, problems: Problems) -> Optional[dict]:
+    """``node`` with its ``scorer`` config (``_target_``: a scorer class, or any function, see solopo.scoring) made
+    into the scorer; without one, the settings' default (sub-EM). None when the scorer config is wrong."""
+    spec = node.get("scorer")
+    if spec is None:
+        return {k: v for k, v in node.items() if k != "scorer"}
+    found, found_problems = target(f"{key}.scorer", spec, SCORERS)
+    if found is not None and not isinstance(found, type):  # a plain function: its one option is the threshold
+        found_problems = unknown_options(f"{key}.scorer", FromFunction, {k: v for k, v in spec.items() if k != "fn"})
+    problems += found_problems
+    if found_problems:
+        return None
+    try:
+        return {**node, "scorer": as_scorer(found, {k: v for k, v in spec.items() if not k.startswith("_")})}
+    except SettingsError as err:
+        problems += in_group(f"{key}.scorer", err.problems)
+        return None
+
+
+def build_benchmark(cfg: DictConfig, problems: Problems) -> Any:
+    """eval.benchmark (conf/eval/longbench.yaml, ruler.yaml): the benchmark `solopo.evaluate` runs, or None."""
+    node = plain(cfg.eval, "benchmark") if OmegaConf.is_config(cfg.get("eval")) else {}
+    if not node:
+        return None
+    if OmegaConf.is_missing(cfg.eval.benchmark, "path"):
+        option = choice(cfg, "eval")
+        problems.append(f"eval={option} needs eval.benchmark.path=PATH (see conf/eval/{option}.yaml)")
+        return None
+    found, found_problems = target("eval.benchmark", node, BENCHMARKS)
+    problems += found_problems
+    return built("eval.benchmark", found, node, problems) if found is not None and not found_problems else None
+
+
 def build_eval(cfg: DictConfig, precision: str, problems: Problems) -> Optional[EvalSettings]:
     """The evaluation settings, prompted with the training template (data.template) and computed under the
     trainer's precision; eval.engine=vllm without vllm installed is a problem here (when the evaluation runs),
     not after training."""
     node = plain(cfg, "eval")
     problems += flag("eval.enabled", node.get("enabled")) + number("eval.n_items", node.get("n_items"), 1, integer=True)
-    fields = {k: v for k, v in node.items() if k not in EVAL_KEYS}
+    fields = with_scorer("eval", {k: v for k, v in node.items() if k not in EVAL_KEYS}, problems)
+    if fields is None:
+        return None
     problems += unknown_options("eval", EvalSettings, {k: v for k, v in fields.items() if k not in FROM_ELSEWHERE})
     template = OmegaConf.select(cfg, "data.template", default="direct")
     try:
@@ -120,6 +161,11 @@ def build_eval(cfg: DictConfig, precision: str, problems: Problems) -> Optional[
     return settings
 
 
+def build_sampling(cfg: DictConfig, precision: str, problems: Problems) -> Optional[SamplingSettings]:
+    node = with_scorer("data.sampling", {**plain(cfg.data, "sampling"), "precision": precision}, problems)
+    return None if node is None else built("data.sampling", SamplingSettings, node, problems)
+
+
 def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     """Every settings object of the run, or one ConfigError naming every mistake; ``training=False`` builds only
     what evaluation reads (the model, the data source and prompt template, eval)."""
@@ -130,7 +176,8 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     precision = resolve_precision(str(cfg.trainer.get("precision", "auto")))
     model = built("model", ModelSpec, plain(cfg, "model"), problems)
     problems += check_data(plain(cfg, "data"), training)
-    settings = dict(model=model, eval=build_eval(cfg, precision, problems), algo=None, ra=None, method=None, optim=None, sampling=None)
+    settings = dict(model=model, eval=build_eval(cfg, precision, problems), algo=None, ra=None, method=None, optim=None,
+                    sampling=None, benchmark=None if training else build_benchmark(cfg, problems))
     if training:
         sampled = cfg.data.get("pairs") == "sampled"
         settings.update(
@@ -138,8 +185,7 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
             ra=build_targeted("ra", plain(cfg, "ra"), SoLoRA, problems),
             method=build_targeted("method", plain(cfg, "method"), Method, problems),
             optim=built("optim", OptimSettings, plain(cfg, "optim"), problems),
-            sampling=built("data.sampling", SamplingSettings, {**plain(cfg.data, "sampling"), "precision": precision},
-                           problems) if sampled else None)
+            sampling=build_sampling(cfg, precision, problems) if sampled else None)
         problems += check_trainer(plain(cfg, "trainer"), torch.cuda.is_available())
         problems += check_run({key: plain(cfg, key) if OmegaConf.is_config(cfg.get(key)) else cfg.get(key)
                                for key in RUN_KEYS})

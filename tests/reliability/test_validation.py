@@ -47,6 +47,10 @@ def test_every_shipped_config_passes(group, option):
             build_settings(cfg)
         (fixture,) = FIXTURES.glob(f"{option}.*")
         cfg = compose_config([*overrides, f"data.path={fixture}"])
+    if "benchmark" in cfg.eval and OmegaConf.is_missing(cfg.eval.benchmark, "path"):  # eval=longbench, eval=ruler
+        with pytest.raises(ConfigError, match=rf"^eval={option} needs eval.benchmark.path=PATH \(see conf/eval/{option}.yaml\)$"):
+            build_settings(cfg, training=False)
+        cfg = compose_config([*overrides, f"eval.benchmark.path={FIXTURES}"])
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=f"^{re.escape(GPU_ONLY)}$"):
             build_settings(cfg)

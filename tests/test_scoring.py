@@ -1,0 +1,144 @@
+"""Pluggable answer scoring: the built-in scorers by hand, the threshold rule of pair building, the config key that
+names a scorer, and the scorer in the sampling and evaluation cache keys."""
+import random
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from solopo.cache import DiskCache
+from solopo.data.schema import PreferenceExample, QAItem
+from solopo.eval.longctx import EvalCase, EvalSettings, score_table
+from solopo.eval.runner import cache_key
+from solopo.generation import sampling
+from solopo.generation.sampling import SamplingSettings, pick_pair, sample_pairs
+from solopo.scoring import SUB_EM, ExactMatch, FromFunction, Regex, Scorer, SubEM, TokenF1, identity
+from solopo.settings.build import ConfigError, build_settings
+from tests.test_configs import CONF, ROOT
+
+
+def test_exact_match_and_sub_em():
+    # normalised: "the eiffel tower." -> "eiffel tower" equals the gold; "eiffel tower paris" only contains it
+    assert ExactMatch()("The Eiffel Tower.", ["Eiffel Tower"]) == 1.0
+    assert ExactMatch()("Eiffel Tower, Paris", ["Eiffel Tower"]) == 0.0
+    assert SubEM()("Eiffel Tower, Paris", ["Eiffel Tower"]) == 1.0
+
+
+def test_token_f1_and_its_threshold():
+    """"new york" vs "new york city": 2 shared tokens, P = 2/2, R = 2/3, F1 = 2 * 1 * 2/3 / (5/3) = 0.8."""
+    scorer = TokenF1(threshold=0.8)
+    assert scorer("New York", ["New York City"]) == pytest.approx(0.8)
+    assert scorer.correct(0.8) and not scorer.correct(0.79)
+    assert TokenF1().threshold == 0.5 and SubEM().correct(1.0) and not SubEM().correct(0.0)
+
+
+def test_regex_finds_a_gold_answer_as_whole_words():
+    assert Regex()("It is in Paris.", ["paris"]) == 1.0
+    assert Regex()("A Parisian café", ["Paris"]) == 0.0  # sub-EM would say 1.0
+    assert Regex(pattern=r"^answer: {answer}$")("Answer: C++", ["c++"]) == 1.0  # the gold is taken literally
+    with pytest.raises(ValueError, match=r"pattern=\(: not a regular expression"):
+        Regex(pattern="(")
+
+
+def first_word(prediction, answers):
+    return float(prediction.split()[0].lower() == answers[0].lower())
+
+
+def test_any_function_is_a_scorer():
+    scorer = FromFunction(fn="tests.test_scoring.first_word")
+    assert isinstance(scorer, Scorer) and scorer("Paris is in France", ["paris"]) == 1.0
+    assert scorer("In Paris", ["paris"]) == 0.0
+    with pytest.raises(ValueError, match="fn=tests.nowhere.f: no such function"):
+        FromFunction(fn="tests.nowhere.f")
+    with pytest.raises(ValueError, match=r"threshold=2: must be a number in \[0, 1\]"):
+        SubEM(threshold=2)
+
+
+def test_pairs_follow_the_scorer_threshold():
+    """F1 against "new york city": "new york city" 1.0, "new york" 0.8, "york" 0.5, "boston" 0.
+    At threshold 0.75 the first two may be chosen, the others rejected; sub-EM would reject "new york" too."""
+    texts = ["New York City", "New York", "York", "Boston"]
+    samples = [(t, True) for t in texts]
+    scorer = TokenF1(threshold=0.75)
+    scores = [scorer(t, ["New York City"]) for t in texts]
+    chosen = {pick_pair(samples, scores, random.Random(seed), scorer)[0] for seed in range(20)}
+    rejected = {pick_pair(samples, scores, random.Random(seed), scorer)[1] for seed in range(20)}
+    assert chosen == {"New York City", "New York"} and rejected == {"York", "Boston"}
+
+
+def test_sample_pairs_scores_with_the_settings_scorer(tmp_path, monkeypatch):
+    """k = 2 answers "Quorath city" and "Zenna": exact match finds no correct one (the item is dropped), sub-EM finds
+    one; the two scorers are two cache entries."""
+    calls = []
+
+    def run(model, tokenizer, prompts, settings, desc=""):
+        calls.append(prompts)
+        return [[("Quorath city", True), ("Zenna", True)] for _ in prompts]
+
+    monkeypatch.setattr(sampling, "generate", run)
+    example = PreferenceExample("q0", "Where?", ("Quorath",), "short 0", "long 0", "", "")
+    cache = DiskCache(tmp_path, "pairs")
+    kept, summary = sample_pairs([example], None, None, SamplingSettings(k=2, scorer=ExactMatch()), "short", "m", cache)
+    assert kept == [] and summary["dropped"] == {"no_correct": 1, "no_incorrect": 0} and summary["share_correct"] == 0
+    kept, summary = sample_pairs([example], None, None, SamplingSettings(k=2), "short", "m", cache)
+    assert kept[0].chosen == "Quorath city" and summary["share_correct"] == 0.5 and len(calls) == 2
+
+
+def test_the_eval_table_and_its_cache_key_follow_the_scorer():
+    cases = [EvalCase("q", ("New York City",), "short", "-", "p"), EvalCase("q", ("New York City",), "512", "0", "p")]
+    table = score_table(cases, ["New York City", "New York"], TokenF1())
+    assert table["by_length"] == {"short": 1.0, "512": pytest.approx(0.8)} and table["scorer"] == "TokenF1"
+    assert table["cells"][1]["sub_em"] == 0.0 and table["cells"][1]["score"] == pytest.approx(0.8)
+    items = [QAItem("x", "Who?", ("A",), ("A did it.",))]
+    scorers = [SUB_EM, ExactMatch(), TokenF1(), TokenF1(threshold=0.7), FromFunction(fn="solopo.scoring.f1")]
+    assert len({cache_key("m", items, (), EvalSettings(scorer=s), 2048) for s in scorers}) == len(scorers)
+    assert identity(TokenF1(0.7)) == {"scorer": "solopo.scoring.TokenF1", "params": {"threshold": 0.7}}
+
+
+def settings_of(overrides, training=True):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return build_settings(compose("config", overrides=overrides), training=training)
+
+
+def test_the_config_names_the_scorers():
+    settings = settings_of(["data.pairs=sampled", "data.sampling.scorer._target_=solopo.scoring.TokenF1",
+                            "+data.sampling.scorer.threshold=0.6", "eval.scorer._target_=solopo.scoring.exact_match"])
+    assert settings.sampling.scorer == TokenF1(threshold=0.6)
+    assert settings.eval.scorer == FromFunction(fn="solopo.scoring.exact_match")  # a function, wrapped
+    assert settings.eval.scorer("Paris.", ["paris"]) == 1.0
+    assert settings_of([]).eval.scorer == SUB_EM
+
+
+@pytest.mark.parametrize("override, line", [
+    ("eval.scorer._target_=solopo.scoring.Nope", "eval.scorer._target_=solopo.scoring.Nope: no such class or function"),
+    ("+eval.scorer.threshold=2", "eval.scorer.threshold=2: must be a number in [0, 1]"),
+    ("+data.sampling.scorer.treshold=1", "data.sampling.scorer.treshold=1: SubEM takes no such option; did you mean "
+                                         "threshold?"),
+])
+def test_a_wrong_scorer_is_one_line(override, line):
+    with pytest.raises(ConfigError) as err:
+        settings_of(["data.pairs=sampled", override])
+    assert line in str(err.value)
+
+
+def test_a_wrong_scorer_stops_the_entry_point_with_status_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "solopo.evaluate", "eval.scorer._target_=x.y",
+                           f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("eval.scorer._target_=x.y: no such class or function")
+
+
+def test_the_readme_custom_scorer(tmp_path, monkeypatch):
+    """The README's mymetrics.py and its command line make a scorer of both settings."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n# mymetrics.py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mymetrics.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    line = next(l for l in readme.splitlines() if "_target_=mymetrics.FirstLine" in l)
+    settings = settings_of(["data.pairs=sampled", *line.split()[3:]])
+    assert type(settings.sampling.scorer).__name__ == type(settings.eval.scorer).__name__ == "FirstLine"
+    assert settings.eval.scorer("Paris.\nBecause the text says so.", ["paris"]) == 1.0
+    assert not settings.sampling.scorer.correct(settings.sampling.scorer("Because... Paris", ["paris"]))
