@@ -142,4 +142,4 @@ def test_evaluate_runs_longbench_end_to_end(tmp_path):
     no_path = subprocess.run([sys.executable, "-m", "solopo.evaluate", "eval=ruler", f"hydra.run.dir={tmp_path / 'run3'}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert no_path.returncode == 2 and "Traceback" not in no_path.stderr
-    assert no_path.stderr.strip().splitlines()[-1] == "eval=ruler needs eval.benchmark.path=PATH (see conf/eval/ruler.yaml)"
+    assert no_path.stderr.strip().splitlines()[-1] == "error: eval=ruler needs eval.benchmark.path=PATH (see conf/eval/ruler.yaml)"

@@ -128,7 +128,7 @@ def test_a_wrong_scorer_stops_the_entry_point_with_status_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "solopo.evaluate", "eval.scorer._target_=x.y",
                            f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("eval.scorer._target_=x.y: no such class or function")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: eval.scorer._target_=x.y: no such class or function")
 
 
 def test_the_readme_custom_scorer(tmp_path, monkeypatch):
