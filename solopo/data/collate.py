@@ -79,8 +79,8 @@ class PairCollator:
             input_ids[i, :n] = torch.tensor(prompt + response)
             attention_mask[i, :n] = 1
             response_mask[i, len(prompt) : n] = True
-        return PaddedGroup(keys, input_ids, attention_mask, response_mask, n_pairs=len(pairs),
-                           n_tokens=int(attention_mask.sum()), ref_logps=ref_logps)
+        return PaddedGroup(keys=keys, input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
+                           n_pairs=len(pairs), n_tokens=int(attention_mask.sum()), ref_logps=ref_logps)
 
     def _packed(self, pairs: list[TokenizedPair], keys: tuple[Key, ...], ref_logps: torch.Tensor | None) -> PackedGroup:
         ids, positions, sequences, response = [], [], [], []
@@ -93,8 +93,9 @@ class PairCollator:
         sequence_ids = row(sequences, torch.long)
         # The sequence boundaries, counted here on the host, for varlen kernels (solopo_varlen, flash-attention).
         cu_seq_lens, max_length = packed_lengths(sequence_ids)
-        return PackedGroup(keys, row(ids, torch.long), row(positions, torch.long), sequence_ids,
-                           row(response, torch.bool), cu_seq_lens, max_length, n_pairs=len(pairs), n_tokens=len(ids), ref_logps=ref_logps)
+        return PackedGroup(keys=keys, input_ids=row(ids, torch.long), position_ids=row(positions, torch.long),
+                           sequence_ids=sequence_ids, response_mask=row(response, torch.bool), cu_seq_lens=cu_seq_lens,
+                           max_length=max_length, n_pairs=len(pairs), n_tokens=len(ids), ref_logps=ref_logps)
 
     def _shared(self, pairs: list[TokenizedPair], keys: tuple[Key, ...],
                 ref_logps: torch.Tensor | None) -> SharedPromptGroup:
@@ -126,5 +127,5 @@ class PairCollator:
         dtypes = {"response_mask": torch.bool}
         tensors = {name: torch.tensor(values, dtype=dtypes.get(name, torch.long)).unsqueeze(0)
                    for name, values in columns.items()}
-        return SharedPromptGroup(keys, **tensors, n_pairs=len(pairs), n_tokens=len(columns["input_ids"]),
+        return SharedPromptGroup(keys=keys, **tensors, n_pairs=len(pairs), n_tokens=len(columns["input_ids"]),
                                  ref_logps=ref_logps)

@@ -53,17 +53,6 @@ class Group(Protocol):
         """A per-sequence (S,) tensor cut into the keys' blocks: {key: (n_pairs,)}."""
 
 
-def _split(keys: tuple[Key, ...], n_pairs: int, values: Tensor) -> dict[Key, Tensor]:
-    # sequence i * n_pairs + j is pair j's sequence of keys[i]
-    return {key: values[i * n_pairs : (i + 1) * n_pairs] for i, key in enumerate(keys)}
-
-
-def _moved(group, device, **kwargs):
-    """The group with every tensor field on ``device`` (Lightning moves a batch through its ``to``)."""
-    return dataclasses.replace(group, **{field.name: value.to(device, **kwargs) for field in dataclasses.fields(group)
-                                         if torch.is_tensor(value := getattr(group, field.name))})
-
-
 def _next_token_predictions(hidden: Tensor, input_ids: Tensor, response_mask: Tensor,
                             owner: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Token t predicted by the hidden state at t - 1: (states (N, H), targets (N,), owning sequence (N,)) of the
@@ -72,29 +61,39 @@ def _next_token_predictions(hidden: Tensor, input_ids: Tensor, response_mask: Te
     return hidden[:, :-1][target_mask], input_ids[:, 1:][target_mask], owner[:, 1:][target_mask]
 
 
-@dataclass(frozen=True)
-class PaddedGroup:
-    """(B, L) right-padded rows, B = len(keys) * n_pairs; ``response_mask`` True at response tokens."""
+@dataclass(frozen=True, kw_only=True)
+class Rows:
+    """What every layout holds: the sequences' token ids and response mask, the (context, response) blocks in order
+    (``keys``: block i holds sequence i * n_pairs + j of pair j), the counts, and the precomputed reference log-probs
+    (S,) when the run has them. A layout adds its own tensors and says how the model reads them (``Group``)."""
 
     keys: tuple[Key, ...]
     input_ids: Tensor
-    attention_mask: Tensor
-    response_mask: Tensor
+    response_mask: Tensor  # True at the positions of response tokens
     n_pairs: int
     n_tokens: int
     ref_logps: Optional[Tensor] = None
 
-    def to(self, device, **kwargs) -> "PaddedGroup":
-        return _moved(self, device, **kwargs)
+    def to(self, device, **kwargs):
+        """The group with every tensor field on ``device`` (Lightning moves a batch through its ``to``)."""
+        return dataclasses.replace(self, **{field.name: value.to(device, **kwargs) for field in dataclasses.fields(self)
+                                            if torch.is_tensor(value := getattr(self, field.name))})
 
     def split(self, values: Tensor) -> dict[Key, Tensor]:
-        return _split(self.keys, self.n_pairs, values)
-
-    def model_inputs(self, attn_implementation: str) -> dict:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return {key: values[i * self.n_pairs : (i + 1) * self.n_pairs] for i, key in enumerate(self.keys)}
 
     def forward_context(self) -> ContextManager:
         return contextlib.nullcontext()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaddedGroup(Rows):
+    """(B, L) right-padded rows, B = len(keys) * n_pairs; pads carry ``attention_mask`` 0."""
+
+    attention_mask: Tensor
+
+    def model_inputs(self, attn_implementation: str) -> dict:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
     def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # one sequence per row, numbered without a device sync
@@ -102,26 +101,14 @@ class PaddedGroup:
         return _next_token_predictions(hidden, self.input_ids, self.response_mask, rows.expand_as(self.input_ids))
 
 
-@dataclass(frozen=True)
-class PackedGroup:
+@dataclass(frozen=True, kw_only=True)
+class PackedGroup(Rows):
     """One (1, T) row holding every sequence; ``cu_seq_lens`` (S + 1,) and ``max_length`` are counted on the host."""
 
-    keys: tuple[Key, ...]
-    input_ids: Tensor
-    position_ids: Tensor
-    sequence_ids: Tensor
-    response_mask: Tensor
+    position_ids: Tensor  # each token's position in its sequence
+    sequence_ids: Tensor  # each token's sequence
     cu_seq_lens: Tensor
     max_length: int
-    n_pairs: int
-    n_tokens: int
-    ref_logps: Optional[Tensor] = None
-
-    def to(self, device, **kwargs) -> "PackedGroup":
-        return _moved(self, device, **kwargs)
-
-    def split(self, values: Tensor) -> dict[Key, Tensor]:
-        return _split(self.keys, self.n_pairs, values)
 
     def model_inputs(self, attn_implementation: str) -> dict:
         # transformers hands cu_seq_lens_* / max_length_* to the attention function (its flash-attention kwargs).
@@ -136,36 +123,22 @@ class PackedGroup:
         return _next_token_predictions(hidden, self.input_ids, self.response_mask, self.sequence_ids)
 
 
-@dataclass(frozen=True)
-class SharedPromptGroup:
+@dataclass(frozen=True, kw_only=True)
+class SharedPromptGroup(Rows):
     """One (1, T) row: each prompt once per pair, then its responses, whose positions continue from the prompt's end.
-    A token's hidden state is predicted from ``predict_from`` (the previous position, except for a response's first
-    token, predicted from its prompt's last)."""
+    ``segment_ids`` names a token's prompt and ``branch_ids`` its response (0: the prompt); a token's hidden state is
+    predicted from ``predict_from`` (the previous position, except for a response's first token, predicted from its
+    prompt's last)."""
 
-    keys: tuple[Key, ...]
-    input_ids: Tensor
     position_ids: Tensor
     sequence_ids: Tensor
-    response_mask: Tensor
     segment_ids: Tensor
     branch_ids: Tensor
     predict_from: Tensor
-    n_pairs: int
-    n_tokens: int
-    ref_logps: Optional[Tensor] = None
-
-    def to(self, device, **kwargs) -> "SharedPromptGroup":
-        return _moved(self, device, **kwargs)
-
-    def split(self, values: Tensor) -> dict[Key, Tensor]:
-        return _split(self.keys, self.n_pairs, values)
 
     def model_inputs(self, attn_implementation: str) -> dict:
         mask = shared_prompt.attention_mask(attn_implementation, self.segment_ids, self.branch_ids)
         return {"input_ids": self.input_ids, "attention_mask": mask, "position_ids": self.position_ids}
-
-    def forward_context(self) -> ContextManager:
-        return contextlib.nullcontext()
 
     def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mask = self.response_mask
