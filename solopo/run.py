@@ -43,7 +43,7 @@ from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, in
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule, intended_warnings_silenced
 from solopo.core.objective import required_sequences
 from solopo.settings.build import Settings, build_settings, load_source, stop_on_config_errors, vllm_args
-from solopo.training.precision import weights_dtype
+from solopo.training.precision import autocast_dtype, weights_dtype
 from solopo.training.reference import with_reference_logps
 from solopo.training.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
 from solopo.training.results import (all_finite, final_metrics, redact, refuse_secrets, refuse_unwritable, summary,
@@ -239,7 +239,8 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
         policy.to(trainer.strategy.root_device)  # Lightning's teardown moves a single-device model to the CPU
         tables["trained"] = evaluation(policy, "trained")
     if cfg.save_model:  # every rank takes part: sharded weights are gathered first
-        save_policy(policy, tokenizer, run_dir / "model")
+        save_policy(policy, tokenizer, run_dir / "model", dtype=autocast_dtype(trainer.precision),
+                    merge_lora=cfg.save_model == "merged")
     return metrics
 
 
