@@ -311,7 +311,7 @@ def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, tables: dict, 
         stop_preempted(preemption.received, trainer, run_dir, results)
     if tables:
         outputs = write_outputs(tables, run_dir)
-        results.update(eval=tables, plots=outputs["plots"])
+        results.update(eval=tables, eval_changes=outputs["changes"], plots=outputs["plots"])
         log_to(trainer.logger, tables, outputs["plots"])
         print("long-context QA, sub-EM (%):\n" + outputs["markdown"])
     path = write_results(run_dir, results)
