@@ -36,6 +36,7 @@ from solopo.data.tokenize import token_counter, tokenize_examples
 from solopo.cache import DiskCache
 from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
 from solopo.training.distributed import check_strategy, local_gpu
+from solopo.training.eval_callback import eval_during_training
 from solopo.training.faults import NumericalGuard
 from solopo.training.loggers import finish, wandb_labels
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
@@ -211,10 +212,11 @@ def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer
         for split, split_pairs in pairs.items()}
 
 
-def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict):
+def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict,
+        extra: tuple = ()):
     """Trains; returns the trainer and the callbacks whose records go into results.json."""
     throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
-    trainer = make_trainer(cfg, settings, run_dir, [throughput, guard, preemption, RngState()],
+    trainer = make_trainer(cfg, settings, run_dir, [throughput, guard, preemption, RngState(), *extra],
                            resume=ckpt_path is not None)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
@@ -276,10 +278,14 @@ def train(cfg: DictConfig) -> dict:
                           logp_chunk_size=cfg.logp_chunk_size)
     loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train")
                if pairs[split] else None for split in ("train", "val")}
-    trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders)
+    during = eval_during_training(evaluation, policy, settings.eval)
+    trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders,
+                                                 extra=(during,) if during else ())
     fit_done = time.perf_counter()
     metrics = final_metrics(trainer.callback_metrics)
     if preemption.received is None:  # a preempted job has seconds left: no validation
+        if during is not None:
+            during.restore_best()  # eval.keep_best: the best step's weights are evaluated and saved
         metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables, run_dir)
     done = time.perf_counter()
 
@@ -292,6 +298,7 @@ def train(cfg: DictConfig) -> dict:
         "device": str(trainer.strategy.root_device),
         "resumed_from": str(ckpt_path) if ckpt_path else None,  # the train/ means cover the steps since then
         "faults": guard.summary(),
+        "eval_curve": during.record() if during else None,
         "timings": {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                     "validate_s": done - fit_done, "total_s": done - started,
                     "train_tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9)},
@@ -310,7 +317,7 @@ def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, tables: dict, 
     if preemption.received is not None:
         stop_preempted(preemption.received, trainer, run_dir, results)
     if tables:
-        outputs = write_outputs(tables, run_dir)
+        outputs = write_outputs(tables, run_dir, results["eval_curve"])
         results.update(eval=tables, eval_changes=outputs["changes"], plots=outputs["plots"])
         log_to(trainer.logger, tables, outputs["plots"])
         print("long-context QA, sub-EM (%):\n" + outputs["markdown"])

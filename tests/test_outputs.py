@@ -83,3 +83,44 @@ def test_a_merged_lora_policy_computes_what_the_adapter_did(tmp_path, tokenizer)
 def test_save_model_takes_false_true_or_merged(tmp_path, value):
     done = run([f"save_model={value}", f"hydra.run.dir={tmp_path}"], expect=2)
     assert f"save_model={value}: choose one of false, true, merged" in done.stderr.strip().splitlines()[-1]
+
+
+def test_keep_best_puts_back_the_weights_of_the_best_step():
+    """Scores 0.2, 0.5, 0.3 at steps 1-3: step 2 is kept, and its weights (not step 3's) end up in the policy."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from reliability.support import Toy
+    from solopo.training.eval_callback import EvalDuringTraining
+
+    scores, seen = {1: 0.2, 2: 0.5, 3: 0.3}, {}
+
+    def evaluation(policy, name):
+        step = int(name.split()[1])
+        seen[step] = policy.layer.weight.detach().clone()
+        return {"average_long": scores[step], "average": scores[step], "by_length": {"1024": scores[step]}}
+
+    module = Toy()
+    during = EvalDuringTraining(evaluation, module, every_n_steps=1, keep_best=True)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, callbacks=[during])
+    trainer.fit(module, DataLoader(list(range(8)), batch_size=1))
+    assert [p["step"] for p in during.curve] == [1, 2, 3] and during.best_step == 2
+    assert not torch.equal(module.layer.weight, seen[2])
+    during.restore_best()
+    assert torch.equal(module.layer.weight, seen[2])
+    assert during.record() == {"every_n_steps": 1, "points": during.curve, "best_step": 2}
+
+
+def test_eval_every_n_steps_logs_records_and_plots_the_curve(tmp_path):
+    run(["eval.every_n_steps=2", "eval.keep_best=true", f"hydra.run.dir={tmp_path}"])
+    curve = json.loads((tmp_path / "results.json").read_text())["eval_curve"]
+    assert [p["step"] for p in curve["points"]] == [2, 4] and curve["best_step"] in (2, 4)
+    assert (tmp_path / "eval_vs_step.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "eval/step/avg_long" in rows.splitlines()[0]
+
+
+def test_keep_best_needs_every_n_steps(tmp_path):
+    done = run(["eval.keep_best=true", f"hydra.run.dir={tmp_path}"], expect=2)
+    assert "eval.keep_best=true needs eval.every_n_steps" in done.stderr.strip().splitlines()[-1]

@@ -20,7 +20,7 @@ from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded
 from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import f1, sub_em
-from solopo.settings.fields import number, one_of, refuse, shown
+from solopo.settings.fields import flag, number, one_of, refuse, shown
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
 
@@ -34,7 +34,9 @@ class EvalSettings:
     block sits in the long contexts; greedy answers of up to max_new_tokens, batch_size at a time;
     template: the prompt template the model was trained with (solopo.data.contexts.INSTRUCTIONS);
     engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights);
-    precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under."""
+    precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under;
+    every_n_steps: also evaluate during training every N optimizer steps (solopo.training.eval_callback), and with
+    keep_best the weights of the best such step become the run's trained model."""
 
     lengths: tuple = (SHORT, 1024, 2048, 4096, 8192)
     depths: tuple[float, ...] = (0.0, 0.5, 1.0)
@@ -44,6 +46,8 @@ class EvalSettings:
     template: str = "direct"
     engine: str = "transformers"
     precision: str = "32-true"
+    every_n_steps: int | None = None
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         lengths, depths = self.lengths, self.depths
@@ -56,8 +60,11 @@ class EvalSettings:
         if not (isinstance(depths, (list, tuple)) and depths and not any(number("", d, 0, 1) for d in depths)):
             problems.append(f"depths={shown(depths)}: each depth must be a number in [0, 1] (0 = start, 1 = end of "
                             "the context)")
+        problems += number("every_n_steps", self.every_n_steps, 1, integer=True, optional=True)
+        if self.keep_best and not self.every_n_steps:
+            problems.append("keep_best=true needs eval.every_n_steps (the steps it chooses from)")
         refuse(problems + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
-               + number("batch_size", self.batch_size, 1, integer=True))
+               + number("batch_size", self.batch_size, 1, integer=True) + flag("keep_best", self.keep_best))
         object.__setattr__(self, "lengths", tuple(lengths))
         object.__setattr__(self, "depths", tuple(depths))
 

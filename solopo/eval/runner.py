@@ -10,7 +10,7 @@ from solopo.cache import DiskCache, digest
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
 from solopo.eval.longctx import EvalSettings, changes, evaluate, format_table
-from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
+from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap, score_vs_step
 
 
 def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
@@ -56,11 +56,15 @@ def check_table(table: dict, settings: EvalSettings) -> dict:
     return table
 
 
+SCHEDULE = ("every_n_steps", "keep_best")  # when a run evaluates, not what an evaluation answers
+
+
 def cache_key(model_id: str, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
               max_length: int) -> str:
     """What a table depends on: the weights, each item's content (id, question, answers, passages), the passages that
     fill the long contexts, the model's length limit and every setting (template and engine included)."""
-    return digest("eval", model_id, dataclasses.asdict(settings), max_length, list(pool),
+    answers = {k: v for k, v in dataclasses.asdict(settings).items() if k not in SCHEDULE}
+    return digest("eval", model_id, answers, max_length, list(pool),
                   *(dataclasses.asdict(item) for item in items))
 
 
@@ -125,9 +129,9 @@ def _with_interval(table: dict, length: str) -> tuple:
     return table["by_length"][length], *table["ci95_by_length"][length], table["n_by_length"][length]
 
 
-def write_outputs(tables: dict[str, dict], out_dir: Path) -> dict:
+def write_outputs(tables: dict[str, dict], out_dir: Path, curve: dict | None = None) -> dict:
     """PNG plots beside the run's results: accuracy vs length (a line per checkpoint) and a
-    length x depth heatmap per checkpoint; returns the table as markdown, the plot paths and each later checkpoint's
+    length x depth heatmap per checkpoint, and with ``curve`` sub-EM vs training step; returns the table as markdown, the plot paths and each later checkpoint's
     change from the first with its 95% interval ({"trained - base": {length: Change fields}})."""
     lines = {name: by_length(table) for name, table in tables.items()}
     plots = [accuracy_vs_length({"Long-context QA": lines}, out_dir / "eval_accuracy_vs_length.png")]
@@ -135,6 +139,9 @@ def write_outputs(tables: dict[str, dict], out_dir: Path) -> dict:
         if any(c["depth"] != "-" for c in table["cells"]):
             plots.append(depth_heatmap(table, out_dir / f"eval_depth_{name}.png",
                                        title=f"{name}: sub-EM (%) by length and evidence depth"))
+    if curve and curve["points"]:  # evaluation during training (EvalDuringTraining.record)
+        points = {"sub-EM, long contexts": {p["step"]: 100 * p["avg_long"] for p in curve["points"]}}
+        plots.append(score_vs_step(points, out_dir / "eval_vs_step.png", marked=curve.get("best_step")))
     first, *later = tables
     found = {f"{name} - {first}": changes(tables[first], tables[name]) for name in later}
     return {"markdown": format_table(tables), "plots": [str(p) for p in plots],
