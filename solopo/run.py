@@ -362,7 +362,16 @@ def main(cfg: DictConfig) -> None:
         train(cfg)
 
 
+def sized_for_hardware(args: list[str]) -> list[str]:
+    """The command line, with experiment=default_gpu added on a machine with a CUDA GPU when it names no experiment:
+    the default run is sized to the hardware (conf/experiment/default_gpu.yaml says how), in this one place."""
+    if torch.cuda.is_available() and not any(a.lstrip("+~").startswith("experiment=") for a in args):
+        return [*args, "experiment=default_gpu"]
+    return args
+
+
 if __name__ == "__main__":
     refuse_secrets(sys.argv[1:])  # before Hydra writes the overrides to .hydra/
     refuse_unwritable(sys.argv[1:])
+    sys.argv[1:] = sized_for_hardware(sys.argv[1:])
     main()

@@ -124,3 +124,29 @@ def test_eval_every_n_steps_logs_records_and_plots_the_curve(tmp_path):
 def test_keep_best_needs_every_n_steps(tmp_path):
     done = run(["eval.keep_best=true", f"hydra.run.dir={tmp_path}"], expect=2)
     assert "eval.keep_best=true needs eval.every_n_steps" in done.stderr.strip().splitlines()[-1]
+
+
+def test_the_default_run_is_sized_to_the_hardware(monkeypatch):
+    """On a GPU the entry point adds the GPU preset unless the command names an experiment; on a CPU it adds nothing."""
+    from solopo.run import sized_for_hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert sized_for_hardware(["algo=dpo"]) == ["algo=dpo", "experiment=default_gpu"]
+    assert sized_for_hardware(["experiment=smoke"]) == ["experiment=smoke"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert sized_for_hardware(["algo=dpo"]) == ["algo=dpo"]
+
+
+def test_the_gpu_preset_separates_a_ten_point_change():
+    """360 long cases; 10 points up with a fifth of the answers changed (b = 18, c = 54): the interval excludes 0."""
+    from omegaconf import OmegaConf
+
+    from solopo.report.stats import paired_change
+    from conftest import ROOT
+
+    preset = OmegaConf.load(ROOT / "solopo" / "conf" / "experiment" / "default_gpu.yaml").eval
+    n = preset.n_items * len(preset.depths) * (len(preset.lengths) - 1)
+    before = [1] * 18 + [0] * 54 + [0] * (n - 72)
+    after = [0] * 18 + [1] * 54 + [0] * (n - 72)
+    change = paired_change(before, after)
+    assert n == 360 and change.difference == pytest.approx(0.1) and change.low > 0.04
