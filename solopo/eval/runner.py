@@ -100,7 +100,8 @@ def summary_entries(tables: dict[str, dict]) -> dict[str, float]:
     if {"base", "trained"} <= tables.keys():
         entries["eval/gain/avg_long"] = tables["trained"]["average_long"] - tables["base"]["average_long"]
         if (found := changes(tables["base"], tables["trained"])) and "avg_long" in found:
-            entries["eval/gain/avg_long_low"], entries["eval/gain/avg_long_high"] = found["avg_long"].low, found["avg_long"].high
+            change = found["avg_long"]
+            entries.update({"eval/gain/avg_long_low": change.low, "eval/gain/avg_long_high": change.high})
     return entries
 
 
@@ -115,7 +116,8 @@ def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
         lengths = [*map(str, next(iter(tables.values()))["by_length"]), "avg long"]
         logger.log_table(key="eval/sub_em_by_length",
                          columns=["model", *(f"{n}{part}" for n in lengths for part in ("", " low", " high", " n"))],
-                         data=[[name, *(v for n in lengths for v in _with_interval(t, n))] for name, t in tables.items()])
+                         data=[[name, *(v for n in lengths for v in _with_interval(t, n))]
+                               for name, t in tables.items()])
         for plot in plots:  # one key each: the plots differ in size
             logger.log_image(key=f"eval/{Path(plot).stem}", images=[plot])
         logger.experiment.summary.update(summary_entries(tables))
@@ -130,9 +132,10 @@ def _with_interval(table: dict, length: str) -> tuple:
 
 
 def write_outputs(tables: dict[str, dict], out_dir: Path, curve: dict | None = None) -> dict:
-    """PNG plots beside the run's results: accuracy vs length (a line per checkpoint) and a
-    length x depth heatmap per checkpoint, and with ``curve`` sub-EM vs training step; returns the table as markdown, the plot paths and each later checkpoint's
-    change from the first with its 95% interval ({"trained - base": {length: Change fields}})."""
+    """PNG plots beside the run's results: accuracy vs length (a line per checkpoint), a length x depth heatmap per
+    checkpoint, and with ``curve`` (EvalDuringTraining.record) sub-EM vs training step. Returns the table as markdown,
+    the plot paths and each later checkpoint's change from the first with its 95% interval
+    ({"trained - base": {length: Change fields}})."""
     lines = {name: by_length(table) for name, table in tables.items()}
     plots = [accuracy_vs_length({"Long-context QA": lines}, out_dir / "eval_accuracy_vs_length.png")]
     for name, table in tables.items():
