@@ -256,7 +256,8 @@ def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer
         for split, split_pairs in pairs.items()}
 
 
-def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict):
+def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict,
+        extra: tuple = ()):
     """Trains; returns the trainer and the callbacks whose records go into results.json."""
     from solopo.training.callbacks import Preemption, Throughput
     from solopo.training.faults import NumericalGuard
@@ -264,7 +265,7 @@ def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: S
     from solopo.training.resume import RngState
 
     throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
-    trainer = make_trainer(cfg, settings, run_dir, [throughput, guard, preemption, RngState()],
+    trainer = make_trainer(cfg, settings, run_dir, [throughput, guard, preemption, RngState(), *extra],
                            resume=ckpt_path is not None)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
@@ -282,6 +283,7 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
               tables: dict, run_dir: Path) -> dict:
     """Final validation, the trained model's evaluation and its saving; the final metrics."""
     from solopo.models.loading import save_policy
+    from solopo.training.precision import autocast_dtype
 
     metrics = final_metrics(trainer.callback_metrics)
     if val_loader is not None:
@@ -291,7 +293,8 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
         policy.to(trainer.strategy.root_device)  # Lightning's teardown moves a single-device model to the CPU
         tables["trained"] = evaluation(policy, "trained")
     if cfg.save_model:  # every rank takes part: sharded weights are gathered first
-        save_policy(policy, tokenizer, run_dir / "model")
+        save_policy(policy, tokenizer, run_dir / "model", dtype=autocast_dtype(trainer.precision),
+                    merge_lora=cfg.save_model == "merged")
     return metrics
 
 
@@ -299,6 +302,7 @@ def train(cfg: DictConfig) -> dict:
     import pytorch_lightning as pl
 
     from solopo.settings.build import build_settings, load_source
+    from solopo.training.eval_callback import eval_during_training
     from solopo.training.module import SoLoPOModule
     from solopo.training.resume import resolve_ckpt_path
 
@@ -330,10 +334,14 @@ def train(cfg: DictConfig) -> dict:
                           logp_chunk_size=cfg.logp_chunk_size, plain_po=plain)
     loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train")
                if pairs[split] else None for split in ("train", "val")}
-    trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders)
+    during = eval_during_training(evaluation, policy, settings.eval)
+    trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders,
+                                                 extra=(during,) if during else ())
     fit_done = time.perf_counter()
     metrics = final_metrics(trainer.callback_metrics)
     if preemption.received is None:  # a preempted job has seconds left: no validation
+        if during is not None:
+            during.restore_best()  # eval.keep_best: the best step's weights are evaluated and saved
         metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables, run_dir)
     done = time.perf_counter()
 
@@ -348,6 +356,7 @@ def train(cfg: DictConfig) -> dict:
         "device": str(trainer.strategy.root_device),
         "resumed_from": str(ckpt_path) if ckpt_path else None,  # the train/ means cover the steps since then
         "faults": guard.summary(),
+        "eval_curve": during.record() if during else None,
         "timings": {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                     "validate_s": done - fit_done, "total_s": done - started,
                     "train_tokens": throughput.tokens,  # real tokens the policy read in training steps
@@ -370,8 +379,8 @@ def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, tables: dict, 
     if preemption.received is not None:
         stop_preempted(preemption.received, trainer, run_dir, results)
     if tables:
-        outputs = write_outputs(tables, run_dir)
-        results.update(eval=tables, plots=outputs["plots"])
+        outputs = write_outputs(tables, run_dir, results["eval_curve"])
+        results.update(eval=tables, eval_changes=outputs["changes"], plots=outputs["plots"])
         log_to(trainer.logger, tables, outputs["plots"])
         print("long-context QA, sub-EM (%):\n" + outputs["markdown"])
     path = write_results(run_dir, results)
@@ -439,7 +448,22 @@ def main(cfg: DictConfig) -> float:
 def entry() -> None:
     """The console script solopo-train (and python -m solopo.run): the command line's preflight checks, then Hydra."""
     preflight(sys.argv[1:])
+    sys.argv[1:] = sized_for_hardware(sys.argv[1:])
     main()
+
+
+def sized_for_hardware(args: list[str]) -> list[str]:
+    """The command line, with experiment=default_gpu added on a machine with a CUDA GPU when it names no experiment:
+    the default run is sized to the hardware (conf/experiment/default_gpu.yaml says how), in this one place. A
+    question to Hydra itself (--help, --cfg, completion) is answered as it is, before torch loads."""
+    if any(a.startswith(("-h", "--help", "--hydra-help", "-c", "--cfg", "--info", "--shell-completion", "-sc"))
+           for a in args):
+        return args
+    import torch
+
+    if torch.cuda.is_available() and not any(a.lstrip("+~").startswith("experiment=") for a in args):
+        return [*args, "experiment=default_gpu"]
+    return args
 
 
 if __name__ == "__main__":

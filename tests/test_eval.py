@@ -5,6 +5,7 @@ import pytest
 
 from solopo.eval.longctx import EvalCase, EvalSettings, format_table, greedy_answers, score_table
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
+from solopo.report.stats import Z95, wilson
 
 
 def case(length, depth, answers=("Quorath",)):
@@ -20,15 +21,31 @@ def test_score_table_by_hand():
     assert table["by_length"] == {"short": 0.5, "1024": 0.5}
     assert table["average"] == 0.5 and table["average_long"] == 0.5
     cell = next(c for c in table["cells"] if c["length"] == "1024" and c["depth"] == "0")
-    assert cell == {"length": "1024", "depth": "0", "sub_em": 1.0, "f1": 1.0, "score": 1.0, "n": 1}  # score: sub-EM by default
+    assert cell == {"length": "1024", "depth": "0", "sub_em": 1.0, "f1": 1.0, "score": 1.0, "n": 1,
+                    "ci95": [pytest.approx(1 / (1 + Z95 ** 2)), 1.0]}  # Wilson at 1 of 1: [1 / (1 + z^2), 1]
+    assert table["n_by_length"] == {"short": 2, "1024": 2} and table["n_long"] == 2
+    assert table["ci95_long"] == pytest.approx(list(wilson(1, 2)))
+    assert [s[1:] for s in table["scores"]] == [["short", "-", 1.0], ["short", "-", 0.0], ["1024", "0", 1.0],
+                                                ["1024", "1", 0.0]]
     short = next(c for c in table["cells"] if c["length"] == "short")
     assert short["f1"] == pytest.approx((2 * (1 / 3) * 1 / (1 / 3 + 1) + 0) / 2)  # "it is quorath" vs "quorath"
 
 
-def test_format_table():
-    table = {"by_length": {"short": 0.5, "1024": 0.25}, "average_long": 0.25}
-    text = format_table({"base": table, "trained": table})
-    assert "| model | short | 1024 | avg long |" in text and "| trained | 50.0 | 25.0 | 25.0 |" in text
+def test_format_table_gives_n_intervals_and_changes_within_them():
+    """3 of 6 right at short: Wilson [18.8, 81.2]; 1 of 4 at 1024: [4.6, 69.9]. The trained model gets one more
+    1024 case right (b = 0, c = 1 of n = 4): +25.0 points; Agresti-Min: b' = 1/2, c' = 3/2, n' = 6, centre 1/6,
+    half-width 1.96 * sqrt(2 - 1/6) / 6 = 0.442, so [-28, +61] holds 0: no measured change. Short is unchanged:
+    b' = c' = 1/2, n' = 8, half-width 1.96 / 8 = 0.245, [-24, +24]."""
+    cases = [case("short", "-")] * 6 + [case("1024", "0")] * 4
+    base = score_table(cases, ["Quorath"] * 3 + ["no"] * 3 + ["Quorath"] + ["no"] * 3)
+    trained = score_table(cases, ["Quorath"] * 3 + ["no"] * 3 + ["Quorath"] * 2 + ["no"] * 2)
+    text = format_table({"base": base, "trained": trained})
+    assert "| model | short | 1024 | avg long |" in text
+    assert "| base | 50.0 [19, 81] n=6 | 25.0 [5, 70] n=4 | 25.0 [5, 70] n=4 |" in text
+    assert ("trained - base, sub-EM points [95% interval] on the same cases: short +0.0 [-24, +24] n=6 (within the "
+            "interval: no measured change); 1024 +25.0 [-28, +61] n=4 (within the interval: no measured change); "
+            "avg long +25.0 [-28, +61] n=4 (within the interval: no measured change)"
+            in text)
 
 
 def test_bad_depths():
@@ -248,8 +265,11 @@ def test_the_table_plots_and_headline_numbers_reach_the_run_summary(tmp_path):
     log_to(logger, tables, outputs["plots"])
     assert logger.experiment.summary == {"eval/base/avg_long": 0.0, "eval/base/average": pytest.approx(1 / 3),
                                          "eval/trained/avg_long": 0.5, "eval/trained/average": pytest.approx(2 / 3),
-                                         "eval/gain/avg_long": 0.5}
-    assert logger.tables["eval/sub_em_by_length"] == (["model", "short", "256", "avg long"],
-                                                      [["base", 1.0, 0.0, 0.0], ["trained", 1.0, 0.5, 0.5]])
+                                         "eval/gain/avg_long": 0.5, "eval/gain/avg_long_low": pytest.approx(-0.3982, abs=1e-4),
+                                         "eval/gain/avg_long_high": pytest.approx(0.8982, abs=1e-4)}
+    columns, rows = logger.tables["eval/sub_em_by_length"]
+    assert columns[:5] == ["model", "short", "short low", "short high", "short n"] and columns[-4:] == [
+        "avg long", "avg long low", "avg long high", "avg long n"]
+    assert rows[1][0] == "trained" and rows[1][-4:] == [0.5, *wilson(1, 2), 2]
     assert set(logger.images) == {"eval/eval_accuracy_vs_length", "eval/eval_depth_base", "eval/eval_depth_trained"}
     assert logger.metrics["eval/trained/sub_em@256"] == 0.5 and logger.saved

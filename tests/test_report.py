@@ -119,3 +119,21 @@ def test_the_library_knows_no_study():
     methods_and_findings = ("short_po", "long_po", "expand_long", "claim", "verdict")
     for path in (ROOT / "solopo" / "report").glob("*.py"):
         assert not [w for w in methods_and_findings if w in path.read_text().lower()], path
+
+
+def test_report_rows_carry_n_and_the_95_percent_interval(tmp_path):
+    """A table that holds its intervals gives a `95% CI` and an `n` column beside each sub-EM (3 of 6: Wilson
+    [18.8, 81.2] -> "19-81"); results.json files written before tables carried them still make rows."""
+    from solopo.eval.longctx import EvalCase, score_table
+
+    cases = [EvalCase("q", ("Quorath",), "1024", "0", "p")] * 6
+    table = score_table(cases, ["Quorath"] * 3 + ["no"] * 3)
+    root = tmp_path / "runs"
+    fake_run(root / "old", "DPO", "solopo", 0, 10.0, alpha=1.0)
+    fake_run(root / "new", "DPO", "solopo", 1, 10.0, alpha=3.0)
+    results = json.loads((root / "new" / "results.json").read_text())
+    (root / "new" / "results.json").write_text(json.dumps({**results, "eval": {"trained": table}}))
+    rows = write_report(find_runs([root]), tmp_path / "out")["rows"]
+    new = next(r for r in rows if "trained sub-EM@1024 n" in r)
+    assert new["trained sub-EM@1024"] == 50.0 and new["trained sub-EM@1024 95% CI"] == "19-81"
+    assert new["trained avg long n"] == 6 and new["trained avg long 95% CI"] == "19-81"

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded
+from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, sub_em
-from solopo.settings.fields import number, one_of, refuse, shown
+from solopo.settings.fields import flag, number, one_of, refuse, shown
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
 
@@ -34,7 +35,9 @@ class EvalSettings:
     template: the prompt template the model was trained with (solopo.data.contexts.INSTRUCTIONS);
     engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights);
     precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under;
-    scorer: the score of an answer in the table's by-length means (solopo.scoring; sub-EM by default)."""
+    scorer: the score of an answer in the table's by-length means (solopo.scoring; sub-EM by default).
+    every_n_steps: also evaluate during training every N optimizer steps (solopo.training.eval_callback), and with
+    keep_best the weights of the best such step become the run's trained model."""
 
     lengths: tuple = (SHORT, 1024, 2048, 4096, 8192)
     depths: tuple[float, ...] = (0.0, 0.5, 1.0)
@@ -45,6 +48,8 @@ class EvalSettings:
     engine: str = "transformers"
     precision: str = "32-true"
     scorer: Scorer = SUB_EM
+    every_n_steps: int | None = None
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         lengths, depths = self.lengths, self.depths
@@ -58,8 +63,11 @@ class EvalSettings:
         if not (isinstance(depths, (list, tuple)) and depths and not any(number("", d, 0, 1) for d in depths)):
             problems.append(f"depths={shown(depths)}: each depth must be a number in [0, 1] (0 = start, 1 = end of "
                             "the context)")
+        problems += number("every_n_steps", self.every_n_steps, 1, integer=True, optional=True)
+        if self.keep_best and not self.every_n_steps:
+            problems.append("keep_best=true needs eval.every_n_steps (the steps it chooses from)")
         refuse(problems + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
-               + number("batch_size", self.batch_size, 1, integer=True))
+               + number("batch_size", self.batch_size, 1, integer=True) + flag("keep_best", self.keep_best))
         object.__setattr__(self, "lengths", tuple(lengths))
         object.__setattr__(self, "depths", tuple(depths))
 
@@ -166,25 +174,48 @@ def answer_all(model, tokenizer, prompts: Sequence[str], settings: EvalSettings,
 
 
 def score_table(cases: Sequence[EvalCase], answers: Sequence[str], scorer: Scorer = SUB_EM) -> dict:
-    """{"cells": [{length, depth, sub_em, f1, score, n}], "by_length": {length: score}, "average": score,
-    "average_long": score over every long-context case, "scorer": its class}; means are over questions, and
-    score is ``scorer``'s (sub-EM by default, so every column but f1 is then sub-EM).
+    """{"cells": [{length, depth, sub_em, f1, score, n, ci95}], "by_length": {length: score}, "average": score,
+    "average_long": score over every long-context case, "scorer": its class, "n_by_length", "ci95_by_length",
+    "n_long", "ci95_long", "scores": [[item, length, depth, score] per case]}; means are over questions, score is
+    ``scorer``'s (sub-EM by default, so every column but f1 is then sub-EM), ci95 the Wilson 95% interval of a share
+    (solopo.report.stats.wilson) and "scores" pairs two tables of the same cases (changes).
 
     An answer is scored whole, as the pair sampler scores its samples: under the cot template the
     reasoning comes first and sub-EM finds the gold answer anywhere in it, so evaluation and the
     share of correct samples measure the same thing."""
     cells: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-    by_length: dict[str, list[float]] = {}
+    scores = []
     for case, answer in zip(cases, answers):
         score = scorer(answer, case.answers)
         cells.setdefault((case.length, case.depth), []).append((sub_em(answer, case.answers), f1(answer, case.answers),
                                                                 score))
-        by_length.setdefault(case.length, []).append(score)
+        scores.append([case.item_id, case.length, case.depth, score])
     rows = [{"length": length, "depth": depth, "sub_em": _mean(s for s, _, _ in v), "f1": _mean(f for _, f, _ in v),
-             "score": _mean(x for _, _, x in v), "n": len(v)} for (length, depth), v in cells.items()]
-    long_scores = [s for length, scores in by_length.items() if length != SHORT for s in scores]
+             "score": _mean(x for *_, x in v), "n": len(v), "ci95": list(wilson(sum(x for *_, x in v), len(v)))}
+            for (length, depth), v in cells.items()]
+    by_length: dict[str, list[float]] = {}
+    for _, length, _, score in scores:
+        by_length.setdefault(length, []).append(score)
+    long_scores = [s for length, values in by_length.items() if length != SHORT for s in values]
     return {"cells": rows, "by_length": {k: _mean(v) for k, v in by_length.items()}, "scorer": type(scorer).__name__,
-            "average": _mean(s for v in by_length.values() for s in v), "average_long": _mean(long_scores)}
+            "average": _mean(s for v in by_length.values() for s in v), "average_long": _mean(long_scores),
+            "n_by_length": {k: len(v) for k, v in by_length.items()},
+            "ci95_by_length": {k: list(wilson(sum(v), len(v))) for k, v in by_length.items()},
+            "n_long": len(long_scores), "ci95_long": list(wilson(sum(long_scores), len(long_scores))),
+            "scores": scores}
+
+
+def changes(before: dict, after: dict) -> dict[str, Change] | None:
+    """after - before by length and over the long contexts ("avg_long"), each a paired change with its 95% interval;
+    None when the two tables did not score the same cases."""
+    if [s[:3] for s in before["scores"]] != [s[:3] for s in after["scores"]]:
+        return None
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for (_, length, _, old), (*_, new) in zip(before["scores"], after["scores"]):
+        groups.setdefault(length, []).append((old, new))
+        if length != SHORT:
+            groups.setdefault("avg_long", []).append((old, new))
+    return {key: paired_change([o for o, _ in pairs], [n for _, n in pairs]) for key, pairs in groups.items()}
 
 
 def evaluate(model, tokenizer, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
@@ -204,10 +235,28 @@ def _mean(values) -> float:
 
 
 def format_table(tables: dict[str, dict]) -> str:
-    """A markdown table: one row per checkpoint (e.g. base, trained), sub-EM per length, and the averages."""
+    """A markdown table: one row per checkpoint (e.g. base, trained), sub-EM (%) per length and over the long contexts,
+    each with its 95% interval and its number of cases; then, for each later checkpoint, its change from the first on
+    the same cases, marked where the interval holds 0 (the data cannot tell it from no change)."""
     lengths = list(next(iter(tables.values()))["by_length"])
     lines = ["| model | " + " | ".join(str(n) for n in lengths) + " | avg long |", "|---" * (len(lengths) + 2) + "|"]
     for name, table in tables.items():
-        cells = " | ".join(f"{100 * table['by_length'][n]:.1f}" for n in lengths)
-        lines.append(f"| {name} | {cells} | {100 * table['average_long']:.1f} |")
+        cells = [_cell(table["by_length"][n], table["ci95_by_length"][n], table["n_by_length"][n]) for n in lengths]
+        cells.append(_cell(table["average_long"], table["ci95_long"], table["n_long"]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    first, *later = tables
+    for name in later:
+        found = changes(tables[first], tables[name])
+        if found:
+            lines.append(f"{name} - {first}, sub-EM points [95% interval] on the same cases: " + "; ".join(
+                f"{'avg long' if key == 'avg_long' else key} {_change(change)}" for key, change in found.items()))
     return "\n".join(lines)
+
+
+def _cell(score: float, ci95: Sequence[float], n: int) -> str:
+    return f"{100 * score:.1f} [{100 * ci95[0]:.0f}, {100 * ci95[1]:.0f}] n={n}"
+
+
+def _change(change: Change) -> str:
+    text = f"{100 * change.difference:+.1f} [{100 * change.low:+.0f}, {100 * change.high:+.0f}] n={change.n}"
+    return text + (" (within the interval: no measured change)" if change.within_noise else "")

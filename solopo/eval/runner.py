@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 from solopo.cache import DiskCache, digest
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
-from solopo.eval.longctx import EvalSettings, evaluate, format_table
+from solopo.eval.longctx import EvalSettings, changes, evaluate, format_table
 from solopo.scoring import settings_identity
-from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
+from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap, score_vs_step
 
 
 def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
@@ -52,14 +52,20 @@ def check_table(table: dict, settings: EvalSettings) -> dict:
         raise ValueError(f"lengths {sorted(found)}, expected some of {sorted(lengths)}")
     if len(table["cells"]) < len(found):
         raise ValueError(f"{len(table['cells'])} cells for {len(found)} lengths")
+    if not {"scores", "n_by_length", "ci95_by_length", "ci95_long"} <= table.keys():
+        raise ValueError("no per-case scores or intervals (written by an older version)")
     return table
+
+
+SCHEDULE = ("every_n_steps", "keep_best")  # when a run evaluates, not what an evaluation answers
 
 
 def cache_key(model_id: str, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,
               max_length: int) -> str:
     """What a table depends on: the weights, each item's content (id, question, answers, passages), the passages that
     fill the long contexts, the model's length limit and every setting (template, engine and scorer included)."""
-    return digest("eval", model_id, settings_identity(settings), max_length, list(pool),
+    answers = {k: v for k, v in settings_identity(settings).items() if k not in SCHEDULE}
+    return digest("eval", model_id, answers, max_length, list(pool),
                   *(dataclasses.asdict(item) for item in items))
 
 
@@ -94,6 +100,9 @@ def summary_entries(tables: dict[str, dict]) -> dict[str, float]:
         entries.update({f"eval/{name}/avg_long": table["average_long"], f"eval/{name}/average": table["average"]})
     if {"base", "trained"} <= tables.keys():
         entries["eval/gain/avg_long"] = tables["trained"]["average_long"] - tables["base"]["average_long"]
+        if (found := changes(tables["base"], tables["trained"])) and "avg_long" in found:
+            change = found["avg_long"]
+            entries.update({"eval/gain/avg_long_low": change.low, "eval/gain/avg_long_high": change.high})
     return entries
 
 
@@ -105,22 +114,39 @@ def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
     logger.log_metrics({f"eval/{name}/sub_em@{length}": score for name, table in tables.items()
                         for length, score in {**table["by_length"], "avg_long": table["average_long"]}.items()})
     if hasattr(logger, "log_table"):
-        lengths = list(next(iter(tables.values()))["by_length"])
-        logger.log_table(key="eval/sub_em_by_length", columns=["model", *map(str, lengths), "avg long"],
-                         data=[[name, *(t["by_length"][n] for n in lengths), t["average_long"]] for name, t in tables.items()])
+        lengths = [*map(str, next(iter(tables.values()))["by_length"]), "avg long"]
+        logger.log_table(key="eval/sub_em_by_length",
+                         columns=["model", *(f"{n}{part}" for n in lengths for part in ("", " low", " high", " n"))],
+                         data=[[name, *(v for n in lengths for v in _with_interval(t, n))]
+                               for name, t in tables.items()])
         for plot in plots:  # one key each: the plots differ in size
             logger.log_image(key=f"eval/{Path(plot).stem}", images=[plot])
         logger.experiment.summary.update(summary_entries(tables))
     logger.save()  # file loggers (CSV) write what they buffered
 
 
-def write_outputs(tables: dict[str, dict], out_dir: Path) -> dict:
-    """PNG plots beside the run's results: accuracy vs length (a line per checkpoint) and a
-    length x depth heatmap per checkpoint; returns the table as markdown and the plot paths."""
+def _with_interval(table: dict, length: str) -> tuple:
+    """(sub-EM, its 95% interval's ends, the number of cases) of one length, or "avg long"."""
+    if length == "avg long":
+        return table["average_long"], *table["ci95_long"], table["n_long"]
+    return table["by_length"][length], *table["ci95_by_length"][length], table["n_by_length"][length]
+
+
+def write_outputs(tables: dict[str, dict], out_dir: Path, curve: dict | None = None) -> dict:
+    """PNG plots beside the run's results: accuracy vs length (a line per checkpoint), a length x depth heatmap per
+    checkpoint, and with ``curve`` (EvalDuringTraining.record) sub-EM vs training step. Returns the table as markdown,
+    the plot paths and each later checkpoint's change from the first with its 95% interval
+    ({"trained - base": {length: Change fields}})."""
     lines = {name: by_length(table) for name, table in tables.items()}
     plots = [accuracy_vs_length({"Long-context QA": lines}, out_dir / "eval_accuracy_vs_length.png")]
     for name, table in tables.items():
         if any(c["depth"] != "-" for c in table["cells"]):
             plots.append(depth_heatmap(table, out_dir / f"eval_depth_{name}.png",
                                        title=f"{name}: sub-EM (%) by length and evidence depth"))
-    return {"markdown": format_table(tables), "plots": [str(p) for p in plots]}
+    if curve and curve["points"]:  # evaluation during training (EvalDuringTraining.record)
+        points = {"sub-EM, long contexts": {p["step"]: 100 * p["avg_long"] for p in curve["points"]}}
+        plots.append(score_vs_step(points, out_dir / "eval_vs_step.png", marked=curve.get("best_step")))
+    first, *later = tables
+    found = {f"{name} - {first}": changes(tables[first], tables[name]) for name in later}
+    return {"markdown": format_table(tables), "plots": [str(p) for p in plots],
+            "changes": {pair: {key: dataclasses.asdict(c) for key, c in by.items()} for pair, by in found.items() if by}}

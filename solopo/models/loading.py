@@ -2,12 +2,13 @@
 a local path, or a random model built from a config (for tests and speed studies)."""
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from solopo.models import embedded
 from solopo.settings.fields import number, one_of, refuse
@@ -17,6 +18,7 @@ from solopo.training.distributed import full_state_dict, is_global_zero, local_g
 log = logging.getLogger(__name__)
 INIT_DEVICES = ("cpu", "auto")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+SAVE_MODEL = (False, True, "merged")  # save_model: off | the policy (LoRA: its adapter) | LoRA merged into the base
 varlen.register()  # attn_implementation="solopo_varlen"
 
 
@@ -97,8 +99,6 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-
-
 def init_device(choice: str) -> torch.device:
     """The device random weights are drawn on; "auto" takes the GPU of this process's local rank when there is one
     (the one Lightning will move the model to)."""
@@ -132,11 +132,65 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def save_policy(policy: torch.nn.Module, tokenizer, path) -> None:
-    """The trained policy in Hugging Face format (a LoRA policy: its adapter), loadable with from_pretrained; weights
-    sharded across ranks are gathered first, so every rank must call this, and rank 0 writes."""
+def save_policy(policy: torch.nn.Module, tokenizer, path, dtype: Optional[torch.dtype] = None,
+                merge_lora: bool = False) -> None:
+    """The trained policy in Hugging Face format, loadable with from_pretrained and ready for generate(): floating-point
+    weights as ``dtype`` (the dtype training computed in, e.g. bf16 under bf16-mixed; None keeps theirs), use_cache on
+    and the tokenizer's pad and end-of-sequence ids in generation_config.json. A LoRA policy writes its adapter, or with
+    ``merge_lora`` a plain model whose weights are W + scaling * B @ A. Weights sharded across ranks are gathered
+    first, so every rank must call this; rank 0 writes."""
     state = full_state_dict(policy)
-    if is_global_zero():
-        policy.save_pretrained(path, state_dict=state)
-        tokenizer.save_pretrained(path)
-        log.info("trained model written to %s", path)
+    if not is_global_zero():
+        return
+    lora = is_lora(policy)
+    if lora and merge_lora:
+        policy, state = policy.get_base_model(), merged_lora_state(policy, state)
+    if dtype is not None and not (lora and not merge_lora):  # an adapter keeps the dtype it trained in (fp32)
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    policy.save_pretrained(path, state_dict=state)
+    tokenizer.save_pretrained(path)
+    if not lora or merge_lora:
+        write_generation_config(policy, tokenizer, path, dtype)
+    log.info("trained model written to %s", path)
+
+
+def write_generation_config(model: torch.nn.Module, tokenizer, path, dtype: Optional[torch.dtype]) -> None:
+    """Rewrites config.json and generation_config.json for inference: training turned the KV cache off and the saved
+    config names the in-memory weights' dtype, not the one written."""
+    config = copy.deepcopy(model.config)
+    config.use_cache = True
+    if dtype is not None:
+        config.dtype = str(dtype).removeprefix("torch.")
+    config.save_pretrained(path)
+    generation = GenerationConfig.from_model_config(config)
+    generation.pad_token_id, generation.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    generation.save_pretrained(path)
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def merged_lora_state(policy: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The base model's state dict with every LoRA layer folded in, W' = W + scaling * B @ A (peft's LoRA, one active
+    adapter; the scaling is lora_alpha / r, or / sqrt(r) with rslora), under the base model's own key names."""
+    from peft.tuners.lora import LoraLayer
+
+    scaling = {}
+    for name, module in policy.named_modules():
+        if isinstance(module, LoraLayer):
+            adapter = module.active_adapters[0]
+            if module.use_dora.get(adapter):
+                raise ValueError("save_model=merged: DoRA adapters are not merged here; use save_model=true")
+            scaling[name] = (module.scaling[adapter], adapter)
+    merged = {}
+    for key, value in state.items():
+        if "lora_" in key:
+            continue
+        layer = key.removesuffix(".base_layer.weight")
+        if layer in scaling:
+            factor, adapter = scaling[layer]
+            a, b = state[f"{layer}.lora_A.{adapter}.weight"], state[f"{layer}.lora_B.{adapter}.weight"]
+            value = (value.float() + factor * (b.float() @ a.float())).to(value.dtype)  # (out, r) @ (r, in)
+        merged[key.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value
+    return merged

@@ -1,5 +1,5 @@
-"""The report's PNG plots, one function per kind: accuracy vs context length, score vs alpha, and the length x
-depth heatmap of one evaluation (matplotlib, no display needed).
+"""The report's PNG plots, one function per kind: accuracy vs context length, score vs alpha, score vs training step,
+and the length x depth heatmap of one evaluation (matplotlib, no display needed).
 
 A value is a sub-EM in %, or a Stat over seeds drawn as its mean with an error bar of one standard deviation.
 The y axis of the line plots starts at 0 and fits the data: small models score low, and a 0-100 axis would
@@ -57,6 +57,21 @@ def score_vs_alpha(lines: Mapping[str, Mapping[float, Value]], path: Path, ylabe
         _line(ax, [alphas.index(a) for a in ordered], [points[a] for a in ordered], name, {})
     ax.set_xticks(range(len(alphas)), [f"{a:g}" + (f" ({notes[a]})" if a in notes else "") for a in alphas])
     ax.set(xlabel="SoLo-RA alpha", ylabel=ylabel, title="Score vs alpha")
+    _finish(ax)
+    return save_figure(fig, path)
+
+
+def score_vs_step(lines: Mapping[str, Mapping[int, Value]], path: Path, ylabel: str = "avg long-context sub-EM (%)",
+                  marked: int | None = None) -> Path:
+    """A score against the optimizer step, one line per name, {name: {step: value}}; ``marked`` draws a dotted
+    vertical line at one step (e.g. the best one kept)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in lines.items():
+        steps = sorted(points)
+        _line(ax, steps, [points[s] for s in steps], name, {})
+    if marked is not None:
+        ax.axvline(marked, color="grey", linestyle=":", label=f"kept: step {marked}")
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title="Evaluation during training")
     _finish(ax)
     return save_figure(fig, path)
 

@@ -58,10 +58,21 @@ def row_of(run: Run, keys: list[str], with_status: bool) -> dict:
     for name, table in run.eval.items():
         for length, score in table["by_length"].items():
             row[f"{name} sub-EM@{length}"] = round(100 * score, 1)
+            row.update(_interval(f"{name} sub-EM@{length}", table.get("ci95_by_length", {}).get(length),
+                                 table.get("n_by_length", {}).get(length)))
         row[f"{name} avg long"] = round(100 * table["average_long"], 1)
+        row.update(_interval(f"{name} avg long", table.get("ci95_long"), table.get("n_long")))
     row.update({k: round(run.metrics[k], 4) for k in METRICS if k in run.metrics})
     row.update({k: round(run.timings[k], 1) for k in ("fit_s", "total_s") if k in run.timings})
     return row
+
+
+def _interval(column: str, ci95, n) -> dict:
+    """The 95% interval (%) and the number of cases of a score column; nothing for results.json files written before
+    tables carried them."""
+    if ci95 is None or n is None:
+        return {}
+    return {f"{column} 95% CI": f"{100 * ci95[0]:.0f}-{100 * ci95[1]:.0f}", f"{column} n": n}
 
 
 def seed_groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:

@@ -12,6 +12,7 @@ from solopo.cache import VERIFY
 from solopo.data.collate import PACKINGS
 from solopo.data.pairs import PAIR_RULES
 from solopo.data.tokenize import OVERLONG_POLICIES, TRUNCATE_SIDES
+from solopo.models.loading import SAVE_MODEL
 from solopo.settings.fields import Problems, flag, number, one_of, shown
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
@@ -96,7 +97,8 @@ def check_run(top: dict) -> Problems:
     problems += one_of("cache.verify", (top.get("cache") or {}).get("verify"), VERIFY)
     problems += number("logp_chunk_size", top.get("logp_chunk_size"), 1, integer=True)
     problems += number("val_every_n_steps", top.get("val_every_n_steps"), 1, integer=True, optional=True)
-    problems += flag("save_model", top.get("save_model"))
+    problems += one_of("save_model", top.get("save_model"), SAVE_MODEL)
+    problems += flag("checkpoint.keep", checkpoint.get("keep"))
     metric = top.get("optimized_metric")
     if metric is not None and not (isinstance(metric, str) and metric.startswith(("train/", "val/", "eval/"))):
         problems.append(f"optimized_metric={metric!r}: a metric key such as val/loss or eval/trained/avg_long, or null")

@@ -7,6 +7,7 @@ uninterrupted run would have, with the same random draws.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -66,14 +67,19 @@ def checkpoint_problem(path: Path) -> Optional[str]:
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """Keeps one file, <run dir>/checkpoints/last.ckpt: rewritten every N steps or N minutes (not both) when asked,
-    at the last step, and when training is stopped early (preemption, the NaN guard). Every checkpoint of the 135M default holds ~1.6 GB (weights and AdamW
-    moments), so no history of checkpoints is kept."""
+    """Keeps one file, <run dir>/checkpoints/last.ckpt, written when training is stopped early (preemption, the NaN
+    guard) so that the run can resume. Every checkpoint of the 135M default holds ~1.6 GB (weights and AdamW
+    moments), so no history is kept, and a run that completes keeps none unless asked: ``keep`` (or periodic saves,
+    every N steps or N minutes, not both) also writes it at the last step; without them a completed run removes the
+    last.ckpt it resumed from."""
 
-    def __init__(self, run_dir: Path, every_n_steps: Optional[int] = None, every_n_minutes: Optional[float] = None):
+    def __init__(self, run_dir: Path, every_n_steps: Optional[int] = None, every_n_minutes: Optional[float] = None,
+                 keep: bool = False):
+        self.keep = keep or bool(every_n_steps or every_n_minutes)
         super().__init__(dirpath=Path(run_dir) / CHECKPOINT_DIR, save_last=True, save_top_k=0,
                          every_n_train_steps=every_n_steps,
                          train_time_interval=timedelta(minutes=every_n_minutes) if every_n_minutes else None,
+                         every_n_epochs=None if self.keep else 0,  # 0: no save at the end of an epoch
                          enable_version_counter=False)  # a rerun in the same directory overwrites last.ckpt
         self._step_before_batch = -1  # the global step when the current batch began
 
@@ -117,12 +123,17 @@ class LastCheckpoint(ModelCheckpoint):
         # The last step (max_steps reached, or a stop asked for by preemption or the NaN guard) is saved here, before
         # Lightning closes the epoch: a checkpoint written after that resumes with a new epoch, so a run continued
         # with a larger trainer.max_steps would skip the rest of this one.
-        if trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step:
+        if trainer.should_stop or (self.keep and 0 < trainer.max_steps <= trainer.global_step):
             self.save_now(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning's own end-of-training save is skipped once a periodic save has happened, even at an earlier step.
-        self.save_now(trainer)
+        if self.keep or trainer.should_stop:
+            self.save_now(trainer)
+        elif trainer.is_global_zero:  # completed: the checkpoint this run resumed from is no longer needed
+            remove_checkpoint(Path(self.dirpath) / "last.ckpt")
+            with contextlib.suppress(OSError):  # left in place when it holds anything else
+                Path(self.dirpath).rmdir()
 
 
 def replace_checkpoint(new: Path, path: Path) -> None:

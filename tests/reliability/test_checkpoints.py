@@ -52,7 +52,7 @@ def refused(args, cwd=ROOT) -> str:
 
 @pytest.fixture
 def saved_checkpoint(tmp_path) -> Path:
-    fit_toy(tmp_path / "toy", max_steps=1, callbacks=[LastCheckpoint(tmp_path / "toy")])
+    fit_toy(tmp_path / "toy", max_steps=1, callbacks=[LastCheckpoint(tmp_path / "toy", keep=True)])
     return tmp_path / "toy" / "checkpoints" / "last.ckpt"
 
 

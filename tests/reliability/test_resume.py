@@ -29,8 +29,9 @@ class SignalAtBatch(pl.Callback):
 
 def whole_and_resumed(tmp_path, overrides):
     """The per-step losses of a 6-step run, and of the same run stopped after step 3 and resumed in its directory.
-    optim.schedule_steps keeps the LR schedule 6 steps long in the run that stops at 3."""
-    common = ["optim.schedule_steps=6", *overrides]
+    optim.schedule_steps keeps the LR schedule 6 steps long in the run that stops at 3; checkpoint.keep keeps the
+    completed first part's last.ckpt."""
+    common = ["optim.schedule_steps=6", "checkpoint.keep=true", *overrides]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     run([*common, "trainer.max_steps=6", f"hydra.run.dir={whole}"])
     run([*common, "trainer.max_steps=3", f"hydra.run.dir={parts}"])

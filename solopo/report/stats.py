@@ -1,0 +1,65 @@
+"""How far a sub-EM measured on few questions can be trusted: 95% intervals for a share of right answers, and for
+the change between two models answering the same questions.
+
+Every function is pure arithmetic on counts. A sub-EM score is 0 or 1 per question, so a cell of a table is a
+binomial proportion k / n; before/after tables answer the same cases, so their difference is a paired one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+Z95 = 1.959964  # the standard normal's 97.5% quantile: a two-sided 95% interval
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion p = k / n (Wilson 1927):
+
+        (p + z^2 / 2n  ±  z * sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n)
+
+    Unlike p ± z * sqrt(p (1 - p) / n) it stays inside [0, 1] and is not zero-wide at 0 of n or n of n, which
+    matters for the few questions of a small evaluation. (nan, nan) for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p, zz = successes / n, z * z
+    centre = p + zz / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + zz / n)), min(1.0, (centre + half) / (1 + zz / n))
+
+
+@dataclass(frozen=True)
+class Change:
+    """after - before on n paired cases: the observed difference of the two shares and its 95% interval."""
+
+    difference: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def within_noise(self) -> bool:
+        """Whether the interval holds 0: the data cannot tell this change from none."""
+        return self.low <= 0.0 <= self.high
+
+
+def paired_change(before: Sequence[float], after: Sequence[float], z: float = Z95) -> Change:
+    """The change in the share of right answers between two models scored 0/1 on the same n cases, with the
+    Agresti-Min interval (2005) for a difference of matched proportions: with b cases right only before and c right
+    only after, add 1/2 to each of the four cells of the 2x2 table (n' = n + 2, b' = b + 1/2, c' = c + 1/2), then
+
+        (c' - b') / n'  ±  z * sqrt((b' + c') - (c' - b')^2 / n') / n'
+
+    The plain Wald interval (no 1/2s) is zero-wide when no case changed, as if a handful of
+    questions gave certainty; the adjusted one is not. The reported difference is the observed (c - b) / n."""
+    if len(before) != len(after):
+        raise ValueError(f"paired_change: {len(before)} cases before, {len(after)} after")
+    n = len(before)
+    if n == 0:
+        return Change(float("nan"), float("nan"), float("nan"), 0)
+    b = sum(1 for x, y in zip(before, after) if x and not y)
+    c = sum(1 for x, y in zip(before, after) if y and not x)
+    bb, cc, nn = b + 0.5, c + 0.5, n + 2
+    centre = (cc - bb) / nn
+    half = z * math.sqrt(max(bb + cc - (cc - bb) ** 2 / nn, 0.0)) / nn
+    return Change((c - b) / n, max(-1.0, centre - half), min(1.0, centre + half), n)
