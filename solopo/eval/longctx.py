@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 SHORT = "short"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalSettings:
     """lengths: context lengths in tokens ("short" = the evidence alone); depths: where the evidence
     block sits in the long contexts; greedy answers of up to max_new_tokens, batch_size at a time;
@@ -35,13 +35,13 @@ class EvalSettings:
     engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights);
     precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under."""
 
-    lengths: tuple = (SHORT, 1024, 2048, 4096, 8192)
-    depths: tuple[float, ...] = (0.0, 0.5, 1.0)
-    max_new_tokens: int = 32
-    batch_size: int = 8
-    seed: int = 0
-    template: str = "direct"
-    engine: str = "transformers"
+    lengths: tuple
+    depths: tuple[float, ...]
+    max_new_tokens: int
+    batch_size: int
+    engine: str
+    seed: int  # the run's: solopo.settings passes seed, data.template and the trainer's precision
+    template: str
     precision: str = "32-true"
 
     def __post_init__(self) -> None:

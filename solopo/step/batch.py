@@ -53,9 +53,10 @@ class Group(Protocol):
         """A per-sequence (S,) tensor cut into the keys' blocks: {key: (n_pairs,)}."""
 
 
-def _split(keys: tuple[Key, ...], n_pairs: int, values: Tensor) -> dict[Key, Tensor]:
-    # sequence i * n_pairs + j is pair j's sequence of keys[i]
-    return {key: values[i * n_pairs : (i + 1) * n_pairs] for i, key in enumerate(keys)}
+def _split(group, values: Tensor) -> dict[Key, Tensor]:
+    """Group.split of every layout: sequence i * n_pairs + j is pair j's sequence of keys[i]."""
+    n = group.n_pairs
+    return {key: values[i * n : (i + 1) * n] for i, key in enumerate(group.keys)}
 
 
 def _moved(group, device, **kwargs):
@@ -84,11 +85,7 @@ class PaddedGroup:
     n_tokens: int
     ref_logps: Optional[Tensor] = None
 
-    def to(self, device, **kwargs) -> "PaddedGroup":
-        return _moved(self, device, **kwargs)
-
-    def split(self, values: Tensor) -> dict[Key, Tensor]:
-        return _split(self.keys, self.n_pairs, values)
+    to, split = _moved, _split  # the same for every layout
 
     def model_inputs(self, attn_implementation: str) -> dict:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
@@ -117,11 +114,7 @@ class PackedGroup:
     n_tokens: int
     ref_logps: Optional[Tensor] = None
 
-    def to(self, device, **kwargs) -> "PackedGroup":
-        return _moved(self, device, **kwargs)
-
-    def split(self, values: Tensor) -> dict[Key, Tensor]:
-        return _split(self.keys, self.n_pairs, values)
+    to, split = _moved, _split  # the same for every layout
 
     def model_inputs(self, attn_implementation: str) -> dict:
         # transformers hands cu_seq_lens_* / max_length_* to the attention function (its flash-attention kwargs).
@@ -154,11 +147,7 @@ class SharedPromptGroup:
     n_tokens: int
     ref_logps: Optional[Tensor] = None
 
-    def to(self, device, **kwargs) -> "SharedPromptGroup":
-        return _moved(self, device, **kwargs)
-
-    def split(self, values: Tensor) -> dict[Key, Tensor]:
-        return _split(self.keys, self.n_pairs, values)
+    to, split = _moved, _split  # the same for every layout
 
     def model_inputs(self, attn_implementation: str) -> dict:
         mask = shared_prompt.attention_mask(attn_implementation, self.segment_ids, self.branch_ids)
