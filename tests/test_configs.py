@@ -107,8 +107,8 @@ def test_tiny_model_instantiates(tmp_path):
 
 
 # The settings class each config key builds; algo, ra and method name theirs in _target_.
-SETTINGS_OF = {"algo": None, "ra": None, "method": None, "model": ModelSpec, "optim": OptimSettings, "eval": EvalSettings,
-               "data.sampling": SamplingSettings}
+SETTINGS_OF = {"algo": None, "ra": None, "method": None, "model": ModelSpec, "optim": OptimSettings,
+               "eval": EvalSettings, "data.sampling": SamplingSettings}
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in ("algo", "ra", "method", "model", "eval", "data")

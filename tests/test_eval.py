@@ -83,7 +83,8 @@ def test_lengths_the_distractors_cannot_reach_are_left_out(tokenizer, caplog):
 
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     item = QAItem("x", "Who founded Velm Works?", ("Arin Tesk",), ("Velm Works was founded by Arin Tesk.",))
-    cases = build_cases([item], replace(EVAL, lengths=("short", 2048), depths=(0.0,)), count, ("Filler text.",) * 5, 8192)
+    cases = build_cases([item], replace(EVAL, lengths=("short", 2048), depths=(0.0,)), count, ("Filler text.",) * 5,
+                        8192)
     assert [c.length for c in cases] == ["short"] and "1 evaluation contexts left out" in caplog.text
 
 

@@ -74,8 +74,8 @@ class GradNorms(pl.Callback):
 
 @pytest.mark.parametrize("clip", [1e-3, 0.0])
 def test_grad_norm_is_logged_before_clipping(tokenizer, pairs, tmp_path, clip):
-    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(beta=2.0, gamma=1.0), RA, SOLOPO, optim=replace(OPTIM, lr=1e-3),
-                          logp_chunk_size=LOGP_CHUNK_SIZE)
+    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(beta=2.0, gamma=1.0), RA, SOLOPO,
+                          optim=replace(OPTIM, lr=1e-3), logp_chunk_size=LOGP_CHUNK_SIZE)
     norms = GradNorms()
     trainer = fit(module, pairs, tokenizer, required_sequences(SOLOPO, RA), tmp_path, steps=1,
                   gradient_clip_val=clip, callbacks=[norms])

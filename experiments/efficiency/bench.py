@@ -27,7 +27,7 @@ from solopo.data.collate import SHARED_PROMPT, PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.step.logps import chunked_token_logps
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
-from solopo.training.module import SoLoPOModule
+from solopo.training.module import OptimSettings, SoLoPOModule
 from solopo.core.objective import Method, SoLoRA, required_sequences
 from solopo.step.batch import Batch
 
@@ -97,7 +97,9 @@ def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, p
     method, ra = METHODS[method_name]
     keys = required_sequences(method, ra)
     batch = PairCollator(keys, pad_id, pack=pack)([pair]).to(DEVICE)
-    module = SoLoPOModule(policy, algo, ra, method, cached_reference=True, logp_chunk_size=logp_chunk_size())
+    # optim: the run's settings, which this module never uses: TrainStep steps the bench's own AdamW
+    module = SoLoPOModule(policy, algo, ra, method, cached_reference=True, optim=OptimSettings(**shipped("optim")),
+                          logp_chunk_size=logp_chunk_size())
     return TrainStep(module, optimizer, batch), keys, batch.n_tokens
 
 
