@@ -127,7 +127,7 @@ class DiskCache:
             raise ValueError(f"cache.verify={self.verify!r}; choose one of {', '.join(VERIFY)}")
 
     @classmethod
-    def under_root(cls, kind: str, verify: str = "warn") -> DiskCache:
+    def under_root(cls, kind: str, verify: str) -> DiskCache:
         """The cache of ``kind`` in its folder of cache_root()."""
         return cls(cache_root() / kind, kind, verify)
 

@@ -1,22 +1,52 @@
+import functools
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from solopo.core.objective import Method, SoLoRA
+from solopo.eval.longctx import EvalSettings
+from solopo.generation.sampling import SamplingSettings
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
+from solopo.training.module import OptimSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-# The runs' log-prob chunk size, read from its one owner (the config) rather than written again here.
-LOGP_CHUNK_SIZE = OmegaConf.load(ROOT / "solopo" / "conf" / "config.yaml").logp_chunk_size
-TINY = ModelSpec(
-    name="tiny-random-llama",
-    tokenizer="embedded:smollm2-135m-instruct",
-    random_init=dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                     tie_word_embeddings=True),
-)
+
+
+def shipped(key: str) -> dict:
+    """What the shipped default config (``python -m solopo.run`` with no overrides) gives ``key``, resolved, Hydra's
+    own keys (_target_, _convert_) aside. Each settings default is written once, in its config group; tests that
+    need the defaults read them here rather than writing them again."""
+    node = OmegaConf.select(default_config(), key)
+    if not OmegaConf.is_config(node):
+        return node
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
+
+
+@functools.cache
+def default_config():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
+        cfg = compose("config")
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+LOGP_CHUNK_SIZE = shipped("logp_chunk_size")
+SOLOPO, RA, OPTIM = Method(**shipped("method")), SoLoRA(**shipped("ra")), OptimSettings(**shipped("optim"))
+SAMPLING = SamplingSettings(**shipped("data.sampling"))  # data=qa's; tests vary it with dataclasses.replace
+# EvalSettings' fields: the eval group's, the run's seed and the data's prompt template.
+EVAL = EvalSettings(**{k: v for k, v in shipped("eval").items() if k not in ("enabled", "n_items", "vllm")},
+                    seed=shipped("seed"), template=shipped("data.template"))
+# A 2-layer llama of model=tiny's kind, with shorter positions (the tests' sequences are short).
+TINY = ModelSpec(**{**shipped("model"), "name": "tiny-random-llama", "tokenizer": "embedded:smollm2-135m-instruct",
+                    "random_init": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                                        tie_word_embeddings=True)})
 
 # Tests never write to the user's cache or reach wandb's servers.
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -1,4 +1,5 @@
 """Every shipped config composes, and what it names instantiates."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,11 +10,15 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf, open_dict
 
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 from solopo.core.objective import Method, SoLoRA
+from solopo.eval.longctx import EvalSettings
+from solopo.generation.sampling import SamplingSettings
+from solopo.settings.build import ConfigError, build_settings
+from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision
 from solopo.settings.groups import check_trainer
 
@@ -101,3 +106,34 @@ def test_tiny_model_instantiates(tmp_path):
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer)
     assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tokenizer)
+
+
+# The settings class each config key builds; algo, ra and method name theirs in _target_.
+SETTINGS_OF = {"algo": None, "ra": None, "method": None, "model": ModelSpec, "optim": OptimSettings,
+               "eval": EvalSettings, "data.sampling": SamplingSettings}
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in ("algo", "ra", "method", "model", "eval", "data")
+                                           for o in GROUPS[g]])
+def test_each_default_is_written_once(group, option):
+    """A settings field that a config group writes has no default in its dataclass: the group owns every default a
+    user can set (with its reason beside it); the dataclass keeps only the defaults of fields no config writes."""
+    cfg = compose_with_data_file([f"{group}={option}"])
+    for key, settings in SETTINGS_OF.items():
+        node = OmegaConf.select(cfg, key)
+        if node is None:  # a data option without sampling settings
+            continue
+        settings = settings or get_class(node._target_)
+        defaults = {f.name for f in dataclasses.fields(settings)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        twice = sorted(defaults & set(node))
+        assert not twice, f"{key}.{twice}: written in solopo/conf and as defaults of {settings.__name__}"
+
+
+def test_a_config_that_leaves_out_a_setting_names_the_key():
+    """data=longbench writes no sampling settings: asking it for sampled pairs names the missing keys, in one line,
+    where dataclass defaults used to fill them in silently."""
+    cfg = compose_with_data_file(["data=longbench", "data.pairs=sampled"])
+    with pytest.raises(ConfigError, match=r"^data\.sampling: missing k, temperature, max_new_tokens, batch_size, seed, "
+                                          "engine; SamplingSettings needs them"):
+        build_settings(cfg)

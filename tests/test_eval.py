@@ -1,11 +1,14 @@
 """Long-context evaluation: cases by length and depth, greedy answers, the score table, the plots."""
 import math
+from dataclasses import replace
 
 import pytest
 
-from solopo.eval.longctx import EvalCase, EvalSettings, format_table, greedy_answers, score_table
+from solopo.eval.longctx import EvalCase, format_table, greedy_answers, score_table
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
 from solopo.report.stats import Z95, wilson
+
+from conftest import EVAL, SAMPLING
 
 
 def case(length, depth, answers=("Quorath",)):
@@ -50,7 +53,7 @@ def test_format_table_gives_n_intervals_and_changes_within_them():
 
 def test_bad_depths():
     with pytest.raises(ValueError, match=r"depths=\[0.5,1.5\]: each depth must be a number in \[0, 1\]"):
-        EvalSettings(depths=(0.5, 1.5))
+        replace(EVAL, depths=(0.5, 1.5))
 
 
 def test_greedy_answers_are_deterministic_and_keep_order(tiny_model, tokenizer):
@@ -77,7 +80,7 @@ def test_cases_cover_every_length_and_depth(tokenizer):
 
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     splits = qa_items(0, 0, n_test=2, seed=3)
-    settings = EvalSettings(lengths=("short", 512, 1024, 4096), depths=(0.0, 1.0))
+    settings = replace(EVAL, lengths=("short", 512, 1024, 4096), depths=(0.0, 1.0))
     cases = build_cases(splits.test, settings, count, splits.test_distractors, max_length=2048)
     assert len(cases) == 2 * (1 + 2 * 2)  # 4096 does not fit a 2048-token model and is left out
     for c in cases:
@@ -97,7 +100,8 @@ def test_lengths_the_distractors_cannot_reach_are_left_out(tokenizer, caplog):
 
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     item = QAItem("x", "Who founded Velm Works?", ("Arin Tesk",), ("Velm Works was founded by Arin Tesk.",))
-    cases = build_cases([item], EvalSettings(lengths=("short", 2048), depths=(0.0,)), count, ("Filler text.",) * 5, 8192)
+    cases = build_cases([item], replace(EVAL, lengths=("short", 2048), depths=(0.0,)), count, ("Filler text.",) * 5,
+                        8192)
     assert [c.length for c in cases] == ["short"] and "1 evaluation contexts left out" in caplog.text
 
 
@@ -111,7 +115,8 @@ def test_longbench_items_are_asked_once_at_their_own_length(tokenizer, tmp_path)
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     splits = longbench.load(str(Path(__file__).parent / "fixtures" / "longbench.jsonl"), n_val=2)
     items, pool = eval_items(splits, 2)
-    cases = build_cases(items, EvalSettings(), count, pool, max_length=8192)
+    cases = build_cases(items, replace(EVAL, lengths=("short", 1024, 2048, 4096, 8192)), count, pool,
+                        max_length=8192)
     assert len(cases) == 2 and {c.depth for c in cases} == {"-"} and {c.length for c in cases} == {"0-4k"}
     assert items[0].context in cases[0].prompt or items[0].context in cases[1].prompt
     assert [length_bucket(n) for n in (100, 4096, 4097, 9000, 20000)] == ["0-4k", "0-4k", "4-8k", "8-16k", "16-32k"]
@@ -147,7 +152,7 @@ def test_vllm_engine_gives_the_table_of_the_transformers_engine(tiny_model, toke
     from solopo.eval.longctx import build_cases, evaluate
 
     splits = qa_items(0, 0, n_test=2, seed=3)
-    settings = EvalSettings(lengths=("short", 256), depths=(0.0, 1.0), max_new_tokens=4)
+    settings = replace(EVAL, lengths=("short", 256), depths=(0.0, 1.0), max_new_tokens=4)
     args = (tokenizer, splits.test, splits.test_distractors)
     count = token_counter(tokenizer)
     expected = evaluate(tiny_model, *args, settings, count, max_length=2048)
@@ -156,7 +161,7 @@ def test_vllm_engine_gives_the_table_of_the_transformers_engine(tiny_model, toke
     by_ids = {tuple(encode_prompt(tokenizer, c.prompt)): a for c, a in zip(cases, answers)}
     calls = {}
     monkeypatch.setitem(sys.modules, "vllm", stand_in_vllm(lambda ids: by_ids[tuple(ids)], calls))
-    vllm_settings = EvalSettings(lengths=("short", 256), depths=(0.0, 1.0), max_new_tokens=4, engine="vllm")
+    vllm_settings = replace(EVAL, lengths=("short", 256), depths=(0.0, 1.0), max_new_tokens=4, engine="vllm")
     table = evaluate(tiny_model, *args, vllm_settings, count, max_length=2048, engine_args={"gpu_memory_utilization": 0.4})
     assert table == expected
     assert len(calls["prompts"]) == len(cases) == 6
@@ -176,13 +181,13 @@ def test_vllm_engine_without_vllm_stops_in_one_line(tiny_model, tokenizer, monke
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm fails, as where it is not installed
     with pytest.raises(RuntimeError, match=r"^eval.engine=vllm but vllm is not installed \(pip install vllm\)$"):
-        answer_all(tiny_model, tokenizer, ["Why?"], EvalSettings(engine="vllm"), max_length=512)
+        answer_all(tiny_model, tokenizer, ["Why?"], replace(EVAL, engine="vllm"), max_length=512)
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "eval.engine=vllm"])
     with pytest.raises(ConfigError, match="^eval.engine=vllm but vllm is not installed"):
         build_settings(cfg)
     with pytest.raises(ValueError, match="engine=sglang: choose one of"):
-        EvalSettings(engine="sglang")
+        replace(EVAL, engine="sglang")
 
 
 def test_evaluation_prompts_with_the_training_template(tokenizer):
@@ -200,13 +205,13 @@ def test_evaluation_prompts_with_the_training_template(tokenizer):
     assert build_settings(cfg).eval.template == "cot"
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     splits = qa_items(0, 0, n_test=1, seed=3)
-    direct, cot = (build_cases(splits.test, EvalSettings(lengths=("short", 256), depths=(0.5,), template=t), count,
+    direct, cot = (build_cases(splits.test, replace(EVAL, lengths=("short", 256), depths=(0.5,), template=t), count,
                                splits.test_distractors, 2048) for t in ("direct", "cot"))
     instruction = {t: INSTRUCTIONS[t].format(question=splits.test[0].question) for t in INSTRUCTIONS}
     assert [c.length for c in cot] == ["short", "256"] and all(c.prompt.endswith(instruction["cot"]) for c in cot)
     assert cot[0].prompt.replace(instruction["cot"], instruction["direct"]) == direct[0].prompt
     with pytest.raises(ValueError, match="template=essay: choose one of direct, cot"):
-        EvalSettings(template="essay")
+        replace(EVAL, template="essay")
 
 
 def test_the_cache_key_holds_the_engine_the_template_and_the_precision():
@@ -214,7 +219,7 @@ def test_the_cache_key_holds_the_engine_the_template_and_the_precision():
     from solopo.eval.runner import cache_key
 
     items = [QAItem("x", "Who?", ("A",), ("A did it.",))]
-    keys = {cache_key("m", items, (), EvalSettings(engine=e, template=t, precision=p), 2048)
+    keys = {cache_key("m", items, (), replace(EVAL, engine=e, template=t, precision=p), 2048)
             for e in ("transformers", "vllm") for t in ("direct", "cot") for p in ("32-true", "bf16-mixed")}
     assert len(keys) == 8
 
@@ -223,7 +228,7 @@ def test_cot_answers_are_scored_as_the_pair_sampler_scores_samples(tmp_path, mon
     """A reasoned answer is scored whole by both: the share of correct samples equals the evaluation's sub-EM."""
     from solopo.generation import sampling
     from solopo.cache import DiskCache
-    from solopo.generation.sampling import SamplingSettings, sample_pairs
+    from solopo.generation.sampling import sample_pairs
     from solopo.data.schema import PreferenceExample
 
     texts = ["Velm Works is in Quorath, so the answer is Quorath.", "It was founded in Zenna. Answer: Zenna.",
@@ -231,7 +236,7 @@ def test_cot_answers_are_scored_as_the_pair_sampler_scores_samples(tmp_path, mon
     examples = [PreferenceExample(f"q{i}", "Where?", ("Quorath",), f"short {i}", f"long {i}", "", "") for i in range(3)]
     monkeypatch.setattr(sampling, "generate", lambda model, tok, prompts, settings, desc="": [
         [(texts[int(p.split()[1])], True)] for p in prompts])
-    _, summary = sample_pairs(examples, None, None, SamplingSettings(k=1), "short", "m", DiskCache(tmp_path, "pairs"))
+    _, summary = sample_pairs(examples, None, None, replace(SAMPLING, k=1), "short", "m", DiskCache(tmp_path, "pairs"))
     table = score_table([case("short", "-") for _ in texts], texts)
     assert summary["share_correct"] == table["average"] == pytest.approx(2 / 3)
 

@@ -4,16 +4,18 @@ import json
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import pytest
 
 from solopo.data.formats import DataFileError
 from solopo.eval import longbench
 from solopo.eval.longbench import LONGBENCH_QA, LongBench, format_benchmark, middle_truncated, run_benchmark
-from solopo.eval.longctx import EvalSettings
 from solopo.eval.ruler import RulerQA
 from solopo.scoring import ExactMatch, f1
-from tests.test_configs import ROOT
-from tests.test_scoring import settings_of
+from conftest import EVAL
+from test_configs import ROOT
+from test_scoring import settings_of
 
 
 def write_jsonl(path, records):
@@ -78,7 +80,7 @@ def test_a_table_per_subset_and_their_average(tmp_path, monkeypatch, tokenizer):
         return ["New York", "The cat sat on the mat."]
 
     monkeypatch.setattr(longbench, "answer_all", answer_all)
-    table = run_benchmark(bench, bench.load(), None, tokenizer, EvalSettings(scorer=ExactMatch()), 2048)
+    table = run_benchmark(bench, bench.load(), None, tokenizer, replace(EVAL, scorer=ExactMatch()), 2048)
     expected = 100 * (0.8 + 6 / 7) / 2
     assert list(table["subsets"]) == list(LONGBENCH_QA) and table["metric"] == "TokenF1"  # eval.scorer aside
     assert all(row == {"score": pytest.approx(expected), "n": 2, "truncated": 0} for row in table["subsets"].values())
@@ -96,7 +98,7 @@ def test_overlong_prompts_are_cut_to_the_budget_and_counted(tmp_path, monkeypatc
     bench = LongBench(str(folder), {"hotpotqa": {"template": "{context} Question: {input}", "max_new_tokens": 4}},
                       max_prompt_tokens=100)
     monkeypatch.setattr(longbench, "answer_all", lambda model, tok, prompts, *a: [str(len(tok(prompts[0])["input_ids"]))])
-    table = run_benchmark(bench, bench.load(), None, tokenizer, EvalSettings(), 2048)
+    table = run_benchmark(bench, bench.load(), None, tokenizer, EVAL, 2048)
     assert table["subsets"]["hotpotqa"]["truncated"] == 1 and int(table["examples"][0]["answer"]) <= 101
 
 
@@ -119,9 +121,9 @@ def test_ruler_files_are_subsets_scored_by_eval_scorer(tmp_path, monkeypatch, to
     bench = settings_of(["eval=ruler", f"eval.benchmark.path={tmp_path}"], training=False).benchmark
     assert isinstance(bench, RulerQA)
     monkeypatch.setattr(longbench, "answer_all", lambda *a: ["It is Paris.", "Lyon"])
-    assert run_benchmark(bench, bench.load(), None, tokenizer, EvalSettings(), 2048)["subsets"] == {
+    assert run_benchmark(bench, bench.load(), None, tokenizer, EVAL, 2048)["subsets"] == {
         "qa_1_4096": {"score": 50.0, "n": 2, "truncated": 0}}
-    exact = run_benchmark(bench, bench.load(), None, tokenizer, EvalSettings(scorer=ExactMatch()), 2048)
+    exact = run_benchmark(bench, bench.load(), None, tokenizer, replace(EVAL, scorer=ExactMatch()), 2048)
     assert exact["average"] == 0.0 and exact["metric"] == "ExactMatch"
 
 

@@ -12,9 +12,9 @@ from solopo.data.world import qa_items
 from solopo.step.logps import group_logps
 from solopo.models.loading import load_model, with_lora
 from solopo.training.module import SoLoPOModule
-from solopo.core.objective import Method, SoLoRA, required_sequences
+from solopo.core.objective import required_sequences
 
-from conftest import LOGP_CHUNK_SIZE, TINY
+from conftest import LOGP_CHUNK_SIZE, OPTIM, RA, SOLOPO, TINY
 
 LORA = {"r": 4, "lora_alpha": 8}
 
@@ -24,7 +24,7 @@ def batch(tokenizer):
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     splits = qa_items(2, 0, seed=0)
     pairs = tokenize_examples(build_examples(splits.train, 200, count, pool=splits.distractors), tokenizer, 1024)[0]
-    keys = required_sequences(Method(), SoLoRA())
+    keys = required_sequences(SOLOPO, RA)
     return next(iter(DataLoader(pairs, batch_size=2, collate_fn=PairCollator(keys, tokenizer.pad_token_id))))
 
 
@@ -42,7 +42,8 @@ def test_the_reference_is_the_base_model_with_no_second_copy(tokenizer, batch):
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    module = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), adapter_reference=True, logp_chunk_size=LOGP_CHUNK_SIZE)
+    module = SoLoPOModule(policy, DPO(beta=0.1), RA, SOLOPO, adapter_reference=True, optim=OPTIM,
+                          logp_chunk_size=LOGP_CHUNK_SIZE)
     assert module.reference is None
     group = next(iter(batch.groups.values()))
     reference = module._reference_logps(group)

@@ -1,5 +1,6 @@
 """The LightningModule: the reference stays frozen, a step moves the policy, metrics are logged."""
 import csv
+from dataclasses import replace
 
 import pytest
 import pytorch_lightning as pl
@@ -12,10 +13,10 @@ from solopo.data.pairs import build_examples
 from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
 from solopo.models.loading import freeze, load_model
-from solopo.training.module import ALL_SEQUENCES, OptimSettings, SoLoPOModule
-from solopo.core.objective import Method, SoLoRA, required_sequences
+from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
+from solopo.core.objective import Method, required_sequences
 
-from conftest import LOGP_CHUNK_SIZE, TINY
+from conftest import LOGP_CHUNK_SIZE, OPTIM, RA, SOLOPO, TINY
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,9 @@ def test_reference_gets_no_gradient_and_policy_moves(tokenizer, pairs, tmp_path)
     policy, reference = load_model(TINY, tokenizer), freeze(load_model(TINY, tokenizer))
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     ref_before = {k: v.clone() for k, v in reference.state_dict().items()}
-    module = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), reference=reference, optim=OptimSettings(lr=1e-3),
+    module = SoLoPOModule(policy, DPO(beta=0.1), RA, SOLOPO, reference=reference, optim=replace(OPTIM, lr=1e-3),
                           logp_chunk_size=LOGP_CHUNK_SIZE)
-    trainer = fit(module, pairs, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path)
+    trainer = fit(module, pairs, tokenizer, required_sequences(SOLOPO, RA), tmp_path)
     optim_params = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert not optim_params & {id(p) for p in reference.parameters()}
     assert all(p.grad is None and not p.requires_grad for p in reference.parameters())
@@ -58,9 +59,10 @@ def test_loggers_get_one_name_per_metric_and_results_the_epoch_mean(tokenizer, p
     """4 pairs in batches of 2: epochs of 2 steps. metrics.csv has train/loss per step, with no _step/_epoch twins;
     the value kept for results.json is the mean of the last epoch's steps (2 pairs each), also of an epoch that
     max_steps cuts short (step 3 alone)."""
-    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(), SoLoRA(), Method(), optim=OptimSettings(lr=1e-3),
+    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(beta=2.0, gamma=1.0), RA, SOLOPO,
+                          optim=replace(OPTIM, lr=1e-3),
                           logp_chunk_size=LOGP_CHUNK_SIZE)
-    trainer = fit(module, pairs, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path, steps=steps,
+    trainer = fit(module, pairs, tokenizer, required_sequences(SOLOPO, RA), tmp_path, steps=steps,
                   logger=pl.loggers.CSVLogger(tmp_path, name="csv", version=0), max_epochs=-1, log_every_n_steps=1)
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     assert not [key for key in rows[0] if key.endswith(("_step", "_epoch"))]
@@ -91,10 +93,10 @@ class GradNorms(pl.Callback):
 
 @pytest.mark.parametrize("clip", [1e-3, 0.0])
 def test_grad_norm_is_logged_before_clipping(tokenizer, pairs, tmp_path, clip):
-    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(), SoLoRA(), Method(), optim=OptimSettings(lr=1e-3),
-                          logp_chunk_size=LOGP_CHUNK_SIZE)
+    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(beta=2.0, gamma=1.0), RA, SOLOPO,
+                          optim=replace(OPTIM, lr=1e-3), logp_chunk_size=LOGP_CHUNK_SIZE)
     norms = GradNorms()
-    trainer = fit(module, pairs, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path, steps=1,
+    trainer = fit(module, pairs, tokenizer, required_sequences(SOLOPO, RA), tmp_path, steps=1,
                   gradient_clip_val=clip, callbacks=[norms])
     logged = trainer.callback_metrics["train/grad_norm"].item()
     assert logged == pytest.approx(norms.before[0], rel=1e-5) and logged > 10 * 1e-3
@@ -112,23 +114,25 @@ class LoggedRates(pl.Callback):
 
 def test_each_step_logs_the_rate_it_applies(tokenizer, pairs, tmp_path):
     """4 steps, warm-up 0.5 of them (2 steps): 1/3, 2/3 of the peak, then the cosine's 1 and its midpoint's 0.55."""
-    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(), SoLoRA(), Method(),
-                          optim=OptimSettings(lr=1e-3, warmup_ratio=0.5, min_lr_ratio=0.1, schedule_steps=4),
+    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(beta=2.0, gamma=1.0), RA, SOLOPO,
+                          optim=replace(OPTIM, lr=1e-3, warmup_ratio=0.5, min_lr_ratio=0.1, schedule_steps=4),
                           logp_chunk_size=LOGP_CHUNK_SIZE)
     rates = LoggedRates()
-    fit(module, pairs * 2, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path, steps=4, callbacks=[rates])
+    fit(module, pairs * 2, tokenizer, required_sequences(SOLOPO, RA), tmp_path, steps=4, callbacks=[rates])
     assert rates.rates == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 0.55e-3], rel=1e-6)
 
 
 def test_dpo_needs_a_reference(tokenizer):
     with pytest.raises(ValueError, match="DPO needs a reference model"):
-        SoLoPOModule(load_model(TINY, tokenizer), DPO(), SoLoRA(), Method(), logp_chunk_size=LOGP_CHUNK_SIZE)
+        SoLoPOModule(load_model(TINY, tokenizer), DPO(beta=0.1), RA, SOLOPO, optim=OPTIM,
+                     logp_chunk_size=LOGP_CHUNK_SIZE)
 
 
 def test_checkpoints_leave_the_reference_out(tokenizer, pairs, tmp_path):
-    module = SoLoPOModule(load_model(TINY, tokenizer), DPO(), SoLoRA(), Method(),
-                          reference=freeze(load_model(TINY, tokenizer)), logp_chunk_size=LOGP_CHUNK_SIZE)
-    trainer = fit(module, pairs, tokenizer, required_sequences(Method(), SoLoRA()), tmp_path, steps=1)
+    module = SoLoPOModule(load_model(TINY, tokenizer), DPO(beta=0.1), RA, SOLOPO,
+                          reference=freeze(load_model(TINY, tokenizer)), optim=OPTIM,
+                          logp_chunk_size=LOGP_CHUNK_SIZE)
+    trainer = fit(module, pairs, tokenizer, required_sequences(SOLOPO, RA), tmp_path, steps=1)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
     assert state and not [k for k in state if k.startswith("reference.")]
@@ -136,8 +140,9 @@ def test_checkpoints_leave_the_reference_out(tokenizer, pairs, tmp_path):
 
 def test_validation_reports_every_context(tokenizer, pairs, tmp_path):
     """Whatever the method trains on, validation scores chosen and rejected on both contexts."""
-    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(), SoLoRA(), Method("long_po", "long", "long", False),
-                          logp_chunk_size=LOGP_CHUNK_SIZE)
+    module = SoLoPOModule(load_model(TINY, tokenizer), SimPO(beta=2.0, gamma=1.0), RA,
+                          Method(name="long_po", po_context="long", pairs_from="long", use_ra=False),
+                          optim=OPTIM, logp_chunk_size=LOGP_CHUNK_SIZE)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path)
     trainer.validate(module, DataLoader(pairs, batch_size=2, collate_fn=PairCollator(ALL_SEQUENCES, tokenizer.pad_token_id)),

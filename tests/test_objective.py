@@ -1,5 +1,6 @@
 """The objective assembled from algorithm, SoLo-RA and method, on hand-made per-sequence stats."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -7,9 +8,11 @@ import torch
 from solopo.core.algos import DPO, IPO, ORPO, SimPO, Responses
 from solopo.core.objective import Method, SoLoRA, required_sequences, solopo_objective
 
-SHORT_PO = Method("short_po", "short", "short", use_ra=False)
-LONG_PO = Method("long_po", "long", "long", use_ra=False)
-RA_OFF = SoLoRA(alpha=0.0)  # what the baselines' configs select (ra=off): the one switch of the term
+SOLOPO = Method(name="solopo", po_context="short", pairs_from="short", use_ra=True)
+SHORT_PO = Method(name="short_po", po_context="short", pairs_from="short", use_ra=False)
+LONG_PO = Method(name="long_po", po_context="long", pairs_from="long", use_ra=False)
+RA = SoLoRA(alpha=1.0, responses=("chosen",), distance="abs", detach_short=False)  # the paper's form
+RA_OFF = replace(RA, alpha=0.0)  # what the baselines' configs select (ra=off): the one switch of the term
 
 
 def responses(logps, n_tokens, ref=None, grad=False):
@@ -28,10 +31,10 @@ def stats(grad=False):
 
 
 def test_required_sequences():
-    assert required_sequences(Method(), SoLoRA()) == [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]
-    assert required_sequences(Method(), SoLoRA(responses=("chosen", "rejected"))) == [
+    assert required_sequences(SOLOPO, RA) == [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]
+    assert required_sequences(SOLOPO, replace(RA, responses=("chosen", "rejected"))) == [
         ("short", "chosen"), ("short", "rejected"), ("long", "chosen"), ("long", "rejected")]
-    assert required_sequences(Method(), SoLoRA(alpha=0.0)) == [("short", "chosen"), ("short", "rejected")]
+    assert required_sequences(SOLOPO, RA_OFF) == [("short", "chosen"), ("short", "rejected")]
     assert required_sequences(SHORT_PO, RA_OFF) == [("short", "chosen"), ("short", "rejected")]
     assert required_sequences(LONG_PO, RA_OFF) == [("long", "chosen"), ("long", "rejected")]
 
@@ -39,7 +42,7 @@ def test_required_sequences():
 def test_simpo_solopo_by_hand():
     """SimPO beta 2, gamma 1. Short: r_w = 2 * -4/2 = -4, r_l = 2 * -6/3 = -4 -> po = -log sigmoid(-1) = log(1 + e).
     Long chosen: r = 2 * -8/2 = -8 -> gap 4; alpha 0.5 -> loss = log(1 + e) + 2."""
-    out = solopo_objective(SimPO(beta=2.0, gamma=1.0), SoLoRA(alpha=0.5), Method(), stats())
+    out = solopo_objective(SimPO(beta=2.0, gamma=1.0), replace(RA, alpha=0.5), SOLOPO, stats())
     assert out.metrics["po_loss"].item() == pytest.approx(math.log(1 + math.e))
     assert out.metrics["ra_loss"].item() == pytest.approx(4.0)
     assert out.loss.item() == pytest.approx(math.log(1 + math.e) + 2.0)
@@ -51,7 +54,7 @@ def test_simpo_solopo_by_hand():
 def test_dpo_both_responses_by_hand():
     """DPO beta 0.1. Short r_w = 0.1, r_l = 0 -> po = log(1 + e^-0.1). Long r_w = -0.1, r_l = -0.1:
     gaps 0.2 (chosen) and 0.1 (rejected); alpha 3 -> loss = po + 3 * 0.3."""
-    out = solopo_objective(DPO(beta=0.1), SoLoRA(alpha=3.0, responses=("chosen", "rejected")), Method(), stats())
+    out = solopo_objective(DPO(beta=0.1), replace(RA, alpha=3.0, responses=("chosen", "rejected")), SOLOPO, stats())
     po = math.log(1 + math.exp(-0.1))
     assert out.metrics["po_loss"].item() == pytest.approx(po)
     assert out.metrics["ra_loss"].item() == pytest.approx(0.3)
@@ -63,7 +66,7 @@ def test_dpo_both_responses_by_hand():
 def test_trl_named_metrics_by_hand():
     """DPO on short: logps/chosen = -4 and logps/rejected = -6 (summed, the policy's); r_w = 0.1, r_l = 0 ->
     rewards/margins 0.1, rewards/accuracies 1. DPO has no separate loss terms, and nothing is logged under old names."""
-    metrics = solopo_objective(DPO(beta=0.1), SoLoRA(), Method(), stats()).metrics
+    metrics = solopo_objective(DPO(beta=0.1), RA, SOLOPO, stats()).metrics
     assert metrics["logps/chosen"].item() == -4.0 and metrics["logps/rejected"].item() == -6.0
     assert metrics["rewards/margins"].item() == pytest.approx(0.1)
     assert metrics["rewards/accuracies"].item() == 1.0
@@ -88,7 +91,7 @@ def test_long_po_uses_the_long_context_and_no_ra():
 
 
 def test_orpo_solopo_aligns_log_odds():
-    out = solopo_objective(ORPO(lam=0.1), SoLoRA(alpha=1.0), Method(), stats())
+    out = solopo_objective(ORPO(lam=0.1), RA, SOLOPO, stats())
     odds = lambda logp, n: logp / n - math.log(1 - math.exp(logp / n))  # noqa: E731
     assert out.metrics["ra/gap"].item() == pytest.approx(abs(odds(-4, 2) - odds(-8, 2)))
 
@@ -96,12 +99,12 @@ def test_orpo_solopo_aligns_log_odds():
 def test_detach_short_stops_the_gradient_through_the_short_reward():
     for detach, expect_short_grad in ((False, True), (True, False)):
         s = stats(grad=True)
-        out = solopo_objective(SimPO(), SoLoRA(alpha=0.0, detach_short=detach), SHORT_PO, s)
+        out = solopo_objective(SimPO(beta=2.0, gamma=1.0), replace(RA_OFF, detach_short=detach), SHORT_PO, s)
         # short_po runs with ra=off: the short chosen gradient comes from the PO loss alone
         out.loss.backward()
         po_only = s[("short", "chosen")].logps.grad.clone()
         s = stats(grad=True)
-        out = solopo_objective(SimPO(), SoLoRA(alpha=1.0, detach_short=detach), Method(), s)
+        out = solopo_objective(SimPO(beta=2.0, gamma=1.0), replace(RA, detach_short=detach), SOLOPO, s)
         out.loss.backward()
         changed = not torch.allclose(s[("short", "chosen")].logps.grad, po_only)
         assert changed == expect_short_grad
@@ -112,7 +115,7 @@ def test_dpo_without_reference_logps_is_an_error():
     s = stats()
     s[("short", "chosen")] = responses([-4.0], [2])
     with pytest.raises(ValueError, match="reference"):
-        solopo_objective(DPO(), SoLoRA(), Method(), s)
+        solopo_objective(DPO(beta=0.1), RA, SOLOPO, s)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -122,12 +125,12 @@ def test_dpo_without_reference_logps_is_an_error():
 ])
 def test_bad_ra_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        SoLoRA(**kwargs)
+        replace(RA, **kwargs)
 
 
 def test_bad_method_context():
     with pytest.raises(ValueError, match="po_context"):
-        Method(po_context="medium")
+        replace(SOLOPO, po_context="medium")
 
 
 def test_readme_recipe_for_trls_ipo_loss():

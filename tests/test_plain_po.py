@@ -2,6 +2,8 @@
 reports SoLo-RA as not applicable (absent, never 0), and its PO loss is the one a run of the third sequence computes."""
 from pathlib import Path
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -13,18 +15,18 @@ from solopo.data.tokenize import TokenizedPair, tokenize_examples
 from solopo.models.loading import load_model
 from solopo.training.module import SoLoPOModule
 
-from conftest import LOGP_CHUNK_SIZE, TINY
+from conftest import LOGP_CHUNK_SIZE, RA, SOLOPO, TINY
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LONG_PO = Method("long_po", "long", "long", use_ra=False)
 
 
 def test_plain_po_runs_only_the_po_loss_sequences():
-    assert required_sequences(Method(), SoLoRA(), plain_po=True) == [("short", "chosen"), ("short", "rejected")]
+    assert required_sequences(SOLOPO, RA, plain_po=True) == [("short", "chosen"), ("short", "rejected")]
     both = SoLoRA(responses=("chosen", "rejected"))
-    assert required_sequences(Method(), both, plain_po=True) == [("short", "chosen"), ("short", "rejected")]
+    assert required_sequences(SOLOPO, both, plain_po=True) == [("short", "chosen"), ("short", "rejected")]
     assert required_sequences(LONG_PO, SoLoRA(alpha=0.0), plain_po=True) == [("long", "chosen"), ("long", "rejected")]
-    assert len(required_sequences(Method(), SoLoRA())) == 3  # data with long contexts: the third is run
+    assert len(required_sequences(SOLOPO, RA)) == 3  # data with long contexts: the third is run
 
 
 def test_plain_po_is_every_pair_with_one_prompt():
@@ -44,9 +46,9 @@ def test_plain_po_objective_is_the_po_loss_and_reports_no_ra():
     margin 0, loss = -log sigmoid(0 - 1) = log(1 + e) = 1.3133. The long-context run of the same sequences adds
     alpha * |r_short - r_long| = 0 and reports ra_loss = ra/gap = 0; the plain run reports neither."""
     short = {("short", "chosen"): stat(-4.0, 2), ("short", "rejected"): stat(-6.0, 3)}
-    algo, ra = SimPO(beta=2.0, gamma=1.0), SoLoRA(alpha=3.0, distance="abs")
-    plain = solopo_objective(algo, ra, Method(), short, plain_po=True)
-    three = solopo_objective(algo, ra, Method(), {**short, ("long", "chosen"): short[("short", "chosen")]})
+    algo, ra = SimPO(beta=2.0, gamma=1.0), replace(RA, alpha=3.0, distance="abs")
+    plain = solopo_objective(algo, ra, SOLOPO, short, plain_po=True)
+    three = solopo_objective(algo, ra, SOLOPO, {**short, ("long", "chosen"): short[("short", "chosen")]})
     assert plain.loss.item() == pytest.approx(1.3133, abs=1e-4) == three.loss.item()
     assert plain.metrics["po_loss"] == three.metrics["po_loss"]
     assert three.metrics["ra_loss"] == 0 and three.metrics["ra/gap"] == 0
@@ -58,11 +60,11 @@ def test_plain_po_module_step_equals_the_three_sequence_step(tokenizer):
     examples = pairs_format.load(str(FIXTURES / "pairs_plain.jsonl")).train
     tokenized = tokenize_examples(examples, tokenizer, max_length=1024)[0]
     assert plain_po(tokenized)
-    module = SoLoPOModule(load_model(TINY, tokenizer), DPO(), SoLoRA(), Method(), reference=load_model(TINY, tokenizer),
+    module = SoLoPOModule(load_model(TINY, tokenizer), DPO(beta=0.1), RA, SOLOPO, reference=load_model(TINY, tokenizer),
                           logp_chunk_size=LOGP_CHUNK_SIZE, plain_po=True)
-    full = SoLoPOModule(module.policy, DPO(), SoLoRA(), Method(), reference=module.reference,
+    full = SoLoPOModule(module.policy, DPO(beta=0.1), RA, SOLOPO, reference=module.reference,
                         logp_chunk_size=LOGP_CHUNK_SIZE)
-    collate = [PairCollator(required_sequences(Method(), SoLoRA(), plain_po=plain), tokenizer.pad_token_id)
+    collate = [PairCollator(required_sequences(SOLOPO, RA, plain_po=plain), tokenizer.pad_token_id)
                for plain in (True, False)]
     two, three = (collator(tokenized) for collator in collate)
     long_chosen = sum(len(p.prompts["long"]) + len(p.responses["chosen"]) for p in tokenized)

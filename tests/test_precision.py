@@ -1,10 +1,12 @@
 """Inference outside Lightning's loop (reference log-probs, sampling, evaluation) computes under the trainer's
 autocast, as training's forward does; its caches keep runs of different precisions apart."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 from solopo.data.pairs import build_examples
-from solopo.generation.sampling import SamplingSettings, _fingerprint, generate
+from solopo.generation.sampling import _fingerprint, generate
 from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
 from solopo.eval.longctx import greedy_answers
@@ -13,7 +15,7 @@ from solopo.training.precision import autocast, autocast_dtype, resolve_precisio
 from solopo.training.reference import compute_reference_logps
 from solopo.settings.groups import PRECISIONS
 
-from conftest import LOGP_CHUNK_SIZE
+from conftest import LOGP_CHUNK_SIZE, SAMPLING
 
 
 @pytest.mark.parametrize("precision, dtype", [
@@ -49,7 +51,7 @@ def autocast_seen(model) -> list:
 def passes(model, tokenizer, precision):
     """The three inference passes solopo makes outside Lightning's loop, under ``precision``."""
     greedy_answers(model, tokenizer, ["Where?", "Who?"], max_new_tokens=2, batch_size=2, precision=precision)
-    generate(model, tokenizer, ["Where?"], SamplingSettings(k=2, max_new_tokens=2, precision=precision))
+    generate(model, tokenizer, ["Where?"], replace(SAMPLING, k=2, max_new_tokens=2, precision=precision))
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     splits = qa_items(5, 0, seed=1)
     pairs = tokenize_examples(build_examples(splits.train[:2], 160, count, pool=splits.distractors), tokenizer, 1024)[0]
@@ -66,7 +68,7 @@ def test_inference_runs_under_the_trainers_autocast(tiny_model, tokenizer):
 
 
 def test_sampled_pairs_of_other_precisions_are_cached_apart():
-    keys = {_fingerprint("m", SamplingSettings(precision=p), ["Where?"]) for p in ("32-true", "bf16-mixed")}
+    keys = {_fingerprint("m", replace(SAMPLING, precision=p), ["Where?"]) for p in ("32-true", "bf16-mixed")}
     assert len(keys) == 2
 
 

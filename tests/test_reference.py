@@ -14,10 +14,9 @@ from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
 from solopo.models.loading import freeze, load_model
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
-from solopo.core.objective import Method, SoLoRA
 from solopo.training.reference import attach, compute_reference_logps, covering, fingerprint, with_reference_logps
 
-from conftest import LOGP_CHUNK_SIZE, TINY
+from conftest import LOGP_CHUNK_SIZE, OPTIM, RA, SOLOPO, TINY
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +31,10 @@ def test_cached_equals_live_reference(tokenizer, pairs):
     in batches of another size (padding differs)."""
     policy = load_model(TINY, tokenizer)
     table = compute_reference_logps(policy, pairs, ALL_SEQUENCES, tokenizer.pad_token_id, LOGP_CHUNK_SIZE, batch_size=3)
-    live = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), reference=freeze(load_model(TINY, tokenizer)),
-                        logp_chunk_size=LOGP_CHUNK_SIZE)
-    cached = SoLoPOModule(policy, DPO(), SoLoRA(), Method(), cached_reference=True, logp_chunk_size=LOGP_CHUNK_SIZE)
+    live = SoLoPOModule(policy, DPO(beta=0.1), RA, SOLOPO, reference=freeze(load_model(TINY, tokenizer)),
+                        optim=OPTIM, logp_chunk_size=LOGP_CHUNK_SIZE)
+    cached = SoLoPOModule(policy, DPO(beta=0.1), RA, SOLOPO, cached_reference=True, optim=OPTIM,
+                          logp_chunk_size=LOGP_CHUNK_SIZE)
     collate = PairCollator(ALL_SEQUENCES, tokenizer.pad_token_id)
     live_stats = live.sequence_stats(collate(pairs))
     cached_batch = collate(attach(pairs, table))

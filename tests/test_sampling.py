@@ -7,8 +7,10 @@ import pytest
 
 from solopo.cache import DiskCache
 from solopo.generation import sampling
-from solopo.generation.sampling import SamplingSettings, generate, pick_pair, sample_pairs
+from solopo.generation.sampling import generate, pick_pair, sample_pairs
 from solopo.data.schema import PreferenceExample
+
+from conftest import SAMPLING
 
 
 def example(i, answer="Quorath"):
@@ -46,7 +48,7 @@ def test_sample_pairs_keeps_items_with_both_kinds_and_counts_the_rest(tmp_path, 
     outputs = {"short 0": ["Quorath", "Zenna", "quorath city"], "short 1": ["Quorath"] * 3, "short 2": ["no", "x", "y"]}
     run, calls = fake_generate(outputs)
     monkeypatch.setattr(sampling, "generate", run)
-    settings = SamplingSettings(k=3)
+    settings = replace(SAMPLING, k=3)
     kept, summary = sample_pairs([example(i) for i in range(3)], None, None, settings, "short", "m", DiskCache(tmp_path, "pairs"))
     assert [e.id for e in kept] == ["q0"] and kept[0].rejected == "Zenna" and kept[0].chosen in {"Quorath", "quorath city"}
     assert summary["items"] == 3 and summary["kept"] == 1
@@ -65,7 +67,7 @@ def test_a_damaged_sample_cache_is_resampled(tmp_path, monkeypatch, caplog):
     outputs = {"short 0": ["Quorath", "Zenna"]}
     run, calls = fake_generate(outputs)
     monkeypatch.setattr(sampling, "generate", run)
-    settings = SamplingSettings(k=2)
+    settings = replace(SAMPLING, k=2)
     sample_pairs([example(0)], None, None, settings, "short", "m", DiskCache(tmp_path, "pairs"))
     (cache,) = tmp_path.glob("*.json")
     cache.write_text(json.dumps({"samples": [[["only one", True]], [["extra", True]]]}))
@@ -74,7 +76,7 @@ def test_a_damaged_sample_cache_is_resampled(tmp_path, monkeypatch, caplog):
 
 
 def test_generate_with_a_model(tiny_model, tokenizer):
-    settings = SamplingSettings(k=3, max_new_tokens=4, batch_size=6, seed=1)
+    settings = replace(SAMPLING, k=3, max_new_tokens=4, batch_size=6, seed=1)
     out = generate(tiny_model, tokenizer, ["Where?", "Who founded it, and when?", "Why?"], settings)
     assert [len(samples) for samples in out] == [3, 3, 3]
     assert all(isinstance(text, str) and isinstance(done, bool) for x in out for text, done in x)
@@ -87,8 +89,7 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
     for Long-PO, and the summary lands in the data counts."""
     from hydra import compose, initialize_config_dir
 
-    from conftest import ROOT
-    from solopo.models.loading import ModelSpec
+    from conftest import ROOT, SOLOPO, TINY
     from solopo.core.objective import Method
     from solopo.run import make_pairs
     from solopo.settings.build import build_settings
@@ -104,12 +105,13 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
     monkeypatch.setenv("SOLOPO_CACHE", str(tmp_path))
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "data.pairs=sampled", "data.sampling.k=2"])
-    spec = ModelSpec(name="tiny", tokenizer="embedded:smollm2-135m-instruct")
+    spec = replace(TINY, name="tiny", random_init=None)  # weights "from a path", the tiny model given
     from hydra.utils import instantiate
 
     splits = instantiate(cfg.data.source)
     settings = build_settings(cfg)
-    for method, context in ((Method(), "short"), (Method("long_po", "long", "long", False), "long")):
+    for method, context in ((SOLOPO, "short"),
+                               (Method(name="long_po", po_context="long", pairs_from="long", use_ra=False), "long")):
         pairs, counts = make_pairs(cfg, replace(settings, model=spec, method=method), splits, tokenizer, tiny_model)
         assert counts["train"]["sampling"]["context"] == context and seen[-1] == f"sampling pairs ({context} context)"
         assert counts["train"]["pairs"] == counts["train"]["sampling"]["kept"] == 4
@@ -140,7 +142,7 @@ def test_vllm_engine_contract(monkeypatch, tokenizer):
             return [types.SimpleNamespace(outputs=[done, cut]) for _ in texts]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=Params))
-    settings = SamplingSettings(k=2, max_new_tokens=7, engine="vllm")
+    settings = replace(SAMPLING, k=2, max_new_tokens=7, engine="vllm")
     out = sampling.generate_vllm("/models/x", tokenizer, ["Where?"], settings)
     assert out == [[("Quorath", True), ("Zenna is", False)]]
     assert calls["model"] == "/models/x" and calls["params"]["n"] == 2 and calls["params"]["max_tokens"] == 7
@@ -149,7 +151,7 @@ def test_vllm_engine_contract(monkeypatch, tokenizer):
 
 def test_unknown_engine():
     with pytest.raises(ValueError, match="engine=sglang: choose one of"):
-        SamplingSettings(engine="sglang")
+        replace(SAMPLING, engine="sglang")
 
 
 def test_vllm_samples_from_the_run_weights(tokenizer):
@@ -183,7 +185,7 @@ def test_shared_prefix_sampling_draws_what_generate_draws(tokenizer):
     model = load_model(dataclasses.replace(TINY, dtype="float64"), tokenizer).eval()
     ids, mask = left_padded(tokenizer, ["Where is Paris?", "Who wrote the book about the long river?", "Hi"],
                             torch.device("cpu"))
-    settings = SamplingSettings(k=3, max_new_tokens=12, temperature=0.85)
+    settings = replace(SAMPLING, k=3, max_new_tokens=12, temperature=0.85)
     torch.manual_seed(0)
     expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, temperature=0.85,
                               max_new_tokens=12, num_return_sequences=3, pad_token_id=tokenizer.pad_token_id,

@@ -56,7 +56,7 @@ def test_scaling_data_reaches_the_long_contexts_it_is_run_at():
 
     cfg = compose_config(["experiment=scaling", "data.source.n_train=2"])
     splits = instantiate(cfg.data.source)
-    tokenizer = load_tokenizer(ModelSpec(name="x", tokenizer=cfg.model.tokenizer))
+    tokenizer = load_tokenizer(ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True)))
     count = token_counter(tokenizer)
     examples = to_examples(splits.train, 65536, count, pool=splits.distractors)
     assert all(65536 - 64 <= count(e.prompt_long) <= 65536 for e in examples)

@@ -4,19 +4,22 @@ import random
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from solopo.cache import DiskCache
 from solopo.data.schema import PreferenceExample, QAItem
-from solopo.eval.longctx import EvalCase, EvalSettings, score_table
+from solopo.eval.longctx import EvalCase, score_table
 from solopo.eval.runner import cache_key
 from solopo.generation import sampling
-from solopo.generation.sampling import SamplingSettings, pick_pair, sample_pairs
+from solopo.generation.sampling import pick_pair, sample_pairs
 from solopo.scoring import SUB_EM, ExactMatch, FromFunction, Regex, Scorer, SubEM, TokenF1, identity
 from solopo.settings.build import ConfigError, build_settings
-from tests.test_configs import CONF, ROOT
+from conftest import EVAL, SAMPLING
+from test_configs import CONF, ROOT
 
 
 def test_exact_match_and_sub_em():
@@ -80,9 +83,9 @@ def test_sample_pairs_scores_with_the_settings_scorer(tmp_path, monkeypatch):
     monkeypatch.setattr(sampling, "generate", run)
     example = PreferenceExample("q0", "Where?", ("Quorath",), "short 0", "long 0", "", "")
     cache = DiskCache(tmp_path, "pairs")
-    kept, summary = sample_pairs([example], None, None, SamplingSettings(k=2, scorer=ExactMatch()), "short", "m", cache)
+    kept, summary = sample_pairs([example], None, None, replace(SAMPLING, k=2, scorer=ExactMatch()), "short", "m", cache)
     assert kept == [] and summary["dropped"] == {"no_correct": 1, "no_incorrect": 0} and summary["share_correct"] == 0
-    kept, summary = sample_pairs([example], None, None, SamplingSettings(k=2), "short", "m", cache)
+    kept, summary = sample_pairs([example], None, None, replace(SAMPLING, k=2), "short", "m", cache)
     assert kept[0].chosen == "Quorath city" and summary["share_correct"] == 0.5 and len(calls) == 2
 
 
@@ -93,7 +96,7 @@ def test_the_eval_table_and_its_cache_key_follow_the_scorer():
     assert table["cells"][1]["sub_em"] == 0.0 and table["cells"][1]["score"] == pytest.approx(0.8)
     items = [QAItem("x", "Who?", ("A",), ("A did it.",))]
     scorers = [SUB_EM, ExactMatch(), TokenF1(), TokenF1(threshold=0.7), FromFunction(fn="solopo.scoring.f1")]
-    assert len({cache_key("m", items, (), EvalSettings(scorer=s), 2048) for s in scorers}) == len(scorers)
+    assert len({cache_key("m", items, (), replace(EVAL, scorer=s), 2048) for s in scorers}) == len(scorers)
     assert identity(TokenF1(0.7)) == {"scorer": "solopo.scoring.TokenF1", "params": {"threshold": 0.7}}
 
 

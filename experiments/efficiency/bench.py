@@ -10,6 +10,7 @@ memory of the log-prob step alone against context length. Writes markdown + json
 """
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import sys
 import traceback
@@ -20,22 +21,24 @@ from pathlib import Path
 import torch
 
 from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, logp_chunk_size, matching, peak,
-                    previous_rows, put_row, random_ids, release, reset_peak, shape_fields, timed, write_table)
+                    previous_rows, put_row, random_ids, release, reset_peak, shape_fields, shipped, timed, write_table)
 from solopo.core.algos import DPO, SimPO
 from solopo.data.collate import SHARED_PROMPT, PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.step.logps import chunked_token_logps
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
-from solopo.training.module import SoLoPOModule
+from solopo.training.module import OptimSettings, SoLoPOModule
 from solopo.core.objective import Method, SoLoRA, required_sequences
 from solopo.step.batch import Batch
 
+SOLOPO, RA = Method(**shipped("method")), SoLoRA(**shipped("ra"))  # the defaults: method=solopo, ra=chosen (alpha 1)
 METHODS = {
-    "solopo": (Method(), SoLoRA(alpha=1.0)),
-    "solopo_both": (Method(), SoLoRA(alpha=1.0, responses=("chosen", "rejected"))),
-    "long_po": (Method("long_po", "long", "long", use_ra=False), SoLoRA(alpha=0.0)),
+    "solopo": (SOLOPO, RA),
+    "solopo_both": (SOLOPO, dataclasses.replace(RA, responses=("chosen", "rejected"))),
+    "long_po": (Method(name="long_po", po_context="long", pairs_from="long", use_ra=False),
+                dataclasses.replace(RA, alpha=0.0)),
 }
-ALGOS = {"dpo": DPO(beta=0.1), "simpo": SimPO()}
+ALGOS = {"dpo": DPO(beta=0.1), "simpo": SimPO(beta=2.0, gamma=1.0)}
 # How the sequences of a step reach the model: padded = one padded batch per context (SDPA); packed-* = every
 # sequence of the step in one row without padding, attention kept within each sequence by the named kernel.
 VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), "packed-sdpa": ("sdpa", True),
@@ -47,8 +50,8 @@ def model_spec(name: str) -> ModelSpec:
     common = dict(tokenizer="embedded:smollm2-135m-instruct", dtype="bfloat16", gradient_checkpointing=True,
                   max_length=1 << 21)
     if name == "smollm2":
-        return ModelSpec(name="embedded:smollm2-135m-instruct", **common)
-    return ModelSpec(name=name, random_init=shape_fields(name), **common)
+        return ModelSpec(**{**shipped("model"), **common})
+    return ModelSpec(**{**shipped("model"), **common, "name": name, "random_init": shape_fields(name)})
 
 
 def load_policy(spec: ModelSpec, tokenizer):
@@ -94,7 +97,9 @@ def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, p
     method, ra = METHODS[method_name]
     keys = required_sequences(method, ra)
     batch = PairCollator(keys, pad_id, pack=pack)([pair]).to(DEVICE)
-    module = SoLoPOModule(policy, algo, ra, method, cached_reference=True, logp_chunk_size=logp_chunk_size())
+    # optim: the run's settings, which this module never uses: TrainStep steps the bench's own AdamW
+    module = SoLoPOModule(policy, algo, ra, method, cached_reference=True, optim=OptimSettings(**shipped("optim")),
+                          logp_chunk_size=logp_chunk_size())
     return TrainStep(module, optimizer, batch), keys, batch.n_tokens
 
 

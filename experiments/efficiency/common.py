@@ -43,6 +43,18 @@ def shape_fields(name: str) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
+def shipped(key: str) -> dict:
+    """The fields the shipped default config (``python -m solopo.run``, no overrides) gives the group ``key``, resolved,
+    Hydra's keys aside: a benchmark's settings start from their one owner, the config."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        node = OmegaConf.to_container(compose("config")[key], resolve=True)
+    return {k: v for k, v in node.items() if not k.startswith("_")}
+
+
+@functools.lru_cache(maxsize=None)
 def logp_chunk_size() -> int:
     """Response tokens per chunk of LM head + log-softmax, as the runs use it: the config's value (its one owner)."""
     from hydra import compose, initialize_config_dir

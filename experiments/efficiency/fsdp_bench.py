@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench import make_pair, model_spec
-from common import DEVICE, Shape, environment, is_oom, logp_chunk_size, release, write_table
+from common import DEVICE, Shape, environment, is_oom, logp_chunk_size, release, shipped, write_table
 from solopo.core.algos import DPO
 from solopo.data.collate import PairCollator
 from solopo.training.distributed import FSDP2Strategy
@@ -51,7 +51,7 @@ class StepClock(pl.Callback):
 def cell(model_name: str, long: int, strategy: str, reference: str, warmup: int, steps: int) -> dict:
     spec = model_spec(model_name)
     tokenizer = load_tokenizer(spec)
-    method, ra = Method(), SoLoRA(alpha=1.0)
+    method, ra = Method(**shipped("method")), SoLoRA(**shipped("ra"))  # method=solopo, ra=chosen (alpha 1)
     keys = required_sequences(method, ra)
     pair = make_pair(1024, long, 64)
     if reference == "live":
@@ -61,7 +61,7 @@ def cell(model_name: str, long: int, strategy: str, reference: str, warmup: int,
         policy = load_model(spec, tokenizer, seed=0)
         live = freeze(load_model(spec, tokenizer, seed=0)) if reference == "live" else None
     module = SoLoPOModule(policy, DPO(beta=0.1), ra, method, reference=live, cached_reference=reference == "cached",
-                          optim=OptimSettings(lr=1e-6), logp_chunk_size=logp_chunk_size())
+                          optim=OptimSettings(**{**shipped("optim"), "lr": 1e-6}), logp_chunk_size=logp_chunk_size())
     shape = Shape.of(policy.config)
     clock = StepClock(warmup)
     trainer = pl.Trainer(accelerator="gpu", devices=1, strategy=FSDP2Strategy() if strategy == "fsdp" else "auto",

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from solopo.data.pairs import build_examples
 from solopo.generation.sampling import SamplingSettings, sample_pairs
@@ -36,13 +37,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    spec = ModelSpec(name="embedded:smollm2-135m-instruct")
+    conf = Path(__file__).resolve().parents[2] / "solopo" / "conf"  # the defaults' one owner
+    spec = ModelSpec(**OmegaConf.to_container(OmegaConf.load(conf / "model" / "smollm2_135m.yaml")))
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
     splits = qa_items(args.items, 0, seed=args.seed)
     count = token_counter(tokenizer)
     examples = build_examples(splits.train, args.long_len, count, pairs="sampled", seed=args.seed, pool=splits.distractors)
-    settings = SamplingSettings(k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    sampling = OmegaConf.to_container(OmegaConf.load(conf / "data" / "qa.yaml").sampling)  # data=qa's
+    settings = SamplingSettings(**{**sampling, "k": args.k, "max_new_tokens": args.max_new_tokens, "seed": args.seed})
     rows = []
     for context in ("short", "long"):
         _, summary = sample_pairs(examples, model, tokenizer, settings, context, json.dumps([spec.name]))

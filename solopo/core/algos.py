@@ -50,11 +50,11 @@ def _ref(responses: Responses) -> Tensor:
     return responses.ref_logps
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DPO:
     """Direct Preference Optimisation. beta: KL strength (0.1 is the common default)."""
 
-    beta: float = 0.1
+    beta: float
     needs_reference: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -73,11 +73,11 @@ class DPO:
         return {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CDPO(DPO):
     """Conservative DPO: DPO with label smoothing eps (the chance a label is flipped)."""
 
-    label_smoothing: float = 0.1
+    label_smoothing: float
 
     def problems(self) -> Problems:
         return super().problems() + number("label_smoothing", self.label_smoothing, 0, 0.5)
@@ -86,7 +86,7 @@ class CDPO(DPO):
         return losses.cdpo_loss(chosen_rewards, rejected_rewards, self.label_smoothing)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IPO(DPO):
     """Identity Preference Optimisation: a squared loss aiming at a margin of 1/(2 beta)."""
 
@@ -94,12 +94,12 @@ class IPO(DPO):
         return losses.ipo_loss(chosen_rewards, rejected_rewards, self.beta)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SimPO:
     """SimPO: reference-free, length-normalised reward; gamma is the margin in reward units."""
 
-    beta: float = 2.0
-    gamma: float = 1.0
+    beta: float
+    gamma: float
     needs_reference: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -115,11 +115,11 @@ class SimPO:
         return {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ORPO:
     """ORPO: chosen-response NLL plus lam times the odds-ratio loss; reference-free."""
 
-    lam: float = 0.1
+    lam: float
     needs_reference: ClassVar[bool] = False
 
     def __post_init__(self) -> None:

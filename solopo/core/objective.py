@@ -24,7 +24,7 @@ CHOSEN, REJECTED = "chosen", "rejected"
 Key = tuple[str, str]  # (context, response), e.g. ("long", "chosen")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
     """Which contexts the PO loss and the pairs use, and whether the method has a SoLo-RA term.
 
@@ -35,17 +35,17 @@ class Method:
                 only ``SoLoRA.alpha`` (the one switch); solopo.settings refuses a positive alpha with a baseline.
     """
 
-    name: str = "solopo"
-    po_context: str = SHORT
-    pairs_from: str = SHORT
-    use_ra: bool = True
+    name: str
+    po_context: str
+    pairs_from: str
+    use_ra: bool
 
     def __post_init__(self) -> None:
         refuse(one_of("po_context", self.po_context, (SHORT, LONG)) + one_of("pairs_from", self.pairs_from, (SHORT, LONG))
                + flag("use_ra", self.use_ra))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SoLoRA:
     """The short-to-long reward alignment term.
 
@@ -55,10 +55,10 @@ class SoLoRA:
     detach_short: stop the gradient through the short-context reward (ablation)
     """
 
-    alpha: float = 1.0
-    responses: tuple[str, ...] = (CHOSEN,)
-    distance: str = "abs"
-    detach_short: bool = False
+    alpha: float
+    responses: tuple[str, ...]
+    distance: str
+    detach_short: bool
 
     def __post_init__(self) -> None:
         responses = self.responses

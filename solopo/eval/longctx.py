@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SHORT = "short"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalSettings:
     """lengths: context lengths in tokens ("short" = the evidence alone); depths: where the evidence
     block sits in the long contexts; greedy answers of up to max_new_tokens, batch_size at a time;
@@ -39,17 +39,17 @@ class EvalSettings:
     every_n_steps: also evaluate during training every N optimizer steps (solopo.training.eval_callback), and with
     keep_best the weights of the best such step become the run's trained model."""
 
-    lengths: tuple = (SHORT, 1024, 2048, 4096, 8192)
-    depths: tuple[float, ...] = (0.0, 0.5, 1.0)
-    max_new_tokens: int = 32
-    batch_size: int = 8
-    seed: int = 0
-    template: str = "direct"
-    engine: str = "transformers"
+    lengths: tuple
+    depths: tuple[float, ...]
+    max_new_tokens: int
+    batch_size: int
+    engine: str
+    seed: int  # the run's: solopo.settings passes seed, data.template and the trainer's precision
+    template: str
+    scorer: Scorer
+    every_n_steps: int | None
+    keep_best: bool
     precision: str = "32-true"
-    scorer: Scorer = SUB_EM
-    every_n_steps: int | None = None
-    keep_best: bool = False
 
     def __post_init__(self) -> None:
         lengths, depths = self.lengths, self.depths

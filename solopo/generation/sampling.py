@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 ENGINES = ("transformers", "vllm")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
     """k samples per prompt at this temperature (the paper: 32 at 0.85), up to max_new_tokens each;
     batch_size bounds the sequences generated at once (transformers engine); seed makes the samples
@@ -42,14 +42,14 @@ class SamplingSettings:
     trainer's (Lightning's name), whose autocast the transformers engine samples under; scorer: scores each
     sample against the gold answers and says which are correct (solopo.scoring)."""
 
-    k: int = 32
-    temperature: float = 0.85
-    max_new_tokens: int = 32
-    batch_size: int = 64
-    seed: int = 0
-    engine: str = "transformers"
-    precision: str = "32-true"
-    scorer: Scorer = SUB_EM
+    k: int
+    temperature: float
+    max_new_tokens: int
+    batch_size: int
+    seed: int
+    engine: str
+    scorer: Scorer
+    precision: str = "32-true"  # solopo.settings passes the trainer's
 
     def __post_init__(self) -> None:
         refuse(scorer_problems(self.scorer) + one_of("engine", self.engine, ENGINES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -22,7 +22,7 @@ SAVE_MODEL = (False, True, "merged")  # save_model: off | the policy (LoRA: its 
 varlen.register()  # attn_implementation="solopo_varlen"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """name: "embedded:smollm2-135m-instruct", an HF id or a local directory.
     tokenizer: where the tokenizer comes from (default: name).
@@ -38,16 +38,16 @@ class ModelSpec:
     """
 
     name: str
-    tokenizer: Optional[str] = None
-    random_init: Optional[dict[str, Any]] = None
-    init_device: str = "cpu"
-    max_length: int = 8192
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"
-    trust_remote_code: bool = False
-    lora: Optional[dict[str, Any]] = None
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained as is
+    tokenizer: Optional[str]
+    random_init: Optional[dict[str, Any]]
+    init_device: str
+    max_length: int
+    dtype: str
+    gradient_checkpointing: bool
+    attn_implementation: str
+    trust_remote_code: bool
+    lora: Optional[dict[str, Any]]
+    extra: dict[str, Any]  # passed to from_pretrained as is
 
     def __post_init__(self) -> None:
         refuse(number("max_length", self.max_length, 1, integer=True) + one_of("dtype", self.dtype, DTYPES)

@@ -27,7 +27,7 @@ from solopo.generation.vllm_engine import import_vllm
 from solopo.models.loading import ModelSpec
 from solopo.scoring import FromFunction, as_scorer
 from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
-from solopo.settings.groups import check_data, check_run, check_trainer, target, unknown_options
+from solopo.settings.groups import check_data, check_run, check_trainer, missing_options, target, unknown_options
 from solopo.settings.rules import cross_group_rules
 from solopo.preflight import stop
 from solopo.training.module import OptimSettings
@@ -65,9 +65,9 @@ def plain(cfg: DictConfig, key: str) -> dict:
 
 def built(group: str, make, node: dict, problems: Problems) -> Any:
     """``make(**node)``, or None with the dataclass's problems appended under ``group``'s keys."""
-    unknown = unknown_options(group, make, node)
-    if unknown:
-        problems += unknown
+    wrong = unknown_options(group, make, node) + missing_options(group, make, node)
+    if wrong:
+        problems += wrong
         return None
     try:
         return make(**{k: v for k, v in node.items() if not k.startswith("_")})
@@ -145,15 +145,19 @@ def build_eval(cfg: DictConfig, precision: str, problems: Problems) -> Optional[
     if fields is None:
         return None
     problems += unknown_options("eval", EvalSettings, {k: v for k, v in fields.items() if k not in FROM_ELSEWHERE})
-    template = OmegaConf.select(cfg, "data.template", default="direct")
+    fields.update(seed=cfg.seed, template=OmegaConf.select(cfg, "data.template", default="direct"), precision=precision)
+    missing = missing_options("eval", EvalSettings, fields)
+    problems += missing
+    if missing:
+        return None
     try:
-        settings = EvalSettings(**{**fields, "seed": cfg.seed, "template": template, "precision": precision})
+        settings = EvalSettings(**fields)
     except SettingsError as err:
         problems += [f"data.{p}" if p.startswith("template=") else f"eval.{p}" for p in err.problems]
         return None
     except TypeError:  # an unknown option, reported above
         return None
-    if settings.engine == "vllm" and node.get("enabled", True):
+    if settings.engine == "vllm" and node.get("enabled"):
         try:
             import_vllm("eval.engine")
         except RuntimeError as err:

@@ -35,6 +35,16 @@ def unknown_options(key: str, target: Callable, node: dict, taken_too: Iterable[
     return problems
 
 
+def missing_options(key: str, target: Callable, node: dict) -> Problems:
+    """Options ``target`` requires that ``node`` leaves out: a settings field's default is written once, in its
+    config group, so a hand-written group file must give every key the shipped one gives."""
+    params = inspect.signature(target).parameters.values()
+    missing = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and p.name not in node and p.name != "self"]
+    return [f"{key}: missing {', '.join(missing)}; {target.__qualname__} needs them (see the shipped files in "
+            "solopo/conf)"] if missing else []
+
+
 def target(key: str, node: dict, catalogue: Iterable[str] = ()) -> tuple[Optional[Any], Problems]:
     """The class or function ``node._target_`` names, and what is wrong with it or with the options given to it."""
     module, _, name = str(node.get("_target_")).rpartition(".")

@@ -21,7 +21,7 @@ class NumericalGuard(pl.Callback):
     The verdict is reduced across ranks (each holds its own loss, and under FSDP its own gradient shards), so all
     ranks skip and stop together."""
 
-    def __init__(self, max_consecutive: int = 3):
+    def __init__(self, max_consecutive: int):
         if max_consecutive < 1:
             raise ValueError(f"faults.max_consecutive_bad_steps must be >= 1, got {max_consecutive}")
         self.max_consecutive = max_consecutive

@@ -25,16 +25,16 @@ from solopo.training.step_means import StepMeans
 ALL_SEQUENCES = [(SHORT, CHOSEN), (SHORT, REJECTED), (LONG, CHOSEN), (LONG, REJECTED)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OptimSettings:
     """AdamW with linear warm-up then cosine decay to min_lr_ratio * lr."""
 
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.1
-    schedule_steps: Optional[int] = None  # the schedule's length; None: the steps this fit will take
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_ratio: float
+    min_lr_ratio: float
+    schedule_steps: Optional[int]  # the schedule's length; None: the steps this fit will take
 
     def __post_init__(self) -> None:
         betas = self.betas
@@ -54,8 +54,8 @@ class SoLoPOModule(pl.LightningModule):
         ra: SoLoRA,
         method: Method,
         reference: Optional[nn.Module] = None,
-        optim: OptimSettings = OptimSettings(),
         *,
+        optim: OptimSettings,
         logp_chunk_size: int,
         cached_reference: bool = False,
         adapter_reference: bool = False,

@@ -15,11 +15,12 @@ import pytest
 from solopo.cache import DiskCache, atomic_write_text, digest
 from solopo.data.schema import QAItem
 from solopo.eval import runner
-from solopo.eval.longctx import EvalSettings
 from solopo.generation import sampling
 from shared_cache import ROWS, ask_for_one_entry
 
-SETTINGS = EvalSettings(lengths=("short", 256))
+from conftest import EVAL
+
+SETTINGS = dataclasses.replace(EVAL, lengths=("short", 256))
 TABLE = {"by_length": {"short": 1.0, "256": 0.5}, "average_long": 0.5, "cells": [{}, {}], "average": 0.75}
 ITEMS = [QAItem("q0", "Where was Ada born?", ("Quorath",), ("Ada was born in Quorath.",))]
 

@@ -1,6 +1,6 @@
 """The NaN guard: a step with a non-finite loss or gradient changes no weight and is counted, isolated bad steps let
 the run go on, and max_consecutive_bad_steps of them in a row stop it with a message naming steps and causes."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import pytorch_lightning as pl
@@ -14,11 +14,11 @@ from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
 from solopo.training.faults import NumericalGuard
 from solopo.models.loading import load_model
-from solopo.training.module import OptimSettings, SoLoPOModule
-from solopo.core.objective import Method, SoLoRA, required_sequences
+from solopo.training.module import SoLoPOModule
+from solopo.core.objective import required_sequences
 from support import results, run
 
-from conftest import LOGP_CHUNK_SIZE, TINY
+from conftest import LOGP_CHUNK_SIZE, OPTIM, RA, SOLOPO, TINY
 
 pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 NAN = float("nan")
@@ -31,7 +31,7 @@ class FaultyAlgo:
 
     nan_loss: set = field(default_factory=set)
     step: int = 0
-    base: SimPO = field(default_factory=SimPO)
+    base: SimPO = field(default_factory=lambda: SimPO(beta=2.0, gamma=1.0))
     needs_reference = False
 
     def reward(self, responses):
@@ -73,12 +73,12 @@ def pairs(tokenizer):
 
 
 def fit(tokenizer, pairs, tmp_path, algo, steps, nan_grad=()):
-    module = SoLoPOModule(load_model(TINY, tokenizer, seed=0), algo, SoLoRA(), Method(), optim=OptimSettings(lr=1e-3),
+    module = SoLoPOModule(load_model(TINY, tokenizer, seed=0), algo, RA, SOLOPO, optim=replace(OPTIM, lr=1e-3),
                           logp_chunk_size=LOGP_CHUNK_SIZE)
     watched = dict(module.named_parameters())[WATCHED]
     watched.register_hook(lambda grad: grad * NAN if algo.step in nan_grad else grad)
     guard, weights = NumericalGuard(max_consecutive=3), Weights()
-    loader = DataLoader(pairs, batch_size=1, collate_fn=PairCollator(required_sequences(Method(), SoLoRA()),
+    loader = DataLoader(pairs, batch_size=1, collate_fn=PairCollator(required_sequences(SOLOPO, RA),
                                                                      tokenizer.pad_token_id))
     trainer = pl.Trainer(accelerator="cpu", max_steps=steps, max_epochs=-1, gradient_clip_val=1.0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
