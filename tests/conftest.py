@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from solopo.core.objective import Method, SoLoRA
@@ -38,10 +39,18 @@ def default_config():
 
 LOGP_CHUNK_SIZE = shipped("logp_chunk_size")
 SOLOPO, RA, OPTIM = Method(**shipped("method")), SoLoRA(**shipped("ra")), OptimSettings(**shipped("optim"))
-SAMPLING = SamplingSettings(**shipped("data.sampling"))  # data=qa's; tests vary it with dataclasses.replace
+
+
+def shipped_scorer(key: str):
+    """The scorer a shipped config group names (``key``: data.sampling or eval), instantiated."""
+    return instantiate(OmegaConf.select(default_config(), f"{key}.scorer"))
+
+
+# data=qa's sampling; tests vary it with dataclasses.replace
+SAMPLING = SamplingSettings(**{**shipped("data.sampling"), "scorer": shipped_scorer("data.sampling")})
 # EvalSettings' fields: the eval group's, the run's seed and the data's prompt template.
-EVAL = EvalSettings(**{k: v for k, v in shipped("eval").items() if k not in ("enabled", "n_items", "vllm")},
-                    seed=shipped("seed"), template=shipped("data.template"))
+EVAL = EvalSettings(**{k: v for k, v in shipped("eval").items() if k not in ("enabled", "n_items", "vllm", "scorer")},
+                    scorer=shipped_scorer("eval"), seed=shipped("seed"), template=shipped("data.template"))
 # A 2-layer llama of model=tiny's kind, with shorter positions (the tests' sequences are short).
 TINY = ModelSpec(**{**shipped("model"), "name": "tiny-random-llama", "tokenizer": "embedded:smollm2-135m-instruct",
                     "random_init": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,

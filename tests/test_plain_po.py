@@ -8,24 +8,24 @@ import pytest
 import torch
 
 from solopo.core.algos import DPO, Responses, SimPO
-from solopo.core.objective import Method, SoLoRA, required_sequences, solopo_objective
+from solopo.core.objective import required_sequences, solopo_objective
 from solopo.data.collate import PairCollator, plain_po
 from solopo.data.formats import pairs as pairs_format
 from solopo.data.tokenize import TokenizedPair, tokenize_examples
 from solopo.models.loading import load_model
 from solopo.training.module import SoLoPOModule
 
-from conftest import LOGP_CHUNK_SIZE, RA, SOLOPO, TINY
+from conftest import LOGP_CHUNK_SIZE, OPTIM, RA, SOLOPO, TINY
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-LONG_PO = Method("long_po", "long", "long", use_ra=False)
+LONG_PO = replace(SOLOPO, name="long_po", po_context="long", pairs_from="long", use_ra=False)
 
 
 def test_plain_po_runs_only_the_po_loss_sequences():
     assert required_sequences(SOLOPO, RA, plain_po=True) == [("short", "chosen"), ("short", "rejected")]
-    both = SoLoRA(responses=("chosen", "rejected"))
+    both = replace(RA, responses=("chosen", "rejected"))
     assert required_sequences(SOLOPO, both, plain_po=True) == [("short", "chosen"), ("short", "rejected")]
-    assert required_sequences(LONG_PO, SoLoRA(alpha=0.0), plain_po=True) == [("long", "chosen"), ("long", "rejected")]
+    assert required_sequences(LONG_PO, replace(RA, alpha=0.0), plain_po=True) == [("long", "chosen"), ("long", "rejected")]
     assert len(required_sequences(SOLOPO, RA)) == 3  # data with long contexts: the third is run
 
 
@@ -61,9 +61,9 @@ def test_plain_po_module_step_equals_the_three_sequence_step(tokenizer):
     tokenized = tokenize_examples(examples, tokenizer, max_length=1024)[0]
     assert plain_po(tokenized)
     module = SoLoPOModule(load_model(TINY, tokenizer), DPO(beta=0.1), RA, SOLOPO, reference=load_model(TINY, tokenizer),
-                          logp_chunk_size=LOGP_CHUNK_SIZE, plain_po=True)
+                          optim=OPTIM, logp_chunk_size=LOGP_CHUNK_SIZE, plain_po=True)
     full = SoLoPOModule(module.policy, DPO(beta=0.1), RA, SOLOPO, reference=module.reference,
-                        logp_chunk_size=LOGP_CHUNK_SIZE)
+                        optim=OPTIM, logp_chunk_size=LOGP_CHUNK_SIZE)
     collate = [PairCollator(required_sequences(SOLOPO, RA, plain_po=plain), tokenizer.pad_token_id)
                for plain in (True, False)]
     two, three = (collator(tokenized) for collator in collate)
