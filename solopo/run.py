@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 import solopo
 from solopo.training.callbacks import Preemption, Throughput
 from solopo.data.collate import PairCollator
-from solopo.data.pairs import to_examples
+from solopo.data.pairs import UnusableItem, to_examples
 from solopo.generation.sampling import sample_pairs
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import token_counter, tokenize_examples
@@ -39,10 +39,11 @@ from solopo.training.distributed import check_strategy, local_gpu
 from solopo.training.faults import NumericalGuard
 from solopo.training.loggers import finish, wandb_labels
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
-                           save_policy, weights_path, with_lora)
+                                   save_policy, source_problems, weights_path, with_lora)
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule, intended_warnings_silenced
 from solopo.core.objective import required_sequences
-from solopo.settings.build import Settings, build_settings, load_source, stop_on_config_errors, vllm_args
+from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source, stop_on_config_errors,
+                                   vllm_args)
 from solopo.training.precision import weights_dtype
 from solopo.training.reference import with_reference_logps
 from solopo.training.resume import LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path
@@ -86,18 +87,30 @@ def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
     return saved_weights(policy, tokenizer) if spec.random_init is not None else contextlib.nullcontext(weights_path(spec))
 
 
-def make_pairs(cfg: DictConfig, settings: Settings, splits, tokenizer, policy) -> tuple[dict[str, list], dict]:
+def make_examples(cfg: DictConfig, splits, tokenizer) -> dict[str, list]:
+    """Each split's examples with their short and long contexts, built with the tokenizer alone, so an item that
+    cannot make a pair at these lengths stops the run in one line before the model loads. Each split's long
+    contexts draw on its own passages where the source keeps them apart (built-in QA)."""
+    count_tokens = token_counter(tokenizer)
+    source = f"data.path={cfg.data.path}" if "path" in cfg.data else f"data={choice(cfg, 'data')}"
+    try:
+        return {split: to_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
+                                   pool=pool, template=cfg.data.get("template", "direct"),
+                                   short_len=cfg.data.get("short_len"))
+                for split, items, pool in (("train", splits.train, splits.distractors),
+                                           ("val", splits.val, splits.val_distractors or splits.distractors))}
+    except UnusableItem as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[str, list], tokenizer,
+               policy) -> tuple[dict[str, list], dict]:
     """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled), and what was
     built, sampled or skipped."""
-    count_tokens = token_counter(tokenizer)
     spec, sampling = settings.model, settings.sampling
     pairs, counts = {}, {}
-    # Each split's long contexts draw on its own passages where the source keeps them apart (built-in QA).
-    for split, items, pool in (("train", splits.train, splits.distractors),
-                               ("val", splits.val, splits.val_distractors or splits.distractors)):
-        examples = to_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
-                               pool=pool, template=cfg.data.get("template", "direct"),
-                               short_len=cfg.data.get("short_len"))
+    for split, items in (("train", splits.train), ("val", splits.val)):
+        examples = examples_of[split]
         counts[split] = {}
         if cfg.data.pairs == "sampled" and not isinstance(items[0], PreferenceExample):
             policy.to(compute_device(cfg))
@@ -178,11 +191,10 @@ def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: 
     return instantiate(cfg.trainer, logger=make_logger(cfg, settings.ra.alpha, resume), callbacks=callbacks, **overrides)
 
 
-def load_models(cfg: DictConfig, settings: Settings):
-    """The tokenizer, the policy (with its LoRA adapter) and a live reference, or None where the reference is cached
-    log-probs, the policy without its adapter, or not needed; and whether it is cached."""
+def load_models(cfg: DictConfig, settings: Settings, tokenizer):
+    """The policy (with its LoRA adapter) and a live reference, or None where the reference is cached log-probs, the
+    policy without its adapter, or not needed; and whether it is cached."""
     spec, algo = settings.model, settings.algo
-    tokenizer = load_tokenizer(spec)
     cached = algo.needs_reference and cfg.reference == "cached"
     policy = load_model(spec, tokenizer, seed=cfg.seed)
     if spec.lora:
@@ -197,7 +209,7 @@ def load_models(cfg: DictConfig, settings: Settings):
     if settings.precision.endswith("-mixed") and (half := half_precision_trained(policy)):
         log.warning("%.1fM trained parameters are %s, with no fp32 master copy under %s: most small updates are lost; "
                     "model.dtype=float32 keeps fp32 weights under it", half / 1e6, spec.dtype, settings.precision)
-    return tokenizer, policy, reference, cached
+    return policy, reference, cached
 
 
 def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pairs: dict, keys: dict) -> dict:
@@ -253,10 +265,14 @@ def train(cfg: DictConfig) -> dict:
     ra, train_keys = settings.ra, required_sequences(settings.method, settings.ra)
     log.info("method %s, %s, SoLo-RA alpha=%s on %s; sequences per pair: %s", settings.method.name,
              type(settings.algo).__name__, ra.alpha, ",".join(ra.responses), ", ".join("/".join(k) for k in train_keys))
-    tokenizer, policy, reference, cached = load_models(cfg, settings)
+    if problems := source_problems(settings.model):
+        raise ConfigError("; ".join(problems))
+    tokenizer = load_tokenizer(settings.model)
+    examples = make_examples(cfg, splits, tokenizer)
+    policy, reference, cached = load_models(cfg, settings, tokenizer)
     model_done = time.perf_counter()
 
-    pairs, data_counts = make_pairs(cfg, settings, splits, tokenizer, policy)
+    pairs, data_counts = make_pairs(cfg, settings, splits, examples, tokenizer, policy)
     log.info("data: %s", data_counts)
     if note := repeats_note(len(pairs["train"]), cfg.trainer.max_steps,
                             cfg.data.batch_size * cfg.trainer.accumulate_grad_batches):

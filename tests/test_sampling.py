@@ -90,7 +90,7 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
     from conftest import ROOT
     from solopo.models.loading import ModelSpec
     from solopo.core.objective import Method
-    from solopo.run import make_pairs
+    from solopo.run import make_examples, make_pairs
     from solopo.settings.build import build_settings
 
     seen = []
@@ -110,7 +110,8 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
     splits = instantiate(cfg.data.source)
     settings = build_settings(cfg)
     for method, context in ((Method(), "short"), (Method("long_po", "long", "long", False), "long")):
-        pairs, counts = make_pairs(cfg, replace(settings, model=spec, method=method), splits, tokenizer, tiny_model)
+        pairs, counts = make_pairs(cfg, replace(settings, model=spec, method=method), splits,
+                                   make_examples(cfg, splits, tokenizer), tokenizer, tiny_model)
         assert counts["train"]["sampling"]["context"] == context and seen[-1] == f"sampling pairs ({context} context)"
         assert counts["train"]["pairs"] == counts["train"]["sampling"]["kept"] == 4
         assert counts["train"]["sampling"]["share_correct"] == 0.5

@@ -3,6 +3,7 @@ loggers continuing where an interrupted run left off when it is resumed (ckpt_pa
 from __future__ import annotations
 
 import csv
+import logging
 import netrc
 import os
 import re
@@ -14,6 +15,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
 
+log = logging.getLogger(__name__)
 WANDB_RUN_ID_FILE = "wandb_run_id"
 TAGGED_GROUPS = ("algo", "ra", "method", "data", "model")  # config groups a run is tagged with
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -60,8 +62,12 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
                  group: Optional[str] = None, tags: Optional[list[str]] = None, resume: bool = False, **kwargs):
     """A WandbLogger; mode "auto" runs online only when an API key is configured, so a run
     never stops to ask for a login and offline runs can be uploaded later with `wandb sync`.
+    A key that wandb refuses (malformed, revoked) or a server it cannot reach does not stop the run either: the
+    run logs offline with a one-line warning, as losing hours of training to a logging key would cost more than
+    the upload it postpones.
     The run id is kept in <save_dir>/wandb_run_id: a resumed run (resume=True) logs to the same wandb run."""
     from pytorch_lightning.loggers import WandbLogger
+    from wandb.errors import CommError, UsageError
 
     if mode not in ("auto", "online", "offline"):
         raise ValueError(f"logger.mode={mode!r}; choose auto, online or offline")
@@ -71,8 +77,18 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     id_file.parent.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run_id + "\n")
     # WandbLogger asks wandb for resume="allow": the id continues its run when there is one, else starts it.
-    return WandbLogger(project=project, save_dir=save_dir, offline=offline, name=name, group=group, tags=tags,
-                       id=run_id, **kwargs)
+    options = dict(project=project, save_dir=save_dir, name=name, group=group, tags=tags, id=run_id, **kwargs)
+    logger = WandbLogger(offline=offline, **options)
+    if offline:
+        return logger
+    try:
+        logger.experiment  # wandb.init, where a refused key or an unreachable server shows
+    except (CommError, UsageError) as err:  # CommError covers AuthenticationError
+        log.warning("wandb could not log online (%s): logging offline instead; `wandb sync %s/wandb` uploads the run "
+                    "once WANDB_API_KEY is fixed", str(err).splitlines()[0], save_dir)
+        # mode= as well: wandb's session already read the key, and offline=True alone leaves it checking the key
+        return WandbLogger(offline=True, mode="offline", **options)
+    return logger
 
 
 class _AppendingWriter(ExperimentWriter):
