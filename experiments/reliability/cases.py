@@ -313,44 +313,49 @@ def run_all(checkout: Path, out: Path, only: Optional[str]) -> None:
                HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True,
                             text=True).stdout.strip()
-    results = []
+    results = json.loads(out.read_text())["results"] if only and out.is_file() else []
     for case in CASES:
         if only and only not in case.name:
             continue
         started = time.time()
         problem, status = run_case(case, checkout, env)
-        results.append({"category": case.category, "name": case.name, "ok": not problem, "problem": problem,
-                        "exit": status,
-                        "seconds": round(time.time() - started, 1)})
-        print(("ok    " if not problem else "FAIL  ") + f"{case.category}: {case.name} {problem}", flush=True)
-    if only and out.is_file():  # a rerun of some cases replaces their rows in an earlier result
-        fresh = {r["name"]: r for r in results}
-        results = [fresh.pop(r["name"], r) for r in json.loads(out.read_text())["results"]] + list(fresh.values())
-    out.write_text(json.dumps({"commit": commit, "machine": f"{platform.node()} {platform.machine()}, "
-                               f"{os.cpu_count()} CPUs, {platform.python_version()}", "results": results}, indent=1))
+        row = {"category": case.category, "name": case.name, "ok": not problem, "problem": problem, "exit": status,
+               "seconds": round(time.time() - started, 1)}
+        # a rerun of some cases replaces their rows; the file is rewritten after every case, so a cut run keeps its rows
+        results = [r for r in results if r["name"] != case.name] + [row]
+        print(("ok    " if not problem else "FAIL  ") + f"{case.category}: {case.name} (exit {status}) {problem}",
+              flush=True)
+        out.write_text(json.dumps({"commit": commit, "machine": f"{platform.node()} {platform.machine()}, "
+                                   f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+                                   "results": results}, indent=1))
 
 
 def table(before: dict, after: dict) -> str:
     """Markdown: per category, cases tried and behaved well before and after; then every case."""
-    lines = [f"| category | cases | behaved well before ({before['commit']}) | after ({after['commit']}) |",
-             "|---|---|---|---|"]
+    def counts(rows) -> str:
+        return f"{sum(r['ok'] for r in rows)} of {len(rows)}"
+
+    lines = [f"| category | behaved well before ({before['commit']}) | after ({after['commit']}) |", "|---|---|---|"]
     for category in CATEGORIES:
-        old = [r for r in before["results"] if r["category"] == category]
-        new = [r for r in after["results"] if r["category"] == category]
-        lines.append(f"| {category} | {len(new)} | {sum(r['ok'] for r in old)} | {sum(r['ok'] for r in new)} |")
-    lines.append(f"| all | {len(after['results'])} | {sum(r['ok'] for r in before['results'])} | "
-                 f"{sum(r['ok'] for r in after['results'])} |")
-    exit2 = [sum(r["ok"] and r.get("exit") == 2 for r in x["results"]) for x in (before, after)]
-    refusals = sum(r.get("exit") is not None for r in after["results"])
-    lines.append(f"| of the {refusals} refusals: exit status 2 | | {exit2[0]} | {exit2[1]} |")
+        lines.append(f"| {category} | {counts([r for r in before['results'] if r['category'] == category])} | "
+                     f"{counts([r for r in after['results'] if r['category'] == category])} |")
+    lines.append(f"| all | {counts(before['results'])} | {counts(after['results'])} |")
     lines += ["", "| category | case | before | after |", "|---|---|---|---|"]
     old = {r["name"]: r for r in before["results"]}
-    for r in after["results"]:
-        was = old.get(r["name"], {"ok": False, "problem": "not run"})
-        cell = lambda x: ("ok" + (f" (exit {x['exit']})" if x.get("exit") not in (None, 2) else "") if x["ok"]
-                          else x["problem"].replace("|", "/")[:90])
-        lines.append(f"| {r['category']} | {r['name']} | {cell(was)} | {cell(r)} |")
+    new = {r["name"]: r for r in after["results"]}
+    for case in CASES:
+        cells = [cell(side.get(case.name)) for side in (old, new)]
+        lines.append(f"| {case.category} | {case.name} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
+
+
+def cell(row: Optional[dict]) -> str:
+    """ok (with the exit status of a refusal other than 2), what went wrong, or not run."""
+    if row is None:
+        return "not run"
+    if row["ok"]:
+        return "ok" + (f" (exit {row['exit']})" if row.get("exit") not in (None, 2) else "")
+    return row["problem"].replace("|", "/")[:90]
 
 
 def main() -> None:
