@@ -192,10 +192,8 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import solopo.run as entry
-    from solopo.data import tokenize as tokenization  # run.make_pairs imports tokenize_examples when it runs
-
-    tokenize = tokenization.tokenize_examples
+    from solopo.data.tokenize import tokenize_examples as tokenize
+    from solopo.training import pipeline as entry
     calls = []
 
     def none_for_val(examples, *args):
@@ -203,7 +201,7 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
         pairs, skipped = tokenize(examples, *args)
         return (pairs, skipped) if len(calls) == 1 else ([], skipped)  # the first call is the train split
 
-    monkeypatch.setattr(tokenization, "tokenize_examples", none_for_val)
+    monkeypatch.setattr(entry, "tokenize_examples", none_for_val)
     monkeypatch.setenv("SOLOPO_CACHE", str(tmp_path / "cache"))
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", return_hydra_config=True, overrides=[
@@ -219,13 +217,13 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
     assert "no val pairs left" in caplog.text and "without validation metrics" in caplog.text
 
     calls.clear()
-    monkeypatch.setattr(tokenization, "tokenize_examples", lambda examples, *args: ([], {}))
+    monkeypatch.setattr(entry, "tokenize_examples", lambda examples, *args: ([], {}))
     with pytest.raises(ValueError, match="no train pairs left"):
         entry.train(cfg)
 
 
 def test_few_pairs_for_many_steps_are_flagged():
-    from solopo.run import repeats_note
+    from solopo.training.pipeline import repeats_note
 
     assert repeats_note(12, 32, 4) == "12 training pairs for 32 steps of 4: each pair is seen about 11 times"
     assert repeats_note(121, 32, 4) is None  # about one epoch

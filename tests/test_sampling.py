@@ -91,7 +91,7 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
 
     from conftest import ROOT, SOLOPO, TINY
     from solopo.core.objective import Method
-    from solopo.run import make_pairs
+    from solopo.training.pipeline import make_examples, make_pairs
     from solopo.settings.build import build_settings
 
     seen = []
@@ -112,7 +112,8 @@ def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, 
     settings = build_settings(cfg)
     for method, context in ((SOLOPO, "short"),
                                (Method(name="long_po", po_context="long", pairs_from="long", use_ra=False), "long")):
-        pairs, counts = make_pairs(cfg, replace(settings, model=spec, method=method), splits, tokenizer, tiny_model)
+        pairs, counts = make_pairs(cfg, replace(settings, model=spec, method=method), splits,
+                                   make_examples(cfg, splits, tokenizer), tokenizer, tiny_model)
         assert counts["train"]["sampling"]["context"] == context and seen[-1] == f"sampling pairs ({context} context)"
         assert counts["train"]["pairs"] == counts["train"]["sampling"]["kept"] == 4
         assert counts["train"]["sampling"]["share_correct"] == 0.5
@@ -159,7 +160,7 @@ def test_vllm_samples_from_the_run_weights(tokenizer):
     from pathlib import Path
 
     from solopo.models.loading import load_model
-    from solopo.run import sampling_weights
+    from solopo.training.pipeline import sampling_weights
 
     from conftest import TINY
 

@@ -16,9 +16,15 @@ from solopo.data.schema import PreferenceExample, QAItem
 PAIR_RULES = ("gold", "sampled")
 
 
+class UnusableItem(ValueError):
+    """An item that cannot make a training pair under the run's settings (no wrong answer for a gold pair, too few
+    passages for data.long_len): the data's fault or the settings', so the entry point reports it in one line
+    naming the data file, before the model loads."""
+
+
 def gold_pair(item: QAItem) -> tuple[str, str]:
     if not item.wrong_answers:
-        raise ValueError(f"item {item.id}: gold pairs need at least one wrong answer (field 'wrong_answers')")
+        raise UnusableItem(f"item {item.id}: gold pairs need at least one wrong answer (field 'wrong_answers')")
     return item.answers[0], item.wrong_answers[0]
 
 
@@ -56,7 +62,7 @@ def build_examples(
         try:
             contexts = build_contexts(item, long_len, count_tokens, rng, pool, template=template, short_len=short_len)
         except ValueError as error:  # the builder cannot know which setting to change
-            raise ValueError(f"{error}; set data.long_len (and data.short_len) to lengths this data can reach") from error
+            raise UnusableItem(f"{error}; set data.long_len (and data.short_len) to lengths this data can reach") from error
         chosen, rejected = gold_pair(item) if pairs == "gold" else ("", "")
         examples.append(PreferenceExample(
             id=item.id, question=item.question, answers=item.answers,
@@ -70,6 +76,6 @@ def check_evidence(item: QAItem) -> None:
     """x_short is the evidence: without separated relevant passages it would hold the question
     alone, and SoLo-RA would align the long context with nothing."""
     if not item.relevant:
-        raise ValueError(f"item {item.id}: no relevant passages to build its short context from, so it cannot make "
+        raise UnusableItem(f"item {item.id}: no relevant passages to build its short context from, so it cannot make "
                          "SoLoPO training pairs; LongBench-style data (the whole context in QAItem.context, evidence "
                          "not separated) is for evaluation, not training")

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError, RemoteEntryNotFoundError,
+                                    RepositoryNotFoundError)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from solopo.models import embedded
@@ -17,6 +22,7 @@ from solopo.training.distributed import full_state_dict, is_global_zero, local_g
 
 log = logging.getLogger(__name__)
 INIT_DEVICES = ("cpu", "auto")
+HUB_TIMEOUT_S = 5  # a hub that does not answer this fast is taken as unreachable
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 SAVE_MODEL = (False, True, "merged")  # save_model: off | the policy (LoRA: its adapter) | LoRA merged into the base
 varlen.register()  # attn_implementation="solopo_varlen"
@@ -64,6 +70,51 @@ def _local_dir(name: str, tokenizer_only: bool = False) -> str:
     if model is None:
         return name
     return str(model.tokenizer_dir if tokenizer_only else embedded.ensure_weights(model))
+
+
+def source_problems(spec: ModelSpec) -> list[str]:
+    """Where the weights and the tokenizer come from, checked before anything loads: a local folder must exist and
+    hold the file from_pretrained reads first; a hub id must be in the local cache or reachable (this fetches its
+    small config file, which from_pretrained would fetch anyway). One line per problem, naming the config key."""
+    problems = []
+    if spec.random_init is None:  # a random model's name is only a label
+        problems += _source_problems("model.name", spec.name, "config.json")
+    if spec.tokenizer is not None or spec.random_init is not None:
+        problems += _source_problems("model.tokenizer" if spec.tokenizer else "model.name", spec.tokenizer or spec.name,
+                                     "tokenizer_config.json")
+    return problems
+
+
+def _source_problems(key: str, name: str, first_file: str) -> list[str]:
+    if embedded.lookup(name) is not None:
+        return []
+    path = Path(name).expanduser()
+    if path.is_dir():
+        holds = (path / first_file).is_file() or (path / "adapter_config.json").is_file()
+        return [] if holds else [f"{key}={name}: the folder holds no {first_file}, so it is not a saved Hugging Face "
+                                 "model (save_pretrained writes one)"]
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or path.exists():
+        return [f"{key}={name}: no such folder"]
+    return _hub_problems(key, name, first_file)
+
+
+def _hub_problems(key: str, name: str, first_file: str) -> list[str]:
+    """A hub id: found in the local cache, else looked up on the hub (HF_HUB_OFFLINE=1: the cache only)."""
+    try:
+        hf_hub_download(name, first_file, etag_timeout=HUB_TIMEOUT_S)
+    except LocalEntryNotFoundError:  # not cached, and offline or the hub did not answer
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        return [f"{key}={name}: not in the local Hugging Face cache and the hub cannot be reached{offline}; download "
+                f"it where there is a network (hf download {name}) or pass a local folder: {key}=/path/to/model"]
+    except RemoteEntryNotFoundError:  # the repository exists; from_pretrained reports what it lacks
+        return []
+    except GatedRepoError:
+        return [f"{key}={name}: a gated model on the Hugging Face hub: accept its licence there and set HF_TOKEN"]
+    except RepositoryNotFoundError:
+        return [f"{key}={name}: no such model on the Hugging Face hub (a private one needs HF_TOKEN)"]
+    except HFValidationError:
+        return [f"{key}={name}: neither a local folder nor a Hugging Face hub id (namespace/name)"]
+    return []
 
 
 def load_tokenizer(spec: ModelSpec):

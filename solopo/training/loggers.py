@@ -22,6 +22,7 @@ from pytorch_lightning import Callback
 
 log = logging.getLogger("solopo")
 
+log = logging.getLogger(__name__)
 WANDB_RUN_ID_FILE = "wandb_run_id"
 # Config groups a run is tagged with; experiment and debug only where chosen: a preset run (experiment=smoke, or a
 # study's preset) is told apart from a run configured by hand.
@@ -118,8 +119,12 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     """A WandbLogger; mode "auto" runs online only when an API key is configured, so a run
     never stops to ask for a login and offline runs can be uploaded later with `wandb sync`.
     wandb writes its files under $WANDB_DIR when it is set, else under save_dir (the run directory).
+    A key that wandb refuses (malformed, revoked) or a server it cannot reach does not stop the run either: the
+    run logs offline with a one-line warning, as losing hours of training to a logging key would cost more than
+    the upload it postpones.
     The run id is kept in <save_dir>/wandb_run_id: a resumed run (resume=True) logs to the same wandb run."""
     from pytorch_lightning.loggers import WandbLogger
+    from wandb.errors import CommError, UsageError
 
     if mode not in ("auto", "online", "offline"):
         raise ValueError(f"logger.mode={mode!r}; choose auto, online or offline")
@@ -131,10 +136,19 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     files_dir = os.environ.get("WANDB_DIR") or save_dir  # wandb.init's dir argument would override WANDB_DIR
     Path(files_dir).mkdir(parents=True, exist_ok=True)
     # WandbLogger asks wandb for resume="allow": the id continues its run when there is one, else starts it.
-    logger = WandbLogger(project=project, save_dir=files_dir, offline=offline, name=name, group=group, tags=tags,
-                         id=run_id, **kwargs)
+    options = dict(project=project, save_dir=files_dir, name=name, group=group, tags=tags, id=run_id, **kwargs)
+    logger = WandbLogger(offline=offline, **options)
     # Lightning passes anonymous=None to wandb.init, which wandb answers with a deprecation warning on every run
     logger._wandb_init.pop("anonymous", None)
+    if offline:
+        return logger
+    try:
+        logger.experiment  # wandb.init, where a refused key or an unreachable server shows
+    except (CommError, UsageError) as err:  # CommError covers AuthenticationError
+        log.warning("wandb could not log online (%s): logging offline instead; `wandb sync %s/wandb` uploads the run "
+                    "once WANDB_API_KEY is fixed", str(err).splitlines()[0], save_dir)
+        # mode= as well: wandb's session already read the key, and offline=True alone leaves it checking the key
+        return WandbLogger(offline=True, mode="offline", **options)
     return logger
 
 

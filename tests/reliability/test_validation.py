@@ -3,7 +3,9 @@ value and what is allowed; a data file with a repeated id is refused with both p
 embedded model is reported and rebuilt."""
 import hashlib
 import json
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -272,3 +274,56 @@ def test_a_damaged_cache_is_reported_and_rebuilt(damage, problem, tmp_path, fake
     assert len(warnings) == 1 and problem in warnings[0] and warnings[0].endswith("; rebuilding it")
     assert len(fake_build) == 2 and weights.read_bytes() == WEIGHTS
     assert embedded.cache_problem(target, SMOLLM2_135M) is None
+
+
+@pytest.mark.parametrize("name, first_line", [
+    ("{tmp}/no-model", "model.name={tmp}/no-model: no such folder"),
+    ("{tmp}", "model.name={tmp}: the folder holds no config.json, so it is not a saved Hugging Face model"),
+    ("nobody/no-such-model", "model.name=nobody/no-such-model: not in the local Hugging Face cache and the hub cannot "
+                             "be reached (HF_HUB_OFFLINE is set); download it"),
+])
+def test_a_model_that_cannot_load_is_named_before_anything_loads(name, first_line, tmp_path, monkeypatch):
+    """Checked with the filesystem and the hub's cache alone (offline here): from_pretrained never starts."""
+    from huggingface_hub import constants
+    from solopo.models.loading import ModelSpec, source_problems
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    (problem,) = source_problems(ModelSpec(name=name.format(tmp=tmp_path)))
+    assert problem.startswith(first_line.format(tmp=tmp_path))
+    tokenizer_only = ModelSpec(name="tiny", tokenizer=f"{tmp_path}/none", random_init={"model_type": "llama"})
+    assert source_problems(tokenizer_only) == [f"model.tokenizer={tmp_path}/none: no such folder"]
+
+
+def test_a_refused_wandb_key_logs_offline_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A malformed WANDB_API_KEY made wandb.init raise after the model had loaded; the run now goes on offline."""
+    from solopo.training.loggers import wandb_logger
+
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-key")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    logger = wandb_logger("solopo-test", str(tmp_path))
+    logger.log_hyperparams({"seed": 0})
+    logger.experiment.finish()
+    assert logger._offline and list((tmp_path / "wandb").glob("offline-run-*"))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("wandb could not log online (WANDB_API_KEY invalid") and "wandb sync" in warning
+
+
+def reliability_cases():
+    """experiments/reliability/cases.py, a script outside the package, as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("reliability_cases", ROOT / "experiments" / "reliability" / "cases.py")
+    cases = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look their module up
+    spec.loader.exec_module(cases)
+    return cases
+
+
+@pytest.mark.parametrize("name", ["passages cannot fill data.long_len", "gold pairs without any wrong answer",
+                                  "missing local model path"])
+def test_reliability_cases_behave(name):
+    """Three of experiments/reliability/cases.py's cases, which failed with a traceback after the model loaded (or
+    without naming the data file) at f6ffd7e: now one line, exit 2, no model loaded."""
+    cases = reliability_cases()
+    (case,) = [c for c in cases.CASES if c.name == name]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    assert cases.run_case(case, ROOT, env) == ("", 2)

@@ -1,0 +1,397 @@
+"""A training run, from its config to results.json: settings, data, pairs, the reference's log-probs, the base
+model's evaluation, the fit, the trained model's evaluation and its saving.
+
+solopo.run (the console script solopo-train) calls ``train`` with Hydra's config; this is the only module below
+the entry points that reads a DictConfig, and it hands typed settings (solopo.settings) to everything it calls.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import TQDMProgressBar
+from torch.utils.data import DataLoader
+
+import solopo
+from solopo.cache import DiskCache
+from solopo.core.objective import required_sequences
+from solopo.data.collate import PairCollator, plain_po
+from solopo.data.pairs import UnusableItem, to_examples
+from solopo.data.schema import PreferenceExample
+from solopo.data.tokenize import token_counter, tokenize_examples
+from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
+from solopo.generation.sampling import sample_pairs
+from solopo.generation.vllm_engine import saved_weights
+from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
+                                   save_policy, source_problems, weights_path, with_lora)
+from solopo.settings.build import ConfigError, Settings, build_settings, choice, load_source, vllm_args
+from solopo.training.callbacks import Preemption, Throughput
+from solopo.training.distributed import check_strategy, local_gpu
+from solopo.training.eval_callback import eval_during_training
+from solopo.training.faults import NumericalGuard
+from solopo.training.loggers import ProgressLines, finish, on_terminal, wandb_labels
+from solopo.training.module import ALL_SEQUENCES, SoLoPOModule, intended_warnings_silenced
+from solopo.training.precision import autocast_dtype, weights_dtype
+from solopo.training.reference import with_reference_logps
+from solopo.training.results import (all_finite, final_metrics, redact, summary, write_results)
+from solopo.training.resume import (LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path)
+
+log = logging.getLogger("solopo")
+
+
+def model_identity(spec: ModelSpec, seed: int) -> str:
+    """What cached numbers computed with this model depend on (a random model is defined by its seed)."""
+    drawn_on = init_device(spec.init_device).type if spec.random_init else "cpu"  # a GPU draws other numbers
+    return json.dumps([spec.name, spec.random_init, seed if spec.random_init else None, spec.dtype]
+                      + ([drawn_on] if drawn_on != "cpu" else []))
+
+
+def compute_device(cfg: DictConfig) -> torch.device:
+    return local_gpu() if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else torch.device("cpu")
+
+
+def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> Evaluation | None:
+    """The held-out evaluation of this run (conf/eval), or None when it is off or the data has no questions."""
+    if settings.eval is None:
+        return None
+    try:
+        items, pool = eval_items(splits, cfg.eval.n_items)
+    except ValueError as err:
+        log.warning("evaluation skipped: %s", err)
+        return None
+    spec = settings.model
+    return Evaluation(tokenizer, items, pool, settings.eval, spec.max_length,
+                      DiskCache.under_root("eval", cfg.cache.verify),
+                      model_identity(spec, cfg.seed), engine_args=vllm_args(cfg))
+
+
+def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
+    """The directory vLLM loads (the model's own weights, or a random model written out for it); None otherwise."""
+    if engine != "vllm":
+        return contextlib.nullcontext(None)
+    return saved_weights(policy, tokenizer) if spec.random_init is not None else contextlib.nullcontext(weights_path(spec))
+
+
+def make_examples(cfg: DictConfig, splits, tokenizer) -> dict[str, list]:
+    """Each split's examples with their short and long contexts, built with the tokenizer alone, so an item that
+    cannot make a pair at these lengths stops the run in one line before the model loads. Each split's long
+    contexts draw on its own passages where the source keeps them apart (built-in QA)."""
+    count_tokens = token_counter(tokenizer)
+    source = f"data.path={cfg.data.path}" if "path" in cfg.data else f"data={choice(cfg, 'data')}"
+    try:
+        return {split: to_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
+                                   pool=pool, template=cfg.data.get("template", "direct"),
+                                   short_len=cfg.data.get("short_len"))
+                for split, items, pool in (("train", splits.train, splits.distractors),
+                                           ("val", splits.val, splits.val_distractors or splits.distractors))}
+    except UnusableItem as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[str, list], tokenizer,
+               policy) -> tuple[dict[str, list], dict]:
+    """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled), and what was
+    built, sampled or skipped."""
+    spec, sampling = settings.model, settings.sampling
+    pairs, counts = {}, {}
+    for split, items in (("train", splits.train), ("val", splits.val)):
+        examples = examples_of[split]
+        counts[split] = {}
+        if cfg.data.pairs == "sampled" and not isinstance(items[0], PreferenceExample):
+            policy.to(compute_device(cfg))
+            with sampling_weights(sampling.engine, spec, policy, tokenizer) as path:
+                examples, counts[split]["sampling"] = sample_pairs(
+                    examples, policy, tokenizer, sampling, settings.method.pairs_from, model_identity(spec, cfg.seed),
+                    cache=DiskCache.under_root("pairs", cfg.cache.verify), model_path=path)
+        pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong, cfg.data.truncate)
+        if not pairs[split]:
+            if split == "train":
+                raise ValueError(f"no {split} pairs left ({counts[split]}; skipped {dict(skipped)})")
+            # e.g. on-policy sampling on long contexts found no right answer among the few validation items
+            log.warning("no val pairs left (%s; skipped %s): training runs without validation metrics",
+                        counts[split], dict(skipped))
+        counts[split].update({"pairs": len(pairs[split]), "truncated": skipped.pop("truncated", 0),
+                              "skipped": dict(skipped),
+                              "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / max(len(pairs[split]), 1)
+                                              for c in ("short", "long")}})
+    if splits.skipped:  # records the loader left out (e.g. unanswerable), by reason
+        counts["source"] = {"skipped": dict(splits.skipped)}
+    return pairs, counts
+
+
+def repeats_note(n_pairs: int, max_steps: int, pairs_per_step: int, limit: float = 3.0) -> str | None:
+    """A warning when fixed steps would show each training pair more than ``limit`` times (few pairs were kept, e.g.
+    on-policy sampling on long contexts): a run that repeats a handful of pairs mostly memorises them."""
+    seen = max_steps * pairs_per_step  # per process: a lower bound over several processes
+    if max_steps <= 0 or n_pairs <= 0 or seen <= limit * n_pairs:
+        return None
+    return (f"{n_pairs} training pairs for {max_steps} steps of {pairs_per_step}: each pair is seen about "
+            f"{seen / n_pairs:.0f} times")
+
+
+def step_sequences(settings: Settings, pairs: dict) -> tuple[dict[str, list], bool]:
+    """The (context, response) sequences a step runs per pair, by split, and whether the data is plain PO."""
+    plain = plain_po(pair for split_pairs in pairs.values() for pair in split_pairs)
+    ra, train = settings.ra, required_sequences(settings.method, settings.ra, plain_po=plain)
+    log.info("method %s, %s, SoLo-RA alpha=%s on %s; sequences per pair: %s", settings.method.name,
+             type(settings.algo).__name__, ra.alpha, ",".join(ra.responses), ", ".join("/".join(k) for k in train))
+    if plain:
+        log.info("plain PO data (prompt_long = prompt_short in every pair): SoLo-RA is not applicable, so no "
+                 "long-context sequence is run and no ra_loss or ra/gap is reported")
+    return {"train": train, "val": train if plain else ALL_SEQUENCES}, plain
+
+
+def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool) -> DataLoader:
+    options = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                   collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
+    # The training loader's order and position go into checkpoints, so a resumed run sees the batches it would have.
+    # Both loaders draw from their own generator: the global RNG, which checkpoints restore, is left to the model.
+    # Over several processes each takes its slice of every global batch (solopo.training.resume.shard_order).
+    return ResumableLoader(pairs, seed=cfg.seed, shuffle=shuffle, **options)
+
+
+def make_logger(cfg: DictConfig, alpha: float, resume: bool):
+    if not (cfg.get("logger") and "_target_" in cfg.logger):
+        return False
+    extra = {}
+    if "wandb" in cfg.logger._target_:
+        hydra_cfg = HydraConfig.get()
+        labels = wandb_labels(hydra_cfg.runtime.choices, alpha,
+                              hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir, hydra_cfg.job.override_dirname,
+                              group=cfg.logger.get("group"), name=cfg.logger.get("name"),
+                              tags=cfg.logger.get("tags") or ())
+        extra = {**labels, "resume": resume}
+    elif cfg.logger._target_ == "pytorch_lightning.loggers.CSVLogger":  # one metrics.csv per run, continued on resume
+        extra = {"_target_": "solopo.training.loggers.ResumableCSVLogger", "resume": resume}
+    logger = instantiate(cfg.logger, **extra)
+    if hasattr(logger, "log_hyperparams"):
+        logger.log_hyperparams(redact(OmegaConf.to_container(cfg, resolve=True)))
+    return logger
+
+
+def strategy_of(cfg: DictConfig) -> str:
+    """The trainer's strategy: a class path (trainer=fsdp, deepspeed) or Lightning's name ("auto", "ddp")."""
+    return str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", "")))
+
+
+def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: list, resume: bool) -> pl.Trainer:
+    # build_settings checked the accelerator at startup; a strategy is checked against the machine here
+    check_strategy(strategy_of(cfg), cfg.trainer.accelerator)
+    overrides = {"precision": settings.precision, "default_root_dir": str(run_dir),
+                 # the loaders shard each global batch across processes themselves (solopo.training.resume.EpochOrder)
+                 "use_distributed_sampler": False}
+    if cfg.val_every_n_steps:
+        overrides.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
+    if cfg.trainer.enable_checkpointing:
+        callbacks = [*callbacks, LastCheckpoint(run_dir, **cfg.checkpoint)]
+    if cfg.trainer.get("enable_progress_bar", True):
+        if on_terminal():
+            callbacks = [*callbacks, TQDMProgressBar()]  # tqdm's: Lightning picks rich's bar where rich is installed
+        else:  # a log file (run.log, SLURM, CI) gets plain lines, not a bar's redraws
+            callbacks, overrides["enable_progress_bar"] = [*callbacks, ProgressLines()], False
+    return instantiate(cfg.trainer, logger=make_logger(cfg, settings.ra.alpha, resume), callbacks=callbacks, **overrides)
+
+
+def load_models(cfg: DictConfig, settings: Settings, tokenizer):
+    """The policy (with its LoRA adapter) and a live reference, or None where the reference is cached log-probs, the
+    policy without its adapter, or not needed; and whether it is cached."""
+    spec, algo = settings.model, settings.algo
+    cached = algo.needs_reference and cfg.reference == "cached"
+    policy = load_model(spec, tokenizer, seed=cfg.seed)
+    if spec.lora:
+        policy = with_lora(policy, spec.lora)
+    live = algo.needs_reference and not cached
+    reference = freeze(load_model(spec, tokenizer, seed=cfg.seed)) if live and not spec.lora else None
+    log.info("model %s: %.1fM parameters (%.1fM trained); reference: %s", spec.name,
+             sum(p.numel() for p in policy.parameters()) / 1e6,
+             sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6,
+             "precomputed log-probs" if cached else "the policy without its adapter" if live and spec.lora
+             else "frozen model" if live else "none")
+    if settings.precision.endswith("-mixed") and (half := half_precision_trained(policy)):
+        log.warning("%.1fM trained parameters are %s, with no fp32 master copy under %s: most small updates are lost; "
+                    "model.dtype=float32 keeps fp32 weights under it", half / 1e6, spec.dtype, settings.precision)
+    return policy, reference, cached
+
+
+def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pairs: dict, keys: dict) -> dict:
+    """The pairs with the reference's log-probs: before the first update, the policy is the reference."""
+    policy.to(compute_device(cfg))
+    return {split: with_reference_logps(
+        policy, split_pairs, keys[split], model_identity(settings.model, cfg.seed), settings.precision,
+        tokenizer.pad_token_id, DiskCache.under_root("reference", cfg.cache.verify), batch_size=cfg.data.batch_size,
+        chunk_size=cfg.logp_chunk_size, pack=cfg.packing, desc=f"reference log-probs ({split})",
+        weights=weights_dtype(strategy_of(cfg), settings.precision)) if split_pairs else split_pairs
+        for split, split_pairs in pairs.items()}
+
+
+def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict,
+        extra: tuple = ()):
+    """Trains; returns the trainer and the callbacks whose records go into results.json."""
+    throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
+    trainer = make_trainer(cfg, settings, run_dir, [throughput, guard, preemption, RngState(), *extra],
+                           resume=ckpt_path is not None)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    # Without val_every_n_steps, validation runs once, after training (after_fit): Lightning's note on a
+    # validation_step without a val_dataloader does not apply to this fit.
+    with intended_warnings_silenced(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+        trainer.fit(module, train_dataloaders=loaders["train"],
+                    val_dataloaders=loaders["val"] if cfg.val_every_n_steps else None, ckpt_path=ckpt_path,
+                    weights_only=True)
+    return trainer, throughput, guard, preemption
+
+
+def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
+              tables: dict, run_dir: Path) -> dict:
+    """Final validation, the trained model's evaluation and its saving; the final metrics."""
+    metrics = final_metrics(trainer.callback_metrics)
+    if val_loader is not None:
+        trainer.validate(module, dataloaders=val_loader, verbose=False)
+        metrics.update(final_metrics(trainer.callback_metrics))
+    if evaluation is not None:
+        policy.to(trainer.strategy.root_device)  # Lightning's teardown moves a single-device model to the CPU
+        tables["trained"] = evaluation(policy, "trained")
+    if cfg.save_model:  # every rank takes part: sharded weights are gathered first
+        save_policy(policy, tokenizer, run_dir / "model", dtype=autocast_dtype(trainer.precision),
+                    merge_lora=cfg.save_model == "merged")
+    return metrics
+
+
+def load_inputs(cfg: DictConfig, settings: Settings, splits):
+    """The tokenizer, each split's examples (contexts built with the tokenizer alone: an item that cannot make a pair
+    stops the run before the model loads) and the models (load_models)."""
+    if problems := source_problems(settings.model):  # a missing local folder or an unknown hub id, in one line
+        raise ConfigError("; ".join(problems))
+    tokenizer = load_tokenizer(settings.model)
+    examples = make_examples(cfg, splits, tokenizer)
+    return tokenizer, examples, load_models(cfg, settings, tokenizer)
+
+
+def run_record(cfg: DictConfig, trainer: pl.Trainer, metrics: dict, data_counts: dict, keys: dict, plain: bool,
+               ckpt_path, faults: dict, eval_curve, timings: dict) -> dict:
+    """What results.json holds for a run."""
+    return {
+        "solopo_version": solopo.__version__,
+        "config": redact(OmegaConf.to_container(cfg, resolve=True)),
+        "metrics": metrics,
+        "data": data_counts,
+        "sequences": {**{split: ["/".join(key) for key in split_keys] for split, split_keys in keys.items()},
+                      "plain_po": plain},  # plain PO: SoLo-RA not applicable, absent from the metrics
+        "steps": trainer.global_step,
+        "device": str(trainer.strategy.root_device),
+        "resumed_from": str(ckpt_path) if ckpt_path else None,  # the train/ means cover the steps since then
+        "faults": faults,
+        "eval_curve": eval_curve,
+        "timings": timings,
+    }
+
+
+def train(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    settings = build_settings(cfg)  # a config mistake stops here, in one line, before any model loads
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    splits = load_source(cfg)  # a malformed data file stops the run here, before any model loads
+    tokenizer, examples, (policy, reference, cached) = load_inputs(cfg, settings, splits)
+    model_done = time.perf_counter()
+
+    pairs, data_counts = make_pairs(cfg, settings, splits, examples, tokenizer, policy)
+    log.info("data: %s", data_counts)
+    if note := repeats_note(len(pairs["train"]), cfg.trainer.max_steps,
+                            cfg.data.batch_size * cfg.trainer.accumulate_grad_batches):
+        log.warning(note)
+    keys, plain = step_sequences(settings, pairs)
+    if cached:
+        pairs = with_cached_reference(cfg, settings, policy, tokenizer, pairs, keys)
+    evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer), {}
+    if evaluation is not None:
+        policy.to(compute_device(cfg))
+        tables["base"] = evaluation(policy, "base", as_loaded=True)
+    data_done = time.perf_counter()
+
+    module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
+                          cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
+                          logp_chunk_size=cfg.logp_chunk_size, plain_po=plain)
+    loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train")
+               if pairs[split] else None for split in ("train", "val")}
+    during = eval_during_training(evaluation, policy, settings.eval)
+    trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders,
+                                                 extra=(during,) if during else ())
+    fit_done = time.perf_counter()
+    metrics = final_metrics(trainer.callback_metrics)
+    if preemption.received is None:  # a preempted job has seconds left: no validation
+        if during is not None:
+            during.restore_best()  # eval.keep_best: the best step's weights are evaluated and saved
+        metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables, run_dir)
+    done = time.perf_counter()
+
+    timings = {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
+               "validate_s": done - fit_done, "total_s": done - started,
+               "train_tokens": throughput.tokens,  # real tokens the policy read in training steps
+               "train_tokens_per_s": throughput.tokens_per_s}
+    results = run_record(cfg, trainer, metrics, data_counts, keys, plain, ckpt_path, guard.summary(),
+                         during.record() if during else None, timings)
+    return finish_run(trainer, run_dir, results, tables, preemption, guard)
+
+
+def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, tables: dict, preemption: Preemption,
+               guard: NumericalGuard) -> dict:
+    """One process writes results and plots and prints the summary; a preempted or faulty run exits here."""
+    metrics = results["metrics"]
+    if not trainer.is_global_zero:
+        if preemption.received is not None:
+            raise SystemExit(128 + preemption.received.value)
+        return results
+    if preemption.received is not None:
+        stop_preempted(preemption.received, trainer, run_dir, results)
+    if tables:
+        outputs = write_outputs(tables, run_dir, results["eval_curve"])
+        results.update(eval=tables, eval_changes=outputs["changes"], plots=outputs["plots"])
+        log_to(trainer.logger, tables, outputs["plots"])
+        print("long-context QA, sub-EM (%):\n" + outputs["markdown"])
+    path = write_results(run_dir, results)
+    if not all_finite(metrics):
+        log.warning("some final metrics are not finite: %s", {k: v for k, v in metrics.items() if v != v or abs(v) == float("inf")})
+    print(summary(results, path))
+    finish(trainer.logger)  # the next job of a sweep starts its own wandb run
+    if guard.stop_message:
+        stop_on_faults(guard.stop_message)
+    return results
+
+
+def stop_preempted(received: signal.Signals, trainer: pl.Trainer, run_dir: Path, results: dict) -> None:
+    """Records the preemption in results.json and exits with 128 + the signal number (143 for SIGTERM, 138 for
+    SIGUSR1), as a shell reports a process the signal ended, so a job script sees that the run did not finish."""
+    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    results["preempted"] = {"signal": received.name, "step": trainer.global_step, "checkpoint": checkpoint or None}
+    write_results(run_dir, results)
+    if checkpoint:
+        log.warning("preempted (%s) at step %d: checkpoint written to %s; resume by rerunning the command with "
+                    "ckpt_path=last hydra.run.dir=%s",
+                    received.name, trainer.global_step, checkpoint, run_dir)
+    else:
+        log.warning("preempted (%s) at step %d: no checkpoint written (trainer.enable_checkpointing=false)",
+                    received.name, trainer.global_step)
+    raise SystemExit(128 + received.value)
+
+
+def stop_on_faults(message: str) -> None:
+    """A single run exits with status 1 and the message; a job of a sweep logs it (results.json has it under
+    faults.stopped) and lets the sweep go on."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.error(message)
+    else:
+        raise SystemExit(message)
