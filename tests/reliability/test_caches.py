@@ -21,7 +21,9 @@ from shared_cache import ROWS, ask_for_one_entry
 from conftest import EVAL
 
 SETTINGS = dataclasses.replace(EVAL, lengths=("short", 256))
-TABLE = {"by_length": {"short": 1.0, "256": 0.5}, "average_long": 0.5, "cells": [{}, {}], "average": 0.75}
+TABLE = {"by_length": {"short": 1.0, "256": 0.5}, "average_long": 0.5, "cells": [{}, {}], "average": 0.75,
+         "scores": [], "n_by_length": {"short": 2, "256": 2}, "ci95_by_length": {"short": [0.34, 1.0], "256": [0.09, 0.91]},
+         "ci95_long": [0.09, 0.91]}  # a whole table: per-case scores and intervals too (runner.check_table)
 ITEMS = [QAItem("q0", "Where was Ada born?", ("Quorath",), ("Ada was born in Quorath.",))]
 
 

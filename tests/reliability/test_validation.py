@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from solopo.models.embedded import SMOLLM2_135M, ensure_weights
 from solopo.settings.build import ConfigError, build_settings, load_source
 from solopo.settings.fields import number, one_of
 from solopo.settings.rules import check_eval_lengths, check_long_len
+from conftest import TINY
 from support import ROOT, run
 
 CONF = ROOT / "solopo" / "conf"
@@ -285,13 +287,13 @@ def test_a_damaged_cache_is_reported_and_rebuilt(damage, problem, tmp_path, fake
 def test_a_model_that_cannot_load_is_named_before_anything_loads(name, first_line, tmp_path, monkeypatch):
     """Checked with the filesystem and the hub's cache alone (offline here): from_pretrained never starts."""
     from huggingface_hub import constants
-    from solopo.models.loading import ModelSpec, source_problems
+    from solopo.models.loading import source_problems
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    (problem,) = source_problems(ModelSpec(name=name.format(tmp=tmp_path)))
+    (problem,) = source_problems(replace(TINY, name=name.format(tmp=tmp_path), random_init=None, tokenizer=None))
     assert problem.startswith(first_line.format(tmp=tmp_path))
-    tokenizer_only = ModelSpec(name="tiny", tokenizer=f"{tmp_path}/none", random_init={"model_type": "llama"})
+    tokenizer_only = replace(TINY, name="tiny", tokenizer=f"{tmp_path}/none", random_init={"model_type": "llama"})
     assert source_problems(tokenizer_only) == [f"model.tokenizer={tmp_path}/none: no such folder"]
 
 
