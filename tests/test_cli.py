@@ -49,8 +49,8 @@ def test_a_config_dir_of_the_user_adds_options(tmp_path):
 
 
 RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracies": 0.5},
-           "eval": {"base": {"average_long": 10.0, "average": 20.0},
-                    "trained": {"average_long": 30.0, "average": 40.0}}}
+           "eval": {"base": {"average_long": 10.0, "average": 20.0, "scores": []},
+                    "trained": {"average_long": 30.0, "average": 40.0, "scores": []}}}  # no per-case scores: no interval
 
 
 @pytest.mark.parametrize("metric, expected", [("val/loss", 1.25), ("eval/trained/avg_long", 30.0),
