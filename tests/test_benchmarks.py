@@ -47,6 +47,7 @@ def test_bench_measures_every_method_and_variant(tmp_path):
     assert again[:len(rows)] == rows and [(r["method"], r["long_len"]) for r in again[len(rows):]] == [("long_po", 448)]
 
 
+@pytest.mark.slow  # long CPU test: pytest -m slow
 def test_inference_bench_measures_each_precision_against_fp32(tmp_path):
     script("inference_bench.py", "--models", "tiny", "--lengths", "64,128", "--prompts", "3", "--batch-size", "2",
            "--max-new-tokens", "3", "--out", str(tmp_path), tmp_path=tmp_path)
@@ -186,6 +187,7 @@ def test_trl_bench_measures_its_cells_and_redoes_one_step_probes(tmp_path):
     assert "tiny: every cell is in" in script("trl_bench.py", *args, "--resume", tmp_path=tmp_path)
 
 
+@pytest.mark.slow  # long CPU test: pytest -m slow
 def test_longest_context_probe_names_its_allocator_and_is_redone_under_another(tmp_path):
     """A longest-context verdict depends on the CUDA allocator's settings (fragmentation decides an OOM at the edge):
     each probe records them, and --resume probes again rows measured under other settings."""
@@ -204,6 +206,7 @@ def test_longest_context_probe_names_its_allocator_and_is_redone_under_another(t
     assert again["max_long_len"] == 320 and again["alloc_conf"] == row["alloc_conf"]
 
 
+@pytest.mark.slow  # long CPU test: pytest -m slow
 def test_longest_context_probe_goes_on_from_where_it_stopped(tmp_path):
     """A probe that trained at every length it reached (a call cut short, or longer lengths asked for now) goes on
     under --resume from its longest length, without measuring the shorter ones again; a finished one is kept."""
@@ -221,6 +224,7 @@ def test_longest_context_probe_goes_on_from_where_it_stopped(tmp_path):
     assert "every cell is in" in log
 
 
+@pytest.mark.slow  # long CPU test: pytest -m slow
 def test_longest_context_probe_runs_in_a_shared_prompt_layout(tmp_path):
     """The probe runs in its first variant: Long-PO with shared prompts gets its own row beside the padded one."""
     args = ["--models", "tiny", "--algos", "dpo", "--methods", "long_po", "--lengths", "", "--max-lengths", "256",

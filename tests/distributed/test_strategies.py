@@ -91,6 +91,7 @@ def test_only_rank_zero_writes_results(runs):
         assert not list(runs[name].glob("**/*.tmp"))
 
 
+@pytest.mark.slow  # long CPU test: pytest -m slow
 def test_fsdp_resumes_from_its_sharded_checkpoint(tmp_path):
     """checkpoints/last.ckpt is a folder of shards (one per rank, the live reference left out); a run stopped after
     step 2 and resumed there logs the losses of the run that never stopped."""

@@ -48,6 +48,7 @@ def test_resumed_run_logs_the_losses_of_the_uninterrupted_one(tmp_path):
     assert resumed["steps"] == 6 and resumed["resumed_from"] == str(parts / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.slow  # long CPU test: pytest -m slow
 def test_resume_across_epochs_with_dropout_and_a_live_reference(tmp_path):
     """4 pairs an epoch: the resumed run finishes epoch 0, then draws epoch 1's order. Dropout makes every loss
     depend on the restored RNG state; the frozen reference stays out of the checkpoint and is not missed on loading."""
