@@ -50,7 +50,7 @@ def test_reference_gets_no_gradient_and_policy_moves(tokenizer, pairs, tmp_path)
     assert all(torch.equal(v, ref_before[k]) for k, v in reference.state_dict().items())
     assert any(not torch.equal(v, before[k]) for k, v in policy.state_dict().items())
     for key in ("train/loss", "train/po_loss", "train/ra_loss", "train/rewards/margins", "train/ra/gap",
-                "train/ra/chosen_long", "train/logps/chosen"):
+                "train/ra/chosen_long", "train/ra/chosen_short", "train/ra/gap_signed", "train/logps/chosen"):
         assert torch.isfinite(trainer.callback_metrics[key]), key
 
 

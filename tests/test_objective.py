@@ -48,6 +48,9 @@ def test_simpo_solopo_by_hand():
     assert out.loss.item() == pytest.approx(math.log(1 + math.e) + 2.0)
     assert out.metrics["ra/gap"].item() == pytest.approx(4.0)
     assert out.metrics["ra/chosen_long"].item() == pytest.approx(-8.0)
+    # the chosen response's reward on each side and their signed gap, which the decisive study plots per step
+    assert out.metrics["ra/chosen_short"].item() == pytest.approx(-4.0)
+    assert out.metrics["ra/gap_signed"].item() == pytest.approx(4.0)  # -4 - (-8): the short side is the higher
     assert out.metrics["rewards/accuracies"].item() == 0.0  # -4 > -4 is false
 
 

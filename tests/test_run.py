@@ -74,6 +74,14 @@ def test_smoke_run_per_algorithm(algo, tmp_path, capsys):
     assert {f"{split}/{key}" for key in expected for split in ("train", "val")} <= set(header)
     assert not [key for key in header if key.endswith(("_step", "_epoch"))]
     assert data["metrics"]["train/tokens_per_s"] == pytest.approx(data["timings"]["train_tokens_per_s"])
+    # each stage's seconds and peak memory, for a study's cost table (DPO's reference log-probs are a stage of their own)
+    stages = data["timings"]["stages"]
+    assert {"sampling", "base_eval", "training", "eval"} | ({"reference"} if algo in ("dpo", "ipo", "cdpo") else set()) \
+        == stages.keys()
+    assert all(cost["s"] >= 0 and cost["peak_gib"] > 0 for cost in stages.values())
+    assert stages["training"]["s"] <= data["timings"]["fit_s"] + 1e-6
+    # the chosen response's reward on each context and their signed gap, per step (the decisive study's mechanism)
+    assert {"train/ra/chosen_short", "train/ra/chosen_long", "train/ra/gap_signed"} <= set(header)
 
 
 @pytest.mark.parametrize("overrides, ra_used", [

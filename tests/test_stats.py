@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from solopo.report.stats import Change, paired_change, wilson
+from solopo.report.stats import Change, paired_bootstrap, paired_change, wilson
 
 
 def test_wilson_by_hand():
@@ -41,3 +41,23 @@ def test_no_change_is_not_certainty():
 def test_paired_change_needs_the_same_cases():
     with pytest.raises(ValueError, match="3 cases before, 2 after"):
         paired_change([1, 0, 1], [1, 0])
+
+
+def test_paired_bootstrap_over_questions_alone_by_hand():
+    """One seed, 200 differences half 0 and half 1: mean 0.5, and the bootstrap's 95% interval is about the normal
+    one, 0.5 ± 1.96 * sqrt(0.25 / 200) = 0.5 ± 0.069. Equal differences leave no spread at all."""
+    change = paired_bootstrap([[0.0, 1.0] * 100], draws=4000, seed=1)
+    assert change.difference == 0.5 and change.n == 200
+    assert change.low == pytest.approx(0.431, abs=0.015) and change.high == pytest.approx(0.569, abs=0.015)
+    assert paired_bootstrap([[0.1] * 5, [0.1] * 7]) == Change(pytest.approx(0.1), pytest.approx(0.1),
+                                                              pytest.approx(0.1), 12)
+
+
+def test_paired_bootstrap_carries_the_spread_between_seeds():
+    """Two seeds whose runs disagree (every question +1 under one, 0 under the other): resampling questions alone
+    would give exactly 0.5; resampling the seeds too gives draws of 0, 0.5 and 1, so the interval is [0, 1] and
+    holds 0: two seeds this far apart cannot separate the settings."""
+    change = paired_bootstrap([[1.0] * 50, [0.0] * 50], seed=2)
+    assert change.difference == 0.5 and (change.low, change.high) == (0.0, 1.0) and change.within_noise
+    assert paired_bootstrap([[1.0] * 50, [0.0] * 50], seed=2) == change  # repeatable under its seed
+    assert math.isnan(paired_bootstrap([]).difference)

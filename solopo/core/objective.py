@@ -130,7 +130,9 @@ def solopo_objective(
 
 def reward_metrics(rewards: Mapping[Key, Tensor], ctx: str) -> dict[str, Tensor]:
     """TRL's rewards/* under the PO context (margins = mean(r_w - r_l), accuracies = share of pairs with r_w > r_l);
-    solopo's own under ra/: the long-context chosen reward and the SoLo-RA gap mean |r_short - r_long|."""
+    solopo's own under ra/, where a step runs the chosen response under both contexts: its reward under each
+    (chosen_short, chosen_long), the signed gap mean(r_short - r_long) (gap_signed: which side SoLo-RA moves) and the
+    SoLo-RA gap mean |r_short - r_long| (gap; gap_rejected for the rejected response)."""
     chosen, rejected = rewards[(ctx, CHOSEN)], rewards[(ctx, REJECTED)]
     out = {
         "rewards/chosen": chosen.mean(),
@@ -140,6 +142,9 @@ def reward_metrics(rewards: Mapping[Key, Tensor], ctx: str) -> dict[str, Tensor]
     }
     if (LONG, CHOSEN) in rewards:
         out["ra/chosen_long"] = rewards[(LONG, CHOSEN)].mean()
+    if (SHORT, CHOSEN) in rewards and (LONG, CHOSEN) in rewards:
+        out["ra/chosen_short"] = rewards[(SHORT, CHOSEN)].mean()
+        out["ra/gap_signed"] = (rewards[(SHORT, CHOSEN)] - rewards[(LONG, CHOSEN)]).mean()
     for response in (CHOSEN, REJECTED):
         if (SHORT, response) in rewards and (LONG, response) in rewards:
             gap = torch.abs(rewards[(SHORT, response)] - rewards[(LONG, response)]).mean()

@@ -40,9 +40,13 @@ def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
 def left_padded(tokenizer, messages: Sequence[Prompt], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Chat-templated prompts as a left-padded batch (generation continues every row at the same column):
     input_ids and attention_mask, (B, L)."""
-    encoded = [encode_prompt(tokenizer, m) for m in messages]
+    return left_padded_ids([encode_prompt(tokenizer, m) for m in messages], tokenizer.pad_token_id, device)
+
+
+def left_padded_ids(encoded: Sequence[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids as a left-padded batch: input_ids and attention_mask, (B, L), L the longest."""
     width = max(map(len, encoded))
-    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
+    ids = torch.tensor([[pad_token_id] * (width - len(e)) + list(e) for e in encoded], device=device)
     mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
     return ids, mask
 

@@ -17,7 +17,9 @@ from tqdm.auto import tqdm
 
 from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
-from solopo.data.tokenize import encode_prompt, left_padded
+from solopo.data.tokenize import encode_prompt, left_padded_ids
+from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, in_prompt_order, pad_left_to,
+                                         uses_static_cache)
 from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, sub_em
 from solopo.settings.fields import flag, number, one_of, refuse, shown
@@ -31,7 +33,9 @@ SHORT = "short"
 @dataclass(frozen=True, kw_only=True)
 class EvalSettings:
     """lengths: context lengths in tokens ("short" = the evidence alone); depths: where the evidence
-    block sits in the long contexts; greedy answers of up to max_new_tokens, batch_size at a time;
+    block sits in the long contexts; greedy answers of up to max_new_tokens, at most batch_size prompts and
+    batch_tokens tokens (rows x (longest prompt + max_new_tokens); None: no token bound) at a time, longest first;
+    static_cache: on a GPU, a static KV cache, with which transformers compiles the decoding step;
     template: the prompt template the model was trained with (solopo.data.contexts.INSTRUCTIONS);
     engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights);
     precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under;
@@ -43,6 +47,8 @@ class EvalSettings:
     depths: tuple[float, ...]
     max_new_tokens: int
     batch_size: int
+    batch_tokens: int | None
+    static_cache: bool
     engine: str
     seed: int  # the run's: solopo.settings passes seed, data.template and the trainer's precision
     template: str
@@ -67,7 +73,9 @@ class EvalSettings:
         if self.keep_best and not self.every_n_steps:
             problems.append("keep_best=true needs eval.every_n_steps (the steps it chooses from)")
         refuse(problems + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
-               + number("batch_size", self.batch_size, 1, integer=True) + flag("keep_best", self.keep_best))
+               + number("batch_size", self.batch_size, 1, integer=True) + flag("keep_best", self.keep_best)
+               + number("batch_tokens", self.batch_tokens, 1, integer=True, optional=True)
+               + flag("static_cache", self.static_cache))
         object.__setattr__(self, "lengths", tuple(lengths))
         object.__setattr__(self, "depths", tuple(depths))
 
@@ -124,28 +132,33 @@ def length_bucket(tokens: int) -> str:
 
 
 def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-                   desc: str = "evaluating", precision: str = "32-true") -> list[str]:
-    """Greedy answers, batched with left padding; prompts are sorted by length so a batch pads little;
-    computed under the autocast of Lightning's ``precision``."""
+                   desc: str = "evaluating", precision: str = "32-true", batch_tokens: int | None = None,
+                   static_cache: bool = False) -> list[str]:
+    """Greedy answers in the prompts' order, computed under the autocast of Lightning's ``precision``. Prompts go
+    longest first in left-padded batches of at most ``batch_size`` rows and ``batch_tokens`` tokens
+    (solopo.generation.batching); with ``static_cache`` on a GPU, a static KV cache and transformers' compiled
+    decoding step."""
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str] = [""] * len(prompts)
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    batches = budget_batches([len(e) for e in encoded], batch_size, batch_tokens, max_new_tokens)
+    static = uses_static_cache(model, static_cache)
+    outputs: list[list[str]] = []
     was_training = model.training
     model.eval()
     try:
         # disable=None: a bar on a terminal only, not in a log file
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
-            batch = order[start : start + batch_size]
-            ids, mask = left_padded(tokenizer, [prompts[i] for i in batch], device)
-            width = ids.shape[1]
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=None):
+            ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+            if static:
+                ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
             with torch.no_grad(), autocast(device, precision):
                 out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, use_cache=True)
-            for i, text in zip(batch, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
-                answers[i] = text.strip()
+                                     pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                                     **({"cache_implementation": "static"} if static else {}))
+            outputs.append([t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)])
     finally:
         model.train(was_training)
-    return answers
+    return in_prompt_order(batches, outputs)
 
 
 def vllm_greedy_answers(model_path: str, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0,
@@ -164,7 +177,8 @@ def answer_all(model, tokenizer, prompts: Sequence[str], settings: EvalSettings,
     """Greedy answers from the engine ``settings.engine`` names; ``engine_args`` are further vllm.LLM arguments."""
     if settings.engine == "transformers":
         return greedy_answers(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, desc=desc,
-                              precision=settings.precision)
+                              precision=settings.precision, batch_tokens=settings.batch_tokens,
+                              static_cache=settings.static_cache)
     import_vllm("eval.engine")  # before the weights are written out for it
     # vLLM would otherwise size its KV cache for the model config's longest context, which may not fit
     engine_args = {"max_model_len": max_length, **(engine_args or {})}

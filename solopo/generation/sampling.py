@@ -21,9 +21,11 @@ from tqdm.auto import tqdm
 
 from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
-from solopo.data.tokenize import left_padded
+from solopo.data.tokenize import encode_prompt, left_padded_ids
+from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, in_prompt_order, pad_left_to,
+                                         static_copy, uses_static_cache)
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
-from solopo.settings.fields import number, one_of, refuse
+from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import vllm_generate
 
@@ -46,6 +48,8 @@ class SamplingSettings:
     temperature: float
     max_new_tokens: int
     batch_size: int
+    batch_tokens: int | None
+    static_cache: bool
     seed: int
     engine: str
     scorer: Scorer
@@ -56,26 +60,33 @@ class SamplingSettings:
                + number("k", self.k, 1, integer=True)
                + number("temperature", self.temperature, 0, above=True)
                + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
-               + number("batch_size", self.batch_size, 1, integer=True))
+               + number("batch_size", self.batch_size, 1, integer=True)
+               + number("batch_tokens", self.batch_tokens, 1, integer=True, optional=True)
+               + flag("static_cache", self.static_cache))
 
 
 Sample = tuple[str, bool]  # (text, finished: the model ended its turn within max_new_tokens)
 
 
 def sample_shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, settings: SamplingSettings,
-                         pad_token_id: int) -> torch.Tensor:
+                         pad_token_id: int, static: bool = False) -> torch.Tensor:
     """settings.k samples of each left-padded prompt, prompt ids included, each prompt's k rows together.
 
     generate(num_return_sequences=k) would copy every prompt k times before its forward pass, so a long
     context would be read k times. Here the prompt (but its last token) runs once, its KV cache is repeated k
     times, and generation goes on from there: the same samples for the same seed (the draws are made in the
-    same order over the same rows), at 1/k of the prompt's cost."""
+    same order over the same rows), at 1/k of the prompt's cost. ``static``: the repeated cache is a static one
+    (solopo.generation.batching.static_copy), whose decoding step transformers compiles on a GPU."""
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+    # logits_to_keep=1: only the cache is wanted; full logits would take B x L x vocab floats (6 GB at 8 x 4K)
     prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
-                   use_cache=True)
+                   use_cache=True, logits_to_keep=1)
     cache = getattr(prefix, "cache", None)
     cache = prefix.past_key_values if cache is None else cache
-    cache.batch_repeat_interleave(settings.k)
+    if static:
+        cache = static_copy(model, cache, settings.k, ids.shape[1] + settings.max_new_tokens)
+    else:
+        cache.batch_repeat_interleave(settings.k)
     # Later transformers 5 releases name the argument `cache`; earlier ones, and wrappers, `past_key_values`.
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     return model.generate(input_ids=ids.repeat_interleave(settings.k, 0),
@@ -86,28 +97,38 @@ def sample_shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, settings:
 
 
 def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings, desc: str = "sampling") -> list[list[Sample]]:
-    """k sampled continuations of each user message (chat template applied), batched with left padding."""
+    """k sampled continuations of each user message (chat template applied), in the prompts' order; prompts go
+    longest first in left-padded batches (solopo.generation.batching.budget_batches). Batch j draws from seed + j,
+    so the samples repeat for the same prompts and settings."""
     device = next(model.parameters()).device
-    per_batch = max(1, settings.batch_size // settings.k)
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    batches = budget_batches([len(e) for e in encoded], max(1, settings.batch_size // settings.k),
+                             settings.batch_tokens, settings.max_new_tokens, copies=settings.k)
+    static = uses_static_cache(model, settings.static_cache)
     was_training = model.training
     model.eval()
-    out: list[list[Sample]] = []
+    outputs: list[list[list[Sample]]] = []
     try:
         # disable=None: a bar on a terminal only, not in a log file
-        for start in tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch", disable=None):
-            ids, mask = left_padded(tokenizer, prompts[start : start + per_batch], device)
-            width = ids.shape[1]
-            torch.manual_seed(settings.seed + start)  # repeatable whatever the batch boundaries before it
+        for number, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=None)):
+            ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+            if static:
+                ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
+            torch.manual_seed(settings.seed + number)  # repeatable whatever the batches before it drew
             with torch.no_grad(), autocast(device, settings.precision):
-                generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id)
-            new = generated[:, width:]
-            texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-            finished = (new == tokenizer.eos_token_id).any(dim=1).tolist()
-            rows = list(zip(texts, finished))
-            out += [rows[i * settings.k : (i + 1) * settings.k] for i in range(ids.shape[0])]
+                generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
+            outputs.append(_samples(tokenizer, generated[:, ids.shape[1]:], settings.k))
     finally:
         model.train(was_training)
-    return out
+    return in_prompt_order(batches, outputs)
+
+
+def _samples(tokenizer, new: torch.Tensor, k: int) -> list[list[Sample]]:
+    """The generated ids of a batch (its prompts' k rows together) as k (text, finished) samples per prompt."""
+    texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finished = (new == tokenizer.eos_token_id).any(dim=1).tolist()
+    rows = list(zip(texts, finished))
+    return [rows[i * k : (i + 1) * k] for i in range(len(rows) // k)]
 
 
 def generate_vllm(model_path: str, tokenizer, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Sample]]:

@@ -62,17 +62,18 @@ def score_vs_alpha(lines: Mapping[str, Mapping[float, Value]], path: Path, ylabe
 
 
 def score_vs_step(lines: Mapping[str, Mapping[int, Value]], path: Path, ylabel: str = "avg long-context sub-EM (%)",
-                  marked: int | None = None) -> Path:
+                  marked: int | None = None, title: str = "Evaluation during training", from_zero: bool = True) -> Path:
     """A score against the optimizer step, one line per name, {name: {step: value}}; ``marked`` draws a dotted
-    vertical line at one step (e.g. the best one kept)."""
+    vertical line at one step (e.g. the best one kept). ``from_zero=False`` fits the axis to values that may be
+    negative (a reward, a log-prob)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, points in lines.items():
         steps = sorted(points)
         _line(ax, steps, [points[s] for s in steps], name, {})
     if marked is not None:
         ax.axvline(marked, color="grey", linestyle=":", label=f"kept: step {marked}")
-    ax.set(xlabel="optimizer step", ylabel=ylabel, title="Evaluation during training")
-    _finish(ax)
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+    _finish(ax, from_zero)
     return save_figure(fig, path)
 
 
@@ -86,8 +87,9 @@ def _line(ax, xs, values: list[Value], name: str, style: dict) -> None:
         ax.plot(list(xs), means, marker="o", label=name, **style)
 
 
-def _finish(ax) -> None:
-    ax.set_ylim(0, max(ax.get_ylim()[1], MIN_TOP))
+def _finish(ax, from_zero: bool = True) -> None:
+    if from_zero:
+        ax.set_ylim(0, max(ax.get_ylim()[1], MIN_TOP))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 

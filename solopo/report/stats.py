@@ -63,3 +63,31 @@ def paired_change(before: Sequence[float], after: Sequence[float], z: float = Z9
     centre = (cc - bb) / nn
     half = z * math.sqrt(max(bb + cc - (cc - bb) ** 2 / nn, 0.0)) / nn
     return Change((c - b) / n, max(-1.0, centre - half), min(1.0, centre + half), n)
+
+
+def paired_bootstrap(differences: Sequence[Sequence[float]], draws: int = 4000, seed: int = 0,
+                     level: float = 0.95) -> Change:
+    """The mean of paired differences over seeds and questions, with a percentile interval from a two-level
+    bootstrap: ``differences[s][q]`` is the difference of two settings' scores on question q under seed s (both ran
+    the same seeds and were asked the same questions). Each draw resamples the seeds with replacement, then, in each seed it
+    took, that seed's questions with replacement, and takes
+
+        mean over the drawn seeds of (mean over the drawn questions of d[s][q])
+
+    so the interval holds both sources of spread: which questions were asked and how a training run turned out
+    (Davison & Hinkley 1997, sec. 3.8, the nested bootstrap of a two-stage sample). With one seed it is the bootstrap
+    over questions alone. The reported difference is the observed mean over seeds of each seed's mean; n counts every
+    (seed, question) pair. Repeatable: the draws come from ``seed``."""
+    import numpy as np
+
+    groups = [np.asarray(d, dtype=float) for d in differences if len(d)]
+    if not groups:
+        return Change(float("nan"), float("nan"), float("nan"), 0)
+    rng, n_seeds = np.random.default_rng(seed), len(groups)
+    observed = float(np.mean([g.mean() for g in groups]))
+    # per seed, (draws, n_seeds) question-resampled means: one for each slot a draw may put that seed in
+    means = np.stack([g[rng.integers(0, len(g), (draws, n_seeds, len(g)))].mean(-1) for g in groups])
+    slots = rng.integers(0, n_seeds, (draws, n_seeds))  # which seed each slot of a draw takes
+    values = means[slots, np.arange(draws)[:, None], np.arange(n_seeds)[None, :]].mean(-1)
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return Change(observed, float(low), float(high), sum(len(g) for g in groups))

@@ -1,6 +1,7 @@
 """Training callbacks: throughput and memory of each step, logged next to the losses, and preemption."""
 from __future__ import annotations
 
+import contextlib
 import resource
 import signal
 import sys
@@ -18,6 +19,30 @@ def peak_memory_gib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes on macOS, KiB on Linux
+
+
+class StageCosts:
+    """Seconds and peak memory of each stage of a run (sampling, reference, base_eval, training, eval), for a study's
+    cost table: ``with stages("sampling"): ...`` records {"sampling": {"s": seconds, "peak_gib": ...}}. On a GPU the
+    peak is torch's since the stage began (its counter is reset then, and the device synchronised at both ends, once
+    per stage); on the CPU it is the process's peak resident memory so far. A cached stage costs ~0 here: its cost
+    is in the run that computed it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.record: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
+        yield
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        self.record[name] = {"s": time.perf_counter() - started, "peak_gib": peak_memory_gib(self.device)}
 
 
 class Throughput(pl.Callback):

@@ -36,7 +36,7 @@ from solopo.generation.vllm_engine import saved_weights
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, source_problems, weights_path, with_lora)
 from solopo.settings.build import ConfigError, Settings, build_settings, choice, load_source, vllm_args
-from solopo.training.callbacks import Preemption, Throughput
+from solopo.training.callbacks import Preemption, StageCosts, Throughput
 from solopo.training.distributed import check_strategy, local_gpu
 from solopo.training.eval_callback import eval_during_training
 from solopo.training.faults import NumericalGuard
@@ -306,20 +306,23 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     splits = load_source(cfg)  # a malformed data file stops the run here, before any model loads
     tokenizer, examples, (policy, reference, cached) = load_inputs(cfg, settings, splits)
-    model_done = time.perf_counter()
+    model_done, stages = time.perf_counter(), StageCosts(compute_device(cfg))
 
-    pairs, data_counts = make_pairs(cfg, settings, splits, examples, tokenizer, policy)
+    with stages("sampling"):  # or building gold pairs: data.pairs=gold samples nothing
+        pairs, data_counts = make_pairs(cfg, settings, splits, examples, tokenizer, policy)
     log.info("data: %s", data_counts)
     if note := repeats_note(len(pairs["train"]), cfg.trainer.max_steps,
                             cfg.data.batch_size * cfg.trainer.accumulate_grad_batches):
         log.warning(note)
     keys, plain = step_sequences(settings, pairs)
     if cached:
-        pairs = with_cached_reference(cfg, settings, policy, tokenizer, pairs, keys)
+        with stages("reference"):
+            pairs = with_cached_reference(cfg, settings, policy, tokenizer, pairs, keys)
     evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer), {}
     if evaluation is not None:
         policy.to(compute_device(cfg))
-        tables["base"] = evaluation(policy, "base", as_loaded=True)
+        with stages("base_eval"):
+            tables["base"] = evaluation(policy, "base", as_loaded=True)
     data_done = time.perf_counter()
 
     module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
@@ -328,20 +331,22 @@ def train(cfg: DictConfig) -> dict:
     loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train")
                if pairs[split] else None for split in ("train", "val")}
     during = eval_during_training(evaluation, policy, settings.eval)
-    trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders,
-                                                 extra=(during,) if during else ())
+    with stages("training"):
+        trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders,
+                                                     extra=(during,) if during else ())
     fit_done = time.perf_counter()
     metrics = final_metrics(trainer.callback_metrics)
     if preemption.received is None:  # a preempted job has seconds left: no validation
         if during is not None:
             during.restore_best()  # eval.keep_best: the best step's weights are evaluated and saved
-        metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables, run_dir)
+        with stages("eval"):  # validation, the trained model's evaluation and its saving
+            metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables, run_dir)
     done = time.perf_counter()
 
     timings = {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                "validate_s": done - fit_done, "total_s": done - started,
                "train_tokens": throughput.tokens,  # real tokens the policy read in training steps
-               "train_tokens_per_s": throughput.tokens_per_s}
+               "train_tokens_per_s": throughput.tokens_per_s, "stages": stages.record}
     results = run_record(cfg, trainer, metrics, data_counts, keys, plain, ckpt_path, guard.summary(),
                          during.record() if during else None, timings)
     return finish_run(trainer, run_dir, results, tables, preemption, guard)

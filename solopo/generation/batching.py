@@ -1,0 +1,74 @@
+"""Batches for generation: prompts sorted by length and grouped under a token budget, answers put back in the
+prompts' order; and the static KV cache that lets transformers compile the decoding step on a GPU.
+
+A left-padded batch is as wide as its longest prompt, so sorting by length keeps padding small, and a budget in
+tokens (rather than a number of rows) lets short prompts go many at a time and long ones few, for the same memory:
+
+    cost(batch) = rows x copies x (longest prompt + new tokens)   <=   max_tokens
+
+where copies is the number of sequences each prompt generates (k samples share one prompt's prefill).
+"""
+from __future__ import annotations
+
+from typing import Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+STATIC_WIDTH_MULTIPLE = 256  # static caches are sized in steps of this: a compiled step is reused across batches
+
+
+def budget_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None, new_tokens: int,
+                   copies: int = 1) -> list[list[int]]:
+    """Indices of ``lengths`` (prompt tokens) in batches, longest prompts first: each batch has at most ``max_rows``
+    prompts and, when ``max_tokens`` is set, costs at most that (the formula above; a prompt whose cost alone is
+    over it makes a batch of its own). Ties keep the prompts' order, so the batches are repeatable."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        # longest first: the batch's first prompt sets its width
+        width = (lengths[batch[0]] if batch else lengths[i]) + new_tokens
+        full = batch is None or len(batch) >= max_rows or (
+            max_tokens is not None and (len(batch) + 1) * copies * width > max_tokens)
+        if full:
+            batches.append([i])
+        else:
+            batch.append(i)
+    return batches
+
+
+def in_prompt_order(batches: Sequence[Sequence[int]], outputs: Sequence[Sequence[T]]) -> list[T]:
+    """The outputs of ``batches`` (one per index, in the batch's order) put back in the order of the prompts."""
+    placed: dict[int, T] = {}
+    for batch, results in zip(batches, outputs):
+        if len(batch) != len(results):
+            raise ValueError(f"a batch of {len(batch)} prompts gave {len(results)} outputs")
+        placed.update(zip(batch, results))
+    return [placed[i] for i in range(len(placed))]
+
+
+def uses_static_cache(model, wanted: bool) -> bool:
+    """A static KV cache (and with it transformers' compiled decoding step) where it pays: on a GPU, when asked."""
+    return wanted and next(model.parameters()).device.type == "cuda"
+
+
+def pad_left_to(ids: torch.Tensor, mask: torch.Tensor, multiple: int, pad_token_id: int) -> tuple[torch.Tensor, ...]:
+    """A left-padded batch widened on the left to a multiple of ``multiple`` columns: batches of nearby lengths then
+    share one static cache size, so the compiled decoding step is not compiled again for each."""
+    extra = -ids.shape[1] % multiple
+    if not extra:
+        return ids, mask
+    return (torch.cat([ids.new_full((ids.shape[0], extra), pad_token_id), ids], dim=1),
+            torch.cat([mask.new_zeros((mask.shape[0], extra)), mask], dim=1))
+
+
+def static_copy(model, cache, copies: int, max_cache_len: int):
+    """A StaticCache of ``max_cache_len`` positions holding ``cache`` (a DynamicCache of a prompt batch's prefill)
+    with each row repeated ``copies`` times in place, so k samples continue one prefill with compiled decoding."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=model.config, max_cache_len=max_cache_len)
+    for source, target in zip(cache.layers, static.layers):
+        target.update(source.keys.repeat_interleave(copies, 0), source.values.repeat_interleave(copies, 0))
+    return static

@@ -1,0 +1,93 @@
+"""Generation in length-sorted batches under a token budget (solopo.generation.batching): the batches by hand, answers
+back in the prompts' order, batched greedy answers equal to one-at-a-time ones token for token, the static KV cache
+equal to the dynamic one, sampled generation repeatable under its seed."""
+import dataclasses
+from dataclasses import replace
+
+import pytest
+import torch
+
+from solopo.eval import longctx
+from solopo.eval.longctx import greedy_answers
+from solopo.generation import sampling
+from solopo.generation.batching import budget_batches, in_prompt_order, pad_left_to
+from solopo.data.tokenize import left_padded
+from solopo.models.loading import load_model
+
+from conftest import SAMPLING, TINY
+
+PROMPTS = ["Why?", "Where was the person born, and in which year did the city get its name?", "Who?",
+           "Which river runs through the old town north of the bridge?", "When did it open?"]
+
+
+@pytest.mark.parametrize("max_rows, max_tokens, copies, expected", [
+    # longest first (100, 100, 50, 20, 5 tokens + 10 new); a batch's width is its first prompt's
+    (3, 500, 1, [[1, 3, 4], [2, 0]]),  # 3 x 110 = 330 <= 500, then the row limit; 2 x 30 = 60
+    (3, 200, 1, [[1], [3], [4, 2, 0]]),  # 2 x 110 = 220 > 200; 3 x 60 = 180 <= 200
+    (3, 400, 2, [[1], [3], [4, 2, 0]]),  # 2 x 2 x 110 = 440 > 400; 3 x 2 x 60 = 360 <= 400
+    (2, None, 1, [[1, 3], [4, 2], [0]]),  # no token bound: rows only
+    (3, 50, 1, [[1], [3], [4], [2], [0]]),  # a prompt over the budget alone is a batch of one
+])
+def test_budget_batches_by_hand(max_rows, max_tokens, copies, expected):
+    assert budget_batches([5, 100, 20, 100, 50], max_rows, max_tokens, 10, copies) == expected
+
+
+def test_outputs_go_back_to_the_prompts_order():
+    assert in_prompt_order([[1, 3], [0], [2]], [["b", "d"], ["a"], ["c"]]) == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="a batch of 2 prompts gave 1 outputs"):
+        in_prompt_order([[1, 3]], [["b"]])
+
+
+def test_pad_left_to_a_multiple_keeps_the_rows_and_masks_the_new_columns():
+    ids, mask = torch.tensor([[7, 8, 9], [0, 5, 6]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
+    wide, wide_mask = pad_left_to(ids, mask, 4, pad_token_id=0)
+    assert wide.tolist() == [[0, 7, 8, 9], [0, 0, 5, 6]] and wide_mask.tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
+    assert pad_left_to(wide, wide_mask, 4, 0)[0] is wide
+
+
+# TINY's tied embeddings make a random model repeat its last input token; an untied, wider-initialised head answers
+# each prompt differently, so a mix-up of answers or a padding effect shows.
+TALKATIVE = {**TINY.random_init, "tie_word_embeddings": False, "initializer_range": 0.2}
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tokenizer):
+    return load_model(dataclasses.replace(TINY, dtype="float32", random_init=TALKATIVE), tokenizer).eval()
+
+
+def test_batched_greedy_answers_equal_one_at_a_time_in_the_prompts_order(fp32_model, tokenizer):
+    alone = [greedy_answers(fp32_model, tokenizer, [p], max_new_tokens=8, batch_size=1)[0] for p in PROMPTS]
+    assert len(set(alone)) > 1  # the prompts' answers differ, so a wrong order would show
+    for batch_size, batch_tokens in ((5, None), (2, None), (5, 120)):
+        got = greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=batch_size,
+                             batch_tokens=batch_tokens)
+        assert got == alone, (batch_size, batch_tokens)
+
+
+def test_static_cache_answers_equal_the_dynamic_cache(fp32_model, tokenizer, monkeypatch):
+    """The static path (wider left padding, a static cache) as a GPU takes it, forced on the CPU, where transformers
+    does not compile: the same greedy answers."""
+    dynamic = greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=3)
+    monkeypatch.setattr(longctx, "uses_static_cache", lambda model, wanted: wanted)
+    assert greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=3, static_cache=True) == dynamic
+
+
+def test_shared_prefix_samples_from_a_static_cache_equal_those_from_the_dynamic_one(tokenizer):
+    """float64, as the shared-prefix test of test_sampling: the two caches' attention rounds alike."""
+    model = load_model(dataclasses.replace(TINY, dtype="float64", random_init=TALKATIVE), tokenizer).eval()
+    ids, mask = left_padded(tokenizer, PROMPTS[:3], torch.device("cpu"))
+    settings = replace(SAMPLING, k=3, max_new_tokens=10)
+    drawn = []
+    for static in (False, True):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            drawn.append(sampling.sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static))
+    assert torch.equal(*drawn)
+
+
+def test_sampled_generation_repeats_under_its_seed_in_the_prompts_order(fp32_model, tokenizer):
+    settings = replace(SAMPLING, k=2, max_new_tokens=6, batch_size=4, batch_tokens=200, seed=3)
+    first = sampling.generate(fp32_model, tokenizer, PROMPTS, settings)
+    assert [len(s) for s in first] == [2] * len(PROMPTS)
+    assert sampling.generate(fp32_model, tokenizer, PROMPTS, settings) == first
+    assert sampling.generate(fp32_model, tokenizer, PROMPTS, replace(settings, seed=4)) != first
