@@ -1,0 +1,64 @@
+"""The decisive study's claims and their verdicts, from paired comparisons over seeds and questions.
+
+A comparison of two settings of one regime and algorithm takes the seeds both ran and, in each, the questions both
+were asked (the same by the split's rule); a question's score is its mean sub-EM over the long-context cases
+(every length but the evidence alone, every depth). solopo.report.stats.paired_bootstrap gives the mean difference
+and its 95% interval over questions and seeds. Verdict on "better > worse": supported when the interval lies above 0,
+contradicted when it lies below, not separated when it holds 0.
+"""
+from __future__ import annotations
+
+from solopo.report.runs import Run
+from solopo.report.stats import Change, paired_bootstrap
+
+SHORT = "short"
+# (claim, better row, worse row, whose claim): rows at the paper's alpha and the abs distance
+CLAIMS = (
+    ("SoLoPO beats Long-PO", "solopo", "long_po", "the paper"),
+    ("SoLoPO beats Short-PO (SoLo-RA adds to short-context PO)", "solopo", "short_po", "the paper"),
+    ("No gradient to the short side beats the paper's form", "solopo_detach", "solopo", "paper_mini"),
+    ("SoLoPO-detach beats Short-PO", "solopo_detach", "short_po", "new"),
+    ("SoLoPO-detach beats Long-PO", "solopo_detach", "long_po", "new"),
+    ("SoLo-RA on the chosen response beats it on both", "solopo", "solopo_both", "the paper"),
+)
+
+
+def question_scores(run: Run, long_only: bool = True) -> dict[str, float]:
+    """Question id -> the trained model's mean score over its long-context cases (or its evidence-only case)."""
+    table = run.eval.get("trained") or run.eval.get("model") or {}
+    cases: dict[str, list[float]] = {}
+    for item, length, _, score in table.get("scores", []):
+        if (length != SHORT) == long_only:
+            cases.setdefault(item, []).append(score)
+    return {item: sum(v) / len(v) for item, v in cases.items()}
+
+
+def paired(better: list[Run], worse: list[Run], long_only: bool = True) -> Change | None:
+    """better - worse in sub-EM points over the seeds both ran and the questions both were asked; None when they
+    share no seed."""
+    by_seed = {r.seed: question_scores(r, long_only) for r in worse if not r.failed}
+    differences = []
+    for run in better:
+        if run.failed or run.seed not in by_seed:
+            continue
+        mine, theirs = question_scores(run, long_only), by_seed[run.seed]
+        differences.append([100 * (mine[q] - theirs[q]) for q in sorted(mine.keys() & theirs.keys())])
+    differences = [d for d in differences if d]
+    return paired_bootstrap(differences) if differences else None
+
+
+def verdict(change: Change | None) -> str:
+    if change is None:
+        return "not run"
+    return "supported" if change.low > 0 else "contradicted" if change.high < 0 else "not separated"
+
+
+def seeds_of(better: list[Run], worse: list[Run]) -> int:
+    return len({r.seed for r in better if not r.failed} & {r.seed for r in worse if not r.failed})
+
+
+def describe(change: Change | None, seeds: int) -> str:
+    if change is None:
+        return "no shared seed"
+    return (f"{change.difference:+.1f} [{change.low:+.1f}, {change.high:+.1f}] points, {seeds} seeds, "
+            f"{change.n} question-seed pairs")

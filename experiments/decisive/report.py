@@ -1,0 +1,190 @@
+"""The decisive study's report: study.md (main table, claims with paired 95% intervals and verdicts, ablations,
+pipeline cost) and its plots (accuracy vs length, the mechanism: the chosen response's short and long rewards per
+step), from the runs of a study directory.
+
+    python experiments/decisive/report.py /tmp/decisive --out experiments/decisive/results \\
+        --readme experiments/decisive/README.md
+
+--readme rewrites the page's `<!-- solopo.report:NAME -->` blocks (runs, main, claims) with the generated tables.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from experiments.decisive.claims import CLAIMS, describe, paired, seeds_of, verdict  # noqa: E402
+from experiments.decisive.jobs import MAIN_ROWS, PAPER_ALPHA, place  # noqa: E402
+
+from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
+from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat  # noqa: E402
+from solopo.report.tables import cell, fill_blocks, markdown  # noqa: E402
+
+AVG = "avg long"
+STAGES = ("sampling", "reference", "base_eval", "training", "eval")
+MECHANISM = ("ra/chosen_short", "ra/chosen_long", "ra/gap_signed")
+
+
+def main_key(regime: str, algo: str, row: str) -> tuple:
+    """The group of a main row: SoLo-RA rows at the paper's alpha and the abs distance."""
+    ra = row.startswith("solopo")
+    return regime, algo, row, PAPER_ALPHA.get(algo) if ra else None, "abs" if ra else None
+
+
+def main_table(groups: dict, regimes: list[str], algos: list[str]) -> list[str]:
+    rows = []
+    for regime in regimes:
+        for algo in algos:
+            for row in ("base", *MAIN_ROWS, "solopo_both"):
+                runs = groups.get((regime, "-", "base", None, None) if row == "base" else main_key(regime, algo, row))
+                if not runs or (row == "base" and algo != algos[0]):
+                    continue
+                ok = [r for r in runs if not r.failed]
+                note = f" (+{len(runs) - len(ok)} failed: {failures(runs)})" if len(ok) < len(runs) else ""
+                rows.append([regime, "-" if row == "base" else algo, row, f"{len(ok)}{note}",
+                             cell(scores_of(ok, "short")), cell(scores_of(ok, AVG)),
+                             cell(stat(r.pairs for r in ok), 0)])
+    return markdown(["regime", "algo", "method", "seeds", "evidence only", AVG, "pairs"], rows)
+
+
+def claim_lines(groups: dict, regimes: list[str], algos: list[str]) -> list[str]:
+    """One line per claim, regime and algorithm: the paired difference, its interval, the verdict."""
+    lines = []
+    for claim, better, worse, whose in CLAIMS:
+        for regime in regimes:
+            for algo in algos:
+                a, b = groups.get(main_key(regime, algo, better)), groups.get(main_key(regime, algo, worse))
+                if a and b:
+                    change = paired(a, b)
+                    lines.append(f"- **{verdict(change)}**: {claim} ({whose}), regime {regime}, {algo}: "
+                                 f"{describe(change, seeds_of(a, b))}.")
+    return lines
+
+
+def ablation_table(groups: dict) -> list[str]:
+    """Each SoLo-RA form (detach x distance x alpha) against Short-PO of its regime and algorithm, paired."""
+    rows = []
+    for (regime, algo, row, alpha, distance), runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        short = groups.get(main_key(regime, algo, "short_po"))
+        if row not in ("solopo", "solopo_detach") or not short or (distance, alpha) == ("abs", PAPER_ALPHA[algo]):
+            continue
+        change = paired(runs, short)
+        rows.append([regime, algo, "yes" if row == "solopo_detach" else "no", distance, f"{alpha:g}",
+                     str(len([r for r in runs if not r.failed])), cell(scores_of(runs, "short")),
+                     cell(scores_of(runs, AVG)), describe(change, seeds_of(runs, short)), verdict(change)])
+    head = ["regime", "algo", "detach_short", "distance", "alpha", "seeds", "evidence only", AVG,
+            "- Short-PO [95%]", "verdict (> Short-PO)"]
+    return markdown(head, rows) if rows else ["No ablation runs."]
+
+
+def cost_table(groups: dict) -> list[str]:
+    """Seconds and peak GPU memory of each stage, per regime and method (one algorithm: SimPO where it ran). Sampling
+    and the reference pass count where they ran (the first job of a seed), not where they were read from the cache."""
+    rows = []
+    for (regime, algo, row, alpha, distance), runs in groups.items():
+        if algo not in ("simpo", "-") or (row.startswith("solopo") and (distance, alpha) != ("abs", PAPER_ALPHA["simpo"])):
+            continue
+        stages = [r.timings.get("stages", {}) for r in runs if not r.failed]
+        cells = []
+        for stage in STAGES:
+            seconds = [s[stage]["s"] for s in stages if stage in s]
+            shared = stage in ("sampling", "reference")
+            value = stat([max(seconds)] if shared and seconds else seconds)
+            memory = stat(s[stage]["peak_gib"] for s in stages if stage in s)
+            cells.append(f"{cell(value, 1)} s / {cell(memory, 2)} GiB" if value else "-")
+        rows.append([regime, row, *cells])
+    return markdown(["regime", "method (SimPO)", *STAGES], sorted(rows))
+
+
+def step_series(run: Run, key: str) -> dict[int, float]:
+    """A per-step metric from the run's metrics.csv (CSV logger), {step: value}."""
+    found = sorted(run.path.glob("**/metrics.csv"))
+    if not found:
+        return {}
+    with open(found[0]) as f:
+        return {int(r["step"]): float(r[f"train/{key}"]) for r in csv.DictReader(f) if r.get(f"train/{key}")}
+
+
+def mechanism_plots(groups: dict, out: Path) -> list[Path]:
+    """Per regime and algorithm, the chosen response's short-context reward, long-context reward and signed gap per
+    step, the paper's form against detach_short (mean ± std over seeds)."""
+    drawn = []
+    for (regime, algo, row, alpha, distance), runs in groups.items():
+        if row != "solopo" or (distance, alpha) != ("abs", PAPER_ALPHA.get(algo)):
+            continue
+        lines = {}
+        for name, key_row in (("paper's form", "solopo"), ("detach_short", "solopo_detach")):
+            for metric in MECHANISM:
+                series = [step_series(r, metric) for r in groups.get(main_key(regime, algo, key_row), [])]
+                steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+                if steps:
+                    lines[f"{metric.split('/')[1]}, {name}"] = {n: stat(s[n] for s in series) for n in steps}
+        if lines:
+            drawn.append(score_vs_step(lines, out / f"mechanism_{regime}_{algo}.png", ylabel="reward of the chosen response",
+                                       title=f"regime {regime}, {algo}: SoLo-RA's pull", from_zero=False))
+    return drawn
+
+
+def length_plot(groups: dict, regimes: list[str], algos: list[str], out: Path) -> list[Path]:
+    panels = {}
+    for regime in regimes:
+        for algo in algos:
+            lines = {}
+            for row in ("base", *MAIN_ROWS):
+                runs = groups.get((regime, "-", "base", None, None) if row == "base" else main_key(regime, algo, row), [])
+                lengths = list(dict.fromkeys(k for r in runs for k in r.scores if k != AVG))
+                if series := {n: s for n in lengths if (s := scores_of(runs, n))}:
+                    lines[row] = series
+            if lines:
+                panels[f"regime {regime}, {algo}"] = lines
+    return [accuracy_vs_length(panels, out / "accuracy_vs_length.png", dashed=("base",),
+                               ylabel="sub-EM (%), mean ± std over seeds")] if panels else []
+
+
+def blocks(runs: list[Run]) -> dict[str, list[str]]:
+    groups = group(runs, place)
+    regimes = sorted({key[0] for key in groups})
+    algos = sorted({key[1] for key in groups if key[1] != "-"})
+    return {"runs": [f"{len(runs)} runs, {sum(1 for r in runs if r.failed)} failed."],
+            "main": main_table(groups, regimes, algos), "claims": claim_lines(groups, regimes, algos),
+            "ablations": ablation_table(groups), "cost": cost_table(groups)}
+
+
+def write_study(runs: list[Run], out: Path) -> Path:
+    groups, parts = group(runs, place), blocks(runs)
+    regimes, algos = sorted({k[0] for k in groups}), sorted({k[1] for k in groups if k[1] != "-"})
+    out.mkdir(parents=True, exist_ok=True)
+    plots = length_plot(groups, regimes, algos, out) + mechanism_plots(groups, out)
+    text = ["# The decisive study: results", "", parts["runs"][0], "",
+            "## Main rows: sub-EM (%), mean ± std over seeds", "", *parts["main"], "",
+            "## Claims: paired differences over seeds and questions, 95% bootstrap intervals", "", *parts["claims"], "",
+            "## Ablations against Short-PO", "", *parts["ablations"], "",
+            "## Pipeline cost per stage (seconds / peak GPU memory)", "", *parts["cost"], "",
+            "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
+    (out / "study.md").write_text("\n".join(text))
+    return out / "study.md"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="+", type=Path, help="the study's run directories, or a folder of them")
+    parser.add_argument("--out", type=Path, help="where the report goes (default: <first dir>/report)")
+    parser.add_argument("--readme", type=Path, help="a page whose generated blocks are rewritten")
+    args = parser.parse_args()
+    try:
+        runs = find_runs(args.dirs)
+        page = fill_blocks(args.readme.read_text(), blocks(runs), str(args.readme)) if args.readme else None
+    except (OSError, ValueError) as err:  # a missing or malformed input: one line naming it
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(write_study(runs, args.out or args.dirs[0] / "report"))
+    if page is not None:
+        args.readme.write_text(page)
+        print(args.readme)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The decisive study (experiments/decisive): its presets, its job list, regime (b)'s length rule, the claims' paired
+verdicts and the report on hand-made runs, and (slow) the launcher and report end to end on the tiny model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from experiments.decisive import claims, curve, jobs, report  # noqa: E402
+
+from solopo.report.runs import find_runs  # noqa: E402
+
+SCRIPT_ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+@pytest.mark.parametrize("regime, long_len, short_len", [("a", 4096, None), ("b", 1024, 146)])
+def test_presets_compose_with_a_job_s_overrides(regime, long_len, short_len):
+    job = jobs.Job(regime, "solopo_detach", "simpo", 1.0, 0, "softplus")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=job.overrides())
+    assert (cfg.data.long_len, cfg.data.short_len, cfg.eval.n_items, list(cfg.eval.depths)) == (
+        long_len, short_len, 200, [0.0, 0.5, 1.0])
+    assert (cfg.method.name, cfg.ra.alpha, cfg.ra.distance, cfg.ra.detach_short) == ("solopo", 1.0, "softplus", True)
+    assert cfg.eval.batch_tokens and cfg.data.sampling.batch_tokens and "CSVLogger" in cfg.logger._target_
+
+
+def test_job_list_main_rows_at_five_seeds_and_ablations_at_three():
+    plan = jobs.study_jobs()
+    names = [j.name for j in plan]
+    assert len(names) == len(set(names)) == 2 * 5 * (1 + 4 * 3) + (2 * 3 * 4 + 1) * 3 - 2 * 3
+    assert names[:3] == ["a-base-s0", "a-short_po-dpo-s0", "a-short_po-simpo-s0"]  # seed by seed, base first
+    assert "b-solopo_detach-orpo-a1-s4" in names and "a-solopo_detach-simpo-squared-a0.1-s2" in names
+    assert not any(n.startswith("b-") and "squared" in n for n in names)  # ablations in one regime
+    base = jobs.Job("a", "short_po", "dpo", None, 0)
+    assert base.overrides() == ["experiment=decisive/a", "seed=0", "method=short_po", "algo=dpo"]
+    assert jobs.Job("a", "solopo", "dpo", 3.0, 0).sampling_key == base.sampling_key != (
+        jobs.Job("a", "long_po", "dpo", None, 0).sampling_key)
+
+
+def test_regime_b_length_is_the_longest_that_keeps_half_the_evidence_only_accuracy():
+    assert curve.choose({"short": 40.0, "512": 30.0, "1024": 21.0, "2048": 19.0, "4096": 25.0}) == 4096
+    assert curve.choose({"short": 40.0, "512": 30.0, "1024": 20.0, "2048": 10.0}) == 1024
+    assert curve.choose({"short": 0.0, "512": 0.0}) is None  # a model that never answers gives no length
+    assert curve.overrides(1536) == ["data.long_len=1536", "data.short_len=219", "eval.lengths=[short,1536,3072,6144]"]
+
+
+def test_regime_b_waits_for_the_curve_and_then_carries_its_length(tmp_path):
+    def dry(*extra):
+        done = subprocess.run([sys.executable, str(ROOT / "experiments" / "decisive" / "launch.py"), "--root",
+                               str(tmp_path), "--main-seeds", "0", "--ablation-seeds", "0", "--dry-run", *extra],
+                              cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "regime (b) waits for" in dry() and " b-" not in dry()
+    (tmp_path / "curve.json").write_text(json.dumps({"overrides": curve.overrides(768)}))
+    line = next(x for x in dry("--names", "b-solopo-dpo-a3-s0").splitlines() if x.startswith("b-solopo"))
+    assert "data.long_len=768 data.short_len=109 'eval.lengths=[short,768,1536,3072]' method=solopo" in line
+
+
+def fake_run(path: Path, regime: str, row: str, seed: int, right: list[int], algo: str = "SimPO", alpha=1.0,
+             distance="abs", stages=None):
+    """A results.json of a run whose trained model answered the questions in ``right`` (of 0-9) at two long
+    lengths, and none on the evidence alone."""
+    method = {"short_po": "short_po", "long_po": "long_po"}.get(row, "solopo")
+    use_ra = method == "solopo"
+    scores = [[f"q{q}", length, "0.5", float(q in right)] for q in range(10) for length in ("1024", "2048")]
+    table = {"by_length": {"short": 0.0, "1024": len(right) / 10, "2048": len(right) / 10},
+             "average_long": len(right) / 10, "scores": scores + [[f"q{q}", "short", "-", 0.0] for q in range(10)]}
+    config = {"seed": seed, "data": {"short_len": 146 if regime == "b" else None}, "method": {"name": method,
+              "use_ra": use_ra}, "algo": {"_target_": f"solopo.core.algos.{algo}"},
+              "ra": {"alpha": alpha, "distance": distance, "detach_short": row == "solopo_detach",
+                     "responses": ["chosen"]}}
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"config": config, "eval": {"base": table, "trained": table},
+                                                   "timings": {"stages": stages or {}}, "data": {"train": {"pairs": 9}}}))
+
+
+def test_claims_are_paired_over_seeds_and_questions_with_a_verdict(tmp_path):
+    """Detach answers 6 of 10 under every seed where the paper's form answers 2 of the same (+40 points on 4 of 10
+    questions, every seed: supported); Short-PO answers 6 too, 2 of them others (equal on average: not separated)."""
+    for seed in range(3):
+        fake_run(tmp_path / f"det-{seed}", "a", "solopo_detach", seed, [0, 1, 2, 3, 4, 5])
+        fake_run(tmp_path / f"sol-{seed}", "a", "solopo", seed, [0, 1])
+        fake_run(tmp_path / f"short-{seed}", "a", "short_po", seed, [0, 1, 2, 3, 8, 9],
+                 stages={"training": {"s": 2.0 + seed, "peak_gib": 1.5}, "sampling": {"s": 10.0 * (seed == 0),
+                                                                                      "peak_gib": 3.0}})
+    fake_run(tmp_path / "sweep", "a", "solopo_detach", 0, [0, 1, 2, 3, 4, 5, 6, 7], distance="squared", alpha=0.3)
+    text = report.write_study(find_runs([tmp_path]), tmp_path / "out").read_text()
+    assert ("- **supported**: No gradient to the short side beats the paper's form (paper_mini), regime a, simpo: "
+            "+40.0 [+2") in text and "points, 3 seeds, 30 question-seed pairs." in text
+    assert "- **not separated**: SoLoPO-detach beats Short-PO (new), regime a, simpo: +0.0 [" in text
+    assert "- **contradicted**: SoLoPO beats Short-PO" in text
+    assert "| a | simpo | yes | squared | 0.3 | 1 | 0.0 | 80.0 | +20.0 [" in text  # 8 of 10 vs 6 of 10, seed 0
+    # sampling counts where it ran (seed 0: 10 s), not where the cache was read; training is a mean over seeds
+    assert "| a | short_po | 10.0 s / 3.00 ± 0.00 GiB | - | - | 3.0 ± 1.0 s / 1.50 ± 0.00 GiB | - |" in text
+    assert (tmp_path / "out" / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_comparison_uses_only_shared_seeds_and_questions(tmp_path):
+    fake_run(tmp_path / "a0", "a", "solopo", 0, [0, 1, 2])
+    fake_run(tmp_path / "a1", "a", "solopo", 1, [0])
+    fake_run(tmp_path / "b1", "a", "short_po", 1, [])
+    runs = {r.path.name: r for r in find_runs([tmp_path])}
+    change = claims.paired([runs["a0"], runs["a1"]], [runs["b1"]])
+    assert change.n == 10 and change.difference == pytest.approx(10.0)  # seed 1 only: 1 of 10 right, +10 points
+    assert claims.paired([runs["a0"]], [runs["b1"]]) is None and claims.verdict(None) == "not run"
+
+
+@pytest.mark.slow
+def test_the_launcher_and_report_end_to_end_on_the_tiny_model(tmp_path):
+    """Three jobs of regime (a) at one seed (base, Short-PO, SoLoPO-detach) on the tiny model with gold pairs: every
+    job ends, and the report has their rows, a claim line, the cost of every stage and the mechanism plot."""
+    tiny = ["model=tiny", "trainer=cpu", "data.long_len=256", "data.source.n_train=6", "data.source.n_val=2",
+            "data.batch_size=2", "trainer.max_steps=2", "eval.n_items=2", "eval.lengths=[short,256]",
+            "eval.max_new_tokens=4", "data.pairs=gold"]
+    script = ROOT / "experiments" / "decisive"
+    done = subprocess.run([sys.executable, str(script / "launch.py"), "--root", str(tmp_path), "--regimes", "a",
+                           "--main-seeds", "0", "--names", "a-base-s0,a-short_po-simpo-s0,a-solopo_detach-simpo-a1-s0",
+                           "--parallel", "2", "--", *tiny], cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0 and "study: 3 of 3 jobs done" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+    done = subprocess.run([sys.executable, str(script / "report.py"), str(tmp_path), "--out", str(tmp_path / "rep")],
+                          cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "rep" / "study.md").read_text()
+    assert "3 runs, 0 failed." in text and "| a | simpo | solopo_detach | 1 |" in text
+    assert "SoLoPO-detach beats Short-PO (new), regime a, simpo:" in text
+    assert "| a | solopo_detach | 0.0 s" in text or "| a | solopo_detach |" in text
