@@ -13,6 +13,7 @@ from solopo.eval import longbench
 from solopo.eval.longbench import LONGBENCH_QA, LongBench, format_benchmark, middle_truncated, run_benchmark
 from solopo.eval.ruler import RulerQA
 from solopo.scoring import ExactMatch, TokenF1, f1
+from solopo.settings.build import ConfigError
 from conftest import EVAL
 from test_configs import ROOT
 from test_scoring import settings_of
@@ -178,3 +179,40 @@ def test_evaluate_runs_longbench_end_to_end(tmp_path):
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert no_path.returncode == 2 and "Traceback" not in no_path.stderr
     assert no_path.stderr.strip().splitlines()[-1] == "error: eval=ruler needs eval.benchmark.path=PATH (see conf/eval/ruler.yaml)"
+
+
+def test_a_training_run_builds_the_benchmark_and_refuses_it_during_training():
+    """A training run's settings carry eval.benchmark (none with eval.enabled=false); evaluation during training,
+    judged by the held-out questions' long-context sub-EM, does not combine with it: one line names the key."""
+    bench = ["eval=longbench", "eval.benchmark.path=/data"]
+    assert isinstance(settings_of(bench).benchmark, LongBench)
+    assert settings_of([*bench, "eval.enabled=false"]).benchmark is None
+    with pytest.raises(ConfigError, match=r"eval.every_n_steps=2: evaluation during training uses the held-out "):
+        settings_of([*bench, "eval.every_n_steps=2"])
+
+
+def test_a_training_run_evaluates_on_the_benchmark_the_eval_group_names(tmp_path):
+    """`python -m solopo.run eval=longbench`: the base and the trained model are evaluated on eval.benchmark, by the
+    code `python -m solopo.evaluate` runs (the same table, per subset and averaged), in place of the held-out
+    questions; a missing benchmark folder stops the run in one line before the model loads."""
+    folder = longbench_folder(tmp_path / "data")
+    args = [sys.executable, "-m", "solopo.run", "algo=dpo", "experiment=smoke", "logger=none", "eval=longbench",
+            "eval.benchmark.n_items=1"]
+    done = subprocess.run([*args, f"eval.benchmark.path={folder}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    heading = "LongBench, TokenF1 x 100:\n| model | narrativeqa | qasper | multifieldqa_en | hotpotqa | 2wikimqa |"
+    assert heading in done.stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "eval" not in results and set(results["benchmark"]) == {"base", "trained"}
+    for table in results["benchmark"].values():
+        assert set(table["subsets"]) == set(LONGBENCH_QA) and all(r["n"] == 1 for r in table["subsets"].values())
+        assert table["metric"] == "TokenF1"
+    summary = results["eval_summary"]
+    assert summary["eval/gain/average"] == summary["eval/trained/average"] - summary["eval/base/average"]
+    missing = subprocess.run([*args, f"eval.benchmark.path={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r2'}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].endswith("must be the folder of LongBench's <subset>.jsonl")
+    assert "parameters" in done.stdout + done.stderr  # load_models logs the model's size...
+    assert "parameters" not in missing.stdout + missing.stderr  # ...which a run stopped by a bad path never loads
