@@ -5,8 +5,8 @@
     python -m solopo.evaluate eval=longbench eval.benchmark.path=/data/LongBench/data   # or eval=ruler
 
 Writes results.json (the table), eval_*.png and prints the table; with a benchmark (eval=longbench, eval=ruler),
-its table per subset and their average instead. `python -m solopo.run` runs the
-same evaluation before and after training. Installed, the same entry is the console script `solopo-eval`.
+its table per subset and their average instead. `python -m solopo.run` runs the same evaluation, built by the same
+code, before and after training. Installed, the same entry is the console script `solopo-eval`.
 """
 from __future__ import annotations
 
@@ -26,55 +26,41 @@ log = logging.getLogger("solopo")
 
 
 def evaluate(cfg: DictConfig) -> None:
-    from solopo.eval.runner import Evaluation, eval_items, write_outputs
-    from solopo.settings.build import build_settings, load_source, vllm_args
+    """The evaluation the eval group describes (solopo.eval.runner.make_evaluation, as a training run builds it), on
+    one model: its table printed, in results.json and, for held-out questions, plotted."""
+    from solopo.eval.runner import make_evaluation
+    from solopo.models.loading import load_tokenizer
+    from solopo.settings.build import ConfigError, build_settings, load_source, vllm_args
 
     settings = build_settings(cfg, training=False)  # a config mistake stops here, in one line, before the model loads
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if settings.benchmark is not None:
-        return evaluate_benchmark(cfg, settings, run_dir)
-    items, pool = eval_items(load_source(cfg), cfg.eval.n_items)  # a malformed data file stops before the model loads
-    spec = settings.model
-    tokenizer, model = loaded(settings, cfg.seed)
-    evaluation = Evaluation(tokenizer, items, pool, settings.eval, spec.max_length, engine_args=vllm_args(cfg))
-    table = evaluation(model, "model")
-    outputs = write_outputs({"model": table}, run_dir)
-    write_results(run_dir, {"config": redact(OmegaConf.to_container(cfg, resolve=True)), "eval": {"model": table},
-                            "plots": outputs["plots"]})
+    splits = load_source(cfg) if settings.benchmark is None else None  # a benchmark brings its own questions
+    tokenizer = load_tokenizer(settings.model)
+    try:  # a missing or malformed benchmark file, or data without held-out questions, stops here
+        evaluation = make_evaluation(tokenizer, settings.eval, settings.model.max_length, settings.benchmark, splits,
+                                     cfg.eval.n_items, engine_args=vllm_args(cfg))
+    except ValueError as err:  # DataFileError among them
+        raise ConfigError(str(err)) from None
+    tables = {"model": evaluation(loaded_model(settings, tokenizer, cfg.seed), "model")}
+    outputs = evaluation.outputs(tables, run_dir)
+    write_results(run_dir, {"config": redact(OmegaConf.to_container(cfg, resolve=True)),
+                            evaluation.results_key: tables, "plots": outputs["plots"]})
     print(outputs["markdown"])
     print(f"results: {run_dir / 'results.json'}")
-    log.info("plots: %s", json.dumps(outputs["plots"]))
+    if outputs["plots"]:
+        log.info("plots: %s", json.dumps(outputs["plots"]))
 
 
-def loaded(settings, seed: int):
-    """The tokenizer and the model, on the GPU where there is one (a vLLM engine loads its own copy there)."""
+def loaded_model(settings, tokenizer, seed: int):
+    """The model, on the GPU where there is one (a vLLM engine loads its own copy there)."""
     import torch
 
-    from solopo.models.loading import load_model, load_tokenizer
+    from solopo.models.loading import load_model
 
-    tokenizer = load_tokenizer(settings.model)
     model = load_model(settings.model, tokenizer, seed=seed)
     if settings.eval.engine == "transformers":
         model.to("cuda" if torch.cuda.is_available() else "cpu")
-    return tokenizer, model
-
-
-def evaluate_benchmark(cfg: DictConfig, settings, run_dir: Path) -> None:
-    """eval.benchmark's table: a score per subset and their average, printed and in results.json."""
-    from solopo.data.formats import DataFileError
-    from solopo.eval.longbench import format_benchmark, run_benchmark
-    from solopo.settings.build import ConfigError, vllm_args
-
-    try:
-        subsets = settings.benchmark.load()  # a missing file or a malformed record stops before the model loads
-    except DataFileError as err:
-        raise ConfigError(str(err)) from None
-    tokenizer, model = loaded(settings, cfg.seed)
-    table = run_benchmark(settings.benchmark, subsets, model, tokenizer, settings.eval, settings.model.max_length,
-                          vllm_args(cfg))
-    write_results(run_dir, {"config": redact(OmegaConf.to_container(cfg, resolve=True)), "benchmark": {"model": table}})
-    print(format_benchmark({"model": table}))
-    print(f"results: {run_dir / 'results.json'}")
+    return model
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

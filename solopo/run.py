@@ -20,14 +20,15 @@ from solopo.preflight import preflight
 
 def optimized_value(results: dict, metric: str | None) -> float:
     """The number a sweeper (hparams_search=optuna) optimises: the final metric named by optimized_metric
-    (val/loss, eval/trained/avg_long, ...; every key of results.json's metrics and of the evaluation's summary);
-    null: eval/trained/avg_long when the evaluation ran, else val/rewards/accuracies, both higher-is-better."""
-    from solopo.eval.runner import summary_entries
+    (val/loss, eval/trained/avg_long, ...; every key of results.json's metrics and of its eval_summary); null: the
+    evaluation's headline when it ran (eval/trained/avg_long; with eval.benchmark eval/trained/average), else
+    val/rewards/accuracies, all higher-is-better."""
     from solopo.settings.build import ConfigError
 
-    values = {**results["metrics"], **(summary_entries(results["eval"]) if results.get("eval") else {})}
-    metric = metric or ("eval/trained/avg_long" if "eval/trained/avg_long" in values else "val/rewards/accuracies")
-    if metric not in values and metric.startswith("eval/") and "eval" not in results:
+    values = {**results["metrics"], **results.get("eval_summary", {})}
+    metric = metric or next((key for key in ("eval/trained/avg_long", "eval/trained/average") if key in values),
+                            "val/rewards/accuracies")
+    if metric not in values and metric.startswith("eval/") and "eval_summary" not in results:
         return float("nan")  # a process other than rank 0, which writes the evaluation's results and returns them
     if metric not in values:
         raise ConfigError(f"optimized_metric={metric}: this run has no such metric; it has {', '.join(sorted(values))}")

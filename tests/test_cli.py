@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from solopo.eval.runner import summary_entries
 from solopo.run import optimized_value
 from solopo.settings.build import ConfigError
 from solopo.settings.groups import check_run
@@ -48,15 +49,22 @@ def test_a_config_dir_of_the_user_adds_options(tmp_path):
     assert done.returncode == 0 and "\nseed: 7\n" in done.stdout, done.stderr[-2000:]
 
 
-RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracies": 0.5},
-           "eval": {"base": {"average_long": 10.0, "average": 20.0, "scores": []},
-                    "trained": {"average_long": 30.0, "average": 40.0, "scores": []}}}  # no per-case scores: no interval
+TABLES = {"base": {"average_long": 10.0, "average": 20.0, "scores": []},
+          "trained": {"average_long": 30.0, "average": 40.0, "scores": []}}  # no per-case scores: no interval
+RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracies": 0.5}, "eval": TABLES,
+           "eval_summary": summary_entries(TABLES)}  # as a run's results.json holds them
 
 
 @pytest.mark.parametrize("metric, expected", [("val/loss", 1.25), ("eval/trained/avg_long", 30.0),
                                               ("eval/gain/avg_long", 20.0), (None, 30.0)])
 def test_optimized_value_reads_the_named_metric(metric, expected):
     assert optimized_value(RESULTS, metric) == expected
+
+
+def test_optimized_value_of_a_benchmark_run_is_its_trained_average():
+    summary = {"eval/base/average": 20.0, "eval/trained/average": 25.0, "eval/trained/hotpotqa": 30.0}
+    assert optimized_value({"metrics": RESULTS["metrics"], "eval_summary": summary}, None) == 25.0
+    assert optimized_value({"metrics": RESULTS["metrics"], "eval_summary": summary}, "eval/trained/hotpotqa") == 30.0
 
 
 def test_optimized_value_without_evaluation_is_the_validation_accuracy():

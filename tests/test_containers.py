@@ -204,7 +204,7 @@ MALFORMED = [  # format, the bad record's change, the field the message names, i
     ("A'", {"relevant": []}, "relevant", "empty list"),
     ("trl_standard", {"chosen": None}, "chosen", "is null"),
     ("trl_conversational", {"prompt": [{"role": "user"}]}, "prompt[0].content", "expected a string, got null"),
-    ("trl_conversational", {"chosen": [user("hi")]}, "chosen", "shares no leading message"),
+    ("trl_conversational", {"chosen": [user("hi")]}, "chosen", "expected one assistant message, got user"),
     ("trl_conversational", {"prompt": [{"role": "robot", "content": "x"}]}, "prompt[0].role", "role 'robot'"),
     ("trl_implicit", {"rejected": "Something else entirely."}, "chosen", "shares no leading words"),
     ("trl_implicit_conversational", {"rejected": [user("Other?"), assistant("x")]}, "chosen", "no leading message"),

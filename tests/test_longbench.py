@@ -12,7 +12,8 @@ from solopo.data.formats import DataFileError
 from solopo.eval import longbench
 from solopo.eval.longbench import LONGBENCH_QA, LongBench, format_benchmark, middle_truncated, run_benchmark
 from solopo.eval.ruler import RulerQA
-from solopo.scoring import ExactMatch, f1
+from solopo.scoring import ExactMatch, TokenF1, f1
+from solopo.settings.build import ConfigError
 from conftest import EVAL
 from test_configs import ROOT
 from test_scoring import settings_of
@@ -47,17 +48,50 @@ def test_qa_f1_by_hand():
     assert f1("the the", ["New York"]) == 0.0  # nothing left of the prediction: no shared token
 
 
-def test_the_shipped_templates_and_answer_lengths():
-    """conf/eval/longbench.yaml holds LongBench's dataset2prompt and dataset2maxlen for the paper's six QA subsets."""
+# THUDM/LongBench, LongBench/config/dataset2prompt.json for the paper's six QA subsets, character for character (its
+# "asconcisely" included): the shipped config must not drift from the prompts published scores were measured with.
+_PASSAGES = ("Answer the question based on the given passages. Only give me the answer and do not output any other "
+             "words.\n\nThe following are given passages.\n{context}\n\nAnswer the question based on the given "
+             "passages. Only give me the answer and do not output any other words.\n\nQuestion: {input}\nAnswer:")
+_QASPER_RULE = ("as concisely as you can, using a single phrase or sentence if possible. If the question cannot be "
+                "answered based on the information in the article, write \"unanswerable\". If the question is a yes/no "
+                "question, answer \"yes\", \"no\", or \"unanswerable\". Do not provide any explanation.")
+LONGBENCH_PROMPTS = {
+    "narrativeqa": ("You are given a story, which can be either a novel or a movie script, and a question. Answer the "
+                    "question asconcisely as you can, using a single phrase if possible. Do not provide any "
+                    "explanation.\n\nStory: {context}\n\nNow, answer the question based on the story asconcisely as "
+                    "you can, using a single phrase if possible. Do not provide any explanation.\n\nQuestion: "
+                    "{input}\n\nAnswer:"),
+    "qasper": (f"You are given a scientific article and a question. Answer the question {_QASPER_RULE}\n\nArticle: "
+               f"{{context}}\n\n Answer the question based on the above article {_QASPER_RULE}\n\nQuestion: "
+               "{input}\n\nAnswer:"),
+    "multifieldqa_en": ("Read the following text and answer briefly.\n\n{context}\n\nNow, answer the following "
+                        "question based on the above text, only give me the answer and do not output any other "
+                        "words.\n\nQuestion: {input}\nAnswer:"),
+    "hotpotqa": _PASSAGES, "2wikimqa": _PASSAGES, "musique": _PASSAGES,
+}
+# dataset2maxlen.json
+LONGBENCH_MAX_NEW_TOKENS = {"narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "hotpotqa": 32, "2wikimqa": 32,
+                            "musique": 32}
+
+
+def test_the_shipped_templates_and_answer_lengths_are_longbench_s():
+    """conf/eval/longbench.yaml holds LongBench's dataset2prompt and dataset2maxlen for the paper's six QA subsets, and
+    every one is scored by QA F1 (eval.py's dataset2metric: qa_f1_score for all six), whatever eval.scorer says."""
     bench = settings_of(["eval=longbench", "eval.benchmark.path=/data"], training=False).benchmark
     assert isinstance(bench, LongBench) and tuple(bench.subsets) == LONGBENCH_QA
-    assert {n: s["max_new_tokens"] for n, s in bench.subsets.items()} == {
-        "narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "hotpotqa": 32, "2wikimqa": 32, "musique": 32}
-    hotpot = bench.subsets["hotpotqa"]["template"]
-    assert hotpot.startswith("Answer the question based on the given passages.")
-    assert hotpot.endswith("Question: {input}\nAnswer:")
-    assert all(s["template"].index("{context}") < s["template"].index("{input}") for s in bench.subsets.values())
-    assert bench.subsets["2wikimqa"]["template"] == bench.subsets["musique"]["template"] == hotpot
+    assert {name: spec["template"] for name, spec in bench.subsets.items()} == LONGBENCH_PROMPTS
+    assert {name: spec["max_new_tokens"] for name, spec in bench.subsets.items()} == LONGBENCH_MAX_NEW_TOKENS
+    assert isinstance(bench.scorer(ExactMatch()), TokenF1)
+
+
+def test_prompts_are_filled_as_pred_py_fills_them(tmp_path, tokenizer):
+    """pred.py: prompt_format.format(**json_obj), the record's input and context as they are in the file."""
+    write_jsonl(tmp_path / "hotpotqa.jsonl", [{"input": "Who? ", "context": "\nPassage 1:\nA.\n", "answers": ["A"],
+                                               "_id": "q"}])
+    bench = LongBench(str(tmp_path), {"hotpotqa": {"template": _PASSAGES, "max_new_tokens": 32}})
+    prompts, cut = longbench.prompts_of(bench.load()[0], tokenizer, 2048, None)
+    assert prompts == [_PASSAGES.format(context="\nPassage 1:\nA.\n", input="Who? ")] and cut == 0
 
 
 def test_middle_truncation_keeps_both_ends(tokenizer):
@@ -145,3 +179,40 @@ def test_evaluate_runs_longbench_end_to_end(tmp_path):
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert no_path.returncode == 2 and "Traceback" not in no_path.stderr
     assert no_path.stderr.strip().splitlines()[-1] == "error: eval=ruler needs eval.benchmark.path=PATH (see conf/eval/ruler.yaml)"
+
+
+def test_a_training_run_builds_the_benchmark_and_refuses_it_during_training():
+    """A training run's settings carry eval.benchmark (none with eval.enabled=false); evaluation during training,
+    judged by the held-out questions' long-context sub-EM, does not combine with it: one line names the key."""
+    bench = ["eval=longbench", "eval.benchmark.path=/data"]
+    assert isinstance(settings_of(bench).benchmark, LongBench)
+    assert settings_of([*bench, "eval.enabled=false"]).benchmark is None
+    with pytest.raises(ConfigError, match=r"eval.every_n_steps=2: evaluation during training uses the held-out "):
+        settings_of([*bench, "eval.every_n_steps=2"])
+
+
+def test_a_training_run_evaluates_on_the_benchmark_the_eval_group_names(tmp_path):
+    """`python -m solopo.run eval=longbench`: the base and the trained model are evaluated on eval.benchmark, by the
+    code `python -m solopo.evaluate` runs (the same table, per subset and averaged), in place of the held-out
+    questions; a missing benchmark folder stops the run in one line before the model loads."""
+    folder = longbench_folder(tmp_path / "data")
+    args = [sys.executable, "-m", "solopo.run", "algo=dpo", "experiment=smoke", "logger=none", "eval=longbench",
+            "eval.benchmark.n_items=1"]
+    done = subprocess.run([*args, f"eval.benchmark.path={folder}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    heading = "LongBench, TokenF1 x 100:\n| model | narrativeqa | qasper | multifieldqa_en | hotpotqa | 2wikimqa |"
+    assert heading in done.stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "eval" not in results and set(results["benchmark"]) == {"base", "trained"}
+    for table in results["benchmark"].values():
+        assert set(table["subsets"]) == set(LONGBENCH_QA) and all(r["n"] == 1 for r in table["subsets"].values())
+        assert table["metric"] == "TokenF1"
+    summary = results["eval_summary"]
+    assert summary["eval/gain/average"] == summary["eval/trained/average"] - summary["eval/base/average"]
+    missing = subprocess.run([*args, f"eval.benchmark.path={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r2'}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].endswith("must be the folder of LongBench's <subset>.jsonl")
+    assert "parameters" in done.stdout + done.stderr  # load_models logs the model's size...
+    assert "parameters" not in missing.stdout + missing.stderr  # ...which a run stopped by a bad path never loads

@@ -51,7 +51,9 @@ def read_questions(path: str, n_items: int | None, answer_keys: tuple[str, ...] 
     for where, record in read_jsonl(path)[:n_items]:
         qid = str(record.get("_id", record.get("index", where.place)))  # LongBench's _id, RULER's index
         key = next((k for k in answer_keys if k in record), answer_keys[0])
-        questions.append(Question(qid, text(record, "input", where), text(record, "context", where, strip=False),
+        # input and context as the file has them: pred.py fills its template with them unstripped
+        questions.append(Question(qid, text(record, "input", where, strip=False),
+                                  text(record, "context", where, strip=False),
                                   tuple(text_list(record, key, where))))
     return tuple(questions)
 

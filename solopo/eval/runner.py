@@ -1,14 +1,21 @@
-"""Evaluate one or more checkpoints of a run and write the table, the json and the PNG plots."""
+"""Evaluate one or more checkpoints of a run and write the table, the json and the PNG plots.
+
+The eval config group describes one evaluation, which ``make_evaluation`` builds for both entry points (a training
+run's base and trained model, `python -m solopo.evaluate`'s one model): the held-out questions across context lengths
+(``Evaluation``), or with eval.benchmark a benchmark of fixed long contexts scored per subset
+(``BenchmarkEvaluation``). Each writes, summarises and logs its own tables (``RunEvaluation``).
+"""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 from solopo.cache import DiskCache, digest
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
+from solopo.eval.longbench import Subset, format_benchmark, run_benchmark
 from solopo.eval.longctx import EvalSettings, changes, evaluate, format_table
 from solopo.scoring import settings_identity
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap, score_vs_step
@@ -85,11 +92,124 @@ class Evaluation:
     def __post_init__(self) -> None:
         self.count_tokens = token_counter(self.tokenizer)
 
+    results_key: ClassVar[str] = "eval"
+    heading: ClassVar[str] = "long-context QA, sub-EM (%)"
+
     def __call__(self, model, name: str, as_loaded: bool = False) -> dict:
         """The table of ``model``; ``as_loaded`` marks untrained weights, whose table is cached."""
         return evaluate_model(model, self.tokenizer, self.items, self.pool, self.settings, self.count_tokens,
                               self.max_length, name, cache=self.cache if as_loaded else None,
                               model_id=self.model_id, engine_args=self.engine_args)
+
+    def outputs(self, tables: dict[str, dict], out_dir: Path, curve: dict | None = None) -> dict:
+        return write_outputs(tables, out_dir, curve)
+
+    def summary(self, tables: dict[str, dict]) -> dict[str, float]:
+        return summary_entries(tables)
+
+    def log(self, logger, tables: dict[str, dict], plots: list[str]) -> None:
+        log_to(logger, tables, plots)
+
+
+@dataclass
+class BenchmarkEvaluation:
+    """eval.benchmark (solopo.eval.longbench.LongBench, solopo.eval.ruler.RulerQA) on each checkpoint of a run: its
+    score per subset and their average (x 100), the benchmark's own metric; the untrained model's table is cached as
+    Evaluation's is."""
+
+    benchmark: Any
+    subsets: list[Subset]
+    tokenizer: object
+    settings: EvalSettings
+    max_length: int
+    cache: DiskCache | None = None
+    model_id: str | None = None
+    engine_args: dict = field(default_factory=dict)
+    results_key: ClassVar[str] = "benchmark"
+
+    @property
+    def heading(self) -> str:
+        return f"{type(self.benchmark).__name__}, {type(self.benchmark.scorer(self.settings.scorer)).__name__} x 100"
+
+    def __call__(self, model, name: str, as_loaded: bool = False) -> dict:
+        def run() -> dict:
+            return run_benchmark(self.benchmark, self.subsets, model, self.tokenizer, self.settings, self.max_length,
+                                 self.engine_args)
+
+        if not (as_loaded and self.cache is not None and self.model_id is not None):
+            return run()
+        return self.cache.get_or_compute(self.cache_key(), run, check=self.check_table,
+                                         desc=f"benchmark evaluation of {name}",
+                                         meta={"model": self.model_id, "benchmark": type(self.benchmark).__name__})
+
+    def cache_key(self) -> str:
+        """The weights, every setting an answer depends on, the benchmark's options and each question's content (where
+        the files lie is not part of it)."""
+        answers = {k: v for k, v in settings_identity(self.settings).items() if k not in SCHEDULE}
+        options = {k: v for k, v in dataclasses.asdict(self.benchmark).items() if k != "path"}
+        return digest("benchmark", self.model_id, answers, self.max_length, type(self.benchmark).__name__, options,
+                      *((subset.name, dataclasses.asdict(question)) for subset in self.subsets
+                        for question in subset.questions))
+
+    def check_table(self, table: dict) -> dict:
+        if set(table.get("subsets", {})) != {subset.name for subset in self.subsets} or "average" not in table:
+            raise ValueError(f"subsets {sorted(table.get('subsets', {}))}, expected this benchmark's")
+        return table
+
+    def outputs(self, tables: dict[str, dict], out_dir: Path, curve: dict | None = None) -> dict:
+        """The table as markdown (a row per checkpoint, a column per subset); no plots."""
+        return {"markdown": format_benchmark(tables), "plots": [], "changes": {}}
+
+    def summary(self, tables: dict[str, dict]) -> dict[str, float]:
+        """eval/<checkpoint>/average and eval/<checkpoint>/<subset> (x 100), and with both checkpoints
+        eval/gain/average."""
+        entries = {}
+        for name, table in tables.items():
+            entries[f"eval/{name}/average"] = table["average"]
+            entries.update({f"eval/{name}/{subset}": row["score"] for subset, row in table["subsets"].items()})
+        if {"base", "trained"} <= tables.keys():
+            entries["eval/gain/average"] = tables["trained"]["average"] - tables["base"]["average"]
+        return entries
+
+    def log(self, logger, tables: dict[str, dict], plots: list[str]) -> None:
+        if not logger:
+            return
+        logger.log_metrics(self.summary(tables))
+        if hasattr(logger, "log_table"):
+            names = [subset.name for subset in self.subsets]
+            logger.log_table(key="eval/benchmark", columns=["model", *names, "avg"],
+                             data=[[model, *(t["subsets"][n]["score"] for n in names), t["average"]]
+                                   for model, t in tables.items()])
+            logger.experiment.summary.update(self.summary(tables))
+        logger.save()
+
+
+class RunEvaluation(Protocol):
+    """What a run does with its evaluation: a table per checkpoint, then their outputs, summary and logging."""
+
+    results_key: str  # where results.json keeps the tables
+    heading: str
+
+    def __call__(self, model, name: str, as_loaded: bool = False) -> dict: ...
+
+    def outputs(self, tables: dict[str, dict], out_dir: Path, curve: dict | None = None) -> dict: ...
+
+    def summary(self, tables: dict[str, dict]) -> dict[str, float]: ...
+
+    def log(self, logger, tables: dict[str, dict], plots: list[str]) -> None: ...
+
+
+def make_evaluation(tokenizer, settings: EvalSettings, max_length: int, benchmark: Any = None, splits: Any = None,
+                    n_items: int = 0, cache: DiskCache | None = None, model_id: str | None = None,
+                    engine_args: dict | None = None) -> RunEvaluation:
+    """The evaluation the eval group describes: ``benchmark``'s subsets, their files read here (a missing one or a bad
+    record: DataFileError), or without one the first ``n_items`` held-out questions of ``splits`` (ValueError when the
+    data has none). Build it before the model loads, so that either stops the run first."""
+    if benchmark is not None:
+        return BenchmarkEvaluation(benchmark, benchmark.load(), tokenizer, settings, max_length, cache, model_id,
+                                   dict(engine_args or {}))
+    items, pool = eval_items(splits, n_items)
+    return Evaluation(tokenizer, items, pool, settings, max_length, cache, model_id, dict(engine_args or {}))
 
 
 def summary_entries(tables: dict[str, dict]) -> dict[str, float]:

@@ -55,7 +55,7 @@ class Settings:
     eval: Optional[EvalSettings]
     sampling: Optional[SamplingSettings]
     precision: str  # Lightning's name, trainer.precision=auto resolved on this machine
-    benchmark: Any = None  # eval.benchmark (LongBench, RulerQA) for `python -m solopo.evaluate`; else None
+    benchmark: Any = None  # eval.benchmark (LongBench, RulerQA): the evaluation, instead of held-out questions
 
 
 def plain(cfg: DictConfig, key: str) -> dict:
@@ -122,7 +122,7 @@ def with_scorer(key: str, node: dict, problems: Problems) -> Optional[dict]:
 
 
 def build_benchmark(cfg: DictConfig, problems: Problems) -> Any:
-    """eval.benchmark (conf/eval/longbench.yaml, ruler.yaml): the benchmark `solopo.evaluate` runs, or None."""
+    """eval.benchmark (conf/eval/longbench.yaml, ruler.yaml): the benchmark a run is evaluated on, or None."""
     node = plain(cfg.eval, "benchmark") if OmegaConf.is_config(cfg.get("eval")) else {}
     if not node:
         return None
@@ -181,7 +181,7 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     model = built("model", ModelSpec, plain(cfg, "model"), problems)
     problems += check_data(plain(cfg, "data"), training)
     settings = dict(model=model, eval=build_eval(cfg, precision, problems), algo=None, ra=None, method=None, optim=None,
-                    sampling=None, benchmark=None if training else build_benchmark(cfg, problems))
+                    sampling=None, benchmark=build_benchmark(cfg, problems))
     if training:
         sampled = cfg.data.get("pairs") == "sampled"
         settings.update(
@@ -197,7 +197,7 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     if problems:
         raise ConfigError("; ".join(problems))
     if training and not cfg.eval.enabled:
-        settings["eval"] = None
+        settings.update(eval=None, benchmark=None)
     return Settings(**settings, precision=precision)
 
 

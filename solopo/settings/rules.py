@@ -57,6 +57,15 @@ def check_alignment(method, ra) -> Problems:
             "drop the ra setting or choose method=solopo"]
 
 
+def check_benchmark_schedule(benchmark, evaluation) -> Problems:
+    """Evaluation during training judges a step by the held-out questions' long-context sub-EM, which a benchmark's
+    table (a score per subset) does not have."""
+    if benchmark is None or evaluation is None or not evaluation.every_n_steps:
+        return []
+    return [f"eval.every_n_steps={evaluation.every_n_steps}: evaluation during training uses the held-out questions; "
+            "with eval.benchmark the trained model alone is evaluated on it (set eval.every_n_steps=null)"]
+
+
 def check_unread_path(data: DictConfig, option: str) -> Problems:
     """A data.path the chosen data source does not read (e.g. +data.path=FILE with the built-in data=qa)."""
     path = OmegaConf.select(data, "path", default=None, throw_on_missing=False)
@@ -82,6 +91,7 @@ def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, trainin
                                    TEMPLATE_TOKENS + response)
         problems += check_alignment(settings["method"], settings["ra"])
         problems += check_packing_kernel(cfg.get("packing"), model.attn_implementation if model else None)
+        problems += check_benchmark_schedule(settings["benchmark"], settings["eval"])
     lengths = OmegaConf.select(cfg, "eval.lengths")
     return problems + check_eval_lengths(OmegaConf.to_container(lengths) if OmegaConf.is_config(lengths) else lengths,
                                          max_length)

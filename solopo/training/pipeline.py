@@ -30,7 +30,9 @@ from solopo.data.collate import PairCollator, plain_po
 from solopo.data.pairs import UnusableItem, to_examples
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import token_counter, tokenize_examples
-from solopo.eval.runner import Evaluation, eval_items, log_to, write_outputs
+from solopo.data.formats import DataFileError
+from solopo.eval import runner
+from solopo.eval.runner import RunEvaluation
 from solopo.generation.sampling import sample_pairs
 from solopo.generation.vllm_engine import saved_weights
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
@@ -61,19 +63,22 @@ def compute_device(cfg: DictConfig) -> torch.device:
     return local_gpu() if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else torch.device("cpu")
 
 
-def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> Evaluation | None:
-    """The held-out evaluation of this run (conf/eval), or None when it is off or the data has no questions."""
+def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> RunEvaluation | None:
+    """This run's evaluation as the eval group describes it (solopo.eval.runner.make_evaluation, as
+    `python -m solopo.evaluate` builds it), or None when it is off or the data has no held-out questions; a benchmark
+    file that is missing or malformed stops the run here, before the model loads."""
     if settings.eval is None:
         return None
+    spec = settings.model
     try:
-        items, pool = eval_items(splits, cfg.eval.n_items)
+        return runner.make_evaluation(tokenizer, settings.eval, spec.max_length, settings.benchmark, splits,
+                                      cfg.eval.n_items, DiskCache.under_root("eval", cfg.cache.verify),
+                                      model_identity(spec, cfg.seed), vllm_args(cfg))
+    except DataFileError as err:
+        raise ConfigError(str(err)) from None
     except ValueError as err:
         log.warning("evaluation skipped: %s", err)
         return None
-    spec = settings.model
-    return Evaluation(tokenizer, items, pool, settings.eval, spec.max_length,
-                      DiskCache.under_root("eval", cfg.cache.verify),
-                      model_identity(spec, cfg.seed), engine_args=vllm_args(cfg))
 
 
 def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
@@ -270,13 +275,14 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
 
 
 def load_inputs(cfg: DictConfig, settings: Settings, splits):
-    """The tokenizer, each split's examples (contexts built with the tokenizer alone: an item that cannot make a pair
-    stops the run before the model loads) and the models (load_models)."""
+    """The tokenizer, each split's examples and the evaluation (both built with the tokenizer alone: an item that
+    cannot make a pair or a bad benchmark file stops the run before the model loads) and the models (load_models)."""
     if problems := source_problems(settings.model):  # a missing local folder or an unknown hub id, in one line
         raise ConfigError("; ".join(problems))
     tokenizer = load_tokenizer(settings.model)
     examples = make_examples(cfg, splits, tokenizer)
-    return tokenizer, examples, load_models(cfg, settings, tokenizer)
+    evaluation = make_evaluation(cfg, settings, splits, tokenizer)
+    return tokenizer, examples, evaluation, load_models(cfg, settings, tokenizer)
 
 
 def run_record(cfg: DictConfig, trainer: pl.Trainer, metrics: dict, data_counts: dict, keys: dict, plain: bool,
@@ -305,7 +311,7 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     splits = load_source(cfg)  # a malformed data file stops the run here, before any model loads
-    tokenizer, examples, (policy, reference, cached) = load_inputs(cfg, settings, splits)
+    tokenizer, examples, evaluation, (policy, reference, cached) = load_inputs(cfg, settings, splits)
     model_done, stages = time.perf_counter(), StageCosts(compute_device(cfg))
 
     with stages("sampling"):  # or building gold pairs: data.pairs=gold samples nothing
@@ -318,7 +324,7 @@ def train(cfg: DictConfig) -> dict:
     if cached:
         with stages("reference"):
             pairs = with_cached_reference(cfg, settings, policy, tokenizer, pairs, keys)
-    evaluation, tables = make_evaluation(cfg, settings, splits, tokenizer), {}
+    tables: dict[str, dict] = {}
     if evaluation is not None:
         policy.to(compute_device(cfg))
         with stages("base_eval"):
@@ -349,11 +355,11 @@ def train(cfg: DictConfig) -> dict:
                "train_tokens_per_s": throughput.tokens_per_s, "stages": stages.record}
     results = run_record(cfg, trainer, metrics, data_counts, keys, plain, ckpt_path, guard.summary(),
                          during.record() if during else None, timings)
-    return finish_run(trainer, run_dir, results, tables, preemption, guard)
+    return finish_run(trainer, run_dir, results, evaluation, tables, preemption, guard)
 
 
-def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, tables: dict, preemption: Preemption,
-               guard: NumericalGuard) -> dict:
+def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, evaluation: RunEvaluation | None, tables: dict,
+               preemption: Preemption, guard: NumericalGuard) -> dict:
     """One process writes results and plots and prints the summary; a preempted or faulty run exits here."""
     metrics = results["metrics"]
     if not trainer.is_global_zero:
@@ -363,10 +369,11 @@ def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, tables: dict, 
     if preemption.received is not None:
         stop_preempted(preemption.received, trainer, run_dir, results)
     if tables:
-        outputs = write_outputs(tables, run_dir, results["eval_curve"])
-        results.update(eval=tables, eval_changes=outputs["changes"], plots=outputs["plots"])
-        log_to(trainer.logger, tables, outputs["plots"])
-        print("long-context QA, sub-EM (%):\n" + outputs["markdown"])
+        outputs = evaluation.outputs(tables, run_dir, results["eval_curve"])
+        results.update({evaluation.results_key: tables, "eval_summary": evaluation.summary(tables),
+                        "eval_changes": outputs["changes"], "plots": outputs["plots"]})
+        evaluation.log(trainer.logger, tables, outputs["plots"])
+        print(f"{evaluation.heading}:\n" + outputs["markdown"])
     path = write_results(run_dir, results)
     if not all_finite(metrics):
         log.warning("some final metrics are not finite: %s", {k: v for k, v in metrics.items() if v != v or abs(v) == float("inf")})

@@ -7,7 +7,7 @@ with the roles the chat templates know: system, user, assistant (and tool for LL
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from solopo.data.formats.errors import Where
 from solopo.data.formats.records import check, check_text
@@ -20,16 +20,17 @@ class Tags:
 
     role: str = "role"
     content: str = "content"
-    user: str = "user"
-    assistant: str = "assistant"
-    system: str = "system"
-    observation: str = "tool"
-    function: str = "function_call"
+    user: Optional[str] = "user"
+    assistant: Optional[str] = "assistant"
+    system: Optional[str] = "system"
+    observation: Optional[str] = "tool"
+    function: Optional[str] = "function_call"
 
     def roles(self) -> dict[str, str]:
         """This layout's role name -> the chat template's."""
-        return {self.user: "user", self.assistant: "assistant", self.system: "system", self.observation: "tool",
-                self.function: "assistant"}
+        found = {self.user: "user", self.assistant: "assistant", self.system: "system", self.observation: "tool",
+                 self.function: "assistant"}
+        return {name: role for name, role in found.items() if name is not None}  # None: a role the layout lacks
 
 
 OPENAI = Tags()
@@ -106,7 +107,7 @@ def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, st
     cut = common
     while cut and chosen_text[cut - 1].isalnum():  # a word both begin alike ("4" and "42") belongs to the responses
         cut -= 1
-    if cut and chosen_text[cut - 1].isspace():  # the space before a response is the response's, as in TRL
+    if cut and chosen_text[cut - 1] == " ":  # a space before a response is the response's, as in TRL (a newline stays)
         cut -= 1
     if not chosen_text[:cut].strip():
         raise where.error("shares no leading words with 'rejected', so there is no prompt", "chosen")

@@ -1,13 +1,13 @@
 """Any container of records -> the records one by one, each with its place in the file, for the format modules.
 
-| ``data.path``                                      | read by                        | place in messages |
-|----------------------------------------------------|--------------------------------|-------------------|
-| ``.jsonl`` (or ``.json`` not opening with ``[``)   | solopo, line by line           | line N (1-based)  |
-| ``.json`` holding one JSON array                   | solopo                         | record N (0-based)|
-| ``.parquet``, ``.csv``, ``.arrow``                 | Hugging Face ``datasets``      | row N (0-based)   |
-| a ``save_to_disk`` folder (Dataset or DatasetDict) | ``datasets.load_from_disk``    | row N             |
-| a folder of data files (a local dataset repo)      | ``datasets.load_dataset``      | row N             |
-| a LLaMA-Factory data folder (``dataset_info.json``) | the file its entry names       | as that file      |
+| ``data.path``                                       | read by                            | place in messages |
+|-----------------------------------------------------|------------------------------------|-------------------|
+| ``.jsonl`` (or ``.json`` not opening with ``[``)    | solopo, line by line               | line N (1-based)  |
+| ``.json`` holding one JSON array                    | solopo                             | record N (0-based)|
+| ``.parquet``, ``.csv``, ``.arrow``                  | Hugging Face ``datasets``          | row N (0-based)   |
+| a ``save_to_disk`` folder (Dataset or DatasetDict)  | ``datasets.load_from_disk``        | row N             |
+| a folder of data files (a local dataset repo)       | ``datasets.load_dataset``          | row N             |
+| a LLaMA-Factory data folder (``dataset_info.json``) | the file or folder its entry names | as that one       |
 
 JSON text is read by solopo itself: it keeps every value's JSON type and the line of each record, where Arrow would
 unify the column types first and lose the row of a type error. The other containers become Arrow tables that are
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from solopo.cache import cache_root
+from solopo.data.formats import llama_factory
 from solopo.data.formats.errors import DataFileError, Where
 from solopo.data.formats.records import checked_path, iter_jsonl, read_json_list
 
@@ -58,7 +59,10 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
     entries = _llama_factory_index(folder)
     if entries is not None and any("file_name" in entry for entry in entries.values()):
         entry = _entry(entries, name, folder)
-        return Source(_file_records(str(folder / entry["file_name"]), split), entry)
+        target, split = folder / entry["file_name"], split or entry.get("split")
+        if target.is_dir():  # "the name of the dataset folder or dataset file"; its "subset" is the config
+            return Source(open_source(str(target), split, entry.get("subset")).records, entry)
+        return Source(_file_records(str(target), split), entry)
     if not any(file.suffix.lower() in DATA_SUFFIXES for file in folder.rglob("*") if file.is_file()):
         raise DataFileError(f"{path}: not a dataset: no data files ({', '.join(DATA_SUFFIXES)}), no save_to_disk "
                             f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
@@ -149,7 +153,13 @@ def _entry(entries: dict, name: Optional[str], folder: Path) -> dict:
     if name not in local:
         raise DataFileError(f"{folder / LLAMA_FACTORY_INDEX}: set data.name to one of its datasets with a file_name: "
                             f"{', '.join(local) or '(none)'}")
-    return local[name]
+    return _checked_entry(local[name], name, folder / LLAMA_FACTORY_INDEX)
+
+
+def _checked_entry(entry: dict, name: str, index: Path) -> dict:
+    if problem := llama_factory.entry_problem(entry):
+        raise DataFileError(f"{index}: dataset {name!r}: {problem}")
+    return entry
 
 
 def _mapping_beside(file: Path) -> Optional[dict]:
@@ -158,5 +168,5 @@ def _mapping_beside(file: Path) -> Optional[dict]:
         entries = _llama_factory_index(file.parent)
     except DataFileError:  # another tool's dataset_info.json: not a mapping for this file
         return None
-    matches = [entry for entry in (entries or {}).values() if entry.get("file_name") == file.name]
-    return matches[0] if matches else None
+    matches = [(name, entry) for name, entry in (entries or {}).items() if entry.get("file_name") == file.name]
+    return _checked_entry(matches[0][1], matches[0][0], file.parent / LLAMA_FACTORY_INDEX) if matches else None
