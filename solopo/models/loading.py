@@ -157,17 +157,23 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
             **spec.extra,
         )
     model.config.use_cache = False  # training never reuses a KV cache
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    apply_options(model, spec)
+    return model
+
+
+def apply_options(model: torch.nn.Module, spec: ModelSpec) -> None:
+    """The kernel and memory options of ``spec``, in the order they compose: Liger replaces the blocks' forwards,
+    chunking wraps those, compilation compiles the result; offloading hooks the whole model's forward."""
     if spec.liger:
         kernels.use_liger(model)
     if spec.mlp_chunk_size:
         memory.chunk_sequences(model, spec.mlp_chunk_size)
-    if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if spec.offload_activations:
         memory.offload_activations(model)
     if spec.compile:
         kernels.compile_layers(model)
-    return model
 
 
 def init_device(choice: str) -> torch.device:
