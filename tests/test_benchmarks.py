@@ -289,3 +289,40 @@ def test_flop_count_by_hand():
     # response's 2 queries over the prompt (4 * 2 * 4 * 2) and causally over themselves (2 * 4 * 2); two LM heads
     assert shape.train_flops(6, 2, n_responses=2) == 3 * (68 * 8 + 64 + 2 * (64 + 16) + 80)
     assert shape.train_flops(6, 2, n_responses=1) == shape.train_flops(6, 2)
+
+
+def test_run_kernels_sh_measures_each_model_build_in_its_own_call(tmp_path):
+    """run_kernels.sh: SoLoPO DPO cells of the plain model (flash and cuDNN SDPA), the memory savers, Liger (only where
+    it can run: not on this CPU) and compiled layers, each build in its own bench.py call into the _kernels tables of
+    RESULTS, then the longest context with the savers; every call resumes."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\ncase "$1" in -c|-m) exec {sys.executable} "$@";; esac\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), RESULTS=str(tmp_path / "results"), PYTHONPATH=str(ROOT))
+    done = subprocess.run(["bash", str(SCRIPTS / "run_kernels.sh"), "600"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert [line.split(" --variants ")[1].split()[0] for line in lines] == ["padded,cudnn-sdpa", "savers", "compile",
+                                                                           "savers"]
+    assert "liger: skipped" in done.stdout and "model.liger=true needs a CUDA GPU" in done.stdout
+    assert all("--tag _kernels --resume --out " + str(tmp_path / "results") in line for line in lines)
+    assert all("--lengths 8192,16384,32768 --max-length-models none" in line for line in lines[:3])
+    assert "--max-lengths 524288,1048576 --max-length-models qwen2.5-1.5b" in lines[3]
+
+
+@pytest.mark.slow  # about 3 minutes: the compiled variant compiles its blocks on the CPU
+def test_run_kernels_sh_runs_on_the_tiny_model(tmp_path):
+    env = dict(os.environ, RESULTS=str(tmp_path), MODEL="tiny", LENGTHS="384", PROBE_LENGTHS="512,640", SHORT="128",
+               PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(SCRIPTS / "run_kernels.sh"), "600"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "solopo_grid_kernels.json").read_text())["rows"]
+    assert {r["variant"]: r["status"] for r in rows} == {"padded": "ok", "savers": "ok", "compile": "ok"}
+    # cuDNN is a CUDA kernel: the cell fails on the CPU and says so; a resumed table drops failed cells to measure again
+    assert "'variant': 'cudnn-sdpa', 'long_len': 384, 'short_len': 128, 'tokens': 640, 'status': 'error: RuntimeError'" \
+        in (tmp_path / "kernels.log").read_text()
+    probe = json.loads((tmp_path / "solopo_max_length_kernels.json").read_text())["rows"]
+    assert [(r["variant"], r["max_long_len"]) for r in probe] == [("savers", 640)]

@@ -43,7 +43,17 @@ ALGOS = {"dpo": DPO(beta=0.1), "simpo": SimPO(beta=2.0, gamma=1.0)}
 # sequence of the step in one row without padding, attention kept within each sequence by the named kernel.
 VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), "packed-sdpa": ("sdpa", True),
             "packed-varlen": ("solopo_varlen", True), "shared-flex": ("flex_attention", "shared_prompt"),
-            "shared-sdpa": ("sdpa", "shared_prompt")}  # shared-sdpa builds a dense T x T mask: short contexts only
+            "shared-sdpa": ("sdpa", "shared_prompt"),  # shared-sdpa builds a dense T x T mask: short contexts only
+            # padded rows through other kernels: SDPA's cuDNN backend instead of its flash kernel, and the model
+            # options of MODEL_OPTIONS below
+            "cudnn-sdpa": ("sdpa", False), "liger": ("sdpa", False), "compile": ("sdpa", False),
+            "savers": ("sdpa", False)}
+# The model options a variant loads the model with (solopo.models.kernels and .memory); one call measures variants of
+# one model build (padded and cudnn-sdpa share the plain one). savers: chunks of 16K positions keep each MLP's
+# intermediate at 16K x 8960 values (1.5B shape), whatever the context, in matrix products still large enough to run
+# at full speed; every layer's input waits in host memory.
+MODEL_OPTIONS = {"liger": {"liger": True}, "compile": {"compile": True},
+                 "savers": {"mlp_chunk_size": 16384, "offload_activations": True}}
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -69,10 +79,30 @@ def make_pair(short: int, long: int, response: int, seed: int = 0) -> TokenizedP
                          responses, ref_logps=ref)
 
 
+def model_options(variants: list[str]) -> dict:
+    """The ModelSpec fields that the model of a call measuring ``variants`` loads with."""
+    builds = {tuple(sorted(MODEL_OPTIONS.get(variant, {}).items())) for variant in variants}
+    if len(builds) > 1:
+        raise SystemExit(f"--variants {','.join(variants)}: these load the model with different options "
+                         f"({', '.join(v for v in variants if v in MODEL_OPTIONS)}); measure them in separate calls")
+    return MODEL_OPTIONS.get(variants[0], {}) if variants else {}
+
+
+def use_sdpa_backend(variant: str) -> None:
+    """cudnn-sdpa: SDPA may use its cuDNN kernel only (a case it cannot run fails the cell); otherwise every backend,
+    in torch's order (flash first)."""
+    cudnn_only = variant == "cudnn-sdpa"
+    torch.backends.cuda.enable_flash_sdp(not cudnn_only)
+    torch.backends.cuda.enable_mem_efficient_sdp(not cudnn_only)
+    torch.backends.cuda.enable_math_sdp(not cudnn_only)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+
+
 def use_variant(policy, variant: str) -> bool | str:
     """Switch the policy's attention kernel for ``variant``; returns how its sequences are packed (PairCollator's
     ``pack``)."""
     attention, pack = VARIANTS[variant]
+    use_sdpa_backend(variant)
     if policy.config._attn_implementation != attention:
         policy.set_attn_implementation(attention)  # the same weights, another attention kernel
     return pack
@@ -264,6 +294,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--tag", default="", help="suffix of the table names, e.g. _packing: solopo_grid_packing.json")
     args = parser.parse_args()
+    options = model_options(args.variants)
 
     meta = {**environment(), "command": "python " + " ".join(sys.argv), "short_len": args.short,
             "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
@@ -284,7 +315,7 @@ def main() -> None:
         if not missing_cells(args, name, grid_rows, max_rows, logp_rows):
             print(f"{name}: every cell is in {args.out} already (--resume)", flush=True)
             continue  # not even loaded: SmolLM2's weights need the embedded model's cache
-        spec = model_spec(name)
+        spec = dataclasses.replace(model_spec(name), **options)
         tokenizer = load_tokenizer(spec)
         policy = load_policy(spec, tokenizer).train()
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")

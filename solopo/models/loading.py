@@ -15,8 +15,8 @@ from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntr
                                     RepositoryNotFoundError)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from solopo.models import embedded
-from solopo.settings.fields import number, one_of, refuse
+from solopo.models import embedded, kernels, memory
+from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.step import varlen
 from solopo.training.distributed import full_state_dict, is_global_zero, local_gpu
 
@@ -41,6 +41,10 @@ class ModelSpec:
     attn_implementation: "sdpa", "eager", "flash_attention_2", "flex_attention", "solopo_varlen" (solopo.step.varlen), ...
     trust_remote_code: run code shipped with a checkpoint (off unless set).
     lora: peft LoraConfig fields (e.g. {r: 16, lora_alpha: 32}) to train a LoRA adapter instead of every weight.
+    liger: Liger-kernel's RMSNorm, RoPE and SwiGLU kernels (Llama, Qwen2; CUDA only), solopo.models.kernels.
+    compile: regional torch.compile of the decoder layers' blocks, solopo.models.kernels.
+    mlp_chunk_size: run each MLP and the final norm this many sequence positions at a time (None: whole), and
+    offload_activations: keep what backward needs in pinned host memory; both solopo.models.memory.
     """
 
     name: str
@@ -53,11 +57,19 @@ class ModelSpec:
     attn_implementation: str
     trust_remote_code: bool
     lora: Optional[dict[str, Any]]
+    liger: bool
+    compile: bool
+    mlp_chunk_size: Optional[int]
+    offload_activations: bool
     extra: dict[str, Any]  # passed to from_pretrained as is
 
     def __post_init__(self) -> None:
+        model_type = (self.random_init or {}).get("model_type")
         refuse(number("max_length", self.max_length, 1, integer=True) + one_of("dtype", self.dtype, DTYPES)
-               + one_of("init_device", self.init_device, INIT_DEVICES))
+               + one_of("init_device", self.init_device, INIT_DEVICES) + flag("liger", self.liger)
+               + flag("compile", self.compile) + flag("offload_activations", self.offload_activations)
+               + number("mlp_chunk_size", self.mlp_chunk_size, 1, integer=True, optional=True)
+               + (kernels.liger_model_problems(model_type) if self.liger is True and model_type else []))
 
 
 def weights_path(spec: ModelSpec) -> str:
@@ -147,7 +159,21 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
     model.config.use_cache = False  # training never reuses a KV cache
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    apply_options(model, spec)
     return model
+
+
+def apply_options(model: torch.nn.Module, spec: ModelSpec) -> None:
+    """The kernel and memory options of ``spec``, in the order they compose: Liger replaces the blocks' forwards,
+    chunking wraps those, compilation compiles the result; offloading hooks the whole model's forward."""
+    if spec.liger:
+        kernels.use_liger(model)
+    if spec.mlp_chunk_size:
+        memory.chunk_sequences(model, spec.mlp_chunk_size)
+    if spec.offload_activations:
+        memory.offload_activations(model)
+    if spec.compile:
+        kernels.compile_layers(model)
 
 
 def init_device(choice: str) -> torch.device:

@@ -24,6 +24,7 @@ from solopo.data.formats import DataFileError
 from solopo.eval.longctx import EvalSettings
 from solopo.generation.sampling import SamplingSettings
 from solopo.generation.vllm_engine import import_vllm
+from solopo.models import kernels
 from solopo.models.loading import ModelSpec
 from solopo.scoring import FromFunction, as_scorer
 from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
@@ -179,6 +180,7 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     problems: Problems = []
     precision = resolve_precision(str(cfg.trainer.get("precision", "auto")))
     model = built("model", ModelSpec, plain(cfg, "model"), problems)
+    problems += kernels.liger_problems(torch.cuda.is_available()) if model is not None and model.liger else []
     problems += check_data(plain(cfg, "data"), training)
     settings = dict(model=model, eval=build_eval(cfg, precision, problems), algo=None, ra=None, method=None, optim=None,
                     sampling=None, benchmark=build_benchmark(cfg, problems))

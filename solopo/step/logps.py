@@ -41,11 +41,17 @@ def group_logps(model: nn.Module, group: Group, chunk_size: int) -> dict[Key, tu
 def last_hidden_state(model: nn.Module, group: Group) -> Tensor:
     """The final (normed) hidden states, from a call of the model itself: FSDP gathers the weights of the root unit
     (embeddings, final norm, LM head) in the root's forward, and a LoRA-wrapped model routes through its adapter
-    there. The LM head runs on the last position only (logits_to_keep=1), a (B, V) by-product."""
-    with group.forward_context():
-        out = model(**group.model_inputs(model.config._attn_implementation), output_hidden_states=True,
-                    logits_to_keep=1, use_cache=False)
-    return out.hidden_states[-1]
+    there. The LM head runs on the last position only (logits_to_keep=1), a (B, V) by-product. The states are the
+    decoder's output, taken by a forward hook: output_hidden_states would hold every layer's output until the call
+    returns, which model.offload_activations must be free to move off the GPU layer by layer."""
+    captured = []
+    hook = model.get_decoder().register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    try:
+        with group.forward_context():
+            model(**group.model_inputs(model.config._attn_implementation), logits_to_keep=1, use_cache=False)
+    finally:
+        hook.remove()
+    return captured[-1]
 
 
 def chunked_token_logps(

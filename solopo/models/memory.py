@@ -1,0 +1,85 @@
+"""Opt-in memory savers for the longest contexts; both compute exactly what the plain model computes.
+
+``model.mlp_chunk_size=N`` (sequence-chunked MLP and final norm, as mini-sequence training does): a decoder layer's
+MLP turns (B, L, H) into (B, L, I) activations, I = 4-6 x H (gate, up, their product), so at long L the MLP's
+intermediate, not attention, sets the peak. Run position-wise, it gives the same result N positions at a time, each
+chunk recomputed in backward (checkpoint), so at most (B, N, I) of it exists at once. The final norm, which runs
+outside the checkpointed layers and keeps its fp32 intermediates (B, L, H) for backward, runs the same way.
+
+``model.offload_activations=true``: what autograd saves for backward during the model's forward moves to pinned host
+memory and comes back when backward needs it. With gradient checkpointing that is each layer's input (B, L, H) and
+the final norm's, the only activations a checkpointed model keeps; the recomputation in backward stays on the
+device. The copies run on the compute stream, without waiting on the host.
+"""
+from __future__ import annotations
+
+from types import MethodType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from solopo.models.blocks import final_norm, mlps
+
+# Below this a saved tensor (positions, masks, small weights) costs more in copies than it frees.
+MIN_OFFLOAD_BYTES = 1 << 20
+
+
+def chunk_sequences(model: nn.Module, chunk_size: int) -> None:
+    """Every decoder layer's MLP and the final norm of ``model`` run ``chunk_size`` sequence positions at a time
+    (dim -2 of their (B, L, H) input), each chunk under checkpoint while gradients are on: out[:, i:i+n] =
+    block(x[:, i:i+n]). Patches the modules' forward (after Liger's, if any), so the weights and their names stay."""
+    blocks = mlps(model) + [norm for norm in [final_norm(model)] if norm is not None]
+    for block in blocks:
+        block.solopo_unchunked_forward = block.forward  # a bound method: a copied module calls its own
+        block.solopo_chunk_size = chunk_size
+        block.forward = MethodType(_chunked_forward, block)
+
+
+def _chunked_forward(block: nn.Module, hidden: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    forward, size = block.solopo_unchunked_forward, block.solopo_chunk_size
+    if hidden.shape[-2] <= size:
+        return forward(hidden, *args, **kwargs)
+    pieces = [checkpoint(forward, part, *args, use_reentrant=False, **kwargs) if torch.is_grad_enabled()
+              else forward(part, *args, **kwargs) for part in hidden.split(size, dim=-2)]
+    return torch.cat(pieces, dim=-2)
+
+
+class HostOffload:
+    """Saved-tensor hooks that keep what autograd saves in host memory: a device tensor of at least ``min_bytes``
+    (not a parameter or a view of one, e.g. a transposed
+    weight: those stay resident anyway) is copied to pinned host memory when saved and back to its device
+    when backward unpacks it. ``offered_bytes`` counts what it was given to move (host tensors stay where they are)."""
+
+    def __init__(self, min_bytes: int = MIN_OFFLOAD_BYTES):
+        self.min_bytes = min_bytes
+        self.offered_bytes = 0
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+
+    def pack(self, tensor: Tensor) -> Any:
+        size = tensor.numel() * tensor.element_size()
+        if size < self.min_bytes or isinstance(tensor, nn.Parameter) or isinstance(tensor._base, nn.Parameter):
+            return tensor
+        self.offered_bytes += size
+        if tensor.device.type == "cpu":
+            return tensor
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)  # ordered before any later kernel that reuses the tensor's memory
+        return tensor.device, host
+
+    @staticmethod
+    def unpack(packed: Any) -> Tensor:
+        if isinstance(packed, Tensor):
+            return packed
+        device, host = packed
+        return host.to(device, non_blocking=True)
+
+
+def offload_activations(model: nn.Module) -> HostOffload:
+    """``model``'s forward runs under HostOffload's hooks (entered by a forward pre-hook, left by a forward hook that
+    runs even when the forward fails), so its signature, which generate() inspects, stays as it is."""
+    offload = HostOffload()
+    model.register_forward_pre_hook(lambda module, args: offload.hooks.__enter__())
+    model.register_forward_hook(lambda module, args, output: offload.hooks.__exit__(None, None, None), always_call=True)
+    return offload

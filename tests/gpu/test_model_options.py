@@ -1,0 +1,100 @@
+"""The model group's kernel and memory options on a CUDA GPU: Liger's Triton kernels and regional compilation give the
+log-probs and gradients of the plain model; activation offloading (its copies to pinned host memory and back run only
+here) and chunked MLPs give them too, in less GPU memory. Run with `pytest -m gpu` on a CUDA machine."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import LOGP_CHUNK_SIZE, TINY
+from solopo.data.collate import PairCollator
+from solopo.data.tokenize import TokenizedPair
+from solopo.models.loading import load_model
+from solopo.step.logps import response_logps
+
+pytestmark = pytest.mark.gpu
+KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]
+
+
+@pytest.fixture(autouse=True)
+def _cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+
+
+@pytest.fixture
+def restore_transformers():
+    """Liger replaces transformers' rotary function and block classes for the whole process: undone after the test,
+    so the other tests' plain models stay plain."""
+    from transformers.models.llama import modeling_llama
+    from transformers.models.qwen2 import modeling_qwen2
+
+    saved = [(module, dict(vars(module))) for module in (modeling_llama, modeling_qwen2)]
+    yield
+    for module, names in saved:
+        vars(module).update(names)
+
+
+def _batch(pad_id: int, long_len: int = 700):
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(100, 40000, (n,), generator=g).tolist()  # noqa: E731
+    pairs = [TokenizedPair(f"p{i}", {"short": ids(150 + 37 * i), "long": ids(long_len + 53 * i)},
+                           {"chosen": ids(9 + 5 * i), "rejected": ids(23 - 4 * i)}) for i in range(2)]
+    return PairCollator(KEYS, pad_id)(pairs).to("cuda")
+
+
+def _logps_and_grads(model, batch):
+    model.zero_grad()
+    logps = torch.cat([response_logps(model, group, LOGP_CHUNK_SIZE)[0] for group in batch.groups.values()])
+    (logps * torch.linspace(-1, 1, logps.numel(), device="cuda")).sum().backward()
+    return logps.detach().float(), [p.grad.detach().float().clone() for p in model.parameters()]
+
+
+def _run(spec, tokenizer, batch, dtype):
+    model = load_model(spec, tokenizer, seed=0).to("cuda", dtype).train()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    result = _logps_and_grads(model, batch)
+    torch.cuda.synchronize()
+    return result, torch.cuda.max_memory_allocated() - base
+
+
+def _assert_close(got, expected, rtol, atol):
+    torch.testing.assert_close(got[0], expected[0], rtol=rtol, atol=atol)
+    for a, b in zip(got[1], expected[1]):
+        torch.testing.assert_close(a, b, rtol=rtol * 10, atol=atol)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_liger_gives_the_plain_logps_and_gradients(tokenizer, restore_transformers, model_type, dtype):
+    pytest.importorskip("liger_kernel")
+    spec = replace(TINY, random_init={**TINY.random_init, "model_type": model_type, "max_position_embeddings": 4096})
+    batch = _batch(tokenizer.pad_token_id)
+    plain, _ = _run(spec, tokenizer, batch, dtype)
+    fused, _ = _run(replace(spec, liger=True), tokenizer, batch, dtype)
+    _assert_close(fused, plain, **(dict(rtol=2e-2, atol=5e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)))
+
+
+def test_compiled_layers_give_the_plain_logps_and_gradients(tokenizer):
+    spec = replace(TINY, gradient_checkpointing=True, random_init={**TINY.random_init, "max_position_embeddings": 4096})
+    batch = _batch(tokenizer.pad_token_id)
+    plain, _ = _run(spec, tokenizer, batch, torch.float32)
+    compiled, _ = _run(replace(spec, compile=True), tokenizer, batch, torch.float32)
+    _assert_close(compiled, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_memory_savers_are_exact_in_less_memory(tokenizer):
+    """A 4-layer model with a wide MLP over 8K-token sequences, checkpointed: chunked MLPs and offloaded layer inputs
+    give the same numbers at under two thirds of the plain step's peak (the MLP's recomputed intermediate and the
+    layer inputs are what the plain step keeps)."""
+    shape = dict(hidden_size=512, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=2, max_position_embeddings=16384)
+    spec = replace(TINY, gradient_checkpointing=True, random_init={**TINY.random_init, **shape})
+    batch = _batch(tokenizer.pad_token_id, long_len=8192)
+    plain, plain_peak = _run(spec, tokenizer, batch, torch.float32)
+    saved, saved_peak = _run(replace(spec, mlp_chunk_size=1024, offload_activations=True), tokenizer, batch,
+                             torch.float32)
+    _assert_close(saved, plain, rtol=1e-4, atol=1e-4)
+    assert saved_peak < 2 / 3 * plain_peak, (saved_peak / 2**20, plain_peak / 2**20)

@@ -1,0 +1,105 @@
+"""The model group's kernel and memory options (solopo.models.kernels, solopo.models.memory): each computes the
+response log-probs and parameter gradients of the plain model, in fp32 on the tiny model; Liger is refused where it
+cannot run."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import LOGP_CHUNK_SIZE, TINY
+from solopo.data.collate import PairCollator
+from solopo.data.tokenize import TokenizedPair
+from solopo.models import memory
+from solopo.models.blocks import decoder_layers, final_norm, mlps
+from solopo.models.loading import load_model
+from solopo.settings.fields import SettingsError
+from solopo.step.logps import response_logps
+
+KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]
+
+
+def _batch(pad_id: int):
+    """Three pairs of uneven lengths (padding inside each row), up to 120 positions of long context."""
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(5, 1000, (n,), generator=g).tolist()  # noqa: E731
+    pairs = [TokenizedPair(f"p{i}", {"short": ids(20 + 9 * i), "long": ids(97 + 11 * i)},
+                           {"chosen": ids(5 + 2 * i), "rejected": ids(9 - 3 * i)}) for i in range(3)]
+    return PairCollator(KEYS, pad_id)(pairs)
+
+
+def _logps_and_grads(model, batch):
+    """Response log-probs of every sequence, and the gradients of a weighted sum of them (both signs)."""
+    model.zero_grad()
+    logps = torch.cat([response_logps(model, group, LOGP_CHUNK_SIZE)[0] for group in batch.groups.values()])
+    (logps * torch.linspace(-1, 1, logps.numel())).sum().backward()
+    return logps.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _assert_same(tokenizer, options: dict, checkpointing: bool, tol=dict(rtol=1e-5, atol=1e-6)):
+    spec = replace(TINY, gradient_checkpointing=checkpointing)
+    batch = _batch(tokenizer.pad_token_id)
+    plain = _logps_and_grads(load_model(spec, tokenizer, seed=0).train(), batch)
+    changed = _logps_and_grads(load_model(replace(spec, **options), tokenizer, seed=0).train(), batch)
+    torch.testing.assert_close(changed[0], plain[0], **tol)
+    assert changed[1].keys() == plain[1].keys()
+    for name, grad in plain[1].items():
+        torch.testing.assert_close(changed[1][name], grad, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("options", [dict(mlp_chunk_size=16), dict(offload_activations=True),
+                                     dict(mlp_chunk_size=25, offload_activations=True)])
+def test_memory_savers_give_the_plain_logps_and_gradients(tokenizer, options, checkpointing):
+    _assert_same(tokenizer, options, checkpointing)
+
+
+def test_mlp_chunks_run_the_blocks_chunk_by_chunk(tokenizer):
+    """Each MLP and the final norm see at most mlp_chunk_size positions per call: a 130-position row in 4 calls."""
+    model = load_model(replace(TINY, mlp_chunk_size=40), tokenizer, seed=0)
+    blocks = mlps(model) + [final_norm(model)]
+    assert len(blocks) == len(decoder_layers(model)) + 1 == 3
+    seen = []
+    for block in blocks:
+        inner = block.solopo_unchunked_forward
+        block.solopo_unchunked_forward = lambda x, *a, _inner=inner, **k: seen.append(x.shape[-2]) or _inner(x, *a, **k)
+    with torch.no_grad():
+        model(input_ids=torch.randint(5, 1000, (2, 130)))
+    assert seen == [40, 40, 40, 10] * 3
+
+
+def test_offload_sees_only_the_layer_boundaries(tokenizer):
+    """With gradient checkpointing and chunked blocks, what the forward saves for backward (what offloading moves to
+    the host) is each layer's input and the final norm's, B x L x H fp32 values each, beside the token ids and the
+    last position's state (the LM head's input under logits_to_keep=1): everything else is recomputed."""
+    model = load_model(replace(TINY, gradient_checkpointing=True, mlp_chunk_size=50), tokenizer, seed=0).train()
+    offload = memory.offload_activations(model)
+    offload.min_bytes = 0
+    ids = torch.randint(5, 1000, (2, 130))
+    model(input_ids=ids, logits_to_keep=1)
+    boundary = 2 * 130 * model.config.hidden_size * 4
+    small = ids.numel() * 8 + 2 * model.config.hidden_size * 4
+    assert offload.offered_bytes == (len(decoder_layers(model)) + 1) * boundary + small
+
+
+@pytest.mark.slow  # about 3 minutes on two CPU cores: inductor compiles C++ for each block, shape and backward
+def test_compiled_layers_give_the_plain_logps_and_gradients(tokenizer):
+    """model.compile: torch.compile (inductor, on the CPU with its C++ compiler) of every layer's blocks."""
+    _assert_same(tokenizer, dict(compile=True), checkpointing=True, tol=dict(rtol=1e-4, atol=1e-5))
+
+
+def test_liger_needs_a_cuda_gpu():
+    from conftest import default_config
+    from omegaconf import OmegaConf
+    from solopo.settings.build import ConfigError, build_settings
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg = default_config().copy()
+    OmegaConf.update(cfg, "model.liger", True)
+    with pytest.raises(ConfigError, match=r"^model\.liger=true needs a CUDA GPU"):
+        build_settings(cfg)
+
+
+def test_liger_is_refused_for_other_model_families():
+    with pytest.raises(SettingsError, match="liger=true: Liger's kernels are applied to llama and qwen2 models, not gpt2"):
+        replace(TINY, liger=True, random_init={**TINY.random_init, "model_type": "gpt2"})
