@@ -1,4 +1,5 @@
-"""`model.attn_implementation=solopo_varlen`: causal attention that runs packed rows varlen, with no mask at all.
+"""`model.attn_implementation=solopo_varlen` (the default): causal attention that runs packed rows varlen, with no mask at
+all, and every other layout through the kernel that suits it (so `packing=auto` may choose any layout per step).
 
 Packed rows (`packing=true`) put every sequence of a step in one row. Flex attention keeps attention within each
 sequence with a block mask, but its kernel is slower than the flash kernel on long sequences; flash-attention's
@@ -8,6 +9,7 @@ boundaries the collator computed (`cu_seq_lens`, on the host, so no device sync 
 torch without the kernel) it computes the same thing one sequence at a time with SDPA, which is what the CPU tests
 check against padded rows.
 
+Shared-prompt rows (`packing=shared_prompt`) arrive with flex attention's BlockMask, and go to flex attention.
 Everything else (padded rows, generation with left padding and a KV cache) goes through transformers' own SDPA
 attention with its usual mask: the mask function returns None only inside `packed_forward()`, the context in which
 solopo.step.logps runs a packed row, so no O(T^2) mask is built for it. Packed rows with sliding-window attention are
@@ -107,6 +109,11 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
                      scaling: Optional[float] = None, dropout: float = 0.0, **kwargs) -> tuple[Tensor, None]:
     """transformers' attention-function contract: (B, H, L, D) inputs, returns ((B, L, H, D), None)."""
     cu = kwargs.get("cu_seq_lens_q")
+    if _is_block_mask(attention_mask):  # shared prompts (solopo.step.shared_prompt): flex attention's block mask
+        from transformers.integrations.flex_attention import flex_attention_forward
+
+        return flex_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     if cu is None:  # padded rows, generation: transformers' SDPA attention with the mask it built
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -129,6 +136,10 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
                           stacklevel=2)
         out = _sequence_by_sequence(q, k, v, cu, scaling)
     return out.unsqueeze(0), None
+
+
+def _is_block_mask(mask) -> bool:
+    return type(mask).__name__ == "BlockMask"  # without importing flex attention where it is never used
 
 
 def register() -> None:

@@ -152,9 +152,9 @@ def step_sequences(settings: Settings, pairs: dict) -> tuple[dict[str, list], bo
     return {"train": train, "val": train if plain else ALL_SEQUENCES}, plain
 
 
-def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool) -> DataLoader:
-    options = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                   collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
+def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool, kernel: str) -> DataLoader:
+    collate = PairCollator(keys, pad_token_id, pack=cfg.packing, device=compute_device(cfg).type, kernel=kernel)
+    options = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
     # The training loader's order and position go into checkpoints, so a resumed run sees the batches it would have.
     # Both loaders draw from their own generator: the global RNG, which checkpoints restore, is left to the model.
     # Over several processes each takes its slice of every global batch (solopo.training.resume.shard_order).
@@ -325,7 +325,8 @@ def train(cfg: DictConfig) -> dict:
     module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
                           cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
                           logp_chunk_size=cfg.logp_chunk_size, plain_po=plain)
-    loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train")
+    loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train",
+                                  kernel=settings.model.attn_implementation)
                if pairs[split] else None for split in ("train", "val")}
     during = eval_during_training(evaluation, policy, settings.eval)
     trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders,
