@@ -35,6 +35,7 @@ from solopo.generation.sampling import sample_pairs
 from solopo.generation.vllm_engine import saved_weights
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, source_problems, weights_path, with_lora)
+from solopo.step.checkpointing import AUTO, auto_checkpointing, step_tokens
 from solopo.settings.build import ConfigError, Settings, build_settings, choice, load_source, vllm_args
 from solopo.training.callbacks import Preemption, Throughput
 from solopo.training.distributed import check_strategy, local_gpu
@@ -235,6 +236,16 @@ def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer
         for split, split_pairs in pairs.items()}
 
 
+def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list, keys) -> None:
+    """model.gradient_checkpointing=auto: the decoder layers to checkpoint for the largest training step."""
+    tokens, responses = step_tokens(pairs, keys, cfg.data.batch_size)
+    strategy = strategy_of(cfg)
+    sharded = int(cfg.trainer.devices) if "FSDP" in strategy and str(cfg.trainer.devices).isdigit() else 1
+    compute = weights_dtype(strategy, settings.precision) or autocast_dtype(settings.precision)
+    plan = auto_checkpointing(policy, tokens, responses, cfg.logp_chunk_size, compute_device(cfg), compute, sharded)
+    log.info("%s, for steps of up to %d tokens", plan.describe(), tokens)
+
+
 def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict,
         extra: tuple = ()):
     """Trains; returns the trainer and the callbacks whose records go into results.json."""
@@ -322,6 +333,8 @@ def train(cfg: DictConfig) -> dict:
         tables["base"] = evaluation(policy, "base", as_loaded=True)
     data_done = time.perf_counter()
 
+    if settings.model.gradient_checkpointing == AUTO:
+        plan_checkpointing(cfg, settings, policy, pairs["train"], keys["train"])
     module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
                           cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
                           logp_chunk_size=cfg.logp_chunk_size, plain_po=plain)
