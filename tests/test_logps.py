@@ -58,11 +58,14 @@ def test_padding_does_not_change_a_sequence(tiny_model):
     torch.testing.assert_close(single[0], together[0], rtol=1e-5, atol=1e-5)
 
 
-def test_prompt_tokens_do_not_count(tiny_model):
-    batch, _ = make_batch()
-    none = dataclasses.replace(batch, response_mask=torch.zeros_like(batch.response_mask))
-    logps, n_tokens = response_logps(tiny_model, none, chunk_size=1024)
-    assert logps.abs().sum() == 0 and n_tokens.sum() == 0
+@pytest.mark.parametrize("pack", [False, True, "shared_prompt"])
+def test_prompt_tokens_do_not_count(tiny_model, pack):
+    """Rows with prompts and no response token: no log-prob at all, in every layout."""
+    _, pairs = make_batch()
+    empty = [dataclasses.replace(p, responses={"chosen": [], "rejected": []}) for p in pairs]
+    group = next(iter(PairCollator([("short", "chosen"), ("short", "rejected")], 2, pack=pack)(empty).groups.values()))
+    logps, n_tokens = response_logps(tiny_model, group, chunk_size=1024)
+    assert logps.abs().sum() == 0 and n_tokens.sum() == 0 and logps.shape == (6,)
 
 
 @pytest.mark.parametrize("packed_attention, padded_attention", [

@@ -32,7 +32,7 @@ import torch
 from solopo.core.objective import Key
 from solopo.data.tokenize import TokenizedPair
 from solopo.step import layout
-from solopo.step.batch import Batch, PackedGroup, PaddedGroup, SharedPromptGroup
+from solopo.step.batch import Batch, PackedGroup, PaddedGroup, Predictions, SharedPromptGroup
 from solopo.step.varlen import packed_lengths
 
 log = logging.getLogger("solopo")
@@ -107,8 +107,10 @@ class PairCollator:
             input_ids[i, :n] = torch.tensor(prompt + response)
             attention_mask[i, :n] = 1
             response_mask[i, len(prompt) : n] = True
+        rows = torch.arange(len(rows)).unsqueeze(1).expand_as(input_ids)  # one sequence per row
         return PaddedGroup(keys=keys, input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
-                           n_pairs=len(pairs), n_tokens=int(attention_mask.sum()), ref_logps=ref_logps)
+                           n_pairs=len(pairs), n_tokens=int(attention_mask.sum()), ref_logps=ref_logps,
+                           predictions=Predictions.next_token(input_ids, response_mask, rows))
 
     def _packed(self, pairs: list[TokenizedPair], keys: tuple[Key, ...], ref_logps: torch.Tensor | None) -> PackedGroup:
         ids, positions, sequences, response = [], [], [], []
@@ -121,9 +123,11 @@ class PairCollator:
         sequence_ids = row(sequences, torch.long)
         # The sequence boundaries, counted here on the host, for varlen kernels (solopo_varlen, flash-attention).
         cu_seq_lens, max_length = packed_lengths(sequence_ids)
-        return PackedGroup(keys=keys, input_ids=row(ids, torch.long), position_ids=row(positions, torch.long),
-                           sequence_ids=sequence_ids, response_mask=row(response, torch.bool), cu_seq_lens=cu_seq_lens,
-                           max_length=max_length, n_pairs=len(pairs), n_tokens=len(ids), ref_logps=ref_logps)
+        input_ids, response_mask = row(ids, torch.long), row(response, torch.bool)
+        return PackedGroup(keys=keys, input_ids=input_ids, position_ids=row(positions, torch.long),
+                           sequence_ids=sequence_ids, response_mask=response_mask, cu_seq_lens=cu_seq_lens,
+                           max_length=max_length, n_pairs=len(pairs), n_tokens=len(ids), ref_logps=ref_logps,
+                           predictions=Predictions.next_token(input_ids, response_mask, sequence_ids))
 
     def _shared(self, pairs: list[TokenizedPair], keys: tuple[Key, ...],
                 ref_logps: torch.Tensor | None) -> SharedPromptGroup:
@@ -155,5 +159,7 @@ class PairCollator:
         dtypes = {"response_mask": torch.bool}
         tensors = {name: torch.tensor(values, dtype=dtypes.get(name, torch.long)).unsqueeze(0)
                    for name, values in columns.items()}
+        predictions = Predictions.of(tensors["input_ids"], tensors["response_mask"], tensors["predict_from"],
+                                     tensors["sequence_ids"])  # one row: predict_from indexes it flat
         return SharedPromptGroup(keys=keys, **tensors, n_pairs=len(pairs), n_tokens=len(columns["input_ids"]),
-                                 ref_logps=ref_logps)
+                                 ref_logps=ref_logps, predictions=predictions)

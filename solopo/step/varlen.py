@@ -114,11 +114,11 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
 
         return flex_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    if cu is None:  # padded rows, generation: transformers' SDPA attention with the mask it built
+    if cu is None:  # padded rows (causal: no mask), generation: transformers' SDPA attention with the mask it built
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        mask = None if _is_unused(attention_mask) else attention_mask
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
     if kwargs.get("sliding_window"):
         raise ValueError(f"attn_implementation={NAME} does not do sliding-window attention; use sdpa or flex_attention")
     if dropout:
@@ -136,6 +136,18 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
                           stacklevel=2)
         out = _sequence_by_sequence(q, k, v, cu, scaling)
     return out.unsqueeze(0), None
+
+
+def unused_mask(device) -> Tensor:
+    """What padded and packed rows hand a solopo_varlen model as their attention mask: an empty (1, 1, 1, 0) tensor
+    that transformers passes through as a ready 4D mask, and that this attention function reads as "causal within each
+    row" (padded rows) or ignores (packed rows: the sequence boundaries go instead). Given no mask, transformers would
+    look at the positions and the padding on the device to build one (a sync per forward)."""
+    return torch.empty(1, 1, 1, 0, dtype=torch.bool, device=device)
+
+
+def _is_unused(mask) -> bool:
+    return isinstance(mask, Tensor) and mask.dim() == 4 and mask.shape[-1] == 0
 
 
 def _is_block_mask(mask) -> bool:
