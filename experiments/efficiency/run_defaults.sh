@@ -11,8 +11,8 @@
 # of one H200 by the committed step times; BUDGET_S (540) bounds the call. Every step runs with --resume on RESULTS
 # (default experiments/efficiency/results), so a call cut short goes on in the next with the same command. The
 # summary reads every table in RESULTS: point it at a copy of results/ to have TRL's rows and the longest-context
-# probes beside the defaults. MODELS, LENGTHS, LARGE, LARGE_LENGTHS, SMALL, SHORT, RESPONSE override the grid
-# (tests/test_benchmarks.py runs it on the CPU with the tiny model).
+# probes beside the defaults. MODELS, LENGTHS, LARGE, LARGE_LENGTHS, SMALL, SHORT, RESPONSE override the grid (none:
+# no model; tests/test_benchmarks.py runs it on the CPU with the tiny model).
 set -o pipefail
 began=$(date +%s)
 BUDGET=${1:-540}
@@ -30,6 +30,7 @@ mkdir -p "$RESULTS"
 left() { echo $(( BUDGET - ($(date +%s) - began) - 20 )); }  # 20 s kept for the summary
 
 cells() {  # cells MODELS LENGTHS: the defaults and the best hand-picked variant of each cell, within the time left
+  if [ "$1" = none ]; then return 0; fi
   if [ "$(left)" -le 0 ]; then echo "no time left for $1: the next call measures it"; return 0; fi
   timeout --signal=INT --kill-after=20 "$(left)" "$PY" experiments/efficiency/bench.py --tag _defaults --models "$1" \
     --algos dpo --methods solopo,long_po --variants defaults,best --lengths "$2" --max-length-models none \
