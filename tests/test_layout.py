@@ -106,3 +106,15 @@ def test_auto_chooses_per_batch_and_logs_each_change(caplog):
     assert len(lines) == 3  # the first choice, and the two changes
     # the longest long sequence of the third batch: pair 1's prompt (30 + 3 tokens) and its 5-token chosen response
     assert lines[1] == "packing=auto: shared_prompt rows (longest sequence per context: long 38 tokens)"
+
+
+def test_the_shipped_defaults_are_auto():
+    """What a run gets without flags: packing=auto, model.gradient_checkpointing=auto, and the kernel that runs every
+    layout auto may choose."""
+    from conftest import shipped
+
+    from solopo.step.layout import KERNEL_LAYOUTS
+
+    model = shipped("model")
+    assert shipped("packing") == AUTO and model["gradient_checkpointing"] == "auto"
+    assert set(KERNEL_LAYOUTS[model["attn_implementation"]]) == {PADDED, PACKED, SHARED_PROMPT}
