@@ -58,11 +58,14 @@ def test_padding_does_not_change_a_sequence(tiny_model):
     torch.testing.assert_close(single[0], together[0], rtol=1e-5, atol=1e-5)
 
 
-def test_prompt_tokens_do_not_count(tiny_model):
-    batch, _ = make_batch()
-    none = dataclasses.replace(batch, response_mask=torch.zeros_like(batch.response_mask))
-    logps, n_tokens = response_logps(tiny_model, none, chunk_size=1024)
-    assert logps.abs().sum() == 0 and n_tokens.sum() == 0
+@pytest.mark.parametrize("pack", [False, True, "shared_prompt"])
+def test_prompt_tokens_do_not_count(tiny_model, pack):
+    """Rows with prompts and no response token: no log-prob at all, in every layout."""
+    _, pairs = make_batch()
+    empty = [dataclasses.replace(p, responses={"chosen": [], "rejected": []}) for p in pairs]
+    group = next(iter(PairCollator([("short", "chosen"), ("short", "rejected")], 2, pack=pack)(empty).groups.values()))
+    logps, n_tokens = response_logps(tiny_model, group, chunk_size=1024)
+    assert logps.abs().sum() == 0 and n_tokens.sum() == 0 and logps.shape == (6,)
 
 
 @pytest.mark.parametrize("packed_attention, padded_attention", [
@@ -124,7 +127,7 @@ def test_shared_prompt_row_holds_each_prompt_once():
     total = sum(len(q.prompts[c]) + len(q.responses["chosen"]) + len(q.responses["rejected"]) for q in pairs
                 for c in ("short", "long"))
     assert row.input_ids.shape == (1, total) and row.segment_ids.max().item() == 3
-    with pytest.raises(ValueError, match="choose false, true or shared_prompt"):
+    with pytest.raises(ValueError, match="choose false, true, shared_prompt or auto"):
         PairCollator(ALL_KEYS, pad_token_id=2, pack="shared")
 
 
@@ -137,8 +140,10 @@ def test_shared_prompt_mask_reads_the_prompt_and_its_own_response_only():
     assert mask[3] == [1, 1, 0, 1, 0, 0, 0]  # rejected's first token: the prompt and itself, not chosen
     assert mask[4] == [1, 1, 0, 1, 1, 0, 0]
     assert mask[6] == [0, 0, 0, 0, 0, 1, 1]  # the next segment sees nothing of the first
-    with pytest.raises(ValueError, match="needs model.attn_implementation in flex_attention, sdpa"):
-        attention_mask("solopo_varlen", segment, branch)
+    # solopo_varlen takes the dense form on the CPU (it hands a GPU's BlockMask to flex attention)
+    assert torch.equal(attention_mask("solopo_varlen", segment, branch), attention_mask("sdpa", segment, branch))
+    with pytest.raises(ValueError, match="needs model.attn_implementation in flex_attention, sdpa, solopo_varlen"):
+        attention_mask("eager", segment, branch)
 
 
 def ids_of(segments):

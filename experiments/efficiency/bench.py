@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import argparse
+import json
 import sys
 import traceback
 from collections import Counter
@@ -21,9 +22,12 @@ from pathlib import Path
 import torch
 
 from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, logp_chunk_size, matching, peak,
-                    previous_rows, put_row, random_ids, release, reset_peak, shape_fields, shipped, timed, write_table)
+                    previous_rows, profiled, put_row, random_ids, release, reset_peak, shape_fields, shipped, timed,
+                    write_table)
 from solopo.core.algos import DPO, SimPO
 from solopo.data.collate import SHARED_PROMPT, PairCollator
+from solopo.step import checkpointing
+from solopo.step.layout import NAMES
 from solopo.data.tokenize import TokenizedPair
 from solopo.step.logps import chunked_token_logps
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
@@ -39,6 +43,8 @@ METHODS = {
                 dataclasses.replace(RA, alpha=0.0)),
 }
 ALGOS = {"dpo": DPO(beta=0.1), "simpo": SimPO(beta=2.0, gamma=1.0)}
+DEFAULTS, BEST = "defaults", "best"  # BEST: per cell, the fastest variant the committed tables measured (best_variant)
+RESULTS = Path(__file__).parent / "results"
 # How the sequences of a step reach the model: padded = one padded batch per context (SDPA); packed-* = every
 # sequence of the step in one row without padding, attention kept within each sequence by the named kernel.
 VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), "packed-sdpa": ("sdpa", True),
@@ -47,7 +53,10 @@ VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), 
             # padded rows through other kernels: SDPA's cuDNN backend instead of its flash kernel, and the model
             # options of MODEL_OPTIONS below
             "cudnn-sdpa": ("sdpa", False), "liger": ("sdpa", False), "compile": ("sdpa", False),
-            "savers": ("sdpa", False)}
+            "savers": ("sdpa", False),
+            # what a run gets without flags: the shipped kernel, packing=auto, model.gradient_checkpointing=auto
+            DEFAULTS: (shipped("model")["attn_implementation"], shipped("packing"))}
+# Every other variant checkpoints every decoder layer, as the committed tables were measured.
 # The model options a variant loads the model with (solopo.models.kernels and .memory); one call measures variants of
 # one model build (padded and cudnn-sdpa share the plain one). savers: chunks of 16K positions keep each MLP's
 # intermediate at 16K x 8960 values (1.5B shape), whatever the context, in matrix products still large enough to run
@@ -124,19 +133,53 @@ class TrainStep:
 
 def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, pad_id: int,
                pack: bool | str = False):
+    """The step of one cell, its sequences, its tokens and its layout (packing=auto: the one chosen)."""
     method, ra = METHODS[method_name]
     keys = required_sequences(method, ra)
-    batch = PairCollator(keys, pad_id, pack=pack)([pair]).to(DEVICE)
+    collate = PairCollator(keys, pad_id, pack=pack, device=DEVICE, kernel=policy.config._attn_implementation)
+    layout = collate.layout_of([pair])
+    batch = collate([pair]).to(DEVICE)
     # optim: the run's settings, which this module never uses: TrainStep steps the bench's own AdamW
     module = SoLoPOModule(policy, algo, ra, method, cached_reference=True, optim=OptimSettings(**shipped("optim")),
                           logp_chunk_size=logp_chunk_size())
-    return TrainStep(module, optimizer, batch), keys, batch.n_tokens
+    return TrainStep(module, optimizer, batch), keys, batch.n_tokens, layout
+
+
+def plan_memory(policy, variant: str, pair: TokenizedPair, keys, response: int) -> dict:
+    """The decoder layers this cell checkpoints (DEFAULTS: model.gradient_checkpointing=auto's choice; otherwise
+    all) and the predicted peak, which the row records beside the measured one."""
+    tokens, responses = checkpointing.step_tokens([pair], keys, 1)
+    if variant == DEFAULTS:
+        plan = checkpointing.auto_checkpointing(policy, tokens, responses, logp_chunk_size(), torch.device(DEVICE), None)
+    else:
+        layers = len(checkpointing.decoder_layers(policy))
+        checkpointing.checkpoint_layers(policy, layers)
+        shape = checkpointing.StepShape.of(policy.config, *(2 * [next(policy.parameters()).element_size()]))
+        plan = checkpointing.Plan(layers, layers, checkpointing.state_bytes(policy) + checkpointing.predict_activations(
+            shape, tokens, layers, min(responses, logp_chunk_size())), None)
+    return {"checkpointed_layers": plan.checkpointed, "predicted_peak_gib": plan.predicted_peak / 2**30}
+
+
+def best_variant(model: str, algo: str, method: str, length: int, tables: Path = RESULTS) -> str:
+    """The fastest variant the committed tables measured for this method and length (the 1.5B shape's, the only one
+    with every layout measured), other than the defaults; padded where none was."""
+    rows = [r for name in ("solopo_grid", "solopo_grid_packing", "solopo_grid_shared")
+            if (tables / f"{name}.json").exists() for r in json.loads((tables / f"{name}.json").read_text())["rows"]]
+    cells = [r for r in rows if r.get("status") == "ok" and r["algo"] == algo and r["method"] == method
+             and r["long_len"] == length and r["variant"] in VARIANTS and r["variant"] != DEFAULTS]
+    same_model = [r for r in cells if r["model"] == model] if any(r["model"] == model and r["variant"] != "padded"
+                                                                  for r in cells) else []
+    pool = same_model or [r for r in cells if r["model"] == "qwen2.5-1.5b"]
+    return min(pool, key=lambda r: r["step_s"])["variant"] if pool else "padded"
 
 
 def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int, warmup: int, steps: int,
-            shared: bool = False) -> dict:
+            shared: bool = False, profile: bool = False) -> dict:
     try:
         result = timed(step, warmup, steps)
+        if profile:  # one more step under the profiler: the GPU's kernel time over the step's wall time
+            wall, kernel_s, syncs, _ = profiled(step)
+            result.update(gpu_busy=kernel_s / wall, host_syncs=syncs)
     except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
         release()
         if is_oom(err):
@@ -145,9 +188,11 @@ def measure(step, shape: Shape, keys, lengths: dict, response: int, tokens: int,
         return {"status": f"error: {type(err).__name__}"}
     # Per context: its n responses share one prompt (shared) or each carries its own copy.
     per_context = Counter(context for context, _ in keys)
-    flops = sum(shape.train_flops(lengths[c], response, n_responses=n) if shared else n * shape.train_flops(lengths[c], response)
-                for c, n in per_context.items())
-    return {"status": "ok", **result, "tokens_per_s": tokens / result["step_s"], "tflops": flops / result["step_s"] / 1e12}
+    copied = sum(n * shape.train_flops(lengths[c], response) for c, n in per_context.items())
+    flops = sum(shape.train_flops(lengths[c], response, n_responses=n) for c, n in per_context.items()) if shared else copied
+    # tflop_copied: the work with a prompt per response, whatever the layout: the FLOP ratio's terms
+    return {"status": "ok", **result, "tokens_per_s": tokens / result["step_s"], "tflops": flops / result["step_s"] / 1e12,
+            "tflop_copied": copied / 1e12}
 
 
 def grid(args, name, policy, optimizer, shape, pad_id, rows, save):
@@ -155,15 +200,19 @@ def grid(args, name, policy, optimizer, shape, pad_id, rows, save):
         pair = make_pair(args.short, length, args.response)
         for algo_name in args.algos:
             for method_name in args.methods:
-                for variant in args.variants:
+                for asked in args.variants:
+                    variant = best_variant(name, algo_name, method_name, length) if asked == BEST else asked
                     if has_row(rows, model=name, algo=algo_name, method=method_name, variant=variant, long_len=length):
                         continue  # measured by an earlier call (--resume)
                     pack = use_variant(policy, variant)
-                    step, keys, tokens = train_step(policy, optimizer, ALGOS[algo_name], method_name, pair, pad_id, pack)
+                    step, keys, tokens, layout = train_step(policy, optimizer, ALGOS[algo_name], method_name, pair,
+                                                            pad_id, pack)
+                    memory = plan_memory(policy, variant, pair, keys, args.response)
                     cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens,
-                                   args.warmup, args.steps, shared=pack == SHARED_PROMPT)
+                                   args.warmup, args.steps, shared=layout == SHARED_PROMPT, profile=args.profile)
                     rows.append({"model": name, "algo": algo_name, "method": method_name, "variant": variant,
-                                 "long_len": length, "short_len": args.short, "tokens": tokens, **cell})
+                                 "long_len": length, "short_len": args.short, "tokens": tokens, "layout": NAMES[layout],
+                                 **memory, **cell})
                     print(rows[-1], flush=True)
                     save()
                     release()
@@ -208,9 +257,9 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
             if best and length <= best["long_len"]:
                 continue  # trained in an earlier call
             pair = make_pair(args.short, length, args.response)
-            step, keys, tokens = train_step(policy, optimizer, ALGOS["dpo"], method_name, pair, pad_id, pack)
+            step, keys, tokens, layout = train_step(policy, optimizer, ALGOS["dpo"], method_name, pair, pad_id, pack)
             cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens, 0, 1,
-                           shared=pack == SHARED_PROMPT)
+                           shared=layout == SHARED_PROMPT)
             print({"model": name, "method": method_name, "long_len": length, **cell}, flush=True)
             release()
             failed = cell["status"] != "ok"
@@ -261,8 +310,8 @@ def logs_memory(args, name: str) -> bool:
 
 
 def missing_cells(args, name, grid_rows, max_rows, logp_rows) -> bool:
-    grid_cells = [dict(algo=a, method=m, variant=v, long_len=n) for n in args.lengths for a in args.algos
-                  for m in args.methods for v in args.variants]
+    grid_cells = [dict(algo=a, method=m, variant=best_variant(name, a, m, n) if v == BEST else v, long_len=n)
+                  for n in args.lengths for a in args.algos for m in args.methods for v in args.variants]
     probes = [dict(model=name, method=m, variant=args.variants[0]) for m in args.methods]
     if name in args.max_length_models and not all(probe_finished(max_rows, key, args.max_lengths) for key in probes):
         return True
@@ -279,7 +328,9 @@ def main() -> None:
     parser.add_argument("--models", type=names, default=["smollm2", "qwen2.5-1.5b"])
     parser.add_argument("--algos", type=names, default=["dpo", "simpo"])
     parser.add_argument("--methods", type=names, default=list(METHODS))
-    parser.add_argument("--variants", type=names, default=["padded", "packed-flex"], help=", ".join(VARIANTS))
+    parser.add_argument("--variants", type=names, default=["padded", "packed-flex"],
+                        help=", ".join([*VARIANTS, BEST]) + f" ({BEST}: each cell's fastest in the committed tables)")
+    parser.add_argument("--profile", action="store_true", help="one more step per cell under the profiler: gpu_busy")
     parser.add_argument("--short", type=int, default=1024)
     parser.add_argument("--response", type=int, default=64)
     parser.add_argument("--lengths", type=ints, default=[4096, 8192, 16384, 32768, 65536])
@@ -297,10 +348,11 @@ def main() -> None:
     options = model_options(args.variants)
 
     meta = {**environment(), "command": "python " + " ".join(sys.argv), "short_len": args.short,
-            "response_len": args.response, "precision": "bf16 weights", "gradient_checkpointing": True}
+            "response_len": args.response, "precision": "bf16 weights",
+            "gradient_checkpointing": "auto for the defaults variant, every layer otherwise"}
     tables = {name: (previous_rows(args.out, name + args.tag, args.resume), columns) for name, columns in (
         ("solopo_grid", ["model", "algo", "method", "variant", "long_len", "tokens", "status", "step_s", "tokens_per_s",
-                         "tflops", "peak_gib"]),
+                         "tflops", "peak_gib", "layout", "checkpointed_layers", "predicted_peak_gib", "gpu_busy"]),
         ("solopo_max_length", ["model", "method", "variant", "max_long_len", "step_s_at_max", "peak_gib_at_max",
                                "first_failure", "failed_len"]),
         ("logp_memory", ["model", "variant", "context_len", "extra_peak_gib"]))}

@@ -18,6 +18,7 @@ from typing import Callable
 ALLOC_CONF = os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for a dry run of the scripts
 # What a longest-context probe's verdict depends on beyond the model and method: rows measured otherwise are redone.
@@ -43,15 +44,18 @@ def shape_fields(name: str) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def shipped(key: str) -> dict:
+def shipped(key: str):
     """The fields the shipped default config (``python -m solopo.run``, no overrides) gives the group ``key``, resolved,
-    Hydra's keys aside: a benchmark's settings start from their one owner, the config."""
+    Hydra's keys aside (or the value of a top-level key): a benchmark's settings start from their one owner, the
+    config."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        node = OmegaConf.to_container(compose("config")[key], resolve=True)
-    return {k: v for k, v in node.items() if not k.startswith("_")}
+        node = compose("config")[key]
+    if not OmegaConf.is_config(node):  # a top-level value (packing)
+        return node
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,6 +132,25 @@ def timed(step: Callable[[], None], warmup: int, steps: int) -> dict:
         step()
     sync()
     return {"step_s": (time.perf_counter() - start) / steps, "peak_gib": peak() / 2**30}
+
+
+def profiled(step: Callable[[], None]) -> tuple[float, float, int, str]:
+    """Wall seconds, GPU kernel seconds, host-device synchronisations and the top-operation tables of one step."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    sync()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        sync()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernel_s = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e6
+    syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item",
+                                                     "aten::_local_scalar_dense"))
+    tables = events.table(sort_by="self_cpu_time_total", row_limit=12)
+    if DEVICE == "cuda":
+        tables += "\n" + events.table(sort_by="self_device_time_total", row_limit=12)
+    return wall, kernel_s, syncs, tables
 
 
 def is_oom(err: BaseException) -> bool:

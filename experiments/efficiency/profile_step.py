@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from bench import ALGOS, VARIANTS, TrainStep, load_policy, make_pair, model_spec, train_step, use_variant
-from common import DEVICE, sync
+from common import DEVICE, profiled, sync
 from solopo.models.loading import load_tokenizer
 
 
@@ -39,25 +38,6 @@ def phases(step: TrainStep) -> dict[str, float]:
     clock("backward", lambda: out.loss.backward())
     clock("optimizer", lambda: (step.optimizer.step(), step.optimizer.zero_grad(set_to_none=True)))
     return times
-
-
-def profiled(step) -> tuple[float, float, int, str]:
-    """Wall seconds, GPU kernel seconds, host-device synchronisations and the top-operation tables of one step."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
-    sync()
-    with profile(activities=activities) as prof:
-        start = time.perf_counter()
-        step()
-        sync()
-        wall = time.perf_counter() - start
-    events = prof.key_averages()
-    kernel_s = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e6
-    syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item",
-                                                     "aten::_local_scalar_dense"))
-    tables = events.table(sort_by="self_cpu_time_total", row_limit=12)
-    if DEVICE == "cuda":
-        tables += "\n" + events.table(sort_by="self_device_time_total", row_limit=12)
-    return wall, kernel_s, syncs, tables
 
 
 def main() -> None:
@@ -85,8 +65,8 @@ def main() -> None:
     for variant in args.variants:
         pack = use_variant(policy, variant)
         for method_name in args.methods:
-            step, keys, tokens = train_step(policy, optimizer, ALGOS[args.algo], method_name, pair,
-                                            tokenizer.pad_token_id, pack)
+            step, keys, tokens, _ = train_step(policy, optimizer, ALGOS[args.algo], method_name, pair,
+                                               tokenizer.pad_token_id, pack)
             for _ in range(args.warmup):
                 step()
             split = phases(step)

@@ -3,8 +3,8 @@ TRL per context length, the longest trainable context, the log-prob step's memor
 
     python experiments/efficiency/summary.py --results experiments/efficiency/results
 
-Reads solopo_grid, solopo_max_length, logp_memory, trl_long_po and (when present) solopo_grid_packing .json;
-writes summary.md and summary.json next to them. Every figure is read or divided from those rows.
+Reads solopo_grid, solopo_max_length, logp_memory, trl_long_po and (when present) solopo_grid_packing, _shared and
+_defaults .json; writes summary.md and summary.json next to them. Every figure is read or divided from those rows.
 """
 from __future__ import annotations
 
@@ -154,6 +154,99 @@ def mfu(grid: list[dict], model: str, length: int, response: int) -> dict | None
             "dense_fraction": dense / row["step_s"] / 1e12 / H200_PEAK_TFLOPS}
 
 
+# Issue 24's targets (one H200, SoLoPO against Long-PO with both at their defaults): the step-time ratio within the
+# FLOP ratio plus a slack, per model and lengths; SoLoPO / TRL; GPU busy; useful MFU; longest context; the 7B shape.
+DEFAULT_SLACK = {("qwen2.5-1.5b", 4096): 0.10, **{("qwen2.5-1.5b", n): 0.05 for n in (8192, 16384, 32768, 65536)},
+                 **{("smollm2", n): 0.05 for n in (16384, 32768, 65536)}, ("qwen2.5-7b", 8192): 0.03}
+TRL_CAPS = {16384: 0.58, 32768: 0.54}
+GPU_BUSY, USEFUL_MFU, LONGEST_1M = 0.85, 0.55, 1 << 20
+
+
+def copied_flops(row: dict) -> float | None:
+    """A step's useful TFLOPs with a prompt per response, whatever its layout (older rows: padded ones only)."""
+    if not ok(row):
+        return None
+    return row.get("tflop_copied") or (flops(row) if row.get("variant") == "padded" else None)
+
+
+def best_hand_picked(rows: list[dict], model: str, algo: str, method: str, n: int) -> dict | None:
+    """The fastest measured cell other than the defaults, in any table."""
+    found = [r for r in rows if ok(r) and r["model"] == model and r["algo"] == algo and r["method"] == method
+             and r["long_len"] == n and r["variant"] != "defaults"]
+    return min(found, key=lambda r: r["step_s"]) if found else None
+
+
+def fmt_default(row: dict | None) -> str:
+    if not ok(row):
+        return fmt_step(row)
+    layers = row.get("checkpointed_layers")
+    return f"{row['step_s']:.3g} s ({row.get('layout', '?')}, {layers} ckpt)" if layers is not None else fmt_step(row)
+
+
+def defaults_section(defaults: list[dict], every: list[dict], trl: list[dict], model: str,
+                     algo: str) -> tuple[list[str], list[dict]]:
+    """Per length: SoLoPO and Long-PO at their defaults and at their best hand-picked cells, both ratios, the FLOP
+    ratio, SoLoPO / TRL, SoLoPO's GPU-busy fraction and the memory predicted against measured."""
+    lengths = sorted({r["long_len"] for r in defaults if r["model"] == model and r["algo"] == algo})
+    lines = ["| long context | SoLoPO defaults | SoLoPO best | Long-PO defaults | Long-PO best | SoLoPO / Long-PO, "
+             "defaults | best of each | FLOP ratio | SoLoPO / TRL | SoLoPO GPU busy | SoLoPO peak, predicted / measured |",
+             "|---|" + "---|" * 10]
+    out = []
+    for n in lengths:
+        so, lp = (cell(defaults, model=model, algo=algo, method=m, variant="defaults", long_len=n) for m in ("solopo", "long_po"))
+        so_best, lp_best = (best_hand_picked(every, model, algo, m, n) for m in ("solopo", "long_po"))
+        flop_so, flop_lp = copied_flops(so), copied_flops(lp)
+        tr = cell(trl, model=model, trainer=f"trl-{algo}", long_len=n)
+        row = {"model": model, "algo": algo, "long_len": n, "defaults_ratio": ratio(so, lp), "best_ratio": ratio(so_best, lp_best),
+               "flop_ratio": flop_so / flop_lp if flop_so and flop_lp else None, "solopo_vs_trl": ratio(so, tr),
+               "gpu_busy": so.get("gpu_busy") if ok(so) else None,
+               "long_po_tflops": lp["tflops"] if ok(lp) else None,
+               "peak": (so["predicted_peak_gib"], so["peak_gib"]) if ok(so) and "predicted_peak_gib" in so else None}
+        out.append(row)
+        peak = f"{row['peak'][0]:.1f} / {row['peak'][1]:.1f} GiB" if row["peak"] else "-"
+        busy = f"{100 * row['gpu_busy']:.0f}%" if row["gpu_busy"] is not None else "-"
+        lines.append(f"| {length_label(n)} | {fmt_default(so)} | {fmt_step(so_best).split(',')[0]} "
+                     f"({so_best['variant'] if so_best else '-'}) | {fmt_default(lp)} | {fmt_step(lp_best).split(',')[0]} "
+                     f"({lp_best['variant'] if lp_best else '-'}) | {fmt(row['defaults_ratio'])} | {fmt(row['best_ratio'])} | "
+                     f"{fmt(row['flop_ratio'])} | {fmt(row['solopo_vs_trl'])} | {busy} | {peak} |")
+    return lines + [""], out
+
+
+def verdict(met: bool | None, measured: str) -> str:
+    return f"{measured} | {'not measured' if met is None else 'yes' if met else 'no'} |"
+
+
+def issue_targets(rows: list[dict], longest: dict) -> list[str]:
+    """One line per target of issue 24, from the defaults section's rows and the longest-context probes."""
+    by = {(r["model"], r["long_len"]): r for r in rows if r["algo"] == "dpo"}
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for model in dict.fromkeys(m for m, _ in DEFAULT_SLACK):
+        cells = [(n, by.get((model, n)), slack) for (m, n), slack in DEFAULT_SLACK.items() if m == model]
+        shown = [f"{length_label(n)} {fmt(r and r['defaults_ratio'])} (limit {fmt(r and r['flop_ratio'] and r['flop_ratio'] + slack)})"
+                 for n, r, slack in cells]
+        known = [(r["defaults_ratio"], r["flop_ratio"] + slack) for _, r, slack in cells
+                 if r and r["defaults_ratio"] is not None and r["flop_ratio"] is not None]
+        met = None if len(known) < len(cells) else all(v <= limit for v, limit in known)
+        lines.append(f"| {model}: SoLoPO / Long-PO at their defaults within the FLOP ratio + slack | " + verdict(met, ", ".join(shown)))
+    trl = [(n, by.get(("qwen2.5-1.5b", n))) for n in TRL_CAPS]
+    trl_known = [r["solopo_vs_trl"] for _, r in trl if r and r["solopo_vs_trl"] is not None]
+    lines.append("| SoLoPO / TRL DPOTrainer <= 0.58 at 16K, 0.54 at 32K (1.5B) | " + verdict(
+        None if len(trl_known) < len(trl) else all(r["solopo_vs_trl"] <= TRL_CAPS[n] for n, r in trl),
+        ", ".join(f"{length_label(n)} {fmt(r and r['solopo_vs_trl'])}" for n, r in trl)))
+    busy = [(n, r["gpu_busy"]) for (m, n), r in sorted(by.items()) if m == "qwen2.5-1.5b" and r["gpu_busy"] is not None]
+    lines.append(f"| GPU busy >= {GPU_BUSY:.0%} of the SoLoPO step from 4K (1.5B) | " + verdict(
+        min(b for _, b in busy) >= GPU_BUSY if busy else None, ", ".join(f"{length_label(n)} {b:.0%}" for n, b in busy) or "-"))
+    at_32k = by.get(("qwen2.5-1.5b", 32768))
+    mfu_value = at_32k and at_32k["long_po_tflops"] and at_32k["long_po_tflops"] / H200_PEAK_TFLOPS
+    lines.append(f"| useful MFU (causal attention once) of the 32K long step >= {USEFUL_MFU:.0%} | " + verdict(
+        None if not mfu_value else mfu_value >= USEFUL_MFU,
+        f"{at_32k['long_po_tflops']:.0f} TFLOP/s = {mfu_value:.0%} of {H200_PEAK_TFLOPS:.0f}" if mfu_value else "-"))
+    so = longest.get("solopo")
+    lines.append("| longest SoLoPO context on one H200 (1.5B) >= 1M | " + verdict(
+        None if not so else so >= LONGEST_1M, length_label(so) if so else "-"))
+    return lines + [""]
+
+
 def targets(grid_rows: list[dict], packing: list[dict], shared: list[dict], longest: dict, logp: dict,
             mfu_32k: dict | None) -> list[str]:
     lines = ["| target | measured | met |", "|---|---|---|"]
@@ -198,7 +291,8 @@ def targets(grid_rows: list[dict], packing: list[dict], shared: list[dict], long
 def summarise(results: Path) -> dict:
     grid, max_rows, logp_rows, trl = (load(results, n) for n in ("solopo_grid", "solopo_max_length", "logp_memory", "trl_long_po"))
     packed, shared = load(results, "solopo_grid_packing"), load(results, "solopo_grid_shared")
-    commits = sorted({r.get("commit") for rows in (grid, max_rows, logp_rows, trl, packed, shared) for r in rows} - {None})
+    commits = sorted({r.get("commit") for rows in (grid, max_rows, logp_rows, trl, packed, shared,
+                                                    load(results, "solopo_grid_defaults")) for r in rows} - {None})
     md = ["# Efficiency summary", "",
           "Generated by `summary.py` from the tables beside it (`bash experiments/efficiency/run.sh` measures them; each row of "
           f"those names the commit that measured it: {', '.join(commits)}). One pair per step, short context 1K, responses 64 "
@@ -235,10 +329,27 @@ def summarise(results: Path) -> dict:
                 lines, rows = packing_section(shared, model, algo, ("solopo", "solopo_both", "long_po"))
                 md += [f"### {model}, {algo.upper()}", ""] + lines
                 summary["shared"] += [{"model": model, "algo": algo, **r} for r in rows]
+    defaults = load(results, "solopo_grid_defaults")
+    summary["defaults"] = []
+    if defaults:
+        md += ["## Defaults against the best hand-picked cells (`run_defaults.sh`: `bench.py --tag _defaults`)", "",
+               "Defaults: what a run gets without flags (`packing=auto`, `model.gradient_checkpointing=auto`, the "
+               "shipped attention kernel), with the layout it chose and the decoder layers it checkpointed. Best: the "
+               "fastest other cell measured in any table (every layer checkpointed). FLOP ratio: SoLoPO's useful FLOPs "
+               "over Long-PO's, each response with its own copy of the prompt. GPU busy: kernel time over the step's "
+               "wall time under the profiler.", ""]
+        every = grid + packed + shared + defaults
+        for model in dict.fromkeys(r["model"] for r in defaults):
+            for algo in dict.fromkeys(r["algo"] for r in defaults if r["model"] == model):
+                lines, rows = defaults_section(defaults, every, trl, model, algo)
+                md += [f"### {model}, {algo.upper()}", ""] + lines
+                summary["defaults"] += rows
     grid_meta = json.loads((results / "solopo_grid.json").read_text())["meta"] if grid else {}
     summary["mfu_32k"] = mfu(grid, "qwen2.5-1.5b", 32768, grid_meta.get("response_len", 64))
     md += ["## Against the targets", ""] + targets(summary["grid"], summary["packing"], summary["shared"], summary["longest"],
                                                    summary["logp"], summary["mfu_32k"])
+    if defaults:
+        md += ["## Against issue 24's targets (defaults)", ""] + issue_targets(summary["defaults"], summary["longest"])
     (results / "summary.md").write_text("\n".join(md))
     (results / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

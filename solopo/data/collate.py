@@ -1,7 +1,7 @@
 """Batches of preference pairs, grouped so that padding costs (almost) nothing.
 
 A batch is a solopo.step.batch.Batch: named groups of one layout, the one the collator's ``pack`` chooses (this is
-the only place that chooses). Each group's ``keys`` list its (context, response) blocks in order; each block holds
+the only place that chooses; ``pack="auto"`` asks solopo.step.layout.choose_layout for each batch). Each group's ``keys`` list its (context, response) blocks in order; each block holds
 one sequence per pair.
 
 - Unpacked (default): one PaddedGroup per context, rows right-padded ("attention_mask"). The
@@ -25,12 +25,17 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import logging
+
 import torch
 
 from solopo.core.objective import Key
 from solopo.data.tokenize import TokenizedPair
-from solopo.step.batch import Batch, PackedGroup, PaddedGroup, SharedPromptGroup
+from solopo.step import layout
+from solopo.step.batch import Batch, PackedGroup, PaddedGroup, Predictions, SharedPromptGroup
 from solopo.step.varlen import packed_lengths
+
+log = logging.getLogger("solopo")
 
 
 def group_by_context(keys: Sequence[Key]) -> dict[str, tuple[Key, ...]]:
@@ -52,21 +57,44 @@ def _ref_logps(pairs: list[TokenizedPair], keys: Sequence[Key]) -> torch.Tensor 
     return None
 
 
-SHARED_PROMPT = "shared_prompt"
-PACKINGS = (False, True, SHARED_PROMPT)  # padded rows, packed rows, packed rows with shared prompts
+SHARED_PROMPT = layout.SHARED_PROMPT
+AUTO = layout.AUTO
+# padded rows, packed rows, packed rows with shared prompts, or the fastest exact one per batch (solopo.step.layout)
+PACKINGS = (False, True, SHARED_PROMPT, AUTO)
 
 
 class PairCollator:
-    def __init__(self, keys: Sequence[Key], pad_token_id: int, pack: bool | str = False):
-        if pack not in PACKINGS:
-            raise ValueError(f"pack={pack!r}: choose false, true or {SHARED_PROMPT}")
-        self.groups = {"packed": tuple(keys)} if pack else group_by_context(keys)
+    """``pack``: one of PACKINGS. With "auto", ``device`` ("cuda" or "cpu") and ``kernel`` (the model's
+    attn_implementation) are what solopo.step.layout.choose_layout decides from, with ``rules``."""
+
+    def __init__(self, keys: Sequence[Key], pad_token_id: int, pack: bool | str = False, *, device: str = "cpu",
+                 kernel: str = "sdpa", rules: layout.LayoutRules = layout.LayoutRules()):
+        if not any(type(pack) is type(p) and pack == p for p in PACKINGS):
+            raise ValueError(f"pack={pack!r}: choose false, true, {SHARED_PROMPT} or {AUTO}")
+        self.keys = tuple(keys)
         self.pad_token_id = pad_token_id
         self.pack = pack
+        self.device, self.kernel, self.rules = device, kernel, rules
+        self.responses_per_context = {context: len(group) for context, group in group_by_context(keys).items()}
+        self.last_layout: bool | str | None = None  # auto: the layout of the previous batch, logged when it changes
+
+    def layout_of(self, pairs: list[TokenizedPair]) -> bool | str:
+        """The layout of this batch: ``pack`` itself, or auto's choice for its lengths (logged when it changes)."""
+        if self.pack != AUTO:
+            return self.pack
+        longest = {context: max(len(p.prompts[context]) + len(p.responses[response]) for p in pairs
+                                for c, response in self.keys if c == context) for context in self.responses_per_context}
+        chosen = layout.choose_layout(self.responses_per_context, longest, self.device, self.kernel, self.rules)
+        if chosen != self.last_layout:
+            log.info(layout.describe(chosen, longest))
+            self.last_layout = chosen
+        return chosen
 
     def __call__(self, pairs: list[TokenizedPair]) -> Batch:
-        build = self._shared if self.pack == SHARED_PROMPT else self._packed if self.pack else self._padded
-        return Batch({name: build(pairs, keys, _ref_logps(pairs, keys)) for name, keys in self.groups.items()})
+        pack = self.layout_of(pairs)
+        groups = {"packed": self.keys} if pack else group_by_context(self.keys)
+        build = self._shared if pack == SHARED_PROMPT else self._packed if pack else self._padded
+        return Batch({name: build(pairs, keys, _ref_logps(pairs, keys)) for name, keys in groups.items()})
 
     def _padded(self, pairs: list[TokenizedPair], keys: tuple[Key, ...], ref_logps: torch.Tensor | None) -> PaddedGroup:
         rows = [(p.prompts[context], p.responses[response]) for context, response in keys for p in pairs]
@@ -79,8 +107,10 @@ class PairCollator:
             input_ids[i, :n] = torch.tensor(prompt + response)
             attention_mask[i, :n] = 1
             response_mask[i, len(prompt) : n] = True
+        rows = torch.arange(len(rows)).unsqueeze(1).expand_as(input_ids)  # one sequence per row
         return PaddedGroup(keys=keys, input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask,
-                           n_pairs=len(pairs), n_tokens=int(attention_mask.sum()), ref_logps=ref_logps)
+                           n_pairs=len(pairs), n_tokens=int(attention_mask.sum()), ref_logps=ref_logps,
+                           predictions=Predictions.next_token(input_ids, response_mask, rows))
 
     def _packed(self, pairs: list[TokenizedPair], keys: tuple[Key, ...], ref_logps: torch.Tensor | None) -> PackedGroup:
         ids, positions, sequences, response = [], [], [], []
@@ -93,9 +123,11 @@ class PairCollator:
         sequence_ids = row(sequences, torch.long)
         # The sequence boundaries, counted here on the host, for varlen kernels (solopo_varlen, flash-attention).
         cu_seq_lens, max_length = packed_lengths(sequence_ids)
-        return PackedGroup(keys=keys, input_ids=row(ids, torch.long), position_ids=row(positions, torch.long),
-                           sequence_ids=sequence_ids, response_mask=row(response, torch.bool), cu_seq_lens=cu_seq_lens,
-                           max_length=max_length, n_pairs=len(pairs), n_tokens=len(ids), ref_logps=ref_logps)
+        input_ids, response_mask = row(ids, torch.long), row(response, torch.bool)
+        return PackedGroup(keys=keys, input_ids=input_ids, position_ids=row(positions, torch.long),
+                           sequence_ids=sequence_ids, response_mask=response_mask, cu_seq_lens=cu_seq_lens,
+                           max_length=max_length, n_pairs=len(pairs), n_tokens=len(ids), ref_logps=ref_logps,
+                           predictions=Predictions.next_token(input_ids, response_mask, sequence_ids))
 
     def _shared(self, pairs: list[TokenizedPair], keys: tuple[Key, ...],
                 ref_logps: torch.Tensor | None) -> SharedPromptGroup:
@@ -127,5 +159,7 @@ class PairCollator:
         dtypes = {"response_mask": torch.bool}
         tensors = {name: torch.tensor(values, dtype=dtypes.get(name, torch.long)).unsqueeze(0)
                    for name, values in columns.items()}
+        predictions = Predictions.of(tensors["input_ids"], tensors["response_mask"], tensors["predict_from"],
+                                     tensors["sequence_ids"])  # one row: predict_from indexes it flat
         return SharedPromptGroup(keys=keys, **tensors, n_pairs=len(pairs), n_tokens=len(columns["input_ids"]),
-                                 ref_logps=ref_logps)
+                                 ref_logps=ref_logps, predictions=predictions)

@@ -37,7 +37,8 @@ class ModelSpec:
         CPU; a GPU draws a 7B shape in seconds where the CPU takes minutes, and gives other numbers for the same seed).
     max_length: longest sequence (prompt + response) the model is trained on.
     dtype: weight dtype: "auto" keeps the checkpoint's; "float32", "bfloat16".
-    gradient_checkpointing: recompute activations in backward (long contexts).
+    gradient_checkpointing: recompute activations in backward (long contexts): true (every decoder layer), false, or
+        "auto" (as many layers as the step's memory needs, decided once the data is known: solopo.step.checkpointing).
     attn_implementation: "sdpa", "eager", "flash_attention_2", "flex_attention", "solopo_varlen" (solopo.step.varlen), ...
     trust_remote_code: run code shipped with a checkpoint (off unless set).
     lora: peft LoraConfig fields (e.g. {r: 16, lora_alpha: 32}) to train a LoRA adapter instead of every weight.
@@ -53,7 +54,7 @@ class ModelSpec:
     init_device: str
     max_length: int
     dtype: str
-    gradient_checkpointing: bool
+    gradient_checkpointing: bool | str
     attn_implementation: str
     trust_remote_code: bool
     lora: Optional[dict[str, Any]]
@@ -67,6 +68,7 @@ class ModelSpec:
         model_type = (self.random_init or {}).get("model_type")
         refuse(number("max_length", self.max_length, 1, integer=True) + one_of("dtype", self.dtype, DTYPES)
                + one_of("init_device", self.init_device, INIT_DEVICES) + flag("liger", self.liger)
+               + one_of("gradient_checkpointing", self.gradient_checkpointing, (False, True, "auto"))
                + flag("compile", self.compile) + flag("offload_activations", self.offload_activations)
                + number("mlp_chunk_size", self.mlp_chunk_size, 1, integer=True, optional=True)
                + (kernels.liger_model_problems(model_type) if self.liger is True and model_type else []))
@@ -157,7 +159,7 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
             **spec.extra,
         )
     model.config.use_cache = False  # training never reuses a KV cache
-    if spec.gradient_checkpointing:
+    if spec.gradient_checkpointing is True:  # "auto" is decided once the step's size is known
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     apply_options(model, spec)
     return model

@@ -4,15 +4,17 @@ Every group holds the sequences of its (context, response) ``keys``, block by bl
 block: sequence ``i * n_pairs + j`` is pair j's sequence of ``keys[i]``. Three layouts (solopo.data.collate builds
 them, and only it chooses one):
 
-- ``PaddedGroup``: one sequence per row, right-padded; ``attention_mask`` is 0 at the pads.
+- ``PaddedGroup``: one sequence per row, right-padded; ``attention_mask`` is 0 at the pads (the model needs none: a
+  causal row's real tokens never read the pads after them).
 - ``PackedGroup``: every sequence in one row, positions restarting at 0 for each; ``sequence_ids`` name the sequence
   of each token and ``cu_seq_lens`` / ``max_length`` its boundaries, for varlen attention kernels.
 - ``SharedPromptGroup``: one row in which each prompt appears once per pair, followed by its responses;
   ``segment_ids`` / ``branch_ids`` give the attention mask (solopo.step.shared_prompt) and ``predict_from`` the
   position whose hidden state predicts each token.
 
-What differs between layouts (the model's inputs, which hidden state predicts which token) is a method of the layout;
-solopo.step.logps runs any of them the same way.
+What differs between layouts is the model's inputs (a method of the layout) and which hidden state predicts which
+response token: the collator counts that on the host (``Predictions``), so the step gathers those states with known
+shapes and never waits for the device to count a mask. solopo.step.logps runs any layout the same way.
 """
 from __future__ import annotations
 
@@ -53,12 +55,28 @@ class Group(Protocol):
         """A per-sequence (S,) tensor cut into the keys' blocks: {key: (n_pairs,)}."""
 
 
-def _next_token_predictions(hidden: Tensor, input_ids: Tensor, response_mask: Tensor,
-                            owner: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Token t predicted by the hidden state at t - 1: (states (N, H), targets (N,), owning sequence (N,)) of the
-    N response tokens."""
-    target_mask = response_mask[:, 1:]
-    return hidden[:, :-1][target_mask], input_ids[:, 1:][target_mask], owner[:, 1:][target_mask]
+@dataclass(frozen=True)
+class Predictions:
+    """Which hidden state predicts each of the N response tokens of a group, counted on the host by the collator:
+    ``source`` (N,) indexes the (B * L, H) flattened final hidden states, ``targets`` (N,) are the tokens and
+    ``owner`` (N,) their sequences' numbers."""
+
+    source: Tensor
+    targets: Tensor
+    owner: Tensor
+
+    @classmethod
+    def of(cls, input_ids: Tensor, response_mask: Tensor, source: Tensor, owner: Tensor) -> "Predictions":
+        """From (B, L) host tensors: the token ids, the response mask, the flat index of the state predicting each
+        position, and each position's sequence."""
+        return cls(source[response_mask], input_ids[response_mask], owner[response_mask])
+
+    @classmethod
+    def next_token(cls, input_ids: Tensor, response_mask: Tensor, owner: Tensor) -> "Predictions":
+        """Rows in which token t is predicted by the state at t - 1 (padded and packed rows)."""
+        rows, length = input_ids.shape
+        previous = torch.arange(rows * length).view(rows, length) - 1  # position 0 predicts nothing: never a response
+        return cls.of(input_ids, response_mask, previous, owner)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,12 +90,23 @@ class Rows:
     response_mask: Tensor  # True at the positions of response tokens
     n_pairs: int
     n_tokens: int
+    predictions: Predictions
     ref_logps: Optional[Tensor] = None
 
     def to(self, device, **kwargs):
-        """The group with every tensor field on ``device`` (Lightning moves a batch through its ``to``)."""
-        return dataclasses.replace(self, **{field.name: value.to(device, **kwargs) for field in dataclasses.fields(self)
-                                            if torch.is_tensor(value := getattr(self, field.name))})
+        """The group with every tensor field on ``device`` (Lightning moves a batch through its ``to``); the
+        prediction indices too, without a copy back."""
+        moved = {field.name: value.to(device, **kwargs) for field in dataclasses.fields(self)
+                 if torch.is_tensor(value := getattr(self, field.name))}
+        p = self.predictions
+        predictions = Predictions(*(t.to(device, non_blocking=kwargs.get("non_blocking", False))
+                                    for t in (p.source, p.targets, p.owner)))
+        return dataclasses.replace(self, **moved, predictions=predictions)
+
+    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Gathered at the collator's indices: shapes known on the host, so no device sync."""
+        p = self.predictions
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, p.source), p.targets, p.owner
 
     def split(self, values: Tensor) -> dict[Key, Tensor]:
         return {key: values[i * self.n_pairs : (i + 1) * self.n_pairs] for i, key in enumerate(self.keys)}
@@ -93,12 +122,12 @@ class PaddedGroup(Rows):
     attention_mask: Tensor
 
     def model_inputs(self, attn_implementation: str) -> dict:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-
-    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # one sequence per row, numbered without a device sync
-        rows = torch.arange(self.input_ids.shape[0], device=self.input_ids.device).unsqueeze(1)
-        return _next_token_predictions(hidden, self.input_ids, self.response_mask, rows.expand_as(self.input_ids))
+        # No padding mask: under causal attention a right-padded row's real tokens read only earlier, real ones, and
+        # the pads' outputs are never read. Given one, transformers would ask the device whether there is padding (a
+        # sync per forward) and attend through a masked kernel instead of the causal flash kernel; solopo_varlen
+        # takes a placeholder that spares even the look at the positions (solopo.step.varlen.unused_mask).
+        mask = varlen.unused_mask(self.input_ids.device) if attn_implementation == varlen.NAME else None
+        return {"input_ids": self.input_ids, "attention_mask": mask}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,15 +141,15 @@ class PackedGroup(Rows):
 
     def model_inputs(self, attn_implementation: str) -> dict:
         # transformers hands cu_seq_lens_* / max_length_* to the attention function (its flash-attention kwargs).
-        return {"input_ids": self.input_ids, "attention_mask": None, "position_ids": self.position_ids,
+        # solopo_varlen needs no mask: a placeholder keeps transformers from finding the sequences in the positions on
+        # the device (a sync per forward) for a mask nothing would use.
+        mask = varlen.unused_mask(self.input_ids.device) if attn_implementation == varlen.NAME else None
+        return {"input_ids": self.input_ids, "attention_mask": mask, "position_ids": self.position_ids,
                 "cu_seq_lens_q": self.cu_seq_lens, "cu_seq_lens_k": self.cu_seq_lens,
                 "max_length_q": self.max_length, "max_length_k": self.max_length}
 
     def forward_context(self) -> ContextManager:
         return varlen.packed_forward()  # solopo_varlen builds no mask for it
-
-    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return _next_token_predictions(hidden, self.input_ids, self.response_mask, self.sequence_ids)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,10 +168,6 @@ class SharedPromptGroup(Rows):
     def model_inputs(self, attn_implementation: str) -> dict:
         mask = shared_prompt.attention_mask(attn_implementation, self.segment_ids, self.branch_ids)
         return {"input_ids": self.input_ids, "attention_mask": mask, "position_ids": self.position_ids}
-
-    def response_predictions(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        mask = self.response_mask
-        return hidden[0][self.predict_from[mask]], self.input_ids[mask], self.sequence_ids[mask]
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ read the whole prompt, never each other. With positions continuing from the prom
 response's hidden states are exactly those of its own unpacked (prompt + response) sequence.
 
 One rule, two forms: a BlockMask for flex attention (block-sparse, so a long prompt costs no T x T memory) and a dense
-(1, 1, T, T) boolean mask for SDPA, which is O(T^2) and meant for short rows and the CPU. Other attention kernels
-cannot take a mask of this shape.
+(1, 1, T, T) boolean mask for SDPA, which is O(T^2) and meant for short rows and the CPU. solopo_varlen takes the
+BlockMask on a GPU (it calls flex attention with it) and the dense mask on the CPU. Other attention kernels cannot take
+a mask of this shape.
 
 The BlockMask is built from block-level bounds of the ids rather than by ``create_block_mask``: evaluated densely,
 that costs T x T memory; compiled, it costs a compilation per row length (minutes on a GPU, every step whose
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-KERNELS = ("flex_attention", "sdpa")
+KERNELS = ("flex_attention", "sdpa", "solopo_varlen")
 BLOCK = 128  # flex attention's default block size
 
 
@@ -35,9 +36,10 @@ def attention_mask(attn_implementation: str, segment_ids: Tensor, branch_ids: Te
         raise ValueError(f"packing=shared_prompt: packed input must be one row, got {segment_ids.shape[0]}")
     segment, branch = segment_ids[0], branch_ids[0]
     length = segment.shape[0]
-    if attn_implementation == "flex_attention":
+    # solopo_varlen hands a BlockMask to flex attention (solopo.step.varlen); flex attention has no backward on the CPU
+    if attn_implementation == "flex_attention" or attn_implementation == "solopo_varlen" and segment.is_cuda:
         return block_mask(segment, branch)
-    if attn_implementation == "sdpa":
+    if attn_implementation in ("sdpa", "solopo_varlen"):
         positions = torch.arange(length, device=segment.device)
         return allowed(segment, branch, positions[:, None], positions[None, :])[None, None]
     raise ValueError(f"packing=shared_prompt needs model.attn_implementation in {', '.join(KERNELS)}; "

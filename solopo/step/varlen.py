@@ -1,4 +1,5 @@
-"""`model.attn_implementation=solopo_varlen`: causal attention that runs packed rows varlen, with no mask at all.
+"""`model.attn_implementation=solopo_varlen` (the default): causal attention that runs packed rows varlen, with no mask at
+all, and every other layout through the kernel that suits it (so `packing=auto` may choose any layout per step).
 
 Packed rows (`packing=true`) put every sequence of a step in one row. Flex attention keeps attention within each
 sequence with a block mask, but its kernel is slower than the flash kernel on long sequences; flash-attention's
@@ -8,6 +9,7 @@ boundaries the collator computed (`cu_seq_lens`, on the host, so no device sync 
 torch without the kernel) it computes the same thing one sequence at a time with SDPA, which is what the CPU tests
 check against padded rows.
 
+Shared-prompt rows (`packing=shared_prompt`) arrive with flex attention's BlockMask, and go to flex attention.
 Everything else (padded rows, generation with left padding and a KV cache) goes through transformers' own SDPA
 attention with its usual mask: the mask function returns None only inside `packed_forward()`, the context in which
 solopo.step.logps runs a packed row, so no O(T^2) mask is built for it. Packed rows with sliding-window attention are
@@ -107,11 +109,16 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
                      scaling: Optional[float] = None, dropout: float = 0.0, **kwargs) -> tuple[Tensor, None]:
     """transformers' attention-function contract: (B, H, L, D) inputs, returns ((B, L, H, D), None)."""
     cu = kwargs.get("cu_seq_lens_q")
-    if cu is None:  # padded rows, generation: transformers' SDPA attention with the mask it built
+    if _is_block_mask(attention_mask):  # shared prompts (solopo.step.shared_prompt): flex attention's block mask
+        from transformers.integrations.flex_attention import flex_attention_forward
+
+        return flex_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    if cu is None:  # padded rows (causal: no mask), generation: transformers' SDPA attention with the mask it built
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        mask = None if _is_unused(attention_mask) else attention_mask
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
     if kwargs.get("sliding_window"):
         raise ValueError(f"attn_implementation={NAME} does not do sliding-window attention; use sdpa or flex_attention")
     if dropout:
@@ -129,6 +136,22 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
                           stacklevel=2)
         out = _sequence_by_sequence(q, k, v, cu, scaling)
     return out.unsqueeze(0), None
+
+
+def unused_mask(device) -> Tensor:
+    """What padded and packed rows hand a solopo_varlen model as their attention mask: an empty (1, 1, 1, 0) tensor
+    that transformers passes through as a ready 4D mask, and that this attention function reads as "causal within each
+    row" (padded rows) or ignores (packed rows: the sequence boundaries go instead). Given no mask, transformers would
+    look at the positions and the padding on the device to build one (a sync per forward)."""
+    return torch.empty(1, 1, 1, 0, dtype=torch.bool, device=device)
+
+
+def _is_unused(mask) -> bool:
+    return isinstance(mask, Tensor) and mask.dim() == 4 and mask.shape[-1] == 0
+
+
+def _is_block_mask(mask) -> bool:
+    return type(mask).__name__ == "BlockMask"  # without importing flex attention where it is never used
 
 
 def register() -> None:

@@ -116,11 +116,12 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k in names}
 
 
-def reduce_any(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is True on any rank (so every rank takes the same branch)."""
+def reduce_any(flag: bool | torch.Tensor, device: torch.device) -> bool:
+    """True when ``flag`` (a bool, or a device tensor, read once after the reduction) is True on any rank (so every
+    rank takes the same branch)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor(float(flag), device=device)
+        return bool(flag)
+    value = flag.to(device, torch.float32) if torch.is_tensor(flag) else torch.tensor(float(flag), device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 

@@ -39,11 +39,15 @@ class NumericalGuard(pl.Callback):
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return  # precision=16-mixed: the GradScaler skips overflowing steps and lowers its scale itself
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        cause = "non-finite loss" if loss_finite is not None and not loss_finite else nonfinite_gradient(pl_module, params)
-        if not reduce_any(cause is not None, pl_module.device):
+        finite = gradients_finite(params, pl_module.device)
+        finite = finite if loss_finite is None else finite & loss_finite
+        if not reduce_any(~finite, pl_module.device):  # the step's one wait for the device, on every step
             self.consecutive = 0
             return
-        cause = cause or "non-finite values on another rank"
+        # a bad step (rare): which value it was may take more looks at the device
+        local = loss_finite is None or bool(loss_finite)
+        cause = ("non-finite loss" if not local else nonfinite_gradient(pl_module, params)
+                 or "non-finite values on another rank")
         for p in params:
             p.grad = None
         step = trainer.global_step + 1
@@ -74,13 +78,26 @@ class NumericalGuard(pl.Callback):
         self.bad_steps, self.consecutive = list(state["bad_steps"]), state["consecutive"]
 
 
+def _local_grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params]  # FSDP: this rank's shard
+
+
+def gradients_finite(params: list[torch.nn.Parameter], device: torch.device) -> torch.Tensor:
+    """Whether this rank's gradients (and their norm) are finite, as a device tensor: nothing waits for it here."""
+    if not params:
+        return torch.ones((), dtype=torch.bool, device=device)
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, torch.float32))
+                         for g in _local_grads(params)])
+    return torch.isfinite(torch.linalg.vector_norm(norms))
+
+
 def nonfinite_gradient(module: torch.nn.Module, params: list[torch.nn.Parameter]) -> Optional[str]:
     """None when the gradient norm is finite; otherwise which parameter's gradient is not (the first the optimizer
     holds, and how many more)."""
     if not params:
         return None
-    local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params]  # FSDP: this rank's shard
-    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, torch.float32)) for g in local])
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, torch.float32))
+                         for g in _local_grads(params)])
     if torch.isfinite(torch.linalg.vector_norm(norms)):
         return None
     names = {id(p): name for name, p in module.named_parameters()}

@@ -143,9 +143,9 @@ class SoLoPOModule(pl.LightningModule):
         # A non-finite micro-batch is left out of the means; solopo.training.faults.NumericalGuard skips and counts its step.
         self._step_means.add(out.metrics, batch.n_pairs, finite=torch.isfinite(out.loss))
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 or self.trainer.is_last_batch:
-            means, pairs = self._step_means.pop()  # over the step's micro-batches and all ranks
-            if pairs:
-                self._epoch_means.add(means, pairs)
+            means, pairs = self._step_means.pop()  # over the step's micro-batches and all ranks, on the device
+            if means:  # a step none of whose pairs was finite adds nothing to the epoch, and logs NaN
+                self._epoch_means.add(means, pairs, finite=pairs > 0)
                 # Already global: each rank logs the same values. Per step only, so the dashboard has one train/loss.
                 self.log("train/loss", means.pop("loss"), prog_bar=True, on_step=True, on_epoch=False)
                 self.log_dict({f"train/{k}": v for k, v in means.items()}, on_step=True, on_epoch=False)
@@ -155,7 +155,7 @@ class SoLoPOModule(pl.LightningModule):
         # The epoch's means weighted by pairs, for results.json (solopo.training.results.final_metrics) and not for
         # the loggers, which have every step's value under the same name.
         means, pairs = self._epoch_means.pop()
-        if pairs:
+        if means and pairs > 0:  # once per epoch, so reading the count from the device costs nothing
             self.log_dict({f"train/{k}": v for k, v in means.items()}, on_step=False, on_epoch=True, logger=False)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -37,6 +37,7 @@ from solopo.generation.sampling import sample_pairs
 from solopo.generation.vllm_engine import saved_weights
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, source_problems, weights_path, with_lora)
+from solopo.step.checkpointing import AUTO, auto_checkpointing, step_tokens
 from solopo.settings.build import ConfigError, Settings, build_settings, choice, load_source, vllm_args
 from solopo.training.callbacks import Preemption, StageCosts, Throughput
 from solopo.training.distributed import check_strategy, local_gpu
@@ -157,9 +158,9 @@ def step_sequences(settings: Settings, pairs: dict) -> tuple[dict[str, list], bo
     return {"train": train, "val": train if plain else ALL_SEQUENCES}, plain
 
 
-def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool) -> DataLoader:
-    options = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                   collate_fn=PairCollator(keys, pad_token_id, pack=cfg.packing))
+def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool, kernel: str) -> DataLoader:
+    collate = PairCollator(keys, pad_token_id, pack=cfg.packing, device=compute_device(cfg).type, kernel=kernel)
+    options = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
     # The training loader's order and position go into checkpoints, so a resumed run sees the batches it would have.
     # Both loaders draw from their own generator: the global RNG, which checkpoints restore, is left to the model.
     # Over several processes each takes its slice of every global batch (solopo.training.resume.shard_order).
@@ -238,6 +239,16 @@ def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer
         chunk_size=cfg.logp_chunk_size, pack=cfg.packing, desc=f"reference log-probs ({split})",
         weights=weights_dtype(strategy_of(cfg), settings.precision)) if split_pairs else split_pairs
         for split, split_pairs in pairs.items()}
+
+
+def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list, keys) -> None:
+    """model.gradient_checkpointing=auto: the decoder layers to checkpoint for the largest training step."""
+    tokens, responses = step_tokens(pairs, keys, cfg.data.batch_size)
+    strategy = strategy_of(cfg)
+    sharded = int(cfg.trainer.devices) if "FSDP" in strategy and str(cfg.trainer.devices).isdigit() else 1
+    compute = weights_dtype(strategy, settings.precision) or autocast_dtype(settings.precision)
+    plan = auto_checkpointing(policy, tokens, responses, cfg.logp_chunk_size, compute_device(cfg), compute, sharded)
+    log.info("%s, for steps of up to %d tokens", plan.describe(), tokens)
 
 
 def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict,
@@ -331,10 +342,13 @@ def train(cfg: DictConfig) -> dict:
             tables["base"] = evaluation(policy, "base", as_loaded=True)
     data_done = time.perf_counter()
 
+    if settings.model.gradient_checkpointing == AUTO:
+        plan_checkpointing(cfg, settings, policy, pairs["train"], keys["train"])
     module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
                           cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
                           logp_chunk_size=cfg.logp_chunk_size, plain_po=plain)
-    loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train")
+    loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train",
+                                  kernel=settings.model.attn_implementation)
                if pairs[split] else None for split in ("train", "val")}
     during = eval_during_training(evaluation, policy, settings.eval)
     with stages("training"):

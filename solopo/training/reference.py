@@ -47,8 +47,8 @@ def compute_reference_logps(
     """{pair id: {"short/chosen": logps, ...}} for every pair and key, with the model as it is now, computed as
     training's forward is: under Lightning's ``precision``, with the weights cast to ``weights`` where the strategy
     casts them (solopo.training.precision.weights_dtype)."""
-    collate = PairCollator(keys, pad_token_id, pack=pack)
     device = next(model.parameters()).device
+    collate = PairCollator(keys, pad_token_id, pack=pack, device=device.type, kernel=model.config._attn_implementation)
     was_training = model.training
     model.eval()
     out: dict[str, dict[str, float]] = {p.id: {} for p in pairs}

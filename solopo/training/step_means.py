@@ -5,6 +5,7 @@ gradient accumulation, or ranks holding different numbers of pairs, neither is t
 StepMeans sums value x pairs over the micro-batches, sums (sums, pairs) across ranks in one all-reduce at the end of
 the step, and divides: the mean over every pair the step trained on, the same on every rank. The same sums, kept
 over an epoch's steps without the all-reduce (each step's means are global already), give the epoch's means.
+Everything stays on the device: nothing here waits for it (a step with no finite pair has NaN means).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class StepMeans:
         self.keys: Optional[list[str]] = None
         self.sums: Optional[Tensor] = None  # (len(keys) + 1,): value x pairs per key, then the number of pairs
 
-    def add(self, metrics: dict[str, Tensor], pairs: int, finite: bool | Tensor = True) -> None:
+    def add(self, metrics: dict[str, Tensor], pairs: int | Tensor, finite: bool | Tensor = True) -> None:
         """Adds one micro-batch's batch means over ``pairs`` pairs; a non-finite one (finite False, its step is
         skipped) adds nothing but still fixes the keys, so every rank reduces the same tensor. ``finite`` may be a
         device tensor: nothing here waits for the device."""
@@ -35,14 +36,12 @@ class StepMeans:
         row = torch.cat([torch.where(finite, values, 0.0) * weight, weight.reshape(1)])
         self.sums = row if self.sums is None else self.sums + row
 
-    def pop(self) -> tuple[dict[str, Tensor], int]:
+    def pop(self) -> tuple[dict[str, Tensor], Tensor | int]:
         """The means across all ranks (every rank must call this at the same step, unless across_ranks is False)
-        and the number of pairs they cover; ({}, 0) when nothing finite was added on any rank."""
+        and the number of pairs they cover, a device tensor (0 pairs: NaN means); ({}, 0) when nothing was added."""
         if self.sums is None:
             return {}, 0
         total = sum_across_ranks(self.sums) if self.across_ranks else self.sums
         keys, self.keys, self.sums = self.keys, None, None
-        pairs = int(total[-1].item())
-        if pairs == 0:
-            return {}, 0
+        pairs = total[-1]
         return {k: total[i] / pairs for i, k in enumerate(keys)}, pairs

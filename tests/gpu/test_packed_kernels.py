@@ -57,10 +57,11 @@ def test_packed_kernel_matches_padded_sdpa(tokenizer, attention):
         torch.testing.assert_close(a.float(), b.float(), rtol=tol["rtol"] * 10, atol=tol["atol"])
 
 
-@pytest.mark.parametrize("attention", ["flex_attention", "sdpa"])
+@pytest.mark.parametrize("attention", ["flex_attention", "sdpa", "solopo_varlen"])
 def test_shared_prompt_rows_match_padded_sdpa(tokenizer, attention):
     """packing=shared_prompt (each prompt once, its responses after it): flex attention's block mask, or SDPA's dense
-    mask, gives the log-probs and gradients of padded rows on the GPU, backward included."""
+    mask, gives the log-probs and gradients of padded rows on the GPU, backward included; solopo_varlen (the default,
+    which packing=auto chooses shared prompts for) hands the block mask to flex attention."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     spec = replace(TINY, random_init={**TINY.random_init, "max_position_embeddings": 4096})
