@@ -1,7 +1,7 @@
 """Context parallelism's pure parts (solopo.step.context_parallel): the zigzag split and its inverse, the global
 positions, the balance of causal work, which hidden states of a share predict which response tokens, which groups
-are split, and the settings' checks. The split computation itself runs over processes in
-tests/distributed/test_context_parallel.py."""
+are split, the settings' checks, and the split attention's arithmetic against whole causal attention. The split
+computation itself runs over processes in tests/distributed/test_context_split.py."""
 import pytest
 import torch
 
@@ -9,8 +9,8 @@ from solopo.core.objective import CHOSEN, LONG, SHORT
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.settings.fields import SettingsError
-from solopo.step.context_parallel import (ContextSplit, Share, SplitGroup, chunks_of, local_positions, padded_length,
-                                          split, unsplit)
+from solopo.step.context_parallel import (ContextSplit, Share, SplitGroup, chunk_attention, chunks_of, local_positions,
+                                          padded_length, split, unsplit)
 
 
 def test_a_length_pads_to_2n_equal_chunks():
@@ -98,3 +98,25 @@ def test_context_split_refuses_bad_values(fields, message):
     with pytest.raises(SettingsError) as refused:
         ContextSplit(**fields)
     assert refused.value.problems == [message]
+
+
+def split_attention_against_whole(device: str, dtype: torch.dtype, size: int) -> tuple[float, float]:
+    """Each rank's queries over the whole keys (what the gather gives it), put back in order, against causal attention
+    of the whole sequence: the largest difference of the outputs and of the query gradients."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16 * size, 8, generator=g).to(device, dtype).requires_grad_() for _ in range(3))
+    whole = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    chunk = q.shape[2] // (2 * size)
+    shares = [torch.cat([chunk_attention(part, k, v, (c + 1) * chunk, None)
+                         for part, c in zip(split(q, rank, size, dim=2).split(chunk, dim=2), chunks_of(rank, size))], 2)
+              for rank in range(size)]
+    parts = unsplit(shares, dim=2)
+    weights = torch.randn(whole.shape, generator=g).to(device, dtype)
+    (grad_whole,) = torch.autograd.grad((whole * weights).sum(), q)
+    (grad_parts,) = torch.autograd.grad((parts * weights).sum(), q)
+    return (parts - whole).abs().max().item(), (grad_parts - grad_whole).abs().max().item()
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_split_attention_is_causal_attention_of_the_whole_sequence(size):
+    assert max(split_attention_against_whole("cpu", torch.float64, size)) < 1e-12

@@ -135,7 +135,7 @@ def _repeat_kv(x: Tensor, groups: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def _chunk_attention(query: Tensor, key: Tensor, value: Tensor, end: int, scaling: Optional[float]) -> Tensor:
+def chunk_attention(query: Tensor, key: Tensor, value: Tensor, end: int, scaling: Optional[float]) -> Tensor:
     """(B, H, C, D) queries at global positions end - C .. end - 1 over the keys before ``end``: causal, aligned at
     the end (query i reads keys 0 .. end - C + i). CUDA kernels take the lower-right causal bias without a mask; on
     the CPU the (C, end) boolean mask is built."""
@@ -166,7 +166,7 @@ def context_attention(module, query: Tensor, key: Tensor, value: Tensor, attenti
     groups = query.shape[1] // key.shape[1]
     keys, values = (_repeat_kv(gather_sequence(t, share), groups) for t in (key, value))  # (B, H, 2NC, D)
     chunk = query.shape[2] // 2
-    out = [_chunk_attention(q, keys, values, (c + 1) * chunk, scaling)
+    out = [chunk_attention(q, keys, values, (c + 1) * chunk, scaling)
            for q, c in zip(query.split(chunk, dim=2), chunks_of(share.rank, share.size))]
     return torch.cat(out, dim=2).transpose(1, 2), None
 
