@@ -17,7 +17,7 @@ from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 from solopo.core.objective import Method, SoLoRA
 from solopo.eval.longctx import EvalSettings
 from solopo.generation.sampling import SamplingSettings
-from solopo.settings.build import ConfigError, build_settings
+from solopo.settings.build import ConfigError, build_settings, trainer_arguments
 from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision
 from solopo.settings.groups import check_trainer
@@ -67,7 +67,7 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         assert any("no CUDA GPU is visible" in p for p in check_trainer(dict(cfg.trainer), gpu_visible=False))
     else:
-        assert isinstance(instantiate(cfg.trainer, logger=False), pl.Trainer)
+        assert isinstance(instantiate(trainer_arguments(cfg), logger=False), pl.Trainer)
     if cfg.logger and "_target_" in cfg.logger:
         cfg.logger.save_dir = str(tmp_path)
         assert instantiate(cfg.logger) is not None

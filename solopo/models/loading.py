@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from solopo.models import embedded, kernels, memory
 from solopo.settings.fields import flag, number, one_of, refuse
-from solopo.step import varlen
+from solopo.step import context_parallel, varlen
 from solopo.training.distributed import full_state_dict, is_global_zero, local_gpu
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ HUB_TIMEOUT_S = 5  # a hub that does not answer this fast is taken as unreachabl
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 SAVE_MODEL = (False, True, "merged")  # save_model: off | the policy (LoRA: its adapter) | LoRA merged into the base
 varlen.register()  # attn_implementation="solopo_varlen"
+context_parallel.register()  # attn_implementation="solopo_context" (trainer.context_parallel > 1)
 
 
 @dataclass(frozen=True, kw_only=True)

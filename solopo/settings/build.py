@@ -9,7 +9,7 @@ This is the one module below the entry points that reads a DictConfig.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Optional
 
 import torch
@@ -27,8 +27,11 @@ from solopo.generation.vllm_engine import import_vllm
 from solopo.models import kernels
 from solopo.models.loading import ModelSpec
 from solopo.scoring import FromFunction, as_scorer
+from solopo.step import context_parallel
+from solopo.step.context_parallel import ContextSplit
 from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
-from solopo.settings.groups import check_data, check_run, check_trainer, missing_options, target, unknown_options
+from solopo.settings.groups import (check_data, check_run, check_trainer, lightning_arguments, missing_options, target,
+                                    unknown_options)
 from solopo.settings.rules import cross_group_rules
 from solopo.preflight import stop
 from solopo.training.module import OptimSettings
@@ -57,6 +60,7 @@ class Settings:
     sampling: Optional[SamplingSettings]
     precision: str  # Lightning's name, trainer.precision=auto resolved on this machine
     benchmark: Any = None  # eval.benchmark (LongBench, RulerQA): the evaluation, instead of held-out questions
+    context: Optional[ContextSplit] = None  # which sequences are split over processes; for training only
 
 
 def plain(cfg: DictConfig, key: str) -> dict:
@@ -171,6 +175,32 @@ def build_sampling(cfg: DictConfig, precision: str, problems: Problems) -> Optio
     return None if node is None else built("data.sampling", SamplingSettings, node, problems)
 
 
+def build_context(trainer: dict, problems: Problems) -> Optional[ContextSplit]:
+    """trainer.context_parallel and trainer.context_parallel_min_tokens (solopo's own keys of the trainer group)."""
+    try:
+        return ContextSplit(size=trainer.get("context_parallel"), min_tokens=trainer.get("context_parallel_min_tokens"))
+    except SettingsError as err:
+        problems += in_group("trainer", err.problems)
+        return None
+
+
+def with_context_attention(model: Optional[ModelSpec], context: Optional[ContextSplit]) -> Optional[ModelSpec]:
+    """The model spec a run loads: with context parallelism, SDPA (or solopo_varlen, the default, whose padded rows are
+    SDPA's) becomes solopo_context, which runs split sequences over the gathered keys and values and every other
+    sequence through SDPA (cross_group_rules refuses other kernels); packing=auto then picks padded rows
+    (solopo.step.layout: solopo_context runs no other layout)."""
+    if (model is None or context is None or context.size == 1
+            or model.attn_implementation not in context_parallel.REPLACES):
+        return model
+    return replace(model, attn_implementation=context_parallel.NAME)
+
+
+def trainer_arguments(cfg: DictConfig) -> DictConfig:
+    """Lightning's Trainer arguments of the trainer group, resolved (its strategy reads solopo's keys by
+    interpolation), without solopo's own keys."""
+    return OmegaConf.create(lightning_arguments(OmegaConf.to_container(cfg.trainer, resolve=True)))
+
+
 def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     """Every settings object of the run, or one ConfigError naming every mistake; ``training=False`` builds only
     what evaluation reads (the model, the data source and prompt template, eval)."""
@@ -183,7 +213,7 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     problems += kernels.liger_problems(torch.cuda.is_available()) if model is not None and model.liger else []
     problems += check_data(plain(cfg, "data"), training)
     settings = dict(model=model, eval=build_eval(cfg, precision, problems), algo=None, ra=None, method=None, optim=None,
-                    sampling=None, benchmark=build_benchmark(cfg, problems))
+                    sampling=None, context=None, benchmark=build_benchmark(cfg, problems))
     if training:
         sampled = cfg.data.get("pairs") == "sampled"
         settings.update(
@@ -191,7 +221,8 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
             ra=build_targeted("ra", plain(cfg, "ra"), SoLoRA, problems),
             method=build_targeted("method", plain(cfg, "method"), Method, problems),
             optim=built("optim", OptimSettings, plain(cfg, "optim"), problems),
-            sampling=build_sampling(cfg, precision, problems) if sampled else None)
+            sampling=build_sampling(cfg, precision, problems) if sampled else None,
+            context=build_context(plain(cfg, "trainer"), problems))
         problems += check_trainer(plain(cfg, "trainer"), torch.cuda.is_available())
         problems += check_run({key: plain(cfg, key) if OmegaConf.is_config(cfg.get(key)) else cfg.get(key)
                                for key in RUN_KEYS})
@@ -200,6 +231,7 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
         raise ConfigError("; ".join(problems))
     if training and not cfg.eval.enabled:
         settings.update(eval=None, benchmark=None)
+    settings["model"] = with_context_attention(settings["model"], settings["context"])
     return Settings(**settings, precision=precision)
 
 

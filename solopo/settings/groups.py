@@ -76,9 +76,18 @@ def check_data(data: dict, training: bool = True) -> Problems:
     return problems + number("data.short_len", data.get("short_len"), 1, integer=True, optional=True)
 
 
+# solopo's own keys of the trainer group, beside Lightning's Trainer arguments (solopo.step.context_parallel.ContextSplit)
+CONTEXT_KEYS = ("context_parallel", "context_parallel_min_tokens")
+
+
+def lightning_arguments(trainer: dict) -> dict:
+    """The trainer group less solopo's own keys: what Lightning's Trainer takes."""
+    return {key: value for key, value in trainer.items() if key not in CONTEXT_KEYS}
+
+
 def check_trainer(trainer: dict, gpu_visible: bool) -> Problems:
     """Lightning's Trainer arguments that solopo relies on; a strategy is checked against the machine later."""
-    _, problems = target("trainer", trainer)
+    _, problems = target("trainer", lightning_arguments(trainer))
     accelerator = trainer.get("accelerator")
     problems += [GPU_ONLY.format(accelerator)] if accelerator in ("gpu", "cuda") and not gpu_visible else []
     problems += one_of("trainer.precision", str(trainer.get("precision", "auto")), PRECISIONS)

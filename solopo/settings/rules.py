@@ -2,13 +2,15 @@
 function of plain values that returns its problems under their config keys."""
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from solopo.data.collate import SHARED_PROMPT
 from solopo.settings.fields import Problems, number, shown
-from solopo.step import shared_prompt
+from solopo.step import context_parallel, shared_prompt
 
 # x_long holds the evidence (the built-in data's x_short runs to 55-150 tokens) and irrelevant text around it;
 # below this there is no room for the irrelevant text, so the long context would teach nothing.
@@ -75,6 +77,39 @@ def check_unread_path(data: DictConfig, option: str) -> Problems:
             "twowiki, longbench)"]
 
 
+def processes(trainer: dict, gpus: int) -> Optional[int]:
+    """How many processes the run will have: WORLD_SIZE where a launcher (torchrun, SLURM, Lightning's own) set it,
+    else trainer.devices x trainer.num_nodes, "auto" or -1 being every GPU (one process on the CPU); None when
+    unknown."""
+    if os.environ.get("WORLD_SIZE", "").isdigit():
+        return int(os.environ["WORLD_SIZE"])
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)
+    if devices in ("auto", -1):
+        devices = gpus if gpus and trainer.get("accelerator") != "cpu" else 1
+    count = len(devices) if isinstance(devices, list) else devices
+    return count * nodes if isinstance(count, int) and isinstance(nodes, int) else None
+
+
+def check_context_parallel(size: int, strategy: str, n_processes: Optional[int], packing: Any,
+                           attn_implementation: Any) -> Problems:
+    """trainer.context_parallel > 1 against the strategy (FSDP's mesh holds the context groups), the processes (it
+    must divide them), packing (it splits padded rows: packing=auto picks them under it) and the attention kernel
+    (solopo_context, or sdpa / solopo_varlen, which the run replaces with it)."""
+    if size == 1:
+        return []
+    key = f"trainer.context_parallel={size}"
+    problems = [] if strategy.endswith("FSDP2Strategy") else [f"{key}: needs trainer=fsdp (its device mesh holds the "
+                                                               "context groups)"]
+    if n_processes is not None and n_processes % size:
+        problems.append(f"{key}: must divide the number of processes, {n_processes} (trainer.devices x trainer.num_nodes)")
+    if packing not in (False, "auto"):
+        problems.append(f"{key}: splits padded rows; set packing=auto or false (got packing={shown(packing)})")
+    if attn_implementation not in context_parallel.REPLACES + (context_parallel.NAME,):
+        problems.append(f"{key}: runs model.attn_implementation={context_parallel.NAME} (SDPA over the gathered keys "
+                        f"and values, which replaces sdpa and solopo_varlen); got {shown(attn_implementation)}")
+    return problems
+
+
 def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, training: bool) -> Problems:
     """Problems between groups; ``settings`` are the objects built so far (None where a group had a problem)."""
     model = settings["model"]
@@ -92,6 +127,12 @@ def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, trainin
         problems += check_alignment(settings["method"], settings["ra"])
         problems += check_packing_kernel(cfg.get("packing"), model.attn_implementation if model else None)
         problems += check_benchmark_schedule(settings["benchmark"], settings["eval"])
+        if settings["context"] is not None:
+            strategy = str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", "")))
+            trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+            problems += check_context_parallel(settings["context"].size, strategy,
+                                               processes(trainer, torch.cuda.device_count()), cfg.get("packing"),
+                                               model.attn_implementation if model else "sdpa")
     lengths = OmegaConf.select(cfg, "eval.lengths")
     return problems + check_eval_lengths(OmegaConf.to_container(lengths) if OmegaConf.is_config(lengths) else lengths,
                                          max_length)

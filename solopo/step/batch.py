@@ -54,6 +54,10 @@ class Group(Protocol):
     def split(self, values: Tensor) -> dict[Key, Tensor]:
         """A per-sequence (S,) tensor cut into the keys' blocks: {key: (n_pairs,)}."""
 
+    def totals(self, values: Tensor) -> Tensor:
+        """Per-sequence (S,) sums over the tokens this process read -> the sums over whole sequences (they differ
+        only where sequences are split across processes: solopo.step.context_parallel)."""
+
 
 @dataclass(frozen=True)
 class Predictions:
@@ -113,6 +117,9 @@ class Rows:
 
     def forward_context(self) -> ContextManager:
         return contextlib.nullcontext()
+
+    def totals(self, values: Tensor) -> Tensor:
+        return values  # every sequence is whole here
 
 
 @dataclass(frozen=True, kw_only=True)

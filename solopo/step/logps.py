@@ -28,7 +28,7 @@ def response_logps(model: nn.Module, group: Group, chunk_size: int) -> tuple[Ten
     n_sequences = len(group.keys) * group.n_pairs
     logps = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
     n_tokens = torch.zeros(n_sequences, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
-    return logps, n_tokens
+    return group.totals(logps), group.totals(n_tokens)
 
 
 def group_logps(model: nn.Module, group: Group, chunk_size: int) -> dict[Key, tuple[Tensor, Tensor]]:
@@ -57,16 +57,17 @@ def last_hidden_state(model: nn.Module, group: Group) -> Tensor:
 def chunked_token_logps(
     states: Tensor, targets: Tensor, lm_head: nn.Module, softcap: float | None = None, *, chunk_size: int
 ) -> Tensor:
-    """log softmax(lm_head(states))[targets] for (N, H) states and (N,) targets, in chunks; (N,) fp32."""
+    """log softmax(lm_head(states))[targets] for (N, H) states and (N,) targets, in chunks; (N,) fp32. No states still
+    run the head once, on nothing: a process that holds no response token of a split sequence
+    (solopo.step.context_parallel) then still reaches every weight in backward, as the collectives of the backward
+    and FSDP's reduction of every weight's gradient need."""
     pieces = []
-    for start in range(0, states.shape[0], chunk_size):
+    for start in range(0, max(states.shape[0], 1), chunk_size):
         args = (states[start : start + chunk_size], targets[start : start + chunk_size], lm_head, softcap)
         if torch.is_grad_enabled():
             pieces.append(checkpoint(_token_logps, *args, use_reentrant=False))
         else:
             pieces.append(_token_logps(*args))
-    if not pieces:
-        return states.new_zeros(0, dtype=torch.float32)
     return torch.cat(pieces)
 
 

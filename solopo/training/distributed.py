@@ -24,15 +24,24 @@ warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a v
 
 class FSDP2Strategy(ModelParallelStrategy):
     """Lightning's ModelParallelStrategy as plain FSDP: one data-parallel group of every process of every node, no
-    tensor parallelism (its "auto" sizes would make the processes of a node a tensor-parallel group)."""
+    tensor parallelism (its "auto" sizes would make the processes of a node a tensor-parallel group).
 
-    def __init__(self, save_distributed_checkpoint: bool = True, **kwargs):
+    With ``context_parallel`` N > 1 the mesh is 2-D, (data_parallel M, context_parallel N) over M x N processes: the
+    N processes of a context group (consecutive ranks, so a node's fast links join them) share each long sequence
+    (solopo.step.context_parallel) and see the same batches (solopo.training.resume.batch_rank_and_world), and FSDP
+    shards over all M x N processes (shard_mesh)."""
+
+    def __init__(self, save_distributed_checkpoint: bool = True, context_parallel: int = 1, **kwargs):
         super().__init__(data_parallel_size=1, tensor_parallel_size=1,
                          save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        self.context_parallel = context_parallel
 
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+        if self.context_parallel > 1:
+            self._device_mesh = context_mesh(self.world_size, self.context_parallel, self.root_device.type)
+            self.lightning_module._device_mesh = self._device_mesh
 
     def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict:
         # A sharded load asks the checkpoint for every weight of the module, and checkpoints leave the frozen reference
@@ -95,6 +104,37 @@ def shard_model(model: nn.Module, mesh, param_dtype: Optional[torch.dtype] = Non
             fully_shard(module, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def context_mesh(world_size: int, context_parallel: int, device_type: str):
+    """The (data_parallel, context_parallel) mesh of ``world_size`` processes: rank = batch group x N + context rank."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if world_size % context_parallel:
+        raise ValueError(f"trainer.context_parallel={context_parallel} does not divide the {world_size} processes")
+    return init_device_mesh(device_type, (world_size // context_parallel, context_parallel),
+                            mesh_dim_names=("data_parallel", "context_parallel"))
+
+
+def shard_mesh(mesh):
+    """The 1-D mesh FSDP shards over: every process. The processes of a context group hold the same weights and
+    each computes a part of the same gradient, so their gradients are averaged like any others'
+    (solopo.step.context_parallel says why the average is exact)."""
+    if "context_parallel" not in mesh.mesh_dim_names:
+        return mesh["data_parallel"]
+    from torch.distributed.device_mesh import DeviceMesh
+
+    return DeviceMesh.from_group(dist.group.WORLD, mesh.device_type, mesh_dim_names=("shard",))
+
+
+def context_share(mesh):
+    """This process's place in its context group (solopo.step.context_parallel.Share), or None without one."""
+    from solopo.step.context_parallel import Share
+
+    if "context_parallel" not in mesh.mesh_dim_names:
+        return None
+    return Share(mesh.get_group("context_parallel"), mesh.get_local_rank("context_parallel"),
+                 mesh["context_parallel"].size())
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -15,9 +15,10 @@ from solopo.core.algos import Algorithm, Responses
 from solopo.core.objective import (CHOSEN, LONG, REJECTED, SHORT, Key, Method, ObjectiveOutput, SoLoRA,
                                    solopo_objective)
 from solopo.step.batch import Batch, Group
+from solopo.step.context_parallel import ContextSplit, Share
 from solopo.step.logps import group_logps
 from solopo.settings.fields import number, refuse, shown
-from solopo.training.distributed import shard_model
+from solopo.training.distributed import context_share, shard_mesh, shard_model
 from solopo.training.precision import fsdp_param_dtype
 from solopo.training.schedule import lr_factor
 from solopo.training.step_means import StepMeans
@@ -60,6 +61,7 @@ class SoLoPOModule(pl.LightningModule):
         cached_reference: bool = False,
         adapter_reference: bool = False,
         plain_po: bool = False,
+        context: Optional[ContextSplit] = None,
     ):
         super().__init__()
         if algo.needs_reference and reference is None and not (cached_reference or adapter_reference):
@@ -76,6 +78,8 @@ class SoLoPOModule(pl.LightningModule):
         self._step_means = StepMeans()
         self._epoch_means = StepMeans(across_ranks=False)  # of the step means, which are global already
         self._sharded = False
+        self.context = context  # which groups are split over a context group (trainer.context_parallel)
+        self._share: Optional[Share] = None  # this process's place in its context group, once the mesh exists
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -87,11 +91,11 @@ class SoLoPOModule(pl.LightningModule):
         # trainer=fsdp (FSDP2Strategy) gives the module a device mesh: shard the policy and a live reference.
         if self._device_mesh is None or self._sharded:
             return
-        mesh = self._device_mesh["data_parallel"]
         param_dtype = fsdp_param_dtype(str(self.trainer.precision))
         for model in (self.policy, self.reference):
             if model is not None:
-                shard_model(model, mesh, param_dtype)
+                shard_model(model, shard_mesh(self._device_mesh), param_dtype)
+        self._share = context_share(self._device_mesh)
         self._sharded = True
 
     def _reference_logps(self, group: Group) -> dict[Key, torch.Tensor]:
@@ -127,6 +131,8 @@ class SoLoPOModule(pl.LightningModule):
 
     def sequence_stats(self, batch: Batch) -> dict[Key, Responses]:
         """Response log-probs under the policy (and reference) for every (context, response) in the batch."""
+        if self.context is not None:  # a split group runs this process's share of its rows
+            batch = Batch({name: self.context.share_of(name, group, self._share) for name, group in batch.groups.items()})
         return {key: stats for group in batch.groups.values() for key, stats in self.group_stats(group).items()}
 
     def objective(self, batch: Batch) -> ObjectiveOutput:

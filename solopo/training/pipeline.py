@@ -38,7 +38,8 @@ from solopo.generation.vllm_engine import saved_weights
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, source_problems, weights_path, with_lora)
 from solopo.step.checkpointing import AUTO, auto_checkpointing, step_tokens
-from solopo.settings.build import ConfigError, Settings, build_settings, choice, load_source, vllm_args
+from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source, trainer_arguments,
+                                   vllm_args)
 from solopo.training.callbacks import Preemption, StageCosts, Throughput
 from solopo.training.distributed import check_strategy, local_gpu
 from solopo.training.eval_callback import eval_during_training
@@ -158,13 +159,15 @@ def step_sequences(settings: Settings, pairs: dict) -> tuple[dict[str, list], bo
     return {"train": train, "val": train if plain else ALL_SEQUENCES}, plain
 
 
-def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool, kernel: str) -> DataLoader:
+def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: bool, kernel: str,
+                context_parallel: int) -> DataLoader:
     collate = PairCollator(keys, pad_token_id, pack=cfg.packing, device=compute_device(cfg).type, kernel=kernel)
     options = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate)
     # The training loader's order and position go into checkpoints, so a resumed run sees the batches it would have.
     # Both loaders draw from their own generator: the global RNG, which checkpoints restore, is left to the model.
-    # Over several processes each takes its slice of every global batch (solopo.training.resume.shard_order).
-    return ResumableLoader(pairs, seed=cfg.seed, shuffle=shuffle, **options)
+    # Over several processes each batch group takes its slice of every global batch (solopo.training.resume.shard_order);
+    # the processes of a context group share one.
+    return ResumableLoader(pairs, seed=cfg.seed, shuffle=shuffle, context_parallel=context_parallel, **options)
 
 
 def make_logger(cfg: DictConfig, alpha: float, resume: bool):
@@ -206,7 +209,8 @@ def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: 
             callbacks = [*callbacks, TQDMProgressBar()]  # tqdm's: Lightning picks rich's bar where rich is installed
         else:  # a log file (run.log, SLURM, CI) gets plain lines, not a bar's redraws
             callbacks, overrides["enable_progress_bar"] = [*callbacks, ProgressLines()], False
-    return instantiate(cfg.trainer, logger=make_logger(cfg, settings.ra.alpha, resume), callbacks=callbacks, **overrides)
+    return instantiate(trainer_arguments(cfg), logger=make_logger(cfg, settings.ra.alpha, resume), callbacks=callbacks,
+                       **overrides)
 
 
 def load_models(cfg: DictConfig, settings: Settings, tokenizer):
@@ -346,9 +350,9 @@ def train(cfg: DictConfig) -> dict:
         plan_checkpointing(cfg, settings, policy, pairs["train"], keys["train"])
     module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
                           cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
-                          logp_chunk_size=cfg.logp_chunk_size, plain_po=plain)
+                          logp_chunk_size=cfg.logp_chunk_size, plain_po=plain, context=settings.context)
     loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train",
-                                  kernel=settings.model.attn_implementation)
+                                  kernel=settings.model.attn_implementation, context_parallel=settings.context.size)
                if pairs[split] else None for split in ("train", "val")}
     during = eval_during_training(evaluation, policy, settings.eval)
     with stages("training"):

@@ -164,6 +164,13 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def batch_rank_and_world(context_parallel: int = 1) -> tuple[int, int]:
+    """This process's batch group and the number of batch groups: the processes of a context group (consecutive
+    ranks, solopo.training.distributed.context_mesh) train on the same pairs."""
+    rank, world = rank_and_world()
+    return rank // context_parallel, world // context_parallel
+
+
 def shard_order(order: list[int], rank: int, world: int, batch_size: int) -> list[int]:
     """The items of ``order`` that rank ``rank`` of ``world`` trains on, ``batch_size`` per step. Global step g takes
     the g-th run of world * batch_size items of ``order``, and each rank its own slice of it, so a step sees the same
@@ -184,8 +191,9 @@ class EpochOrder(Sampler[int]):
     iterating, once the process group exists, so the trainer does not swap in a sampler of its own
     (Trainer(use_distributed_sampler=False))."""
 
-    def __init__(self, size: int, seed: int, batch_size: int = 1, shuffle: bool = True):
+    def __init__(self, size: int, seed: int, batch_size: int = 1, shuffle: bool = True, context_parallel: int = 1):
         self.size, self.seed, self.batch_size, self.shuffle = size, seed, batch_size, shuffle
+        self.context_parallel = context_parallel  # processes that share each batch (trainer.context_parallel)
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls it before every epoch
@@ -193,12 +201,12 @@ class EpochOrder(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle else np.arange(self.size)
-        mine = shard_order(order.tolist(), *rank_and_world(), self.batch_size)
+        mine = shard_order(order.tolist(), *batch_rank_and_world(self.context_parallel), self.batch_size)
         skip, self.skip = self.skip, 0
         yield from mine[skip:]
 
     def __len__(self) -> int:
-        world = rank_and_world()[1]
+        world = batch_rank_and_world(self.context_parallel)[1]
         step = world * self.batch_size
         return self.size if world == 1 else -(-self.size // step) * self.batch_size
 
@@ -207,9 +215,10 @@ class ResumableLoader(DataLoader):
     """A DataLoader over EpochOrder whose position Lightning stores in checkpoints (state_dict / load_state_dict),
     so a resumed run continues its epoch with the next batch. Its own generator leaves the global RNG alone."""
 
-    def __init__(self, dataset, seed: int, batch_size: int = 1, shuffle: bool = True, **kwargs):
-        super().__init__(dataset, sampler=EpochOrder(len(dataset), seed, batch_size, shuffle), batch_size=batch_size,
-                         generator=torch.Generator().manual_seed(seed), **kwargs)
+    def __init__(self, dataset, seed: int, batch_size: int = 1, shuffle: bool = True, context_parallel: int = 1,
+                 **kwargs):
+        super().__init__(dataset, sampler=EpochOrder(len(dataset), seed, batch_size, shuffle, context_parallel),
+                         batch_size=batch_size, generator=torch.Generator().manual_seed(seed), **kwargs)
         self._served = 0  # batches of the current epoch handed out
         self._resume: Optional[dict] = None  # the position a checkpoint recorded
 

@@ -28,6 +28,7 @@ from support import ROOT, run
 CONF = ROOT / "solopo" / "conf"
 FIXTURES = ROOT / "tests" / "fixtures"
 GPU_ONLY = "trainer.accelerator=gpu but no CUDA GPU is visible; use trainer=default (GPU when present) or trainer=cpu"
+CPU_FSDP = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
 def compose_config(overrides):
@@ -132,6 +133,17 @@ MISTAKES = [
     (["seed=abc"], "seed=abc: must be an integer >= 0"),
     (["trainer.devices=0"], "trainer.devices=0: must be an integer >= 1, -1 (all), a list of ids or auto"),
     (["+optim.lrr=1"], "optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
+    (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.context_parallel=2"],
+     "trainer.context_parallel=2: needs trainer=fsdp (its device mesh holds the context groups)"),
+    ([*CPU_FSDP, "trainer.context_parallel=3"],
+     "trainer.context_parallel=3: must divide the number of processes, 2 (trainer.devices x trainer.num_nodes)"),
+    ([*CPU_FSDP, "trainer.context_parallel=2", "packing=true"],
+     "trainer.context_parallel=2: splits padded rows; set packing=auto or false (got packing=true)"),
+    ([*CPU_FSDP, "trainer.context_parallel=2", "model.attn_implementation=eager"],
+     "trainer.context_parallel=2: runs model.attn_implementation=solopo_context (SDPA over the gathered keys and values, "
+     "which replaces sdpa and solopo_varlen); got eager"),
+    (["trainer.context_parallel=0"], "trainer.context_parallel=0: must be an integer >= 1"),
+    (["trainer.context_parallel_min_tokens=0.5"], "trainer.context_parallel_min_tokens=0.5: must be an integer >= 1 or null"),
     # Two mistakes, one line.
     (["model.max_length=512"], "data.long_len=768: too long for model.max_length=512; at most 447 leaves room for the "
                                "chat template and the response; eval.lengths=[short,768]: 768 is too long for "
@@ -146,6 +158,13 @@ def test_a_config_mistake_stops_in_one_line(overrides, message):
     assert str(stopped.value) == message and "\n" not in message
 
 
+def test_context_parallel_runs_the_context_attention_in_place_of_sdpa():
+    settings = build_settings(compose_config([*CPU_FSDP, "trainer.context_parallel=2"]))
+    assert settings.model.attn_implementation == "solopo_context"
+    assert (settings.context.size, settings.context.min_tokens) == (2, None)
+    assert build_settings(compose_config(CPU_FSDP)).model.attn_implementation == "sdpa"
+
+
 def test_ra_off_is_the_one_switch():
     """A baseline method selects ra=off (alpha 0); SoLo-RA is on wherever alpha > 0, whatever else is set."""
     baseline = build_settings(compose_config(["method=long_po"]))
@@ -154,7 +173,7 @@ def test_ra_off_is_the_one_switch():
 
 
 @pytest.mark.parametrize("setting", ["trainer.gradient_clip_val=-1", "seed=abc", "trainer.devices=0", "+optim.lrr=1",
-                                     "ra=both method=long_po"])
+                                     "ra=both method=long_po", "trainer.context_parallel=2"])
 def test_a_bad_setting_exits_2_before_the_model_loads(setting, tmp_path):
     done = run([*setting.split(), f"hydra.run.dir={tmp_path}"], expect=2)
     assert "Traceback" not in done.stderr and "parameters" not in done.stdout + done.stderr

@@ -1,0 +1,86 @@
+"""The exactness check of context parallelism, run in each of N spawned processes (gloo on the CPU, NCCL on GPUs):
+the SoLoPO objective of one batch, its long sequences split over the N processes (solopo.step.context_parallel),
+against the same batch computed whole in the same process. Per-sequence log-probs and the loss must agree, and the
+gradients summed over the N processes and divided by N (what FSDP's averaging over a context group gives) must equal
+the whole computation's. The tests (tests/distributed, tests/gpu) spawn it."""
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+from solopo.core.algos import SimPO
+from solopo.core.objective import CHOSEN, LONG, REJECTED, SHORT
+from solopo.data.collate import PairCollator
+from solopo.data.tokenize import TokenizedPair
+from solopo.models.loading import load_model, load_tokenizer
+from solopo.step.context_parallel import NAME, ContextSplit, Share, padded_length
+from solopo.training.module import SoLoPOModule
+from conftest import LOGP_CHUNK_SIZE, OPTIM, RA, SOLOPO, TINY, shipped
+
+KEYS = [(SHORT, CHOSEN), (SHORT, REJECTED), (LONG, CHOSEN), (LONG, REJECTED)]
+
+
+def pairs() -> list[TokenizedPair]:
+    """Three pairs of uneven lengths: the long rows are 806 + 19 = 825 tokens, a multiple of neither 4 nor 8, and the
+    responses of the shorter ones end inside earlier chunks than the longest's; the short rows are whole unless
+    min_tokens splits them too."""
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(100, 40000, (n,), generator=g).tolist()  # noqa: E731
+    return [TokenizedPair(f"p{i}", {SHORT: ids(40 + 7 * i), LONG: ids(700 + 53 * i)},
+                          {CHOSEN: ids(9 + 5 * i), REJECTED: ids(20 - 4 * i)}) for i in range(3)]
+
+
+def module(min_tokens, dtype: str, device) -> SoLoPOModule:
+    spec = dataclasses.replace(TINY, attn_implementation=NAME, dtype=dtype)
+    policy = load_model(spec, load_tokenizer(spec), seed=0).to(device)
+    out = SoLoPOModule(policy, SimPO(**shipped("algo")), RA, SOLOPO, optim=OPTIM, logp_chunk_size=LOGP_CHUNK_SIZE)
+    out.context = ContextSplit(size=dist.get_world_size(), min_tokens=min_tokens)
+    return out
+
+
+def objective(model: SoLoPOModule, batch, share):
+    """The loss, the per-sequence log-probs, the gradients of one forward and backward, and the row lengths the model
+    read."""
+    model._share = share
+    model.policy.zero_grad()
+    lengths = []
+    hook = model.policy.get_input_embeddings().register_forward_hook(lambda m, args, out: lengths.append(out.shape[1]))
+    try:
+        stats = model.sequence_stats(batch)
+    finally:
+        hook.remove()
+    loss = model.objective_of(stats).loss
+    loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.policy.named_parameters()}
+    return loss.detach(), torch.stack([stats[key].logps.detach() for key in KEYS]), grads, lengths
+
+
+def check(rank: int, world: int, backend: str, min_tokens, dtype: str, tol: float, port: int) -> None:
+    """Log-probs within ``tol`` relative (their sums are ~ -200), the loss within 100 ``tol``, gradients within ``tol``
+    absolute (the largest is ~0.4)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        model = module(min_tokens, dtype, device)
+        batch = PairCollator(KEYS, pad_token_id=0)(pairs()).to(device)
+        whole = objective(model, batch, None)
+        split = objective(model, batch, Share(dist.group.WORLD, rank, world))
+        # the long rows (and with min_tokens=1 the short ones too) were read in shares of 2 of 2N chunks
+        expected = [padded_length(n, world) // world if model.context.splits(name, batch.groups[name]) else n
+                    for name, n in zip(batch.groups, whole[3])]
+        assert split[3] == expected and split[3] != whole[3], (split[3], whole[3])
+        for grad in split[2].values():  # FSDP averages over the group's processes
+            dist.all_reduce(grad)
+            grad /= world
+        # SimPO divides the logps by short lengths and SoLo-RA subtracts two rewards: the loss keeps less of fp32
+        assert torch.allclose(split[0], whole[0], rtol=100 * tol, atol=0), (split[0] - whole[0]).item()
+        assert torch.allclose(split[1], whole[1], rtol=tol, atol=0), ((split[1] - whole[1]) / whole[1]).abs().max()
+        worst = max((split[2][name] - grad).abs().max().item() for name, grad in whole[2].items())
+        assert worst < tol, f"gradients differ by up to {worst}"
+        assert min(grad.abs().max().item() for grad in whole[2].values()) > 0  # every weight takes part
+    finally:
+        dist.destroy_process_group()
