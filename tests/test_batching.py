@@ -91,3 +91,27 @@ def test_sampled_generation_repeats_under_its_seed_in_the_prompts_order(fp32_mod
     assert [len(s) for s in first] == [2] * len(PROMPTS)
     assert sampling.generate(fp32_model, tokenizer, PROMPTS, settings) == first
     assert sampling.generate(fp32_model, tokenizer, PROMPTS, replace(settings, seed=4)) != first
+
+
+@pytest.mark.parametrize("path", ["greedy", "sampled"])
+def test_static_cache_runs_fp32_weights_under_bf16_autocast(fp32_model, tokenizer, monkeypatch, path):
+    """The default GPU run: fp32 weights under bf16-mixed. There the rotary embedding leaves keys in fp32 and values
+    in bf16, which the static cache of transformers before 5.2x cannot hold (it allocates both in the keys' dtype:
+    mimicked here); the static path computes with bf16 copies of the weights instead, and the fp32 masters come back
+    unchanged."""
+    from transformers.cache_utils import StaticLayer
+
+    one_dtype = StaticLayer.lazy_initialization
+    monkeypatch.setattr(StaticLayer, "lazy_initialization",
+                        lambda self, keys, values: one_dtype(self, keys, values.to(keys.dtype)))
+    before = {name: p.detach().clone() for name, p in fp32_model.named_parameters()}
+    monkeypatch.setattr(longctx, "uses_static_cache", lambda model, wanted: wanted)
+    monkeypatch.setattr(sampling, "uses_static_cache", lambda model, wanted: wanted)
+    if path == "greedy":
+        got = greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=4, batch_size=3, static_cache=True,
+                             precision="bf16-mixed")
+    else:
+        settings = replace(SAMPLING, k=2, max_new_tokens=4, batch_size=4, static_cache=True, precision="bf16-mixed")
+        got = sampling.generate(fp32_model, tokenizer, PROMPTS, settings)
+    assert len(got) == len(PROMPTS)
+    assert all(p.dtype == torch.float32 and torch.equal(p, before[name]) for name, p in fp32_model.named_parameters())

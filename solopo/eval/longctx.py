@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded_ids
-from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, in_prompt_order, pad_left_to,
-                                         uses_static_cache)
+from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
+                                         pad_left_to, uses_static_cache)
 from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, sub_em
 from solopo.settings.fields import flag, number, one_of, refuse, shown
@@ -146,19 +146,25 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     was_training = model.training
     model.eval()
     try:
-        # disable=None: a bar on a terminal only, not in a log file
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=None):
-            ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-            if static:
-                ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
-            with torch.no_grad(), autocast(device, precision):
-                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                                     **({"cache_implementation": "static"} if static else {}))
-            outputs.append([t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)])
+        with generation_weights(model, static, precision):
+            # disable=None: a bar on a terminal only, not in a log file
+            for batch in tqdm(batches, desc=desc, unit="batch", disable=None):
+                ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+                outputs.append(_greedy_batch(model, tokenizer, ids, mask, max_new_tokens, static, precision))
     finally:
         model.train(was_training)
     return in_prompt_order(batches, outputs)
+
+
+def _greedy_batch(model, tokenizer, ids, mask, max_new_tokens: int, static: bool, precision: str) -> list[str]:
+    """One left-padded batch's greedy answers; the static path widens it first (batching.pad_left_to)."""
+    if static:
+        ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
+    with torch.no_grad(), autocast(ids.device, precision):
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                             **({"cache_implementation": "static"} if static else {}))
+    return [t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
 
 
 def vllm_greedy_answers(model_path: str, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0,

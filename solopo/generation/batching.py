@@ -14,6 +14,8 @@ from typing import Sequence, TypeVar
 
 import torch
 
+from solopo.training.precision import autocast_dtype, weights_as
+
 T = TypeVar("T")
 STATIC_WIDTH_MULTIPLE = 256  # static caches are sized in steps of this: a compiled step is reused across batches
 
@@ -51,6 +53,15 @@ def in_prompt_order(batches: Sequence[Sequence[int]], outputs: Sequence[Sequence
 def uses_static_cache(model, wanted: bool) -> bool:
     """A static KV cache (and with it transformers' compiled decoding step) where it pays: on a GPU, when asked."""
     return wanted and next(model.parameters()).device.type == "cuda"
+
+
+def generation_weights(model, static: bool, precision: str):
+    """The weights generation computes with. A static KV cache holds keys and values of the dtype of the first ones it
+    sees (one dtype for both before transformers 5.2x); under mixed precision, fp32 weights leave the rotary-embedded
+    keys in fp32 and the values in the autocast dtype. The static path therefore computes with autocast-dtype copies
+    of the weights while it lasts (solopo.training.precision.weights_as: the masters come back unchanged), as FSDP2's
+    forward does; the dynamic path keeps the weights as they are."""
+    return weights_as(model, autocast_dtype(precision) if static else None)
 
 
 def pad_left_to(ids: torch.Tensor, mask: torch.Tensor, multiple: int, pad_token_id: int) -> tuple[torch.Tensor, ...]:

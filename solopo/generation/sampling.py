@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import encode_prompt, left_padded_ids
-from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, in_prompt_order, pad_left_to,
-                                         static_copy, uses_static_cache)
+from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
+                                         pad_left_to, static_copy, uses_static_cache)
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
 from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.training.precision import autocast
@@ -109,15 +109,16 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
     model.eval()
     outputs: list[list[list[Sample]]] = []
     try:
-        # disable=None: a bar on a terminal only, not in a log file
-        for number, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=None)):
-            ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-            if static:
-                ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
-            torch.manual_seed(settings.seed + number)  # repeatable whatever the batches before it drew
-            with torch.no_grad(), autocast(device, settings.precision):
-                generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
-            outputs.append(_samples(tokenizer, generated[:, ids.shape[1]:], settings.k))
+        with generation_weights(model, static, settings.precision):
+            # disable=None: a bar on a terminal only, not in a log file
+            for number, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=None)):
+                ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+                if static:
+                    ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
+                torch.manual_seed(settings.seed + number)  # repeatable whatever the batches before it drew
+                with torch.no_grad(), autocast(device, settings.precision):
+                    generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
+                outputs.append(_samples(tokenizer, generated[:, ids.shape[1]:], settings.k))
     finally:
         model.train(was_training)
     return in_prompt_order(batches, outputs)
