@@ -27,7 +27,8 @@ from solopo.generation.vllm_engine import import_vllm
 from solopo.models.loading import ModelSpec
 from solopo.scoring import FromFunction, as_scorer
 from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
-from solopo.settings.groups import check_data, check_run, check_trainer, missing_options, target, unknown_options
+from solopo.settings.groups import (check_data, check_logger, check_run, check_trainer, missing_options, target,
+                                    unknown_options)
 from solopo.settings.rules import cross_group_rules
 from solopo.preflight import stop
 from solopo.training.module import OptimSettings
@@ -191,6 +192,8 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
             optim=built("optim", OptimSettings, plain(cfg, "optim"), problems),
             sampling=build_sampling(cfg, precision, problems) if sampled else None)
         problems += check_trainer(plain(cfg, "trainer"), torch.cuda.is_available())
+        logger = cfg.get("logger")  # unresolved: its save_dir reads Hydra's run directory
+        problems += check_logger(OmegaConf.to_container(logger) if OmegaConf.is_config(logger) else {})
         problems += check_run({key: plain(cfg, key) if OmegaConf.is_config(cfg.get(key)) else cfg.get(key)
                                for key in RUN_KEYS})
     problems += cross_group_rules(cfg, settings, choice(cfg, "data"), training)
