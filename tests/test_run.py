@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -63,7 +64,8 @@ def results(run_dir):
 
 @pytest.mark.parametrize("algo", ["dpo", "simpo", "orpo", "ipo", "cdpo"])
 def test_smoke_run_per_algorithm(algo, tmp_path, capsys):
-    run_here([f"algo={algo}", "data=qa", "experiment=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
+    run_here([f"algo={algo}", "data=qa", "experiment=smoke", "logger=csv", "+logger.tags=[mine]",
+              f"hydra.run.dir={tmp_path}"])
     done = capsys.readouterr()
     data = results(tmp_path)
     assert data["steps"] == 4 and data["config"]["algo"]["_target_"].lower().endswith(algo)
@@ -74,6 +76,10 @@ def test_smoke_run_per_algorithm(algo, tmp_path, capsys):
     assert {f"{split}/{key}" for key in expected for split in ("train", "val")} <= set(header)
     assert not [key for key in header if key.endswith(("_step", "_epoch"))]
     assert data["metrics"]["train/tokens_per_s"] == pytest.approx(data["timings"]["train_tokens_per_s"])
+    # the CSV run carries a wandb run's tags: the config choices, alpha, then the user's own
+    hparams = yaml.safe_load(open(tmp_path / "csv" / "version_0" / "hparams.yaml"))
+    assert hparams["tags"] == [f"algo={algo}", "ra=chosen", "method=solopo", "data=qa", "model=tiny",
+                               "experiment=smoke", "alpha=1", "mine"]
 
 
 @pytest.mark.parametrize("overrides, ra_used", [
