@@ -83,8 +83,8 @@ MISTAKES = [
     (["method.po_context=middle"], "method.po_context=middle: choose one of short, long"),
     (["data.long_len=64"], "data.long_len=64: must be an integer >= 128 (x_long holds the evidence, ~100 tokens, "
                            "and irrelevant text)"),
-    (["data.short_len=768"],
-     "data.long_len=768: must be greater than data.short_len=768 (x_long holds x_short and more)"),
+    (["data.short_len=512"],
+     "data.long_len=512: must be greater than data.short_len=512 (x_long holds x_short and more)"),
     (["data.long_len=8192"], "data.long_len=8192: too long for model.max_length=8192; at most 8127 leaves room for the "
                              "chat template and the response"),
     (["data.pairs=sampeld"], "data.pairs=sampeld: choose one of gold, sampled"),
@@ -138,8 +138,8 @@ MISTAKES = [
     (["logger=csv", "+logger.flush_every=1"], "logger.flush_every=1: ResumableCSVLogger takes no such option; did you "
                                               "mean flush_logs_every_n_steps?"),
     # Two mistakes, one line.
-    (["model.max_length=512"], "data.long_len=768: too long for model.max_length=512; at most 447 leaves room for the "
-                               "chat template and the response; eval.lengths=[short,768]: 768 is too long for "
+    (["model.max_length=512"], "data.long_len=512: too long for model.max_length=512; at most 447 leaves room for the "
+                               "chat template and the response; eval.lengths=[short,512]: 512 is too long for "
                                "model.max_length=512; at most 448 leaves room for the chat template and the answer"),
 ]
 
