@@ -308,7 +308,9 @@ def run_case(case: Case, checkout: Path, env: dict) -> tuple[str, Optional[int]]
         args = [a.replace("{tmp}", scratch) for a in case.args]
         if not any(a.startswith("hydra.") for a in args):
             args.append(f"hydra.run.dir={scratch}/run")
-        done = subprocess.run([sys.executable, "-m", "solopo.run", *SMOKE, *args], cwd=checkout,
+        flags = [a for a in args if a == "-m"]  # Hydra's flags go before the overrides (argparse)
+        done = subprocess.run([sys.executable, "-m", "solopo.run", *flags, *SMOKE, *[a for a in args if a != "-m"]],
+                              cwd=checkout,
                               env=with_env(env, case.env), capture_output=True, text=True, timeout=600)
         os.chmod(tmp, 0o700)
         for path in tmp.rglob("*"):
