@@ -283,9 +283,10 @@ SECURITY_CASES = [
          check=no_secret_written(SECRET)),
     Case("security", "WANDB_API_KEY in the environment not written", ["hydra.run.dir={tmp}/run"],
          env={"WANDB_API_KEY": SECRET}, check=no_secret_written(SECRET)),
-    Case("security", "data.path with ../ in a sweep", ["-m", "data=pairs", "data.path=x/" + "../" * 12 + "{tmp}/p.jsonl",
+    # a path that resolves (through the folder x, which exists) and whose ../ would climb out of a job's folder name
+    Case("security", "data.path with ../ in a sweep", ["-m", "data=pairs", "data.path={tmp}/x/" + "../" * 12 + "{tmp}/p.jsonl",
                                                          "hydra.sweep.dir={tmp}/sweep"],
-         setup=pairs_file("p.jsonl", [pair("a"), pair("b")]), check=inside_sweep),
+         setup=lambda tmp: (pairs_file("p.jsonl", [pair(i) for i in "abcd"])(tmp), (tmp / "x").mkdir()), check=inside_sweep),
     Case("security", "checkpoint whose pickle runs code", ["hydra.run.dir={tmp}/run", "ckpt_path=last"],
          setup=malicious_checkpoint, check=not_unpickled),
 ]
