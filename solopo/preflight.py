@@ -4,6 +4,8 @@ Hydra writes the command line to the run directory's ``.hydra/`` (and wandb reco
 runs, so a secret given as an override, or a run directory that cannot be written, must be refused earlier: the
 console scripts call ``preflight`` first. Every bad setting or input file ends the same way: one line on stderr,
 ``error: ...``, exit status 2, no traceback (``stop``). This module imports nothing heavy: it runs before --help.
+An option that no config group holds (algo=dpx) is refused here too, in one line, where Hydra's own message spans a
+dozen lines.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Iterator, NoReturn, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+CONF = Path(__file__).parent / "conf"  # the package's config groups (Hydra's primary config directory)
 # Keys such as api_key, WANDB_API_KEY, hf_token, token, secret; not "tokenizer" or "n_tokens".
 SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password)$", re.IGNORECASE)
 
@@ -49,6 +52,54 @@ def refuse_unwritable(overrides: Sequence[str], cwd: Path = Path(".")) -> None:
             stop(f"{key}={folder}: cannot write to {existing} ({err.strerror or err})")
 
 
+def config_dirs(argv: Sequence[str]) -> Optional[list[Path]]:
+    """The folders Hydra finds config groups in: the package's and each ``--config-dir``/``-cd``; None where the
+    command line changes the search in other ways (--config-path, hydra.searchpath=...), which Hydra alone resolves."""
+    dirs, args = [CONF], list(argv)
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            dirs.append(Path(value or (args[i + 1] if i + 1 < len(args) else ".")))
+        elif flag in ("--config-path", "-cp") or flag.lstrip("+~").startswith("hydra.searchpath"):
+            return None
+    return dirs
+
+
+def chosen_options(value) -> Iterator[str]:
+    """The options an override's value picks: one (algo=dpo), a list (algo=[dpo,simpo]) or a sweep's choices
+    (algo=dpo,simpo or choice(dpo,simpo)); none for null, a glob or a range, which Hydra checks itself."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    if isinstance(value, ChoiceSweep):
+        value = value.list
+    for option in value if isinstance(value, list) else [value]:
+        if isinstance(option, (str, int, float)) and not isinstance(option, bool):
+            yield str(option)
+
+
+def refuse_unknown_options(argv: Sequence[str]) -> None:
+    """Stops (exit 2) on an override that picks an option its config group does not hold (algo=dpx, model=nosuch),
+    in one line naming the group and its options. Hydra's own groups (hydra/...), which its plugins extend, and
+    overrides that do not parse are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    dirs, parser = config_dirs(argv), OverridesParser.create()
+    for arg in [a for a in argv if "=" in a and not a.startswith("-")] if dirs else []:
+        try:
+            override = parser.parse_override(arg)
+        except HydraException:
+            continue
+        group = override.key_or_group
+        folders = [d / group for d in dirs if (d / group).is_dir()]
+        if override.is_delete() or not folders or group == "hydra" or group.startswith("hydra/"):
+            continue
+        options = sorted({str(f.relative_to(folder).with_suffix("")) for folder in folders for f in folder.rglob("*.yaml")})
+        for option in chosen_options(override.value()):
+            if option not in options:
+                stop(f"{group}={option}: the config group {group} has no such option; choose one of {', '.join(options)}")
+
+
 def safe_dirname(name: str, limit: int = 200) -> str:
     """``name`` as one folder name: characters other than A-Z a-z 0-9 . _ = , - become "_", and ".." becomes "_",
     so an override such as data.path=x/../../d never leads out of the sweep directory. Names over ``limit``
@@ -70,6 +121,8 @@ def stop(message: str) -> NoReturn:
 
 
 def preflight(argv: Sequence[str]) -> None:
-    """The checks a command line gets before Hydra writes anything (secrets, a writable run directory)."""
+    """The checks a command line gets before Hydra writes anything (secrets, a writable run directory, the options
+    of the config groups)."""
     refuse_secrets(argv)
+    refuse_unknown_options(argv)
     refuse_unwritable(argv)

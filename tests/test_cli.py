@@ -94,6 +94,19 @@ def test_a_user_setting_for_tqdm_wins(monkeypatch):
     assert os.environ["TQDM_DISABLE"] == "0"
 
 
+def test_off_a_terminal_transformers_shows_no_bar_loading_weights(monkeypatch):
+    """The embedded model's "Loading weights" bar was written to run.log as one line of redraws: transformers'
+    bars have their own switch, which TQDM_DISABLE does not reach once tqdm is imported."""
+    from transformers.utils import logging as transformers_logging
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # pytest's stderr is no terminal
+    try:
+        quiet_libraries()
+        assert not transformers_logging.is_progress_bar_enabled()
+    finally:
+        transformers_logging.enable_progress_bar()
+
+
 def test_lightning_advertisement_is_dropped_and_its_other_lines_kept(caplog):
     quiet_libraries()
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
@@ -145,3 +158,90 @@ def test_a_smoke_optuna_search_finds_a_real_best_value(tmp_path):
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())["best_value"]
     trials = [json.loads(p.read_text())["metrics"]["val/loss"] for p in tmp_path.glob("*/results.json")]
     assert len(trials) == 3 and math.isfinite(best) and best == pytest.approx(min(trials))
+
+
+FIXTURES = ROOT / "tests" / "fixtures"
+# A path README shows, as a file of the tests' own: each data option's fixture, a folder of benchmark files
+README_PATHS = {"musique": "musique.jsonl", "hotpotqa": "hotpotqa.json", "twowiki": "twowiki.json",
+                "pairs": "pairs.jsonl"}
+GPU_NEEDED = "trainer.accelerator=gpu but no CUDA GPU is visible"
+
+
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """Every training and evaluation command in README's shell blocks (continued lines joined, comments dropped), as
+    (module, arguments): `python -m solopo.run`, `solopo-train`, torchrun's `-m solopo.run`, `solopo.evaluate`."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            for i, word in enumerate(words):
+                module = {"solopo-train": "run", "solopo-eval": "evaluate"}.get(word)
+                if word in ("solopo.run", "solopo.evaluate") and words[i - 1] == "-m":
+                    module = word.split(".")[1]
+                if module:
+                    commands.append((module, words[i + 1:]))
+                    break
+    return list({(m, tuple(a)): (m, a) for m, a in commands}.values())
+
+
+def as_composed(args: list[str]) -> list[str]:
+    """A command line's overrides as compose() takes them: a sweep's first choice, the tests' files for README's
+    placeholders (/data/..., /path/to/...), Hydra's own settings (launcher, sweeper, run dir) left to Hydra."""
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    composed = []
+    for arg in [a for a in args if "=" in a and not a.startswith(("hydra", "-"))]:
+        key, value = arg.split("=", 1)
+        value = value if value.startswith(("[", "{", "'")) else value.split(",")[0]
+        if key == "data.path":
+            value = str(FIXTURES / README_PATHS[options["data"]])
+        elif key == "eval.benchmark.path":
+            value = str(FIXTURES)
+        composed.append(f"{key}={value}")
+    return composed
+
+
+def settings_of(module: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from solopo.settings.build import build_settings
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return build_settings(cfg, training=module == "run")
+
+
+@pytest.mark.parametrize("module, args", readme_commands(), ids=[" ".join(a) or m for m, a in readme_commands()])
+def test_readme_commands_are_valid_command_lines(module, args, tmp_path, monkeypatch):
+    """Every training and evaluation command README shows passes the command line's checks and builds its settings
+    as written (the smoke ones also run: test_run.test_readme_smoke_command); a GPU command asks for the GPU it needs.
+    README's own scorer (mymetrics.py) is imported from its code block."""
+    import re
+
+    from solopo.preflight import preflight
+
+    if any(a.startswith("hparams_search") for a in args):
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the solopo[optuna] extra is not installed")
+    if "hydra/launcher=slurm" in args:
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the solopo[slurm] extra is not installed")
+    (scorer,) = re.findall(r"```python\n# mymetrics.py\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    (tmp_path / "mymetrics.py").write_text(scorer)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    preflight(args)
+    try:
+        settings_of(module, as_composed(args))
+    except ConfigError as err:  # on this CPU machine: the same command with the trainer's accelerator left to it
+        assert str(err).startswith(GPU_NEEDED) and "trainer=fsdp" in args, err
+        settings_of(module, [*as_composed(args), "trainer.accelerator=auto"])
+
+
+def test_readme_commands_are_found():
+    found = readme_commands()
+    assert ("run", ["algo=simpo", "data=qa"]) in found and sum(m == "evaluate" for m, _ in found) >= 4
+    assert any(a[:1] == ["trainer=fsdp"] for _, a in found)  # torchrun's

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -63,7 +64,8 @@ def results(run_dir):
 
 @pytest.mark.parametrize("algo", ["dpo", "simpo", "orpo", "ipo", "cdpo"])
 def test_smoke_run_per_algorithm(algo, tmp_path, capsys):
-    run_here([f"algo={algo}", "data=qa", "experiment=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
+    run_here([f"algo={algo}", "data=qa", "experiment=smoke", "logger=csv", "+logger.tags=[mine]",
+              f"hydra.run.dir={tmp_path}"])
     done = capsys.readouterr()
     data = results(tmp_path)
     assert data["steps"] == 4 and data["config"]["algo"]["_target_"].lower().endswith(algo)
@@ -82,6 +84,10 @@ def test_smoke_run_per_algorithm(algo, tmp_path, capsys):
     assert stages["training"]["s"] <= data["timings"]["fit_s"] + 1e-6
     # the chosen response's reward on each context and their signed gap, per step (the decisive study's mechanism)
     assert {"train/ra/chosen_short", "train/ra/chosen_long", "train/ra/gap_signed"} <= set(header)
+    # the CSV run carries a wandb run's tags: the config choices, alpha, then the user's own
+    hparams = yaml.safe_load(open(tmp_path / "csv" / "version_0" / "hparams.yaml"))
+    assert hparams["tags"] == [f"algo={algo}", "ra=chosen", "method=solopo", "data=qa", "model=tiny",
+                               "experiment=smoke", "alpha=1", "mine"]
 
 
 @pytest.mark.parametrize("overrides, ra_used", [

@@ -41,7 +41,7 @@ class Case:
     warns: str = ""  # warned: what the output must contain (exit 0)
     setup: Optional[Callable[[Path], None]] = None
     check: Optional[Callable[[Path, subprocess.CompletedProcess], str]] = None  # "" when it behaved well
-    env: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)  # a value of None removes the variable from the environment
     smoke: bool = True
 
 
@@ -137,13 +137,16 @@ def not_unpickled(tmp: Path, done: subprocess.CompletedProcess) -> str:
 def steps_losses(run_dir: Path) -> dict[int, float]:
     import csv
     rows = csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv"))
-    return {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
+    key = "train/loss_step" if "train/loss_step" in (rows.fieldnames or ()) else "train/loss"  # f6ffd7e's name first
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
 
 
 def resume_equal(checkout: Path, env: dict, tmp: Path, periodic: bool) -> str:
     """Stopped after a few steps (SIGTERM, or kill -9 after a periodic checkpoint), then resumed: the per-step
     losses equal the uninterrupted run's."""
+    # the CSV logger writes every step's row at once (its default buffers 100), so the cut can wait for step 6
     common = [sys.executable, "-m", "solopo.run", *SMOKE[:1], "logger=csv", "trainer.log_every_n_steps=1",
+              "+logger.flush_logs_every_n_steps=1",
               "trainer.enable_progress_bar=false", "eval.enabled=false", "data.source.n_train=24",
               "trainer.max_steps=16"] + (["checkpoint.every_n_steps=2"] if periodic else [])
     subprocess.run(common + [f"hydra.run.dir={tmp}/whole"], cwd=checkout, env=env, capture_output=True, timeout=600)
@@ -156,7 +159,8 @@ def resume_equal(checkout: Path, env: dict, tmp: Path, periodic: bool) -> str:
             break
         time.sleep(0.2)
     cut.send_signal(signal.SIGKILL if periodic else signal.SIGTERM)
-    cut.wait()
+    if cut.wait() == 0:
+        return "the run finished before it was stopped"
     done = subprocess.run(common + [f"hydra.run.dir={tmp}/cut", "ckpt_path=last"], cwd=checkout, env=env,
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -247,8 +251,13 @@ SETTING_CASES = [Case("bad settings", setting, setting.split(), names=key) for s
          names="model.name"),
     Case("bad settings", "unreachable hub id (offline)", ["model.name=nobody/no-such-model", "model.random_init=null"],
          names="model.name", env={"HF_HUB_OFFLINE": "1"}),
+    # as a user has it: a key and no WANDB_MODE (the runner sets WANDB_MODE=offline for the other cases)
     Case("bad settings", "invalid WANDB_API_KEY", ["logger=wandb"], warns="WANDB_API_KEY",
-         env={"WANDB_API_KEY": "not-a-key", "WANDB_MODE": ""}),
+         env={"WANDB_API_KEY": "not-a-key", "WANDB_MODE": None}),
+    Case("bad settings", "empty WANDB_MODE", ["logger=wandb"], names="WANDB_MODE", env={"WANDB_MODE": ""}),
+    Case("bad settings", "logger.mode=bogus", ["logger=wandb", "logger.mode=bogus"], names="logger.mode"),
+    Case("bad settings", "method=nosuch (an unknown option of a group)", ["method=nosuch"], names="short_po"),
+    Case("bad settings", "model=nosuch (an unknown option of a group)", ["model=nosuch"], names="smollm2_135m"),
 ]
 
 FAULT_CASES = [
@@ -274,13 +283,19 @@ SECURITY_CASES = [
          check=no_secret_written(SECRET)),
     Case("security", "WANDB_API_KEY in the environment not written", ["hydra.run.dir={tmp}/run"],
          env={"WANDB_API_KEY": SECRET}, check=no_secret_written(SECRET)),
-    Case("security", "data.path with ../ in a sweep", ["-m", "data=pairs", "data.path=x/" + "../" * 12 + "{tmp}/p.jsonl",
+    # a path that resolves (through the folder x, which exists) and whose ../ would climb out of a job's folder name
+    Case("security", "data.path with ../ in a sweep", ["-m", "data=pairs", "data.path={tmp}/x/" + "../" * 12 + "{tmp}/p.jsonl",
                                                          "hydra.sweep.dir={tmp}/sweep"],
-         setup=pairs_file("p.jsonl", [pair("a"), pair("b")]), check=inside_sweep),
+         setup=lambda tmp: (pairs_file("p.jsonl", [pair(i) for i in "abcd"])(tmp), (tmp / "x").mkdir()), check=inside_sweep),
     Case("security", "checkpoint whose pickle runs code", ["hydra.run.dir={tmp}/run", "ckpt_path=last"],
          setup=malicious_checkpoint, check=not_unpickled),
 ]
 CASES = FILE_CASES + SETTING_CASES + FAULT_CASES + SECURITY_CASES
+
+
+def with_env(env: dict, changes: dict) -> dict:
+    """``env`` with a case's changes: a value of None removes the variable."""
+    return {k: v for k, v in {**env, **changes}.items() if v is not None}
 
 
 def run_case(case: Case, checkout: Path, env: dict) -> tuple[str, Optional[int]]:
@@ -294,8 +309,10 @@ def run_case(case: Case, checkout: Path, env: dict) -> tuple[str, Optional[int]]
         args = [a.replace("{tmp}", scratch) for a in case.args]
         if not any(a.startswith("hydra.") for a in args):
             args.append(f"hydra.run.dir={scratch}/run")
-        done = subprocess.run([sys.executable, "-m", "solopo.run", *SMOKE, *args], cwd=checkout,
-                              env={**env, **case.env}, capture_output=True, text=True, timeout=600)
+        flags = [a for a in args if a == "-m"]  # Hydra's flags go before the overrides (argparse)
+        done = subprocess.run([sys.executable, "-m", "solopo.run", *flags, *SMOKE, *[a for a in args if a != "-m"]],
+                              cwd=checkout,
+                              env=with_env(env, case.env), capture_output=True, text=True, timeout=600)
         os.chmod(tmp, 0o700)
         for path in tmp.rglob("*"):
             if path.is_dir():

@@ -30,8 +30,8 @@ from solopo.scoring import FromFunction, as_scorer
 from solopo.step import context_parallel
 from solopo.step.context_parallel import ContextSplit
 from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
-from solopo.settings.groups import (check_data, check_run, check_trainer, lightning_arguments, missing_options, target,
-                                    unknown_options)
+from solopo.settings.groups import (check_data, check_logger, check_run, check_trainer, lightning_arguments,
+                                    missing_options, target, unknown_options)
 from solopo.settings.rules import cross_group_rules
 from solopo.preflight import stop
 from solopo.training.module import OptimSettings
@@ -224,6 +224,8 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
             sampling=build_sampling(cfg, precision, problems) if sampled else None,
             context=build_context(plain(cfg, "trainer"), problems))
         problems += check_trainer(plain(cfg, "trainer"), torch.cuda.is_available())
+        logger = cfg.get("logger")  # unresolved: its save_dir reads Hydra's run directory
+        problems += check_logger(OmegaConf.to_container(logger) if OmegaConf.is_config(logger) else {})
         problems += check_run({key: plain(cfg, key) if OmegaConf.is_config(cfg.get(key)) else cfg.get(key)
                                for key in RUN_KEYS})
     problems += cross_group_rules(cfg, settings, choice(cfg, "data"), training)

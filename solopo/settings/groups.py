@@ -6,7 +6,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from typing import Any, Callable, Iterable, Optional
+import os
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from solopo.cache import VERIFY
 from solopo.data.collate import PACKINGS
@@ -14,6 +15,7 @@ from solopo.data.pairs import PAIR_RULES
 from solopo.data.tokenize import OVERLONG_POLICIES, TRUNCATE_SIDES
 from solopo.models.loading import SAVE_MODEL
 from solopo.settings.fields import Problems, flag, number, one_of, shown
+from solopo.training.loggers import WANDB_ENV_MODES, WANDB_MODES
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16", "32", "16", "bf16", "64")  # Lightning's, and auto (solopo.run)
@@ -127,3 +129,19 @@ def check_run(top: dict) -> Problems:
         problems.append("set checkpoint.every_n_steps or checkpoint.every_n_minutes, not both")
     return problems + number("faults.max_consecutive_bad_steps", faults.get("max_consecutive_bad_steps"), 1,
                              integer=True)
+
+
+def check_logger(logger: dict, environ: Mapping[str, str] = os.environ) -> Problems:
+    """The logger group (logger=none has no class): the options its class takes (+logger.tags=[a,b] is one of
+    each shipped logger's), wandb's logger.mode, and WANDB_MODE in the environment, which wandb reads and
+    refuses only when the logger starts, after the model has loaded."""
+    if "_target_" not in logger:
+        return []
+    problems = target("logger", logger)[1]
+    if "wandb" in str(logger["_target_"]):
+        problems += one_of("logger.mode", logger.get("mode"), WANDB_MODES)
+        mode = environ.get("WANDB_MODE")
+        if mode is not None and mode not in WANDB_ENV_MODES:
+            problems.append(f"WANDB_MODE={mode!r} in the environment: wandb takes {', '.join(WANDB_ENV_MODES)}; "
+                            "unset it to let logger.mode decide")
+    return problems

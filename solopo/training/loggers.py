@@ -20,10 +20,11 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning import Callback
 
-log = logging.getLogger("solopo")
-
 log = logging.getLogger(__name__)
 WANDB_RUN_ID_FILE = "wandb_run_id"
+WANDB_MODES = ("auto", "online", "offline")  # logger.mode; auto: online when an API key is configured
+# What wandb itself takes in the WANDB_MODE environment variable (it refuses anything else, an empty value too)
+WANDB_ENV_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")
 # Config groups a run is tagged with; experiment and debug only where chosen: a preset run (experiment=smoke, or a
 # study's preset) is told apart from a run configured by hand.
 TAGGED_GROUPS = ("algo", "ra", "method", "data", "model", "experiment", "debug")
@@ -47,7 +48,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning's call into torch
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")  # peft's, on LoRA runs
     if not on_terminal():
-        os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported (here: later); a user's setting wins
+        os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported (by worker processes); a user's wins
+    if os.environ.get("TQDM_DISABLE") == "1":  # transformers' bars (loading a model's weights) have their own switch
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def _not_noise(record: logging.LogRecord) -> bool:
@@ -123,11 +128,10 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     run logs offline with a one-line warning, as losing hours of training to a logging key would cost more than
     the upload it postpones.
     The run id is kept in <save_dir>/wandb_run_id: a resumed run (resume=True) logs to the same wandb run."""
-    from pytorch_lightning.loggers import WandbLogger
     from wandb.errors import CommError, UsageError
 
-    if mode not in ("auto", "online", "offline"):
-        raise ValueError(f"logger.mode={mode!r}; choose auto, online or offline")
+    if mode not in WANDB_MODES:  # solopo.settings refuses it at startup; this guards a call from other code
+        raise ValueError(f"logger.mode={mode!r}; choose {', '.join(WANDB_MODES)}")
     offline = mode == "offline" or (mode == "auto" and not wandb_key_configured())
     id_file = Path(save_dir) / WANDB_RUN_ID_FILE
     run_id = id_file.read_text().strip() if resume and id_file.is_file() else uuid.uuid4().hex[:8]
@@ -137,9 +141,7 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     Path(files_dir).mkdir(parents=True, exist_ok=True)
     # WandbLogger asks wandb for resume="allow": the id continues its run when there is one, else starts it.
     options = dict(project=project, save_dir=files_dir, name=name, group=group, tags=tags, id=run_id, **kwargs)
-    logger = WandbLogger(offline=offline, **options)
-    # Lightning passes anonymous=None to wandb.init, which wandb answers with a deprecation warning on every run
-    logger._wandb_init.pop("anonymous", None)
+    logger = _wandb(offline=offline, **options)
     if offline:
         return logger
     try:
@@ -148,7 +150,16 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
         log.warning("wandb could not log online (%s): logging offline instead; `wandb sync %s/wandb` uploads the run "
                     "once WANDB_API_KEY is fixed", str(err).splitlines()[0], save_dir)
         # mode= as well: wandb's session already read the key, and offline=True alone leaves it checking the key
-        return WandbLogger(offline=True, mode="offline", **options)
+        return _wandb(offline=True, mode="offline", **options)
+    return logger
+
+
+def _wandb(**options):
+    from pytorch_lightning.loggers import WandbLogger
+
+    logger = WandbLogger(**options)
+    # Lightning passes anonymous=None to wandb.init, which wandb answers with a deprecation warning on every run
+    logger._wandb_init.pop("anonymous", None)
     return logger
 
 
@@ -163,11 +174,17 @@ class _AppendingWriter(ExperimentWriter):
 
 class ResumableCSVLogger(CSVLogger):
     """A CSVLogger that writes <save_dir>/<name>/version_0, one per run directory; a resumed run (resume=True)
-    appends its rows to the metrics.csv of the run it continues instead of starting a new version."""
+    appends its rows to the metrics.csv of the run it continues instead of starting a new version. ``tags`` (the
+    same as a wandb run's: the config choices, alpha, then +logger.tags=[a,b]) go into hparams.yaml with the
+    config, so that runs logged to CSV are told apart as wandb's are."""
 
-    def __init__(self, save_dir: str, name: str = "csv", resume: bool = False, **kwargs):
-        super().__init__(save_dir, name=name, version=0, **kwargs)
-        self._resume = resume
+    def __init__(self, save_dir: str, name: str = "csv", prefix: str = "", flush_logs_every_n_steps: int = 100,
+                 tags: Sequence[str] = (), resume: bool = False):
+        super().__init__(save_dir, name=name, version=0, prefix=prefix, flush_logs_every_n_steps=flush_logs_every_n_steps)
+        self.tags, self._resume = [str(tag) for tag in tags or ()], resume
+
+    def log_hyperparams(self, params=None) -> None:
+        super().log_hyperparams({**(params or {}), **({"tags": self.tags} if self.tags else {})})
 
     @property
     @rank_zero_experiment

@@ -44,7 +44,7 @@ from solopo.training.callbacks import Preemption, StageCosts, Throughput
 from solopo.training.distributed import check_strategy, local_gpu
 from solopo.training.eval_callback import eval_during_training
 from solopo.training.faults import NumericalGuard
-from solopo.training.loggers import ProgressLines, finish, on_terminal, wandb_labels
+from solopo.training.loggers import ProgressLines, ResumableCSVLogger, finish, on_terminal, wandb_labels
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule, intended_warnings_silenced
 from solopo.training.precision import autocast_dtype, weights_dtype
 from solopo.training.reference import with_reference_logps
@@ -171,18 +171,18 @@ def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: 
 
 
 def make_logger(cfg: DictConfig, alpha: float, resume: bool):
+    """The experiment logger (conf/logger), or False; wandb and CSV get the same tags, and continue on resume."""
     if not (cfg.get("logger") and "_target_" in cfg.logger):
         return False
+    hydra_cfg = HydraConfig.get()
+    labels = wandb_labels(hydra_cfg.runtime.choices, alpha,
+                          hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir, hydra_cfg.job.override_dirname,
+                          group=cfg.logger.get("group"), name=cfg.logger.get("name"), tags=cfg.logger.get("tags") or ())
     extra = {}
     if "wandb" in cfg.logger._target_:
-        hydra_cfg = HydraConfig.get()
-        labels = wandb_labels(hydra_cfg.runtime.choices, alpha,
-                              hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir, hydra_cfg.job.override_dirname,
-                              group=cfg.logger.get("group"), name=cfg.logger.get("name"),
-                              tags=cfg.logger.get("tags") or ())
         extra = {**labels, "resume": resume}
-    elif cfg.logger._target_ == "pytorch_lightning.loggers.CSVLogger":  # one metrics.csv per run, continued on resume
-        extra = {"_target_": "solopo.training.loggers.ResumableCSVLogger", "resume": resume}
+    elif cfg.logger._target_ == f"{ResumableCSVLogger.__module__}.{ResumableCSVLogger.__qualname__}":
+        extra = {"tags": labels["tags"], "resume": resume}
     logger = instantiate(cfg.logger, **extra)
     if hasattr(logger, "log_hyperparams"):
         logger.log_hyperparams(redact(OmegaConf.to_container(cfg, resolve=True)))

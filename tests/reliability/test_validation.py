@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from solopo.models import embedded
 from solopo.data.formats import DataFileError, hotpotqa, longbench, musique, pairs
 from solopo.models.embedded import SMOLLM2_135M, ensure_weights
+from solopo.preflight import preflight
 from solopo.settings.build import ConfigError, build_settings, load_source
 from solopo.settings.fields import number, one_of
 from solopo.settings.rules import check_eval_lengths, check_long_len
@@ -83,8 +84,8 @@ MISTAKES = [
     (["method.po_context=middle"], "method.po_context=middle: choose one of short, long"),
     (["data.long_len=64"], "data.long_len=64: must be an integer >= 128 (x_long holds the evidence, ~100 tokens, "
                            "and irrelevant text)"),
-    (["data.short_len=768"],
-     "data.long_len=768: must be greater than data.short_len=768 (x_long holds x_short and more)"),
+    (["data.short_len=512"],
+     "data.long_len=512: must be greater than data.short_len=512 (x_long holds x_short and more)"),
     (["data.long_len=8192"], "data.long_len=8192: too long for model.max_length=8192; at most 8127 leaves room for the "
                              "chat template and the response"),
     (["data.pairs=sampeld"], "data.pairs=sampeld: choose one of gold, sampled"),
@@ -114,7 +115,7 @@ MISTAKES = [
     (["faults.max_consecutive_bad_steps=0"], "faults.max_consecutive_bad_steps=0: must be an integer >= 1"),
     (["checkpoint.every_n_steps=5", "checkpoint.every_n_minutes=3"],
      "set checkpoint.every_n_steps or checkpoint.every_n_minutes, not both"),
-    (["packing=yes"], "packing=yes: choose one of false, true, shared_prompt"),
+    (["packing=yes"], "packing=yes: choose one of false, true, shared_prompt, auto"),
     (["packing=1"], "packing=1: choose one of false, true, shared_prompt"),
     (["packing=shared_prompt", "model.attn_implementation=solopo_varlen"],
      "packing=shared_prompt needs model.attn_implementation=flex_attention or sdpa (got solopo_varlen)"),
@@ -144,9 +145,13 @@ MISTAKES = [
      "which replaces sdpa and solopo_varlen); got eager"),
     (["trainer.context_parallel=0"], "trainer.context_parallel=0: must be an integer >= 1"),
     (["trainer.context_parallel_min_tokens=0.5"], "trainer.context_parallel_min_tokens=0.5: must be an integer >= 1 or null"),
+    # The logger's mistakes, which wandb or Lightning reported only after the model had loaded.
+    (["logger=wandb", "logger.mode=bogus"], "logger.mode=bogus: choose one of auto, online, offline"),
+    (["logger=csv", "+logger.flush_every=1"], "logger.flush_every=1: ResumableCSVLogger takes no such option; did you "
+                                              "mean flush_logs_every_n_steps?"),
     # Two mistakes, one line.
-    (["model.max_length=512"], "data.long_len=768: too long for model.max_length=512; at most 447 leaves room for the "
-                               "chat template and the response; eval.lengths=[short,768]: 768 is too long for "
+    (["model.max_length=512"], "data.long_len=512: too long for model.max_length=512; at most 447 leaves room for the "
+                               "chat template and the response; eval.lengths=[short,512]: 512 is too long for "
                                "model.max_length=512; at most 448 leaves room for the chat template and the answer"),
 ]
 
@@ -173,11 +178,60 @@ def test_ra_off_is_the_one_switch():
 
 
 @pytest.mark.parametrize("setting", ["trainer.gradient_clip_val=-1", "seed=abc", "trainer.devices=0", "+optim.lrr=1",
-                                     "ra=both method=long_po", "trainer.context_parallel=2"])
+                                     "ra=both method=long_po", "trainer.context_parallel=2", "algo=dpx",
+                                     "logger=wandb logger.mode=bogus"])
 def test_a_bad_setting_exits_2_before_the_model_loads(setting, tmp_path):
     done = run([*setting.split(), f"hydra.run.dir={tmp_path}"], expect=2)
     assert "Traceback" not in done.stderr and "parameters" not in done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "results.json").exists()
+
+
+def test_an_empty_or_unknown_wandb_mode_in_the_environment_is_named(monkeypatch):
+    """wandb refuses WANDB_MODE="" (or any value it does not know) in a multi-line error when the logger starts,
+    after the model has loaded; it is a config problem like the others. Unset, logger.mode decides."""
+    monkeypatch.setenv("WANDB_MODE", "")
+    with pytest.raises(ConfigError, match=r"^WANDB_MODE='' in the environment: wandb takes online, offline, .*; unset "
+                                          r"it to let logger.mode decide$"):
+        build_settings(compose_config(["logger=wandb"]))
+    build_settings(compose_config(["logger=csv"]))  # only the wandb logger reads it
+    monkeypatch.delenv("WANDB_MODE")
+    build_settings(compose_config(["logger=wandb"]))
+
+
+@pytest.mark.parametrize("group", [g for g in sorted({group for group, _ in shipped_options()})])
+def test_an_unknown_option_of_a_config_group_is_one_line(group, capsys):
+    """Hydra answered algo=dpx with a dozen lines; each group's unknown option is now one line listing its options."""
+    with pytest.raises(SystemExit) as stopped:
+        preflight([f"{group}=nosuch", "seed=1"])
+    options = sorted(option for g, option in shipped_options() if g == group)
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: {group}=nosuch: the config group {group} has no such option; choose one of {', '.join(options)}\n")
+
+
+@pytest.mark.parametrize("args, bad", [
+    (["-m", "algo=dpo,dpx"], "algo=dpx"), (["-m", "algo=choice(ipo,dpx)"], "algo=dpx"), (["+algo=[dpo,dpx]"], "algo=dpx"),
+    (["experiment=paper_mini/nope"], "experiment=paper_mini/nope"),
+    (["algo=dpo", "experiment=paper_mini/solopo", "experiment=null", "~debug", "algo=glob(*)", "hydra/launcher=basic",
+      "seed=1", "data.path=a=b"], None),
+])
+def test_every_option_a_command_line_picks_is_checked(args, bad, capsys):
+    """Sweeps and lists check each option; null, deletions, globs and Hydra's own groups are left to Hydra."""
+    if bad is None:
+        preflight(args)
+        return
+    with pytest.raises(SystemExit):
+        preflight(args)
+    assert capsys.readouterr().err.startswith(f"error: {bad}: ")
+
+
+def test_options_of_a_users_config_dir_are_known(tmp_path, monkeypatch):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")
+    monkeypatch.chdir(tmp_path)
+    preflight(["--config-dir", str(tmp_path), "experiment=mine"])
+    preflight([f"--config-dir={tmp_path}", "experiment=smoke"])
+    with pytest.raises(SystemExit):
+        preflight(["experiment=mine"])
 
 
 def test_evaluation_checks_only_what_it_reads():
