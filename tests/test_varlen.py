@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from solopo.step import varlen
-from solopo.eval.longctx import left_padded
+from solopo.data.tokenize import left_padded
 
 
 def test_generation_with_left_padding_matches_sdpa(tiny_model, tokenizer):
@@ -68,3 +68,14 @@ def test_varlen_kernel_call_across_torch_releases(monkeypatch, signature):
     keys, values = k[:4].repeat_interleave(2, 1), v[:4].repeat_interleave(2, 1)  # (4 tokens, 4 heads, 8)
     probs = torch.softmax(0.3 * torch.einsum("hd,thd->ht", q[3], keys), -1)
     torch.testing.assert_close(out[3], torch.einsum("ht,thd->hd", probs, values))
+
+
+def test_attention_inputs_take_autocasts_dtype_where_it_is_on():
+    """fp32 queries and keys (after the rotary embedding) and bf16 values (fp32 weights under bf16-mixed) all reach
+    the varlen and flex kernels in bf16, the cast SDPA makes itself; without autocast they pass unchanged."""
+    from solopo.step.varlen import autocast_inputs
+
+    q, k, v = torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4, dtype=torch.bfloat16)
+    assert [t.dtype for t in autocast_inputs(q, k, v)] == [torch.float32, torch.float32, torch.bfloat16]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert [t.dtype for t in autocast_inputs(q, k, v)] == [torch.bfloat16] * 3

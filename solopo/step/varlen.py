@@ -105,10 +105,24 @@ def _sequence_by_sequence(query: Tensor, key: Tensor, value: Tensor, cu: Tensor,
     return torch.cat(pieces)
 
 
+def autocast_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The attention inputs in the dtype autocast computes attention in, where it is on for their device. Under mixed
+    precision with fp32 weights, the rotary embedding leaves queries and keys in fp32 while the values leave their
+    projection in bf16. SDPA casts all three itself (it is on autocast's lower-precision list); the varlen and flex
+    kernels take them as given, so fp32 would send packed rows to the slow one-sequence-at-a-time path and mixed
+    dtypes would fail in flex attention. The cast is the one SDPA makes: the numbers are autocast's."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor],
                      scaling: Optional[float] = None, dropout: float = 0.0, **kwargs) -> tuple[Tensor, None]:
     """transformers' attention-function contract: (B, H, L, D) inputs, returns ((B, L, H, D), None)."""
     cu = kwargs.get("cu_seq_lens_q")
+    query, key, value = autocast_inputs(query, key, value)
     if _is_block_mask(attention_mask):  # shared prompts (solopo.step.shared_prompt): flex attention's block mask
         from transformers.integrations.flex_attention import flex_attention_forward
 

@@ -2,6 +2,7 @@
 installed) give the log-probs and gradients of padded rows. CPU runs cannot check this: flex attention has no
 backward on the CPU, and solopo_varlen runs torch's varlen flash kernel only on a GPU. Run with `pytest -m gpu` on a
 CUDA machine."""
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -74,3 +75,26 @@ def test_shared_prompt_rows_match_padded_sdpa(tokenizer, attention):
     torch.testing.assert_close(lp_shared, lp_pad, rtol=1e-4, atol=1e-3)
     for a, b in zip(g_shared, g_pad):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("pack", [True, "shared_prompt"])
+def test_fp32_weights_under_bf16_autocast_take_the_fast_kernels(tokenizer, pack):
+    """The default GPU run: fp32 weights under bf16-mixed, solopo_varlen. Queries and keys leave the rotary embedding
+    in fp32, values their projection in bf16; the inputs reach the varlen and flex kernels in bf16 (no warning of the
+    one-sequence-at-a-time path) and match padded rows under the same autocast."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if pack is True and varlen._torch_varlen() is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    spec = replace(TINY, random_init={**TINY.random_init, "max_position_embeddings": 4096})
+    padded_model = load_model(spec, tokenizer, seed=0).to("cuda", torch.float32)
+    fast_model = load_model(replace(spec, attn_implementation="solopo_varlen"), tokenizer, seed=0).to("cuda", torch.float32)
+    pairs = _pairs()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        lp_pad, g_pad = _logps_and_grads(padded_model, PairCollator(KEYS, tokenizer.pad_token_id)(pairs))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the slow path's warning would fail the test
+            lp_fast, g_fast = _logps_and_grads(fast_model, PairCollator(KEYS, tokenizer.pad_token_id, pack=pack)(pairs))
+    torch.testing.assert_close(lp_fast.float(), lp_pad.float(), rtol=2e-2, atol=5e-2)
+    for a, b in zip(g_fast, g_pad):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.2, atol=5e-2)
