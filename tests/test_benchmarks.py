@@ -381,7 +381,10 @@ def test_summary_puts_the_defaults_beside_the_best_cells_and_judges_the_issue_ta
             predicted_peak_gib=14.0, gpu_busy=0.9),
         row("long_po", "defaults", n, 1.0, 10.0, layout="shared_prompt", checkpointed_layers=0,
             predicted_peak_gib=15.0, gpu_busy=0.95))])
-    table("solopo_grid", [row("solopo", "padded", 8192, 0.5, 6.0), row("long_po", "padded", 8192, 2.0, 10.0)])
+    # the best hand-picked cells come from the same run (the defaults table): a faster cell of another table is not one
+    table("solopo_grid_defaults", json.loads((tmp_path / "solopo_grid_defaults.json").read_text())["rows"]
+          + [row("solopo", "padded", 8192, 0.5, 6.0), row("long_po", "padded", 8192, 2.0, 10.0)])
+    table("solopo_grid", [row("solopo", "padded", 8192, 0.1, 6.0), row("long_po", "padded", 4096, 0.1, 10.0)])
     table("trl_long_po", [dict(model="qwen2.5-1.5b", trainer="trl-dpo", long_len=n, status="ok", step_s=t, peak_gib=20.0)
                           for n, t in ((16384, 1.2), (32768, 1.25))])
     out = summary.summarise(tmp_path)
@@ -400,3 +403,7 @@ def test_summary_puts_the_defaults_beside_the_best_cells_and_judges_the_issue_ta
     # Long-PO's defaults at 32K: 10 TFLOP in 1 s = 10 TFLOP/s, 1% of the H200's 790
     assert "| useful MFU (causal attention once) of the 32K long step >= 55% | 10 TFLOP/s = 1% of 790 | no |" in text
     assert "| qwen2.5-7b: SoLoPO / Long-PO at their defaults within the FLOP ratio + slack | 8K - (limit -) | not measured |" in text
+    # TRL's table measured on another GPU: no SoLoPO / TRL ratio (timings compare within one GPU only)
+    trl_rows = json.loads((tmp_path / "trl_long_po.json").read_text())["rows"]
+    (tmp_path / "trl_long_po.json").write_text(json.dumps({"meta": {"gpu": "another GPU"}, "rows": trl_rows}))
+    assert all(r["solopo_vs_trl"] is None for r in summary.summarise(tmp_path)["defaults"])

@@ -169,8 +169,19 @@ def copied_flops(row: dict) -> float | None:
     return row.get("tflop_copied") or (flops(row) if row.get("variant") == "padded" else None)
 
 
+def table_gpu(results: Path, name: str) -> str | None:
+    """The GPU a table's last call ran on (its meta), or None for a table that is not there."""
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()).get("meta", {}).get("gpu") if path.exists() else None
+
+
+def same_gpu_note(results: Path) -> str:
+    defaults, trl = table_gpu(results, "solopo_grid_defaults"), table_gpu(results, "trl_long_po")
+    return f"defaults on {defaults or '?'}, TRL on {trl or '?'}"
+
+
 def best_hand_picked(rows: list[dict], model: str, algo: str, method: str, n: int) -> dict | None:
-    """The fastest measured cell other than the defaults, in any table."""
+    """The fastest measured cell of ``rows`` other than the defaults (the defaults table: the same run's)."""
     found = [r for r in rows if ok(r) and r["model"] == model and r["algo"] == algo and r["method"] == method
              and r["long_len"] == n and r["variant"] != "defaults"]
     return min(found, key=lambda r: r["step_s"]) if found else None
@@ -335,13 +346,14 @@ def summarise(results: Path) -> dict:
         md += ["## Defaults against the best hand-picked cells (`run_defaults.sh`: `bench.py --tag _defaults`)", "",
                "Defaults: what a run gets without flags (`packing=auto`, `model.gradient_checkpointing=auto`, the "
                "shipped attention kernel), with the layout it chose and the decoder layers it checkpointed. Best: the "
-               "fastest other cell measured in any table (every layer checkpointed). FLOP ratio: SoLoPO's useful FLOPs "
-               "over Long-PO's, each response with its own copy of the prompt. GPU busy: kernel time over the step's "
-               "wall time under the profiler.", ""]
-        every = grid + packed + shared + defaults
+               "variant the committed tables found fastest for the cell, measured again in the same run (every layer "
+               "checkpointed). FLOP ratio: SoLoPO's useful FLOPs over Long-PO's, each response with its own copy of "
+               "the prompt. GPU busy: kernel time over the step's wall time under the profiler. SoLoPO / TRL only where "
+               f"TRL's table was measured on the same GPU ({same_gpu_note(results)}).", ""]
+        same_trl = trl if table_gpu(results, "trl_long_po") == table_gpu(results, "solopo_grid_defaults") else []
         for model in dict.fromkeys(r["model"] for r in defaults):
             for algo in dict.fromkeys(r["algo"] for r in defaults if r["model"] == model):
-                lines, rows = defaults_section(defaults, every, trl, model, algo)
+                lines, rows = defaults_section(defaults, defaults, same_trl, model, algo)
                 md += [f"### {model}, {algo.upper()}", ""] + lines
                 summary["defaults"] += rows
     grid_meta = json.loads((results / "solopo_grid.json").read_text())["meta"] if grid else {}
