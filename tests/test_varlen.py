@@ -28,10 +28,10 @@ def test_generation_with_left_padding_matches_sdpa(tiny_model, tokenizer):
 
 
 def test_no_mask_is_built_only_for_packed_forwards():
-    assert not getattr(varlen._state, "packed", False)
+    assert not varlen._mask.is_off
     with varlen.packed_forward():
-        assert varlen._mask() is None
-    assert not varlen._state.packed
+        assert varlen._mask.mask() is None
+    assert not varlen._mask.is_off
 
 
 @pytest.mark.parametrize("signature", ["is_causal", "window_size"])

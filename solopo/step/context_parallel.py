@@ -21,8 +21,6 @@ groups = the mean of the groups' gradients, as M data-parallel processes give (s
 """
 from __future__ import annotations
 
-import contextlib
-import threading
 from dataclasses import dataclass, replace
 from typing import Any, ContextManager, Optional, Sequence
 
@@ -34,6 +32,7 @@ from torch import Tensor
 from solopo.core.objective import LONG, Key
 from solopo.settings.fields import number, refuse
 from solopo.step.batch import Group, PaddedGroup
+from solopo.step.mask_switch import MaskSwitch
 
 NAME = "solopo_context"  # the attention implementation a context-parallel run loads its models with
 REPLACES = ("sdpa", "solopo_varlen")  # the kernels a context-parallel run swaps for it: padded rows through SDPA
@@ -172,34 +171,19 @@ def context_attention(module, query: Tensor, key: Tensor, value: Tensor, attenti
     return torch.cat(out, dim=2).transpose(1, 2), None
 
 
-_state = threading.local()
+_mask = MaskSwitch()
 
 
-@contextlib.contextmanager
-def split_forward():
+def split_forward() -> ContextManager:
     """Within it, a solopo_context model builds no attention mask: its rows are shares of split sequences, whose
     causality context_attention applies from the global positions (transformers would read their jumps in position
     as packed sequences and build a mask for them)."""
-    previous, _state.split = getattr(_state, "split", False), True
-    try:
-        yield
-    finally:
-        _state.split = previous
-
-
-def _mask(*args, **kwargs):
-    from transformers.masking_utils import sdpa_mask
-
-    return None if getattr(_state, "split", False) else sdpa_mask(*args, **kwargs)
+    return _mask.off()
 
 
 def register() -> None:
     """Make `attn_implementation="solopo_context"` loadable: context_attention, with SDPA's mask outside split_forward()."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-
-    AttentionInterface.register(NAME, context_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _mask)
+    _mask.register(NAME, context_attention)
 
 
 @dataclass(frozen=True)

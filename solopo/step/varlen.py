@@ -17,16 +17,16 @@ refused.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import threading
 import warnings
-from typing import Optional
+from typing import ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from solopo.step.mask_switch import MaskSwitch
 
 NAME = "solopo_varlen"
 
@@ -44,24 +44,13 @@ def _repeat_kv(x: Tensor, groups: int, dim: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=dim)
 
 
-_state = threading.local()
+_mask = MaskSwitch()
 
 
-@contextlib.contextmanager
-def packed_forward():
+def packed_forward() -> ContextManager:
     """Within it, a solopo_varlen model builds no attention mask: the rows are packed and the attention function
     gets the sequence boundaries instead."""
-    previous, _state.packed = getattr(_state, "packed", False), True
-    try:
-        yield
-    finally:
-        _state.packed = previous
-
-
-def _mask(*args, **kwargs):
-    from transformers.masking_utils import sdpa_mask
-
-    return None if getattr(_state, "packed", False) else sdpa_mask(*args, **kwargs)
+    return _mask.off()
 
 
 def _causal_rows(query: Tensor, key: Tensor, value: Tensor, scaling: Optional[float]) -> Tensor:
@@ -170,11 +159,7 @@ def _is_block_mask(mask) -> bool:
 
 def register() -> None:
     """Make `attn_implementation="solopo_varlen"` loadable, with SDPA's mask outside packed_forward()."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-
-    AttentionInterface.register(NAME, varlen_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _mask)
+    _mask.register(NAME, varlen_attention)
 
 
 def packed_lengths(sequence_ids: Tensor) -> tuple[Tensor, int]:
