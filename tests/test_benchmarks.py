@@ -276,6 +276,26 @@ def test_a_table_is_rewritten_only_when_its_rows_change(tmp_path):
     assert "last call: commit ccc" in (tmp_path / "t.md").read_text()
 
 
+def test_step_clock_times_the_steps_after_the_warm_up_and_keeps_the_first_steps_metrics(monkeypatch):
+    """fsdp_bench.py's and cp_bench.py's clock: with 1 warm-up step of 3, two steps are timed and peak memory is reset
+    once, before the first timed one; the first step's logged values are kept under their columns."""
+    sys.path.insert(0, str(SCRIPTS))
+    import torch
+    from common import StepClock
+
+    resets = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: resets.append(True))
+    trainer = type("Trainer", (), {"callback_metrics": {"train/loss": torch.tensor(0.5)}})()
+    clock = StepClock(1, first={"first_loss": "train/loss"})
+    for step in range(3):
+        clock.on_train_batch_start(trainer, None, None, step)
+        trainer.callback_metrics = {"train/loss": torch.tensor(0.5 + step)}
+        clock.on_train_batch_end(trainer, None, None, None, step)
+    assert len(clock.times) == 2 and resets == [True]
+    assert clock.first == {"first_loss": 0.5} and clock.step_s == sum(clock.times) / 2
+
+
 def test_flop_count_by_hand():
     """One layer, hidden 2, q/kv 2, ffn 3, vocab 5: per token 2 * (2*(2+4) + 2*2 + 3*2*3) = 68 FLOPs of matmuls."""
     sys.path.insert(0, str(SCRIPTS))

@@ -10,13 +10,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 # Expandable segments keep the caching allocator from fragmenting when the largest activations of a long context
 # (GiBs each) are freed and allocated again layer after layer; the study's jobs run with it too (paper_mini/launch.py).
 # Set before torch allocates anything; a value already in the environment is kept, and recorded with each probe.
 ALLOC_CONF = os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
+import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
@@ -132,6 +133,34 @@ def timed(step: Callable[[], None], warmup: int, steps: int) -> dict:
         step()
     sync()
     return {"step_s": (time.perf_counter() - start) / steps, "peak_gib": peak() / 2**30}
+
+
+class StepClock(pl.Callback):
+    """Times a Trainer's steps after the warm-up ones, with CUDA synchronisation (peak memory counts from there too),
+    and keeps the first step's values of the metrics named in ``first`` (column -> the module's metric key), such as
+    the loss and gradient norm, which the module logs as global values."""
+
+    def __init__(self, warmup: int, first: Optional[dict[str, str]] = None):
+        self.warmup, self.wanted, self.times, self.first, self._start = warmup, first or {}, [], {}, 0.0
+
+    @property
+    def step_s(self) -> float:
+        """The mean time of the timed steps."""
+        return sum(self.times) / len(self.times)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        torch.cuda.synchronize()
+        if batch_idx == self.warmup:
+            torch.cuda.reset_peak_memory_stats()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        torch.cuda.synchronize()
+        if batch_idx == 0:
+            metrics = trainer.callback_metrics
+            self.first = {column: float(metrics[key]) for column, key in self.wanted.items()}
+        if batch_idx >= self.warmup:
+            self.times.append(time.perf_counter() - self._start)
 
 
 def profiled(step: Callable[[], None]) -> tuple[float, float, int, str]:

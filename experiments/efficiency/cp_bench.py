@@ -32,8 +32,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench import make_pair, model_spec
-from common import (environment, has_row, is_oom, logp_chunk_size, matching, previous_rows, put_row, shipped,
-                    write_table)
+from common import (StepClock, environment, has_row, is_oom, logp_chunk_size, matching, previous_rows, put_row,
+                    shipped, write_table)
 from scaling import NO_MULTICAST, ROOT
 from solopo.core.algos import DPO
 from solopo.core.objective import Method, SoLoRA, required_sequences
@@ -121,10 +121,10 @@ def worker(args) -> None:
     model, long, layout = args.models[0], args.lengths[0], args.layouts[0]
     devices, context = map(int, layout.split("x"))
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    trainer, module, clock = build(model, long, devices, context, args.warmup, args.steps)
+    trainer, module, clock, loader = build(model, long, devices, context, args.warmup, args.steps)
     try:
-        trainer.fit(module, clock.loader)
-        result = {"status": "ok", "step_s": sum(clock.times) / len(clock.times), **clock.first,
+        trainer.fit(module, loader)
+        result = {"status": "ok", "step_s": clock.step_s, **clock.first,
                   "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
         if not is_oom(err):
@@ -137,7 +137,7 @@ def worker(args) -> None:
 
 
 def build(model: str, long: int, devices: int, context: int, warmup: int, steps: int):
-    """The Trainer, the module and the step clock (which holds the loader) of one cell."""
+    """The Trainer, the module, the step clock and the loader of one cell."""
     spec = dataclasses.replace(model_spec(model), attn_implementation=NAME if context > 1 else "sdpa")
     tokenizer = load_tokenizer(spec)
     method, ra = Method(**shipped("method")), SoLoRA(**shipped("ra"))  # method=solopo, ra=chosen (alpha 1)
@@ -147,35 +147,14 @@ def build(model: str, long: int, devices: int, context: int, warmup: int, steps:
     module = SoLoPOModule(policy, DPO(beta=0.1), ra, method, cached_reference=True,
                           optim=OptimSettings(**{**shipped("optim"), "lr": 1e-6}), logp_chunk_size=logp_chunk_size(),
                           context=ContextSplit(size=context, min_tokens=None))
-    clock = StepClock(warmup, DataLoader([make_pair(1024, long, 64)] * (warmup + steps), batch_size=1,
-                                         collate_fn=PairCollator(keys, tokenizer.pad_token_id)))
+    loader = DataLoader([make_pair(1024, long, 64)] * (warmup + steps), batch_size=1,
+                        collate_fn=PairCollator(keys, tokenizer.pad_token_id))
+    clock = StepClock(warmup, first={"first_loss": "train/loss", "grad_norm": "train/grad_norm"})
     trainer = pl.Trainer(accelerator="gpu", devices=devices, strategy=FSDP2Strategy(context_parallel=context),
                          precision="bf16-mixed", max_steps=warmup + steps, gradient_clip_val=1.0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[clock], use_distributed_sampler=False)
-    return trainer, module, clock
-
-
-class StepClock(pl.Callback):
-    """Times the steps after the warm-up ones (peak memory from there too) and keeps the first step's loss and
-    gradient norm, which the module logs as global values."""
-
-    def __init__(self, warmup: int, loader):
-        self.warmup, self.loader, self.times, self.first, self._start = warmup, loader, [], {}, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        torch.cuda.synchronize()
-        if batch_idx == self.warmup:
-            torch.cuda.reset_peak_memory_stats()
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        torch.cuda.synchronize()
-        if batch_idx == 0:
-            metrics = trainer.callback_metrics
-            self.first = {"first_loss": float(metrics["train/loss"]), "grad_norm": float(metrics["train/grad_norm"])}
-        if batch_idx >= self.warmup:
-            self.times.append(time.perf_counter() - self._start)
+    return trainer, module, clock, loader
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -21,31 +20,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench import make_pair, model_spec
-from common import DEVICE, Shape, environment, is_oom, logp_chunk_size, release, shipped, write_table
+from common import DEVICE, Shape, StepClock, environment, is_oom, logp_chunk_size, release, shipped, write_table
 from solopo.core.algos import DPO
 from solopo.data.collate import PairCollator
 from solopo.training.distributed import FSDP2Strategy
 from solopo.models.loading import freeze, load_model, load_tokenizer
 from solopo.training.module import OptimSettings, SoLoPOModule, intended_warnings_silenced
 from solopo.core.objective import Method, SoLoRA, required_sequences
-
-
-class StepClock(pl.Callback):
-    """Times the steps after the warm-up ones, with CUDA synchronisation, and records their peak memory."""
-
-    def __init__(self, warmup: int):
-        self.warmup, self.times, self._start = warmup, [], 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        torch.cuda.synchronize()
-        if batch_idx == self.warmup:
-            torch.cuda.reset_peak_memory_stats()
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        torch.cuda.synchronize()
-        if batch_idx >= self.warmup:
-            self.times.append(time.perf_counter() - self._start)
 
 
 def cell(model_name: str, long: int, strategy: str, reference: str, warmup: int, steps: int) -> dict:
@@ -78,7 +59,7 @@ def cell(model_name: str, long: int, strategy: str, reference: str, warmup: int,
     finally:
         del module, policy, live, trainer
         release()
-    step_s = sum(clock.times) / len(clock.times)
+    step_s = clock.step_s
     lengths = {"short": 1024, "long": long}
     flops = sum(shape.train_flops(lengths[context], 64) for context, _ in keys)
     return {"status": "ok", "step_s": step_s, "tokens_per_s": sum(lengths[c] for c, _ in keys) / step_s,
