@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from experiments.decisive.curve import overrides as regime_b  # noqa: E402
 from experiments.decisive.jobs import RA_ROWS, study_jobs, with_lengths  # noqa: E402
-from experiments.paper_mini.launch import leaders  # noqa: E402
+from experiments.studies.runner import leaders  # noqa: E402
 
 TEMPLATE = 40  # chat template and question tokens around a context
 EVIDENCE = 110  # x_short when it is the evidence alone

@@ -11,11 +11,10 @@ the same questions for every row of that seed, so every comparison is paired by 
 """
 from __future__ import annotations
 
-import fnmatch
-import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from experiments.studies.runner import named
 from solopo.report.runs import Run
 
 ALGOS = ("dpo", "simpo", "orpo")
@@ -110,7 +109,7 @@ def with_lengths(jobs: list[Job], regime: str, lengths: list[str]) -> list[Job]:
 
 def select(jobs: list[Job], names: tuple[str, ...] = ()) -> list[Job]:
     """The jobs whose name matches one of the shell patterns (all when none), in the study's order."""
-    return [j for j in jobs if not names or any(fnmatch.fnmatchcase(j.name, pattern) for pattern in names)]
+    return [j for j in jobs if named(j.name, names)]
 
 
 BASE = "-"  # the algorithm of the base model
@@ -129,7 +128,3 @@ def place(run: Run) -> tuple:
     algo = str(run.config.get("algo", {}).get("_target_", "?")).rsplit(".", 1)[-1].lower()
     use_ra = method.get("use_ra")
     return regime, algo, row, float(ra["alpha"]) if use_ra else None, ra.get("distance") if use_ra else None
-
-
-def shell(command: list[str]) -> str:
-    return " ".join(shlex.quote(part) for part in command)

@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from experiments.decisive.claims import CLAIMS, describe, paired, seeds_of, verdict  # noqa: E402
 from experiments.decisive.jobs import MAIN_ROWS, PAPER_ALPHA, place  # noqa: E402
-
+from experiments.studies import reports  # noqa: E402
 from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
 from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat  # noqa: E402
-from solopo.report.tables import cell, fill_blocks, markdown  # noqa: E402
+from solopo.report.tables import cell, markdown  # noqa: E402
 
 AVG = "avg long"
 STAGES = ("sampling", "reference", "base_eval", "training", "eval")
@@ -170,20 +170,10 @@ def write_study(runs: list[Run], out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dirs", nargs="+", type=Path, help="the study's run directories, or a folder of them")
-    parser.add_argument("--out", type=Path, help="where the report goes (default: <first dir>/report)")
-    parser.add_argument("--readme", type=Path, help="a page whose generated blocks are rewritten")
+    reports.add_options(parser, out="<first dir>/report")
     args = parser.parse_args()
-    try:
-        runs = find_runs(args.dirs)
-        page = fill_blocks(args.readme.read_text(), blocks(runs), str(args.readme)) if args.readme else None
-    except (OSError, ValueError) as err:  # a missing or malformed input: one line naming it
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(write_study(runs, args.out or args.dirs[0] / "report"))
-    if page is not None:
-        args.readme.write_text(page)
-        print(args.readme)
+    reports.generate(args.readme, lambda: find_runs(args.dirs), blocks,
+                     lambda runs: [write_study(runs, args.out or args.dirs[0] / "report")])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 # Expandable segments keep the caching allocator from fragmenting when the largest activations of a long context
-# (GiBs each) are freed and allocated again layer after layer; the study's jobs run with it too (paper_mini/launch.py).
+# (GiBs each) are freed and allocated again layer after layer; the studies' jobs run with it too
+# (experiments/studies/runner.py).
 # Set before torch allocates anything; a value already in the environment is kept, and recorded with each probe.
 ALLOC_CONF = os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from launch import leaders  # noqa: E402
-from study import study_jobs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from experiments.paper_mini.study import study_jobs  # noqa: E402
+from experiments.studies.runner import leaders  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[2] / "solopo" / "conf"
+CONF = ROOT / "solopo" / "conf"
 TRAIN_TOKENS_PER_S = 70_000  # bf16 autocast, gradient checkpointing, 4 pairs of 4K tokens per step
 PREFILL_TOKENS_PER_S = 150_000  # float32 weights with TF32 matmuls, float32 attention, 1-4K tokens, batches of 32-64
 REFERENCE_TOKENS_PER_S = 200_000  # DPO's reference log-probs: forward only, bf16 autocast

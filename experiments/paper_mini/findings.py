@@ -9,8 +9,7 @@ long-context sub-EM (%) of the trained model. The paper file is JSON: {"best_alp
 """
 from __future__ import annotations
 
-from study import BASE, RA_ROWS
-
+from experiments.paper_mini.study import BASE, RA_ROWS
 from solopo.report.runs import Run, failures, on_shared_seeds, scores_of, stat
 from solopo.report.tables import cell
 

@@ -16,13 +16,16 @@ import json
 import sys
 from pathlib import Path
 
-from findings import claims, comparisons, efficiency, main_alpha, paper_scores, score_cell
-from study import BASE, RA_ROWS, place
-
-from solopo.report.plots import accuracy_vs_length, score_vs_alpha
-from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat
-from solopo.report.sweep import write_report
-from solopo.report.tables import cell, fill_blocks, markdown
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from experiments.paper_mini.findings import (claims, comparisons, efficiency, main_alpha, paper_scores,  # noqa: E402
+                                             score_cell)
+from experiments.paper_mini.study import BASE, RA_ROWS, place  # noqa: E402
+from experiments.studies import reports  # noqa: E402
+from solopo.report.plots import accuracy_vs_length, score_vs_alpha  # noqa: E402
+from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat  # noqa: E402
+from solopo.report.sweep import write_report  # noqa: E402
+from solopo.report.tables import cell, markdown  # noqa: E402
 
 # The committed runs were written before solopo took TRL's metric names: they are read under today's.
 RENAMED = {"rewards/accuracy": "rewards/accuracies", "rewards/margin": "rewards/margins",
@@ -148,25 +151,19 @@ def write_study(runs: list[Run], out: Path, paper: dict | None = None) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dirs", nargs="+", type=Path, help="the study's run directories, or a folder of them")
-    parser.add_argument("--out", type=Path, help="where the report goes (default: the first directory)")
+    reports.add_options(parser, out="the first directory")
     parser.add_argument("--paper", type=Path, help="a JSON file of the paper's numbers and claims to compare with")
-    parser.add_argument("--readme", type=Path, help="a page whose generated blocks are rewritten")
     args = parser.parse_args()
     out = args.out or args.dirs[0]
-    try:
-        runs = [current_names(run) for run in find_runs(args.dirs)]
-        paper = _read_paper(args.paper) if args.paper else {}
-        page = fill_blocks(args.readme.read_text(), study_blocks(runs, paper), str(args.readme)) if args.readme else None
-    except (OSError, ValueError) as err:  # a missing or malformed input: one line naming it
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    write_report(runs, out, seeds=True)
-    print(out / "report.md")
-    print(write_study(runs, out, paper))
-    if page is not None:
-        args.readme.write_text(page)
-        print(args.readme)
+
+    def read() -> tuple[list[Run], dict]:
+        return [current_names(run) for run in find_runs(args.dirs)], _read_paper(args.paper) if args.paper else {}
+
+    def write(runs: list[Run], paper: dict) -> list[Path]:
+        write_report(runs, out, seeds=True)
+        return [out / "report.md", write_study(runs, out, paper)]
+
+    reports.generate(args.readme, read, lambda inputs: study_blocks(*inputs), lambda inputs: write(*inputs))
 
 
 def _read_paper(path: Path) -> dict:

@@ -7,11 +7,10 @@ cut short by its deadline loses the least important jobs.
 """
 from __future__ import annotations
 
-import fnmatch
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.studies.runner import named
 from solopo.report.runs import Run
 
 ALGOS = ("dpo", "simpo", "orpo")
@@ -83,11 +82,7 @@ def select(jobs: list[Job], only: set[str] | None = None, algos: set[str] | None
     """The jobs of the rows in ``only`` and the algorithms in ``algos`` (base has none and is kept), and, when
     ``names`` is given, whose name matches one of its shell patterns (``long_po-*-s0``); in the study's order."""
     return [j for j in jobs if (not only or j.row in only) and (not algos or j.algo is None or j.algo in algos)
-            and (not names or any(fnmatch.fnmatchcase(j.name, pattern) for pattern in names))]
-
-
-def shell(command: list[str]) -> str:
-    return " ".join(shlex.quote(part) for part in command)
+            and named(j.name, names)]
 
 
 BASE = "-"  # the algorithm column of the base model

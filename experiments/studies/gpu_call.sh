@@ -1,0 +1,50 @@
+# The set-up and the archive of one GPU call of a study, sourced by the study's run.sh (paper_mini, decisive), which
+# runs its own steps between the two:
+#
+#   source experiments/studies/gpu_call.sh
+#   gpu_call_begin NAME DEFAULT_BUDGET_S "${1:-}"   # then `shift || true`: the rest are the launcher's options
+#   ... --deadline "$(gpu_call_seconds_left)" ...
+#   gpu_call_archive                                # $OUT/NAME.tar.gz
+#
+# Environment: STUDY (/tmp/NAME), the study's directory; OUT (/tmp/NAME_out), where the archive goes; PYTHON (python3);
+# PYTHONPATH with hydra-core, omegaconf, antlr4 and gguf where they are not installed;
+# SOLOPO_SMOLLM2_WHEEL (the GGUF or its wheel) on a machine whose model cache is cold; SOLOPO_CACHE
+# (/tmp/solopo-cache); RESTORE="a.tar.gz b.tar.gz": on a fresh machine, unpack earlier calls' archives first, in that
+# order (their results and the sampling, reference and evaluation caches), so that only the rest runs; an archive
+# holds what its machine had, so name every machine's last one.
+
+# $1: the study's name; $3: the seconds this call may take (BUDGET), $2 where it is empty.
+# Sets PY, STUDY, OUT, SOLOPO_CACHE and PYTHONPATH; unpacks RESTORE's archives; makes the model's weights; gpu.txt.
+gpu_call_begin() {
+  began=$(date +%s)
+  NAME=$1
+  BUDGET=${3:-$2}
+  STUDY=${STUDY:-/tmp/$NAME}
+  OUT=${OUT:-/tmp/${NAME}_out}
+  PY=${PYTHON:-python3}
+  export SOLOPO_CACHE=${SOLOPO_CACHE:-/tmp/solopo-cache}
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+  mkdir -p "$STUDY" "$SOLOPO_CACHE" "$OUT"
+  if [ -n "${RESTORE:-}" ] && [ ! -e "$STUDY/jobs.json" ]; then
+    for archive in $RESTORE; do
+      tar -xzf "$archive" -C / && echo "restored $archive" || exit 1
+    done
+  fi
+  # Dequantise the GGUF once, before the jobs start: concurrent first runs would each build the model cache.
+  $PY -c "from solopo.models.embedded import SMOLLM2_135M, ensure_weights; print(ensure_weights(SMOLLM2_135M))" || exit 1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$STUDY/gpu.txt" 2>&1
+}
+
+# What the launcher may take of BUDGET: what is left, less 60 s for stopping jobs, the report and the archive.
+gpu_call_seconds_left() {
+  echo $(( BUDGET - ($(date +%s) - began) - 60 ))
+}
+
+# Everything small (results.json, job records, logs, metrics.csv, the report, the caches of pairs, evaluations and
+# reference log-probs; no checkpoints) in ONE archive, $OUT/$NAME.tar.gz.
+gpu_call_archive() {
+  tar -czf "$OUT/$NAME.tar.gz" --ignore-failed-read --exclude='*.ckpt' --exclude='.partial' \
+    --exclude='eval_*.png' -C / "${STUDY#/}" "${SOLOPO_CACHE#/}/pairs" "${SOLOPO_CACHE#/}/eval" "${SOLOPO_CACHE#/}/reference"
+  ls -la "$OUT"
+  echo "call took $(( $(date +%s) - began )) s"
+}

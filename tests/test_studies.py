@@ -1,0 +1,173 @@
+"""What the GPU studies share (experiments/studies): the job runner's scheduling, skipping and failure records, on
+paper_mini's jobs with stand-in commands that take a fraction of a second; a study launcher's dry run; the report
+command's order of work; and the set-up and archive of a GPU call (run.sh) with stand-ins for python and nvidia-smi."""
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from experiments.paper_mini import study  # noqa: E402
+from experiments.studies import failures, reports, runner  # noqa: E402
+
+SCRIPT_ENV = dict(os.environ, PYTHONPATH=str(ROOT))  # a study script finds this checkout's solopo
+
+
+@pytest.mark.parametrize("log, reason", [
+    ("Traceback...\nValueError: no train pairs left ({'sampling': {'kept': 0}}; skipped {})\n", "no pairs"),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB\n", "out of memory"),
+    ("Traceback...\nKeyError: 'x'\nomegaconf.errors.ConfigKeyError: Key 'foo' is not in struct\n", "ConfigKeyError"),
+    ("nothing useful\n", "exit status 3"),
+])
+def test_failure_reasons(log, reason):
+    assert failures.classify(log, 3)[0] == reason
+
+
+def fake_command(self, root, python, extra):
+    """Instead of a run: 0.3 s of "sampling", Lightning's first line, 0.6 s of "training", then results.json,
+    or for long_po the error a run without pairs ends with."""
+    code = ("import pathlib, sys, time; d = pathlib.Path(sys.argv[1]); time.sleep(0.3); "
+            "sys.exit('ValueError: no val pairs left (kept 0)') if d.name.startswith('long_po') else None; "
+            f"print({runner.READY_MARK!r}, flush=True); time.sleep(0.6); (d / 'results.json').write_text('{{}}')")
+    return [python, "-c", code, str(root / self.name)]
+
+
+def test_launcher_waits_for_leaders_records_failures_and_continues(tmp_path, monkeypatch):
+    monkeypatch.setattr(study.Job, "command", fake_command)
+    jobs = study.select(study.study_jobs((0,)), only={"short_po", "long_po", "solopo"}, algos={"dpo", "simpo"})
+    records = runner.run(jobs, tmp_path, parallel=3, deadline_s=60, default_s=5, extra=(), samplers=1, poll_s=0.05)
+    by_name = {r["name"]: r for r in records}
+    began = {name: r["ended_at"] - r["seconds"] for name, r in by_name.items()}
+    assert len(records) == len(jobs) == 2 + 2 + 2 * 3
+    failed = json.loads((tmp_path / "long_po-dpo-s0" / "failed.json").read_text())
+    assert failed["reason"] == "no pairs" and "no val pairs left" in failed["detail"]
+    assert by_name["long_po-simpo-s0"]["status"] == "failed" and by_name["short_po-dpo-s0"]["status"] == "done"
+    # followers start once the leader printed Lightning's first line (0.3 s in), before it ends (0.9 s in)
+    leader_start, leader_end = began["short_po-dpo-s0"], by_name["short_po-dpo-s0"]["ended_at"]
+    assert leader_start + 0.25 <= began["short_po-simpo-s0"] < leader_end
+    assert all(began[name] >= leader_start + 0.25 for name in began if name.startswith("solopo"))
+    assert began["long_po-dpo-s0"] >= leader_start + 0.25  # one leader samples at a time (samplers=1)
+    assert runner.run(jobs, tmp_path, 3, 60, 5, (), poll_s=0.05) == []  # done and failed jobs are not run again
+
+
+def test_launcher_starts_nothing_that_cannot_finish_before_the_deadline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study.Job, "command", fake_command)
+    jobs = study.select(study.study_jobs((0,)), only={"short_po"})
+    assert runner.run(jobs, tmp_path, parallel=2, deadline_s=10, default_s=60, extra=(), poll_s=0.05) == []
+    assert "not started (3; the next call runs them)" in capsys.readouterr().out
+
+
+def test_jobs_running_at_the_deadline_are_stopped_and_set_aside(tmp_path, monkeypatch):
+    slow = lambda self, root, python, extra: [python, "-c", "import time; time.sleep(60)"]  # noqa: E731
+    monkeypatch.setattr(study.Job, "command", slow)
+    jobs = study.select(study.study_jobs((0,)), only={"base"})
+    records = runner.run(jobs, tmp_path, parallel=1, deadline_s=1.0, default_s=0.5, extra=(), poll_s=0.05)
+    assert [r["status"] for r in records] == ["interrupted"]
+    assert not (tmp_path / "base-s0").exists() and runner.status(tmp_path, jobs[0]) is None  # runs again next call
+    (aside,) = (tmp_path / ".partial").iterdir()
+    assert json.loads((aside / "job.json").read_text())["status"] == "interrupted"
+
+
+def test_a_job_out_of_memory_beside_others_runs_again_with_fewer(tmp_path, monkeypatch, capsys):
+    """Jobs share one GPU, so running out of its memory beside others is a transient: the job runs once more, when at
+    most half of --parallel run (here: alone, after the leader)."""
+    def command(self, root, python, extra):
+        run_dir = root / self.name
+        if self.name == "short_po-simpo-s0":  # out of memory on its first attempt only
+            code = ("import pathlib, sys; d = pathlib.Path(sys.argv[1]); m = d.parent / 'tried'\n"
+                    "if m.exists(): (d / 'results.json').write_text('{}')\n"
+                    "else: m.write_text(''); sys.exit('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB')")
+            return [python, "-c", code, str(run_dir)]
+        return fake_command(self, root, python, extra)
+
+    monkeypatch.setattr(study.Job, "command", command)
+    jobs = study.select(study.study_jobs((0,)), only={"short_po"}, algos={"dpo", "simpo"})
+    records = runner.run(jobs, tmp_path, parallel=2, deadline_s=60, default_s=5, extra=(), poll_s=0.05)
+    statuses = [(r["name"], r["status"]) for r in records]
+    assert statuses.count(("short_po-simpo-s0", "retried")) == 1 and ("short_po-simpo-s0", "done") in statuses
+    assert not (tmp_path / "short_po-simpo-s0" / "failed.json").exists()
+    leader_end = next(r["ended_at"] for r in records if r["name"] == "short_po-dpo-s0")
+    second = [r for r in records if r["name"] == "short_po-simpo-s0"][-1]
+    assert second["ended_at"] - second["seconds"] >= leader_end - 0.1  # started once the leader was done
+    assert "out of memory beside 1 other jobs; it starts again when at most 0 others run" in capsys.readouterr().out
+
+
+
+def test_a_dry_run_lists_each_job_its_state_and_command_and_runs_nothing(tmp_path, capsys):
+    jobs = study.select(study.study_jobs((0,)), only={"base", "short_po"}, algos={"dpo"})
+    (tmp_path / "base-s0").mkdir()
+    (tmp_path / "base-s0" / "results.json").write_text("{}")
+    args = type("Args", (), {"root": tmp_path, "overrides": ["model=tiny"], "dry_run": True})()
+    runner.launch(jobs, args)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["base-s0", "done"] and lines[1].split()[:2] == ["short_po-dpo-s0", "leader"]
+    assert lines[1].endswith(f"algo=dpo model=tiny hydra.run.dir={tmp_path / 'short_po-dpo-s0'}")
+    assert lines[1].index("leader") == lines[0].index("done")  # one column for the states
+    assert lines[-1] == "2 jobs" and not (tmp_path / "jobs.json").exists()
+
+
+def test_job_names_match_shell_patterns_and_options_list_words():
+    assert runner.named("long_po-dpo-s0", ()) and runner.named("long_po-dpo-s0", ("x", "long_po-*-s0"))
+    assert not runner.named("long_po-dpo-s1", ("long_po-*-s0",))
+    assert runner.listed("a,b,") == ("a", "b") and runner.listed(None) == () and runner.listed("") == ()
+
+
+def test_a_report_reads_every_input_before_it_writes(tmp_path, capsys):
+    """A page without generated blocks stops the report with one line naming it, before anything is written; with a
+    page, the report's files are printed, then the page, whose blocks hold the generated lines."""
+    written = []
+
+    def write(inputs):
+        written.append(inputs)
+        return [tmp_path / "study.md"]
+
+    page = tmp_path / "README.md"
+    page.write_text("no blocks\n")
+    with pytest.raises(SystemExit) as stop:
+        reports.generate(page, lambda: "runs", lambda runs: {"runs": [runs]}, write)
+    assert stop.value.code == 2 and not written
+    assert capsys.readouterr().err.startswith(f"error: {page}: no <!-- solopo.report:NAME -->")
+    page.write_text("<!-- solopo.report:runs -->\n<!-- /solopo.report:runs -->\n")
+    reports.generate(page, lambda: "3 runs", lambda runs: {"runs": [runs]}, write)
+    assert written == ["3 runs"] and capsys.readouterr().out.split() == [str(tmp_path / "study.md"), str(page)]
+    assert page.read_text() == "<!-- solopo.report:runs -->\n3 runs\n<!-- /solopo.report:runs -->\n"
+
+
+@pytest.mark.parametrize("name, steps", [
+    ("paper_mini", ["experiments/paper_mini/launch.py", "experiments/paper_mini/report.py"]),
+    ("decisive", ["experiments/sampling/speed.py", "experiments/decisive/curve.py", "experiments/decisive/launch.py",
+                  "experiments/decisive/report.py"]),
+])
+def test_a_gpu_call_sets_up_runs_the_study_and_archives_it(tmp_path, name, steps):
+    """run.sh with stand-ins for python (it records its arguments) and nvidia-smi: an earlier call's archive is
+    unpacked first, the model's weights are made once before the study's steps, the launcher gets the budget less
+    the set-up and 60 s, and the study directory goes into one archive."""
+    study_dir, out, calls, bin_ = tmp_path / "study", tmp_path / "out", tmp_path / "calls", tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho FakeGPU, 80 GiB\n")
+    for tool in bin_.iterdir():
+        tool.chmod(0o755)
+    earlier = tmp_path / "earlier"
+    (earlier / "old").mkdir(parents=True)
+    (earlier / "old" / "results.json").write_text("{}")
+    with tarfile.open(tmp_path / "earlier.tar.gz", "w:gz") as archive:
+        archive.add(earlier / "old", arcname=str(study_dir / "old").lstrip("/"))
+    env = dict(os.environ, PYTHON=str(bin_ / "python"), PATH=f"{bin_}:{os.environ['PATH']}", STUDY=str(study_dir),
+               OUT=str(out), SOLOPO_CACHE=str(tmp_path / "cache"), RESTORE=str(tmp_path / "earlier.tar.gz"))
+    done = subprocess.run(["bash", f"experiments/{name}/run.sh", "100", "--names", "x"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0].startswith("-c from solopo.models.embedded import") and [x.split()[0] for x in lines[1:]] == steps
+    launch = next(x.split() for x in lines if "launch.py" in x)
+    assert launch[launch.index("--deadline") + 1] in ("40", "39") and launch[-2:] == ["--names", "x"]
+    with tarfile.open(out / f"{name}.tar.gz") as archive:
+        names = archive.getnames()
+    assert str(study_dir / "gpu.txt").lstrip("/") in names and str(study_dir / "old" / "results.json").lstrip("/") in names
+    assert (study_dir / "gpu.txt").read_text() == "FakeGPU, 80 GiB\n" and "call took" in done.stdout
