@@ -49,7 +49,7 @@ from solopo.training.module import ALL_SEQUENCES, SoLoPOModule, intended_warning
 from solopo.training.precision import autocast_dtype, weights_dtype
 from solopo.training.reference import with_reference_logps
 from solopo.training.results import (all_finite, final_metrics, redact, summary, write_results)
-from solopo.training.resume import (LastCheckpoint, ResumableLoader, RngState, resolve_ckpt_path)
+from solopo.training.resume import (LastCheckpoint, LoaderPosition, ResumableLoader, RngState, resolve_ckpt_path)
 
 log = logging.getLogger("solopo")
 
@@ -259,14 +259,16 @@ def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: S
         extra: tuple = ()):
     """Trains; returns the trainer and the callbacks whose records go into results.json."""
     throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
-    trainer = make_trainer(cfg, settings, run_dir, [throughput, guard, preemption, RngState(), *extra],
-                           resume=ckpt_path is not None)
+    callbacks = [throughput, guard, preemption, RngState(), LoaderPosition(loaders["train"]), *extra]
+    trainer = make_trainer(cfg, settings, run_dir, callbacks, resume=ckpt_path is not None)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     # Without val_every_n_steps, validation runs once, after training (after_fit): Lightning's note on a
     # validation_step without a val_dataloader does not apply to this fit.
     with intended_warnings_silenced(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+        # Lightning looks for the loader's position in the loader itself; LoaderPosition restores it.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         trainer.fit(module, train_dataloaders=loaders["train"],
                     val_dataloaders=loaders["val"] if cfg.val_every_n_steps else None, ckpt_path=ckpt_path,
                     weights_only=True)

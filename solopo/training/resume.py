@@ -2,7 +2,7 @@
 
 Lightning restores the weights, the optimizer, the LR scheduler, the global step and the loop counters. A shuffled
 DataLoader would still restart its epoch from the first batch, in a new order, and Lightning keeps no RNG state in
-checkpoints; the loader and the callback below fill those two gaps, so a resumed run trains on the batches the
+checkpoints; the loader and the callbacks below fill those two gaps, so a resumed run trains on the batches the
 uninterrupted run would have, with the same random draws.
 """
 from __future__ import annotations
@@ -212,8 +212,9 @@ class EpochOrder(Sampler[int]):
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader over EpochOrder whose position Lightning stores in checkpoints (state_dict / load_state_dict),
-    so a resumed run continues its epoch with the next batch. Its own generator leaves the global RNG alone."""
+    """A DataLoader over EpochOrder that knows how far into its epoch it is (position) and can continue an epoch from
+    such a position (resume_at), so a resumed run trains next on the batch the interrupted run would have; the
+    LoaderPosition callback carries the position through checkpoints. Its own generator leaves the global RNG alone."""
 
     def __init__(self, dataset, seed: int, batch_size: int = 1, shuffle: bool = True, context_parallel: int = 1,
                  **kwargs):
@@ -230,11 +231,32 @@ class ResumableLoader(DataLoader):
             self._served += 1
             yield batch
 
-    def state_dict(self) -> dict:
+    def position(self) -> dict:
         return {"epoch": self.sampler.epoch, "batches": self._served}
 
+    def resume_at(self, position: dict) -> None:
+        """The next epoch it iterates, if it is ``position``'s epoch, skips the batches that position has done."""
+        self._resume = position
+
+
+class LoaderPosition(pl.Callback):
+    """Keeps the training loader's position in checkpoints, as this callback's state, and hands it back on resume.
+
+    Not Lightning's route for a loader with state_dict / load_state_dict (the fit loop's state): Lightning hands that
+    state over only when it sets the loader up after reading the checkpoint, and reading
+    trainer.estimated_stepping_batches in configure_optimizers (SoLoPOModule, with optim.schedule_steps=null) sets it up
+    before, so the resumed run trained its epoch again from the first batch (Lightning issue 20550). Callback states are
+    restored before training starts under every strategy, and the loader reads its position only at its first batch.
+    Every process restores rank 0's position, which every process shares (shard_order gives all the same steps)."""
+
+    def __init__(self, loader: ResumableLoader):
+        self.loader = loader
+
+    def state_dict(self) -> dict:
+        return self.loader.position()
+
     def load_state_dict(self, state: dict) -> None:
-        self._resume = state
+        self.loader.resume_at(state)
 
 
 class RngState(pl.Callback):

@@ -11,7 +11,7 @@ import torch
 
 from solopo.training.callbacks import Preemption
 from solopo.training.loggers import ResumableCSVLogger, wandb_logger
-from solopo.training.resume import LastCheckpoint, ResumableLoader, RngState
+from solopo.training.resume import LastCheckpoint, LoaderPosition, ResumableLoader, RngState
 from support import Toy, fit_toy, results, run, step_losses
 
 
@@ -104,11 +104,18 @@ def test_csv_logger_of_a_resumed_run_appends(tmp_path):
 
 
 class Recorder(Toy):
-    """The toy model with dropout-free per-step losses recorded by global step (micro-batches of a step summed)."""
+    """The toy model with dropout-free per-step losses recorded by global step (micro-batches of a step summed). Like
+    SoLoPOModule with optim.schedule_steps=null, it reads trainer.estimated_stepping_batches while its optimizer is
+    set up, which makes Lightning set up the train loader before the checkpoint's loop state is read."""
 
     def __init__(self):
         super().__init__()
         self.losses: dict[int, float] = {}
+        self.scheduled_steps = None
+
+    def configure_optimizers(self):
+        self.scheduled_steps = self.trainer.estimated_stepping_batches
+        return super().configure_optimizers()
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
@@ -120,19 +127,23 @@ def fit_recorded(run_dir, callbacks, ckpt_path=None) -> dict[int, float]:
     """12 optimizer steps of 2 micro-batches over an epoch of 10 shuffled items, so the run crosses epochs and an
     epoch ends mid-accumulation."""
     torch.manual_seed(0)  # the same initial weights in every run (a resumed run loads its own)
-    module = Recorder()
-    trainer = pl.Trainer(accelerator="cpu", max_steps=12, max_epochs=-1, accumulate_grad_batches=2, logger=False,
+    module, loader = Recorder(), ResumableLoader(list(range(10)), seed=0)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=12, max_epochs=3, accumulate_grad_batches=2, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir,
-                         use_distributed_sampler=False, callbacks=[*callbacks, RngState()])
-    trainer.fit(module, ResumableLoader(list(range(10)), seed=0), ckpt_path=ckpt_path, weights_only=True)
+                         use_distributed_sampler=False, callbacks=[*callbacks, RngState(), LoaderPosition(loader)])
+    trainer.fit(module, loader, ckpt_path=ckpt_path, weights_only=True)
+    assert module.scheduled_steps == 12
     return module.losses
 
 
+# LoaderPosition restores the loader's position, which Lightning's mid-epoch check looks for in the loader itself
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
 @pytest.mark.parametrize("micro_batch", [3, 4], ids=["signal mid-accumulation", "signal at a step's last micro-batch"])
 def test_preempted_mid_epoch_with_accumulation_resumes_bitwise(micro_batch, tmp_path):
     """SIGTERM during micro-batch 3 (of step 1) or 4: training stops after step 1's optimizer update (micro-batch 4),
     never between micro-batches, and the resumed run's per-step losses equal the uninterrupted run's exactly. Before
-    the fix a stop after micro-batch 3 lost its gradient and every later loss differed."""
+    the fix a stop after micro-batch 3 lost its gradient and every later loss differed; before LoaderPosition, the
+    Recorder's reading estimated_stepping_batches made the resumed run start its epoch again from the first batch."""
     whole = fit_recorded(tmp_path / "whole", [])
     preemption = Preemption()
     first = fit_recorded(tmp_path, [SignalAtBatch(micro_batch), preemption, LastCheckpoint(tmp_path)])
