@@ -9,7 +9,7 @@ experiments/efficiency/results (Qwen2.5-1.5B shape, DPO, short context 1K, one p
 1. **Shared prompt** where the step's longest sequence belongs to a context read by two or more responses (Long-PO,
    SoLoPO both-responses) and is at least ``share_from`` tokens long: the long prompt then goes through the model
    once instead of once per response. `solopo_grid_shared`, rows long_po padded / shared-flex: 8K 0.504 / 0.353 s,
-   16K 1.16 / 0.798 s, 32K 3.01 / 2.16 s, 64K 9.03 / 6.72 s; solopo_both 8K 0.709 / 0.388 s ... 64K 9.14 / 5.87 s.
+   16K 1.16 / 0.798 s, 32K 3.01 / 2.16 s, 64K 9.03 / 6.72 s; SoLoPO both-responses 8K 0.709 / 0.388 s ... 64K 9.14 / 5.87 s.
    Below 8K it was not measured, and at 4K Long-PO's padded step is already the fastest layout measured
    (`solopo_grid_packing`: 0.252 s against 0.281 s packed-varlen and 0.303 s packed-flex).
 2. **Packed** where the step holds sequences of two or more contexts (padded rows would run one forward each) and

@@ -116,9 +116,9 @@ MISTAKES = [
     (["checkpoint.every_n_steps=5", "checkpoint.every_n_minutes=3"],
      "set checkpoint.every_n_steps or checkpoint.every_n_minutes, not both"),
     (["packing=yes"], "packing=yes: choose one of false, true, shared_prompt, auto"),
-    (["packing=1"], "packing=1: choose one of false, true, shared_prompt"),
-    (["packing=shared_prompt", "model.attn_implementation=solopo_varlen"],
-     "packing=shared_prompt needs model.attn_implementation=flex_attention or sdpa (got solopo_varlen)"),
+    (["packing=1"], "packing=1: choose one of false, true, shared_prompt, auto"),
+    (["packing=shared_prompt", "model.attn_implementation=eager"],
+     "packing=shared_prompt needs model.attn_implementation=flex_attention or sdpa or solopo_varlen (got eager)"),
     (["val_every_n_steps=0"], "val_every_n_steps=0: must be an integer >= 1 or null"),
     # Settings that did harm or nothing without a word (issue 21, item 5) and ones that stopped only after set-up.
     (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1: must be a number >= 0 or null"),
@@ -167,7 +167,7 @@ def test_context_parallel_runs_the_context_attention_in_place_of_sdpa():
     settings = build_settings(compose_config([*CPU_FSDP, "trainer.context_parallel=2"]))
     assert settings.model.attn_implementation == "solopo_context"
     assert (settings.context.size, settings.context.min_tokens) == (2, None)
-    assert build_settings(compose_config(CPU_FSDP)).model.attn_implementation == "sdpa"
+    assert build_settings(compose_config(CPU_FSDP)).model.attn_implementation == "solopo_varlen"  # the default kernel
 
 
 def test_ra_off_is_the_one_switch():
