@@ -70,6 +70,7 @@ def test_profile_step_splits_a_step_into_phases(tmp_path):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # about 50 s: two scaling runs of several processes each
 def test_scaling_runs_the_same_global_batch_on_one_and_two_processes(tmp_path):
     """scaling.py through `python -m solopo.run trainer=fsdp`: 2 gloo processes against 1 process accumulating 2
     micro-batches; the first three step losses and the first gradient norm agree (the data and the global batches are
@@ -362,6 +363,7 @@ def test_best_variant_is_the_fastest_the_committed_tables_measured():
     assert best_variant("qwen2.5-7b", "dpo", "solopo", 12345) == "padded"  # nothing measured there
 
 
+@pytest.mark.slow  # about 45 s: every cell of the GPU script on the tiny model
 def test_run_defaults_sh_measures_defaults_and_best_cells_on_the_cpu(tmp_path):
     """The GPU script end to end with the tiny model: each cell at its defaults (the layout and checkpointed layers it
     chose, the predicted peak) and in its best variant (padded: nothing measured at these lengths), then the summary's

@@ -26,6 +26,7 @@ def wait_for(path, text, proc, timeout=120):
     raise AssertionError(f"{text!r} never appeared:\n{path.read_text(errors='replace')[-3000:]}")
 
 
+@pytest.mark.slow  # about 30 s; the default run keeps the mid-epoch SIGTERM test, which writes and resumes too
 def test_sigterm_writes_last_ckpt_and_the_run_resumes_from_it(tmp_path):
     run_dir, output = tmp_path / "run", tmp_path / "output.txt"
     with open(output, "w") as out:  # off a terminal, a progress line every 10 steps shows that training has begun
