@@ -1,0 +1,142 @@
+"""The Lightning side of a training run: its logger, its Trainer with solopo's callbacks, the fit, and how a run ends
+(results written on one process, a preempted run's exit status, a faulty run's message). solopo.training.pipeline
+calls these with the run's config and settings."""
+from __future__ import annotations
+
+import logging
+import signal
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import TQDMProgressBar
+
+from solopo.eval.runner import RunEvaluation
+from solopo.settings.build import Settings, trainer_arguments
+from solopo.training.callbacks import Preemption, Throughput
+from solopo.training.distributed import check_strategy
+from solopo.training.faults import NumericalGuard
+from solopo.training.loggers import ProgressLines, ResumableCSVLogger, finish, on_terminal, wandb_labels
+from solopo.training.module import SoLoPOModule, intended_warnings_silenced
+from solopo.training.results import all_finite, redact, summary, write_results
+from solopo.training.resume import LastCheckpoint, LoaderPosition, RngState
+
+log = logging.getLogger("solopo")
+
+
+def make_logger(cfg: DictConfig, alpha: float, resume: bool):
+    """The experiment logger (conf/logger), or False; wandb and CSV get the same tags, and continue on resume."""
+    if not (cfg.get("logger") and "_target_" in cfg.logger):
+        return False
+    hydra_cfg = HydraConfig.get()
+    labels = wandb_labels(hydra_cfg.runtime.choices, alpha,
+                          hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir, hydra_cfg.job.override_dirname,
+                          group=cfg.logger.get("group"), name=cfg.logger.get("name"), tags=cfg.logger.get("tags") or ())
+    extra = {}
+    if "wandb" in cfg.logger._target_:
+        extra = {**labels, "resume": resume}
+    elif cfg.logger._target_ == f"{ResumableCSVLogger.__module__}.{ResumableCSVLogger.__qualname__}":
+        extra = {"tags": labels["tags"], "resume": resume}
+    logger = instantiate(cfg.logger, **extra)
+    if hasattr(logger, "log_hyperparams"):
+        logger.log_hyperparams(redact(OmegaConf.to_container(cfg, resolve=True)))
+    return logger
+
+
+def strategy_of(cfg: DictConfig) -> str:
+    """The trainer's strategy: a class path (trainer=fsdp, deepspeed) or Lightning's name ("auto", "ddp")."""
+    return str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", "")))
+
+
+def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: list, resume: bool) -> pl.Trainer:
+    # build_settings checked the accelerator at startup; a strategy is checked against the machine here
+    check_strategy(strategy_of(cfg), cfg.trainer.accelerator)
+    overrides = {"precision": settings.precision, "default_root_dir": str(run_dir),
+                 # the loaders shard each global batch across processes themselves (solopo.training.resume.EpochOrder)
+                 "use_distributed_sampler": False}
+    if cfg.val_every_n_steps:
+        overrides.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
+    if cfg.trainer.enable_checkpointing:
+        callbacks = [*callbacks, LastCheckpoint(run_dir, **cfg.checkpoint)]
+    if cfg.trainer.get("enable_progress_bar", True):
+        if on_terminal():
+            callbacks = [*callbacks, TQDMProgressBar()]  # tqdm's: Lightning picks rich's bar where rich is installed
+        else:  # a log file (run.log, SLURM, CI) gets plain lines, not a bar's redraws
+            callbacks, overrides["enable_progress_bar"] = [*callbacks, ProgressLines()], False
+    return instantiate(trainer_arguments(cfg), logger=make_logger(cfg, settings.ra.alpha, resume), callbacks=callbacks,
+                       **overrides)
+
+
+def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict,
+        extra: tuple = ()):
+    """Trains; returns the trainer and the callbacks whose records go into results.json."""
+    throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
+    callbacks = [throughput, guard, preemption, RngState(), LoaderPosition(loaders["train"]), *extra]
+    trainer = make_trainer(cfg, settings, run_dir, callbacks, resume=ckpt_path is not None)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    # Without val_every_n_steps, validation runs once, after training (after_fit): Lightning's note on a
+    # validation_step without a val_dataloader does not apply to this fit.
+    with intended_warnings_silenced(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+        # Lightning looks for the loader's position in the loader itself; LoaderPosition restores it.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(module, train_dataloaders=loaders["train"],
+                    val_dataloaders=loaders["val"] if cfg.val_every_n_steps else None, ckpt_path=ckpt_path,
+                    weights_only=True)
+    return trainer, throughput, guard, preemption
+
+
+def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, evaluation: RunEvaluation | None, tables: dict,
+               preemption: Preemption, guard: NumericalGuard) -> dict:
+    """One process writes results and plots and prints the summary; a preempted or faulty run exits here."""
+    metrics = results["metrics"]
+    if not trainer.is_global_zero:
+        if preemption.received is not None:
+            raise SystemExit(128 + preemption.received.value)
+        return results
+    if preemption.received is not None:
+        stop_preempted(preemption.received, trainer, run_dir, results)
+    if tables:
+        outputs = evaluation.outputs(tables, run_dir, results["eval_curve"])
+        results.update({evaluation.results_key: tables, "eval_summary": evaluation.summary(tables),
+                        "eval_changes": outputs["changes"], "plots": outputs["plots"]})
+        evaluation.log(trainer.logger, tables, outputs["plots"])
+        print(f"{evaluation.heading}:\n" + outputs["markdown"])
+    path = write_results(run_dir, results)
+    if not all_finite(metrics):
+        log.warning("some final metrics are not finite: %s", {k: v for k, v in metrics.items() if v != v or abs(v) == float("inf")})
+    print(summary(results, path))
+    finish(trainer.logger)  # the next job of a sweep starts its own wandb run
+    if guard.stop_message:
+        stop_on_faults(guard.stop_message)
+    return results
+
+
+def stop_preempted(received: signal.Signals, trainer: pl.Trainer, run_dir: Path, results: dict) -> None:
+    """Records the preemption in results.json and exits with 128 + the signal number (143 for SIGTERM, 138 for
+    SIGUSR1), as a shell reports a process the signal ended, so a job script sees that the run did not finish."""
+    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    results["preempted"] = {"signal": received.name, "step": trainer.global_step, "checkpoint": checkpoint or None}
+    write_results(run_dir, results)
+    if checkpoint:
+        log.warning("preempted (%s) at step %d: checkpoint written to %s; resume by rerunning the command with "
+                    "ckpt_path=last hydra.run.dir=%s",
+                    received.name, trainer.global_step, checkpoint, run_dir)
+    else:
+        log.warning("preempted (%s) at step %d: no checkpoint written (trainer.enable_checkpointing=false)",
+                    received.name, trainer.global_step)
+    raise SystemExit(128 + received.value)
+
+
+def stop_on_faults(message: str) -> None:
+    """A single run exits with status 1 and the message; a job of a sweep logs it (results.json has it under
+    faults.stopped) and lets the sweep go on."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.error(message)
+    else:
+        raise SystemExit(message)
