@@ -21,6 +21,7 @@ def script(name, *args, tmp_path, returncode=0):
     return done.stdout
 
 
+@pytest.mark.slow  # about 35 s: every method and layout variant on the tiny model
 def test_bench_measures_every_method_and_variant(tmp_path):
     script("bench.py", "--models", "tiny", "--algos", "dpo", "--lengths", "384", "--variants", "padded,packed-sdpa,packed-varlen,shared-sdpa",
            "--max-length-models", "none", "--logp-memory-models", "tiny", "--steps", "1", "--out", str(tmp_path), *SMALL,

@@ -39,6 +39,7 @@ def whole_and_resumed(tmp_path, overrides):
     return whole, parts
 
 
+@pytest.mark.slow  # about 40 s; the default run keeps the mid-epoch SIGTERM resume (test_preemption.py)
 def test_resumed_run_logs_the_losses_of_the_uninterrupted_one(tmp_path):
     whole, parts = whole_and_resumed(tmp_path, ["data.source.n_train=6"])
     expected = step_losses(whole)
