@@ -33,6 +33,7 @@ from solopo.core.objective import LONG, Key
 from solopo.settings.fields import number, refuse
 from solopo.step.batch import Group, PaddedGroup
 from solopo.step.mask_switch import MaskSwitch
+from solopo.step.varlen import repeat_kv
 
 NAME = "solopo_context"  # the attention implementation a context-parallel run loads its models with
 REPLACES = ("sdpa", "solopo_varlen")  # the kernels a context-parallel run swaps for it: padded rows through SDPA
@@ -131,10 +132,6 @@ def gather_sequence(x: Tensor, share: Share) -> Tensor:
     return unsplit(list(_AllGather.apply(x, share.group)), dim=2)
 
 
-def _repeat_kv(x: Tensor, groups: int) -> Tensor:
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
-
-
 def chunk_attention(query: Tensor, key: Tensor, value: Tensor, end: int, scaling: Optional[float]) -> Tensor:
     """(B, H, C, D) queries at global positions end - C .. end - 1 over the keys before ``end``: causal, aligned at
     the end (query i reads keys 0 .. end - C + i). CUDA kernels take the lower-right causal bias without a mask; on
@@ -164,7 +161,7 @@ def context_attention(module, query: Tensor, key: Tensor, value: Tensor, attenti
     if dropout:
         raise ValueError(f"attn_implementation={NAME} has no attention dropout; set the model's attention_dropout to 0")
     groups = query.shape[1] // key.shape[1]
-    keys, values = (_repeat_kv(gather_sequence(t, share), groups) for t in (key, value))  # (B, H, 2NC, D)
+    keys, values = (repeat_kv(gather_sequence(t, share), groups, 1) for t in (key, value))  # (B, H, 2NC, D)
     chunk = query.shape[2] // 2
     out = [chunk_attention(q, keys, values, (c + 1) * chunk, scaling)
            for q, c in zip(query.split(chunk, dim=2), chunks_of(share.rank, share.size))]

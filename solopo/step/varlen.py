@@ -40,7 +40,8 @@ def _torch_varlen():
     return varlen_attn
 
 
-def _repeat_kv(x: Tensor, groups: int, dim: int) -> Tensor:
+def repeat_kv(x: Tensor, groups: int, dim: int) -> Tensor:
+    """Grouped-query keys or values repeated to the query heads along ``dim`` (no copy when there are no groups)."""
     return x if groups == 1 else x.repeat_interleave(groups, dim=dim)
 
 
@@ -56,7 +57,7 @@ def packed_forward() -> ContextManager:
 def _causal_rows(query: Tensor, key: Tensor, value: Tensor, scaling: Optional[float]) -> Tensor:
     """(B, H, L, D) queries, (B, H_kv, L, D) keys/values -> (B, L, H, D), causal within each row."""
     groups = query.shape[1] // key.shape[1]
-    out = F.scaled_dot_product_attention(query, _repeat_kv(key, groups, 1), _repeat_kv(value, groups, 1),
+    out = F.scaled_dot_product_attention(query, repeat_kv(key, groups, 1), repeat_kv(value, groups, 1),
                                          is_causal=True, scale=scaling)
     return out.transpose(1, 2)
 
@@ -80,7 +81,7 @@ def _varlen_kernel(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_le
     if takes_gqa:
         options["enable_gqa"] = groups > 1
     else:
-        key, value = _repeat_kv(key, groups, 1), _repeat_kv(value, groups, 1)
+        key, value = repeat_kv(key, groups, 1), repeat_kv(value, groups, 1)
     return kernel(query, key, value, cu, cu, max_length, max_length, **options)
 
 
