@@ -4,11 +4,12 @@
     python experiments/sampling/speed.py --model tiny --questions 4 --answers 6 --length 256 --out /tmp/speed
 
 Three workloads: W1 greedy answers on contexts of --length tokens (the evaluation: 480 at 4K), W2 k samples per question
-on x_short (the evidence alone) and W3 on --length contexts (pair sampling: 256 questions x 8). The old path is
-paper_mini's: batches of a fixed number of rows (32 answers; 64 sequences = 8 prompts x k) and a dynamic KV cache.
-The new one: prompts longest first under a token budget and, on a GPU, a static KV cache with transformers' compiled
-decoding step (whose compilation is inside the timed first call: a study job pays it once per shape). Each timing is
-one call after a warm-up call on a few prompts; the GPU's targets (one H200): W1 < 10 s, W2 < 10 s, W3 < 45 s.
+on x_short (the evidence alone) and W3 on --length contexts (pair sampling: 256 questions x 8). Three paths, on the
+same prompts: old is paper_mini's (batches of a fixed number of rows: 32 answers, 64 sequences = 8 prompts x k; a
+dynamic KV cache); budget sorts prompts longest first under a token budget (conf/experiment/decisive/a.yaml's) with a
+dynamic cache; static adds, on a GPU, a static KV cache and transformers' compiled decoding step (its compilation is
+inside the timed call: a study job pays it once per shape). Each timing is one call after a warm-up call on a few
+prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s, W3 < 45 s.
 Writes speed.md and speed.json in --out.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -68,23 +70,54 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def run_paths(model, tokenizer, work: dict, k: int, precision: str) -> list[dict]:
+def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSettings]]:
+    """Each path's greedy_answers arguments and sampling settings: old (fixed rows, dynamic cache), budget (length-sorted
+    batches under a token budget, dynamic cache) and static (the same batches, a static cache and compiled decoding)."""
     sampling = SamplingSettings(k=k, temperature=0.85, max_new_tokens=32, batch_size=OLD["sequences_per_batch"],
                                 batch_tokens=None, static_cache=False, seed=0, engine="transformers", scorer=SubEM(),
                                 precision=precision)
-    paths = {"old": (dict(batch_size=OLD["answers_per_batch"]), sampling),
-             "new": (dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"], static_cache=True),
-                     dataclasses.replace(sampling, batch_size=NEW["rows"], batch_tokens=NEW["sample_tokens"],
-                                         static_cache=True))}
+    budget = dataclasses.replace(sampling, batch_size=NEW["rows"], batch_tokens=NEW["sample_tokens"])
+    return {"old": (dict(batch_size=OLD["answers_per_batch"]), sampling),
+            "budget": (dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"]), budget),
+            "static": (dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"], static_cache=True),
+                       dataclasses.replace(budget, static_cache=True))}
+
+
+class OverTime(Exception):
+    """A workload ran past --limit-s."""
+
+
+def within(seconds: int, fn):
+    """fn's time, or None when it runs past ``seconds`` (SIGALRM: a path that compiles for every shape can take many
+    minutes, and the other paths' numbers must still come back)."""
+    def stop(*_):
+        raise OverTime
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        return timed(fn)
+    except OverTime:
+        return None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_paths(model, tokenizer, work: dict, k: int, precision: str, names: list[str], limit_s: int,
+              save) -> list[dict]:
     rows = []
-    for path, (greedy, sample) in paths.items():
-        greedy_answers(model, tokenizer, work["W1"][:4], 32, precision=precision, **greedy)  # warm-up
-        generate(model, tokenizer, work["W2"][:2], sample)
+    for path in names:
+        greedy, sample = path_settings(k, precision)[path]
+        warm = within(limit_s, lambda: (greedy_answers(model, tokenizer, work["W1"][:4], 32, precision=precision,
+                                                        **greedy), generate(model, tokenizer, work["W2"][:2], sample)))
         for name, fn in (("W1", lambda: greedy_answers(model, tokenizer, work["W1"], 32, precision=precision, **greedy)),
                          ("W2", lambda: generate(model, tokenizer, work["W2"], sample)),
                          ("W3", lambda: generate(model, tokenizer, work["W3"], sample))):
-            rows.append({"path": path, "workload": name, "prompts": len(work[name]), "seconds": timed(fn)})
+            seconds = within(limit_s, fn) if warm is not None else None
+            rows.append({"path": path, "workload": name, "prompts": len(work[name]), "seconds": seconds,
+                         "limit_s": limit_s})
             print(rows[-1], flush=True)
+            save(rows)
     return rows
 
 
@@ -95,6 +128,9 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=480)
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--paths", default="old,budget,static", help="which of old, budget, static to time, in order")
+    parser.add_argument("--limit-s", type=int, default=120, help="a workload (or a path's warm-up) running longer "
+                        "than this is recorded as over the limit and the next one starts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     spec = model_spec(args.model)
@@ -104,27 +140,42 @@ def main() -> None:
     model = load_model(spec, tokenizer).to(device).eval()
     precision = "bf16-mixed" if device == "cuda" else "32-true"  # the study's trainer=gpu
     work = prompts(tokenizer, args.questions, args.answers, args.length, seed=0)
-    rows = run_paths(model, tokenizer, work, args.k, precision)
+    import transformers
     meta = {"command": "python " + " ".join(sys.argv), "device": torch.cuda.get_device_name() if device == "cuda"
-            else platform.processor() or "cpu", "torch": torch.__version__, "model": spec.name, "precision": precision,
-            "old": OLD, "new": NEW, "targets_s": TARGETS_S}
+            else platform.processor() or "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
+            "model": spec.name, "precision": precision, "old": OLD, "new": NEW, "targets_s": TARGETS_S}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    (args.out / "speed.md").write_text(page(meta, rows, args))
+
+    def save(rows: list[dict]) -> None:  # after every workload: a call cut short keeps what it measured
+        (args.out / "speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        (args.out / "speed.md").write_text(page(meta, rows, args))
+
+    run_paths(model, tokenizer, work, args.k, precision, args.paths.split(","), args.limit_s, save)
     print(args.out / "speed.md")
 
 
 def page(meta: dict, rows: list[dict], args) -> str:
+    """The table: one row per workload, one column per path timed, each path's speed-up over the first."""
     seconds = {(r["path"], r["workload"]): r["seconds"] for r in rows}
+    paths = list(dict.fromkeys(r["path"] for r in rows))
     what = {"W1": f"{args.answers} greedy answers, {args.length}-token contexts",
             "W2": f"{args.questions} questions x {args.k} samples, x_short",
             "W3": f"{args.questions} questions x {args.k} samples, {args.length}-token contexts"}
-    lines = [f"# Generation speed: old path vs new\n\n`{meta['command']}` on {meta['device']}, {meta['model']}, "
-             f"{meta['precision']}, torch {meta['torch']}\n", "| workload | old s | new s | speed-up | target (H200) |",
-             "|---|---|---|---|---|"]
+    shown = lambda s: "-" if s is None else f"{s:.2f}"  # noqa: E731
+    over = f"; - : over the {args.limit_s} s limit" if any(r["seconds"] is None for r in rows) else ""
+    lines = [f"# Generation speed by path\n\n`{meta['command']}` on {meta['device']}, {meta['model']}, "
+             f"{meta['precision']}, torch {meta['torch']}, transformers {meta.get('transformers', '?')}. Seconds per "
+             f"workload; speed-up against {paths[0]}{over}.\n",
+             "| workload | " + " | ".join(f"{p} s" for p in paths) + " | best speed-up | target (H200) |",
+             "|---|" + "---|" * len(paths) + "---|---|"]
     for name, text in what.items():
-        old, new = seconds[("old", name)], seconds[("new", name)]
-        lines.append(f"| {name}: {text} | {old:.2f} | {new:.2f} | {old / new:.2f}x | < {TARGETS_S[name]:g} s |")
+        times = [seconds.get((p, name)) for p in paths]
+        if all(t is None for t in times):
+            continue
+        done = [t for t in times if t is not None]
+        gain = f"{times[0] / min(done):.2f}x" if times[0] is not None else "-"
+        lines.append(f"| {name}: {text} | " + " | ".join(shown(t) for t in times)
+                     + f" | {gain} | < {TARGETS_S[name]:g} s |")
     return "\n".join(lines) + "\n"
 
 
