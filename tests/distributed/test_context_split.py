@@ -65,6 +65,23 @@ def test_a_training_step_with_context_parallel_is_the_one_process_step(tmp_path)
         assert split[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
 
 
+def test_lora_with_context_parallel_takes_the_one_process_steps(tmp_path):
+    """DPO on a LoRA policy, whose reference is the same model with its adapter off (split too): FSDP 1 x context 2
+    against one process, two steps of 2 pairs. At the first step the adapter is zero (the loss is log 2), at the second
+    it has moved: each step's loss and gradient norm, and the adapter after both steps, are one process's."""
+    lora = ["algo=dpo", "reference=live", "model.lora={r:4,lora_alpha:8}", "trainer.max_steps=2", "data.batch_size=2"]
+    run([*COMMON, *lora, "trainer=cpu", f"hydra.run.dir={tmp_path / 'one'}"])
+    run([*COMMON, *lora, *FSDP, "trainer.devices=2", "trainer.context_parallel=2", f"hydra.run.dir={tmp_path / 'cp'}"])
+    for key in ("train/loss", "train/grad_norm"):
+        base, split = step_values(tmp_path / "one", key), step_values(tmp_path / "cp", key)
+        assert sorted(base) == [0, 1] and split == pytest.approx(base, rel=1e-9), key
+    assert step_values(tmp_path / "one", "train/loss")[1] != step_values(tmp_path / "one", "train/loss")[0]
+    adapter = [load_file(str(tmp_path / name / "model" / "adapter_model.safetensors")) for name in ("one", "cp")]
+    assert adapter[0].keys() == adapter[1].keys() and all("lora_" in key for key in adapter[0])
+    worst = max((adapter[0][k] - adapter[1][k]).abs().max().item() for k in adapter[0])
+    assert worst < 1e-9, f"adapters differ from one process by up to {worst}"  # lr 1e-3 moves them by ~1e-3
+
+
 @pytest.mark.slow  # five runs' worth of CPU processes: pytest -m slow
 def test_long_po_over_2_batch_groups_of_2_context_processes_is_the_one_process_step(tmp_path):
     """DPO Long-PO, both long sequences split, against the cached reference (computed whole before training), with
