@@ -2,6 +2,7 @@
 processes gives the log-probs, the loss and (averaged over the processes, as FSDP does) the gradients of the whole
 computation (tests/distributed/context_support.py), and a training run with trainer.context_parallel=2 takes the step
 one process takes on the same batch."""
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from context_support import check
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from support import results, run, step_losses, step_values  # noqa: E402
+from test_preemption import assert_resumes_exactly  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -92,3 +94,10 @@ def test_long_po_over_2_batch_groups_of_2_context_processes_is_the_one_process_s
     run([*COMMON, *dpo, *FSDP, "trainer.devices=4", "trainer.context_parallel=2", "data.batch_size=1",
          "trainer.accumulate_grad_batches=2", f"hydra.run.dir={tmp_path / 'cp'}"])
     assert_same_step(tmp_path / "one", tmp_path / "cp")
+
+
+@pytest.mark.slow  # three runs of two processes, 12 steps each: pytest -m slow
+def test_sigterm_mid_epoch_then_resume_with_context_parallel_gives_the_uninterrupted_losses(tmp_path):
+    """FSDP 1 x context 2, its checkpoint a folder of shards: stopped after step 3 of an 8-step epoch and resumed,
+    every later step's loss is the uninterrupted run's, bitwise."""
+    assert_resumes_exactly(tmp_path, [*FSDP, "trainer.devices=2", "trainer.context_parallel=2"], signal.SIGTERM)
