@@ -11,7 +11,7 @@ import pytest
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from context_support import check
+from context_support import check, check_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from support import results, run, step_losses, step_values  # noqa: E402
@@ -28,6 +28,11 @@ def free_port() -> int:
 
 def test_split_long_sequences_over_2_processes_equal_the_whole_computation():
     mp.spawn(check, args=(2, "gloo", None, "float32", 1e-6, free_port()), nprocs=2)
+
+
+def test_the_cached_reference_pass_splits_the_long_sequences_as_training_does(tmp_path):
+    """Its table equals the whole pass's, and the processes store and read it together."""
+    mp.spawn(check_reference, args=(2, "gloo", str(tmp_path), 1e-6, free_port()), nprocs=2)
 
 
 @pytest.mark.slow  # four processes on the CPU: pytest -m slow
