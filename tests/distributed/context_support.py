@@ -17,7 +17,7 @@ from solopo.core.algos import SimPO
 from solopo.core.objective import CHOSEN, LONG, REJECTED, SHORT
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
-from solopo.models.loading import load_model, load_tokenizer
+from solopo.models.loading import load_model, load_tokenizer, with_lora
 from solopo.step.context_parallel import NAME, ContextSplit, Share, padded_length
 from solopo.training.module import SoLoPOModule
 from solopo.training.reference import compute_reference_logps, key_name, with_reference_logps
@@ -36,9 +36,20 @@ def pairs() -> list[TokenizedPair]:
                           {CHOSEN: ids(9 + 5 * i), REJECTED: ids(20 - 4 * i)}) for i in range(3)]
 
 
-def module(min_tokens, dtype: str, device) -> SoLoPOModule:
+def module(min_tokens, dtype: str, device, lora: bool = False) -> SoLoPOModule:
+    """SoLo-SimPO on the tiny model; with ``lora`` its policy is a LoRA adapter drawn from one seeded generator, the
+    same on every process (peft draws A from the process's own generator), and B not the zeros it starts at, so that
+    every adapter weight has a gradient."""
     spec = dataclasses.replace(TINY, attn_implementation=NAME, dtype=dtype)
-    policy = load_model(spec, load_tokenizer(spec), seed=0).to(device)
+    policy = load_model(spec, load_tokenizer(spec), seed=0)
+    if lora:
+        policy = with_lora(policy, {"r": 4, "lora_alpha": 8})
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    policy = policy.to(device)
     out = SoLoPOModule(policy, SimPO(**shipped("algo")), RA, SOLOPO, optim=OPTIM, logp_chunk_size=LOGP_CHUNK_SIZE)
     out.context = ContextSplit(size=dist.get_world_size(), min_tokens=min_tokens)
     return out
@@ -57,7 +68,7 @@ def objective(model: SoLoPOModule, batch, share):
         hook.remove()
     loss = model.objective_of(stats).loss
     loss.backward()
-    grads = {name: p.grad.detach().clone() for name, p in model.policy.named_parameters()}
+    grads = {name: p.grad.detach().clone() for name, p in model.policy.named_parameters() if p.requires_grad}
     return loss.detach(), torch.stack([stats[key].logps.detach() for key in KEYS]), grads, lengths
 
 
@@ -71,12 +82,13 @@ def start(rank: int, world: int, backend: str, port: int) -> torch.device:
     return device
 
 
-def check(rank: int, world: int, backend: str, min_tokens, dtype: str, tol: float, port: int) -> None:
+def check(rank: int, world: int, backend: str, min_tokens, dtype: str, tol: float, port: int,
+          lora: bool = False) -> None:
     """Log-probs within ``tol`` relative (their sums are ~ -200), the loss within 100 ``tol``, gradients within ``tol``
     absolute (the largest is ~0.4)."""
     device = start(rank, world, backend, port)
     try:
-        model = module(min_tokens, dtype, device)
+        model = module(min_tokens, dtype, device, lora)
         batch = PairCollator(KEYS, pad_token_id=0)(pairs()).to(device)
         whole = objective(model, batch, None)
         split = objective(model, batch, Share(dist.group.WORLD, rank, world))

@@ -30,6 +30,10 @@ def test_split_long_sequences_over_2_processes_equal_the_whole_computation():
     mp.spawn(check, args=(2, "gloo", None, "float32", 1e-6, free_port()), nprocs=2)
 
 
+def test_a_lora_policy_split_over_2_processes_has_the_whole_computation_s_adapter_gradients():
+    mp.spawn(check, args=(2, "gloo", None, "float32", 1e-6, free_port(), True), nprocs=2)
+
+
 def test_the_cached_reference_pass_splits_the_long_sequences_as_training_does(tmp_path):
     """Its table equals the whole pass's, and the processes store and read it together."""
     mp.spawn(check_reference, args=(2, "gloo", str(tmp_path), 1e-6, free_port()), nprocs=2)
@@ -72,6 +76,7 @@ def test_a_training_step_with_context_parallel_is_the_one_process_step(tmp_path)
         assert split[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
 
 
+@pytest.mark.slow  # two runs, one of two processes (about 50 s): the default run keeps the split LoRA gradients above
 def test_lora_with_context_parallel_takes_the_one_process_steps(tmp_path):
     """DPO on a LoRA policy, whose reference is the same model with its adapter off (split too): FSDP 1 x context 2
     against one process, two steps of 2 pairs. At the first step the adapter is zero (the loss is log 2), at the second
