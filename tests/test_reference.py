@@ -13,6 +13,7 @@ from solopo.data.pairs import build_examples
 from solopo.data.tokenize import tokenize_examples
 from solopo.data.world import qa_items
 from solopo.models.loading import freeze, load_model
+from solopo.step.context_parallel import ContextSplit
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
 from solopo.training.reference import attach, compute_reference_logps, covering, fingerprint, with_reference_logps
 
@@ -63,6 +64,10 @@ def test_cache_round_trip_and_fingerprint(tmp_path, pairs):
     assert base != fingerprint("other", pairs, ALL_SEQUENCES, "32-true")
     assert base != fingerprint("m", pairs, ALL_SEQUENCES, "bf16-mixed")
     assert base != fingerprint("m", pairs[1:], ALL_SEQUENCES, "32-true")
+    # context parallelism: a run without it keeps its key; a split table (other roundings) has its own
+    split = [fingerprint("m", pairs, ALL_SEQUENCES, "32-true", context=ContextSplit(size=n, min_tokens=t))
+             for n, t in ((1, None), (2, None), (4, None), (2, 100))]
+    assert split[0] == base and len({base, *split[1:]}) == 4
 
 
 @pytest.mark.parametrize("damage", ["truncate", "missing_pair", "nan"])

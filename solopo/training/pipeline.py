@@ -8,10 +8,12 @@ the Trainer, the fit and how a run ends are solopo.training.lightning_run's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -34,13 +36,14 @@ from solopo.generation.vllm_engine import saved_weights
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, source_problems, weights_path, with_lora)
 from solopo.step.checkpointing import AUTO, auto_checkpointing, step_tokens
+from solopo.step.context_parallel import Share
 from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source, vllm_args)
 from solopo.training.callbacks import StageCosts
 from solopo.training.distributed import local_gpu
 from solopo.training.eval_callback import eval_during_training
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
 from solopo.training.precision import autocast_dtype, weights_dtype
-from solopo.training.reference import with_reference_logps
+from solopo.training.reference import SplitReference, with_reference_logps
 from solopo.training.results import final_metrics, redact
 from solopo.training.lightning_run import finish_run, fit, strategy_of
 from solopo.training.resume import ResumableLoader, resolve_ckpt_path
@@ -185,15 +188,30 @@ def load_models(cfg: DictConfig, settings: Settings, tokenizer):
     return policy, reference, cached
 
 
-def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pairs: dict, keys: dict) -> dict:
-    """The pairs with the reference's log-probs: before the first update, the policy is the reference."""
+def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pairs: dict, keys: dict,
+                          share: Optional[Share] = None) -> dict:
+    """The pairs with the reference's log-probs: before the first update, the policy is the reference. ``share``:
+    this process's place in its context group, whose processes split the long sequences together."""
     policy.to(compute_device(cfg))
     return {split: with_reference_logps(
         policy, split_pairs, keys[split], model_identity(settings.model, cfg.seed), settings.precision,
         tokenizer.pad_token_id, DiskCache.under_root("reference", cfg.cache.verify), batch_size=cfg.data.batch_size,
         chunk_size=cfg.logp_chunk_size, pack=cfg.packing, desc=f"reference log-probs ({split})",
-        weights=weights_dtype(strategy_of(cfg), settings.precision)) if split_pairs else split_pairs
+        weights=weights_dtype(strategy_of(cfg), settings.precision), context=settings.context,
+        share=share) if split_pairs else split_pairs
         for split, split_pairs in pairs.items()}
+
+
+def cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pairs: dict, keys: dict,
+                     stages: StageCosts) -> tuple[dict, tuple]:
+    """The pairs with the cached reference's log-probs, and the callbacks the fit needs: under context parallelism
+    the pass splits the long sequences over processes that exist only in the fit (SplitReference), so the pairs come
+    back without them, to be completed in place (and its time counts in the training stage)."""
+    compute = functools.partial(with_cached_reference, cfg, settings, policy, tokenizer, pairs, keys)
+    if settings.context.size > 1:
+        return pairs, (SplitReference(compute, pairs),)
+    with stages("reference"):
+        return compute(), ()
 
 
 def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list, keys) -> None:
@@ -269,9 +287,7 @@ def train(cfg: DictConfig) -> dict:
                             cfg.data.batch_size * cfg.trainer.accumulate_grad_batches):
         log.warning(note)
     keys, plain = step_sequences(settings, pairs)
-    if cached:
-        with stages("reference"):
-            pairs = with_cached_reference(cfg, settings, policy, tokenizer, pairs, keys)
+    pairs, in_fit = cached_reference(cfg, settings, policy, tokenizer, pairs, keys, stages) if cached else (pairs, ())
     tables: dict[str, dict] = {}
     if evaluation is not None:
         policy.to(compute_device(cfg))
@@ -290,7 +306,7 @@ def train(cfg: DictConfig) -> dict:
     during = eval_during_training(evaluation, policy, settings.eval)
     with stages("training"):
         trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders,
-                                                     extra=(during,) if during else ())
+                                                     extra=((during,) if during else ()) + in_fit)
     fit_done = time.perf_counter()
     metrics = final_metrics(trainer.callback_metrics)
     if preemption.received is None:  # a preempted job has seconds left: no validation

@@ -2,6 +2,7 @@
 processes gives the log-probs, the loss and (averaged over the processes, as FSDP does) the gradients of the whole
 computation (tests/distributed/context_support.py), and a training run with trainer.context_parallel=2 takes the step
 one process takes on the same batch."""
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from context_support import check
+from context_support import check, check_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from support import results, run, step_losses, step_values  # noqa: E402
+from test_preemption import assert_resumes_exactly  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -26,6 +28,15 @@ def free_port() -> int:
 
 def test_split_long_sequences_over_2_processes_equal_the_whole_computation():
     mp.spawn(check, args=(2, "gloo", None, "float32", 1e-6, free_port()), nprocs=2)
+
+
+def test_a_lora_policy_split_over_2_processes_has_the_whole_computation_s_adapter_gradients():
+    mp.spawn(check, args=(2, "gloo", None, "float32", 1e-6, free_port(), True), nprocs=2)
+
+
+def test_the_cached_reference_pass_splits_the_long_sequences_as_training_does(tmp_path):
+    """Its table equals the whole pass's, and the processes store and read it together."""
+    mp.spawn(check_reference, args=(2, "gloo", str(tmp_path), 1e-6, free_port()), nprocs=2)
 
 
 @pytest.mark.slow  # four processes on the CPU: pytest -m slow
@@ -65,6 +76,24 @@ def test_a_training_step_with_context_parallel_is_the_one_process_step(tmp_path)
         assert split[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
 
 
+@pytest.mark.slow  # two runs, one of two processes (about 50 s): the default run keeps the split LoRA gradients above
+def test_lora_with_context_parallel_takes_the_one_process_steps(tmp_path):
+    """DPO on a LoRA policy, whose reference is the same model with its adapter off (split too): FSDP 1 x context 2
+    against one process, two steps of 2 pairs. At the first step the adapter is zero (the loss is log 2), at the second
+    it has moved: each step's loss and gradient norm, and the adapter after both steps, are one process's."""
+    lora = ["algo=dpo", "reference=live", "model.lora={r:4,lora_alpha:8}", "trainer.max_steps=2", "data.batch_size=2"]
+    run([*COMMON, *lora, "trainer=cpu", f"hydra.run.dir={tmp_path / 'one'}"])
+    run([*COMMON, *lora, *FSDP, "trainer.devices=2", "trainer.context_parallel=2", f"hydra.run.dir={tmp_path / 'cp'}"])
+    for key in ("train/loss", "train/grad_norm"):
+        base, split = step_values(tmp_path / "one", key), step_values(tmp_path / "cp", key)
+        assert sorted(base) == [0, 1] and split == pytest.approx(base, rel=1e-9), key
+    assert step_values(tmp_path / "one", "train/loss")[1] != step_values(tmp_path / "one", "train/loss")[0]
+    adapter = [load_file(str(tmp_path / name / "model" / "adapter_model.safetensors")) for name in ("one", "cp")]
+    assert adapter[0].keys() == adapter[1].keys() and all("lora_" in key for key in adapter[0])
+    worst = max((adapter[0][k] - adapter[1][k]).abs().max().item() for k in adapter[0])
+    assert worst < 1e-9, f"adapters differ from one process by up to {worst}"  # lr 1e-3 moves them by ~1e-3
+
+
 @pytest.mark.slow  # five runs' worth of CPU processes: pytest -m slow
 def test_long_po_over_2_batch_groups_of_2_context_processes_is_the_one_process_step(tmp_path):
     """DPO Long-PO, both long sequences split, against the cached reference (computed whole before training), with
@@ -75,3 +104,10 @@ def test_long_po_over_2_batch_groups_of_2_context_processes_is_the_one_process_s
     run([*COMMON, *dpo, *FSDP, "trainer.devices=4", "trainer.context_parallel=2", "data.batch_size=1",
          "trainer.accumulate_grad_batches=2", f"hydra.run.dir={tmp_path / 'cp'}"])
     assert_same_step(tmp_path / "one", tmp_path / "cp")
+
+
+@pytest.mark.slow  # three runs of two processes, 12 steps each: pytest -m slow
+def test_sigterm_mid_epoch_then_resume_with_context_parallel_gives_the_uninterrupted_losses(tmp_path):
+    """FSDP 1 x context 2, its checkpoint a folder of shards: stopped after step 3 of an 8-step epoch and resumed,
+    every later step's loss is the uninterrupted run's, bitwise."""
+    assert_resumes_exactly(tmp_path, [*FSDP, "trainer.devices=2", "trainer.context_parallel=2"], signal.SIGTERM)

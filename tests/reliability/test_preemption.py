@@ -104,7 +104,12 @@ def interrupted(run_dir, overrides, stop, steps_done: int = 3) -> int:
                 output.read_text(errors="replace")[-3000:]
         finally:
             proc.kill()
-    return torch.load(checkpoint, weights_only=True)["global_step"]
+    return saved_step(checkpoint)
+
+
+def saved_step(checkpoint) -> int:
+    """The global step a last.ckpt holds: one file, or under trainer=fsdp a folder of shards whose meta.pt holds it."""
+    return torch.load(checkpoint / "meta.pt" if checkpoint.is_dir() else checkpoint, weights_only=True)["global_step"]
 
 
 def assert_resumes_exactly(tmp_path, overrides, stop, steps_done: int = 3):
