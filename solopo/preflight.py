@@ -185,8 +185,23 @@ def safe_dirname(name: str, limit: int = 200) -> str:
     return safe
 
 
+def program_name(called: Optional[str] = None) -> str:
+    """The name a command was called by (``called``, default sys.argv[0]), for its --help and usage lines: a console
+    script's (solopo-train), or ``python -m solopo.run`` where Python ran one of the package's modules."""
+    path = Path(sys.argv[0] if called is None else called)
+    if path.suffix != ".py":
+        return path.name
+    try:
+        module = path.resolve().with_suffix("").relative_to(CONF.parents[1].resolve())
+    except ValueError:  # a script outside the package
+        return path.name
+    return "python -m " + ".".join(part for part in module.parts if part != "__main__")
+
+
 # conf/config.yaml names each job of a sweep with it: ${hydra.job.num}_${safe_dirname:${hydra.job.override_dirname}}
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
+# conf/config.yaml and conf/build.yaml: hydra.help.app_name, the command's name in its --help
+OmegaConf.register_new_resolver("program_name", lambda: program_name(), replace=True)
 
 
 def stop(message: str) -> NoReturn:

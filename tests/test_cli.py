@@ -41,6 +41,30 @@ def test_help_and_cfg_answer_before_the_heavy_imports(module, args):
     assert "optimized_metric" in done.stdout if "--cfg" in args else done.stdout.strip()
 
 
+def console_scripts() -> list[tuple[str, str, str]]:
+    """(script, module, function) of each console script setup.cfg installs."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    lines = [line.split("=") for line in setup["options.entry_points"]["console_scripts"].split("\n") if line.strip()]
+    return [(name.strip(), *target.strip().split(":")) for name, target in lines]
+
+
+@pytest.mark.parametrize("script, module, function", console_scripts())
+def test_help_names_the_command_as_it_was_called(script, module, function):
+    """`solopo-report --help` said `usage: python -m solopo.report`, `solopo-train --help` "run is powered by
+    Hydra": each names itself now, the console script by its name and `python -m` by the module."""
+    called = python(f"import sys; sys.argv = ['/venv/bin/{script}', '--help']\n"
+                    f"from {module} import {function}\n{function}()")
+    as_module = subprocess.run([sys.executable, "-m", module.removesuffix(".__main__"), "--help"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+    for done, name in ((called, script), (as_module, f"python -m {module.removesuffix('.__main__')}")):
+        assert done.returncode == 0, done.stderr[-2000:]
+        first = done.stdout.strip().splitlines()[0]
+        assert first.startswith((f"usage: {name} ", f"{name} is powered by Hydra", f"{name}: ")), first
+
+
 def test_a_config_dir_of_the_user_adds_options(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")

@@ -19,7 +19,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m solopo.report", description=__doc__,
+    from solopo.preflight import program_name
+
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", type=Path, help="a multirun directory or run directories")
     parser.add_argument("--out", type=Path, help="where the report goes (default: the first directory)")
