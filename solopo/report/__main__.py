@@ -29,6 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     from solopo.report.runs import find_runs
     from solopo.report.sweep import write_report  # matplotlib: after --help has been answered
+    from solopo.report.tables import counted
 
     out = args.out or args.dirs[0]
     try:
@@ -38,7 +39,8 @@ def main() -> None:
         raise SystemExit(2) from None
     report = write_report(runs, out, seeds=args.seeds)
     print(out / "report.md")
-    print(f"{len(report['rows'])} runs; varying: {', '.join(report['keys']) or 'nothing'}")
+    groups = f" in {counted(len(report['rows']), 'group')}" if args.seeds else ""
+    print(f"{counted(len(runs), 'run')}{groups}; varying: {', '.join(report['keys']) or 'nothing'}")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,11 @@ def label(row: dict, keys: list[str]) -> str:
     return ", ".join(f"{name(k)}={short(row[k])}" for k in keys) or "run"
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and its noun, in the singular for one: "1 run", "3 runs" (report text)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def short(value: Any) -> str:
     """A cell's text; a class path of solopo's own reads as its last part (solopo.core.algos.DPO -> DPO)."""
     text = str(value)
@@ -145,7 +150,8 @@ def write_tables(runs: list[Run], out: Path, seeds: bool = False) -> dict:
         writer.writeheader()
         csv_names = names if seeds else [str(r.path) for r in runs]
         writer.writerows({"run": name, **row} for name, row in zip(csv_names, cells))
-    title = f"# Report: {len(runs)} runs" + (f" in {len(rows)} groups (mean ± std over seeds)" if seeds else "")
+    title = f"# Report: {counted(len(runs), 'run')}" + (f" in {counted(len(rows), 'group')} (mean ± std over seeds)"
+                                                        if seeds else "")
     body = markdown(["run", *columns], [[name, *(short(row.get(c, "")) for c in columns)] for name, row in zip(names, rows)])
     return {"keys": keys, "rows": rows, "lines": [title, "", *body]}
 
