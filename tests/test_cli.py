@@ -73,14 +73,14 @@ def test_a_config_dir_of_the_user_adds_options(tmp_path):
     assert done.returncode == 0 and "\nseed: 7\n" in done.stdout, done.stderr[-2000:]
 
 
-TABLES = {"base": {"average_long": 10.0, "average": 20.0, "scores": []},
-          "trained": {"average_long": 30.0, "average": 40.0, "scores": []}}  # no per-case scores: no interval
+TABLES = {"base": {"average_long": 0.25, "average": 0.5, "scores": []},
+          "trained": {"average_long": 0.75, "average": 0.5, "scores": []}}  # no per-case scores: no interval
 RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracies": 0.5}, "eval": TABLES,
            "eval_summary": summary_entries(TABLES)}  # as a run's results.json holds them
 
 
-@pytest.mark.parametrize("metric, expected", [("val/loss", 1.25), ("eval/trained/avg_long", 30.0),
-                                              ("eval/gain/avg_long", 20.0), (None, 30.0)])
+@pytest.mark.parametrize("metric, expected", [("val/loss", 1.25), ("eval/trained/avg_long", 75.0),  # points
+                                              ("eval/gain/avg_long", 50.0), (None, 75.0)])
 def test_optimized_value_reads_the_named_metric(metric, expected):
     assert optimized_value(RESULTS, metric) == expected
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from solopo.report.runs import Run, Stat, group, is_seed_key, stat
+from solopo.scoring import points
 
 IGNORED = ("logger.", "hydra.")  # paths and logging details differ between runs without being a factor
 METRICS = ("val/loss", "val/rewards/accuracies", "val/ra/gap", "train/peak_mem_gib")
@@ -57,10 +58,10 @@ def row_of(run: Run, keys: list[str], with_status: bool) -> dict:
         row["status"] = f"failed: {run.failed}" if run.failed else "ok"
     for name, table in run.eval.items():
         for length, score in table["by_length"].items():
-            row[f"{name} sub-EM@{length}"] = round(100 * score, 1)
+            row[f"{name} sub-EM@{length}"] = round(points(score), 1)
             row.update(_interval(f"{name} sub-EM@{length}", table.get("ci95_by_length", {}).get(length),
                                  table.get("n_by_length", {}).get(length)))
-        row[f"{name} avg long"] = round(100 * table["average_long"], 1)
+        row[f"{name} avg long"] = round(points(table["average_long"]), 1)
         row.update(_interval(f"{name} avg long", table.get("ci95_long"), table.get("n_long")))
     row.update({k: round(run.metrics[k], 4) for k in METRICS if k in run.metrics})
     row.update({k: round(run.timings[k], 1) for k in ("fit_s", "total_s") if k in run.timings})
@@ -72,7 +73,7 @@ def _interval(column: str, ci95, n) -> dict:
     tables carried them."""
     if ci95 is None or n is None:
         return {}
-    return {f"{column} 95% CI": f"{100 * ci95[0]:.0f}-{100 * ci95[1]:.0f}", f"{column} n": n}
+    return {f"{column} 95% CI": f"{points(ci95[0]):.0f}-{points(ci95[1]):.0f}", f"{column} n": n}
 
 
 def seed_groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
