@@ -15,10 +15,9 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from solopo.data.formats.errors import DataFileError
-from solopo.data.formats.records import read_jsonl, text, text_list
 from solopo.data.tokenize import encode_prompt
 from solopo.eval.longctx import EvalSettings, answer_all
+from solopo.records import DataFileError, read_jsonl, text, text_list
 from solopo.scoring import Scorer, TokenF1, points
 from solopo.settings.fields import number, refuse
 
