@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                         pad_left_to, uses_static_cache)
+                                         pad_left_to, progress, uses_static_cache)
 from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import SUB_EM, Scorer, f1, points, scorer_problems, sub_em
 from solopo.settings.fields import flag, number, one_of, refuse, shown
@@ -147,8 +146,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     model.eval()
     try:
         with generation_weights(model, static, precision):
-            # disable=None: a bar on a terminal only, not in a log file
-            for batch in tqdm(batches, desc=desc, unit="batch", disable=None):
+            for batch in progress(batches, desc):
                 ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
                 outputs.append(_greedy_batch(model, tokenizer, ids, mask, max_new_tokens, static, precision))
     finally:
