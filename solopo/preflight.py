@@ -16,7 +16,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, Optional, Sequence
+from typing import Iterator, NoReturn, Optional, Sequence
 
 from omegaconf import OmegaConf
 
