@@ -20,9 +20,9 @@ from tqdm import tqdm
 from solopo.cache import atomic_file
 from solopo.data.build import (BuildSettings, CorpusSettings, InputSettings, other_contexts, read_corpus, read_input,
                                triplets)
-from solopo.data.formats import DataFileError
 from solopo.data.tokenize import token_counter
 from solopo.models.loading import ModelSpec, load_tokenizer
+from solopo.records import DataFileError
 from solopo.settings.build import ConfigError, built, plain, stop_on_config_errors
 from solopo.settings.fields import SettingsError
 

@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from solopo.preflight import preflight
+from solopo.preflight import preflight, refuse_bad_values
 from solopo.training.results import redact, write_results
 
 log = logging.getLogger("solopo")
@@ -77,8 +77,9 @@ def main(cfg: DictConfig) -> None:
 
 def entry() -> None:
     """The console script solopo-eval (and python -m solopo.evaluate): the command line's preflight checks, then
-    Hydra."""
+    Hydra (with the values an evaluation reads checked before Hydra makes the run directory)."""
     preflight(sys.argv[1:])
+    refuse_bad_values(sys.argv[1:], training=False)
     main()
 
 

@@ -5,7 +5,8 @@ runs, so a secret given as an override, or a run directory that cannot be writte
 console scripts call ``preflight`` first. Every bad setting or input file ends the same way: one line on stderr,
 ``error: ...``, exit status 2, no traceback (``stop``). This module imports nothing heavy: it runs before --help.
 An option that no config group holds (algo=dpx) is refused here too, in one line, where Hydra's own message spans a
-dozen lines.
+dozen lines; so is a bad value (optim.lr=-1) in the run or in any job of a sweep (``refuse_bad_values``), before Hydra
+makes a run or sweep directory for a job that would stop at once.
 """
 from __future__ import annotations
 
@@ -100,6 +101,80 @@ def refuse_unknown_options(argv: Sequence[str]) -> None:
                 stop(f"{group}={option}: the config group {group} has no such option; choose one of {', '.join(options)}")
 
 
+BASIC = "hydra._internal.core_plugins.basic_{}.Basic{}"  # Hydra's own sweeper and launcher: the jobs run here, in turn
+
+
+def app_hydra(argv: Sequence[str]):
+    """Hydra's composer for the command line's config folders (the package's, then each --config-dir before it, as
+    hydra.main orders them), or None where only Hydra can find them (config_dirs). The caller clears GlobalHydra."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    dirs = config_dirs(argv)
+    if dirs is None:
+        return None
+    search_path = create_config_search_path(str(CONF))
+    for folder in dirs[1:]:
+        search_path.prepend("command-line", f"file://{Path(folder).absolute()}", SearchPathQuery(provider="schema"))
+    return Hydra.create_main_hydra2(task_name="preflight", config_search_path=search_path)
+
+
+def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], object]]:
+    """Each job the command line starts, as (its overrides, its composed config), composed as Hydra will compose it:
+    one for a run; for a sweep (-m, or hydra.mode=MULTIRUN) one per combination of its values (hydra.sweeper.params
+    and the command line's, Hydra's basic sweeper's own expansion). None (empty) where the command line asks Hydra something
+    else (--help, --cfg, --info, completion), where only Hydra can tell (--config-path, another sweeper such as
+    Optuna, whose trials are chosen as they run), where the jobs run elsewhere (a SLURM launcher: another machine's
+    GPUs), or where Hydra would refuse the command line itself (it says why, as before)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.experimental_rerun:
+        return []
+    try:
+        hydra = app_hydra(argv)
+        if hydra is None:
+            return []
+        name = args.config_name or config_name
+        master = hydra.compose_config(name, args.overrides, RunMode.MULTIRUN, validate_sweep_overrides=False)
+        if master.hydra.launcher._target_ != BASIC.format("launcher", "Launcher"):
+            return []
+        if not args.multirun and master.hydra.mode != RunMode.MULTIRUN:
+            return [(args.overrides, hydra.compose_config(name, args.overrides, RunMode.RUN))]
+        if master.hydra.sweeper._target_ != BASIC.format("sweeper", "Sweeper"):
+            return []
+        params = [f"{key}={value}" for key, value in (master.hydra.sweeper.get("params") or {}).items()]
+        parsed = OverridesParser.create().parse_overrides(params + list(master.hydra.overrides.task))
+        return [(job, hydra.config_loader.load_sweep_config(master, job))
+                for job in BasicSweeper.split_arguments(parsed, None)[0]]
+    except Exception:  # noqa: BLE001 - a command line Hydra cannot compose is Hydra's to report, in its words
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def refuse_bad_values(argv: Sequence[str], training: bool = True, config_name: str = "config") -> None:
+    """Stops (exit 2) on the first job of job_configs whose settings are wrong (build_settings' one line), before Hydra
+    makes a run or sweep directory: a bad value stops a sweep before its first job, not when the job that holds it
+    starts. Each job checks its settings again as it starts (an Optuna trial's values, or a SLURM job's, only there).
+    ``training=False``: what an evaluation reads."""
+    jobs = job_configs(argv, config_name)
+    if not jobs:
+        return
+    from solopo.settings.build import ConfigError, build_settings  # torch: not for --help
+
+    for number, (overrides, cfg) in enumerate(jobs):
+        try:
+            build_settings(cfg, training)
+        except ConfigError as err:
+            stop(f"sweep job {number} ({' '.join(overrides)}): {err}" if len(jobs) > 1 else str(err))
+
+
 def safe_dirname(name: str, limit: int = 200) -> str:
     """``name`` as one folder name: characters other than A-Z a-z 0-9 . _ = , - become "_", and ".." becomes "_",
     so an override such as data.path=x/../../d never leads out of the sweep directory. Names over ``limit``
@@ -110,8 +185,23 @@ def safe_dirname(name: str, limit: int = 200) -> str:
     return safe
 
 
+def program_name(called: Optional[str] = None) -> str:
+    """The name a command was called by (``called``, default sys.argv[0]), for its --help and usage lines: a console
+    script's (solopo-train), or ``python -m solopo.run`` where Python ran one of the package's modules."""
+    path = Path(sys.argv[0] if called is None else called)
+    if path.suffix != ".py":
+        return path.name
+    try:
+        module = path.resolve().with_suffix("").relative_to(CONF.parents[1].resolve())
+    except ValueError:  # a script outside the package
+        return path.name
+    return "python -m " + ".".join(part for part in module.parts if part != "__main__")
+
+
 # conf/config.yaml names each job of a sweep with it: ${hydra.job.num}_${safe_dirname:${hydra.job.override_dirname}}
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
+# conf/config.yaml and conf/build.yaml: hydra.help.app_name, the command's name in its --help
+OmegaConf.register_new_resolver("program_name", lambda: program_name(), replace=True)
 
 
 def stop(message: str) -> NoReturn:

@@ -15,7 +15,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from solopo.preflight import preflight
+from solopo.preflight import preflight, refuse_bad_values
 
 
 def optimized_value(results: dict, metric: str | None) -> float:
@@ -48,9 +48,11 @@ def main(cfg: DictConfig) -> float:
 
 
 def entry() -> None:
-    """The console script solopo-train (and python -m solopo.run): the command line's preflight checks, then Hydra."""
+    """The console script solopo-train (and python -m solopo.run): the command line's preflight checks and each job's
+    values, on the command line as sized for the hardware, then Hydra."""
     preflight(sys.argv[1:])
     sys.argv[1:] = sized_for_hardware(sys.argv[1:])
+    refuse_bad_values(sys.argv[1:])
     main()
 
 

@@ -35,6 +35,15 @@ class Scorer(Protocol):
     def correct(self, score: float) -> bool: ...
 
 
+
+def points(share: float) -> float:
+    """A mean of answer scores in [0, 1] (sub-EM, F1, ...) as points, 0-100: the one scale of every score solopo
+    states: tables, results.json's ``eval_summary`` (held-out questions and benchmarks alike), logged metrics, reports
+    and plots. Held-out evaluation tables keep their shares in [0, 1] beside the per-case scores and intervals they are
+    computed from, and say so; a benchmark's tables are in points already (its subsets' scores, as papers give them)."""
+    return 100 * share
+
+
 def normalize_answer(text: str) -> str:
     """Lower case, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace.
 

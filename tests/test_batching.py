@@ -2,6 +2,10 @@
 back in the prompts' order, batched greedy answers equal to one-at-a-time ones token for token, the static KV cache
 equal to the dynamic one, sampled generation repeatable under its seed."""
 import dataclasses
+import io
+import itertools
+import logging
+import sys
 from dataclasses import replace
 
 import pytest
@@ -10,7 +14,8 @@ import torch
 from solopo.eval import longctx
 from solopo.eval.longctx import greedy_answers
 from solopo.generation import sampling
-from solopo.generation.batching import budget_batches, in_prompt_order, pad_left_to
+from solopo.generation import batching
+from solopo.generation.batching import budget_batches, in_prompt_order, pad_left_to, progress
 from solopo.data.tokenize import left_padded
 from solopo.models.loading import load_model
 
@@ -43,6 +48,45 @@ def test_pad_left_to_a_multiple_keeps_the_rows_and_masks_the_new_columns():
     wide, wide_mask = pad_left_to(ids, mask, 4, pad_token_id=0)
     assert wide.tolist() == [[0, 7, 8, 9], [0, 0, 5, 6]] and wide_mask.tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
     assert pad_left_to(wide, wide_mask, 4, 0)[0] is wide
+
+
+class Bar(list):
+    """tqdm's bar as progress() sees it: shown (a terminal) or not."""
+
+    disable = True
+
+
+def logged(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == batching.__name__]
+
+
+def test_progress_in_a_log_file_every_tenth_of_the_batches_and_the_last(monkeypatch, caplog):
+    """20 batches of 2 prompts, 3 answers each, one a second: a line every 2 batches; at batch 2, 12 answers in 2 s
+    are 6 answers/s, and the 108 left take 18 s."""
+    monkeypatch.setattr(batching, "tqdm", lambda batches, **kwargs: Bar(batches))
+    batches, ticks = [[2 * i, 2 * i + 1] for i in range(20)], iter(range(21))
+    with caplog.at_level(logging.INFO, logger=batching.__name__):
+        assert list(progress(batches, "sampling", copies=3, clock=lambda: next(ticks))) == batches
+    lines = logged(caplog)
+    assert len(lines) == 10 and lines[0] == "sampling: batch 2/20, 12/120 answers, 6.00 answers/s, 18 s left"
+    assert lines[-1] == "sampling: batch 20/20, 120/120 answers, 6.00 answers/s, 0 s left"
+
+
+def test_progress_in_a_log_file_every_30_seconds_when_batches_are_slow(monkeypatch, caplog):
+    monkeypatch.setattr(batching, "tqdm", lambda batches, **kwargs: Bar(batches))
+    ticks = iter([0, 40, 50, 100])  # the first batch takes 40 s, the second 10 s, the third 50 s
+    with caplog.at_level(logging.INFO, logger=batching.__name__):
+        list(itertools.islice(progress([[0]] * 100, "evaluating", clock=lambda: next(ticks)), 4))  # 3 done
+    assert [line.split(",")[0] for line in logged(caplog)] == ["evaluating: batch 1/100", "evaluating: batch 3/100"]
+    assert logged(caplog)[1].endswith("0.03 answers/s, 53.9 min left")  # 3 answers in 100 s; 97 left: 3233 s
+
+
+def test_no_progress_lines_where_the_bar_shows(monkeypatch, caplog):
+    monkeypatch.setattr(Bar, "disable", False)
+    monkeypatch.setattr(batching, "tqdm", lambda batches, **kwargs: Bar(batches))
+    with caplog.at_level(logging.INFO, logger=batching.__name__):
+        assert list(progress([[0], [1]], "evaluating")) == [[0], [1]]
+    assert logged(caplog) == []
 
 
 # TINY's tied embeddings make a random model repeat its last input token; an untied, wider-initialised head answers
@@ -91,6 +135,20 @@ def test_sampled_generation_repeats_under_its_seed_in_the_prompts_order(fp32_mod
     assert [len(s) for s in first] == [2] * len(PROMPTS)
     assert sampling.generate(fp32_model, tokenizer, PROMPTS, settings) == first
     assert sampling.generate(fp32_model, tokenizer, PROMPTS, replace(settings, seed=4)) != first
+
+
+def test_sampling_and_evaluation_log_their_progress_off_a_terminal(fp32_model, tokenizer, monkeypatch, caplog):
+    """A run's log file showed nothing for the minutes of sampling and of evaluating: both log lines now."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no terminal, no bar
+    settings = replace(SAMPLING, k=2, max_new_tokens=2, batch_size=2, batch_tokens=None)
+    with caplog.at_level(logging.INFO, logger=batching.__name__):
+        sampling.generate(fp32_model, tokenizer, PROMPTS, settings, desc="sampling short")
+        greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=2, batch_size=5, desc="evaluating base")
+    lines = logged(caplog)
+    assert [line.split(",")[0] for line in lines] == ["sampling short: batch 1/5", "sampling short: batch 2/5",
+                                                      "sampling short: batch 3/5", "sampling short: batch 4/5",
+                                                      "sampling short: batch 5/5", "evaluating base: batch 1/1"]
+    assert ", 10/10 answers, " in lines[4] and ", 5/5 answers, " in lines[5]
 
 
 @pytest.mark.parametrize("path", ["greedy", "sampled"])

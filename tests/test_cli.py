@@ -41,6 +41,30 @@ def test_help_and_cfg_answer_before_the_heavy_imports(module, args):
     assert "optimized_metric" in done.stdout if "--cfg" in args else done.stdout.strip()
 
 
+def console_scripts() -> list[tuple[str, str, str]]:
+    """(script, module, function) of each console script setup.cfg installs."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    lines = [line.split("=") for line in setup["options.entry_points"]["console_scripts"].split("\n") if line.strip()]
+    return [(name.strip(), *target.strip().split(":")) for name, target in lines]
+
+
+@pytest.mark.parametrize("script, module, function", console_scripts())
+def test_help_names_the_command_as_it_was_called(script, module, function):
+    """`solopo-report --help` said `usage: python -m solopo.report`, `solopo-train --help` "run is powered by
+    Hydra": each names itself now, the console script by its name and `python -m` by the module."""
+    called = python(f"import sys; sys.argv = ['/venv/bin/{script}', '--help']\n"
+                    f"from {module} import {function}\n{function}()")
+    as_module = subprocess.run([sys.executable, "-m", module.removesuffix(".__main__"), "--help"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+    for done, name in ((called, script), (as_module, f"python -m {module.removesuffix('.__main__')}")):
+        assert done.returncode == 0, done.stderr[-2000:]
+        first = done.stdout.strip().splitlines()[0]
+        assert first.startswith((f"usage: {name} ", f"{name} is powered by Hydra", f"{name}: ")), first
+
+
 def test_a_config_dir_of_the_user_adds_options(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")
@@ -49,14 +73,14 @@ def test_a_config_dir_of_the_user_adds_options(tmp_path):
     assert done.returncode == 0 and "\nseed: 7\n" in done.stdout, done.stderr[-2000:]
 
 
-TABLES = {"base": {"average_long": 10.0, "average": 20.0, "scores": []},
-          "trained": {"average_long": 30.0, "average": 40.0, "scores": []}}  # no per-case scores: no interval
+TABLES = {"base": {"average_long": 0.25, "average": 0.5, "scores": []},
+          "trained": {"average_long": 0.75, "average": 0.5, "scores": []}}  # no per-case scores: no interval
 RESULTS = {"metrics": {"val/loss": 1.25, "val/rewards/accuracies": 0.5}, "eval": TABLES,
            "eval_summary": summary_entries(TABLES)}  # as a run's results.json holds them
 
 
-@pytest.mark.parametrize("metric, expected", [("val/loss", 1.25), ("eval/trained/avg_long", 30.0),
-                                              ("eval/gain/avg_long", 20.0), (None, 30.0)])
+@pytest.mark.parametrize("metric, expected", [("val/loss", 1.25), ("eval/trained/avg_long", 75.0),  # points
+                                              ("eval/gain/avg_long", 50.0), (None, 75.0)])
 def test_optimized_value_reads_the_named_metric(metric, expected):
     assert optimized_value(RESULTS, metric) == expected
 

@@ -307,3 +307,28 @@ def test_malformed_files_name_file_place_and_field(module, name, content, messag
     with pytest.raises(DataFileError) as raised:
         module.load(str(path))
     assert str(raised.value).startswith(str(path)) and message in str(raised.value)
+
+
+def imported_modules(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_benchmark_readers_share_the_record_readers_not_the_data_formats():
+    """solopo.eval.longbench and ruler read their files with the training data's readers (solopo.data.formats);
+    the record readers and DataFileError are their own module now (solopo.records), which both use. eval/ keeps
+    data's question schema, context builder and chat template (one way: data/ imports nothing of eval/)."""
+    package = ROOT / "solopo"
+    modules = {path: imported_modules(path) for folder in ("eval", "data") for path in (package / folder).rglob("*.py")}
+    reaching = {str(path.relative_to(package)): sorted(m for m in found if m.startswith("solopo.data.formats"))
+                for path, found in modules.items() if path.parent.name == "eval"}
+    assert not {path: found for path, found in reaching.items() if found}
+    assert not [path for path, found in modules.items() if path.is_relative_to(package / "data")
+                and any(m.startswith("solopo.eval") for m in found)]

@@ -10,6 +10,7 @@ from test_run import ROOT, run
 
 from solopo.report.runs import find_runs
 from solopo.report.sweep import write_report
+from solopo.report.tables import counted
 
 
 def test_run_writes_the_eval_table_json_and_plots(tmp_path):
@@ -94,6 +95,19 @@ def test_seeds_collapse_into_mean_and_std_and_failed_runs_stay_visible(tmp_path)
     assert "trained avg long std" in csv_text.splitlines()[0]
     assert "| 3 of 3 failed: no pairs |" in (tmp_path / "out" / "report.md").read_text()
     assert [p.name for p in report["plots"]] == ["report_accuracy_vs_length.png", "report_score_vs_alpha.png"]
+
+
+def test_counts_in_the_report_text_agree_with_their_number(tmp_path):
+    """The report of one run said "1 runs"; --seeds printed its number of groups as runs."""
+    fake_run(tmp_path / "one" / "run", "DPO", "solopo", 0, 10.0, alpha=1.0)
+    done = subprocess.run([sys.executable, "-m", "solopo.report", str(tmp_path / "one")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "1 run; varying: nothing"
+    assert (tmp_path / "one" / "report.md").read_text().startswith("# Report: 1 run\n")
+    write_report(find_runs([study_dir(tmp_path)]), tmp_path / "out", seeds=True)  # 11 runs: 5 settings x seeds
+    assert (tmp_path / "out" / "report.md").read_text().startswith("# Report: 11 runs in 5 groups (mean ± std")
+    assert counted(1, "group") == "1 group" and counted(0, "run") == "0 runs"
 
 
 @pytest.mark.parametrize("folder, message", [

@@ -39,7 +39,7 @@ def test_no_change_is_not_certainty():
 
 
 def test_paired_change_needs_the_same_cases():
-    with pytest.raises(ValueError, match="3 cases before, 2 after"):
+    with pytest.raises(ValueError, match="the same cases before and after, not 3 and 2"):
         paired_change([1, 0, 1], [1, 0])
 
 

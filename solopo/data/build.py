@@ -29,9 +29,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from solopo.data.contexts import SEPARATOR, build_contexts
 from solopo.data.formats import pairs
-from solopo.data.formats.errors import DataFileError, Where
+from solopo.records import DataFileError, Where, check, check_unique_ids, text
 from solopo.data.formats.passages import dedupe
-from solopo.data.formats.records import check, check_unique_ids, text
 from solopo.data.formats.source import open_source
 from solopo.data.schema import PreferenceExample, Prompt, QAItem, Turn
 from solopo.settings.fields import flag, number, refuse, shown

@@ -15,11 +15,10 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from solopo.data.formats.errors import DataFileError
-from solopo.data.formats.records import read_jsonl, text, text_list
 from solopo.data.tokenize import encode_prompt
 from solopo.eval.longctx import EvalSettings, answer_all
-from solopo.scoring import Scorer, TokenF1
+from solopo.records import DataFileError, read_jsonl, text, text_list
+from solopo.scoring import Scorer, TokenF1, points
 from solopo.settings.fields import number, refuse
 
 LONGBENCH_QA = ("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique")
@@ -140,7 +139,7 @@ def run_benchmark(benchmark, subsets: Sequence[Subset], model, tokenizer, settin
 def subset_score(subset: Subset, answers: Sequence[str], scorer: Callable[[str, Sequence[str]], float]) -> dict:
     """{"score": 100 x the mean score of the subset's answers, "n": questions}."""
     scores = [scorer(answer, q.answers) for q, answer in zip(subset.questions, answers)]
-    return {"score": 100 * sum(scores) / max(len(scores), 1), "n": len(scores)}
+    return {"score": points(sum(scores) / max(len(scores), 1)), "n": len(scores)}
 
 
 def format_benchmark(tables: dict[str, dict]) -> str:

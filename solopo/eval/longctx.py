@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                         pad_left_to, uses_static_cache)
+                                         pad_left_to, progress, uses_static_cache)
 from solopo.report.stats import Change, paired_change, wilson
-from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, sub_em
+from solopo.scoring import SUB_EM, Scorer, f1, points, scorer_problems, sub_em
 from solopo.settings.fields import flag, number, one_of, refuse, shown
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
@@ -147,8 +146,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     model.eval()
     try:
         with generation_weights(model, static, precision):
-            # disable=None: a bar on a terminal only, not in a log file
-            for batch in tqdm(batches, desc=desc, unit="batch", disable=None):
+            for batch in progress(batches, desc):
                 ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
                 outputs.append(_greedy_batch(model, tokenizer, ids, mask, max_new_tokens, static, precision))
     finally:
@@ -274,9 +272,9 @@ def format_table(tables: dict[str, dict]) -> str:
 
 
 def _cell(score: float, ci95: Sequence[float], n: int) -> str:
-    return f"{100 * score:.1f} [{100 * ci95[0]:.0f}, {100 * ci95[1]:.0f}] n={n}"
+    return f"{points(score):.1f} [{points(ci95[0]):.0f}, {points(ci95[1]):.0f}] n={n}"
 
 
 def _change(change: Change) -> str:
-    text = f"{100 * change.difference:+.1f} [{100 * change.low:+.0f}, {100 * change.high:+.0f}] n={change.n}"
+    text = f"{points(change.difference):+.1f} [{points(change.low):+.0f}, {points(change.high):+.0f}] n={change.n}"
     return text + (" (within the interval: no measured change)" if change.within_noise else "")

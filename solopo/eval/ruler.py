@@ -15,8 +15,8 @@ import glob
 import os
 from dataclasses import dataclass
 
-from solopo.data.formats.errors import DataFileError
 from solopo.eval.longbench import Subset, check_template, read_questions
+from solopo.records import DataFileError
 from solopo.scoring import Scorer
 from solopo.settings.fields import number, refuse
 

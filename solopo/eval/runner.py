@@ -17,7 +17,7 @@ from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
 from solopo.eval.longbench import Subset, format_benchmark, run_benchmark
 from solopo.eval.longctx import EvalSettings, changes, evaluate, format_table
-from solopo.scoring import settings_identity
+from solopo.scoring import points, settings_identity
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap, score_vs_step
 
 
@@ -213,16 +213,18 @@ def make_evaluation(tokenizer, settings: EvalSettings, max_length: int, benchmar
 
 
 def summary_entries(tables: dict[str, dict]) -> dict[str, float]:
-    """Headline numbers for a dashboard's table of runs: each checkpoint's mean sub-EM over the long contexts
-    and over every case, and, with both checkpoints, what training changed on the long contexts."""
+    """Headline numbers for a dashboard's table of runs, in points (solopo.scoring.points, as a benchmark's are):
+    each checkpoint's mean sub-EM over the long contexts and over every case, and, with both checkpoints, what
+    training changed on the long contexts."""
     entries = {}
     for name, table in tables.items():
-        entries.update({f"eval/{name}/avg_long": table["average_long"], f"eval/{name}/average": table["average"]})
+        entries.update({f"eval/{name}/avg_long": points(table["average_long"]),
+                        f"eval/{name}/average": points(table["average"])})
     if {"base", "trained"} <= tables.keys():
-        entries["eval/gain/avg_long"] = tables["trained"]["average_long"] - tables["base"]["average_long"]
+        entries["eval/gain/avg_long"] = points(tables["trained"]["average_long"] - tables["base"]["average_long"])
         if (found := changes(tables["base"], tables["trained"])) and "avg_long" in found:
             change = found["avg_long"]
-            entries.update({"eval/gain/avg_long_low": change.low, "eval/gain/avg_long_high": change.high})
+            entries.update({"eval/gain/avg_long_low": points(change.low), "eval/gain/avg_long_high": points(change.high)})
     return entries
 
 
@@ -231,7 +233,7 @@ def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
     the logger shows them (wandb)."""
     if not logger:
         return
-    logger.log_metrics({f"eval/{name}/sub_em@{length}": score for name, table in tables.items()
+    logger.log_metrics({f"eval/{name}/sub_em@{length}": points(score) for name, table in tables.items()
                         for length, score in {**table["by_length"], "avg_long": table["average_long"]}.items()})
     if hasattr(logger, "log_table"):
         lengths = [*map(str, next(iter(tables.values()))["by_length"]), "avg long"]
@@ -246,10 +248,12 @@ def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
 
 
 def _with_interval(table: dict, length: str) -> tuple:
-    """(sub-EM, its 95% interval's ends, the number of cases) of one length, or "avg long"."""
+    """(sub-EM, its 95% interval's ends, in points; the number of cases) of one length, or "avg long"."""
     if length == "avg long":
-        return table["average_long"], *table["ci95_long"], table["n_long"]
-    return table["by_length"][length], *table["ci95_by_length"][length], table["n_by_length"][length]
+        score, ci95, n = table["average_long"], table["ci95_long"], table["n_long"]
+    else:
+        score, ci95, n = table["by_length"][length], table["ci95_by_length"][length], table["n_by_length"][length]
+    return points(score), points(ci95[0]), points(ci95[1]), n
 
 
 def write_outputs(tables: dict[str, dict], out_dir: Path, curve: dict | None = None) -> dict:
@@ -264,8 +268,8 @@ def write_outputs(tables: dict[str, dict], out_dir: Path, curve: dict | None = N
             plots.append(depth_heatmap(table, out_dir / f"eval_depth_{name}.png",
                                        title=f"{name}: sub-EM (%) by length and evidence depth"))
     if curve and curve["points"]:  # evaluation during training (EvalDuringTraining.record)
-        points = {"sub-EM, long contexts": {p["step"]: 100 * p["avg_long"] for p in curve["points"]}}
-        plots.append(score_vs_step(points, out_dir / "eval_vs_step.png", marked=curve.get("best_step")))
+        by_step = {"sub-EM, long contexts": {p["step"]: points(p["avg_long"]) for p in curve["points"]}}
+        plots.append(score_vs_step(by_step, out_dir / "eval_vs_step.png", marked=curve.get("best_step")))
     first, *later = tables
     found = {f"{name} - {first}": changes(tables[first], tables[name]) for name in later}
     return {"markdown": format_table(tables), "plots": [str(p) for p in plots],

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                         pad_left_to, static_copy, uses_static_cache)
+                                         pad_left_to, progress, static_copy, uses_static_cache)
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
 from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.training.precision import autocast
@@ -110,8 +109,7 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
     outputs: list[list[list[Sample]]] = []
     try:
         with generation_weights(model, static, settings.precision):
-            # disable=None: a bar on a terminal only, not in a log file
-            for number, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=None)):
+            for number, batch in enumerate(progress(batches, desc, copies=settings.k)):
                 ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
                 if static:
                     ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)

@@ -19,7 +19,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m solopo.report", description=__doc__,
+    from solopo.preflight import program_name
+
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", type=Path, help="a multirun directory or run directories")
     parser.add_argument("--out", type=Path, help="where the report goes (default: the first directory)")
@@ -27,6 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     from solopo.report.runs import find_runs
     from solopo.report.sweep import write_report  # matplotlib: after --help has been answered
+    from solopo.report.tables import counted
 
     out = args.out or args.dirs[0]
     try:
@@ -36,7 +39,8 @@ def main() -> None:
         raise SystemExit(2) from None
     report = write_report(runs, out, seeds=args.seeds)
     print(out / "report.md")
-    print(f"{len(report['rows'])} runs; varying: {', '.join(report['keys']) or 'nothing'}")
+    groups = f" in {counted(len(report['rows']), 'group')}" if args.seeds else ""
+    print(f"{counted(len(runs), 'run')}{groups}; varying: {', '.join(report['keys']) or 'nothing'}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only: runs on clusters without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from solopo.report.runs import Stat  # noqa: E402
+from solopo.scoring import points  # noqa: E402
 
 Value = float | Stat
 LENGTH_AXIS = "context length (tokens; short = the evidence alone)"
@@ -25,7 +26,7 @@ DASHED = dict(color="grey", linestyle="--")  # a reference line, e.g. the model 
 
 def by_length(table: dict) -> dict[str, float]:
     """An evaluation table's sub-EM (%) by context length."""
-    return {str(n): 100 * score for n, score in table["by_length"].items()}
+    return {str(n): points(score) for n, score in table["by_length"].items()}
 
 
 def accuracy_vs_length(panels: Mapping[str, Mapping[str, Mapping[str, Value]]], path: Path,
@@ -99,7 +100,7 @@ def depth_heatmap(table: dict, path: Path, title: str = "sub-EM (%) by length an
     cells = [c for c in table["cells"] if c["depth"] != "-"]
     lengths = sorted({c["length"] for c in cells}, key=int)  # built lengths only: fixed contexts have no depth
     depths = sorted({c["depth"] for c in cells}, key=float)
-    grid = [[next((100 * c["sub_em"] for c in cells if c["length"] == n and c["depth"] == d), float("nan"))
+    grid = [[next((points(c["sub_em"]) for c in cells if c["length"] == n and c["depth"] == d), float("nan"))
              for d in depths] for n in lengths]
     fig, ax = plt.subplots(figsize=(1.2 * len(depths) + 2.5, 0.6 * len(lengths) + 1.8))
     image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")

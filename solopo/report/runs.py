@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
+from solopo.scoring import points
+
 SEED_KEY = re.compile(r"(^|\.)seed$")  # seed, data.source.seed, data.sampling.seed: they vary together
 
 
@@ -79,13 +81,13 @@ class Run:
         table = self.eval.get("trained") or self.eval.get("model")
         if not table:
             return {}
-        return {**{str(k): 100 * v for k, v in table["by_length"].items()}, "avg long": 100 * table["average_long"]}
+        return {**{str(k): points(v) for k, v in table["by_length"].items()}, "avg long": points(table["average_long"])}
 
     @property
     def gain(self) -> float | None:
         """avg long after training minus before it (points), from the run's own evaluation of the base model."""
         table, base = self.eval.get("trained"), self.eval.get("base")
-        return 100 * (table["average_long"] - base["average_long"]) if table and base else None
+        return points(table["average_long"] - base["average_long"]) if table and base else None
 
 
 def load_run(path: Path) -> Run:

@@ -53,7 +53,7 @@ def paired_change(before: Sequence[float], after: Sequence[float], z: float = Z9
     The plain Wald interval (no 1/2s) is zero-wide when no case changed, as if a handful of
     questions gave certainty; the adjusted one is not. The reported difference is the observed (c - b) / n."""
     if len(before) != len(after):
-        raise ValueError(f"paired_change: {len(before)} cases before, {len(after)} after")
+        raise ValueError(f"paired_change: the same cases before and after, not {len(before)} and {len(after)}")
     n = len(before)
     if n == 0:
         return Change(float("nan"), float("nan"), float("nan"), 0)

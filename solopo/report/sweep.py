@@ -8,6 +8,7 @@ from pathlib import Path
 from solopo.report.plots import accuracy_vs_length, by_length, score_vs_alpha
 from solopo.report.runs import Run, Stat, stat
 from solopo.report.tables import flatten, label, seed_groups, write_tables
+from solopo.scoring import points
 
 ALPHA = "ra.alpha"
 
@@ -38,7 +39,7 @@ def _plots(runs: list[Run], keys: list[str], out: Path, seeds: bool) -> list[Pat
         for _, members in groups:
             setting = _setting(members[0], keys)
             by_alpha.setdefault(label(setting, others), {})[float(setting[ALPHA])] = stat(
-                100 * r.eval["trained"]["average_long"] for r in members)
+                points(r.eval["trained"]["average_long"]) for r in members)
         plots.append(score_vs_alpha(by_alpha, out / "report_score_vs_alpha.png"))
     return plots
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from solopo.report.runs import Run, Stat, group, is_seed_key, stat
+from solopo.scoring import points
 
 IGNORED = ("logger.", "hydra.")  # paths and logging details differ between runs without being a factor
 METRICS = ("val/loss", "val/rewards/accuracies", "val/ra/gap", "train/peak_mem_gib")
@@ -57,10 +58,10 @@ def row_of(run: Run, keys: list[str], with_status: bool) -> dict:
         row["status"] = f"failed: {run.failed}" if run.failed else "ok"
     for name, table in run.eval.items():
         for length, score in table["by_length"].items():
-            row[f"{name} sub-EM@{length}"] = round(100 * score, 1)
+            row[f"{name} sub-EM@{length}"] = round(points(score), 1)
             row.update(_interval(f"{name} sub-EM@{length}", table.get("ci95_by_length", {}).get(length),
                                  table.get("n_by_length", {}).get(length)))
-        row[f"{name} avg long"] = round(100 * table["average_long"], 1)
+        row[f"{name} avg long"] = round(points(table["average_long"]), 1)
         row.update(_interval(f"{name} avg long", table.get("ci95_long"), table.get("n_long")))
     row.update({k: round(run.metrics[k], 4) for k in METRICS if k in run.metrics})
     row.update({k: round(run.timings[k], 1) for k in ("fit_s", "total_s") if k in run.timings})
@@ -72,7 +73,7 @@ def _interval(column: str, ci95, n) -> dict:
     tables carried them."""
     if ci95 is None or n is None:
         return {}
-    return {f"{column} 95% CI": f"{100 * ci95[0]:.0f}-{100 * ci95[1]:.0f}", f"{column} n": n}
+    return {f"{column} 95% CI": f"{points(ci95[0]):.0f}-{points(ci95[1]):.0f}", f"{column} n": n}
 
 
 def seed_groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
@@ -104,6 +105,11 @@ def label(row: dict, keys: list[str]) -> str:
     """e.g. "algo=SimPO, alpha=1.0": a group's name for its _target_, else the key's last part."""
     name = lambda k: k.split(".")[0] if k.endswith("._target_") else k.split(".")[-1]  # noqa: E731
     return ", ".join(f"{name(k)}={short(row[k])}" for k in keys) or "run"
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and its noun, in the singular for one: "1 run", "3 runs" (report text)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def short(value: Any) -> str:
@@ -145,7 +151,8 @@ def write_tables(runs: list[Run], out: Path, seeds: bool = False) -> dict:
         writer.writeheader()
         csv_names = names if seeds else [str(r.path) for r in runs]
         writer.writerows({"run": name, **row} for name, row in zip(csv_names, cells))
-    title = f"# Report: {len(runs)} runs" + (f" in {len(rows)} groups (mean ± std over seeds)" if seeds else "")
+    title = f"# Report: {counted(len(runs), 'run')}" + (f" in {counted(len(rows), 'group')} (mean ± std over seeds)"
+                                                        if seeds else "")
     body = markdown(["run", *columns], [[name, *(short(row.get(c, "")) for c in columns)] for name, row in zip(names, rows)])
     return {"keys": keys, "rows": rows, "lines": [title, "", *body]}
 

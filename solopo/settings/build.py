@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from solopo.core import algos
 from solopo.core.objective import Method, SoLoRA
-from solopo.data.formats import DataFileError
 from solopo.eval.longctx import EvalSettings
 from solopo.generation.sampling import SamplingSettings
 from solopo.generation.vllm_engine import import_vllm
 from solopo.models import kernels
 from solopo.models.loading import ModelSpec
+from solopo.records import DataFileError
 from solopo.scoring import FromFunction, as_scorer
 from solopo.step import context_parallel
 from solopo.step.context_parallel import ContextSplit

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import pytorch_lightning as pl
 import torch
 
+from solopo.scoring import points
 from solopo.training.distributed import full_state_dict, is_sharded
 
 log = logging.getLogger("solopo")
@@ -45,8 +46,8 @@ class EvalDuringTraining(pl.Callback):
         self.curve.append({"step": step, "avg_long": score, "by_length": table["by_length"],
                            "ci95_long": table.get("ci95_long"), "n_long": table.get("n_long")})
         if trainer.logger and trainer.is_global_zero:
-            trainer.logger.log_metrics({"eval/step/avg_long": score, **{f"eval/step/sub_em@{n}": v for n, v in
-                                                                        table["by_length"].items()}}, step=step)
+            trainer.logger.log_metrics({"eval/step/avg_long": points(score), **{  # points, as every logged score
+                f"eval/step/sub_em@{n}": points(v) for n, v in table["by_length"].items()}}, step=step)
         if self.keep_best and (self.best_step is None or score > self._best_score()):
             self._best_weights = trained_weights(self.policy)
             self.best_step = step
@@ -60,7 +61,7 @@ class EvalDuringTraining(pl.Callback):
         if not (self.keep_best and self.best_step is not None):
             return
         log.info("eval.keep_best: the weights of step %d (avg long sub-EM %.1f%%) are the trained model",
-                 self.best_step, 100 * self._best_score())
+                 self.best_step, points(self._best_score()))
         if is_sharded(self.policy):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

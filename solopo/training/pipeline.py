@@ -28,13 +28,13 @@ from solopo.data.collate import PairCollator, plain_po
 from solopo.data.pairs import UnusableItem, to_examples
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import token_counter, tokenize_examples
-from solopo.data.formats import DataFileError
 from solopo.eval import runner
 from solopo.eval.runner import RunEvaluation
 from solopo.generation.sampling import sample_pairs
 from solopo.generation.vllm_engine import saved_weights
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, source_problems, weights_path, with_lora)
+from solopo.records import DataFileError
 from solopo.step.checkpointing import AUTO, auto_checkpointing, step_tokens
 from solopo.step.context_parallel import Share
 from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source, vllm_args)

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from solopo.data.formats import DataFileError, hotpotqa, longbench, musique, pairs
-from solopo.preflight import preflight
+from solopo.preflight import job_configs, preflight, refuse_bad_values
 from solopo.settings.build import ConfigError, build_settings, load_source
 from solopo.settings.fields import number, one_of
 from solopo.settings.rules import check_eval_lengths, check_long_len
@@ -254,6 +254,43 @@ def test_the_run_stops_before_any_model_loads(tmp_path):
     assert "Traceback" not in done.stderr and "parameters" not in done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == ["error: ra.alpha=-1: must be a number >= 0 (0 turns SoLo-RA off)"]
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_bad_value_leaves_no_run_directory(tmp_path):
+    """The value checks ran inside Hydra's job, which had made outputs/DATE/TIME/ (.hydra/, an empty run.log) for a
+    run that stopped at once; they run before Hydra now, on the config Hydra will compose."""
+    done = run(["optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr.strip().splitlines() == ["error: optim.lr=-1: must be a number > 0"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_value_in_any_job_stops_a_sweep_before_its_first(tmp_path, capsys):
+    """Job 1 of 4 holds the bad value: nothing runs and no sweep directory is made (Hydra's basic sweeper)."""
+    argv = ["-m", "experiment=smoke", "algo=dpo,simpo", "optim.lr=0.001,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert [overrides for overrides, _ in job_configs(argv, "config")] == [
+        ["experiment=smoke", "algo=dpo", "optim.lr=0.001"], ["experiment=smoke", "algo=dpo", "optim.lr=-1"],
+        ["experiment=smoke", "algo=simpo", "optim.lr=0.001"], ["experiment=smoke", "algo=simpo", "optim.lr=-1"]]
+    with pytest.raises(SystemExit) as stopped:
+        refuse_bad_values(argv)
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        "error: sweep job 1 (experiment=smoke algo=dpo optim.lr=-1): optim.lr=-1: must be a number > 0\n")
+    assert not (tmp_path / "sweep").exists()
+    refuse_bad_values(["-m", "experiment=smoke", "algo=dpo,simpo"])  # good values: on to Hydra
+
+
+@pytest.mark.parametrize("argv", [["optim.lr=-1", "--help"], ["optim.lr=-1", "--cfg", "job"],
+                                  ["optim.lrr=1"],  # not in the config: Hydra's own error, as before
+                                  ["-m", "optim.lr=-1", "hydra/launcher=slurm"]])  # checked by the job, on its machine
+def test_values_are_left_to_hydra_where_it_answers_or_runs_elsewhere(argv):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher") if "hydra/launcher=slurm" in argv else None
+    assert job_configs(argv, "config") == []
+
+
+def test_an_evaluation_checks_only_what_it_reads_before_hydra(capsys):
+    refuse_bad_values(["optim.lr=-1"], training=False)
+    with pytest.raises(SystemExit):
+        refuse_bad_values(["eval.depths=[2]"], training=False)
+    assert capsys.readouterr().err.startswith("error: eval.depths=[2]: each depth")
 
 
 def records_of(name):

@@ -13,6 +13,6 @@ Validation takes the last n_val items of a seeded shuffle, so it does not move w
 caps the training items. A malformed file, or one that gives two records the same id, raises
 DataFileError naming the file, the line (jsonl), record (JSON list) or row (other containers), and the field.
 """
-from solopo.data.formats.errors import DataFileError
+from solopo.records import DataFileError
 
 __all__ = ["DataFileError"]

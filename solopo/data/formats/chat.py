@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from solopo.data.formats.errors import Where
-from solopo.data.formats.records import check, check_text
 from solopo.data.schema import Prompt, Turn
+from solopo.records import Where, check, check_text
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 
-from solopo.data.formats.errors import Where
 from solopo.data.formats.passages import clean, render_passage
-from solopo.data.formats.records import check, field, read_json_list, text
 from solopo.data.formats.splits import Parsed, to_splits
 from solopo.data.schema import QAItem, Splits
+from solopo.records import Where, check, field, read_json_list, text
 
 
 def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None) -> Splits:

@@ -31,9 +31,8 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from solopo.data.formats.chat import SHAREGPT, Tags, response, turns
-from solopo.data.formats.errors import Where
-from solopo.data.formats.records import check, check_text, field, required
 from solopo.data.schema import Prompt, Turn
+from solopo.records import Where, check, check_text, field, required
 
 LAYOUTS = ("alpaca", "sharegpt")
 # the columns of a file with no dataset_info.json entry

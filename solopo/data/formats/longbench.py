@@ -9,10 +9,9 @@ answers come from items of the same `dataset` first.
 """
 from __future__ import annotations
 
-from solopo.data.formats.errors import Where
-from solopo.data.formats.records import field, read_jsonl, text, text_list
 from solopo.data.formats.splits import Parsed, to_splits
 from solopo.data.schema import QAItem, Splits
+from solopo.records import Where, field, read_jsonl, text, text_list
 
 
 def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None) -> Splits:

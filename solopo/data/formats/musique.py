@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from solopo.data.formats.errors import Where
 from solopo.data.formats.passages import clean, render_passage
-from solopo.data.formats.records import check, field, read_jsonl, text, text_list
 from solopo.data.formats.splits import Parsed, to_splits
 from solopo.data.schema import QAItem, Splits
+from solopo.records import Where, check, field, read_jsonl, text, text_list
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,11 @@ from typing import Callable
 
 from solopo.data.formats import llama_factory, trl
 from solopo.data.formats.chat import prompt, response
-from solopo.data.formats.errors import DataFileError, Where
 from solopo.data.formats.passages import dedupe
-from solopo.data.formats.records import check_unique_ids, field, required, text, text_list
 from solopo.data.formats.source import open_source
 from solopo.data.formats.splits import split_items
 from solopo.data.schema import PreferenceExample, Prompt, QAItem, Splits, prompt_text
+from solopo.records import DataFileError, Where, check_unique_ids, field, required, text, text_list
 
 log = logging.getLogger(__name__)
 _FORMAT_KEYS = {"A": "prompt_short, prompt_long", "A'": "question, relevant", "B": "prompt",

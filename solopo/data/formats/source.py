@@ -27,8 +27,7 @@ from typing import Any, Iterator, Optional
 
 from solopo.cache import cache_root
 from solopo.data.formats import llama_factory
-from solopo.data.formats.errors import DataFileError, Where
-from solopo.data.formats.records import checked_path, iter_jsonl, read_json_list
+from solopo.records import DataFileError, Where, checked_path, iter_jsonl, read_json_list
 
 ARROW_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 JSON_SUFFIXES = (".json", ".jsonl")

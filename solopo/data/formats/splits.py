@@ -5,11 +5,10 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from solopo.data.formats.errors import DataFileError, Where
 from solopo.data.formats.passages import dedupe
-from solopo.data.formats.records import check_unique_ids
 from solopo.data.formats.wrong_answers import add_wrong_answers
 from solopo.data.schema import PreferenceExample, QAItem, Splits
+from solopo.records import DataFileError, Where, check_unique_ids
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,8 @@ prompt (tool calls, multi-turn completions), and a prompt ending with an assista
 from __future__ import annotations
 
 from solopo.data.formats.chat import prompt, response, split_implicit
-from solopo.data.formats.errors import Where
-from solopo.data.formats.records import required
 from solopo.data.schema import Prompt
+from solopo.records import Where, required
 
 
 def explicit(record: dict, where: Where) -> tuple[Prompt, str, str]:

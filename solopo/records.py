@@ -1,12 +1,40 @@
-"""Records of jsonl and JSON-list files, and their fields checked against the JSON types a format expects."""
+"""Records of user files and their place in the file: jsonl and JSON-list files read record by record, each field
+checked against the JSON type a format expects, and the one error a malformed file raises (``DataFileError``,
+"FILE line 3: field 'paragraphs': expected a list, got str"). Shared by the training data's formats
+(solopo.data.formats), the benchmarks' readers (solopo.eval.longbench, solopo.eval.ruler) and the checks that stop on
+a bad file, so that neither eval/ nor data/ reaches into the other's readers for it."""
 from __future__ import annotations
 
 import errno
 import json
 import os
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
-from solopo.data.formats.errors import DataFileError, Where
+class DataFileError(ValueError):
+    """A data file that cannot be used as it is: "FILE line 3: field 'paragraphs': expected a list, got str"."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """A record's place: "line 3" in jsonl (1-based, as editors count), "record 2" in a JSON list (0-based, as
+    jq '.[2]' finds it) or "row 2" in an Arrow-backed container (0-based, as dataset[2] finds it); ``parent`` names
+    the enclosing field of a nested object."""
+
+    path: str
+    place: str
+    parent: str = ""
+
+    def label(self, name: str) -> str:
+        return f"{self.parent}.{name}" if self.parent else name
+
+    def inside(self, name: str) -> Where:
+        return replace(self, parent=self.label(name))
+
+    def error(self, problem: str, field: str | None = None) -> DataFileError:
+        located = f"{self.path} {self.place}" + (f": field {field!r}" if field else "")
+        return DataFileError(f"{located}: {problem}")
+
 
 REQUIRED = object()  # the default of a field that must be present
 _EXPECTED = {str: "a string", list: "a list", dict: "an object", bool: "true or false", int: "an integer"}
