@@ -173,3 +173,30 @@ def test_static_cache_runs_fp32_weights_under_bf16_autocast(fp32_model, tokenize
         got = sampling.generate(fp32_model, tokenizer, PROMPTS, settings)
     assert len(got) == len(PROMPTS)
     assert all(p.dtype == torch.float32 and torch.equal(p, before[name]) for name, p in fp32_model.named_parameters())
+
+
+@pytest.mark.parametrize("path", ["greedy", "sampled"])
+def test_static_path_decodes_with_stock_attention_and_restores_the_kernel(fp32_model, tokenizer, monkeypatch, path):
+    """transformers compiles the static path's decoding step whole, and solopo's own kernel failed to trace there on a
+    GPU (torch 2.11): the static path attends with SDPA, the dynamic one keeps the model's kernel, and the kernel is
+    the model's again afterwards."""
+    from transformers import AttentionInterface
+
+    from solopo.step.varlen import NAME
+
+    kernel = fp32_model.config._attn_implementation
+    assert kernel == NAME  # the shipped default kernel
+    calls = []
+    own = AttentionInterface._global_mapping[NAME]
+    monkeypatch.setitem(AttentionInterface._global_mapping, NAME, lambda *a, **k: calls.append(1) or own(*a, **k))
+    monkeypatch.setattr(longctx, "uses_static_cache", lambda model, wanted: wanted)
+    monkeypatch.setattr(sampling, "uses_static_cache", lambda model, wanted: wanted)
+    for static in (False, True):
+        calls.clear()
+        if path == "greedy":
+            greedy_answers(fp32_model, tokenizer, PROMPTS[:2], max_new_tokens=2, batch_size=2, static_cache=static)
+        else:
+            settings = replace(SAMPLING, k=2, max_new_tokens=2, batch_size=4, static_cache=static)
+            sampling.generate(fp32_model, tokenizer, PROMPTS[:2], settings)
+        assert bool(calls) != static, static
+        assert fp32_model.config._attn_implementation == kernel

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from solopo.training.precision import autocast_dtype, weights_as
 
 T = TypeVar("T")
+STOCK_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")  # transformers' own
 STATIC_WIDTH_MULTIPLE = 256  # static caches are sized in steps of this: a compiled step is reused across batches
 log = logging.getLogger(__name__)
 
@@ -94,13 +96,29 @@ def uses_static_cache(model, wanted: bool) -> bool:
     return wanted and next(model.parameters()).device.type == "cuda"
 
 
+@contextmanager
 def generation_weights(model, static: bool, precision: str):
-    """The weights generation computes with. A static KV cache holds keys and values of the dtype of the first ones it
-    sees (one dtype for both before transformers 5.2x); under mixed precision, fp32 weights leave the rotary-embedded
-    keys in fp32 and the values in the autocast dtype. The static path therefore computes with autocast-dtype copies
-    of the weights while it lasts (solopo.training.precision.weights_as: the masters come back unchanged), as FSDP2's
-    forward does; the dynamic path keeps the weights as they are."""
-    return weights_as(model, autocast_dtype(precision) if static else None)
+    """The weights and the attention generation computes with, for the duration.
+
+    Weights: a static KV cache holds keys and values of the dtype of the first ones it sees (one dtype for both
+    before transformers 5.2x); under mixed precision, fp32 weights leave the rotary-embedded keys in fp32 and the
+    values in the autocast dtype. The static path therefore computes with autocast-dtype copies of the weights while
+    it lasts (solopo.training.precision.weights_as: the masters come back unchanged), as FSDP2's forward does.
+
+    Attention: transformers compiles the static path's decoding step whole, and solopo's own kernels (packed rows,
+    shared prompts) failed to trace there (torch 2.11, experiments/sampling/results/speed.md); generation runs
+    neither packed rows nor shared prompts, so the static path uses transformers' SDPA attention, which those
+    kernels call for left-padded rows anyway. The dynamic path keeps the weights and attention as they are."""
+    with weights_as(model, autocast_dtype(precision) if static else None):
+        kernel = model.config._attn_implementation
+        stock = static and kernel not in STOCK_ATTENTION
+        if stock:
+            model.config._attn_implementation = "sdpa"
+        try:
+            yield model
+        finally:
+            if stock:
+                model.config._attn_implementation = kernel
 
 
 def pad_left_to(ids: torch.Tensor, mask: torch.Tensor, multiple: int, pad_token_id: int) -> tuple[torch.Tensor, ...]:
