@@ -312,6 +312,28 @@ def targets(grid_rows: list[dict], packing: list[dict], shared: list[dict], long
     return lines + [""]
 
 
+def layout_sections(packed: list[dict], shared: list[dict], summary: dict) -> list[str]:
+    """The packed-rows and shared-prompt tables, their rows added to ``summary``."""
+    md: list[str] = []
+    summary["packing"] = []
+    if packed:
+        md += ["## Packed rows (step time; `bench.py --tag _packing`)", ""]
+        for model in dict.fromkeys(r["model"] for r in packed):
+            for algo in dict.fromkeys(r["algo"] for r in packed if r["model"] == model):
+                lines, rows = packing_section(packed, model, algo)
+                md += [f"### {model}, {algo.upper()}", ""] + lines
+                summary["packing"] += [{"model": model, "algo": algo, **r} for r in rows]
+    summary["shared"] = []
+    if shared:
+        md += ["## Shared prompts (step time; `bench.py --tag _shared`: `packing=shared_prompt`)", ""]
+        for model in dict.fromkeys(r["model"] for r in shared):
+            for algo in dict.fromkeys(r["algo"] for r in shared if r["model"] == model):
+                lines, rows = packing_section(shared, model, algo, ("solopo", "solopo_both", "long_po"))
+                md += [f"### {model}, {algo.upper()}", ""] + lines
+                summary["shared"] += [{"model": model, "algo": algo, **r} for r in rows]
+    return md
+
+
 def summarise(results: Path) -> dict:
     grid, max_rows, logp_rows, trl = (load(results, n) for n in ("solopo_grid", "solopo_max_length", "logp_memory", "trl_long_po"))
     packed, shared = load(results, "solopo_grid_packing"), load(results, "solopo_grid_shared")
@@ -337,22 +359,7 @@ def summarise(results: Path) -> dict:
     md += ["## Peak memory of the log-prob step alone (LM head + log-softmax, forward and backward, 64 response tokens)", ""]
     lines, summary["logp"] = logp_section(logp_rows, "qwen2.5-1.5b")
     md += ["### qwen2.5-1.5b", ""] + lines
-    summary["packing"] = []
-    if packed:
-        md += ["## Packed rows (step time; `bench.py --tag _packing`)", ""]
-        for model in dict.fromkeys(r["model"] for r in packed):
-            for algo in dict.fromkeys(r["algo"] for r in packed if r["model"] == model):
-                lines, rows = packing_section(packed, model, algo)
-                md += [f"### {model}, {algo.upper()}", ""] + lines
-                summary["packing"] += [{"model": model, "algo": algo, **r} for r in rows]
-    summary["shared"] = []
-    if shared:
-        md += ["## Shared prompts (step time; `bench.py --tag _shared`: `packing=shared_prompt`)", ""]
-        for model in dict.fromkeys(r["model"] for r in shared):
-            for algo in dict.fromkeys(r["algo"] for r in shared if r["model"] == model):
-                lines, rows = packing_section(shared, model, algo, ("solopo", "solopo_both", "long_po"))
-                md += [f"### {model}, {algo.upper()}", ""] + lines
-                summary["shared"] += [{"model": model, "algo": algo, **r} for r in rows]
+    md += layout_sections(packed, shared, summary)
     defaults = load(results, "solopo_grid_defaults")
     summary["defaults"] = []
     if defaults:
