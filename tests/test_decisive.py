@@ -4,15 +4,18 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from experiments.decisive import claims, curve, jobs, report  # noqa: E402
+from experiments.decisive import claims, curve, estimate, jobs, report  # noqa: E402
+from experiments.studies import runner  # noqa: E402
 
 from solopo.report.runs import find_runs  # noqa: E402
 
@@ -29,19 +32,27 @@ def test_presets_compose_with_a_job_s_overrides(regime, long_len, short_len):
         long_len, short_len, 200, [0.0, 0.5, 1.0])
     assert (cfg.method.name, cfg.ra.alpha, cfg.ra.distance, cfg.ra.detach_short) == ("solopo", 1.0, "softplus", True)
     assert cfg.eval.batch_tokens and cfg.data.sampling.batch_tokens and "CSVLogger" in cfg.logger._target_
+    # an ablation cell is evaluated on the evidence alone and at its training length; speed.md's fastest path
+    assert OmegaConf.to_container(cfg.eval.lengths, resolve=True) == ["short", long_len]
+    assert not cfg.eval.static_cache and not cfg.data.sampling.static_cache
 
 
 def test_job_list_main_rows_at_five_seeds_and_ablations_at_three():
     plan = jobs.study_jobs()
     names = [j.name for j in plan]
-    assert len(names) == len(set(names)) == 2 * 5 * (1 + 4 * 3) + (2 * 3 * 4 + 1) * 3 - 2 * 3
-    assert names[:3] == ["a-base-s0", "a-short_po-dpo-s0", "a-short_po-simpo-s0"]  # seed by seed, base first
+    assert len(names) == len(set(names)) == 2 * 5 * 4 * 3 + (2 * 3 * 4 + 1) * 3 - 2 * 3  # no base job: runs share it
+    assert names[:5] == ["a-short_po-dpo-s0", "a-long_po-dpo-s0", "a-solopo-dpo-a3-s0", "a-solopo_detach-dpo-a3-s0",
+                         "a-short_po-simpo-s0"]  # seed by seed, algorithm by algorithm
     assert "b-solopo_detach-orpo-a1-s4" in names and "a-solopo_detach-simpo-squared-a0.1-s2" in names
     assert not any(n.startswith("b-") and "squared" in n for n in names)  # ablations in one regime
-    base = jobs.Job("a", "short_po", "dpo", None, 0)
-    assert base.overrides() == ["experiment=decisive/a", "seed=0", "method=short_po", "algo=dpo"]
-    assert jobs.Job("a", "solopo", "dpo", 3.0, 0).sampling_key == base.sampling_key != (
+    first = jobs.Job("a", "short_po", "dpo", None, 0)
+    assert first.overrides() == ["experiment=decisive/a", "seed=0", "method=short_po", "algo=dpo"]
+    assert jobs.Job("a", "solopo", "dpo", 3.0, 0).sampling_key == first.sampling_key != (
         jobs.Job("a", "long_po", "dpo", None, 0).sampling_key)
+    cell = jobs.Job("b", "solopo", "simpo", 0.3, 0, lengths=tuple(curve.overrides(768)))
+    assert cell.overrides()[-1] == jobs.ABLATION_LENGTHS
+    assert "eval.lengths=[short,768,1536,3072]" not in cell.overrides()
+    assert [len(u) for u in jobs.units(plan)][:3] == [4, 4, 4] and {len(u) for u in jobs.units(plan)[30:]} == {3, 4}
 
 
 def test_regime_b_length_is_the_longest_that_keeps_half_the_evidence_only_accuracy():
@@ -99,6 +110,7 @@ def test_claims_are_paired_over_seeds_and_questions_with_a_verdict(tmp_path):
     assert "- **not separated**: SoLoPO-detach beats Short-PO (new), regime a, simpo: +0.0 [" in text
     assert "- **contradicted**: SoLoPO beats Short-PO" in text
     assert "| a | simpo | yes | squared | 0.3 | 1 | 0.0 | 80.0 | +20.0 [" in text  # 8 of 10 vs 6 of 10, seed 0
+    assert "| a | - | base | 3 |" in text and "10 runs, 0 failed." in text  # the runs' own base tables, one per seed
     # sampling counts where it ran (seed 0: 10 s), not where the cache was read; training is a mean over seeds
     assert "| a | short_po | 10.0 s / 3.00 ± 0.00 GiB | - | - | 3.0 ± 1.0 s / 1.50 ± 0.00 GiB | - |" in text
     assert (tmp_path / "out" / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
@@ -115,22 +127,114 @@ def test_paired_comparison_uses_only_shared_seeds_and_questions(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_launcher_and_report_end_to_end_on_the_tiny_model(tmp_path):
-    """Three jobs of regime (a) at one seed (base, Short-PO, SoLoPO-detach) on the tiny model with gold pairs: every
-    job ends, and the report has their rows, a claim line, the cost of every stage and the mechanism plot."""
+def test_the_launcher_and_report_end_to_end_on_the_tiny_model_across_two_sessions(tmp_path):
+    """Regime (a) at one seed on the tiny model with gold pairs, in two sessions on two machines: the first runs
+    Short-PO; its archive is collected into the repository (experiments/studies/collect.py) and restored on a fresh
+    machine (another study folder and cache), whose launcher skips it and runs SoLoPO-detach, which reads the base
+    model's evaluation from the restored cache. The report has both rows and the base row, a claim line, the cost of
+    every stage and the mechanism plot."""
+    from experiments.studies import collect
+
     tiny = ["model=tiny", "trainer=cpu", "data.long_len=256", "data.source.n_train=6", "data.source.n_val=2",
             "data.batch_size=2", "trainer.max_steps=2", "eval.n_items=2", "eval.lengths=[short,256]",
             "eval.max_new_tokens=4", "data.pairs=gold"]
     script = ROOT / "experiments" / "decisive"
-    done = subprocess.run([sys.executable, str(script / "launch.py"), "--root", str(tmp_path), "--regimes", "a",
-                           "--main-seeds", "0", "--names", "a-base-s0,a-short_po-simpo-s0,a-solopo_detach-simpo-a1-s0",
-                           "--parallel", "2", "--", *tiny], cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0 and "study: 3 of 3 jobs done" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
-    done = subprocess.run([sys.executable, str(script / "report.py"), str(tmp_path), "--out", str(tmp_path / "rep")],
+    names = "a-short_po-simpo-s0,a-solopo_detach-simpo-a1-s0"
+
+    def session(root: Path, cache: Path, names: str) -> str:
+        done = subprocess.run([sys.executable, str(script / "launch.py"), "--root", str(root), "--regimes", "a",
+                               "--main-seeds", "0", "--names", names, "--parallel", "2", "--", *tiny], cwd=ROOT,
+                              env=dict(SCRIPT_ENV, SOLOPO_CACHE=str(cache)), capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        return done.stdout
+
+    first, first_cache = tmp_path / "m1" / "decisive", tmp_path / "m1" / "cache"
+    assert "study: 1 of 1 jobs done" in session(first, first_cache, "a-short_po-simpo-s0")
+    with tarfile.open(tmp_path / "part1.tar.gz", "w:gz") as archive:
+        for folder in (first, first_cache / "eval"):
+            archive.add(folder, arcname=str(folder).lstrip("/"))
+    collect.collect(tmp_path / "part1.tar.gz", tmp_path / "repo_runs", first, first_cache)
+    fresh, fresh_cache = tmp_path / "m2" / "decisive", tmp_path / "m2" / "cache"
+    collect.restore(tmp_path / "repo_runs", fresh, fresh_cache)
+    out = session(fresh, fresh_cache, names)
+    assert "1 already done or failed, 1 to run" in out and "study: 2 of 2 jobs done" in out
+    log = (fresh / "a-solopo_detach-simpo-a1-s0" / "launch.log").read_text()
+    assert f"from cache {fresh_cache / 'eval'}" in log
+    done = subprocess.run([sys.executable, str(script / "report.py"), str(fresh), "--out", str(tmp_path / "rep")],
                           cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / "rep" / "study.md").read_text()
-    assert "3 runs, 0 failed." in text and "| a | simpo | solopo_detach | 1 |" in text
+    assert "2 runs, 0 failed." in text and "| a | simpo | solopo_detach | 1 |" in text
+    assert "| a | - | base | 1 |" in text  # from the runs' own evaluation of the base model
     assert "SoLoPO-detach beats Short-PO (new), regime a, simpo:" in text
-    assert "| a | solopo_detach | 0.0 s" in text or "| a | solopo_detach |" in text
+    assert "| a | solopo_detach |" in text
+
+
+def scored_run(path: Path, row: str, right: dict[str, list[int]], seed: int = 0):
+    """A results.json whose trained model answered, at each length given, the questions listed (of 0-9), depth 0.5."""
+    scores = [[f"q{q}", length, "0.5", float(q in qs)] for length, qs in right.items() for q in range(10)]
+    fake_run(path, "a", row, seed, [])
+    data = json.loads((path / "results.json").read_text())
+    data["eval"]["trained"]["scores"] = scores
+    (path / "results.json").write_text(json.dumps(data))
+
+
+def test_an_ablation_cell_is_compared_on_the_cases_both_runs_were_asked(tmp_path):
+    """The main row answers q0-q5 at 1024 tokens and none at 4096; the cell, asked at 4096 only, answers q0-q5 there:
+    +60 points on the shared cases (each run's mean over its own cases would say +30)."""
+    scored_run(tmp_path / "main", "short_po", {"1024": [0, 1, 2, 3, 4, 5], "4096": []})
+    scored_run(tmp_path / "cell", "solopo", {"4096": [0, 1, 2, 3, 4, 5]})
+    runs = {r.path.name: r for r in find_runs([tmp_path])}
+    change = claims.paired([runs["cell"]], [runs["main"]])
+    assert change.n == 10 and change.difference == pytest.approx(60.0)
+
+
+def test_parts_hold_whole_units_within_nine_minutes_and_never_before_their_pairs():
+    plan = jobs.study_jobs()
+    parts, stages = estimate.in_parts(plan)
+    placed = [job for part in parts for job in part]
+    assert sorted(j.name for j in placed) == sorted(j.name for j in plan)
+    part_of = {job: n for n, part in enumerate(parts) for job in part}
+    assert all(len({part_of[j] for j in unit}) == 1 for unit in jobs.units(plan))
+    leader = runner.leaders(placed)
+    assert all(part_of[leader[j.sampling_key]] <= part_of[j] for j in plan)
+    room = (estimate.PART_S - estimate.PART_OVERHEAD_S) * estimate.UTILISATION
+    curve = estimate.curve_s(estimate.measured_rates())
+    for n, part in enumerate(parts):
+        assert sum(sum(stages[j].values()) for j in part) + (curve if n == 0 else 0) <= room
+
+
+def test_rates_are_speed_md_s_budget_path_and_the_benchmark_s_busy_step():
+    """W1: 480 answers at 4K in 19.52 s; W2: 256 questions x 8 samples on x_short in 3.79 s; the checkpointed step: 6144
+    tokens in 0.259 s, 17.5% of it busy."""
+    r = estimate.measured_rates()
+    assert "H100" in r.gpu and r.answer[1] == pytest.approx(19.518 / 480, rel=1e-3)
+    assert r.answer[0] == pytest.approx(3.79 / 256 / 8, rel=1e-3) and r.sample[0] == pytest.approx(3.79 / 256, rel=1e-3)
+    assert r.train_tokens_per_s == pytest.approx(6144 / (0.2594 * 0.1749), rel=1e-2)
+    assert r.per_item("answer", 4096 + estimate.TEMPLATE) == pytest.approx(r.answer[1])
+
+
+def test_a_later_session_restores_the_collected_runs_and_runs_only_the_rest(tmp_path):
+    """A run collected into the repository (experiments/studies/collect.py) is put back on a fresh machine: the
+    launcher's dry run of part 1 shows it done and its seed's other jobs still to run."""
+    saved = tmp_path / "repo_runs"
+    (saved / "a-short_po-dpo-s0").mkdir(parents=True)
+    (saved / "a-short_po-dpo-s0" / "results.json").write_text('{"config":{}}\n')
+    (saved / "a-short_po-dpo-s0" / "job.json").write_text('{"status":"done","row":"short_po","leader":true,'
+                                                           '"seconds":90.0}\n')
+    (saved / "cache" / "pairs").mkdir(parents=True)
+    (saved / "cache" / "pairs" / "k.json").write_text("{}")
+    fresh, cache = tmp_path / "fresh", tmp_path / "cache"
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "studies" / "collect.py"), "--restore",
+                           str(saved), "--study", str(fresh), "--cache", str(cache)], cwd=ROOT, env=SCRIPT_ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (cache / "pairs" / "k.json").exists() and (fresh / ".restored").exists()
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "decisive" / "launch.py"), "--root", str(fresh),
+                           "--part", "1", "--dry-run"], cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True,
+                          timeout=120)
+    states = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()[:-1]
+              if not line.startswith("regime")}
+    assert states["a-short_po-dpo-s0"] == "done" and states["a-long_po-dpo-s0"] == "leader", done.stdout
+    assert set(states) == {"a-short_po-dpo-s0", "a-long_po-dpo-s0", "a-solopo-dpo-a3-s0", "a-solopo_detach-dpo-a3-s0"}

@@ -94,6 +94,21 @@ def test_cases_cover_every_length_and_depth(tokenizer):
     assert cases == build_cases(splits.test, settings, count, splits.test_distractors, max_length=2048)
 
 
+def test_a_case_does_not_depend_on_the_other_lengths_and_depths_asked(tokenizer):
+    """An evaluation at the evidence alone and 1024 tokens asks the same 1024-token contexts as one that also asks 512
+    (the decisive study's ablations are evaluated at fewer lengths than its main rows, paired on the shared cases)."""
+    from solopo.data.world import qa_items
+    from solopo.eval.longctx import build_cases
+
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    splits = qa_items(0, 0, n_test=2, seed=3)
+    every = build_cases(splits.test, replace(EVAL, lengths=("short", 512, 1024), depths=(0.0, 0.5)), count,
+                        splits.test_distractors, max_length=2048)
+    fewer = build_cases(splits.test, replace(EVAL, lengths=("short", 1024), depths=(0.5,)), count,
+                        splits.test_distractors, max_length=2048)
+    assert fewer == [c for c in every if c.length == "short" or (c.length, c.depth) == ("1024", "0.5")]
+
+
 def test_lengths_the_distractors_cannot_reach_are_left_out(tokenizer, caplog):
     from solopo.data.schema import QAItem
     from solopo.eval.longctx import build_cases

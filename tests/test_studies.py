@@ -140,13 +140,13 @@ def test_a_report_reads_every_input_before_it_writes(tmp_path, capsys):
 
 @pytest.mark.parametrize("name, steps", [
     ("paper_mini", ["experiments/paper_mini/launch.py", "experiments/paper_mini/report.py"]),
-    ("decisive", ["experiments/sampling/speed.py", "experiments/decisive/curve.py", "experiments/decisive/launch.py",
-                  "experiments/decisive/report.py"]),
+    ("decisive", ["experiments/decisive/curve.py", "experiments/decisive/launch.py", "experiments/decisive/report.py"]),
 ])
 def test_a_gpu_call_sets_up_runs_the_study_and_archives_it(tmp_path, name, steps):
     """run.sh with stand-ins for python (it records its arguments) and nvidia-smi: an earlier call's archive is
-    unpacked first, the model's weights are made once before the study's steps, the launcher gets the budget less
-    the set-up and 60 s, and the study directory goes into one archive."""
+    unpacked first, then the runs collected into the repository are put back, the model's weights are made once
+    before the study's steps, the launcher gets the budget less the set-up and 60 s, and the study directory goes into
+    one archive."""
     study_dir, out, calls, bin_ = tmp_path / "study", tmp_path / "out", tmp_path / "calls", tmp_path / "bin"
     bin_.mkdir()
     (bin_ / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
@@ -158,12 +158,15 @@ def test_a_gpu_call_sets_up_runs_the_study_and_archives_it(tmp_path, name, steps
     (earlier / "old" / "results.json").write_text("{}")
     with tarfile.open(tmp_path / "earlier.tar.gz", "w:gz") as archive:
         archive.add(earlier / "old", arcname=str(study_dir / "old").lstrip("/"))
+    (tmp_path / "collected").mkdir()
     env = dict(os.environ, PYTHON=str(bin_ / "python"), PATH=f"{bin_}:{os.environ['PATH']}", STUDY=str(study_dir),
-               OUT=str(out), SOLOPO_CACHE=str(tmp_path / "cache"), RESTORE=str(tmp_path / "earlier.tar.gz"))
+               OUT=str(out), SOLOPO_CACHE=str(tmp_path / "cache"), RESTORE=str(tmp_path / "earlier.tar.gz"),
+               RESTORE_RUNS=str(tmp_path / "collected"))
     done = subprocess.run(["bash", f"experiments/{name}/run.sh", "100", "--names", "x"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = calls.read_text().splitlines()
+    restored, *lines = calls.read_text().splitlines()
+    assert restored.split()[:3] == ["experiments/studies/collect.py", "--restore", str(tmp_path / "collected")]
     assert lines[0].startswith("-c from solopo.models.embedded import") and [x.split()[0] for x in lines[1:]] == steps
     launch = next(x.split() for x in lines if "launch.py" in x)
     assert launch[launch.index("--deadline") + 1] in ("40", "39") and launch[-2:] == ["--names", "x"]
@@ -171,3 +174,51 @@ def test_a_gpu_call_sets_up_runs_the_study_and_archives_it(tmp_path, name, steps
         names = archive.getnames()
     assert str(study_dir / "gpu.txt").lstrip("/") in names and str(study_dir / "old" / "results.json").lstrip("/") in names
     assert (study_dir / "gpu.txt").read_text() == "FakeGPU, 80 GiB\n" and "call took" in done.stdout
+
+
+def test_a_call_s_archive_is_collected_compact_restored_and_the_next_archive_holds_only_new_files(tmp_path):
+    """collect.py keeps each job's records (results.json on one line) and metrics.csv, the study's small files and
+    the cache entries, not logs, checkpoints, lock files or folders without a job record; --restore puts them back
+    on a fresh machine, whose archive (gpu_call.sh) then holds only what it made."""
+    from experiments.studies import collect
+
+    study, cache = tmp_path / "gpu" / "study", tmp_path / "gpu" / "cache"
+    job = study / "a-short_po-dpo-s0"
+    (job / "csv" / "version_0").mkdir(parents=True)
+    (job / "results.json").write_text(json.dumps({"eval": {"trained": {"scores": [["q0", "4096", "0.5", 1.0]]}}},
+                                                 indent=2))
+    (job / "job.json").write_text('{"status": "done"}')
+    (job / "csv" / "version_0" / "metrics.csv").write_text("step,train/loss\n0,0.7\n")
+    (job / "launch.log").write_text("lines\n")
+    (job / "last.ckpt").write_text("weights")
+    (study / "curve").mkdir()
+    (study / "curve" / "results.json").write_text("{}")
+    (study / "curve.json").write_text('{"chosen": 1024}')
+    (cache / "pairs").mkdir(parents=True)
+    (cache / "pairs" / "k.json").write_text("{}")
+    (cache / "pairs" / "k.lock").write_text("")
+    with tarfile.open(tmp_path / "call.tar.gz", "w:gz") as archive:
+        for folder in (study, cache / "pairs"):
+            archive.add(folder, arcname=str(folder).lstrip("/"))
+    into = tmp_path / "repo" / "runs"
+    collect.collect(tmp_path / "call.tar.gz", into, study, cache)
+    kept = sorted(str(p.relative_to(into)) for p in into.rglob("*") if p.is_file())
+    assert kept == ["a-short_po-dpo-s0/job.json", "a-short_po-dpo-s0/metrics.csv", "a-short_po-dpo-s0/results.json",
+                    "cache/pairs/k.json", "curve.json"]
+    assert len((into / "a-short_po-dpo-s0" / "results.json").read_text().splitlines()) == 1
+    for path in into.rglob("*"):
+        os.utime(path, (1e9, 1e9))  # a checkout's files are older than the call
+    fresh, fresh_cache = tmp_path / "fresh" / "study", tmp_path / "fresh" / "cache"
+    collect.restore(into, fresh, fresh_cache)
+    assert (fresh / "a-short_po-dpo-s0" / "metrics.csv").exists() and (fresh_cache / "pairs" / "k.json").exists()
+    (fresh / "a-long_po-dpo-s0").mkdir()
+    (fresh / "a-long_po-dpo-s0" / "results.json").write_text("{}")
+    env = dict(os.environ, NAME="t", STUDY=str(fresh), SOLOPO_CACHE=str(fresh_cache), OUT=str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(["bash", "-c", "source experiments/studies/gpu_call.sh; began=$(date +%s); gpu_call_archive"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(tmp_path / "out" / "t.tar.gz") as archive:
+        files = {name.rsplit(str(tmp_path).lstrip("/"), 1)[1] for name in archive.getnames()
+                 if archive.getmember(name).isfile()}
+    assert files == {"/fresh/study/a-long_po-dpo-s0/results.json", "/fresh/study/.restored"}

@@ -1,9 +1,10 @@
 """The decisive study's claims and their verdicts, from paired comparisons over seeds and questions.
 
 A comparison of two settings of one regime and algorithm takes the seeds both ran and, in each, the questions both
-were asked (the same by the split's rule); a question's score is its mean sub-EM over the long-context cases
-(every length but the evidence alone, every depth). solopo.report.stats.paired_bootstrap gives the mean difference
-and its 95% interval over questions and seeds. Verdict on "better > worse": supported when the interval lies above 0,
+were asked (the same by the split's rule); a question's score is its mean sub-EM over the long-context cases both
+runs were asked (a main row's every length but the evidence alone at every depth; with an ablation cell, evaluated at
+its training length only, those cases). solopo.report.stats.paired_bootstrap gives the mean difference and its 95%
+interval over questions and seeds. Verdict on "better > worse": supported when the interval lies above 0,
 contradicted when it lies below, not separated when it holds 0.
 """
 from __future__ import annotations
@@ -23,26 +24,36 @@ CLAIMS = (
 )
 
 
-def question_scores(run: Run, long_only: bool = True) -> dict[str, float]:
-    """Question id -> the trained model's mean score over its long-context cases (or its evidence-only case)."""
+def case_scores(run: Run, long_only: bool = True) -> dict[str, dict[tuple[str, str], float]]:
+    """Question id -> {(length, depth): the trained model's score} over its long-context cases (or its evidence-only
+    case)."""
     table = run.eval.get("trained") or run.eval.get("model") or {}
-    cases: dict[str, list[float]] = {}
-    for item, length, _, score in table.get("scores", []):
+    cases: dict[str, dict[tuple[str, str], float]] = {}
+    for item, length, depth, score in table.get("scores", []):
         if (length != SHORT) == long_only:
-            cases.setdefault(item, []).append(score)
-    return {item: sum(v) / len(v) for item, v in cases.items()}
+            cases.setdefault(item, {})[(length, depth)] = score
+    return cases
+
+
+def shared_means(mine: dict[tuple, float], theirs: dict[tuple, float]) -> tuple[float, float] | None:
+    """Both runs' mean scores over the cases both were asked; None when they share none."""
+    shared = sorted(mine.keys() & theirs.keys())
+    if not shared:
+        return None
+    return sum(mine[c] for c in shared) / len(shared), sum(theirs[c] for c in shared) / len(shared)
 
 
 def paired(better: list[Run], worse: list[Run], long_only: bool = True) -> Change | None:
-    """better - worse in sub-EM points over the seeds both ran and the questions both were asked; None when they
-    share no seed."""
-    by_seed = {r.seed: question_scores(r, long_only) for r in worse if not r.failed}
+    """better - worse in sub-EM points over the seeds both ran, the questions both were asked and, per question, the
+    cases both were asked; None when they share no seed."""
+    by_seed = {r.seed: case_scores(r, long_only) for r in worse if not r.failed}
     differences = []
     for run in better:
         if run.failed or run.seed not in by_seed:
             continue
-        mine, theirs = question_scores(run, long_only), by_seed[run.seed]
-        differences.append([100 * (mine[q] - theirs[q]) for q in sorted(mine.keys() & theirs.keys())])
+        mine, theirs = case_scores(run, long_only), by_seed[run.seed]
+        means = [shared_means(mine[q], theirs[q]) for q in sorted(mine.keys() & theirs.keys())]
+        differences.append([100 * (a - b) for a, b in filter(None, means)])
     differences = [d for d in differences if d]
     return paired_bootstrap(differences) if differences else None
 

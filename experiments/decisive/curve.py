@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CURVE_SEED = 1000  # a world of its own: the study's runs use seeds 0-4
 CANDIDATES = (512, 768, 1024, 1536, 2048, 3072, 4096)
+DEFAULT_LENGTH = 1024  # conf/experiment/decisive/b.yaml's, until the curve has chosen
 RATIO = 7  # x_long / x_short, the paper's
 SHARE = 0.5  # of the evidence-only accuracy, at the chosen length
 RULE = (f"the longest x_long at which the base model's greedy sub-EM is at least {SHARE:g} x its sub-EM on the "

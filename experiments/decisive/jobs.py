@@ -1,13 +1,18 @@
-"""The jobs of the decisive study, in the order they run, and the setting a finished run belongs to.
+"""The jobs of the decisive study, in the order they run, the units they are grouped in, and the setting a finished
+run belongs to.
 
 Main rows: Short-PO, Long-PO, SoLoPO (the paper's form) and SoLoPO-detach (no gradient through the short-context
 reward) x DPO, SimPO, ORPO x 5 seeds, in each regime (a: x_short the evidence alone, x_long 4K; b: the paper's 1/7
-ratio at the length curve.py chose). Ablations, 3 seeds, in one regime and for the algorithms named: detach_short x
-distance (abs, softplus, squared) x alpha (0.1, 0.3, 1, 3), and SoLo-RA on both responses against the chosen one.
+ratio at the length curve.py chose), each evaluated at every length and depth of its preset. Ablations, 3 seeds, in
+one regime and for the algorithms named: detach_short x distance (abs, softplus, squared) x alpha (0.1, 0.3, 1, 3), and
+SoLo-RA on both responses against the chosen one, each evaluated on the evidence alone and at its training length
+(every depth): their comparisons are paired on the cases both runs were asked (claims.py).
 
-The split is fixed before any run: seed s trains on data.source's training world of seed s and is evaluated on the
-first eval.n_items questions of its test world (a world of its own: no entity or passage is shared with training),
-the same questions for every row of that seed, so every comparison is paired by seed and question.
+The base model is no job of its own: every trained run evaluates it before training, on the same questions, and the
+first of a seed computes the table that the others read from the evaluation cache (report.py takes the base row from
+there). The split is fixed before any run: seed s trains on data.source's training world of seed s and is evaluated
+on the first eval.n_items questions of its test world (a world of its own: no entity or passage is shared with
+training), the same questions for every row of that seed, so every comparison is paired by seed and question.
 """
 from __future__ import annotations
 
@@ -27,14 +32,17 @@ DISTANCES = ("abs", "softplus", "squared")
 ALPHAS = (0.1, 0.3, 1.0, 3.0)
 RA_ROWS = ("solopo", "solopo_detach", "solopo_both")
 RA_OPTION = {"solopo": "chosen", "solopo_detach": "chosen", "solopo_both": "both"}
-METHOD = {"base": "solopo", "short_po": "short_po", "long_po": "long_po", **{row: "solopo" for row in RA_ROWS}}
+METHOD = {"short_po": "short_po", "long_po": "long_po", **{row: "solopo" for row in RA_ROWS}}
+# An ablation cell's evaluation: the evidence alone and its training length at every depth; a main row's is every
+# length (the issue's "each at every length and depth" is about the main rows). Hydra resolves the interpolation.
+ABLATION_LENGTHS = "eval.lengths=[short,${data.long_len}]"
 
 
 @dataclass(frozen=True)
 class Job:
     regime: str
     row: str
-    algo: str | None  # None for base (evaluation only)
+    algo: str
     alpha: float | None  # rows with SoLo-RA only
     seed: int
     distance: str = "abs"
@@ -42,7 +50,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        parts = [self.regime, self.row] + ([self.algo] if self.algo else [])
+        parts = [self.regime, self.row, self.algo]
         parts += [self.distance] if self.row in RA_ROWS and self.distance != "abs" else []
         parts += [f"a{self.alpha:g}"] if self.alpha is not None else []
         return "-".join(parts + [f"s{self.seed}"])
@@ -50,45 +58,59 @@ class Job:
     @property
     def sampling_key(self) -> tuple:
         """Jobs with one key sample the same pairs: the first samples and caches them, the others wait for it."""
-        return self.regime, self.seed, {"base": "none", "long_po": "long"}.get(self.row, "short")
+        return self.regime, self.seed, "long" if self.row == "long_po" else "short"
 
     @property
     def samples(self) -> bool:
-        return self.row != "base"
+        """Every job trains on sampled pairs (the first of its key samples them)."""
+        return True
+
+    @property
+    def main(self) -> bool:
+        """A main row (evaluated at every length); an ablation cell otherwise."""
+        return self.row in MAIN_ROWS and (self.row not in RA_ROWS or (self.alpha, self.distance) == (
+            PAPER_ALPHA[self.algo], "abs"))
+
+    @property
+    def unit(self) -> tuple:
+        """The jobs a part runs whole: a main row's seed and algorithm (its four rows: every claim of that seed), an
+        ablation's seed, algorithm, distance and detach_short (its alphas; with abs and the paper's form also the
+        both-responses cell)."""
+        if self.main:
+            return self.regime, self.seed, self.algo
+        return self.regime, self.seed, self.algo, self.distance, self.row == "solopo_detach"
 
     def overrides(self) -> list[str]:
-        out = [f"experiment=decisive/{self.regime}", f"seed={self.seed}", *self.lengths]
-        if self.row == "base":
-            return out
-        out += [f"method={METHOD[self.row]}", f"algo={self.algo}"]
+        lengths = [x for x in self.lengths if self.main or not x.startswith("eval.lengths=")]
+        out = [f"experiment=decisive/{self.regime}", f"seed={self.seed}", *lengths,
+               f"method={METHOD[self.row]}", f"algo={self.algo}"]
         if self.row in RA_ROWS:
             out += [f"ra={RA_OPTION[self.row]}", f"ra.alpha={float(self.alpha)!r}", f"ra.distance={self.distance}",
                     f"ra.detach_short={str(self.row == 'solopo_detach').lower()}"]
-        return out
+        return out + ([] if self.main else [ABLATION_LENGTHS])
 
     def command(self, root: Path, python: str = "python", extra: tuple[str, ...] = ()) -> list[str]:
-        entry = "solopo.evaluate" if self.row == "base" else "solopo.run"
-        return [python, "-m", entry, *self.overrides(), *extra, f"hydra.run.dir={root / self.name}"]
+        return [python, "-m", "solopo.run", *self.overrides(), *extra, f"hydra.run.dir={root / self.name}"]
 
 
 def main_jobs(regime: str, seeds: tuple[int, ...] = MAIN_SEEDS) -> list[Job]:
-    """Seed by seed (a study cut short keeps whole seeds): the base model, then each main row for each algorithm."""
-    jobs = []
-    for seed in seeds:
-        jobs.append(Job(regime, "base", None, None, seed))
-        jobs += [Job(regime, row, algo, PAPER_ALPHA[algo] if row in RA_ROWS else None, seed)
-                 for row in MAIN_ROWS for algo in ALGOS]
-    return jobs
+    """Seed by seed and, within a seed, algorithm by algorithm (a study cut short keeps whole comparisons): each main
+    row. The first job of a seed samples its pairs and evaluates the base model; the others read both from the cache."""
+    return [Job(regime, row, algo, PAPER_ALPHA[algo] if row in RA_ROWS else None, seed)
+            for seed in seeds for algo in ALGOS for row in MAIN_ROWS]
 
 
 def ablation_jobs(regime: str, algos: tuple[str, ...], seeds: tuple[int, ...] = ABLATION_SEEDS) -> list[Job]:
-    """detach_short x distance x alpha, then SoLo-RA on both responses at the paper's alpha, seed by seed."""
+    """Seed by seed, distance by distance: detach_short x alpha, and with abs SoLo-RA on both responses at the paper's
+    alpha."""
     jobs = []
     for seed in seeds:
         for algo in algos:
-            jobs += [Job(regime, row, algo, alpha, seed, distance) for row in ("solopo", "solopo_detach")
-                     for distance in DISTANCES for alpha in ALPHAS]
-            jobs.append(Job(regime, "solopo_both", algo, PAPER_ALPHA[algo], seed))
+            for distance in DISTANCES:
+                jobs += [Job(regime, row, algo, alpha, seed, distance) for row in ("solopo", "solopo_detach")
+                         for alpha in ALPHAS]
+                if distance == "abs":
+                    jobs.append(Job(regime, "solopo_both", algo, PAPER_ALPHA[algo], seed))
     return jobs
 
 
@@ -99,7 +121,15 @@ def study_jobs(regimes: tuple[str, ...] = REGIMES, ablation_regime: str = "a",
     jobs = [job for regime in regimes for job in main_jobs(regime, main_seeds)]
     if ablation_regime in regimes:
         jobs += ablation_jobs(ablation_regime, ablation_algos, ablation_seeds)
-    return list(dict.fromkeys(jobs))  # an ablation cell at the paper's alpha is a main row's job
+    return list(dict.fromkeys(jobs))  # an ablation cell at the paper's alpha and abs is a main row's job
+
+
+def units(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs grouped by Job.unit, in the order of each unit's first job."""
+    grouped: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        grouped.setdefault(job.unit, []).append(job)
+    return list(grouped.values())
 
 
 def with_lengths(jobs: list[Job], regime: str, lengths: list[str]) -> list[Job]:

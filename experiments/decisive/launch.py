@@ -1,13 +1,15 @@
 """Run the decisive study: every job a `python -m solopo.run` (or `solopo.evaluate`) subprocess, N at a time on one GPU.
 
-    python experiments/decisive/launch.py --root /tmp/decisive --deadline 480
+    python experiments/decisive/launch.py --root /tmp/decisive --part 3 --deadline 480
     python experiments/decisive/launch.py --root /tmp/decisive --dry-run         # the commands, nothing run
     python experiments/decisive/launch.py --root /tmp/d --regimes a --main-seeds 0 --names 'a-*-simpo-*' -- model=tiny
 
 The scheduling is the studies' job runner (experiments/studies/runner.py: sampling leaders, deadline, out-of-memory
-retries, failure records, done jobs skipped), so the same command continues an interrupted study. Regime (b)'s jobs
-need <root>/curve.json (experiments/decisive/curve.py): without it they are left for a later call. Words after -- are
-Hydra overrides for every job.
+retries, failure records, done jobs skipped), so the same command continues an interrupted study. --part K runs the
+jobs of parts 1 to K (estimate.py's plan: whole units, at most 9 minutes each at measured rates) that are not done
+yet, earlier parts' leftovers first. Regime (b)'s jobs need <root>/curve.json (experiments/decisive/curve.py): without
+it they are left for a later call, and the parts are counted at its default length. Words after -- are Hydra overrides
+for every job.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from experiments.decisive.curve import read_overrides  # noqa: E402
+from experiments.decisive.curve import DEFAULT_LENGTH, overrides, read_overrides  # noqa: E402
+from experiments.decisive.estimate import in_parts  # noqa: E402
 from experiments.decisive.jobs import (ABLATION_SEEDS, MAIN_SEEDS, REGIMES, select, study_jobs,  # noqa: E402
                                        with_lengths)
 from experiments.studies import runner  # noqa: E402
@@ -29,13 +32,13 @@ def plan(args) -> list:
     ints = lambda text: tuple(int(x) for x in split(text))  # noqa: E731
     jobs = study_jobs(split(args.regimes), args.ablation_regime, split(args.ablation_algos), ints(args.main_seeds),
                       ints(args.ablation_seeds))
-    if "b" in split(args.regimes):
-        lengths = read_overrides(args.root / "curve.json")
-        if lengths is None:
-            print(f"regime (b) waits for {args.root / 'curve.json'} (experiments/decisive/curve.py)", flush=True)
-            jobs = [j for j in jobs if j.regime != "b"]
-        else:
-            jobs = with_lengths(jobs, "b", lengths)
+    lengths = read_overrides(args.root / "curve.json")
+    jobs = with_lengths(jobs, "b", lengths or overrides(DEFAULT_LENGTH))
+    if args.part:
+        jobs = [job for part in in_parts(jobs)[0][:args.part] for job in part]
+    if "b" in split(args.regimes) and lengths is None:
+        print(f"regime (b) waits for {args.root / 'curve.json'} (experiments/decisive/curve.py)", flush=True)
+        jobs = [j for j in jobs if j.regime != "b"]
     return select(jobs, split(args.names))
 
 
@@ -48,6 +51,7 @@ def main() -> None:
     parser.add_argument("--main-seeds", default=",".join(map(str, MAIN_SEEDS)))
     parser.add_argument("--ablation-seeds", default=",".join(map(str, ABLATION_SEEDS)))
     parser.add_argument("--names", help="comma-separated job names or shell patterns, e.g. 'a-solopo-*-s0'")
+    parser.add_argument("--part", type=int, help="run parts 1 to PART of estimate.py's plan (what is not done yet)")
     args = parser.parse_args()
     args.root = args.root.resolve()
     runner.launch(plan(args), args)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from experiments.decisive.claims import CLAIMS, describe, paired, seeds_of, verdict  # noqa: E402
+from experiments.decisive.curve import CURVE_SEED  # noqa: E402
 from experiments.decisive.jobs import MAIN_ROWS, PAPER_ALPHA, place  # noqa: E402
 from experiments.studies import reports  # noqa: E402
 from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
@@ -32,6 +34,23 @@ def main_key(regime: str, algo: str, row: str) -> tuple:
     """The group of a main row: SoLo-RA rows at the paper's alpha and the abs distance."""
     ra = row.startswith("solopo")
     return regime, algo, row, PAPER_ALPHA.get(algo) if ra else None, "abs" if ra else None
+
+
+def with_base_rows(runs: list[Run]) -> list[Run]:
+    """The study's runs and, per regime and seed, the base model's row: the table a main row's run evaluated before
+    training (every run of the seed asked the same questions and read the same table from the evaluation cache), where
+    no evaluation-only run gives it. curve.py's evaluation (seed CURVE_SEED) is no run of the study."""
+    runs = [r for r in runs if r.seed != CURVE_SEED]
+    have = {(place(r)[0], r.seed) for r in runs if r.evaluated_only}
+    out = list(runs)
+    for run in runs:
+        regime, algo, row, *_ = where = place(run)
+        if run.failed or run.evaluated_only or "base" not in run.eval or (regime, run.seed) in have or \
+                row not in MAIN_ROWS or where != main_key(regime, algo, row):
+            continue
+        out.append(replace(run, eval={"model": run.eval["base"]}, metrics={}, timings={}, pairs=None))
+        have.add((regime, run.seed))
+    return out
 
 
 def main_table(groups: dict, regimes: list[str], algos: list[str]) -> list[str]:
@@ -75,14 +94,15 @@ def ablation_table(groups: dict) -> list[str]:
         rows.append([regime, algo, "yes" if row == "solopo_detach" else "no", distance, f"{alpha:g}",
                      str(len([r for r in runs if not r.failed])), cell(scores_of(runs, "short")),
                      cell(scores_of(runs, AVG)), describe(change, seeds_of(runs, short)), verdict(change)])
-    head = ["regime", "algo", "detach_short", "distance", "alpha", "seeds", "evidence only", AVG,
+    head = ["regime", "algo", "detach_short", "distance", "alpha", "seeds", "evidence only", "avg long (its lengths)",
             "- Short-PO [95%]", "verdict (> Short-PO)"]
     return markdown(head, rows) if rows else ["No ablation runs."]
 
 
 def cost_table(groups: dict) -> list[str]:
-    """Seconds and peak GPU memory of each stage, per regime and method (one algorithm: SimPO where it ran). Sampling
-    and the reference pass count where they ran (the first job of a seed), not where they were read from the cache."""
+    """Seconds and peak GPU memory of each stage, per regime and method (one algorithm: SimPO where it ran). Sampling,
+    the reference pass and the base model's evaluation count where they ran (the first job of a seed), not where they
+    were read from the cache."""
     rows = []
     for (regime, algo, row, alpha, distance), runs in groups.items():
         if algo not in ("simpo", "-") or (row.startswith("solopo") and (distance, alpha) != ("abs", PAPER_ALPHA["simpo"])):
@@ -91,7 +111,7 @@ def cost_table(groups: dict) -> list[str]:
         cells = []
         for stage in STAGES:
             seconds = [s[stage]["s"] for s in stages if stage in s]
-            shared = stage in ("sampling", "reference")
+            shared = stage in ("sampling", "reference", "base_eval")
             value = stat([max(seconds)] if shared and seconds else seconds)
             memory = stat(s[stage]["peak_gib"] for s in stages if stage in s)
             cells.append(f"{cell(value, 1)} s / {cell(memory, 2)} GiB" if value else "-")
@@ -145,16 +165,18 @@ def length_plot(groups: dict, regimes: list[str], algos: list[str], out: Path) -
 
 
 def blocks(runs: list[Run]) -> dict[str, list[str]]:
+    ran = [r for r in runs if r.seed != CURVE_SEED]
+    runs = with_base_rows(runs)
     groups = group(runs, place)
     regimes = sorted({key[0] for key in groups})
     algos = sorted({key[1] for key in groups if key[1] != "-"})
-    return {"runs": [f"{len(runs)} runs, {sum(1 for r in runs if r.failed)} failed."],
+    return {"runs": [f"{len(ran)} runs, {sum(1 for r in ran if r.failed)} failed."],
             "main": main_table(groups, regimes, algos), "claims": claim_lines(groups, regimes, algos),
             "ablations": ablation_table(groups), "cost": cost_table(groups)}
 
 
 def write_study(runs: list[Run], out: Path) -> Path:
-    groups, parts = group(runs, place), blocks(runs)
+    groups, parts = group(with_base_rows(runs), place), blocks(runs)
     regimes, algos = sorted({k[0] for k in groups}), sorted({k[1] for k in groups if k[1] != "-"})
     out.mkdir(parents=True, exist_ok=True)
     plots = length_plot(groups, regimes, algos, out) + mechanism_plots(groups, out)

@@ -11,7 +11,9 @@
 # SOLOPO_SMOLLM2_WHEEL (the GGUF or its wheel) on a machine whose model cache is cold; SOLOPO_CACHE
 # (/tmp/solopo-cache); RESTORE="a.tar.gz b.tar.gz": on a fresh machine, unpack earlier calls' archives first, in that
 # order (their results and the sampling, reference and evaluation caches), so that only the rest runs; an archive
-# holds what its machine had, so name every machine's last one.
+# holds what its machine had, so name every machine's last one. RESTORE_RUNS=DIR: on a fresh machine, put back the
+# runs and cache entries collected into the repository (experiments/studies/collect.py), which travel with it; the
+# archive then holds only what this machine adds (files newer than $STUDY/.restored).
 
 # $1: the study's name; $3: the seconds this call may take (BUDGET), $2 where it is empty.
 # Sets PY, STUDY, OUT, SOLOPO_CACHE and PYTHONPATH; unpacks RESTORE's archives; makes the model's weights; gpu.txt.
@@ -30,6 +32,9 @@ gpu_call_begin() {
       tar -xzf "$archive" -C / && echo "restored $archive" || exit 1
     done
   fi
+  if [ -n "${RESTORE_RUNS:-}" ] && [ -d "$RESTORE_RUNS" ] && [ ! -e "$STUDY/jobs.json" ]; then
+    $PY experiments/studies/collect.py --restore "$RESTORE_RUNS" --study "$STUDY" --cache "$SOLOPO_CACHE" || exit 1
+  fi
   # Dequantise the GGUF once, before the jobs start: concurrent first runs would each build the model cache.
   $PY -c "from solopo.models.embedded import SMOLLM2_135M, ensure_weights; print(ensure_weights(SMOLLM2_135M))" || exit 1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$STUDY/gpu.txt" 2>&1
@@ -41,10 +46,13 @@ gpu_call_seconds_left() {
 }
 
 # Everything small (results.json, job records, logs, metrics.csv, the report, the caches of pairs, evaluations and
-# reference log-probs; no checkpoints) in ONE archive, $OUT/$NAME.tar.gz.
+# reference log-probs; no checkpoints) in ONE archive, $OUT/$NAME.tar.gz; after RESTORE_RUNS, only what is newer.
 gpu_call_archive() {
-  tar -czf "$OUT/$NAME.tar.gz" --ignore-failed-read --exclude='*.ckpt' --exclude='.partial' \
-    --exclude='eval_*.png' -C / "${STUDY#/}" "${SOLOPO_CACHE#/}/pairs" "${SOLOPO_CACHE#/}/eval" "${SOLOPO_CACHE#/}/reference"
+  local newer=()
+  [ -e "$STUDY/.restored" ] && newer=(--newer-mtime="$STUDY/.restored")
+  tar -czf "$OUT/$NAME.tar.gz" --ignore-failed-read --exclude='*.ckpt' --exclude='.partial' --exclude='*.lock' \
+    --exclude='eval_*.png' "${newer[@]}" \
+    -C / "${STUDY#/}" "${SOLOPO_CACHE#/}/pairs" "${SOLOPO_CACHE#/}/eval" "${SOLOPO_CACHE#/}/reference"
   ls -la "$OUT"
   echo "call took $(( $(date +%s) - began )) s"
 }

@@ -102,17 +102,16 @@ def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: C
             if count_tokens(prompt) + settings.max_new_tokens <= max_length:
                 cases.append(EvalCase(item.id, item.answers, length_bucket(count_tokens(prompt)), "-", prompt))
             continue
-        rng = random.Random(f"{settings.seed}:{item.id}")  # the same contexts whichever model is evaluated
         for length in fits:
             if length == SHORT:
                 relevant = list(item.relevant)
-                rng.shuffle(relevant)
+                case_rng(settings.seed, item.id, SHORT).shuffle(relevant)
                 cases.append(EvalCase(item.id, item.answers, SHORT, "-", render(relevant, item.question, settings.template)))
                 continue
             for depth in settings.depths:
                 try:
-                    ctx = build_contexts(item, int(length), count_tokens, rng, pool, depth=depth,
-                                         template=settings.template)
+                    ctx = build_contexts(item, int(length), count_tokens, case_rng(settings.seed, item.id, length, depth),
+                                         pool, depth=depth, template=settings.template)
                 except ValueError:  # too few distractors for this length: the cell is left out, not the run
                     unfillable += 1
                     continue
@@ -120,6 +119,12 @@ def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: C
     if unfillable:
         log.warning("%d evaluation contexts left out: too few distractor passages to reach their length", unfillable)
     return cases
+
+
+def case_rng(seed: int, *case) -> random.Random:
+    """The draws of one case (its distractors, or the evidence's order): the same whichever model is evaluated and
+    whichever other lengths and depths are asked, so evaluations of different lengths share their common cases."""
+    return random.Random(":".join(map(str, (seed, *case))))
 
 
 def length_bucket(tokens: int) -> str:
