@@ -7,7 +7,8 @@ Three workloads: W1 greedy answers on contexts of --length tokens (the evaluatio
 on x_short (the evidence alone) and W3 on --length contexts (pair sampling: 256 questions x 8). Three paths, on the
 same prompts: old is paper_mini's (batches of a fixed number of rows: 32 answers, 64 sequences = 8 prompts x k; a
 dynamic KV cache); budget sorts prompts longest first under a token budget (conf/experiment/decisive/a.yaml's) with a
-dynamic cache; static adds, on a GPU, a static KV cache and transformers' compiled decoding step (its compilation is
+dynamic cache; budget_half runs it on half-precision copies of the weights (the KV cache in half precision, no
+per-step casts); static adds, on a GPU, a static KV cache and transformers' compiled decoding step (its compilation is
 inside the timed call: a study job pays it once per shape). Each timing is one call after a warm-up call on a few
 prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s, W3 < 45 s.
 Writes speed.md and speed.json in --out.
@@ -33,6 +34,7 @@ from solopo.eval.longctx import EvalSettings, build_cases, greedy_answers
 from solopo.generation.sampling import SamplingSettings, generate
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 from solopo.scoring import SubEM
+from solopo.training.precision import autocast_dtype, weights_as
 
 CONF = Path(__file__).resolve().parents[2] / "solopo" / "conf"
 TARGETS_S = {"W1": 10.0, "W2": 10.0, "W3": 45.0}  # one H200, the issue's
@@ -77,8 +79,9 @@ def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSetti
                                 batch_tokens=None, static_cache=False, seed=0, engine="transformers", scorer=SubEM(),
                                 precision=precision)
     budget = dataclasses.replace(sampling, batch_size=NEW["rows"], batch_tokens=NEW["sample_tokens"])
+    greedy_budget = dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"])
     return {"old": (dict(batch_size=OLD["answers_per_batch"]), sampling),
-            "budget": (dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"]), budget),
+            "budget": (greedy_budget, budget), "budget_half": (greedy_budget, budget),
             "static": (dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"], static_cache=True),
                        dataclasses.replace(budget, static_cache=True))}
 
@@ -105,20 +108,29 @@ def within(seconds: int, fn):
 
 def run_paths(model, tokenizer, work: dict, k: int, precision: str, names: list[str], limit_s: int,
               save) -> list[dict]:
-    rows = []
+    rows: list[dict] = []
     for path in names:
-        greedy, sample = path_settings(k, precision)[path]
-        warm = within(limit_s, lambda: (greedy_answers(model, tokenizer, work["W1"][:4], 32, precision=precision,
-                                                        **greedy), generate(model, tokenizer, work["W2"][:2], sample)))
-        for name, fn in (("W1", lambda: greedy_answers(model, tokenizer, work["W1"], 32, precision=precision, **greedy)),
-                         ("W2", lambda: generate(model, tokenizer, work["W2"], sample)),
-                         ("W3", lambda: generate(model, tokenizer, work["W3"], sample))):
-            seconds = within(limit_s, fn) if warm is not None else None
-            rows.append({"path": path, "workload": name, "prompts": len(work[name]), "seconds": seconds,
-                         "limit_s": limit_s})
-            print(rows[-1], flush=True)
-            save(rows)
+        # budget_half: the budget path on half-precision copies of the weights (the static path's own weights), so the
+        # KV cache is kept in half precision and nothing is cast per step
+        with weights_as(model, autocast_dtype(precision) if path == "budget_half" else None):
+            time_path(model, tokenizer, work, path, path_settings(k, precision)[path], precision, limit_s, rows, save)
     return rows
+
+
+def time_path(model, tokenizer, work: dict, path: str, settings, precision: str, limit_s: int, rows: list[dict],
+              save) -> None:
+    """One path's warm-up, then W1, W2 and W3, each appended to ``rows`` and saved as soon as it is timed."""
+    greedy, sample = settings
+    warm = within(limit_s, lambda: (greedy_answers(model, tokenizer, work["W1"][:4], 32, precision=precision,
+                                                    **greedy), generate(model, tokenizer, work["W2"][:2], sample)))
+    for name, fn in (("W1", lambda: greedy_answers(model, tokenizer, work["W1"], 32, precision=precision, **greedy)),
+                     ("W2", lambda: generate(model, tokenizer, work["W2"], sample)),
+                     ("W3", lambda: generate(model, tokenizer, work["W3"], sample))):
+        seconds = within(limit_s, fn) if warm is not None else None
+        rows.append({"path": path, "workload": name, "prompts": len(work[name]), "seconds": seconds,
+                     "limit_s": limit_s})
+        print(rows[-1], flush=True)
+        save(rows)
 
 
 def main() -> None:
@@ -128,7 +140,8 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=480)
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--paths", default="old,budget,static", help="which of old, budget, static to time, in order")
+    parser.add_argument("--paths", default="old,budget,budget_half,static",
+                        help="which of old, budget, budget_half, static to time, in order")
     parser.add_argument("--limit-s", type=int, default=120, help="a workload (or a path's warm-up) running longer "
                         "than this is recorded as over the limit and the next one starts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
