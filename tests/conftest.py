@@ -57,6 +57,15 @@ TINY = ModelSpec(**{**shipped("model"), "name": "tiny-random-llama", "tokenizer"
                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                                         tie_word_embeddings=True)})
 
+# Random shapes at which one memory saver (solopo.models.memory) sets the step's peak: a wide MLP (the recomputed
+# layer's intermediate: mlp_chunk_size) and a deep, narrow model (the layers' inputs: offload_activations). As many
+# key/value heads as query heads: fp32 attention on CUDA then gets the memory-efficient kernel (grouped heads get SDPA's
+# math kernel, whose O(L^2) scores would be the peak); a small vocabulary keeps the LM head's gradients small.
+WIDE_MLP = dict(hidden_size=512, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=8,
+                num_key_value_heads=8, vocab_size=1024, max_position_embeddings=16384)
+DEEP = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=16, num_attention_heads=4, num_key_value_heads=4,
+            vocab_size=1024, max_position_embeddings=16384)
+
 # Tests never write to the user's cache or reach wandb's servers.
 os.environ.setdefault("WANDB_MODE", "offline")
 torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -14,6 +14,7 @@ from solopo.models.blocks import decoder_layers, final_norm, mlps
 from solopo.models.loading import load_model
 from solopo.settings.fields import SettingsError
 from solopo.step.logps import response_logps
+from solopo.step.varlen import unused_mask
 
 KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]
 
@@ -85,6 +86,34 @@ def test_offload_sees_only_the_layer_boundaries(tokenizer):
 def test_compiled_layers_give_the_plain_logps_and_gradients(tokenizer):
     """model.compile: torch.compile (inductor, on the CPU with its C++ compiler) of every layer's blocks."""
     _assert_same(tokenizer, dict(compile=True), checkpointing=True, tol=dict(rtol=1e-4, atol=1e-5))
+
+
+def test_compiled_layers_pad_no_strides_on_an_odd_length(tokenizer):
+    """On torch 2.11 with CUDA, inductor padded the strides of a (B, heads, L, L) attention buffer of odd length (206)
+    and the compiled backward then failed its stride check (solopo.models.kernels). model.compile turns that padding
+    off: with padding forced on for the CPU (where inductor leaves it off) and SDPA's math kernel (CUDA's for fp32 with
+    grouped heads), a compiled 1-layer model on 4 rows of 206 positions pads no buffer in forward or backward and gives
+    the plain logits and gradients. torch 2.13 on the CPU does not reproduce the failed check itself."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+    from torch._inductor import metrics
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    spec = replace(TINY, random_init={**TINY.random_init, "num_hidden_layers": 1})
+    ids = torch.randint(5, 1000, (4, 206), generator=torch.Generator().manual_seed(0))
+
+    def run(model):
+        logits = model(input_ids=ids, attention_mask=unused_mask("cpu")).logits
+        logits.logsumexp(-1).mean().backward()
+        return logits.detach(), [p.grad for p in model.parameters()]
+
+    padded_before = metrics.num_comprehensive_padding
+    with inductor_config.patch(disable_padding_cpu=False, fx_graph_cache=False), \
+            functorch_config.patch(enable_autograd_cache=False), sdpa_kernel(SDPBackend.MATH):
+        plain = run(load_model(spec, tokenizer, seed=0).train())
+        compiled = run(load_model(replace(spec, compile=True), tokenizer, seed=0).train())
+    assert metrics.num_comprehensive_padding == padded_before
+    torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-5)
 
 
 def test_liger_needs_a_cuda_gpu():

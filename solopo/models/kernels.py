@@ -8,6 +8,11 @@ process (every later model of that family in the process uses it too).
 ``model.compile=true``: regional compilation. torch.compile of every block of each decoder layer (attention, MLP,
 norms) rather than of the whole model: the layers share one compiled code per block kind, so compiling costs what
 one layer costs, whatever the depth, and the checkpointing around each layer stays outside the compiled code.
+Inductor's comprehensive padding is off for these blocks (``COMPILE_OPTIONS``): on torch 2.11 with CUDA it planned
+padded strides for a (B, heads, L, L) attention buffer of an odd length L (206: 42436 -> 42464 values, 128-byte
+aligned), the kernel producing it in backward returned contiguous ones, and the step failed inductor's stride check
+("expected size 4==4, stride 169744==169856"). That padding only aligns odd strides for pointwise kernels; matrix
+products keep inductor's own shape padding.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from torch import nn
 from solopo.models.blocks import decoder_layers
 from solopo.settings.fields import Problems
 
+# torch.compile's inductor options for the layers' blocks: comprehensive_padding off, as the module docstring says why.
+COMPILE_OPTIONS = {"comprehensive_padding": False}
 LIGER_PATCHES = {"llama": "apply_liger_kernel_to_llama", "qwen2": "apply_liger_kernel_to_qwen2"}
 
 
@@ -49,7 +56,7 @@ def use_liger(model: nn.Module) -> None:
 
 
 def compile_layers(model: nn.Module) -> None:
-    """torch.compile, in place, of each block of every decoder layer (regional compilation)."""
+    """torch.compile, in place, of each block of every decoder layer (regional compilation), with COMPILE_OPTIONS."""
     for layer in decoder_layers(model):
         for block in layer.children():
-            block.compile()
+            block.compile(options=COMPILE_OPTIONS)

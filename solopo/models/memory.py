@@ -4,17 +4,25 @@
 MLP turns (B, L, H) into (B, L, I) activations, I = 4-6 x H (gate, up, their product), so at long L the MLP's
 intermediate, not attention, sets the peak. Run position-wise, it gives the same result N positions at a time, each
 chunk recomputed in backward (checkpoint), so at most (B, N, I) of it exists at once. The final norm, which runs
-outside the checkpointed layers and keeps its fp32 intermediates (B, L, H) for backward, runs the same way.
+outside the checkpointed layers and keeps its fp32 intermediates (B, L, H) for backward, runs the same way. What it
+saves: without gradient checkpointing, every layer's 4 (B, L, I) tensors; with it, those of the one layer that
+backward recomputes (they and their gradients, about 6 B L I values, set the checkpointed step's peak).
 
 ``model.offload_activations=true``: what autograd saves for backward during the model's forward moves to pinned host
 memory and comes back when backward needs it. With gradient checkpointing that is each layer's input (B, L, H) and
 the final norm's, the only activations a checkpointed model keeps; the recomputation in backward stays on the
-device. The copies run on the compute stream, without waiting on the host.
+device. The copies run on the compute stream, without waiting on the host. What it saves: all layers' inputs,
+layers x B L H values, which set the peak once the recomputed layer is small (with mlp_chunk_size) and the model deep.
+
+Neither touches attention: both assume a kernel whose memory is linear in L (flash, memory-efficient, varlen). On
+CUDA, fp32 attention with grouped key/value heads has none (flash needs 16-bit inputs, the memory-efficient kernel
+takes no grouped heads), so SDPA runs its math kernel, whose (B, heads, L, L) scores and their gradients are the
+peak, and no saver moves it: mixed precision (bf16 attention) avoids it.
 """
 from __future__ import annotations
 
 from types import MethodType
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -57,12 +65,16 @@ class HostOffload:
         self.offered_bytes = 0
         self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
 
-    def pack(self, tensor: Tensor) -> Any:
+    def moves(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is one to keep on the host (counted in ``offered_bytes``)."""
         size = tensor.numel() * tensor.element_size()
         if size < self.min_bytes or isinstance(tensor, nn.Parameter) or isinstance(tensor._base, nn.Parameter):
-            return tensor
+            return False
         self.offered_bytes += size
-        if tensor.device.type == "cpu":
+        return True
+
+    def pack(self, tensor: Tensor) -> Any:
+        if not self.moves(tensor) or tensor.device.type == "cpu":
             return tensor
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         host.copy_(tensor, non_blocking=True)  # ordered before any later kernel that reuses the tensor's memory
@@ -76,10 +88,11 @@ class HostOffload:
         return host.to(device, non_blocking=True)
 
 
-def offload_activations(model: nn.Module) -> HostOffload:
-    """``model``'s forward runs under HostOffload's hooks (entered by a forward pre-hook, left by a forward hook that
-    runs even when the forward fails), so its signature, which generate() inspects, stays as it is."""
-    offload = HostOffload()
+def offload_activations(model: nn.Module, offload: Optional[HostOffload] = None) -> HostOffload:
+    """``model``'s forward runs under ``offload``'s hooks (a new HostOffload by default; entered by a forward pre-hook,
+    left by a forward hook that runs even when the forward fails), so its signature, which generate() inspects, stays
+    as it is."""
+    offload = offload or HostOffload()
     model.register_forward_pre_hook(lambda module, args: offload.hooks.__enter__())
     model.register_forward_hook(lambda module, args, output: offload.hooks.__exit__(None, None, None), always_call=True)
     return offload
