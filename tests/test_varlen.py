@@ -79,3 +79,27 @@ def test_attention_inputs_take_autocasts_dtype_where_it_is_on():
     assert [t.dtype for t in autocast_inputs(q, k, v)] == [torch.float32, torch.float32, torch.bfloat16]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert [t.dtype for t in autocast_inputs(q, k, v)] == [torch.bfloat16] * 3
+
+
+def test_fp32_cuda_grouped_heads_are_repeated_so_sdpa_avoids_its_math_kernel(monkeypatch):
+    """fp32 padded rows of a grouped-query model (SmolLM2: 9 heads, 3 kv heads) on CUDA could only use SDPA's math
+    kernel, whose (B, H, L, L) scores set the 17 GiB peak of a memory test on an H100: the heads are repeated first there; the answer
+    is the same attention."""
+    from types import SimpleNamespace
+
+    from solopo.step.varlen import math_kernel_only, unused_mask, varlen_attention
+
+    assert math_kernel_only("cuda", torch.float32, 3)
+    assert not math_kernel_only("cuda", torch.bfloat16, 3)  # the flash kernel takes grouped heads
+    assert not math_kernel_only("cuda", torch.float32, 1)
+    assert not math_kernel_only("cpu", torch.float32, 3)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    plain, _ = varlen_attention(module, q, k, v, unused_mask("cpu"), scaling=0.3)  # transformers' SDPA path
+    calls, own = [], varlen._causal_rows
+    monkeypatch.setattr(varlen, "math_kernel_only", lambda *args: calls.append(args) or True)  # as on CUDA in fp32
+    monkeypatch.setattr(varlen, "_causal_rows", lambda *args: calls.append("repeated") or own(*args))
+    repeated, _ = varlen_attention(module, q, k, v, unused_mask("cpu"), scaling=0.3)
+    assert calls == [("cpu", torch.float32, 3), "repeated"]
+    torch.testing.assert_close(repeated, plain)

@@ -45,6 +45,14 @@ def repeat_kv(x: Tensor, groups: int, dim: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=dim)
 
 
+def math_kernel_only(device_type: str, dtype: torch.dtype, groups: int) -> bool:
+    """Whether SDPA, given grouped-query heads as they are, could only use its math kernel, which holds the
+    (B, H, L, L) scores: on CUDA in 32-bit floats the flash kernel is out and the memory-efficient one takes no
+    grouped heads. Padded rows then repeat the keys and values to the query heads first, so that the
+    memory-efficient kernel runs (a copy of K and V, against L x L scores per head)."""
+    return device_type == "cuda" and dtype == torch.float32 and groups > 1
+
+
 _mask = MaskSwitch()
 
 
@@ -122,6 +130,9 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         mask = None if _is_unused(attention_mask) else attention_mask
+        causal = mask is None and not dropout and query.shape[2] == key.shape[2]  # training's padded rows
+        if causal and math_kernel_only(query.device.type, query.dtype, query.shape[1] // key.shape[1]):
+            return _causal_rows(query, key, value, scaling), None
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
     if kwargs.get("sliding_window"):
         raise ValueError(f"attn_implementation={NAME} does not do sliding-window attention; use sdpa or flex_attention")
