@@ -83,8 +83,8 @@ def test_attention_inputs_take_autocasts_dtype_where_it_is_on():
 
 def test_fp32_cuda_grouped_heads_are_repeated_so_sdpa_avoids_its_math_kernel(monkeypatch):
     """fp32 padded rows of a grouped-query model (SmolLM2: 9 heads, 3 kv heads) on CUDA could only use SDPA's math
-    kernel, whose (B, H, L, L) scores set the 17 GiB peak of a memory test on an H100: the heads are repeated first there; the answer
-    is the same attention."""
+    kernel, whose (B, H, L, L) scores set the 17 GiB peak of a memory test on an H100: the heads are repeated first
+    there; the answer is the same attention."""
     from types import SimpleNamespace
 
     from solopo.step.varlen import math_kernel_only, unused_mask, varlen_attention
