@@ -132,7 +132,8 @@ def test_kept_markers_stay_in_both_prompts(world, tmp_path):
 
 def test_the_triplets_train(world, tmp_path):
     """data=pairs reads the builder's output and trains SoLoPO on it: three sequences per pair, SoLo-RA reported."""
-    from test_run import results, run_here
+    from in_process import run_here
+    from test_run import results
 
     out = tmp_path / "triplets.jsonl"
     run_build([f"input.path={trl_file(world, tmp_path)}", f"corpus.path={corpus_file(world, tmp_path)}",

@@ -301,7 +301,8 @@ SMOKE = [("A", "csv", []), ("trl_standard", "folder", []), ("trl_conversational"
 
 @pytest.mark.parametrize("fmt, container, extra", SMOKE)
 def test_smoke_run_per_format(fmt, container, extra, tmp_path):
-    from test_run import results, run_here
+    from in_process import run_here
+    from test_run import results
 
     path = write(container, records(fmt), tmp_path)
     run_here(["algo=dpo", "experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
@@ -311,7 +312,8 @@ def test_smoke_run_per_format(fmt, container, extra, tmp_path):
 
 
 def test_smoke_run_truncates_overlong_contexts_and_reports_the_count(tmp_path):
-    from test_run import results, run_here
+    from in_process import run_here
+    from test_run import results
 
     filler = "\n\n".join(f"Note {i}: " + "the archive lists old maps " * 8 for i in range(12))
     rows = [{**row, "prompt_long": f"{filler}\n\n{question(country)}"}
