@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
-from support import run, step_losses  # noqa: E402
+from support import run, smoke_here, step_losses  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
 
 @pytest.mark.parametrize("trainer", ["fsdp", "cpu"])
 def test_first_dpo_step_against_the_cached_reference_is_log_2(trainer, tmp_path):
-    run(["experiment=scaling", "model=tiny", "model.dtype=float32", "data.long_len=384", "algo=dpo", "reference=cached",
-         f"trainer={trainer}", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=bf16-mixed",
-         "trainer.max_steps=1", "data.source.n_train=2", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"])
+    """trainer=cpu runs in the test process; FSDP starts a process of its own (its process group)."""
+    (run if trainer == "fsdp" else smoke_here)([
+        "experiment=scaling", "model=tiny", "model.dtype=float32", "data.long_len=384", "algo=dpo", "reference=cached",
+        f"trainer={trainer}", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=bf16-mixed",
+        "trainer.max_steps=1", "data.source.n_train=2", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"])
     assert step_losses(tmp_path)[0] == pytest.approx(math.log(2), rel=1e-7)
