@@ -31,9 +31,11 @@ def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd
     out, err = io.StringIO(), io.StringIO()
     try:
         os.chdir(cwd or here)
+        forget_wandb()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = exit_status(entry)
     finally:
+        forget_wandb()
         sys.argv = argv
         os.chdir(here)
         os.environ.clear()
@@ -52,6 +54,13 @@ def exit_status(entry) -> int:
         print(stop.code, file=sys.stderr)
         return 1
     return 0
+
+
+def forget_wandb() -> None:
+    """wandb keeps its settings, an API key read from the environment among them, in a session of the process: a
+    command starts without one, as in a new process, and leaves none behind for the next test."""
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
 
 
 def run_here(args, expect: int | None = 0, **kwargs) -> subprocess.CompletedProcess:
