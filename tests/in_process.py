@@ -25,13 +25,13 @@ def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd
     ``expect``: the exit status asserted (None: not checked)."""
     path, name = ENTRIES[module]
     entry = getattr(importlib.import_module(path), name)
+    forget_wandb()  # before the environment is saved: the session's service token must not come back with it
     argv, environ, here = sys.argv, dict(os.environ), os.getcwd()
     os.environ.update({"WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", **(env or {})})
     sys.argv = [module, *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
     try:
         os.chdir(cwd or here)
-        forget_wandb()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = exit_status(entry)
     finally:
@@ -57,10 +57,12 @@ def exit_status(entry) -> int:
 
 
 def forget_wandb() -> None:
-    """wandb keeps its settings, an API key read from the environment among them, in a session of the process: a
-    command starts without one, as in a new process, and leaves none behind for the next test."""
+    """wandb keeps its settings, an API key read from the environment among them, in a session of the process, and
+    the address of its service process in WANDB_SERVICE: a command starts without either, as in a new process, and
+    leaves neither behind for the next test (a stale address made the next wandb.init fail to connect)."""
     if "wandb" in sys.modules:
         sys.modules["wandb"].teardown()
+        os.environ.pop("WANDB_SERVICE", None)
 
 
 def run_here(args, expect: int | None = 0, **kwargs) -> subprocess.CompletedProcess:
