@@ -70,11 +70,17 @@ def __getattr__(name: str):
 
 # Tests never write to the user's cache or reach wandb's servers.
 os.environ.setdefault("WANDB_MODE", "offline")
+# A pytest-xdist worker's share of the cores for torch's threads, in its tests and in the runs they start (set before
+# torch loads; a value of the user's wins). Two workers of two threads on two cores took 3x as long
+# (tests/test_module.py, test_logps.py, test_batching.py, test_varlen.py: 117 s against 41 s): OpenMP threads spin.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a worker; the controller, which runs no test, leaves it to them
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 
 @pytest.fixture(autouse=True, scope="session")
 def torch_threads():
-    """At most 2 threads per process: the workers of `-n auto` share the cores."""
+    """At most 2 threads per process: more gain nothing on the tiny models."""
     import torch
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
