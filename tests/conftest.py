@@ -3,17 +3,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-
-from solopo.core.objective import Method, SoLoRA
-from solopo.eval.longctx import EvalSettings
-from solopo.generation.sampling import SamplingSettings
-from solopo.models.loading import ModelSpec, load_model, load_tokenizer
-from solopo.training.module import OptimSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,25 +30,43 @@ def default_config():
     return cfg
 
 
-LOGP_CHUNK_SIZE = shipped("logp_chunk_size")
-SOLOPO, RA, OPTIM = Method(**shipped("method")), SoLoRA(**shipped("ra")), OptimSettings(**shipped("optim"))
-
-
 def shipped_scorer(key: str):
     """The scorer a shipped config group names (``key``: data.sampling or eval), instantiated."""
     return instantiate(OmegaConf.select(default_config(), f"{key}.scorer"))
 
 
-# data=qa's sampling; tests vary it with dataclasses.replace
-SAMPLING = SamplingSettings(**{**shipped("data.sampling"), "scorer": shipped_scorer("data.sampling")})
-# EvalSettings' fields: the eval group's, the run's seed and the data's prompt template.
-EVAL = EvalSettings(**{k: v for k, v in shipped("eval").items() if k not in ("enabled", "n_items", "vllm", "scorer")},
-                    scorer=shipped_scorer("eval"), seed=shipped("seed"), template=shipped("data.template"))
-# A 2-layer llama of model=tiny's kind, with shorter positions (the tests' sequences are short).
-TINY = ModelSpec(**{**shipped("model"), "name": "tiny-random-llama", "tokenizer": "embedded:smollm2-135m-instruct",
-                    "random_init": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                                        tie_word_embeddings=True)})
+@functools.cache
+def settings() -> dict:
+    """The settings objects tests share, from the shipped config (each built once, on first use)."""
+    from solopo.core.objective import Method, SoLoRA
+    from solopo.eval.longctx import EvalSettings
+    from solopo.generation.sampling import SamplingSettings
+    from solopo.models.loading import ModelSpec
+    from solopo.training.module import OptimSettings
+
+    return dict(
+        LOGP_CHUNK_SIZE=shipped("logp_chunk_size"), SOLOPO=Method(**shipped("method")), RA=SoLoRA(**shipped("ra")),
+        OPTIM=OptimSettings(**shipped("optim")),
+        # data=qa's sampling; tests vary it with dataclasses.replace
+        SAMPLING=SamplingSettings(**{**shipped("data.sampling"), "scorer": shipped_scorer("data.sampling")}),
+        # EvalSettings' fields: the eval group's, the run's seed and the data's prompt template.
+        EVAL=EvalSettings(**{k: v for k, v in shipped("eval").items() if k not in ("enabled", "n_items", "vllm", "scorer")},
+                          scorer=shipped_scorer("eval"), seed=shipped("seed"), template=shipped("data.template")),
+        # A 2-layer llama of model=tiny's kind, with shorter positions (the tests' sequences are short).
+        TINY=ModelSpec(**{**shipped("model"), "name": "tiny-random-llama", "tokenizer": "embedded:smollm2-135m-instruct",
+                          "random_init": dict(model_type="llama", hidden_size=64, intermediate_size=128,
+                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                              max_position_embeddings=2048, tie_word_embeddings=True)}))
+
+
+def __getattr__(name: str):
+    """`from conftest import TINY, EVAL, ...`: the settings above, built when a test module first asks. pytest-xdist's
+    controller loads this file too, and building them imports torch and transformers (5 s of a 2-core machine)
+    before any worker starts; the workers, which run the tests, import them as they collect."""
+    if name in ("LOGP_CHUNK_SIZE", "SOLOPO", "RA", "OPTIM", "SAMPLING", "EVAL", "TINY"):
+        return settings()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Random shapes at which one memory saver (solopo.models.memory) sets the step's peak: a wide MLP (the recomputed
 # layer's intermediate: mlp_chunk_size) and a deep, narrow model (the layers' inputs: offload_activations). As many
@@ -68,14 +79,31 @@ DEEP = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=16, num_at
 
 # Tests never write to the user's cache or reach wandb's servers.
 os.environ.setdefault("WANDB_MODE", "offline")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# A pytest-xdist worker's share of the cores for torch's threads, in its tests and in the runs they start (set before
+# torch loads; a value of the user's wins). Two workers of two threads on two cores took 3x as long
+# (tests/test_module.py, test_logps.py, test_batching.py, test_varlen.py: 117 s against 41 s): OpenMP threads spin.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a worker; the controller, which runs no test, leaves it to them
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def torch_threads():
+    """At most 2 threads per process: more gain nothing on the tiny models."""
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    return load_tokenizer(TINY)
+    from solopo.models.loading import load_tokenizer
+
+    return load_tokenizer(settings()["TINY"])
 
 
 @pytest.fixture
 def tiny_model(tokenizer):
-    return load_model(TINY, tokenizer, seed=0)
+    from solopo.models.loading import load_model
+
+    return load_model(settings()["TINY"], tokenizer, seed=0)

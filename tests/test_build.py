@@ -4,8 +4,6 @@ by data=pairs and trained on; and its one-line refusals."""
 import json
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from solopo.data.schema import Turn
 from solopo.data.tokenize import token_counter
 from solopo.data.world import qa_items
 from solopo.settings.build import ConfigError
+from in_process import call
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "Answer from the notes only."
@@ -132,7 +131,8 @@ def test_kept_markers_stay_in_both_prompts(world, tmp_path):
 
 def test_the_triplets_train(world, tmp_path):
     """data=pairs reads the builder's output and trains SoLoPO on it: three sequences per pair, SoLo-RA reported."""
-    from test_run import results, run_here
+    from in_process import run_here
+    from test_run import results
 
     out = tmp_path / "triplets.jsonl"
     run_build([f"input.path={trl_file(world, tmp_path)}", f"corpus.path={corpus_file(world, tmp_path)}",
@@ -190,9 +190,8 @@ def test_bad_corpora_and_settings_are_refused_in_one_line(world, tmp_path):
 def test_the_command_exits_2_with_one_line(world, tmp_path):
     path = tmp_path / "plain.jsonl"
     path.write_text(json.dumps({"prompt": "No context here.", "chosen": "a", "rejected": "b"}) + "\n")
-    command = [sys.executable, "-m", "solopo.build", f"input.path={path}", f"output={tmp_path / 'o.jsonl'}"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    done = call("solopo.build", [f"input.path={path}", f"output={tmp_path / 'o.jsonl'}"], expect=2, cwd=tmp_path)
+    assert done.stderr.strip().count("\n") == 0, done.stderr
     assert done.stderr.startswith(f"error: {path} line 1: its prompt holds 0 <context> markers")
     assert list(tmp_path.iterdir()) == [path]  # no Hydra run folder, no log file, no output
 

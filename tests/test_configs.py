@@ -1,8 +1,5 @@
 """Every shipped config composes, and what it names instantiates."""
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from solopo.settings.build import ConfigError, build_settings, trainer_arguments
 from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision
 from solopo.settings.groups import check_trainer
+from in_process import run_here
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "solopo" / "conf"
@@ -74,10 +72,8 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
 
 
 def test_a_data_file_option_without_a_path_stops_in_one_line(tmp_path):
-    env = dict(os.environ, HYDRA_FULL_ERROR="1")
-    done = subprocess.run([sys.executable, "-m", "solopo.run", "data=musique", "experiment=smoke", "logger=none",
-                           f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = run_here(["data=musique", "experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path}"], expect=2)
+    assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "error: data=musique needs data.path=FILE (see conf/data/musique.yaml)"
 
 

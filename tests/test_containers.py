@@ -2,9 +2,6 @@
 folders) x every preference format (solopo's A/A'/B, TRL's four, LLaMA-Factory's two), all built here in code; the
 one-line errors for malformed rows, bad paths and folders that are not datasets; and one smoke run per format."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from solopo.data.formats import DataFileError, pairs, source
 from solopo.data.schema import Turn
 from solopo.data.tokenize import encode_prompt
 from solopo.settings.build import ConfigError, load_source
+from in_process import run_here
 
 ROOT = Path(__file__).resolve().parents[1]
 CITIES = [("France", "Paris", "Rome"), ("Italy", "Rome", "Madrid"), ("Spain", "Madrid", "Berlin"),
@@ -276,11 +274,9 @@ def test_bad_data_paths_stop_in_one_line(data, tmp_path):
 
 
 def test_a_missing_data_file_exits_2_before_the_model_loads(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
-    done = subprocess.run([sys.executable, "-m", "solopo.run", "experiment=smoke", "data=pairs",
-                           f"data.path={tmp_path / 'nope.jsonl'}", "logger=none", f"hydra.run.dir={tmp_path}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = run_here(["experiment=smoke", "data=pairs", f"data.path={tmp_path / 'nope.jsonl'}", "logger=none",
+                     f"hydra.run.dir={tmp_path}"], expect=2)
+    assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.jsonl'}: cannot read it: no such file"
 
 
@@ -301,7 +297,7 @@ SMOKE = [("A", "csv", []), ("trl_standard", "folder", []), ("trl_conversational"
 
 @pytest.mark.parametrize("fmt, container, extra", SMOKE)
 def test_smoke_run_per_format(fmt, container, extra, tmp_path):
-    from test_run import results, run_here
+    from test_run import results
 
     path = write(container, records(fmt), tmp_path)
     run_here(["algo=dpo", "experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
@@ -311,7 +307,7 @@ def test_smoke_run_per_format(fmt, container, extra, tmp_path):
 
 
 def test_smoke_run_truncates_overlong_contexts_and_reports_the_count(tmp_path):
-    from test_run import results, run_here
+    from test_run import results
 
     filler = "\n\n".join(f"Note {i}: " + "the archive lists old maps " * 8 for i in range(12))
     rows = [{**row, "prompt_long": f"{filler}\n\n{question(country)}"}

@@ -196,7 +196,8 @@ def test_llama_factory_entry_naming_a_folder_reads_it(tmp_path):
 
 
 def test_smoke_run_on_a_llama_factory_folder(tmp_path):
-    from test_run import results, run_here
+    from in_process import run_here
+    from test_run import results
 
     records = [{"conversations": [{"from": "human", "value": f"I have {n} apples and eat one. How many are left?"}],
                 "chosen": {"from": "gpt", "value": f"{n - 1} apples."},

@@ -1,8 +1,6 @@
 """LongBench v1 QA and RULER-style QA: LongBench's templates and answer lengths, its middle truncation, its QA F1
 checked by hand on fixtures, the table per subset and its average, and `python -m solopo.evaluate eval=longbench`."""
 import json
-import subprocess
-import sys
 
 from dataclasses import replace
 
@@ -15,7 +13,7 @@ from solopo.eval.ruler import RulerQA
 from solopo.scoring import ExactMatch, TokenF1, f1
 from solopo.settings.build import ConfigError
 from conftest import EVAL
-from test_configs import ROOT
+from in_process import call, run_here
 from test_scoring import settings_of
 
 
@@ -163,21 +161,17 @@ def test_ruler_files_are_subsets_scored_by_eval_scorer(tmp_path, monkeypatch, to
 
 def test_evaluate_runs_longbench_end_to_end(tmp_path):
     folder = longbench_folder(tmp_path / "data")
-    done = subprocess.run([sys.executable, "-m", "solopo.evaluate", "eval=longbench", f"eval.benchmark.path={folder}",
-                           "eval.benchmark.n_items=1", "model=tiny", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = call("solopo.evaluate", ["eval=longbench", f"eval.benchmark.path={folder}", "eval.benchmark.n_items=1",
+                                    "model=tiny", f"hydra.run.dir={tmp_path / 'run'}"])
     assert "| model | narrativeqa | qasper | multifieldqa_en | hotpotqa | 2wikimqa | musique | avg |" in done.stdout
     table = json.loads((tmp_path / "run" / "results.json").read_text())["benchmark"]["model"]
     assert set(table["subsets"]) == set(LONGBENCH_QA) and all(r["n"] == 1 for r in table["subsets"].values())
-    missing = subprocess.run([sys.executable, "-m", "solopo.evaluate", "eval=longbench",
-                              f"eval.benchmark.path={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run2'}"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    missing = call("solopo.evaluate", ["eval=longbench", f"eval.benchmark.path={tmp_path / 'nowhere'}",
+                                       f"hydra.run.dir={tmp_path / 'run2'}"], expect=2)
+    assert "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines()[-1].endswith("must be the folder of LongBench's <subset>.jsonl")
-    no_path = subprocess.run([sys.executable, "-m", "solopo.evaluate", "eval=ruler", f"hydra.run.dir={tmp_path / 'run3'}"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert no_path.returncode == 2 and "Traceback" not in no_path.stderr
+    no_path = call("solopo.evaluate", ["eval=ruler", f"hydra.run.dir={tmp_path / 'run3'}"], expect=2)
+    assert "Traceback" not in no_path.stderr
     assert no_path.stderr.strip().splitlines()[-1] == "error: eval=ruler needs eval.benchmark.path=PATH (see conf/eval/ruler.yaml)"
 
 
@@ -196,11 +190,8 @@ def test_a_training_run_evaluates_on_the_benchmark_the_eval_group_names(tmp_path
     code `python -m solopo.evaluate` runs (the same table, per subset and averaged), in place of the held-out
     questions; a missing benchmark folder stops the run in one line before the model loads."""
     folder = longbench_folder(tmp_path / "data")
-    args = [sys.executable, "-m", "solopo.run", "algo=dpo", "experiment=smoke", "logger=none", "eval=longbench",
-            "eval.benchmark.n_items=1"]
-    done = subprocess.run([*args, f"eval.benchmark.path={folder}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    args = ["algo=dpo", "experiment=smoke", "logger=none", "eval=longbench", "eval.benchmark.n_items=1"]
+    done = run_here([*args, f"eval.benchmark.path={folder}", f"hydra.run.dir={tmp_path / 'run'}"])
     heading = "LongBench, TokenF1 x 100:\n| model | narrativeqa | qasper | multifieldqa_en | hotpotqa | 2wikimqa |"
     assert heading in done.stdout
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -210,9 +201,9 @@ def test_a_training_run_evaluates_on_the_benchmark_the_eval_group_names(tmp_path
         assert table["metric"] == "TokenF1"
     summary = results["eval_summary"]
     assert summary["eval/gain/average"] == summary["eval/trained/average"] - summary["eval/base/average"]
-    missing = subprocess.run([*args, f"eval.benchmark.path={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r2'}"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    missing = run_here([*args, f"eval.benchmark.path={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r2'}"],
+                       expect=2)
+    assert "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines()[-1].endswith("must be the folder of LongBench's <subset>.jsonl")
     assert "parameters" in done.stdout + done.stderr  # load_models logs the model's size...
     assert "parameters" not in missing.stdout + missing.stderr  # ...which a run stopped by a bad path never loads

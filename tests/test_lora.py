@@ -55,9 +55,9 @@ def test_the_reference_is_the_base_model_with_no_second_copy(tokenizer, batch):
 
 
 def test_a_lora_run_saves_its_adapter(tmp_path):
-    from reliability.support import run
+    from reliability.support import smoke_here
 
-    run(["algo=dpo", "reference=live", "model.lora={r:4,lora_alpha:8}", "save_model=true", "eval.enabled=false",
-         "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"])
+    smoke_here(["algo=dpo", "reference=live", "model.lora={r:4,lora_alpha:8}", "save_model=true", "eval.enabled=false",
+                "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"])
     adapter = load_file(str(tmp_path / "model" / "adapter_model.safetensors"))
     assert adapter and all("lora_" in key for key in adapter)

@@ -10,7 +10,7 @@ from solopo.models.loading import load_model, save_policy, with_lora
 from solopo.training.resume import LastCheckpoint
 
 from conftest import TINY
-from reliability.support import fit_toy, run
+from reliability.support import fit_toy, smoke_here
 
 MB = 1 << 20
 
@@ -26,7 +26,7 @@ def generates(path, tokenizer) -> torch.Tensor:
 def test_a_completed_run_leaves_no_checkpoint_and_a_model_that_generates(tmp_path, tokenizer):
     """Before the change the smoke run left checkpoints/last.ckpt (weights and AdamW moments), and the saved config had
     use_cache false."""
-    run(["save_model=true", "eval.enabled=false", f"hydra.run.dir={tmp_path}"])
+    smoke_here(["save_model=true", "eval.enabled=false", f"hydra.run.dir={tmp_path}"])
     assert not (tmp_path / "checkpoints").exists()
     assert max(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) < 100 * MB
     config = json.loads((tmp_path / "model" / "config.json").read_text())
@@ -81,7 +81,7 @@ def test_a_merged_lora_policy_computes_what_the_adapter_did(tmp_path, tokenizer)
 
 @pytest.mark.parametrize("value", ["yes", "1"])
 def test_save_model_takes_false_true_or_merged(tmp_path, value):
-    done = run([f"save_model={value}", f"hydra.run.dir={tmp_path}"], expect=2)
+    done = smoke_here([f"save_model={value}", f"hydra.run.dir={tmp_path}"], expect=2)
     assert f"save_model={value}: choose one of false, true, merged" in done.stderr.strip().splitlines()[-1]
 
 
@@ -113,7 +113,7 @@ def test_keep_best_puts_back_the_weights_of_the_best_step():
 
 
 def test_eval_every_n_steps_logs_records_and_plots_the_curve(tmp_path):
-    run(["eval.every_n_steps=2", "eval.keep_best=true", f"hydra.run.dir={tmp_path}"])
+    smoke_here(["eval.every_n_steps=2", "eval.keep_best=true", f"hydra.run.dir={tmp_path}"])
     curve = json.loads((tmp_path / "results.json").read_text())["eval_curve"]
     assert [p["step"] for p in curve["points"]] == [2, 4] and curve["best_step"] in (2, 4)
     assert (tmp_path / "eval_vs_step.png").read_bytes()[:4] == b"\x89PNG"
@@ -122,7 +122,7 @@ def test_eval_every_n_steps_logs_records_and_plots_the_curve(tmp_path):
 
 
 def test_keep_best_needs_every_n_steps(tmp_path):
-    done = run(["eval.keep_best=true", f"hydra.run.dir={tmp_path}"], expect=2)
+    done = smoke_here(["eval.keep_best=true", f"hydra.run.dir={tmp_path}"], expect=2)
     assert "eval.keep_best=true needs eval.every_n_steps" in done.stderr.strip().splitlines()[-1]
 
 

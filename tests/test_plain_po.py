@@ -79,7 +79,8 @@ def test_plain_po_module_step_equals_the_three_sequence_step(tokenizer):
 def test_a_plain_po_file_trains_with_two_sequences_per_pair(tokenizer, tmp_path):
     """The run's token count is that of two sequences per pair: the 2 training pairs of the 3-record file (one is
     validation), one epoch of one pair per step."""
-    from test_run import results, run_here
+    from in_process import run_here
+    from test_run import results
 
     path = FIXTURES / "pairs_plain.jsonl"
     run_here(["algo=dpo", "experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1",

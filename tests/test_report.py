@@ -1,12 +1,12 @@
-"""Evaluation at the end of a run, `python -m solopo.evaluate`, and `python -m solopo.report` on a sweep."""
+"""Evaluation at the end of a run, `python -m solopo.evaluate`, and `python -m solopo.report` on a sweep (a 2x2 smoke
+sweep: one result per job, then its report)."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from test_run import ROOT, run
+from in_process import call, run_here
+from test_run import ROOT
 
 from solopo.report.runs import find_runs
 from solopo.report.sweep import write_report
@@ -14,7 +14,7 @@ from solopo.report.tables import counted
 
 
 def test_run_writes_the_eval_table_json_and_plots(tmp_path):
-    done = run(["experiment=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
+    done = run_here(["experiment=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
     results = json.loads((tmp_path / "results.json").read_text())
     for name in ("base", "trained"):
         table = results["eval"][name]
@@ -29,20 +29,31 @@ def test_run_writes_the_eval_table_json_and_plots(tmp_path):
 
 
 def test_evaluate_command(tmp_path):
-    env_run = subprocess.run([sys.executable, "-m", "solopo.evaluate", "experiment=smoke", f"hydra.run.dir={tmp_path}"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert env_run.returncode == 0, env_run.stderr[-2000:]
+    call("solopo.evaluate", ["experiment=smoke", f"hydra.run.dir={tmp_path}"])
     table = json.loads((tmp_path / "results.json").read_text())["eval"]["model"]
     assert math.isfinite(table["average"]) and (tmp_path / "eval_depth_model.png").exists()
 
 
-def test_report_on_a_2x2_sweep(tmp_path):
-    sweep = tmp_path / "sweep"
-    run(["-m", "algo=simpo,orpo", "ra.alpha=0,1", "experiment=smoke", "logger=none", "trainer.max_steps=1",
-         f"hydra.sweep.dir={sweep}"])
-    done = subprocess.run([sys.executable, "-m", "solopo.report", str(sweep)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+@pytest.fixture(scope="module")
+def sweep_2x2(tmp_path_factory):
+    """The folder of a 2x2 smoke sweep, SimPO and ORPO at alpha 0 and 1, one step each, run once for the two tests
+    below (setup.cfg's --dist loadscope keeps a module's tests on one worker)."""
+    sweep = tmp_path_factory.mktemp("sweep_2x2")
+    run_here(["-m", "algo=simpo,orpo", "ra.alpha=0,1", "experiment=smoke", "logger=none", "trainer.max_steps=1",
+              f"hydra.sweep.dir={sweep}"])
+    return sweep
+
+
+def test_multirun_writes_one_result_per_job(sweep_2x2):
+    found = sorted(sweep_2x2.glob("*/results.json"))
+    assert len(found) == 4
+    alphas = sorted((json.loads(p.read_text())["config"]["algo"]["_target_"], json.loads(p.read_text())["config"]["ra"]["alpha"]) for p in found)
+    assert alphas == [("solopo.core.algos.ORPO", 0.0), ("solopo.core.algos.ORPO", 1.0), ("solopo.core.algos.SimPO", 0.0), ("solopo.core.algos.SimPO", 1.0)]
+
+
+def test_report_on_a_2x2_sweep(sweep_2x2):
+    sweep = sweep_2x2
+    done = call("solopo.report", [sweep])
     rows = (sweep / "report.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4
     header = rows[0].split(",")
@@ -100,9 +111,7 @@ def test_seeds_collapse_into_mean_and_std_and_failed_runs_stay_visible(tmp_path)
 def test_counts_in_the_report_text_agree_with_their_number(tmp_path):
     """The report of one run said "1 runs"; --seeds printed its number of groups as runs."""
     fake_run(tmp_path / "one" / "run", "DPO", "solopo", 0, 10.0, alpha=1.0)
-    done = subprocess.run([sys.executable, "-m", "solopo.report", str(tmp_path / "one")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = call("solopo.report", [str(tmp_path / "one")])
     assert done.stdout.strip().splitlines()[-1] == "1 run; varying: nothing"
     assert (tmp_path / "one" / "report.md").read_text().startswith("# Report: 1 run\n")
     write_report(find_runs([study_dir(tmp_path)]), tmp_path / "out", seeds=True)  # 11 runs: 5 settings x seeds
@@ -118,9 +127,8 @@ def test_a_folder_without_readable_runs_is_one_line_and_exit_status_2(tmp_path, 
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad" / "run").mkdir(parents=True)
     (tmp_path / "bad" / "run" / "results.json").write_text("{cut short")
-    done = subprocess.run([sys.executable, "-m", "solopo.report", str(tmp_path / folder)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    done = call("solopo.report", [tmp_path / folder], expect=2)
+    assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 

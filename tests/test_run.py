@@ -1,11 +1,10 @@
-"""`python -m solopo.run` end to end on the tiny model: every algorithm, method and SoLo-RA variant,
-a multirun sweep, and the commands README shows."""
+"""`python -m solopo.run` end to end on the tiny model: every algorithm, method and SoLo-RA variant, data file and
+efficiency option, and the commands README shows (a sweep among them; test_report.py checks a 2x2 sweep's jobs)."""
 import csv
 import json
 import math
 import os
 import re
-import runpy
 import shlex
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from in_process import run_here
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -36,21 +37,6 @@ def run(args, cwd=ROOT, timeout=300):
     return done
 
 
-def run_here(args):
-    """`python -m solopo.run ARGS` inside this process: the same entry point and Hydra set-up as the command line,
-    without a new interpreter's imports (5 of the 7 seconds of a smoke run here). The subprocess `run` above still
-    covers the command line itself (sweeps, README commands)."""
-    argv, env = sys.argv, dict(os.environ)
-    os.environ.update(WANDB_MODE="offline", HYDRA_FULL_ERROR="1")
-    sys.argv = ["solopo.run", *args]
-    try:
-        runpy.run_module("solopo.run", run_name="__main__", alter_sys=True)
-    finally:
-        sys.argv = argv
-        os.environ.clear()
-        os.environ.update(env)  # e.g. the seed Lightning leaves in PL_GLOBAL_SEED
-
-
 def results(run_dir):
     data = json.loads((Path(run_dir) / "results.json").read_text())
     plain = data["sequences"]["plain_po"]
@@ -63,14 +49,13 @@ def results(run_dir):
 
 
 @pytest.mark.parametrize("algo", ["dpo", "simpo", "orpo", "ipo", "cdpo"])
-def test_smoke_run_per_algorithm(algo, tmp_path, capsys):
-    run_here([f"algo={algo}", "data=qa", "experiment=smoke", "logger=csv", "+logger.tags=[mine]",
-              f"hydra.run.dir={tmp_path}"])
-    done = capsys.readouterr()
+def test_smoke_run_per_algorithm(algo, tmp_path):
+    done = run_here([f"algo={algo}", "data=qa", "experiment=smoke", "logger=csv", "+logger.tags=[mine]",
+                     f"hydra.run.dir={tmp_path}"])
     data = results(tmp_path)
     assert data["steps"] == 4 and data["config"]["algo"]["_target_"].lower().endswith(algo)
     assert data["metrics"]["train/ra_loss"] > 0  # SoLo-RA on by default
-    assert "results:" in done.out and (tmp_path / "csv").is_dir()
+    assert "results:" in done.stdout and (tmp_path / "csv").is_dir()
     header = next(csv.reader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     expected = TRL_KEYS | (ORPO_KEYS if algo == "orpo" else set())
     assert {f"{split}/{key}" for key in expected for split in ("train", "val")} <= set(header)
@@ -151,19 +136,10 @@ def test_shared_prompts_do_not_change_the_numbers(tmp_path):
         assert metrics["shared_prompt"][key] == pytest.approx(metrics["false"][key], rel=1e-6, abs=1e-8), key
 
 
-def test_multirun_writes_one_result_per_job(tmp_path):
-    run(["-m", "algo=simpo,orpo", "ra.alpha=0,1", "experiment=smoke", "logger=none", "trainer.max_steps=1",
-         f"hydra.sweep.dir={tmp_path}"])
-    found = sorted(tmp_path.glob("*/results.json"))
-    assert len(found) == 4
-    alphas = sorted((json.loads(p.read_text())["config"]["algo"]["_target_"], json.loads(p.read_text())["config"]["ra"]["alpha"]) for p in found)
-    assert alphas == [("solopo.core.algos.ORPO", 0.0), ("solopo.core.algos.ORPO", 1.0), ("solopo.core.algos.SimPO", 0.0), ("solopo.core.algos.SimPO", 1.0)]
-
-
 def test_wandb_logger_runs_offline_without_a_key(tmp_path):
     env_key = os.environ.pop("WANDB_API_KEY", None)
     try:
-        run(["experiment=smoke", "logger=wandb", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}"])
+        run_here(["experiment=smoke", "logger=wandb", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}"])
     finally:
         if env_key is not None:
             os.environ["WANDB_API_KEY"] = env_key
@@ -187,7 +163,7 @@ def test_readme_has_smoke_commands():
 def test_readme_smoke_command(command, tmp_path):
     args = shlex.split(command)[3:]
     directory = "hydra.sweep.dir" if "-m" in args else "hydra.run.dir"
-    run([*args, "logger=none", f"{directory}={tmp_path}"])
+    run_here([*args, "logger=none", f"{directory}={tmp_path}"])
     assert list(tmp_path.rglob("results.json"))
 
 

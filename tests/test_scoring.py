@@ -1,8 +1,6 @@
 """Pluggable answer scoring: the built-in scorers by hand, the threshold rule of pair building, the config key that
 names a scorer, and the scorer in the sampling and evaluation cache keys."""
 import random
-import subprocess
-import sys
 
 from dataclasses import replace
 
@@ -19,6 +17,7 @@ from solopo.generation.sampling import pick_pair, sample_pairs
 from solopo.scoring import SUB_EM, ExactMatch, FromFunction, Regex, Scorer, SubEM, TokenF1, identity
 from solopo.settings.build import ConfigError, build_settings
 from conftest import EVAL, SAMPLING
+from in_process import call
 from test_configs import CONF, ROOT
 
 
@@ -128,9 +127,8 @@ def test_a_wrong_scorer_is_one_line(override, line):
 
 
 def test_a_wrong_scorer_stops_the_entry_point_with_status_2(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "solopo.evaluate", "eval.scorer._target_=x.y",
-                           f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = call("solopo.evaluate", ["eval.scorer._target_=x.y", f"hydra.run.dir={tmp_path}"], expect=2)
+    assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: eval.scorer._target_=x.y: no such class or function")
 
 

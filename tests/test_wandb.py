@@ -1,12 +1,9 @@
 """wandb dashboards: the tags, group and name of a run, and a sweep read back from its offline run files."""
-import os
 import struct
-import subprocess
-import sys
 
 from solopo.training.loggers import sweep_group, wandb_labels
 
-from conftest import ROOT
+from in_process import run_here
 
 CHOICES = {"algo": "dpo", "ra": "chosen", "method": "solopo", "data": "qa", "model": "tiny", "trainer": "cpu"}
 
@@ -63,13 +60,10 @@ def test_multirun_jobs_share_a_group_in_separate_runs(tmp_path):
     """A DPO and an ORPO smoke job logged offline, with WANDB_DIR set and a tag of one's own: two wandb runs (each job
     finishes its own) under WANDB_DIR, one group, named apart and tagged as smoke runs; TRL's metric names in their
     history, no _step/_epoch twins, and the evaluation's headline numbers in each run's summary."""
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", SOLOPO_CACHE=str(tmp_path / "cache"),
+    env = dict(WANDB_MODE="offline", WANDB_SILENT="true", SOLOPO_CACHE=str(tmp_path / "cache"),
                WANDB_DIR=str(tmp_path / "wandb_files"))
-    done = subprocess.run([sys.executable, "-m", "solopo.run", "-m", "algo=dpo,orpo", "experiment=smoke",
-                           "logger=wandb", "trainer.max_steps=1", "eval.lengths=[short]", "+logger.tags=[mine]",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_here(["-m", "algo=dpo,orpo", "experiment=smoke", "logger=wandb", "trainer.max_steps=1", "eval.lengths=[short]",
+              "+logger.tags=[mine]", f"hydra.sweep.dir={tmp_path / 'sweep'}"], env=env)
     assert not list((tmp_path / "sweep").glob("*/wandb"))
     runs, summaries, history = {}, {}, {}
     for path in sorted((tmp_path / "wandb_files").glob("wandb/offline-run-*/run-*.wandb")):

@@ -298,8 +298,18 @@ def with_env(env: dict, changes: dict) -> dict:
     return {k: v for k, v in {**env, **changes}.items() if v is not None}
 
 
-def run_case(case: Case, checkout: Path, env: dict) -> tuple[str, Optional[int]]:
-    """"" when the case behaved well, else what went wrong; and the exit status of a refused case."""
+def solopo_run(args: list[str], checkout: Path, env: dict) -> subprocess.CompletedProcess:
+    """`python -m solopo.run ARGS` in a new interpreter, in ``checkout``, with the environment ``env``."""
+    return subprocess.run([sys.executable, "-m", "solopo.run", *args], cwd=checkout, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+Launch = Callable[[list[str], Path, dict], subprocess.CompletedProcess]
+
+
+def run_case(case: Case, checkout: Path, env: dict, launch: Launch = solopo_run) -> tuple[str, Optional[int]]:
+    """"" when the case behaved well, else what went wrong; and the exit status of a refused case. ``launch`` runs
+    the command (the tests run it inside their own process)."""
     with tempfile.TemporaryDirectory(prefix="solopo-case-") as scratch:
         tmp = Path(scratch)
         if not case.smoke:
@@ -310,9 +320,7 @@ def run_case(case: Case, checkout: Path, env: dict) -> tuple[str, Optional[int]]
         if not any(a.startswith("hydra.") for a in args):
             args.append(f"hydra.run.dir={scratch}/run")
         flags = [a for a in args if a == "-m"]  # Hydra's flags go before the overrides (argparse)
-        done = subprocess.run([sys.executable, "-m", "solopo.run", *flags, *SMOKE, *[a for a in args if a != "-m"]],
-                              cwd=checkout,
-                              env=with_env(env, case.env), capture_output=True, text=True, timeout=600)
+        done = launch([*flags, *SMOKE, *[a for a in args if a != "-m"]], checkout, with_env(env, case.env))
         os.chmod(tmp, 0o700)
         for path in tmp.rglob("*"):
             if path.is_dir():

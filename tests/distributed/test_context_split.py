@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from context_support import check, check_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
-from support import results, run, step_losses, step_values  # noqa: E402
+from support import results, run, smoke_here, step_losses, step_values  # noqa: E402
 from test_preemption import assert_resumes_exactly  # noqa: E402
 
 pytestmark = pytest.mark.distributed
@@ -67,7 +67,7 @@ def assert_same_step(base, other) -> None:
 def test_a_training_step_with_context_parallel_is_the_one_process_step(tmp_path):
     """SoLo-SimPO (long chosen split over 2 processes: FSDP 1 x context 2) against one process: the same first loss,
     gradient norm and updated weights, and the same validation metrics, computed split as well."""
-    run([*COMMON, *ONE_PROCESS, f"hydra.run.dir={tmp_path / 'one'}"])
+    smoke_here([*COMMON, *ONE_PROCESS, f"hydra.run.dir={tmp_path / 'one'}"])
     run([*COMMON, *FSDP, "trainer.devices=2", "trainer.context_parallel=2", "data.batch_size=4",
          f"hydra.run.dir={tmp_path / 'cp'}"])
     assert_same_step(tmp_path / "one", tmp_path / "cp")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
-from support import run, step_losses  # noqa: E402
+from support import run, smoke_here, step_losses  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -19,10 +19,12 @@ pytestmark = pytest.mark.distributed
                          ids=["fsdp", "cpu", "fsdp context 2"])
 def test_first_dpo_step_against_the_cached_reference_is_log_2(layout, tmp_path):
     """With context parallelism the reference pass runs in the fit, its long sequences split as training splits them
-    (their values against the whole pass: test_context_split.py)."""
-    done = run(["experiment=scaling", "model=tiny", "model.dtype=float32", "data.long_len=384", "algo=dpo", "reference=cached",
-         *layout, "trainer.accelerator=cpu", "trainer.precision=bf16-mixed",
-         "trainer.max_steps=1", "data.source.n_train=2", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"])
+    (their values against the whole pass: test_context_split.py). trainer=cpu runs in the test process; FSDP starts
+    processes of its own (its process group)."""
+    done = (run if "trainer=fsdp" in layout else smoke_here)([
+        "experiment=scaling", "model=tiny", "model.dtype=float32", "data.long_len=384", "algo=dpo", "reference=cached",
+        *layout, "trainer.accelerator=cpu", "trainer.precision=bf16-mixed",
+        "trainer.max_steps=1", "data.source.n_train=2", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"])
     assert step_losses(tmp_path)[0] == pytest.approx(math.log(2), rel=1e-7)
     split = "reference log-probs: the long sequences split over the 2 processes of each context group"
     assert (split in done.stdout) == ("trainer.context_parallel=2" in layout)

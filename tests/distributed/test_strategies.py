@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
-from support import results, run, step_losses, step_values  # noqa: E402
+from support import results, run, smoke_here, step_losses, step_values  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.distributed
 # into a visible difference; in float64 that noise is far below the tolerance.
 COMMON = ["algo=dpo", "reference=live", "eval.enabled=false", "save_model=true", "trainer.enable_checkpointing=false",
           "trainer.max_steps=1", "optim.warmup_ratio=0", "optim.lr=1e-3", "model.dtype=float64", "trainer.precision=32-true"]  # 32-true leaves float64 weights as they are
-LAYOUTS = {
+LAYOUTS = {  # the two single-process layouts run in the test process, the others start their processes
     "one process": ["trainer=cpu", "data.batch_size=4"],
     "ddp": ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=2"],
     "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=2"],
@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
     out = {}
     for name, layout in LAYOUTS.items():
         run_dir = tmp_path_factory.mktemp(name.replace(" ", "_"))
-        run([*COMMON, *layout, f"hydra.run.dir={run_dir}"])
+        (run if "trainer.devices=2" in layout else smoke_here)([*COMMON, *layout, f"hydra.run.dir={run_dir}"])
         out[name] = run_dir
     return out
 

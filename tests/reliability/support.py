@@ -1,5 +1,5 @@
-"""`python -m solopo.run` as a subprocess, on the tiny model, and what its run directory holds; a toy Lightning
-module for the callbacks."""
+"""`python -m solopo.run` on the tiny model, as a subprocess (a fresh interpreter, signals, several processes) or in
+this process (tests/in_process.py), and what its run directory holds; a toy Lightning module for the callbacks."""
 import csv
 import json
 import os
@@ -10,6 +10,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
+
+from in_process import run_here
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
@@ -25,6 +27,11 @@ def run(args, expect: int = 0, timeout: int = 300) -> subprocess.CompletedProces
     done = subprocess.run(command(args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == expect, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+def smoke_here(args, expect: int = 0) -> subprocess.CompletedProcess:
+    """`run` inside this process: the same command line and checks, without a new interpreter's imports."""
+    return run_here([*SMOKE, *args], expect, cwd=ROOT)
 
 
 def step_values(run_dir: Path, key: str) -> dict[int, float]:

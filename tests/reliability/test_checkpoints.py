@@ -3,7 +3,6 @@ checkpoint, and a run directory that cannot be written, stop the run in one line
 import errno
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from solopo.training.resume import LastCheckpoint, checkpoint_problem
-from support import ENV, ROOT, command, fit_toy
+from support import fit_toy, smoke_here
 
 
 def full_disk_move(src, dst):
@@ -42,10 +41,10 @@ def test_a_failed_write_keeps_the_previous_last_ckpt(tmp_path, monkeypatch):
     assert [p.name for p in saved.parent.iterdir()] == ["last.ckpt"] and checkpoint_problem(saved) is None
 
 
-def refused(args, cwd=ROOT) -> str:
-    """Runs solopo.run, expects exit code 2 and one line on stderr without a traceback; returns that line."""
-    done = subprocess.run(command(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+def refused(args) -> str:
+    """Runs solopo.run (in this process), expects exit code 2 and one line on stderr without a traceback; returns that
+    line."""
+    done = smoke_here(args, expect=2)
     assert "Traceback" not in done.stderr and "model " not in done.stdout, done.stderr[-2000:]  # before any model loads
     return done.stderr.strip().splitlines()[-1]
 

@@ -16,7 +16,7 @@ from solopo.training.faults import NumericalGuard
 from solopo.models.loading import load_model
 from solopo.training.module import SoLoPOModule
 from solopo.core.objective import required_sequences
-from support import results, run
+from support import results, smoke_here
 
 from conftest import LOGP_CHUNK_SIZE, OPTIM, RA, SOLOPO, TINY
 
@@ -112,7 +112,7 @@ def test_consecutive_bad_steps_stop_the_run(tokenizer, pairs, tmp_path):
 def test_a_diverging_run_stops_with_the_message_and_records_it(tmp_path):
     """A huge learning rate (an infinite one is refused before the model loads) makes the weights overflow at step 1,
     so the gradients of steps 2-4 are not finite and the run ends there."""
-    done = run(["optim.lr=1e30", "trainer.max_steps=6", "data.source.n_train=6", f"hydra.run.dir={tmp_path}"], expect=1)
+    done = smoke_here(["optim.lr=1e30", "trainer.max_steps=6", "data.source.n_train=6", f"hydra.run.dir={tmp_path}"], expect=1)
     message = done.stderr.strip().splitlines()[-1]
     assert message.startswith("training stopped at step 4: 3 steps in a row had non-finite values (step 2: non-finite "
                               "gradient")

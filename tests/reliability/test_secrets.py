@@ -1,20 +1,18 @@
 """Secrets never reach the run directory: a credential-looking key on the command line is refused before Hydra writes
 .hydra/; a sweep job's folder name keeps to safe characters, so an override cannot place it outside the sweep."""
 import hashlib
-import subprocess
 
 import pytest
 
 from solopo.preflight import refuse_secrets, safe_dirname
-from support import ENV, ROOT, command
+from support import smoke_here
 
 
 def test_a_secret_on_the_command_line_is_refused_before_hydra_writes(tmp_path):
     """Before the fix the run went on, results.json redacted the token, and .hydra/ kept it in plain text."""
     run_dir = tmp_path / "run"
-    done = subprocess.run(command(["+model.extra.token=s3cr3t", f"hydra.run.dir={run_dir}"]), cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = smoke_here(["+model.extra.token=s3cr3t", f"hydra.run.dir={run_dir}"], expect=2)
+    assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: model.extra.token: secrets are not accepted on the "
                                                            "command line")
     assert "environment variables" in done.stderr and "s3cr3t" not in done.stdout + done.stderr
@@ -36,8 +34,7 @@ def test_keys_that_only_contain_a_secret_word_pass():
 def test_sweep_job_folders_keep_to_safe_characters(tmp_path):
     """data.path=x/../../../../d once made the job folder <sweep>/0_data.path=x/../../../../d, four levels up."""
     sweep = tmp_path / "a" / "b"
-    subprocess.run([*command(["data=pairs", "data.path=x/../../../../d", f"hydra.sweep.dir={sweep}"]), "-m"],
-                   cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)  # the data file is missing
+    smoke_here(["data=pairs", "data.path=x/../../../../d", f"hydra.sweep.dir={sweep}", "-m"], expect=None)  # no such file
     jobs = sorted(p.parent for p in tmp_path.rglob(".hydra"))
     assert [job.parent for job in jobs] == [sweep] and jobs[0].name.startswith("0_data.path=x_________d,")
 

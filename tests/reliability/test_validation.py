@@ -20,7 +20,8 @@ from solopo.settings.build import ConfigError, build_settings, load_source
 from solopo.settings.fields import number, one_of
 from solopo.settings.rules import check_eval_lengths, check_long_len
 from conftest import TINY
-from support import ROOT, run
+from in_process import call
+from support import ROOT, run, smoke_here
 
 CONF = ROOT / "solopo" / "conf"
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -177,7 +178,8 @@ def test_ra_off_is_the_one_switch():
                                      "ra=both method=long_po", "trainer.context_parallel=2", "algo=dpx",
                                      "logger=wandb logger.mode=bogus"])
 def test_a_bad_setting_exits_2_before_the_model_loads(setting, tmp_path):
-    done = run([*setting.split(), f"hydra.run.dir={tmp_path}"], expect=2)
+    """In this process; test_the_run_stops_before_any_model_loads checks the same in a fresh interpreter."""
+    done = smoke_here([*setting.split(), f"hydra.run.dir={tmp_path}"], expect=2)
     assert "Traceback" not in done.stderr and "parameters" not in done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "results.json").exists()
 
@@ -372,8 +374,10 @@ def reliability_cases():
                                   "missing local model path"])
 def test_reliability_cases_behave(name):
     """Three of experiments/reliability/cases.py's cases, which failed with a traceback after the model loaded (or
-    without naming the data file) at f6ffd7e: now one line, exit 2, no model loaded."""
+    without naming the data file) at f6ffd7e: now one line, exit 2, no model loaded. The command runs in this
+    process; the script's own runs start a new interpreter each."""
     cases = reliability_cases()
     (case,) = [c for c in cases.CASES if c.name == name]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="offline")
-    assert cases.run_case(case, ROOT, env) == ("", 2)
+    here = lambda args, checkout, env: call("solopo.run", args, expect=None, env=env, cwd=checkout)  # noqa: E731
+    assert cases.run_case(case, ROOT, env, here) == ("", 2)
