@@ -54,16 +54,17 @@ def test_summary_puts_the_defaults_beside_the_best_cells_and_judges_the_issue_ta
     def table(name, rows):
         (tmp_path / f"{name}.json").write_text(json.dumps({"meta": {"response_len": 64}, "rows": rows}))
 
-    def row(method, variant, n, step, copied, **kw):
+    def row(method, variant, n, step, copied, work=None, **kw):  # work: the TFLOPs its layout did (copied by default)
         return dict(model="qwen2.5-1.5b", algo="dpo", method=method, variant=variant, long_len=n, status="ok",
-                    step_s=step, tflops=copied / step, tflop_copied=copied, peak_gib=13.0, **kw)
+                    step_s=step, tflops=(work or copied) / step, tflop_copied=copied, peak_gib=13.0, **kw)
 
     lengths = (4096, 8192, 16384, 32768, 65536)
-    # SoLoPO's FLOPs are 0.6 of Long-PO's; its defaults step 0.62 of Long-PO's at 4K-16K, 0.7 at 32K and 64K
+    # SoLoPO's FLOPs are 0.6 of Long-PO's (1.2 of the 5 TFLOPs Long-PO's shared prompt does); its defaults step 0.62
+    # of Long-PO's at 4K-16K, 0.7 at 32K and 64K
     table("solopo_grid_defaults", [r for n in lengths for r in (
         row("solopo", "defaults", n, 0.62 if n < 32768 else 0.7, 6.0, layout="packed", checkpointed_layers=0,
             predicted_peak_gib=14.0, gpu_busy=0.9),
-        row("long_po", "defaults", n, 1.0, 10.0, layout="shared_prompt", checkpointed_layers=0,
+        row("long_po", "defaults", n, 1.0, 10.0, work=5.0, layout="shared_prompt", checkpointed_layers=0,
             predicted_peak_gib=15.0, gpu_busy=0.95))])
     # the best hand-picked cells come from the same run (the defaults table): a faster cell of another table is not one
     table("solopo_grid_defaults", json.loads((tmp_path / "solopo_grid_defaults.json").read_text())["rows"]
@@ -74,18 +75,22 @@ def test_summary_puts_the_defaults_beside_the_best_cells_and_judges_the_issue_ta
     out = summary.summarise(tmp_path)
     at = {r["long_len"]: r for r in out["defaults"]}
     assert at[8192]["defaults_ratio"] == pytest.approx(0.62) and at[8192]["flop_ratio"] == pytest.approx(0.6)
+    assert at[8192]["work_ratio"] == pytest.approx(1.2)
     assert at[8192]["best_ratio"] == pytest.approx(0.25)  # the hand-picked cells: padded 0.5 s against padded 2.0 s
     assert at[16384]["solopo_vs_trl"] == pytest.approx(0.62 / 1.2) and at[32768]["solopo_vs_trl"] == pytest.approx(0.56)
     text = (tmp_path / "summary.md").read_text()
     assert "| 8K | 0.62 s (packed, 0 ckpt) | 0.5 s (padded) | 1 s (shared_prompt, 0 ckpt) | 2 s (padded) |" in text
-    assert "| 0.62 | 0.25 | 0.60 | - | 90% | 14.0 / 13.0 GiB |" in text
+    assert "| 0.62 | 0.25 | 0.60 | 1.20 | - | 90% | 14.0 / 13.0 GiB |" in text
     assert "| 4K | 0.62 s (packed, 0 ckpt) | - (-) |" in text  # no hand-picked cell measured there
     # 0.62 is within 0.6 + 0.10 at 4K and 0.6 + 0.05 at 8K-16K, but 0.70 misses 0.65 at 32K and 64K
     assert "4K 0.62 (limit 0.70), 8K 0.62 (limit 0.65)" in text and "64K 0.70 (limit 0.65) | no |" in text
+    # against the work each layout did, 0.70 is well within 1.2 + 0.05
+    assert "the work ratio as run + slack (not the issue's target) | 4K 0.62 (limit 1.30), 8K 0.62 (limit 1.25)" in text
+    assert "64K 0.70 (limit 1.25) | yes |" in text
     assert "| SoLoPO / TRL DPOTrainer <= 0.58 at 16K, 0.54 at 32K (1.5B) | 16K 0.52, 32K 0.56 | no |" in text
     assert "| GPU busy >= 85% of the SoLoPO step from 4K (1.5B) | 4K 90%, 8K 90%, 16K 90%, 32K 90%, 64K 90% | yes |" in text
-    # Long-PO's defaults at 32K: 10 TFLOP in 1 s = 10 TFLOP/s, 1% of the H200's 790
-    assert "| useful MFU (causal attention once) of the 32K long step >= 55% | 10 TFLOP/s = 1% of 790 | no |" in text
+    # Long-PO's defaults at 32K: 5 TFLOP of work in 1 s = 5 TFLOP/s, 1% of the H200's 790
+    assert "| useful MFU (causal attention once) of the 32K long step >= 55% | 5 TFLOP/s = 1% of 790 | no |" in text
     assert "| qwen2.5-7b: SoLoPO / Long-PO at their defaults within the FLOP ratio + slack | 8K - (limit -) | not measured |" in text
     # TRL's table measured on another GPU: no SoLoPO / TRL ratio (timings compare within one GPU only)
     trl_rows = json.loads((tmp_path / "trl_long_po.json").read_text())["rows"]
