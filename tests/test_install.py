@@ -52,7 +52,7 @@ def test_the_wheel_trains_evaluates_and_reports_from_an_empty_directory(venv, tm
     assert where.startswith(str(venv.parent)), where  # the wheel's copy, not the checkout
     run([venv / "solopo-train", "experiment=smoke", "logger=csv", "hydra.run.dir=train"], tmp_path)
     run([venv / "solopo-eval", "experiment=smoke", "hydra.run.dir=eval"], tmp_path)
-    assert "1 runs" in run([venv / "solopo-report", "train", "--out", "report"], tmp_path)
+    assert "1 run;" in run([venv / "solopo-report", "train", "--out", "report"], tmp_path)
     assert {"results.json", "run.log"} <= {p.name for p in (tmp_path / "train").iterdir()}
     assert (tmp_path / "eval" / "results.json").is_file() and (tmp_path / "report" / "report.md").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "eval", "report", "train"]  # nothing else written
@@ -65,4 +65,4 @@ def test_the_console_scripts_answer_help_and_shell_completion(venv, tmp_path):
     options = run([venv / "solopo-train", "--shell-completion", "query=bash"], tmp_path,
                   COMP_LINE="solopo-train algo=").split()
     assert {"algo=dpo", "algo=simpo", "algo=orpo"} <= set(options)
-    assert "usage: python -m solopo.report" in run([venv / "solopo-report", "--help"], tmp_path)
+    assert "usage: solopo-report" in run([venv / "solopo-report", "--help"], tmp_path)
