@@ -14,8 +14,9 @@ import torch
 from solopo.eval import longctx
 from solopo.eval.longctx import greedy_answers
 from solopo.generation import sampling
-from solopo.generation import batching
-from solopo.generation.batching import budget_batches, in_prompt_order, pad_left_to, progress
+from solopo import progress as progress_module
+from solopo.generation.batching import budget_batches, in_prompt_order, pad_left_to
+from solopo.progress import progress
 from solopo.data.tokenize import left_padded
 from solopo.models.loading import load_model
 
@@ -57,15 +58,15 @@ class Bar(list):
 
 
 def logged(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == batching.__name__]
+    return [r.getMessage() for r in caplog.records if r.name == progress_module.__name__]
 
 
 def test_progress_in_a_log_file_every_tenth_of_the_batches_and_the_last(monkeypatch, caplog):
     """20 batches of 2 prompts, 3 answers each, one a second: a line every 2 batches; at batch 2, 12 answers in 2 s
     are 6 answers/s, and the 108 left take 18 s."""
-    monkeypatch.setattr(batching, "tqdm", lambda batches, **kwargs: Bar(batches))
+    monkeypatch.setattr(progress_module, "tqdm", lambda batches, **kwargs: Bar(batches))
     batches, ticks = [[2 * i, 2 * i + 1] for i in range(20)], iter(range(21))
-    with caplog.at_level(logging.INFO, logger=batching.__name__):
+    with caplog.at_level(logging.INFO, logger=progress_module.__name__):
         assert list(progress(batches, "sampling", copies=3, clock=lambda: next(ticks))) == batches
     lines = logged(caplog)
     assert len(lines) == 10 and lines[0] == "sampling: batch 2/20, 12/120 answers, 6.00 answers/s, 18 s left"
@@ -73,9 +74,9 @@ def test_progress_in_a_log_file_every_tenth_of_the_batches_and_the_last(monkeypa
 
 
 def test_progress_in_a_log_file_every_30_seconds_when_batches_are_slow(monkeypatch, caplog):
-    monkeypatch.setattr(batching, "tqdm", lambda batches, **kwargs: Bar(batches))
+    monkeypatch.setattr(progress_module, "tqdm", lambda batches, **kwargs: Bar(batches))
     ticks = iter([0, 40, 50, 100])  # the first batch takes 40 s, the second 10 s, the third 50 s
-    with caplog.at_level(logging.INFO, logger=batching.__name__):
+    with caplog.at_level(logging.INFO, logger=progress_module.__name__):
         list(itertools.islice(progress([[0]] * 100, "evaluating", clock=lambda: next(ticks)), 4))  # 3 done
     assert [line.split(",")[0] for line in logged(caplog)] == ["evaluating: batch 1/100", "evaluating: batch 3/100"]
     assert logged(caplog)[1].endswith("0.03 answers/s, 53.9 min left")  # 3 answers in 100 s; 97 left: 3233 s
@@ -83,8 +84,8 @@ def test_progress_in_a_log_file_every_30_seconds_when_batches_are_slow(monkeypat
 
 def test_no_progress_lines_where_the_bar_shows(monkeypatch, caplog):
     monkeypatch.setattr(Bar, "disable", False)
-    monkeypatch.setattr(batching, "tqdm", lambda batches, **kwargs: Bar(batches))
-    with caplog.at_level(logging.INFO, logger=batching.__name__):
+    monkeypatch.setattr(progress_module, "tqdm", lambda batches, **kwargs: Bar(batches))
+    with caplog.at_level(logging.INFO, logger=progress_module.__name__):
         assert list(progress([[0], [1]], "evaluating")) == [[0], [1]]
     assert logged(caplog) == []
 
@@ -141,7 +142,7 @@ def test_sampling_and_evaluation_log_their_progress_off_a_terminal(fp32_model, t
     """A run's log file showed nothing for the minutes of sampling and of evaluating: both log lines now."""
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no terminal, no bar
     settings = replace(SAMPLING, k=2, max_new_tokens=2, batch_size=2, batch_tokens=None)
-    with caplog.at_level(logging.INFO, logger=batching.__name__):
+    with caplog.at_level(logging.INFO, logger=progress_module.__name__):
         sampling.generate(fp32_model, tokenizer, PROMPTS, settings, desc="sampling short")
         greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=2, batch_size=5, desc="evaluating base")
     lines = logged(caplog)

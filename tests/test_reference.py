@@ -54,6 +54,23 @@ def test_precompute_leaves_the_policy_untouched(tokenizer, pairs):
     assert all(p.grad is None for p in policy.parameters())
 
 
+def test_the_reference_pass_logs_its_progress_off_a_terminal(tokenizer, pairs, monkeypatch, caplog):
+    """A run's log file showed nothing while the reference log-probs were computed (a terminal bar only)."""
+    import io
+    import logging
+    import sys
+
+    from solopo import progress
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no terminal, no bar
+    with caplog.at_level(logging.INFO, logger=progress.__name__):
+        compute_reference_logps(load_model(TINY, tokenizer), pairs, ALL_SEQUENCES, tokenizer.pad_token_id,
+                                LOGP_CHUNK_SIZE, batch_size=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+    batches = math.ceil(len(pairs) / 2)
+    assert lines[-1].startswith(f"reference log-probs: batch {batches}/{batches}, {len(pairs)}/{len(pairs)} pairs, ")
+
+
 def test_cache_round_trip_and_fingerprint(tmp_path, pairs):
     table = {p.id: {f"{c}/{r}": -1.5 for c, r in ALL_SEQUENCES} for p in pairs}
     cache = DiskCache(tmp_path, "reference")

@@ -18,7 +18,8 @@ from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                         pad_left_to, progress, uses_static_cache)
+                                        pad_left_to, uses_static_cache)
+from solopo.progress import progress
 from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import SUB_EM, Scorer, f1, points, scorer_problems, sub_em
 from solopo.settings.fields import flag, number, one_of, refuse, shown

@@ -7,27 +7,19 @@ tokens (rather than a number of rows) lets short prompts go many at a time and l
     cost(batch) = rows x copies x (longest prompt + new tokens)   <=   max_tokens
 
 where copies is the number of sequences each prompt generates (k samples share one prompt's prefill).
-
-Generating takes minutes on long contexts: ``progress`` shows a bar on a terminal and, in a log file, a line now and
-then.
 """
 from __future__ import annotations
 
-import logging
-import math
-import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Sequence, TypeVar
 
 import torch
-from tqdm.auto import tqdm
 
 from solopo.training.precision import autocast_dtype, weights_as
 
 T = TypeVar("T")
 STOCK_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")  # transformers' own
 STATIC_WIDTH_MULTIPLE = 256  # static caches are sized in steps of this: a compiled step is reused across batches
-log = logging.getLogger(__name__)
 
 
 def budget_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None, new_tokens: int,
@@ -48,37 +40,6 @@ def budget_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None
         else:
             batch.append(i)
     return batches
-
-
-def progress(batches: Sequence[Sequence[int]], desc: str, copies: int = 1, every_s: float = 30.0,
-             every_share: float = 0.1, clock: Callable[[], float] = time.monotonic) -> Iterator[Sequence[int]]:
-    """``batches`` one by one, their progress shown: tqdm's bar where it shows (a terminal), else, for a log file, one
-    line every ``every_s`` seconds or ``every_share`` of the batches, whichever comes first, and after the last:
-    batches done / in all, answers (prompts x ``copies``) per second and the time left at that rate."""
-    bar = tqdm(batches, desc=desc, unit="batch", disable=None)  # disable=None: off where stderr is no terminal
-    if not bar.disable:
-        yield from bar
-        return
-    answers = sum(len(batch) for batch in batches) * copies
-    every = max(1, math.ceil(every_share * len(batches)))
-    started = last = clock()
-    done = 0
-    for number, batch in enumerate(batches, start=1):
-        yield batch  # the caller's work on it happens here, before the count below
-        done += len(batch) * copies
-        now = clock()
-        if number == len(batches) or number % every == 0 or now - last >= every_s:
-            rate = done / max(now - started, 1e-9)
-            log.info("%s: batch %d/%d, %d/%d answers, %.2f answers/s, %s left", desc, number, len(batches), done,
-                     answers, rate, duration((answers - done) / rate) if rate else "unknown time")
-            last = now
-
-
-def duration(seconds: float) -> str:
-    """e.g. "45 s", "12.5 min", "2.1 h"."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def in_prompt_order(batches: Sequence[Sequence[int]], outputs: Sequence[Sequence[T]]) -> list[T]:

@@ -22,7 +22,8 @@ from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                         pad_left_to, progress, static_copy, uses_static_cache)
+                                        pad_left_to, static_copy, uses_static_cache)
+from solopo.progress import progress
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
 from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.training.precision import autocast

@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from solopo.cache import DiskCache, digest
 from solopo.core.objective import Key
@@ -31,6 +30,7 @@ from solopo.data.tokenize import TokenizedPair
 from solopo.step.context_parallel import ContextSplit, Share
 from solopo.step.logps import group_logps
 from solopo.training.distributed import context_share, is_global_zero, reduce_any
+from solopo.progress import progress
 from solopo.training.precision import autocast, weights_as
 
 log = logging.getLogger("solopo")
@@ -70,9 +70,8 @@ def compute_reference_logps(
     out: dict[str, dict[str, float]] = {p.id: {} for p in pairs}
     try:
         with weights_as(model, weights):
-            # disable=None: a bar on a terminal only, not in a log file
-            for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", disable=None):
-                chunk = pairs[start : start + batch_size]
+            chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+            for chunk in progress(chunks, desc, unit="pairs"):
                 for name, group in collate(chunk).to(device).groups.items():
                     group = context.share_of(name, group, share) if context is not None else group
                     with autocast(device, precision):
