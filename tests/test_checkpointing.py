@@ -1,21 +1,33 @@
 """model.gradient_checkpointing=auto: the activation-memory predictor against counts by hand and by autograd, the
 decision against hand cases, and partial checkpointing changes no number."""
+import contextlib
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from solopo.step.checkpointing import (StepShape, checkpoint_layers, decoder_layers, plan_checkpointing,
-                                       predict_activations, state_bytes, step_tokens)
+from solopo.step.checkpointing import (StepShape, StepTokens, checkpoint_layers, decoder_layers, model_shape,
+                                       plan_checkpointing, predict_activations, state_bytes, step_tokens)
 from solopo.data.tokenize import TokenizedPair
-from solopo.models.loading import load_model
+from solopo.models import memory
+from solopo.models.loading import load_model, with_lora
 from conftest import TINY
 
 QWEN_1_5B = dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                  num_attention_heads=12, num_key_value_heads=2, vocab_size=151936)
 
 
-def shape(fields, compute_bytes=2, weight_bytes=2):
-    return StepShape.of(AutoConfig.for_model(**fields), compute_bytes, weight_bytes)
+def shape(fields, compute_bytes=2, weight_bytes=2, **savers):
+    return StepShape.of(AutoConfig.for_model(**fields), compute_bytes, weight_bytes, **savers)
+
+
+TINY_SHAPE = dict(model_type="llama", hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, vocab_size=10)
+
+
+def one_sequence(tokens, responses=64):
+    return StepTokens((tokens,), (responses,))
 
 
 def test_layer_bytes_of_the_1_5b_shape_by_hand():
@@ -27,46 +39,112 @@ def test_layer_bytes_of_the_1_5b_shape_by_hand():
     assert shape(QWEN_1_5B).checkpointed_bytes() == 2 * 1536 and shape(QWEN_1_5B, 2, 4).checkpointed_bytes() == 4 * 1536
 
 
-def saved_per_layer_token(fields, dtype, autocast) -> float:
-    """Bytes autograd holds per token for one decoder layer: (2 layers - 1 layer) over (T=64 - T=32), counting each
-    saved storage once and the weights (and their autocast copies, which do not grow with T) not at all."""
+SMALL = dict(model_type="qwen2", hidden_size=64, intermediate_size=160, num_hidden_layers=1, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=300)
+
+
+class Counted(memory.HostOffload):
+    """model.offload_activations' hooks, counting: what they would move (offered_bytes) and, through ``keep``, what
+    they would leave on the device (min_bytes 1 stands in for a long step, where every activation is over 1 MiB)."""
+
+    def __init__(self, keep):
+        super().__init__(min_bytes=1)
+        self.keep = keep
+
+    def pack(self, tensor):
+        return tensor if self.moves(tensor) else self.keep(tensor)
+
+
+def saved_per_token(fields, dtype, autocast, checkpointed=False, offload=False, mlp_chunk_size=None) -> tuple:
+    """Bytes autograd holds per token for one decoder layer, and outside the layers: by differences over 1 and 2
+    layers and T=32 and T=64, counting each saved storage once and the weights (and their autocast copies, which do
+    not grow with T) not at all. ``offload``: the bytes offered to the host instead (each save once), and the storages
+    the device would keep then."""
     def saved(layers, length):
         config = AutoConfig.for_model(**{**fields, "num_hidden_layers": layers})
         config._attn_implementation = "sdpa"
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).train()
-        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        storages = {}
+        checkpoint_layers(model, layers if checkpointed else 0)
+        if mlp_chunk_size:
+            memory.chunk_sequences(model, mlp_chunk_size)
+        weights, kept = {p.untyped_storage().data_ptr() for p in model.parameters()}, {}
 
         def keep(t):
-            storages.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            kept.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
             return t
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), \
-                torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            model.model(input_ids=torch.randint(0, fields["vocab_size"], (1, length)))
-        return sum(n for ptr, n in storages.items() if ptr not in weights)
-    per_layer = {n: saved(2, n) - saved(1, n) for n in (32, 64)}
-    return (per_layer[64] - per_layer[32]) / 32
+        host = memory.offload_activations(model, Counted(keep)) if offload else None
+        hooks = contextlib.nullcontext() if offload else torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t)
+        with hooks, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids=torch.randint(0, fields["vocab_size"], (1, length)), logits_to_keep=1)
+        device = sum(n for ptr, n in kept.items() if ptr not in weights)
+        return (host.offered_bytes, device) if offload else device
+    totals = {(layers, n): saved(layers, n) for layers in (1, 2) for n in (32, 64)}
+
+    def per_token(pick):
+        layer = (pick(totals[2, 64]) - pick(totals[1, 64]) - pick(totals[2, 32]) + pick(totals[1, 32])) / 32
+        return layer, (pick(totals[1, 64]) - pick(totals[1, 32])) / 32 - layer
+    if offload:
+        return per_token(lambda t: t[0]), per_token(lambda t: t[1])
+    return per_token(lambda t: t)
 
 
 @pytest.mark.parametrize("dtype, autocast, weight_bytes", [(torch.bfloat16, False, 2), (torch.float32, True, 4)],
                          ids=["bf16-weights", "fp32-weights-bf16-autocast"])
-def test_layer_bytes_match_what_autograd_saves(dtype, autocast, weight_bytes):
-    fields = dict(model_type="qwen2", hidden_size=64, intermediate_size=160, num_hidden_layers=1,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
-    assert saved_per_layer_token(fields, dtype, autocast) == shape(fields, 2, weight_bytes).layer_bytes()
+@pytest.mark.parametrize("chunk", [None, 8], ids=["whole", "mlp_chunk_size"])
+def test_layer_bytes_match_what_autograd_saves(dtype, autocast, weight_bytes, chunk):
+    """A, and with model.mlp_chunk_size A_N = A - 4cI (- 2cH + rH with fp32 weights), per layer; outside the layers
+    the final norm's (4 + r) H + 4 (chunked: r H), its output c H (which the LM head's one-position input holds, but
+    for its cast under autocast), the rotary tables 2 r head_dim and the ids 8. Here H 64, I 160, head_dim 16: bf16
+    2712 / 1432 per layer, 588 / 328 outside; fp32 weights 3352 / 2072, 652 / 392."""
+    predicted = shape(SMALL, 2, weight_bytes, mlp_chunk_size=chunk)
+    assert saved_per_token(SMALL, dtype, autocast, mlp_chunk_size=chunk) == (
+        predicted.layer_bytes(chunked=bool(chunk)), predicted.outside_layers_bytes(chunked=bool(chunk)))
+
+
+@pytest.mark.parametrize("checkpointed", [True, False], ids=["checkpointed", "not-checkpointed"])
+def test_offload_leaves_no_activation_on_the_device(checkpointed):
+    """model.offload_activations moves every saved activation: the device keeps none per token, inside the layers or
+    out; a checkpointed layer sends its input, r H = 128 bytes per token (bf16, H 64), a non-checkpointed one more
+    than its A (2712: a tensor saved twice, e.g. a norm's fp32 input, is copied twice)."""
+    (host_layer, _), device = saved_per_token(SMALL, torch.bfloat16, False, checkpointed, offload=True)
+    assert device == (0, 0)
+    small = shape(SMALL)
+    assert host_layer == small.checkpointed_bytes() if checkpointed else host_layer > small.layer_bytes()
 
 
 def test_predicted_activations_by_hand():
     """Tiny shape: 2 layers, H 8, Dq 8, Dkv 4, 2 heads, I 16, vocab 10, bf16. A = 2 (32 + 32 + 4) + 2 (16 + 8) + 8 +
-    128 = 320; a checkpointed layer keeps 16; outside the layers (4 + 2) 8 + 4 x 4 + 8 = 72 per token."""
-    tiny = shape(dict(model_type="llama", hidden_size=8, intermediate_size=16, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, vocab_size=10))
-    assert (tiny.layer_bytes(), tiny.checkpointed_bytes(), tiny.outside_layers_bytes()) == (320, 16, 72)
+    128 = 320; a checkpointed layer keeps 16; outside the layers (4 + 2) 8 + 4 + 2 x 8 + 2 x 2 x 4 + 8 = 92 per
+    token."""
+    tiny = shape(TINY_SHAPE)
+    assert (tiny.layer_bytes(), tiny.checkpointed_bytes(), tiny.outside_layers_bytes()) == (320, 16, 92)
     # 100 tokens, 5 response positions: LM head 3 x 5 x 10 x 4 = 600
-    assert predict_activations(tiny, 100, 0, 5) == 100 * (2 * 320 + 72 + 320) + 600  # one layer's gradients
-    assert predict_activations(tiny, 100, 1, 5) == 100 * (320 + 16 + 72 + 2 * 320) + 600  # and one recomputed
-    assert predict_activations(tiny, 100, 2, 5) == 100 * (2 * 16 + 72 + 2 * 320) + 600
+    step = one_sequence(100, 5)
+    assert predict_activations(tiny, step, 0, 5) == 100 * (2 * 320 + 92 + 320) + 600  # one layer's gradients
+    assert predict_activations(tiny, step, 1, 5) == 100 * (320 + 16 + 92 + 2 * 320) + 600  # and one recomputed
+    assert predict_activations(tiny, step, 2, 5) == 100 * (2 * 16 + 92 + 2 * 320) + 600
+
+
+def test_predicted_activations_with_savers_by_hand():
+    """The tiny shape with model.mlp_chunk_size=40: A_N = 320 - 4 x 2 x 16 = 192; the final norm keeps 16 (its input)
+    for 52, so 56 of 92 stay outside the layers; a chunk in flight, 40 x max(6 x 2 x 16, 2 x 52) = 40 x 192 per row
+    longer than 40. Sequences of 100 and 30 tokens, two rows each: 200 tokens chunked (in 2 rows), 60 whole. With
+    model.offload_activations the device keeps the rotary tables and ids (24 per token), and backward brings one
+    layer's input back (16 per token)."""
+    chunked, step = shape(TINY_SHAPE, mlp_chunk_size=40), StepTokens((100, 30), (5, 5), rows=2)
+    assert (chunked.layer_bytes(chunked=True), chunked.outside_layers_bytes(chunked=True)) == (192, 56)
+    layer = 200 * 192 + 60 * 320
+    outside = 200 * 56 + 60 * 92
+    chunk = 2 * 40 * 192
+    head = 3 * 5 * 10 * 4
+    assert predict_activations(chunked, step, 0, 5) == 3 * layer + outside + chunk + head
+    assert predict_activations(chunked, step, 1, 5) == 3 * layer + 260 * 16 + outside + chunk + head
+    both = shape(TINY_SHAPE, mlp_chunk_size=40, offload=True)
+    assert predict_activations(both, step, 2, 5) == 260 * (24 + 16) + 2 * layer + chunk + head
+    assert predict_activations(both, step, 0, 5) == 260 * 24 + 2 * layer + chunk + head
+    assert predict_activations(shape(TINY_SHAPE, mlp_chunk_size=100), step, 0, 5) == predict_activations(
+        shape(TINY_SHAPE), step, 0, 5)  # no row longer than the chunk: nothing changes
 
 
 def test_the_plan_checkpoints_the_fewest_layers_that_fit():
@@ -74,15 +152,50 @@ def test_the_plan_checkpoints_the_fewest_layers_that_fit():
     125 GiB usable); 128K tokens need some layers, and where even all do not fit, all are checkpointed."""
     big, gib = shape(QWEN_1_5B), 2**30
     state = 12 * gib
-    plan = plan_checkpointing(big, 10_240, 64, state, 125 * gib)
+    plan = plan_checkpointing(big, one_sequence(10_240), 64, state, 125 * gib)
     assert plan.checkpointed == 0 and plan.predicted_peak < 125 * gib
-    some = plan_checkpointing(big, 131_072, 64, state, 125 * gib)
+    some = plan_checkpointing(big, one_sequence(131_072), 64, state, 125 * gib)
     assert 0 < some.checkpointed < 28 and some.predicted_peak <= 125 * gib
     # one layer fewer would not fit: the fewest
-    assert state + predict_activations(big, 131_072, some.checkpointed - 1, 64) > 125 * gib
-    assert plan_checkpointing(big, 1 << 22, 64, state, 125 * gib).checkpointed == 28
-    assert plan_checkpointing(big, 1 << 22, 64, state, None).checkpointed == 0  # the CPU: none
-    assert "0 of 28 decoder layers checkpointed" in plan.describe()
+    assert state + predict_activations(big, one_sequence(131_072), some.checkpointed - 1, 64) > 125 * gib
+    assert plan_checkpointing(big, one_sequence(1 << 22), 64, state, 125 * gib).checkpointed == 28
+    assert plan_checkpointing(big, one_sequence(1 << 22), 64, state, None).checkpointed == 0  # the CPU: none
+    assert "0 of 28 decoder layers checkpointed" in plan.describe() and "savers" not in plan.describe()
+
+
+def test_savers_let_the_plan_checkpoint_fewer_layers():
+    """SoLoPO at 128K on the 1.5B shape (bf16, state 12 GiB, 125 GiB usable): a 129,024-token long sequence and two
+    1,024-token short ones, 192 response positions through the LM head. Without savers 22 of 28 layers are
+    checkpointed (123.2 GiB predicted). With model.mlp_chunk_size=16384 the long sequence's tokens keep A_N = 103,480
+    - 4 x 2 x 8,960 = 31,800 bytes per non-checkpointed layer: 3 layers suffice (124.4 GiB). With
+    model.offload_activations every layer is, and no layer's input stays on the device: 38.0 GiB (22.4 GiB with both).
+    At 8K (no sequence longer than the chunk) the chunked prediction is the plain one."""
+    gib, state = 2**30, 12 * 2**30
+    step = StepTokens((129_024, 1_024, 1_024), (64, 64, 64))
+
+    def plan(**savers):
+        return plan_checkpointing(shape(QWEN_1_5B, **savers), step, 192, state, 125 * gib)
+    plain, chunked = plan(), plan(mlp_chunk_size=16_384)
+    assert (plain.checkpointed, chunked.checkpointed) == (22, 3)
+    assert [round(p.predicted_peak / gib, 1) for p in (plain, chunked)] == [123.2, 124.4]
+    offloaded, both = plan(offload=True), plan(mlp_chunk_size=16_384, offload=True)
+    assert (offloaded.checkpointed, both.checkpointed) == (28, 28)
+    assert [round(p.predicted_peak / gib, 1) for p in (offloaded, both)] == [38.0, 22.4]
+    assert "memory savers counted: model.mlp_chunk_size=16384, model.offload_activations=true" in both.describe()
+    short = StepTokens((8_192, 1_024, 1_024), (64, 64, 64))
+    assert plan_checkpointing(shape(QWEN_1_5B, mlp_chunk_size=16_384), short, 192, state, 125 * gib) == replace(
+        plan_checkpointing(shape(QWEN_1_5B), short, 192, state, 125 * gib), savers="model.mlp_chunk_size=16384")
+
+
+def test_the_model_carries_its_savers_to_the_prediction(tokenizer):
+    """model_shape reads the savers load_model applied (through a LoRA wrapper too), so every caller of
+    auto_checkpointing counts what the model does."""
+    plain = load_model(TINY, tokenizer, seed=0)
+    saving = load_model(replace(TINY, mlp_chunk_size=16, offload_activations=True), tokenizer, seed=0)
+    assert (model_shape(plain, None).mlp_chunk_size, model_shape(plain, None).offload) == (None, False)
+    assert (model_shape(saving, None).mlp_chunk_size, model_shape(saving, None).offload) == (16, True)
+    assert model_shape(with_lora(saving, {"r": 2}), torch.bfloat16).savers() == (
+        "model.mlp_chunk_size=16, model.offload_activations=true")
 
 
 def test_state_and_step_tokens_by_hand(tiny_model):
@@ -94,7 +207,9 @@ def test_state_and_step_tokens_by_hand(tiny_model):
              TokenizedPair("b", {"short": [1] * 7, "long": [1] * 18}, {"chosen": [2] * 6, "rejected": [2] * 1})]
     keys = [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]
     # longest short/chosen 13, short/rejected 9, long/chosen 24; responses 6 + 4 + 6; two pairs per step
-    assert step_tokens(pairs, keys, 2) == (2 * (13 + 9 + 24), 2 * 16)
+    step = step_tokens(pairs, keys, 2)
+    assert (step.total, step.response_total) == (2 * (13 + 9 + 24), 2 * 16)
+    assert step.longer_than(12) == (2 * (13 + 24), 4) and step.longer_than(None) == (0, 0)
 
 
 def test_partial_checkpointing_wraps_k_layers_and_changes_no_gradient(tokenizer):
@@ -110,3 +225,23 @@ def test_partial_checkpointing_wraps_k_layers_and_changes_no_gradient(tokenizer)
     for other in grads[1:]:
         for a, b in zip(other, grads[0]):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_run_counts_its_savers_and_says_so(tokenizer, caplog):
+    """The run's auto plan (solopo.training.pipeline) predicts with the savers its model was loaded with, and its log
+    line names them."""
+    from conftest import default_config
+    from omegaconf import OmegaConf
+    from solopo.settings.build import build_settings
+    from solopo.training.pipeline import plan_checkpointing as plan_run
+
+    cfg = default_config().copy()
+    OmegaConf.update(cfg, "model.mlp_chunk_size", 16)
+    OmegaConf.update(cfg, "model.offload_activations", True)
+    settings = build_settings(cfg)
+    policy = load_model(replace(TINY, mlp_chunk_size=settings.model.mlp_chunk_size,
+                                offload_activations=settings.model.offload_activations), tokenizer, seed=0)
+    pairs = [TokenizedPair("a", {"short": [1] * 5, "long": [1] * 20}, {"chosen": [2] * 3, "rejected": [2] * 4})]
+    with caplog.at_level("INFO", logger="solopo"):
+        plan_run(cfg, settings, policy, pairs, [("short", "chosen"), ("long", "chosen")])
+    assert "memory savers counted: model.mlp_chunk_size=16, model.offload_activations=true" in caplog.text

@@ -148,15 +148,14 @@ def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, p
 def plan_memory(policy, variant: str, pair: TokenizedPair, keys, response: int) -> dict:
     """The decoder layers this cell checkpoints (DEFAULTS: model.gradient_checkpointing=auto's choice; otherwise
     all) and the predicted peak, which the row records beside the measured one."""
-    tokens, responses = checkpointing.step_tokens([pair], keys, 1)
+    step = checkpointing.step_tokens([pair], keys, 1)
     if variant == DEFAULTS:
-        plan = checkpointing.auto_checkpointing(policy, tokens, responses, logp_chunk_size(), torch.device(DEVICE), None)
-    else:
+        plan = checkpointing.auto_checkpointing(policy, step, logp_chunk_size(), torch.device(DEVICE), None)
+    else:  # the savers variant's model carries its savers, which model_shape counts
         layers = len(checkpointing.decoder_layers(policy))
         checkpointing.checkpoint_layers(policy, layers)
-        shape = checkpointing.StepShape.of(policy.config, *(2 * [next(policy.parameters()).element_size()]))
         plan = checkpointing.Plan(layers, layers, checkpointing.state_bytes(policy) + checkpointing.predict_activations(
-            shape, tokens, layers, min(responses, logp_chunk_size())), None)
+            checkpointing.model_shape(policy, None), step, layers, min(step.response_total, logp_chunk_size())), None)
     return {"checkpointed_layers": plan.checkpointed, "predicted_peak_gib": plan.predicted_peak / 2**30}
 
 

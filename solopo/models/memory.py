@@ -54,6 +54,14 @@ def _chunked_forward(block: nn.Module, hidden: Tensor, *args: Any, **kwargs: Any
     return torch.cat(pieces, dim=-2)
 
 
+def savers(model: nn.Module) -> tuple[Optional[int], bool]:
+    """The savers applied to ``model`` (through any wrapper, e.g. LoRA's), as the memory predictor
+    (solopo.step.checkpointing) counts them: the MLPs' chunk size (None: whole) and whether activations go to the
+    host."""
+    chunk = next((m.solopo_chunk_size for m in mlps(model) if hasattr(m, "solopo_chunk_size")), None)
+    return chunk, any(isinstance(getattr(m, "solopo_offload", None), HostOffload) for m in model.modules())
+
+
 class HostOffload:
     """Saved-tensor hooks that keep what autograd saves in host memory: a device tensor of at least ``min_bytes``
     (not a parameter or a view of one, e.g. a transposed
@@ -93,6 +101,7 @@ def offload_activations(model: nn.Module, offload: Optional[HostOffload] = None)
     left by a forward hook that runs even when the forward fails), so its signature, which generate() inspects, stays
     as it is."""
     offload = offload or HostOffload()
+    model.solopo_offload = offload  # read by savers()
     model.register_forward_pre_hook(lambda module, args: offload.hooks.__enter__())
     model.register_forward_hook(lambda module, args, output: offload.hooks.__exit__(None, None, None), always_call=True)
     return offload

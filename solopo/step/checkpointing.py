@@ -2,10 +2,10 @@
 
 Gradient checkpointing keeps a layer's input instead of the activations its backward reads, and recomputes them in
 backward: about a third more compute for that layer. Where the whole step fits without it (the 1.5B shape at 8K
-peaks at 12.8 GiB of an H200's 139 with every layer checkpointed), it only costs time. ``predict_peak`` estimates the
-step's peak memory from the model's shape, the tokens of the largest step and the dtypes; ``plan_checkpointing``
-takes the fewest checkpointed layers whose prediction fits the device's memory; ``checkpoint_layers`` wraps that many
-(transformers' switch is all-or-nothing: every layer or none).
+peaks at 12.8 GiB of an H200's 139 with every layer checkpointed), it only costs time. ``predict_activations``
+estimates the step's peak memory from the model's shape, the tokens of the largest step, the dtypes and the memory
+savers; ``plan_checkpointing`` takes the fewest checkpointed layers whose prediction fits the device's memory;
+``checkpoint_layers`` wraps that many (transformers' switch is all-or-nothing: every layer or none).
 
 Bytes saved for backward per token and decoder layer (Llama/Qwen2 blocks; H hidden, Dq = heads x head_dim,
 Dkv = kv_heads x head_dim, I intermediate, c the compute dtype's bytes, n_h the heads), when the weights are in the
@@ -21,11 +21,43 @@ and 5cH more with wider weights under autocast (fp32 weights, bf16 compute: the 
 output each cast their own copy). For Qwen2.5-1.5B (H 1536, Dq 1536, Dkv 256, I 8960, 12 heads) in bf16, A =
 103,480 bytes: the bytes autograd holds per token for one layer of that shape on the CPU, counted tensor by tensor
 (tests/test_checkpointing.py checks the formula against such a count on a small shape). A checkpointed layer holds
-its input only, r H bytes per token (r: the residual stream's dtype, the weights' under autocast). The step's peak
-adds, per token, the final norm and the rotary tables, (4 + c) H + 4 head_dim + 8; one layer's activations recomputed
-in backward (when any layer is checkpointed) and one layer's worth of activation gradients; the LM head's chunk of
-fp32 logits (3 x chunk x vocab x 4 bytes); and the model's state: weights, and for trained weights their gradients
-and AdamW's two moments, in the weights' dtype. bench.py records the prediction beside the measured peak.
+its input only, r H bytes per token (r: the residual stream's dtype, the weights' under autocast). Outside the layers
+the model holds, per token, O = (4 + r) H + 4 (the final norm's fp32 input, its cast back, its reciprocal root)
++ c H (the norm's output: the LM head runs on the last position only, and saves that view of the whole; under
+autocast it saves the view's cast instead, and this term is 0) + 2 r head_dim (the rotary tables, cos and sin) + 8
+(the token ids).
+
+The memory savers (solopo.models.memory) change these terms for the T_N tokens of the sequences longer than their
+chunk of N positions (a row of at most N positions runs whole):
+
+    model.mlp_chunk_size=N      a non-checkpointed layer's MLP keeps its input only, the norm's output A counts
+                                already: A_N = A - 4cI, and with wider weights - 2cH + rH more (the gate and up
+                                projections' casts give way to the chunk's input, in the weights' dtype); the final
+                                norm keeps its input, r H, in place of (4 + r) H + 4. A checkpointed layer is unchanged.
+                                While a chunk runs, and while backward recomputes it, N positions of each of the n rows
+                                longer than N exist: C = n N max(6cI, 2 ((4 + r) H + 4)), the MLP's four intermediates
+                                and two of their gradients, or the norm's saved tensors and their gradients.
+    model.offload_activations   what the model's forward saves for backward (each tensor of at least 1 MiB: every
+                                activation of a long step) waits in pinned host memory: a checkpointed layer's r H, a
+                                non-checkpointed layer's whole activations, the final norm's. The device keeps the
+                                rotary tables, which the recomputation reads, and the ids: 2 r head_dim + 8. Backward
+                                brings one layer's input back at a time, r H, while it recomputes that layer.
+
+With k of the L layers checkpointed, A_x = A over the T - T_N unchunked tokens and A_N over the T_N chunked ones, and
+the final norm's term O_x likewise, the step's activations peak at
+
+    T ((L - k) A_x + k r H + O_x) + A_x T (1 + [k > 0]) + C + 3 h V 4            (no offload)
+    T (2 r head_dim + 8) + A_x T 2 + [k > 0] r H T + C + 3 h V 4                 (offload)
+
+one layer's activation gradients, and the layer backward recomputes (when any is checkpointed, or whose offloaded
+activations come back), and the LM head's chunk of h positions of fp32 logits (3 x h x vocab x 4 bytes); the step's
+peak adds the model's state: weights, and for trained weights their gradients and AdamW's two moments, in the
+weights' dtype. With offload the plan checkpoints every layer: a non-checkpointed layer would send its whole
+activations (more than A: a tensor saved twice is copied twice; 1.4 A on the CPU count) to pinned host memory and back
+on the compute stream, and the device's peak would not drop. By estimate, not yet measured on a GPU: for a
+1.5B-shape layer, 1.4 x 103,480 bytes per token each way over PCIe (tens of GB/s: about 10 us a token) against a
+forward of its 55M weights to recompute it (2 x 55M FLOPs at hundreds of TFLOP/s: under 1 us a token), and at 1M
+tokens terabytes of host memory. bench.py records the prediction beside the measured peak.
 """
 from __future__ import annotations
 
@@ -36,6 +68,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from solopo.models import memory
+
 log = logging.getLogger("solopo")
 AUTO = "auto"
 CHOICES = (False, True, AUTO)
@@ -44,7 +78,7 @@ MARGIN = 0.10  # of the device's memory kept free: the caching allocator's fragm
 
 @dataclass(frozen=True)
 class StepShape:
-    """What a step's activation memory depends on: the model's shape and dtypes, and the step's tokens."""
+    """What a step's activation memory depends on: the model's shape and dtypes, and its memory savers."""
 
     layers: int
     hidden: int
@@ -56,37 +90,104 @@ class StepShape:
     vocab: int
     compute_bytes: int  # 2 under bf16/fp16 autocast or with 16-bit weights, 4 in fp32
     weight_bytes: int
+    mlp_chunk_size: Optional[int] = None  # model.mlp_chunk_size
+    offload: bool = False  # model.offload_activations
 
     @classmethod
-    def of(cls, config, compute_bytes: int, weight_bytes: int) -> "StepShape":
+    def of(cls, config, compute_bytes: int, weight_bytes: int, mlp_chunk_size: Optional[int] = None,
+           offload: bool = False) -> "StepShape":
         head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads * head,
                    config.num_key_value_heads * head, config.num_attention_heads, head, config.intermediate_size,
-                   config.vocab_size, compute_bytes, weight_bytes)
+                   config.vocab_size, compute_bytes, weight_bytes, mlp_chunk_size, offload)
 
-    def layer_bytes(self) -> int:
-        """A: bytes per token that one decoder layer keeps for backward (the module docstring's formula)."""
-        c, h = self.compute_bytes, self.hidden
+    def layer_bytes(self, chunked: bool = False) -> int:
+        """A (A_N when ``chunked``): bytes per token that one decoder layer keeps for backward (the module docstring's
+        formula)."""
+        c, h, wider = self.compute_bytes, self.hidden, self.weight_bytes > self.compute_bytes
         saved = 2 * (4 * h + 2 * c * h + 4) + c * (2 * self.q_dim + 2 * self.kv_dim) + 4 * self.heads + 4 * c * self.ffn
-        return saved + (5 * c * h if self.weight_bytes > c else 0)
+        saved += 5 * c * h if wider else 0
+        if chunked:
+            saved -= 4 * c * self.ffn + ((2 * c - self.weight_bytes) * h if wider else 0)
+        return saved
 
     def checkpointed_bytes(self) -> int:
-        """Bytes per token a checkpointed layer keeps: its input, in the residual stream's dtype."""
-        return max(self.weight_bytes, self.compute_bytes) * self.hidden
+        """r H: bytes per token a checkpointed layer keeps: its input, in the residual stream's dtype."""
+        return self.residual_bytes() * self.hidden
 
-    def outside_layers_bytes(self) -> int:
-        """Bytes per token outside the decoder layers: the final norm, the rotary tables, the token ids."""
-        return (4 + self.compute_bytes) * self.hidden + 4 * self.head_dim + 8
+    def residual_bytes(self) -> int:
+        """r: the residual stream's dtype, the weights' under autocast."""
+        return max(self.weight_bytes, self.compute_bytes)
+
+    def norm_bytes(self, chunked: bool = False) -> int:
+        """The final norm's bytes per token: its fp32 input, the cast back and the reciprocal root; chunked, its
+        input only."""
+        r = self.residual_bytes()
+        return r * self.hidden if chunked else (4 + r) * self.hidden + 4
+
+    def outside_layers_bytes(self, chunked: bool = False) -> int:
+        """O: bytes per token outside the decoder layers: the final norm's, its output (held whole by the LM head's
+        input, a view of its last position, unless autocast casts that view), the rotary tables, the token ids."""
+        held = self.compute_bytes * self.hidden if self.weight_bytes <= self.compute_bytes else 0
+        return self.norm_bytes(chunked) + held + self.resident_bytes()
+
+    def resident_bytes(self) -> int:
+        """Bytes per token that stay on the device under offload: the rotary tables (cos, sin) and the token ids."""
+        return 2 * self.residual_bytes() * self.head_dim + 8
+
+    def chunk_bytes(self) -> int:
+        """Bytes per position of a chunk while it runs or is recomputed: the MLP's four intermediates and two of their
+        gradients, or the final norm's saved tensors and their gradients, whichever is more."""
+        return max(6 * self.compute_bytes * self.ffn, 2 * self.norm_bytes())
+
+    def savers(self) -> str:
+        """The savers counted, as their config keys; empty without any."""
+        return ", ".join(([f"model.mlp_chunk_size={self.mlp_chunk_size}"] if self.mlp_chunk_size else [])
+                         + (["model.offload_activations=true"] if self.offload else []))
 
 
-def predict_activations(shape: StepShape, tokens: int, checkpointed: int, head_tokens: int) -> int:
-    """Peak bytes of the step's activations with ``checkpointed`` of the layers checkpointed: the layers' saved
-    tensors, the rest of the model's, one layer recomputed (if any is checkpointed) and one layer's gradients in
-    backward, and the LM head's fp32 logits over ``head_tokens`` (at most a chunk) response positions."""
-    per_layer = shape.layer_bytes()
-    kept = (shape.layers - checkpointed) * per_layer + checkpointed * shape.checkpointed_bytes()
-    backward = per_layer * (2 if checkpointed else 1)
-    return tokens * (kept + shape.outside_layers_bytes() + backward) + 3 * head_tokens * shape.vocab * 4
+@dataclass(frozen=True)
+class StepTokens:
+    """The largest step of a run: ``rows`` (the batch size) of each (context, response) sequence, each ``lengths``
+    tokens at its longest, ``responses`` of them the response's."""
+
+    lengths: tuple[int, ...]
+    responses: tuple[int, ...]
+    rows: int = 1
+
+    @property
+    def total(self) -> int:
+        return self.rows * sum(self.lengths)
+
+    @property
+    def response_total(self) -> int:
+        return self.rows * sum(self.responses)
+
+    def longer_than(self, positions: Optional[int]) -> tuple[int, int]:
+        """The tokens of the sequences longer than ``positions`` (None: none is) and how many rows they fill."""
+        longer = [n for n in self.lengths if positions is not None and n > positions]
+        return self.rows * sum(longer), self.rows * len(longer)
+
+
+def predict_activations(shape: StepShape, step: StepTokens, checkpointed: int, head_tokens: int) -> int:
+    """Peak bytes of the activations of ``step`` with ``checkpointed`` of the layers checkpointed (the module
+    docstring's formula): the layers' saved tensors and the rest of the model's, less what the savers move or chunk
+    away, one layer recomputed (if any is checkpointed) and one layer's gradients in backward, a chunk in flight, and
+    the LM head's fp32 logits over ``head_tokens`` (at most a chunk) response positions."""
+    tokens = step.total
+    chunked, chunked_rows = step.longer_than(shape.mlp_chunk_size)
+    whole = tokens - chunked
+    layer = whole * shape.layer_bytes() + chunked * shape.layer_bytes(chunked=True)  # A_x T
+    recomputed = layer if checkpointed or shape.offload else 0
+    in_flight = chunked_rows * shape.mlp_chunk_size * shape.chunk_bytes() if chunked else 0
+    head = 3 * head_tokens * shape.vocab * 4
+    if shape.offload:
+        kept = tokens * shape.resident_bytes()
+        kept += tokens * shape.checkpointed_bytes() if checkpointed else 0  # the input that came back
+    else:
+        kept = (shape.layers - checkpointed) * layer + checkpointed * tokens * shape.checkpointed_bytes()
+        kept += whole * shape.outside_layers_bytes() + chunked * shape.outside_layers_bytes(chunked=True)
+    return kept + layer + recomputed + in_flight + head
 
 
 def state_bytes(model: nn.Module, world_size: int = 1) -> int:
@@ -104,24 +205,29 @@ class Plan:
     layers: int
     predicted_peak: int
     budget: Optional[int]  # None: no GPU, no limit taken
+    savers: str = ""  # the memory savers the prediction counted (StepShape.savers)
 
     def describe(self) -> str:
         gib = 2**30
         room = "" if self.budget is None else f" of {self.budget / gib:.1f} GiB usable"
+        counted = f"; memory savers counted: {self.savers}" if self.savers else ""
         return (f"model.gradient_checkpointing=auto: {self.checkpointed} of {self.layers} decoder layers checkpointed "
-                f"(predicted peak {self.predicted_peak / gib:.1f} GiB{room})")
+                f"(predicted peak {self.predicted_peak / gib:.1f} GiB{room}{counted})")
 
 
-def plan_checkpointing(shape: StepShape, tokens: int, head_tokens: int, state: int, budget: Optional[int]) -> Plan:
+def plan_checkpointing(shape: StepShape, step: StepTokens, head_tokens: int, state: int,
+                       budget: Optional[int]) -> Plan:
     """The fewest checkpointed layers whose predicted peak (``state`` + activations) fits ``budget`` bytes; every layer
-    when none fits; none without a budget (the CPU, whose memory is the host's)."""
-    def peak(k: int) -> int:
-        return state + predict_activations(shape, tokens, k, head_tokens)
+    when none fits, and under offload (the module docstring says why); none without a budget (the CPU, whose memory is
+    the host's, and where offloading moves nothing)."""
+    def plan(k: int) -> Plan:
+        return Plan(k, shape.layers, state + predict_activations(shape, step, k, head_tokens), budget, shape.savers())
 
     if budget is None:
-        return Plan(0, shape.layers, peak(0), None)
-    fits = next((k for k in range(shape.layers + 1) if peak(k) <= budget), shape.layers)
-    return Plan(fits, shape.layers, peak(fits), budget)
+        return plan(0)
+    if shape.offload:
+        return plan(shape.layers)
+    return next((p for p in map(plan, range(shape.layers + 1)) if p.predicted_peak <= budget), plan(shape.layers))
 
 
 def device_budget(device: torch.device) -> Optional[int]:
@@ -150,24 +256,29 @@ def checkpoint_layers(model: nn.Module, count: int) -> None:
         layer.gradient_checkpointing = i < count
 
 
-def step_tokens(pairs, keys, batch_size: int) -> tuple[int, int]:
-    """Tokens through the model in the largest step of ``pairs`` (objects with ``prompts`` and ``responses`` token
-    lists) and their response tokens: each (context, response) sequence of ``keys`` at its longest, ``batch_size``
-    times. Padded rows hold that many; packed and shared-prompt rows fewer, so it bounds every layout."""
-    longest = {key: max(len(p.prompts[key[0]]) + len(p.responses[key[1]]) for p in pairs) for key in keys}
-    responses = {key: max(len(p.responses[key[1]]) for p in pairs) for key in keys}
-    return batch_size * sum(longest.values()), batch_size * sum(responses.values())
+def step_tokens(pairs, keys, batch_size: int) -> StepTokens:
+    """The largest step of ``pairs`` (objects with ``prompts`` and ``responses`` token lists): each (context, response)
+    sequence of ``keys`` at its longest, ``batch_size`` times. Padded rows hold that many tokens; packed and
+    shared-prompt rows fewer (though longer rows, which model.mlp_chunk_size chunks more), so it bounds every layout."""
+    longest = tuple(max(len(p.prompts[key[0]]) + len(p.responses[key[1]]) for p in pairs) for key in keys)
+    responses = tuple(max(len(p.responses[key[1]]) for p in pairs) for key in keys)
+    return StepTokens(longest, responses, batch_size)
 
 
-def auto_checkpointing(model: nn.Module, tokens: int, response_tokens: int, chunk_size: int, device: torch.device,
-                       compute_dtype: Optional[torch.dtype], world_size: int = 1) -> Plan:
-    """Decides and applies model.gradient_checkpointing=auto for steps of ``tokens`` tokens on ``device``;
-    ``compute_dtype`` is the autocast dtype (None: the weights' own), ``world_size`` the devices a sharded strategy
-    spreads the model's state over."""
+def model_shape(model: nn.Module, compute_dtype: Optional[torch.dtype]) -> StepShape:
+    """The StepShape of ``model`` as loaded: its config, its weights' dtype, ``compute_dtype`` (the autocast dtype;
+    None: the weights' own) and the memory savers applied to it."""
     weight_bytes = next(model.parameters()).element_size()
     compute_bytes = torch.finfo(compute_dtype).bits // 8 if compute_dtype is not None else weight_bytes
-    shape = StepShape.of(model.config, compute_bytes, weight_bytes)
-    plan = plan_checkpointing(shape, tokens, min(response_tokens, chunk_size), state_bytes(model, world_size),
-                              device_budget(device))
+    return StepShape.of(model.config, compute_bytes, weight_bytes, *memory.savers(model))
+
+
+def auto_checkpointing(model: nn.Module, step: StepTokens, chunk_size: int, device: torch.device,
+                       compute_dtype: Optional[torch.dtype], world_size: int = 1) -> Plan:
+    """Decides and applies model.gradient_checkpointing=auto for ``step`` on ``device``; ``chunk_size`` is the LM
+    head's (logp_chunk_size), ``compute_dtype`` the autocast dtype (None: the weights' own), ``world_size`` the devices
+    a sharded strategy spreads the model's state over."""
+    plan = plan_checkpointing(model_shape(model, compute_dtype), step, min(step.response_total, chunk_size),
+                              state_bytes(model, world_size), device_budget(device))
     checkpoint_layers(model, plan.checkpointed)
     return plan

@@ -216,12 +216,12 @@ def cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pai
 
 def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list, keys) -> None:
     """model.gradient_checkpointing=auto: the decoder layers to checkpoint for the largest training step."""
-    tokens, responses = step_tokens(pairs, keys, cfg.data.batch_size)
+    step = step_tokens(pairs, keys, cfg.data.batch_size)
     strategy = strategy_of(cfg)
     sharded = int(cfg.trainer.devices) if "FSDP" in strategy and str(cfg.trainer.devices).isdigit() else 1
     compute = weights_dtype(strategy, settings.precision) or autocast_dtype(settings.precision)
-    plan = auto_checkpointing(policy, tokens, responses, cfg.logp_chunk_size, compute_device(cfg), compute, sharded)
-    log.info("%s, for steps of up to %d tokens", plan.describe(), tokens)
+    plan = auto_checkpointing(policy, step, cfg.logp_chunk_size, compute_device(cfg), compute, sharded)
+    log.info("%s, for steps of up to %d tokens", plan.describe(), step.total)
 
 
 def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
