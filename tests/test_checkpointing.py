@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from solopo.step.checkpointing import (StepShape, StepTokens, checkpoint_layers, decoder_layers, model_shape,
+from solopo.models.blocks import decoder_layers
+from solopo.step.checkpointing import (StepShape, StepTokens, checkpoint_layers, model_shape,
                                        plan_checkpointing, predict_activations, state_bytes, step_tokens)
 from solopo.data.tokenize import TokenizedPair
 from solopo.models import memory

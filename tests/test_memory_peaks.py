@@ -17,7 +17,8 @@ from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.models import memory
 from solopo.models.loading import load_model
-from solopo.step.checkpointing import StepTokens, decoder_layers, model_shape, predict_activations
+from solopo.models.blocks import decoder_layers
+from solopo.step.checkpointing import StepTokens, model_shape, predict_activations
 from solopo.step.logps import response_logps
 
 FP32 = 4  # bytes

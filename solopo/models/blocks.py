@@ -10,6 +10,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated decoder blocks, in order (transformers' GradientCheckpointingLayer), through any wrapper (LoRA)."""
     return [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
 
 

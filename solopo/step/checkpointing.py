@@ -69,6 +69,7 @@ import torch
 from torch import nn
 
 from solopo.models import memory
+from solopo.models.blocks import decoder_layers
 
 log = logging.getLogger("solopo")
 AUTO = "auto"
@@ -237,13 +238,6 @@ def device_budget(device: torch.device) -> Optional[int]:
         return None
     free, total = torch.cuda.mem_get_info(device)
     return int(free + torch.cuda.memory_reserved(device) - MARGIN * total)
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated decoder blocks, in order (transformers' GradientCheckpointingLayer), through any wrapper (LoRA)."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
 def checkpoint_layers(model: nn.Module, count: int) -> None:
