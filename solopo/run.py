@@ -39,11 +39,12 @@ def optimized_value(results: dict, metric: str | None) -> float:
 def main(cfg: DictConfig) -> float:
     """Hydra's task function; its value is what a sweeper optimises (optimized_metric)."""
     from solopo.settings.build import stop_on_config_errors
+    from solopo.training.lightning_run import failure_recorded
     from solopo.training.loggers import quiet_libraries
     from solopo.training.pipeline import train
 
     quiet_libraries()
-    with stop_on_config_errors():
+    with stop_on_config_errors(), failure_recorded(cfg):
         return optimized_value(train(cfg), cfg.optimized_metric)
 
 

@@ -44,6 +44,17 @@ def points(share: float) -> float:
     return 100 * share
 
 
+# How tables, plots and reports name a scorer's score (a table records its scorer's class name, score_table)
+SCORE_NAMES = {"SubEM": "sub-EM", "ExactMatch": "exact match", "TokenF1": "token F1", "Regex": "regex match",
+               "FromFunction": "custom score"}
+
+
+def score_name(table: dict) -> str:
+    """The name of an evaluation table's score: its scorer's (sub-EM for a table written before tables named one)."""
+    kind = table.get("scorer", "SubEM")
+    return SCORE_NAMES.get(kind, kind)
+
+
 def normalize_answer(text: str) -> str:
     """Lower case, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace.
 

@@ -1,5 +1,6 @@
 """The command line as a user meets it: --help and --cfg answered before torch loads, the value a sweeper
 optimises (optimized_metric), a quiet log with plain progress lines off a terminal, and a smoke Optuna search."""
+import io
 import json
 import logging
 import math
@@ -138,6 +139,26 @@ def test_lightning_advertisement_is_dropped_and_its_other_lines_kept(caplog):
         rank_zero.info("💡 Tip: For seamless cloud logging, try installing litlogger")
         rank_zero.info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+@pytest.mark.parametrize("rank, written", [(0, ["step 1/4", "no val pairs", "boom"]), (1, ["no val pairs", "boom"])])
+def test_other_processes_log_warnings_and_errors_only(monkeypatch, rank, written):
+    """In a run over two processes each INFO and progress line was written twice (console and run.log): a process
+    other than rank 0 passes warnings and errors only, through every handler of the root logger (Hydra's)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    root, solopo_log = logging.getLogger(), logging.getLogger("solopo")
+    monkeypatch.setattr(rank_zero_only, "rank", rank)  # as Lightning reads it from the launcher's environment
+    monkeypatch.setattr(root, "level", logging.INFO)
+    monkeypatch.setattr(root, "handlers", [handler])  # pytest's own handlers stay as they were
+    quiet_libraries()
+    quiet_libraries()  # a second job of a sweep, in the same process
+    solopo_log.info("step 1/4")
+    solopo_log.warning("no val pairs")
+    solopo_log.error("boom")
+    assert out.getvalue().splitlines() == written and len(handler.filters) == (rank > 0)
 
 
 def test_a_run_off_a_terminal_logs_progress_lines_and_no_noise(tmp_path):

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from solopo.eval.longctx import EvalCase, format_table, greedy_answers, score_table
-from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap
+from solopo.report.plots import accuracy_vs_length, by_length, depth_grid, depth_heatmap
 from solopo.report.stats import Z95, wilson
 
 from conftest import EVAL, SAMPLING
@@ -49,6 +49,20 @@ def test_format_table_gives_n_intervals_and_changes_within_them():
             "interval: no measured change); 1024 +25.0 [-28, +61] n=4 (within the interval: no measured change); "
             "avg long +25.0 [-28, +61] n=4 (within the interval: no measured change)"
             in text)
+
+
+def test_the_depth_grid_and_labels_follow_the_configured_scorer():
+    """With token F1 as the scorer, "It is Quorath" scores 2 * (1/3 * 1) / (1/3 + 1) = 0.5 (sub-EM 1), "Quor" 0 (and
+    sub-EM 0): the heatmap shows the scorer's 50 and 0, as the tables do, never the sub-EM column."""
+    from solopo.scoring import TokenF1, score_name
+
+    cases = [case("256", "0"), case("256", "1")]
+    table = score_table(cases, ["It is Quorath", "Quor"], TokenF1())
+    assert [c["sub_em"] for c in table["cells"]] == [1.0, 0.0]
+    assert depth_grid(table) == (["256"], ["0", "1"], [[pytest.approx(50.0), 0.0]])
+    assert score_name(table) == "token F1" and score_name({}) == "sub-EM"  # a table from before tables named one
+    text = format_table({"base": table, "trained": table})
+    assert "trained - base, token F1 points [95% interval]" in text
 
 
 def test_bad_depths():
@@ -294,3 +308,7 @@ def test_the_table_plots_and_headline_numbers_reach_the_run_summary(tmp_path):
     assert rows[1][0] == "trained" and rows[1][-4:] == [50.0, *(100 * end for end in wilson(1, 2)), 2]
     assert set(logger.images) == {"eval/eval_accuracy_vs_length", "eval/eval_depth_base", "eval/eval_depth_trained"}
     assert logger.metrics["eval/trained/sub_em@256"] == 50.0 and logger.saved
+    # results.json's eval_changes: in points, as eval_summary (one more 256 case right of 2: +50)
+    change = outputs["changes"]["trained - base"]["avg_long"]
+    assert change["difference"] == 50.0 and change["n"] == 2
+    assert (change["low"], change["high"]) == (pytest.approx(-39.82, abs=1e-2), pytest.approx(89.82, abs=1e-2))

@@ -204,12 +204,36 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
         out = entry.train(cfg)
     assert calls == [4, 2] and out["steps"] == 4 and out["data"]["val"]["pairs"] == 0
     assert "train/loss" in out["metrics"] and not any(k.startswith("val/") for k in out["metrics"])
-    assert "no val pairs left" in caplog.text and "without validation metrics" in caplog.text
+    assert "no validation pairs: every one was skipped" in caplog.text and "without validation metrics" in caplog.text
 
     calls.clear()
     monkeypatch.setattr(entry, "tokenize_examples", lambda examples, *args: ([], {}))
-    with pytest.raises(ValueError, match="no train pairs left"):
+    with pytest.raises(entry.RunFailed, match="no training pairs"):
         entry.train(cfg)
+
+
+def test_a_sampled_run_without_pairs_says_why_and_leaves_its_failure(monkeypatch, tmp_path):
+    """data.pairs=sampled where no question had both a correct and an incorrect sample (the tiny model gets none
+    right): one error line that says why and what to change, exit 2, and failed.json, which the report lists."""
+    from in_process import call
+    from solopo.generation import sampling
+
+    def all_wrong(model, tokenizer, prompts, settings, desc=""):
+        return [[("Nowhere.", True)] * settings.k for _ in prompts]
+
+    monkeypatch.setattr(sampling, "generate", all_wrong)
+    run_dir = tmp_path / "run"
+    done = run_here(["algo=dpo", "experiment=smoke", "data.pairs=sampled", "data.sampling.k=2", "logger=none",
+                     f"hydra.run.dir={run_dir}"], expect=2, env={"SOLOPO_CACHE": str(tmp_path / "cache")})
+    assert done.stderr.strip().splitlines() == [
+        "error: no training pairs: 0 of 4 questions had both a correct and an incorrect sample (0.0% of samples "
+        "correct, 2 per question); use data.pairs=gold, more samples (data.sampling.k), or a stronger model"]
+    assert "Traceback" not in done.stdout + done.stderr and not (run_dir / "results.json").exists()
+    failed = json.loads((run_dir / "failed.json").read_text())
+    assert failed["reason"] == "no pairs" and failed["detail"] == done.stderr.strip()[len("error: "):]
+    assert failed["config"]["algo"]["_target_"].endswith("DPO") and failed["config"]["data"]["pairs"] == "sampled"
+    report = call("solopo.report", [run_dir, "--out", tmp_path / "report"])
+    assert "failed: no pairs" in (tmp_path / "report" / "report.md").read_text() + report.stdout
 
 
 def test_few_pairs_for_many_steps_are_flagged():

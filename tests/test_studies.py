@@ -20,6 +20,7 @@ SCRIPT_ENV = dict(os.environ, PYTHONPATH=str(ROOT))  # a study script finds this
 
 @pytest.mark.parametrize("log, reason", [
     ("Traceback...\nValueError: no train pairs left ({'sampling': {'kept': 0}}; skipped {})\n", "no pairs"),
+    ("error: no training pairs: 0 of 16 questions had both a correct and an incorrect sample\n", "no pairs"),
     ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB\n", "out of memory"),
     ("Traceback...\nKeyError: 'x'\nomegaconf.errors.ConfigKeyError: Key 'foo' is not in struct\n", "ConfigKeyError"),
     ("nothing useful\n", "exit status 3"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 # (label, pattern of the line that says why), the first that matches wins.
 REASONS = (
-    ("no pairs", re.compile(r"no (train|val) pairs left.*")),
+    ("no pairs", re.compile(r"no (training|validation) pairs: .*|no (train|val) pairs left.*")),  # the second: older runs
     ("out of memory", re.compile(r".*(CUDA out of memory|OutOfMemoryError).*")),
     ("non-finite steps", re.compile(r"training stopped at step .*")),
     ("preempted", re.compile(r"preempted \(SIG\w+\) at step .*")),

@@ -21,7 +21,7 @@ from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, g
                                         pad_left_to, uses_static_cache)
 from solopo.progress import progress
 from solopo.report.stats import Change, paired_change, wilson
-from solopo.scoring import SUB_EM, Scorer, f1, points, scorer_problems, sub_em
+from solopo.scoring import SUB_EM, Scorer, f1, points, score_name, scorer_problems, sub_em
 from solopo.settings.fields import flag, number, one_of, refuse, shown
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
@@ -259,7 +259,7 @@ def _mean(values) -> float:
 
 
 def format_table(tables: dict[str, dict]) -> str:
-    """A markdown table: one row per checkpoint (e.g. base, trained), sub-EM (%) per length and over the long contexts,
+    """A markdown table: one row per checkpoint (e.g. base, trained), the scorer's score (%) per length and over the long contexts,
     each with its 95% interval and its number of cases; then, for each later checkpoint, its change from the first on
     the same cases, marked where the interval holds 0 (the data cannot tell it from no change)."""
     lengths = list(next(iter(tables.values()))["by_length"])
@@ -272,7 +272,7 @@ def format_table(tables: dict[str, dict]) -> str:
     for name in later:
         found = changes(tables[first], tables[name])
         if found:
-            lines.append(f"{name} - {first}, sub-EM points [95% interval] on the same cases: " + "; ".join(
+            lines.append(f"{name} - {first}, {score_name(tables[first])} points [95% interval] on the same cases: " + "; ".join(
                 f"{'avg long' if key == 'avg_long' else key} {_change(change)}" for key, change in found.items()))
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
 from solopo.eval.longbench import Subset, format_benchmark, run_benchmark
 from solopo.eval.longctx import EvalSettings, changes, evaluate, format_table
+from solopo.report.stats import Change
 from solopo.scoring import points, settings_identity
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap, score_vs_step
 
@@ -259,18 +260,23 @@ def _with_interval(table: dict, length: str) -> tuple:
 def write_outputs(tables: dict[str, dict], out_dir: Path, curve: dict | None = None) -> dict:
     """PNG plots beside the run's results: accuracy vs length (a line per checkpoint), a length x depth heatmap per
     checkpoint, and with ``curve`` (EvalDuringTraining.record) sub-EM vs training step. Returns the table as markdown,
-    the plot paths and each later checkpoint's change from the first with its 95% interval
-    ({"trained - base": {length: Change fields}})."""
+    the plot paths and each later checkpoint's change from the first with its 95% interval, in points
+    ({"trained - base": {length: {"difference", "low", "high", "n"}}})."""
     lines = {name: by_length(table) for name, table in tables.items()}
     plots = [accuracy_vs_length({"Long-context QA": lines}, out_dir / "eval_accuracy_vs_length.png")]
     for name, table in tables.items():
         if any(c["depth"] != "-" for c in table["cells"]):
-            plots.append(depth_heatmap(table, out_dir / f"eval_depth_{name}.png",
-                                       title=f"{name}: sub-EM (%) by length and evidence depth"))
+            plots.append(depth_heatmap(table, out_dir / f"eval_depth_{name}.png", title=name))
     if curve and curve["points"]:  # evaluation during training (EvalDuringTraining.record)
         by_step = {"sub-EM, long contexts": {p["step"]: points(p["avg_long"]) for p in curve["points"]}}
         plots.append(score_vs_step(by_step, out_dir / "eval_vs_step.png", marked=curve.get("best_step")))
     first, *later = tables
     found = {f"{name} - {first}": changes(tables[first], tables[name]) for name in later}
     return {"markdown": format_table(tables), "plots": [str(p) for p in plots],
-            "changes": {pair: {key: dataclasses.asdict(c) for key, c in by.items()} for pair, by in found.items() if by}}
+            "changes": {pair: {key: change_in_points(c) for key, c in by.items()} for pair, by in found.items() if by}}
+
+
+def change_in_points(change: Change) -> dict:
+    """A Change as results.json's eval_changes holds it: the difference and its interval in points, as eval_summary."""
+    return {"difference": points(change.difference), "low": points(change.low), "high": points(change.high),
+            "n": change.n}

@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only: runs on clusters without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from solopo.report.runs import Stat  # noqa: E402
-from solopo.scoring import points  # noqa: E402
+from solopo.scoring import points, score_name  # noqa: E402
 
 Value = float | Stat
 LENGTH_AXIS = "context length (tokens; short = the evidence alone)"
@@ -95,13 +95,20 @@ def _finish(ax, from_zero: bool = True) -> None:
     ax.legend(fontsize=7)
 
 
-def depth_heatmap(table: dict, path: Path, title: str = "sub-EM (%) by length and evidence depth") -> Path:
-    """A length x depth grid of sub-EM (%), each cell annotated with its value."""
+def depth_grid(table: dict) -> tuple[list[str], list[str], list[list[float]]]:
+    """(lengths, depths, score in points per length and depth) of an evaluation table: the configured scorer's score
+    (a cell's "score"; its "sub_em" is sub-EM whatever the scorer), NaN where no case was built."""
     cells = [c for c in table["cells"] if c["depth"] != "-"]
     lengths = sorted({c["length"] for c in cells}, key=int)  # built lengths only: fixed contexts have no depth
     depths = sorted({c["depth"] for c in cells}, key=float)
-    grid = [[next((points(c["sub_em"]) for c in cells if c["length"] == n and c["depth"] == d), float("nan"))
-             for d in depths] for n in lengths]
+    return lengths, depths, [[next((points(c["score"]) for c in cells if c["length"] == n and c["depth"] == d),
+                                   float("nan")) for d in depths] for n in lengths]
+
+
+def depth_heatmap(table: dict, path: Path, title: str = "") -> Path:
+    """A length x depth grid of the table's score (%) (depth_grid), each cell annotated with its value, the scorer
+    named on the colour bar and in the title."""
+    lengths, depths, grid = depth_grid(table)
     fig, ax = plt.subplots(figsize=(1.2 * len(depths) + 2.5, 0.6 * len(lengths) + 1.8))
     image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(depths)), [f"{float(d):.0%}" for d in depths])
@@ -111,8 +118,9 @@ def depth_heatmap(table: dict, path: Path, title: str = "sub-EM (%) by length an
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
             ax.text(j, i, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black")
-    fig.colorbar(image, ax=ax, label="sub-EM (%)")
-    ax.set_title(title)
+    label = f"{score_name(table)} (%)"
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_title(f"{title + ': ' if title else ''}{label} by length and evidence depth")
     return save_figure(fig, path)
 
 

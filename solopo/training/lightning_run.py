@@ -1,8 +1,9 @@
 """The Lightning side of a training run: its logger, its Trainer with solopo's callbacks, the fit, and how a run ends
-(results written on one process, a preempted run's exit status, a faulty run's message). solopo.training.pipeline
+(results written on one process, a preempted run's exit status, a faulty run's message, a failed run's record). solopo.training.pipeline
 calls these with the run's config and settings."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import warnings
@@ -14,15 +15,17 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from solopo.eval.runner import RunEvaluation
+from solopo.preflight import stop
 from solopo.settings.build import Settings, trainer_arguments
 from solopo.training.callbacks import Preemption, Throughput
 from solopo.training.distributed import check_strategy
 from solopo.training.faults import NumericalGuard
 from solopo.training.loggers import ProgressLines, ResumableCSVLogger, finish, on_terminal, wandb_labels
 from solopo.training.module import SoLoPOModule, intended_warnings_silenced
-from solopo.training.results import all_finite, redact, summary, write_results
+from solopo.training.results import RunFailed, all_finite, redact, summary, write_failure, write_results
 from solopo.training.resume import LastCheckpoint, LoaderPosition, RngState
 
 log = logging.getLogger("solopo")
@@ -140,3 +143,16 @@ def stop_on_faults(message: str) -> None:
         log.error(message)
     else:
         raise SystemExit(message)
+
+
+@contextlib.contextmanager
+def failure_recorded(cfg: DictConfig):
+    """A run's body: a RunFailed (e.g. no pairs) leaves failed.json in the run directory, written by one process, so
+    a report lists the run and why, and ends the process like a bad setting: its one ``error:`` line, status 2."""
+    try:
+        yield
+    except RunFailed as failure:
+        if rank_zero_only.rank == 0:
+            write_failure(Path(HydraConfig.get().runtime.output_dir), failure,
+                          OmegaConf.to_container(cfg, resolve=True))
+        stop(str(failure))

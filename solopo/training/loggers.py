@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning import Callback
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 WANDB_RUN_ID_FILE = "wandb_run_id"
@@ -43,8 +44,10 @@ def on_terminal() -> bool:
 def quiet_libraries() -> None:
     """Keeps what Lightning and its dependencies print to what a user can act on: no advertisement, no deprecation
     notes about the libraries' calls into each other, and off a terminal no progress bars of the libraries (e.g.
-    loading a model's weights); solopo's own bars pass disable=None, and ProgressLines logs the training's progress."""
+    loading a model's weights); solopo's own bars pass disable=None, and ProgressLines logs the training's progress.
+    A run over several processes reads as one run: the others log warnings and errors only (rank_zero_voice)."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_not_noise)  # added once however often called
+    rank_zero_voice(rank_zero_only.rank)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning's call into torch
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")  # peft's, on LoRA runs
     if not on_terminal():
@@ -57,6 +60,22 @@ def quiet_libraries() -> None:
 
 def _not_noise(record: logging.LogRecord) -> bool:
     return not _LIGHTNING_NOISE.match(record.getMessage())
+
+
+def warning_or_worse(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def rank_zero_voice(rank: int) -> None:
+    """On a process other than the first (rank > 0: FSDP, DDP, context parallelism), every handler of the root logger
+    (Hydra's console and run.log) passes warnings and errors only, so each INFO and progress line is written once,
+    by rank 0, and a problem of one process still shows. Lightning's launcher starts the other processes with their
+    rank in the environment, which rank_zero_only.rank reads when Lightning is imported."""
+    if rank == 0:
+        return
+    for handler in logging.getLogger().handlers:
+        if warning_or_worse not in handler.filters:  # added once however often called
+            handler.addFilter(warning_or_worse)
 
 
 class ProgressLines(Callback):

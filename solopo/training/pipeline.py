@@ -44,7 +44,7 @@ from solopo.training.eval_callback import eval_during_training
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
 from solopo.training.precision import autocast_dtype, weights_dtype
 from solopo.training.reference import SplitReference, with_reference_logps
-from solopo.training.results import final_metrics, redact
+from solopo.training.results import RunFailed, final_metrics, redact
 from solopo.training.lightning_run import finish_run, fit, strategy_of
 from solopo.training.resume import ResumableLoader, resolve_ckpt_path
 
@@ -119,12 +119,10 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[st
                     examples, policy, tokenizer, sampling, settings.method.pairs_from, model_identity(spec, cfg.seed),
                     cache=DiskCache.under_root("pairs", cfg.cache.verify), model_path=path)
         pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong, cfg.data.truncate)
-        if not pairs[split]:
-            if split == "train":
-                raise ValueError(f"no {split} pairs left ({counts[split]}; skipped {dict(skipped)})")
-            # e.g. on-policy sampling on long contexts found no right answer among the few validation items
-            log.warning("no val pairs left (%s; skipped %s): training runs without validation metrics",
-                        counts[split], dict(skipped))
+        if not pairs[split] and split == "train":
+            raise RunFailed("no pairs", why_no_pairs(split, counts[split], skipped))
+        if not pairs[split]:  # e.g. on-policy sampling on long contexts found no right answer among few items
+            log.warning("%s: training runs without validation metrics", why_no_pairs(split, counts[split], skipped))
         counts[split].update({"pairs": len(pairs[split]), "truncated": skipped.pop("truncated", 0),
                               "skipped": dict(skipped),
                               "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / max(len(pairs[split]), 1)
@@ -132,6 +130,19 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[st
     if splits.skipped:  # records the loader left out (e.g. unanswerable), by reason
         counts["source"] = {"skipped": dict(splits.skipped)}
     return pairs, counts
+
+
+def why_no_pairs(split: str, counts: dict, skipped) -> str:
+    """Why a split has no pairs, in one line: no sampled question had both a correct and an incorrect sample (with
+    what to change), or every pair was over model.max_length."""
+    name = {"train": "training", "val": "validation"}[split]
+    sampled = counts.get("sampling")
+    if sampled is not None and not sampled["kept"]:
+        return (f"no {name} pairs: 0 of {sampled['items']} questions had both a correct and an incorrect sample "
+                f"({100 * sampled['share_correct']:.1f}% of samples correct, {sampled['k']} per question); use "
+                f"data.pairs=gold, more samples (data.sampling.k), or a stronger model")
+    return (f"no {name} pairs: every one was skipped ({dict(skipped) or 'none built'}); raise model.max_length, "
+            f"lower data.long_len, or set data.overlong=truncate")
 
 
 def repeats_note(n_pairs: int, max_steps: int, pairs_per_step: int, limit: float = 3.0) -> str | None:

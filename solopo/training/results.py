@@ -1,4 +1,5 @@
-"""results.json: what a run did, in one file per run directory; what a run must never write (secrets) or where it
+"""results.json: what a run did, in one file per run directory, or failed.json where it could not go on (the record a
+report lists in its tables, as a study's job launcher writes one); what a run must never write (secrets) or where it
 must never write (outside its sweep directory, a directory it cannot write to)."""
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-
-
 from solopo.cache import atomic_write_text
 from solopo.preflight import SECRET_KEY
+
+
+class RunFailed(Exception):
+    """A run that cannot go on because of what its data or model gave (not a mistake in its settings), e.g. sampling
+    found no pair. ``reason``: a short label for a report's tables ("no pairs"); the message says why and what to
+    change."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
 
 def redact(value: Any) -> Any:
     """The config with every value under a secret-looking key replaced, so results never leak keys."""
@@ -31,6 +41,15 @@ def final_metrics(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
 def write_results(run_dir: Path, results: dict) -> Path:
     path = Path(run_dir) / "results.json"
     atomic_write_text(path, json.dumps(results, indent=2, allow_nan=True) + "\n")
+    return path
+
+
+def write_failure(run_dir: Path, failure: RunFailed, config: dict) -> Path:
+    """failed.json: {"reason", "detail", "config"}, the fields solopo.report.runs reads (config places the run in
+    its table row); the config with its secrets redacted."""
+    path = Path(run_dir) / "failed.json"
+    record = {"reason": failure.reason, "detail": str(failure), "config": redact(config)}
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return path
 
 
