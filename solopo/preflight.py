@@ -195,16 +195,20 @@ def refuse_bad_values(argv: Sequence[str], training: bool = True, config_name: s
     """Stops (exit 2) on the first job of job_configs whose settings are wrong (build_settings' one line), before Hydra
     makes a run or sweep directory: a bad value stops a sweep before its first job, not when the job that holds it
     starts. A key the config lacks (optim.lrr=1, added by added_keys) is named by the settings' checks with a hint,
-    or, where something takes any key, with the + that adds it. Each job checks its settings again as it starts (an Optuna trial's values, or a SLURM job's, only there).
+    or, where something takes any key, with the + that adds it. The model's weights and tokenizer must be found too. Each job checks its settings again as it starts (an Optuna trial's values, or a SLURM job's, only there).
     ``training=False``: what an evaluation reads."""
     jobs = job_configs(argv, config_name)
     if not jobs:
         return
-    from solopo.settings.build import ConfigError, build_settings  # torch: not for --help
+    from solopo.settings.build import ConfigError, build_settings, refuse_missing_model  # torch: not for --help
 
+    models = []
     for number, (overrides, cfg) in enumerate(jobs):
         try:
-            build_settings(cfg, training)
+            model = build_settings(cfg, training).model
+            if model not in models:  # a sweep's jobs mostly share one
+                refuse_missing_model(model)
+                models.append(model)
         except ConfigError as err:
             stop(f"sweep job {number} ({' '.join(overrides)}): {err}" if len(jobs) > 1 else str(err))
     given = {o.partition("=")[0] for o in argv}

@@ -332,6 +332,15 @@ def test_an_evaluation_checks_only_what_it_reads_before_hydra(capsys):
     assert capsys.readouterr().err.startswith("error: eval.depths=[2]: each depth")
 
 
+@pytest.mark.parametrize("module", ["solopo.run", "solopo.evaluate"])
+def test_a_missing_model_folder_stops_both_commands_before_hydra(module, tmp_path):
+    """solopo-eval loaded the tokenizer from it: a 74-line Hugging Face traceback, exit 1, and an evaluate.log left
+    in a new run directory. Both commands ask the one check (refuse_missing_model), before Hydra starts."""
+    done = call(module, [f"model.name={tmp_path}/none", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: model.name={tmp_path}/none: no such folder\n"
+    assert not (tmp_path / "run").exists()
+
+
 def records_of(name):
     text = (FIXTURES / name).read_text(encoding="utf-8")
     return json.loads(text) if name.endswith(".json") else [json.loads(line) for line in text.splitlines() if line]
