@@ -30,9 +30,10 @@ def evaluate(cfg: DictConfig) -> None:
     one model: its table printed, in results.json and, for held-out questions, plotted."""
     from solopo.eval.runner import make_evaluation
     from solopo.models.loading import load_tokenizer
-    from solopo.settings.build import ConfigError, build_settings, load_source, vllm_args
+    from solopo.settings.build import ConfigError, build_settings, load_source, refuse_missing_model, vllm_args
 
     settings = build_settings(cfg, training=False)  # a config mistake stops here, in one line, before the model loads
+    refuse_missing_model(settings.model)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     splits = load_source(cfg) if settings.benchmark is None else None  # a benchmark brings its own questions
     tokenizer = load_tokenizer(settings.model)

@@ -141,11 +141,11 @@ def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], 
         if hydra is None:
             return []
         name = args.config_name or config_name
-        master = hydra.compose_config(name, args.overrides, RunMode.MULTIRUN, validate_sweep_overrides=False)
+        overrides, master = added_keys(hydra, name, args.overrides, config_dirs(argv))
         if master.hydra.launcher._target_ != BASIC.format("launcher", "Launcher"):
             return []
         if not args.multirun and master.hydra.mode != RunMode.MULTIRUN:
-            return [(args.overrides, hydra.compose_config(name, args.overrides, RunMode.RUN))]
+            return [(overrides, hydra.compose_config(name, overrides, RunMode.RUN))]
         if master.hydra.sweeper._target_ != BASIC.format("sweeper", "Sweeper"):
             return []
         params = [f"{key}={value}" for key, value in (master.hydra.sweeper.get("params") or {}).items()]
@@ -158,21 +158,62 @@ def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], 
         GlobalHydra.instance().clear()
 
 
+def added_keys(hydra, name: str, overrides: list[str], dirs: list[Path]):
+    """(the overrides, the config they compose for a sweep): where Hydra refuses to set a key the config lacks
+    (optim.lrr=1, foo=1; its error spans nine lines), that key added (+optim.lrr=1), so that the settings' checks
+    name it in one line, with the key meant as a hint (refuse_bad_values)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+
+    def compose(given):
+        return hydra.compose_config(name, given, RunMode.MULTIRUN, validate_sweep_overrides=False)
+
+    try:
+        master = compose(overrides)
+    except ConfigCompositionException:
+        master = None
+    parser = OverridesParser.create()
+    settings = [o for o in overrides if is_setting(parser.parse_override(o), dirs)]
+    bare = master if master is not None else compose([o for o in overrides if o not in settings])
+    lacking = [o for o in settings if OmegaConf.select(bare, o.partition("=")[0], default=KeyError,
+                                                       throw_on_missing=False) is KeyError]
+    if not lacking:  # else a sweep's values (optim.lrr=1,2), which the sweep's config leaves out, or Hydra's refusal
+        return overrides, master if master is not None else compose(overrides)
+    overrides = ["+" + o if o in lacking else o for o in overrides]
+    return overrides, compose(overrides)
+
+
+def is_setting(override, dirs: list[Path]) -> bool:
+    """An override that sets a value (optim.lr=1): no +, ++ or ~, and neither a config group nor Hydra's own."""
+    key = override.key_or_group
+    return (override.type.name == "CHANGE" and override.package is None and not key.startswith("hydra")
+            and not any((folder / key).is_dir() for folder in dirs))
+
+
 def refuse_bad_values(argv: Sequence[str], training: bool = True, config_name: str = "config") -> None:
     """Stops (exit 2) on the first job of job_configs whose settings are wrong (build_settings' one line), before Hydra
     makes a run or sweep directory: a bad value stops a sweep before its first job, not when the job that holds it
-    starts. Each job checks its settings again as it starts (an Optuna trial's values, or a SLURM job's, only there).
+    starts. A key the config lacks (optim.lrr=1, added by added_keys) is named by the settings' checks with a hint,
+    or, where something takes any key, with the + that adds it. The model's weights and tokenizer must be found too. Each job checks its settings again as it starts (an Optuna trial's values, or a SLURM job's, only there).
     ``training=False``: what an evaluation reads."""
     jobs = job_configs(argv, config_name)
     if not jobs:
         return
-    from solopo.settings.build import ConfigError, build_settings  # torch: not for --help
+    from solopo.settings.build import ConfigError, build_settings, refuse_missing_model  # torch: not for --help
 
+    models = []
     for number, (overrides, cfg) in enumerate(jobs):
         try:
-            build_settings(cfg, training)
+            model = build_settings(cfg, training).model
+            if model not in models:  # a sweep's jobs mostly share one
+                refuse_missing_model(model)
+                models.append(model)
         except ConfigError as err:
             stop(f"sweep job {number} ({' '.join(overrides)}): {err}" if len(jobs) > 1 else str(err))
+    given = {o.partition("=")[0] for o in argv}
+    for added in [o for o in jobs[0][0] if o.startswith("+") and o.partition("=")[0][1:] in given]:
+        stop(f"{added[1:]}: the config has no such key; to add one, write {added}")  # a key that takes any keys
 
 
 def safe_dirname(name: str, limit: int = 200) -> str:

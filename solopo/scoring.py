@@ -12,14 +12,16 @@ the empty string is contained in every prediction and would score everything cor
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import hashlib
+import inspect
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, Union, runtime_checkable
 
-from solopo.settings.fields import number, refuse
+from solopo.settings.fields import locate, number, refuse
 
 Answers = Union[Sequence[str], str]
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -174,19 +176,14 @@ class FromFunction(_Thresholded):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not callable(_resolve(self.fn)):
-            refuse([f"fn={self.fn}: no such function"])
+        found, problems = locate("fn", self.fn)
+        refuse(problems or ([] if callable(found) else [f"fn={self.fn}: not a function"]))
 
     def __call__(self, prediction: str, answers: Answers) -> float:
-        return float(_resolve(self.fn)(prediction, answers))
+        return float(self.function()(prediction, answers))
 
-
-def _resolve(path: str) -> Any:
-    module, _, name = str(path).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name, None) if module else None
-    except ImportError:
-        return None
+    def function(self) -> Callable:
+        return locate("fn", self.fn)[0]
 
 
 SUB_EM = SubEM()
@@ -199,10 +196,24 @@ def scorer_problems(scorer: Any) -> list[str]:
 
 
 def identity(scorer: Scorer) -> dict:
-    """What a cache key holds of a scorer: its class and its parameters (a dataclass's fields, else its repr)."""
+    """What a cache key holds of a scorer: its class, its parameters (a dataclass's fields, else its repr) and a digest
+    of its code (FromFunction's: the function's), so that editing a scorer of one's own recomputes what it scored."""
     kind = type(scorer)
     params = dataclasses.asdict(scorer) if dataclasses.is_dataclass(scorer) else repr(scorer)
-    return {"scorer": f"{kind.__module__}.{kind.__qualname__}", "params": params}
+    code = scorer.function() if isinstance(scorer, FromFunction) else kind
+    return {"scorer": f"{kind.__module__}.{kind.__qualname__}", "params": params, "code": code_digest(code)}
+
+
+def code_digest(code: Any) -> str:
+    """sha256 of a function's or class's source; where Python has none (a compiled module, a function made at run
+    time), of the file of its module, else of its qualified name."""
+    try:
+        text = inspect.getsource(code)
+    except (OSError, TypeError):
+        module = inspect.getmodule(code)
+        path = getattr(module, "__file__", None)
+        text = Path(path).read_text(errors="replace") if path else f"{code.__module__}.{code.__qualname__}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def settings_identity(settings: Any) -> dict:

@@ -1,6 +1,8 @@
 """Pluggable answer scoring: the built-in scorers by hand, the threshold rule of pair building, the config key that
 names a scorer, and the scorer in the sampling and evaluation cache keys."""
+import importlib
 import random
+import sys
 
 from dataclasses import replace
 
@@ -14,6 +16,7 @@ from solopo.eval.longctx import EvalCase, score_table
 from solopo.eval.runner import cache_key
 from solopo.generation import sampling
 from solopo.generation.sampling import pick_pair, sample_pairs
+from solopo.settings.fields import IMPORTABLE
 from solopo.scoring import SUB_EM, ExactMatch, FromFunction, Regex, Scorer, SubEM, TokenF1, identity
 from solopo.settings.build import ConfigError, build_settings
 from conftest import EVAL, SAMPLING
@@ -52,8 +55,8 @@ def test_any_function_is_a_scorer():
     scorer = FromFunction(fn="test_scoring.first_word")  # tests/ is on the path
     assert isinstance(scorer, Scorer) and scorer("Paris is in France", ["paris"]) == 1.0
     assert scorer("In Paris", ["paris"]) == 0.0
-    with pytest.raises(ValueError, match="fn=tests.nowhere.f: no such function"):
-        FromFunction(fn="tests.nowhere.f")
+    with pytest.raises(ValueError, match="fn=test_scoring.nowhere: module test_scoring has no nowhere"):
+        FromFunction(fn="test_scoring.nowhere")
     with pytest.raises(ValueError, match=r"threshold=2: must be a number in \[0, 1\]"):
         SubEM(threshold=2)
 
@@ -96,7 +99,7 @@ def test_the_eval_table_and_its_cache_key_follow_the_scorer():
     items = [QAItem("x", "Who?", ("A",), ("A did it.",))]
     scorers = [SUB_EM, ExactMatch(), TokenF1(), TokenF1(threshold=0.7), FromFunction(fn="solopo.scoring.f1")]
     assert len({cache_key("m", items, (), replace(EVAL, scorer=s), 2048) for s in scorers}) == len(scorers)
-    assert identity(TokenF1(0.7)) == {"scorer": "solopo.scoring.TokenF1", "params": {"threshold": 0.7}}
+    assert identity(TokenF1(0.7))["params"] == {"threshold": 0.7}
 
 
 def settings_of(overrides, training=True):
@@ -129,7 +132,8 @@ def test_a_wrong_scorer_is_one_line(override, line):
 def test_a_wrong_scorer_stops_the_entry_point_with_status_2(tmp_path):
     done = call("solopo.evaluate", ["eval.scorer._target_=x.y", f"hydra.run.dir={tmp_path}"], expect=2)
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("error: eval.scorer._target_=x.y: no such class or function")
+    assert done.stderr.strip().splitlines() == [f"error: eval.scorer._target_=x.y: cannot import module x (No module named "
+                                                f"'x'); {IMPORTABLE}"]
 
 
 def test_the_readme_custom_scorer(tmp_path, monkeypatch):
@@ -143,3 +147,30 @@ def test_the_readme_custom_scorer(tmp_path, monkeypatch):
     assert type(settings.sampling.scorer).__name__ == type(settings.eval.scorer).__name__ == "FirstLine"
     assert settings.eval.scorer("Paris.\nBecause the text says so.", ["paris"]) == 1.0
     assert not settings.sampling.scorer.correct(settings.sampling.scorer("Because... Paris", ["paris"]))
+
+
+def test_a_scorer_module_that_cannot_be_imported_says_why(tmp_path):
+    """The console scripts do not look in the current folder as python -m does: the error said "no such function"
+    about a function that exists; it names the module, Python's reason and the remedy now."""
+    (tmp_path / "mymetrics_nowhere.py").write_text("def half(prediction, answers):\n    return 0.5\n")
+    with pytest.raises(ValueError) as err:
+        FromFunction(fn="mymetrics_nowhere.half")
+    assert str(err.value) == (f"fn=mymetrics_nowhere.half: cannot import module mymetrics_nowhere (No module named "
+                              f"'mymetrics_nowhere'); {IMPORTABLE}")
+
+
+def test_editing_a_scorer_of_ones_own_changes_the_cache_key(tmp_path, monkeypatch):
+    """Only the dotted path was in the key: the base model's evaluation, cached under the old half(), was read back
+    after its body changed, scored by the old function: a gain that was not there."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module, items, keys = tmp_path / "mymetrics_edit.py", [QAItem("x", "Who?", ("A",), ("A did it.",))], []
+    for body in ("return 0.5", "return 0.25"):
+        module.write_text(f"def half(prediction, answers):\n    {body}\n\n\nclass Half:\n"
+                          f"    def __call__(self, prediction, answers):\n        {body}\n\n"
+                          "    def correct(self, score):\n        return True\n")
+        sys.modules.pop("mymetrics_edit", None)
+        mod = importlib.import_module("mymetrics_edit")
+        scorers = [FromFunction(fn="mymetrics_edit.half"), mod.Half()]
+        keys.append([cache_key("m", items, (), replace(EVAL, scorer=scorer), 2048) for scorer in scorers])
+    assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
+    assert identity(FromFunction(fn="solopo.scoring.f1")) == identity(FromFunction(fn="solopo.scoring.f1"))

@@ -24,7 +24,7 @@ from solopo.eval.longctx import EvalSettings
 from solopo.generation.sampling import SamplingSettings
 from solopo.generation.vllm_engine import import_vllm
 from solopo.models import kernels
-from solopo.models.loading import ModelSpec
+from solopo.models.loading import ModelSpec, source_problems
 from solopo.records import DataFileError
 from solopo.scoring import FromFunction, as_scorer
 from solopo.step import context_parallel
@@ -235,6 +235,14 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
         settings.update(eval=None, benchmark=None)
     settings["model"] = with_context_attention(settings["model"], settings["context"])
     return Settings(**settings, precision=precision)
+
+
+def refuse_missing_model(model: ModelSpec) -> None:
+    """A ConfigError where the weights or the tokenizer cannot be found (model.name=/nonexistent: no such folder; an
+    unknown hub id), in one line, before anything loads: training, evaluation and the check of a command line before
+    Hydra (solopo.preflight.refuse_bad_values) all ask here."""
+    if problems := source_problems(model):
+        raise ConfigError("; ".join(problems))
 
 
 def vllm_args(cfg: DictConfig) -> dict:

@@ -6,6 +6,7 @@ line); a dataclass raises them together as one ``SettingsError`` from ``__post_i
 """
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, Iterable, Optional
 
@@ -66,3 +67,21 @@ def flag(key: str, value: Any) -> Problems:
 def in_group(group: str, problems: Problems) -> Problems:
     """The problems of one group's settings under their config keys (``alpha=-1`` -> ``ra.alpha=-1``)."""
     return [f"{group}.{problem}" for problem in problems]
+
+
+IMPORTABLE = "it must be importable: run from its folder with python -m solopo.run (or solopo.evaluate), or set PYTHONPATH"
+
+
+def locate(key: str, path: Any) -> tuple[Optional[Any], Problems]:
+    """What a dotted path (mymetrics.half) names, or the problem: a module that cannot be imported says why (the
+    console scripts, unlike python -m, do not look in the current folder), a name the module lacks says so."""
+    module, _, name = str(path).rpartition(".")
+    if not module:
+        return None, [f"{key}={shown(path)}: not a dotted path (module.name)"]
+    try:
+        found = importlib.import_module(module)
+    except ImportError as err:
+        return None, [f"{key}={shown(path)}: cannot import module {module} ({err}); {IMPORTABLE}"]
+    if not hasattr(found, name):
+        return None, [f"{key}={shown(path)}: module {module} has no {name}"]
+    return getattr(found, name), []

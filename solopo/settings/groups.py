@@ -4,7 +4,6 @@ config keys; the groups with a dataclass check themselves (solopo.settings.build
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -14,7 +13,7 @@ from solopo.data.collate import PACKINGS
 from solopo.data.pairs import PAIR_RULES
 from solopo.data.tokenize import OVERLONG_POLICIES, TRUNCATE_SIDES
 from solopo.models.loading import SAVE_MODEL
-from solopo.settings.fields import Problems, flag, number, one_of, shown
+from solopo.settings.fields import Problems, flag, locate, number, one_of, shown
 from solopo.training.loggers import WANDB_ENV_MODES, WANDB_MODES
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
@@ -49,14 +48,12 @@ def missing_options(key: str, target: Callable, node: dict) -> Problems:
 
 def target(key: str, node: dict, catalogue: Iterable[str] = ()) -> tuple[Optional[Any], Problems]:
     """The class or function ``node._target_`` names, and what is wrong with it or with the options given to it."""
-    module, _, name = str(node.get("_target_")).rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module), name, None) if module else None
-    except ModuleNotFoundError:
-        found = None
-    if found is None:
+    found, problems = locate(f"{key}._target_", node.get("_target_"))
+    if found is None:  # a module of one's own that cannot be imported says why; else the catalogue is the help
+        own = "cannot import module" in problems[0] and not str(node.get("_target_")).startswith("solopo.")
         listed = f"; choose one of {', '.join(catalogue)}" if catalogue else ""
-        return None, [f"{key}._target_={shown(node.get('_target_'))}: no such class or function{listed}"]
+        return None, problems if own else [f"{key}._target_={shown(node.get('_target_'))}: no such class or "
+                                           f"function{listed}"]
     return found, unknown_options(key, found, node)
 
 

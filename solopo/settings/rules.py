@@ -2,8 +2,10 @@
 function of plain values that returns its problems under their config keys."""
 from __future__ import annotations
 
+import difflib
 import os
-from typing import Any, Optional
+import re
+from typing import Any, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -68,13 +70,48 @@ def check_benchmark_schedule(benchmark, evaluation) -> Problems:
             "with eval.benchmark the trained model alone is evaluated on it (set eval.every_n_steps=null)"]
 
 
-def check_unread_path(data: DictConfig, option: str) -> Problems:
-    """A data.path the chosen data source does not read (e.g. +data.path=FILE with the built-in data=qa)."""
-    path = OmegaConf.select(data, "path", default=None, throw_on_missing=False)
-    if path is None or "path" in (data.get("source") or {}):
-        return []
-    return [f"data.path={path}: data={option} reads no file; choose a file format (data=pairs, musique, hotpotqa, "
-            "twowiki, longbench)"]
+# The keys solopo's code reads: each group of conf/config.yaml's defaults list and the run's own keys at the top, and
+# the data group's keys beside its source (a format's other keys, data.path, data.split, ..., are read by its source's
+# interpolations: keys_interpolated)
+ROOT_KEYS = ("algo", "ra", "method", "data", "model", "trainer", "eval", "logger", "optim", "ckpt_path", "hydra", "seed",
+             "reference", "packing", "logp_chunk_size", "val_every_n_steps", "save_model", "optimized_metric",
+             "checkpoint", "faults", "cache")
+DATA_KEYS = ("source", "pairs", "sampling", "template", "long_len", "short_len", "overlong", "truncate", "batch_size",
+             "num_workers")
+INTERPOLATED = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def keys_interpolated(cfg: DictConfig) -> set[str]:
+    """Every key the config reads by interpolation (${data.path} -> data.path), the run's own and Hydra's: a key
+    nothing else reads may be one that others take their value from."""
+    text = str(OmegaConf.to_container(cfg, resolve=False))
+    return set(INTERPOLATED.findall(text))
+
+
+def unread(key: str, given: dict, known: Sequence[str], reader: str) -> Problems:
+    """The keys of ``given`` outside ``known``, each with the closest known key as a hint."""
+    problems = []
+    for name in [name for name in given if name not in known]:
+        close = difflib.get_close_matches(name, known, n=1)
+        value = "" if isinstance(given[name], dict) else f"={shown(given[name])}"
+        problems.append(f"{key}{name}{value}: {reader} reads no such key"
+                        + (f"; did you mean {close[0]}?" if close else ""))
+    return problems
+
+
+def check_unread_keys(cfg: DictConfig, data_option: str) -> Problems:
+    """Keys that nothing reads, at the top of the config (+foo=1) or in the data group (+data.foo=1), which the run
+    would otherwise ignore in silence; a data.path the chosen source does not read (+data.path=FILE with the built-in
+    data=qa) has its own message."""
+    interpolated = keys_interpolated(cfg)
+    top = OmegaConf.to_container(cfg, resolve=False)
+    problems = unread("", top, list(ROOT_KEYS) + [k.split(".")[0] for k in interpolated], "solopo")
+    data = OmegaConf.to_container(cfg.data, resolve=False)
+    read = list(DATA_KEYS) + [k.split(".")[1] for k in interpolated if k.startswith("data.")]
+    if "path" in data and "path" not in read:
+        problems.append(f"data.path={data.pop('path')}: data={data_option} reads no file; choose a file format "
+                        "(data=pairs, musique, hotpotqa, twowiki, longbench)")
+    return problems + unread("data.", data, read, f"data={data_option}")
 
 
 def processes(trainer: dict, gpus: int) -> Optional[int]:
@@ -114,7 +151,7 @@ def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, trainin
     """Problems between groups; ``settings`` are the objects built so far (None where a group had a problem)."""
     model = settings["model"]
     max_length = model.max_length if model is not None else None
-    problems = check_unread_path(cfg.data, data_option)
+    problems = check_unread_keys(cfg, data_option)
     if training:
         sampling = settings["sampling"]
         # Beside x_long, a training sequence holds the chat template and the response: a sample, or a gold answer.

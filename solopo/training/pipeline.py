@@ -33,11 +33,12 @@ from solopo.eval.runner import RunEvaluation
 from solopo.generation.sampling import sample_pairs
 from solopo.generation.vllm_engine import saved_weights
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
-                                   save_policy, source_problems, weights_path, with_lora)
+                                   save_policy, weights_path, with_lora)
 from solopo.records import DataFileError
 from solopo.step.checkpointing import AUTO, auto_checkpointing, step_tokens
 from solopo.step.context_parallel import Share
-from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source, vllm_args)
+from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source,
+                                   refuse_missing_model, vllm_args)
 from solopo.training.callbacks import StageCosts
 from solopo.training.distributed import local_gpu
 from solopo.training.eval_callback import eval_during_training
@@ -254,8 +255,7 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
 def load_inputs(cfg: DictConfig, settings: Settings, splits):
     """The tokenizer, each split's examples and the evaluation (both built with the tokenizer alone: an item that
     cannot make a pair or a bad benchmark file stops the run before the model loads) and the models (load_models)."""
-    if problems := source_problems(settings.model):  # a missing local folder or an unknown hub id, in one line
-        raise ConfigError("; ".join(problems))
+    refuse_missing_model(settings.model)  # a missing local folder or an unknown hub id, in one line
     tokenizer = load_tokenizer(settings.model)
     examples = make_examples(cfg, splits, tokenizer)
     evaluation = make_evaluation(cfg, settings, splits, tokenizer)

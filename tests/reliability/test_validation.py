@@ -131,6 +131,13 @@ MISTAKES = [
     (["seed=abc"], "seed=abc: must be an integer >= 0"),
     (["trainer.devices=0"], "trainer.devices=0: must be an integer >= 1, -1 (all), a list of ids or auto"),
     (["+optim.lrr=1"], "optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
+    # Keys nothing reads, at the top and in the data group, which the run ignored in silence.
+    (["+foo=1"], "foo=1: solopo reads no such key"),
+    (["+sed=1"], "sed=1: solopo reads no such key; did you mean seed?"),
+    (["+data.foo=1"], "data.foo=1: data=qa reads no such key"),
+    (["+data.split=train"], "data.split=train: data=qa reads no such key; did you mean sampling?"),
+    (["data=pairs", "data.path=x.jsonl", "+data.bath_size=2"],
+     "data.bath_size=2: data=pairs reads no such key; did you mean batch_size?"),
     (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.context_parallel=2"],
      "trainer.context_parallel=2: needs trainer=fsdp (its device mesh holds the context groups)"),
     ([*CPU_FSDP, "trainer.context_parallel=3"],
@@ -280,8 +287,38 @@ def test_a_bad_value_in_any_job_stops_a_sweep_before_its_first(tmp_path, capsys)
     refuse_bad_values(["-m", "experiment=smoke", "algo=dpo,simpo"])  # good values: on to Hydra
 
 
+def test_a_key_a_format_reads_may_be_added():
+    """data=pairs reads data.split by interpolation (its source's split: ${data.split}): no key of its is unread."""
+    build_settings(compose_config(["data=pairs", "data.path=x.jsonl", "data.split=test"]))
+
+
+UNKNOWN_KEYS = [(["experiment=smoke", "optim.lrr=1"], "optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
+                (["foo=1"], "foo=1: solopo reads no such key"),
+                (["data.bath_size=2"], "data.bath_size=2: data=qa reads no such key; did you mean batch_size?"),
+                (["-m", "optim.lrr=1,2"],
+                 "sweep job 0 (+optim.lrr=1): optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
+                # a key the logger takes, though the config lacks it: Hydra wants the +
+                (["logger=csv", "logger.prefix=x"], "logger.prefix=x: the config has no such key; to add one, write "
+                                                    "+logger.prefix=x")]
+
+
+@pytest.mark.parametrize("argv, message", UNKNOWN_KEYS, ids=[" ".join(a) for a, _ in UNKNOWN_KEYS])
+def test_a_key_the_config_lacks_is_named_in_one_line(argv, message, capsys):
+    """Without +, Hydra refused such a key in nine lines ("Could not override ... HYDRA_FULL_ERROR") and exit 1."""
+    with pytest.raises(SystemExit) as stopped:
+        refuse_bad_values(argv)
+    assert stopped.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_the_command_refuses_a_key_the_config_lacks(tmp_path):
+    done = call("solopo.run", ["experiment=smoke", "optim.lrr=1", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == "error: optim.lrr=1: OptimSettings takes no such option; did you mean lr?\n"
+    assert not (tmp_path / "run").exists()
+    done = call("solopo.evaluate", ["foo=1", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == "error: foo=1: solopo reads no such key\n" and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("argv", [["optim.lr=-1", "--help"], ["optim.lr=-1", "--cfg", "job"],
-                                  ["optim.lrr=1"],  # not in the config: Hydra's own error, as before
                                   ["-m", "optim.lr=-1", "hydra/launcher=slurm"]])  # checked by the job, on its machine
 def test_values_are_left_to_hydra_where_it_answers_or_runs_elsewhere(argv):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher") if "hydra/launcher=slurm" in argv else None
@@ -293,6 +330,15 @@ def test_an_evaluation_checks_only_what_it_reads_before_hydra(capsys):
     with pytest.raises(SystemExit):
         refuse_bad_values(["eval.depths=[2]"], training=False)
     assert capsys.readouterr().err.startswith("error: eval.depths=[2]: each depth")
+
+
+@pytest.mark.parametrize("module", ["solopo.run", "solopo.evaluate"])
+def test_a_missing_model_folder_stops_both_commands_before_hydra(module, tmp_path):
+    """solopo-eval loaded the tokenizer from it: a 74-line Hugging Face traceback, exit 1, and an evaluate.log left
+    in a new run directory. Both commands ask the one check (refuse_missing_model), before Hydra starts."""
+    done = call(module, [f"model.name={tmp_path}/none", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: model.name={tmp_path}/none: no such folder\n"
+    assert not (tmp_path / "run").exists()
 
 
 def records_of(name):
