@@ -127,10 +127,8 @@ def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], 
     else (--help, --cfg, --info, completion), where only Hydra can tell (--config-path, another sweeper such as
     Optuna, whose trials are chosen as they run), where the jobs run elsewhere (a SLURM launcher: another machine's
     GPUs), or where Hydra would refuse the command line itself (it says why, as before)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
     args, _ = get_args_parser().parse_known_args(list(argv))
@@ -146,16 +144,25 @@ def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], 
             return []
         if not args.multirun and master.hydra.mode != RunMode.MULTIRUN:
             return [(overrides, hydra.compose_config(name, overrides, RunMode.RUN))]
-        if master.hydra.sweeper._target_ != BASIC.format("sweeper", "Sweeper"):
-            return []
-        params = [f"{key}={value}" for key, value in (master.hydra.sweeper.get("params") or {}).items()]
-        parsed = OverridesParser.create().parse_overrides(params + list(master.hydra.overrides.task))
-        return [(job, hydra.config_loader.load_sweep_config(master, job))
-                for job in BasicSweeper.split_arguments(parsed, None)[0]]
+        return sweep_jobs(hydra, master)
     except Exception:  # noqa: BLE001 - a command line Hydra cannot compose is Hydra's to report, in its words
         return []
     finally:
         GlobalHydra.instance().clear()
+
+
+def sweep_jobs(hydra, master) -> list[tuple[list[str], object]]:
+    """A sweep's jobs as Hydra's basic sweeper expands them (hydra.sweeper.params and the command line's values), each
+    with its composed config; none under another sweeper (Optuna's trials are chosen as they run)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if master.hydra.sweeper._target_ != BASIC.format("sweeper", "Sweeper"):
+        return []
+    params = [f"{key}={value}" for key, value in (master.hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + list(master.hydra.overrides.task))
+    return [(job, hydra.config_loader.load_sweep_config(master, job))
+            for job in BasicSweeper.split_arguments(parsed, None)[0]]
 
 
 def added_keys(hydra, name: str, overrides: list[str], dirs: list[Path]):
