@@ -179,6 +179,18 @@ def stop(procs: list[subprocess.Popen], grace_s: float = 20.0) -> None:
             proc.wait()
 
 
+def stop_at_deadline(running: dict, root: Path, first: dict, say) -> list[dict]:
+    """Stops the jobs still running at the deadline; their records, each marked interrupted (they run again in the
+    next call)."""
+    stop([proc for proc, _, _ in running.values()])
+    records = []
+    for job, (proc, started, command) in running.items():
+        records.append(finish(job, root, proc, started, first[job.sampling_key] is job, command, interrupted=True))
+        set_aside(root, job)  # a run stopped in training leaves a results.json marked preempted
+        say(f"stopped {job.name} at the deadline: it runs again in the next call")
+    return records
+
+
 def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s: float, extra: tuple[str, ...],
         retry_failed: bool = False, samplers: int = 2, poll_s: float = 2.0) -> list[dict]:
     began = time.monotonic()
@@ -215,11 +227,7 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
         free |= {key for key, leader in first.items() if key not in free and released(leader, root, states[leader])}
         left = deadline_s - (time.monotonic() - began)
         if left <= 0:
-            stop([proc for proc, _, _ in running.values()])
-            for job, (proc, started, command) in running.items():
-                records.append(finish(job, root, proc, started, first[job.sampling_key] is job, command, interrupted=True))
-                set_aside(root, job)  # a run stopped in training leaves a results.json marked preempted
-                say(f"stopped {job.name} at the deadline: it runs again in the next call")
+            records += stop_at_deadline(running, root, first, say)
             break
         sampling = sum(first[j.sampling_key] is j and j.samples and j.sampling_key not in free for j in running)
         for job in list(pending):
