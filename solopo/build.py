@@ -5,37 +5,37 @@
 
 Hydra rather than argparse: long_len is counted with the tokenizer of the model to be trained, so the builder composes
 the same model group as solopo.run (model=qwen2_5_7b, model.name=PATH), and --help lists every option with its
-comment. What a triplet is: solopo.data.build.
+comment. What a triplet is: solopo.data.build. The tokenizer's and the settings' modules (torch, transformers) are
+imported inside the functions, so that --help answers before they load.
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from solopo.cache import atomic_file
-from solopo.data.build import (BuildSettings, CorpusSettings, InputSettings, other_contexts, read_corpus, read_input,
-                               triplets)
-from solopo.data.tokenize import token_counter
-from solopo.models.loading import ModelSpec, load_tokenizer
-from solopo.records import DataFileError
-from solopo.settings.build import ConfigError, built, plain, stop_on_config_errors
+from solopo.data.build import BuildSettings, CorpusSettings, InputSettings
 from solopo.settings.fields import SettingsError
 
 log = logging.getLogger("solopo")
+if TYPE_CHECKING:
+    from solopo.models.loading import ModelSpec
 TOP_KEYS = ("output", "long_len", "depths", "seed")  # the config's own keys, which BuildSettings holds
 
 
 def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettings, BuildSettings]:
     """The typed settings, or one ConfigError naming every mistake."""
+    from solopo.models.loading import ModelSpec
+    from solopo.settings.build import ConfigError, built, plain
+
     missing = [name for name, node, key in (("input.path", cfg.input, "path"), ("output", cfg, "output"))
                if OmegaConf.is_missing(node, key)]
     if missing:  # first, alone: the other checks would read "???" as a path
-        raise ConfigError(f"{' and '.join(f'{name}=...' for name in missing)} mandatory: see solopo/conf/build.yaml")
+        raise ConfigError(f"{' and '.join(f'{name}=...' for name in missing)} mandatory: see solopo-build --help")
     problems: list[str] = []
     made = (built("model", ModelSpec, plain(cfg, "model"), problems),
             built("input", InputSettings, plain(cfg, "input"), problems),
@@ -51,6 +51,15 @@ def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettin
 
 
 def build(cfg: DictConfig) -> None:
+    from tqdm import tqdm
+
+    from solopo.cache import atomic_file
+    from solopo.data.build import other_contexts, read_corpus, read_input, triplets
+    from solopo.data.tokenize import token_counter
+    from solopo.models.loading import load_tokenizer
+    from solopo.records import DataFileError
+    from solopo.settings.build import ConfigError
+
     model, given, corpus, settings = settings_of(cfg)  # a mistake stops here, in one line, before any file is read
     try:
         records = read_input(given)
@@ -68,6 +77,8 @@ def build(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="build")
 def main(cfg: DictConfig) -> None:
+    from solopo.settings.build import stop_on_config_errors
+
     with stop_on_config_errors():
         build(cfg)
 

@@ -29,7 +29,7 @@ def python(code: str, cwd=ROOT, timeout=300, **env) -> subprocess.CompletedProce
 
 @pytest.mark.parametrize("module, args", [("solopo.run", ["--help"]), ("solopo.run", ["experiment=smoke", "--cfg", "job"]),
                                           ("solopo.evaluate", ["--help"]),
-                                          ("solopo.report.__main__", ["--help"])])
+                                          ("solopo.report.__main__", ["--help"]), ("solopo.build", ["--help"])])
 def test_help_and_cfg_answer_before_the_heavy_imports(module, args):
     """What keeps `solopo-train --help` under 2 s: the answer comes before torch, Lightning, transformers,
     matplotlib or wandb is imported (each takes seconds on a cold start)."""
