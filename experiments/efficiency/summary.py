@@ -228,15 +228,16 @@ def verdict(met: bool | None, measured: str) -> str:
     return f"{measured} | {'not measured' if met is None else 'yes' if met else 'no'} |"
 
 
-def work_line(model: str, cells: list) -> str:
-    """The same ratios against the work each default layout does (a shared prompt counted once): how close SoLoPO
-    is to its limit when Long-PO shares its prompt, which the FLOP ratio does not count."""
-    known = [(r["defaults_ratio"], r["work_ratio"] + slack) for _, r, slack in cells
-             if r and r["defaults_ratio"] is not None and r.get("work_ratio") is not None]
-    shown = [f"{length_label(n)} {fmt(r and r['defaults_ratio'])} (limit {fmt(r and r.get('work_ratio') and r['work_ratio'] + slack)})"
+def limit_line(target: str, cells: list, limit: str) -> str:
+    """SoLoPO / Long-PO at their defaults per length against ``limit`` (a row's flop_ratio, or its work_ratio: the work
+    each default layout does, a shared prompt counted once) plus the length's slack; met where every length is."""
+    bound = lambda r, slack: r and r.get(limit) is not None and r[limit] + slack  # noqa: E731
+    known = [(r["defaults_ratio"], bound(r, slack)) for _, r, slack in cells
+             if r and r["defaults_ratio"] is not None and r.get(limit) is not None]
+    shown = [f"{length_label(n)} {fmt(r and r['defaults_ratio'])} (limit {fmt(bound(r, slack) or None)})"
              for n, r, slack in cells]
-    return (f"| {model}: the same, within the work ratio as run + slack (not the issue's target) | "
-            + verdict(None if len(known) < len(cells) else all(v <= limit for v, limit in known), ", ".join(shown)))
+    return (f"| {target} | "
+            + verdict(None if len(known) < len(cells) else all(v <= cap for v, cap in known), ", ".join(shown)))
 
 
 def issue_targets(rows: list[dict], longest: dict) -> list[str]:
@@ -245,13 +246,10 @@ def issue_targets(rows: list[dict], longest: dict) -> list[str]:
     lines = ["| target | measured | met |", "|---|---|---|"]
     for model in dict.fromkeys(m for m, _ in DEFAULT_SLACK):
         cells = [(n, by.get((model, n)), slack) for (m, n), slack in DEFAULT_SLACK.items() if m == model]
-        shown = [f"{length_label(n)} {fmt(r and r['defaults_ratio'])} (limit {fmt(r and r['flop_ratio'] and r['flop_ratio'] + slack)})"
-                 for n, r, slack in cells]
-        known = [(r["defaults_ratio"], r["flop_ratio"] + slack) for _, r, slack in cells
-                 if r and r["defaults_ratio"] is not None and r["flop_ratio"] is not None]
-        met = None if len(known) < len(cells) else all(v <= limit for v, limit in known)
-        lines.append(f"| {model}: SoLoPO / Long-PO at their defaults within the FLOP ratio + slack | " + verdict(met, ", ".join(shown)))
-        lines.append(work_line(model, cells))
+        lines.append(limit_line(f"{model}: SoLoPO / Long-PO at their defaults within the FLOP ratio + slack", cells,
+                                "flop_ratio"))
+        lines.append(limit_line(f"{model}: the same, within the work ratio as run + slack (not the issue's target)",
+                                cells, "work_ratio"))
     trl = [(n, by.get(("qwen2.5-1.5b", n))) for n in TRL_CAPS]
     trl_known = [r["solopo_vs_trl"] for _, r in trl if r and r["solopo_vs_trl"] is not None]
     lines.append("| SoLoPO / TRL DPOTrainer <= 0.58 at 16K, 0.54 at 32K (1.5B) | " + verdict(
