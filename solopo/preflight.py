@@ -123,8 +123,8 @@ def app_hydra(argv: Sequence[str]):
 def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], object]]:
     """Each job the command line starts, as (its overrides, its composed config), composed as Hydra will compose it:
     one for a run; for a sweep (-m, or hydra.mode=MULTIRUN) one per combination of its values (hydra.sweeper.params
-    and the command line's, Hydra's basic sweeper's own expansion). None (empty) where the command line asks Hydra something
-    else (--help, --cfg, --info, completion), where only Hydra can tell (--config-path, another sweeper such as
+    and the command line's, Hydra's basic sweeper's own expansion). None (empty) where the command line asks Hydra
+    something else (--help, --cfg, --info, completion), where only Hydra can tell (--config-path, another sweeper such as
     Optuna, whose trials are chosen as they run), where the jobs run elsewhere (a SLURM launcher: another machine's
     GPUs), or where Hydra would refuse the command line itself (it says why, as before)."""
     from hydra._internal.utils import get_args_parser
@@ -202,7 +202,8 @@ def refuse_bad_values(argv: Sequence[str], training: bool = True, config_name: s
     """Stops (exit 2) on the first job of job_configs whose settings are wrong (build_settings' one line), before Hydra
     makes a run or sweep directory: a bad value stops a sweep before its first job, not when the job that holds it
     starts. A key the config lacks (optim.lrr=1, added by added_keys) is named by the settings' checks with a hint,
-    or, where something takes any key, with the + that adds it. The model's weights and tokenizer must be found too. Each job checks its settings again as it starts (an Optuna trial's values, or a SLURM job's, only there).
+    or, where something takes any key, with the + that adds it. The model's weights and tokenizer must be found too.
+    Each job checks its settings again as it starts (an Optuna trial's values, or a SLURM job's, only there).
     ``training=False``: what an evaluation reads."""
     jobs = job_configs(argv, config_name)
     if not jobs:

@@ -37,7 +37,6 @@ class Scorer(Protocol):
     def correct(self, score: float) -> bool: ...
 
 
-
 def points(share: float) -> float:
     """A mean of answer scores in [0, 1] (sub-EM, F1, ...) as points, 0-100: the one scale of every score solopo
     states: tables, results.json's ``eval_summary`` (held-out questions and benchmarks alike), logged metrics, reports
