@@ -1,0 +1,126 @@
+"""The command line's checks before Hydra starts (solopo.preflight): an option no config group holds, a bad value in the
+run or in any job of a sweep, a key the config lacks, a missing model folder: one line, exit 2, no run directory."""
+import time
+
+import pytest
+
+from solopo.preflight import job_configs, preflight, refuse_bad_values
+from in_process import call
+from support import run
+from test_validation import shipped_options
+
+@pytest.mark.parametrize("group", [g for g in sorted({group for group, _ in shipped_options()})])
+def test_an_unknown_option_of_a_config_group_is_one_line(group, capsys):
+    """Hydra answered algo=dpx with a dozen lines; each group's unknown option is now one line listing its options."""
+    with pytest.raises(SystemExit) as stopped:
+        preflight([f"{group}=nosuch", "seed=1"])
+    options = sorted(option for g, option in shipped_options() if g == group)
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: {group}=nosuch: the config group {group} has no such option; choose one of {', '.join(options)}\n")
+
+
+@pytest.mark.parametrize("args, bad", [
+    (["-m", "algo=dpo,dpx"], "algo=dpx"), (["-m", "algo=choice(ipo,dpx)"], "algo=dpx"), (["+algo=[dpo,dpx]"], "algo=dpx"),
+    (["experiment=paper_mini/nope"], "experiment=paper_mini/nope"),
+    (["algo=dpo", "experiment=paper_mini/solopo", "experiment=null", "~debug", "algo=glob(*)", "hydra/launcher=basic",
+      "seed=1", "data.path=a=b"], None),
+])
+def test_every_option_a_command_line_picks_is_checked(args, bad, capsys):
+    """Sweeps and lists check each option; null, deletions, globs and Hydra's own groups are left to Hydra."""
+    if bad is None:
+        preflight(args)
+        return
+    with pytest.raises(SystemExit):
+        preflight(args)
+    assert capsys.readouterr().err.startswith(f"error: {bad}: ")
+
+
+def test_options_of_a_users_config_dir_are_known(tmp_path, monkeypatch):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")
+    monkeypatch.chdir(tmp_path)
+    preflight(["--config-dir", str(tmp_path), "experiment=mine"])
+    preflight([f"--config-dir={tmp_path}", "experiment=smoke"])
+    with pytest.raises(SystemExit):
+        preflight(["experiment=mine"])
+
+
+def test_the_run_stops_before_any_model_loads(tmp_path):
+    """The user sees one line and a failed exit, seconds after the start: the time of Python's imports."""
+    started = time.perf_counter()
+    done = run(["ra.alpha=-1", f"hydra.run.dir={tmp_path}"], expect=2)
+    assert time.perf_counter() - started < 60
+    assert "Traceback" not in done.stderr and "parameters" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == ["error: ra.alpha=-1: must be a number >= 0 (0 turns SoLo-RA off)"]
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_bad_value_leaves_no_run_directory(tmp_path):
+    """The value checks ran inside Hydra's job, which had made outputs/DATE/TIME/ (.hydra/, an empty run.log) for a
+    run that stopped at once; they run before Hydra now, on the config Hydra will compose."""
+    done = run(["optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr.strip().splitlines() == ["error: optim.lr=-1: must be a number > 0"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_value_in_any_job_stops_a_sweep_before_its_first(tmp_path, capsys):
+    """Job 1 of 4 holds the bad value: nothing runs and no sweep directory is made (Hydra's basic sweeper)."""
+    argv = ["-m", "experiment=smoke", "algo=dpo,simpo", "optim.lr=0.001,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert [overrides for overrides, _ in job_configs(argv, "config")] == [
+        ["experiment=smoke", "algo=dpo", "optim.lr=0.001"], ["experiment=smoke", "algo=dpo", "optim.lr=-1"],
+        ["experiment=smoke", "algo=simpo", "optim.lr=0.001"], ["experiment=smoke", "algo=simpo", "optim.lr=-1"]]
+    with pytest.raises(SystemExit) as stopped:
+        refuse_bad_values(argv)
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        "error: sweep job 1 (experiment=smoke algo=dpo optim.lr=-1): optim.lr=-1: must be a number > 0\n")
+    assert not (tmp_path / "sweep").exists()
+    refuse_bad_values(["-m", "experiment=smoke", "algo=dpo,simpo"])  # good values: on to Hydra
+
+
+UNKNOWN_KEYS = [(["experiment=smoke", "optim.lrr=1"], "optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
+                (["foo=1"], "foo=1: solopo reads no such key"),
+                (["data.bath_size=2"], "data.bath_size=2: data=qa reads no such key; did you mean batch_size?"),
+                (["-m", "optim.lrr=1,2"],
+                 "sweep job 0 (+optim.lrr=1): optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
+                # a key the logger takes, though the config lacks it: Hydra wants the +
+                (["logger=csv", "logger.prefix=x"], "logger.prefix=x: the config has no such key; to add one, write "
+                                                    "+logger.prefix=x")]
+
+
+@pytest.mark.parametrize("argv, message", UNKNOWN_KEYS, ids=[" ".join(a) for a, _ in UNKNOWN_KEYS])
+def test_a_key_the_config_lacks_is_named_in_one_line(argv, message, capsys):
+    """Without +, Hydra refused such a key in nine lines ("Could not override ... HYDRA_FULL_ERROR") and exit 1."""
+    with pytest.raises(SystemExit) as stopped:
+        refuse_bad_values(argv)
+    assert stopped.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_the_command_refuses_a_key_the_config_lacks(tmp_path):
+    done = call("solopo.run", ["experiment=smoke", "optim.lrr=1", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == "error: optim.lrr=1: OptimSettings takes no such option; did you mean lr?\n"
+    assert not (tmp_path / "run").exists()
+    done = call("solopo.evaluate", ["foo=1", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == "error: foo=1: solopo reads no such key\n" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["optim.lr=-1", "--help"], ["optim.lr=-1", "--cfg", "job"],
+                                  ["-m", "optim.lr=-1", "hydra/launcher=slurm"]])  # checked by the job, on its machine
+def test_values_are_left_to_hydra_where_it_answers_or_runs_elsewhere(argv):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher") if "hydra/launcher=slurm" in argv else None
+    assert job_configs(argv, "config") == []
+
+
+def test_an_evaluation_checks_only_what_it_reads_before_hydra(capsys):
+    refuse_bad_values(["optim.lr=-1"], training=False)
+    with pytest.raises(SystemExit):
+        refuse_bad_values(["eval.depths=[2]"], training=False)
+    assert capsys.readouterr().err.startswith("error: eval.depths=[2]: each depth")
+
+
+@pytest.mark.parametrize("module", ["solopo.run", "solopo.evaluate"])
+def test_a_missing_model_folder_stops_both_commands_before_hydra(module, tmp_path):
+    """solopo-eval loaded the tokenizer from it: a 74-line Hugging Face traceback, exit 1, and an evaluate.log left
+    in a new run directory. Both commands ask the one check (refuse_missing_model), before Hydra starts."""
+    done = call(module, [f"model.name={tmp_path}/none", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: model.name={tmp_path}/none: no such folder\n"
+    assert not (tmp_path / "run").exists()
