@@ -41,10 +41,15 @@ def job_config(run_dir: Path) -> dict:
     if not path.exists():
         return {}
     from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
 
     if not OmegaConf.has_resolver("hydra"):
         OmegaConf.register_new_resolver("hydra", lambda *_: None)
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    config = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except InterpolationResolutionError:  # Hydra's own `hydra:` resolver, where Hydra is imported: it needs an app
+        return OmegaConf.to_container(config, resolve=False)
 
 
 def failure_record(log: str, returncode: int, run_dir: Path) -> dict:
