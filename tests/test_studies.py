@@ -29,6 +29,20 @@ def test_failure_reasons(log, reason):
     assert failures.classify(log, 3)[0] == reason
 
 
+def test_a_failure_record_reads_the_job_config_where_hydra_is_imported(tmp_path):
+    """The launcher imports Hydra (it composes the jobs), whose own `hydra:` resolver cannot answer outside an app: a
+    failed job's config, with Hydra's logger path in it, is still recorded, and the launcher goes on."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # Hydra's own `hydra:` resolver, registered as composing a job registers it
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 3\nlogger:\n  save_dir: ${hydra:runtime.output_dir}\n")
+    record = failures.failure_record("torch.OutOfMemoryError: CUDA out of memory.\n", 1, tmp_path)
+    assert record["reason"] == "out of memory"
+    assert record["config"]["seed"] == 3 and "hydra:" in record["config"]["logger"]["save_dir"]
+
+
 def fake_command(self, root, python, extra):
     """Instead of a run: 0.3 s of "sampling", Lightning's first line, 0.6 s of "training", then results.json,
     or for long_po the error a run without pairs ends with."""
