@@ -37,7 +37,8 @@ def plan(args) -> list:
     if args.part:
         jobs = [job for part in in_parts(jobs)[0][:args.part] for job in part]
     if "b" in split(args.regimes) and lengths is None:
-        print(f"regime (b) waits for {args.root / 'curve.json'} (experiments/decisive/curve.py)", flush=True)
+        print(f"regime (b) waits for {args.root / 'curve.json'} (experiments/decisive/curve.py) to choose its length",
+              flush=True)
         jobs = [j for j in jobs if j.regime != "b"]
     return select(jobs, split(args.names))
 

@@ -28,6 +28,7 @@ from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, v
 
 log = logging.getLogger(__name__)
 SHORT = "short"
+ANSWER_ROOM = 64  # tokens an evaluation length leaves free below the model's max_length: the template and the answer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +93,7 @@ class EvalCase:
 def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: Callable[[str], int],
                 pool: Sequence[str], max_length: int) -> list[EvalCase]:
     """Every (question, length, depth) to ask; lengths over the model's max_length are left out (logged)."""
-    fits = [n for n in settings.lengths if n == SHORT or int(n) + 64 <= max_length]
+    fits = [n for n in settings.lengths if n == SHORT or int(n) + ANSWER_ROOM <= max_length]
     if len(fits) < len(settings.lengths):
         log.warning("eval lengths %s exceed the model's max_length %d and are skipped",
                     [n for n in settings.lengths if n not in fits], max_length)
