@@ -22,7 +22,7 @@ from solopo.report.runs import find_runs  # noqa: E402
 SCRIPT_ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
-@pytest.mark.parametrize("regime, long_len, short_len", [("a", 4096, None), ("b", 1024, 146)])
+@pytest.mark.parametrize("regime, long_len, short_len", [("a", 4096, None), ("b", 1536, 219)])
 def test_presets_compose_with_a_job_s_overrides(regime, long_len, short_len):
     job = jobs.Job(regime, "solopo_detach", "simpo", 1.0, 0, "softplus")
     GlobalHydra.instance().clear()

@@ -29,7 +29,7 @@ from solopo.eval.longctx import ANSWER_ROOM  # noqa: E402
 
 CURVE_SEED = 1000  # a world of its own: the study's runs use seeds 0-4
 CANDIDATES = (512, 768, 1024, 1536, 2048, 3072, 4096)
-DEFAULT_LENGTH = 1024  # conf/experiment/decisive/b.yaml's, until the curve has chosen
+DEFAULT_LENGTH = 1536  # conf/experiment/decisive/b.yaml's, until the curve has chosen
 RATIO = 7  # x_long / x_short, the paper's
 SHARE = 0.5  # of the evidence-only accuracy, at the chosen length
 EVAL_MULTIPLES = (1, 2, 4)  # regime (b) is evaluated at these multiples of its x_long
