@@ -58,19 +58,28 @@ def uses_static_cache(model, wanted: bool) -> bool:
 
 
 @contextmanager
-def generation_weights(model, static: bool, precision: str):
+def generation_weights(model, static: bool, half: bool, precision: str):
     """The weights and the attention generation computes with, for the duration.
 
-    Weights: a static KV cache holds keys and values of the dtype of the first ones it sees (one dtype for both
-    before transformers 5.2x); under mixed precision, fp32 weights leave the rotary-embedded keys in fp32 and the
-    values in the autocast dtype. The static path therefore computes with autocast-dtype copies of the weights while
-    it lasts (solopo.training.precision.weights_as: the masters come back unchanged), as FSDP2's forward does.
+    Weights: with ``half`` (the settings' half_weights), under mixed precision, generation computes with copies of the
+    weights in the autocast dtype while it lasts (solopo.training.precision.weights_as: the fp32 masters come back
+    unchanged), as FSDP2's forward does: fp32 weights under autocast cast every matmul's weights at every decoding
+    step, and their fp32 rotary embedding promotes the keys, so the KV cache holds fp32 keys (twice the bytes to
+    read at each step); the copies measured 1.5x to 2x faster (experiments/sampling/results/speed.md, budget against
+    budget_fp32). Without autocast (32-true) there is no half dtype and the weights are the model's own; nor does a
+    sharded model (FSDP2) get copies: its forward gathers the weights in its own param_dtype (bf16 under the bf16
+    precisions) and never reads the shards' .data that copies would replace.
+    The static path takes the copies whatever ``half`` says: its KV cache holds keys and values of the dtype of the
+    first ones it sees (one dtype for both before transformers 5.2x), and fp32 keys with half values break it.
 
     Attention: transformers compiles the static path's decoding step whole, and solopo's own kernels (packed rows,
     shared prompts) failed to trace there (torch 2.11, experiments/sampling/results/speed.md); generation runs
     neither packed rows nor shared prompts, so the static path uses transformers' SDPA attention, which those
-    kernels call for left-padded rows anyway. The dynamic path keeps the weights and attention as they are."""
-    with weights_as(model, autocast_dtype(precision) if static else None):
+    kernels call for left-padded rows anyway. The dynamic path keeps the model's attention."""
+    from solopo.training.distributed import is_sharded  # here: that module brings Lightning, 4 s to import
+
+    copies = (static or half) and not is_sharded(model)
+    with weights_as(model, autocast_dtype(precision) if copies else None):
         kernel = model.config._attn_implementation
         stock = static and kernel not in STOCK_ATTENTION
         if stock:

@@ -41,8 +41,10 @@ class SamplingSettings:
     batch_size bounds the sequences generated at once (transformers engine); seed makes the samples
     and the pick repeatable; engine: "transformers" (the policy in memory) or "vllm" (when installed:
     a vLLM engine on the same weights, much faster on a GPU, released before training); precision: the
-    trainer's (Lightning's name), whose autocast the transformers engine samples under; scorer: scores each
-    sample against the gold answers and says which are correct (solopo.scoring)."""
+    trainer's (Lightning's name), whose autocast the transformers engine samples under; half_weights: under
+    mixed precision, the transformers engine samples with copies of the weights in the autocast dtype
+    (solopo.generation.batching.generation_weights); scorer: scores each sample against the gold answers and says
+    which are correct (solopo.scoring)."""
 
     k: int
     temperature: float
@@ -50,6 +52,7 @@ class SamplingSettings:
     batch_size: int
     batch_tokens: int | None
     static_cache: bool
+    half_weights: bool
     seed: int
     engine: str
     scorer: Scorer
@@ -62,7 +65,7 @@ class SamplingSettings:
                + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
                + number("batch_size", self.batch_size, 1, integer=True)
                + number("batch_tokens", self.batch_tokens, 1, integer=True, optional=True)
-               + flag("static_cache", self.static_cache))
+               + flag("static_cache", self.static_cache) + flag("half_weights", self.half_weights))
 
 
 Sample = tuple[str, bool]  # (text, finished: the model ended its turn within max_new_tokens)
@@ -105,19 +108,23 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
     batches = budget_batches([len(e) for e in encoded], max(1, settings.batch_size // settings.k),
                              settings.batch_tokens, settings.max_new_tokens, copies=settings.k)
     static = uses_static_cache(model, settings.static_cache)
+
+    def draw(rows: Sequence[int], seed: int) -> list[list[Sample]]:
+        ids, mask = left_padded_ids([encoded[i] for i in rows], tokenizer.pad_token_id, device)
+        if static:
+            ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
+        torch.manual_seed(seed)  # repeatable whatever the batches before it drew
+        with torch.no_grad(), autocast(device, settings.precision):
+            generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
+        return _samples(tokenizer, generated[:, ids.shape[1]:], settings.k)
+
     was_training = model.training
     model.eval()
     outputs: list[list[list[Sample]]] = []
     try:
-        with generation_weights(model, static, settings.precision):
+        with generation_weights(model, static, settings.half_weights, settings.precision):
             for number, batch in enumerate(progress(batches, desc, copies=settings.k)):
-                ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-                if static:
-                    ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
-                torch.manual_seed(settings.seed + number)  # repeatable whatever the batches before it drew
-                with torch.no_grad(), autocast(device, settings.precision):
-                    generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
-                outputs.append(_samples(tokenizer, generated[:, ids.shape[1]:], settings.k))
+                outputs.append(draw(batch, seed=settings.seed + number))
     finally:
         model.train(was_training)
     return in_prompt_order(batches, outputs)
