@@ -18,7 +18,7 @@ from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                        pad_left_to, uses_static_cache)
+                                        pad_left_to, split_on_oom, uses_static_cache)
 from solopo.progress import progress
 from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import SUB_EM, Scorer, f1, points, score_name, scorer_problems, sub_em
@@ -145,7 +145,8 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     longest first in left-padded batches of at most ``batch_size`` rows and ``batch_tokens`` tokens
     (solopo.generation.batching); with ``static_cache`` on a GPU, a static KV cache and transformers' compiled
     decoding step; with ``half_weights``, copies of the weights in the autocast dtype (EvalSettings' default; off for
-    a direct call, which keeps the model's own weights unless asked)."""
+    a direct call, which keeps the model's own weights unless asked). A batch that runs out of GPU memory is answered
+    in halves (batching.split_on_oom), each as a batch of its own."""
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     batches = budget_batches([len(e) for e in encoded], batch_size, batch_tokens, max_new_tokens)
@@ -161,7 +162,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     try:
         with generation_weights(model, static, half_weights, precision):
             for batch in progress(batches, desc):
-                outputs.append(answer(batch))
+                outputs.append(split_on_oom(answer, batch, desc))
     finally:
         model.train(was_training)
     return in_prompt_order(batches, outputs)

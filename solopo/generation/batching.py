@@ -6,17 +6,21 @@ tokens (rather than a number of rows) lets short prompts go many at a time and l
 
     cost(batch) = rows x copies x (longest prompt + new tokens)   <=   max_tokens
 
-where copies is the number of sequences each prompt generates (k samples share one prompt's prefill).
+where copies is the number of sequences each prompt generates (k samples share one prompt's prefill). The budget is
+set for a GPU of one's own; where other jobs take memory meanwhile, a batch that runs out of it is generated in halves
+(split_on_oom) rather than ending the run.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
 from solopo.training.precision import autocast_dtype, weights_as
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 STOCK_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")  # transformers' own
 STATIC_WIDTH_MULTIPLE = 256  # static caches are sized in steps of this: a compiled step is reused across batches
@@ -50,6 +54,30 @@ def in_prompt_order(batches: Sequence[Sequence[int]], outputs: Sequence[Sequence
             raise ValueError(f"a batch of {len(batch)} prompts gave {len(results)} outputs")
         placed.update(zip(batch, results))
     return [placed[i] for i in range(len(placed))]
+
+
+def split_on_oom(generate_rows: Callable[[Sequence[int]], list[T]], rows: Sequence[int], desc: str,
+                 copies: int = 1) -> list[T]:
+    """``generate_rows(rows)``, one output per row; where that runs out of GPU memory, the cached blocks are freed and
+    each half of ``rows`` is generated on its own, recursively (first half first, so the outputs keep the rows'
+    order), down to one row, whose running out of memory is raised. One warning line per split.
+
+    The outputs are those of generate_rows on the halves, whatever the failed attempt did: it must not depend on
+    state the attempt changed (sampling re-seeds its generator in generate_rows, solopo.generation.sampling)."""
+    try:
+        return generate_rows(rows)
+    except torch.OutOfMemoryError:
+        if len(rows) == 1:
+            raise
+    # Out of the except block: the exception's traceback holds the failed attempt's frames, and with them its
+    # activations and KV cache, until the block ends; only then can their memory go back.
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    half = (len(rows) + 1) // 2
+    log.warning("%s: out of GPU memory on a batch of %d prompts (%d sequences); generating it as %d + %d prompts",
+                desc, len(rows), len(rows) * copies, half, len(rows) - half)
+    return (split_on_oom(generate_rows, rows[:half], desc, copies)
+            + split_on_oom(generate_rows, rows[half:], desc, copies))
 
 
 def uses_static_cache(model, wanted: bool) -> bool:

@@ -9,6 +9,7 @@ they depend on, so a rerun or a sweep over alpha reuses them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 import random
@@ -22,7 +23,7 @@ from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                        pad_left_to, static_copy, uses_static_cache)
+                                        pad_left_to, split_on_oom, static_copy, uses_static_cache)
 from solopo.progress import progress
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
 from solopo.settings.fields import flag, number, one_of, refuse
@@ -102,7 +103,11 @@ def sample_shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, settings:
 def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings, desc: str = "sampling") -> list[list[Sample]]:
     """k sampled continuations of each user message (chat template applied), in the prompts' order; prompts go
     longest first in left-padded batches (solopo.generation.batching.budget_batches). Batch j draws from seed + j,
-    so the samples repeat for the same prompts and settings."""
+    so the samples repeat for the same prompts and settings.
+
+    A batch that runs out of GPU memory is sampled in halves (batching.split_on_oom), each drawing from the batch's
+    seed + j as a batch of its own: the samples repeat for the same splits, but are other draws than the whole
+    batch's (the generator's stream is spread over fewer rows), and a split depends on the memory other jobs took."""
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     batches = budget_batches([len(e) for e in encoded], max(1, settings.batch_size // settings.k),
@@ -113,7 +118,7 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
         ids, mask = left_padded_ids([encoded[i] for i in rows], tokenizer.pad_token_id, device)
         if static:
             ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
-        torch.manual_seed(seed)  # repeatable whatever the batches before it drew
+        torch.manual_seed(seed)  # repeatable whatever the batches (or a failed attempt) before it drew
         with torch.no_grad(), autocast(device, settings.precision):
             generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
         return _samples(tokenizer, generated[:, ids.shape[1]:], settings.k)
@@ -124,7 +129,8 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
     try:
         with generation_weights(model, static, settings.half_weights, settings.precision):
             for number, batch in enumerate(progress(batches, desc, copies=settings.k)):
-                outputs.append(draw(batch, seed=settings.seed + number))
+                outputs.append(split_on_oom(functools.partial(draw, seed=settings.seed + number), batch, desc,
+                                            settings.k))
     finally:
         model.train(was_training)
     return in_prompt_order(batches, outputs)
