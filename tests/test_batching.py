@@ -1,6 +1,7 @@
 """Generation in length-sorted batches under a token budget (solopo.generation.batching): the batches by hand, answers
 back in the prompts' order, batched greedy answers equal to one-at-a-time ones token for token, the static KV cache
-equal to the dynamic one, sampled generation repeatable under its seed."""
+equal to the dynamic one, sampled generation repeatable under its seed, half-precision weights under mixed precision,
+and a batch out of memory generated in halves."""
 import dataclasses
 import io
 import itertools
@@ -12,15 +13,17 @@ import pytest
 import torch
 
 from solopo.eval import longctx
-from solopo.eval.longctx import greedy_answers
+from solopo.eval.longctx import answer_all, greedy_answers
 from solopo.generation import sampling
 from solopo import progress as progress_module
-from solopo.generation.batching import budget_batches, in_prompt_order, pad_left_to
+from solopo.generation import batching
+from solopo.generation.batching import budget_batches, in_prompt_order, pad_left_to, split_on_oom
 from solopo.progress import progress
-from solopo.data.tokenize import left_padded
+from solopo.data.tokenize import encode_prompt, left_padded
 from solopo.models.loading import load_model
+from solopo.training import distributed
 
-from conftest import SAMPLING, TINY
+from conftest import EVAL, SAMPLING, TINY
 
 PROMPTS = ["Why?", "Where was the person born, and in which year did the city get its name?", "Who?",
            "Which river runs through the old town north of the bridge?", "When did it open?"]
@@ -201,3 +204,112 @@ def test_static_path_decodes_with_stock_attention_and_restores_the_kernel(fp32_m
             sampling.generate(fp32_model, tokenizer, PROMPTS[:2], settings)
         assert bool(calls) != static, static
         assert fp32_model.config._attn_implementation == kernel
+
+
+def generate_dtypes(model, tokenizer, path: str, precision: str, half_weights: bool) -> set:
+    """The dtypes of the decoder's parameters at each of its forwards, greedy answers (through EvalSettings) or
+    samples (SamplingSettings) generated under ``precision``."""
+    seen = set()
+    decoder = model.get_decoder()
+    hook = decoder.register_forward_pre_hook(lambda module, args: seen.update(p.dtype for p in module.parameters()))
+    try:
+        if path == "greedy":
+            settings = replace(EVAL, max_new_tokens=3, batch_size=3, precision=precision, half_weights=half_weights)
+            assert len(answer_all(model, tokenizer, PROMPTS, settings, max_length=512)) == len(PROMPTS)
+        else:
+            settings = replace(SAMPLING, k=2, max_new_tokens=3, batch_size=4, precision=precision,
+                               half_weights=half_weights)
+            assert len(sampling.generate(model, tokenizer, PROMPTS, settings)) == len(PROMPTS)
+    finally:
+        hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("path", ["greedy", "sampled"])
+@pytest.mark.parametrize("precision, half_weights, dtype", [
+    ("bf16-mixed", True, torch.bfloat16),  # the default under mixed precision: bf16 copies, a bf16 KV cache
+    ("bf16-mixed", False, torch.float32),  # the fp32 masters under autocast
+    ("32-true", True, torch.float32),  # no autocast dtype: nothing to copy to
+])
+def test_half_weights_generate_with_autocast_dtype_copies_and_leave_the_masters(fp32_model, tokenizer, path, precision,
+                                                                                 half_weights, dtype):
+    """Measured on an H100 (experiments/sampling/results/speed.md): 1.5x to 2x faster with the copies. The fp32 master
+    weights come back bitwise, in fp32, whatever generation computed with."""
+    before = {name: p.detach().clone() for name, p in fp32_model.named_parameters()}
+    assert generate_dtypes(fp32_model, tokenizer, path, precision, half_weights) == {dtype}
+    assert all(p.dtype == torch.float32 and torch.equal(p, before[name]) for name, p in fp32_model.named_parameters())
+
+
+def test_a_sharded_model_generates_with_its_own_weights(fp32_model, tokenizer, monkeypatch):
+    """FSDP2 gathers a sharded model's weights in its param_dtype at each forward and never reads the shards' .data:
+    half copies of the shards would be memory spent for nothing (is_sharded stands in for an FSDP2-wrapped model)."""
+    monkeypatch.setattr(distributed, "is_sharded", lambda model: True)
+    assert generate_dtypes(fp32_model, tokenizer, "greedy", "bf16-mixed", half_weights=True) == {torch.float32}
+
+
+def test_the_shipped_generation_settings_take_half_weights():
+    assert EVAL.half_weights and SAMPLING.half_weights
+
+
+def test_split_on_oom_halves_a_batch_until_it_fits_and_keeps_the_rows_order(caplog):
+    """Batches of more than 2 rows run out of memory: 5 rows -> 3 + 2, then 3 -> 2 + 1; one warning per split."""
+    def times_ten(rows):
+        if len(rows) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return [10 * r for r in rows]
+
+    with caplog.at_level(logging.WARNING, logger=batching.__name__):
+        assert split_on_oom(times_ten, [4, 0, 3, 1, 2], "sampling", copies=8) == [40, 0, 30, 10, 20]
+    assert [r.getMessage() for r in caplog.records] == [
+        "sampling: out of GPU memory on a batch of 5 prompts (40 sequences); generating it as 3 + 2 prompts",
+        "sampling: out of GPU memory on a batch of 3 prompts (24 sequences); generating it as 2 + 1 prompts"]
+
+
+def out_of_memory_over(model, monkeypatch, max_rows: int) -> None:
+    """The model's generate runs out of memory on more than ``max_rows`` sequences, as a GPU shared with other jobs
+    would; it draws from the random generator first, as an attempt that fails mid-decoding has."""
+    generate = model.generate
+
+    def limited(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] > max_rows:
+            torch.rand(7)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", limited)
+
+
+def test_greedy_answers_out_of_memory_split_the_batch_and_equal_an_unconstrained_run(fp32_model, tokenizer,
+                                                                                    monkeypatch, caplog):
+    unconstrained = greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=5)
+    out_of_memory_over(fp32_model, monkeypatch, max_rows=2)
+    with caplog.at_level(logging.WARNING, logger=batching.__name__):
+        assert greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=5) == unconstrained
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "evaluating: out of GPU memory on a batch of 5 prompts (5 sequences)",
+        "evaluating: out of GPU memory on a batch of 3 prompts (3 sequences)"]
+
+
+def test_sampling_out_of_memory_draws_each_half_as_a_batch_of_its_own(fp32_model, tokenizer, monkeypatch, caplog):
+    """One batch of 5 prompts x 2 samples; over 4 sequences run out of memory: 5 -> 3 + 2, 3 -> 2 + 1 prompts. Each
+    part draws from the batch's seed, as it would as the only batch of a call, whatever the failed attempts drew."""
+    settings = replace(SAMPLING, k=2, max_new_tokens=6, batch_size=10, batch_tokens=None, seed=3)
+    [batch] = budget_batches([len(encode_prompt(tokenizer, p)) for p in PROMPTS], 5, None, 6, copies=2)
+    alone = {}
+    for part in (batch[:2], batch[2:3], batch[3:]):
+        alone.update(zip(part, sampling.generate(fp32_model, tokenizer, [PROMPTS[i] for i in part], settings)))
+    out_of_memory_over(fp32_model, monkeypatch, max_rows=4)
+    with caplog.at_level(logging.WARNING, logger=batching.__name__):
+        got = sampling.generate(fp32_model, tokenizer, PROMPTS, settings)
+    assert got == [alone[i] for i in range(len(PROMPTS))]
+    assert len(caplog.records) == 2 and "a batch of 5 prompts (10 sequences)" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("path", ["greedy", "sampled"])
+def test_one_prompt_out_of_memory_raises(fp32_model, tokenizer, monkeypatch, path):
+    out_of_memory_over(fp32_model, monkeypatch, max_rows=0)
+    with pytest.raises(torch.OutOfMemoryError):
+        if path == "greedy":
+            greedy_answers(fp32_model, tokenizer, PROMPTS[:2], max_new_tokens=2, batch_size=2)
+        else:
+            sampling.generate(fp32_model, tokenizer, PROMPTS[:2], replace(SAMPLING, k=2, max_new_tokens=2))

@@ -131,5 +131,5 @@ def test_a_config_that_leaves_out_a_setting_names_the_key():
     where dataclass defaults used to fill them in silently."""
     cfg = compose_with_data_file(["data=longbench", "data.pairs=sampled"])
     with pytest.raises(ConfigError, match=r"^data\.sampling: missing k, temperature, max_new_tokens, batch_size, "
-                                          "batch_tokens, static_cache, seed, engine, scorer; SamplingSettings needs them"):
+                                          "batch_tokens, static_cache, half_weights, seed, engine, scorer; SamplingSettings needs them"):
         build_settings(cfg)

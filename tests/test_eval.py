@@ -243,14 +243,15 @@ def test_evaluation_prompts_with_the_training_template(tokenizer):
         replace(EVAL, template="essay")
 
 
-def test_the_cache_key_holds_the_engine_the_template_and_the_precision():
+def test_the_cache_key_holds_the_engine_the_template_the_precision_and_the_weights_dtype():
     from solopo.data.schema import QAItem
     from solopo.eval.runner import cache_key
 
     items = [QAItem("x", "Who?", ("A",), ("A did it.",))]
-    keys = {cache_key("m", items, (), replace(EVAL, engine=e, template=t, precision=p), 2048)
-            for e in ("transformers", "vllm") for t in ("direct", "cot") for p in ("32-true", "bf16-mixed")}
-    assert len(keys) == 8
+    keys = {cache_key("m", items, (), replace(EVAL, engine=e, template=t, precision=p, half_weights=h), 2048)
+            for e in ("transformers", "vllm") for t in ("direct", "cot") for p in ("32-true", "bf16-mixed")
+            for h in (True, False)}
+    assert len(keys) == 16
 
 
 def test_cot_answers_are_scored_as_the_pair_sampler_scores_samples(tmp_path, monkeypatch):

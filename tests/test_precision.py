@@ -67,9 +67,10 @@ def test_inference_runs_under_the_trainers_autocast(tiny_model, tokenizer):
     assert len(seen) > 4 and {on for on, _ in seen} == {False}
 
 
-def test_sampled_pairs_of_other_precisions_are_cached_apart():
-    keys = {_fingerprint("m", replace(SAMPLING, precision=p), ["Where?"]) for p in ("32-true", "bf16-mixed")}
-    assert len(keys) == 2
+def test_sampled_pairs_of_other_precisions_or_weight_dtypes_are_cached_apart():
+    keys = {_fingerprint("m", replace(SAMPLING, precision=p, half_weights=h), ["Where?"])
+            for p in ("32-true", "bf16-mixed") for h in (True, False)}
+    assert len(keys) == 4
 
 
 def test_evaluation_takes_the_trainers_precision():

@@ -36,8 +36,8 @@ def gold_lengths(tokenizer, n_items: int) -> list[int]:
 def model_answers(model, tokenizer, n_items: int, length: str) -> list[tuple[str, tuple[str, ...]]]:
     splits = qa_items(0, 0, seed=SEEDS[0], n_test=n_items)
     settings = EvalSettings(lengths=[length], depths=[0.5], max_new_tokens=NEW_TOKENS, batch_size=25,
-                            batch_tokens=None, static_cache=False, engine="transformers", seed=SEEDS[0],
-                            template="direct", scorer=SubEM(), every_n_steps=None, keep_best=False)
+                            batch_tokens=None, static_cache=False, half_weights=True, engine="transformers",
+                            seed=SEEDS[0], template="direct", scorer=SubEM(), every_n_steps=None, keep_best=False)
     cases = build_cases(splits.test, settings, token_counter(tokenizer), splits.test_distractors, 8192)
     answers = greedy_answers(model, tokenizer, [c.prompt for c in cases], NEW_TOKENS, batch_size=25)
     return [(answer, case.answers) for answer, case in zip(answers, cases)]

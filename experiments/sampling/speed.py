@@ -4,13 +4,15 @@
     python experiments/sampling/speed.py --model tiny --questions 4 --answers 6 --length 256 --out /tmp/speed
 
 Three workloads: W1 greedy answers on contexts of --length tokens (the evaluation: 480 at 4K), W2 k samples per question
-on x_short (the evidence alone) and W3 on --length contexts (pair sampling: 256 questions x 8). Three paths, on the
+on x_short (the evidence alone) and W3 on --length contexts (pair sampling: 256 questions x 8). Four paths, on the
 same prompts: old is paper_mini's (batches of a fixed number of rows: 32 answers, 64 sequences = 8 prompts x k; a
-dynamic KV cache); budget sorts prompts longest first under a token budget (conf/experiment/decisive/a.yaml's) with a
-dynamic cache; budget_half runs it on half-precision copies of the weights (the KV cache in half precision, no
-per-step casts); static adds, on a GPU, a static KV cache and transformers' compiled decoding step (its compilation is
-inside the timed call: a study job pays it once per shape). Each timing is one call after a warm-up call on a few
-prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s, W3 < 45 s.
+dynamic KV cache; the fp32 weights under autocast); budget sorts prompts longest first under a token budget
+(conf/experiment/decisive/a.yaml's) with a dynamic cache, on half-precision copies of the weights (half_weights, the
+shipped default: the KV cache in half precision, no per-step casts); budget_fp32 is the same batches on the fp32 weights
+under autocast (half_weights=false); static adds to budget, on a GPU, a static KV cache and transformers' compiled
+decoding step (its compilation is inside the timed call: a study job pays it once per shape). Each timing is one call
+after a warm-up call on a few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200):
+W1 < 10 s, W2 < 10 s, W3 < 45 s.
 Writes speed.md and speed.json in --out.
 """
 from __future__ import annotations
@@ -34,7 +36,6 @@ from solopo.eval.longctx import EvalSettings, build_cases, greedy_answers
 from solopo.generation.sampling import SamplingSettings, generate
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 from solopo.scoring import SubEM
-from solopo.training.precision import autocast_dtype, weights_as
 
 CONF = Path(__file__).resolve().parents[2] / "solopo" / "conf"
 TARGETS_S = {"W1": 10.0, "W2": 10.0, "W3": 45.0}  # one H200, the issue's
@@ -73,17 +74,18 @@ def timed(fn) -> float:
 
 
 def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSettings]]:
-    """Each path's greedy_answers arguments and sampling settings: old (fixed rows, dynamic cache), budget (length-sorted
-    batches under a token budget, dynamic cache) and static (the same batches, a static cache and compiled decoding)."""
+    """Each path's greedy_answers arguments and sampling settings: old (fixed rows, dynamic cache, fp32 weights),
+    budget (length-sorted batches under a token budget, dynamic cache, half-precision weights), budget_fp32 (budget on
+    the fp32 weights) and static (budget with a static cache and compiled decoding)."""
     sampling = SamplingSettings(k=k, temperature=0.85, max_new_tokens=32, batch_size=OLD["sequences_per_batch"],
-                                batch_tokens=None, static_cache=False, seed=0, engine="transformers", scorer=SubEM(),
-                                precision=precision)
-    budget = dataclasses.replace(sampling, batch_size=NEW["rows"], batch_tokens=NEW["sample_tokens"])
-    greedy_budget = dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"])
+                                batch_tokens=None, static_cache=False, half_weights=False, seed=0,
+                                engine="transformers", scorer=SubEM(), precision=precision)
+    budget = dataclasses.replace(sampling, batch_size=NEW["rows"], batch_tokens=NEW["sample_tokens"], half_weights=True)
+    greedy_budget = dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"], half_weights=True)
     return {"old": (dict(batch_size=OLD["answers_per_batch"]), sampling),
-            "budget": (greedy_budget, budget), "budget_half": (greedy_budget, budget),
-            "static": (dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"], static_cache=True),
-                       dataclasses.replace(budget, static_cache=True))}
+            "budget": (greedy_budget, budget),
+            "budget_fp32": ({**greedy_budget, "half_weights": False}, dataclasses.replace(budget, half_weights=False)),
+            "static": ({**greedy_budget, "static_cache": True}, dataclasses.replace(budget, static_cache=True))}
 
 
 class OverTime(Exception):
@@ -110,10 +112,7 @@ def run_paths(model, tokenizer, work: dict, k: int, precision: str, names: list[
               save) -> list[dict]:
     rows: list[dict] = []
     for path in names:
-        # budget_half: the budget path on half-precision copies of the weights (the static path's own weights), so the
-        # KV cache is kept in half precision and nothing is cast per step
-        with weights_as(model, autocast_dtype(precision) if path == "budget_half" else None):
-            time_path(model, tokenizer, work, path, path_settings(k, precision)[path], precision, limit_s, rows, save)
+        time_path(model, tokenizer, work, path, path_settings(k, precision)[path], precision, limit_s, rows, save)
     return rows
 
 
@@ -140,8 +139,8 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=480)
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--paths", default="old,budget,budget_half,static",
-                        help="which of old, budget, budget_half, static to time, in order")
+    parser.add_argument("--paths", default="old,budget_fp32,budget,static",
+                        help="which of old, budget_fp32, budget, static to time, in order")
     parser.add_argument("--limit-s", type=int, default=120, help="a workload (or a path's warm-up) running longer "
                         "than this is recorded as over the limit and the next one starts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")

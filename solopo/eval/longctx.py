@@ -18,7 +18,7 @@ from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                        pad_left_to, uses_static_cache)
+                                        pad_left_to, split_on_oom, uses_static_cache)
 from solopo.progress import progress
 from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import SUB_EM, Scorer, f1, points, score_name, scorer_problems, sub_em
@@ -36,7 +36,8 @@ class EvalSettings:
     """lengths: context lengths in tokens ("short" = the evidence alone); depths: where the evidence
     block sits in the long contexts; greedy answers of up to max_new_tokens, at most batch_size prompts and
     batch_tokens tokens (rows x (longest prompt + max_new_tokens); None: no token bound) at a time, longest first;
-    static_cache: on a GPU, a static KV cache, with which transformers compiles the decoding step;
+    static_cache: on a GPU, a static KV cache, with which transformers compiles the decoding step; half_weights: under
+    mixed precision, answers computed with copies of the weights in the autocast dtype (batching.generation_weights);
     template: the prompt template the model was trained with (solopo.data.contexts.INSTRUCTIONS);
     engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights);
     precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under;
@@ -50,6 +51,7 @@ class EvalSettings:
     batch_size: int
     batch_tokens: int | None
     static_cache: bool
+    half_weights: bool
     engine: str
     seed: int  # the run's: solopo.settings passes seed, data.template and the trainer's precision
     template: str
@@ -76,7 +78,7 @@ class EvalSettings:
         refuse(problems + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
                + number("batch_size", self.batch_size, 1, integer=True) + flag("keep_best", self.keep_best)
                + number("batch_tokens", self.batch_tokens, 1, integer=True, optional=True)
-               + flag("static_cache", self.static_cache))
+               + flag("static_cache", self.static_cache) + flag("half_weights", self.half_weights))
         object.__setattr__(self, "lengths", tuple(lengths))
         object.__setattr__(self, "depths", tuple(depths))
 
@@ -139,23 +141,29 @@ def length_bucket(tokens: int) -> str:
 
 def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
                    desc: str = "evaluating", precision: str = "32-true", batch_tokens: int | None = None,
-                   static_cache: bool = False) -> list[str]:
+                   static_cache: bool = False, half_weights: bool = False) -> list[str]:
     """Greedy answers in the prompts' order, computed under the autocast of Lightning's ``precision``. Prompts go
     longest first in left-padded batches of at most ``batch_size`` rows and ``batch_tokens`` tokens
     (solopo.generation.batching); with ``static_cache`` on a GPU, a static KV cache and transformers' compiled
-    decoding step."""
+    decoding step; with ``half_weights``, copies of the weights in the autocast dtype (EvalSettings' default; off for
+    a direct call, which keeps the model's own weights unless asked). A batch that runs out of GPU memory is answered
+    in halves (batching.split_on_oom), each as a batch of its own."""
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     batches = budget_batches([len(e) for e in encoded], batch_size, batch_tokens, max_new_tokens)
     static = uses_static_cache(model, static_cache)
+
+    def answer(rows: Sequence[int]) -> list[str]:
+        ids, mask = left_padded_ids([encoded[i] for i in rows], tokenizer.pad_token_id, device)
+        return _greedy_batch(model, tokenizer, ids, mask, max_new_tokens, static, precision)
+
     outputs: list[list[str]] = []
     was_training = model.training
     model.eval()
     try:
-        with generation_weights(model, static, precision):
+        with generation_weights(model, static, half_weights, precision):
             for batch in progress(batches, desc):
-                ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-                outputs.append(_greedy_batch(model, tokenizer, ids, mask, max_new_tokens, static, precision))
+                outputs.append(split_on_oom(answer, batch, desc))
     finally:
         model.train(was_training)
     return in_prompt_order(batches, outputs)
@@ -189,7 +197,7 @@ def answer_all(model, tokenizer, prompts: Sequence[str], settings: EvalSettings,
     if settings.engine == "transformers":
         return greedy_answers(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, desc=desc,
                               precision=settings.precision, batch_tokens=settings.batch_tokens,
-                              static_cache=settings.static_cache)
+                              static_cache=settings.static_cache, half_weights=settings.half_weights)
     import_vllm("eval.engine")  # before the weights are written out for it
     # vLLM would otherwise size its KV cache for the model config's longest context, which may not fit
     engine_args = {"max_model_len": max_length, **(engine_args or {})}

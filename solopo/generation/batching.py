@@ -6,17 +6,21 @@ tokens (rather than a number of rows) lets short prompts go many at a time and l
 
     cost(batch) = rows x copies x (longest prompt + new tokens)   <=   max_tokens
 
-where copies is the number of sequences each prompt generates (k samples share one prompt's prefill).
+where copies is the number of sequences each prompt generates (k samples share one prompt's prefill). The budget is
+set for a GPU of one's own; where other jobs take memory meanwhile, a batch that runs out of it is generated in halves
+(split_on_oom) rather than ending the run.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
 from solopo.training.precision import autocast_dtype, weights_as
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 STOCK_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")  # transformers' own
 STATIC_WIDTH_MULTIPLE = 256  # static caches are sized in steps of this: a compiled step is reused across batches
@@ -52,25 +56,58 @@ def in_prompt_order(batches: Sequence[Sequence[int]], outputs: Sequence[Sequence
     return [placed[i] for i in range(len(placed))]
 
 
+def split_on_oom(generate_rows: Callable[[Sequence[int]], list[T]], rows: Sequence[int], desc: str,
+                 copies: int = 1) -> list[T]:
+    """``generate_rows(rows)``, one output per row; where that runs out of GPU memory, the cached blocks are freed and
+    each half of ``rows`` is generated on its own, recursively (first half first, so the outputs keep the rows'
+    order), down to one row, whose running out of memory is raised. One warning line per split.
+
+    The outputs are those of generate_rows on the halves, whatever the failed attempt did: it must not depend on
+    state the attempt changed (sampling re-seeds its generator in generate_rows, solopo.generation.sampling)."""
+    try:
+        return generate_rows(rows)
+    except torch.OutOfMemoryError:
+        if len(rows) == 1:
+            raise
+    # Out of the except block: the exception's traceback holds the failed attempt's frames, and with them its
+    # activations and KV cache, until the block ends; only then can their memory go back.
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    half = (len(rows) + 1) // 2
+    log.warning("%s: out of GPU memory on a batch of %d prompts (%d sequences); generating it as %d + %d prompts",
+                desc, len(rows), len(rows) * copies, half, len(rows) - half)
+    return (split_on_oom(generate_rows, rows[:half], desc, copies)
+            + split_on_oom(generate_rows, rows[half:], desc, copies))
+
+
 def uses_static_cache(model, wanted: bool) -> bool:
     """A static KV cache (and with it transformers' compiled decoding step) where it pays: on a GPU, when asked."""
     return wanted and next(model.parameters()).device.type == "cuda"
 
 
 @contextmanager
-def generation_weights(model, static: bool, precision: str):
+def generation_weights(model, static: bool, half: bool, precision: str):
     """The weights and the attention generation computes with, for the duration.
 
-    Weights: a static KV cache holds keys and values of the dtype of the first ones it sees (one dtype for both
-    before transformers 5.2x); under mixed precision, fp32 weights leave the rotary-embedded keys in fp32 and the
-    values in the autocast dtype. The static path therefore computes with autocast-dtype copies of the weights while
-    it lasts (solopo.training.precision.weights_as: the masters come back unchanged), as FSDP2's forward does.
+    Weights: with ``half`` (the settings' half_weights), under mixed precision, generation computes with copies of the
+    weights in the autocast dtype while it lasts (solopo.training.precision.weights_as: the fp32 masters come back
+    unchanged), as FSDP2's forward does: fp32 weights under autocast cast every matmul's weights at every decoding
+    step, and their fp32 rotary embedding promotes the keys, so the KV cache holds fp32 keys (twice the bytes to
+    read at each step); the copies measured 1.5x to 2x faster (experiments/sampling/results/speed.md, budget against
+    budget_fp32). Without autocast (32-true) there is no half dtype and the weights are the model's own; nor does a
+    sharded model (FSDP2) get copies: its forward gathers the weights in its own param_dtype (bf16 under the bf16
+    precisions) and never reads the shards' .data that copies would replace.
+    The static path takes the copies whatever ``half`` says: its KV cache holds keys and values of the dtype of the
+    first ones it sees (one dtype for both before transformers 5.2x), and fp32 keys with half values break it.
 
     Attention: transformers compiles the static path's decoding step whole, and solopo's own kernels (packed rows,
     shared prompts) failed to trace there (torch 2.11, experiments/sampling/results/speed.md); generation runs
     neither packed rows nor shared prompts, so the static path uses transformers' SDPA attention, which those
-    kernels call for left-padded rows anyway. The dynamic path keeps the weights and attention as they are."""
-    with weights_as(model, autocast_dtype(precision) if static else None):
+    kernels call for left-padded rows anyway. The dynamic path keeps the model's attention."""
+    from solopo.training.distributed import is_sharded  # here: that module brings Lightning, 4 s to import
+
+    copies = (static or half) and not is_sharded(model)
+    with weights_as(model, autocast_dtype(precision) if copies else None):
         kernel = model.config._attn_implementation
         stock = static and kernel not in STOCK_ATTENTION
         if stock:

@@ -9,6 +9,7 @@ they depend on, so a rerun or a sweep over alpha reuses them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 import random
@@ -22,7 +23,7 @@ from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                        pad_left_to, static_copy, uses_static_cache)
+                                        pad_left_to, split_on_oom, static_copy, uses_static_cache)
 from solopo.progress import progress
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
 from solopo.settings.fields import flag, number, one_of, refuse
@@ -41,8 +42,10 @@ class SamplingSettings:
     batch_size bounds the sequences generated at once (transformers engine); seed makes the samples
     and the pick repeatable; engine: "transformers" (the policy in memory) or "vllm" (when installed:
     a vLLM engine on the same weights, much faster on a GPU, released before training); precision: the
-    trainer's (Lightning's name), whose autocast the transformers engine samples under; scorer: scores each
-    sample against the gold answers and says which are correct (solopo.scoring)."""
+    trainer's (Lightning's name), whose autocast the transformers engine samples under; half_weights: under
+    mixed precision, the transformers engine samples with copies of the weights in the autocast dtype
+    (solopo.generation.batching.generation_weights); scorer: scores each sample against the gold answers and says
+    which are correct (solopo.scoring)."""
 
     k: int
     temperature: float
@@ -50,6 +53,7 @@ class SamplingSettings:
     batch_size: int
     batch_tokens: int | None
     static_cache: bool
+    half_weights: bool
     seed: int
     engine: str
     scorer: Scorer
@@ -62,7 +66,7 @@ class SamplingSettings:
                + number("max_new_tokens", self.max_new_tokens, 1, integer=True)
                + number("batch_size", self.batch_size, 1, integer=True)
                + number("batch_tokens", self.batch_tokens, 1, integer=True, optional=True)
-               + flag("static_cache", self.static_cache))
+               + flag("static_cache", self.static_cache) + flag("half_weights", self.half_weights))
 
 
 Sample = tuple[str, bool]  # (text, finished: the model ended its turn within max_new_tokens)
@@ -99,25 +103,34 @@ def sample_shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, settings:
 def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings, desc: str = "sampling") -> list[list[Sample]]:
     """k sampled continuations of each user message (chat template applied), in the prompts' order; prompts go
     longest first in left-padded batches (solopo.generation.batching.budget_batches). Batch j draws from seed + j,
-    so the samples repeat for the same prompts and settings."""
+    so the samples repeat for the same prompts and settings.
+
+    A batch that runs out of GPU memory is sampled in halves (batching.split_on_oom), each drawing from the batch's
+    seed + j as a batch of its own: the samples repeat for the same splits, but are other draws than the whole
+    batch's (the generator's stream is spread over fewer rows), and a split depends on the memory other jobs took."""
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     batches = budget_batches([len(e) for e in encoded], max(1, settings.batch_size // settings.k),
                              settings.batch_tokens, settings.max_new_tokens, copies=settings.k)
     static = uses_static_cache(model, settings.static_cache)
+
+    def draw(rows: Sequence[int], seed: int) -> list[list[Sample]]:
+        ids, mask = left_padded_ids([encoded[i] for i in rows], tokenizer.pad_token_id, device)
+        if static:
+            ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
+        torch.manual_seed(seed)  # repeatable whatever the batches (or a failed attempt) before it drew
+        with torch.no_grad(), autocast(device, settings.precision):
+            generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
+        return _samples(tokenizer, generated[:, ids.shape[1]:], settings.k)
+
     was_training = model.training
     model.eval()
     outputs: list[list[list[Sample]]] = []
     try:
-        with generation_weights(model, static, settings.precision):
+        with generation_weights(model, static, settings.half_weights, settings.precision):
             for number, batch in enumerate(progress(batches, desc, copies=settings.k)):
-                ids, mask = left_padded_ids([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-                if static:
-                    ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
-                torch.manual_seed(settings.seed + number)  # repeatable whatever the batches before it drew
-                with torch.no_grad(), autocast(device, settings.precision):
-                    generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
-                outputs.append(_samples(tokenizer, generated[:, ids.shape[1]:], settings.k))
+                outputs.append(split_on_oom(functools.partial(draw, seed=settings.seed + number), batch, desc,
+                                            settings.k))
     finally:
         model.train(was_training)
     return in_prompt_order(batches, outputs)

@@ -91,6 +91,8 @@ MISTAKES = [
     (["data.sampling.k=1"],
      "data.sampling.k=1: must be an integer >= 2 (a pair needs a correct and an incorrect sample)"),
     (["data.sampling.temperature=0"], "data.sampling.temperature=0: must be a number > 0"),
+    (["data.sampling.half_weights=fast"], "data.sampling.half_weights=fast: must be true or false"),
+    (["eval.half_weights=1"], "eval.half_weights=1: must be true or false"),
     (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
     (["data.source.n_train=0"], "data.source.n_train=0: must be an integer >= 1 or null"),
     (["+data.source.n_trian=3"], "data.source.n_trian=3: qa_items takes no such option; did you mean n_train?"),
