@@ -292,17 +292,24 @@ def test_greedy_answers_out_of_memory_split_the_batch_and_equal_an_unconstrained
 
 def test_sampling_out_of_memory_draws_each_half_as_a_batch_of_its_own(fp32_model, tokenizer, monkeypatch, caplog):
     """One batch of 5 prompts x 2 samples; over 4 sequences run out of memory: 5 -> 3 + 2, 3 -> 2 + 1 prompts. Each
-    part draws from the batch's seed, as it would as the only batch of a call, whatever the failed attempts drew."""
+    part draws what it would as a batch of its own, whatever the failed attempts drew."""
     settings = replace(SAMPLING, k=2, max_new_tokens=6, batch_size=10, batch_tokens=None, seed=3)
     [batch] = budget_batches([len(encode_prompt(tokenizer, p)) for p in PROMPTS], 5, None, 6, copies=2)
-    alone = {}
-    for part in (batch[:2], batch[2:3], batch[3:]):
-        alone.update(zip(part, sampling.generate(fp32_model, tokenizer, [PROMPTS[i] for i in part], settings)))
+    with monkeypatch.context() as patch:  # the parts as the call's batches, no memory limit
+        patch.setattr(sampling, "budget_batches", lambda *_, **__: [batch[:2], batch[2:3], batch[3:]])
+        parts = sampling.generate(fp32_model, tokenizer, PROMPTS, settings)
+    assert parts != sampling.generate(fp32_model, tokenizer, PROMPTS, settings)  # other draws than the whole batch's
     out_of_memory_over(fp32_model, monkeypatch, max_rows=4)
     with caplog.at_level(logging.WARNING, logger=batching.__name__):
         got = sampling.generate(fp32_model, tokenizer, PROMPTS, settings)
-    assert got == [alone[i] for i in range(len(PROMPTS))]
+    assert got == parts
     assert len(caplog.records) == 2 and "a batch of 5 prompts (10 sequences)" in caplog.records[0].getMessage()
+
+
+def test_batches_and_seeds_draw_unrelated_streams():
+    """Seed + batch number gave seed 0's second batch and seed 1's first the same random numbers."""
+    seeds = {sampling.draw_seed(seed, first) for seed in range(5) for first in (0, 1, 2, 64, 4096)}
+    assert len(seeds) == 25 and all(0 <= s < 2**32 for s in seeds)
 
 
 @pytest.mark.parametrize("path", ["greedy", "sampled"])

@@ -9,7 +9,7 @@ they depend on, so a rerun or a sweep over alpha reuses them.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import hashlib
 import inspect
 import logging
 import random
@@ -100,25 +100,33 @@ def sample_shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, settings:
                           use_cache=True)  # training configs turn the cache off
 
 
+def draw_seed(seed: int, first_prompt: int) -> int:
+    """The generator's seed for a batch whose first prompt is ``first_prompt`` (its index in the prompts): a 32-bit
+    hash of both (the CPU generator keeps 32 bits of a seed), so batches and seeds draw unrelated streams, where seed
+    + batch number was shared by seed s's batch 1 and seed s + 1's batch 0."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{first_prompt}".encode(), digest_size=4).digest(), "little")
+
+
 def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings, desc: str = "sampling") -> list[list[Sample]]:
     """k sampled continuations of each user message (chat template applied), in the prompts' order; prompts go
-    longest first in left-padded batches (solopo.generation.batching.budget_batches). Batch j draws from seed + j,
-    so the samples repeat for the same prompts and settings.
+    longest first in left-padded batches (solopo.generation.batching.budget_batches). A batch draws from a stream of
+    its own, seeded by the run's seed and its first prompt's index (draw_seed), so the samples repeat for the same
+    prompts and settings, and no two batches, nor two seeds' batches, share random numbers.
 
-    A batch that runs out of GPU memory is sampled in halves (batching.split_on_oom), each drawing from the batch's
-    seed + j as a batch of its own: the samples repeat for the same splits, but are other draws than the whole
-    batch's (the generator's stream is spread over fewer rows), and a split depends on the memory other jobs took."""
+    A batch that runs out of GPU memory is sampled in halves (batching.split_on_oom), each a batch of its own with
+    its own stream: the samples repeat for the same splits, but are other draws than the whole batch's, and a split
+    depends on the memory other jobs took."""
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     batches = budget_batches([len(e) for e in encoded], max(1, settings.batch_size // settings.k),
                              settings.batch_tokens, settings.max_new_tokens, copies=settings.k)
     static = uses_static_cache(model, settings.static_cache)
 
-    def draw(rows: Sequence[int], seed: int) -> list[list[Sample]]:
+    def draw(rows: Sequence[int]) -> list[list[Sample]]:
         ids, mask = left_padded_ids([encoded[i] for i in rows], tokenizer.pad_token_id, device)
         if static:
             ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
-        torch.manual_seed(seed)  # repeatable whatever the batches (or a failed attempt) before it drew
+        torch.manual_seed(draw_seed(settings.seed, rows[0]))  # whatever a batch (or failed attempt) before it drew
         with torch.no_grad(), autocast(device, settings.precision):
             generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
         return _samples(tokenizer, generated[:, ids.shape[1]:], settings.k)
@@ -128,9 +136,8 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
     outputs: list[list[list[Sample]]] = []
     try:
         with generation_weights(model, static, settings.half_weights, settings.precision):
-            for number, batch in enumerate(progress(batches, desc, copies=settings.k)):
-                outputs.append(split_on_oom(functools.partial(draw, seed=settings.seed + number), batch, desc,
-                                            settings.k))
+            for batch in progress(batches, desc, copies=settings.k):
+                outputs.append(split_on_oom(draw, batch, desc, settings.k))
     finally:
         model.train(was_training)
     return in_prompt_order(batches, outputs)
