@@ -8,6 +8,7 @@ import itertools
 import logging
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -320,3 +321,17 @@ def test_one_prompt_out_of_memory_raises(fp32_model, tokenizer, monkeypatch, pat
             greedy_answers(fp32_model, tokenizer, PROMPTS[:2], max_new_tokens=2, batch_size=2)
         else:
             sampling.generate(fp32_model, tokenizer, PROMPTS[:2], replace(SAMPLING, k=2, max_new_tokens=2))
+
+
+def test_the_speed_table_names_a_path_that_failed_instead_of_timing_it():
+    """The static path crashed in its warm-up on the GPU and took the other paths' numbers down with the script."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "sampling"))
+    import speed
+
+    rows = [{"path": "budget", "workload": "W1", "prompts": 4, "seconds": 1.5, "limit_s": 9},
+            {"path": "static", "workload": "warm-up", "seconds": None, "error": "TorchRuntimeError: o_proj"}]
+    args = type("Args", (), {"answers": 4, "questions": 2, "k": 2, "length": 256, "limit_s": 9})
+    meta = {"command": "speed.py", "device": "cpu", "model": "tiny", "precision": "32-true", "torch": "x"}
+    table = speed.page(meta, rows, args)
+    assert "| budget s | best speed-up" in table and "static s" not in table and "over the" not in table
+    assert "static: failed in its warm-up (TorchRuntimeError: o_proj)" in table

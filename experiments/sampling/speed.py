@@ -118,10 +118,18 @@ def run_paths(model, tokenizer, work: dict, k: int, precision: str, names: list[
 
 def time_path(model, tokenizer, work: dict, path: str, settings, precision: str, limit_s: int, rows: list[dict],
               save) -> None:
-    """One path's warm-up, then W1, W2 and W3, each appended to ``rows`` and saved as soon as it is timed."""
+    """One path's warm-up, then W1, W2 and W3, each appended to ``rows`` and saved as soon as it is timed. A path whose
+    warm-up fails (the static path's compilation did, on torch 2.11) is recorded with its error; the next one runs."""
     greedy, sample = settings
-    warm = within(limit_s, lambda: (greedy_answers(model, tokenizer, work["W1"][:4], 32, precision=precision,
-                                                    **greedy), generate(model, tokenizer, work["W2"][:2], sample)))
+    try:
+        warm = within(limit_s, lambda: (greedy_answers(model, tokenizer, work["W1"][:4], 32, precision=precision,
+                                                        **greedy), generate(model, tokenizer, work["W2"][:2], sample)))
+    except Exception as error:  # noqa: BLE001 - any failure of one path; the others' numbers must still come back
+        rows.append({"path": path, "workload": "warm-up", "seconds": None, "error": f"{type(error).__name__}: "
+                     f"{str(error).splitlines()[0][:200] if str(error) else ''}"})
+        print(rows[-1], flush=True)
+        save(rows)
+        return
     for name, fn in (("W1", lambda: greedy_answers(model, tokenizer, work["W1"], 32, precision=precision, **greedy)),
                      ("W2", lambda: generate(model, tokenizer, work["W2"], sample)),
                      ("W3", lambda: generate(model, tokenizer, work["W3"], sample))):
@@ -169,12 +177,14 @@ def main() -> None:
 def page(meta: dict, rows: list[dict], args) -> str:
     """The table: one row per workload, one column per path timed, each path's speed-up over the first."""
     seconds = {(r["path"], r["workload"]): r["seconds"] for r in rows}
-    paths = list(dict.fromkeys(r["path"] for r in rows))
+    failed = {r["path"]: r["error"] for r in rows if "error" in r}
+    paths = [p for p in dict.fromkeys(r["path"] for r in rows) if p not in failed]
     what = {"W1": f"{args.answers} greedy answers, {args.length}-token contexts",
             "W2": f"{args.questions} questions x {args.k} samples, x_short",
             "W3": f"{args.questions} questions x {args.k} samples, {args.length}-token contexts"}
     shown = lambda s: "-" if s is None else f"{s:.2f}"  # noqa: E731
-    over = f"; - : over the {args.limit_s} s limit" if any(r["seconds"] is None for r in rows) else ""
+    over = f"; - : over the {args.limit_s} s limit" if any(r["seconds"] is None and r["path"] not in failed
+                                                           for r in rows) else ""
     lines = [f"# Generation speed by path\n\n`{meta['command']}` on {meta['device']}, {meta['model']}, "
              f"{meta['precision']}, torch {meta['torch']}, transformers {meta.get('transformers', '?')}. Seconds per "
              f"workload; speed-up against {paths[0]}{over}.\n",
@@ -188,6 +198,7 @@ def page(meta: dict, rows: list[dict], args) -> str:
         gain = f"{times[0] / min(done):.2f}x" if times[0] is not None else "-"
         lines.append(f"| {name}: {text} | " + " | ".join(shown(t) for t in times)
                      + f" | {gain} | < {TARGETS_S[name]:g} s |")
+    lines += [f"\n{path}: failed in its warm-up ({error})" for path, error in failed.items()]
     return "\n".join(lines) + "\n"
 
 
