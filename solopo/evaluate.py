@@ -56,9 +56,11 @@ def loaded_model(settings, tokenizer, seed: int):
     """The model, on the GPU where there is one (a vLLM engine loads its own copy there)."""
     import torch
 
+    from solopo.models.kernels import log_liger_choice
     from solopo.models.loading import load_model
 
     model = load_model(settings.model, tokenizer, seed=seed)
+    log_liger_choice(settings.model.liger, model.config.model_type)
     if settings.eval.engine == "transformers":
         model.to("cuda" if torch.cuda.is_available() else "cpu")
     return model

@@ -52,8 +52,11 @@ def settings() -> dict:
         # EvalSettings' fields: the eval group's, the run's seed and the data's prompt template.
         EVAL=EvalSettings(**{k: v for k, v in shipped("eval").items() if k not in ("enabled", "n_items", "vllm", "scorer")},
                           scorer=shipped_scorer("eval"), seed=shipped("seed"), template=shipped("data.template")),
-        # A 2-layer llama of model=tiny's kind, with shorter positions (the tests' sequences are short).
+        # A 2-layer llama of model=tiny's kind, with shorter positions (the tests' sequences are short), without Liger:
+        # the GPU tests compare against the plain model and ask for Liger where they test it (model.liger's default,
+        # auto, would patch every model of a GPU with liger-kernel, and transformers' rotary function with them).
         TINY=ModelSpec(**{**shipped("model"), "name": "tiny-random-llama", "tokenizer": "embedded:smollm2-135m-instruct",
+                          "liger": False,
                           "random_init": dict(model_type="llama", hidden_size=64, intermediate_size=128,
                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                               max_position_embeddings=2048, tie_word_embeddings=True)}))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, shipped
 
 SCRIPTS = ROOT / "experiments" / "efficiency"
 
@@ -23,6 +23,20 @@ def test_best_variant_is_the_fastest_the_committed_tables_measured():
     assert best_variant("qwen2.5-1.5b", "dpo", "long_po", 4096) == "padded"
     assert best_variant("smollm2", "dpo", "long_po", 8192) == "shared-flex"
     assert best_variant("qwen2.5-7b", "dpo", "solopo", 12345) == "padded"  # nothing measured there
+
+
+def test_the_defaults_load_the_shipped_liger_and_the_hand_picked_cells_none():
+    """model.liger=auto, the default, would turn Liger on in every cell wherever liger-kernel imports on a GPU: the
+    hand-picked variants load the plain model of the committed tables, the defaults the shipped setting, and one
+    bench.py call refuses the two together."""
+    sys.path.insert(0, str(SCRIPTS))
+    from bench import model_options, model_spec
+
+    assert model_spec("qwen2.5-1.5b").liger is False
+    assert model_options(["defaults"]) == {"liger": shipped("model")["liger"]}
+    assert model_options(["padded", "cudnn-sdpa"]) == {}
+    with pytest.raises(SystemExit, match="--variants defaults,padded: these load the model with different options"):
+        model_options(["defaults", "padded"])
 
 
 @pytest.mark.slow  # about 45 s: every cell of the GPU script on the tiny model

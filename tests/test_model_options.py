@@ -1,7 +1,11 @@
 """The model group's kernel and memory options (solopo.models.kernels, solopo.models.memory): each computes the
 response log-probs and parameter gradients of the plain model, in fp32 on the tiny model; Liger is refused where it
-cannot run."""
+cannot run, and model.liger=auto turns them on only where they run."""
+import logging
+import sys
+import types
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,11 +13,13 @@ import torch
 from conftest import LOGP_CHUNK_SIZE, TINY
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
-from solopo.models import memory
+from solopo.core.algos import DPO
+from solopo.models import kernels, memory
 from solopo.models.blocks import decoder_layers, final_norm, mlps
 from solopo.models.loading import load_model
 from solopo.settings.fields import SettingsError
 from solopo.step.logps import response_logps
+from solopo.training.pipeline import load_models
 from solopo.step.varlen import unused_mask
 
 KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]
@@ -132,3 +138,69 @@ def test_liger_needs_a_cuda_gpu():
 def test_liger_is_refused_for_other_model_families():
     with pytest.raises(SettingsError, match="liger=true: Liger's kernels are applied to llama and qwen2 models, not gpt2"):
         replace(TINY, liger=True, random_init={**TINY.random_init, "model_type": "gpt2"})
+
+
+@pytest.fixture
+def cuda_with_liger(monkeypatch):
+    """A machine as model.liger=auto sees one with a CUDA GPU and liger-kernel: CUDA reported, Liger's transformers
+    module importable (an empty stand-in), and use_liger recording the models it would patch instead of patching."""
+    patched = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", types.ModuleType("liger_kernel.transformers"))
+    monkeypatch.setattr(kernels, "use_liger", patched.append)
+    return patched
+
+
+def _liger_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("model.liger")]
+
+
+def test_liger_auto_is_off_on_the_cpu_in_one_log_line(tokenizer, monkeypatch, caplog):
+    """The default: no error on a machine without CUDA, and the run (policy and a live reference) logs the choice
+    once."""
+    from conftest import default_config
+    from solopo.settings.build import build_settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert build_settings(default_config().copy()).model.liger == "auto"
+    monkeypatch.setattr(kernels, "use_liger", lambda model: pytest.fail("Liger applied on the CPU"))
+    settings = SimpleNamespace(model=replace(TINY, liger="auto"), algo=DPO(beta=0.1), precision="32-true")
+    with caplog.at_level(logging.INFO):
+        _, reference, _ = load_models(SimpleNamespace(reference="live", seed=0), settings, tokenizer)
+    assert reference is not None
+    assert _liger_lines(caplog) == ["model.liger=auto: off (no CUDA GPU: Liger's kernels are Triton kernels)"]
+
+
+def test_liger_auto_is_on_with_cuda_liger_kernel_and_a_llama(tokenizer, cuda_with_liger, caplog):
+    model = load_model(replace(TINY, liger="auto"), tokenizer, seed=0)
+    assert cuda_with_liger == [model]
+    with caplog.at_level(logging.INFO):
+        kernels.log_liger_choice("auto", "llama")
+    [line] = _liger_lines(caplog)
+    assert line.startswith("model.liger=auto: on (CUDA, liger-kernel") and line.endswith(", llama)")
+    assert kernels.auto_liger("qwen2", gpu_visible=True).on
+
+
+def test_liger_auto_is_off_for_other_model_families(tokenizer, cuda_with_liger):
+    spec = replace(TINY, liger="auto", random_init={**TINY.random_init, "model_type": "mistral"})  # no error
+    load_model(spec, tokenizer, seed=0)
+    assert cuda_with_liger == []
+    assert kernels.auto_liger("gpt2", gpu_visible=True) == kernels.LigerChoice(
+        False, "Liger patches llama and qwen2 models, not gpt2")
+
+
+def test_liger_auto_is_off_where_liger_kernel_does_not_import(tokenizer, cuda_with_liger, monkeypatch):
+    """Not installed: off for auto, refused for true with the cause."""
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)  # import raises ModuleNotFoundError
+    assert kernels.auto_liger("llama", gpu_visible=True) == kernels.LigerChoice(False, "liger-kernel is not installed")
+    load_model(replace(TINY, liger="auto"), tokenizer, seed=0)
+    assert cuda_with_liger == []
+    assert kernels.liger_problems(gpu_visible=True) == [
+        "model.liger=true: liger-kernel is not installed; pip install liger-kernel (or solopo's gpu extra), or set "
+        "model.liger=auto"]
+
+
+def test_liger_takes_true_false_or_auto():
+    with pytest.raises(SettingsError, match=r"^liger=maybe: choose one of false, true, auto$"):
+        replace(TINY, liger="maybe")

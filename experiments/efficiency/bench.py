@@ -57,17 +57,21 @@ VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), 
             # what a run gets without flags: the shipped kernel, packing=auto, model.gradient_checkpointing=auto
             DEFAULTS: (shipped("model")["attn_implementation"], shipped("packing"))}
 # Every other variant checkpoints every decoder layer, as the committed tables were measured.
-# The model options a variant loads the model with (solopo.models.kernels and .memory); one call measures variants of
-# one model build (padded and cudnn-sdpa share the plain one). savers: chunks of 16K positions keep each MLP's
-# intermediate at 16K x 8960 values (1.5B shape), whatever the context, in matrix products still large enough to run
-# at full speed; every layer's input waits in host memory.
+# The model options a variant loads the model with (solopo.models.kernels and .memory) over model_spec's plain model;
+# one call measures variants of one model build (padded and cudnn-sdpa share the plain one). savers: chunks of 16K
+# positions keep each MLP's intermediate at 16K x 8960 values (1.5B shape), whatever the context, in matrix products
+# still large enough to run at full speed; every layer's input waits in host memory. defaults: the shipped
+# model.liger (auto: Liger's kernels where they run).
 MODEL_OPTIONS = {"liger": {"liger": True}, "compile": {"compile": True},
-                 "savers": {"mlp_chunk_size": 16384, "offload_activations": True}}
+                 "savers": {"mlp_chunk_size": 16384, "offload_activations": True},
+                 DEFAULTS: {"liger": shipped("model")["liger"]}}
 
 
 def model_spec(name: str) -> ModelSpec:
+    """The plain model of the committed tables: bf16 weights, every layer checkpointed, no Liger (model.liger's default,
+    auto, would turn it on wherever liger-kernel imports, in every variant's cells)."""
     common = dict(tokenizer="embedded:smollm2-135m-instruct", dtype="bfloat16", gradient_checkpointing=True,
-                  max_length=1 << 21)
+                  max_length=1 << 21, liger=False)
     if name == "smollm2":
         return ModelSpec(**{**shipped("model"), **common})
     return ModelSpec(**{**shipped("model"), **common, "name": name, "random_init": shape_fields(name)})

@@ -10,12 +10,14 @@ with the most host and device time. Answers "is this step bound by the GPU or by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
 import torch
 
-from bench import ALGOS, VARIANTS, TrainStep, load_policy, make_pair, model_spec, train_step, use_variant
+from bench import (ALGOS, VARIANTS, TrainStep, load_policy, make_pair, model_options, model_spec, train_step,
+                   use_variant)
 from common import DEVICE, profiled, sync
 from solopo.models.loading import load_tokenizer
 
@@ -54,7 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the report to OUT/profile_<model>_<length>.txt")
     args = parser.parse_args()
 
-    spec = model_spec(args.model)
+    spec = dataclasses.replace(model_spec(args.model), **model_options(args.variants))
     tokenizer = load_tokenizer(spec)
     policy = load_policy(spec, tokenizer).train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")

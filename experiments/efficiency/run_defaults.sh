@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a user gets without flags against the best hand-picked cells (issue 24): SoLoPO and Long-PO, DPO, one pair per
-# step, short context 1K, each cell at its defaults (packing=auto, model.gradient_checkpointing=auto, the shipped
-# attention kernel) and in the fastest variant the committed tables measured for it (bench.py --variants best),
-# with one profiled step per cell (GPU busy) and the predicted peak memory beside the measured one; then summary.py.
+# step, short context 1K, each cell at its defaults (packing=auto, model.gradient_checkpointing=auto, model.liger=auto,
+# the shipped attention kernel) and in the fastest variant the committed tables measured for it (bench.py --variants
+# best), with one profiled step per cell (GPU busy) and the predicted peak memory beside the measured one; then
+# summary.py.
 #
 #   RESULTS=/path/to/results bash experiments/efficiency/run_defaults.sh [BUDGET_S]
 #
@@ -29,13 +30,16 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
 left() { echo $(( BUDGET - ($(date +%s) - began) - 20 )); }  # 20 s kept for the summary
 
-cells() {  # cells MODELS LENGTHS: the defaults and the best hand-picked variant of each cell, within the time left
+cells() {  # cells MODELS LENGTHS: the defaults and the best hand-picked variant of each cell, within the time left;
+  # one bench.py call each, as they load different models (the defaults with model.liger=auto, the others without)
   if [ "$1" = none ]; then return 0; fi
-  if [ "$(left)" -le 0 ]; then echo "no time left for $1: the next call measures it"; return 0; fi
-  timeout --signal=INT --kill-after=20 "$(left)" "$PY" experiments/efficiency/bench.py --tag _defaults --models "$1" \
-    --algos dpo --methods solopo,long_po --variants defaults,best --lengths "$2" --max-length-models none \
-    --no-logp-memory --warmup 1 --steps 2 --profile --short "$SHORT" --response "$RESPONSE" --resume --out "$RESULTS" \
-    2>&1 | tee -a "$RESULTS/defaults.log"
+  for variant in defaults best; do
+    if [ "$(left)" -le 0 ]; then echo "no time left for $1 ($variant): the next call measures it"; return 0; fi
+    timeout --signal=INT --kill-after=20 "$(left)" "$PY" experiments/efficiency/bench.py --tag _defaults --models "$1" \
+      --algos dpo --methods solopo,long_po --variants "$variant" --lengths "$2" --max-length-models none \
+      --no-logp-memory --warmup 1 --steps 2 --profile --short "$SHORT" --response "$RESPONSE" --resume \
+      --out "$RESULTS" 2>&1 | tee -a "$RESULTS/defaults.log"
+  done
 }
 
 cells "$MODELS" "$LENGTHS"

@@ -43,7 +43,8 @@ class ModelSpec:
     attn_implementation: "sdpa", "eager", "flash_attention_2", "flex_attention", "solopo_varlen" (solopo.step.varlen), ...
     trust_remote_code: run code shipped with a checkpoint (off unless set).
     lora: peft LoraConfig fields (e.g. {r: 16, lora_alpha: 32}) to train a LoRA adapter instead of every weight.
-    liger: Liger-kernel's RMSNorm, RoPE and SwiGLU kernels (Llama, Qwen2; CUDA only), solopo.models.kernels.
+    liger: Liger-kernel's RMSNorm, RoPE and SwiGLU kernels (Llama, Qwen2; CUDA only): true, false, or "auto" (on where
+        they run, off elsewhere without an error), solopo.models.kernels.
     compile: regional torch.compile of the decoder layers' blocks, solopo.models.kernels.
     mlp_chunk_size: run each MLP and the final norm this many sequence positions at a time (None: whole), and
     offload_activations: keep what backward needs in pinned host memory; both solopo.models.memory.
@@ -59,7 +60,7 @@ class ModelSpec:
     attn_implementation: str
     trust_remote_code: bool
     lora: Optional[dict[str, Any]]
-    liger: bool
+    liger: bool | str
     compile: bool
     mlp_chunk_size: Optional[int]
     offload_activations: bool
@@ -68,7 +69,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         model_type = (self.random_init or {}).get("model_type")
         refuse(number("max_length", self.max_length, 1, integer=True) + one_of("dtype", self.dtype, DTYPES)
-               + one_of("init_device", self.init_device, INIT_DEVICES) + flag("liger", self.liger)
+               + one_of("init_device", self.init_device, INIT_DEVICES)
+               + one_of("liger", self.liger, kernels.LIGER_CHOICES)
                + one_of("gradient_checkpointing", self.gradient_checkpointing, (False, True, "auto"))
                + flag("compile", self.compile) + flag("offload_activations", self.offload_activations)
                + number("mlp_chunk_size", self.mlp_chunk_size, 1, integer=True, optional=True)
@@ -169,7 +171,7 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
 def apply_options(model: torch.nn.Module, spec: ModelSpec) -> None:
     """The kernel and memory options of ``spec``, in the order they compose: Liger replaces the blocks' forwards,
     chunking wraps those, compilation compiles the result; offloading hooks the whole model's forward."""
-    if spec.liger:
+    if kernels.liger_on(spec.liger, model.config.model_type):
         kernels.use_liger(model)
     if spec.mlp_chunk_size:
         memory.chunk_sequences(model, spec.mlp_chunk_size)

@@ -32,6 +32,7 @@ from solopo.eval import runner
 from solopo.eval.runner import RunEvaluation
 from solopo.generation.sampling import sample_pairs
 from solopo.generation.vllm_engine import saved_weights
+from solopo.models import kernels
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, weights_path, with_lora)
 from solopo.records import DataFileError
@@ -185,6 +186,7 @@ def load_models(cfg: DictConfig, settings: Settings, tokenizer):
     spec, algo = settings.model, settings.algo
     cached = algo.needs_reference and cfg.reference == "cached"
     policy = load_model(spec, tokenizer, seed=cfg.seed)
+    kernels.log_liger_choice(spec.liger, policy.config.model_type)  # once: a live reference gets the policy's kernels
     if spec.lora:
         policy = with_lora(policy, spec.lora)
     live = algo.needs_reference and not cached

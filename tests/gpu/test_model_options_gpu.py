@@ -9,6 +9,7 @@ import torch
 from conftest import DEEP, LOGP_CHUNK_SIZE, TINY, WIDE_MLP
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
+from solopo.models import kernels
 from solopo.models.loading import load_model
 from solopo.step.logps import response_logps
 
@@ -75,6 +76,13 @@ def test_liger_gives_the_plain_logps_and_gradients(tokenizer, restore_transforme
     plain, _ = _run(spec, tokenizer, batch, dtype)
     fused, _ = _run(replace(spec, liger=True), tokenizer, batch, dtype)
     _assert_close(fused, plain, **(dict(rtol=2e-2, atol=5e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)))
+
+
+def test_liger_auto_is_on_for_llama_and_qwen2_here():
+    """model.liger=auto, the default, on a CUDA machine with liger-kernel: Liger's transformers patches import
+    (Triton with them) and both families get them."""
+    pytest.importorskip("liger_kernel")
+    assert kernels.auto_liger("llama", gpu_visible=True).on and kernels.auto_liger("qwen2", gpu_visible=True).on
 
 
 def test_compiled_layers_give_the_plain_logps_and_gradients(tokenizer):

@@ -107,6 +107,7 @@ MISTAKES = [
     (["eval.lengths=[short,long]"], "eval.lengths=[short,long]: long is neither short nor a number of tokens"),
     (["eval.n_items=0"], "eval.n_items=0: must be an integer >= 1"),
     (["model.dtype=fp16"], "model.dtype=fp16: choose one of auto, float32, bfloat16, float16, float64"),
+    (["model.liger=maybe"], "model.liger=maybe: choose one of false, true, auto"),
     (["trainer.max_steps=0"], "trainer.max_steps=0: must be an integer >= 1 (or -1: the epochs decide)"),
     (["+trainer.max_step=3"], "trainer.max_step=3: Trainer takes no such option; did you mean max_steps?"),
     (["faults.max_consecutive_bad_steps=0"], "faults.max_consecutive_bad_steps=0: must be an integer >= 1"),
@@ -183,7 +184,7 @@ def test_ra_off_is_the_one_switch():
 
 @pytest.mark.parametrize("setting", ["trainer.gradient_clip_val=-1", "seed=abc", "trainer.devices=0", "+optim.lrr=1",
                                      "ra=both method=long_po", "trainer.context_parallel=2", "algo=dpx",
-                                     "logger=wandb logger.mode=bogus"])
+                                     "logger=wandb logger.mode=bogus", "model.liger=maybe"])
 def test_a_bad_setting_exits_2_before_the_model_loads(setting, tmp_path):
     """In this process; test_the_run_stops_before_any_model_loads checks the same in a fresh interpreter."""
     done = smoke_here([*setting.split(), f"hydra.run.dir={tmp_path}"], expect=2)
