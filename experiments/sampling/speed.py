@@ -4,13 +4,15 @@
     python experiments/sampling/speed.py --model tiny --questions 4 --answers 6 --length 256 --out /tmp/speed
 
 Three workloads: W1 greedy answers on contexts of --length tokens (the evaluation: 480 at 4K), W2 k samples per question
-on x_short (the evidence alone) and W3 on --length contexts (pair sampling: 256 questions x 8). Four paths, on the
-same prompts: old is paper_mini's (batches of a fixed number of rows: 32 answers, 64 sequences = 8 prompts x k; a
+on x_short (the evidence alone) and W3 on --length contexts (pair sampling: 256 questions x 8). Paths, on the
+same prompts (five with static_eager): old is paper_mini's (batches of a fixed number of rows: 32 answers, 64 sequences = 8 prompts x k; a
 dynamic KV cache; the fp32 weights under autocast); budget sorts prompts longest first under a token budget
 (conf/experiment/decisive/a.yaml's) with a dynamic cache, on half-precision copies of the weights (half_weights, the
 shipped default: the KV cache in half precision, no per-step casts); budget_fp32 is the same batches on the fp32 weights
 under autocast (half_weights=false); static adds to budget, on a GPU, a static KV cache and transformers' compiled
-decoding step (its compilation is inside the timed call: a study job pays it once per shape). Each timing is one call
+decoding step (its compilation is inside the timed call: a study job pays it once per shape); static_eager is static
+without the compiled step (the model's generation_config.disable_compile), which still writes each step's keys in
+place where the dynamic cache concatenates the whole cache again. Each timing is one call
 after a warm-up call on a few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200):
 W1 < 10 s, W2 < 10 s, W3 < 45 s.
 Writes speed.md and speed.json in --out.
@@ -30,12 +32,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from solopo.data.tokenize import token_counter
+from solopo.data.tokenize import encode_prompt, left_padded_ids, token_counter
 from solopo.data.world import qa_items
 from solopo.eval.longctx import EvalSettings, build_cases, greedy_answers
+from solopo.generation.batching import generation_weights
 from solopo.generation.sampling import SamplingSettings, generate
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 from solopo.scoring import SubEM
+from solopo.training.precision import autocast
 
 CONF = Path(__file__).resolve().parents[2] / "solopo" / "conf"
 TARGETS_S = {"W1": 10.0, "W2": 10.0, "W3": 45.0}  # one H200, the issue's
@@ -76,16 +80,18 @@ def timed(fn) -> float:
 def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSettings]]:
     """Each path's greedy_answers arguments and sampling settings: old (fixed rows, dynamic cache, fp32 weights),
     budget (length-sorted batches under a token budget, dynamic cache, half-precision weights), budget_fp32 (budget on
-    the fp32 weights) and static (budget with a static cache and compiled decoding)."""
+    the fp32 weights), static (budget with a static cache and compiled decoding) and static_eager (static, not
+    compiled)."""
     sampling = SamplingSettings(k=k, temperature=0.85, max_new_tokens=32, batch_size=OLD["sequences_per_batch"],
                                 batch_tokens=None, static_cache=False, half_weights=False, seed=0,
                                 engine="transformers", scorer=SubEM(), precision=precision)
     budget = dataclasses.replace(sampling, batch_size=NEW["rows"], batch_tokens=NEW["sample_tokens"], half_weights=True)
     greedy_budget = dict(batch_size=NEW["rows"], batch_tokens=NEW["answer_tokens"], half_weights=True)
+    static = ({**greedy_budget, "static_cache": True}, dataclasses.replace(budget, static_cache=True))
     return {"old": (dict(batch_size=OLD["answers_per_batch"]), sampling),
             "budget": (greedy_budget, budget),
             "budget_fp32": ({**greedy_budget, "half_weights": False}, dataclasses.replace(budget, half_weights=False)),
-            "static": ({**greedy_budget, "static_cache": True}, dataclasses.replace(budget, static_cache=True))}
+            "static": static, "static_eager": static}  # run_paths turns transformers' compilation off for the last
 
 
 class OverTime(Exception):
@@ -112,7 +118,12 @@ def run_paths(model, tokenizer, work: dict, k: int, precision: str, names: list[
               save) -> list[dict]:
     rows: list[dict] = []
     for path in names:
-        time_path(model, tokenizer, work, path, path_settings(k, precision)[path], precision, limit_s, rows, save)
+        config = model.generation_config
+        eager, config.disable_compile = config.disable_compile, path == "static_eager" or config.disable_compile
+        try:
+            time_path(model, tokenizer, work, path, path_settings(k, precision)[path], precision, limit_s, rows, save)
+        finally:
+            config.disable_compile = eager
     return rows
 
 
@@ -140,6 +151,31 @@ def time_path(model, tokenizer, work: dict, path: str, settings, precision: str,
         save(rows)
 
 
+def profile_w1(model, tokenizer, work: dict, precision: str, n: int, out: Path) -> None:
+    """Where W1's time goes on the default path: ``n`` of its prompts (one batch at the presets' budget) answered under
+    the profiler (wall, GPU kernel seconds, host-device synchronisations, the top operations), beside the same batch's
+    prefill alone (one forward, the last position's logits): what is left is decoding. Written to out/profile_w1.txt."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "efficiency"))
+    from common import profiled
+
+    greedy, _ = path_settings(1, precision)["budget"]
+    prompts = work["W1"][:n]
+    answer = lambda: greedy_answers(model, tokenizer, prompts, 32, precision=precision, **greedy)  # noqa: E731
+    answer()  # warm-up
+    wall, kernel_s, syncs, tables = profiled(answer)
+    device = next(model.parameters()).device
+    ids, mask = left_padded_ids([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id, device)
+    with generation_weights(model, False, True, precision), torch.no_grad(), autocast(device, precision):
+        prefill = lambda: model(input_ids=ids, attention_mask=mask, logits_to_keep=1)  # noqa: E731
+        prefill()
+        prefill_s = timed(prefill)
+    text = (f"{n} W1 prompts ({ids.shape[1]} tokens wide), budget path: {wall:.2f} s wall, {kernel_s:.2f} s of GPU "
+            f"kernels ({kernel_s / wall:.0%} busy), {syncs} host-device synchronisations; the prefill alone "
+            f"{prefill_s:.2f} s, so decoding ~{wall - prefill_s:.2f} s\n\n{tables}\n")
+    (out / "profile_w1.txt").write_text(text)
+    print(text.split("\n")[0], flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2_135m", help="a conf/model preset: smollm2_135m or tiny")
@@ -147,11 +183,13 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=480)
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--paths", default="old,budget_fp32,budget,static",
-                        help="which of old, budget_fp32, budget, static to time, in order")
+    parser.add_argument("--paths", default="old,budget_fp32,budget,static,static_eager",
+                        help="which of old, budget_fp32, budget, static, static_eager to time, in order")
     parser.add_argument("--limit-s", type=int, default=120, help="a workload (or a path's warm-up) running longer "
                         "than this is recorded as over the limit and the next one starts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--profile", type=int, metavar="N", help="only profile N of W1's prompts on the budget path "
+                        "(profile_w1.txt in --out): where its time goes, prefill against decoding")
     args = parser.parse_args()
     spec = model_spec(args.model)
     tokenizer = load_tokenizer(spec)
@@ -170,6 +208,9 @@ def main() -> None:
         (args.out / "speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
         (args.out / "speed.md").write_text(page(meta, rows, args))
 
+    if args.profile:
+        profile_w1(model, tokenizer, work, precision, args.profile, args.out)
+        return
     run_paths(model, tokenizer, work, args.k, precision, args.paths.split(","), args.limit_s, save)
     print(args.out / "speed.md")
 
