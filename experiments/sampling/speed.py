@@ -4,17 +4,17 @@
     python experiments/sampling/speed.py --model tiny --questions 4 --answers 6 --length 256 --out /tmp/speed
 
 Three workloads: W1 greedy answers on contexts of --length tokens (the evaluation: 480 at 4K), W2 k samples per question
-on x_short (the evidence alone) and W3 on --length contexts (pair sampling: 256 questions x 8). Paths, on the
-same prompts (five with static_eager): old is paper_mini's (batches of a fixed number of rows: 32 answers, 64 sequences = 8 prompts x k; a
-dynamic KV cache; the fp32 weights under autocast); budget sorts prompts longest first under a token budget
+on x_short (the evidence alone) and W3 on --length contexts (pair sampling: 256 questions x 8). Five paths, on the same
+prompts: old is paper_mini's (batches of a fixed number of rows: 32 answers, 64 sequences = 8 prompts x k; a dynamic KV
+cache; the fp32 weights under autocast); budget sorts prompts longest first under a token budget
 (conf/experiment/decisive/a.yaml's) with a dynamic cache, on half-precision copies of the weights (half_weights, the
 shipped default: the KV cache in half precision, no per-step casts); budget_fp32 is the same batches on the fp32 weights
 under autocast (half_weights=false); static adds to budget, on a GPU, a static KV cache and transformers' compiled
 decoding step (its compilation is inside the timed call: a study job pays it once per shape); static_eager is static
 without the compiled step (the model's generation_config.disable_compile), which still writes each step's keys in
-place where the dynamic cache concatenates the whole cache again. Each timing is one call
-after a warm-up call on a few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200):
-W1 < 10 s, W2 < 10 s, W3 < 45 s.
+place where the dynamic cache concatenates the whole cache again. Each timing is one call after a warm-up call on a
+few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s,
+W3 < 45 s.
 Writes speed.md and speed.json in --out.
 """
 from __future__ import annotations
@@ -58,7 +58,8 @@ def prompts(tokenizer, questions: int, answers: int, length: int, seed: int) -> 
     """W1's long-context prompts (questions at depths 0, 0.5, 1 until ``answers``), x_short and long prompts."""
     splits = qa_items(0, 0, seed=seed, n_test=max(questions, answers))
     fields = {f.name for f in dataclasses.fields(EvalSettings)}
-    shipped = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(CONF / "eval" / "default.yaml")).items() if k in fields}
+    shipped = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(CONF / "eval" / "default.yaml")).items()
+               if k in fields}
     settings = EvalSettings(**{**shipped, "lengths": ["short", length], "depths": [0.0, 0.5, 1.0], "seed": seed,
                                "template": "direct", "scorer": SubEM()})
     cases = build_cases(splits.test, settings, token_counter(tokenizer), splits.test_distractors, 8192)
