@@ -191,6 +191,18 @@ def stop_at_deadline(running: dict, root: Path, first: dict, say) -> list[dict]:
     return records
 
 
+def retry_if_crowded(job: Job, record: dict, root: Path, running: dict, retried: set, pending: list) -> bool:
+    """A job out of memory beside jobs still running goes back to the front of the queue, once, marked retried: the
+    GPU was shared, a transient rather than the job's own size."""
+    if record.get("reason") != "out of memory" or not running or job in retried:
+        return False
+    retried.add(job)
+    (root / job.name / "failed.json").unlink()
+    record["status"] = "retried"
+    pending.insert(0, job)
+    return True
+
+
 def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s: float, extra: tuple[str, ...],
         retry_failed: bool = False, samplers: int = 2, poll_s: float = 2.0) -> list[dict]:
     began = time.monotonic()
@@ -212,12 +224,8 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
             leader = first[job.sampling_key] is job
             records.append(finish(job, root, proc, started, leader, command))
             states[job] = records[-1]["status"]
-            if records[-1].get("reason") == "out of memory" and running and job not in retried:
-                # The GPU was shared with the jobs still running: a transient, not the job's own size.
-                retried.add(job)
-                (root / job.name / "failed.json").unlink()
-                records[-1]["status"], states[job] = "retried", None
-                pending.insert(0, job)
+            if retry_if_crowded(job, records[-1], root, running, retried, pending):
+                states[job] = None
                 say(f"retry  {job.name} ({records[-1]['seconds']:.0f}s): out of memory beside {len(running)} other "
                     f"jobs; it starts again when at most {retry_below - 1} others run")
                 continue
