@@ -256,4 +256,6 @@ def test_a_later_session_restores_the_collected_runs_and_runs_only_the_rest(tmp_
     states = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()[:-1]
               if not line.startswith("regime")}
     assert states["a-short_po-dpo-s0"] == "done" and states["a-long_po-dpo-s0"] == "leader", done.stdout
-    assert set(states) == {"a-short_po-dpo-s0", "a-long_po-dpo-s0", "a-solopo-dpo-a3-s0", "a-solopo_detach-dpo-a3-s0"}
+    # part 1 holds seed 0's DPO unit first (and whatever else its 9 minutes hold at the measured rates)
+    assert {"a-short_po-dpo-s0", "a-long_po-dpo-s0", "a-solopo-dpo-a3-s0", "a-solopo_detach-dpo-a3-s0"} <= set(states)
+    assert all(name.endswith("-s0") and states[name] in ("leader", "python") for name in set(states) - {"a-short_po-dpo-s0"})
