@@ -216,12 +216,15 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
                     sampling=None, context=None, benchmark=build_benchmark(cfg, problems))
     if training:
         sampled = cfg.data.get("pairs") == "sampled"
+        # checked wherever the data group has them, used only for sampled pairs: a typo there fails now, not the day
+        # the run switches to data.pairs=sampled
+        sampling = build_sampling(cfg, precision, problems) if sampled or cfg.data.get("sampling") is not None else None
         settings.update(
             algo=build_algo(plain(cfg, "algo"), problems),
             ra=build_targeted("ra", plain(cfg, "ra"), SoLoRA, problems),
             method=build_targeted("method", plain(cfg, "method"), Method, problems),
             optim=built("optim", OptimSettings, plain(cfg, "optim"), problems),
-            sampling=build_sampling(cfg, precision, problems) if sampled else None,
+            sampling=sampling if sampled else None,
             context=build_context(plain(cfg, "trainer"), problems))
         problems += check_trainer(plain(cfg, "trainer"), torch.cuda.is_available())
         logger = cfg.get("logger")  # unresolved: its save_dir reads Hydra's run directory

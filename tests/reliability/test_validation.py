@@ -93,6 +93,10 @@ MISTAKES = [
     (["data.sampling.temperature=0"], "data.sampling.temperature=0: must be a number > 0"),
     (["data.sampling.half_weights=fast"], "data.sampling.half_weights=fast: must be true or false"),
     (["eval.half_weights=1"], "eval.half_weights=1: must be true or false"),
+    # with gold pairs too: the sampling keys are checked wherever the data group has them
+    (["experiment=smoke", "data.pairs=gold", "data.sampling.half_weights=maybe"],
+     "data.sampling.half_weights=maybe: must be true or false"),
+    (["experiment=smoke", "data.pairs=gold", "data.sampling.k=abc"], "data.sampling.k=abc: must be an integer >= 1"),
     (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
     (["data.source.n_train=0"], "data.source.n_train=0: must be an integer >= 1 or null"),
     (["+data.source.n_trian=3"], "data.source.n_trian=3: qa_items takes no such option; did you mean n_train?"),
