@@ -119,6 +119,18 @@ def test_counts_in_the_report_text_agree_with_their_number(tmp_path):
     assert counted(1, "group") == "1 group" and counted(0, "run") == "0 runs"
 
 
+def test_runs_are_found_at_any_depth_below_the_folder_given(tmp_path):
+    """`solopo-report outputs` was refused although Hydra had put each run in outputs/DATE/TIME."""
+    fake_run(tmp_path / "outputs" / "2026-12-06" / "14-09-49", "DPO", "solopo", 0, 10.0, alpha=1.0)
+    fake_run(tmp_path / "outputs" / "2026-12-07" / "09-00-00", "SimPO", "solopo", 0, 12.0, alpha=1.0)
+    (tmp_path / "outputs" / "2026-12-06" / "14-09-49" / "csv").mkdir()  # a run's own folders are not searched
+    fake_run(tmp_path / "outputs" / "2026-12-06" / "14-09-49" / "csv" / "inner", "ORPO", "solopo", 0, 1.0, alpha=1.0)
+    runs = find_runs([tmp_path / "outputs"])
+    assert [r.path.name for r in runs] == ["14-09-49", "09-00-00"]
+    done = call("solopo.report", [str(tmp_path / "outputs")])
+    assert done.stdout.strip().splitlines()[-1].startswith("2 runs")
+
+
 @pytest.mark.parametrize("folder, message", [
     ("empty", "no results.json or failed.json under"), ("missing", "missing: no such directory"),
     ("bad", "results.json: not JSON"),

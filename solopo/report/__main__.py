@@ -23,7 +23,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(prog=program_name(), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dirs", nargs="+", type=Path, help="a multirun directory or run directories")
+    parser.add_argument("dirs", nargs="+", type=Path, help="run directories, or folders holding runs at any depth "
+                        "(a multirun directory, outputs/)")
     parser.add_argument("--out", type=Path, help="where the report goes (default: the first directory)")
     parser.add_argument("--seeds", action="store_true", help="one row per config: mean ± std over its seeds")
     args = parser.parse_args()

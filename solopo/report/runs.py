@@ -103,17 +103,24 @@ def load_run(path: Path) -> Run:
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
-    """Every run in the directories given or one level down, in order; a missing directory, or none with a run,
-    is a ValueError naming the paths."""
+    """Every run in the directories given or at any depth below them (Hydra's outputs/DATE/TIME, a sweep's
+    multirun/DATE/TIME/N), in path order; a run's own folders are not searched. A missing directory, or none with a
+    run, is a ValueError naming the paths."""
     found = []
     for path in paths:
         if not path.is_dir():
             raise ValueError(f"{path}: no such directory")
-        dirs = [path] if _outcome(path) else sorted(p for p in path.iterdir() if p.is_dir() and _outcome(p))
-        found += [load_run(_outcome(run_dir)) for run_dir in dirs]
+        found += [load_run(_outcome(run_dir)) for run_dir in _run_dirs(path)]
     if not found:
         raise ValueError(f"no results.json or failed.json under {', '.join(map(str, paths))}")
     return found
+
+
+def _run_dirs(path: Path) -> list[Path]:
+    if _outcome(path):
+        return [path]
+    below = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [run_dir for p in below for run_dir in _run_dirs(p)]
 
 
 def _outcome(run_dir: Path) -> Path | None:
