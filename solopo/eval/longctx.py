@@ -17,9 +17,8 @@ import torch
 from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded_ids
-from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                        pad_left_to, split_on_oom, uses_static_cache)
-from solopo.progress import progress
+from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generate_batches, pad_left_to,
+                                        uses_static_cache)
 from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import SUB_EM, Scorer, f1, points, score_name, scorer_problems, sub_em
 from solopo.settings.fields import flag, number, one_of, refuse, shown
@@ -157,16 +156,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
         ids, mask = left_padded_ids([encoded[i] for i in rows], tokenizer.pad_token_id, device)
         return _greedy_batch(model, tokenizer, ids, mask, max_new_tokens, static, precision)
 
-    outputs: list[list[str]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with generation_weights(model, static, half_weights, precision):
-            for batch in progress(batches, desc):
-                outputs.append(split_on_oom(answer, batch, desc))
-    finally:
-        model.train(was_training)
-    return in_prompt_order(batches, outputs)
+    return generate_batches(model, batches, answer, static=static, half=half_weights, precision=precision, desc=desc)
 
 
 def _greedy_batch(model, tokenizer, ids, mask, max_new_tokens: int, static: bool, precision: str) -> list[str]:

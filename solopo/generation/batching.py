@@ -18,6 +18,7 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
+from solopo.progress import progress
 from solopo.training.precision import autocast_dtype, weights_as
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,23 @@ def split_on_oom(generate_rows: Callable[[Sequence[int]], list[T]], rows: Sequen
                 desc, len(rows), len(rows) * copies, half, len(rows) - half)
     return (split_on_oom(generate_rows, rows[:half], desc, copies)
             + split_on_oom(generate_rows, rows[half:], desc, copies))
+
+
+def generate_batches(model, batches: Sequence[Sequence[int]], generate_rows: Callable[[Sequence[int]], list[T]], *,
+                     static: bool, half: bool, precision: str, desc: str, copies: int = 1) -> list[T]:
+    """``generate_rows`` over each batch of prompt indices, the model in eval mode and on its generation weights
+    (generation_weights), progress shown (solopo.progress), a batch out of memory generated in halves (split_on_oom);
+    one output per prompt, in the prompts' order. The model's training mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    outputs: list[list[T]] = []
+    try:
+        with generation_weights(model, static, half, precision):
+            for batch in progress(batches, desc, copies=copies):
+                outputs.append(split_on_oom(generate_rows, batch, desc, copies))
+    finally:
+        model.train(was_training)
+    return in_prompt_order(batches, outputs)
 
 
 def uses_static_cache(model, wanted: bool) -> bool:

@@ -22,9 +22,8 @@ import torch
 from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import encode_prompt, left_padded_ids
-from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generation_weights, in_prompt_order,
-                                        pad_left_to, split_on_oom, static_copy, uses_static_cache)
-from solopo.progress import progress
+from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generate_batches, pad_left_to,
+                                        static_copy, uses_static_cache)
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
 from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.training.precision import autocast
@@ -131,16 +130,8 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
             generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
         return _samples(tokenizer, generated[:, ids.shape[1]:], settings.k)
 
-    was_training = model.training
-    model.eval()
-    outputs: list[list[list[Sample]]] = []
-    try:
-        with generation_weights(model, static, settings.half_weights, settings.precision):
-            for batch in progress(batches, desc, copies=settings.k):
-                outputs.append(split_on_oom(draw, batch, desc, settings.k))
-    finally:
-        model.train(was_training)
-    return in_prompt_order(batches, outputs)
+    return generate_batches(model, batches, draw, static=static, half=settings.half_weights,
+                            precision=settings.precision, desc=desc, copies=settings.k)
 
 
 def _samples(tokenizer, new: torch.Tensor, k: int) -> list[list[Sample]]:
