@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from solopo.eval.longctx import ANSWER_ROOM  # noqa: E402
+from solopo.eval.longctx import length_fits  # noqa: E402
 
 CURVE_SEED = 1000  # a world of its own: the study's runs use seeds 0-4
 CANDIDATES = (512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -44,7 +44,7 @@ def choose(scores: dict[str, float], ci95: dict[str, list[float]] | None = None,
     intervals (in the scores' units) are given, the longest length scoring at least the lower end of the best long
     length's interval; None when the model never answers at a long length. With ``max_length``, only lengths whose
     longest evaluation (EVAL_MULTIPLES) fits it."""
-    fit = lambda n: max_length is None or max(EVAL_MULTIPLES) * n + ANSWER_ROOM <= max_length  # noqa: E731
+    fit = lambda n: max_length is None or length_fits(max(EVAL_MULTIPLES) * n, max_length)  # noqa: E731
     long = {int(n): score for n, score in scores.items() if n != "short" and score > 0 and fit(int(n))}
     fits = [n for n, score in long.items() if score >= share * scores["short"]]
     if fits or not ci95 or not long:

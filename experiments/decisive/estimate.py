@@ -34,7 +34,7 @@ from experiments.decisive.curve import CANDIDATES, DEFAULT_LENGTH  # noqa: E402
 from experiments.decisive.curve import overrides as regime_b  # noqa: E402
 from experiments.decisive.jobs import Job, study_jobs, units, with_lengths  # noqa: E402
 from experiments.studies.runner import leaders  # noqa: E402
-from solopo.eval.longctx import ANSWER_ROOM  # noqa: E402
+from solopo.eval.longctx import length_fits  # noqa: E402
 
 SPEED = ROOT / "experiments" / "sampling" / "results" / "speed.json"
 BENCH = ROOT / "experiments" / "efficiency" / "results" / "solopo_grid_defaults.json"
@@ -83,7 +83,7 @@ def sizes(job: Job) -> dict:
     return {"long": cfg.data.long_len + TEMPLATE, "short": (cfg.data.short_len or EVIDENCE) + TEMPLATE,
             "steps": cfg.trainer.max_steps, "batch": cfg.data.batch_size,
             "items": cfg.data.source.n_train + cfg.data.source.n_val, "eval_items": cfg.eval.n_items,
-            "lengths": tuple(int(n) for n in lengths if int(n) + ANSWER_ROOM <= cfg.model.max_length),
+            "lengths": tuple(int(n) for n in lengths if length_fits(int(n), cfg.model.max_length)),
             "depths": len(cfg.eval.depths)}
 
 

@@ -94,7 +94,7 @@ class EvalCase:
 def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: Callable[[str], int],
                 pool: Sequence[str], max_length: int) -> list[EvalCase]:
     """Every (question, length, depth) to ask; lengths over the model's max_length are left out (logged)."""
-    fits = [n for n in settings.lengths if n == SHORT or int(n) + ANSWER_ROOM <= max_length]
+    fits = [n for n in settings.lengths if n == SHORT or length_fits(int(n), max_length)]
     if len(fits) < len(settings.lengths):
         log.warning("eval lengths %s exceed the model's max_length %d and are skipped",
                     [n for n in settings.lengths if n not in fits], max_length)
@@ -122,6 +122,12 @@ def build_cases(items: Sequence[QAItem], settings: EvalSettings, count_tokens: C
     if unfillable:
         log.warning("%d evaluation contexts left out: too few distractor passages to reach their length", unfillable)
     return cases
+
+
+def length_fits(tokens: int, max_length: int) -> bool:
+    """Whether an evaluation context of ``tokens`` leaves the template and the answer room (ANSWER_ROOM) within the
+    model's ``max_length``; build_cases leaves the others out."""
+    return tokens + ANSWER_ROOM <= max_length
 
 
 def case_rng(seed: int, *case) -> random.Random:
