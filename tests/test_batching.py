@@ -5,6 +5,7 @@ and a batch out of memory generated in halves."""
 import dataclasses
 import io
 import itertools
+import json
 import logging
 import sys
 from dataclasses import replace
@@ -331,8 +332,27 @@ def test_the_speed_table_names_a_path_that_failed_instead_of_timing_it():
 
     rows = [{"path": "budget", "workload": "W1", "prompts": 4, "seconds": 1.5, "limit_s": 9},
             {"path": "static", "workload": "warm-up", "seconds": None, "error": "TorchRuntimeError: o_proj"}]
-    args = type("Args", (), {"answers": 4, "questions": 2, "k": 2, "length": 256, "limit_s": 9})
+    args = type("Args", (), {"answers": 4, "questions": 2, "k": 2, "length": 256, "limit_s": 9, "same_as": None})
     meta = {"command": "speed.py", "device": "cpu", "model": "tiny", "precision": "32-true", "torch": "x"}
     table = speed.page(meta, rows, args)
     assert "| budget s | best speed-up" in table and "static s" not in table and "over the" not in table
     assert "static: failed in its warm-up (TorchRuntimeError: o_proj)" in table
+
+
+def test_the_speed_table_counts_the_answers_a_path_or_another_run_changed(tmp_path):
+    """A faster path, or another transformers, may answer differently: the table says how many W1 answers are the
+    first path's and, with --same-as, another run's on the same path."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "sampling"))
+    import speed
+
+    row = lambda path, answers: {"path": path, "workload": "W1", "prompts": 3, "seconds": 1.0,  # noqa: E731
+                                 "limit_s": 9, "answers": answers}
+    other = tmp_path / "speed.json"
+    other.write_text(json.dumps({"meta": {"torch": "2.11", "transformers": "5.17.0"},
+                                 "rows": [row("budget", ["a", "b", "x"])]}))
+    args = type("Args", (), {"answers": 3, "questions": 2, "k": 2, "length": 256, "limit_s": 9, "same_as": other})
+    meta = {"command": "speed.py", "device": "cpu", "model": "tiny", "precision": "32-true", "torch": "x"}
+    table = speed.page(meta, [row("budget", ["a", "b", "c"]), row("budget_fp32", ["a", "y", "c"])], args)
+    assert "- W1 answers of budget identical: 2 of 3 against budget in speed.json (torch 2.11, transformers 5.17.0)" \
+        in table
+    assert "- W1 answers of budget_fp32 identical: 2 of 3 against budget\n" in table + "\n"

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
 import yaml
 
 from in_process import run_here
@@ -56,6 +58,7 @@ def test_smoke_run_per_algorithm(algo, tmp_path):
     assert data["steps"] == 4 and data["config"]["algo"]["_target_"].lower().endswith(algo)
     assert data["metrics"]["train/ra_loss"] > 0  # SoLo-RA on by default
     assert "results:" in done.stdout and (tmp_path / "csv").is_dir()
+    assert data["libraries"] == {"torch": torch.__version__, "transformers": transformers.__version__}
     header = next(csv.reader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     expected = TRL_KEYS | (ORPO_KEYS if algo == "orpo" else set())
     assert {f"{split}/{key}" for key in expected for split in ("train", "val")} <= set(header)

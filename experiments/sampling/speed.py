@@ -15,7 +15,9 @@ without the compiled step (the model's generation_config.disable_compile), which
 place where the dynamic cache concatenates the whole cache again. Each timing is one call after a warm-up call on a
 few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s,
 W3 < 45 s.
-Writes speed.md and speed.json in --out.
+Writes speed.md and speed.json in --out, W1's answers in the json: the table says how many of each path's are the
+first path's and, with --same-as (another run's speed.json, e.g. under another transformers), that run's on the same
+path, so that a faster way of generating is seen to answer as the study's runs did, or not.
 """
 from __future__ import annotations
 
@@ -142,13 +144,17 @@ def time_path(model, tokenizer, work: dict, path: str, settings, precision: str,
         print(rows[-1], flush=True)
         save(rows)
         return
-    for name, fn in (("W1", lambda: greedy_answers(model, tokenizer, work["W1"], 32, precision=precision, **greedy)),
+    answers: list[str] = []
+    for name, fn in (("W1", lambda: answers.extend(greedy_answers(model, tokenizer, work["W1"], 32,
+                                                                  precision=precision, **greedy))),
                      ("W2", lambda: generate(model, tokenizer, work["W2"], sample)),
                      ("W3", lambda: generate(model, tokenizer, work["W3"], sample))):
         seconds = within(limit_s, fn) if warm is not None else None
         rows.append({"path": path, "workload": name, "prompts": len(work[name]), "seconds": seconds,
                      "limit_s": limit_s})
-        print(rows[-1], flush=True)
+        if name == "W1" and seconds is not None:
+            rows[-1]["answers"] = answers
+        print({k: v for k, v in rows[-1].items() if k != "answers"}, flush=True)
         save(rows)
 
 
@@ -189,6 +195,8 @@ def main() -> None:
     parser.add_argument("--limit-s", type=int, default=120, help="a workload (or a path's warm-up) running longer "
                         "than this is recorded as over the limit and the next one starts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--same-as", type=Path, metavar="SPEED_JSON", help="another run's speed.json (another "
+                        "transformers, say): how many of each path's W1 answers are identical to that run's")
     parser.add_argument("--profile", type=int, metavar="N", help="only profile N of W1's prompts on the budget path "
                         "(profile_w1.txt in --out): where its time goes, prefill against decoding")
     args = parser.parse_args()
@@ -241,7 +249,32 @@ def page(meta: dict, rows: list[dict], args) -> str:
         lines.append(f"| {name}: {text} | " + " | ".join(shown(t) for t in times)
                      + f" | {gain} | < {TARGETS_S[name]:g} s |")
     lines += [f"\n{path}: failed in its warm-up ({error})" for path, error in failed.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + agreement(rows, args.same_as)) + "\n"
+
+
+def agreement(rows: list[dict], same_as: Path | None) -> list[str]:
+    """How many of each path's W1 answers are identical to the first path's, and with ``same_as`` (another run's
+    speed.json) to that run's answers on the same path: whether a faster path (or another library version) changes
+    what the evaluation scores."""
+    answers = {r["path"]: r["answers"] for r in rows if r.get("answers")}
+    others = {}
+    if same_as is not None:
+        other = json.loads(same_as.read_text())
+        others = {r["path"]: r["answers"] for r in other["rows"] if r.get("answers")}
+        versions = f"torch {other['meta']['torch']}, transformers {other['meta'].get('transformers', '?')}"
+    lines = []
+    for path, mine in answers.items():
+        first_path, first = next(iter(answers.items()))
+        same = [f"{identical(mine, first)} against {first_path}"] if path != first_path else []
+        if path in others:
+            same.append(f"{identical(mine, others[path])} against {path} in {same_as.name} ({versions})")
+        if same:
+            lines.append(f"- W1 answers of {path} identical: " + "; ".join(same))
+    return ["", *lines] if lines else []
+
+
+def identical(mine: list[str], theirs: list[str]) -> str:
+    return f"{sum(a == b for a, b in zip(mine, theirs))} of {min(len(mine), len(theirs))}"
 
 
 if __name__ == "__main__":

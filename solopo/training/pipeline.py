@@ -17,6 +17,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
+import transformers
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -269,6 +270,7 @@ def run_record(cfg: DictConfig, trainer: pl.Trainer, metrics: dict, data_counts:
     """What results.json holds for a run."""
     return {
         "solopo_version": solopo.__version__,
+        "libraries": {"torch": torch.__version__, "transformers": transformers.__version__},  # generation's kernels
         "config": redact(OmegaConf.to_container(cfg, resolve=True)),
         "metrics": metrics,
         "data": data_counts,
