@@ -356,3 +356,16 @@ def test_the_speed_table_counts_the_answers_a_path_or_another_run_changed(tmp_pa
     assert "- W1 answers of budget identical: 2 of 3 against budget in speed.json (torch 2.11, transformers 5.17.0)" \
         in table
     assert "- W1 answers of budget_fp32 identical: 2 of 3 against budget\n" in table + "\n"
+
+
+def test_generation_on_copies_of_the_weights_says_so_once(fp32_model, tokenizer, caplog):
+    """A user reading the log learns that answers came from bf16 copies, not the fp32 weights they trained."""
+    batching.say_copies.cache_clear()
+    with caplog.at_level(logging.INFO, logger="solopo.generation.batching"):
+        for _ in range(2):
+            greedy_answers(fp32_model, tokenizer, PROMPTS[:2], max_new_tokens=2, batch_size=2, precision="bf16-mixed",
+                           half_weights=True)
+        greedy_answers(fp32_model, tokenizer, PROMPTS[:2], max_new_tokens=2, batch_size=2, precision="32-true",
+                       half_weights=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "solopo.generation.batching"]
+    assert len([m for m in said if m.startswith("generation computes with bfloat16 copies")]) == 1, said

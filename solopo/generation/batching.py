@@ -12,6 +12,7 @@ set for a GPU of one's own; where other jobs take memory meanwhile, a batch that
 """
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import contextmanager
 from typing import Callable, Sequence, TypeVar
@@ -125,7 +126,10 @@ def generation_weights(model, static: bool, half: bool, precision: str):
     from solopo.training.distributed import is_sharded  # here: that module brings Lightning, 4 s to import
 
     copies = (static or half) and not is_sharded(model)
-    with weights_as(model, autocast_dtype(precision) if copies else None):
+    dtype = autocast_dtype(precision) if copies else None
+    if dtype is not None:
+        say_copies(dtype)
+    with weights_as(model, dtype):
         kernel = model.config._attn_implementation
         stock = static and kernel not in STOCK_ATTENTION
         if stock:
@@ -135,6 +139,13 @@ def generation_weights(model, static: bool, half: bool, precision: str):
         finally:
             if stock:
                 model.config._attn_implementation = kernel
+
+
+@functools.cache
+def say_copies(dtype: torch.dtype) -> None:
+    """Once per process: what generation computes with, where it is not the model's own weights."""
+    log.info("generation computes with %s copies of the weights (eval.half_weights, data.sampling.half_weights; "
+             "the model's own weights are left as they are)", str(dtype).removeprefix("torch."))
 
 
 def pad_left_to(ids: torch.Tensor, mask: torch.Tensor, multiple: int, pad_token_id: int) -> tuple[torch.Tensor, ...]:
