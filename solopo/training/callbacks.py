@@ -26,11 +26,11 @@ def peak_memory_gib(device: torch.device) -> float:
 
 class StageCosts:
     """Seconds and peak memory of each stage of a run (sampling, reference, base_eval, training, eval), for a study's
-    cost table: ``with stages("sampling"): ...`` records {"sampling": {"s": seconds, "peak_gib": ..., "cached": ...}}. On a GPU the
-    peak is torch's since the stage began (its counter is reset then, and the device synchronised at both ends, once
-    per stage); on the CPU it is the process's peak resident memory so far. ``"cached": true`` marks a stage that read
-    cache entries and computed none (solopo.cache.LOOKUPS): its seconds are the read's, and any wait on the entry's
-    lock while another process computed it; its cost is in the run that computed it."""
+    cost table: ``with stages("sampling"): ...`` records {"sampling": {"s": seconds, "peak_gib": ..., "cached": ...}}.
+    On a GPU the peak is torch's since the stage began (its counter is reset then, and the device synchronised at both
+    ends, once per stage); on the CPU it is the process's peak resident memory so far. ``"cached": true`` marks a stage
+    that read cache entries and computed none (solopo.cache.LOOKUPS): its seconds are the read's, and any wait on the
+    entry's lock while another process computed it; its cost is in the run that computed it."""
 
     def __init__(self, device: torch.device):
         self.device = device
