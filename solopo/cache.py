@@ -39,6 +39,18 @@ VERIFY = ("warn", "strict")  # what a mismatching entry does: a warning and a re
 T = TypeVar("T")
 
 
+@dataclass
+class Lookups:
+    """How many cache entries this process has read and how many it computed, over every kind: a stage of a run that
+    read entries and computed none took its value from the cache (solopo.training.callbacks.StageCosts)."""
+
+    read: int = 0
+    computed: int = 0
+
+
+LOOKUPS = Lookups()  # this process's, counted by get_or_compute (and solopo.training.reference.shared_entry)
+
+
 def cache_root() -> Path:
     """$SOLOPO_CACHE, else ~/.cache/solopo: the embedded model's weights and every cache kind live under it."""
     return Path(os.environ.get("SOLOPO_CACHE", Path.home() / ".cache" / "solopo"))
@@ -175,8 +187,10 @@ class DiskCache:
             value = self.get(key, check)
             if value is not None:
                 log.info("%s from cache %s", desc or self.kind, self.path(key))
+                LOOKUPS.read += 1
                 return value
             value = compute()
+            LOOKUPS.computed += 1
             self.put(key, value, meta)
         return value
 

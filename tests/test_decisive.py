@@ -37,10 +37,21 @@ def test_presets_compose_with_a_job_s_overrides(regime, long_len, short_len):
     assert not cfg.eval.static_cache and not cfg.data.sampling.static_cache
 
 
-def test_job_list_main_rows_at_five_seeds_and_ablations_at_three():
+def test_expand_long_trains_on_the_long_context_with_short_context_pairs_and_is_evaluated_everywhere():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=jobs.Job("a", "expand_long", "simpo", None, 0).overrides())
+    assert (cfg.method.name, cfg.method.pairs_from, cfg.method.po_context, cfg.method.use_ra) == (
+        "expand_long", "short", "long", False)
+    assert OmegaConf.to_container(cfg.eval.lengths, resolve=True) == ["short", 1024, 2048, 4096]
+
+
+def test_job_list_main_rows_at_five_seeds_ablations_and_expand_long_at_three():
     plan = jobs.study_jobs()
     names = [j.name for j in plan]
-    assert len(names) == len(set(names)) == 2 * 5 * 4 * 3 + (2 * 3 * 4 + 1) * 3 - 2 * 3  # no base job: runs share it
+    # no base job (the runs share it); Expand-long: SimPO, both regimes, seeds 0-2, last (it fills the parts' gaps)
+    assert len(names) == len(set(names)) == 2 * 5 * 4 * 3 + (2 * 3 * 4 + 1) * 3 - 2 * 3 + 2 * 3
+    assert names[-6:] == [f"{r}-expand_long-simpo-s{s}" for r in "ab" for s in range(3)]
     assert names[:5] == ["a-short_po-dpo-s0", "a-long_po-dpo-s0", "a-solopo-dpo-a3-s0", "a-solopo_detach-dpo-a3-s0",
                          "a-short_po-simpo-s0"]  # seed by seed, algorithm by algorithm
     assert "b-solopo_detach-orpo-a1-s4" in names and "a-solopo_detach-simpo-squared-a0.1-s2" in names
@@ -52,7 +63,13 @@ def test_job_list_main_rows_at_five_seeds_and_ablations_at_three():
     cell = jobs.Job("b", "solopo", "simpo", 0.3, 0, lengths=tuple(curve.overrides(768)))
     assert cell.overrides()[-1] == jobs.ABLATION_LENGTHS
     assert "eval.lengths=[short,768,1536,3072]" not in cell.overrides()
-    assert [len(u) for u in jobs.units(plan)][:3] == [4, 4, 4] and {len(u) for u in jobs.units(plan)[30:]} == {3, 4}
+    assert [len(u) for u in jobs.units(plan)][:3] == [4, 4, 4] and {len(u) for u in jobs.units(plan)[30:-6]} == {3, 4}
+    expand = jobs.Job("b", "expand_long", "simpo", None, 1, lengths=tuple(curve.overrides(1536)))
+    # its own unit, evaluated as a main row (every length), on the short-context pairs its seed's Short-PO samples
+    assert expand.overrides() == ["experiment=decisive/b", "seed=1", *curve.overrides(1536), "method=expand_long",
+                                  "algo=simpo"]
+    assert not expand.main and expand.every_length and jobs.units(plan)[-2] == [expand]
+    assert expand.sampling_key == jobs.Job("b", "short_po", "dpo", None, 1).sampling_key
 
 
 def test_regime_b_length_is_the_longest_that_keeps_half_the_evidence_only_accuracy():
@@ -95,22 +112,29 @@ def test_regime_b_waits_for_the_curve_and_then_carries_its_length(tmp_path):
     assert "data.long_len=768 data.short_len=109 'eval.lengths=[short,768,1536,3072]' method=solopo" in line
 
 
+SEQUENCES = {"short_po": ["short/chosen", "short/rejected"], "long_po": ["long/chosen", "long/rejected"],
+             "expand_long": ["long/chosen", "long/rejected"]}
+
+
 def fake_run(path: Path, regime: str, row: str, seed: int, right: list[int], algo: str = "SimPO", alpha=1.0,
-             distance="abs", stages=None):
+             distance="abs", stages=None, lengths=("short", 1024, 2048)):
     """A results.json of a run whose trained model answered the questions in ``right`` (of 0-9) at two long
     lengths, and none on the evidence alone."""
-    method = {"short_po": "short_po", "long_po": "long_po"}.get(row, "solopo")
+    method = row if row in SEQUENCES else "solopo"
     use_ra = method == "solopo"
     scores = [[f"q{q}", length, "0.5", float(q in right)] for q in range(10) for length in ("1024", "2048")]
     table = {"by_length": {"short": 0.0, "1024": len(right) / 10, "2048": len(right) / 10},
              "average_long": len(right) / 10, "scores": scores + [[f"q{q}", "short", "-", 0.0] for q in range(10)]}
-    config = {"seed": seed, "data": {"short_len": 146 if regime == "b" else None}, "method": {"name": method,
-              "use_ra": use_ra}, "algo": {"_target_": f"solopo.core.algos.{algo}"},
+    config = {"seed": seed, "data": {"short_len": 146 if regime == "b" else None},
+              "method": {"name": method, "use_ra": use_ra, "pairs_from": "long" if row == "long_po" else "short"},
+              "algo": {"_target_": f"solopo.core.algos.{algo}"}, "eval": {"lengths": list(lengths)},
               "ra": {"alpha": alpha, "distance": distance, "detach_short": row == "solopo_detach",
                      "responses": ["chosen"]}}
+    sequences = {"train": SEQUENCES.get(row, ["short/chosen", "short/rejected", "long/chosen"])}
     path.mkdir(parents=True)
     (path / "results.json").write_text(json.dumps({"config": config, "eval": {"base": table, "trained": table},
-                                                   "timings": {"stages": stages or {}}, "data": {"train": {"pairs": 9}}}))
+                                                   "timings": {"stages": stages or {}}, "sequences": sequences,
+                                                   "data": {"train": {"pairs": 9}}}))
 
 
 def test_claims_are_paired_over_seeds_and_questions_with_a_verdict(tmp_path):
@@ -119,9 +143,7 @@ def test_claims_are_paired_over_seeds_and_questions_with_a_verdict(tmp_path):
     for seed in range(3):
         fake_run(tmp_path / f"det-{seed}", "a", "solopo_detach", seed, [0, 1, 2, 3, 4, 5])
         fake_run(tmp_path / f"sol-{seed}", "a", "solopo", seed, [0, 1])
-        fake_run(tmp_path / f"short-{seed}", "a", "short_po", seed, [0, 1, 2, 3, 8, 9],
-                 stages={"training": {"s": 2.0 + seed, "peak_gib": 1.5}, "sampling": {"s": 10.0 * (seed == 0),
-                                                                                      "peak_gib": 3.0}})
+        fake_run(tmp_path / f"short-{seed}", "a", "short_po", seed, [0, 1, 2, 3, 8, 9])
     fake_run(tmp_path / "sweep", "a", "solopo_detach", 0, [0, 1, 2, 3, 4, 5, 6, 7], distance="squared", alpha=0.3)
     text = report.write_study(find_runs([tmp_path]), tmp_path / "out").read_text()
     assert ("- **supported**: No gradient to the short side beats the paper's form (paper_mini), regime a, simpo: "
@@ -130,9 +152,58 @@ def test_claims_are_paired_over_seeds_and_questions_with_a_verdict(tmp_path):
     assert "- **contradicted**: SoLoPO beats Short-PO" in text
     assert "| a | simpo | yes | squared | 0.3 | 1 | 0.0 | 80.0 | +20.0 [" in text  # 8 of 10 vs 6 of 10, seed 0
     assert "| a | - | base | 3 |" in text and "10 runs, 0 failed." in text  # the runs' own base tables, one per seed
-    # sampling counts where it ran (seed 0: 10 s), not where the cache was read; training is a mean over seeds
-    assert "| a | short_po | 10.0 s / 3.00 ± 0.00 GiB | - | - | 3.0 ± 1.0 s / 1.50 ± 0.00 GiB | - |" in text
     assert (tmp_path / "out" / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def cost(seconds: float, peak: float = 1.0, cached: bool | None = None) -> dict:
+    return {"s": seconds, "peak_gib": peak, **({} if cached is None else {"cached": cached})}
+
+
+def test_the_cost_table_counts_each_shared_stage_at_the_run_that_computed_it(tmp_path):
+    """Per seed s: DPO's Short-PO samples the short-context pairs (10+s s) and evaluates the base model (50 s), in runs
+    that predate the "cached" record; SimPO's rows read both. SoLoPO's job waited 30 s on the cache's lock and says it
+    read the pairs (a run that only read is never the one that computed); Long-PO sampled its own (40+s s). An ablation
+    cell, asked other lengths, evaluated the base model itself (20 s): not the main rows' base evaluation. DPO's
+    reference pass scores other sequences per method (3 s for Short-PO, 5 s for SoLoPO). The whole pipeline of a
+    seed sums its stages; the caption says how many jobs ran at once (job.json: 0-100 s, 50-150 s, 60-70 s,
+    150-200 s: 3)."""
+    read, waited, cached = cost(0.01), cost(30.0, 0.5, cached=True), cost(0.1, cached=True)  # old runs: no mark
+    for seed in (0, 1):
+        computing = {"sampling": cost(10.0 + seed, 6.0), "base_eval": cost(50.0, 17.0)}
+        runs = {"dpo-short": ("short_po", "DPO", {**computing, "reference": cost(3.0), "training": cost(2.0)}),
+                "dpo-solopo": ("solopo", "DPO", {"sampling": read, "reference": cost(5.0), "base_eval": read}),
+                "short": ("short_po", "SimPO", {"sampling": read, "base_eval": read, "training": cost(4.0),
+                                                "eval": cost(90.0)}),
+                "solopo": ("solopo", "SimPO", {"sampling": waited, "base_eval": cached, "training": cost(6.0, 3.0),
+                                               "eval": cost(100.0, 17.0)}),
+                "expand": ("expand_long", "SimPO", {"sampling": cached, "base_eval": cached,
+                                                    "training": cost(8.0, 4.0), "eval": cost(100.0, 17.0)}),
+                "long": ("long_po", "SimPO", {"sampling": cost(40.0 + seed, 15.0, cached=False), "base_eval": cached,
+                                              "training": cost(8.0), "eval": cost(100.0)})}
+        for name, (row, algo, stages) in runs.items():
+            fake_run(tmp_path / f"{name}-{seed}", "a", row, seed, [0, 1], algo=algo,
+                     alpha=3.0 if algo == "DPO" else 1.0, stages=stages)
+        fake_run(tmp_path / f"cell-{seed}", "a", "solopo", seed, [0], alpha=0.3, lengths=("short", 4096),
+                 stages={"sampling": read, "base_eval": cost(20.0), "training": cost(6.0), "eval": cost(20.0)})
+    for name, start, end in (("dpo-short-0", 0, 100), ("short-0", 50, 150), ("solopo-0", 60, 70),
+                             ("long-0", 150, 200)):
+        (tmp_path / name / "job.json").write_text(json.dumps({"seconds": end - start, "ended_at": 1e9 + end}))
+    text = report.write_study(find_runs([tmp_path]), tmp_path / "out").read_text()
+    assert "the jobs ran up to 3 at a time on one GPU" in text
+    shared = "10.5 ± 0.7 s, 6.0 GiB | - | 50.0 ± 0.0 s, 17.0 GiB"
+    # the whole pipeline: 10 + s + 50 + 4 + 90 s for Short-PO, 10 + s + 50 + 6 + 100 s for SoLoPO
+    assert (f"| a | simpo | short_po | 2 | {shared} | 4.0 ± 0.0 s, 1.0 GiB | 90.0 ± 0.0 s, 1.0 GiB | "
+            "154.5 ± 0.7 s, 17.0 GiB |") in text
+    assert (f"| a | simpo | solopo | 2 | {shared} | 6.0 ± 0.0 s, 3.0 GiB | 100.0 ± 0.0 s, 17.0 GiB | "
+            "166.5 ± 0.7 s, 17.0 GiB |") in text
+    assert f"| a | simpo | expand_long | 2 | {shared} | 8.0 ± 0.0 s, 4.0 GiB |" in text
+    assert "| a | simpo | long_po | 2 | 40.5 ± 0.7 s, 15.0 GiB | - | 50.0 ± 0.0 s, 17.0 GiB |" in text
+    assert "| a | dpo | short_po | 2 | 10.5 ± 0.7 s, 6.0 GiB | 3.0 ± 0.0 s, 1.0 GiB |" in text
+    assert "| a | dpo | solopo | 2 | 10.5 ± 0.7 s, 6.0 GiB | 5.0 ± 0.0 s, 1.0 GiB |" in text
+    # Expand-long is a row of the main table and of one claim
+    assert "| a | simpo | expand_long | 2 |" in text.split("## Claims")[0]
+    assert "- **not separated**: SoLoPO beats Expand-long (the same short-context pairs, vanilla PO on x_long) " \
+           "(the paper), regime a, simpo: +0.0 [" in text
 
 
 def test_paired_comparison_uses_only_shared_seeds_and_questions(tmp_path):
@@ -187,7 +258,11 @@ def test_the_launcher_and_report_end_to_end_on_the_tiny_model_across_two_session
     assert "2 runs, 0 failed." in text and "| a | simpo | solopo_detach | 1 |" in text
     assert "| a | - | base | 1 |" in text  # from the runs' own evaluation of the base model
     assert "SoLoPO-detach beats Short-PO (new), regime a, simpo:" in text
-    assert "| a | solopo_detach |" in text
+    # the cost of every stage, the base model's evaluation counted at the first session's run, which computed it
+    assert "the jobs ran one at a time." in text
+    row = next(line for line in text.split("## Pipeline cost")[1].splitlines()
+               if "| simpo | solopo_detach | 1 |" in line)
+    assert not row.endswith("| - |")  # the whole pipeline: every stage known, the base evaluation among them
 
 
 def scored_run(path: Path, row: str, right: dict[str, list[int]], seed: int = 0):

@@ -78,6 +78,19 @@ def test_smoke_run_per_algorithm(algo, tmp_path):
                                "experiment=smoke", "alpha=1", "mine"]
 
 
+def test_a_run_that_reads_the_cache_marks_those_stages_cached(tmp_path):
+    """Two DPO runs on one fresh cache: the first computes the reference log-probs and the base model's evaluation,
+    the second reads both, and its costs say so (a study's cost table counts them in the first); gold pairs and
+    training never come from a cache."""
+    cached = []
+    for name in ("first", "second"):
+        run_here(["algo=dpo", "experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path / name}"],
+                 env={"SOLOPO_CACHE": str(tmp_path / "cache")})
+        stages = json.loads((tmp_path / name / "results.json").read_text())["timings"]["stages"]
+        cached.append({stage for stage, cost in stages.items() if cost["cached"]})
+    assert cached == [set(), {"reference", "base_eval"}]
+
+
 @pytest.mark.parametrize("overrides, ra_used", [
     (["method=short_po"], False), (["method=long_po"], False), (["method=expand_long"], False),
     (["ra=both", "ra.distance=softplus"], True), (["ra=off"], False),

@@ -16,6 +16,8 @@ SHORT = "short"
 # (claim, better row, worse row, whose claim): rows at the paper's alpha and the abs distance
 CLAIMS = (
     ("SoLoPO beats Long-PO", "solopo", "long_po", "the paper"),
+    ("SoLoPO beats Expand-long (the same short-context pairs, vanilla PO on x_long)", "solopo", "expand_long",
+     "the paper"),
     ("SoLoPO beats Short-PO (SoLo-RA adds to short-context PO)", "solopo", "short_po", "the paper"),
     ("No gradient to the short side beats the paper's form", "solopo_detach", "solopo", "paper_mini"),
     ("SoLoPO-detach beats Short-PO", "solopo_detach", "short_po", "new"),

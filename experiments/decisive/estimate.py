@@ -94,10 +94,11 @@ def evaluation_s(s: dict, r: Rates, lengths: tuple[int, ...] | None = None) -> f
 
 
 def job_seconds(job: Job, s: dict, r: Rates, leader: bool, evaluates_base: bool) -> dict[str, float]:
-    """Busy GPU seconds per stage. Per pair: 2 sequences for Short-PO and Long-PO (on their context), 2 short + 1 long
-    for SoLoPO chosen-only, 2 + 2 for both responses; a step holds data.batch_size pairs."""
-    context = s["long"] if job.row == "long_po" else s["short"]
-    per_pair = {"short_po": [s["short"]] * 2, "long_po": [s["long"]] * 2,
+    """Busy GPU seconds per stage. Per pair: 2 sequences for Short-PO, Long-PO and Expand-long (on the context they
+    train on), 2 short + 1 long for SoLoPO chosen-only, 2 + 2 for both responses; a step holds data.batch_size
+    pairs."""
+    context = s["long"] if job.sampling_key[-1] == "long" else s["short"]
+    per_pair = {"short_po": [s["short"]] * 2, "long_po": [s["long"]] * 2, "expand_long": [s["long"]] * 2,
                 "solopo_both": [s["short"]] * 2 + [s["long"]] * 2}.get(job.row, [s["short"]] * 2 + [s["long"]])
     tokens = s["steps"] * s["batch"] * sum(per_pair)
     return {"sampling": s["items"] * r.per_item("sample", context) if leader else 0.0,
@@ -112,7 +113,7 @@ def costs(jobs: list[Job], r: Rates) -> dict[Job, dict[str, float]]:
     regimes too where their questions and lengths agree), in the first job that asks for it."""
     first, found, seen, out = leaders(jobs), {}, set(), {}
     for job in jobs:
-        key = (job.regime, job.main, job.lengths)  # what the sizes depend on
+        key = (job.regime, job.every_length, job.lengths)  # what the sizes depend on
         if key not in found:
             found[key] = sizes(job)
         s = found[key]
@@ -160,14 +161,13 @@ def in_parts(jobs: list[Job], rates: Rates | None = None) -> tuple[list[list[Job
 
 
 def describe(part: list[Job]) -> str:
-    """A part's units in short: "a s0 dpo, simpo; a s1 ablation simpo abs, simpo abs detach"."""
+    """A part's units in short: "a s0 dpo, simpo, expand_long simpo; a s1 ablation simpo abs, simpo abs detach"."""
     seen: dict[tuple, list[str]] = {}
     for job in part:
-        name = job.unit[2] + ("" if job.main else f" {job.unit[3]}{' detach' if job.unit[4] else ''}")
-        names = seen.setdefault((job.regime, job.seed, job.main), [])
-        names += [] if name in names else [name]
-    return "; ".join(f"{regime} s{seed}{'' if main else ' ablation'} {', '.join(names)}"
-                     for (regime, seed, main), names in seen.items())
+        names = seen.setdefault((job.regime, job.seed, job.every_length), [])
+        names += [] if job.label in names else [job.label]
+    return "; ".join(f"{regime} s{seed}{'' if every else ' ablation'} {', '.join(names)}"
+                     for (regime, seed, every), names in seen.items())
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ reward) x DPO, SimPO, ORPO x 5 seeds, in each regime (a: x_short the evidence al
 ratio at the length curve.py chose), each evaluated at every length and depth of its preset. Ablations, 3 seeds, in
 one regime and for the algorithms named: detach_short x distance (abs, softplus, squared) x alpha (0.1, 0.3, 1, 3), and
 SoLo-RA on both responses against the chosen one, each evaluated on the evidence alone and at its training length
-(every depth): their comparisons are paired on the cases both runs were asked (claims.py).
+(every depth): their comparisons are paired on the cases both runs were asked (claims.py). Expand-long (pairs sampled
+on x_short, vanilla PO on x_long) is a row of the cost table and of one claim, not a main row: SimPO, 3 seeds, both
+regimes, evaluated as a main row is; it trains on the short-context pairs its seed's other rows sample.
 
 The base model is no job of its own: every trained run evaluates it before training, on the same questions, and the
 first of a seed computes the table that the others read from the evaluation cache (report.py takes the base row from
@@ -32,7 +34,11 @@ DISTANCES = ("abs", "softplus", "squared")
 ALPHAS = (0.1, 0.3, 1.0, 3.0)
 RA_ROWS = ("solopo", "solopo_detach", "solopo_both")
 RA_OPTION = {"solopo": "chosen", "solopo_detach": "chosen", "solopo_both": "both"}
-METHOD = {"short_po": "short_po", "long_po": "long_po", **{row: "solopo" for row in RA_ROWS}}
+COST_ROWS = ("expand_long",)  # the cost table's and one claim's (claims.py), at COST_SEEDS and COST_ALGOS
+COST_SEEDS = (0, 1, 2)
+COST_ALGOS = ("simpo",)  # the cost table's algorithm: SoLoPO's pipeline against Long-PO's and Expand-long's
+METHOD = {"short_po": "short_po", "long_po": "long_po", "expand_long": "expand_long",
+          **{row: "solopo" for row in RA_ROWS}}
 # An ablation cell's evaluation: the evidence alone and its training length at every depth; a main row's is every
 # length (the issue's "each at every length and depth" is about the main rows). Hydra resolves the interpolation.
 ABLATION_LENGTHS = "eval.lengths=[short,${data.long_len}]"
@@ -72,22 +78,39 @@ class Job:
             PAPER_ALPHA[self.algo], "abs"))
 
     @property
+    def every_length(self) -> bool:
+        """Evaluated at every length and depth of its preset (a main row, Expand-long); an ablation cell on the
+        evidence alone and at its training length."""
+        return self.main or self.row in COST_ROWS
+
+    @property
     def unit(self) -> tuple:
         """The jobs a part runs whole: a main row's seed and algorithm (its four rows: every claim of that seed), an
-        ablation's seed, algorithm, distance and detach_short (its alphas; with abs and the paper's form also the
-        both-responses cell)."""
+        Expand-long job alone (it fills what the others leave of a part), an ablation's seed, algorithm, distance and
+        detach_short (its alphas; with abs and the paper's form also the both-responses cell)."""
         if self.main:
             return self.regime, self.seed, self.algo
+        if self.row in COST_ROWS:
+            return self.regime, self.seed, self.algo, self.row
         return self.regime, self.seed, self.algo, self.distance, self.row == "solopo_detach"
 
+    @property
+    def label(self) -> str:
+        """Its unit in short, within its regime and seed: "dpo", "expand_long simpo", "simpo abs detach"."""
+        if self.main:
+            return self.algo
+        if self.row in COST_ROWS:
+            return f"{self.row} {self.algo}"
+        return f"{self.algo} {self.distance}{' detach' if self.row == 'solopo_detach' else ''}"
+
     def overrides(self) -> list[str]:
-        lengths = [x for x in self.lengths if self.main or not x.startswith("eval.lengths=")]
+        lengths = [x for x in self.lengths if self.every_length or not x.startswith("eval.lengths=")]
         out = [f"experiment=decisive/{self.regime}", f"seed={self.seed}", *lengths,
                f"method={METHOD[self.row]}", f"algo={self.algo}"]
         if self.row in RA_ROWS:
             out += [f"ra={RA_OPTION[self.row]}", f"ra.alpha={float(self.alpha)!r}", f"ra.distance={self.distance}",
                     f"ra.detach_short={str(self.row == 'solopo_detach').lower()}"]
-        return out + ([] if self.main else [ABLATION_LENGTHS])
+        return out + ([] if self.every_length else [ABLATION_LENGTHS])
 
     def command(self, root: Path, python: str = "python", extra: tuple[str, ...] = ()) -> list[str]:
         return [python, "-m", "solopo.run", *self.overrides(), *extra, f"hydra.run.dir={root / self.name}"]
@@ -98,6 +121,11 @@ def main_jobs(regime: str, seeds: tuple[int, ...] = MAIN_SEEDS) -> list[Job]:
     row. The first job of a seed samples its pairs and evaluates the base model; the others read both from the cache."""
     return [Job(regime, row, algo, PAPER_ALPHA[algo] if row in RA_ROWS else None, seed)
             for seed in seeds for algo in ALGOS for row in MAIN_ROWS]
+
+
+def cost_jobs(regime: str, seeds: tuple[int, ...] = COST_SEEDS, algos: tuple[str, ...] = COST_ALGOS) -> list[Job]:
+    """Expand-long per seed and algorithm: after the main rows, whose first job of a seed samples its pairs."""
+    return [Job(regime, row, algo, None, seed) for seed in seeds for algo in algos for row in COST_ROWS]
 
 
 def ablation_jobs(regime: str, algos: tuple[str, ...], seeds: tuple[int, ...] = ABLATION_SEEDS) -> list[Job]:
@@ -117,10 +145,12 @@ def ablation_jobs(regime: str, algos: tuple[str, ...], seeds: tuple[int, ...] = 
 def study_jobs(regimes: tuple[str, ...] = REGIMES, ablation_regime: str = "a",
                ablation_algos: tuple[str, ...] = ("simpo",), main_seeds: tuple[int, ...] = MAIN_SEEDS,
                ablation_seeds: tuple[int, ...] = ABLATION_SEEDS) -> list[Job]:
-    """Every job once, by priority: the main rows of each regime, then the ablations."""
+    """Every job once, by priority: the main rows of each regime, the ablations, then Expand-long (estimate.parts
+    puts each of its jobs in the first part with room, so it changes no other job's part)."""
     jobs = [job for regime in regimes for job in main_jobs(regime, main_seeds)]
     if ablation_regime in regimes:
         jobs += ablation_jobs(ablation_regime, ablation_algos, ablation_seeds)
+    jobs += [job for regime in regimes for job in cost_jobs(regime)]
     return list(dict.fromkeys(jobs))  # an ablation cell at the paper's alpha and abs is a main row's job
 
 

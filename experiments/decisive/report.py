@@ -1,11 +1,11 @@
 """The decisive study's report: study.md (main table, claims with paired 95% intervals and verdicts, ablations,
-pipeline cost) and its plots (accuracy vs length, the mechanism: the chosen response's short and long rewards per
-step), from the runs of a study directory.
+pipeline cost: costs.py) and its plots (accuracy vs length, the mechanism: the chosen response's short and long
+rewards per step), from the runs of a study directory.
 
     python experiments/decisive/report.py /tmp/decisive --out experiments/decisive/results \\
         --readme experiments/decisive/README.md
 
---readme rewrites the page's `<!-- solopo.report:NAME -->` blocks (runs, main, claims) with the generated tables.
+--readme rewrites the page's `<!-- solopo.report:NAME -->` blocks (runs, main, claims, cost) with the generated tables.
 """
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from experiments.decisive.claims import CLAIMS, describe, paired, seeds_of, verdict  # noqa: E402
+from experiments.decisive.costs import cost_table  # noqa: E402
 from experiments.decisive.curve import CURVE_SEED  # noqa: E402
-from experiments.decisive.jobs import MAIN_ROWS, PAPER_ALPHA, place  # noqa: E402
+from experiments.decisive.jobs import COST_ROWS, MAIN_ROWS, PAPER_ALPHA, place  # noqa: E402
 from experiments.studies import reports  # noqa: E402
 from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
 from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat  # noqa: E402
 from solopo.report.tables import cell, markdown  # noqa: E402
 
 AVG = "avg long"
-STAGES = ("sampling", "reference", "base_eval", "training", "eval")
 MECHANISM = ("ra/chosen_short", "ra/chosen_long", "ra/gap_signed")
+TABLE_ROWS = ("base", *MAIN_ROWS[:2], *COST_ROWS, *MAIN_ROWS[2:], "solopo_both")  # Expand-long beside Long-PO
 
 
 def main_key(regime: str, algo: str, row: str) -> tuple:
@@ -57,7 +58,7 @@ def main_table(groups: dict, regimes: list[str], algos: list[str]) -> list[str]:
     rows = []
     for regime in regimes:
         for algo in algos:
-            for row in ("base", *MAIN_ROWS, "solopo_both"):
+            for row in TABLE_ROWS:
                 runs = groups.get((regime, "-", "base", None, None) if row == "base" else main_key(regime, algo, row))
                 if not runs or (row == "base" and algo != algos[0]):
                     continue
@@ -97,26 +98,6 @@ def ablation_table(groups: dict) -> list[str]:
     head = ["regime", "algo", "detach_short", "distance", "alpha", "seeds", "evidence only", "avg long (its lengths)",
             "- Short-PO [95%]", "verdict (> Short-PO)"]
     return markdown(head, rows) if rows else ["No ablation runs."]
-
-
-def cost_table(groups: dict) -> list[str]:
-    """Seconds and peak GPU memory of each stage, per regime and method (one algorithm: SimPO where it ran). Sampling,
-    the reference pass and the base model's evaluation count where they ran (the first job of a seed), not where they
-    were read from the cache."""
-    rows = []
-    for (regime, algo, row, alpha, distance), runs in groups.items():
-        if algo not in ("simpo", "-") or (row.startswith("solopo") and (distance, alpha) != ("abs", PAPER_ALPHA["simpo"])):
-            continue
-        stages = [r.timings.get("stages", {}) for r in runs if not r.failed]
-        cells = []
-        for stage in STAGES:
-            seconds = [s[stage]["s"] for s in stages if stage in s]
-            shared = stage in ("sampling", "reference", "base_eval")
-            value = stat([max(seconds)] if shared and seconds else seconds)
-            memory = stat(s[stage]["peak_gib"] for s in stages if stage in s)
-            cells.append(f"{cell(value, 1)} s / {cell(memory, 2)} GiB" if value else "-")
-        rows.append([regime, row, *cells])
-    return markdown(["regime", "method (SimPO)", *STAGES], sorted(rows))
 
 
 def step_series(run: Run, key: str) -> dict[int, float]:
@@ -172,7 +153,7 @@ def blocks(runs: list[Run]) -> dict[str, list[str]]:
     algos = sorted({key[1] for key in groups if key[1] != "-"})
     return {"runs": [f"{len(ran)} runs, {sum(1 for r in ran if r.failed)} failed."],
             "main": main_table(groups, regimes, algos), "claims": claim_lines(groups, regimes, algos),
-            "ablations": ablation_table(groups), "cost": cost_table(groups)}
+            "ablations": ablation_table(groups), "cost": cost_table(groups, main_key)}
 
 
 def write_study(runs: list[Run], out: Path) -> Path:
@@ -184,7 +165,7 @@ def write_study(runs: list[Run], out: Path) -> Path:
             "## Main rows: sub-EM (%), mean ± std over seeds", "", *parts["main"], "",
             "## Claims: paired differences over seeds and questions, 95% bootstrap intervals", "", *parts["claims"], "",
             "## Ablations against Short-PO", "", *parts["ablations"], "",
-            "## Pipeline cost per stage (seconds / peak GPU memory)", "", *parts["cost"], "",
+            "## Pipeline cost per stage and method", "", *parts["cost"], "",
             "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (out / "study.md").write_text("\n".join(text))
     return out / "study.md"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
@@ -51,7 +51,8 @@ def is_seed_key(key: str) -> bool:
 @dataclass(frozen=True)
 class Run:
     """One run: its composed config, evaluation tables (base, trained, or model for an evaluation-only run),
-    metrics, timings and train pairs, or for a failed run the failure record."""
+    metrics, timings, train pairs and the sequences each split's pairs hold, or for a failed run the failure
+    record."""
 
     path: Path  # the run directory
     config: dict[str, Any]
@@ -60,6 +61,7 @@ class Run:
     timings: dict[str, float]
     pairs: int | None
     failure: dict | None  # failed.json: {"reason", "detail", ...}
+    sequences: dict = field(default_factory=dict)  # results.json's: {"train": ["short/chosen", ...], "val": ...}
 
     @property
     def failed(self) -> str | None:
@@ -99,7 +101,8 @@ def load_run(path: Path) -> Run:
     failed = path.name == "failed.json"
     return Run(path=path.parent, config=data.get("config", {}), eval={} if failed else data.get("eval", {}),
                metrics=data.get("metrics", {}), timings=data.get("timings", {}),
-               pairs=data.get("data", {}).get("train", {}).get("pairs"), failure=data if failed else None)
+               pairs=data.get("data", {}).get("train", {}).get("pairs"), failure=data if failed else None,
+               sequences={} if failed else data.get("sequences", {}))
 
 
 def find_runs(paths: list[Path]) -> list[Run]:

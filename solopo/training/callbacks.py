@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import resource
 import signal
 import sys
@@ -11,6 +12,8 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
+
+from solopo.cache import LOOKUPS
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -23,14 +26,15 @@ def peak_memory_gib(device: torch.device) -> float:
 
 class StageCosts:
     """Seconds and peak memory of each stage of a run (sampling, reference, base_eval, training, eval), for a study's
-    cost table: ``with stages("sampling"): ...`` records {"sampling": {"s": seconds, "peak_gib": ...}}. On a GPU the
-    peak is torch's since the stage began (its counter is reset then, and the device synchronised at both ends, once
-    per stage); on the CPU it is the process's peak resident memory so far. A cached stage costs ~0 here: its cost
-    is in the run that computed it."""
+    cost table: ``with stages("sampling"): ...`` records {"sampling": {"s": seconds, "peak_gib": ..., "cached": ...}}.
+    On a GPU the peak is torch's since the stage began (its counter is reset then, and the device synchronised at both
+    ends, once per stage); on the CPU it is the process's peak resident memory so far. ``"cached": true`` marks a stage
+    that read cache entries and computed none (solopo.cache.LOOKUPS): its seconds are the read's, and any wait on the
+    entry's lock while another process computed it; its cost is in the run that computed it."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.record: dict[str, dict[str, float]] = {}
+        self.record: dict[str, dict[str, float | bool]] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -38,11 +42,13 @@ class StageCosts:
         if cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        started = time.perf_counter()
+        started, before = time.perf_counter(), dataclasses.replace(LOOKUPS)
         yield
         if cuda:
             torch.cuda.synchronize(self.device)
-        self.record[name] = {"s": time.perf_counter() - started, "peak_gib": peak_memory_gib(self.device)}
+        read, computed = LOOKUPS.read - before.read, LOOKUPS.computed - before.computed
+        self.record[name] = {"s": time.perf_counter() - started, "peak_gib": peak_memory_gib(self.device),
+                             "cached": read > 0 and computed == 0}
 
 
 class Throughput(pl.Callback):

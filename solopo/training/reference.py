@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from solopo.cache import DiskCache, digest
+from solopo.cache import LOOKUPS, DiskCache, digest
 from solopo.core.objective import Key
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
@@ -131,8 +131,10 @@ def shared_entry(cache: DiskCache, key: str, compute: Callable[[], Any], check: 
     value = cache.get(key, check)
     if not reduce_any(value is None, device):
         log.info("%s from cache %s", desc, cache.path(key))
+        LOOKUPS.read += 1
         return value
     value = compute()
+    LOOKUPS.computed += 1
     if is_global_zero():
         cache.put(key, value, meta)
     return value

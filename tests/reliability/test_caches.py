@@ -1,7 +1,8 @@
 """Caches and results on disk (solopo.cache): a full disk leaves the previous file whole and says which file; a cache
 entry that is cut short, edited or holds something else is reported and rebuilt, never used (cache.verify=strict: the
 run stops); the evaluation key covers the items' content; processes sharing one cache all finish with one valid entry;
-a cache that cannot be written costs a warning, not the run. (Reference log-probs: tests/test_reference.py; the
+a cache that cannot be written costs a warning, not the run; a stage of a run that only read the cache is marked so in
+its costs. (Reference log-probs: tests/test_reference.py; the
 converted model: test_validation.py.)"""
 import dataclasses
 import errno
@@ -11,11 +12,13 @@ import multiprocessing
 import os
 
 import pytest
+import torch
 
 from solopo.cache import DiskCache, atomic_write_text, digest
 from solopo.data.schema import QAItem
 from solopo.eval import runner
 from solopo.generation import sampling
+from solopo.training.callbacks import StageCosts
 from shared_cache import ROWS, ask_for_one_entry
 
 from conftest import EVAL
@@ -224,3 +227,22 @@ def test_an_unwritable_cache_directory_is_a_warning_and_the_run_goes_on(tmp_path
     finally:
         if root.is_dir():
             root.chmod(0o755)
+
+
+def test_a_stage_that_only_read_the_cache_is_marked_cached(tmp_path):
+    """The first run's sampling computes the entry and a second run's reads it: only the second's stage is marked
+    cached (its cost is in the first run). A stage that read one entry and computed another (the train split's pairs
+    from the cache, the validation split's sampled) or asked no cache (training) is not."""
+    cache = DiskCache(tmp_path, "pairs")
+    first, second = StageCosts(torch.device("cpu")), StageCosts(torch.device("cpu"))
+    with first("sampling"):
+        cache.get_or_compute("train", lambda: [1])
+    with second("sampling"):
+        cache.get_or_compute("train", lambda: pytest.fail("the entry is there: it is read, not computed"))
+    with second("reference"):
+        cache.get_or_compute("train", lambda: [1]), cache.get_or_compute("val", lambda: [2])
+    with second("training"):
+        pass
+    cached = {name: stage["cached"] for name, stage in second.record.items()}
+    assert first.record["sampling"]["cached"] is False
+    assert cached == {"sampling": True, "reference": False, "training": False}
