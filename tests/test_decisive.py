@@ -155,6 +155,24 @@ def test_claims_are_paired_over_seeds_and_questions_with_a_verdict(tmp_path):
     assert (tmp_path / "out" / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_verdict_paragraph_says_how_much_of_the_plan_it_stands_on(tmp_path):
+    """The repository's headline: per claim, the cells by verdict with their seeds, after how many of the planned runs
+    it rests on; an incomplete study says that its verdicts may still change."""
+    for seed in range(3):
+        fake_run(tmp_path / f"a-solopo_detach-simpo-a1-s{seed}", "a", "solopo_detach", seed, [0, 1, 2, 3, 4, 5])
+        fake_run(tmp_path / f"a-solopo-simpo-a1-s{seed}", "a", "solopo", seed, [0, 1])
+        fake_run(tmp_path / f"a-short_po-simpo-s{seed}", "a", "short_po", seed, [0, 1, 2, 3, 8, 9])
+    planned = len(jobs.study_jobs())
+    [paragraph] = report.blocks(find_runs([tmp_path]))["verdict"]
+    assert paragraph.startswith(f"**Verdict from 9 of the {planned} planned runs** (not complete: each verdict may "
+                                "still change; main rows at 0-3 of 5 seeds; regimes run: a).")
+    assert "No gradient to the short side beats the paper's form (paper_mini): supported in a/simpo (3 seeds)." \
+        in paragraph
+    assert "SoLoPO beats Short-PO (SoLo-RA adds to short-context PO) (the paper): contradicted in a/simpo (3 seeds)." \
+        in paragraph
+    assert "SoLoPO beats Long-PO" not in paragraph  # no Long-PO run: no cell, no sentence
+
+
 def cost(seconds: float, peak: float = 1.0, cached: bool | None = None) -> dict:
     return {"s": seconds, "peak_gib": peak, **({} if cached is None else {"cached": cached})}
 

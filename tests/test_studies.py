@@ -29,18 +29,30 @@ def test_failure_reasons(log, reason):
     assert failures.classify(log, 3)[0] == reason
 
 
-def test_a_failure_record_reads_the_job_config_where_hydra_is_imported(tmp_path):
+@pytest.mark.parametrize("earlier_app", [False, True])
+def test_a_failure_record_reads_the_job_config_where_hydra_is_imported(tmp_path, earlier_app):
     """The launcher imports Hydra (it composes the jobs), whose own `hydra:` resolver cannot answer outside an app: a
-    failed job's config, with Hydra's logger path in it, is still recorded, and the launcher goes on."""
+    failed job's config, with Hydra's logger path in it, is still recorded, and the launcher goes on. Where an app ran
+    earlier in the process (an in-process run, as the tests make), the resolver would answer with that app's paths:
+    the record keeps the interpolation as written instead."""
+    from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import setup_globals
+    from omegaconf import OmegaConf
 
     setup_globals()  # Hydra's own `hydra:` resolver, registered as composing a job registers it
-
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 3\nlogger:\n  save_dir: ${hydra:runtime.output_dir}\n")
-    record = failures.failure_record("torch.OutOfMemoryError: CUDA out of memory.\n", 1, tmp_path)
+    stale, HydraConfig.instance().cfg = HydraConfig.instance().cfg, None
+    if earlier_app:
+        HydraConfig.instance().cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": "/elsewhere"}}})
+    try:
+        (tmp_path / ".hydra").mkdir()
+        (tmp_path / ".hydra" / "config.yaml").write_text("seed: 3\nlogger:\n  save_dir: ${hydra:runtime.output_dir}\n"
+                                                         "eval:\n  seed: ${seed}\n")
+        record = failures.failure_record("torch.OutOfMemoryError: CUDA out of memory.\n", 1, tmp_path)
+    finally:
+        HydraConfig.instance().cfg = stale
     assert record["reason"] == "out of memory"
-    assert record["config"]["seed"] == 3 and "hydra:" in record["config"]["logger"]["save_dir"]
+    assert record["config"]["seed"] == 3 and record["config"]["eval"]["seed"] == 3
+    assert record["config"]["logger"]["save_dir"] == "${hydra:runtime.output_dir}"
 
 
 def fake_command(self, root, python, extra):
@@ -141,16 +153,19 @@ def test_a_report_reads_every_input_before_it_writes(tmp_path, capsys):
         written.append(inputs)
         return [tmp_path / "study.md"]
 
-    page = tmp_path / "README.md"
+    page, root = tmp_path / "README.md", tmp_path / "ROOT.md"
+    root.write_text("<!-- solopo.report:runs -->\nold\n<!-- /solopo.report:runs -->\n")
     page.write_text("no blocks\n")
     with pytest.raises(SystemExit) as stop:
-        reports.generate(page, lambda: "runs", lambda runs: {"runs": [runs]}, write)
-    assert stop.value.code == 2 and not written
+        reports.generate([root, page], lambda: "runs", lambda runs: {"runs": [runs]}, write)
+    assert stop.value.code == 2 and not written and "old" in root.read_text()  # no page is half-updated
     assert capsys.readouterr().err.startswith(f"error: {page}: no <!-- solopo.report:NAME -->")
     page.write_text("<!-- solopo.report:runs -->\n<!-- /solopo.report:runs -->\n")
-    reports.generate(page, lambda: "3 runs", lambda runs: {"runs": [runs]}, write)
-    assert written == ["3 runs"] and capsys.readouterr().out.split() == [str(tmp_path / "study.md"), str(page)]
-    assert page.read_text() == "<!-- solopo.report:runs -->\n3 runs\n<!-- /solopo.report:runs -->\n"
+    reports.generate([page, root], lambda: "3 runs", lambda runs: {"runs": [runs]}, write)
+    assert written == ["3 runs"] and capsys.readouterr().out.split() == [str(tmp_path / "study.md"), str(page),
+                                                                         str(root)]
+    for each in (page, root):
+        assert each.read_text() == "<!-- solopo.report:runs -->\n3 runs\n<!-- /solopo.report:runs -->\n"
 
 
 @pytest.mark.parametrize("name, steps", [

@@ -5,7 +5,8 @@ rewards per step), from the runs of a study directory.
     python experiments/decisive/report.py /tmp/decisive --out experiments/decisive/results \\
         --readme experiments/decisive/README.md
 
---readme rewrites the page's `<!-- solopo.report:NAME -->` blocks (runs, main, claims, cost) with the generated tables.
+--readme (repeatable) rewrites each page's `<!-- solopo.report:NAME -->` blocks (runs, verdict, main, claims, cost) with
+the generated text: the study's README and the repository's, whose headline is the verdict block.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from experiments.decisive.claims import CLAIMS, describe, paired, seeds_of, verdict  # noqa: E402
 from experiments.decisive.costs import cost_table  # noqa: E402
 from experiments.decisive.curve import CURVE_SEED  # noqa: E402
-from experiments.decisive.jobs import COST_ROWS, MAIN_ROWS, PAPER_ALPHA, place  # noqa: E402
+from experiments.decisive.jobs import COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_ALPHA, place, study_jobs  # noqa: E402
 from experiments.studies import reports  # noqa: E402
 from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
 from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat  # noqa: E402
@@ -82,6 +83,34 @@ def claim_lines(groups: dict, regimes: list[str], algos: list[str]) -> list[str]
                     lines.append(f"- **{verdict(change)}**: {claim} ({whose}), regime {regime}, {algo}: "
                                  f"{describe(change, seeds_of(a, b))}.")
     return lines
+
+
+def verdict_paragraph(groups: dict, regimes: list[str], algos: list[str], done: set[str]) -> list[str]:
+    """The study's verdict in one paragraph, the headline the repository's README quotes: how much of the plan it
+    stands on (``done``: the names of the runs that ended), then per claim the regime/algorithm cells whose paired
+    interval lies above 0 (supported), below it (contradicted) or holds it (not separated)."""
+    planned = {job.name for job in study_jobs()}
+    main = [job for job in study_jobs() if job.main]
+    seeds = {len({j.seed for j in main if (j.regime, j.row, j.algo) == key and j.name in done})
+             for key in {(j.regime, j.row, j.algo) for j in main}}
+    state = "complete" if planned <= done else "not complete: each verdict may still change"
+    head = (f"**Verdict from {len(planned & done)} of the {len(planned)} planned runs** ({state}; main rows at "
+            f"{min(seeds)}-{max(seeds)} of {len(MAIN_SEEDS)} seeds; regimes run: "
+            f"{', '.join(regimes) or 'none'}). Each cell: the paired difference in average long-context sub-EM, "
+            f"95% bootstrap interval over seeds and questions (each with its interval in the study's report).")
+    sentences = []
+    for claim, better, worse, whose in CLAIMS:
+        cells: dict[str, list[str]] = {}
+        for regime in regimes:
+            for algo in algos:
+                a, b = groups.get(main_key(regime, algo, better)), groups.get(main_key(regime, algo, worse))
+                if a and b:
+                    n = seeds_of(a, b)
+                    cells.setdefault(verdict(paired(a, b)), []).append(f"{regime}/{algo} ({n} seed{'s' * (n != 1)})")
+        if cells:
+            found = "; ".join(f"{word} in {', '.join(where)}" for word, where in sorted(cells.items()))
+            sentences.append(f"{claim} ({whose}): {found}.")
+    return [" ".join([head, *sentences])]
 
 
 def ablation_table(groups: dict) -> list[str]:
@@ -151,7 +180,9 @@ def blocks(runs: list[Run]) -> dict[str, list[str]]:
     groups = group(runs, place)
     regimes = sorted({key[0] for key in groups})
     algos = sorted({key[1] for key in groups if key[1] != "-"})
+    done = {r.path.name for r in ran if not r.failed}
     return {"runs": [f"{len(ran)} runs, {sum(1 for r in ran if r.failed)} failed."],
+            "verdict": verdict_paragraph(groups, regimes, algos, done),
             "main": main_table(groups, regimes, algos), "claims": claim_lines(groups, regimes, algos),
             "ablations": ablation_table(groups), "cost": cost_table(groups, main_key)}
 
@@ -161,7 +192,7 @@ def write_study(runs: list[Run], out: Path) -> Path:
     regimes, algos = sorted({k[0] for k in groups}), sorted({k[1] for k in groups if k[1] != "-"})
     out.mkdir(parents=True, exist_ok=True)
     plots = length_plot(groups, regimes, algos, out) + mechanism_plots(groups, out)
-    text = ["# The decisive study: results", "", parts["runs"][0], "",
+    text = ["# The decisive study: results", "", parts["runs"][0], "", "## Verdict", "", *parts["verdict"], "",
             "## Main rows: sub-EM (%), mean ± std over seeds", "", *parts["main"], "",
             "## Claims: paired differences over seeds and questions, 95% bootstrap intervals", "", *parts["claims"], "",
             "## Ablations against Short-PO", "", *parts["ablations"], "",

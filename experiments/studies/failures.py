@@ -35,21 +35,16 @@ def classify(log: str, returncode: int) -> tuple[str, str]:
 
 
 def job_config(run_dir: Path) -> dict:
-    """The job's config as Hydra composed it, or {} when it never got that far. The `hydra:` resolver
-    (logger paths) is only available inside a Hydra app, so it is answered with null here."""
+    """The job's config as Hydra composed it, or {} when it never got that far. Its `${hydra:...}` interpolations
+    (logger paths) are kept as written: only a Hydra app answers them, and in a process where one ran before (tests,
+    a notebook) Hydra's resolver would answer with that app's paths."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists():
         return {}
     from omegaconf import OmegaConf
-    from omegaconf.errors import InterpolationResolutionError
 
-    if not OmegaConf.has_resolver("hydra"):
-        OmegaConf.register_new_resolver("hydra", lambda *_: None)
-    config = OmegaConf.load(path)
-    try:
-        return OmegaConf.to_container(config, resolve=True)
-    except InterpolationResolutionError:  # Hydra's own `hydra:` resolver, where Hydra is imported: it needs an app
-        return OmegaConf.to_container(config, resolve=False)
+    config = OmegaConf.create(path.read_text().replace("${hydra:", "\\${hydra:"))  # escaped: a literal string
+    return OmegaConf.to_container(config, resolve=True)
 
 
 def failure_record(log: str, returncode: int, run_dir: Path) -> dict:
