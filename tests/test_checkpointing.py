@@ -1,6 +1,8 @@
 """model.gradient_checkpointing=auto: the activation-memory predictor against counts by hand and by autograd, the
 decision against hand cases, and partial checkpointing changes no number."""
 import contextlib
+import sys
+import types
 from dataclasses import replace
 
 import pytest
@@ -8,10 +10,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from solopo.models.blocks import decoder_layers
-from solopo.step.checkpointing import (StepShape, StepTokens, checkpoint_layers, model_shape,
-                                       plan_checkpointing, predict_activations, state_bytes, step_tokens)
+from solopo.step.checkpointing import (StepShape, checkpoint_layers, model_shape, plan_checkpointing,
+                                       predict_activations, state_bytes)
+from solopo.step.largest_step import StepTokens
+from solopo.step.layout import PACKED
+from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
-from solopo.models import memory
+from solopo.models import kernels, memory
 from solopo.models.loading import load_model, with_lora
 from conftest import TINY
 
@@ -38,6 +43,41 @@ def test_layer_bytes_of_the_1_5b_shape_by_hand():
     assert shape(QWEN_1_5B).layer_bytes() == 103_480
     assert shape(QWEN_1_5B, weight_bytes=4).layer_bytes() == 118_840
     assert shape(QWEN_1_5B).checkpointed_bytes() == 2 * 1536 and shape(QWEN_1_5B, 2, 4).checkpointed_bytes() == 4 * 1536
+
+
+def test_liger_layer_bytes_of_the_1_5b_shape_by_hand():
+    """A_liger, Liger's RMSNorm and SwiGLU in bf16: norms 2 (2 x 1536 + 4 + 2 x 1536) = 12,296 (the input as it came,
+    the fp32 reciprocal root, the output); attention 7,168 and 48 as in A; MLP 3 x 2 x 8960 = 53,760 (gate, up, their
+    product): 73,272 bytes per token. fp32 weights under bf16 autocast: the norms keep their fp32 input (2 (4 x 1536
+    + 4), the same 12,296) but no output, which the five projections cast, 5 x 2 x 1536 = 15,360: 88,632. Outside the
+    layers the final norm keeps 2 x 1536 + 4 in place of 6 x 1536 + 4: O = 3,076 + 3,072 + 512 + 8 = 6,668."""
+    assert shape(QWEN_1_5B, liger=True).layer_bytes() == 73_272
+    assert shape(QWEN_1_5B, weight_bytes=4, liger=True).layer_bytes() == 88_632
+    assert shape(QWEN_1_5B).outside_layers_bytes() - shape(QWEN_1_5B, liger=True).outside_layers_bytes() == 4 * 1536
+    assert shape(QWEN_1_5B, liger=True).outside_layers_bytes() == 6_668
+    # model.mlp_chunk_size: the MLP keeps its input only, A_N = A_liger - 3 x 2 x 8960
+    assert shape(QWEN_1_5B, liger=True).layer_bytes(chunked=True) == 73_272 - 53_760
+
+
+def test_packed_rows_count_keys_and_values_at_every_query_head():
+    """Flex attention repeats keys and values to the query heads for 12 heads (no power of two), and solopo_varlen
+    does where torch's varlen kernel takes no grouped heads: 2 x 2 x (1536 - 256) = 5,120 bytes more per token and
+    layer in a packed row, none in padded rows (SDPA's causal kernel takes grouped heads)."""
+    assert shape(QWEN_1_5B).layer_bytes(repeated_kv=True) == 103_480 + 5_120
+    assert shape(QWEN_1_5B, liger=True).layer_bytes(repeated_kv=True) == 73_272 + 5_120
+    big = shape(QWEN_1_5B, liger=True)
+    padded, packed = StepTokens((10_000,), (64,)), StepTokens((10_000,), (64,), layout=PACKED)
+    # no layer checkpointed: 28 layers' activations and one layer's gradients
+    assert predict_activations(big, packed, 0, 64) - predict_activations(big, padded, 0, 64) == 29 * 10_000 * 5_120
+
+
+def test_the_plan_fits_the_largest_layout_a_batch_can_take():
+    """Steps in two layouts (solopo.step.largest_step): the plan is the one for the larger."""
+    big, gib = shape(QWEN_1_5B, liger=True), 2**30
+    small, large = StepTokens((40_000,), (64,), layout=PACKED), StepTokens((40_000, 40_000), (64, 64))
+    both = plan_checkpointing(big, [small, large], 64, 12 * gib, 70 * gib)
+    assert both == plan_checkpointing(big, [large], 64, 12 * gib, 70 * gib)
+    assert both.checkpointed > plan_checkpointing(big, [small], 64, 12 * gib, 70 * gib).checkpointed
 
 
 SMALL = dict(model_type="qwen2", hidden_size=64, intermediate_size=160, num_hidden_layers=1, num_attention_heads=4,
@@ -123,8 +163,9 @@ def test_predicted_activations_by_hand():
     # 100 tokens, 5 response positions: LM head 3 x 5 x 10 x 4 = 600
     step = one_sequence(100, 5)
     assert predict_activations(tiny, step, 0, 5) == 100 * (2 * 320 + 92 + 320) + 600  # one layer's gradients
-    assert predict_activations(tiny, step, 1, 5) == 100 * (320 + 16 + 92 + 2 * 320) + 600  # and one recomputed
-    assert predict_activations(tiny, step, 2, 5) == 100 * (2 * 16 + 92 + 2 * 320) + 600
+    # the checkpointed first layer is recomputed after the second's backward has freed its 320: one of them at a time
+    assert predict_activations(tiny, step, 1, 5) == 100 * (16 + 92 + 320 + 320) + 600
+    assert predict_activations(tiny, step, 2, 5) == 100 * (2 * 16 + 92 + 320 + 320) + 600
 
 
 def test_predicted_activations_with_savers_by_hand():
@@ -140,7 +181,7 @@ def test_predicted_activations_with_savers_by_hand():
     chunk = 2 * 40 * 192
     head = 3 * 5 * 10 * 4
     assert predict_activations(chunked, step, 0, 5) == 3 * layer + outside + chunk + head
-    assert predict_activations(chunked, step, 1, 5) == 3 * layer + 260 * 16 + outside + chunk + head
+    assert predict_activations(chunked, step, 1, 5) == 2 * layer + 260 * 16 + outside + chunk + head
     both = shape(TINY_SHAPE, mlp_chunk_size=40, offload=True)
     assert predict_activations(both, step, 2, 5) == 260 * (24 + 16) + 2 * layer + chunk + head
     assert predict_activations(both, step, 0, 5) == 260 * 24 + 2 * layer + chunk + head
@@ -153,39 +194,39 @@ def test_the_plan_checkpoints_the_fewest_layers_that_fit():
     125 GiB usable); 128K tokens need some layers, and where even all do not fit, all are checkpointed."""
     big, gib = shape(QWEN_1_5B), 2**30
     state = 12 * gib
-    plan = plan_checkpointing(big, one_sequence(10_240), 64, state, 125 * gib)
+    plan = plan_checkpointing(big, [one_sequence(10_240)], 64, state, 125 * gib)
     assert plan.checkpointed == 0 and plan.predicted_peak < 125 * gib
-    some = plan_checkpointing(big, one_sequence(131_072), 64, state, 125 * gib)
+    some = plan_checkpointing(big, [one_sequence(131_072)], 64, state, 125 * gib)
     assert 0 < some.checkpointed < 28 and some.predicted_peak <= 125 * gib
     # one layer fewer would not fit: the fewest
     assert state + predict_activations(big, one_sequence(131_072), some.checkpointed - 1, 64) > 125 * gib
-    assert plan_checkpointing(big, one_sequence(1 << 22), 64, state, 125 * gib).checkpointed == 28
-    assert plan_checkpointing(big, one_sequence(1 << 22), 64, state, None).checkpointed == 0  # the CPU: none
+    assert plan_checkpointing(big, [one_sequence(1 << 22)], 64, state, 125 * gib).checkpointed == 28
+    assert plan_checkpointing(big, [one_sequence(1 << 22)], 64, state, None).checkpointed == 0  # the CPU: none
     assert "0 of 28 decoder layers checkpointed" in plan.describe() and "savers" not in plan.describe()
 
 
 def test_savers_let_the_plan_checkpoint_fewer_layers():
     """SoLoPO at 128K on the 1.5B shape (bf16, state 12 GiB, 125 GiB usable): a 129,024-token long sequence and two
-    1,024-token short ones, 192 response positions through the LM head. Without savers 22 of 28 layers are
-    checkpointed (123.2 GiB predicted). With model.mlp_chunk_size=16384 the long sequence's tokens keep A_N = 103,480
-    - 4 x 2 x 8,960 = 31,800 bytes per non-checkpointed layer: 3 layers suffice (124.4 GiB). With
+    1,024-token short ones, 192 response positions through the LM head. Without savers 21 of 28 layers are
+    checkpointed (122.8 GiB predicted). With model.mlp_chunk_size=16384 the long sequence's tokens keep A_N = 103,480
+    - 4 x 2 x 8,960 = 31,800 bytes per non-checkpointed layer: 2 layers suffice (124.0 GiB). With
     model.offload_activations every layer is, and no layer's input stays on the device: 38.0 GiB (22.4 GiB with both).
     At 8K (no sequence longer than the chunk) the chunked prediction is the plain one."""
     gib, state = 2**30, 12 * 2**30
     step = StepTokens((129_024, 1_024, 1_024), (64, 64, 64))
 
     def plan(**savers):
-        return plan_checkpointing(shape(QWEN_1_5B, **savers), step, 192, state, 125 * gib)
+        return plan_checkpointing(shape(QWEN_1_5B, **savers), [step], 192, state, 125 * gib)
     plain, chunked = plan(), plan(mlp_chunk_size=16_384)
-    assert (plain.checkpointed, chunked.checkpointed) == (22, 3)
-    assert [round(p.predicted_peak / gib, 1) for p in (plain, chunked)] == [123.2, 124.4]
+    assert (plain.checkpointed, chunked.checkpointed) == (21, 2)
+    assert [round(p.predicted_peak / gib, 1) for p in (plain, chunked)] == [122.8, 124.0]
     offloaded, both = plan(offload=True), plan(mlp_chunk_size=16_384, offload=True)
     assert (offloaded.checkpointed, both.checkpointed) == (28, 28)
     assert [round(p.predicted_peak / gib, 1) for p in (offloaded, both)] == [38.0, 22.4]
     assert "memory savers counted: model.mlp_chunk_size=16384, model.offload_activations=true" in both.describe()
     short = StepTokens((8_192, 1_024, 1_024), (64, 64, 64))
-    assert plan_checkpointing(shape(QWEN_1_5B, mlp_chunk_size=16_384), short, 192, state, 125 * gib) == replace(
-        plan_checkpointing(shape(QWEN_1_5B), short, 192, state, 125 * gib), savers="model.mlp_chunk_size=16384")
+    assert plan_checkpointing(shape(QWEN_1_5B, mlp_chunk_size=16_384), [short], 192, state, 125 * gib) == replace(
+        plan_checkpointing(shape(QWEN_1_5B), [short], 192, state, 125 * gib), savers="model.mlp_chunk_size=16384")
 
 
 def test_the_model_carries_its_savers_to_the_prediction(tokenizer):
@@ -199,18 +240,27 @@ def test_the_model_carries_its_savers_to_the_prediction(tokenizer):
         "model.mlp_chunk_size=16, model.offload_activations=true")
 
 
-def test_state_and_step_tokens_by_hand(tiny_model):
+def test_the_model_tells_the_prediction_it_runs_liger(tokenizer, monkeypatch):
+    """model_shape reads whether use_liger patched the model (through a LoRA wrapper too), here with Liger's patch
+    function stood in for (its kernels are Triton kernels, and this machine has no GPU), and the plan says so."""
+    patched = []
+    liger = types.ModuleType("liger_kernel.transformers")
+    liger.apply_liger_kernel_to_llama = lambda **options: patched.append(options["model"])
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", liger)
+    monkeypatch.setattr(kernels, "liger_problems", lambda gpu_visible: [])
+    model = load_model(replace(TINY, liger=True), tokenizer, seed=0)
+    assert patched == [model] and kernels.liger_applied(model)
+    assert model_shape(with_lora(model, {"r": 2}), None).liger
+    assert not model_shape(load_model(TINY, tokenizer, seed=0), None).liger
+    plan = plan_checkpointing(model_shape(model, None), [one_sequence(64)], 64, 0, 2**30)
+    assert "Liger's RMSNorm and SwiGLU counted" in plan.describe()
+
+
+def test_state_by_hand(tiny_model):
     trained = sum(p.numel() for p in tiny_model.parameters())
     assert state_bytes(tiny_model) == 4 * 4 * trained  # fp32 weights, gradients and two AdamW moments
     tiny_model.requires_grad_(False)
     assert state_bytes(tiny_model, world_size=2) == 4 * trained // 2
-    pairs = [TokenizedPair("a", {"short": [1] * 5, "long": [1] * 20}, {"chosen": [2] * 3, "rejected": [2] * 4}),
-             TokenizedPair("b", {"short": [1] * 7, "long": [1] * 18}, {"chosen": [2] * 6, "rejected": [2] * 1})]
-    keys = [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]
-    # longest short/chosen 13, short/rejected 9, long/chosen 24; responses 6 + 4 + 6; two pairs per step
-    step = step_tokens(pairs, keys, 2)
-    assert (step.total, step.response_total) == (2 * (13 + 9 + 24), 2 * 16)
-    assert step.longer_than(12) == (2 * (13 + 24), 4) and step.longer_than(None) == (0, 0)
 
 
 def test_partial_checkpointing_wraps_k_layers_and_changes_no_gradient(tokenizer):
@@ -230,7 +280,7 @@ def test_partial_checkpointing_wraps_k_layers_and_changes_no_gradient(tokenizer)
 
 def test_a_run_counts_its_savers_and_says_so(tokenizer, caplog):
     """The run's auto plan (solopo.training.pipeline) predicts with the savers its model was loaded with, and its log
-    line names them."""
+    line names them; it counts the step in the layout its collator gives: shared prompts, 20 + 3 + 4 tokens a pair."""
     from conftest import default_config
     from omegaconf import OmegaConf
     from solopo.settings.build import build_settings
@@ -243,6 +293,8 @@ def test_a_run_counts_its_savers_and_says_so(tokenizer, caplog):
     policy = load_model(replace(TINY, mlp_chunk_size=settings.model.mlp_chunk_size,
                                 offload_activations=settings.model.offload_activations), tokenizer, seed=0)
     pairs = [TokenizedPair("a", {"short": [1] * 5, "long": [1] * 20}, {"chosen": [2] * 3, "rejected": [2] * 4})]
+    collate = PairCollator([("long", "chosen"), ("long", "rejected")], 0, pack="shared_prompt")
     with caplog.at_level("INFO", logger="solopo"):
-        plan_run(cfg, settings, policy, pairs, [("short", "chosen"), ("long", "chosen")])
+        plan_run(cfg, settings, policy, pairs, collate)
     assert "memory savers counted: model.mlp_chunk_size=16, model.offload_activations=true" in caplog.text
+    assert f"for steps of up to {27 * cfg.data.batch_size} tokens" in caplog.text

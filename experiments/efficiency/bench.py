@@ -27,6 +27,7 @@ from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, logp_chu
 from solopo.core.algos import DPO, SimPO
 from solopo.data.collate import SHARED_PROMPT, PairCollator
 from solopo.step import checkpointing
+from solopo.step.largest_step import layout_tokens
 from solopo.step.layout import NAMES
 from solopo.data.tokenize import TokenizedPair
 from solopo.step.logps import chunked_token_logps
@@ -149,12 +150,12 @@ def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, p
     return TrainStep(module, optimizer, batch), keys, batch.n_tokens, layout
 
 
-def plan_memory(policy, variant: str, pair: TokenizedPair, keys, response: int) -> dict:
+def plan_memory(policy, variant: str, pair: TokenizedPair, keys, layout: bool | str) -> dict:
     """The decoder layers this cell checkpoints (DEFAULTS: model.gradient_checkpointing=auto's choice; otherwise
-    all) and the predicted peak, which the row records beside the measured one."""
-    step = checkpointing.step_tokens([pair], keys, 1)
+    all) and the predicted peak for its step in ``layout``, which the row records beside the measured one."""
+    step = layout_tokens(layout, [pair], keys, 1)
     if variant == DEFAULTS:
-        plan = checkpointing.auto_checkpointing(policy, step, logp_chunk_size(), torch.device(DEVICE), None)
+        plan = checkpointing.auto_checkpointing(policy, [step], logp_chunk_size(), torch.device(DEVICE), None)
     else:  # the savers variant's model carries its savers, which model_shape counts
         layers = len(checkpointing.decoder_layers(policy))
         checkpointing.checkpoint_layers(policy, layers)
@@ -210,7 +211,7 @@ def grid(args, name, policy, optimizer, shape, pad_id, rows, save):
                     pack = use_variant(policy, variant)
                     step, keys, tokens, layout = train_step(policy, optimizer, ALGOS[algo_name], method_name, pair,
                                                             pad_id, pack)
-                    memory = plan_memory(policy, variant, pair, keys, args.response)
+                    memory = plan_memory(policy, variant, pair, keys, layout)
                     cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens,
                                    args.warmup, args.steps, shared=layout == SHARED_PROMPT, profile=args.profile)
                     rows.append({"model": name, "algo": algo_name, "method": method_name, "variant": variant,

@@ -80,15 +80,24 @@ class PairCollator:
 
     def layout_of(self, pairs: list[TokenizedPair]) -> bool | str:
         """The layout of this batch: ``pack`` itself, or auto's choice for its lengths (logged when it changes)."""
-        if self.pack != AUTO:
-            return self.pack
-        longest = {context: max(len(p.prompts[context]) + len(p.responses[response]) for p in pairs
-                                for c, response in self.keys if c == context) for context in self.responses_per_context}
-        chosen = layout.choose_layout(self.responses_per_context, longest, self.device, self.kernel, self.rules)
-        if chosen != self.last_layout:
-            log.info(layout.describe(chosen, longest))
+        chosen = self.layout_for(pairs)
+        if self.pack == AUTO and chosen != self.last_layout:
+            log.info(layout.describe(chosen, self.longest(pairs)))
             self.last_layout = chosen
         return chosen
+
+    def layout_for(self, pairs: list[TokenizedPair]) -> bool | str:
+        """The layout this collator gives a batch of ``pairs``, without a word in the log (the memory planner,
+        solopo.step.checkpointing.step_tokens, asks it of many batches)."""
+        if self.pack != AUTO:
+            return self.pack
+        return layout.choose_layout(self.responses_per_context, self.longest(pairs), self.device, self.kernel,
+                                    self.rules)
+
+    def longest(self, pairs: list[TokenizedPair]) -> dict[str, int]:
+        """The tokens of each context's longest sequence (prompt + response) among ``pairs``."""
+        return {context: max(len(p.prompts[context]) + len(p.responses[response]) for p in pairs
+                             for c, response in self.keys if c == context) for context in self.responses_per_context}
 
     def __call__(self, pairs: list[TokenizedPair]) -> Batch:
         pack = self.layout_of(pairs)

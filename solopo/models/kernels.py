@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from solopo.models.blocks import decoder_layers
+from solopo.models.blocks import decoder_layers, mlps
 from solopo.settings.fields import Problems
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,14 @@ def use_liger(model: nn.Module) -> None:
 
     apply = getattr(liger, LIGER_PATCHES[model.config.model_type])
     apply(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
+    for mlp in mlps(model):
+        mlp.solopo_liger = True  # read by liger_applied
+
+
+def liger_applied(model: nn.Module) -> bool:
+    """Whether use_liger patched ``model`` (through any wrapper, e.g. LoRA's): the memory predictor
+    (solopo.step.checkpointing) counts what Liger's kernels save for backward instead of what PyTorch's do."""
+    return any(getattr(mlp, "solopo_liger", False) for mlp in mlps(model))
 
 
 def compile_layers(model: nn.Module) -> None:

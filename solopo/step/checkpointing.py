@@ -8,8 +8,8 @@ savers; ``plan_checkpointing`` takes the fewest checkpointed layers whose predic
 ``checkpoint_layers`` wraps that many (transformers' switch is all-or-nothing: every layer or none).
 
 Bytes saved for backward per token and decoder layer (Llama/Qwen2 blocks; H hidden, Dq = heads x head_dim,
-Dkv = kv_heads x head_dim, I intermediate, c the compute dtype's bytes, n_h the heads), when the weights are in the
-compute dtype:
+Dkv = kv_heads x head_dim, I intermediate, c the compute dtype's bytes, r the residual stream's (the weights' under
+autocast), n_h the heads), when the weights are in the compute dtype, with PyTorch's own RMSNorm and MLP:
 
     A = 2 (4H + 2cH + 4)        two RMSNorms: the fp32 upcast of their input, the cast back, the norm's output and
                                 the fp32 reciprocal root
@@ -17,23 +17,38 @@ compute dtype:
       + 4 n_h                   attention's log-sum-exp (fp32, one per head)
       + 4 c I                   gate, up, silu(gate) and their product
 
-and 5cH more with wider weights under autocast (fp32 weights, bf16 compute: the five projections that read a norm's
-output each cast their own copy). For Qwen2.5-1.5B (H 1536, Dq 1536, Dkv 256, I 8960, 12 heads) in bf16, A =
-103,480 bytes: the bytes autograd holds per token for one layer of that shape on the CPU, counted tensor by tensor
-(tests/test_checkpointing.py checks the formula against such a count on a small shape). A checkpointed layer holds
-its input only, r H bytes per token (r: the residual stream's dtype, the weights' under autocast). Outside the layers
-the model holds, per token, O = (4 + r) H + 4 (the final norm's fp32 input, its cast back, its reciprocal root)
-+ c H (the norm's output: the LM head runs on the last position only, and saves that view of the whole; under
-autocast it saves the view's cast instead, and this term is 0) + 2 r head_dim (the rotary tables, cos and sin) + 8
-(the token ids).
+and with Liger's kernels (model.liger, solopo.models.kernels; liger-kernel's ops/rms_norm.py, swiglu.py, rope.py):
+
+    A_liger = 2 (rH + 4 + cH)   two RMSNorms: LigerRMSNormFunction saves its input as it came and the fp32 reciprocal
+                                root (casting mode "llama"); the norm's output, which the projections save
+      + c (2 Dq + 2 Dkv)        as above: LigerRopeFunction rotates q and k in place and saves only cos and sin
+      + 4 n_h
+      + 3 c I                   LigerSiLUMulFunction saves gate and up (its backward overwrites them with their
+                                gradients), the down projection their product
+
+With wider weights under autocast (fp32 weights, bf16 compute) A adds 5cH (the five projections that read a norm's
+output each cast their own copy); A_liger adds 5cH and drops both norms' cH (their fp32 output is saved by none). In
+packed rows (one row of every sequence, with or without shared prompts) attention may keep keys and values at every
+query head: transformers' flex attention repeats them for a head count that is no power of two (Qwen2.5: 12, 28), and
+solopo_varlen where torch's varlen kernel takes no grouped heads; there Dkv counts as Dq (2c (Dq - Dkv) more, 5,120
+bytes for the 1.5B shape; the H100 table's packed and shared-prompt cells hold about that much more per token and layer
+than its padded ones). For Qwen2.5-1.5B (H 1536, Dq 1536, Dkv 256, I 8960, 12 heads) in bf16, A = 103,480 bytes: the
+bytes autograd holds per token for one layer of that shape on the CPU, counted tensor by tensor
+(tests/test_checkpointing.py checks the formula against such a count on a small shape); A_liger = 73,272 (Liger's
+kernels are Triton kernels: no CPU count, the GPU table is the check). A checkpointed layer holds its input only, r H
+bytes per token. Outside the layers the model holds, per token, O = (4 + r) H + 4 (the final norm's fp32 input, its
+cast back, its reciprocal root; Liger's: r H + 4) + c H (the norm's output: the LM head runs on the last position
+only, and saves that view of the whole; under autocast it saves the view's cast instead, and this term is 0)
++ 2 r head_dim (the rotary tables, cos and sin) + 8 (the token ids).
 
 The memory savers (solopo.models.memory) change these terms for the T_N tokens of the sequences longer than their
 chunk of N positions (a row of at most N positions runs whole):
 
     model.mlp_chunk_size=N      a non-checkpointed layer's MLP keeps its input only, the norm's output A counts
-                                already: A_N = A - 4cI, and with wider weights - 2cH + rH more (the gate and up
-                                projections' casts give way to the chunk's input, in the weights' dtype); the final
-                                norm keeps its input, r H, in place of (4 + r) H + 4. A checkpointed layer is unchanged.
+                                already: A_N = A - 4cI (A_liger - 3cI), and with wider weights - 2cH + rH more (the
+                                gate and up projections' casts give way to the chunk's input, in the weights' dtype);
+                                the final norm keeps its input, r H, in place of its saved tensors. A checkpointed layer
+                                is unchanged.
                                 While a chunk runs, and while backward recomputes it, N positions of each of the n rows
                                 longer than N exist: C = n N max(6cI, 2 ((4 + r) H + 4)), the MLP's four intermediates
                                 and two of their gradients, or the norm's saved tensors and their gradients.
@@ -46,30 +61,47 @@ chunk of N positions (a row of at most N positions runs whole):
 With k of the L layers checkpointed, A_x = A over the T - T_N unchunked tokens and A_N over the T_N chunked ones, and
 the final norm's term O_x likewise, the step's activations peak at
 
-    T ((L - k) A_x + k r H + O_x) + A_x T (1 + [k > 0]) + C + 3 h V 4            (no offload)
+    T (k r H + O_x) + max(L - k, [k > 0]) A_x T + A_x T + C + 3 h V 4            (no offload)
     T (2 r head_dim + 8) + A_x T 2 + [k > 0] r H T + C + 3 h V 4                 (offload)
 
-one layer's activation gradients, and the layer backward recomputes (when any is checkpointed, or whose offloaded
-activations come back), and the LM head's chunk of h positions of fp32 logits (3 x h x vocab x 4 bytes); the step's
-peak adds the model's state: weights, and for trained weights their gradients and AdamW's two moments, in the
-weights' dtype. With offload the plan checkpoints every layer: a non-checkpointed layer would send its whole
-activations (more than A: a tensor saved twice is copied twice; 1.4 A on the CPU count) to pinned host memory and back
-on the compute stream, and the device's peak would not drop. By estimate, not yet measured on a GPU: for a
-1.5B-shape layer, 1.4 x 103,480 bytes per token each way over PCIe (tens of GB/s: about 10 us a token) against a
-forward of its 55M weights to recompute it (2 x 55M FLOPs at hundreds of TFLOP/s: under 1 us a token), and at 1M
-tokens terabytes of host memory. bench.py records the prediction beside the measured peak.
+the checkpointed layers' inputs and what the model keeps outside the layers; the non-checkpointed layers'
+activations or one checkpointed layer recomputed, whichever is more (checkpoint_layers wraps the first k layers, and
+backward reaches them, to recompute them one at a time, only once it has gone through every other layer and freed its
+activations); one layer's activation gradients (a bound: backward's working set in a layer is a few of its saved
+tensors' sizes, e.g. Liger's MLP gradient c I beside the gradients written over gate and up); and the LM head's chunk
+of h positions of fp32 logits (3 x h x vocab x 4 bytes). T is the tokens of the largest step in the rows its layout
+builds (solopo.step.largest_step: with shared prompts each long prompt once per pair, padded rows to their context's
+longest), the most over the layouts a batch can take. The step's peak adds the model's state: weights, their gradients
+and AdamW's two moments, in the weights' dtype. The gradients count beside the activations: Lightning frees them only
+after the next step's forward (its closure runs training_step, then zero_grad, then backward), so every forward but
+the first holds the previous step's gradients beside its activations.
+
+The prediction is a bound; its margin over the measured peak is one layer's activation gradients less backward's
+working set, and, where the peak comes in backward, the gradients not yet made. On one H100 (1.5B shape, bf16 weights,
+Liger, DPO, short 1K, one pair a step; experiments/efficiency/results/solopo_grid_defaults.json at commit 5607f91,
+whose step freed the gradients before the next forward, so its peaks lack up to their 2.9 GiB) the five cells without
+checkpointing measured 21.8 to 44.7 GiB and this formula predicts 8-14% more (the formula before Liger's kernels and
+the layouts were counted: 33-120% more); the six with 12 to 27 layers checkpointed, 10-32% more.
+
+With offload the plan checkpoints every layer: a non-checkpointed layer would send its whole activations (more than A: a
+tensor saved twice is copied twice; 1.4 A on the CPU count) to pinned host memory and back on the compute stream, and
+the device's peak would not drop. By estimate, not yet measured on a GPU: for a 1.5B-shape layer, 1.4 x 103,480 bytes
+per token each way over PCIe (tens of GB/s: about 10 us a token) against a forward of its 55M weights to recompute it (2
+x 55M FLOPs at hundreds of TFLOP/s: under 1 us a token), and at 1M tokens terabytes of host memory. bench.py records the
+prediction beside the measured peak.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from solopo.models import memory
+from solopo.models import kernels, memory
 from solopo.models.blocks import decoder_layers
+from solopo.step.largest_step import StepTokens
 
 log = logging.getLogger("solopo")
 AUTO = "auto"
@@ -79,7 +111,7 @@ MARGIN = 0.10  # of the device's memory kept free: the caching allocator's fragm
 
 @dataclass(frozen=True)
 class StepShape:
-    """What a step's activation memory depends on: the model's shape and dtypes, and its memory savers."""
+    """What a step's activation memory depends on: the model's shape and dtypes, its kernels and its memory savers."""
 
     layers: int
     hidden: int
@@ -93,24 +125,44 @@ class StepShape:
     weight_bytes: int
     mlp_chunk_size: Optional[int] = None  # model.mlp_chunk_size
     offload: bool = False  # model.offload_activations
+    liger: bool = False  # model.liger: Liger's RMSNorm and SwiGLU save less (A_liger)
 
     @classmethod
     def of(cls, config, compute_bytes: int, weight_bytes: int, mlp_chunk_size: Optional[int] = None,
-           offload: bool = False) -> "StepShape":
+           offload: bool = False, liger: bool = False) -> "StepShape":
         head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads * head,
                    config.num_key_value_heads * head, config.num_attention_heads, head, config.intermediate_size,
-                   config.vocab_size, compute_bytes, weight_bytes, mlp_chunk_size, offload)
+                   config.vocab_size, compute_bytes, weight_bytes, mlp_chunk_size, offload, liger)
 
-    def layer_bytes(self, chunked: bool = False) -> int:
-        """A (A_N when ``chunked``): bytes per token that one decoder layer keeps for backward (the module docstring's
-        formula)."""
-        c, h, wider = self.compute_bytes, self.hidden, self.weight_bytes > self.compute_bytes
-        saved = 2 * (4 * h + 2 * c * h + 4) + c * (2 * self.q_dim + 2 * self.kv_dim) + 4 * self.heads + 4 * c * self.ffn
+    def layer_bytes(self, chunked: bool = False, repeated_kv: bool = False) -> int:
+        """A or A_liger (A_N when ``chunked``): bytes per token that one decoder layer keeps for backward (the module
+        docstring's formulas); ``repeated_kv``: attention keeps keys and values at every query head (packed rows)."""
+        c, h, wider = self.compute_bytes, self.hidden, self.wider()
+        kv = self.q_dim if repeated_kv else self.kv_dim
+        saved = 2 * self.layer_norm_bytes() + c * (2 * self.q_dim + 2 * kv) + 4 * self.heads + self.mlp_bytes()
         saved += 5 * c * h if wider else 0
         if chunked:
-            saved -= 4 * c * self.ffn + ((2 * c - self.weight_bytes) * h if wider else 0)
+            saved -= self.mlp_bytes() + ((2 * c - self.weight_bytes) * h if wider else 0)
         return saved
+
+    def layer_norm_bytes(self) -> int:
+        """One RMSNorm's bytes per token in a layer: eager, 4H + 2cH + 4 (its fp32 input, the cast back, its output,
+        the reciprocal root); Liger's, r H + 4 + cH (its input as it came, the reciprocal root, its output: with wider
+        weights none, as each projection casts its own copy)."""
+        c, h = self.compute_bytes, self.hidden
+        if not self.liger:
+            return 4 * h + 2 * c * h + 4
+        return self.residual_bytes() * h + 4 + (0 if self.wider() else c * h)
+
+    def mlp_bytes(self) -> int:
+        """The MLP's intermediates kept per token: eager 4cI (gate, up, silu(gate), their product), Liger's SwiGLU 3cI
+        (gate and up, which its backward overwrites with their gradients, and the product)."""
+        return (3 if self.liger else 4) * self.compute_bytes * self.ffn
+
+    def wider(self) -> bool:
+        """Whether the weights are wider than the compute dtype (fp32 weights under bf16 autocast)."""
+        return self.weight_bytes > self.compute_bytes
 
     def checkpointed_bytes(self) -> int:
         """r H: bytes per token a checkpointed layer keeps: its input, in the residual stream's dtype."""
@@ -121,15 +173,17 @@ class StepShape:
         return max(self.weight_bytes, self.compute_bytes)
 
     def norm_bytes(self, chunked: bool = False) -> int:
-        """The final norm's bytes per token: its fp32 input, the cast back and the reciprocal root; chunked, its
-        input only."""
+        """The final norm's bytes per token: its fp32 input, the cast back and the reciprocal root (Liger's: its input
+        and the reciprocal root); chunked, its input only."""
         r = self.residual_bytes()
-        return r * self.hidden if chunked else (4 + r) * self.hidden + 4
+        if chunked:
+            return r * self.hidden
+        return r * self.hidden + 4 + (0 if self.liger else 4 * self.hidden)
 
     def outside_layers_bytes(self, chunked: bool = False) -> int:
         """O: bytes per token outside the decoder layers: the final norm's, its output (held whole by the LM head's
         input, a view of its last position, unless autocast casts that view), the rotary tables, the token ids."""
-        held = self.compute_bytes * self.hidden if self.weight_bytes <= self.compute_bytes else 0
+        held = 0 if self.wider() else self.compute_bytes * self.hidden
         return self.norm_bytes(chunked) + held + self.resident_bytes()
 
     def resident_bytes(self) -> int:
@@ -147,48 +201,25 @@ class StepShape:
                          + (["model.offload_activations=true"] if self.offload else []))
 
 
-@dataclass(frozen=True)
-class StepTokens:
-    """The largest step of a run: ``rows`` (the batch size) of each (context, response) sequence, each ``lengths``
-    tokens at its longest, ``responses`` of them the response's."""
-
-    lengths: tuple[int, ...]
-    responses: tuple[int, ...]
-    rows: int = 1
-
-    @property
-    def total(self) -> int:
-        return self.rows * sum(self.lengths)
-
-    @property
-    def response_total(self) -> int:
-        return self.rows * sum(self.responses)
-
-    def longer_than(self, positions: Optional[int]) -> tuple[int, int]:
-        """The tokens of the sequences longer than ``positions`` (None: none is) and how many rows they fill."""
-        longer = [n for n in self.lengths if positions is not None and n > positions]
-        return self.rows * sum(longer), self.rows * len(longer)
-
-
 def predict_activations(shape: StepShape, step: StepTokens, checkpointed: int, head_tokens: int) -> int:
     """Peak bytes of the activations of ``step`` with ``checkpointed`` of the layers checkpointed (the module
-    docstring's formula): the layers' saved tensors and the rest of the model's, less what the savers move or chunk
-    away, one layer recomputed (if any is checkpointed) and one layer's gradients in backward, a chunk in flight, and
-    the LM head's fp32 logits over ``head_tokens`` (at most a chunk) response positions."""
+    docstring's formula): the checkpointed layers' inputs and what the model keeps outside the layers, less what the
+    savers move or chunk away; the non-checkpointed layers' saved tensors or, once backward has gone through those, one
+    checkpointed layer recomputed; one layer's gradients in backward, a chunk in flight, and the LM head's fp32 logits
+    over ``head_tokens`` (at most a chunk) response positions."""
     tokens = step.total
     chunked, chunked_rows = step.longer_than(shape.mlp_chunk_size)
     whole = tokens - chunked
-    layer = whole * shape.layer_bytes() + chunked * shape.layer_bytes(chunked=True)  # A_x T
-    recomputed = layer if checkpointed or shape.offload else 0
+    layer = whole * shape.layer_bytes(repeated_kv=step.packed) + chunked * shape.layer_bytes(True, step.packed)  # A_x T
     in_flight = chunked_rows * shape.mlp_chunk_size * shape.chunk_bytes() if chunked else 0
     head = 3 * head_tokens * shape.vocab * 4
-    if shape.offload:
-        kept = tokens * shape.resident_bytes()
-        kept += tokens * shape.checkpointed_bytes() if checkpointed else 0  # the input that came back
-    else:
-        kept = (shape.layers - checkpointed) * layer + checkpointed * tokens * shape.checkpointed_bytes()
+    if shape.offload:  # every layer's activations wait on the host; one layer's input comes back to be recomputed
+        kept = tokens * shape.resident_bytes() + (tokens * shape.checkpointed_bytes() if checkpointed else 0) + layer
+    else:  # checkpoint_layers wraps the first k layers, whose backward (and recomputation) comes after all others'
+        kept = checkpointed * tokens * shape.checkpointed_bytes()
         kept += whole * shape.outside_layers_bytes() + chunked * shape.outside_layers_bytes(chunked=True)
-    return kept + layer + recomputed + in_flight + head
+        kept += max(shape.layers - checkpointed, 1 if checkpointed else 0) * layer
+    return kept + layer + in_flight + head
 
 
 def state_bytes(model: nn.Module, world_size: int = 1) -> int:
@@ -207,22 +238,26 @@ class Plan:
     predicted_peak: int
     budget: Optional[int]  # None: no GPU, no limit taken
     savers: str = ""  # the memory savers the prediction counted (StepShape.savers)
+    liger: bool = False  # whether it counted Liger's kernels (StepShape.liger)
 
     def describe(self) -> str:
         gib = 2**30
         room = "" if self.budget is None else f" of {self.budget / gib:.1f} GiB usable"
         counted = f"; memory savers counted: {self.savers}" if self.savers else ""
+        counted += "; Liger's RMSNorm and SwiGLU counted" if self.liger else ""
         return (f"model.gradient_checkpointing=auto: {self.checkpointed} of {self.layers} decoder layers checkpointed "
                 f"(predicted peak {self.predicted_peak / gib:.1f} GiB{room}{counted})")
 
 
-def plan_checkpointing(shape: StepShape, step: StepTokens, head_tokens: int, state: int,
+def plan_checkpointing(shape: StepShape, steps: Sequence[StepTokens], head_tokens: int, state: int,
                        budget: Optional[int]) -> Plan:
-    """The fewest checkpointed layers whose predicted peak (``state`` + activations) fits ``budget`` bytes; every layer
-    when none fits, and under offload (the module docstring says why); none without a budget (the CPU, whose memory is
-    the host's, and where offloading moves nothing)."""
+    """The fewest checkpointed layers whose predicted peak (``state`` + the activations of the largest of ``steps``,
+    one per layout a batch can take) fits ``budget`` bytes; every layer when none fits, and under offload (the module
+    docstring says why); none without a budget (the CPU, whose memory is the host's, and where offloading moves
+    nothing)."""
     def plan(k: int) -> Plan:
-        return Plan(k, shape.layers, state + predict_activations(shape, step, k, head_tokens), budget, shape.savers())
+        activations = max(predict_activations(shape, step, k, head_tokens) for step in steps)
+        return Plan(k, shape.layers, state + activations, budget, shape.savers(), shape.liger)
 
     if budget is None:
         return plan(0)
@@ -250,29 +285,22 @@ def checkpoint_layers(model: nn.Module, count: int) -> None:
         layer.gradient_checkpointing = i < count
 
 
-def step_tokens(pairs, keys, batch_size: int) -> StepTokens:
-    """The largest step of ``pairs`` (objects with ``prompts`` and ``responses`` token lists): each (context, response)
-    sequence of ``keys`` at its longest, ``batch_size`` times. Padded rows hold that many tokens; packed and
-    shared-prompt rows fewer (though longer rows, which model.mlp_chunk_size chunks more), so it bounds every layout."""
-    longest = tuple(max(len(p.prompts[key[0]]) + len(p.responses[key[1]]) for p in pairs) for key in keys)
-    responses = tuple(max(len(p.responses[key[1]]) for p in pairs) for key in keys)
-    return StepTokens(longest, responses, batch_size)
-
-
 def model_shape(model: nn.Module, compute_dtype: Optional[torch.dtype]) -> StepShape:
     """The StepShape of ``model`` as loaded: its config, its weights' dtype, ``compute_dtype`` (the autocast dtype;
-    None: the weights' own) and the memory savers applied to it."""
+    None: the weights' own), the memory savers applied to it and whether Liger's kernels were."""
     weight_bytes = next(model.parameters()).element_size()
     compute_bytes = torch.finfo(compute_dtype).bits // 8 if compute_dtype is not None else weight_bytes
-    return StepShape.of(model.config, compute_bytes, weight_bytes, *memory.savers(model))
+    return StepShape.of(model.config, compute_bytes, weight_bytes, *memory.savers(model),
+                        liger=kernels.liger_applied(model))
 
 
-def auto_checkpointing(model: nn.Module, step: StepTokens, chunk_size: int, device: torch.device,
+def auto_checkpointing(model: nn.Module, steps: Sequence[StepTokens], chunk_size: int, device: torch.device,
                        compute_dtype: Optional[torch.dtype], world_size: int = 1) -> Plan:
-    """Decides and applies model.gradient_checkpointing=auto for ``step`` on ``device``; ``chunk_size`` is the LM
-    head's (logp_chunk_size), ``compute_dtype`` the autocast dtype (None: the weights' own), ``world_size`` the devices
-    a sharded strategy spreads the model's state over."""
-    plan = plan_checkpointing(model_shape(model, compute_dtype), step, min(step.response_total, chunk_size),
-                              state_bytes(model, world_size), device_budget(device))
+    """Decides and applies model.gradient_checkpointing=auto for ``steps`` (solopo.step.largest_step.step_tokens) on
+    ``device``; ``chunk_size`` is the LM head's (logp_chunk_size), ``compute_dtype`` the autocast dtype (None: the
+    weights' own), ``world_size`` the devices a sharded strategy spreads the model's state over."""
+    head_tokens = min(max(step.response_total for step in steps), chunk_size)
+    plan = plan_checkpointing(model_shape(model, compute_dtype), steps, head_tokens, state_bytes(model, world_size),
+                              device_budget(device))
     checkpoint_layers(model, plan.checkpointed)
     return plan

@@ -37,7 +37,8 @@ from solopo.models import kernels
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, weights_path, with_lora)
 from solopo.records import DataFileError
-from solopo.step.checkpointing import AUTO, auto_checkpointing, step_tokens
+from solopo.step.checkpointing import AUTO, auto_checkpointing
+from solopo.step.largest_step import step_tokens
 from solopo.step.context_parallel import Share
 from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source,
                                    refuse_missing_model, vllm_args)
@@ -229,14 +230,15 @@ def cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pai
         return compute(), ()
 
 
-def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list, keys) -> None:
-    """model.gradient_checkpointing=auto: the decoder layers to checkpoint for the largest training step."""
-    step = step_tokens(pairs, keys, cfg.data.batch_size)
+def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list, collate: PairCollator) -> None:
+    """model.gradient_checkpointing=auto: the decoder layers to checkpoint for the largest training step, in each
+    layout the training loader's ``collate`` gives a batch of ``pairs``."""
+    steps = step_tokens(pairs, collate.keys, cfg.data.batch_size, collate.layout_for)
     strategy = strategy_of(cfg)
     sharded = int(cfg.trainer.devices) if "FSDP" in strategy and str(cfg.trainer.devices).isdigit() else 1
     compute = weights_dtype(strategy, settings.precision) or autocast_dtype(settings.precision)
-    plan = auto_checkpointing(policy, step, cfg.logp_chunk_size, compute_device(cfg), compute, sharded)
-    log.info("%s, for steps of up to %d tokens", plan.describe(), step.total)
+    plan = auto_checkpointing(policy, steps, cfg.logp_chunk_size, compute_device(cfg), compute, sharded)
+    log.info("%s, for steps of up to %d tokens", plan.describe(), max(step.total for step in steps))
 
 
 def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
@@ -310,14 +312,14 @@ def train(cfg: DictConfig) -> dict:
             tables["base"] = evaluation(policy, "base", as_loaded=True)
     data_done = time.perf_counter()
 
-    if settings.model.gradient_checkpointing == AUTO:
-        plan_checkpointing(cfg, settings, policy, pairs["train"], keys["train"])
-    module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
-                          cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
-                          logp_chunk_size=cfg.logp_chunk_size, plain_po=plain, context=settings.context)
     loaders = {split: make_loader(cfg, pairs[split], keys[split], tokenizer.pad_token_id, shuffle=split == "train",
                                   kernel=settings.model.attn_implementation, context_parallel=settings.context.size)
                if pairs[split] else None for split in ("train", "val")}
+    if settings.model.gradient_checkpointing == AUTO and loaders["train"] is not None:
+        plan_checkpointing(cfg, settings, policy, pairs["train"], loaders["train"].collate_fn)
+    module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
+                          cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
+                          logp_chunk_size=cfg.logp_chunk_size, plain_po=plain, context=settings.context)
     during = eval_during_training(evaluation, policy, settings.eval)
     with stages("training"):
         trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders,
