@@ -131,9 +131,12 @@ class TrainStep:
     batch: Batch
 
     def __call__(self) -> None:
-        self.module.objective(self.batch).loss.backward()
-        self.optimizer.step()
+        loss = self.module.objective(self.batch).loss
+        # Lightning's order (its closure: training_step, zero_grad, backward): the forward holds the previous step's
+        # gradients, as a run's does, and the measured peak is a run's.
         self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
 
 def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, pad_id: int,
