@@ -353,7 +353,7 @@ def test_the_speed_table_counts_the_answers_a_path_or_another_run_changed(tmp_pa
     args = type("Args", (), {"answers": 3, "questions": 2, "k": 2, "length": 256, "limit_s": 9, "same_as": other})
     meta = {"command": "speed.py", "device": "cpu", "model": "tiny", "precision": "32-true", "torch": "x"}
     table = speed.page(meta, [row("budget", ["a", "b", "c"]), row("budget_fp32", ["a", "y", "c"])], args)
-    assert "- W1 answers of budget identical: 2 of 3 against budget in speed.json (torch 2.11, transformers 5.17.0)" \
+    assert f"- W1 answers of budget identical: 2 of 3 against budget in {other} (torch 2.11, transformers 5.17.0)" \
         in table
     assert "- W1 answers of budget_fp32 identical: 2 of 3 against budget\n" in table + "\n"
 
@@ -369,3 +369,24 @@ def test_generation_on_copies_of_the_weights_says_so_once(fp32_model, tokenizer,
                        half_weights=True)
     said = [r.getMessage() for r in caplog.records if r.name == "solopo.generation.batching"]
     assert len([m for m in said if m.startswith("generation computes with bfloat16 copies")]) == 1, said
+
+
+def test_speed_compares_answers_only_with_a_run_of_the_same_work(tmp_path, capsys):
+    """--same-as is read before any model loads: a missing file, or a run of other prompts or another model, stops
+    the script in one line instead of counting answers that were never comparable after the whole benchmark."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "sampling"))
+    import speed
+
+    work = {"model": "tiny", "answers": 6, "length": 256, "questions": 4, "k": 8}
+    args = type("Args", (), {**work, "same_as": tmp_path / "missing.json"})
+    with pytest.raises(SystemExit) as stop:
+        speed.same_work(args)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: --same-as {args.same_as}: not a speed.json of this script")
+    args.same_as = tmp_path / "speed.json"
+    args.same_as.write_text(json.dumps({"meta": {"work": {**work, "length": 128}}, "rows": []}))
+    with pytest.raises(SystemExit) as stop:
+        speed.same_work(args)
+    assert stop.value.code == 2 and "another workload" in capsys.readouterr().err
+    args.same_as.write_text(json.dumps({"meta": {"work": work}, "rows": []}))
+    assert speed.same_work(args)["meta"]["work"] == work

@@ -201,7 +201,8 @@ def test_the_plan_checkpoints_the_fewest_layers_that_fit():
     # one layer fewer would not fit: the fewest
     assert state + predict_activations(big, one_sequence(131_072), some.checkpointed - 1, 64) > 125 * gib
     assert plan_checkpointing(big, [one_sequence(1 << 22)], 64, state, 125 * gib).checkpointed == 28
-    assert plan_checkpointing(big, [one_sequence(1 << 22)], 64, state, None).checkpointed == 0  # the CPU: none
+    cpu = plan_checkpointing(big, [one_sequence(1 << 22)], 64, state, None)
+    assert cpu.checkpointed == 0 and "no GPU: no memory to save" in cpu.describe()  # the CPU: none, and why
     assert "0 of 28 decoder layers checkpointed" in plan.describe() and "savers" not in plan.describe()
 
 

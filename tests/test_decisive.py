@@ -146,7 +146,7 @@ def test_claims_are_paired_over_seeds_and_questions_with_a_verdict(tmp_path):
         fake_run(tmp_path / f"short-{seed}", "a", "short_po", seed, [0, 1, 2, 3, 8, 9])
     fake_run(tmp_path / "sweep", "a", "solopo_detach", 0, [0, 1, 2, 3, 4, 5, 6, 7], distance="squared", alpha=0.3)
     text = report.write_study(find_runs([tmp_path]), tmp_path / "out").read_text()
-    assert ("- **supported**: No gradient to the short side beats the paper's form (paper_mini), regime a, simpo: "
+    assert ("- **supported**: SoLoPO-detach beats SoLoPO in the paper's form (paper_mini), regime a, simpo: "
             "+40.0 [+2") in text and "points, 3 seeds, 30 question-seed pairs." in text
     assert "- **not separated**: SoLoPO-detach beats Short-PO (new), regime a, simpo: +0.0 [" in text
     assert "- **contradicted**: SoLoPO beats Short-PO" in text
@@ -165,12 +165,16 @@ def test_the_verdict_paragraph_says_how_much_of_the_plan_it_stands_on(tmp_path):
     planned = len(jobs.study_jobs())
     [paragraph] = report.blocks(find_runs([tmp_path]))["verdict"]
     assert paragraph.startswith(f"**Verdict from 9 of the {planned} planned runs** (not complete: each verdict may "
-                                "still change; main rows at 0-3 of 5 seeds; regimes run: a).")
-    assert "No gradient to the short side beats the paper's form (paper_mini): supported in a/simpo (3 seeds)." \
-        in paragraph
-    assert "SoLoPO beats Short-PO (SoLo-RA adds to short-context PO) (the paper): contradicted in a/simpo (3 seeds)." \
-        in paragraph
+                                "still change; regime a: main rows at 0-3 of 5 seeds; regime b: not started).")
+    assert "SoLoPO-detach beats SoLoPO in the paper's form (paper_mini): supported in a/simpo +40.0 [+" in paragraph
+    assert "] (3 seeds)." in paragraph and "provisional)" not in paragraph  # 3 seeds: a firm verdict
+    assert ("SoLoPO beats Short-PO, i.e. SoLo-RA adds to short-context PO (the paper): contradicted in a/simpo "
+            "-40.0 [") in paragraph
     assert "SoLoPO beats Long-PO" not in paragraph  # no Long-PO run: no cell, no sentence
+    for name in ("a-solopo-simpo-a1-s0", "a-solopo_detach-simpo-a1-s0"):  # one seed of each left: provisional
+        (tmp_path / name / "results.json").unlink()
+    [paragraph] = report.blocks(find_runs([tmp_path]))["verdict"]
+    assert "(paper_mini): supported in a/simpo +40.0 [" in paragraph and "] (2 seeds, provisional)." in paragraph
 
 
 def cost(seconds: float, peak: float = 1.0, cached: bool | None = None) -> dict:

@@ -96,9 +96,10 @@ def test_a_run_that_reads_the_cache_marks_those_stages_cached(tmp_path):
     (["ra=both", "ra.distance=softplus"], True), (["ra=off"], False),
 ])
 def test_smoke_run_per_method(overrides, ra_used, tmp_path):
-    run_here(["algo=dpo", "experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path}", *overrides])
+    done = run_here(["algo=dpo", "experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path}", *overrides])
     metrics = results(tmp_path)["metrics"]
     assert (metrics["train/ra_loss"] > 0) == ra_used
+    assert (", no SoLo-RA; sequences per pair:" in done.stdout) != ra_used  # the log says what the loss holds
     assert metrics["train/loss"] == pytest.approx(metrics["train/po_loss"] + (1.0 if ra_used else 0.0) * metrics["train/ra_loss"], rel=1e-5)
 
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from experiments.decisive.claims import CLAIMS, describe, paired, seeds_of, verdict  # noqa: E402
+from experiments.decisive.claims import CLAIMS, FIRM_SEEDS, describe, paired, seeds_of, verdict  # noqa: E402
 from experiments.decisive.costs import cost_table  # noqa: E402
 from experiments.decisive.curve import CURVE_SEED  # noqa: E402
-from experiments.decisive.jobs import COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_ALPHA, place, study_jobs  # noqa: E402
+from experiments.decisive.jobs import (COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_ALPHA, REGIMES, place,  # noqa: E402
+                                      study_jobs)
 from experiments.studies import reports  # noqa: E402
 from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
 from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat  # noqa: E402
@@ -87,30 +88,55 @@ def claim_lines(groups: dict, regimes: list[str], algos: list[str]) -> list[str]
 
 def verdict_paragraph(groups: dict, regimes: list[str], algos: list[str], done: set[str]) -> list[str]:
     """The study's verdict in one paragraph, the headline the repository's README quotes: how much of the plan it
-    stands on (``done``: the names of the runs that ended), then per claim the regime/algorithm cells whose paired
-    interval lies above 0 (supported), below it (contradicted) or holds it (not separated)."""
-    planned = {job.name for job in study_jobs()}
-    main = [job for job in study_jobs() if job.main]
-    seeds = {len({j.seed for j in main if (j.regime, j.row, j.algo) == key and j.name in done})
-             for key in {(j.regime, j.row, j.algo) for j in main}}
-    state = "complete" if planned <= done else "not complete: each verdict may still change"
-    head = (f"**Verdict from {len(planned & done)} of the {len(planned)} planned runs** ({state}; main rows at "
-            f"{min(seeds)}-{max(seeds)} of {len(MAIN_SEEDS)} seeds; regimes run: "
-            f"{', '.join(regimes) or 'none'}). Each cell: the paired difference in average long-context sub-EM, "
-            f"95% bootstrap interval over seeds and questions (each with its interval in the study's report).")
-    sentences = []
+    stands on (``done``: the names of the runs that ended), what a cell and its verdict mean, then per claim each
+    regime/algorithm cell's paired difference, interval and verdict, and the pairs each method trained on."""
+    sentences = [plan_state(done), "Each cell: regime/algorithm, the paired difference in average long-context "
+                 "sub-EM points with its 95% bootstrap interval over seeds and questions; supported where the interval "
+                 "lies above 0, contradicted where below, not separated where it holds 0; provisional on fewer than "
+                 f"{FIRM_SEEDS} seeds. Whose claim: the paper's, paper_mini's (this project's earlier, smaller study) "
+                 "or new."]
     for claim, better, worse, whose in CLAIMS:
         cells: dict[str, list[str]] = {}
         for regime in regimes:
             for algo in algos:
                 a, b = groups.get(main_key(regime, algo, better)), groups.get(main_key(regime, algo, worse))
                 if a and b:
-                    n = seeds_of(a, b)
-                    cells.setdefault(verdict(paired(a, b)), []).append(f"{regime}/{algo} ({n} seed{'s' * (n != 1)})")
+                    change, n = paired(a, b), seeds_of(a, b)
+                    firm = "" if n >= FIRM_SEEDS else ", provisional"
+                    cells.setdefault(verdict(change), []).append(
+                        f"{regime}/{algo} {change.difference:+.1f} [{change.low:+.1f}, {change.high:+.1f}] "
+                        f"({n} seed{'s' * (n != 1)}{firm})")
         if cells:
             found = "; ".join(f"{word} in {', '.join(where)}" for word, where in sorted(cells.items()))
             sentences.append(f"{claim} ({whose}): {found}.")
-    return [" ".join([head, *sentences])]
+    return [" ".join(sentences + pair_supply(groups, regimes))]
+
+
+def plan_state(done: set[str]) -> str:
+    """How much of the plan the verdict stands on: runs done of those planned, each regime's main rows' seeds."""
+    planned = {job.name for job in study_jobs()}
+    state = "complete" if planned <= done else "not complete: each verdict may still change"
+    parts = []
+    for regime in REGIMES:
+        main = [job for job in study_jobs() if job.main and job.regime == regime]
+        seeds = [len({j.seed for j in main if (j.row, j.algo) == (job.row, job.algo) and j.name in done})
+                 for job in main]
+        parts.append(f"regime {regime}: main rows at {min(seeds)}-{max(seeds)} of {len(MAIN_SEEDS)} seeds"
+                     if max(seeds) else f"regime {regime}: not started")
+    return f"**Verdict from {len(planned & done)} of the {len(planned)} planned runs** ({state}; {'; '.join(parts)})."
+
+
+def pair_supply(groups: dict, regimes: list[str]) -> list[str]:
+    """The pairs each kind of method trained on, per regime: Long-PO samples on x_long, where right answers are rarer."""
+    said = []
+    for regime in regimes:
+        runs = lambda row: [r for key, rs in groups.items() if key[0] == regime and key[2] == row  # noqa: E731
+                            for r in rs if not r.failed and r.pairs is not None]
+        long, short = stat(r.pairs for r in runs("long_po")), stat(r.pairs for r in runs("short_po"))
+        if long and short:
+            said.append(f"Pairs trained on, regime {regime}: Long-PO {cell(long, 0)} (sampled on x_long), the rows "
+                        f"sampled on x_short {cell(short, 0)}.")
+    return said
 
 
 def ablation_table(groups: dict) -> list[str]:

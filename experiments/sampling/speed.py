@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, metavar="N", help="only profile N of W1's prompts on the budget path "
                         "(profile_w1.txt in --out): where its time goes, prefill against decoding")
     args = parser.parse_args()
+    same_work(args)  # before any model loads: a comparison that cannot be made stops here
     spec = model_spec(args.model)
     tokenizer = load_tokenizer(spec)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -210,7 +211,8 @@ def main() -> None:
     import transformers
     meta = {"command": "python " + " ".join(sys.argv), "device": torch.cuda.get_device_name() if device == "cuda"
             else platform.processor() or "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
-            "model": spec.name, "precision": precision, "old": OLD, "new": NEW, "targets_s": TARGETS_S}
+            "model": spec.name, "precision": precision, "old": OLD, "new": NEW, "targets_s": TARGETS_S,
+            "work": {key: getattr(args, key) for key in WORK}}
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save(rows: list[dict]) -> None:  # after every workload: a call cut short keeps what it measured
@@ -252,6 +254,30 @@ def page(meta: dict, rows: list[dict], args) -> str:
     return "\n".join(lines + agreement(rows, args.same_as)) + "\n"
 
 
+WORK = ("model", "answers", "length", "questions", "k")  # what two runs' W1 answers depend on, besides the library
+
+
+def same_work(args) -> dict | None:
+    """The --same-as run's speed.json, read before anything is timed; one line and exit 2 when it is missing, not a
+    speed.json, or its W1 was other work (another model or other prompts)."""
+    if args.same_as is None:
+        return None
+    try:
+        other = json.loads(args.same_as.read_text())
+        theirs = other["meta"]["work"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        refuse(f"--same-as {args.same_as}: not a speed.json of this script ({type(err).__name__}: {err})")
+    mine = {key: getattr(args, key) for key in WORK}
+    if theirs != mine:
+        refuse(f"--same-as {args.same_as}: another workload ({theirs}), not this run's ({mine})")
+    return other
+
+
+def refuse(problem: str) -> None:
+    print(f"error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def agreement(rows: list[dict], same_as: Path | None) -> list[str]:
     """How many of each path's W1 answers are identical to the first path's, and with ``same_as`` (another run's
     speed.json) to that run's answers on the same path: whether a faster path (or another library version) changes
@@ -267,9 +293,11 @@ def agreement(rows: list[dict], same_as: Path | None) -> list[str]:
         first_path, first = next(iter(answers.items()))
         same = [f"{identical(mine, first)} against {first_path}"] if path != first_path else []
         if path in others:
-            same.append(f"{identical(mine, others[path])} against {path} in {same_as.name} ({versions})")
+            same.append(f"{identical(mine, others[path])} against {path} in {same_as} ({versions})")
         if same:
-            lines.append(f"- W1 answers of {path} identical: " + "; ".join(same))
+            empty = sum(not a for a in mine)
+            lines.append(f"- W1 answers of {path} identical: " + "; ".join(same)
+                         + (f" ({empty} of its answers are empty: those say nothing)" if empty else ""))
     return ["", *lines] if lines else []
 
 

@@ -242,7 +242,7 @@ class Plan:
 
     def describe(self) -> str:
         gib = 2**30
-        room = "" if self.budget is None else f" of {self.budget / gib:.1f} GiB usable"
+        room = "; no GPU: no memory to save" if self.budget is None else f" of {self.budget / gib:.1f} GiB usable"
         counted = f"; memory savers counted: {self.savers}" if self.savers else ""
         counted += "; Liger's RMSNorm and SwiGLU counted" if self.liger else ""
         return (f"model.gradient_checkpointing=auto: {self.checkpointed} of {self.layers} decoder layers checkpointed "

@@ -163,8 +163,10 @@ def step_sequences(settings: Settings, pairs: dict) -> tuple[dict[str, list], bo
     """The (context, response) sequences a step runs per pair, by split, and whether the data is plain PO."""
     plain = plain_po(pair for split_pairs in pairs.values() for pair in split_pairs)
     ra, train = settings.ra, required_sequences(settings.method, settings.ra, plain_po=plain)
-    log.info("method %s, %s, SoLo-RA alpha=%s on %s; sequences per pair: %s", settings.method.name,
-             type(settings.algo).__name__, ra.alpha, ",".join(ra.responses), ", ".join("/".join(k) for k in train))
+    term = f"SoLo-RA alpha={ra.alpha} on {','.join(ra.responses)}" if settings.method.use_ra and ra.active and not plain \
+        else "no SoLo-RA"
+    log.info("method %s, %s, %s; sequences per pair: %s", settings.method.name, type(settings.algo).__name__, term,
+             ", ".join("/".join(k) for k in train))
     if plain:
         log.info("plain PO data (prompt_long = prompt_short in every pair): SoLo-RA is not applicable, so no "
                  "long-context sequence is run and no ra_loss or ra/gap is reported")
