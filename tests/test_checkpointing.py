@@ -247,6 +247,7 @@ def test_the_model_tells_the_prediction_it_runs_liger(tokenizer, monkeypatch):
     patched = []
     liger = types.ModuleType("liger_kernel.transformers")
     liger.apply_liger_kernel_to_llama = lambda **options: patched.append(options["model"])
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))  # CI has no liger-kernel
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", liger)
     monkeypatch.setattr(kernels, "liger_problems", lambda gpu_visible: [])
     model = load_model(replace(TINY, liger=True), tokenizer, seed=0)
