@@ -29,7 +29,8 @@ from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat 
 from solopo.report.tables import cell, markdown  # noqa: E402
 
 AVG = "avg long"
-MECHANISM = ("ra/chosen_short", "ra/chosen_long", "ra/gap_signed")
+MECHANISM = {"ra/chosen_short": "on x_short", "ra/chosen_long": "on x_long",  # metric: its panel's title
+             "ra/gap_signed": "gap, x_short - x_long"}
 TABLE_ROWS = ("base", *MAIN_ROWS[:2], *COST_ROWS, *MAIN_ROWS[2:], "solopo_both")  # Expand-long beside Long-PO
 
 
@@ -165,22 +166,22 @@ def step_series(run: Run, key: str) -> dict[int, float]:
 
 
 def mechanism_plots(groups: dict, out: Path) -> list[Path]:
-    """Per regime and algorithm, the chosen response's short-context reward, long-context reward and signed gap per
-    step, the paper's form against detach_short (mean ± std over seeds)."""
+    """Per regime and algorithm, one panel each for the chosen response's short-context reward, its long-context
+    reward and their signed gap per step, the paper's form against detach_short (mean ± std over seeds)."""
     drawn = []
     for (regime, algo, row, alpha, distance), runs in groups.items():
         if row != "solopo" or (distance, alpha) != ("abs", PAPER_ALPHA.get(algo)):
             continue
-        lines = {}
-        for name, key_row in (("paper's form", "solopo"), ("detach_short", "solopo_detach")):
-            for metric in MECHANISM:
+        panels: dict[str, dict] = {}
+        for metric, title in MECHANISM.items():
+            for name, key_row in (("paper's form", "solopo"), ("detach_short", "solopo_detach")):
                 series = [step_series(r, metric) for r in groups.get(main_key(regime, algo, key_row), [])]
                 steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
                 if steps:
-                    lines[f"{metric.split('/')[1]}, {name}"] = {n: stat(s[n] for s in series) for n in steps}
-        if lines:
-            drawn.append(score_vs_step(lines, out / f"mechanism_{regime}_{algo}.png", ylabel="reward of the chosen response",
-                                       title=f"regime {regime}, {algo}: SoLo-RA's pull", from_zero=False))
+                    panels.setdefault(title, {})[name] = {n: stat(s[n] for s in series) for n in steps}
+        if panels:
+            drawn.append(score_vs_step(panels, out / f"mechanism_{regime}_{algo}.png", from_zero=False,
+                                       ylabel=f"regime {regime}, {algo}: reward of the chosen response"))
     return drawn
 
 

@@ -62,19 +62,21 @@ def score_vs_alpha(lines: Mapping[str, Mapping[float, Value]], path: Path, ylabe
     return save_figure(fig, path)
 
 
-def score_vs_step(lines: Mapping[str, Mapping[int, Value]], path: Path, ylabel: str = "avg long-context sub-EM (%)",
-                  marked: int | None = None, title: str = "Evaluation during training", from_zero: bool = True) -> Path:
-    """A score against the optimizer step, one line per name, {name: {step: value}}; ``marked`` draws a dotted
-    vertical line at one step (e.g. the best one kept). ``from_zero=False`` fits the axis to values that may be
-    negative (a reward, a log-prob)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in lines.items():
-        steps = sorted(points)
-        _line(ax, steps, [points[s] for s in steps], name, {})
-    if marked is not None:
-        ax.axvline(marked, color="grey", linestyle=":", label=f"kept: step {marked}")
-    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
-    _finish(ax, from_zero)
+def score_vs_step(panels: Mapping[str, Mapping[str, Mapping[int, Value]]], path: Path,
+                  ylabel: str = "avg long-context sub-EM (%)", marked: int | None = None, from_zero: bool = True) -> Path:
+    """A score against the optimizer step: one panel per title, {title: {line name: {step: value}}}, side by side on
+    one y axis; ``marked`` draws a dotted vertical line at one step (e.g. the best one kept). ``from_zero=False`` fits
+    the axis to values that may be negative (a reward, a log-prob)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 4.6 * len(panels)), 4.2), sharey=True, squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items()):
+        for name, points in lines.items():
+            steps = sorted(points)
+            _line(ax, steps, [points[s] for s in steps], name, {})
+        if marked is not None:
+            ax.axvline(marked, color="grey", linestyle=":", label=f"kept: step {marked}")
+        ax.set(xlabel="optimizer step", title=title)
+        _finish(ax, from_zero)
+    axes[0][0].set_ylabel(ylabel)
     return save_figure(fig, path)
 
 
