@@ -96,6 +96,12 @@ def test_summary_puts_the_defaults_beside_the_best_cells_and_judges_the_issue_ta
     assert "| 8K | 0.62 s (packed, 0 ckpt) | 0.5 s (padded) | 1 s (shared_prompt, 0 ckpt) | 2 s (padded) |" in text
     assert "| 0.62 | 0.25 | 0.60 | 1.20 | - | 90% | 14.0 / 13.0 GiB |" in text
     assert "| 4K | 0.62 s (packed, 0 ckpt) | - (-) |" in text  # no hand-picked cell measured there
+    # a hand-picked cell that an earlier call measured (the bench resumes) is marked against the defaults beside it
+    rows = json.loads((tmp_path / "solopo_grid_defaults.json").read_text())["rows"]
+    table("solopo_grid_defaults", [{**r, "commit": "old" if r["variant"] == "padded" else "new"} for r in rows])
+    summary.summarise(tmp_path)
+    assert "| 8K | 0.62 s (packed, 0 ckpt) | 0.5 s (padded) † | 1 s (shared_prompt, 0 ckpt) | 2 s (padded) † |" \
+        in (tmp_path / "summary.md").read_text()
     # 0.62 is within 0.6 + 0.10 at 4K and 0.6 + 0.05 at 8K-16K, but 0.70 misses 0.65 at 32K and 64K
     assert "4K 0.62 (limit 0.70), 8K 0.62 (limit 0.65)" in text and "64K 0.70 (limit 0.65) | no |" in text
     # against the work each layout did, 0.70 is well within 1.2 + 0.05

@@ -218,10 +218,17 @@ def defaults_section(defaults: list[dict], every: list[dict], trl: list[dict], m
         peak = f"{row['peak'][0]:.1f} / {row['peak'][1]:.1f} GiB" if row["peak"] else "-"
         busy = f"{100 * row['gpu_busy']:.0f}%" if row["gpu_busy"] is not None else "-"
         lines.append(f"| {length_label(n)} | {fmt_default(so)} | {fmt_step(so_best).split(',')[0]} "
-                     f"({so_best['variant'] if so_best else '-'}) | {fmt_default(lp)} | {fmt_step(lp_best).split(',')[0]} "
-                     f"({lp_best['variant'] if lp_best else '-'}) | {fmt(row['defaults_ratio'])} | {fmt(row['best_ratio'])} | "
+                     f"({so_best['variant'] if so_best else '-'}){earlier(so_best, so)} | {fmt_default(lp)} | "
+                     f"{fmt_step(lp_best).split(',')[0]} ({lp_best['variant'] if lp_best else '-'}){earlier(lp_best, lp)} | "
+                     f"{fmt(row['defaults_ratio'])} | {fmt(row['best_ratio'])} | "
                      f"{fmt(row['flop_ratio'])} | {fmt(row['work_ratio'])} | {fmt(row['solopo_vs_trl'])} | {busy} | {peak} |")
     return lines + [""], out
+
+
+def earlier(best: dict | None, default: dict | None) -> str:
+    """" †" where a hand-picked cell was measured at another commit (another run) than the defaults beside it:
+    run_defaults.sh resumes, keeping cells a call measured before, so the two compare loosely there."""
+    return " †" if best and default and best.get("commit") != default.get("commit") else ""
 
 
 def verdict(met: bool | None, measured: str) -> str:
@@ -364,8 +371,9 @@ def summarise(results: Path) -> dict:
         md += ["## Defaults against the best hand-picked cells (`run_defaults.sh`: `bench.py --tag _defaults`)", "",
                "Defaults: what a run gets without flags (`packing=auto`, `model.gradient_checkpointing=auto`, the "
                "shipped attention kernel), with the layout it chose and the decoder layers it checkpointed. Best: the "
-               "variant the committed tables found fastest for the cell, measured again in the same run (every layer "
-               "checkpointed). FLOP ratio: SoLoPO's useful FLOPs over Long-PO's, each response with its own copy of "
+               "variant the committed tables found fastest for the cell, measured by run_defaults.sh (every layer "
+               "checkpointed); † marks one measured in another run than the defaults beside it (a call cut short "
+               "resumes, keeping what earlier calls measured): compare those loosely. FLOP ratio: SoLoPO's useful FLOPs over Long-PO's, each response with its own copy of "
                "the prompt. Work ratio as run: the same for the work each default layout does (Long-PO's shared prompt "
                "counted once). GPU busy: kernel time over the step's wall time under the profiler. SoLoPO / TRL only where "
                f"TRL's table was measured on the same GPU ({same_gpu_note(results)}).", ""]
