@@ -17,7 +17,8 @@ few prompts; a workload over --limit-s is recorded as such. The GPU's targets (o
 W3 < 45 s.
 Writes speed.md and speed.json in --out, W1's answers in the json: the table says how many of each path's are the
 first path's and, with --same-as (another run's speed.json, e.g. under another transformers), that run's on the same
-path, so that a faster way of generating is seen to answer as the study's runs did, or not.
+path, so that a faster way of generating is seen to answer as the study's runs did, or not. --liger sets the
+generating model's model.liger (Liger's fused kernels cost a Triton launch per call in every decoding step).
 """
 from __future__ import annotations
 
@@ -195,24 +196,29 @@ def main() -> None:
     parser.add_argument("--limit-s", type=int, default=120, help="a workload (or a path's warm-up) running longer "
                         "than this is recorded as over the limit and the next one starts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--liger", choices=("auto", "true", "false"), default="auto", help="model.liger for the "
+                        "model that generates (auto, the default: Liger's kernels where a CUDA GPU runs them)")
     parser.add_argument("--same-as", type=Path, metavar="SPEED_JSON", help="another run's speed.json (another "
                         "transformers, say): how many of each path's W1 answers are identical to that run's")
     parser.add_argument("--profile", type=int, metavar="N", help="only profile N of W1's prompts on the budget path "
                         "(profile_w1.txt in --out): where its time goes, prefill against decoding")
     args = parser.parse_args()
     same_work(args)  # before any model loads: a comparison that cannot be made stops here
-    spec = model_spec(args.model)
+    spec = dataclasses.replace(model_spec(args.model), liger={"true": True, "false": False}.get(args.liger, "auto"))
     tokenizer = load_tokenizer(spec)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = True  # as the study's launcher sets for float32 weights
-    model = load_model(spec, tokenizer).to(device).eval()
+    try:
+        model = load_model(spec, tokenizer).to(device).eval()
+    except ValueError as err:  # a setting this machine cannot run (--liger true without a GPU)
+        refuse(str(err))
     precision = "bf16-mixed" if device == "cuda" else "32-true"  # the study's trainer=gpu
     work = prompts(tokenizer, args.questions, args.answers, args.length, seed=0)
     import transformers
     meta = {"command": "python " + " ".join(sys.argv), "device": torch.cuda.get_device_name() if device == "cuda"
             else platform.processor() or "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
             "model": spec.name, "precision": precision, "old": OLD, "new": NEW, "targets_s": TARGETS_S,
-            "work": {key: getattr(args, key) for key in WORK}}
+            "work": {key: getattr(args, key) for key in WORK}, "liger": args.liger}
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save(rows: list[dict]) -> None:  # after every workload: a call cut short keeps what it measured
@@ -238,7 +244,8 @@ def page(meta: dict, rows: list[dict], args) -> str:
     over = f"; - : over the {args.limit_s} s limit" if any(r["seconds"] is None and r["path"] not in failed
                                                            for r in rows) else ""
     lines = [f"# Generation speed by path\n\n`{meta['command']}` on {meta['device']}, {meta['model']}, "
-             f"{meta['precision']}, torch {meta['torch']}, transformers {meta.get('transformers', '?')}. Seconds per "
+             f"{meta['precision']}, torch {meta['torch']}, transformers {meta.get('transformers', '?')}, model.liger="
+             f"{meta.get('liger', 'auto')}. Seconds per "
              f"workload; speed-up against {paths[0]}{over}.\n",
              "| workload | " + " | ".join(f"{p} s" for p in paths) + " | best speed-up | target (H200) |",
              "|---|" + "---|" * len(paths) + "---|---|"]
