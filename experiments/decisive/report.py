@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +26,7 @@ from experiments.decisive.jobs import (COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_A
 from experiments.studies import reports  # noqa: E402
 from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
 from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat  # noqa: E402
+from solopo.report.stats import Change  # noqa: E402
 from solopo.report.tables import cell, markdown  # noqa: E402
 
 AVG = "avg long"
@@ -73,21 +74,38 @@ def main_table(groups: dict, regimes: list[str], algos: list[str]) -> list[str]:
     return markdown(["regime", "algo", "method", "seeds", "evidence only", AVG, "pairs"], rows)
 
 
-def claim_lines(groups: dict, regimes: list[str], algos: list[str]) -> list[str]:
-    """One line per claim, regime and algorithm: the paired difference, its interval, the verdict."""
-    lines = []
+@dataclass(frozen=True)
+class ClaimCell:
+    """One claim in one regime and algorithm: the paired change (better - worse) and the seeds both rows ran."""
+
+    claim: str
+    whose: str
+    regime: str
+    algo: str
+    change: Change
+    seeds: int
+
+
+def claim_cells(groups: dict, regimes: list[str], algos: list[str]) -> list[ClaimCell]:
+    """Every claim's paired comparison where both of its rows ran, claim by claim: computed once, for the claim lines
+    and the verdict paragraph."""
+    cells = []
     for claim, better, worse, whose in CLAIMS:
         for regime in regimes:
             for algo in algos:
                 a, b = groups.get(main_key(regime, algo, better)), groups.get(main_key(regime, algo, worse))
                 if a and b:
-                    change = paired(a, b)
-                    lines.append(f"- **{verdict(change)}**: {claim} ({whose}), regime {regime}, {algo}: "
-                                 f"{describe(change, seeds_of(a, b))}.")
-    return lines
+                    cells.append(ClaimCell(claim, whose, regime, algo, paired(a, b), seeds_of(a, b)))
+    return cells
 
 
-def verdict_paragraph(groups: dict, regimes: list[str], algos: list[str], done: set[str]) -> list[str]:
+def claim_lines(cells: list[ClaimCell]) -> list[str]:
+    """One line per claim, regime and algorithm: the paired difference, its interval, the verdict."""
+    return [f"- **{verdict(c.change)}**: {c.claim} ({c.whose}), regime {c.regime}, {c.algo}: "
+            f"{describe(c.change, c.seeds)}." for c in cells]
+
+
+def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], done: set[str]) -> list[str]:
     """The study's verdict in one paragraph, the headline the repository's README quotes: how much of the plan it
     stands on (``done``: the names of the runs that ended), what a cell and its verdict mean, then per claim each
     regime/algorithm cell's paired difference, interval and verdict, and the pairs each method trained on."""
@@ -96,19 +114,15 @@ def verdict_paragraph(groups: dict, regimes: list[str], algos: list[str], done: 
                  "lies above 0, contradicted where below, not separated where it holds 0; provisional on fewer than "
                  f"{FIRM_SEEDS} seeds. Whose claim: the paper's, paper_mini's (this project's earlier, smaller study) "
                  "or new."]
-    for claim, better, worse, whose in CLAIMS:
-        cells: dict[str, list[str]] = {}
-        for regime in regimes:
-            for algo in algos:
-                a, b = groups.get(main_key(regime, algo, better)), groups.get(main_key(regime, algo, worse))
-                if a and b:
-                    change, n = paired(a, b), seeds_of(a, b)
-                    firm = "" if n >= FIRM_SEEDS else ", provisional"
-                    cells.setdefault(verdict(change), []).append(
-                        f"{regime}/{algo} {change.difference:+.1f} [{change.low:+.1f}, {change.high:+.1f}] "
-                        f"({n} seed{'s' * (n != 1)}{firm})")
-        if cells:
-            found = "; ".join(f"{word} in {', '.join(where)}" for word, where in sorted(cells.items()))
+    for claim, _, _, whose in CLAIMS:
+        by_verdict: dict[str, list[str]] = {}
+        for c in (c for c in cells if c.claim == claim):
+            firm = "" if c.seeds >= FIRM_SEEDS else ", provisional"
+            by_verdict.setdefault(verdict(c.change), []).append(
+                f"{c.regime}/{c.algo} {c.change.difference:+.1f} [{c.change.low:+.1f}, {c.change.high:+.1f}] "
+                f"({c.seeds} seed{'s' * (c.seeds != 1)}{firm})")
+        if by_verdict:
+            found = "; ".join(f"{word} in {', '.join(where)}" for word, where in sorted(by_verdict.items()))
             sentences.append(f"{claim} ({whose}): {found}.")
     return [" ".join(sentences + pair_supply(groups, regimes))]
 
@@ -208,9 +222,10 @@ def blocks(runs: list[Run]) -> dict[str, list[str]]:
     regimes = sorted({key[0] for key in groups})
     algos = sorted({key[1] for key in groups if key[1] != "-"})
     done = {r.path.name for r in ran if not r.failed}
+    cells = claim_cells(groups, regimes, algos)
     return {"runs": [f"{len(ran)} runs, {sum(1 for r in ran if r.failed)} failed."],
-            "verdict": verdict_paragraph(groups, regimes, algos, done),
-            "main": main_table(groups, regimes, algos), "claims": claim_lines(groups, regimes, algos),
+            "verdict": verdict_paragraph(cells, groups, regimes, done),
+            "main": main_table(groups, regimes, algos), "claims": claim_lines(cells),
             "ablations": ablation_table(groups), "cost": cost_table(groups, main_key)}
 
 
