@@ -116,3 +116,10 @@ def test_summary_puts_the_defaults_beside_the_best_cells_and_judges_the_issue_ta
     trl_rows = json.loads((tmp_path / "trl_long_po.json").read_text())["rows"]
     (tmp_path / "trl_long_po.json").write_text(json.dumps({"meta": {"gpu": "another GPU"}, "rows": trl_rows}))
     assert all(r["solopo_vs_trl"] is None for r in summary.summarise(tmp_path)["defaults"])
+
+
+def test_summary_of_a_missing_results_folder_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "efficiency" / "summary.py"), "--results",
+                           str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr == f"error: --results {tmp_path / 'nowhere'}: no such folder (the " \
+        "tables summary.py reads)\n"

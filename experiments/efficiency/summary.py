@@ -223,6 +223,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if not args.results.is_dir():
+        parser.exit(2, f"error: --results {args.results}: no such folder (the tables summary.py reads)\n")
     summarise(args.results)
     print(args.results / "summary.md")
 
