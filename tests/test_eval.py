@@ -4,7 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from solopo.eval.longctx import EvalCase, format_table, greedy_answers, score_table
+from solopo.eval.longctx import (EvalCase, changes, format_table, greedy_answers, score_columns, score_rows,
+                                 score_table)
 from solopo.report.plots import accuracy_vs_length, by_length, depth_grid, depth_heatmap
 from solopo.report.stats import Z95, wilson
 
@@ -28,10 +29,28 @@ def test_score_table_by_hand():
                     "ci95": [pytest.approx(1 / (1 + Z95 ** 2)), 1.0]}  # Wilson at 1 of 1: [1 / (1 + z^2), 1]
     assert table["n_by_length"] == {"short": 2, "1024": 2} and table["n_long"] == 2
     assert table["ci95_long"] == pytest.approx(list(wilson(1, 2)))
-    assert [s[1:] for s in table["scores"]] == [["short", "-", 1.0], ["short", "-", 0.0], ["1024", "0", 1.0],
-                                                ["1024", "1", 0.0]]
+    assert [s[1:] for s in score_rows(table)] == [["short", "-", 1.0], ["short", "-", 0.0], ["1024", "0", 1.0],
+                                                  ["1024", "1", 0.0]]
     short = next(c for c in table["cells"] if c["length"] == "short")
     assert short["f1"] == pytest.approx((2 * (1 / 3) * 1 / (1 / 3 + 1) + 0) / 2)  # "it is quorath" vs "quorath"
+
+
+def test_per_case_scores_are_kept_in_columns_and_read_back_in_order():
+    """200 questions x 10 cases: the columns hold every row, in order, in under a third of the row list's bytes; a
+    table written before the columns (a row list) reads the same, and pairs with a new one in changes."""
+    import json
+
+    lengths = [("short", "-")] + [(n, d) for n in ("1024", "2048", "4096") for d in ("0", "0.5", "1")]
+    rows = [[f"test:employer.founder:Person {q}", n, d, float((q + i) % 3 == 0)] for q in range(200)
+            for i, (n, d) in enumerate(lengths)]
+    columns = score_columns(rows)
+    assert score_rows({"scores": columns}) == rows and score_rows({"scores": rows}) == rows
+    assert columns["items"][:2] == ["test:employer.founder:Person 0", "test:employer.founder:Person 1"]
+    assert columns["cases"] == [list(c) for c in lengths] and columns["rows"][11] == [1, 1, 0.0]
+    assert len(json.dumps(columns)) * 3 < len(json.dumps(rows))
+    old, new = {"scores": rows}, {"scores": score_columns([[*r[:3], 1.0] for r in rows])}
+    assert changes(old, new)["short"].n == 200 and changes(old, new)["avg_long"].n == 1800
+    assert changes(old, {"scores": score_columns(rows[1:])}) is None  # not the same cases
 
 
 def test_format_table_gives_n_intervals_and_changes_within_them():

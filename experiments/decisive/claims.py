@@ -9,10 +9,10 @@ contradicted when it lies below, not separated when it holds 0.
 """
 from __future__ import annotations
 
+from solopo.eval.longctx import SHORT, score_rows
 from solopo.report.runs import Run
 from solopo.report.stats import Change, paired_bootstrap
 
-SHORT = "short"
 # (claim, better row, worse row, whose claim): rows at the paper's alpha and the abs distance
 # whose: "the paper" (a claim of arXiv 2505.11166), "paper_mini" (this project's earlier, smaller study), "new" (neither
 # makes it). SoLoPO-detach: SoLoPO with no gradient through the short-context reward (ra.detach_short=true).
@@ -34,7 +34,7 @@ def case_scores(run: Run, long_only: bool = True) -> dict[str, dict[tuple[str, s
     case)."""
     table = run.eval.get("trained") or run.eval.get("model") or {}
     cases: dict[str, dict[tuple[str, str], float]] = {}
-    for item, length, depth, score in table.get("scores", []):
+    for item, length, depth, score in score_rows(table):
         if (length != SHORT) == long_only:
             cases.setdefault(item, {})[(length, depth)] = score
     return cases

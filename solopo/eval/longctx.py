@@ -205,9 +205,9 @@ def answer_all(model, tokenizer, prompts: Sequence[str], settings: EvalSettings,
 def score_table(cases: Sequence[EvalCase], answers: Sequence[str], scorer: Scorer = SUB_EM) -> dict:
     """{"cells": [{length, depth, sub_em, f1, score, n, ci95}], "by_length": {length: score}, "average": score,
     "average_long": score over every long-context case, "scorer": its class, "n_by_length", "ci95_by_length",
-    "n_long", "ci95_long", "scores": [[item, length, depth, score] per case]}; means are over questions, score is
-    ``scorer``'s (sub-EM by default, so every column but f1 is then sub-EM), ci95 the Wilson 95% interval of a share
-    (solopo.report.stats.wilson) and "scores" pairs two tables of the same cases (changes).
+    "n_long", "ci95_long", "scores": every case's score in columns (score_columns; score_rows reads it)}; means are
+    over questions, score is ``scorer``'s (sub-EM by default, so every column but f1 is then sub-EM), ci95 the Wilson
+    95% interval of a share (solopo.report.stats.wilson) and "scores" pairs two tables of the same cases (changes).
 
     An answer is scored whole, as the pair sampler scores its samples: under the cot template the
     reasoning comes first and sub-EM finds the gold answer anywhere in it, so evaluation and the
@@ -231,16 +231,38 @@ def score_table(cases: Sequence[EvalCase], answers: Sequence[str], scorer: Score
             "n_by_length": {k: len(v) for k, v in by_length.items()},
             "ci95_by_length": {k: list(wilson(sum(v), len(v))) for k, v in by_length.items()},
             "n_long": len(long_scores), "ci95_long": list(wilson(sum(long_scores), len(long_scores))),
-            "scores": scores}
+            "scores": score_columns(scores)}
+
+
+def score_columns(rows: Sequence[Sequence]) -> dict:
+    """[[item, length, depth, score], ...] as {"items": [item, ...], "cases": [[length, depth], ...], "rows": [[item's
+    index, case's index, score], ...]}: the same rows in the same order without each question's id and each case
+    written out per row: a quarter of the bytes for the decisive study's 10-case evaluations."""
+    items: dict[str, int] = {}
+    cases: dict[tuple[str, str], int] = {}
+    indexed = [[items.setdefault(item, len(items)), cases.setdefault((length, depth), len(cases)), score]
+               for item, length, depth, score in rows]
+    return {"items": list(items), "cases": [list(c) for c in cases], "rows": indexed}
+
+
+def score_rows(table: dict) -> list[list]:
+    """A table's per-case scores as [[item, length, depth, score], ...] in the order they were scored, from its
+    columns or from the row list that tables written before the columns hold."""
+    scores = table.get("scores") or []
+    if isinstance(scores, list):
+        return [list(row) for row in scores]
+    items, cases = scores["items"], scores["cases"]
+    return [[items[i], *cases[c], score] for i, c, score in scores["rows"]]
 
 
 def changes(before: dict, after: dict) -> dict[str, Change] | None:
     """after - before by length and over the long contexts ("avg_long"), each a paired change with its 95% interval;
     None when the two tables did not score the same cases."""
-    if [s[:3] for s in before["scores"]] != [s[:3] for s in after["scores"]]:
+    old_rows, new_rows = score_rows(before), score_rows(after)
+    if [row[:3] for row in old_rows] != [row[:3] for row in new_rows]:
         return None
     groups: dict[str, list[tuple[float, float]]] = {}
-    for (_, length, _, old), (*_, new) in zip(before["scores"], after["scores"]):
+    for (_, length, _, old), (*_, new) in zip(old_rows, new_rows):
         groups.setdefault(length, []).append((old, new))
         if length != SHORT:
             groups.setdefault("avg_long", []).append((old, new))
