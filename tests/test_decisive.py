@@ -54,6 +54,8 @@ def test_job_list_main_rows_at_five_seeds_ablations_and_expand_long_at_three():
     assert names[-6:] == [f"{r}-expand_long-simpo-s{s}" for r in "ab" for s in range(3)]
     assert names[:5] == ["a-short_po-dpo-s0", "a-long_po-dpo-s0", "a-solopo-dpo-a3-s0", "a-solopo_detach-dpo-a3-s0",
                          "a-short_po-simpo-s0"]  # seed by seed, algorithm by algorithm
+    assert names.index("a-solopo_detach-orpo-a1-s0") + 1 == names.index("b-short_po-dpo-s0")  # both regimes per seed
+    assert names.index("b-solopo_detach-orpo-a1-s0") + 1 == names.index("a-short_po-dpo-s1")
     assert "b-solopo_detach-orpo-a1-s4" in names and "a-solopo_detach-simpo-squared-a0.1-s2" in names
     assert not any(n.startswith("b-") and "squared" in n for n in names)  # ablations in one regime
     first = jobs.Job("a", "short_po", "dpo", None, 0)

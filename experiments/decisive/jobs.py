@@ -145,9 +145,10 @@ def ablation_jobs(regime: str, algos: tuple[str, ...], seeds: tuple[int, ...] = 
 def study_jobs(regimes: tuple[str, ...] = REGIMES, ablation_regime: str = "a",
                ablation_algos: tuple[str, ...] = ("simpo",), main_seeds: tuple[int, ...] = MAIN_SEEDS,
                ablation_seeds: tuple[int, ...] = ABLATION_SEEDS) -> list[Job]:
-    """Every job once, by priority: the main rows of each regime, the ablations, then Expand-long (estimate.parts
-    puts each of its jobs in the first part with room, so it changes no other job's part)."""
-    jobs = [job for regime in regimes for job in main_jobs(regime, main_seeds)]
+    """Every job once, by priority: the main rows seed by seed, each seed in every regime before the next seed (a
+    study cut short has both regimes at the same seeds), the ablations, then Expand-long (estimate.parts puts each of
+    its jobs in the first part with room, so it changes no other job's part)."""
+    jobs = [job for seed in main_seeds for regime in regimes for job in main_jobs(regime, (seed,))]
     if ablation_regime in regimes:
         jobs += ablation_jobs(ablation_regime, ablation_algos, ablation_seeds)
     jobs += [job for regime in regimes for job in cost_jobs(regime)]
