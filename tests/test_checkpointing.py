@@ -280,6 +280,22 @@ def test_partial_checkpointing_wraps_k_layers_and_changes_no_gradient(tokenizer)
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_checkpointing_is_enabled_without_a_deprecation_warning(tokenizer):
+    """transformers 5.25 deprecates gradient_checkpointing_enable (a FutureWarning in every checkpointed run): the
+    loader and checkpoint_layers take activation_checkpointing_enable where it exists, the old name elsewhere."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = load_model(replace(TINY, gradient_checkpointing=True), tokenizer, seed=0)
+        checkpoint_layers(load_model(TINY, tokenizer, seed=0), 1)
+    assert all(layer.gradient_checkpointing for layer in decoder_layers(model))
+    calls = []
+    older = types.SimpleNamespace(gradient_checkpointing_enable=lambda **kwargs: calls.append(kwargs))
+    memory.enable_checkpointing(older)
+    assert calls == [{"gradient_checkpointing_kwargs": {"use_reentrant": False}}]
+
+
 def test_a_run_counts_its_savers_and_says_so(tokenizer, caplog):
     """The run's auto plan (solopo.training.pipeline) predicts with the savers its model was loaded with, and its log
     line names them; it counts the step in the layout its collator gives: shared prompts, 20 + 3 + 4 tokens a pair."""

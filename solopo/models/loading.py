@@ -163,7 +163,7 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
         )
     model.config.use_cache = False  # training never reuses a KV cache
     if spec.gradient_checkpointing is True:  # "auto" is decided once the step's size is known
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        memory.enable_checkpointing(model)
     apply_options(model, spec)
     return model
 

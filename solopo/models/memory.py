@@ -34,6 +34,17 @@ from solopo.models.blocks import final_norm, mlps
 MIN_OFFLOAD_BYTES = 1 << 20
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant gradient checkpointing hooks on the model's decoder layers, every layer's flag on (a caller may
+    then turn some off): transformers' activation_checkpointing_enable, or gradient_checkpointing_enable where the
+    installed version has only that name (it warns that the name is deprecated from transformers 5.25)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def chunk_sequences(model: nn.Module, chunk_size: int) -> None:
     """Every decoder layer's MLP and the final norm of ``model`` run ``chunk_size`` sequence positions at a time
     (dim -2 of their (B, L, H) input), each chunk under checkpoint while gradients are on: out[:, i:i+n] =

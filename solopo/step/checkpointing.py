@@ -280,7 +280,7 @@ def checkpoint_layers(model: nn.Module, count: int) -> None:
     does for every layer)."""
     layers = decoder_layers(model)
     if count > 0:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        memory.enable_checkpointing(model)
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i < count
 
