@@ -280,16 +280,19 @@ def test_partial_checkpointing_wraps_k_layers_and_changes_no_gradient(tokenizer)
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_checkpointing_is_enabled_without_a_deprecation_warning(tokenizer):
+def test_checkpointing_is_enabled_without_a_deprecation_warning(tokenizer, caplog):
     """transformers 5.25 deprecates gradient_checkpointing_enable (a FutureWarning in every checkpointed run): the
     loader and checkpoint_layers take activation_checkpointing_enable where it exists, the old name elsewhere."""
+    import logging
     import warnings
 
+    caplog.set_level(logging.INFO, logger="solopo")
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         model = load_model(replace(TINY, gradient_checkpointing=True), tokenizer, seed=0)
         checkpoint_layers(load_model(TINY, tokenizer, seed=0), 1)
     assert all(layer.gradient_checkpointing for layer in decoder_layers(model))
+    assert "model.gradient_checkpointing=true: all 2 decoder layers checkpointed" in caplog.text
     calls = []
     older = types.SimpleNamespace(gradient_checkpointing_enable=lambda **kwargs: calls.append(kwargs))
     memory.enable_checkpointing(older)

@@ -165,17 +165,17 @@ def test_the_verdict_paragraph_says_how_much_of_the_plan_it_stands_on(tmp_path):
         fake_run(tmp_path / f"a-solopo-simpo-a1-s{seed}", "a", "solopo", seed, [0, 1])
         fake_run(tmp_path / f"a-short_po-simpo-s{seed}", "a", "short_po", seed, [0, 1, 2, 3, 8, 9])
     planned = len(jobs.study_jobs())
-    [paragraph] = report.blocks(find_runs([tmp_path]))["verdict"]
+    paragraph = "\n".join(report.blocks(find_runs([tmp_path]))["verdict"])
     assert paragraph.startswith(f"**Verdict from 9 of the {planned} planned runs** (not complete: each verdict may "
                                 "still change; regime a: main rows at 0-3 of 5 seeds; regime b: not started).")
-    assert "SoLoPO-detach beats SoLoPO in the paper's form (paper_mini): supported in a/simpo +40.0 [+" in paragraph
+    assert "\n- SoLoPO-detach beats SoLoPO in the paper's form (paper_mini): supported in a/simpo +40.0 [+" in paragraph
     assert "] (3 seeds)." in paragraph and "provisional)" not in paragraph  # 3 seeds: a firm verdict
     assert ("SoLoPO beats Short-PO, i.e. SoLo-RA adds to short-context PO (the paper): contradicted in a/simpo "
             "-40.0 [") in paragraph
     assert "SoLoPO beats Long-PO" not in paragraph  # no Long-PO run: no cell, no sentence
     for name in ("a-solopo-simpo-a1-s0", "a-solopo_detach-simpo-a1-s0"):  # one seed of each left: provisional
         (tmp_path / name / "results.json").unlink()
-    [paragraph] = report.blocks(find_runs([tmp_path]))["verdict"]
+    paragraph = "\n".join(report.blocks(find_runs([tmp_path]))["verdict"])
     assert "(paper_mini): supported in a/simpo +40.0 [" in paragraph and "] (2 seeds, provisional)." in paragraph
 
 

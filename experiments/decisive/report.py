@@ -106,14 +106,15 @@ def claim_lines(cells: list[ClaimCell]) -> list[str]:
 
 
 def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], done: set[str]) -> list[str]:
-    """The study's verdict in one paragraph, the headline the repository's README quotes: how much of the plan it
-    stands on (``done``: the names of the runs that ended), what a cell and its verdict mean, then per claim each
-    regime/algorithm cell's paired difference, interval and verdict, and the pairs each method trained on."""
-    sentences = [plan_state(done), "Each cell: regime/algorithm, the paired difference in average long-context "
-                 "sub-EM points with its 95% bootstrap interval over seeds and questions; supported where the interval "
-                 "lies above 0, contradicted where below, not separated where it holds 0; provisional on fewer than "
-                 f"{FIRM_SEEDS} seeds. Whose claim: the paper's, paper_mini's (this project's earlier, smaller study) "
-                 "or new."]
+    """The study's verdict, the headline the repository's README quotes: a lead saying how much of the plan it stands
+    on (``done``: the names of the runs that ended) and what a cell and its verdict mean, one line per claim with each
+    regime/algorithm cell's paired difference, interval and verdict, then the pairs each method trained on."""
+    lead = [plan_state(done), "Each cell: regime/algorithm, the paired difference in average long-context "
+            "sub-EM points with its 95% bootstrap interval over seeds and questions; supported where the interval "
+            "lies above 0, contradicted where below, not separated where it holds 0; provisional on fewer than "
+            f"{FIRM_SEEDS} seeds. Whose claim: the paper's, paper_mini's (this project's earlier, smaller study) "
+            "or new."]
+    lines = []
     for claim, _, _, whose in CLAIMS:
         by_verdict: dict[str, list[str]] = {}
         for c in (c for c in cells if c.claim == claim):
@@ -123,8 +124,8 @@ def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], 
                 f"({c.seeds} seed{'s' * (c.seeds != 1)}{firm})")
         if by_verdict:
             found = "; ".join(f"{word} in {', '.join(where)}" for word, where in sorted(by_verdict.items()))
-            sentences.append(f"{claim} ({whose}): {found}.")
-    return [" ".join(sentences + pair_supply(groups, regimes))]
+            lines.append(f"- {claim} ({whose}): {found}.")
+    return [" ".join(lead), "", *lines, "", " ".join(pair_supply(groups, regimes))]
 
 
 def plan_state(done: set[str]) -> str:
