@@ -280,23 +280,40 @@ def test_partial_checkpointing_wraps_k_layers_and_changes_no_gradient(tokenizer)
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_checkpointing_is_enabled_without_a_deprecation_warning(tokenizer, caplog):
+def test_checkpointing_is_enabled_without_a_deprecation_warning(tokenizer):
     """transformers 5.25 deprecates gradient_checkpointing_enable (a FutureWarning in every checkpointed run): the
     loader and checkpoint_layers take activation_checkpointing_enable where it exists, the old name elsewhere."""
-    import logging
     import warnings
 
-    caplog.set_level(logging.INFO, logger="solopo")
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         model = load_model(replace(TINY, gradient_checkpointing=True), tokenizer, seed=0)
         checkpoint_layers(load_model(TINY, tokenizer, seed=0), 1)
     assert all(layer.gradient_checkpointing for layer in decoder_layers(model))
-    assert "model.gradient_checkpointing=true: all 2 decoder layers checkpointed" in caplog.text
     calls = []
     older = types.SimpleNamespace(gradient_checkpointing_enable=lambda **kwargs: calls.append(kwargs))
     memory.enable_checkpointing(older)
     assert calls == [{"gradient_checkpointing_kwargs": {"use_reentrant": False}}]
+
+
+def test_a_run_says_once_that_its_policy_checkpoints_every_layer(tokenizer, caplog):
+    """model.gradient_checkpointing=true: one log line for the policy; the live reference, frozen in eval mode, never
+    recomputes a layer and gets none."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from conftest import ROOT
+    from solopo.settings.build import build_settings
+    from solopo.training.pipeline import load_models
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny", "algo=dpo", "reference=live",
+                                           "model.gradient_checkpointing=true"])
+    GlobalHydra.instance().clear()
+    with caplog.at_level("INFO", logger="solopo"):
+        policy, reference, _ = load_models(cfg, build_settings(cfg), tokenizer)
+    assert reference is not None and not reference.training
+    assert caplog.text.count("model.gradient_checkpointing=true: all 2 decoder layers checkpointed") == 1
 
 
 def test_a_run_counts_its_savers_and_says_so(tokenizer, caplog):

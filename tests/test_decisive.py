@@ -106,6 +106,10 @@ def test_regime_b_waits_for_the_curve_and_then_carries_its_length(tmp_path):
         return done.stdout
 
     assert "regime (b) waits for" in dry() and " b-" not in dry()
+    # the parts are made of what can run: regime (a)'s jobs fill the room regime (b)'s would have taken
+    listed = [x.split()[0] for x in dry("--part", "2").splitlines() if x.startswith(("a-", "b-"))]
+    a_parts = estimate.in_parts(jobs.study_jobs(("a",), main_seeds=(0,), ablation_seeds=(0,)))[0]
+    assert listed == [job.name for part in a_parts[:2] for job in part] and len(listed) > 12
     (tmp_path / "curve.json").write_text(json.dumps({"scores": {"short": 40.0, "512": 0.0, "768": 10.0}}))
     assert "regime (b) waits for" in dry() and " b-" not in dry()  # measured, but no length qualifies: still waits
     (tmp_path / "curve.json").write_text(json.dumps({"scores": {"short": 40.0, "512": 25.0, "768": 20.0,
@@ -177,6 +181,10 @@ def test_the_verdict_paragraph_says_how_much_of_the_plan_it_stands_on(tmp_path):
         (tmp_path / name / "results.json").unlink()
     paragraph = "\n".join(report.blocks(find_runs([tmp_path]))["verdict"])
     assert "(paper_mini): supported in a/simpo +40.0 [" in paragraph and "] (2 seeds, provisional)." in paragraph
+    lone = tmp_path / "lone"
+    fake_run(lone / "a-short_po-simpo-s0", "a", "short_po", 0, [0])
+    [lead] = report.blocks(find_runs([lone]))["verdict"]  # no claim, no pair counts: the lead alone, no blank lines
+    assert lead.startswith("**Verdict from 1 of")
 
 
 def cost(seconds: float, peak: float = 1.0, cached: bool | None = None) -> dict:

@@ -33,13 +33,13 @@ def plan(args) -> list:
     jobs = study_jobs(split(args.regimes), args.ablation_regime, split(args.ablation_algos), ints(args.main_seeds),
                       ints(args.ablation_seeds))
     lengths = read_overrides(args.root / "curve.json")
-    jobs = with_lengths(jobs, "b", lengths or overrides(DEFAULT_LENGTH))
-    if args.part:
-        jobs = [job for part in in_parts(jobs)[0][:args.part] for job in part]
-    if "b" in split(args.regimes) and lengths is None:
+    if "b" in split(args.regimes) and lengths is None:  # before the parts: regime (a)'s jobs then fill them
         print(f"regime (b) waits for {args.root / 'curve.json'} (experiments/decisive/curve.py) to choose its length",
               flush=True)
         jobs = [j for j in jobs if j.regime != "b"]
+    jobs = with_lengths(jobs, "b", lengths or overrides(DEFAULT_LENGTH))
+    if args.part:
+        jobs = [job for part in in_parts(jobs)[0][:args.part] for job in part]
     return select(jobs, split(args.names))
 
 

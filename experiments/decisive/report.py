@@ -125,7 +125,8 @@ def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], 
         if by_verdict:
             found = "; ".join(f"{word} in {', '.join(where)}" for word, where in sorted(by_verdict.items()))
             lines.append(f"- {claim} ({whose}): {found}.")
-    return [" ".join(lead), "", *lines, "", " ".join(pair_supply(groups, regimes))]
+    pairs = " ".join(pair_supply(groups, regimes))
+    return [" ".join(lead), *([""] + lines if lines else []), *(["", pairs] if pairs else [])]
 
 
 def plan_state(done: set[str]) -> str:

@@ -16,7 +16,6 @@ from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntr
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from solopo.models import embedded, kernels, memory
-from solopo.models.blocks import decoder_layers
 from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.step import context_parallel, varlen
 from solopo.training.distributed import full_state_dict, is_global_zero, local_gpu
@@ -165,7 +164,6 @@ def load_model(spec: ModelSpec, tokenizer, seed: int = 0) -> torch.nn.Module:
     model.config.use_cache = False  # training never reuses a KV cache
     if spec.gradient_checkpointing is True:  # "auto" is decided once the step's size is known
         memory.enable_checkpointing(model)
-        log.info("model.gradient_checkpointing=true: all %d decoder layers checkpointed", len(decoder_layers(model)))
     apply_options(model, spec)
     return model
 

@@ -34,6 +34,7 @@ from solopo.eval.runner import RunEvaluation
 from solopo.generation.sampling import sample_pairs
 from solopo.generation.vllm_engine import saved_weights
 from solopo.models import kernels
+from solopo.models.blocks import decoder_layers
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, weights_path, with_lora)
 from solopo.records import DataFileError
@@ -191,6 +192,8 @@ def load_models(cfg: DictConfig, settings: Settings, tokenizer):
     cached = algo.needs_reference and cfg.reference == "cached"
     policy = load_model(spec, tokenizer, seed=cfg.seed)
     kernels.log_liger_choice(spec.liger, policy.config.model_type)  # once: a live reference gets the policy's kernels
+    if spec.gradient_checkpointing is True:  # the policy's: a frozen reference never recomputes (eval mode)
+        log.info("model.gradient_checkpointing=true: all %d decoder layers checkpointed", len(decoder_layers(policy)))
     if spec.lora:
         policy = with_lora(policy, spec.lora)
     live = algo.needs_reference and not cached
