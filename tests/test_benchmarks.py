@@ -349,3 +349,18 @@ def test_run_kernels_sh_runs_on_the_tiny_model(tmp_path):
     assert cudnn and "'long_len': 384" in cudnn[0] and "'status': 'error: RuntimeError'" in cudnn[0]
     probe = json.loads((tmp_path / "solopo_max_length_kernels.json").read_text())["rows"]
     assert [(r["variant"], r["max_long_len"]) for r in probe] == [("savers", 640)]
+
+
+def test_benchmark_shapes_draw_their_random_weights_where_their_preset_says():
+    """The 1.5B and 7B shapes' presets draw random weights on the GPU (model.init_device=auto: seconds, where the CPU
+    takes minutes for the 7B shape, longer than a GPU call had left); the benchmarks take that from the preset, not
+    the default model's cpu, and keep their own dtype, checkpointing and Liger setting."""
+    sys.path.insert(0, str(SCRIPTS))
+    import bench
+
+    for name in ("qwen2.5-1.5b", "qwen2.5-7b"):
+        spec = bench.model_spec(name)
+        assert spec.init_device == "auto" and spec.random_init["num_hidden_layers"] == 28
+        assert (spec.dtype, spec.gradient_checkpointing, spec.liger) == ("bfloat16", True, False)
+        assert spec.random_init["max_position_embeddings"] == 1 << 20
+    assert bench.model_spec("smollm2").random_init is None

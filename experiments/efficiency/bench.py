@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, logp_chunk_size, matching, peak,
-                    previous_rows, profiled, put_row, random_ids, release, reset_peak, shape_fields, shipped, timed,
+                    previous_rows, profiled, put_row, random_ids, release, reset_peak, shape_model, shipped, timed,
                     write_table)
 from solopo.core.algos import DPO, SimPO
 from solopo.data.collate import SHARED_PROMPT, PairCollator
@@ -75,7 +75,7 @@ def model_spec(name: str) -> ModelSpec:
                   max_length=1 << 21, liger=False)
     if name == "smollm2":
         return ModelSpec(**{**shipped("model"), **common})
-    return ModelSpec(**{**shipped("model"), **common, "name": name, "random_init": shape_fields(name)})
+    return ModelSpec(**{**shape_model(name), **common})  # random weights drawn where the shape's preset says: the GPU
 
 
 def load_policy(spec: ModelSpec, tokenizer):

@@ -32,17 +32,23 @@ CONF = Path(__file__).resolve().parents[2] / "solopo" / "conf"
 SHAPE_PRESETS = {"tiny": "tiny", "qwen2.5-1.5b": "qwen2_5_1_5b_shape", "qwen2.5-7b": "qwen2_5_7b_shape"}
 
 
-def shape_fields(name: str) -> dict:
-    """The config fields of a benchmark shape, from its conf/model preset (one definition for runs and benchmarks),
-    with room for the longest contexts measured here."""
+def shape_model(name: str) -> dict:
+    """The model config fields of a benchmark shape's conf/model preset (one definition for runs and benchmarks:
+    where its random weights are drawn among them), its random_init with room for the longest contexts measured here."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         model = compose("config", overrides=[f"model={SHAPE_PRESETS[name]}"]).model
-    fields = OmegaConf.to_container(model.random_init, resolve=True)
-    fields.setdefault("vocab_size", 49152)  # the embedded tokenizer's, which load_model gives a shape without one
-    return {**fields, "max_position_embeddings": 1 << 20}
+    fields = {k: v for k, v in OmegaConf.to_container(model, resolve=True).items() if not k.startswith("_")}
+    shape = fields["random_init"]
+    shape.setdefault("vocab_size", 49152)  # the embedded tokenizer's, which load_model gives a shape without one
+    return {**fields, "random_init": {**shape, "max_position_embeddings": 1 << 20}}
+
+
+def shape_fields(name: str) -> dict:
+    """The random_init fields of a benchmark shape (shape_model)."""
+    return shape_model(name)["random_init"]
 
 
 @functools.lru_cache(maxsize=None)

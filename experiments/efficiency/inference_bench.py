@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from common import (DEVICE, environment, has_row, is_oom, peak, previous_rows, put_row, random_ids, release,
-                    reset_peak, shape_fields, shipped, sync, write_table)
+                    reset_peak, shape_model, sync, write_table)
 from solopo.data.tokenize import encode_prompt
 from solopo.eval.longctx import greedy_answers
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
@@ -75,9 +75,8 @@ def main() -> None:
         if not cells:
             print(f"{name}: every cell is in {args.out} already (--resume)", flush=True)
             continue
-        spec = ModelSpec(**{**shipped("model"), "name": name, "random_init": shape_fields(name),
-                            "tokenizer": "embedded:smollm2-135m-instruct", "dtype": "float32", "max_length": 1 << 21,
-                            "init_device": "auto"})
+        spec = ModelSpec(**{**shape_model(name), "tokenizer": "embedded:smollm2-135m-instruct", "dtype": "float32",
+                            "max_length": 1 << 21})
         tokenizer = load_tokenizer(spec)
         model = load_model(spec, tokenizer, seed=0).to(DEVICE)
         reference: dict[int, list[str]] = {}
