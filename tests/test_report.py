@@ -171,3 +171,20 @@ def test_report_rows_carry_n_and_the_95_percent_interval(tmp_path):
     new = next(r for r in rows if "trained sub-EM@1024 n" in r)
     assert new["trained sub-EM@1024"] == 50.0 and new["trained sub-EM@1024 95% CI"] == "19-81"
     assert new["trained avg long n"] == 6 and new["trained avg long 95% CI"] == "19-81"
+
+
+def test_a_run_that_did_not_end_as_planned_is_counted_failed(tmp_path):
+    """A run stopped after too many non-finite steps writes results.json and exits 1 (its launcher adds failed.json);
+    a preempted one writes results.json with its resume state. Neither is a finished run: no table counts its scores."""
+    fake_run(tmp_path / "stopped", "DPO", "solopo", 0, 30.0, alpha=1.0)
+    fake_run(tmp_path / "preempted", "DPO", "solopo", 1, 30.0, alpha=1.0)
+    fake_run(tmp_path / "ended", "DPO", "solopo", 2, 10.0, alpha=1.0)
+    for name, extra in (("stopped", {"faults": {"stopped": "8 non-finite steps in a row"}}),
+                        ("preempted", {"preempted": {"signal": "SIGTERM", "step": 3}})):
+        path = tmp_path / name / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
+    runs = {r.path.name: r for r in find_runs([tmp_path])}
+    assert runs["stopped"].failed == "non-finite steps" and runs["preempted"].failed == "preempted"
+    assert runs["stopped"].scores == {} and runs["ended"].failed is None and runs["ended"].scores["avg long"] == 10.0
+    (tmp_path / "stopped" / "failed.json").write_text(json.dumps({"reason": "exit status 1", "config": {}}))
+    assert {r.path.name: r for r in find_runs([tmp_path])}["stopped"].failed == "exit status 1"  # the launcher's record

@@ -252,3 +252,19 @@ def test_a_call_s_archive_is_collected_compact_restored_and_the_next_archive_hol
         files = {name.rsplit(str(tmp_path).lstrip("/"), 1)[1] for name in archive.getnames()
                  if archive.getmember(name).isfile()}
     assert files == {"/fresh/study/a-long_po-dpo-s0/results.json", "/fresh/study/.restored"}
+
+
+def test_a_job_that_wrote_results_and_exited_non_zero_is_failed_not_done(tmp_path):
+    """A run stopped on non-finite steps leaves results.json, and the runner's failed.json beside it: the launcher
+    counts it failed (run again with --retry-failed), not done."""
+    job = study.study_jobs((0,))[0]
+    (tmp_path / job.name).mkdir()
+    (tmp_path / job.name / "results.json").write_text(json.dumps({"faults": {"stopped": "8 non-finite steps"}}))
+    assert runner.status(tmp_path, job) == "failed"  # its results say so, with or without the launcher's record
+    (tmp_path / job.name / "failed.json").write_text(json.dumps({"reason": "exit status 1"}))
+    assert runner.status(tmp_path, job) == "failed"
+    (tmp_path / job.name / "failed.json").unlink()
+    (tmp_path / job.name / "results.json").write_text(json.dumps({"faults": {"stopped": None}}))
+    assert runner.status(tmp_path, job) == "done"
+    (tmp_path / job.name / "results.json").write_text(json.dumps({"preempted": {"step": 3}}))
+    assert runner.status(tmp_path, job) is None  # preempted: runs again

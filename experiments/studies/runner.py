@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from experiments.studies.failures import failure_record
+from solopo.report.runs import unfinished
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,12 +81,17 @@ def named(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def status(root: Path, job: Job) -> str | None:
-    """done, failed, or None (never run, or interrupted: run again)."""
+    """done, failed, or None (never run, or interrupted: run again). failed.json first: a run that wrote results.json
+    and then exited non-zero (stopped on non-finite steps) failed; a preempted one runs again."""
     run_dir = root / job.name
-    results = run_dir / "results.json"
-    if results.exists() and "preempted" not in json.loads(results.read_text()):
-        return "done"
-    return "failed" if (run_dir / "failed.json").exists() else None
+    if (run_dir / "failed.json").exists():
+        return "failed"
+    if not (run_dir / "results.json").exists():
+        return None
+    results = json.loads((run_dir / "results.json").read_text())
+    if results.get("preempted"):
+        return None
+    return "failed" if unfinished(results) else "done"
 
 
 def leaders(jobs: list[Job]) -> dict[tuple, Job]:

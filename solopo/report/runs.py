@@ -99,10 +99,23 @@ def load_run(path: Path) -> Run:
     except ValueError as err:
         raise ValueError(f"{path}: not JSON ({err})") from None
     failed = path.name == "failed.json"
-    return Run(path=path.parent, config=data.get("config", {}), eval={} if failed else data.get("eval", {}),
+    failure = data if failed else unfinished(data)
+    return Run(path=path.parent, config=data.get("config", {}), eval={} if failure else data.get("eval", {}),
                metrics=data.get("metrics", {}), timings=data.get("timings", {}),
-               pairs=data.get("data", {}).get("train", {}).get("pairs"), failure=data if failed else None,
-               sequences={} if failed else data.get("sequences", {}))
+               pairs=data.get("data", {}).get("train", {}).get("pairs"), failure=failure,
+               sequences={} if failure else data.get("sequences", {}))
+
+
+def unfinished(results: dict) -> dict | None:
+    """The failure record of a results.json whose run did not end as planned: stopped after too many non-finite steps
+    in a row (faults.stopped: the run wrote what it had, then exited 1), or preempted (its state saved for a resume);
+    None for a run that ended. Its scores are not the planned run's, so no table counts them."""
+    stopped = (results.get("faults") or {}).get("stopped")
+    if stopped:
+        return {"reason": "non-finite steps", "detail": stopped}
+    if results.get("preempted"):
+        return {"reason": "preempted", "detail": str(results["preempted"])}
+    return None
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -127,7 +140,9 @@ def _run_dirs(path: Path) -> list[Path]:
 
 
 def _outcome(run_dir: Path) -> Path | None:
-    return next((run_dir / name for name in ("results.json", "failed.json") if (run_dir / name).exists()), None)
+    """failed.json before results.json: a launcher records a run that wrote its results and then exited non-zero as
+    failed."""
+    return next((run_dir / name for name in ("failed.json", "results.json") if (run_dir / name).exists()), None)
 
 
 def group(runs: list[Run], key: Callable[[Run], Hashable]) -> dict[Hashable, list[Run]]:
