@@ -268,3 +268,33 @@ def test_a_job_that_wrote_results_and_exited_non_zero_is_failed_not_done(tmp_pat
     assert runner.status(tmp_path, job) == "done"
     (tmp_path / job.name / "results.json").write_text(json.dumps({"preempted": {"step": 3}}))
     assert runner.status(tmp_path, job) is None  # preempted: runs again
+
+
+def test_an_older_archive_collected_after_a_newer_one_keeps_the_later_attempt(tmp_path):
+    """Two calls' archives of one job: the newer attempt finished (results.json, metrics.csv), the older failed.
+    Collected newer first, then older: the finished attempt stays whole; collected in order, the newer replaces the
+    older entirely (no failed.json or metrics.csv of the other attempt left beside it)."""
+    from experiments.studies import collect
+
+    def archive(name: str, ended: float, done: bool) -> Path:
+        job = tmp_path / name / "study" / "a-short_po-dpo-s3"
+        job.mkdir(parents=True)
+        (job / "job.json").write_text(json.dumps({"status": "done" if done else "failed", "ended_at": ended}))
+        (job / ("results.json" if done else "failed.json")).write_text(json.dumps({"attempt": name}))
+        if done:
+            (job / "metrics.csv").write_text("step\n0\n")
+        return job.parent
+
+    new, old = archive("new", 200.0, True), archive("old", 100.0, False)
+    into = tmp_path / "runs"
+    collect.collect_study(new, into)
+    assert collect.collect_study(old, into) == []
+    job = into / "a-short_po-dpo-s3"
+    assert sorted(p.name for p in job.iterdir()) == ["job.json", "metrics.csv", "results.json"]
+    into2 = tmp_path / "runs2"
+    collect.collect_study(old, into2)
+    collect.collect_study(new, into2)
+    assert sorted(p.name for p in (into2 / "a-short_po-dpo-s3").iterdir()) == ["job.json", "metrics.csv", "results.json"]
+    (into2 / "a-short_po-dpo-s3" / "job.json").write_text(json.dumps({"ended_at": 50.0}))
+    collect.collect_study(old, into2)  # the old attempt ended later than this record says: it replaces it, whole
+    assert sorted(p.name for p in (into2 / "a-short_po-dpo-s3").iterdir()) == ["failed.json", "job.json"]

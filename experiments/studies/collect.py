@@ -35,14 +35,27 @@ def compact(path: Path, dest: Path) -> None:
     shutil.copystat(path, dest)
 
 
+def ended_at(run_dir: Path) -> float:
+    """When the job's attempt in ``run_dir`` ended (its job.json), 0 where unknown."""
+    try:
+        return float(json.loads((run_dir / "job.json").read_text()).get("ended_at") or 0)
+    except (OSError, ValueError):
+        return 0.0
+
+
 def collect_study(study: Path, into: Path) -> list[str]:
-    """Each job's files and the study's own small files from ``study`` into ``into``; the jobs collected."""
+    """Each job's files and the study's own small files from ``study`` into ``into``; the jobs collected. A job whose
+    collected attempt ended later than the archive's is kept (an older archive collected after a newer one)."""
     jobs = []
     for run_dir in sorted(p for p in study.iterdir() if (p / "job.json").is_file()):
         dest = into / run_dir.name
+        if ended_at(dest) > ended_at(run_dir):
+            print(f"{run_dir.name}: kept the attempt already collected, which ended later than this archive's")
+            continue
+        for name in (*JOB_FILES, "metrics.csv"):
+            (dest / name).unlink(missing_ok=True)  # a job run again leaves no stale record beside its new one
         dest.mkdir(parents=True, exist_ok=True)
         for name in JOB_FILES:
-            (dest / name).unlink(missing_ok=True)  # a job run again leaves no stale record beside its new one
             if (run_dir / name).is_file():
                 compact(run_dir / name, dest / name)
         metrics = sorted(run_dir.rglob("metrics.csv"))
