@@ -186,8 +186,10 @@ def test_a_gpu_call_sets_up_runs_the_study_and_archives_it(tmp_path, name, steps
     earlier = tmp_path / "earlier"
     (earlier / "old").mkdir(parents=True)
     (earlier / "old" / "results.json").write_text("{}")
+    (earlier / "jobs.json").write_text("{}")  # every call's archive has one: the runs are put back all the same
     with tarfile.open(tmp_path / "earlier.tar.gz", "w:gz") as archive:
         archive.add(earlier / "old", arcname=str(study_dir / "old").lstrip("/"))
+        archive.add(earlier / "jobs.json", arcname=str(study_dir / "jobs.json").lstrip("/"))
     (tmp_path / "collected").mkdir()
     env = dict(os.environ, PYTHON=str(bin_ / "python"), PATH=f"{bin_}:{os.environ['PATH']}", STUDY=str(study_dir),
                OUT=str(out), SOLOPO_CACHE=str(tmp_path / "cache"), RESTORE=str(tmp_path / "earlier.tar.gz"),

@@ -27,12 +27,13 @@ gpu_call_begin() {
   export SOLOPO_CACHE=${SOLOPO_CACHE:-/tmp/solopo-cache}
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   mkdir -p "$STUDY" "$SOLOPO_CACHE" "$OUT"
-  if [ -n "${RESTORE:-}" ] && [ ! -e "$STUDY/jobs.json" ]; then
+  fresh=$([ -e "$STUDY/jobs.json" ] || echo 1)  # decided once: RESTORE's archives bring a jobs.json of their own
+  if [ -n "${RESTORE:-}" ] && [ -n "$fresh" ]; then
     for archive in $RESTORE; do
       tar -xzf "$archive" -C / && echo "restored $archive" || exit 1
     done
   fi
-  if [ -n "${RESTORE_RUNS:-}" ] && [ -d "$RESTORE_RUNS" ] && [ ! -e "$STUDY/jobs.json" ]; then
+  if [ -n "${RESTORE_RUNS:-}" ] && [ -d "$RESTORE_RUNS" ] && [ -n "$fresh" ]; then
     $PY experiments/studies/collect.py --restore "$RESTORE_RUNS" --study "$STUDY" --cache "$SOLOPO_CACHE" || exit 1
   fi
   # Dequantise the GGUF once, before the jobs start: concurrent first runs would each build the model cache.
