@@ -316,6 +316,33 @@ def test_a_run_says_once_that_its_policy_checkpoints_every_layer(tokenizer, capl
     assert caplog.text.count("model.gradient_checkpointing=true: all 2 decoder layers checkpointed") == 1
 
 
+def test_the_state_counts_the_bf16_weight_copies_autocast_saves_for_backward():
+    """fp32 weights under bf16 autocast: every linear layer's weight is cast and the copy saved for backward; the
+    bytes autograd holds in bf16 tensors of a linear weight's shape are exactly autocast_copies' count (2 bytes a
+    weight). bf16 weights, or no autocast: none."""
+    from torch import nn
+    from solopo.step.checkpointing import autocast_copies
+
+    fields = dict(model_type="qwen2", hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=300, tie_word_embeddings=False)
+    config = AutoConfig.for_model(**fields)
+    config._attn_implementation = "sdpa"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+    linear = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    shapes = {tuple(w.shape) for w in linear}
+    copies = {}
+
+    def pack(tensor):
+        if tensor.dtype == torch.bfloat16 and tuple(tensor.shape) in shapes | {s[::-1] for s in shapes}:
+            copies[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=torch.arange(20).unsqueeze(0))
+    assert sum(copies.values()) == autocast_copies(model, torch.bfloat16) == 2 * sum(w.numel() for w in linear)
+    assert autocast_copies(model, None) == 0 == autocast_copies(model.to(torch.bfloat16), torch.bfloat16)
+
+
 def test_a_run_counts_its_savers_and_says_so(tokenizer, caplog):
     """The run's auto plan (solopo.training.pipeline) predicts with the savers its model was loaded with, and its log
     line names them; it counts the step in the layout its collator gives: shared prompts, 20 + 3 + 4 tokens a pair."""

@@ -72,16 +72,18 @@ tensors' sizes, e.g. Liger's MLP gradient c I beside the gradients written over 
 of h positions of fp32 logits (3 x h x vocab x 4 bytes). T is the tokens of the largest step in the rows its layout
 builds (solopo.step.largest_step: with shared prompts each long prompt once per pair, padded rows to their context's
 longest), the most over the layouts a batch can take. The step's peak adds the model's state: weights, their gradients
-and AdamW's two moments, in the weights' dtype. The gradients count beside the activations: Lightning frees them only
+and AdamW's two moments, in the weights' dtype, and with fp32 weights under bf16 autocast the linear weights' bf16
+copies, which every matrix product casts and saves for backward (2 bytes a weight: 2.9 GiB for the 1.5B shape,
+14 GiB for the 7B; autocast_copies). The gradients count beside the activations: Lightning frees them only
 after the next step's forward (its closure runs training_step, then zero_grad, then backward), so every forward but
 the first holds the previous step's gradients beside its activations.
 
 The prediction is a bound; its margin over the measured peak is one layer's activation gradients less backward's
 working set, and, where the peak comes in backward, the gradients not yet made. On one H100 (1.5B shape, bf16 weights,
-Liger, DPO, short 1K, one pair a step; experiments/efficiency/results/solopo_grid_defaults.json at commit 5607f91,
-whose step freed the gradients before the next forward, so its peaks lack up to their 2.9 GiB) the five cells without
-checkpointing measured 21.8 to 44.7 GiB and this formula predicts 8-14% more (the formula before Liger's kernels and
-the layouts were counted: 33-120% more); the six with 12 to 27 layers checkpointed, 10-32% more.
+Liger, DPO, short 1K, one pair a step; experiments/efficiency/results/solopo_grid_defaults.json at commit 58d0f3c)
+the six cells without checkpointing measured 24.4 to 47.0 GiB and this formula predicts 2-3% more; the four with 5 or
+18 layers checkpointed, 4-8% more (before Liger's kernels and the layouts were counted: 33-120% more). Fully
+checkpointed steps at the longest contexts are over-predicted more: 161.5 GiB against 121 measured at 512K.
 
 With offload the plan checkpoints every layer: a non-checkpointed layer would send its whole activations (more than A: a
 tensor saved twice is copied twice; 1.4 A on the CPU count) to pinned host memory and back on the compute stream, and
@@ -294,13 +296,25 @@ def model_shape(model: nn.Module, compute_dtype: Optional[torch.dtype]) -> StepS
                         liger=kernels.liger_applied(model))
 
 
+def autocast_copies(model: nn.Module, compute_dtype: Optional[torch.dtype]) -> int:
+    """Bytes of the compute-dtype copies autocast makes of the linear layers' wider weights (fp32 masters under
+    bf16-mixed): each matrix product casts its weight once per forward and saves the copy for backward, so all of
+    them are held at the peak. 0 without autocast or with weights already in the compute dtype."""
+    if compute_dtype is None:
+        return 0
+    size = torch.empty((), dtype=compute_dtype).element_size()
+    return sum(m.weight.numel() * size for m in model.modules()
+               if isinstance(m, nn.Linear) and m.weight.element_size() > size)
+
+
 def auto_checkpointing(model: nn.Module, steps: Sequence[StepTokens], chunk_size: int, device: torch.device,
                        compute_dtype: Optional[torch.dtype], world_size: int = 1) -> Plan:
     """Decides and applies model.gradient_checkpointing=auto for ``steps`` (solopo.step.largest_step.step_tokens) on
     ``device``; ``chunk_size`` is the LM head's (logp_chunk_size), ``compute_dtype`` the autocast dtype (None: the
-    weights' own), ``world_size`` the devices a sharded strategy spreads the model's state over."""
+    weights' own), ``world_size`` the devices a sharded strategy spreads the model's state over (which gathers its
+    weights in the compute dtype: no autocast copies)."""
     head_tokens = min(max(step.response_total for step in steps), chunk_size)
-    plan = plan_checkpointing(model_shape(model, compute_dtype), steps, head_tokens, state_bytes(model, world_size),
-                              device_budget(device))
+    state = state_bytes(model, world_size) + (autocast_copies(model, compute_dtype) if world_size == 1 else 0)
+    plan = plan_checkpointing(model_shape(model, compute_dtype), steps, head_tokens, state, device_budget(device))
     checkpoint_layers(model, plan.checkpointed)
     return plan
