@@ -33,6 +33,7 @@ from solopo.data.tokenize import TokenizedPair
 from solopo.step.logps import chunked_token_logps
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 from solopo.training.module import OptimSettings, SoLoPOModule
+from solopo.training.precision import autocast, autocast_dtype, resolve_precision
 from solopo.core.objective import Method, SoLoRA, required_sequences
 from solopo.step.batch import Batch
 
@@ -76,6 +77,24 @@ def model_spec(name: str) -> ModelSpec:
     if name == "smollm2":
         return ModelSpec(**{**shipped("model"), **common})
     return ModelSpec(**{**shape_model(name), **common})  # random weights drawn where the shape's preset says: the GPU
+
+
+def run_build(name: str, spec: ModelSpec) -> ModelSpec:
+    """``spec`` in the weights' dtype a run without flags loads the model in (the shapes' presets: fp32 master weights,
+    trained under bf16-mixed), for the defaults variant."""
+    preset = shipped("model") if spec.random_init is None else shape_model(name)
+    return dataclasses.replace(spec, dtype=preset["dtype"])
+
+
+def run_precision() -> str:
+    """trainer.precision as a run without flags resolves it here (auto: bf16-mixed on a GPU with bf16)."""
+    return resolve_precision(shipped("trainer")["precision"])
+
+
+def variant_precision(variant: str) -> str:
+    """The forward's precision in ``variant``: a run's for the defaults (autocast over its fp32 weights), none for
+    the others, whose weights are bf16 (model_spec), as the committed tables were measured."""
+    return run_precision() if variant == DEFAULTS else "32-true"
 
 
 def load_policy(spec: ModelSpec, tokenizer):
@@ -129,9 +148,11 @@ class TrainStep:
     module: SoLoPOModule
     optimizer: torch.optim.Optimizer
     batch: Batch
+    precision: str = "32-true"  # the forward's autocast, as Lightning's precision plugin has it
 
     def __call__(self) -> None:
-        loss = self.module.objective(self.batch).loss
+        with autocast(torch.device(DEVICE), self.precision):
+            loss = self.module.objective(self.batch).loss
         # Lightning's order (its closure: training_step, zero_grad, backward): the forward holds the previous step's
         # gradients, as a run's does, and the measured peak is a run's.
         self.optimizer.zero_grad(set_to_none=True)
@@ -140,7 +161,7 @@ class TrainStep:
 
 
 def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, pad_id: int,
-               pack: bool | str = False):
+               pack: bool | str = False, precision: str = "32-true"):
     """The step of one cell, its sequences, its tokens and its layout (packing=auto: the one chosen)."""
     method, ra = METHODS[method_name]
     keys = required_sequences(method, ra)
@@ -150,7 +171,7 @@ def train_step(policy, optimizer, algo, method_name: str, pair: TokenizedPair, p
     # optim: the run's settings, which this module never uses: TrainStep steps the bench's own AdamW
     module = SoLoPOModule(policy, algo, ra, method, cached_reference=True, optim=OptimSettings(**shipped("optim")),
                           logp_chunk_size=logp_chunk_size())
-    return TrainStep(module, optimizer, batch), keys, batch.n_tokens, layout
+    return TrainStep(module, optimizer, batch, precision), keys, batch.n_tokens, layout
 
 
 def plan_memory(policy, variant: str, pair: TokenizedPair, keys, layout: bool | str) -> dict:
@@ -158,7 +179,8 @@ def plan_memory(policy, variant: str, pair: TokenizedPair, keys, layout: bool | 
     all) and the predicted peak for its step in ``layout``, which the row records beside the measured one."""
     step = layout_tokens(layout, [pair], keys, 1)
     if variant == DEFAULTS:
-        plan = checkpointing.auto_checkpointing(policy, [step], logp_chunk_size(), torch.device(DEVICE), None)
+        plan = checkpointing.auto_checkpointing(policy, [step], logp_chunk_size(), torch.device(DEVICE),
+                                                autocast_dtype(run_precision()))
     else:  # the savers variant's model carries its savers, which model_shape counts
         layers = len(checkpointing.decoder_layers(policy))
         checkpointing.checkpoint_layers(policy, layers)
@@ -213,7 +235,7 @@ def grid(args, name, policy, optimizer, shape, pad_id, rows, save):
                         continue  # measured by an earlier call (--resume)
                     pack = use_variant(policy, variant)
                     step, keys, tokens, layout = train_step(policy, optimizer, ALGOS[algo_name], method_name, pair,
-                                                            pad_id, pack)
+                                                            pad_id, pack, variant_precision(variant))
                     memory = plan_memory(policy, variant, pair, keys, layout)
                     cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens,
                                    args.warmup, args.steps, shared=layout == SHARED_PROMPT, profile=args.profile)
@@ -264,7 +286,8 @@ def longest(args, name, policy, optimizer, shape, pad_id, rows, save):
             if best and length <= best["long_len"]:
                 continue  # trained in an earlier call
             pair = make_pair(args.short, length, args.response)
-            step, keys, tokens, layout = train_step(policy, optimizer, ALGOS["dpo"], method_name, pair, pad_id, pack)
+            step, keys, tokens, layout = train_step(policy, optimizer, ALGOS["dpo"], method_name, pair, pad_id, pack,
+                                                    variant_precision(args.variants[0]))
             cell = measure(step, shape, keys, {"short": args.short, "long": length}, args.response, tokens, 0, 1,
                            shared=layout == SHARED_PROMPT)
             print({"model": name, "method": method_name, "long_len": length, **cell}, flush=True)
@@ -375,6 +398,8 @@ def main() -> None:
             print(f"{name}: every cell is in {args.out} already (--resume)", flush=True)
             continue  # not even loaded: SmolLM2's weights need the embedded model's cache
         spec = dataclasses.replace(model_spec(name), **options)
+        if DEFAULTS in args.variants:  # what a run gets: its weights' dtype (and, in grid, its precision)
+            spec = run_build(name, spec)
         tokenizer = load_tokenizer(spec)
         policy = load_policy(spec, tokenizer).train()
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")

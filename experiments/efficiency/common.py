@@ -170,8 +170,20 @@ class StepClock(pl.Callback):
             self.times.append(time.perf_counter() - self._start)
 
 
+def covered_seconds(intervals: list[tuple[float, float]]) -> float:
+    """The time (microseconds in, seconds out) during which at least one of ``intervals`` runs: kernels that overlap
+    (several streams) count once, so the share of a step the GPU is busy never exceeds 1."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total / 1e6
+
+
 def profiled(step: Callable[[], None]) -> tuple[float, float, int, str]:
-    """Wall seconds, GPU kernel seconds, host-device synchronisations and the top-operation tables of one step."""
+    """Wall seconds, seconds during which a GPU kernel ran (overlapping kernels once), host-device synchronisations
+    and the top-operation tables of one step."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     sync()
     with profile(activities=activities) as prof:
@@ -180,7 +192,8 @@ def profiled(step: Callable[[], None]) -> tuple[float, float, int, str]:
         sync()
         wall = time.perf_counter() - start
     events = prof.key_averages()
-    kernel_s = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e6
+    kernel_s = covered_seconds([(e.time_range.start, e.time_range.end) for e in prof.events()
+                                if e.device_type.name == "CUDA"])
     syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item",
                                                      "aten::_local_scalar_dense"))
     tables = events.table(sort_by="self_cpu_time_total", row_limit=12)

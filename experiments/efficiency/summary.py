@@ -55,6 +55,9 @@ def longest_section(max_rows: list[dict], trl: list[dict], model: str) -> tuple[
     for r in sorted((r for r in max_rows if r["model"] == model), key=lambda r: (order.index(r["method"])
                                                                                  if r["method"] in order else len(order))):
         found[r["method"]] = max(found.get(r["method"]) or 0, r["max_long_len"] or 0) or None  # its best variant
+        if r.get("failed_len"):  # the shortest length a variant of it failed at: "no" below it, not "not measured"
+            found[f"{r['method']}/failed_at"] = min(found.get(f"{r['method']}/failed_at") or r["failed_len"],
+                                                    r["failed_len"])
         lines.append(f"| {METHOD_LABELS.get(r['method'], r['method'])} ({r.get('variant', 'padded')}) | {length_label(r['max_long_len']) if r['max_long_len'] else 'none'} | "
                      f"{fmt(r['step_s_at_max'], 1)} s | {fmt(r['peak_gib_at_max'], 1)} GiB | {next_length(r)} |")
     trl_dpo = sorted((r for r in trl if r["model"] == model and r["trainer"] == "trl-dpo"), key=lambda r: r["long_len"])

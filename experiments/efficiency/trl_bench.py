@@ -56,18 +56,21 @@ class StepTimer(TrainerCallback):
             self.peak = peak() / 2**30
 
 
-def make_trainer(algo: str, model, tokenizer, dataset, steps: int, out: str, callback):
+def make_trainer(algo: str, model, tokenizer, dataset, steps: int, out: str, callback, length: int):
+    """TRL's trainer for ``algo``, nothing truncated: DPOConfig takes max_length=None as no limit, CPOConfig as 512
+    (which left the SimPO cells' responses empty behind their long prompts), so CPO gets twice the pair's length."""
     common = dict(output_dir=out, per_device_train_batch_size=1, max_steps=steps, learning_rate=1e-7, bf16=DEVICE == "cuda",
-                  gradient_checkpointing=True, max_length=None, logging_steps=10_000, save_strategy="no",
-                  report_to=[], dataloader_num_workers=0)
+                  gradient_checkpointing=True, logging_steps=10_000, save_strategy="no", report_to=[],
+                  dataloader_num_workers=0)
     if algo == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(precompute_ref_log_probs=True, beta=0.1, **common)
+        args = DPOConfig(precompute_ref_log_probs=True, beta=0.1, max_length=None, **common)
         return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    args = CPOConfig(loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5, **common)
+    args = CPOConfig(loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=1.0, max_length=2 * length,  # simpo.yaml's
+                     **common)
     return CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
 
 
@@ -84,7 +87,7 @@ def measure(algo: str, spec: ModelSpec, tokenizer, length: int, response: int, w
         with tempfile.TemporaryDirectory() as out:
             # An explicit fingerprint skips datasets' hashing of the table (it fails on some pyarrow/dill pairs).
             dataset = Dataset(pa.Table.from_pylist(rows), fingerprint=f"bench-{length}")
-            make_trainer(algo, model, tokenizer, dataset, warmup + steps, out, timer).train()
+            make_trainer(algo, model, tokenizer, dataset, warmup + steps, out, timer, length).train()
     except Exception as err:  # noqa: BLE001 (an OOM surfaces as several exception types)
         if not is_oom(err):
             raise
