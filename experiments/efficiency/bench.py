@@ -86,6 +86,13 @@ def run_build(name: str, spec: ModelSpec) -> ModelSpec:
     return dataclasses.replace(spec, dtype=preset["dtype"])
 
 
+def call_spec(name: str, options: dict, variants: list[str]) -> ModelSpec:
+    """The model one call measures: model_spec's with the variants' options, and for the defaults a run's weights'
+    dtype (grid and longest add its precision: variant_precision)."""
+    spec = dataclasses.replace(model_spec(name), **options)
+    return run_build(name, spec) if DEFAULTS in variants else spec
+
+
 def run_precision() -> str:
     """trainer.precision as a run without flags resolves it here (auto: bf16-mixed on a GPU with bf16)."""
     return resolve_precision(shipped("trainer")["precision"])
@@ -397,9 +404,7 @@ def main() -> None:
         if not missing_cells(args, name, grid_rows, max_rows, logp_rows):
             print(f"{name}: every cell is in {args.out} already (--resume)", flush=True)
             continue  # not even loaded: SmolLM2's weights need the embedded model's cache
-        spec = dataclasses.replace(model_spec(name), **options)
-        if DEFAULTS in args.variants:  # what a run gets: its weights' dtype (and, in grid, its precision)
-            spec = run_build(name, spec)
+        spec = call_spec(name, options, args.variants)
         tokenizer = load_tokenizer(spec)
         policy = load_policy(spec, tokenizer).train()
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7, fused=DEVICE == "cuda")
