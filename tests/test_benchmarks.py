@@ -351,61 +351,6 @@ def test_run_kernels_sh_runs_on_the_tiny_model(tmp_path):
     assert [(r["variant"], r["max_long_len"]) for r in probe] == [("savers", 640)]
 
 
-def test_benchmark_shapes_draw_their_random_weights_where_their_preset_says():
-    """The 1.5B and 7B shapes' presets draw random weights on the GPU (model.init_device=auto: seconds, where the CPU
-    takes minutes for the 7B shape, longer than a GPU call had left); the benchmarks take that from the preset, not
-    the default model's cpu, and keep their own dtype, checkpointing and Liger setting."""
-    sys.path.insert(0, str(SCRIPTS))
-    import bench
-
-    for name in ("qwen2.5-1.5b", "qwen2.5-7b"):
-        spec = bench.model_spec(name)
-        assert spec.init_device == "auto" and spec.random_init["num_hidden_layers"] == 28
-        assert (spec.dtype, spec.gradient_checkpointing, spec.liger) == ("bfloat16", True, False)
-        assert spec.random_init["max_position_embeddings"] == 1 << 20
-    assert bench.model_spec("smollm2").random_init is None
-
-
-def test_the_defaults_variant_builds_what_a_run_without_flags_builds():
-    """A run of a shape's preset keeps fp32 master weights and trains under trainer.precision=auto (bf16-mixed on a
-    GPU with bf16, 32-true on the CPU); the defaults variant measures that, the others the committed bf16 weights."""
-    sys.path.insert(0, str(SCRIPTS))
-    import bench
-    import torch
-    from solopo.training.precision import resolve_precision
-
-    for name in ("qwen2.5-1.5b", "qwen2.5-7b"):
-        assert bench.run_build(name, bench.model_spec(name)).dtype == "float32" != bench.model_spec(name).dtype
-    assert bench.run_build("smollm2", bench.model_spec("smollm2")).dtype == "auto"  # the embedded model's preset
-    assert bench.variant_precision(bench.DEFAULTS) == resolve_precision("auto")
-    assert bench.variant_precision("padded") == "32-true"
-    if not torch.cuda.is_available():
-        assert bench.variant_precision(bench.DEFAULTS) == "32-true"
-
-
-def test_trl_s_simpo_trainer_keeps_the_whole_response(monkeypatch):
-    """CPOConfig reads max_length=None as 512 and cut every response of a long prompt to nothing; trl_bench gives it
-    twice the pair's length (and the SimPO gamma of conf/algo/simpo.yaml), DPO no limit. trl stubbed: its arguments."""
-    import types
-    sys.path.insert(0, str(SCRIPTS))
-    seen = {}
-    config = lambda name: lambda **kw: seen.setdefault(name, kw)  # noqa: E731
-    trainer = lambda **kw: kw  # noqa: E731
-    monkeypatch.setitem(sys.modules, "trl", types.SimpleNamespace(DPOConfig=config("dpo"), DPOTrainer=trainer))
-    monkeypatch.setitem(sys.modules, "trl.experimental", types.ModuleType("trl.experimental"))
-    monkeypatch.setitem(sys.modules, "trl.experimental.cpo",
-                        types.SimpleNamespace(CPOConfig=config("simpo"), CPOTrainer=trainer))
-    for module in ("datasets", "pyarrow"):
-        monkeypatch.setitem(sys.modules, module, sys.modules.get(module) or types.ModuleType(module))
-    sys.modules["datasets"].Dataset = getattr(sys.modules["datasets"], "Dataset", object)
-    import trl_bench
-
-    for algo in ("dpo", "simpo"):
-        trl_bench.make_trainer(algo, None, None, None, 2, "/tmp", None, 16384)
-    assert seen["simpo"]["max_length"] == 32768 and seen["simpo"]["simpo_gamma"] == 1.0
-    assert seen["dpo"]["max_length"] is None
-
-
 def test_busy_time_counts_overlapping_kernels_once():
     """Kernels at [0, 10], [5, 12] and [20, 25] us (two streams overlapping on 5-10): busy 17 us, not their 22 us sum,
     so a step's busy share stays at most 1 (the sum gave 101% for a fully busy step)."""
@@ -414,16 +359,3 @@ def test_busy_time_counts_overlapping_kernels_once():
 
     assert covered_seconds([(20.0, 25.0), (0.0, 10.0), (5.0, 12.0)]) == pytest.approx(17e-6)
     assert covered_seconds([(0.0, 10.0), (2.0, 3.0)]) == pytest.approx(10e-6) and covered_seconds([]) == 0.0
-
-
-def test_the_1m_target_is_not_measured_until_a_probe_reaches_or_fails_below_it():
-    """SoLoPO trained at 512K and was never tried longer: not measured (it was "no"); a failure at 768K: no; 1M: yes."""
-    sys.path.insert(0, str(SCRIPTS))
-    from summary_defaults import issue_targets
-
-    def line(longest):
-        return next(x for x in issue_targets([], longest) if "longest SoLoPO context" in x)
-
-    assert line({"solopo": 524288}).endswith("| 512K (the longest tried) | not measured |")
-    assert line({"solopo": 524288, "solopo/failed_at": 786432}).endswith("| 512K | no |")
-    assert line({"solopo": 1048576}).endswith("| yes |")

@@ -30,7 +30,7 @@ def test_the_defaults_load_the_shipped_liger_and_the_hand_picked_cells_none():
     hand-picked variants load the plain model of the committed tables, the defaults the shipped setting, and one
     bench.py call refuses the two together."""
     sys.path.insert(0, str(SCRIPTS))
-    from bench import model_options, model_spec
+    from cells import model_options, model_spec
 
     assert model_spec("qwen2.5-1.5b").liger is False
     assert model_options(["defaults"]) == {"liger": shipped("model")["liger"]}
@@ -123,3 +123,16 @@ def test_summary_of_a_missing_results_folder_is_one_line(tmp_path):
                            str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr == f"error: --results {tmp_path / 'nowhere'}: no such folder (the " \
         "tables summary.py reads)\n"
+
+
+def test_the_1m_target_is_not_measured_until_a_probe_reaches_or_fails_below_it():
+    """SoLoPO trained at 512K and was never tried longer: not measured (it was "no"); a failure at 768K: no; 1M: yes."""
+    sys.path.insert(0, str(SCRIPTS))
+    from summary_defaults import issue_targets
+
+    def line(longest):
+        return next(x for x in issue_targets([], longest) if "longest SoLoPO context" in x)
+
+    assert line({"solopo": 524288}).endswith("| 512K (the longest tried) | not measured |")
+    assert line({"solopo": 524288, "solopo/failed_at": 786432}).endswith("| 512K | no |")
+    assert line({"solopo": 1048576}).endswith("| yes |")

@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from bench import make_pair, model_spec
+from cells import make_pair, model_spec
 from common import (StepClock, environment, has_row, is_oom, logp_chunk_size, matching, previous_rows, put_row,
                     shipped, write_table)
 from scaling import NO_MULTICAST, ROOT

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from bench import make_pair, model_spec
+from cells import make_pair, model_spec
 from common import DEVICE, Shape, StepClock, environment, is_oom, logp_chunk_size, release, shipped, write_table
 from solopo.core.algos import DPO
 from solopo.data.collate import PairCollator

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench import (ALGOS, VARIANTS, TrainStep, load_policy, make_pair, model_options, model_spec, train_step,
+from cells import (ALGOS, VARIANTS, TrainStep, load_policy, make_pair, model_options, model_spec, train_step,
                    use_variant)
 from common import DEVICE, profiled, sync
 from solopo.models.loading import load_tokenizer

@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from common import (DEVICE, PROBE, Shape, environment, has_row, is_oom, peak, previous_rows, put_row, release, reset_peak,
                     sync, write_table)
-from bench import load_policy, model_spec
+from cells import load_policy, model_spec
 from solopo.models.loading import ModelSpec, load_tokenizer
 
 WORDS = " the of and to in is was for on that with as by at from his her it an are were which this be or".split()
