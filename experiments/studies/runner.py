@@ -89,9 +89,9 @@ def status(root: Path, job: Job) -> str | None:
     if not (run_dir / "results.json").exists():
         return None
     results = json.loads((run_dir / "results.json").read_text())
-    if results.get("preempted"):
-        return None
-    return "failed" if unfinished(results) else "done"
+    if unfinished(results) is None:
+        return "done"
+    return None if results.get("preempted") else "failed"
 
 
 def leaders(jobs: list[Job]) -> dict[tuple, Job]:

@@ -291,7 +291,7 @@ def model_shape(model: nn.Module, compute_dtype: Optional[torch.dtype]) -> StepS
     """The StepShape of ``model`` as loaded: its config, its weights' dtype, ``compute_dtype`` (the autocast dtype;
     None: the weights' own), the memory savers applied to it and whether Liger's kernels were."""
     weight_bytes = next(model.parameters()).element_size()
-    compute_bytes = torch.finfo(compute_dtype).bits // 8 if compute_dtype is not None else weight_bytes
+    compute_bytes = compute_dtype.itemsize if compute_dtype is not None else weight_bytes
     return StepShape.of(model.config, compute_bytes, weight_bytes, *memory.savers(model),
                         liger=kernels.liger_applied(model))
 
@@ -302,9 +302,8 @@ def autocast_copies(model: nn.Module, compute_dtype: Optional[torch.dtype]) -> i
     them are held at the peak. 0 without autocast or with weights already in the compute dtype."""
     if compute_dtype is None:
         return 0
-    size = torch.empty((), dtype=compute_dtype).element_size()
-    return sum(m.weight.numel() * size for m in model.modules()
-               if isinstance(m, nn.Linear) and m.weight.element_size() > size)
+    return sum(m.weight.numel() * compute_dtype.itemsize for m in model.modules()
+               if isinstance(m, nn.Linear) and m.weight.element_size() > compute_dtype.itemsize)
 
 
 def auto_checkpointing(model: nn.Module, steps: Sequence[StepTokens], chunk_size: int, device: torch.device,
