@@ -156,12 +156,14 @@ def test_shared_prompts_do_not_change_the_numbers(tmp_path):
 def test_wandb_logger_runs_offline_without_a_key(tmp_path):
     env_key = os.environ.pop("WANDB_API_KEY", None)
     try:
-        run_here(["experiment=smoke", "logger=wandb", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}"])
+        # a new process: wandb prints its end-of-run summary at exit
+        done = run(["experiment=smoke", "logger=wandb", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}"])
     finally:
         if env_key is not None:
             os.environ["WANDB_API_KEY"] = env_key
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert "WANDB_API_KEY" not in (tmp_path / "results.json").read_text()
+    assert "Run history" not in done.stdout + done.stderr  # offline, wandb prints no summary of what the run logs
 
 
 def readme_commands():

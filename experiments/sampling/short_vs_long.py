@@ -44,7 +44,9 @@ def main() -> None:
     splits = qa_items(args.items, 0, seed=args.seed)
     count = token_counter(tokenizer)
     examples = build_examples(splits.train, args.long_len, count, pairs="sampled", seed=args.seed, pool=splits.distractors)
-    sampling = OmegaConf.to_container(OmegaConf.load(conf / "data" / "qa.yaml").sampling)  # data=qa's
+    data = conf / "data"  # data=qa's sampling: the common block with qa.yaml's changes
+    sampling = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(data / "common" / "sampling.yaml"),
+                                                      OmegaConf.load(data / "qa.yaml").sampling))
     settings = SamplingSettings(**{**sampling, "k": args.k, "max_new_tokens": args.max_new_tokens, "seed": args.seed})
     rows = []
     for context in ("short", "long"):

@@ -162,6 +162,7 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     options = dict(project=project, save_dir=files_dir, name=name, group=group, tags=tags, id=run_id, **kwargs)
     logger = _wandb(offline=offline, **options)
     if offline:
+        log.info("wandb logs offline to %s/wandb; `wandb sync` uploads it", files_dir)
         return logger
     try:
         logger.experiment  # wandb.init, where a refused key or an unreachable server shows
@@ -173,10 +174,15 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     return logger
 
 
-def _wandb(**options):
+def _wandb(offline: bool, **options):
+    """A WandbLogger; offline, wandb is quiet: its run history and summary at the end (some 50 lines, every run)
+    repeat what the run's own log and results.json hold, and nobody is to follow a link."""
+    import wandb
     from pytorch_lightning.loggers import WandbLogger
 
-    logger = WandbLogger(**options)
+    if offline:
+        options.setdefault("settings", wandb.Settings(quiet=True))
+    logger = WandbLogger(offline=offline, **options)
     # Lightning passes anonymous=None to wandb.init, which wandb answers with a deprecation warning on every run
     logger._wandb_init.pop("anonymous", None)
     return logger

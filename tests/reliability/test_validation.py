@@ -45,6 +45,11 @@ def test_every_shipped_config_passes(group, option):
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the solopo[optuna] extra is not installed")
     overrides = [f"{group}={option}"]
     cfg = compose_config(overrides)
+    if group == "data" and option.startswith("common/"):  # what the data configs compose: refused as an option
+        refusal = rf"^data={option}: a block the data configs share \(conf/data/{option}\.yaml\), not a data option$"
+        with pytest.raises(ConfigError, match=refusal):
+            build_settings(cfg)
+        return
     if OmegaConf.is_missing(cfg.data, "path"):
         with pytest.raises(ConfigError, match=rf"^data={option} needs data.path=FILE \(see conf/data/{option}.yaml\)$"):
             build_settings(cfg)
