@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -25,24 +26,28 @@ log = logging.getLogger("solopo")
 if TYPE_CHECKING:
     from solopo.models.loading import ModelSpec
 TOP_KEYS = ("output", "long_len", "depths", "seed")  # the config's own keys, which BuildSettings holds
+BUILD_KEYS = ("model", "input", "corpus", *TOP_KEYS)  # every key of conf/build.yaml
 
 
 def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettings, BuildSettings]:
     """The typed settings, or one ConfigError naming every mistake."""
     from solopo.models.loading import ModelSpec
     from solopo.settings.build import ConfigError, built, plain
+    from solopo.settings.rules import unread
 
     missing = [name for name, node, key in (("input.path", cfg.input, "path"), ("output", cfg, "output"))
                if OmegaConf.is_missing(node, key)]
     if missing:  # first, alone: the other checks would read "???" as a path
         raise ConfigError(f"{' and '.join(f'{name}=...' for name in missing)} mandatory: see solopo-build --help")
-    problems: list[str] = []
+    given = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
+    problems = unread("", given, BUILD_KEYS, "solopo-build")
     made = (built("model", ModelSpec, plain(cfg, "model"), problems),
             built("input", InputSettings, plain(cfg, "input"), problems),
             built("corpus", CorpusSettings, plain(cfg, "corpus"), problems))
-    top = OmegaConf.to_container(cfg, resolve=True)
+    top = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+           for key in TOP_KEYS}
     try:
-        settings = BuildSettings(**{key: top[key] for key in TOP_KEYS})
+        settings = BuildSettings(**top)
     except SettingsError as err:
         problems += err.problems
     if problems:
@@ -66,7 +71,8 @@ def build(cfg: DictConfig) -> None:
         pool, blank = read_corpus(corpus) if corpus.path else (other_contexts(records), 0)
         count_tokens = token_counter(load_tokenizer(model))
         with atomic_file(Path(settings.output)) as out:  # a failed build leaves no half-written file
-            for record in tqdm(triplets(records, pool, count_tokens, settings), total=len(records), desc="triplets"):
+            for record in tqdm(triplets(records, pool, count_tokens, settings), total=len(records), desc="triplets",
+                              disable=None):  # None: a bar on a terminal only, not in a log file
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
     except (DataFileError, OSError) as err:
         raise ConfigError(str(err)) from None
@@ -83,5 +89,26 @@ def main(cfg: DictConfig) -> None:
         build(cfg)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script solopo-build (and python -m solopo.build): the command line's preflight checks and its
+    values, each mistake in one line (a key the config lacks included, which Hydra refuses in six), then Hydra."""
+    from solopo.preflight import configs_checked, preflight
+
+    preflight(sys.argv[1:])
+    configs_checked(sys.argv[1:], "build", problem)
     main()
+
+
+def problem(cfg: DictConfig) -> Optional[str]:
+    """settings_of's one line for ``cfg``, or None where it has no mistake."""
+    from solopo.settings.build import ConfigError
+
+    try:
+        settings_of(cfg)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+if __name__ == "__main__":
+    entry()

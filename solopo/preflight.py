@@ -16,7 +16,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional, Sequence
+from typing import Callable, Iterator, NoReturn, Optional, Sequence
 
 from omegaconf import OmegaConf
 
@@ -96,11 +96,18 @@ def refuse_unknown_options(argv: Sequence[str]) -> None:
         if override.is_delete() or not folders or group == "hydra" or group.startswith("hydra/"):
             continue
         options = sorted({str(f.relative_to(folder).with_suffix("")) for folder in folders for f in folder.rglob("*.yaml")})
+        parent, _, below = group.partition("/")
+        if below and not override.is_add():  # experiment/decisive=a: Hydra's "No match in the defaults list"
+            stop(f"{group}={arg.partition('=')[2]}: {group} is a folder of the config group {parent}, not a group of "
+                 f"its own; choose {parent}={below}/OPTION ({', '.join(options)})")
         for option in chosen_options(override.value()):
             if option not in options:
                 stop(f"{group}={option}: the config group {group} has no such option; choose one of {', '.join(options)}")
 
 
+# solopo's options that need a Hydra plugin: the plugin's module and the extra of setup.cfg that installs it
+PLUGIN_OPTIONS = {"hparams_search=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+                  "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
 BASIC = "hydra._internal.core_plugins.basic_{}.Basic{}"  # Hydra's own sweeper and launcher: the jobs run here, in turn
 
 
@@ -183,12 +190,20 @@ def added_keys(hydra, name: str, overrides: list[str], dirs: list[Path]):
     parser = OverridesParser.create()
     settings = [o for o in overrides if is_setting(parser.parse_override(o), dirs)]
     bare = master if master is not None else compose([o for o in overrides if o not in settings])
-    lacking = [o for o in settings if OmegaConf.select(bare, o.partition("=")[0], default=KeyError,
-                                                       throw_on_missing=False) is KeyError]
+    lacking = [o for o in settings if lacks(bare, o.partition("=")[0])]
     if not lacking:  # else a sweep's values (optim.lrr=1,2), which the sweep's config leaves out, or Hydra's refusal
         return overrides, master if master is not None else compose(overrides)
     overrides = ["+" + o if o in lacking else o for o in overrides]
     return overrides, compose(overrides)
+
+
+def lacks(cfg, key: str) -> bool:
+    """Whether the config has no ``key``; a mandatory key (???, data.path) it has."""
+    if OmegaConf.select(cfg, key, default=KeyError, throw_on_missing=False) is not KeyError:
+        return False
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False) if parent else cfg
+    return not (OmegaConf.is_dict(node) and leaf in node.keys())
 
 
 def is_setting(override, dirs: list[Path]) -> bool:
@@ -199,28 +214,37 @@ def is_setting(override, dirs: list[Path]) -> bool:
 
 
 def refuse_bad_values(argv: Sequence[str], training: bool = True, config_name: str = "config") -> None:
-    """Stops (exit 2) on the first job of job_configs whose settings are wrong (build_settings' one line), before Hydra
-    makes a run or sweep directory: a bad value stops a sweep before its first job, not when the job that holds it
-    starts. A key the config lacks (optim.lrr=1, added by added_keys) is named by the settings' checks with a hint,
-    or, where something takes any key, with the + that adds it. The model's weights and tokenizer must be found too.
-    Each job checks its settings again as it starts (an Optuna trial's values, or a SLURM job's, only there).
-    ``training=False``: what an evaluation reads."""
-    jobs = job_configs(argv, config_name)
-    if not jobs:
-        return
-    from solopo.settings.build import ConfigError, build_settings, refuse_missing_model  # torch: not for --help
-
+    """Stops (exit 2) on the first job whose settings are wrong (build_settings' one line; configs_checked). The
+    model's weights and tokenizer must be found too. Each job checks its settings again as it starts (an Optuna
+    trial's values, or a SLURM job's, only there). ``training=False``: what an evaluation reads."""
     models = []
-    for number, (overrides, cfg) in enumerate(jobs):
+
+    def problem(cfg) -> Optional[str]:
+        from solopo.settings.build import ConfigError, build_settings, refuse_missing_model  # torch: not for --help
+
         try:
             model = build_settings(cfg, training).model
             if model not in models:  # a sweep's jobs mostly share one
                 refuse_missing_model(model)
                 models.append(model)
         except ConfigError as err:
-            stop(f"sweep job {number} ({' '.join(overrides)}): {err}" if len(jobs) > 1 else str(err))
+            return str(err)
+        return None
+
+    configs_checked(argv, config_name, problem)
+
+
+def configs_checked(argv: Sequence[str], config_name: str, problem: Callable[[object], Optional[str]]) -> None:
+    """Stops (exit 2) on the first job of job_configs whose config ``problem`` finds wrong, with its one line, before
+    Hydra makes a run or sweep directory: a bad value stops a sweep before its first job, not when the job that holds
+    it starts. A key the config lacks (optim.lrr=1, added by added_keys) is named by the checks with a hint, or, where
+    something takes any key, with the + that adds it."""
+    jobs = job_configs(argv, config_name)
+    for number, (overrides, cfg) in enumerate(jobs):
+        if (found := problem(cfg)) is not None:
+            stop(f"sweep job {number} ({' '.join(overrides)}): {found}" if len(jobs) > 1 else found)
     given = {o.partition("=")[0] for o in argv}
-    for added in [o for o in jobs[0][0] if o.startswith("+") and o.partition("=")[0][1:] in given]:
+    for added in [o for o in (jobs[0][0] if jobs else ()) if o.startswith("+") and o.partition("=")[0][1:] in given]:
         stop(f"{added[1:]}: the config has no such key; to add one, write {added}")  # a key that takes any keys
 
 
@@ -259,9 +283,22 @@ def stop(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def refuse_missing_plugins(argv: Sequence[str]) -> None:
+    """Stops (exit 2) on an option of solopo's that needs a Hydra plugin which is not installed, in one line naming
+    the extra that installs it (Hydra: "Could not find 'hydra/sweeper/optuna'" and the search path, in a dozen)."""
+    import importlib.util
+
+    for arg in argv:
+        module, extra = PLUGIN_OPTIONS.get(arg.lstrip("+"), (None, None))
+        if module is not None and importlib.util.find_spec(module) is None:
+            stop(f"{arg.lstrip('+')}: Hydra's {module.split('.')[-1]} plugin is not installed; "
+                 f"pip install 'solopo[{extra}]'")
+
+
 def preflight(argv: Sequence[str]) -> None:
     """The checks a command line gets before Hydra writes anything (secrets, a writable run directory, the options
-    of the config groups)."""
+    of the config groups and the plugins they need)."""
     refuse_secrets(argv)
     refuse_unknown_options(argv)
+    refuse_missing_plugins(argv)
     refuse_unwritable(argv)

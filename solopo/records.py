@@ -71,8 +71,8 @@ def iter_jsonl(path: str) -> Iterator[tuple[Where, dict]]:
                 line = raw.decode("utf-8-sig")
             except UnicodeDecodeError as err:
                 raise where.error(f"not UTF-8 text ({err.reason})") from None
-            if line.strip():
-                yield where, _object(_parsed(line, path, number), where)
+            if line.strip():  # parsed without its line break, which an unclosed record's error would point at
+                yield where, _object(_parsed(line.rstrip("\r\n"), path, number), where)
 
 
 def _parsed(text: str, path: str, line: int | None = None) -> Any:

@@ -15,7 +15,7 @@ import sys
 
 # python -m MODULE runs MODULE's entry function; the report's lives in its __main__
 ENTRIES = {"solopo.run": ("solopo.run", "entry"), "solopo.evaluate": ("solopo.evaluate", "entry"),
-           "solopo.report": ("solopo.report.__main__", "main"), "solopo.build": ("solopo.build", "main")}
+           "solopo.report": ("solopo.report.__main__", "main"), "solopo.build": ("solopo.build", "entry")}
 
 
 def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:

@@ -208,3 +208,24 @@ def test_the_readme_builds_a_trl_file(world, tmp_path, count_tokens):
     long_len = int(next(arg for arg in args if arg.startswith("long_len=")).split("=")[1])
     check_triplets(files["output"], {f"short_pairs:line{i + 1}": notes(item) for i, item in enumerate(world.train)},
                    long_len, count_tokens)
+
+
+@pytest.mark.parametrize("mistake, line", [
+    ("lenght=3", "lenght=3: solopo-build reads no such key"),
+    ("input.patth=x", "input.patth=x: InputSettings takes no such option; did you mean path?"),
+    ("+corpus.colum=x", "corpus.colum=x: CorpusSettings takes no such option; did you mean column?"),
+])
+def test_a_key_the_builder_lacks_is_named_in_one_line(mistake, line, world, tmp_path):
+    """Hydra refuses a key its config lacks in six lines (exit 1): the command names it in one, before any file."""
+    given = [f"input.path={trl_file(world, tmp_path)}", f"output={tmp_path / 'o.jsonl'}", mistake]
+    done = call("solopo.build", given, expect=2, cwd=tmp_path)
+    assert done.stderr == f"error: {line}\n"
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_output_to_a_file_has_no_progress_bar(world, tmp_path):
+    """A log file (here, captured output) gets the builder's closing line, not a bar's redraws."""
+    given = [f"input.path={trl_file(world, tmp_path)}", f"corpus.path={corpus_file(world, tmp_path)}",
+             f"output={tmp_path / 'o.jsonl'}", "long_len=256"]
+    done = call("solopo.build", given, cwd=tmp_path)
+    assert "triplets:" not in done.stderr + done.stdout and "wrote" in done.stderr + done.stdout

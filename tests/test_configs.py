@@ -127,9 +127,12 @@ def test_each_default_is_written_once(group, option):
 
 
 def test_a_config_that_leaves_out_a_setting_names_the_key():
-    """data=longbench writes no sampling settings: asking it for sampled pairs names the missing keys, in one line,
-    where dataclass defaults used to fill them in silently."""
+    """data=longbench writes no sampling settings: asking it for sampled pairs says so, and a sampling block of one's
+    own that leaves keys out names them, in one line, where dataclass defaults used to fill them in silently."""
     cfg = compose_with_data_file(["data=longbench", "data.pairs=sampled"])
-    with pytest.raises(ConfigError, match=r"^data\.sampling: missing k, temperature, max_new_tokens, batch_size, "
+    with pytest.raises(ConfigError, match=r"^data\.pairs=sampled: data=longbench has no data\.sampling block"):
+        build_settings(cfg)
+    cfg = compose_with_data_file(["data=longbench", "data.pairs=sampled", "+data.sampling.k=8"])
+    with pytest.raises(ConfigError, match=r"^data\.sampling: missing temperature, max_new_tokens, batch_size, "
                                           "batch_tokens, static_cache, half_weights, seed, engine, scorer; SamplingSettings needs them"):
         build_settings(cfg)

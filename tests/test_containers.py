@@ -2,6 +2,8 @@
 folders) x every preference format (solopo's A/A'/B, TRL's four, LLaMA-Factory's two), all built here in code; the
 one-line errors for malformed rows, bad paths and folders that are not datasets; and one smoke run per format."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -258,6 +260,20 @@ def test_a_missing_split_lists_the_splits(tmp_path):
         pairs.load(str(path))
 
 
+@pytest.mark.parametrize("container", ["jsonl", "json", "csv"])
+def test_a_split_or_config_one_file_cannot_honour_is_refused(container, tmp_path):
+    path = write(container, records("trl_standard"), tmp_path)
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path), name="foo")
+    assert str(refused.value) == (f"{path}: one file, with no configs; data.name=foo picks one of a dataset folder or "
+                                  "a LLaMA-Factory folder's datasets")
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path), split="test")
+    assert str(refused.value) in (f"{path}: one file, whose records are one split (train); data.split=test names none",
+                                  f"{path}: no split 'test'; set data.split to one of train")  # the csv's, as loaded
+    assert pairs.load(str(path), split="train", n_val=1)  # its one split, named
+
+
 def bad_paths(tmp_path):
     loop = tmp_path / "loop.jsonl"
     loop.symlink_to(loop)
@@ -274,10 +290,14 @@ def test_bad_data_paths_stop_in_one_line(data, tmp_path):
 
 
 def test_a_missing_data_file_exits_2_before_the_model_loads(tmp_path):
-    done = run_here(["experiment=smoke", "data=pairs", f"data.path={tmp_path / 'nope.jsonl'}", "logger=none",
-                     f"hydra.run.dir={tmp_path}"], expect=2)
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.jsonl'}: cannot read it: no such file"
+    """A new interpreter: what it prints before the data loads (Lightning's seed line was one) shows there alone."""
+    done = subprocess.run([sys.executable, "-m", "solopo.run", "experiment=smoke", "data=pairs",
+                           f"data.path={tmp_path / 'nope.jsonl'}", "logger=none", f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr == f"error: {tmp_path / 'nope.jsonl'}: cannot read it: no such file\n"  # that line alone
+    failed = json.loads((tmp_path / "failed.json").read_text())  # the run directory Hydra made says why
+    assert (failed["reason"], failed["detail"]) == ("bad data", f"{tmp_path / 'nope.jsonl'}: cannot read it: no such file")
 
 
 @pytest.mark.parametrize("container", ["jsonl", "json"])

@@ -258,6 +258,9 @@ MALFORMED = [
      "musique.jsonl line 4: field 'paragraphs': no paragraph has is_supporting: true"),
     (musique, "musique.jsonl", lambda: '{"id": "x"}\n[1, 2]\n', "musique.jsonl line 2: expected a JSON object, got list"),
     (musique, "musique.jsonl", lambda: "\n\n", "musique.jsonl: no records"),
+    # an unclosed record: the column is where the line ends, not its line break's next line
+    (musique, "musique.jsonl", lambda: '{"id": "x"}\n{"id": "y", "q": 1\n',
+     "musique.jsonl line 2: invalid JSON: Expecting ',' delimiter (column 19)"),
     (hotpotqa, "hotpotqa.json", lambda: as_file(records_of("hotpotqa.json"), "hotpotqa.json").replace('"answer": "Nokia",', '"answer": "Nokia"', 1),
      "hotpotqa.json line 3: invalid JSON: Expecting ',' delimiter"),
     *[(hotpotqa, "hotpotqa.json", lambda f=f: changed("hotpotqa.json", 1, lambda r: r.pop(f)),

@@ -188,3 +188,22 @@ def test_a_run_that_did_not_end_as_planned_is_counted_failed(tmp_path):
     assert runs["stopped"].scores == {} and runs["ended"].failed is None and runs["ended"].scores["avg long"] == 10.0
     (tmp_path / "stopped" / "failed.json").write_text(json.dumps({"reason": "exit status 1", "config": {}}))
     assert {r.path.name: r for r in find_runs([tmp_path])}["stopped"].failed == "exit status 1"  # the launcher's record
+
+
+def test_a_figure_whose_labels_overflow_is_saved_whole_without_a_warning(tmp_path):
+    """A legend of many runs' long names leaves tight_layout no room: the canvas grows around it, no warning."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from solopo.report.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    for i in range(30):
+        ax.plot([0, 1], [i, i], label=f"algo=dpo,ra.alpha={i},data.long_len=4096,method=solopo,seed={i}" * 2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = save_figure(fig, tmp_path / "wide.png")
+    assert Image.open(path).size[0] > 3 * 120  # wider than the 3-inch figure: the legend is in it

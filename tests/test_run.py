@@ -264,3 +264,13 @@ def test_few_pairs_for_many_steps_are_flagged():
     assert repeats_note(12, 32, 4) == "12 training pairs for 32 steps of 4: each pair is seen about 11 times"
     assert repeats_note(121, 32, 4) is None  # about one epoch
     assert repeats_note(12, -1, 4) is None and repeats_note(0, 32, 4) is None  # epochs decide / nothing to train
+
+
+@pytest.mark.parametrize("logger", ["wandb", "csv"])
+def test_a_dry_run_runs_end_to_end_with_a_logger_configured(logger, tmp_path):
+    """debug=fast (Lightning's fast_dev_run) swaps the logger for a stand-in that records nothing: the run makes
+    none, and evaluates and writes its results as any run does."""
+    done = run_here(["experiment=smoke", "debug=fast", f"logger={logger}", f"hydra.run.dir={tmp_path}"])
+    assert "a dry run, logged to no experiment logger" in done.stdout + done.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["eval"]
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()

@@ -7,6 +7,7 @@ flatten their differences.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -127,9 +128,14 @@ def depth_heatmap(table: dict, path: Path, title: str = "") -> Path:
 
 
 def save_figure(fig, path: Path) -> Path:
+    """The figure as a PNG, laid out tight; where the labels leave tight_layout no room (a legend of many runs' long
+    names), the canvas grows around them instead of matplotlib warning that it could not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.tight_layout()
+    fitted = not any("Tight layout not applied" in str(w.message) for w in caught)
+    fig.savefig(path, dpi=120, **({} if fitted else {"bbox_inches": "tight"}))
     plt.close(fig)
     return path

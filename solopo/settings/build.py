@@ -163,17 +163,36 @@ def build_eval(cfg: DictConfig, precision: str, problems: Problems) -> Optional[
         return None
     except TypeError:  # an unknown option, reported above
         return None
-    if settings.engine == "vllm" and node.get("enabled"):
-        try:
-            import_vllm("eval.engine")
-        except RuntimeError as err:
-            problems.append(str(err))
+    if node.get("enabled"):
+        problems += engine_problems("eval.engine", settings.engine)
     return settings
 
 
-def build_sampling(cfg: DictConfig, precision: str, problems: Problems) -> Optional[SamplingSettings]:
+def engine_problems(key: str, engine: str) -> Problems:
+    """An engine=vllm where vllm does not import, in one line."""
+    if engine != "vllm":
+        return []
+    try:
+        import_vllm(key)
+    except RuntimeError as err:
+        return [str(err)]
+    return []
+
+
+def build_sampling(cfg: DictConfig, precision: str, sampled: bool, problems: Problems) -> Optional[SamplingSettings]:
+    """data.sampling, checked wherever the data group has it (a typo fails now, not the day the run switches to
+    data.pairs=sampled); None where the pairs are not sampled."""
+    if cfg.data.get("sampling") is None:
+        if sampled:
+            problems.append(f"data.pairs=sampled: data={choice(cfg, 'data')} has no data.sampling block to sample with "
+                            "(data=qa, musique, hotpotqa and twowiki have one: conf/data/common/sampling.yaml)")
+        return None
     node = with_scorer("data.sampling", {**plain(cfg.data, "sampling"), "precision": precision}, problems)
-    return None if node is None else built("data.sampling", SamplingSettings, node, problems)
+    settings = None if node is None else built("data.sampling", SamplingSettings, node, problems)
+    if settings is None or not sampled:
+        return None
+    problems += engine_problems("data.sampling.engine", settings.engine)
+    return settings
 
 
 def build_context(trainer: dict, problems: Problems) -> Optional[ContextSplit]:
@@ -218,16 +237,13 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     settings = dict(model=model, eval=build_eval(cfg, precision, problems), algo=None, ra=None, method=None, optim=None,
                     sampling=None, context=None, benchmark=build_benchmark(cfg, problems))
     if training:
-        sampled = cfg.data.get("pairs") == "sampled"
-        # checked wherever the data group has them, used only for sampled pairs: a typo there fails now, not the day
-        # the run switches to data.pairs=sampled
-        sampling = build_sampling(cfg, precision, problems) if sampled or cfg.data.get("sampling") is not None else None
+        sampling = build_sampling(cfg, precision, cfg.data.get("pairs") == "sampled", problems)
         settings.update(
             algo=build_algo(plain(cfg, "algo"), problems),
             ra=build_targeted("ra", plain(cfg, "ra"), SoLoRA, problems),
             method=build_targeted("method", plain(cfg, "method"), Method, problems),
             optim=built("optim", OptimSettings, plain(cfg, "optim"), problems),
-            sampling=sampling if sampled else None,
+            sampling=sampling,
             context=build_context(plain(cfg, "trainer"), problems))
         problems += check_trainer(plain(cfg, "trainer"), torch.cuda.is_available())
         logger = cfg.get("logger")  # unresolved: its save_dir reads Hydra's run directory

@@ -32,8 +32,12 @@ log = logging.getLogger("solopo")
 
 
 def make_logger(cfg: DictConfig, alpha: float, resume: bool):
-    """The experiment logger (conf/logger), or False; wandb and CSV get the same tags, and continue on resume."""
+    """The experiment logger (conf/logger), or False; wandb and CSV get the same tags, and continue on resume. A dry
+    run (trainer.fast_dev_run, debug=fast) gets none: Lightning would swap it for a stand-in that records nothing."""
     if not (cfg.get("logger") and "_target_" in cfg.logger):
+        return False
+    if cfg.trainer.get("fast_dev_run"):
+        log.info("trainer.fast_dev_run: a dry run, logged to no experiment logger")
         return False
     hydra_cfg = HydraConfig.get()
     labels = wandb_labels(hydra_cfg.runtime.choices, alpha,

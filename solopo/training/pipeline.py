@@ -262,6 +262,17 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
     return metrics
 
 
+@contextlib.contextmanager
+def failed_on_data():
+    """What the data gave, found wrong once the run has begun (a malformed record, an item that cannot make a pair, a
+    bad benchmark file), ends it as a failed run, "bad data": its one line, and failed.json in the run directory
+    that Hydra made, so that a report lists the run and why."""
+    try:
+        yield
+    except ConfigError as err:
+        raise RunFailed("bad data", str(err)) from None
+
+
 def load_inputs(cfg: DictConfig, settings: Settings, splits):
     """The tokenizer, each split's examples and the evaluation (both built with the tokenizer alone: an item that
     cannot make a pair or a bad benchmark file stops the run before the model loads) and the models (load_models)."""
@@ -297,9 +308,10 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     settings = build_settings(cfg)  # a config mistake stops here, in one line, before any model loads
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
-    pl.seed_everything(cfg.seed, workers=True)
-    splits = load_source(cfg)  # a malformed data file stops the run here, before any model loads
-    tokenizer, examples, evaluation, (policy, reference, cached) = load_inputs(cfg, settings, splits)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config; no line of its own
+    with failed_on_data():  # a malformed data file stops the run here, before any model loads
+        splits = load_source(cfg)
+        tokenizer, examples, evaluation, (policy, reference, cached) = load_inputs(cfg, settings, splits)
     model_done, stages = time.perf_counter(), StageCosts(compute_device(cfg))
 
     with stages("sampling"):  # or building gold pairs: data.pairs=gold samples nothing

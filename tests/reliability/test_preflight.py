@@ -7,7 +7,9 @@ import pytest
 from solopo.preflight import job_configs, preflight, refuse_bad_values
 from in_process import call
 from support import run
-from test_validation import shipped_options
+from test_validation import FIXTURES, shipped_options
+
+MUSIQUE = FIXTURES / "musique.jsonl"
 
 @pytest.mark.parametrize("group", [g for g in sorted({group for group, _ in shipped_options()})])
 def test_an_unknown_option_of_a_config_group_is_one_line(group, capsys):
@@ -33,6 +35,18 @@ def test_every_option_a_command_line_picks_is_checked(args, bad, capsys):
     with pytest.raises(SystemExit):
         preflight(args)
     assert capsys.readouterr().err.startswith(f"error: {bad}: ")
+
+
+@pytest.mark.parametrize("arg, line", [
+    ("experiment/decisive=a", "experiment/decisive=a: experiment/decisive is a folder of the config group experiment, "
+                              "not a group of its own; choose experiment=decisive/OPTION (a, b)"),
+    ("data/common=sampling", "data/common=sampling: data/common is a folder of the config group data, not a group of "
+                             "its own; choose data=common/OPTION (qa_file, sampling)")])
+def test_a_folder_of_a_group_chosen_as_a_group_is_one_line(arg, line, capsys):
+    """--help lists such folders beside the groups; Hydra answered "No match in the defaults list" in four lines."""
+    with pytest.raises(SystemExit) as stopped:
+        preflight([arg])
+    assert stopped.value.code == 2 and capsys.readouterr().err == f"error: {line}\n"
 
 
 def test_options_of_a_users_config_dir_are_known(tmp_path, monkeypatch):
@@ -80,6 +94,9 @@ def test_a_bad_value_in_any_job_stops_a_sweep_before_its_first(tmp_path, capsys)
 UNKNOWN_KEYS = [(["experiment=smoke", "optim.lrr=1"], "optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
                 (["foo=1"], "foo=1: solopo reads no such key"),
                 (["data.bath_size=2"], "data.bath_size=2: data=qa reads no such key; did you mean batch_size?"),
+                # a mandatory key given beside a lacking one is not taken for the lacking one (data.path: ??? until set)
+                (["data=musique", f"data.path={MUSIQUE}", "logger=csv", "logger.prefix=x"],
+                 "logger.prefix=x: the config has no such key; to add one, write +logger.prefix=x"),
                 (["-m", "optim.lrr=1,2"],
                  "sweep job 0 (+optim.lrr=1): optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
                 # a key the logger takes, though the config lacks it: Hydra wants the +
@@ -124,3 +141,18 @@ def test_a_missing_model_folder_stops_both_commands_before_hydra(module, tmp_pat
     done = call(module, [f"model.name={tmp_path}/none", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
     assert done.stderr == f"error: model.name={tmp_path}/none: no such folder\n"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arg", ["hparams_search=optuna", "hydra/launcher=slurm"])
+def test_an_option_whose_hydra_plugin_is_missing_is_one_line(arg, capsys, monkeypatch):
+    import importlib.util
+
+    from solopo.preflight import PLUGIN_OPTIONS
+
+    module, extra = PLUGIN_OPTIONS[arg]
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else found(name, *a))
+    with pytest.raises(SystemExit) as stopped:
+        preflight([arg, "experiment=smoke"])
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: {arg}: Hydra's {module.split('.')[-1]} plugin is not installed; pip install 'solopo[{extra}]'\n")

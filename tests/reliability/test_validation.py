@@ -320,3 +320,21 @@ def test_reliability_cases_behave(name):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="offline")
     here = lambda args, checkout, env: call("solopo.run", args, expect=None, env=env, cwd=checkout)  # noqa: E731
     assert cases.run_case(case, ROOT, env, here) == ("", 2)
+
+
+def test_sampling_with_vllm_where_it_is_not_installed_stops_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm fails, as where it is not installed
+    with pytest.raises(ConfigError) as stopped:
+        build_settings(compose_config(["experiment=smoke", "data.pairs=sampled", "data.sampling.engine=vllm"]))
+    assert str(stopped.value) == "data.sampling.engine=vllm but vllm is not installed (pip install vllm)"
+    # the engine of pairs that are not sampled is not used: no refusal
+    build_settings(compose_config(["experiment=smoke", "data.sampling.engine=vllm", "data.pairs=gold"]))
+
+
+@pytest.mark.parametrize("option", ["pairs", "longbench"])
+def test_sampled_pairs_from_a_data_config_without_sampling_settings_stop_in_one_line(option):
+    fixture = next(FIXTURES.glob(f"{option}.*"))
+    with pytest.raises(ConfigError) as stopped:
+        build_settings(compose_config([f"data={option}", f"data.path={fixture}", "data.pairs=sampled"]))
+    assert str(stopped.value) == (f"data.pairs=sampled: data={option} has no data.sampling block to sample with (data=qa, "
+                                  "musique, hotpotqa and twowiki have one: conf/data/common/sampling.yaml)")

@@ -49,6 +49,7 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
     if Path(path).name == LLAMA_FACTORY_INDEX:  # the index named instead of its folder
         path = str(Path(path).parent)
     if not os.path.isdir(checked_path(str(path), folder=True)):
+        refuse_file_options(str(path), split, name)
         return Source(_file_records(str(path), split), _mapping_beside(Path(path)))
     folder = Path(path)
     if any((folder / marker).is_file() for marker in SAVED_MARKERS):
@@ -66,6 +67,16 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
         raise DataFileError(f"{path}: not a dataset: no data files ({', '.join(DATA_SUFFIXES)}), no save_to_disk "
                             f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
     return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name)))
+
+
+def refuse_file_options(path: str, split: Optional[str], name: Optional[str]) -> None:
+    """One file has no configs, and a JSON file no splits but its one (train; a CSV, Parquet or Arrow file's split is
+    checked as the dataset loads it): a data.name or data.split it cannot honour is refused, not ignored."""
+    if name is not None:
+        raise DataFileError(f"{path}: one file, with no configs; data.name={name} picks one of a dataset folder or a "
+                            "LLaMA-Factory folder's datasets")
+    if split not in (None, "train") and Path(path).suffix.lower() in JSON_SUFFIXES:
+        raise DataFileError(f"{path}: one file, whose records are one split (train); data.split={split} names none")
 
 
 def _file_records(path: str, split: Optional[str]) -> Iterator[tuple[Where, dict]]:
