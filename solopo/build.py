@@ -94,7 +94,7 @@ def entry() -> None:
     values, each mistake in one line (a key the config lacks included, which Hydra refuses in six), then Hydra."""
     from solopo.preflight import configs_checked, preflight
 
-    preflight(sys.argv[1:])
+    preflight(sys.argv[1:], run_dir=False)  # conf/build.yaml: Hydra writes no run directory
     configs_checked(sys.argv[1:], "build", problem)
     main()
 

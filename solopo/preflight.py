@@ -95,14 +95,27 @@ def refuse_unknown_options(argv: Sequence[str]) -> None:
         folders = [d / group for d in dirs if (d / group).is_dir()]
         if override.is_delete() or not folders or group == "hydra" or group.startswith("hydra/"):
             continue
-        options = sorted({str(f.relative_to(folder).with_suffix("")) for folder in folders for f in folder.rglob("*.yaml")})
-        parent, _, below = group.partition("/")
-        if below and not override.is_add():  # experiment/decisive=a: Hydra's "No match in the defaults list"
-            stop(f"{group}={arg.partition('=')[2]}: {group} is a folder of the config group {parent}, not a group of "
-                 f"its own; choose {parent}={below}/OPTION ({', '.join(options)})")
+        options = sorted({str(f.relative_to(folder).with_suffix("")) for folder in folders for f in folder.rglob("*.yaml")
+                          if PARTS not in f.relative_to(folder).parts[:-1]})
         for option in chosen_options(override.value()):
             if option not in options:
                 stop(f"{group}={option}: the config group {group} has no such option; choose one of {', '.join(options)}")
+
+
+PARTS = "common"  # a group's folder of blocks its options compose (conf/data/common), not options of their own
+
+
+def folder_refusal(error: Exception, argv: Sequence[str]) -> Optional[str]:
+    """The one line for Hydra's refusal of a group's folder chosen as if it were a group (experiment/decisive=a,
+    which --help lists beside the groups), or None for any other error, which Hydra reports in its own words."""
+    found = re.search(r"Could not override '([^'/]+)/([^']+)'\. No match in the defaults list", str(error))
+    if found is None:
+        return None
+    parent, below = found.groups()
+    given = next((a.lstrip("+") for a in argv if a.lstrip("+").startswith(f"{parent}/{below}=")), f"{parent}/{below}")
+    if below.split("/")[-1] == PARTS:
+        return f"{given}: conf/{parent}/{below} holds blocks the {parent} options compose, not options"
+    return f"{given}: {parent}/{below} is a folder of the config group {parent}; choose {parent}={below}/OPTION"
 
 
 # solopo's options that need a Hydra plugin: the plugin's module and the extra of setup.cfg that installs it
@@ -152,7 +165,9 @@ def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], 
         if not args.multirun and master.hydra.mode != RunMode.MULTIRUN:
             return [(overrides, hydra.compose_config(name, overrides, RunMode.RUN))]
         return sweep_jobs(hydra, master)
-    except Exception:  # noqa: BLE001 - a command line Hydra cannot compose is Hydra's to report, in its words
+    except Exception as err:  # noqa: BLE001 - a command line Hydra cannot compose is Hydra's to report, in its words
+        if (line := folder_refusal(err, argv)) is not None:
+            stop(line)
         return []
     finally:
         GlobalHydra.instance().clear()
@@ -288,17 +303,24 @@ def refuse_missing_plugins(argv: Sequence[str]) -> None:
     the extra that installs it (Hydra: "Could not find 'hydra/sweeper/optuna'" and the search path, in a dozen)."""
     import importlib.util
 
+    def installed(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # no Hydra plugin at all: no hydra_plugins package
+            return False
+
     for arg in argv:
         module, extra = PLUGIN_OPTIONS.get(arg.lstrip("+"), (None, None))
-        if module is not None and importlib.util.find_spec(module) is None:
+        if module is not None and not installed(module):
             stop(f"{arg.lstrip('+')}: Hydra's {module.split('.')[-1]} plugin is not installed; "
                  f"pip install 'solopo[{extra}]'")
 
 
-def preflight(argv: Sequence[str]) -> None:
-    """The checks a command line gets before Hydra writes anything (secrets, a writable run directory, the options
-    of the config groups and the plugins they need)."""
+def preflight(argv: Sequence[str], run_dir: bool = True) -> None:
+    """The checks a command line gets before Hydra writes anything (secrets, the options of the config groups and the
+    plugins they need, and, where Hydra makes one (``run_dir``), a writable run directory)."""
     refuse_secrets(argv)
     refuse_unknown_options(argv)
     refuse_missing_plugins(argv)
-    refuse_unwritable(argv)
+    if run_dir:
+        refuse_unwritable(argv)

@@ -229,3 +229,11 @@ def test_output_to_a_file_has_no_progress_bar(world, tmp_path):
              f"output={tmp_path / 'o.jsonl'}", "long_len=256"]
     done = call("solopo.build", given, cwd=tmp_path)
     assert "triplets:" not in done.stderr + done.stdout and "wrote" in done.stderr + done.stdout
+
+
+def test_the_builder_needs_no_writable_working_directory(world, tmp_path):
+    """conf/build.yaml: Hydra writes no run directory, so none is asked to be writable (here /proc, which is not)."""
+    given = [f"input.path={trl_file(world, tmp_path)}", f"corpus.path={corpus_file(world, tmp_path)}",
+             f"output={tmp_path / 'o.jsonl'}", "long_len=256"]
+    call("solopo.build", given, cwd="/proc")
+    assert (tmp_path / "o.jsonl").stat().st_size > 0

@@ -274,3 +274,31 @@ def test_a_dry_run_runs_end_to_end_with_a_logger_configured(logger, tmp_path):
     assert "a dry run, logged to no experiment logger" in done.stdout + done.stderr
     assert json.loads((tmp_path / "results.json").read_text())["eval"]
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "csv").exists()
+
+
+@pytest.mark.parametrize("algo, ra, metric", [("orpo", "both", "val/ra/gap_rejected"), ("orpo", "chosen", "val/nll_loss"),
+                                              ("dpo", "off", "val/rewards/margins")])
+def test_a_validation_metric_the_checks_accept_is_one_the_run_reports(algo, ra, metric, tmp_path):
+    """optimized_metric's check before training (solopo.core.objective.metric_names) agrees with what validation
+    then reports: the run returns the metric's value."""
+    done = run_here([f"algo={algo}", f"ra={ra}", f"optimized_metric={metric}", "experiment=smoke", "logger=none",
+                     "trainer.max_steps=1", f"hydra.run.dir={tmp_path}"])
+    assert metric in json.loads((tmp_path / "results.json").read_text())["metrics"], done.stdout[-2000:]
+
+
+def test_a_rerun_in_a_failed_runs_directory_removes_its_failure_record(tmp_path):
+    """A rerun, a resume or a requeued job in the directory of a run that failed: the old failed.json would make a
+    report count the run that now succeeds as failed."""
+    (tmp_path / "failed.json").write_text(json.dumps({"reason": "bad data", "detail": "x", "config": {}}))
+    run_here(["experiment=smoke", "logger=none", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}"])
+    assert (tmp_path / "results.json").exists() and not (tmp_path / "failed.json").exists()
+
+
+def test_a_model_that_cannot_load_in_a_job_is_not_recorded_as_bad_data(tmp_path):
+    """A job that the launcher starts without the command line's checks (an Optuna trial, a SLURM job) and whose
+    model cannot be found stops in one line; failed.json is for what the data gave."""
+    code = ("import sys; from solopo.run import main; sys.argv = ['solopo.run', 'experiment=smoke', 'logger=none', "
+            f"'model.random_init=null', 'model.name={tmp_path / 'nothing'}', 'hydra.run.dir={tmp_path / 'run'}']; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().endswith("no such folder"), done.stderr[-2000:]
+    assert not (tmp_path / "run" / "failed.json").exists()

@@ -128,6 +128,17 @@ def solopo_objective(
     return ObjectiveOutput(loss=loss, metrics={k: v.detach() for k, v in metrics.items()})
 
 
+def metric_names(algo: Algorithm, ra: SoLoRA, method: Method) -> set[str]:
+    """Every metric solopo_objective reports for these settings, with or without plain PO data (the data decide which
+    the run gets): its output on a batch of one made-up example, so the names are the ones a run logs, not a copy."""
+    names: set[str] = set()
+    for plain_po in (False, True):
+        one = Responses(logps=torch.tensor([-1.0]), n_tokens=torch.tensor([1.0]), ref_logps=torch.tensor([-1.0]))
+        stats = {key: one for key in required_sequences(method, ra, plain_po)}
+        names |= set(solopo_objective(algo, ra, method, stats, plain_po).metrics)
+    return names
+
+
 def reward_metrics(rewards: Mapping[Key, Tensor], ctx: str) -> dict[str, Tensor]:
     """TRL's rewards/* under the PO context (margins = mean(r_w - r_l), accuracies = share of pairs with r_w > r_l);
     solopo's own under ra/, where a step runs the chosen response under both contexts: its reward under each

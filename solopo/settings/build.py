@@ -33,13 +33,12 @@ from solopo.settings.fields import Problems, SettingsError, flag, in_group, numb
 from solopo.settings.groups import (check_data, check_logger, check_run, check_trainer, lightning_arguments,
                                     missing_options, target, unknown_options)
 from solopo.settings.rules import cross_group_rules
-from solopo.preflight import stop
+from solopo.preflight import PARTS, stop
 from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision
 
 RUN_KEYS = ("seed", "reference", "packing", "logp_chunk_size", "val_every_n_steps", "save_model", "optimized_metric",
             "checkpoint", "faults", "cache")
-DATA_PARTS = "common/"  # conf/data/common: blocks the data configs compose (qa_file, sampling), not options of their own
 EVAL_KEYS = ("enabled", "n_items", "vllm", "benchmark")  # the eval group's keys that EvalSettings does not hold
 FROM_ELSEWHERE = ("seed", "template", "precision")  # EvalSettings fields other groups set
 
@@ -224,8 +223,8 @@ def trainer_arguments(cfg: DictConfig) -> DictConfig:
 def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     """Every settings object of the run, or one ConfigError naming every mistake; ``training=False`` builds only
     what evaluation reads (the model, the data source and prompt template, eval)."""
-    option = choice(cfg, "data")
-    if option.startswith(DATA_PARTS):
+    option = choice(cfg, "data") or ""  # "": a data block of one's own config, no option (override data: null)
+    if option.split("/")[0] == PARTS:  # conf/data/common: blocks the data configs compose (qa_file, sampling)
         raise ConfigError(f"data={option}: a block the data configs share (conf/data/{option}.yaml), not a data option")
     if OmegaConf.is_missing(cfg.data, "path"):  # first, alone: every key reading ${data.path} would fail to resolve
         raise ConfigError(f"data={option} needs data.path=FILE (see conf/data/{option}.yaml)")

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from solopo.core.objective import metric_names
 from solopo.data.collate import SHARED_PROMPT
 from solopo.settings.fields import Problems, number, shown
 from solopo.step import context_parallel, shared_prompt
@@ -147,6 +148,20 @@ def check_context_parallel(size: int, strategy: str, n_processes: Optional[int],
     return problems
 
 
+def check_optimized_metric(metric: Any, algo, ra, method) -> Problems:
+    """optimized_metric, where it names a validation metric, against those the objective reports for these settings
+    (solopo.core.objective.metric_names), so a typo stops the run before it trains rather than after. The train/
+    metrics of callbacks and the evaluation's keys, which depend on the data, are checked as the run ends."""
+    if not (isinstance(metric, str) and metric.startswith("val/")) or None in (algo, ra, method):
+        return []
+    names = sorted(f"val/{name}" for name in metric_names(algo, ra, method))
+    if metric in names:
+        return []
+    close = difflib.get_close_matches(metric, names, n=1)
+    return [f"optimized_metric={metric}: validation reports no such metric; "
+            + (f"did you mean {close[0]}?" if close else f"it reports {', '.join(names)}")]
+
+
 def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, training: bool) -> Problems:
     """Problems between groups; ``settings`` are the objects built so far (None where a group had a problem)."""
     model = settings["model"]
@@ -164,6 +179,8 @@ def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, trainin
         problems += check_alignment(settings["method"], settings["ra"])
         problems += check_packing_kernel(cfg.get("packing"), model.attn_implementation if model else None)
         problems += check_benchmark_schedule(settings["benchmark"], settings["eval"])
+        problems += check_optimized_metric(cfg.get("optimized_metric"), settings["algo"], settings["ra"],
+                                           settings["method"])
         if settings["context"] is not None:
             strategy = str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", "")))
             trainer = OmegaConf.to_container(cfg.trainer, resolve=True)

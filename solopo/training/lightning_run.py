@@ -25,7 +25,7 @@ from solopo.training.distributed import check_strategy
 from solopo.training.faults import NumericalGuard
 from solopo.training.loggers import ProgressLines, ResumableCSVLogger, finish, on_terminal, wandb_labels
 from solopo.training.module import SoLoPOModule, intended_warnings_silenced
-from solopo.training.results import RunFailed, all_finite, redact, summary, write_failure, write_results
+from solopo.training.results import FAILED, RunFailed, all_finite, redact, summary, write_failure, write_results
 from solopo.training.resume import LastCheckpoint, LoaderPosition, RngState
 
 log = logging.getLogger("solopo")
@@ -152,7 +152,11 @@ def stop_on_faults(message: str) -> None:
 @contextlib.contextmanager
 def failure_recorded(cfg: DictConfig):
     """A run's body: a RunFailed (e.g. no pairs) leaves failed.json in the run directory, written by one process, so
-    a report lists the run and why, and ends the process like a bad setting: its one ``error:`` line, status 2."""
+    a report lists the run and why, and ends the process like a bad setting: its one ``error:`` line, status 2. An
+    earlier attempt's failed.json in the same directory (a rerun, a resume, a requeued job) is removed as the run
+    begins: it describes a run that is no longer the directory's."""
+    if rank_zero_only.rank == 0:
+        (Path(HydraConfig.get().runtime.output_dir) / FAILED).unlink(missing_ok=True)
     try:
         yield
     except RunFailed as failure:

@@ -278,8 +278,9 @@ def load_inputs(cfg: DictConfig, settings: Settings, splits):
     cannot make a pair or a bad benchmark file stops the run before the model loads) and the models (load_models)."""
     refuse_missing_model(settings.model)  # a missing local folder or an unknown hub id, in one line
     tokenizer = load_tokenizer(settings.model)
-    examples = make_examples(cfg, splits, tokenizer)
-    evaluation = make_evaluation(cfg, settings, splits, tokenizer)
+    with failed_on_data():
+        examples = make_examples(cfg, splits, tokenizer)
+        evaluation = make_evaluation(cfg, settings, splits, tokenizer)
     return tokenizer, examples, evaluation, load_models(cfg, settings, tokenizer)
 
 
@@ -311,7 +312,7 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config; no line of its own
     with failed_on_data():  # a malformed data file stops the run here, before any model loads
         splits = load_source(cfg)
-        tokenizer, examples, evaluation, (policy, reference, cached) = load_inputs(cfg, settings, splits)
+    tokenizer, examples, evaluation, (policy, reference, cached) = load_inputs(cfg, settings, splits)
     model_done, stages = time.perf_counter(), StageCosts(compute_device(cfg))
 
     with stages("sampling"):  # or building gold pairs: data.pairs=gold samples nothing

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 from solopo.cache import atomic_write_text
 from solopo.preflight import SECRET_KEY
 
+FAILED = "failed.json"  # a run directory's record of a run that could not go on
+
 
 class RunFailed(Exception):
     """A run that cannot go on because of what its data or model gave (not a mistake in its settings), e.g. sampling
@@ -47,7 +49,7 @@ def write_results(run_dir: Path, results: dict) -> Path:
 def write_failure(run_dir: Path, failure: RunFailed, config: dict) -> Path:
     """failed.json: {"reason", "detail", "config"}, the fields solopo.report.runs reads (config places the run in
     its table row); the config with its secrets redacted."""
-    path = Path(run_dir) / "failed.json"
+    path = Path(run_dir) / FAILED
     record = {"reason": failure.reason, "detail": str(failure), "config": redact(config)}
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return path

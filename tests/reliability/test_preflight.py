@@ -1,5 +1,6 @@
 """The command line's checks before Hydra starts (solopo.preflight): an option no config group holds, a bad value in the
 run or in any job of a sweep, a key the config lacks, a missing model folder: one line, exit 2, no run directory."""
+import sys
 import time
 
 import pytest
@@ -16,7 +17,8 @@ def test_an_unknown_option_of_a_config_group_is_one_line(group, capsys):
     """Hydra answered algo=dpx with a dozen lines; each group's unknown option is now one line listing its options."""
     with pytest.raises(SystemExit) as stopped:
         preflight([f"{group}=nosuch", "seed=1"])
-    options = sorted(option for g, option in shipped_options() if g == group)
+    # a group's common/ folder holds blocks its options compose, not options (conf/data/common)
+    options = sorted(option for g, option in shipped_options() if g == group and not option.startswith("common/"))
     assert stopped.value.code == 2 and capsys.readouterr().err == (
         f"error: {group}=nosuch: the config group {group} has no such option; choose one of {', '.join(options)}\n")
 
@@ -38,15 +40,26 @@ def test_every_option_a_command_line_picks_is_checked(args, bad, capsys):
 
 
 @pytest.mark.parametrize("arg, line", [
-    ("experiment/decisive=a", "experiment/decisive=a: experiment/decisive is a folder of the config group experiment, "
-                              "not a group of its own; choose experiment=decisive/OPTION (a, b)"),
-    ("data/common=sampling", "data/common=sampling: data/common is a folder of the config group data, not a group of "
-                             "its own; choose data=common/OPTION (qa_file, sampling)")])
-def test_a_folder_of_a_group_chosen_as_a_group_is_one_line(arg, line, capsys):
+    ("experiment/decisive=a", "experiment/decisive=a: experiment/decisive is a folder of the config group experiment; "
+                              "choose experiment=decisive/OPTION"),
+    ("data/common=sampling", "data/common=sampling: conf/data/common holds blocks the data options compose, not options")])
+def test_a_folder_of_a_group_chosen_as_a_group_is_one_line(arg, line, tmp_path):
     """--help lists such folders beside the groups; Hydra answered "No match in the defaults list" in four lines."""
-    with pytest.raises(SystemExit) as stopped:
-        preflight([arg])
-    assert stopped.value.code == 2 and capsys.readouterr().err == f"error: {line}\n"
+    done = call("solopo.run", [arg, f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: {line}\n" and not (tmp_path / "run").exists()
+
+
+def test_a_nested_group_a_users_config_chooses_stays_open_to_overrides(tmp_path):
+    """A user's experiment that picks optim/sched in its defaults: optim/sched=linear is Hydra's to take."""
+    (tmp_path / "optim" / "sched").mkdir(parents=True)
+    (tmp_path / "experiment").mkdir()
+    for kind in ("cosine", "linear"):
+        (tmp_path / "optim" / "sched" / f"{kind}.yaml").write_text(f"kind: {kind}\n")
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - /optim/sched: cosine\n")
+    argv = ["--config-dir", str(tmp_path), "experiment=mine", "optim/sched=linear"]
+    preflight(argv)
+    (overrides, cfg), = job_configs(argv, "config")
+    assert cfg.optim.sched.kind == "linear"
 
 
 def test_options_of_a_users_config_dir_are_known(tmp_path, monkeypatch):
@@ -145,13 +158,11 @@ def test_a_missing_model_folder_stops_both_commands_before_hydra(module, tmp_pat
 
 @pytest.mark.parametrize("arg", ["hparams_search=optuna", "hydra/launcher=slurm"])
 def test_an_option_whose_hydra_plugin_is_missing_is_one_line(arg, capsys, monkeypatch):
-    import importlib.util
-
     from solopo.preflight import PLUGIN_OPTIONS
 
     module, extra = PLUGIN_OPTIONS[arg]
-    found = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else found(name, *a))
+    monkeypatch.setitem(sys.modules, "hydra_plugins", None)  # a plain install: no Hydra plugin, no hydra_plugins
+    monkeypatch.delitem(sys.modules, module, raising=False)  # nor the plugin an earlier test imported
     with pytest.raises(SystemExit) as stopped:
         preflight([arg, "experiment=smoke"])
     assert stopped.value.code == 2 and capsys.readouterr().err == (

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from solopo.data.formats import DataFileError, hotpotqa, longbench, musique, pairs
 from solopo.settings.build import ConfigError, build_settings, load_source
@@ -98,6 +98,10 @@ MISTAKES = [
     (["data.sampling.temperature=0"], "data.sampling.temperature=0: must be a number > 0"),
     (["data.sampling.half_weights=fast"], "data.sampling.half_weights=fast: must be true or false"),
     (["eval.half_weights=1"], "eval.half_weights=1: must be true or false"),
+    (["optimized_metric=val/lsos"], "optimized_metric=val/lsos: validation reports no such metric; did you mean val/loss?"),
+    # the rejected response's gap is reported where SoLo-RA runs both responses only
+    (["ra=chosen", "optimized_metric=val/ra/gap_rejected"],
+     "optimized_metric=val/ra/gap_rejected: validation reports no such metric; did you mean val/rewards/rejected?"),
     # with gold pairs too: the sampling keys are checked wherever the data group has them
     (["experiment=smoke", "data.pairs=gold", "data.sampling.half_weights=maybe"],
      "data.sampling.half_weights=maybe: must be true or false"),
@@ -338,3 +342,11 @@ def test_sampled_pairs_from_a_data_config_without_sampling_settings_stop_in_one_
         build_settings(compose_config([f"data={option}", f"data.path={fixture}", "data.pairs=sampled"]))
     assert str(stopped.value) == (f"data.pairs=sampled: data={option} has no data.sampling block to sample with (data=qa, "
                                   "musique, hotpotqa and twowiki have one: conf/data/common/sampling.yaml)")
+
+
+def test_a_data_block_of_ones_own_config_without_a_data_option_is_checked_as_any(tmp_path):
+    """A config of one's own may set `override data: null` and write its data block inline: no option is chosen."""
+    cfg = compose_config(["experiment=smoke"])
+    with open_dict(cfg):
+        cfg.hydra.runtime.choices.data = None
+    build_settings(cfg)
