@@ -66,3 +66,8 @@ def test_the_console_scripts_answer_help_and_shell_completion(venv, tmp_path):
                   COMP_LINE="solopo-train algo=").split()
     assert {"algo=dpo", "algo=simpo", "algo=orpo"} <= set(options)
     assert "usage: solopo-report" in run([venv / "solopo-report", "--help"], tmp_path)
+    assert "solopo-build: SoLoPO triplets" in run([venv / "solopo-build", "--help"], tmp_path)
+    # the builder's console script runs its checks first: a key it lacks is one line, exit status 2
+    done = subprocess.run([venv / "solopo-build", "lenght=3", "input.path=x", "output=y.jsonl"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stderr) == (2, "error: lenght=3: solopo-build reads no such key\n")
