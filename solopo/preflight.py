@@ -95,8 +95,8 @@ def refuse_unknown_options(argv: Sequence[str]) -> None:
         folders = [d / group for d in dirs if (d / group).is_dir()]
         if override.is_delete() or not folders or group == "hydra" or group.startswith("hydra/"):
             continue
-        options = sorted({str(f.relative_to(folder).with_suffix("")) for folder in folders for f in folder.rglob("*.yaml")
-                          if PARTS not in f.relative_to(folder).parts[:-1]})
+        found = [f.relative_to(folder) for folder in folders for f in folder.rglob("*.yaml")]
+        options = sorted({str(f.with_suffix("")) for f in found if PARTS not in f.parts[:-1]})
         for option in chosen_options(override.value()):
             if option not in options:
                 stop(f"{group}={option}: the config group {group} has no such option; choose one of {', '.join(options)}")

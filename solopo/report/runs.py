@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 from solopo.scoring import points
+from solopo.training.results import FAILED
 
 SEED_KEY = re.compile(r"(^|\.)seed$")  # seed, data.source.seed, data.sampling.seed: they vary together
 
@@ -98,7 +99,7 @@ def load_run(path: Path) -> Run:
         data = json.loads(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path}: not JSON ({err})") from None
-    failed = path.name == "failed.json"
+    failed = path.name == FAILED
     failure = data if failed else unfinished(data)
     return Run(path=path.parent, config=data.get("config", {}), eval={} if failure else data.get("eval", {}),
                metrics=data.get("metrics", {}), timings=data.get("timings", {}),
@@ -142,7 +143,7 @@ def _run_dirs(path: Path) -> list[Path]:
 def _outcome(run_dir: Path) -> Path | None:
     """failed.json before results.json: a launcher records a run that wrote its results and then exited non-zero as
     failed."""
-    return next((run_dir / name for name in ("failed.json", "results.json") if (run_dir / name).exists()), None)
+    return next((run_dir / name for name in (FAILED, "results.json") if (run_dir / name).exists()), None)
 
 
 def group(runs: list[Run], key: Callable[[Run], Hashable]) -> dict[Hashable, list[Run]]:

@@ -161,8 +161,7 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", name: Optional
     # WandbLogger asks wandb for resume="allow": the id continues its run when there is one, else starts it.
     options = dict(project=project, save_dir=files_dir, name=name, group=group, tags=tags, id=run_id, **kwargs)
     logger = _wandb(offline=offline, **options)
-    if offline:
-        log.info("wandb logs offline to %s/wandb; `wandb sync` uploads it", files_dir)
+    if offline:  # wandb itself says where the run's files are and how to upload them
         return logger
     try:
         logger.experiment  # wandb.init, where a refused key or an unreachable server shows
