@@ -95,8 +95,7 @@ def refuse_unknown_options(argv: Sequence[str]) -> None:
         folders = [d / group for d in dirs if (d / group).is_dir()]
         if override.is_delete() or not folders or group == "hydra" or group.startswith("hydra/"):
             continue
-        found = [f.relative_to(folder) for folder in folders for f in folder.rglob("*.yaml")]
-        options = sorted({str(f.with_suffix("")) for f in found if PARTS not in f.parts[:-1]})
+        options = group_options(folders)
         for option in chosen_options(override.value()):
             if option not in options:
                 stop(f"{group}={option}: the config group {group} has no such option; choose one of {', '.join(options)}")
@@ -105,9 +104,30 @@ def refuse_unknown_options(argv: Sequence[str]) -> None:
 PARTS = "common"  # a group's folder of blocks its options compose (conf/data/common), not options of their own
 
 
+def group_options(folders: Sequence[Path]) -> list[str]:
+    """A config group's options as a command line picks them (dpo; decisive/a for a file in a subfolder), from the
+    group's folder in each config directory; the blocks under a PARTS folder are not options."""
+    found = [f.relative_to(folder) for folder in folders for f in folder.rglob("*.yaml")]
+    return sorted({f.with_suffix("").as_posix() for f in found if PARTS not in f.parts[:-1]})
+
+
+def config_groups(argv: Sequence[str]) -> str:
+    """The config groups and their options, one line a group (``algo: cdpo, dpo, ...``), for --help: options in
+    subfolders listed under their group as they are typed (experiment: ..., decisive/a), Hydra's own groups
+    (hydra/...) and PARTS folders left out."""
+    dirs = config_dirs(argv) or [CONF]
+    groups = sorted({d.name for root in dirs if root.is_dir() for d in root.iterdir() if d.is_dir()} - {"hydra"})
+    lines = []
+    for group in groups:
+        options = group_options([root / group for root in dirs if (root / group).is_dir()])
+        if options:
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def folder_refusal(error: Exception, argv: Sequence[str]) -> Optional[str]:
     """The one line for Hydra's refusal of a group's folder chosen as if it were a group (experiment/decisive=a,
-    which --help lists beside the groups), or None for any other error, which Hydra reports in its own words."""
+    a folder of options under its group), or None for any other error, which Hydra reports in its own words."""
     found = re.search(r"Could not override '([^'/]+)/([^']+)'\. No match in the defaults list", str(error))
     if found is None:
         return None
@@ -290,6 +310,8 @@ def program_name(called: Optional[str] = None) -> str:
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 # conf/config.yaml and conf/build.yaml: hydra.help.app_name, the command's name in its --help
 OmegaConf.register_new_resolver("program_name", lambda: program_name(), replace=True)
+# conf/config.yaml: hydra.help.template, the groups --help lists (config_groups)
+OmegaConf.register_new_resolver("config_groups", lambda: config_groups(sys.argv[1:]), replace=True)
 
 
 def stop(message: str) -> NoReturn:

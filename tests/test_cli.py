@@ -290,3 +290,19 @@ def test_readme_commands_are_found():
     found = readme_commands()
     assert ("run", ["algo=simpo", "data=qa"]) in found and sum(m == "evaluate" for m, _ in found) >= 4
     assert any(a[:1] == ["trainer=fsdp"] for _, a in found)  # torchrun's
+
+
+def test_help_lists_each_group_with_its_options_as_typed(tmp_path):
+    """--help listed `data/common: qa_file, sampling` (blocks, not options) and `experiment/decisive: a, b`, a line that
+    reads as `experiment/decisive=a`, which Hydra refuses. Each group is one line now, its options as a command line
+    picks them, a --config-dir's own options among them."""
+    (tmp_path / "experiment" / "mine").mkdir(parents=True)
+    (tmp_path / "experiment" / "mine" / "long.yaml").write_text("# @package _global_\nseed: 7\n")
+    done = python("import sys; sys.argv = ['solopo-train', '--config-dir', '.', '--help']\n"
+                  "import solopo.run\nsolopo.run.main()", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = {line.split(": ")[0]: line.split(": ", 1)[1].split(", ") for line in done.stdout.splitlines()
+             if ": " in line and not line.startswith((" ", "solopo"))}
+    assert "common" not in " ".join(lines.get("data", ["missing"])) and "data/common" not in lines
+    assert {"decisive/a", "mine/long", "smoke"} <= set(lines["experiment"]) and "experiment/decisive" not in lines
+    assert lines["algo"] == ["cdpo", "dpo", "ipo", "orpo", "simpo"]
