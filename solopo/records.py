@@ -105,9 +105,14 @@ def field(record: dict, name: str, kind: type, where: Where, default: Any = REQU
     value = record.get(name)
     if value is None:
         if default is REQUIRED:
-            raise where.error("is null" if name in record else "required but missing", where.label(name))
+            raise where.error(_null_word(where) if name in record else "required but missing", where.label(name))
         return default
     return check(value, kind, where.label(name), where)
+
+
+def _null_word(where: Where) -> str:
+    """A null value as its file shows it: a CSV has no null, and reads an empty cell as one."""
+    return "empty" if str(where.path).lower().endswith(".csv") else "is null"
 
 
 def required(record: dict, name: str, where: Where) -> Any:

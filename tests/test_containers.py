@@ -340,3 +340,13 @@ def test_smoke_run_truncates_overlong_contexts_and_reports_the_count(tmp_path):
     counts = results(tmp_path / "run")["data"]
     assert counts["train"]["pairs"] == 3 and counts["train"]["truncated"] == 3 and counts["train"]["skipped"] == {}
     assert counts["train"]["mean_tokens"]["long"] <= 256
+
+
+def test_an_empty_csv_cell_is_called_empty(tmp_path):
+    """A CSV has no null: its empty cell, which `datasets` reads as None, was reported as "is null"."""
+    rows = records("trl_standard")
+    rows[2] = {**rows[2], "rejected": None}
+    path = write("csv", rows, tmp_path)
+    assert ",\n" in path.read_text() or ",\r\n" in path.read_text()  # the cell is empty in the file
+    with pytest.raises(DataFileError, match=r"data.csv row 2: field 'rejected': empty$"):
+        pairs.load(str(path))
