@@ -80,3 +80,22 @@ def test_real_model_downloads_verifies_and_answers():
     ids = torch.tensor([encode_prompt(tokenizer, text)])
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Quorath" in tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_the_dequantisation_bar_stays_out_of_log_files(tmp_path, monkeypatch, capsys):
+    """transformers' GGUF reader drew its bar into run.log (stderr not a terminal): off a terminal it draws none now,
+    and the reader's own tqdm is back in place afterwards."""
+    import transformers
+    import transformers.modeling_gguf_pytorch_utils as reader
+
+    own = reader.tqdm
+
+    def reading(*args, **kwargs):  # what the reader does while it converts the tensors
+        for _ in reader.tqdm(range(40), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+        raise RuntimeError("read")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", reading)
+    with pytest.raises(RuntimeError, match="read"):
+        embedded._dequantise(tmp_path / "model.gguf", tmp_path / "out")
+    assert "Converting" not in capsys.readouterr().err and reader.tqdm is own

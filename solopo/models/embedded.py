@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from solopo.cache import cache_root, file_digest, file_lock
@@ -152,9 +154,28 @@ def _dequantise(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     log.info("dequantising %s (once; the result is cached)", gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    with _bar_on_a_terminal_only():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     # The weights are plain tensors now; drop the GGUF quantiser so save_pretrained writes them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
+
+
+@contextmanager
+def _bar_on_a_terminal_only():
+    """transformers' GGUF reader draws its tqdm bar whatever stderr is, and neither its progress-bar switch nor
+    TQDM_DISABLE (read when tqdm is imported) reaches it: in run.log it is one line of redraws. Within this block the
+    bar takes tqdm's disable=None, drawn on a terminal only."""
+    import transformers.modeling_gguf_pytorch_utils as reader
+
+    bar = getattr(reader, "tqdm", None)
+    if bar is None:  # a transformers without the module-level bar
+        yield
+        return
+    reader.tqdm = partial(bar, disable=None)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
