@@ -12,7 +12,9 @@ shipped default: the KV cache in half precision, no per-step casts); budget_fp32
 under autocast (half_weights=false); static adds to budget, on a GPU, a static KV cache and transformers' compiled
 decoding step (its compilation is inside the timed call: a study job pays it once per shape); static_eager is static
 without the compiled step (the model's generation_config.disable_compile), which still writes each step's keys in
-place where the dynamic cache concatenates the whole cache again. Each timing is one call after a warm-up call on a
+place where the dynamic cache concatenates the whole cache again; budget_repeat is budget with each decoding step's
+grouped key/value heads repeated to the query heads, as transformers before 5.25 does (solopo_varlen reads the cache
+as it is: solopo.step.varlen._decoding_step). Each timing is one call after a warm-up call on a
 few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s,
 W3 < 45 s.
 Writes speed.md and speed.json in --out, W1's answers in the json: the table says how many of each path's are the
@@ -42,6 +44,7 @@ from solopo.generation.batching import generation_weights
 from solopo.generation.sampling import SamplingSettings, generate
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
 from solopo.scoring import SubEM
+from solopo.step import varlen
 from solopo.training.precision import autocast
 
 CONF = Path(__file__).resolve().parents[2] / "solopo" / "conf"
@@ -95,7 +98,8 @@ def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSetti
     return {"old": (dict(batch_size=OLD["answers_per_batch"]), sampling),
             "budget": (greedy_budget, budget),
             "budget_fp32": ({**greedy_budget, "half_weights": False}, dataclasses.replace(budget, half_weights=False)),
-            "static": static, "static_eager": static}  # run_paths turns transformers' compilation off for the last
+            "static": static, "static_eager": static,  # run_paths turns transformers' compilation off for static_eager
+            "budget_repeat": (greedy_budget, budget)}  # and the packed decoding step off for budget_repeat
 
 
 class OverTime(Exception):
@@ -124,10 +128,13 @@ def run_paths(model, tokenizer, work: dict, k: int, precision: str, names: list[
     for path in names:
         config = model.generation_config
         eager, config.disable_compile = config.disable_compile, path == "static_eager" or config.disable_compile
+        packs = varlen._packs_into_kv_heads
+        if path == "budget_repeat":  # every step to transformers' SDPA, which repeats the heads before 5.25
+            varlen._packs_into_kv_heads = lambda *args: False
         try:
             time_path(model, tokenizer, work, path, path_settings(k, precision)[path], precision, limit_s, rows, save)
         finally:
-            config.disable_compile = eager
+            config.disable_compile, varlen._packs_into_kv_heads = eager, packs
     return rows
 
 
@@ -192,7 +199,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--paths", default="old,budget_fp32,budget,static,static_eager",
-                        help="which of old, budget_fp32, budget, static, static_eager to time, in order")
+                        help="which of old, budget_fp32, budget, static, static_eager, budget_repeat to time, in order")
     parser.add_argument("--limit-s", type=int, default=120, help="a workload (or a path's warm-up) running longer "
                         "than this is recorded as over the limit and the next one starts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
