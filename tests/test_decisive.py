@@ -35,6 +35,7 @@ def test_presets_compose_with_a_job_s_overrides(regime, long_len, short_len):
     # an ablation cell is evaluated on the evidence alone and at its training length; speed.md's fastest path
     assert OmegaConf.to_container(cfg.eval.lengths, resolve=True) == ["short", long_len]
     assert not cfg.eval.static_cache and not cfg.data.sampling.static_cache
+    assert cfg.model.decode_kv_heads == "repeated"  # every job decodes as the study's first ones did
 
 
 def test_expand_long_trains_on_the_long_context_with_short_context_pairs_and_is_evaluated_everywhere():
@@ -185,6 +186,10 @@ def test_the_verdict_paragraph_says_how_much_of_the_plan_it_stands_on(tmp_path):
     fake_run(lone / "a-short_po-simpo-s0", "a", "short_po", 0, [0])
     [lead] = report.blocks(find_runs([lone]))["verdict"]  # no claim, no pair counts: the lead alone, no blank lines
     assert lead.startswith("**Verdict from 1 of")
+    level = tmp_path / "level"  # every main row at one seed: "at 1 of 5 seeds", not "at 1-1"
+    for job in (j for j in jobs.study_jobs() if j.main and j.regime == "a" and j.seed == 0):
+        fake_run(level / job.name, "a", job.row, 0, [0])
+    assert "regime a: main rows at 1 of 5 seeds;" in report.blocks(find_runs([level]))["verdict"][0]
 
 
 def cost(seconds: float, peak: float = 1.0, cached: bool | None = None) -> dict:

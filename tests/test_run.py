@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -59,6 +60,7 @@ def test_smoke_run_per_algorithm(algo, tmp_path):
     assert data["metrics"]["train/ra_loss"] > 0  # SoLo-RA on by default
     assert "results:" in done.stdout and (tmp_path / "csv").is_dir()
     assert data["libraries"] == {"torch": torch.__version__, "transformers": transformers.__version__}
+    assert data["device"] == "cpu" and data["device_name"] == platform.machine()  # where it ran, by name
     header = next(csv.reader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     expected = TRL_KEYS | (ORPO_KEYS if algo == "orpo" else set())
     assert {f"{split}/{key}" for key in expected for split in ("train", "val")} <= set(header)

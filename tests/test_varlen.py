@@ -1,8 +1,11 @@
 """attn_implementation=solopo_varlen: packed rows through a varlen kernel, everything else through transformers' SDPA
 with its mask (packed rows against padded ones are in test_logps.py)."""
+import dataclasses
+
 import pytest
 import torch
 
+from conftest import settings
 from solopo.step import varlen
 from solopo.data.tokenize import left_padded
 
@@ -109,7 +112,8 @@ def _repeated(query, key, value, mask, scale):
     """The decoding step as transformers computes it before 5.25: keys and values repeated to the query heads."""
     groups = query.shape[1] // key.shape[1]
     key, value = (t.repeat_interleave(groups, dim=1) for t in (key, value))
-    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale).transpose(1, 2)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2)
 
 
 @pytest.mark.parametrize("kind", ["bool", "additive"])
@@ -121,7 +125,8 @@ def test_a_decoding_step_reads_grouped_heads_without_repeating_them(kind, monkey
     steps = []
     monkeypatch.setattr(varlen, "_decoding_step", lambda *args: steps.append(1) or packed(*args))
     g = torch.Generator().manual_seed(0)
-    query, key, value = (torch.randn(3, h, n, 8, generator=g, dtype=torch.float64) for h, n in ((6, 1), (2, 11), (2, 11)))
+    query, key, value = (torch.randn(3, heads, n, 8, generator=g, dtype=torch.float64)
+                         for heads, n in ((6, 1), (2, 11), (2, 11)))
     keep = torch.ones(3, 1, 1, 11, dtype=torch.bool)
     keep[0, ..., :4], keep[2, ..., :9] = False, False  # padding on the left
     mask = keep if kind == "bool" else torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, float("-inf"))
@@ -141,7 +146,8 @@ def test_steps_the_packed_decoding_cannot_take_go_to_transformers(case, monkeypa
     monkeypatch.setattr(varlen, "_decoding_step", lambda *args: calls.append(args))
     heads, length, kv = (3, 5, 3) if case == "no groups" else (6, 1, 2)
     mask = torch.ones(1, heads if case == "per-head mask" else 1, 5 if case == "prefill" else 1, 5, dtype=torch.bool)
-    query, key, value = torch.randn(1, heads, 5 if case == "prefill" else 1, 4), torch.randn(1, kv, 5, 4), torch.randn(1, kv, 5, 4)
+    query = torch.randn(1, heads, 5 if case == "prefill" else 1, 4)
+    key, value = torch.randn(1, kv, 5, 4), torch.randn(1, kv, 5, 4)
     kwargs = {"softcap": 30.0} if case == "softcap" else {}
     module = torch.nn.Module()
     module.num_key_value_groups, module.is_causal = heads // kv, True
@@ -150,3 +156,33 @@ def test_steps_the_packed_decoding_cannot_take_go_to_transformers(case, monkeypa
     except ValueError as err:  # transformers' SDPA refuses a softcap
         assert "softcap" in str(err)
     assert calls == []
+
+
+def test_model_decode_kv_heads_picks_the_decoding_step_and_both_generate_alike(tiny_model, tokenizer, monkeypatch):
+    """model.decode_kv_heads: grouped (the default) decodes through _decoding_step, repeated through transformers' SDPA
+    (which repeats the heads before transformers 5.25); in float32 on the CPU the two give the same logits."""
+    from solopo.data.tokenize import left_padded
+    from solopo.models.loading import apply_options
+
+    packed = varlen._decoding_step
+    steps = []
+    monkeypatch.setattr(varlen, "_decoding_step", lambda *args: steps.append(1) or packed(*args))
+    ids, mask = left_padded(tokenizer, ["Where is the castle? It is in", "Q: " + "word " * 20 + "Where?"], "cpu")
+    logits = {}
+    for choice in ("repeated", "grouped"):
+        steps.clear()
+        apply_options(tiny_model, dataclasses.replace(settings()["TINY"], decode_kv_heads=choice))
+        with torch.no_grad():
+            out = tiny_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=3,
+                                      pad_token_id=tokenizer.pad_token_id, use_cache=True, output_logits=True,
+                                      return_dict_in_generate=True)
+        logits[choice] = torch.stack(out.logits)
+        assert len(steps) == (0 if choice == "repeated" else 2 * 2)  # 2 decoding steps x 2 layers
+    torch.testing.assert_close(logits["grouped"], logits["repeated"])
+
+
+def test_a_bad_decode_kv_heads_is_refused_in_one_line():
+    from solopo.settings.fields import SettingsError
+
+    with pytest.raises(SettingsError, match=r"^decode_kv_heads=copied: choose one of grouped, repeated$"):
+        dataclasses.replace(settings()["TINY"], decode_kv_heads="copied")

@@ -138,7 +138,8 @@ def plan_state(done: set[str]) -> str:
         main = [job for job in study_jobs() if job.main and job.regime == regime]
         seeds = [len({j.seed for j in main if (j.row, j.algo) == (job.row, job.algo) and j.name in done})
                  for job in main]
-        parts.append(f"regime {regime}: main rows at {min(seeds)}-{max(seeds)} of {len(MAIN_SEEDS)} seeds"
+        spread = f"{min(seeds)}-{max(seeds)}" if min(seeds) < max(seeds) else f"{max(seeds)}"
+        parts.append(f"regime {regime}: main rows at {spread} of {len(MAIN_SEEDS)} seeds"
                      if max(seeds) else f"regime {regime}: not started")
     return f"**Verdict from {len(planned & done)} of the {len(planned)} planned runs** ({state}; {'; '.join(parts)})."
 

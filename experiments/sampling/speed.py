@@ -13,8 +13,8 @@ under autocast (half_weights=false); static adds to budget, on a GPU, a static K
 decoding step (its compilation is inside the timed call: a study job pays it once per shape); static_eager is static
 without the compiled step (the model's generation_config.disable_compile), which still writes each step's keys in
 place where the dynamic cache concatenates the whole cache again; budget_repeat is budget with each decoding step's
-grouped key/value heads repeated to the query heads, as transformers before 5.25 does (solopo_varlen reads the cache
-as it is: solopo.step.varlen._decoding_step). Each timing is one call after a warm-up call on a
+grouped key/value heads repeated to the query heads (model.decode_kv_heads=repeated, as transformers before 5.25
+does; the shipped grouped step reads the cache as it is). Each timing is one call after a warm-up call on a
 few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s,
 W3 < 45 s.
 Writes speed.md and speed.json in --out, W1's answers in the json: the table says how many of each path's are the
@@ -122,19 +122,18 @@ def within(seconds: int, fn):
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_paths(model, tokenizer, work: dict, k: int, precision: str, names: list[str], limit_s: int,
-              save) -> list[dict]:
+def run_paths(model, spec: ModelSpec, tokenizer, work: dict, k: int, precision: str, names: list[str],
+              limit_s: int, save) -> list[dict]:
     rows: list[dict] = []
     for path in names:
         config = model.generation_config
         eager, config.disable_compile = config.disable_compile, path == "static_eager" or config.disable_compile
-        packs = varlen._packs_into_kv_heads
-        if path == "budget_repeat":  # every step to transformers' SDPA, which repeats the heads before 5.25
-            varlen._packs_into_kv_heads = lambda *args: False
+        varlen.set_decode_kv_heads(model, "repeated" if path == "budget_repeat" else spec.decode_kv_heads)
         try:
             time_path(model, tokenizer, work, path, path_settings(k, precision)[path], precision, limit_s, rows, save)
         finally:
-            config.disable_compile, varlen._packs_into_kv_heads = eager, packs
+            config.disable_compile = eager
+            varlen.set_decode_kv_heads(model, spec.decode_kv_heads)
     return rows
 
 
@@ -235,7 +234,7 @@ def main() -> None:
     if args.profile:
         profile_w1(model, tokenizer, work, precision, args.profile, args.out)
         return
-    run_paths(model, tokenizer, work, args.k, precision, args.paths.split(","), args.limit_s, save)
+    run_paths(model, spec, tokenizer, work, args.k, precision, args.paths.split(","), args.limit_s, save)
     print(args.out / "speed.md")
 
 

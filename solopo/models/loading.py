@@ -48,6 +48,9 @@ class ModelSpec:
     compile: regional torch.compile of the decoder layers' blocks, solopo.models.kernels.
     mlp_chunk_size: run each MLP and the final norm this many sequence positions at a time (None: whole), and
     offload_activations: keep what backward needs in pinned host memory; both solopo.models.memory.
+    decode_kv_heads: how a decoding step of solopo_varlen attends with grouped key/value heads: "grouped" (the KV
+        cache read as it is) or "repeated" (repeated to the query heads first, as transformers before 5.25 does), for
+        runs that must generate as earlier ones did; solopo.step.varlen.
     """
 
     name: str
@@ -64,6 +67,7 @@ class ModelSpec:
     compile: bool
     mlp_chunk_size: Optional[int]
     offload_activations: bool
+    decode_kv_heads: str
     extra: dict[str, Any]  # passed to from_pretrained as is
 
     def __post_init__(self) -> None:
@@ -74,6 +78,7 @@ class ModelSpec:
                + one_of("gradient_checkpointing", self.gradient_checkpointing, (False, True, "auto"))
                + flag("compile", self.compile) + flag("offload_activations", self.offload_activations)
                + number("mlp_chunk_size", self.mlp_chunk_size, 1, integer=True, optional=True)
+               + one_of("decode_kv_heads", self.decode_kv_heads, varlen.DECODE_KV_HEADS)
                + (kernels.liger_model_problems(model_type) if self.liger is True and model_type else []))
 
 
@@ -179,6 +184,7 @@ def apply_options(model: torch.nn.Module, spec: ModelSpec) -> None:
         memory.offload_activations(model)
     if spec.compile:
         kernels.compile_layers(model)
+    varlen.set_decode_kv_heads(model, spec.decode_kv_heads)
 
 
 def init_device(choice: str) -> torch.device:

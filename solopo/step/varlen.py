@@ -13,8 +13,8 @@ Shared-prompt rows (`packing=shared_prompt`) arrive with flex attention's BlockM
 Everything else (padded rows, generation with left padding and a KV cache) goes through transformers' own SDPA
 attention with its usual mask: the mask function returns None only inside `packed_forward()`, the context in which
 solopo.step.logps runs a packed row, so no O(T^2) mask is built for it. A decoding step with grouped key/value heads
-reads the KV cache as it is (_decoding_step) instead of repeating it to the query heads. Packed rows with
-sliding-window attention are refused.
+reads the KV cache as it is (_decoding_step) instead of repeating it to the query heads, unless the model is set to
+repeat them (model.decode_kv_heads=repeated). Packed rows with sliding-window attention are refused.
 """
 from __future__ import annotations
 
@@ -81,14 +81,29 @@ def _call_options(kernel) -> tuple[dict, bool]:
 
 
 _UNPACKABLE = ("softcap", "s_aux", "sinks", "position_bias")  # terms transformers' SDPA path adds or refuses itself
+DECODE_KV_HEADS = ("grouped", "repeated")  # model.decode_kv_heads
+_REPEATED = "solopo_repeats_kv_heads"  # set on an attention layer of a model with model.decode_kv_heads=repeated
 
 
-def _packs_into_kv_heads(query: Tensor, key: Tensor, mask: Optional[Tensor], dropout: float, kwargs: dict) -> bool:
+def set_decode_kv_heads(model: torch.nn.Module, choice: str) -> None:
+    """model.decode_kv_heads: "repeated" sends the model's decoding steps to transformers' SDPA attention, which
+    repeats grouped key/value heads before 5.25; "grouped" to _decoding_step. Greedy answers in bf16 differ between the
+    two in some cases (416 of 480 alike on 4K contexts, experiments/sampling/results/speed_decoding.md), so runs that
+    must generate as earlier ones did (a study's later jobs) keep the repeated step."""
+    if choice not in DECODE_KV_HEADS:
+        raise ValueError(f"model.decode_kv_heads={choice!r}: choose one of {', '.join(DECODE_KV_HEADS)}")
+    for module in model.modules():
+        if hasattr(module, "num_key_value_groups"):
+            setattr(module, _REPEATED, choice == "repeated")
+
+
+def _packs_into_kv_heads(module, query: Tensor, key: Tensor, mask: Optional[Tensor], dropout: float,
+                         kwargs: dict) -> bool:
     """Whether a step is a decoding step (one query a row) with grouped key/value heads and a padding mask shared by
-    all heads: the case _decoding_step computes without repeating the cache."""
+    all heads, in a model that does not repeat them: the case _decoding_step computes without repeating the cache."""
     groups = query.shape[1] // key.shape[1]
     return (query.shape[2] == 1 and groups > 1 and isinstance(mask, Tensor) and mask.dim() == 4
-            and mask.shape[1] == 1 and mask.shape[2] == 1 and not dropout
+            and mask.shape[1] == 1 and mask.shape[2] == 1 and not dropout and not getattr(module, _REPEATED, False)
             and all(kwargs.get(name) is None for name in _UNPACKABLE))
 
 
@@ -155,7 +170,7 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         mask = None if _is_unused(attention_mask) else attention_mask
-        if _packs_into_kv_heads(query, key, mask, dropout, kwargs):
+        if _packs_into_kv_heads(module, query, key, mask, dropout, kwargs):
             return _decoding_step(query, key, value, mask, scaling), None
         causal = mask is None and not dropout and query.shape[2] == key.shape[2]  # training's padded rows
         if causal and math_kernel_only(query.device.type, query.dtype, query.shape[1] // key.shape[1]):

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import platform
 import time
 from pathlib import Path
 from typing import Optional
@@ -284,6 +285,14 @@ def load_inputs(cfg: DictConfig, settings: Settings, splits):
     return tokenizer, examples, evaluation, load_models(cfg, settings, tokenizer)
 
 
+def device_name(device: torch.device) -> str:
+    """The accelerator by name (NVIDIA H200), or the CPU's architecture: two kinds of GPU can generate different
+    greedy answers from the same weights (their kernels round differently), so a study records where each run ran."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.machine() or device.type
+
+
 def run_record(cfg: DictConfig, trainer: pl.Trainer, metrics: dict, data_counts: dict, keys: dict, plain: bool,
                ckpt_path, faults: dict, eval_curve, timings: dict) -> dict:
     """What results.json holds for a run."""
@@ -297,6 +306,7 @@ def run_record(cfg: DictConfig, trainer: pl.Trainer, metrics: dict, data_counts:
                       "plain_po": plain},  # plain PO: SoLo-RA not applicable, absent from the metrics
         "steps": trainer.global_step,
         "device": str(trainer.strategy.root_device),
+        "device_name": device_name(trainer.strategy.root_device),
         "resumed_from": str(ckpt_path) if ckpt_path else None,  # the train/ means cover the steps since then
         "faults": faults,
         "eval_curve": eval_curve,
