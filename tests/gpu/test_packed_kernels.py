@@ -99,3 +99,22 @@ def test_fp32_weights_under_bf16_autocast_take_the_fast_kernels(tokenizer, pack)
     torch.testing.assert_close(lp_fast.float(), lp_pad.float(), rtol=2e-2, atol=5e-2)
     for a, b in zip(g_fast, g_pad):
         torch.testing.assert_close(a.float(), b.float(), rtol=0.2, atol=5e-2)
+
+
+def test_the_grouped_decoding_step_matches_the_repeated_one_in_bf16(tokenizer):
+    """model.decode_kv_heads on CUDA in bf16, where SDPA takes no grouped heads with a mask: the grouped step (the
+    cache read as it is) gives the repeated step's logits at every decoding step, within bf16 rounding."""
+    from solopo.data.tokenize import left_padded
+
+    model = load_model(replace(TINY, dtype="bfloat16"), tokenizer, seed=0).cuda().eval()
+    prompts = ["Where is the castle? It is in", "Q: " + "word " * 300 + "Where?", "A short one."]
+    ids, mask = left_padded(tokenizer, prompts, "cuda")
+    logits = {}
+    for choice in ("repeated", "grouped"):
+        varlen.set_decode_kv_heads(model, choice)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=6,
+                                 pad_token_id=tokenizer.pad_token_id, use_cache=True, output_logits=True,
+                                 return_dict_in_generate=True)
+        logits[choice] = torch.stack(out.logits).float()
+    torch.testing.assert_close(logits["grouped"], logits["repeated"], rtol=2e-2, atol=2e-2)
