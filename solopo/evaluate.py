@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from solopo.preflight import preflight, refuse_bad_values
-from solopo.training.results import redact, write_results
+from solopo.training.results import redact, where_it_ran, write_results
 
 log = logging.getLogger("solopo")
 
@@ -28,6 +28,8 @@ log = logging.getLogger("solopo")
 def evaluate(cfg: DictConfig) -> None:
     """The evaluation the eval group describes (solopo.eval.runner.make_evaluation, as a training run builds it), on
     one model: its table printed, in results.json and, for held-out questions, plotted."""
+    import torch
+
     from solopo.eval.runner import make_evaluation
     from solopo.models.loading import load_tokenizer
     from solopo.settings.build import ConfigError, build_settings, load_source, refuse_missing_model, vllm_args
@@ -42,9 +44,11 @@ def evaluate(cfg: DictConfig) -> None:
                                      cfg.eval.n_items, engine_args=vllm_args(cfg))
     except ValueError as err:  # DataFileError among them
         raise ConfigError(str(err)) from None
-    tables = {"model": evaluation(loaded_model(settings, tokenizer, cfg.seed), "model")}
+    model = loaded_model(settings, tokenizer, cfg.seed)
+    tables = {"model": evaluation(model, "model")}
     outputs = evaluation.outputs(tables, run_dir)
-    write_results(run_dir, {"config": redact(OmegaConf.to_container(cfg, resolve=True)),
+    device = model.device if settings.eval.engine == "transformers" else torch.device("cuda")  # vLLM's own copy
+    write_results(run_dir, {"config": redact(OmegaConf.to_container(cfg, resolve=True)), **where_it_ran(device),
                             evaluation.results_key: tables, "plots": outputs["plots"]})
     print(outputs["markdown"])
     print(f"results: {run_dir / 'results.json'}")

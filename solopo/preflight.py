@@ -111,18 +111,25 @@ def group_options(folders: Sequence[Path]) -> list[str]:
     return sorted({f.with_suffix("").as_posix() for f in found if PARTS not in f.parts[:-1]})
 
 
-def config_groups(argv: Sequence[str]) -> str:
-    """The config groups and their options, one line a group (``algo: cdpo, dpo, ...``), for --help: options in
-    subfolders listed under their group as they are typed (experiment: ..., decisive/a), Hydra's own groups
-    (hydra/...) and PARTS folders left out."""
-    dirs = config_dirs(argv) or [CONF]
-    groups = sorted({d.name for root in dirs if root.is_dir() for d in root.iterdir() if d.is_dir()} - {"hydra"})
-    lines = []
-    for group in groups:
-        options = group_options([root / group for root in dirs if (root / group).is_dir()])
-        if options:
-            lines.append(f"{group}: {', '.join(options)}")
-    return "\n".join(lines)
+def config_groups() -> str:
+    """The config groups and their options, one line a group (``algo: cdpo, dpo, ...``), for --help, from the config
+    search path Hydra has loaded (the package's, --config-dir, --config-path, hydra.searchpath): options in subfolders
+    listed under their group as they are typed (experiment: ..., decisive/a), Hydra's own groups (hydra/...) and PARTS
+    folders left out."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+
+    def options(group: str, below: str = "") -> list[str]:
+        folder = f"{group}/{below}".rstrip("/")
+        found = [below + option for option in loader.get_group_options(folder)]
+        for sub in loader.list_groups(folder):
+            found += options(group, f"{below}{sub}/") if sub != PARTS else []
+        return found
+
+    lines = [f"{group}: {', '.join(sorted(options(group)))}" for group in sorted(loader.list_groups(""))
+             if group != "hydra"]
+    return "\n".join(line for line in lines if not line.endswith(": "))
 
 
 def folder_refusal(error: Exception, argv: Sequence[str]) -> Optional[str]:
@@ -311,7 +318,7 @@ OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 # conf/config.yaml and conf/build.yaml: hydra.help.app_name, the command's name in its --help
 OmegaConf.register_new_resolver("program_name", lambda: program_name(), replace=True)
 # conf/config.yaml: hydra.help.template, the groups --help lists (config_groups)
-OmegaConf.register_new_resolver("config_groups", lambda: config_groups(sys.argv[1:]), replace=True)
+OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)
 
 
 def stop(message: str) -> NoReturn:

@@ -24,6 +24,7 @@ class Where:
     path: str
     place: str
     parent: str = ""
+    null: str = "is null"  # how a null value reads in this file: "empty" for a CSV's empty cell (a CSV has no null)
 
     def label(self, name: str) -> str:
         return f"{self.parent}.{name}" if self.parent else name
@@ -105,14 +106,9 @@ def field(record: dict, name: str, kind: type, where: Where, default: Any = REQU
     value = record.get(name)
     if value is None:
         if default is REQUIRED:
-            raise where.error(_null_word(where) if name in record else "required but missing", where.label(name))
+            raise where.error(where.null if name in record else "required but missing", where.label(name))
         return default
     return check(value, kind, where.label(name), where)
-
-
-def _null_word(where: Where) -> str:
-    """A null value as its file shows it: a CSV has no null, and reads an empty cell as one."""
-    return "empty" if str(where.path).lower().endswith(".csv") else "is null"
 
 
 def required(record: dict, name: str, where: Where) -> Any:

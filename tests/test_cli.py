@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -306,3 +307,9 @@ def test_help_lists_each_group_with_its_options_as_typed(tmp_path):
     assert "common" not in " ".join(lines.get("data", ["missing"])) and "data/common" not in lines
     assert {"decisive/a", "mine/long", "smoke"} <= set(lines["experiment"]) and "experiment/decisive" not in lines
     assert lines["algo"] == ["cdpo", "dpo", "ipo", "orpo", "simpo"]
+    shutil.copytree(ROOT / "solopo" / "conf", tmp_path / "conf")  # a primary config folder of the user's own
+    (tmp_path / "conf" / "zzz").mkdir()
+    (tmp_path / "conf" / "zzz" / "z1.yaml").write_text("seed: 7\n")
+    done = python(f"import sys; sys.argv = ['solopo-train', '--config-path', '{tmp_path / 'conf'}', '--help']\n"
+                  "import solopo.run\nsolopo.run.main()", cwd=tmp_path)
+    assert done.returncode == 0 and "\nzzz: z1\n" in done.stdout, done.stderr[-2000:]

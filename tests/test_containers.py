@@ -343,10 +343,15 @@ def test_smoke_run_truncates_overlong_contexts_and_reports_the_count(tmp_path):
 
 
 def test_an_empty_csv_cell_is_called_empty(tmp_path):
-    """A CSV has no null: its empty cell, which `datasets` reads as None, was reported as "is null"."""
+    """A CSV has no null: its empty cell, which `datasets` reads as None, was reported as "is null", in a CSV file
+    and in a folder of CSV files alike."""
     rows = records("trl_standard")
     rows[2] = {**rows[2], "rejected": None}
     path = write("csv", rows, tmp_path)
     assert ",\n" in path.read_text() or ",\r\n" in path.read_text()  # the cell is empty in the file
     with pytest.raises(DataFileError, match=r"data.csv row 2: field 'rejected': empty$"):
         pairs.load(str(path))
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    path.rename(tmp_path / "repo" / "data" / "train.csv")
+    with pytest.raises(DataFileError, match=r"repo row 2: field 'rejected': empty$"):
+        pairs.load(str(tmp_path / "repo"))

@@ -164,8 +164,11 @@ def test_evaluate_runs_longbench_end_to_end(tmp_path):
     done = call("solopo.evaluate", ["eval=longbench", f"eval.benchmark.path={folder}", "eval.benchmark.n_items=1",
                                     "model=tiny", f"hydra.run.dir={tmp_path / 'run'}"])
     assert "| model | narrativeqa | qasper | multifieldqa_en | hotpotqa | 2wikimqa | musique | avg |" in done.stdout
-    table = json.loads((tmp_path / "run" / "results.json").read_text())["benchmark"]["model"]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    table = results["benchmark"]["model"]
     assert set(table["subsets"]) == set(LONGBENCH_QA) and all(r["n"] == 1 for r in table["subsets"].values())
+    # where the answers were generated, as a training run records it
+    assert results["device"] == "cpu" and results["device_name"] and set(results["libraries"]) == {"torch", "transformers"}
     missing = call("solopo.evaluate", ["eval=longbench", f"eval.benchmark.path={tmp_path / 'nowhere'}",
                                        f"hydra.run.dir={tmp_path / 'run2'}"], expect=2)
     assert "Traceback" not in missing.stderr

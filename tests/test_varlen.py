@@ -109,7 +109,7 @@ def test_fp32_cuda_grouped_heads_are_repeated_so_sdpa_avoids_its_math_kernel(mon
 
 
 def _repeated(query, key, value, mask, scale):
-    """The decoding step as transformers computes it before 5.25: keys and values repeated to the query heads."""
+    """The decoding step as transformers computes it before 5.24: keys and values repeated to the query heads."""
     groups = query.shape[1] // key.shape[1]
     key, value = (t.repeat_interleave(groups, dim=1) for t in (key, value))
     out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
@@ -119,7 +119,7 @@ def _repeated(query, key, value, mask, scale):
 @pytest.mark.parametrize("kind", ["bool", "additive"])
 def test_a_decoding_step_reads_grouped_heads_without_repeating_them(kind, monkeypatch):
     """One query a row, 3 query heads per key/value head, rows left-padded to different lengths: the packed step gives
-    the repeated step's output for every row and head, with a boolean or an additive mask (transformers before 5.25
+    the repeated step's output for every row and head, with a boolean or an additive mask (transformers before 5.24
     repeated the cache for every step: 40% of a 4K-context decoding step's GPU time)."""
     packed = varlen._decoding_step
     steps = []
@@ -159,25 +159,31 @@ def test_steps_the_packed_decoding_cannot_take_go_to_transformers(case, monkeypa
 
 
 def test_model_decode_kv_heads_picks_the_decoding_step_and_both_generate_alike(tiny_model, tokenizer, monkeypatch):
-    """model.decode_kv_heads: grouped (the default) decodes through _decoding_step, repeated through transformers' SDPA
-    (which repeats the heads before transformers 5.25); in float32 on the CPU the two give the same logits."""
+    """model.decode_kv_heads: grouped (the default) attends with the cache's 2 key/value heads, 2 queries each;
+    repeated with the cache repeated to the 4 query heads, whatever transformers is installed (from 5.24 its own SDPA
+    path groups the heads too). In float32 on the CPU the two give the same logits."""
     from solopo.data.tokenize import left_padded
     from solopo.models.loading import apply_options
 
-    packed = varlen._decoding_step
-    steps = []
-    monkeypatch.setattr(varlen, "_decoding_step", lambda *args: steps.append(1) or packed(*args))
+    sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
+
+    def spy(query, key, value, *args, **kwargs):
+        if query.shape[2] < key.shape[2]:  # a decoding step (the prefill's queries are as many as its keys)
+            calls.append((query.shape[1], query.shape[2], key.shape[1]))
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     ids, mask = left_padded(tokenizer, ["Where is the castle? It is in", "Q: " + "word " * 20 + "Where?"], "cpu")
     logits = {}
-    for choice in ("repeated", "grouped"):
-        steps.clear()
+    for choice, heads in (("repeated", (4, 1, 4)), ("grouped", (2, 2, 2))):
+        calls.clear()
         apply_options(tiny_model, dataclasses.replace(settings()["TINY"], decode_kv_heads=choice))
         with torch.no_grad():
             out = tiny_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=3,
                                       pad_token_id=tokenizer.pad_token_id, use_cache=True, output_logits=True,
                                       return_dict_in_generate=True)
         logits[choice] = torch.stack(out.logits)
-        assert len(steps) == (0 if choice == "repeated" else 2 * 2)  # 2 decoding steps x 2 layers
+        assert calls == [heads] * (2 * 2), choice  # 2 decoding steps x 2 layers: (query heads, queries, key heads)
     torch.testing.assert_close(logits["grouped"], logits["repeated"])
 
 
@@ -186,3 +192,14 @@ def test_a_bad_decode_kv_heads_is_refused_in_one_line():
 
     with pytest.raises(SettingsError, match=r"^decode_kv_heads=copied: choose one of grouped, repeated$"):
         dataclasses.replace(settings()["TINY"], decode_kv_heads="copied")
+
+
+def test_generation_caches_tell_the_decoding_steps_apart():
+    """Cached evaluation tables and sampled pairs of one decoding step are not reused by a run set to the other (they
+    answer differently at near ties in bf16); the reference log-probs, which decode nothing, share their cache."""
+    from solopo.training.pipeline import generation_identity, model_identity
+
+    repeated, grouped = (dataclasses.replace(settings()["TINY"], decode_kv_heads=c) for c in ("repeated", "grouped"))
+    assert generation_identity(grouped, 0) != generation_identity(repeated, 0)
+    assert generation_identity(repeated, 0) == model_identity(repeated, 0)  # entries cached before the setting
+    assert model_identity(grouped, 0) == model_identity(repeated, 0)

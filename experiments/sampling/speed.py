@@ -13,7 +13,7 @@ under autocast (half_weights=false); static adds to budget, on a GPU, a static K
 decoding step (its compilation is inside the timed call: a study job pays it once per shape); static_eager is static
 without the compiled step (the model's generation_config.disable_compile), which still writes each step's keys in
 place where the dynamic cache concatenates the whole cache again; budget_repeat is budget with each decoding step's
-grouped key/value heads repeated to the query heads (model.decode_kv_heads=repeated, as transformers before 5.25
+grouped key/value heads repeated to the query heads (model.decode_kv_heads=repeated, as transformers before 5.24
 does; the shipped grouped step reads the cache as it is). Each timing is one call after a warm-up call on a
 few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s,
 W3 < 45 s.

@@ -49,7 +49,7 @@ class ModelSpec:
     mlp_chunk_size: run each MLP and the final norm this many sequence positions at a time (None: whole), and
     offload_activations: keep what backward needs in pinned host memory; both solopo.models.memory.
     decode_kv_heads: how a decoding step of solopo_varlen attends with grouped key/value heads: "grouped" (the KV
-        cache read as it is) or "repeated" (repeated to the query heads first, as transformers before 5.25 does), for
+        cache read as it is) or "repeated" (repeated to the query heads first, as transformers before 5.24 does), for
         runs that must generate as earlier ones did; solopo.step.varlen.
     """
 

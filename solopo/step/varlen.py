@@ -14,7 +14,8 @@ Everything else (padded rows, generation with left padding and a KV cache) goes 
 attention with its usual mask: the mask function returns None only inside `packed_forward()`, the context in which
 solopo.step.logps runs a packed row, so no O(T^2) mask is built for it. A decoding step with grouped key/value heads
 reads the KV cache as it is (_decoding_step) instead of repeating it to the query heads, unless the model is set to
-repeat them (model.decode_kv_heads=repeated). Packed rows with sliding-window attention are refused.
+repeat them (model.decode_kv_heads=repeated, as transformers before 5.24 does). Packed rows with sliding-window
+attention are refused.
 """
 from __future__ import annotations
 
@@ -86,10 +87,10 @@ _REPEATED = "solopo_repeats_kv_heads"  # set on an attention layer of a model wi
 
 
 def set_decode_kv_heads(model: torch.nn.Module, choice: str) -> None:
-    """model.decode_kv_heads: "repeated" sends the model's decoding steps to transformers' SDPA attention, which
-    repeats grouped key/value heads before 5.25; "grouped" to _decoding_step. Greedy answers in bf16 differ between the
-    two in some cases (416 of 480 alike on 4K contexts, experiments/sampling/results/speed_decoding.md), so runs that
-    must generate as earlier ones did (a study's later jobs) keep the repeated step."""
+    """model.decode_kv_heads for the model's decoding steps with grouped key/value heads: "grouped" (_decoding_step)
+    or "repeated" (_repeated_decoding_step). Greedy answers in bf16 differ between the two in some cases (416 of 480
+    alike on 4K contexts, experiments/sampling/results/speed_decoding.md), so runs that must generate as earlier ones
+    did (a study's later jobs) keep the repeated step."""
     if choice not in DECODE_KV_HEADS:
         raise ValueError(f"model.decode_kv_heads={choice!r}: choose one of {', '.join(DECODE_KV_HEADS)}")
     for module in model.modules():
@@ -97,13 +98,12 @@ def set_decode_kv_heads(model: torch.nn.Module, choice: str) -> None:
             setattr(module, _REPEATED, choice == "repeated")
 
 
-def _packs_into_kv_heads(module, query: Tensor, key: Tensor, mask: Optional[Tensor], dropout: float,
-                         kwargs: dict) -> bool:
+def _grouped_decoding(query: Tensor, key: Tensor, mask: Optional[Tensor], dropout: float, kwargs: dict) -> bool:
     """Whether a step is a decoding step (one query a row) with grouped key/value heads and a padding mask shared by
-    all heads, in a model that does not repeat them: the case _decoding_step computes without repeating the cache."""
+    all heads: the step model.decode_kv_heads decides."""
     groups = query.shape[1] // key.shape[1]
     return (query.shape[2] == 1 and groups > 1 and isinstance(mask, Tensor) and mask.dim() == 4
-            and mask.shape[1] == 1 and mask.shape[2] == 1 and not dropout and not getattr(module, _REPEATED, False)
+            and mask.shape[1] == 1 and mask.shape[2] == 1 and not dropout
             and all(kwargs.get(name) is None for name in _UNPACKABLE))
 
 
@@ -117,6 +117,17 @@ def _decoding_step(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scal
     packed = query.reshape(batch, key.shape[1], heads // key.shape[1], dim)
     out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2)
+
+
+def _repeated_decoding_step(query: Tensor, key: Tensor, value: Tensor, mask: Tensor,
+                            scaling: Optional[float]) -> Tensor:
+    """The same step with the keys and values repeated to the query heads first, as transformers' SDPA attention
+    computes it before 5.24 (the same kernel call on the same tensors, whatever transformers is installed):
+    (B, H, 1, D) -> (B, 1, H, D)."""
+    groups = query.shape[1] // key.shape[1]
+    out = F.scaled_dot_product_attention(query, repeat_kv(key, groups, 1), repeat_kv(value, groups, 1),
+                                         attn_mask=mask, scale=scaling)
+    return out.transpose(1, 2)
 
 
 def _varlen_kernel(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_length: int,
@@ -170,8 +181,9 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         mask = None if _is_unused(attention_mask) else attention_mask
-        if _packs_into_kv_heads(module, query, key, mask, dropout, kwargs):
-            return _decoding_step(query, key, value, mask, scaling), None
+        if _grouped_decoding(query, key, mask, dropout, kwargs):
+            step = _repeated_decoding_step if getattr(module, _REPEATED, False) else _decoding_step
+            return step(query, key, value, mask, scaling), None
         causal = mask is None and not dropout and query.shape[2] == key.shape[2]  # training's padded rows
         if causal and math_kernel_only(query.device.type, query.dtype, query.shape[1] // key.shape[1]):
             return _causal_rows(query, key, value, scaling), None

@@ -11,14 +11,12 @@ import contextlib
 import functools
 import json
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-import transformers
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -50,7 +48,7 @@ from solopo.training.eval_callback import eval_during_training
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
 from solopo.training.precision import autocast_dtype, weights_dtype
 from solopo.training.reference import SplitReference, with_reference_logps
-from solopo.training.results import RunFailed, final_metrics, redact
+from solopo.training.results import RunFailed, final_metrics, redact, where_it_ran
 from solopo.training.lightning_run import finish_run, fit, strategy_of
 from solopo.training.resume import ResumableLoader, resolve_ckpt_path
 
@@ -62,6 +60,14 @@ def model_identity(spec: ModelSpec, seed: int) -> str:
     drawn_on = init_device(spec.init_device).type if spec.random_init else "cpu"  # a GPU draws other numbers
     return json.dumps([spec.name, spec.random_init, seed if spec.random_init else None, spec.dtype]
                       + ([drawn_on] if drawn_on != "cpu" else []))
+
+
+def generation_identity(spec: ModelSpec, seed: int) -> str:
+    """model_identity for what the model generates (evaluation tables, sampled pairs), which also depends on how a
+    decoding step attends (model.decode_kv_heads: the two answer differently at near ties in bf16). "repeated" keeps
+    the identity of the entries cached before the setting existed, decoded so by transformers before 5.24."""
+    identity = model_identity(spec, seed)
+    return identity if spec.decode_kv_heads == "repeated" else json.dumps([identity, spec.decode_kv_heads])
 
 
 def compute_device(cfg: DictConfig) -> torch.device:
@@ -78,7 +84,7 @@ def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> R
     try:
         return runner.make_evaluation(tokenizer, settings.eval, spec.max_length, settings.benchmark, splits,
                                       cfg.eval.n_items, DiskCache.under_root("eval", cfg.cache.verify),
-                                      model_identity(spec, cfg.seed), vllm_args(cfg))
+                                      generation_identity(spec, cfg.seed), vllm_args(cfg))
     except DataFileError as err:
         raise ConfigError(str(err)) from None
     except ValueError as err:
@@ -122,8 +128,9 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[st
             policy.to(compute_device(cfg))
             with sampling_weights(sampling.engine, spec, policy, tokenizer) as path:
                 examples, counts[split]["sampling"] = sample_pairs(
-                    examples, policy, tokenizer, sampling, settings.method.pairs_from, model_identity(spec, cfg.seed),
-                    cache=DiskCache.under_root("pairs", cfg.cache.verify), model_path=path)
+                    examples, policy, tokenizer, sampling, settings.method.pairs_from,
+                    generation_identity(spec, cfg.seed), cache=DiskCache.under_root("pairs", cfg.cache.verify),
+                    model_path=path)
         pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong, cfg.data.truncate)
         if not pairs[split] and split == "train":
             raise RunFailed("no pairs", why_no_pairs(split, counts[split], skipped))
@@ -285,28 +292,18 @@ def load_inputs(cfg: DictConfig, settings: Settings, splits):
     return tokenizer, examples, evaluation, load_models(cfg, settings, tokenizer)
 
 
-def device_name(device: torch.device) -> str:
-    """The accelerator by name (NVIDIA H200), or the CPU's architecture: two kinds of GPU can generate different
-    greedy answers from the same weights (their kernels round differently), so a study records where each run ran."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.machine() or device.type
-
-
 def run_record(cfg: DictConfig, trainer: pl.Trainer, metrics: dict, data_counts: dict, keys: dict, plain: bool,
                ckpt_path, faults: dict, eval_curve, timings: dict) -> dict:
     """What results.json holds for a run."""
     return {
         "solopo_version": solopo.__version__,
-        "libraries": {"torch": torch.__version__, "transformers": transformers.__version__},  # generation's kernels
+        **where_it_ran(trainer.strategy.root_device),  # libraries, device, device_name: generation's kernels
         "config": redact(OmegaConf.to_container(cfg, resolve=True)),
         "metrics": metrics,
         "data": data_counts,
         "sequences": {**{split: ["/".join(key) for key in split_keys] for split, split_keys in keys.items()},
                       "plain_po": plain},  # plain PO: SoLo-RA not applicable, absent from the metrics
         "steps": trainer.global_step,
-        "device": str(trainer.strategy.root_device),
-        "device_name": device_name(trainer.strategy.root_device),
         "resumed_from": str(ckpt_path) if ckpt_path else None,  # the train/ means cover the steps since then
         "faults": faults,
         "eval_curve": eval_curve,

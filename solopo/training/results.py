@@ -24,6 +24,20 @@ class RunFailed(Exception):
         self.reason = reason
 
 
+def where_it_ran(device) -> dict:
+    """What a run's generated answers and timings depend on besides its config: the libraries whose kernels compute
+    them, the device, and the accelerator by name (NVIDIA H200), or the CPU's architecture: two kinds of GPU can
+    generate different greedy answers from the same weights (their kernels round differently)."""
+    import platform
+
+    import torch
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine() or device.type
+    return {"libraries": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "device": str(device), "device_name": name}
+
+
 def redact(value: Any) -> Any:
     """The config with every value under a secret-looking key replaced, so results never leak keys."""
     if isinstance(value, Mapping):

@@ -99,8 +99,9 @@ def _rows(path: str, dataset) -> Iterator[tuple[Where, dict]]:
     """Rows of an Arrow-backed dataset, read one at a time from the memory map."""
     if len(dataset) == 0:
         raise DataFileError(f"{path}: no records")
+    null = "empty" if getattr(dataset.info, "builder_name", None) == "csv" else "is null"  # a CSV file or folder's
     for index, row in enumerate(dataset):
-        yield Where(path, f"row {index}"), row
+        yield Where(path, f"row {index}", null=null), row
 
 
 def _datasets():
