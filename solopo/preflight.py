@@ -113,7 +113,8 @@ def group_options(folders: Sequence[Path]) -> list[str]:
 
 def config_groups() -> str:
     """The config groups and their options, one line a group (``algo: cdpo, dpo, ...``), for --help, from the config
-    search path Hydra has loaded (the package's, --config-dir, --config-path, hydra.searchpath): options in subfolders
+    search path Hydra has loaded (the package's, --config-dir, --config-path; as in Hydra's own listing, not a
+    hydra.searchpath override, which Hydra applies only as it composes): options in subfolders
     listed under their group as they are typed (experiment: ..., decisive/a), Hydra's own groups (hydra/...) and PARTS
     folders left out."""
     from hydra.core.global_hydra import GlobalHydra

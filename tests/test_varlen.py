@@ -201,5 +201,6 @@ def test_generation_caches_tell_the_decoding_steps_apart():
 
     repeated, grouped = (dataclasses.replace(settings()["TINY"], decode_kv_heads=c) for c in ("repeated", "grouped"))
     assert generation_identity(grouped, 0) != generation_identity(repeated, 0)
-    assert generation_identity(repeated, 0) == model_identity(repeated, 0)  # entries cached before the setting
+    # entries cached before the setting existed were decoded either way (transformers 5.24 grouped the heads itself)
+    assert model_identity(repeated, 0) not in (generation_identity(repeated, 0), generation_identity(grouped, 0))
     assert model_identity(grouped, 0) == model_identity(repeated, 0)

@@ -122,8 +122,9 @@ def generation_weights(model, static: bool, half: bool, precision: str):
     Attention: transformers compiles the static path's decoding step whole, and solopo's own kernels (packed rows,
     shared prompts) failed to trace there (torch 2.11, experiments/sampling/results/speed.md); generation runs
     neither packed rows nor shared prompts, so the static path uses transformers' SDPA attention, which those
-    kernels call for a left-padded prefill anyway (its decoding steps repeat grouped key/value heads before
-    transformers 5.24, where solopo_varlen's read the cache as it is). The dynamic path keeps the model's attention."""
+    kernels call for a left-padded prefill anyway (its compiled decoding steps repeat grouped key/value heads, where
+    solopo_varlen's read the cache as it is, whatever model.decode_kv_heads says). The dynamic path keeps the model's
+    attention."""
     from solopo.training.distributed import is_sharded  # here: that module brings Lightning, 4 s to import
 
     copies = (static or half) and not is_sharded(model)

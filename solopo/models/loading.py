@@ -50,7 +50,8 @@ class ModelSpec:
     offload_activations: keep what backward needs in pinned host memory; both solopo.models.memory.
     decode_kv_heads: how a decoding step of solopo_varlen attends with grouped key/value heads: "grouped" (the KV
         cache read as it is) or "repeated" (repeated to the query heads first, as transformers before 5.24 does), for
-        runs that must generate as earlier ones did; solopo.step.varlen.
+        runs that must generate as earlier ones did; solopo.step.varlen. Steps with position biases, soft caps or
+        attention sinks, and the static cache's compiled steps, take transformers' own attention either way.
     """
 
     name: str

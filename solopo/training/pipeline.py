@@ -64,10 +64,9 @@ def model_identity(spec: ModelSpec, seed: int) -> str:
 
 def generation_identity(spec: ModelSpec, seed: int) -> str:
     """model_identity for what the model generates (evaluation tables, sampled pairs), which also depends on how a
-    decoding step attends (model.decode_kv_heads: the two answer differently at near ties in bf16). "repeated" keeps
-    the identity of the entries cached before the setting existed, decoded so by transformers before 5.24."""
-    identity = model_identity(spec, seed)
-    return identity if spec.decode_kv_heads == "repeated" else json.dumps([identity, spec.decode_kv_heads])
+    decoding step attends (model.decode_kv_heads: the two answer differently at near ties in bf16). Entries cached
+    before the setting existed are not reused by either: which step made them depended on the transformers installed."""
+    return json.dumps([model_identity(spec, seed), spec.decode_kv_heads])
 
 
 def compute_device(cfg: DictConfig) -> torch.device:
