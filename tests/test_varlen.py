@@ -100,9 +100,9 @@ def test_fp32_cuda_grouped_heads_are_repeated_so_sdpa_avoids_its_math_kernel(mon
     q, k, v = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
     module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
     plain, _ = varlen_attention(module, q, k, v, unused_mask("cpu"), scaling=0.3)  # transformers' SDPA path
-    calls, own = [], varlen._causal_rows
+    calls, own = [], varlen._repeated_heads
     monkeypatch.setattr(varlen, "math_kernel_only", lambda *args: calls.append(args) or True)  # as on CUDA in fp32
-    monkeypatch.setattr(varlen, "_causal_rows", lambda *args: calls.append("repeated") or own(*args))
+    monkeypatch.setattr(varlen, "_repeated_heads", lambda *args: calls.append("repeated") or own(*args))
     repeated, _ = varlen_attention(module, q, k, v, unused_mask("cpu"), scaling=0.3)
     assert calls == [("cpu", torch.float32, 3), "repeated"]
     torch.testing.assert_close(repeated, plain)

@@ -99,7 +99,7 @@ def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSetti
             "budget": (greedy_budget, budget),
             "budget_fp32": ({**greedy_budget, "half_weights": False}, dataclasses.replace(budget, half_weights=False)),
             "static": static, "static_eager": static,  # run_paths turns transformers' compilation off for static_eager
-            "budget_repeat": (greedy_budget, budget)}  # and the packed decoding step off for budget_repeat
+            "budget_repeat": (greedy_budget, budget)}  # and model.decode_kv_heads=repeated for budget_repeat
 
 
 class OverTime(Exception):

@@ -64,11 +64,14 @@ def packed_forward() -> ContextManager:
     return _mask.off()
 
 
-def _causal_rows(query: Tensor, key: Tensor, value: Tensor, scaling: Optional[float]) -> Tensor:
-    """(B, H, L, D) queries, (B, H_kv, L, D) keys/values -> (B, L, H, D), causal within each row."""
+def _repeated_heads(query: Tensor, key: Tensor, value: Tensor, scaling: Optional[float],
+                    mask: Optional[Tensor] = None) -> Tensor:
+    """(B, H, L, D) queries, (B, H_kv, S, D) keys/values repeated to the query heads -> (B, L, H, D): causal within
+    each row without a mask, under ``mask`` with one (a decoding step's padding, as transformers' SDPA attention
+    computes it before 5.24: the same kernel call on the same tensors, whatever transformers is installed)."""
     groups = query.shape[1] // key.shape[1]
     out = F.scaled_dot_product_attention(query, repeat_kv(key, groups, 1), repeat_kv(value, groups, 1),
-                                         is_causal=True, scale=scaling)
+                                         attn_mask=mask, is_causal=mask is None, scale=scaling)
     return out.transpose(1, 2)
 
 
@@ -88,7 +91,7 @@ _REPEATED = "solopo_repeats_kv_heads"  # set on an attention layer of a model wi
 
 def set_decode_kv_heads(model: torch.nn.Module, choice: str) -> None:
     """model.decode_kv_heads for the model's decoding steps with grouped key/value heads: "grouped" (_decoding_step)
-    or "repeated" (_repeated_decoding_step). Greedy answers in bf16 differ between the two in some cases (416 of 480
+    or "repeated" (_repeated_heads). Greedy answers in bf16 differ between the two in some cases (416 of 480
     alike on 4K contexts, experiments/sampling/results/speed_decoding.md), so runs that must generate as earlier ones
     did (a study's later jobs) keep the repeated step."""
     if choice not in DECODE_KV_HEADS:
@@ -119,17 +122,6 @@ def _decoding_step(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scal
     return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2)
 
 
-def _repeated_decoding_step(query: Tensor, key: Tensor, value: Tensor, mask: Tensor,
-                            scaling: Optional[float]) -> Tensor:
-    """The same step with the keys and values repeated to the query heads first, as transformers' SDPA attention
-    computes it before 5.24 (the same kernel call on the same tensors, whatever transformers is installed):
-    (B, H, 1, D) -> (B, 1, H, D)."""
-    groups = query.shape[1] // key.shape[1]
-    out = F.scaled_dot_product_attention(query, repeat_kv(key, groups, 1), repeat_kv(value, groups, 1),
-                                         attn_mask=mask, scale=scaling)
-    return out.transpose(1, 2)
-
-
 def _varlen_kernel(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_length: int,
                    scaling: Optional[float]) -> Tensor:
     """(T, H, D) packed queries -> (T, H, D) through torch's varlen flash kernel, causal within each sequence."""
@@ -150,7 +142,7 @@ def _sequence_by_sequence(query: Tensor, key: Tensor, value: Tensor, cu: Tensor,
     pieces = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         q, k, v = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # (1, H, n, D)
-        pieces.append(_causal_rows(q, k, v, scaling)[0])  # (n, H, D)
+        pieces.append(_repeated_heads(q, k, v, scaling)[0])  # (n, H, D)
     return torch.cat(pieces)
 
 
@@ -182,11 +174,12 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
 
         mask = None if _is_unused(attention_mask) else attention_mask
         if _grouped_decoding(query, key, mask, dropout, kwargs):
-            step = _repeated_decoding_step if getattr(module, _REPEATED, False) else _decoding_step
-            return step(query, key, value, mask, scaling), None
+            if getattr(module, _REPEATED, False):
+                return _repeated_heads(query, key, value, scaling, mask), None
+            return _decoding_step(query, key, value, mask, scaling), None
         causal = mask is None and not dropout and query.shape[2] == key.shape[2]  # training's padded rows
         if causal and math_kernel_only(query.device.type, query.dtype, query.shape[1] // key.shape[1]):
-            return _causal_rows(query, key, value, scaling), None
+            return _repeated_heads(query, key, value, scaling), None
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
     if kwargs.get("sliding_window"):
         raise ValueError(f"attn_implementation={NAME} does not do sliding-window attention; use sdpa or flex_attention")
