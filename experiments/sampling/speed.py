@@ -14,7 +14,8 @@ decoding step (its compilation is inside the timed call: a study job pays it onc
 without the compiled step (the model's generation_config.disable_compile), which still writes each step's keys in
 place where the dynamic cache concatenates the whole cache again; budget_repeat is budget with each decoding step's
 grouped key/value heads repeated to the query heads (model.decode_kv_heads=repeated, as transformers before 5.24
-does; the shipped grouped step reads the cache as it is). Each timing is one call after a warm-up call on a
+does; the shipped grouped step reads the cache as it is); budget_x2 is budget under twice the token budgets (half as many
+decoding steps' host work per answer, twice the KV cache). Each timing is one call after a warm-up call on a
 few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s,
 W3 < 45 s.
 Writes speed.md and speed.json in --out, W1's answers in the json: the table says how many of each path's are the
@@ -87,8 +88,8 @@ def timed(fn) -> float:
 def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSettings]]:
     """Each path's greedy_answers arguments and sampling settings: old (fixed rows, dynamic cache, fp32 weights),
     budget (length-sorted batches under a token budget, dynamic cache, half-precision weights), budget_fp32 (budget on
-    the fp32 weights), static (budget with a static cache and compiled decoding) and static_eager (static, not
-    compiled)."""
+    the fp32 weights), static (budget with a static cache and compiled decoding), static_eager (static, not
+    compiled), budget_repeat (decoding with the key/value heads repeated) and budget_x2 (twice the token budgets)."""
     sampling = SamplingSettings(k=k, temperature=0.85, max_new_tokens=32, batch_size=OLD["sequences_per_batch"],
                                 batch_tokens=None, static_cache=False, half_weights=False, seed=0,
                                 engine="transformers", scorer=SubEM(), precision=precision)
@@ -99,7 +100,9 @@ def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSetti
             "budget": (greedy_budget, budget),
             "budget_fp32": ({**greedy_budget, "half_weights": False}, dataclasses.replace(budget, half_weights=False)),
             "static": static, "static_eager": static,  # run_paths turns transformers' compilation off for static_eager
-            "budget_repeat": (greedy_budget, budget)}  # and model.decode_kv_heads=repeated for budget_repeat
+            "budget_repeat": (greedy_budget, budget),  # and model.decode_kv_heads=repeated for budget_repeat
+            "budget_x2": ({**greedy_budget, "batch_tokens": 2 * NEW["answer_tokens"]},
+                          dataclasses.replace(budget, batch_tokens=2 * NEW["sample_tokens"]))}
 
 
 class OverTime(Exception):
@@ -198,7 +201,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--paths", default="old,budget_fp32,budget,static,static_eager",
-                        help="which of old, budget_fp32, budget, static, static_eager, budget_repeat to time, in order")
+                        help="which of old, budget_fp32, budget, static, static_eager, budget_repeat, budget_x2 to time, in order")
     parser.add_argument("--limit-s", type=int, default=120, help="a workload (or a path's warm-up) running longer "
                         "than this is recorded as over the limit and the next one starts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
