@@ -300,3 +300,35 @@ def test_an_older_archive_collected_after_a_newer_one_keeps_the_later_attempt(tm
     (into2 / "a-short_po-dpo-s3" / "job.json").write_text(json.dumps({"ended_at": 50.0}))
     collect.collect_study(old, into2)  # the old attempt ended later than this record says: it replaces it, whole
     assert sorted(p.name for p in (into2 / "a-short_po-dpo-s3").iterdir()) == ["failed.json", "job.json"]
+
+
+def test_with_span_s_the_launcher_outlives_the_call_and_the_next_call_waits_for_it(tmp_path):
+    """SPAN_S: the first call starts the launcher in a session of its own and returns at its budget while the
+    launcher runs on (no report yet: the study is still moving); the next call starts no second launcher, waits for
+    it to end, then reports and archives. The launcher's deadline is the span's, not the call's."""
+    study_dir, out, calls, bin_ = tmp_path / "study", tmp_path / "out", tmp_path / "calls", tmp_path / "bin"
+    bin_.mkdir()
+    # the stand-in launcher takes 4 s; every other step returns at once
+    (bin_ / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n'
+                                 'case "$1" in *launch.py) echo "job line"; sleep 4; echo "last line";; esac\n')
+    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho FakeGPU, 80 GiB\n")
+    for tool in bin_.iterdir():
+        tool.chmod(0o755)
+    (study_dir).mkdir()
+    (study_dir / "curve.json").write_text("{}")
+    env = dict(os.environ, PYTHON=str(bin_ / "python"), PATH=f"{bin_}:{os.environ['PATH']}", STUDY=str(study_dir),
+               OUT=str(out), SOLOPO_CACHE=str(tmp_path / "cache"), RESTORE_RUNS="", SPAN_S="1000")
+    first = subprocess.run(["bash", "experiments/decisive/run.sh", "62", "--names", "x"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "runs on after this call" in first.stdout and "job line" in first.stdout
+    launches = [line.split() for line in calls.read_text().splitlines() if "launch.py" in line]
+    assert len(launches) == 1 and int(launches[0][launches[0].index("--deadline") + 1]) in (939, 940)
+    assert not any("report.py" in line for line in calls.read_text().splitlines())
+    second = subprocess.run(["bash", "experiments/decisive/run.sh", "100", "--names", "x"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "is running: waiting for it" in second.stdout and "last line" in second.stdout
+    lines = calls.read_text().splitlines()
+    assert sum("launch.py" in line for line in lines) == 1 and "report.py" in lines[-1]
+    assert (out / "decisive.tar.gz").exists() and "runs on after" not in second.stdout

@@ -22,7 +22,8 @@ shift || true
 [ -e "$STUDY/curve.json" ] || $PY experiments/decisive/curve.py --root "$STUDY" > "$STUDY/curve.log" 2>&1 \
   || tail -5 "$STUDY/curve.log"
 
-$PY experiments/decisive/launch.py --root "$STUDY" --parallel "${PARALLEL:-6}" --deadline "$(gpu_call_seconds_left)" \
-  "$@" 2>&1 | tee -a "$STUDY/launch.log"
-$PY experiments/decisive/report.py "$STUDY" --out "$STUDY/report" > "$STUDY/report.log" 2>&1 || tail -5 "$STUDY/report.log"
+gpu_call_launch $PY experiments/decisive/launch.py --root "$STUDY" --parallel "${PARALLEL:-6}" \
+  --deadline "$(gpu_call_deadline)" "$@"
+gpu_call_launcher_alive || $PY experiments/decisive/report.py "$STUDY" --out "$STUDY/report" \
+  > "$STUDY/report.log" 2>&1 || tail -5 "$STUDY/report.log"
 gpu_call_archive

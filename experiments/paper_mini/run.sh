@@ -13,8 +13,8 @@ source "$(dirname "$0")/../studies/gpu_call.sh"
 gpu_call_begin paper_mini 560 "${1:-}"
 shift || true
 
-$PY experiments/paper_mini/launch.py --root "$STUDY" --parallel "${PARALLEL:-8}" --deadline "$(gpu_call_seconds_left)" \
-  "$@" 2>&1 | tee -a "$STUDY/launch.log"
-$PY experiments/paper_mini/report.py "$STUDY" --paper experiments/paper_mini/paper.json --out "$STUDY/report" \
-  > "$STUDY/report.log" 2>&1 || tail -5 "$STUDY/report.log"
+gpu_call_launch $PY experiments/paper_mini/launch.py --root "$STUDY" --parallel "${PARALLEL:-8}" \
+  --deadline "$(gpu_call_deadline)" "$@"
+gpu_call_launcher_alive || $PY experiments/paper_mini/report.py "$STUDY" --paper experiments/paper_mini/paper.json \
+  --out "$STUDY/report" > "$STUDY/report.log" 2>&1 || tail -5 "$STUDY/report.log"
 gpu_call_archive

@@ -3,7 +3,8 @@
 #
 #   source experiments/studies/gpu_call.sh
 #   gpu_call_begin NAME DEFAULT_BUDGET_S "${1:-}"   # then `shift || true`: the rest are the launcher's options
-#   ... --deadline "$(gpu_call_seconds_left)" ...
+#   gpu_call_launch $PY launch.py ... --deadline "$(gpu_call_deadline)" "$@"
+#   gpu_call_launcher_alive || ... the report ...
 #   gpu_call_archive                                # $OUT/NAME.tar.gz
 #
 # Environment: STUDY (/tmp/NAME), the study's directory; OUT (/tmp/NAME_out), where the archive goes; PYTHON (python3);
@@ -44,6 +45,45 @@ gpu_call_begin() {
 # What the launcher may take of BUDGET: what is left, less 60 s for stopping jobs, the report and the archive.
 gpu_call_seconds_left() {
   echo $(( BUDGET - ($(date +%s) - began) - 60 ))
+}
+
+# The launcher's --deadline: what is left of BUDGET, or with SPAN_S of the span, less 60 s.
+gpu_call_deadline() {
+  echo $(( ${SPAN_S:-$BUDGET} - ($(date +%s) - began) - 60 ))
+}
+
+gpu_call_launcher_alive() {
+  [ -s "$STUDY/launcher.pid" ] && kill -0 "$(cat "$STUDY/launcher.pid")" 2>/dev/null
+}
+
+# Runs the launcher, "$@", its output into $STUDY/launch.log and here. Without SPAN_S, in this call. With SPAN_S, in a
+# process session of its own, which the machine keeps running after the call returns: jobs are not stopped at each
+# call's end and started afresh in the next, and the GPU does not idle through the end of each call, where no job
+# that would outlast the call may start. A call that finds the launcher running starts none (its command is not
+# used) and waits for it, at most what is left of its own BUDGET; its archive holds the jobs that have ended.
+gpu_call_launch() {
+  if [ -z "${SPAN_S:-}" ]; then
+    "$@" 2>&1 | tee -a "$STUDY/launch.log"
+    return
+  fi
+  local log=$STUDY/launch.log shown
+  touch "$log"
+  shown=$(wc -l < "$log")
+  if gpu_call_launcher_alive; then
+    echo "the launcher started by an earlier call (pid $(cat "$STUDY/launcher.pid")) is running: waiting for it"
+  else
+    # sh writes its own pid, then becomes the launcher: the pid file names the launcher, not a wrapper
+    setsid sh -c 'echo $$ > "$0"; exec "$@"' "$STUDY/launcher.pid" "$@" >> "$log" 2>&1 < /dev/null &
+    sleep 1
+  fi
+  while gpu_call_launcher_alive && [ "$(gpu_call_seconds_left)" -gt 0 ]; do
+    sleep 2
+    tail -n +$(( shown + 1 )) "$log"
+    shown=$(wc -l < "$log")
+  done
+  tail -n +$(( shown + 1 )) "$log"
+  gpu_call_launcher_alive && echo "the launcher runs on after this call (the next call waits for it)"
+  return 0
 }
 
 # Everything small (results.json, job records, logs, metrics.csv, the report, the caches of pairs, evaluations and
