@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from solopo.eval.runner import summary_entries
+from solopo.eval.runner import BenchmarkEvaluation, Evaluation, summary_entries
 from solopo.run import optimized_value
 from solopo.settings.build import ConfigError
 from solopo.settings.groups import check_run
+from solopo.settings.rules import check_eval_metric
 from solopo.training.loggers import quiet_libraries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +113,44 @@ def test_a_process_without_the_evaluation_results_returns_nan():
 def test_optimized_metric_is_checked_with_the_run_keys(value, ok):
     problems = [p for p in check_run({"optimized_metric": value}) if p.startswith("optimized_metric")]
     assert not problems if ok else problems
+
+
+def test_the_entries_a_summary_gives_are_those_the_check_before_training_knows():
+    """RunEvaluation.summary_keys, which optimized_metric is checked against before the model loads, holds every key
+    summary() gives a run (the long-context QA tables with an interval, a benchmark's subsets)."""
+    scores = [["q0", "1024", "0.5", 0.0], ["q1", "1024", "0.5", 1.0]]
+    tables = {name: {"average_long": 0.5, "average": 0.5, "by_length": {"1024": 0.5}, "scores": scores}
+              for name in ("base", "trained")}
+    qa = Evaluation.__new__(Evaluation)
+    assert set(qa.summary(tables)) <= qa.summary_keys() and "eval/gain/avg_long_high" in qa.summary_keys()
+    bench = BenchmarkEvaluation.__new__(BenchmarkEvaluation)
+    bench.subsets = [type("Subset", (), {"name": "hotpotqa"})()]
+    tables = {name: {"average": 20.0, "subsets": {"hotpotqa": {"score": 20.0}}} for name in ("base", "trained")}
+    assert set(bench.summary(tables)) == bench.summary_keys()
+
+
+@pytest.mark.parametrize("metric, keys, problem", [
+    ("eval/trained/avg_long", {"eval/trained/avg_long"}, None), ("val/los", None, None), (None, None, None),
+    ("eval/trained/avg_lng", {"eval/trained/avg_long", "eval/base/avg_long"}, "did you mean eval/trained/avg_long?"),
+    ("eval/trained/average", None, "this run evaluates nothing"),
+    ("eval/x", {"eval/trained/hotpotqa"}, "it gives eval/trained/hotpotqa")])
+def test_an_evaluation_entry_the_run_cannot_give_is_named_before_training(metric, keys, problem):
+    found = check_eval_metric(metric, keys)
+    assert (found == []) if problem is None else (len(found) == 1 and problem in found[0]), found
+
+
+@pytest.mark.parametrize("args, line", [
+    (["optimized_metric=eval/trained/avg_lng"], "optimized_metric=eval/trained/avg_lng: the evaluation gives no such "
+                                                "entry; did you mean eval/trained/avg_long?"),
+    (["optimized_metric=eval/trained/avg_long", "eval.enabled=false"], "optimized_metric=eval/trained/avg_long: this "
+                                                                       "run evaluates nothing")])
+def test_a_run_asked_for_an_evaluation_entry_it_cannot_give_stops_before_the_model_loads(args, line, tmp_path):
+    """Before, the run trained and evaluated, then stopped on the name (an Optuna search: every trial)."""
+    from in_process import run_here
+
+    done = run_here(["experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path}", *args], expect=2)
+    assert "Traceback" not in done.stderr and "model " not in done.stdout, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {line}") and not (tmp_path / "results.json").exists()
 
 
 def test_a_user_setting_for_tqdm_wins(monkeypatch):

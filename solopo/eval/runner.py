@@ -108,6 +108,9 @@ class Evaluation:
     def summary(self, tables: dict[str, dict]) -> dict[str, float]:
         return summary_entries(tables)
 
+    def summary_keys(self) -> set[str]:
+        return summary_keys(("avg_long", "average"), ("avg_long", "avg_long_low", "avg_long_high"))
+
     def log(self, logger, tables: dict[str, dict], plots: list[str]) -> None:
         log_to(logger, tables, plots)
 
@@ -166,11 +169,14 @@ class BenchmarkEvaluation:
         eval/gain/average."""
         entries = {}
         for name, table in tables.items():
-            entries[f"eval/{name}/average"] = table["average"]
-            entries.update({f"eval/{name}/{subset}": row["score"] for subset, row in table["subsets"].items()})
-        if {"base", "trained"} <= tables.keys():
-            entries["eval/gain/average"] = tables["trained"]["average"] - tables["base"]["average"]
+            entries[metric_key(name, "average")] = table["average"]
+            entries.update({metric_key(name, subset): row["score"] for subset, row in table["subsets"].items()})
+        if set(CHECKPOINTS) <= tables.keys():
+            entries[metric_key("gain", "average")] = tables["trained"]["average"] - tables["base"]["average"]
         return entries
+
+    def summary_keys(self) -> set[str]:
+        return summary_keys(("average", *(subset.name for subset in self.subsets)), ("average",))
 
     def log(self, logger, tables: dict[str, dict], plots: list[str]) -> None:
         if not logger:
@@ -197,6 +203,8 @@ class RunEvaluation(Protocol):
 
     def summary(self, tables: dict[str, dict]) -> dict[str, float]: ...
 
+    def summary_keys(self) -> set[str]: ...  # those summary() can give (optimized_metric's check)
+
     def log(self, logger, tables: dict[str, dict], plots: list[str]) -> None: ...
 
 
@@ -213,20 +221,35 @@ def make_evaluation(tokenizer, settings: EvalSettings, max_length: int, benchmar
     return Evaluation(tokenizer, items, pool, settings, max_length, cache, model_id, dict(engine_args or {}))
 
 
+CHECKPOINTS = ("base", "trained")  # a training run evaluates the model as loaded, then as trained
+
+
+def metric_key(checkpoint: str, name: str) -> str:
+    """A summary entry's key: eval/<checkpoint>/<name>, or eval/gain/<name> for what training changed."""
+    return f"eval/{checkpoint}/{name}"
+
+
 def summary_entries(tables: dict[str, dict]) -> dict[str, float]:
     """Headline numbers for a dashboard's table of runs, in points (solopo.scoring.points, as a benchmark's are):
     each checkpoint's mean sub-EM over the long contexts and over every case, and, with both checkpoints, what
     training changed on the long contexts."""
     entries = {}
     for name, table in tables.items():
-        entries.update({f"eval/{name}/avg_long": points(table["average_long"]),
-                        f"eval/{name}/average": points(table["average"])})
-    if {"base", "trained"} <= tables.keys():
-        entries["eval/gain/avg_long"] = points(tables["trained"]["average_long"] - tables["base"]["average_long"])
+        entries.update({metric_key(name, "avg_long"): points(table["average_long"]),
+                        metric_key(name, "average"): points(table["average"])})
+    if set(CHECKPOINTS) <= tables.keys():
+        entries[metric_key("gain", "avg_long")] = points(tables["trained"]["average_long"]
+                                                         - tables["base"]["average_long"])
         if (found := changes(tables["base"], tables["trained"])) and "avg_long" in found:
             change = found["avg_long"]
-            entries.update({"eval/gain/avg_long_low": points(change.low), "eval/gain/avg_long_high": points(change.high)})
+            entries.update({metric_key("gain", "avg_long_low"): points(change.low),
+                            metric_key("gain", "avg_long_high"): points(change.high)})
     return entries
+
+
+def summary_keys(names: Sequence[str], gains: Sequence[str]) -> set[str]:
+    """The keys a summary of both checkpoints can hold: ``names`` of each, ``gains`` of what training changed."""
+    return {metric_key(c, n) for c in CHECKPOINTS for n in names} | {metric_key("gain", n) for n in gains}
 
 
 def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:

@@ -151,7 +151,8 @@ def check_context_parallel(size: int, strategy: str, n_processes: Optional[int],
 def check_optimized_metric(metric: Any, algo, ra, method) -> Problems:
     """optimized_metric, where it names a validation metric, against those the objective reports for these settings
     (solopo.core.objective.metric_names), so a typo stops the run before it trains rather than after. The train/
-    metrics of callbacks and the evaluation's keys, which depend on the data, are checked as the run ends."""
+    metrics of callbacks are checked as the run ends; the evaluation's entries, which depend on the data, by
+    check_eval_metric once the evaluation is built."""
     if not (isinstance(metric, str) and metric.startswith("val/")) or None in (algo, ra, method):
         return []
     names = sorted(f"val/{name}" for name in metric_names(algo, ra, method))
@@ -160,6 +161,22 @@ def check_optimized_metric(metric: Any, algo, ra, method) -> Problems:
     close = difflib.get_close_matches(metric, names, n=1)
     return [f"optimized_metric={metric}: validation reports no such metric; "
             + (f"did you mean {close[0]}?" if close else f"it reports {', '.join(names)}")]
+
+
+def check_eval_metric(metric: Any, keys: Optional[set[str]]) -> Problems:
+    """optimized_metric, where it names an evaluation entry (eval/...), against the entries this run's evaluation can
+    give (RunEvaluation.summary_keys; None: the run evaluates nothing), once the evaluation is built and before the
+    model loads, so a typo stops the run before it trains rather than after."""
+    if not (isinstance(metric, str) and metric.startswith("eval/")):
+        return []
+    if keys is None:
+        return [f"optimized_metric={metric}: this run evaluates nothing (eval.enabled=false, or the data has no "
+                "held-out questions); name a val/ metric or turn the evaluation on"]
+    if metric in keys:
+        return []
+    close = difflib.get_close_matches(metric, sorted(keys), n=1)
+    return [f"optimized_metric={metric}: the evaluation gives no such entry; "
+            + (f"did you mean {close[0]}?" if close else f"it gives {', '.join(sorted(keys))}")]
 
 
 def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, training: bool) -> Problems:

@@ -42,6 +42,7 @@ from solopo.step.largest_step import step_tokens
 from solopo.step.context_parallel import Share
 from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source,
                                    refuse_missing_model, vllm_args)
+from solopo.settings.rules import check_eval_metric
 from solopo.training.callbacks import StageCosts
 from solopo.training.distributed import local_gpu
 from solopo.training.eval_callback import eval_during_training
@@ -282,12 +283,15 @@ def failed_on_data():
 
 def load_inputs(cfg: DictConfig, settings: Settings, splits):
     """The tokenizer, each split's examples and the evaluation (both built with the tokenizer alone: an item that
-    cannot make a pair or a bad benchmark file stops the run before the model loads) and the models (load_models)."""
+    cannot make a pair, a bad benchmark file or an optimized_metric the evaluation does not give stops the run before
+    the model loads) and the models (load_models)."""
     refuse_missing_model(settings.model)  # a missing local folder or an unknown hub id, in one line
     tokenizer = load_tokenizer(settings.model)
     with failed_on_data():
         examples = make_examples(cfg, splits, tokenizer)
         evaluation = make_evaluation(cfg, settings, splits, tokenizer)
+    if problems := check_eval_metric(cfg.get("optimized_metric"), evaluation and evaluation.summary_keys()):
+        raise ConfigError(problems[0])
     return tokenizer, examples, evaluation, load_models(cfg, settings, tokenizer)
 
 

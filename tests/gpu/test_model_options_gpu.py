@@ -9,7 +9,7 @@ import torch
 from conftest import DEEP, LOGP_CHUNK_SIZE, TINY, WIDE_MLP
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
-from solopo.models import kernels
+from solopo.models import kernels, memory
 from solopo.models.loading import load_model
 from solopo.step.logps import response_logps
 
@@ -93,10 +93,11 @@ def test_compiled_layers_give_the_plain_logps_and_gradients(tokenizer):
     _assert_close(compiled, plain, rtol=1e-4, atol=1e-4)
 
 
-def _saver_runs(tokenizer, shape: dict, long_len: int, plain: dict, saver: dict):
+def _saver_runs(tokenizer, shape: dict, long_len: int, plain: dict, saver: dict, liger=False):
     """The plain and the saving step of a checkpointed fp32 model of ``shape`` on two pairs with ``long_len``-token
-    long contexts: the same numbers, and each step's peak above the model."""
-    spec = replace(TINY, gradient_checkpointing=True, random_init={**TINY.random_init, **shape}, **plain)
+    long contexts (Liger's kernels as ``liger`` says: the savers must work with and without them): the same numbers,
+    each step's peak above the model, and the bytes model.offload_activations was offered (0 without it)."""
+    spec = replace(TINY, gradient_checkpointing=True, random_init={**TINY.random_init, **shape}, liger=liger, **plain)
     batch = _batch(tokenizer.pad_token_id, long_len=long_len, vocab=shape["vocab_size"])
     without, without_peak = _run(spec, tokenizer, batch, torch.float32)
     with_saver, saver_peak = _run(replace(spec, **saver), tokenizer, batch, torch.float32)
@@ -104,20 +105,28 @@ def _saver_runs(tokenizer, shape: dict, long_len: int, plain: dict, saver: dict)
     return without_peak, saver_peak
 
 
-def test_chunked_mlps_are_exact_in_less_memory(tokenizer):
+@pytest.mark.parametrize("liger", [False, "auto"])
+def test_chunked_mlps_are_exact_in_less_memory(tokenizer, restore_transformers, liger):
     """Checkpointed, the layer backward recomputes holds its MLP's intermediates and their gradients, about 6 B L I
     values; chunked, a few (B, 1024, I): the peak drops by at least 3 B L I (tests/test_memory_peaks.py measures the
     same on the CPU). fp32 with as many key/value heads as heads, so attention's kernel is linear in L (conftest)."""
     rows, length = 2, 8192
-    plain, chunked = _saver_runs(tokenizer, WIDE_MLP, length, {}, dict(mlp_chunk_size=1024))
+    plain, chunked = _saver_runs(tokenizer, WIDE_MLP, length, {}, dict(mlp_chunk_size=1024), liger)
     intermediate = rows * length * WIDE_MLP["intermediate_size"] * 4
     assert plain - chunked >= 3 * intermediate, (plain / 2**20, chunked / 2**20)
 
 
-def test_offloaded_activations_are_exact_in_less_memory(tokenizer):
+@pytest.mark.parametrize("liger", [False, "auto"])
+def test_offloaded_activations_are_exact_in_less_memory(tokenizer, restore_transformers, liger, monkeypatch):
     """Checkpointed with chunked MLPs, a deep narrow model's peak is its layers' inputs (B L H each); offloaded to the
-    host, the peak drops by over half of them (the weights' gradients take part of their place)."""
+    host, the peak drops by over half of them (the weights' gradients take part of their place). The message says
+    what the offload was offered: every layer's input, or less (the inputs were not saved through autograd's
+    hooks)."""
+    offers = []
+    offload = memory.offload_activations
+    monkeypatch.setattr(memory, "offload_activations", lambda model: offers.append(offload(model)) or offers[-1])
     rows, length, chunked = 2, 16384, dict(mlp_chunk_size=1024)
-    plain, offloaded = _saver_runs(tokenizer, DEEP, length, chunked, dict(offload_activations=True))
+    plain, offloaded = _saver_runs(tokenizer, DEEP, length, chunked, dict(offload_activations=True), liger)
     layer_input = rows * length * DEEP["hidden_size"] * 4
-    assert plain - offloaded >= DEEP["num_hidden_layers"] / 2 * layer_input, (plain / 2**20, offloaded / 2**20)
+    offered = sum(o.offered_bytes for o in offers) / 2**20
+    assert plain - offloaded >= DEEP["num_hidden_layers"] / 2 * layer_input, (plain / 2**20, offloaded / 2**20, offered)
