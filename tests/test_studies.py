@@ -332,3 +332,39 @@ def test_with_span_s_the_launcher_outlives_the_call_and_the_next_call_waits_for_
     lines = calls.read_text().splitlines()
     assert sum("launch.py" in line for line in lines) == 1 and "report.py" in lines[-1]
     assert (out / "decisive.tar.gz").exists() and "runs on after" not in second.stdout
+
+
+def test_a_stale_launcher_pid_file_is_not_a_running_launcher(tmp_path):
+    """launcher.pid naming a live process that is not the launcher (a pid reused since) or a launcher that has ended
+    (its status written) does not make a call wait: it starts its own launcher, which ends in the call, and reports."""
+    study_dir, out, calls, bin_ = tmp_path / "study", tmp_path / "out", tmp_path / "calls", tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho FakeGPU, 80 GiB\n")
+    for tool in bin_.iterdir():
+        tool.chmod(0o755)
+    study_dir.mkdir()
+    (study_dir / "curve.json").write_text("{}")
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        env = dict(os.environ, PYTHON=str(bin_ / "python"), PATH=f"{bin_}:{os.environ['PATH']}",
+                   STUDY=str(study_dir), OUT=str(out), SOLOPO_CACHE=str(tmp_path / "cache"), RESTORE_RUNS="",
+                   SPAN_S="1000")
+        # another process has the pid (its start time differs); the launcher has ended (its status is written)
+        for stale, status in ((f"{other.pid} 1\n", None), (f"{other.pid} {gpu_process_start(other.pid)}\n", "0\n")):
+            (study_dir / "launcher.pid").write_text(stale)
+            (study_dir / "launcher.rc").unlink(missing_ok=True)
+            if status is not None:
+                (study_dir / "launcher.rc").write_text(status)
+            done = subprocess.run(["bash", "experiments/decisive/run.sh", "100", "--names", "x"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and "waiting for it" not in done.stdout, done.stdout + done.stderr
+            assert "report.py" in calls.read_text().splitlines()[-1]
+    finally:
+        other.kill()
+    assert sum("launch.py" in line for line in calls.read_text().splitlines()) == 2
+
+
+def gpu_process_start(pid: int) -> str:
+    """A process's start time as gpu_call.sh reads it (field 22 of /proc/PID/stat)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]

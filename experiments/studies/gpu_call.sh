@@ -47,43 +47,80 @@ gpu_call_seconds_left() {
   echo $(( BUDGET - ($(date +%s) - began) - 60 ))
 }
 
-# The launcher's --deadline: what is left of BUDGET, or with SPAN_S of the span, less 60 s.
+# The launcher's --deadline: what is left of BUDGET, or with SPAN_S of the span (gpu_call_span_end), less 60 s.
 gpu_call_deadline() {
-  echo $(( ${SPAN_S:-$BUDGET} - ($(date +%s) - began) - 60 ))
+  if [ -n "${SPAN_S:-}" ]; then
+    echo $(( $(gpu_call_span_end) - $(date +%s) - 60 ))
+  else
+    echo $(( BUDGET - ($(date +%s) - began) - 60 ))
+  fi
 }
 
+# When the span ends (seconds since the epoch): SPAN_S after the call that started it, kept in $STUDY/span.end (never
+# archived, so a fresh machine starts its own) for the later calls while it has not passed, so that a launcher
+# started again by a later call (the first one ended early) still ends with the span; once passed, a new span begins.
+gpu_call_span_end() {
+  local file=$STUDY/span.end now
+  now=$(date +%s)
+  if ! [ -s "$file" ] || [ "$(cat "$file")" -le "$now" ]; then
+    echo $(( began + SPAN_S )) > "$file"
+  fi
+  cat "$file"
+}
+
+# A process's state and start time ("S 123456"; fields 3 and 22 of /proc/PID/stat, read after its name), or nothing.
+gpu_call_process() {
+  sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1,20
+}
+
+# Whether the launcher that gpu_call_launch started is running: $STUDY/launcher.pid names its wrapper (pid and start
+# time), which writes the launcher's exit status to launcher.rc when it ends. A stale file (the pid reused since, or
+# a wrapper left defunct because nothing reaps it) does not count: no status yet, and that very process alive.
 gpu_call_launcher_alive() {
-  [ -s "$STUDY/launcher.pid" ] && kill -0 "$(cat "$STUDY/launcher.pid")" 2>/dev/null
+  local pid start state now_start
+  read -r pid start < "$STUDY/launcher.pid" 2>/dev/null || return 1
+  [ -n "$pid" ] && ! [ -e "$STUDY/launcher.rc" ] || return 1
+  read -r state now_start <<< "$(gpu_call_process "$pid")"
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$now_start" = "$start" ]
 }
 
 # Runs the launcher, "$@", its output into $STUDY/launch.log and here. Without SPAN_S, in this call. With SPAN_S, in a
 # process session of its own, which the machine keeps running after the call returns: jobs are not stopped at each
 # call's end and started afresh in the next, and the GPU does not idle through the end of each call, where no job
 # that would outlast the call may start. A call that finds the launcher running starts none (its command is not
-# used) and waits for it, at most what is left of its own BUDGET; its archive holds the jobs that have ended.
+# used) and waits for it, at most what is left of its own BUDGET, showing what the launcher has written since the
+# last call; its archive holds the jobs that have ended. Returns the launcher's status once it has ended, else 0.
 gpu_call_launch() {
   if [ -z "${SPAN_S:-}" ]; then
     "$@" 2>&1 | tee -a "$STUDY/launch.log"
     return
   fi
-  local log=$STUDY/launch.log shown
+  local log=$STUDY/launch.log shown_file=$STUDY/launch.shown shown
   touch "$log"
-  shown=$(wc -l < "$log")
   if gpu_call_launcher_alive; then
-    echo "the launcher started by an earlier call (pid $(cat "$STUDY/launcher.pid")) is running: waiting for it"
+    echo "the launcher started by an earlier call (pid $(cut -d' ' -f1 "$STUDY/launcher.pid")) is running: waiting for it"
   else
-    # sh writes its own pid, then becomes the launcher: the pid file names the launcher, not a wrapper
-    setsid sh -c 'echo $$ > "$0"; exec "$@"' "$STUDY/launcher.pid" "$@" >> "$log" 2>&1 < /dev/null &
-    sleep 1
+    rm -f "$STUDY/launcher.pid" "$STUDY/launcher.rc"
+    # the wrapper writes its pid, runs the launcher, then writes its status: the launcher's end is known even where
+    # nothing reaps the wrapper
+    setsid sh -c 'echo "$$ $(sed "s/.*) //" /proc/$$/stat | cut -d" " -f20)" > "$0.tmp" && mv "$0.tmp" "$0"
+                  "$@"; echo $? > "$0.rc.tmp" && mv "$0.rc.tmp" "${0%.pid}.rc"' \
+      "$STUDY/launcher.pid" "$@" >> "$log" 2>&1 < /dev/null &
+    while ! [ -s "$STUDY/launcher.pid" ]; do sleep 0.2; done
   fi
-  while gpu_call_launcher_alive && [ "$(gpu_call_seconds_left)" -gt 0 ]; do
-    sleep 2
+  shown=$(cat "$shown_file" 2>/dev/null || echo 0)
+  while :; do
     tail -n +$(( shown + 1 )) "$log"
     shown=$(wc -l < "$log")
+    echo "$shown" > "$shown_file"
+    gpu_call_launcher_alive && [ "$(gpu_call_seconds_left)" -gt 0 ] || break
+    sleep 2
   done
-  tail -n +$(( shown + 1 )) "$log"
-  gpu_call_launcher_alive && echo "the launcher runs on after this call (the next call waits for it)"
-  return 0
+  if gpu_call_launcher_alive; then
+    echo "the launcher runs on after this call (the next call waits for it)"
+    return 0
+  fi
+  return "$(cat "$STUDY/launcher.rc" 2>/dev/null || echo 0)"
 }
 
 # Everything small (results.json, job records, logs, metrics.csv, the report, the caches of pairs, evaluations and
@@ -92,7 +129,8 @@ gpu_call_archive() {
   local newer=()
   [ -e "$STUDY/.restored" ] && newer=(--newer-mtime="$STUDY/.restored")
   tar -czf "$OUT/$NAME.tar.gz" --ignore-failed-read --exclude='*.ckpt' --exclude='.partial' --exclude='*.lock' \
-    --exclude='eval_*.png' "${newer[@]}" \
+    --exclude='eval_*.png' --exclude=launcher.pid --exclude=launcher.rc --exclude=span.end --exclude=launch.shown \
+    "${newer[@]}" \
     -C / "${STUDY#/}" "${SOLOPO_CACHE#/}/pairs" "${SOLOPO_CACHE#/}/eval" "${SOLOPO_CACHE#/}/reference"
   ls -la "$OUT"
   echo "call took $(( $(date +%s) - began )) s"

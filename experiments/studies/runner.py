@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from experiments.studies.failures import failure_record
+from solopo.cache import atomic_write_text
 from solopo.report.runs import unfinished
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,13 +129,14 @@ def estimate(job: Job, leader: bool, seen: dict, default_s: float) -> float:
     return known if known is not None else default_s * (LEADER_FACTOR if leader else 1.0)
 
 
-def set_aside(root: Path, job: Job) -> None:
-    """Move an unfinished attempt to root/.partial/, where neither the launcher nor a report counts it."""
+def set_aside(root: Path, job: Job) -> Path:
+    """Move an unfinished attempt to root/.partial/, where neither the launcher nor a report counts it; where it went."""
     run_dir = root / job.name
+    partial = root / ".partial" / f"{job.name}.{int(time.time())}"
     if run_dir.exists():
-        partial = root / ".partial" / f"{job.name}.{int(time.time())}"
         partial.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(run_dir), partial)
+    return partial
 
 
 def start(job: Job, root: Path, command: list[str], threads: int) -> subprocess.Popen:
@@ -163,11 +165,15 @@ def finish(job: Job, root: Path, proc: subprocess.Popen, started: float, leader:
               "seconds": round(time.monotonic() - started, 1), "ended_at": round(time.time(), 1)}
     done = (run_dir / "results.json").exists() and proc.returncode == 0
     record["status"] = "interrupted" if interrupted else "done" if done else "failed"
+    if interrupted:  # set aside first, its record beside it there: an archive made meanwhile must not collect it
+        atomic_write_text(set_aside(root, job) / "job.json", json.dumps(record, indent=1) + "\n")
+        return record
     if record["status"] == "failed":
         failed = failure_record((run_dir / "launch.log").read_text(errors="replace"), proc.returncode, run_dir)
-        (run_dir / "failed.json").write_text(json.dumps(failed, indent=1) + "\n")
+        atomic_write_text(run_dir / "failed.json", json.dumps(failed, indent=1) + "\n")
         record["reason"] = failed["reason"]
-    (run_dir / "job.json").write_text(json.dumps(record, indent=1) + "\n")
+    # whole or absent (an archive may be made while jobs end); failed.json before it: job.json marks the job ended
+    atomic_write_text(run_dir / "job.json", json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -191,8 +197,8 @@ def stop_at_deadline(running: dict, root: Path, first: dict, say) -> list[dict]:
     stop([proc for proc, _, _ in running.values()])
     records = []
     for job, (proc, started, command) in running.items():
+        # set aside with its record (finish): a run stopped in training leaves a results.json marked preempted
         records.append(finish(job, root, proc, started, first[job.sampling_key] is job, command, interrupted=True))
-        set_aside(root, job)  # a run stopped in training leaves a results.json marked preempted
         say(f"stopped {job.name} at the deadline: it runs again in the next call")
     return records
 

@@ -171,7 +171,7 @@ def check_eval_metric(metric: Any, keys: Optional[set[str]]) -> Problems:
         return []
     if keys is None:
         return [f"optimized_metric={metric}: this run evaluates nothing (eval.enabled=false, or the data has no "
-                "held-out questions); name a val/ metric or turn the evaluation on"]
+                "held-out questions); name a val/ metric"]
     if metric in keys:
         return []
     close = difflib.get_close_matches(metric, sorted(keys), n=1)
