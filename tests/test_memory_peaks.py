@@ -97,7 +97,8 @@ def test_peak_bytes_is_the_high_water_mark():
     assert peak_bytes(step) == 12 * 2**20
 
 
-@pytest.mark.parametrize("checkpointing", [True, False])
+# slow: without checkpointing (~22 s on 2 cores); the checkpointed case, the one memory savers are for, runs by default
+@pytest.mark.parametrize("checkpointing", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_chunked_mlps_lower_the_peak_by_their_intermediates(tokenizer, checkpointing):
     """The MLP's intermediates (gate, up, silu(gate), their product, then their gradients: about 6 L I values) of the
     layer that backward recomputes (checkpointed) or of every layer (not): chunked 256 positions at a time, the peak
@@ -110,6 +111,7 @@ def test_chunked_mlps_lower_the_peak_by_their_intermediates(tokenizer, checkpoin
     assert plain - chunked >= 3 * layers * intermediate, (plain / 2**20, chunked / 2**20)
 
 
+@pytest.mark.slow  # ~30 s on 2 cores: it explains a GPU measurement; the fix (repeated heads) is test_varlen.py's
 def test_math_attention_sets_the_peak_with_grouped_heads(tokenizer):
     """Why the savers once seemed not to work on a GPU: in fp32 with grouped key/value heads, CUDA's SDPA runs the
     math kernel, whose (heads, L, L) scores and their gradients outweigh the MLP; chunking it leaves the peak where it

@@ -14,9 +14,12 @@ from support import run, smoke_here, step_losses  # noqa: E402
 pytestmark = pytest.mark.distributed
 
 
-@pytest.mark.parametrize("layout", [["trainer=fsdp", "trainer.devices=1"], ["trainer=cpu", "trainer.devices=1"],
-                                    ["trainer=fsdp", "trainer.devices=2", "trainer.context_parallel=2"]],
-                         ids=["fsdp", "cpu", "fsdp context 2"])
+@pytest.mark.parametrize("layout", [
+    ["trainer=fsdp", "trainer.devices=1"], ["trainer=cpu", "trainer.devices=1"],
+    # slow: two processes (~40 s on 2 cores); the split of the cached reference pass is tested in the default suite
+    # (test_context_split.py::test_the_cached_reference_pass_splits_the_long_sequences_as_training_does)
+    pytest.param(["trainer=fsdp", "trainer.devices=2", "trainer.context_parallel=2"], marks=pytest.mark.slow)],
+    ids=["fsdp", "cpu", "fsdp context 2"])
 def test_first_dpo_step_against_the_cached_reference_is_log_2(layout, tmp_path):
     """With context parallelism the reference pass runs in the fit, its long sequences split as training splits them
     (their values against the whole pass: test_context_split.py). trainer=cpu runs in the test process; FSDP starts
