@@ -168,6 +168,20 @@ def test_a_report_reads_every_input_before_it_writes(tmp_path, capsys):
         assert each.read_text() == "<!-- solopo.report:runs -->\n3 runs\n<!-- /solopo.report:runs -->\n"
 
 
+def stand_ins(tmp_path: Path, launcher: str = "") -> tuple[Path, Path, Path, Path]:
+    """A GPU call's folders (the study's, OUT) beside the file where the stand-in python records each call's
+    arguments, and the folder of stand-ins: python (it runs the shell lines ``launcher`` when called for a launch.py)
+    and nvidia-smi."""
+    study_dir, out, calls, bin_ = tmp_path / "study", tmp_path / "out", tmp_path / "calls", tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n'
+                                 + (f'case "$1" in *launch.py) {launcher};; esac\n' if launcher else ""))
+    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho FakeGPU, 80 GiB\n")
+    for tool in bin_.iterdir():
+        tool.chmod(0o755)
+    return study_dir, out, calls, bin_
+
+
 @pytest.mark.parametrize("name, steps", [
     ("paper_mini", ["experiments/paper_mini/launch.py", "experiments/paper_mini/report.py"]),
     ("decisive", ["experiments/decisive/curve.py", "experiments/decisive/launch.py", "experiments/decisive/report.py"]),
@@ -177,12 +191,7 @@ def test_a_gpu_call_sets_up_runs_the_study_and_archives_it(tmp_path, name, steps
     unpacked first, then the runs collected into the repository are put back, the model's weights are made once
     before the study's steps, the launcher gets the budget less the set-up and 60 s, and the study directory goes into
     one archive."""
-    study_dir, out, calls, bin_ = tmp_path / "study", tmp_path / "out", tmp_path / "calls", tmp_path / "bin"
-    bin_.mkdir()
-    (bin_ / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho FakeGPU, 80 GiB\n")
-    for tool in bin_.iterdir():
-        tool.chmod(0o755)
+    study_dir, out, calls, bin_ = stand_ins(tmp_path)
     earlier = tmp_path / "earlier"
     (earlier / "old").mkdir(parents=True)
     (earlier / "old" / "results.json").write_text("{}")
@@ -306,14 +315,8 @@ def test_with_span_s_the_launcher_outlives_the_call_and_the_next_call_waits_for_
     """SPAN_S: the first call starts the launcher in a session of its own and returns at its budget while the
     launcher runs on (no report yet: the study is still moving); the next call starts no second launcher, waits for
     it to end, then reports and archives. The launcher's deadline is the span's, not the call's."""
-    study_dir, out, calls, bin_ = tmp_path / "study", tmp_path / "out", tmp_path / "calls", tmp_path / "bin"
-    bin_.mkdir()
     # the stand-in launcher takes 4 s; every other step returns at once
-    (bin_ / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n'
-                                 'case "$1" in *launch.py) echo "job line"; sleep 4; echo "last line";; esac\n')
-    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho FakeGPU, 80 GiB\n")
-    for tool in bin_.iterdir():
-        tool.chmod(0o755)
+    study_dir, out, calls, bin_ = stand_ins(tmp_path, launcher='echo "job line"; sleep 4; echo "last line"')
     (study_dir).mkdir()
     (study_dir / "curve.json").write_text("{}")
     env = dict(os.environ, PYTHON=str(bin_ / "python"), PATH=f"{bin_}:{os.environ['PATH']}", STUDY=str(study_dir),
@@ -337,12 +340,7 @@ def test_with_span_s_the_launcher_outlives_the_call_and_the_next_call_waits_for_
 def test_a_stale_launcher_pid_file_is_not_a_running_launcher(tmp_path):
     """launcher.pid naming a live process that is not the launcher (a pid reused since) or a launcher that has ended
     (its status written) does not make a call wait: it starts its own launcher, which ends in the call, and reports."""
-    study_dir, out, calls, bin_ = tmp_path / "study", tmp_path / "out", tmp_path / "calls", tmp_path / "bin"
-    bin_.mkdir()
-    (bin_ / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho FakeGPU, 80 GiB\n")
-    for tool in bin_.iterdir():
-        tool.chmod(0o755)
+    study_dir, out, calls, bin_ = stand_ins(tmp_path)
     study_dir.mkdir()
     (study_dir / "curve.json").write_text("{}")
     other = subprocess.Popen(["sleep", "60"])
