@@ -150,7 +150,8 @@ def test_a_run_asked_for_an_evaluation_entry_it_cannot_give_stops_before_the_mod
 
     done = run_here(["experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path}", *args], expect=2)
     assert "Traceback" not in done.stderr and "model " not in done.stdout, done.stderr[-2000:]
-    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {line}") and not (tmp_path / "results.json").exists()
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {line}")
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_a_user_setting_for_tqdm_wins(monkeypatch):

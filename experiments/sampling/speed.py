@@ -14,8 +14,8 @@ decoding step (its compilation is inside the timed call: a study job pays it onc
 without the compiled step (the model's generation_config.disable_compile), which still writes each step's keys in
 place where the dynamic cache concatenates the whole cache again; budget_repeat is budget with each decoding step's
 grouped key/value heads repeated to the query heads (model.decode_kv_heads=repeated, as transformers before 5.24
-does; the shipped grouped step reads the cache as it is); budget_x2 is budget under twice the token budgets (half as many
-decoding steps' host work per answer, twice the KV cache). Each timing is one call after a warm-up call on a
+does; the shipped grouped step reads the cache as it is); budget_x2 is budget under twice the token budgets (half as
+many decoding steps' host work per answer, twice the KV cache). Each timing is one call after a warm-up call on a
 few prompts; a workload over --limit-s is recorded as such. The GPU's targets (one H200): W1 < 10 s, W2 < 10 s,
 W3 < 45 s.
 Writes speed.md and speed.json in --out, W1's answers in the json: the table says how many of each path's are the
@@ -201,7 +201,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--paths", default="old,budget_fp32,budget,static,static_eager",
-                        help="which of old, budget_fp32, budget, static, static_eager, budget_repeat, budget_x2 to time, in order")
+                        help="which of old, budget_fp32, budget, static, static_eager, budget_repeat, budget_x2 to "
+                        "time, in order")
     parser.add_argument("--limit-s", type=int, default=120, help="a workload (or a path's warm-up) running longer "
                         "than this is recorded as over the limit and the next one starts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")

@@ -52,7 +52,7 @@ gpu_call_deadline() {
   if [ -n "${SPAN_S:-}" ]; then
     echo $(( $(gpu_call_span_end) - $(date +%s) - 60 ))
   else
-    echo $(( BUDGET - ($(date +%s) - began) - 60 ))
+    gpu_call_seconds_left
   fi
 }
 
@@ -98,15 +98,18 @@ gpu_call_launch() {
   local log=$STUDY/launch.log shown_file=$STUDY/launch.shown shown
   touch "$log"
   if gpu_call_launcher_alive; then
-    echo "the launcher started by an earlier call (pid $(cut -d' ' -f1 "$STUDY/launcher.pid")) is running: waiting for it"
+    echo "the launcher started by an earlier call (pid $(cut -d' ' -f1 "$STUDY/launcher.pid")) is running:" \
+      "waiting for it"
   else
+    local pid
     rm -f "$STUDY/launcher.pid" "$STUDY/launcher.rc"
-    # the wrapper writes its pid, runs the launcher, then writes its status: the launcher's end is known even where
-    # nothing reaps the wrapper
-    setsid sh -c 'echo "$$ $(sed "s/.*) //" /proc/$$/stat | cut -d" " -f20)" > "$0.tmp" && mv "$0.tmp" "$0"
-                  "$@"; echo $? > "$0.rc.tmp" && mv "$0.rc.tmp" "${0%.pid}.rc"' \
-      "$STUDY/launcher.pid" "$@" >> "$log" 2>&1 < /dev/null &
+    # the wrapper writes its pid (here completed with its start time), runs the launcher, then writes its status: the
+    # launcher's end is known even where nothing reaps the wrapper
+    setsid sh -c 'echo $$ > "$0.tmp" && mv "$0.tmp" "$0.pid"; "$@"; echo $? > "$0.tmp" && mv "$0.tmp" "$0.rc"' \
+      "$STUDY/launcher" "$@" >> "$log" 2>&1 < /dev/null &
     while ! [ -s "$STUDY/launcher.pid" ]; do sleep 0.2; done
+    pid=$(cat "$STUDY/launcher.pid")
+    echo "$pid $(gpu_call_process "$pid" | cut -d' ' -f2)" > "$STUDY/launcher.pid"
   fi
   shown=$(cat "$shown_file" 2>/dev/null || echo 0)
   while :; do

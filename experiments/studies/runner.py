@@ -166,9 +166,8 @@ def finish(job: Job, root: Path, proc: subprocess.Popen, started: float, leader:
     done = (run_dir / "results.json").exists() and proc.returncode == 0
     record["status"] = "interrupted" if interrupted else "done" if done else "failed"
     if interrupted:  # set aside first, its record beside it there: an archive made meanwhile must not collect it
-        atomic_write_text(set_aside(root, job) / "job.json", json.dumps(record, indent=1) + "\n")
-        return record
-    if record["status"] == "failed":
+        run_dir = set_aside(root, job)
+    elif record["status"] == "failed":
         failed = failure_record((run_dir / "launch.log").read_text(errors="replace"), proc.returncode, run_dir)
         atomic_write_text(run_dir / "failed.json", json.dumps(failed, indent=1) + "\n")
         record["reason"] = failed["reason"]
