@@ -3,6 +3,7 @@ paper_mini's jobs with stand-in commands that take a fraction of a second; a stu
 command's order of work; and the set-up and archive of a GPU call (run.sh) with stand-ins for python and nvidia-smi."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -335,6 +336,37 @@ def test_with_span_s_the_launcher_outlives_the_call_and_the_next_call_waits_for_
     lines = calls.read_text().splitlines()
     assert sum("launch.py" in line for line in lines) == 1 and "report.py" in lines[-1]
     assert (out / "decisive.tar.gz").exists() and "runs on after" not in second.stdout
+
+
+def test_a_launcher_spanning_calls_runs_a_copy_of_the_code_the_next_call_replaces(tmp_path):
+    """The machine copies the working tree afresh at each call: a launcher (and its jobs) running on from an earlier
+    call must not run the tree itself, which is half-copied at times (a job then failed to import the package). It
+    runs a copy made when it started, without the collected runs, first on its PYTHONPATH."""
+    tree = tmp_path / "tree"
+    for name in ("experiments/decisive/run.sh", "experiments/studies/gpu_call.sh"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tree / name)
+    (tree / "solopo").mkdir()
+    (tree / "solopo" / "run.py").write_text("")
+    (tree / "experiments/decisive/runs/a-job").mkdir(parents=True)
+    study_dir, out, calls, bin_ = stand_ins(tmp_path, launcher=(
+        'echo "path $PYTHONPATH"; sleep 4; '
+        'if [ -e solopo/run.py ]; then echo "code there"; else echo "code gone"; fi'))
+    study_dir.mkdir()
+    (study_dir / "curve.json").write_text("{}")
+    env = dict(os.environ, PYTHON=str(bin_ / "python"), PATH=f"{bin_}:{os.environ['PATH']}", STUDY=str(study_dir),
+               OUT=str(out), SOLOPO_CACHE=str(tmp_path / "cache"), RESTORE_RUNS="", SPAN_S="1000",
+               PYTHONPATH="/elsewhere")
+    first = subprocess.run(["bash", "experiments/decisive/run.sh", "62"], cwd=tree, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert "runs on after this call" in first.stdout, first.stdout + first.stderr
+    code = Path(f"{study_dir}.code")
+    assert f"path {code}:/elsewhere" in first.stdout
+    assert (code / "experiments/decisive/run.sh").is_file() and not (code / "experiments/decisive/runs").exists()
+    shutil.rmtree(tree / "solopo")  # the next call's copy of the tree, under way
+    second = subprocess.run(["bash", "experiments/decisive/run.sh", "100"], cwd=tree, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 0 and "code there" in second.stdout, second.stdout + second.stderr
 
 
 def test_a_stale_launcher_pid_file_is_not_a_running_launcher(tmp_path):

@@ -28,6 +28,7 @@ gpu_call_begin() {
   export SOLOPO_CACHE=${SOLOPO_CACHE:-/tmp/solopo-cache}
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   mkdir -p "$STUDY" "$SOLOPO_CACHE" "$OUT"
+  STUDY=$(cd "$STUDY" && pwd)  # absolute: a launcher spanning calls runs elsewhere (gpu_call_snapshot)
   fresh=$([ -e "$STUDY/jobs.json" ] || echo 1)  # decided once: RESTORE's archives bring a jobs.json of their own
   if [ -n "${RESTORE:-}" ] && [ -n "$fresh" ]; then
     for archive in $RESTORE; do
@@ -84,10 +85,21 @@ gpu_call_launcher_alive() {
   [ -n "$state" ] && [ "$state" != Z ] && [ "$now_start" = "$start" ]
 }
 
+# The code a launcher spanning calls runs, made when it starts: the tree's solopo/ and experiments/ (less the collected
+# runs) copied to ${STUDY}.code. The machine copies the working tree afresh at the start of each call, and a job that
+# started meanwhile failed to import a module of the package; the launcher and its jobs (the runner's ROOT is its own
+# folder) run the copy, which no call touches. Prints its folder.
+gpu_call_snapshot() {
+  local code=${STUDY%/}.code
+  rm -rf "$code" && mkdir -p "$code" || return 1
+  tar -cf - --exclude='experiments/*/runs' solopo experiments | tar -xf - -C "$code" || return 1
+  echo "$code"
+}
+
 # Runs the launcher, "$@", its output into $STUDY/launch.log and here. Without SPAN_S, in this call. With SPAN_S, in a
-# process session of its own, which the machine keeps running after the call returns: jobs are not stopped at each
-# call's end and started afresh in the next, and the GPU does not idle through the end of each call, where no job
-# that would outlast the call may start. A call that finds the launcher running starts none (its command is not
+# process session of its own, which the machine keeps running after the call returns, on a copy of the code
+# (gpu_call_snapshot): jobs are not stopped at each call's end and started afresh in the next, and the GPU does not
+# idle through the end of each call, where no job that would outlast the call may start. A call that finds the launcher running starts none (its command is not
 # used) and waits for it, at most what is left of its own BUDGET, showing what the launcher has written since the
 # last call; its archive holds the jobs that have ended. Returns the launcher's status once it has ended, else 0.
 gpu_call_launch() {
@@ -101,12 +113,15 @@ gpu_call_launch() {
     echo "the launcher started by an earlier call (pid $(cut -d' ' -f1 "$STUDY/launcher.pid")) is running:" \
       "waiting for it"
   else
-    local pid
+    local pid code path
     rm -f "$STUDY/launcher.pid" "$STUDY/launcher.rc"
-    # the wrapper writes its pid (here completed with its start time), runs the launcher, then writes its status: the
-    # launcher's end is known even where nothing reaps the wrapper
-    setsid sh -c 'echo $$ > "$0.tmp" && mv "$0.tmp" "$0.pid"; "$@"; echo $? > "$0.tmp" && mv "$0.tmp" "$0.rc"' \
-      "$STUDY/launcher" "$@" >> "$log" 2>&1 < /dev/null &
+    code=$(gpu_call_snapshot) || { echo "could not copy the code for the launcher"; return 1; }
+    # the wrapper writes its pid (here completed with its start time), runs the launcher in the copy of the code,
+    # then writes its status: the launcher's end is known even where nothing reaps the wrapper
+    path=$code${PYTHONPATH#"$PWD"}  # the tree's place in it taken by the copy
+    (cd "$code" && PYTHONPATH=$path exec setsid sh -c \
+      'echo $$ > "$0.tmp" && mv "$0.tmp" "$0.pid"; "$@"; echo $? > "$0.tmp" && mv "$0.tmp" "$0.rc"' \
+      "$STUDY/launcher" "$@") >> "$log" 2>&1 < /dev/null &
     while ! [ -s "$STUDY/launcher.pid" ]; do sleep 0.2; done
     pid=$(cat "$STUDY/launcher.pid")
     echo "$pid $(gpu_call_process "$pid" | cut -d' ' -f2)" > "$STUDY/launcher.pid"
