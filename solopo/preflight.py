@@ -346,9 +346,28 @@ def refuse_missing_plugins(argv: Sequence[str]) -> None:
                  f"pip install 'solopo[{extra}]'")
 
 
+# What Hydra does with a command line, by its flags: one at a time (Hydra raises where two are given)
+HYDRA_MODES = {"--run": "--run", "-r": "--run", "--multirun": "--multirun", "-m": "--multirun", "--cfg": "--cfg",
+               "-c": "--cfg", "--info": "--info", "-i": "--info", "--shell-completion": "--shell-completion",
+               "-sc": "--shell-completion"}
+
+
+def refuse_two_modes(argv: Sequence[str]) -> None:
+    """Stops (exit 2) on a command line that asks Hydra for two of a run, a sweep, the config, its info and shell
+    completion (``-m ... --cfg job``), which Hydra refuses with a dozen-line traceback; --help answers first."""
+    if any(arg in ("--help", "-h", "--hydra-help") for arg in argv):
+        return
+    modes = list(dict.fromkeys(HYDRA_MODES[arg.split("=", 1)[0]] for arg in argv
+                               if arg.split("=", 1)[0] in HYDRA_MODES))
+    if len(modes) > 1:
+        stop(f"{' and '.join(modes)}: Hydra does one of --run, --multirun, --cfg, --info and --shell-completion at "
+             "a time (to see the config of one job of a sweep, give its values without -m, with --cfg job)")
+
+
 def preflight(argv: Sequence[str], run_dir: bool = True) -> None:
-    """The checks a command line gets before Hydra writes anything (secrets, the options of the config groups and the
-    plugins they need, and, where Hydra makes one (``run_dir``), a writable run directory)."""
+    """The checks a command line gets before Hydra writes anything (one thing for Hydra to do, secrets, the options of
+    the config groups and the plugins they need, and, where Hydra makes one (``run_dir``), a writable run directory)."""
+    refuse_two_modes(argv)
     refuse_secrets(argv)
     refuse_unknown_options(argv)
     refuse_missing_plugins(argv)

@@ -6,7 +6,7 @@
 Installed, the same entry is the console script `solopo-train`. This module is thin wiring: the command line's
 preflight checks, the default run sized to the hardware, Hydra, and the value a sweeper optimises; the run itself is
 solopo.training.pipeline.train, imported inside the task function so that Hydra answers --help, --cfg and shell
-completion in about a second, before torch loads.
+completion in seconds, before torch loads.
 """
 from __future__ import annotations
 

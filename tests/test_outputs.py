@@ -98,7 +98,8 @@ def test_keep_best_puts_back_the_weights_of_the_best_step():
     def evaluation(policy, name):
         step = int(name.split()[1])
         seen[step] = policy.layer.weight.detach().clone()
-        return {"average_long": scores[step], "average": scores[step], "by_length": {"1024": scores[step]}}
+        return {"average_long": scores[step], "average": scores[step], "by_length": {"1024": scores[step]},
+                "ci95_long": [scores[step] / 2, 1.0]}
 
     module = Toy()
     during = EvalDuringTraining(evaluation, module, every_n_steps=1, keep_best=True)
@@ -106,6 +107,8 @@ def test_keep_best_puts_back_the_weights_of_the_best_step():
                          enable_model_summary=False, enable_checkpointing=False, callbacks=[during])
     trainer.fit(module, DataLoader(list(range(8)), batch_size=1))
     assert [p["step"] for p in during.curve] == [1, 2, 3] and during.best_step == 2
+    assert during.curve[1]["avg_long"] == 50.0 and during.curve[1]["by_length"] == {"1024": 50.0}  # points
+    assert during.curve[1]["ci95_long"] == [25.0, 100.0]
     assert not torch.equal(module.layer.weight, seen[2])
     during.restore_best()
     assert torch.equal(module.layer.weight, seen[2])

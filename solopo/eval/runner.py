@@ -291,7 +291,7 @@ def write_outputs(tables: dict[str, dict], out_dir: Path, curve: dict | None = N
         if any(c["depth"] != "-" for c in table["cells"]):
             plots.append(depth_heatmap(table, out_dir / f"eval_depth_{name}.png", title=name))
     if curve and curve["points"]:  # evaluation during training (EvalDuringTraining.record)
-        by_step = {"sub-EM, long contexts": {p["step"]: points(p["avg_long"]) for p in curve["points"]}}
+        by_step = {"sub-EM, long contexts": {p["step"]: p["avg_long"] for p in curve["points"]}}
         plots.append(score_vs_step({"Evaluation during training": by_step}, out_dir / "eval_vs_step.png",
                                    marked=curve.get("best_step")))
     first, *later = tables

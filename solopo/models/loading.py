@@ -100,12 +100,21 @@ def source_problems(spec: ModelSpec) -> list[str]:
     hold the file from_pretrained reads first; a hub id must be in the local cache or reachable (this fetches its
     small config file, which from_pretrained would fetch anyway). One line per problem, naming the config key."""
     problems = []
-    if spec.random_init is None:  # a random model's name is only a label
+    if spec.random_init is None:
         problems += _source_problems("model.name", spec.name, "config.json")
+    elif spec.tokenizer is not None and _names_a_source(spec.name):  # a random model's name is only a label
+        problems.append(f"model.name={spec.name}: names weights to load, but this model has model.random_init (random "
+                        f"weights, the name a label); load them with a model preset that has none, e.g. "
+                        f"model=smollm2_135m model.name={spec.name}")
     if spec.tokenizer is not None or spec.random_init is not None:
         problems += _source_problems("model.tokenizer" if spec.tokenizer else "model.name", spec.tokenizer or spec.name,
                                      "tokenizer_config.json")
     return problems
+
+
+def _names_a_source(name: str) -> bool:
+    """Whether ``name`` reads as where weights come from (a path, a hub id, an embedded model) rather than a label."""
+    return "/" in name or name.startswith((".", "~")) or embedded.lookup(name) is not None or Path(name).exists()
 
 
 def _source_problems(key: str, name: str, first_file: str) -> list[str]:

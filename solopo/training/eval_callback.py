@@ -22,8 +22,8 @@ log = logging.getLogger("solopo")
 
 class EvalDuringTraining(pl.Callback):
     """Every ``every_n_steps`` optimizer steps: ``evaluation(policy, name)`` (solopo.eval.runner.Evaluation), its long-
-    context sub-EM logged as eval/step/avg_long (and eval/step/sub_em@<length>) at that step and kept in ``curve``;
-    with ``keep_best``, a CPU copy of the trained weights of the best step (highest avg long, the first on a tie)."""
+    context sub-EM, in points, logged as eval/step/avg_long (and eval/step/sub_em@<length>) at that step and kept in
+    ``curve`` with its interval; with ``keep_best``, a CPU copy of the trained weights of the best step (highest avg long, the first on a tie)."""
 
     def __init__(self, evaluation: Callable[..., dict], policy: torch.nn.Module, every_n_steps: int,
                  keep_best: bool = False):
@@ -42,12 +42,14 @@ class EvalDuringTraining(pl.Callback):
         if step == self._step_before_batch or step % self.every_n_steps:
             return
         table = self.evaluation(self.policy, f"step {step}")
-        score = float(trainer.strategy.broadcast(headline(table)))  # rank 0's number decides on every rank
-        self.curve.append({"step": step, "avg_long": score, "by_length": table["by_length"],
-                           "ci95_long": table.get("ci95_long"), "n_long": table.get("n_long")})
+        score = points(float(trainer.strategy.broadcast(headline(table))))  # rank 0's number decides on every rank
+        by_length = {n: points(v) for n, v in table["by_length"].items()}
+        interval = table.get("ci95_long")
+        self.curve.append({"step": step, "avg_long": score, "by_length": by_length,  # points, as every stated score
+                           "ci95_long": interval and [points(x) for x in interval], "n_long": table.get("n_long")})
         if trainer.logger and trainer.is_global_zero:
-            trainer.logger.log_metrics({"eval/step/avg_long": points(score), **{  # points, as every logged score
-                f"eval/step/sub_em@{n}": points(v) for n, v in table["by_length"].items()}}, step=step)
+            trainer.logger.log_metrics({"eval/step/avg_long": score, **{
+                f"eval/step/sub_em@{n}": v for n, v in by_length.items()}}, step=step)
         if self.keep_best and (self.best_step is None or score > self._best_score()):
             self._best_weights = trained_weights(self.policy)
             self.best_step = step
@@ -60,8 +62,8 @@ class EvalDuringTraining(pl.Callback):
         evaluated and saved after training is that step's. Nothing without keep_best or a best step."""
         if not (self.keep_best and self.best_step is not None):
             return
-        log.info("eval.keep_best: the weights of step %d (avg long sub-EM %.1f%%) are the trained model",
-                 self.best_step, points(self._best_score()))
+        log.info("eval.keep_best: the weights of step %d (avg long sub-EM %.1f points) are the trained model",
+                 self.best_step, self._best_score())
         if is_sharded(self.policy):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

@@ -156,6 +156,19 @@ def test_a_missing_model_folder_stops_both_commands_before_hydra(module, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv, modes", [(["-m", "algo=dpo,simpo", "--cfg", "job"], "--multirun and --cfg"),
+                                          (["--info", "-sc", "install=bash"], "--info and --shell-completion"),
+                                          (["--run", "--multirun", "seed=1,2"], "--run and --multirun")])
+def test_two_things_for_hydra_to_do_are_one_line(argv, modes, capsys):
+    """Hydra raised "Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified" with a
+    dozen-line traceback; one of them, or --help beside them, passes."""
+    with pytest.raises(SystemExit) as stopped:
+        preflight(argv)
+    assert stopped.value.code == 2 and capsys.readouterr().err.startswith(f"error: {modes}: Hydra does one of")
+    preflight(["-m", "algo=dpo,simpo", "--help"])
+    preflight(["--cfg", "job", "-cd", "/tmp", "algo=dpo"])
+
+
 @pytest.mark.parametrize("arg", ["hparams_search=optuna", "hydra/launcher=slurm"])
 def test_an_option_whose_hydra_plugin_is_missing_is_one_line(arg, capsys, monkeypatch):
     from solopo.preflight import PLUGIN_OPTIONS

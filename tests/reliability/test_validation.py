@@ -290,6 +290,19 @@ def test_a_model_that_cannot_load_is_named_before_anything_loads(name, first_lin
     assert source_problems(tokenizer_only) == [f"model.tokenizer={tmp_path}/none: no such folder"]
 
 
+@pytest.mark.parametrize("name", ["/path/to/model", "Qwen/Qwen2.5-7B-Instruct", "embedded:smollm2-135m-instruct"])
+def test_weights_named_for_a_random_model_are_refused(name):
+    """model=tiny (experiment=smoke) model.name=/path/to/checkpoint evaluated the random tiny model, exit 0: a model
+    with random_init and a tokenizer of its own takes its name as a label only, so a name that says where weights
+    come from is refused; a label passes, and without a tokenizer the name is the tokenizer's source."""
+    from solopo.models.loading import source_problems
+
+    (problem,) = source_problems(replace(TINY, name=name))
+    assert problem.startswith(f"model.name={name}: names weights to load, but this model has model.random_init")
+    assert source_problems(replace(TINY, name="my-random-llama")) == []
+    assert source_problems(replace(TINY, name="embedded:smollm2-135m-instruct", tokenizer=None)) == []
+
+
 def test_a_refused_wandb_key_logs_offline_with_a_warning(tmp_path, monkeypatch, caplog):
     """A malformed WANDB_API_KEY made wandb.init raise after the model had loaded; the run now goes on offline."""
     from solopo.training.loggers import wandb_logger
