@@ -88,6 +88,31 @@ def test_offload_sees_only_the_layer_boundaries(tokenizer):
     assert offload.offered_bytes == (len(decoder_layers(model)) + 1) * boundary + small
 
 
+MIB, GIB = 1 << 20, 1 << 30
+
+
+@pytest.mark.parametrize("nbytes, smallest, pieces", [
+    (3 * GIB, MIB, [(0, 2 * GIB), (2 * GIB, GIB)]),  # a 1M x 1536 bf16 layer input: 3 GiB, where one request took 4
+    (5 * MIB + 1, MIB, [(0, 4 * MIB), (4 * MIB, 2 * MIB)]), (1, MIB, [(0, MIB)]), (0, MIB, []),
+    (11, 4, [(0, 8), (8, 4)]), (13, 4, [(0, 16)])])
+def test_host_copies_come_in_power_of_two_pieces(nbytes, smallest, pieces):
+    assert memory.host_pieces(nbytes, smallest) == pieces
+
+
+@pytest.mark.parametrize("tensor", [
+    torch.randn(5 * MIB // 4 + 1), torch.randn(3, 5, 7).to(torch.bfloat16), torch.randn(64, 40).t(),
+    torch.rand(9, 11) > 0.5, torch.tensor(2.5)], ids=["fp32 over 5 MiB", "bf16", "transposed", "bool", "scalar"])
+def test_a_host_copy_gives_the_tensor_back(tensor):
+    """model.offload_activations' copies, to the host and back (unpinned pieces on the CPU: pinning needs CUDA): the
+    same values, dtype and shape, in pieces whose sizes are powers of two and waste less than a piece's smallest."""
+    sizes = []
+    packed = memory.to_host(tensor, lambda size: sizes.append(size) or torch.empty(size, dtype=torch.uint8))
+    back = memory.from_host(packed)
+    assert back.dtype == tensor.dtype and back.shape == tensor.shape and torch.equal(back, tensor)
+    nbytes = tensor.numel() * tensor.element_size()
+    assert all(size & (size - 1) == 0 for size in sizes) and 0 <= sum(sizes) - nbytes < memory.HOST_PIECE_BYTES
+
+
 @pytest.mark.slow  # about 3 minutes on two CPU cores: inductor compiles C++ for each block, shape and backward
 def test_compiled_layers_give_the_plain_logps_and_gradients(tokenizer):
     """model.compile: torch.compile (inductor, on the CPU with its C++ compiler) of every layer's blocks."""

@@ -21,8 +21,9 @@ peak, and no saver moves it: mixed precision (bf16 attention) avoids it.
 """
 from __future__ import annotations
 
+import math
 from types import MethodType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,9 @@ from solopo.models.blocks import final_norm, mlps
 
 # Below this a saved tensor (positions, masks, small weights) costs more in copies than it frees.
 MIN_OFFLOAD_BYTES = 1 << 20
+# torch's pinned-memory allocator rounds every request up to a power of two: a layer input of 1M x 1536 bf16 values
+# (3 GiB) would take 4. Host copies are made of power-of-two pieces of at least this many bytes instead (host_pieces).
+HOST_PIECE_BYTES = 1 << 20
 
 
 def enable_checkpointing(model: nn.Module) -> None:
@@ -95,16 +99,48 @@ class HostOffload:
     def pack(self, tensor: Tensor) -> Any:
         if not self.moves(tensor) or tensor.device.type == "cpu":
             return tensor
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        host.copy_(tensor, non_blocking=True)  # ordered before any later kernel that reuses the tensor's memory
-        return tensor.device, host
+        return to_host(tensor, lambda size: torch.empty(size, dtype=torch.uint8, pin_memory=True))
 
     @staticmethod
     def unpack(packed: Any) -> Tensor:
-        if isinstance(packed, Tensor):
-            return packed
-        device, host = packed
-        return host.to(device, non_blocking=True)
+        return packed if isinstance(packed, Tensor) else from_host(packed)
+
+
+def host_pieces(nbytes: int, smallest: int = HOST_PIECE_BYTES) -> list[tuple[int, int]]:
+    """(start, size) of the pieces that hold ``nbytes`` bytes: ``nbytes`` rounded up to a multiple of ``smallest`` (a
+    power of two), as the sum of distinct powers of two, largest first. An allocator that rounds each request up to a
+    power of two then wastes less than ``smallest`` bytes, where one request for it all could waste almost as much as
+    it holds."""
+    total, pieces, start = -(-nbytes // smallest) * smallest, [], 0
+    for bit in reversed(range(total.bit_length())):
+        if total >> bit & 1:
+            pieces.append((start, 1 << bit))
+            start += 1 << bit
+    return pieces
+
+
+def to_host(tensor: Tensor, allocate: Callable[[int], Tensor]) -> tuple:
+    """``tensor``'s bytes copied into host pieces (host_pieces) that ``allocate(size)`` makes (pinned: the copies do
+    not wait for the host, and each is ordered before any later kernel that reuses the tensor's memory), with what
+    from_host needs to make it again."""
+    data = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+    pieces = []
+    for start, size in host_pieces(data.numel()):
+        part = data[start : start + size]
+        pieces.append(allocate(size))
+        pieces[-1][: part.numel()].copy_(part, non_blocking=True)
+    return tensor.device, tensor.dtype, tensor.shape, pieces
+
+
+def from_host(packed: tuple) -> Tensor:
+    """The tensor to_host copied, on its device again."""
+    device, dtype, shape, pieces = packed
+    nbytes = math.prod(shape) * dtype.itemsize
+    data = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    for (start, size), piece in zip(host_pieces(nbytes), pieces):
+        part = data[start : start + size]
+        part.copy_(piece[: part.numel()], non_blocking=True)
+    return data.view(dtype).view(shape)
 
 
 def offload_activations(model: nn.Module, offload: Optional[HostOffload] = None) -> HostOffload:
