@@ -335,6 +335,27 @@ def test_run_kernels_sh_measures_each_model_build_in_its_own_call(tmp_path):
     assert "--max-lengths 524288,1048576 --max-length-models qwen2.5-1.5b" in lines[3]
 
 
+def test_with_span_s_the_longest_context_probe_runs_on_after_the_call(tmp_path):
+    """SPAN_S: the probe (a 1M step outlasts a device call) starts in a process session of its own, on a copy of the
+    code, and the call returns; the next call measures no grid cell beside it, waits for it and keeps its log."""
+    calls, fake, span = tmp_path / "calls", tmp_path / "python", tmp_path / "span"
+    fake.write_text(f'#!/bin/sh\ncase "$1" in -c|-m) exec {sys.executable} "$@";; esac\necho "$@" >> {calls}\n'
+                    'case "$*" in *--max-lengths*) echo "probe in $(pwd)"; sleep 4; echo "probe done";; esac\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), RESULTS=str(tmp_path / "results"), PYTHONPATH=str(ROOT), SPAN_S="1000",
+               SPAN_DIR=str(span))
+    first = subprocess.run(["bash", str(SCRIPTS / "run_kernels.sh"), "62"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0 and "runs on after this call" in first.stdout, first.stdout + first.stderr
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 4 and "--max-lengths 524288,1048576" in lines[3] and "--variants savers" in lines[3]
+    second = subprocess.run(["bash", str(SCRIPTS / "run_kernels.sh"), "100"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 0 and "no grid cell beside it" in second.stdout, second.stdout + second.stderr
+    assert "probe done" in second.stdout and calls.read_text().splitlines() == lines
+    assert f"probe in {span}.code" in (tmp_path / "results" / "kernels.log").read_text()
+
+
 @pytest.mark.slow  # about 3 minutes: the compiled variant compiles its blocks on the CPU
 def test_run_kernels_sh_runs_on_the_tiny_model(tmp_path):
     env = dict(os.environ, RESULTS=str(tmp_path), MODEL="tiny", LENGTHS="384", PROBE_LENGTHS="512,640", SHORT="128",

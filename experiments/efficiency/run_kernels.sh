@@ -8,10 +8,13 @@
 #
 # Every call runs with --resume on RESULTS: what is there is kept and only the missing cells are measured, so a call
 # cut short by BUDGET_S (540) goes on in the next. A longest-context step cannot be split: on an H200 the 512K step
-# took 216 s without the savers (README), and 1M does four times its attention work, about 15 minutes, so the 1M
-# probe needs a call of its own with BUDGET_S near 1200. Liger is installed from the wheel in WHEELS (gpuwheels/) where
-# it is missing, and skipped on a machine that cannot run it. MODEL, LENGTHS, PROBE_LENGTHS and SHORT exist for the
-# CPU dry run (tests/test_benchmarks.py).
+# took 216 s without the savers (README), and 1M does four times its attention work, about 15 minutes, longer than a
+# call of a 10-minute device lease: with SPAN_S=SECONDS the probe runs on after the call, in a process session of its
+# own on a copy of the code, to SPAN_S after the call that started it (experiments/studies/gpu_call.sh's launcher
+# spanning calls; its state and log in SPAN_DIR, /tmp/solopo_kernels_span), and the next call with the same SPAN_S
+# waits for it, measuring nothing else meanwhile (the GPU is the probe's). Liger is installed from the wheel in WHEELS
+# (gpuwheels/) where it is missing, and skipped on a machine that cannot run it. MODEL, LENGTHS, PROBE_LENGTHS and
+# SHORT exist for the CPU dry run (tests/test_benchmarks.py).
 set -o pipefail
 began=$(date +%s)
 BUDGET=${1:-540}
@@ -24,13 +27,29 @@ SHORT=${SHORT:-1024}
 WHEELS=${WHEELS:-gpuwheels}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)  # absolute: a probe spanning calls runs from a copy of the code
 left() { echo $(( BUDGET - ($(date +%s) - began) )); }
+BENCH=("$PY" experiments/efficiency/bench.py --models "$MODEL" --algos dpo --methods solopo --short "$SHORT"
+       --no-logp-memory --tag _kernels --resume --out "$RESULTS")
+PROBE=(--variants savers --lengths "" --max-lengths "$PROBE_LENGTHS" --max-length-models "$MODEL")
 
 bench() {  # bench ARGS...: bench.py within the time left, into RESULTS; a cell cut short is measured next time
   if [ "$(left)" -le 0 ]; then echo "no time left for bench.py $*: the next call runs it"; return 0; fi
-  timeout --signal=INT --kill-after=30 "$(left)" "$PY" experiments/efficiency/bench.py --models "$MODEL" --algos dpo \
-    --methods solopo --short "$SHORT" --no-logp-memory --tag _kernels --resume --out "$RESULTS" "$@" 2>&1 \
-    | tee -a "$RESULTS/kernels.log"
+  timeout --signal=INT --kill-after=30 "$(left)" "${BENCH[@]}" "$@" 2>&1 | tee -a "$RESULTS/kernels.log"
+}
+
+if [ -n "${SPAN_S:-}" ]; then
+  source experiments/studies/gpu_call.sh
+  STUDY=${SPAN_DIR:-/tmp/solopo_kernels_span}
+  mkdir -p "$STUDY" && STUDY=$(cd "$STUDY" && pwd)
+fi
+probe_running() { [ -n "${SPAN_S:-}" ] && gpu_call_launcher_alive; }
+
+span_probe() {  # the probe to the span's end, on after this call; its log joins kernels.log once it has ended
+  gpu_call_launch timeout --signal=INT --kill-after=30 "$(gpu_call_deadline)" "${BENCH[@]}" "${PROBE[@]}"
+  if ! gpu_call_launcher_alive; then
+    cat "$STUDY/launch.log" >> "$RESULTS/kernels.log" && rm -f "$STUDY/launch.log" "$STUDY/launch.shown"
+  fi
 }
 
 grid() { bench --variants "$1" --lengths "$LENGTHS" --max-length-models none --warmup "${2:-1}" --steps 2; }
@@ -44,9 +63,13 @@ liger_runs() {  # liger-kernel importable (installed from WHEELS if need be) on 
 problems = liger_problems(torch.cuda.is_available()); print(*problems); sys.exit(bool(problems))"
 }
 
-grid padded,cudnn-sdpa
-grid savers
-if liger_runs; then grid liger; else echo "liger: skipped"; fi
-grid compile 2  # a second warm-up step: each new shape may compile again
-bench --variants savers --lengths "" --max-lengths "$PROBE_LENGTHS" --max-length-models "$MODEL"
+if probe_running; then
+  echo "the longest-context probe started by an earlier call is running: no grid cell beside it"
+else
+  grid padded,cudnn-sdpa
+  grid savers
+  if liger_runs; then grid liger; else echo "liger: skipped"; fi
+  grid compile 2  # a second warm-up step: each new shape may compile again
+fi
+if [ -n "${SPAN_S:-}" ]; then span_probe; else bench "${PROBE[@]}"; fi
 echo "call took $(( $(date +%s) - began )) s"
