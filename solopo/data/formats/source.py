@@ -19,6 +19,7 @@ LLaMA-Factory ``dataset_info.json``, whose column mapping comes along as ``Sourc
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 from dataclasses import dataclass
@@ -82,11 +83,24 @@ def refuse_file_options(path: str, split: Optional[str], name: Optional[str]) ->
 def _file_records(path: str, split: Optional[str]) -> Iterator[tuple[Where, dict]]:
     suffix = Path(path).suffix.lower()
     if suffix in ARROW_SUFFIXES:
-        return _rows(path, _load_dataset(ARROW_SUFFIXES[suffix], path, split, data_files=checked_path(path)))
+        options = _csv_options(path) if suffix == ".csv" else {}
+        return _rows(path, _load_dataset(ARROW_SUFFIXES[suffix], path, split, data_files=checked_path(path), **options))
     if suffix not in JSON_SUFFIXES:
         raise DataFileError(f"{path}: unknown kind of file; expected .jsonl, .json, .parquet, .csv, .arrow or a "
                             "dataset folder")
     return iter(read_json_list(path)) if suffix == ".json" and _first_character(path) == "[" else iter_jsonl(path)
+
+
+def _csv_options(path: str) -> dict:
+    """A CSV file's cells as the text they hold, every column a string: pandas would read a column of answers "1",
+    "10" as integers and the text NA or None as a missing value, and an id column with one empty cell as floats."""
+    try:
+        with open(checked_path(path), newline="", encoding="utf-8-sig") as file:
+            header = next(csv.reader(file), [])
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataFileError(f"{path}: not a dataset that can be read ({err})") from None
+    features = _datasets().Features({name: _datasets().Value("string") for name in header})
+    return dict(features=features, keep_default_na=False)
 
 
 def _first_character(path: str) -> str:
