@@ -216,6 +216,26 @@ MALFORMED = [  # format, the bad record's change, the field the message names, i
 ]
 
 
+@pytest.mark.parametrize("chosen, rejected, field, problem", [
+    ("Q: Where is Rome? A: Italy.", "Q: Where is Rome? A: Italy. Actually no, Peru.", "chosen",
+     "is all the beginning of 'rejected'"),
+    ("Q: Where is Rome? A: Italy. Or Peru.", "Q: Where is Rome? A: Italy.", "rejected", "is all the beginning of 'chosen'"),
+    ("Q: Where is Rome? A: Italy.", "Q: Where is Rome? A: Italy.", "chosen", "is the same as 'rejected'"),
+    ([user("Where?"), assistant("Rome")], [user("Where?"), assistant("Rome")], "chosen", "is the same as 'rejected'"),
+    ([user("Where?"), assistant("Rome")], [user("Where?"), assistant("Rome"), user("Sure?"), assistant("No")],
+     "chosen", "is all the beginning of 'rejected'")])
+def test_an_implicit_prompt_leaves_each_side_a_response(chosen, rejected, field, problem):
+    """A verbosity pair ("...Italy." / "...Italy. Actually no, Peru.") made the whole chosen text the prompt and
+    trained on an empty chosen response, exit 0."""
+    from solopo.data.formats.chat import split_implicit
+    from solopo.records import Where
+
+    with pytest.raises(DataFileError) as refused:
+        split_implicit(chosen, rejected, Where("f.jsonl", "line 3"))
+    assert str(refused.value) == (f"f.jsonl line 3: field '{field}': {problem}: the implicit prompt (what both begin "
+                                  "with) leaves it no response")
+
+
 @pytest.mark.parametrize("container", ["jsonl", "parquet"])
 @pytest.mark.parametrize("fmt, change, field, problem", MALFORMED)
 def test_malformed_rows_name_file_row_and_field(fmt, change, field, problem, container, tmp_path):

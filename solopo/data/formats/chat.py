@@ -95,6 +95,7 @@ def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, st
             shared += 1
         if shared == 0:
             raise where.error("shares no leading message with 'rejected', so there is no prompt", "chosen")
+        _refuse_no_response({"chosen": len(chosen_turns), "rejected": len(rejected_turns)}, shared, where)
         return (prompt(chosen[:shared], "chosen", where),
                 response(chosen[shared:] or None, f"chosen[{shared}:]", where),
                 response(rejected[shared:] or None, f"rejected[{shared}:]", where))
@@ -110,4 +111,17 @@ def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, st
         cut -= 1
     if not chosen_text[:cut].strip():
         raise where.error("shares no leading words with 'rejected', so there is no prompt", "chosen")
+    _refuse_no_response({"chosen": len(chosen_text[cut:].strip()), "rejected": len(rejected_text[cut:].strip())}, 0,
+                        where)
     return chosen_text[:cut], chosen_text[cut:], rejected_text[cut:]
+
+
+def _refuse_no_response(lengths: dict[str, int], shared: int, where: Where) -> None:
+    """An implicit prompt leaves each side a response: not so where one side is all shared (the two the same, or one
+    the other with more at its end: a pair that would teach the model to end its turn at once)."""
+    for name, length in lengths.items():
+        if length <= shared:
+            other = "rejected" if name == "chosen" else "chosen"
+            same = "is the same as" if all(n <= shared for n in lengths.values()) else "is all the beginning of"
+            raise where.error(f"{same} '{other}': the implicit prompt (what both begin with) leaves it no response",
+                              name)
