@@ -129,8 +129,16 @@ def text(record: dict, name: str, where: Where, strip: bool = True) -> str:
 
 
 def check_text(value: Any, label: str, where: Where, strip: bool = True) -> str:
+    """A string that is not blank and that a tokenizer can take: JSON's \\ud83d escape alone (half of a character cut in
+    two, as a truncated emoji leaves it) reads as a lone surrogate, which no UTF-8 tokenizer encodes."""
     if not check(value, str, label, where).strip():
         raise where.error("empty", label)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise where.error(f"character {err.start} is half of a character cut in two "
+                          f"({value[err.start].encode('unicode_escape').decode()}, a lone surrogate), which no "
+                          "tokenizer takes", label) from None
     return value.strip() if strip else value
 
 

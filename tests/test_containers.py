@@ -216,6 +216,18 @@ MALFORMED = [  # format, the bad record's change, the field the message names, i
 ]
 
 
+def test_half_a_character_is_named_not_a_tokenizer_traceback(tmp_path):
+    """JSON's "\\ud83d" alone (a truncated emoji in scraped text) is valid JSON and reads as a lone surrogate, which the
+    tokenizer refused with a TypeError after the model had loaded."""
+    path = tmp_path / "data.jsonl"
+    rows = [{"prompt": f"Question {i}?", "chosen": "a", "rejected": "b"} for i in range(4)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows).replace("Question 2", "broken \\ud83d emoji"))
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path))
+    assert str(refused.value) == (f"{path} line 3: field 'prompt': character 7 is half of a character cut in two "
+                                  "(\\ud83d, a lone surrogate), which no tokenizer takes")
+
+
 @pytest.mark.parametrize("chosen, rejected, field, problem", [
     ("Q: Where is Rome? A: Italy.", "Q: Where is Rome? A: Italy. Actually no, Peru.", "chosen",
      "is all the beginning of 'rejected'"),
