@@ -374,6 +374,19 @@ def test_smoke_run_truncates_overlong_contexts_and_reports_the_count(tmp_path):
     assert counts["train"]["mean_tokens"]["long"] <= 256
 
 
+def test_an_overlong_pair_under_overlong_error_is_one_line(tmp_path):
+    """data.overlong=error raised a ValueError with a Hydra traceback, exit 1."""
+    filler = "\n\n".join(f"Note {i}: " + "the archive lists old maps " * 8 for i in range(12))
+    rows = [{**row, "prompt_long": f"{filler}\n\n{question(country)}"}
+            for row, (country, _, _) in zip(records("A"), CITIES)]
+    path = write("jsonl", rows, tmp_path)
+    done = run_here(["experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
+                     "data.long_len=128", "model.max_length=256", "eval.lengths=[short,128]", "data.overlong=error",
+                     f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr.strip().splitlines()[-1].startswith("error: example ")
+    assert "tokens exceed model.max_length=256 (data.overlong=error; skip" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_csv_files_cells_are_the_text_they_hold(tmp_path):
     """pandas read a column of answers "1", "10" (quoted or not) as integers, refused as "expected a string, got int",
     the text NA as a missing value ("empty"), and an id column with one empty cell as floats, blamed on row 0."""

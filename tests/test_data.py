@@ -237,7 +237,7 @@ def test_overlong_examples_are_skipped_and_counted_or_rejected(tokenizer, caplog
     pairs, skipped = tokenize_examples(examples, tokenizer, max_length=300)
     assert len(pairs) == 1 and skipped == Counter(over_max_length=1)
     assert "skipped 1 of 2 examples" in caplog.text
-    with pytest.raises(ValueError, match="example e1: .* exceed the model's max_length 300"):
+    with pytest.raises(ValueError, match=r"example e1: .* exceed model.max_length=300 \(data.overlong=error; "):
         tokenize_examples(examples, tokenizer, max_length=300, overlong="error")
 
 

@@ -61,6 +61,10 @@ def encode_response(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
+class OverlongPair(ValueError):
+    """A pair over model.max_length under data.overlong=error."""
+
+
 def tokenize_examples(
     examples: list[PreferenceExample], tokenizer, max_length: int, overlong: str = "skip", truncate: str = "middle"
 ) -> tuple[list[TokenizedPair], Counter]:
@@ -80,7 +84,8 @@ def tokenize_examples(
         too_long = [context for context, ids in prompts.items() if len(ids) > room]
         if too_long and overlong == "error":
             longest = max(map(len, prompts.values())) + max(map(len, responses.values()))
-            raise ValueError(f"example {ex.id}: {longest} tokens exceed the model's max_length {max_length}")
+            raise OverlongPair(f"example {ex.id}: {longest} tokens exceed model.max_length={max_length} "
+                               "(data.overlong=error; skip leaves such a pair out, truncate cuts its context)")
         if too_long and overlong == "truncate":
             cut = {c: truncated(tokenizer, ex.prompt_short if c == "short" else ex.prompt_long, ex.question, room,
                                 truncate) for c in too_long}

@@ -27,7 +27,7 @@ from solopo.core.objective import required_sequences
 from solopo.data.collate import PairCollator, plain_po
 from solopo.data.pairs import UnusableItem, to_examples
 from solopo.data.schema import PreferenceExample
-from solopo.data.tokenize import token_counter, tokenize_examples
+from solopo.data.tokenize import OverlongPair, token_counter, tokenize_examples
 from solopo.eval import runner
 from solopo.eval.runner import RunEvaluation
 from solopo.generation.sampling import sample_pairs
@@ -131,7 +131,11 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[st
                     examples, policy, tokenizer, sampling, settings.method.pairs_from,
                     generation_identity(spec, cfg.seed), cache=DiskCache.under_root("pairs", cfg.cache.verify),
                     model_path=path)
-        pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong, cfg.data.truncate)
+        try:
+            pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong,
+                                                      cfg.data.truncate)
+        except OverlongPair as err:
+            raise RunFailed("bad data", str(err)) from None
         if not pairs[split] and split == "train":
             raise RunFailed("no pairs", why_no_pairs(split, counts[split], skipped))
         if not pairs[split]:  # e.g. on-policy sampling on long contexts found no right answer among few items
