@@ -387,6 +387,16 @@ def test_an_overlong_pair_under_overlong_error_is_one_line(tmp_path):
     assert "tokens exceed model.max_length=256 (data.overlong=error; skip" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_no_pairs_under_truncation_does_not_advise_truncation():
+    """Pairs over model.max_length whose context truncation cannot cut (no paragraph before the question) were skipped,
+    and the run's one line advised data.overlong=truncate, already set."""
+    from solopo.training.pipeline import why_no_pairs
+
+    line = why_no_pairs("train", {}, {"over_max_length": 4}, truncating=True)
+    assert "data.overlong=truncate finding too little context to cut" in line and "set data.overlong" not in line
+    assert why_no_pairs("train", {}, {"over_max_length": 4}).endswith("or set data.overlong=truncate")
+
+
 def test_a_csv_files_cells_are_the_text_they_hold(tmp_path):
     """pandas read a column of answers "1", "10" (quoted or not) as integers, refused as "expected a string, got int",
     the text NA as a missing value ("empty"), and an id column with one empty cell as floats, blamed on row 0."""

@@ -137,9 +137,10 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[st
         except OverlongPair as err:
             raise RunFailed("bad data", str(err)) from None
         if not pairs[split] and split == "train":
-            raise RunFailed("no pairs", why_no_pairs(split, counts[split], skipped))
+            raise RunFailed("no pairs", why_no_pairs(split, counts[split], skipped, cfg.data.overlong == "truncate"))
         if not pairs[split]:  # e.g. on-policy sampling on long contexts found no right answer among few items
-            log.warning("%s: training runs without validation metrics", why_no_pairs(split, counts[split], skipped))
+            log.warning("%s: training runs without validation metrics",
+                        why_no_pairs(split, counts[split], skipped, cfg.data.overlong == "truncate"))
         counts[split].update({"pairs": len(pairs[split]), "truncated": skipped.pop("truncated", 0),
                               "skipped": dict(skipped),
                               "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / max(len(pairs[split]), 1)
@@ -149,15 +150,20 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[st
     return pairs, counts
 
 
-def why_no_pairs(split: str, counts: dict, skipped) -> str:
+def why_no_pairs(split: str, counts: dict, skipped, truncating: bool = False) -> str:
     """Why a split has no pairs, in one line: no sampled question had both a correct and an incorrect sample (with
-    what to change), or every pair was over model.max_length."""
+    what to change), or every pair was over model.max_length (``truncating``: under data.overlong=truncate)."""
     name = {"train": "training", "val": "validation"}[split]
     sampled = counts.get("sampling")
     if sampled is not None and not sampled["kept"]:
         return (f"no {name} pairs: 0 of {sampled['items']} questions had both a correct and an incorrect sample "
                 f"({100 * sampled['share_correct']:.1f}% of samples correct, {sampled['k']} per question); use "
                 f"data.pairs=gold, more samples (data.sampling.k), or a stronger model")
+    if truncating:  # the pairs over model.max_length had no context truncation could cut enough of
+        return (f"no {name} pairs: every one was skipped ({dict(skipped) or 'none built'}), data.overlong=truncate "
+                "finding too little context to cut (the text of the last user message before its last paragraph, or "
+                "before the paragraph with the question; the rest is kept whole); raise model.max_length or shorten "
+                "the prompts")
     return (f"no {name} pairs: every one was skipped ({dict(skipped) or 'none built'}); raise model.max_length, "
             f"lower data.long_len, or set data.overlong=truncate")
 
