@@ -399,14 +399,18 @@ def test_no_pairs_under_truncation_does_not_advise_truncation():
 
 def test_a_csv_files_cells_are_the_text_they_hold(tmp_path):
     """pandas read a column of answers "1", "10" (quoted or not) as integers, refused as "expected a string, got int",
-    the text NA as a missing value ("empty"), and an id column with one empty cell as floats, blamed on row 0."""
+    the text NA as a missing value ("empty"), and an id column with one empty cell as floats, blamed on row 0 (an
+    empty id is refused on its own row)."""
     path = tmp_path / "data.csv"
-    path.write_text('id,prompt,chosen,rejected\n7,"Tom is 1. How old is Tom?","1",10\n8,Is it NA?,NA,None\n'
-                    "9,Ann is 3. How old is Ann?,3,30\n,Bo is 4. How old is Bo?,4,40\n", encoding="utf-8")
+    rows = ('id,prompt,chosen,rejected\n7,"Tom is 1. How old is Tom?","1",10\n8,Is it NA?,NA,None\n'
+            "9,Ann is 3. How old is Ann?,3,30\n10,Bo is 4. How old is Bo?,4,40\n")
+    path.write_text(rows, encoding="utf-8")
     examples = {ex.id: ex for ex in pairs.load(str(path)).train}
-    assert {(ex.chosen, ex.rejected) for ex in examples.values()} == {("1", "10"), ("NA", "None"), ("3", "30"),
-                                                                      ("4", "40")}
-    assert {"7", "8", "9"} < set(examples) and len(examples) == 4
+    assert {key: (ex.chosen, ex.rejected) for key, ex in examples.items()} == {
+        "7": ("1", "10"), "8": ("NA", "None"), "9": ("3", "30"), "10": ("4", "40")}
+    path.write_text(rows.replace("\n10,", "\n,"), encoding="utf-8")
+    with pytest.raises(DataFileError, match=r"data.csv row 3: field 'id': empty$"):
+        pairs.load(str(path))
     path.write_text("prompt,chosen,rejected\nQ1,a,b\nQ2,,b\n", encoding="utf-8")
     with pytest.raises(DataFileError, match=r"data.csv row 1: field 'chosen': empty$"):
         pairs.load(str(path))

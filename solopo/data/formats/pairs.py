@@ -147,7 +147,10 @@ def _id(record: dict, where: Where) -> str:
     """The record's id (published sets often number them: an integer is taken as its digits), else its place."""
     if isinstance(record.get("id"), int) and not isinstance(record["id"], bool):
         return str(record["id"])
-    return field(record, "id", str, where, default=f"{Path(where.path).stem}:{where.place.replace(' ', '')}")
+    item = field(record, "id", str, where, default=f"{Path(where.path).stem}:{where.place.replace(' ', '')}")
+    if not item.strip():  # an empty CSV cell, or "": an id names the item in caches, logs and tables
+        raise where.error("empty", where.label("id"))
+    return item
 
 
 _PARSERS: dict[str, Callable[[dict, Where, dict | None], QAItem | PreferenceExample]] = {
