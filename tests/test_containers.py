@@ -216,6 +216,25 @@ MALFORMED = [  # format, the bad record's change, the field the message names, i
 ]
 
 
+@pytest.mark.parametrize("record, line", [
+    ({"prompt ": "Q?", "chosen": "a", "rejected": "b"}, "key 'prompt ' is not 'prompt': keys are exact (lower case, "
+                                                        "no spaces)"),
+    ({"prompt": "Q?", "Chosen": "a", "rejected": "b"}, "key 'Chosen' is not 'chosen': keys are exact (lower case, "
+                                                       "no spaces)"),
+    ({"data": [{"prompt": "Q?", "chosen": "a", "rejected": "b"}]},
+     "matches no schema: its 'data' holds a list of 1 objects; a file holds its records as a JSON list or one per line "
+     "(JSON lines), not under a key")])
+def test_a_near_miss_of_a_key_and_records_under_a_key_are_named(record, line):
+    """"prompt " (a stray space) made a TRL record read as an implicit prompt, refused as sharing no leading words;
+    a JSON file of {"data": [...]} matched no schema, with no word on why."""
+    from solopo.data.formats.pairs import format_of
+    from solopo.records import Where
+
+    with pytest.raises(DataFileError) as refused:
+        format_of(record, Where("f.jsonl", "line 1"))
+    assert str(refused.value) == f"f.jsonl line 1: {line}"
+
+
 def test_half_a_character_is_named_not_a_tokenizer_traceback(tmp_path):
     """JSON's "\\ud83d" alone (a truncated emoji in scraped text) is valid JSON and reads as a lone surrogate, which the
     tokenizer refused with a TypeError after the model had loaded."""

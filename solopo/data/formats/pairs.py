@@ -60,9 +60,18 @@ def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None, s
     return split_items(rows, pool, path, n_val, seed, n_train)
 
 
+# The keys that decide a record's format (a near miss of one, 'Prompt' or 'prompt ', is named, not read as another)
+DECIDING_KEYS = ("prompt_short", "prompt_long", "relevant", "prompt", "conversations", "instruction", "chosen",
+               "rejected")
+
+
 def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
-    if mapping is not None:
+    if mapping is not None:  # a LLaMA-Factory dataset names its columns
         return "sharegpt" if llama_factory.layout(mapping) == "sharegpt" else "alpaca"
+    for key in record:
+        near = next((k for k in DECIDING_KEYS if isinstance(key, str) and key != k and key.strip().lower() == k), None)
+        if near is not None and near not in record:
+            raise where.error(f"key {key!r} is not {near!r}: keys are exact (lower case, no spaces)")
     if "prompt_short" in record or "prompt_long" in record:
         return "A"
     if "relevant" in record:
@@ -75,6 +84,10 @@ def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
         return "alpaca"
     if "chosen" in record and "rejected" in record:
         return "implicit"
+    wrapped = next((k for k, v in record.items() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
+    if wrapped is not None and len(record) == 1:  # {"data": [...]}: the records under a key
+        raise where.error(f"matches no schema: its {wrapped!r} holds a list of {len(record[wrapped])} objects; a file "
+                          "holds its records as a JSON list or one per line (JSON lines), not under a key")
     raise where.error("matches no schema: expected prompt_short and prompt_long (A), relevant (A'), prompt (B, TRL), "
                       "conversations or instruction (LLaMA-Factory), or chosen and rejected (TRL implicit prompt); see "
                       "solopo/data/formats/pairs.py")
