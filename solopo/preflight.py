@@ -346,19 +346,17 @@ def refuse_missing_plugins(argv: Sequence[str]) -> None:
                  f"pip install 'solopo[{extra}]'")
 
 
-# What Hydra does with a command line, by its flags: one at a time (Hydra raises where two are given)
-HYDRA_MODES = {"--run": "--run", "-r": "--run", "--multirun": "--multirun", "-m": "--multirun", "--cfg": "--cfg",
-               "-c": "--cfg", "--info": "--info", "-i": "--info", "--shell-completion": "--shell-completion",
-               "-sc": "--shell-completion"}
-
-
 def refuse_two_modes(argv: Sequence[str]) -> None:
     """Stops (exit 2) on a command line that asks Hydra for two of a run, a sweep, the config, its info and shell
-    completion (``-m ... --cfg job``), which Hydra refuses with a dozen-line traceback; --help answers first."""
-    if any(arg in ("--help", "-h", "--hydra-help") for arg in argv):
+    completion (``-m ... --cfg job``), which Hydra refuses with a dozen-line traceback; --help answers first. Read
+    with Hydra's own parser, as job_configs reads it."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    if args.help or args.hydra_help:
         return
-    modes = list(dict.fromkeys(HYDRA_MODES[arg.split("=", 1)[0]] for arg in argv
-                               if arg.split("=", 1)[0] in HYDRA_MODES))
+    modes = [flag for flag, given in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                      ("--info", args.info), ("--shell-completion", args.shell_completion)) if given]
     if len(modes) > 1:
         stop(f"{' and '.join(modes)}: Hydra does one of --run, --multirun, --cfg, --info and --shell-completion at "
              "a time (to see the config of one job of a sweep, give its values without -m, with --cfg job)")

@@ -23,7 +23,8 @@ log = logging.getLogger("solopo")
 class EvalDuringTraining(pl.Callback):
     """Every ``every_n_steps`` optimizer steps: ``evaluation(policy, name)`` (solopo.eval.runner.Evaluation), its long-
     context sub-EM, in points, logged as eval/step/avg_long (and eval/step/sub_em@<length>) at that step and kept in
-    ``curve`` with its interval; with ``keep_best``, a CPU copy of the trained weights of the best step (highest avg long, the first on a tie)."""
+    ``curve`` with its interval; with ``keep_best``, a CPU copy of the trained weights of the best step (highest avg
+    long, the first on a tie)."""
 
     def __init__(self, evaluation: Callable[..., dict], policy: torch.nn.Module, every_n_steps: int,
                  keep_best: bool = False):

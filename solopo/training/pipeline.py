@@ -131,16 +131,14 @@ def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[st
                     examples, policy, tokenizer, sampling, settings.method.pairs_from,
                     generation_identity(spec, cfg.seed), cache=DiskCache.under_root("pairs", cfg.cache.verify),
                     model_path=path)
-        try:
+        with failed_on_data():
             pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong,
                                                       cfg.data.truncate)
-        except OverlongPair as err:
-            raise RunFailed("bad data", str(err)) from None
-        if not pairs[split] and split == "train":
-            raise RunFailed("no pairs", why_no_pairs(split, counts[split], skipped, cfg.data.overlong == "truncate"))
-        if not pairs[split]:  # e.g. on-policy sampling on long contexts found no right answer among few items
-            log.warning("%s: training runs without validation metrics",
-                        why_no_pairs(split, counts[split], skipped, cfg.data.overlong == "truncate"))
+        if not pairs[split]:
+            why = why_no_pairs(split, counts[split], skipped, cfg.data.overlong == "truncate")
+            if split == "train":
+                raise RunFailed("no pairs", why)
+            log.warning("%s: training runs without validation metrics", why)  # e.g. sampling found no right answer
         counts[split].update({"pairs": len(pairs[split]), "truncated": skipped.pop("truncated", 0),
                               "skipped": dict(skipped),
                               "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / max(len(pairs[split]), 1)
@@ -283,11 +281,11 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
 @contextlib.contextmanager
 def failed_on_data():
     """What the data gave, found wrong once the run has begun (a malformed record, an item that cannot make a pair, a
-    bad benchmark file), ends it as a failed run, "bad data": its one line, and failed.json in the run directory
-    that Hydra made, so that a report lists the run and why."""
+    bad benchmark file, a pair over model.max_length under data.overlong=error), ends it as a failed run, "bad data":
+    its one line, and failed.json in the run directory that Hydra made, so that a report lists the run and why."""
     try:
         yield
-    except ConfigError as err:
+    except (ConfigError, OverlongPair) as err:
         raise RunFailed("bad data", str(err)) from None
 
 

@@ -84,10 +84,11 @@ def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
         return "alpaca"
     if "chosen" in record and "rejected" in record:
         return "implicit"
-    wrapped = next((k for k, v in record.items() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
-    if wrapped is not None and len(record) == 1:  # {"data": [...]}: the records under a key
-        raise where.error(f"matches no schema: its {wrapped!r} holds a list of {len(record[wrapped])} objects; a file "
-                          "holds its records as a JSON list or one per line (JSON lines), not under a key")
+    if len(record) == 1:  # {"data": [...]}: the records under a key
+        ((wrapped, inner),) = record.items()
+        if isinstance(inner, list) and inner and isinstance(inner[0], dict):
+            raise where.error(f"matches no schema: its {wrapped!r} holds a list of {len(inner)} objects; a file "
+                              "holds its records as a JSON list or one per line (JSON lines), not under a key")
     raise where.error("matches no schema: expected prompt_short and prompt_long (A), relevant (A'), prompt (B, TRL), "
                       "conversations or instruction (LLaMA-Factory), or chosen and rejected (TRL implicit prompt); see "
                       "solopo/data/formats/pairs.py")

@@ -99,8 +99,8 @@ def _csv_options(path: str) -> dict:
             header = next(csv.reader(file), [])
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataFileError(f"{path}: not a dataset that can be read ({err})") from None
-    features = _datasets().Features({name: _datasets().Value("string") for name in header})
-    return dict(features=features, keep_default_na=False)
+    datasets = _datasets()
+    return dict(features=datasets.Features({name: datasets.Value("string") for name in header}), keep_default_na=False)
 
 
 def _first_character(path: str) -> str:
