@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "gpu")]
 from conftest import DEEP, LOGP_CHUNK_SIZE, TINY, settings  # noqa: E402
 import test_model_options_gpu as gpu_test  # noqa: E402
-from solopo.models import memory  # noqa: E402
 from solopo.models.loading import load_model, load_tokenizer  # noqa: E402
 from solopo.step.logps import response_logps  # noqa: E402
 
@@ -24,16 +23,10 @@ MIB = 2**20
 
 
 def measure(tokenizer, liger: bool, offload: bool) -> dict:
-    offers = []
-    offload_activations = memory.offload_activations
-    memory.offload_activations = lambda model: offers.append(offload_activations(model)) or offers[-1]
-    try:
-        spec = replace(TINY, gradient_checkpointing=True, random_init={**TINY.random_init, **DEEP}, liger=liger,
-                       mlp_chunk_size=1024, offload_activations=offload)
-        batch = gpu_test._batch(tokenizer.pad_token_id, long_len=16384, vocab=DEEP["vocab_size"])
-        model = load_model(spec, tokenizer, seed=0).to("cuda", torch.float32).train()
-    finally:
-        memory.offload_activations = offload_activations
+    spec = replace(TINY, gradient_checkpointing=True, random_init={**TINY.random_init, **DEEP}, liger=liger,
+                   mlp_chunk_size=1024, offload_activations=offload)
+    batch = gpu_test._batch(tokenizer.pad_token_id, long_len=16384, vocab=DEEP["vocab_size"])
+    model = load_model(spec, tokenizer, seed=0).to("cuda", torch.float32).train()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -45,7 +38,8 @@ def measure(tokenizer, liger: bool, offload: bool) -> dict:
     torch.cuda.synchronize()
     return dict(liger=liger, offload=offload, held_after_forward=held / MIB, forward_peak=forward_peak / MIB,
                 backward_peak=(torch.cuda.max_memory_allocated() - base) / MIB,
-                offered=sum(o.offered_bytes for o in offers) / MIB, attn=model.config._attn_implementation)
+                offered=getattr(getattr(model, "solopo_offload", None), "offered_bytes", 0) / MIB,
+                attn=model.config._attn_implementation)
 
 
 def main() -> None:
