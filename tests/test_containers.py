@@ -1,107 +1,33 @@
 """The loading layer: every container (jsonl, JSON array, parquet, CSV, save_to_disk, dataset folders, LLaMA-Factory
-folders) x every preference format (solopo's A/A'/B, TRL's four, LLaMA-Factory's two), all built here in code; the
-one-line errors for malformed rows, bad paths and folders that are not datasets; and one smoke run per format."""
+folders) x every preference format (solopo's A/A'/B, TRL's four, LLaMA-Factory's two), all built in code
+(format_samples.py); the one-line errors for bad paths and folders that are not datasets (a malformed record's:
+test_record_checks.py); and one smoke run per format."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from datasets import Dataset, DatasetDict
+from datasets import Dataset
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from solopo.data.formats import DataFileError, pairs, source
+from solopo.data.formats import DataFileError, pairs
 from solopo.data.schema import Turn
 from solopo.data.tokenize import encode_prompt
 from solopo.settings.build import ConfigError, load_source
+from format_samples import CITIES, FLAT, FORMATS, SYSTEM, assistant, question, records, user, write
+from format_samples import datasets_cache  # noqa: F401 (an autouse fixture: it applies to this module's tests)
 from in_process import run_here
 
 ROOT = Path(__file__).resolve().parents[1]
-CITIES = [("France", "Paris", "Rome"), ("Italy", "Rome", "Madrid"), ("Spain", "Madrid", "Berlin"),
-          ("Germany", "Berlin", "Vienna")]
-SYSTEM = "You are a terse geography tutor."
-
-
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    """datasets' Arrow copies of these fixtures go to the test's folder, not the user's $SOLOPO_CACHE."""
-    monkeypatch.setattr(source, "cache_root", lambda: tmp_path / "cache")
 
 
 def compose_config(overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=True)
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def question(country):
-    return f"What is the capital of {country}?"
-
-
-FORMATS = {  # format -> one record per city
-    "A": lambda c, good, bad: {"prompt_short": f"Notes on {c}.\n\n{question(c)}",
-                               "prompt_long": f"Notes on {c}. More notes on its history.\n\n{question(c)}",
-                               "chosen": good, "rejected": bad},
-    "A_conversational": lambda c, good, bad: {"prompt_short": [{"role": "system", "content": SYSTEM},
-                                                               user(f"Notes on {c}.\n\n{question(c)}")],
-                                              "prompt_long": [{"role": "system", "content": SYSTEM},
-                                                              user(f"Notes on {c}. And more.\n\n{question(c)}")],
-                                              "chosen": [assistant(good)], "rejected": [assistant(bad)]},
-    "A'": lambda c, good, bad: {"question": question(c), "relevant": [f"{c}: its capital is {good}."],
-                                "irrelevant": [f"{c} has rivers."], "chosen": good, "rejected": bad},
-    "trl_standard": lambda c, good, bad: {"prompt": question(c), "chosen": good, "rejected": bad},
-    "trl_conversational": lambda c, good, bad: {"prompt": [{"role": "system", "content": SYSTEM}, user(question(c))],
-                                                "chosen": [assistant(good)], "rejected": [assistant(bad)]},
-    "trl_implicit": lambda c, good, bad: {"chosen": f"{question(c)} The capital is {good}.",
-                                          "rejected": f"{question(c)} The capital is {bad}."},
-    "trl_implicit_conversational": lambda c, good, bad: {"chosen": [user(question(c)), assistant(good)],
-                                                         "rejected": [user(question(c)), assistant(bad)]},
-    "alpaca": lambda c, good, bad: {"instruction": "Name the capital.", "input": c, "chosen": good, "rejected": bad,
-                                    "system": SYSTEM, "history": [["Hello", "Hi, ask away."]]},
-    "sharegpt": lambda c, good, bad: {"conversations": [{"from": "human", "value": question(c)}], "system": SYSTEM,
-                                      "chosen": {"from": "gpt", "value": good},
-                                      "rejected": {"from": "gpt", "value": bad}},
-}
-FLAT = ("A", "trl_standard", "trl_implicit")  # the formats a CSV file can hold (text cells only)
-
-
-def records(fmt):
-    return [FORMATS[fmt](*city) for city in CITIES]
-
-
-def write(container, rows, folder: Path) -> Path:
-    """``rows`` in ``container``, written with the tools a user would use."""
-    if container == "jsonl":
-        path = folder / "data.jsonl"
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    elif container == "json":
-        path = folder / "data.json"
-        path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    elif container in ("parquet", "csv"):
-        path = folder / f"data.{container}"
-        getattr(Dataset.from_list(rows), f"to_{container}")(str(path))
-    elif container == "saved":
-        path = folder / "saved"
-        Dataset.from_list(rows).save_to_disk(str(path))
-    elif container == "saved_dict":  # a DatasetDict: data.split picks one
-        path = folder / "saved_dict"
-        splits = {"train_prefs": Dataset.from_list(rows), "test_prefs": Dataset.from_list(rows[:2])}
-        DatasetDict(splits).save_to_disk(str(path))
-    else:  # a local dataset repository: data files in a folder
-        path = folder / "repo"
-        (path / "data").mkdir(parents=True)
-        Dataset.from_list(rows).to_parquet(str(path / "data" / "train-00000-of-00001.parquet"))
-    return path
 
 
 def content(splits):
@@ -197,92 +123,6 @@ def test_llama_factory_alpaca_mapping_and_entry_choice(tmp_path):
         pairs.load(str(tmp_path))
     example = next(row for row in pairs.load(str(tmp_path), name="geo2").train if "France" in row.prompt_long)
     assert (example.prompt_long, example.chosen) == (question("France"), "Paris")
-
-
-MALFORMED = [  # format, the bad record's change, the field the message names, its problem
-    ("A", {"prompt_long": 3}, "prompt_long", "expected a string, got int"),
-    ("A'", {"relevant": []}, "relevant", "empty list"),
-    ("trl_standard", {"chosen": None}, "chosen", "is null"),
-    ("trl_conversational", {"prompt": [{"role": "user"}]}, "prompt[0].content", "expected a string, got null"),
-    ("trl_conversational", {"chosen": [user("hi")]}, "chosen", "expected one assistant message, got user"),
-    ("trl_conversational", {"prompt": [{"role": "robot", "content": "x"}]}, "prompt[0].role", "role 'robot'"),
-    ("trl_implicit", {"rejected": "Something else entirely."}, "chosen", "shares no leading words"),
-    ("trl_implicit_conversational", {"rejected": [user("Other?"), assistant("x")]}, "chosen", "no leading message"),
-    ("alpaca", {"history": [["only a question"]]}, "history[0]", "expected [question, answer]"),
-    ("alpaca", {"instruction": "  "}, "instruction", "empty"),
-    ("sharegpt", {"chosen": {"from": "human", "value": "x"}}, "chosen", "expected one assistant message, got user"),
-    ("sharegpt", {"conversations": [{"from": "gpt", "value": "x"}]}, "conversations", "ends with an assistant"),
-    ("trl_standard", {"rejected": "Rome "}, "rejected", "the same as 'chosen' but for whitespace"),
-]
-
-
-@pytest.mark.parametrize("record, line", [
-    ({"prompt ": "Q?", "chosen": "a", "rejected": "b"}, "key 'prompt ' is not 'prompt': keys are exact (lower case, "
-                                                        "no spaces)"),
-    ({"prompt": "Q?", "Chosen": "a", "rejected": "b"}, "key 'Chosen' is not 'chosen': keys are exact (lower case, "
-                                                       "no spaces)"),
-    ({"data": [{"prompt": "Q?", "chosen": "a", "rejected": "b"}]},
-     "matches no schema: its 'data' holds a list of 1 objects; a file holds its records as a JSON list or one per line "
-     "(JSON lines), not under a key")])
-def test_a_near_miss_of_a_key_and_records_under_a_key_are_named(record, line):
-    """"prompt " (a stray space) made a TRL record read as an implicit prompt, refused as sharing no leading words;
-    a JSON file of {"data": [...]} matched no schema, with no word on why."""
-    from solopo.data.formats.pairs import format_of
-    from solopo.records import Where
-
-    with pytest.raises(DataFileError) as refused:
-        format_of(record, Where("f.jsonl", "line 1"))
-    assert str(refused.value) == f"f.jsonl line 1: {line}"
-
-
-def test_half_a_character_is_named_not_a_tokenizer_traceback(tmp_path):
-    """JSON's "\\ud83d" alone (a truncated emoji in scraped text) is valid JSON and reads as a lone surrogate, which the
-    tokenizer refused with a TypeError after the model had loaded."""
-    path = tmp_path / "data.jsonl"
-    rows = [{"prompt": f"Question {i}?", "chosen": "a", "rejected": "b"} for i in range(4)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows).replace("Question 2", "broken \\ud83d emoji"))
-    with pytest.raises(DataFileError) as refused:
-        pairs.load(str(path))
-    assert str(refused.value) == (f"{path} line 3: field 'prompt': character 7 is half of a character cut in two "
-                                  "(\\ud83d, a lone surrogate), which no tokenizer takes")
-
-
-@pytest.mark.parametrize("chosen, rejected, field, problem", [
-    ("Q: Where is Rome? A: Italy.", "Q: Where is Rome? A: Italy. Actually no, Peru.", "chosen",
-     "is all the beginning of 'rejected'"),
-    ("Q: Where is Rome? A: Italy. Or Peru.", "Q: Where is Rome? A: Italy.", "rejected", "is all the beginning of 'chosen'"),
-    ("Q: Where is Rome? A: Italy.", "Q: Where is Rome? A: Italy.", "chosen", "is the same as 'rejected'"),
-    ([user("Where?"), assistant("Rome")], [user("Where?"), assistant("Rome")], "chosen", "is the same as 'rejected'"),
-    ([user("Where?"), assistant("Rome")], [user("Where?"), assistant("Rome"), user("Sure?"), assistant("No")],
-     "chosen", "is all the beginning of 'rejected'")])
-def test_an_implicit_prompt_leaves_each_side_a_response(chosen, rejected, field, problem):
-    """A verbosity pair ("...Italy." / "...Italy. Actually no, Peru.") made the whole chosen text the prompt and
-    trained on an empty chosen response, exit 0."""
-    from solopo.data.formats.chat import split_implicit
-    from solopo.records import Where
-
-    with pytest.raises(DataFileError) as refused:
-        split_implicit(chosen, rejected, Where("f.jsonl", "line 3"))
-    assert str(refused.value) == (f"f.jsonl line 3: field '{field}': {problem}: the implicit prompt (what both begin "
-                                  "with) leaves it no response")
-
-
-@pytest.mark.parametrize("container", ["jsonl", "parquet"])
-@pytest.mark.parametrize("fmt, change, field, problem", MALFORMED)
-def test_malformed_rows_name_file_row_and_field(fmt, change, field, problem, container, tmp_path):
-    rows = records(fmt)
-    if fmt == "trl_standard" and "rejected" in change:
-        rows[2] = {**rows[2], "chosen": "Rome", "rejected": " Rome\n"}  # only whitespace differs
-    else:
-        rows[2] = {**rows[2], **change}
-    if container == "parquet" and any(isinstance(v, int) for v in change.values()):
-        pytest.skip("a parquet column holds one type")
-    path = write(container, rows, tmp_path)
-    place = "line 3" if container == "jsonl" else "row 2"
-    with pytest.raises(DataFileError) as refused:
-        pairs.load(str(path))
-    message = str(refused.value)
-    assert message.startswith(f"{path} {place}: field {field!r}: ") and problem in message and "\n" not in message
 
 
 def test_a_folder_that_is_not_a_dataset_is_one_line(tmp_path):

@@ -1,0 +1,93 @@
+"""A malformed record stops loading in one line naming its file, its row or line and its field, and what is wrong:
+wrong types, empty or null fields, bad roles and turns, an implicit prompt that leaves no response, half a
+character, a near miss of a format's key."""
+import json
+
+import pytest
+
+from format_samples import assistant, records, user, write
+from format_samples import datasets_cache  # noqa: F401 (an autouse fixture: it applies to this module's tests)
+from solopo.data.formats import DataFileError, pairs
+from solopo.data.formats.chat import split_implicit
+from solopo.data.formats.pairs import format_of
+from solopo.records import Where
+
+
+MALFORMED = [  # format, the bad record's change, the field the message names, its problem
+    ("A", {"prompt_long": 3}, "prompt_long", "expected a string, got int"),
+    ("A'", {"relevant": []}, "relevant", "empty list"),
+    ("trl_standard", {"chosen": None}, "chosen", "is null"),
+    ("trl_conversational", {"prompt": [{"role": "user"}]}, "prompt[0].content", "expected a string, got null"),
+    ("trl_conversational", {"chosen": [user("hi")]}, "chosen", "expected one assistant message, got user"),
+    ("trl_conversational", {"prompt": [{"role": "robot", "content": "x"}]}, "prompt[0].role", "role 'robot'"),
+    ("trl_implicit", {"rejected": "Something else entirely."}, "chosen", "shares no leading words"),
+    ("trl_implicit_conversational", {"rejected": [user("Other?"), assistant("x")]}, "chosen", "no leading message"),
+    ("alpaca", {"history": [["only a question"]]}, "history[0]", "expected [question, answer]"),
+    ("alpaca", {"instruction": "  "}, "instruction", "empty"),
+    ("sharegpt", {"chosen": {"from": "human", "value": "x"}}, "chosen", "expected one assistant message, got user"),
+    ("sharegpt", {"conversations": [{"from": "gpt", "value": "x"}]}, "conversations", "ends with an assistant"),
+    ("trl_standard", {"rejected": "Rome "}, "rejected", "the same as 'chosen' but for whitespace"),
+]
+
+
+@pytest.mark.parametrize("record, line", [
+    ({"prompt ": "Q?", "chosen": "a", "rejected": "b"}, "key 'prompt ' is not 'prompt': keys are exact (lower case, "
+                                                        "no spaces)"),
+    ({"prompt": "Q?", "Chosen": "a", "rejected": "b"}, "key 'Chosen' is not 'chosen': keys are exact (lower case, "
+                                                       "no spaces)"),
+    ({"data": [{"prompt": "Q?", "chosen": "a", "rejected": "b"}]},
+     "matches no schema: its 'data' holds a list of 1 objects; a file holds its records as a JSON list or one per line "
+     "(JSON lines), not under a key")])
+def test_a_near_miss_of_a_key_and_records_under_a_key_are_named(record, line):
+    """"prompt " (a stray space) made a TRL record read as an implicit prompt, refused as sharing no leading words;
+    a JSON file of {"data": [...]} matched no schema, with no word on why."""
+    with pytest.raises(DataFileError) as refused:
+        format_of(record, Where("f.jsonl", "line 1"))
+    assert str(refused.value) == f"f.jsonl line 1: {line}"
+
+
+def test_half_a_character_is_named_not_a_tokenizer_traceback(tmp_path):
+    """JSON's "\\ud83d" alone (a truncated emoji in scraped text) is valid JSON and reads as a lone surrogate, which the
+    tokenizer refused with a TypeError after the model had loaded."""
+    path = tmp_path / "data.jsonl"
+    rows = [{"prompt": f"Question {i}?", "chosen": "a", "rejected": "b"} for i in range(4)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows).replace("Question 2", "broken \\ud83d emoji"))
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path))
+    assert str(refused.value) == (f"{path} line 3: field 'prompt': character 7 is half of a character cut in two "
+                                  "(\\ud83d, a lone surrogate), which no tokenizer takes")
+
+
+@pytest.mark.parametrize("chosen, rejected, field, problem", [
+    ("Q: Where is Rome? A: Italy.", "Q: Where is Rome? A: Italy. Actually no, Peru.", "chosen",
+     "is all the beginning of 'rejected'"),
+    ("Q: Where is Rome? A: Italy. Or Peru.", "Q: Where is Rome? A: Italy.", "rejected", "is all the beginning of 'chosen'"),
+    ("Q: Where is Rome? A: Italy.", "Q: Where is Rome? A: Italy.", "chosen", "is the same as 'rejected'"),
+    ([user("Where?"), assistant("Rome")], [user("Where?"), assistant("Rome")], "chosen", "is the same as 'rejected'"),
+    ([user("Where?"), assistant("Rome")], [user("Where?"), assistant("Rome"), user("Sure?"), assistant("No")],
+     "chosen", "is all the beginning of 'rejected'")])
+def test_an_implicit_prompt_leaves_each_side_a_response(chosen, rejected, field, problem):
+    """A verbosity pair ("...Italy." / "...Italy. Actually no, Peru.") made the whole chosen text the prompt and
+    trained on an empty chosen response, exit 0."""
+    with pytest.raises(DataFileError) as refused:
+        split_implicit(chosen, rejected, Where("f.jsonl", "line 3"))
+    assert str(refused.value) == (f"f.jsonl line 3: field '{field}': {problem}: the implicit prompt (what both begin "
+                                  "with) leaves it no response")
+
+
+@pytest.mark.parametrize("container", ["jsonl", "parquet"])
+@pytest.mark.parametrize("fmt, change, field, problem", MALFORMED)
+def test_malformed_rows_name_file_row_and_field(fmt, change, field, problem, container, tmp_path):
+    rows = records(fmt)
+    if fmt == "trl_standard" and "rejected" in change:
+        rows[2] = {**rows[2], "chosen": "Rome", "rejected": " Rome\n"}  # only whitespace differs
+    else:
+        rows[2] = {**rows[2], **change}
+    if container == "parquet" and any(isinstance(v, int) for v in change.values()):
+        pytest.skip("a parquet column holds one type")
+    path = write(container, rows, tmp_path)
+    place = "line 3" if container == "jsonl" else "row 2"
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path))
+    message = str(refused.value)
+    assert message.startswith(f"{path} {place}: field {field!r}: ") and problem in message and "\n" not in message
