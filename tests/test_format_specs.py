@@ -8,23 +8,12 @@ import json
 import pytest
 from datasets import Dataset
 
-from solopo.data.formats import DataFileError, pairs, source
+from format_samples import assistant, user
+from format_samples import datasets_cache  # noqa: F401 (an autouse fixture: it applies to this module's tests)
+from solopo.data.formats import DataFileError, pairs
 from solopo.data.schema import Turn
 
 SYSTEM = "Answer in one short sentence."
-
-
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(source, "cache_root", lambda: tmp_path / "cache")
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
 
 
 def trl_file(columns: dict, tmp_path):
