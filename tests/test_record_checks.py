@@ -91,3 +91,47 @@ def test_malformed_rows_name_file_row_and_field(fmt, change, field, problem, con
         pairs.load(str(path))
     message = str(refused.value)
     assert message.startswith(f"{path} {place}: field {field!r}: ") and problem in message and "\n" not in message
+
+
+MESSAGES_AS_TEXT = "holds messages written out as text (a list of {role, content} as a string): store the list itself"
+
+
+@pytest.mark.parametrize("fmt, field, encode", [
+    ("trl_conversational", "prompt", json.dumps),  # json.dumps of the list, as a tool that wants text columns writes it
+    ("trl_conversational", "chosen", repr),  # pandas' repr of the list, as df.to_csv writes an object column
+    ("trl_implicit_conversational", "chosen", json.dumps),  # both sides written out; the first is named
+    ("A_conversational", "prompt_long", repr),
+    ("sharegpt", "chosen", json.dumps)])
+def test_messages_written_out_as_text_are_refused(fmt, field, encode, tmp_path):
+    """A message list stored as a string trained as raw text: the model learnt brackets, quotes and role keys as the
+    conversation, exit 0."""
+    rows = records(fmt)
+    written = ("chosen", "rejected") if fmt == "trl_implicit_conversational" else (field,)
+    rows[1] = {**rows[1], **{name: encode(rows[1][name]) for name in written}}
+    path = write("jsonl", rows, tmp_path)
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path))
+    assert str(refused.value).startswith(f"{path} line 2: field {field!r}: {MESSAGES_AS_TEXT}")
+
+
+def test_messages_in_a_csv_cell_are_refused(tmp_path):
+    """The CSV case end to end: pandas writes a list column as its repr."""
+    import pandas
+    rows = [{**row, "prompt": repr(row["prompt"])} for row in records("trl_conversational")]
+    path = tmp_path / "data.csv"
+    pandas.DataFrame([{**row, "chosen": row["chosen"][0]["content"], "rejected": row["rejected"][0]["content"]}
+                      for row in rows]).to_csv(path, index=False)
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path))
+    assert str(refused.value).startswith(f"{path} row 0: field 'prompt': {MESSAGES_AS_TEXT}")
+
+
+@pytest.mark.parametrize("prompt", ['[1, 2, 3]', '{"role": "user"}', "[Note] Read this. [end]", "[]",
+                                    '[{"name": "x", "content": "y"}]', "{'a': 1}"])
+def test_text_that_only_looks_like_json_is_text(prompt, tmp_path):
+    rows = [{**row, "prompt": prompt + f" {index}" * (not prompt.endswith(("]", "}")))}
+            for index, row in enumerate(records("trl_standard"))]
+    rows = [{**row, "id": str(index)} for index, row in enumerate(rows)]
+    path = write("jsonl", rows, tmp_path)
+    loaded = pairs.load(str(path))
+    assert {example.prompt_short for example in loaded.train + loaded.val} == {row["prompt"] for row in rows}

@@ -6,6 +6,8 @@ with the roles the chat templates know: system, user, assistant (and tool for LL
 """
 from __future__ import annotations
 
+import ast
+import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -62,7 +64,7 @@ def turns(value: Any, label: str, where: Where, tags: Tags) -> tuple[Turn, ...]:
 def prompt(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> Prompt:
     """A string (one user message), or messages ending where the assistant's response begins."""
     if not isinstance(value, list):
-        return check_text(value, label, where, strip=False)
+        return plain_text(value, label, where)
     found = turns(value, label, where, tags)
     if found[-1].role == "assistant":
         raise where.error("ends with an assistant message; the response belongs in chosen/rejected", label)
@@ -72,12 +74,37 @@ def prompt(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> Prompt:
 def response(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> str:
     """A string, one assistant message, or a list holding one assistant message."""
     if not isinstance(value, (list, dict)):
-        return check_text(value, label, where, strip=False)
+        return plain_text(value, label, where)
     messages = (turns(value, label, where, tags) if isinstance(value, list)
                 else (turn(value, label, where, tags_of(value, tags)),))
     if len(messages) != 1 or messages[0].role != "assistant":
         raise where.error(f"expected one assistant message, got {', '.join(m.role for m in messages)}", label)
     return messages[0].content
+
+
+def plain_text(value: Any, label: str, where: Where) -> str:
+    """A prompt or response given as text, as written; not messages written out as text. A list of messages stored
+    as a string (json.dumps of it, or pandas' repr in a CSV file: "[{'role': 'user', ...}]") would train on its
+    brackets and keys as if they were the conversation."""
+    text = check_text(value, label, where, strip=False)
+    if _messages_as_text(text.strip()):
+        raise where.error("holds messages written out as text (a list of {role, content} as a string): store the "
+                          "list itself (JSON lines or Parquet keep it), not its text", label)
+    return text
+
+
+def _messages_as_text(text: str) -> bool:
+    if text[:1] not in "[{" or text[-1:] not in "]}":
+        return False
+    for read in (json.loads, ast.literal_eval):
+        try:
+            value = read(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            continue
+        messages = value if isinstance(value, list) else [value]
+        return bool(messages) and all(isinstance(m, dict) and any(t.role in m and t.content in m
+                                                                  for t in (OPENAI, SHAREGPT)) for m in messages)
+    return False
 
 
 def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, str, str]:
@@ -99,8 +126,8 @@ def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, st
         return (prompt(chosen[:shared], "chosen", where),
                 response(chosen[shared:] or None, f"chosen[{shared}:]", where),
                 response(rejected[shared:] or None, f"rejected[{shared}:]", where))
-    chosen_text = check_text(chosen, "chosen", where, strip=False)
-    rejected_text = check_text(rejected, "rejected", where, strip=False)
+    chosen_text = plain_text(chosen, "chosen", where)
+    rejected_text = plain_text(rejected, "rejected", where)
     common = 0
     while common < min(len(chosen_text), len(rejected_text)) and chosen_text[common] == rejected_text[common]:
         common += 1
