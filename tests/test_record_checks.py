@@ -46,6 +46,20 @@ def test_a_near_miss_of_a_key_and_records_under_a_key_are_named(record, line):
     assert str(refused.value) == f"f.jsonl line 1: {line}"
 
 
+@pytest.mark.parametrize("record, named", [
+    ({"prompt": "Q?", "chosen": "a", "rejected": "b", "relevant": ["p"]}, "'relevant' (A') and 'prompt' (B)"),
+    ({"prompt_long": "L", "prompt": "Q?", "chosen": "a", "rejected": "b"}, "'prompt_long' (A) and 'prompt' (B)"),
+    ({"instruction": "I", "conversations": [], "chosen": "a", "rejected": "b"},
+     "'conversations' (sharegpt) and 'instruction' (alpaca)")])
+def test_a_record_with_two_schemas_keys_is_refused(record, named):
+    """A TRL record carrying a field named like A's passages ('relevant') was read as A' and refused for lacking a
+    question, a field it never meant to have."""
+    with pytest.raises(DataFileError) as refused:
+        format_of(record, Where("f.jsonl", "line 1"))
+    assert str(refused.value) == (f"f.jsonl line 1: has the keys of two schemas, {named}: a record keeps to one "
+                                  "(rename the other's field)")
+
+
 def test_half_a_character_is_named_not_a_tokenizer_traceback(tmp_path):
     """JSON's "\\ud83d" alone (a truncated emoji in scraped text) is valid JSON and reads as a lone surrogate, which the
     tokenizer refused with a TypeError after the model had loaded."""

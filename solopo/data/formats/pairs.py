@@ -11,8 +11,9 @@ for the file):
 | LLaMA-Factory sharegpt | conversations (or mapped), chosen, rejected | plain PO pairs                             |
 | LLaMA-Factory alpaca   | instruction, input, chosen, rejected        | plain PO pairs                             |
 
-A, B and the ecosystem's formats may also carry id, question and answers; A' irrelevant, answers and id. Schema A
-and A' are given by the keys in that order of precedence (see ``format_of``); the layouts of the ecosystem's formats
+A, B and the ecosystem's formats may also carry id, question and answers; A' irrelevant, answers and id. A record's
+format is given by the keys only it has (the first column above; chosen and rejected alone: TRL's implicit prompt),
+and a record with those of two formats is refused (see ``format_of``); the layouts of the ecosystem's formats
 are in solopo.data.formats.trl and solopo.data.formats.llama_factory. Prompts and responses are kept exactly as
 written (messages for the chat template); A' text is stripped. A' gives QAItem records whose answers default to
 (chosen,) and whose wrong_answers are (rejected,), and every passage of the file joins the distractor pool.
@@ -60,6 +61,9 @@ def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None, s
     return split_items(rows, pool, path, n_val, seed, n_train)
 
 
+# The keys only one format has: a record with those of two is refused, not read as whichever comes first
+_OWN_KEYS = {"A": ("prompt_short", "prompt_long"), "A'": ("relevant",), "B": ("prompt",),
+             "sharegpt": ("conversations",), "alpaca": ("instruction",)}
 # The keys that decide a record's format (a near miss of one, 'Prompt' or 'prompt ', is named, not read as another)
 DECIDING_KEYS = ("prompt_short", "prompt_long", "relevant", "prompt", "conversations", "instruction", "chosen",
                "rejected")
@@ -72,16 +76,13 @@ def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
         near = next((k for k in DECIDING_KEYS if isinstance(key, str) and key != k and key.strip().lower() == k), None)
         if near is not None and near not in record:
             raise where.error(f"key {key!r} is not {near!r}: keys are exact (lower case, no spaces)")
-    if "prompt_short" in record or "prompt_long" in record:
-        return "A"
-    if "relevant" in record:
-        return "A'"
-    if "prompt" in record:
-        return "B"
-    if "conversations" in record:
-        return "sharegpt"
-    if "instruction" in record:
-        return "alpaca"
+    found = {fmt: [key for key in keys if key in record] for fmt, keys in _OWN_KEYS.items()}
+    found = {fmt: keys for fmt, keys in found.items() if keys}
+    if len(found) > 1:  # {"prompt", "chosen", "rejected", "relevant"}: read as A', refused as lacking a question
+        named = " and ".join(f"{', '.join(map(repr, keys))} ({fmt})" for fmt, keys in found.items())
+        raise where.error(f"has the keys of two schemas, {named}: a record keeps to one (rename the other's field)")
+    if found:
+        return next(iter(found))
     if "chosen" in record and "rejected" in record:
         return "implicit"
     if len(record) == 1:  # {"data": [...]}: the records under a key
