@@ -275,6 +275,24 @@ def test_a_csv_files_cells_are_the_text_they_hold(tmp_path):
         pairs.load(str(path))
 
 
+def test_a_folder_of_csv_files_reads_text_and_keeps_its_splits(tmp_path):
+    """A folder of CSV files went to datasets' folder loader, which let pandas type the cells: answers "1"/"10"
+    refused as integers, the text NA read as missing."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "train.csv").write_text('prompt,chosen,rejected\nTom is 1. Age?,1,10\nIs it NA?,NA,None\n')
+    (folder / "test.csv").write_text('prompt,chosen,rejected\nAnn is 3. Age?,3,30\n')
+    train = pairs.load(str(folder)).train
+    assert sorted((ex.chosen, ex.rejected) for ex in train) == [("1", "10"), ("NA", "None")]
+    assert [ex.chosen for ex in pairs.load(str(folder), split="test").train] == ["3"]
+    (folder / "test.csv").write_text('prompt,chosen,rejected,id\nAnn is 3. Age?,3,30,a\n')
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(folder))
+    assert str(refused.value) == (f"{folder / 'train.csv'}: its columns (prompt, chosen, rejected) are not those of "
+                                  f"{folder / 'test.csv'} (prompt, chosen, rejected, id); the CSV files of one dataset "
+                                  "share a header")
+
+
 def test_an_empty_csv_cell_is_called_empty(tmp_path):
     """A CSV has no null: its empty cell, which `datasets` reads as None, was reported as "is null", in a CSV file
     and in a folder of CSV files alike."""

@@ -64,9 +64,13 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
         if target.is_dir():  # "the name of the dataset folder or dataset file"; its "subset" is the config
             return Source(open_source(str(target), split, entry.get("subset")).records, entry)
         return Source(_file_records(str(target), split), entry)
-    if not any(file.suffix.lower() in DATA_SUFFIXES for file in folder.rglob("*") if file.is_file()):
+    files = [file for file in folder.rglob("*") if file.is_file() and file.suffix.lower() in DATA_SUFFIXES]
+    if not files:
         raise DataFileError(f"{path}: not a dataset: no data files ({', '.join(DATA_SUFFIXES)}), no save_to_disk "
                             f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
+    if all(file.suffix.lower() == ".csv" for file in files):  # the split of each file still told by its name
+        options = dict(data_dir=str(folder), **_csv_options(sorted(files)))
+        return Source(_rows(str(path), _load_dataset("csv", path, split, name=name, **options)))
     return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name)))
 
 
@@ -83,7 +87,7 @@ def refuse_file_options(path: str, split: Optional[str], name: Optional[str]) ->
 def _file_records(path: str, split: Optional[str]) -> Iterator[tuple[Where, dict]]:
     suffix = Path(path).suffix.lower()
     if suffix in ARROW_SUFFIXES:
-        options = _csv_options(path) if suffix == ".csv" else {}
+        options = _csv_options([path]) if suffix == ".csv" else {}
         return _rows(path, _load_dataset(ARROW_SUFFIXES[suffix], path, split, data_files=checked_path(path), **options))
     if suffix not in JSON_SUFFIXES:
         raise DataFileError(f"{path}: unknown kind of file; expected .jsonl, .json, .parquet, .csv, .arrow or a "
@@ -91,16 +95,26 @@ def _file_records(path: str, split: Optional[str]) -> Iterator[tuple[Where, dict
     return iter(read_json_list(path)) if suffix == ".json" and _first_character(path) == "[" else iter_jsonl(path)
 
 
-def _csv_options(path: str) -> dict:
-    """A CSV file's cells as the text they hold, every column a string: pandas would read a column of answers "1",
-    "10" as integers and the text NA or None as a missing value, and an id column with one empty cell as floats."""
-    try:
-        with open(checked_path(path), newline="", encoding="utf-8-sig") as file:
-            header = next(csv.reader(file), [])
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise DataFileError(f"{path}: not a dataset that can be read ({err})") from None
+def _csv_options(files: list) -> dict:
+    """CSV files' cells as the text they hold, every column a string: pandas would read a column of answers "1",
+    "10" as integers and the text NA or None as a missing value, and an id column with one empty cell as floats.
+    The files of a folder share one header."""
+    headers = {str(file): _csv_header(str(file)) for file in files}
+    first, header = next(iter(headers.items()))
+    for other, columns in headers.items():
+        if columns != header:
+            raise DataFileError(f"{other}: its columns ({', '.join(columns)}) are not those of {first} "
+                                f"({', '.join(header)}); the CSV files of one dataset share a header")
     datasets = _datasets()
     return dict(features=datasets.Features({name: datasets.Value("string") for name in header}), keep_default_na=False)
+
+
+def _csv_header(path: str) -> list[str]:
+    try:
+        with open(checked_path(path), newline="", encoding="utf-8-sig") as file:
+            return next(csv.reader(file), [])
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataFileError(f"{path}: not a dataset that can be read ({err})") from None
 
 
 def _first_character(path: str) -> str:
