@@ -60,3 +60,25 @@ def test_trl_s_simpo_trainer_keeps_the_whole_response(monkeypatch):
         trl_bench.make_trainer(algo, None, None, None, 2, "/tmp", None, 16384)
     assert seen["simpo"]["max_length"] == 32768 and seen["simpo"]["simpo_gamma"] == 1.0
     assert seen["dpo"]["max_length"] is None
+
+
+def test_resume_keeps_a_tables_gpu_and_refuses_to_mix_another(tmp_path, monkeypatch):
+    """A table measured on an H100 and resumed on an H200 (the machine a call gets is either) took the H200's rows
+    beside the H100's and relabelled the whole table with the H200: its ratios compared rows of two GPUs. Each row
+    now names its GPU, and --resume on another GPU stops in one line."""
+    sys.path.insert(0, str(SCRIPTS))
+    import common
+    import pytest
+
+    meta = {"gpu": "NVIDIA H100 80GB HBM3", "commit": "abc1234"}
+    monkeypatch.setattr(common, "environment", lambda: dict(meta))
+    common.write_table(tmp_path, "grid", [{"model": "m", "step_s": 1.0}], ["model", "step_s"], meta)
+    rows = common.previous_rows(tmp_path, "grid", resume=True)
+    assert rows == [{"model": "m", "step_s": 1.0, "commit": "abc1234", "gpu": "NVIDIA H100 80GB HBM3"}]
+    monkeypatch.setattr(common, "environment", lambda: {**meta, "gpu": "NVIDIA H200"})
+    with pytest.raises(SystemExit) as stopped:
+        common.previous_rows(tmp_path, "grid", resume=True)
+    assert str(stopped.value) == (f"{tmp_path / 'grid.json'}: measured on NVIDIA H100 80GB HBM3, this is NVIDIA H200: "
+                                  "--resume would mix GPUs in one table (its ratios compare rows); resume on that "
+                                  "GPU, or give another --out")
+    assert common.previous_rows(tmp_path, "grid", resume=False) == []

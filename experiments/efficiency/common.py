@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,9 +233,14 @@ def previous_rows(out: Path, name: str, resume: bool) -> list[dict]:
     if not resume or not path.exists():
         return []
     table = json.loads(path.read_text())
-    # Each row keeps the commit that measured it: a table continued over calls may span commits.
-    return [{**row, "commit": row.get("commit", table["meta"].get("commit"))} for row in table["rows"]
+    # Each row keeps the commit and the GPU that measured it: a table continued over calls may span commits, not GPUs
+    rows = [{**row, **{key: row.get(key, table["meta"].get(key)) for key in ("commit", "gpu")}} for row in table["rows"]
             if not str(row.get("status", "ok")).startswith("error")]
+    here = environment()["gpu"]
+    if elsewhere := sorted({str(row["gpu"]) for row in rows if row["gpu"] != here}):
+        sys.exit(f"{path}: measured on {', '.join(elsewhere)}, this is {here}: --resume would mix GPUs in one table "
+                 "(its ratios compare rows); resume on that GPU, or give another --out")
+    return rows
 
 
 def matching(rows: list[dict], **key) -> list[dict]:
@@ -255,7 +261,8 @@ def put_row(rows: list[dict], row: dict, *key: str) -> None:
 def write_table(out: Path, name: str, rows: list[dict], columns: list[str], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for row in rows:
-        row.setdefault("commit", meta.get("commit"))  # measured now
+        row.setdefault("commit", meta.get("commit"))  # measured now, here
+        row.setdefault("gpu", meta.get("gpu"))
     path = out / f"{name}.json"
     if path.exists() and json.loads(path.read_text()).get("rows") == json.loads(json.dumps(rows)):
         return  # nothing new: the header keeps naming the call that last changed the rows
