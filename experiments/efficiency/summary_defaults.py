@@ -30,7 +30,7 @@ def table_gpu(results: Path, name: str) -> str | None:
 
 def same_gpu_note(results: Path) -> str:
     defaults, trl = table_gpu(results, "solopo_grid_defaults"), table_gpu(results, "trl_long_po")
-    return f"defaults on {defaults or '?'}, TRL on {trl or '?'}"
+    return f"defaults on {defaults or '?'}, " + (f"TRL on {trl}" if trl else "TRL not measured beside them")
 
 
 def best_hand_picked(rows: list[dict], model: str, algo: str, method: str, n: int) -> dict | None:
