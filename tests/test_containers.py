@@ -277,20 +277,29 @@ def test_a_csv_files_cells_are_the_text_they_hold(tmp_path):
 
 def test_a_folder_of_csv_files_reads_text_and_keeps_its_splits(tmp_path):
     """A folder of CSV files went to datasets' folder loader, which let pandas type the cells: answers "1"/"10"
-    refused as integers, the text NA read as missing."""
+    refused as integers, the text NA read as missing. Its files are those datasets resolves: the split in a file's
+    name, a README's configs (data.name), hidden folders (a notebook's checkpoints) left out."""
     folder = tmp_path / "repo"
-    folder.mkdir()
-    (folder / "train.csv").write_text('prompt,chosen,rejected\nTom is 1. Age?,1,10\nIs it NA?,NA,None\n')
-    (folder / "test.csv").write_text('prompt,chosen,rejected\nAnn is 3. Age?,3,30\n')
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    (folder / ".ipynb_checkpoints" / "train-checkpoint.csv").write_text("prompt,chosen\nQ,a\n")
+    (folder / "train.csv").write_text("prompt,chosen,rejected\nTom is 1. Age?,1,10\nIs it NA?,NA,None\n")
+    (folder / "test.csv").write_text("prompt,chosen,rejected\nAnn is 3. Age?,3,30\n")
     train = pairs.load(str(folder)).train
     assert sorted((ex.chosen, ex.rejected) for ex in train) == [("1", "10"), ("NA", "None")]
     assert [ex.chosen for ex in pairs.load(str(folder), split="test").train] == ["3"]
-    (folder / "test.csv").write_text('prompt,chosen,rejected,id\nAnn is 3. Age?,3,30,a\n')
-    with pytest.raises(DataFileError) as refused:
-        pairs.load(str(folder))
-    assert str(refused.value) == (f"{folder / 'train.csv'}: its columns (prompt, chosen, rejected) are not those of "
-                                  f"{folder / 'test.csv'} (prompt, chosen, rejected, id); the CSV files of one dataset "
-                                  "share a header")
+    for header, hint in (("prompt,chosen,rejected,id", ""), ("chosen,prompt,rejected", " (the same in another order)")):
+        (folder / "test.csv").write_text(f"{header}\nAnn is 3. Age?,3,30,a\n")
+        with pytest.raises(DataFileError) as refused:
+            pairs.load(str(folder))
+        assert str(refused.value) == (f"{folder / 'test.csv'}: its columns ({header.replace(',', ', ')}) are not those "
+                                      f"of {folder / 'train.csv'} (prompt, chosen, rejected){hint}; the CSV files of "
+                                      "one dataset share a header")
+    (folder / "test.csv").unlink()
+    (folder / "hard").mkdir()
+    (folder / "hard" / "h.csv").write_text("question,text\nQ,07\n")  # another config's columns
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: easy\n  data_files: train.csv\n"
+                                      "- config_name: hard\n  data_files: hard/*.csv\n---\n")
+    assert len(pairs.load(str(folder), name="easy").train) == 2
 
 
 def test_an_empty_csv_cell_is_called_empty(tmp_path):

@@ -47,17 +47,20 @@ def test_a_near_miss_of_a_key_and_records_under_a_key_are_named(record, line):
 
 
 @pytest.mark.parametrize("record, named", [
-    ({"prompt": "Q?", "chosen": "a", "rejected": "b", "relevant": ["p"]}, "'relevant' (A') and 'prompt' (B)"),
-    ({"prompt_long": "L", "prompt": "Q?", "chosen": "a", "rejected": "b"}, "'prompt_long' (A) and 'prompt' (B)"),
+    ({"prompt": "Q?", "chosen": "a", "rejected": "b", "relevant": ["p"]}, "'relevant' (A'), 'prompt' (B)"),
+    ({"prompt_long": "L", "prompt": "Q?", "chosen": "a", "rejected": "b"}, "'prompt_long' (A), 'prompt' (B)"),
     ({"instruction": "I", "conversations": [], "chosen": "a", "rejected": "b"},
-     "'conversations' (sharegpt) and 'instruction' (alpaca)")])
+     "'conversations' (sharegpt), 'instruction' (alpaca)"),
+    ({"prompt_short": "S", "relevant": [], "prompt": "Q?", "chosen": "a", "rejected": "b"},
+     "'prompt_short' (A), 'relevant' (A'), 'prompt' (B)")])
 def test_a_record_with_two_schemas_keys_is_refused(record, named):
     """A TRL record carrying a field named like A's passages ('relevant') was read as A' and refused for lacking a
     question, a field it never meant to have."""
     with pytest.raises(DataFileError) as refused:
         format_of(record, Where("f.jsonl", "line 1"))
-    assert str(refused.value) == (f"f.jsonl line 1: has the keys of two schemas, {named}: a record keeps to one "
-                                  "(rename the other's field)")
+    count = named.count("(")
+    assert str(refused.value) == (f"f.jsonl line 1: has the keys of {count} schemas, {named}: a record keeps to one "
+                                  "(rename the others' fields)")
 
 
 def test_half_a_character_is_named_not_a_tokenizer_traceback(tmp_path):
@@ -107,7 +110,7 @@ def test_malformed_rows_name_file_row_and_field(fmt, change, field, problem, con
     assert message.startswith(f"{path} {place}: field {field!r}: ") and problem in message and "\n" not in message
 
 
-MESSAGES_AS_TEXT = "holds messages written out as text (a list of {role, content} as a string): store the list itself"
+MESSAGES_AS_TEXT = "holds chat messages written out as text (a list of {role, content} as a string): store the list itself"
 
 
 @pytest.mark.parametrize("fmt, field, encode", [
@@ -115,7 +118,8 @@ MESSAGES_AS_TEXT = "holds messages written out as text (a list of {role, content
     ("trl_conversational", "chosen", repr),  # pandas' repr of the list, as df.to_csv writes an object column
     ("trl_implicit_conversational", "chosen", json.dumps),  # both sides written out; the first is named
     ("A_conversational", "prompt_long", repr),
-    ("sharegpt", "chosen", json.dumps)])
+    ("sharegpt", "chosen", json.dumps),
+    ("trl_conversational", "prompt", lambda messages: str(__import__("numpy").array(messages)))])  # Parquet -> CSV
 def test_messages_written_out_as_text_are_refused(fmt, field, encode, tmp_path):
     """A message list stored as a string trained as raw text: the model learnt brackets, quotes and role keys as the
     conversation, exit 0."""
@@ -141,7 +145,8 @@ def test_messages_in_a_csv_cell_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("prompt", ['[1, 2, 3]', '{"role": "user"}', "[Note] Read this. [end]", "[]",
-                                    '[{"name": "x", "content": "y"}]', "{'a': 1}"])
+                                    '[{"name": "x", "content": "y"}]', "{'a': 1}", '{"from": "USD", "value": 9.2}',
+                                    '{"role": "admin", "content": "page"}'])
 def test_text_that_only_looks_like_json_is_text(prompt, tmp_path):
     rows = [{**row, "prompt": prompt + f" {index}" * (not prompt.endswith(("]", "}")))}
             for index, row in enumerate(records("trl_standard"))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -84,27 +85,33 @@ def response(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> str:
 
 def plain_text(value: Any, label: str, where: Where) -> str:
     """A prompt or response given as text, as written; not messages written out as text. A list of messages stored
-    as a string (json.dumps of it, or pandas' repr in a CSV file: "[{'role': 'user', ...}]") would train on its
-    brackets and keys as if they were the conversation."""
+    as a string (json.dumps of it; pandas' repr of a list, or of a numpy array of messages as Parquet reads them back,
+    in a CSV file: "[{'role': 'user', ...}]") would train on its brackets and keys as if they were the conversation."""
     text = check_text(value, label, where, strip=False)
     if _messages_as_text(text.strip()):
-        raise where.error("holds messages written out as text (a list of {role, content} as a string): store the "
-                          "list itself (JSON lines or Parquet keep it), not its text", label)
+        raise where.error("holds chat messages written out as text (a list of {role, content} as a string): store "
+                          "the list itself (JSON lines or Parquet keep it), not its text", label)
     return text
 
 
 def _messages_as_text(text: str) -> bool:
+    """Whether ``text`` reads as a message or a list of them: each with a role these layouts know and its content."""
     if text[:1] not in "[{" or text[-1:] not in "]}":
         return False
-    for read in (json.loads, ast.literal_eval):
+    numpy_repr = re.sub(r"}\s*\n\s*{", "}, {", text)  # numpy prints an array's items without commas
+    for read, source in ((json.loads, text), (ast.literal_eval, text), (ast.literal_eval, numpy_repr)):
         try:
-            value = read(text)
+            value = read(source)
         except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
             continue
         messages = value if isinstance(value, list) else [value]
-        return bool(messages) and all(isinstance(m, dict) and any(t.role in m and t.content in m
-                                                                  for t in (OPENAI, SHAREGPT)) for m in messages)
+        return bool(messages) and all(isinstance(m, dict) and any(_is_message(m, tags) for tags in (OPENAI, SHAREGPT))
+                                      for m in messages)
     return False
+
+
+def _is_message(message: dict, tags: Tags) -> bool:
+    return message.get(tags.role) in tags.roles() and isinstance(message.get(tags.content), (str, list))
 
 
 def split_implicit(chosen: Any, rejected: Any, where: Where) -> tuple[Prompt, str, str]:

@@ -65,8 +65,7 @@ def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None, s
 _OWN_KEYS = {"A": ("prompt_short", "prompt_long"), "A'": ("relevant",), "B": ("prompt",),
              "sharegpt": ("conversations",), "alpaca": ("instruction",)}
 # The keys that decide a record's format (a near miss of one, 'Prompt' or 'prompt ', is named, not read as another)
-DECIDING_KEYS = ("prompt_short", "prompt_long", "relevant", "prompt", "conversations", "instruction", "chosen",
-               "rejected")
+DECIDING_KEYS = (*(key for keys in _OWN_KEYS.values() for key in keys), "chosen", "rejected")
 
 
 def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
@@ -78,9 +77,10 @@ def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
             raise where.error(f"key {key!r} is not {near!r}: keys are exact (lower case, no spaces)")
     found = {fmt: [key for key in keys if key in record] for fmt, keys in _OWN_KEYS.items()}
     found = {fmt: keys for fmt, keys in found.items() if keys}
-    if len(found) > 1:  # {"prompt", "chosen", "rejected", "relevant"}: read as A', refused as lacking a question
-        named = " and ".join(f"{', '.join(map(repr, keys))} ({fmt})" for fmt, keys in found.items())
-        raise where.error(f"has the keys of two schemas, {named}: a record keeps to one (rename the other's field)")
+    if len(found) > 1:  # {"prompt", "chosen", "rejected", "relevant"}: a TRL record, or A' without its question?
+        named = ", ".join(f"{', '.join(map(repr, keys))} ({fmt})" for fmt, keys in found.items())
+        raise where.error(f"has the keys of {len(found)} schemas, {named}: a record keeps to one (rename the others' "
+                          "fields)")
     if found:
         return next(iter(found))
     if "chosen" in record and "rejected" in record:

@@ -64,14 +64,20 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
         if target.is_dir():  # "the name of the dataset folder or dataset file"; its "subset" is the config
             return Source(open_source(str(target), split, entry.get("subset")).records, entry)
         return Source(_file_records(str(target), split), entry)
-    files = [file for file in folder.rglob("*") if file.is_file() and file.suffix.lower() in DATA_SUFFIXES]
-    if not files:
+    if not any(file.suffix.lower() in DATA_SUFFIXES for file in folder.rglob("*") if file.is_file()):
         raise DataFileError(f"{path}: not a dataset: no data files ({', '.join(DATA_SUFFIXES)}), no save_to_disk "
                             f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
-    if all(file.suffix.lower() == ".csv" for file in files):  # the split of each file still told by its name
-        options = dict(data_dir=str(folder), **_csv_options(sorted(files)))
-        return Source(_rows(str(path), _load_dataset("csv", path, split, name=name, **options)))
-    return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name)))
+    return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name, **_folder_options(folder, name))))
+
+
+def _folder_options(folder: Path, name: Optional[str]) -> dict:
+    """A dataset folder of CSV files read as one CSV file is (``_csv_options``): the files its configs (README.md)
+    or file names give, as ``datasets`` resolves them for the config ``name``."""
+    with _one_line(str(folder)):
+        builder = _datasets().load_dataset_builder(str(folder), name=name, cache_dir=str(cache_root() / "datasets"))
+    if builder.name != "csv":
+        return {}
+    return _csv_options([str(file) for files in builder.config.data_files.values() for file in files])
 
 
 def refuse_file_options(path: str, split: Optional[str], name: Optional[str]) -> None:
@@ -103,8 +109,9 @@ def _csv_options(files: list) -> dict:
     first, header = next(iter(headers.items()))
     for other, columns in headers.items():
         if columns != header:
+            order = " (the same in another order)" if sorted(columns) == sorted(header) else ""
             raise DataFileError(f"{other}: its columns ({', '.join(columns)}) are not those of {first} "
-                                f"({', '.join(header)}); the CSV files of one dataset share a header")
+                                f"({', '.join(header)}){order}; the CSV files of one dataset share a header")
     datasets = _datasets()
     return dict(features=datasets.Features({name: datasets.Value("string") for name in header}), keep_default_na=False)
 
@@ -112,9 +119,12 @@ def _csv_options(files: list) -> dict:
 def _csv_header(path: str) -> list[str]:
     try:
         with open(checked_path(path), newline="", encoding="utf-8-sig") as file:
-            return next(csv.reader(file), [])
+            header = next(csv.reader(file), [])
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataFileError(f"{path}: not a dataset that can be read ({err})") from None
+    if not header:
+        raise DataFileError(f"{path}: empty: a CSV file opens with its header (the column names)")
+    return header
 
 
 def _first_character(path: str) -> str:
