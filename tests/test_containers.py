@@ -3,6 +3,7 @@ folders) x every preference format (solopo's A/A'/B, TRL's four, LLaMA-Factory's
 (format_samples.py); the one-line errors for bad paths and folders that are not datasets (a malformed record's:
 test_record_checks.py); and one smoke run per format."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -300,6 +301,20 @@ def test_a_folder_of_csv_files_reads_text_and_keeps_its_splits(tmp_path):
     (folder / "README.md").write_text("---\nconfigs:\n- config_name: easy\n  data_files: train.csv\n"
                                       "- config_name: hard\n  data_files: hard/*.csv\n---\n")
     assert len(pairs.load(str(folder), name="easy").train) == 2
+
+
+def test_an_edited_file_of_a_dataset_folder_is_read_afresh(tmp_path):
+    """datasets keys the Arrow copy of a folder whose README lists its configs by the patterns alone: a file edited
+    in place (same size) was read back as its old rows."""
+    folder = tmp_path / "repo"
+    (folder / "easy").mkdir(parents=True)
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: easy\n  data_files: easy/*.jsonl\n---\n")
+    data = folder / "easy" / "pairs.jsonl"
+    for second, chosen in enumerate(("Rome", "Oslo"), start=1):
+        data.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": chosen, "rejected": "Lima"}) + "\n"
+                                for i in range(3)))
+        os.utime(data, ns=(0, second * 10**9))  # whatever the clock's resolution, the edit has a later time
+        assert {ex.chosen for ex in pairs.load(str(folder), name="easy").train} == {chosen}
 
 
 def test_an_empty_csv_cell_is_called_empty(tmp_path):

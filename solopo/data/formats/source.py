@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from solopo.cache import cache_root
+from solopo.cache import cache_root, digest
 from solopo.data.formats import llama_factory
 from solopo.records import DataFileError, Where, checked_path, iter_jsonl, read_json_list
 
@@ -67,17 +67,19 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
     if not any(file.suffix.lower() in DATA_SUFFIXES for file in folder.rglob("*") if file.is_file()):
         raise DataFileError(f"{path}: not a dataset: no data files ({', '.join(DATA_SUFFIXES)}), no save_to_disk "
                             f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
-    return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name, **_folder_options(folder, name))))
-
-
-def _folder_options(folder: Path, name: Optional[str]) -> dict:
-    """A dataset folder of CSV files read as one CSV file is (``_csv_options``): the files its configs (README.md)
-    or file names give, as ``datasets`` resolves them for the config ``name``."""
-    with _one_line(str(folder)):
+    with _one_line(path):  # the files its configs (README.md) or file names give, as datasets resolves them
         builder = _datasets().load_dataset_builder(str(folder), name=name, cache_dir=str(cache_root() / "datasets"))
-    if builder.name != "csv":
-        return {}
-    return _csv_options([str(file) for files in builder.config.data_files.values() for file in files])
+    files = [str(file) for files in builder.config.data_files.values() for file in files]  # train's first
+    options = _csv_options(files) if builder.name == "csv" else {}  # a folder of CSV files read as one CSV file is
+    return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name, cache=_folder_cache(files),
+                                                 **options)))
+
+
+def _folder_cache(files: list[str]) -> Path:
+    """The Arrow cache of a dataset folder, keyed by its files' sizes and modification times: datasets keys that of a
+    folder whose README lists its configs by the patterns alone, so an edited file was read back as its old rows."""
+    stamp = digest(*[(file, os.stat(file).st_size, os.stat(file).st_mtime_ns) for file in sorted(files)])
+    return cache_root() / "datasets" / "folders" / stamp[:16]
 
 
 def refuse_file_options(path: str, split: Optional[str], name: Optional[str]) -> None:
@@ -153,10 +155,10 @@ def _datasets():
     return datasets
 
 
-def _load_dataset(builder: str, path: str, split: Optional[str], **options: Any):
-    """``datasets.load_dataset`` on local data, its split picked."""
+def _load_dataset(builder: str, path: str, split: Optional[str], cache: Optional[Path] = None, **options: Any):
+    """``datasets.load_dataset`` on local data, its split picked; its Arrow copy under ``cache``."""
     with _one_line(path):
-        loaded = _datasets().load_dataset(builder, cache_dir=str(cache_root() / "datasets"), **options)
+        loaded = _datasets().load_dataset(builder, cache_dir=str(cache or cache_root() / "datasets"), **options)
     return _pick_split(loaded, split, path)
 
 
