@@ -136,3 +136,12 @@ def test_a_config_that_leaves_out_a_setting_names_the_key():
     with pytest.raises(ConfigError, match=r"^data\.sampling: missing temperature, max_new_tokens, batch_size, "
                                           "batch_tokens, static_cache, half_weights, seed, engine, scorer; SamplingSettings needs them"):
         build_settings(cfg)
+
+
+@pytest.mark.parametrize("overrides, epochs", [([], 1), (["trainer.max_steps=12"], -1),
+                                               (["trainer.max_steps=12", "trainer.max_epochs=2"], 2),
+                                               (["trainer.max_epochs=3"], 3)])
+def test_max_steps_alone_is_not_cut_to_one_epoch(overrides, epochs):
+    """trainer.max_steps=12 on 4 steps' worth of pairs trained 4 steps: the default max_epochs=1 ended the fit first,
+    in silence, where TRL's max_steps wins over its epochs."""
+    assert trainer_arguments(compose_config(overrides)).max_epochs == epochs

@@ -217,7 +217,10 @@ def with_context_attention(model: Optional[ModelSpec], context: Optional[Context
 def trainer_arguments(cfg: DictConfig) -> DictConfig:
     """Lightning's Trainer arguments of the trainer group, resolved (its strategy reads solopo's keys by
     interpolation), without solopo's own keys."""
-    return OmegaConf.create(lightning_arguments(OmegaConf.to_container(cfg.trainer, resolve=True)))
+    arguments = lightning_arguments(OmegaConf.to_container(cfg.trainer, resolve=True))
+    if arguments.get("max_epochs") is None:  # trainer.max_steps=100 alone trains 100 steps, not one epoch's
+        arguments["max_epochs"] = -1 if arguments.get("max_steps", -1) > 0 else 1
+    return OmegaConf.create(arguments)
 
 
 def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
