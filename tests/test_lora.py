@@ -61,3 +61,40 @@ def test_a_lora_run_saves_its_adapter(tmp_path):
                 "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"])
     adapter = load_file(str(tmp_path / "model" / "adapter_model.safetensors"))
     assert adapter and all("lora_" in key for key in adapter)
+
+
+@pytest.mark.parametrize("lora, problem", [
+    ({"r": 0, "lora_alpha": 32}, "lora.r=0: must be an integer >= 1"),
+    ({"r": 8, "alpha": 32}, "lora.alpha: peft's LoraConfig has no such field; did you mean lora_alpha?"),
+    ({"r": 8, "lora_alpha": 0}, "lora.lora_alpha=0: must be a number > 0"),
+    ({"lora_dropout": 1.5}, "lora.lora_dropout=1.5: must be a number in [0, 1]"),
+    ("16", "lora=16: must be peft LoraConfig fields")])
+def test_lora_fields_are_checked_before_the_model_loads(lora, problem):
+    """peft raised these as a TypeError or ValueError traceback after the model had loaded, exit 1."""
+    from solopo.models.lora import lora_problems
+
+    found = lora_problems(lora)
+    assert len(found) == 1 and found[0].startswith(problem), found
+
+
+def test_a_misspelt_target_module_is_named():
+    """[q_proj, v_prj] trained q_proj alone, in silence: peft skips the target names that match no module."""
+    from solopo.models.lora import unmatched_targets
+
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "lm_head"]
+    assert unmatched_targets(names, {"target_modules": ["q_proj", "v_prj"]}) == ["v_prj"]
+    assert unmatched_targets(names, {"target_modules": ["self_attn.v_proj", "lm_head"]}) == []
+    assert unmatched_targets(names, {"target_modules": "all-linear"}) == []
+
+
+@pytest.mark.parametrize("lora, line", [
+    ("{r:0,lora_alpha:8}", "model.lora.r=0: must be an integer >= 1"),
+    ("{r:4,target_modules:[q_proj,v_prj]}", "model.lora.target_modules: no module of ")])
+def test_a_bad_lora_setting_stops_in_one_line(lora, line, tmp_path):
+    from in_process import run_here
+
+    done = run_here(["experiment=smoke", "logger=none", "eval.enabled=false", f"model.lora={lora}",
+                     f"hydra.run.dir={tmp_path}"], expect=2)
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {line}") and ("v_prj (its linear layers: " in last) == ("v_prj" in lora), last

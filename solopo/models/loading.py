@@ -16,6 +16,7 @@ from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntr
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from solopo.models import embedded, kernels, memory
+from solopo.models.lora import lora_problems
 from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.step import context_parallel, varlen
 from solopo.training.distributed import full_state_dict, is_global_zero, local_gpu
@@ -80,7 +81,8 @@ class ModelSpec:
                + flag("compile", self.compile) + flag("offload_activations", self.offload_activations)
                + number("mlp_chunk_size", self.mlp_chunk_size, 1, integer=True, optional=True)
                + one_of("decode_kv_heads", self.decode_kv_heads, varlen.DECODE_KV_HEADS)
-               + (kernels.liger_model_problems(model_type) if self.liger is True and model_type else []))
+               + (kernels.liger_model_problems(model_type) if self.liger is True and model_type else [])
+               + lora_problems(self.lora))
 
 
 def weights_path(spec: ModelSpec) -> str:

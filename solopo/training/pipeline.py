@@ -34,6 +34,7 @@ from solopo.generation.sampling import sample_pairs
 from solopo.generation.vllm_engine import saved_weights
 from solopo.models import kernels
 from solopo.models.blocks import decoder_layers
+from solopo.models.lora import linear_names, unmatched_targets
 from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
                                    save_policy, weights_path, with_lora)
 from solopo.records import DataFileError
@@ -211,6 +212,9 @@ def load_models(cfg: DictConfig, settings: Settings, tokenizer):
     if spec.gradient_checkpointing is True:  # the policy's: a frozen reference never recomputes (eval mode)
         log.info("model.gradient_checkpointing=true: all %d decoder layers checkpointed", len(decoder_layers(policy)))
     if spec.lora:
+        if missing := unmatched_targets((name for name, _ in policy.named_modules()), spec.lora):
+            raise ConfigError(f"model.lora.target_modules: no module of {spec.name} is named {' or '.join(missing)} "
+                              f"(its linear layers: {', '.join(linear_names(policy))})")
         policy = with_lora(policy, spec.lora)
     live = algo.needs_reference and not cached
     reference = freeze(load_model(spec, tokenizer, seed=cfg.seed)) if live and not spec.lora else None
