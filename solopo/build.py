@@ -40,7 +40,7 @@ def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettin
     if missing:  # first, alone: the other checks would read "???" as a path
         raise ConfigError(f"{' and '.join(f'{name}=...' for name in missing)} mandatory: see solopo-build --help")
     given = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
-    problems = unread("", given, BUILD_KEYS, "solopo-build")
+    problems = unread("", given, BUILD_KEYS, "solopo-build", others=False)
     made = (built("model", ModelSpec, plain(cfg, "model"), problems),
             built("input", InputSettings, plain(cfg, "input"), problems),
             built("corpus", CorpusSettings, plain(cfg, "corpus"), problems))

@@ -145,3 +145,27 @@ def test_max_steps_alone_is_not_cut_to_one_epoch(overrides, epochs):
     """trainer.max_steps=12 on 4 steps' worth of pairs trained 4 steps: the default max_epochs=1 ended the fit first,
     in silence, where TRL's max_steps wins over its epochs."""
     assert trainer_arguments(compose_config(overrides)).max_epochs == epochs
+
+
+@pytest.mark.parametrize("key, given, hint", [
+    ("", {"lr": 1e-6}, "optim.lr"), ("", {"learning_rate": 1e-6}, "optim.lr"), ("", {"batch_size": 2}, "data.batch_size"),
+    ("data.", {"max_length": 4096}, "model.max_length"), ("", {"sed": 1}, "seed")])
+def test_an_unknown_key_gets_the_runs_key_for_a_name_trl_gives_it(key, given, hint):
+    """lr, learning_rate and batch_size got "reads no such key" alone; names spelt like none of solopo's keys still get
+    the closest one (sed: seed)."""
+    from solopo.settings.rules import ROOT_KEYS, unread
+
+    (problem,) = unread(key, given, ROOT_KEYS, "solopo")
+    assert problem.endswith(f"reads no such key; did you mean {hint}?"), problem
+
+
+@pytest.mark.parametrize("group, target, option, hint", [
+    ("trainer", pl.Trainer, "epochs", "trainer.max_epochs"),  # min_epochs, by spelling
+    ("trainer", pl.Trainer, "gradient_accumulation_steps", "trainer.accumulate_grad_batches"),
+    ("algo", "solopo.core.algos.DPO", "label_smoothing", "algo=cdpo (its algo.label_smoothing)")])
+def test_an_unknown_option_gets_the_runs_key_for_a_name_trl_gives_it(group, target, option, hint):
+    from solopo.settings.groups import unknown_options
+
+    target = get_class(target) if isinstance(target, str) else target
+    (problem,) = unknown_options(group, target, {option: 1})
+    assert problem.endswith(f"takes no such option; did you mean {hint}?"), problem

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from solopo.core.objective import metric_names
 from solopo.data.collate import SHARED_PROMPT
 from solopo.settings.fields import Problems, number, shown
+from solopo.settings.other_names import other_name
 from solopo.step import context_parallel, shared_prompt
 
 # x_long holds the evidence (the built-in data's x_short runs to 55-150 tokens) and irrelevant text around it;
@@ -89,14 +90,14 @@ def keys_interpolated(cfg: DictConfig) -> set[str]:
     return set(INTERPOLATED.findall(text))
 
 
-def unread(key: str, given: dict, known: Sequence[str], reader: str) -> Problems:
-    """The keys of ``given`` outside ``known``, each with the closest known key as a hint."""
+def unread(key: str, given: dict, known: Sequence[str], reader: str, others: bool = True) -> Problems:
+    """The keys of ``given`` outside ``known``, each with a hint: the run's key for a name TRL or Hugging Face give it
+    (``others``), else the closest known key."""
     problems = []
     for name in [name for name in given if name not in known]:
-        close = difflib.get_close_matches(name, known, n=1)
+        close = (others and other_name(f"{key}{name}")) or next(iter(difflib.get_close_matches(name, known, n=1)), None)
         value = "" if isinstance(given[name], dict) else f"={shown(given[name])}"
-        problems.append(f"{key}{name}{value}: {reader} reads no such key"
-                        + (f"; did you mean {close[0]}?" if close else ""))
+        problems.append(f"{key}{name}{value}: {reader} reads no such key" + (f"; did you mean {close}?" if close else ""))
     return problems
 
 
