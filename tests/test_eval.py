@@ -328,6 +328,7 @@ def test_the_table_plots_and_headline_numbers_reach_the_run_summary(tmp_path):
     assert rows[1][0] == "trained" and rows[1][-4:] == [50.0, *(100 * end for end in wilson(1, 2)), 2]
     assert set(logger.images) == {"eval/eval_accuracy_vs_length", "eval/eval_depth_base", "eval/eval_depth_trained"}
     assert logger.metrics["eval/trained/sub_em@256"] == 50.0 and logger.saved
+    assert logger.metrics["eval/trained/avg_long"] == 50.0 and logger.metrics["eval/gain/avg_long"] == 50.0
     # results.json's eval_changes: in points, as eval_summary (one more 256 case right of 2: +50)
     change = outputs["changes"]["trained - base"]["avg_long"]
     assert change["difference"] == 50.0 and change["n"] == 2

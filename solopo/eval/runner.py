@@ -257,8 +257,9 @@ def log_to(logger, tables: dict[str, dict], plots: list[str]) -> None:
     the logger shows them (wandb)."""
     if not logger:
         return
-    logger.log_metrics({f"eval/{name}/sub_em@{length}": points(score) for name, table in tables.items()
-                        for length, score in {**table["by_length"], "avg_long": table["average_long"]}.items()})
+    logger.log_metrics({**{f"eval/{name}/sub_em@{length}": points(score) for name, table in tables.items()
+                           for length, score in table["by_length"].items()},
+                        **summary_entries(tables)})  # the averages under results.json's names, in every logger
     if hasattr(logger, "log_table"):
         lengths = [*map(str, next(iter(tables.values()))["by_length"]), "avg long"]
         logger.log_table(key="eval/sub_em_by_length",
