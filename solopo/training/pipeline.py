@@ -52,7 +52,7 @@ from solopo.training.precision import autocast_dtype, weights_dtype
 from solopo.training.reference import SplitReference, with_reference_logps
 from solopo.training.results import RunFailed, final_metrics, redact, where_it_ran
 from solopo.training.lightning_run import finish_run, fit, strategy_of
-from solopo.training.resume import ResumableLoader, resolve_ckpt_path
+from solopo.training.resume import ResumableLoader, completed_results, resolve_ckpt_path
 
 log = logging.getLogger("solopo")
 
@@ -330,6 +330,10 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     settings = build_settings(cfg)  # a config mistake stops here, in one line, before any model loads
+    if (done := completed_results(cfg.ckpt_path, run_dir)) is not None:
+        log.info("ckpt_path=last: the run in %s completed and kept no checkpoint; its results.json stands (nothing to "
+                 "resume; drop ckpt_path to train it again)", run_dir)
+        return done
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config; no line of its own
     with failed_on_data():  # a malformed data file stops the run here, before any model loads

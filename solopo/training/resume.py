@@ -8,6 +8,7 @@ uninterrupted run would have, with the same random draws.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -40,14 +41,30 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]
     # under trainer=fsdp a checkpoint is a folder of shards
     path = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if not path.exists() and ckpt_path == "last":
-        log.warning("ckpt_path=last: no checkpoint at %s (resuming needs the hydra.run.dir of the run to continue); "
-                    "starting from scratch", path)
+        log.warning("ckpt_path=last: no checkpoint at %s (a run stopped before its first save, or not this run's "
+                    "hydra.run.dir); starting from scratch", path)
         return None
     if not path.exists():
         stop(f"ckpt_path={ckpt_path}: no such checkpoint file or folder")
     if problem := checkpoint_problem(path):
         stop(f"ckpt_path={ckpt_path}: {path} is not a usable checkpoint ({problem})")
     return path
+
+
+def completed_results(ckpt_path: Optional[str], run_dir: Path) -> Optional[dict]:
+    """The results of a run that completed in ``run_dir`` and kept no checkpoint, asked to go on (ckpt_path=last): a
+    rerun of a sweep whose jobs were preempted resumes those and leaves the finished ones as they are, where it
+    trained them again from scratch over their results. None where there is something to resume or nothing done."""
+    path = Path(run_dir) / "results.json"
+    if ckpt_path != "last" or (Path(run_dir) / CHECKPOINT_DIR / "last.ckpt").exists() or not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):  # not a whole record: the run did not complete
+        return None
+    whole = isinstance(results, dict) and isinstance(results.get("metrics"), dict)
+    ended_early = whole and (results.get("preempted") or (results.get("faults") or {}).get("stopped"))
+    return results if whole and not ended_early else None
 
 
 def checkpoint_problem(path: Path) -> Optional[str]:

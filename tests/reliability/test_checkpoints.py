@@ -1,6 +1,7 @@
 """Checkpoints on disk: a failed write (a full disk) keeps the previous last.ckpt; a truncated, foreign or unreadable
 checkpoint, and a run directory that cannot be written, stop the run in one line (exit 2) before any model loads."""
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -94,3 +95,24 @@ def test_a_run_directory_on_a_read_only_file_system_is_refused_in_one_line():
     """/proc takes no new files, not even from root."""
     assert refused(["hydra.run.dir=/proc/solopo/run"]).startswith("error: hydra.run.dir=/proc/solopo/run: cannot write "
                                                                    "to /proc (")
+
+
+def test_resuming_a_completed_run_that_kept_no_checkpoint_keeps_its_results(tmp_path):
+    """ckpt_path=last on a run that completed (results.json, no last.ckpt: checkpoint.keep=false) trained it again from
+    scratch over its results, after a warning that blamed the run directory; a rerun of a sweep did so for every
+    finished job. Now its results stand; a run stopped by its faults, a damaged record, a checkpoint to resume from or
+    no record (a requeued job's first start) still go on."""
+    from solopo.training.resume import completed_results
+
+    record = {"metrics": {"val/loss": 0.5}, "faults": {"stopped": None}}
+    assert completed_results("last", tmp_path) is None
+    (tmp_path / "results.json").write_text(json.dumps(record))
+    assert completed_results("last", tmp_path) == record and completed_results(None, tmp_path) is None
+    for damaged in ('{"metrics": {"val/loss"', json.dumps({**record, "faults": {"stopped": "3 bad steps"}}), "[]",
+                    json.dumps({**record, "preempted": {"signal": "SIGTERM", "step": 3, "checkpoint": None}})):
+        (tmp_path / "results.json").write_text(damaged)
+        assert completed_results("last", tmp_path) is None
+    (tmp_path / "results.json").write_text(json.dumps(record))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert completed_results("last", tmp_path) is None
