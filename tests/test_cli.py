@@ -230,6 +230,27 @@ def test_progress_lines_every_n_steps_and_the_last(caplog):
             callback.on_train_batch_end(trainer, None, None, None, step - 1)
     lines = [record.getMessage().split(",")[0] for record in caplog.records]
     assert lines == ["step 2/5: loss 1.5000", "step 4/5: loss 1.5000", "step 5/5: loss 1.5000"]
+    assert caplog.records[0].getMessage().endswith(" left") and caplog.records[-1].getMessage().endswith(", 0 s left")
+
+
+def test_progress_lines_after_slow_steps(caplog, monkeypatch):
+    """A CPU run of 8 slow steps printed nothing while it trained (a line every 10 steps and the last): a step that
+    ends 30 s or more after the previous line gets one, with the time left at the rate seen."""
+    from solopo.training import loggers
+
+    class Trainer:
+        max_steps, global_step, callback_metrics = 8, 0, {"train/loss_step": 1.5}
+
+    clock = iter([0.0, 40.0, 50.0, 90.0])  # on_train_start, then the end of steps 1, 2 and 3
+    monkeypatch.setattr(loggers.time, "perf_counter", lambda: next(clock))
+    trainer, callback = Trainer(), loggers.ProgressLines()
+    callback.on_train_start(trainer, None)
+    with caplog.at_level(logging.INFO, logger="solopo"):
+        for step in (1, 2, 3):
+            trainer.global_step = step
+            callback.on_train_batch_end(trainer, None, None, None, step - 1)
+    assert [r.getMessage() for r in caplog.records] == ["step 1/8: loss 1.5000, 0.03 steps/s, 4.7 min left",
+                                                        "step 3/8: loss 1.5000, 0.04 steps/s, 2.1 min left"]
 
 
 def test_a_smoke_optuna_search_finds_a_real_best_value(tmp_path):

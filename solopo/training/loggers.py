@@ -21,6 +21,8 @@ from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from solopo.progress import duration
+
 log = logging.getLogger(__name__)
 WANDB_RUN_ID_FILE = "wandb_run_id"
 WANDB_MODES = ("auto", "online", "offline")  # logger.mode; auto: online when an API key is configured
@@ -79,24 +81,26 @@ def rank_zero_voice(rank: int) -> None:
 
 
 class ProgressLines(Callback):
-    """The training's progress as one log line every ``every`` optimizer steps (and the last): the step, the steps in
-    all, the loss and the steps per second since the previous line; a progress bar's plain form for log files."""
+    """The training's progress as one log line every ``every`` optimizer steps, or after ``every_s`` seconds without
+    one (slow steps), and at the last: the step, the steps in all, the loss, the steps per second since the previous
+    line and the time left at that rate; a progress bar's plain form for log files."""
 
-    def __init__(self, every: int = 10):
-        self.every, self._last = every, None
+    def __init__(self, every: int = 10, every_s: float = 30.0):
+        self.every, self.every_s, self._last = every, every_s, None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last = (trainer.global_step, time.perf_counter())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
+        step, now = trainer.global_step, time.perf_counter()
         total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
-        if step == self._last[0] or (step % self.every and step < total):
+        if step == self._last[0] or (step % self.every and step < total and now - self._last[1] < self.every_s):
             return
-        rate = (step - self._last[0]) / max(time.perf_counter() - self._last[1], 1e-9)
+        rate = (step - self._last[0]) / max(now - self._last[1], 1e-9)
         loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
-        log.info("step %d/%d: loss %s, %.2f steps/s", step, total, "-" if loss is None else f"{float(loss):.4f}", rate)
-        self._last = (step, time.perf_counter())
+        log.info("step %d/%d: loss %s, %.2f steps/s, %s left", step, total,
+                 "-" if loss is None else f"{float(loss):.4f}", rate, duration(max(total - step, 0) / rate))
+        self._last = (step, now)
 
 
 def wandb_labels(choices: dict[str, str], alpha: float, multirun: bool, sweep_dir: str = "", override_dirname: str = "",
