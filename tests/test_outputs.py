@@ -115,6 +115,39 @@ def test_keep_best_puts_back_the_weights_of_the_best_step():
     assert during.record() == {"every_n_steps": 1, "points": during.curve, "best_step": 2}
 
 
+def test_a_resumed_run_keeps_the_curve_and_the_best_steps_weights(tmp_path):
+    """The callback kept no state in the checkpoint: a run resumed after step 2 had the curve from step 3 on, and
+    step 3 as its best (weights and all), where the uninterrupted run kept step 2's."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from reliability.support import Toy
+    from solopo.training.eval_callback import EvalDuringTraining
+
+    scores, seen = {1: 0.2, 2: 0.5, 3: 0.3}, {}
+
+    def evaluation(policy, name):
+        step = int(name.split()[1])
+        seen[step] = policy.layer.weight.detach().clone()
+        return {"average_long": scores[step], "average": scores[step], "by_length": {"1024": scores[step]}}
+
+    def fit(steps, ckpt_path=None):
+        module = Toy()
+        during = EvalDuringTraining(evaluation, module, every_n_steps=1, keep_best=True)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False, callbacks=[during],
+                             default_root_dir=tmp_path)
+        trainer.fit(module, DataLoader(list(range(8)), batch_size=1), ckpt_path=ckpt_path)
+        return trainer, module, during
+
+    trainer, _, _ = fit(2)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    _, module, during = fit(3, tmp_path / "last.ckpt")
+    assert [p["step"] for p in during.curve] == [1, 2, 3] and during.best_step == 2
+    during.restore_best()
+    assert torch.equal(module.layer.weight, seen[2])
+
+
 def test_eval_every_n_steps_logs_records_and_plots_the_curve(tmp_path):
     smoke_here(["eval.every_n_steps=2", "eval.keep_best=true", f"hydra.run.dir={tmp_path}"])
     curve = json.loads((tmp_path / "results.json").read_text())["eval_curve"]

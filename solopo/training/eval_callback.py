@@ -55,9 +55,6 @@ class EvalDuringTraining(pl.Callback):
             self._best_weights = trained_weights(self.policy)
             self.best_step = step
 
-    def _best_score(self) -> float:
-        return next(point["avg_long"] for point in self.curve if point["step"] == self.best_step)
-
     def restore_best(self) -> None:
         """Puts the best step's weights back into the policy (every rank must call this), so that the trained model
         evaluated and saved after training is that step's. Nothing without keep_best or a best step."""
@@ -72,6 +69,25 @@ class EvalDuringTraining(pl.Callback):
                 full_state_dict=True, broadcast_from_rank0=True, strict=False))
         else:
             self.policy.load_state_dict(self._best_weights, strict=False)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint carries, so that a resumed run keeps the curve, the best step and, with keep_best, its
+        weights (the trained parameters: a LoRA policy's adapter; a sharded policy's stay with the run that had them)."""
+        state = {"curve": self.curve, "best_step": self.best_step}
+        if self.keep_best and not is_sharded(self.policy):
+            state["best_weights"] = self._best_weights
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.curve, self.best_step = list(state_dict["curve"]), state_dict["best_step"]
+        self._best_weights = state_dict.get("best_weights")
+        if self.keep_best and self.best_step is not None and self._best_weights is None:
+            log.warning("eval.keep_best: the weights of the best step so far (%d) are not in the checkpoint (a sharded "
+                        "policy): the best step is chosen among the steps after the resume", self.best_step)
+            self.best_step = None
+
+    def _best_score(self) -> float:
+        return next(point["avg_long"] for point in self.curve if point["step"] == self.best_step)
 
     def record(self) -> dict:
         """What results.json keeps: the curve and the best step."""
