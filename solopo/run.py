@@ -46,6 +46,7 @@ def main(cfg: DictConfig) -> float:
     quiet_libraries()
     with stop_on_config_errors(), failure_recorded(cfg):
         return optimized_value(train(cfg), cfg.optimized_metric)
+    return float("nan")  # a job of a sweep that failed: failure_recorded let the sweep go on
 
 
 def entry() -> None:
@@ -54,7 +55,13 @@ def entry() -> None:
     preflight(sys.argv[1:])
     sys.argv[1:] = sized_for_hardware(sys.argv[1:])
     refuse_bad_values(sys.argv[1:])
+    from solopo.training.lightning_run import SWEEP_FAILURES
+
+    SWEEP_FAILURES.clear()
     main()
+    if SWEEP_FAILURES:  # every job ran; the status says that some did not complete
+        raise SystemExit(f"error: {len(SWEEP_FAILURES)} job(s) of the sweep failed or were stopped: "
+                         f"{', '.join(str(path) for path in SWEEP_FAILURES)} (python -m solopo.report lists them)")
 
 
 def sized_for_hardware(args: list[str]) -> list[str]:

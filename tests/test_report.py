@@ -53,6 +53,17 @@ def test_multirun_writes_one_result_per_job(sweep_2x2):
     assert alphas == [("solopo.core.algos.ORPO", 0.0), ("solopo.core.algos.ORPO", 1.0), ("solopo.core.algos.SimPO", 0.0), ("solopo.core.algos.SimPO", 1.0)]
 
 
+def test_a_failed_job_does_not_end_the_sweep(tmp_path):
+    """A job that found no pairs stopped the whole sweep (exit 2 from inside Hydra's launcher): the jobs after it never
+    ran. Now each job runs, the failed one leaves failed.json, and the sweep's status says one failed."""
+    done = run_here(["-m", "data.pairs=sampled,gold", "experiment=smoke", "logger=none", "trainer.max_steps=1",
+                     "eval.enabled=false", f"hydra.sweep.dir={tmp_path}"], expect=1)
+    failed, completed = sorted(tmp_path.glob("0_*/failed.json")), sorted(tmp_path.glob("1_*/results.json"))
+    assert len(failed) == 1 and len(completed) == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: 1 job(s) of the sweep failed or were stopped: "
+                                                            f"{failed[0].parent} ")
+
+
 def test_report_on_a_2x2_sweep(sweep_2x2):
     sweep = sweep_2x2
     done = call("solopo.report", [sweep])

@@ -140,10 +140,16 @@ def stop_preempted(received: signal.Signals, trainer: pl.Trainer, run_dir: Path,
     raise SystemExit(128 + received.value)
 
 
+# The run directories of the sweep's jobs that failed or were stopped by their faults, in this process: the sweep
+# goes on past each, and ends with a status that says so (solopo.run.entry)
+SWEEP_FAILURES: list[Path] = []
+
+
 def stop_on_faults(message: str) -> None:
     """A single run exits with status 1 and the message; a job of a sweep logs it (results.json has it under
     faults.stopped) and lets the sweep go on."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
+        SWEEP_FAILURES.append(Path(HydraConfig.get().runtime.output_dir))
         log.error(message)
     else:
         raise SystemExit(message)
@@ -160,7 +166,10 @@ def failure_recorded(cfg: DictConfig):
     try:
         yield
     except RunFailed as failure:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         if rank_zero_only.rank == 0:
-            write_failure(Path(HydraConfig.get().runtime.output_dir), failure,
-                          OmegaConf.to_container(cfg, resolve=True))
-        stop(str(failure))
+            write_failure(run_dir, failure, OmegaConf.to_container(cfg, resolve=True))
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            stop(str(failure))
+        SWEEP_FAILURES.append(run_dir)  # a job of a sweep: its line, and the sweep goes on to the next job
+        log.error("%s (%s); the sweep goes on", failure, run_dir / FAILED)
