@@ -64,6 +64,19 @@ def test_a_failed_job_does_not_end_the_sweep(tmp_path):
                                                             f"{failed[0].parent} ")
 
 
+def test_a_job_without_a_record_is_named(sweep_2x2, tmp_path):
+    """A job killed without a record (SIGKILL, out of memory) was left out of the report without a word."""
+    import shutil
+
+    sweep = shutil.copytree(sweep_2x2, tmp_path / "sweep")
+    killed = sorted(sweep.glob("*/results.json"))[1]
+    killed.unlink()
+    done = call("solopo.report", [sweep])
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"not reported: 1 run with neither results.json nor failed.json (killed, out of memory, or still running): "
+        f"{killed.parent}")
+
+
 def test_report_on_a_2x2_sweep(sweep_2x2):
     sweep = sweep_2x2
     done = call("solopo.report", [sweep])

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where the report goes (default: the first directory)")
     parser.add_argument("--seeds", action="store_true", help="one row per config: mean ± std over its seeds")
     args = parser.parse_args()
-    from solopo.report.runs import find_runs
+    from solopo.report.runs import find_runs, unrecorded
     from solopo.report.sweep import write_report  # matplotlib: after --help has been answered
     from solopo.report.tables import counted
 
@@ -42,6 +42,9 @@ def main() -> None:
     print(out / "report.md")
     groups = f" in {counted(len(report['rows']), 'group')}" if args.seeds else ""
     print(f"{counted(len(runs), 'run')}{groups}; varying: {', '.join(report['keys']) or 'nothing'}")
+    if missing := unrecorded(args.dirs):  # not in the report: nothing says how they ended
+        print(f"not reported: {counted(len(missing), 'run')} with neither results.json nor failed.json (killed, out "
+              f"of memory, or still running): {', '.join(map(str, missing))}")
 
 
 if __name__ == "__main__":

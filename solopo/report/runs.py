@@ -133,6 +133,13 @@ def find_runs(paths: list[Path]) -> list[Run]:
     return found
 
 
+def unrecorded(paths: list[Path]) -> list[Path]:
+    """The run directories Hydra made (a .hydra folder) under ``paths`` that hold neither results.json nor failed.json:
+    runs ended without a word (killed, out of memory), or still running."""
+    return sorted(hydra.parent for path in paths if path.is_dir() for hydra in path.rglob(".hydra")
+                  if hydra.is_dir() and not _outcome(hydra.parent))
+
+
 def _run_dirs(path: Path) -> list[Path]:
     if _outcome(path):
         return [path]
