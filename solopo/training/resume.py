@@ -124,6 +124,9 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        if trainer.is_global_zero:  # a write a kill cut short (kill -9 mid-save): a checkpoint's size, never read
+            for stale in Path(self.dirpath).glob("last.ckpt.*.tmp"):
+                remove_checkpoint(stale)
         # A run resumed from this directory's last.ckpt does not write that step again (resuming a finished run
         # of a sweep would otherwise rewrite every job's checkpoint).
         self._last_global_step_saved = trainer.global_step

@@ -42,6 +42,16 @@ def test_a_failed_write_keeps_the_previous_last_ckpt(tmp_path, monkeypatch):
     assert [p.name for p in saved.parent.iterdir()] == ["last.ckpt"] and checkpoint_problem(saved) is None
 
 
+def test_a_write_a_kill_cut_short_is_removed_when_the_run_starts_again(tmp_path):
+    """kill -9 during a save left last.ckpt.<random>.tmp at a checkpoint's full size (~1.6 GB for the default model),
+    and the resumed run, finished, left it too."""
+    stale = tmp_path / "checkpoints" / "last.ckpt.0badf00d.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"half a checkpoint")
+    fit_toy(tmp_path, max_steps=1, callbacks=[LastCheckpoint(tmp_path)])
+    assert not stale.exists()
+
+
 def refused(args) -> str:
     """Runs solopo.run (in this process), expects exit code 2 and one line on stderr without a traceback; returns that
     line."""
