@@ -84,7 +84,7 @@ def test_a_plain_po_file_trains_with_two_sequences_per_pair(tokenizer, tmp_path)
 
     path = FIXTURES / "pairs_plain.jsonl"
     run_here(["algo=dpo", "experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1",
-              "logger=none", f"hydra.run.dir={tmp_path}"])
+              "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path}"])  # one epoch, under smoke's 4 steps
     data = results(tmp_path)
     train = tokenize_examples(pairs_format.load(str(path), n_val=1, seed=0).train, tokenizer, max_length=8192)[0]
     two_sequences = sum(2 * len(p.prompts["short"]) + len(p.responses["chosen"]) + len(p.responses["rejected"])
