@@ -8,6 +8,8 @@ import dataclasses
 import difflib
 from typing import Any, Iterable, Optional
 
+import torch
+
 from solopo.settings.fields import Problems, number, shown
 
 SET_BY_SOLOPO = ("task_type",)  # a causal LM's adapter, always
@@ -27,9 +29,10 @@ def lora_problems(lora: Optional[dict[str, Any]]) -> Problems:
         close = difflib.get_close_matches(str(name), fields, n=1, cutoff=0.5)
         problems.append(f"lora.{name}: peft's LoraConfig has no such field" + (f"; did you mean {close[0]}?"
                                                                               if close else ""))
-    problems += number("lora.r", lora.get("r", 8), 1, integer=True)
-    problems += number("lora.lora_alpha", lora.get("lora_alpha", 8), 0, above=True)
-    return problems + number("lora.lora_dropout", lora.get("lora_dropout", 0.0), 0, 1)
+    ranges = {"r": dict(low=1, integer=True), "lora_alpha": dict(low=0, above=True),
+              "lora_dropout": dict(low=0, high=1)}
+    return problems + [problem for name, bounds in ranges.items() if name in lora  # peft's defaults are in range
+                       for problem in number(f"lora.{name}", lora[name], **bounds)]
 
 
 def unmatched_targets(module_names: Iterable[str], lora: dict[str, Any]) -> list[str]:
@@ -43,9 +46,7 @@ def unmatched_targets(module_names: Iterable[str], lora: dict[str, Any]) -> list
             if not any(name == target or name.endswith("." + target) for name in names)]
 
 
-def linear_names(model) -> list[str]:
+def linear_names(model: torch.nn.Module) -> list[str]:
     """The last parts of the names of a model's linear layers (q_proj, ..., lm_head): what a target list names."""
-    import torch
-
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                    if isinstance(module, torch.nn.Linear)})

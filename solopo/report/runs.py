@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 from solopo.scoring import points
-from solopo.training.results import FAILED
+from solopo.training.results import FAILED, unfinished
 
 SEED_KEY = re.compile(r"(^|\.)seed$")  # seed, data.source.seed, data.sampling.seed: they vary together
 
@@ -105,18 +105,6 @@ def load_run(path: Path) -> Run:
                metrics=data.get("metrics", {}), timings=data.get("timings", {}),
                pairs=data.get("data", {}).get("train", {}).get("pairs"), failure=failure,
                sequences={} if failure else data.get("sequences", {}))
-
-
-def unfinished(results: dict) -> dict | None:
-    """The failure record of a results.json whose run did not end as planned: stopped after too many non-finite steps
-    in a row (faults.stopped: the run wrote what it had, then exited 1), or preempted (its state saved for a resume);
-    None for a run that ended. Its scores are not the planned run's, so no table counts them."""
-    stopped = (results.get("faults") or {}).get("stopped")
-    if stopped:
-        return {"reason": "non-finite steps", "detail": stopped}
-    if results.get("preempted"):
-        return {"reason": "preempted", "detail": str(results["preempted"])}
-    return None
 
 
 def find_runs(paths: list[Path]) -> list[Run]:

@@ -14,6 +14,18 @@ from solopo.preflight import SECRET_KEY
 FAILED = "failed.json"  # a run directory's record of a run that could not go on
 
 
+def unfinished(results: dict) -> dict | None:
+    """The failure record of a results.json whose run did not end as planned: stopped after too many non-finite steps
+    in a row (faults.stopped: the run wrote what it had, then exited 1), or preempted (its state saved for a resume);
+    None for a run that ended. Its scores are not the planned run's, so no table counts them."""
+    stopped = (results.get("faults") or {}).get("stopped")
+    if stopped:
+        return {"reason": "non-finite steps", "detail": stopped}
+    if results.get("preempted"):
+        return {"reason": "preempted", "detail": str(results["preempted"])}
+    return None
+
+
 class RunFailed(Exception):
     """A run that cannot go on because of what its data or model gave (not a mistake in its settings), e.g. sampling
     found no pair. ``reason``: a short label for a report's tables ("no pairs"); the message says why and what to

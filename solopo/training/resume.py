@@ -26,10 +26,16 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
 from solopo.preflight import stop
+from solopo.training.results import unfinished
 
 log = logging.getLogger("solopo")
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """What ckpt_path=last names: <run dir>/checkpoints/last.ckpt (under trainer=fsdp a folder of shards)."""
+    return Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
 
 
 def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]:
@@ -38,8 +44,7 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]
     checkpoint stops the run in one line (solopo.preflight.stop) before any model loads."""
     if ckpt_path is None:
         return None
-    # under trainer=fsdp a checkpoint is a folder of shards
-    path = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    path = last_checkpoint(run_dir) if ckpt_path == "last" else Path(ckpt_path)
     if not path.exists() and ckpt_path == "last":
         log.warning("ckpt_path=last: no checkpoint at %s (a run stopped before its first save, or not this run's "
                     "hydra.run.dir); starting from scratch", path)
@@ -56,15 +61,14 @@ def completed_results(ckpt_path: Optional[str], run_dir: Path) -> Optional[dict]
     rerun of a sweep whose jobs were preempted resumes those and leaves the finished ones as they are, where it
     trained them again from scratch over their results. None where there is something to resume or nothing done."""
     path = Path(run_dir) / "results.json"
-    if ckpt_path != "last" or (Path(run_dir) / CHECKPOINT_DIR / "last.ckpt").exists() or not path.is_file():
+    if ckpt_path != "last" or last_checkpoint(run_dir).exists() or not path.is_file():
         return None
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError):  # not a whole record: the run did not complete
         return None
     whole = isinstance(results, dict) and isinstance(results.get("metrics"), dict)
-    ended_early = whole and (results.get("preempted") or (results.get("faults") or {}).get("stopped"))
-    return results if whole and not ended_early else None
+    return results if whole and unfinished(results) is None else None  # preempted or stopped: resumed or redone
 
 
 def checkpoint_problem(path: Path) -> Optional[str]:
