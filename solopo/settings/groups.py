@@ -3,7 +3,6 @@ Lightning's Trainer arguments, and the top-level keys of conf/config.yaml. Each 
 config keys; the groups with a dataclass check themselves (solopo.settings.build builds them)."""
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -14,7 +13,7 @@ from solopo.data.pairs import PAIR_RULES
 from solopo.data.tokenize import OVERLONG_POLICIES, TRUNCATE_SIDES
 from solopo.models.loading import SAVE_MODEL
 from solopo.settings.fields import Problems, flag, locate, number, one_of, shown
-from solopo.settings.other_names import other_name
+from solopo.settings.other_names import suggestion
 from solopo.training.loggers import WANDB_ENV_MODES, WANDB_MODES
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
@@ -30,7 +29,7 @@ def unknown_options(key: str, target: Callable, node: dict, taken_too: Iterable[
     taken = [name for name in params if name != "self"] + list(taken_too)
     problems = []
     for option in [option for option in node if not option.startswith("_") and option not in taken]:
-        close = other_name(f"{key}.{option}") or next(iter(difflib.get_close_matches(option, taken, n=1)), None)
+        close = suggestion(f"{key}.{option}", taken)
         hint = f"did you mean {close}?" if close else f"it takes {', '.join(taken)}" if len(taken) <= 8 else ""
         problems.append(f"{key}.{option}={shown(node[option])}: {target.__qualname__} takes no such option"
                         + (f"; {hint}" if hint else ""))

@@ -3,7 +3,8 @@ that is one of these is answered with solopo's key, where spelling alone would s
 min_epochs) or nothing (``lr``, ``batch_size``)."""
 from __future__ import annotations
 
-from typing import Optional
+import difflib
+from typing import Iterable, Optional
 
 OTHER_NAMES = {
     "learning_rate": "optim.lr", "lr": "optim.lr",
@@ -26,3 +27,10 @@ def other_name(key: str) -> Optional[str]:
     """solopo's key for ``key`` (its last part) as TRL or Hugging Face name it, or None; never ``key`` itself."""
     found = OTHER_NAMES.get(key.rsplit(".", 1)[-1])
     return None if found is None or found == key else found
+
+
+def suggestion(key: str, known: Iterable[str], others: bool = True) -> Optional[str]:
+    """The hint for an unknown ``key`` (dotted): solopo's key under TRL's or Hugging Face's name (``others``), else the
+    entry of ``known`` spelt closest to its last part."""
+    return (others and other_name(key)) or next(iter(difflib.get_close_matches(key.rsplit(".", 1)[-1], list(known),
+                                                                                 n=1)), None)

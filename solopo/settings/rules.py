@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from solopo.core.objective import metric_names
 from solopo.data.collate import SHARED_PROMPT
 from solopo.settings.fields import Problems, number, shown
-from solopo.settings.other_names import other_name
+from solopo.settings.other_names import suggestion
 from solopo.step import context_parallel, shared_prompt
 
 # x_long holds the evidence (the built-in data's x_short runs to 55-150 tokens) and irrelevant text around it;
@@ -95,7 +95,7 @@ def unread(key: str, given: dict, known: Sequence[str], reader: str, others: boo
     (``others``), else the closest known key."""
     problems = []
     for name in [name for name in given if name not in known]:
-        close = (others and other_name(f"{key}{name}")) or next(iter(difflib.get_close_matches(name, known, n=1)), None)
+        close = suggestion(f"{key}{name}", known, others)
         value = "" if isinstance(given[name], dict) else f"={shown(given[name])}"
         problems.append(f"{key}{name}{value}: {reader} reads no such key" + (f"; did you mean {close}?" if close else ""))
     return problems
