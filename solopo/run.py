@@ -55,7 +55,7 @@ def entry() -> None:
     preflight(sys.argv[1:])
     sys.argv[1:] = sized_for_hardware(sys.argv[1:])
     refuse_bad_values(sys.argv[1:])
-    from solopo.training.lightning_run import SWEEP_FAILURES
+    from solopo.training.results import SWEEP_FAILURES
 
     SWEEP_FAILURES.clear()
     main()

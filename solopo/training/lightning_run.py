@@ -25,7 +25,7 @@ from solopo.training.distributed import check_strategy
 from solopo.training.faults import NumericalGuard
 from solopo.training.loggers import ProgressLines, ResumableCSVLogger, finish, on_terminal, wandb_labels
 from solopo.training.module import SoLoPOModule, intended_warnings_silenced
-from solopo.training.results import FAILED, RunFailed, all_finite, redact, summary, write_failure, write_results
+from solopo.training.results import FAILED, SWEEP_FAILURES, RunFailed, all_finite, redact, summary, write_failure, write_results
 from solopo.training.resume import LastCheckpoint, LoaderPosition, RngState
 
 log = logging.getLogger("solopo")
@@ -138,11 +138,6 @@ def stop_preempted(received: signal.Signals, trainer: pl.Trainer, run_dir: Path,
         log.warning("preempted (%s) at step %d: no checkpoint written (trainer.enable_checkpointing=false)",
                     received.name, trainer.global_step)
     raise SystemExit(128 + received.value)
-
-
-# The run directories of the sweep's jobs that failed or were stopped by their faults, in this process: the sweep
-# goes on past each, and ends with a status that says so (solopo.run.entry)
-SWEEP_FAILURES: list[Path] = []
 
 
 def stop_on_faults(message: str) -> None:

@@ -12,6 +12,10 @@ from solopo.cache import atomic_write_text
 from solopo.preflight import SECRET_KEY
 
 FAILED = "failed.json"  # a run directory's record of a run that could not go on
+# The run directories of the sweep's jobs that failed or were stopped by their faults, in this process: the sweep
+# goes on past each, and ends with a status that says so (solopo.run.entry; here, not beside the training code, so
+# that --help does not import Lightning)
+SWEEP_FAILURES: list[Path] = []
 
 
 def unfinished(results: dict) -> dict | None:
