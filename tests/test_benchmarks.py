@@ -335,6 +335,19 @@ def test_run_kernels_sh_measures_each_model_build_in_its_own_call(tmp_path):
     assert "--max-lengths 524288,1048576 --max-length-models qwen2.5-1.5b" in lines[3]
 
 
+def test_run_kernels_sh_with_lengths_empty_runs_only_the_probe(tmp_path):
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\ncase "$1" in -c|-m) exec {sys.executable} "$@";; esac\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), RESULTS=str(tmp_path / "results"), PYTHONPATH=str(ROOT), LENGTHS="")
+    done = subprocess.run(["bash", str(SCRIPTS / "run_kernels.sh"), "600"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "no grid cell, only the probe" in done.stdout, done.stdout + done.stderr
+    [line] = calls.read_text().splitlines()
+    assert "--variants savers --lengths  --max-lengths 524288,1048576" in line
+
+
 def test_with_span_s_the_longest_context_probe_runs_on_after_the_call(tmp_path):
     """SPAN_S: the probe (a 1M step outlasts a device call) starts in a process session of its own, on a copy of the
     code, and the call returns; the next call measures no grid cell beside it, waits for it and keeps its log."""

@@ -14,14 +14,14 @@
 # spanning calls; its state and log in SPAN_DIR, /tmp/solopo_kernels_span), and the next call with the same SPAN_S
 # waits for it, measuring nothing else meanwhile (the GPU is the probe's). Liger is installed from the wheel in WHEELS
 # (gpuwheels/) where it is missing, and skipped on a machine that cannot run it. MODEL, LENGTHS, PROBE_LENGTHS and
-# SHORT exist for the CPU dry run (tests/test_benchmarks.py).
+# SHORT exist for the CPU dry run (tests/test_benchmarks.py); LENGTHS= (empty) measures no grid cell, only the probe.
 set -o pipefail
 began=$(date +%s)
 BUDGET=${1:-540}
 PY=${PYTHON:-python3}
 RESULTS=${RESULTS:?set RESULTS to the folder the tables go to}
 MODEL=${MODEL:-qwen2.5-1.5b}
-LENGTHS=${LENGTHS:-8192,16384,32768}
+LENGTHS=${LENGTHS-8192,16384,32768}
 PROBE_LENGTHS=${PROBE_LENGTHS:-524288,1048576}
 SHORT=${SHORT:-1024}
 WHEELS=${WHEELS:-gpuwheels}
@@ -65,6 +65,8 @@ problems = liger_problems(torch.cuda.is_available()); print(*problems); sys.exit
 
 if probe_running; then
   echo "the longest-context probe started by an earlier call is running: no grid cell beside it"
+elif [ -z "$LENGTHS" ]; then
+  echo "LENGTHS is empty: no grid cell, only the probe"
 else
   grid padded,cudnn-sdpa
   grid savers
