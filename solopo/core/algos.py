@@ -80,7 +80,9 @@ class CDPO(DPO):
     label_smoothing: float
 
     def problems(self) -> Problems:
-        return super().problems() + number("label_smoothing", self.label_smoothing, 0, 0.5)
+        # At 0.5 a label is as likely flipped as kept: the loss pulls every margin to 0 and learns no preference.
+        return super().problems() + number("label_smoothing", self.label_smoothing, 0, 0.5, below=True,
+                                           note=" (0.5: flipped as often as kept, no preference learned)")
 
     def loss(self, chosen, rejected, chosen_rewards, rejected_rewards):
         return losses.cdpo_loss(chosen_rewards, rejected_rewards, self.label_smoothing)
@@ -103,7 +105,10 @@ class SimPO:
     needs_reference: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        refuse(number("beta", self.beta, 0, above=True) + number("gamma", self.gamma))
+        # gamma is a margin the chosen reward must clear (SimPO eq. 6, gamma >= 0; 0: none): a negative one would
+        # count a chosen reward below the rejected one as good enough.
+        refuse(number("beta", self.beta, 0, above=True)
+               + number("gamma", self.gamma, 0, note=" (the target reward margin; 0: none)"))
 
     def reward(self, responses: Responses) -> Tensor:
         return losses.simpo_reward(responses.logps, responses.n_tokens, self.beta)

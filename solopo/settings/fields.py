@@ -43,18 +43,20 @@ def one_of(key: str, value: Any, allowed: Iterable) -> Problems:
 
 
 def number(key: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, *, integer: bool = False,
-           above: bool = False, optional: bool = False, note: str = "") -> Problems:
-    """A finite number (an integer with ``integer``) >= low (> low with ``above``) and <= high; null too with
-    ``optional``. inf and nan are refused: an infinite rate or weight trains nothing but NaNs."""
+           above: bool = False, below: bool = False, optional: bool = False, note: str = "") -> Problems:
+    """A finite number (an integer with ``integer``) >= low (> low with ``above``) and <= high (< high with
+    ``below``); null too with ``optional``. inf and nan are refused: an infinite rate or weight trains nothing but
+    NaNs."""
     if value is None and optional:
         return []
     kinds = (int,) if integer else (int, float)
     fits = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
-    if fits and (low is None or (value > low if above else value >= low)) and (high is None or value <= high):
+    if (fits and (low is None or (value > low if above else value >= low))
+            and (high is None or (value < high if below else value <= high))):
         return []
     wanted = "an integer" if integer else "a number"
     if low is not None and high is not None:
-        wanted += f" in {'(' if above else '['}{low:g}, {high:g}]"
+        wanted += f" in {'(' if above else '['}{low:g}, {high:g}{')' if below else ']'}"
     elif low is not None:
         wanted += f" {'>' if above else '>='} {low:g}"
     return [f"{key}={shown(value)}: must be {wanted}{' or null' if optional else ''}{note}"]

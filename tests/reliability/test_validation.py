@@ -75,7 +75,12 @@ MISTAKES = [
                                                 f"reward, loss and needs_reference); choose one of {ALGOS}"),
     (["+algo.betta=0.1"], "algo.betta=0.1: SimPO takes no such option; did you mean beta?"),
     (["algo=dpo", "algo.beta=0"], "algo.beta=0: must be a number > 0"),
-    (["algo=cdpo", "algo.label_smoothing=0.7"], "algo.label_smoothing=0.7: must be a number in [0, 0.5]"),
+    (["algo=cdpo", "algo.label_smoothing=0.7"], "algo.label_smoothing=0.7: must be a number in [0, 0.5) (0.5: "
+                                                "flipped as often as kept, no preference learned)"),
+    # at 0.5 the loss pulls every margin to 0; a negative SimPO margin accepts a chosen reward below the rejected one
+    (["algo=cdpo", "algo.label_smoothing=0.5"], "algo.label_smoothing=0.5: must be a number in [0, 0.5) (0.5: "
+                                                "flipped as often as kept, no preference learned)"),
+    (["algo.gamma=-1"], "algo.gamma=-1: must be a number >= 0 (the target reward margin; 0: none)"),
     (["ra.alpha=-1"], "ra.alpha=-1: must be a number >= 0 (0 turns SoLo-RA off)"),
     (["ra.distance=l2"], "ra.distance=l2: choose one of abs, softplus, squared"),
     (["ra.responses=[chosen,other]"], "ra.responses=[chosen,other]: choose [chosen] or [chosen,rejected]"),
@@ -181,6 +186,13 @@ def test_a_config_mistake_stops_in_one_line(overrides, message):
     assert str(stopped.value) == message and "\n" not in message
 
 
+@pytest.mark.parametrize("overrides", [["algo.gamma=0"], ["algo=cdpo", "algo.label_smoothing=0"],
+                                       ["algo=cdpo", "algo.label_smoothing=0.49"], ["algo=orpo", "algo.lam=0"]])
+def test_the_edges_of_the_algorithms_ranges_are_accepted(overrides):
+    """SimPO without a margin and cDPO without smoothing are the papers' own ablations; ORPO's lam=0 is SFT."""
+    build_settings(compose_config(overrides))
+
+
 def test_context_parallel_runs_the_context_attention_in_place_of_sdpa():
     settings = build_settings(compose_config([*CPU_FSDP, "trainer.context_parallel=2"]))
     assert settings.model.attn_implementation == "solopo_context"
@@ -197,7 +209,7 @@ def test_ra_off_is_the_one_switch():
 
 @pytest.mark.parametrize("setting", ["trainer.gradient_clip_val=-1", "seed=abc", "trainer.devices=0", "+optim.lrr=1",
                                      "ra=both method=long_po", "trainer.context_parallel=2", "algo=dpx",
-                                     "logger=wandb logger.mode=bogus", "model.liger=maybe"])
+                                     "logger=wandb logger.mode=bogus", "model.liger=maybe", "algo.gamma=-1"])
 def test_a_bad_setting_exits_2_before_the_model_loads(setting, tmp_path):
     """In this process; test_the_run_stops_before_any_model_loads checks the same in a fresh interpreter."""
     done = smoke_here([*setting.split(), f"hydra.run.dir={tmp_path}"], expect=2)
@@ -229,6 +241,8 @@ def test_the_checks_are_plain_functions():
     assert number("optim.lr", 1e-5, 0, above=True) == [] and one_of("reference", "live", ("cached", "live")) == []
     assert number("data.batch_size", 2.5, 1, integer=True) == ["data.batch_size=2.5: must be an integer >= 1"]
     assert number("data.batch_size", True, 1, integer=True) == ["data.batch_size=true: must be an integer >= 1"]
+    assert number("x", 0.5, 0, 0.5, below=True) == ["x=0.5: must be a number in [0, 0.5)"]
+    assert number("x", 0.5, 0, 0.5) == [] and number("x", 0.49, 0, 0.5, below=True) == []
     assert check_long_len(4032, None, 4096, 64) == [] and check_long_len(4033, None, 4096, 64) != []
     assert check_long_len(1024, 512, None, 64) == [] and check_eval_lengths(["short", 4032], 4096) == []
 
