@@ -303,6 +303,47 @@ def test_a_folder_of_csv_files_reads_text_and_keeps_its_splits(tmp_path):
     assert len(pairs.load(str(folder), name="easy").train) == 2
 
 
+ROWS = {"csv": "prompt,chosen,rejected\nTom is 1. Age?,1,10\nAnn is 3. Age?,3,30\n",
+        "jsonl": "".join(json.dumps({"prompt": f"Q{i}?", "chosen": "a", "rejected": "b"}) + "\n" for i in range(2))}
+EMPTY = {"csv": ("prompt,chosen,rejected\n", "a header and no rows"), "jsonl": ("\n", "an empty file")}
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_an_empty_split_of_a_dataset_folder_names_its_file(kind, tmp_path):
+    """datasets refused the whole folder, the train split too, with 'not a dataset that can be read (Instruction
+    "test" corresponds to no data!)', naming no file. An empty split is refused as an empty file is, by its file;
+    a split with rows in one of its files loads."""
+    folder, (empty, why) = tmp_path / "repo", EMPTY[kind]
+    folder.mkdir()
+    (folder / f"train.{kind}").write_text(ROWS[kind])
+    (folder / f"test.{kind}").write_text(empty)
+    line = (f"{folder / f'test.{kind}'}: no records ({why}), so the dataset folder's test split is empty; give it rows "
+            "or remove it")
+    for split in ([], ["data.split=test"]):
+        with pytest.raises(ConfigError) as stopped:
+            load_source(compose_config(["data=pairs", f"data.path={folder}", *split]))
+        assert str(stopped.value) == line
+    done = run_here(["experiment=smoke", "data=pairs", f"data.path={folder}", "logger=none",
+                     f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: {line}\n"
+    (folder / f"test.{kind}").rename(folder / f"test-00001-of-00002.{kind}")
+    (folder / f"test-00000-of-00002.{kind}").write_text(ROWS[kind])
+    assert len(pairs.load(str(folder), split="test", n_val=0).train) == 2
+
+
+def test_a_csv_or_parquet_file_without_rows_is_refused_as_a_json_one_is(tmp_path):
+    """datasets: 'not a dataset that can be read (Instruction "train" corresponds to no data!)'; an empty JSON Lines
+    file was already 'no records'."""
+    (tmp_path / "header.csv").write_text("prompt,chosen,rejected\n\n")
+    Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []}).to_parquet(tmp_path / "none.parquet")
+    (tmp_path / "none.jsonl").write_text("")
+    for name, why in (("header.csv", " (a header and no rows)"), ("none.parquet", " (a table of 0 rows)"),
+                      ("none.jsonl", "")):
+        with pytest.raises(DataFileError) as refused:
+            pairs.load(str(tmp_path / name))
+        assert str(refused.value) == f"{tmp_path / name}: no records{why}"
+
+
 def test_an_edited_file_of_a_dataset_folder_is_read_afresh(tmp_path):
     """datasets keys the Arrow copy of a folder whose README lists its configs by the patterns alone: a file edited
     in place (same size) was read back as its old rows."""

@@ -14,7 +14,9 @@ unify the column types first and lose the row of a type error. The other contain
 memory-mapped and read a row at a time, so a large file is not held twice. ``datasets`` works offline on local
 files only; its Arrow cache lives under ``$SOLOPO_CACHE/datasets`` (solopo.cache.cache_root), one place to wipe.
 ``split`` picks a split (default: train, or the only one); ``name`` a dataset's config, or the entry of a
-LLaMA-Factory ``dataset_info.json``, whose column mapping comes along as ``Source.mapping``.
+LLaMA-Factory ``dataset_info.json``, whose column mapping comes along as ``Source.mapping``. A file without records
+(a CSV file's header alone) is refused by its name, as is a dataset folder's split of such files, which datasets
+would answer for every split of the folder without naming one.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
                             f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
     with _one_line(path):  # the files its configs (README.md) or file names give, as datasets resolves them
         builder = _datasets().load_dataset_builder(str(folder), name=name, cache_dir=str(cache_root() / "datasets"))
+    _refuse_empty_splits(builder.config.data_files)
     files = [str(file) for files in builder.config.data_files.values() for file in files]  # train's first
     options = _csv_options(files) if builder.name == "csv" else {}  # a folder of CSV files read as one CSV file is
     return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name, cache=_folder_cache(files),
@@ -94,6 +97,8 @@ def refuse_file_options(path: str, split: Optional[str], name: Optional[str]) ->
 
 def _file_records(path: str, split: Optional[str]) -> Iterator[tuple[Where, dict]]:
     suffix = Path(path).suffix.lower()
+    if suffix in ARROW_SUFFIXES and (empty := _emptiness(checked_path(path))) is not None:  # datasets: 'Instruction
+        raise DataFileError(f"{path}: no records ({empty})")  # "train" corresponds to no data!', naming no file
     if suffix in ARROW_SUFFIXES:
         options = _csv_options([path]) if suffix == ".csv" else {}
         return _rows(path, _load_dataset(ARROW_SUFFIXES[suffix], path, split, data_files=checked_path(path), **options))
@@ -127,6 +132,47 @@ def _csv_header(path: str) -> list[str]:
     if not header:
         raise DataFileError(f"{path}: empty: a CSV file opens with its header (the column names)")
     return header
+
+
+def _refuse_empty_splits(data_files: dict) -> None:
+    """datasets cannot build a dataset folder in which one split holds no rows (a CSV file with its header alone, an
+    empty JSON Lines file), whichever split is asked for, and its message names no file; such a split is refused here,
+    naming its file. A split of several files with rows in one of them loads."""
+    for split, files in data_files.items():
+        found = [(str(file), _emptiness(str(file))) for file in files]
+        if found and all(empty is not None for _, empty in found):
+            file, empty = found[0]
+            more = f" (and its {len(found) - 1} other files)" if len(found) > 1 else ""
+            raise DataFileError(f"{file}{more}: no records ({empty}), so the dataset folder's {split} split is empty; "
+                                "give it rows or remove it")
+
+
+def _emptiness(path: str) -> Optional[str]:
+    """What a data file holds instead of records ("a header and no rows"), or None where it holds some or is a kind
+    read only by datasets (which then says what is wrong with it)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as file:
+            rows = csv.reader(file)
+            if next(rows, None) is not None and not any(row for row in rows):  # pandas skips blank lines too
+                return "a header and no rows"
+    elif suffix in JSON_SUFFIXES and (head := _first_characters(path, 2)) in ("", "[]"):
+        return "an empty array" if head else "an empty file"
+    elif suffix == ".parquet":
+        import pyarrow.parquet
+
+        with contextlib.suppress(Exception):  # not a Parquet file: datasets' own message
+            return None if pyarrow.parquet.read_metadata(path).num_rows else "a table of 0 rows"
+    return None
+
+
+def _first_characters(path: str, n: int) -> str:
+    """The first ``n`` characters of a text file other than whitespace, read a block at a time up to them."""
+    seen = ""
+    with open(path, "rb") as file:
+        while len(seen) < n and (block := file.read(1 << 16)):
+            seen += "".join(block.decode("utf-8-sig", errors="replace").split())
+    return seen[:n]
 
 
 def _first_character(path: str) -> str:
