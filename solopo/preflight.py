@@ -277,6 +277,20 @@ def refuse_bad_values(argv: Sequence[str], training: bool = True, config_name: s
     configs_checked(argv, config_name, problem)
 
 
+def for_evaluation(argv: Sequence[str], config_name: str = "config") -> list[str]:
+    """``argv`` less the overrides only training reads (solopo.settings.rules.training_only), which solopo-eval refuses:
+    for a launcher that gives a study's evaluation the overrides of all its jobs. Unchanged where it composes no one
+    job (a sweep, --config-path)."""
+    from solopo.settings.build import command_line  # torch: not for --help
+    from solopo.settings.rules import training_only
+
+    jobs = job_configs(argv, config_name)
+    if len(jobs) != 1:
+        return list(argv)
+    unread = {override.lstrip("+") for override in training_only(jobs[0][1], *command_line(jobs[0][1]))}
+    return [arg for arg in argv if arg.lstrip("+") not in unread]
+
+
 def configs_checked(argv: Sequence[str], config_name: str, problem: Callable[[object], Optional[str]]) -> None:
     """Stops (exit 2) on the first job of job_configs whose config ``problem`` finds wrong, with its one line, before
     Hydra makes a run or sweep directory: a bad value stops a sweep before its first job, not when the job that holds

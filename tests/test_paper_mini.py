@@ -56,6 +56,16 @@ def test_job_list_order_and_sampling_leaders():
     assert study.Job("base", None, None, 0).command(Path("/r"))[2] == "solopo.evaluate"
 
 
+def test_the_base_row_takes_the_overrides_for_every_job_that_an_evaluation_reads():
+    """README's CPU check gives every job its sizes; solopo-eval refuses those only training reads (data.long_len,
+    trainer.max_steps, data.pairs=gold), so the base row's evaluation stopped at once."""
+    extra = (*TINY, "trainer.max_steps=2", "eval.n_items=2", "data.pairs=gold")
+    assert study.Job("base", None, None, 0).command(Path("/r"), "python", extra)[2:] == [
+        "solopo.evaluate", "experiment=paper_mini/base", "seed=0", "model=tiny", "trainer=cpu", "eval.n_items=2",
+        "hydra.run.dir=/r/base-s0"]
+    assert study.Job("short_po", "dpo", None, 0).command(Path("/r"), "python", extra)[-5:-1] == list(extra[-4:])
+
+
 def test_study_table_comparisons_and_paper_claims(tmp_path):
     root = study_dir(tmp_path)
     paper = {"best_alpha": {"DPO": 3.0},

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.studies.runner import named
+from solopo.preflight import for_evaluation
 from solopo.report.runs import Run
 
 ALGOS = ("dpo", "simpo", "orpo")
@@ -57,8 +58,11 @@ class Job:
         return out
 
     def command(self, root: Path, python: str = "python", extra: tuple[str, ...] = ()) -> list[str]:
-        entry = "solopo.evaluate" if self.row == "base" else "solopo.run"
-        return [python, "-m", entry, *self.overrides(), *extra, f"hydra.run.dir={root / self.name}"]
+        if self.row != "base":
+            return [python, "-m", "solopo.run", *self.overrides(), *extra, f"hydra.run.dir={root / self.name}"]
+        # extra: the overrides of every job (the CPU check's sizes), of which the evaluation takes those it reads
+        overrides = for_evaluation([*self.overrides(), *extra]) if extra else self.overrides()
+        return [python, "-m", "solopo.evaluate", *overrides, f"hydra.run.dir={root / self.name}"]
 
 
 def study_jobs(seeds: tuple[int, ...] = (0, 1, 2), rows: tuple[str, ...] = ROWS,

@@ -252,7 +252,7 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
         problems += check_logger(OmegaConf.to_container(logger) if OmegaConf.is_config(logger) else {})
         problems += check_run({key: plain(cfg, key) if OmegaConf.is_config(cfg.get(key)) else cfg.get(key)
                                for key in RUN_KEYS})
-    problems += cross_group_rules(cfg, settings, choice(cfg, "data"), training)
+    problems += cross_group_rules(cfg, settings, choice(cfg, "data"), training, *command_line(cfg))
     if problems:
         raise ConfigError("; ".join(problems))
     if training and not cfg.eval.enabled:
@@ -292,6 +292,14 @@ def stop_on_config_errors() -> Iterator[None]:
         yield
     except ConfigError as err:
         stop(str(err))
+
+
+def command_line(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """The overrides the command line gave and the config groups, as Hydra records them: in a composed config's hydra
+    node (the checks before Hydra starts, tests), else in a Hydra app's HydraConfig; none for a config made
+    otherwise."""
+    node = cfg.hydra if "hydra" in cfg else HydraConfig.get() if HydraConfig.initialized() else None
+    return ([], []) if node is None else (list(node.overrides.task), list(node.runtime.choices))
 
 
 def choice(cfg: DictConfig, group: str) -> str:

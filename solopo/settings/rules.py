@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -101,19 +101,85 @@ def unread(key: str, given: dict, known: Sequence[str], reader: str, others: boo
     return problems
 
 
+def training_reads(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """The keys a training run reads: at the top of the config, and in the data group."""
+    interpolated = keys_interpolated(cfg)
+    return (list(ROOT_KEYS) + [k.split(".")[0] for k in interpolated],
+            list(DATA_KEYS) + [k.split(".")[1] for k in interpolated if k.startswith("data.")])
+
+
 def check_unread_keys(cfg: DictConfig, data_option: str) -> Problems:
     """Keys that nothing reads, at the top of the config (+foo=1) or in the data group (+data.foo=1), which the run
     would otherwise ignore in silence; a data.path the chosen source does not read (+data.path=FILE with the built-in
     data=qa) has its own message."""
-    interpolated = keys_interpolated(cfg)
-    top = OmegaConf.to_container(cfg, resolve=False)
-    problems = unread("", top, list(ROOT_KEYS) + [k.split(".")[0] for k in interpolated], "solopo")
+    top_read, read = training_reads(cfg)
+    problems = unread("", OmegaConf.to_container(cfg, resolve=False), top_read, "solopo")
     data = OmegaConf.to_container(cfg.data, resolve=False)
-    read = list(DATA_KEYS) + [k.split(".")[1] for k in interpolated if k.startswith("data.")]
     if "path" in data and "path" not in read:
         problems.append(f"data.path={data.pop('path')}: data={data_option} reads no file; choose a file format "
                         "(data=pairs, musique, hotpotqa, twowiki, longbench)")
     return problems + unread("data.", data, read, f"data={data_option}")
+
+
+# What an evaluation (solopo-eval, solopo.evaluate) reads besides Hydra's own keys: the model, the eval group, the data
+# source and its prompt template, the trainer's precision (the answers' autocast) and the seed; and every key these read
+# by interpolation (evaluation_reads: data.source.path reads data.path, data.source.n_test eval.n_items).
+EVALUATION_KEYS = ("model", "eval", "data.source", "data.template", "trainer.precision", "seed")
+
+
+def as_written(cfg: DictConfig, key: str) -> Any:
+    """The value at ``key`` with its interpolations unresolved (None where the config has no such key)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False) if parent else cfg
+    return OmegaConf.to_container(node, resolve=False).get(leaf) if OmegaConf.is_dict(node) else None
+
+
+def evaluation_reads(cfg: DictConfig) -> set[str]:
+    """EVALUATION_KEYS and the keys they read by interpolation, followed on."""
+    read, todo = set(), list(EVALUATION_KEYS)
+    while todo:
+        key = todo.pop()
+        if key not in read:
+            read.add(key)
+            todo += INTERPOLATED.findall(str(as_written(cfg, key)))
+    return read
+
+
+def read_in(key: str, read: Iterable[str]) -> bool:
+    """Whether ``key`` is one of ``read``, lies inside one, or holds one (the trainer group holds trainer.precision)."""
+    return any(key == r or key.startswith(f"{r}.") or r.startswith(f"{key}.") for r in read)
+
+
+def training_only(cfg: DictConfig, overrides: Sequence[str], groups: Iterable[str]) -> list[str]:
+    """The command line's ``overrides`` that training reads and an evaluation does not (algo.beta=0.3,
+    trainer.max_steps=5, algo=dpo), which it would ignore. ``groups``: the config groups, whose choice is read where
+    the group's keys are; a group placed at the top of the config (experiment=, debug=) may set any key, and Hydra's
+    own keys are Hydra's. Keys nothing reads are check_unread_keys'."""
+    evaluation, (top, data) = evaluation_reads(cfg), training_reads(cfg)
+    groups, found = set(groups), []
+    for override in overrides:
+        key = override_key(override)
+        parts = key.split(".")
+        if key in groups:
+            trained = key in cfg  # not a group placed at the top
+        else:
+            trained = parts[0] in top and (parts[0] != "data" or len(parts) == 1 or parts[1] in data)
+        if trained and not parts[0].startswith("hydra") and not read_in(key, evaluation):
+            found.append(override)
+    return found
+
+
+def override_key(override: str) -> str:
+    """The key or config group an override sets (+algo.beta=0.3 -> algo.beta, ~logger -> logger, algo@x=dpo -> algo)."""
+    return override.partition("=")[0].lstrip("+~").split("@")[0]
+
+
+def check_evaluation_overrides(cfg: DictConfig, overrides: Sequence[str], groups: Iterable[str]) -> Problems:
+    """An evaluation's command-line overrides that only training reads, each named, rather than ignored in silence."""
+    groups = set(groups)
+    return [f"{override.lstrip('+')}: only training reads "
+            + (f"the {override_key(override)} group" if override_key(override) in groups else "this key")
+            + "; solopo-eval would ignore it" for override in training_only(cfg, overrides, groups)]
 
 
 def processes(trainer: dict, gpus: int) -> Optional[int]:
@@ -180,11 +246,14 @@ def check_eval_metric(metric: Any, keys: Optional[set[str]]) -> Problems:
             + (f"did you mean {close[0]}?" if close else f"it gives {', '.join(sorted(keys))}")]
 
 
-def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, training: bool) -> Problems:
-    """Problems between groups; ``settings`` are the objects built so far (None where a group had a problem)."""
+def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, training: bool,
+                      overrides: Sequence[str] = (), groups: Iterable[str] = ()) -> Problems:
+    """Problems between groups; ``settings`` are the objects built so far (None where a group had a problem);
+    ``overrides`` and ``groups``: the command line's and the config's (an evaluation names those it does not read)."""
     model = settings["model"]
     max_length = model.max_length if model is not None else None
     problems = check_unread_keys(cfg, data_option)
+    problems += [] if training else check_evaluation_overrides(cfg, overrides, groups)
     if training:
         sampling = settings["sampling"]
         # Beside x_long, a training sequence holds the chat template and the response: a sample, or a gold answer.

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from solopo.preflight import job_configs, preflight, refuse_bad_values
+from solopo.preflight import CONF, job_configs, preflight, refuse_bad_values
 from in_process import call
 from support import run
 from test_validation import FIXTURES, shipped_options
@@ -141,10 +141,49 @@ def test_values_are_left_to_hydra_where_it_answers_or_runs_elsewhere(argv):
 
 
 def test_an_evaluation_checks_only_what_it_reads_before_hydra(capsys):
-    refuse_bad_values(["optim.lr=-1"], training=False)
     with pytest.raises(SystemExit):
         refuse_bad_values(["eval.depths=[2]"], training=False)
     assert capsys.readouterr().err.startswith("error: eval.depths=[2]: each depth")
+
+
+ONLY_TRAINING = [(["algo.beta=0.3"], "algo.beta=0.3: only training reads this key; solopo-eval would ignore it"),
+                 (["trainer.max_steps=5"],
+                  "trainer.max_steps=5: only training reads this key; solopo-eval would ignore it"),
+                 (["optim.lr=-1"], "optim.lr=-1: only training reads this key; solopo-eval would ignore it"),
+                 (["algo=dpo"], "algo=dpo: only training reads the algo group; solopo-eval would ignore it"),
+                 # the evaluation answers on the GPU where there is one, whatever the trainer's accelerator
+                 (["trainer.accelerator=cpu"],
+                  "trainer.accelerator=cpu: only training reads this key; solopo-eval would ignore it"),
+                 (["-m", "data.long_len=256,512"], "sweep job 0 (data.long_len=256 experiment=smoke): "
+                                                   "data.long_len=256: only training reads this key; solopo-eval "
+                                                   "would ignore it")]
+
+
+@pytest.mark.parametrize("argv, line", ONLY_TRAINING, ids=[" ".join(a) for a, _ in ONLY_TRAINING])
+def test_an_evaluation_names_an_override_only_training_reads(argv, line, tmp_path):
+    """solopo-eval took them and evaluated as if they were not there, exit 0 (experiment=smoke: on the tiny model)."""
+    done = call("solopo.evaluate", [*argv, "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}",
+                                    f"hydra.sweep.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: {line}\n" and not (tmp_path / "run").exists()
+
+
+def test_an_evaluation_takes_the_keys_it_reads():
+    """The model, eval, the data source and what it reads (data.path, data.split), data.template, the trainer's
+    precision (trainer=cpu sets it), the seed and Hydra's keys; an overlay at the top of the config (experiment=)."""
+    refuse_bad_values(["experiment=smoke", "model=tiny", "model.max_length=4096", "trainer=cpu",
+                       "trainer.precision=32-true", "seed=3", "eval.n_items=2", "eval.lengths=[short,256]",
+                       "data.template=cot", "data.source.n_test=3", "hydra.job.chdir=false"], training=False)
+    refuse_bad_values(["experiment=smoke", "data=pairs", f"data.path={FIXTURES / 'pairs.jsonl'}", "data.split=train"],
+                      training=False)
+
+
+def test_an_evaluation_hydra_composed_alone_names_them_too(tmp_path):
+    """Where only Hydra composes the config (--config-path), the evaluation's own check names them, from Hydra's record
+    of the command line, before the model loads."""
+    done = call("solopo.evaluate", ["--config-path", str(CONF), "experiment=smoke", "algo.beta=0.3",
+                                    f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == "error: algo.beta=0.3: only training reads this key; solopo-eval would ignore it\n"
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 @pytest.mark.parametrize("module", ["solopo.run", "solopo.evaluate"])

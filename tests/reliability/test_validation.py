@@ -59,12 +59,17 @@ def test_every_shipped_config_passes(group, option):
         with pytest.raises(ConfigError, match=rf"^eval={option} needs eval.benchmark.path=PATH \(see conf/eval/{option}.yaml\)$"):
             build_settings(cfg, training=False)
         cfg = compose_config([*overrides, f"eval.benchmark.path={FIXTURES}"])
+    if group in ("algo", "ra", "method", "logger"):  # groups only training reads: an evaluation names the choice
+        with pytest.raises(ConfigError, match=rf"^{group}={option}: only training reads the {group} group; solopo-eval "
+                                              "would ignore it$"):
+            build_settings(cfg, training=False)
+    else:  # the evaluation answers on the GPU where there is one: it reads no trainer.accelerator
+        build_settings(cfg, training=False)
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=f"^{re.escape(GPU_ONLY)}$"):
             build_settings(cfg)
         cfg = compose_config([*overrides, "trainer.accelerator=auto"])
     build_settings(cfg)
-    build_settings(cfg, training=False)
 
 
 ALGOS = "solopo.core.algos.CDPO, solopo.core.algos.DPO, solopo.core.algos.IPO, solopo.core.algos.ORPO, solopo.core.algos.SimPO"
@@ -230,9 +235,47 @@ def test_an_empty_or_unknown_wandb_mode_in_the_environment_is_named(monkeypatch)
 
 
 def test_evaluation_checks_only_what_it_reads():
-    build_settings(compose_config(["ra.alpha=-1", "optim.lr=0"]), training=False)
+    """Training's values set by the config (an experiment overlay) are not the evaluation's to check; given on the
+    command line, the evaluation names them (tests/reliability/test_preflight.py)."""
+    cfg = compose_config([])
+    OmegaConf.update(cfg, "ra.alpha", -1)
+    OmegaConf.update(cfg, "optim.lr", 0)
+    build_settings(cfg, training=False)
     with pytest.raises(ConfigError, match=r"^eval.depths=\[2\]: each depth"):
         build_settings(compose_config(["eval.depths=[2]"]), training=False)
+
+
+def junk_outside(cfg, read):
+    """``cfg`` with every value outside the keys ``read`` (and Hydra's) replaced by a string no setting takes, a whole
+    group at once where none of its keys is read."""
+    def walk(node, prefix):
+        for key in list(node.keys()):
+            path = f"{prefix}{key}"
+            if path == "hydra" or any(path == r or path.startswith(f"{r}.") for r in read):
+                continue
+            if any(r.startswith(f"{path}.") for r in read):
+                walk(node[key], f"{path}.")
+            else:
+                with open_dict(node):
+                    node[key] = "junk"
+    walk(cfg, "")
+    return cfg
+
+
+@pytest.mark.parametrize("overrides", [[], ["data=pairs", f"data.path={FIXTURES / 'pairs.jsonl'}",
+                                            "data.source.n_val=1"], ["eval=longbench", "eval.benchmark.path=/data"]])
+def test_what_an_evaluation_reads_is_all_it_reads(overrides):
+    """solopo.settings.rules.EVALUATION_KEYS and their interpolations are everything an evaluation reads: with every
+    other value junk, it builds the same settings and data; so the overrides it refuses change nothing."""
+    from solopo.settings.rules import evaluation_reads
+
+    cfg = compose_config(overrides)
+    read = evaluation_reads(cfg)
+    junk = junk_outside(compose_config(overrides), read)
+    assert (junk.algo, junk.optim, junk.trainer.max_steps, junk.trainer.accelerator) == ("junk",) * 4
+    assert build_settings(junk, training=False) == build_settings(cfg, training=False)
+    if "eval=longbench" not in overrides:
+        assert load_source(junk) == load_source(cfg)
 
 
 def test_the_checks_are_plain_functions():
