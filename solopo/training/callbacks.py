@@ -93,26 +93,59 @@ class Throughput(pl.Callback):
         }, on_step=True, on_epoch=False)
 
 
+class Preempted(BaseException):
+    """Raised by Preemption's handler when a signal arrives after training, in a run of one process: the final
+    validation, the trained model's evaluation or its saving stops at once (the resumed run does them again). Not an
+    Exception, as KeyboardInterrupt is not, so that no ``except Exception`` on the way keeps it."""
+
+
 class Preemption(pl.Callback):
-    """On SIGTERM or SIGUSR1 (what schedulers send before they kill or requeue a job), finishes the current optimizer
-    step and stops training; LastCheckpoint then writes last.ckpt at that step. A signal that reaches any process stops
-    every process at the same step. `received` tells the caller to exit."""
+    """SIGTERM or SIGUSR1 (what schedulers send before they kill or requeue a job), from the start of the fit until the
+    run's record is written (``watching``). During training, the current optimizer step finishes and training stops;
+    LastCheckpoint then writes last.ckpt at that step. A signal that reaches any process stops every process at the
+    same step. After training (``after_training``), one process stops at once; several, which may be inside one
+    collective operation together, finish their work. ``received`` is the first signal; ``stopped`` says where it
+    stopped the run ("training", "after training"), and the caller exits."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
         self.received: Optional[signal.Signals] = None
-        self._previous: dict = {}
+        self.stopped: Optional[str] = None
+        self._at_once = False  # after training, with one process: the handler raises Preempted
         self._step_before_batch = -1
 
-    def on_train_start(self, trainer, pl_module):
-        # Installed after Lightning's own SIGTERM handler (set up at fit start), which would end the run with an
-        # exception at the next step instead; Lightning puts the handlers from before fit back when it ends.
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._notice) for signum in self.SIGNALS}
+    @contextlib.contextmanager
+    def watching(self):
+        """Takes the signals from the fit until the run's record is written, then puts back the handlers from before:
+        a signal before training, or between the jobs of a sweep, ends the process as usual."""
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            yield
+            return
+        previous = {signum: signal.signal(signum, self._notice) for signum in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _notice(self, signum, frame) -> None:
-        self.received = signal.Signals(signum)
+        first, self.received = self.received is None, self.received or signal.Signals(signum)
+        if first and self._at_once:
+            raise Preempted(self.received.name)
+
+    def _take_over(self) -> None:
+        # Lightning sets up its own SIGTERM handler as fit and validate start, around the one before: it would end
+        # training with an exception at the next step, and validation with status 0 and no record.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                signal.signal(signum, self._notice)
+
+    def on_train_start(self, trainer, pl_module):
+        self._take_over()  # Lightning puts the handlers from before the fit back when it ends
+
+    def on_validation_start(self, trainer, pl_module):
+        self._take_over()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._step_before_batch = trainer.global_step
@@ -127,9 +160,19 @@ class Preemption(pl.Callback):
             signum = int(trainer.strategy.reduce(signum, reduce_op="max"))
             self.received = signal.Signals(signum) if signum else None
         if self.received is not None:
-            trainer.should_stop = True
+            trainer.should_stop, self.stopped = True, "training"
 
-    def on_train_end(self, trainer, pl_module):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
+    @contextlib.contextmanager
+    def after_training(self, trainer: pl.Trainer):
+        """The work after training (final validation, evaluation, saving), done where ``stopped`` is None. With one
+        process, a signal stops it at once, and one that came as training ended skips it; several processes finish it
+        (a signal that reached one of them mid-way would leave the others waiting in a collective operation)."""
+        self._at_once = trainer.world_size == 1
+        if self._at_once and self.received is not None and self.stopped is None:
+            self.stopped = "after training"
+        try:
+            yield
+        except Preempted:
+            self.stopped = "after training"
+        finally:
+            self._at_once = False

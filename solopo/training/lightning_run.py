@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import warnings
 from pathlib import Path
 
@@ -79,9 +78,9 @@ def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: 
 
 
 def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict,
-        extra: tuple = ()):
+        preemption: Preemption, extra: tuple = ()):
     """Trains; returns the trainer and the callbacks whose records go into results.json."""
-    throughput, guard, preemption = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps), Preemption()
+    throughput, guard = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps)
     callbacks = [throughput, guard, preemption, RngState(), LoaderPosition(loaders["train"]), *extra]
     trainer = make_trainer(cfg, settings, run_dir, callbacks, resume=ckpt_path is not None)
     if ckpt_path is not None:
@@ -95,19 +94,22 @@ def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: S
         trainer.fit(module, train_dataloaders=loaders["train"],
                     val_dataloaders=loaders["val"] if cfg.val_every_n_steps else None, ckpt_path=ckpt_path,
                     weights_only=True)
-    return trainer, throughput, guard, preemption
+    return trainer, throughput, guard
 
 
 def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, evaluation: RunEvaluation | None, tables: dict,
                preemption: Preemption, guard: NumericalGuard) -> dict:
-    """One process writes results and plots and prints the summary; a preempted or faulty run exits here."""
+    """One process writes results and plots and prints the summary; a preempted or faulty run exits here, and so does
+    a run that a signal reached after training but let finish (several processes), once its results are written."""
     metrics = results["metrics"]
+    if preemption.stopped is not None and hasattr(trainer.checkpoint_callback, "save_now"):
+        trainer.checkpoint_callback.save_now(trainer)  # every process; stopped in training, it is written already
     if not trainer.is_global_zero:
         if preemption.received is not None:
             raise SystemExit(128 + preemption.received.value)
         return results
-    if preemption.received is not None:
-        stop_preempted(preemption.received, trainer, run_dir, results)
+    if preemption.stopped is not None:
+        stop_preempted(preemption, trainer, run_dir, results)
     if tables:
         outputs = evaluation.outputs(tables, run_dir, results["eval_curve"])
         results.update({evaluation.results_key: tables, "eval_summary": evaluation.summary(tables),
@@ -121,22 +123,26 @@ def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, evaluation: Ru
     finish(trainer.logger)  # the next job of a sweep starts its own wandb run
     if guard.stop_message:
         stop_on_faults(guard.stop_message)
+    if preemption.received is not None:  # it came once the run could finish: the process stops as it was asked
+        raise SystemExit(128 + preemption.received.value)
     return results
 
 
-def stop_preempted(received: signal.Signals, trainer: pl.Trainer, run_dir: Path, results: dict) -> None:
-    """Records the preemption in results.json and exits with 128 + the signal number (143 for SIGTERM, 138 for
-    SIGUSR1), as a shell reports a process the signal ended, so a job script sees that the run did not finish."""
+def stop_preempted(preemption: Preemption, trainer: pl.Trainer, run_dir: Path, results: dict) -> None:
+    """Records the stop in results.json (``preempted``, after_training: whether training had completed) and exits with
+    128 + the signal number (143 for SIGTERM, 138 for SIGUSR1), as a shell reports a process the signal ended, so a
+    job script sees that the run did not finish."""
+    received, after_training = preemption.received, preemption.stopped == "after training"
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
-    results["preempted"] = {"signal": received.name, "step": trainer.global_step, "checkpoint": checkpoint or None}
+    results["preempted"] = {"signal": received.name, "step": trainer.global_step, "checkpoint": checkpoint or None,
+                            "after_training": after_training}
     write_results(run_dir, results)
+    what = f"preempted ({received.name}) at step {trainer.global_step}{', after training' if after_training else ''}"
     if checkpoint:
-        log.warning("preempted (%s) at step %d: checkpoint written to %s; resume by rerunning the command with "
-                    "ckpt_path=last hydra.run.dir=%s",
-                    received.name, trainer.global_step, checkpoint, run_dir)
+        log.warning("%s: checkpoint written to %s; resume by rerunning the command with ckpt_path=last "
+                    "hydra.run.dir=%s", what, checkpoint, run_dir)
     else:
-        log.warning("preempted (%s) at step %d: no checkpoint written (trainer.enable_checkpointing=false)",
-                    received.name, trainer.global_step)
+        log.warning("%s: no checkpoint written (trainer.enable_checkpointing=false)", what)
     raise SystemExit(128 + received.value)
 
 

@@ -44,13 +44,13 @@ from solopo.step.context_parallel import Share
 from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source,
                                    refuse_missing_model, vllm_args)
 from solopo.settings.rules import check_eval_metric
-from solopo.training.callbacks import StageCosts
+from solopo.training.callbacks import Preemption, StageCosts
 from solopo.training.distributed import local_gpu
 from solopo.training.eval_callback import eval_during_training
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
 from solopo.training.precision import autocast_dtype, weights_dtype
 from solopo.training.reference import SplitReference, with_reference_logps
-from solopo.training.results import RunFailed, final_metrics, redact, where_it_ran
+from solopo.training.results import RunFailed, final_metrics, recorded_train_metrics, redact, where_it_ran
 from solopo.training.lightning_run import finish_run, fit, strategy_of
 from solopo.training.resume import ResumableLoader, completed_results, resolve_ckpt_path
 
@@ -266,13 +266,24 @@ def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list,
     log.info("%s, for steps of up to %d tokens", plan.describe(), max(step.total for step in steps))
 
 
-def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
-              tables: dict, run_dir: Path) -> dict:
-    """Final validation, the trained model's evaluation and its saving; the final metrics."""
+def fit_metrics(trainer: pl.Trainer, run_dir: Path, ckpt_path: Optional[Path]) -> dict:
+    """The metrics the fit ended with; a run resumed from a checkpoint written after its training trains no step,
+    and takes the train/ metrics its stopped run recorded (solopo.training.results.recorded_train_metrics)."""
     metrics = final_metrics(trainer.callback_metrics)
+    if not any(key.startswith("train/") for key in metrics):
+        metrics.update(recorded_train_metrics(run_dir, ckpt_path, trainer.global_step))
+    return metrics
+
+
+def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
+              tables: dict, run_dir: Path, metrics: dict, during=None) -> dict:
+    """The trained model (with eval.keep_best, the best step's weights: ``during``), its final validation, evaluation
+    and saving; ``metrics`` (the fit's) with the validation's."""
+    if during is not None:
+        during.restore_best()
     if val_loader is not None:
         trainer.validate(module, dataloaders=val_loader, verbose=False)
-        metrics.update(final_metrics(trainer.callback_metrics))
+        metrics = {**metrics, **final_metrics(trainer.callback_metrics)}
     if evaluation is not None:
         policy.to(trainer.strategy.root_device)  # Lightning's teardown moves a single-device model to the CPU
         tables["trained"] = evaluation(policy, "trained")
@@ -364,25 +375,25 @@ def train(cfg: DictConfig) -> dict:
     module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
                           cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
                           logp_chunk_size=cfg.logp_chunk_size, plain_po=plain, context=settings.context)
-    during = eval_during_training(evaluation, policy, settings.eval)
-    with stages("training"):
-        trainer, throughput, guard, preemption = fit(cfg, settings, run_dir, ckpt_path, module, loaders,
-                                                     extra=((during,) if during else ()) + in_fit)
-    fit_done = time.perf_counter()
-    metrics = final_metrics(trainer.callback_metrics)
-    if preemption.received is None:  # a preempted job has seconds left: no validation
-        if during is not None:
-            during.restore_best()  # eval.keep_best: the best step's weights are evaluated and saved
-        with stages("eval"):  # validation, the trained model's evaluation and its saving
-            metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables, run_dir)
-    done = time.perf_counter()
-
-    timings = {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
-               "validate_s": done - fit_done, "total_s": done - started,
-               "train_tokens": throughput.tokens,  # real tokens the policy read in training steps
-               "train_tokens_per_s": throughput.tokens_per_s, "stages": stages.record}
-    results = run_record(cfg, trainer, metrics, data_counts, keys, plain, ckpt_path, guard.summary(),
-                         during.record() if during else None, timings)
-    return finish_run(trainer, run_dir, results, evaluation, tables, preemption, guard)
+    during, preemption = eval_during_training(evaluation, policy, settings.eval), Preemption()
+    with preemption.watching():  # SIGTERM and SIGUSR1, from the fit until results.json is written
+        with stages("training"):
+            trainer, throughput, guard = fit(cfg, settings, run_dir, ckpt_path, module, loaders, preemption,
+                                             extra=((during,) if during else ()) + in_fit)
+        fit_done = time.perf_counter()
+        metrics = fit_metrics(trainer, run_dir, ckpt_path)
+        with preemption.after_training(trainer):  # a preempted job has seconds left: it stops at once
+            if preemption.stopped is None:
+                with stages("eval"):  # validation, the trained model's evaluation and its saving
+                    metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables,
+                                        run_dir, metrics, during)
+        done = time.perf_counter()
+        timings = {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
+                   "validate_s": done - fit_done, "total_s": done - started,
+                   "train_tokens": throughput.tokens,  # real tokens the policy read in training steps
+                   "train_tokens_per_s": throughput.tokens_per_s, "stages": stages.record}
+        results = run_record(cfg, trainer, metrics, data_counts, keys, plain, ckpt_path, guard.summary(),
+                             during.record() if during else None, timings)
+        return finish_run(trainer, run_dir, results, evaluation, tables, preemption, guard)
 
 

@@ -30,6 +30,24 @@ def unfinished(results: dict) -> dict | None:
     return None
 
 
+def recorded_train_metrics(run_dir: Path, ckpt_path: Path | None, step: int) -> dict[str, float]:
+    """The train/ metrics that the run in ``run_dir`` recorded when it stopped at ``step`` with the checkpoint
+    ``ckpt_path`` (its results.json, marked preempted), or {}. A run resumed from a checkpoint written after its
+    training (preempted in its final validation or evaluation) trains no step and logs none: it reports these, as the
+    uninterrupted run does."""
+    path = Path(run_dir) / "results.json"
+    if ckpt_path is None or not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    stop = results.get("preempted") if isinstance(results, dict) else None
+    if not (isinstance(stop, dict) and stop.get("checkpoint") == str(ckpt_path) and stop.get("step") == step):
+        return {}
+    return {key: value for key, value in (results.get("metrics") or {}).items() if key.startswith("train/")}
+
+
 class RunFailed(Exception):
     """A run that cannot go on because of what its data or model gave (not a mistake in its settings), e.g. sampling
     found no pair. ``reason``: a short label for a report's tables ("no pairs"); the message says why and what to

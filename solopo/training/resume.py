@@ -106,7 +106,8 @@ class LastCheckpoint(ModelCheckpoint):
 
     def save_now(self, trainer: pl.Trainer) -> None:
         """Writes last.ckpt for the current step unless this step is saved already (or the run is a fast_dev_run,
-        which leaves no checkpoint, as with Lightning's own)."""
+        which leaves no checkpoint, as with Lightning's own). Every process calls it: a sharded one writes its shards.
+        After the fit too (a run stopped in its final validation or evaluation): the resumed run trains no step."""
         if trainer.fast_dev_run:
             return
         if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
@@ -154,7 +155,14 @@ class LastCheckpoint(ModelCheckpoint):
         # Lightning's own end-of-training save is skipped once a periodic save has happened, even at an earlier step.
         if self.keep or trainer.should_stop:
             self.save_now(trainer)
-        elif trainer.is_global_zero:  # completed: the checkpoint this run resumed from is no longer needed
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not in on_train_end: a fit resumed at its last step (stopped after training) trains nothing and
+        # Lightning calls no on_train_end.
+        if self.keep or trainer.should_stop:
+            return
+        self._last_global_step_saved = -1  # completed: a stop after training (save_now) writes this step again
+        if trainer.is_global_zero:  # the checkpoint this run resumed from is no longer needed
             remove_checkpoint(Path(self.dirpath) / "last.ckpt")
             with contextlib.suppress(OSError):  # left in place when it holds anything else
                 Path(self.dirpath).rmdir()

@@ -1,5 +1,7 @@
-"""SIGTERM or SIGUSR1 (a scheduler's notice) stops training after the current step, writes last.ckpt, says how to
-resume, and exits with 128 + the signal number; the resumed run continues from the saved step."""
+"""SIGTERM or SIGUSR1 (a scheduler's notice) stop training after the current step, write last.ckpt, say how to
+resume, and exit with 128 + the signal number; the resumed run continues from the saved step. After
+training, until results.json is written, one process stops at once with a checkpoint of its last step, and the
+resumed run only validates and evaluates."""
 import os
 import re
 import signal
@@ -10,9 +12,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from solopo.eval.runner import Evaluation
 from solopo.training.callbacks import Preemption
+from solopo.training.module import SoLoPOModule
 from solopo.training.resume import LastCheckpoint
-from support import ENV, ROOT, command, fit_toy, results, run, step_losses
+from support import ENV, ROOT, command, fit_toy, results, run, smoke_here, step_losses
 
 LONG_RUN = ["trainer.max_steps=200", "trainer.max_epochs=10", "data.source.n_train=40"]
 
@@ -46,7 +50,8 @@ def test_sigterm_writes_last_ckpt_and_the_run_resumes_from_it(tmp_path):
     assert found[2] == str(run_dir / "checkpoints" / "last.ckpt") and found[3] == str(run_dir)
     assert 1 <= step < 200 and "Traceback" not in text
     assert torch.load(found[2], weights_only=False)["global_step"] == step
-    assert results(run_dir)["preempted"] == {"signal": "SIGTERM", "step": step, "checkpoint": found[2]}
+    assert results(run_dir)["preempted"] == {"signal": "SIGTERM", "step": step, "checkpoint": found[2],
+                                             "after_training": False}
 
     done = run([*LONG_RUN, "ckpt_path=last", f"trainer.max_steps={step + 2}", f"hydra.run.dir={run_dir}"])
     assert f"resuming from {found[2]}" in done.stdout
@@ -68,9 +73,10 @@ def test_a_signal_stops_after_the_current_step_with_a_checkpoint(signum, tmp_pat
     before = signal.getsignal(signum)
     preemption = Preemption()
     trainer = fit_toy(tmp_path, max_steps=8, callbacks=[SignalAt(2, signum), preemption, LastCheckpoint(tmp_path)])
-    assert preemption.received == signum and trainer.global_step == 2
+    assert preemption.received == signum and preemption.stopped == "training" and trainer.global_step == 2
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert signal.getsignal(signum) == before  # handlers are put back when training ends
+
 
 
 # 12 steps over epochs of 8 batches (16 with accumulation 2); every step's row written to metrics.csv at once.
@@ -142,3 +148,102 @@ def test_signal_with_gradient_accumulation_then_resume_gives_the_uninterrupted_l
     """The signal arrives after step 2, during the micro-batches of a later step: the run stops after that step."""
     assert_resumes_exactly(tmp_path, ["data.source.n_train=16", "trainer.accumulate_grad_batches=2"], signal.SIGTERM,
                            steps_done=2)
+
+
+class SignalReachedTheTest(BaseException):
+    """What a signal raises once the run has left it to the process's own handler: the test fails, and lives."""
+
+
+@pytest.fixture
+def signal_guard():
+    """Until the test ends, SIGTERM and SIGINT that no handler of the run takes fail the test instead of ending the
+    test process (SIGTERM's default) or reading as the test's own Ctrl-C."""
+    def reached(signum, frame):
+        raise SignalReachedTheTest(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, reached) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def signal_when_called(monkeypatch, owner, name, signum, only=lambda *args, **kwargs: True):
+    """``owner.name`` sends ``signum`` to this process as it is called (where ``only`` holds), then runs."""
+    original = getattr(owner, name)
+
+    def sending(*args, **kwargs):
+        if only(*args, **kwargs):
+            os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, sending)
+
+
+AFTER_TRAINING = {  # where a signal lands after the last step: the final validation (inside Lightning's validate), the
+    # trained model's evaluation (outside Lightning)
+    "validation": (SoLoPOModule, "validation_step", lambda *args, **kwargs: True),
+    "evaluation": (Evaluation, "__call__", lambda self, model, name, **kwargs: name == "trained"),
+}
+TIMES = ("tokens_per_s", "step_time_s", "peak_mem_gib")  # the process's own: differ between any two runs
+
+
+def comparable(record: dict) -> dict:
+    """What a run's results.json says about the model: its metrics (timings aside), steps, faults and evaluation."""
+    metrics = {key: value for key, value in record["metrics"].items() if not key.endswith(TIMES)}
+    return {"metrics": metrics, **{key: record.get(key) for key in ("steps", "faults", "eval_curve", "data", "eval",
+                                                                    "eval_summary", "eval_changes")}}
+
+
+@pytest.mark.parametrize("where", AFTER_TRAINING)
+def test_sigterm_after_training_leaves_a_checkpoint_and_the_resumed_run_only_evaluates(where, tmp_path, monkeypatch,
+                                                                                      signal_guard):
+    """Before the fix, SIGTERM in the final validation ended the run with status 0 (Lightning's SIGTERMException), and
+    in the evaluation with SIGTERM's default: no checkpoint, no record. The resumed run trains no step and writes what
+    the uninterrupted run wrote."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    smoke_here([f"hydra.run.dir={whole}"])
+    with monkeypatch.context() as patch:
+        signal_when_called(patch, *AFTER_TRAINING[where][:2], signal.SIGTERM, AFTER_TRAINING[where][2])
+        stopped = smoke_here([f"hydra.run.dir={parts}"], expect=128 + signal.SIGTERM)
+        checkpoint = parts / "checkpoints" / "last.ckpt"
+        line = f"preempted (SIGTERM) at step 4, after training: checkpoint written to {checkpoint}"
+        assert line in stopped.stdout + stopped.stderr and saved_step(checkpoint) == 4
+        assert results(parts)["preempted"] == {"signal": "SIGTERM", "step": 4, "checkpoint": str(checkpoint),
+                                               "after_training": True}
+        rows = len(step_losses(parts))
+        # preempted again in the resumed run's own validation or evaluation: it writes the checkpoint once more
+        again = smoke_here(["ckpt_path=last", f"hydra.run.dir={parts}"], expect=128 + signal.SIGTERM)
+        assert line in again.stdout + again.stderr and saved_step(checkpoint) == 4
+
+    resumed = smoke_here(["ckpt_path=last", f"hydra.run.dir={parts}"])
+    assert f"resuming from {checkpoint}" in resumed.stdout + resumed.stderr
+    done = results(parts)
+    assert done["timings"]["train_tokens"] == 0 and len(step_losses(parts)) == rows  # no step trained again
+    assert "preempted" not in done and not checkpoint.exists()
+    assert comparable(done) == comparable(results(whole))
+
+
+@pytest.mark.slow  # about 40 s; the default run sends the signal from inside the run (the test above)
+def test_sigterm_during_the_evaluation_of_a_fresh_process_then_the_resumed_run_only_evaluates(tmp_path):
+    """A fresh interpreter, its handlers Python's own: SIGTERM once the trained model's evaluation (9 batches, about
+    3 s on CPU) has begun."""
+    run_dir, output = tmp_path / "run", tmp_path / "output.txt"
+    args = ["data.source.n_val=24", "eval.n_items=24", "eval.max_new_tokens=32", f"hydra.run.dir={run_dir}"]
+    with open(output, "w") as out:
+        proc = subprocess.Popen(command(args), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(output, "evaluating trained: batch 1/9", proc)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        finally:
+            proc.kill()
+    text, checkpoint = output.read_text(errors="replace"), run_dir / "checkpoints" / "last.ckpt"
+    assert f"preempted (SIGTERM) at step 4, after training: checkpoint written to {checkpoint}" in text, text[-3000:]
+    assert "Traceback" not in text and "batch 9/9" not in text and saved_step(checkpoint) == 4
+    assert results(run_dir)["preempted"]["after_training"] is True
+
+    done = run([*args, "ckpt_path=last"])
+    assert "evaluating trained: batch 9/9" in done.stdout and not checkpoint.exists()
+    record = results(run_dir)
+    assert "preempted" not in record and record["timings"]["train_tokens"] == 0 and record["steps"] == 4
+    assert set(record["eval"]) == {"base", "trained"} and "train/loss" in record["metrics"]
