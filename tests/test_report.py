@@ -205,12 +205,15 @@ def test_a_run_that_did_not_end_as_planned_is_counted_failed(tmp_path):
     fake_run(tmp_path / "stopped", "DPO", "solopo", 0, 30.0, alpha=1.0)
     fake_run(tmp_path / "preempted", "DPO", "solopo", 1, 30.0, alpha=1.0)
     fake_run(tmp_path / "ended", "DPO", "solopo", 2, 10.0, alpha=1.0)
+    fake_run(tmp_path / "interrupted", "DPO", "solopo", 3, 30.0, alpha=1.0)
     for name, extra in (("stopped", {"faults": {"stopped": "8 non-finite steps in a row"}}),
-                        ("preempted", {"preempted": {"signal": "SIGTERM", "step": 3}})):
+                        ("preempted", {"preempted": {"signal": "SIGTERM", "step": 3}}),
+                        ("interrupted", {"preempted": {"signal": "SIGINT", "step": 3}})):  # Ctrl-C
         path = tmp_path / name / "results.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
     runs = {r.path.name: r for r in find_runs([tmp_path])}
     assert runs["stopped"].failed == "non-finite steps" and runs["preempted"].failed == "preempted"
+    assert runs["interrupted"].failed == "interrupted"
     assert runs["stopped"].scores == {} and runs["ended"].failed is None and runs["ended"].scores["avg long"] == 10.0
     (tmp_path / "stopped" / "failed.json").write_text(json.dumps({"reason": "exit status 1", "config": {}}))
     assert {r.path.name: r for r in find_runs([tmp_path])}["stopped"].failed == "exit status 1"  # the launcher's record

@@ -1,4 +1,5 @@
-"""Training callbacks: throughput and memory of each step, logged next to the losses, and preemption."""
+"""Training callbacks: throughput and memory of each step, logged next to the losses, and preemption (SIGTERM,
+SIGUSR1, Ctrl-C)."""
 from __future__ import annotations
 
 import contextlib
@@ -100,19 +101,21 @@ class Preempted(BaseException):
 
 
 class Preemption(pl.Callback):
-    """SIGTERM or SIGUSR1 (what schedulers send before they kill or requeue a job), from the start of the fit until the
-    run's record is written (``watching``). During training, the current optimizer step finishes and training stops;
-    LastCheckpoint then writes last.ckpt at that step. A signal that reaches any process stops every process at the
-    same step. After training (``after_training``), one process stops at once; several, which may be inside one
-    collective operation together, finish their work. ``received`` is the first signal; ``stopped`` says where it
-    stopped the run ("training", "after training"), and the caller exits."""
+    """SIGTERM or SIGUSR1 (what schedulers send before they kill or requeue a job) and a first Ctrl-C (SIGINT), from the
+    start of the fit until the run's record is written (``watching``). During training, the current optimizer step
+    finishes and training stops; LastCheckpoint then writes last.ckpt at that step. A signal that reaches any process
+    stops every process at the same step. After training (``after_training``), one process stops at once; several,
+    which may be inside one collective operation together, finish their work. A second Ctrl-C aborts at once
+    (KeyboardInterrupt), without a checkpoint. ``received`` is the first signal; ``stopped`` says where it stopped the
+    run ("training", "after training"), and the caller exits."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.received: Optional[signal.Signals] = None
         self.stopped: Optional[str] = None
         self._at_once = False  # after training, with one process: the handler raises Preempted
+        self._interrupts = 0  # Ctrl-C presses
         self._step_before_batch = -1
 
     @contextlib.contextmanager
@@ -130,6 +133,10 @@ class Preemption(pl.Callback):
                 signal.signal(signum, handler)
 
     def _notice(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                raise KeyboardInterrupt  # a second Ctrl-C: the user does not wait for the checkpoint
         first, self.received = self.received is None, self.received or signal.Signals(signum)
         if first and self._at_once:
             raise Preempted(self.received.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import warnings
 from pathlib import Path
 
@@ -130,14 +131,15 @@ def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, evaluation: Ru
 
 def stop_preempted(preemption: Preemption, trainer: pl.Trainer, run_dir: Path, results: dict) -> None:
     """Records the stop in results.json (``preempted``, after_training: whether training had completed) and exits with
-    128 + the signal number (143 for SIGTERM, 138 for SIGUSR1), as a shell reports a process the signal ended, so a
-    job script sees that the run did not finish."""
+    128 + the signal number (143 for SIGTERM, 138 for SIGUSR1, 130 for Ctrl-C), as a shell reports a process the
+    signal ended, so a job script sees that the run did not finish."""
     received, after_training = preemption.received, preemption.stopped == "after training"
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     results["preempted"] = {"signal": received.name, "step": trainer.global_step, "checkpoint": checkpoint or None,
                             "after_training": after_training}
     write_results(run_dir, results)
-    what = f"preempted ({received.name}) at step {trainer.global_step}{', after training' if after_training else ''}"
+    what = (f"{'interrupted' if received == signal.SIGINT else 'preempted'} ({received.name}) at step "
+            f"{trainer.global_step}{', after training' if after_training else ''}")
     if checkpoint:
         log.warning("%s: checkpoint written to %s; resume by rerunning the command with ckpt_path=last "
                     "hydra.run.dir=%s", what, checkpoint, run_dir)

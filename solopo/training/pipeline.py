@@ -376,7 +376,7 @@ def train(cfg: DictConfig) -> dict:
                           cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
                           logp_chunk_size=cfg.logp_chunk_size, plain_po=plain, context=settings.context)
     during, preemption = eval_during_training(evaluation, policy, settings.eval), Preemption()
-    with preemption.watching():  # SIGTERM and SIGUSR1, from the fit until results.json is written
+    with preemption.watching():  # SIGTERM, SIGUSR1 and Ctrl-C, from the fit until results.json is written
         with stages("training"):
             trainer, throughput, guard = fit(cfg, settings, run_dir, ckpt_path, module, loaders, preemption,
                                              extra=((during,) if during else ()) + in_fit)

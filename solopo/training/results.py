@@ -20,13 +20,15 @@ SWEEP_FAILURES: list[Path] = []
 
 def unfinished(results: dict) -> dict | None:
     """The failure record of a results.json whose run did not end as planned: stopped after too many non-finite steps
-    in a row (faults.stopped: the run wrote what it had, then exited 1), or preempted (its state saved for a resume);
-    None for a run that ended. Its scores are not the planned run's, so no table counts them."""
+    in a row (faults.stopped: the run wrote what it had, then exited 1), or preempted (its state saved for a resume;
+    "interrupted" where the signal was Ctrl-C's); None for a run that ended. Its scores are not the planned run's, so
+    no table counts them."""
     stopped = (results.get("faults") or {}).get("stopped")
     if stopped:
         return {"reason": "non-finite steps", "detail": stopped}
-    if results.get("preempted"):
-        return {"reason": "preempted", "detail": str(results["preempted"])}
+    if preempted := results.get("preempted"):
+        ctrl_c = isinstance(preempted, dict) and preempted.get("signal") == "SIGINT"
+        return {"reason": "interrupted" if ctrl_c else "preempted", "detail": str(preempted)}
     return None
 
 

@@ -1,5 +1,5 @@
-"""SIGTERM or SIGUSR1 (a scheduler's notice) stop training after the current step, write last.ckpt, say how to
-resume, and exit with 128 + the signal number; the resumed run continues from the saved step. After
+"""SIGTERM or SIGUSR1 (a scheduler's notice) and a first Ctrl-C stop training after the current step, write last.ckpt,
+say how to resume, and exit with 128 + the signal number; the resumed run continues from the saved step. After
 training, until results.json is written, one process stops at once with a checkpoint of its last step, and the
 resumed run only validates and evaluates."""
 import os
@@ -68,8 +68,10 @@ class SignalAt(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT], ids=["SIGUSR1", "SIGTERM", "SIGINT"])
 def test_a_signal_stops_after_the_current_step_with_a_checkpoint(signum, tmp_path):
+    """SIGINT (Ctrl-C) too: before, it raised KeyboardInterrupt in the step, and Lightning exited with status 1 and no
+    checkpoint."""
     before = signal.getsignal(signum)
     preemption = Preemption()
     trainer = fit_toy(tmp_path, max_steps=8, callbacks=[SignalAt(2, signum), preemption, LastCheckpoint(tmp_path)])
@@ -77,6 +79,17 @@ def test_a_signal_stops_after_the_current_step_with_a_checkpoint(signum, tmp_pat
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert signal.getsignal(signum) == before  # handlers are put back when training ends
 
+
+def test_a_second_ctrl_c_aborts_at_once_without_a_checkpoint(tmp_path):
+    class TwiceAt(SignalAt):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step + 1 == self.step:
+                os.kill(os.getpid(), self.signum)
+                os.kill(os.getpid(), self.signum)
+
+    with pytest.raises(SystemExit) as stop:  # Lightning's answer to KeyboardInterrupt: teardown, then status 1
+        fit_toy(tmp_path, max_steps=8, callbacks=[TwiceAt(2, signal.SIGINT), Preemption(), LastCheckpoint(tmp_path)])
+    assert stop.value.code == 1 and not (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
 # 12 steps over epochs of 8 batches (16 with accumulation 2); every step's row written to metrics.csv at once.
@@ -247,3 +260,24 @@ def test_sigterm_during_the_evaluation_of_a_fresh_process_then_the_resumed_run_o
     record = results(run_dir)
     assert "preempted" not in record and record["timings"]["train_tokens"] == 0 and record["steps"] == 4
     assert set(record["eval"]) == {"base", "trained"} and "train/loss" in record["metrics"]
+
+
+def test_ctrl_c_stops_the_run_with_a_checkpoint_and_it_resumes_with_the_uninterrupted_losses(tmp_path, monkeypatch,
+                                                                                         signal_guard):
+    """The first Ctrl-C: the step finishes, last.ckpt is written, results.json records it, status 130 (128 + SIGINT);
+    the resumed run logs the losses of the run never stopped. Before, KeyboardInterrupt ended it with status 1 and
+    nothing to resume from."""
+    whole, parts, six = tmp_path / "whole", tmp_path / "parts", [*EXACT, "trainer.max_steps=6"]
+    smoke_here([*six, f"hydra.run.dir={whole}"])
+    with monkeypatch.context() as patch:
+        signal_when_called(patch, SoLoPOModule, "training_step", signal.SIGINT,
+                           only=lambda module, batch, batch_idx: module.trainer.global_step == 2)
+        stopped = smoke_here([*six, f"hydra.run.dir={parts}"], expect=128 + signal.SIGINT)
+    checkpoint = parts / "checkpoints" / "last.ckpt"
+    assert f"interrupted (SIGINT) at step 3: checkpoint written to {checkpoint}" in stopped.stdout + stopped.stderr
+    assert saved_step(checkpoint) == 3
+    assert results(parts)["preempted"] == {"signal": "SIGINT", "step": 3, "checkpoint": str(checkpoint),
+                                           "after_training": False}
+    smoke_here([*six, "ckpt_path=last", f"hydra.run.dir={parts}"])
+    expected = step_losses(whole)
+    assert sorted(expected) == list(range(6)) and step_losses(parts) == expected
