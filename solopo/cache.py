@@ -16,10 +16,15 @@ writes a temporary file of its own name and renames it over the entry, so a read
 ``get_or_compute`` holds a lock on ``<key>.lock`` while it computes, so processes asking for one entry at once compute
 it once and the others read it. A cache only saves time: a write that fails (full disk, read-only directory) is
 reported in one line and the run goes on with the value it computed.
+
+A write under a temporary name (atomic_file, a checkpoint) that fails raises a ``WriteFailed`` naming what was being
+written, never its temporary name; ``failed_write`` finds one in an error, and the entry points end the process with
+its line (status 2).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # the entry layout above; an entry of another format is recomputed
 VERIFY = ("warn", "strict")  # what a mismatching entry does: a warning and a recompute, or the run stops
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, an exhausted quota
 T = TypeVar("T")
 
 
@@ -97,27 +103,81 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+class WriteFailed(OSError):
+    """A file or folder that could not be written, in one line: ``could not write PATH: CAUSE``. ``filename`` is
+    PATH, what was being written, not the temporary name it was written under."""
+
+    @classmethod
+    def of(cls, path: Path | str, err: OSError) -> WriteFailed:
+        return cls(err.errno, f"could not write {path}: {err.strerror or err}", str(path))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """The block writes ``path`` (under temporary names): any OSError it raises is raised as a WriteFailed naming
+    ``path``."""
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except OSError as err:
+        raise WriteFailed.of(path, err) from err
+
+
+def failed_write(err: BaseException) -> WriteFailed | None:
+    """The write that ``err`` reports, or that failed first while ``err`` was being handled (a trainer stopping on a
+    failed checkpoint writes its logs, which fail too on a full disk): a WriteFailed on err's chain of causes, else
+    an OSError of a full disk or quota from a writer that names no path of its own (the CSV log's, Lightning's);
+    None when ``err`` is no failed write."""
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    named = [e for e in chain if isinstance(e, WriteFailed)]
+    full = [e for e in chain if isinstance(e, OSError) and e.errno in FULL]
+    if named:
+        return named[-1]  # the earliest
+    if full:
+        return WriteFailed.of(full[-1].filename or "an output file", full[-1])
+    return None
+
+
+@contextlib.contextmanager
+def stop_on_failed_writes() -> Iterator[None]:
+    """An entry point's body: a failed write (failed_write) ends the process with its one line, status 2."""
+    try:
+        yield
+    except Exception as err:
+        write = failed_write(err)
+        if write is None:
+            raise
+        stop(str(write))
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
     """A file object that becomes ``path`` when the block ends without error: it is a temporary file of this
-    writer's own name in the same directory, flushed to disk, then renamed over ``path``. Readers see the old file
-    or the whole new one; concurrent writers of one path never share a temporary file, and the last rename wins.
-    Any OSError (full disk, read-only directory) leaves the old file as it was and is raised naming ``path``."""
+    writer's own name in the same directory, flushed to disk, then renamed over ``path``. Readers see the old file or
+    the whole new one; concurrent writers of one path never share a temporary file, and the last
+    rename wins. Any OSError (full disk, read-only directory) removes the temporary file, leaves the old file as it
+    was and is raised as a WriteFailed naming ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: the name is this writer's alone; 0o666 under the umask, as open() would create it
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # O_EXCL: the name is this writer's alone; 0o666 under the umask, as open() would create it
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except BaseException:
         with contextlib.suppress(OSError):  # absent, or its folder never was one
             tmp.unlink()
-        if isinstance(err, OSError):
-            raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from err
         raise
 
 

@@ -74,11 +74,12 @@ def loaded_model(settings, tokenizer, seed: int):
 def main(cfg: DictConfig) -> None:
     """Hydra's task function. Torch and the package load from here on: Hydra answers --help, --cfg and shell
     completion before they do."""
+    from solopo.cache import stop_on_failed_writes
     from solopo.settings.build import stop_on_config_errors
     from solopo.training.loggers import quiet_libraries
 
     quiet_libraries()
-    with stop_on_config_errors():
+    with stop_on_config_errors(), stop_on_failed_writes():
         evaluate(cfg)
 
 

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: runs on clusters without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from solopo.cache import atomic_file  # noqa: E402
 from solopo.report.runs import Stat  # noqa: E402
 from solopo.scoring import points, score_name  # noqa: E402
 
@@ -129,13 +130,16 @@ def depth_heatmap(table: dict, path: Path, title: str = "") -> Path:
 
 def save_figure(fig, path: Path) -> Path:
     """The figure as a PNG, laid out tight; where the labels leave tight_layout no room (a legend of many runs' long
-    names), the canvas grows around them instead of matplotlib warning that it could not."""
+    names), the canvas grows around them instead of matplotlib warning that it could not. Written whole or not at all
+    (solopo.cache.atomic_file: a full disk is a WriteFailed naming ``path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fig.tight_layout()
     fitted = not any("Tight layout not applied" in str(w.message) for w in caught)
-    fig.savefig(path, dpi=120, **({} if fitted else {"bbox_inches": "tight"}))
-    plt.close(fig)
+    try:
+        with atomic_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=120, **({} if fitted else {"bbox_inches": "tight"}))
+    finally:
+        plt.close(fig)
     return path

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from solopo.cache import failed_write
 from solopo.eval.runner import RunEvaluation
 from solopo.preflight import stop
 from solopo.settings.build import Settings, trainer_arguments
@@ -160,8 +161,9 @@ def stop_on_faults(message: str) -> None:
 
 @contextlib.contextmanager
 def failure_recorded(cfg: DictConfig):
-    """A run's body: a RunFailed (e.g. no pairs) leaves failed.json in the run directory, written by one process, so
-    a report lists the run and why, and ends the process like a bad setting: its one ``error:`` line, status 2. An
+    """A run's body: a RunFailed (e.g. no pairs), or a file the run could not write (results.json, a checkpoint, a
+    plot on a full disk: solopo.cache.failed_write), leaves failed.json in the run directory, written by one process,
+    so a report lists the run and why, and ends the process like a bad setting: its one ``error:`` line, status 2. An
     earlier attempt's failed.json in the same directory (a rerun, a resume, a requeued job) is removed as the run
     begins: it describes a run that is no longer the directory's."""
     if rank_zero_only.rank == 0:
@@ -169,10 +171,25 @@ def failure_recorded(cfg: DictConfig):
     try:
         yield
     except RunFailed as failure:
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if rank_zero_only.rank == 0:
+        record_failure(cfg, failure)
+    except Exception as err:
+        write = failed_write(err)
+        if write is None:
+            raise
+        record_failure(cfg, RunFailed("write failed", str(write)))
+
+
+def record_failure(cfg: DictConfig, failure: RunFailed) -> None:
+    """failed.json (by one process; on a full disk it may not be written either, which the line then says), then a
+    single run stops with the failure's line; a job of a sweep logs it, and the sweep goes on to the next job."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    line = str(failure)
+    if rank_zero_only.rank == 0:
+        try:
             write_failure(run_dir, failure, OmegaConf.to_container(cfg, resolve=True))
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            stop(str(failure))
-        SWEEP_FAILURES.append(run_dir)  # a job of a sweep: its line, and the sweep goes on to the next job
-        log.error("%s (%s); the sweep goes on", failure, run_dir / FAILED)
+        except OSError as err:
+            line = f"{line}; {err}"
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        stop(line)
+    SWEEP_FAILURES.append(run_dir)
+    log.error("%s (%s); the sweep goes on", line, run_dir / FAILED)

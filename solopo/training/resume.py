@@ -25,6 +25,7 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
+from solopo.cache import writing
 from solopo.preflight import stop
 from solopo.training.results import unfinished
 
@@ -115,13 +116,15 @@ class LastCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         """Writes the checkpoint under a temporary name beside it, then renames it into place: a write that fails
-        (a full disk, a killed job) leaves the previous last.ckpt whole. Every process writes its shards to the same
-        temporary folder under a sharded strategy; one process renames it."""
+        (a full disk, a killed job) leaves the previous last.ckpt whole, and is raised as a WriteFailed naming
+        last.ckpt (the run stops in that one line). Every process writes its shards to the same temporary folder under
+        a sharded strategy; one process renames it."""
         tmp = f"{filepath}.{trainer.strategy.broadcast(uuid.uuid4().hex[:8])}.tmp"
         try:
-            super()._save_checkpoint(trainer, tmp)
-            if trainer.is_global_zero:
-                replace_checkpoint(Path(tmp), Path(filepath))
+            with writing(Path(filepath)):
+                super()._save_checkpoint(trainer, tmp)
+                if trainer.is_global_zero:
+                    replace_checkpoint(Path(tmp), Path(filepath))
         finally:
             if trainer.is_global_zero:
                 remove_checkpoint(Path(tmp))

@@ -1,8 +1,11 @@
 """`python -m solopo.run` on the tiny model, as a subprocess (a fresh interpreter, signals, several processes) or in
-this process (tests/in_process.py), and what its run directory holds; a toy Lightning module for the callbacks."""
+this process (tests/in_process.py), and what its run directory holds; a toy Lightning module for the callbacks; a full
+disk, as the atomic writer and Lightning's checkpoint writer meet it."""
 import csv
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +68,38 @@ def fit_toy(tmp_path, max_steps: int, callbacks: list) -> pl.Trainer:
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks)
     trainer.fit(Toy(), DataLoader(list(range(8)), batch_size=1))
     return trainer
+
+
+def full_disk(monkeypatch):
+    """Every file the atomic writer (solopo.cache.atomic_file) opens takes half of what is written, then reports a full
+    disk."""
+    real_fdopen = os.fdopen
+
+    class HalfFull:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("solopo.cache.os.fdopen", lambda fd, mode: HalfFull(real_fdopen(fd, mode)))
+
+
+def full_disk_move(src, dst):
+    """shutil.move across file systems on a full disk: half of the file is copied, then the write fails. fsspec, which
+    Lightning writes checkpoints through, moves its temporary file from /tmp into place this way."""
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[:len(data) // 2])
+    raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+
+def full_disk_for_checkpoints(monkeypatch):
+    monkeypatch.setattr(shutil, "move", full_disk_move)

@@ -5,7 +5,6 @@ a cache that cannot be written costs a warning, not the run; a stage of a run th
 its costs. (Reference log-probs: tests/test_reference.py; the
 converted model: test_validation.py.)"""
 import dataclasses
-import errno
 import json
 import logging
 import multiprocessing
@@ -20,6 +19,7 @@ from solopo.eval import runner
 from solopo.generation import sampling
 from solopo.training.callbacks import StageCosts
 from shared_cache import ROWS, ask_for_one_entry
+from support import full_disk
 
 from conftest import EVAL
 
@@ -28,28 +28,6 @@ TABLE = {"by_length": {"short": 1.0, "256": 0.5}, "average_long": 0.5, "cells": 
          "scores": [], "n_by_length": {"short": 2, "256": 2}, "ci95_by_length": {"short": [0.34, 1.0], "256": [0.09, 0.91]},
          "ci95_long": [0.09, 0.91]}  # a whole table: per-case scores and intervals too (runner.check_table)
 ITEMS = [QAItem("q0", "Where was Ada born?", ("Quorath",), ("Ada was born in Quorath.",))]
-
-
-def full_disk(monkeypatch):
-    """Every file the atomic writer opens takes half of what is written, then reports a full disk."""
-    real_fdopen = os.fdopen
-
-    class HalfFull:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, text):
-            self.f.write(text[: len(text) // 2])
-            self.f.flush()
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("solopo.cache.os.fdopen", lambda fd, mode: HalfFull(real_fdopen(fd, mode)))
 
 
 def test_a_full_disk_keeps_the_previous_file_and_names_the_file(tmp_path, monkeypatch):

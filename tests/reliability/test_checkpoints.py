@@ -1,25 +1,16 @@
 """Checkpoints on disk: a failed write (a full disk) keeps the previous last.ckpt; a truncated, foreign or unreadable
 checkpoint, and a run directory that cannot be written, stop the run in one line (exit 2) before any model loads."""
-import errno
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from solopo.cache import WriteFailed
 from solopo.training.resume import LastCheckpoint, checkpoint_problem
-from support import fit_toy, smoke_here
-
-
-def full_disk_move(src, dst):
-    """shutil.move across file systems on a full disk: half of the file is copied, then the write fails. fsspec, which
-    Lightning writes checkpoints through, moves its temporary file from /tmp into place this way."""
-    data = Path(src).read_bytes()
-    Path(dst).write_bytes(data[:len(data) // 2])
-    raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+from support import fit_toy, full_disk_for_checkpoints, smoke_here
 
 
 class DiskFullFrom(pl.Callback):
@@ -28,16 +19,18 @@ class DiskFullFrom(pl.Callback):
 
     def on_train_batch_start(self, trainer, *args):
         if trainer.global_step == self.step:
-            self.monkeypatch.setattr(shutil, "move", full_disk_move)
+            full_disk_for_checkpoints(self.monkeypatch)
 
 
 def test_a_failed_write_keeps_the_previous_last_ckpt(tmp_path, monkeypatch):
     """Saved at step 2, then the disk fills: the save at step 4 fails, and last.ckpt still holds step 2, whole, with
-    no temporary file left beside it. Before the fix, last.ckpt was left with half of step 4's checkpoint."""
-    with pytest.raises(OSError, match="No space left on device"):
-        fit_toy(tmp_path, max_steps=4, callbacks=[DiskFullFrom(2, monkeypatch), LastCheckpoint(tmp_path, every_n_steps=2)])
-    monkeypatch.undo()
+    no temporary file left beside it. Before the fix, last.ckpt was left with half of step 4's checkpoint. The error
+    names last.ckpt, not the temporary file that failed (the run stops with its line: test_full_disk)."""
     saved = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(WriteFailed) as failed:
+        fit_toy(tmp_path, max_steps=4, callbacks=[DiskFullFrom(2, monkeypatch), LastCheckpoint(tmp_path, every_n_steps=2)])
+    assert str(failed.value) == f"could not write {saved}: No space left on device"
+    monkeypatch.undo()
     assert torch.load(saved, weights_only=True)["global_step"] == 2
     assert [p.name for p in saved.parent.iterdir()] == ["last.ckpt"] and checkpoint_problem(saved) is None
 

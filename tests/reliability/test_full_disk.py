@@ -1,0 +1,94 @@
+"""A full disk while a run writes results.json, a checkpoint (periodic or the preemption's) or a plot, or while
+solopo-eval writes its outputs: the run stops in one line that names the file (``error: could not write PATH: No space
+left on device``), exit status 2, no traceback, failed.json where the disk still takes it, and no temporary file left
+behind. (The write itself, which keeps the previous file whole: test_caches and test_checkpoints; a failed cache
+write, a warning: test_caches; the embedded model's folder: test_model_cache.)"""
+import errno
+import json
+import os
+import signal
+
+import pytest
+
+from in_process import call
+from solopo.cache import WriteFailed, failed_write
+from solopo.training.callbacks import Preemption
+from support import full_disk, full_disk_for_checkpoints, smoke_here
+
+NO_EVAL = ["eval.enabled=false", "logger=none"]
+
+
+def signal_at_step_2(monkeypatch):
+    """SIGTERM, a scheduler's notice, reaches the run during its second step."""
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step_before_batch = trainer.global_step
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Preemption, "on_train_batch_start", on_train_batch_start)
+
+
+def stopped(done) -> str:
+    """The one line a stopped command ends with; there is no traceback."""
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr[-3000:]
+    return done.stderr.strip().splitlines()[-1]
+
+
+def leftovers(run_dir) -> list:
+    """Temporary files of the atomic writer (.NAME.HOST.PID.RANDOM.tmp) and of the checkpoint (last.ckpt.RANDOM.tmp)."""
+    return sorted(run_dir.rglob("*.tmp"))
+
+
+def test_a_full_disk_at_results_json_stops_the_run_in_one_line(tmp_path, monkeypatch):
+    """Every write fails: results.json, then failed.json, which the line says too."""
+    full_disk(monkeypatch)
+    line = stopped(smoke_here([*NO_EVAL, f"hydra.run.dir={tmp_path}"], expect=2))
+    assert line == (f"error: could not write {tmp_path / 'results.json'}: No space left on device; "
+                    f"could not write {tmp_path / 'failed.json'}: No space left on device")
+    assert leftovers(tmp_path) == [] and not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("when", ["periodic", "preempted"])
+def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line(when, tmp_path, monkeypatch):
+    """A periodic checkpoint, or the one a preempted run writes to resume from: its line names last.ckpt, failed.json
+    records it for the report, and the signal handlers of the process are as they were."""
+    before = signal.getsignal(signal.SIGTERM)
+    full_disk_for_checkpoints(monkeypatch)
+    if when == "preempted":
+        signal_at_step_2(monkeypatch)
+    extra = ["checkpoint.every_n_steps=2"] if when == "periodic" else []
+    line = stopped(smoke_here([*NO_EVAL, *extra, f"hydra.run.dir={tmp_path}"], expect=2))
+    detail = f"could not write {tmp_path / 'checkpoints' / 'last.ckpt'}: No space left on device"
+    assert line == f"error: {detail}"
+    failure = json.loads((tmp_path / "failed.json").read_text())
+    assert (failure["reason"], failure["detail"]) == ("write failed", detail)
+    assert leftovers(tmp_path) == [] and not (tmp_path / "results.json").exists()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_full_disk_stops_an_evaluation_in_one_line(tmp_path, monkeypatch):
+    """solopo-eval's first write is a plot: the line names it, and no part of it is left."""
+    full_disk(monkeypatch)
+    done = call("solopo.evaluate", ["model=tiny", "eval.n_items=2", "eval.lengths=[short,256]", "eval.depths=[0.5]",
+                                    f"hydra.run.dir={tmp_path}"], expect=2)
+    line = stopped(done)
+    assert line.startswith(f"error: could not write {tmp_path}/eval_") and line.endswith(".png: No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "evaluate.log"]
+
+
+def test_a_failed_write_is_found_under_what_it_caused():
+    """A trainer that stops on a failed checkpoint writes its logs as it goes, and those fail too: the first failed
+    write is the one reported. A full disk met by a writer that names no file is still one; other errors are not."""
+    first = WriteFailed.of("/run/checkpoints/last.ckpt", OSError(errno.ENOSPC, "No space left on device"))
+    try:
+        try:
+            raise first
+        except OSError:
+            raise OSError(errno.ENOSPC, "No space left on device")  # the CSV log's flush, while the trainer stops
+    except OSError as later:
+        assert failed_write(later) is first
+    bare = RuntimeError("teardown")
+    bare.__context__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert str(failed_write(bare)) == "could not write an output file: Disk quota exceeded"
+    assert failed_write(ValueError("bad value")) is None
+    assert failed_write(FileNotFoundError(errno.ENOENT, "No such file or directory", "/data.jsonl")) is None
