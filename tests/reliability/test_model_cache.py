@@ -1,13 +1,25 @@
 """The embedded model's cache (solopo.models.embedded): its marker records each file's size and checksum, and a
-damaged cache is reported in one line and rebuilt."""
+damaged cache is reported in one line and rebuilt; what a killed build left is removed by the next build, and a build
+in progress is not; a full disk during the build names the cache and leaves nothing half-built."""
+import errno
 import hashlib
 import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from safetensors import SafetensorError
 
+from solopo.cache import WriteFailed
 from solopo.models import embedded
 from solopo.models.embedded import SMOLLM2_135M, ensure_weights
+from support import ROOT
 
 
 WEIGHTS = bytes(range(256)) * 16
@@ -66,3 +78,89 @@ def test_a_damaged_cache_is_reported_and_rebuilt(damage, problem, tmp_path, fake
     assert len(warnings) == 1 and problem in warnings[0] and warnings[0].endswith("; rebuilding it")
     assert len(fake_build) == 2 and weights.read_bytes() == WEIGHTS
     assert embedded.cache_problem(target, SMOLLM2_135M) is None
+
+
+KILLED_BUILD = """
+import sys, time
+from pathlib import Path
+from solopo.models import embedded
+
+def fetch(model, tmp):
+    (tmp / "model.gguf").write_bytes(b"half a download")
+    print(tmp, flush=True)
+    time.sleep(120)
+
+embedded._fetch_gguf = fetch
+embedded.ensure_weights(embedded.SMOLLM2_135M, cache_dir=Path(sys.argv[1]))
+"""
+
+
+def killed_build(cache_dir: Path) -> Path:
+    """The temporary folder of a build killed (kill -9) while it fetched the weights."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(cache_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        return Path(proc.stdout.readline().strip())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_what_a_killed_build_left_is_removed_by_the_next_build(tmp_path, fake_build, caplog):
+    """Before, the folder stayed under models/ for good (a download, a GGUF file and a half-written model: some 700 MB
+    for the default model)."""
+    stale = killed_build(tmp_path)
+    assert stale.is_dir() and stale.parent == tmp_path / "models" and (stale / "model.gguf").exists()
+    with caplog.at_level(logging.INFO):
+        target = ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
+    assert not stale.exists() and f"removed {stale}, left by a build that was stopped" in caplog.text
+    assert sorted(p.name for p in target.parent.iterdir()) == [SMOLLM2_135M.name, f"{SMOLLM2_135M.name}.lock"]
+    assert embedded.cache_problem(target, SMOLLM2_135M) is None
+
+
+def test_a_build_that_may_still_run_is_left_alone(tmp_path, fake_build):
+    """A folder of a process of this host that still runs, or of a build on another host sharing the cache (its process
+    cannot be asked) touched within the day, stays; another host's folder untouched for two days goes."""
+    models, name = tmp_path / "models", SMOLLM2_135M.name
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            here = models / f".{name}.{socket.gethostname()}.{live.pid}.0a1b2c.tmp"
+            elsewhere = models / f".{name}.node7.cluster.example.org.4242.0a1b2c.tmp"
+            abandoned = models / f".{name}.node7.cluster.example.org.4243.3d4e5f.tmp"
+            for folder in (here, elsewhere, abandoned):
+                (folder / "build").mkdir(parents=True)
+                (folder / "build" / "model.safetensors").write_bytes(b"half")
+            two_days_ago = time.time() - 2 * 24 * 3600
+            for path in (abandoned / "build" / "model.safetensors", abandoned / "build", abandoned):
+                os.utime(path, (two_days_ago, two_days_ago))
+            ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
+            assert here.is_dir() and elsewhere.is_dir() and not abandoned.exists()
+        finally:
+            live.kill()
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   SafetensorError("Error while serializing: I/O error: No space left on device "
+                                                   "(os error 28)")], ids=["OSError", "SafetensorError"])
+def test_a_full_disk_during_the_build_names_the_cache_and_leaves_nothing(error, tmp_path, monkeypatch):
+    """The model is saved half, then the disk is full (safetensors reports it as a SafetensorError): one WriteFailed
+    naming the cache folder (the run stops with its line), and nothing but the lock is left under models/."""
+    class HalfSaved:
+        config = SimpleNamespace()
+
+        def save_pretrained(self, out):
+            Path(out).mkdir()
+            (Path(out) / "model.safetensors").write_bytes(WEIGHTS[:100])
+            raise error
+
+    def fetch(model, tmp):
+        (tmp / "model.gguf").write_bytes(b"gguf")
+        return tmp / "model.gguf"
+
+    monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", lambda *args, **kwargs: HalfSaved())
+    target = tmp_path / "models" / SMOLLM2_135M.name
+    with pytest.raises(WriteFailed) as failed:
+        ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
+    assert str(failed.value) == f"could not write {target}: No space left on device"
+    assert [p.name for p in target.parent.iterdir()] == [f"{SMOLLM2_135M.name}.lock"]
