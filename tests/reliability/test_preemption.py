@@ -30,18 +30,24 @@ def wait_for(path, text, proc, timeout=120):
     raise AssertionError(f"{text!r} never appeared:\n{path.read_text(errors='replace')[-3000:]}")
 
 
-@pytest.mark.slow  # about 30 s; the default run keeps the mid-epoch SIGTERM test, which writes and resumes too
-def test_sigterm_writes_last_ckpt_and_the_run_resumes_from_it(tmp_path):
-    run_dir, output = tmp_path / "run", tmp_path / "output.txt"
-    with open(output, "w") as out:  # off a terminal, a progress line every 10 steps shows that training has begun
-        proc = subprocess.Popen(command([*LONG_RUN, "trainer.enable_progress_bar=true", f"hydra.run.dir={run_dir}"]),
-                                cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+def sigterm_once(output, overrides, text: str) -> None:
+    """Runs solopo with ``overrides``, its output into ``output``; SIGTERM once ``text`` appears there, then the exit
+    status of a preempted run."""
+    with open(output, "w") as out:
+        proc = subprocess.Popen(command(overrides), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_for(output, "step 10/", proc)
+            wait_for(output, text, proc)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 128 + signal.SIGTERM
         finally:
             proc.kill()
+
+
+@pytest.mark.slow  # about 30 s; the default run keeps the mid-epoch SIGTERM test, which writes and resumes too
+def test_sigterm_writes_last_ckpt_and_the_run_resumes_from_it(tmp_path):
+    run_dir, output = tmp_path / "run", tmp_path / "output.txt"
+    # off a terminal, a progress line every 10 steps shows that training has begun
+    sigterm_once(output, [*LONG_RUN, "trainer.enable_progress_bar=true", f"hydra.run.dir={run_dir}"], "step 10/")
     text = output.read_text(errors="replace")
     found = re.search(r"preempted \(SIGTERM\) at step (\d+): checkpoint written to (\S+); "
                       r"resume by rerunning the command with ckpt_path=last hydra\.run\.dir=(\S+)", text)
@@ -242,14 +248,7 @@ def test_sigterm_during_the_evaluation_of_a_fresh_process_then_the_resumed_run_o
     3 s on CPU) has begun."""
     run_dir, output = tmp_path / "run", tmp_path / "output.txt"
     args = ["data.source.n_val=24", "eval.n_items=24", "eval.max_new_tokens=32", f"hydra.run.dir={run_dir}"]
-    with open(output, "w") as out:
-        proc = subprocess.Popen(command(args), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for(output, "evaluating trained: batch 1/9", proc)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-        finally:
-            proc.kill()
+    sigterm_once(output, args, "evaluating trained: batch 1/9")
     text, checkpoint = output.read_text(errors="replace"), run_dir / "checkpoints" / "last.ckpt"
     assert f"preempted (SIGTERM) at step 4, after training: checkpoint written to {checkpoint}" in text, text[-3000:]
     assert "Traceback" not in text and "batch 9/9" not in text and saved_step(checkpoint) == 4
