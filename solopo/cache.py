@@ -296,13 +296,16 @@ class DiskCache:
     def get_or_compute(self, key: str, compute: Callable[[], T], check: Callable[[Any], T] = lambda payload: payload,
                        meta: dict | None = None, desc: str | None = None) -> T:
         """The entry under ``key`` (see get), else compute()'s value, stored. Processes asking for one key at once
-        queue on its lock: the first computes and stores, the others then read its entry."""
-        with file_lock(self.root / f"{key}.lock"):
+        queue on its lock: the first computes and stores, the others then read its entry. A writer of the entry
+        killed before its rename left a temporary file, removed before this one writes (remove_abandoned)."""
+        with file_lock(self.root / f"{key}.lock") as locked:
             value = self.get(key, check)
             if value is not None:
                 log.info("%s from cache %s", desc or self.kind, self.path(key))
                 LOOKUPS.read += 1
                 return value
+            if locked:
+                remove_abandoned(self.path(key))
             value = compute()
             LOOKUPS.computed += 1
             self.put(key, value, meta)

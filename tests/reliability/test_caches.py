@@ -9,11 +9,13 @@ import json
 import logging
 import multiprocessing
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from solopo.cache import DiskCache, atomic_write_text, digest
+from solopo.cache import DiskCache, atomic_write_text, digest, temporary_name
 from solopo.data.schema import QAItem
 from solopo.eval import runner
 from solopo.generation import sampling
@@ -174,6 +176,19 @@ def test_four_processes_on_one_fresh_cache_all_finish_with_one_valid_entry(tmp_p
         cache = DiskCache(tmp_path / f"cache{i}", "reference")
         assert sorted(p.name for p in cache.root.iterdir()) == ["computed.log", "entry.json", "entry.lock"]
         assert cache.get("entry")["rows"] == ROWS
+
+
+def test_a_killed_writers_temporary_file_goes_when_the_entry_is_computed(tmp_path):
+    """kill -9 between an entry's write and its rename leaves .NAME.HOST.PID.RANDOM.tmp (temporary_name); the next
+    process that computes the entry removes it: its writer is gone. A live writer's file stays."""
+    cache = DiskCache(tmp_path, "reference")
+    killed = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = temporary_name(cache.path("entry")).name.replace(f".{os.getpid()}.", f".{killed.stdout.strip()}.")
+    (cache.root / dead).write_text('{"format": 1, "payl')
+    live = temporary_name(cache.path("entry"))
+    live.write_text("{")
+    assert cache.get_or_compute("entry", lambda: {"rows": [1]}) == {"rows": [1]}
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted(["entry.json", "entry.lock", live.name])
 
 
 def test_a_failed_cache_write_is_a_warning_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
