@@ -25,6 +25,9 @@ SCRIPT_ENV = dict(os.environ, PYTHONPATH=str(ROOT))  # a study script finds this
     ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB\n", "out of memory"),
     ("Traceback...\nKeyError: 'x'\nomegaconf.errors.ConfigKeyError: Key 'foo' is not in struct\n", "ConfigKeyError"),
     ("nothing useful\n", "exit status 3"),
+    ("error: could not write /runs/a/results.json: No space left on device\n", "write failed"),
+    ("[solopo][WARNING] - interrupted (SIGINT) at step 83: checkpoint written to /r/last.ckpt; resume by ...\n",
+     "interrupted"),
 ])
 def test_failure_reasons(log, reason):
     assert failures.classify(log, 3)[0] == reason

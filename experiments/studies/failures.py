@@ -15,6 +15,8 @@ REASONS = (
     ("out of memory", re.compile(r".*(CUDA out of memory|OutOfMemoryError).*")),
     ("non-finite steps", re.compile(r"training stopped at step .*")),
     ("preempted", re.compile(r"preempted \(SIG\w+\) at step .*")),
+    ("interrupted", re.compile(r"interrupted \(SIG\w+\) at step .*")),  # Ctrl-C
+    ("write failed", re.compile(r"could not write .*")),  # a full disk: solopo's own failed.json says the same
 )
 ERROR_LINE = re.compile(r"^\w+(\.\w+)*(Error|Exception|Exit): .*$", re.MULTILINE)
 TAIL_LINES = 40
