@@ -28,6 +28,7 @@ from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, v
 log = logging.getLogger(__name__)
 SHORT = "short"
 ANSWER_ROOM = 64  # tokens an evaluation length leaves free below the model's max_length: the template and the answer
+SCHEDULE = ("every_n_steps", "keep_best")  # when a training run evaluates, not what an evaluation answers
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,7 @@ from solopo.cache import DiskCache, digest
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import token_counter
 from solopo.eval.longbench import Subset, format_benchmark, run_benchmark
-from solopo.eval.longctx import EvalSettings, changes, evaluate, format_table
+from solopo.eval.longctx import SCHEDULE, EvalSettings, changes, evaluate, format_table
 from solopo.report.stats import Change
 from solopo.scoring import points, settings_identity
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap, score_vs_step
@@ -63,9 +63,6 @@ def check_table(table: dict, settings: EvalSettings) -> dict:
     if not {"scores", "n_by_length", "ci95_by_length", "ci95_long"} <= table.keys():
         raise ValueError("no per-case scores or intervals (written by an older version)")
     return table
-
-
-SCHEDULE = ("every_n_steps", "keep_best")  # when a run evaluates, not what an evaluation answers
 
 
 def cache_key(model_id: str, items: Sequence[QAItem], pool: Sequence[str], settings: EvalSettings,

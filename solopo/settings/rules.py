@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from solopo.core.objective import metric_names
 from solopo.data.collate import SHARED_PROMPT
+from solopo.eval.longctx import SCHEDULE
 from solopo.settings.fields import Problems, number, shown
 from solopo.settings.other_names import suggestion
 from solopo.step import context_parallel, shared_prompt
@@ -125,6 +126,8 @@ def check_unread_keys(cfg: DictConfig, data_option: str) -> Problems:
 # source and its prompt template, the trainer's precision (the answers' autocast) and the seed; and every key these read
 # by interpolation (evaluation_reads: data.source.path reads data.path, data.source.n_test eval.n_items).
 EVALUATION_KEYS = ("model", "eval", "data.source", "data.template", "trainer.precision", "seed")
+# The eval group's keys that say whether and when a training run evaluates, which an evaluation alone does not read.
+EVALUATION_SCHEDULE = ("eval.enabled", *(f"eval.{key}" for key in SCHEDULE))
 
 
 def as_written(cfg: DictConfig, key: str) -> Any:
@@ -152,9 +155,10 @@ def read_in(key: str, read: Iterable[str]) -> bool:
 
 def training_only(cfg: DictConfig, overrides: Sequence[str], groups: Iterable[str]) -> list[str]:
     """The command line's ``overrides`` that training reads and an evaluation does not (algo.beta=0.3,
-    trainer.max_steps=5, algo=dpo), which it would ignore. ``groups``: the config groups, whose choice is read where
-    the group's keys are; a group placed at the top of the config (experiment=, debug=) may set any key, and Hydra's
-    own keys are Hydra's. Keys nothing reads are check_unread_keys'."""
+    trainer.max_steps=5, algo=dpo; in the eval group, EVALUATION_SCHEDULE: eval.every_n_steps=5), which it would
+    ignore. ``groups``: the config groups, whose choice is read where the group's keys are; a group placed at the top
+    of the config (experiment=, debug=) may set any key, and Hydra's own keys are Hydra's. Keys nothing reads are
+    check_unread_keys'."""
     evaluation, (top, data) = evaluation_reads(cfg), training_reads(cfg)
     groups, found = set(groups), []
     for override in overrides:
@@ -164,7 +168,8 @@ def training_only(cfg: DictConfig, overrides: Sequence[str], groups: Iterable[st
             trained = key in cfg  # not a group placed at the top
         else:
             trained = parts[0] in top and (parts[0] != "data" or len(parts) == 1 or parts[1] in data)
-        if trained and not parts[0].startswith("hydra") and not read_in(key, evaluation):
+        scheduled = any(key == r or key.startswith(f"{r}.") for r in EVALUATION_SCHEDULE)
+        if trained and not parts[0].startswith("hydra") and (scheduled or not read_in(key, evaluation)):
             found.append(override)
     return found
 

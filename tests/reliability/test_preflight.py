@@ -154,6 +154,12 @@ ONLY_TRAINING = [(["algo.beta=0.3"], "algo.beta=0.3: only training reads this ke
                  # the evaluation answers on the GPU where there is one, whatever the trainer's accelerator
                  (["trainer.accelerator=cpu"],
                   "trainer.accelerator=cpu: only training reads this key; solopo-eval would ignore it"),
+                 # the eval group's keys that say when a training run evaluates: an evaluation evaluates once, whatever
+                 # they say
+                 (["eval.every_n_steps=2"],
+                  "eval.every_n_steps=2: only training reads this key; solopo-eval would ignore it"),
+                 (["eval.enabled=false"],
+                  "eval.enabled=false: only training reads this key; solopo-eval would ignore it"),
                  (["-m", "data.long_len=256,512"], "sweep job 0 (data.long_len=256 experiment=smoke): "
                                                    "data.long_len=256: only training reads this key; solopo-eval "
                                                    "would ignore it")]
