@@ -45,7 +45,8 @@ def recorded_train_metrics(run_dir: Path, ckpt_path: Path | None, step: int) -> 
     except (OSError, ValueError):
         return {}
     stop = results.get("preempted") if isinstance(results, dict) else None
-    if not (isinstance(stop, dict) and stop.get("checkpoint") == str(ckpt_path) and stop.get("step") == step):
+    if not (isinstance(stop, dict) and stop.get("step") == step and isinstance(stop.get("checkpoint"), str)
+            and Path(stop["checkpoint"]).resolve() == Path(ckpt_path).resolve()):  # ckpt_path=last, or named any way
         return {}
     return {key: value for key, value in (results.get("metrics") or {}).items() if key.startswith("train/")}
 

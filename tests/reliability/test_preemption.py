@@ -2,11 +2,13 @@
 say how to resume, and exit with 128 + the signal number; the resumed run continues from the saved step. After
 training, until results.json is written, one process stops at once with a checkpoint of its last step, and the
 resumed run only validates and evaluates."""
+import json
 import os
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -15,6 +17,7 @@ import torch
 from solopo.eval.runner import Evaluation
 from solopo.training.callbacks import Preemption
 from solopo.training.module import SoLoPOModule
+from solopo.training.results import recorded_train_metrics
 from solopo.training.resume import LastCheckpoint
 from support import ENV, ROOT, command, fit_toy, results, run, smoke_here, step_losses
 
@@ -280,3 +283,21 @@ def test_ctrl_c_stops_the_run_with_a_checkpoint_and_it_resumes_with_the_uninterr
     smoke_here([*six, "ckpt_path=last", f"hydra.run.dir={parts}"])
     expected = step_losses(whole)
     assert sorted(expected) == list(range(6)) and step_losses(parts) == expected
+
+
+def test_a_run_resumed_after_training_takes_its_train_metrics_however_the_checkpoint_is_named(tmp_path, monkeypatch):
+    """ckpt_path=last, or the checkpoint's path as the shell gives it (relative here): the same file, so the resumed
+    run reports the train/ metrics its stopped run recorded. Before, only the path written in results.json matched,
+    and ckpt_path=run/checkpoints/last.ckpt wrote a results.json without them."""
+    run_dir = tmp_path / "run"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    (run_dir / "results.json").write_text(json.dumps({
+        "metrics": {"train/loss": 1.5, "val/loss": 2.0},
+        "preempted": {"signal": "SIGTERM", "step": 4, "checkpoint": str(checkpoint), "after_training": True}}))
+    monkeypatch.chdir(tmp_path)
+    for named in (checkpoint, Path("run/checkpoints/last.ckpt"), Path("run/../run/checkpoints/last.ckpt")):
+        assert recorded_train_metrics(run_dir, named, 4) == {"train/loss": 1.5}
+    assert recorded_train_metrics(run_dir, checkpoint, 3) == {}  # another step: not the stopped run's checkpoint
+    assert recorded_train_metrics(run_dir, tmp_path / "other.ckpt", 4) == {}
