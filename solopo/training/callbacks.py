@@ -141,18 +141,21 @@ class Preemption(pl.Callback):
         if first and self._at_once:
             raise Preempted(self.received.name)
 
-    def _take_over(self) -> None:
+    def _take_over(self, trainer: pl.Trainer) -> None:
         # Lightning sets up its own SIGTERM handler as fit and validate start, around the one before: it would end
-        # training with an exception at the next step, and validation with status 0 and no record.
+        # training with an exception at the next step, and validation with status 0 and no record. A SIGTERM that came
+        # in between reached both handlers: this one has it (received), and Lightning's note of it is dropped, which
+        # would otherwise end the fit after its next step the same way (SIGTERMException, status 0).
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 signal.signal(signum, self._notice)
+            trainer._signal_connector.received_sigterm = False
 
     def on_train_start(self, trainer, pl_module):
-        self._take_over()  # Lightning puts the handlers from before the fit back when it ends
+        self._take_over(trainer)  # Lightning puts the handlers from before the fit back when it ends
 
     def on_validation_start(self, trainer, pl_module):
-        self._take_over()
+        self._take_over(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._step_before_batch = trainer.global_step

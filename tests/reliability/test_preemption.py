@@ -301,3 +301,15 @@ def test_a_run_resumed_after_training_takes_its_train_metrics_however_the_checkp
         assert recorded_train_metrics(run_dir, named, 4) == {"train/loss": 1.5}
     assert recorded_train_metrics(run_dir, checkpoint, 3) == {}  # another step: not the stopped run's checkpoint
     assert recorded_train_metrics(run_dir, tmp_path / "other.ckpt", 4) == {}
+
+
+def test_sigterm_as_the_fit_begins_stops_it_with_a_checkpoint_and_status_143(tmp_path, monkeypatch, signal_guard):
+    """SIGTERM after Lightning set up its own handler for the fit and before Preemption took the signals over (the
+    train loader's setup, a sanity check) reached both: Lightning's note of it ended the fit after its first step with
+    SIGTERMException, status 0 and no record, as if the run had completed."""
+    signal_when_called(monkeypatch, Preemption, "on_train_start", signal.SIGTERM)
+    stopped = smoke_here([f"hydra.run.dir={tmp_path}"], expect=128 + signal.SIGTERM)
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    assert f"preempted (SIGTERM) at step 1: checkpoint written to {checkpoint}" in stopped.stdout + stopped.stderr
+    assert results(tmp_path)["preempted"] == {"signal": "SIGTERM", "step": 1, "checkpoint": str(checkpoint),
+                                              "after_training": False}
