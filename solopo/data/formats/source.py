@@ -105,7 +105,7 @@ def _file_records(path: str, split: Optional[str]) -> Iterator[tuple[Where, dict
     if suffix not in JSON_SUFFIXES:
         raise DataFileError(f"{path}: unknown kind of file; expected .jsonl, .json, .parquet, .csv, .arrow or a "
                             "dataset folder")
-    return iter(read_json_list(path)) if suffix == ".json" and _first_character(path) == "[" else iter_jsonl(path)
+    return iter(read_json_list(path)) if suffix == ".json" and _first_characters(checked_path(path), 1) == "[" else iter_jsonl(path)
 
 
 def _csv_options(files: list) -> dict:
@@ -173,12 +173,6 @@ def _first_characters(path: str, n: int) -> str:
         while len(seen) < n and (block := file.read(1 << 16)):
             seen += "".join(block.decode("utf-8-sig", errors="replace").split())
     return seen[:n]
-
-
-def _first_character(path: str) -> str:
-    with open(checked_path(path), "rb") as file:
-        head = file.read(4096).decode("utf-8-sig", errors="replace").lstrip()
-    return head[:1]
 
 
 def _rows(path: str, dataset) -> Iterator[tuple[Where, dict]]:
