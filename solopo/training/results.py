@@ -37,14 +37,8 @@ def recorded_train_metrics(run_dir: Path, ckpt_path: Path | None, step: int) -> 
     ``ckpt_path`` (its results.json, marked preempted), or {}. A run resumed from a checkpoint written after its
     training (preempted in its final validation or evaluation) trains no step and logs none: it reports these, as the
     uninterrupted run does."""
-    path = Path(run_dir) / "results.json"
-    if ckpt_path is None or not path.is_file():
-        return {}
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    stop = results.get("preempted") if isinstance(results, dict) else None
+    results = read_results(run_dir) if ckpt_path is not None else None
+    stop = results.get("preempted") if results else None
     if not (isinstance(stop, dict) and stop.get("step") == step and isinstance(stop.get("checkpoint"), str)
             and Path(stop["checkpoint"]).resolve() == Path(ckpt_path).resolve()):  # ckpt_path=last, or named any way
         return {}
@@ -89,6 +83,16 @@ def final_metrics(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
     pairs (SoLoPOModule.on_train_epoch_end), for val/ the last validation's, and for step-only metrics (learning
     rate, gradient norm, memory) the last step's; train/tokens_per_s is the fit's mean (callbacks.Throughput)."""
     return {key: float(value) for key, value in sorted(callback_metrics.items())}
+
+
+def read_results(run_dir: Path) -> dict | None:
+    """The results.json of ``run_dir`` as written, or None where there is none or it is no whole record."""
+    path = Path(run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
 
 
 def write_results(run_dir: Path, results: dict) -> Path:

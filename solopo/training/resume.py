@@ -8,7 +8,6 @@ uninterrupted run would have, with the same random draws.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from solopo.cache import writing
 from solopo.preflight import stop
-from solopo.training.results import unfinished
+from solopo.training.results import read_results, unfinished
 
 log = logging.getLogger("solopo")
 
@@ -61,14 +60,10 @@ def completed_results(ckpt_path: Optional[str], run_dir: Path) -> Optional[dict]
     """The results of a run that completed in ``run_dir`` and kept no checkpoint, asked to go on (ckpt_path=last): a
     rerun of a sweep whose jobs were preempted resumes those and leaves the finished ones as they are, where it
     trained them again from scratch over their results. None where there is something to resume or nothing done."""
-    path = Path(run_dir) / "results.json"
-    if ckpt_path != "last" or last_checkpoint(run_dir).exists() or not path.is_file():
+    if ckpt_path != "last" or last_checkpoint(run_dir).exists():
         return None
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):  # not a whole record: the run did not complete
-        return None
-    whole = isinstance(results, dict) and isinstance(results.get("metrics"), dict)
+    results = read_results(run_dir)  # None: no whole record, the run did not complete
+    whole = results is not None and isinstance(results.get("metrics"), dict)
     return results if whole and unfinished(results) is None else None  # preempted or stopped: resumed or redone
 
 
