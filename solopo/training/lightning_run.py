@@ -152,11 +152,9 @@ def stop_preempted(preemption: Preemption, trainer: pl.Trainer, run_dir: Path, r
 def stop_on_faults(message: str) -> None:
     """A single run exits with status 1 and the message; a job of a sweep logs it (results.json has it under
     faults.stopped) and lets the sweep go on."""
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        SWEEP_FAILURES.append(Path(HydraConfig.get().runtime.output_dir))
-        log.error(message)
-    else:
+    if not in_sweep(Path(HydraConfig.get().runtime.output_dir)):
         raise SystemExit(message)
+    log.error(message)
 
 
 @contextlib.contextmanager
@@ -189,7 +187,15 @@ def record_failure(cfg: DictConfig, failure: RunFailed) -> None:
             write_failure(run_dir, failure, OmegaConf.to_container(cfg, resolve=True))
         except OSError as err:
             line = f"{line}; {err}"
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_sweep(run_dir):
         stop(line)
-    SWEEP_FAILURES.append(run_dir)
     log.error("%s (%s); the sweep goes on", line, run_dir / FAILED)
+
+
+def in_sweep(run_dir: Path) -> bool:
+    """Whether the run that did not complete is a job of a sweep (-m), which then lists it among the sweep's failures
+    (the sweep goes on and its status says so); a single run stops instead."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    SWEEP_FAILURES.append(run_dir)
+    return True
