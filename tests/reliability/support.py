@@ -103,3 +103,13 @@ def full_disk_move(src, dst):
 
 def full_disk_for_checkpoints(monkeypatch):
     monkeypatch.setattr(shutil, "move", full_disk_move)
+
+
+def compose_config(overrides):
+    """solopo's config with ``overrides``, composed as Hydra would (its hydra node too)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
