@@ -167,6 +167,17 @@ def test_bad_records_are_refused_in_one_line(row, problem, world, tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_records_that_change_form_are_refused_as_data_pairs_refuses_them(world, tmp_path):
+    """The builder read a file of text prompts and then a prompt of messages in silence, one record at a time."""
+    path = trl_file(world, tmp_path, row=lambda item: {"prompt": marked_prompt(item)} if item is world.train[0]
+                    else {"prompt": [{"role": "user", "content": marked_prompt(item)}]})
+    with pytest.raises(ConfigError) as err:
+        run_build([f"input.path={path}", f"output={tmp_path / 'out.jsonl'}"])
+    assert one_line(err) == (f"{path} line 2: field 'prompt': a list of messages, but line 1's is text; use one form, "
+                             "text or messages, in every record")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_bad_corpora_and_settings_are_refused_in_one_line(world, tmp_path):
     given = [f"input.path={trl_file(world, tmp_path)}", f"output={tmp_path / 'out.jsonl'}"]
     corpus = corpus_file(world, tmp_path)

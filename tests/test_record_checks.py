@@ -154,3 +154,57 @@ def test_text_that_only_looks_like_json_is_text(prompt, tmp_path):
     path = write("jsonl", rows, tmp_path)
     loaded = pairs.load(str(path))
     assert {example.prompt_short for example in loaded.train + loaded.val} == {row["prompt"] for row in rows}
+
+
+ONE_FORM = "use one form, text or messages, in every record"
+
+
+@pytest.mark.parametrize("container", ["jsonl", "json"])
+@pytest.mark.parametrize("first, then, field", [
+    ("trl_standard", "trl_conversational", "prompt"), ("trl_conversational", "trl_standard", "prompt"),
+    ("trl_implicit", "trl_implicit_conversational", "chosen"), ("A", "A_conversational", "prompt_short")])
+def test_records_that_change_form_are_refused(first, then, field, container, tmp_path):
+    """A file of text rows then message rows (two sets merged) was read in silence, each row as it came: TRL reads a
+    dataset's form from its first row, and datasets cannot load such a column at all. JSON text only: an Arrow column
+    holds one type."""
+    rows = records(first)[:2] + records(then)[2:]
+    path = write(container, rows, tmp_path)
+    place, first_place = ("line 3", "line 1") if container == "jsonl" else ("record 2", "record 0")
+    shapes = {list: "a list of messages", str: "text"}
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path))
+    assert str(refused.value) == (f"{path} {place}: field {field!r}: {shapes[type(rows[2][field])]}, but "
+                                  f"{first_place}'s is {shapes[type(rows[0][field])]}; {ONE_FORM}")
+
+
+@pytest.mark.parametrize("fmt, change, field, problem", [
+    ("trl_standard", {"rejected": [assistant("Lyon")]}, "rejected",
+     "a list of messages, but 'chosen' is text; give chosen and rejected in one form, text or messages"),
+    ("trl_conversational", {"chosen": "Paris"}, "rejected",
+     "a list of messages, but 'chosen' is text; give chosen and rejected in one form, text or messages"),
+    ("A_conversational", {"prompt_short": "Notes on Italy."}, "prompt_long",
+     "a list of messages, but 'prompt_short' is text; give prompt_short and prompt_long in one form, text or "
+     "messages")])
+def test_a_record_of_two_forms_is_refused(fmt, change, field, problem, tmp_path):
+    """A text chosen beside a rejected of messages was read in silence, as were an A record's prompts of two forms
+    (an implicit prompt's chosen and rejected of two forms are refused as it splits them). Named in the first record
+    too."""
+    for at, place in ((1, "line 2"), (0, "line 1")):
+        rows = records(fmt)
+        rows[at] = {**rows[at], **change}
+        path = write("jsonl", rows, tmp_path)
+        with pytest.raises(DataFileError) as refused:
+            pairs.load(str(path))
+        assert str(refused.value) == f"{path} {place}: field {field!r}: {problem}"
+
+
+@pytest.mark.parametrize("change", [
+    lambda row: {"chosen": [assistant(row["chosen"])], "rejected": assistant(row["rejected"])},  # a text prompt
+    lambda row: {"prompt": [user(row["prompt"])]}])  # a prompt of messages beside text responses
+def test_a_prompt_and_responses_of_different_forms_are_read_in_every_record(change, tmp_path):
+    """The prompt's form may differ from the responses' (solopo.data.formats.trl keeps the prompt as given), so long
+    as every record does the same."""
+    rows = [{**row, **change(row)} for row in records("trl_standard")]
+    loaded = pairs.load(str(write("jsonl", rows, tmp_path)))
+    assert {(example.chosen, example.rejected) for example in loaded.train} == {
+        (row["chosen"], row["rejected"]) for row in records("trl_standard")}

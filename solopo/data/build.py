@@ -172,9 +172,9 @@ def given(prompt: Prompt, context: str, where: Where) -> Cut:
 def read_input(settings: InputSettings) -> list[tuple[Where, PreferenceExample, Cut]]:
     """Every record of the preference set, read as ``data=pairs`` reads it, with its prompt cut around its context."""
     source = open_source(settings.path, settings.split, settings.name)
-    records = []
+    layout, records = pairs.Layout(), []
     for where, record in source.records:
-        example = pairs.parse(record, where, source.mapping)
+        example = layout.parse(record, where, source.mapping)
         if not isinstance(example, PreferenceExample) or example.prompt_short != example.prompt_long:
             raise where.error("already has a short and a long context (schema A or A'); data=pairs reads it as it is")
         cut = (given(example.prompt_short, text(record, settings.context, where), where) if settings.context

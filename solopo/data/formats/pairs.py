@@ -17,6 +17,8 @@ and a record with those of two formats is refused (see ``format_of``); the layou
 are in solopo.data.formats.trl and solopo.data.formats.llama_factory. Prompts and responses are kept exactly as
 written (messages for the chat template); A' text is stripped. A' gives QAItem records whose answers default to
 (chosen,) and whose wrong_answers are (rejected,), and every passage of the file joins the distractor pool.
+A file also gives each prompt and response field in one form, text or messages (a list of them, or one), and a
+record its chosen and rejected (A: its prompt_short and prompt_long) in one form (see ``Layout``).
 Ids are unique within a file; chosen and rejected must differ beyond whitespace; an A' passage is relevant or
 irrelevant, not both; A records whose prompt_long is no longer than their prompt_short are counted in the log.
 """
@@ -43,22 +45,44 @@ def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None, s
          name: str | None = None) -> Splits:
     """The pairs (or A' items) of ``path``, split; ``split`` and ``name`` pick a dataset's split and config."""
     source = open_source(path, split, name)
-    rows, places, first = [], [], None
+    layout, rows, places = Layout(), [], []
     for where, record in source.records:
-        found = format_of(record, where, source.mapping)
-        first = first or (found, where)
-        if found != first[0]:
-            raise where.error(f"schema {found} ({_FORMAT_KEYS[found]}), but {first[1].place} uses schema {first[0]} "
-                              f"({_FORMAT_KEYS[first[0]]}); a file uses one schema throughout")
-        rows.append(_PARSERS[found](record, where, source.mapping))
+        rows.append(layout.parse(record, where, source.mapping))
         places.append(where)
-    if first is None:
+    if layout.first is None:
         raise DataFileError(f"{path}: no records")
     check_unique_ids(zip(places, (row.id for row in rows)))
-    if first[0] == "A":
+    if layout.schema == "A":
         _count_long_not_longer(rows, places, path)
     pool = dedupe(passage for row in rows if isinstance(row, QAItem) for passage in row.relevant + row.irrelevant)
     return split_items(rows, pool, path, n_val, seed, n_train)
+
+
+class Layout:
+    """What a file's first record sets and every other keeps: its schema, and the form (text, or messages) of each
+    prompt and response field. Rows of both forms are two sets merged or a conversion stopped part way: TRL tells a
+    dataset's form from its first row, and datasets cannot load a column holding both."""
+
+    def __init__(self) -> None:
+        self.first: Where | None = None
+        self.schema = ""
+        self.shapes: dict[str, str] = {}
+
+    def parse(self, record: dict, where: Where, mapping: dict | None = None) -> QAItem | PreferenceExample:
+        """The record in its format (``format_of``), if it keeps to the first record's schema and forms. Its fields are
+        read first, so that messages written out as text are named as such, not as text."""
+        found = format_of(record, where, mapping)
+        if self.first is not None and found != self.schema:
+            raise where.error(f"schema {found} ({_FORMAT_KEYS[found]}), but {self.first.place} uses schema "
+                              f"{self.schema} ({_FORMAT_KEYS[self.schema]}); a file uses one schema throughout")
+        row, shapes = _PARSERS[found](record, where, mapping), _shapes(record, where)
+        if self.first is None:
+            self.first, self.schema, self.shapes = where, found, shapes
+        for key, shape in shapes.items():
+            if (shape == _TEXT) != (self.shapes.get(key, shape) == _TEXT):
+                raise where.error(f"{shape}, but {self.first.place}'s is {self.shapes[key]}; use one form, text or "
+                                  "messages, in every record", key)
+        return row
 
 
 # The keys only one format has: a record with those of two is refused, not read as whichever comes first
@@ -95,9 +119,33 @@ def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
                       "solopo/data/formats/pairs.py")
 
 
-def parse(record: dict, where: Where, mapping: dict | None = None) -> QAItem | PreferenceExample:
-    """One record, read in the format its keys give (``format_of``), as ``load`` reads each."""
-    return _PARSERS[format_of(record, where, mapping)](record, where, mapping)
+_TEXT = "text"
+# The fields a record may give as text or as messages, and the pairs of them one record gives in one form
+_FORM_KEYS = ("prompt", "prompt_short", "prompt_long", "chosen", "rejected")
+_SAME_FORM = (("chosen", "rejected"), ("prompt_short", "prompt_long"))
+
+
+def _shapes(record: dict, where: Where) -> dict[str, str]:
+    """Each of the record's prompt and response fields as text, a list of messages or a message. A text prompt beside
+    messages for chosen and rejected is a layout TRL reads (solopo.data.formats.trl); a text chosen beside a rejected
+    of messages is not: it is refused, as is an A prompt_short and prompt_long of different forms."""
+    shapes = {key: shape for key in _FORM_KEYS if (shape := _shape(record.get(key))) is not None}
+    for key, other in _SAME_FORM:
+        if key in shapes and other in shapes and (shapes[key] == _TEXT) != (shapes[other] == _TEXT):
+            raise where.error(f"{shapes[other]}, but {key!r} is {shapes[key]}; give {key} and {other} in one form, "
+                              "text or messages", other)
+    return shapes
+
+
+def _shape(value: object) -> str | None:
+    """None for a value the parsers refuse for its type, in their own words."""
+    if isinstance(value, str):
+        return _TEXT
+    if isinstance(value, dict):
+        return "a message"
+    if isinstance(value, list) and value and all(isinstance(message, dict) for message in value):
+        return "a list of messages"
+    return None
 
 
 def _schema_a(record: dict, where: Where, mapping: dict | None) -> PreferenceExample:

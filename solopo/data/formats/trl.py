@@ -17,7 +17,8 @@ word they only begin alike ("blue"/"black": TRL would cut "bl"). As in ``maybe_e
 chosen/rejected conversations that repeat it (UltraFeedback's layout) is read as an implicit prompt. Where TRL's code
 would make an empty prompt (a text prompt beside one assistant message each) or ignore the prompt (messages beside
 text responses), the prompt is kept as given. Refused: a chosen or rejected holding more than one message after the
-prompt (tool calls, multi-turn completions), and a prompt ending with an assistant message (TRL continues it).
+prompt (tool calls, multi-turn completions), a prompt ending with an assistant message (TRL continues it), a chosen
+and a rejected of different forms, and a file whose records change form (solopo.data.formats.pairs.Layout).
 """
 from __future__ import annotations
 
