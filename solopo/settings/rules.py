@@ -126,8 +126,10 @@ def check_unread_keys(cfg: DictConfig, data_option: str) -> Problems:
 # source and its prompt template, the trainer's precision (the answers' autocast) and the seed; and every key these read
 # by interpolation (evaluation_reads: data.source.path reads data.path, data.source.n_test eval.n_items).
 EVALUATION_KEYS = ("model", "eval", "data.source", "data.template", "trainer.precision", "seed")
-# The eval group's keys that say whether and when a training run evaluates, which an evaluation alone does not read.
-EVALUATION_SCHEDULE = ("eval.enabled", *(f"eval.{key}" for key in SCHEDULE))
+# Keys among those whose value changes nothing an evaluation uses: the eval group's keys that say whether and when a
+# training run evaluates, and the cap on training items (the held-out questions and their passages are the same
+# whatever it is: solopo.data.world.qa_items builds each split apart, split_items caps training after the split).
+UNUSED_BY_EVALUATION = ("eval.enabled", *(f"eval.{key}" for key in SCHEDULE), "data.source.n_train")
 
 
 def as_written(cfg: DictConfig, key: str) -> Any:
@@ -155,7 +157,7 @@ def read_in(key: str, read: Iterable[str]) -> bool:
 
 def training_only(cfg: DictConfig, overrides: Sequence[str], groups: Iterable[str]) -> list[str]:
     """The command line's ``overrides`` that training reads and an evaluation does not (algo.beta=0.3,
-    trainer.max_steps=5, algo=dpo; in the eval group, EVALUATION_SCHEDULE: eval.every_n_steps=5), which it would
+    trainer.max_steps=5, algo=dpo; UNUSED_BY_EVALUATION: eval.every_n_steps=5, data.source.n_train=5), which it would
     ignore. ``groups``: the config groups, whose choice is read where the group's keys are; a group placed at the top
     of the config (experiment=, debug=) may set any key, and Hydra's own keys are Hydra's. Keys nothing reads are
     check_unread_keys'."""
@@ -168,8 +170,8 @@ def training_only(cfg: DictConfig, overrides: Sequence[str], groups: Iterable[st
             trained = key in cfg  # not a group placed at the top
         else:
             trained = parts[0] in top and (parts[0] != "data" or len(parts) == 1 or parts[1] in data)
-        scheduled = any(key == r or key.startswith(f"{r}.") for r in EVALUATION_SCHEDULE)
-        if trained and not parts[0].startswith("hydra") and (scheduled or not read_in(key, evaluation)):
+        unused = any(key == r or key.startswith(f"{r}.") for r in UNUSED_BY_EVALUATION)
+        if trained and not parts[0].startswith("hydra") and (unused or not read_in(key, evaluation)):
             found.append(override)
     return found
 
@@ -185,6 +187,21 @@ def check_evaluation_overrides(cfg: DictConfig, overrides: Sequence[str], groups
     return [f"{override.lstrip('+')}: only training reads "
             + (f"the {override_key(override)} group" if override_key(override) in groups else "this key")
             + "; solopo-eval would ignore it" for override in training_only(cfg, overrides, groups)]
+
+
+def check_evaluation_deletions(cfg: DictConfig, overrides: Sequence[str], groups: Iterable[str]) -> Problems:
+    """~KEY on an evaluation's command line that deletes what it reads (~trainer holds trainer.precision; ~seed,
+    ~model): it then stopped in a traceback or on keys it did not name, or read a default in silence (~trainer).
+    Deleting a key only training reads is check_evaluation_overrides'."""
+    read, trained, problems = evaluation_reads(cfg), training_only(cfg, overrides, groups), []
+    for override in [o for o in overrides if o.startswith("~") and o not in trained]:
+        key = override_key(override)
+        held = [r for r in read if r == key or r.startswith(f"{key}.")]
+        if not held and read_in(key, read):  # inside a key it reads: ~model.liger
+            held = [key]
+        held = sorted(r for r in held if not any(r.startswith(f"{other}.") for other in held))  # eval, not eval.x
+        problems += [f"{override}: deletes {', '.join(held)}, which solopo-eval reads"] if held else []
+    return problems
 
 
 def processes(trainer: dict, gpus: int) -> Optional[int]:

@@ -4,6 +4,8 @@ overrides it refuses, tests/reliability/test_preflight.py, would change nothing)
 import pytest
 from omegaconf import OmegaConf, open_dict
 
+from solopo.eval.runner import eval_items
+
 from solopo.settings.build import ConfigError, build_settings, load_source
 from support import ROOT, compose_config
 
@@ -52,3 +54,13 @@ def test_what_an_evaluation_reads_is_all_it_reads(overrides):
     assert build_settings(junk, training=False) == build_settings(cfg, training=False)
     if "eval=longbench" not in overrides:
         assert load_source(junk) == load_source(cfg)
+
+
+@pytest.mark.parametrize("overrides", [["eval.n_items=4"],
+                                       ["data=musique", f"data.path={FIXTURES / 'musique.jsonl'}", "data.source.n_val=2"]])
+def test_the_cap_on_training_items_changes_nothing_an_evaluation_uses(overrides):
+    """Why solopo-eval refuses data.source.n_train (tests/reliability/test_preflight.py): the held-out questions and
+    the passages their long contexts draw from are the same whatever it is (the built-in data builds each split's
+    world apart; a file's training items are capped after the split)."""
+    capped = [eval_items(load_source(compose_config([*overrides, f"data.source.n_train={n}"])), 4) for n in (1, 3)]
+    assert capped[0] == capped[1] == eval_items(load_source(compose_config(overrides)), 4)

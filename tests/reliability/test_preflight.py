@@ -160,6 +160,9 @@ ONLY_TRAINING = [(["algo.beta=0.3"], "algo.beta=0.3: only training reads this ke
                   "eval.every_n_steps=2: only training reads this key; solopo-eval would ignore it"),
                  (["eval.enabled=false"],
                   "eval.enabled=false: only training reads this key; solopo-eval would ignore it"),
+                 # the cap on training items: the held-out questions and their passages are the same whatever it is
+                 (["data.source.n_train=5"],
+                  "data.source.n_train=5: only training reads this key; solopo-eval would ignore it"),
                  (["-m", "data.long_len=256,512"], "sweep job 0 (data.long_len=256 experiment=smoke): "
                                                    "data.long_len=256: only training reads this key; solopo-eval "
                                                    "would ignore it")]
@@ -171,6 +174,19 @@ def test_an_evaluation_names_an_override_only_training_reads(argv, line, tmp_pat
     done = call("solopo.evaluate", [*argv, "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}",
                                     f"hydra.sweep.dir={tmp_path / 'run'}"], expect=2)
     assert done.stderr == f"error: {line}\n" and not (tmp_path / "run").exists()
+
+
+DELETED = [("~trainer", "trainer.precision"), ("~model", "model"), ("~seed", "seed"), ("~data", "data.source, data.template"),
+           ("~data.template", "data.template"), ("~data.source.n_val", "data.source.n_val"), ("~eval", "eval")]
+
+
+@pytest.mark.parametrize("override, held", DELETED, ids=[override for override, _ in DELETED])
+def test_an_evaluation_names_a_deletion_of_what_it_reads(override, held, tmp_path):
+    """~trainer and ~data.template evaluated with defaults in silence, exit 0; ~seed and ~data.source.n_val stopped in
+    a traceback (the latter in a new run directory); ~model and ~eval on keys the message listed, not the deletion."""
+    done = call("solopo.evaluate", [override, "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: {override}: deletes {held}, which solopo-eval reads\n"
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_evaluation_takes_the_keys_it_reads():
