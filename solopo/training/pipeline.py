@@ -50,7 +50,7 @@ from solopo.training.eval_callback import eval_during_training
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
 from solopo.training.precision import autocast_dtype, weights_dtype
 from solopo.training.reference import SplitReference, with_reference_logps
-from solopo.training.results import RunFailed, final_metrics, recorded_train_metrics, redact, where_it_ran
+from solopo.training.results import RunFailed, final_metrics, redact, where_it_ran, with_recorded_training
 from solopo.training.lightning_run import finish_run, fit, strategy_of
 from solopo.training.resume import ResumableLoader, completed_results, resolve_ckpt_path
 
@@ -266,15 +266,6 @@ def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list,
     log.info("%s, for steps of up to %d tokens", plan.describe(), max(step.total for step in steps))
 
 
-def fit_metrics(trainer: pl.Trainer, run_dir: Path, ckpt_path: Optional[Path]) -> dict:
-    """The metrics the fit ended with; a run resumed from a checkpoint written after its training trains no step,
-    and takes the train/ metrics its stopped run recorded (solopo.training.results.recorded_train_metrics)."""
-    metrics = final_metrics(trainer.callback_metrics)
-    if not any(key.startswith("train/") for key in metrics):
-        metrics.update(recorded_train_metrics(run_dir, ckpt_path, trainer.global_step))
-    return metrics
-
-
 def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
               tables: dict, run_dir: Path, metrics: dict, during=None) -> dict:
     """The trained model (with eval.keep_best, the best step's weights: ``during``), its final validation, evaluation
@@ -330,7 +321,7 @@ def run_record(cfg: DictConfig, trainer: pl.Trainer, metrics: dict, data_counts:
         "sequences": {**{split: ["/".join(key) for key in split_keys] for split, split_keys in keys.items()},
                       "plain_po": plain},  # plain PO: SoLo-RA not applicable, absent from the metrics
         "steps": trainer.global_step,
-        "resumed_from": str(ckpt_path) if ckpt_path else None,  # the train/ means cover the steps since then
+        "resumed_from": str(ckpt_path) if ckpt_path else None,  # mid-training: the train/ means cover the steps since
         "faults": faults,
         "eval_curve": eval_curve,
         "timings": timings,
@@ -381,7 +372,7 @@ def train(cfg: DictConfig) -> dict:
             trainer, throughput, guard = fit(cfg, settings, run_dir, ckpt_path, module, loaders, preemption,
                                              extra=((during,) if during else ()) + in_fit)
         fit_done = time.perf_counter()
-        metrics = fit_metrics(trainer, run_dir, ckpt_path)
+        metrics = final_metrics(trainer.callback_metrics)
         with preemption.after_training(trainer):  # a preempted job has seconds left: it stops at once
             if preemption.stopped is None:
                 with stages("eval"):  # validation, the trained model's evaluation and its saving
@@ -389,11 +380,11 @@ def train(cfg: DictConfig) -> dict:
                                         run_dir, metrics, during)
         done = time.perf_counter()
         timings = {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
-                   "validate_s": done - fit_done, "total_s": done - started,
-                   "train_tokens": throughput.tokens,  # real tokens the policy read in training steps
-                   "train_tokens_per_s": throughput.tokens_per_s, "stages": stages.record}
-        results = run_record(cfg, trainer, metrics, data_counts, keys, plain, ckpt_path, guard.summary(),
-                             during.record() if during else None, timings)
+                   "validate_s": done - fit_done, "total_s": done - started, "train_tokens": throughput.tokens,
+                   "train_tokens_per_s": throughput.tokens_per_s, "stages": stages.record}  # tokens: real ones
+        results = with_recorded_training(run_record(cfg, trainer, metrics, data_counts, keys, plain, ckpt_path,
+                                                    guard.summary(), during.record() if during else None, timings),
+                                         run_dir, ckpt_path)
         return finish_run(trainer, run_dir, results, evaluation, tables, preemption, guard)
 
 

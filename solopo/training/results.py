@@ -32,17 +32,39 @@ def unfinished(results: dict) -> dict | None:
     return None
 
 
-def recorded_train_metrics(run_dir: Path, ckpt_path: Path | None, step: int) -> dict[str, float]:
-    """The train/ metrics that the run in ``run_dir`` recorded when it stopped at ``step`` with the checkpoint
-    ``ckpt_path`` (its results.json, marked preempted), or {}. A run resumed from a checkpoint written after its
-    training (preempted in its final validation or evaluation) trains no step and logs none: it reports these, as the
-    uninterrupted run does."""
+# What results.json's timings say about training: the fit's seconds, the real tokens its steps read and their rate
+# (and the "training" stage's seconds and peak memory); the rest is the run's setup and its evaluation
+TRAINING_TIMINGS = ("fit_s", "train_tokens", "train_tokens_per_s")
+
+
+def recorded_training(run_dir: Path, ckpt_path: Path | None, step: int) -> dict:
+    """What the run in ``run_dir`` recorded of its training when it stopped at ``step`` with the checkpoint
+    ``ckpt_path`` (its results.json, marked preempted): {"metrics": its train/ metrics, "timings": its
+    TRAINING_TIMINGS and {"stages": {"training": ...}}}, or {} where the record is not that run's."""
     results = read_results(run_dir) if ckpt_path is not None else None
     stop = results.get("preempted") if results else None
     if not (isinstance(stop, dict) and stop.get("step") == step and isinstance(stop.get("checkpoint"), str)
             and Path(stop["checkpoint"]).resolve() == Path(ckpt_path).resolve()):  # ckpt_path=last, or named any way
         return {}
-    return {key: value for key, value in (results.get("metrics") or {}).items() if key.startswith("train/")}
+    timings = results.get("timings") or {}
+    stages = {name: cost for name, cost in (timings.get("stages") or {}).items() if name == "training"}
+    return {"metrics": {key: value for key, value in (results.get("metrics") or {}).items() if key.startswith("train/")},
+            "timings": {**{key: timings[key] for key in TRAINING_TIMINGS if key in timings}, "stages": stages}}
+
+
+def with_recorded_training(results: dict, run_dir: Path, ckpt_path: Path | None) -> dict:
+    """``results`` as the uninterrupted run would report its training. A run resumed from a checkpoint written after
+    its training (preempted in its final validation or evaluation) trains no step: it reports the training figures its
+    stopped run recorded (recorded_training) in place of its own, and total_s counts that fit's seconds in place of
+    its own, so that it stays the sum of model_s, data_s, fit_s and validate_s. Its setup and evaluation timings are
+    its own. A run that trained is left as it is."""
+    if results["timings"]["train_tokens"] or not (recorded := recorded_training(run_dir, ckpt_path, results["steps"])):
+        return results
+    own = results["timings"]
+    timings = {**own, **recorded["timings"], "stages": {**own["stages"], **recorded["timings"]["stages"]}}
+    timings["total_s"] = own["total_s"] - own["fit_s"] + timings["fit_s"]
+    return {**results, "metrics": dict(sorted({**results["metrics"], **recorded["metrics"]}.items())),
+            "timings": timings}
 
 
 class RunFailed(Exception):

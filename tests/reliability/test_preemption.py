@@ -17,7 +17,7 @@ import torch
 from solopo.eval.runner import Evaluation
 from solopo.training.callbacks import Preemption
 from solopo.training.module import SoLoPOModule
-from solopo.training.results import recorded_train_metrics
+from solopo.training.results import TRAINING_TIMINGS, recorded_training, with_recorded_training
 from solopo.training.resume import LastCheckpoint
 from support import ENV, ROOT, command, fit_toy, results, run, smoke_here, step_losses
 
@@ -210,10 +210,19 @@ TIMES = ("tokens_per_s", "step_time_s", "peak_mem_gib")  # the process's own: di
 
 
 def comparable(record: dict) -> dict:
-    """What a run's results.json says about the model: its metrics (timings aside), steps, faults and evaluation."""
+    """What a run's results.json says about the model: its metrics (timings aside), steps, the tokens it trained on,
+    faults and evaluation."""
     metrics = {key: value for key, value in record["metrics"].items() if not key.endswith(TIMES)}
-    return {"metrics": metrics, **{key: record.get(key) for key in ("steps", "faults", "eval_curve", "data", "eval",
-                                                                    "eval_summary", "eval_changes")}}
+    return {"metrics": metrics, "train_tokens": record["timings"]["train_tokens"],
+            **{key: record.get(key) for key in ("steps", "faults", "eval_curve", "data", "eval", "eval_summary",
+                                                "eval_changes")}}
+
+
+def training(record: dict) -> dict:
+    """The training figures of a run's results.json, timings included: one run's, which no other run repeats."""
+    timings = record["timings"]
+    return {"metrics": {key: value for key, value in record["metrics"].items() if key.startswith("train/")},
+            "timings": {key: timings[key] for key in TRAINING_TIMINGS}, "stage": timings["stages"]["training"]}
 
 
 @pytest.mark.parametrize("where", AFTER_TRAINING)
@@ -221,7 +230,8 @@ def test_sigterm_after_training_leaves_a_checkpoint_and_the_resumed_run_only_eva
                                                                                       signal_guard):
     """Before the fix, SIGTERM in the final validation ended the run with status 0 (Lightning's SIGTERMException), and
     in the evaluation with SIGTERM's default: no checkpoint, no record. The resumed run trains no step and writes what
-    the uninterrupted run wrote."""
+    the uninterrupted run wrote, its training figures (tokens, seconds, throughput) those of the run that trained:
+    before, 0 tokens and its own fit's seconds."""
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     smoke_here([f"hydra.run.dir={whole}"])
     with monkeypatch.context() as patch:
@@ -230,19 +240,24 @@ def test_sigterm_after_training_leaves_a_checkpoint_and_the_resumed_run_only_eva
         checkpoint = parts / "checkpoints" / "last.ckpt"
         line = f"preempted (SIGTERM) at step 4, after training: checkpoint written to {checkpoint}"
         assert line in stopped.stdout + stopped.stderr and saved_step(checkpoint) == 4
-        assert results(parts)["preempted"] == {"signal": "SIGTERM", "step": 4, "checkpoint": str(checkpoint),
-                                               "after_training": True}
+        first = results(parts)
+        assert first["preempted"] == {"signal": "SIGTERM", "step": 4, "checkpoint": str(checkpoint),
+                                      "after_training": True}
         rows = len(step_losses(parts))
         # preempted again in the resumed run's own validation or evaluation: it writes the checkpoint once more
         again = smoke_here(["ckpt_path=last", f"hydra.run.dir={parts}"], expect=128 + signal.SIGTERM)
         assert line in again.stdout + again.stderr and saved_step(checkpoint) == 4
+        assert results(parts)["preempted"] == first["preempted"] and training(results(parts)) == training(first)
 
     resumed = smoke_here(["ckpt_path=last", f"hydra.run.dir={parts}"])
     assert f"resuming from {checkpoint}" in resumed.stdout + resumed.stderr
-    done = results(parts)
-    assert done["timings"]["train_tokens"] == 0 and len(step_losses(parts)) == rows  # no step trained again
+    done, whole_record = results(parts), results(whole)
+    assert len(step_losses(parts)) == rows  # no step trained again
     assert "preempted" not in done and not checkpoint.exists()
-    assert comparable(done) == comparable(results(whole))
+    assert comparable(done) == comparable(whole_record) and whole_record["timings"]["train_tokens"] > 0
+    assert training(done) == training(first)  # the figures of the run that trained, its seconds and rates too
+    timings = done["timings"]
+    assert timings["total_s"] == pytest.approx(sum(timings[key] for key in ("model_s", "data_s", "fit_s", "validate_s")))
 
 
 @pytest.mark.slow  # about 40 s; the default run sends the signal from inside the run (the test above)
@@ -257,10 +272,12 @@ def test_sigterm_during_the_evaluation_of_a_fresh_process_then_the_resumed_run_o
     assert "Traceback" not in text and "batch 9/9" not in text and saved_step(checkpoint) == 4
     assert results(run_dir)["preempted"]["after_training"] is True
 
+    stopped = results(run_dir)
     done = run([*args, "ckpt_path=last"])
     assert "evaluating trained: batch 9/9" in done.stdout and not checkpoint.exists()
     record = results(run_dir)
-    assert "preempted" not in record and record["timings"]["train_tokens"] == 0 and record["steps"] == 4
+    assert "preempted" not in record and record["steps"] == 4
+    assert training(record) == training(stopped) and record["timings"]["train_tokens"] > 0  # the stopped run's
     assert set(record["eval"]) == {"base", "trained"} and "train/loss" in record["metrics"]
 
 
@@ -285,22 +302,51 @@ def test_ctrl_c_stops_the_run_with_a_checkpoint_and_it_resumes_with_the_uninterr
     assert sorted(expected) == list(range(6)) and step_losses(parts) == expected
 
 
-def test_a_run_resumed_after_training_takes_its_train_metrics_however_the_checkpoint_is_named(tmp_path, monkeypatch):
+def test_a_run_resumed_after_training_takes_its_training_however_the_checkpoint_is_named(tmp_path, monkeypatch):
     """ckpt_path=last, or the checkpoint's path as the shell gives it (relative here): the same file, so the resumed
-    run reports the train/ metrics its stopped run recorded. Before, only the path written in results.json matched,
-    and ckpt_path=run/checkpoints/last.ckpt wrote a results.json without them."""
+    run reports the training its stopped run recorded (train/ metrics; the fit's timings and its stage, not the
+    evaluation's). Before, only the path written in results.json matched, and ckpt_path=run/checkpoints/last.ckpt
+    wrote a results.json without them."""
     run_dir = tmp_path / "run"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"")
     (run_dir / "results.json").write_text(json.dumps({
         "metrics": {"train/loss": 1.5, "val/loss": 2.0},
+        "timings": {"model_s": 1.0, "fit_s": 30.0, "validate_s": 2.0, "total_s": 40.0, "train_tokens": 600,
+                    "train_tokens_per_s": 25.0, "stages": {"training": {"s": 30.0}, "eval": {"s": 1.5}}},
         "preempted": {"signal": "SIGTERM", "step": 4, "checkpoint": str(checkpoint), "after_training": True}}))
+    expected = {"metrics": {"train/loss": 1.5}, "timings": {"fit_s": 30.0, "train_tokens": 600,
+                                                           "train_tokens_per_s": 25.0, "stages": {"training": {"s": 30.0}}}}
     monkeypatch.chdir(tmp_path)
     for named in (checkpoint, Path("run/checkpoints/last.ckpt"), Path("run/../run/checkpoints/last.ckpt")):
-        assert recorded_train_metrics(run_dir, named, 4) == {"train/loss": 1.5}
-    assert recorded_train_metrics(run_dir, checkpoint, 3) == {}  # another step: not the stopped run's checkpoint
-    assert recorded_train_metrics(run_dir, tmp_path / "other.ckpt", 4) == {}
+        assert recorded_training(run_dir, named, 4) == expected
+    assert recorded_training(run_dir, checkpoint, 3) == {}  # another step: not the stopped run's checkpoint
+    assert recorded_training(run_dir, tmp_path / "other.ckpt", 4) == {}
+
+
+def test_the_resumed_run_reports_the_recorded_training_in_place_of_its_own(tmp_path):
+    """The run resumed after training (0 tokens: it trained no step) takes the recorded fit's figures. Its own fit took
+    0.5 s of its 8.5 s: total_s is 8.5 - 0.5 + 30 = 38 (model_s + data_s + fit_s + validate_s). Its evaluation's
+    figures stay its own. A run that trained keeps its own throughout."""
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    (tmp_path / "results.json").write_text(json.dumps({
+        "metrics": {"train/loss": 1.5, "train/tokens_per_s": 25.0, "val/loss": 2.5},
+        "timings": {"fit_s": 30.0, "train_tokens": 750, "train_tokens_per_s": 25.0, "total_s": 50.0,
+                    "stages": {"training": {"s": 30.0, "peak_gib": 2.0}, "eval": {"s": 9.0}}},
+        "preempted": {"signal": "SIGTERM", "step": 4, "checkpoint": str(checkpoint), "after_training": True}}))
+    own = {"steps": 4, "metrics": {"val/loss": 2.0},
+           "timings": {"model_s": 3.0, "data_s": 1.0, "fit_s": 0.5, "validate_s": 4.0, "total_s": 8.5,
+                       "train_tokens": 0, "train_tokens_per_s": 0.0,
+                       "stages": {"training": {"s": 0.5, "peak_gib": 0.1}, "eval": {"s": 4.0}}}}
+    resumed = with_recorded_training(own, tmp_path, checkpoint)
+    assert resumed["metrics"] == {"train/loss": 1.5, "train/tokens_per_s": 25.0, "val/loss": 2.0}
+    assert resumed["timings"] == {"model_s": 3.0, "data_s": 1.0, "fit_s": 30.0, "validate_s": 4.0, "total_s": 38.0,
+                                  "train_tokens": 750, "train_tokens_per_s": 25.0,
+                                  "stages": {"training": {"s": 30.0, "peak_gib": 2.0}, "eval": {"s": 4.0}}}
+    trained = {**own, "timings": {**own["timings"], "train_tokens": 10}}
+    assert with_recorded_training(trained, tmp_path, checkpoint) == trained
+    assert with_recorded_training(own, tmp_path, None) == own  # not resumed
 
 
 def test_sigterm_as_the_fit_begins_stops_it_with_a_checkpoint_and_status_143(tmp_path, monkeypatch, signal_guard):
