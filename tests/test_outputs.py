@@ -44,9 +44,14 @@ def test_checkpoint_keep_writes_last_ckpt_at_the_end(tmp_path):
 
 
 def test_a_completed_resumed_run_removes_the_checkpoint_it_resumed_from(tmp_path):
+    """Once its results.json is written (solopo.training.lightning_run.finish_run), not as the fit ends: a stop in the
+    work after training still resumes from it."""
     fit_toy(tmp_path, max_steps=2, callbacks=[LastCheckpoint(tmp_path, keep=True)])
-    trainer = fit_toy(tmp_path, max_steps=3, callbacks=[LastCheckpoint(tmp_path)])
-    assert trainer.global_step == 3 and not (tmp_path / "checkpoints").exists()
+    checkpoint = LastCheckpoint(tmp_path)
+    trainer = fit_toy(tmp_path, max_steps=3, callbacks=[checkpoint])
+    assert trainer.global_step == 3 and (tmp_path / "checkpoints" / "last.ckpt").exists()
+    checkpoint.remove_if_completed(trainer)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_the_policy_is_saved_in_the_dtype_training_computed_in(tmp_path, tokenizer):

@@ -101,8 +101,9 @@ def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: S
 
 def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, evaluation: RunEvaluation | None, tables: dict,
                preemption: Preemption, guard: NumericalGuard) -> dict:
-    """One process writes results and plots and prints the summary; a preempted or faulty run exits here, and so does
-    a run that a signal reached after training but let finish (several processes), once its results are written."""
+    """One process writes results and plots, then removes the checkpoint a completed run no longer needs, and prints
+    the summary; a preempted or faulty run exits here, and so does a run that a signal reached after training but let
+    finish (several processes), once its results are written."""
     metrics = results["metrics"]
     if preemption.stopped is not None and hasattr(trainer.checkpoint_callback, "save_now"):
         trainer.checkpoint_callback.save_now(trainer)  # every process; stopped in training, it is written already
@@ -119,6 +120,8 @@ def finish_run(trainer: pl.Trainer, run_dir: Path, results: dict, evaluation: Ru
         evaluation.log(trainer.logger, tables, outputs["plots"])
         print(f"{evaluation.heading}:\n" + outputs["markdown"])
     path = write_results(run_dir, results)
+    if hasattr(trainer.checkpoint_callback, "remove_if_completed"):  # not before: a stop until here resumes from it
+        trainer.checkpoint_callback.remove_if_completed(trainer)
     if not all_finite(metrics):
         log.warning("some final metrics are not finite: %s", {k: v for k, v in metrics.items() if v != v or abs(v) == float("inf")})
     print(summary(results, path))

@@ -88,7 +88,8 @@ class LastCheckpoint(ModelCheckpoint):
     guard) so that the run can resume. Every checkpoint of the 135M default holds ~1.6 GB (weights and AdamW
     moments), so no history is kept, and a run that completes keeps none unless asked: ``keep`` (or periodic saves,
     every N steps or N minutes, not both) also writes it at the last step; without them a completed run removes the
-    last.ckpt it resumed from."""
+    last.ckpt it resumed from once its results.json is written (remove_if_completed): until then a stop in the work
+    after training leaves the checkpoint as it is, or writes it at this step, and a resumed run reads it again."""
 
     def __init__(self, run_dir: Path, every_n_steps: Optional[int] = None, every_n_minutes: Optional[float] = None,
                  keep: bool = False):
@@ -98,7 +99,8 @@ class LastCheckpoint(ModelCheckpoint):
                          train_time_interval=timedelta(minutes=every_n_minutes) if every_n_minutes else None,
                          every_n_epochs=None if self.keep else 0,  # 0: no save at the end of an epoch
                          enable_version_counter=False)  # a rerun in the same directory overwrites last.ckpt
-        self._step_before_batch = -1  # the global step when the current batch began
+        self._step_before_batch = -1  # the global step when the current batch began; -1: no batch in this fit
+        self.completed = False  # the fit ended as planned, its last step needs no checkpoint (on_fit_end)
 
     def save_now(self, trainer: pl.Trainer) -> None:
         """Writes last.ckpt for the current step unless this step is saved already (or the run is a fast_dev_run,
@@ -125,11 +127,15 @@ class LastCheckpoint(ModelCheckpoint):
                 remove_checkpoint(Path(tmp))
         self._last_checkpoint_saved = filepath
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        # Here, not in on_train_start, which a fit resumed at its last step never calls
         if trainer.is_global_zero:  # a write a kill cut short (kill -9 mid-save): a checkpoint's size, never read
             for stale in Path(self.dirpath).glob("last.ckpt.*.tmp"):
                 remove_checkpoint(stale)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         # A run resumed from this directory's last.ckpt does not write that step again (resuming a finished run
         # of a sweep would otherwise rewrite every job's checkpoint).
         self._last_global_step_saved = trainer.global_step
@@ -156,14 +162,22 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Here, not in on_train_end: a fit resumed at its last step (stopped after training) trains nothing and
-        # Lightning calls no on_train_end.
-        if self.keep or trainer.should_stop:
+        # Lightning calls no on_train_end. Resumed from this run's last.ckpt, which holds this step and is whole (the
+        # fit just read it), a stop in the work after training keeps that file as it is: save_now writes nothing.
+        own = Path(self.dirpath) / "last.ckpt"
+        if self._step_before_batch == -1 and trainer.ckpt_path and Path(trainer.ckpt_path).resolve() == own.resolve():
+            self._last_global_step_saved, self.last_model_path = trainer.global_step, str(own)
+        self.completed = not (self.keep or trainer.should_stop)
+
+    def remove_if_completed(self, trainer: pl.Trainer) -> None:
+        """Once the results.json of a completed run is written: the last.ckpt it resumed from is no longer needed (a
+        run that keeps none, after a fit that ended as planned). Before that, a run stopped in its final validation,
+        evaluation or saving still resumes from it."""
+        if not (self.completed and trainer.is_global_zero):
             return
-        self._last_global_step_saved = -1  # completed: a stop after training (save_now) writes this step again
-        if trainer.is_global_zero:  # the checkpoint this run resumed from is no longer needed
-            remove_checkpoint(Path(self.dirpath) / "last.ckpt")
-            with contextlib.suppress(OSError):  # left in place when it holds anything else
-                Path(self.dirpath).rmdir()
+        remove_checkpoint(Path(self.dirpath) / "last.ckpt")
+        with contextlib.suppress(OSError):  # left in place when it holds anything else
+            Path(self.dirpath).rmdir()
 
 
 def replace_checkpoint(new: Path, path: Path) -> None:

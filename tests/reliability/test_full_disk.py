@@ -9,6 +9,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from in_process import call
 from solopo.cache import WriteFailed, failed_write
@@ -46,6 +47,26 @@ def test_a_full_disk_at_results_json_stops_the_run_in_one_line(tmp_path, monkeyp
     assert line == (f"error: could not write {tmp_path / 'results.json'}: No space left on device; "
                     f"could not write {tmp_path / 'failed.json'}: No space left on device")
     assert leftovers(tmp_path) == [] and not (tmp_path / "results.json").exists()
+
+
+def test_a_resumed_run_keeps_its_checkpoint_until_its_results_json_is_written(tmp_path, monkeypatch):
+    """A run preempted at step 2, resumed with checkpoint.keep=false, completes its fit and then cannot write
+    results.json: last.ckpt stays, so the next ckpt_path=last resumes from step 2 again. Before, the checkpoint was
+    removed as the fit ended, and the next run started from scratch. Once a resumed run's results.json is written, the
+    checkpoint goes."""
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    with monkeypatch.context() as patch:
+        signal_at_step_2(patch)
+        smoke_here([*NO_EVAL, f"hydra.run.dir={tmp_path}"], expect=128 + signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        full_disk(patch)
+        line = stopped(smoke_here([*NO_EVAL, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], expect=2))
+    assert line.startswith(f"error: could not write {tmp_path / 'results.json'}: No space left on device")
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
+    resumed = smoke_here([*NO_EVAL, "ckpt_path=last", f"hydra.run.dir={tmp_path}"])
+    assert f"resuming from {checkpoint}" in resumed.stdout + resumed.stderr
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["steps"] == 4 and "preempted" not in record and not checkpoint.parent.exists()
 
 
 @pytest.mark.parametrize("when", ["periodic", "preempted"])

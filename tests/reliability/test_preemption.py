@@ -225,13 +225,20 @@ def training(record: dict) -> dict:
             "timings": {key: timings[key] for key in TRAINING_TIMINGS}, "stage": timings["stages"]["training"]}
 
 
+def file_identity(path: Path) -> tuple[int, int]:
+    """A file rewritten in place of itself (written beside it, then renamed over it) has another inode."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 @pytest.mark.parametrize("where", AFTER_TRAINING)
 def test_sigterm_after_training_leaves_a_checkpoint_and_the_resumed_run_only_evaluates(where, tmp_path, monkeypatch,
                                                                                       signal_guard):
     """Before the fix, SIGTERM in the final validation ended the run with status 0 (Lightning's SIGTERMException), and
     in the evaluation with SIGTERM's default: no checkpoint, no record. The resumed run trains no step and writes what
     the uninterrupted run wrote, its training figures (tokens, seconds, throughput) those of the run that trained:
-    before, 0 tokens and its own fit's seconds."""
+    before, 0 tokens and its own fit's seconds. Preempted again in its own validation or evaluation, it leaves the
+    checkpoint it resumed from as it is: before, it had removed it as its fit ended, and wrote it again."""
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     smoke_here([f"hydra.run.dir={whole}"])
     with monkeypatch.context() as patch:
@@ -243,17 +250,17 @@ def test_sigterm_after_training_leaves_a_checkpoint_and_the_resumed_run_only_eva
         first = results(parts)
         assert first["preempted"] == {"signal": "SIGTERM", "step": 4, "checkpoint": str(checkpoint),
                                       "after_training": True}
-        rows = len(step_losses(parts))
-        # preempted again in the resumed run's own validation or evaluation: it writes the checkpoint once more
+        rows, written = len(step_losses(parts)), file_identity(checkpoint)
+        # preempted again in the resumed run's own validation or evaluation: the checkpoint stays as it was
         again = smoke_here(["ckpt_path=last", f"hydra.run.dir={parts}"], expect=128 + signal.SIGTERM)
-        assert line in again.stdout + again.stderr and saved_step(checkpoint) == 4
+        assert line in again.stdout + again.stderr and file_identity(checkpoint) == written
         assert results(parts)["preempted"] == first["preempted"] and training(results(parts)) == training(first)
 
     resumed = smoke_here(["ckpt_path=last", f"hydra.run.dir={parts}"])
     assert f"resuming from {checkpoint}" in resumed.stdout + resumed.stderr
     done, whole_record = results(parts), results(whole)
     assert len(step_losses(parts)) == rows  # no step trained again
-    assert "preempted" not in done and not checkpoint.exists()
+    assert "preempted" not in done and not checkpoint.exists() and not checkpoint.parent.exists()
     assert comparable(done) == comparable(whole_record) and whole_record["timings"]["train_tokens"] > 0
     assert training(done) == training(first)  # the figures of the run that trained, its seconds and rates too
     timings = done["timings"]
