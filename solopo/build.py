@@ -95,8 +95,8 @@ def entry() -> None:
     from solopo.preflight import configs_checked, preflight
 
     preflight(sys.argv[1:], run_dir=False)  # conf/build.yaml: Hydra writes no run directory
-    configs_checked(sys.argv[1:], "build", problem)
-    main()
+    with configs_checked(sys.argv[1:], "build", problem):  # before Hydra, or after it printed the config (--cfg job)
+        main()
 
 
 def problem(cfg: DictConfig) -> Optional[str]:

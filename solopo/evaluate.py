@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from solopo.preflight import preflight, refuse_bad_values
+from solopo.preflight import preflight, values_checked
 from solopo.training.results import redact, where_it_ran, write_results
 
 log = logging.getLogger("solopo")
@@ -87,8 +87,8 @@ def entry() -> None:
     """The console script solopo-eval (and python -m solopo.evaluate): the command line's preflight checks, then
     Hydra (with the values an evaluation reads checked before Hydra makes the run directory)."""
     preflight(sys.argv[1:])
-    refuse_bad_values(sys.argv[1:], training=False)
-    main()
+    with values_checked(sys.argv[1:], training=False):  # before Hydra, or after it printed the config (--cfg job)
+        main()
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ runs, so a secret given as an override, or a run directory that cannot be writte
 console scripts call ``preflight`` first. Every bad setting or input file ends the same way: one line on stderr,
 ``error: ...``, exit status 2, no traceback (``stop``). This module imports nothing heavy: it runs before --help.
 An option that no config group holds (algo=dpx) is refused here too, in one line, where Hydra's own message spans a
-dozen lines; so is a bad value (optim.lr=-1) in the run or in any job of a sweep (``refuse_bad_values``), before Hydra
-makes a run or sweep directory for a job that would stop at once.
+dozen lines; so is a bad value (optim.lr=-1) in the run or in any job of a sweep (``values_checked``), before Hydra
+makes a run or sweep directory for a job that would stop at once, or, where Hydra only prints the config (--cfg job),
+once it has printed it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -170,17 +172,19 @@ def app_hydra(argv: Sequence[str]):
 
 def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], object]]:
     """Each job the command line starts, as (its overrides, its composed config), composed as Hydra will compose it:
-    one for a run; for a sweep (-m, or hydra.mode=MULTIRUN) one per combination of its values (hydra.sweeper.params
-    and the command line's, Hydra's basic sweeper's own expansion). None (empty) where the command line asks Hydra
-    something else (--help, --cfg, --info, completion), where only Hydra can tell (--config-path, another sweeper such as
-    Optuna, whose trials are chosen as they run), where the jobs run elsewhere (a SLURM launcher: another machine's
-    GPUs), or where Hydra would refuse the command line itself (it says why, as before)."""
+    one for a run, or for the config Hydra prints (--cfg job or all); for a sweep (-m, or hydra.mode=MULTIRUN) one per
+    combination of its values (hydra.sweeper.params and the command line's, Hydra's basic sweeper's own expansion).
+    None (empty) where the command line asks Hydra something else (--help, --cfg hydra, --info, completion), where only
+    Hydra can tell (--config-path, another sweeper such as Optuna, whose trials are chosen as they run), where the jobs
+    run elsewhere (a SLURM launcher: another machine's GPUs), or where Hydra would refuse the command line itself (it
+    says why, as before)."""
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
     args, _ = get_args_parser().parse_known_args(list(argv))
-    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.experimental_rerun:
+    if (args.help or args.hydra_help or args.cfg == "hydra" or args.info or args.shell_completion
+            or args.experimental_rerun):
         return []
     try:
         hydra = app_hydra(argv)
@@ -190,7 +194,7 @@ def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], 
         overrides, master = added_keys(hydra, name, args.overrides, config_dirs(argv))
         if master.hydra.launcher._target_ != BASIC.format("launcher", "Launcher"):
             return []
-        if not args.multirun and master.hydra.mode != RunMode.MULTIRUN:
+        if args.cfg or (not args.multirun and master.hydra.mode != RunMode.MULTIRUN):  # --cfg: Hydra composes a run
             return [(overrides, hydra.compose_config(name, overrides, RunMode.RUN))]
         return sweep_jobs(hydra, master)
     except Exception as err:  # noqa: BLE001 - a command line Hydra cannot compose is Hydra's to report, in its words
@@ -218,7 +222,7 @@ def sweep_jobs(hydra, master) -> list[tuple[list[str], object]]:
 def added_keys(hydra, name: str, overrides: list[str], dirs: list[Path]):
     """(the overrides, the config they compose for a sweep): where Hydra refuses to set a key the config lacks
     (optim.lrr=1, foo=1; its error spans nine lines), that key added (+optim.lrr=1), so that the settings' checks
-    name it in one line, with the key meant as a hint (refuse_bad_values)."""
+    name it in one line, with the key meant as a hint (values_checked)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException
     from hydra.types import RunMode
@@ -256,10 +260,12 @@ def is_setting(override, dirs: list[Path]) -> bool:
             and not any((folder / key).is_dir() for folder in dirs))
 
 
-def refuse_bad_values(argv: Sequence[str], training: bool = True, config_name: str = "config") -> None:
-    """Stops (exit 2) on the first job whose settings are wrong (build_settings' one line; configs_checked). The
-    model's weights and tokenizer must be found too. Each job checks its settings again as it starts (an Optuna
-    trial's values, or a SLURM job's, only there). ``training=False``: what an evaluation reads."""
+@contextlib.contextmanager
+def values_checked(argv: Sequence[str], training: bool = True, config_name: str = "config") -> Iterator[None]:
+    """Around Hydra's main: stops (exit 2) on the first job whose settings are wrong (build_settings' one line;
+    configs_checked says when). The model's weights and tokenizer must be found too. Each job checks its settings
+    again as it starts (an Optuna trial's values, or a SLURM job's, only there). ``training=False``: what an
+    evaluation reads."""
     models = []
 
     def problem(cfg) -> Optional[str]:
@@ -274,7 +280,8 @@ def refuse_bad_values(argv: Sequence[str], training: bool = True, config_name: s
             return str(err)
         return None
 
-    configs_checked(argv, config_name, problem)
+    with configs_checked(argv, config_name, problem):
+        yield
 
 
 def for_evaluation(argv: Sequence[str], config_name: str = "config") -> list[str]:
@@ -291,18 +298,47 @@ def for_evaluation(argv: Sequence[str], config_name: str = "config") -> list[str
     return [arg for arg in argv if arg.lstrip("+") not in unread]
 
 
-def configs_checked(argv: Sequence[str], config_name: str, problem: Callable[[object], Optional[str]]) -> None:
-    """Stops (exit 2) on the first job of job_configs whose config ``problem`` finds wrong, with its one line, before
-    Hydra makes a run or sweep directory: a bad value stops a sweep before its first job, not when the job that holds
-    it starts. A key the config lacks (optim.lrr=1, added by added_keys) is named by the checks with a hint, or, where
-    something takes any key, with the + that adds it."""
+@contextlib.contextmanager
+def configs_checked(argv: Sequence[str], config_name: str,
+                    problem: Callable[[object], Optional[str]]) -> Iterator[None]:
+    """Around Hydra's main: stops (exit 2) on the first job of job_configs whose config ``problem`` finds wrong, with
+    its one line, before Hydra makes a run or sweep directory: a bad value stops a sweep before its first job, not when
+    the job that holds it starts. Where Hydra only prints the config (--cfg job or all), which runs no job and so no
+    job's checks, they run once it is printed (it shows at once; they may import torch), with the same line and
+    status; before, where Hydra cannot compose the config (a key it lacks)."""
     jobs = job_configs(argv, config_name)
+    printed_first = bool(jobs) and shows_config(argv) and not lacking_keys(jobs, argv)
+    if not printed_first and (line := first_problem(jobs, argv, problem)) is not None:
+        stop(line)
+    yield
+    if printed_first and (line := first_problem(jobs, argv, problem)) is not None:
+        sys.stdout.flush()  # the config before the line, through a pipe too
+        stop(line)
+
+
+def first_problem(jobs: list[tuple[list[str], object]], argv: Sequence[str],
+                  problem: Callable[[object], Optional[str]]) -> Optional[str]:
+    """The line of the first job's config that ``problem`` finds wrong, or None. A key the config lacks (optim.lrr=1,
+    added by added_keys) is named by the checks with a hint, or, where something takes any key, with the + that adds
+    it."""
     for number, (overrides, cfg) in enumerate(jobs):
         if (found := problem(cfg)) is not None:
-            stop(f"sweep job {number} ({' '.join(overrides)}): {found}" if len(jobs) > 1 else found)
+            return f"sweep job {number} ({' '.join(overrides)}): {found}" if len(jobs) > 1 else found
+    added = lacking_keys(jobs, argv)  # a key that takes any keys: the checks found nothing wrong
+    return f"{added[0][1:]}: the config has no such key; to add one, write {added[0]}" if added else None
+
+
+def lacking_keys(jobs: list[tuple[list[str], object]], argv: Sequence[str]) -> list[str]:
+    """The overrides of ``argv`` that set a key the config lacks, as added_keys wrote them (with a +)."""
     given = {o.partition("=")[0] for o in argv}
-    for added in [o for o in (jobs[0][0] if jobs else ()) if o.startswith("+") and o.partition("=")[0][1:] in given]:
-        stop(f"{added[1:]}: the config has no such key; to add one, write {added}")  # a key that takes any keys
+    return [o for o in (jobs[0][0] if jobs else ()) if o.startswith("+") and o.partition("=")[0][1:] in given]
+
+
+def shows_config(argv: Sequence[str]) -> bool:
+    """Whether the command line asks Hydra to print the job's config (--cfg job or all) instead of running it."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_known_args(list(argv))[0].cfg in ("job", "all")
 
 
 def safe_dirname(name: str, limit: int = 200) -> str:

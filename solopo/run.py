@@ -6,7 +6,7 @@
 Installed, the same entry is the console script `solopo-train`. This module is thin wiring: the command line's
 preflight checks, the default run sized to the hardware, Hydra, and the value a sweeper optimises; the run itself is
 solopo.training.pipeline.train, imported inside the task function so that Hydra answers --help, --cfg and shell
-completion in seconds, before torch loads.
+completion in seconds, before torch loads (--cfg job then checks the config it printed, as a run would).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from solopo.preflight import preflight, refuse_bad_values
+from solopo.preflight import preflight, values_checked
 
 
 def optimized_value(results: dict, metric: str | None) -> float:
@@ -54,11 +54,11 @@ def entry() -> None:
     values, on the command line as sized for the hardware, then Hydra."""
     preflight(sys.argv[1:])
     sys.argv[1:] = sized_for_hardware(sys.argv[1:])
-    refuse_bad_values(sys.argv[1:])
     from solopo.training.results import SWEEP_FAILURES
 
     SWEEP_FAILURES.clear()
-    main()
+    with values_checked(sys.argv[1:]):  # before Hydra, or after it printed the config (--cfg job)
+        main()
     if SWEEP_FAILURES:  # every job ran; the status says that some did not complete
         raise SystemExit(f"error: {len(SWEEP_FAILURES)} job(s) of the sweep failed or were stopped: "
                          f"{', '.join(str(path) for path in SWEEP_FAILURES)} (python -m solopo.report lists them)")

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+from hydra.core.hydra_config import HydraConfig
+
 # python -m MODULE runs MODULE's entry function; the report's lives in its __main__
 ENTRIES = {"solopo.run": ("solopo.run", "entry"), "solopo.evaluate": ("solopo.evaluate", "entry"),
            "solopo.report": ("solopo.report.__main__", "main"), "solopo.build": ("solopo.build", "entry")}
@@ -20,13 +22,14 @@ ENTRIES = {"solopo.run": ("solopo.run", "entry"), "solopo.evaluate": ("solopo.ev
 
 def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS`` in this process, with ``env`` added to the environment and in ``cwd``; all three are
-    put back afterwards. The exit status is the one Python would give (SystemExit's code; a message instead of a code
+    put back afterwards, and so is Hydra's record of the running job's config (HydraConfig), which Hydra's --cfg sets
+    and leaves set: a later check would read that command line's config group choices. The exit status is the one Python would give (SystemExit's code; a message instead of a code
     printed to stderr, then 1); an unhandled exception propagates (HYDRA_FULL_ERROR=1) with its traceback.
     ``expect``: the exit status asserted (None: not checked)."""
     path, name = ENTRIES[module]
     entry = getattr(importlib.import_module(path), name)
     forget_wandb()  # before the environment is saved: the session's service token must not come back with it
-    argv, environ, here = sys.argv, dict(os.environ), os.getcwd()
+    argv, environ, here, hydra_cfg = sys.argv, dict(os.environ), os.getcwd(), HydraConfig.instance().cfg
     os.environ.update({"WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", **(env or {})})
     sys.argv = [module, *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
@@ -37,6 +40,7 @@ def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd
     finally:
         forget_wandb()
         sys.argv = argv
+        HydraConfig.instance().cfg = hydra_cfg
         os.chdir(here)
         os.environ.clear()
         os.environ.update(environ)  # e.g. the seed Lightning leaves in PL_GLOBAL_SEED

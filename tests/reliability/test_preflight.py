@@ -5,12 +5,18 @@ import time
 
 import pytest
 
-from solopo.preflight import CONF, job_configs, preflight, refuse_bad_values
+from solopo.preflight import CONF, job_configs, preflight, values_checked
 from in_process import call
 from support import run
 from test_validation import FIXTURES, shipped_options
 
 MUSIQUE = FIXTURES / "musique.jsonl"
+
+
+def refuse_bad_values(argv, **kwargs) -> None:
+    """The checks the entry points run around Hydra's main, without Hydra."""
+    with values_checked(argv, **kwargs):
+        pass
 
 @pytest.mark.parametrize("group", [g for g in sorted({group for group, _ in shipped_options()})])
 def test_an_unknown_option_of_a_config_group_is_one_line(group, capsys):
@@ -133,11 +139,32 @@ def test_the_command_refuses_a_key_the_config_lacks(tmp_path):
     assert done.stderr == "error: foo=1: solopo reads no such key\n" and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("argv", [["optim.lr=-1", "--help"], ["optim.lr=-1", "--cfg", "job"],
+@pytest.mark.parametrize("argv", [["optim.lr=-1", "--help"], ["optim.lr=-1", "--cfg", "hydra"],
                                   ["-m", "optim.lr=-1", "hydra/launcher=slurm"]])  # checked by the job, on its machine
 def test_values_are_left_to_hydra_where_it_answers_or_runs_elsewhere(argv):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher") if "hydra/launcher=slurm" in argv else None
     assert job_configs(argv, "config") == []
+
+
+@pytest.mark.parametrize("mode", ["job", "all"])
+def test_cfg_job_prints_the_config_then_stops_with_the_runs_line(mode, tmp_path):
+    """`--cfg job` (Hydra prints the config and runs no job) skipped the checks: it printed, with exit status 0, a config
+    the run refuses. It prints it now, then the run's line and status."""
+    refused = call("solopo.run", ["experiment=smoke", "optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    shown = call("solopo.run", ["experiment=smoke", "optim.lr=-1", "--cfg", mode], expect=2)
+    assert "\noptim:\n  lr: -1\n" in shown.stdout and shown.stderr == refused.stderr == (
+        "error: optim.lr=-1: must be a number > 0\n")
+    evaluation = call("solopo.evaluate", ["eval.depths=[2]", "--cfg", mode], expect=2)
+    assert "  depths:\n  - 2\n" in evaluation.stdout and evaluation.stderr.startswith("error: eval.depths=[2]: each depth")
+    assert call("solopo.run", ["experiment=smoke", "--cfg", mode]).stderr == ""  # a good config: printed, status 0
+    assert not (tmp_path / "run").exists()
+
+
+def test_cfg_job_of_a_config_hydra_cannot_compose_is_the_runs_line_alone():
+    """A key the config lacks: Hydra cannot print it (its error spans six lines, exit 1); the run's line, exit 2."""
+    shown = call("solopo.run", ["experiment=smoke", "optim.lrr=1", "--cfg", "job"], expect=2)
+    assert shown.stdout == "" and shown.stderr == "error: optim.lrr=1: OptimSettings takes no such option; did you mean lr?\n"
+    assert call("solopo.run", ["experiment=smoke", "optim.lr=-1", "--cfg", "hydra"]).stderr == ""  # Hydra's own config
 
 
 def test_an_evaluation_checks_only_what_it_reads_before_hydra(capsys):
