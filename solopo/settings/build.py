@@ -32,7 +32,7 @@ from solopo.step.context_parallel import ContextSplit
 from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
 from solopo.settings.groups import (check_data, check_logger, check_run, check_trainer, lightning_arguments,
                                     missing_options, target, unknown_options)
-from solopo.settings.rules import check_evaluation_deletions, cross_group_rules
+from solopo.settings.rules import check_deletions, cross_group_rules
 from solopo.preflight import PARTS, stop
 from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision
@@ -226,7 +226,7 @@ def trainer_arguments(cfg: DictConfig) -> DictConfig:
 def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     """Every settings object of the run, or one ConfigError naming every mistake; ``training=False`` builds only
     what evaluation reads (the model, the data source and prompt template, eval)."""
-    if not training and (deleted := check_evaluation_deletions(cfg, *command_line(cfg))):
+    if deleted := check_deletions(cfg, *command_line(cfg), training):
         raise ConfigError("; ".join(deleted))  # alone: the checks below would stop on what it deleted, or in a traceback
     option = choice(cfg, "data") or ""  # "": a data block of one's own config, no option (override data: null)
     if option.split("/")[0] == PARTS:  # conf/data/common: blocks the data configs compose (qa_file, sampling)

@@ -189,18 +189,32 @@ def check_evaluation_overrides(cfg: DictConfig, overrides: Sequence[str], groups
             + "; solopo-eval would ignore it" for override in training_only(cfg, overrides, groups)]
 
 
-def check_evaluation_deletions(cfg: DictConfig, overrides: Sequence[str], groups: Iterable[str]) -> Problems:
-    """~KEY on an evaluation's command line that deletes what it reads (~trainer holds trainer.precision; ~seed,
-    ~model): it then stopped in a traceback or on keys it did not name, or read a default in silence (~trainer).
-    Deleting a key only training reads is check_evaluation_overrides'."""
-    read, trained, problems = evaluation_reads(cfg), training_only(cfg, overrides, groups), []
-    for override in [o for o in overrides if o.startswith("~") and o not in trained]:
+# Keys whose absence the code takes as "none of it", as a shipped option of their group leaves them out: no experiment
+# logger (logger=none; solopo.training.lightning_run.make_logger), no benchmark (eval=default: the held-out questions),
+# no sampling block (data=pairs; data.pairs=sampled without one is named by build_sampling). Deleting one is a choice.
+OPTIONAL = ("logger", "eval.benchmark", "data.sampling")
+
+
+def check_deletions(cfg: DictConfig, overrides: Sequence[str], groups: Iterable[str],
+                    training: bool = True) -> Problems:
+    """~KEY on the command line that deletes what the run reads: for training, the keys at the top of the config that
+    training_reads lists but Hydra's (~seed, ~trainer.max_steps, ~data.template); for an evaluation, evaluation_reads
+    (~trainer holds trainer.precision). The run then stopped in a traceback (~seed: data.sampling.seed reads it), on
+    keys it did not name (~trainer: trainer._target_) or read a default in silence (~data.template). OPTIONAL keys may
+    go; an evaluation's deletion of a key only training reads is check_evaluation_overrides'."""
+    if training:
+        read, reader, ignored = {key for key in training_reads(cfg)[0] if key != "hydra"}, "solopo-train", []
+    else:
+        read, reader, ignored = evaluation_reads(cfg), "solopo-eval", training_only(cfg, overrides, groups)
+    problems = []
+    for override in [o for o in overrides if o.startswith("~") and o not in ignored]:
         key = override_key(override)
         held = [r for r in read if r == key or r.startswith(f"{key}.")]
         if not held and read_in(key, read):  # inside a key it reads: ~model.liger
             held = [key]
         held = sorted(r for r in held if not any(r.startswith(f"{other}.") for other in held))  # eval, not eval.x
-        problems += [f"{override}: deletes {', '.join(held)}, which solopo-eval reads"] if held else []
+        if held and key not in OPTIONAL:
+            problems.append(f"{override}: deletes {', '.join(held)}, which {reader} reads")
     return problems
 
 

@@ -203,17 +203,34 @@ def test_an_evaluation_names_an_override_only_training_reads(argv, line, tmp_pat
     assert done.stderr == f"error: {line}\n" and not (tmp_path / "run").exists()
 
 
-DELETED = [("~trainer", "trainer.precision"), ("~model", "model"), ("~seed", "seed"), ("~data", "data.source, data.template"),
-           ("~data.template", "data.template"), ("~data.source.n_val", "data.source.n_val"), ("~eval", "eval")]
+READER = {"solopo.evaluate": "solopo-eval", "solopo.run": "solopo-train"}
+DELETED = [("solopo.evaluate", "~trainer", "trainer.precision"), ("solopo.evaluate", "~model", "model"),
+           ("solopo.evaluate", "~seed", "seed"), ("solopo.evaluate", "~data", "data.source, data.template"),
+           ("solopo.evaluate", "~data.template", "data.template"),
+           ("solopo.evaluate", "~data.source.n_val", "data.source.n_val"), ("solopo.evaluate", "~eval", "eval"),
+           ("solopo.run", "~seed", "seed"), ("solopo.run", "~data.template", "data.template"),
+           ("solopo.run", "~trainer", "trainer"), ("solopo.run", "~trainer.max_steps", "trainer.max_steps"),
+           ("solopo.run", "~algo", "algo")]
 
 
-@pytest.mark.parametrize("override, held", DELETED, ids=[override for override, _ in DELETED])
-def test_an_evaluation_names_a_deletion_of_what_it_reads(override, held, tmp_path):
-    """~trainer and ~data.template evaluated with defaults in silence, exit 0; ~seed and ~data.source.n_val stopped in
-    a traceback (the latter in a new run directory); ~model and ~eval on keys the message listed, not the deletion."""
-    done = call("solopo.evaluate", [override, "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
-    assert done.stderr == f"error: {override}: deletes {held}, which solopo-eval reads\n"
+@pytest.mark.parametrize("module, override, held", DELETED, ids=[f"{m} {o}" for m, o, _ in DELETED])
+def test_a_deletion_of_what_the_run_reads_is_named(module, override, held, tmp_path):
+    """One rule for both commands (solopo.settings.rules.check_deletions). solopo-eval: ~trainer and ~data.template
+    evaluated with defaults in silence, exit 0; ~seed and ~data.source.n_val stopped in a traceback (the latter in a
+    new run directory); ~model and ~eval on keys the message listed, not the deletion. solopo-train: ~data.template
+    trained on the default prompt in silence, exit 0; ~seed and ~trainer.max_steps stopped in a traceback; ~trainer
+    and ~algo on their _target_, not the deletion."""
+    done = call(module, [override, "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: {override}: deletes {held}, which {READER[module]} reads\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_deletion_of_what_the_run_can_do_without_is_taken():
+    """No experiment logger (logger=none: an empty group), no benchmark (eval=default: the held-out questions), no
+    sampling block (data=pairs has none; smoke's pairs are gold): solopo.settings.rules.OPTIONAL, for training as for
+    an evaluation, which refused ~eval.benchmark."""
+    refuse_bad_values(["experiment=smoke", "~logger", "~data.sampling", "eval=longbench", "~eval.benchmark"])
+    refuse_bad_values(["experiment=smoke", "eval=longbench", "~eval.benchmark"], training=False)
 
 
 def test_an_evaluation_takes_the_keys_it_reads():
