@@ -148,6 +148,25 @@ def folder_refusal(error: Exception, argv: Sequence[str]) -> Optional[str]:
     return f"{given}: {parent}/{below} is a folder of the config group {parent}; choose {parent}={below}/OPTION"
 
 
+def deletion_refusal(error: Exception, argv: Sequence[str], overrides: Sequence[str], hydra,
+                     name: str) -> Optional[str]:
+    """The one line for Hydra's refusal of ~KEY where KEY holds no value ("Could not delete from config. 'KEY' does not
+    exist", exit 1): a key whose value is null (~eval.every_n_steps), which Hydra's delete takes for none, or a key
+    the config lacks; or None for any other error. Which of the two: the config composed without that override."""
+    found = re.search(r"Could not delete from config\. '([^']+)' does not exist", str(error))
+    if found is None or hydra is None:
+        return None
+    key = found.group(1)
+    given = next((o for o in overrides if o.partition("=")[0] == f"~{key}"), f"~{key}")
+    try:
+        _, rest = added_keys(hydra, name, [o for o in overrides if o != given], config_dirs(argv))
+    except Exception:  # noqa: BLE001 - another of its overrides is refused too: Hydra's words, as before
+        return None
+    if lacks(rest, key):
+        return f"{given}: the config has no such key"
+    return f"{given}: {key} is null already; Hydra deletes only a key that holds a value"
+
+
 # solopo's options that need a Hydra plugin: the plugin's module and the extra of setup.cfg that installs it
 PLUGIN_OPTIONS = {"hparams_search=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
                   "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
@@ -186,11 +205,11 @@ def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], 
     if (args.help or args.hydra_help or args.cfg == "hydra" or args.info or args.shell_completion
             or args.experimental_rerun):
         return []
+    hydra, name = None, args.config_name or config_name
     try:
         hydra = app_hydra(argv)
         if hydra is None:
             return []
-        name = args.config_name or config_name
         overrides, master = added_keys(hydra, name, args.overrides, config_dirs(argv))
         if master.hydra.launcher._target_ != BASIC.format("launcher", "Launcher"):
             return []
@@ -198,7 +217,7 @@ def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], 
             return [(overrides, hydra.compose_config(name, overrides, RunMode.RUN))]
         return sweep_jobs(hydra, master)
     except Exception as err:  # noqa: BLE001 - a command line Hydra cannot compose is Hydra's to report, in its words
-        if (line := folder_refusal(err, argv)) is not None:
+        if (line := folder_refusal(err, argv) or deletion_refusal(err, argv, args.overrides, hydra, name)) is not None:
             stop(line)
         return []
     finally:

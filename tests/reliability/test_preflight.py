@@ -233,6 +233,23 @@ def test_a_deletion_of_what_the_run_can_do_without_is_taken():
     refuse_bad_values(["experiment=smoke", "eval=longbench", "~eval.benchmark"], training=False)
 
 
+HYDRA_CANNOT = [("solopo.evaluate", ["~eval.every_n_steps"],
+                 "~eval.every_n_steps: eval.every_n_steps is null already; Hydra deletes only a key that holds a value"),
+                ("solopo.run", ["-m", "seed=0,1", "~eval.every_n_steps"],
+                 "~eval.every_n_steps: eval.every_n_steps is null already; Hydra deletes only a key that holds a value"),
+                ("solopo.run", ["~optim.nosuch"], "~optim.nosuch: the config has no such key")]
+
+
+@pytest.mark.parametrize("module, argv, line", HYDRA_CANNOT, ids=[f"{m} {' '.join(a)}" for m, a, _ in HYDRA_CANNOT])
+def test_a_deletion_hydra_cannot_make_is_one_line(module, argv, line, tmp_path):
+    """Hydra's delete takes a key whose value is null for a key the config lacks: "Could not delete from config.
+    'eval.every_n_steps' does not exist" and a hint at HYDRA_FULL_ERROR, exit 1, for a key conf/eval/default.yaml
+    holds."""
+    done = call(module, [*argv, "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}",
+                         f"hydra.sweep.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: {line}\n" and not (tmp_path / "run").exists()
+
+
 def test_an_evaluation_takes_the_keys_it_reads():
     """The model, eval, the data source and what it reads (data.path, data.split), data.template, the trainer's
     precision (trainer=cpu sets it), the seed and Hydra's keys; an overlay at the top of the config (experiment=)."""
