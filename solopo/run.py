@@ -64,12 +64,18 @@ def entry() -> None:
                          f"{', '.join(str(path) for path in SWEEP_FAILURES)} (python -m solopo.report lists them)")
 
 
+# Hydra's options that answer a question and run no job (a value may follow: --info=plugins); a prefix test would
+# also take -cd / -cp / -cn, which choose the config of a job that runs
+HYDRA_QUESTIONS = ("-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion")
+
+
 def sized_for_hardware(args: list[str]) -> list[str]:
     """The command line, with experiment=default_gpu added on a machine with a CUDA GPU when it names no experiment:
     the default run is sized to the hardware (conf/experiment/default_gpu.yaml says how), in this one place. A
-    question to Hydra itself (--help, --cfg, completion) is answered as it is, before torch loads."""
-    if any(a.startswith(("-h", "--help", "--hydra-help", "-c", "--cfg", "--info", "--shell-completion", "-sc"))
-           for a in args):
+    question to Hydra itself (--help, completion) is answered as it is; --cfg job prints the config the run would
+    use, so it is sized too. On Linux with no GPU device node torch can see no GPU: the answer comes before torch
+    loads."""
+    if any(arg.split("=", 1)[0] in HYDRA_QUESTIONS for arg in args) or not gpu_device_nodes():
         return args
     import torch
 
@@ -77,6 +83,12 @@ def sized_for_hardware(args: list[str]) -> list[str]:
         return [*args, "experiment=default_gpu"]
     return args
 
+
+def gpu_device_nodes() -> bool:
+    """Whether a GPU may be visible: always off Linux (no cheap test there), else an NVIDIA, ROCm or WSL node."""
+    import glob
+
+    return sys.platform != "linux" or any(glob.glob(pattern) for pattern in ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg"))
 
 if __name__ == "__main__":
     entry()

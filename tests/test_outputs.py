@@ -171,9 +171,15 @@ def test_the_default_run_is_sized_to_the_hardware(monkeypatch):
     """On a GPU the entry point adds the GPU preset unless the command names an experiment; on a CPU it adds nothing."""
     from solopo.run import sized_for_hardware
 
+    monkeypatch.setattr("solopo.run.gpu_device_nodes", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert sized_for_hardware(["algo=dpo"]) == ["algo=dpo", "experiment=default_gpu"]
     assert sized_for_hardware(["experiment=smoke"]) == ["experiment=smoke"]
+    # a config folder or name of one's own is a run's, and --cfg job shows the config the run would take
+    for asked in (["-cd", "mine", "algo=dpo"], ["-cn", "other"], ["--cfg", "job"], ["--cfg=all"]):
+        assert sized_for_hardware(asked) == [*asked, "experiment=default_gpu"]
+    for question in (["--help"], ["-h"], ["--hydra-help"], ["--info"], ["--info=plugins"], ["-sc", "install=bash"]):
+        assert sized_for_hardware(question) == question
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert sized_for_hardware(["algo=dpo"]) == ["algo=dpo"]
 
