@@ -431,12 +431,35 @@ def refuse_two_modes(argv: Sequence[str]) -> None:
              "a time (to see the config of one job of a sweep, give its values without -m, with --cfg job)")
 
 
+def stop_on_failed_hydra_writes() -> None:
+    """Hydra writes the run folder's .hydra/ (config.yaml, hydra.yaml, overrides.yaml) before the task function runs
+    and reports any error there itself, with a traceback and status 1: only a SystemExit passes it. Its writer is
+    wrapped so that a failed write (a full disk) ends the process as every other does (solopo.cache's
+    stop_on_failed_writes), in one line naming the file, status 2; any other error is left to Hydra. Once a process."""
+    import hydra.core.utils as hydra_utils
+
+    from solopo.cache import stop_on_failed_writes, writing  # solopo.cache imports stop from here
+
+    save = getattr(hydra_utils, "_save_config", None)  # run_job calls it by this name, for each of the three files
+    if save is None or getattr(save, "stops_on_failed_writes", False):  # another Hydra's layout, or wrapped already
+        return
+
+    def save_config(cfg, filename: str, output_dir: Path) -> None:
+        with stop_on_failed_writes(), writing(Path(output_dir) / filename):
+            save(cfg, filename, output_dir)
+
+    save_config.stops_on_failed_writes = True
+    hydra_utils._save_config = save_config
+
+
 def preflight(argv: Sequence[str], run_dir: bool = True) -> None:
     """The checks a command line gets before Hydra writes anything (one thing for Hydra to do, secrets, the options of
-    the config groups and the plugins they need, and, where Hydra makes one (``run_dir``), a writable run directory)."""
+    the config groups and the plugins they need, and, where Hydra makes one (``run_dir``), a writable run directory,
+    whose .hydra/ files then stop the run in one line if they cannot be written)."""
     refuse_two_modes(argv)
     refuse_secrets(argv)
     refuse_unknown_options(argv)
     refuse_missing_plugins(argv)
     if run_dir:
         refuse_unwritable(argv)
+        stop_on_failed_hydra_writes()

@@ -70,27 +70,35 @@ def fit_toy(tmp_path, max_steps: int, callbacks: list) -> pl.Trainer:
     return trainer
 
 
+class HalfFull:
+    """A file open for writing on a disk that takes half of what is written, then reports itself full."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, text):
+        self.f.write(text[: len(text) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def full_disk(monkeypatch):
     """Every file the atomic writer (solopo.cache.atomic_file) opens takes half of what is written, then reports a full
     disk."""
     real_fdopen = os.fdopen
-
-    class HalfFull:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, text):
-            self.f.write(text[: len(text) // 2])
-            self.f.flush()
-            raise OSError(errno.ENOSPC, "No space left on device")
-
     monkeypatch.setattr("solopo.cache.os.fdopen", lambda fd, mode: HalfFull(real_fdopen(fd, mode)))
+
+
+def full_disk_for_hydra(monkeypatch):
+    """The files Hydra writes in the run folder's .hydra/ (hydra.core.utils._save_config opens them) on a full disk."""
+    monkeypatch.setattr("hydra.core.utils.open", lambda path, mode, **kwargs: HalfFull(open(path, mode, **kwargs)),
+                        raising=False)  # a name of the module's own, before the builtin, for Hydra's writer alone
 
 
 def full_disk_move(src, dst):

@@ -1,5 +1,5 @@
-"""A full disk while a run writes results.json, a checkpoint (periodic or the preemption's) or a plot, or while
-solopo-eval writes its outputs: the run stops in one line that names the file (``error: could not write PATH: No space
+"""A full disk while a run writes results.json, a checkpoint (periodic or the preemption's) or a plot, while
+solopo-eval writes its outputs, or while Hydra writes the run folder's .hydra/ before either begins: the run stops in one line that names the file (``error: could not write PATH: No space
 left on device``), exit status 2, no traceback, failed.json where the disk still takes it, and no temporary file left
 behind. (The write itself, which keeps the previous file whole: test_caches and test_checkpoints; a failed cache
 write, a warning: test_caches; the embedded model's folder: test_model_cache.)"""
@@ -14,9 +14,10 @@ import torch
 from in_process import call
 from solopo.cache import WriteFailed, failed_write
 from solopo.training.callbacks import Preemption
-from support import full_disk, full_disk_for_checkpoints, smoke_here
+from support import ROOT, SMOKE, full_disk, full_disk_for_checkpoints, full_disk_for_hydra, smoke_here
 
 NO_EVAL = ["eval.enabled=false", "logger=none"]
+EVAL = ["model=tiny", "eval.n_items=2", "eval.lengths=[short,256]", "eval.depths=[0.5]"]  # solopo-eval, small
 
 
 def signal_at_step_2(monkeypatch):
@@ -90,11 +91,24 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line(when, tmp_path, m
 def test_a_full_disk_stops_an_evaluation_in_one_line(tmp_path, monkeypatch):
     """solopo-eval's first write is a plot: the line names it, and no part of it is left."""
     full_disk(monkeypatch)
-    done = call("solopo.evaluate", ["model=tiny", "eval.n_items=2", "eval.lengths=[short,256]", "eval.depths=[0.5]",
-                                    f"hydra.run.dir={tmp_path}"], expect=2)
+    done = call("solopo.evaluate", [*EVAL, f"hydra.run.dir={tmp_path}"], expect=2)
     line = stopped(done)
     assert line.startswith(f"error: could not write {tmp_path}/eval_") and line.endswith(".png: No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "evaluate.log"]
+
+
+@pytest.mark.parametrize("full_error", ["0", "1"], ids=["hydra_report", "hydra_full_error"])
+@pytest.mark.parametrize("command, args", [("solopo.run", [*SMOKE, *NO_EVAL]), ("solopo.evaluate", EVAL)],
+                         ids=["train", "eval"])
+def test_a_full_disk_as_hydra_writes_the_run_folder_stops_in_one_line(command, args, full_error, tmp_path,
+                                                                      monkeypatch):
+    """Hydra writes .hydra/config.yaml before the task function runs and reported the failure itself: a traceback and
+    status 1, whether it prints the traceback in full (HYDRA_FULL_ERROR=1) or not (the default)."""
+    full_disk_for_hydra(monkeypatch)
+    done = call(command, [*args, f"hydra.run.dir={tmp_path}"], expect=2, env={"HYDRA_FULL_ERROR": full_error},
+                cwd=ROOT)
+    assert stopped(done) == f"error: could not write {tmp_path / '.hydra' / 'config.yaml'}: No space left on device"
+    assert done.stderr.strip().splitlines() == [stopped(done)]
 
 
 def test_a_failed_write_is_found_under_what_it_caused():
