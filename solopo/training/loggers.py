@@ -1,14 +1,17 @@
 """Experiment loggers that need more than their Lightning class: wandb that runs offline without a key, and both
 loggers continuing where an interrupted run left off when it is resumed (ckpt_path=...); what the libraries print,
-kept to what a user can act on (quiet_libraries), and plain progress lines where no terminal shows a bar."""
+kept to what a user can act on (quiet_libraries), plain progress lines where no terminal shows a bar, and the run's log
+file, whose failed write stops the run (RunLog)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import netrc
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -21,6 +24,7 @@ from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from solopo.cache import WriteFailed, stop_on_failed_writes, writing
 from solopo.progress import duration
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,39 @@ def rank_zero_voice(rank: int) -> None:
     for handler in logging.getLogger().handlers:
         if warning_or_worse not in handler.filters:  # added once however often called
             handler.addFilter(warning_or_worse)
+
+
+class RunLog(logging.FileHandler):
+    """The run's log file, <run dir>/run.log (evaluate.log for solopo-eval; conf/hydra/job_logging/solopo.yaml).
+
+    A write of it that fails (a full disk) is fatal, as every failed write of a run is (solopo.cache's
+    stop_on_failed_writes, lightning_run.failure_recorded), rather than a run that goes on without its log: on a full
+    disk its checkpoint and results.json would fail next, and logging's own report is a "--- Logging error ---"
+    traceback on stderr for every line. The first failed line raises a WriteFailed naming the file from the call that
+    logged it, which ends the run in one line, status 2 (failed.json where the disk takes it; a job of a sweep: the
+    sweep goes on). The lines after it reach the console only: the run's teardown logs too. A forked process (a
+    DataLoader worker) or another thread cannot end the run: it drops its line, and the main thread stops the run at
+    its own next line, which the full disk refuses too."""
+
+    def __init__(self, filename: str, *args, **kwargs):
+        self.failed, self.owner = False, os.getpid()
+        # opened by Hydra before the task function runs, where Hydra would report a failure with a traceback
+        with stop_on_failed_writes(), writing(Path(filename)):
+            super().__init__(filename, *args, **kwargs)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):  # a record that cannot be formatted: logging's own report
+            super().handleError(record)
+        elif os.getpid() == self.owner and threading.current_thread() is threading.main_thread():
+            self.failed = True
+            with contextlib.suppress(OSError):  # closed with the line it holds unwritten: each flush would fail
+                self.close()
+            raise WriteFailed.of(self.baseFilename, err) from err
 
 
 class ProgressLines(Callback):

@@ -1,9 +1,10 @@
 """`python -m solopo.run` on the tiny model, as a subprocess (a fresh interpreter, signals, several processes) or in
 this process (tests/in_process.py), and what its run directory holds; a toy Lightning module for the callbacks; a full
-disk, as the atomic writer and Lightning's checkpoint writer meet it."""
+disk, as the atomic writer, Lightning's checkpoint writer, the run's log file and Hydra's writer of .hydra/ meet it."""
 import csv
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -93,6 +94,34 @@ def full_disk(monkeypatch):
     disk."""
     real_fdopen = os.fdopen
     monkeypatch.setattr("solopo.cache.os.fdopen", lambda fd, mode: HalfFull(real_fdopen(fd, mode)))
+
+
+class FullAfter:
+    """A log file on a disk that takes ``lines`` lines, then reports itself full."""
+
+    def __init__(self, f, lines: int):
+        self.f, self.lines = f, lines
+
+    def write(self, text):
+        if self.lines <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.lines -= 1
+        return self.f.write(text)
+
+    def __getattr__(self, name):  # flush, close, name: the file's
+        return getattr(self.f, name)
+
+
+def full_disk_for_the_log(monkeypatch, lines: int = 0):
+    """The run's log file (run.log, evaluate.log; opened by logging's FileHandler) takes ``lines`` lines, then the disk
+    is full."""
+    real_open = logging.FileHandler._open
+
+    def full_after(handler):
+        f = real_open(handler)
+        return FullAfter(f, lines) if Path(handler.baseFilename).name in ("run.log", "evaluate.log") else f
+
+    monkeypatch.setattr(logging.FileHandler, "_open", full_after)
 
 
 def full_disk_for_hydra(monkeypatch):

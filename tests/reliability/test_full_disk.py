@@ -1,12 +1,15 @@
-"""A full disk while a run writes results.json, a checkpoint (periodic or the preemption's) or a plot, while
-solopo-eval writes its outputs, or while Hydra writes the run folder's .hydra/ before either begins: the run stops in one line that names the file (``error: could not write PATH: No space
-left on device``), exit status 2, no traceback, failed.json where the disk still takes it, and no temporary file left
-behind. (The write itself, which keeps the previous file whole: test_caches and test_checkpoints; a failed cache
-write, a warning: test_caches; the embedded model's folder: test_model_cache.)"""
+"""A full disk while a run writes results.json, a checkpoint (periodic or the preemption's), a plot or its log, while
+solopo-eval writes its outputs, or while Hydra writes the run folder's .hydra/ before either begins: the run stops in
+one line that names the file (``error: could not write PATH: No space left on device``), exit status 2, no traceback,
+failed.json where the disk still takes it, and no temporary file left behind. (The write itself, which keeps the
+previous file whole: test_caches and test_checkpoints; a failed cache write, a warning: test_caches; the embedded
+model's folder: test_model_cache.)"""
 import errno
 import json
+import logging
 import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -14,7 +17,8 @@ import torch
 from in_process import call
 from solopo.cache import WriteFailed, failed_write
 from solopo.training.callbacks import Preemption
-from support import ROOT, SMOKE, full_disk, full_disk_for_checkpoints, full_disk_for_hydra, smoke_here
+from support import (ROOT, SMOKE, full_disk, full_disk_for_checkpoints, full_disk_for_hydra, full_disk_for_the_log,
+                     smoke_here)
 
 NO_EVAL = ["eval.enabled=false", "logger=none"]
 EVAL = ["model=tiny", "eval.n_items=2", "eval.lengths=[short,256]", "eval.depths=[0.5]"]  # solopo-eval, small
@@ -109,6 +113,49 @@ def test_a_full_disk_as_hydra_writes_the_run_folder_stops_in_one_line(command, a
                 cwd=ROOT)
     assert stopped(done) == f"error: could not write {tmp_path / '.hydra' / 'config.yaml'}: No space left on device"
     assert done.stderr.strip().splitlines() == [stopped(done)]
+
+
+@pytest.mark.parametrize("lines", [0, 5], ids=["at_once", "during_the_fit"])  # the 6th: the fit's first batch's
+def test_a_full_disk_at_run_log_stops_the_run_in_one_line(lines, tmp_path, monkeypatch):
+    """logging printed its "--- Logging error ---" traceback on stderr for each line the run logged once the disk was
+    full, and the run went on to status 0: the first line that cannot be written stops it, as any failed write does,
+    and failed.json (the disk takes it here) says why."""
+    full_disk_for_the_log(monkeypatch, lines)
+    done = smoke_here([*NO_EVAL, f"hydra.run.dir={tmp_path}"], expect=2)
+    detail = f"could not write {tmp_path / 'run.log'}: No space left on device"
+    assert stopped(done) == f"error: {detail}" and done.stderr.strip().splitlines() == [f"error: {detail}"]
+    failure = json.loads((tmp_path / "failed.json").read_text())
+    assert (failure["reason"], failure["detail"]) == ("write failed", detail)
+    assert len((tmp_path / "run.log").read_text().splitlines()) == lines
+
+
+def test_a_full_disk_at_evaluate_log_stops_an_evaluation_in_one_line(tmp_path, monkeypatch):
+    full_disk_for_the_log(monkeypatch)
+    done = call("solopo.evaluate", [*EVAL, f"hydra.run.dir={tmp_path}"], expect=2)
+    assert stopped(done) == f"error: could not write {tmp_path / 'evaluate.log'}: No space left on device"
+
+
+def test_a_full_log_met_by_another_thread_is_left_to_the_main_thread(tmp_path, monkeypatch, capsys):
+    """A thread (or a forked DataLoader worker) cannot stop the run: its line is dropped, without logging's report; the
+    main thread's next line stops the run, and the lines after that one reach the console only."""
+    from solopo.training.loggers import RunLog
+
+    full_disk_for_the_log(monkeypatch)
+    log = logging.getLogger("solopo.tests.run_log")
+    log.propagate, handler = False, RunLog(str(tmp_path / "run.log"))
+    log.addHandler(handler)
+    try:
+        thread = threading.Thread(target=log.warning, args=["from a thread"])
+        thread.start()
+        thread.join()
+        with pytest.raises(WriteFailed) as failed:
+            log.warning("from the main thread")
+        log.warning("after the failure")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert str(failed.value) == f"could not write {tmp_path / 'run.log'}: No space left on device"
+    assert capsys.readouterr().err == ""
 
 
 def test_a_failed_write_is_found_under_what_it_caused():
