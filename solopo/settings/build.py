@@ -29,7 +29,7 @@ from solopo.records import DataFileError
 from solopo.scoring import FromFunction, as_scorer
 from solopo.step import context_parallel
 from solopo.step.context_parallel import ContextSplit
-from solopo.settings.fields import Problems, SettingsError, flag, in_group, number
+from solopo.settings.fields import ConfigError, Problems, SettingsError, flag, in_group, number
 from solopo.settings.groups import (check_data, check_logger, check_run, check_trainer, lightning_arguments,
                                     missing_options, target, unknown_options)
 from solopo.settings.rules import check_deletions, cross_group_rules
@@ -41,10 +41,6 @@ RUN_KEYS = ("seed", "reference", "packing", "logp_chunk_size", "val_every_n_step
             "checkpoint", "faults", "cache")
 EVAL_KEYS = ("enabled", "n_items", "vllm", "benchmark")  # the eval group's keys that EvalSettings does not hold
 FROM_ELSEWHERE = ("seed", "template", "precision")  # EvalSettings fields other groups set
-
-
-class ConfigError(Exception):
-    """A mistake in the config, as one line naming the keys; the run stops before any model loads."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,13 @@ from typing import Any, Iterable, Optional
 Problems = list[str]
 
 
+class ConfigError(Exception):
+    """A mistake in the config, or in what it points at (a data file, the embedded model's source), as one line naming
+    the keys, the setting or the file; the entry points stop on it with that line, status 2, before any model loads
+    where they can (solopo.settings.build.stop_on_config_errors). Here, with no imports, so that any layer may raise
+    one."""
+
+
 class SettingsError(ValueError):
     """A settings object refused its fields; ``problems`` are ``field=value: reason``, each naming one field."""
 
