@@ -79,7 +79,7 @@ gpu_call_process() {
 # a wrapper left defunct because nothing reaps it) does not count: no status yet, and that very process alive.
 gpu_call_launcher_alive() {
   local pid start state now_start
-  read -r pid start < "$STUDY/launcher.pid" 2>/dev/null || return 1
+  read -r pid start 2>/dev/null < "$STUDY/launcher.pid" || return 1  # stderr first: no file, no message
   [ -n "$pid" ] && ! [ -e "$STUDY/launcher.rc" ] || return 1
   read -r state now_start <<< "$(gpu_call_process "$pid")"
   [ -n "$state" ] && [ "$state" != Z ] && [ "$now_start" = "$start" ]
