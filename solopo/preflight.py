@@ -7,7 +7,8 @@ console scripts call ``preflight`` first. Every bad setting or input file ends t
 An option that no config group holds (algo=dpx) is refused here too, in one line, where Hydra's own message spans a
 dozen lines; so is a bad value (optim.lr=-1) in the run or in any job of a sweep (``values_checked``), before Hydra
 makes a run or sweep directory for a job that would stop at once, or, where Hydra only prints the config (--cfg job),
-once it has printed it.
+once it has printed it. solopo.hydra_errors turns Hydra's own failures (its refusals of the command line, a .hydra/
+file it cannot write) into that one line.
 """
 from __future__ import annotations
 
@@ -135,38 +136,6 @@ def config_groups() -> str:
     return "\n".join(line for line in lines if not line.endswith(": "))
 
 
-def folder_refusal(error: Exception, argv: Sequence[str]) -> Optional[str]:
-    """The one line for Hydra's refusal of a group's folder chosen as if it were a group (experiment/decisive=a,
-    a folder of options under its group), or None for any other error, which Hydra reports in its own words."""
-    found = re.search(r"Could not override '([^'/]+)/([^']+)'\. No match in the defaults list", str(error))
-    if found is None:
-        return None
-    parent, below = found.groups()
-    given = next((a.lstrip("+") for a in argv if a.lstrip("+").startswith(f"{parent}/{below}=")), f"{parent}/{below}")
-    if below.split("/")[-1] == PARTS:
-        return f"{given}: conf/{parent}/{below} holds blocks the {parent} options compose, not options"
-    return f"{given}: {parent}/{below} is a folder of the config group {parent}; choose {parent}={below}/OPTION"
-
-
-def deletion_refusal(error: Exception, argv: Sequence[str], overrides: Sequence[str], hydra,
-                     name: str) -> Optional[str]:
-    """The one line for Hydra's refusal of ~KEY where KEY holds no value ("Could not delete from config. 'KEY' does not
-    exist", exit 1): a key whose value is null (~eval.every_n_steps), which Hydra's delete takes for none, or a key
-    the config lacks; or None for any other error. Which of the two: the config composed without that override."""
-    found = re.search(r"Could not delete from config\. '([^']+)' does not exist", str(error))
-    if found is None or hydra is None:
-        return None
-    key = found.group(1)
-    given = next((o for o in overrides if o.partition("=")[0] == f"~{key}"), f"~{key}")
-    try:
-        _, rest = added_keys(hydra, name, [o for o in overrides if o != given], config_dirs(argv))
-    except Exception:  # noqa: BLE001 - another of its overrides is refused too: Hydra's words, as before
-        return None
-    if lacks(rest, key):
-        return f"{given}: the config has no such key"
-    return f"{given}: {key} is null already; Hydra deletes only a key that holds a value"
-
-
 # solopo's options that need a Hydra plugin: the plugin's module and the extra of setup.cfg that installs it
 PLUGIN_OPTIONS = {"hparams_search=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
                   "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
@@ -200,6 +169,8 @@ def job_configs(argv: Sequence[str], config_name: str) -> list[tuple[list[str], 
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
+
+    from solopo.hydra_errors import added_keys, deletion_refusal, folder_refusal  # it imports PARTS, config_dirs
 
     args, _ = get_args_parser().parse_known_args(list(argv))
     if (args.help or args.hydra_help or args.cfg == "hydra" or args.info or args.shell_completion
@@ -236,47 +207,6 @@ def sweep_jobs(hydra, master) -> list[tuple[list[str], object]]:
     parsed = OverridesParser.create().parse_overrides(params + list(master.hydra.overrides.task))
     return [(job, hydra.config_loader.load_sweep_config(master, job))
             for job in BasicSweeper.split_arguments(parsed, None)[0]]
-
-
-def added_keys(hydra, name: str, overrides: list[str], dirs: list[Path]):
-    """(the overrides, the config they compose for a sweep): where Hydra refuses to set a key the config lacks
-    (optim.lrr=1, foo=1; its error spans nine lines), that key added (+optim.lrr=1), so that the settings' checks
-    name it in one line, with the key meant as a hint (values_checked)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import ConfigCompositionException
-    from hydra.types import RunMode
-
-    def compose(given):
-        return hydra.compose_config(name, given, RunMode.MULTIRUN, validate_sweep_overrides=False)
-
-    try:
-        master = compose(overrides)
-    except ConfigCompositionException:
-        master = None
-    parser = OverridesParser.create()
-    settings = [o for o in overrides if is_setting(parser.parse_override(o), dirs)]
-    bare = master if master is not None else compose([o for o in overrides if o not in settings])
-    lacking = [o for o in settings if lacks(bare, o.partition("=")[0])]
-    if not lacking:  # else a sweep's values (optim.lrr=1,2), which the sweep's config leaves out, or Hydra's refusal
-        return overrides, master if master is not None else compose(overrides)
-    overrides = ["+" + o if o in lacking else o for o in overrides]
-    return overrides, compose(overrides)
-
-
-def lacks(cfg, key: str) -> bool:
-    """Whether the config has no ``key``; a mandatory key (???, data.path) it has."""
-    if OmegaConf.select(cfg, key, default=KeyError, throw_on_missing=False) is not KeyError:
-        return False
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False) if parent else cfg
-    return not (OmegaConf.is_dict(node) and leaf in node.keys())
-
-
-def is_setting(override, dirs: list[Path]) -> bool:
-    """An override that sets a value (optim.lr=1): no +, ++ or ~, and neither a config group nor Hydra's own."""
-    key = override.key_or_group
-    return (override.type.name == "CHANGE" and override.package is None and not key.startswith("hydra")
-            and not any((folder / key).is_dir() for folder in dirs))
 
 
 @contextlib.contextmanager
@@ -338,8 +268,8 @@ def configs_checked(argv: Sequence[str], config_name: str,
 def first_problem(jobs: list[tuple[list[str], object]], argv: Sequence[str],
                   problem: Callable[[object], Optional[str]]) -> Optional[str]:
     """The line of the first job's config that ``problem`` finds wrong, or None. A key the config lacks (optim.lrr=1,
-    added by added_keys) is named by the checks with a hint, or, where something takes any key, with the + that adds
-    it."""
+    added by solopo.hydra_errors.added_keys) is named by the checks with a hint, or, where something takes any key,
+    with the + that adds it."""
     for number, (overrides, cfg) in enumerate(jobs):
         if (found := problem(cfg)) is not None:
             return f"sweep job {number} ({' '.join(overrides)}): {found}" if len(jobs) > 1 else found
@@ -348,7 +278,8 @@ def first_problem(jobs: list[tuple[list[str], object]], argv: Sequence[str],
 
 
 def lacking_keys(jobs: list[tuple[list[str], object]], argv: Sequence[str]) -> list[str]:
-    """The overrides of ``argv`` that set a key the config lacks, as added_keys wrote them (with a +)."""
+    """The overrides of ``argv`` that set a key the config lacks, as solopo.hydra_errors.added_keys wrote them: with
+    a +."""
     given = {o.partition("=")[0] for o in argv}
     return [o for o in (jobs[0][0] if jobs else ()) if o.startswith("+") and o.partition("=")[0][1:] in given]
 
@@ -431,31 +362,12 @@ def refuse_two_modes(argv: Sequence[str]) -> None:
              "a time (to see the config of one job of a sweep, give its values without -m, with --cfg job)")
 
 
-def stop_on_failed_hydra_writes() -> None:
-    """Hydra writes the run folder's .hydra/ (config.yaml, hydra.yaml, overrides.yaml) before the task function runs
-    and reports any error there itself, with a traceback and status 1: only a SystemExit passes it. Its writer is
-    wrapped so that a failed write (a full disk) ends the process as every other does (solopo.cache's
-    stop_on_failed_writes), in one line naming the file, status 2; any other error is left to Hydra. Once a process."""
-    import hydra.core.utils as hydra_utils
-
-    from solopo.cache import stop_on_failed_writes, writing  # solopo.cache imports stop from here
-
-    save = getattr(hydra_utils, "_save_config", None)  # run_job calls it by this name, for each of the three files
-    if save is None or getattr(save, "stops_on_failed_writes", False):  # another Hydra's layout, or wrapped already
-        return
-
-    def save_config(cfg, filename: str, output_dir: Path) -> None:
-        with stop_on_failed_writes(), writing(Path(output_dir) / filename):
-            save(cfg, filename, output_dir)
-
-    save_config.stops_on_failed_writes = True
-    hydra_utils._save_config = save_config
-
-
 def preflight(argv: Sequence[str], run_dir: bool = True) -> None:
     """The checks a command line gets before Hydra writes anything (one thing for Hydra to do, secrets, the options of
     the config groups and the plugins they need, and, where Hydra makes one (``run_dir``), a writable run directory,
     whose .hydra/ files then stop the run in one line if they cannot be written)."""
+    from solopo.hydra_errors import stop_on_failed_hydra_writes  # it imports PARTS and config_dirs from here
+
     refuse_two_modes(argv)
     refuse_secrets(argv)
     refuse_unknown_options(argv)
