@@ -126,7 +126,9 @@ class FileFailed(OSError):
         return cls(err.errno, f"could not {cls.verb} {path}: {err.strerror or err}", str(path))
 
     def __str__(self) -> str:
-        return self.strerror
+        # A DataLoader worker's failure is rebuilt in the parent from one argument, the worker's traceback (torch's
+        # ExceptionWrapper): no strerror, only that text, which OSError's own str() shows.
+        return self.strerror if self.strerror is not None else super().__str__()
 
 
 class WriteFailed(FileFailed):

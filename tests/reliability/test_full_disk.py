@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import pickle
 import signal
 import threading
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from in_process import call
-from solopo.cache import WriteFailed, failed_write
+from solopo.cache import ReadFailed, WriteFailed, failed_write
 from solopo.training.callbacks import Preemption
 from support import (ROOT, SMOKE, full_disk, full_disk_for_checkpoints, full_disk_for_hydra, full_disk_for_the_log,
                      smoke_here)
@@ -174,3 +175,30 @@ def test_a_failed_write_is_found_under_what_it_caused():
     assert str(failed_write(bare)) == "could not write an output file: Disk quota exceeded"
     assert failed_write(ValueError("bad value")) is None
     assert failed_write(FileNotFoundError(errno.ENOENT, "No such file or directory", "/data.jsonl")) is None
+
+
+class Failing(torch.utils.data.Dataset):
+    """A dataset whose one item raises ``failure``, in the worker process that reads it."""
+
+    def __init__(self, failure: OSError):
+        self.failure = failure
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index):
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure", [WriteFailed, ReadFailed])
+def test_a_failed_file_reaches_another_process_intact(failure):
+    """A ReadFailed or WriteFailed raised in a child process reaches the parent pickled, its path, errno and line kept;
+    from a DataLoader worker, torch rebuilds it from one argument, the worker's traceback, whose str() raised
+    TypeError (strerror None) where it should show that traceback, the failed file's line at its end."""
+    sent = failure.of("/run/results.json", OSError(errno.ENOSPC, "No space left on device"))
+    back = pickle.loads(pickle.dumps(sent))
+    assert (type(back), back.filename, back.errno, str(back)) == (failure, sent.filename, sent.errno, str(sent))
+    with pytest.raises(failure) as rebuilt:
+        next(iter(torch.utils.data.DataLoader(Failing(sent), num_workers=1)))
+    assert str(rebuilt.value).startswith(f"Caught {failure.__name__} in DataLoader worker process 0")
+    assert str(sent) in str(rebuilt.value)
