@@ -53,19 +53,31 @@ class StageCosts:
 
 
 class Throughput(pl.Callback):
-    """Logs, every step: train/tokens_per_s, the fit's mean so far (real tokens trained on / seconds spent in training
-    steps, the number the run prints at its end), train/step_tokens and train/step_time_s (this step's tokens and
-    seconds, for a rate over any range of steps) and train/peak_mem_gib (since training started)."""
+    """Logs, every step: train/tokens_per_s, the training's mean so far (real tokens trained on / seconds spent in
+    training steps, the number the run prints at its end), train/step_tokens and train/step_time_s (this step's tokens
+    and seconds, for a rate over any range of steps) and train/peak_mem_gib (since training started). The counts go
+    into the checkpoint, with the seconds since the fit began (``started``, a time.perf_counter() reading): a run
+    resumed mid-training counts the tokens and seconds of the steps before the resume too, and ``earlier_fit_s`` is
+    what its stopped runs spent in their fits up to the checkpoint."""
 
-    def __init__(self):
+    def __init__(self, started: float):
+        self._started = started
         self._start = 0.0
         self.tokens = 0
         self.seconds = 0.0
+        self.earlier_fit_s = 0.0
 
     @property
     def tokens_per_s(self) -> float:
-        """The fit's mean: every training step's tokens over every training step's seconds."""
+        """The training's mean: every training step's tokens over every training step's seconds."""
         return self.tokens / max(self.seconds, 1e-9)
+
+    def state_dict(self) -> dict:
+        return {"tokens": self.tokens, "seconds": self.seconds,
+                "fit_s": self.earlier_fit_s + time.perf_counter() - self._started}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tokens, self.seconds, self.earlier_fit_s = state_dict["tokens"], state_dict["seconds"], state_dict["fit_s"]
 
     def _sync(self, pl_module: pl.LightningModule) -> None:
         if pl_module.device.type == "cuda":

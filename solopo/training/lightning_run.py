@@ -80,9 +80,10 @@ def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: 
 
 
 def fit(cfg: DictConfig, settings: Settings, run_dir: Path, ckpt_path, module: SoLoPOModule, loaders: dict,
-        preemption: Preemption, extra: tuple = ()):
-    """Trains; returns the trainer and the callbacks whose records go into results.json."""
-    throughput, guard = Throughput(), NumericalGuard(cfg.faults.max_consecutive_bad_steps)
+        preemption: Preemption, started: float, extra: tuple = ()):
+    """Trains; returns the trainer and the callbacks whose records go into results.json. ``started``: when the fit's
+    seconds (results.json's fit_s) began, a time.perf_counter() reading."""
+    throughput, guard = Throughput(started), NumericalGuard(cfg.faults.max_consecutive_bad_steps)
     callbacks = [throughput, guard, preemption, RngState(), LoaderPosition(loaders["train"]), *extra]
     trainer = make_trainer(cfg, settings, run_dir, callbacks, resume=ckpt_path is not None)
     if ckpt_path is not None:

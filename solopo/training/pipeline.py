@@ -50,7 +50,8 @@ from solopo.training.eval_callback import eval_during_training
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
 from solopo.training.precision import autocast_dtype, weights_dtype
 from solopo.training.reference import SplitReference, with_reference_logps
-from solopo.training.results import RunFailed, final_metrics, redact, where_it_ran, with_recorded_training
+from solopo.training.results import (RunFailed, final_metrics, redact, where_it_ran, with_earlier_fits,
+                                     with_recorded_training)
 from solopo.training.lightning_run import finish_run, fit, strategy_of
 from solopo.training.resume import ResumableLoader, completed_results, resolve_ckpt_path
 
@@ -370,7 +371,7 @@ def train(cfg: DictConfig) -> dict:
     with preemption.watching():  # SIGTERM, SIGUSR1 and Ctrl-C, from the fit until results.json is written
         with stages("training"):
             trainer, throughput, guard = fit(cfg, settings, run_dir, ckpt_path, module, loaders, preemption,
-                                             extra=((during,) if during else ()) + in_fit)
+                                             started=data_done, extra=((during,) if during else ()) + in_fit)
         fit_done = time.perf_counter()
         metrics = final_metrics(trainer.callback_metrics)
         with preemption.after_training(trainer):  # a preempted job has seconds left: it stops at once
@@ -382,6 +383,7 @@ def train(cfg: DictConfig) -> dict:
         timings = {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
                    "validate_s": done - fit_done, "total_s": done - started, "train_tokens": throughput.tokens,
                    "train_tokens_per_s": throughput.tokens_per_s, "stages": stages.record}  # tokens: real ones
+        timings = with_earlier_fits(timings, throughput.earlier_fit_s)  # tokens: the counter holds the earlier ones
         results = with_recorded_training(run_record(cfg, trainer, metrics, data_counts, keys, plain, ckpt_path,
                                                     guard.summary(), during.record() if during else None, timings),
                                          run_dir, ckpt_path)

@@ -52,13 +52,24 @@ def recorded_training(run_dir: Path, ckpt_path: Path | None, step: int) -> dict:
             "timings": {**{key: timings[key] for key in TRAINING_TIMINGS if key in timings}, "stages": stages}}
 
 
+def with_earlier_fits(timings: dict, earlier_fit_s: float) -> dict:
+    """The timings of a run resumed mid-training with ``earlier_fit_s``, the seconds its stopped runs spent in their
+    fits up to the checkpoint (callbacks.Throughput keeps them there), added to fit_s, the training stage's and
+    total_s: they cover the whole training, and total_s stays the sum of model_s, data_s, fit_s and validate_s."""
+    stages = timings["stages"]
+    if "training" in stages:
+        stages = {**stages, "training": {**stages["training"], "s": stages["training"]["s"] + earlier_fit_s}}
+    return {**timings, "fit_s": timings["fit_s"] + earlier_fit_s, "total_s": timings["total_s"] + earlier_fit_s,
+            "stages": stages}
+
+
 def with_recorded_training(results: dict, run_dir: Path, ckpt_path: Path | None) -> dict:
     """``results`` as the uninterrupted run would report its training. A run resumed from a checkpoint written after
     its training (preempted in its final validation or evaluation) trains no step: it reports the training figures its
     stopped run recorded (recorded_training) in place of its own, and total_s counts that fit's seconds in place of
     its own, so that it stays the sum of model_s, data_s, fit_s and validate_s. Its setup and evaluation timings are
-    its own. A run that trained is left as it is."""
-    if results["timings"]["train_tokens"] or not (recorded := recorded_training(run_dir, ckpt_path, results["steps"])):
+    its own. A run that trained has gone past the recorded step, and is left as it is."""
+    if not (recorded := recorded_training(run_dir, ckpt_path, results["steps"])):
         return results
     own = results["timings"]
     timings = {**own, **recorded["timings"], "stages": {**own["stages"], **recorded["timings"]["stages"]}}
@@ -103,7 +114,8 @@ def redact(value: Any) -> Any:
 def final_metrics(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
     """What was logged last under each name, as floats: for train/ losses and rewards the last epoch's means over its
     pairs (SoLoPOModule.on_train_epoch_end), for val/ the last validation's, and for step-only metrics (learning
-    rate, gradient norm, memory) the last step's; train/tokens_per_s is the fit's mean (callbacks.Throughput)."""
+    rate, gradient norm, memory) the last step's; train/tokens_per_s is the training's mean, the steps before a resume
+    included (callbacks.Throughput)."""
     return {key: float(value) for key, value in sorted(callback_metrics.items())}
 
 

@@ -17,7 +17,7 @@ import torch
 from solopo.eval.runner import Evaluation
 from solopo.training.callbacks import Preemption
 from solopo.training.module import SoLoPOModule
-from solopo.training.results import TRAINING_TIMINGS, recorded_training, with_recorded_training
+from solopo.training.results import TRAINING_TIMINGS, recorded_training, with_earlier_fits, with_recorded_training
 from solopo.training.resume import LastCheckpoint
 from support import ENV, ROOT, command, fit_toy, results, run, smoke_here, step_losses
 
@@ -288,11 +288,12 @@ def test_sigterm_during_the_evaluation_of_a_fresh_process_then_the_resumed_run_o
     assert set(record["eval"]) == {"base", "trained"} and "train/loss" in record["metrics"]
 
 
-def test_ctrl_c_stops_the_run_with_a_checkpoint_and_it_resumes_with_the_uninterrupted_losses(tmp_path, monkeypatch,
-                                                                                         signal_guard):
+def test_ctrl_c_stops_the_run_with_a_checkpoint_and_it_resumes_with_the_uninterrupted_losses_and_tokens(
+        tmp_path, monkeypatch, signal_guard):
     """The first Ctrl-C: the step finishes, last.ckpt is written, results.json records it, status 130 (128 + SIGINT);
-    the resumed run logs the losses of the run never stopped. Before, KeyboardInterrupt ended it with status 1 and
-    nothing to resume from."""
+    the resumed run logs the losses of the run never stopped, and reports the whole training: the tokens of all 6
+    steps, the stopped fit's seconds added to its own, their rate. Before, KeyboardInterrupt ended it with status 1 and
+    nothing to resume from; then the resumed run reported only the tokens and seconds since the resume."""
     whole, parts, six = tmp_path / "whole", tmp_path / "parts", [*EXACT, "trainer.max_steps=6"]
     smoke_here([*six, f"hydra.run.dir={whole}"])
     with monkeypatch.context() as patch:
@@ -302,11 +303,18 @@ def test_ctrl_c_stops_the_run_with_a_checkpoint_and_it_resumes_with_the_uninterr
     checkpoint = parts / "checkpoints" / "last.ckpt"
     assert f"interrupted (SIGINT) at step 3: checkpoint written to {checkpoint}" in stopped.stdout + stopped.stderr
     assert saved_step(checkpoint) == 3
-    assert results(parts)["preempted"] == {"signal": "SIGINT", "step": 3, "checkpoint": str(checkpoint),
-                                           "after_training": False}
+    first = results(parts)
+    assert first["preempted"] == {"signal": "SIGINT", "step": 3, "checkpoint": str(checkpoint),
+                                  "after_training": False}
     smoke_here([*six, "ckpt_path=last", f"hydra.run.dir={parts}"])
     expected = step_losses(whole)
     assert sorted(expected) == list(range(6)) and step_losses(parts) == expected
+    done, timings = results(parts), results(parts)["timings"]
+    assert 0 < first["timings"]["train_tokens"] < timings["train_tokens"] == results(whole)["timings"]["train_tokens"]
+    assert timings["fit_s"] >= first["timings"]["fit_s"]
+    assert timings["stages"]["training"]["s"] >= first["timings"]["stages"]["training"]["s"]
+    assert done["metrics"]["train/tokens_per_s"] == pytest.approx(timings["train_tokens_per_s"])
+    assert timings["total_s"] == pytest.approx(sum(timings[key] for key in ("model_s", "data_s", "fit_s", "validate_s")))
 
 
 def test_a_run_resumed_after_training_takes_its_training_however_the_checkpoint_is_named(tmp_path, monkeypatch):
@@ -333,7 +341,8 @@ def test_a_run_resumed_after_training_takes_its_training_however_the_checkpoint_
 
 
 def test_the_resumed_run_reports_the_recorded_training_in_place_of_its_own(tmp_path):
-    """The run resumed after training (0 tokens: it trained no step) takes the recorded fit's figures. Its own fit took
+    """The run resumed after training (at the recorded stop's step: it trained no step) takes the recorded fit's
+    figures. Its own fit took
     0.5 s of its 8.5 s: total_s is 8.5 - 0.5 + 30 = 38 (model_s + data_s + fit_s + validate_s). Its evaluation's
     figures stay its own. A run that trained keeps its own throughout."""
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
@@ -351,9 +360,19 @@ def test_the_resumed_run_reports_the_recorded_training_in_place_of_its_own(tmp_p
     assert resumed["timings"] == {"model_s": 3.0, "data_s": 1.0, "fit_s": 30.0, "validate_s": 4.0, "total_s": 38.0,
                                   "train_tokens": 750, "train_tokens_per_s": 25.0,
                                   "stages": {"training": {"s": 30.0, "peak_gib": 2.0}, "eval": {"s": 4.0}}}
-    trained = {**own, "timings": {**own["timings"], "train_tokens": 10}}
+    trained = {**own, "steps": 6}  # resumed at step 4, it trained on
     assert with_recorded_training(trained, tmp_path, checkpoint) == trained
     assert with_recorded_training(own, tmp_path, None) == own  # not resumed
+
+
+def test_a_run_resumed_mid_training_adds_the_earlier_fits_seconds():
+    """12 s of fits before the checkpoint: fit_s 5 + 12 = 17, the training stage 4.5 + 12 = 16.5, total_s 9 + 12 = 21;
+    tokens and their rate come whole from callbacks.Throughput."""
+    timings = {"model_s": 1.0, "data_s": 1.0, "fit_s": 5.0, "validate_s": 2.0, "total_s": 9.0, "train_tokens": 900,
+               "train_tokens_per_s": 60.0, "stages": {"training": {"s": 4.5, "peak_gib": 1.0}, "eval": {"s": 2.0}}}
+    assert with_earlier_fits(timings, 12.0) == {**timings, "fit_s": 17.0, "total_s": 21.0,
+                                                "stages": {"training": {"s": 16.5, "peak_gib": 1.0}, "eval": {"s": 2.0}}}
+    assert with_earlier_fits(timings, 0.0) == timings
 
 
 def test_sigterm_as_the_fit_begins_stops_it_with_a_checkpoint_and_status_143(tmp_path, monkeypatch, signal_guard):
