@@ -88,7 +88,9 @@ def gpu_device_nodes() -> bool:
     """Whether a GPU may be visible: always off Linux (no cheap test there), else an NVIDIA, ROCm or WSL node."""
     import glob
 
-    return sys.platform != "linux" or any(glob.glob(pattern) for pattern in ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg"))
+    nodes = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+    return sys.platform != "linux" or any(glob.glob(pattern) for pattern in nodes)
+
 
 if __name__ == "__main__":
     entry()
