@@ -371,3 +371,18 @@ def test_a_later_session_restores_the_collected_runs_and_runs_only_the_rest(tmp_
     # part 1 holds seed 0's DPO unit first (and whatever else its 9 minutes hold at the measured rates)
     assert {"a-short_po-dpo-s0", "a-long_po-dpo-s0", "a-solopo-dpo-a3-s0", "a-solopo_detach-dpo-a3-s0"} <= set(states)
     assert all(name.endswith("-s0") and states[name] in ("leader", "python") for name in set(states) - {"a-short_po-dpo-s0"})
+
+
+def test_a_job_is_estimated_from_its_own_regime_and_row(tmp_path):
+    """Regime (b) evaluates at three lengths up to 6K, so its jobs take longer than regime (a)'s of the same row: a
+    job's estimate before a deadline is the longest seen for its regime and row, not for its row in either regime."""
+    plan = {job.name: job for job in jobs.study_jobs()}
+    for name, seconds, leader in [("a-solopo-dpo-a3-s0", 120.0, False), ("b-solopo-dpo-a3-s0", 300.0, False),
+                                  ("a-solopo-simpo-a1-s0", 150.0, False), ("a-short_po-dpo-s0", 200.0, True)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "job.json").write_text(json.dumps({"status": "done", "leader": leader, "seconds": seconds}))
+    seen = runner.history(tmp_path, list(plan.values()))
+    assert runner.estimate(plan["a-solopo-dpo-a3-s1"], False, seen, 999.0) == 150.0
+    assert runner.estimate(plan["b-solopo-simpo-a1-s1"], False, seen, 999.0) == 300.0
+    assert runner.estimate(plan["a-short_po-dpo-s1"], True, seen, 999.0) == 200.0
+    assert runner.estimate(plan["b-short_po-dpo-s1"], True, seen, 999.0) == 999.0 * runner.LEADER_FACTOR

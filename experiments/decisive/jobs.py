@@ -72,6 +72,12 @@ class Job:
         return True
 
     @property
+    def timing_key(self) -> tuple[str, str]:
+        """Jobs of one regime and row take about as long (regime (b) evaluates at three lengths, up to 6K, where
+        (a) evaluates at 4K: its jobs take ~1.5 times as long); the launcher's estimate is the key's longest so far."""
+        return self.regime, self.row
+
+    @property
     def main(self) -> bool:
         """A main row (evaluated at every length); an ablation cell otherwise."""
         return self.row in MAIN_ROWS and (self.row not in RA_ROWS or (self.alpha, self.distance) == (

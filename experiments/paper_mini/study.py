@@ -49,6 +49,11 @@ class Job:
         """Whether the job samples pairs (every training run; base only evaluates)."""
         return self.sampling_key[1] != "none"
 
+    @property
+    def timing_key(self) -> tuple[str]:
+        """Jobs of one row take about as long (the launcher's estimate of a job is its row's longest so far)."""
+        return (self.row,)
+
     def overrides(self) -> list[str]:
         out = [f"experiment=paper_mini/{self.row}", f"seed={self.seed}"]
         if self.algo:

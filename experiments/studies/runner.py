@@ -5,7 +5,8 @@ A job whose run directory holds results.json is done and skipped, and one that f
 (--retry-failed does), so the same command continues an interrupted study. Jobs sharing sampled pairs wait
 for the first of them, the key's leader, to be past sampling, reference log-probs and the base model's
 evaluation (all cached on disk); at most --samplers leaders sample at once, so the GPU goes to the jobs
-first in the study's order. A job is started only if its expected duration fits before --deadline; at the
+first in the study's order. A job is started only if its expected duration (the longest seen so far among
+jobs of its timing key: paper_mini's row, decisive's regime and row) fits before --deadline; at the
 deadline running jobs are stopped, set aside and rerun by the next call. A job that runs out of GPU memory
 beside others is run once more, when at most half of --parallel run. Each job writes launch.log (its
 output) and job.json (status, seconds, command); a failed one also writes failed.json (reason, detail,
@@ -64,6 +65,9 @@ class Job(Protocol):
     @property
     def samples(self) -> bool: ...  # whether the job samples pairs (an evaluation-only job does not)
 
+    @property
+    def timing_key(self) -> tuple: ...  # jobs of one key take about as long: a job's estimate is its key's longest
+
     def command(self, root: Path, python: str = "python", extra: tuple[str, ...] = ()) -> list[str]: ...
 
 
@@ -103,13 +107,14 @@ def leaders(jobs: list[Job]) -> dict[tuple, Job]:
     return first
 
 
-def history(root: Path) -> dict[tuple[str, bool], float]:
-    """The longest duration seen per (row, leader) in earlier calls, from the jobs' job.json files."""
-    longest: dict[tuple[str, bool], float] = {}
-    for path in root.glob("*/job.json"):
-        record = json.loads(path.read_text())
+def history(root: Path, jobs: list[Job]) -> dict[tuple[tuple, bool], float]:
+    """The longest duration seen per (timing key, leader) in earlier calls, from the job.json files of ``jobs``."""
+    longest: dict[tuple[tuple, bool], float] = {}
+    for job in jobs:
+        path = root / job.name / "job.json"
+        record = json.loads(path.read_text()) if path.exists() else {}
         if record.get("status") in ("done", "failed"):  # a leader without pairs still took its sampling time
-            key = (record["row"], record["leader"])
+            key = (job.timing_key, record["leader"])
             longest[key] = max(longest.get(key, 0.0), record["seconds"])
     return longest
 
@@ -125,7 +130,7 @@ def released(leader: Job, root: Path, state: str | None) -> bool:
 
 
 def estimate(job: Job, leader: bool, seen: dict, default_s: float) -> float:
-    known = seen.get((job.row, leader))
+    known = seen.get((job.timing_key, leader))
     return known if known is not None else default_s * (LEADER_FACTOR if leader else 1.0)
 
 
@@ -220,7 +225,7 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
     first = leaders(jobs)
     states = {job: status(root, job) for job in jobs}
     pending = [j for j in jobs if states[j] is None or (retry_failed and states[j] == "failed")]
-    seen, records, free = history(root), [], set()  # free: sampling keys whose leader is released
+    seen, records, free = history(root, jobs), [], set()  # free: sampling keys whose leader is released
     retried: set[Job] = set()  # out of memory beside other jobs: run once more, with fewer beside it
     retry_below = max(1, parallel // 2)  # a retried job starts when fewer than this many run
     running: dict[Job, tuple[subprocess.Popen, float, list[str]]] = {}
@@ -240,7 +245,8 @@ def run(jobs: list[Job], root: Path, parallel: int, deadline_s: float, default_s
                 say(f"retry  {job.name} ({records[-1]['seconds']:.0f}s): out of memory beside {len(running)} other "
                     f"jobs; it starts again when at most {retry_below - 1} others run")
                 continue
-            seen[(job.row, leader)] = max(seen.get((job.row, leader), 0.0), records[-1]["seconds"])
+            key = (job.timing_key, leader)
+            seen[key] = max(seen.get(key, 0.0), records[-1]["seconds"])
             say(f"{states[job]:<6} {job.name} ({records[-1]['seconds']:.0f}s)"
                 + (f": {records[-1]['reason']}" if "reason" in records[-1] else ""))
         free |= {key for key, leader in first.items() if key not in free and released(leader, root, states[leader])}
