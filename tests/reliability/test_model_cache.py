@@ -284,17 +284,17 @@ def test_a_missing_wheel_stops_the_run_in_one_line(tmp_path):
 
 
 def test_an_unusable_source_stops_a_sweep_at_once(tmp_path):
-    """A damaged wheel fails every job alike: the sweep stops at its first job, in the one line, status 2, instead of
-    a traceback for each job in turn."""
+    """A damaged wheel fails every job alike: the sweep stops before its first job, in the one line naming the first
+    job that would build the model from it, status 2, instead of a traceback for each job in turn."""
     wheel = tmp_path / WHEEL
     wheel.write_bytes(b"<html>502 Bad Gateway</html>")
     env = {"SOLOPO_CACHE": str(tmp_path / "cache"), "SOLOPO_SMOLLM2_WHEEL": str(wheel)}
     done = run_here(["-m", *SMOKE, "model=smollm2_135m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], expect=2,
                     env=env, cwd=ROOT)
-    assert done.stderr.splitlines()[-1] == (f"error: SOLOPO_SMOLLM2_WHEEL={wheel} is not a wheel that can be read "
-                                            f"(File is not a zip file); {GIVEN}")
-    jobs = [p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
-    assert len(jobs) == 1 and jobs[0].startswith("0_")  # job 1 never began
+    job, _, line = done.stderr.partition("): ")
+    assert job.startswith("error: sweep job 0 (") and job.endswith("model=smollm2_135m seed=0")
+    assert line == f"SOLOPO_SMOLLM2_WHEEL={wheel} is not a wheel that can be read (File is not a zip file); {GIVEN}\n"
+    assert not (tmp_path / "sweep").exists()  # no job began
 
 
 def test_an_unusable_source_stops_solopo_eval_in_one_line(tmp_path):
@@ -305,3 +305,19 @@ def test_an_unusable_source_stops_solopo_eval_in_one_line(tmp_path):
                 expect=2, env=env, cwd=ROOT)
     assert done.stderr.splitlines()[-1].startswith(f"error: {gguf.name} from SOLOPO_SMOLLM2_WHEEL={gguf} has sha256 ")
     assert done.stderr.splitlines()[-1].endswith(f"refusing to use it; {GIVEN}")
+
+
+@pytest.mark.parametrize("unreadable", [unreadable_wheel, unsearchable_wheel], ids=["wheel", "unsearchable-wheel"])
+def test_a_wheel_that_cannot_be_read_is_found_before_the_build(unreadable, tmp_path, monkeypatch):
+    model, victim = unreadable(tmp_path, monkeypatch)
+    found = embedded.source_problem(model, cache_dir=tmp_path / "cache")
+    assert found.startswith(f"could not read {victim()}: ") and found.endswith(f"; {GIVEN}")
+
+
+def test_a_missing_wheel_stops_the_run_before_hydra_makes_its_folder(tmp_path):
+    """The check before Hydra asks for the wheel the build will read: the run stops in its one line, status 2, and
+    there is no run folder (the model's build used to meet it, after Hydra made the folder and wrote .hydra/)."""
+    env = {"SOLOPO_CACHE": str(tmp_path / "cache"), "SOLOPO_SMOLLM2_WHEEL": str(tmp_path / "nope.whl")}
+    done = run_here([*SMOKE, "model=smollm2_135m", f"hydra.run.dir={tmp_path / 'run'}"], expect=2, env=env, cwd=ROOT)
+    assert done.stderr == f"error: SOLOPO_SMOLLM2_WHEEL={tmp_path / 'nope.whl'} is not a file; {GIVEN}\n"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
