@@ -2,7 +2,7 @@
 
 Hydra reports a command line it cannot compose, or a .hydra/ file it cannot write, in its own words: a dozen lines or a
 traceback, exit status 1. This module owns what solopo makes of them instead, for solopo.preflight to stop with (one
-line, exit 2): a group's folder chosen as an option (``folder_refusal``), a ~KEY Hydra cannot delete
+line, exit 2): a group's folder chosen as an option (``folder_refusal``), a ~KEY or ~KEY=VALUE Hydra cannot delete
 (``deletion_refusal``), a key the config lacks set without its + (``added_keys``), and a failed write of .hydra/
 (``stop_on_failed_hydra_writes``, which wraps Hydra's private ``hydra.core.utils._save_config``). Like solopo.preflight
 it imports nothing heavy: it runs before --help.
@@ -32,23 +32,71 @@ def folder_refusal(error: Exception, argv: Sequence[str]) -> Optional[str]:
     return f"{given}: {parent}/{below} is a folder of the config group {parent}; choose {parent}={below}/OPTION"
 
 
+# Hydra's refusals of ~KEY (or ~KEY=VALUE, ~GROUP=OPTION): the pattern of its message, and the key or group it names
+DELETIONS = {"absent": r"Could not delete from config\. '([^']+)' does not exist",
+             "another value": r"Could not delete from config\. The value of '([^']+)' is ",
+             "another option": r"Could not delete '([^'=]+)=[^']*'\. No match in the defaults list",
+             "unresolved": r"Error merging override ~([^=\s]+)"}
+
+
 def deletion_refusal(error: Exception, argv: Sequence[str], overrides: Sequence[str], hydra,
                      name: str) -> Optional[str]:
-    """The one line for Hydra's refusal of ~KEY where KEY holds no value ("Could not delete from config. 'KEY' does not
-    exist", exit 1): a key whose value is null (~eval.every_n_steps), which Hydra's delete takes for none, or a key
-    the config lacks; or None for any other error. Which of the two: the config composed without that override."""
-    found = re.search(r"Could not delete from config\. '([^']+)' does not exist", str(error))
-    if found is None or hydra is None:
+    """The one line for Hydra's refusal of a deletion (its words, exit 1), or None for any other error: ~KEY where KEY
+    holds no value ("'KEY' does not exist": a null key such as ~eval.every_n_steps, or a key the config lacks),
+    ~KEY=VALUE where KEY holds another value, ~GROUP=OPTION where another option is chosen, and ~KEY whose value Hydra
+    cannot resolve as it deletes it (~logger.save_dir: ${hydra:runtime.output_dir}, known only once the run starts).
+    Which, and the value held: the config composed without that override."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    found = next(((kind, match.group(1)) for kind, pattern in DELETIONS.items()
+                  if (match := re.search(pattern, str(error)))), None)
+    if found is None or hydra is None or (found[0] == "unresolved"
+                                          and not isinstance(error.__cause__, InterpolationResolutionError)):
         return None
-    key = found.group(1)
+    kind, key = found
     given = next((o for o in overrides if o.partition("=")[0] == f"~{key}"), f"~{key}")
     try:
         _, rest = added_keys(hydra, name, [o for o in overrides if o != given], config_dirs(argv))
     except Exception:  # noqa: BLE001 - another of its overrides is refused too: Hydra's words, as before
         return None
+    value = given.partition("=")[2]
+    if kind == "another value":
+        return f"{given}: {key} is {shown(OmegaConf.select(rest, key))}, not {value}; ~KEY=VALUE deletes KEY only " \
+               "where it holds VALUE, ~KEY whatever it holds"
+    if kind == "another option":
+        if (chosen := rest.hydra.runtime.choices.get(key)) is None:
+            return f"{given}: no {key} option is chosen, so there is none to delete"
+        return f"{given}: {key}={chosen} is chosen, not {key}={value}; ~GROUP=OPTION deletes GROUP only where OPTION " \
+               "is chosen, ~GROUP whatever is chosen"
+    if kind == "unresolved":
+        why = unresolved(rest, key, error.__cause__)
+        return f"{given}: Hydra resolves {key} to delete it, and {why}" if why else None
     if lacks(rest, key):
         return f"{given}: the config has no such key"
     return f"{given}: {key} is null already; Hydra deletes only a key that holds a value"
+
+
+def unresolved(cfg, key: str, cause: BaseException) -> Optional[str]:
+    """Why the value of ``key`` cannot be resolved, from OmegaConf's error (``cause``): a value of Hydra's, which it
+    sets once the run starts (logger.save_dir: ${hydra:runtime.output_dir}), or another key's, missing or wrong; None
+    where its value cannot be read as written (a key inside an interpolation), which Hydra reports in its own words."""
+    parent, _, leaf = key.rpartition(".")
+    try:
+        held = OmegaConf.to_container(OmegaConf.select(cfg, parent) if parent else cfg, resolve=False)[leaf]
+    except Exception:  # noqa: BLE001 - the parent is no mapping as written
+        return None
+    if "${hydra:" in str(held):
+        return f"its value {held} is known only once the run starts; set {key} instead"
+    said = str(cause).splitlines()[0]
+    return f"its value {held} cannot be resolved ({said.partition('resolving interpolation: ')[2] or said})"
+
+
+def shown(value) -> str:
+    """A value of the config as a line of text shows it: a short one as it is, else what kind it is."""
+    text = str(value)
+    if OmegaConf.is_dict(value):
+        return "a group of keys"
+    return "a list" if OmegaConf.is_list(value) else "a longer value" if "\n" in text or len(text) > 60 else text
 
 
 def added_keys(hydra, name: str, overrides: list[str], dirs: list[Path]):

@@ -302,3 +302,27 @@ def test_an_option_whose_hydra_plugin_is_missing_is_one_line(arg, capsys, monkey
         preflight([arg, "experiment=smoke"])
     assert stopped.value.code == 2 and capsys.readouterr().err == (
         f"error: {arg}: Hydra's {module.split('.')[-1]} plugin is not installed; pip install 'solopo[{extra}]'\n")
+
+
+VALUE_CANNOT = [
+    ("solopo.run", ["logger=csv", "~logger.save_dir"], "~logger.save_dir: Hydra resolves logger.save_dir to delete it, "
+     "and its value ${hydra:runtime.output_dir} is known only once the run starts; set logger.save_dir instead"),
+    ("solopo.evaluate", ["data=pairs", "~data.source.path"], "~data.source.path: Hydra resolves data.source.path to "
+     "delete it, and its value ${data.path} cannot be resolved (Missing mandatory value: data.path)"),
+    ("solopo.run", ["~seed=5"], "~seed=5: seed is 0, not 5; ~KEY=VALUE deletes KEY only where it holds VALUE, ~KEY "
+     "whatever it holds"),
+    ("solopo.run", ["-m", "seed=0,1", "~optim=3"], "~optim=3: optim is a group of keys, not 3; ~KEY=VALUE deletes KEY "
+     "only where it holds VALUE, ~KEY whatever it holds"),
+    ("solopo.run", ["logger=csv", "~logger=wandb"], "~logger=wandb: logger=csv is chosen, not logger=wandb; "
+     "~GROUP=OPTION deletes GROUP only where OPTION is chosen, ~GROUP whatever is chosen"),
+    ("solopo.evaluate", ["~debug=fast"], "~debug=fast: no debug option is chosen, so there is none to delete")]
+
+
+@pytest.mark.parametrize("module, argv, line", VALUE_CANNOT, ids=[" ".join(a) for _, a, _ in VALUE_CANNOT])
+def test_a_deletion_of_a_value_hydra_cannot_make_is_one_line(module, argv, line, tmp_path):
+    """A key whose value Hydra cannot resolve before the run starts (it resolves it to delete it), ~KEY=VALUE where
+    KEY holds another value and ~GROUP=OPTION where another option is chosen: each was Hydra's error and a hint at
+    HYDRA_FULL_ERROR, exit 1."""
+    done = call(module, [*argv, "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}",
+                         f"hydra.sweep.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == f"error: {line}\n" and not (tmp_path / "run").exists()
