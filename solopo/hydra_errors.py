@@ -3,19 +3,20 @@
 Hydra reports a command line it cannot compose, or a .hydra/ file it cannot write, in its own words: a dozen lines or a
 traceback, exit status 1. This module owns what solopo makes of them instead, for solopo.preflight to stop with (one
 line, exit 2): a group's folder chosen as an option (``folder_refusal``), a ~KEY or ~KEY=VALUE Hydra cannot delete
-(``deletion_refusal``), a key the config lacks set without its + (``added_keys``), and a failed write of .hydra/
-(``stop_on_failed_hydra_writes``, which wraps Hydra's private ``hydra.core.utils._save_config``). Like solopo.preflight
-it imports nothing heavy: it runs before --help.
+(``deletion_refusal``), a key the config lacks set without its + (``added_keys``), and a failed write of .hydra/,
+a sweep's multirun.yaml or the Optuna sweeper's results (``hydra_files_whole``, which writes them whole). Like
+solopo.preflight it imports nothing heavy: it runs before --help.
 """
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from solopo.cache import stop_on_failed_writes, writing
+from solopo.cache import atomic_file, stop_on_failed_writes
 from solopo.preflight import PARTS, config_dirs  # solopo.preflight imports this module where it calls it
 
 
@@ -140,20 +141,61 @@ def is_setting(override, dirs: list[Path]) -> bool:
             and not any((folder / key).is_dir() for folder in dirs))
 
 
-def stop_on_failed_hydra_writes() -> None:
-    """Hydra writes the run folder's .hydra/ (config.yaml, hydra.yaml, overrides.yaml) before the task function runs
-    and reports any error there itself, with a traceback and status 1: only a SystemExit passes it. Its writer is
-    wrapped so that a failed write (a full disk) ends the process as every other does (solopo.cache's
-    stop_on_failed_writes), in one line naming the file, status 2; any other error is left to Hydra. Once a process."""
+def hydra_files_whole() -> None:
+    """Hydra writes the run folder's .hydra/ (config.yaml, hydra.yaml, overrides.yaml) before the task function runs, a
+    sweep's multirun.yaml before its first job, and the Optuna sweeper its optimization_results.yaml after its last;
+    each with open() and write(), so a kill or a full disk could leave part of a file that a reader would trust (a
+    study's record of a failed job reads .hydra/config.yaml: experiments/studies/failures.py), and Hydra reported a
+    failed write itself, with a traceback and status 1 (only a SystemExit passes it). Their writers are replaced by
+    write_whole: each file is whole or absent, and a failed write (a full disk) ends the process as every other does,
+    in one line naming the file, status 2. Hydra's writer of .hydra/ is private (``hydra.core.utils._save_config``):
+    another Hydra's layout is left as it is. Hydra runs each plugin's module again as it first looks for plugins, once
+    a process (its Plugins, whose scan Hydra makes anyway): that comes first, or it would undo the sweepers' changes."""
     import hydra.core.utils as hydra_utils
+    from hydra.core.plugins import Plugins
 
-    save = getattr(hydra_utils, "_save_config", None)  # run_job calls it by this name, for each of the three files
-    if save is None or getattr(save, "stops_on_failed_writes", False):  # another Hydra's layout, or wrapped already
-        return
+    if hasattr(hydra_utils, "_save_config"):  # run_job calls it by this name, for each of the three files
+        hydra_utils._save_config = save_config
+    Plugins.instance()
+    if (basic := sys.modules.get(BASIC_SWEEPER)) is not None:
+        basic.OmegaConf = SavesWhole  # its sweep() writes multirun.yaml with OmegaConf.save
+    optuna = sys.modules.get(OPTUNA)  # the plugin's light module, if installed: optuna loads as its sweeper is made
+    if optuna is not None and not getattr(optuna.OptunaSweeper.sweep, "saves_whole", False):
+        optuna.OptunaSweeper.sweep = saving_whole(optuna.OptunaSweeper.sweep)
 
-    def save_config(cfg, filename: str, output_dir: Path) -> None:
-        with stop_on_failed_writes(), writing(Path(output_dir) / filename):
-            save(cfg, filename, output_dir)
 
-    save_config.stops_on_failed_writes = True
-    hydra_utils._save_config = save_config
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper"
+OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper"  # its OptunaSweeper holds the sweeper it delegates to
+
+
+def write_whole(path: Path, cfg, resolve: bool = False) -> None:
+    """``cfg`` as YAML in ``path``, written by solopo.cache's atomic writer; a failed write stops the process in one
+    line naming ``path`` (status 2)."""
+    with stop_on_failed_writes(), atomic_file(path, "wb") as f:
+        f.write(OmegaConf.to_yaml(cfg, resolve=resolve).encode("utf-8"))
+
+
+def save_config(cfg, filename: str, output_dir: Path) -> None:
+    """hydra.core.utils._save_config, whose file is written whole."""
+    write_whole(Path(output_dir) / filename, cfg)
+
+
+class SavesWhole(OmegaConf):
+    """OmegaConf as a Hydra sweeper's module sees it: its save() to a path is write_whole."""
+
+    @staticmethod
+    def save(config, f, resolve: bool = False) -> None:
+        if not isinstance(f, (str, Path)):  # a file open already: the caller's to write
+            return OmegaConf.save(config, f, resolve)
+        write_whole(Path(f), config, resolve)
+
+
+def saving_whole(sweep):
+    """The Optuna sweeper's sweep(), its implementation's module (imported with optuna as the sweeper is made) seeing
+    SavesWhole for OmegaConf."""
+    def wrapped(self, arguments):
+        sys.modules[type(self.sweeper).__module__].OmegaConf = SavesWhole
+        return sweep(self, arguments)
+
+    wrapped.saves_whole = True
+    return wrapped

@@ -365,8 +365,8 @@ def refuse_two_modes(argv: Sequence[str]) -> None:
 def preflight(argv: Sequence[str], run_dir: bool = True) -> None:
     """The checks a command line gets before Hydra writes anything (one thing for Hydra to do, secrets, the options of
     the config groups and the plugins they need, and, where Hydra makes one (``run_dir``), a writable run directory,
-    whose .hydra/ files then stop the run in one line if they cannot be written)."""
-    from solopo.hydra_errors import stop_on_failed_hydra_writes  # it imports PARTS and config_dirs from here
+    whose .hydra/ files (and a sweep's) are then written whole, or stop the run in one line if they cannot be)."""
+    from solopo.hydra_errors import hydra_files_whole  # it imports PARTS and config_dirs from here
 
     refuse_two_modes(argv)
     refuse_secrets(argv)
@@ -374,4 +374,4 @@ def preflight(argv: Sequence[str], run_dir: bool = True) -> None:
     refuse_missing_plugins(argv)
     if run_dir:
         refuse_unwritable(argv)
-        stop_on_failed_hydra_writes()
+        hydra_files_whole()

@@ -1,6 +1,6 @@
 """`python -m solopo.run` on the tiny model, as a subprocess (a fresh interpreter, signals, several processes) or in
 this process (tests/in_process.py), and what its run directory holds; a toy Lightning module for the callbacks; a full
-disk, as the atomic writer, Lightning's checkpoint writer, the run's log file and Hydra's writer of .hydra/ meet it."""
+disk, as the atomic writer, Lightning's checkpoint writer, the run's log file and the writer of .hydra/ meet it."""
 import csv
 import errno
 import json
@@ -89,11 +89,29 @@ class HalfFull:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def full_disk(monkeypatch):
-    """Every file the atomic writer (solopo.cache.atomic_file) opens takes half of what is written, then reports a full
-    disk."""
-    real_fdopen = os.fdopen
-    monkeypatch.setattr("solopo.cache.os.fdopen", lambda fd, mode: HalfFull(real_fdopen(fd, mode)))
+def full_disk(monkeypatch, only: str | None = None):
+    """Files the atomic writer (solopo.cache.atomic_file) writes take half of what is written, then report a full disk:
+    the files named ``only``, else every file of the run once it has begun; Hydra's files, written before it (.hydra/,
+    a sweep's multirun.yaml: solopo.hydra_errors.write_whole), are written (full_disk_for_hydra fills the disk for
+    them)."""
+    real_open, real_fdopen, opened = os.open, os.fdopen, {}
+
+    def named_open(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        opened[fd] = Path(path)
+        return fd
+
+    def full(tmp: Path) -> bool:  # a temporary name: .NAME.HOST.PID.RANDOM.tmp (solopo.cache.temporary_name)
+        if only is not None:
+            return tmp.name.startswith(f".{only}.")
+        return tmp.parent.name != ".hydra" and not tmp.name.startswith(".multirun.yaml.")
+
+    def fdopen(fd, mode, *args, **kwargs):
+        f = real_fdopen(fd, mode, *args, **kwargs)
+        return HalfFull(f) if full(opened.pop(fd, Path("unknown"))) else f
+
+    monkeypatch.setattr("solopo.cache.os.open", named_open)
+    monkeypatch.setattr("solopo.cache.os.fdopen", fdopen)
 
 
 class FullAfter:
@@ -125,9 +143,12 @@ def full_disk_for_the_log(monkeypatch, lines: int = 0):
 
 
 def full_disk_for_hydra(monkeypatch):
-    """The files Hydra writes in the run folder's .hydra/ (hydra.core.utils._save_config opens them) on a full disk."""
+    """The files Hydra writes in the run folder's .hydra/ on a full disk: as Hydra's own writer opens them
+    (hydra.core.utils._save_config) and as solopo writes them instead (solopo.hydra_errors.write_whole; config.yaml
+    comes first)."""
     monkeypatch.setattr("hydra.core.utils.open", lambda path, mode, **kwargs: HalfFull(open(path, mode, **kwargs)),
                         raising=False)  # a name of the module's own, before the builtin, for Hydra's writer alone
+    full_disk(monkeypatch, only="config.yaml")
 
 
 def full_disk_move(src, dst):

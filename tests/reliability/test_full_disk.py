@@ -10,10 +10,13 @@ import logging
 import os
 import pickle
 import signal
+import sys
 import threading
+import types
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from in_process import call
 from solopo.cache import ReadFailed, WriteFailed, failed_write
@@ -114,6 +117,66 @@ def test_a_full_disk_as_hydra_writes_the_run_folder_stops_in_one_line(command, a
                 cwd=ROOT)
     assert stopped(done) == f"error: could not write {tmp_path / '.hydra' / 'config.yaml'}: No space left on device"
     assert done.stderr.strip().splitlines() == [stopped(done)]
+
+
+def test_a_file_of_hydra_is_whole_or_absent(tmp_path, monkeypatch):
+    """Hydra wrote .hydra/config.yaml with open() and write(): a full disk (or a kill) left part of it, which a study's
+    record of a failed job reads back (experiments/studies/failures.py). It is written whole or not at all now."""
+    full_disk_for_hydra(monkeypatch)
+    done = smoke_here([*NO_EVAL, f"hydra.run.dir={tmp_path}"], expect=2)
+    assert stopped(done) == f"error: could not write {tmp_path / '.hydra' / 'config.yaml'}: No space left on device"
+    assert not (tmp_path / ".hydra" / "config.yaml").exists() and leftovers(tmp_path) == []
+
+
+def test_a_full_disk_at_multirun_yaml_stops_the_sweep_in_one_line(tmp_path, monkeypatch):
+    """Hydra's sweeper writes multirun.yaml before the first job: a full disk there was Hydra's traceback, status 1,
+    and half the file. Now one line, status 2, no file and no job."""
+    full_disk(monkeypatch, only="multirun.yaml")
+    done = call("solopo.run", ["-m", *SMOKE, *NO_EVAL, "seed=0,1", f"hydra.sweep.dir={tmp_path}"], expect=2, cwd=ROOT)
+    assert stopped(done) == f"error: could not write {tmp_path / 'multirun.yaml'}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_optuna_sweeper_writes_its_results_whole(tmp_path, monkeypatch, capsys):
+    """The Optuna sweeper's sweep() as solopo wraps it (solopo.hydra_errors.saving_whole), around an implementation
+    that writes as the plugin's does, OmegaConf.save of its module (its own imports optuna: the search itself is the
+    slow test below): a full disk is one line, status 2, and no file."""
+    from solopo.hydra_errors import hydra_files_whole
+
+    optuna = pytest.importorskip("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper")
+    hydra_files_whole()
+    implementation = types.ModuleType("optuna_sweeper_impl")
+    implementation.OmegaConf = OmegaConf
+    monkeypatch.setitem(sys.modules, implementation.__name__, implementation)
+
+    class Implementation:
+        __module__ = implementation.__name__
+
+        def sweep(self, arguments):
+            results = OmegaConf.create({"best_value": 0.5})
+            implementation.OmegaConf.save(results, f"{tmp_path}/optimization_results.yaml")
+
+    sweeper = object.__new__(optuna.OptunaSweeper)
+    sweeper.sweeper = Implementation()
+    full_disk(monkeypatch, only="optimization_results.yaml")
+    with pytest.raises(SystemExit) as stopped_with:
+        sweeper.sweep([])
+    line = f"could not write {tmp_path / 'optimization_results.yaml'}: No space left on device"
+    assert (stopped_with.value.code, capsys.readouterr().err) == (2, f"error: {line}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # optuna's import and a trial: some seconds; the wrapper is the test above's
+def test_a_full_disk_at_the_optuna_results_stops_the_search_in_one_line(tmp_path, monkeypatch):
+    """The Optuna sweeper writes optimization_results.yaml after its last trial: a full disk there was Hydra's
+    traceback, status 1, and half the file."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the solopo[optuna] extra is not installed")
+    full_disk(monkeypatch, only="optimization_results.yaml")
+    done = smoke_here(["hparams_search=optuna", *NO_EVAL, "optimized_metric=val/loss", "hydra.sweeper.n_trials=1",
+                       f"hydra.sweep.dir={tmp_path}"], expect=2)
+    line = f"could not write {tmp_path / 'optimization_results.yaml'}: No space left on device"
+    assert stopped(done) == f"error: {line}" and leftovers(tmp_path) == []
+    assert not (tmp_path / "optimization_results.yaml").exists()
 
 
 @pytest.mark.parametrize("lines", [0, 5], ids=["at_once", "during_the_fit"])  # the 6th: the fit's first batch's
