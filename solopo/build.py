@@ -92,7 +92,8 @@ def main(cfg: DictConfig) -> None:
 def entry() -> None:
     """The console script solopo-build (and python -m solopo.build): the command line's preflight checks and its
     values, each mistake in one line (a key the config lacks included, which Hydra refuses in six), then Hydra."""
-    from solopo.preflight import configs_checked, preflight
+    from solopo.job_checks import configs_checked
+    from solopo.preflight import preflight
 
     preflight(sys.argv[1:], run_dir=False)  # conf/build.yaml: Hydra writes no run directory
     with configs_checked(sys.argv[1:], "build", problem):  # before Hydra, or after it printed the config (--cfg job)

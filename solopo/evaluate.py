@@ -19,7 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from solopo.preflight import preflight, values_checked
+from solopo.job_checks import values_checked
+from solopo.preflight import preflight
 from solopo.training.results import redact, where_it_ran, write_results
 
 log = logging.getLogger("solopo")

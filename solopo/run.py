@@ -15,7 +15,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from solopo.preflight import preflight, values_checked
+from solopo.job_checks import values_checked
+from solopo.preflight import preflight
 
 
 def optimized_value(results: dict, metric: str | None) -> float:

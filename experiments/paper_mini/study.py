@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.studies.runner import named
-from solopo.preflight import for_evaluation
+from solopo.job_checks import for_evaluation
 from solopo.report.runs import Run
 
 ALGOS = ("dpo", "simpo", "orpo")

@@ -262,7 +262,7 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
 def refuse_missing_model(model: ModelSpec) -> None:
     """A ConfigError where the weights or the tokenizer cannot be found (model.name=/nonexistent: no such folder; an
     unknown hub id), in one line, before anything loads: training, evaluation and the check of a command line before
-    Hydra (solopo.preflight.values_checked) all ask here."""
+    Hydra (solopo.job_checks.values_checked) all ask here."""
     if problems := source_problems(model):
         raise ConfigError("; ".join(problems))
 

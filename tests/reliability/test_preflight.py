@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from solopo.preflight import CONF, job_configs, preflight, values_checked
+from solopo.job_checks import job_configs, values_checked
+from solopo.preflight import CONF, preflight
 from in_process import call
 from support import run
 from test_validation import FIXTURES, shipped_options
