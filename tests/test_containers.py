@@ -234,17 +234,26 @@ def test_smoke_run_truncates_overlong_contexts_and_reports_the_count(tmp_path):
     assert counts["train"]["mean_tokens"]["long"] <= 256
 
 
-def test_an_overlong_pair_under_overlong_error_is_one_line(tmp_path):
-    """data.overlong=error raised a ValueError with a Hydra traceback, exit 1."""
+def test_an_overlong_pair_under_overlong_error_is_one_line(tmp_path, monkeypatch):
+    """data.overlong=error raised a ValueError with a Hydra traceback, exit 1. Then its line named the pair by id alone
+    ("example q3"), neither its file, nor its line, nor which prompt, and came once the model had loaded (minutes for a
+    7B model), after transformers' own warning that the long text "will result in indexing errors"."""
+    from solopo.training import pipeline
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before the pair over model.max_length was refused")
+
+    monkeypatch.setattr(pipeline, "load_models", no_model)
     filler = "\n\n".join(f"Note {i}: " + "the archive lists old maps " * 8 for i in range(12))
-    rows = [{**row, "prompt_long": f"{filler}\n\n{question(country)}"}
-            for row, (country, _, _) in zip(records("A"), CITIES)]
+    rows = [{**row, "prompt_long": f"{filler}\n\n{question(country)}"} if index == 2 else row
+            for index, (row, (country, _, _)) in enumerate(zip(records("A"), CITIES))]
     path = write("jsonl", rows, tmp_path)
     done = run_here(["experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
                      "data.long_len=128", "model.max_length=256", "eval.lengths=[short,128]", "data.overlong=error",
                      f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
-    assert done.stderr.strip().splitlines()[-1].startswith("error: example ")
-    assert "tokens exceed model.max_length=256 (data.overlong=error; skip" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {path} line 3: x_long is too long: ")
+    assert "tokens with the longer response, over model.max_length=256 (data.overlong=error; skip" in done.stderr
+    assert "Traceback" not in done.stderr and "indexing errors" not in done.stdout + done.stderr
 
 
 def test_no_pairs_under_truncation_does_not_advise_truncation():

@@ -237,8 +237,46 @@ def test_overlong_examples_are_skipped_and_counted_or_rejected(tokenizer, caplog
     pairs, skipped = tokenize_examples(examples, tokenizer, max_length=300)
     assert len(pairs) == 1 and skipped == Counter(over_max_length=1)
     assert "skipped 1 of 2 examples" in caplog.text
-    with pytest.raises(ValueError, match=r"example e1: .* exceed model.max_length=300 \(data.overlong=error; "):
+    with pytest.raises(ValueError, match=r"^example e1: x_long is too long: \d+ tokens with the longer response, over "
+                                         r"model.max_length=300 \(data.overlong=error; "):
         tokenize_examples(examples, tokenizer, max_length=300, overlong="error")
+
+
+def test_an_overlong_pair_from_a_file_is_named_by_its_place_and_prompt(tokenizer, tmp_path):
+    """A pair over model.max_length under data.overlong=error was named by its id alone: a file's record is named
+    by its file and line, and the prompt that is too long by its context (plain PO data's one prompt as the prompt)."""
+    long = "long " * 600
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in [
+        {"id": "a", "prompt_short": "short", "prompt_long": long, "chosen": "Yes", "rejected": "No"},
+        {"id": "b", "prompt_short": long, "prompt_long": long + "more", "chosen": "Yes", "rejected": "No"}]))
+    (a, b) = sorted(pair_files.load(str(path)).train, key=lambda ex: ex.id)
+    plain = dataclasses.replace(b, prompt_long=b.prompt_short)
+    for overlong, start in ((a, "line 1: x_long is too long: "), (b, "line 2: x_short and x_long are too long: "),
+                            (plain, "line 2: the prompt is too long: ")):
+        with pytest.raises(ValueError, match=f"^{re.escape(f'{path} {start}')}\\d+ tokens with the longer response"):
+            tokenize_examples([overlong], tokenizer, max_length=300, overlong="error")
+
+
+def test_a_context_over_the_tokenizers_own_limit_draws_no_warning_from_transformers(caplog):
+    """transformers warned, before the run's own line, that a text over the tokenizer's model_max_length (8192 for the
+    default model) "will result in indexing errors": not so here, where model.max_length is the limit solopo
+    checks (data.overlong) and the tokenizer never truncates."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    from conftest import TINY
+    from solopo.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(TINY)  # its own: transformers warns once per tokenizer, and the module's is shared
+    transformers_logging.enable_propagation()  # its loggers write to their own handler, which caplog does not see
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert len(encode_prompt(tokenizer, "long " * 9000)) > tokenizer.model_max_length
+    finally:
+        transformers_logging.disable_propagation()
+    assert "indexing errors" not in caplog.text
 
 
 def test_collator_pads_each_context_apart(tokenizer):

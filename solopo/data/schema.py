@@ -73,7 +73,9 @@ class PreferenceExample:
     """A training record: one preference pair under a short and a long context.
 
     prompt_short / prompt_long are the prompts (a user message: passages, then the instruction; or a conversation);
-    evidence_depths gives, for each relevant passage, its relative position in x_long (0 = start).
+    evidence_depths gives, for each relevant passage, its relative position in x_long (0 = start); place, where a
+    pairs file holds the record ("pairs.jsonl line 4"), for the messages about it once it is read (empty for pairs
+    built from items).
     """
 
     id: str
@@ -84,3 +86,4 @@ class PreferenceExample:
     chosen: str
     rejected: str
     evidence_depths: tuple[float, ...] = field(default=())
+    place: str = field(default="", compare=False)

@@ -83,9 +83,7 @@ def tokenize_examples(
         prompts = {"short": encode_prompt(tokenizer, ex.prompt_short), "long": encode_prompt(tokenizer, ex.prompt_long)}
         too_long = [context for context, ids in prompts.items() if len(ids) > room]
         if too_long and overlong == "error":
-            longest = max(map(len, prompts.values())) + max(map(len, responses.values()))
-            raise OverlongPair(f"example {ex.id}: {longest} tokens exceed model.max_length={max_length} "
-                               "(data.overlong=error; skip leaves such a pair out, truncate cuts its context)")
+            raise OverlongPair(overlong_message(ex, too_long, prompts, responses, max_length))
         if too_long and overlong == "truncate":
             cut = {c: truncated(tokenizer, ex.prompt_short if c == "short" else ex.prompt_long, ex.question, room,
                                 truncate) for c in too_long}
@@ -99,6 +97,18 @@ def tokenize_examples(
         out.append(TokenizedPair(id=ex.id, prompts=prompts, responses=responses))
     _report(counts, len(examples), truncate)
     return out, counts
+
+
+def overlong_message(ex: PreferenceExample, too_long: list[str], prompts: dict[str, list[int]],
+                     responses: dict[str, list[int]], max_length: int) -> str:
+    """The one line of a pair over ``max_length`` under data.overlong=error: the record's place in its file (else its
+    id), the prompt too long (x_short and x_long are one prompt in plain PO data) and the tokens it takes."""
+    which = ("the prompt is" if ex.prompt_short == ex.prompt_long
+             else "x_short and x_long are" if len(too_long) > 1 else f"x_{too_long[0]} is")
+    tokens = max(len(prompts[context]) for context in too_long) + max(map(len, responses.values()))
+    return (f"{ex.place or f'example {ex.id}'}: {which} too long: {tokens} tokens with the longer response, over "
+            f"model.max_length={max_length} (data.overlong=error; skip leaves such a pair out, truncate cuts its "
+            "context)")
 
 
 def truncated(tokenizer, prompt: Prompt, question: str, room: int, side: str) -> Optional[Prompt]:

@@ -161,6 +161,10 @@ def load_tokenizer(spec: ModelSpec):
     )
     if tokenizer.pad_token_id is None:  # padding is masked out everywhere; any id will do
         tokenizer.pad_token = tokenizer.eos_token
+    # Lengths are solopo's to check, against model.max_length (data.overlong), and the tokenizer never truncates: its
+    # warning that a text over its model_max_length "will result in indexing errors" is false here, and a long
+    # context's line before the run's own would read as the error. Marked as given, so it never is.
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     return tokenizer
 
 

@@ -117,37 +117,59 @@ def make_examples(cfg: DictConfig, splits, tokenizer) -> dict[str, list]:
         raise ConfigError(f"{source}: {err}") from None
 
 
+def samples_pairs(cfg: DictConfig, items: list) -> bool:
+    """Whether a split's pairs are sampled from the policy (data.pairs=sampled on items to build them from), not
+    ready-made or gold pairs, which the tokenizer alone makes."""
+    return cfg.data.pairs == "sampled" and bool(items) and not isinstance(items[0], PreferenceExample)
+
+
+def fixed_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[str, list],
+                tokenizer) -> dict[str, tuple[list, dict]]:
+    """The tokenised pairs and counts of each split that samples none, made before the model loads: a pair over
+    model.max_length under data.overlong=error, or a training split whose every pair is over it, stops the run
+    before a large model has loaded for nothing."""
+    return {split: tokenized_pairs(cfg, settings.model.max_length, split, examples_of[split], tokenizer, {})
+            for split, items in (("train", splits.train), ("val", splits.val)) if not samples_pairs(cfg, items)}
+
+
 def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[str, list], tokenizer,
-               policy) -> tuple[dict[str, list], dict]:
-    """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled), and what was
-    built, sampled or skipped."""
+               policy, fixed: Optional[dict[str, tuple[list, dict]]] = None) -> tuple[dict[str, list], dict]:
+    """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled; ``fixed``: the splits
+    ``fixed_pairs`` made already), and what was built, sampled or skipped."""
     spec, sampling = settings.model, settings.sampling
     pairs, counts = {}, {}
     for split, items in (("train", splits.train), ("val", splits.val)):
-        examples = examples_of[split]
-        counts[split] = {}
-        if cfg.data.pairs == "sampled" and not isinstance(items[0], PreferenceExample):
+        if fixed and split in fixed:
+            pairs[split], counts[split] = fixed[split]
+            continue
+        examples, counts[split] = examples_of[split], {}
+        if samples_pairs(cfg, items):
             policy.to(compute_device(cfg))
             with sampling_weights(sampling.engine, spec, policy, tokenizer) as path:
                 examples, counts[split]["sampling"] = sample_pairs(
                     examples, policy, tokenizer, sampling, settings.method.pairs_from,
                     generation_identity(spec, cfg.seed), cache=DiskCache.under_root("pairs", cfg.cache.verify),
                     model_path=path)
-        with failed_on_data():
-            pairs[split], skipped = tokenize_examples(examples, tokenizer, spec.max_length, cfg.data.overlong,
-                                                      cfg.data.truncate)
-        if not pairs[split]:
-            why = why_no_pairs(split, counts[split], skipped, cfg.data.overlong == "truncate")
-            if split == "train":
-                raise RunFailed("no pairs", why)
-            log.warning("%s: training runs without validation metrics", why)  # e.g. sampling found no right answer
-        counts[split].update({"pairs": len(pairs[split]), "truncated": skipped.pop("truncated", 0),
-                              "skipped": dict(skipped),
-                              "mean_tokens": {c: sum(len(p.prompts[c]) for p in pairs[split]) / max(len(pairs[split]), 1)
-                                              for c in ("short", "long")}})
+        pairs[split], counts[split] = tokenized_pairs(cfg, spec.max_length, split, examples, tokenizer, counts[split])
     if splits.skipped:  # records the loader left out (e.g. unanswerable), by reason
         counts["source"] = {"skipped": dict(splits.skipped)}
     return pairs, counts
+
+
+def tokenized_pairs(cfg: DictConfig, max_length: int, split: str, examples: list, tokenizer,
+                    counts: dict) -> tuple[list, dict]:
+    """One split's examples tokenised, and ``counts`` with what was kept, truncated and skipped; a training split
+    left without pairs stops the run, a validation split without them is a warning."""
+    with failed_on_data():
+        pairs, skipped = tokenize_examples(examples, tokenizer, max_length, cfg.data.overlong, cfg.data.truncate)
+    if not pairs:
+        why = why_no_pairs(split, counts, skipped, cfg.data.overlong == "truncate")
+        if split == "train":
+            raise RunFailed("no pairs", why)
+        log.warning("%s: training runs without validation metrics", why)  # e.g. sampling found no right answer
+    mean_tokens = {c: sum(len(p.prompts[c]) for p in pairs) / max(len(pairs), 1) for c in ("short", "long")}
+    return pairs, {**counts, "pairs": len(pairs), "truncated": skipped.pop("truncated", 0), "skipped": dict(skipped),
+                   "mean_tokens": mean_tokens}
 
 
 def why_no_pairs(split: str, counts: dict, skipped, truncating: bool = False) -> str:
@@ -297,8 +319,9 @@ def failed_on_data():
 
 
 def load_inputs(cfg: DictConfig, settings: Settings, splits):
-    """The tokenizer, each split's examples and the evaluation (both built with the tokenizer alone: an item that
-    cannot make a pair, a bad benchmark file or an optimized_metric the evaluation does not give stops the run before
+    """The tokenizer, each split's examples, the pairs that need no sampling (fixed_pairs) and the evaluation (all
+    built with the tokenizer alone: an item that cannot make a pair, a pair over model.max_length under
+    data.overlong=error, a bad benchmark file or an optimized_metric the evaluation does not give stops the run before
     the model loads) and the models (load_models)."""
     refuse_missing_model(settings.model)  # a missing local folder or an unknown hub id, in one line
     tokenizer = load_tokenizer(settings.model)
@@ -307,7 +330,8 @@ def load_inputs(cfg: DictConfig, settings: Settings, splits):
         evaluation = make_evaluation(cfg, settings, splits, tokenizer)
     if problems := check_eval_metric(cfg.get("optimized_metric"), evaluation and evaluation.summary_keys()):
         raise ConfigError(problems[0])
-    return tokenizer, examples, evaluation, load_models(cfg, settings, tokenizer)
+    fixed = fixed_pairs(cfg, settings, splits, examples, tokenizer)
+    return tokenizer, examples, fixed, evaluation, load_models(cfg, settings, tokenizer)
 
 
 def run_record(cfg: DictConfig, trainer: pl.Trainer, metrics: dict, data_counts: dict, keys: dict, plain: bool,
@@ -341,11 +365,11 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config; no line of its own
     with failed_on_data():  # a malformed data file stops the run here, before any model loads
         splits = load_source(cfg)
-    tokenizer, examples, evaluation, (policy, reference, cached) = load_inputs(cfg, settings, splits)
+    tokenizer, examples, fixed, evaluation, (policy, reference, cached) = load_inputs(cfg, settings, splits)
     model_done, stages = time.perf_counter(), StageCosts(compute_device(cfg))
 
     with stages("sampling"):  # or building gold pairs: data.pairs=gold samples nothing
-        pairs, data_counts = make_pairs(cfg, settings, splits, examples, tokenizer, policy)
+        pairs, data_counts = make_pairs(cfg, settings, splits, examples, tokenizer, policy, fixed)
     log.info("data: %s", data_counts)
     if note := repeats_note(len(pairs["train"]), cfg.trainer.max_steps,
                             cfg.data.batch_size * cfg.trainer.accumulate_grad_batches):

@@ -170,6 +170,7 @@ def _example(record: dict, where: Where, prompt_short: Prompt, prompt_long: Prom
         id=_id(record, where), question=field(record, "question", str, where, default=""),
         answers=tuple(text_list(record, "answers", where, required=False)),
         prompt_short=prompt_short, prompt_long=prompt_long, chosen=chosen, rejected=rejected,
+        place=f"{where.path} {where.place}",
     )
 
 
