@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> None:
     one model: its table printed, in results.json and, for held-out questions, plotted."""
     import torch
 
-    from solopo.eval.runner import make_evaluation
+    from solopo.eval.runner import NoHeldOutQuestions, make_evaluation
     from solopo.models.loading import load_tokenizer
     from solopo.settings.build import ConfigError, build_settings, load_source, refuse_missing_model, vllm_args
 
@@ -43,6 +43,9 @@ def evaluate(cfg: DictConfig) -> None:
     try:  # a missing or malformed benchmark file, or data without held-out questions, stops here
         evaluation = make_evaluation(tokenizer, settings.eval, settings.model.max_length, settings.benchmark, splits,
                                      cfg.eval.n_items, engine_args=vllm_args(cfg))
+    except NoHeldOutQuestions as err:  # eval.enabled, which a training run's advice names, is not solopo-eval's
+        raise ConfigError(f"{err}; evaluate on such data, or on a benchmark (eval=longbench or eval=ruler, with "
+                          "eval.benchmark.path=PATH)") from None
     except ValueError as err:  # DataFileError among them
         raise ConfigError(str(err)) from None
     model = loaded_model(settings, tokenizer, cfg.seed)

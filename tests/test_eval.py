@@ -333,3 +333,17 @@ def test_the_table_plots_and_headline_numbers_reach_the_run_summary(tmp_path):
     change = outputs["changes"]["trained - base"]["avg_long"]
     assert change["difference"] == 50.0 and change["n"] == 2
     assert (change["low"], change["high"]) == (pytest.approx(-39.82, abs=1e-2), pytest.approx(89.82, abs=1e-2))
+
+
+def test_solopo_eval_on_ready_made_pairs_names_what_it_can_evaluate_on(tmp_path):
+    """solopo-eval on a file of ready-made pairs answered "set eval.enabled=false for ready-made pairs", the training
+    run's advice: solopo-eval then refuses eval.enabled as a key only training reads."""
+    from conftest import ROOT
+    from in_process import call
+
+    pairs = ROOT / "tests" / "fixtures" / "pairs.jsonl"
+    done = call("solopo.evaluate", ["model=tiny", "data=pairs", f"data.path={pairs}", "data.source.n_val=1",
+                                    f"hydra.run.dir={tmp_path}"], expect=2)
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: evaluation needs held-out questions with their evidence") and "eval.enabled" not in line
+    assert line.endswith("or on a benchmark (eval=longbench or eval=ruler, with eval.benchmark.path=PATH)")

@@ -22,13 +22,18 @@ from solopo.scoring import points, settings_identity
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap, score_vs_step
 
 
+class NoHeldOutQuestions(ValueError):
+    """Data without questions to evaluate on (ready-made pairs): what to do instead is the caller's to say."""
+
+
 def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
     """Held-out questions and the passages their long contexts draw from: the test split and its own
     world when the source has one (built-in QA), else the validation split."""
     items, pool = (splits.test, splits.test_distractors) if splits.test else (splits.val, splits.val_distractors)
     if not items or not isinstance(items[0], QAItem) or not (items[0].relevant or items[0].context):
-        raise ValueError("evaluation needs held-out questions with their evidence or context (data=qa, musique, "
-                         "hotpotqa, twowiki, longbench); set eval.enabled=false for ready-made pairs")
+        raise NoHeldOutQuestions("evaluation needs held-out questions with their evidence or context (data=qa, "
+                                 "musique, hotpotqa, twowiki, longbench, or data=pairs on passages, schema A'); "
+                                 "ready-made pairs have none")
     return list(items[:n_items]), tuple(pool or splits.distractors)
 
 

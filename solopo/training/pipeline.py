@@ -89,6 +89,9 @@ def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> R
                                       generation_identity(spec, cfg.seed), vllm_args(cfg))
     except DataFileError as err:
         raise ConfigError(str(err)) from None
+    except runner.NoHeldOutQuestions as err:
+        log.warning("evaluation skipped: %s; set eval.enabled=false to train on them without it", err)
+        return None
     except ValueError as err:
         log.warning("evaluation skipped: %s", err)
         return None
