@@ -149,10 +149,13 @@ def test_max_steps_alone_is_not_cut_to_one_epoch(overrides, epochs):
 
 @pytest.mark.parametrize("key, given, hint", [
     ("", {"lr": 1e-6}, "optim.lr"), ("", {"learning_rate": 1e-6}, "optim.lr"), ("", {"batch_size": 2}, "data.batch_size"),
-    ("data.", {"max_length": 4096}, "model.max_length"), ("", {"sed": 1}, "seed")])
+    ("data.", {"max_length": 4096}, "model.max_length"), ("", {"sed": 1}, "seed"),
+    ("", {"beta": 0.1}, "algo.beta (TRL's ORPO beta is algo.lam)"), ("", {"simpo_gamma": 0.5}, "algo.gamma"),
+    ("", {"model_name_or_path": "m"}, "model.name"), ("", {"save_steps": 5}, "checkpoint.every_n_steps")])
 def test_an_unknown_key_gets_the_runs_key_for_a_name_trl_gives_it(key, given, hint):
-    """lr, learning_rate and batch_size got "reads no such key" alone; names spelt like none of solopo's keys still get
-    the closest one (sed: seed)."""
+    """lr, learning_rate and batch_size got "reads no such key" alone, and so did TRL's top-level beta, simpo_gamma,
+    model_name_or_path and save_steps; names spelt like none of solopo's keys still get the closest one (sed: seed),
+    and a group's key its closest spelling (optim.beta: betas, not algo.beta)."""
     from solopo.settings.rules import ROOT_KEYS, unread
 
     (problem,) = unread(key, given, ROOT_KEYS, "solopo")
@@ -162,7 +165,8 @@ def test_an_unknown_key_gets_the_runs_key_for_a_name_trl_gives_it(key, given, hi
 @pytest.mark.parametrize("group, target, option, hint", [
     ("trainer", pl.Trainer, "epochs", "trainer.max_epochs"),  # min_epochs, by spelling
     ("trainer", pl.Trainer, "gradient_accumulation_steps", "trainer.accumulate_grad_batches"),
-    ("algo", "solopo.core.algos.DPO", "label_smoothing", "algo=cdpo (its algo.label_smoothing)")])
+    ("algo", "solopo.core.algos.DPO", "label_smoothing", "algo=cdpo (its algo.label_smoothing)"),
+    ("optim", "solopo.training.module.OptimSettings", "beta", "betas")])  # TRL's top-level beta is algo.beta
 def test_an_unknown_option_gets_the_runs_key_for_a_name_trl_gives_it(group, target, option, hint):
     from solopo.settings.groups import unknown_options
 

@@ -21,11 +21,19 @@ OTHER_NAMES = {
     "label_smoothing": "algo=cdpo (its algo.label_smoothing)", "loss_type": "algo=NAME (the options in conf/algo)",
     "lora_r": "model.lora.r", "lora_alpha": "model.lora.lora_alpha",
 }
+# Names TRL's configs give at their top that solopo keeps in a group, and that spell no other solopo key: answered at
+# the top of the config only, since under a group the closest spelling is the better hint (optim.beta: betas)
+TOP_LEVEL_NAMES = {
+    "beta": "algo.beta (TRL's ORPO beta is algo.lam)", "simpo_gamma": "algo.gamma", "gamma": "algo.gamma",
+    "model_name_or_path": "model.name", "dataset_name": "data=pairs data.path=FILE",
+    "eval_steps": "val_every_n_steps", "save_steps": "checkpoint.every_n_steps",
+    "precompute_ref_log_probs": "reference=cached", "use_peft": "model.lora='{r: 16, lora_alpha: 32}'",
+}
 
 
 def other_name(key: str) -> Optional[str]:
     """solopo's key for ``key`` (its last part) as TRL or Hugging Face name it, or None; never ``key`` itself."""
-    found = OTHER_NAMES.get(key.rsplit(".", 1)[-1])
+    found = TOP_LEVEL_NAMES.get(key) or OTHER_NAMES.get(key.rsplit(".", 1)[-1])
     return None if found is None or found == key else found
 
 
