@@ -149,6 +149,9 @@ def test_llama_factory_openai_layout_through_tags(tmp_path):
     ({**ALPACA_ENTRY, "ranking": False}, 'not a preference dataset: its entry needs "ranking": true'),
     ({k: v for k, v in ALPACA_ENTRY.items() if k != "ranking"}, 'not a preference dataset'),
     ({**ALPACA_ENTRY, "formatting": "openai"}, "formatting 'openai' is not one of alpaca, sharegpt"),
+    # each record was refused as "field 'input': empty", though its input held text: the entry did not name it
+    ({**ALPACA_ENTRY, "columns": {"chosen": "chosen", "rejected": "rejected"}},
+     'its "columns" name neither "prompt" nor "query": as in LLaMA-Factory, an entry\'s columns are all that is read'),
 ])
 def test_llama_factory_entries_that_are_not_preference_data_are_one_line(entry, problem, tmp_path):
     folder = llama_factory_folder(tmp_path, alpaca_records(), entry)

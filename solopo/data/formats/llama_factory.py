@@ -58,6 +58,11 @@ def entry_problem(entry: dict) -> Optional[str]:
         return 'not a preference dataset: its entry needs "ranking": true (with chosen and rejected columns)'
     if not isinstance(entry.get("columns", {}), dict) or not isinstance(entry.get("tags", {}), dict):
         return '"columns" and "tags" must be objects'
+    read = columns_of(entry, ALPACA_COLUMNS)
+    if layout(entry) == "alpaca" and not (read["prompt"] or read["query"]):
+        # else every record is refused as having an empty prompt, naming a column that holds text but is not read
+        return ('its "columns" name neither "prompt" nor "query": as in LLaMA-Factory, an entry\'s columns are all '
+                'that is read, so no record would have a prompt; add "prompt": "instruction" (and "query": "input")')
     return None
 
 
