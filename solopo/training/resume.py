@@ -83,6 +83,33 @@ def checkpoint_problem(path: Path) -> Optional[str]:
     return None
 
 
+def weights_problem(path: Path, policy: torch.nn.Module) -> Optional[str]:
+    """Why the policy weights of the checkpoint at ``path`` do not fit ``policy``, or None: a checkpoint written with
+    another model, size or LoRA setting, which Lightning's load (or, loading non-strictly beside a live reference,
+    the optimizer's state) named in a traceback once the pairs, the reference and the base evaluation were done. A
+    sharded folder (trainer=fsdp) is left to torch's reader."""
+    if path.is_dir():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]  # tensors not read
+    saved = {key: tuple(value.shape) for key, value in saved.items() if key.startswith(POLICY)}
+    here = {POLICY + key: tuple(value.shape) for key, value in policy.state_dict().items()}
+    only_saved, only_here = sorted(saved.keys() - here.keys()), sorted(here.keys() - saved.keys())
+    if only_saved or only_here:
+        sides = [f"{len(keys)} {whose} (e.g. {keys[0]})" for keys, whose in (
+            (only_saved, "of its tensors are not in this run's model"), (only_here, "of the model's are not in it"))
+            if keys]
+        found = " and ".join(sides)
+    elif shapes := [key for key in here if here[key] != saved[key]]:
+        found = f"{shapes[0]} is {list(saved[shapes[0]])} there and {list(here[shapes[0]])} in this run's model"
+    else:
+        return None
+    return (f"holds another model's weights: {found}; resume with the model settings (model=..., model.lora, ...) "
+            "of the run that wrote it")
+
+
+POLICY = "policy."  # the prefix of the policy's weights in a checkpoint (SoLoPOModule.policy)
+
+
 class LastCheckpoint(ModelCheckpoint):
     """Keeps one file, <run dir>/checkpoints/last.ckpt, written when training is stopped early (preemption, the NaN
     guard) so that the run can resume. Every checkpoint of the 135M default holds ~1.6 GB (weights and AdamW

@@ -119,3 +119,36 @@ def test_resuming_a_completed_run_that_kept_no_checkpoint_keeps_its_results(tmp_
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert completed_results("last", tmp_path) is None
+
+
+def test_a_checkpoint_of_another_model_is_named_in_one_line(tmp_path):
+    """Resumed with another model size or LoRA setting, a run sampled its pairs, computed the reference and evaluated
+    the base model, and then Lightning's load failed in a traceback (exit 1): it stops once the model has loaded, in
+    one line naming the checkpoint and a tensor that does not fit."""
+    from solopo.training.resume import weights_problem
+
+    small, path = torch.nn.Linear(2, 3), tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"policy.{k}": v for k, v in small.state_dict().items()}, "global_step": 1,
+                "loops": {}}, path)
+    assert weights_problem(path, small) is None
+    assert weights_problem(path, torch.nn.Linear(2, 4)).startswith(
+        "holds another model's weights: policy.weight is [3, 2] there and [4, 2] in this run's model; resume with the "
+        "model settings")
+    assert weights_problem(path, torch.nn.Sequential(small)).startswith(
+        "holds another model's weights: 2 of its tensors are not in this run's model (e.g. policy.bias) and 2 of the "
+        "model's are not in it (e.g. policy.0.bias)")
+    from conftest import TINY
+    from solopo.models.loading import load_model, load_tokenizer
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)  # what a smoke run of the tiny model keeps, its policy's weights
+    weights = load_model(TINY, load_tokenizer(TINY)).state_dict()
+    torch.save({"state_dict": {f"policy.{k}": v for k, v in weights.items()}, "global_step": 1, "loops": {}},
+               run_dir / "checkpoints" / "last.ckpt")
+    done = smoke_here(["eval.enabled=false", "ckpt_path=last", "model.random_init.hidden_size=32",
+                       f"hydra.run.dir={run_dir}"], expect=2)
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: ckpt_path=last: {run_dir / 'checkpoints' / 'last.ckpt'} holds another model's weights: "
+        "policy.model.embed_tokens.weight is [49152, 64] there and [49152, 32] in this run's model; resume with the "
+        "model settings (model=..., model.lora, ...) of the run that wrote it")
