@@ -98,3 +98,29 @@ def test_a_bad_lora_setting_stops_in_one_line(lora, line, tmp_path):
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {line}") and ("v_prj (its linear layers: " in last) == ("v_prj" in lora), last
+
+
+def test_an_adapter_folder_is_checked_for_the_base_model_it_names(tmp_path):
+    """solopo-eval model.name=<a LoRA run's model folder> went to the hub for "None" (base_model_name_or_path is null
+    for an adapter trained on random weights), retrying for half a minute, then ended in a traceback; a base folder
+    moved since did the same. Both are one line before anything loads; an adapter whose base exists passes."""
+    import json
+    from dataclasses import replace
+
+    from conftest import TINY
+    from solopo.models.loading import source_problems
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    for folder in (base, adapter):
+        folder.mkdir()
+    (base / "config.json").write_text("{}")
+    spec = replace(TINY, name=str(adapter), random_init=None, tokenizer=None)
+    for named, problem in ((None, f"model.name={adapter}: a LoRA adapter whose adapter_config.json names no base model "
+                                  "(base_model_name_or_path is null, as for an adapter trained on random weights)"),
+                           (str(tmp_path / "gone"), f"base_model_name_or_path={tmp_path / 'gone'}: no such folder (the "
+                                                    f"base model of the LoRA adapter model.name={adapter})")):
+        (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": named}))
+        (found,) = source_problems(spec)
+        assert found.startswith(problem), found
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    assert source_problems(spec) == []

@@ -3,6 +3,7 @@ a local path, or a random model built from a config (for tests and speed studies
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -127,13 +128,34 @@ def _source_problems(key: str, name: str, first_file: str) -> list[str]:
     if embedded.lookup(name) is not None:
         return []
     path = Path(name).expanduser()
+    if path.is_dir() and first_file == "config.json" and not (path / first_file).is_file() and (path / ADAPTER).is_file():
+        return _adapter_base_problems(key, name, path / ADAPTER)
     if path.is_dir():
-        holds = (path / first_file).is_file() or (path / "adapter_config.json").is_file()
+        holds = (path / first_file).is_file() or (path / ADAPTER).is_file()
         return [] if holds else [f"{key}={name}: the folder holds no {first_file}, so it is not a saved Hugging Face "
                                  "model (save_pretrained writes one)"]
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or path.exists():
         return [f"{key}={name}: no such folder"]
     return _hub_problems(key, name, first_file)
+
+
+ADAPTER = "adapter_config.json"  # a LoRA adapter's folder (peft): its weights load onto the base model it names
+
+
+def _adapter_base_problems(key: str, name: str, config: Path) -> list[str]:
+    """An adapter folder loads its base model from where its adapter_config.json says, base_model_name_or_path: null
+    for an adapter trained on random weights, a folder moved since, or a hub id; transformers went to the hub for
+    "None" (retrying for half a minute) or for the missing folder, and ended in a traceback."""
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as err:
+        return [f"{key}={name}: its {ADAPTER} cannot be read ({err})"]
+    if not isinstance(base, str) or not base:
+        return [f"{key}={name}: a LoRA adapter whose {ADAPTER} names no base model (base_model_name_or_path is "
+                f"{json.dumps(base)}, as for an adapter trained on random weights); set it to the base model's folder "
+                "or hub id, or save the run with save_model=merged"]
+    return [f"{problem} (the base model of the LoRA adapter {key}={name})"
+            for problem in _source_problems("base_model_name_or_path", base, "config.json")]
 
 
 def _hub_problems(key: str, name: str, first_file: str) -> list[str]:
