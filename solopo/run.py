@@ -27,10 +27,12 @@ def optimized_value(results: dict, metric: str | None) -> float:
     from solopo.settings.build import ConfigError
 
     values = {**results["metrics"], **results.get("eval_summary", {})}
-    metric = metric or next((key for key in ("eval/trained/avg_long", "eval/trained/average") if key in values),
-                            "val/rewards/accuracies")
+    named, metric = metric, metric or next(
+        (key for key in ("eval/trained/avg_long", "eval/trained/average") if key in values), "val/rewards/accuracies")
     if metric not in values and metric.startswith("eval/") and "eval_summary" not in results:
         return float("nan")  # a process other than rank 0, which writes the evaluation's results and returns them
+    if metric not in values and named is None:  # nothing validated or evaluated (data.source.n_val=0 with
+        return float("nan")  # eval.enabled=false): a run that names no metric has none to return, and did its work
     if metric not in values:
         raise ConfigError(f"optimized_metric={metric}: this run has no such metric; it has {', '.join(sorted(values))}")
     return float(values[metric])

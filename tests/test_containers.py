@@ -3,6 +3,7 @@ folders) x every preference format (solopo's A/A'/B, TRL's four, LLaMA-Factory's
 (format_samples.py); the one-line errors for bad paths and folders that are not datasets (a malformed record's:
 test_record_checks.py); and one smoke run per format."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -380,3 +381,18 @@ def test_an_empty_csv_cell_is_called_empty(tmp_path):
     path.rename(tmp_path / "repo" / "data" / "train.csv")
     with pytest.raises(DataFileError, match=r"repo row 2: field 'rejected': empty$"):
         pairs.load(str(tmp_path / "repo"))
+
+
+def test_a_run_asked_for_no_validation_split_trains_and_ends_well(tmp_path):
+    """data.source.n_val=0 (every pair for training) warned "no validation pairs: every one was skipped; raise
+    model.max_length, ...", then trained, and then stopped with status 2: "optimized_metric=val/rewards/accuracies:
+    this run has no such metric", a metric it had never been asked for. Named, a missing metric is still an error."""
+    from solopo.run import optimized_value
+
+    path = write("jsonl", records("A"), tmp_path)
+    done = run_here(["experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=0", "logger=none",
+                     "eval.enabled=false", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert "every one was skipped" not in done.stdout + done.stderr and "results.json" in done.stdout
+    assert math.isnan(optimized_value({"metrics": {"train/loss": 0.7}}, None))
+    with pytest.raises(ConfigError, match=r"^optimized_metric=val/loss: this run has no such metric; it has train/loss$"):
+        optimized_value({"metrics": {"train/loss": 0.7}}, "val/loss")

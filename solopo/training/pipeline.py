@@ -165,7 +165,9 @@ def tokenized_pairs(cfg: DictConfig, max_length: int, split: str, examples: list
     left without pairs stops the run, a validation split without them is a warning."""
     with failed_on_data():
         pairs, skipped = tokenize_examples(examples, tokenizer, max_length, cfg.data.overlong, cfg.data.truncate)
-    if not pairs:
+    if not pairs and not examples and split == "val":  # data.source.n_val=0: asked for, nothing to fix
+        log.info("no validation split (data.source.n_val=0): training runs without validation metrics")
+    elif not pairs:
         why = why_no_pairs(split, counts, skipped, cfg.data.overlong == "truncate")
         if split == "train":
             raise RunFailed("no pairs", why)
