@@ -173,3 +173,14 @@ def test_an_unknown_option_gets_the_runs_key_for_a_name_trl_gives_it(group, targ
     target = get_class(target) if isinstance(target, str) else target
     (problem,) = unknown_options(group, target, {option: 1})
     assert problem.endswith(f"takes no such option; did you mean {hint}?"), problem
+
+
+def test_a_validation_metric_to_optimise_needs_a_validation_split():
+    """optimized_metric=val/loss with data.source.n_val=0 trained the whole run, then stopped with status 2: the run
+    had no such metric. It stops before anything loads, in one line."""
+    cfg = compose_config(["experiment=smoke", "data.source.n_val=0", "optimized_metric=val/loss"])
+    with pytest.raises(ConfigError, match=r"^optimized_metric=val/loss: data.source.n_val=0 asks for no validation "
+                                          "split, so no val/ metric is reported; keep validation items or name an "
+                                          "eval/ metric$"):
+        build_settings(cfg)
+    build_settings(compose_config(["experiment=smoke", "data.source.n_val=0"]))

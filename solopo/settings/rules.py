@@ -251,12 +251,18 @@ def check_context_parallel(size: int, strategy: str, n_processes: Optional[int],
     return problems
 
 
-def check_optimized_metric(metric: Any, algo, ra, method) -> Problems:
+def check_optimized_metric(metric: Any, algo, ra, method, n_val: Any = None) -> Problems:
     """optimized_metric, where it names a validation metric, against those the objective reports for these settings
-    (solopo.core.objective.metric_names), so a typo stops the run before it trains rather than after. The train/
-    metrics of callbacks are checked as the run ends; the evaluation's entries, which depend on the data, by
-    check_eval_metric once the evaluation is built."""
-    if not (isinstance(metric, str) and metric.startswith("val/")) or None in (algo, ra, method):
+    (solopo.core.objective.metric_names) and a validation split asked for (``n_val``, data.source.n_val: 0 asks for
+    none), so a typo stops the run before it trains rather than after. The train/ metrics of callbacks are checked as
+    the run ends; the evaluation's entries, which depend on the data, by check_eval_metric once the evaluation is
+    built."""
+    if not (isinstance(metric, str) and metric.startswith("val/")):
+        return []
+    if n_val == 0:
+        return [f"optimized_metric={metric}: data.source.n_val=0 asks for no validation split, so no val/ metric is "
+                "reported; keep validation items or name an eval/ metric"]
+    if None in (algo, ra, method):
         return []
     names = sorted(f"val/{name}" for name in metric_names(algo, ra, method))
     if metric in names:
@@ -303,7 +309,7 @@ def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, trainin
         problems += check_packing_kernel(cfg.get("packing"), model.attn_implementation if model else None)
         problems += check_benchmark_schedule(settings["benchmark"], settings["eval"])
         problems += check_optimized_metric(cfg.get("optimized_metric"), settings["algo"], settings["ra"],
-                                           settings["method"])
+                                           settings["method"], OmegaConf.select(cfg, "data.source.n_val"))
         if settings["context"] is not None:
             strategy = str(OmegaConf.select(cfg, "trainer.strategy._target_", default=cfg.trainer.get("strategy", "")))
             trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
