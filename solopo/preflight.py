@@ -208,6 +208,26 @@ def refuse_two_modes(argv: Sequence[str]) -> None:
              "a time (to see the config of one job of a sweep, give its values without -m, with --cfg job)")
 
 
+def refuse_unreadable_overrides(argv: Sequence[str]) -> None:
+    """Stops (exit 2) on an override that Hydra's grammar cannot read, in one line naming it and what to do: a file
+    name with parentheses or a non-ASCII letter (data.path=x(1).jsonl, data.path=daten/ü.jsonl), an unclosed bracket.
+    Hydra answered in its parser's words ("mismatched input '.' expecting <EOF>") on three lines, exit status 1."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in get_args_parser().parse_known_args(list(argv))[0].overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as err:
+            key, _, value = override.partition("=")
+            fix = ("close its brackets, and quote an item holding" if value[:1] in "[{"
+                   else f"write \"{key}='{value}'\" (quoted for the shell too) for a value holding")
+            stop(f"{override}: Hydra's override grammar cannot read it ({err}); {fix} parentheses, '=', non-ASCII "
+                 "letters or other characters the grammar reserves")
+
+
 def preflight(argv: Sequence[str], run_dir: bool = True) -> None:
     """The checks a command line gets before Hydra writes anything (one thing for Hydra to do, secrets, the options of
     the config groups and the plugins they need, and, where Hydra makes one (``run_dir``), a writable run directory,
@@ -215,6 +235,7 @@ def preflight(argv: Sequence[str], run_dir: bool = True) -> None:
     from solopo.hydra_errors import hydra_files_whole  # it imports PARTS and config_dirs from here
 
     refuse_two_modes(argv)
+    refuse_unreadable_overrides(argv)
     refuse_secrets(argv)
     refuse_unknown_options(argv)
     refuse_missing_plugins(argv)

@@ -34,10 +34,11 @@ def test_an_unknown_option_of_a_config_group_is_one_line(group, capsys):
     (["-m", "algo=dpo,dpx"], "algo=dpx"), (["-m", "algo=choice(ipo,dpx)"], "algo=dpx"), (["+algo=[dpo,dpx]"], "algo=dpx"),
     (["experiment=paper_mini/nope"], "experiment=paper_mini/nope"),
     (["algo=dpo", "experiment=paper_mini/solopo", "experiment=null", "~debug", "algo=glob(*)", "hydra/launcher=basic",
-      "seed=1", "data.path=a=b"], None),
+      "seed=1", "data.path='a=b'"], None),
 ])
 def test_every_option_a_command_line_picks_is_checked(args, bad, capsys):
-    """Sweeps and lists check each option; null, deletions, globs and Hydra's own groups are left to Hydra."""
+    """Sweeps and lists check each option; null, deletions, globs and Hydra's own groups are left to Hydra (an override
+    its grammar cannot read is refused: test_an_override_hydras_grammar_cannot_read_is_one_line)."""
     if bad is None:
         preflight(args)
         return
@@ -327,3 +328,25 @@ def test_a_deletion_of_a_value_hydra_cannot_make_is_one_line(module, argv, line,
     done = call(module, [*argv, "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}",
                          f"hydra.sweep.dir={tmp_path / 'run'}"], expect=2)
     assert done.stderr == f"error: {line}\n" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arg, line", [
+    ("data.path=x(1).jsonl", "error: data.path=x(1).jsonl: Hydra's override grammar cannot read it (mismatched input "
+                             "'.' expecting <EOF>); write \"data.path='x(1).jsonl'\" (quoted for the shell too)"),
+    ("data.path=daten/ü.jsonl", "error: data.path=daten/ü.jsonl: Hydra's override grammar cannot read it (token "
+                                "recognition error at: 'ü'); write \"data.path='daten/ü.jsonl'\""),
+    ("eval.lengths=[short,256", "error: eval.lengths=[short,256: Hydra's override grammar cannot read it (no viable "
+                                "alternative at input '[short,256'); close its brackets"),
+    ("data.path=a=b", "error: data.path=a=b: Hydra's override grammar cannot read it (mismatched input '=' expecting "
+                      "<EOF>); write \"data.path='a=b'\""),
+])
+def test_an_override_hydras_grammar_cannot_read_is_one_line(arg, line, capsys):
+    """A file name with parentheses or a non-ASCII letter got Hydra's parser's words ("mismatched input '.' expecting
+    <EOF>", not naming the override) on three lines, exit status 1; quoted, the same value passes."""
+    with pytest.raises(SystemExit) as stopped:
+        preflight(["experiment=smoke", arg], run_dir=False)
+    (found,) = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and found.startswith(line), found
+    key, _, value = arg.partition("=")
+    if not value.startswith("["):
+        preflight(["experiment=smoke", f"{key}='{value}'"], run_dir=False)
