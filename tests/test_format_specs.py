@@ -61,6 +61,16 @@ def test_trl_conversational_explicit_and_implicit_prompts(tmp_path):
     assert triple(first(implicit)) == ((Turn("user", question),), "Mercury.", "Venus.")
 
 
+def test_a_conversational_prompt_of_system_messages_alone_is_refused(tmp_path):
+    """A prompt holding the system message and no user turn (a conversion that dropped the question) trained the
+    responses as answers to no one; LLaMA-Factory's sharegpt layout already refused it."""
+    path = trl_file({"prompt": [[{"role": "system", "content": SYSTEM}]], "chosen": [[assistant("Mercury.")]],
+                     "rejected": [[assistant("Venus.")]]}, tmp_path)
+    with pytest.raises(DataFileError, match=r"trl.jsonl line 1: field 'prompt': holds only system messages; the "
+                                            r"user's turn is missing$"):
+        pairs.load(str(path))
+
+
 def test_trl_prompt_beside_conversations_follows_maybe_extract_prompt(tmp_path):
     """TRL extracts the prompt when the prompt column is text and chosen/rejected are conversations; with both
     conversational it keeps the prompt, so a chosen of more than the assistant's message is refused in one line."""

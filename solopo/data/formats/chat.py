@@ -69,6 +69,8 @@ def prompt(value: Any, label: str, where: Where, tags: Tags = OPENAI) -> Prompt:
     found = turns(value, label, where, tags)
     if found[-1].role == "assistant":
         raise where.error("ends with an assistant message; the response belongs in chosen/rejected", label)
+    if all(turn.role == "system" for turn in found):  # the responses would answer no one: a user turn left out
+        raise where.error("holds only system messages; the user's turn is missing", label)
     return found
 
 
