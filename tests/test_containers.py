@@ -153,6 +153,18 @@ def test_a_missing_split_lists_the_splits(tmp_path):
         pairs.load(str(path))
 
 
+def test_the_splits_a_dataset_leaves_unread_are_named(tmp_path, caplog):
+    """A saved DatasetDict of train and test splits (TRL's users pass its test split as eval_dataset) was read for its
+    train split alone, without a word that the test split was left out and validation drawn from train."""
+    import logging
+
+    path = write("saved_dict", records("trl_standard"), tmp_path)
+    with caplog.at_level(logging.INFO, logger="solopo.data.formats.source"):
+        pairs.load(str(path), split="train_prefs", n_val=1)
+    assert (f"{path}: reading its train_prefs split; its test_prefs split is not read (validation comes from "
+            "train_prefs: data.source.n_val)") in caplog.text
+
+
 @pytest.mark.parametrize("container", ["jsonl", "json", "csv"])
 def test_a_split_or_config_one_file_cannot_honour_is_refused(container, tmp_path):
     path = write(container, records("trl_standard"), tmp_path)

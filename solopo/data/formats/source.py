@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from solopo.cache import cache_root, digest
 from solopo.data.formats import llama_factory
 from solopo.records import DataFileError, Where, checked_path, iter_jsonl, read_json_list
 
+log = logging.getLogger(__name__)
 ARROW_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 JSON_SUFFIXES = (".json", ".jsonl")
 DATA_SUFFIXES = (*JSON_SUFFIXES, *ARROW_SUFFIXES)
@@ -220,6 +222,9 @@ def _pick_split(loaded, split: Optional[str], path: str):
     chosen = split or ("train" if "train" in names or len(names) != 1 else names[0])
     if chosen not in names:
         raise DataFileError(f"{path}: no split {chosen!r}; set data.split to one of {', '.join(names)}")
+    if others := [name for name in names if name != chosen]:  # TRL's users pass ds["test"] as eval_dataset themselves
+        log.info("%s: reading its %s split; its %s split%s not read (validation comes from %s: data.source.n_val)",
+                 path, chosen, ", ".join(others), "s are" if len(others) > 1 else " is", chosen)
     return loaded[chosen]
 
 
