@@ -375,7 +375,7 @@ def train(cfg: DictConfig) -> dict:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: {ckpt_path} {problem}")
     model_done, stages = time.perf_counter(), StageCosts(compute_device(cfg))
 
-    with stages("sampling"):  # or building gold pairs: data.pairs=gold samples nothing
+    with stages("sampling"):  # data.pairs=sampled; ready-made and gold pairs were made before the model loaded
         pairs, data_counts = make_pairs(cfg, settings, splits, examples, tokenizer, policy, fixed)
     log.info("data: %s", data_counts)
     if note := repeats_note(len(pairs["train"]), cfg.trainer.max_steps,
