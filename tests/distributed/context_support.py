@@ -2,11 +2,13 @@
 the SoLoPO objective of one batch, its long sequences split over the N processes (solopo.step.context_parallel),
 against the same batch computed whole in the same process. Per-sequence log-probs and the loss must agree, and the
 gradients summed over the N processes and divided by N (what FSDP's averaging over a context group gives) must equal
-the whole computation's (check); the cached reference's table, computed split, must equal the whole one, and be
-stored and read back by the processes together (check_reference). The tests (tests/distributed, tests/gpu) spawn
-them."""
+the whole computation's (split_equals_whole); the cached reference's table, computed split, must equal the whole one,
+and be stored and read back by the processes together (reference_split_equals_whole). The tests (tests/distributed,
+tests/gpu) spawn them, each in a group of its own (check, check_reference) or several in one (checks)."""
+import contextlib
 import dataclasses
 import os
+import traceback
 from pathlib import Path
 
 import torch
@@ -82,60 +84,88 @@ def start(rank: int, world: int, backend: str, port: int) -> torch.device:
     return device
 
 
-def check(rank: int, world: int, backend: str, min_tokens, dtype: str, tol: float, port: int,
-          lora: bool = False) -> None:
-    """Log-probs within ``tol`` relative (their sums are ~ -200), the loss within 100 ``tol``, gradients within ``tol``
-    absolute (the largest is ~0.4)."""
+@contextlib.contextmanager
+def joined(rank: int, world: int, backend: str, port: int):
+    """This process's device, in the group of the N processes until the block ends."""
     device = start(rank, world, backend, port)
     try:
-        model = module(min_tokens, dtype, device, lora)
-        batch = PairCollator(KEYS, pad_token_id=0)(pairs()).to(device)
-        whole = objective(model, batch, None)
-        split = objective(model, batch, Share(dist.group.WORLD, rank, world))
-        # the long rows (and with min_tokens=1 the short ones too) were read in shares of 2 of 2N chunks
-        expected = [padded_length(n, world) // world if model.context.splits(name, batch.groups[name]) else n
-                    for name, n in zip(batch.groups, whole[3])]
-        assert split[3] == expected and split[3] != whole[3], (split[3], whole[3])
-        for grad in split[2].values():  # FSDP averages over the group's processes
-            dist.all_reduce(grad)
-            grad /= world
-        # SimPO divides the logps by short lengths and SoLo-RA subtracts two rewards: the loss keeps less of fp32
-        assert torch.allclose(split[0], whole[0], rtol=100 * tol, atol=0), (split[0] - whole[0]).item()
-        assert torch.allclose(split[1], whole[1], rtol=tol, atol=0), ((split[1] - whole[1]) / whole[1]).abs().max()
-        worst = max((split[2][name] - grad).abs().max().item() for name, grad in whole[2].items())
-        assert worst < tol, f"gradients differ by up to {worst}"
-        assert min(grad.abs().max().item() for grad in whole[2].values()) > 0  # every weight takes part
+        yield device
     finally:
         dist.destroy_process_group()
+
+
+def check(rank: int, world: int, backend: str, min_tokens, dtype: str, tol: float, port: int,
+          lora: bool = False) -> None:
+    with joined(rank, world, backend, port) as device:
+        split_equals_whole(rank, world, device, min_tokens, dtype, tol, lora)
+
+
+def split_equals_whole(rank: int, world: int, device, min_tokens, dtype: str, tol: float, lora: bool = False) -> None:
+    """Log-probs within ``tol`` relative (their sums are ~ -200), the loss within 100 ``tol``, gradients within ``tol``
+    absolute (the largest is ~0.4)."""
+    model = module(min_tokens, dtype, device, lora)
+    batch = PairCollator(KEYS, pad_token_id=0)(pairs()).to(device)
+    whole = objective(model, batch, None)
+    split = objective(model, batch, Share(dist.group.WORLD, rank, world))
+    # the long rows (and with min_tokens=1 the short ones too) were read in shares of 2 of 2N chunks
+    expected = [padded_length(n, world) // world if model.context.splits(name, batch.groups[name]) else n
+                for name, n in zip(batch.groups, whole[3])]
+    assert split[3] == expected and split[3] != whole[3], (split[3], whole[3])
+    for grad in split[2].values():  # FSDP averages over the group's processes
+        dist.all_reduce(grad)
+        grad /= world
+    # SimPO divides the logps by short lengths and SoLo-RA subtracts two rewards: the loss keeps less of fp32
+    assert torch.allclose(split[0], whole[0], rtol=100 * tol, atol=0), (split[0] - whole[0]).item()
+    assert torch.allclose(split[1], whole[1], rtol=tol, atol=0), ((split[1] - whole[1]) / whole[1]).abs().max()
+    worst = max((split[2][name] - grad).abs().max().item() for name, grad in whole[2].items())
+    assert worst < tol, f"gradients differ by up to {worst}"
+    assert min(grad.abs().max().item() for grad in whole[2].values()) > 0  # every weight takes part
 
 
 def check_reference(rank: int, world: int, backend: str, cache_dir: str, tol: float, port: int) -> None:
+    with joined(rank, world, backend, port) as device:
+        reference_split_equals_whole(rank, world, device, cache_dir, tol)
+
+
+def reference_split_equals_whole(rank: int, world: int, device, cache_dir: str, tol: float) -> None:
     """The cached reference's table of the three pairs in one batch, the long rows split over the N processes, against
     the table computed whole: every value within ``tol`` relative. Through the cache: the processes compute it
     together, rank 0 stores it, and a second call reads it back without running the model."""
-    device = start(rank, world, backend, port)
-    try:
-        model = module(None, "float32", device)
-        context, share = model.context, Share(dist.group.WORLD, rank, world)
-        args = (model.policy, pairs(), KEYS, 0, LOGP_CHUNK_SIZE)
-        lengths = []  # of the rows the model reads
-        hook = model.policy.get_input_embeddings().register_forward_hook(lambda m, a, out: lengths.append(out.shape[1]))
-        whole = compute_reference_logps(*args, batch_size=3)
-        split = compute_reference_logps(*args, batch_size=3, context=context, share=share)
-        short, long = lengths[:2]
-        assert lengths[2:] == [short, padded_length(long, world) // world], lengths  # the short rows whole, long split
-        for pair, values in whole.items():
-            for key in KEYS:
-                got, expected = split[pair][key_name(key)], values[key_name(key)]
-                assert abs(got - expected) <= tol * abs(expected), (pair, key, got, expected)
-        cache = DiskCache(Path(cache_dir), "reference")
-        cached = with_reference_logps(*args[:3], "tiny", "32-true", 0, cache, LOGP_CHUNK_SIZE, batch_size=3,
-                                      context=context, share=share)
-        dist.barrier()  # rank 0 has stored the entry
-        read = with_reference_logps(*args[:3], "tiny", "32-true", 0, cache, LOGP_CHUNK_SIZE, batch_size=3,
-                                    context=context, share=share)
-        hook.remove()
-        assert len(lengths) == 6  # the second call ran nothing
-        assert [p.ref_logps for p in read] == [p.ref_logps for p in cached] == [split[p.id] for p in pairs()]
-    finally:
-        dist.destroy_process_group()
+    model = module(None, "float32", device)
+    context, share = model.context, Share(dist.group.WORLD, rank, world)
+    args = (model.policy, pairs(), KEYS, 0, LOGP_CHUNK_SIZE)
+    lengths = []  # of the rows the model reads
+    hook = model.policy.get_input_embeddings().register_forward_hook(lambda m, a, out: lengths.append(out.shape[1]))
+    whole = compute_reference_logps(*args, batch_size=3)
+    split = compute_reference_logps(*args, batch_size=3, context=context, share=share)
+    short, long = lengths[:2]
+    assert lengths[2:] == [short, padded_length(long, world) // world], lengths  # the short rows whole, long split
+    for pair, values in whole.items():
+        for key in KEYS:
+            got, expected = split[pair][key_name(key)], values[key_name(key)]
+            assert abs(got - expected) <= tol * abs(expected), (pair, key, got, expected)
+    cache = DiskCache(Path(cache_dir), "reference")
+    cached = with_reference_logps(*args[:3], "tiny", "32-true", 0, cache, LOGP_CHUNK_SIZE, batch_size=3,
+                                  context=context, share=share)
+    dist.barrier()  # rank 0 has stored the entry
+    read = with_reference_logps(*args[:3], "tiny", "32-true", 0, cache, LOGP_CHUNK_SIZE, batch_size=3,
+                                context=context, share=share)
+    hook.remove()
+    assert len(lengths) == 6  # the second call ran nothing
+    assert [p.ref_logps for p in read] == [p.ref_logps for p in cached] == [split[p.id] for p in pairs()]
+
+
+def checks(rank: int, world: int, backend: str, port: int, out_dir: str, cases: dict) -> None:
+    """Several checks in one group of N processes, which start, import and join once for all of them: ``cases`` maps a
+    name to a check (split_equals_whole, reference_split_equals_whole) and its keyword arguments. Each process writes
+    OUT_DIR/NAME.RANK as each check ends: "ok", or the traceback. A check that fails ends its process, as it would
+    alone: mp.spawn then stops the others, rather than let them run the next check out of step with it."""
+    with joined(rank, world, backend, port) as device:
+        for name, (function, kwargs) in cases.items():
+            outcome = Path(out_dir) / f"{name}.{rank}"
+            try:
+                function(rank, world, device, **kwargs)
+            except BaseException:
+                outcome.write_text(traceback.format_exc())
+                raise
+            outcome.write_text("ok")

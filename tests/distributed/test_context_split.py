@@ -11,7 +11,7 @@ import pytest
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from context_support import check, check_reference
+from context_support import check, checks, reference_split_equals_whole, split_equals_whole
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from support import results, run, smoke_here, step_losses, step_values  # noqa: E402
@@ -26,17 +26,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_split_long_sequences_over_2_processes_equal_the_whole_computation():
-    mp.spawn(check, args=(2, "gloo", None, "float32", 1e-6, free_port()), nprocs=2)
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The 2-process checks of the tests below, run in one pair of spawned processes (each process's start, imports
+    and group cost more than its checks); each test asserts its own check's outcome in both."""
+    out = tmp_path_factory.mktemp("outcomes")
+    cases = {"split": (split_equals_whole, dict(min_tokens=None, dtype="float32", tol=1e-6)),
+             "lora": (split_equals_whole, dict(min_tokens=None, dtype="float32", tol=1e-6, lora=True)),
+             "reference": (reference_split_equals_whole, dict(cache_dir=str(out / "cache"), tol=1e-6))}
+    try:
+        mp.spawn(checks, args=(2, "gloo", free_port(), str(out), cases), nprocs=2)
+        stopped = None
+    except Exception as err:  # a check failed in a process: its test shows the traceback, later checks did not run
+        stopped = err
+
+    def passed(name: str) -> None:
+        for rank in range(2):
+            outcome = out / f"{name}.{rank}"
+            assert outcome.exists(), f"rank {rank} did not run this check: the processes stopped first ({stopped})"
+            assert outcome.read_text() == "ok", f"rank {rank}: {outcome.read_text()}"
+
+    return passed
 
 
-def test_a_lora_policy_split_over_2_processes_has_the_whole_computation_s_adapter_gradients():
-    mp.spawn(check, args=(2, "gloo", None, "float32", 1e-6, free_port(), True), nprocs=2)
+def test_split_long_sequences_over_2_processes_equal_the_whole_computation(two_processes):
+    two_processes("split")
 
 
-def test_the_cached_reference_pass_splits_the_long_sequences_as_training_does(tmp_path):
+def test_a_lora_policy_split_over_2_processes_has_the_whole_computation_s_adapter_gradients(two_processes):
+    two_processes("lora")
+
+
+def test_the_cached_reference_pass_splits_the_long_sequences_as_training_does(two_processes):
     """Its table equals the whole pass's, and the processes store and read it together."""
-    mp.spawn(check_reference, args=(2, "gloo", str(tmp_path), 1e-6, free_port()), nprocs=2)
+    two_processes("reference")
 
 
 @pytest.mark.slow  # four processes on the CPU: pytest -m slow
