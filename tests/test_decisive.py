@@ -98,21 +98,25 @@ def test_where_no_length_keeps_half_regime_b_takes_the_end_of_the_curve_s_flat_p
     assert curve.overrides(1536) == ["data.long_len=1536", "data.short_len=219", "eval.lengths=[short,1536,3072,6144]"]
 
 
-def test_regime_b_waits_for_the_curve_and_then_carries_its_length(tmp_path):
-    def dry(*extra):
-        done = subprocess.run([sys.executable, str(ROOT / "experiments" / "decisive" / "launch.py"), "--root",
-                               str(tmp_path), "--main-seeds", "0", "--ablation-seeds", "0", "--dry-run", *extra],
-                              cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+def test_regime_b_waits_for_the_curve_and_then_carries_its_length(tmp_path, monkeypatch, capsys):
+    """launch.py's dry runs in this process (its script runs in a process of its own in the two tests below)."""
+    from experiments.decisive import launch
 
-    assert "regime (b) waits for" in dry() and " b-" not in dry()
+    def dry(*extra):
+        monkeypatch.setattr(sys, "argv", ["launch.py", "--root", str(tmp_path), "--main-seeds", "0",
+                                          "--ablation-seeds", "0", "--dry-run", *extra])
+        launch.main()
+        return capsys.readouterr().out
+
+    out = dry()
+    assert "regime (b) waits for" in out and " b-" not in out
     # the parts are made of what can run: regime (a)'s jobs fill the room regime (b)'s would have taken
     listed = [x.split()[0] for x in dry("--part", "2").splitlines() if x.startswith(("a-", "b-"))]
     a_parts = estimate.in_parts(jobs.study_jobs(("a",), main_seeds=(0,), ablation_seeds=(0,)))[0]
     assert listed == [job.name for part in a_parts[:2] for job in part] and len(listed) > 12
     (tmp_path / "curve.json").write_text(json.dumps({"scores": {"short": 40.0, "512": 0.0, "768": 10.0}}))
-    assert "regime (b) waits for" in dry() and " b-" not in dry()  # measured, but no length qualifies: still waits
+    out = dry()
+    assert "regime (b) waits for" in out and " b-" not in out  # measured, but no length qualifies: still waits
     (tmp_path / "curve.json").write_text(json.dumps({"scores": {"short": 40.0, "512": 25.0, "768": 20.0,
                                                                 "1024": 10.0}}))
     line = next(x for x in dry("--names", "b-solopo-dpo-a3-s0").splitlines() if x.startswith("b-solopo"))
