@@ -1,3 +1,4 @@
+import copy
 import functools
 import os
 from pathlib import Path
@@ -79,6 +80,31 @@ WIDE_MLP = dict(hidden_size=512, intermediate_size=4096, num_hidden_layers=4, nu
                 num_key_value_heads=8, vocab_size=1024, max_position_embeddings=16384)
 DEEP = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=16, num_attention_heads=4, num_key_value_heads=4,
             vocab_size=1024, max_position_embeddings=16384)
+
+
+def parsed_once(load):
+    """OmegaConf.load, which keeps what each YAML text read from a file object parses to and returns a copy of it.
+    Hydra parses every file of the config tree on each compose (a run in the test process composes four times: the
+    command line's checks, Hydra's own, the job), and parsing is about a quarter of a compose's CPU: over the suite's
+    thousands of composes, the same few dozen texts. Keyed by the text, so an edited file parses anew; a miss parses
+    the file object itself, so a text that fails to parse fails as before, with its file's name in the message. A
+    path (product code reading a user's file) is loaded as it was."""
+    parsed = {}
+
+    def load_once(file_):
+        if isinstance(file_, (str, os.PathLike)):
+            return load(file_)
+        start = file_.tell()
+        text = file_.read()
+        if text not in parsed:
+            file_.seek(start)
+            parsed[text] = load(file_)
+        return copy.deepcopy(parsed[text])
+
+    return load_once
+
+
+OmegaConf.load = staticmethod(parsed_once(OmegaConf.load))
 
 # Tests never write to the user's cache or reach wandb's servers.
 os.environ.setdefault("WANDB_MODE", "offline")
