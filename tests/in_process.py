@@ -15,9 +15,11 @@ import sys
 
 from hydra.core.hydra_config import HydraConfig
 
-# python -m MODULE runs MODULE's entry function; the report's lives in its __main__
+# python -m MODULE runs MODULE's entry function; the report's lives in its __main__. solopo.run:main is Hydra's task
+# function alone, as a launcher's job runs it (an Optuna trial, a SLURM job): without the command line's checks.
 ENTRIES = {"solopo.run": ("solopo.run", "entry"), "solopo.evaluate": ("solopo.evaluate", "entry"),
-           "solopo.report": ("solopo.report.__main__", "main"), "solopo.build": ("solopo.build", "entry")}
+           "solopo.report": ("solopo.report.__main__", "main"), "solopo.build": ("solopo.build", "entry"),
+           "solopo.run:main": ("solopo.run", "main")}
 
 
 def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:

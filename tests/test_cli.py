@@ -210,10 +210,13 @@ def test_other_processes_log_warnings_and_errors_only(monkeypatch, rank, written
     assert out.getvalue().splitlines() == written and len(handler.filters) == (rank > 0)
 
 
-def test_a_run_off_a_terminal_logs_progress_lines_and_no_noise(tmp_path):
+def test_a_run_off_a_terminal_logs_progress_lines_and_no_noise(tmp_path, monkeypatch):
     """stderr is a pipe here, as in a SLURM or CI log: no bars (no carriage returns), plain progress lines in
     run.log, and none of the lines a user cannot act on (Lightning's advertisement and FLOPs: 0 table, a
-    deprecation note, wandb's "anonymous" warning)."""
+    deprecation note, wandb's "anonymous" warning). The wandb logger without an API key runs offline: its run files
+    in the run directory, no key in results.json, and no end-of-run summary (wandb prints it at exit, so the run
+    is a new process)."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
     done = python("import sys; sys.argv = ['solopo-train', 'experiment=smoke', 'logger=wandb', "
                   f"'hydra.run.dir={tmp_path}']\nimport solopo.run\nsolopo.run.main()")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -222,6 +225,9 @@ def test_a_run_off_a_terminal_logs_progress_lines_and_no_noise(tmp_path):
         assert noise not in output, noise
     log = (tmp_path / "run.log").read_text()
     assert "step 2/4: loss" not in log and "step 4/4: loss" in log  # every 10 steps, and the last
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert "WANDB_API_KEY" not in (tmp_path / "results.json").read_text()
+    assert "Run history" not in output  # offline, wandb prints no summary of what the run logs
 
 
 def test_progress_lines_every_n_steps_and_the_last(caplog):
