@@ -22,18 +22,20 @@ ENTRIES = {"solopo.run": ("solopo.run", "entry"), "solopo.evaluate": ("solopo.ev
            "solopo.run:main": ("solopo.run", "main")}
 
 
-def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd=None,
+         argv0: str | None = None) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS`` in this process, with ``env`` added to the environment and in ``cwd``; all three are
     put back afterwards, and so is Hydra's record of the running job's config (HydraConfig), which Hydra's --cfg sets
     and leaves set: a later check would read that command line's config group choices. The exit status is the one Python would give (SystemExit's code; a message instead of a code
     printed to stderr, then 1); an unhandled exception propagates (HYDRA_FULL_ERROR=1) with its traceback.
-    ``expect``: the exit status asserted (None: not checked)."""
+    ``expect``: the exit status asserted (None: not checked). ``argv0``: the name the command was called by, in
+    sys.argv[0] (a console script's path; default MODULE)."""
     path, name = ENTRIES[module]
     entry = getattr(importlib.import_module(path), name)
     forget_wandb()  # before the environment is saved: the session's service token must not come back with it
     argv, environ, here, hydra_cfg = sys.argv, dict(os.environ), os.getcwd(), HydraConfig.instance().cfg
     os.environ.update({"WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", **(env or {})})
-    sys.argv = [module, *map(str, args)]
+    sys.argv = [argv0 or module, *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
     try:
         os.chdir(cwd or here)

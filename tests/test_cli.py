@@ -65,9 +65,13 @@ def console_scripts() -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize("script, module, function", console_scripts())
 def test_help_names_the_command_as_it_was_called(script, module, function):
     """`solopo-report --help` said `usage: python -m solopo.report`, `solopo-train --help` "run is powered by
-    Hydra": each names itself now, the console script by its name and `python -m` by the module."""
-    called = python(f"import sys; sys.argv = ['/venv/bin/{script}', '--help']\n"
-                    f"from {module} import {function}\n{function}()")
+    Hydra": each names itself now, the console script by its name and `python -m` by the module. The console script's
+    function runs in this process (in_process.call: setup.cfg's function, with the script's path in sys.argv[0]);
+    `python -m` in a new one."""
+    from in_process import ENTRIES, call
+
+    assert ENTRIES[module.removesuffix(".__main__")] == (module, function)
+    called = call(module.removesuffix(".__main__"), ["--help"], argv0=f"/venv/bin/{script}")
     as_module = subprocess.run([sys.executable, "-m", module.removesuffix(".__main__"), "--help"], cwd=ROOT,
                                capture_output=True, text=True, timeout=300)
     for done, name in ((called, script), (as_module, f"python -m {module.removesuffix('.__main__')}")):
@@ -270,12 +274,12 @@ def test_progress_lines_after_slow_steps(caplog, monkeypatch):
 def test_a_smoke_optuna_search_finds_a_real_best_value(tmp_path):
     """hparams_search=optuna (the solopo[optuna] extra), 3 trials of the smoke run minimising val/loss: the best
     value Optuna reports is the val/loss one of the trials wrote to its results.json."""
+    from in_process import run_here
+
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the solopo[optuna] extra is not installed")
-    done = subprocess.run([sys.executable, "-m", "solopo.run", "hparams_search=optuna", "experiment=smoke",
-                           "logger=none", "trainer.max_steps=2", "optimized_metric=val/loss",
-                           "hydra.sweeper.direction=minimize", "hydra.sweeper.n_trials=3",
-                           f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_here(["hparams_search=optuna", "experiment=smoke", "logger=none", "trainer.max_steps=2",
+              "optimized_metric=val/loss", "hydra.sweeper.direction=minimize", "hydra.sweeper.n_trials=3",
+              f"hydra.sweep.dir={tmp_path}"], cwd=ROOT)
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())["best_value"]
     trials = [json.loads(p.read_text())["metrics"]["val/loss"] for p in tmp_path.glob("*/results.json")]
     assert len(trials) == 3 and math.isfinite(best) and best == pytest.approx(min(trials))
