@@ -116,6 +116,16 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a worker; the controller, which
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 
+# Collected first. pytest-xdist (setup.cfg: --dist loadscope --no-loadscope-reorder) hands whole modules to the workers
+# in collection order, and this one, the longest (about two minutes of a worker), is collected among the last: the
+# worker that took it ran on for over a minute after the other had run out of modules.
+FIRST = ("test_run.py",)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in FIRST)  # a stable sort: the rest keep their order
+
+
 @pytest.fixture(autouse=True, scope="session")
 def torch_threads():
     """At most 2 threads per process: more gain nothing on the tiny models."""
