@@ -53,7 +53,7 @@ from solopo.training.reference import SplitReference, with_reference_logps
 from solopo.training.results import (RunFailed, final_metrics, redact, where_it_ran, with_earlier_fits,
                                      with_recorded_training)
 from solopo.training.lightning_run import finish_run, fit, strategy_of
-from solopo.training.resume import ResumableLoader, completed_results, resolve_ckpt_path, weights_problem
+from solopo.training.resume import ResumableLoader, completed_results, refuse_other_weights, resolve_ckpt_path
 
 log = logging.getLogger("solopo")
 
@@ -371,8 +371,7 @@ def train(cfg: DictConfig) -> dict:
     with failed_on_data():  # a malformed data file stops the run here, before any model loads
         splits = load_source(cfg)
     tokenizer, examples, fixed, evaluation, (policy, reference, cached) = load_inputs(cfg, settings, splits)
-    if ckpt_path is not None and (problem := weights_problem(ckpt_path, policy)):  # before sampling and the rest
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: {ckpt_path} {problem}")
+    refuse_other_weights(cfg.ckpt_path, ckpt_path, policy)
     model_done, stages = time.perf_counter(), StageCosts(compute_device(cfg))
 
     with stages("sampling"):  # data.pairs=sampled; ready-made and gold pairs were made before the model loaded

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from solopo.cache import writing
 from solopo.preflight import stop
+from solopo.settings.fields import ConfigError
 from solopo.training.results import read_results, unfinished
 
 log = logging.getLogger("solopo")
@@ -105,6 +106,13 @@ def weights_problem(path: Path, policy: torch.nn.Module) -> Optional[str]:
         return None
     return (f"holds another model's weights: {found}; resume with the model settings (model=..., model.lora, ...) "
             "of the run that wrote it")
+
+
+def refuse_other_weights(given: str, path: Optional[Path], policy: torch.nn.Module) -> None:
+    """Stops the run in one line naming ckpt_path (as ``given``) where the checkpoint at ``path`` holds another
+    model's weights (weights_problem); before sampling and the reference pass, so that nothing is computed for it."""
+    if path is not None and (problem := weights_problem(path, policy)):
+        raise ConfigError(f"ckpt_path={given}: {path} {problem}")
 
 
 POLICY = "policy."  # the prefix of the policy's weights in a checkpoint (SoLoPOModule.policy)
