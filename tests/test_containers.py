@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from solopo.data.formats import DataFileError, pairs
 from solopo.data.schema import Turn
 from solopo.data.tokenize import encode_prompt
-from solopo.settings.build import ConfigError, load_source
+from solopo.settings.build import ConfigError, build_settings, load_source
 from format_samples import CITIES, FLAT, FORMATS, SYSTEM, assistant, question, records, user, write
 from format_samples import datasets_cache  # noqa: F401 (an autouse fixture: it applies to this module's tests)
 from in_process import run_here
@@ -239,7 +239,7 @@ def test_smoke_run_truncates_overlong_contexts_and_reports_the_count(tmp_path):
             for row, (country, _, _) in zip(records("A"), CITIES)]
     path = write("jsonl", rows, tmp_path)
     run_here(["algo=dpo", "experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
-              "data.long_len=128", "model.max_length=256", "eval.lengths=[short,128]", "data.overlong=truncate",
+              "model.max_length=256", "eval.lengths=[short,128]", "data.overlong=truncate",
               "data.truncate=left",
               f"hydra.run.dir={tmp_path / 'run'}"])
     counts = results(tmp_path / "run")["data"]
@@ -262,7 +262,7 @@ def test_an_overlong_pair_under_overlong_error_is_one_line(tmp_path, monkeypatch
             for index, (row, (country, _, _)) in enumerate(zip(records("A"), CITIES))]
     path = write("jsonl", rows, tmp_path)
     done = run_here(["experiment=smoke", "data=pairs", f"data.path={path}", "data.source.n_val=1", "logger=none",
-                     "data.long_len=128", "model.max_length=256", "eval.lengths=[short,128]", "data.overlong=error",
+                     "model.max_length=256", "eval.lengths=[short,128]", "data.overlong=error",
                      f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {path} line 3: x_long is too long: ")
     assert "tokens with the longer response, over model.max_length=256 (data.overlong=error; skip" in done.stderr
@@ -408,3 +408,26 @@ def test_a_run_asked_for_no_validation_split_trains_and_ends_well(tmp_path):
     assert math.isnan(optimized_value({"metrics": {"train/loss": 0.7}}, None))
     with pytest.raises(ConfigError, match=r"^optimized_metric=val/loss: this run has no such metric; it has train/loss$"):
         optimized_value({"metrics": {"train/loss": 0.7}}, "val/loss")
+
+
+def test_data_long_len_is_for_passages_and_refused_for_ready_made_pairs(tmp_path):
+    """data.long_len on a file of ready-made pairs (schema A) was ignored: the run trained on the x_long the file held
+    as if asked for 2048. Unset, its default (7500) was still checked against model.max_length, so a 4K model stopped
+    with "data.long_len=7500: too long for model.max_length=4096" on a file whose contexts nothing would change.
+    Passages (schema A') are built to it, and it must fit there."""
+    pairs_file = write("jsonl", records("A"), tmp_path)
+    done = run_here(["experiment=smoke", "data=pairs", f"data.path={pairs_file}", "data.long_len=2048",
+                     "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: data.long_len=2048: data.path={pairs_file} holds ready-made pairs, whose prompts are used as written; "
+        "data.long_len sets the x_long built from passages (schema A') or a QA dataset. To give pairs x_long of a "
+        "chosen length, build them: solopo-build")
+    from solopo.settings.rules import check_pairs_long_len
+
+    assert check_pairs_long_len(7500, 4096, passages=False, given=False, path=pairs_file) == []
+    assert check_pairs_long_len(7500, 4096, passages=True, given=False, path="passages.jsonl") == [
+        "data.long_len=7500: too long for model.max_length=4096; at most 4032 leaves room for the chat template and "
+        "the response"]
+    cfg = compose_config(["data=pairs", f"data.path={pairs_file}", "model=tiny", "model.max_length=4096",
+                          "eval.lengths=[short]"])
+    build_settings(cfg)  # the file's schema decides, once it is read

@@ -38,6 +38,23 @@ def check_long_len(long_len: Any, short_len: Any, max_length: Optional[int], roo
     return problems
 
 
+FILE_OF_PAIRS = "pairs"  # the data option whose file may hold ready-made pairs or passages (schema A')
+
+
+def check_pairs_long_len(long_len: Any, max_length: Optional[int], passages: bool, given: bool, path: Any) -> Problems:
+    """data.long_len for data=pairs, once the file is read: a file of passages (``passages``, schema A') builds x_long
+    to it, so it must fit model.max_length as for a QA dataset; ready-made pairs keep their prompts as written, so it
+    was checked against model.max_length though nothing read it (a 4K model asked for data.long_len <= 4032 on a file
+    whose contexts it never changed), and, ``given`` on the command line, would be ignored: refused instead."""
+    if passages:
+        return check_long_len(long_len, None, max_length, TEMPLATE_TOKENS + GOLD_RESPONSE_TOKENS)
+    if given:
+        return [f"data.long_len={long_len}: data.path={path} holds ready-made pairs, whose prompts are used as "
+                "written; data.long_len sets the x_long built from passages (schema A') or a QA dataset. To give "
+                "pairs x_long of a chosen length, build them: solopo-build"]
+    return []
+
+
 def check_eval_lengths(lengths: Any, max_length: Optional[int]) -> Problems:
     """eval.lengths (EvalSettings checked their form) against model.max_length less the room of an answer."""
     if max_length is None or not isinstance(lengths, (list, tuple)):
@@ -303,8 +320,9 @@ def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, trainin
         if sampling is not None:  # built for data.pairs=sampled only
             problems += number("data.sampling.k", sampling.k, 2, integer=True,
                                note=" (a pair needs a correct and an incorrect sample)")
-        problems += check_long_len(cfg.data.get("long_len"), cfg.data.get("short_len"), max_length,
-                                   TEMPLATE_TOKENS + response)
+        if data_option != FILE_OF_PAIRS:  # there it builds x_long for passages alone: check_pairs_long_len
+            problems += check_long_len(cfg.data.get("long_len"), cfg.data.get("short_len"), max_length,
+                                       TEMPLATE_TOKENS + response)
         problems += check_alignment(settings["method"], settings["ra"])
         problems += check_packing_kernel(cfg.get("packing"), model.attn_implementation if model else None)
         problems += check_benchmark_schedule(settings["benchmark"], settings["eval"])

@@ -26,7 +26,7 @@ from solopo.cache import DiskCache
 from solopo.core.objective import required_sequences
 from solopo.data.collate import PairCollator, plain_po
 from solopo.data.pairs import UnusableItem, to_examples
-from solopo.data.schema import PreferenceExample
+from solopo.data.schema import PreferenceExample, QAItem
 from solopo.data.tokenize import OverlongPair, token_counter, tokenize_examples
 from solopo.eval import runner
 from solopo.eval.runner import RunEvaluation
@@ -41,9 +41,9 @@ from solopo.records import DataFileError
 from solopo.step.checkpointing import AUTO, auto_checkpointing
 from solopo.step.largest_step import step_tokens
 from solopo.step.context_parallel import Share
-from solopo.settings.build import (ConfigError, Settings, build_settings, choice, load_source,
+from solopo.settings.build import (ConfigError, Settings, build_settings, choice, command_line, load_source,
                                    refuse_missing_model, vllm_args)
-from solopo.settings.rules import check_eval_metric
+from solopo.settings.rules import FILE_OF_PAIRS, check_eval_metric, check_pairs_long_len
 from solopo.training.callbacks import Preemption, StageCosts
 from solopo.training.distributed import local_gpu
 from solopo.training.eval_callback import eval_during_training
@@ -323,11 +323,22 @@ def failed_on_data():
         raise RunFailed("bad data", str(err)) from None
 
 
+def check_file_long_len(cfg: DictConfig, settings: Settings, splits) -> None:
+    """data.long_len against what a data=pairs file holds, known once it is read (rules.check_pairs_long_len)."""
+    if choice(cfg, "data") != FILE_OF_PAIRS or not splits.train:
+        return
+    given = {override.partition("=")[0].lstrip("+~") for override in command_line(cfg)[0]}
+    if problems := check_pairs_long_len(cfg.data.long_len, settings.model.max_length,
+                                        isinstance(splits.train[0], QAItem), "data.long_len" in given, cfg.data.path):
+        raise ConfigError(problems[0])
+
+
 def load_inputs(cfg: DictConfig, settings: Settings, splits):
     """The tokenizer, each split's examples, the pairs that need no sampling (fixed_pairs) and the evaluation (all
     built with the tokenizer alone: an item that cannot make a pair, a pair over model.max_length under
     data.overlong=error, a bad benchmark file or an optimized_metric the evaluation does not give stops the run before
     the model loads) and the models (load_models)."""
+    check_file_long_len(cfg, settings, splits)
     refuse_missing_model(settings.model)  # a missing local folder or an unknown hub id, in one line
     tokenizer = load_tokenizer(settings.model)
     with failed_on_data():
