@@ -19,7 +19,7 @@ from solopo.eval.longctx import answer_all, greedy_answers
 from solopo.generation import sampling
 from solopo import progress as progress_module
 from solopo.generation import batching
-from solopo.generation.batching import budget_batches, in_prompt_order, pad_left_to, split_on_oom
+from solopo.generation.batching import budget_batches, in_prompt_order, split_on_oom
 from solopo.progress import progress
 from solopo.data.tokenize import encode_prompt, left_padded
 from solopo.models.loading import load_model
@@ -47,13 +47,6 @@ def test_outputs_go_back_to_the_prompts_order():
     assert in_prompt_order([[1, 3], [0], [2]], [["b", "d"], ["a"], ["c"]]) == ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match="a batch of 2 prompts gave 1 outputs"):
         in_prompt_order([[1, 3]], [["b"]])
-
-
-def test_pad_left_to_a_multiple_keeps_the_rows_and_masks_the_new_columns():
-    ids, mask = torch.tensor([[7, 8, 9], [0, 5, 6]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
-    wide, wide_mask = pad_left_to(ids, mask, 4, pad_token_id=0)
-    assert wide.tolist() == [[0, 7, 8, 9], [0, 0, 5, 6]] and wide_mask.tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
-    assert pad_left_to(wide, wide_mask, 4, 0)[0] is wide
 
 
 class Bar(list):
@@ -115,8 +108,8 @@ def test_batched_greedy_answers_equal_one_at_a_time_in_the_prompts_order(fp32_mo
 
 
 def test_static_cache_answers_equal_the_dynamic_cache(fp32_model, tokenizer, monkeypatch):
-    """The static path (wider left padding, a static cache) as a GPU takes it, forced on the CPU, where transformers
-    does not compile: the same greedy answers."""
+    """The static path (a static cache, solopo.generation.decoding's loop) as a GPU takes it, forced on the CPU, where
+    the step runs without a graph: the same greedy answers."""
     dynamic = greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=3)
     monkeypatch.setattr(longctx, "uses_static_cache", lambda model, wanted: wanted)
     assert greedy_answers(fp32_model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=3, static_cache=True) == dynamic
@@ -182,10 +175,10 @@ def test_static_cache_runs_fp32_weights_under_bf16_autocast(fp32_model, tokenize
 
 
 @pytest.mark.parametrize("path", ["greedy", "sampled"])
-def test_static_path_decodes_with_stock_attention_and_restores_the_kernel(fp32_model, tokenizer, monkeypatch, path):
-    """transformers compiles the static path's decoding step whole, and solopo's own kernel failed to trace there on a
-    GPU (torch 2.11): the static path attends with SDPA, the dynamic one keeps the model's kernel, and the kernel is
-    the model's again afterwards."""
+def test_static_path_decodes_with_sdpa_and_restores_the_kernel(fp32_model, tokenizer, monkeypatch, path):
+    """The static path attends through a 4D boolean mask over its cache, which only transformers' SDPA attention
+    reads: it attends with SDPA, the dynamic path keeps the model's kernel, and the kernel is the model's again
+    afterwards."""
     from transformers import AttentionInterface
 
     from solopo.step.varlen import NAME

@@ -9,10 +9,10 @@ prompts: old is paper_mini's (batches of a fixed number of rows: 32 answers, 64 
 cache; the fp32 weights under autocast); budget sorts prompts longest first under a token budget
 (conf/experiment/decisive/a.yaml's) with a dynamic cache, on half-precision copies of the weights (half_weights, the
 shipped default: the KV cache in half precision, no per-step casts); budget_fp32 is the same batches on the fp32 weights
-under autocast (half_weights=false); static adds to budget, on a GPU, a static KV cache and transformers' compiled
-decoding step (its compilation is inside the timed call: a study job pays it once per shape); static_eager is static
-without the compiled step (the model's generation_config.disable_compile), which still writes each step's keys in
-place where the dynamic cache concatenates the whole cache again; budget_repeat is budget with each decoding step's
+under autocast (half_weights=false); static adds to budget, on a GPU, a static KV cache whose decoding step is
+captured as a CUDA graph and replayed (solopo.generation.decoding; the capture, once per batch, is inside the timed
+call); static_eager is static with the step run eagerly (decoding.CAPTURE off), which still writes each step's keys
+in place where the dynamic cache concatenates the whole cache again; budget_repeat is budget with each decoding step's
 grouped key/value heads repeated to the query heads (model.decode_kv_heads=repeated, as transformers before 5.24
 does; the shipped grouped step reads the cache as it is); budget_x2 is budget under twice the token budgets (half as
 many decoding steps' host work per answer, twice the KV cache). Each timing is one call after a warm-up call on a
@@ -41,6 +41,7 @@ from omegaconf import OmegaConf
 from solopo.data.tokenize import encode_prompt, left_padded_ids, token_counter
 from solopo.data.world import qa_items
 from solopo.eval.longctx import EvalSettings, build_cases, greedy_answers
+from solopo.generation import decoding
 from solopo.generation.batching import generation_weights
 from solopo.generation.sampling import SamplingSettings, generate
 from solopo.models.loading import ModelSpec, load_model, load_tokenizer
@@ -88,8 +89,9 @@ def timed(fn) -> float:
 def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSettings]]:
     """Each path's greedy_answers arguments and sampling settings: old (fixed rows, dynamic cache, fp32 weights),
     budget (length-sorted batches under a token budget, dynamic cache, half-precision weights), budget_fp32 (budget on
-    the fp32 weights), static (budget with a static cache and compiled decoding), static_eager (static, not
-    compiled), budget_repeat (decoding with the key/value heads repeated) and budget_x2 (twice the token budgets)."""
+    the fp32 weights), static (budget with a static cache, the decoding step replayed as a CUDA graph:
+    solopo.generation.decoding), static_eager (static, the step run eagerly), budget_repeat (decoding with the
+    key/value heads repeated) and budget_x2 (twice the token budgets)."""
     sampling = SamplingSettings(k=k, temperature=0.85, max_new_tokens=32, batch_size=OLD["sequences_per_batch"],
                                 batch_tokens=None, static_cache=False, half_weights=False, seed=0,
                                 engine="transformers", scorer=SubEM(), precision=precision)
@@ -99,7 +101,7 @@ def path_settings(k: int, precision: str) -> dict[str, tuple[dict, SamplingSetti
     return {"old": (dict(batch_size=OLD["answers_per_batch"]), sampling),
             "budget": (greedy_budget, budget),
             "budget_fp32": ({**greedy_budget, "half_weights": False}, dataclasses.replace(budget, half_weights=False)),
-            "static": static, "static_eager": static,  # run_paths turns transformers' compilation off for static_eager
+            "static": static, "static_eager": static,  # run_paths turns the graph off for static_eager
             "budget_repeat": (greedy_budget, budget),  # and model.decode_kv_heads=repeated for budget_repeat
             "budget_x2": ({**greedy_budget, "batch_tokens": 2 * NEW["answer_tokens"]},
                           dataclasses.replace(budget, batch_tokens=2 * NEW["sample_tokens"]))}
@@ -129,13 +131,12 @@ def run_paths(model, spec: ModelSpec, tokenizer, work: dict, k: int, precision: 
               limit_s: int, save) -> list[dict]:
     rows: list[dict] = []
     for path in names:
-        config = model.generation_config
-        eager, config.disable_compile = config.disable_compile, path == "static_eager" or config.disable_compile
+        decoding.CAPTURE = path != "static_eager"
         varlen.set_decode_kv_heads(model, "repeated" if path == "budget_repeat" else spec.decode_kv_heads)
         try:
             time_path(model, tokenizer, work, path, path_settings(k, precision)[path], precision, limit_s, rows, save)
         finally:
-            config.disable_compile = eager
+            decoding.CAPTURE = True
             varlen.set_decode_kv_heads(model, spec.decode_kv_heads)
     return rows
 

@@ -17,8 +17,8 @@ import torch
 from solopo.data.contexts import INSTRUCTIONS, build_contexts, render
 from solopo.data.schema import QAItem
 from solopo.data.tokenize import encode_prompt, left_padded_ids
-from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generate_batches, pad_left_to,
-                                        uses_static_cache)
+from solopo.generation.batching import budget_batches, generate_batches, uses_static_cache
+from solopo.generation.decoding import decode, end_ids, greedy_pick, plain_decoding
 from solopo.report.stats import Change, paired_change, wilson
 from solopo.scoring import SUB_EM, Scorer, f1, points, score_name, scorer_problems, sub_em
 from solopo.settings.fields import flag, number, one_of, refuse, shown
@@ -167,14 +167,16 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
 
 
 def _greedy_batch(model, tokenizer, ids, mask, max_new_tokens: int, static: bool, precision: str) -> list[str]:
-    """One left-padded batch's greedy answers; the static path widens it first (batching.pad_left_to)."""
-    if static:
-        ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
+    """One left-padded batch's greedy answers: the static path decodes from a static cache, its step replayed as a
+    CUDA graph on a GPU (solopo.generation.decoding), where the model's generation config adds no logits processor
+    of its own; the other path is generate's."""
     with torch.no_grad(), autocast(ids.device, precision):
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                             **({"cache_implementation": "static"} if static else {}))
-    return [t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
+        if static and plain_decoding(model):
+            new = decode(model, ids, mask, max_new_tokens, greedy_pick, tokenizer.pad_token_id, end_ids(model))
+        else:
+            new = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, use_cache=True)[:, ids.shape[1]:]
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
 def vllm_greedy_answers(model_path: str, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int = 0,

@@ -1,5 +1,6 @@
 """Batches for generation: prompts sorted by length and grouped under a token budget, answers put back in the
-prompts' order; and the static KV cache that lets transformers compile the decoding step on a GPU.
+prompts' order; the weights and attention generation computes with; whether a batch decodes from a static KV cache
+(solopo.generation.decoding, whose step a GPU replays as a CUDA graph).
 
 A left-padded batch is as wide as its longest prompt, so sorting by length keeps padding small, and a budget in
 tokens (rather than a number of rows) lets short prompts go many at a time and long ones few, for the same memory:
@@ -24,8 +25,6 @@ from solopo.training.precision import autocast_dtype, weights_as
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-STOCK_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")  # transformers' own
-STATIC_WIDTH_MULTIPLE = 256  # static caches are sized in steps of this: a compiled step is reused across batches
 
 
 def budget_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None, new_tokens: int,
@@ -100,7 +99,8 @@ def generate_batches(model, batches: Sequence[Sequence[int]], generate_rows: Cal
 
 
 def uses_static_cache(model, wanted: bool) -> bool:
-    """A static KV cache (and with it transformers' compiled decoding step) where it pays: on a GPU, when asked."""
+    """A static KV cache (and with it the decoding step replayed as a CUDA graph) where it pays: on a GPU, when
+    asked."""
     return wanted and next(model.parameters()).device.type == "cuda"
 
 
@@ -119,12 +119,11 @@ def generation_weights(model, static: bool, half: bool, precision: str):
     The static path takes the copies whatever ``half`` says: its KV cache holds keys and values of the dtype of the
     first ones it sees (one dtype for both before transformers 5.2x), and fp32 keys with half values break it.
 
-    Attention: transformers compiles the static path's decoding step whole, and solopo's own kernels (packed rows,
-    shared prompts) failed to trace there (torch 2.11, experiments/sampling/results/speed.md); generation runs
-    neither packed rows nor shared prompts, so the static path uses transformers' SDPA attention, which those
-    kernels call for a left-padded prefill anyway (its compiled decoding steps repeat grouped key/value heads, where
-    solopo_varlen's read the cache as it is, whatever model.decode_kv_heads says). The dynamic path keeps the model's
-    attention."""
+    Attention: the static path (solopo.generation.decoding) attends through a 4D boolean mask over its cache, which
+    transformers' SDPA attention reads and the others do not (eager adds its mask, flash and solopo's own kernels
+    take none): it attends with SDPA, which solopo's kernels call for a left-padded prefill anyway (it repeats
+    grouped key/value heads at each step, where solopo_varlen's read the cache as it is, whatever
+    model.decode_kv_heads says). The dynamic path keeps the model's attention."""
     from solopo.training.distributed import is_sharded  # here: that module brings Lightning, 4 s to import
 
     copies = (static or half) and not is_sharded(model)
@@ -133,13 +132,13 @@ def generation_weights(model, static: bool, half: bool, precision: str):
         say_copies(dtype)
     with weights_as(model, dtype):
         kernel = model.config._attn_implementation
-        stock = static and kernel not in STOCK_ATTENTION
-        if stock:
+        swap = static and kernel != "sdpa"
+        if swap:
             model.config._attn_implementation = "sdpa"
         try:
             yield model
         finally:
-            if stock:
+            if swap:
                 model.config._attn_implementation = kernel
 
 
@@ -148,24 +147,3 @@ def say_copies(dtype: torch.dtype) -> None:
     """Once per process: what generation computes with, where it is not the model's own weights."""
     log.info("generation computes with %s copies of the weights (eval.half_weights, data.sampling.half_weights; "
              "the model's own weights are left as they are)", str(dtype).removeprefix("torch."))
-
-
-def pad_left_to(ids: torch.Tensor, mask: torch.Tensor, multiple: int, pad_token_id: int) -> tuple[torch.Tensor, ...]:
-    """A left-padded batch widened on the left to a multiple of ``multiple`` columns: batches of nearby lengths then
-    share one static cache size, so the compiled decoding step is not compiled again for each."""
-    extra = -ids.shape[1] % multiple
-    if not extra:
-        return ids, mask
-    return (torch.cat([ids.new_full((ids.shape[0], extra), pad_token_id), ids], dim=1),
-            torch.cat([mask.new_zeros((mask.shape[0], extra)), mask], dim=1))
-
-
-def static_copy(model, cache, copies: int, max_cache_len: int):
-    """A StaticCache of ``max_cache_len`` positions holding ``cache`` (a DynamicCache of a prompt batch's prefill)
-    with each row repeated ``copies`` times in place, so k samples continue one prefill with compiled decoding."""
-    from transformers import StaticCache
-
-    static = StaticCache(config=model.config, max_cache_len=max_cache_len)
-    for source, target in zip(cache.layers, static.layers):
-        target.update(source.keys.repeat_interleave(copies, 0), source.values.repeat_interleave(copies, 0))
-    return static

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import logging
 import random
 import time
@@ -22,8 +21,8 @@ import torch
 from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import encode_prompt, left_padded_ids
-from solopo.generation.batching import (STATIC_WIDTH_MULTIPLE, budget_batches, generate_batches, pad_left_to,
-                                        static_copy, uses_static_cache)
+from solopo.generation.batching import budget_batches, generate_batches, uses_static_cache
+from solopo.generation.decoding import cache_keyword, decode, end_ids, plain_decoding, sampled_pick
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
 from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.training.precision import autocast
@@ -78,22 +77,23 @@ def sample_shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, settings:
     generate(num_return_sequences=k) would copy every prompt k times before its forward pass, so a long
     context would be read k times. Here the prompt (but its last token) runs once, its KV cache is repeated k
     times, and generation goes on from there: the same samples for the same seed (the draws are made in the
-    same order over the same rows), at 1/k of the prompt's cost. ``static``: the repeated cache is a static one
-    (solopo.generation.batching.static_copy), whose decoding step transformers compiles on a GPU."""
+    same order over the same rows), at 1/k of the prompt's cost. ``static``: the prompt runs whole once and the
+    k rows decode from a static cache, their step replayed as a CUDA graph on a GPU (solopo.generation.decoding),
+    where the model's generation config adds no logits processor of its own (decoding.plain_decoding); on the
+    CPU its samples are generate's."""
+    if static and plain_decoding(model):
+        new = decode(model, ids, mask, settings.max_new_tokens, sampled_pick(settings.temperature), pad_token_id,
+                     end_ids(model), copies=settings.k)
+        return torch.cat([ids.repeat_interleave(settings.k, 0), new], dim=1)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
     # logits_to_keep=1: only the cache is wanted; full logits would take B x L x vocab floats (6 GB at 8 x 4K)
     prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
                    use_cache=True, logits_to_keep=1)
     cache = getattr(prefix, "cache", None)
     cache = prefix.past_key_values if cache is None else cache
-    if static:
-        cache = static_copy(model, cache, settings.k, ids.shape[1] + settings.max_new_tokens)
-    else:
-        cache.batch_repeat_interleave(settings.k)
-    # Later transformers 5 releases name the argument `cache`; earlier ones, and wrappers, `past_key_values`.
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache.batch_repeat_interleave(settings.k)
     return model.generate(input_ids=ids.repeat_interleave(settings.k, 0),
-                          attention_mask=mask.repeat_interleave(settings.k, 0), **{name: cache},
+                          attention_mask=mask.repeat_interleave(settings.k, 0), **{cache_keyword(model): cache},
                           do_sample=True, top_k=0, top_p=1.0, temperature=settings.temperature,
                           max_new_tokens=settings.max_new_tokens, pad_token_id=pad_token_id,
                           use_cache=True)  # training configs turn the cache off
@@ -123,8 +123,6 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: SamplingSetting
 
     def draw(rows: Sequence[int]) -> list[list[Sample]]:
         ids, mask = left_padded_ids([encoded[i] for i in rows], tokenizer.pad_token_id, device)
-        if static:
-            ids, mask = pad_left_to(ids, mask, STATIC_WIDTH_MULTIPLE, tokenizer.pad_token_id)
         torch.manual_seed(draw_seed(settings.seed, rows[0]))  # whatever a batch (or failed attempt) before it drew
         with torch.no_grad(), autocast(device, settings.precision):
             generated = sample_shared_prefix(model, ids, mask, settings, tokenizer.pad_token_id, static)
