@@ -27,8 +27,9 @@ def model(tokenizer):
 
 def test_advance_writes_the_pad_after_a_rows_end_and_moves_the_step_on():
     """Three rows, end id 2: row 0 ends now, row 1 ended before (its choice is replaced by the pad, 0), row 2 goes on."""
-    decoder = Decoder(model=None, cache=None, keyword="cache", pick=greedy_pick, token=torch.zeros(3, 1, dtype=torch.long),
-                      position=torch.tensor([[4], [6], [5]]), mask=torch.zeros(3, 1, 1, 9, dtype=torch.bool),
+    decoder = Decoder(model=None, cache=None, keyword="cache", pick=greedy_pick,
+                      token=torch.zeros(3, 1, dtype=torch.long), position=torch.tensor([[4], [6], [5]]),
+                      mask=torch.zeros(3, 1, 1, 9, dtype=torch.bool),
                       column=torch.tensor([6]), index=torch.tensor([1]), out=torch.zeros(3, 3, dtype=torch.long),
                       ended=torch.tensor([False, True, False]), eos=torch.tensor([2]), pad=0)
     decoder.advance(torch.tensor([2, 7, 9]))

@@ -36,8 +36,9 @@ class EvalSettings:
     """lengths: context lengths in tokens ("short" = the evidence alone); depths: where the evidence
     block sits in the long contexts; greedy answers of up to max_new_tokens, at most batch_size prompts and
     batch_tokens tokens (rows x (longest prompt + max_new_tokens); None: no token bound) at a time, longest first;
-    static_cache: on a GPU, a static KV cache, with which transformers compiles the decoding step; half_weights: under
-    mixed precision, answers computed with copies of the weights in the autocast dtype (batching.generation_weights);
+    static_cache: on a GPU, a static KV cache whose decoding step is a CUDA graph (solopo.generation.decoding);
+    half_weights: under mixed precision, answers computed with copies of the weights in the autocast dtype
+    (batching.generation_weights);
     template: the prompt template the model was trained with (solopo.data.contexts.INSTRUCTIONS);
     engine: "transformers" (the model in memory) or "vllm" (a vLLM engine on the same weights);
     precision: the trainer's (Lightning's name), whose autocast the transformers engine answers under;
@@ -150,10 +151,10 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
                    static_cache: bool = False, half_weights: bool = False) -> list[str]:
     """Greedy answers in the prompts' order, computed under the autocast of Lightning's ``precision``. Prompts go
     longest first in left-padded batches of at most ``batch_size`` rows and ``batch_tokens`` tokens
-    (solopo.generation.batching); with ``static_cache`` on a GPU, a static KV cache and transformers' compiled
-    decoding step; with ``half_weights``, copies of the weights in the autocast dtype (EvalSettings' default; off for
-    a direct call, which keeps the model's own weights unless asked). A batch that runs out of GPU memory is answered
-    in halves (batching.split_on_oom), each as a batch of its own."""
+    (solopo.generation.batching); with ``static_cache`` on a GPU, a static KV cache whose decoding step is replayed
+    as a CUDA graph (solopo.generation.decoding); with ``half_weights``, copies of the weights in the autocast dtype
+    (EvalSettings' default; off for a direct call, which keeps the model's own weights unless asked). A batch that
+    runs out of GPU memory is answered in halves (batching.split_on_oom), each as a batch of its own."""
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     batches = budget_batches([len(e) for e in encoded], batch_size, batch_tokens, max_new_tokens)
