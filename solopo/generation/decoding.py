@@ -6,7 +6,7 @@ The profile of 96 prompts of 4K tokens on an H100 (experiments/sampling/results/
 busy 45% of the time, the decoding steps far less than the prefill. transformers' own remedy (a static cache whose
 step it compiles) failed to trace there. This module captures the step instead:
 
-    prefill (the model's own attention, a dynamic cache)  ->  copied into a StaticCache of L + new positions
+    prefill (one forward pass, a dynamic cache)  ->  copied into a StaticCache of L + new positions
     step:   mask[:, col] = 1;  logits = model(token, position, mask, cache);  token = pick(logits)
             out[:, i] = token (pad once a row has ended);  position += 1;  col += 1;  i += 1
 
@@ -142,8 +142,8 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int, pick: 
 
 
 def prefill(model, ids, mask, new_tokens: int, pick: Pick, pad: int, eos: list[int], copies: int) -> Decoder:
-    """The prompts' forward pass with the model's own attention, its cache copied into a static one of L + new
-    positions (each row ``copies`` times), and the first token chosen: a Decoder ready for the second step."""
+    """The prompts' forward pass, its cache copied into a static one of L + new positions (each row ``copies``
+    times), and the first token chosen: a Decoder ready for the second step."""
     rows, length, device = ids.shape[0] * copies, ids.shape[1], ids.device
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     first = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
@@ -174,8 +174,11 @@ def captured(decoder: Decoder) -> Callable[[], None]:
         decoder.step()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
+    # autocast's cache of cast weights lives outside the graph's memory: capture wants it off
+    uncached = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                              enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph), uncached:
             decoder.step()
     except RuntimeError as error:  # a forward that synchronises or allocates outside the graph's pool
         warn_eager(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
