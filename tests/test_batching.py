@@ -174,31 +174,23 @@ def test_static_cache_runs_fp32_weights_under_bf16_autocast(fp32_model, tokenize
     assert all(p.dtype == torch.float32 and torch.equal(p, before[name]) for name, p in fp32_model.named_parameters())
 
 
-@pytest.mark.parametrize("path", ["greedy", "sampled"])
-def test_static_path_decodes_with_sdpa_and_restores_the_kernel(fp32_model, tokenizer, monkeypatch, path):
-    """The static path attends through a 4D boolean mask over its cache, which only transformers' SDPA attention
-    reads: it attends with SDPA, the dynamic path keeps the model's kernel, and the kernel is the model's again
-    afterwards."""
+@pytest.mark.parametrize("kernel", ["solopo_varlen", "eager"])
+def test_static_path_attends_with_a_kernel_that_reads_its_mask_and_restores_the_kernel(tokenizer, monkeypatch, kernel):
+    """The static path attends through a 4D boolean mask over its cache: solopo_varlen (the shipped default) reads it
+    and keeps attending; eager attention would add it to the scores, so the static path attends with SDPA there;
+    either way the same greedy answers as the dynamic path, and the model's kernel afterwards."""
     from transformers import AttentionInterface
 
-    from solopo.step.varlen import NAME
-
-    kernel = fp32_model.config._attn_implementation
-    assert kernel == NAME  # the shipped default kernel
+    model = load_model(dataclasses.replace(TINY, dtype="float32", random_init=TALKATIVE, attn_implementation=kernel),
+                       tokenizer).eval()
+    sdpa = AttentionInterface._global_mapping["sdpa"]
     calls = []
-    own = AttentionInterface._global_mapping[NAME]
-    monkeypatch.setitem(AttentionInterface._global_mapping, NAME, lambda *a, **k: calls.append(1) or own(*a, **k))
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    dynamic = greedy_answers(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3)
     monkeypatch.setattr(longctx, "uses_static_cache", lambda model, wanted: wanted)
-    monkeypatch.setattr(sampling, "uses_static_cache", lambda model, wanted: wanted)
-    for static in (False, True):
-        calls.clear()
-        if path == "greedy":
-            greedy_answers(fp32_model, tokenizer, PROMPTS[:2], max_new_tokens=2, batch_size=2, static_cache=static)
-        else:
-            settings = replace(SAMPLING, k=2, max_new_tokens=2, batch_size=4, static_cache=static)
-            sampling.generate(fp32_model, tokenizer, PROMPTS[:2], settings)
-        assert bool(calls) != static, static
-        assert fp32_model.config._attn_implementation == kernel
+    assert greedy_answers(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3, static_cache=True) == dynamic
+    assert bool(calls) == (kernel == "eager")
+    assert model.config._attn_implementation == kernel
 
 
 def generate_dtypes(model, tokenizer, path: str, precision: str, half_weights: bool) -> set:

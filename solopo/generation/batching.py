@@ -21,9 +21,11 @@ from typing import Callable, Sequence, TypeVar
 import torch
 
 from solopo.progress import progress
+from solopo.step import varlen
 from solopo.training.precision import autocast_dtype, weights_as
 
 log = logging.getLogger(__name__)
+MASKED_ATTENTION = ("sdpa", varlen.NAME)  # the kernels that read the static path's 4D boolean mask as it is
 T = TypeVar("T")
 
 
@@ -120,10 +122,10 @@ def generation_weights(model, static: bool, half: bool, precision: str):
     first ones it sees (one dtype for both before transformers 5.2x), and fp32 keys with half values break it.
 
     Attention: the static path (solopo.generation.decoding) attends through a 4D boolean mask over its cache, which
-    transformers' SDPA attention reads and the others do not (eager adds its mask, flash and solopo's own kernels
-    take none): it attends with SDPA, which solopo's kernels call for a left-padded prefill anyway (it repeats
-    grouped key/value heads at each step, where solopo_varlen's read the cache as it is, whatever
-    model.decode_kv_heads says). The dynamic path keeps the model's attention."""
+    transformers' SDPA attention and solopo_varlen read (solopo_varlen's decoding step reads grouped key/value heads
+    as they are, SDPA repeats them to the query heads) and the others do not (eager adds its mask to the scores,
+    flash and flex take none): a model on another kernel attends with SDPA there. The dynamic path keeps the
+    model's attention."""
     from solopo.training.distributed import is_sharded  # here: that module brings Lightning, 4 s to import
 
     copies = (static or half) and not is_sharded(model)
@@ -132,7 +134,7 @@ def generation_weights(model, static: bool, half: bool, precision: str):
         say_copies(dtype)
     with weights_as(model, dtype):
         kernel = model.config._attn_implementation
-        swap = static and kernel != "sdpa"
+        swap = static and kernel not in MASKED_ATTENTION
         if swap:
             model.config._attn_implementation = "sdpa"
         try:
