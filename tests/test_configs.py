@@ -82,6 +82,19 @@ def test_algorithms_declare_whether_they_need_a_reference():
     assert needs == {"cdpo": True, "dpo": True, "ipo": True, "orpo": False, "simpo": False}
 
 
+@pytest.mark.parametrize("algo, name", [("simpo", "SimPO"), ("orpo", "ORPO")])
+def test_a_live_reference_for_a_reference_free_algorithm_is_refused(algo, name):
+    """reference=live with SimPO or ORPO loaded no reference and said nothing: the run went on as if it were cached.
+    The reference-needing algorithms take it; the default, cached, is every algorithm's."""
+    with pytest.raises(ConfigError) as refused:
+        build_settings(compose_config(["experiment=smoke", f"algo={algo}", "reference=live"]))
+    assert str(refused.value) == (f"reference=live: {name} is reference-free (it needs no reference model), so no "
+                                  "reference would run; drop reference=live, or choose an algorithm that uses one "
+                                  "(e.g. algo=dpo)")
+    assert build_settings(compose_config(["experiment=smoke", "algo=dpo", "reference=live"])).algo.needs_reference
+    build_settings(compose_config(["experiment=smoke", f"algo={algo}", "reference=cached"]))
+
+
 def test_ra_variants():
     ra = {name: instantiate(compose_config([f"ra={name}"]).ra) for name in GROUPS["ra"]}
     assert ra["chosen"].responses == ("chosen",) and ra["chosen"].alpha > 0

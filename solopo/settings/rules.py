@@ -81,6 +81,15 @@ def check_alignment(method, ra) -> Problems:
             "drop the ra setting or choose method=solopo"]
 
 
+def check_reference(reference: Any, algo) -> Problems:
+    """reference=live runs a frozen reference model every step, for an algorithm that needs one; a reference-free
+    algorithm (SimPO, ORPO: needs_reference false) loads none, so the setting would change nothing in silence."""
+    if reference != "live" or algo is None or algo.needs_reference:
+        return []
+    return [f"reference=live: {type(algo).__name__} is reference-free (it needs no reference model), so no reference "
+            "would run; drop reference=live, or choose an algorithm that uses one (e.g. algo=dpo)"]
+
+
 def check_benchmark_schedule(benchmark, evaluation) -> Problems:
     """Evaluation during training judges a step by the held-out questions' long-context sub-EM, which a benchmark's
     table (a score per subset) does not have."""
@@ -324,6 +333,7 @@ def cross_group_rules(cfg: DictConfig, settings: dict, data_option: str, trainin
             problems += check_long_len(cfg.data.get("long_len"), cfg.data.get("short_len"), max_length,
                                        TEMPLATE_TOKENS + response)
         problems += check_alignment(settings["method"], settings["ra"])
+        problems += check_reference(cfg.get("reference"), settings["algo"])
         problems += check_packing_kernel(cfg.get("packing"), model.attn_implementation if model else None)
         problems += check_benchmark_schedule(settings["benchmark"], settings["eval"])
         problems += check_optimized_metric(cfg.get("optimized_metric"), settings["algo"], settings["ra"],
