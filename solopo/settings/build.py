@@ -32,7 +32,7 @@ from solopo.step.context_parallel import ContextSplit
 from solopo.settings.fields import ConfigError, Problems, SettingsError, flag, in_group, number
 from solopo.settings.groups import (check_data, check_logger, check_run, check_trainer, lightning_arguments,
                                     missing_options, target, unknown_options)
-from solopo.settings.rules import check_deletions, cross_group_rules
+from solopo.settings.rules import FILE_OF_PAIRS, check_deletions, cross_group_rules
 from solopo.preflight import PARTS, stop
 from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision
@@ -174,13 +174,26 @@ def engine_problems(key: str, engine: str) -> Problems:
     return []
 
 
+# The command-line override that gives a data option without one the sampling block the QA data options compose
+SAMPLING_BLOCK = f"+data/{PARTS}@data.sampling=sampling"
+
+
+def no_sampling_block(option: str) -> str:
+    """data.pairs=sampled where the data option has no data.sampling block, and how to give it one."""
+    problem = (f"data.pairs=sampled: data={option} has no data.sampling block to sample with; add the one data=qa, "
+               f"musique, hotpotqa and twowiki use, {SAMPLING_BLOCK} (conf/data/common/sampling.yaml), or set "
+               "data.pairs=gold")
+    if option == FILE_OF_PAIRS:  # its passages (schema A') are questions to sample for; ready-made pairs are not
+        problem += " (sampling makes pairs for a passages file, schema A'; ready-made pairs are used as written)"
+    return problem
+
+
 def build_sampling(cfg: DictConfig, precision: str, sampled: bool, problems: Problems) -> Optional[SamplingSettings]:
     """data.sampling, checked wherever the data group has it (a typo fails now, not the day the run switches to
     data.pairs=sampled); None where the pairs are not sampled."""
     if cfg.data.get("sampling") is None:
         if sampled:
-            problems.append(f"data.pairs=sampled: data={choice(cfg, 'data')} has no data.sampling block to sample with "
-                            "(data=qa, musique, hotpotqa and twowiki have one: conf/data/common/sampling.yaml)")
+            problems.append(no_sampling_block(choice(cfg, "data")))
         return None
     node = with_scorer("data.sampling", {**plain(cfg.data, "sampling"), "precision": precision}, problems)
     settings = None if node is None else built("data.sampling", SamplingSettings, node, problems)

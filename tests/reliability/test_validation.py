@@ -353,13 +353,21 @@ def test_sampling_with_vllm_where_it_is_not_installed_stops_in_one_line(monkeypa
     build_settings(compose_config(["experiment=smoke", "data.sampling.engine=vllm", "data.pairs=gold"]))
 
 
-@pytest.mark.parametrize("option", ["pairs", "longbench"])
-def test_sampled_pairs_from_a_data_config_without_sampling_settings_stop_in_one_line(option):
+@pytest.mark.parametrize("option, note", [
+    ("pairs", " (sampling makes pairs for a passages file, schema A'; ready-made pairs are used as written)"),
+    ("longbench", "")])
+def test_sampled_pairs_from_a_data_config_without_sampling_settings_stop_in_one_line(option, note):
+    """The line said what was missing but not how to add it; the override it names composes the QA options' block."""
     fixture = next(FIXTURES.glob(f"{option}.*"))
     with pytest.raises(ConfigError) as stopped:
         build_settings(compose_config([f"data={option}", f"data.path={fixture}", "data.pairs=sampled"]))
-    assert str(stopped.value) == (f"data.pairs=sampled: data={option} has no data.sampling block to sample with (data=qa, "
-                                  "musique, hotpotqa and twowiki have one: conf/data/common/sampling.yaml)")
+    assert str(stopped.value) == (f"data.pairs=sampled: data={option} has no data.sampling block to sample with; add "
+                                  "the one data=qa, musique, hotpotqa and twowiki use, "
+                                  "+data/common@data.sampling=sampling (conf/data/common/sampling.yaml), or set "
+                                  f"data.pairs=gold{note}")
+    fixed = build_settings(compose_config([f"data={option}", f"data.path={fixture}", "data.pairs=sampled",
+                                           "+data/common@data.sampling=sampling"]))
+    assert fixed.sampling.k == 32
 
 
 def test_a_data_block_of_ones_own_config_without_a_data_option_is_checked_as_any(tmp_path):
