@@ -5,6 +5,7 @@ The virtualenv gets the wheel alone; its dependencies (torch, Lightning, ...) re
 site-packages through a .pth line, which adds that folder to sys.path without running the .pth files in it, so an
 editable install of the checkout there stays inactive. The test asserts that solopo is imported from the wheel."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,20 @@ BUILD_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-i
                                       "multirun", "wandb", "tests", "experiments")
 # without the checkout on PYTHONPATH (as tests run): pip would take it for an installed solopo
 CLEAN = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+def test_readme_installs_as_ci_does():
+    """.ci/run installs exactly as README says: one of README's install blocks is .ci/run's commands, in order. An
+    install from another index (PyTorch's CPU one, which CI's machine cannot reach) is an optional note, not a step
+    README told every CPU-only user to take while CI did otherwise."""
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip().startswith(("python -m pip ", "pip ", "pytest"))]
+    install = (ROOT / "README.md").read_text().split("\n## Install\n")[1].split("\n## ")[0]
+    blocks = [[line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+              for block in re.findall(r"```bash\n(.*?)```", install, flags=re.S)]
+    assert ci in blocks
+    other_index = [paragraph for paragraph in install.split("\n\n") if "--index-url" in paragraph]
+    assert other_index and all(paragraph.startswith("Optional") for paragraph in other_index)
 
 
 @pytest.fixture(scope="module")
