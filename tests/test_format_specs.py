@@ -171,6 +171,35 @@ def test_llama_factory_entries_that_are_not_preference_data_are_one_line(entry, 
         assert str(refused.value).startswith(f"{folder / 'dataset_info.json'}: dataset 'prefs': {problem}")
 
 
+def test_llama_factory_sharegpt_entry_must_name_its_conversation_column(tmp_path):
+    """An entry whose "columns" leave out "messages" (LLaMA-Factory's parser then reads None) was read from
+    'conversations' in silence; it is refused, as an alpaca entry naming no prompt is."""
+    entry = {**SHAREGPT_ENTRY, "columns": {"chosen": "chosen", "rejected": "rejected"}}
+    folder = llama_factory_folder(tmp_path, sharegpt_records(), entry)
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(folder))
+    assert str(refused.value) == (
+        f"{folder / 'dataset_info.json'}: dataset 'prefs': its \"columns\" do not name \"messages\": as in "
+        "LLaMA-Factory, an entry's columns are all that is read, so no record would have a conversation; add "
+        "\"messages\": \"conversations\" (or the column holding it)")
+
+
+@pytest.mark.parametrize("entry, column, whence", [
+    (SHAREGPT_ENTRY, "conversations", 'named by the dataset_info.json entry\'s "columns": "messages"'),
+    ({k: v for k, v in SHAREGPT_ENTRY.items() if k != "columns"}, "conversations",
+     'LLaMA-Factory\'s default: the dataset_info.json entry has no "columns" to name another ("messages": ...)')])
+def test_a_sharegpt_record_without_its_conversation_column_names_the_columns_it_has(entry, column, whence, tmp_path):
+    """A record whose conversation sits under another name (messages) was 'required but missing' alone: the line now
+    says where the column's name comes from and which columns the record has."""
+    records = [{"messages" if key == "conversations" else key: value for key, value in sharegpt_records()[0].items()}]
+    folder = llama_factory_folder(tmp_path, records, entry)
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(folder))
+    assert str(refused.value) == (f"{folder / 'data.json'} record 0: field {column!r}: required but missing: the "
+                                  f"conversation is read from {column!r} ({whence}); the record's columns: messages, "
+                                  "chosen, rejected")
+
+
 @pytest.mark.parametrize("conversation, field, problem", [
     ([{"from": "human", "value": "a"}, {"from": "human", "value": "b"}], "conversations[1]",
      "a message of role user where the assistant's turn comes"),

@@ -14,8 +14,9 @@ A ``dataset_info.json`` entry describes a file: ``"ranking": true`` marks prefer
 refused, as LLaMA-Factory refuses it for DPO), ``formatting`` picks alpaca (the default) or sharegpt, ``columns``
 renames the columns (prompt, query, system, history for alpaca; messages, system for sharegpt; chosen and rejected for
 both) and ``tags`` sharegpt's message keys and roles. As in LLaMA-Factory, an entry's ``columns`` lists every column
-read: system and history are read only when it names them, and an entry without ``columns`` reads the instruction,
-input and conversations columns; ``tags``, when given, likewise lists every role (observation and function_call are
+read: system and history are read only when it names them, a sharegpt entry's ``columns`` must name messages (an
+alpaca entry's, prompt or query), and an entry without ``columns`` reads the instruction, input and conversations
+columns; ``tags``, when given, likewise lists every role (observation and function_call are
 then unknown unless named; the role and content keys keep their defaults). Where LLaMA-Factory has no default,
 chosen and rejected are read from the columns of those names. A file with no entry is read with the default names
 above, system and history included.
@@ -58,6 +59,10 @@ def entry_problem(entry: dict) -> Optional[str]:
         return 'not a preference dataset: its entry needs "ranking": true (with chosen and rejected columns)'
     if not isinstance(entry.get("columns", {}), dict) or not isinstance(entry.get("tags", {}), dict):
         return '"columns" and "tags" must be objects'
+    if layout(entry) == "sharegpt" and not columns_of(entry, SHAREGPT_COLUMNS)["messages"]:
+        # LLaMA-Factory's parser sets messages to None then; conversations was read here in its place
+        return ('its "columns" do not name "messages": as in LLaMA-Factory, an entry\'s columns are all that is read, '
+                'so no record would have a conversation; add "messages": "conversations" (or the column holding it)')
     read = columns_of(entry, ALPACA_COLUMNS)
     if layout(entry) == "alpaca" and not (read["prompt"] or read["query"]):
         # else every record is refused as having an empty prompt, naming a column that holds text but is not read
@@ -105,7 +110,10 @@ def alpaca(record: dict, where: Where, mapping: Optional[dict] = None) -> tuple[
 
 def sharegpt(record: dict, where: Where, mapping: Optional[dict] = None) -> tuple[Prompt, str, str]:
     columns, tags = columns_of(mapping, SHAREGPT_COLUMNS), tags_of(mapping)
-    label = columns["messages"] or "conversations"
+    label = columns["messages"]  # entry_problem refuses an entry whose columns leave it out
+    if label not in record:
+        raise where.error(f"required but missing: the conversation is read from {label!r} ({_named_by(mapping)}); "
+                          f"the record's columns: {', '.join(map(str, record))}", label)
     conversation = turns(required(record, label, where), label, where, tags)
     opens_with_system = conversation[0].role == "system"  # then it stands for the system column
     system = conversation[:1] if opens_with_system else _system(record, columns, where)
@@ -113,6 +121,14 @@ def sharegpt(record: dict, where: Where, mapping: Optional[dict] = None) -> tupl
     return (system + conversation[int(opens_with_system):],
             response(required(record, columns["chosen"], where), columns["chosen"], where, tags),
             response(required(record, columns["rejected"], where), columns["rejected"], where, tags))
+
+
+def _named_by(mapping: Optional[dict]) -> str:
+    """Where a sharegpt file's conversation column got its name (a file without an entry is sharegpt by having
+    conversations, so only an entry's column can be missing)."""
+    if "columns" in (mapping or {}):
+        return 'named by the dataset_info.json entry\'s "columns": "messages"'
+    return 'LLaMA-Factory\'s default: the dataset_info.json entry has no "columns" to name another ("messages": ...)'
 
 
 def _check_turns(conversation: tuple[Turn, ...], label: str, where: Where, offset: int) -> None:
