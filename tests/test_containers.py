@@ -424,10 +424,31 @@ def test_data_long_len_is_for_passages_and_refused_for_ready_made_pairs(tmp_path
         "chosen length, build them: solopo-build")
     from solopo.settings.rules import check_pairs_long_len
 
-    assert check_pairs_long_len(7500, 4096, passages=False, given=False, path=pairs_file) == []
-    assert check_pairs_long_len(7500, 4096, passages=True, given=False, path="passages.jsonl") == [
+    assert check_pairs_long_len(7500, 4096, passages=False, given=None, path=pairs_file) == []
+    assert check_pairs_long_len(7500, 4096, passages=True, given=None, path="passages.jsonl") == [
         "data.long_len=7500: too long for model.max_length=4096; at most 4032 leaves room for the chat template and "
         "the response"]
     cfg = compose_config(["data=pairs", f"data.path={pairs_file}", "model=tiny", "model.max_length=4096",
                           "eval.lengths=[short]"])
     build_settings(cfg)  # the file's schema decides, once it is read
+
+
+def test_data_long_len_from_an_experiment_of_ones_own_is_refused_for_ready_made_pairs(tmp_path):
+    """Set in an experiment of one's own (--config-dir), data.long_len was still ignored on ready-made pairs: only
+    the command line's was refused. The package's overlays (experiment=smoke here) set it as a size for whatever data
+    they compose with, and still train."""
+    pairs_file = write("jsonl", records("A"), tmp_path)
+    (tmp_path / "own" / "experiment").mkdir(parents=True)
+    mine = tmp_path / "own" / "experiment" / "mine.yaml"
+    mine.write_text("# @package _global_\ndefaults:\n  - smoke\n\ndata:\n  long_len: 2048\n")
+    done = run_here(["--config-dir", str(tmp_path / "own"), "experiment=mine", "data=pairs", f"data.path={pairs_file}",
+                     "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: data.long_len=2048 (set in {mine}): data.path={pairs_file} holds ready-made pairs, whose prompts are "
+        "used as written; data.long_len sets the x_long built from passages (schema A') or a QA dataset. To give pairs "
+        "x_long of a chosen length, build them: solopo-build")
+    from solopo.settings.build import set_in_own_config
+
+    shipped = compose_config(["experiment=smoke", "data=pairs", f"data.path={pairs_file}",
+                              f"hydra.searchpath=[file://{tmp_path / 'own'}]"])
+    assert shipped.data.long_len == 256 and set_in_own_config(shipped, "data.long_len") is None

@@ -9,6 +9,7 @@ This is the one module below the entry points that reads a DictConfig.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, Optional
 
@@ -33,7 +34,7 @@ from solopo.settings.fields import ConfigError, Problems, SettingsError, flag, i
 from solopo.settings.groups import (check_data, check_logger, check_run, check_trainer, lightning_arguments,
                                     missing_options, target, unknown_options)
 from solopo.settings.rules import FILE_OF_PAIRS, check_deletions, cross_group_rules
-from solopo.preflight import PARTS, stop
+from solopo.preflight import CONF, PARTS, stop
 from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision
 
@@ -311,6 +312,27 @@ def command_line(cfg: DictConfig) -> tuple[list[str], list[str]]:
     otherwise."""
     node = cfg.hydra if "hydra" in cfg else HydraConfig.get() if HydraConfig.initialized() else None
     return ([], []) if node is None else (list(node.overrides.task), list(node.runtime.choices))
+
+
+def set_in_own_config(cfg: DictConfig, key: str) -> Optional[str]:
+    """The file of one's own config folder (--config-dir, hydra.searchpath: not the package's) whose chosen option sets
+    ``key`` for the whole config (``# @package _global_``, as an experiment overlay is written), or None. The package's
+    overlays (experiment=smoke, default_gpu, ...) set sizes for whatever data they compose with; one's own file that
+    sets a key is a request for it."""
+    node = cfg.hydra if "hydra" in cfg else HydraConfig.get() if HydraConfig.initialized() else None
+    if node is None:
+        return None
+    folders = [Path(source.path) for source in node.runtime.config_sources
+               if source.schema == "file" and Path(source.path).resolve() != CONF.resolve()]
+    for group, option in node.runtime.choices.items():
+        if option is None or group.startswith("hydra") or (CONF / group / f"{option}.yaml").is_file():
+            continue  # the package's options come first: a file of one's own of that name is not read
+        found = next((f for f in (folder / group / f"{option}.yaml" for folder in folders) if f.is_file()), None)
+        if found is not None and "@package _global_" in found.read_text(encoding="utf-8"):
+            if OmegaConf.select(OmegaConf.load(found), key, default=None,
+                                throw_on_resolution_failure=False) is not None:
+                return str(found)
+    return None
 
 
 def choice(cfg: DictConfig, group: str) -> str:

@@ -39,17 +39,21 @@ def check_long_len(long_len: Any, short_len: Any, max_length: Optional[int], roo
 
 
 FILE_OF_PAIRS = "pairs"  # the data option whose file may hold ready-made pairs or passages (schema A')
+COMMAND_LINE = "the command line"  # where a setting was given, beside the files of one's own configs
 
 
-def check_pairs_long_len(long_len: Any, max_length: Optional[int], passages: bool, given: bool, path: Any) -> Problems:
+def check_pairs_long_len(long_len: Any, max_length: Optional[int], passages: bool, given: Optional[str],
+                         path: Any) -> Problems:
     """data.long_len for data=pairs, once the file is read: a file of passages (``passages``, schema A') builds x_long
     to it, so it must fit model.max_length as for a QA dataset; ready-made pairs keep their prompts as written, so it
     was checked against model.max_length though nothing read it (a 4K model asked for data.long_len <= 4032 on a file
-    whose contexts it never changed), and, ``given`` on the command line, would be ignored: refused instead."""
+    whose contexts it never changed), and, ``given`` (COMMAND_LINE, or the file of one's own config that set it),
+    would be ignored: refused instead."""
     if passages:
         return check_long_len(long_len, None, max_length, TEMPLATE_TOKENS + GOLD_RESPONSE_TOKENS)
     if given:
-        return [f"data.long_len={long_len}: data.path={path} holds ready-made pairs, whose prompts are used as "
+        where = "" if given == COMMAND_LINE else f" (set in {given})"
+        return [f"data.long_len={long_len}{where}: data.path={path} holds ready-made pairs, whose prompts are used as "
                 "written; data.long_len sets the x_long built from passages (schema A') or a QA dataset. To give "
                 "pairs x_long of a chosen length, build them: solopo-build"]
     return []

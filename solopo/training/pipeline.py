@@ -42,8 +42,8 @@ from solopo.step.checkpointing import AUTO, auto_checkpointing
 from solopo.step.largest_step import step_tokens
 from solopo.step.context_parallel import Share
 from solopo.settings.build import (ConfigError, Settings, build_settings, choice, command_line, load_source,
-                                   refuse_missing_model, vllm_args)
-from solopo.settings.rules import FILE_OF_PAIRS, check_eval_metric, check_pairs_long_len
+                                   refuse_missing_model, set_in_own_config, vllm_args)
+from solopo.settings.rules import COMMAND_LINE, FILE_OF_PAIRS, check_eval_metric, check_pairs_long_len
 from solopo.training.callbacks import Preemption, StageCosts
 from solopo.training.distributed import local_gpu
 from solopo.training.eval_callback import eval_during_training
@@ -328,8 +328,9 @@ def check_file_long_len(cfg: DictConfig, settings: Settings, splits) -> None:
     if choice(cfg, "data") != FILE_OF_PAIRS or not splits.train:
         return
     given = {override.partition("=")[0].lstrip("+~") for override in command_line(cfg)[0]}
+    set_in = COMMAND_LINE if "data.long_len" in given else set_in_own_config(cfg, "data.long_len")
     if problems := check_pairs_long_len(cfg.data.long_len, settings.model.max_length,
-                                        isinstance(splits.train[0], QAItem), "data.long_len" in given, cfg.data.path):
+                                        isinstance(splits.train[0], QAItem), set_in, cfg.data.path):
         raise ConfigError(problems[0])
 
 
