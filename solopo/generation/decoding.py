@@ -180,6 +180,8 @@ def captured(decoder: Decoder) -> Callable[[], None]:
     try:
         with torch.cuda.graph(graph), uncached:
             decoder.step()
+    except torch.OutOfMemoryError:
+        raise  # the batch goes in halves (solopo.generation.batching.split_on_oom)
     except RuntimeError as error:  # a forward that synchronises or allocates outside the graph's pool
         warn_eager(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
         return decoder.step
