@@ -303,7 +303,7 @@ def test_a_run_says_once_that_its_policy_checkpoints_every_layer(tokenizer, capl
     from hydra.core.global_hydra import GlobalHydra
     from conftest import ROOT
     from solopo.settings.build import build_settings
-    from solopo.training.pipeline import load_models
+    from solopo.training.models import load_models
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
@@ -344,12 +344,12 @@ def test_the_state_counts_the_bf16_weight_copies_autocast_saves_for_backward():
 
 
 def test_a_run_counts_its_savers_and_says_so(tokenizer, caplog):
-    """The run's auto plan (solopo.training.pipeline) predicts with the savers its model was loaded with, and its log
+    """The run's auto plan (solopo.training.models) predicts with the savers its model was loaded with, and its log
     line names them; it counts the step in the layout its collator gives: shared prompts, 20 + 3 + 4 tokens a pair."""
     from conftest import default_config
     from omegaconf import OmegaConf
     from solopo.settings.build import build_settings
-    from solopo.training.pipeline import plan_checkpointing as plan_run
+    from solopo.training.models import plan_checkpointing as plan_run
 
     cfg = default_config().copy()
     OmegaConf.update(cfg, "model.mlp_chunk_size", 16)

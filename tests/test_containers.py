@@ -272,7 +272,7 @@ def test_an_overlong_pair_under_overlong_error_is_one_line(tmp_path, monkeypatch
 def test_no_pairs_under_truncation_does_not_advise_truncation():
     """Pairs over model.max_length whose context truncation cannot cut (no paragraph before the question) were skipped,
     and the run's one line advised data.overlong=truncate, already set."""
-    from solopo.training.pipeline import why_no_pairs
+    from solopo.training.pairs import why_no_pairs
 
     line = why_no_pairs("train", {}, {"over_max_length": 4}, truncating=True)
     assert "data.overlong=truncate finding too little context to cut" in line and "set data.overlong" not in line

@@ -19,7 +19,7 @@ from solopo.models.blocks import decoder_layers, final_norm, mlps
 from solopo.models.loading import load_model
 from solopo.settings.fields import SettingsError
 from solopo.step.logps import response_logps
-from solopo.training.pipeline import load_models
+from solopo.training.models import load_models
 from solopo.step.varlen import unused_mask
 
 KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen")]

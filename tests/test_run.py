@@ -193,7 +193,8 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
     from omegaconf import open_dict
 
     from solopo.data.tokenize import tokenize_examples as tokenize
-    from solopo.training import pipeline as entry
+    from solopo.training import pairs as run_pairs, pipeline as entry
+    from solopo.training.results import RunFailed
     calls = []
 
     def none_for_val(examples, *args):
@@ -201,7 +202,7 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
         pairs, skipped = tokenize(examples, *args)
         return (pairs, skipped) if len(calls) == 1 else ([], skipped)  # the first call is the train split
 
-    monkeypatch.setattr(entry, "tokenize_examples", none_for_val)
+    monkeypatch.setattr(run_pairs, "tokenize_examples", none_for_val)
     monkeypatch.setenv("SOLOPO_CACHE", str(tmp_path / "cache"))
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", return_hydra_config=True, overrides=[
@@ -220,8 +221,8 @@ def test_a_run_without_validation_pairs_trains_and_says_so(monkeypatch, tmp_path
     assert "no validation pairs: every one was skipped" in caplog.text and "without validation metrics" in caplog.text
 
     calls.clear()
-    monkeypatch.setattr(entry, "tokenize_examples", lambda examples, *args: ([], {}))
-    with pytest.raises(entry.RunFailed, match="no training pairs"):
+    monkeypatch.setattr(run_pairs, "tokenize_examples", lambda examples, *args: ([], {}))
+    with pytest.raises(RunFailed, match="no training pairs"):
         entry.train(cfg)
 
 
@@ -250,7 +251,7 @@ def test_a_sampled_run_without_pairs_says_why_and_leaves_its_failure(monkeypatch
 
 
 def test_few_pairs_for_many_steps_are_flagged():
-    from solopo.training.pipeline import repeats_note
+    from solopo.training.pairs import repeats_note
 
     assert repeats_note(12, 32, 4) == "12 training pairs for 32 steps of 4: each pair is seen about 11 times"
     assert repeats_note(121, 32, 4) is None  # about one epoch

@@ -85,13 +85,13 @@ def test_generate_with_a_model(tiny_model, tokenizer):
 
 
 def test_run_builds_sampled_pairs_on_the_method_context(monkeypatch, tokenizer, tiny_model, tmp_path):
-    """data.pairs=sampled through run.make_pairs: samples drawn on x_short for SoLoPO and on x_long
-    for Long-PO, and the summary lands in the data counts."""
+    """data.pairs=sampled through the run's make_pairs (solopo.training.pairs): samples drawn on x_short for SoLoPO
+    and on x_long for Long-PO, and the summary lands in the data counts."""
     from hydra import compose, initialize_config_dir
 
     from conftest import ROOT, SOLOPO, TINY
     from solopo.core.objective import Method
-    from solopo.training.pipeline import make_examples, make_pairs
+    from solopo.training.pairs import make_examples, make_pairs
     from solopo.settings.build import build_settings
 
     seen = []
@@ -160,7 +160,7 @@ def test_vllm_samples_from_the_run_weights(tokenizer):
     from pathlib import Path
 
     from solopo.models.loading import load_model
-    from solopo.training.pipeline import sampling_weights
+    from solopo.training.pairs import sampling_weights
 
     from conftest import TINY
 

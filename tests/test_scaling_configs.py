@@ -69,7 +69,7 @@ def test_random_weights_are_drawn_on_this_process_gpu(monkeypatch):
 
     from solopo.training.distributed import local_gpu
     from solopo.models.loading import init_device
-    from solopo.training.pipeline import model_identity
+    from solopo.training.models import model_identity
     from solopo.settings.build import built
 
     monkeypatch.setenv("LOCAL_RANK", "1")

@@ -197,7 +197,7 @@ def test_a_bad_decode_kv_heads_is_refused_in_one_line():
 def test_generation_caches_tell_the_decoding_steps_apart():
     """Cached evaluation tables and sampled pairs of one decoding step are not reused by a run set to the other (they
     answer differently at near ties in bf16); the reference log-probs, which decode nothing, share their cache."""
-    from solopo.training.pipeline import generation_identity, model_identity
+    from solopo.training.models import generation_identity, model_identity
 
     repeated, grouped = (dataclasses.replace(settings()["TINY"], decode_kv_heads=c) for c in ("repeated", "grouped"))
     assert generation_identity(grouped, 0) != generation_identity(repeated, 0)

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 SMOKE = ["experiment=smoke", "logger=none", "trainer.enable_progress_bar=false", "eval.enabled=false"]
 CATEGORIES = ("bad input files", "bad settings", "faults", "security")
 LOG_LINES = ("[", "Seed set to")  # Hydra's log lines and Lightning's seed note, which precede a later error
-LOADED = "parameters ("  # the log line of a loaded model (solopo.run.load_models)
+LOADED = "parameters ("  # the log line of a loaded model (solopo.training.models.load_models)
 
 
 @dataclass

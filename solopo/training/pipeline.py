@@ -1,79 +1,47 @@
 """A training run, from its config to results.json: settings, data, pairs, the reference's log-probs, the base
 model's evaluation, the fit, the trained model's evaluation and its saving.
 
-solopo.run (the console script solopo-train) calls ``train`` with Hydra's config; this is the only module below
-the entry points that reads a DictConfig, and it hands typed settings (solopo.settings) to everything it calls;
-the Trainer, the fit and how a run ends are solopo.training.lightning_run's.
+solopo.run (the console script solopo-train) calls ``train`` with Hydra's config, and this module orders the stages.
+Each stage's work lives with what it makes: the pairs in solopo.training.pairs, the models, the cached reference and
+the checkpointing plan in solopo.training.models, the Trainer, the fit and how a run ends in
+solopo.training.lightning_run, and what results.json holds in solopo.training.results. This module and the first
+three, which it calls with the config, are the only code below the entry points that reads a DictConfig; everything
+else takes the typed settings (solopo.settings).
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-import solopo
 from solopo.cache import DiskCache
 from solopo.core.objective import required_sequences
 from solopo.data.collate import PairCollator, plain_po
-from solopo.data.pairs import UnusableItem, to_examples
-from solopo.data.schema import PreferenceExample, QAItem
-from solopo.data.tokenize import OverlongPair, token_counter, tokenize_examples
 from solopo.eval import runner
 from solopo.eval.runner import RunEvaluation
-from solopo.generation.sampling import sample_pairs
-from solopo.generation.vllm_engine import saved_weights
-from solopo.models import kernels
-from solopo.models.blocks import decoder_layers
-from solopo.models.lora import linear_names, unmatched_targets
-from solopo.models.loading import (ModelSpec, freeze, half_precision_trained, init_device, load_model, load_tokenizer,
-                                   save_policy, weights_path, with_lora)
+from solopo.models.loading import load_tokenizer, save_policy
 from solopo.records import DataFileError
-from solopo.step.checkpointing import AUTO, auto_checkpointing
-from solopo.step.largest_step import step_tokens
-from solopo.step.context_parallel import Share
-from solopo.settings.build import (ConfigError, Settings, build_settings, choice, command_line, load_source,
-                                   refuse_missing_model, set_in_own_config, vllm_args)
-from solopo.settings.rules import COMMAND_LINE, FILE_OF_PAIRS, check_eval_metric, check_pairs_long_len
+from solopo.step.checkpointing import AUTO
+from solopo.settings.build import ConfigError, Settings, build_settings, load_source, refuse_missing_model, vllm_args
+from solopo.settings.rules import check_eval_metric
 from solopo.training.callbacks import Preemption, StageCosts
-from solopo.training.distributed import local_gpu
 from solopo.training.eval_callback import eval_during_training
+from solopo.training.models import (cached_reference, compute_device, generation_identity, load_models,
+                                    plan_checkpointing)
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
-from solopo.training.precision import autocast_dtype, weights_dtype
-from solopo.training.reference import SplitReference, with_reference_logps
-from solopo.training.results import (RunFailed, final_metrics, redact, where_it_ran, with_earlier_fits,
-                                     with_recorded_training)
-from solopo.training.lightning_run import finish_run, fit, strategy_of
+from solopo.training.pairs import (check_file_long_len, failed_on_data, fixed_pairs, make_examples, make_pairs,
+                                   repeats_note)
+from solopo.training.precision import autocast_dtype
+from solopo.training.results import final_metrics, run_record, run_timings, with_recorded_training
+from solopo.training.lightning_run import finish_run, fit
 from solopo.training.resume import ResumableLoader, completed_results, refuse_other_weights, resolve_ckpt_path
 
 log = logging.getLogger("solopo")
-
-
-def model_identity(spec: ModelSpec, seed: int) -> str:
-    """What cached numbers computed with this model depend on (a random model is defined by its seed)."""
-    drawn_on = init_device(spec.init_device).type if spec.random_init else "cpu"  # a GPU draws other numbers
-    return json.dumps([spec.name, spec.random_init, seed if spec.random_init else None, spec.dtype]
-                      + ([drawn_on] if drawn_on != "cpu" else []))
-
-
-def generation_identity(spec: ModelSpec, seed: int) -> str:
-    """model_identity for what the model generates (evaluation tables, sampled pairs), which also depends on how a
-    decoding step attends (model.decode_kv_heads: the two answer differently at near ties in bf16). Entries cached
-    before the setting existed are not reused by either: which step made them depended on the transformers installed."""
-    return json.dumps([model_identity(spec, seed), spec.decode_kv_heads])
-
-
-def compute_device(cfg: DictConfig) -> torch.device:
-    return local_gpu() if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else torch.device("cpu")
 
 
 def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> RunEvaluation | None:
@@ -95,114 +63,6 @@ def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> R
     except ValueError as err:
         log.warning("evaluation skipped: %s", err)
         return None
-
-
-def sampling_weights(engine: str, spec: ModelSpec, policy, tokenizer):
-    """The directory vLLM loads (the model's own weights, or a random model written out for it); None otherwise."""
-    if engine != "vllm":
-        return contextlib.nullcontext(None)
-    return saved_weights(policy, tokenizer) if spec.random_init is not None else contextlib.nullcontext(weights_path(spec))
-
-
-def make_examples(cfg: DictConfig, splits, tokenizer) -> dict[str, list]:
-    """Each split's examples with their short and long contexts, built with the tokenizer alone, so an item that
-    cannot make a pair at these lengths stops the run in one line before the model loads. Each split's long
-    contexts draw on its own passages where the source keeps them apart (built-in QA)."""
-    count_tokens = token_counter(tokenizer)
-    source = f"data.path={cfg.data.path}" if "path" in cfg.data else f"data={choice(cfg, 'data')}"
-    try:
-        return {split: to_examples(items, cfg.data.long_len, count_tokens, pairs=cfg.data.pairs, seed=cfg.seed,
-                                   pool=pool, template=cfg.data.get("template", "direct"),
-                                   short_len=cfg.data.get("short_len"))
-                for split, items, pool in (("train", splits.train, splits.distractors),
-                                           ("val", splits.val, splits.val_distractors or splits.distractors))}
-    except UnusableItem as err:
-        raise ConfigError(f"{source}: {err}") from None
-
-
-def samples_pairs(cfg: DictConfig, items: list) -> bool:
-    """Whether a split's pairs are sampled from the policy (data.pairs=sampled on items to build them from), not
-    ready-made or gold pairs, which the tokenizer alone makes."""
-    return cfg.data.pairs == "sampled" and bool(items) and not isinstance(items[0], PreferenceExample)
-
-
-def fixed_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[str, list],
-                tokenizer) -> dict[str, tuple[list, dict]]:
-    """The tokenised pairs and counts of each split that samples none, made before the model loads: a pair over
-    model.max_length under data.overlong=error, or a training split whose every pair is over it, stops the run
-    before a large model has loaded for nothing."""
-    return {split: tokenized_pairs(cfg, settings.model.max_length, split, examples_of[split], tokenizer, {})
-            for split, items in (("train", splits.train), ("val", splits.val)) if not samples_pairs(cfg, items)}
-
-
-def make_pairs(cfg: DictConfig, settings: Settings, splits, examples_of: dict[str, list], tokenizer,
-               policy, fixed: Optional[dict[str, tuple[list, dict]]] = None) -> tuple[dict[str, list], dict]:
-    """Tokenised preference pairs per split (sampled on-policy when data.pairs=sampled; ``fixed``: the splits
-    ``fixed_pairs`` made already), and what was built, sampled or skipped."""
-    spec, sampling = settings.model, settings.sampling
-    pairs, counts = {}, {}
-    for split, items in (("train", splits.train), ("val", splits.val)):
-        if fixed and split in fixed:
-            pairs[split], counts[split] = fixed[split]
-            continue
-        examples, counts[split] = examples_of[split], {}
-        if samples_pairs(cfg, items):
-            policy.to(compute_device(cfg))
-            with sampling_weights(sampling.engine, spec, policy, tokenizer) as path:
-                examples, counts[split]["sampling"] = sample_pairs(
-                    examples, policy, tokenizer, sampling, settings.method.pairs_from,
-                    generation_identity(spec, cfg.seed), cache=DiskCache.under_root("pairs", cfg.cache.verify),
-                    model_path=path)
-        pairs[split], counts[split] = tokenized_pairs(cfg, spec.max_length, split, examples, tokenizer, counts[split])
-    if splits.skipped:  # records the loader left out (e.g. unanswerable), by reason
-        counts["source"] = {"skipped": dict(splits.skipped)}
-    return pairs, counts
-
-
-def tokenized_pairs(cfg: DictConfig, max_length: int, split: str, examples: list, tokenizer,
-                    counts: dict) -> tuple[list, dict]:
-    """One split's examples tokenised, and ``counts`` with what was kept, truncated and skipped; a training split
-    left without pairs stops the run, a validation split without them is a warning."""
-    with failed_on_data():
-        pairs, skipped = tokenize_examples(examples, tokenizer, max_length, cfg.data.overlong, cfg.data.truncate)
-    if not pairs and not examples and split == "val":  # data.source.n_val=0: asked for, nothing to fix
-        log.info("no validation split (data.source.n_val=0): training runs without validation metrics")
-    elif not pairs:
-        why = why_no_pairs(split, counts, skipped, cfg.data.overlong == "truncate")
-        if split == "train":
-            raise RunFailed("no pairs", why)
-        log.warning("%s: training runs without validation metrics", why)  # e.g. sampling found no right answer
-    mean_tokens = {c: sum(len(p.prompts[c]) for p in pairs) / max(len(pairs), 1) for c in ("short", "long")}
-    return pairs, {**counts, "pairs": len(pairs), "truncated": skipped.pop("truncated", 0), "skipped": dict(skipped),
-                   "mean_tokens": mean_tokens}
-
-
-def why_no_pairs(split: str, counts: dict, skipped, truncating: bool = False) -> str:
-    """Why a split has no pairs, in one line: no sampled question had both a correct and an incorrect sample (with
-    what to change), or every pair was over model.max_length (``truncating``: under data.overlong=truncate)."""
-    name = {"train": "training", "val": "validation"}[split]
-    sampled = counts.get("sampling")
-    if sampled is not None and not sampled["kept"]:
-        return (f"no {name} pairs: 0 of {sampled['items']} questions had both a correct and an incorrect sample "
-                f"({100 * sampled['share_correct']:.1f}% of samples correct, {sampled['k']} per question); use "
-                f"data.pairs=gold, more samples (data.sampling.k), or a stronger model")
-    if truncating:  # the pairs over model.max_length had no context truncation could cut enough of
-        return (f"no {name} pairs: every one was skipped ({dict(skipped) or 'none built'}), data.overlong=truncate "
-                "finding too little context to cut (the text of the last user message before its last paragraph, or "
-                "before the paragraph with the question; the rest is kept whole); raise model.max_length or shorten "
-                "the prompts")
-    return (f"no {name} pairs: every one was skipped ({dict(skipped) or 'none built'}); raise model.max_length, "
-            f"lower data.long_len, or set data.overlong=truncate")
-
-
-def repeats_note(n_pairs: int, max_steps: int, pairs_per_step: int, limit: float = 3.0) -> str | None:
-    """A warning when fixed steps would show each training pair more than ``limit`` times (few pairs were kept, e.g.
-    on-policy sampling on long contexts): a run that repeats a handful of pairs mostly memorises them."""
-    seen = max_steps * pairs_per_step  # per process: a lower bound over several processes
-    if max_steps <= 0 or n_pairs <= 0 or seen <= limit * n_pairs:
-        return None
-    return (f"{n_pairs} training pairs for {max_steps} steps of {pairs_per_step}: each pair is seen about "
-            f"{seen / n_pairs:.0f} times")
 
 
 def step_sequences(settings: Settings, pairs: dict) -> tuple[dict[str, list], bool]:
@@ -230,70 +90,6 @@ def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: 
     return ResumableLoader(pairs, seed=cfg.seed, shuffle=shuffle, context_parallel=context_parallel, **options)
 
 
-def load_models(cfg: DictConfig, settings: Settings, tokenizer):
-    """The policy (with its LoRA adapter) and a live reference, or None where the reference is cached log-probs, the
-    policy without its adapter, or not needed; and whether it is cached."""
-    spec, algo = settings.model, settings.algo
-    cached = algo.needs_reference and cfg.reference == "cached"
-    policy = load_model(spec, tokenizer, seed=cfg.seed)
-    kernels.log_liger_choice(spec.liger, policy.config.model_type)  # once: a live reference gets the policy's kernels
-    if spec.gradient_checkpointing is True:  # the policy's: a frozen reference never recomputes (eval mode)
-        log.info("model.gradient_checkpointing=true: all %d decoder layers checkpointed", len(decoder_layers(policy)))
-    if spec.lora:
-        if missing := unmatched_targets((name for name, _ in policy.named_modules()), spec.lora):
-            raise ConfigError(f"model.lora.target_modules: no module of {spec.name} is named {' or '.join(missing)} "
-                              f"(its linear layers: {', '.join(linear_names(policy))})")
-        policy = with_lora(policy, spec.lora)
-    live = algo.needs_reference and not cached
-    reference = freeze(load_model(spec, tokenizer, seed=cfg.seed)) if live and not spec.lora else None
-    log.info("model %s: %.1fM parameters (%.1fM trained); reference: %s", spec.name,
-             sum(p.numel() for p in policy.parameters()) / 1e6,
-             sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6,
-             "precomputed log-probs" if cached else "the policy without its adapter" if live and spec.lora
-             else "frozen model" if live else "none")
-    if settings.precision.endswith("-mixed") and (half := half_precision_trained(policy)):
-        log.warning("%.1fM trained parameters are %s, with no fp32 master copy under %s: most small updates are lost; "
-                    "model.dtype=float32 keeps fp32 weights under it", half / 1e6, spec.dtype, settings.precision)
-    return policy, reference, cached
-
-
-def with_cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pairs: dict, keys: dict,
-                          share: Optional[Share] = None) -> dict:
-    """The pairs with the reference's log-probs: before the first update, the policy is the reference. ``share``:
-    this process's place in its context group, whose processes split the long sequences together."""
-    policy.to(compute_device(cfg))
-    return {split: with_reference_logps(
-        policy, split_pairs, keys[split], model_identity(settings.model, cfg.seed), settings.precision,
-        tokenizer.pad_token_id, DiskCache.under_root("reference", cfg.cache.verify), batch_size=cfg.data.batch_size,
-        chunk_size=cfg.logp_chunk_size, pack=cfg.packing, desc=f"reference log-probs ({split})",
-        weights=weights_dtype(strategy_of(cfg), settings.precision), context=settings.context,
-        share=share) if split_pairs else split_pairs
-        for split, split_pairs in pairs.items()}
-
-
-def cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pairs: dict, keys: dict,
-                     stages: StageCosts) -> tuple[dict, tuple]:
-    """The pairs with the cached reference's log-probs, and the callbacks the fit needs: under context parallelism
-    the pass splits the long sequences over processes that exist only in the fit (SplitReference), so the pairs come
-    back without them, to be completed in place (and its time counts in the training stage)."""
-    compute = functools.partial(with_cached_reference, cfg, settings, policy, tokenizer, pairs, keys)
-    if settings.context.size > 1:
-        return pairs, (SplitReference(compute, pairs),)
-    with stages("reference"):
-        return compute(), ()
-
-
-def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list, collate: PairCollator) -> None:
-    """model.gradient_checkpointing=auto: the decoder layers to checkpoint for the largest training step, in each
-    layout the training loader's ``collate`` gives a batch of ``pairs``."""
-    steps = step_tokens(pairs, collate.keys, cfg.data.batch_size, collate.layout_for)
-    strategy = strategy_of(cfg)
-    sharded = int(cfg.trainer.devices) if "FSDP" in strategy and str(cfg.trainer.devices).isdigit() else 1
-    compute = weights_dtype(strategy, settings.precision) or autocast_dtype(settings.precision)
-    plan = auto_checkpointing(policy, steps, cfg.logp_chunk_size, compute_device(cfg), compute, sharded)
-    log.info("%s, for steps of up to %d tokens", plan.describe(), max(step.total for step in steps))
-
-
 def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
               tables: dict, run_dir: Path, metrics: dict, during=None) -> dict:
     """The trained model (with eval.keep_best, the best step's weights: ``during``), its final validation, evaluation
@@ -312,28 +108,6 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
     return metrics
 
 
-@contextlib.contextmanager
-def failed_on_data():
-    """What the data gave, found wrong once the run has begun (a malformed record, an item that cannot make a pair, a
-    bad benchmark file, a pair over model.max_length under data.overlong=error), ends it as a failed run, "bad data":
-    its one line, and failed.json in the run directory that Hydra made, so that a report lists the run and why."""
-    try:
-        yield
-    except (ConfigError, OverlongPair) as err:
-        raise RunFailed("bad data", str(err)) from None
-
-
-def check_file_long_len(cfg: DictConfig, settings: Settings, splits) -> None:
-    """data.long_len against what a data=pairs file holds, known once it is read (rules.check_pairs_long_len)."""
-    if choice(cfg, "data") != FILE_OF_PAIRS or not splits.train:
-        return
-    given = {override.partition("=")[0].lstrip("+~") for override in command_line(cfg)[0]}
-    set_in = COMMAND_LINE if "data.long_len" in given else set_in_own_config(cfg, "data.long_len")
-    if problems := check_pairs_long_len(cfg.data.long_len, settings.model.max_length,
-                                        isinstance(splits.train[0], QAItem), set_in, cfg.data.path):
-        raise ConfigError(problems[0])
-
-
 def load_inputs(cfg: DictConfig, settings: Settings, splits):
     """The tokenizer, each split's examples, the pairs that need no sampling (fixed_pairs) and the evaluation (all
     built with the tokenizer alone: an item that cannot make a pair, a pair over model.max_length under
@@ -349,25 +123,6 @@ def load_inputs(cfg: DictConfig, settings: Settings, splits):
         raise ConfigError(problems[0])
     fixed = fixed_pairs(cfg, settings, splits, examples, tokenizer)
     return tokenizer, examples, fixed, evaluation, load_models(cfg, settings, tokenizer)
-
-
-def run_record(cfg: DictConfig, trainer: pl.Trainer, metrics: dict, data_counts: dict, keys: dict, plain: bool,
-               ckpt_path, faults: dict, eval_curve, timings: dict) -> dict:
-    """What results.json holds for a run."""
-    return {
-        "solopo_version": solopo.__version__,
-        **where_it_ran(trainer.strategy.root_device),  # libraries, device, device_name: generation's kernels
-        "config": redact(OmegaConf.to_container(cfg, resolve=True)),
-        "metrics": metrics,
-        "data": data_counts,
-        "sequences": {**{split: ["/".join(key) for key in split_keys] for split, split_keys in keys.items()},
-                      "plain_po": plain},  # plain PO: SoLo-RA not applicable, absent from the metrics
-        "steps": trainer.global_step,
-        "resumed_from": str(ckpt_path) if ckpt_path else None,  # mid-training: the train/ means cover the steps since
-        "faults": faults,
-        "eval_curve": eval_curve,
-        "timings": timings,
-    }
 
 
 def train(cfg: DictConfig) -> dict:
@@ -421,13 +176,10 @@ def train(cfg: DictConfig) -> dict:
                 with stages("eval"):  # validation, the trained model's evaluation and its saving
                     metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables,
                                         run_dir, metrics, during)
-        done = time.perf_counter()
-        timings = {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
-                   "validate_s": done - fit_done, "total_s": done - started, "train_tokens": throughput.tokens,
-                   "train_tokens_per_s": throughput.tokens_per_s, "stages": stages.record}  # tokens: real ones
-        timings = with_earlier_fits(timings, throughput.earlier_fit_s)  # tokens: the counter holds the earlier ones
-        results = with_recorded_training(run_record(cfg, trainer, metrics, data_counts, keys, plain, ckpt_path,
-                                                    guard.summary(), during.record() if during else None, timings),
+        timings = run_timings(started, model_done, data_done, fit_done, time.perf_counter(), throughput, stages.record)
+        results = with_recorded_training(run_record(OmegaConf.to_container(cfg, resolve=True), trainer, metrics,
+                                                    data_counts, keys, plain, ckpt_path, guard.summary(),
+                                                    during.record() if during else None, timings),
                                          run_dir, ckpt_path)
         return finish_run(trainer, run_dir, results, evaluation, tables, preemption, guard)
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+import solopo
 from solopo.cache import atomic_write_text
 from solopo.preflight import SECRET_KEY
+
+if TYPE_CHECKING:  # not imported at run time: --help imports this module, and should not import Lightning
+    import pytorch_lightning as pl
 
 FAILED = "failed.json"  # a run directory's record of a run that could not go on
 # The run directories of the sweep's jobs that failed or were stopped by their faults, in this process: the sweep
@@ -61,6 +65,18 @@ def with_earlier_fits(timings: dict, earlier_fit_s: float) -> dict:
         stages = {**stages, "training": {**stages["training"], "s": stages["training"]["s"] + earlier_fit_s}}
     return {**timings, "fit_s": timings["fit_s"] + earlier_fit_s, "total_s": timings["total_s"] + earlier_fit_s,
             "stages": stages}
+
+
+def run_timings(started: float, model_done: float, data_done: float, fit_done: float, done: float, throughput,
+                stages: dict) -> dict:
+    """results.json's timings from the run's clock: loading the models (model_s), the data and the stages before the
+    fit (data_s), the fit (fit_s), then validation, evaluation and saving (validate_s); the real tokens trained on and
+    their rate (``throughput``: callbacks.Throughput) and each stage's cost (``stages``: callbacks.StageCosts.record),
+    the earlier fits of a resumed run included (with_earlier_fits)."""
+    timings = {"model_s": model_done - started, "data_s": data_done - model_done, "fit_s": fit_done - data_done,
+               "validate_s": done - fit_done, "total_s": done - started, "train_tokens": throughput.tokens,
+               "train_tokens_per_s": throughput.tokens_per_s, "stages": stages}  # tokens: real ones
+    return with_earlier_fits(timings, throughput.earlier_fit_s)  # tokens: the counter holds the earlier ones
 
 
 def with_recorded_training(results: dict, run_dir: Path, ckpt_path: Path | None) -> dict:
@@ -117,6 +133,25 @@ def final_metrics(callback_metrics: Mapping[str, Any]) -> dict[str, float]:
     rate, gradient norm, memory) the last step's; train/tokens_per_s is the training's mean, the steps before a resume
     included (callbacks.Throughput)."""
     return {key: float(value) for key, value in sorted(callback_metrics.items())}
+
+
+def run_record(config: dict, trainer: pl.Trainer, metrics: dict, data_counts: dict, keys: dict, plain: bool,
+               ckpt_path, faults: dict, eval_curve, timings: dict) -> dict:
+    """What results.json holds for a run; ``config``: its resolved config, whose secrets are redacted here."""
+    return {
+        "solopo_version": solopo.__version__,
+        **where_it_ran(trainer.strategy.root_device),  # libraries, device, device_name: generation's kernels
+        "config": redact(config),
+        "metrics": metrics,
+        "data": data_counts,
+        "sequences": {**{split: ["/".join(key) for key in split_keys] for split, split_keys in keys.items()},
+                      "plain_po": plain},  # plain PO: SoLo-RA not applicable, absent from the metrics
+        "steps": trainer.global_step,
+        "resumed_from": str(ckpt_path) if ckpt_path else None,  # mid-training: the train/ means cover the steps since
+        "faults": faults,
+        "eval_curve": eval_curve,
+        "timings": timings,
+    }
 
 
 def read_results(run_dir: Path) -> dict | None:
