@@ -33,7 +33,7 @@ def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettin
     """The typed settings, or one ConfigError naming every mistake."""
     from solopo.models.loading import ModelSpec
     from solopo.settings.build import ConfigError, built, plain
-    from solopo.settings.rules import unread
+    from solopo.settings.keys import unread
 
     missing = [name for name, node, key in (("input.path", cfg.input, "path"), ("output", cfg, "output"))
                if OmegaConf.is_missing(node, key)]

@@ -112,11 +112,11 @@ def values_checked(argv: Sequence[str], training: bool = True, config_name: str 
 
 
 def for_evaluation(argv: Sequence[str], config_name: str = "config") -> list[str]:
-    """``argv`` less the overrides only training reads (solopo.settings.rules.training_only), which solopo-eval refuses:
+    """``argv`` less the overrides only training reads (solopo.settings.keys.training_only), which solopo-eval refuses:
     for a launcher that gives a study's evaluation the overrides of all its jobs. Unchanged where it composes no one
     job (a sweep, --config-path)."""
     from solopo.settings.build import command_line  # torch: not for --help
-    from solopo.settings.rules import training_only
+    from solopo.settings.keys import training_only
 
     jobs = job_configs(argv, config_name)
     if len(jobs) != 1:

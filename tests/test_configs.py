@@ -169,7 +169,7 @@ def test_an_unknown_key_gets_the_runs_key_for_a_name_trl_gives_it(key, given, hi
     """lr, learning_rate and batch_size got "reads no such key" alone, and so did TRL's top-level beta, simpo_gamma,
     model_name_or_path and save_steps; names spelt like none of solopo's keys still get the closest one (sed: seed),
     and a group's key its closest spelling (optim.beta: betas, not algo.beta)."""
-    from solopo.settings.rules import ROOT_KEYS, unread
+    from solopo.settings.keys import ROOT_KEYS, unread
 
     (problem,) = unread(key, given, ROOT_KEYS, "solopo")
     assert problem.endswith(f"reads no such key; did you mean {hint}?"), problem

@@ -33,7 +33,8 @@ from solopo.step.context_parallel import ContextSplit
 from solopo.settings.fields import ConfigError, Problems, SettingsError, flag, in_group, number
 from solopo.settings.groups import (check_data, check_logger, check_run, check_trainer, lightning_arguments,
                                     missing_options, target, unknown_options)
-from solopo.settings.rules import FILE_OF_PAIRS, check_deletions, cross_group_rules
+from solopo.settings.keys import check_deletions
+from solopo.settings.rules import FILE_OF_PAIRS, cross_group_rules
 from solopo.preflight import CONF, PARTS, stop
 from solopo.training.module import OptimSettings
 from solopo.training.precision import resolve_precision

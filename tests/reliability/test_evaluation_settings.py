@@ -1,5 +1,5 @@
 """What an evaluation (solopo-eval) checks and reads: only its own settings are checked, and the keys
-solopo.settings.rules.EVALUATION_KEYS names, with their interpolations, are all it reads (so the training-only
+solopo.settings.keys.EVALUATION_KEYS names, with their interpolations, are all it reads (so the training-only
 overrides it refuses, tests/reliability/test_preflight.py, would change nothing)."""
 import pytest
 from omegaconf import OmegaConf, open_dict
@@ -43,9 +43,9 @@ def junk_outside(cfg, read):
 @pytest.mark.parametrize("overrides", [[], ["data=pairs", f"data.path={FIXTURES / 'pairs.jsonl'}",
                                             "data.source.n_val=1"], ["eval=longbench", "eval.benchmark.path=/data"]])
 def test_what_an_evaluation_reads_is_all_it_reads(overrides):
-    """solopo.settings.rules.EVALUATION_KEYS and their interpolations are everything an evaluation reads: with every
+    """solopo.settings.keys.EVALUATION_KEYS and their interpolations are everything an evaluation reads: with every
     other value junk, it builds the same settings and data; so the overrides it refuses change nothing."""
-    from solopo.settings.rules import evaluation_reads
+    from solopo.settings.keys import evaluation_reads
 
     cfg = compose_config(overrides)
     read = evaluation_reads(cfg)

@@ -217,7 +217,7 @@ DELETED = [("solopo.evaluate", "~trainer", "trainer.precision"), ("solopo.evalua
 
 @pytest.mark.parametrize("module, override, held", DELETED, ids=[f"{m} {o}" for m, o, _ in DELETED])
 def test_a_deletion_of_what_the_run_reads_is_named(module, override, held, tmp_path):
-    """One rule for both commands (solopo.settings.rules.check_deletions). solopo-eval: ~trainer and ~data.template
+    """One rule for both commands (solopo.settings.keys.check_deletions). solopo-eval: ~trainer and ~data.template
     evaluated with defaults in silence, exit 0; ~seed and ~data.source.n_val stopped in a traceback (the latter in a
     new run directory); ~model and ~eval on keys the message listed, not the deletion. solopo-train: ~data.template
     trained on the default prompt in silence, exit 0; ~seed and ~trainer.max_steps stopped in a traceback; ~trainer
@@ -229,7 +229,7 @@ def test_a_deletion_of_what_the_run_reads_is_named(module, override, held, tmp_p
 
 def test_a_deletion_of_what_the_run_can_do_without_is_taken():
     """No experiment logger (logger=none: an empty group), no benchmark (eval=default: the held-out questions), no
-    sampling block (data=pairs has none; smoke's pairs are gold): solopo.settings.rules.OPTIONAL, for training as for
+    sampling block (data=pairs has none; smoke's pairs are gold): solopo.settings.keys.OPTIONAL, for training as for
     an evaluation, which refused ~eval.benchmark."""
     refuse_bad_values(["experiment=smoke", "~logger", "~data.sampling", "eval=longbench", "~eval.benchmark"])
     refuse_bad_values(["experiment=smoke", "eval=longbench", "~eval.benchmark"], training=False)
