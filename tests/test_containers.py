@@ -452,3 +452,20 @@ def test_data_long_len_from_an_experiment_of_ones_own_is_refused_for_ready_made_
     shipped = compose_config(["experiment=smoke", "data=pairs", f"data.path={pairs_file}",
                               f"hydra.searchpath=[file://{tmp_path / 'own'}]"])
     assert shipped.data.long_len == 256 and set_in_own_config(shipped, "data.long_len") is None
+
+
+def test_sampling_asked_for_on_ready_made_pairs_is_refused(tmp_path):
+    """data.pairs=sampled (with its sampling block) on a file of ready-made pairs trained on the file's pairs as
+    written, the sampling never run, without a word. Passages (schema A') are what it samples from."""
+    pairs_file = write("jsonl", records("A"), tmp_path)
+    done = run_here(["experiment=smoke", "data=pairs", f"data.path={pairs_file}", "data.pairs=sampled",
+                     "+data/common@data.sampling=sampling", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                    expect=2)
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: data.pairs=sampled: data.path={pairs_file} holds ready-made pairs (a chosen and a rejected response "
+        "each), which are trained on as written; sampling makes pairs from passages with answers (schema A') or a QA "
+        "dataset. Drop data.pairs=sampled to train on the file's pairs")
+    from solopo.settings.rules import check_pairs_sampled
+
+    assert check_pairs_sampled("sampled", passages=True, path="passages.jsonl") == []
+    assert check_pairs_sampled("gold", passages=False, path=pairs_file) == []

@@ -58,6 +58,16 @@ def check_pairs_long_len(long_len: Any, max_length: Optional[int], passages: boo
     return []
 
 
+def check_pairs_sampled(pairs: Any, passages: bool, path: Any) -> Problems:
+    """data.pairs=sampled for data=pairs, once the file is read: sampling makes pairs from passages (schema A'); a
+    file of ready-made pairs was trained on as written, the sampling asked for never run: refused instead."""
+    if pairs != "sampled" or passages:
+        return []
+    return [f"data.pairs=sampled: data.path={path} holds ready-made pairs (a chosen and a rejected response each), "
+            "which are trained on as written; sampling makes pairs from passages with answers (schema A') or a QA "
+            "dataset. Drop data.pairs=sampled to train on the file's pairs"]
+
+
 def check_eval_lengths(lengths: Any, max_length: Optional[int]) -> Problems:
     """eval.lengths (EvalSettings checked their form) against model.max_length less the room of an answer."""
     if max_length is None or not isinstance(lengths, (list, tuple)):

@@ -19,7 +19,7 @@ from solopo.generation.sampling import sample_pairs
 from solopo.generation.vllm_engine import saved_weights
 from solopo.models.loading import ModelSpec, weights_path
 from solopo.settings.build import ConfigError, Settings, choice, command_line, set_in_own_config
-from solopo.settings.rules import COMMAND_LINE, FILE_OF_PAIRS, check_pairs_long_len
+from solopo.settings.rules import COMMAND_LINE, FILE_OF_PAIRS, check_pairs_long_len, check_pairs_sampled
 from solopo.training.models import compute_device, generation_identity
 from solopo.training.results import RunFailed
 
@@ -42,14 +42,17 @@ def make_examples(cfg: DictConfig, splits, tokenizer) -> dict[str, list]:
         raise ConfigError(f"{source}: {err}") from None
 
 
-def check_file_long_len(cfg: DictConfig, settings: Settings, splits) -> None:
-    """data.long_len against what a data=pairs file holds, known once it is read (rules.check_pairs_long_len)."""
+def check_file_settings(cfg: DictConfig, settings: Settings, splits) -> None:
+    """data.long_len and data.pairs against what a data=pairs file holds, known once it is read
+    (rules.check_pairs_long_len, rules.check_pairs_sampled)."""
     if choice(cfg, "data") != FILE_OF_PAIRS or not splits.train:
         return
+    passages = isinstance(splits.train[0], QAItem)
     given = {override.partition("=")[0].lstrip("+~") for override in command_line(cfg)[0]}
     set_in = COMMAND_LINE if "data.long_len" in given else set_in_own_config(cfg, "data.long_len")
-    if problems := check_pairs_long_len(cfg.data.long_len, settings.model.max_length,
-                                        isinstance(splits.train[0], QAItem), set_in, cfg.data.path):
+    problems = (check_pairs_long_len(cfg.data.long_len, settings.model.max_length, passages, set_in, cfg.data.path)
+                + check_pairs_sampled(cfg.data.pairs, passages, cfg.data.path))
+    if problems:
         raise ConfigError(problems[0])
 
 

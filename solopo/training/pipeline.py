@@ -34,7 +34,7 @@ from solopo.training.eval_callback import eval_during_training
 from solopo.training.models import (cached_reference, compute_device, generation_identity, load_models,
                                     plan_checkpointing)
 from solopo.training.module import ALL_SEQUENCES, SoLoPOModule
-from solopo.training.pairs import (check_file_long_len, failed_on_data, fixed_pairs, make_examples, make_pairs,
+from solopo.training.pairs import (check_file_settings, failed_on_data, fixed_pairs, make_examples, make_pairs,
                                    repeats_note)
 from solopo.training.precision import autocast_dtype
 from solopo.training.results import final_metrics, run_record, run_timings, with_recorded_training
@@ -113,7 +113,7 @@ def load_inputs(cfg: DictConfig, settings: Settings, splits):
     built with the tokenizer alone: an item that cannot make a pair, a pair over model.max_length under
     data.overlong=error, a bad benchmark file or an optimized_metric the evaluation does not give stops the run before
     the model loads) and the models (load_models)."""
-    check_file_long_len(cfg, settings, splits)
+    check_file_settings(cfg, settings, splits)
     refuse_missing_model(settings.model)  # a missing local folder or an unknown hub id, in one line
     tokenizer = load_tokenizer(settings.model)
     with failed_on_data():
