@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -234,8 +235,21 @@ def test_a_sharded_model_generates_with_its_own_weights(fp32_model, tokenizer, m
     assert generate_dtypes(fp32_model, tokenizer, "greedy", "bf16-mixed", half_weights=True) == {torch.float32}
 
 
-def test_the_shipped_generation_settings_take_half_weights():
+@pytest.mark.parametrize("device, sharded, static", [("cuda", False, True), ("cuda", True, False),
+                                                     ("cpu", False, False)])
+def test_the_static_path_is_for_a_gpu_model_of_its_own(monkeypatch, device, sharded, static):
+    """A sharded model's forward gathers its weights from the other processes at every step: its decoding is not
+    replayed as a graph on one process (is_sharded stands in for an FSDP2-wrapped model)."""
+    monkeypatch.setattr(distributed, "is_sharded", lambda model: sharded)
+    model = torch.nn.Linear(1, 1)
+    monkeypatch.setattr(model, "parameters", lambda: iter([types.SimpleNamespace(device=torch.device(device))]))
+    assert batching.uses_static_cache(model, True) is static
+    assert not batching.uses_static_cache(model, False)
+
+
+def test_the_shipped_generation_settings_take_half_weights_and_the_static_path():
     assert EVAL.half_weights and SAMPLING.half_weights
+    assert EVAL.static_cache and SAMPLING.static_cache
 
 
 def test_split_on_oom_halves_a_batch_until_it_fits_and_keeps_the_rows_order(caplog):

@@ -75,7 +75,7 @@ def test_a_generation_config_with_processors_generates_through_generate(model, t
     with caplog.at_level(logging.INFO, logger=decoding.__name__):
         static = greedy_answers(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4, static_cache=True)
     assert static == greedy_answers(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4)
-    assert "sets repetition_penalty" in caplog.text
+    assert "the model has repetition_penalty, which" in caplog.text
     monkeypatch.undo()
     assert plain_decoding(model)
 
@@ -84,3 +84,18 @@ def test_a_generation_config_with_processors_generates_through_generate(model, t
 def test_end_ids_as_generate_reads_them(model, monkeypatch, eos, expected):
     monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
     assert end_ids(model) == expected
+
+
+@pytest.mark.parametrize("settings, full", [
+    ({}, True),  # Llama: no window
+    ({"sliding_window": 4096, "use_sliding_window": False}, True),  # Qwen2 as shipped
+    ({"sliding_window": 4096}, False),  # a Mistral-style window
+    ({"layer_types": ["full_attention", "sliding_attention"]}, False),
+    ({"layer_types": ["full_attention", "full_attention"], "sliding_window": 4096}, True),
+])
+def test_a_sliding_window_generates_through_generate(model, monkeypatch, settings, full):
+    """The loop's one mask lets every layer see the whole cache; a model with a window generates as generate does."""
+    for name, value in settings.items():
+        monkeypatch.setattr(model.config, name, value, raising=False)
+    assert decoding.full_attention(model.config) is full
+    assert plain_decoding(model) is full

@@ -102,8 +102,13 @@ def generate_batches(model, batches: Sequence[Sequence[int]], generate_rows: Cal
 
 def uses_static_cache(model, wanted: bool) -> bool:
     """A static KV cache (and with it the decoding step replayed as a CUDA graph) where it pays: on a GPU, when
-    asked."""
-    return wanted and next(model.parameters()).device.type == "cuda"
+    asked, for a model of its own (a sharded model's forward gathers its weights from the other processes at every
+    step, which a graph replayed on one process alone must not hold)."""
+    if not (wanted and next(model.parameters()).device.type == "cuda"):
+        return False
+    from solopo.training.distributed import is_sharded  # here: that module brings Lightning, 4 s to import
+
+    return not is_sharded(model)
 
 
 @contextmanager

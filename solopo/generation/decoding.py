@@ -56,15 +56,26 @@ def sampled_pick(temperature: float) -> Pick:
 
 
 def plain_decoding(model) -> bool:
-    """Whether generate would choose tokens from the bare logits (no processor from the model's generation config),
-    as this loop does; where not, one line in the log, and callers generate as generate does."""
+    """Whether generate would compute what this loop computes: tokens from the bare logits (no processor from the
+    model's generation config) and every layer attending to the whole cache (no sliding window, which the loop's one
+    mask would not apply); where not, one line in the log, and callers generate as generate does."""
     from transformers import GenerationConfig
 
     config, default = model.generation_config, GenerationConfig()
     changed = [name for name in PROCESSORS if getattr(config, name, None) != getattr(default, name, None)]
+    if not full_attention(model.config):
+        changed.append("sliding-window attention")
     if changed:
         say_processors(tuple(changed))
     return not changed
+
+
+def full_attention(config) -> bool:
+    """Whether every layer of a model of this config attends to all earlier positions."""
+    kinds = getattr(config, "layer_types", None)
+    if kinds is not None:
+        return all(kind == "full_attention" for kind in kinds)
+    return not getattr(config, "sliding_window", None) or getattr(config, "use_sliding_window", True) is False
 
 
 def end_ids(model) -> list[int]:
@@ -197,6 +208,6 @@ def warn_eager(reason: str) -> None:
 
 @functools.cache
 def say_processors(names: tuple[str, ...]) -> None:
-    """Once per process and set of fields: why the static path generates as generate does."""
-    log.info("the model's generation config sets %s: generation applies them through transformers' generate, "
-             "without the static cache's graphed step", ", ".join(names))
+    """Once per process and set of reasons: why the static path generates as generate does."""
+    log.info("the model has %s, which the static cache's graphed step does not apply: it generates through "
+             "transformers' generate", ", ".join(names))
