@@ -28,6 +28,7 @@ from solopo.training.loggers import ProgressLines, ResumableCSVLogger, finish, o
 from solopo.training.module import SoLoPOModule, intended_warnings_silenced
 from solopo.training.results import FAILED, SWEEP_FAILURES, RunFailed, all_finite, redact, summary, write_failure, write_results
 from solopo.training.resume import LastCheckpoint, LoaderPosition, RngState
+from solopo.training.run_settings import SettingsInCheckpoint, trained_settings
 
 log = logging.getLogger("solopo")
 
@@ -69,7 +70,7 @@ def make_trainer(cfg: DictConfig, settings: Settings, run_dir: Path, callbacks: 
     if cfg.val_every_n_steps:
         overrides.update(val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None)
     if cfg.trainer.enable_checkpointing:
-        callbacks = [*callbacks, LastCheckpoint(run_dir, **cfg.checkpoint)]
+        callbacks = [*callbacks, LastCheckpoint(run_dir, **cfg.checkpoint), SettingsInCheckpoint(trained_settings(cfg))]
     if cfg.trainer.get("enable_progress_bar", True):
         if on_terminal():
             callbacks = [*callbacks, TQDMProgressBar()]  # tqdm's: Lightning picks rich's bar where rich is installed

@@ -40,6 +40,7 @@ from solopo.training.precision import autocast_dtype
 from solopo.training.results import final_metrics, run_record, run_timings, with_recorded_training
 from solopo.training.lightning_run import finish_run, fit
 from solopo.training.resume import ResumableLoader, completed_results, refuse_other_weights, resolve_ckpt_path
+from solopo.training.run_settings import refuse_other_settings, trained_settings
 
 log = logging.getLogger("solopo")
 
@@ -134,6 +135,7 @@ def train(cfg: DictConfig) -> dict:
                  "resume; drop ckpt_path to train it again)", run_dir)
         return done
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    refuse_other_settings(cfg.ckpt_path, ckpt_path, trained_settings(cfg))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the config; no line of its own
     with failed_on_data():  # a malformed data file stops the run here, before any model loads
         splits = load_source(cfg)

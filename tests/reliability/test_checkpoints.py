@@ -152,3 +152,37 @@ def test_a_checkpoint_of_another_model_is_named_in_one_line(tmp_path):
         f"error: ckpt_path=last: {run_dir / 'checkpoints' / 'last.ckpt'} holds another model's weights: "
         "policy.model.embed_tokens.weight is [49152, 64] there and [49152, 32] in this run's model; resume with the "
         "model settings (model=..., model.lora, ...) of the run that wrote it")
+
+
+def test_a_checkpoint_trained_under_other_settings_is_refused_in_one_line(tmp_path):
+    """Resumed as SimPO, a run stopped as DPO went on without a word: results.json reported SimPO for a model trained
+    partly as DPO, and metrics.csv mixed the two losses. Each checkpoint holds the settings that decide what is
+    trained; resumed with others, the run stops in one line naming them, before any model loads. Training longer
+    (trainer.max_steps) is a resume like any other."""
+    run_dir = tmp_path / "run"
+    smoke_here(["eval.enabled=false", "algo=dpo", "trainer.max_steps=1", "checkpoint.keep=true",
+                f"hydra.run.dir={run_dir}"])
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    done = smoke_here(["eval.enabled=false", "algo=simpo", "trainer.max_steps=2", "ckpt_path=last",
+                       f"hydra.run.dir={run_dir}"], expect=2)
+    assert "Traceback" not in done.stderr and "resuming from" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: ckpt_path=last: {checkpoint} was written by a run with other settings: algo._target_ is "
+        '"solopo.core.algos.DPO" there and "solopo.core.algos.SimPO" here (and 2 more: algo.beta, algo.gamma); resume '
+        "with the settings of the run that wrote it, or train anew in another hydra.run.dir")
+    done = smoke_here(["eval.enabled=false", "algo=dpo", "trainer.max_steps=2", "checkpoint.keep=true",
+                       "model.gradient_checkpointing=false", "ckpt_path=last", f"hydra.run.dir={run_dir}"])
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 2
+
+
+def test_a_checkpoint_without_a_settings_record_resumes_as_before(tmp_path):
+    from solopo.training.run_settings import KEY, settings_problem
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "global_step": 1, "loops": {}}, path)
+    assert settings_problem(path, {"ra.alpha": "1.0"}) is None
+    torch.save({"state_dict": {}, "global_step": 1, "loops": {}, KEY: {"ra.alpha": "1.0", "seed": "0"}}, path)
+    assert settings_problem(path, {"ra.alpha": "1.0", "seed": "0"}) is None
+    assert settings_problem(path, {"ra.alpha": "0.3", "seed": "0"}).startswith(
+        "was written by a run with other settings: ra.alpha is 1.0 there and 0.3 here; resume")
+    assert "seed is 0 there and unset here" in settings_problem(path, {"ra.alpha": "1.0"})
