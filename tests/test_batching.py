@@ -325,7 +325,8 @@ def test_one_prompt_out_of_memory_raises(fp32_model, tokenizer, monkeypatch, pat
 
 
 def test_the_speed_table_names_a_path_that_failed_instead_of_timing_it():
-    """The static path crashed in its warm-up on the GPU and took the other paths' numbers down with the script."""
+    """A path that crashed in its warm-up on the GPU (the static path did, when transformers compiled its step) took
+    the other paths' numbers down with the script."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "sampling"))
     import speed
 

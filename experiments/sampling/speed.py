@@ -144,7 +144,8 @@ def run_paths(model, spec: ModelSpec, tokenizer, work: dict, k: int, precision: 
 def time_path(model, tokenizer, work: dict, path: str, settings, precision: str, limit_s: int, rows: list[dict],
               save) -> None:
     """One path's warm-up, then W1, W2 and W3, each appended to ``rows`` and saved as soon as it is timed. A path whose
-    warm-up fails (the static path's compilation did, on torch 2.11) is recorded with its error; the next one runs."""
+    warm-up fails (the static path's compilation did, when transformers compiled it, on torch 2.11) is recorded with its
+    error; the next one runs."""
     greedy, sample = settings
     try:
         warm = within(limit_s, lambda: (greedy_answers(model, tokenizer, work["W1"][:4], 32, precision=precision,
