@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import signal
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -147,11 +150,32 @@ def stop_preempted(preemption: Preemption, trainer: pl.Trainer, run_dir: Path, r
     what = (f"{'interrupted' if received == signal.SIGINT else 'preempted'} ({received.name}) at step "
             f"{trainer.global_step}{', after training' if after_training else ''}")
     if checkpoint:
-        log.warning("%s: checkpoint written to %s; resume by rerunning the command with ckpt_path=last "
-                    "hydra.run.dir=%s", what, checkpoint, run_dir)
+        log.warning("%s: checkpoint written to %s; %s", what, checkpoint, resume_hint(run_dir))
     else:
         log.warning("%s: no checkpoint written (trainer.enable_checkpointing=false)", what)
     raise SystemExit(128 + received.value)
+
+
+def resume_hint(run_dir: Path) -> str:
+    """How to resume, in words a shell and Hydra's override grammar both take as they are pasted. A job of a sweep
+    resumes when the sweep is rerun in its directory (its checkpoint is found there; the jobs without one start
+    fresh); a job's own directory, named after its overrides ('0_algo=dpo,logger=csv'), would not parse unquoted."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_dir = HydraConfig.get().sweep.dir
+        return f"resume by rerunning the sweep with {override('hydra.sweep.dir', sweep_dir)} ckpt_path=last"
+    return f"resume by rerunning the command with ckpt_path=last {override('hydra.run.dir', run_dir)}"
+
+
+def override(key: str, value) -> str:
+    """``key=value`` for a command line: the value in Hydra's quotes where its grammar would not read it back as it is
+    ('=', ',', '~'), the whole in the shell's quotes where the shell would change it (a space, a quote)."""
+    value = str(value)
+    try:
+        plain = OverridesParser.create().parse_override(f"{key}={value}").value() == value
+    except HydraException:  # its grammar reads no value at all
+        plain = False
+    quoted = value if plain else '"' + value.replace('"', '\\"') + '"'
+    return shlex.quote(f"{key}={quoted}")
 
 
 def stop_on_faults(message: str) -> None:
