@@ -147,7 +147,7 @@ def test_splits_are_seeded_and_validation_ignores_n_train():
 
 
 def test_split_sizes_are_checked():
-    with pytest.raises(DataFileError, match="hotpotqa.json: 6 usable records cannot give 6 validation items"):
+    with pytest.raises(DataFileError, match="hotpotqa.json: 6 usable records cannot give data.source.n_val=6 validation items"):
         load(hotpotqa, "hotpotqa.json", n_val=6)
     with pytest.raises(ValueError, match="n_train"):
         load(hotpotqa, "hotpotqa.json", n_train=0)
@@ -335,3 +335,27 @@ def test_benchmark_readers_share_the_record_readers_not_the_data_formats():
     assert not {path: found for path, found in reaching.items() if found}
     assert not [path for path, found in modules.items() if path.is_relative_to(package / "data")
                 and any(m.startswith("solopo.eval") for m in found)]
+
+
+def implicit_pairs(path: Path, count: int) -> str:
+    path.write_text("".join(json.dumps({"chosen": f"Question {i}? yes", "rejected": f"Question {i}? no"}) + "\n" for i in range(count)))
+    return str(path)
+
+
+def test_a_file_too_small_for_its_validation_names_data_source_n_val_and_a_value_that_works(tmp_path):
+    """Before, '5 usable records cannot give 8 validation items ...' left the user to find the key."""
+    with pytest.raises(DataFileError, match=r"five.jsonl: 5 usable records cannot give data.source.n_val=8 validation "
+                                            r"items and at least one training item; set data.source.n_val to at most 4"):
+        pairs.load(implicit_pairs(tmp_path / "five.jsonl", 5), n_val=8)
+
+
+def test_validation_taking_most_of_a_small_file_is_logged_once_naming_data_source_n_val(tmp_path, caplog):
+    """Before, 8 of 12 records went to validation without a word."""
+    splits = pairs.load(implicit_pairs(tmp_path / "twelve.jsonl", 12), n_val=8)
+    assert (len(splits.train), len(splits.val)) == (4, 8)
+    warned = [r.getMessage() for r in caplog.records if "n_val" in r.getMessage()]
+    assert warned == [f"{tmp_path / 'twelve.jsonl'}: data.source.n_val=8 of its 12 usable records go to validation, "
+                      "4 to training"]
+    caplog.clear()
+    pairs.load(implicit_pairs(tmp_path / "sixteen.jsonl", 16), n_val=8)  # half: no warning
+    assert not [r for r in caplog.records if "n_val" in r.getMessage()]

@@ -1,6 +1,7 @@
 """From parsed records to Splits: wrong answers, the shared distractor pool, the seeded split."""
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -9,6 +10,8 @@ from solopo.data.formats.passages import dedupe
 from solopo.data.formats.wrong_answers import add_wrong_answers
 from solopo.data.schema import PreferenceExample, QAItem, Splits
 from solopo.records import DataFileError, Where, check_unique_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,11 @@ def split_items(items: Sequence[QAItem | PreferenceExample], distractors: tuple[
     if n_val < 0 or (n_train is not None and n_train < 1):
         raise ValueError(f"{path}: n_val must be >= 0 and n_train >= 1 or null; got n_val={n_val}, n_train={n_train}")
     if n_val >= len(items):
-        raise DataFileError(f"{path}: {len(items)} usable records cannot give {n_val} validation items "
-                            "and at least one training item")
+        raise DataFileError(f"{path}: {len(items)} usable records cannot give data.source.n_val={n_val} validation "
+                            f"items and at least one training item; set data.source.n_val to at most {len(items) - 1}")
+    if 2 * n_val > len(items):  # a small file: most of it would go unseen by training, which nothing else says
+        log.warning("%s: data.source.n_val=%d of its %d usable records go to validation, %d to training",
+                    path, n_val, len(items), len(items) - n_val)
     order = list(items)
     random.Random(seed).shuffle(order)
     first_val = len(order) - n_val
