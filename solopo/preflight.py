@@ -135,8 +135,12 @@ def config_groups() -> str:
 
 
 # solopo's options that need a Hydra plugin: the plugin's module and the extra of setup.cfg that installs it
-PLUGIN_OPTIONS = {"hparams_search=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
-                  "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
+# option: (the plugin's module, the package that brings it: what setup.cfg's extra of that name installs, named
+# itself so that the hint works for an install from a wheel too, where no 'solopo[extra]' can be found on PyPI)
+PLUGIN_OPTIONS = {"hparams_search=optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+                  "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")}
+
+
 def safe_dirname(name: str, limit: int = 200) -> str:
     """``name`` as one folder name: characters other than A-Z a-z 0-9 . _ = , - become "_", and ".." becomes "_",
     so an override such as data.path=x/../../d never leads out of the sweep directory. Names over ``limit``
@@ -176,7 +180,7 @@ def stop(message: str) -> NoReturn:
 
 def refuse_missing_plugins(argv: Sequence[str]) -> None:
     """Stops (exit 2) on an option of solopo's that needs a Hydra plugin which is not installed, in one line naming
-    the extra that installs it (Hydra: "Could not find 'hydra/sweeper/optuna'" and the search path, in a dozen)."""
+    the package that brings it (Hydra: "Could not find 'hydra/sweeper/optuna'" and the search path, in a dozen)."""
     import importlib.util
 
     def installed(module: str) -> bool:
@@ -186,10 +190,9 @@ def refuse_missing_plugins(argv: Sequence[str]) -> None:
             return False
 
     for arg in argv:
-        module, extra = PLUGIN_OPTIONS.get(arg.lstrip("+"), (None, None))
+        module, package = PLUGIN_OPTIONS.get(arg.lstrip("+"), (None, None))
         if module is not None and not installed(module):
-            stop(f"{arg.lstrip('+')}: Hydra's {module.split('.')[-1]} plugin is not installed; "
-                 f"pip install 'solopo[{extra}]'")
+            stop(f"{arg.lstrip('+')}: Hydra's {module.split('.')[-1]} plugin is not installed; pip install {package}")
 
 
 def refuse_two_modes(argv: Sequence[str]) -> None:

@@ -1,5 +1,7 @@
 """The command line's checks before Hydra starts (solopo.preflight): an option no config group holds, a bad value in the
 run or in any job of a sweep, a key the config lacks, a missing model folder: one line, exit 2, no run directory."""
+import configparser
+import re
 import sys
 import time
 
@@ -8,7 +10,7 @@ import pytest
 from solopo.job_checks import job_configs, values_checked
 from solopo.preflight import CONF, preflight
 from in_process import call
-from support import run
+from support import ROOT, run
 from test_validation import FIXTURES, shipped_options
 
 MUSIQUE = FIXTURES / "musique.jsonl"
@@ -293,17 +295,23 @@ def test_two_things_for_hydra_to_do_are_one_line(argv, modes, capsys):
     preflight(["--cfg", "job", "-cd", "/tmp", "algo=dpo"])
 
 
-@pytest.mark.parametrize("arg", ["hparams_search=optuna", "hydra/launcher=slurm"])
-def test_an_option_whose_hydra_plugin_is_missing_is_one_line(arg, capsys, monkeypatch):
+@pytest.mark.parametrize("arg, package, extra", [("hparams_search=optuna", "hydra-optuna-sweeper", "optuna"),
+                                                 ("hydra/launcher=slurm", "hydra-submitit-launcher", "slurm")])
+def test_an_option_whose_hydra_plugin_is_missing_is_one_line(arg, package, extra, capsys, monkeypatch):
+    """The line named 'solopo[optuna]', which pip cannot find for an install from a wheel (solopo is not on PyPI);
+    it names the package the extra brings."""
     from solopo.preflight import PLUGIN_OPTIONS
 
-    module, extra = PLUGIN_OPTIONS[arg]
+    module = PLUGIN_OPTIONS[arg][0]
+    extras = configparser.ConfigParser()
+    extras.read(ROOT / "setup.cfg")
+    assert package in re.split(r"[<>=\s]+", extras["options.extras_require"][extra])
     monkeypatch.setitem(sys.modules, "hydra_plugins", None)  # a plain install: no Hydra plugin, no hydra_plugins
     monkeypatch.delitem(sys.modules, module, raising=False)  # nor the plugin an earlier test imported
     with pytest.raises(SystemExit) as stopped:
         preflight([arg, "experiment=smoke"])
     assert stopped.value.code == 2 and capsys.readouterr().err == (
-        f"error: {arg}: Hydra's {module.split('.')[-1]} plugin is not installed; pip install 'solopo[{extra}]'\n")
+        f"error: {arg}: Hydra's {module.split('.')[-1]} plugin is not installed; pip install {package}\n")
 
 
 VALUE_CANNOT = [
