@@ -123,6 +123,14 @@ def test_llama_factory_alpaca_mapping_and_entry_choice(tmp_path):
     with pytest.raises(DataFileError, match=r"dataset_info.json: set data.name to one of its datasets with a "
                                             r"file_name: geo, geo2$"):
         pairs.load(str(tmp_path))
+    # a name given but not found said the same, as if none were given
+    index = tmp_path / "dataset_info.json"
+    with pytest.raises(DataFileError) as unknown:
+        pairs.load(str(tmp_path), name="nosuch")
+    assert str(unknown.value) == f"data.name=nosuch: not an entry of {index}; its datasets with a file_name: geo, geo2"
+    index.write_text(json.dumps({"geo": mapping, "geo2": mapping, "hub": {"hf_hub_url": "someone/else"}}))
+    with pytest.raises(DataFileError, match=r"^data.name=hub: an entry without a file_name \(local files only\) in "):
+        pairs.load(str(tmp_path), name="hub")
     example = next(row for row in pairs.load(str(tmp_path), name="geo2").train if "France" in row.prompt_long)
     assert (example.prompt_long, example.chosen) == (question("France"), "Paris")
 

@@ -246,9 +246,12 @@ def _entry(entries: dict, name: Optional[str], folder: Path) -> dict:
     local = {key: entry for key, entry in entries.items() if "file_name" in entry}
     if name is None and len(local) == 1:
         name = next(iter(local))
+    choices = f"its datasets with a file_name: {', '.join(local) or '(none)'}"
+    if name is None:
+        raise DataFileError(f"{folder / LLAMA_FACTORY_INDEX}: set data.name to one of {choices}")
     if name not in local:
-        raise DataFileError(f"{folder / LLAMA_FACTORY_INDEX}: set data.name to one of its datasets with a file_name: "
-                            f"{', '.join(local) or '(none)'}")
+        what = "an entry without a file_name (local files only) in" if name in entries else "not an entry of"
+        raise DataFileError(f"data.name={name}: {what} {folder / LLAMA_FACTORY_INDEX}; {choices}")
     return _checked_entry(local[name], name, folder / LLAMA_FACTORY_INDEX)
 
 
