@@ -215,6 +215,13 @@ def test_a_run_that_did_not_end_as_planned_is_counted_failed(tmp_path):
     assert runs["stopped"].failed == "non-finite steps" and runs["preempted"].failed == "preempted"
     assert runs["interrupted"].failed == "interrupted"
     assert runs["stopped"].scores == {} and runs["ended"].failed is None and runs["ended"].scores["avg long"] == 10.0
+    report = write_report(find_runs([tmp_path]), tmp_path / "out", seeds=True)
+    assert [r["status"] for r in report["rows"]] == [
+        "1 of 4 failed: non-finite steps; 2 of 4 stopped: interrupted, preempted"]
+    report = write_report(find_runs([tmp_path]), tmp_path / "out", seeds=False)
+    statuses = sorted(r["status"] for r in report["rows"])
+    # a run stopped with its state saved is not called failed: ckpt_path=last resumes it
+    assert statuses == ["failed: non-finite steps", "ok", "stopped: interrupted", "stopped: preempted"]
     (tmp_path / "stopped" / "failed.json").write_text(json.dumps({"reason": "exit status 1", "config": {}}))
     assert {r.path.name: r for r in find_runs([tmp_path])}["stopped"].failed == "exit status 1"  # the launcher's record
 

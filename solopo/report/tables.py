@@ -15,6 +15,7 @@ from typing import Any
 
 from solopo.report.runs import Run, Stat, group, is_seed_key, stat
 from solopo.scoring import points
+from solopo.training.results import RESUMABLE
 
 IGNORED = ("logger.", "hydra.")  # paths and logging details differ between runs without being a factor
 METRICS = ("val/loss", "val/rewards/accuracies", "val/ra/gap", "train/peak_mem_gib")
@@ -55,7 +56,7 @@ def row_of(run: Run, keys: list[str], with_status: bool) -> dict:
     config = flatten(run.config)
     row = {k: config.get(k) for k in keys}
     if with_status:
-        row["status"] = f"failed: {run.failed}" if run.failed else "ok"
+        row["status"] = status_of(run)
     for name, table in run.eval.items():
         for length, score in table["by_length"].items():
             row[f"{name} sub-EM@{length}"] = round(points(score), 1)
@@ -66,6 +67,14 @@ def row_of(run: Run, keys: list[str], with_status: bool) -> dict:
     row.update({k: round(run.metrics[k], 4) for k in METRICS if k in run.metrics})
     row.update({k: round(run.timings[k], 1) for k in ("fit_s", "total_s") if k in run.timings})
     return row
+
+
+def status_of(run: Run) -> str:
+    """"ok"; "stopped: <reason>" for a run stopped with its state saved, which ckpt_path=last resumes (interrupted,
+    preempted); "failed: <reason>" otherwise."""
+    if not run.failed:
+        return "ok"
+    return f"{'stopped' if run.failed in RESUMABLE else 'failed'}: {run.failed}"
 
 
 def _interval(column: str, ci95, n) -> dict:
@@ -87,7 +96,7 @@ def seed_groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
 
 def merge(rows: list[dict], keys: list[str]) -> dict:
     """One row for a group: the keys, `seeds` (the runs in it), each other numeric column as a Stat, and
-    `status` when some runs failed ("1 of 3 failed: no pairs")."""
+    `status` when some runs failed or were stopped ("1 of 3 failed: no pairs; 1 of 3 stopped: preempted")."""
     merged = {k: rows[0].get(k) for k in keys}
     merged["seeds"] = len(rows)
     columns = dict.fromkeys(c for r in rows for c in r if c not in keys and c != "status" and not is_seed_key(c))
@@ -95,9 +104,14 @@ def merge(rows: list[dict], keys: list[str]) -> dict:
         value = stat(r.get(column) for r in rows)
         if value is not None:
             merged[column] = value
-    failed = [r["status"].removeprefix("failed: ") for r in rows if r.get("status", "ok") != "ok"]
-    if failed:
-        merged["status"] = f"{len(failed)} of {len(rows)} failed: {', '.join(sorted(set(failed)))}"
+    ended: dict[str, list[str]] = {}  # "failed" / "stopped" -> the reasons of the group's runs that did not end
+    for row in rows:
+        if row.get("status", "ok") != "ok":
+            kind, _, reason = row["status"].partition(": ")
+            ended.setdefault(kind, []).append(reason)
+    if ended:
+        merged["status"] = "; ".join(f"{len(reasons)} of {len(rows)} {kind}: {', '.join(sorted(set(reasons)))}"
+                                     for kind, reasons in sorted(ended.items()))
     return merged
 
 

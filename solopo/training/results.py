@@ -22,6 +22,9 @@ FAILED = "failed.json"  # a run directory's record of a run that could not go on
 SWEEP_FAILURES: list[Path] = []
 
 
+RESUMABLE = ("interrupted", "preempted")  # unfinished()'s reasons for a run stopped with its state saved
+
+
 def unfinished(results: dict) -> dict | None:
     """The failure record of a results.json whose run did not end as planned: stopped after too many non-finite steps
     in a row (faults.stopped: the run wrote what it had, then exited 1), or preempted (its state saved for a resume;
@@ -32,7 +35,7 @@ def unfinished(results: dict) -> dict | None:
         return {"reason": "non-finite steps", "detail": stopped}
     if preempted := results.get("preempted"):
         ctrl_c = isinstance(preempted, dict) and preempted.get("signal") == "SIGINT"
-        return {"reason": "interrupted" if ctrl_c else "preempted", "detail": str(preempted)}
+        return {"reason": RESUMABLE[0] if ctrl_c else RESUMABLE[1], "detail": str(preempted)}
     return None
 
 
