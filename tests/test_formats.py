@@ -293,6 +293,12 @@ MALFORMED = [
     (pairs, "pairs.jsonl", lambda: as_file(records_of("pairs.jsonl")[:2] + records_of("pairs_plain.jsonl")[:1], "pairs.jsonl"),
      "pairs.jsonl line 3: schema B (prompt), but line 1 uses schema A (prompt_short, prompt_long)"),
     (pairs, "pairs.jsonl", lambda: '{"question": "Who?", "answer": "Ada"}\n', "pairs.jsonl line 1: matches no schema"),
+    # read as TRL's implicit prompt, it failed on chosen's message: "field 'chosen': expected a string, got dict"
+    (pairs, "pairs.jsonl", lambda: json.dumps({"messages": [{"role": "user", "content": "Who?"}],
+                                               "chosen": {"role": "assistant", "content": "Ada"},
+                                               "rejected": {"role": "assistant", "content": "Bob"}}) + "\n",
+     "pairs.jsonl line 1: has 'messages' beside chosen and rejected: LLaMA-Factory's sharegpt layout with a messages "
+     "column is read through its dataset_info.json entry"),
     (pairs, "pairs.jsonl", lambda: changed("pairs_passages.jsonl", 1, set_field(["relevant"], [])),
      "pairs.jsonl line 2: field 'relevant': empty list"),
     (pairs, "pairs.jsonl", lambda: changed("pairs_passages.jsonl", 1, set_field(["relevant", 1], " ")),

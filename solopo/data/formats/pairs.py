@@ -108,6 +108,12 @@ def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
     if found:
         return next(iter(found))
     if "chosen" in record and "rejected" in record:
+        if "messages" in record and isinstance(record["chosen"], dict):  # LLaMA-Factory's sharegpt, OpenAI-style:
+            # its messages column is named by an entry; read as TRL's, its one-message responses are no TRL response
+            raise where.error("has 'messages' beside chosen and rejected: LLaMA-Factory's sharegpt layout with a "
+                              "messages column is read through its dataset_info.json entry (\"columns\": "
+                              "{\"messages\": \"messages\", ...}; data.path=<its folder> data.name=<entry>); or "
+                              "rename the column 'conversations'")
         return "implicit"
     if len(record) == 1:  # {"data": [...]}: the records under a key
         ((wrapped, inner),) = record.items()
