@@ -90,6 +90,13 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def returned_cache(output):
+    """The KV cache a forward returned: later transformers 5 releases name it `cache`, earlier ones
+    `past_key_values`."""
+    cache = getattr(output, "cache", None)
+    return output.past_key_values if cache is None else cache
+
+
 def static_copy(model, cache, copies: int, max_cache_len: int):
     """A StaticCache of ``max_cache_len`` positions holding ``cache`` (a DynamicCache of a prompt batch's prefill)
     with each row repeated ``copies`` times in place; each dynamic layer is let go once copied."""
@@ -158,10 +165,9 @@ def prefill(model, ids, mask, new_tokens: int, pick: Pick, pad: int, eos: list[i
     rows, length, device = ids.shape[0] * copies, ids.shape[1], ids.device
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     first = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
-    dynamic = getattr(first, "cache", None)
-    cache = static_copy(model, first.past_key_values if dynamic is None else dynamic, copies, length + new_tokens)
+    cache = static_copy(model, returned_cache(first), copies, length + new_tokens)
     logits = first.logits[:, -1].repeat_interleave(copies, 0)
-    del first, dynamic  # the dynamic cache goes: the static one holds its keys and values
+    del first  # the dynamic cache goes: the static one holds its keys and values
     seen = torch.zeros(rows, 1, 1, length + new_tokens, dtype=torch.bool, device=device)
     seen[:, 0, 0, :length] = mask.repeat_interleave(copies, 0).bool()
     # position and column of the prompt's last token: advance() moves both to the first new token's

@@ -22,7 +22,8 @@ from solopo.cache import DiskCache, digest
 from solopo.data.schema import PreferenceExample
 from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import budget_batches, generate_batches, uses_static_cache
-from solopo.generation.decoding import cache_keyword, decode, end_ids, plain_decoding, sampled_pick
+from solopo.generation.decoding import (cache_keyword, decode, end_ids, plain_decoding, returned_cache,
+                                        sampled_pick)
 from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
 from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.training.precision import autocast
@@ -89,8 +90,7 @@ def sample_shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, settings:
     # logits_to_keep=1: only the cache is wanted; full logits would take B x L x vocab floats (6 GB at 8 x 4K)
     prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
                    use_cache=True, logits_to_keep=1)
-    cache = getattr(prefix, "cache", None)
-    cache = prefix.past_key_values if cache is None else cache
+    cache = returned_cache(prefix)
     cache.batch_repeat_interleave(settings.k)
     return model.generate(input_ids=ids.repeat_interleave(settings.k, 0),
                           attention_mask=mask.repeat_interleave(settings.k, 0), **{cache_keyword(model): cache},

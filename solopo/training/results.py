@@ -22,7 +22,8 @@ FAILED = "failed.json"  # a run directory's record of a run that could not go on
 SWEEP_FAILURES: list[Path] = []
 
 
-RESUMABLE = ("interrupted", "preempted")  # unfinished()'s reasons for a run stopped with its state saved
+INTERRUPTED, PREEMPTED = "interrupted", "preempted"  # unfinished()'s reasons for a run stopped with its state saved
+RESUMABLE = (INTERRUPTED, PREEMPTED)
 
 
 def unfinished(results: dict) -> dict | None:
@@ -35,7 +36,7 @@ def unfinished(results: dict) -> dict | None:
         return {"reason": "non-finite steps", "detail": stopped}
     if preempted := results.get("preempted"):
         ctrl_c = isinstance(preempted, dict) and preempted.get("signal") == "SIGINT"
-        return {"reason": RESUMABLE[0] if ctrl_c else RESUMABLE[1], "detail": str(preempted)}
+        return {"reason": INTERRUPTED if ctrl_c else PREEMPTED, "detail": str(preempted)}
     return None
 
 

@@ -68,6 +68,12 @@ def completed_results(ckpt_path: Optional[str], run_dir: Path) -> Optional[dict]
     return results if whole and unfinished(results) is None else None  # preempted or stopped: resumed or redone
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint file's contents, read with torch.load(weights_only=True) and memory-mapped: its tensors are not
+    read, so the checks before a resume look into a checkpoint of many GB at once."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
 def checkpoint_problem(path: Path) -> Optional[str]:
     """Why ``path`` cannot be resumed from, or None. A file must open with torch.load(weights_only=True) (memory-mapped:
     the tensors are not read) and hold Lightning's training state; a folder (trainer=fsdp) must hold torch's
@@ -76,7 +82,7 @@ def checkpoint_problem(path: Path) -> Optional[str]:
     if path.is_dir():
         return None if (path / ".metadata").is_file() else "a folder without the .metadata of a sharded checkpoint"
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = read_checkpoint(path)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
         return f"truncated or not a torch checkpoint: {type(err).__name__}"
     if not isinstance(checkpoint, dict) or not {"state_dict", "global_step", "loops"} <= checkpoint.keys():
@@ -91,7 +97,7 @@ def weights_problem(path: Path, policy: torch.nn.Module) -> Optional[str]:
     sharded folder (trainer=fsdp) is left to torch's reader."""
     if path.is_dir():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]  # tensors not read
+    saved = read_checkpoint(path)["state_dict"]
     saved = {key: tuple(value.shape) for key, value in saved.items() if key.startswith(POLICY)}
     here = {POLICY + key: tuple(value.shape) for key, value in policy.state_dict().items()}
     only_saved, only_here = sorted(saved.keys() - here.keys()), sorted(here.keys() - saved.keys())

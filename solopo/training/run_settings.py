@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from solopo.report.tables import flatten
 from solopo.settings.fields import ConfigError
+from solopo.training.resume import read_checkpoint
 
 KEY = "solopo_settings"  # the checkpoint's entry
 TRAINED = ("algo", "method", "ra", "optim", "data", "model", "seed", "reference", "trainer.accumulate_grad_batches")
@@ -57,7 +57,7 @@ def settings_problem(path: Path, settings: dict[str, str]) -> Optional[str]:
     checkpoint with no record: a sharded folder, or one written before the record existed)."""
     if path.is_dir():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(KEY)  # tensors not read
+    saved = read_checkpoint(path).get(KEY)
     if not isinstance(saved, dict):
         return None
     differ = sorted(key for key in saved.keys() | settings.keys() if saved.get(key) != settings.get(key))
