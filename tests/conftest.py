@@ -1,6 +1,7 @@
 import copy
 import functools
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,20 @@ def tiny_model(tokenizer):
     from solopo.models.loading import load_model
 
     return load_model(settings()["TINY"], tokenizer, seed=0)
+
+
+class SignalReachedTheTest(BaseException):
+    """What a signal raises once the run has left it to the process's own handler: the test fails, and lives."""
+
+
+@pytest.fixture
+def signal_guard():
+    """Until the test ends, SIGTERM and SIGINT that no handler of the run takes fail the test instead of ending the
+    test process (SIGTERM's default) or reading as the test's own Ctrl-C."""
+    def reached(signum, frame):
+        raise SignalReachedTheTest(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, reached) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)

@@ -1,6 +1,7 @@
 """`python -m solopo.run` on the tiny model, as a subprocess (a fresh interpreter, signals, several processes) or in
 this process (tests/in_process.py), and what its run directory holds; a toy Lightning module for the callbacks; a full
-disk, as the atomic writer, Lightning's checkpoint writer, the run's log file and the writer of .hydra/ meet it."""
+disk, as the atomic writer, Lightning's checkpoint writer, the run's log file and the writer of .hydra/ meet it; a
+signal sent to this process as a function is called."""
 import csv
 import errno
 import json
@@ -171,3 +172,15 @@ def compose_config(overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def signal_when_called(monkeypatch, owner, name, signum, only=lambda *args, **kwargs: True):
+    """``owner.name`` sends ``signum`` to this process as it is called (where ``only`` holds), then runs."""
+    original = getattr(owner, name)
+
+    def sending(*args, **kwargs):
+        if only(*args, **kwargs):
+            os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, sending)

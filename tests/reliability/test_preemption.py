@@ -5,7 +5,6 @@ resumed run only validates and evaluates."""
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import time
@@ -14,16 +13,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from solopo.eval.runner import Evaluation
 from solopo.training.callbacks import Preemption
-from solopo.training.lightning_run import override
 from solopo.training.module import SoLoPOModule
 from solopo.training.results import TRAINING_TIMINGS, recorded_training, with_earlier_fits, with_recorded_training
 from solopo.training.resume import LastCheckpoint
-from in_process import run_here
-from support import ENV, ROOT, SMOKE, command, fit_toy, results, run, smoke_here, step_losses
+from support import ENV, ROOT, command, fit_toy, results, run, signal_when_called, smoke_here, step_losses
 
 LONG_RUN = ["trainer.max_steps=200", "trainer.max_epochs=10", "data.source.n_train=40"]
 
@@ -174,35 +170,6 @@ def test_signal_with_gradient_accumulation_then_resume_gives_the_uninterrupted_l
     """The signal arrives after step 2, during the micro-batches of a later step: the run stops after that step."""
     assert_resumes_exactly(tmp_path, ["data.source.n_train=16", "trainer.accumulate_grad_batches=2"], signal.SIGTERM,
                            steps_done=2)
-
-
-class SignalReachedTheTest(BaseException):
-    """What a signal raises once the run has left it to the process's own handler: the test fails, and lives."""
-
-
-@pytest.fixture
-def signal_guard():
-    """Until the test ends, SIGTERM and SIGINT that no handler of the run takes fail the test instead of ending the
-    test process (SIGTERM's default) or reading as the test's own Ctrl-C."""
-    def reached(signum, frame):
-        raise SignalReachedTheTest(signal.Signals(signum).name)
-
-    previous = {signum: signal.signal(signum, reached) for signum in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-
-
-def signal_when_called(monkeypatch, owner, name, signum, only=lambda *args, **kwargs: True):
-    """``owner.name`` sends ``signum`` to this process as it is called (where ``only`` holds), then runs."""
-    original = getattr(owner, name)
-
-    def sending(*args, **kwargs):
-        if only(*args, **kwargs):
-            os.kill(os.getpid(), signum)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, sending)
 
 
 AFTER_TRAINING = {  # where a signal lands after the last step: the final validation (inside Lightning's validate), the
@@ -389,47 +356,3 @@ def test_sigterm_as_the_fit_begins_stops_it_with_a_checkpoint_and_status_143(tmp
     assert f"preempted (SIGTERM) at step 1: checkpoint written to {checkpoint}" in stopped.stdout + stopped.stderr
     assert results(tmp_path)["preempted"] == {"signal": "SIGTERM", "step": 1, "checkpoint": str(checkpoint),
                                               "after_training": False}
-
-
-def pasted_hint(output: str) -> list[str]:
-    """The overrides of the resume hint in ``output``, as a shell splits them when the line is pasted."""
-    found = re.search(r"resume by rerunning the (?:command|sweep) with (.*)$", output, re.MULTILINE)
-    assert found, output[-3000:]
-    return shlex.split(found[1])
-
-
-def test_the_resume_hint_of_a_run_in_a_directory_named_after_overrides_works_pasted(tmp_path, monkeypatch,
-                                                                                    signal_guard):
-    """A directory like a sweep job's ('0_algo=dpo,logger=csv') was named unquoted in the hint, which Hydra's grammar
-    refuses ("mismatched input '='"); quoted, the pasted hint resumes the run."""
-    run_dir = tmp_path / "0_algo=dpo,logger=csv"
-    with monkeypatch.context() as patch:
-        signal_when_called(patch, Preemption, "on_train_start", signal.SIGTERM)
-        stopped = smoke_here([f"hydra.run.dir='{run_dir}'"], expect=128 + signal.SIGTERM)
-    hint = pasted_hint(stopped.stdout + stopped.stderr)
-    assert hint == ["ckpt_path=last", f"hydra.run.dir=\"{run_dir}\""]
-    resumed = smoke_here(hint)
-    assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in resumed.stdout + resumed.stderr
-
-
-def test_a_job_of_a_sweep_says_to_rerun_the_sweep_in_its_directory_and_that_resumes_it(tmp_path, monkeypatch,
-                                                                                     signal_guard):
-    """A stopped job of a sweep named its own directory as hydra.run.dir, unquoted: the line did not parse, and a rerun
-    of the sweep does not read hydra.run.dir. Rerun with the sweep's directory, the job resumes from its checkpoint."""
-    sweep = ["-m", *SMOKE, "algo=dpo"]
-    with monkeypatch.context() as patch:
-        signal_when_called(patch, Preemption, "on_train_start", signal.SIGTERM)
-        stopped = run_here([*sweep, f"hydra.sweep.dir={tmp_path / 'sweep'}"], 128 + signal.SIGTERM, cwd=ROOT)
-    output = stopped.stdout + stopped.stderr
-    assert "resume by rerunning the sweep with" in output
-    hint = pasted_hint(output)
-    assert hint == [f"hydra.sweep.dir={tmp_path / 'sweep'}", "ckpt_path=last"]
-    resumed = run_here([*sweep, *hint], cwd=ROOT)
-    job = re.search(r"checkpoint written to (\S+);", output)[1]
-    assert job.startswith(str(tmp_path / "sweep")) and f"resuming from {job}" in resumed.stdout + resumed.stderr
-
-
-@pytest.mark.parametrize("path", ["/tmp/sw/0_algo=dpo,logger=csv", "/tmp/plain/run", "/tmp/a b", "/tmp/it's", "/tmp/~x"])
-def test_an_override_in_the_hint_reads_back_as_the_path_through_the_shell_and_hydra(path):
-    [argument] = shlex.split(override("hydra.run.dir", path))
-    assert OverridesParser.create().parse_override(argument).value() == path
