@@ -7,7 +7,8 @@ from pathlib import Path
 
 from solopo.report.plots import accuracy_vs_length, by_length, score_vs_alpha
 from solopo.report.runs import Run, Stat, stat
-from solopo.report.tables import flatten, label, seed_groups, write_tables
+from solopo.report.tables import label, seed_groups, write_tables
+from solopo.settings.keys import flatten
 from solopo.scoring import points
 
 ALPHA = "ra.alpha"

@@ -14,21 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from solopo.report.runs import Run, Stat, group, is_seed_key, stat
+from solopo.settings.keys import flatten
 from solopo.scoring import points
 from solopo.training.results import RESUMABLE
 
 IGNORED = ("logger.", "hydra.")  # paths and logging details differ between runs without being a factor
 METRICS = ("val/loss", "val/rewards/accuracies", "val/ra/gap", "train/peak_mem_gib")
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{"ra": {"alpha": 1.0}} -> {"ra.alpha": 1.0}; a list becomes its JSON text, so it compares and prints as one."""
-    if isinstance(value, dict):
-        out = {}
-        for key, inner in value.items():
-            out.update(flatten(inner, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: json.dumps(value) if isinstance(value, list) else value}
 
 
 def varying_keys(runs: list[Run]) -> list[str]:

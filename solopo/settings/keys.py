@@ -4,6 +4,7 @@ take the config and the command line and return their problems under their confi
 of several groups are solopo.settings.rules'."""
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Iterable, Sequence
 
@@ -22,6 +23,16 @@ ROOT_KEYS = ("algo", "ra", "method", "data", "model", "trainer", "eval", "logger
 DATA_KEYS = ("source", "pairs", "sampling", "template", "long_len", "short_len", "overlong", "truncate", "batch_size",
              "num_workers")
 INTERPOLATED = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"ra": {"alpha": 1.0}} -> {"ra.alpha": 1.0}; a list becomes its JSON text, so it compares and prints as one."""
+    if isinstance(value, dict):
+        out = {}
+        for key, inner in value.items():
+            out.update(flatten(inner, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.dumps(value) if isinstance(value, list) else value}
 
 
 def keys_interpolated(cfg: DictConfig) -> set[str]:

@@ -19,7 +19,7 @@ from typing import Optional
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from solopo.report.tables import flatten
+from solopo.settings.keys import flatten
 from solopo.settings.fields import ConfigError
 from solopo.training.resume import read_checkpoint
 
