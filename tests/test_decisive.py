@@ -166,6 +166,25 @@ def test_claims_are_paired_over_seeds_and_questions_with_a_verdict(tmp_path):
     assert (tmp_path / "out" / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_cell_below_the_seeds_the_acceptance_asks_is_provisional_in_every_table(tmp_path):
+    """An ablation cell run at seed 0 alone, however clear on its questions (10 of 10 against Short-PO's 0 of 10),
+    reads "supported, provisional" in the ablation table, as a claim at 2 seeds does in the claim lines; at 3 seeds
+    the verdict stands alone."""
+    for seed in range(2):
+        fake_run(tmp_path / f"short-{seed}", "a", "short_po", seed, [])
+        fake_run(tmp_path / f"sol-{seed}", "a", "solopo", seed, list(range(10)))
+    fake_run(tmp_path / "cell", "a", "solopo_detach", 0, list(range(10)), distance="squared", alpha=0.3)
+    parts = report.blocks(find_runs([tmp_path]))
+    assert parts["ablations"][-1] == ("| a | simpo | yes | squared | 0.3 | 1 | 0.0 | 100.0 | +100.0 [+100.0, +100.0] "
+                                      "points, 1 seed, 10 question-seed pairs | supported, provisional |")
+    assert parts["claims"] == [("- **supported, provisional**: SoLoPO beats Short-PO, i.e. SoLo-RA adds to "
+                                "short-context PO (the paper), regime a, simpo: +100.0 [+100.0, +100.0] points, "
+                                "2 seeds, 20 question-seed pairs.")]
+    fake_run(tmp_path / "short-2", "a", "short_po", 2, [])
+    fake_run(tmp_path / "sol-2", "a", "solopo", 2, list(range(10)))
+    assert report.blocks(find_runs([tmp_path]))["claims"][0].startswith("- **supported**: SoLoPO beats Short-PO")
+
+
 def test_the_verdict_paragraph_says_how_much_of_the_plan_it_stands_on(tmp_path):
     """The repository's headline: per claim, the cells by verdict with their seeds, after how many of the planned runs
     it rests on; an incomplete study says that its verdicts may still change."""
@@ -243,8 +262,8 @@ def test_the_cost_table_counts_each_shared_stage_at_the_run_that_computed_it(tmp
     assert "| a | dpo | solopo | 2 | 10.5 ± 0.7 s, 6.0 GiB | 5.0 ± 0.0 s, 1.0 GiB |" in text
     # Expand-long is a row of the main table and of one claim
     assert "| a | simpo | expand_long | 2 |" in text.split("## Claims")[0]
-    assert "- **not separated**: SoLoPO beats Expand-long (the same short-context pairs, vanilla PO on x_long) " \
-           "(the paper), regime a, simpo: +0.0 [" in text
+    assert "- **not separated, provisional**: SoLoPO beats Expand-long (the same short-context pairs, vanilla PO " \
+           "on x_long) (the paper), regime a, simpo: +0.0 [" in text  # 2 seeds
 
 
 def test_paired_comparison_uses_only_shared_seeds_and_questions(tmp_path):

@@ -69,6 +69,14 @@ def verdict(change: Change | None) -> str:
     return "supported" if change.low > 0 else "contradicted" if change.high < 0 else "not separated"
 
 
+def verdict_on(change: Change | None, seeds: int) -> str:
+    """The verdict, marked provisional on fewer than FIRM_SEEDS seeds: a cell the study has not yet run at the seeds
+    its acceptance asks for must not read as a finding (an ablation cell at seed 0 alone is bootstrapped over its
+    questions only and never sees how another training run turns out)."""
+    word = verdict(change)
+    return word if change is None or seeds >= FIRM_SEEDS else f"{word}, provisional"
+
+
 def seeds_of(better: list[Run], worse: list[Run]) -> int:
     return len({r.seed for r in better if not r.failed} & {r.seed for r in worse if not r.failed})
 

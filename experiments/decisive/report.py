@@ -18,7 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from experiments.decisive.claims import CLAIMS, FIRM_SEEDS, describe, paired, seeds_of, verdict  # noqa: E402
+from experiments.decisive.claims import (CLAIMS, FIRM_SEEDS, describe, paired, seeds_of, verdict,  # noqa: E402
+                                         verdict_on)
 from experiments.decisive.costs import cost_table  # noqa: E402
 from experiments.decisive.curve import CURVE_SEED  # noqa: E402
 from experiments.decisive.jobs import (COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_ALPHA, REGIMES, place,  # noqa: E402
@@ -101,7 +102,7 @@ def claim_cells(groups: dict, regimes: list[str], algos: list[str]) -> list[Clai
 
 def claim_lines(cells: list[ClaimCell]) -> list[str]:
     """One line per claim, regime and algorithm: the paired difference, its interval, the verdict."""
-    return [f"- **{verdict(c.change)}**: {c.claim} ({c.whose}), regime {c.regime}, {c.algo}: "
+    return [f"- **{verdict_on(c.change, c.seeds)}**: {c.claim} ({c.whose}), regime {c.regime}, {c.algo}: "
             f"{describe(c.change, c.seeds)}." for c in cells]
 
 
@@ -164,10 +165,10 @@ def ablation_table(groups: dict) -> list[str]:
         short = groups.get(main_key(regime, algo, "short_po"))
         if row not in ("solopo", "solopo_detach") or not short or (distance, alpha) == ("abs", PAPER_ALPHA[algo]):
             continue
-        change = paired(runs, short)
+        change, seeds = paired(runs, short), seeds_of(runs, short)
         rows.append([regime, algo, "yes" if row == "solopo_detach" else "no", distance, f"{alpha:g}",
                      str(len([r for r in runs if not r.failed])), cell(scores_of(runs, "short")),
-                     cell(scores_of(runs, AVG)), describe(change, seeds_of(runs, short)), verdict(change)])
+                     cell(scores_of(runs, AVG)), describe(change, seeds), verdict_on(change, seeds)])
     head = ["regime", "algo", "detach_short", "distance", "alpha", "seeds", "evidence only", "avg long (its lengths)",
             "- Short-PO [95%]", "verdict (> Short-PO)"]
     return markdown(head, rows) if rows else ["No ablation runs."]
