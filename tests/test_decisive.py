@@ -215,6 +215,25 @@ def test_the_verdict_paragraph_says_how_much_of_the_plan_it_stands_on(tmp_path):
     assert "regime a: main rows at 1 of 5 seeds;" in report.blocks(find_runs([level]))["verdict"][0]
 
 
+def test_the_pairs_trained_on_spread_over_seeds_not_over_each_algorithm_s_copy(tmp_path):
+    """Every algorithm's Long-PO of a seed trains on the seed's one sample of pairs: 8 at seed 0, 12 at seed 1, under
+    DPO, SimPO and ORPO alike. Their spread is that of two seeds, 10 ± 2.8 as in the main table; the six runs taken as
+    six samples would say 10 ± 2.2."""
+    for seed, pairs in ((0, 8), (1, 12)):
+        for algo in ("DPO", "SimPO", "ORPO"):
+            for row in ("long_po", "short_po"):
+                path = tmp_path / f"{row}-{algo}-{seed}"
+                fake_run(path, "a", row, seed, [0], algo=algo)
+                data = json.loads((path / "results.json").read_text())
+                data["data"]["train"]["pairs"] = pairs if row == "long_po" else 100
+                (path / "results.json").write_text(json.dumps(data))
+    paragraph = report.blocks(find_runs([tmp_path]))["verdict"]
+    assert paragraph[-1] == ("Pairs trained on, regime a: Long-PO 10 ± 3 (sampled on x_long), the rows sampled on "
+                             "x_short 100 ± 0.")
+    main = report.blocks(find_runs([tmp_path]))["main"]
+    assert "| a | simpo | long_po | 2 | 0.0 ± 0.0 | 10.0 ± 0.0 | 10 ± 3 |" in main
+
+
 def cost(seconds: float, peak: float = 1.0, cached: bool | None = None) -> dict:
     return {"s": seconds, "peak_gib": peak, **({} if cached is None else {"cached": cached})}
 

@@ -26,7 +26,7 @@ from experiments.decisive.jobs import (COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_A
                                       study_jobs)
 from experiments.studies import reports  # noqa: E402
 from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
-from solopo.report.runs import Run, failures, find_runs, group, scores_of, stat  # noqa: E402
+from solopo.report.runs import Run, Stat, failures, find_runs, group, scores_of, stat  # noqa: E402
 from solopo.report.stats import Change  # noqa: E402
 from solopo.report.tables import cell, markdown  # noqa: E402
 
@@ -145,13 +145,23 @@ def plan_state(done: set[str]) -> str:
     return f"**Verdict from {len(planned & done)} of the {len(planned)} planned runs** ({state}; {'; '.join(parts)})."
 
 
+def pairs_per_seed(runs: list[Run]) -> Stat | None:
+    """The pairs trained on, mean ± std over seeds: each seed counted once (its mean over the runs), since every
+    algorithm's row of a seed trains on the seed's one sample of pairs; counting those copies as runs of their own
+    would shrink the spread below the main table's for the same rows."""
+    by_seed: dict[int, list[int]] = {}
+    for run in runs:
+        by_seed.setdefault(run.seed, []).append(run.pairs)
+    return stat(sum(counts) / len(counts) for counts in by_seed.values())
+
+
 def pair_supply(groups: dict, regimes: list[str]) -> list[str]:
     """The pairs each kind of method trained on, per regime: Long-PO samples on x_long, where right answers are rarer."""
     said = []
     for regime in regimes:
         runs = lambda row: [r for key, rs in groups.items() if key[0] == regime and key[2] == row  # noqa: E731
                             for r in rs if not r.failed and r.pairs is not None]
-        long, short = stat(r.pairs for r in runs("long_po")), stat(r.pairs for r in runs("short_po"))
+        long, short = pairs_per_seed(runs("long_po")), pairs_per_seed(runs("short_po"))
         if long and short:
             said.append(f"Pairs trained on, regime {regime}: Long-PO {cell(long, 0)} (sampled on x_long), the rows "
                         f"sampled on x_short {cell(short, 0)}.")
