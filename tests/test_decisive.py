@@ -234,6 +234,20 @@ def test_the_pairs_trained_on_spread_over_seeds_not_over_each_algorithm_s_copy(t
     assert "| a | simpo | long_po | 2 | 0.0 ± 0.0 | 10.0 ± 0.0 | 10 ± 3 |" in main
 
 
+def test_a_row_asked_fewer_lengths_names_them_in_the_main_table(tmp_path):
+    """SoLo-RA on both responses, an ablation cell, is asked at 4096 tokens only, where the main rows are asked at
+    1024 and 2048 too: its average long-context sub-EM is no average over the main rows' lengths, and says so."""
+    fake_run(tmp_path / "solopo", "a", "solopo", 0, [0, 1])
+    fake_run(tmp_path / "both", "a", "solopo", 0, [])
+    data = json.loads((tmp_path / "both" / "results.json").read_text())
+    data["config"]["ra"]["responses"] = ["chosen", "rejected"]
+    data["eval"]["trained"].update(by_length={"short": 0.0, "4096": 0.5}, average_long=0.5)
+    (tmp_path / "both" / "results.json").write_text(json.dumps(data))
+    main = report.blocks(find_runs([tmp_path]))["main"]
+    assert "| a | simpo | solopo | 1 | 0.0 | 20.0 | 9 |" in main
+    assert "| a | simpo | solopo_both | 1 | 0.0 | 50.0 (at 4096 only) | 9 |" in main
+
+
 def cost(seconds: float, peak: float = 1.0, cached: bool | None = None) -> dict:
     return {"s": seconds, "peak_gib": peak, **({} if cached is None else {"cached": cached})}
 
