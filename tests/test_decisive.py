@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from experiments.decisive import claims, curve, estimate, jobs, report  # noqa: E402
 from experiments.studies import runner  # noqa: E402
 
-from solopo.report.runs import find_runs  # noqa: E402
+from solopo.report.runs import Stat, find_runs  # noqa: E402
 
 SCRIPT_ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
@@ -158,11 +158,14 @@ def test_claims_are_paired_over_seeds_and_questions_with_a_verdict(tmp_path):
     fake_run(tmp_path / "sweep", "a", "solopo_detach", 0, [0, 1, 2, 3, 4, 5, 6, 7], distance="squared", alpha=0.3)
     text = report.write_study(find_runs([tmp_path]), tmp_path / "out").read_text()
     assert ("- **supported**: SoLoPO-detach beats SoLoPO in the paper's form (paper_mini), regime a, simpo: "
-            "+40.0 [+2") in text and "points, 3 seeds, 30 question-seed pairs." in text
-    assert "- **not separated**: SoLoPO-detach beats Short-PO (new), regime a, simpo: +0.0 [" in text
+            "+40.0 points [+2") in text and "seeds' t [+40.0, +40.0], 3 seeds, 30 question-seed pairs." in text
+    assert "- **not separated**: SoLoPO-detach beats Short-PO (new), regime a, simpo: +0.0 points [" in text
     assert "- **contradicted**: SoLoPO beats Short-PO" in text
-    assert "| a | simpo | yes | squared | 0.3 | 1 | 0.0 | 80.0 | +20.0 [" in text  # 8 of 10 vs 6 of 10, seed 0
+    assert "| a | simpo | yes | squared | 0.3 | 1 | 0.0 | 80.0 | +20.0 points [" in text  # 8 of 10 vs 6 of 10, seed 0
     assert "| a | - | base | 3 |" in text and "10 runs, 0 failed." in text  # the runs' own base tables, one per seed
+    assert "## Main rows: sub-EM (%), mean ± std over seeds [the mean's 95% t interval], 10 questions a run" in text
+    # detach: 6 of 10 at every seed, so its std is 0 and its interval [60.0, 60.0]
+    assert "| a | simpo | solopo_detach | 3 | 0.0 ± 0.0 [0.0, 0.0] | 60.0 ± 0.0 [60.0, 60.0] |" in text
     assert (tmp_path / "out" / "accuracy_vs_length.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -175,11 +178,11 @@ def test_a_cell_below_the_seeds_the_acceptance_asks_is_provisional_in_every_tabl
         fake_run(tmp_path / f"sol-{seed}", "a", "solopo", seed, list(range(10)))
     fake_run(tmp_path / "cell", "a", "solopo_detach", 0, list(range(10)), distance="squared", alpha=0.3)
     parts = report.blocks(find_runs([tmp_path]))
-    assert parts["ablations"][-1] == ("| a | simpo | yes | squared | 0.3 | 1 | 0.0 | 100.0 | +100.0 [+100.0, +100.0] "
-                                      "points, 1 seed, 10 question-seed pairs | supported, provisional |")
+    assert parts["ablations"][-1] == ("| a | simpo | yes | squared | 0.3 | 1 | 0.0 | 100.0 | +100.0 points [+100.0, +100.0], "
+                                      "1 seed, 10 question-seed pairs | supported, provisional |")
     assert parts["claims"] == [("- **supported, provisional**: SoLoPO beats Short-PO, i.e. SoLo-RA adds to "
-                                "short-context PO (the paper), regime a, simpo: +100.0 [+100.0, +100.0] points, "
-                                "2 seeds, 20 question-seed pairs.")]
+                                "short-context PO (the paper), regime a, simpo: +100.0 points [+100.0, +100.0], "
+                                "seeds' t [+100.0, +100.0], 2 seeds, 20 question-seed pairs.")]
     fake_run(tmp_path / "short-2", "a", "short_po", 2, [])
     fake_run(tmp_path / "sol-2", "a", "solopo", 2, list(range(10)))
     assert report.blocks(find_runs([tmp_path]))["claims"][0].startswith("- **supported**: SoLoPO beats Short-PO")
@@ -231,7 +234,7 @@ def test_the_pairs_trained_on_spread_over_seeds_not_over_each_algorithm_s_copy(t
     assert paragraph[-1] == ("Pairs trained on, regime a: Long-PO 10 ± 3 (sampled on x_long), the rows sampled on "
                              "x_short 100 ± 0.")
     main = report.blocks(find_runs([tmp_path]))["main"]
-    assert "| a | simpo | long_po | 2 | 0.0 ± 0.0 | 10.0 ± 0.0 | 10 ± 3 |" in main
+    assert "| a | simpo | long_po | 2 | 0.0 ± 0.0 [0.0, 0.0] | 10.0 ± 0.0 [10.0, 10.0] | 10 ± 3 |" in main
 
 
 def test_a_row_asked_fewer_lengths_names_them_in_the_main_table(tmp_path):
@@ -296,7 +299,13 @@ def test_the_cost_table_counts_each_shared_stage_at_the_run_that_computed_it(tmp
     # Expand-long is a row of the main table and of one claim
     assert "| a | simpo | expand_long | 2 |" in text.split("## Claims")[0]
     assert "- **not separated, provisional**: SoLoPO beats Expand-long (the same short-context pairs, vanilla PO " \
-           "on x_long) (the paper), regime a, simpo: +0.0 [" in text  # 2 seeds
+           "on x_long) (the paper), regime a, simpo: +0.0 points [" in text  # 2 seeds
+
+
+def test_an_accuracy_over_seeds_carries_the_t_interval_of_its_mean():
+    """35.0 ± 1.7 over 5 seeds: half-width 2.7764 * 1.7 / sqrt(5) = 2.111, [32.9, 37.1]; one run: the value alone."""
+    assert report.spread_cell(Stat(35.0, 1.7, 5)) == "35.0 ± 1.7 [32.9, 37.1]"
+    assert report.spread_cell(Stat(35.0, 0.0, 1)) == "35.0" and report.spread_cell(None) == ""
 
 
 def test_paired_comparison_uses_only_shared_seeds_and_questions(tmp_path):
@@ -304,9 +313,26 @@ def test_paired_comparison_uses_only_shared_seeds_and_questions(tmp_path):
     fake_run(tmp_path / "a1", "a", "solopo", 1, [0])
     fake_run(tmp_path / "b1", "a", "short_po", 1, [])
     runs = {r.path.name: r for r in find_runs([tmp_path])}
-    change = claims.paired([runs["a0"], runs["a1"]], [runs["b1"]])
-    assert change.n == 10 and change.difference == pytest.approx(10.0)  # seed 1 only: 1 of 10 right, +10 points
+    comparison = claims.paired([runs["a0"], runs["a1"]], [runs["b1"]])
+    change = comparison.bootstrap  # seed 1 only: 1 of 10 right, +10 points
+    assert (change.n, comparison.seeds, comparison.over_seeds) == (10, 1, None)
+    assert change.difference == pytest.approx(10.0)
     assert claims.paired([runs["a0"]], [runs["b1"]]) is None and claims.verdict(None) == "not run"
+
+
+def test_a_difference_the_bootstrap_separates_but_five_seeds_do_not_is_not_separated(tmp_path):
+    """Detach +40 points at seeds 0-2 (4 of 10 questions) and +0 at seeds 3-4: the bootstrap over the five seeds
+    excludes 0 (all five draws at seeds 3-4 happen once in 100), the t interval over the seeds' means does not:
+    24 ± 2.776 * 21.9 / sqrt(5) = [-3.2, +51.2]. Not separated: the seeds disagree too much for 5 of them to say."""
+    for seed in range(5):
+        fake_run(tmp_path / f"det-{seed}", "a", "solopo_detach", seed, [0, 1, 2, 3] if seed < 3 else [])
+        fake_run(tmp_path / f"sol-{seed}", "a", "solopo", seed, [])
+    runs = find_runs([tmp_path])
+    comparison = claims.paired([r for r in runs if "det" in r.path.name], [r for r in runs if "sol" in r.path.name])
+    assert comparison.bootstrap.low > 0 and comparison.seeds == 5
+    assert (comparison.over_seeds.low, comparison.over_seeds.high) == pytest.approx((-3.2, 51.2), abs=0.1)
+    assert claims.verdict(comparison) == "not separated" == claims.verdict_on(comparison)
+    assert claims.describe(comparison).startswith("+24.0 points [") and "seeds' t [-3.2, +51.2], 5 seeds" in claims.describe(comparison)
 
 
 @pytest.mark.slow
@@ -373,7 +399,7 @@ def test_an_ablation_cell_is_compared_on_the_cases_both_runs_were_asked(tmp_path
     scored_run(tmp_path / "main", "short_po", {"1024": [0, 1, 2, 3, 4, 5], "4096": []})
     scored_run(tmp_path / "cell", "solopo", {"4096": [0, 1, 2, 3, 4, 5]})
     runs = {r.path.name: r for r in find_runs([tmp_path])}
-    change = claims.paired([runs["cell"]], [runs["main"]])
+    change = claims.paired([runs["cell"]], [runs["main"]]).bootstrap
     assert change.n == 10 and change.difference == pytest.approx(60.0)
 
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from solopo.report.stats import Change, paired_bootstrap, paired_change, wilson
+from solopo.report.stats import Change, over_seeds, paired_bootstrap, paired_change, t_quantile, wilson
 
 
 def test_wilson_by_hand():
@@ -61,3 +61,31 @@ def test_paired_bootstrap_carries_the_spread_between_seeds():
     assert change.difference == 0.5 and (change.low, change.high) == (0.0, 1.0) and change.within_noise
     assert paired_bootstrap([[1.0] * 50, [0.0] * 50], seed=2) == change  # repeatable under its seed
     assert math.isnan(paired_bootstrap([]).difference)
+
+
+def test_t_quantiles_against_the_tables():
+    """Student's t, 97.5% (two-sided 95%): 12.7062 (df 1), 4.3027 (2), 2.7764 (4), 2.0423 (30); 95%: 2.1318 (4)."""
+    for df, value in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)):
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=1e-4)
+    assert t_quantile(0.95, 4) == pytest.approx(2.1318, abs=1e-4)
+    assert t_quantile(0.975, 100000) == pytest.approx(1.96, abs=1e-3)
+    with pytest.raises(ValueError, match="df >= 1"):
+        t_quantile(0.975, 0)
+
+
+def test_the_interval_over_seeds_by_hand():
+    """Seed means 15, 0 and 30: mean 15, sd sqrt((0 + 225 + 225) / 2) = 15, half-width 4.3027 * 15 / sqrt(3) =
+    37.262: [-22.26, +52.26] over 6 question-seed pairs. One seed: no interval over seeds."""
+    change = over_seeds([[10, 20], [0], [30, 30, 30]])
+    assert (change.difference, change.n) == (15.0, 6)
+    assert (change.low, change.high) == pytest.approx((15 - 37.262, 15 + 37.262), abs=1e-3)
+    assert over_seeds([[1, 2, 3]]) is None and over_seeds([[1], []]) is None
+
+
+def test_few_seeds_widen_the_interval_the_bootstrap_gives():
+    """Five seeds whose means are 4, 5, 6, 7, 8 on 200 questions that each seed answers alike: the bootstrap over
+    5 seeds gives about mean ± 1.96 * sqrt(4/5) * sd / sqrt(5); the t interval mean ± 2.776 * sd / sqrt(5), wider."""
+    differences = [[float(m)] * 200 for m in (4, 5, 6, 7, 8)]
+    boot, seeds = paired_bootstrap(differences), over_seeds(differences)
+    assert seeds.high - seeds.low == pytest.approx(2 * 2.7764 * math.sqrt(2.5) / math.sqrt(5), abs=1e-3)
+    assert seeds.high - seeds.low > 1.5 * (boot.high - boot.low)

@@ -4,14 +4,18 @@ A comparison of two settings of one regime and algorithm takes the seeds both ra
 were asked (the same by the split's rule); a question's score is its mean sub-EM over the long-context cases both
 runs were asked (a main row's every length but the evidence alone at every depth; with an ablation cell, evaluated at
 its training length only, those cases). solopo.report.stats.paired_bootstrap gives the mean difference and its 95%
-interval over questions and seeds. Verdict on "better > worse": supported when the interval lies above 0,
-contradicted when it lies below, not separated when it holds 0.
+interval over questions and seeds; solopo.report.stats.over_seeds the t interval over the seeds' mean differences,
+which is the wider one with few seeds (the bootstrap resamples 3-5 seeds as if they were many). Verdict on
+"better > worse": supported when both intervals lie above 0, contradicted when both lie below, not separated
+otherwise.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from solopo.eval.longctx import SHORT, score_rows
 from solopo.report.runs import Run
-from solopo.report.stats import Change, paired_bootstrap
+from solopo.report.stats import Change, over_seeds, paired_bootstrap
 
 # (claim, better row, worse row, whose claim): rows at the paper's alpha and the abs distance
 # whose: "the paper" (a claim of arXiv 2505.11166), "paper_mini" (this project's earlier, smaller study), "new" (neither
@@ -24,7 +28,8 @@ CLAIMS = (
     ("SoLoPO-detach beats SoLoPO in the paper's form", "solopo_detach", "solopo", "paper_mini"),
     ("SoLoPO-detach beats Short-PO", "solopo_detach", "short_po", "new"),
     ("SoLoPO-detach beats Long-PO", "solopo_detach", "long_po", "new"),
-    ("SoLo-RA on the chosen response beats SoLo-RA on both responses", "solopo", "solopo_both", "the paper"),
+    ("SoLo-RA on the chosen response beats SoLo-RA on both responses (at the training length, where both-responses "
+     "is evaluated)", "solopo", "solopo_both", "the paper"),
 )
 FIRM_SEEDS = 3  # a verdict on fewer seeds is provisional: the bootstrap over 1-2 seeds barely sees the seeds' spread
 
@@ -48,7 +53,20 @@ def shared_means(mine: dict[tuple, float], theirs: dict[tuple, float]) -> tuple[
     return sum(mine[c] for c in shared) / len(shared), sum(theirs[c] for c in shared) / len(shared)
 
 
-def paired(better: list[Run], worse: list[Run], long_only: bool = True) -> Change | None:
+@dataclass(frozen=True)
+class Comparison:
+    """better - worse on the seeds both rows ran: the two-level bootstrap (the difference and the interval the tables
+    lead with) and the t interval over the seeds' means (None on one seed)."""
+
+    bootstrap: Change
+    over_seeds: Change | None
+    seeds: int
+
+    def intervals(self) -> list[Change]:
+        return [self.bootstrap] + ([self.over_seeds] if self.over_seeds else [])
+
+
+def paired(better: list[Run], worse: list[Run], long_only: bool = True) -> Comparison | None:
     """better - worse in sub-EM points over the seeds both ran, the questions both were asked and, per question, the
     cases both were asked; None when they share no seed."""
     by_seed = {r.seed: case_scores(r, long_only) for r in worse if not r.failed}
@@ -60,29 +78,39 @@ def paired(better: list[Run], worse: list[Run], long_only: bool = True) -> Chang
         means = [shared_means(mine[q], theirs[q]) for q in sorted(mine.keys() & theirs.keys())]
         differences.append([100 * (a - b) for a, b in filter(None, means)])
     differences = [d for d in differences if d]
-    return paired_bootstrap(differences) if differences else None
+    if not differences:
+        return None
+    return Comparison(paired_bootstrap(differences), over_seeds(differences), len(differences))
 
 
-def verdict(change: Change | None) -> str:
-    if change is None:
+def verdict(comparison: Comparison | None) -> str:
+    if comparison is None:
         return "not run"
-    return "supported" if change.low > 0 else "contradicted" if change.high < 0 else "not separated"
+    intervals = comparison.intervals()
+    if all(c.low > 0 for c in intervals):
+        return "supported"
+    return "contradicted" if all(c.high < 0 for c in intervals) else "not separated"
 
 
-def verdict_on(change: Change | None, seeds: int) -> str:
+def verdict_on(comparison: Comparison | None) -> str:
     """The verdict, marked provisional on fewer than FIRM_SEEDS seeds: a cell the study has not yet run at the seeds
     its acceptance asks for must not read as a finding (an ablation cell at seed 0 alone is bootstrapped over its
     questions only and never sees how another training run turns out)."""
-    word = verdict(change)
-    return word if change is None or seeds >= FIRM_SEEDS else f"{word}, provisional"
+    word = verdict(comparison)
+    return word if comparison is None or comparison.seeds >= FIRM_SEEDS else f"{word}, provisional"
 
 
-def seeds_of(better: list[Run], worse: list[Run]) -> int:
-    return len({r.seed for r in better if not r.failed} & {r.seed for r in worse if not r.failed})
+def intervals_text(comparison: Comparison, unit: str = "") -> str:
+    """"+4.8 [+0.2, +8.9], seeds' t [-1.5, +11.2]": the difference (then ``unit``), the bootstrap's interval, the t
+    interval over the seeds' means."""
+    boot, seeds = comparison.bootstrap, comparison.over_seeds
+    text = f"{boot.difference:+.1f}{unit} [{boot.low:+.1f}, {boot.high:+.1f}]"
+    return text + (f", seeds' t [{seeds.low:+.1f}, {seeds.high:+.1f}]" if seeds else "")
 
 
-def describe(change: Change | None, seeds: int) -> str:
-    if change is None:
+def describe(comparison: Comparison | None) -> str:
+    if comparison is None:
         return "no shared seed"
-    return (f"{change.difference:+.1f} [{change.low:+.1f}, {change.high:+.1f}] points, {seeds} "
-            f"seed{'s' * (seeds != 1)}, {change.n} question-seed pairs")
+    seeds = comparison.seeds
+    return (f"{intervals_text(comparison, ' points')}, {seeds} seed{'s' * (seeds != 1)}, {comparison.bootstrap.n} "
+            "question-seed pairs")

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from experiments.decisive.claims import (CLAIMS, FIRM_SEEDS, describe, paired, seeds_of, verdict,  # noqa: E402
-                                         verdict_on)
+from experiments.decisive.claims import (CLAIMS, FIRM_SEEDS, Comparison, case_scores, describe, intervals_text,  # noqa: E402
+                                         paired, verdict, verdict_on)
 from experiments.decisive.costs import cost_table  # noqa: E402
 from experiments.decisive.curve import CURVE_SEED  # noqa: E402
 from experiments.decisive.jobs import (COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_ALPHA, REGIMES, place,  # noqa: E402
@@ -27,7 +28,7 @@ from experiments.decisive.jobs import (COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_A
 from experiments.studies import reports  # noqa: E402
 from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
 from solopo.report.runs import Run, Stat, failures, find_runs, group, scores_of, stat  # noqa: E402
-from solopo.report.stats import Change  # noqa: E402
+from solopo.report.stats import t_quantile  # noqa: E402
 from solopo.report.tables import cell, markdown  # noqa: E402
 
 AVG = "avg long"
@@ -64,11 +65,20 @@ def long_lengths(runs: list[Run]) -> list[str]:
     return list(dict.fromkeys(k for r in runs for k in r.scores if k not in ("short", AVG)))
 
 
+def spread_cell(value: Stat | None) -> str:
+    """"35.0 ± 1.7 [32.9, 37.1]": the mean over the seeds' runs ± their std, then the mean's 95% t interval over the
+    seeds (mean ± t(n - 1) std / sqrt(n)); the value alone for one run."""
+    if value is None or value.n < 2:
+        return cell(value)
+    half = t_quantile(0.975, value.n - 1) * value.std / math.sqrt(value.n)
+    return f"{cell(value)} [{value.mean - half:.1f}, {value.mean + half:.1f}]"
+
+
 def avg_long_cell(runs: list[Run], every: list[str]) -> str:
     """The runs' average long-context sub-EM, naming its lengths where they are fewer than ``every`` (the main rows'
     of its regime): SoLo-RA on both responses, an ablation cell, is asked at its training length only, and its
     average over 4K alone must not read as one over 1K-4K beside the main rows'."""
-    text, asked = cell(scores_of(runs, AVG)), long_lengths(runs)
+    text, asked = spread_cell(scores_of(runs, AVG)), long_lengths(runs)
     return text if not text or set(every) <= set(asked) else f"{text} (at {', '.join(asked)} only)"
 
 
@@ -85,21 +95,20 @@ def main_table(groups: dict, regimes: list[str], algos: list[str]) -> list[str]:
                 ok = [r for r in runs if not r.failed]
                 note = f" (+{len(runs) - len(ok)} failed: {failures(runs)})" if len(ok) < len(runs) else ""
                 rows.append([regime, "-" if row == "base" else algo, row, f"{len(ok)}{note}",
-                             cell(scores_of(ok, "short")), avg_long_cell(ok, every),
+                             spread_cell(scores_of(ok, "short")), avg_long_cell(ok, every),
                              cell(stat(r.pairs for r in ok), 0)])
-    return markdown(["regime", "algo", "method", "seeds", "evidence only", AVG, "pairs"], rows)
+    return markdown(["regime", "algo", "method", "seeds", "evidence only [95%]", f"{AVG} [95%]", "pairs"], rows)
 
 
 @dataclass(frozen=True)
 class ClaimCell:
-    """One claim in one regime and algorithm: the paired change (better - worse) and the seeds both rows ran."""
+    """One claim in one regime and algorithm: the paired comparison (better - worse), None where no seed is shared."""
 
     claim: str
     whose: str
     regime: str
     algo: str
-    change: Change
-    seeds: int
+    comparison: Comparison | None
 
 
 def claim_cells(groups: dict, regimes: list[str], algos: list[str]) -> list[ClaimCell]:
@@ -111,14 +120,14 @@ def claim_cells(groups: dict, regimes: list[str], algos: list[str]) -> list[Clai
             for algo in algos:
                 a, b = groups.get(main_key(regime, algo, better)), groups.get(main_key(regime, algo, worse))
                 if a and b:
-                    cells.append(ClaimCell(claim, whose, regime, algo, paired(a, b), seeds_of(a, b)))
+                    cells.append(ClaimCell(claim, whose, regime, algo, paired(a, b)))
     return cells
 
 
 def claim_lines(cells: list[ClaimCell]) -> list[str]:
     """One line per claim, regime and algorithm: the paired difference, its interval, the verdict."""
-    return [f"- **{verdict_on(c.change, c.seeds)}**: {c.claim} ({c.whose}), regime {c.regime}, {c.algo}: "
-            f"{describe(c.change, c.seeds)}." for c in cells]
+    return [f"- **{verdict_on(c.comparison)}**: {c.claim} ({c.whose}), regime {c.regime}, {c.algo}: "
+            f"{describe(c.comparison)}." for c in cells]
 
 
 def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], done: set[str]) -> list[str]:
@@ -126,18 +135,19 @@ def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], 
     on (``done``: the names of the runs that ended) and what a cell and its verdict mean, one line per claim with each
     regime/algorithm cell's paired difference, interval and verdict, then the pairs each method trained on."""
     lead = [plan_state(done), "Each cell: regime/algorithm, the paired difference in average long-context "
-            "sub-EM points with its 95% bootstrap interval over seeds and questions; supported where the interval "
-            "lies above 0, contradicted where below, not separated where it holds 0; provisional on fewer than "
+            "sub-EM points with two 95% intervals: the bootstrap's over seeds and questions, and the t interval over "
+            "the seeds' mean differences (seeds' t), the wider with few seeds; supported where both lie above 0, "
+            "contradicted where both lie below, not separated otherwise; provisional on fewer than "
             f"{FIRM_SEEDS} seeds. Whose claim: the paper's, paper_mini's (this project's earlier, smaller study) "
             "or new."]
     lines = []
     for claim, _, _, whose in CLAIMS:
         by_verdict: dict[str, list[str]] = {}
-        for c in (c for c in cells if c.claim == claim):
-            firm = "" if c.seeds >= FIRM_SEEDS else ", provisional"
-            by_verdict.setdefault(verdict(c.change), []).append(
-                f"{c.regime}/{c.algo} {c.change.difference:+.1f} [{c.change.low:+.1f}, {c.change.high:+.1f}] "
-                f"({c.seeds} seed{'s' * (c.seeds != 1)}{firm})")
+        for c in (c for c in cells if c.claim == claim and c.comparison):
+            seeds = c.comparison.seeds
+            firm = "" if seeds >= FIRM_SEEDS else ", provisional"
+            by_verdict.setdefault(verdict(c.comparison), []).append(
+                f"{c.regime}/{c.algo} {intervals_text(c.comparison)} ({seeds} seed{'s' * (seeds != 1)}{firm})")
         if by_verdict:
             found = "; ".join(f"{word} in {', '.join(where)}" for word, where in sorted(by_verdict.items()))
             lines.append(f"- {claim} ({whose}): {found}.")
@@ -190,12 +200,12 @@ def ablation_table(groups: dict) -> list[str]:
         short = groups.get(main_key(regime, algo, "short_po"))
         if row not in ("solopo", "solopo_detach") or not short or (distance, alpha) == ("abs", PAPER_ALPHA[algo]):
             continue
-        change, seeds = paired(runs, short), seeds_of(runs, short)
+        comparison = paired(runs, short)
         rows.append([regime, algo, "yes" if row == "solopo_detach" else "no", distance, f"{alpha:g}",
-                     str(len([r for r in runs if not r.failed])), cell(scores_of(runs, "short")),
-                     cell(scores_of(runs, AVG)), describe(change, seeds), verdict_on(change, seeds)])
-    head = ["regime", "algo", "detach_short", "distance", "alpha", "seeds", "evidence only", "avg long (its lengths)",
-            "- Short-PO [95%]", "verdict (> Short-PO)"]
+                     str(len([r for r in runs if not r.failed])), spread_cell(scores_of(runs, "short")),
+                     spread_cell(scores_of(runs, AVG)), describe(comparison), verdict_on(comparison)])
+    head = ["regime", "algo", "detach_short", "distance", "alpha", "seeds", "evidence only [95%]",
+            "avg long (its lengths) [95%]", "- Short-PO [95%]", "verdict (> Short-PO)"]
     return markdown(head, rows) if rows else ["No ablation runs."]
 
 
@@ -258,13 +268,20 @@ def blocks(runs: list[Run]) -> dict[str, list[str]]:
             "ablations": ablation_table(groups), "cost": cost_table(groups, main_key)}
 
 
+def questions_per_run(runs: list[Run]) -> str:
+    """How many questions the runs' evaluations asked: "200", or the range where they differ."""
+    counts = sorted({len(case_scores(r)) for r in runs if not r.failed} - {0})
+    return "-" if not counts else f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
 def write_study(runs: list[Run], out: Path) -> Path:
     groups, parts = group(with_base_rows(runs), place), blocks(runs)
     regimes, algos = sorted({k[0] for k in groups}), sorted({k[1] for k in groups if k[1] != "-"})
     out.mkdir(parents=True, exist_ok=True)
     plots = length_plot(groups, regimes, algos, out) + mechanism_plots(groups, out)
     text = ["# The decisive study: results", "", parts["runs"][0], "", "## Verdict", "", *parts["verdict"], "",
-            "## Main rows: sub-EM (%), mean ± std over seeds", "", *parts["main"], "",
+            "## Main rows: sub-EM (%), mean ± std over seeds [the mean's 95% t interval], "
+            f"{questions_per_run(runs)} questions a run", "", *parts["main"], "",
             "## Claims: paired differences over seeds and questions, 95% bootstrap intervals", "", *parts["claims"], "",
             "## Ablations against Short-PO", "", *parts["ablations"], "",
             "## Pipeline cost per stage and method", "", *parts["cost"], "",
