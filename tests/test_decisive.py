@@ -303,9 +303,11 @@ def test_the_cost_table_counts_each_shared_stage_at_the_run_that_computed_it(tmp
 
 
 def test_an_accuracy_over_seeds_carries_the_t_interval_of_its_mean():
-    """35.0 ± 1.7 over 5 seeds: half-width 2.7764 * 1.7 / sqrt(5) = 2.111, [32.9, 37.1]; one run: the value alone."""
+    """35.0 ± 1.7 over 5 seeds: half-width 2.7764 * 1.7 / sqrt(5) = 2.111, [32.9, 37.1]; one run: the value alone;
+    90.0 ± 10.0 over 3: 4.3027 * 10 / sqrt(3) = 24.84, [65.2, 114.8] held to 100."""
     assert report.spread_cell(Stat(35.0, 1.7, 5)) == "35.0 ± 1.7 [32.9, 37.1]"
     assert report.spread_cell(Stat(35.0, 0.0, 1)) == "35.0" and report.spread_cell(None) == ""
+    assert report.spread_cell(Stat(90.0, 10.0, 3)) == "90.0 ± 10.0 [65.2, 100.0]"  # 90 + 24.8 is no share
 
 
 def test_paired_comparison_uses_only_shared_seeds_and_questions(tmp_path):

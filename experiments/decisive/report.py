@@ -66,12 +66,12 @@ def long_lengths(runs: list[Run]) -> list[str]:
 
 
 def spread_cell(value: Stat | None) -> str:
-    """"35.0 ± 1.7 [32.9, 37.1]": the mean over the seeds' runs ± their std, then the mean's 95% t interval over the
-    seeds (mean ± t(n - 1) std / sqrt(n)); the value alone for one run."""
+    """"35.0 ± 1.7 [32.9, 37.1]": the mean sub-EM (%) over the seeds' runs ± their std, then the mean's 95% t interval
+    over the seeds (mean ± t(n - 1) std / sqrt(n)), within the 0-100 a share can take; the value alone for one run."""
     if value is None or value.n < 2:
         return cell(value)
     half = t_quantile(0.975, value.n - 1) * value.std / math.sqrt(value.n)
-    return f"{cell(value)} [{value.mean - half:.1f}, {value.mean + half:.1f}]"
+    return f"{cell(value)} [{max(value.mean - half, 0.0):.1f}, {min(value.mean + half, 100.0):.1f}]"
 
 
 def avg_long_cell(runs: list[Run], every: list[str]) -> str:
