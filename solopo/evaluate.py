@@ -44,7 +44,7 @@ def evaluate(cfg: DictConfig) -> None:
         evaluation = make_evaluation(tokenizer, settings.eval, settings.model.max_length, settings.benchmark, splits,
                                      cfg.eval.n_items, engine_args=vllm_args(cfg))
     except NoHeldOutQuestions as err:  # eval.enabled, which a training run's advice names, is not solopo-eval's
-        raise ConfigError(f"{err}; evaluate on such data, or on a benchmark (eval=longbench or eval=ruler, with "
+        raise ConfigError(f"{err}; or evaluate on a benchmark (eval=longbench or eval=ruler, with "
                           "eval.benchmark.path=PATH)") from None
     except ValueError as err:  # DataFileError among them
         raise ConfigError(str(err)) from None

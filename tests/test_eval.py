@@ -346,4 +346,28 @@ def test_solopo_eval_on_ready_made_pairs_names_what_it_can_evaluate_on(tmp_path)
                                     f"hydra.run.dir={tmp_path}"], expect=2)
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: evaluation needs held-out questions with their evidence") and "eval.enabled" not in line
-    assert line.endswith("or on a benchmark (eval=longbench or eval=ruler, with eval.benchmark.path=PATH)")
+    assert line.endswith("; or evaluate on a benchmark (eval=longbench or eval=ruler, with eval.benchmark.path=PATH)")
+
+
+def write_passages(path, n):
+    """A schema A' file of ``n`` questions (ids d0, d1, ...) whose answers differ, as a user's own file gives them."""
+    import json
+
+    path.write_text("".join(json.dumps({"id": f"d{i}", "question": f"What is the code of item {i}?",
+                                        "relevant": [f"Item {i}\nThe code of item {i} is C{7 * i}."],
+                                        "irrelevant": [f"Noise {i}\nThe weather on day {i} was mild."],
+                                        "chosen": f"C{7 * i}", "rejected": f"C{7 * i + 1}"}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def test_a_file_without_a_validation_split_names_data_source_n_val_as_the_cause(tmp_path):
+    """data.source.n_val=0 on a file of passages (schema A') was reported as "ready-made pairs have none"."""
+    from solopo.data.formats import pairs
+    from solopo.eval.runner import NoHeldOutQuestions, eval_items
+
+    splits = pairs.load(str(write_passages(tmp_path / "passages.jsonl", 4)), n_val=0)
+    with pytest.raises(NoHeldOutQuestions, match=r"^data.source.n_val=0 holds no questions out of training") as err:
+        eval_items(splits, 6)
+    assert "ready-made" not in str(err.value)
+

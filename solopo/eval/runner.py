@@ -23,17 +23,22 @@ from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap, sc
 
 
 class NoHeldOutQuestions(ValueError):
-    """Data without questions to evaluate on (ready-made pairs): what to do instead is the caller's to say."""
+    """Data without questions to evaluate on (ready-made pairs, or a file with data.source.n_val=0): what to do instead
+    is the caller's to say."""
 
 
 def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
     """Held-out questions and the passages their long contexts draw from: the test split and its own
     world when the source has one (built-in QA), else the validation split."""
     items, pool = (splits.test, splits.test_distractors) if splits.test else (splits.val, splits.val_distractors)
-    if not items or not isinstance(items[0], QAItem) or not (items[0].relevant or items[0].context):
+    first = (items or splits.train or [None])[0]  # what the data holds, whether or not any of it was held out
+    if not isinstance(first, QAItem) or not (first.relevant or first.context):
         raise NoHeldOutQuestions("evaluation needs held-out questions with their evidence or context (data=qa, "
                                  "musique, hotpotqa, twowiki, longbench, or data=pairs on passages, schema A'); "
                                  "ready-made pairs have none")
+    if not items:
+        raise NoHeldOutQuestions("data.source.n_val=0 holds no questions out of training, and the held-out questions "
+                                 "of a data file are its validation split; set data.source.n_val to how many to hold out")
     return list(items[:n_items]), tuple(pool or splits.distractors)
 
 

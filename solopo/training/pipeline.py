@@ -59,7 +59,7 @@ def make_evaluation(cfg: DictConfig, settings: Settings, splits, tokenizer) -> R
     except DataFileError as err:
         raise ConfigError(str(err)) from None
     except runner.NoHeldOutQuestions as err:
-        log.warning("evaluation skipped: %s; set eval.enabled=false to train on them without it", err)
+        log.warning("evaluation skipped: %s (eval.enabled=false skips it without this warning)", err)
         return None
     except ValueError as err:
         log.warning("evaluation skipped: %s", err)
