@@ -371,3 +371,14 @@ def test_a_file_without_a_validation_split_names_data_source_n_val_as_the_cause(
         eval_items(splits, 6)
     assert "ready-made" not in str(err.value)
 
+
+def test_eval_n_items_above_the_validation_split_is_said_in_the_log(tmp_path, caplog):
+    """eval.n_items=6 with data.source.n_val=2 on a file evaluated 2 questions with no word."""
+    from solopo.data.formats import pairs
+    from solopo.eval.runner import eval_items
+
+    splits = pairs.load(str(write_passages(tmp_path / "passages.jsonl", 6)), n_val=2)
+    items, _ = eval_items(splits, 6)
+    assert len(items) == 2
+    assert ("eval.n_items=6: the held-out questions are the validation split, data.source.n_val=2; evaluating those 2"
+            in caplog.text)

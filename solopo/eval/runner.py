@@ -8,6 +8,7 @@ run's base and trained model, `python -m solopo.evaluate`'s one model): the held
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -21,6 +22,8 @@ from solopo.report.stats import Change
 from solopo.scoring import points, settings_identity
 from solopo.report.plots import accuracy_vs_length, by_length, depth_heatmap, score_vs_step
 
+log = logging.getLogger(__name__)
+
 
 class NoHeldOutQuestions(ValueError):
     """Data without questions to evaluate on (ready-made pairs, or a file with data.source.n_val=0): what to do instead
@@ -29,7 +32,8 @@ class NoHeldOutQuestions(ValueError):
 
 def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
     """Held-out questions and the passages their long contexts draw from: the test split and its own
-    world when the source has one (built-in QA), else the validation split."""
+    world when the source has one (built-in QA), else the validation split, whose size data.source.n_val sets (so
+    eval.n_items above it evaluates fewer, said in the log)."""
     items, pool = (splits.test, splits.test_distractors) if splits.test else (splits.val, splits.val_distractors)
     first = (items or splits.train or [None])[0]  # what the data holds, whether or not any of it was held out
     if not isinstance(first, QAItem) or not (first.relevant or first.context):
@@ -39,6 +43,10 @@ def eval_items(splits, n_items: int) -> tuple[list[QAItem], tuple[str, ...]]:
     if not items:
         raise NoHeldOutQuestions("data.source.n_val=0 holds no questions out of training, and the held-out questions "
                                  "of a data file are its validation split; set data.source.n_val to how many to hold out")
+    if len(items) < n_items:
+        held_out = "the test split" if splits.test else f"the validation split, data.source.n_val={len(items)}"
+        log.warning("eval.n_items=%d: the held-out questions are %s; evaluating those %d", n_items, held_out,
+                    len(items))
     return list(items[:n_items]), tuple(pool or splits.distractors)
 
 
