@@ -48,6 +48,8 @@ def evaluate(cfg: DictConfig) -> None:
                           "eval.benchmark.path=PATH)") from None
     except ValueError as err:  # DataFileError among them
         raise ConfigError(str(err)) from None
+    if settings.benchmark is None:
+        refuse_trained_items(settings.model.name, evaluation.items)
     model = loaded_model(settings, tokenizer, cfg.seed)
     tables = {"model": evaluation(model, "model")}
     outputs = evaluation.outputs(tables, run_dir)
@@ -58,6 +60,28 @@ def evaluate(cfg: DictConfig) -> None:
     print(f"results: {run_dir / 'results.json'}")
     if outputs["plots"]:
         log.info("plots: %s", json.dumps(outputs["plots"]))
+
+
+def refuse_trained_items(model: str, items: list) -> None:
+    """A ConfigError, before the model loads, where ``model``'s record (solopo.data.trained_on, written with
+    save_model) says it trained on some of the held-out ``items``: their scores would measure memory, not reading.
+    The message names the split that held questions out of its training (data.source.n_val and seed, as the training
+    run had them) rather than adopting it: a command line means the same evaluation whatever model it names. A model
+    without the record (saved before it existed, a hub id) is evaluated as before."""
+    from solopo.data.trained_on import read_record
+    from solopo.settings.build import ConfigError
+
+    record = read_record(model)
+    seen = record.seen(items) if record is not None else []
+    if not seen:
+        return
+    ids = ", ".join(item.id for item in seen[:6]) + (", ..." if len(seen) > 6 else "")
+    n_val, seed = record.source.get("n_val"), record.source.get("seed")
+    head = f"model.name={model} trained on {len(seen)} of the {len(items)} held-out questions asked ({ids})"
+    if n_val:
+        raise ConfigError(f"{head}; its training run held out data.source.n_val={n_val} with seed={seed}: set "
+                          f"data.source.n_val={n_val} seed={seed} to evaluate on those")
+    raise ConfigError(f"{head}; its training run held out none (data.source.n_val={n_val}): evaluate it on other data")
 
 
 def loaded_model(settings, tokenizer, seed: int):

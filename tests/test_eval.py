@@ -361,6 +361,26 @@ def write_passages(path, n):
     return path
 
 
+def test_solopo_eval_refuses_the_questions_a_saved_model_trained_on(tmp_path):
+    """A model trained on a 10-question file with data.source.n_val=2, evaluated by solopo-eval with its default split
+    (n_val=8, 6 questions asked: the 3rd to 8th of the shuffle, which training had taken), exited 0 with no word,
+    scoring questions it had trained on as held-out. The saved model's record (solopo.data.trained_on) stops it before
+    the model loads, naming the training run's split; with that split the evaluation runs."""
+    from in_process import call, run_here
+
+    data = write_passages(tmp_path / "passages.jsonl", 10)
+    run_here(["experiment=smoke", "data=pairs", f"data.path={data}", "data.source.n_val=2", "data.source.n_train=null",
+              "save_model=true", "eval.enabled=false", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"])
+    evaluate = ["data=pairs", f"data.path={data}", f"model.name={tmp_path / 'run' / 'model'}", "eval.lengths=[short,256]",
+                "eval.max_new_tokens=4"]
+    done = call("solopo.evaluate", [*evaluate, f"hydra.run.dir={tmp_path / 'eval'}"], expect=2)
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: model.name={tmp_path / 'run' / 'model'} trained on 6 of the 6 held-out questions")
+    assert line.endswith("held out data.source.n_val=2 with seed=0: set data.source.n_val=2 seed=0 to evaluate on those")
+    assert not (tmp_path / "eval" / "results.json").exists()
+    call("solopo.evaluate", [*evaluate, "data.source.n_val=2", "eval.n_items=2", f"hydra.run.dir={tmp_path / 'eval2'}"])
+
+
 def test_a_file_without_a_validation_split_names_data_source_n_val_as_the_cause(tmp_path):
     """data.source.n_val=0 on a file of passages (schema A') was reported as "ready-made pairs have none"."""
     from solopo.data.formats import pairs

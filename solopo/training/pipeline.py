@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from solopo.cache import DiskCache
 from solopo.core.objective import required_sequences
 from solopo.data.collate import PairCollator, plain_po
+from solopo.data.trained_on import write_record
 from solopo.eval import runner
 from solopo.eval.runner import RunEvaluation
 from solopo.models.loading import load_tokenizer, save_policy
@@ -92,9 +93,10 @@ def make_loader(cfg: DictConfig, pairs: list, keys, pad_token_id: int, shuffle: 
 
 
 def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, val_loader, evaluation,
-              tables: dict, run_dir: Path, metrics: dict, during=None) -> dict:
+              tables: dict, run_dir: Path, metrics: dict, trained_items: list, during=None) -> dict:
     """The trained model (with eval.keep_best, the best step's weights: ``during``), its final validation, evaluation
-    and saving; ``metrics`` (the fit's) with the validation's."""
+    and saving (with the record of ``trained_items``, solopo.data.trained_on); ``metrics`` (the fit's) with the
+    validation's."""
     if during is not None:
         during.restore_best()
     if val_loader is not None:
@@ -106,6 +108,8 @@ def after_fit(cfg: DictConfig, trainer: pl.Trainer, module, policy, tokenizer, v
     if cfg.save_model:  # every rank takes part: sharded weights are gathered first
         save_policy(policy, tokenizer, run_dir / "model", dtype=autocast_dtype(trainer.precision),
                     merge_lora=cfg.save_model == "merged")
+        if trainer.is_global_zero:  # rank 0 wrote the weights
+            write_record(run_dir / "model", trained_items, OmegaConf.to_container(cfg.data.source, resolve=True))
     return metrics
 
 
@@ -177,7 +181,7 @@ def train(cfg: DictConfig) -> dict:
             if preemption.stopped is None:
                 with stages("eval"):  # validation, the trained model's evaluation and its saving
                     metrics = after_fit(cfg, trainer, module, policy, tokenizer, loaders["val"], evaluation, tables,
-                                        run_dir, metrics, during)
+                                        run_dir, metrics, splits.train, during)
         timings = run_timings(started, model_done, data_done, fit_done, time.perf_counter(), throughput, stages.record)
         results = with_recorded_training(run_record(OmegaConf.to_container(cfg, resolve=True), trainer, metrics,
                                                     data_counts, keys, plain, ckpt_path, guard.summary(),
