@@ -50,9 +50,25 @@ def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettin
         settings = BuildSettings(**top)
     except SettingsError as err:
         problems += err.problems
+    if not problems:  # a cross-group rule: the output against the files read
+        problems += overwritten(settings.output, {"input.path": made[1].path, "corpus.path": made[2].path})
     if problems:
         raise ConfigError("; ".join(problems))
     return (*made, settings)
+
+
+def overwritten(output: str, read: dict[str, Optional[str]]) -> list[str]:
+    """The build writes its output only after reading its input whole, so an output naming a file it reads would
+    replace the source pairs (or corpus) with the triplets: refused, the file however spelled (relative, absolute,
+    through a symlink or a hard link)."""
+    target = Path(output).resolve()
+    problems = []
+    for key, path in read.items():
+        if path is not None and (Path(path).resolve() == target
+                                 or (target.exists() and Path(path).exists() and target.samefile(path))):
+            problems.append(f"output={output}: is {key} ({path}), which the build reads; write the triplets to "
+                            "another file")
+    return problems
 
 
 def build(cfg: DictConfig) -> None:

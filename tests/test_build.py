@@ -248,3 +248,24 @@ def test_the_builder_needs_no_writable_working_directory(world, tmp_path):
              f"output={tmp_path / 'o.jsonl'}", "long_len=256"]
     call("solopo.build", given, cwd="/proc")
     assert (tmp_path / "o.jsonl").stat().st_size > 0
+
+
+def test_an_output_that_is_a_file_read_is_refused_however_spelled(world, tmp_path, monkeypatch):
+    """output=input.path would replace the source pairs with the triplets: refused before anything is read, whether
+    the same file is named relatively, absolutely or through a symlink; the source is left as it was."""
+    path = trl_file(world, tmp_path)
+    source_text = path.read_text()
+    (tmp_path / "link.jsonl").symlink_to(path)
+    monkeypatch.chdir(tmp_path)
+    for output in (path.name, str(path), "link.jsonl", f"./sub/../{path.name}"):
+        with pytest.raises(ConfigError) as err:
+            run_build([f"input.path={path.name}", f"output={output}", "long_len=256"])
+        assert one_line(err) == (f"output={output}: is input.path ({path.name}), which the build reads; write the "
+                                 "triplets to another file")
+    with pytest.raises(ConfigError, match=r"^output=.*: is corpus.path"):
+        run_build([f"input.path={path}", f"corpus.path={tmp_path / 'c.jsonl'}", f"output={tmp_path / 'c.jsonl'}"])
+    assert path.read_text() == source_text
+    done = call("solopo.build", [f"input.path={path}", f"output={path.name}", "long_len=256"], expect=2, cwd=tmp_path)
+    assert done.stderr.strip() == (f"error: output={path.name}: is input.path ({path}), which the build reads; write "
+                                   "the triplets to another file")
+    assert path.read_text() == source_text
