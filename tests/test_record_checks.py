@@ -208,3 +208,36 @@ def test_a_prompt_and_responses_of_different_forms_are_read_in_every_record(chan
     loaded = pairs.load(str(write("jsonl", rows, tmp_path)))
     assert {(example.chosen, example.rejected) for example in loaded.train} == {
         (row["chosen"], row["rejected"]) for row in records("trl_standard")}
+
+
+CONTEXT_QUESTION = {"context": "Ormsby keeps the lighthouse. " * 20, "question": "Who keeps the lighthouse?"}
+ANSWERS = {"chosen": "The answer is Ormsby", "rejected": "The answer is Quenby"}
+
+
+@pytest.mark.parametrize("record", [{**CONTEXT_QUESTION, **ANSWERS},
+                                    {**CONTEXT_QUESTION, "chosen": "Ormsby", "rejected": "Quenby"}])
+def test_an_implicit_prompt_file_with_unread_content_columns_is_refused(record, tmp_path):
+    """{context, question, chosen, rejected} read as TRL's implicit prompt trained on "The answer is" as the prompt,
+    the context and the question dropped with no word; with answers sharing no first word it was refused as having
+    no prompt, never naming the columns it left."""
+    path = tmp_path / "cq.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(str(path))
+    assert str(refused.value) == (
+        f"{path} line 1: has 'context' beside chosen and rejected, which no reader of TRL's implicit prompt (the "
+        "words both begin with) takes into the prompt ('question' it keeps only as a label); give the whole prompt in "
+        "'prompt' (TRL standard), or the question in 'question' and the passages as a list in 'relevant' (schema A': "
+        "solopo builds the prompts)")
+
+
+def test_an_implicit_prompt_file_keeps_its_labels_and_a_column_its_caller_reads(tmp_path):
+    """Numbers and nulls beside chosen and rejected are labels (a score, a source's id), and id, question and answers
+    annotations: read as before. A column the caller reads itself (solopo-build's input.context) is no unread one."""
+    labelled = {**ANSWERS, "score": 8.5, "source": None, "id": "q1", "answers": ["Ormsby"]}
+    where = Where("f.jsonl", "line 1")
+    assert pairs.Layout().parse(labelled, where).prompt_short == "The answer is"
+    assert pairs.Layout(read=("context",)).parse({**ANSWERS, "context": "notes"}, where).chosen == " Ormsby"
+    with pytest.raises(DataFileError, match=r"has 'passages', 'notes' beside chosen and rejected, .*takes into the "
+                                            r"prompt; give"):
+        pairs.Layout().parse({**ANSWERS, "passages": ["p"], "notes": "n"}, where)

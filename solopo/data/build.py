@@ -172,7 +172,7 @@ def given(prompt: Prompt, context: str, where: Where) -> Cut:
 def read_input(settings: InputSettings) -> list[tuple[Where, PreferenceExample, Cut]]:
     """Every record of the preference set, read as ``data=pairs`` reads it, with its prompt cut around its context."""
     source = open_source(settings.path, settings.split, settings.name)
-    layout, records = pairs.Layout(), []
+    layout, records = pairs.Layout(read=(settings.context,) if settings.context else ()), []
     for where, record in source.records:
         example = layout.parse(record, where, source.mapping)
         if not isinstance(example, PreferenceExample) or example.prompt_short != example.prompt_long:

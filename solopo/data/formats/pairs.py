@@ -13,7 +13,8 @@ for the file):
 
 A, B and the ecosystem's formats may also carry id, question and answers; A' irrelevant, answers and id. A record's
 format is given by the keys only it has (the first column above; chosen and rejected alone: TRL's implicit prompt),
-and a record with those of two formats is refused (see ``format_of``); the layouts of the ecosystem's formats
+and a record with those of two formats is refused (see ``format_of``), as is a text column no reader takes beside
+an implicit prompt's chosen and rejected (see ``_check_implicit_reads_all``); the layouts of the ecosystem's formats
 are in solopo.data.formats.trl and solopo.data.formats.llama_factory. Prompts and responses are kept exactly as
 written (messages for the chat template); A' text is stripped. A' gives QAItem records whose answers default to
 (chosen,) and whose wrong_answers are (rejected,), and every passage of the file joins the distractor pool.
@@ -63,7 +64,8 @@ class Layout:
     prompt and response field. Rows of both forms are two sets merged or a conversion stopped part way: TRL tells a
     dataset's form from its first row, and datasets cannot load a column holding both."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: tuple[str, ...] = ()) -> None:
+        self.read = read  # columns the caller reads itself (solopo-build's input.context)
         self.first: Where | None = None
         self.schema = ""
         self.shapes: dict[str, str] = {}
@@ -75,6 +77,8 @@ class Layout:
         if self.first is not None and found != self.schema:
             raise where.error(f"schema {found} ({_FORMAT_KEYS[found]}), but {self.first.place} uses schema "
                               f"{self.schema} ({_FORMAT_KEYS[self.schema]}); a file uses one schema throughout")
+        if found == "implicit":
+            _check_implicit_reads_all(record, where, self.read)
         row, shapes = _PARSERS[found](record, where, mapping), _shapes(record, where)
         if self.first is None:
             self.first, self.schema, self.shapes = where, found, shapes
@@ -123,6 +127,26 @@ def format_of(record: dict, where: Where, mapping: dict | None = None) -> str:
     raise where.error("matches no schema: expected prompt_short and prompt_long (A), relevant (A'), prompt (B, TRL), "
                       "conversations or instruction (LLaMA-Factory), or chosen and rejected (TRL implicit prompt); see "
                       "solopo/data/formats/pairs.py")
+
+
+# The annotations every format's reader takes beside its prompt and responses (not into the prompt)
+_ANNOTATIONS = ("id", "question", "answers")
+
+
+def _check_implicit_reads_all(record: dict, where: Where, read: tuple[str, ...]) -> None:
+    """TRL's implicit prompt is the only format whose prompt is no column: it is what chosen and rejected begin with
+    alike. A text column beside them that no reader takes ({"context", "question", "chosen", "rejected"}) is most
+    likely the prompt's content in a layout of its own, which read as an implicit prompt would train on the answers'
+    shared first words ("The answer is") with no word of it: refused, naming the columns and the layouts that read
+    them. Numbers, flags and nulls (scores, sources' ids) are labels, not content, and pass."""
+    unread = [key for key, value in record.items() if key not in ("chosen", "rejected", *_ANNOTATIONS, *read)
+              and (isinstance(value, (list, dict)) or (isinstance(value, str) and value.strip()))]
+    if unread:
+        label = " ('question' it keeps only as a label)" if "question" in record else ""
+        raise where.error(f"has {', '.join(map(repr, unread))} beside chosen and rejected, which no reader of TRL's "
+                          f"implicit prompt (the words both begin with) takes into the prompt{label}; give the whole "
+                          "prompt in 'prompt' (TRL standard), or the question in 'question' and the passages as a list "
+                          "in 'relevant' (schema A': solopo builds the prompts)")
 
 
 _TEXT = "text"
