@@ -4,6 +4,7 @@ folders) x every preference format (solopo's A/A'/B, TRL's four, LLaMA-Factory's
 test_record_checks.py). Runs on these files: test_pair_file_runs.py."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,9 +139,39 @@ def test_a_folder_that_is_not_a_dataset_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataFileError) as refused:
         pairs.load(str(tmp_path))
-    assert str(refused.value) == (f"{tmp_path}: not a dataset: no data files (.json, .jsonl, .parquet, .csv, .arrow), "
-                                  "no save_to_disk files (state.json, dataset_dict.json) and no LLaMA-Factory "
+    assert str(refused.value) == (f"{tmp_path}: holds no data file the formats read: it looks for data files (.json, "
+                                  ".jsonl, .parquet, .csv, .arrow), save_to_disk files (state.json, dataset_dict.json) "
+                                  "or a LLaMA-Factory dataset_info.json")
+
+
+def run_folder(folder):
+    """What a solopo run in ``folder`` leaves there: Hydra's .hydra and the run's JSON records."""
+    run = folder / "outputs" / "2026-01-01" / "10-00-00"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run / "failed.json").write_text(json.dumps({"reason": "bad data"}))
+    (run / "run.log").write_text("")
+
+
+def test_a_working_directory_of_runs_is_no_dataset(tmp_path, monkeypatch):
+    """data.path=. in a folder holding only earlier runs' folders leaked datasets' 'not a dataset that can be read
+    (dataset_name should be specified but got None)': "." names no dataset for datasets, and a run's failed.json
+    looked like data. Beside a data file, the run folders would be read as its records: refused too."""
+    work = tmp_path / "work"  # not tmp_path, which holds the test's datasets cache
+    run_folder(work)
+    monkeypatch.chdir(work)
+    with pytest.raises(DataFileError) as refused:
+        pairs.load(".")
+    assert str(refused.value) == (".: holds no data file the formats read (1 run folder skipped: outputs/2026-01-01/"
+                                  "10-00-00): it looks for data files (.json, .jsonl, .parquet, .csv, .arrow), "
+                                  "save_to_disk files (state.json, dataset_dict.json) or a LLaMA-Factory "
                                   "dataset_info.json")
+    write("jsonl", records("trl_standard"), work)
+    with pytest.raises(DataFileError, match=r"^\.: holds solopo run folders \(outputs/2026-01-01/10-00-00\) beside "
+                                            r"its data files, whose JSON files would be read as records; give "):
+        pairs.load(".")
+    shutil.rmtree(work / "outputs")
+    assert len(pairs.load(".").train) == len(CITIES)  # "." is the folder it names
 
 
 @pytest.mark.parametrize("broken", ["broken.parquet", "saved/state.json"])

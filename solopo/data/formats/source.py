@@ -68,9 +68,8 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
         if target.is_dir():  # "the name of the dataset folder or dataset file"; its "subset" is the config
             return Source(open_source(str(target), split, entry.get("subset")).records, entry)
         return Source(_file_records(str(target), split), entry)
-    if not any(file.suffix.lower() in DATA_SUFFIXES for file in folder.rglob("*") if file.is_file()):
-        raise DataFileError(f"{path}: not a dataset: no data files ({', '.join(DATA_SUFFIXES)}), no save_to_disk "
-                            f"files ({', '.join(SAVED_MARKERS)}) and no LLaMA-Factory {LLAMA_FACTORY_INDEX}")
+    _check_data_files(folder, path)
+    folder = folder.resolve()  # datasets names a dataset after its folder, and "." names none
     with _one_line(path):  # the files its configs (README.md) or file names give, as datasets resolves them
         builder = _datasets().load_dataset_builder(str(folder), name=name, cache_dir=str(cache_root() / "datasets"))
     _refuse_empty_splits(builder.config.data_files)
@@ -78,6 +77,28 @@ def open_source(path: str, split: Optional[str] = None, name: Optional[str] = No
     options = _csv_options(files) if builder.name == "csv" else {}  # a folder of CSV files read as one CSV file is
     return Source(_rows(str(path), _load_dataset(str(folder), path, split, name=name, cache=_folder_cache(files),
                                                  **options)))
+
+
+def _check_data_files(folder: Path, path: str) -> None:
+    """A folder with no data file is refused in one line saying what it looks for: datasets' own answer for it
+    ("dataset_name should be specified") names nothing. Hidden files are skipped, as datasets skips them, and so are
+    the run folders solopo writes (one holding Hydra's .hydra, e.g. outputs/DATE/TIME of data.path=. run where its
+    data lies): their results.json is no data. A run folder beside data files is refused too, as datasets would read
+    its JSON files as records."""
+    found = [file.relative_to(folder) for file in folder.rglob("*") if file.is_file()
+             and file.suffix.lower() in DATA_SUFFIXES]
+    found = [file for file in found if not any(part.startswith(".") for part in file.parts)]
+    runs = sorted({parent for file in found for parent in file.parents if (folder / parent / ".hydra").is_dir()})
+    in_runs = [file for file in found if any(run in file.parents for run in runs)]
+    named = f"{runs[0]}{', ...' if len(runs) > 1 else ''}" if runs else ""
+    skipped = f" ({len(runs)} run folder{'s' if len(runs) > 1 else ''} skipped: {named})" if runs else ""
+    if len(in_runs) == len(found):
+        raise DataFileError(f"{path}: holds no data file the formats read{skipped}: it looks for data files "
+                            f"({', '.join(DATA_SUFFIXES)}), save_to_disk files ({', '.join(SAVED_MARKERS)}) or a "
+                            f"LLaMA-Factory {LLAMA_FACTORY_INDEX}")
+    if runs:
+        raise DataFileError(f"{path}: holds solopo run folders ({named}) beside its data files, whose JSON "
+                            "files would be read as records; give data.path the data's own folder or file")
 
 
 def _folder_cache(files: list[str]) -> Path:
