@@ -10,6 +10,7 @@ code, before and after training. Installed, the same entry is the console script
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from solopo.job_checks import values_checked
 from solopo.preflight import preflight
-from solopo.training.results import redact, where_it_ran, write_results
+from solopo.training.results import record_interrupt, redact, where_it_ran, write_results
 
 log = logging.getLogger("solopo")
 
@@ -107,8 +108,19 @@ def main(cfg: DictConfig) -> None:
     from solopo.training.loggers import quiet_libraries
 
     quiet_libraries()
-    with stop_on_config_errors(), stop_on_failed_writes():
+    with stop_on_config_errors(), stop_on_failed_writes(), interrupt_recorded(cfg):
         evaluate(cfg)
+
+
+@contextlib.contextmanager
+def interrupt_recorded(cfg: DictConfig):
+    """A Ctrl-C ends the evaluation in one line, status 130, with failed.json saying so (results.record_interrupt):
+    results.json is written only once the tables are whole."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        record_interrupt(Path(HydraConfig.get().runtime.output_dir), err, OmegaConf.to_container(cfg, resolve=True),
+                         "before its results were written")
 
 
 def entry() -> None:

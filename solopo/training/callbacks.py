@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from solopo.cache import LOOKUPS
+from solopo.training.results import Interrupted
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -44,7 +45,10 @@ class StageCosts:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         started, before = time.perf_counter(), dataclasses.replace(LOOKUPS)
-        yield
+        try:
+            yield
+        except KeyboardInterrupt as err:  # the line that ends the run names the stage (results.record_interrupt)
+            raise err if isinstance(err, Interrupted) else Interrupted(name) from None
         if cuda:
             torch.cuda.synchronize(self.device)
         read, computed = LOOKUPS.read - before.read, LOOKUPS.computed - before.computed

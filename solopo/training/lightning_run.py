@@ -29,7 +29,8 @@ from solopo.training.distributed import check_strategy
 from solopo.training.faults import NumericalGuard
 from solopo.training.loggers import ProgressLines, ResumableCSVLogger, finish, on_terminal, wandb_labels
 from solopo.training.module import SoLoPOModule, intended_warnings_silenced
-from solopo.training.results import FAILED, SWEEP_FAILURES, RunFailed, all_finite, redact, summary, write_failure, write_results
+from solopo.training.results import (FAILED, SWEEP_FAILURES, RunFailed, all_finite, record_interrupt, redact,
+                                     summary, write_failure, write_results)
 from solopo.training.resume import LastCheckpoint, LoaderPosition, RngState
 from solopo.training.run_settings import SettingsInCheckpoint, trained_settings
 
@@ -190,7 +191,8 @@ def stop_on_faults(message: str) -> None:
 def failure_recorded(cfg: DictConfig):
     """A run's body: a RunFailed (e.g. no pairs), or a file the run could not write (results.json, a checkpoint, a
     plot on a full disk: solopo.cache.failed_write), leaves failed.json in the run directory, written by one process,
-    so a report lists the run and why, and ends the process like a bad setting: its one ``error:`` line, status 2. An
+    so a report lists the run and why, and ends the process like a bad setting: its one ``error:`` line, status 2; a
+    Ctrl-C before training ends it in one line too, status 130 (results.record_interrupt). An
     earlier attempt's failed.json in the same directory (a rerun, a resume, a requeued job) is removed as the run
     begins: it describes a run that is no longer the directory's."""
     if rank_zero_only.rank == 0:
@@ -199,6 +201,9 @@ def failure_recorded(cfg: DictConfig):
         yield
     except RunFailed as failure:
         record_failure(cfg, failure)
+    except KeyboardInterrupt as err:  # from the fit on, Preemption takes Ctrl-C: this one came before training
+        record_interrupt(Path(HydraConfig.get().runtime.output_dir), err, OmegaConf.to_container(cfg, resolve=True),
+                         "before training", write=rank_zero_only.rank == 0)
     except Exception as err:
         write = failed_write(err)
         if write is None:

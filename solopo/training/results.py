@@ -4,7 +4,9 @@ must never write (outside its sweep directory, a directory it cannot write to)."
 from __future__ import annotations
 
 import json
+import logging
 import math
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -15,6 +17,7 @@ from solopo.preflight import SECRET_KEY
 if TYPE_CHECKING:  # not imported at run time: --help imports this module, and should not import Lightning
     import pytorch_lightning as pl
 
+log = logging.getLogger("solopo")
 FAILED = "failed.json"  # a run directory's record of a run that could not go on
 # The run directories of the sweep's jobs that failed or were stopped by their faults, in this process: the sweep
 # goes on past each, and ends with a status that says so (solopo.run.entry; here, not beside the training code, so
@@ -96,6 +99,32 @@ def with_recorded_training(results: dict, run_dir: Path, ckpt_path: Path | None)
     timings["total_s"] = own["total_s"] - own["fit_s"] + timings["fit_s"]
     return {**results, "metrics": dict(sorted({**results["metrics"], **recorded["metrics"]}.items())),
             "timings": timings}
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C that came in a stage of the run (callbacks.StageCosts names it), for the line that ends the run."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
+
+
+def record_interrupt(run_dir: Path, err: KeyboardInterrupt, config: dict, before: str, write: bool = True) -> None:
+    """Ends a run that a Ctrl-C stopped where no handler of the run takes it (training's Preemption does, from the fit
+    on): before training (the data, the models, sampling, the reference pass) or in solopo-eval. ``before`` says where
+    that is, for a Ctrl-C outside a named stage. failed.json records it as "interrupted", which a report lists as
+    "stopped: interrupted", not as a run that left no record; one line, status 130 (128 + SIGINT, as a shell reports
+    a process Ctrl-C ended), in place of KeyboardInterrupt's traceback. What it left unfinished was never trusted:
+    caches and records are written whole or not at all (solopo.cache.atomic_file)."""
+    where = f"in its {err.stage} stage, {before}" if isinstance(err, Interrupted) else before
+    line = f"interrupted (SIGINT) {where}: nothing to resume; rerun the command to start again"
+    if write:
+        try:
+            write_failure(run_dir, RunFailed(INTERRUPTED, line), config)
+        except OSError as failed:
+            line = f"{line}; {failed}"
+    log.warning(line)
+    raise SystemExit(128 + signal.SIGINT) from None
 
 
 class RunFailed(Exception):
