@@ -376,3 +376,20 @@ def test_a_data_block_of_ones_own_config_without_a_data_option_is_checked_as_any
     with open_dict(cfg):
         cfg.hydra.runtime.choices.data = None
     build_settings(cfg)
+
+
+def test_readme_mistakes_are_the_lines_the_checks_give():
+    """README's example lines are what the checks print for the default config, not a copy that drifts (it said
+    8127 where a user's gold pairs got 8128: both are right, for a sampled response and a gold one, which README
+    now says, and checked here too)."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"\*\*Mistakes, caught at the start\.\*\*.*?```\n(.*?)```", text, flags=re.S).group(1)
+    lines = [line.removeprefix("error: ") for line in block.splitlines()]
+    assert len(lines) == 2
+    for line in lines:
+        with pytest.raises(ConfigError) as stopped:
+            build_settings(compose_config([line.split(": ")[0]]))
+        assert str(stopped.value) == line
+    gold = re.search(r"so `data.pairs=gold` and a file of passages allow (\d+)", text).group(1)
+    with pytest.raises(ConfigError, match=rf"; at most {gold} leaves room"):
+        build_settings(compose_config(["data.long_len=8192", "data.pairs=gold"]))
