@@ -35,12 +35,13 @@ def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettin
     from solopo.settings.build import ConfigError, built, plain
     from solopo.settings.keys import unread
 
-    missing = [name for name, node, key in (("input.path", cfg.input, "path"), ("output", cfg, "output"))
-               if OmegaConf.is_missing(node, key)]
-    if missing:  # first, alone: the other checks would read "???" as a path
-        raise ConfigError(f"{' and '.join(f'{name}=...' for name in missing)} mandatory: see solopo-build --help")
     given = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
     problems = unread("", given, BUILD_KEYS, "solopo-build", others=False)
+    missing = [name for name, node, key in (("input.path", cfg.input, "path"), ("output", cfg, "output"))
+               if OmegaConf.is_missing(node, key)]
+    if missing:  # with the unknown keys alone (outptu=... meant output): the other checks would read "???" as a path
+        missing_text = f"{' and '.join(f'{name}=...' for name in missing)} mandatory: see solopo-build --help"
+        raise ConfigError("; ".join([*problems, missing_text]))
     made = (built("model", ModelSpec, plain(cfg, "model"), problems),
             built("input", InputSettings, plain(cfg, "input"), problems),
             built("corpus", CorpusSettings, plain(cfg, "corpus"), problems))

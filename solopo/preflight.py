@@ -99,7 +99,19 @@ def refuse_unknown_options(argv: Sequence[str]) -> None:
         options = group_options(folders)
         for option in chosen_options(override.value()):
             if option not in options:
-                stop(f"{group}={option}: the config group {group} has no such option; choose one of {', '.join(options)}")
+                close = option_meant(option, options)
+                stop(f"{group}={option}: the config group {group} has no such option; "
+                     + (f"did you mean {close}? " if close else "") + f"choose one of {', '.join(options)}")
+
+
+def option_meant(option: str, options: Sequence[str]) -> Optional[str]:
+    """The option of ``options`` that ``option`` most likely means: the same in another case (DPO: dpo), else the
+    closest spelling (simpp: simpo), else None."""
+    import difflib
+
+    lower = {name.lower(): name for name in options}
+    close = difflib.get_close_matches(option.lower(), list(lower), n=1)
+    return lower[close[0]] if close else None
 
 
 PARTS = "common"  # a group's folder of blocks its options compose (conf/data/common), not options of their own

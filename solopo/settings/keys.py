@@ -42,15 +42,24 @@ def keys_interpolated(cfg: DictConfig) -> set[str]:
     return set(INTERPOLATED.findall(text))
 
 
-def unread(key: str, given: dict, known: Sequence[str], reader: str, others: bool = True) -> Problems:
+def unread(key: str, given: dict, known: Sequence[str], reader: str, others: bool = True,
+           hints: Sequence[str] = ()) -> Problems:
     """The keys of ``given`` outside ``known``, each with a hint: the run's key for a name TRL or Hugging Face give it
-    (``others``), else the closest known key."""
+    (``others``), else the closest of ``known`` and ``hints`` (names a command line may mean without being keys of
+    the config, such as the config groups it picks options of: expriment=... is experiment=...)."""
     problems = []
     for name in [name for name in given if name not in known]:
-        close = suggestion(f"{key}{name}", known, others)
+        close = suggestion(f"{key}{name}", [*known, *hints], others)
         value = "" if isinstance(given[name], dict) else f"={shown(given[name])}"
         problems.append(f"{key}{name}{value}: {reader} reads no such key" + (f"; did you mean {close}?" if close else ""))
     return problems
+
+
+def config_groups() -> list[str]:
+    """The package's config groups (algo, experiment, hparams_search, ...), Hydra's own left out."""
+    from solopo.preflight import CONF
+
+    return sorted(folder.name for folder in CONF.iterdir() if folder.is_dir() and not folder.name.startswith(("_", "hydra")))
 
 
 def training_reads(cfg: DictConfig) -> tuple[list[str], list[str]]:
@@ -65,7 +74,7 @@ def check_unread_keys(cfg: DictConfig, data_option: str) -> Problems:
     would otherwise ignore in silence; a data.path the chosen source does not read (+data.path=FILE with the built-in
     data=qa) has its own message."""
     top_read, read = training_reads(cfg)
-    problems = unread("", OmegaConf.to_container(cfg, resolve=False), top_read, "solopo")
+    problems = unread("", OmegaConf.to_container(cfg, resolve=False), top_read, "solopo", hints=config_groups())
     data = OmegaConf.to_container(cfg.data, resolve=False)
     if "path" in data and "path" not in read:
         problems.append(f"data.path={data.pop('path')}: data={data_option} reads no file; choose a file format "
