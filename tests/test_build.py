@@ -196,6 +196,9 @@ def test_bad_corpora_and_settings_are_refused_in_one_line(world, tmp_path):
         assert re.search(problem, one_line(err)), (overrides, str(err.value))
     with pytest.raises(ConfigError, match=r"^input.path=... and output=... mandatory"):
         run_build([])
+    with pytest.raises(ConfigError, match=r"^outptu=o.jsonl: solopo-build reads no such key; did you mean output\?; "
+                                          r"input.path=... and output=... mandatory"):
+        run_build(["+outptu=o.jsonl"])  # the mistyped key first: it is why output is missing
 
 
 def test_the_command_exits_2_with_one_line(world, tmp_path):

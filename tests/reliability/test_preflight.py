@@ -32,6 +32,15 @@ def test_an_unknown_option_of_a_config_group_is_one_line(group, capsys):
         f"error: {group}=nosuch: the config group {group} has no such option; choose one of {', '.join(options)}\n")
 
 
+@pytest.mark.parametrize("given, meant", [("DPO", "dpo"), ("simpp", "simpo"), ("Orpo", "orpo")])
+def test_an_option_in_another_case_or_spelling_is_answered_with_the_one_meant(given, meant, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        preflight([f"algo={given}"])
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: algo={given}: the config group algo has no such option; did you mean {meant}? choose one of cdpo, dpo, "
+        "ipo, orpo, simpo\n")
+
+
 @pytest.mark.parametrize("args, bad", [
     (["-m", "algo=dpo,dpx"], "algo=dpx"), (["-m", "algo=choice(ipo,dpx)"], "algo=dpx"), (["+algo=[dpo,dpx]"], "algo=dpx"),
     (["experiment=paper_mini/nope"], "experiment=paper_mini/nope"),

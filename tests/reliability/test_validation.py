@@ -150,6 +150,7 @@ MISTAKES = [
     # Keys nothing reads, at the top and in the data group, which the run ignored in silence.
     (["+foo=1"], "foo=1: solopo reads no such key"),
     (["+sed=1"], "sed=1: solopo reads no such key; did you mean seed?"),
+    (["+expriment=decisive/a"], "expriment=decisive/a: solopo reads no such key; did you mean experiment?"),
     (["+data.foo=1"], "data.foo=1: data=qa reads no such key"),
     (["+data.split=train"], "data.split=train: data=qa reads no such key; did you mean sampling?"),
     (["data=pairs", "data.path=x.jsonl", "+data.bath_size=2"],
