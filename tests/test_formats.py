@@ -125,6 +125,28 @@ def test_pairs_schema_a_passages_give_items_for_the_context_builder():
                                                           ("Beijing", "Phnom Penh")}
 
 
+def test_passages_without_chosen_or_rejected_take_answers_and_wrong_answers_drawn_from_the_file(tmp_path):
+    """A file of QA records (question, passages, answers) is what on-policy sampling needs; it was refused for lack
+    of chosen and rejected. Its answers are the gold ones, a record's own rejected is kept, and the others get wrong
+    answers drawn from the file's other answers (never a gold one), which gold pairs take as rejected."""
+    rows = [{"id": "utzon", "question": "When?", "relevant": ["Utzon won it in 2003."], "answers": ["2003"]},
+            {"id": "kenya", "question": "Who?", "relevant": ["Kenyatta led Kenya."], "answers": ["Jomo Kenyatta"]},
+            {"id": "mekong", "question": "Which?", "relevant": ["The Mekong."], "chosen": "Mekong",
+             "rejected": "Rhine"},
+            {"id": "year", "question": "When?", "relevant": ["It opened in 1932."], "answers": ["1932", "in 1932"]}]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    items = by_id(pairs.load(str(path), n_val=1))
+    assert items["utzon"].answers == ("2003",) and items["utzon"].wrong_answers == ("1932",)  # a year for a year
+    assert items["year"].wrong_answers == ("2003",) and items["mekong"].wrong_answers == ("Rhine",)
+    assert items["kenya"].answers == ("Jomo Kenyatta",) and items["kenya"].wrong_answers == ("Mekong",)
+    rows.append({"id": "none", "question": "?", "relevant": ["p"], "rejected": "x"})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataFileError, match=r"qa.jsonl line 5: field 'answers': required but missing: a passages record "
+                                            r"\(schema A'\) gives its answer as 'answers' \(a list\) or 'chosen'"):
+        pairs.load(str(path))
+
+
 def test_gold_pairs_build_from_loaded_items():
     splits = load(hotpotqa, "hotpotqa.json")
     examples = build_examples(splits.train, long_len=150, count_tokens=lambda t: len(t.split()), pool=splits.distractors)

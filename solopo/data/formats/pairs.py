@@ -5,19 +5,20 @@ for the file):
 | format                 | keys                                        | gives                                      |
 |------------------------|---------------------------------------------|--------------------------------------------|
 | A: SoLoPO pairs        | prompt_short, prompt_long, chosen, rejected | pairs, contexts as written                 |
-| A': passages           | question, relevant, chosen, rejected        | items; solopo builds x_short and x_long    |
+| A': passages           | question, relevant, answers or chosen       | items; solopo builds x_short and x_long    |
 | B: TRL explicit prompt | prompt, chosen, rejected (text or messages) | plain PO pairs (x_short = x_long)          |
 | TRL implicit prompt    | chosen, rejected (text or messages)         | plain PO pairs, prompt = the shared start  |
 | LLaMA-Factory sharegpt | conversations (or mapped), chosen, rejected | plain PO pairs                             |
 | LLaMA-Factory alpaca   | instruction, input, chosen, rejected        | plain PO pairs                             |
 
-A, B and the ecosystem's formats may also carry id, question and answers; A' irrelevant, answers and id. A record's
+A, B and the ecosystem's formats may also carry id, question and answers; A' irrelevant, rejected and id. A record's
 format is given by the keys only it has (the first column above; chosen and rejected alone: TRL's implicit prompt),
 and a record with those of two formats is refused (see ``format_of``), as is a text column no reader takes beside
 an implicit prompt's chosen and rejected (see ``_check_implicit_reads_all``); the layouts of the ecosystem's formats
 are in solopo.data.formats.trl and solopo.data.formats.llama_factory. Prompts and responses are kept exactly as
 written (messages for the chat template); A' text is stripped. A' gives QAItem records whose answers default to
-(chosen,) and whose wrong_answers are (rejected,), and every passage of the file joins the distractor pool.
+(chosen,) and whose wrong_answers are (rejected,), or drawn from the file's other answers where a record gives no
+rejected (sampled pairs need only the answers); every passage of the file joins the distractor pool.
 A file also gives each prompt and response field in one form, text or messages (a list of them, or one), and a
 record its chosen and rejected (A: its prompt_short and prompt_long) in one form (see ``Layout``).
 Ids are unique within a file; chosen and rejected must differ beyond whitespace; an A' passage is relevant or
@@ -34,6 +35,7 @@ from solopo.data.formats.chat import prompt, response
 from solopo.data.formats.passages import dedupe
 from solopo.data.formats.source import open_source
 from solopo.data.formats.splits import split_items
+from solopo.data.formats.wrong_answers import add_wrong_answers
 from solopo.data.schema import PreferenceExample, Prompt, QAItem, Splits, prompt_text
 from solopo.records import DataFileError, Where, check_unique_ids, field, required, text, text_list
 
@@ -55,6 +57,8 @@ def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None, s
     check_unique_ids(zip(places, (row.id for row in rows)))
     if layout.schema == "A":
         _count_long_not_longer(rows, places, path)
+    if layout.schema == "A'":
+        rows = with_wrong_answers(rows, seed)
     pool = dedupe(passage for row in rows if isinstance(row, QAItem) for passage in row.relevant + row.irrelevant)
     return split_items(rows, pool, path, n_val, seed, n_train)
 
@@ -205,8 +209,16 @@ def _example(record: dict, where: Where, prompt_short: Prompt, prompt_long: Prom
 
 
 def _schema_a_passages(record: dict, where: Where, mapping: dict | None) -> QAItem:
-    chosen, rejected = text(record, "chosen", where), text(record, "rejected", where)
-    _check_pair(chosen, rejected, where)
+    """A QA record: its answers are ``answers``, else (chosen,); its wrong answer its rejected, where it gives one
+    (``with_wrong_answers`` draws the others'). Sampled pairs need neither chosen nor rejected, only answers."""
+    answers = tuple(text_list(record, "answers", where, required=False))
+    if record.get("chosen") is None and not answers:
+        raise where.error("required but missing: a passages record (schema A') gives its answer as 'answers' (a list) "
+                          "or 'chosen'", "answers")
+    chosen = text(record, "chosen", where) if record.get("chosen") is not None else answers[0]
+    rejected = text(record, "rejected", where) if record.get("rejected") is not None else None
+    if rejected is not None:
+        _check_pair(chosen, rejected, where)
     relevant = tuple(text_list(record, "relevant", where))
     irrelevant = tuple(text_list(record, "irrelevant", where, required=False))
     for index, passage in enumerate(irrelevant):  # x_long would hold it twice, once as the evidence
@@ -215,9 +227,18 @@ def _schema_a_passages(record: dict, where: Where, mapping: dict | None) -> QAIt
                               "or irrelevant, not both", f"irrelevant[{index}]")
     return QAItem(
         id=_id(record, where), question=text(record, "question", where),
-        answers=tuple(text_list(record, "answers", where, required=False)) or (chosen,),
-        relevant=relevant, irrelevant=irrelevant, wrong_answers=(rejected,),
+        answers=answers or (chosen,), relevant=relevant, irrelevant=irrelevant,
+        wrong_answers=(rejected,) if rejected is not None else (),
     )
+
+
+def with_wrong_answers(items: list[QAItem], seed: int) -> list[QAItem]:
+    """A' records that give no rejected answer get plausible wrong ones, drawn from the file's other answers as the QA
+    datasets' are (solopo.data.formats.wrong_answers): the gold pairs' rejected. A record's own rejected is kept."""
+    if all(item.wrong_answers for item in items):
+        return items
+    drawn = add_wrong_answers(items, [""] * len(items), seed)
+    return [item if item.wrong_answers else new for item, new in zip(items, drawn)]
 
 
 def _count_long_not_longer(rows: list[PreferenceExample], places: list[Where], path: str) -> None:
