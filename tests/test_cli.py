@@ -386,6 +386,9 @@ def test_help_lists_each_group_with_its_options_as_typed(tmp_path):
     assert "common" not in " ".join(lines.get("data", ["missing"])) and "data/common" not in lines
     assert {"decisive/a", "mine/long", "smoke"} <= set(lines["experiment"]) and "experiment/decisive" not in lines
     assert lines["algo"] == ["cdpo", "dpo", "ipo", "orpo", "simpo"]
+    # the examples name a run on one's own file, and the README section they point to
+    assert "solopo-train data=pairs data.path=FILE" in done.stdout and '(README: "Your own data")' in done.stdout
+    assert "\n## Your own data\n" in (ROOT / "README.md").read_text()
     shutil.copytree(ROOT / "solopo" / "conf", tmp_path / "conf")  # a primary config folder of the user's own
     (tmp_path / "conf" / "zzz").mkdir()
     (tmp_path / "conf" / "zzz" / "z1.yaml").write_text("seed: 7\n")
