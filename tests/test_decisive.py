@@ -446,6 +446,11 @@ def test_a_later_session_restores_the_collected_runs_and_runs_only_the_rest(tmp_
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (cache / "pairs" / "k.json").exists() and (fresh / ".restored").exists()
+    (tmp_path / "empty").mkdir()  # the runs did not travel: restoring nothing would rerun every job, so it stops
+    empty = subprocess.run([sys.executable, str(ROOT / "experiments" / "studies" / "collect.py"), "--restore",
+                            str(tmp_path / "empty"), "--study", str(tmp_path / "other")], cwd=ROOT, env=SCRIPT_ENV,
+                           capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 1 and "holds no collected job" in empty.stderr and not (tmp_path / "other").exists()
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "decisive" / "launch.py"), "--root", str(fresh),
                            "--part", "1", "--dry-run"], cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True,
                           timeout=120)

@@ -17,6 +17,8 @@ from experiments.studies import failures, reports, runner  # noqa: E402
     ("Traceback...\nValueError: no train pairs left ({'sampling': {'kept': 0}}; skipped {})\n", "no pairs"),
     ("error: no training pairs: 0 of 16 questions had both a correct and an incorrect sample\n", "no pairs"),
     ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB\n", "out of memory"),
+    ("Traceback...\ntorch.AcceleratorError: CUDA error: out of memory\nSearch for `cudaErrorMemoryAllocation'\n",
+     "out of memory"),  # outside the caching allocator: retried beside fewer jobs, not a failure of the job's own
     ("Traceback...\nKeyError: 'x'\nomegaconf.errors.ConfigKeyError: Key 'foo' is not in struct\n", "ConfigKeyError"),
     ("nothing useful\n", "exit status 3"),
     ("error: could not write /runs/a/results.json: No space left on device\n", "write failed"),

@@ -103,7 +103,11 @@ def copy_missing(src: Path, dest: Path) -> int:
 
 
 def restore(saved: Path, study: Path, cache: Path) -> str:
-    """The collected jobs, study files and cache entries of ``saved`` into place; then the stamp."""
+    """The collected jobs, study files and cache entries of ``saved`` into place; then the stamp. A folder that holds
+    no collected job is refused: the launcher would run every job again, a whole GPU call spent on runs that exist."""
+    if not any((path / "job.json").is_file() for path in saved.iterdir()):
+        raise SystemExit(f"error: {saved} holds no collected job (a job folder with job.json): nothing to restore; "
+                         "check that the runs travelled with the tree, or start without RESTORE_RUNS")
     study.mkdir(parents=True, exist_ok=True)
     files = sum(copy_missing(path, study / path.name) for path in saved.iterdir()
                 if path.is_dir() and path.name != "cache")

@@ -12,7 +12,9 @@ from pathlib import Path
 # (label, pattern of the line that says why), the first that matches wins.
 REASONS = (
     ("no pairs", re.compile(r"no (training|validation) pairs: .*|no (train|val) pairs left.*")),  # the second: older runs
-    ("out of memory", re.compile(r".*(CUDA out of memory|OutOfMemoryError).*")),
+    # the caching allocator's OutOfMemoryError, or a CUDA call outside it that found no memory (torch.AcceleratorError:
+    # CUDA error: out of memory), as jobs starting beside others on one GPU met it
+    ("out of memory", re.compile(r".*(CUDA out of memory|OutOfMemoryError|CUDA error: out of memory).*")),
     ("non-finite steps", re.compile(r"training stopped at step .*")),
     ("preempted", re.compile(r"preempted \(SIG\w+\) at step .*")),
     ("interrupted", re.compile(r"interrupted \(SIG\w+\) at step .*")),  # Ctrl-C
