@@ -59,7 +59,8 @@ def config_groups() -> list[str]:
     """The package's config groups (algo, experiment, hparams_search, ...), Hydra's own left out."""
     from solopo.preflight import CONF
 
-    return sorted(folder.name for folder in CONF.iterdir() if folder.is_dir() and not folder.name.startswith(("_", "hydra")))
+    return sorted(folder.name for folder in CONF.iterdir()
+                  if folder.is_dir() and not folder.name.startswith(("_", "hydra")))
 
 
 def training_reads(cfg: DictConfig) -> tuple[list[str], list[str]]:
