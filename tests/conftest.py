@@ -154,6 +154,16 @@ class SignalReachedTheTest(BaseException):
 
 
 @pytest.fixture
+def foreground_ctrl_c():
+    """SIGINT as a terminal's foreground process has it (Python's KeyboardInterrupt) until the test ends: a suite
+    started in the background by a shell without job control (`pytest &`, nohup, some CI runners) inherits SIGINT
+    ignored, and a Ctrl-C the test sends would reach nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def signal_guard():
     """Until the test ends, SIGTERM and SIGINT that no handler of the run takes fail the test instead of ending the
     test process (SIGTERM's default) or reading as the test's own Ctrl-C."""

@@ -372,7 +372,8 @@ def stopped_interrupted(run_dir: Path, done) -> None:
     assert [status_of(run) for run in find_runs([run_dir])] == ["stopped: interrupted"]
 
 
-def test_ctrl_c_in_the_reference_pass_ends_in_one_line_and_leaves_no_cache_entry(tmp_path, monkeypatch):
+def test_ctrl_c_in_the_reference_pass_ends_in_one_line_and_leaves_no_cache_entry(tmp_path, monkeypatch,
+                                                                                 foreground_ctrl_c):
     """A Ctrl-C before training (here in the reference pass, before Preemption takes the signals) printed a
     47-frame KeyboardInterrupt traceback: now one line naming the stage, status 130, and failed.json; the reference
     cache holds no entry (nor a temporary file) that a later run would read."""
@@ -389,7 +390,7 @@ def test_ctrl_c_in_the_reference_pass_ends_in_one_line_and_leaves_no_cache_entry
     assert len(left) == 1 and left[0].endswith(".lock"), left  # the entry's lock, which holds nothing
 
 
-def test_ctrl_c_in_solopo_eval_ends_in_one_line(tmp_path, monkeypatch):
+def test_ctrl_c_in_solopo_eval_ends_in_one_line(tmp_path, monkeypatch, foreground_ctrl_c):
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
         signal_when_called(patch, loading, "load_model", signal.SIGINT)
