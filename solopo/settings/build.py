@@ -33,7 +33,7 @@ from solopo.step.context_parallel import ContextSplit
 from solopo.settings.fields import ConfigError, Problems, SettingsError, flag, in_group, number
 from solopo.settings.groups import (check_data, check_logger, check_run, check_trainer, lightning_arguments,
                                     missing_options, target, unknown_options)
-from solopo.settings.keys import check_deletions
+from solopo.settings.keys import check_deletions, check_unread_keys
 from solopo.settings.rules import FILE_OF_PAIRS, cross_group_rules
 from solopo.preflight import CONF, PARTS, stop
 from solopo.training.module import OptimSettings
@@ -242,8 +242,9 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     option = choice(cfg, "data") or ""  # "": a data block of one's own config, no option (override data: null)
     if option.split("/")[0] == PARTS:  # conf/data/common: blocks the data configs compose (qa_file, sampling)
         raise ConfigError(f"data={option}: a block the data configs share (conf/data/{option}.yaml), not a data option")
-    if OmegaConf.is_missing(cfg.data, "path"):  # first, alone: every key reading ${data.path} would fail to resolve
-        raise ConfigError(f"data={option} needs data.path=FILE (see conf/data/{option}.yaml)")
+    if OmegaConf.is_missing(cfg.data, "path"):  # first, with the keys nothing reads (data.pth=FILE meant data.path):
+        misspelt = check_unread_keys(cfg, option)  # every key reading ${data.path} would fail to resolve
+        raise ConfigError("; ".join([*misspelt, f"data={option} needs data.path=FILE (see conf/data/{option}.yaml)"]))
     problems: Problems = []
     precision = resolve_precision(str(cfg.trainer.get("precision", "auto")))
     model = built("model", ModelSpec, plain(cfg, "model"), problems)

@@ -155,6 +155,8 @@ MISTAKES = [
     (["+data.split=train"], "data.split=train: data=qa reads no such key; did you mean sampling?"),
     (["data=pairs", "data.path=x.jsonl", "+data.bath_size=2"],
      "data.bath_size=2: data=pairs reads no such key; did you mean batch_size?"),
+    (["data=pairs", "+data.pth=x.jsonl"], "data.pth=x.jsonl: data=pairs reads no such key; did you mean path?; "
+                                          "data=pairs needs data.path=FILE (see conf/data/pairs.yaml)"),
     (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.context_parallel=2"],
      "trainer.context_parallel=2: needs trainer=fsdp (its device mesh holds the context groups)"),
     ([*CPU_FSDP, "trainer.context_parallel=3"],
