@@ -33,6 +33,7 @@ def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettin
     """The typed settings, or one ConfigError naming every mistake."""
     from solopo.models.loading import ModelSpec
     from solopo.settings.build import ConfigError, built, plain
+    from solopo.settings.groups import unknown_options
     from solopo.settings.keys import unread
 
     given = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
@@ -40,6 +41,8 @@ def settings_of(cfg: DictConfig) -> tuple[ModelSpec, InputSettings, CorpusSettin
     missing = [name for name, node, key in (("input.path", cfg.input, "path"), ("output", cfg, "output"))
                if OmegaConf.is_missing(node, key)]
     if missing:  # with the unknown keys alone (outptu=... meant output): the other checks would read "???" as a path
+        problems += [problem for group, make in (("input", InputSettings), ("corpus", CorpusSettings))
+                     for problem in unknown_options(group, make, plain(cfg, group))]  # input.pth=... meant input.path
         missing_text = f"{' and '.join(f'{name}=...' for name in missing)} mandatory: see solopo-build --help"
         raise ConfigError("; ".join([*problems, missing_text]))
     made = (built("model", ModelSpec, plain(cfg, "model"), problems),

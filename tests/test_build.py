@@ -199,6 +199,9 @@ def test_bad_corpora_and_settings_are_refused_in_one_line(world, tmp_path):
     with pytest.raises(ConfigError, match=r"^outptu=o.jsonl: solopo-build reads no such key; did you mean output\?; "
                                           r"input.path=... and output=... mandatory"):
         run_build(["+outptu=o.jsonl"])  # the mistyped key first: it is why output is missing
+    with pytest.raises(ConfigError, match=r"^input.pth=i.jsonl: InputSettings takes no such option; did you mean "
+                                          r"path\?; input.path=... mandatory"):
+        run_build(["+input.pth=i.jsonl", "output=o.jsonl"])
 
 
 def test_the_command_exits_2_with_one_line(world, tmp_path):
