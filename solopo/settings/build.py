@@ -147,7 +147,8 @@ def build_eval(cfg: DictConfig, precision: str, problems: Problems) -> Optional[
     fields = with_scorer("eval", {k: v for k, v in node.items() if k not in EVAL_KEYS}, problems)
     if fields is None:
         return None
-    problems += unknown_options("eval", EvalSettings, {k: v for k, v in fields.items() if k not in FROM_ELSEWHERE})
+    problems += unknown_options("eval", EvalSettings, {k: v for k, v in fields.items() if k not in FROM_ELSEWHERE},
+                                EVAL_KEYS)  # eval.n_item=2 meant n_items
     fields.update(seed=cfg.seed, template=OmegaConf.select(cfg, "data.template", default="direct"), precision=precision)
     missing = missing_options("eval", EvalSettings, fields)
     problems += missing

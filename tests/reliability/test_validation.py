@@ -147,6 +147,7 @@ MISTAKES = [
     (["seed=abc"], "seed=abc: must be an integer >= 0"),
     (["trainer.devices=0"], "trainer.devices=0: must be an integer >= 1, -1 (all), a list of ids or auto"),
     (["+optim.lrr=1"], "optim.lrr=1: OptimSettings takes no such option; did you mean lr?"),
+    (["+eval.n_item=2"], "eval.n_item=2: EvalSettings takes no such option; did you mean n_items?"),
     # Keys nothing reads, at the top and in the data group, which the run ignored in silence.
     (["+foo=1"], "foo=1: solopo reads no such key"),
     (["+sed=1"], "sed=1: solopo reads no such key; did you mean seed?"),
