@@ -243,12 +243,27 @@ def refuse_unreadable_overrides(argv: Sequence[str]) -> None:
                  "letters or other characters the grammar reserves")
 
 
+def quiet_when_piped(argv: Sequence[str]) -> None:
+    """A command line that only prints (--help, --hydra-help, --cfg, --info, --shell-completion) ends as other
+    command-line tools do where what reads it stops early (`solopo-train --help | head -3`), by SIGPIPE's default
+    action, not in a BrokenPipeError traceback. A run keeps Python's handling: a closed stdout does not kill
+    training."""
+    import signal
+
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    if hasattr(signal, "SIGPIPE") and any((args.help, args.hydra_help, args.cfg, args.info, args.shell_completion)):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
 def preflight(argv: Sequence[str], run_dir: bool = True) -> None:
     """The checks a command line gets before Hydra writes anything (one thing for Hydra to do, secrets, the options of
     the config groups and the plugins they need, and, where Hydra makes one (``run_dir``), a writable run directory,
     whose .hydra/ files (and a sweep's) are then written whole, or stop the run in one line if they cannot be)."""
     from solopo.hydra_errors import hydra_files_whole  # it imports PARTS and config_dirs from here
 
+    quiet_when_piped(argv)
     refuse_two_modes(argv)
     refuse_unreadable_overrides(argv)
     refuse_secrets(argv)

@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import io
 import os
+import signal
 import subprocess
 import sys
 
@@ -34,6 +35,7 @@ def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd
     entry = getattr(importlib.import_module(path), name)
     forget_wandb()  # before the environment is saved: the session's service token must not come back with it
     argv, environ, here, hydra_cfg = sys.argv, dict(os.environ), os.getcwd(), HydraConfig.instance().cfg
+    sigpipe = signal.getsignal(signal.SIGPIPE) if hasattr(signal, "SIGPIPE") else None  # --help sets its default
     os.environ.update({"WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", **(env or {})})
     sys.argv = [argv0 or module, *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
@@ -48,6 +50,8 @@ def call(module: str, args, expect: int | None = 0, env: dict | None = None, cwd
         os.chdir(here)
         os.environ.clear()
         os.environ.update(environ)  # e.g. the seed Lightning leaves in PL_GLOBAL_SEED
+        if sigpipe is not None:
+            signal.signal(signal.SIGPIPE, sigpipe)
     done = subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
     assert expect is None or code == expect, f"exit status {code}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done

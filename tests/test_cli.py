@@ -80,6 +80,19 @@ def test_help_names_the_command_as_it_was_called(script, module, function):
         assert first.startswith((f"usage: {name} ", f"{name} is powered by Hydra", f"{name}: ")), first
 
 
+@pytest.mark.parametrize("module, args", [("solopo.run", ["--help"]), ("solopo.evaluate", ["--help"]),
+                                          ("solopo.build", ["--help"]),
+                                          ("solopo.run", ["experiment=smoke", "--cfg", "job"])])
+def test_an_answer_whose_reader_stops_early_ends_without_a_traceback(module, args):
+    """`solopo-train --help | head -3` printed a BrokenPipeError traceback where head had stopped reading: here the
+    reader is gone before the answer comes."""
+    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    stderr = process.communicate(timeout=300)[1]
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
+
+
 def test_a_config_dir_of_the_user_adds_options(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")
