@@ -145,7 +145,9 @@ def test_a_config_that_leaves_out_a_setting_names_the_key():
     cfg = compose_with_data_file(["data=longbench", "data.pairs=sampled"])
     with pytest.raises(ConfigError, match=r"^data\.pairs=sampled: data=longbench has no data\.sampling block"):
         build_settings(cfg)
-    cfg = compose_with_data_file(["data=longbench", "data.pairs=sampled", "+data.sampling.k=8"])
+    cfg = compose_with_data_file(["data=longbench", "data.pairs=sampled"])
+    with open_dict(cfg):  # a block of one's own config (the command line's alone is answered with the one to add)
+        cfg.data.sampling = {"k": 8}
     with pytest.raises(ConfigError, match=r"^data\.sampling: missing temperature, max_new_tokens, batch_size, "
                                           "batch_tokens, static_cache, half_weights, seed, engine, scorer; SamplingSettings needs them"):
         build_settings(cfg)

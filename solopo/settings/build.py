@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -181,14 +181,23 @@ def engine_problems(key: str, engine: str) -> Problems:
 SAMPLING_BLOCK = f"+data/{PARTS}@data.sampling=sampling"
 
 
-def no_sampling_block(option: str) -> str:
-    """data.pairs=sampled where the data option has no data.sampling block, and how to give it one."""
-    problem = (f"data.pairs=sampled: data={option} has no data.sampling block to sample with; add the one data=qa, "
-               f"musique, hotpotqa and twowiki use, {SAMPLING_BLOCK} (conf/data/common/sampling.yaml), or set "
-               "data.pairs=gold")
+def no_sampling_block(option: str, given: Sequence[str] = ()) -> str:
+    """data.pairs=sampled (or the command line's data.sampling keys, ``given``) where the data option has no
+    data.sampling block, and how to give it one."""
+    problem = (f"{', '.join(given) or 'data.pairs=sampled'}: data={option} has no data.sampling block to "
+               f"{'set' if given else 'sample with'}; add the one data=qa, musique, hotpotqa and twowiki use, "
+               f"{SAMPLING_BLOCK} (conf/data/common/sampling.yaml)" + ("" if given else ", or set data.pairs=gold"))
     if option == FILE_OF_PAIRS:  # its passages (schema A') are questions to sample for; ready-made pairs are not
         problem += " (sampling makes pairs for a passages file, schema A'; ready-made pairs are used as written)"
     return problem
+
+
+def sampling_given_alone(cfg: DictConfig) -> list[str]:
+    """The command line's data.sampling keys where they make the whole block (data=pairs data.sampling.k=2, which
+    solopo.hydra_errors.added_keys adds): the data option has none of its own for them to change."""
+    given = [o.lstrip("+") for o in command_line(cfg)[0] if o.lstrip("+").startswith("data.sampling.")]
+    keys = {o.partition("=")[0].split(".")[2] for o in given}
+    return given if given and set(cfg.data.sampling) <= keys else []
 
 
 def build_sampling(cfg: DictConfig, precision: str, sampled: bool, problems: Problems) -> Optional[SamplingSettings]:
@@ -197,6 +206,9 @@ def build_sampling(cfg: DictConfig, precision: str, sampled: bool, problems: Pro
     if cfg.data.get("sampling") is None:
         if sampled:
             problems.append(no_sampling_block(choice(cfg, "data")))
+        return None
+    if given := sampling_given_alone(cfg):
+        problems.append(no_sampling_block(choice(cfg, "data"), given))
         return None
     node = with_scorer("data.sampling", {**plain(cfg.data, "sampling"), "precision": precision}, problems)
     settings = None if node is None else built("data.sampling", SamplingSettings, node, problems)

@@ -374,6 +374,23 @@ def test_sampled_pairs_from_a_data_config_without_sampling_settings_stop_in_one_
     assert fixed.sampling.k == 32
 
 
+def test_sampling_keys_for_a_data_config_without_sampling_settings_name_the_block_to_add():
+    """data=pairs data.sampling.k=2 (added as +data.sampling.k=2) made a block of one key, refused as missing eight
+    others that SamplingSettings needs: the line names the block the command line should add instead."""
+    fixture = next(FIXTURES.glob("pairs.*"))
+    for pairs in ("sampled", "gold"):
+        with pytest.raises(ConfigError) as stopped:
+            build_settings(compose_config(["data=pairs", f"data.path={fixture}", f"data.pairs={pairs}",
+                                           "+data.sampling.k=2"]))
+        assert str(stopped.value) == ("data.sampling.k=2: data=pairs has no data.sampling block to set; add the one "
+                                      "data=qa, musique, hotpotqa and twowiki use, +data/common@data.sampling=sampling "
+                                      "(conf/data/common/sampling.yaml) (sampling makes pairs for a passages file, "
+                                      "schema A'; ready-made pairs are used as written)")
+    fixed = build_settings(compose_config(["data=pairs", f"data.path={fixture}", "data.pairs=sampled",
+                                           "+data/common@data.sampling=sampling", "data.sampling.k=2"]))
+    assert fixed.sampling.k == 2
+
+
 def test_a_data_block_of_ones_own_config_without_a_data_option_is_checked_as_any(tmp_path):
     """A config of one's own may set `override data: null` and write its data block inline: no option is chosen."""
     cfg = compose_config(["experiment=smoke"])
