@@ -216,8 +216,10 @@ def test_a_split_mixing_pairs_and_items_is_an_error(count_tokens):
 
 def test_unreachable_long_len_names_the_setting(count_tokens):
     item = QAItem("x", "Who?", ("A",), ("A did it.",), irrelevant=("B did not.",), wrong_answers=("B",))
-    with pytest.raises(ValueError, match="item x: .*cannot fill 500 tokens; set data.long_len"):
-        build_examples([item], 500, count_tokens)
+    with pytest.raises(ValueError, match="item x: .*cannot fill 500 tokens; set data.long_len to a length this data"):
+        build_examples([item], 500, count_tokens)  # data.short_len, not set (data=pairs has no such key), is not named
+    with pytest.raises(ValueError, match=r"cannot fill 500 tokens; set data.long_len \(and data.short_len\) to"):
+        build_examples([item], 500, count_tokens, short_len=8)
 
 
 def example(prompt_long="long " * 10):

@@ -62,7 +62,8 @@ def build_examples(
         try:
             contexts = build_contexts(item, long_len, count_tokens, rng, pool, template=template, short_len=short_len)
         except ValueError as error:  # the builder cannot know which setting to change
-            raise UnusableItem(f"{error}; set data.long_len (and data.short_len) to lengths this data can reach") from error
+            keys = "data.long_len to a length" if short_len is None else "data.long_len (and data.short_len) to lengths"
+            raise UnusableItem(f"{error}; set {keys} this data can reach") from error  # data=pairs has no short_len
         chosen, rejected = gold_pair(item) if pairs == "gold" else ("", "")
         examples.append(PreferenceExample(
             id=item.id, question=item.question, answers=item.answers,
