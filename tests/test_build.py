@@ -204,6 +204,15 @@ def test_bad_corpora_and_settings_are_refused_in_one_line(world, tmp_path):
         run_build(["+input.pth=i.jsonl", "output=o.jsonl"])
 
 
+def test_help_says_what_the_input_must_hold_and_what_comes_next():
+    """--help named input.path=PAIRS with nothing on what PAIRS holds: a TRL file without marked contexts then failed
+    at its first line. It names the markers, input.context, the corpus and the run on the triplets."""
+    done = call("solopo.build", ["--help"])
+    for said in ("<context>...</context>", "input.context=COLUMN", "corpus.column", 'README: "Your own data"',
+                 "solopo-train data=pairs data.path=TRIPLETS.jsonl"):
+        assert said in done.stdout, said
+
+
 def test_the_command_exits_2_with_one_line(world, tmp_path):
     path = tmp_path / "plain.jsonl"
     path.write_text(json.dumps({"prompt": "No context here.", "chosen": "a", "rejected": "b"}) + "\n")
