@@ -145,6 +145,10 @@ def test_passages_without_chosen_or_rejected_take_answers_and_wrong_answers_draw
     with pytest.raises(DataFileError, match=r"qa.jsonl line 5: field 'answers': required but missing: a passages record "
                                             r"\(schema A'\) gives its answer as 'answers' \(a list\) or 'chosen'"):
         pairs.load(str(path))
+    rows[-1]["answers"] = []  # given, but empty: not "missing"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataFileError, match=r"qa.jsonl line 5: field 'answers': an empty list: a passages record "):
+        pairs.load(str(path))
 
 
 def test_gold_pairs_build_from_loaded_items():

@@ -212,9 +212,10 @@ def _schema_a_passages(record: dict, where: Where, mapping: dict | None) -> QAIt
     """A QA record: its answers are ``answers``, else (chosen,); its wrong answer its rejected, where it gives one
     (``with_wrong_answers`` draws the others'). Sampled pairs need neither chosen nor rejected, only answers."""
     answers = tuple(text_list(record, "answers", where, required=False))
-    if record.get("chosen") is None and not answers:
-        raise where.error("required but missing: a passages record (schema A') gives its answer as 'answers' (a list) "
-                          "or 'chosen'", "answers")
+    if record.get("chosen") is None and not answers:  # "answers": [] is there, and empty
+        problem = "required but missing" if record.get("answers") is None else "an empty list"
+        raise where.error(f"{problem}: a passages record (schema A') gives its answer as 'answers' (a list) or "
+                          "'chosen'", "answers")
     chosen = text(record, "chosen", where) if record.get("chosen") is not None else answers[0]
     rejected = text(record, "rejected", where) if record.get("rejected") is not None else None
     if rejected is not None:
