@@ -24,7 +24,9 @@ class UnusableItem(ValueError):
 
 def gold_pair(item: QAItem) -> tuple[str, str]:
     if not item.wrong_answers:
-        raise UnusableItem(f"item {item.id}: gold pairs need at least one wrong answer (field 'wrong_answers')")
+        raise UnusableItem(f"item {item.id}: its gold pair needs a wrong answer, and no other answer of the data "
+                           f"differs from its own ({item.answers[0]!r}); give its record a 'rejected' (a passages "
+                           "file, schema A'), or sample the pairs (data.pairs=sampled)")
     return item.answers[0], item.wrong_answers[0]
 
 
