@@ -166,7 +166,9 @@ def test_max_steps_alone_is_not_cut_to_one_epoch(overrides, epochs):
     ("", {"lr": 1e-6}, "optim.lr"), ("", {"learning_rate": 1e-6}, "optim.lr"), ("", {"batch_size": 2}, "data.batch_size"),
     ("data.", {"max_length": 4096}, "model.max_length"), ("", {"sed": 1}, "seed"),
     ("", {"beta": 0.1}, "algo.beta (TRL's ORPO beta is algo.lam)"), ("", {"simpo_gamma": 0.5}, "algo.gamma"),
-    ("", {"model_name_or_path": "m"}, "model.name"), ("", {"save_steps": 5}, "checkpoint.every_n_steps")])
+    ("", {"model_name_or_path": "m"}, "model.name"), ("", {"save_steps": 5}, "checkpoint.every_n_steps"),
+    ("data.", {"n_val": 2}, "data.source.n_val"), ("", {"n_val": 2}, "data.source.n_val"),
+    ("data.", {"n_train": 2}, "data.source.n_train")])
 def test_an_unknown_key_gets_the_runs_key_for_a_name_trl_gives_it(key, given, hint):
     """lr, learning_rate and batch_size got "reads no such key" alone, and so did TRL's top-level beta, simpo_gamma,
     model_name_or_path and save_steps; names spelt like none of solopo's keys still get the closest one (sed: seed),

@@ -20,6 +20,8 @@ OTHER_NAMES = {
     "gradient_checkpointing": "model.gradient_checkpointing",
     "label_smoothing": "algo=cdpo (its algo.label_smoothing)", "loss_type": "algo=NAME (the options in conf/algo)",
     "lora_r": "model.lora.r", "lora_alpha": "model.lora.lora_alpha",
+    # solopo's own keys of the data source, written where a reader of README looks for them (data.n_val: source's)
+    "n_val": "data.source.n_val", "n_train": "data.source.n_train",
 }
 # Names TRL's configs give at their top that solopo keeps in a group, and that spell no other solopo key: answered at
 # the top of the config only, since under a group the closest spelling is the better hint (optim.beta: betas)
