@@ -28,6 +28,8 @@ def folder_refusal(error: Exception, argv: Sequence[str]) -> Optional[str]:
         return None
     parent, below = found.groups()
     given = next((a.lstrip("+") for a in argv if a.lstrip("+").startswith(f"{parent}/{below}=")), f"{parent}/{below}")
+    if "@" in below:  # GROUP@PACKAGE=OPTION that the defaults list lacks: a block to add, with a +
+        return f"{given}: the defaults list has no {parent}/{below} entry to override; to add the block, write +{given}"
     if below.split("/")[-1] == PARTS:
         return f"{given}: conf/{parent}/{below} holds blocks the {parent} options compose, not options"
     return f"{given}: {parent}/{below} is a folder of the config group {parent}; choose {parent}={below}/OPTION"

@@ -68,6 +68,19 @@ def test_a_folder_of_a_group_chosen_as_a_group_is_one_line(arg, line, tmp_path):
     assert done.stderr == f"error: {line}\n" and not (tmp_path / "run").exists()
 
 
+def test_a_block_the_config_lacks_chosen_without_its_plus_is_one_line(tmp_path):
+    """README's +data/common@data.sampling=sampling written without its + was answered as a folder chosen as a group
+    (choose data=common@data.sampling/OPTION): the line says to add the block with a +."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "Who?", "relevant": ["A did it."], "answers": ["A"]}\n')
+    done = call("solopo.run", ["data=pairs", f"data.path={data}", "data/common@data.sampling=sampling",
+                               f"hydra.run.dir={tmp_path / 'run'}"], expect=2)
+    assert done.stderr == ("error: data/common@data.sampling=sampling: the defaults list has no "
+                           "data/common@data.sampling entry to override; to add the block, write "
+                           "+data/common@data.sampling=sampling\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_nested_group_a_users_config_chooses_stays_open_to_overrides(tmp_path):
     """A user's experiment that picks optim/sched in its defaults: optim/sched=linear is Hydra's to take."""
     (tmp_path / "optim" / "sched").mkdir(parents=True)
