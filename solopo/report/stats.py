@@ -6,6 +6,7 @@ binomial proportion k / n; before/after tables answer the same cases, so their d
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -93,6 +94,7 @@ def paired_bootstrap(differences: Sequence[Sequence[float]], draws: int = 4000, 
     return Change(observed, float(low), float(high), sum(len(g) for g in groups))
 
 
+@functools.lru_cache(maxsize=None)  # pure, and a report asks the same few (0.975, seeds - 1) for every cell
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile (p > 0.5) of Student's t distribution with ``df`` degrees of freedom: the t at which
 
