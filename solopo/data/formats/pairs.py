@@ -57,8 +57,8 @@ def load(path: str, n_val: int = 0, seed: int = 0, n_train: int | None = None, s
     check_unique_ids(zip(places, (row.id for row in rows)))
     if layout.schema == "A":
         _count_long_not_longer(rows, places, path)
-    if layout.schema == "A'":
-        rows = with_wrong_answers(rows, seed)
+    if layout.schema == "A'":  # a record without a rejected answer: wrong ones drawn from the file's other answers
+        rows = add_wrong_answers(rows, [""] * len(rows), seed)
     pool = dedupe(passage for row in rows if isinstance(row, QAItem) for passage in row.relevant + row.irrelevant)
     return split_items(rows, pool, path, n_val, seed, n_train)
 
@@ -210,7 +210,7 @@ def _example(record: dict, where: Where, prompt_short: Prompt, prompt_long: Prom
 
 def _schema_a_passages(record: dict, where: Where, mapping: dict | None) -> QAItem:
     """A QA record: its answers are ``answers``, else (chosen,); its wrong answer its rejected, where it gives one
-    (``with_wrong_answers`` draws the others'). Sampled pairs need neither chosen nor rejected, only answers."""
+    (the others are drawn from the file's answers in ``load``). Sampled pairs need neither chosen nor rejected, only answers."""
     answers = tuple(text_list(record, "answers", where, required=False))
     if record.get("chosen") is None and not answers:  # "answers": [] is there, and empty
         problem = "required but missing" if record.get("answers") is None else "an empty list"
@@ -231,15 +231,6 @@ def _schema_a_passages(record: dict, where: Where, mapping: dict | None) -> QAIt
         answers=answers or (chosen,), relevant=relevant, irrelevant=irrelevant,
         wrong_answers=(rejected,) if rejected is not None else (),
     )
-
-
-def with_wrong_answers(items: list[QAItem], seed: int) -> list[QAItem]:
-    """A' records that give no rejected answer get plausible wrong ones, drawn from the file's other answers as the QA
-    datasets' are (solopo.data.formats.wrong_answers): the gold pairs' rejected. A record's own rejected is kept."""
-    if all(item.wrong_answers for item in items):
-        return items
-    drawn = add_wrong_answers(items, [""] * len(items), seed)
-    return [item if item.wrong_answers else new for item, new in zip(items, drawn)]
 
 
 def _count_long_not_longer(rows: list[PreferenceExample], places: list[Where], path: str) -> None:

@@ -37,10 +37,12 @@ def add_wrong_answers(items: Sequence[QAItem], groups: Sequence[str], seed: int)
     yes/no: the opposite word. Numeric and text: answers of the same kind, from the same group
     (question type, source dataset) first, then from any group. An item whose kind has no other
     answer in the file gets answers of the other kind, since a gold pair needs one. Never an
-    answer that contains a gold answer or alias: sub-EM would score it correct.
+    answer that contains a gold answer or alias: sub-EM would score it correct. An item that has wrong answers
+    already (a passages record's own rejected) keeps them.
     """
     pools = _pools(items, groups)
     return [
+        item if item.wrong_answers else
         replace(item, wrong_answers=_wrong_answers(item, group, pools, random.Random(f"{seed}:{item.id}")))
         for item, group in zip(items, groups)
     ]
