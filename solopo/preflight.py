@@ -117,6 +117,13 @@ def option_meant(option: str, options: Sequence[str]) -> Optional[str]:
 PARTS = "common"  # a group's folder of blocks its options compose (conf/data/common), not options of their own
 
 
+def group_names(conf: Path = CONF) -> list[str]:
+    """The config groups of a config folder (algo, experiment, hparams_search, ...), Hydra's own left out: the names a
+    mistyped key may have meant (expriment=... is experiment=...)."""
+    return sorted(folder.name for folder in conf.iterdir()
+                  if folder.is_dir() and not folder.name.startswith(("_", "hydra")))
+
+
 def group_options(folders: Sequence[Path]) -> list[str]:
     """A config group's options as a command line picks them (dpo; decisive/a for a file in a subfolder), from the
     group's folder in each config directory; the blocks under a PARTS folder are not options."""

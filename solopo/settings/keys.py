@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from solopo.eval.longctx import SCHEDULE
+from solopo.preflight import group_names
 from solopo.settings.fields import Problems, shown
 from solopo.settings.other_names import suggestion
 
@@ -55,14 +56,6 @@ def unread(key: str, given: dict, known: Sequence[str], reader: str, others: boo
     return problems
 
 
-def config_groups() -> list[str]:
-    """The package's config groups (algo, experiment, hparams_search, ...), Hydra's own left out."""
-    from solopo.preflight import CONF
-
-    return sorted(folder.name for folder in CONF.iterdir()
-                  if folder.is_dir() and not folder.name.startswith(("_", "hydra")))
-
-
 def training_reads(cfg: DictConfig) -> tuple[list[str], list[str]]:
     """The keys a training run reads: at the top of the config, and in the data group."""
     interpolated = keys_interpolated(cfg)
@@ -75,7 +68,7 @@ def check_unread_keys(cfg: DictConfig, data_option: str) -> Problems:
     would otherwise ignore in silence; a data.path the chosen source does not read (+data.path=FILE with the built-in
     data=qa) has its own message."""
     top_read, read = training_reads(cfg)
-    problems = unread("", OmegaConf.to_container(cfg, resolve=False), top_read, "solopo", hints=config_groups())
+    problems = unread("", OmegaConf.to_container(cfg, resolve=False), top_read, "solopo", hints=group_names())
     data = OmegaConf.to_container(cfg.data, resolve=False)
     if "path" in data and "path" not in read:
         problems.append(f"data.path={data.pop('path')}: data={data_option} reads no file; choose a file format "
