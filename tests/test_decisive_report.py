@@ -192,6 +192,34 @@ def test_the_cost_table_counts_each_shared_stage_at_the_run_that_computed_it(tmp
            "on x_long) (the paper), regime a, simpo: +0.0 points [" in text  # 2 seeds
 
 
+def with_sample(path: Path, kept: int) -> None:
+    """The run at ``path`` trained on a sample of ``kept`` pairs (its results.json's data.train.sampling)."""
+    data = json.loads((path / "results.json").read_text())
+    data["data"]["train"]["sampling"] = {"kept": kept, "seconds": 1.0}
+    (path / "results.json").write_text(json.dumps(data))
+
+
+def test_a_stage_computed_again_counts_only_for_the_runs_that_read_its_output(tmp_path):
+    """Short-PO sampled the seed's pairs (10 s, 9 pairs) and evaluated the base model (50 s); SoLoPO read both. An
+    ablation cell found the pairs stale and sampled them again (25 s, 8 pairs); Expand-long evaluated the base model
+    again (70 s, another table). Short-PO's and SoLoPO's pipelines count the 10 s and the 50 s they read, not the
+    longer recomputations; Expand-long its own 70 s and the first sample it read."""
+    read = cost(0.01, cached=True)
+    fake_run(tmp_path / "short", "a", "short_po", 0, [0], stages={"sampling": cost(10.0), "base_eval": cost(50.0)})
+    fake_run(tmp_path / "solopo", "a", "solopo", 0, [0], stages={"sampling": read, "base_eval": read})
+    fake_run(tmp_path / "cell", "a", "solopo", 0, [0], alpha=0.3, stages={"sampling": cost(25.0), "base_eval": read})
+    fake_run(tmp_path / "expand", "a", "expand_long", 0, [0], stages={"sampling": read, "base_eval": cost(70.0)})
+    data = json.loads((tmp_path / "expand" / "results.json").read_text())
+    data["eval"]["base"]["scores"] = data["eval"]["base"]["scores"][:-1]  # a table of its own
+    (tmp_path / "expand" / "results.json").write_text(json.dumps(data))
+    for name, kept in (("short", 9), ("solopo", 9), ("cell", 8), ("expand", 9)):
+        with_sample(tmp_path / name, kept)
+    cost_block = report.blocks(find_runs([tmp_path]))["cost"]
+    assert "| a | simpo | short_po | 1 | 10.0 s, 1.0 GiB | - | 50.0 s, 1.0 GiB | - | - | 60.0 s, 1.0 GiB |" in cost_block
+    assert "| a | simpo | solopo | 1 | 10.0 s, 1.0 GiB | - | 50.0 s, 1.0 GiB | - | - | 60.0 s, 1.0 GiB |" in cost_block
+    assert "| a | simpo | expand_long | 1 | 10.0 s, 1.0 GiB | - | 70.0 s, 1.0 GiB | - | - | 80.0 s, 1.0 GiB |" in cost_block
+
+
 def test_an_accuracy_over_seeds_carries_the_t_interval_of_its_mean():
     """35.0 ± 1.7 over 5 seeds: half-width 2.7764 * 1.7 / sqrt(5) = 2.111, [32.9, 37.1]; one run: the value alone;
     90.0 ± 10.0 over 3: 4.3027 * 10 / sqrt(3) = 24.84, [65.2, 114.8] held to 100."""
@@ -244,3 +272,4 @@ def test_an_ablation_cell_is_compared_on_the_cases_both_runs_were_asked(tmp_path
     runs = {r.path.name: r for r in find_runs([tmp_path])}
     change = claims.paired([runs["cell"]], [runs["main"]]).bootstrap
     assert change.n == 10 and change.difference == pytest.approx(60.0)
+

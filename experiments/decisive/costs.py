@@ -4,7 +4,9 @@ evaluation) and of the whole pipeline, their sum.
 
 Sampling, the reference pass and the base model's evaluation are shared: the first job that needs one computes it and
 writes it to the cache, and the others read it. Each counts at the run that computed it, found among every run that
-shares its input (``shared_input``), whatever that run's method or algorithm; a method's row counts it once per seed,
+shares its input and read the same output (``shared_input``: a job that found a stale cache entry computed the stage
+again, and the runs that read its output are charged its seconds, the others the first's), whatever that run's method
+or algorithm; a method's row counts it once per seed,
 as its own pipeline, run with nothing in the cache, would. The run that computed it: of the runs sharing the input,
 the longest of those not recorded ``"cached": true`` (solopo.training.callbacks.StageCosts). Runs from before that
 record say nothing, and the longest is still the one that computed it: a read takes milliseconds, and a job that
@@ -12,9 +14,10 @@ waited on the cache's lock for it began waiting after the computing job began.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 
-from experiments.decisive.jobs import COST_ROWS, MAIN_ROWS, place
+from experiments.decisive.jobs import COST_ROWS, MAIN_ROWS, pairs_sample, place
 from solopo.report.runs import Run, stat
 from solopo.report.tables import cell, markdown
 
@@ -25,17 +28,20 @@ PIPELINE = "whole pipeline"
 
 def shared_input(run: Run, stage: str) -> tuple | None:
     """What a shared stage's value was computed from besides the model; None for a stage every run computes itself.
-    Sampling: the seed's questions and the context the pairs were sampled on; the reference pass: those pairs and the
-    sequences it scores (e.g. short chosen and rejected for Short-PO, and long chosen for SoLoPO); the base model's
-    evaluation: the seed's questions and the lengths asked."""
+    Sampling: the seed's questions, the context the pairs were sampled on and the sample the run trained on
+    (jobs.pairs_sample); the reference pass: those pairs and the sequences it scores (e.g. short chosen and rejected
+    for Short-PO, and long chosen for SoLoPO); the base model's evaluation: the seed's questions, the lengths asked
+    and the table the run read (its scores' digest)."""
     regime, algo = place(run)[:2]
     sampled_on = run.config.get("method", {}).get("pairs_from")
     if stage == "sampling":
-        return regime, run.seed, sampled_on
+        return regime, run.seed, sampled_on, pairs_sample(run)
     if stage == "reference":
-        return regime, run.seed, algo, sampled_on, tuple(run.sequences.get("train", ()))
+        return regime, run.seed, algo, sampled_on, pairs_sample(run), tuple(run.sequences.get("train", ()))
     if stage == "base_eval":
-        return regime, run.seed, json.dumps(run.config.get("eval", {}).get("lengths"))
+        scores = json.dumps(run.eval.get("base", {}).get("scores"), sort_keys=True)
+        return (regime, run.seed, json.dumps(run.config.get("eval", {}).get("lengths")),
+                hashlib.sha1(scores.encode()).hexdigest())
     return None
 
 

@@ -18,6 +18,8 @@ training), the same questions for every row of that seed, so every comparison is
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -195,3 +197,20 @@ def place(run: Run) -> tuple:
     algo = str(run.config.get("algo", {}).get("_target_", "?")).rsplit(".", 1)[-1].lower()
     use_ra = method.get("use_ra")
     return regime, algo, row, float(ra["alpha"]) if use_ra else None, ra.get("distance") if use_ra else None
+
+
+def pairs_sample(run: Run) -> str:
+    """Which sample of training pairs a run trained on: its results.json's record of the sampling (pairs kept, share
+    of right samples, mean F1, unfinished samples; not its seconds), which every run reading one cache entry copies.
+    Runs of one regime, seed and context need not share one: a job that found the entry made under an older
+    transformers sampled again (regime (a)'s ablation cells at seeds 0-2, regime (b)'s Expand-long at seed 0).
+    "{}" where the run recorded none."""
+    return _sampling_record(run.path / "results.json")
+
+
+@functools.lru_cache(maxsize=None)  # the cost table asks it per run and stage
+def _sampling_record(path: Path) -> str:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    sampling = dict(data.get("data", {}).get("train", {}).get("sampling") or {})
+    sampling.pop("seconds", None)
+    return json.dumps(sampling, sort_keys=True)
