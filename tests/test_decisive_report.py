@@ -273,3 +273,34 @@ def test_an_ablation_cell_is_compared_on_the_cases_both_runs_were_asked(tmp_path
     change = claims.paired([runs["cell"]], [runs["main"]]).bootstrap
     assert change.n == 10 and change.difference == pytest.approx(60.0)
 
+
+def with_metrics(path: Path, steps: int) -> None:
+    """The run's metrics.csv: the chosen response's rewards and their gap at steps 0 to ``steps`` - 1."""
+    rows = ["step,train/ra/chosen_short,train/ra/chosen_long,train/ra/gap_signed"]
+    rows += [f"{n},{-1.0 - n},{-2.0 - n},1.0" for n in range(steps)]
+    (path / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_the_mechanism_lines_are_over_the_seeds_that_ended_and_say_how_many(tmp_path, monkeypatch):
+    """The paper's form ran 3 seeds, one of which failed after step 0: its lines are over the 2 that ended, at all 3
+    steps (the failed run would cut them to step 0); detach_short's second seed logged nothing: its line is over the
+    one that did. Each line's name says its seeds (the error bars' n); the plot's axis says what the bars are."""
+    for seed in range(3):
+        fake_run(tmp_path / f"sol-{seed}", "a", "solopo", seed, [0])
+        with_metrics(tmp_path / f"sol-{seed}", 1 if seed == 2 else 3)
+    failed = tmp_path / "sol-2"
+    (failed / "failed.json").write_text(json.dumps({"reason": "oom", **json.loads((failed / "results.json").read_text())}))
+    (failed / "results.json").unlink()
+    for seed in range(2):
+        fake_run(tmp_path / f"det-{seed}", "a", "solopo_detach", seed, [0])
+    with_metrics(tmp_path / "det-0", 3)
+    groups = report.group(report.with_base_rows(find_runs([tmp_path])), report.place)
+    panels = report.mechanism_panels(groups, "a", "simpo")
+    assert list(panels) == ["on x_short", "on x_long", "gap, x_short - x_long"]
+    assert list(panels["on x_short"]) == ["paper's form (2 seeds)", "detach_short (1 seed)"]
+    assert sorted(panels["on x_short"]["paper's form (2 seeds)"]) == [0, 1, 2]
+    assert panels["on x_long"]["detach_short (1 seed)"][2] == Stat(-4.0, 0.0, 1)
+    drawn = {}
+    monkeypatch.setattr(report, "score_vs_step", lambda panels, path, **kw: drawn.setdefault(path.name, kw))
+    report.mechanism_plots(groups, tmp_path / "out")
+    assert "mean ± std over seeds" in drawn["mechanism_a_simpo.png"]["ylabel"]

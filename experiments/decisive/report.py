@@ -218,23 +218,31 @@ def step_series(run: Run, key: str) -> dict[int, float]:
         return {int(r["step"]): float(r[f"train/{key}"]) for r in csv.DictReader(f) if r.get(f"train/{key}")}
 
 
+def mechanism_panels(groups: dict, regime: str, algo: str) -> dict[str, dict]:
+    """{panel title: {line name: {step: Stat over seeds}}}: per MECHANISM metric, the paper's form and detach_short,
+    each over the seeds whose run ended and logged it, at the steps all of them logged; each line's name says its
+    seeds, the error bars' n."""
+    panels: dict[str, dict] = {}
+    for metric, title in MECHANISM.items():
+        for name, row in (("paper's form", "solopo"), ("detach_short", "solopo_detach")):
+            runs = [r for r in groups.get(main_key(regime, algo, row), []) if not r.failed]
+            series = [s for s in (step_series(r, metric) for r in runs) if s]
+            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+            if steps:
+                label = f"{name} ({len(series)} seed{'s' * (len(series) != 1)})"
+                panels.setdefault(title, {})[label] = {n: stat(s[n] for s in series) for n in steps}
+    return panels
+
+
 def mechanism_plots(groups: dict, out: Path) -> list[Path]:
     """Per regime and algorithm, one panel each for the chosen response's short-context reward, its long-context
     reward and their signed gap per step, the paper's form against detach_short (mean ± std over seeds)."""
     drawn = []
-    for (regime, algo, row, alpha, distance), runs in groups.items():
-        if row != "solopo" or (distance, alpha) != ("abs", PAPER_ALPHA.get(algo)):
-            continue
-        panels: dict[str, dict] = {}
-        for metric, title in MECHANISM.items():
-            for name, key_row in (("paper's form", "solopo"), ("detach_short", "solopo_detach")):
-                series = [step_series(r, metric) for r in groups.get(main_key(regime, algo, key_row), [])]
-                steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
-                if steps:
-                    panels.setdefault(title, {})[name] = {n: stat(s[n] for s in series) for n in steps}
-        if panels:
+    for regime, algo in sorted({(k[0], k[1]) for k in groups if k[2] == "solopo"}):
+        if panels := mechanism_panels(groups, regime, algo):
             drawn.append(score_vs_step(panels, out / f"mechanism_{regime}_{algo}.png", from_zero=False,
-                                       ylabel=f"regime {regime}, {algo}: reward of the chosen response"))
+                                       ylabel=f"regime {regime}, {algo}: chosen response's reward,\n"
+                                              "mean ± std over seeds (error bars)"))
     return drawn
 
 
