@@ -18,6 +18,7 @@ import hashlib
 import json
 
 from experiments.decisive.jobs import COST_ROWS, MAIN_ROWS, pairs_sample, place
+from solopo.eval.longctx import score_rows
 from solopo.report.runs import Run, stat
 from solopo.report.tables import cell, markdown
 
@@ -39,7 +40,7 @@ def shared_input(run: Run, stage: str) -> tuple | None:
     if stage == "reference":
         return regime, run.seed, algo, sampled_on, pairs_sample(run), tuple(run.sequences.get("train", ()))
     if stage == "base_eval":
-        scores = json.dumps(run.eval.get("base", {}).get("scores"), sort_keys=True)
+        scores = json.dumps(score_rows(run.eval.get("base", {})))  # rows, whichever way the table stores them
         return (regime, run.seed, json.dumps(run.config.get("eval", {}).get("lengths")),
                 hashlib.sha1(scores.encode()).hexdigest())
     return None

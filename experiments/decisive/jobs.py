@@ -205,12 +205,13 @@ def pairs_sample(run: Run) -> str:
     Runs of one regime, seed and context need not share one: a job that found the entry made under an older
     transformers sampled again (regime (a)'s ablation cells at seeds 0-2, regime (b)'s Expand-long at seed 0).
     "{}" where the run recorded none."""
-    return _sampling_record(run.path / "results.json")
+    path = run.path / "results.json"
+    return _sampling_record(path, path.stat().st_mtime_ns if path.exists() else 0)
 
 
-@functools.lru_cache(maxsize=None)  # the cost table asks it per run and stage
-def _sampling_record(path: Path) -> str:
-    data = json.loads(path.read_text()) if path.exists() else {}
+@functools.lru_cache(maxsize=None)  # the cost table asks it per run and stage; a rewritten file is read again
+def _sampling_record(path: Path, mtime_ns: int) -> str:
+    data = json.loads(path.read_text()) if mtime_ns else {}
     sampling = dict(data.get("data", {}).get("train", {}).get("sampling") or {})
     sampling.pop("seconds", None)
     return json.dumps(sampling, sort_keys=True)
