@@ -304,3 +304,23 @@ def test_the_mechanism_lines_are_over_the_seeds_that_ended_and_say_how_many(tmp_
     monkeypatch.setattr(report, "score_vs_step", lambda panels, path, **kw: drawn.setdefault(path.name, kw))
     report.mechanism_plots(groups, tmp_path / "out")
     assert "mean ± std over seeds" in drawn["mechanism_a_simpo.png"]["ylabel"]
+
+
+def test_the_claims_say_which_runs_trained_on_another_sample_of_their_seed_s_pairs(tmp_path):
+    """Short-PO and SoLoPO trained on seed 0's sample (9 pairs); an ablation cell and Expand-long found it stale and
+    sampled again (8 pairs): the claims name Expand-long and count the cell. Long-PO's pairs come from x_long."""
+    for name, row, alpha, kept in (("short", "short_po", 1.0, 9), ("solopo", "solopo", 1.0, 9),
+                                   ("cell", "solopo", 0.3, 8), ("expand", "expand_long", 1.0, 8),
+                                   ("long", "long_po", 1.0, 2)):
+        fake_run(tmp_path / name, "a", row, 0, [0], alpha=alpha)
+        with_sample(tmp_path / name, kept)
+        data = json.loads((tmp_path / name / "results.json").read_text())
+        data["data"]["train"]["pairs"] = kept
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+    assert report.blocks(find_runs([tmp_path]))["claims"][-2:] == [
+        "", "Trained on a second sample of their seed's pairs (a job found the cached sample stale and sampled again; "
+        "the comparisons stay paired by seed and question): regime a, seed 0: expand, 1 ablation cells on 8 pairs "
+        "against Short-PO's 9."]
+    with_sample(tmp_path / "cell", 9)
+    with_sample(tmp_path / "expand", 9)
+    assert report.blocks(find_runs([tmp_path]))["claims"][-1].startswith("- **")  # one sample: nothing to say

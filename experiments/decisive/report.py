@@ -23,8 +23,8 @@ from experiments.decisive.claims import (CLAIMS, FIRM_SEEDS, Comparison, case_sc
                                          paired, verdict, verdict_on)
 from experiments.decisive.costs import cost_table  # noqa: E402
 from experiments.decisive.curve import CURVE_SEED  # noqa: E402
-from experiments.decisive.jobs import (COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_ALPHA, REGIMES, place,  # noqa: E402
-                                      study_jobs)
+from experiments.decisive.jobs import (COST_ROWS, MAIN_ROWS, MAIN_SEEDS, PAPER_ALPHA, REGIMES,  # noqa: E402
+                                      pairs_sample, place, study_jobs)
 from experiments.studies import reports  # noqa: E402
 from solopo.report.plots import accuracy_vs_length, score_vs_step  # noqa: E402
 from solopo.report.runs import Run, Stat, failures, find_runs, group, scores_of, stat  # noqa: E402
@@ -193,6 +193,25 @@ def pair_supply(groups: dict, regimes: list[str]) -> list[str]:
     return said
 
 
+def resampled(runs: list[Run]) -> list[str]:
+    """The runs that trained on another sample of their seed's short-context pairs than its Short-PO (a job that found
+    the cache entry stale sampled again): still paired by seed and question, but not on the same training pairs.
+    Per regime and seed: the runs of a claim's row named, the ablation cells counted, both samples' pair counts."""
+    ok = [r for r in runs if not r.failed and r.pairs is not None and place(r)[2] != "long_po"]
+    main = {(place(r)[0], r.seed): r for r in ok if place(r)[2] == "short_po"}
+    said = []
+    for (regime, seed), short in sorted(main.items()):
+        other = [r for r in ok if (place(r)[0], r.seed) == (regime, seed) and pairs_sample(r) != pairs_sample(short)]
+        named = [r.path.name for r in other if place(r) == main_key(*place(r)[:3])]
+        cells = len(other) - len(named)
+        if other:
+            said.append(f"regime {regime}, seed {seed}: {', '.join(named + [f'{cells} ablation cells'] * (cells > 0))} "
+                        f"on {'/'.join(map(str, sorted({r.pairs for r in other})))} pairs against Short-PO's {short.pairs}")
+    return [] if not said else ["", "Trained on a second sample of their seed's pairs (a job found the cached sample "
+                                "stale and sampled again; the comparisons stay paired by seed and question): "
+                                + "; ".join(said) + "."]
+
+
 def ablation_table(groups: dict) -> list[str]:
     """Each SoLo-RA form (detach x distance x alpha) against Short-PO of its regime and algorithm, paired."""
     rows = []
@@ -272,7 +291,7 @@ def blocks(runs: list[Run]) -> dict[str, list[str]]:
     cells = claim_cells(groups, regimes, algos)
     return {"runs": [f"{len(ran)} runs, {sum(1 for r in ran if r.failed)} failed."],
             "verdict": verdict_paragraph(cells, groups, regimes, done),
-            "main": main_table(groups, regimes, algos), "claims": claim_lines(cells),
+            "main": main_table(groups, regimes, algos), "claims": claim_lines(cells) + resampled(ran),
             "ablations": ablation_table(groups), "cost": cost_table(groups, main_key)}
 
 
