@@ -324,3 +324,17 @@ def test_the_claims_say_which_runs_trained_on_another_sample_of_their_seed_s_pai
     with_sample(tmp_path / "cell", 9)
     with_sample(tmp_path / "expand", 9)
     assert report.blocks(find_runs([tmp_path]))["claims"][-1].startswith("- **")  # one sample: nothing to say
+
+
+def test_one_base_table_stored_as_rows_or_as_columns_is_one_shared_input(tmp_path):
+    """Older runs store per-case scores as rows, later ones as columns (score_columns): the same base evaluation."""
+    from experiments.decisive import costs
+    from solopo.eval.longctx import score_columns
+
+    for name in ("rows", "columns"):
+        fake_run(tmp_path / name, "a", "short_po", 0, [0])
+    data = json.loads((tmp_path / "columns" / "results.json").read_text())
+    data["eval"]["base"]["scores"] = score_columns(data["eval"]["base"]["scores"])
+    (tmp_path / "columns" / "results.json").write_text(json.dumps(data))
+    rows, columns = sorted(find_runs([tmp_path]), key=lambda r: r.path.name, reverse=True)
+    assert costs.shared_input(rows, "base_eval") == costs.shared_input(columns, "base_eval")
