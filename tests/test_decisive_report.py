@@ -69,7 +69,7 @@ def test_a_cell_below_the_seeds_the_acceptance_asks_is_provisional_in_every_tabl
     fake_run(tmp_path / "cell", "a", "solopo_detach", 0, list(range(10)), distance="squared", alpha=0.3)
     parts = report.blocks(find_runs([tmp_path]))
     assert parts["ablations"][-1] == ("| a | simpo | yes | squared | 0.3 | 1 | 0.0 | 100.0 | +100.0 points [+100.0, +100.0], "
-                                      "1 seed, 10 question-seed pairs | supported, provisional |")
+                                      "1 seed, 10 question-seed pairs | supported, provisional | - | - |")
     assert parts["claims"] == [("- **supported, provisional**: SoLoPO beats Short-PO, i.e. SoLo-RA adds to "
                                 "short-context PO (the paper), regime a, simpo: +100.0 points [+100.0, +100.0], "
                                 "seeds' t [+100.0, +100.0], 2 seeds, 20 question-seed pairs.")]
@@ -94,6 +94,7 @@ def test_the_verdict_paragraph_says_how_much_of_the_plan_it_stands_on(tmp_path):
     assert ("SoLoPO beats Short-PO, i.e. SoLo-RA adds to short-context PO (the paper): contradicted in a/simpo "
             "-40.0 [") in paragraph
     assert "SoLoPO beats Long-PO" not in paragraph  # no Long-PO run: no cell, no sentence
+    assert "The 3 cells are each at 95% with no correction for their number" in paragraph
     for name in ("a-solopo-simpo-a1-s0", "a-solopo_detach-simpo-a1-s0"):  # one seed of each left: provisional
         (tmp_path / name / "results.json").unlink()
     paragraph = "\n".join(report.blocks(find_runs([tmp_path]))["verdict"])
@@ -338,3 +339,26 @@ def test_one_base_table_stored_as_rows_or_as_columns_is_one_shared_input(tmp_pat
     (tmp_path / "columns" / "results.json").write_text(json.dumps(data))
     rows, columns = sorted(find_runs([tmp_path]), key=lambda r: r.path.name, reverse=True)
     assert costs.shared_input(rows, "base_eval") == costs.shared_input(columns, "base_eval")
+
+
+def test_a_form_that_beats_short_po_and_long_po_is_said_plainly_and_none_is_said_too(tmp_path):
+    """Detach (6 of 10 at every seed) beats Short-PO (2 of 10) and Long-PO (0 of 10), both verdicts supported on 3
+    seeds: the verdict paragraph names it with both differences. The paper's form answers what Short-PO answers (not
+    separated from it): not named. With Short-PO at 8 of 10, no form beats it, and the paragraph says that none does."""
+    def study(root: Path, short_right: list[int]) -> str:
+        for seed in range(3):
+            fake_run(root / f"a-solopo_detach-simpo-a1-s{seed}", "a", "solopo_detach", seed, [0, 1, 2, 3, 4, 5])
+            fake_run(root / f"a-solopo-simpo-a1-s{seed}", "a", "solopo", seed, [0, 1])
+            fake_run(root / f"a-short_po-simpo-s{seed}", "a", "short_po", seed, short_right)
+            fake_run(root / f"a-long_po-simpo-s{seed}", "a", "long_po", seed, [])
+        return "\n".join(report.blocks(find_runs([root]))["verdict"])
+
+    paragraph = study(tmp_path / "wins", [0, 1])
+    assert ("**Beating both Short-PO and Long-PO beyond the intervals** (a result the paper does not have; 1 of the 2 "
+            "forms compared on 3 seeds or more): a/simpo SoLoPO (detach, abs, alpha 1): +40.0 [") in paragraph
+    assert "over Short-PO, +60.0 [+" in paragraph and "over Long-PO (3 seeds)." in paragraph
+    paragraph = study(tmp_path / "none", list(range(8)))
+    assert ("No SoLo-RA form beats both Short-PO and Long-PO beyond the intervals (2 forms compared on 3 seeds or "
+            "more).") in paragraph
+    ablations = report.blocks(find_runs([tmp_path / "wins"]))["ablations"]
+    assert ablations == ["No ablation runs."]  # the main rows' forms are not ablation cells

@@ -139,7 +139,9 @@ def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], 
             "the seeds' mean differences (seeds' t), the wider with few seeds; supported where both lie above 0, "
             "contradicted where both lie below, not separated otherwise; provisional on fewer than "
             f"{FIRM_SEEDS} seeds. Whose claim: the paper's, paper_mini's (this project's earlier, smaller study) "
-            "or new."]
+            f"or new. The {sum(1 for c in cells if c.comparison)} cells are each at 95% with no correction for their "
+            "number: where two rows do not differ, about one cell in twenty reads supported or contradicted by "
+            "chance."]
     lines = []
     for claim, _, _, whose in CLAIMS:
         by_verdict: dict[str, list[str]] = {}
@@ -152,7 +154,9 @@ def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], 
             found = "; ".join(f"{word} in {', '.join(where)}" for word, where in sorted(by_verdict.items()))
             lines.append(f"- {claim} ({whose}): {found}.")
     pairs = " ".join(pair_supply(groups, regimes))
-    return [" ".join(lead), *([""] + lines if lines else []), *(["", pairs] if pairs else [])]
+    both = beats_both(groups)
+    return [" ".join(lead), *([""] + lines if lines else []), *([""] + both if both else []),
+            *(["", pairs] if pairs else [])]
 
 
 def plan_state(done: set[str]) -> str:
@@ -212,19 +216,58 @@ def resampled(runs: list[Run]) -> list[str]:
                                 + "; ".join(said) + "."]
 
 
-def ablation_table(groups: dict) -> list[str]:
-    """Each SoLo-RA form (detach x distance x alpha) against Short-PO of its regime and algorithm, paired."""
-    rows = []
-    for (regime, algo, row, alpha, distance), runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        short = groups.get(main_key(regime, algo, "short_po"))
-        if row not in ("solopo", "solopo_detach") or not short or (distance, alpha) == ("abs", PAPER_ALPHA[algo]):
+def ra_forms(groups: dict) -> list[tuple[tuple, str, list[Run]]]:
+    """Every SoLo-RA form on the chosen response that ran, as (its group key, its name, its runs): the main rows (the
+    paper's form and SoLoPO-detach at the paper's alpha and abs) and each ablation cell (detach x distance x alpha)."""
+    forms = []
+    for key, runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        _, _, row, alpha, distance = key
+        if row in ("solopo", "solopo_detach"):
+            detach = "detach, " if row == "solopo_detach" else ""
+            forms.append((key, f"SoLoPO ({detach}{distance}, alpha {alpha:g})", runs))
+    return forms
+
+
+def beats_both(groups: dict) -> list[str]:
+    """The sentence issue 26 asks for: the SoLo-RA forms that beat both Short-PO and Long-PO of their regime and
+    algorithm, each verdict supported (both intervals above 0) on at least FIRM_SEEDS seeds; else that none does, and
+    among how many forms compared so."""
+    found, compared = [], 0
+    for (regime, algo, *_), name, runs in ra_forms(groups):
+        short, long = (groups.get(main_key(regime, algo, row)) for row in ("short_po", "long_po"))
+        versus = [paired(runs, short) if short else None, paired(runs, long) if long else None]
+        if any(c is None or c.seeds < FIRM_SEEDS for c in versus):
             continue
-        comparison = paired(runs, short)
+        compared += 1
+        if all(verdict(c) == "supported" for c in versus):
+            found.append(f"{regime}/{algo} {name}: {intervals_text(versus[0])} over Short-PO, "
+                         f"{intervals_text(versus[1])} over Long-PO ({min(c.seeds for c in versus)} seeds)")
+    if not compared:
+        return []
+    if not found:
+        return [f"No SoLo-RA form beats both Short-PO and Long-PO beyond the intervals ({compared} forms compared "
+                f"on {FIRM_SEEDS} seeds or more)."]
+    return [f"**Beating both Short-PO and Long-PO beyond the intervals** (a result the paper does not have; "
+            f"{len(found)} of the {compared} forms compared on {FIRM_SEEDS} seeds or more): " + "; ".join(found) + "."]
+
+
+def ablation_table(groups: dict) -> list[str]:
+    """Each SoLo-RA form (detach x distance x alpha) against Short-PO and Long-PO of its regime and algorithm, paired
+    on the cases both were asked (an ablation cell's: its training length at every depth)."""
+    rows = []
+    for (regime, algo, row, alpha, distance), _, runs in ra_forms(groups):
+        if (distance, alpha) == ("abs", PAPER_ALPHA[algo]):
+            continue
+        versus = []
+        for other in ("short_po", "long_po"):  # "-" where that row has not run
+            c = paired(runs, rs) if (rs := groups.get(main_key(regime, algo, other))) else "-"
+            versus += ["-", "-"] if c == "-" else [describe(c), verdict_on(c)]
         rows.append([regime, algo, "yes" if row == "solopo_detach" else "no", distance, f"{alpha:g}",
                      str(len([r for r in runs if not r.failed])), spread_cell(scores_of(runs, "short")),
-                     spread_cell(scores_of(runs, AVG)), describe(comparison), verdict_on(comparison)])
+                     spread_cell(scores_of(runs, AVG)), *versus])
     head = ["regime", "algo", "detach_short", "distance", "alpha", "seeds", "evidence only [95%]",
-            "avg long (its lengths) [95%]", "- Short-PO [95%]", "verdict (> Short-PO)"]
+            "avg long (its lengths) [95%]", "- Short-PO [95%]", "verdict (> Short-PO)", "- Long-PO [95%]",
+            "verdict (> Long-PO)"]
     return markdown(head, rows) if rows else ["No ablation runs."]
 
 
@@ -310,7 +353,7 @@ def write_study(runs: list[Run], out: Path) -> Path:
             "## Main rows: sub-EM (%), mean ± std over seeds [the mean's 95% t interval], "
             f"{questions_per_run(runs)} questions a run", "", *parts["main"], "",
             "## Claims: paired differences over seeds and questions, 95% bootstrap intervals", "", *parts["claims"], "",
-            "## Ablations against Short-PO", "", *parts["ablations"], "",
+            "## Ablations against Short-PO and Long-PO", "", *parts["ablations"], "",
             "## Pipeline cost per stage and method", "", *parts["cost"], "",
             "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (out / "study.md").write_text("\n".join(text))
