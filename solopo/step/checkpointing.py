@@ -72,7 +72,7 @@ tensors' sizes, e.g. Liger's MLP gradient c I beside the gradients written over 
 of h positions of fp32 logits (3 x h x vocab x 4 bytes). T is the tokens of the largest step in the rows its layout
 builds (solopo.step.largest_step: with shared prompts each long prompt once per pair, padded rows to their context's
 longest), the most over the layouts a batch can take. The step's peak adds the model's state: weights, their gradients
-and AdamW's two moments, in the weights' dtype, and with fp32 weights under bf16 autocast the linear weights' bf16
+and AdamW's two moments, in the weights' dtype (a live reference's weights too), and with fp32 weights under bf16 autocast the linear weights' bf16
 copies, which every matrix product casts and saves for backward (2 bytes a weight: 2.9 GiB for the 1.5B shape,
 14 GiB for the 7B; autocast_copies). The gradients count beside the activations: Lightning frees them only
 after the next step's forward (its closure runs training_step, then zero_grad, then backward), so every forward but
@@ -307,13 +307,16 @@ def autocast_copies(model: nn.Module, compute_dtype: Optional[torch.dtype]) -> i
 
 
 def auto_checkpointing(model: nn.Module, steps: Sequence[StepTokens], chunk_size: int, device: torch.device,
-                       compute_dtype: Optional[torch.dtype], world_size: int = 1) -> Plan:
+                       compute_dtype: Optional[torch.dtype], world_size: int = 1,
+                       beside: Sequence[nn.Module] = ()) -> Plan:
     """Decides and applies model.gradient_checkpointing=auto for ``steps`` (solopo.step.largest_step.step_tokens) on
     ``device``; ``chunk_size`` is the LM head's (logp_chunk_size), ``compute_dtype`` the autocast dtype (None: the
     weights' own), ``world_size`` the devices a sharded strategy spreads the model's state over (which gathers its
-    weights in the compute dtype: no autocast copies)."""
+    weights in the compute dtype: no autocast copies), ``beside`` the models the step holds on the device besides
+    ``model`` (a live reference): their weights count in the state."""
     head_tokens = min(max(step.response_total for step in steps), chunk_size)
     state = state_bytes(model, world_size) + (autocast_copies(model, compute_dtype) if world_size == 1 else 0)
+    state += sum(state_bytes(other, world_size) for other in beside)
     plan = plan_checkpointing(model_shape(model, compute_dtype), steps, head_tokens, state, device_budget(device))
     checkpoint_layers(model, plan.checkpointed)
     return plan

@@ -102,12 +102,14 @@ def cached_reference(cfg: DictConfig, settings: Settings, policy, tokenizer, pai
         return compute(), ()
 
 
-def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list, collate: PairCollator) -> None:
+def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list, collate: PairCollator,
+                       reference=None) -> None:
     """model.gradient_checkpointing=auto: the decoder layers to checkpoint for the largest training step, in each
-    layout the training loader's ``collate`` gives a batch of ``pairs``."""
+    layout the training loader's ``collate`` gives a batch of ``pairs``, beside a live ``reference``'s weights."""
     steps = step_tokens(pairs, collate.keys, cfg.data.batch_size, collate.layout_for)
     strategy = strategy_of(cfg)
     sharded = int(cfg.trainer.devices) if "FSDP" in strategy and str(cfg.trainer.devices).isdigit() else 1
     compute = weights_dtype(strategy, settings.precision) or autocast_dtype(settings.precision)
-    plan = auto_checkpointing(policy, steps, cfg.logp_chunk_size, compute_device(cfg), compute, sharded)
+    plan = auto_checkpointing(policy, steps, cfg.logp_chunk_size, compute_device(cfg), compute, sharded,
+                              beside=[reference] if reference is not None else [])
     log.info("%s, for steps of up to %d tokens", plan.describe(), max(step.total for step in steps))

@@ -166,7 +166,7 @@ def train(cfg: DictConfig) -> dict:
                                   kernel=settings.model.attn_implementation, context_parallel=settings.context.size)
                if pairs[split] else None for split in ("train", "val")}
     if settings.model.gradient_checkpointing == AUTO and loaders["train"] is not None:
-        plan_checkpointing(cfg, settings, policy, pairs["train"], loaders["train"].collate_fn)
+        plan_checkpointing(cfg, settings, policy, pairs["train"], loaders["train"].collate_fn, reference)
     module = SoLoPOModule(policy, settings.algo, settings.ra, settings.method, reference=reference,
                           cached_reference=cached, adapter_reference=bool(settings.model.lora), optim=settings.optim,
                           logp_chunk_size=cfg.logp_chunk_size, plain_po=plain, context=settings.context)
