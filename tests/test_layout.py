@@ -55,10 +55,10 @@ def test_rules_choose_only_what_the_kernel_runs_and_pad_on_the_cpu():
     assert choose_layout(SOLOPO, {"short": 50, "long": 200}, "cuda", "solopo_varlen", rules) == PADDED
 
 
-def pairs(long: int, seed: int = 0):
+def pairs(long: int, seed: int = 0, short: int = 6):
     g = torch.Generator().manual_seed(seed)
     ids = lambda n: torch.randint(5, 1000, (n,), generator=g).tolist()  # noqa: E731
-    return [TokenizedPair(f"p{i}", {"short": ids(6 + i), "long": ids(long + 3 * i)},
+    return [TokenizedPair(f"p{i}", {"short": ids(short + i), "long": ids(long + 3 * i)},
                           {"chosen": ids(4 + i), "rejected": ids(6 - 2 * i)}) for i in range(2)]
 
 
@@ -66,19 +66,20 @@ ALL_KEYS = [("short", "chosen"), ("short", "rejected"), ("long", "chosen"), ("lo
 RULES = LayoutRules(share_from=30, pack_below=40)  # the tables' rules at the tests' lengths
 
 
-@pytest.mark.parametrize("keys, long, group_type", [
-    (ALL_KEYS[:3], 10, PackedGroup),  # SoLoPO chosen-only, short: packed
-    (ALL_KEYS[:3], 40, PaddedGroup),  # longer: padded
-    (ALL_KEYS[2:], 30, SharedPromptGroup),  # Long-PO from share_from: shared prompt
-    (ALL_KEYS, 30, SharedPromptGroup),  # both-responses
-    (ALL_KEYS[2:], 10, PaddedGroup),  # Long-PO, short: padded
-], ids=["solopo-packed", "solopo-padded", "long_po-shared", "both-shared", "long_po-padded"])
-def test_every_layout_auto_picks_gives_the_padded_logps_and_gradients(tiny_model, keys, long, group_type):
+@pytest.mark.parametrize("keys, short, long, group_type", [
+    (ALL_KEYS[:3], 6, 10, PackedGroup),  # SoLoPO chosen-only, short: packed
+    (ALL_KEYS[:3], 6, 40, PaddedGroup),  # longer: padded
+    (ALL_KEYS[2:], 6, 30, SharedPromptGroup),  # Long-PO (and expand_long: the same sequences) from share_from
+    (ALL_KEYS, 6, 30, SharedPromptGroup),  # both-responses
+    (ALL_KEYS[2:], 6, 10, PaddedGroup),  # Long-PO, short: padded
+    (ALL_KEYS[:2], 30, 6, SharedPromptGroup),  # short_po, whose short context reaches share_from
+], ids=["solopo-packed", "solopo-padded", "long_po-shared", "both-shared", "long_po-padded", "short_po-shared"])
+def test_every_layout_auto_picks_gives_the_padded_logps_and_gradients(tiny_model, keys, short, long, group_type):
     """Auto's choice for a GPU run with the default kernel (solopo_varlen), run here on the CPU through the same kernel:
-    the log-probs and gradients of padded rows, in float64."""
+    the log-probs, response lengths (SimPO's and ORPO's normalisers) and gradients of padded rows, in float64."""
     tiny_model.double()
     tiny_model.set_attn_implementation("solopo_varlen")
-    batch_pairs = pairs(long)
+    batch_pairs = pairs(long, short=short)
     weights = torch.linspace(-1, 1, len(keys) * len(batch_pairs), dtype=torch.float64)
     results = []
     for collate in (PairCollator(keys, 2), PairCollator(keys, 2, AUTO, device="cuda", kernel="solopo_varlen", rules=RULES)):
@@ -90,9 +91,11 @@ def test_every_layout_auto_picks_gives_the_padded_logps_and_gradients(tiny_model
             blocks.update(group_logps(tiny_model, group, chunk_size=3))
         logps = torch.cat([blocks[k][0] for k in keys])
         (logps * weights).sum().backward()
-        results.append((logps.detach(), [p.grad.clone() for p in tiny_model.parameters()]))
-    (lp_pad, g_pad), (lp_auto, g_auto) = results
+        results.append((logps.detach(), torch.cat([blocks[k][1] for k in keys]),
+                        [p.grad.clone() for p in tiny_model.parameters()]))
+    (lp_pad, n_pad, g_pad), (lp_auto, n_auto, g_auto) = results
     torch.testing.assert_close(lp_auto, lp_pad, rtol=1e-9, atol=1e-9)
+    assert n_auto.tolist() == n_pad.tolist()
     for a, b in zip(g_auto, g_pad):  # fp32 rounding: the model's RMSNorm computes in fp32 (tests/test_logps.py)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
