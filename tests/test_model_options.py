@@ -74,6 +74,18 @@ def test_mlp_chunks_run_the_blocks_chunk_by_chunk(tokenizer):
     assert seen == [40, 40, 40, 10] * 3
 
 
+def test_mlp_chunks_are_refused_for_layers_without_an_mlp(tokenizer):
+    """OPT's layers name their MLP fc1/fc2: model.mlp_chunk_size would chunk nothing, and says so in one line."""
+    from solopo.settings.fields import ConfigError
+
+    opt = dict(model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+               word_embed_proj_dim=64)
+    with pytest.raises(ConfigError, match=r"^model\.mlp_chunk_size=8: the decoder layers of opt models hold no `mlp`"):
+        load_model(replace(TINY, random_init=opt, mlp_chunk_size=8, attn_implementation="sdpa"), tokenizer)
+    assert memory.savers(load_model(replace(TINY, random_init=opt, attn_implementation="sdpa"), tokenizer)) == (
+        None, False)
+
+
 def test_offload_sees_only_the_layer_boundaries(tokenizer):
     """With gradient checkpointing and chunked blocks, what the forward saves for backward (what offloading moves to
     the host) is each layer's input and the final norm's, B x L x H fp32 values each, beside the token ids and the

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from solopo.models.blocks import final_norm, mlps
+from solopo.settings.fields import ConfigError
 
 # Below this a saved tensor (positions, masks, small weights) costs more in copies than it frees.
 MIN_OFFLOAD_BYTES = 1 << 20
@@ -52,7 +53,13 @@ def enable_checkpointing(model: nn.Module) -> None:
 def chunk_sequences(model: nn.Module, chunk_size: int) -> None:
     """Every decoder layer's MLP and the final norm of ``model`` run ``chunk_size`` sequence positions at a time
     (dim -2 of their (B, L, H) input), each chunk under checkpoint while gradients are on: out[:, i:i+n] =
-    block(x[:, i:i+n]). Patches the modules' forward (after Liger's, if any), so the weights and their names stay."""
+    block(x[:, i:i+n]). Patches the modules' forward (after Liger's, if any), so the weights and their names stay.
+    A model whose decoder layers hold no ``mlp`` (e.g. OPT's fc1/fc2) is refused: nothing would be chunked."""
+    if not mlps(model):
+        model_type = getattr(getattr(model, "config", None), "model_type", "this")
+        raise ConfigError(f"model.mlp_chunk_size={chunk_size}: the decoder layers of {model_type} models hold no `mlp` "
+                          "block to run in chunks (Llama, Qwen2, Mistral and Gemma name theirs so); set "
+                          "model.mlp_chunk_size=null")
     blocks = mlps(model) + [norm for norm in [final_norm(model)] if norm is not None]
     for block in blocks:
         block.solopo_unchunked_forward = block.forward  # a bound method: a copied module calls its own
