@@ -364,30 +364,3 @@ def test_a_run_counts_its_savers_and_says_so(tokenizer, caplog):
     assert "memory savers counted: model.mlp_chunk_size=16, model.offload_activations=true" in caplog.text
     assert f"for steps of up to {27 * cfg.data.batch_size} tokens" in caplog.text
 
-
-def test_a_live_reference_counts_in_the_plan(tokenizer, monkeypatch):
-    """reference=live: the frozen reference's weights sit on the device beside the policy's state (fp32 here, 4 bytes
-    a weight), so the run's plan predicts that much more, and a budget the policy's step fits with no layer
-    checkpointed makes it checkpoint beside them."""
-    from conftest import default_config
-    from solopo.models.loading import freeze
-    from solopo.settings.build import build_settings
-    from solopo.step import checkpointing
-    from solopo.training import models
-
-    cfg = default_config().copy()
-    pairs = [TokenizedPair("a", {"short": [1] * 5, "long": [1] * 200}, {"chosen": [2] * 3, "rejected": [2] * 4})]
-    policy, reference = load_model(TINY, tokenizer, seed=0), freeze(load_model(TINY, tokenizer, seed=0))
-    collate = PairCollator([("long", "chosen"), ("long", "rejected")], 0, pack=False)
-    plans, budget = [], [None]
-    monkeypatch.setattr(checkpointing, "device_budget", lambda device: budget[0])
-    monkeypatch.setattr(models, "auto_checkpointing", lambda *args, **kwargs: plans.append(
-        checkpointing.auto_checkpointing(*args, **kwargs)) or plans[-1])
-    for live in (None, reference):
-        models.plan_checkpointing(cfg, build_settings(cfg), policy, pairs, collate, live)
-    weights = sum(p.numel() * p.element_size() for p in reference.parameters())
-    assert plans[1].predicted_peak - plans[0].predicted_peak == weights
-    budget[0] = plans[0].predicted_peak + weights // 2  # the policy's step alone fits, not beside the reference
-    for live in (None, reference):
-        models.plan_checkpointing(cfg, build_settings(cfg), policy, pairs, collate, live)
-    assert plans[2].checkpointed == 0 and plans[3].checkpointed > 0

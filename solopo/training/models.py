@@ -19,6 +19,7 @@ from solopo.models.blocks import decoder_layers
 from solopo.models.lora import linear_names, unmatched_targets
 from solopo.models.loading import ModelSpec, freeze, half_precision_trained, init_device, load_model, with_lora
 from solopo.settings.build import ConfigError, Settings
+from solopo.settings.rules import processes
 from solopo.step.checkpointing import auto_checkpointing
 from solopo.step.context_parallel import Share
 from solopo.step.largest_step import step_tokens
@@ -108,7 +109,8 @@ def plan_checkpointing(cfg: DictConfig, settings: Settings, policy, pairs: list,
     layout the training loader's ``collate`` gives a batch of ``pairs``, beside a live ``reference``'s weights."""
     steps = step_tokens(pairs, collate.keys, cfg.data.batch_size, collate.layout_for)
     strategy = strategy_of(cfg)
-    sharded = int(cfg.trainer.devices) if "FSDP" in strategy and str(cfg.trainer.devices).isdigit() else 1
+    # FSDP shards the state over all processes: trainer.devices=auto (the fsdp preset's) is every GPU of the node
+    sharded = (processes(cfg.trainer, torch.cuda.device_count()) or 1) if "FSDP" in strategy else 1
     compute = weights_dtype(strategy, settings.precision) or autocast_dtype(settings.precision)
     plan = auto_checkpointing(policy, steps, cfg.logp_chunk_size, compute_device(cfg), compute, sharded,
                               beside=[reference] if reference is not None else [])
