@@ -172,6 +172,27 @@ def test_liger_needs_a_cuda_gpu():
         build_settings(cfg)
 
 
+def test_compile_on_the_cpu_needs_a_cpp_compiler():
+    """Inductor builds C++ kernels on the CPU: without a working compiler model.compile=true is refused before any
+    model loads, in one line, rather than in a traceback at the first step."""
+    import shutil
+    import torch._inductor.config as inductor_config
+    from conftest import default_config
+    from omegaconf import OmegaConf
+    from solopo.settings.build import ConfigError, build_settings
+
+    if torch.cuda.is_available() or shutil.which("g++") is None:
+        pytest.skip("needs a machine without a GPU and with g++")
+    cfg = default_config().copy()
+    OmegaConf.update(cfg, "model.compile", True)
+    assert build_settings(cfg).model.compile and kernels.compile_problems(gpu_visible=False) == []
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",)}):
+        with pytest.raises(ConfigError, match=r"^model\.compile=true on the CPU needs a C\+\+ compiler .* set "
+                                              r"model\.compile=false$"):
+            build_settings(cfg)
+    assert kernels.compile_problems(gpu_visible=True) == []  # Triton's kernels on a GPU
+
+
 def test_liger_is_refused_for_other_model_families():
     with pytest.raises(SettingsError, match="liger=true: Liger's kernels are applied to llama and qwen2 models, not gpt2"):
         replace(TINY, liger=True, random_init={**TINY.random_init, "model_type": "gpt2"})

@@ -136,6 +136,23 @@ def liger_applied(model: nn.Module) -> bool:
     return any(getattr(mlp, "solopo_liger", False) for mlp in mlps(model))
 
 
+def compile_problems(gpu_visible: bool) -> Problems:
+    """What this machine lacks for model.compile=true; checked before any model loads. On the CPU inductor builds C++
+    kernels, so it needs the C++ compiler torch's own search finds (``CXX``, else g++): without one the first step
+    would stop in a traceback, after sampling and the reference pass."""
+    if gpu_visible:
+        return []
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        return ["model.compile=true on the CPU needs a C++ compiler (torch.compile builds C++ kernels there) and none "
+                "works (CXX, or g++ on the PATH); install one or set model.compile=false"]
+    return []
+
+
 def compile_layers(model: nn.Module) -> None:
     """torch.compile, in place, of each block of every decoder layer (regional compilation), with COMPILE_OPTIONS."""
     for layer in decoder_layers(model):

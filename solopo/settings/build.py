@@ -262,6 +262,7 @@ def build_settings(cfg: DictConfig, training: bool = True) -> Settings:
     precision = resolve_precision(str(cfg.trainer.get("precision", "auto")))
     model = built("model", ModelSpec, plain(cfg, "model"), problems)
     problems += kernels.liger_problems(torch.cuda.is_available()) if model is not None and model.liger is True else []
+    problems += kernels.compile_problems(torch.cuda.is_available()) if model is not None and model.compile else []
     problems += check_data(plain(cfg, "data"), training)
     settings = dict(model=model, eval=build_eval(cfg, precision, problems), algo=None, ra=None, method=None, optim=None,
                     sampling=None, context=None, benchmark=build_benchmark(cfg, problems))
