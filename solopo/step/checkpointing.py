@@ -72,11 +72,11 @@ tensors' sizes, e.g. Liger's MLP gradient c I beside the gradients written over 
 of h positions of fp32 logits (3 x h x vocab x 4 bytes). T is the tokens of the largest step in the rows its layout
 builds (solopo.step.largest_step: with shared prompts each long prompt once per pair, padded rows to their context's
 longest), the most over the layouts a batch can take. The step's peak adds the model's state: weights, their gradients
-and AdamW's two moments, in the weights' dtype (a live reference's weights too), and with fp32 weights under bf16 autocast the linear weights' bf16
-copies, which every matrix product casts and saves for backward (2 bytes a weight: 2.9 GiB for the 1.5B shape,
-14 GiB for the 7B; autocast_copies). The gradients count beside the activations: Lightning frees them only
-after the next step's forward (its closure runs training_step, then zero_grad, then backward), so every forward but
-the first holds the previous step's gradients beside its activations.
+and AdamW's two moments, in the weights' dtype (a live reference's weights too), and with fp32 weights under bf16
+autocast the linear weights' bf16 copies, which every matrix product casts and saves for backward (2 bytes a weight:
+2.9 GiB for the 1.5B shape, 14 GiB for the 7B; autocast_copies). The gradients count beside the activations:
+Lightning frees them only after the next step's forward (its closure runs training_step, then zero_grad, then
+backward), so every forward but the first holds the previous step's gradients beside its activations.
 
 The prediction is a bound; its margin over the measured peak is one layer's activation gradients less backward's
 working set, and, where the peak comes in backward, the gradients not yet made. On one H100 (1.5B shape, bf16 weights,
