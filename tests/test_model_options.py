@@ -172,6 +172,24 @@ def test_liger_needs_a_cuda_gpu():
         build_settings(cfg)
 
 
+def test_generation_runs_the_compiled_layers_eagerly(tokenizer):
+    """model.compile is for training's steps: sampling and evaluation (solopo.generation.batching) run the layers
+    eagerly, since every decoding step would compile them again: nothing is compiled there."""
+    from torch._dynamo.utils import counters
+    from solopo.generation.batching import generate_batches
+
+    model = load_model(replace(TINY, compile=True), tokenizer, seed=0)
+    lengths = [3, 4, 5]
+
+    def rows(batch):
+        with torch.no_grad():
+            return [model(input_ids=torch.arange(5, 5 + lengths[i]).unsqueeze(0)).logits.shape[1] for i in batch]
+    counters.clear()
+    assert generate_batches(model, [[0, 1], [2]], rows, static=False, half=False, precision="32-true",
+                            desc="answers") == lengths
+    assert not counters["stats"]["unique_graphs"]
+
+
 def test_compile_on_the_cpu_needs_a_cpp_compiler():
     """Inductor builds C++ kernels on the CPU: without a working compiler model.compile=true is refused before any
     model loads, in one line, rather than in a traceback at the first step."""

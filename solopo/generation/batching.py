@@ -87,12 +87,14 @@ def generate_batches(model, batches: Sequence[Sequence[int]], generate_rows: Cal
                      static: bool, half: bool, precision: str, desc: str, copies: int = 1) -> list[T]:
     """``generate_rows`` over each batch of prompt indices, the model in eval mode and on its generation weights
     (generation_weights), progress shown (solopo.progress), a batch out of memory generated in halves (split_on_oom);
-    one output per prompt, in the prompts' order. The model's training mode comes back afterwards."""
+    one output per prompt, in the prompts' order. The model's training mode comes back afterwards. Layers compiled for
+    training (model.compile) run eagerly here: each decoding step's cache has other shapes and strides, so each would
+    compile again until torch gives up (its recompile limit, 8), for nothing."""
     was_training = model.training
     model.eval()
     outputs: list[list[T]] = []
     try:
-        with generation_weights(model, static, half, precision):
+        with generation_weights(model, static, half, precision), torch.compiler.set_stance("force_eager"):
             for batch in progress(batches, desc, copies=copies):
                 outputs.append(split_on_oom(generate_rows, batch, desc, copies))
     finally:
