@@ -74,6 +74,25 @@ def test_mlp_chunks_run_the_blocks_chunk_by_chunk(tokenizer):
     assert seen == [40, 40, 40, 10] * 3
 
 
+@pytest.mark.parametrize("shape", [dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=512),
+                                   dict(model_type="phi", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4)], ids=["gpt2", "phi"])
+def test_mlp_chunks_reach_the_final_norm_under_its_own_name(tokenizer, shape):
+    """GPT-2's final norm is ln_f, Phi's final_layernorm: chunked as Llama's norm is, with the plain model's logits."""
+    plain = load_model(replace(TINY, random_init=shape, attn_implementation="sdpa"), tokenizer, seed=0).eval()
+    model = load_model(replace(TINY, random_init=shape, attn_implementation="sdpa", mlp_chunk_size=40), tokenizer,
+                       seed=0).eval()  # GPT-2's dropout off
+    norm = final_norm(model)
+    assert norm is not None and norm.solopo_chunk_size == 40
+    ids = torch.randint(5, 1000, (2, 130))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits)
+    for m in (model, plain):  # the chunks under checkpoint, as training runs them
+        m(input_ids=ids).logits.logsumexp(-1).mean().backward()
+    for (name, mine), (_, theirs) in zip(model.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(mine.grad, theirs.grad, msg=name)
+
+
 def test_mlp_chunks_are_refused_for_layers_without_an_mlp(tokenizer):
     """OPT's layers name their MLP fc1/fc2: model.mlp_chunk_size would chunk nothing, and says so in one line."""
     from solopo.settings.fields import ConfigError

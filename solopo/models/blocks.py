@@ -19,7 +19,13 @@ def mlps(model: nn.Module) -> list[nn.Module]:
     return [layer.mlp for layer in decoder_layers(model) if isinstance(getattr(layer, "mlp", None), nn.Module)]
 
 
+# the final norm's name in the decoder: Llama, Qwen2, Mistral, Gemma; GPT-2; Phi; OPT
+FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+
+
 def final_norm(model: nn.Module) -> Optional[nn.Module]:
-    """The norm after the last decoder layer (``norm`` of the decoder), or None where the model names it otherwise."""
-    norm = getattr(model.get_decoder(), "norm", None)
-    return norm if isinstance(norm, nn.Module) else None
+    """The norm after the last decoder layer (a FINAL_NORMS child of the decoder), or None where the model names it
+    otherwise."""
+    decoder = model.get_decoder()
+    norms = (getattr(decoder, name, None) for name in FINAL_NORMS)
+    return next((norm for norm in norms if isinstance(norm, nn.Module)), None)

@@ -71,9 +71,16 @@ def _chunked_forward(block: nn.Module, hidden: Tensor, *args: Any, **kwargs: Any
     forward, size = block.solopo_unchunked_forward, block.solopo_chunk_size
     if hidden.shape[-2] <= size:
         return forward(hidden, *args, **kwargs)
-    pieces = [checkpoint(forward, part, *args, use_reentrant=False, **kwargs) if torch.is_grad_enabled()
-              else forward(part, *args, **kwargs) for part in hidden.split(size, dim=-2)]
+    pieces = [checkpoint(_on_contiguous, forward, part, *args, use_reentrant=False, **kwargs)
+              if torch.is_grad_enabled() else _on_contiguous(forward, part, *args, **kwargs)
+              for part in hidden.split(size, dim=-2)]
     return torch.cat(pieces, dim=-2)
+
+
+def _on_contiguous(forward: Callable, part: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    """``forward`` on a contiguous copy of a chunk (a view across rows): some blocks flatten their input with view
+    (GPT-2's Conv1D). Inside the checkpoint, so backward keeps the view and the copy is made again, not saved."""
+    return forward(part.contiguous(), *args, **kwargs)
 
 
 def savers(model: nn.Module) -> tuple[Optional[int], bool]:
