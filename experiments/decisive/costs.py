@@ -14,7 +14,6 @@ waited on the cache's lock for it began waiting after the computing job began.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 
 from experiments.decisive.jobs import COST_ROWS, MAIN_ROWS, pairs_sample, place
@@ -32,7 +31,7 @@ def shared_input(run: Run, stage: str) -> tuple | None:
     Sampling: the seed's questions, the context the pairs were sampled on and the sample the run trained on
     (jobs.pairs_sample); the reference pass: those pairs and the sequences it scores (e.g. short chosen and rejected
     for Short-PO, and long chosen for SoLoPO); the base model's evaluation: the seed's questions, the lengths asked
-    and the table the run read (its scores' digest)."""
+    and the table the run read (its score rows)."""
     regime, algo = place(run)[:2]
     sampled_on = run.config.get("method", {}).get("pairs_from")
     if stage == "sampling":
@@ -41,8 +40,7 @@ def shared_input(run: Run, stage: str) -> tuple | None:
         return regime, run.seed, algo, sampled_on, pairs_sample(run), tuple(run.sequences.get("train", ()))
     if stage == "base_eval":
         scores = json.dumps(score_rows(run.eval.get("base", {})))  # rows, whichever way the table stores them
-        return (regime, run.seed, json.dumps(run.config.get("eval", {}).get("lengths")),
-                hashlib.sha1(scores.encode()).hexdigest())
+        return regime, run.seed, json.dumps(run.config.get("eval", {}).get("lengths")), scores
     return None
 
 

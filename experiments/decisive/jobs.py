@@ -18,7 +18,6 @@ training), the same questions for every row of that seed, so every comparison is
 """
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -200,18 +199,8 @@ def place(run: Run) -> tuple:
 
 
 def pairs_sample(run: Run) -> str:
-    """Which sample of training pairs a run trained on: its results.json's record of the sampling (pairs kept, share
-    of right samples, mean F1, unfinished samples; not its seconds), which every run reading one cache entry copies.
-    Runs of one regime, seed and context need not share one: a job that found the entry made under an older
-    transformers sampled again (regime (a)'s ablation cells at seeds 0-2, regime (b)'s Expand-long at seed 0).
-    "{}" where the run recorded none."""
-    path = run.path / "results.json"
-    return _sampling_record(path, path.stat().st_mtime_ns if path.exists() else 0)
-
-
-@functools.lru_cache(maxsize=None)  # the cost table asks it per run and stage; a rewritten file is read again
-def _sampling_record(path: Path, mtime_ns: int) -> str:
-    data = json.loads(path.read_text()) if mtime_ns else {}
-    sampling = dict(data.get("data", {}).get("train", {}).get("sampling") or {})
-    sampling.pop("seconds", None)
-    return json.dumps(sampling, sort_keys=True)
+    """Which sample of training pairs a run trained on: its record of the sampling (pairs kept, share of right samples,
+    mean F1, unfinished samples; not its seconds), which every run reading one cache entry copies. Runs of one regime,
+    seed and context need not share one: a job that found the entry made under an older transformers sampled again
+    (regime (a)'s ablation cells at seeds 0-2, regime (b)'s Expand-long at seed 0). "{}" where the run recorded none."""
+    return json.dumps({key: value for key, value in run.sampling.items() if key != "seconds"}, sort_keys=True)

@@ -63,6 +63,7 @@ class Run:
     pairs: int | None
     failure: dict | None  # failed.json: {"reason", "detail", ...}
     sequences: dict = field(default_factory=dict)  # results.json's: {"train": ["short/chosen", ...], "val": ...}
+    sampling: dict = field(default_factory=dict)  # how the training pairs were sampled (data.train.sampling), if so
 
     @property
     def failed(self) -> str | None:
@@ -104,7 +105,8 @@ def load_run(path: Path) -> Run:
     return Run(path=path.parent, config=data.get("config", {}), eval={} if failure else data.get("eval", {}),
                metrics=data.get("metrics", {}), timings=data.get("timings", {}),
                pairs=data.get("data", {}).get("train", {}).get("pairs"), failure=failure,
-               sequences={} if failure else data.get("sequences", {}))
+               sequences={} if failure else data.get("sequences", {}),
+               sampling=data.get("data", {}).get("train", {}).get("sampling") or {})
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
