@@ -14,7 +14,7 @@ import argparse
 import csv
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,16 +111,32 @@ class ClaimCell:
     comparison: Comparison | None
 
 
-def claim_cells(groups: dict, regimes: list[str], algos: list[str]) -> list[ClaimCell]:
+@dataclass
+class Compared:
+    """The study's groups and each paired comparison of two of them, computed once: the claim lines, the verdict
+    paragraph and the ablation table ask for the same ones, and each is a bootstrap of 4,000 draws."""
+
+    groups: dict
+    done: dict = field(default_factory=dict)
+
+    def between(self, better: tuple, worse: tuple) -> Comparison | None:
+        """better - worse (two groups' keys), paired; None where either did not run or they share no seed."""
+        if (better, worse) not in self.done:
+            a, b = self.groups.get(better), self.groups.get(worse)
+            self.done[better, worse] = paired(a, b) if a and b else None
+        return self.done[better, worse]
+
+
+def claim_cells(compared: Compared, regimes: list[str], algos: list[str]) -> list[ClaimCell]:
     """Every claim's paired comparison where both of its rows ran, claim by claim: computed once, for the claim lines
     and the verdict paragraph."""
     cells = []
     for claim, better, worse, whose in CLAIMS:
         for regime in regimes:
             for algo in algos:
-                a, b = groups.get(main_key(regime, algo, better)), groups.get(main_key(regime, algo, worse))
-                if a and b:
-                    cells.append(ClaimCell(claim, whose, regime, algo, paired(a, b)))
+                a, b = main_key(regime, algo, better), main_key(regime, algo, worse)
+                if compared.groups.get(a) and compared.groups.get(b):
+                    cells.append(ClaimCell(claim, whose, regime, algo, compared.between(a, b)))
     return cells
 
 
@@ -130,7 +146,7 @@ def claim_lines(cells: list[ClaimCell]) -> list[str]:
             f"{describe(c.comparison)}." for c in cells]
 
 
-def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], done: set[str]) -> list[str]:
+def verdict_paragraph(cells: list[ClaimCell], compared: Compared, regimes: list[str], done: set[str]) -> list[str]:
     """The study's verdict, the headline the repository's README quotes: a lead saying how much of the plan it stands
     on (``done``: the names of the runs that ended) and what a cell and its verdict mean, one line per claim with each
     regime/algorithm cell's paired difference, interval and verdict, then the pairs each method trained on."""
@@ -153,8 +169,8 @@ def verdict_paragraph(cells: list[ClaimCell], groups: dict, regimes: list[str], 
         if by_verdict:
             found = "; ".join(f"{word} in {', '.join(where)}" for word, where in sorted(by_verdict.items()))
             lines.append(f"- {claim} ({whose}): {found}.")
-    pairs = " ".join(pair_supply(groups, regimes))
-    both = beats_both(groups)
+    pairs = " ".join(pair_supply(compared.groups, regimes))
+    both = beats_both(compared)
     return [" ".join(lead), *([""] + lines if lines else []), *([""] + both if both else []),
             *(["", pairs] if pairs else [])]
 
@@ -228,40 +244,41 @@ def ra_forms(groups: dict) -> list[tuple[tuple, str, list[Run]]]:
     return forms
 
 
-def beats_both(groups: dict) -> list[str]:
+def beats_both(compared: Compared) -> list[str]:
     """The sentence issue 26 asks for: the SoLo-RA forms that beat both Short-PO and Long-PO of their regime and
     algorithm, each verdict supported (both intervals above 0) on at least FIRM_SEEDS seeds; else that none does, and
     among how many forms compared so."""
-    found, compared = [], 0
-    for (regime, algo, *_), name, runs in ra_forms(groups):
-        short, long = (groups.get(main_key(regime, algo, row)) for row in ("short_po", "long_po"))
-        versus = [paired(runs, short) if short else None, paired(runs, long) if long else None]
+    found, counted = [], 0
+    for key, name, _ in ra_forms(compared.groups):
+        regime, algo = key[:2]
+        versus = [compared.between(key, main_key(regime, algo, row)) for row in ("short_po", "long_po")]
         if any(c is None or c.seeds < FIRM_SEEDS for c in versus):
             continue
-        compared += 1
+        counted += 1
         if all(verdict(c) == "supported" for c in versus):
             found.append(f"{regime}/{algo} {name}: {intervals_text(versus[0])} over Short-PO, "
                          f"{intervals_text(versus[1])} over Long-PO ({min(c.seeds for c in versus)} seeds)")
-    if not compared:
+    if not counted:
         return []
     if not found:
-        return [f"No SoLo-RA form beats both Short-PO and Long-PO beyond the intervals ({compared} forms compared "
+        return [f"No SoLo-RA form beats both Short-PO and Long-PO beyond the intervals ({counted} forms compared "
                 f"on {FIRM_SEEDS} seeds or more)."]
     return [f"**Beating both Short-PO and Long-PO beyond the intervals** (a result the paper does not have; "
-            f"{len(found)} of the {compared} forms compared on {FIRM_SEEDS} seeds or more): " + "; ".join(found) + "."]
+            f"{len(found)} of the {counted} forms compared on {FIRM_SEEDS} seeds or more): " + "; ".join(found) + "."]
 
 
-def ablation_table(groups: dict) -> list[str]:
+def ablation_table(compared: Compared) -> list[str]:
     """Each SoLo-RA form (detach x distance x alpha) against Short-PO and Long-PO of its regime and algorithm, paired
     on the cases both were asked (an ablation cell's: its training length at every depth)."""
     rows = []
-    for (regime, algo, row, alpha, distance), _, runs in ra_forms(groups):
+    for key, _, runs in ra_forms(compared.groups):
+        regime, algo, row, alpha, distance = key
         if (distance, alpha) == ("abs", PAPER_ALPHA[algo]):
             continue
         versus = []
-        for other in ("short_po", "long_po"):  # "-" where that row has not run
-            c = paired(runs, rs) if (rs := groups.get(main_key(regime, algo, other))) else "-"
-            versus += ["-", "-"] if c == "-" else [describe(c), verdict_on(c)]
+        for other in (main_key(regime, algo, baseline) for baseline in ("short_po", "long_po")):
+            c = compared.between(key, other)  # "-" below where that row has not run
+            versus += [describe(c), verdict_on(c)] if compared.groups.get(other) else ["-", "-"]
         rows.append([regime, algo, "yes" if row == "solopo_detach" else "no", distance, f"{alpha:g}",
                      str(len([r for r in runs if not r.failed])), spread_cell(scores_of(runs, "short")),
                      spread_cell(scores_of(runs, AVG)), *versus])
@@ -331,11 +348,12 @@ def blocks(runs: list[Run]) -> dict[str, list[str]]:
     regimes = sorted({key[0] for key in groups})
     algos = sorted({key[1] for key in groups if key[1] != "-"})
     done = {r.path.name for r in ran if not r.failed}
-    cells = claim_cells(groups, regimes, algos)
+    compared = Compared(groups)
+    cells = claim_cells(compared, regimes, algos)
     return {"runs": [f"{len(ran)} runs, {sum(1 for r in ran if r.failed)} failed."],
-            "verdict": verdict_paragraph(cells, groups, regimes, done),
+            "verdict": verdict_paragraph(cells, compared, regimes, done),
             "main": main_table(groups, regimes, algos), "claims": claim_lines(cells) + resampled(ran),
-            "ablations": ablation_table(groups), "cost": cost_table(groups, main_key)}
+            "ablations": ablation_table(compared), "cost": cost_table(groups, main_key)}
 
 
 def questions_per_run(runs: list[Run]) -> str:
