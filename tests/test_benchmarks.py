@@ -24,19 +24,21 @@ def script(name, *args, tmp_path, returncode=0):
 
 @pytest.mark.slow  # about 35 s: every method and layout variant on the tiny model
 def test_bench_measures_every_method_and_variant(tmp_path):
-    script("bench.py", "--models", "tiny", "--algos", "dpo", "--lengths", "384", "--variants", "padded,packed-sdpa,packed-varlen,shared-sdpa",
+    script("bench.py", "--models", "tiny", "--algos", "dpo", "--lengths", "384", "--variants",
+           "padded,packed-sdpa,packed-varlen,shared-sdpa,shared-varlen",
            "--max-length-models", "none", "--logp-memory-models", "tiny", "--steps", "1", "--out", str(tmp_path), *SMALL,
            tmp_path=tmp_path)
     rows = json.loads((tmp_path / "solopo_grid.json").read_text())["rows"]
     cells = {(r["method"], r["variant"]): r for r in rows}
     assert set(cells) == {(m, v) for m in ("solopo", "solopo_both", "long_po")
-                          for v in ("padded", "packed-sdpa", "packed-varlen", "shared-sdpa")}
+                          for v in ("padded", "packed-sdpa", "packed-varlen", "shared-sdpa", "shared-varlen")}
     assert all(r["status"] == "ok" and r["step_s"] > 0 for r in rows)
     # 2 short (128) + 1 long (384) tokens; the bench's pair has no padding, so packing changes no count
     assert cells["solopo", "padded"]["tokens"] == cells["solopo", "packed-sdpa"]["tokens"] == 2 * 128 + 384
     # shared prompts: the long prompt (384 - 16) once for both 16-token responses, likewise the short one
     assert cells["long_po", "shared-sdpa"]["tokens"] == 384 + 16
     assert cells["solopo_both", "shared-sdpa"]["tokens"] == (128 + 16) + (384 + 16)
+    assert all(cells[m, "shared-varlen"]["tokens"] == cells[m, "shared-sdpa"]["tokens"] for m in ("long_po", "solopo"))
     assert "| variant |" in (tmp_path / "solopo_grid.md").read_text()
     memory = json.loads((tmp_path / "logp_memory.json").read_text())["rows"]
     assert {r["variant"] for r in memory} == {"response_only", "full_logits"}

@@ -13,7 +13,7 @@ from solopo.models.blocks import decoder_layers
 from solopo.step.checkpointing import (StepShape, checkpoint_layers, model_shape, plan_checkpointing,
                                        predict_activations, state_bytes)
 from solopo.step.largest_step import StepTokens
-from solopo.step.layout import PACKED
+from solopo.step.layout import PACKED, SHARED_PROMPT
 from solopo.data.collate import PairCollator
 from solopo.data.tokenize import TokenizedPair
 from solopo.models import kernels, memory
@@ -69,6 +69,17 @@ def test_packed_rows_count_keys_and_values_at_every_query_head():
     padded, packed = StepTokens((10_000,), (64,)), StepTokens((10_000,), (64,), layout=PACKED)
     # no layer checkpointed: 28 layers' activations and one layer's gradients
     assert predict_activations(big, packed, 0, 64) - predict_activations(big, padded, 0, 64) == 29 * 10_000 * 5_120
+
+
+def test_shared_prompts_count_the_keys_and_values_gathered_again():
+    """solopo_varlen reads a shared prompt's keys and values again for its second response, and the kernel keeps the
+    gathered copies: 2 x 2 x 1536 bytes (repeated to the query heads, as packed rows count them) per gathered token in
+    each of the 28 layers and the one whose gradients backward holds."""
+    big = shape(QWEN_1_5B, liger=True)
+    assert big.gathered_bytes() == 2 * 2 * 256 and big.gathered_bytes(repeated_kv=True) == 6_144
+    plain = StepTokens((10_128,), (128,), layout=SHARED_PROMPT)
+    gathered = StepTokens((10_128,), (128,), layout=SHARED_PROMPT, gathered=10_000)
+    assert predict_activations(big, gathered, 0, 64) - predict_activations(big, plain, 0, 64) == 29 * 10_000 * 6_144
 
 
 def test_the_plan_fits_the_largest_layout_a_batch_can_take():

@@ -38,10 +38,12 @@ def test_each_layout_by_hand():
     assert layout_tokens(PADDED, pairs, SOLOPO, 2) == StepTokens((13, 13, 24), (6, 4, 6), rows=2)
     # packed: one row of every sequence, 2 x (13 + 9 + 24)
     assert layout_tokens(PACKED, pairs, SOLOPO, 2) == StepTokens((92,), (32,), layout=PACKED)
-    # shared prompts: each prompt once per pair, then its responses: 2 x ((7 + 6 + 4) + (20 + 6))
-    assert layout_tokens(SHARED_PROMPT, pairs, SOLOPO, 2) == StepTokens((86,), (32,), layout=SHARED_PROMPT)
-    # Long-PO shared: 2 x (20 + 6 + 4) = 60, against 2 x 2 x 24 = 96 in padded rows
+    # shared prompts: each prompt once per pair, then its responses: 2 x ((7 + 6 + 4) + (20 + 6)); the short prompt's
+    # keys gathered again for its second response (solopo_varlen's runs): 2 x 7
+    assert layout_tokens(SHARED_PROMPT, pairs, SOLOPO, 2) == StepTokens((86,), (32,), layout=SHARED_PROMPT, gathered=14)
+    # Long-PO shared: 2 x (20 + 6 + 4) = 60, against 2 x 2 x 24 = 96 in padded rows; 2 x 20 keys gathered again
     assert layout_tokens(SHARED_PROMPT, pairs, LONG_PO, 2).total == 60
+    assert layout_tokens(SHARED_PROMPT, pairs, LONG_PO, 2).gathered == 40
     assert layout_tokens(PADDED, pairs, LONG_PO, 2).total == 96
 
 

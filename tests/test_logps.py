@@ -140,10 +140,32 @@ def test_shared_prompt_mask_reads_the_prompt_and_its_own_response_only():
     assert mask[3] == [1, 1, 0, 1, 0, 0, 0]  # rejected's first token: the prompt and itself, not chosen
     assert mask[4] == [1, 1, 0, 1, 1, 0, 0]
     assert mask[6] == [0, 0, 0, 0, 0, 1, 1]  # the next segment sees nothing of the first
-    # solopo_varlen takes the dense form on the CPU (it hands a GPU's BlockMask to flex attention)
-    assert torch.equal(attention_mask("solopo_varlen", segment, branch), attention_mask("sdpa", segment, branch))
-    with pytest.raises(ValueError, match="needs model.attn_implementation in flex_attention, sdpa, solopo_varlen"):
+    with pytest.raises(ValueError, match="flex_attention or sdpa .and runs for solopo_varlen.; got eager"):
         attention_mask("eager", segment, branch)
+
+
+@pytest.mark.parametrize("parts", [[(3, 2, 1), (2, 1, 2)], [(4, 1), (2, 3)], [(1, 1, 1, 1)], [(5, 2, 2), (1, 4)]])
+def test_varlen_runs_read_what_the_mask_allows(parts):
+    """solopo_varlen's form of the rule: query i of a run of n reads its run's keys up to i + m - n (causal attention
+    aligned to the lower right, m keys); the pairs (query, key) it reads are the mask's, row position by row
+    position, and no key is read twice by one query."""
+    from solopo.step.shared_prompt import attention_mask, varlen_runs
+
+    segment, branch = ids_of(parts)
+    runs = varlen_runs(segment, branch)
+    length = segment.shape[0]
+    index = runs["key_index"] if runs["key_index"] is not None else torch.arange(length)
+    q_bounds, k_bounds = runs["query_bounds"].tolist(), runs["key_bounds"].tolist()
+    reads = torch.zeros(length, length, dtype=torch.int64)
+    for (q0, q1), (k0, k1) in zip(zip(q_bounds, q_bounds[1:]), zip(k_bounds, k_bounds[1:])):
+        n, m = q1 - q0, k1 - k0
+        for i in range(n):
+            for j in range(i + m - n + 1):
+                reads[q0 + i, index[k0 + j]] += 1
+    assert torch.equal(reads, attention_mask("sdpa", segment[None], branch[None])[0, 0].long())
+    assert runs["max_query"] == max(b - a for a, b in zip(q_bounds, q_bounds[1:]))
+    assert runs["max_key"] == max(b - a for a, b in zip(k_bounds, k_bounds[1:]))
+    assert (runs["key_index"] is None) == all(len(p) <= 2 for p in parts)  # gathered only for a second response
 
 
 def ids_of(segments):
@@ -188,15 +210,18 @@ def test_shared_prompt_block_mask_holds_its_blocks():
     assert mask.full_kv_num_blocks[0, 0].tolist() == full.sum(-1).tolist()
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "solopo_varlen"])
 @pytest.mark.parametrize("keys", [ALL_KEYS, ALL_KEYS[:3]], ids=["both-responses", "chosen-only-long"])
-def test_shared_prompt_rows_match_padded_rows(tiny_model, keys):
-    """Each prompt once, its responses after it: the log-probs and the gradients of unpacked padded rows."""
+def test_shared_prompt_rows_match_padded_rows(tiny_model, keys, attention):
+    """Each prompt once, its responses after it: the log-probs and the gradients of unpacked padded rows, through
+    SDPA's dense mask or solopo_varlen's runs (a prompt's keys gathered again for its second response: the gradient
+    of the gather sums the two reads)."""
     tiny_model.double()
     pairs = two_context_pairs()
     weights = torch.linspace(-1, 1, len(keys) * len(pairs), dtype=torch.float64)
     results = []
     for pack in (False, "shared_prompt"):
-        tiny_model.set_attn_implementation("sdpa")
+        tiny_model.set_attn_implementation("sdpa" if pack is False else attention)
         tiny_model.zero_grad()
         blocks = {}
         for group in PairCollator(keys, pad_token_id=2, pack=pack)(pairs).groups.values():

@@ -46,7 +46,7 @@ def test_varlen_kernel_call_across_torch_releases(monkeypatch, signature):
 
     def fake(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, **options):
         calls.update(options, heads=(query.shape[1], key.shape[1]), max_q=max_q)
-        return varlen._sequence_by_sequence(query, key, value, cu_q, scale)
+        return varlen.run_by_run(query, key, value, cu_q, cu_k, scale)
 
     if signature == "is_causal":
         def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, is_causal=False, scale=None):
@@ -60,17 +60,50 @@ def test_varlen_kernel_call_across_torch_releases(monkeypatch, signature):
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(9, 4, 8, generator=g), torch.randn(9, 2, 8, generator=g), torch.randn(9, 2, 8, generator=g)
     cu = torch.tensor([0, 4, 9], dtype=torch.int32)
-    out = varlen._varlen_kernel(q, k, v, cu, 5, 0.3)
+    out = varlen._varlen_kernel(q, k, v, cu, cu, 5, 5, 0.3)
     if signature == "is_causal":
         assert calls["is_causal"] is True and calls["heads"] == (4, 4)  # heads repeated for the kernel
     else:
         assert calls["window_size"] == (-1, 0) and calls["enable_gqa"] and calls["heads"] == (4, 2)
     assert calls["max_q"] == 5
-    torch.testing.assert_close(out, varlen._sequence_by_sequence(q, k, v, cu, 0.3))
+    torch.testing.assert_close(out, varlen.run_by_run(q, k, v, cu, cu, 0.3))
     # the first sequence's last query attends to its own 4 keys only
     keys, values = k[:4].repeat_interleave(2, 1), v[:4].repeat_interleave(2, 1)  # (4 tokens, 4 heads, 8)
     probs = torch.softmax(0.3 * torch.einsum("hd,thd->ht", q[3], keys), -1)
     torch.testing.assert_close(out[3], torch.einsum("ht,thd->hd", probs, values))
+
+
+@pytest.mark.parametrize("aligned", ["lower right", "upper left"])
+def test_the_alignment_probe_tells_the_two_causal_conventions_apart(monkeypatch, aligned):
+    """Shared-prompt runs have more keys than queries and need causal attention aligned to the lower right; the probe
+    finds which convention the kernel follows (stand-in kernels: the run-by-run path, and SDPA's own upper-left
+    is_causal, which reads only the first key for the one query)."""
+    def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, is_causal=False):
+        if aligned == "lower right":
+            return varlen.run_by_run(query, key, value, cu_seq_q, cu_seq_k, scale)
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)[0].transpose(0, 1)
+
+    monkeypatch.setattr(varlen, "_torch_varlen", lambda: kernel)
+    varlen.aligns_lower_right.cache_clear()
+    try:
+        assert varlen.aligns_lower_right(torch.device("cpu")) is (aligned == "lower right")
+    finally:
+        varlen.aligns_lower_right.cache_clear()
+
+
+def test_shared_prompts_go_to_flex_attention_where_the_kernel_is_aligned_otherwise(monkeypatch):
+    """Runs with gathered keys need the lower-right alignment on CUDA; without it the row takes flex attention's block
+    mask (SharedPromptGroup.model_inputs), with a warning. The CPU's run-by-run path and runs without gathered keys
+    need no probe."""
+    monkeypatch.setattr(varlen, "_torch_varlen", lambda: object())
+    monkeypatch.setattr(varlen, "aligns_lower_right", lambda device: False)
+    assert varlen.takes_shared_runs(torch.device("cpu"), gathered=True)
+    assert varlen.takes_shared_runs(torch.device("cuda"), gathered=False)
+    with pytest.warns(UserWarning, match="does not align causal attention to the lower right; shared prompts go to flex"):
+        assert not varlen.takes_shared_runs(torch.device("cuda"), gathered=True)
+    monkeypatch.setattr(varlen, "aligns_lower_right", lambda device: True)
+    assert varlen.takes_shared_runs(torch.device("cuda"), gathered=True)
 
 
 def test_attention_inputs_take_autocasts_dtype_where_it_is_on():
@@ -204,3 +237,15 @@ def test_generation_caches_tell_the_decoding_steps_apart():
     # entries cached before the setting existed were decoded either way (transformers 5.24 grouped the heads itself)
     assert model_identity(repeated, 0) not in (generation_identity(repeated, 0), generation_identity(grouped, 0))
     assert model_identity(grouped, 0) == model_identity(repeated, 0)
+
+
+def test_a_shared_prompt_row_whose_keys_were_dropped_is_refused():
+    """A model whose forward drops the gathered keys' index would hand the kernel key bounds for keys it does not
+    have; attention refuses that in one line instead of reading the wrong keys."""
+    q = k = v = torch.randn(1, 2, 6, 4)
+    bounds = dict(cu_seq_lens_q=torch.tensor([0, 4, 6]), cu_seq_lens_k=torch.tensor([0, 4, 8]), max_length_q=4,
+                  max_length_k=4)
+    with pytest.raises(ValueError, match="did not pass solopo_key_index on to attention"):
+        varlen.varlen_attention(None, q, k, v, None, **bounds)
+    out, _ = varlen.varlen_attention(None, q, k, v, None, **bounds, solopo_key_index=torch.tensor([0, 1, 2, 3, 0, 1, 4, 5]))
+    assert out.shape == (1, 6, 2, 4)

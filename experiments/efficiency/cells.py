@@ -31,6 +31,7 @@ DEFAULTS, BEST = "defaults", "best"  # BEST: per cell, the fastest variant the c
 # sequence of the step in one row without padding, attention kept within each sequence by the named kernel.
 VARIANTS = {"padded": ("sdpa", False), "packed-flex": ("flex_attention", True), "packed-sdpa": ("sdpa", True),
             "packed-varlen": ("solopo_varlen", True), "shared-flex": ("flex_attention", "shared_prompt"),
+            "shared-varlen": ("solopo_varlen", "shared_prompt"),  # torch's varlen kernel, the prompt's keys gathered
             "shared-sdpa": ("sdpa", "shared_prompt"),  # shared-sdpa builds a dense T x T mask: short contexts only
             # padded rows through other kernels: SDPA's cuDNN backend instead of its flash kernel, and the model
             # options of MODEL_OPTIONS below

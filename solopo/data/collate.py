@@ -16,7 +16,8 @@ one sequence per pair.
   prompt goes into the row once per pair, followed by all of its responses (chosen, then rejected), each
   response's positions continuing from the prompt's end. "segment_ids" names the prompt a token
   belongs to and "branch_ids" its response (0: the prompt itself); a token attends to its prompt and
-  to the earlier tokens of its own response (solopo.step.shared_prompt builds that mask).
+  to the earlier tokens of its own response (solopo.step.shared_prompt builds that mask, or the runs of
+  queries and keys a varlen kernel reads instead).
   "predict_from" gives, for every token, the position whose hidden state predicts it: the previous
   one, except for a later response's first token, predicted from the prompt's last. A long context
   then runs through the model once per pair instead of once per response.
@@ -33,6 +34,7 @@ from solopo.core.objective import Key
 from solopo.data.tokenize import TokenizedPair
 from solopo.step import layout
 from solopo.step.batch import Batch, PackedGroup, PaddedGroup, Predictions, SharedPromptGroup
+from solopo.step.shared_prompt import varlen_runs
 from solopo.step.varlen import packed_lengths
 
 log = logging.getLogger("solopo")
@@ -170,5 +172,6 @@ class PairCollator:
                    for name, values in columns.items()}
         predictions = Predictions.of(tensors["input_ids"], tensors["response_mask"], tensors["predict_from"],
                                      tensors["sequence_ids"])  # one row: predict_from indexes it flat
-        return SharedPromptGroup(keys=keys, **tensors, n_pairs=len(pairs), n_tokens=len(columns["input_ids"]),
+        runs = varlen_runs(tensors["segment_ids"][0], tensors["branch_ids"][0])
+        return SharedPromptGroup(keys=keys, **tensors, **runs, n_pairs=len(pairs), n_tokens=len(columns["input_ids"]),
                                  ref_logps=ref_logps, predictions=predictions)

@@ -9,8 +9,8 @@ them, and only it chooses one):
 - ``PackedGroup``: every sequence in one row, positions restarting at 0 for each; ``sequence_ids`` name the sequence
   of each token and ``cu_seq_lens`` / ``max_length`` its boundaries, for varlen attention kernels.
 - ``SharedPromptGroup``: one row in which each prompt appears once per pair, followed by its responses;
-  ``segment_ids`` / ``branch_ids`` give the attention mask (solopo.step.shared_prompt) and ``predict_from`` the
-  position whose hidden state predicts each token.
+  ``segment_ids`` / ``branch_ids`` give the attention mask (solopo.step.shared_prompt), or for solopo_varlen the
+  runs of queries and the keys each reads, and ``predict_from`` the position whose hidden state predicts each token.
 
 What differs between layouts is the model's inputs (a method of the layout) and which hidden state predicts which
 response token: the collator counts that on the host (``Predictions``), so the step gathers those states with known
@@ -164,17 +164,35 @@ class SharedPromptGroup(Rows):
     """One (1, T) row: each prompt once per pair, then its responses, whose positions continue from the prompt's end.
     ``segment_ids`` names a token's prompt and ``branch_ids`` its response (0: the prompt); a token's hidden state is
     predicted from ``predict_from`` (the previous position, except for a response's first token, predicted from its
-    prompt's last)."""
+    prompt's last). The runs a varlen kernel reads (solopo.step.shared_prompt.varlen_runs, counted on the host):
+    ``query_bounds`` / ``key_bounds`` (R + 1,), ``max_query`` / ``max_key``, and ``key_index``, the row positions of
+    the keys in run order (None where no prompt has a second response)."""
 
     position_ids: Tensor
     sequence_ids: Tensor
     segment_ids: Tensor
     branch_ids: Tensor
     predict_from: Tensor
+    query_bounds: Tensor
+    key_bounds: Tensor
+    max_query: int
+    max_key: int
+    key_index: Optional[Tensor]
 
     def model_inputs(self, attn_implementation: str) -> dict:
-        mask = shared_prompt.attention_mask(attn_implementation, self.segment_ids, self.branch_ids)
-        return {"input_ids": self.input_ids, "attention_mask": mask, "position_ids": self.position_ids}
+        inputs = {"input_ids": self.input_ids, "position_ids": self.position_ids}
+        if attn_implementation != varlen.NAME or not varlen.takes_shared_runs(self.input_ids.device,
+                                                                             self.key_index is not None):
+            kernel = "flex_attention" if attn_implementation == varlen.NAME else attn_implementation
+            mask = shared_prompt.attention_mask(kernel, self.segment_ids, self.branch_ids)
+            return {**inputs, "attention_mask": mask}
+        # solopo_varlen: no mask (packed_forward), the runs instead (solopo.step.varlen.varlen_attention)
+        return {**inputs, "attention_mask": varlen.unused_mask(self.input_ids.device),
+                "cu_seq_lens_q": self.query_bounds, "cu_seq_lens_k": self.key_bounds,
+                "max_length_q": self.max_query, "max_length_k": self.max_key, varlen.KEY_INDEX: self.key_index}
+
+    def forward_context(self) -> ContextManager:
+        return varlen.packed_forward()  # solopo_varlen builds no mask for it; other kernels take the one given
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,10 @@ packed rows (one row of every sequence, with or without shared prompts) attentio
 query head: transformers' flex attention repeats them for a head count that is no power of two (Qwen2.5: 12, 28), and
 solopo_varlen where torch's varlen kernel takes no grouped heads; there Dkv counts as Dq (2c (Dq - Dkv) more, 5,120
 bytes for the 1.5B shape; the H100 table's packed and shared-prompt cells hold about that much more per token and layer
-than its padded ones). For Qwen2.5-1.5B (H 1536, Dq 1536, Dkv 256, I 8960, 12 heads) in bf16, A = 103,480 bytes: the
+than its padded ones). Shared-prompt rows run by solopo_varlen gather each prompt's keys and values again for every
+response after its first (solopo.step.shared_prompt.varlen_runs), and the kernel keeps the gathered copies: 2c Dkv (Dq
+where repeated) more per gathered token and layer (``StepTokens.gathered``; counted for flex attention too, which
+gathers nothing: a bound there). For Qwen2.5-1.5B (H 1536, Dq 1536, Dkv 256, I 8960, 12 heads) in bf16, A = 103,480 bytes: the
 bytes autograd holds per token for one layer of that shape on the CPU, counted tensor by tensor
 (tests/test_checkpointing.py checks the formula against such a count on a small shape); A_liger = 73,272 (Liger's
 kernels are Triton kernels: no CPU count, the GPU table is the check). A checkpointed layer holds its input only, r H
@@ -148,6 +151,10 @@ class StepShape:
             saved -= self.mlp_bytes() + ((2 * c - self.weight_bytes) * h if wider else 0)
         return saved
 
+    def gathered_bytes(self, repeated_kv: bool = False) -> int:
+        """2c Dkv (Dq when ``repeated_kv``): a layer's bytes per key/value token gathered again (shared prompts)."""
+        return 2 * self.compute_bytes * (self.q_dim if repeated_kv else self.kv_dim)
+
     def layer_norm_bytes(self) -> int:
         """One RMSNorm's bytes per token in a layer: eager, 4H + 2cH + 4 (its fp32 input, the cast back, its output,
         the reciprocal root); Liger's, r H + 4 + cH (its input as it came, the reciprocal root, its output: with wider
@@ -213,6 +220,7 @@ def predict_activations(shape: StepShape, step: StepTokens, checkpointed: int, h
     chunked, chunked_rows = step.longer_than(shape.mlp_chunk_size)
     whole = tokens - chunked
     layer = whole * shape.layer_bytes(repeated_kv=step.packed) + chunked * shape.layer_bytes(True, step.packed)  # A_x T
+    layer += step.gathered * shape.gathered_bytes(step.packed)
     in_flight = chunked_rows * shape.mlp_chunk_size * shape.chunk_bytes() if chunked else 0
     head = 3 * head_tokens * shape.vocab * 4
     if shape.offload:  # every layer's activations wait on the host; one layer's input comes back to be recomputed

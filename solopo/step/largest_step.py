@@ -30,6 +30,7 @@ class StepTokens:
     responses: tuple[int, ...]
     rows: int = 1
     layout: Layout = PADDED
+    gathered: int = 0  # keys and values a layer gathers again: each shared prompt once more per further response
 
     @property
     def packed(self) -> bool:
@@ -63,12 +64,12 @@ def layout_tokens(layout: Layout, pairs: Sequence, keys: Sequence[tuple[str, str
     if layout == PADDED:
         padded = {context: max(sequence[key] for key in group) for context, group in contexts.items()}
         return StepTokens(tuple(padded[key[0]] for key in keys), responses, batch_size)
+    row, gathered = sum(sequence.values()), 0
     if layout == SHARED_PROMPT:
-        row = sum(max(len(p.prompts[context]) for p in pairs) + sum(response[key] for key in group)
-                  for context, group in contexts.items())
-    else:
-        row = sum(sequence.values())
-    return StepTokens((batch_size * row,), (batch_size * sum(responses),), layout=layout)
+        prompt = {context: max(len(p.prompts[context]) for p in pairs) for context in contexts}
+        row = sum(prompt[context] + sum(response[key] for key in group) for context, group in contexts.items())
+        gathered = sum(prompt[context] * (len(group) - 1) for context, group in contexts.items())
+    return StepTokens((batch_size * row,), (batch_size * sum(responses),), layout=layout, gathered=batch_size * gathered)
 
 
 def step_tokens(pairs: Sequence, keys: Sequence[tuple[str, str]], batch_size: int,

@@ -21,8 +21,11 @@ experiments/efficiency/results (Qwen2.5-1.5B shape, DPO, short context 1K, one p
    SDPA call per sequence, so padded rows (one batched call per context) are the exact layout with the fewest calls.
 
 A layout is chosen only where the model's attention kernel runs it (``KERNEL_LAYOUTS``): `solopo_varlen` (the
-default) runs all three, padded rows through SDPA, packed rows through torch's varlen kernel and shared prompts
-through flex attention (SDPA with a dense mask on the CPU).
+default) runs all three, padded rows through SDPA, packed rows and shared prompts through torch's varlen kernel (a
+shared prompt's keys gathered again for its second response: solopo.step.shared_prompt.varlen_runs), on the CPU one
+sequence at a time through SDPA. Rule 1's rows measured shared prompts through flex attention, whose kernel is the
+slower one on long rows (234-279 TFLOP/s against SDPA's flash kernel's 323 at 32K), so the threshold is conservative
+for the varlen kernel until its own rows are measured (`bench.py --variants shared-varlen`).
 """
 from __future__ import annotations
 

@@ -5,10 +5,18 @@ prompt segment when that token is in the prompt or in its own response: the chos
 read the whole prompt, never each other. With positions continuing from the prompt's end in every response, each
 response's hidden states are exactly those of its own unpacked (prompt + response) sequence.
 
-One rule, two forms: a BlockMask for flex attention (block-sparse, so a long prompt costs no T x T memory) and a dense
-(1, 1, T, T) boolean mask for SDPA, which is O(T^2) and meant for short rows and the CPU. solopo_varlen takes the
-BlockMask on a GPU (it calls flex attention with it) and the dense mask on the CPU. Other attention kernels cannot take
-a mask of this shape.
+One rule, three forms: a BlockMask for flex attention (block-sparse, so a long prompt costs no T x T memory), a dense
+(1, 1, T, T) boolean mask for SDPA, which is O(T^2) and meant for short rows and the CPU, and for solopo_varlen no mask
+at all but runs of queries with the keys each reads (``varlen_runs``), for a varlen kernel. Other attention kernels
+cannot take a mask of this shape.
+
+The runs: a prompt and its first response are one causal sequence, as in a packed row; each further response is a run
+of queries that reads the prompt's keys and then its own, the prompt's keys gathered again in front of it. Causal
+attention aligned to the lower right (query i of n reads keys up to i + m - n, flash-attention's convention for
+m keys) is then exactly ``allowed``: the response reads the whole prompt and its own earlier tokens. The gathered
+keys cost one more prompt's keys and values per further response, a small part of the row's activations where keys
+and values have fewer heads than queries; the attention itself is the flash kernel's, which runs long rows faster than
+flex attention.
 
 The BlockMask is built from block-level bounds of the ids rather than by ``create_block_mask``: evaluated densely,
 that costs T x T memory; compiled, it costs a compilation per row length (minutes on a GPU, every step whose
@@ -31,19 +39,49 @@ def allowed(segment_ids: Tensor, branch_ids: Tensor, q: Tensor, kv: Tensor) -> T
 
 
 def attention_mask(attn_implementation: str, segment_ids: Tensor, branch_ids: Tensor):
-    """The mask of one packed row ((1, T) segment and branch ids) in the form ``attn_implementation`` takes."""
+    """The mask of one packed row ((1, T) segment and branch ids) in the form ``attn_implementation`` takes: flex
+    attention's BlockMask or SDPA's dense mask (solopo_varlen takes no mask: ``varlen_runs``)."""
     if segment_ids.shape[0] != 1:
         raise ValueError(f"packing=shared_prompt: packed input must be one row, got {segment_ids.shape[0]}")
     segment, branch = segment_ids[0], branch_ids[0]
-    length = segment.shape[0]
-    # solopo_varlen hands a BlockMask to flex attention (solopo.step.varlen); flex attention has no backward on the CPU
-    if attn_implementation == "flex_attention" or attn_implementation == "solopo_varlen" and segment.is_cuda:
+    if attn_implementation == "flex_attention":
         return block_mask(segment, branch)
-    if attn_implementation in ("sdpa", "solopo_varlen"):
-        positions = torch.arange(length, device=segment.device)
+    if attn_implementation == "sdpa":
+        positions = torch.arange(segment.shape[0], device=segment.device)
         return allowed(segment, branch, positions[:, None], positions[None, :])[None, None]
-    raise ValueError(f"packing=shared_prompt needs model.attn_implementation in {', '.join(KERNELS)}; "
-                     f"got {attn_implementation}")
+    raise ValueError(f"packing=shared_prompt takes a mask for model.attn_implementation flex_attention or sdpa (and "
+                     f"runs for solopo_varlen); got {attn_implementation}")
+
+
+def varlen_runs(segment: Tensor, branch: Tensor) -> dict:
+    """The runs of one row's (T,) host ids for a varlen kernel, as SharedPromptGroup's fields: ``query_bounds`` and
+    ``key_bounds`` (R + 1,) int32, the cumulative queries and keys of the R runs, ``max_query`` and ``max_key`` their
+    longest, and ``key_index`` the row positions of the keys in run order, or None where every run reads its own
+    tokens only (no prompt has a second response)."""
+    width = int(branch.max()) + 1
+    values, counts = torch.unique_consecutive(segment * width + branch, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    queries: list[int] = []
+    keys: list[list[range]] = []  # per run, the ranges of row positions it reads
+    prompt = range(0)
+    for value, start, count in zip(values.tolist(), starts.tolist(), counts.tolist()):
+        tokens = range(start, start + count)
+        if value % width == 0:  # a prompt: the start of a run, which its first response extends
+            prompt = tokens
+            queries.append(count)
+            keys.append([tokens])
+        elif start == prompt.stop and keys[-1] == [prompt]:  # the first response, right after its prompt
+            queries[-1] += count
+            keys[-1].append(tokens)
+        else:  # a further response: the prompt's keys again, then its own
+            queries.append(count)
+            keys.append([prompt, tokens])
+    key_lengths = [sum(len(r) for r in run) for run in keys]
+    bounds = lambda lengths: torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)  # noqa: E731
+    gathered = key_lengths != queries
+    return {"query_bounds": bounds(queries), "key_bounds": bounds(key_lengths), "max_query": max(queries),
+            "max_key": max(key_lengths),
+            "key_index": torch.cat([torch.arange(r.start, r.stop) for run in keys for r in run]) if gathered else None}
 
 
 def block_classes(segment: Tensor, branch: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:

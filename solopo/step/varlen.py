@@ -9,7 +9,12 @@ boundaries the collator computed (`cu_seq_lens`, on the host, so no device sync 
 torch without the kernel) it computes the same thing one sequence at a time with SDPA, which is what the CPU tests
 check against padded rows.
 
-Shared-prompt rows (`packing=shared_prompt`) arrive with flex attention's BlockMask, and go to flex attention.
+Shared-prompt rows (`packing=shared_prompt`) arrive as runs (solopo.step.shared_prompt.varlen_runs): query
+boundaries, key boundaries and the row positions of the keys (``KEY_INDEX``), a prompt's keys gathered again before each
+further response. The same varlen kernel runs them, causal aligned to the lower right where a run has more keys than
+queries, as flash-attention aligns it; a probe checks that alignment once per device (``aligns_lower_right``), and
+where it fails the rows go to flex attention with its block mask, as they did before the runs (``takes_shared_runs``).
+On the CPU the runs go one at a time through SDPA with the lower-right mask.
 Everything else (padded rows, generation with left padding and a KV cache) goes through transformers' own SDPA
 attention with its usual mask: the mask function returns None only inside `packed_forward()`, the context in which
 solopo.step.logps runs a packed row, so no O(T^2) mask is built for it. A decoding step with grouped key/value heads
@@ -31,6 +36,7 @@ from torch import Tensor
 from solopo.step.mask_switch import MaskSwitch
 
 NAME = "solopo_varlen"
+KEY_INDEX = "solopo_key_index"  # the model-forward keyword of a shared-prompt row's gathered keys
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,9 +128,10 @@ def _decoding_step(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scal
     return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2)
 
 
-def _varlen_kernel(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_length: int,
+def _varlen_kernel(query: Tensor, key: Tensor, value: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int,
                    scaling: Optional[float]) -> Tensor:
-    """(T, H, D) packed queries -> (T, H, D) through torch's varlen flash kernel, causal within each sequence."""
+    """(T_q, H, D) packed queries, (T_k, H_kv, D) keys and values -> (T_q, H, D) through torch's varlen flash kernel,
+    causal within each sequence."""
     kernel = _torch_varlen()
     causal, takes_gqa = _call_options(kernel)
     groups = query.shape[1] // key.shape[1]
@@ -133,17 +140,39 @@ def _varlen_kernel(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_le
         options["enable_gqa"] = groups > 1
     else:
         key, value = repeat_kv(key, groups, 1), repeat_kv(value, groups, 1)
-    return kernel(query, key, value, cu, cu, max_length, max_length, **options)
+    return kernel(query, key, value, cu_q, cu_k, max_q, max_k, **options)
 
 
-def _sequence_by_sequence(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, scaling: Optional[float]) -> Tensor:
-    """The same as the varlen kernel, one sequence at a time: (T, H, D) -> (T, H, D)."""
-    bounds = cu.tolist()
+@functools.lru_cache(maxsize=None)
+def aligns_lower_right(device: torch.device) -> bool:
+    """Whether torch's varlen kernel on ``device`` aligns causal attention to the lower right in a sequence with more
+    keys than queries (query i of n reads keys up to i + m - n), which shared-prompt runs need. Checked once: one query
+    of zeros over two keys reads both (values 1 and 0: mean 0.5) when aligned so, the first only (1.0) otherwise."""
+    query = torch.zeros(1, 1, 64, device=device, dtype=torch.bfloat16)
+    key = torch.randn(2, 1, 64, device=device, dtype=torch.bfloat16)
+    value = torch.stack([torch.ones(1, 64), torch.zeros(1, 64)]).to(device, torch.bfloat16)
+    bounds = lambda n: torch.tensor([0, n], dtype=torch.int32, device=device)  # noqa: E731
+    out = _varlen_kernel(query, key, value, bounds(1), bounds(2), 1, 2, None)
+    return abs(float(out.float().mean()) - 0.5) < 1e-2
+
+
+def run_by_run(query: Tensor, key: Tensor, value: Tensor, cu_q: Tensor, cu_k: Tensor,
+               scaling: Optional[float]) -> Tensor:
+    """The same as the varlen kernel, one sequence (run) at a time through SDPA: (T_q, H, D) -> (T_q, H, D); a run
+    with more keys than queries under the lower-right causal mask."""
     pieces = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        q, k, v = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # (1, H, n, D)
-        pieces.append(_repeated_heads(q, k, v, scaling)[0])  # (n, H, D)
+    for (q0, q1), (k0, k1) in zip(_spans(cu_q), _spans(cu_k)):
+        q = query[q0:q1].transpose(0, 1).unsqueeze(0)  # (1, H, n, D)
+        k, v = (t[k0:k1].transpose(0, 1).unsqueeze(0) for t in (key, value))
+        n, m = q1 - q0, k1 - k0
+        mask = None if n == m else torch.ones(n, m, dtype=torch.bool, device=q.device).tril(m - n)
+        pieces.append(_repeated_heads(q, k, v, scaling, mask)[0])  # (n, H, D)
     return torch.cat(pieces)
+
+
+def _spans(cu: Tensor) -> list[tuple[int, int]]:
+    bounds = cu.tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def autocast_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
@@ -187,17 +216,37 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
         raise ValueError(f"attn_implementation={NAME} has no attention dropout; set the model's attention_dropout to 0")
     if query.shape[0] != 1:
         raise ValueError(f"attn_implementation={NAME}: packed input must be one row, got {query.shape[0]}")
+    if KEY_INDEX not in kwargs and kwargs.get("cu_seq_lens_k", cu) is not cu:  # a shared-prompt row lost its keys
+        raise ValueError(f"attn_implementation={NAME}: the model's forward did not pass {KEY_INDEX} on to attention; "
+                         f"packing=shared_prompt needs model.attn_implementation=flex_attention with this model")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
-    cu = cu.to(device=q.device, dtype=torch.int32)
+    index = kwargs.get(KEY_INDEX)
+    if index is not None:  # shared prompts: each run's keys, a prompt's again before each further response
+        k, v = k.index_select(0, index), v.index_select(0, index)
+    cu_q = cu.to(device=q.device, dtype=torch.int32)
+    cu_k = cu_q if index is None else kwargs["cu_seq_lens_k"].to(device=q.device, dtype=torch.int32)
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _torch_varlen() is not None:
-        out = _varlen_kernel(q, k, v, cu, int(kwargs["max_length_q"]), scaling)
-    else:
-        if q.is_cuda:  # exact but slow: one SDPA call per sequence
-            warnings.warn(f"attn_implementation={NAME}: torch's varlen kernel needs 16-bit inputs on CUDA and torch >= "
-                          f"2.9 (got {q.dtype}, torch {torch.__version__}); attending one sequence at a time instead",
-                          stacklevel=2)
-        out = _sequence_by_sequence(q, k, v, cu, scaling)
-    return out.unsqueeze(0), None
+        max_q = int(kwargs["max_length_q"])
+        return _varlen_kernel(q, k, v, cu_q, cu_k, max_q, int(kwargs.get("max_length_k", max_q)),
+                              scaling).unsqueeze(0), None
+    if q.is_cuda:  # exact but slow: one SDPA call per sequence
+        warnings.warn(f"attn_implementation={NAME}: torch's varlen kernel needs 16-bit inputs on CUDA and torch >= 2.9 "
+                      f"(got {q.dtype}, torch {torch.__version__}); attending one sequence at a time instead",
+                      stacklevel=2)
+    return run_by_run(q, k, v, cu_q, cu_k, scaling).unsqueeze(0), None
+
+
+def takes_shared_runs(device: torch.device, gathered: bool) -> bool:
+    """Whether shared-prompt runs (solopo.step.shared_prompt.varlen_runs) may go to this attention function on
+    ``device``: always on the CPU (run by run, under the lower-right mask) and where no run has more keys than
+    queries; on CUDA with gathered keys only where the varlen kernel aligns causal attention to the lower right
+    (``aligns_lower_right``: a probe run once, outside any compiled region, by the caller, SharedPromptGroup). Where it
+    does not, the caller hands flex attention its block mask instead, with a warning."""
+    if device.type != "cuda" or not gathered or _torch_varlen() is None or aligns_lower_right(device):
+        return True
+    warnings.warn(f"attn_implementation={NAME}: torch {torch.__version__}'s varlen kernel does not align causal attention "
+                  f"to the lower right; shared prompts go to flex attention instead", stacklevel=3)
+    return False
 
 
 def unused_mask(device) -> Tensor:

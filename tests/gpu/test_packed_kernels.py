@@ -58,11 +58,19 @@ def test_packed_kernel_matches_padded_sdpa(tokenizer, attention):
         torch.testing.assert_close(a.float(), b.float(), rtol=tol["rtol"] * 10, atol=tol["atol"])
 
 
+def test_the_varlen_kernel_aligns_causal_attention_to_the_lower_right():
+    """solopo_varlen runs shared prompts through torch's varlen kernel only where this holds (else through flex
+    attention, with a warning): the GPU's torch must pass, or shared prompts lose the flash kernel."""
+    if not torch.cuda.is_available() or varlen._torch_varlen() is None:
+        pytest.skip("needs a CUDA GPU and torch.nn.attention.varlen")
+    assert varlen.aligns_lower_right(torch.device("cuda"))
+
+
 @pytest.mark.parametrize("attention", ["flex_attention", "sdpa", "solopo_varlen"])
 def test_shared_prompt_rows_match_padded_sdpa(tokenizer, attention):
-    """packing=shared_prompt (each prompt once, its responses after it): flex attention's block mask, or SDPA's dense
-    mask, gives the log-probs and gradients of padded rows on the GPU, backward included; solopo_varlen (the default,
-    which packing=auto chooses shared prompts for) hands the block mask to flex attention."""
+    """packing=shared_prompt (each prompt once, its responses after it): flex attention's block mask, SDPA's dense
+    mask, or solopo_varlen's runs (the default, which packing=auto chooses shared prompts for; in fp32, as here, run by
+    run through SDPA) give the log-probs and gradients of padded rows on the GPU, backward included."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     spec = replace(TINY, random_init={**TINY.random_init, "max_position_embeddings": 4096})
@@ -80,11 +88,12 @@ def test_shared_prompt_rows_match_padded_sdpa(tokenizer, attention):
 @pytest.mark.parametrize("pack", [True, "shared_prompt"])
 def test_fp32_weights_under_bf16_autocast_take_the_fast_kernels(tokenizer, pack):
     """The default GPU run: fp32 weights under bf16-mixed, solopo_varlen. Queries and keys leave the rotary embedding
-    in fp32, values their projection in bf16; the inputs reach the varlen and flex kernels in bf16 (no warning of the
-    one-sequence-at-a-time path) and match padded rows under the same autocast."""
+    in fp32, values their projection in bf16; the inputs reach the varlen kernel in bf16, packed rows and shared
+    prompts' runs alike (no warning of the one-sequence-at-a-time path or of flex attention taking over), and match
+    padded rows under the same autocast."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    if pack is True and varlen._torch_varlen() is None:
+    if varlen._torch_varlen() is None:
         pytest.skip("this torch has no torch.nn.attention.varlen")
     spec = replace(TINY, random_init={**TINY.random_init, "max_position_embeddings": 4096})
     padded_model = load_model(spec, tokenizer, seed=0).to("cuda", torch.float32)
@@ -95,6 +104,7 @@ def test_fp32_weights_under_bf16_autocast_take_the_fast_kernels(tokenizer, pack)
         with warnings.catch_warnings():
             # the slow path's warning fails the test (not the warnings flex attention's compilation raises itself)
             warnings.filterwarnings("error", message=".*attending one sequence at a time")
+            warnings.filterwarnings("error", message=".*shared prompts go to flex attention")
             lp_fast, g_fast = _logps_and_grads(fast_model, PairCollator(KEYS, tokenizer.pad_token_id, pack=pack)(pairs))
     torch.testing.assert_close(lp_fast.float(), lp_pad.float(), rtol=2e-2, atol=5e-2)
     for a, b in zip(g_fast, g_pad):
