@@ -38,7 +38,7 @@ step trl.log experiments/efficiency/trl_bench.py --models qwen2.5-1.5b --lengths
 step trl.log experiments/efficiency/trl_bench.py --models smollm2 --lengths "$LENGTHS" --max-lengths "$SMOLLM2_MAX_LENGTHS" --steps 2
 # packing=shared_prompt against padded rows, the three methods, DPO, 1.5B shape (summary.md's "Shared prompts")
 step bench.log experiments/efficiency/bench.py --models qwen2.5-1.5b --algos dpo --methods solopo,solopo_both,long_po \
-  --variants padded,shared-flex --lengths 8192,16384,32768,65536 --max-length-models none --no-logp-memory --tag _shared \
+  --variants padded,shared-flex,shared-varlen --lengths 8192,16384,32768,65536 --max-length-models none --no-logp-memory --tag _shared \
   --steps 2
 # the longest context of Long-PO sharing its prompt: one long context per pair, as SoLoPO chosen-only has
 step bench.log experiments/efficiency/bench.py --models qwen2.5-1.5b --algos dpo --methods long_po --variants shared-flex \
