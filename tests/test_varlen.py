@@ -249,3 +249,14 @@ def test_a_shared_prompt_row_whose_keys_were_dropped_is_refused():
         varlen.varlen_attention(None, q, k, v, None, **bounds)
     out, _ = varlen.varlen_attention(None, q, k, v, None, **bounds, solopo_key_index=torch.tensor([0, 1, 2, 3, 0, 1, 4, 5]))
     assert out.shape == (1, 6, 2, 4)
+
+
+def test_a_packed_row_whose_boundaries_were_dropped_is_refused():
+    """Inside packed_forward() a row holds many sequences; a model whose forward drops cu_seq_lens_* on the way to
+    attention (transformers' Falcon and StableLM) would attend across them, as one causal row, with no error. Outside
+    it, the same call is a padded row's, causal."""
+    q = k = v = torch.randn(1, 2, 6, 4)
+    with varlen.packed_forward(), pytest.raises(ValueError, match="did not pass the sequence boundaries"):
+        varlen.varlen_attention(None, q, k, v, varlen.unused_mask("cpu"))
+    out, _ = varlen.varlen_attention(None, q, k, v, varlen.unused_mask("cpu"))
+    assert out.shape == (1, 6, 2, 4)

@@ -17,7 +17,9 @@ where it fails the rows go to flex attention with its block mask, as they did be
 On the CPU the runs go one at a time through SDPA with the lower-right mask.
 Everything else (padded rows, generation with left padding and a KV cache) goes through transformers' own SDPA
 attention with its usual mask: the mask function returns None only inside `packed_forward()`, the context in which
-solopo.step.logps runs a packed row, so no O(T^2) mask is built for it. A decoding step with grouped key/value heads
+solopo.step.logps runs a packed row, so no O(T^2) mask is built for it; a model whose forward drops the boundaries
+on the way to attention (transformers' Falcon and StableLM) is refused there, as its packed row would attend across
+its sequences. A decoding step with grouped key/value heads
 reads the KV cache as it is (_decoding_step) instead of repeating it to the query heads, unless the model is set to
 repeat them (model.decode_kv_heads=repeated, as transformers before 5.24 does). Packed rows with sliding-window
 attention are refused.
@@ -198,6 +200,10 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
 
         return flex_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    if cu is None and _mask.is_off:  # a packed row (packed_forward) whose boundaries the model's forward dropped
+        raise ValueError(f"attn_implementation={NAME}: the model's forward did not pass the sequence boundaries "
+                         f"(cu_seq_lens_q) on to attention; packed rows need model.attn_implementation=sdpa or "
+                         f"flex_attention with this model")
     if cu is None:  # padded rows (causal: no mask), generation: transformers' SDPA attention with the mask it built
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
