@@ -106,6 +106,15 @@ def test_shared_prompts_go_to_flex_attention_where_the_kernel_is_aligned_otherwi
     assert varlen.takes_shared_runs(torch.device("cuda"), gathered=True)
 
 
+def test_shared_prompts_go_to_flex_attention_on_a_gpu_without_the_varlen_kernel(monkeypatch):
+    """torch before 2.9 has no varlen kernel: on CUDA a shared-prompt row takes flex attention's block mask, as it did
+    before the runs, not the one-run-at-a-time SDPA path (packed rows have no other kernel and keep that path)."""
+    monkeypatch.setattr(varlen, "_torch_varlen", lambda: None)
+    for gathered in (False, True):
+        assert not varlen.takes_shared_runs(torch.device("cuda"), gathered=gathered)
+        assert varlen.takes_shared_runs(torch.device("cpu"), gathered=gathered)
+
+
 def test_attention_inputs_take_autocasts_dtype_where_it_is_on():
     """fp32 queries and keys (after the rotary embedding) and bf16 values (fp32 weights under bf16-mixed) all reach
     the varlen and flex kernels in bf16, the cast SDPA makes itself; without autocast they pass unchanged."""

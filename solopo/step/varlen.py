@@ -244,11 +244,16 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
 
 def takes_shared_runs(device: torch.device, gathered: bool) -> bool:
     """Whether shared-prompt runs (solopo.step.shared_prompt.varlen_runs) may go to this attention function on
-    ``device``: always on the CPU (run by run, under the lower-right mask) and where no run has more keys than
-    queries; on CUDA with gathered keys only where the varlen kernel aligns causal attention to the lower right
-    (``aligns_lower_right``: a probe run once, outside any compiled region, by the caller, SharedPromptGroup). Where it
-    does not, the caller hands flex attention its block mask instead, with a warning."""
-    if device.type != "cuda" or not gathered or _torch_varlen() is None or aligns_lower_right(device):
+    ``device``: always on the CPU (run by run, under the lower-right mask); on CUDA only where torch has the varlen
+    kernel (before 2.9 the run-by-run path is all there is, and flex attention, which took shared prompts until the
+    runs, is the faster), and with gathered keys only where that kernel aligns causal attention to the lower right
+    (``aligns_lower_right``: a probe run once, outside any compiled region, by the caller, SharedPromptGroup). Where
+    either fails, the caller hands flex attention its block mask instead (with a warning for the alignment)."""
+    if device.type != "cuda":
+        return True
+    if _torch_varlen() is None:
+        return False
+    if not gathered or aligns_lower_right(device):
         return True
     warnings.warn(f"attn_implementation={NAME}: torch {torch.__version__}'s varlen kernel does not align causal attention "
                   f"to the lower right; shared prompts go to flex attention instead", stacklevel=3)
