@@ -86,10 +86,13 @@ def test_the_alignment_probe_tells_the_two_causal_conventions_apart(monkeypatch,
 
     monkeypatch.setattr(varlen, "_torch_varlen", lambda: kernel)
     varlen.aligns_lower_right.cache_clear()
+    state = torch.random.get_rng_state()
     try:
         assert varlen.aligns_lower_right(torch.device("cpu")) is (aligned == "lower right")
     finally:
         varlen.aligns_lower_right.cache_clear()
+    # the probe runs at a run's first shared-prompt step, after a resume too: it draws no random number
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_shared_prompts_go_to_flex_attention_where_the_kernel_is_aligned_otherwise(monkeypatch):
