@@ -95,6 +95,20 @@ def test_the_alignment_probe_tells_the_two_causal_conventions_apart(monkeypatch,
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_a_kernel_that_does_not_run_on_the_gpu_fails_the_probe(monkeypatch):
+    """torch's flash kernel raises on a GPU older than Ampere (a V100, a T4): the probe answers no, and shared prompts
+    take flex attention, as before the runs, instead of the step failing."""
+    def kernel(*args, **kwargs):
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.")
+
+    monkeypatch.setattr(varlen, "_torch_varlen", lambda: kernel)
+    varlen.aligns_lower_right.cache_clear()
+    try:
+        assert varlen.aligns_lower_right(torch.device("cpu")) is False
+    finally:
+        varlen.aligns_lower_right.cache_clear()
+
+
 def test_shared_prompts_go_to_flex_attention_where_the_kernel_is_aligned_otherwise(monkeypatch):
     """Runs with gathered keys need the lower-right alignment on CUDA; without it the row takes flex attention's block
     mask (SharedPromptGroup.model_inputs), with a warning. The CPU's run-by-run path and runs without gathered keys

@@ -150,12 +150,17 @@ def aligns_lower_right(device: torch.device) -> bool:
     """Whether torch's varlen kernel on ``device`` aligns causal attention to the lower right in a sequence with more
     keys than queries (query i of n reads keys up to i + m - n), which shared-prompt runs need. Checked once: one query
     of zeros over two keys reads both (values 1 and 0: mean 0.5) when aligned so, the first only (1.0) otherwise. The
-    keys do not matter (every score is 0), so none is drawn: the probe leaves the run's random numbers as they were."""
+    keys do not matter (every score is 0), so none is drawn: the probe leaves the run's random numbers as they were.
+    A kernel that does not run on the device (flash needs Ampere or newer) counts as not aligned: flex attention then
+    takes the shared prompts, as it did before the runs."""
     query = torch.zeros(1, 1, 64, device=device, dtype=torch.bfloat16)
     key = torch.ones(2, 1, 64, device=device, dtype=torch.bfloat16)
     value = torch.stack([torch.ones(1, 64), torch.zeros(1, 64)]).to(device, torch.bfloat16)
     bounds = lambda n: torch.tensor([0, n], dtype=torch.int32, device=device)  # noqa: E731
-    out = _varlen_kernel(query, key, value, bounds(1), bounds(2), 1, 2, None)
+    try:
+        out = _varlen_kernel(query, key, value, bounds(1), bounds(2), 1, 2, None)
+    except RuntimeError:
+        return False
     return abs(float(out.float().mean()) - 0.5) < 1e-2
 
 
