@@ -100,6 +100,8 @@ def load_run(path: Path) -> Run:
         data = json.loads(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, dict):  # a list, a string or null: not a run's record, whose fields are read below
+        raise ValueError(f"{path}: not a run's record (a JSON object), but {type(data).__name__}")
     failed = path.name == FAILED
     failure = data if failed else unfinished(data)
     return Run(path=path.parent, config=data.get("config", {}), eval={} if failure else data.get("eval", {}),
