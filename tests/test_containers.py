@@ -3,6 +3,7 @@ folders) x every preference format (solopo's A/A'/B, TRL's four, LLaMA-Factory's
 (format_samples.py); the one-line errors for bad paths and folders that are not datasets (a malformed record's:
 test_record_checks.py). Runs on these files: test_pair_file_runs.py."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -176,12 +177,24 @@ def test_a_working_directory_of_runs_is_no_dataset(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("broken", ["broken.parquet", "saved/state.json"])
 def test_a_container_datasets_cannot_read_is_one_line(broken, tmp_path):
+    """The one line is all a run prints of it: datasets' own ERROR records on the way (the Parquet reader's "Failed to
+    read schema") are held back, only meanwhile: its logger takes ERROR records again afterwards."""
     (tmp_path / "saved").mkdir()
     (tmp_path / broken).write_bytes(b"PAR1 not really data")
     path = tmp_path / broken.split("/")[0]
-    with pytest.raises(DataFileError) as refused:
-        pairs.load(str(path))
+    records_seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records_seen.append
+    logger = logging.getLogger("datasets")
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(DataFileError) as refused:
+            pairs.load(str(path))
+    finally:
+        logger.removeHandler(handler)
     assert str(refused.value).startswith(f"{path}: not a dataset that can be read (") and "\n" not in str(refused.value)
+    assert [r.getMessage() for r in records_seen if r.levelno >= logging.ERROR] == []
+    assert logger.isEnabledFor(logging.ERROR)
 
 
 def test_a_missing_split_lists_the_splits(tmp_path):

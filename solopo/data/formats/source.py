@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import os
@@ -207,8 +208,9 @@ def _rows(path: str, dataset) -> Iterator[tuple[Where, dict]]:
         yield Where(path, f"row {index}", null=null), row
 
 
+@functools.lru_cache(maxsize=None)
 def _datasets():
-    # Local files only: nothing in the loading layer may reach a hub.
+    # Local files only: nothing in the loading layer may reach a hub. Once: _one_line raises the verbosity meanwhile.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
@@ -227,12 +229,18 @@ def _load_dataset(builder: str, path: str, split: Optional[str], cache: Optional
 
 @contextlib.contextmanager
 def _one_line(path: str) -> Iterator[None]:
-    """datasets' failures (Arrow's, pandas', its own: many kinds) as one line naming ``path``."""
+    """datasets' failures (Arrow's, pandas', its own: many kinds) as one line naming ``path``; the records its loaders
+    log at ERROR on the way (the Parquet reader's "Failed to read schema") are held back, as the line says it all."""
+    logger = logging.getLogger(_datasets().logging.get_logger().name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataFileError(f"{path}: not a dataset that can be read ({reason})") from None
+    finally:
+        logger.setLevel(level)
 
 
 def _pick_split(loaded, split: Optional[str], path: str):
