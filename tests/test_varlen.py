@@ -109,6 +109,23 @@ def test_a_kernel_that_does_not_run_on_the_gpu_fails_the_probe(monkeypatch):
         varlen.aligns_lower_right.cache_clear()
 
 
+def test_the_alignment_probe_exercises_the_causal_mask(monkeypatch):
+    """Flash-attention's varlen forward drops causality where the longest query run is one token (one query then reads
+    every key under its lower-right convention), so a one-query probe reads every key under any convention. The probe
+    runs two queries: a stand-in kernel that aligns to the upper left but takes that shortcut is caught."""
+    def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, is_causal=False):
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))
+        causal = is_causal and max_q > 1  # upper left (SDPA's is_causal), off for a single query
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)[0].transpose(0, 1)
+
+    monkeypatch.setattr(varlen, "_torch_varlen", lambda: kernel)
+    varlen.aligns_lower_right.cache_clear()
+    try:
+        assert not varlen.aligns_lower_right(torch.device("cpu"))
+    finally:
+        varlen.aligns_lower_right.cache_clear()
+
+
 def test_shared_prompts_go_to_flex_attention_where_the_kernel_is_aligned_otherwise(monkeypatch):
     """Runs with gathered keys need the lower-right alignment on CUDA; without it the row takes flex attention's block
     mask (SharedPromptGroup.model_inputs), with a warning. The CPU's run-by-run path and runs without gathered keys

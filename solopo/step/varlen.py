@@ -148,20 +148,21 @@ def _varlen_kernel(query: Tensor, key: Tensor, value: Tensor, cu_q: Tensor, cu_k
 @functools.lru_cache(maxsize=None)
 def aligns_lower_right(device: torch.device) -> bool:
     """Whether torch's varlen kernel on ``device`` aligns causal attention to the lower right in a sequence with more
-    keys than queries (query i of n reads keys up to i + m - n), which shared-prompt runs need. Checked once: one query
-    of zeros over two keys reads both (values 1 and 0: mean 0.5) when aligned so, the first only (1.0) otherwise. The
-    keys do not matter (every score is 0), so none is drawn: the probe leaves the run's random numbers as they were.
-    A kernel that does not run on the device (flash needs Ampere or newer) counts as not aligned: flex attention then
-    takes the shared prompts, as it did before the runs."""
-    query = torch.zeros(1, 1, 64, device=device, dtype=torch.bfloat16)
-    key = torch.ones(2, 1, 64, device=device, dtype=torch.bfloat16)
-    value = torch.stack([torch.ones(1, 64), torch.zeros(1, 64)]).to(device, torch.bfloat16)
+    keys than queries (query i of n reads keys up to i + m - n), which shared-prompt runs need. Checked once, on two
+    queries over three keys: flash-attention turns causality off where the longest query run is one token, so one
+    query would read every key whatever the convention. Queries and keys are zeros (every key scores alike, and the
+    probe draws nothing from the device's random stream), values 1, 0, 0: aligned so, query 0 reads two keys (1/2)
+    and query 1 all three (1/3); aligned to the upper left, 1 and 1/2. A kernel that does not run on the device (flash
+    needs Ampere or newer) counts as not aligned: flex attention then takes the shared prompts, as before the runs."""
+    query = torch.zeros(2, 1, 64, device=device, dtype=torch.bfloat16)
+    key = torch.zeros(3, 1, 64, device=device, dtype=torch.bfloat16)
+    value = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1).repeat(1, 1, 64).to(device, torch.bfloat16)
     bounds = lambda n: torch.tensor([0, n], dtype=torch.int32, device=device)  # noqa: E731
     try:
-        out = _varlen_kernel(query, key, value, bounds(1), bounds(2), 1, 2, None)
+        out = _varlen_kernel(query, key, value, bounds(2), bounds(3), 2, 3, None).float().mean(dim=(1, 2))
     except RuntimeError:
         return False
-    return abs(float(out.float().mean()) - 0.5) < 1e-2
+    return bool(torch.allclose(out.cpu(), torch.tensor([1 / 2, 1 / 3]), atol=1e-2))
 
 
 def run_by_run(query: Tensor, key: Tensor, value: Tensor, cu_q: Tensor, cu_k: Tensor,
