@@ -48,6 +48,12 @@ def missing_options(key: str, target: Callable, node: dict) -> Problems:
 
 def target(key: str, node: dict, catalogue: Iterable[str] = ()) -> tuple[Optional[Any], Problems]:
     """The class or function ``node._target_`` names, and what is wrong with it or with the options given to it."""
+    if not isinstance(node, Mapping):  # eval.scorer=ExactMatch: a value where a block with a _target_ belongs
+        meant = [name for name in catalogue if name.rsplit(".", 1)[-1].lower() == str(node).lower()]
+        hint = f"; did you mean {key}._target_={meant[0]}?" if meant else ""
+        listed = f" (one of {', '.join(catalogue)})" if catalogue and not meant else ""
+        return None, [f"{key}={shown(node)}: expected a block with a _target_, not a value; set "
+                      f"{key}._target_=CLASS{listed}{hint}"]
     found, problems = locate(f"{key}._target_", node.get("_target_"))
     if found is None:  # a module of one's own that cannot be imported says why; else the catalogue is the help
         own = "cannot import module" in problems[0] and not str(node.get("_target_")).startswith("solopo.")
@@ -61,6 +67,8 @@ def check_data(data: dict, training: bool = True) -> Problems:
     """The data keys beside the source's own (its loader checks those) and the sampling settings (SamplingSettings);
     long_len against the model is a cross-group rule."""
     source = data.get("source") or {}
+    if not isinstance(source, Mapping):  # data.source=foo: nothing else of it to check
+        return target("data.source", source)[1]
     problems = (target("data.source", source)[1]
                 + number("data.source.n_val", source.get("n_val", 0), 0, integer=True)
                 + number("data.source.n_train", source.get("n_train"), 1, integer=True, optional=True)

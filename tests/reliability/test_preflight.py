@@ -380,3 +380,20 @@ def test_an_override_hydras_grammar_cannot_read_is_one_line(arg, line, capsys):
     key, _, value = arg.partition("=")
     if not value.startswith("["):
         preflight(["experiment=smoke", f"{key}='{value}'"], run_dir=False)
+
+
+BLOCKS_AS_VALUES = [
+    (["eval.scorer=ExactMatch"], "eval.scorer=ExactMatch: expected a block with a _target_, not a value; set "
+     "eval.scorer._target_=CLASS; did you mean eval.scorer._target_=solopo.scoring.ExactMatch?"),
+    (["data.source=foo"], "data.source=foo: expected a block with a _target_, not a value; set data.source._target_=CLASS"),
+    (["eval=ruler", "eval.benchmark=x"], "eval.benchmark=x: expected a block with a _target_, not a value; set "
+     "eval.benchmark._target_=CLASS (one of solopo.eval.longbench.LongBench, solopo.eval.ruler.RulerQA)")]
+
+
+@pytest.mark.parametrize("argv, message", BLOCKS_AS_VALUES, ids=[" ".join(a) for a, _ in BLOCKS_AS_VALUES])
+def test_a_value_where_a_block_with_a_target_belongs_is_one_line(argv, message, capsys):
+    """eval.scorer=ExactMatch (for eval.scorer._target_=...) was an AttributeError traceback, exit 1; and
+    eval.benchmark=x silently evaluated the held-out questions instead of the benchmark."""
+    with pytest.raises(SystemExit) as stopped:
+        refuse_bad_values(argv)
+    assert stopped.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
