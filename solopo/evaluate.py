@@ -36,21 +36,25 @@ def evaluate(cfg: DictConfig) -> None:
     from solopo.models.loading import load_tokenizer
     from solopo.settings.build import ConfigError, build_settings, load_source, refuse_missing_model, vllm_args
 
+    from solopo.training.pairs import failed_on_data
+
     settings = build_settings(cfg, training=False)  # a config mistake stops here, in one line, before the model loads
     refuse_missing_model(settings.model)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    splits = load_source(cfg) if settings.benchmark is None else None  # a benchmark brings its own questions
-    tokenizer = load_tokenizer(settings.model)
-    try:  # a missing or malformed benchmark file, or data without held-out questions, stops here
-        evaluation = make_evaluation(tokenizer, settings.eval, settings.model.max_length, settings.benchmark, splits,
-                                     cfg.eval.n_items, engine_args=vllm_args(cfg))
-    except NoHeldOutQuestions as err:  # eval.enabled, which a training run's advice names, is not solopo-eval's
-        raise ConfigError(f"{err}; or evaluate on a benchmark (eval=longbench or eval=ruler, with "
-                          "eval.benchmark.path=PATH)") from None
-    except ValueError as err:  # DataFileError among them
-        raise ConfigError(str(err)) from None
-    if settings.benchmark is None:
-        refuse_trained_items(settings.model.name, evaluation.items)
+    # what the data gives stops the run as "bad data" (its line, and failed.json that a report lists), before the model
+    with failed_on_data():
+        splits = load_source(cfg) if settings.benchmark is None else None  # a benchmark brings its own questions
+        tokenizer = load_tokenizer(settings.model)
+        try:  # a missing or malformed benchmark file, or data without held-out questions, stops here
+            evaluation = make_evaluation(tokenizer, settings.eval, settings.model.max_length, settings.benchmark,
+                                         splits, cfg.eval.n_items, engine_args=vllm_args(cfg))
+        except NoHeldOutQuestions as err:  # eval.enabled, which a training run's advice names, is not solopo-eval's
+            raise ConfigError(f"{err}; or evaluate on a benchmark (eval=longbench or eval=ruler, with "
+                              "eval.benchmark.path=PATH)") from None
+        except ValueError as err:  # DataFileError among them
+            raise ConfigError(str(err)) from None
+        if settings.benchmark is None:
+            refuse_trained_items(settings.model.name, evaluation.items)
     model = loaded_model(settings, tokenizer, cfg.seed)
     tables = {"model": evaluation(model, "model")}
     outputs = evaluation.outputs(tables, run_dir)
@@ -105,10 +109,11 @@ def main(cfg: DictConfig) -> None:
     completion before they do."""
     from solopo.cache import stop_on_failed_writes
     from solopo.settings.build import stop_on_config_errors
+    from solopo.training.lightning_run import failure_recorded
     from solopo.training.loggers import quiet_libraries
 
     quiet_libraries()
-    with stop_on_config_errors(), stop_on_failed_writes(), interrupt_recorded(cfg):
+    with stop_on_config_errors(), stop_on_failed_writes(), failure_recorded(cfg), interrupt_recorded(cfg):
         evaluate(cfg)
 
 
@@ -126,8 +131,10 @@ def interrupt_recorded(cfg: DictConfig):
 def entry() -> None:
     """The console script solopo-eval (and python -m solopo.evaluate): the command line's preflight checks, then
     Hydra (with the values an evaluation reads checked before Hydra makes the run directory)."""
+    from solopo.training.results import sweep_failures_reported
+
     preflight(sys.argv[1:])
-    with values_checked(sys.argv[1:], training=False):  # before Hydra, or after it printed the config (--cfg job)
+    with sweep_failures_reported(), values_checked(sys.argv[1:], training=False):  # before Hydra, or after --cfg job
         main()
 
 

@@ -57,14 +57,10 @@ def entry() -> None:
     values, on the command line as sized for the hardware, then Hydra."""
     preflight(sys.argv[1:])
     sys.argv[1:] = sized_for_hardware(sys.argv[1:])
-    from solopo.training.results import SWEEP_FAILURES
+    from solopo.training.results import sweep_failures_reported
 
-    SWEEP_FAILURES.clear()
-    with values_checked(sys.argv[1:]):  # before Hydra, or after it printed the config (--cfg job)
+    with sweep_failures_reported(), values_checked(sys.argv[1:]):  # before Hydra, or after it printed the config
         main()
-    if SWEEP_FAILURES:  # every job ran; the status says that some did not complete
-        raise SystemExit(f"error: {len(SWEEP_FAILURES)} job(s) of the sweep failed or were stopped: "
-                         f"{', '.join(str(path) for path in SWEEP_FAILURES)} (python -m solopo.report lists them)")
 
 
 # Hydra's options that answer a question and run no job (a value may follow: --info=plugins); a prefix test would

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import math
 import re
 import string
 from collections import Counter
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, Union, runtime_checkable
 
-from solopo.settings.fields import locate, number, refuse
+from solopo.settings.fields import ConfigError, locate, number, refuse
 
 Answers = Union[Sequence[str], str]
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -186,6 +187,21 @@ class FromFunction(_Thresholded):
 
 
 SUB_EM = SubEM()
+
+
+def checked_score(scorer: Callable, prediction: str, answers: Answers, key: str) -> float:
+    """``scorer``'s score of one answer as a float, or one line naming ``key`` (ConfigError) where it is not a number
+    in [0, 1]: every mean, Wilson interval, threshold and points figure reads a score as a share of right answers."""
+    score = scorer(prediction, answers)
+    try:
+        value = float(score)
+    except (TypeError, ValueError):
+        value = math.nan
+    if 0 <= value <= 1:
+        return value
+    name = getattr(scorer, "fn", None) or type(scorer).__name__
+    raise ConfigError(f"{key}: {name} scored the answer {prediction[:60]!r} as {score!r}; a scorer returns a number "
+                      f"in [0, 1] (solopo.scoring)")
 
 
 def scorer_problems(scorer: Any) -> list[str]:

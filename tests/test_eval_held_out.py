@@ -20,6 +20,9 @@ def test_solopo_eval_on_ready_made_pairs_names_what_it_can_evaluate_on(tmp_path)
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: evaluation needs held-out questions with their evidence") and "eval.enabled" not in line
     assert line.endswith("; or evaluate on a benchmark (eval=longbench or eval=ruler, with eval.benchmark.path=PATH)")
+    # the run folder Hydra made says why it holds no results, as a training run's does: a report lists it as failed
+    failed = json.loads((tmp_path / "failed.json").read_text())
+    assert failed["reason"] == "bad data" and line == f"error: {failed['detail']}"
 
 
 def write_passages(path, n):

@@ -102,6 +102,29 @@ def test_the_eval_table_and_its_cache_key_follow_the_scorer():
     assert identity(TokenF1(0.7))["params"] == {"threshold": 0.7}
 
 
+def five(prediction, answers):
+    return 5.0  # a scorer of one's own that counts, not scores
+
+
+@pytest.mark.parametrize("score", [5.0, -0.5, float("nan"), "yes", None])
+def test_a_score_outside_0_1_is_one_line_naming_the_scorer_key(score, monkeypatch):
+    """A mean, a Wilson interval and a threshold read a score as a share: a scorer of one's own that returns 5.0 ended
+    the evaluation with 'math domain error' from the interval, after every answer had been generated. Held-out tables,
+    benchmarks and the pair sampler each refuse it in one line naming their scorer's key."""
+    from solopo.eval.longbench import Question, Subset, subset_score
+
+    monkeypatch.setattr(sys.modules[__name__], "five", lambda prediction, answers: score)
+    scorer = FromFunction(fn="test_scoring.five") if isinstance(score, float) else (lambda p, a: score)
+    cases = [EvalCase("q", ("Paris",), "512", "0", "p")]
+    with pytest.raises(ConfigError, match=r"^eval.scorer: .* scored the answer 'Paris' as .*; a scorer returns a number "
+                                          r"in \[0, 1\]"):
+        score_table(cases, ["Paris"], scorer)
+    subset = Subset("qa", "{context} {input}", 8, (Question("q", "Where?", "Paris.", ("Paris",)),))
+    with pytest.raises(ConfigError, match=r"^eval.scorer: "):
+        subset_score(subset, ["Paris"], scorer)
+    assert score_table(cases, ["Paris"], SUB_EM)["average"] == 1.0  # a share passes as it is
+
+
 def settings_of(overrides, training=True):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from solopo.data.tokenize import encode_prompt
 from solopo.eval.longctx import EvalSettings, answer_all
 from solopo.records import DataFileError, read_jsonl, text, text_list
-from solopo.scoring import Scorer, TokenF1, points
+from solopo.scoring import Scorer, TokenF1, checked_score, points
 from solopo.settings.fields import number, refuse
 
 LONGBENCH_QA = ("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique")
@@ -138,7 +138,7 @@ def run_benchmark(benchmark, subsets: Sequence[Subset], model, tokenizer, settin
 
 def subset_score(subset: Subset, answers: Sequence[str], scorer: Callable[[str, Sequence[str]], float]) -> dict:
     """{"score": 100 x the mean score of the subset's answers, "n": questions}."""
-    scores = [scorer(answer, q.answers) for q, answer in zip(subset.questions, answers)]
+    scores = [checked_score(scorer, answer, q.answers, "eval.scorer") for q, answer in zip(subset.questions, answers)]
     return {"score": points(sum(scores) / max(len(scores), 1)), "n": len(scores)}
 
 

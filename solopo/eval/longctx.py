@@ -20,7 +20,7 @@ from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import budget_batches, generate_batches, uses_static_cache
 from solopo.generation.decoding import decode, end_ids, greedy_pick, plain_decoding
 from solopo.report.stats import Change, paired_change, wilson
-from solopo.scoring import SUB_EM, Scorer, f1, points, score_name, scorer_problems, sub_em
+from solopo.scoring import SUB_EM, Scorer, checked_score, f1, points, score_name, scorer_problems, sub_em
 from solopo.settings.fields import flag, number, one_of, refuse, shown
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import ENGINES, import_vllm, saved_weights, vllm_generate
@@ -219,7 +219,7 @@ def score_table(cases: Sequence[EvalCase], answers: Sequence[str], scorer: Score
     cells: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     scores = []
     for case, answer in zip(cases, answers):
-        score = scorer(answer, case.answers)
+        score = checked_score(scorer, answer, case.answers, "eval.scorer")
         cells.setdefault((case.length, case.depth), []).append((sub_em(answer, case.answers), f1(answer, case.answers),
                                                                 score))
         scores.append([case.item_id, case.length, case.depth, score])

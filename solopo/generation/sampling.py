@@ -24,7 +24,7 @@ from solopo.data.tokenize import encode_prompt, left_padded_ids
 from solopo.generation.batching import budget_batches, generate_batches, uses_static_cache
 from solopo.generation.decoding import (cache_keyword, decode, end_ids, plain_decoding, returned_cache,
                                         sampled_pick)
-from solopo.scoring import SUB_EM, Scorer, f1, scorer_problems, settings_identity
+from solopo.scoring import SUB_EM, Scorer, checked_score, f1, scorer_problems, settings_identity
 from solopo.settings.fields import flag, number, one_of, refuse
 from solopo.training.precision import autocast
 from solopo.generation.vllm_engine import vllm_generate
@@ -185,7 +185,8 @@ def sample_pairs(
     rng = random.Random(settings.seed)
     kept, dropped, scores_all, f1_all = [], {"no_correct": 0, "no_incorrect": 0}, [], []
     for example, item_samples in zip(examples, samples):
-        scores = [settings.scorer(text, example.answers) for text, _ in item_samples]
+        scores = [checked_score(settings.scorer, text, example.answers, "data.sampling.scorer")
+                  for text, _ in item_samples]
         scores_all += [float(settings.scorer.correct(score)) for score in scores]
         f1_all += [f1(text, example.answers) for text, _ in item_samples]
         pair = pick_pair(item_samples, scores, rng, settings.scorer)

@@ -3,12 +3,13 @@ report lists in its tables, as a study's job launcher writes one); what a run mu
 must never write (outside its sweep directory, a directory it cannot write to)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import solopo
 from solopo.cache import atomic_write_text
@@ -23,6 +24,17 @@ FAILED = "failed.json"  # a run directory's record of a run that could not go on
 # goes on past each, and ends with a status that says so (solopo.run.entry; here, not beside the training code, so
 # that --help does not import Lightning)
 SWEEP_FAILURES: list[Path] = []
+
+
+@contextlib.contextmanager
+def sweep_failures_reported() -> Iterator[None]:
+    """An entry point's Hydra call (solopo-train, solopo-eval): once every job of a sweep has run, a status that says
+    which failed or were stopped (their failed.json; a report lists them)."""
+    SWEEP_FAILURES.clear()
+    yield
+    if SWEEP_FAILURES:  # every job ran; the status says that some did not complete
+        raise SystemExit(f"error: {len(SWEEP_FAILURES)} job(s) of the sweep failed or were stopped: "
+                         f"{', '.join(str(path) for path in SWEEP_FAILURES)} (python -m solopo.report lists them)")
 
 
 INTERRUPTED, PREEMPTED = "interrupted", "preempted"  # unfinished()'s reasons for a run stopped with its state saved
