@@ -202,6 +202,22 @@ def test_report_rows_carry_n_and_the_95_percent_interval(tmp_path):
     assert new["trained avg long n"] == 6 and new["trained avg long 95% CI"] == "19-81"
 
 
+def test_report_rows_carry_a_benchmarks_scores(tmp_path):
+    """A run evaluated on LongBench or RULER (eval=longbench, eval=ruler) keeps its tables under results.json's
+    "benchmark": the report showed none of its scores, so a sweep compared on a benchmark compared nothing. Each subset's
+    score (points) and n, and the benchmark's average, per model evaluated."""
+    root = tmp_path / "runs"
+    fake_run(root / "a", "DPO", "solopo", 0, 10.0, alpha=1.0)
+    results = json.loads((root / "a" / "results.json").read_text())
+    bench = lambda avg: {"benchmark": "Ruler", "metric": "SubEM", "average": avg, "examples": [],  # noqa: E731
+                         "subsets": {"qa_1_4096": {"score": avg, "n": 40, "truncated": 0}}}
+    (root / "a" / "results.json").write_text(json.dumps({**results, "eval": {}, "benchmark": {
+        "base": bench(20.0), "trained": bench(32.5)}}))
+    (row,) = write_report(find_runs([root]), tmp_path / "out")["rows"]
+    assert row["trained qa_1_4096"] == 32.5 and row["trained qa_1_4096 n"] == 40
+    assert row["base Ruler average"] == 20.0 and row["trained Ruler average"] == 32.5
+
+
 def test_a_run_that_did_not_end_as_planned_is_counted_failed(tmp_path):
     """A run stopped after too many non-finite steps writes results.json and exits 1 (its launcher adds failed.json);
     a preempted one writes results.json with its resume state. Neither is a finished run: no table counts its scores."""

@@ -51,8 +51,8 @@ def is_seed_key(key: str) -> bool:
 
 @dataclass(frozen=True)
 class Run:
-    """One run: its composed config, evaluation tables (base, trained, or model for an evaluation-only run),
-    metrics, timings, train pairs and the sequences each split's pairs hold, or for a failed run the failure
+    """One run: its composed config, evaluation tables (base, trained, or model for an evaluation-only run; held-out
+    questions in ``eval``, a benchmark's in ``benchmark``), metrics, timings, train pairs and the sequences each split's pairs hold, or for a failed run the failure
     record."""
 
     path: Path  # the run directory
@@ -64,6 +64,7 @@ class Run:
     failure: dict | None  # failed.json: {"reason", "detail", ...}
     sequences: dict = field(default_factory=dict)  # results.json's: {"train": ["short/chosen", ...], "val": ...}
     sampling: dict = field(default_factory=dict)  # how the training pairs were sampled (data.train.sampling), if so
+    benchmark: dict = field(default_factory=dict)  # results.json's benchmark tables (eval=longbench, ruler) by model
 
     @property
     def failed(self) -> str | None:
@@ -108,7 +109,8 @@ def load_run(path: Path) -> Run:
                metrics=data.get("metrics", {}), timings=data.get("timings", {}),
                pairs=data.get("data", {}).get("train", {}).get("pairs"), failure=failure,
                sequences={} if failure else data.get("sequences", {}),
-               sampling=data.get("data", {}).get("train", {}).get("sampling") or {})
+               sampling=data.get("data", {}).get("train", {}).get("sampling") or {},
+               benchmark={} if failure else data.get("benchmark") or {})
 
 
 def find_runs(paths: list[Path]) -> list[Run]:

@@ -55,6 +55,11 @@ def row_of(run: Run, keys: list[str], with_status: bool) -> dict:
                                  table.get("n_by_length", {}).get(length)))
         row[f"{name} avg long"] = round(points(table["average_long"]), 1)
         row.update(_interval(f"{name} avg long", table.get("ci95_long"), table.get("n_long")))
+    for name, table in run.benchmark.items():  # points already, per subset and their average, as papers give them
+        for subset, cell in table["subsets"].items():
+            row[f"{name} {subset}"] = round(cell["score"], 1)
+            row[f"{name} {subset} n"] = cell["n"]
+        row[f"{name} {table['benchmark']} average"] = round(table["average"], 1)
     row.update({k: round(run.metrics[k], 4) for k in METRICS if k in run.metrics})
     row.update({k: round(run.timings[k], 1) for k in ("fit_s", "total_s") if k in run.timings})
     return row
