@@ -97,11 +97,13 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line(when, tmp_path, m
 
 
 def test_a_full_disk_stops_an_evaluation_in_one_line(tmp_path, monkeypatch):
-    """solopo-eval's first write is a plot: the line names it, and no part of it is left."""
+    """solopo-eval's first write is a plot: the line names it, then failed.json, which the full disk refuses too (as a
+    training run's line says it), and no part of either is left."""
     full_disk(monkeypatch)
     done = call("solopo.evaluate", [*EVAL, f"hydra.run.dir={tmp_path}"], expect=2)
-    line = stopped(done)
-    assert line.startswith(f"error: could not write {tmp_path}/eval_") and line.endswith(".png: No space left on device")
+    plot, record = stopped(done).split("; ")
+    assert plot.startswith(f"error: could not write {tmp_path}/eval_") and plot.endswith(".png: No space left on device")
+    assert record == f"could not write {tmp_path / 'failed.json'}: No space left on device"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "evaluate.log"]
 
 
