@@ -161,11 +161,12 @@ def test_runs_are_found_at_any_depth_below_the_folder_given(tmp_path):
     ("empty", "no results.json or failed.json under"), ("missing", "missing: no such directory"),
     ("bad", "results.json: not JSON"), ("listed", "results.json: not a run's record (a JSON object), but list"),
     ("null", "failed.json: not a run's record (a JSON object), but NoneType"),
+    ("empty_object", "results.json: not a run's record (no config"),
 ])
 def test_a_folder_without_readable_runs_is_one_line_and_exit_status_2(tmp_path, folder, message):
     (tmp_path / "empty").mkdir()
     for name, file, text in (("bad", "results.json", "{cut short"), ("listed", "results.json", "[]"),
-                             ("null", "failed.json", "null")):
+                             ("null", "failed.json", "null"), ("empty_object", "results.json", "{}")):
         (tmp_path / name / "run").mkdir(parents=True)
         (tmp_path / name / "run" / file).write_text(text)
     done = call("solopo.report", [tmp_path / folder], expect=2)

@@ -104,6 +104,8 @@ def load_run(path: Path) -> Run:
     if not isinstance(data, dict):  # a list, a string or null: not a run's record, whose fields are read below
         raise ValueError(f"{path}: not a run's record (a JSON object), but {type(data).__name__}")
     failed = path.name == FAILED
+    if not failed and "config" not in data:  # every results.json solopo writes places its run by its config
+        raise ValueError(f"{path}: not a run's record (no config: every key of it would read as varying)")
     failure = data if failed else unfinished(data)
     return Run(path=path.parent, config=data.get("config", {}), eval={} if failure else data.get("eval", {}),
                metrics=data.get("metrics", {}), timings=data.get("timings", {}),
