@@ -11,6 +11,7 @@ from solopo.eval import longbench
 from solopo.eval.longbench import LONGBENCH_QA, LongBench, format_benchmark, middle_truncated, run_benchmark
 from solopo.eval.ruler import RulerQA
 from solopo.scoring import ExactMatch, TokenF1, f1
+from solopo.report.stats import wilson
 from solopo.settings.build import ConfigError
 from conftest import EVAL
 from in_process import call, run_here
@@ -115,13 +116,20 @@ def test_a_table_per_subset_and_their_average(tmp_path, monkeypatch, tokenizer):
     table = run_benchmark(bench, bench.load(), None, tokenizer, replace(EVAL, scorer=ExactMatch()), 2048)
     expected = 100 * (0.8 + 6 / 7) / 2
     assert list(table["subsets"]) == list(LONGBENCH_QA) and table["metric"] == "TokenF1"  # eval.scorer aside
-    assert all(row == {"score": pytest.approx(expected), "n": 2, "truncated": 0} for row in table["subsets"].values())
+    interval = [pytest.approx(x) for x in (100 * b for b in wilson(0.8 + 6 / 7, 2))]
+    assert all(row == {"score": pytest.approx(expected), "n": 2, "truncated": 0, "ci95": interval}
+               for row in table["subsets"].values())
     assert table["average"] == pytest.approx(expected)
+    # the average of 6 subsets of 2 questions: 1.96 sqrt(6 p (1 - p) / 2) / 6 = 0.2133 either side, clipped at 100
+    p = expected / 100
+    half = 1.959964 * (6 * p * (1 - p) / 2) ** 0.5 / 6
+    assert half == pytest.approx(0.2133, abs=1e-4)
+    assert table["ci95_average"] == [pytest.approx(100 * (p - half)), 100.0]
     prompts, max_new = seen["evaluating narrativeqa"]
     assert max_new == 128 and "Story: Passage 1: ... New York City ...\n\n" in prompts[0]
     assert prompts[0].endswith("Question: Where was narrativeqa written?\n\nAnswer:")
     assert "| model | narrativeqa | qasper | multifieldqa_en | hotpotqa | 2wikimqa | musique | avg |" in format_benchmark(
-        {"model": table}) and "| 82.86 |" in format_benchmark({"model": table})
+        {"model": table}) and "| 82.9 [62, 100] n=12 |" in format_benchmark({"model": table})
 
 
 def test_overlong_prompts_are_cut_to_the_budget_and_counted(tmp_path, monkeypatch, tokenizer):
@@ -153,8 +161,10 @@ def test_ruler_files_are_subsets_scored_by_eval_scorer(tmp_path, monkeypatch, to
     bench = settings_of(["eval=ruler", f"eval.benchmark.path={tmp_path}"], training=False).benchmark
     assert isinstance(bench, RulerQA)
     monkeypatch.setattr(longbench, "answer_all", lambda *a: ["It is Paris.", "Lyon"])
+    # 1 of 2 right: Wilson's (0.5 + 0.960 -+ 1.184) / 2.921 = [0.0945, 0.9055]
     assert run_benchmark(bench, bench.load(), None, tokenizer, EVAL, 2048)["subsets"] == {
-        "qa_1_4096": {"score": 50.0, "n": 2, "truncated": 0}}
+        "qa_1_4096": {"score": 50.0, "n": 2, "truncated": 0, "ci95": [pytest.approx(9.45, abs=0.01),
+                                                                     pytest.approx(90.55, abs=0.01)]}}
     exact = run_benchmark(bench, bench.load(), None, tokenizer, replace(EVAL, scorer=ExactMatch()), 2048)
     assert exact["average"] == 0.0 and exact["metric"] == "ExactMatch"
 

@@ -211,11 +211,13 @@ def test_report_rows_carry_a_benchmarks_scores(tmp_path):
     fake_run(root / "a", "DPO", "solopo", 0, 10.0, alpha=1.0)
     results = json.loads((root / "a" / "results.json").read_text())
     bench = lambda avg: {"benchmark": "Ruler", "metric": "SubEM", "average": avg, "examples": [],  # noqa: E731
-                         "subsets": {"qa_1_4096": {"score": avg, "n": 40, "truncated": 0}}}
+                         "ci95_average": [avg - 10, avg + 10],
+                         "subsets": {"qa_1_4096": {"score": avg, "n": 40, "truncated": 0, "ci95": [avg - 12, avg + 12]}}}
     (root / "a" / "results.json").write_text(json.dumps({**results, "eval": {}, "benchmark": {
         "base": bench(20.0), "trained": bench(32.5)}}))
     (row,) = write_report(find_runs([root]), tmp_path / "out")["rows"]
     assert row["trained qa_1_4096"] == 32.5 and row["trained qa_1_4096 n"] == 40
+    assert row["trained qa_1_4096 95% CI"] == "20-44" and row["base Ruler average 95% CI"] == "10-30"
     assert row["base Ruler average"] == 20.0 and row["trained Ruler average"] == 32.5
 
 

@@ -19,6 +19,7 @@ from solopo.data.tokenize import encode_prompt
 from solopo.eval.longctx import EvalSettings, answer_all
 from solopo.records import DataFileError, read_jsonl, text, text_list
 from solopo.scoring import Scorer, TokenF1, checked_score, points
+from solopo.report.stats import equal_weight_mean, wilson
 from solopo.settings.fields import number, refuse
 
 LONGBENCH_QA = ("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique")
@@ -132,21 +133,32 @@ def run_benchmark(benchmark, subsets: Sequence[Subset], model, tokenizer, settin
         table["subsets"][subset.name] = subset_score(subset, answers, scorer) | {"truncated": truncated}
         table["examples"] += [{"subset": subset.name, "item": q.id, "answer": a, "gold": list(q.answers)}
                               for q, a in list(zip(subset.questions, answers))[:5]]
-    table["average"] = sum(row["score"] for row in table["subsets"].values()) / len(subsets)
+    rows = table["subsets"].values()
+    average, low, high = equal_weight_mean([row["score"] / 100 for row in rows], [row["n"] for row in rows])
+    table["average"], table["ci95_average"] = points(average), [points(low), points(high)]
     return table
 
 
 def subset_score(subset: Subset, answers: Sequence[str], scorer: Callable[[str, Sequence[str]], float]) -> dict:
-    """{"score": 100 x the mean score of the subset's answers, "n": questions}."""
+    """{"score": 100 x the mean score of the subset's answers, "n": questions, "ci95": its 95% interval (points)}: the
+    Wilson interval of the mean of scores in [0, 1], as a held-out table's cell has it (conservative for F1)."""
     scores = [checked_score(scorer, answer, q.answers, "eval.scorer") for q, answer in zip(subset.questions, answers)]
-    return {"score": points(sum(scores) / max(len(scores), 1)), "n": len(scores)}
+    return {"score": points(sum(scores) / max(len(scores), 1)), "n": len(scores),
+            "ci95": [points(bound) for bound in wilson(sum(scores), len(scores))]}
 
 
 def format_benchmark(tables: dict[str, dict]) -> str:
-    """A markdown table: one row per model, a column per subset and their average (scores x 100)."""
+    """A markdown table: one row per model, a column per subset and their average (scores x 100), each with its 95%
+    interval and its number of questions (tables written before they held them: the score alone)."""
     names = list(next(iter(tables.values()))["subsets"])
     lines = ["| model | " + " | ".join(names) + " | avg |", "|---" * (len(names) + 2) + "|"]
     for model, table in tables.items():
-        cells = " | ".join(f"{table['subsets'][n]['score']:.2f}" for n in names)
-        lines.append(f"| {model} | {cells} | {table['average']:.2f} |")
+        cells = " | ".join(_cell(table["subsets"][n]["score"], table["subsets"][n].get("ci95"), table["subsets"][n]["n"])
+                           for n in names)
+        n_all = sum(table["subsets"][n]["n"] for n in names)
+        lines.append(f"| {model} | {cells} | {_cell(table['average'], table.get('ci95_average'), n_all)} |")
     return "\n".join(lines)
+
+
+def _cell(score: float, ci95, n: int) -> str:
+    return f"{score:.1f}" if ci95 is None else f"{score:.1f} [{ci95[0]:.0f}, {ci95[1]:.0f}] n={n}"

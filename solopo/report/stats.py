@@ -29,6 +29,21 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, (centre - half) / (1 + zz / n)), min(1.0, (centre + half) / (1 + zz / n))
 
 
+def equal_weight_mean(shares: Sequence[float], ns: Sequence[int], z: float = Z95) -> tuple[float, float, float]:
+    """The mean of k groups' shares, each counted once (a benchmark's average over its subsets), and its 95% interval:
+
+        m = (1/k) sum p_i,   m ± z * sqrt(sum p_i (1 - p_i) / n_i) / k,   clipped to [0, 1]
+
+    p_i (1 - p_i) / n_i bounds the variance of a mean of n_i scores in [0, 1] (it is the variance where they are 0 or 1),
+    so the interval is conservative for F1-like scores, as the Wilson interval of a held-out table's cell is."""
+    if not shares or any(n <= 0 for n in ns):
+        return float("nan"), float("nan"), float("nan")
+    k = len(shares)
+    mean = sum(shares) / k
+    half = z * math.sqrt(sum(p * (1 - p) / n for p, n in zip(shares, ns))) / k
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
 @dataclass(frozen=True)
 class Change:
     """after - before on n paired cases: the observed difference of the two shares and its 95% interval."""

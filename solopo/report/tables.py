@@ -58,8 +58,11 @@ def row_of(run: Run, keys: list[str], with_status: bool) -> dict:
     for name, table in run.benchmark.items():  # points already, per subset and their average, as papers give them
         for subset, cell in table["subsets"].items():
             row[f"{name} {subset}"] = round(cell["score"], 1)
-            row[f"{name} {subset} n"] = cell["n"]
-        row[f"{name} {table['benchmark']} average"] = round(table["average"], 1)
+            row.update(_interval(f"{name} {subset}", _shares(cell.get("ci95")), cell["n"]))
+        average = f"{name} {table['benchmark']} average"
+        row[average] = round(table["average"], 1)
+        row.update(_interval(average, _shares(table.get("ci95_average")),
+                             sum(cell["n"] for cell in table["subsets"].values())))
     row.update({k: round(run.metrics[k], 4) for k in METRICS if k in run.metrics})
     row.update({k: round(run.timings[k], 1) for k in ("fit_s", "total_s") if k in run.timings})
     return row
@@ -79,6 +82,11 @@ def _interval(column: str, ci95, n) -> dict:
     if ci95 is None or n is None:
         return {}
     return {f"{column} 95% CI": f"{points(ci95[0]):.0f}-{points(ci95[1]):.0f}", f"{column} n": n}
+
+
+def _shares(interval_in_points):
+    """A benchmark table's interval (points, as its scores) as _interval reads one (shares); None stays None."""
+    return None if interval_in_points is None else [bound / 100 for bound in interval_in_points]
 
 
 def seed_groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
