@@ -102,6 +102,23 @@ def test_middle_truncation_keeps_both_ends(tokenizer):
     assert cut == tokenizer.decode(ids[:20], skip_special_tokens=True) + tokenizer.decode(ids[-20:], skip_special_tokens=True)
 
 
+def test_only_some_subsets_are_read_and_evaluated(tmp_path):
+    """eval.benchmark.only=[hotpotqa,musique]: the two subsets alone, whose files alone need to exist (deleting the
+    others with ~eval.benchmark.subsets.X is refused, as every key solopo-eval reads is); a name that is no subset, or
+    a bare name, is one line naming the key."""
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("hotpotqa", "musique"):
+        write_jsonl(folder / f"{name}.jsonl", [{"input": "Who?", "context": "docs", "answers": ["A"]}])
+    bench = settings_of(["eval=longbench", f"eval.benchmark.path={folder}", "eval.benchmark.only=[musique,hotpotqa]"],
+                        training=False).benchmark
+    assert [subset.name for subset in bench.load()] == ["hotpotqa", "musique"]  # in the config's order
+    with pytest.raises(ConfigError, match=r"eval.benchmark.only: no subset hotpot; choose among narrativeqa, qasper, "):
+        settings_of(["eval=longbench", "eval.benchmark.path=/data", "eval.benchmark.only=[hotpot]"], training=False)
+    with pytest.raises(ConfigError, match=r"eval.benchmark.only='hotpotqa': a list of subsets"):
+        settings_of(["eval=longbench", "eval.benchmark.path=/data", "eval.benchmark.only=hotpotqa"], training=False)
+
+
 def test_a_table_per_subset_and_their_average(tmp_path, monkeypatch, tokenizer):
     """Every subset answers "New York" (F1 0.8 on question 0) and "The cat sat on the mat." (6/7 on question 1):
     each subset scores 100 * (0.8 + 6/7) / 2 = 82.857..., and so does the average; the prompt is the template's."""

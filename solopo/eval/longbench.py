@@ -69,12 +69,14 @@ class LongBench:
     """LongBench v1 QA from local files: ``path`` is the folder of the official release's <subset>.jsonl files;
     ``subsets``: {name: {template, max_new_tokens}} (conf/eval/longbench.yaml: the paper's six); ``max_prompt_tokens``:
     the prompt budget before the chat template (LongBench's model2maxlen; null: the model's max_length less the
-    chat template and the answer); ``n_items``: the first n questions of each subset (null: all)."""
+    chat template and the answer); ``n_items``: the first n questions of each subset (null: all); ``only``: the
+    subsets to evaluate on, by name (null: every one of ``subsets``)."""
 
     path: str
     subsets: dict
     max_prompt_tokens: int | None = None
     n_items: int | None = None
+    only: list | None = None
 
     def __post_init__(self) -> None:
         problems = number("max_prompt_tokens", self.max_prompt_tokens, 1, integer=True, optional=True)
@@ -82,7 +84,16 @@ class LongBench:
         for name, spec in dict(self.subsets or {}).items():
             problems += check_template(f"subsets.{name}.template", spec.get("template"))
             problems += number(f"subsets.{name}.max_new_tokens", spec.get("max_new_tokens"), 1, integer=True)
-        refuse(problems + ([] if self.subsets else ["subsets=null: name at least one subset"]))
+        refuse(problems + ([] if self.subsets else ["subsets=null: name at least one subset"]) + self._only_problems())
+
+    def _only_problems(self) -> list[str]:
+        if self.only is None:
+            return []
+        names = list(self.subsets or {})
+        if isinstance(self.only, str) or not list(self.only):
+            return [f"only={self.only!r}: a list of subsets, e.g. [hotpotqa, musique] (null: all of {', '.join(names)})"]
+        unknown = [str(name) for name in self.only if name not in names]
+        return [f"only: no subset {', '.join(unknown)}; choose among {', '.join(names)}"] if unknown else []
 
     def load(self) -> list[Subset]:
         """Every subset's questions, read before any model loads: a missing file or a bad record is one line."""
@@ -90,7 +101,7 @@ class LongBench:
             raise DataFileError(f"{self.path}: eval.benchmark.path must be the folder of LongBench's <subset>.jsonl")
         return [Subset(name, spec["template"], spec["max_new_tokens"],
                        read_questions(os.path.join(self.path, f"{name}.jsonl"), self.n_items))
-                for name, spec in self.subsets.items()]
+                for name, spec in self.subsets.items() if self.only is None or name in self.only]
 
     def scorer(self, configured: Scorer) -> Scorer:
         """LongBench's QA F1 whatever eval.scorer says: the paper's numbers are in that metric."""
