@@ -250,7 +250,9 @@ def test_evaluation_prompts_with_the_training_template(tokenizer):
 
     with initialize_config_dir(config_dir=str(ROOT / "solopo" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "data.template=cot"])
-    assert build_settings(cfg).eval.template == "cot"
+        # a passages file (schema A') builds its prompts with the template too: data=pairs holds the key
+        pairs = compose("config", overrides=["experiment=smoke", "data=pairs", "data.path=x.jsonl", "data.template=cot"])
+    assert build_settings(cfg).eval.template == "cot" == build_settings(pairs, training=False).eval.template
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     splits = qa_items(0, 0, n_test=1, seed=3)
     direct, cot = (build_cases(splits.test, replace(EVAL, lengths=("short", 256), depths=(0.5,), template=t), count,
