@@ -30,18 +30,22 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def equal_weight_mean(shares: Sequence[float], ns: Sequence[int], z: float = Z95) -> tuple[float, float, float]:
-    """The mean of k groups' shares, each counted once (a benchmark's average over its subsets), and its 95% interval:
+    """The mean of k groups' shares, each counted once (a benchmark's average over its subsets), and its 95% interval
+    by MOVER (Zou and Donner 2008: the variance of a sum recovered from each term's own interval), from each group's
+    Wilson interval [l_i, u_i]:
 
-        m = (1/k) sum p_i,   m ± z * sqrt(sum p_i (1 - p_i) / n_i) / k,   clipped to [0, 1]
+        m = (1/k) sum p_i,   [m - sqrt(sum (p_i - l_i)^2) / k,   m + sqrt(sum (u_i - p_i)^2) / k]
 
-    p_i (1 - p_i) / n_i bounds the variance of a mean of n_i scores in [0, 1] (it is the variance where they are 0 or 1),
-    so the interval is conservative for F1-like scores, as the Wilson interval of a held-out table's cell is."""
+    Like Wilson's, it is not zero-wide where every group scored 0 or 1 (a normal interval from p_i (1 - p_i) / n_i
+    would be); (nan, nan, nan) without groups or with an empty one."""
     if not shares or any(n <= 0 for n in ns):
         return float("nan"), float("nan"), float("nan")
     k = len(shares)
+    bounds = [wilson(p * n, n, z) for p, n in zip(shares, ns)]
     mean = sum(shares) / k
-    half = z * math.sqrt(sum(p * (1 - p) / n for p, n in zip(shares, ns))) / k
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
+    below = math.sqrt(sum((p - low) ** 2 for p, (low, _) in zip(shares, bounds))) / k
+    above = math.sqrt(sum((high - p) ** 2 for p, (_, high) in zip(shares, bounds))) / k
+    return mean, max(0.0, mean - below), min(1.0, mean + above)
 
 
 @dataclass(frozen=True)
