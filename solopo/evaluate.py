@@ -35,7 +35,6 @@ def evaluate(cfg: DictConfig) -> None:
     from solopo.eval.runner import NoHeldOutQuestions, make_evaluation
     from solopo.models.loading import load_tokenizer
     from solopo.settings.build import ConfigError, build_settings, load_source, refuse_missing_model, vllm_args
-
     from solopo.training.pairs import failed_on_data
 
     settings = build_settings(cfg, training=False)  # a config mistake stops here, in one line, before the model loads

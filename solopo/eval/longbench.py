@@ -164,10 +164,10 @@ def format_benchmark(tables: dict[str, dict]) -> str:
     names = list(next(iter(tables.values()))["subsets"])
     lines = ["| model | " + " | ".join(names) + " | avg |", "|---" * (len(names) + 2) + "|"]
     for model, table in tables.items():
-        cells = " | ".join(_cell(table["subsets"][n]["score"], table["subsets"][n].get("ci95"), table["subsets"][n]["n"])
-                           for n in names)
-        n_all = sum(table["subsets"][n]["n"] for n in names)
-        lines.append(f"| {model} | {cells} | {_cell(table['average'], table.get('ci95_average'), n_all)} |")
+        rows = [table["subsets"][name] for name in names]
+        cells = [_cell(row["score"], row.get("ci95"), row["n"]) for row in rows]
+        cells.append(_cell(table["average"], table.get("ci95_average"), sum(row["n"] for row in rows)))
+        lines.append(f"| {model} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

@@ -58,11 +58,11 @@ def row_of(run: Run, keys: list[str], with_status: bool) -> dict:
     for name, table in run.benchmark.items():  # points already, per subset and their average, as papers give them
         for subset, cell in table["subsets"].items():
             row[f"{name} {subset}"] = round(cell["score"], 1)
-            row.update(_interval(f"{name} {subset}", _shares(cell.get("ci95")), cell["n"]))
+            row.update(_interval(f"{name} {subset}", cell.get("ci95"), cell["n"], in_points=True))
         average = f"{name} {table['benchmark']} average"
         row[average] = round(table["average"], 1)
-        row.update(_interval(average, _shares(table.get("ci95_average")),
-                             sum(cell["n"] for cell in table["subsets"].values())))
+        row.update(_interval(average, table.get("ci95_average"), sum(cell["n"] for cell in table["subsets"].values()),
+                             in_points=True))
     row.update({k: round(run.metrics[k], 4) for k in METRICS if k in run.metrics})
     row.update({k: round(run.timings[k], 1) for k in ("fit_s", "total_s") if k in run.timings})
     return row
@@ -76,17 +76,13 @@ def status_of(run: Run) -> str:
     return f"{'stopped' if run.failed in RESUMABLE else 'failed'}: {run.failed}"
 
 
-def _interval(column: str, ci95, n) -> dict:
-    """The 95% interval (%) and the number of cases of a score column; nothing for results.json files written before
-    tables carried them."""
+def _interval(column: str, ci95, n, in_points: bool = False) -> dict:
+    """The 95% interval (%) and the number of cases of a score column, from shares (a held-out table's) or points (a
+    benchmark's, ``in_points``); nothing for results.json files written before tables carried them."""
     if ci95 is None or n is None:
         return {}
-    return {f"{column} 95% CI": f"{points(ci95[0]):.0f}-{points(ci95[1]):.0f}", f"{column} n": n}
-
-
-def _shares(interval_in_points):
-    """A benchmark table's interval (points, as its scores) as _interval reads one (shares); None stays None."""
-    return None if interval_in_points is None else [bound / 100 for bound in interval_in_points]
+    low, high = ci95 if in_points else (points(bound) for bound in ci95)
+    return {f"{column} 95% CI": f"{low:.0f}-{high:.0f}", f"{column} n": n}
 
 
 def seed_groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:

@@ -126,11 +126,11 @@ def with_scorer(key: str, node: dict, problems: Problems) -> Optional[dict]:
 
 def build_benchmark(cfg: DictConfig, problems: Problems) -> Any:
     """eval.benchmark (conf/eval/longbench.yaml, ruler.yaml): the benchmark a run is evaluated on, or None."""
-    node = plain(cfg.eval, "benchmark") if OmegaConf.is_config(cfg.get("eval")) else {}
     value = cfg.eval.get("benchmark") if OmegaConf.is_config(cfg.get("eval")) else None
     if value is not None and not OmegaConf.is_config(value):  # eval.benchmark=x would turn the benchmark off
         problems += target("eval.benchmark", value, BENCHMARKS)[1]
         return None
+    node = plain(cfg.eval, "benchmark") if value is not None else {}
     if not node:
         return None
     if OmegaConf.is_missing(cfg.eval.benchmark, "path"):
